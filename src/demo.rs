@@ -1,0 +1,60 @@
+//! `braid demo`: loads the official R4 examples and the Synthea patients shipped with Braid
+//! into an empty database, through the same bundle processing that `POST /fhir` uses.
+
+use serde_json::{Value, json};
+
+use crate::http::{Limits, process_bundle};
+use crate::store::Store;
+
+mod data {
+    include!(concat!(env!("OUT_DIR"), "/demo_data.rs"));
+}
+
+/// What the loader did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub examples: usize,
+    pub examples_rejected: Vec<String>,
+    pub synthea_bundles: usize,
+    pub synthea_resources: usize,
+}
+
+/// Loads the demo data unless the database already holds resources.
+pub async fn load_if_empty(store: &Store, limits: &Limits, base: &str) -> Result<Option<Loaded>, crate::fhir::FhirError> {
+    if store.snapshot()?.newest_t()? > 0 {
+        return Ok(None);
+    }
+    let mut loaded = Loaded::default();
+    let return_minimal = crate::http::Return::Minimal;
+
+    // The examples go in one batch of PUTs, so they keep their ids and one bad example cannot
+    // keep out the others.
+    let entries: Vec<Value> = data::EXAMPLES
+        .iter()
+        .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
+        .map(|resource| {
+            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
+            json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let response = process_bundle(store, limits, serde_json::to_vec(&batch).unwrap_or_default().into(), base, return_minimal).await?;
+    for (entry, (name, _)) in response.entry.iter().zip(data::EXAMPLES) {
+        match entry.response.as_ref().map(|r| r.status.as_str()) {
+            Some(status) if status.starts_with('2') => loaded.examples += 1,
+            _ => loaded.examples_rejected.push((*name).to_owned()),
+        }
+    }
+
+    // Synthea writes its patients as batch bundles with urn:uuid references between entries;
+    // each is loaded as a transaction so that those references resolve.
+    for (_, text) in data::SYNTHEA {
+        let Ok(mut bundle) = serde_json::from_str::<Value>(text) else { continue };
+        bundle["type"] = json!("transaction");
+        let count = bundle["entry"].as_array().map_or(0, Vec::len);
+        process_bundle(store, limits, serde_json::to_vec(&bundle).unwrap_or_default().into(), base, return_minimal).await?;
+        loaded.synthea_bundles += 1;
+        loaded.synthea_resources += count;
+    }
+    Ok(Some(loaded))
+}

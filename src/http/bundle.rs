@@ -1,0 +1,358 @@
+//! `POST /fhir` with a `transaction` or `batch` Bundle.
+//!
+//! A transaction is all-or-nothing: its writes go to the writer as one request and commit in
+//! one redb transaction; `urn:uuid:` references between entries and conditional references are
+//! resolved there. A batch runs each entry on its own; one failing entry does not stop the
+//! others. In both, read entries (GET) are answered after the writes have committed.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+
+use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
+use super::request::Return;
+use super::{AppState, Limits, request};
+use crate::fhir::error::operation_outcome;
+use crate::fhir::json::{format_instant, parse_json, resource_type_of};
+use crate::fhir::validation::validator;
+use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
+use crate::search::parse_criteria;
+use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
+
+
+pub async fn handle(http: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, FhirError> {
+    let body = request::read_body(&http, payload, &state.limits).await?;
+    let base = request::base_url(&http, &state);
+    let bundle = process_bundle(&state.store, &state.limits, body, &base, request::return_preference(&http)).await?;
+    Ok(bundle.into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Transaction,
+    Batch,
+}
+
+/// One entry, parsed and validated.
+struct Entry {
+    full_url: Option<String>,
+    work: Work,
+}
+
+enum Work {
+    Write { action: Action, conditional_references: HashMap<String, (ResourceType, Criteria)> },
+    Read { resource_type: ResourceType, id: Id, version: Option<u64> },
+}
+
+/// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
+/// handler and by the demo loader.
+pub async fn process_bundle(store: &Store, limits: &Limits, body: Bytes, base: &str, prefer: Return) -> Result<BundleOut, FhirError> {
+    let (parse_limits, parse_base) = (limits.clone(), base.to_owned());
+    // Parsing and validating a large bundle takes milliseconds of CPU: keep it off the I/O threads.
+    let (kind, entries) = tokio::task::spawn_blocking(move || parse_bundle(&body, &parse_limits, &parse_base))
+        .await
+        .map_err(|_| FhirError::fault("bundle"))??;
+    match kind {
+        Kind::Transaction => {
+            let entries = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
+            transaction(store, entries, base, prefer).await
+        }
+        Kind::Batch => Ok(batch(store, entries, base, prefer).await),
+    }
+}
+
+fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
+    let mut value = parse_json(bytes, limits.max_json_depth)?;
+    if resource_type_of(&value)?.as_str() != "Bundle" {
+        return Err(FhirError::incorrect(IssueCode::Invalid, "POST to the base URL needs a Bundle of type transaction or batch"));
+    }
+    let kind = match value.get("type").and_then(Value::as_str) {
+        Some("transaction") => Kind::Transaction,
+        Some("batch") => Kind::Batch,
+        other => {
+            return Err(FhirError::incorrect(
+                IssueCode::Invalid,
+                format!("POST to the base URL processes transaction and batch Bundles, not '{}'", other.unwrap_or("(no type)")),
+            )
+            .at("Bundle.type"));
+        }
+    };
+    let entries = match value.get_mut("entry").map(Value::take) {
+        None => Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(FhirError::incorrect(IssueCode::Structure, "Bundle.entry must be an array").at("Bundle.entry")),
+    };
+    let mut parsed = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let result = parse_entry(entry, base).map_err(|error| locate(error, index));
+        if kind == Kind::Transaction && result.is_err() {
+            return Ok((kind, vec![result]));
+        }
+        parsed.push(result);
+    }
+    Ok((kind, parsed))
+}
+
+/// Prefixes every expression of `error` with the entry it concerns.
+fn locate(mut error: FhirError, index: usize) -> FhirError {
+    let entry = format!("Bundle.entry[{index}]");
+    for issue in &mut error.issues {
+        if issue.expression.is_empty() {
+            issue.expression.push(entry.clone());
+        } else {
+            for expression in &mut issue.expression {
+                *expression = match expression.split_once('.') {
+                    // Expressions from validation start with the resource type.
+                    Some((head, rest)) if ResourceType::parse(head).is_some() => format!("{entry}.resource.{rest}"),
+                    None if ResourceType::parse(expression).is_some() => format!("{entry}.resource"),
+                    _ if expression.starts_with("request") => format!("{entry}.{expression}"),
+                    _ => format!("{entry}: {expression}"),
+                };
+            }
+        }
+    }
+    error
+}
+
+fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
+    let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
+    let request = entry.get("request").ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry has no request").at("request"))?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry's request has no method").at("request.method"))?
+        .to_owned();
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry's request has no url").at("request.url"))?;
+    let url = url.strip_prefix(base).unwrap_or(url).trim_start_matches('/').to_owned();
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (url.clone(), None),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let precondition = Precondition {
+        if_match: match request.get("ifMatch").and_then(Value::as_str) {
+            Some(text) => Some(request::parse_etag(text).ok_or_else(|| {
+                FhirError::incorrect(IssueCode::Invalid, format!("ifMatch must be an ETag such as W/\"3\", not '{text}'")).at("request.ifMatch")
+            })?),
+            None => None,
+        },
+        if_none_match_any: request.get("ifNoneMatch").and_then(Value::as_str).map(str::trim) == Some("*"),
+    };
+    let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned);
+    let type_at = |index: usize| -> Result<ResourceType, FhirError> {
+        let name = segments.get(index).copied().unwrap_or("");
+        request::resource_type(name).map_err(|e| FhirError::with_issues(Category::Incorrect, e.issues).at("request.url"))
+    };
+    let bad_url = || FhirError::incorrect(IssueCode::Invalid, format!("'{url}' is not a valid URL for {method}")).at("request.url");
+
+    let work = match method.as_str() {
+        "POST" | "PUT" => {
+            let resource_type = type_at(0)?;
+            let mut resource = entry
+                .get_mut("resource")
+                .map(Value::take)
+                .ok_or_else(|| FhirError::incorrect(IssueCode::Required, format!("a {method} entry needs a resource")).at("resource"))?;
+            let actual = resource_type_of(&resource)?;
+            if actual != resource_type {
+                return Err(FhirError::incorrect(IssueCode::Invalid, format!("the entry's resource is a {actual}, but its url addresses {resource_type}")).at("request.url"));
+            }
+            let target = match (method.as_str(), segments.len(), &query) {
+                ("POST", 1, None) => None,
+                ("PUT", 2, None) => {
+                    let id = request::id(segments[1])?;
+                    match resource.get("id").and_then(Value::as_str) {
+                        None => {
+                            resource["id"] = Value::String(id.as_str().to_owned());
+                        }
+                        Some(body_id) if body_id != id.as_str() => {
+                            return Err(FhirError::incorrect(IssueCode::Invalid, format!("the resource's id '{body_id}' differs from the id in its url")).at("resource.id"));
+                        }
+                        Some(_) => {}
+                    }
+                    Some(Target::Id(id))
+                }
+                ("PUT", 1, Some(query)) => Some(Target::Criteria(parse_criteria(resource_type, query)?)),
+                _ => return Err(bad_url()),
+            };
+            validator().validate_value(resource_type, &resource)?;
+            let conditional_references = request::conditional_references(&mut resource)?;
+            let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };
+            let action = match target {
+                None => Action::Create {
+                    resource_type,
+                    resource,
+                    if_none_exist: match if_none_exist {
+                        Some(text) => Some(parse_criteria(resource_type, super::create::strip_query_prefix(&text, resource_type.as_str()))?),
+                        None => None,
+                    },
+                },
+                Some(target) => Action::Update { resource_type, target, resource, precondition },
+            };
+            Work::Write { action, conditional_references }
+        }
+        "DELETE" => {
+            let resource_type = type_at(0)?;
+            let target = match (segments.len(), &query) {
+                (2, None) => Target::Id(request::id(segments[1])?),
+                (1, Some(query)) => Target::Criteria(parse_criteria(resource_type, query)?),
+                _ => return Err(bad_url()),
+            };
+            Work::Write { action: Action::Delete { resource_type, target, precondition }, conditional_references: HashMap::new() }
+        }
+        "GET" | "HEAD" => {
+            let resource_type = type_at(0)?;
+            match (segments.as_slice(), &query) {
+                ([_, id], None) => Work::Read { resource_type, id: request::id(id)?, version: None },
+                ([_, id, "_history", version], None) => {
+                    Work::Read { resource_type, id: request::id(id)?, version: Some(request::version_id(version)?) }
+                }
+                _ => {
+                    return Err(FhirError::new(
+                        Category::Unsupported,
+                        IssueCode::NotSupported,
+                        format!("GET entries support read and vread; '{url}' is neither"),
+                    )
+                    .at("request.url"));
+                }
+            }
+        }
+        "PATCH" => {
+            return Err(FhirError::new(Category::Unsupported, IssueCode::NotSupported, "PATCH is not supported").at("request.method"));
+        }
+        other => {
+            return Err(FhirError::incorrect(IssueCode::Invalid, format!("'{other}' is not an HTTP method a bundle entry can use")).at("request.method"));
+        }
+    };
+    Ok(Entry { full_url, work })
+}
+
+async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Return) -> Result<BundleOut, FhirError> {
+    let mut write = WriteRequest::default();
+    let mut slots = Vec::with_capacity(entries.len());
+    let mut reads = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        match entry.work {
+            Work::Write { action, conditional_references } => {
+                write.conditional_references.extend(conditional_references);
+                write.ops.push(WriteOp { full_url: entry.full_url, action });
+                slots.push(Slot::Write(write.ops.len() - 1));
+            }
+            Work::Read { resource_type, id, version } => {
+                reads.push(index);
+                slots.push(Slot::Read(resource_type, id, version));
+            }
+        }
+    }
+    let outcomes = if write.ops.is_empty() { Vec::new() } else { store.write(write).await? };
+    let snapshot = if reads.is_empty() { None } else { Some(store.snapshot()?) };
+    let mut bundle = BundleOut::new("transaction-response");
+    for slot in slots {
+        bundle.entry.push(match slot {
+            Slot::Write(op) => write_entry(&outcomes[op], prefer, base),
+            Slot::Read(resource_type, id, version) => read_entry(snapshot.as_ref().expect("a snapshot exists when there are reads"), resource_type, &id, version, base),
+        });
+    }
+    Ok(bundle)
+}
+
+enum Slot {
+    Write(usize),
+    Read(ResourceType, Id, Option<u64>),
+}
+
+async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str, prefer: Return) -> BundleOut {
+    // Every write is its own request; submitted together, the writer still groups them into few commits.
+    let writes = entries.iter().enumerate().filter_map(|(index, entry)| match entry {
+        Ok(Entry { full_url, work: Work::Write { action, conditional_references } }) => Some((index, WriteRequest {
+            ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
+            conditional_references: conditional_references.clone(),
+        })),
+        _ => None,
+    });
+    let futures = writes.map(|(index, request)| async move { (index, store.write(request).await) });
+    let results: HashMap<usize, Result<Vec<OpOutcome>, FhirError>> = futures_util::future::join_all(futures).await.into_iter().collect();
+    let snapshot = store.snapshot();
+    let mut bundle = BundleOut::new("batch-response");
+    for (index, entry) in entries.into_iter().enumerate() {
+        bundle.entry.push(match entry {
+            Err(error) => error_entry(&error),
+            Ok(Entry { work: Work::Write { .. }, .. }) => match &results[&index] {
+                Ok(outcomes) => write_entry(&outcomes[0], prefer, base),
+                Err(error) => error_entry(error),
+            },
+            Ok(Entry { work: Work::Read { resource_type, id, version }, .. }) => match &snapshot {
+                Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base),
+                Err(error) => error_entry(error),
+            },
+        });
+    }
+    bundle
+}
+
+fn write_entry(outcome: &OpOutcome, prefer: Return, base: &str) -> EntryOut {
+    let relative = outcome.id.as_ref().map(|id| format!("{}/{id}", outcome.resource_type));
+    let location = match (outcome.kind, &relative, outcome.version) {
+        (OutcomeKind::Created | OutcomeKind::Updated | OutcomeKind::Unchanged, Some(relative), Some(version)) => {
+            Some(format!("{relative}/_history/{version}"))
+        }
+        _ => None,
+    };
+    let mut entry = EntryOut {
+        full_url: relative.as_ref().filter(|_| outcome.body.is_some()).map(|relative| format!("{base}/{relative}")),
+        response: Some(EntryResponse {
+            status: status_line(status_of(outcome)),
+            location,
+            etag: outcome.version.map(etag),
+            last_modified: outcome.last_updated_micros.map(format_instant),
+            outcome: None,
+        }),
+        ..Default::default()
+    };
+    match prefer {
+        Return::Representation => entry.resource = outcome.body.as_ref().and_then(|body| raw(body)),
+        Return::OperationOutcome => {
+            if let Some(response) = entry.response.as_mut() {
+                response.outcome = Some(operation_outcome(&[Issue::information(describe(outcome))]));
+            }
+        }
+        Return::Minimal => {}
+    }
+    entry
+}
+
+fn read_entry(snapshot: &crate::store::Snapshot, resource_type: ResourceType, id: &Id, version: Option<u64>, base: &str) -> EntryOut {
+    let found = match version {
+        None => snapshot.current(resource_type, id.as_str()),
+        Some(version) => snapshot.version(resource_type, id.as_str(), version),
+    };
+    match found {
+        Ok(Some(stored)) if !stored.is_deleted() => EntryOut {
+            full_url: Some(format!("{base}/{resource_type}/{id}")),
+            resource: raw(&stored.body),
+            response: Some(EntryResponse {
+                status: status_line(StatusCode::OK),
+                etag: Some(etag(stored.version)),
+                last_modified: Some(format_instant(stored.header.last_updated_micros)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Ok(Some(_)) => error_entry(&FhirError::new(Category::Gone, IssueCode::Deleted, format!("{resource_type}/{id} was deleted"))),
+        Ok(None) => error_entry(&FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
+        Err(error) => error_entry(&error),
+    }
+}
+
+fn error_entry(error: &FhirError) -> EntryOut {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    EntryOut {
+        response: Some(EntryResponse { status: status_line(status), outcome: Some(error.to_operation_outcome()), ..Default::default() }),
+        ..Default::default()
+    }
+}

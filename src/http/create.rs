@@ -1,0 +1,47 @@
+//! `POST /fhir/{type}`: create with a server-assigned id; with `If-None-Exist`, a conditional
+//! create that returns the existing resource when exactly one matches.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+
+use super::{AppState, request, response};
+use crate::fhir::validation::validator;
+use crate::fhir::{FhirError, IssueCode};
+use crate::search::parse_criteria;
+use crate::store::{Action, WriteOp, WriteRequest};
+
+pub async fn handle(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, FhirError> {
+    let resource_type = request::resource_type(&path.into_inner())?;
+    let if_none_exist = match http.headers().get("if-none-exist") {
+        None => None,
+        Some(header) => {
+            let text = header
+                .to_str()
+                .map_err(|_| FhirError::incorrect(IssueCode::Invalid, "If-None-Exist is not valid text"))?;
+            Some(parse_criteria(resource_type, strip_query_prefix(text, resource_type.as_str()))?)
+        }
+    };
+    let body = request::read_body(&http, payload, &state.limits).await?;
+    let mut value = request::resource_body(&body, resource_type, &state.limits)?;
+    validator().validate_value(resource_type, &value)?;
+    let conditional_references = request::conditional_references(&mut value)?;
+    let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
+    let write = WriteRequest {
+        ops: vec![WriteOp { full_url: None, action: Action::Create { resource_type, resource, if_none_exist } }],
+        conditional_references,
+    };
+    let outcomes = state.store.write(write).await?;
+    Ok(response::write(&outcomes[0], request::return_preference(&http), &request::base_url(&http, &state)))
+}
+
+/// `If-None-Exist` holds a query, sometimes written with a leading `?` or `Type?`.
+pub fn strip_query_prefix<'a>(text: &'a str, type_name: &str) -> &'a str {
+    let text = text.trim();
+    let text = text.strip_prefix(type_name).and_then(|rest| rest.strip_prefix('?')).unwrap_or(text);
+    text.strip_prefix('?').unwrap_or(text)
+}

@@ -1,0 +1,28 @@
+//! `DELETE /fhir/{type}/{id}` and `DELETE /fhir/{type}?...` (conditional delete; every match is
+//! deleted). A deletion writes a tombstone version; deleting what is already gone is a no-op.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{AppState, request, response};
+use crate::fhir::FhirError;
+use crate::search::parse_criteria;
+use crate::store::{Action, Target, WriteRequest};
+
+pub async fn by_id(http: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, FhirError> {
+    let (type_name, id) = path.into_inner();
+    let resource_type = request::resource_type(&type_name)?;
+    let id = request::id(&id)?;
+    execute(&http, &state, Action::Delete { resource_type, target: Target::Id(id), precondition: request::precondition(&http)? }).await
+}
+
+pub async fn conditional(http: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, FhirError> {
+    let resource_type = request::resource_type(&path.into_inner())?;
+    let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
+    let action = Action::Delete { resource_type, target: Target::Criteria(criteria), precondition: request::precondition(&http)? };
+    execute(&http, &state, action).await
+}
+
+async fn execute(http: &HttpRequest, state: &web::Data<AppState>, action: Action) -> Result<HttpResponse, FhirError> {
+    let outcomes = state.store.write(WriteRequest::single(action)).await?;
+    Ok(response::write(&outcomes[0], request::return_preference(http), &request::base_url(http, state)))
+}

@@ -1,0 +1,121 @@
+//! History at instance (`/{type}/{id}/_history`), type (`/{type}/_history`) and system
+//! (`/_history`) level, newest first, paged with cursors.
+//!
+//! Pages are stable: the first page fixes the newest logical time it shows, and later pages
+//! continue strictly below the cursor's position, so writes made while a client pages through
+//! never shift, duplicate or drop entries.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, etag, raw, status_line};
+use super::{AppState, cursor, request};
+use crate::fhir::json::{format_instant, parse_instant};
+use crate::fhir::{FhirError, IssueCode, ResourceType};
+use crate::store::{HistoryPage, HistoryQuery, Op, Snapshot};
+
+pub async fn instance(http: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, FhirError> {
+    let (type_name, id) = path.into_inner();
+    let resource_type = request::resource_type(&type_name)?;
+    let id = request::id(&id)?;
+    respond(&http, &state, |snapshot, query| {
+        let page = snapshot.instance_history(resource_type, id.as_str(), query)?;
+        if page.entries.is_empty() && query.below.is_none() && snapshot.current(resource_type, id.as_str())?.is_none() {
+            return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist")));
+        }
+        Ok(page)
+    })
+}
+
+pub async fn type_level(http: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, FhirError> {
+    let resource_type = request::resource_type(&path.into_inner())?;
+    respond(&http, &state, |snapshot, query| snapshot.type_history(resource_type, query))
+}
+
+pub async fn system(http: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, FhirError> {
+    respond(&http, &state, |snapshot, query| snapshot.system_history(query))
+}
+
+struct Params {
+    count: usize,
+    since: Option<(String, i64)>,
+    cursor: Option<String>,
+}
+
+fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
+    let mut params = Params { count: state.limits.page_size, since: None, cursor: None };
+    for (name, value) in request::query_pairs(http) {
+        match name.as_str() {
+            "_count" => {
+                let count: usize = value.parse().map_err(|_| {
+                    FhirError::incorrect(IssueCode::Invalid, format!("_count must be a non-negative integer, not '{value}'"))
+                })?;
+                params.count = count.min(state.limits.max_page_size);
+            }
+            "_since" => {
+                let micros = parse_instant(&value).ok_or_else(|| {
+                    FhirError::incorrect(IssueCode::Invalid, format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"))
+                })?;
+                params.since = Some((value, micros));
+            }
+            "_cursor" => params.cursor = Some(value),
+            "_format" | "_pretty" => {}
+            other => {
+                return Err(FhirError::incorrect(
+                    IssueCode::NotSupported,
+                    format!("the history parameter '{other}' is not supported (supported: _count, _since)"),
+                ));
+            }
+        }
+    }
+    Ok(params)
+}
+
+fn respond(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    read: impl FnOnce(&Snapshot, HistoryQuery) -> Result<HistoryPage, FhirError>,
+) -> Result<HttpResponse, FhirError> {
+    let params = params(http, state)?;
+    let relative_path = http.path().strip_prefix("/fhir").unwrap_or(http.path()).to_owned();
+    let scope = format!("history|{relative_path}|{}", params.since.as_ref().map_or("", |(text, _)| text.as_str()));
+    let secret = state.store.cursor_secret();
+    let below = params.cursor.as_deref().map(|token| cursor::decode(secret, &scope, token)).transpose()?;
+    let snapshot = state.store.snapshot()?;
+    let query = HistoryQuery { since_micros: params.since.as_ref().map(|(_, micros)| *micros), count: params.count, below };
+    let page = if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
+
+    let base = request::base_url(http, state);
+    let mut bundle = BundleOut::new("history");
+    let self_query = http.query_string();
+    bundle.link.push(Link {
+        relation: "self",
+        url: if self_query.is_empty() { format!("{base}{relative_path}") } else { format!("{base}{relative_path}?{self_query}") },
+    });
+    if let Some(next_below) = page.next_below {
+        let mut next_query: Vec<String> =
+            self_query.split('&').filter(|p| !p.is_empty() && !p.starts_with("_cursor=")).map(str::to_owned).collect();
+        next_query.push(format!("_cursor={}", cursor::encode(secret, &scope, next_below)));
+        bundle.link.push(Link { relation: "next", url: format!("{base}{relative_path}?{}", next_query.join("&")) });
+    }
+    for version in page.entries {
+        let resource_type = ResourceType::parse(&version.resource_type).map(|t| t.as_str()).unwrap_or("Resource");
+        let (method, url, status) = match version.header.op {
+            Op::Create => ("POST", resource_type.to_owned(), StatusCode::CREATED),
+            Op::Update => ("PUT", format!("{resource_type}/{}", version.id), StatusCode::OK),
+            Op::Delete => ("DELETE", format!("{resource_type}/{}", version.id), StatusCode::NO_CONTENT),
+        };
+        bundle.entry.push(EntryOut {
+            full_url: Some(format!("{base}/{resource_type}/{}", version.id)),
+            resource: if version.is_deleted() { None } else { raw(&version.body) },
+            request: Some(EntryRequest { method, url }),
+            response: Some(EntryResponse {
+                status: status_line(status),
+                etag: Some(etag(version.version)),
+                last_modified: Some(format_instant(version.header.last_updated_micros)),
+                ..Default::default()
+            }),
+        });
+    }
+    Ok(bundle.into_response())
+}

@@ -1,0 +1,93 @@
+//! `GET /fhir/metadata`: the CapabilityStatement, generated from the route table so that it
+//! lists exactly the interactions the routes serve.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::{AppState, Interaction, request, response, routes};
+use crate::fhir::ResourceType;
+use crate::fhir::validation::validator;
+
+/// The date of this release of the CapabilityStatement (required by FHIR).
+const RELEASE_DATE: &str = "2026-11-21";
+
+pub async fn capability_statement(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    response::json(StatusCode::OK, &build(&request::base_url(&http, &state)))
+}
+
+pub fn build(base: &str) -> Value {
+    let offered: Vec<Interaction> = routes().into_iter().map(|route| route.interaction).collect();
+    let has = |interaction| offered.contains(&interaction);
+    let type_codes: Vec<&str> = [
+        (Interaction::Read, "read"),
+        (Interaction::Vread, "vread"),
+        (Interaction::Update, "update"),
+        (Interaction::Delete, "delete"),
+        (Interaction::HistoryInstance, "history-instance"),
+        (Interaction::HistoryType, "history-type"),
+        (Interaction::Create, "create"),
+    ]
+    .into_iter()
+    .filter(|(interaction, _)| has(*interaction))
+    .map(|(_, code)| code)
+    .collect();
+    let system_codes: Vec<&str> = [
+        (Interaction::TransactionOrBatch, "transaction"),
+        (Interaction::TransactionOrBatch, "batch"),
+        (Interaction::HistorySystem, "history-system"),
+    ]
+    .into_iter()
+    .filter(|(interaction, _)| has(*interaction))
+    .map(|(_, code)| code)
+    .collect();
+
+    let resources: Vec<Value> = ResourceType::all()
+        .map(|resource_type| {
+            let mut resource = json!({
+                "type": resource_type.as_str(),
+                "interaction": type_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": has(Interaction::Vread),
+                "updateCreate": has(Interaction::Update),
+                "conditionalCreate": has(Interaction::Create),
+                "conditionalUpdate": has(Interaction::ConditionalUpdate),
+                "conditionalDelete": if has(Interaction::ConditionalDelete) { "multiple" } else { "not-supported" },
+                "conditionalRead": "not-supported",
+            });
+            let profiles: Vec<&str> = validator()
+                .profiles()
+                .iter()
+                .filter(|profile| profile.applies_to_type(resource_type))
+                .map(|profile| profile.url.as_str())
+                .collect();
+            if !profiles.is_empty() {
+                resource["supportedProfile"] = json!(profiles);
+            }
+            if has(Interaction::Validate) {
+                resource["operation"] = json!([{
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+                }]);
+            }
+            resource
+        })
+        .collect();
+
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": RELEASE_DATE,
+        "publisher": "Braid",
+        "kind": "instance",
+        "software": {"name": "Braid", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Braid FHIR R4 gateway", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": system_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+        }],
+    })
+}

@@ -1,0 +1,206 @@
+//! Reading what the client sent: bodies (with size, depth and media-type limits), path
+//! segments, conditional headers, `Prefer`, query parameters and the base URL.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::{HttpRequest, web};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::{AppState, Limits};
+use crate::fhir::reference::{self, Target, rewrite_resource_references};
+use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
+use crate::search::parse_criteria;
+use crate::store::{Criteria, Precondition};
+
+/// Reads the whole request body, refusing more than `limits.max_body_bytes` (413) and media
+/// types other than JSON (415). A missing `Content-Type` is taken to be FHIR JSON.
+pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
+    if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
+        let media = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !matches!(media.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+            return Err(FhirError::new(
+                Category::UnsupportedMediaType,
+                IssueCode::NotSupported,
+                format!("request bodies must be FHIR JSON (application/fhir+json), not '{media}'"),
+            ));
+        }
+    }
+    let too_large = || {
+        FhirError::new(
+            Category::TooLarge,
+            IssueCode::TooLong,
+            format!("the request body exceeds the limit of {} bytes", limits.max_body_bytes),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > limits.max_body_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
+    }
+    Ok(body.freeze())
+}
+
+/// Parses a body that must hold a resource of type `expected` (the type in the URL).
+pub fn resource_body(bytes: &[u8], expected: ResourceType, limits: &Limits) -> Result<Value, FhirError> {
+    let value = crate::fhir::json::parse_json(bytes, limits.max_json_depth)?;
+    let actual = crate::fhir::json::resource_type_of(&value)?;
+    if actual != expected {
+        return Err(FhirError::incorrect(
+            IssueCode::Invalid,
+            format!("the body is a {actual} but the URL addresses {expected}"),
+        )
+        .at("resourceType"));
+    }
+    Ok(value)
+}
+
+/// The resource type in a URL; unknown types are 404.
+pub fn resource_type(name: &str) -> Result<ResourceType, FhirError> {
+    ResourceType::parse(name).ok_or_else(|| FhirError::not_found(format!("'{name}' is not a resource type this server knows")))
+}
+
+pub fn id(text: &str) -> Result<Id, FhirError> {
+    Id::parse(text)
+}
+
+pub fn version_id(text: &str) -> Result<u64, FhirError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| FhirError::not_found(format!("'{text}' is not a version of this resource")))
+}
+
+/// `If-Match` and `If-None-Match` as a store precondition. Braid's ETags are `W/"<version>"`.
+pub fn precondition(request: &HttpRequest) -> Result<Precondition, FhirError> {
+    let if_match = match request.headers().get("if-match") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().unwrap_or("");
+            Some(parse_etag(text).ok_or_else(|| {
+                FhirError::incorrect(IssueCode::Invalid, format!("If-Match must be an ETag such as W/\"3\", not '{text}'"))
+            })?)
+        }
+    };
+    let if_none_match_any = match request.headers().get("if-none-match") {
+        None => false,
+        Some(value) if value.to_str().map(str::trim).ok() == Some("*") => true,
+        Some(_) => {
+            return Err(FhirError::incorrect(
+                IssueCode::NotSupported,
+                "on writes, If-None-Match supports only '*' (create only if absent)",
+            ));
+        }
+    };
+    Ok(Precondition { if_match, if_none_match_any })
+}
+
+pub fn parse_etag(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    text.trim_matches('"').parse().ok()
+}
+
+/// The `return` preference of the `Prefer` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+pub fn return_preference(request: &HttpRequest) -> Return {
+    let prefer = request.headers().get_all("prefer").filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    for part in prefer.split([',', ';']) {
+        match part.trim() {
+            "return=minimal" => return Return::Minimal,
+            "return=OperationOutcome" => return Return::OperationOutcome,
+            "return=representation" => return Return::Representation,
+            _ => {}
+        }
+    }
+    Return::Representation
+}
+
+/// The base URL of the FHIR API as clients should see it, e.g. `http://127.0.0.1:8080/fhir`.
+pub fn base_url(request: &HttpRequest, state: &web::Data<AppState>) -> String {
+    match &state.base_url {
+        Some(base) => base.clone(),
+        None => {
+            let info = request.connection_info();
+            format!("{}://{}/fhir", info.scheme(), info.host())
+        }
+    }
+}
+
+/// The query parameters, percent-decoded, in order.
+pub fn query_pairs(request: &HttpRequest) -> Vec<(String, String)> {
+    request
+        .query_string()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+            };
+            (decode(name), decode(value))
+        })
+        .collect()
+}
+
+/// The query string minus the parameters that steer the response rather than select
+/// resources (`_format`, `_pretty`), for conditional interactions.
+pub fn criteria_query(request: &HttpRequest) -> String {
+    request
+        .query_string()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("_format=") && !pair.starts_with("_pretty="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Finds every conditional reference (`Patient?identifier=x|1`) in `value` and parses its
+/// criteria, so the writer can resolve it inside the transaction.
+pub fn conditional_references(value: &mut Value) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
+    let mut found = HashMap::new();
+    rewrite_resource_references(value, &mut |text: &str| {
+        if let Target::Conditional { resource_type, query } = reference::parse(text) {
+            if !found.contains_key(text) {
+                let criteria = parse_criteria(resource_type, query)
+                    .map_err(|e| e.at(format!("reference '{text}'")))?;
+                found.insert(text.to_owned(), (resource_type, criteria));
+            }
+        }
+        Ok::<_, FhirError>(None)
+    })?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_parse_weak_and_strong() {
+        assert_eq!(parse_etag("W/\"3\""), Some(3));
+        assert_eq!(parse_etag("\"12\""), Some(12));
+        assert_eq!(parse_etag("W/\"x\""), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! `PUT /fhir/{type}/{id}` (update, or create with the client's id) and `PUT /fhir/{type}?...`
+//! (conditional update).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+
+use super::{AppState, request, response};
+use crate::fhir::validation::validator;
+use crate::fhir::{FhirError, IssueCode};
+use crate::search::parse_criteria;
+use crate::store::{Action, Target, WriteOp, WriteRequest};
+
+pub async fn by_id(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, FhirError> {
+    let (type_name, id) = path.into_inner();
+    let resource_type = request::resource_type(&type_name)?;
+    let id = request::id(&id)?;
+    let body = request::read_body(&http, payload, &state.limits).await?;
+    let value = request::resource_body(&body, resource_type, &state.limits)?;
+    match value.get("id") {
+        Some(Value::String(body_id)) if body_id == id.as_str() => {}
+        Some(Value::String(body_id)) => {
+            return Err(FhirError::incorrect(
+                IssueCode::Invalid,
+                format!("the body's id '{body_id}' differs from the id '{id}' in the URL"),
+            )
+            .at(format!("{resource_type}.id")));
+        }
+        _ => {
+            return Err(FhirError::incorrect(IssueCode::Required, "an update must carry the resource's id in the body")
+                .at(format!("{resource_type}.id")));
+        }
+    }
+    execute(&http, &state, resource_type, Target::Id(id), value).await
+}
+
+pub async fn conditional(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, FhirError> {
+    let resource_type = request::resource_type(&path.into_inner())?;
+    let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
+    let body = request::read_body(&http, payload, &state.limits).await?;
+    let value = request::resource_body(&body, resource_type, &state.limits)?;
+    execute(&http, &state, resource_type, Target::Criteria(criteria), value).await
+}
+
+async fn execute(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    resource_type: crate::fhir::ResourceType,
+    target: Target,
+    mut value: Value,
+) -> Result<HttpResponse, FhirError> {
+    validator().validate_value(resource_type, &value)?;
+    let precondition = request::precondition(http)?;
+    let conditional_references = request::conditional_references(&mut value)?;
+    let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
+    let write = WriteRequest {
+        ops: vec![WriteOp { full_url: None, action: Action::Update { resource_type, target, resource, precondition } }],
+        conditional_references,
+    };
+    let outcomes = state.store.write(write).await?;
+    Ok(response::write(&outcomes[0], request::return_preference(http), &request::base_url(http, state)))
+}

@@ -1,0 +1,23 @@
+//! `GET /fhir/{type}/{id}/_history/{vid}`: one version.
+
+use actix_web::{HttpResponse, web};
+
+use super::{AppState, request, response};
+use crate::fhir::{Category, FhirError, IssueCode};
+
+pub async fn handle(state: web::Data<AppState>, path: web::Path<(String, String, String)>) -> Result<HttpResponse, FhirError> {
+    let (type_name, id, version) = path.into_inner();
+    let resource_type = request::resource_type(&type_name)?;
+    let id = request::id(&id)?;
+    let version = request::version_id(&version)?;
+    let snapshot = state.store.snapshot()?;
+    match snapshot.version(resource_type, id.as_str(), version)? {
+        None => Err(FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))),
+        Some(stored) if stored.is_deleted() => Err(FhirError::new(
+            Category::Gone,
+            IssueCode::Deleted,
+            format!("version {version} of {resource_type}/{id} is its deletion"),
+        )),
+        Some(stored) => Ok(response::resource(&stored)),
+    }
+}

@@ -1,0 +1,19 @@
+//! Braid: a FHIR R4 interoperability gateway.
+//!
+//! Module map (dependencies point downwards only):
+//! - [`http`]: actix handlers, one file per interaction; the route table that also generates the
+//!   CapabilityStatement.
+//! - [`search`]: index extraction on write and query parsing.
+//! - [`store`]: the only code that touches redb: tables, key codecs, the single writer, snapshots.
+//! - [`fhir`]: the pure model: types, ids, JSON, references, validation, OperationOutcome.
+//!
+//! [`startup`] wires them together; [`config`] and [`telemetry`] are the operator's side.
+
+pub mod config;
+pub mod demo;
+pub mod fhir;
+pub mod http;
+pub mod search;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,99 @@
+//! Wiring: opens the store, builds the app state and the routes, binds the listener. The only
+//! module that knows every other one.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Settings;
+use crate::http::{self, AppState, Limits};
+use crate::search::IdentifierIndexer;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Store,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Opens the database and binds the listener (port 0 picks a free port; see [`port`]).
+    ///
+    /// [`port`]: Application::port
+    pub fn build(settings: &Settings) -> Result<Application, StartupError> {
+        let options = StoreOptions {
+            cache_bytes: settings.cache_mb << 20,
+            max_group: settings.writer_max_group,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&settings.data, options, Arc::new(IdentifierIndexer))
+            .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?.port();
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            limits: Limits {
+                max_body_bytes: settings.max_body_bytes,
+                max_json_depth: settings.max_json_depth,
+                page_size: settings.page_size,
+                max_page_size: settings.max_page_size,
+            },
+            base_url: settings.base_url.clone(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
+        })
+        .shutdown_timeout(settings.shutdown_timeout_secs);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
+            .run();
+        Ok(Application { port, server, store, shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
+    /// to close the database cleanly (so the next start needs no recovery).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application { server, store, shutdown_timeout, .. } = self;
+        let result = server.await;
+        let writer_done = store.writer_finished();
+        drop(store);
+        let deadline = Instant::now() + shutdown_timeout;
+        while !writer_done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if writer_done() {
+            tracing::info!("database closed cleanly");
+        } else {
+            tracing::warn!("the writer did not stop in time; the next start will check the database");
+        }
+        result
+    }
+}

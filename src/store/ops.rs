@@ -1,0 +1,111 @@
+//! What callers ask the writer to do, and what it answers.
+
+use std::collections::HashMap;
+
+use crate::fhir::{Id, Resource, ResourceType};
+
+/// Produces the search index entries of a resource version that is about to become current.
+/// The store calls it inside the write transaction, so the indexes always match the data.
+pub trait Indexer: Send + Sync + 'static {
+    fn entries(&self, resource_type: ResourceType, resource: &Resource) -> Vec<IndexEntry>;
+}
+
+/// One `(parameter, value)` pair of a resource, e.g. `("identifier", b"http://x|123")`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IndexEntry {
+    pub param: String,
+    pub value: Vec<u8>,
+}
+
+/// Search criteria the store can evaluate by itself, inside a write transaction: the resources
+/// that satisfy every clause. Built by the search module from a query string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Criteria {
+    pub clauses: Vec<Clause>,
+    /// The query as the client wrote it, for error messages.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Clause {
+    /// The resource's id is one of these.
+    Ids(Vec<Id>),
+    /// The resource has an index entry for `param` with any of `values`.
+    Index { param: String, values: Vec<Vec<u8>> },
+}
+
+/// Which resource an update or delete addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Id(Id),
+    /// Conditional update/delete: the resource(s) matching these criteria.
+    Criteria(Criteria),
+}
+
+/// `If-Match` and `If-None-Match` as sent by the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Precondition {
+    /// The version the client last saw; the write fails with 412 unless it is current.
+    pub if_match: Option<u64>,
+    /// `If-None-Match: *`: only create, never overwrite.
+    pub if_none_match_any: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create with a server-assigned id. With `if_none_exist`, nothing is created when exactly
+    /// one resource matches (its id is returned instead).
+    Create { resource_type: ResourceType, resource: Resource, if_none_exist: Option<Criteria> },
+    Update { resource_type: ResourceType, target: Target, resource: Resource, precondition: Precondition },
+    Delete { resource_type: ResourceType, target: Target, precondition: Precondition },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOp {
+    /// The bundle entry's `fullUrl`; references to it in other entries are rewritten to the
+    /// resource's final `Type/id`.
+    pub full_url: Option<String>,
+    pub action: Action,
+}
+
+/// A unit of work for the writer: all of its operations commit together or not at all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteRequest {
+    pub ops: Vec<WriteOp>,
+    /// Conditional references (`Patient?identifier=x|1`) found in the resources, each parsed by
+    /// the search module; the writer resolves them to `Type/id` inside the transaction.
+    pub conditional_references: HashMap<String, (ResourceType, Criteria)>,
+}
+
+impl WriteRequest {
+    pub fn single(action: Action) -> Self {
+        WriteRequest { ops: vec![WriteOp { full_url: None, action }], ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Created,
+    Updated,
+    /// An update whose content equals the current version, or a conditional create that found
+    /// its match: nothing was written.
+    Unchanged,
+    /// `count` resources were deleted (more than one only for a conditional delete).
+    Deleted { count: usize },
+    /// A delete that found nothing to delete (already deleted, never existed, or no match).
+    NothingToDelete,
+}
+
+/// The result of one operation, in the order of the request's operations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpOutcome {
+    pub resource_type: ResourceType,
+    /// The resource concerned; `None` only for a delete that matched nothing.
+    pub id: Option<Id>,
+    pub kind: OutcomeKind,
+    /// The resource's current version after the operation (the tombstone's, for a delete).
+    pub version: Option<u64>,
+    pub last_updated_micros: Option<i64>,
+    /// The stored JSON of the current version (none for deletes).
+    pub body: Option<std::sync::Arc<Vec<u8>>>,
+}

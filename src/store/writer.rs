@@ -1,0 +1,612 @@
+//! The single writer.
+//!
+//! redb allows one write transaction at a time, and every durable commit costs an fsync. One
+//! thread therefore owns all writing: it takes every request waiting in its queue (up to
+//! `max_group`), executes them one after another inside one transaction, commits once, and only
+//! then answers each request. Concurrent requests share the fsync; each still sees the effects
+//! of the requests before it, so conditional operations are serialised and atomic.
+//!
+//! Invariant: a request that fails (a precondition, a conditional match, a bad reference) has
+//! written nothing, because every check of a request runs before its first write. Only a
+//! storage error can stop a request midway, and that aborts the whole group.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::{prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, system_history, type_history};
+use super::ops::{Action, Clause, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::{
+    Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError, StoreOptions,
+    TYPE_HISTORY,
+};
+use crate::fhir::json::{format_instant, same_content, stamp};
+use crate::fhir::reference::{self, rewrite_resource_references};
+use crate::fhir::{Category, FhirError, Id, IssueCode, Resource, ResourceType};
+
+type Reply = Result<Vec<OpOutcome>, FhirError>;
+
+struct Job {
+    request: WriteRequest,
+    reply: oneshot::Sender<Reply>,
+    span: tracing::Span,
+}
+
+#[derive(Clone)]
+pub(super) struct WriterHandle {
+    queue: mpsc::Sender<Job>,
+    /// Set by the writer thread when it has exited and released the database.
+    pub(super) stopped: Arc<AtomicBool>,
+}
+
+impl WriterHandle {
+    pub(super) async fn submit(&self, request: WriteRequest) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { request, reply, span: tracing::Span::current() };
+        self.queue.send(job).await.map_err(|_| FhirError::from(StoreError::WriterGone))?;
+        answer.await.map_err(|_| FhirError::from(StoreError::WriterGone))?
+    }
+}
+
+/// The writer's logical clock: `t` counts versions; `last_micros` is the newest lastUpdated.
+#[derive(Clone, Copy)]
+struct Clock {
+    next_t: u64,
+    last_micros: i64,
+}
+
+pub(super) fn start(db: Arc<Database>, indexer: Arc<dyn Indexer>, options: &StoreOptions) -> Result<WriterHandle, StoreError> {
+    let clock = load_clock(&db)?;
+    let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
+    let max_group = options.max_group.max(1);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stopped_flag = stopped.clone();
+    std::thread::Builder::new()
+        .name("braid-writer".into())
+        .spawn(move || {
+            run(&db, receiver, indexer.as_ref(), clock, max_group);
+            drop(db);
+            stopped_flag.store(true, Ordering::Release);
+        })
+        .map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))?;
+    Ok(WriterHandle { queue, stopped })
+}
+
+/// Reads where the clock stands from the newest history entry.
+fn load_clock(db: &Database) -> Result<Clock, StoreError> {
+    let txn = db.begin_read()?;
+    let history = txn.open_table(SYSTEM_HISTORY)?;
+    let Some((key, _)) = history.last()? else {
+        return Ok(Clock { next_t: 1, last_micros: 0 });
+    };
+    let (t, ty, id, version) = system_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+    let versions = txn.open_table(RESOURCE_VERSION)?;
+    let record_key = resource_version::encode(&ty, &id, version);
+    let record = versions.get(record_key.as_slice())?.ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
+    let (header, _) = resource_version::decode_value(record.value()).ok_or(StoreError::Corrupt(record_key))?;
+    Ok(Clock { next_t: t + 1, last_micros: header.last_updated_micros })
+}
+
+fn run(db: &Database, mut receiver: mpsc::Receiver<Job>, indexer: &dyn Indexer, mut clock: Clock, max_group: usize) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_group {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let before = clock;
+        match commit_group(db, indexer, &mut clock, &jobs) {
+            Ok(replies) => {
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    // The requester may have gone away (client disconnected); the write stands.
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(error) => {
+                clock = before;
+                tracing::error!(error = %error, requests = jobs.len(), "write group failed; nothing was committed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(FhirError::fault("storage")));
+                }
+            }
+        }
+    }
+    tracing::debug!("writer stopped: no more senders");
+}
+
+fn commit_group(db: &Database, indexer: &dyn Indexer, clock: &mut Clock, jobs: &[Job]) -> Result<Vec<Reply>, StoreError> {
+    let txn = db.begin_write()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    // lastUpdated never goes backwards, even if the system clock does: history relies on it.
+    clock.last_micros = now.max(clock.last_micros);
+    let replies = {
+        let mut tables = Tables::open(&txn)?;
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _entered = job.span.enter();
+            let mut execution = Execution { tables: &mut tables, indexer, clock };
+            replies.push(execution.execute(&job.request)?);
+        }
+        replies
+    };
+    txn.commit()?;
+    Ok(replies)
+}
+
+struct Tables<'txn> {
+    versions: Table<'txn, &'static [u8], &'static [u8]>,
+    type_history: Table<'txn, &'static [u8], ()>,
+    system_history: Table<'txn, &'static [u8], ()>,
+    spv: Table<'txn, &'static [u8], ()>,
+    rspv: Table<'txn, &'static [u8], ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            versions: txn.open_table(RESOURCE_VERSION)?,
+            type_history: txn.open_table(TYPE_HISTORY)?,
+            system_history: txn.open_table(SYSTEM_HISTORY)?,
+            spv: txn.open_table(SEARCH_PARAM_VALUE)?,
+            rspv: txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?,
+        })
+    }
+}
+
+/// The current state of one resource as the writer sees it.
+struct Current {
+    version: u64,
+    deleted: bool,
+    last_updated_micros: i64,
+    body: Vec<u8>,
+}
+
+/// What one operation of a request resolved to, before anything is written.
+enum Resolved {
+    Write { resource_type: ResourceType, id: Id, resource: Resource, precondition: Precondition, server_assigned: bool },
+    Existing { resource_type: ResourceType, id: Id },
+    Delete { resource_type: ResourceType, ids: Vec<Id>, precondition: Precondition },
+}
+
+/// What a resolved operation will write, decided after every check has passed.
+enum Planned {
+    Put { resource_type: ResourceType, id: Id, version: u64, resource: Resource, created: bool },
+    Unchanged { resource_type: ResourceType, id: Id, current: Current },
+    Delete { resource_type: ResourceType, tombstones: Vec<(Id, u64)> },
+}
+
+struct Execution<'a, 'txn> {
+    tables: &'a mut Tables<'txn>,
+    indexer: &'a dyn Indexer,
+    clock: &'a mut Clock,
+}
+
+impl Execution<'_, '_> {
+    /// Runs one request. The outer error is a storage failure (aborts the group); the inner one
+    /// is this request's own failure, with nothing written.
+    fn execute(&mut self, request: &WriteRequest) -> Result<Reply, StoreError> {
+        let resolved = match self.resolve(request) {
+            Ok(resolved) => resolved,
+            Err(Failure::Request(error)) => return Ok(Err(error)),
+            Err(Failure::Storage(error)) => return Err(error),
+        };
+        let planned = match self.plan(resolved) {
+            Ok(planned) => planned,
+            Err(Failure::Request(error)) => return Ok(Err(error)),
+            Err(Failure::Storage(error)) => return Err(error),
+        };
+        // From here on nothing can fail except storage.
+        let mut outcomes = Vec::with_capacity(planned.len());
+        for plan in planned {
+            outcomes.push(self.apply(plan)?);
+        }
+        Ok(Ok(outcomes))
+    }
+
+    /// Decides which resource each operation addresses, in the order FHIR prescribes for
+    /// transactions (deletes, then creates, then updates), and rewrites references between
+    /// the request's resources. Results are in the request's order.
+    fn resolve(&mut self, request: &WriteRequest) -> Result<Vec<Resolved>, Failure> {
+        let rank = |action: &Action| match action {
+            Action::Delete { .. } => 0,
+            Action::Create { .. } => 1,
+            Action::Update { .. } => 2,
+        };
+        let mut order: Vec<usize> = (0..request.ops.len()).collect();
+        order.sort_by_key(|&index| rank(&request.ops[index].action));
+
+        let mut resolved: Vec<Option<Resolved>> = request.ops.iter().map(|_| None).collect();
+        let mut local_urls: HashMap<&str, String> = HashMap::new();
+        let mut touched: HashSet<(ResourceType, Id)> = HashSet::new();
+        let mut touch = |resource_type: ResourceType, id: &Id| -> Result<(), Failure> {
+            if touched.insert((resource_type, id.clone())) {
+                Ok(())
+            } else {
+                Err(Failure::Request(FhirError::incorrect(
+                    IssueCode::Duplicate,
+                    format!("{resource_type}/{id} is the target of more than one entry of the transaction"),
+                )))
+            }
+        };
+
+        for index in order {
+            let op = &request.ops[index];
+            let outcome = match &op.action {
+                Action::Create { resource_type, resource, if_none_exist } => {
+                    let existing = match if_none_exist {
+                        Some(criteria) => single_match(self.find(*resource_type, criteria)?, criteria)?,
+                        None => None,
+                    };
+                    match existing {
+                        Some(id) => Resolved::Existing { resource_type: *resource_type, id },
+                        None => Resolved::Write {
+                            resource_type: *resource_type,
+                            id: Id::generate(),
+                            resource: resource.clone(),
+                            precondition: Precondition::default(),
+                            server_assigned: true,
+                        },
+                    }
+                }
+                Action::Update { resource_type, target, resource, precondition } => {
+                    let (id, server_assigned) = match target {
+                        Target::Id(id) => (id.clone(), false),
+                        Target::Criteria(criteria) => {
+                            let body_id = resource.get("id").and_then(Value::as_str);
+                            match single_match(self.find(*resource_type, criteria)?, criteria)? {
+                                Some(found) => {
+                                    if body_id.is_some_and(|body_id| body_id != found.as_str()) {
+                                        return Err(Failure::Request(FhirError::incorrect(
+                                            IssueCode::Invalid,
+                                            format!("the conditional update matched {resource_type}/{found}, but the body has id '{}'", body_id.unwrap_or_default()),
+                                        )));
+                                    }
+                                    (found, false)
+                                }
+                                None => match body_id {
+                                    Some(body_id) => (Id::parse(body_id).map_err(Failure::Request)?, false),
+                                    None => (Id::generate(), true),
+                                },
+                            }
+                        }
+                    };
+                    Resolved::Write {
+                        resource_type: *resource_type,
+                        id,
+                        resource: resource.clone(),
+                        precondition: *precondition,
+                        server_assigned,
+                    }
+                }
+                Action::Delete { resource_type, target, precondition } => {
+                    let ids = match target {
+                        Target::Id(id) => vec![id.clone()],
+                        Target::Criteria(criteria) => self.find(*resource_type, criteria)?,
+                    };
+                    Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
+                }
+            };
+            match &outcome {
+                Resolved::Write { resource_type, id, .. } | Resolved::Existing { resource_type, id } => {
+                    touch(*resource_type, id)?;
+                    if let Some(full_url) = &op.full_url {
+                        local_urls.insert(full_url.as_str(), format!("{resource_type}/{id}"));
+                    }
+                }
+                Resolved::Delete { resource_type, ids, .. } => {
+                    for id in ids {
+                        touch(*resource_type, id)?;
+                    }
+                }
+            }
+            resolved[index] = Some(outcome);
+        }
+
+        let mut resolved: Vec<Resolved> = resolved.into_iter().map(|r| r.expect("every operation was resolved")).collect();
+        let mut conditional_cache: HashMap<String, String> = HashMap::new();
+        for item in &mut resolved {
+            if let Resolved::Write { resource, .. } = item {
+                let mut value = Value::Object(std::mem::take(resource));
+                let result = rewrite_resource_references(&mut value, &mut |text: &str| {
+                    self.rewrite_reference(text, &local_urls, request, &mut conditional_cache)
+                });
+                let Value::Object(map) = value else { unreachable!("a resource stays an object") };
+                *resource = map;
+                result?;
+            }
+        }
+        Ok(resolved)
+    }
+
+    fn rewrite_reference(
+        &mut self,
+        text: &str,
+        local_urls: &HashMap<&str, String>,
+        request: &WriteRequest,
+        cache: &mut HashMap<String, String>,
+    ) -> Result<Option<String>, Failure> {
+        if let Some(local) = local_urls.get(text) {
+            return Ok(Some(local.clone()));
+        }
+        match reference::parse(text) {
+            reference::Target::Urn(urn) => Err(Failure::Request(FhirError::incorrect(
+                IssueCode::NotFound,
+                format!("the reference '{urn}' does not match the fullUrl of any entry"),
+            ))),
+            reference::Target::Conditional { .. } => {
+                if let Some(resolved) = cache.get(text) {
+                    return Ok(Some(resolved.clone()));
+                }
+                let Some((resource_type, criteria)) = request.conditional_references.get(text) else {
+                    return Err(Failure::Request(FhirError::incorrect(
+                        IssueCode::Invalid,
+                        format!("the conditional reference '{text}' could not be parsed"),
+                    )));
+                };
+                let matches = self.find(*resource_type, criteria)?;
+                match matches.as_slice() {
+                    [id] => {
+                        let local = format!("{resource_type}/{id}");
+                        cache.insert(text.to_owned(), local.clone());
+                        Ok(Some(local))
+                    }
+                    [] => Err(Failure::Request(FhirError::precondition_failed(
+                        IssueCode::NotFound,
+                        format!("the conditional reference '{text}' matches no resource"),
+                    ))),
+                    _ => Err(Failure::Request(FhirError::precondition_failed(
+                        IssueCode::MultipleMatches,
+                        format!("the conditional reference '{text}' matches {} resources", matches.len()),
+                    ))),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks preconditions and decides versions, still without writing.
+    fn plan(&mut self, resolved: Vec<Resolved>) -> Result<Vec<Planned>, Failure> {
+        let mut planned = Vec::with_capacity(resolved.len());
+        for item in resolved {
+            planned.push(match item {
+                Resolved::Existing { resource_type, id } => {
+                    let current = self.current(resource_type, &id)?.ok_or_else(|| {
+                        Failure::Storage(StoreError::Corrupt(resource_version::prefix(resource_type.as_str(), id.as_str())))
+                    })?;
+                    Planned::Unchanged { resource_type, id, current }
+                }
+                Resolved::Write { resource_type, id, resource, precondition, server_assigned } => {
+                    let current = if server_assigned { None } else { self.current(resource_type, &id)? };
+                    check_precondition(resource_type, &id, precondition, current.as_ref())?;
+                    match current {
+                        Some(current) if !current.deleted && is_same_content(&current.body, &resource) => {
+                            Planned::Unchanged { resource_type, id, current }
+                        }
+                        current => {
+                            let created = current.as_ref().is_none_or(|c| c.deleted);
+                            let version = current.map_or(1, |c| c.version + 1);
+                            Planned::Put { resource_type, id, version, resource, created }
+                        }
+                    }
+                }
+                Resolved::Delete { resource_type, ids, precondition } => {
+                    let mut tombstones = Vec::new();
+                    for id in ids {
+                        let current = self.current(resource_type, &id)?;
+                        if precondition.if_match.is_some() {
+                            check_precondition(resource_type, &id, precondition, current.as_ref())?;
+                        }
+                        if let Some(current) = current.filter(|c| !c.deleted) {
+                            tombstones.push((id, current.version + 1));
+                        }
+                    }
+                    Planned::Delete { resource_type, tombstones }
+                }
+            });
+        }
+        Ok(planned)
+    }
+
+    fn apply(&mut self, plan: Planned) -> Result<OpOutcome, StoreError> {
+        let last_updated = self.clock.last_micros;
+        match plan {
+            Planned::Unchanged { resource_type, id, current } => {
+                Ok(OpOutcome {
+                    resource_type,
+                    id: Some(id),
+                    kind: OutcomeKind::Unchanged,
+                    version: Some(current.version),
+                    last_updated_micros: Some(current.last_updated_micros),
+                    body: Some(Arc::new(current.body)),
+                })
+            }
+            Planned::Put { resource_type, id, version, resource, created } => {
+                let stamped = stamp(resource, resource_type, &id, version, &format_instant(last_updated));
+                let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
+                let op = if created { Op::Create } else { Op::Update };
+                self.put_version(resource_type, &id, version, op, &body)?;
+                self.reindex(resource_type, &id, Some(&stamped))?;
+                Ok(OpOutcome {
+                    resource_type,
+                    id: Some(id),
+                    kind: if created { OutcomeKind::Created } else { OutcomeKind::Updated },
+                    version: Some(version),
+                    last_updated_micros: Some(last_updated),
+                    body: Some(Arc::new(body)),
+                })
+            }
+            Planned::Delete { resource_type, tombstones } => {
+                let count = tombstones.len();
+                let first = tombstones.first().cloned();
+                for (id, version) in tombstones {
+                    self.put_version(resource_type, &id, version, Op::Delete, &[])?;
+                    self.reindex(resource_type, &id, None)?;
+                }
+                Ok(OpOutcome {
+                    resource_type,
+                    version: first.as_ref().map(|(_, v)| *v),
+                    id: first.map(|(id, _)| id),
+                    kind: if count == 0 { OutcomeKind::NothingToDelete } else { OutcomeKind::Deleted { count } },
+                    last_updated_micros: (count > 0).then_some(last_updated),
+                    body: None,
+                })
+            }
+        }
+    }
+
+    fn put_version(&mut self, resource_type: ResourceType, id: &Id, version: u64, op: Op, body: &[u8]) -> Result<(), StoreError> {
+        let t = self.clock.next_t;
+        self.clock.next_t += 1;
+        let header = Header { op, t, last_updated_micros: self.clock.last_micros };
+        let (ty, id) = (resource_type.as_str(), id.as_str());
+        let key = resource_version::encode(ty, id, version);
+        self.tables.versions.insert(key.as_slice(), resource_version::encode_value(header, body).as_slice())?;
+        self.tables.type_history.insert(type_history::encode(ty, t, id, version).as_slice(), ())?;
+        self.tables.system_history.insert(system_history::encode(t, ty, id, version).as_slice(), ())?;
+        Ok(())
+    }
+
+    /// Replaces the index entries of a resource with those of its new current version (none
+    /// for a deletion).
+    fn reindex(&mut self, resource_type: ResourceType, id: &Id, resource: Option<&Resource>) -> Result<(), StoreError> {
+        let (ty, id) = (resource_type.as_str(), id.as_str());
+        let prefix = rspv::resource_prefix(ty, id);
+        let end = prefix_end(&prefix);
+        let mut stale = Vec::new();
+        for entry in self.tables.rspv.range(prefix.as_slice()..end.as_slice())? {
+            let (key, _) = entry?;
+            stale.push(key.value().to_vec());
+        }
+        for key in stale {
+            let (_, _, param, value) = rspv::decode(&key).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+            self.tables.spv.remove(spv::encode(ty, &param, &value, id).as_slice())?;
+            self.tables.rspv.remove(key.as_slice())?;
+        }
+        if let Some(resource) = resource {
+            let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
+            for entry in entries {
+                self.tables.spv.insert(spv::encode(ty, &entry.param, &entry.value, id).as_slice(), ())?;
+                self.tables.rspv.insert(rspv::encode(ty, id, &entry.param, &entry.value).as_slice(), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn current(&self, resource_type: ResourceType, id: &Id) -> Result<Option<Current>, StoreError> {
+        let prefix = resource_version::prefix(resource_type.as_str(), id.as_str());
+        let end = prefix_end(&prefix);
+        let Some(entry) = self.tables.versions.range(prefix.as_slice()..end.as_slice())?.next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        let (_, _, version) = resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+        let (header, body) = resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+        Ok(Some(Current {
+            version,
+            deleted: header.op == Op::Delete,
+            last_updated_micros: header.last_updated_micros,
+            body: body.to_vec(),
+        }))
+    }
+
+    /// The ids of the current resources of `resource_type` that satisfy every clause.
+    fn find(&self, resource_type: ResourceType, criteria: &Criteria) -> Result<Vec<Id>, Failure> {
+        let mut result: Option<BTreeSet<String>> = None;
+        for clause in &criteria.clauses {
+            let mut ids = BTreeSet::new();
+            match clause {
+                Clause::Ids(candidates) => {
+                    for id in candidates {
+                        if self.current(resource_type, id)?.is_some_and(|c| !c.deleted) {
+                            ids.insert(id.as_str().to_owned());
+                        }
+                    }
+                }
+                Clause::Index { param, values } => {
+                    for value in values {
+                        let prefix = spv::prefix(resource_type.as_str(), param, value);
+                        let end = prefix_end(&prefix);
+                        for entry in self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+                            let (key, _) = entry.map_err(StoreError::from)?;
+                            let (_, _, _, id) = spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+                            ids.insert(id);
+                        }
+                    }
+                }
+            }
+            result = Some(match result {
+                None => ids,
+                Some(previous) => previous.intersection(&ids).cloned().collect(),
+            });
+        }
+        let ids = result.unwrap_or_default();
+        ids.into_iter().map(|id| Id::parse(&id).map_err(|_| Failure::Storage(StoreError::Corrupt(id.into_bytes())))).collect()
+    }
+}
+
+/// A request's own failure, or a storage failure that aborts the whole group.
+enum Failure {
+    Request(FhirError),
+    Storage(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::Storage(error)
+    }
+}
+
+impl From<FhirError> for Failure {
+    fn from(error: FhirError) -> Self {
+        Failure::Request(error)
+    }
+}
+
+/// Conditional create and update need at most one match.
+fn single_match(matches: Vec<Id>, criteria: &Criteria) -> Result<Option<Id>, Failure> {
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(matches.into_iter().next()),
+        n => Err(Failure::Request(FhirError::precondition_failed(
+            IssueCode::MultipleMatches,
+            format!("the criteria '{}' match {n} resources; they must match at most one", criteria.text),
+        ))),
+    }
+}
+
+fn check_precondition(resource_type: ResourceType, id: &Id, precondition: Precondition, current: Option<&Current>) -> Result<(), Failure> {
+    let live = current.filter(|c| !c.deleted);
+    if let Some(expected) = precondition.if_match {
+        let actual = current.map(|c| c.version);
+        if actual != Some(expected) {
+            let actual = actual.map_or("none".to_owned(), |v| v.to_string());
+            return Err(Failure::Request(FhirError::new(
+                Category::PreconditionFailed,
+                IssueCode::Conflict,
+                format!("If-Match expected version {expected} of {resource_type}/{id}, but the current version is {actual}"),
+            )));
+        }
+    }
+    if precondition.if_none_match_any && live.is_some() {
+        return Err(Failure::Request(FhirError::new(
+            Category::PreconditionFailed,
+            IssueCode::Duplicate,
+            format!("If-None-Match: * but {resource_type}/{id} already exists"),
+        )));
+    }
+    Ok(())
+}
+
+fn is_same_content(stored: &[u8], incoming: &Resource) -> bool {
+    match serde_json::from_slice::<Value>(stored) {
+        Ok(Value::Object(current)) => same_content(&current, incoming),
+        _ => false,
+    }
+}

@@ -1,0 +1,78 @@
+//! Logging: a tracing subscriber writing JSON lines (or human-readable text), and the request
+//! middleware that gives every request an id carried by every log line it produces.
+//!
+//! Nothing here logs request or response bodies, query strings or headers: they can hold
+//! patient data and tokens.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::HttpMessage;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, Settings};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installs the global subscriber. Call once, before anything logs; later calls are ignored
+/// (tests start many servers in one process).
+pub fn init(settings: &Settings) {
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// The id of the request being handled, stored in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Wraps each request in a span holding its id (the client's `X-Request-Id` if it is a sane
+/// token, otherwise a new UUID), echoes the id in the response, and logs one line at the end.
+pub async fn request_span(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.path(),
+    );
+    let started = Instant::now();
+    let result = next.call(request).instrument(span.clone()).await;
+    let _entered = span.enter();
+    match result {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let millis = started.elapsed().as_secs_f64() * 1000.0;
+            if status >= 500 {
+                tracing::error!(status, millis, "request failed");
+            } else {
+                tracing::info!(status, millis, "request completed");
+            }
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "request failed");
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Crash safety: a `braid serve` child process under sustained writes is killed with SIGKILL at
+//! random moments; after every restart each acknowledged write must be readable, with its
+//! place in the version history.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const WRITERS: usize = 8;
+const IDS_PER_WRITER: usize = 4;
+const KILLS: usize = 20;
+
+/// Starts `braid serve` on a free port and returns it with the port it reports.
+fn start(data: &std::path::Path) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("BRAID_LOG_FORMAT", "json")
+        .env("BRAID_LOG_LEVEL", "warn,braid=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the braid binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining the pipe for the life of the process, so logging never blocks.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(log) = serde_json::from_str::<Value>(&line) {
+                if let Some(port) = log["fields"]["port"].as_u64() {
+                    let _ = sender.send(port as u16);
+                }
+            }
+        }
+    });
+    let port = receiver.recv_timeout(Duration::from_secs(60)).expect("braid reports its port");
+    (child, port)
+}
+
+type Acknowledged = Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>>;
+
+/// Writes versions of its own resources as fast as it can until the server goes away,
+/// recording every acknowledged (version, counter) pair.
+async fn write_until_killed(client: reqwest::Client, base: String, writer: usize, acknowledged: Acknowledged, counter_start: u64) {
+    let mut counter = counter_start;
+    loop {
+        for slot in 0..IDS_PER_WRITER {
+            counter += 1;
+            let id = format!("crash-{writer}-{slot}");
+            let body = json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "urn:counter", "value": counter.to_string()}]});
+            let sent = client.put(format!("{base}/Patient/{id}")).header("content-type", "application/fhir+json").body(body.to_string()).send().await;
+            let Ok(response) = sent else { return };
+            if !response.status().is_success() {
+                return;
+            }
+            let version = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse::<u64>().ok())
+                .expect("an acknowledged write has an ETag");
+            acknowledged.lock().unwrap().entry(id).or_default().push((version, counter));
+        }
+    }
+}
+
+async fn verify(client: &reqwest::Client, base: &str, acknowledged: &Acknowledged) -> usize {
+    let expected = acknowledged.lock().unwrap().clone();
+    let mut checked = 0;
+    for (id, writes) in expected {
+        let history: Value = client.get(format!("{base}/Patient/{id}/_history?_count=1000")).send().await.unwrap().json().await.unwrap();
+        let stored: HashMap<u64, String> = history["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let version = e["response"]["etag"].as_str().unwrap().trim_start_matches("W/").trim_matches('"').parse().unwrap();
+                (version, e["resource"]["identifier"][0]["value"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        assert!(stored.len() < 1000, "history exceeded one page; raise _count");
+        for (version, counter) in writes {
+            assert_eq!(stored.get(&version), Some(&counter.to_string()), "acknowledged version {version} of Patient/{id} is lost");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[actix_web::test]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("crash.redb");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let acknowledged: Acknowledged = Arc::default();
+    let started = Instant::now();
+    for round in 0..KILLS {
+        let (mut child, port) = start(&data);
+        let base = format!("http://127.0.0.1:{port}/fhir");
+        let checked = verify(&client, &base, &acknowledged).await;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let counter_start = (round as u64 * WRITERS as u64 + writer as u64) * 1_000_000;
+                tokio::spawn(write_until_killed(client.clone(), base.clone(), writer, acknowledged.clone(), counter_start))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rand::random_range(50..500))).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        eprintln!("round {round}: verified {checked} acknowledged writes after restart");
+    }
+    let (mut child, port) = start(&data);
+    let checked = verify(&client, &format!("http://127.0.0.1:{port}/fhir"), &acknowledged).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(checked > 100, "the test should have acknowledged a fair number of writes, got {checked}");
+    eprintln!("{checked} acknowledged writes verified across {KILLS} kills in {:?}", started.elapsed());
+}

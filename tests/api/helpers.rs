@@ -1,0 +1,118 @@
+//! `spawn_app`: a Braid server on a free port with its own temporary database, plus small
+//! request helpers that return status, headers and parsed JSON.
+
+use braid::config::Settings;
+use braid::startup::Application;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The expressions of all issues of an OperationOutcome body.
+    pub fn expressions(&self) -> Vec<String> {
+        self.body["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|issue| issue["expression"].as_array().into_iter().flatten())
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn assert_outcome(&self, status: u16) {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(self.body["resourceType"], "OperationOutcome", "expected an OperationOutcome: {}", self.text);
+        assert!(self.body["issue"][0]["diagnostics"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    let application = Application::build(&settings).expect("the server starts");
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    TestApp { base, client: reqwest::Client::new(), _dir: dir }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("the request reaches the server");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, body, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string())).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// Every entry of the system history: a way to check that a rejected request wrote nothing.
+    pub async fn history_len(&self) -> usize {
+        let reply = self.get("/_history?_count=1000").await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.body["entry"].as_array().map_or(0, Vec::len)
+    }
+}
+
+pub fn patient(family: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "http://hospital.example/mrn", "value": family}],
+        "name": [{"family": family, "given": ["Test"]}],
+        "birthDate": "1980-02-29"
+    })
+}
+
+/// The resource without `meta`, for comparing content.
+pub fn without_meta(value: &Value) -> Value {
+    let mut copy = value.clone();
+    if let Some(map) = copy.as_object_mut() {
+        map.remove("meta");
+    }
+    copy
+}

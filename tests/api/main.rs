@@ -1,0 +1,14 @@
+//! Black-box tests of the FHIR API: every test starts its own server on a free port with its
+//! own temporary database and talks HTTP to it.
+
+mod bundles;
+mod conditional;
+mod crash;
+mod crud;
+mod errors;
+mod examples;
+mod helpers;
+mod history;
+mod metadata;
+mod synthea;
+mod validation;
