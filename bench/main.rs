@@ -1,1 +1,290 @@
-fn main() {}
+//! Braid's benchmark harness. Not a test: it prints figures.
+//!
+//!     cargo bench --bench braid-bench -- [all|read|ingest|startup] [--seconds N]
+//!
+//! Scenarios (each builds its own database in a temporary directory):
+//! - `read`: read-by-id throughput and p50/p99 latency at 32 connections, Braid next to a
+//!   baseline (a minimal actix-web handler returning the same bytes from memory), alternating
+//!   rounds, medians reported.
+//! - `ingest`: transaction bundles of 50 resources (1 Patient + 49 vital-sign Observations),
+//!   validated and durably committed, from 8 concurrent clients.
+//! - `startup`: a database of 1,000,000 resources: time from process start to the first answer,
+//!   and resident memory while serving random reads.
+
+mod load;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid::fhir::{Id, ResourceType};
+use braid::search::IdentifierIndexer;
+use braid::store::{Action, Precondition, Store, StoreOptions, Target, WriteOp, WriteRequest};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Braid benchmark harness")]
+struct Args {
+    /// Which scenario to run.
+    #[arg(value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Seconds per measured round.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds per server in the read scenario (alternating baseline and Braid).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Patients in the read scenario's database.
+    #[arg(long, default_value_t = 10_000)]
+    patients: usize,
+    /// Resources in the start-up scenario's database.
+    #[arg(long, default_value_t = 1_000_000)]
+    resources: usize,
+    /// Internal: run the baseline server on the given bodies file.
+    #[arg(long, hide = true)]
+    serve_baseline: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Read,
+    Ingest,
+    Startup,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; it means nothing here.
+    let args = Args::parse_from(std::env::args().filter(|arg| arg != "--bench"));
+    if let Some(bodies) = &args.serve_baseline {
+        servers::serve_baseline(bodies).expect("baseline server");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    println!(
+        "braid-bench on {} cores; databases in {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        dir.path().display()
+    );
+    if matches!(args.scenario, Scenario::All | Scenario::Read) {
+        runtime.block_on(read_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Ingest) {
+        runtime.block_on(ingest_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Startup) {
+        runtime.block_on(startup_scenario(&args, dir.path()));
+    }
+}
+
+fn open_store(path: &Path) -> Store {
+    Store::open(path, StoreOptions::default(), Arc::new(IdentifierIndexer)).expect("database opens")
+}
+
+/// Closes a store and waits until the writer has released the file.
+async fn close_store(store: Store) {
+    let finished = store.writer_finished();
+    drop(store);
+    while !finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Writes `count` resources made by `make(n)` (type, id, body) in transactions of `batch`.
+async fn fill(store: &Store, count: usize, batch: usize, make: impl Fn(usize) -> (ResourceType, String, Value)) {
+    let started = Instant::now();
+    let mut n = 0;
+    while n < count {
+        let ops = (n..(n + batch).min(count))
+            .map(|i| {
+                let (resource_type, id, body) = make(i);
+                let Value::Object(resource) = body else { unreachable!() };
+                WriteOp {
+                    full_url: None,
+                    action: Action::Update {
+                        resource_type,
+                        target: Target::Id(Id::parse(&id).unwrap()),
+                        resource,
+                        precondition: Precondition::default(),
+                    },
+                }
+            })
+            .collect::<Vec<_>>();
+        n += ops.len();
+        store.write(WriteRequest { ops, ..Default::default() }).await.expect("bench data is valid");
+        if n % 100_000 == 0 {
+            println!("  ... {n} resources written ({:.0}/s)", n as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn patient(n: usize) -> (ResourceType, String, Value) {
+    let mut body: Value = serde_json::from_str(include_str!("../tests/data/examples/Patient-example.json")).unwrap();
+    let id = format!("p{n}");
+    body["id"] = json!(id);
+    body["identifier"][0]["value"] = json!(format!("MRN-{n}"));
+    (ResourceType::parse("Patient").unwrap(), id, body)
+}
+
+fn observation(n: usize) -> (ResourceType, String, Value) {
+    let id = format!("o{n}");
+    let body = json!({
+        "resourceType": "Observation", "id": id,
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
+        "identifier": [{"system": "urn:bench", "value": format!("obs-{n}")}],
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+        "subject": {"reference": format!("Patient/p{}", n % 10_000)},
+        "effectiveDateTime": format!("20{:02}-{:02}-{:02}T08:30:00Z", 15 + n % 10, 1 + n % 12, 1 + n % 28),
+        "valueQuantity": {"value": 50 + n % 70, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    });
+    (ResourceType::parse("Observation").unwrap(), id, body)
+}
+
+/// A pseudo-random id among `count`, different per connection and request.
+fn pick(connection: usize, n: usize, count: usize) -> usize {
+    let mut x =
+        (connection as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (n as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    (x % count as u64) as usize
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+async fn read_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== read by id: {} patients, 32 connections, {} rounds of {} s per server ==",
+        args.patients, args.rounds, args.seconds
+    );
+    let data = dir.join("read.redb");
+    let store = open_store(&data);
+    fill(&store, args.patients, 1000, patient).await;
+    let snapshot = store.snapshot().unwrap();
+    let patient_type = ResourceType::parse("Patient").unwrap();
+    let mut bodies = String::new();
+    for n in 0..args.patients {
+        let version = snapshot.current(patient_type, &format!("p{n}")).unwrap().unwrap();
+        bodies.push_str(&format!("p{n}\t{}\n", String::from_utf8(version.body).unwrap()));
+    }
+    drop(snapshot);
+    close_store(store).await;
+    let bodies_file = dir.join("bodies.tsv");
+    std::fs::write(&bodies_file, bodies).unwrap();
+
+    let patients = args.patients;
+    let request =
+        move |connection: usize, n: usize| load::get(&format!("/fhir/Patient/p{}", pick(connection, n, patients)));
+    let (mut baseline, mut braid) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for (name, results) in [("baseline", &mut baseline), ("braid", &mut braid)] {
+            let server =
+                if name == "baseline" { servers::start_baseline(&bodies_file) } else { servers::start_braid(&data) };
+            load::run(server.port, 32, Duration::from_secs(1), request.clone()).await; // warm-up
+            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request.clone()).await;
+            println!(
+                "  round {round} {name:8}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                result.throughput(),
+                result.percentile(0.5),
+                result.percentile(0.99),
+                result.errors
+            );
+            results.push(result);
+        }
+    }
+    let summary = |results: &[load::LoadResult]| {
+        let mut throughput: Vec<f64> = results.iter().map(load::LoadResult::throughput).collect();
+        let mut p50: Vec<f64> = results.iter().map(|r| r.percentile(0.5)).collect();
+        let mut p99: Vec<f64> = results.iter().map(|r| r.percentile(0.99)).collect();
+        (median(&mut throughput), median(&mut p50), median(&mut p99))
+    };
+    let (base_rps, base_p50, base_p99) = summary(&baseline);
+    let (braid_rps, braid_p50, braid_p99) = summary(&braid);
+    println!("  median baseline: {base_rps:.0} req/s, p50 {base_p50:.2} ms, p99 {base_p99:.2} ms");
+    println!("  median braid:    {braid_rps:.0} req/s, p50 {braid_p50:.2} ms, p99 {braid_p99:.2} ms");
+    println!("  braid / baseline throughput: {:.0}% (target >= 60%)", 100.0 * braid_rps / base_rps);
+}
+
+async fn ingest_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== ingest: transaction bundles of 50 resources (1 Patient + 49 vital signs), 8 clients, {} s ==",
+        args.seconds * 2
+    );
+    let data = dir.join("ingest.redb");
+    let server = servers::start_braid(&data);
+    let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
+    let mut entries = vec![
+        json!({"fullUrl": patient_url, "resource": patient(0).2, "request": {"method": "POST", "url": "Patient"}}),
+    ];
+    for n in 0..49 {
+        let mut observation = observation(n).2;
+        observation.as_object_mut().unwrap().remove("id");
+        observation["subject"]["reference"] = json!(patient_url);
+        entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
+    }
+    let bundle =
+        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap();
+    println!("  bundle size: {} bytes", bundle.len());
+    let request = move |_: usize, _: usize| load::post("/fhir", &bundle, "Prefer: return=minimal\r\n");
+    let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+    println!(
+        "  {:.0} bundles/s = {:.0} resources/s (target >= 5000)  p50 {:.1} ms  p99 {:.1} ms  errors {}",
+        result.throughput(),
+        result.throughput() * 50.0,
+        result.percentile(0.5),
+        result.percentile(0.99),
+        result.errors
+    );
+}
+
+async fn startup_scenario(args: &Args, dir: &Path) {
+    println!("\n== start-up and memory with {} stored resources ==", args.resources);
+    let data = dir.join("million.redb");
+    let store = open_store(&data);
+    let started = Instant::now();
+    fill(&store, args.resources, 5000, observation).await;
+    close_store(store).await;
+    println!(
+        "  built in {:.0} s ({:.0} resources/s in-process); file {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        args.resources as f64 / started.elapsed().as_secs_f64(),
+        std::fs::metadata(&data).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0)
+    );
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        let server = servers::start_braid(&data);
+        ready.push(server.ready_after.as_secs_f64() * 1000.0);
+    }
+    println!(
+        "  time to serve (process start to first answer), 3 starts: {:.0?} ms; median {:.0} ms (target < 1000 ms)",
+        ready,
+        median(&mut ready.clone())
+    );
+
+    let server = servers::start_braid(&data);
+    let resources = args.resources;
+    let request =
+        move |connection: usize, n: usize| load::get(&format!("/fhir/Observation/o{}", pick(connection, n, resources)));
+    let port = server.port;
+    let load = tokio::spawn(load::run(port, 32, Duration::from_secs(args.seconds * 2), request));
+    let mut peak: f64 = 0.0;
+    while !load.is_finished() {
+        peak = peak.max(server.rss_mib());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = load.await.unwrap();
+    println!(
+        "  random reads over all resources: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        result.throughput(),
+        result.percentile(0.5),
+        result.percentile(0.99),
+        result.errors
+    );
+    println!("  peak resident memory while serving: {peak:.0} MiB (target < 300 MiB)");
+}

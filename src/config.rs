@@ -66,45 +66,119 @@ pub struct SettingDoc {
 
 /// Every setting Braid reads.
 pub const SETTINGS: &[SettingDoc] = &[
-    SettingDoc { key: "listen", env: "BRAID_LISTEN", default: "127.0.0.1:8080",
+    SettingDoc {
+        key: "listen",
+        env: "BRAID_LISTEN",
+        default: "127.0.0.1:8080",
         doc: "Address and port to listen on (port 0 picks a free port).",
-        apply: |s, v| { s.listen = v.into(); Ok(()) } },
-    SettingDoc { key: "data", env: "BRAID_DATA", default: "./data/braid.redb",
+        apply: |s, v| {
+            s.listen = v.into();
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "data",
+        env: "BRAID_DATA",
+        default: "./data/braid.redb",
         doc: "Path of the database file; created with its directory on first start.",
-        apply: |s, v| { s.data = v.into(); Ok(()) } },
-    SettingDoc { key: "base_url", env: "BRAID_BASE_URL", default: "(from the request's Host)",
+        apply: |s, v| {
+            s.data = v.into();
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "base_url",
+        env: "BRAID_BASE_URL",
+        default: "(from the request's Host)",
         doc: "Public base URL of the FHIR API used in links and Location headers, e.g. https://fhir.example.org/fhir.",
-        apply: |s, v| { s.base_url = Some(v.trim_end_matches('/').into()); Ok(()) } },
-    SettingDoc { key: "max_body_bytes", env: "BRAID_MAX_BODY_BYTES", default: "67108864",
+        apply: |s, v| {
+            s.base_url = Some(v.trim_end_matches('/').into());
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "max_body_bytes",
+        env: "BRAID_MAX_BODY_BYTES",
+        default: "67108864",
         doc: "Largest request body accepted; larger ones get 413.",
-        apply: |s, v| parse_into(&mut s.max_body_bytes, v) },
-    SettingDoc { key: "max_json_depth", env: "BRAID_MAX_JSON_DEPTH", default: "100",
+        apply: |s, v| parse_into(&mut s.max_body_bytes, v),
+    },
+    SettingDoc {
+        key: "max_json_depth",
+        env: "BRAID_MAX_JSON_DEPTH",
+        default: "100",
         doc: "Deepest nesting of JSON arrays and objects accepted; deeper bodies get 400.",
-        apply: |s, v| parse_into(&mut s.max_json_depth, v) },
-    SettingDoc { key: "cache_mb", env: "BRAID_CACHE_MB", default: "128",
+        apply: |s, v| parse_into(&mut s.max_json_depth, v),
+    },
+    SettingDoc {
+        key: "cache_mb",
+        env: "BRAID_CACHE_MB",
+        default: "128",
         doc: "Database page cache in MiB; the main part of Braid's memory use.",
-        apply: |s, v| parse_into(&mut s.cache_mb, v) },
-    SettingDoc { key: "writer_max_group", env: "BRAID_WRITER_MAX_GROUP", default: "256",
+        apply: |s, v| parse_into(&mut s.cache_mb, v),
+    },
+    SettingDoc {
+        key: "writer_max_group",
+        env: "BRAID_WRITER_MAX_GROUP",
+        default: "256",
         doc: "Most write requests committed together in one durable transaction.",
-        apply: |s, v| parse_into(&mut s.writer_max_group, v) },
-    SettingDoc { key: "page_size", env: "BRAID_PAGE_SIZE", default: "50",
+        apply: |s, v| parse_into(&mut s.writer_max_group, v),
+    },
+    SettingDoc {
+        key: "page_size",
+        env: "BRAID_PAGE_SIZE",
+        default: "50",
         doc: "Entries per page of history and search results when the client sends no _count.",
-        apply: |s, v| parse_into(&mut s.page_size, v) },
-    SettingDoc { key: "max_page_size", env: "BRAID_MAX_PAGE_SIZE", default: "1000",
+        apply: |s, v| parse_into(&mut s.page_size, v),
+    },
+    SettingDoc {
+        key: "max_page_size",
+        env: "BRAID_MAX_PAGE_SIZE",
+        default: "1000",
         doc: "Largest _count honoured; larger values are reduced to it.",
-        apply: |s, v| parse_into(&mut s.max_page_size, v) },
-    SettingDoc { key: "workers", env: "BRAID_WORKERS", default: "0",
+        apply: |s, v| parse_into(&mut s.max_page_size, v),
+    },
+    SettingDoc {
+        key: "workers",
+        env: "BRAID_WORKERS",
+        default: "0",
         doc: "HTTP worker threads; 0 means one per CPU core.",
-        apply: |s, v| parse_into(&mut s.workers, v) },
-    SettingDoc { key: "log_format", env: "BRAID_LOG_FORMAT", default: "json",
+        apply: |s, v| parse_into(&mut s.workers, v),
+    },
+    SettingDoc {
+        key: "log_format",
+        env: "BRAID_LOG_FORMAT",
+        default: "json",
         doc: "json (one JSON object per line, with the request id) or pretty (for humans).",
-        apply: |s, v| match v { "json" => { s.log_format = LogFormat::Json; Ok(()) } "pretty" => { s.log_format = LogFormat::Pretty; Ok(()) } _ => Err("expected json or pretty".into()) } },
-    SettingDoc { key: "log_level", env: "BRAID_LOG_LEVEL", default: "info",
+        apply: |s, v| match v {
+            "json" => {
+                s.log_format = LogFormat::Json;
+                Ok(())
+            }
+            "pretty" => {
+                s.log_format = LogFormat::Pretty;
+                Ok(())
+            }
+            _ => Err("expected json or pretty".into()),
+        },
+    },
+    SettingDoc {
+        key: "log_level",
+        env: "BRAID_LOG_LEVEL",
+        default: "info",
         doc: "Log filter in tracing's EnvFilter syntax, e.g. info or braid=debug,actix_web=warn.",
-        apply: |s, v| { s.log_level = v.into(); Ok(()) } },
-    SettingDoc { key: "shutdown_timeout_secs", env: "BRAID_SHUTDOWN_TIMEOUT_SECS", default: "30",
+        apply: |s, v| {
+            s.log_level = v.into();
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "shutdown_timeout_secs",
+        env: "BRAID_SHUTDOWN_TIMEOUT_SECS",
+        default: "30",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
-        apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v) },
+        apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v),
+    },
 ];
 
 fn parse_into<T: std::str::FromStr>(target: &mut T, text: &str) -> Result<(), String> {
@@ -136,8 +210,7 @@ impl Settings {
         };
         for setting in SETTINGS {
             if let Some(value) = env(setting.env) {
-                (setting.apply)(&mut settings, &value)
-                    .map_err(|e| ConfigError(format!("{}: {e}", setting.env)))?;
+                (setting.apply)(&mut settings, &value).map_err(|e| ConfigError(format!("{}: {e}", setting.env)))?;
             }
         }
         Ok(settings)

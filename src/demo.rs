@@ -20,7 +20,11 @@ pub struct Loaded {
 }
 
 /// Loads the demo data unless the database already holds resources.
-pub async fn load_if_empty(store: &Store, limits: &Limits, base: &str) -> Result<Option<Loaded>, crate::fhir::FhirError> {
+pub async fn load_if_empty(
+    store: &Store,
+    limits: &Limits,
+    base: &str,
+) -> Result<Option<Loaded>, crate::fhir::FhirError> {
     if store.snapshot()?.newest_t()? > 0 {
         return Ok(None);
     }
@@ -33,12 +37,18 @@ pub async fn load_if_empty(store: &Store, limits: &Limits, base: &str) -> Result
         .iter()
         .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
         .map(|resource| {
-            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
+            let url = format!(
+                "{}/{}",
+                resource["resourceType"].as_str().unwrap_or(""),
+                resource["id"].as_str().unwrap_or("")
+            );
             json!({"resource": resource, "request": {"method": "PUT", "url": url}})
         })
         .collect();
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
-    let response = process_bundle(store, limits, serde_json::to_vec(&batch).unwrap_or_default().into(), base, return_minimal).await?;
+    let response =
+        process_bundle(store, limits, serde_json::to_vec(&batch).unwrap_or_default().into(), base, return_minimal)
+            .await?;
     for (entry, (name, _)) in response.entry.iter().zip(data::EXAMPLES) {
         match entry.response.as_ref().map(|r| r.status.as_str()) {
             Some(status) if status.starts_with('2') => loaded.examples += 1,
@@ -52,7 +62,8 @@ pub async fn load_if_empty(store: &Store, limits: &Limits, base: &str) -> Result
         let Ok(mut bundle) = serde_json::from_str::<Value>(text) else { continue };
         bundle["type"] = json!("transaction");
         let count = bundle["entry"].as_array().map_or(0, Vec::len);
-        process_bundle(store, limits, serde_json::to_vec(&bundle).unwrap_or_default().into(), base, return_minimal).await?;
+        process_bundle(store, limits, serde_json::to_vec(&bundle).unwrap_or_default().into(), base, return_minimal)
+            .await?;
         loaded.synthea_bundles += 1;
         loaded.synthea_resources += count;
     }

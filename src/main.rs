@@ -54,7 +54,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     braid::telemetry::init(&settings);
 
     let application = Application::build(&settings)?;
-    let base = settings.base_url.clone().unwrap_or_else(|| format!("http://{}/fhir", display_address(&settings.listen, application.port())));
+    let base = settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/fhir", display_address(&settings.listen, application.port())));
     tracing::info!(port = application.port(), data = %settings.data.display(), "braid is listening");
     if demo {
         let limits = Limits {

@@ -45,7 +45,10 @@ impl Application {
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
+            .port();
         let state = web::Data::new(AppState {
             store: store.clone(),
             limits: Limits {

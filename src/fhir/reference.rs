@@ -124,8 +124,7 @@ mod tests {
             "identifier": [{"value": "urn:uuid:1"}],
             "contained": [{"resourceType": "Provenance", "target": [{"reference": "urn:uuid:1"}]}]
         });
-        rewrite_references::<()>(&mut value, &mut |r| Ok((r == "urn:uuid:1").then(|| "Patient/p".to_owned())))
-            .unwrap();
+        rewrite_references::<()>(&mut value, &mut |r| Ok((r == "urn:uuid:1").then(|| "Patient/p".to_owned()))).unwrap();
         assert_eq!(value["subject"]["reference"], "Patient/p");
         assert_eq!(value["contained"][0]["target"][0]["reference"], "Patient/p");
         assert_eq!(value["identifier"][0]["value"], "urn:uuid:1");

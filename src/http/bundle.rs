@@ -12,8 +12,8 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
 use super::request::Return;
+use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
 use super::{AppState, Limits, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, parse_json, resource_type_of};
@@ -22,8 +22,11 @@ use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
 use crate::search::parse_criteria;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
 
-
-pub async fn handle(http: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, FhirError> {
+pub async fn handle(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, FhirError> {
     let body = request::read_body(&http, payload, &state.limits).await?;
     let base = request::base_url(&http, &state);
     let bundle = process_bundle(&state.store, &state.limits, body, &base, request::return_preference(&http)).await?;
@@ -49,7 +52,13 @@ enum Work {
 
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
 /// handler and by the demo loader.
-pub async fn process_bundle(store: &Store, limits: &Limits, body: Bytes, base: &str, prefer: Return) -> Result<BundleOut, FhirError> {
+pub async fn process_bundle(
+    store: &Store,
+    limits: &Limits,
+    body: Bytes,
+    base: &str,
+    prefer: Return,
+) -> Result<BundleOut, FhirError> {
     let (parse_limits, parse_base) = (limits.clone(), base.to_owned());
     // Parsing and validating a large bundle takes milliseconds of CPU: keep it off the I/O threads.
     let (kind, entries) = tokio::task::spawn_blocking(move || parse_bundle(&body, &parse_limits, &parse_base))
@@ -67,7 +76,10 @@ pub async fn process_bundle(store: &Store, limits: &Limits, body: Bytes, base: &
 fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
     let mut value = parse_json(bytes, limits.max_json_depth)?;
     if resource_type_of(&value)?.as_str() != "Bundle" {
-        return Err(FhirError::incorrect(IssueCode::Invalid, "POST to the base URL needs a Bundle of type transaction or batch"));
+        return Err(FhirError::incorrect(
+            IssueCode::Invalid,
+            "POST to the base URL needs a Bundle of type transaction or batch",
+        ));
     }
     let kind = match value.get("type").and_then(Value::as_str) {
         Some("transaction") => Kind::Transaction,
@@ -75,7 +87,10 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
         other => {
             return Err(FhirError::incorrect(
                 IssueCode::Invalid,
-                format!("POST to the base URL processes transaction and batch Bundles, not '{}'", other.unwrap_or("(no type)")),
+                format!(
+                    "POST to the base URL processes transaction and batch Bundles, not '{}'",
+                    other.unwrap_or("(no type)")
+                ),
             )
             .at("Bundle.type"));
         }
@@ -83,7 +98,9 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
     let entries = match value.get_mut("entry").map(Value::take) {
         None => Vec::new(),
         Some(Value::Array(entries)) => entries,
-        Some(_) => return Err(FhirError::incorrect(IssueCode::Structure, "Bundle.entry must be an array").at("Bundle.entry")),
+        Some(_) => {
+            return Err(FhirError::incorrect(IssueCode::Structure, "Bundle.entry must be an array").at("Bundle.entry"));
+        }
     };
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
@@ -119,11 +136,15 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
 
 fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
-    let request = entry.get("request").ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry has no request").at("request"))?;
+    let request = entry
+        .get("request")
+        .ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry has no request").at("request"))?;
     let method = request
         .get("method")
         .and_then(Value::as_str)
-        .ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry's request has no method").at("request.method"))?
+        .ok_or_else(|| {
+            FhirError::incorrect(IssueCode::Required, "the entry's request has no method").at("request.method")
+        })?
         .to_owned();
     let url = request
         .get("url")
@@ -138,7 +159,11 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
     let precondition = Precondition {
         if_match: match request.get("ifMatch").and_then(Value::as_str) {
             Some(text) => Some(request::parse_etag(text).ok_or_else(|| {
-                FhirError::incorrect(IssueCode::Invalid, format!("ifMatch must be an ETag such as W/\"3\", not '{text}'")).at("request.ifMatch")
+                FhirError::incorrect(
+                    IssueCode::Invalid,
+                    format!("ifMatch must be an ETag such as W/\"3\", not '{text}'"),
+                )
+                .at("request.ifMatch")
             })?),
             None => None,
         },
@@ -147,20 +172,26 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
     let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned);
     let type_at = |index: usize| -> Result<ResourceType, FhirError> {
         let name = segments.get(index).copied().unwrap_or("");
-        request::resource_type(name).map_err(|e| FhirError::with_issues(Category::Incorrect, e.issues).at("request.url"))
+        request::resource_type(name)
+            .map_err(|e| FhirError::with_issues(Category::Incorrect, e.issues).at("request.url"))
     };
-    let bad_url = || FhirError::incorrect(IssueCode::Invalid, format!("'{url}' is not a valid URL for {method}")).at("request.url");
+    let bad_url = || {
+        FhirError::incorrect(IssueCode::Invalid, format!("'{url}' is not a valid URL for {method}")).at("request.url")
+    };
 
     let work = match method.as_str() {
         "POST" | "PUT" => {
             let resource_type = type_at(0)?;
-            let mut resource = entry
-                .get_mut("resource")
-                .map(Value::take)
-                .ok_or_else(|| FhirError::incorrect(IssueCode::Required, format!("a {method} entry needs a resource")).at("resource"))?;
+            let mut resource = entry.get_mut("resource").map(Value::take).ok_or_else(|| {
+                FhirError::incorrect(IssueCode::Required, format!("a {method} entry needs a resource")).at("resource")
+            })?;
             let actual = resource_type_of(&resource)?;
             if actual != resource_type {
-                return Err(FhirError::incorrect(IssueCode::Invalid, format!("the entry's resource is a {actual}, but its url addresses {resource_type}")).at("request.url"));
+                return Err(FhirError::incorrect(
+                    IssueCode::Invalid,
+                    format!("the entry's resource is a {actual}, but its url addresses {resource_type}"),
+                )
+                .at("request.url"));
             }
             let target = match (method.as_str(), segments.len(), &query) {
                 ("POST", 1, None) => None,
@@ -171,7 +202,11 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
                             resource["id"] = Value::String(id.as_str().to_owned());
                         }
                         Some(body_id) if body_id != id.as_str() => {
-                            return Err(FhirError::incorrect(IssueCode::Invalid, format!("the resource's id '{body_id}' differs from the id in its url")).at("resource.id"));
+                            return Err(FhirError::incorrect(
+                                IssueCode::Invalid,
+                                format!("the resource's id '{body_id}' differs from the id in its url"),
+                            )
+                            .at("resource.id"));
                         }
                         Some(_) => {}
                     }
@@ -188,7 +223,10 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
                     resource_type,
                     resource,
                     if_none_exist: match if_none_exist {
-                        Some(text) => Some(parse_criteria(resource_type, super::create::strip_query_prefix(&text, resource_type.as_str()))?),
+                        Some(text) => Some(parse_criteria(
+                            resource_type,
+                            super::create::strip_query_prefix(&text, resource_type.as_str()),
+                        )?),
                         None => None,
                     },
                 },
@@ -203,7 +241,10 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
                 (1, Some(query)) => Target::Criteria(parse_criteria(resource_type, query)?),
                 _ => return Err(bad_url()),
             };
-            Work::Write { action: Action::Delete { resource_type, target, precondition }, conditional_references: HashMap::new() }
+            Work::Write {
+                action: Action::Delete { resource_type, target, precondition },
+                conditional_references: HashMap::new(),
+            }
         }
         "GET" | "HEAD" => {
             let resource_type = type_at(0)?;
@@ -223,10 +264,15 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
             }
         }
         "PATCH" => {
-            return Err(FhirError::new(Category::Unsupported, IssueCode::NotSupported, "PATCH is not supported").at("request.method"));
+            return Err(FhirError::new(Category::Unsupported, IssueCode::NotSupported, "PATCH is not supported")
+                .at("request.method"));
         }
         other => {
-            return Err(FhirError::incorrect(IssueCode::Invalid, format!("'{other}' is not an HTTP method a bundle entry can use")).at("request.method"));
+            return Err(FhirError::incorrect(
+                IssueCode::Invalid,
+                format!("'{other}' is not an HTTP method a bundle entry can use"),
+            )
+            .at("request.method"));
         }
     };
     Ok(Entry { full_url, work })
@@ -255,7 +301,13 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
     for slot in slots {
         bundle.entry.push(match slot {
             Slot::Write(op) => write_entry(&outcomes[op], prefer, base),
-            Slot::Read(resource_type, id, version) => read_entry(snapshot.as_ref().expect("a snapshot exists when there are reads"), resource_type, &id, version, base),
+            Slot::Read(resource_type, id, version) => read_entry(
+                snapshot.as_ref().expect("a snapshot exists when there are reads"),
+                resource_type,
+                &id,
+                version,
+                base,
+            ),
         });
     }
     Ok(bundle)
@@ -269,14 +321,18 @@ enum Slot {
 async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str, prefer: Return) -> BundleOut {
     // Every write is its own request; submitted together, the writer still groups them into few commits.
     let writes = entries.iter().enumerate().filter_map(|(index, entry)| match entry {
-        Ok(Entry { full_url, work: Work::Write { action, conditional_references } }) => Some((index, WriteRequest {
-            ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
-            conditional_references: conditional_references.clone(),
-        })),
+        Ok(Entry { full_url, work: Work::Write { action, conditional_references } }) => Some((
+            index,
+            WriteRequest {
+                ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
+                conditional_references: conditional_references.clone(),
+            },
+        )),
         _ => None,
     });
     let futures = writes.map(|(index, request)| async move { (index, store.write(request).await) });
-    let results: HashMap<usize, Result<Vec<OpOutcome>, FhirError>> = futures_util::future::join_all(futures).await.into_iter().collect();
+    let results: HashMap<usize, Result<Vec<OpOutcome>, FhirError>> =
+        futures_util::future::join_all(futures).await.into_iter().collect();
     let snapshot = store.snapshot();
     let mut bundle = BundleOut::new("batch-response");
     for (index, entry) in entries.into_iter().enumerate() {
@@ -326,7 +382,13 @@ fn write_entry(outcome: &OpOutcome, prefer: Return, base: &str) -> EntryOut {
     entry
 }
 
-fn read_entry(snapshot: &crate::store::Snapshot, resource_type: ResourceType, id: &Id, version: Option<u64>, base: &str) -> EntryOut {
+fn read_entry(
+    snapshot: &crate::store::Snapshot,
+    resource_type: ResourceType,
+    id: &Id,
+    version: Option<u64>,
+    base: &str,
+) -> EntryOut {
     let found = match version {
         None => snapshot.current(resource_type, id.as_str()),
         Some(version) => snapshot.version(resource_type, id.as_str(), version),
@@ -343,7 +405,11 @@ fn read_entry(snapshot: &crate::store::Snapshot, resource_type: ResourceType, id
             }),
             ..Default::default()
         },
-        Ok(Some(_)) => error_entry(&FhirError::new(Category::Gone, IssueCode::Deleted, format!("{resource_type}/{id} was deleted"))),
+        Ok(Some(_)) => error_entry(&FhirError::new(
+            Category::Gone,
+            IssueCode::Deleted,
+            format!("{resource_type}/{id} was deleted"),
+        )),
         Ok(None) => error_entry(&FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
         Err(error) => error_entry(&error),
     }
@@ -352,7 +418,11 @@ fn read_entry(snapshot: &crate::store::Snapshot, resource_type: ResourceType, id
 fn error_entry(error: &FhirError) -> EntryOut {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     EntryOut {
-        response: Some(EntryResponse { status: status_line(status), outcome: Some(error.to_operation_outcome()), ..Default::default() }),
+        response: Some(EntryResponse {
+            status: status_line(status),
+            outcome: Some(error.to_operation_outcome()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -20,7 +20,8 @@ pub fn encode(secret: &[u8; 32], scope: &str, position: u64) -> String {
 }
 
 pub fn decode(secret: &[u8; 32], scope: &str, token: &str) -> Result<u64, FhirError> {
-    let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid or belongs to another query");
+    let invalid =
+        || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid or belongs to another query");
     let bytes = URL_SAFE_NO_PAD.decode(token.as_bytes()).map_err(|_| invalid())?;
     if bytes.len() != 8 + MAC_LEN {
         return Err(invalid());
@@ -43,7 +44,11 @@ fn mac(secret: &[u8; 32], scope: &str, position: u64) -> [u8; 32] {
         inner_key[index] ^= byte;
         outer_key[index] ^= byte;
     }
-    let inner = Sha256::new().chain_update(inner_key).chain_update(scope.as_bytes()).chain_update(position.to_be_bytes()).finalize();
+    let inner = Sha256::new()
+        .chain_update(inner_key)
+        .chain_update(scope.as_bytes())
+        .chain_update(position.to_be_bytes())
+        .finalize();
     Sha256::new().chain_update(outer_key).chain_update(inner).finalize().into()
 }
 

@@ -8,17 +8,34 @@ use crate::fhir::FhirError;
 use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteRequest};
 
-pub async fn by_id(http: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, FhirError> {
+pub async fn by_id(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, FhirError> {
     let (type_name, id) = path.into_inner();
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
-    execute(&http, &state, Action::Delete { resource_type, target: Target::Id(id), precondition: request::precondition(&http)? }).await
+    execute(
+        &http,
+        &state,
+        Action::Delete { resource_type, target: Target::Id(id), precondition: request::precondition(&http)? },
+    )
+    .await
 }
 
-pub async fn conditional(http: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, FhirError> {
+pub async fn conditional(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, FhirError> {
     let resource_type = request::resource_type(&path.into_inner())?;
     let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
-    let action = Action::Delete { resource_type, target: Target::Criteria(criteria), precondition: request::precondition(&http)? };
+    let action = Action::Delete {
+        resource_type,
+        target: Target::Criteria(criteria),
+        precondition: request::precondition(&http)?,
+    };
     execute(&http, &state, action).await
 }
 

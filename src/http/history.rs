@@ -14,7 +14,11 @@ use crate::fhir::json::{format_instant, parse_instant};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::{HistoryPage, HistoryQuery, Op, Snapshot};
 
-pub async fn instance(http: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, FhirError> {
+pub async fn instance(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, FhirError> {
     let (type_name, id) = path.into_inner();
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -27,7 +31,11 @@ pub async fn instance(http: HttpRequest, state: web::Data<AppState>, path: web::
     })
 }
 
-pub async fn type_level(http: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, FhirError> {
+pub async fn type_level(
+    http: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, FhirError> {
     let resource_type = request::resource_type(&path.into_inner())?;
     respond(&http, &state, |snapshot, query| snapshot.type_history(resource_type, query))
 }
@@ -48,13 +56,19 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
         match name.as_str() {
             "_count" => {
                 let count: usize = value.parse().map_err(|_| {
-                    FhirError::incorrect(IssueCode::Invalid, format!("_count must be a non-negative integer, not '{value}'"))
+                    FhirError::incorrect(
+                        IssueCode::Invalid,
+                        format!("_count must be a non-negative integer, not '{value}'"),
+                    )
                 })?;
                 params.count = count.min(state.limits.max_page_size);
             }
             "_since" => {
                 let micros = parse_instant(&value).ok_or_else(|| {
-                    FhirError::incorrect(IssueCode::Invalid, format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"))
+                    FhirError::incorrect(
+                        IssueCode::Invalid,
+                        format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"),
+                    )
                 })?;
                 params.since = Some((value, micros));
             }
@@ -82,15 +96,21 @@ fn respond(
     let secret = state.store.cursor_secret();
     let below = params.cursor.as_deref().map(|token| cursor::decode(secret, &scope, token)).transpose()?;
     let snapshot = state.store.snapshot()?;
-    let query = HistoryQuery { since_micros: params.since.as_ref().map(|(_, micros)| *micros), count: params.count, below };
-    let page = if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
+    let query =
+        HistoryQuery { since_micros: params.since.as_ref().map(|(_, micros)| *micros), count: params.count, below };
+    let page =
+        if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
 
     let base = request::base_url(http, state);
     let mut bundle = BundleOut::new("history");
     let self_query = http.query_string();
     bundle.link.push(Link {
         relation: "self",
-        url: if self_query.is_empty() { format!("{base}{relative_path}") } else { format!("{base}{relative_path}?{self_query}") },
+        url: if self_query.is_empty() {
+            format!("{base}{relative_path}")
+        } else {
+            format!("{base}{relative_path}?{self_query}")
+        },
     });
     if let Some(next_below) = page.next_below {
         let mut next_query: Vec<String> =

@@ -109,11 +109,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
 /// 404 otherwise, always with an OperationOutcome.
 async fn unmatched(request: HttpRequest) -> HttpResponse {
     let path = request.path().strip_prefix("/fhir").unwrap_or(request.path());
-    let allowed: Vec<Method> = routes()
-        .into_iter()
-        .filter(|route| path_matches(route.path, path))
-        .map(|route| route.method)
-        .collect();
+    let allowed: Vec<Method> =
+        routes().into_iter().filter(|route| path_matches(route.path, path)).map(|route| route.method).collect();
     let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let looks_like_type = first_segment.chars().next().is_some_and(|c| c.is_ascii_uppercase());
     let error = if looks_like_type && ResourceType::parse(first_segment).is_none() {
@@ -142,8 +139,5 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     let pattern_segments: Vec<&str> = pattern.trim_matches('/').split('/').collect();
     let path_segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     pattern_segments.len() == path_segments.len()
-        && pattern_segments
-            .iter()
-            .zip(&path_segments)
-            .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
+        && pattern_segments.iter().zip(&path_segments).all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
 }

@@ -77,7 +77,9 @@ fn from_accept(accept: &str) -> Wanted {
     if ranges.is_empty() {
         return Wanted::FhirJson;
     }
-    let fhir = ranges.iter().any(|r| matches!(*r, "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*"));
+    let fhir = ranges
+        .iter()
+        .any(|r| matches!(*r, "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*"));
     if fhir {
         return Wanted::FhirJson;
     }
@@ -86,7 +88,6 @@ fn from_accept(accept: &str) -> Wanted {
     }
     Wanted::Unsupported(format!("Accept: {}", ranges.join(", ")))
 }
-
 
 #[cfg(test)]
 mod tests {

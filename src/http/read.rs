@@ -21,6 +21,6 @@ pub async fn handle(state: web::Data<AppState>, path: web::Path<(String, String)
             IssueCode::Deleted,
             format!("{resource_type}/{id} was deleted (version {})", version.version),
         )),
-        Some(version) => Ok(response::resource(&version)),
+        Some(version) => Ok(response::resource(version)),
     }
 }

@@ -35,17 +35,15 @@ pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Lim
             format!("the request body exceeds the limit of {} bytes", limits.max_body_bytes),
         )
     };
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limits.max_body_bytes) {
         return Err(too_large());
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
         if body.len() + chunk.len() > limits.max_body_bytes {
             return Err(too_large());
         }
@@ -73,7 +71,8 @@ pub fn resource_body(bytes: &[u8], expected: ResourceType, limits: &Limits) -> R
 
 /// The resource type in a URL; unknown types are 404.
 pub fn resource_type(name: &str) -> Result<ResourceType, FhirError> {
-    ResourceType::parse(name).ok_or_else(|| FhirError::not_found(format!("'{name}' is not a resource type this server knows")))
+    ResourceType::parse(name)
+        .ok_or_else(|| FhirError::not_found(format!("'{name}' is not a resource type this server knows")))
 }
 
 pub fn id(text: &str) -> Result<Id, FhirError> {
@@ -94,7 +93,10 @@ pub fn precondition(request: &HttpRequest) -> Result<Precondition, FhirError> {
         Some(value) => {
             let text = value.to_str().unwrap_or("");
             Some(parse_etag(text).ok_or_else(|| {
-                FhirError::incorrect(IssueCode::Invalid, format!("If-Match must be an ETag such as W/\"3\", not '{text}'"))
+                FhirError::incorrect(
+                    IssueCode::Invalid,
+                    format!("If-Match must be an ETag such as W/\"3\", not '{text}'"),
+                )
             })?)
         }
     };
@@ -157,9 +159,8 @@ pub fn query_pairs(request: &HttpRequest) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
-            };
+            let decode =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
             (decode(name), decode(value))
         })
         .collect()
@@ -183,8 +184,7 @@ pub fn conditional_references(value: &mut Value) -> Result<HashMap<String, (Reso
     rewrite_resource_references(value, &mut |text: &str| {
         if let Target::Conditional { resource_type, query } = reference::parse(text) {
             if !found.contains_key(text) {
-                let criteria = parse_criteria(resource_type, query)
-                    .map_err(|e| e.at(format!("reference '{text}'")))?;
+                let criteria = parse_criteria(resource_type, query).map_err(|e| e.at(format!("reference '{text}'")))?;
                 found.insert(text.to_owned(), (resource_type, criteria));
             }
         }

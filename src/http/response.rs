@@ -19,12 +19,12 @@ pub fn etag(version: u64) -> String {
 }
 
 /// 200 with a stored version's bytes, exactly as stored.
-pub fn resource(version: &Version) -> HttpResponse {
+pub fn resource(version: Version) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .insert_header((ETAG, etag(version.version)))
         .insert_header((LAST_MODIFIED, format_http_date(version.header.last_updated_micros)))
-        .body(version.body.clone())
+        .body(version.body)
 }
 
 pub fn json(status: StatusCode, value: &Value) -> HttpResponse {

@@ -31,8 +31,11 @@ pub async fn by_id(
             .at(format!("{resource_type}.id")));
         }
         _ => {
-            return Err(FhirError::incorrect(IssueCode::Required, "an update must carry the resource's id in the body")
-                .at(format!("{resource_type}.id")));
+            return Err(FhirError::incorrect(
+                IssueCode::Required,
+                "an update must carry the resource's id in the body",
+            )
+            .at(format!("{resource_type}.id")));
         }
     }
     execute(&http, &state, resource_type, Target::Id(id), value).await

@@ -34,15 +34,21 @@ pub async fn handle(
                     .and_then(|p| p.get("resource").cloned())
             })
             .ok_or_else(|| {
-                FhirError::incorrect(IssueCode::Required, "the Parameters resource has no 'resource' parameter").at("Parameters.parameter")
+                FhirError::incorrect(IssueCode::Required, "the Parameters resource has no 'resource' parameter")
+                    .at("Parameters.parameter")
             })?;
     }
     let actual = resource_type_of(&value)?;
     if actual != resource_type {
-        return Err(FhirError::incorrect(IssueCode::Invalid, format!("the body is a {actual} but the URL addresses {resource_type}")));
+        return Err(FhirError::incorrect(
+            IssueCode::Invalid,
+            format!("the body is a {actual} but the URL addresses {resource_type}"),
+        ));
     }
     let outcome = match validator().validate_value(resource_type, &value) {
-        Ok(warnings) if warnings.is_empty() => operation_outcome(&[Issue::information(format!("the {resource_type} is valid"))]),
+        Ok(warnings) if warnings.is_empty() => {
+            operation_outcome(&[Issue::information(format!("the {resource_type} is valid"))])
+        }
         Ok(warnings) => operation_outcome(&warnings),
         Err(error) => error.to_operation_outcome(),
     };

@@ -5,7 +5,10 @@ use actix_web::{HttpResponse, web};
 use super::{AppState, request, response};
 use crate::fhir::{Category, FhirError, IssueCode};
 
-pub async fn handle(state: web::Data<AppState>, path: web::Path<(String, String, String)>) -> Result<HttpResponse, FhirError> {
+pub async fn handle(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, FhirError> {
     let (type_name, id, version) = path.into_inner();
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -18,6 +21,6 @@ pub async fn handle(state: web::Data<AppState>, path: web::Path<(String, String,
             IssueCode::Deleted,
             format!("version {version} of {resource_type}/{id} is its deletion"),
         )),
-        Some(stored) => Ok(response::resource(&stored)),
+        Some(stored) => Ok(response::resource(stored)),
     }
 }

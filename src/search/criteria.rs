@@ -27,10 +27,7 @@ pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criter
                 clauses.push(Clause::Ids(ids));
             }
             IDENTIFIER => {
-                let values = alternatives
-                    .iter()
-                    .map(|token| unescape(token).into_bytes())
-                    .collect::<Vec<_>>();
+                let values = alternatives.iter().map(|token| unescape(token).into_bytes()).collect::<Vec<_>>();
                 clauses.push(Clause::Index { param: IDENTIFIER.to_owned(), values });
             }
             _ => {

@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn identifiers_yield_every_searchable_form() {
         let Value::Object(resource) = json!({"resourceType": "Patient", "identifier": [
-            {"system": "http://h", "value": "1"}, {"value": "2"}]}) else { unreachable!() };
+            {"system": "http://h", "value": "1"}, {"value": "2"}]})
+        else {
+            unreachable!()
+        };
         let values: Vec<String> = IdentifierIndexer
             .entries(ResourceType::parse("Patient").unwrap(), &resource)
             .into_iter()

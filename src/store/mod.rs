@@ -14,12 +14,14 @@ mod snapshot;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 pub use keys::resource_version::{Header, Op};
-pub use ops::{Action, Clause, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest};
+pub use ops::{
+    Action, Clause, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
+};
 pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
 
 use crate::fhir::FhirError;
@@ -89,6 +91,9 @@ impl Default for StoreOptions {
 pub struct Store {
     db: Arc<Database>,
     writer: writer::WriterHandle,
+    /// The newest committed state; replaced by the writer after every commit, before it answers
+    /// the committed requests (so a client always reads its own acknowledged writes).
+    latest: Arc<RwLock<Arc<Snapshot>>>,
     cursor_secret: Arc<[u8; 32]>,
 }
 
@@ -100,9 +105,10 @@ impl Store {
         }
         let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
         let cursor_secret = Self::initialise(&db)?;
+        let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
-        let writer = writer::start(db.clone(), indexer, &options)?;
-        Ok(Store { db, writer, cursor_secret: Arc::new(cursor_secret) })
+        let writer = writer::start(db.clone(), indexer, latest.clone(), &options)?;
+        Ok(Store { db, writer, latest, cursor_secret: Arc::new(cursor_secret) })
     }
 
     /// Creates every table and the meta entries on first open; checks the format version after.
@@ -126,8 +132,7 @@ impl Store {
                     meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
                 }
             }
-            let existing: Option<[u8; 32]> =
-                meta.get("cursor_secret")?.and_then(|v| v.value().try_into().ok());
+            let existing: Option<[u8; 32]> = meta.get("cursor_secret")?.and_then(|v| v.value().try_into().ok());
             match existing {
                 Some(secret) => secret,
                 None => {
@@ -141,10 +146,9 @@ impl Store {
         Ok(secret)
     }
 
-    /// A consistent read view of the committed state.
-    pub fn snapshot(&self) -> Result<Snapshot, FhirError> {
-        let txn = self.db.begin_read().map_err(StoreError::from)?;
-        Ok(Snapshot::new(txn))
+    /// The newest committed state, as a consistent read view.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, FhirError> {
+        Ok(self.latest.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
     }
 
     /// Executes `request` atomically: either every operation takes effect or none does. Returns

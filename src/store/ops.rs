@@ -55,9 +55,22 @@ pub struct Precondition {
 pub enum Action {
     /// Create with a server-assigned id. With `if_none_exist`, nothing is created when exactly
     /// one resource matches (its id is returned instead).
-    Create { resource_type: ResourceType, resource: Resource, if_none_exist: Option<Criteria> },
-    Update { resource_type: ResourceType, target: Target, resource: Resource, precondition: Precondition },
-    Delete { resource_type: ResourceType, target: Target, precondition: Precondition },
+    Create {
+        resource_type: ResourceType,
+        resource: Resource,
+        if_none_exist: Option<Criteria>,
+    },
+    Update {
+        resource_type: ResourceType,
+        target: Target,
+        resource: Resource,
+        precondition: Precondition,
+    },
+    Delete {
+        resource_type: ResourceType,
+        target: Target,
+        precondition: Precondition,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +104,9 @@ pub enum OutcomeKind {
     /// its match: nothing was written.
     Unchanged,
     /// `count` resources were deleted (more than one only for a conditional delete).
-    Deleted { count: usize },
+    Deleted {
+        count: usize,
+    },
     /// A delete that found nothing to delete (already deleted, never existed, or no match).
     NothingToDelete,
 }

@@ -1,9 +1,9 @@
 //! Consistent reads of committed state.
 
-use redb::{ReadTransaction, ReadableTable};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::keys::{prefix_end, resource_version, system_history, type_history};
-use super::{Header, Op, RESOURCE_VERSION, StoreError, SYSTEM_HISTORY, TYPE_HISTORY};
+use super::{Header, Op, RESOURCE_VERSION, SYSTEM_HISTORY, StoreError, TYPE_HISTORY};
 use crate::fhir::{FhirError, ResourceType};
 
 /// One stored version of a resource.
@@ -43,19 +43,30 @@ pub struct HistoryPage {
     pub next_below: Option<u64>,
 }
 
-/// A read transaction: every method sees the same committed state.
+/// A committed state of the database: every method sees the same state.
+///
+/// The writer opens one after each commit, with its tables already open, and publishes it; a
+/// request takes the latest one (an `Arc` clone) instead of opening a read transaction of its
+/// own. Holding a snapshot pins the pages it sees, so requests drop theirs when they finish.
 pub struct Snapshot {
-    txn: ReadTransaction,
+    versions: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    type_history: ReadOnlyTable<&'static [u8], ()>,
+    system_history: ReadOnlyTable<&'static [u8], ()>,
 }
 
 impl Snapshot {
-    pub(super) fn new(txn: ReadTransaction) -> Self {
-        Snapshot { txn }
+    pub(super) fn open(db: &Database) -> Result<Self, StoreError> {
+        let txn = db.begin_read()?;
+        Ok(Snapshot {
+            versions: txn.open_table(RESOURCE_VERSION)?,
+            type_history: txn.open_table(TYPE_HISTORY)?,
+            system_history: txn.open_table(SYSTEM_HISTORY)?,
+        })
     }
 
     /// The newest version of a resource (possibly a deletion), if it ever existed.
     pub fn current(&self, resource_type: ResourceType, id: &str) -> Result<Option<Version>, FhirError> {
-        let table = self.txn.open_table(RESOURCE_VERSION).map_err(StoreError::from)?;
+        let table = &self.versions;
         let prefix = resource_version::prefix(resource_type.as_str(), id);
         let end = prefix_end(&prefix);
         let newest = table.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.next_back();
@@ -70,7 +81,7 @@ impl Snapshot {
 
     /// One specific version.
     pub fn version(&self, resource_type: ResourceType, id: &str, version: u64) -> Result<Option<Version>, FhirError> {
-        let table = self.txn.open_table(RESOURCE_VERSION).map_err(StoreError::from)?;
+        let table = &self.versions;
         let key = resource_version::encode(resource_type.as_str(), id, version);
         match table.get(key.as_slice()).map_err(StoreError::from)? {
             None => Ok(None),
@@ -80,7 +91,7 @@ impl Snapshot {
 
     /// The logical time of the newest committed version (0 for an empty database).
     pub fn newest_t(&self) -> Result<u64, FhirError> {
-        let table = self.txn.open_table(SYSTEM_HISTORY).map_err(StoreError::from)?;
+        let table = &self.system_history;
         let last = table.last().map_err(StoreError::from)?;
         Ok(match last {
             None => 0,
@@ -88,8 +99,13 @@ impl Snapshot {
         })
     }
 
-    pub fn instance_history(&self, resource_type: ResourceType, id: &str, query: HistoryQuery) -> Result<HistoryPage, FhirError> {
-        let table = self.txn.open_table(RESOURCE_VERSION).map_err(StoreError::from)?;
+    pub fn instance_history(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, FhirError> {
+        let table = &self.versions;
         let prefix = resource_version::prefix(resource_type.as_str(), id);
         let end = match query.below {
             Some(below) => resource_version::encode(resource_type.as_str(), id, below),
@@ -113,7 +129,7 @@ impl Snapshot {
     }
 
     pub fn type_history(&self, resource_type: ResourceType, query: HistoryQuery) -> Result<HistoryPage, FhirError> {
-        let table = self.txn.open_table(TYPE_HISTORY).map_err(StoreError::from)?;
+        let table = &self.type_history;
         let start = type_history::prefix(resource_type.as_str());
         let end = match query.below {
             Some(below) => type_history::at(resource_type.as_str(), below),
@@ -130,7 +146,7 @@ impl Snapshot {
     }
 
     pub fn system_history(&self, query: HistoryQuery) -> Result<HistoryPage, FhirError> {
-        let table = self.txn.open_table(SYSTEM_HISTORY).map_err(StoreError::from)?;
+        let table = &self.system_history;
         let end = system_history::at(query.below.unwrap_or(u64::MAX));
         let range = table.range(..end.as_slice()).map_err(StoreError::from)?;
         let keys = range.rev().map(|entry| {
@@ -148,7 +164,7 @@ impl Snapshot {
         keys: impl Iterator<Item = Result<(u64, String, String, u64), StoreError>>,
         query: HistoryQuery,
     ) -> Result<HistoryPage, FhirError> {
-        let versions = self.txn.open_table(RESOURCE_VERSION).map_err(StoreError::from)?;
+        let versions = &self.versions;
         let mut entries = Vec::new();
         let mut last_t = None;
         for key in keys {
@@ -175,7 +191,8 @@ impl Snapshot {
 }
 
 fn decode_version(key: &[u8], value: &[u8]) -> Result<Version, StoreError> {
-    let (resource_type, id, version) = resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+    let (resource_type, id, version) =
+        resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
     let (header, body) = resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
     Ok(Version { resource_type, id, version, header, body: body.to_vec() })
 }

@@ -11,7 +11,7 @@
 //! storage error can stop a request midway, and that aborts the whole group.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,11 +19,15 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::{prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, system_history, type_history};
+use super::keys::{
+    prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, system_history,
+    type_history,
+};
 use super::ops::{Action, Clause, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::snapshot::Snapshot;
 use super::{
-    Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError, StoreOptions,
-    TYPE_HISTORY,
+    Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError,
+    StoreOptions, TYPE_HISTORY,
 };
 use crate::fhir::json::{format_instant, same_content, stamp};
 use crate::fhir::reference::{self, rewrite_resource_references};
@@ -60,7 +64,12 @@ struct Clock {
     last_micros: i64,
 }
 
-pub(super) fn start(db: Arc<Database>, indexer: Arc<dyn Indexer>, options: &StoreOptions) -> Result<WriterHandle, StoreError> {
+pub(super) fn start(
+    db: Arc<Database>,
+    indexer: Arc<dyn Indexer>,
+    latest: Arc<RwLock<Arc<Snapshot>>>,
+    options: &StoreOptions,
+) -> Result<WriterHandle, StoreError> {
     let clock = load_clock(&db)?;
     let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let max_group = options.max_group.max(1);
@@ -69,7 +78,9 @@ pub(super) fn start(db: Arc<Database>, indexer: Arc<dyn Indexer>, options: &Stor
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), clock, max_group);
+            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group);
+            // The published snapshot holds a read transaction: release it before the database.
+            drop(latest);
             drop(db);
             stopped_flag.store(true, Ordering::Release);
         })
@@ -84,7 +95,8 @@ fn load_clock(db: &Database) -> Result<Clock, StoreError> {
     let Some((key, _)) = history.last()? else {
         return Ok(Clock { next_t: 1, last_micros: 0 });
     };
-    let (t, ty, id, version) = system_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+    let (t, ty, id, version) =
+        system_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
     let versions = txn.open_table(RESOURCE_VERSION)?;
     let record_key = resource_version::encode(&ty, &id, version);
     let record = versions.get(record_key.as_slice())?.ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
@@ -92,7 +104,14 @@ fn load_clock(db: &Database) -> Result<Clock, StoreError> {
     Ok(Clock { next_t: t + 1, last_micros: header.last_updated_micros })
 }
 
-fn run(db: &Database, mut receiver: mpsc::Receiver<Job>, indexer: &dyn Indexer, mut clock: Clock, max_group: usize) {
+fn run(
+    db: &Database,
+    mut receiver: mpsc::Receiver<Job>,
+    indexer: &dyn Indexer,
+    latest: &RwLock<Arc<Snapshot>>,
+    mut clock: Clock,
+    max_group: usize,
+) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_group {
@@ -104,6 +123,10 @@ fn run(db: &Database, mut receiver: mpsc::Receiver<Job>, indexer: &dyn Indexer, 
         let before = clock;
         match commit_group(db, indexer, &mut clock, &jobs) {
             Ok(replies) => {
+                match Snapshot::open(db) {
+                    Ok(snapshot) => *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot),
+                    Err(error) => tracing::error!(error = %error, "cannot open a snapshot after a commit"),
+                }
                 for (job, reply) in jobs.into_iter().zip(replies) {
                     // The requester may have gone away (client disconnected); the write stands.
                     let _ = job.reply.send(reply);
@@ -121,7 +144,12 @@ fn run(db: &Database, mut receiver: mpsc::Receiver<Job>, indexer: &dyn Indexer, 
     tracing::debug!("writer stopped: no more senders");
 }
 
-fn commit_group(db: &Database, indexer: &dyn Indexer, clock: &mut Clock, jobs: &[Job]) -> Result<Vec<Reply>, StoreError> {
+fn commit_group(
+    db: &Database,
+    indexer: &dyn Indexer,
+    clock: &mut Clock,
+    jobs: &[Job],
+) -> Result<Vec<Reply>, StoreError> {
     let txn = db.begin_write()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     // lastUpdated never goes backwards, even if the system clock does: history relies on it.
@@ -192,7 +220,8 @@ impl Execution<'_, '_> {
     /// Runs one request. The outer error is a storage failure (aborts the group); the inner one
     /// is this request's own failure, with nothing written.
     fn execute(&mut self, request: &WriteRequest) -> Result<Reply, StoreError> {
-        let resolved = match self.resolve(request) {
+        let order = processing_order(request);
+        let resolved = match self.resolve(request, &order) {
             Ok(resolved) => resolved,
             Err(Failure::Request(error)) => return Ok(Err(error)),
             Err(Failure::Storage(error)) => return Err(error),
@@ -202,26 +231,21 @@ impl Execution<'_, '_> {
             Err(Failure::Request(error)) => return Ok(Err(error)),
             Err(Failure::Storage(error)) => return Err(error),
         };
-        // From here on nothing can fail except storage.
-        let mut outcomes = Vec::with_capacity(planned.len());
-        for plan in planned {
-            outcomes.push(self.apply(plan)?);
+        // From here on nothing can fail except storage. Writes happen in processing order;
+        // outcomes are reported in request order.
+        let mut planned: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
+        let mut outcomes: Vec<Option<OpOutcome>> = planned.iter().map(|_| None).collect();
+        for &index in &order {
+            let plan = planned[index].take().expect("each operation is applied once");
+            outcomes[index] = Some(self.apply(plan)?);
         }
-        Ok(Ok(outcomes))
+        Ok(Ok(outcomes.into_iter().map(|o| o.expect("every operation has an outcome")).collect()))
     }
 
     /// Decides which resource each operation addresses, in the order FHIR prescribes for
     /// transactions (deletes, then creates, then updates), and rewrites references between
     /// the request's resources. Results are in the request's order.
-    fn resolve(&mut self, request: &WriteRequest) -> Result<Vec<Resolved>, Failure> {
-        let rank = |action: &Action| match action {
-            Action::Delete { .. } => 0,
-            Action::Create { .. } => 1,
-            Action::Update { .. } => 2,
-        };
-        let mut order: Vec<usize> = (0..request.ops.len()).collect();
-        order.sort_by_key(|&index| rank(&request.ops[index].action));
-
+    fn resolve(&mut self, request: &WriteRequest, order: &[usize]) -> Result<Vec<Resolved>, Failure> {
         let mut resolved: Vec<Option<Resolved>> = request.ops.iter().map(|_| None).collect();
         let mut local_urls: HashMap<&str, String> = HashMap::new();
         let mut touched: HashSet<(ResourceType, Id)> = HashSet::new();
@@ -236,7 +260,7 @@ impl Execution<'_, '_> {
             }
         };
 
-        for index in order {
+        for &index in order {
             let op = &request.ops[index];
             let outcome = match &op.action {
                 Action::Create { resource_type, resource, if_none_exist } => {
@@ -265,7 +289,10 @@ impl Execution<'_, '_> {
                                     if body_id.is_some_and(|body_id| body_id != found.as_str()) {
                                         return Err(Failure::Request(FhirError::incorrect(
                                             IssueCode::Invalid,
-                                            format!("the conditional update matched {resource_type}/{found}, but the body has id '{}'", body_id.unwrap_or_default()),
+                                            format!(
+                                                "the conditional update matched {resource_type}/{found}, but the body has id '{}'",
+                                                body_id.unwrap_or_default()
+                                            ),
                                         )));
                                     }
                                     (found, false)
@@ -309,7 +336,8 @@ impl Execution<'_, '_> {
             resolved[index] = Some(outcome);
         }
 
-        let mut resolved: Vec<Resolved> = resolved.into_iter().map(|r| r.expect("every operation was resolved")).collect();
+        let mut resolved: Vec<Resolved> =
+            resolved.into_iter().map(|r| r.expect("every operation was resolved")).collect();
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         for item in &mut resolved {
             if let Resolved::Write { resource, .. } = item {
@@ -378,7 +406,10 @@ impl Execution<'_, '_> {
             planned.push(match item {
                 Resolved::Existing { resource_type, id } => {
                     let current = self.current(resource_type, &id)?.ok_or_else(|| {
-                        Failure::Storage(StoreError::Corrupt(resource_version::prefix(resource_type.as_str(), id.as_str())))
+                        Failure::Storage(StoreError::Corrupt(resource_version::prefix(
+                            resource_type.as_str(),
+                            id.as_str(),
+                        )))
                     })?;
                     Planned::Unchanged { resource_type, id, current }
                 }
@@ -417,16 +448,14 @@ impl Execution<'_, '_> {
     fn apply(&mut self, plan: Planned) -> Result<OpOutcome, StoreError> {
         let last_updated = self.clock.last_micros;
         match plan {
-            Planned::Unchanged { resource_type, id, current } => {
-                Ok(OpOutcome {
-                    resource_type,
-                    id: Some(id),
-                    kind: OutcomeKind::Unchanged,
-                    version: Some(current.version),
-                    last_updated_micros: Some(current.last_updated_micros),
-                    body: Some(Arc::new(current.body)),
-                })
-            }
+            Planned::Unchanged { resource_type, id, current } => Ok(OpOutcome {
+                resource_type,
+                id: Some(id),
+                kind: OutcomeKind::Unchanged,
+                version: Some(current.version),
+                last_updated_micros: Some(current.last_updated_micros),
+                body: Some(Arc::new(current.body)),
+            }),
             Planned::Put { resource_type, id, version, resource, created } => {
                 let stamped = stamp(resource, resource_type, &id, version, &format_instant(last_updated));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
@@ -461,7 +490,14 @@ impl Execution<'_, '_> {
         }
     }
 
-    fn put_version(&mut self, resource_type: ResourceType, id: &Id, version: u64, op: Op, body: &[u8]) -> Result<(), StoreError> {
+    fn put_version(
+        &mut self,
+        resource_type: ResourceType,
+        id: &Id,
+        version: u64,
+        op: Op,
+        body: &[u8],
+    ) -> Result<(), StoreError> {
         let t = self.clock.next_t;
         self.clock.next_t += 1;
         let header = Header { op, t, last_updated_micros: self.clock.last_micros };
@@ -506,8 +542,10 @@ impl Execution<'_, '_> {
             return Ok(None);
         };
         let (key, value) = entry?;
-        let (_, _, version) = resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-        let (header, body) = resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+        let (_, _, version) =
+            resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+        let (header, body) =
+            resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
         Ok(Some(Current {
             version,
             deleted: header.op == Op::Delete,
@@ -533,9 +571,12 @@ impl Execution<'_, '_> {
                     for value in values {
                         let prefix = spv::prefix(resource_type.as_str(), param, value);
                         let end = prefix_end(&prefix);
-                        for entry in self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+                        for entry in
+                            self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?
+                        {
                             let (key, _) = entry.map_err(StoreError::from)?;
-                            let (_, _, _, id) = spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+                            let (_, _, _, id) =
+                                spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
                             ids.insert(id);
                         }
                     }
@@ -547,8 +588,23 @@ impl Execution<'_, '_> {
             });
         }
         let ids = result.unwrap_or_default();
-        ids.into_iter().map(|id| Id::parse(&id).map_err(|_| Failure::Storage(StoreError::Corrupt(id.into_bytes())))).collect()
+        ids.into_iter()
+            .map(|id| Id::parse(&id).map_err(|_| Failure::Storage(StoreError::Corrupt(id.into_bytes()))))
+            .collect()
     }
+}
+
+/// The order in which FHIR processes a transaction's writes: deletes, then creates, then
+/// updates; within each kind, the order of the request.
+fn processing_order(request: &WriteRequest) -> Vec<usize> {
+    let rank = |action: &Action| match action {
+        Action::Delete { .. } => 0,
+        Action::Create { .. } => 1,
+        Action::Update { .. } => 2,
+    };
+    let mut order: Vec<usize> = (0..request.ops.len()).collect();
+    order.sort_by_key(|&index| rank(&request.ops[index].action));
+    order
 }
 
 /// A request's own failure, or a storage failure that aborts the whole group.
@@ -581,7 +637,12 @@ fn single_match(matches: Vec<Id>, criteria: &Criteria) -> Result<Option<Id>, Fai
     }
 }
 
-fn check_precondition(resource_type: ResourceType, id: &Id, precondition: Precondition, current: Option<&Current>) -> Result<(), Failure> {
+fn check_precondition(
+    resource_type: ResourceType,
+    id: &Id,
+    precondition: Precondition,
+    current: Option<&Current>,
+) -> Result<(), Failure> {
     let live = current.filter(|c| !c.deleted);
     if let Some(expected) = precondition.if_match {
         let actual = current.map(|c| c.version);
@@ -590,7 +651,9 @@ fn check_precondition(resource_type: ResourceType, id: &Id, precondition: Precon
             return Err(Failure::Request(FhirError::new(
                 Category::PreconditionFailed,
                 IssueCode::Conflict,
-                format!("If-Match expected version {expected} of {resource_type}/{id}, but the current version is {actual}"),
+                format!(
+                    "If-Match expected version {expected} of {resource_type}/{id}, but the current version is {actual}"
+                ),
             )));
         }
     }

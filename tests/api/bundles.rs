@@ -114,7 +114,8 @@ async fn transaction_processing_order_is_delete_post_put_get() {
     assert_eq!(entries[1]["response"]["status"], "201 Created");
     assert_eq!(entries[3]["response"]["status"], "204 No Content");
     let history = app.get("/_history").await;
-    let methods: Vec<&str> = history.body["entry"].as_array().unwrap().iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    let methods: Vec<&str> =
+        history.body["entry"].as_array().unwrap().iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
     // Newest first: the PUT (as create) after the POST after the DELETE, then the initial PUT.
     assert_eq!(methods, vec!["POST", "POST", "DELETE", "POST"]);
     assert_eq!(history.body["entry"][0]["resource"]["id"], "upd");
@@ -148,7 +149,8 @@ async fn a_batch_runs_entries_independently() {
     let reply = app.post("", &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.body["type"], "batch-response");
-    let statuses: Vec<&str> = reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["201 Created", "400 Bad Request", "404 Not Found", "501 Not Implemented", "201 Created"]);
     let outcome = &reply.body["entry"][1]["response"]["outcome"];
     assert_eq!(outcome["resourceType"], "OperationOutcome");
@@ -165,5 +167,8 @@ async fn a_stored_document_bundle_keeps_its_internal_references() {
     ]});
     let created = app.post("/Bundle", &document).await;
     assert_eq!(created.status, 201, "{}", created.text);
-    assert_eq!(created.body["entry"][1]["resource"]["subject"]["reference"], "urn:uuid:a1b2c3d4-0000-0000-0000-000000000001");
+    assert_eq!(
+        created.body["entry"][1]["resource"]["subject"]["reference"],
+        "urn:uuid:a1b2c3d4-0000-0000-0000-000000000001"
+    );
 }

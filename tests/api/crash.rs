@@ -45,14 +45,25 @@ type Acknowledged = Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>>;
 
 /// Writes versions of its own resources as fast as it can until the server goes away,
 /// recording every acknowledged (version, counter) pair.
-async fn write_until_killed(client: reqwest::Client, base: String, writer: usize, acknowledged: Acknowledged, counter_start: u64) {
+async fn write_until_killed(
+    client: reqwest::Client,
+    base: String,
+    writer: usize,
+    acknowledged: Acknowledged,
+    counter_start: u64,
+) {
     let mut counter = counter_start;
     loop {
         for slot in 0..IDS_PER_WRITER {
             counter += 1;
             let id = format!("crash-{writer}-{slot}");
             let body = json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "urn:counter", "value": counter.to_string()}]});
-            let sent = client.put(format!("{base}/Patient/{id}")).header("content-type", "application/fhir+json").body(body.to_string()).send().await;
+            let sent = client
+                .put(format!("{base}/Patient/{id}"))
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await;
             let Ok(response) = sent else { return };
             if !response.status().is_success() {
                 return;
@@ -72,19 +83,25 @@ async fn verify(client: &reqwest::Client, base: &str, acknowledged: &Acknowledge
     let expected = acknowledged.lock().unwrap().clone();
     let mut checked = 0;
     for (id, writes) in expected {
-        let history: Value = client.get(format!("{base}/Patient/{id}/_history?_count=1000")).send().await.unwrap().json().await.unwrap();
+        let history: Value =
+            client.get(format!("{base}/Patient/{id}/_history?_count=1000")).send().await.unwrap().json().await.unwrap();
         let stored: HashMap<u64, String> = history["entry"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| {
-                let version = e["response"]["etag"].as_str().unwrap().trim_start_matches("W/").trim_matches('"').parse().unwrap();
+                let version =
+                    e["response"]["etag"].as_str().unwrap().trim_start_matches("W/").trim_matches('"').parse().unwrap();
                 (version, e["resource"]["identifier"][0]["value"].as_str().unwrap().to_owned())
             })
             .collect();
         assert!(stored.len() < 1000, "history exceeded one page; raise _count");
         for (version, counter) in writes {
-            assert_eq!(stored.get(&version), Some(&counter.to_string()), "acknowledged version {version} of Patient/{id} is lost");
+            assert_eq!(
+                stored.get(&version),
+                Some(&counter.to_string()),
+                "acknowledged version {version} of Patient/{id} is lost"
+            );
             checked += 1;
         }
     }
@@ -105,7 +122,13 @@ async fn acknowledged_writes_survive_sigkill() {
         let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
                 let counter_start = (round as u64 * WRITERS as u64 + writer as u64) * 1_000_000;
-                tokio::spawn(write_until_killed(client.clone(), base.clone(), writer, acknowledged.clone(), counter_start))
+                tokio::spawn(write_until_killed(
+                    client.clone(),
+                    base.clone(),
+                    writer,
+                    acknowledged.clone(),
+                    counter_start,
+                ))
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(rand::random_range(50..500))).await;

@@ -80,7 +80,8 @@ async fn an_update_with_unchanged_content_creates_no_version() {
 async fn meta_elements_from_the_client_are_kept_but_version_and_time_are_the_servers() {
     let app = spawn_app().await;
     let mut body = patient("Meta");
-    body["meta"] = json!({"versionId": "99", "lastUpdated": "2001-01-01T00:00:00Z", "tag": [{"system": "http://t", "code": "x"}]});
+    body["meta"] =
+        json!({"versionId": "99", "lastUpdated": "2001-01-01T00:00:00Z", "tag": [{"system": "http://t", "code": "x"}]});
     let created = app.post("/Patient", &body).await;
     assert_eq!(created.body["meta"]["versionId"], "1");
     assert_ne!(created.body["meta"]["lastUpdated"], "2001-01-01T00:00:00Z");
@@ -122,15 +123,18 @@ async fn if_match_guards_updates_and_deletes() {
     app.put("/Patient/g", &body).await;
     body["gender"] = json!("male");
 
-    let stale = app.send(app.client.put(app.url("/Patient/g")).header("if-match", "W/\"7\"").body(body.to_string())).await;
+    let stale =
+        app.send(app.client.put(app.url("/Patient/g")).header("if-match", "W/\"7\"").body(body.to_string())).await;
     stale.assert_outcome(412);
     assert_eq!(app.get("/Patient/g").await.body["meta"]["versionId"], "1");
 
-    let fresh = app.send(app.client.put(app.url("/Patient/g")).header("if-match", "W/\"1\"").body(body.to_string())).await;
+    let fresh =
+        app.send(app.client.put(app.url("/Patient/g")).header("if-match", "W/\"1\"").body(body.to_string())).await;
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert_eq!(fresh.body["gender"], "male");
 
-    let bad = app.send(app.client.put(app.url("/Patient/g")).header("if-match", "version one").body(body.to_string())).await;
+    let bad =
+        app.send(app.client.put(app.url("/Patient/g")).header("if-match", "version one").body(body.to_string())).await;
     bad.assert_outcome(400);
 
     app.send(app.client.delete(app.url("/Patient/g")).header("if-match", "W/\"1\"")).await.assert_outcome(412);
@@ -143,10 +147,12 @@ async fn if_none_match_star_only_creates() {
     let app = spawn_app().await;
     let mut body = patient("Once");
     body["id"] = json!("once");
-    let first = app.send(app.client.put(app.url("/Patient/once")).header("if-none-match", "*").body(body.to_string())).await;
+    let first =
+        app.send(app.client.put(app.url("/Patient/once")).header("if-none-match", "*").body(body.to_string())).await;
     assert_eq!(first.status, 201);
     body["gender"] = json!("other");
-    let second = app.send(app.client.put(app.url("/Patient/once")).header("if-none-match", "*").body(body.to_string())).await;
+    let second =
+        app.send(app.client.put(app.url("/Patient/once")).header("if-none-match", "*").body(body.to_string())).await;
     second.assert_outcome(412);
     assert!(app.get("/Patient/once").await.body.get("gender").is_none());
 }
@@ -154,13 +160,20 @@ async fn if_none_match_star_only_creates() {
 #[actix_web::test]
 async fn prefer_chooses_what_a_write_returns() {
     let app = spawn_app().await;
-    let minimal = app.send(app.client.post(app.url("/Patient")).header("prefer", "return=minimal").body(patient("Min").to_string())).await;
+    let minimal = app
+        .send(app.client.post(app.url("/Patient")).header("prefer", "return=minimal").body(patient("Min").to_string()))
+        .await;
     assert_eq!(minimal.status, 201);
     assert!(minimal.text.is_empty());
     assert!(minimal.header("location").is_some());
 
     let outcome = app
-        .send(app.client.post(app.url("/Patient")).header("prefer", "return=OperationOutcome").body(patient("Oo").to_string()))
+        .send(
+            app.client
+                .post(app.url("/Patient"))
+                .header("prefer", "return=OperationOutcome")
+                .body(patient("Oo").to_string()),
+        )
         .await;
     assert_eq!(outcome.status, 201);
     assert_eq!(outcome.body["resourceType"], "OperationOutcome");
@@ -168,11 +181,17 @@ async fn prefer_chooses_what_a_write_returns() {
     assert!(outcome.body["issue"][0]["diagnostics"].as_str().unwrap().starts_with("created Patient/"));
 
     let representation = app
-        .send(app.client.post(app.url("/Patient")).header("prefer", "return=representation").body(patient("Rep").to_string()))
+        .send(
+            app.client
+                .post(app.url("/Patient"))
+                .header("prefer", "return=representation")
+                .body(patient("Rep").to_string()),
+        )
         .await;
     assert_eq!(representation.body["name"][0]["family"], "Rep");
 
-    let deleted = app.send(app.client.delete(app.url("/Patient/whatever")).header("prefer", "return=OperationOutcome")).await;
+    let deleted =
+        app.send(app.client.delete(app.url("/Patient/whatever")).header("prefer", "return=OperationOutcome")).await;
     assert_eq!(deleted.status, 200);
     assert_eq!(deleted.body["resourceType"], "OperationOutcome");
 }
@@ -202,7 +221,11 @@ async fn json_numbers_and_key_order_are_stored_as_sent() {
     assert_eq!(reply.status, 201, "{}", reply.text);
     let read = app.get("/Observation/n").await;
     assert!(read.text.contains(r#""valueQuantity":{"value":5.10,"unit":"mg"}"#), "{}", read.text);
-    assert!(read.text.starts_with(r#"{"resourceType":"Observation","id":"n","meta":{"versionId":"1""#), "{}", read.text);
+    assert!(
+        read.text.starts_with(r#"{"resourceType":"Observation","id":"n","meta":{"versionId":"1""#),
+        "{}",
+        read.text
+    );
 }
 
 #[actix_web::test]
@@ -211,5 +234,7 @@ async fn every_response_carries_a_request_id() {
     let reply = app.send(app.client.get(app.url("/metadata")).header("x-request-id", "trace-123")).await;
     assert_eq!(reply.header("x-request-id"), Some("trace-123"));
     let generated = app.get("/Patient/none").await;
-    assert_eq!(generated.header("x-request-id").map(str::len), Some(36));
+    let first = generated.header("x-request-id").unwrap().to_owned();
+    let second = app.get("/Patient/none").await.header("x-request-id").unwrap().to_owned();
+    assert!(first.len() >= 18 && first != second, "ids are generated and distinct: {first} {second}");
 }

@@ -18,7 +18,16 @@ struct Case {
 }
 
 fn case(name: &'static str, method: reqwest::Method, path: &'static str, body: impl Into<String>, status: u16) -> Case {
-    Case { name, method, path, content_type: Some("application/fhir+json"), accept: None, body: body.into(), status, expression: None }
+    Case {
+        name,
+        method,
+        path,
+        content_type: Some("application/fhir+json"),
+        accept: None,
+        body: body.into(),
+        status,
+        expression: None,
+    }
 }
 
 #[actix_web::test]
@@ -40,24 +49,108 @@ async fn bad_requests_get_operation_outcomes_and_change_nothing() {
         case("a JSON array instead of a resource", Method::POST, "/Patient", "[1,2]", 400),
         case("no resourceType", Method::POST, "/Patient", "{\"name\": []}", 400),
         case("an unknown resourceType", Method::POST, "/Patient", "{\"resourceType\": \"Spaceship\"}", 400),
-        Case { expression: Some("Patient.birthDate"), ..case("a number where a date belongs", Method::POST, "/Patient", r#"{"resourceType":"Patient","birthDate":19800229}"#, 400) },
-        Case { expression: Some("Patient.birthDate"), ..case("an impossible date format", Method::POST, "/Patient", r#"{"resourceType":"Patient","birthDate":"29/02/1980"}"#, 400) },
-        Case { expression: Some("Patient.active"), ..case("a string where a boolean belongs", Method::POST, "/Patient", r#"{"resourceType":"Patient","active":"yes"}"#, 400) },
-        Case { expression: Some("Patient.favouriteColour"), ..case("an unknown element", Method::POST, "/Patient", r#"{"resourceType":"Patient","favouriteColour":"blue"}"#, 400) },
-        Case { expression: Some("Patient.name"), ..case("an empty array", Method::POST, "/Patient", r#"{"resourceType":"Patient","name":[]}"#, 400) },
-        Case { expression: Some("Patient.gender"), ..case("a null value", Method::POST, "/Patient", r#"{"resourceType":"Patient","gender":null}"#, 400) },
-        Case { expression: Some("resourceType"), ..case("a body of another type than the URL", Method::POST, "/Patient", r#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#, 400) },
+        Case {
+            expression: Some("Patient.birthDate"),
+            ..case(
+                "a number where a date belongs",
+                Method::POST,
+                "/Patient",
+                r#"{"resourceType":"Patient","birthDate":19800229}"#,
+                400,
+            )
+        },
+        Case {
+            expression: Some("Patient.birthDate"),
+            ..case(
+                "an impossible date format",
+                Method::POST,
+                "/Patient",
+                r#"{"resourceType":"Patient","birthDate":"29/02/1980"}"#,
+                400,
+            )
+        },
+        Case {
+            expression: Some("Patient.active"),
+            ..case(
+                "a string where a boolean belongs",
+                Method::POST,
+                "/Patient",
+                r#"{"resourceType":"Patient","active":"yes"}"#,
+                400,
+            )
+        },
+        Case {
+            expression: Some("Patient.favouriteColour"),
+            ..case(
+                "an unknown element",
+                Method::POST,
+                "/Patient",
+                r#"{"resourceType":"Patient","favouriteColour":"blue"}"#,
+                400,
+            )
+        },
+        Case {
+            expression: Some("Patient.name"),
+            ..case("an empty array", Method::POST, "/Patient", r#"{"resourceType":"Patient","name":[]}"#, 400)
+        },
+        Case {
+            expression: Some("Patient.gender"),
+            ..case("a null value", Method::POST, "/Patient", r#"{"resourceType":"Patient","gender":null}"#, 400)
+        },
+        Case {
+            expression: Some("resourceType"),
+            ..case(
+                "a body of another type than the URL",
+                Method::POST,
+                "/Patient",
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#,
+                400,
+            )
+        },
         case("an unknown type in the URL", Method::POST, "/Spaceship", r#"{"resourceType":"Patient"}"#, 404),
         case("an unknown type in a read", Method::GET, "/Spaceship/1", "", 404),
         case("an invalid id in the URL", Method::GET, "/Patient/bad_id!", "", 400),
-        Case { expression: Some("Patient.id"), ..case("an id that differs from the URL", Method::PUT, "/Patient/existing", r#"{"resourceType":"Patient","id":"other","active":false}"#, 400) },
-        Case { expression: Some("Patient.id"), ..case("an update without an id", Method::PUT, "/Patient/existing", r#"{"resourceType":"Patient","active":false}"#, 400) },
-        case("a body over the size limit", Method::POST, "/Patient", format!("{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}", "x".repeat(5000)), 413),
+        Case {
+            expression: Some("Patient.id"),
+            ..case(
+                "an id that differs from the URL",
+                Method::PUT,
+                "/Patient/existing",
+                r#"{"resourceType":"Patient","id":"other","active":false}"#,
+                400,
+            )
+        },
+        Case {
+            expression: Some("Patient.id"),
+            ..case(
+                "an update without an id",
+                Method::PUT,
+                "/Patient/existing",
+                r#"{"resourceType":"Patient","active":false}"#,
+                400,
+            )
+        },
+        case(
+            "a body over the size limit",
+            Method::POST,
+            "/Patient",
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}", "x".repeat(5000)),
+            413,
+        ),
         case("JSON nested beyond the depth limit", Method::POST, "/Patient", deep, 400),
         case("an empty body", Method::POST, "/Patient", "", 400),
-        Case { content_type: Some("application/fhir+xml"), ..case("an XML body", Method::POST, "/Patient", "<Patient xmlns=\"http://hl7.org/fhir\"/>", 415) },
-        Case { content_type: Some("text/plain"), ..case("a text body", Method::POST, "/Patient", r#"{"resourceType":"Patient"}"#, 415) },
-        Case { accept: Some("application/fhir+xml"), ..case("a client that accepts only XML", Method::GET, "/Patient/existing", "", 406) },
+        Case {
+            content_type: Some("application/fhir+xml"),
+            ..case("an XML body", Method::POST, "/Patient", "<Patient xmlns=\"http://hl7.org/fhir\"/>", 415)
+        },
+        Case {
+            content_type: Some("text/plain"),
+            ..case("a text body", Method::POST, "/Patient", r#"{"resourceType":"Patient"}"#, 415)
+        },
+        Case {
+            accept: Some("application/fhir+xml"),
+            ..case("a client that accepts only XML", Method::GET, "/Patient/existing", "", 406)
+        },
         case("_format=xml", Method::GET, "/Patient/existing?_format=xml", "", 406),
         case("PATCH, which is not offered", Method::PATCH, "/Patient/existing", "[]", 405),
         case("a path that is no interaction", Method::GET, "/Patient/existing/extra/segments/here", "", 404),
@@ -65,11 +158,23 @@ async fn bad_requests_get_operation_outcomes_and_change_nothing() {
         case("a bad _count", Method::GET, "/_history?_count=many", "", 400),
         case("a bad _since", Method::GET, "/_history?_since=yesterday", "", 400),
         case("a forged history cursor", Method::GET, "/_history?_cursor=AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAA", "", 400),
-        case("a bundle that is neither transaction nor batch", Method::POST, "", r#"{"resourceType":"Bundle","type":"collection"}"#, 400),
+        case(
+            "a bundle that is neither transaction nor batch",
+            Method::POST,
+            "",
+            r#"{"resourceType":"Bundle","type":"collection"}"#,
+            400,
+        ),
         case("a resource posted to the base", Method::POST, "", r#"{"resourceType":"Patient"}"#, 400),
         case("conditional update without criteria", Method::PUT, "/Patient", r#"{"resourceType":"Patient"}"#, 400),
         case("conditional delete with an unknown parameter", Method::DELETE, "/Patient?name=smith", "", 400),
-        case("$validate on an unknown type", Method::POST, "/Spaceship/$validate", r#"{"resourceType":"Patient"}"#, 404),
+        case(
+            "$validate on an unknown type",
+            Method::POST,
+            "/Spaceship/$validate",
+            r#"{"resourceType":"Patient"}"#,
+            404,
+        ),
     ];
     for case in cases {
         let mut request = app.client.request(case.method.clone(), app.url(case.path)).body(case.body.clone());
@@ -84,7 +189,12 @@ async fn bad_requests_get_operation_outcomes_and_change_nothing() {
         assert_eq!(reply.body["resourceType"], "OperationOutcome", "{}: {}", case.name, reply.text);
         assert_eq!(reply.body["issue"][0]["severity"], "error", "{}", case.name);
         if let Some(expression) = case.expression {
-            assert!(reply.expressions().iter().any(|e| e == expression), "{}: expected {expression} in {}", case.name, reply.text);
+            assert!(
+                reply.expressions().iter().any(|e| e == expression),
+                "{}: expected {expression} in {}",
+                case.name,
+                reply.text
+            );
         }
     }
     assert_eq!(app.history_len().await, before, "a rejected request wrote something");

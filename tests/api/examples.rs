@@ -18,7 +18,9 @@ async fn every_official_example_round_trips() {
         let id = sent["id"].as_str().unwrap();
         let url = format!("/{resource_type}/{id}");
         // Sent as the original bytes, so that numbers keep their exact text.
-        let reply = app.send(app.client.put(app.url(&url)).header("content-type", "application/fhir+json").body(text.clone())).await;
+        let reply = app
+            .send(app.client.put(app.url(&url)).header("content-type", "application/fhir+json").body(text.clone()))
+            .await;
         assert_eq!(reply.status, 201, "{}: {}", path.display(), reply.text);
         let read = app.get(&url).await;
         assert_eq!(read.status, 200, "{}", path.display());

@@ -80,11 +80,17 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.send(self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string())).await
+        self.send(
+            self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
-        self.send(self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string())).await
+        self.send(
+            self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {

@@ -84,14 +84,17 @@ async fn writes_between_pages_neither_duplicate_nor_drop_entries() {
         app.post("/Patient", &patient(&format!("Before{n}"))).await;
     }
     let first = app.get("/Patient/_history?_count=4").await;
-    let mut seen: Vec<String> = entries(&first.body).iter().map(|e| e["resource"]["name"][0]["family"].as_str().unwrap().to_owned()).collect();
+    let mut seen: Vec<String> =
+        entries(&first.body).iter().map(|e| e["resource"]["name"][0]["family"].as_str().unwrap().to_owned()).collect();
     for n in 0..5 {
         app.post("/Patient", &patient(&format!("During{n}"))).await;
     }
     let mut next = next_link(&first.body);
     while let Some(url) = next {
         let page = app.send(app.client.get(url)).await;
-        seen.extend(entries(&page.body).iter().map(|e| e["resource"]["name"][0]["family"].as_str().unwrap().to_owned()));
+        seen.extend(
+            entries(&page.body).iter().map(|e| e["resource"]["name"][0]["family"].as_str().unwrap().to_owned()),
+        );
         next = next_link(&page.body);
     }
     let expected: Vec<String> = (0..10).rev().map(|n| format!("Before{n}")).collect();

@@ -10,5 +10,6 @@ mod examples;
 mod helpers;
 mod history;
 mod metadata;
+mod process;
 mod synthea;
 mod validation;

@@ -12,12 +12,14 @@ async fn the_capability_statement_describes_what_the_routes_serve() {
     assert_eq!(statement["fhirVersion"], "4.0.1");
     assert_eq!(statement["kind"], "instance");
     let rest = &statement["rest"][0];
-    let system: Vec<&str> = rest["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let system: Vec<&str> =
+        rest["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(system, vec!["transaction", "batch", "history-system"]);
     let resources = rest["resource"].as_array().unwrap();
     assert_eq!(resources.len(), 146);
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
-    let codes: Vec<&str> = patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> =
+        patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(codes, vec!["read", "vread", "update", "delete", "history-instance", "history-type", "create"]);
     assert_eq!(patient["conditionalCreate"], true);
     assert_eq!(patient["conditionalUpdate"], true);

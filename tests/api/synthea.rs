@@ -43,10 +43,15 @@ async fn every_synthea_bundle_loads_as_a_transaction_with_references_rewritten()
         for (request, response) in sent.iter().zip(answered) {
             assert_eq!(response["response"]["status"], "201 Created", "{}", path.display());
             let resource = &response["resource"];
-            created.insert(request["fullUrl"].as_str().unwrap(), format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()));
+            created.insert(
+                request["fullUrl"].as_str().unwrap(),
+                format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()),
+            );
         }
         for (request, response) in sent.iter().zip(answered) {
-            let location = response["resource"]["resourceType"].as_str().unwrap().to_owned() + "/" + response["resource"]["id"].as_str().unwrap();
+            let location = response["resource"]["resourceType"].as_str().unwrap().to_owned()
+                + "/"
+                + response["resource"]["id"].as_str().unwrap();
             let stored = app.get(&format!("/{location}")).await;
             assert_eq!(stored.status, 200);
             let (mut before, mut after) = (Vec::new(), Vec::new());

@@ -28,20 +28,60 @@ async fn a_conformant_vital_sign_is_stored() {
 async fn vital_signs_that_break_the_profile_are_rejected_with_422_naming_the_element() {
     let app = spawn_app().await;
     let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("no category", Box::new(|o| { o.as_object_mut().unwrap().remove("category"); }), "Observation.category"),
-        ("no LOINC code", Box::new(|o| o["code"] = json!({"coding": [{"system": "http://acme", "code": "hr"}]})), "Observation.code"),
-        ("no subject", Box::new(|o| { o.as_object_mut().unwrap().remove("subject"); }), "Observation.subject"),
-        ("no effective time", Box::new(|o| { o.as_object_mut().unwrap().remove("effectiveDateTime"); }), "Observation.effectiveDateTime"),
-        ("no value and no reason", Box::new(|o| { o.as_object_mut().unwrap().remove("valueQuantity"); }), "Observation.valueQuantity"),
-        ("a non-UCUM unit", Box::new(|o| o["valueQuantity"]["system"] = json!("http://acme/units")), "Observation.valueQuantity.system"),
-        ("the wrong UCUM unit", Box::new(|o| o["valueQuantity"]["code"] = json!("/s")), "Observation.valueQuantity.code"),
+        (
+            "no category",
+            Box::new(|o| {
+                o.as_object_mut().unwrap().remove("category");
+            }),
+            "Observation.category",
+        ),
+        (
+            "no LOINC code",
+            Box::new(|o| o["code"] = json!({"coding": [{"system": "http://acme", "code": "hr"}]})),
+            "Observation.code",
+        ),
+        (
+            "no subject",
+            Box::new(|o| {
+                o.as_object_mut().unwrap().remove("subject");
+            }),
+            "Observation.subject",
+        ),
+        (
+            "no effective time",
+            Box::new(|o| {
+                o.as_object_mut().unwrap().remove("effectiveDateTime");
+            }),
+            "Observation.effectiveDateTime",
+        ),
+        (
+            "no value and no reason",
+            Box::new(|o| {
+                o.as_object_mut().unwrap().remove("valueQuantity");
+            }),
+            "Observation.valueQuantity",
+        ),
+        (
+            "a non-UCUM unit",
+            Box::new(|o| o["valueQuantity"]["system"] = json!("http://acme/units")),
+            "Observation.valueQuantity.system",
+        ),
+        (
+            "the wrong UCUM unit",
+            Box::new(|o| o["valueQuantity"]["code"] = json!("/s")),
+            "Observation.valueQuantity.code",
+        ),
     ];
     for (name, break_it, expression) in cases {
         let mut observation = heart_rate();
         break_it(&mut observation);
         let reply = app.post("/Observation", &observation).await;
         reply.assert_outcome(422);
-        assert!(reply.expressions().contains(&expression.to_owned()), "{name}: expected {expression} in {}", reply.text);
+        assert!(
+            reply.expressions().contains(&expression.to_owned()),
+            "{name}: expected {expression} in {}",
+            reply.text
+        );
     }
     let mut absent = heart_rate();
     absent.as_object_mut().unwrap().remove("valueQuantity");

@@ -39,7 +39,11 @@ impl Validator {
     /// Validates a resource (whose `resourceType` is `resource_type`), including every resource
     /// nested in it (contained resources, bundle entries, parameters). On success, returns the
     /// warnings: rules of profiles the resource resembles but does not claim.
-    pub fn validate_value(&self, resource_type: ResourceType, value: &serde_json::Value) -> Result<Vec<Issue>, FhirError> {
+    pub fn validate_value(
+        &self,
+        resource_type: ResourceType,
+        value: &serde_json::Value,
+    ) -> Result<Vec<Issue>, FhirError> {
         let mut issues = Vec::new();
         for expression in find_empty_elements(resource_type.as_str(), value) {
             issues.push(
@@ -86,8 +90,7 @@ mod tests {
 
     #[test]
     fn schema_errors_name_the_element() {
-        let error = check(json!({"resourceType": "Patient", "birthDate": "25/12/1974", "colour": "blue"}))
-            .unwrap_err();
+        let error = check(json!({"resourceType": "Patient", "birthDate": "25/12/1974", "colour": "blue"})).unwrap_err();
         assert_eq!(error.status(), 400);
         let expressions: Vec<&str> =
             error.issues.iter().flat_map(|i| i.expression.iter().map(String::as_str)).collect();
@@ -133,12 +136,8 @@ mod tests {
     fn the_schema_knows_exactly_the_r4_resource_types() {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../profiles/fhir.schema.json")).unwrap();
-        let mut from_schema: Vec<&str> = schema["discriminator"]["mapping"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let mut from_schema: Vec<&str> =
+            schema["discriminator"]["mapping"].as_object().unwrap().keys().map(String::as_str).collect();
         from_schema.sort();
         assert_eq!(from_schema, crate::fhir::resource_type::R4_RESOURCE_TYPES.to_vec());
     }

@@ -51,12 +51,7 @@ enum Rule {
     /// At least one of `paths` is present.
     AnyPresent { paths: Vec<String>, message: String },
     /// The CodeableConcept at `path` has a coding with `system` (and `code`, if given).
-    Coding {
-        path: String,
-        system: String,
-        code: Option<String>,
-        message: String,
-    },
+    Coding { path: String, system: String, code: Option<String>, message: String },
     /// `rules` hold for every element at `path`.
     Each { path: String, rules: Vec<Rule> },
     /// A Quantity at `quantity_path` is coded in UCUM, and if the LOINC code at `code_path` has
@@ -77,7 +72,11 @@ impl ProfileSet {
             .map(|text| serde_json::from_str::<Profile>(text).expect("profile rules in profiles/ are valid"))
             .collect::<Vec<_>>();
         for profile in &profiles {
-            assert!(ResourceType::parse(&profile.resource_type).is_some(), "profile {} names an unknown type", profile.url);
+            assert!(
+                ResourceType::parse(&profile.resource_type).is_some(),
+                "profile {} names an unknown type",
+                profile.url
+            );
         }
         ProfileSet { profiles }
     }
@@ -90,7 +89,13 @@ impl ProfileSet {
     /// resource claims in `meta.profile` is an error; a broken rule of a profile that applies
     /// only because of the resource's content (e.g. its category) is a warning: Braid is strict
     /// about what a resource claims and advisory about what it merely resembles.
-    pub fn check(&self, resource_type: ResourceType, resource: &Value, errors: &mut Vec<Issue>, warnings: &mut Vec<Issue>) {
+    pub fn check(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+        errors: &mut Vec<Issue>,
+        warnings: &mut Vec<Issue>,
+    ) {
         for profile in self.profiles.iter().filter(|p| p.resource_type == resource_type.as_str()) {
             let target = match profile.applies_to(resource) {
                 Applies::No => continue,
@@ -126,9 +131,10 @@ impl Profile {
         let conditions = &self.applies_when;
         if conditions.iter().any(|c| c.meta_profile.iter().any(|url| claimed.contains(&url.as_str()))) {
             Applies::Claimed
-        } else if conditions.iter().any(|c| {
-            c.coding.as_ref().is_some_and(|c| has_coding(resource, &c.path, &c.system, c.code.as_deref()))
-        }) {
+        } else if conditions
+            .iter()
+            .any(|c| c.coding.as_ref().is_some_and(|c| has_coding(resource, &c.path, &c.system, c.code.as_deref())))
+        {
             Applies::ByContent
         } else {
             Applies::No

@@ -80,8 +80,11 @@ impl SchemaSet {
                         match ResourceType::parse(type_name) {
                             Some(nested_type) => self.check(nested_type, value, path, issues),
                             None => issues.push(
-                                Issue::error(IssueCode::NotSupported, format!("'{type_name}' is not an R4 resource type"))
-                                    .at(format!("{path}.resourceType")),
+                                Issue::error(
+                                    IssueCode::NotSupported,
+                                    format!("'{type_name}' is not an R4 resource type"),
+                                )
+                                .at(format!("{path}.resourceType")),
                             ),
                         }
                         return;

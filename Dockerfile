@@ -1,0 +1,18 @@
+# Build stage: compile the release binary.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bin braid
+
+# Runtime stage: the binary alone, run as an unprivileged user, the database in a volume.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /data braid \
+    && mkdir -p /data && chown braid /data
+COPY --from=build /src/target/release/braid /usr/local/bin/braid
+USER braid
+ENV BRAID_LISTEN=0.0.0.0:8080 \
+    BRAID_DATA=/data/braid.redb
+VOLUME ["/data"]
+EXPOSE 8080
+ENTRYPOINT ["braid"]
+CMD ["serve"]

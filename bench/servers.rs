@@ -1,0 +1,139 @@
+//! The servers under test, each a child process: Braid itself (`braid serve`) and the baseline,
+//! a minimal actix-web handler returning the same bytes from a HashMap (this binary, started
+//! with `--serve-baseline`).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    /// From spawning the process to its first successful answer.
+    pub ready_after: Duration,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, so Braid closes its database cleanly for the next scenario.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Resident memory of the server process, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+fn braid_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_braid"))
+}
+
+/// Starts `braid serve` on `data` and waits until it answers.
+pub fn start_braid(data: &Path) -> Server {
+    let port = free_port();
+    let spawned = Instant::now();
+    let child = Command::new(braid_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .env("BRAID_LOG_LEVEL", "warn")
+        .env("BRAID_WORKERS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cargo bench builds the braid binary");
+    wait_until_ready(port);
+    Server { child, port, ready_after: spawned.elapsed() }
+}
+
+/// Starts the baseline server holding `bodies` (one `id<TAB>json` line each) in memory.
+pub fn start_baseline(bodies: &Path) -> Server {
+    let spawned = Instant::now();
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--serve-baseline")
+        .arg(bodies)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the bench binary can start itself");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the baseline prints its port");
+    let port: u16 = line.trim().parse().expect("a port number");
+    wait_until_ready(port);
+    Server { child, port, ready_after: spawned.elapsed() }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_until_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = stream.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the server on port {port} did not become ready");
+}
+
+/// The baseline: `GET /fhir/Patient/{id}` answered from a HashMap, nothing else.
+pub fn serve_baseline(bodies: &Path) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(bodies)?;
+    let map: HashMap<String, web::Bytes> = text
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(id, body)| (id.to_owned(), web::Bytes::copy_from_slice(body.as_bytes())))
+        .collect();
+    let map = Arc::new(map);
+    actix_web::rt::System::new().block_on(async move {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        println!("{}", listener.local_addr()?.port());
+        HttpServer::new(move || {
+            let map = map.clone();
+            App::new().route("/fhir/metadata", web::get().to(|| async { HttpResponse::Ok().body("{}") })).route(
+                "/fhir/Patient/{id}",
+                web::get().to(move |id: web::Path<String>| {
+                    let map = map.clone();
+                    async move {
+                        match map.get(id.as_str()) {
+                            Some(body) => HttpResponse::Ok().content_type("application/fhir+json").body(body.clone()),
+                            None => HttpResponse::NotFound().finish(),
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(2)
+        .listen(listener)?
+        .run()
+        .await
+    })
+}
