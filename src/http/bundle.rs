@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 
+use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use super::request::Return;
 use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
-use super::{AppState, Limits, request};
+use super::{Ctx, Limits, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, parse_json, resource_type_of};
 use crate::fhir::validation::validator;
@@ -22,11 +22,8 @@ use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
 use crate::search::parse_criteria;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
 
-pub async fn handle(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, payload, .. } = ctx;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let base = request::base_url(&http, &state);
     let bundle = process_bundle(&state.store, &state.limits, body, &base, request::return_preference(&http)).await?;

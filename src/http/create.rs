@@ -1,22 +1,18 @@
 //! `POST /fhir/{type}`: create with a server-assigned id; with `If-None-Exist`, a conditional
 //! create that returns the existing resource when exactly one matches.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::HttpResponse;
 use serde_json::Value;
 
-use super::{AppState, request, response};
+use super::{Ctx, request, response};
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
 use crate::search::parse_criteria;
 use crate::store::{Action, WriteOp, WriteRequest};
 
-pub async fn handle(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
-    let resource_type = request::resource_type(&path.into_inner())?;
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, payload } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
     let if_none_exist = match http.headers().get("if-none-exist") {
         None => None,
         Some(header) => {

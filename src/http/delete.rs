@@ -3,17 +3,14 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{AppState, request, response};
+use super::{AppState, Ctx, request, response};
 use crate::fhir::FhirError;
 use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteRequest};
 
-pub async fn by_id(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, FhirError> {
-    let (type_name, id) = path.into_inner();
+pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, .. } = ctx;
+    let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     execute(
@@ -24,12 +21,9 @@ pub async fn by_id(
     .await
 }
 
-pub async fn conditional(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, FhirError> {
-    let resource_type = request::resource_type(&path.into_inner())?;
+pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, .. } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
     let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
     let action = Action::Delete {
         resource_type,

@@ -9,17 +9,14 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, etag, raw, status_line};
-use super::{AppState, cursor, request};
+use super::{AppState, Ctx, cursor, request};
 use crate::fhir::json::{format_instant, parse_instant};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::{HistoryPage, HistoryQuery, Op, Snapshot};
 
-pub async fn instance(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, FhirError> {
-    let (type_name, id) = path.into_inner();
+pub async fn instance(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, .. } = ctx;
+    let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     respond(&http, &state, |snapshot, query| {
@@ -31,16 +28,14 @@ pub async fn instance(
     })
 }
 
-pub async fn type_level(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, FhirError> {
-    let resource_type = request::resource_type(&path.into_inner())?;
+pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, .. } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
     respond(&http, &state, |snapshot, query| snapshot.type_history(resource_type, query))
 }
 
-pub async fn system(http: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, FhirError> {
+pub async fn system(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, .. } = ctx;
     respond(&http, &state, |snapshot, query| snapshot.system_history(query))
 }
 

@@ -1,23 +1,24 @@
 //! `GET /fhir/metadata`: the CapabilityStatement, generated from the route table so that it
 //! lists exactly the interactions the routes serve.
 
+use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::{AppState, Interaction, request, response, routes};
-use crate::fhir::ResourceType;
+use super::{Ctx, Interaction, request, response, routes};
 use crate::fhir::validation::validator;
+use crate::fhir::{FhirError, ResourceType};
 
 /// The date of this release of the CapabilityStatement (required by FHIR).
 const RELEASE_DATE: &str = "2026-11-21";
 
-pub async fn capability_statement(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    response::json(StatusCode::OK, &build(&request::base_url(&http, &state)))
+pub async fn capability_statement(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, .. } = ctx;
+    Ok(response::json(StatusCode::OK, &build(&request::base_url(&http, &state))))
 }
 
 pub fn build(base: &str) -> Value {
-    let offered: Vec<Interaction> = routes().into_iter().map(|route| route.interaction).collect();
+    let offered: Vec<Interaction> = routes().iter().map(|route| route.interaction).collect();
     let has = |interaction| offered.contains(&interaction);
     let type_codes: Vec<&str> = [
         (Interaction::Read, "read"),

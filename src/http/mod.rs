@@ -17,7 +17,11 @@ mod validate;
 mod vread;
 
 use actix_web::http::Method;
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
 
 pub use bundle::process_bundle;
 pub use request::Return;
@@ -62,82 +66,148 @@ pub enum Interaction {
     Validate,
 }
 
+/// What a handler gets: the request, its body stream, the app state and the values of the
+/// route's placeholders in order (e.g. `[type, id]` for `/{type}/{id}`).
+pub struct Ctx {
+    pub http: HttpRequest,
+    pub payload: web::Payload,
+    pub state: web::Data<AppState>,
+    pub params: Vec<String>,
+}
+
+impl Ctx {
+    /// The `index`-th placeholder value of the matched route.
+    pub fn param(&self, index: usize) -> &str {
+        self.params.get(index).map_or("", String::as_str)
+    }
+}
+
+type Handler = fn(Ctx) -> LocalBoxFuture<'static, Result<HttpResponse, FhirError>>;
+
 /// One row of the route table.
 pub struct RouteSpec {
     pub interaction: Interaction,
     pub method: Method,
     /// Path below `/fhir`; `{type}` is a resource type, `{id}` an id, `{vid}` a version.
     pub path: &'static str,
-    handler: fn() -> actix_web::Route,
+    segments: Vec<Segment>,
+    handler: Handler,
 }
 
-/// Every route of the FHIR API. Order matters where paths overlap: literal segments
+enum Segment {
+    Literal(&'static str),
+    Placeholder,
+}
+
+/// Every route of the FHIR API, in matching order: where paths overlap, literal segments
 /// (`_history`, `$validate`) come before the placeholders they would also match.
-pub fn routes() -> Vec<RouteSpec> {
-    use Interaction::*;
-    let row = |interaction, method, path, handler| RouteSpec { interaction, method, path, handler };
-    vec![
-        row(Capabilities, Method::GET, "/metadata", || web::get().to(metadata::capability_statement)),
-        row(TransactionOrBatch, Method::POST, "", || web::post().to(bundle::handle)),
-        row(TransactionOrBatch, Method::POST, "/", || web::post().to(bundle::handle)),
-        row(HistorySystem, Method::GET, "/_history", || web::get().to(history::system)),
-        row(HistoryType, Method::GET, "/{type}/_history", || web::get().to(history::type_level)),
-        row(Validate, Method::POST, "/{type}/$validate", || web::post().to(validate::handle)),
-        row(Create, Method::POST, "/{type}", || web::post().to(create::handle)),
-        row(ConditionalUpdate, Method::PUT, "/{type}", || web::put().to(update::conditional)),
-        row(ConditionalDelete, Method::DELETE, "/{type}", || web::delete().to(delete::conditional)),
-        row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", || web::get().to(vread::handle)),
-        row(HistoryInstance, Method::GET, "/{type}/{id}/_history", || web::get().to(history::instance)),
-        row(Read, Method::GET, "/{type}/{id}", || web::get().to(read::handle)),
-        row(Update, Method::PUT, "/{type}/{id}", || web::put().to(update::by_id)),
-        row(Delete, Method::DELETE, "/{type}/{id}", || web::delete().to(delete::by_id)),
-    ]
+pub fn routes() -> &'static [RouteSpec] {
+    static ROUTES: LazyLock<Vec<RouteSpec>> = LazyLock::new(|| {
+        use Interaction::*;
+        let row = |interaction, method, path: &'static str, handler: Handler| RouteSpec {
+            interaction,
+            method,
+            path,
+            segments: path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| if s.starts_with('{') { Segment::Placeholder } else { Segment::Literal(s) })
+                .collect(),
+            handler,
+        };
+        vec![
+            row(Capabilities, Method::GET, "/metadata", |ctx| Box::pin(metadata::capability_statement(ctx))),
+            row(TransactionOrBatch, Method::POST, "/", |ctx| Box::pin(bundle::handle(ctx))),
+            row(HistorySystem, Method::GET, "/_history", |ctx| Box::pin(history::system(ctx))),
+            row(HistoryType, Method::GET, "/{type}/_history", |ctx| Box::pin(history::type_level(ctx))),
+            row(Validate, Method::POST, "/{type}/$validate", |ctx| Box::pin(validate::handle(ctx))),
+            row(Create, Method::POST, "/{type}", |ctx| Box::pin(create::handle(ctx))),
+            row(ConditionalUpdate, Method::PUT, "/{type}", |ctx| Box::pin(update::conditional(ctx))),
+            row(ConditionalDelete, Method::DELETE, "/{type}", |ctx| Box::pin(delete::conditional(ctx))),
+            row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", |ctx| Box::pin(vread::handle(ctx))),
+            row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
+            row(Read, Method::GET, "/{type}/{id}", |ctx| Box::pin(read::handle(ctx))),
+            row(Update, Method::PUT, "/{type}/{id}", |ctx| Box::pin(update::by_id(ctx))),
+            row(Delete, Method::DELETE, "/{type}/{id}", |ctx| Box::pin(delete::by_id(ctx))),
+        ]
+    });
+    &ROUTES
 }
 
-/// Registers the `/fhir` scope on an actix app.
-pub fn configure(config: &mut web::ServiceConfig) {
-    let mut scope = web::scope("/fhir")
-        .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
-        .default_service(web::to(unmatched));
-    for route in routes() {
-        scope = scope.route(route.path, (route.handler)());
-    }
-    config.service(scope);
-}
-
-/// Answers requests no route matched: 405 (with `Allow`) if the path exists for other methods,
-/// 404 otherwise, always with an OperationOutcome.
-async fn unmatched(request: HttpRequest) -> HttpResponse {
-    let path = request.path().strip_prefix("/fhir").unwrap_or(request.path());
-    let allowed: Vec<Method> =
-        routes().into_iter().filter(|route| path_matches(route.path, path)).map(|route| route.method).collect();
-    let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let looks_like_type = first_segment.chars().next().is_some_and(|c| c.is_ascii_uppercase());
-    let error = if looks_like_type && ResourceType::parse(first_segment).is_none() {
-        FhirError::not_found(format!("'{first_segment}' is not a resource type this server knows"))
-    } else if !allowed.is_empty() {
-        let mut names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        names.dedup();
-        let error = FhirError::new(
-            Category::MethodNotAllowed,
-            IssueCode::NotSupported,
-            format!("{} is not supported on this path; allowed: {}", request.method(), names.join(", ")),
-        );
-        let mut response = error::error_response(&error);
-        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&names.join(", ")) {
-            response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+impl RouteSpec {
+    /// The placeholder values if `segments` (the request path below `/fhir`) fits this route.
+    fn capture(&self, segments: &[Cow<'_, str>]) -> Option<Vec<String>> {
+        if segments.len() != self.segments.len() {
+            return None;
         }
-        return response;
-    } else {
-        FhirError::not_found(format!("there is no FHIR interaction at {} {}", request.method(), request.path()))
-    };
-    error::error_response(&error)
+        let mut params = Vec::new();
+        for (pattern, segment) in self.segments.iter().zip(segments) {
+            match pattern {
+                Segment::Literal(literal) if *literal == segment.as_ref() => {}
+                Segment::Literal(_) => return None,
+                Segment::Placeholder => params.push(segment.clone().into_owned()),
+            }
+        }
+        Some(params)
+    }
 }
 
-/// Does a route pattern such as `/{type}/{id}` match a concrete path?
-fn path_matches(pattern: &str, path: &str) -> bool {
-    let pattern_segments: Vec<&str> = pattern.trim_matches('/').split('/').collect();
-    let path_segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    pattern_segments.len() == path_segments.len()
-        && pattern_segments.iter().zip(&path_segments).all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
+/// Registers the `/fhir` scope on an actix app. Every request below `/fhir` goes to
+/// [`dispatch`], which matches it against [`routes`]: the table is the router.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/fhir")
+            .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
+            .default_service(web::to(dispatch)),
+    );
+}
+
+/// Finds the route for a request and runs its handler. Unmatched requests get 405 (with
+/// `Allow`) if the path exists for other methods, 404 otherwise, always as an OperationOutcome.
+async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let path = http.path().strip_prefix("/fhir").unwrap_or(http.path());
+    let segments: Vec<Cow<'_, str>> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+        .collect();
+    let mut allowed: Vec<&str> = Vec::new();
+    for route in routes() {
+        if let Some(params) = route.capture(&segments) {
+            if route.method == http.method() {
+                let ctx = Ctx { http: http.clone(), payload, state, params };
+                return match (route.handler)(ctx).await {
+                    Ok(response) => response,
+                    Err(error) => error::error_response(&error),
+                };
+            }
+            if !allowed.contains(&route.method.as_str()) {
+                allowed.push(route.method.as_str());
+            }
+        }
+    }
+    let first_segment = segments.first().map_or("", |s| s.as_ref());
+    let looks_like_type = first_segment.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+    if looks_like_type && ResourceType::parse(first_segment).is_none() {
+        return error::error_response(&FhirError::not_found(format!(
+            "'{first_segment}' is not a resource type this server knows"
+        )));
+    }
+    if allowed.is_empty() {
+        return error::error_response(&FhirError::not_found(format!(
+            "there is no FHIR interaction at {} {}",
+            http.method(),
+            http.path()
+        )));
+    }
+    let error = FhirError::new(
+        Category::MethodNotAllowed,
+        IssueCode::NotSupported,
+        format!("{} is not supported on this path; allowed: {}", http.method(), allowed.join(", ")),
+    );
+    let mut response = error::error_response(&error);
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }

@@ -4,16 +4,15 @@
 //! B-tree lookup, mostly served from the page cache, and handing them to another thread would
 //! cost more than the read itself.
 
-use actix_web::{HttpResponse, web};
+use actix_web::HttpResponse;
 
-use super::{AppState, request, response};
+use super::{Ctx, request, response};
 use crate::fhir::{Category, FhirError, IssueCode};
 
-pub async fn handle(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, FhirError> {
-    let (type_name, id) = path.into_inner();
-    let resource_type = request::resource_type(&type_name)?;
-    let id = request::id(&id)?;
-    let snapshot = state.store.snapshot()?;
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let resource_type = request::resource_type(ctx.param(0))?;
+    let id = request::id(ctx.param(1))?;
+    let snapshot = ctx.state.store.snapshot()?;
     match snapshot.current(resource_type, id.as_str())? {
         None => Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
         Some(version) if version.is_deleted() => Err(FhirError::new(

@@ -4,19 +4,15 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::{AppState, request, response};
+use super::{AppState, Ctx, request, response};
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
 use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteOp, WriteRequest};
 
-pub async fn by_id(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
-    let (type_name, id) = path.into_inner();
+pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, payload } = ctx;
+    let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     let body = request::read_body(&http, payload, &state.limits).await?;
@@ -41,13 +37,9 @@ pub async fn by_id(
     execute(&http, &state, resource_type, Target::Id(id), value).await
 }
 
-pub async fn conditional(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
-    let resource_type = request::resource_type(&path.into_inner())?;
+pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, payload } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
     let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let value = request::resource_body(&body, resource_type, &state.limits)?;

@@ -4,23 +4,19 @@
 //! answer is 200 with an OperationOutcome: the issues found, or one informational issue when
 //! there are none. Only a body that cannot be read at all gets an error status.
 
+use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::{AppState, request, response};
+use super::{Ctx, request, response};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{parse_json, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, Issue, IssueCode};
 
-pub async fn handle(
-    http: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
-    let resource_type = request::resource_type(&path.into_inner())?;
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, params, payload } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let mut value = parse_json(&body, state.limits.max_json_depth)?;
     if resource_type_of(&value)?.as_str() == "Parameters" && resource_type.as_str() != "Parameters" {

@@ -1,15 +1,13 @@
 //! `GET /fhir/{type}/{id}/_history/{vid}`: one version.
 
-use actix_web::{HttpResponse, web};
+use actix_web::HttpResponse;
 
-use super::{AppState, request, response};
+use super::{Ctx, request, response};
 use crate::fhir::{Category, FhirError, IssueCode};
 
-pub async fn handle(
-    state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, FhirError> {
-    let (type_name, id, version) = path.into_inner();
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { state, params, .. } = ctx;
+    let (type_name, id, version) = (params[0].clone(), params[1].clone(), params[2].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     let version = request::version_id(&version)?;

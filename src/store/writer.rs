@@ -11,8 +11,8 @@
 //! storage error can stop a request midway, and that aborts the whole group.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
@@ -124,7 +124,9 @@ fn run(
         match commit_group(db, indexer, &mut clock, &jobs) {
             Ok(replies) => {
                 match Snapshot::open(db) {
-                    Ok(snapshot) => *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot),
+                    Ok(snapshot) => {
+                        *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot)
+                    }
                     Err(error) => tracing::error!(error = %error, "cannot open a snapshot after a commit"),
                 }
                 for (job, reply) in jobs.into_iter().zip(replies) {
