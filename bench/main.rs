@@ -186,8 +186,8 @@ async fn read_scenario(args: &Args, dir: &Path) {
         for (name, results) in [("baseline", &mut baseline), ("braid", &mut braid)] {
             let server =
                 if name == "baseline" { servers::start_baseline(&bodies_file) } else { servers::start_braid(&data) };
-            load::run(server.port, 32, Duration::from_secs(1), request.clone()).await; // warm-up
-            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request.clone()).await;
+            load::run(server.port, 32, Duration::from_secs(1), request).await; // warm-up
+            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request).await;
             println!(
                 "  round {round} {name:8}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
                 result.throughput(),

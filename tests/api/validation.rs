@@ -27,7 +27,8 @@ async fn a_conformant_vital_sign_is_stored() {
 #[actix_web::test]
 async fn vital_signs_that_break_the_profile_are_rejected_with_422_naming_the_element() {
     let app = spawn_app().await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Breakage = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Breakage, &str)> = vec![
         (
             "no category",
             Box::new(|o| {
