@@ -11,41 +11,21 @@ async fn conditional_create_creates_once_and_then_returns_the_match() {
     let app = spawn_app().await;
     let criteria = format!("identifier={MRN}|12345");
     let mut body = patient("12345");
-    let first = app
-        .send(app.client.post(app.url("/Patient")).header("if-none-exist", criteria.as_str()).body(body.to_string()))
-        .await;
+    let first = app.create_if_none_exist("/Patient", criteria.as_str(), &body).await;
     assert_eq!(first.status, 201, "{}", first.text);
     body["gender"] = json!("female");
-    let second = app
-        .send(app.client.post(app.url("/Patient")).header("if-none-exist", criteria.as_str()).body(body.to_string()))
-        .await;
+    let second = app.create_if_none_exist("/Patient", criteria.as_str(), &body).await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(second.body["id"], first.body["id"]);
     assert!(second.body.get("gender").is_none(), "the existing resource is returned unchanged");
     assert_eq!(app.history_len().await, 1);
 
     // Forms of the token that must also match: value only, and Type? prefix in the header.
-    let by_value = app
-        .send(app.client.post(app.url("/Patient")).header("if-none-exist", "identifier=12345").body(body.to_string()))
-        .await;
+    let by_value = app.create_if_none_exist("/Patient", "identifier=12345", &body).await;
     assert_eq!(by_value.status, 200);
-    let prefixed = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", format!("Patient?identifier={MRN}|12345"))
-                .body(body.to_string()),
-        )
-        .await;
+    let prefixed = app.create_if_none_exist("/Patient", &format!("Patient?identifier={MRN}|12345"), &body).await;
     assert_eq!(prefixed.status, 200);
-    let other_system = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", "identifier=http://other|12345")
-                .body(body.to_string()),
-        )
-        .await;
+    let other_system = app.create_if_none_exist("/Patient", "identifier=http://other|12345", &body).await;
     assert_eq!(other_system.status, 201, "a different system is a different identifier");
 }
 
@@ -54,14 +34,7 @@ async fn conditional_create_with_several_matches_fails_with_412() {
     let app = spawn_app().await;
     app.post("/Patient", &patient("Twin")).await;
     app.post("/Patient", &patient("Twin")).await;
-    let reply = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", "identifier=Twin")
-                .body(patient("Twin").to_string()),
-        )
-        .await;
+    let reply = app.create_if_none_exist("/Patient", "identifier=Twin", &patient("Twin")).await;
     reply.assert_outcome(412);
     assert_eq!(reply.body["issue"][0]["code"], "multiple-matches");
     assert_eq!(app.history_len().await, 2);
@@ -70,14 +43,7 @@ async fn conditional_create_with_several_matches_fails_with_412() {
 #[actix_web::test]
 async fn conditional_create_with_an_unknown_parameter_is_rejected() {
     let app = spawn_app().await;
-    let reply = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", "family=Smith")
-                .body(patient("Smith").to_string()),
-        )
-        .await;
+    let reply = app.create_if_none_exist("/Patient", "family=Smith", &patient("Smith")).await;
     reply.assert_outcome(400);
     assert!(reply.body["issue"][0]["diagnostics"].as_str().unwrap().contains("family"));
     assert_eq!(app.history_len().await, 0);
@@ -143,14 +109,7 @@ async fn conditional_delete_removes_every_match() {
     let keep = app.post("/Patient", &patient("keep")).await;
     let deleted = app.delete("/Patient?identifier=dup").await;
     assert_eq!(deleted.status, 204);
-    let none_left = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", "identifier=dup")
-                .body(patient("dup").to_string()),
-        )
-        .await;
+    let none_left = app.create_if_none_exist("/Patient", "identifier=dup", &patient("dup")).await;
     assert_eq!(none_left.status, 201, "the deleted resources no longer match");
     assert_eq!(app.get(&format!("/Patient/{}", keep.body["id"].as_str().unwrap())).await.status, 200);
     assert_eq!(app.delete("/Patient?identifier=nobody").await.status, 204);
@@ -162,16 +121,8 @@ async fn criteria_by_id_work_and_combine_with_identifier() {
     let mut body = patient("byid");
     body["id"] = json!("byid");
     app.put("/Patient/byid", &body).await;
-    let found =
-        app.send(app.client.post(app.url("/Patient")).header("if-none-exist", "_id=byid").body(body.to_string())).await;
+    let found = app.create_if_none_exist("/Patient", "_id=byid", &body).await;
     assert_eq!(found.status, 200);
-    let both = app
-        .send(
-            app.client
-                .post(app.url("/Patient"))
-                .header("if-none-exist", "_id=byid&identifier=wrong")
-                .body(body.to_string()),
-        )
-        .await;
+    let both = app.create_if_none_exist("/Patient", "_id=byid&identifier=wrong", &body).await;
     assert_eq!(both.status, 201, "criteria are combined with AND");
 }

@@ -3,43 +3,16 @@
 //! place in the version history.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::helpers::start_braid_process;
+
 const WRITERS: usize = 8;
 const IDS_PER_WRITER: usize = 4;
 const KILLS: usize = 20;
-
-/// Starts `braid serve` on a free port and returns it with the port it reports.
-fn start(data: &std::path::Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("BRAID_LOG_FORMAT", "json")
-        .env("BRAID_LOG_LEVEL", "warn,braid=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the braid binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining the pipe for the life of the process, so logging never blocks.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(log) = serde_json::from_str::<Value>(&line) {
-                if let Some(port) = log["fields"]["port"].as_u64() {
-                    let _ = sender.send(port as u16);
-                }
-            }
-        }
-    });
-    let port = receiver.recv_timeout(Duration::from_secs(60)).expect("braid reports its port");
-    (child, port)
-}
 
 type Acknowledged = Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>>;
 
@@ -116,7 +89,8 @@ async fn acknowledged_writes_survive_sigkill() {
     let acknowledged: Acknowledged = Arc::default();
     let started = Instant::now();
     for round in 0..KILLS {
-        let (mut child, port) = start(&data);
+        let braid = start_braid_process(&data, "warn,braid=info");
+        let (mut child, port) = (braid.child, braid.port);
         let base = format!("http://127.0.0.1:{port}/fhir");
         let checked = verify(&client, &base, &acknowledged).await;
         let writers: Vec<_> = (0..WRITERS)
@@ -139,7 +113,8 @@ async fn acknowledged_writes_survive_sigkill() {
         }
         eprintln!("round {round}: verified {checked} acknowledged writes after restart");
     }
-    let (mut child, port) = start(&data);
+    let braid = start_braid_process(&data, "warn,braid=info");
+    let (mut child, port) = (braid.child, braid.port);
     let checked = verify(&client, &format!("http://127.0.0.1:{port}/fhir"), &acknowledged).await;
     child.kill().unwrap();
     child.wait().unwrap();

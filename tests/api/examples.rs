@@ -1,5 +1,5 @@
-//! Every official R4 example (tests/data/examples) round-trips: stored under its own id, read
-//! back equal apart from `meta`.
+//! Every official R4 example (tests/data/examples) round-trips: stored under its own id (PUT)
+//! and under a new one (POST), and read back equal apart from `meta` (and the new id).
 
 use serde_json::Value;
 
@@ -33,5 +33,14 @@ async fn every_official_example_round_trips() {
             map.remove("lastUpdated");
         }
         assert_eq!(read_meta, sent_meta, "{}: the client's meta elements are kept", path.display());
+
+        // A plain create gives the example a new id and otherwise keeps it as sent.
+        let created = app.send(app.client.post(app.url(&format!("/{resource_type}"))).body(text.clone())).await;
+        assert_eq!(created.status, 201, "{}: {}", path.display(), created.text);
+        let new_id = created.body["id"].as_str().unwrap();
+        assert_ne!(new_id, id);
+        let mut read = app.get(&format!("/{resource_type}/{new_id}")).await.body;
+        read["id"] = sent["id"].clone();
+        assert_eq!(without_meta(&read), without_meta(&sent), "{} changed when created by POST", path.display());
     }
 }

@@ -93,6 +93,12 @@ impl TestApp {
         .await
     }
 
+    /// `POST /{type}` with `If-None-Exist: criteria`.
+    pub async fn create_if_none_exist(&self, path: &str, criteria: &str, body: &Value) -> Reply {
+        let request = self.client.post(self.url(path)).header("content-type", "application/fhir+json");
+        self.send(request.header("if-none-exist", criteria).body(body.to_string())).await
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(self.client.delete(self.url(path))).await
     }
@@ -121,4 +127,42 @@ pub fn without_meta(value: &Value) -> Value {
         map.remove("meta");
     }
     copy
+}
+
+/// A `braid serve` child process on a free port, with its JSON log lines.
+pub struct BraidProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// Every log line the process writes, parsed; a thread keeps draining its stdout.
+    pub logs: std::sync::mpsc::Receiver<Value>,
+}
+
+/// Starts the `braid` binary on `data` and waits until it logs the port it listens on.
+pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("BRAID_LOG_FORMAT", "json")
+        .env("BRAID_LOG_LEVEL", log_level)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the braid binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let log: Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
+            let _ = sender.send(log);
+        }
+    });
+    let port = loop {
+        let log = logs.recv_timeout(std::time::Duration::from_secs(60)).expect("braid logs its port");
+        if let Some(port) = log["fields"]["port"].as_u64() {
+            break port as u16;
+        }
+    };
+    BraidProcess { child, port, logs }
 }

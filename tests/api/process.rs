@@ -1,39 +1,12 @@
 //! The `braid` binary as an operator runs it: JSON logs carrying the request id, and a graceful
 //! stop on SIGTERM that keeps every acknowledged write.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-fn start(data: &std::path::Path) -> (std::process::Child, u16, std::sync::mpsc::Receiver<Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("BRAID_LOG_FORMAT", "json")
-        .env("BRAID_LOG_LEVEL", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the braid binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let log: Value =
-                serde_json::from_str(&line).unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
-            let _ = sender.send(log);
-        }
-    });
-    let port = loop {
-        let log = receiver.recv_timeout(Duration::from_secs(60)).expect("braid logs its port");
-        if let Some(port) = log["fields"]["port"].as_u64() {
-            break port as u16;
-        }
-    };
-    (child, port, receiver)
-}
+use crate::helpers::start_braid_process;
 
 fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
@@ -49,7 +22,8 @@ fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
 #[actix_web::test]
 async fn logs_are_json_lines_that_carry_the_request_id_and_no_bodies() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, port, logs) = start(&dir.path().join("logs.redb"));
+    let braid = start_braid_process(&dir.path().join("logs.redb"), "info");
+    let (mut child, port, logs) = (braid.child, braid.port, braid.logs);
     let client = reqwest::Client::new();
     let secret_name = "Unforgettable-Surname-4711";
     let reply = client
@@ -76,7 +50,8 @@ async fn logs_are_json_lines_that_carry_the_request_id_and_no_bodies() {
 async fn sigterm_stops_the_server_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("graceful.redb");
-    let (mut child, port, logs) = start(&data);
+    let braid = start_braid_process(&data, "info");
+    let (mut child, port, logs) = (braid.child, braid.port, braid.logs);
     let client = reqwest::Client::new();
     let reply = client
         .put(format!("http://127.0.0.1:{port}/fhir/Patient/kept"))
@@ -90,7 +65,8 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_the_data() {
     assert!(status.success(), "braid exits with 0 after SIGTERM, got {status}");
     assert!(logs.try_iter().any(|log| log["fields"]["message"] == "database closed cleanly"));
 
-    let (mut child, port, _logs) = start(&data);
+    let braid = start_braid_process(&data, "info");
+    let (mut child, port) = (braid.child, braid.port);
     let read: Value =
         client.get(format!("http://127.0.0.1:{port}/fhir/Patient/kept")).send().await.unwrap().json().await.unwrap();
     assert_eq!(read["active"], true);
