@@ -42,8 +42,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve(args) => (args, false),
         Command::Demo(args) => (args, true),
     };
-    if demo && settings.data == Settings::default().data {
-        settings.data = PathBuf::from("./data/demo.redb");
+    if demo {
+        // The demo is for a person at a terminal: its own database and readable logs, unless
+        // the operator chose otherwise.
+        if settings.data == Settings::default().data {
+            settings.data = PathBuf::from("./data/demo.redb");
+        }
+        if std::env::var_os("BRAID_LOG_FORMAT").is_none() && cli.config.is_none() {
+            settings.log_format = braid::config::LogFormat::Pretty;
+        }
     }
     if let Some(listen) = args.listen {
         settings.listen = listen;
