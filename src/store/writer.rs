@@ -463,7 +463,7 @@ impl Execution<'_, '_> {
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
                 self.put_version(resource_type, &id, version, op, &body)?;
-                self.reindex(resource_type, &id, Some(&stamped))?;
+                self.index(resource_type, &id, version, &stamped)?;
                 Ok(OpOutcome {
                     resource_type,
                     id: Some(id),
@@ -478,7 +478,6 @@ impl Execution<'_, '_> {
                 let first = tombstones.first().cloned();
                 for (id, version) in tombstones {
                     self.put_version(resource_type, &id, version, Op::Delete, &[])?;
-                    self.reindex(resource_type, &id, None)?;
                 }
                 Ok(OpOutcome {
                     resource_type,
@@ -511,28 +510,20 @@ impl Execution<'_, '_> {
         Ok(())
     }
 
-    /// Replaces the index entries of a resource with those of its new current version (none
-    /// for a deletion).
-    fn reindex(&mut self, resource_type: ResourceType, id: &Id, resource: Option<&Resource>) -> Result<(), StoreError> {
+    /// Writes the index entries of a new resource version. Entries of older versions stay:
+    /// readers tell them apart by checking which version is current as of their snapshot.
+    fn index(
+        &mut self,
+        resource_type: ResourceType,
+        id: &Id,
+        version: u64,
+        resource: &Resource,
+    ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
-        let prefix = rspv::resource_prefix(ty, id);
-        let end = prefix_end(&prefix);
-        let mut stale = Vec::new();
-        for entry in self.tables.rspv.range(prefix.as_slice()..end.as_slice())? {
-            let (key, _) = entry?;
-            stale.push(key.value().to_vec());
-        }
-        for key in stale {
-            let (_, _, param, value) = rspv::decode(&key).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
-            self.tables.spv.remove(spv::encode(ty, &param, &value, id).as_slice())?;
-            self.tables.rspv.remove(key.as_slice())?;
-        }
-        if let Some(resource) = resource {
-            let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
-            for entry in entries {
-                self.tables.spv.insert(spv::encode(ty, &entry.param, &entry.value, id).as_slice(), ())?;
-                self.tables.rspv.insert(rspv::encode(ty, id, &entry.param, &entry.value).as_slice(), ())?;
-            }
+        let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
+        for entry in entries {
+            self.tables.spv.insert(spv::encode(ty, &entry.param, &entry.value, id, version).as_slice(), ())?;
+            self.tables.rspv.insert(rspv::encode(ty, id, version, &entry.param, &entry.value).as_slice(), ())?;
         }
         Ok(())
     }
@@ -570,6 +561,7 @@ impl Execution<'_, '_> {
                     }
                 }
                 Clause::Index { param, values } => {
+                    let mut candidates = BTreeSet::new();
                     for value in values {
                         let prefix = spv::prefix(resource_type.as_str(), param, value);
                         let end = prefix_end(&prefix);
@@ -577,8 +569,15 @@ impl Execution<'_, '_> {
                             self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?
                         {
                             let (key, _) = entry.map_err(StoreError::from)?;
-                            let (_, _, _, id) =
+                            let (_, _, _, id, version) =
                                 spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+                            candidates.insert((id, version));
+                        }
+                    }
+                    // Only entries of the current, live version count.
+                    for (id, version) in candidates {
+                        let parsed = Id::parse(&id).map_err(|_| StoreError::Corrupt(id.clone().into_bytes()))?;
+                        if self.current(resource_type, &parsed)?.is_some_and(|c| !c.deleted && c.version == version) {
                             ids.insert(id);
                         }
                     }

@@ -126,3 +126,19 @@ async fn criteria_by_id_work_and_combine_with_identifier() {
     let both = app.create_if_none_exist("/Patient", "_id=byid&identifier=wrong", &body).await;
     assert_eq!(both.status, 201, "criteria are combined with AND");
 }
+
+#[actix_web::test]
+async fn an_identifier_that_was_changed_away_no_longer_matches() {
+    let app = spawn_app().await;
+    let mut body = patient("before");
+    body["id"] = json!("moving");
+    app.put("/Patient/moving", &body).await;
+    body["identifier"] = json!([{"system": MRN, "value": "after"}]);
+    app.put("/Patient/moving", &body).await;
+
+    let old = app.create_if_none_exist("/Patient", &format!("identifier={MRN}|before"), &patient("before")).await;
+    assert_eq!(old.status, 201, "version 1's identifier must not match once version 2 is current");
+    let new = app.create_if_none_exist("/Patient", &format!("identifier={MRN}|after"), &patient("after")).await;
+    assert_eq!(new.status, 200);
+    assert_eq!(new.body["id"], "moving");
+}

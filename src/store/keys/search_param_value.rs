@@ -1,14 +1,18 @@
-//! `search_param_value`: which current resources have a given value for a search parameter.
+//! `search_param_value`: which resource versions have a given value for a search parameter.
 //!
-//! Key: `type 0x00 param 0x00 value 0x00 id 0x00`; no value. This is the table a query
-//! *scans*: all resources of a type whose `identifier` is `http://x|123` are the keys with
-//! prefix `Patient·identifier·http://x|123·`. Only current (non-deleted) versions are indexed;
-//! the writer removes a resource's entries when it is updated or deleted.
+//! Key: `type 0x00 param 0x00 value 0x00 id 0x00 version(u64 BE)`; no value. This is the table
+//! a query *scans*: the Patients whose `identifier` is `http://x|123` are found under the prefix
+//! `Patient·identifier·http://x|123·`.
+//!
+//! Entries are written for every version and never removed, so the table answers "which
+//! resources matched as of logical time t" for any t a reader holds (stable paging). A reader
+//! keeps a candidate only if its version is the resource's current one (as of its snapshot) and
+//! not a deletion.
 //!
 //! Values are the normalised index values produced by the indexer (for tokens: `code`,
 //! `system|code`, `system|` and, without a system, `|code`).
 
-use super::{Reader, put_str};
+use super::{Reader, put_str, put_u64};
 
 pub fn prefix(resource_type: &str, param: &str, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(resource_type.len() + param.len() + value.len() + 3);
@@ -18,16 +22,17 @@ pub fn prefix(resource_type: &str, param: &str, value: &[u8]) -> Vec<u8> {
     key
 }
 
-pub fn encode(resource_type: &str, param: &str, value: &[u8], id: &str) -> Vec<u8> {
+pub fn encode(resource_type: &str, param: &str, value: &[u8], id: &str, version: u64) -> Vec<u8> {
     let mut key = prefix(resource_type, param, value);
     put_str(&mut key, id.as_bytes());
+    put_u64(&mut key, version);
     key
 }
 
-/// `(type, param, value, id)`
-pub fn decode(key: &[u8]) -> Option<(String, String, Vec<u8>, String)> {
+/// `(type, param, value, id, version)`
+pub fn decode(key: &[u8]) -> Option<(String, String, Vec<u8>, String, u64)> {
     let mut reader = Reader::new(key);
-    let decoded = (reader.string()?, reader.string()?, reader.str()?, reader.string()?);
+    let decoded = (reader.string()?, reader.string()?, reader.str()?, reader.string()?, reader.u64()?);
     reader.is_empty().then_some(decoded)
 }
 
@@ -38,18 +43,31 @@ mod tests {
 
     proptest! {
         #[test]
-        fn keys_round_trip(ty in "[A-Z][a-z]{1,10}", p in "[a-z-]{1,10}", v in proptest::collection::vec(any::<u8>(), 0..20), id in "[A-Za-z0-9.-]{1,64}") {
-            let decoded = decode(&encode(&ty, &p, &v, &id));
-            prop_assert_eq!(decoded, Some((ty, p, v, id)));
+        fn keys_round_trip(
+            ty in "[A-Z][a-z]{1,10}",
+            p in "[a-z-]{1,10}",
+            v in proptest::collection::vec(any::<u8>(), 0..20),
+            id in "[A-Za-z0-9.-]{1,64}",
+            version in any::<u64>(),
+        ) {
+            let decoded = decode(&encode(&ty, &p, &v, &id, version));
+            prop_assert_eq!(decoded, Some((ty, p, v, id, version)));
         }
 
         #[test]
-        fn byte_order_is_type_param_value_id(
-            a in ("[A-Z][a-z]{0,2}", "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6), "[a-z0-9]{1,4}"),
-            b in ("[A-Z][a-z]{0,2}", "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6), "[a-z0-9]{1,4}"),
+        fn byte_order_is_type_param_value_id_version(
+            a in ("[A-Z][a-z]{0,2}", "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6), "[a-z0-9]{1,4}", any::<u64>()),
+            b in ("[A-Z][a-z]{0,2}", "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6), "[a-z0-9]{1,4}", any::<u64>()),
         ) {
-            let (ka, kb) = (encode(&a.0, &a.1, &a.2, &a.3), encode(&b.0, &b.1, &b.2, &b.3));
+            let (ka, kb) = (encode(&a.0, &a.1, &a.2, &a.3, a.4), encode(&b.0, &b.1, &b.2, &b.3, b.4));
             prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
         }
+    }
+
+    #[test]
+    fn a_value_is_not_a_prefix_match_for_a_longer_value() {
+        let key = encode("Patient", "identifier", b"12", "p", 1);
+        assert!(key.starts_with(&prefix("Patient", "identifier", b"12")));
+        assert!(!key.starts_with(&prefix("Patient", "identifier", b"1")));
     }
 }
