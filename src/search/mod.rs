@@ -1,12 +1,17 @@
 //! Search: what gets indexed when a resource is written, and how query strings become criteria.
 //!
-//! This first version indexes the `identifier` token of every resource type and understands the
-//! two parameters that conditional interactions rely on, `_id` and `identifier`. Anything else in
-//! conditional criteria is rejected, because silently ignoring a criterion would widen the
-//! match of a conditional update or delete.
+//! - [`registry`]: the official R4 SearchParameter definitions, parsed once; unsupported ones
+//!   are listed, never silently dropped.
+//! - [`fhirpath`]: the FHIRPath subset those definitions use.
+//! - [`values`]: how each parameter type encodes index values.
+//! - [`indexer`]: the store's [`crate::store::Indexer`], driven by the registry.
+//! - [`criteria`]: conditional-interaction criteria (`_id`, `identifier`).
 
 mod criteria;
+pub mod fhirpath;
 mod indexer;
+pub mod registry;
+pub mod values;
 
 pub use criteria::parse_criteria;
 pub use indexer::IdentifierIndexer;

@@ -29,7 +29,9 @@ use crate::fhir::FhirError;
 pub(crate) const RESOURCE_VERSION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resource_version");
 pub(crate) const TYPE_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::new("type_history");
 pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::new("system_history");
-pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], ()> = TableDefinition::new("search_param_value");
+/// Value: `(created_t, superseded_t)`: the entry is live for readers at logical time `t` when
+/// `created_t <= t < superseded_t`; `superseded_t` is `u64::MAX` while the version is current.
+pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], ()> =
     TableDefinition::new("resource_search_param_value");
 /// Small named values: `format_version` (u32 BE) and `cursor_secret` (32 random bytes).

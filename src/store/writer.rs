@@ -174,7 +174,7 @@ struct Tables<'txn> {
     versions: Table<'txn, &'static [u8], &'static [u8]>,
     type_history: Table<'txn, &'static [u8], ()>,
     system_history: Table<'txn, &'static [u8], ()>,
-    spv: Table<'txn, &'static [u8], ()>,
+    spv: Table<'txn, &'static [u8], (u64, u64)>,
     rspv: Table<'txn, &'static [u8], ()>,
 }
 
@@ -207,7 +207,8 @@ enum Resolved {
 
 /// What a resolved operation will write, decided after every check has passed.
 enum Planned {
-    Put { resource_type: ResourceType, id: Id, version: u64, resource: Resource, created: bool },
+    /// `previous`: the version this one supersedes, if it was live (not a deletion).
+    Put { resource_type: ResourceType, id: Id, version: u64, resource: Resource, created: bool, previous: Option<u64> },
     Unchanged { resource_type: ResourceType, id: Id, current: Current },
     Delete { resource_type: ResourceType, tombstones: Vec<(Id, u64)> },
 }
@@ -424,8 +425,9 @@ impl Execution<'_, '_> {
                         }
                         current => {
                             let created = current.as_ref().is_none_or(|c| c.deleted);
+                            let previous = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                             let version = current.map_or(1, |c| c.version + 1);
-                            Planned::Put { resource_type, id, version, resource, created }
+                            Planned::Put { resource_type, id, version, resource, created, previous }
                         }
                     }
                 }
@@ -458,12 +460,15 @@ impl Execution<'_, '_> {
                 last_updated_micros: Some(current.last_updated_micros),
                 body: Some(Arc::new(current.body)),
             }),
-            Planned::Put { resource_type, id, version, resource, created } => {
+            Planned::Put { resource_type, id, version, resource, created, previous } => {
                 let stamped = stamp(resource, resource_type, &id, version, &format_instant(last_updated));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
-                self.put_version(resource_type, &id, version, op, &body)?;
-                self.index(resource_type, &id, version, &stamped)?;
+                let t = self.put_version(resource_type, &id, version, op, &body)?;
+                if let Some(previous) = previous {
+                    self.supersede(resource_type, &id, previous, t)?;
+                }
+                self.index(resource_type, &id, version, t, &stamped)?;
                 Ok(OpOutcome {
                     resource_type,
                     id: Some(id),
@@ -477,7 +482,9 @@ impl Execution<'_, '_> {
                 let count = tombstones.len();
                 let first = tombstones.first().cloned();
                 for (id, version) in tombstones {
-                    self.put_version(resource_type, &id, version, Op::Delete, &[])?;
+                    let t = self.put_version(resource_type, &id, version, Op::Delete, &[])?;
+                    // A tombstone follows a live version (deleting a deletion writes nothing).
+                    self.supersede(resource_type, &id, version - 1, t)?;
                 }
                 Ok(OpOutcome {
                     resource_type,
@@ -491,6 +498,7 @@ impl Execution<'_, '_> {
         }
     }
 
+    /// Writes one version and returns its logical time `t`.
     fn put_version(
         &mut self,
         resource_type: ResourceType,
@@ -498,7 +506,7 @@ impl Execution<'_, '_> {
         version: u64,
         op: Op,
         body: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let t = self.clock.next_t;
         self.clock.next_t += 1;
         let header = Header { op, t, last_updated_micros: self.clock.last_micros };
@@ -507,23 +515,45 @@ impl Execution<'_, '_> {
         self.tables.versions.insert(key.as_slice(), resource_version::encode_value(header, body).as_slice())?;
         self.tables.type_history.insert(type_history::encode(ty, t, id, version).as_slice(), ())?;
         self.tables.system_history.insert(system_history::encode(t, ty, id, version).as_slice(), ())?;
-        Ok(())
+        Ok(t)
     }
 
-    /// Writes the index entries of a new resource version. Entries of older versions stay:
-    /// readers tell them apart by checking which version is current as of their snapshot.
+    /// Writes the index entries of a new resource version, live from logical time `t`.
     fn index(
         &mut self,
         resource_type: ResourceType,
         id: &Id,
         version: u64,
+        t: u64,
         resource: &Resource,
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
         let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
         for entry in entries {
-            self.tables.spv.insert(spv::encode(ty, &entry.param, &entry.value, id, version).as_slice(), ())?;
+            let key = spv::encode(ty, &entry.param, &entry.value, id, version);
+            self.tables.spv.insert(key.as_slice(), (t, u64::MAX))?;
             self.tables.rspv.insert(rspv::encode(ty, id, version, &entry.param, &entry.value).as_slice(), ())?;
+        }
+        Ok(())
+    }
+
+    /// Marks the index entries of `version` as superseded from logical time `t`. They stay in the
+    /// table, so that readers holding an older snapshot still find them.
+    fn supersede(&mut self, resource_type: ResourceType, id: &Id, version: u64, t: u64) -> Result<(), StoreError> {
+        let (ty, id) = (resource_type.as_str(), id.as_str());
+        let prefix = rspv::version_prefix(ty, id, version);
+        let end = prefix_end(&prefix);
+        let mut keys = Vec::new();
+        for entry in self.tables.rspv.range(prefix.as_slice()..end.as_slice())? {
+            let (key, _) = entry?;
+            let (_, _, _, param, value) =
+                rspv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            keys.push(spv::encode(ty, &param, &value, id, version));
+        }
+        for key in keys {
+            let created =
+                self.tables.spv.get(key.as_slice())?.map(|v| v.value().0).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+            self.tables.spv.insert(key.as_slice(), (created, t))?;
         }
         Ok(())
     }
@@ -561,23 +591,19 @@ impl Execution<'_, '_> {
                     }
                 }
                 Clause::Index { param, values } => {
-                    let mut candidates = BTreeSet::new();
                     for value in values {
                         let prefix = spv::prefix(resource_type.as_str(), param, value);
                         let end = prefix_end(&prefix);
                         for entry in
                             self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?
                         {
-                            let (key, _) = entry.map_err(StoreError::from)?;
-                            let (_, _, _, id, version) =
+                            let (key, live) = entry.map_err(StoreError::from)?;
+                            // The writer sees the newest state: only entries not yet superseded count.
+                            if live.value().1 != u64::MAX {
+                                continue;
+                            }
+                            let (_, _, _, id, _) =
                                 spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-                            candidates.insert((id, version));
-                        }
-                    }
-                    // Only entries of the current, live version count.
-                    for (id, version) in candidates {
-                        let parsed = Id::parse(&id).map_err(|_| StoreError::Corrupt(id.clone().into_bytes()))?;
-                        if self.current(resource_type, &parsed)?.is_some_and(|c| !c.deleted && c.version == version) {
                             ids.insert(id);
                         }
                     }

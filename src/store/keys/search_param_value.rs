@@ -5,9 +5,10 @@
 //! `Patient·identifier·http://x|123·`.
 //!
 //! Entries are written for every version and never removed, so the table answers "which
-//! resources matched as of logical time t" for any t a reader holds (stable paging). A reader
-//! keeps a candidate only if its version is the resource's current one (as of its snapshot) and
-//! not a deletion.
+//! resources matched as of logical time t" for any t a reader holds (stable paging). The value,
+//! `(created_t, superseded_t)`, says when the entry's version became current and when a newer
+//! version or a deletion replaced it (`u64::MAX` while current): a reader at time `t` keeps the
+//! entries with `created_t <= t < superseded_t`, without looking anything else up.
 //!
 //! Values are the normalised index values produced by the indexer (for tokens: `code`,
 //! `system|code`, `system|` and, without a system, `|code`).

@@ -1,0 +1,409 @@
+//! Index values: how each search parameter type turns the elements its expression selects
+//! into the byte strings stored in `search_param_value`, and how query values are encoded for
+//! comparison with them. Encodings keep byte order equal to the order searches need:
+//!
+//! | type | entry (param key → value bytes) |
+//! |---|---|
+//! | string | `p` → normalised text (lower case, accents removed); `p:exact` → the text as is |
+//! | token | `p` → `code`, `system\|code`, `system\|` (or `\|code` without system); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
+//! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
+//! | number | `p` → order-preserving 8-byte float |
+//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` (any system) and `` (no unit) |
+//! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
+//! | uri | `p` → the URI as is |
+//! | composite | `p` → component values joined by 0x00 0x00 |
+
+use serde_json::Value;
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+
+use super::fhirpath::Item;
+use super::registry::{ParamDef, ParamKind};
+use crate::store::IndexEntry;
+
+/// The index entries of one parameter for one resource.
+pub fn entries(def: &ParamDef, resource: &Value) -> Vec<IndexEntry> {
+    let items = def.expression.evaluate(resource);
+    let mut out = Vec::new();
+    if def.kind == ParamKind::Composite {
+        for item in &items {
+            let Item::Json(value, _) = item else { continue };
+            let mut combinations: Vec<Vec<u8>> = vec![Vec::new()];
+            for (position, component) in def.components.iter().enumerate() {
+                let sub = component.expression.evaluate_on(value);
+                let values: Vec<Vec<u8>> =
+                    sub.iter().flat_map(|i| values_of(component.kind, i)).filter(|(suffix, _)| suffix.is_empty()).map(|(_, v)| v).collect();
+                combinations = combinations
+                    .iter()
+                    .flat_map(|prefix| {
+                        values.iter().map(move |v| {
+                            let mut joined = prefix.clone();
+                            if position > 0 {
+                                joined.extend_from_slice(&[0, 0]);
+                            }
+                            joined.extend_from_slice(v);
+                            joined
+                        })
+                    })
+                    .collect();
+            }
+            if def.components.len() > 1 {
+                out.extend(combinations.into_iter().map(|value| IndexEntry { param: def.code.clone(), value }));
+            }
+        }
+        return out;
+    }
+    for item in &items {
+        for (suffix, value) in values_of(def.kind, item) {
+            out.push(IndexEntry { param: format!("{}{suffix}", def.code), value });
+        }
+    }
+    out
+}
+
+/// `(param key suffix, value bytes)` pairs for one selected element.
+fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
+    let value = match item {
+        Item::Json(value, _) => *value,
+        Item::Bool(b) => return if kind == ParamKind::Token { vec![("", b.to_string().into_bytes())] } else { Vec::new() },
+        _ => return Vec::new(),
+    };
+    match kind {
+        ParamKind::String => string_values(value),
+        ParamKind::Token => token_values(value),
+        ParamKind::Date => date_range(value).map(|(lo, hi)| vec![("", encode_range(lo, hi))]).unwrap_or_default(),
+        ParamKind::Number => number_of(value).map(|n| vec![("", encode_f64(n).to_vec())]).unwrap_or_default(),
+        ParamKind::Quantity => quantity_values(value),
+        ParamKind::Reference => reference_values(value),
+        ParamKind::Uri => value.as_str().map(|s| vec![("", s.as_bytes().to_vec())]).unwrap_or_default(),
+        ParamKind::Composite | ParamKind::Special => Vec::new(),
+    }
+}
+
+/// Lower case with accents and other combining marks removed, whitespace collapsed: the form
+/// string search compares ("Müller" and "muller" match).
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last_space = true;
+    for c in text.chars() {
+        let c = fold_accent(c);
+        if c.is_whitespace() {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.extend(c.to_lowercase());
+            last_space = false;
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// Maps Latin letters with diacritics to their base letter.
+fn fold_accent(c: char) -> char {
+    const FROM: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžČčĆćĐđŁłŃńŚśŹźŻżĘęĄąŘřŤťĎďŇňŮůĚěĞğİıŞş";
+    const TO: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzCcCcDdLlNnSsZzZzEeAaRrTtDdNnUuEeGgIiSs";
+    match FROM.chars().position(|f| f == c) {
+        Some(index) => TO.chars().nth(index).unwrap_or(c),
+        None => c,
+    }
+}
+
+fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
+    let mut texts: Vec<&str> = Vec::new();
+    match value {
+        Value::String(s) => texts.push(s),
+        Value::Object(map) => {
+            // HumanName and Address: every textual part is searchable.
+            for key in ["text", "family", "city", "district", "state", "postalCode", "country"] {
+                if let Some(s) = map.get(key).and_then(Value::as_str) {
+                    texts.push(s);
+                }
+            }
+            for key in ["given", "prefix", "suffix", "line"] {
+                if let Some(items) = map.get(key).and_then(Value::as_array) {
+                    texts.extend(items.iter().filter_map(Value::as_str));
+                }
+            }
+        }
+        _ => {}
+    }
+    texts
+        .into_iter()
+        .flat_map(|text| [("", normalize(text).into_bytes()), (":exact", text.as_bytes().to_vec())])
+        .collect()
+}
+
+fn token_forms(system: Option<&str>, code: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = vec![("", code.as_bytes().to_vec())];
+    match system {
+        Some(system) => {
+            out.push(("", format!("{system}|{code}").into_bytes()));
+            out.push(("", format!("{system}|").into_bytes()));
+        }
+        None => out.push(("", format!("|{code}").into_bytes())),
+    }
+    out
+}
+
+fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
+    let text = |s: &str| (":text", normalize(s).into_bytes());
+    match value {
+        Value::String(code) => token_forms(None, code),
+        Value::Bool(b) => token_forms(None, &b.to_string()),
+        Value::Object(map) => {
+            let mut out = Vec::new();
+            let system = map.get("system").and_then(Value::as_str);
+            if let Some(codings) = map.get("coding").and_then(Value::as_array) {
+                // CodeableConcept
+                for coding in codings {
+                    out.extend(token_values(coding));
+                }
+                if let Some(t) = map.get("text").and_then(Value::as_str) {
+                    out.push(text(t));
+                }
+            } else if let Some(code) = map.get("code").and_then(Value::as_str) {
+                // Coding
+                out.extend(token_forms(system, code));
+                if let Some(display) = map.get("display").and_then(Value::as_str) {
+                    out.push(text(display));
+                }
+            } else if let Some(id_value) = map.get("value").and_then(Value::as_str) {
+                // Identifier or ContactPoint
+                out.extend(token_forms(system, id_value));
+                if let Some(kind) = map.get("type") {
+                    for coding in kind.get("coding").and_then(Value::as_array).into_iter().flatten() {
+                        let type_system = coding.get("system").and_then(Value::as_str).unwrap_or("");
+                        if let Some(type_code) = coding.get("code").and_then(Value::as_str) {
+                            out.push((":of-type", format!("{type_system}|{type_code}|{id_value}").into_bytes()));
+                        }
+                    }
+                    if let Some(t) = kind.get("text").and_then(Value::as_str) {
+                        out.push(text(t));
+                    }
+                }
+            } else if let Some(system) = system {
+                out.push(("", format!("{system}|").into_bytes()));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
+    let Some(number) = value.get("value").and_then(number_of) else { return Vec::new() };
+    let system = value.get("system").and_then(Value::as_str);
+    let code = value.get("code").and_then(Value::as_str).or_else(|| value.get("currency").and_then(Value::as_str));
+    let mut units = vec![String::new()];
+    if let Some(code) = code {
+        units.push(format!("||{code}"));
+        if let Some(system) = system {
+            units.push(format!("{system}|{code}"));
+        }
+    }
+    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|u| Some(*u) != code) {
+        units.push(format!("||{unit}"));
+    }
+    units.into_iter().map(|unit| ("", quantity_key(&unit, number))).collect()
+}
+
+pub fn quantity_key(unit: &str, number: f64) -> Vec<u8> {
+    let mut key = unit.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&encode_f64(number));
+    key
+}
+
+fn reference_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    match value {
+        // canonical and uri elements used as references
+        Value::String(url) => out.push(("", url.as_bytes().to_vec())),
+        Value::Object(map) => {
+            if let Some(reference) = map.get("reference").and_then(Value::as_str) {
+                let plain = reference.split("/_history/").next().unwrap_or(reference);
+                out.push(("", plain.as_bytes().to_vec()));
+            }
+            if let Some(identifier) = map.get("identifier") {
+                out.extend(token_values(identifier).into_iter().filter(|(suffix, _)| suffix.is_empty()).map(|(_, v)| (":identifier", v)));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+pub fn number_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// An 8-byte encoding of `value` whose byte order is numeric order.
+pub fn encode_f64(value: f64) -> [u8; 8] {
+    let bits = value.to_bits();
+    let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    ordered.to_be_bytes()
+}
+
+pub fn decode_f64(bytes: &[u8]) -> Option<f64> {
+    let ordered = u64::from_be_bytes(bytes.try_into().ok()?);
+    let bits = if ordered >> 63 == 1 { ordered & !(1 << 63) } else { !ordered };
+    Some(f64::from_bits(bits))
+}
+
+pub fn encode_i64(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+pub fn encode_range(lo: i64, hi: i64) -> Vec<u8> {
+    let mut out = encode_i64(lo).to_vec();
+    out.extend_from_slice(&encode_i64(hi));
+    out
+}
+
+pub fn decode_range(bytes: &[u8]) -> Option<(i64, i64)> {
+    if bytes.len() != 16 {
+        return None;
+    }
+    Some((decode_i64(&bytes[..8])?, decode_i64(&bytes[8..])?))
+}
+
+/// The time range an element covers, in microseconds since the epoch, both ends inclusive:
+/// a date, dateTime or instant covers its whole precision (`2024` is the whole year); a Period
+/// runs from its start to its end (open ends are unbounded).
+pub fn date_range(value: &Value) -> Option<(i64, i64)> {
+    match value {
+        Value::String(text) => parse_date_range(text),
+        Value::Object(map) if map.contains_key("start") || map.contains_key("end") => {
+            let lo = map.get("start").and_then(Value::as_str).and_then(parse_date_range).map_or(i64::MIN, |r| r.0);
+            let hi = map.get("end").and_then(Value::as_str).and_then(parse_date_range).map_or(i64::MAX, |r| r.1);
+            Some((lo, hi))
+        }
+        Value::Object(map) => {
+            // Timing: the span of its events.
+            let events: Vec<(i64, i64)> =
+                map.get("event").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.as_str()).filter_map(parse_date_range).collect();
+            let lo = events.iter().map(|r| r.0).min()?;
+            let hi = events.iter().map(|r| r.1).max()?;
+            Some((lo, hi))
+        }
+        _ => None,
+    }
+}
+
+/// Parses a FHIR date, dateTime or instant (any precision, with or without zone; no zone means
+/// UTC) into the inclusive range of microseconds it denotes.
+pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
+    let (date_part, time_part) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (text, None),
+    };
+    let mut fields = date_part.split('-');
+    let year: i32 = fields.next()?.parse().ok().filter(|_| date_part.len() >= 4)?;
+    let month: Option<u8> = fields.next().map(|m| m.parse().ok()).unwrap_or(None);
+    let day: Option<u8> = fields.next().map(|d| d.parse().ok()).unwrap_or(None);
+    let micros = |dt: OffsetDateTime| i64::try_from(dt.unix_timestamp_nanos() / 1000).ok();
+    let start_of = |y: i32, m: u8, d: u8| -> Option<OffsetDateTime> {
+        Some(PrimitiveDateTime::new(Date::from_calendar_date(y, Month::try_from(m).ok()?, d).ok()?, Time::MIDNIGHT).assume_utc())
+    };
+    match (month, day, time_part) {
+        (None, _, _) => {
+            let lo = micros(start_of(year, 1, 1)?)?;
+            Some((lo, micros(start_of(year + 1, 1, 1)?)? - 1))
+        }
+        (Some(m), None, _) => {
+            let lo = micros(start_of(year, m, 1)?)?;
+            let (ny, nm) = if m == 12 { (year + 1, 1) } else { (year, m + 1) };
+            Some((lo, micros(start_of(ny, nm, 1)?)? - 1))
+        }
+        (Some(m), Some(d), None) => {
+            let lo = micros(start_of(year, m, d)?)?;
+            Some((lo, lo + 86_400_000_000 - 1))
+        }
+        (Some(m), Some(d), Some(time_text)) => {
+            // Split off the zone: Z, +hh:mm or -hh:mm.
+            let (clock, offset) = if let Some(clock) = time_text.strip_suffix('Z') {
+                (clock, UtcOffset::UTC)
+            } else if let Some(position) = time_text.rfind(['+', '-']) {
+                let (clock, zone) = time_text.split_at(position);
+                let sign = if zone.starts_with('-') { -1 } else { 1 };
+                let (h, mi) = zone[1..].split_once(':')?;
+                (clock, UtcOffset::from_hms(sign * h.parse::<i8>().ok()?, sign * mi.parse::<i8>().ok()?, 0).ok()?)
+            } else {
+                (time_text, UtcOffset::UTC)
+            };
+            let mut parts = clock.split(':');
+            let hour: u8 = parts.next()?.parse().ok()?;
+            let minute: u8 = parts.next()?.parse().ok()?;
+            let (second_text, precision_micros) = match parts.next() {
+                None => ("0", 60_000_000),
+                Some(s) => match s.split_once('.') {
+                    None => (s, 1_000_000),
+                    Some((whole, fraction)) => {
+                        let digits = fraction.len().min(6) as u32;
+                        (whole, 10i64.pow(6 - digits))
+                    }
+                },
+            };
+            let second: u8 = second_text.parse().ok()?;
+            let fraction_micros: i64 = clock
+                .split_once('.')
+                .map(|(_, f)| {
+                    let digits: String = f.chars().take(6).collect();
+                    digits.parse::<i64>().unwrap_or(0) * 10i64.pow(6 - digits.len() as u32)
+                })
+                .unwrap_or(0);
+            let date = Date::from_calendar_date(year, Month::try_from(m).ok()?, d).ok()?;
+            let local = PrimitiveDateTime::new(date, Time::from_hms(hour, minute, second.min(59)).ok()?);
+            let lo = micros(local.assume_offset(offset))? + fraction_micros;
+            Some((lo, lo + precision_micros - 1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_normalise_case_and_accents() {
+        assert_eq!(normalize("  Müller-Lüdenscheidt  "), "muller-ludenscheidt");
+        assert_eq!(normalize("ÉLODIE\tDu  Pont"), "elodie du pont");
+    }
+
+    #[test]
+    fn date_precision_becomes_a_range() {
+        let year = parse_date_range("2024").unwrap();
+        assert_eq!(year.0, parse_date_range("2024-01-01T00:00:00Z").unwrap().0);
+        assert_eq!(year.1 + 1, parse_date_range("2025").unwrap().0);
+        let day = parse_date_range("2024-02-29").unwrap();
+        assert_eq!(day.1 - day.0 + 1, 86_400_000_000);
+        let zoned = parse_date_range("2024-03-01T10:00:00+02:00").unwrap();
+        assert_eq!(zoned.0, parse_date_range("2024-03-01T08:00:00Z").unwrap().0);
+        let minute = parse_date_range("2024-03-01T10:00Z").unwrap();
+        assert_eq!(minute.1 - minute.0 + 1, 60_000_000);
+        let millis = parse_date_range("2024-03-01T10:00:00.250Z").unwrap();
+        assert_eq!(millis.1 - millis.0 + 1, 1000);
+        assert!(parse_date_range("2024-13").is_none());
+        assert!(parse_date_range("24").is_none());
+    }
+
+    #[test]
+    fn number_encodings_sort_numerically() {
+        let values = [-1e9, -2.5, -0.0, 0.0, 1e-9, 3.0, 7e12];
+        for pair in values.windows(2) {
+            assert!(encode_f64(pair[0]) <= encode_f64(pair[1]), "{pair:?}");
+            assert_eq!(decode_f64(&encode_f64(pair[0])), Some(pair[0]));
+        }
+        assert!(encode_i64(-5) < encode_i64(3));
+        assert_eq!(decode_range(&encode_range(-7, 9)), Some((-7, 9)));
+    }
+}
