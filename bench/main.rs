@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid::fhir::{Id, ResourceType};
-use braid::search::IdentifierIndexer;
+use braid::search::SearchIndexer;
 use braid::store::{Action, Precondition, Store, StoreOptions, Target, WriteOp, WriteRequest};
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
@@ -81,7 +81,7 @@ fn main() {
 }
 
 fn open_store(path: &Path) -> Store {
-    Store::open(path, StoreOptions::default(), Arc::new(IdentifierIndexer)).expect("database opens")
+    Store::open(path, StoreOptions::default(), Arc::new(SearchIndexer)).expect("database opens")
 }
 
 /// Closes a store and waits until the writer has released the file.

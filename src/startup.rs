@@ -11,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
 use crate::http::{self, AppState, Limits};
-use crate::search::IdentifierIndexer;
+use crate::search::SearchIndexer;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry;
 
@@ -41,7 +41,7 @@ impl Application {
             max_group: settings.writer_max_group,
             ..StoreOptions::default()
         };
-        let store = Store::open(&settings.data, options, Arc::new(IdentifierIndexer))
+        let store = Store::open(&settings.data, options, Arc::new(SearchIndexer))
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?;

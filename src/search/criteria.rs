@@ -3,7 +3,6 @@
 
 use percent_encoding::percent_decode_str;
 
-use super::indexer::IDENTIFIER;
 use crate::fhir::{FhirError, Id, IssueCode, ResourceType};
 use crate::store::{Clause, Criteria};
 
@@ -26,9 +25,9 @@ pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criter
                 let ids = alternatives.iter().map(|id| Id::parse(id)).collect::<Result<Vec<_>, _>>()?;
                 clauses.push(Clause::Ids(ids));
             }
-            IDENTIFIER => {
+            "identifier" => {
                 let values = alternatives.iter().map(|token| unescape(token).into_bytes()).collect::<Vec<_>>();
-                clauses.push(Clause::Index { param: IDENTIFIER.to_owned(), values });
+                clauses.push(Clause::Index { param: "identifier".to_owned(), values });
             }
             _ => {
                 return Err(incorrect(format!(

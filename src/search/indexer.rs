@@ -1,50 +1,20 @@
-//! Index values extracted from resources on write.
+//! Index values extracted from resources on write, driven by the search parameter registry.
 
 use serde_json::Value;
 
-use crate::fhir::{Resource, ResourceType};
+use super::registry::registry;
+use super::values;
+use crate::fhir::ResourceType;
 use crate::store::{IndexEntry, Indexer};
 
-/// Indexes `identifier` (Identifier or list of Identifiers) as a token parameter.
-///
-/// For an identifier with system `S` and value `V` the entries are `V` (matches `identifier=V`),
-/// `S|V` (matches `identifier=S|V`) and `S|` (matches `identifier=S|`); without a system they
-/// are `V` and `|V` (matches `identifier=|V`).
-pub struct IdentifierIndexer;
+/// Indexes every supported search parameter of the resource's type (see [`values`] for the
+/// encodings).
+pub struct SearchIndexer;
 
-pub const IDENTIFIER: &str = "identifier";
-
-impl Indexer for IdentifierIndexer {
-    fn entries(&self, _resource_type: ResourceType, resource: &Resource) -> Vec<IndexEntry> {
-        let identifiers: Vec<&Value> = match resource.get(IDENTIFIER) {
-            Some(Value::Array(items)) => items.iter().collect(),
-            Some(single @ Value::Object(_)) => vec![single],
-            _ => Vec::new(),
-        };
-        let mut entries = Vec::new();
-        for identifier in identifiers {
-            let system = identifier.get("system").and_then(Value::as_str);
-            let Some(value) = identifier.get("value").and_then(Value::as_str) else {
-                if let Some(system) = system {
-                    entries.push(token(format!("{system}|")));
-                }
-                continue;
-            };
-            entries.push(token(value.to_owned()));
-            match system {
-                Some(system) => {
-                    entries.push(token(format!("{system}|{value}")));
-                    entries.push(token(format!("{system}|")));
-                }
-                None => entries.push(token(format!("|{value}"))),
-            }
-        }
-        entries
+impl Indexer for SearchIndexer {
+    fn entries(&self, resource_type: ResourceType, resource: &Value) -> Vec<IndexEntry> {
+        registry().params(resource_type).flat_map(|def| values::entries(def, resource)).collect()
     }
-}
-
-fn token(value: String) -> IndexEntry {
-    IndexEntry { param: IDENTIFIER.to_owned(), value: value.into_bytes() }
 }
 
 #[cfg(test)]
@@ -52,18 +22,47 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn entries_of(resource: Value) -> Vec<(String, Vec<u8>)> {
+        let resource_type = ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
+        SearchIndexer.entries(resource_type, &resource).into_iter().map(|e| (e.param, e.value)).collect()
+    }
+
+    fn has(entries: &[(String, Vec<u8>)], param: &str, value: &[u8]) -> bool {
+        entries.iter().any(|(p, v)| p == param && v == value)
+    }
+
     #[test]
-    fn identifiers_yield_every_searchable_form() {
-        let Value::Object(resource) = json!({"resourceType": "Patient", "identifier": [
-            {"system": "http://h", "value": "1"}, {"value": "2"}]})
-        else {
-            unreachable!()
-        };
-        let values: Vec<String> = IdentifierIndexer
-            .entries(ResourceType::parse("Patient").unwrap(), &resource)
-            .into_iter()
-            .map(|e| String::from_utf8(e.value).unwrap())
-            .collect();
-        assert_eq!(values, vec!["1", "http://h|1", "http://h|", "2", "|2"]);
+    fn a_patient_is_indexed_for_its_parameters() {
+        let entries = entries_of(json!({"resourceType": "Patient", "id": "p1",
+            "identifier": [{"system": "http://h", "value": "1"}, {"value": "2"}],
+            "name": [{"family": "Müller", "given": ["Anna"]}], "gender": "female", "birthDate": "1980-02",
+            "meta": {"lastUpdated": "2024-01-01T00:00:00Z", "tag": [{"system": "http://t", "code": "x"}]}}));
+        for (param, value) in [
+            ("identifier", &b"1"[..]), ("identifier", b"http://h|1"), ("identifier", b"http://h|"), ("identifier", b"|2"),
+            ("family", b"muller"), ("family:exact", "Müller".as_bytes()), ("name", b"anna"), ("gender", b"female"),
+            ("_id", b"p1"), ("_tag", b"http://t|x"),
+        ] {
+            assert!(has(&entries, param, value), "{param}={}", String::from_utf8_lossy(value));
+        }
+        let birthdate = entries.iter().find(|(p, _)| p == "birthdate").unwrap();
+        assert_eq!(values::decode_range(&birthdate.1), values::parse_date_range("1980-02"));
+    }
+
+    #[test]
+    fn an_observation_is_indexed_for_references_quantities_and_composites() {
+        let entries = entries_of(json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-05-01T10:00:00Z",
+            "valueQuantity": {"value": 72, "unit": "beats/min", "system": "http://unitsofmeasure.org", "code": "/min"}}));
+        assert!(has(&entries, "subject", b"Patient/p1"));
+        assert!(has(&entries, "patient", b"Patient/p1"));
+        assert!(has(&entries, "code", b"http://loinc.org|8867-4"));
+        assert!(has(&entries, "code:text", b"heart rate"));
+        assert!(has(&entries, "value-quantity", &values::quantity_key("http://unitsofmeasure.org|/min", 72.0)));
+        let mut combo = b"http://loinc.org|8867-4".to_vec();
+        combo.extend_from_slice(&[0, 0]);
+        combo.extend_from_slice(&values::quantity_key("||/min", 72.0));
+        assert!(has(&entries, "code-value-quantity", &combo));
+        assert!(entries.iter().any(|(p, _)| p == "date"));
     }
 }

@@ -14,4 +14,4 @@ pub mod registry;
 pub mod values;
 
 pub use criteria::parse_criteria;
-pub use indexer::IdentifierIndexer;
+pub use indexer::SearchIndexer;

@@ -7,7 +7,8 @@ use crate::fhir::{Id, Resource, ResourceType};
 /// Produces the search index entries of a resource version that is about to become current.
 /// The store calls it inside the write transaction, so the indexes always match the data.
 pub trait Indexer: Send + Sync + 'static {
-    fn entries(&self, resource_type: ResourceType, resource: &Resource) -> Vec<IndexEntry>;
+    /// `resource` is the JSON object of the version as stored.
+    fn entries(&self, resource_type: ResourceType, resource: &serde_json::Value) -> Vec<IndexEntry>;
 }
 
 /// One `(parameter, value)` pair of a resource, e.g. `("identifier", b"http://x|123")`.

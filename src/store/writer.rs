@@ -461,7 +461,7 @@ impl Execution<'_, '_> {
                 body: Some(Arc::new(current.body)),
             }),
             Planned::Put { resource_type, id, version, resource, created, previous } => {
-                let stamped = stamp(resource, resource_type, &id, version, &format_instant(last_updated));
+                let stamped = Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
                 let t = self.put_version(resource_type, &id, version, op, &body)?;
@@ -525,7 +525,7 @@ impl Execution<'_, '_> {
         id: &Id,
         version: u64,
         t: u64,
-        resource: &Resource,
+        resource: &Value,
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
         let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
