@@ -48,8 +48,25 @@ pub struct ParseError {
 }
 
 const PRIMITIVES: [&str; 19] = [
-    "boolean", "integer", "string", "decimal", "uri", "url", "canonical", "base64Binary", "instant", "date",
-    "dateTime", "time", "code", "oid", "id", "markdown", "unsignedInt", "positiveInt", "uuid",
+    "boolean",
+    "integer",
+    "string",
+    "decimal",
+    "uri",
+    "url",
+    "canonical",
+    "base64Binary",
+    "instant",
+    "date",
+    "dateTime",
+    "time",
+    "code",
+    "oid",
+    "id",
+    "markdown",
+    "unsignedInt",
+    "positiveInt",
+    "uuid",
 ];
 
 impl Expr {
@@ -90,7 +107,9 @@ impl Expr {
                 }
                 items.iter().flat_map(|item| children(item, name)).collect()
             }
-            Expr::Index(inner, index) => inner.eval(context, root, at_root).into_iter().nth(*index).into_iter().collect(),
+            Expr::Index(inner, index) => {
+                inner.eval(context, root, at_root).into_iter().nth(*index).into_iter().collect()
+            }
             Expr::Union(left, right) => {
                 let mut items = left.eval(context, root, at_root);
                 for item in right.eval(context, root, at_root) {
@@ -112,9 +131,11 @@ impl Expr {
                 let same = l.len() == r.len() && l.iter().zip(&r).all(|(a, b)| same_value(a, b));
                 vec![Item::Bool(same == *equal)]
             }
-            Expr::OfType(inner, type_name) => {
-                inner.eval(context, root, at_root).into_iter().filter(|item| type_of(item).as_deref() == Some(type_name)).collect()
-            }
+            Expr::OfType(inner, type_name) => inner
+                .eval(context, root, at_root)
+                .into_iter()
+                .filter(|item| type_of(item).as_deref() == Some(type_name))
+                .collect(),
             Expr::Is(inner, type_name) => {
                 let items = inner.eval(context, root, at_root);
                 match items.as_slice() {
@@ -164,7 +185,9 @@ fn same_value(a: &Item<'_>, b: &Item<'_>) -> bool {
 /// The FHIR type of an item, where it is known.
 fn type_of(item: &Item<'_>) -> Option<String> {
     match item {
-        Item::Json(value, hint) => hint.clone().or_else(|| value.get("resourceType").and_then(Value::as_str).map(str::to_owned)),
+        Item::Json(value, hint) => {
+            hint.clone().or_else(|| value.get("resourceType").and_then(Value::as_str).map(str::to_owned))
+        }
         Item::Resolved(type_name) => Some(type_name.clone()),
         _ => None,
     }
@@ -387,7 +410,9 @@ impl Parser {
             if self.eat(".") {
                 expr = self.invocation(expr)?;
             } else if self.eat("[") {
-                let Some(Token::Number(index)) = self.peek().cloned() else { return Err(self.error("expected an index")) };
+                let Some(Token::Number(index)) = self.peek().cloned() else {
+                    return Err(self.error("expected an index"));
+                };
                 self.position += 1;
                 self.expect("]")?;
                 expr = Expr::Index(Box::new(expr), index);
@@ -459,7 +484,11 @@ mod tests {
             .evaluate(resource)
             .into_iter()
             .map(|item| match item {
-                Item::Json(v, hint) => format!("{}{}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()), hint.map(|h| format!(":{h}")).unwrap_or_default()),
+                Item::Json(v, hint) => format!(
+                    "{}{}",
+                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+                    hint.map(|h| format!(":{h}")).unwrap_or_default()
+                ),
                 other => format!("{other:?}"),
             })
             .collect()
@@ -482,7 +511,10 @@ mod tests {
     fn where_resolve_is_and_equality() {
         let account = json!({"resourceType": "Account", "subject": [{"reference": "Patient/1"}, {"reference": "Device/2"}],
             "telecom": [{"system": "email", "value": "a@b"}, {"system": "phone", "value": "1"}]});
-        assert_eq!(strings("Account.subject.where(resolve() is Patient)", &account), vec![r#"{"reference":"Patient/1"}"#]);
+        assert_eq!(
+            strings("Account.subject.where(resolve() is Patient)", &account),
+            vec![r#"{"reference":"Patient/1"}"#]
+        );
         assert_eq!(strings("Account.telecom.where(system='email').value", &account), vec!["a@b"]);
         let patient = json!({"resourceType": "Patient", "deceasedBoolean": false});
         assert_eq!(strings("Patient.deceased.exists() and Patient.deceased != false", &patient), vec!["Bool(false)"]);

@@ -38,9 +38,16 @@ mod tests {
             "name": [{"family": "Müller", "given": ["Anna"]}], "gender": "female", "birthDate": "1980-02",
             "meta": {"lastUpdated": "2024-01-01T00:00:00Z", "tag": [{"system": "http://t", "code": "x"}]}}));
         for (param, value) in [
-            ("identifier", &b"1"[..]), ("identifier", b"http://h|1"), ("identifier", b"http://h|"), ("identifier", b"|2"),
-            ("family", b"muller"), ("family:exact", "Müller".as_bytes()), ("name", b"anna"), ("gender", b"female"),
-            ("_id", b"p1"), ("_tag", b"http://t|x"),
+            ("identifier", &b"1"[..]),
+            ("identifier", b"http://h|1"),
+            ("identifier", b"http://h|"),
+            ("identifier", b"|2"),
+            ("family", b"muller"),
+            ("family:exact", "Müller".as_bytes()),
+            ("name", b"anna"),
+            ("gender", b"female"),
+            ("_id", b"p1"),
+            ("_tag", b"http://t|x"),
         ] {
             assert!(has(&entries, param, value), "{param}={}", String::from_utf8_lossy(value));
         }

@@ -10,6 +10,7 @@
 mod criteria;
 pub mod fhirpath;
 mod indexer;
+pub mod query;
 pub mod registry;
 pub mod values;
 

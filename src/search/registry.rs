@@ -123,14 +123,21 @@ impl Registry {
                 .iter()
                 .flat_map(|base| match base.as_str() {
                     "Resource" => ResourceType::all().collect::<Vec<_>>(),
-                    "DomainResource" => ResourceType::all().filter(|t| !matches!(t.as_str(), "Bundle" | "Binary" | "Parameters")).collect(),
+                    "DomainResource" => ResourceType::all()
+                        .filter(|t| !matches!(t.as_str(), "Bundle" | "Binary" | "Parameters"))
+                        .collect(),
                     other => ResourceType::parse(other).into_iter().collect(),
                 })
                 .collect();
             let mut unsupported = |reason: String| {
-                registry.unsupported.push(Unsupported { code: definition.code.clone(), base: definition.base.join(","), reason });
+                registry.unsupported.push(Unsupported {
+                    code: definition.code.clone(),
+                    base: definition.base.join(","),
+                    reason,
+                });
             };
-            let Some(expression) = definition.expression.as_deref().filter(|_| definition.kind != ParamKind::Special) else {
+            let Some(expression) = definition.expression.as_deref().filter(|_| definition.kind != ParamKind::Special)
+            else {
                 unsupported("a special parameter without a FHIRPath expression".to_owned());
                 continue;
             };
@@ -138,7 +145,9 @@ impl Registry {
                 .component
                 .iter()
                 .map(|c| {
-                    let kind = *kinds_by_url.get(c.definition.as_str()).ok_or_else(|| format!("unknown component {}", c.definition))?;
+                    let kind = *kinds_by_url
+                        .get(c.definition.as_str())
+                        .ok_or_else(|| format!("unknown component {}", c.definition))?;
                     let expression = Expr::parse(&c.expression).map_err(|e| e.to_string())?;
                     Ok(Component { kind, expression })
                 })
@@ -170,7 +179,10 @@ impl Registry {
                     kind: definition.kind,
                     expression: expr,
                     targets: targets.clone(),
-                    components: components.iter().map(|c| Component { kind: c.kind, expression: c.expression.clone() }).collect(),
+                    components: components
+                        .iter()
+                        .map(|c| Component { kind: c.kind, expression: c.expression.clone() })
+                        .collect(),
                 };
                 registry.by_type.entry(base).or_default().insert(definition.code.clone(), Arc::new(def));
             }
@@ -203,7 +215,10 @@ fn expression_for(expression: &str, base: &str) -> String {
         .map(|p| p.trim())
         .filter(|p| {
             let head = p.trim_start_matches('(');
-            head.starts_with(&format!("{base}.")) || head == base || head.starts_with("Resource.") || head.starts_with("DomainResource.")
+            head.starts_with(&format!("{base}."))
+                || head == base
+                || head.starts_with("Resource.")
+                || head.starts_with("DomainResource.")
         })
         .collect();
     if mine.is_empty() { expression.to_owned() } else { mine.join(" | ") }
@@ -247,7 +262,11 @@ mod tests {
         assert_eq!(combo.components[1].kind, ParamKind::Quantity);
         let unsupported: Vec<&str> = registry.unsupported().iter().map(|u| u.code.as_str()).collect();
         assert!(unsupported.contains(&"_text") && unsupported.contains(&"_content"), "{unsupported:?}");
-        assert!(unsupported.len() < 10, "only the special parameters should be unsupported: {:?}", registry.unsupported());
+        assert!(
+            unsupported.len() < 10,
+            "only the special parameters should be unsupported: {:?}",
+            registry.unsupported()
+        );
     }
 
     #[test]

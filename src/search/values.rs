@@ -30,8 +30,12 @@ pub fn entries(def: &ParamDef, resource: &Value) -> Vec<IndexEntry> {
             let mut combinations: Vec<Vec<u8>> = vec![Vec::new()];
             for (position, component) in def.components.iter().enumerate() {
                 let sub = component.expression.evaluate_on(value);
-                let values: Vec<Vec<u8>> =
-                    sub.iter().flat_map(|i| values_of(component.kind, i)).filter(|(suffix, _)| suffix.is_empty()).map(|(_, v)| v).collect();
+                let values: Vec<Vec<u8>> = sub
+                    .iter()
+                    .flat_map(|i| values_of(component.kind, i))
+                    .filter(|(suffix, _)| suffix.is_empty())
+                    .map(|(_, v)| v)
+                    .collect();
                 combinations = combinations
                     .iter()
                     .flat_map(|prefix| {
@@ -64,7 +68,9 @@ pub fn entries(def: &ParamDef, resource: &Value) -> Vec<IndexEntry> {
 fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
     let value = match item {
         Item::Json(value, _) => *value,
-        Item::Bool(b) => return if kind == ParamKind::Token { vec![("", b.to_string().into_bytes())] } else { Vec::new() },
+        Item::Bool(b) => {
+            return if kind == ParamKind::Token { vec![("", b.to_string().into_bytes())] } else { Vec::new() };
+        }
         _ => return Vec::new(),
     };
     match kind {
@@ -101,8 +107,10 @@ pub fn normalize(text: &str) -> String {
 
 /// Maps Latin letters with diacritics to their base letter.
 fn fold_accent(c: char) -> char {
-    const FROM: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžČčĆćĐđŁłŃńŚśŹźŻżĘęĄąŘřŤťĎďŇňŮůĚěĞğİıŞş";
-    const TO: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzCcCcDdLlNnSsZzZzEeAaRrTtDdNnUuEeGgIiSs";
+    const FROM: &str =
+        "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžČčĆćĐđŁłŃńŚśŹźŻżĘęĄąŘřŤťĎďŇňŮůĚěĞğİıŞş";
+    const TO: &str =
+        "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzCcCcDdLlNnSsZzZzEeAaRrTtDdNnUuEeGgIiSs";
     match FROM.chars().position(|f| f == c) {
         Some(index) => TO.chars().nth(index).unwrap_or(c),
         None => c,
@@ -226,7 +234,12 @@ fn reference_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
                 out.push(("", plain.as_bytes().to_vec()));
             }
             if let Some(identifier) = map.get("identifier") {
-                out.extend(token_values(identifier).into_iter().filter(|(suffix, _)| suffix.is_empty()).map(|(_, v)| (":identifier", v)));
+                out.extend(
+                    token_values(identifier)
+                        .into_iter()
+                        .filter(|(suffix, _)| suffix.is_empty())
+                        .map(|(_, v)| (":identifier", v)),
+                );
             }
         }
         _ => {}
@@ -289,8 +302,14 @@ pub fn date_range(value: &Value) -> Option<(i64, i64)> {
         }
         Value::Object(map) => {
             // Timing: the span of its events.
-            let events: Vec<(i64, i64)> =
-                map.get("event").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.as_str()).filter_map(parse_date_range).collect();
+            let events: Vec<(i64, i64)> = map
+                .get("event")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str())
+                .filter_map(parse_date_range)
+                .collect();
             let lo = events.iter().map(|r| r.0).min()?;
             let hi = events.iter().map(|r| r.1).max()?;
             Some((lo, hi))
@@ -312,7 +331,10 @@ pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
     let day: Option<u8> = fields.next().map(|d| d.parse().ok()).unwrap_or(None);
     let micros = |dt: OffsetDateTime| i64::try_from(dt.unix_timestamp_nanos() / 1000).ok();
     let start_of = |y: i32, m: u8, d: u8| -> Option<OffsetDateTime> {
-        Some(PrimitiveDateTime::new(Date::from_calendar_date(y, Month::try_from(m).ok()?, d).ok()?, Time::MIDNIGHT).assume_utc())
+        Some(
+            PrimitiveDateTime::new(Date::from_calendar_date(y, Month::try_from(m).ok()?, d).ok()?, Time::MIDNIGHT)
+                .assume_utc(),
+        )
     };
     match (month, day, time_part) {
         (None, _, _) => {

@@ -22,7 +22,7 @@ pub use keys::resource_version::{Header, Op};
 pub use ops::{
     Action, Clause, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
 };
-pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
+pub use snapshot::{HistoryPage, HistoryQuery, IndexHit, Snapshot, Version};
 
 use crate::fhir::FhirError;
 

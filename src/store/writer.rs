@@ -208,9 +208,23 @@ enum Resolved {
 /// What a resolved operation will write, decided after every check has passed.
 enum Planned {
     /// `previous`: the version this one supersedes, if it was live (not a deletion).
-    Put { resource_type: ResourceType, id: Id, version: u64, resource: Resource, created: bool, previous: Option<u64> },
-    Unchanged { resource_type: ResourceType, id: Id, current: Current },
-    Delete { resource_type: ResourceType, tombstones: Vec<(Id, u64)> },
+    Put {
+        resource_type: ResourceType,
+        id: Id,
+        version: u64,
+        resource: Resource,
+        created: bool,
+        previous: Option<u64>,
+    },
+    Unchanged {
+        resource_type: ResourceType,
+        id: Id,
+        current: Current,
+    },
+    Delete {
+        resource_type: ResourceType,
+        tombstones: Vec<(Id, u64)>,
+    },
 }
 
 struct Execution<'a, 'txn> {
@@ -461,7 +475,8 @@ impl Execution<'_, '_> {
                 body: Some(Arc::new(current.body)),
             }),
             Planned::Put { resource_type, id, version, resource, created, previous } => {
-                let stamped = Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
+                let stamped =
+                    Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
                 let t = self.put_version(resource_type, &id, version, op, &body)?;
@@ -551,8 +566,12 @@ impl Execution<'_, '_> {
             keys.push(spv::encode(ty, &param, &value, id, version));
         }
         for key in keys {
-            let created =
-                self.tables.spv.get(key.as_slice())?.map(|v| v.value().0).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+            let created = self
+                .tables
+                .spv
+                .get(key.as_slice())?
+                .map(|v| v.value().0)
+                .ok_or_else(|| StoreError::Corrupt(key.clone()))?;
             self.tables.spv.insert(key.as_slice(), (created, t))?;
         }
         Ok(())

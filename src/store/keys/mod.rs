@@ -27,6 +27,13 @@ pub fn put_str(key: &mut Vec<u8>, text: &[u8]) {
     key.push(0x00);
 }
 
+/// Appends `text` escaped but without the terminator: the start of every key whose string
+/// component begins with `text` (or equals a value greater than or equal to it).
+pub fn put_str_open(key: &mut Vec<u8>, text: &[u8]) {
+    put_str(key, text);
+    key.pop();
+}
+
 /// Appends `value` as 8 big-endian bytes.
 pub fn put_u64(key: &mut Vec<u8>, value: u64) {
     key.extend_from_slice(&value.to_be_bytes());

@@ -15,6 +15,21 @@
 
 use super::{Reader, put_str, put_u64};
 
+/// The prefix of every entry of one parameter of one type.
+pub fn param_prefix(resource_type: &str, param: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(resource_type.len() + param.len() + 2);
+    put_str(&mut key, resource_type.as_bytes());
+    put_str(&mut key, param.as_bytes());
+    key
+}
+
+/// The first key whose value is `>= value` (byte order of the raw values is preserved).
+pub fn value_bound(resource_type: &str, param: &str, value: &[u8]) -> Vec<u8> {
+    let mut key = param_prefix(resource_type, param);
+    super::put_str_open(&mut key, value);
+    key
+}
+
 pub fn prefix(resource_type: &str, param: &str, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(resource_type.len() + param.len() + value.len() + 3);
     put_str(&mut key, resource_type.as_bytes());

@@ -1,0 +1,600 @@
+//! Parsing a search query into clauses the engine can run.
+//!
+//! A clause is one parameter occurrence (`code=a,b`): the index key it reads (`code`,
+//! `family:exact`, ...), whether it is negated (`:not`, `:missing=true`), and its alternatives
+//! (the comma-separated values, OR'ed). Each alternative is a [`Pred`] on the raw index value
+//! bytes and, where the index order allows, the byte range `[lo, hi)` holding every value the
+//! predicate can accept, which is what lets the engine scan instead of filter.
+
+use std::sync::Arc;
+
+use super::registry::{ParamDef, ParamKind, registry};
+use super::values::{self, decode_f64, decode_range, encode_f64, encode_i64, normalize, parse_date_range};
+use crate::fhir::{FhirError, IssueCode, ResourceType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// A predicate on one raw index value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pred {
+    Equals(Vec<u8>),
+    StartsWith(Vec<u8>),
+    Contains(Vec<u8>),
+    /// Date ranges: the query's own range and prefix.
+    Date {
+        prefix: Prefix,
+        lo: i64,
+        hi: i64,
+    },
+    /// Numbers: the query value and the half-width of its implicit precision.
+    Number {
+        prefix: Prefix,
+        value: f64,
+        half: f64,
+    },
+    /// Quantities: the unit key, then a number predicate on the rest.
+    Quantity {
+        unit: Vec<u8>,
+        number: Box<Pred>,
+    },
+    /// Composites: exact leading components, then a predicate on the last one.
+    Composite {
+        head: Vec<u8>,
+        tail: Box<Pred>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alternative {
+    pub pred: Pred,
+    /// Every value the predicate accepts lies in `[lo, hi)` (`hi` `None`: unbounded).
+    pub lo: Vec<u8>,
+    pub hi: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Clause {
+    pub def: Arc<ParamDef>,
+    /// The parameter as written, with its modifier (`family:exact`), for messages and links.
+    pub written: String,
+    /// The index key the clause reads (`family:exact`, `code:text`, `subject`).
+    pub key: String,
+    /// `:not` or `:missing=true`: the resource matches when no value matches.
+    pub negated: bool,
+    /// `:missing`: presence is tested, `alternatives` is empty.
+    pub missing: Option<bool>,
+    pub alternatives: Vec<Alternative>,
+}
+
+impl Clause {
+    /// Whether one of a resource's values for `key` satisfies an alternative.
+    pub fn accepts(&self, value: &[u8]) -> bool {
+        self.alternatives.iter().any(|alternative| alternative.pred.accepts(value))
+    }
+
+    /// Whether a resource with these values for `key` matches the clause.
+    pub fn matches(&self, values: &[Vec<u8>]) -> bool {
+        match self.missing {
+            Some(missing) => values.is_empty() == missing,
+            None => values.iter().any(|v| self.accepts(v)) != self.negated,
+        }
+    }
+
+    /// Whether the engine can drive a search by scanning this clause's ranges.
+    pub fn scannable(&self) -> bool {
+        !self.negated && (self.missing == Some(false) || (self.missing.is_none() && !self.alternatives.is_empty()))
+    }
+
+    /// The ranges to scan: one per alternative, or the whole parameter for `:missing=false`.
+    pub fn ranges(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        if self.missing == Some(false) {
+            return vec![(Vec::new(), None)];
+        }
+        self.alternatives.iter().map(|a| (a.lo.clone(), a.hi.clone())).collect()
+    }
+}
+
+impl Pred {
+    pub fn accepts(&self, value: &[u8]) -> bool {
+        match self {
+            Pred::Equals(expected) => value == expected.as_slice(),
+            Pred::StartsWith(prefix) => value.starts_with(prefix),
+            Pred::Contains(part) => part.is_empty() || value.windows(part.len()).any(|w| w == part.as_slice()),
+            Pred::Date { prefix, lo, hi } => {
+                decode_range(value).is_some_and(|(t_lo, t_hi)| date_matches(*prefix, *lo, *hi, t_lo, t_hi))
+            }
+            Pred::Number { prefix, value: q, half } => {
+                decode_f64(value).is_some_and(|v| number_matches(*prefix, *q, *half, v))
+            }
+            Pred::Quantity { unit, number } => {
+                value.len() == unit.len() + 9
+                    && value.starts_with(unit)
+                    && value[unit.len()] == 0
+                    && number.accepts(&value[unit.len() + 1..])
+            }
+            Pred::Composite { head, tail } => value.starts_with(head) && tail.accepts(&value[head.len()..]),
+        }
+    }
+}
+
+/// FHIR date comparison: the query range `[lo, hi]` against the target range `[t_lo, t_hi]`.
+pub fn date_matches(prefix: Prefix, lo: i64, hi: i64, t_lo: i64, t_hi: i64) -> bool {
+    let contained = lo <= t_lo && t_hi <= hi;
+    match prefix {
+        Prefix::Eq => contained,
+        Prefix::Ne => !contained,
+        Prefix::Gt => t_hi > hi,
+        Prefix::Lt => t_lo < lo,
+        Prefix::Ge => t_hi > hi || contained,
+        Prefix::Le => t_lo < lo || contained,
+        Prefix::Sa => t_lo > hi,
+        Prefix::Eb => t_hi < lo,
+        Prefix::Ap => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+            let gap = (now.saturating_sub(lo)).unsigned_abs().max(hi.saturating_sub(now).unsigned_abs());
+            let slack = i64::try_from(gap / 10).unwrap_or(i64::MAX);
+            t_lo <= hi.saturating_add(slack) && t_hi >= lo.saturating_sub(slack)
+        }
+    }
+}
+
+/// FHIR number comparison with the implicit precision of the query value.
+pub fn number_matches(prefix: Prefix, q: f64, half: f64, v: f64) -> bool {
+    match prefix {
+        Prefix::Eq => v >= q - half && v < q + half,
+        Prefix::Ne => !(v >= q - half && v < q + half),
+        Prefix::Gt | Prefix::Sa => v > q,
+        Prefix::Lt | Prefix::Eb => v < q,
+        Prefix::Ge => v >= q,
+        Prefix::Le => v <= q,
+        Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max(half),
+    }
+}
+
+fn incorrect(message: String) -> FhirError {
+    FhirError::incorrect(IssueCode::Invalid, message)
+}
+
+/// Splits `a,b\,c` into `["a", "b,c"]`, honouring FHIR's backslash escapes.
+pub fn split_values(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    parts.last_mut().expect("never empty").push(next);
+                }
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
+}
+
+/// Splits a token or quantity value at unescaped `|` (escapes already removed by
+/// [`split_values`] are not seen here; FHIR servers treat a literal `|` as the separator).
+fn split_bar(text: &str) -> Vec<&str> {
+    text.split('|').collect()
+}
+
+fn prefix_of(text: &str) -> (Prefix, &str) {
+    let prefixes = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    for (name, prefix) in prefixes {
+        if let Some(rest) = text.strip_prefix(name) {
+            if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
+                return (prefix, rest);
+            }
+        }
+    }
+    (Prefix::Eq, text)
+}
+
+/// `[v, v·0x00)`: exactly the value `v`.
+fn exact(value: Vec<u8>) -> Alternative {
+    let mut hi = value.clone();
+    hi.push(0);
+    Alternative { pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
+}
+
+/// Every value starting with `prefix`.
+fn starting_with(prefix: Vec<u8>) -> Alternative {
+    let hi = successor(&prefix);
+    Alternative { pred: Pred::StartsWith(prefix.clone()), lo: prefix, hi }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Parses one parameter occurrence of a query on `resource_type`. `name` may carry a modifier
+/// (`family:exact`). Returns `Ok(None)` if the parameter is unknown.
+pub fn parse_clause(
+    resource_type: ResourceType,
+    name: &str,
+    raw_value: &str,
+    base_url: &str,
+) -> Result<Option<Clause>, FhirError> {
+    let (code, modifier) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    let Some(def) = registry().get(resource_type, code) else { return Ok(None) };
+    let def = def.clone();
+    let mut clause = Clause {
+        def: def.clone(),
+        written: name.to_owned(),
+        key: code.to_owned(),
+        negated: false,
+        missing: None,
+        alternatives: Vec::new(),
+    };
+    if modifier == Some("missing") {
+        clause.missing = Some(match raw_value {
+            "true" => true,
+            "false" => false,
+            other => return Err(incorrect(format!("{name} must be true or false, not '{other}'"))),
+        });
+        clause.key = index_key_for_missing(&def);
+        return Ok(Some(clause));
+    }
+    let bad_modifier = || {
+        incorrect(format!(
+            "the modifier ':{}' is not supported for the {} parameter '{code}'",
+            modifier.unwrap_or(""),
+            def.kind.as_str()
+        ))
+    };
+    for value in split_values(raw_value) {
+        if value.is_empty() {
+            return Err(incorrect(format!("the parameter '{name}' has an empty value")));
+        }
+        let alternatives = match def.kind {
+            ParamKind::String => match modifier {
+                None => vec![starting_with(normalize(&value).into_bytes())],
+                Some("exact") => {
+                    clause.key = format!("{code}:exact");
+                    vec![exact(value.into_bytes())]
+                }
+                Some("contains") => {
+                    vec![Alternative { pred: Pred::Contains(normalize(&value).into_bytes()), lo: Vec::new(), hi: None }]
+                }
+                _ => return Err(bad_modifier()),
+            },
+            ParamKind::Token => match modifier {
+                None => vec![token(&value)],
+                Some("not") => {
+                    clause.negated = true;
+                    vec![token(&value)]
+                }
+                Some("text") => {
+                    clause.key = format!("{code}:text");
+                    vec![starting_with(normalize(&value).into_bytes())]
+                }
+                Some("of-type") => {
+                    clause.key = format!("{code}:of-type");
+                    if split_bar(&value).len() != 3 {
+                        return Err(incorrect(format!("{name} needs system|code|value, not '{value}'")));
+                    }
+                    vec![exact(value.into_bytes())]
+                }
+                _ => return Err(bad_modifier()),
+            },
+            ParamKind::Date => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                vec![date(name, &value)?]
+            }
+            ParamKind::Number => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                vec![number(name, &value)?]
+            }
+            ParamKind::Quantity => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                vec![quantity(name, &value)?]
+            }
+            ParamKind::Reference => match modifier {
+                None => reference(&def, &value, base_url, None),
+                Some("identifier") => {
+                    clause.key = format!("{code}:identifier");
+                    vec![token(&value)]
+                }
+                Some(type_name) => match ResourceType::parse(type_name) {
+                    Some(target) => reference(&def, &value, base_url, Some(target)),
+                    None => return Err(bad_modifier()),
+                },
+            },
+            ParamKind::Uri => match modifier {
+                None => vec![exact(value.into_bytes())],
+                Some("below") => vec![starting_with(value.into_bytes())],
+                Some("above") => {
+                    let mut candidates = vec![value.clone()];
+                    let mut rest = value.as_str();
+                    while let Some((head, _)) = rest.rsplit_once('/') {
+                        if head.ends_with('/') || head.ends_with(':') || head.is_empty() {
+                            break;
+                        }
+                        candidates.push(head.to_owned());
+                        rest = head;
+                    }
+                    candidates.into_iter().map(|c| exact(c.into_bytes())).collect()
+                }
+                _ => return Err(bad_modifier()),
+            },
+            ParamKind::Composite => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                vec![composite(&def, name, &value)?]
+            }
+            ParamKind::Special => return Ok(None),
+        };
+        clause.alternatives.extend(alternatives);
+    }
+    Ok(Some(clause))
+}
+
+/// `:missing` asks whether any value is indexed; strings and references index under their own
+/// code, so the plain key answers it.
+fn index_key_for_missing(def: &ParamDef) -> String {
+    def.code.clone()
+}
+
+/// `code`, `system|code`, `|code` and `system|` are all stored forms: an exact lookup each.
+fn token(value: &str) -> Alternative {
+    exact(value.as_bytes().to_vec())
+}
+
+fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
+    let (prefix, rest) = prefix_of(text);
+    let (lo, hi) = parse_date_range(rest)
+        .ok_or_else(|| incorrect(format!("{name}: '{text}' is not a FHIR date, dateTime or instant")))?;
+    let enc = |v: i64| encode_i64(v).to_vec();
+    // Index values are `start · end`; the scan can bound the start where the prefix allows.
+    let (scan_lo, scan_hi) = match prefix {
+        Prefix::Eq => (enc(lo), hi.checked_add(1).map(enc)),
+        Prefix::Lt => (Vec::new(), Some(enc(lo))),
+        Prefix::Le => (Vec::new(), hi.checked_add(1).map(enc)),
+        Prefix::Sa => (hi.checked_add(1).map(enc).unwrap_or_else(|| vec![0xFF; 9]), None),
+        _ => (Vec::new(), None),
+    };
+    Ok(Alternative { pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
+}
+
+fn parse_number(name: &str, text: &str) -> Result<(f64, f64), FhirError> {
+    let value: f64 = text.parse().map_err(|_| incorrect(format!("{name}: '{text}' is not a number")))?;
+    // Implicit precision: "5.40" means [5.395, 5.405).
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+    let exponent: i32 = text.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
+    Ok((value, 0.5 * 10f64.powi(exponent - decimals)))
+}
+
+fn number_range(prefix: Prefix, value: f64, half: f64) -> (Vec<u8>, Option<Vec<u8>>) {
+    let enc = |v: f64| encode_f64(v).to_vec();
+    match prefix {
+        Prefix::Eq => (enc(value - half), Some(enc(value + half))),
+        Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
+        Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
+        Prefix::Le => (Vec::new(), successor(&enc(value))),
+        Prefix::Ap => {
+            let slack = (value.abs() * 0.1).max(half);
+            (enc(value - slack), successor(&enc(value + slack)))
+        }
+        Prefix::Ne => (Vec::new(), None),
+    }
+}
+
+fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
+    let (prefix, rest) = prefix_of(text);
+    let (value, half) = parse_number(name, rest)?;
+    let (lo, hi) = number_range(prefix, value, half);
+    Ok(Alternative { pred: Pred::Number { prefix, value, half }, lo, hi })
+}
+
+fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
+    let parts = split_bar(text);
+    let (number_text, unit) = match parts.as_slice() {
+        [number] => (*number, String::new()),
+        [number, "", code] => (*number, format!("||{code}")),
+        [number, system, code] => (*number, format!("{system}|{code}")),
+        _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
+    };
+    let (prefix, rest) = prefix_of(number_text);
+    let (value, half) = parse_number(name, rest)?;
+    let (num_lo, num_hi) = number_range(prefix, value, half);
+    let mut head = unit.clone().into_bytes();
+    head.push(0);
+    let lo = [head.clone(), num_lo].concat();
+    let hi = match num_hi {
+        Some(h) => Some([head.clone(), h].concat()),
+        None => successor(&head),
+    };
+    Ok(Alternative {
+        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, value, half }) },
+        lo,
+        hi,
+    })
+}
+
+fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceType>) -> Vec<Alternative> {
+    let local = value.strip_prefix(base_url).map(|rest| rest.trim_start_matches('/')).unwrap_or(value);
+    if local.contains('/') || local.contains(':') {
+        let plain = local.split("/_history/").next().unwrap_or(local);
+        if let Some(only) = only {
+            if !plain.starts_with(&format!("{only}/")) {
+                return vec![exact(format!("{only}/{plain}").into_bytes())];
+            }
+        }
+        return vec![exact(plain.as_bytes().to_vec())];
+    }
+    // A bare id: any of the parameter's target types (or the one named by the modifier).
+    let targets: Vec<ResourceType> = match only {
+        Some(only) => vec![only],
+        None if def.targets.is_empty() => ResourceType::all().collect(),
+        None => def.targets.clone(),
+    };
+    targets.into_iter().map(|t| exact(format!("{t}/{local}").into_bytes())).collect()
+}
+
+fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Alternative, FhirError> {
+    let parts: Vec<&str> = text.split('$').collect();
+    if parts.len() != def.components.len() {
+        return Err(incorrect(format!("{name} needs {} values separated by '$', not '{text}'", def.components.len())));
+    }
+    let mut head = Vec::new();
+    for (component, part) in def.components.iter().zip(&parts).take(parts.len() - 1) {
+        match component.kind {
+            ParamKind::Token | ParamKind::Uri | ParamKind::Reference => head.extend_from_slice(part.as_bytes()),
+            ParamKind::String => head.extend_from_slice(normalize(part).as_bytes()),
+            _ => {
+                return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
+            }
+        }
+        head.extend_from_slice(&[0, 0]);
+    }
+    let last_kind = def.components.last().map(|c| c.kind).unwrap_or(ParamKind::Token);
+    let last = parts[parts.len() - 1];
+    let tail = match last_kind {
+        ParamKind::Token | ParamKind::Uri | ParamKind::Reference => exact(last.as_bytes().to_vec()),
+        ParamKind::String => starting_with(normalize(last).into_bytes()),
+        ParamKind::Quantity => quantity(name, last)?,
+        ParamKind::Number => number(name, last)?,
+        ParamKind::Date => date(name, last)?,
+        _ => return Err(incorrect(format!("{name}: unsupported composite component"))),
+    };
+    let lo = [head.clone(), tail.lo].concat();
+    let hi = match tail.hi {
+        Some(h) => Some([head.clone(), h].concat()),
+        None => successor(&head),
+    };
+    Ok(Alternative { pred: Pred::Composite { head, tail: Box::new(tail.pred) }, lo, hi })
+}
+
+/// Used by the composite index encoder and tests.
+pub fn quantity_value(unit: &str, number: f64) -> Vec<u8> {
+    values::quantity_key(unit, number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clause(ty: &str, name: &str, value: &str) -> Clause {
+        parse_clause(ResourceType::parse(ty).unwrap(), name, value, "http://base/fhir").unwrap().unwrap()
+    }
+
+    fn in_range(alternative: &Alternative, value: &[u8]) -> bool {
+        value >= alternative.lo.as_slice() && alternative.hi.as_ref().is_none_or(|hi| value < hi.as_slice())
+    }
+
+    #[test]
+    fn every_accepted_value_lies_in_the_scan_range() {
+        let cases = [
+            ("Patient", "family", "Mül", "müller"),
+            ("Patient", "birthdate", "1980", "1980-06-01"),
+            ("Patient", "birthdate", "le1980-06", "1970-01-01"),
+            ("Patient", "birthdate", "sa1979", "1985-03-03"),
+            ("Observation", "value-quantity", "gt60|http://unitsofmeasure.org|/min", "72"),
+            ("Observation", "value-quantity", "5.4", "5.42"),
+            ("RiskAssessment", "probability", "le0.5", "0.2"),
+        ];
+        for (ty, name, query, target) in cases {
+            let clause = clause(ty, name, query);
+            let value = match clause.def.kind {
+                ParamKind::String => normalize(target).into_bytes(),
+                ParamKind::Date => {
+                    let (lo, hi) = parse_date_range(target).unwrap();
+                    values::encode_range(lo, hi)
+                }
+                ParamKind::Quantity if query.contains('|') => {
+                    quantity_value("http://unitsofmeasure.org|/min", target.parse().unwrap())
+                }
+                ParamKind::Quantity => quantity_value("", target.parse().unwrap()),
+                _ => encode_f64(target.parse().unwrap()).to_vec(),
+            };
+            let alternative = &clause.alternatives[0];
+            assert!(alternative.pred.accepts(&value), "{name}={query} should accept {target}");
+            assert!(in_range(alternative, &value), "{name}={query}: {target} outside the scan range");
+        }
+    }
+
+    #[test]
+    fn date_prefixes_follow_the_spec() {
+        let (lo, hi) = parse_date_range("2020").unwrap();
+        let (t_lo, t_hi) = parse_date_range("2020-06-15").unwrap();
+        assert!(date_matches(Prefix::Eq, lo, hi, t_lo, t_hi));
+        assert!(!date_matches(Prefix::Gt, lo, hi, t_lo, t_hi));
+        assert!(date_matches(Prefix::Ge, lo, hi, t_lo, t_hi));
+        assert!(date_matches(Prefix::Le, lo, hi, t_lo, t_hi));
+        let (n_lo, n_hi) = parse_date_range("2021-01-01").unwrap();
+        assert!(date_matches(Prefix::Gt, lo, hi, n_lo, n_hi) && date_matches(Prefix::Sa, lo, hi, n_lo, n_hi));
+        assert!(!date_matches(Prefix::Eq, lo, hi, n_lo, n_hi) && date_matches(Prefix::Ne, lo, hi, n_lo, n_hi));
+    }
+
+    #[test]
+    fn numbers_use_implicit_precision() {
+        let (value, half) = parse_number("n", "5.40").unwrap();
+        assert!(number_matches(Prefix::Eq, value, half, 5.404));
+        assert!(!number_matches(Prefix::Eq, value, half, 5.406));
+        let (value, half) = parse_number("n", "100").unwrap();
+        assert!(number_matches(Prefix::Eq, value, half, 100.4) && !number_matches(Prefix::Eq, value, half, 100.5));
+    }
+
+    #[test]
+    fn references_accept_ids_types_and_absolute_urls() {
+        let by_id = clause("Observation", "subject", "123");
+        assert!(by_id.accepts(b"Patient/123") && by_id.accepts(b"Group/123"));
+        let typed = clause("Observation", "subject:Patient", "123");
+        assert!(typed.accepts(b"Patient/123") && !typed.accepts(b"Group/123"));
+        let absolute = clause("Observation", "subject", "http://base/fhir/Patient/123");
+        assert!(absolute.accepts(b"Patient/123"));
+    }
+
+    #[test]
+    fn bad_values_and_modifiers_are_errors() {
+        let patient = ResourceType::parse("Patient").unwrap();
+        for (name, value) in
+            [("birthdate", "yesterday"), ("family:below", "x"), ("gender:missing", "maybe"), ("birthdate", "")]
+        {
+            assert!(parse_clause(patient, name, value, "").is_err(), "{name}={value}");
+        }
+        assert!(parse_clause(patient, "colour", "red", "").unwrap().is_none());
+    }
+}
