@@ -41,6 +41,11 @@ impl Application {
             max_group: settings.writer_max_group,
             ..StoreOptions::default()
         };
+        let unsupported = crate::search::registry::registry().unsupported();
+        if !unsupported.is_empty() {
+            let list: Vec<String> = unsupported.iter().map(|u| format!("{} ({})", u.code, u.base)).collect();
+            tracing::warn!(count = unsupported.len(), parameters = %list.join(", "), "search parameters that cannot be evaluated");
+        }
         let store = Store::open(&settings.data, options, Arc::new(SearchIndexer))
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         let listener = TcpListener::bind(&settings.listen)

@@ -52,6 +52,45 @@ fn mac(secret: &[u8; 32], scope: &str, position: u64) -> [u8; 32] {
     Sha256::new().chain_update(outer_key).chain_update(inner).finalize().into()
 }
 
+/// Like [`encode`], for an arbitrary payload (a search position).
+pub fn encode_bytes(secret: &[u8; 32], scope: &str, payload: &[u8]) -> String {
+    let mut token = payload.to_vec();
+    token.extend_from_slice(&mac_bytes(secret, scope, payload)[..MAC_LEN]);
+    URL_SAFE_NO_PAD.encode(token)
+}
+
+pub fn decode_bytes(secret: &[u8; 32], scope: &str, token: &str) -> Result<Vec<u8>, FhirError> {
+    let invalid =
+        || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid or belongs to another query");
+    let bytes = URL_SAFE_NO_PAD.decode(token.as_bytes()).map_err(|_| invalid())?;
+    if bytes.len() < MAC_LEN {
+        return Err(invalid());
+    }
+    let (payload, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+    let expected = mac_bytes(secret, scope, payload);
+    let difference = expected[..MAC_LEN].iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if difference != 0 {
+        return Err(invalid());
+    }
+    Ok(payload.to_vec())
+}
+
+fn mac_bytes(secret: &[u8; 32], scope: &str, payload: &[u8]) -> [u8; 32] {
+    let mut inner_key = [0x36u8; 64];
+    let mut outer_key = [0x5cu8; 64];
+    for (index, byte) in secret.iter().enumerate() {
+        inner_key[index] ^= byte;
+        outer_key[index] ^= byte;
+    }
+    let inner = Sha256::new()
+        .chain_update(inner_key)
+        .chain_update(scope.as_bytes())
+        .chain_update([0])
+        .chain_update(payload)
+        .finalize();
+    Sha256::new().chain_update(outer_key).chain_update(inner).finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

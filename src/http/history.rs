@@ -130,6 +130,7 @@ fn respond(
                 last_modified: Some(format_instant(version.header.last_updated_micros)),
                 ..Default::default()
             }),
+            ..Default::default()
         });
     }
     Ok(bundle.into_response())

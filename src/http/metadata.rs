@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 use super::{Ctx, Interaction, request, response, routes};
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, ResourceType};
+use crate::search::registry::registry;
+
+/// Lists, in the CapabilityStatement, each official search parameter Braid cannot evaluate.
+pub const UNSUPPORTED_SEARCH_PARAMETER: &str =
+    "https://braid.dev/fhir/StructureDefinition/unsupported-search-parameter";
 
 /// The date of this release of the CapabilityStatement (required by FHIR).
 const RELEASE_DATE: &str = "2026-11-21";
@@ -28,6 +33,7 @@ pub fn build(base: &str) -> Value {
         (Interaction::HistoryInstance, "history-instance"),
         (Interaction::HistoryType, "history-type"),
         (Interaction::Create, "create"),
+        (Interaction::SearchType, "search-type"),
     ]
     .into_iter()
     .filter(|(interaction, _)| has(*interaction))
@@ -65,6 +71,13 @@ pub fn build(base: &str) -> Value {
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);
             }
+            if has(Interaction::SearchType) {
+                resource["searchParam"] = registry()
+                    .params(resource_type)
+                    .map(|def| json!({"name": def.code, "definition": def.url, "type": def.kind.as_str()}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
             if has(Interaction::Validate) {
                 resource["operation"] = json!([{
                     "name": "validate",
@@ -87,6 +100,10 @@ pub fn build(base: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "extension": registry().unsupported().iter().map(|u| json!({
+                "url": UNSUPPORTED_SEARCH_PARAMETER,
+                "valueString": format!("{} ({}): {}", u.code, u.base, u.reason),
+            })).collect::<Vec<_>>(),
             "resource": resources,
             "interaction": system_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
         }],

@@ -12,6 +12,7 @@ mod negotiate;
 mod read;
 mod request;
 mod response;
+mod search;
 mod update;
 mod validate;
 mod vread;
@@ -64,6 +65,7 @@ pub enum Interaction {
     /// `POST /fhir` with a transaction or batch Bundle.
     TransactionOrBatch,
     Validate,
+    SearchType,
 }
 
 /// What a handler gets: the request, its body stream, the app state and the values of the
@@ -121,6 +123,8 @@ pub fn routes() -> &'static [RouteSpec] {
             row(HistorySystem, Method::GET, "/_history", |ctx| Box::pin(history::system(ctx))),
             row(HistoryType, Method::GET, "/{type}/_history", |ctx| Box::pin(history::type_level(ctx))),
             row(Validate, Method::POST, "/{type}/$validate", |ctx| Box::pin(validate::handle(ctx))),
+            row(SearchType, Method::POST, "/{type}/_search", |ctx| Box::pin(search::type_level(ctx))),
+            row(SearchType, Method::GET, "/{type}", |ctx| Box::pin(search::type_level(ctx))),
             row(Create, Method::POST, "/{type}", |ctx| Box::pin(create::handle(ctx))),
             row(ConditionalUpdate, Method::PUT, "/{type}", |ctx| Box::pin(update::conditional(ctx))),
             row(ConditionalDelete, Method::DELETE, "/{type}", |ctx| Box::pin(delete::conditional(ctx))),

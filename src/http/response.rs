@@ -128,6 +128,8 @@ pub struct EntryOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<Box<serde_json::value::RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<EntryRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<EntryResponse>,

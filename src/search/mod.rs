@@ -8,6 +8,7 @@
 //! - [`criteria`]: conditional-interaction criteria (`_id`, `identifier`).
 
 mod criteria;
+pub mod engine;
 pub mod fhirpath;
 mod indexer;
 pub mod query;

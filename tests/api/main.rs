@@ -11,5 +11,6 @@ mod helpers;
 mod history;
 mod metadata;
 mod process;
+mod search;
 mod synthea;
 mod validation;

@@ -20,7 +20,20 @@ async fn the_capability_statement_describes_what_the_routes_serve() {
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let codes: Vec<&str> =
         patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, vec!["read", "vread", "update", "delete", "history-instance", "history-type", "create"]);
+    assert_eq!(
+        codes,
+        vec!["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
+    );
+    let params: Vec<&str> =
+        patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for expected in
+        ["_id", "_lastUpdated", "name", "family", "birthdate", "identifier", "gender", "general-practitioner"]
+    {
+        assert!(params.contains(&expected), "Patient searchParam {expected}");
+    }
+    let unsupported: Vec<&str> =
+        rest["extension"].as_array().unwrap().iter().map(|e| e["valueString"].as_str().unwrap()).collect();
+    assert!(unsupported.iter().any(|u| u.starts_with("_text")), "{unsupported:?}");
     assert_eq!(patient["conditionalCreate"], true);
     assert_eq!(patient["conditionalUpdate"], true);
     assert_eq!(patient["conditionalDelete"], "multiple");

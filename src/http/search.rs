@@ -1,0 +1,337 @@
+//! `GET /fhir/{type}?...` and `POST /fhir/{type}/_search` (form-encoded parameters).
+//!
+//! Unknown parameters are ignored by default and reported (the `self` link lists only the
+//! parameters that were applied, and an OperationOutcome entry names the others); with
+//! `Prefer: handling=strict` they are a 400. The first page fixes the logical time `t` of its
+//! snapshot; `next` links carry it in a signed cursor, so every page shows the matches as of
+//! that moment.
+
+use actix_web::HttpResponse;
+use actix_web::web;
+use futures_util::StreamExt;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde_json::{Value, json};
+
+use super::response::{BundleOut, EntryOut, Link, raw};
+use super::{Ctx, cursor, request};
+use crate::fhir::error::operation_outcome;
+use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
+use crate::search::engine::{self, Driver, Position};
+use crate::search::query::{Clause, parse_clause};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Total {
+    None,
+    Estimate,
+    Accurate,
+}
+
+struct SearchRequest {
+    resource_type: ResourceType,
+    clauses: Vec<Clause>,
+    count: usize,
+    total: Total,
+    summary_count: bool,
+    elements: Option<Vec<String>>,
+    cursor: Option<String>,
+    explain: bool,
+    /// Parameters that were applied, as written, for the `self` link.
+    applied: Vec<(String, String)>,
+    /// Parameters ignored in lenient mode, with the reason.
+    ignored: Vec<(String, String)>,
+}
+
+pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, mut payload, state, params } = ctx;
+    let resource_type = request::resource_type(&params[0])?;
+    let mut pairs = request::query_pairs(&http);
+    if http.method() == actix_web::http::Method::POST {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
+            if body.len() + chunk.len() > state.limits.max_body_bytes {
+                return Err(FhirError::new(
+                    crate::fhir::Category::TooLarge,
+                    IssueCode::TooLong,
+                    "the search form is too large",
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        pairs.extend(form_pairs(&body));
+    }
+    let strict = http
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+    let base = request::base_url(&http, &state);
+    let search = parse(resource_type, &pairs, strict, &base, state.limits.page_size, state.limits.max_page_size)?;
+    let store = state.store.clone();
+    let secret = *store.cursor_secret();
+    let bundle =
+        web::block(move || execute(&store, &secret, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
+    Ok(bundle.into_response())
+}
+
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (decode(name), decode(value))
+        })
+        .collect()
+}
+
+fn parse(
+    resource_type: ResourceType,
+    pairs: &[(String, String)],
+    strict: bool,
+    base: &str,
+    page_size: usize,
+    max_page_size: usize,
+) -> Result<SearchRequest, FhirError> {
+    let mut search = SearchRequest {
+        resource_type,
+        clauses: Vec::new(),
+        count: page_size,
+        total: Total::None,
+        summary_count: false,
+        elements: None,
+        cursor: None,
+        explain: false,
+        applied: Vec::new(),
+        ignored: Vec::new(),
+    };
+    let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
+    for (name, value) in pairs {
+        let mut applied = true;
+        match name.as_str() {
+            "_format" | "_pretty" => applied = false,
+            "_cursor" => {
+                search.cursor = Some(value.clone());
+                applied = false;
+            }
+            "_count" => {
+                let count: usize = value
+                    .parse()
+                    .map_err(|_| invalid(format!("_count must be a non-negative integer, not '{value}'")))?;
+                search.count = count.min(max_page_size);
+            }
+            "_total" => {
+                search.total = match value.as_str() {
+                    "none" => Total::None,
+                    "estimate" => Total::Estimate,
+                    "accurate" => Total::Accurate,
+                    other => return Err(invalid(format!("_total must be none, estimate or accurate, not '{other}'"))),
+                }
+            }
+            "_summary" if value == "count" => search.summary_count = true,
+            "_summary" if value == "false" => {}
+            "_elements" => {
+                search.elements =
+                    Some(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect());
+            }
+            "_explain" => search.explain = value == "true",
+            _ => match parse_clause(resource_type, name, value, base)? {
+                Some(clause) => search.clauses.push(clause),
+                None => {
+                    let reason = if name.starts_with('_') || name.contains('.') || name.contains(':') {
+                        format!("the parameter '{name}' is not supported")
+                    } else {
+                        format!("'{name}' is not a search parameter of {resource_type}")
+                    };
+                    if strict {
+                        return Err(FhirError::incorrect(IssueCode::NotSupported, reason));
+                    }
+                    search.ignored.push((name.clone(), reason));
+                    applied = false;
+                }
+            },
+        }
+        if applied {
+            search.applied.push((name.clone(), value.clone()));
+        }
+    }
+    Ok(search)
+}
+
+/// What must be escaped in a query component; `:`, `/`, `,` and `$` stay readable.
+const QUERY_COMPONENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+fn query_string(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            format!("{}={}", utf8_percent_encode(name, QUERY_COMPONENT), utf8_percent_encode(value, QUERY_COMPONENT))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode_position(t: u64, position: &Position) -> Vec<u8> {
+    let mut out = t.to_be_bytes().to_vec();
+    match position {
+        Position::Index { alternative, key } => {
+            out.push(1);
+            out.extend_from_slice(&(*alternative as u32).to_be_bytes());
+            out.extend_from_slice(key);
+        }
+        Position::Type { id } => {
+            out.push(2);
+            out.extend_from_slice(id.as_bytes());
+        }
+    }
+    out
+}
+
+fn decode_position(bytes: &[u8]) -> Option<(u64, Position)> {
+    let (t, rest) = bytes.split_first_chunk::<8>()?;
+    let (&kind, rest) = rest.split_first()?;
+    let position = match kind {
+        1 => {
+            let (alternative, key) = rest.split_first_chunk::<4>()?;
+            Position::Index { alternative: u32::from_be_bytes(*alternative) as usize, key: key.to_vec() }
+        }
+        2 => Position::Type { id: String::from_utf8(rest.to_vec()).ok()? },
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(*t), position))
+}
+
+fn execute(
+    store: &crate::store::Store,
+    secret: &[u8; 32],
+    base: &str,
+    search: SearchRequest,
+) -> Result<BundleOut, FhirError> {
+    let snapshot = store.snapshot()?;
+    let resource_type = search.resource_type;
+    let self_query = query_string(&search.applied);
+    let scope = format!("search|{resource_type}|{self_query}");
+    let (t, start) = match &search.cursor {
+        Some(token) => {
+            let payload = cursor::decode_bytes(secret, &scope, token)?;
+            let (t, position) = decode_position(&payload)
+                .ok_or_else(|| FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid"))?;
+            (t, Some(position))
+        }
+        None => (snapshot.t(), None),
+    };
+    let (driver, estimates) = engine::plan(&snapshot, resource_type, &search.clauses, t)?;
+    let plan = engine::describe(&search.clauses, driver, &estimates);
+    tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
+
+    let mut bundle = BundleOut::new("searchset");
+    let self_url = if self_query.is_empty() {
+        format!("{base}/{resource_type}")
+    } else {
+        format!("{base}/{resource_type}?{self_query}")
+    };
+    bundle.link.push(Link { relation: "self", url: self_url.clone() });
+
+    let wants_total = search.summary_count || search.total == Total::Accurate;
+    if wants_total {
+        bundle.total = Some(engine::count(&snapshot, resource_type, &search.clauses, driver, t)? as u64);
+    } else if search.total == Total::Estimate {
+        bundle.total = Some(match driver {
+            Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n) as u64,
+            Driver::TypeScan => engine::count(&snapshot, resource_type, &search.clauses, driver, t)? as u64,
+        });
+    }
+    if !search.summary_count && search.count > 0 {
+        let page =
+            engine::run(&snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?;
+        for (id, version) in &page.matches {
+            let stored = snapshot
+                .version(resource_type, id, *version)?
+                .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
+            let resource = match &search.elements {
+                Some(elements) => raw(&select_elements(&stored.body, elements)),
+                None => raw(&stored.body),
+            };
+            bundle.entry.push(EntryOut {
+                full_url: Some(format!("{base}/{resource_type}/{id}")),
+                resource,
+                search: Some(json!({"mode": "match"})),
+                ..Default::default()
+            });
+        }
+        if let Some(next) = page.next {
+            let token = cursor::encode_bytes(secret, &scope, &encode_position(t, &next));
+            let separator = if self_query.is_empty() { "?" } else { "&" };
+            bundle.link.push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={token}") });
+        }
+    }
+    let mut issues: Vec<Issue> = search
+        .ignored
+        .iter()
+        .map(|(name, reason)| Issue {
+            severity: crate::fhir::error::Severity::Warning,
+            ..Issue::error(IssueCode::NotSupported, format!("{reason}; it was ignored")).at(name.clone())
+        })
+        .collect();
+    if search.explain {
+        issues.push(Issue::information(format!("plan: {plan}")));
+    }
+    if !issues.is_empty() {
+        bundle.entry.push(EntryOut {
+            resource: raw(&serde_json::to_vec(&operation_outcome(&issues)).unwrap_or_default()),
+            search: Some(json!({"mode": "outcome"})),
+            ..Default::default()
+        });
+    }
+    Ok(bundle)
+}
+
+/// `_elements`: the listed top-level elements plus the ones every resource keeps, with the
+/// SUBSETTED tag FHIR requires on a partial resource.
+fn select_elements(body: &[u8], elements: &[String]) -> Vec<u8> {
+    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+    let mut out = serde_json::Map::new();
+    for (key, value) in resource {
+        let keep = matches!(key.as_str(), "resourceType" | "id" | "meta")
+            || elements.iter().any(|e| {
+                e == &key
+                    || key
+                        .strip_prefix(e.as_str())
+                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+            });
+        if keep {
+            out.insert(key, value);
+        }
+    }
+    let meta = out.entry("meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(
+                json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}),
+            );
+        }
+    }
+    serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
+}

@@ -1,0 +1,230 @@
+//! Running a search on a snapshot: plan, then scan and probe.
+//!
+//! The planner estimates each scannable clause by counting its live index entries up to
+//! [`ESTIMATE_CAP`] and picks the smallest as the *driver*. Execution scans the driver's ranges
+//! in key order; every candidate `(id, version)` is checked against the other clauses by
+//! probing `resource_search_param_value`, never by loading resources. When no clause can be
+//! scanned (only `:not` or `:missing=true`), the driver is the list of the type's resources.
+//!
+//! Everything is evaluated as of a logical time `t` (the first page's snapshot), so later
+//! pages of the same search see exactly the same matches, whatever was written in between.
+
+use std::ops::ControlFlow;
+
+use super::query::{Clause, Pred};
+use crate::fhir::{FhirError, ResourceType};
+use crate::store::Snapshot;
+
+/// Counting stops here when estimating a clause's selectivity.
+pub const ESTIMATE_CAP: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// Scan the ranges of this clause.
+    Clause(usize),
+    /// Scan all resources of the type.
+    TypeScan,
+}
+
+/// Where a page ended: the next page resumes right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    Index { alternative: usize, key: Vec<u8> },
+    Type { id: String },
+}
+
+#[derive(Debug)]
+pub struct Page {
+    /// `(id, version)` of each match, in driver order.
+    pub matches: Vec<(String, u64)>,
+    /// Set when more matches follow.
+    pub next: Option<Position>,
+}
+
+/// A human-readable account of the plan, for `_explain` and the debug log.
+pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[(usize, usize)]) -> String {
+    let driver_text = match driver {
+        Driver::Clause(i) => format!("scan {} ({} ranges)", clauses[i].written, clauses[i].ranges().len()),
+        Driver::TypeScan => "scan all resources of the type".to_owned(),
+    };
+    let probes: Vec<&str> = clauses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Driver::Clause(*i) != driver)
+        .map(|(_, c)| c.written.as_str())
+        .collect();
+    let estimates: Vec<String> = estimates
+        .iter()
+        .map(|(i, n)| format!("{}≈{}{}", clauses[*i].written, n, if *n >= ESTIMATE_CAP { "+" } else { "" }))
+        .collect();
+    format!("{driver_text}; probe [{}]; estimates [{}]", probes.join(", "), estimates.join(", "))
+}
+
+/// Chooses the driver. Returns it with the estimates it was based on.
+pub fn plan(
+    snapshot: &Snapshot,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    t: u64,
+) -> Result<(Driver, Vec<(usize, usize)>), FhirError> {
+    let mut estimates = Vec::new();
+    for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
+        let mut count = 0usize;
+        for (lo, hi) in clause.ranges() {
+            snapshot.scan_index(resource_type, &clause.key, &lo, hi.as_deref(), None, t, &mut |_| {
+                count += 1;
+                if count >= ESTIMATE_CAP { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })?;
+            if count >= ESTIMATE_CAP {
+                break;
+            }
+        }
+        estimates.push((index, count));
+    }
+    let driver =
+        estimates.iter().min_by_key(|(_, count)| *count).map_or(Driver::TypeScan, |(index, _)| Driver::Clause(*index));
+    Ok((driver, estimates))
+}
+
+/// Runs the search from `start` until `limit` matches are found (`None`: all of them).
+pub fn run(
+    snapshot: &Snapshot,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    start: Option<&Position>,
+    limit: Option<usize>,
+) -> Result<Page, FhirError> {
+    let mut matches: Vec<(String, u64)> = Vec::new();
+    let mut last_position: Option<Position> = None;
+    let mut next = None;
+    let mut failure: Option<FhirError> = None;
+
+    // Checks every clause except the driver against the candidate's indexed values.
+    let others_match = |id: &str, version: u64, skip: Option<usize>| -> Result<bool, FhirError> {
+        for (index, clause) in clauses.iter().enumerate() {
+            if Some(index) == skip {
+                continue;
+            }
+            let values = snapshot.probe(resource_type, id, version, &clause.key)?;
+            if !clause.matches(&values) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+
+    match driver {
+        Driver::TypeScan => {
+            let after = match start {
+                Some(Position::Type { id }) => Some(id.as_str()),
+                _ => None,
+            };
+            snapshot.scan_type(resource_type, after, t, &mut |id, version| {
+                match others_match(id, version, None) {
+                    Err(error) => {
+                        failure = Some(error);
+                        return ControlFlow::Break(());
+                    }
+                    Ok(false) => return ControlFlow::Continue(()),
+                    Ok(true) => {}
+                }
+                if limit.is_some_and(|limit| matches.len() == limit) {
+                    next = last_position.take();
+                    return ControlFlow::Break(());
+                }
+                matches.push((id.to_owned(), version));
+                last_position = Some(Position::Type { id: id.to_owned() });
+                ControlFlow::Continue(())
+            })?;
+        }
+        Driver::Clause(driver_index) => {
+            let clause = &clauses[driver_index];
+            let ranges = clause.ranges();
+            let needs_dedup = ranges.len() > 1
+                || clause.missing.is_some()
+                || !clause.alternatives.iter().all(|a| matches!(a.pred, Pred::Equals(_)));
+            let (first_alternative, resume_key) = match start {
+                Some(Position::Index { alternative, key }) => (*alternative, Some(key.as_slice())),
+                _ => (0, None),
+            };
+            'ranges: for (alternative, (lo, hi)) in ranges.iter().enumerate().skip(first_alternative) {
+                let after = if alternative == first_alternative { resume_key } else { None };
+                let mut stop = false;
+                snapshot.scan_index(resource_type, &clause.key, lo, hi.as_deref(), after, t, &mut |hit| {
+                    let accepted =
+                        clause.missing == Some(false) || clause.alternatives[alternative].pred.accepts(&hit.value);
+                    if !accepted {
+                        return ControlFlow::Continue(());
+                    }
+                    let outcome = (|| -> Result<bool, FhirError> {
+                        if needs_dedup {
+                            let values = snapshot.probe(resource_type, &hit.id, hit.version, &clause.key)?;
+                            if earlier_hit_exists(clause, &ranges, &values, alternative, &hit.value) {
+                                return Ok(false);
+                            }
+                        }
+                        others_match(&hit.id, hit.version, Some(driver_index))
+                    })();
+                    match outcome {
+                        Err(error) => {
+                            failure = Some(error);
+                            stop = true;
+                            return ControlFlow::Break(());
+                        }
+                        Ok(false) => return ControlFlow::Continue(()),
+                        Ok(true) => {}
+                    }
+                    if limit.is_some_and(|limit| matches.len() == limit) {
+                        next = last_position.take();
+                        stop = true;
+                        return ControlFlow::Break(());
+                    }
+                    matches.push((hit.id, hit.version));
+                    last_position = Some(Position::Index { alternative, key: hit.key.to_vec() });
+                    ControlFlow::Continue(())
+                })?;
+                if stop {
+                    break 'ranges;
+                }
+            }
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(Page { matches, next })
+}
+
+/// A resource whose values for the driver's key fall into several scanned ranges (or several
+/// times into one) is reported at its first position only: the one with the lowest
+/// alternative, then the lowest value.
+fn earlier_hit_exists(
+    clause: &Clause,
+    ranges: &[(Vec<u8>, Option<Vec<u8>>)],
+    values: &[Vec<u8>],
+    alternative: usize,
+    current: &[u8],
+) -> bool {
+    values.iter().any(|value| {
+        ranges.iter().enumerate().take(alternative + 1).any(|(index, (lo, hi))| {
+            let in_range =
+                value.as_slice() >= lo.as_slice() && hi.as_ref().is_none_or(|hi| value.as_slice() < hi.as_slice());
+            let accepted =
+                clause.missing == Some(false) || clause.alternatives.get(index).is_some_and(|a| a.pred.accepts(value));
+            in_range && accepted && (index < alternative || value.as_slice() < current)
+        })
+    })
+}
+
+/// The number of matches.
+pub fn count(
+    snapshot: &Snapshot,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+) -> Result<usize, FhirError> {
+    Ok(run(snapshot, resource_type, clauses, driver, t, None, None)?.matches.len())
+}

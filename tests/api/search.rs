@@ -1,0 +1,296 @@
+//! Search: each parameter type and modifier, checked on the exact set of ids returned; paging;
+//! strict and lenient handling.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// The ids a search returns (all pages), sorted.
+async fn ids(app: &TestApp, query: &str) -> Vec<String> {
+    let mut reply = app.get(&format!("/{query}")).await;
+    let mut found = Vec::new();
+    loop {
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+        assert_eq!(reply.body["type"], "searchset");
+        for entry in reply.body["entry"].as_array().into_iter().flatten() {
+            if entry["search"]["mode"] == "match" {
+                found.push(entry["resource"]["id"].as_str().unwrap().to_owned());
+            }
+        }
+        let next = reply.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+        match next {
+            Some(url) => reply = app.send(app.client.get(url)).await,
+            None => break,
+        }
+    }
+    let count = found.len();
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), count, "{query}: a resource appeared twice");
+    found
+}
+
+fn list(ids: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+async fn put(app: &TestApp, resource: Value) {
+    let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+    let reply = app.put(&path, &resource).await;
+    assert!(reply.status == 201 || reply.status == 200, "{path}: {}", reply.text);
+}
+
+async fn seed(app: &TestApp) {
+    let patients = [
+        ("p1", "Müller", "Anna", "female", "1980-02-29", "http://h1|111", Some(true)),
+        ("p2", "Muller", "Bob", "male", "1980-07-15", "http://h1|222", None),
+        ("p3", "Smith", "Carla", "female", "1975-12-31", "http://h2|111", Some(false)),
+        ("p4", "Smithson", "Dan", "other", "1981", "http://h2|444", None),
+    ];
+    for (id, family, given, gender, birth, identifier, active) in patients {
+        let (system, value) = identifier.split_once('|').unwrap();
+        let mut patient = json!({"resourceType": "Patient", "id": id, "name": [{"family": family, "given": [given]}],
+            "gender": gender, "birthDate": birth, "identifier": [{"system": system, "value": value}]});
+        if let Some(active) = active {
+            patient["active"] = json!(active);
+        }
+        put(app, patient).await;
+    }
+    let observations = [
+        ("o1", "p1", "8867-4", "Heart rate", 72.0, "/min", "2024-05-01T10:00:00Z"),
+        ("o2", "p1", "8867-4", "Heart rate", 55.0, "/min", "2024-05-02T23:30:00-03:00"),
+        ("o3", "p2", "8867-4", "Heart rate", 61.0, "/min", "2023-01-01"),
+        ("o4", "p2", "29463-7", "Body weight", 80.5, "kg", "2024-05-01"),
+        ("o5", "p3", "29463-7", "Body weight", 61.0, "kg", "2022"),
+    ];
+    for (id, patient, code, display, value, unit, effective) in observations {
+        put(app, json!({"resourceType": "Observation", "id": id, "status": "final",
+            "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"], "tag": [{"system": "http://tags", "code": if id == "o1" { "flagged" } else { "normal" }}]},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+            "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": effective,
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}})).await;
+    }
+}
+
+#[actix_web::test]
+async fn token_parameters_match_codes_systems_and_modifiers() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ids(&app, "Patient?gender=female").await, list(&["p1", "p3"]));
+    assert_eq!(ids(&app, "Patient?gender=female,other").await, list(&["p1", "p3", "p4"]));
+    assert_eq!(ids(&app, "Patient?gender:not=female").await, list(&["p2", "p4"]));
+    assert_eq!(ids(&app, "Patient?identifier=111").await, list(&["p1", "p3"]));
+    assert_eq!(ids(&app, "Patient?identifier=http://h1|111").await, list(&["p1"]));
+    assert_eq!(ids(&app, "Patient?identifier=http://h2|").await, list(&["p3", "p4"]));
+    assert_eq!(ids(&app, "Patient?identifier=|111").await, list(&[]));
+    assert_eq!(ids(&app, "Patient?active=true").await, list(&["p1"]));
+    assert_eq!(ids(&app, "Patient?active:missing=true").await, list(&["p2", "p4"]));
+    assert_eq!(ids(&app, "Patient?active:missing=false").await, list(&["p1", "p3"]));
+    assert_eq!(ids(&app, "Observation?code=http://loinc.org|8867-4").await, list(&["o1", "o2", "o3"]));
+    assert_eq!(ids(&app, "Observation?code:text=body").await, list(&["o4", "o5"]));
+    assert_eq!(ids(&app, "Observation?_tag=http://tags|flagged").await, list(&["o1"]));
+    assert_eq!(ids(&app, "Patient?_id=p2,p4").await, list(&["p2", "p4"]));
+}
+
+#[actix_web::test]
+async fn string_parameters_ignore_case_and_accents_unless_exact() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ids(&app, "Patient?family=muller").await, list(&["p1", "p2"]));
+    assert_eq!(ids(&app, "Patient?family=MÜL").await, list(&["p1", "p2"]));
+    assert_eq!(ids(&app, "Patient?family=smith").await, list(&["p3", "p4"]));
+    assert_eq!(ids(&app, "Patient?family:exact=Smith").await, list(&["p3"]));
+    assert_eq!(ids(&app, "Patient?family:exact=smith").await, list(&[]));
+    assert_eq!(ids(&app, "Patient?family:contains=son").await, list(&["p4"]));
+    assert_eq!(ids(&app, "Patient?name=carla").await, list(&["p3"]));
+    assert_eq!(ids(&app, "Patient?family=smith&gender=other").await, list(&["p4"]));
+}
+
+#[actix_web::test]
+async fn date_parameters_respect_precision_prefixes_and_time_zones() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ids(&app, "Patient?birthdate=1980").await, list(&["p1", "p2"]));
+    assert_eq!(ids(&app, "Patient?birthdate=1980-02-29").await, list(&["p1"]));
+    assert_eq!(ids(&app, "Patient?birthdate=ge1980-03").await, list(&["p2", "p4"]));
+    assert_eq!(ids(&app, "Patient?birthdate=lt1980").await, list(&["p3"]));
+    assert_eq!(ids(&app, "Patient?birthdate=le1980").await, list(&["p1", "p2", "p3"]));
+    assert_eq!(ids(&app, "Patient?birthdate=gt1980").await, list(&["p4"]));
+    assert_eq!(ids(&app, "Patient?birthdate=sa1980-12-31").await, list(&["p4"]));
+    assert_eq!(ids(&app, "Patient?birthdate=eb1976").await, list(&["p3"]));
+    assert_eq!(ids(&app, "Patient?birthdate=ne1980").await, list(&["p3", "p4"]));
+    // "1981" covers the whole year: it is not contained in 1981-06, but overlaps both sides.
+    assert_eq!(ids(&app, "Patient?birthdate=1981-06").await, list(&[]));
+    assert_eq!(ids(&app, "Patient?birthdate=ge1981-06").await, list(&["p4"]));
+    // 2024-05-02T23:30-03:00 is 2024-05-03T02:30Z.
+    assert_eq!(ids(&app, "Observation?date=2024-05-03").await, list(&["o2"]));
+    assert_eq!(ids(&app, "Observation?date=2024-05-02").await, list(&[]));
+    assert_eq!(ids(&app, "Observation?date=2024-05-02T23:30:00-03:00").await, list(&["o2"]));
+    assert_eq!(ids(&app, "Observation?date=ge2024-01-01&code=http://loinc.org|8867-4").await, list(&["o1", "o2"]));
+    assert_eq!(ids(&app, "Observation?date=2024-05").await, list(&["o1", "o2", "o4"]));
+}
+
+#[actix_web::test]
+async fn quantity_reference_uri_and_composite_parameters() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ids(&app, "Observation?value-quantity=gt60|http://unitsofmeasure.org|/min").await, list(&["o1", "o3"]));
+    assert_eq!(ids(&app, "Observation?value-quantity=61").await, list(&["o3", "o5"]));
+    assert_eq!(ids(&app, "Observation?value-quantity=61||kg").await, list(&["o5"]));
+    assert_eq!(ids(&app, "Observation?value-quantity=le61.0|http://unitsofmeasure.org|kg").await, list(&["o5"]));
+    assert_eq!(ids(&app, "Observation?value-quantity=ap80|http://unitsofmeasure.org|kg").await, list(&["o4"]));
+    assert_eq!(ids(&app, "Observation?subject=Patient/p1").await, list(&["o1", "o2"]));
+    assert_eq!(ids(&app, "Observation?subject=p2").await, list(&["o3", "o4"]));
+    assert_eq!(ids(&app, "Observation?patient=p3").await, list(&["o5"]));
+    assert_eq!(ids(&app, "Observation?subject:Patient=p1").await, list(&["o1", "o2"]));
+    assert_eq!(ids(&app, "Observation?subject:Group=p1").await, list(&[]));
+    let absolute = format!("Observation?subject={}/Patient/p1", app.base);
+    assert_eq!(ids(&app, &absolute).await, list(&["o1", "o2"]));
+    assert_eq!(ids(&app, "Observation?_profile=http://hl7.org/fhir/StructureDefinition/vitalsigns").await.len(), 5);
+    assert_eq!(ids(&app, "Observation?code-value-quantity=http://loinc.org|8867-4$gt60").await, list(&["o1", "o3"]));
+    assert_eq!(ids(&app, "Observation?code-value-quantity=http://loinc.org|29463-7$lt70").await, list(&["o5"]));
+}
+
+#[actix_web::test]
+async fn paging_follows_next_links_and_is_stable_under_writes() {
+    let app = spawn_app().await;
+    for n in 0..12 {
+        put(&app, json!({"resourceType": "Patient", "id": format!("pg{n:02}"), "gender": "unknown"})).await;
+    }
+    let first = app.get("/Patient?gender=unknown&_count=5").await;
+    assert_eq!(first.body["entry"].as_array().unwrap().len(), 5);
+    let mut seen: Vec<String> = first.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Writes between pages: a new match, a match that stops matching, a deleted match.
+    put(&app, json!({"resourceType": "Patient", "id": "pg99", "gender": "unknown"})).await;
+    put(&app, json!({"resourceType": "Patient", "id": "pg10", "gender": "male"})).await;
+    app.delete("/Patient/pg11").await;
+    let mut next = first.body["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().unwrap().to_owned());
+    while let Some(url) = next {
+        assert!(url.starts_with(&app.base) && url.contains("gender=unknown") && url.contains("_count=5"), "{url}");
+        let page = app.send(app.client.get(&url)).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        seen.extend(
+            page.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()),
+        );
+        next = page.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    let expected: Vec<String> = (0..12).map(|n| format!("pg{n:02}")).collect();
+    assert_eq!(seen, expected, "pages show the matches as of the first page");
+    // A new search sees the writes.
+    let now = ids(&app, "Patient?gender=unknown").await;
+    assert!(now.contains(&"pg99".to_owned()) && !now.contains(&"pg10".to_owned()) && !now.contains(&"pg11".to_owned()));
+
+    let tampered = app.get("/Patient?gender=unknown&_count=5&_cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    tampered.assert_outcome(400);
+    let first_next = first.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_query = first_next.replace("gender=unknown", "gender=male");
+    app.send(app.client.get(other_query)).await.assert_outcome(400);
+}
+
+#[actix_web::test]
+async fn totals_counts_and_elements() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let count = app.get("/Observation?code=http://loinc.org|8867-4&_summary=count").await;
+    assert_eq!(count.body["total"], 3);
+    assert!(count.body.get("entry").is_none());
+    let accurate = app.get("/Patient?family=smith&_total=accurate&_count=1").await;
+    assert_eq!(accurate.body["total"], 2);
+    assert_eq!(accurate.body["entry"].as_array().unwrap().len(), 1);
+    assert!(app.get("/Patient?family=smith").await.body.get("total").is_none(), "no total unless asked");
+    let elements = app.get("/Patient?_id=p1&_elements=gender").await;
+    let resource = &elements.body["entry"][0]["resource"];
+    assert_eq!(resource["gender"], "female");
+    assert!(resource.get("name").is_none() && resource.get("birthDate").is_none());
+    assert_eq!(resource["meta"]["tag"][0]["code"], "SUBSETTED");
+    let everything = app.get("/Patient").await;
+    assert_eq!(everything.body["entry"].as_array().unwrap().len(), 4);
+}
+
+#[actix_web::test]
+async fn unknown_parameters_are_reported_or_refused() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let lenient = app.get("/Patient?gender=male&colour=blue").await;
+    assert_eq!(lenient.status, 200);
+    let matches: Vec<&Value> =
+        lenient.body["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "match").collect();
+    assert_eq!(matches.len(), 1);
+    let outcome = lenient.body["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").unwrap();
+    assert_eq!(outcome["resource"]["issue"][0]["expression"][0], "colour");
+    let self_link = lenient.body["link"][0]["url"].as_str().unwrap();
+    assert!(self_link.contains("gender=male") && !self_link.contains("colour"), "{self_link}");
+
+    let strict =
+        app.send(app.client.get(app.url("/Patient?gender=male&colour=blue")).header("prefer", "handling=strict")).await;
+    strict.assert_outcome(400);
+    assert!(strict.body["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"));
+    app.get("/Patient?birthdate=yesterday").await.assert_outcome(400);
+    app.get("/Patient?family:below=x").await.assert_outcome(400);
+    app.get("/Patient?_count=lots").await.assert_outcome(400);
+}
+
+#[actix_web::test]
+async fn post_search_takes_form_parameters_and_explain_shows_the_plan() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let reply = app
+        .send(
+            app.client
+                .post(app.url("/Observation/_search"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("subject=Patient%2Fp1&_explain=true"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let entries = reply.body["entry"].as_array().unwrap();
+    let matched: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(matched.len(), 2);
+    let plan =
+        entries.iter().find(|e| e["search"]["mode"] == "outcome").unwrap()["resource"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(plan.starts_with("plan: scan subject"), "{plan}");
+    let two_clauses = app.get("/Observation?code=http://loinc.org|8867-4&subject=Patient/p2&_explain=true").await;
+    let plan = two_clauses.body["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").unwrap()
+        ["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        plan.starts_with("plan: scan subject") && plan.contains("probe [code]"),
+        "the more selective clause drives: {plan}"
+    );
+}
