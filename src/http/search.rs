@@ -241,7 +241,7 @@ fn execute(
         }
         None => (snapshot.t(), None),
     };
-    let (driver, estimates) = engine::plan(&snapshot, resource_type, &search.clauses, t)?;
+    let (driver, estimates) = engine::plan(&*snapshot, resource_type, &search.clauses, t)?;
     let plan = engine::describe(&search.clauses, driver, &estimates);
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
@@ -255,16 +255,16 @@ fn execute(
 
     let wants_total = search.summary_count || search.total == Total::Accurate;
     if wants_total {
-        bundle.total = Some(engine::count(&snapshot, resource_type, &search.clauses, driver, t)? as u64);
+        bundle.total = Some(engine::count(&*snapshot, resource_type, &search.clauses, driver, t)? as u64);
     } else if search.total == Total::Estimate {
         bundle.total = Some(match driver {
             Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n) as u64,
-            Driver::TypeScan => engine::count(&snapshot, resource_type, &search.clauses, driver, t)? as u64,
+            Driver::TypeScan => engine::count(&*snapshot, resource_type, &search.clauses, driver, t)? as u64,
         });
     }
     if !search.summary_count && search.count > 0 {
         let page =
-            engine::run(&snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?;
+            engine::run(&*snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?;
         for (id, version) in &page.matches {
             let stored = snapshot
                 .version(resource_type, id, *version)?

@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 
 use super::query::{Clause, Pred};
 use crate::fhir::{FhirError, ResourceType};
-use crate::store::Snapshot;
+use crate::store::IndexView;
 
 /// Counting stops here when estimating a clause's selectivity.
 pub const ESTIMATE_CAP: usize = 1000;
@@ -62,7 +62,7 @@ pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[(usize, usize)]
 
 /// Chooses the driver. Returns it with the estimates it was based on.
 pub fn plan(
-    snapshot: &Snapshot,
+    snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
     t: u64,
@@ -88,7 +88,7 @@ pub fn plan(
 
 /// Runs the search from `start` until `limit` matches are found (`None`: all of them).
 pub fn run(
-    snapshot: &Snapshot,
+    snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
     driver: Driver,
@@ -220,7 +220,7 @@ fn earlier_hit_exists(
 
 /// The number of matches.
 pub fn count(
-    snapshot: &Snapshot,
+    snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
     driver: Driver,

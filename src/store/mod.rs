@@ -11,6 +11,7 @@
 pub mod keys;
 mod ops;
 mod snapshot;
+mod view;
 mod writer;
 
 use std::path::Path;
@@ -20,9 +21,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 pub use keys::resource_version::{Header, Op};
 pub use ops::{
-    Action, Clause, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
+    Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
 };
-pub use snapshot::{HistoryPage, HistoryQuery, IndexHit, Snapshot, Version};
+pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
+pub use view::{IndexHit, IndexView, LATEST};
 
 use crate::fhir::FhirError;
 

@@ -1,8 +1,11 @@
 //! What callers ask the writer to do, and what it answers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::fhir::{Id, Resource, ResourceType};
+use super::view::IndexView;
+
+use crate::fhir::{FhirError, Id, Resource, ResourceType};
 
 /// Produces the search index entries of a resource version that is about to become current.
 /// The store calls it inside the write transaction, so the indexes always match the data.
@@ -18,21 +21,28 @@ pub struct IndexEntry {
     pub value: Vec<u8>,
 }
 
-/// Search criteria the store can evaluate by itself, inside a write transaction: the resources
-/// that satisfy every clause. Built by the search module from a query string.
-#[derive(Debug, Clone, PartialEq)]
+/// Search criteria evaluated inside the write transaction, so that conditional operations see
+/// the effects of every request committed before them and none after. Built by the search
+/// module from a query string; the store only calls it.
+#[derive(Clone)]
 pub struct Criteria {
-    pub clauses: Vec<Clause>,
     /// The query as the client wrote it, for error messages.
     pub text: String,
+    /// The ids of the current resources of a type that match.
+    pub find: Arc<dyn Fn(&dyn IndexView, ResourceType) -> Result<Vec<Id>, FhirError> + Send + Sync>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Clause {
-    /// The resource's id is one of these.
-    Ids(Vec<Id>),
-    /// The resource has an index entry for `param` with any of `values`.
-    Index { param: String, values: Vec<Vec<u8>> },
+impl std::fmt::Debug for Criteria {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Criteria({})", self.text)
+    }
+}
+
+impl PartialEq for Criteria {
+    /// Criteria compare by their text: the same query means the same criteria.
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
 }
 
 /// Which resource an update or delete addresses.

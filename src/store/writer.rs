@@ -23,8 +23,9 @@ use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, system_history,
     type_history,
 };
-use super::ops::{Action, Clause, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::ops::{Action, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
 use super::snapshot::Snapshot;
+use super::view::IndexTables;
 use super::{
     Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError,
     StoreOptions, TYPE_HISTORY,
@@ -596,47 +597,11 @@ impl Execution<'_, '_> {
         }))
     }
 
-    /// The ids of the current resources of `resource_type` that satisfy every clause.
+    /// The ids of the current resources of `resource_type` that match `criteria`, as of this
+    /// transaction (including the requests before this one in the same commit).
     fn find(&self, resource_type: ResourceType, criteria: &Criteria) -> Result<Vec<Id>, Failure> {
-        let mut result: Option<BTreeSet<String>> = None;
-        for clause in &criteria.clauses {
-            let mut ids = BTreeSet::new();
-            match clause {
-                Clause::Ids(candidates) => {
-                    for id in candidates {
-                        if self.current(resource_type, id)?.is_some_and(|c| !c.deleted) {
-                            ids.insert(id.as_str().to_owned());
-                        }
-                    }
-                }
-                Clause::Index { param, values } => {
-                    for value in values {
-                        let prefix = spv::prefix(resource_type.as_str(), param, value);
-                        let end = prefix_end(&prefix);
-                        for entry in
-                            self.tables.spv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?
-                        {
-                            let (key, live) = entry.map_err(StoreError::from)?;
-                            // The writer sees the newest state: only entries not yet superseded count.
-                            if live.value().1 != u64::MAX {
-                                continue;
-                            }
-                            let (_, _, _, id, _) =
-                                spv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-                            ids.insert(id);
-                        }
-                    }
-                }
-            }
-            result = Some(match result {
-                None => ids,
-                Some(previous) => previous.intersection(&ids).cloned().collect(),
-            });
-        }
-        let ids = result.unwrap_or_default();
-        ids.into_iter()
-            .map(|id| Id::parse(&id).map_err(|_| Failure::Storage(StoreError::Corrupt(id.into_bytes()))))
-            .collect()
+        let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
+        (criteria.find)(&view, resource_type).map_err(Failure::Request)
     }
 }
 

@@ -43,10 +43,33 @@ async fn conditional_create_with_several_matches_fails_with_412() {
 #[actix_web::test]
 async fn conditional_create_with_an_unknown_parameter_is_rejected() {
     let app = spawn_app().await;
-    let reply = app.create_if_none_exist("/Patient", "family=Smith", &patient("Smith")).await;
-    reply.assert_outcome(400);
-    assert!(reply.body["issue"][0]["diagnostics"].as_str().unwrap().contains("family"));
+    for criteria in ["colour=red", "family=Smith&colour=red", "_count=1", "birthdate=someday", "family:below=Sm"] {
+        let reply = app.create_if_none_exist("/Patient", criteria, &patient("Smith")).await;
+        reply.assert_outcome(400);
+    }
+    let reply = app.create_if_none_exist("/Patient", "colour=red", &patient("Smith")).await;
+    assert!(reply.body["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"));
     assert_eq!(app.history_len().await, 0);
+}
+
+#[actix_web::test]
+async fn conditional_operations_accept_any_search_parameter() {
+    let app = spawn_app().await;
+    let first = app.create_if_none_exist("/Patient", "family=Smith&birthdate=1980", &patient("Smith")).await;
+    assert_eq!(first.status, 201);
+    let again = app.create_if_none_exist("/Patient", "family=smi&birthdate=1980-02", &patient("Smith")).await;
+    assert_eq!(again.status, 200, "string prefix and date precision match the stored patient");
+    assert_eq!(again.body["id"], first.body["id"]);
+    let other_year = app.create_if_none_exist("/Patient", "family=Smith&birthdate=1981", &patient("Smith")).await;
+    assert_eq!(other_year.status, 201);
+    assert_eq!(app.delete("/Patient?birthdate=1981").await.status, 204);
+    assert_eq!(
+        app.get(&format!("/Patient/{}", other_year.body["id"].as_str().unwrap())).await.status,
+        200,
+        "1981 matched nobody"
+    );
+    assert_eq!(app.delete("/Patient?family=smith").await.status, 204);
+    assert_eq!(app.history_len().await, 4);
 }
 
 #[actix_web::test]

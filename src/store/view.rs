@@ -1,0 +1,183 @@
+//! Reading the search indexes, the same way from a published snapshot and from inside the
+//! writer's transaction (where conditional operations are evaluated atomically).
+
+use std::ops::{Bound, ControlFlow};
+
+use redb::ReadableTable;
+
+use super::keys::{
+    prefix_end, put_str, resource_search_param_value as rspv, resource_version, search_param_value as spv,
+};
+use super::{Op, StoreError};
+use crate::fhir::{FhirError, ResourceType};
+
+/// The logical time meaning "the newest state": every entry not yet superseded is live.
+pub const LATEST: u64 = u64::MAX - 1;
+
+/// One live entry found by [`IndexView::scan_index`].
+pub struct IndexHit<'a> {
+    /// The whole storage key: a cursor can resume right after it.
+    pub key: &'a [u8],
+    pub value: Vec<u8>,
+    pub id: String,
+    pub version: u64,
+}
+
+/// The index reads the search engine needs.
+pub trait IndexView {
+    /// Visits, in key order, the entries of `param` for `resource_type` whose raw value `v`
+    /// satisfies `lo <= v < hi` (`hi` `None`: no upper bound) and whose version was current at
+    /// logical time `t`, starting after the storage key `after` if given. `visit` may stop the
+    /// scan by returning `Break`.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_index(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        after: Option<&[u8]>,
+        t: u64,
+        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+    ) -> Result<(), FhirError>;
+
+    /// The index values of `param` that version `version` of a resource has.
+    fn probe(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+        version: u64,
+        param: &str,
+    ) -> Result<Vec<Vec<u8>>, FhirError>;
+
+    /// Visits, in id order, every resource of `resource_type` that existed (not deleted) at
+    /// logical time `t`, with the version current then, starting after id `after`.
+    fn scan_type(
+        &self,
+        resource_type: ResourceType,
+        after: Option<&str>,
+        t: u64,
+        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
+    ) -> Result<(), FhirError>;
+}
+
+/// The tables an [`IndexView`] reads, whether read-only or inside a write transaction.
+pub(super) struct IndexTables<'a, V, S, R>
+where
+    V: ReadableTable<&'static [u8], &'static [u8]>,
+    S: ReadableTable<&'static [u8], (u64, u64)>,
+    R: ReadableTable<&'static [u8], ()>,
+{
+    pub versions: &'a V,
+    pub spv: &'a S,
+    pub rspv: &'a R,
+}
+
+impl<V, S, R> IndexView for IndexTables<'_, V, S, R>
+where
+    V: ReadableTable<&'static [u8], &'static [u8]>,
+    S: ReadableTable<&'static [u8], (u64, u64)>,
+    R: ReadableTable<&'static [u8], ()>,
+{
+    fn scan_index(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        after: Option<&[u8]>,
+        t: u64,
+        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        let ty = resource_type.as_str();
+        let start = spv::value_bound(ty, param, lo);
+        let end = match hi {
+            Some(hi) => spv::value_bound(ty, param, hi),
+            None => prefix_end(&spv::param_prefix(ty, param)),
+        };
+        if start >= end {
+            return Ok(());
+        }
+        let lower = match after {
+            Some(after) if after >= start.as_slice() => Bound::Excluded(after),
+            _ => Bound::Included(start.as_slice()),
+        };
+        let range = self.spv.range::<&[u8]>((lower, Bound::Excluded(end.as_slice()))).map_err(StoreError::from)?;
+        for entry in range {
+            let (key, live) = entry.map_err(StoreError::from)?;
+            let (created, superseded) = live.value();
+            if created > t || superseded <= t {
+                continue;
+            }
+            let key = key.value();
+            let (_, _, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+            if visit(IndexHit { key, value, id, version }).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn probe(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+        version: u64,
+        param: &str,
+    ) -> Result<Vec<Vec<u8>>, FhirError> {
+        let prefix = rspv::param_prefix(resource_type.as_str(), id, version, param);
+        let end = prefix_end(&prefix);
+        let mut values = Vec::new();
+        for entry in self.rspv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+            let (key, _) = entry.map_err(StoreError::from)?;
+            let (_, _, _, _, value) =
+                rspv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            values.push(value);
+        }
+        Ok(values)
+    }
+
+    fn scan_type(
+        &self,
+        resource_type: ResourceType,
+        after: Option<&str>,
+        t: u64,
+        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        let ty = resource_type.as_str();
+        let mut type_prefix = Vec::new();
+        put_str(&mut type_prefix, ty.as_bytes());
+        let start = match after {
+            Some(id) => prefix_end(&resource_version::prefix(ty, id)),
+            None => type_prefix.clone(),
+        };
+        let end = prefix_end(&type_prefix);
+        // The newest version at or before `t` of the id being read: (id, version, deleted).
+        let mut pending: Option<(String, u64, bool)> = None;
+        let mut current_id = String::new();
+        for entry in self.versions.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let (_, id, version) =
+                resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            let (header, _) = resource_version::decode_value(value.value())
+                .ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            if id != current_id {
+                if let Some((done_id, done_version, deleted)) = pending.take() {
+                    if !deleted && visit(&done_id, done_version).is_break() {
+                        return Ok(());
+                    }
+                }
+                current_id = id.clone();
+            }
+            if header.t <= t {
+                pending = Some((id, version, header.op == Op::Delete));
+            }
+        }
+        if let Some((id, version, deleted)) = pending {
+            if !deleted {
+                let _ = visit(&id, version);
+            }
+        }
+        Ok(())
+    }
+}
