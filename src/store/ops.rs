@@ -21,6 +21,9 @@ pub struct IndexEntry {
     pub value: Vec<u8>,
 }
 
+/// Finds the ids of the current resources of a type that match some criteria.
+pub type FindMatches = dyn Fn(&dyn IndexView, ResourceType) -> Result<Vec<Id>, FhirError> + Send + Sync;
+
 /// Search criteria evaluated inside the write transaction, so that conditional operations see
 /// the effects of every request committed before them and none after. Built by the search
 /// module from a query string; the store only calls it.
@@ -29,7 +32,7 @@ pub struct Criteria {
     /// The query as the client wrote it, for error messages.
     pub text: String,
     /// The ids of the current resources of a type that match.
-    pub find: Arc<dyn Fn(&dyn IndexView, ResourceType) -> Result<Vec<Id>, FhirError> + Send + Sync>,
+    pub find: Arc<FindMatches>,
 }
 
 impl std::fmt::Debug for Criteria {
