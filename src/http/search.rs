@@ -16,8 +16,9 @@ use super::response::{BundleOut, EntryOut, Link, raw};
 use super::{Ctx, cursor, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
-use crate::search::engine::{self, Driver, Position};
+use crate::search::engine::{self, Driver, Position, SortKey};
 use crate::search::query::{Clause, parse_clause};
+use crate::search::registry::{ParamKind, registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Total {
@@ -33,6 +34,7 @@ struct SearchRequest {
     total: Total,
     summary_count: bool,
     elements: Option<Vec<String>>,
+    sort: Vec<SortKey>,
     cursor: Option<String>,
     explain: bool,
     /// Parameters that were applied, as written, for the `self` link.
@@ -103,6 +105,7 @@ fn parse(
         total: Total::None,
         summary_count: false,
         elements: None,
+        sort: Vec::new(),
         cursor: None,
         explain: false,
         applied: Vec::new(),
@@ -138,6 +141,21 @@ fn parse(
                     Some(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect());
             }
             "_explain" => search.explain = value == "true",
+            "_sort" => {
+                for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    let (descending, code) = match field.strip_prefix('-') {
+                        Some(code) => (true, code),
+                        None => (false, field),
+                    };
+                    let def = registry()
+                        .get(resource_type, code)
+                        .filter(|def| def.kind != ParamKind::Composite)
+                        .ok_or_else(|| {
+                            invalid(format!("_sort: '{code}' is not a sortable search parameter of {resource_type}"))
+                        })?;
+                    search.sort.push(SortKey { key: def.code.clone(), kind: def.kind, descending });
+                }
+            }
             _ => match parse_clause(resource_type, name, value, base)? {
                 Some(clause) => search.clauses.push(clause),
                 None => {
@@ -263,8 +281,19 @@ fn execute(
         });
     }
     if !search.summary_count && search.count > 0 {
-        let page =
-            engine::run(&*snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?;
+        let page = if search.sort.is_empty() {
+            engine::run(&*snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?
+        } else {
+            // Sorted results are ordered in memory; the cursor holds the offset of the next page.
+            let offset = match &start {
+                Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
+                _ => 0,
+            };
+            let all = engine::sorted(&*snapshot, resource_type, &search.clauses, driver, t, &search.sort)?;
+            let end = (offset + search.count).min(all.len());
+            let next = (end < all.len()).then(|| Position::Type { id: end.to_string() });
+            engine::Page { matches: all[offset.min(end)..end].to_vec(), next }
+        };
         for (id, version) in &page.matches {
             let stored = snapshot
                 .version(resource_type, id, *version)?

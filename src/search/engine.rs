@@ -228,3 +228,79 @@ pub fn count(
 ) -> Result<usize, FhirError> {
     Ok(run(snapshot, resource_type, clauses, driver, t, None, None)?.matches.len())
 }
+
+/// One `_sort` key: the index key to read, how to interpret its values, and the direction.
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    pub key: String,
+    pub kind: crate::search::registry::ParamKind,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum SortValue {
+    Number(f64),
+    Bytes(Vec<u8>),
+}
+
+/// The value a resource sorts by: its smallest value ascending, its largest descending
+/// (FHIR's rule for repeating elements); `None` when it has none (sorted last).
+fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
+    use crate::search::registry::ParamKind;
+    use crate::search::values::{decode_f64, decode_range};
+    let candidates: Vec<SortValue> = values
+        .iter()
+        .filter_map(|v| match key.kind {
+            ParamKind::Date => {
+                decode_range(v).map(|(lo, hi)| SortValue::Number(if key.descending { hi } else { lo } as f64))
+            }
+            ParamKind::Number => decode_f64(v).map(SortValue::Number),
+            ParamKind::Quantity => {
+                v.len().checked_sub(8).and_then(|start| decode_f64(&v[start..])).map(SortValue::Number)
+            }
+            // Token forms with a '|' are the system-qualified duplicates of the plain code.
+            ParamKind::Token if v.contains(&b'|') => None,
+            _ => Some(SortValue::Bytes(v.clone())),
+        })
+        .collect();
+    let pick = |a: &SortValue, b: &SortValue| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal);
+    if key.descending { candidates.into_iter().max_by(pick) } else { candidates.into_iter().min_by(pick) }
+}
+
+/// All matches ordered by `keys` (then by id, so the order is total and pages are stable).
+pub fn sorted(
+    view: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    keys: &[SortKey],
+) -> Result<Vec<(String, u64)>, FhirError> {
+    let matches = run(view, resource_type, clauses, driver, t, None, None)?.matches;
+    let mut rows = Vec::with_capacity(matches.len());
+    for (id, version) in matches {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(sort_value(&view.probe(resource_type, &id, version, &key.key)?, key));
+        }
+        rows.push((values, id, version));
+    }
+    rows.sort_by(|a, b| {
+        for (index, key) in keys.iter().enumerate() {
+            let ordering = match (&a.0[index], &b.0[index]) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => {
+                    let natural = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                    if key.descending { natural.reverse() } else { natural }
+                }
+            };
+            if ordering != std::cmp::Ordering::Equal {
+                return ordering;
+            }
+        }
+        a.1.cmp(&b.1)
+    });
+    Ok(rows.into_iter().map(|(_, id, version)| (id, version)).collect())
+}

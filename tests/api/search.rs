@@ -294,3 +294,34 @@ async fn post_search_takes_form_parameters_and_explain_shows_the_plan() {
         "the more selective clause drives: {plan}"
     );
 }
+
+/// The ids of a search's matches in the order returned, across pages.
+async fn ordered(app: &TestApp, query: &str) -> Vec<String> {
+    let mut reply = app.get(&format!("/{query}")).await;
+    let mut found = Vec::new();
+    loop {
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+        for entry in reply.body["entry"].as_array().into_iter().flatten().filter(|e| e["search"]["mode"] == "match") {
+            found.push(entry["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        match reply.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            Some(link) => reply = app.send(app.client.get(link["url"].as_str().unwrap())).await,
+            None => return found,
+        }
+    }
+}
+
+#[actix_web::test]
+async fn sort_orders_by_dates_strings_tokens_and_numbers_in_both_directions() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ordered(&app, "Patient?_sort=birthdate").await, ["p3", "p1", "p2", "p4"]);
+    assert_eq!(ordered(&app, "Patient?_sort=-birthdate&_count=3").await, ["p4", "p2", "p1", "p3"]);
+    assert_eq!(ordered(&app, "Patient?_sort=family,given").await, ["p1", "p2", "p3", "p4"]);
+    assert_eq!(ordered(&app, "Patient?_sort=gender,-birthdate&_count=1").await, ["p1", "p3", "p2", "p4"]);
+    assert_eq!(ordered(&app, "Observation?_sort=-value-quantity").await, ["o4", "o1", "o3", "o5", "o2"]);
+    assert_eq!(ordered(&app, "Observation?code=http://loinc.org|8867-4&_sort=date").await, ["o3", "o1", "o2"]);
+    // Resources without a value sort last.
+    assert_eq!(ordered(&app, "Patient?_sort=active").await, ["p3", "p1", "p2", "p4"]);
+    app.get("/Patient?_sort=colour").await.assert_outcome(400);
+}
