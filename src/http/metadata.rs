@@ -78,11 +78,15 @@ pub fn build(base: &str) -> Value {
                     .collect::<Vec<_>>()
                     .into();
             }
+            let mut operations = Vec::new();
             if has(Interaction::Validate) {
-                resource["operation"] = json!([{
-                    "name": "validate",
-                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
-                }]);
+                operations.push(json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}));
+            }
+            if has(Interaction::Everything) && resource_type.as_str() == "Patient" {
+                operations.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+            }
+            if !operations.is_empty() {
+                resource["operation"] = json!(operations);
             }
             resource
         })

@@ -6,6 +6,7 @@ mod create;
 mod cursor;
 mod delete;
 mod error;
+mod everything;
 mod history;
 mod metadata;
 mod negotiate;
@@ -66,6 +67,10 @@ pub enum Interaction {
     TransactionOrBatch,
     Validate,
     SearchType,
+    /// `GET /Patient/{id}/{type}`
+    SearchCompartment,
+    /// `GET /Patient/{id}/$everything`
+    Everything,
 }
 
 /// What a handler gets: the request, its body stream, the app state and the values of the
@@ -130,6 +135,10 @@ pub fn routes() -> &'static [RouteSpec] {
             row(ConditionalDelete, Method::DELETE, "/{type}", |ctx| Box::pin(delete::conditional(ctx))),
             row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", |ctx| Box::pin(vread::handle(ctx))),
             row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
+            row(Everything, Method::GET, "/{type}/{id}/$everything", |ctx| Box::pin(everything::handle(ctx))),
+            row(SearchCompartment, Method::GET, "/{type}/{id}/{compartment_type}", |ctx| {
+                Box::pin(search::compartment(ctx))
+            }),
             row(Read, Method::GET, "/{type}/{id}", |ctx| Box::pin(read::handle(ctx))),
             row(Update, Method::PUT, "/{type}/{id}", |ctx| Box::pin(update::by_id(ctx))),
             row(Delete, Method::DELETE, "/{type}/{id}", |ctx| Box::pin(delete::by_id(ctx))),

@@ -16,7 +16,9 @@ use super::response::{BundleOut, EntryOut, Link, raw};
 use super::{Ctx, cursor, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
+use crate::search::compartment::patient_compartment;
 use crate::search::engine::{self, Driver, Position, SortKey};
+use crate::search::query::compartment_clause;
 use crate::search::query::{Clause, parse_clause};
 use crate::search::registry::{ParamKind, registry};
 
@@ -41,11 +43,33 @@ struct SearchRequest {
     applied: Vec<(String, String)>,
     /// Parameters ignored in lenient mode, with the reason.
     ignored: Vec<(String, String)>,
+    /// The path below the base that links repeat (`Observation`, `Patient/p1/Observation`).
+    path: String,
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, mut payload, state, params } = ctx;
-    let resource_type = request::resource_type(&params[0])?;
+    let resource_type = request::resource_type(&ctx.params[0])?;
+    search(ctx, resource_type, None).await
+}
+
+/// `GET /fhir/Patient/{id}/{type}?...`: a search within one patient's compartment.
+pub async fn compartment(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let compartment_type = request::resource_type(&ctx.params[0])?;
+    let patient_id = request::id(&ctx.params[1])?;
+    let resource_type = request::resource_type(&ctx.params[2])?;
+    if compartment_type.as_str() != "Patient" {
+        return Err(FhirError::not_found(format!(
+            "compartment search is offered for the Patient compartment, not {compartment_type}"
+        )));
+    }
+    if resource_type.as_str() != "Patient" && patient_compartment().params(resource_type).is_empty() {
+        return Err(FhirError::not_found(format!("{resource_type} is not part of the Patient compartment")));
+    }
+    search(ctx, resource_type, Some(patient_id.as_str().to_owned())).await
+}
+
+async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, mut payload, state, .. } = ctx;
     let mut pairs = request::query_pairs(&http);
     if http.method() == actix_web::http::Method::POST {
         let mut body = Vec::new();
@@ -69,7 +93,11 @@ pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
     let base = request::base_url(&http, &state);
-    let search = parse(resource_type, &pairs, strict, &base, state.limits.page_size, state.limits.max_page_size)?;
+    let mut search = parse(resource_type, &pairs, strict, &base, state.limits.page_size, state.limits.max_page_size)?;
+    if let Some(patient) = &patient {
+        search.clauses.push(compartment_clause(patient));
+        search.path = format!("Patient/{patient}/{resource_type}");
+    }
     let store = state.store.clone();
     let secret = *store.cursor_secret();
     let bundle =
@@ -110,6 +138,7 @@ fn parse(
         explain: false,
         applied: Vec::new(),
         ignored: Vec::new(),
+        path: resource_type.as_str().to_owned(),
     };
     let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
     for (name, value) in pairs {
@@ -249,7 +278,7 @@ fn execute(
     let snapshot = store.snapshot()?;
     let resource_type = search.resource_type;
     let self_query = query_string(&search.applied);
-    let scope = format!("search|{resource_type}|{self_query}");
+    let scope = format!("search|{}|{self_query}", search.path);
     let (t, start) = match &search.cursor {
         Some(token) => {
             let payload = cursor::decode_bytes(secret, &scope, token)?;

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::compartment::{COMPARTMENT_KEY, patient_compartment};
 use super::registry::registry;
 use super::values;
 use crate::fhir::ResourceType;
@@ -13,7 +14,25 @@ pub struct SearchIndexer;
 
 impl Indexer for SearchIndexer {
     fn entries(&self, resource_type: ResourceType, resource: &Value) -> Vec<IndexEntry> {
-        registry().params(resource_type).flat_map(|def| values::entries(def, resource)).collect()
+        let mut entries: Vec<IndexEntry> =
+            registry().params(resource_type).flat_map(|def| values::entries(def, resource)).collect();
+        // Compartment membership: the patients the compartment parameters point at, and a
+        // Patient is in its own compartment.
+        let links = patient_compartment().params(resource_type);
+        let mut members: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|entry| links.contains(&entry.param) && entry.value.starts_with(b"Patient/"))
+            .map(|entry| entry.value.clone())
+            .collect();
+        if resource_type.as_str() == "Patient" {
+            if let Some(id) = resource.get("id").and_then(Value::as_str) {
+                members.push(format!("Patient/{id}").into_bytes());
+            }
+        }
+        members.sort();
+        members.dedup();
+        entries.extend(members.into_iter().map(|value| IndexEntry { param: COMPARTMENT_KEY.to_owned(), value }));
+        entries
     }
 }
 
@@ -71,5 +90,6 @@ mod tests {
         combo.extend_from_slice(&values::quantity_key("||/min", 72.0));
         assert!(has(&entries, "code-value-quantity", &combo));
         assert!(entries.iter().any(|(p, _)| p == "date"));
+        assert!(has(&entries, COMPARTMENT_KEY, b"Patient/p1"));
     }
 }

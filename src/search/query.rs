@@ -507,6 +507,28 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Alternative, Fhir
     Ok(Alternative { pred: Pred::Composite { head, tail: Box::new(tail.pred) }, lo, hi })
 }
 
+/// The clause "is in the compartment of Patient `patient_id`".
+pub fn compartment_clause(patient_id: &str) -> Clause {
+    static DEFINITION: std::sync::LazyLock<Arc<ParamDef>> = std::sync::LazyLock::new(|| {
+        Arc::new(ParamDef {
+            code: super::compartment::COMPARTMENT_KEY.to_owned(),
+            url: "http://hl7.org/fhir/CompartmentDefinition/patient".to_owned(),
+            kind: ParamKind::Reference,
+            expression: super::fhirpath::Expr::This,
+            targets: Vec::new(),
+            components: Vec::new(),
+        })
+    });
+    Clause {
+        def: DEFINITION.clone(),
+        written: format!("compartment Patient/{patient_id}"),
+        key: super::compartment::COMPARTMENT_KEY.to_owned(),
+        negated: false,
+        missing: None,
+        alternatives: vec![exact(format!("Patient/{patient_id}").into_bytes())],
+    }
+}
+
 /// Used by the composite index encoder and tests.
 pub fn quantity_value(unit: &str, number: f64) -> Vec<u8> {
     values::quantity_key(unit, number)

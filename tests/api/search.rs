@@ -325,3 +325,69 @@ async fn sort_orders_by_dates_strings_tokens_and_numbers_in_both_directions() {
     assert_eq!(ordered(&app, "Patient?_sort=active").await, ["p3", "p1", "p2", "p4"]);
     app.get("/Patient?_sort=colour").await.assert_outcome(400);
 }
+
+#[actix_web::test]
+async fn compartment_search_is_confined_to_the_patient() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    assert_eq!(ids(&app, "Patient/p1/Observation").await, list(&["o1", "o2"]));
+    assert_eq!(ids(&app, "Patient/p2/Observation?code=http://loinc.org|29463-7").await, list(&["o4"]));
+    assert_eq!(ids(&app, "Patient/p4/Observation").await, list(&[]));
+    assert_eq!(ids(&app, "Patient/p1/Patient").await, list(&["p1"]));
+    app.get("/Patient/p1/ValueSet").await.assert_outcome(404);
+    app.get("/Observation/o1/Patient").await.assert_outcome(404);
+}
+
+#[actix_web::test]
+async fn everything_pages_through_the_whole_record_once_even_while_it_changes() {
+    let app = spawn_app().await;
+    put(&app, json!({"resourceType": "Patient", "id": "ev", "gender": "female"})).await;
+    put(&app, json!({"resourceType": "Patient", "id": "other", "gender": "male"})).await;
+    let mut expected = vec!["Patient/ev".to_owned()];
+    for n in 0..25 {
+        let id = format!("ev-obs-{n:02}");
+        put(&app, json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/ev"}})).await;
+        expected.push(format!("Observation/{id}"));
+    }
+    for n in 0..4 {
+        let id = format!("ev-enc-{n}");
+        put(&app, json!({"resourceType": "Encounter", "id": id, "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/ev"}})).await;
+        expected.push(format!("Encounter/{id}"));
+    }
+    put(&app, json!({"resourceType": "Observation", "id": "not-ev", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/other"}})).await;
+
+    let mut seen = Vec::new();
+    let mut reply = app.get("/Patient/ev/$everything?_count=7").await;
+    let mut pages = 0;
+    loop {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        pages += 1;
+        for entry in reply.body["entry"].as_array().into_iter().flatten() {
+            seen.push(format!(
+                "{}/{}",
+                entry["resource"]["resourceType"].as_str().unwrap(),
+                entry["resource"]["id"].as_str().unwrap()
+            ));
+        }
+        if pages == 1 {
+            // Changes after the first page do not show in later pages.
+            put(&app, json!({"resourceType": "Observation", "id": "ev-late", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/ev"}})).await;
+            app.delete("/Observation/ev-obs-24").await;
+        }
+        match reply.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            Some(link) => reply = app.send(app.client.get(link["url"].as_str().unwrap())).await,
+            None => break,
+        }
+    }
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "nothing is duplicated");
+    expected.sort();
+    assert_eq!(seen, expected, "nothing is lost, nothing foreign");
+    assert!(pages >= 5);
+
+    let only = app.get("/Patient/ev/$everything?_type=Encounter&_count=100").await;
+    assert_eq!(only.body["entry"].as_array().unwrap().len(), 4);
+    app.get("/Patient/ev/$everything?colour=red").await.assert_outcome(400);
+}
