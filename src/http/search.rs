@@ -37,6 +37,7 @@ struct SearchRequest {
     summary_count: bool,
     elements: Option<Vec<String>>,
     sort: Vec<SortKey>,
+    includes: Vec<Include>,
     cursor: Option<String>,
     explain: bool,
     /// Parameters that were applied, as written, for the `self` link.
@@ -134,6 +135,7 @@ fn parse(
         summary_count: false,
         elements: None,
         sort: Vec::new(),
+        includes: Vec::new(),
         cursor: None,
         explain: false,
         applied: Vec::new(),
@@ -170,6 +172,9 @@ fn parse(
                     Some(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect());
             }
             "_explain" => search.explain = value == "true",
+            "_include" | "_revinclude" | "_include:iterate" | "_revinclude:iterate" => {
+                search.includes.push(parse_include(name, value)?);
+            }
             "_sort" => {
                 for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
                     let (descending, code) = match field.strip_prefix('-') {
@@ -338,6 +343,23 @@ fn execute(
                 ..Default::default()
             });
         }
+        if !search.includes.is_empty() {
+            let mut seen: std::collections::HashSet<(ResourceType, String)> =
+                page.matches.iter().map(|(id, _)| (resource_type, id.clone())).collect();
+            let matched: Vec<(ResourceType, String, u64)> =
+                page.matches.iter().map(|(id, version)| (resource_type, id.clone(), *version)).collect();
+            for (included_type, id, version) in resolve_includes(&snapshot, &search.includes, &matched, t, &mut seen)? {
+                let stored = snapshot
+                    .version(included_type, &id, version)?
+                    .ok_or_else(|| FhirError::fault("search: an included version is missing"))?;
+                bundle.entry.push(EntryOut {
+                    full_url: Some(format!("{base}/{included_type}/{id}")),
+                    resource: raw(&stored.body),
+                    search: Some(json!({"mode": "include"})),
+                    ..Default::default()
+                });
+            }
+        }
         if let Some(next) = page.next {
             let token = cursor::encode_bytes(secret, &scope, &encode_position(t, &next));
             let separator = if self_query.is_empty() { "?" } else { "&" };
@@ -363,6 +385,114 @@ fn execute(
         });
     }
     Ok(bundle)
+}
+
+/// One `_include` or `_revinclude`: resources of `source` whose reference parameter `param`
+/// points at (include) or from (revinclude) the matches, optionally only to `target`.
+#[derive(Debug, Clone)]
+struct Include {
+    reverse: bool,
+    iterate: bool,
+    source: ResourceType,
+    /// The reference parameters followed (several for `Type:*`).
+    params: Vec<String>,
+    target: Option<ResourceType>,
+}
+
+/// Includes stop growing a page beyond this many resources.
+const MAX_INCLUDES: usize = 1000;
+
+fn parse_include(name: &str, value: &str) -> Result<Include, FhirError> {
+    let invalid = || {
+        FhirError::incorrect(IssueCode::Invalid, format!("{name}: '{value}' is not SourceType:parameter[:TargetType]"))
+    };
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source, param, target) = match parts.as_slice() {
+        [source, param] => (*source, *param, None),
+        [source, param, target] => (*source, *param, Some(*target)),
+        _ => return Err(invalid()),
+    };
+    let source = ResourceType::parse(source).ok_or_else(invalid)?;
+    let target = target.map(|t| ResourceType::parse(t).ok_or_else(invalid)).transpose()?;
+    let params: Vec<String> = if param == "*" {
+        registry().params(source).filter(|d| d.kind == ParamKind::Reference).map(|d| d.code.clone()).collect()
+    } else {
+        match registry().get(source, param) {
+            Some(def) if def.kind == ParamKind::Reference => vec![def.code.clone()],
+            _ => {
+                return Err(FhirError::incorrect(
+                    IssueCode::Invalid,
+                    format!("{name}: '{param}' is not a reference parameter of {source}"),
+                ));
+            }
+        }
+    };
+    Ok(Include {
+        reverse: name.starts_with("_revinclude"),
+        iterate: name.ends_with(":iterate"),
+        source,
+        params,
+        target,
+    })
+}
+
+/// Resolves includes for the page's matches (and, for `:iterate`, for what they include),
+/// as of the page's logical time. Returns `(type, id, version)` not already in `seen`.
+fn resolve_includes(
+    snapshot: &crate::store::Snapshot,
+    includes: &[Include],
+    matches: &[(ResourceType, String, u64)],
+    t: u64,
+    seen: &mut std::collections::HashSet<(ResourceType, String)>,
+) -> Result<Vec<(ResourceType, String, u64)>, FhirError> {
+    use crate::store::IndexView;
+    let mut found = Vec::new();
+    let mut frontier: Vec<(ResourceType, String, u64)> = matches.to_vec();
+    let mut first_round = true;
+    while !frontier.is_empty() && found.len() < MAX_INCLUDES {
+        let mut added = Vec::new();
+        for include in includes.iter().filter(|i| first_round || i.iterate) {
+            for (resource_type, id, version) in &frontier {
+                let mut candidates: Vec<(ResourceType, String, u64)> = Vec::new();
+                if !include.reverse && *resource_type == include.source {
+                    for param in &include.params {
+                        for value in snapshot.probe(*resource_type, id, *version, param)? {
+                            let Ok(reference) = String::from_utf8(value) else { continue };
+                            let Some((type_name, target_id)) = reference.split_once('/') else { continue };
+                            let Some(target_type) = ResourceType::parse(type_name) else { continue };
+                            if include.target.is_some_and(|t| t != target_type) || target_id.contains('/') {
+                                continue;
+                            }
+                            if let Some(target) = snapshot.version_at(target_type, target_id, t)? {
+                                candidates.push((target_type, target_id.to_owned(), target.version));
+                            }
+                        }
+                    }
+                }
+                if include.reverse && include.target.is_none_or(|t| t == *resource_type) {
+                    let reference = format!("{resource_type}/{id}").into_bytes();
+                    let mut hi = reference.clone();
+                    hi.push(0);
+                    for param in &include.params {
+                        snapshot.scan_index(include.source, param, &reference, Some(&hi), None, t, &mut |hit| {
+                            candidates.push((include.source, hit.id, hit.version));
+                            std::ops::ControlFlow::Continue(())
+                        })?;
+                    }
+                }
+                for (candidate_type, candidate_id, candidate_version) in candidates {
+                    if seen.insert((candidate_type, candidate_id.clone())) {
+                        added.push((candidate_type, candidate_id, candidate_version));
+                    }
+                }
+            }
+        }
+        first_round = false;
+        found.extend(added.iter().cloned());
+        frontier = added;
+    }
+    found.truncate(MAX_INCLUDES);
+    Ok(found)
 }
 
 /// `_elements`: the listed top-level elements plus the ones every resource keeps, with the

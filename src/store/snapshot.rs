@@ -150,6 +150,21 @@ impl Snapshot {
         }
     }
 
+    /// The version of a resource that was current at logical time `t`, unless it was deleted
+    /// then (or did not exist yet).
+    pub fn version_at(&self, resource_type: ResourceType, id: &str, t: u64) -> Result<Option<Version>, FhirError> {
+        let prefix = resource_version::prefix(resource_type.as_str(), id);
+        let end = prefix_end(&prefix);
+        for entry in self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.rev() {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let version = decode_version(key.value(), value.value())?;
+            if version.header.t <= t {
+                return Ok((!version.is_deleted()).then_some(version));
+            }
+        }
+        Ok(None)
+    }
+
     /// One specific version.
     pub fn version(&self, resource_type: ResourceType, id: &str, version: u64) -> Result<Option<Version>, FhirError> {
         let table = &self.versions;

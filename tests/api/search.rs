@@ -391,3 +391,77 @@ async fn everything_pages_through_the_whole_record_once_even_while_it_changes() 
     assert_eq!(only.body["entry"].as_array().unwrap().len(), 4);
     app.get("/Patient/ev/$everything?colour=red").await.assert_outcome(400);
 }
+
+/// `(mode, Type/id)` of every entry, sorted.
+async fn modes(app: &TestApp, query: &str) -> Vec<(String, String)> {
+    let reply = app.get(&format!("/{query}")).await;
+    assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+    let mut out: Vec<(String, String)> = reply.body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] != "outcome")
+        .map(|e| {
+            let resource = &e["resource"];
+            (
+                e["search"]["mode"].as_str().unwrap().to_owned(),
+                format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    v.sort();
+    v
+}
+
+#[actix_web::test]
+async fn include_and_revinclude_add_the_referenced_and_referring_resources() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    put(&app, json!({"resourceType": "Organization", "id": "org1", "name": "Clinic"})).await;
+    put(
+        &app,
+        json!({"resourceType": "Patient", "id": "p5", "managingOrganization": {"reference": "Organization/org1"}}),
+    )
+    .await;
+    put(&app, json!({"resourceType": "Observation", "id": "o6", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p5"}})).await;
+
+    assert_eq!(
+        modes(&app, "Observation?code=http://loinc.org|8867-4&_include=Observation:subject").await,
+        pairs(&[
+            ("match", "Observation/o1"),
+            ("match", "Observation/o2"),
+            ("match", "Observation/o3"),
+            ("include", "Patient/p1"),
+            ("include", "Patient/p2")
+        ])
+    );
+    assert_eq!(
+        modes(&app, "Patient?_id=p1&_revinclude=Observation:subject").await,
+        pairs(&[("match", "Patient/p1"), ("include", "Observation/o1"), ("include", "Observation/o2")])
+    );
+    assert_eq!(
+        modes(&app, "Observation?_id=o6&_include=Observation:subject&_include:iterate=Patient:organization").await,
+        pairs(&[("match", "Observation/o6"), ("include", "Patient/p5"), ("include", "Organization/org1")])
+    );
+    assert_eq!(
+        modes(&app, "Observation?_id=o6&_include=Observation:subject&_include=Patient:organization").await,
+        pairs(&[("match", "Observation/o6"), ("include", "Patient/p5")]),
+        "without :iterate, an include only applies to the matches"
+    );
+    assert_eq!(
+        modes(&app, "Observation?_id=o6&_include=Observation:subject:Group").await,
+        pairs(&[("match", "Observation/o6")])
+    );
+    assert_eq!(
+        modes(&app, "Observation?_id=o1&_include=Observation:*").await,
+        pairs(&[("match", "Observation/o1"), ("include", "Patient/p1")])
+    );
+    app.get("/Observation?_include=Observation:code").await.assert_outcome(400);
+    app.get("/Observation?_include=nonsense").await.assert_outcome(400);
+}
