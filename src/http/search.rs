@@ -16,6 +16,7 @@ use super::response::{BundleOut, EntryOut, Link, raw};
 use super::{Ctx, cursor, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
+use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
 use crate::search::engine::{self, Driver, Position, SortKey};
 use crate::search::query::compartment_clause;
@@ -38,6 +39,8 @@ struct SearchRequest {
     elements: Option<Vec<String>>,
     sort: Vec<SortKey>,
     includes: Vec<Include>,
+    /// Chained and reverse-chained parameters, resolved on the search's snapshot.
+    deferred: Vec<Deferred>,
     cursor: Option<String>,
     explain: bool,
     /// Parameters that were applied, as written, for the `self` link.
@@ -136,6 +139,7 @@ fn parse(
         elements: None,
         sort: Vec::new(),
         includes: Vec::new(),
+        deferred: Vec::new(),
         cursor: None,
         explain: false,
         applied: Vec::new(),
@@ -189,6 +193,9 @@ fn parse(
                         })?;
                     search.sort.push(SortKey { key: def.code.clone(), kind: def.kind, descending });
                 }
+            }
+            _ if Deferred::parse(resource_type, name, value)?.is_some() => {
+                search.deferred.extend(Deferred::parse(resource_type, name, value)?);
             }
             _ => match parse_clause(resource_type, name, value, base)? {
                 Some(clause) => search.clauses.push(clause),
@@ -293,8 +300,12 @@ fn execute(
         }
         None => (snapshot.t(), None),
     };
-    let (driver, estimates) = engine::plan(&*snapshot, resource_type, &search.clauses, t)?;
-    let plan = engine::describe(&search.clauses, driver, &estimates);
+    let mut clauses = search.clauses.clone();
+    for deferred in &search.deferred {
+        clauses.push(deferred.resolve(&*snapshot, t, base)?);
+    }
+    let (driver, estimates) = engine::plan(&*snapshot, resource_type, &clauses, t)?;
+    let plan = engine::describe(&clauses, driver, &estimates);
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
@@ -307,23 +318,23 @@ fn execute(
 
     let wants_total = search.summary_count || search.total == Total::Accurate;
     if wants_total {
-        bundle.total = Some(engine::count(&*snapshot, resource_type, &search.clauses, driver, t)? as u64);
+        bundle.total = Some(engine::count(&*snapshot, resource_type, &clauses, driver, t)? as u64);
     } else if search.total == Total::Estimate {
         bundle.total = Some(match driver {
             Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n) as u64,
-            Driver::TypeScan => engine::count(&*snapshot, resource_type, &search.clauses, driver, t)? as u64,
+            Driver::TypeScan => engine::count(&*snapshot, resource_type, &clauses, driver, t)? as u64,
         });
     }
     if !search.summary_count && search.count > 0 {
         let page = if search.sort.is_empty() {
-            engine::run(&*snapshot, resource_type, &search.clauses, driver, t, start.as_ref(), Some(search.count))?
+            engine::run(&*snapshot, resource_type, &clauses, driver, t, start.as_ref(), Some(search.count))?
         } else {
             // Sorted results are ordered in memory; the cursor holds the offset of the next page.
             let offset = match &start {
                 Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
                 _ => 0,
             };
-            let all = engine::sorted(&*snapshot, resource_type, &search.clauses, driver, t, &search.sort)?;
+            let all = engine::sorted(&*snapshot, resource_type, &clauses, driver, t, &search.sort)?;
             let end = (offset + search.count).min(all.len());
             let next = (end < all.len()).then(|| Position::Type { id: end.to_string() });
             engine::Page { matches: all[offset.min(end)..end].to_vec(), next }

@@ -96,6 +96,11 @@ pub fn run(
     start: Option<&Position>,
     limit: Option<usize>,
 ) -> Result<Page, FhirError> {
+    // A positive clause without alternatives (a chain whose inner search found nothing) can
+    // match nothing.
+    if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
+        return Ok(Page { matches: Vec::new(), next: None });
+    }
     let mut matches: Vec<(String, u64)> = Vec::new();
     let mut last_position: Option<Position> = None;
     let mut next = None;

@@ -7,6 +7,7 @@
 //! - [`indexer`]: the store's [`crate::store::Indexer`], driven by the registry.
 //! - [`criteria`]: conditional-interaction criteria (`_id`, `identifier`).
 
+pub mod chain;
 pub mod compartment;
 mod criteria;
 pub mod engine;

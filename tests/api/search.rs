@@ -465,3 +465,25 @@ async fn include_and_revinclude_add_the_referenced_and_referring_resources() {
     app.get("/Observation?_include=Observation:code").await.assert_outcome(400);
     app.get("/Observation?_include=nonsense").await.assert_outcome(400);
 }
+
+#[actix_web::test]
+async fn chains_and_reverse_chains_filter_by_related_resources() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    put(&app, json!({"resourceType": "Organization", "id": "org1", "name": "Riverside Clinic"})).await;
+    put(&app, json!({"resourceType": "Patient", "id": "p5", "name": [{"family": "Lane"}], "managingOrganization": {"reference": "Organization/org1"}})).await;
+    put(&app, json!({"resourceType": "Observation", "id": "o6", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p5"}})).await;
+
+    assert_eq!(ids(&app, "Observation?subject:Patient.family=muller").await, list(&["o1", "o2", "o3", "o4"]));
+    assert_eq!(ids(&app, "Observation?subject.gender=female&code=http://loinc.org|29463-7").await, list(&["o5"]));
+    assert_eq!(ids(&app, "Observation?subject:Patient.organization.name=riverside").await, list(&["o6"]));
+    assert_eq!(ids(&app, "Observation?subject:Patient.family=nobody").await, list(&[]));
+    assert_eq!(ids(&app, "Patient?_has:Observation:subject:code=http://loinc.org|29463-7").await, list(&["p2", "p3"]));
+    assert_eq!(ids(&app, "Patient?_has:Observation:patient:value-quantity=gt70&gender=male").await, list(&["p2"]));
+    assert_eq!(
+        ids(&app, "Organization?_has:Patient:organization:_has:Observation:subject:_id=o6").await,
+        list(&["org1"])
+    );
+    app.get("/Observation?code.name=x").await.assert_outcome(400);
+    app.get("/Patient?_has:Observation:code:code=x").await.assert_outcome(400);
+}
