@@ -10,6 +10,8 @@
 //!   validated and durably committed, from 8 concurrent clients.
 //! - `startup`: a database of 1,000,000 resources: time from process start to the first answer,
 //!   and resident memory while serving random reads.
+//! - `search`: 10,000 patients and 1,000,000 observations (10 codes × 10 years; ten patients
+//!   have ~1,100 resources each): latency of the query shapes, index size per resource.
 
 mod load;
 mod servers;
@@ -53,6 +55,7 @@ enum Scenario {
     Read,
     Ingest,
     Startup,
+    Search,
 }
 
 fn main() {
@@ -77,6 +80,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Startup) {
         runtime.block_on(startup_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Search) {
+        runtime.block_on(search_scenario(&args, dir.path()));
     }
 }
 
@@ -287,4 +293,81 @@ async fn startup_scenario(args: &Args, dir: &Path) {
         result.errors
     );
     println!("  peak resident memory while serving: {peak:.0} MiB (target < 300 MiB)");
+}
+
+const CODES: [&str; 10] = ["8867-4", "9279-1", "8310-5", "29463-7", "8302-2", "39156-5", "59408-5", "8480-6", "8462-4", "9843-4"];
+
+/// Observation `n` of the search scenario: code and year cycle, ten patients get the first 10,000.
+fn search_observation(n: usize) -> (ResourceType, String, Value) {
+    let id = format!("so{n}");
+    let patient = if n < 10_000 { n % 10 } else { n % 10_000 };
+    let body = json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": CODES[n % 10]}]},
+        "subject": {"reference": format!("Patient/p{patient}")},
+        "effectiveDateTime": format!("{}-{:02}-{:02}T08:30:00Z", 2015 + (n / 10) % 10, 1 + n % 12, 1 + n % 28),
+        "valueQuantity": {"value": 40 + n % 100, "system": "http://unitsofmeasure.org", "code": "/min"}
+    });
+    (ResourceType::parse("Observation").unwrap(), id, body)
+}
+
+async fn search_scenario(args: &Args, dir: &Path) {
+    let observations = args.resources;
+    println!("\n== search: 10,000 patients and {observations} observations ==");
+    let data = dir.join("search.redb");
+    let store = open_store(&data);
+    let started = Instant::now();
+    fill(&store, 10_000, 1000, patient).await;
+    fill(&store, observations, 2000, search_observation).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    close_store(store).await;
+    let resources = observations + 10_000;
+    let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  written with all search parameters indexed: {:.0} resources/s in-process ({elapsed:.0} s); file {:.0} MiB = {:.0} bytes per resource",
+        resources as f64 / elapsed,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / resources as f64
+    );
+    let server = servers::start_braid(&data);
+    let patients = 10_000;
+    let queries: Vec<(&str, Box<dyn Fn(usize, usize) -> String + Send + Sync>, &str)> = vec![
+        (
+            "Observation?patient=X&code=Y",
+            Box::new(move |c, n| format!("/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}", 10 + pick(c, n, patients - 10), CODES[pick(c, n + 7, 10)])),
+            "p50 <= 2 ms, p99 <= 10 ms",
+        ),
+        (
+            "Observation?code=Y&date=ge2020-01-01&_count=50",
+            Box::new(|c, n| format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])),
+            "p50 <= 20 ms",
+        ),
+        (
+            "Observation?code=Y&_summary=count (100,000 hits)",
+            Box::new(|c, n| format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])),
+            "<= 50 ms",
+        ),
+        (
+            "Patient/X/$everything?_count=1000 (~1,100 resources)",
+            Box::new(|c, n| format!("/fhir/Patient/p{}/$everything?_count=1000", pick(c, n, 10))),
+            "p50 <= 10 ms",
+        ),
+    ];
+    for (name, make, target) in queries {
+        let make = std::sync::Arc::new(make);
+        let request = {
+            let make = make.clone();
+            move |c: usize, n: usize| load::get(&make(c, n))
+        };
+        load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
+        let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+        println!(
+            "  {name:55} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, errors {})  target {target}",
+            result.percentile(0.5),
+            result.percentile(0.99),
+            result.requests,
+            result.errors
+        );
+    }
 }

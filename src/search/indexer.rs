@@ -59,7 +59,6 @@ mod tests {
         for (param, value) in [
             ("identifier", &b"1"[..]),
             ("identifier", b"http://h|1"),
-            ("identifier", b"http://h|"),
             ("identifier", b"|2"),
             ("family", b"muller"),
             ("family:exact", "Müller".as_bytes()),

@@ -376,8 +376,12 @@ fn index_key_for_missing(def: &ParamDef) -> String {
     def.code.clone()
 }
 
-/// `code`, `system|code`, `|code` and `system|` are all stored forms: an exact lookup each.
+/// `code`, `system|code` and `|code` are stored forms: an exact lookup each. `system|` (any
+/// code of a system) is a prefix scan over the `system|code` values.
 fn token(value: &str) -> Alternative {
+    if value.ends_with('|') && value.len() > 1 {
+        return starting_with(value.as_bytes().to_vec());
+    }
     exact(value.as_bytes().to_vec())
 }
 

@@ -5,7 +5,7 @@
 //! | type | entry (param key → value bytes) |
 //! |---|---|
 //! | string | `p` → normalised text (lower case, accents removed); `p:exact` → the text as is |
-//! | token | `p` → `code`, `system\|code`, `system\|` (or `\|code` without system); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
+//! | token | `p` → `code` and `system\|code` (or `\|code` without system); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
 //! | number | `p` → order-preserving 8-byte float |
 //! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` (any system) and `` (no unit) |
@@ -145,10 +145,8 @@ fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
 fn token_forms(system: Option<&str>, code: &str) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![("", code.as_bytes().to_vec())];
     match system {
-        Some(system) => {
-            out.push(("", format!("{system}|{code}").into_bytes()));
-            out.push(("", format!("{system}|").into_bytes()));
-        }
+        // `system|` queries are answered by a prefix scan over the `system|code` values.
+        Some(system) => out.push(("", format!("{system}|{code}").into_bytes())),
         None => out.push(("", format!("|{code}").into_bytes())),
     }
     out
@@ -191,6 +189,7 @@ fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
                     }
                 }
             } else if let Some(system) = system {
+                // An identifier with a system and no value still matches `system|`.
                 out.push(("", format!("{system}|").into_bytes()));
             }
             out

@@ -34,7 +34,7 @@ pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::n
 /// Value: `(created_t, superseded_t)`: the entry is live for readers at logical time `t` when
 /// `created_t <= t < superseded_t`; `superseded_t` is `u64::MAX` while the version is current.
 pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value");
-pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], ()> =
+pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("resource_search_param_value");
 /// Small named values: `format_version` (u32 BE) and `cursor_secret` (32 random bytes).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -59,7 +59,7 @@ pub struct Snapshot {
     type_history: ReadOnlyTable<&'static [u8], ()>,
     system_history: ReadOnlyTable<&'static [u8], ()>,
     spv: ReadOnlyTable<&'static [u8], (u64, u64)>,
-    rspv: ReadOnlyTable<&'static [u8], ()>,
+    rspv: ReadOnlyTable<&'static [u8], &'static [u8]>,
     /// The logical time of the newest version this snapshot contains.
     t: u64,
 }
@@ -124,7 +124,7 @@ impl Snapshot {
         '_,
         ReadOnlyTable<&'static [u8], &'static [u8]>,
         ReadOnlyTable<&'static [u8], (u64, u64)>,
-        ReadOnlyTable<&'static [u8], ()>,
+        ReadOnlyTable<&'static [u8], &'static [u8]>,
     > {
         IndexTables { versions: &self.versions, spv: &self.spv, rspv: &self.rspv }
     }

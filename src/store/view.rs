@@ -66,7 +66,7 @@ pub(super) struct IndexTables<'a, V, S, R>
 where
     V: ReadableTable<&'static [u8], &'static [u8]>,
     S: ReadableTable<&'static [u8], (u64, u64)>,
-    R: ReadableTable<&'static [u8], ()>,
+    R: ReadableTable<&'static [u8], &'static [u8]>,
 {
     pub versions: &'a V,
     pub spv: &'a S,
@@ -77,7 +77,7 @@ impl<V, S, R> IndexView for IndexTables<'_, V, S, R>
 where
     V: ReadableTable<&'static [u8], &'static [u8]>,
     S: ReadableTable<&'static [u8], (u64, u64)>,
-    R: ReadableTable<&'static [u8], ()>,
+    R: ReadableTable<&'static [u8], &'static [u8]>,
 {
     fn scan_index(
         &self,
@@ -125,16 +125,10 @@ where
         version: u64,
         param: &str,
     ) -> Result<Vec<Vec<u8>>, FhirError> {
-        let prefix = rspv::param_prefix(resource_type.as_str(), id, version, param);
-        let end = prefix_end(&prefix);
-        let mut values = Vec::new();
-        for entry in self.rspv.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
-            let (key, _) = entry.map_err(StoreError::from)?;
-            let (_, _, _, _, value) =
-                rspv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-            values.push(value);
-        }
-        Ok(values)
+        let key = rspv::encode(resource_type.as_str(), id, version);
+        let Some(record) = self.rspv.get(key.as_slice()).map_err(StoreError::from)? else { return Ok(Vec::new()) };
+        let entries = rspv::decode_value(record.value()).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+        Ok(entries.into_iter().filter(|(p, _)| *p == param).map(|(_, value)| value.to_vec()).collect())
     }
 
     fn scan_type(

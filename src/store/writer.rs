@@ -176,7 +176,7 @@ struct Tables<'txn> {
     type_history: Table<'txn, &'static [u8], ()>,
     system_history: Table<'txn, &'static [u8], ()>,
     spv: Table<'txn, &'static [u8], (u64, u64)>,
-    rspv: Table<'txn, &'static [u8], ()>,
+    rspv: Table<'txn, &'static [u8], &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -545,11 +545,12 @@ impl Execution<'_, '_> {
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
         let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
-        for entry in entries {
+        for entry in &entries {
             let key = spv::encode(ty, &entry.param, &entry.value, id, version);
             self.tables.spv.insert(key.as_slice(), (t, u64::MAX))?;
-            self.tables.rspv.insert(rspv::encode(ty, id, version, &entry.param, &entry.value).as_slice(), ())?;
         }
+        let record = rspv::encode_value(entries.iter().map(|e| (e.param.as_str(), e.value.as_slice())));
+        self.tables.rspv.insert(rspv::encode(ty, id, version).as_slice(), record.as_slice())?;
         Ok(())
     }
 
@@ -557,14 +558,11 @@ impl Execution<'_, '_> {
     /// table, so that readers holding an older snapshot still find them.
     fn supersede(&mut self, resource_type: ResourceType, id: &Id, version: u64, t: u64) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
-        let prefix = rspv::version_prefix(ty, id, version);
-        let end = prefix_end(&prefix);
+        let record_key = rspv::encode(ty, id, version);
         let mut keys = Vec::new();
-        for entry in self.tables.rspv.range(prefix.as_slice()..end.as_slice())? {
-            let (key, _) = entry?;
-            let (_, _, _, param, value) =
-                rspv::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-            keys.push(spv::encode(ty, &param, &value, id, version));
+        if let Some(record) = self.tables.rspv.get(record_key.as_slice())? {
+            let entries = rspv::decode_value(record.value()).ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
+            keys.extend(entries.into_iter().map(|(param, value)| spv::encode(ty, param, value, id, version)));
         }
         for key in keys {
             let created = self

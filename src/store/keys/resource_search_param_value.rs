@@ -1,12 +1,16 @@
-//! `resource_search_param_value`: the index values of one resource version.
+//! `resource_search_param_value`: all index values of one resource version, in one record.
 //!
-//! Key: `type 0x00 id 0x00 version(u64 BE) param 0x00 value 0x00`; no value. This is the table
-//! a query *probes* ("does version v of resource X have value V for parameter P?") and reads
-//! for sorting ("which values does it have for P?").
+//! Key: `type 0x00 id 0x00 version(u64 BE)`. Value: the version's `(param, value)` pairs,
+//! sorted, each as `param length (u16 BE) · param · value length (u32 BE) · value`.
+//!
+//! This is the table a query *probes* ("which values does version v of resource X have for
+//! parameter P?") with one point read, and the writer reads it to close a superseded version's
+//! `search_param_value` entries. One record per version keeps writes cheap: a resource with
+//! forty index values costs one insert here, not forty.
 
 use super::{Reader, put_str, put_u64};
 
-pub fn version_prefix(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+pub fn encode(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(resource_type.len() + id.len() + 10);
     put_str(&mut key, resource_type.as_bytes());
     put_str(&mut key, id.as_bytes());
@@ -14,23 +18,40 @@ pub fn version_prefix(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
     key
 }
 
-pub fn param_prefix(resource_type: &str, id: &str, version: u64, param: &str) -> Vec<u8> {
-    let mut key = version_prefix(resource_type, id, version);
-    put_str(&mut key, param.as_bytes());
-    key
-}
-
-pub fn encode(resource_type: &str, id: &str, version: u64, param: &str, value: &[u8]) -> Vec<u8> {
-    let mut key = param_prefix(resource_type, id, version, param);
-    put_str(&mut key, value);
-    key
-}
-
-/// `(type, id, version, param, value)`
-pub fn decode(key: &[u8]) -> Option<(String, String, u64, String, Vec<u8>)> {
+/// `(type, id, version)`
+pub fn decode(key: &[u8]) -> Option<(String, String, u64)> {
     let mut reader = Reader::new(key);
-    let decoded = (reader.string()?, reader.string()?, reader.u64()?, reader.string()?, reader.str()?);
+    let decoded = (reader.string()?, reader.string()?, reader.u64()?);
     reader.is_empty().then_some(decoded)
+}
+
+/// Encodes `entries`, which the caller has sorted and de-duplicated.
+pub fn encode_value<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (param, value) in entries {
+        out.extend_from_slice(&(param.len() as u16).to_be_bytes());
+        out.extend_from_slice(param.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// The `(param, value)` pairs of a record; `None` if it is malformed.
+pub fn decode_value(mut bytes: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let (param_len, rest) = bytes.split_first_chunk::<2>()?;
+        let param_len = u16::from_be_bytes(*param_len) as usize;
+        let param = std::str::from_utf8(rest.get(..param_len)?).ok()?;
+        let rest = &rest[param_len..];
+        let (value_len, rest) = rest.split_first_chunk::<4>()?;
+        let value_len = u32::from_be_bytes(*value_len) as usize;
+        let value = rest.get(..value_len)?;
+        entries.push((param, value));
+        bytes = &rest[value_len..];
+    }
+    Some(entries)
 }
 
 #[cfg(test)]
@@ -40,23 +61,29 @@ mod tests {
 
     proptest! {
         #[test]
-        fn keys_round_trip(
-            ty in "[A-Z][a-z]{1,10}",
-            id in "[A-Za-z0-9.-]{1,64}",
-            version in any::<u64>(),
-            p in "[a-z-]{1,10}",
-            v in proptest::collection::vec(any::<u8>(), 0..20),
-        ) {
-            prop_assert_eq!(decode(&encode(&ty, &id, version, &p, &v)), Some((ty, id, version, p, v)));
+        fn keys_round_trip(ty in "[A-Z][a-z]{1,10}", id in "[A-Za-z0-9.-]{1,64}", version in any::<u64>()) {
+            prop_assert_eq!(decode(&encode(&ty, &id, version)), Some((ty, id, version)));
         }
 
         #[test]
-        fn byte_order_is_type_id_version_param_value(
-            a in ("[A-Z][a-z]{0,2}", "[a-z0-9]{1,4}", any::<u64>(), "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6)),
-            b in ("[A-Z][a-z]{0,2}", "[a-z0-9]{1,4}", any::<u64>(), "[a-z]{1,3}", proptest::collection::vec(any::<u8>(), 0..6)),
+        fn byte_order_is_type_id_version(
+            a in ("[A-Z][a-z]{0,2}", "[a-z0-9]{1,4}", any::<u64>()),
+            b in ("[A-Z][a-z]{0,2}", "[a-z0-9]{1,4}", any::<u64>()),
         ) {
-            let (ka, kb) = (encode(&a.0, &a.1, a.2, &a.3, &a.4), encode(&b.0, &b.1, b.2, &b.3, &b.4));
-            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            prop_assert_eq!(encode(&a.0, &a.1, a.2).cmp(&encode(&b.0, &b.1, b.2)), a.cmp(&b));
+        }
+
+        #[test]
+        fn values_round_trip(entries in proptest::collection::vec(("[a-z:-]{1,12}", proptest::collection::vec(any::<u8>(), 0..30)), 0..20)) {
+            let encoded = encode_value(entries.iter().map(|(p, v)| (p.as_str(), v.as_slice())));
+            let decoded = decode_value(&encoded).unwrap();
+            let expected: Vec<(&str, &[u8])> = entries.iter().map(|(p, v)| (p.as_str(), v.as_slice())).collect();
+            prop_assert_eq!(decoded, expected);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_value(&bytes);
         }
     }
 }
