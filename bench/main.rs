@@ -295,7 +295,8 @@ async fn startup_scenario(args: &Args, dir: &Path) {
     println!("  peak resident memory while serving: {peak:.0} MiB (target < 300 MiB)");
 }
 
-const CODES: [&str; 10] = ["8867-4", "9279-1", "8310-5", "29463-7", "8302-2", "39156-5", "59408-5", "8480-6", "8462-4", "9843-4"];
+const CODES: [&str; 10] =
+    ["8867-4", "9279-1", "8310-5", "29463-7", "8302-2", "39156-5", "59408-5", "8480-6", "8462-4", "9843-4"];
 
 /// Observation `n` of the search scenario: code and year cycle, ten patients get the first 10,000.
 fn search_observation(n: usize) -> (ResourceType, String, Value) {
@@ -335,17 +336,27 @@ async fn search_scenario(args: &Args, dir: &Path) {
     let queries: Vec<(&str, Box<dyn Fn(usize, usize) -> String + Send + Sync>, &str)> = vec![
         (
             "Observation?patient=X&code=Y",
-            Box::new(move |c, n| format!("/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}", 10 + pick(c, n, patients - 10), CODES[pick(c, n + 7, 10)])),
+            Box::new(move |c, n| {
+                format!(
+                    "/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}",
+                    10 + pick(c, n, patients - 10),
+                    CODES[pick(c, n + 7, 10)]
+                )
+            }),
             "p50 <= 2 ms, p99 <= 10 ms",
         ),
         (
             "Observation?code=Y&date=ge2020-01-01&_count=50",
-            Box::new(|c, n| format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])),
+            Box::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])
+            }),
             "p50 <= 20 ms",
         ),
         (
             "Observation?code=Y&_summary=count (100,000 hits)",
-            Box::new(|c, n| format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])),
+            Box::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])
+            }),
             "<= 50 ms",
         ),
         (

@@ -100,7 +100,7 @@ fn exact_alternatives(values: BTreeSet<String>) -> Vec<Alternative> {
             let bytes = value.into_bytes();
             let mut hi = bytes.clone();
             hi.push(0);
-            Alternative { pred: Pred::Equals(bytes.clone()), lo: bytes, hi: Some(hi) }
+            Alternative { key: None, pred: Pred::Equals(bytes.clone()), lo: bytes, hi: Some(hi) }
         })
         .collect()
 }

@@ -70,8 +70,8 @@ pub fn plan(
     let mut estimates = Vec::new();
     for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
         let mut count = 0usize;
-        for (lo, hi) in clause.ranges() {
-            snapshot.scan_index(resource_type, &clause.key, &lo, hi.as_deref(), None, t, &mut |_| {
+        for (key, lo, hi) in clause.ranges() {
+            snapshot.scan_index(resource_type, &key, &lo, hi.as_deref(), None, t, &mut |_| {
                 count += 1;
                 if count >= ESTIMATE_CAP { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
@@ -112,8 +112,13 @@ pub fn run(
             if Some(index) == skip {
                 continue;
             }
-            let values = snapshot.probe(resource_type, id, version, &clause.key)?;
-            if !clause.matches(&values) {
+            let keys = clause.keys();
+            let mut probed = Vec::with_capacity(keys.len());
+            for key in &keys {
+                probed.push(snapshot.probe(resource_type, id, version, key)?);
+            }
+            let values = |key: &str| keys.iter().position(|k| *k == key).map(|i| probed[i].clone()).unwrap_or_default();
+            if !clause.matches_keys(&values) {
                 return Ok(false);
             }
         }
@@ -154,10 +159,10 @@ pub fn run(
                 Some(Position::Index { alternative, key }) => (*alternative, Some(key.as_slice())),
                 _ => (0, None),
             };
-            'ranges: for (alternative, (lo, hi)) in ranges.iter().enumerate().skip(first_alternative) {
+            'ranges: for (alternative, (key, lo, hi)) in ranges.iter().enumerate().skip(first_alternative) {
                 let after = if alternative == first_alternative { resume_key } else { None };
                 let mut stop = false;
-                snapshot.scan_index(resource_type, &clause.key, lo, hi.as_deref(), after, t, &mut |hit| {
+                snapshot.scan_index(resource_type, key, lo, hi.as_deref(), after, t, &mut |hit| {
                     let accepted =
                         clause.missing == Some(false) || clause.alternatives[alternative].pred.accepts(&hit.value);
                     if !accepted {
@@ -165,8 +170,11 @@ pub fn run(
                     }
                     let outcome = (|| -> Result<bool, FhirError> {
                         if needs_dedup {
-                            let values = snapshot.probe(resource_type, &hit.id, hit.version, &clause.key)?;
-                            if earlier_hit_exists(clause, &ranges, &values, alternative, &hit.value) {
+                            let mut values_by_key: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+                            for key in clause.keys() {
+                                values_by_key.push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
+                            }
+                            if earlier_hit_exists(clause, &ranges, &values_by_key, alternative, &hit.value) {
                                 return Ok(false);
                             }
                         }
@@ -207,13 +215,14 @@ pub fn run(
 /// alternative, then the lowest value.
 fn earlier_hit_exists(
     clause: &Clause,
-    ranges: &[(Vec<u8>, Option<Vec<u8>>)],
-    values: &[Vec<u8>],
+    ranges: &[(String, Vec<u8>, Option<Vec<u8>>)],
+    values_by_key: &[(&str, Vec<Vec<u8>>)],
     alternative: usize,
     current: &[u8],
 ) -> bool {
-    values.iter().any(|value| {
-        ranges.iter().enumerate().take(alternative + 1).any(|(index, (lo, hi))| {
+    ranges.iter().enumerate().take(alternative + 1).any(|(index, (key, lo, hi))| {
+        let values = values_by_key.iter().find(|(k, _)| *k == key.as_str()).map_or(&[][..], |(_, v)| v.as_slice());
+        values.iter().any(|value| {
             let in_range =
                 value.as_slice() >= lo.as_slice() && hi.as_ref().is_none_or(|hi| value.as_slice() < hi.as_slice());
             let accepted =

@@ -57,6 +57,9 @@ pub enum Pred {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alternative {
+    /// The index key this alternative reads, when it differs from the clause's (alias
+    /// parameters such as `combo-code` read the keys of the parameters they unite).
+    pub key: Option<String>,
     pub pred: Pred,
     /// Every value the predicate accepts lies in `[lo, hi)` (`hi` `None`: unbounded).
     pub lo: Vec<u8>,
@@ -83,12 +86,41 @@ impl Clause {
         self.alternatives.iter().any(|alternative| alternative.pred.accepts(value))
     }
 
-    /// Whether a resource with these values for `key` matches the clause.
-    pub fn matches(&self, values: &[Vec<u8>]) -> bool {
-        match self.missing {
-            Some(missing) => values.is_empty() == missing,
-            None => values.iter().any(|v| self.accepts(v)) != self.negated,
+    /// The index key alternative `index` reads.
+    pub fn key_of(&self, index: usize) -> &str {
+        self.alternatives.get(index).and_then(|a| a.key.as_deref()).unwrap_or(&self.key)
+    }
+
+    /// Every index key the clause reads, without duplicates.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys = vec![self.key.as_str()];
+        for alternative in &self.alternatives {
+            if let Some(key) = &alternative.key {
+                if !keys.contains(&key.as_str()) {
+                    keys.push(key);
+                }
+            }
         }
+        keys
+    }
+
+    /// Whether a resource whose values for each of [`Clause::keys`] are `values(key)` matches.
+    pub fn matches_keys(&self, values: &dyn Fn(&str) -> Vec<Vec<u8>>) -> bool {
+        match self.missing {
+            Some(missing) => self.keys().iter().all(|key| values(key).is_empty()) == missing,
+            None => {
+                let hit =
+                    self.alternatives.iter().enumerate().any(|(index, alternative)| {
+                        values(self.key_of(index)).iter().any(|v| alternative.pred.accepts(v))
+                    });
+                hit != self.negated
+            }
+        }
+    }
+
+    /// Whether a resource with these values for `key` matches the clause (single-key clauses).
+    pub fn matches(&self, values: &[Vec<u8>]) -> bool {
+        self.matches_keys(&|_| values.to_vec())
     }
 
     /// Whether the engine can drive a search by scanning this clause's ranges.
@@ -96,12 +128,17 @@ impl Clause {
         !self.negated && (self.missing == Some(false) || (self.missing.is_none() && !self.alternatives.is_empty()))
     }
 
-    /// The ranges to scan: one per alternative, or the whole parameter for `:missing=false`.
-    pub fn ranges(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    /// The ranges to scan, each with the key it reads: one per alternative, or each key whole
+    /// for `:missing=false`.
+    pub fn ranges(&self) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
         if self.missing == Some(false) {
-            return vec![(Vec::new(), None)];
+            return self.keys().into_iter().map(|key| (key.to_owned(), Vec::new(), None)).collect();
         }
-        self.alternatives.iter().map(|a| (a.lo.clone(), a.hi.clone())).collect()
+        self.alternatives
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (self.key_of(i).to_owned(), a.lo.clone(), a.hi.clone()))
+            .collect()
     }
 }
 
@@ -217,13 +254,13 @@ fn prefix_of(text: &str) -> (Prefix, &str) {
 fn exact(value: Vec<u8>) -> Alternative {
     let mut hi = value.clone();
     hi.push(0);
-    Alternative { pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
+    Alternative { key: None, pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
 }
 
 /// Every value starting with `prefix`.
 fn starting_with(prefix: Vec<u8>) -> Alternative {
     let hi = successor(&prefix);
-    Alternative { pred: Pred::StartsWith(prefix.clone()), lo: prefix, hi }
+    Alternative { key: None, pred: Pred::StartsWith(prefix.clone()), lo: prefix, hi }
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.
@@ -252,6 +289,30 @@ pub fn parse_clause(
     };
     let Some(def) = registry().get(resource_type, code) else { return Ok(None) };
     let def = def.clone();
+    if !def.alias_of.is_empty() {
+        // An alias reads the entries of the parameters it unites, under the same modifier.
+        let mut merged: Option<Clause> = None;
+        for target in &def.alias_of {
+            let target_name = match modifier {
+                Some(modifier) => format!("{target}:{modifier}"),
+                None => target.clone(),
+            };
+            let Some(mut part) = parse_clause(resource_type, &target_name, raw_value, base_url)? else { continue };
+            let part_key = part.key.clone();
+            for alternative in &mut part.alternatives {
+                alternative.key.get_or_insert_with(|| part_key.clone());
+            }
+            match &mut merged {
+                None => {
+                    part.def = def.clone();
+                    part.written = name.to_owned();
+                    merged = Some(part);
+                }
+                Some(clause) => clause.alternatives.extend(part.alternatives),
+            }
+        }
+        return Ok(merged);
+    }
     let mut clause = Clause {
         def: def.clone(),
         written: name.to_owned(),
@@ -288,7 +349,12 @@ pub fn parse_clause(
                     vec![exact(value.into_bytes())]
                 }
                 Some("contains") => {
-                    vec![Alternative { pred: Pred::Contains(normalize(&value).into_bytes()), lo: Vec::new(), hi: None }]
+                    vec![Alternative {
+                        key: None,
+                        pred: Pred::Contains(normalize(&value).into_bytes()),
+                        lo: Vec::new(),
+                        hi: None,
+                    }]
                 }
                 _ => return Err(bad_modifier()),
             },
@@ -398,7 +464,7 @@ fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
         Prefix::Sa => (hi.checked_add(1).map(enc).unwrap_or_else(|| vec![0xFF; 9]), None),
         _ => (Vec::new(), None),
     };
-    Ok(Alternative { pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
+    Ok(Alternative { key: None, pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
 }
 
 fn parse_number(name: &str, text: &str) -> Result<(f64, f64), FhirError> {
@@ -429,7 +495,7 @@ fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
     let (prefix, rest) = prefix_of(text);
     let (value, half) = parse_number(name, rest)?;
     let (lo, hi) = number_range(prefix, value, half);
-    Ok(Alternative { pred: Pred::Number { prefix, value, half }, lo, hi })
+    Ok(Alternative { key: None, pred: Pred::Number { prefix, value, half }, lo, hi })
 }
 
 fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -451,6 +517,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
         None => successor(&head),
     };
     Ok(Alternative {
+        key: None,
         pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, value, half }) },
         lo,
         hi,
@@ -508,7 +575,7 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Alternative, Fhir
         Some(h) => Some([head.clone(), h].concat()),
         None => successor(&head),
     };
-    Ok(Alternative { pred: Pred::Composite { head, tail: Box::new(tail.pred) }, lo, hi })
+    Ok(Alternative { key: None, pred: Pred::Composite { head, tail: Box::new(tail.pred) }, lo, hi })
 }
 
 /// The clause "is in the compartment of Patient `patient_id`".
@@ -521,6 +588,8 @@ pub fn compartment_clause(patient_id: &str) -> Clause {
             expression: super::fhirpath::Expr::This,
             targets: Vec::new(),
             components: Vec::new(),
+            parts: Vec::new(),
+            alias_of: Vec::new(),
         })
     });
     Clause {

@@ -64,6 +64,12 @@ pub struct ParamDef {
     /// For references: the types they may point to.
     pub targets: Vec<ResourceType>,
     pub components: Vec<Component>,
+    /// The union members of the expression for this type, normalised, for alias detection.
+    pub parts: Vec<String>,
+    /// Set when this parameter selects exactly what the listed parameters select together
+    /// (R4's `combo-code` is `code` ∪ `component-code`): it is not indexed, and a query on it
+    /// reads their index entries instead.
+    pub alias_of: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +179,10 @@ impl Registry {
                 continue;
             }
             for (base, expr) in parsed_for {
+                let parts = split_top_level_union(&expression_for(expression, base.as_str()))
+                    .into_iter()
+                    .map(normalise_part)
+                    .collect();
                 let def = ParamDef {
                     code: definition.code.clone(),
                     url: definition.url.clone(),
@@ -183,11 +193,48 @@ impl Registry {
                         .iter()
                         .map(|c| Component { kind: c.kind, expression: c.expression.clone() })
                         .collect(),
+                    parts,
+                    alias_of: Vec::new(),
                 };
                 registry.by_type.entry(base).or_default().insert(definition.code.clone(), Arc::new(def));
             }
         }
+        registry.detect_aliases();
         registry
+    }
+
+    /// Marks every parameter whose union members are exactly covered by other parameters of
+    /// the same type and kind (with the same components, for composites).
+    fn detect_aliases(&mut self) {
+        for params in self.by_type.values_mut() {
+            let mut aliases: Vec<(String, Vec<String>)> = Vec::new();
+            for (code, def) in params.iter() {
+                if def.parts.len() < 2 {
+                    continue;
+                }
+                let covering: Vec<&Arc<ParamDef>> = params
+                    .values()
+                    .filter(|other| {
+                        other.code != *code
+                            && other.kind == def.kind
+                            && other.parts.len() < def.parts.len()
+                            && other.parts.iter().all(|p| def.parts.contains(p))
+                            && same_components(def, other)
+                    })
+                    .collect();
+                let mut covered: Vec<&String> = covering.iter().flat_map(|o| o.parts.iter()).collect();
+                covered.sort();
+                covered.dedup();
+                if covered.len() == def.parts.len() {
+                    aliases.push((code.clone(), covering.iter().map(|o| o.code.clone()).collect()));
+                }
+            }
+            for (code, targets) in aliases {
+                if let Some(def) = params.get_mut(&code).and_then(Arc::get_mut) {
+                    def.alias_of = targets;
+                }
+            }
+        }
     }
 
     /// The parameter `code` of `resource_type`, if Braid supports it.
@@ -222,6 +269,20 @@ fn expression_for(expression: &str, base: &str) -> String {
         })
         .collect();
     if mine.is_empty() { expression.to_owned() } else { mine.join(" | ") }
+}
+
+/// A union member without surrounding parentheses and spaces.
+fn normalise_part(part: &str) -> String {
+    let mut text = part.trim();
+    while text.starts_with('(') && text.ends_with(')') {
+        text = text[1..text.len() - 1].trim();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn same_components(a: &ParamDef, b: &ParamDef) -> bool {
+    a.components.len() == b.components.len()
+        && a.components.iter().zip(&b.components).all(|(x, y)| x.kind == y.kind && x.expression == y.expression)
 }
 
 fn split_top_level_union(expression: &str) -> Vec<&str> {
@@ -260,6 +321,11 @@ mod tests {
         let combo = registry.get(observation, "code-value-quantity").unwrap();
         assert_eq!(combo.components.len(), 2);
         assert_eq!(combo.components[1].kind, ParamKind::Quantity);
+        let combo = registry.get(observation, "combo-code").unwrap();
+        assert_eq!(combo.alias_of, vec!["code".to_owned(), "component-code".to_owned()]);
+        let combo_quantity = registry.get(observation, "combo-code-value-quantity").unwrap();
+        assert_eq!(combo_quantity.alias_of.len(), 2, "{:?}", combo_quantity.alias_of);
+        assert!(registry.get(observation, "code").unwrap().alias_of.is_empty());
         let unsupported: Vec<&str> = registry.unsupported().iter().map(|u| u.code.as_str()).collect();
         assert!(unsupported.contains(&"_text") && unsupported.contains(&"_content"), "{unsupported:?}");
         assert!(

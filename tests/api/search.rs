@@ -487,3 +487,32 @@ async fn chains_and_reverse_chains_filter_by_related_resources() {
     app.get("/Observation?code.name=x").await.assert_outcome(400);
     app.get("/Patient?_has:Observation:code:code=x").await.assert_outcome(400);
 }
+
+#[actix_web::test]
+async fn combo_parameters_cover_the_observation_and_its_components() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    put(&app, json!({"resourceType": "Observation", "id": "bp", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}, "subject": {"reference": "Patient/p1"},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 142, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 88, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        ]})).await;
+    assert_eq!(ids(&app, "Observation?code=http://loinc.org|8480-6").await, list(&[]));
+    assert_eq!(ids(&app, "Observation?component-code=http://loinc.org|8480-6").await, list(&["bp"]));
+    assert_eq!(
+        ids(&app, "Observation?combo-code=http://loinc.org|8480-6,http://loinc.org|8867-4").await,
+        list(&["bp", "o1", "o2", "o3"])
+    );
+    assert_eq!(
+        ids(&app, "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140").await,
+        list(&["bp"])
+    );
+    assert_eq!(
+        ids(&app, "Observation?component-code-value-quantity=http://loinc.org|8462-4$gt140").await,
+        list(&[]),
+        "values are paired with their own component"
+    );
+    assert_eq!(ids(&app, "Observation?combo-code-value-quantity=http://loinc.org|8480-6$gt140").await, list(&["bp"]));
+    assert_eq!(ids(&app, "Observation?combo-value-quantity=gt100").await, list(&["bp"]));
+}
