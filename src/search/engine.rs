@@ -11,7 +11,7 @@
 
 use std::ops::ControlFlow;
 
-use super::query::{Clause, Pred};
+use super::query::{Clause, Pred, ScanRange};
 use crate::fhir::{FhirError, ResourceType};
 use crate::store::IndexView;
 
@@ -215,7 +215,7 @@ pub fn run(
 /// alternative, then the lowest value.
 fn earlier_hit_exists(
     clause: &Clause,
-    ranges: &[(String, Vec<u8>, Option<Vec<u8>>)],
+    ranges: &[ScanRange],
     values_by_key: &[(&str, Vec<Vec<u8>>)],
     alternative: usize,
     current: &[u8],

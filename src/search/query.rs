@@ -66,6 +66,10 @@ pub struct Alternative {
     pub hi: Option<Vec<u8>>,
 }
 
+/// `(index key, lo, hi)`: the raw values `lo <= v < hi` of one index key (`hi` `None`: no
+/// upper bound).
+pub type ScanRange = (String, Vec<u8>, Option<Vec<u8>>);
+
 #[derive(Debug, Clone)]
 pub struct Clause {
     pub def: Arc<ParamDef>,
@@ -130,7 +134,7 @@ impl Clause {
 
     /// The ranges to scan, each with the key it reads: one per alternative, or each key whole
     /// for `:missing=false`.
-    pub fn ranges(&self) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+    pub fn ranges(&self) -> Vec<ScanRange> {
         if self.missing == Some(false) {
             return self.keys().into_iter().map(|key| (key.to_owned(), Vec::new(), None)).collect();
         }
