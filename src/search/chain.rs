@@ -185,6 +185,8 @@ fn has(
         }
     }
     let id_def = registry().get(resource_type, "_id").ok_or_else(|| FhirError::fault("_id is not registered"))?;
+    // Ids are tokens without a system: stored as `|id`.
+    let ids: BTreeSet<String> = ids.into_iter().map(|id| format!("|{id}")).collect();
     Ok(Clause {
         def: Arc::clone(id_def),
         written: name.to_owned(),

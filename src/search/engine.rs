@@ -272,7 +272,9 @@ fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
             ParamKind::Quantity => {
                 v.len().checked_sub(8).and_then(|start| decode_f64(&v[start..])).map(SortValue::Number)
             }
-            // Token forms with a '|' are the system-qualified duplicates of the plain code.
+            // Tokens sort by their code: `|code` (no system) and `code`; the `system|code`
+            // duplicates are skipped.
+            ParamKind::Token if v.first() == Some(&b'|') => Some(SortValue::Bytes(v[1..].to_vec())),
             ParamKind::Token if v.contains(&b'|') => None,
             _ => Some(SortValue::Bytes(v.clone())),
         })

@@ -66,8 +66,8 @@ mod tests {
             ("family", b"muller"),
             ("family:exact", "Müller".as_bytes()),
             ("name", b"anna"),
-            ("gender", b"female"),
-            ("_id", b"p1"),
+            ("gender", b"|female"),
+            ("_id", b"|p1"),
             ("_tag", b"http://t|x"),
         ] {
             assert!(has(&entries, param, value), "{param}={}", String::from_utf8_lossy(value));

@@ -363,10 +363,10 @@ pub fn parse_clause(
                 _ => return Err(bad_modifier()),
             },
             ParamKind::Token => match modifier {
-                None => vec![token(&value)],
+                None => token(&value),
                 Some("not") => {
                     clause.negated = true;
-                    vec![token(&value)]
+                    token(&value)
                 }
                 Some("text") => {
                     clause.key = format!("{code}:text");
@@ -403,7 +403,7 @@ pub fn parse_clause(
                 None => reference(&def, &value, base_url, None),
                 Some("identifier") => {
                     clause.key = format!("{code}:identifier");
-                    vec![token(&value)]
+                    token(&value)
                 }
                 Some(type_name) => match ResourceType::parse(type_name) {
                     Some(target) => reference(&def, &value, base_url, Some(target)),
@@ -431,7 +431,7 @@ pub fn parse_clause(
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                vec![composite(&def, name, &value)?]
+                composite(&def, name, &value)?
             }
             ParamKind::Special => return Ok(None),
         };
@@ -446,13 +446,17 @@ fn index_key_for_missing(def: &ParamDef) -> String {
     def.code.clone()
 }
 
-/// `code`, `system|code` and `|code` are stored forms: an exact lookup each. `system|` (any
-/// code of a system) is a prefix scan over the `system|code` values.
-fn token(value: &str) -> Alternative {
+/// `system|code` and `|code` are stored forms: an exact lookup each. A plain `code` matches
+/// codes with any system (stored as `code`) and without one (stored as `|code`). `system|`
+/// (any code of a system) is a prefix scan over the `system|code` values.
+fn token(value: &str) -> Vec<Alternative> {
     if value.ends_with('|') && value.len() > 1 {
-        return starting_with(value.as_bytes().to_vec());
+        return vec![starting_with(value.as_bytes().to_vec())];
     }
-    exact(value.as_bytes().to_vec())
+    if value.contains('|') {
+        return vec![exact(value.as_bytes().to_vec())];
+    }
+    vec![exact(value.as_bytes().to_vec()), exact(format!("|{value}").into_bytes())]
 }
 
 fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -548,38 +552,63 @@ fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceT
     targets.into_iter().map(|t| exact(format!("{t}/{local}").into_bytes())).collect()
 }
 
-fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Alternative, FhirError> {
+fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>, FhirError> {
     let parts: Vec<&str> = text.split('$').collect();
     if parts.len() != def.components.len() {
         return Err(incorrect(format!("{name} needs {} values separated by '$', not '{text}'", def.components.len())));
     }
-    let mut head = Vec::new();
+    // Every stored form of the leading components: a plain token code may be stored as `code`
+    // (with a system) or `|code` (without one).
+    let mut heads: Vec<Vec<u8>> = vec![Vec::new()];
     for (component, part) in def.components.iter().zip(&parts).take(parts.len() - 1) {
-        match component.kind {
-            ParamKind::Token | ParamKind::Uri | ParamKind::Reference => head.extend_from_slice(part.as_bytes()),
-            ParamKind::String => head.extend_from_slice(normalize(part).as_bytes()),
+        let forms: Vec<Vec<u8>> = match component.kind {
+            ParamKind::Token if !part.contains('|') => vec![part.as_bytes().to_vec(), format!("|{part}").into_bytes()],
+            ParamKind::Token | ParamKind::Uri | ParamKind::Reference => vec![part.as_bytes().to_vec()],
+            ParamKind::String => vec![normalize(part).into_bytes()],
             _ => {
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
-        }
-        head.extend_from_slice(&[0, 0]);
+        };
+        heads = heads
+            .iter()
+            .flat_map(|head| {
+                forms.iter().map(move |form| {
+                    let mut joined = head.clone();
+                    joined.extend_from_slice(form);
+                    joined.extend_from_slice(&[0, 0]);
+                    joined
+                })
+            })
+            .collect();
     }
     let last_kind = def.components.last().map(|c| c.kind).unwrap_or(ParamKind::Token);
     let last = parts[parts.len() - 1];
-    let tail = match last_kind {
-        ParamKind::Token | ParamKind::Uri | ParamKind::Reference => exact(last.as_bytes().to_vec()),
-        ParamKind::String => starting_with(normalize(last).into_bytes()),
-        ParamKind::Quantity => quantity(name, last)?,
-        ParamKind::Number => number(name, last)?,
-        ParamKind::Date => date(name, last)?,
+    let tails = match last_kind {
+        ParamKind::Token => token(last),
+        ParamKind::Uri | ParamKind::Reference => vec![exact(last.as_bytes().to_vec())],
+        ParamKind::String => vec![starting_with(normalize(last).into_bytes())],
+        ParamKind::Quantity => vec![quantity(name, last)?],
+        ParamKind::Number => vec![number(name, last)?],
+        ParamKind::Date => vec![date(name, last)?],
         _ => return Err(incorrect(format!("{name}: unsupported composite component"))),
     };
-    let lo = [head.clone(), tail.lo].concat();
-    let hi = match tail.hi {
-        Some(h) => Some([head.clone(), h].concat()),
-        None => successor(&head),
-    };
-    Ok(Alternative { key: None, pred: Pred::Composite { head, tail: Box::new(tail.pred) }, lo, hi })
+    let mut alternatives = Vec::new();
+    for head in &heads {
+        for tail in &tails {
+            let lo = [head.clone(), tail.lo.clone()].concat();
+            let hi = match &tail.hi {
+                Some(h) => Some([head.clone(), h.clone()].concat()),
+                None => successor(head),
+            };
+            alternatives.push(Alternative {
+                key: None,
+                pred: Pred::Composite { head: head.clone(), tail: Box::new(tail.pred.clone()) },
+                lo,
+                hi,
+            });
+        }
+    }
+    Ok(alternatives)
 }
 
 /// The clause "is in the compartment of Patient `patient_id`".

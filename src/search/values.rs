@@ -5,7 +5,7 @@
 //! | type | entry (param key → value bytes) |
 //! |---|---|
 //! | string | `p` → normalised text (lower case, accents removed); `p:exact` → the text as is |
-//! | token | `p` → `code` and `system\|code` (or `\|code` without system); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
+//! | token | `p` → `code` and `system\|code`, or only `\|code` without a system; `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
 //! | number | `p` → order-preserving 8-byte float |
 //! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` (any system) and `` (no unit) |
@@ -142,14 +142,14 @@ fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
+/// A code with a system is stored as `code` and `system|code`; a code without one only as
+/// `|code` (a plain `code` query reads both `code` and `|code`). `system|` queries are a
+/// prefix scan over the `system|code` values.
 fn token_forms(system: Option<&str>, code: &str) -> Vec<(&'static str, Vec<u8>)> {
-    let mut out = vec![("", code.as_bytes().to_vec())];
     match system {
-        // `system|` queries are answered by a prefix scan over the `system|code` values.
-        Some(system) => out.push(("", format!("{system}|{code}").into_bytes())),
-        None => out.push(("", format!("|{code}").into_bytes())),
+        Some(system) => vec![("", code.as_bytes().to_vec()), ("", format!("{system}|{code}").into_bytes())],
+        None => vec![("", format!("|{code}").into_bytes())],
     }
-    out
 }
 
 fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
@@ -209,7 +209,8 @@ fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
             units.push(format!("{system}|{code}"));
         }
     }
-    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|u| Some(*u) != code) {
+    // The human-readable unit counts only when there is no coded one.
+    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|_| code.is_none()) {
         units.push(format!("||{unit}"));
     }
     units.into_iter().map(|unit| ("", quantity_key(&unit, number))).collect()
