@@ -333,7 +333,8 @@ async fn search_scenario(args: &Args, dir: &Path) {
     );
     let server = servers::start_braid(&data);
     let patients = 10_000;
-    let queries: Vec<(&str, Box<dyn Fn(usize, usize) -> String + Send + Sync>, &str)> = vec![
+    type MakeQuery = Box<dyn Fn(usize, usize) -> String + Send + Sync>;
+    let queries: Vec<(&str, MakeQuery, &str)> = vec![
         (
             "Observation?patient=X&code=Y",
             Box::new(move |c, n| {

@@ -200,7 +200,32 @@ impl Registry {
             }
         }
         registry.detect_aliases();
+        registry.check_key_hashes();
         registry
+    }
+
+    /// Index keys are stored as a 32-bit hash of `type·key`; two keys sharing a hash would mix
+    /// their entries, so every key this registry can produce is checked once, at start.
+    fn check_key_hashes(&self) {
+        let mut seen: HashMap<u32, (ResourceType, String)> = HashMap::new();
+        for (resource_type, params) in &self.by_type {
+            let mut keys = vec![crate::search::compartment::COMPARTMENT_KEY.to_owned()];
+            for (code, def) in params {
+                keys.push(code.clone());
+                match def.kind {
+                    ParamKind::String => keys.push(format!("{code}:exact")),
+                    ParamKind::Token => keys.extend([format!("{code}:text"), format!("{code}:of-type")]),
+                    ParamKind::Reference => keys.push(format!("{code}:identifier")),
+                    _ => {}
+                }
+            }
+            for key in keys {
+                let hash = crate::store::keys::search_param_value::param_hash(resource_type.as_str(), &key);
+                if let Some((other_type, other_key)) = seen.insert(hash, (*resource_type, key.clone())) {
+                    panic!("index key hash collision: {resource_type}.{key} and {other_type}.{other_key}");
+                }
+            }
+        }
     }
 
     /// Marks every parameter whose union members are exactly covered by other parameters of

@@ -110,7 +110,7 @@ where
                 continue;
             }
             let key = key.value();
-            let (_, _, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+            let (_, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
             if visit(IndexHit { key, value, id, version }).is_break() {
                 break;
             }
