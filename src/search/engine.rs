@@ -68,17 +68,20 @@ pub fn plan(
     t: u64,
 ) -> Result<(Driver, Vec<(usize, usize)>), FhirError> {
     let mut estimates = Vec::new();
+    // Counting stops as soon as a clause cannot beat the most selective one found so far.
+    let mut cap = ESTIMATE_CAP;
     for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
         let mut count = 0usize;
         for (key, lo, hi) in clause.ranges() {
             snapshot.scan_index(resource_type, &key, &lo, hi.as_deref(), None, t, &mut |_| {
                 count += 1;
-                if count >= ESTIMATE_CAP { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if count >= cap { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
-            if count >= ESTIMATE_CAP {
+            if count >= cap {
                 break;
             }
         }
+        cap = cap.min(count.max(1));
         estimates.push((index, count));
     }
     let driver =

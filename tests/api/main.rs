@@ -5,6 +5,7 @@ mod bundles;
 mod conditional;
 mod crash;
 mod crud;
+mod differential;
 mod errors;
 mod examples;
 mod helpers;
