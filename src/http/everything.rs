@@ -159,7 +159,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 /// `t · type index · position`; an empty type-scan position means "the start of that type".
-fn encode(t: u64, type_index: usize, position: &Position) -> Vec<u8> {
+pub(super) fn encode(t: u64, type_index: usize, position: &Position) -> Vec<u8> {
     let mut out = t.to_be_bytes().to_vec();
     out.extend_from_slice(&(type_index as u32).to_be_bytes());
     match position {
@@ -176,7 +176,7 @@ fn encode(t: u64, type_index: usize, position: &Position) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<(u64, usize, Option<Position>)> {
+pub(super) fn decode(bytes: &[u8]) -> Option<(u64, usize, Option<Position>)> {
     let (t, rest) = bytes.split_first_chunk::<8>()?;
     let (type_index, rest) = rest.split_first_chunk::<4>()?;
     let (&kind, rest) = rest.split_first()?;

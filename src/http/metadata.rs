@@ -43,6 +43,7 @@ pub fn build(base: &str) -> Value {
         (Interaction::TransactionOrBatch, "transaction"),
         (Interaction::TransactionOrBatch, "batch"),
         (Interaction::HistorySystem, "history-system"),
+        (Interaction::SearchSystem, "search-system"),
     ]
     .into_iter()
     .filter(|(interaction, _)| has(*interaction))

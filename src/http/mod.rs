@@ -14,6 +14,7 @@ mod read;
 mod request;
 mod response;
 mod search;
+mod system_search;
 mod update;
 mod validate;
 mod vread;
@@ -69,6 +70,8 @@ pub enum Interaction {
     SearchType,
     /// `GET /Patient/{id}/{type}`
     SearchCompartment,
+    /// `GET /fhir?_type=...`
+    SearchSystem,
     /// `GET /Patient/{id}/$everything`
     Everything,
 }
@@ -125,6 +128,7 @@ pub fn routes() -> &'static [RouteSpec] {
         vec![
             row(Capabilities, Method::GET, "/metadata", |ctx| Box::pin(metadata::capability_statement(ctx))),
             row(TransactionOrBatch, Method::POST, "/", |ctx| Box::pin(bundle::handle(ctx))),
+            row(SearchSystem, Method::GET, "/", |ctx| Box::pin(system_search::handle(ctx))),
             row(HistorySystem, Method::GET, "/_history", |ctx| Box::pin(history::system(ctx))),
             row(HistoryType, Method::GET, "/{type}/_history", |ctx| Box::pin(history::type_level(ctx))),
             row(Validate, Method::POST, "/{type}/$validate", |ctx| Box::pin(validate::handle(ctx))),

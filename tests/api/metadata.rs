@@ -14,7 +14,7 @@ async fn the_capability_statement_describes_what_the_routes_serve() {
     let rest = &statement["rest"][0];
     let system: Vec<&str> =
         rest["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-    assert_eq!(system, vec!["transaction", "batch", "history-system"]);
+    assert_eq!(system, vec!["transaction", "batch", "history-system", "search-system"]);
     let resources = rest["resource"].as_array().unwrap();
     assert_eq!(resources.len(), 146);
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();

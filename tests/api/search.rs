@@ -516,3 +516,25 @@ async fn combo_parameters_cover_the_observation_and_its_components() {
     assert_eq!(ids(&app, "Observation?combo-code-value-quantity=http://loinc.org|8480-6$gt140").await, list(&["bp"]));
     assert_eq!(ids(&app, "Observation?combo-value-quantity=gt100").await, list(&["bp"]));
 }
+
+#[actix_web::test]
+async fn system_search_spans_types_and_pages_across_them() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let found = modes(&app, "?_type=Patient,Observation&_id=p1,o1,o5").await;
+    assert_eq!(found, pairs(&[("match", "Patient/p1"), ("match", "Observation/o1"), ("match", "Observation/o5")]));
+    // Paging across the type boundary keeps every match exactly once.
+    let mut reply = app.get("?_type=Observation,Patient&_count=2").await;
+    let mut seen = Vec::new();
+    loop {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        seen.extend(reply.body["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()));
+        match reply.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            Some(link) => reply = app.send(app.client.get(link["url"].as_str().unwrap())).await,
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, list(&["o1", "o2", "o3", "o4", "o5", "p1", "p2", "p3", "p4"]));
+    app.get("?_type=Patient,Observation&family=smith").await.assert_outcome(400);
+}
