@@ -27,11 +27,14 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             "_count" => {
                 count = value
                     .parse::<usize>()
-                    .map_err(|_| FhirError::incorrect(IssueCode::Invalid, format!("_count must be a number, not '{value}'")))?
+                    .map_err(|_| {
+                        FhirError::incorrect(IssueCode::Invalid, format!("_count must be a number, not '{value}'"))
+                    })?
                     .min(state.limits.max_page_size)
             }
             "_type" => {
-                types = Some(value.split(',').map(|t| request::resource_type(t.trim())).collect::<Result<Vec<_>, _>>()?);
+                types =
+                    Some(value.split(',').map(|t| request::resource_type(t.trim())).collect::<Result<Vec<_>, _>>()?);
             }
             "_cursor" => {
                 token = Some(value);
@@ -79,7 +82,15 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         while type_index < plans.len() && bundle.entry.len() < count {
             let (resource_type, clauses) = &plans[type_index];
             let (driver, _) = engine::plan(view, *resource_type, clauses, t)?;
-            let page = engine::run(view, *resource_type, clauses, driver, t, position.as_ref(), Some(count - bundle.entry.len()))?;
+            let page = engine::run(
+                view,
+                *resource_type,
+                clauses,
+                driver,
+                t,
+                position.as_ref(),
+                Some(count - bundle.entry.len()),
+            )?;
             for (id, version) in &page.matches {
                 let stored = snapshot
                     .version(*resource_type, id, *version)?

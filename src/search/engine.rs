@@ -115,6 +115,24 @@ pub fn run(
             if Some(index) == skip {
                 continue;
             }
+            // Exact values are checked by point lookups in the scanned index, whose pages for a
+            // popular value stay cached; other predicates read the resource's index record.
+            let all_exact =
+                clause.missing.is_none() && clause.alternatives.iter().all(|a| matches!(a.pred, Pred::Equals(_)));
+            if all_exact && !clause.alternatives.is_empty() {
+                let mut hit = false;
+                for (position, alternative) in clause.alternatives.iter().enumerate() {
+                    let Pred::Equals(value) = &alternative.pred else { unreachable!("checked above") };
+                    if snapshot.has_value(resource_type, clause.key_of(position), value, id, version, t)? {
+                        hit = true;
+                        break;
+                    }
+                }
+                if hit == clause.negated {
+                    return Ok(false);
+                }
+                continue;
+            }
             let keys = clause.keys();
             let mut probed = Vec::with_capacity(keys.len());
             for key in &keys {

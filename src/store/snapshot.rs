@@ -97,6 +97,18 @@ impl IndexView for Snapshot {
     ) -> Result<(), FhirError> {
         self.tables().scan_type(resource_type, after, t, visit)
     }
+
+    fn has_value(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        value: &[u8],
+        id: &str,
+        version: u64,
+        t: u64,
+    ) -> Result<bool, FhirError> {
+        self.tables().has_value(resource_type, param, value, id, version, t)
+    }
 }
 
 impl Snapshot {

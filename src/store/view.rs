@@ -50,6 +50,19 @@ pub trait IndexView {
         param: &str,
     ) -> Result<Vec<Vec<u8>>, FhirError>;
 
+    /// Whether version `version` of a resource has exactly `value` for `param`, live at `t`:
+    /// one point lookup, which for a popular value touches pages every such query shares.
+    #[allow(clippy::too_many_arguments)]
+    fn has_value(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        value: &[u8],
+        id: &str,
+        version: u64,
+        t: u64,
+    ) -> Result<bool, FhirError>;
+
     /// Visits, in id order, every resource of `resource_type` that existed (not deleted) at
     /// logical time `t`, with the version current then, starting after id `after`.
     fn scan_type(
@@ -116,6 +129,22 @@ where
             }
         }
         Ok(())
+    }
+
+    fn has_value(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        value: &[u8],
+        id: &str,
+        version: u64,
+        t: u64,
+    ) -> Result<bool, FhirError> {
+        let key = spv::encode(resource_type.as_str(), param, value, id, version);
+        Ok(self.spv.get(key.as_slice()).map_err(StoreError::from)?.is_some_and(|live| {
+            let (created, superseded) = live.value();
+            created <= t && t < superseded
+        }))
     }
 
     fn probe(

@@ -528,7 +528,13 @@ async fn system_search_spans_types_and_pages_across_them() {
     let mut seen = Vec::new();
     loop {
         assert_eq!(reply.status, 200, "{}", reply.text);
-        seen.extend(reply.body["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            reply.body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned()),
+        );
         match reply.body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
             Some(link) => reply = app.send(app.client.get(link["url"].as_str().unwrap())).await,
             None => break,
