@@ -160,6 +160,10 @@ fn parse(
                     .parse()
                     .map_err(|_| invalid(format!("_count must be a non-negative integer, not '{value}'")))?;
                 search.count = count.min(max_page_size);
+                // A client asking for no entries wants the count (fhirpy's count() does this).
+                if count == 0 {
+                    search.summary_count = true;
+                }
             }
             "_total" => {
                 search.total = match value.as_str() {

@@ -3,6 +3,7 @@
 
 mod bundles;
 mod conditional;
+mod conformance;
 mod crash;
 mod crud;
 mod differential;

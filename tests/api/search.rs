@@ -225,6 +225,9 @@ async fn totals_counts_and_elements() {
     assert_eq!(accurate.body["total"], 2);
     assert_eq!(accurate.body["entry"].as_array().unwrap().len(), 1);
     assert!(app.get("/Patient?family=smith").await.body.get("total").is_none(), "no total unless asked");
+    let zero = app.get("/Patient?family=smith&_count=0").await;
+    assert_eq!(zero.body["total"], 2, "_count=0 asks for the count");
+    assert!(zero.body.get("entry").is_none());
     let elements = app.get("/Patient?_id=p1&_elements=gender").await;
     let resource = &elements.body["entry"][0]["resource"];
     assert_eq!(resource["gender"], "female");

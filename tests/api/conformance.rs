@@ -1,0 +1,75 @@
+//! Client compatibility: the real FHIR client libraries (`fhirclient` and `fhirpy` from PyPI,
+//! `fhir-kit-client` from npm) drive a Braid server through `conformance/clients.py` and
+//! `conformance/clients.mjs`, which check every result against the ids seeded here.
+//!
+//! The libraries are installed by `conformance/setup.sh` (which `.ci/run` calls). Without them
+//! the test says so and passes locally, but fails in CI (`CI` set), where they must be present.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn seed(app: &TestApp) {
+    let mut entries = Vec::new();
+    for n in 0..12 {
+        let id = format!("c{n:02}");
+        entries.push(json!({"resource": {"resourceType": "Patient", "id": id, "name": [{"family": "Conformance", "given": [format!("N{n}")]}]},
+            "request": {"method": "PUT", "url": format!("Patient/{id}")}}));
+    }
+    for n in 0..3 {
+        let id = format!("obs-c01-{n}");
+        entries.push(json!({"resource": {"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "note"},
+            "subject": {"reference": "Patient/c01"}}, "request": {"method": "PUT", "url": format!("Observation/{id}")}}));
+    }
+    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+async fn run(program: &str, script: &str, base: &str) {
+    let (program, owned_script, base) = (program.to_owned(), script.to_owned(), base.to_owned());
+    let output = tokio::task::spawn_blocking(move || Command::new(&program).arg(&owned_script).arg(&base).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "{script} printed no summary:\n{stdout}");
+    eprintln!("{stdout}");
+}
+
+fn installed() -> bool {
+    let ready = Path::new("conformance/.venv/bin/python").exists()
+        && Path::new("conformance/node_modules/fhir-kit-client").exists();
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the client libraries are missing: .ci/run must call conformance/setup.sh"
+        );
+        eprintln!("conformance clients not installed (run conformance/setup.sh); skipping");
+    }
+    ready
+}
+
+#[actix_web::test]
+async fn the_python_clients_fhirclient_and_fhirpy_work_unchanged() {
+    if !installed() {
+        return;
+    }
+    let app = spawn_app().await;
+    seed(&app).await;
+    run("conformance/.venv/bin/python", "conformance/clients.py", &app.base).await;
+}
+
+#[actix_web::test]
+async fn the_npm_client_fhir_kit_client_works_unchanged() {
+    if !installed() {
+        return;
+    }
+    let app = spawn_app().await;
+    seed(&app).await;
+    run("node", "conformance/clients.mjs", &app.base).await;
+}
