@@ -10,6 +10,7 @@ mod everything;
 mod history;
 mod metadata;
 mod negotiate;
+mod paging;
 mod read;
 mod request;
 mod response;

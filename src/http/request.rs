@@ -153,9 +153,12 @@ pub fn base_url(request: &HttpRequest, state: &web::Data<AppState>) -> String {
 
 /// The query parameters, percent-decoded, in order.
 pub fn query_pairs(request: &HttpRequest) -> Vec<(String, String)> {
-    request
-        .query_string()
-        .split('&')
+    decode_pairs(request.query_string())
+}
+
+/// `a=1&b=x%20y` (a query string or a form body) as decoded pairs, in order.
+pub fn decode_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

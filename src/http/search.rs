@@ -13,7 +13,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use super::response::{BundleOut, EntryOut, Link, raw};
-use super::{Ctx, cursor, request};
+use super::{Ctx, cursor, paging, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
 use crate::search::chain::Deferred;
@@ -89,7 +89,7 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
             }
             body.extend_from_slice(&chunk);
         }
-        pairs.extend(form_pairs(&body));
+        pairs.extend(request::decode_pairs(&String::from_utf8_lossy(&body)));
     }
     let strict = http
         .headers()
@@ -107,19 +107,6 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     let bundle =
         web::block(move || execute(&store, &secret, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
     Ok(bundle.into_response())
-}
-
-fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-            (decode(name), decode(value))
-        })
-        .collect()
 }
 
 fn parse(
@@ -255,36 +242,6 @@ fn query_string(pairs: &[(String, String)]) -> String {
         .join("&")
 }
 
-fn encode_position(t: u64, position: &Position) -> Vec<u8> {
-    let mut out = t.to_be_bytes().to_vec();
-    match position {
-        Position::Index { alternative, key } => {
-            out.push(1);
-            out.extend_from_slice(&(*alternative as u32).to_be_bytes());
-            out.extend_from_slice(key);
-        }
-        Position::Type { id } => {
-            out.push(2);
-            out.extend_from_slice(id.as_bytes());
-        }
-    }
-    out
-}
-
-fn decode_position(bytes: &[u8]) -> Option<(u64, Position)> {
-    let (t, rest) = bytes.split_first_chunk::<8>()?;
-    let (&kind, rest) = rest.split_first()?;
-    let position = match kind {
-        1 => {
-            let (alternative, key) = rest.split_first_chunk::<4>()?;
-            Position::Index { alternative: u32::from_be_bytes(*alternative) as usize, key: key.to_vec() }
-        }
-        2 => Position::Type { id: String::from_utf8(rest.to_vec()).ok()? },
-        _ => return None,
-    };
-    Some((u64::from_be_bytes(*t), position))
-}
-
 fn execute(
     store: &crate::store::Store,
     secret: &[u8; 32],
@@ -298,9 +255,9 @@ fn execute(
     let (t, start) = match &search.cursor {
         Some(token) => {
             let payload = cursor::decode_bytes(secret, &scope, token)?;
-            let (t, position) = decode_position(&payload)
+            let (t, _, position) = paging::decode(&payload)
                 .ok_or_else(|| FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid"))?;
-            (t, Some(position))
+            (t, position)
         }
         None => (snapshot.t(), None),
     };
@@ -376,7 +333,7 @@ fn execute(
             }
         }
         if let Some(next) = page.next {
-            let token = cursor::encode_bytes(secret, &scope, &encode_position(t, &next));
+            let token = cursor::encode_bytes(secret, &scope, &paging::encode(t, 0, &next));
             let separator = if self_query.is_empty() { "?" } else { "&" };
             bundle.link.push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={token}") });
         }

@@ -3,16 +3,11 @@
 //! come type by type, and the cursor holds the type, the position within it and the logical
 //! time of the first page, like `$everything`.
 
+use super::{Ctx, paging, request};
+use crate::fhir::{FhirError, IssueCode, ResourceType};
+use crate::search::query::{Clause, parse_clause};
 use actix_web::HttpResponse;
 use actix_web::web;
-use serde_json::json;
-
-use super::response::{BundleOut, EntryOut, Link, raw};
-use super::{Ctx, cursor, request};
-use crate::fhir::{FhirError, IssueCode, ResourceType};
-use crate::search::engine::{self, Position};
-use crate::search::query::{Clause, parse_clause};
-use crate::store::IndexView;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, .. } = ctx;
@@ -62,66 +57,10 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     }
     let self_query = applied.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&");
     let scope = format!("system|{self_query}");
+    let self_url = if self_query.is_empty() { base.clone() } else { format!("{base}?{self_query}") };
     let store = state.store.clone();
-    let secret = *store.cursor_secret();
-    let bundle = web::block(move || -> Result<BundleOut, FhirError> {
-        let snapshot = store.snapshot()?;
-        let (t, mut type_index, mut position) = match &token {
-            Some(token) => {
-                let payload = cursor::decode_bytes(&secret, &scope, token)?;
-                super::everything::decode(&payload)
-                    .ok_or_else(|| FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid"))?
-            }
-            None => (snapshot.t(), 0, None),
-        };
-        let view: &dyn IndexView = &*snapshot;
-        let mut bundle = BundleOut::new("searchset");
-        let self_url = if self_query.is_empty() { base.clone() } else { format!("{base}?{self_query}") };
-        bundle.link.push(Link { relation: "self", url: self_url.clone() });
-        let mut next = None;
-        while type_index < plans.len() && bundle.entry.len() < count {
-            let (resource_type, clauses) = &plans[type_index];
-            let (driver, _) = engine::plan(view, *resource_type, clauses, t)?;
-            let page = engine::run(
-                view,
-                *resource_type,
-                clauses,
-                driver,
-                t,
-                position.as_ref(),
-                Some(count - bundle.entry.len()),
-            )?;
-            for (id, version) in &page.matches {
-                let stored = snapshot
-                    .version(*resource_type, id, *version)?
-                    .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-                bundle.entry.push(EntryOut {
-                    full_url: Some(format!("{base}/{resource_type}/{id}")),
-                    resource: raw(&stored.body),
-                    search: Some(json!({"mode": "match"})),
-                    ..Default::default()
-                });
-            }
-            match page.next {
-                Some(resume) => {
-                    next = Some((type_index, resume));
-                    break;
-                }
-                None => {
-                    type_index += 1;
-                    position = None;
-                    if bundle.entry.len() == count && type_index < plans.len() {
-                        next = Some((type_index, Position::Type { id: String::new() }));
-                    }
-                }
-            }
-        }
-        if let Some((index, resume)) = next {
-            let token = cursor::encode_bytes(&secret, &scope, &super::everything::encode(t, index, &resume));
-            let separator = if self_query.is_empty() { "?" } else { "&" };
-            bundle.link.push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={token}") });
-        }
-        Ok(bundle)
+    let bundle = web::block(move || {
+        paging::page_across_types(&store, &plans, count, token.as_deref(), &scope, &base, &self_url)
     })
     .await
     .map_err(|_| FhirError::fault("search"))??;
