@@ -261,6 +261,17 @@ pub fn count(
     driver: Driver,
     t: u64,
 ) -> Result<usize, FhirError> {
+    // One clause of one exact value: each live entry is one match, no resource can be counted
+    // twice, and nothing needs decoding.
+    if let ([clause], Driver::Clause(0)) = (clauses, driver) {
+        let single_exact = clause.missing.is_none()
+            && clause.alternatives.len() == 1
+            && matches!(clause.alternatives[0].pred, Pred::Equals(_));
+        if single_exact && !clause.negated {
+            let (key, lo, hi) = &clause.ranges()[0];
+            return snapshot.count_index(resource_type, key, lo, hi.as_deref(), t);
+        }
+    }
     Ok(run(snapshot, resource_type, clauses, driver, t, None, None)?.matches.len())
 }
 

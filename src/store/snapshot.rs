@@ -98,6 +98,17 @@ impl IndexView for Snapshot {
         self.tables().scan_type(resource_type, after, t, visit)
     }
 
+    fn count_index(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        t: u64,
+    ) -> Result<usize, FhirError> {
+        self.tables().count_index(resource_type, param, lo, hi, t)
+    }
+
     fn has_value(
         &self,
         resource_type: ResourceType,

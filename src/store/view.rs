@@ -50,6 +50,17 @@ pub trait IndexView {
         param: &str,
     ) -> Result<Vec<Vec<u8>>, FhirError>;
 
+    /// The number of live entries (at `t`) of `param` with raw value in `[lo, hi)`, counted
+    /// without decoding keys.
+    fn count_index(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        t: u64,
+    ) -> Result<usize, FhirError>;
+
     /// Whether version `version` of a resource has exactly `value` for `param`, live at `t`:
     /// one point lookup, which for a popular value touches pages every such query shares.
     #[allow(clippy::too_many_arguments)]
@@ -129,6 +140,34 @@ where
             }
         }
         Ok(())
+    }
+
+    fn count_index(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        t: u64,
+    ) -> Result<usize, FhirError> {
+        let ty = resource_type.as_str();
+        let start = spv::value_bound(ty, param, lo);
+        let end = match hi {
+            Some(hi) => spv::value_bound(ty, param, hi),
+            None => prefix_end(&spv::param_prefix(ty, param)),
+        };
+        if start >= end {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for entry in self.spv.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+            let (_, live) = entry.map_err(StoreError::from)?;
+            let (created, superseded) = live.value();
+            if created <= t && t < superseded {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     fn has_value(
