@@ -252,14 +252,17 @@ fn execute(
     let resource_type = search.resource_type;
     let self_query = query_string(&search.applied);
     let scope = format!("search|{}|{self_query}", search.path);
-    let (t, start) = match &search.cursor {
+    // A cursor is a direction (0 forward: after the position; 1 backward: before it) and a
+    // position with the first page's logical time.
+    let (t, backward, start) = match &search.cursor {
         Some(token) => {
             let payload = cursor::decode_bytes(secret, &scope, token)?;
-            let (t, _, position) = paging::decode(&payload)
-                .ok_or_else(|| FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid"))?;
-            (t, position)
+            let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
+            let (&direction, rest) = payload.split_first().ok_or_else(invalid)?;
+            let (t, _, position) = paging::decode(rest).ok_or_else(invalid)?;
+            (t, direction == 1, position)
         }
-        None => (snapshot.t(), None),
+        None => (snapshot.t(), false, None),
     };
     let mut clauses = search.clauses.clone();
     for deferred in &search.deferred {
@@ -287,19 +290,51 @@ fn execute(
         });
     }
     if !search.summary_count && search.count > 0 {
+        let token = |backward: bool, position: &Position| {
+            let mut payload = vec![u8::from(backward)];
+            payload.extend(paging::encode(t, 0, position));
+            cursor::encode_bytes(secret, &scope, &payload)
+        };
+        let separator = if self_query.is_empty() { "?" } else { "&" };
+        let mut previous_link = None;
         let page = if search.sort.is_empty() {
-            engine::run(&*snapshot, resource_type, &clauses, driver, t, start.as_ref(), Some(search.count))?
+            let page = engine::run_directed(
+                &*snapshot,
+                resource_type,
+                &clauses,
+                driver,
+                t,
+                start.as_ref(),
+                Some(search.count),
+                backward,
+            )?;
+            let index_driven = matches!(driver, Driver::Clause(_));
+            // Going forward, an earlier page exists once this is not the first; going back, while
+            // the engine found more before this page.
+            let earlier = if backward { page.next.is_some() } else { start.is_some() };
+            if index_driven && earlier {
+                previous_link = page.first.as_ref().map(|first| token(true, first));
+            }
+            let next = if backward { page.last.clone() } else { page.next.clone() };
+            engine::Page { next, ..page }
         } else {
-            // Sorted results are ordered in memory; the cursor holds the offset of the next page.
+            // Sorted results are ordered in memory; cursors hold the offset of their page.
             let offset = match &start {
                 Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
                 _ => 0,
             };
             let all = engine::sorted(&*snapshot, resource_type, &clauses, driver, t, &search.sort)?;
             let end = (offset + search.count).min(all.len());
+            if offset > 0 {
+                previous_link =
+                    Some(token(false, &Position::Type { id: offset.saturating_sub(search.count).to_string() }));
+            }
             let next = (end < all.len()).then(|| Position::Type { id: end.to_string() });
-            engine::Page { matches: all[offset.min(end)..end].to_vec(), next }
+            engine::Page { matches: all[offset.min(end)..end].to_vec(), next, first: None, last: None }
         };
+        if let Some(previous) = previous_link {
+            bundle.link.push(Link { relation: "previous", url: format!("{self_url}{separator}_cursor={previous}") });
+        }
         for (id, version) in &page.matches {
             let stored = snapshot
                 .version(resource_type, id, *version)?
@@ -333,9 +368,9 @@ fn execute(
             }
         }
         if let Some(next) = page.next {
-            let token = cursor::encode_bytes(secret, &scope, &paging::encode(t, 0, &next));
-            let separator = if self_query.is_empty() { "?" } else { "&" };
-            bundle.link.push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={token}") });
+            bundle
+                .link
+                .push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={}", token(false, &next)) });
         }
     }
     let mut issues: Vec<Issue> = search

@@ -37,8 +37,12 @@ pub enum Position {
 pub struct Page {
     /// `(id, version)` of each match, in driver order.
     pub matches: Vec<(String, u64)>,
-    /// Set when more matches follow.
+    /// Set when more matches follow in the direction of travel: resume from here.
     pub next: Option<Position>,
+    /// The positions of the page's first and last match, in forward order (for the cursors of
+    /// `previous` and `next` links).
+    pub first: Option<Position>,
+    pub last: Option<Position>,
 }
 
 /// A human-readable account of the plan, for `_explain` and the debug log.
@@ -99,13 +103,33 @@ pub fn run(
     start: Option<&Position>,
     limit: Option<usize>,
 ) -> Result<Page, FhirError> {
+    run_directed(snapshot, resource_type, clauses, driver, t, start, limit, false)
+}
+
+/// Like [`run`]; with `backward`, the page ends right before `start` (the matches preceding
+/// it, returned in forward order) and `next` is where still earlier matches end. Backward
+/// paging is offered for index-driven searches only.
+#[allow(clippy::too_many_arguments)]
+pub fn run_directed(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    start: Option<&Position>,
+    limit: Option<usize>,
+    backward: bool,
+) -> Result<Page, FhirError> {
     // A positive clause without alternatives (a chain whose inner search found nothing) can
     // match nothing.
     if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
-        return Ok(Page { matches: Vec::new(), next: None });
+        return Ok(Page { matches: Vec::new(), next: None, first: None, last: None });
     }
     let mut matches: Vec<(String, u64)> = Vec::new();
     let mut last_position: Option<Position> = None;
+    // In the order of travel: the first and the latest position pushed.
+    let mut first_pushed: Option<Position> = None;
+    let mut latest_pushed: Option<Position> = None;
     let mut next = None;
     let mut failure: Option<FhirError> = None;
 
@@ -147,6 +171,12 @@ pub fn run(
     };
 
     match driver {
+        Driver::TypeScan if backward => {
+            return Err(FhirError::incorrect(
+                crate::fhir::IssueCode::NotSupported,
+                "previous pages are not offered for this search",
+            ));
+        }
         Driver::TypeScan => {
             let after = match start {
                 Some(Position::Type { id }) => Some(id.as_str()),
@@ -167,6 +197,10 @@ pub fn run(
                 }
                 matches.push((id.to_owned(), version));
                 last_position = Some(Position::Type { id: id.to_owned() });
+                if first_pushed.is_none() {
+                    first_pushed = last_position.clone();
+                }
+                latest_pushed = last_position.clone();
                 ControlFlow::Continue(())
             })?;
         }
@@ -178,12 +212,19 @@ pub fn run(
                 || !clause.alternatives.iter().all(|a| matches!(a.pred, Pred::Equals(_)));
             let (first_alternative, resume_key) = match start {
                 Some(Position::Index { alternative, key }) => (*alternative, Some(key.as_slice())),
+                _ if backward => (ranges.len().saturating_sub(1), None),
                 _ => (0, None),
             };
-            'ranges: for (alternative, (key, lo, hi)) in ranges.iter().enumerate().skip(first_alternative) {
-                let after = if alternative == first_alternative { resume_key } else { None };
+            let order: Vec<usize> = if backward {
+                (0..=first_alternative).rev().collect()
+            } else {
+                (first_alternative..ranges.len()).collect()
+            };
+            'ranges: for alternative in order {
+                let (key, lo, hi) = &ranges[alternative];
+                let bound = if alternative == first_alternative { resume_key } else { None };
                 let mut stop = false;
-                snapshot.scan_index(resource_type, key, lo, hi.as_deref(), after, t, &mut |hit| {
+                let mut visit = |hit: crate::store::IndexHit<'_>| {
                     let accepted =
                         clause.missing == Some(false) || clause.alternatives[alternative].pred.accepts(&hit.value);
                     if !accepted {
@@ -217,8 +258,17 @@ pub fn run(
                     }
                     matches.push((hit.id, hit.version));
                     last_position = Some(Position::Index { alternative, key: hit.key.to_vec() });
+                    if first_pushed.is_none() {
+                        first_pushed = last_position.clone();
+                    }
+                    latest_pushed = last_position.clone();
                     ControlFlow::Continue(())
-                })?;
+                };
+                if backward {
+                    snapshot.scan_index_rev(resource_type, key, lo, hi.as_deref(), bound, t, &mut visit)?;
+                } else {
+                    snapshot.scan_index(resource_type, key, lo, hi.as_deref(), bound, t, &mut visit)?;
+                }
                 if stop {
                     break 'ranges;
                 }
@@ -228,7 +278,11 @@ pub fn run(
     if let Some(error) = failure {
         return Err(error);
     }
-    Ok(Page { matches, next })
+    if backward {
+        matches.reverse();
+        return Ok(Page { matches, next, first: latest_pushed, last: first_pushed });
+    }
+    Ok(Page { matches, next, first: first_pushed, last: latest_pushed })
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several

@@ -98,6 +98,19 @@ impl IndexView for Snapshot {
         self.tables().scan_type(resource_type, after, t, visit)
     }
 
+    fn scan_index_rev(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        before: Option<&[u8]>,
+        t: u64,
+        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        self.tables().scan_index_rev(resource_type, param, lo, hi, before, t, visit)
+    }
+
     fn count_index(
         &self,
         resource_type: ResourceType,

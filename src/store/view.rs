@@ -50,6 +50,20 @@ pub trait IndexView {
         param: &str,
     ) -> Result<Vec<Vec<u8>>, FhirError>;
 
+    /// Like [`IndexView::scan_index`], in descending key order, starting before the storage
+    /// key `before` if given (for `previous` pages).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_index_rev(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        before: Option<&[u8]>,
+        t: u64,
+        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+    ) -> Result<(), FhirError>;
+
     /// The number of live entries (at `t`) of `param` with raw value in `[lo, hi)`, counted
     /// without decoding keys.
     fn count_index(
@@ -128,6 +142,45 @@ where
         };
         let range = self.spv.range::<&[u8]>((lower, Bound::Excluded(end.as_slice()))).map_err(StoreError::from)?;
         for entry in range {
+            let (key, live) = entry.map_err(StoreError::from)?;
+            let (created, superseded) = live.value();
+            if created > t || superseded <= t {
+                continue;
+            }
+            let key = key.value();
+            let (_, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+            if visit(IndexHit { key, value, id, version }).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_index_rev(
+        &self,
+        resource_type: ResourceType,
+        param: &str,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        before: Option<&[u8]>,
+        t: u64,
+        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        let ty = resource_type.as_str();
+        let start = spv::value_bound(ty, param, lo);
+        let end = match hi {
+            Some(hi) => spv::value_bound(ty, param, hi),
+            None => prefix_end(&spv::param_prefix(ty, param)),
+        };
+        if start >= end {
+            return Ok(());
+        }
+        let upper = match before {
+            Some(before) if before < end.as_slice() => Bound::Excluded(before),
+            _ => Bound::Excluded(end.as_slice()),
+        };
+        let range = self.spv.range::<&[u8]>((Bound::Included(start.as_slice()), upper)).map_err(StoreError::from)?;
+        for entry in range.rev() {
             let (key, live) = entry.map_err(StoreError::from)?;
             let (created, superseded) = live.value();
             if created > t || superseded <= t {

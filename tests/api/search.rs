@@ -547,3 +547,58 @@ async fn system_search_spans_types_and_pages_across_them() {
     assert_eq!(seen, list(&["o1", "o2", "o3", "o4", "o5", "p1", "p2", "p3", "p4"]));
     app.get("?_type=Patient,Observation&family=smith").await.assert_outcome(400);
 }
+
+fn link(body: &Value, relation: &str) -> Option<String> {
+    body["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned)
+}
+
+fn page_ids(body: &Value) -> Vec<String> {
+    body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn previous_links_walk_back_through_the_same_pages() {
+    let app = spawn_app().await;
+    for n in 0..11 {
+        put(&app, json!({"resourceType": "Patient", "id": format!("pv{n:02}"), "gender": if n % 2 == 0 { "female" } else { "male" }})).await;
+    }
+    for query in ["/Patient?gender=female,male&_count=3", "/Patient?_sort=-_id&_count=3"] {
+        // Forward to the last page, remembering every page.
+        let mut pages = Vec::new();
+        let mut reply = app.get(query).await;
+        assert!(link(&reply.body, "previous").is_none(), "{query}: the first page has no previous");
+        loop {
+            pages.push(page_ids(&reply.body));
+            match link(&reply.body, "next") {
+                Some(url) => reply = app.send(app.client.get(url)).await,
+                None => break,
+            }
+        }
+        assert_eq!(pages.concat().len(), 11, "{query}: {pages:?}");
+        // Writes now do not change what the cursors show.
+        put(&app, json!({"resourceType": "Patient", "id": "pv-late", "gender": "male"})).await;
+        // Backward from the last page, each previous page equals the one seen going forward.
+        for expected in pages.iter().rev().skip(1) {
+            let url = link(&reply.body, "previous").unwrap_or_else(|| panic!("{query}: a previous link is missing"));
+            reply = app.send(app.client.get(url)).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            assert_eq!(&page_ids(&reply.body), expected, "{query}");
+        }
+        assert!(link(&reply.body, "previous").is_none(), "{query}: back at the first page");
+        // And forward again from there.
+        let next = app.send(app.client.get(link(&reply.body, "next").unwrap())).await;
+        assert_eq!(page_ids(&next.body), pages[1], "{query}");
+        app.delete("/Patient/pv-late").await;
+    }
+}
