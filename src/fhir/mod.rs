@@ -6,6 +6,7 @@ pub mod id;
 pub mod json;
 pub mod reference;
 pub mod resource_type;
+pub mod summary;
 pub mod validation;
 
 pub use error::{Category, FhirError, Issue, IssueCode};

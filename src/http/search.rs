@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::response::{BundleOut, EntryOut, Link, raw};
 use super::{Ctx, cursor, paging, request};
 use crate::fhir::error::operation_outcome;
+use crate::fhir::summary::Summary;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
 use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
@@ -37,6 +38,7 @@ struct SearchRequest {
     total: Total,
     summary_count: bool,
     elements: Option<Vec<String>>,
+    summary: Option<Summary>,
     sort: Vec<SortKey>,
     includes: Vec<Include>,
     /// Chained and reverse-chained parameters, resolved on the search's snapshot.
@@ -124,6 +126,7 @@ fn parse(
         total: Total::None,
         summary_count: false,
         elements: None,
+        summary: None,
         sort: Vec::new(),
         includes: Vec::new(),
         deferred: Vec::new(),
@@ -160,8 +163,16 @@ fn parse(
                     other => return Err(invalid(format!("_total must be none, estimate or accurate, not '{other}'"))),
                 }
             }
-            "_summary" if value == "count" => search.summary_count = true,
-            "_summary" if value == "false" => {}
+            "_summary" => match value.as_str() {
+                "count" => search.summary_count = true,
+                "true" => search.summary = Some(Summary::True),
+                "text" => search.summary = Some(Summary::Text),
+                "data" => search.summary = Some(Summary::Data),
+                "false" => {}
+                other => {
+                    return Err(invalid(format!("_summary must be true, text, data, count or false, not '{other}'")));
+                }
+            },
             "_elements" => {
                 search.elements =
                     Some(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect());
@@ -339,10 +350,7 @@ fn execute(
             let stored = snapshot
                 .version(resource_type, id, *version)?
                 .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            let resource = match &search.elements {
-                Some(elements) => raw(&select_elements(&stored.body, elements)),
-                None => raw(&stored.body),
-            };
+            let resource = raw(&shape(resource_type, &stored.body, search.elements.as_deref(), search.summary));
             bundle.entry.push(EntryOut {
                 full_url: Some(format!("{base}/{resource_type}/{id}")),
                 resource,
@@ -361,7 +369,7 @@ fn execute(
                     .ok_or_else(|| FhirError::fault("search: an included version is missing"))?;
                 bundle.entry.push(EntryOut {
                     full_url: Some(format!("{base}/{included_type}/{id}")),
-                    resource: raw(&stored.body),
+                    resource: raw(&shape(included_type, &stored.body, search.elements.as_deref(), search.summary)),
                     search: Some(json!({"mode": "include"})),
                     ..Default::default()
                 });
@@ -502,31 +510,17 @@ fn resolve_includes(
     Ok(found)
 }
 
-/// `_elements`: the listed top-level elements plus the ones every resource keeps, with the
-/// SUBSETTED tag FHIR requires on a partial resource.
-fn select_elements(body: &[u8], elements: &[String]) -> Vec<u8> {
+/// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves
+/// the stored bytes untouched.
+fn shape(resource_type: ResourceType, body: &[u8], elements: Option<&[String]>, summary: Option<Summary>) -> Vec<u8> {
+    if elements.is_none() && summary.is_none() {
+        return body.to_vec();
+    }
     let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
-    let mut out = serde_json::Map::new();
-    for (key, value) in resource {
-        let keep = matches!(key.as_str(), "resourceType" | "id" | "meta")
-            || elements.iter().any(|e| {
-                e == &key
-                    || key
-                        .strip_prefix(e.as_str())
-                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
-            });
-        if keep {
-            out.insert(key, value);
-        }
-    }
-    let meta = out.entry("meta").or_insert_with(|| json!({}));
-    if let Some(meta) = meta.as_object_mut() {
-        let tags = meta.entry("tag").or_insert_with(|| json!([]));
-        if let Some(tags) = tags.as_array_mut() {
-            tags.push(
-                json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}),
-            );
-        }
-    }
-    serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
+    let shaped = match (elements, summary) {
+        (Some(elements), _) => crate::fhir::summary::select(resource, elements),
+        (None, Some(mode)) => crate::fhir::summary::summarize(resource_type, resource, mode),
+        (None, None) => resource,
+    };
+    serde_json::to_vec(&Value::Object(shaped)).unwrap_or_else(|_| body.to_vec())
 }

@@ -602,3 +602,28 @@ async fn previous_links_walk_back_through_the_same_pages() {
         app.delete("/Patient/pv-late").await;
     }
 }
+
+#[actix_web::test]
+async fn summary_modes_subset_the_resources() {
+    let app = spawn_app().await;
+    put(&app, json!({"resourceType": "Patient", "id": "sm", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Sam</div>"},
+        "name": [{"family": "Summary"}], "gender": "male", "photo": [{"title": "portrait"}],
+        "contact": [{"name": {"family": "Kin"}}]})).await;
+    let resource = |body: &Value| body["entry"][0]["resource"].clone();
+
+    let summary = resource(&app.get("/Patient?_id=sm&_summary=true").await.body);
+    assert_eq!(summary["name"][0]["family"], "Summary");
+    assert_eq!(summary["gender"], "male");
+    assert!(summary.get("photo").is_none() && summary.get("contact").is_none() && summary.get("text").is_none());
+    assert_eq!(summary["meta"]["tag"][0]["code"], "SUBSETTED");
+
+    let text = resource(&app.get("/Patient?_id=sm&_summary=text").await.body);
+    assert!(text.get("text").is_some() && text.get("name").is_none());
+
+    let data = resource(&app.get("/Patient?_id=sm&_summary=data").await.body);
+    assert!(data.get("text").is_none() && data.get("photo").is_some() && data.get("contact").is_some());
+
+    let full = resource(&app.get("/Patient?_id=sm&_summary=false").await.body);
+    assert!(full.get("text").is_some() && full["meta"].get("tag").is_none());
+    app.get("/Patient?_summary=maybe").await.assert_outcome(400);
+}
