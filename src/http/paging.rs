@@ -45,8 +45,10 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, usize, Option<Position>)> {
     Some((u64::from_be_bytes(*t), u32::from_be_bytes(*type_index) as usize, position))
 }
 
-/// One searchset page over `plans` (a type and its clauses each), continuing from `token`.
-/// `self_url` is the page's own link; `next` repeats it with a cursor.
+/// One searchset page over `plans` (a type and its clauses each), continuing from `token`
+/// forward or, for a `previous` link, backward. `self_url` is the page's own link; `next` and
+/// `previous` repeat it with a cursor. A cursor is a direction byte (0 forward: after the
+/// position; 1 backward: before it) and [`encode`]'s bytes.
 pub fn page_across_types(
     store: &Store,
     plans: &[(ResourceType, Vec<Clause>)],
@@ -58,51 +60,91 @@ pub fn page_across_types(
 ) -> Result<BundleOut, FhirError> {
     let secret = *store.cursor_secret();
     let snapshot = store.snapshot()?;
-    let (t, mut type_index, mut position) = match token {
+    let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
+    let (t, backward, start_type, start) = match token {
         Some(token) => {
             let payload = cursor::decode_bytes(&secret, scope, token)?;
-            decode(&payload).ok_or_else(|| FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid"))?
+            let (&direction, rest) = payload.split_first().ok_or_else(invalid)?;
+            let (t, type_index, position) = decode(rest).ok_or_else(invalid)?;
+            (t, direction == 1, type_index, position)
         }
-        None => (snapshot.t(), 0, None),
+        None => (snapshot.t(), false, 0, None),
     };
+    if start_type > plans.len() {
+        return Err(invalid());
+    }
     let view: &dyn IndexView = &*snapshot;
-    let mut bundle = BundleOut::new("searchset");
-    bundle.link.push(Link { relation: "self", url: self_url.to_owned() });
-    let mut next = None;
-    while type_index < plans.len() && bundle.entry.len() < count {
+    // Collect `count + 1` matches in the direction of travel: the extra one only tells whether
+    // more follow. Each match is `(type index, position, id, version)`.
+    let mut found: Vec<(usize, Position, String, u64)> = Vec::new();
+    let mut type_index = start_type;
+    let mut position = start;
+    loop {
+        if type_index >= plans.len() || found.len() > count {
+            break;
+        }
         let (resource_type, clauses) = &plans[type_index];
         let (driver, _) = engine::plan(view, *resource_type, clauses, t)?;
+        let wanted = count + 1 - found.len();
         let page =
-            engine::run(view, *resource_type, clauses, driver, t, position.as_ref(), Some(count - bundle.entry.len()))?;
-        for (id, version) in &page.matches {
-            let stored = snapshot
-                .version(*resource_type, id, *version)?
-                .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            bundle.entry.push(EntryOut {
-                full_url: Some(format!("{base}/{resource_type}/{id}")),
-                resource: raw(&stored.body),
-                search: Some(json!({"mode": "match"})),
-                ..Default::default()
-            });
+            engine::run_directed(view, *resource_type, clauses, driver, t, position.as_ref(), Some(wanted), backward)?;
+        // In the order of travel.
+        let mut matches: Vec<((String, u64), Position)> =
+            page.matches.iter().cloned().zip(page.positions.iter().cloned()).collect();
+        if backward {
+            matches.reverse();
         }
-        match page.next {
-            Some(resume) => {
-                next = Some((type_index, resume));
+        for ((id, version), resume) in matches {
+            found.push((type_index, resume, id, version));
+        }
+        if page.next.is_some() {
+            break;
+        }
+        position = None;
+        if backward {
+            if type_index == 0 {
                 break;
             }
-            None => {
-                type_index += 1;
-                position = None;
-                if bundle.entry.len() == count && type_index < plans.len() {
-                    next = Some((type_index, Position::Type { id: String::new() }));
-                }
-            }
+            type_index -= 1;
+        } else {
+            type_index += 1;
         }
     }
-    if let Some((index, resume)) = next {
-        let token = cursor::encode_bytes(&secret, scope, &encode(t, index, &resume));
+    let more = found.len() > count;
+    found.truncate(count);
+    if backward {
+        found.reverse();
+    }
+    let mut bundle = BundleOut::new("searchset");
+    bundle.link.push(Link { relation: "self", url: self_url.to_owned() });
+    for (index, _, id, version) in &found {
+        let resource_type = plans[*index].0;
+        let stored = snapshot
+            .version(resource_type, id, *version)?
+            .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
+        bundle.entry.push(EntryOut {
+            full_url: Some(format!("{base}/{resource_type}/{id}")),
+            resource: raw(&stored.body),
+            search: Some(json!({"mode": "match"})),
+            ..Default::default()
+        });
+    }
+    let link = |relation: &'static str, direction: u8, (index, position): (&usize, &Position)| {
+        let mut payload = vec![direction];
+        payload.extend(encode(t, *index, position));
         let separator = if self_url.contains('?') { "&" } else { "?" };
-        bundle.link.push(Link { relation: "next", url: format!("{self_url}{separator}_cursor={token}") });
+        Link {
+            relation,
+            url: format!("{self_url}{separator}_cursor={}", cursor::encode_bytes(&secret, scope, &payload)),
+        }
+    };
+    let earlier = if backward { more } else { token.is_some() };
+    let later = if backward { token.is_some() } else { more };
+    if let (true, Some((index, position, _, _))) = (earlier, found.first()) {
+        bundle.link.push(link("previous", 1, (index, position)));
+    }
+    if let (true, Some((index, position, _, _))) = (later, found.last()) {
+        bundle.link.push(link("next", 0, (index, position)));
     }
     Ok(bundle)
 }

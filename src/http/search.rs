@@ -319,11 +319,10 @@ fn execute(
                 Some(search.count),
                 backward,
             )?;
-            let index_driven = matches!(driver, Driver::Clause(_));
             // Going forward, an earlier page exists once this is not the first; going back, while
             // the engine found more before this page.
             let earlier = if backward { page.next.is_some() } else { start.is_some() };
-            if index_driven && earlier {
+            if earlier {
                 previous_link = page.first.as_ref().map(|first| token(true, first));
             }
             let next = if backward { page.last.clone() } else { page.next.clone() };
@@ -341,7 +340,13 @@ fn execute(
                     Some(token(false, &Position::Type { id: offset.saturating_sub(search.count).to_string() }));
             }
             let next = (end < all.len()).then(|| Position::Type { id: end.to_string() });
-            engine::Page { matches: all[offset.min(end)..end].to_vec(), next, first: None, last: None }
+            engine::Page {
+                matches: all[offset.min(end)..end].to_vec(),
+                next,
+                first: None,
+                last: None,
+                positions: Vec::new(),
+            }
         };
         if let Some(previous) = previous_link {
             bundle.link.push(Link { relation: "previous", url: format!("{self_url}{separator}_cursor={previous}") });

@@ -43,6 +43,8 @@ pub struct Page {
     /// `previous` and `next` links).
     pub first: Option<Position>,
     pub last: Option<Position>,
+    /// The position of each match, parallel to `matches`.
+    pub positions: Vec<Position>,
 }
 
 /// A human-readable account of the plan, for `_explain` and the debug log.
@@ -107,8 +109,7 @@ pub fn run(
 }
 
 /// Like [`run`]; with `backward`, the page ends right before `start` (the matches preceding
-/// it, returned in forward order) and `next` is where still earlier matches end. Backward
-/// paging is offered for index-driven searches only.
+/// it, returned in forward order) and `next` is where still earlier matches end.
 #[allow(clippy::too_many_arguments)]
 pub fn run_directed(
     snapshot: &dyn IndexView,
@@ -123,13 +124,14 @@ pub fn run_directed(
     // A positive clause without alternatives (a chain whose inner search found nothing) can
     // match nothing.
     if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
-        return Ok(Page { matches: Vec::new(), next: None, first: None, last: None });
+        return Ok(Page { matches: Vec::new(), next: None, first: None, last: None, positions: Vec::new() });
     }
     let mut matches: Vec<(String, u64)> = Vec::new();
     let mut last_position: Option<Position> = None;
     // In the order of travel: the first and the latest position pushed.
     let mut first_pushed: Option<Position> = None;
     let mut latest_pushed: Option<Position> = None;
+    let mut positions: Vec<Position> = Vec::new();
     let mut next = None;
     let mut failure: Option<FhirError> = None;
 
@@ -171,18 +173,12 @@ pub fn run_directed(
     };
 
     match driver {
-        Driver::TypeScan if backward => {
-            return Err(FhirError::incorrect(
-                crate::fhir::IssueCode::NotSupported,
-                "previous pages are not offered for this search",
-            ));
-        }
         Driver::TypeScan => {
             let after = match start {
                 Some(Position::Type { id }) => Some(id.as_str()),
                 _ => None,
             };
-            snapshot.scan_type(resource_type, after, t, &mut |id, version| {
+            let mut visit = |id: &str, version: u64| {
                 match others_match(id, version, None) {
                     Err(error) => {
                         failure = Some(error);
@@ -201,8 +197,14 @@ pub fn run_directed(
                     first_pushed = last_position.clone();
                 }
                 latest_pushed = last_position.clone();
+                positions.extend(last_position.clone());
                 ControlFlow::Continue(())
-            })?;
+            };
+            if backward {
+                snapshot.scan_type_rev(resource_type, after, t, &mut visit)?;
+            } else {
+                snapshot.scan_type(resource_type, after, t, &mut visit)?;
+            }
         }
         Driver::Clause(driver_index) => {
             let clause = &clauses[driver_index];
@@ -262,6 +264,7 @@ pub fn run_directed(
                         first_pushed = last_position.clone();
                     }
                     latest_pushed = last_position.clone();
+                    positions.extend(last_position.clone());
                     ControlFlow::Continue(())
                 };
                 if backward {
@@ -280,9 +283,10 @@ pub fn run_directed(
     }
     if backward {
         matches.reverse();
-        return Ok(Page { matches, next, first: latest_pushed, last: first_pushed });
+        positions.reverse();
+        return Ok(Page { matches, next, first: latest_pushed, last: first_pushed, positions });
     }
-    Ok(Page { matches, next, first: first_pushed, last: latest_pushed })
+    Ok(Page { matches, next, first: first_pushed, last: latest_pushed, positions })
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several

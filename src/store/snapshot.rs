@@ -98,6 +98,16 @@ impl IndexView for Snapshot {
         self.tables().scan_type(resource_type, after, t, visit)
     }
 
+    fn scan_type_rev(
+        &self,
+        resource_type: ResourceType,
+        before: Option<&str>,
+        t: u64,
+        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        self.tables().scan_type_rev(resource_type, before, t, visit)
+    }
+
     fn scan_index_rev(
         &self,
         resource_type: ResourceType,

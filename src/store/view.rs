@@ -50,6 +50,15 @@ pub trait IndexView {
         param: &str,
     ) -> Result<Vec<Vec<u8>>, FhirError>;
 
+    /// Like [`IndexView::scan_type`], in descending id order, starting before id `before`.
+    fn scan_type_rev(
+        &self,
+        resource_type: ResourceType,
+        before: Option<&str>,
+        t: u64,
+        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
+    ) -> Result<(), FhirError>;
+
     /// Like [`IndexView::scan_index`], in descending key order, starting before the storage
     /// key `before` if given (for `previous` pages).
     #[allow(clippy::too_many_arguments)]
@@ -99,6 +108,18 @@ pub trait IndexView {
     ) -> Result<(), FhirError>;
 }
 
+/// The storage keys `[start, end)` holding the entries of `param` with raw values in
+/// `[lo, hi)`.
+fn index_bounds(resource_type: ResourceType, param: &str, lo: &[u8], hi: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let ty = resource_type.as_str();
+    let start = spv::value_bound(ty, param, lo);
+    let end = match hi {
+        Some(hi) => spv::value_bound(ty, param, hi),
+        None => prefix_end(&spv::param_prefix(ty, param)),
+    };
+    (start, end)
+}
+
 /// The tables an [`IndexView`] reads, whether read-only or inside a write transaction.
 pub(super) struct IndexTables<'a, V, S, R>
 where
@@ -127,12 +148,7 @@ where
         t: u64,
         visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
     ) -> Result<(), FhirError> {
-        let ty = resource_type.as_str();
-        let start = spv::value_bound(ty, param, lo);
-        let end = match hi {
-            Some(hi) => spv::value_bound(ty, param, hi),
-            None => prefix_end(&spv::param_prefix(ty, param)),
-        };
+        let (start, end) = index_bounds(resource_type, param, lo, hi);
         if start >= end {
             return Ok(());
         }
@@ -156,6 +172,42 @@ where
         Ok(())
     }
 
+    fn scan_type_rev(
+        &self,
+        resource_type: ResourceType,
+        before: Option<&str>,
+        t: u64,
+        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
+    ) -> Result<(), FhirError> {
+        let ty = resource_type.as_str();
+        let mut type_prefix = Vec::new();
+        put_str(&mut type_prefix, ty.as_bytes());
+        let end = match before {
+            Some(id) => resource_version::prefix(ty, id),
+            None => prefix_end(&type_prefix),
+        };
+        // Versions arrive newest first per id: the first one at or before `t` decides.
+        let mut decided_id: Option<String> = None;
+        for entry in self.versions.range(type_prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.rev() {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let (_, id, version) =
+                resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            if decided_id.as_deref() == Some(id.as_str()) {
+                continue;
+            }
+            let (header, _) = resource_version::decode_value(value.value())
+                .ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            if header.t > t {
+                continue;
+            }
+            decided_id = Some(id.clone());
+            if header.op != Op::Delete && visit(&id, version).is_break() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     fn scan_index_rev(
         &self,
         resource_type: ResourceType,
@@ -166,12 +218,7 @@ where
         t: u64,
         visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
     ) -> Result<(), FhirError> {
-        let ty = resource_type.as_str();
-        let start = spv::value_bound(ty, param, lo);
-        let end = match hi {
-            Some(hi) => spv::value_bound(ty, param, hi),
-            None => prefix_end(&spv::param_prefix(ty, param)),
-        };
+        let (start, end) = index_bounds(resource_type, param, lo, hi);
         if start >= end {
             return Ok(());
         }
@@ -203,12 +250,7 @@ where
         hi: Option<&[u8]>,
         t: u64,
     ) -> Result<usize, FhirError> {
-        let ty = resource_type.as_str();
-        let start = spv::value_bound(ty, param, lo);
-        let end = match hi {
-            Some(hi) => spv::value_bound(ty, param, hi),
-            None => prefix_end(&spv::param_prefix(ty, param)),
-        };
+        let (start, end) = index_bounds(resource_type, param, lo, hi);
         if start >= end {
             return Ok(0);
         }

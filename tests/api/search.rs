@@ -627,3 +627,46 @@ async fn summary_modes_subset_the_resources() {
     assert!(full.get("text").is_some() && full["meta"].get("tag").is_none());
     app.get("/Patient?_summary=maybe").await.assert_outcome(400);
 }
+
+/// Walks forward to the last page and back to the first, checking that each previous page is
+/// the page seen going forward, and that the first has no previous link.
+async fn walk_both_ways(app: &TestApp, query: &str, total: usize) {
+    let mut pages = Vec::new();
+    let mut reply = app.get(query).await;
+    assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+    assert!(link(&reply.body, "previous").is_none(), "{query}: the first page has no previous");
+    loop {
+        pages.push(page_ids(&reply.body));
+        match link(&reply.body, "next") {
+            Some(url) => reply = app.send(app.client.get(url)).await,
+            None => break,
+        }
+    }
+    assert_eq!(pages.concat().len(), total, "{query}: {pages:?}");
+    for expected in pages.iter().rev().skip(1) {
+        let url = link(&reply.body, "previous").unwrap_or_else(|| panic!("{query}: a previous link is missing"));
+        reply = app.send(app.client.get(url)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(&page_ids(&reply.body), expected, "{query}");
+    }
+    assert!(link(&reply.body, "previous").is_none(), "{query}: back at the first page");
+}
+
+#[actix_web::test]
+async fn previous_links_work_across_types_and_for_type_scans() {
+    let app = spawn_app().await;
+    for n in 0..7 {
+        put(
+            &app,
+            json!({"resourceType": "Patient", "id": format!("w{n}"), "gender": if n < 5 { "male" } else { "female" }}),
+        )
+        .await;
+    }
+    for n in 0..5 {
+        put(&app, json!({"resourceType": "Observation", "id": format!("wo{n}"), "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/w0"}})).await;
+        put(&app, json!({"resourceType": "Encounter", "id": format!("we{n}"), "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/w0"}})).await;
+    }
+    walk_both_ways(&app, "/Patient/w0/$everything?_count=3", 11).await;
+    walk_both_ways(&app, "?_type=Observation,Patient,Encounter&_count=4", 17).await;
+    walk_both_ways(&app, "/Patient?birthdate:missing=true&_count=2", 7).await;
+}
