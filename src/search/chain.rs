@@ -152,6 +152,7 @@ fn chain(
         key: def.code.clone(),
         negated: false,
         missing: None,
+        also_keys: Vec::new(),
         alternatives: exact_alternatives(references),
     })
 }
@@ -193,6 +194,7 @@ fn has(
         key: "_id".to_owned(),
         negated: false,
         missing: None,
+        also_keys: Vec::new(),
         alternatives: exact_alternatives(ids),
     })
 }

@@ -81,6 +81,8 @@ pub struct Clause {
     pub negated: bool,
     /// `:missing`: presence is tested, `alternatives` is empty.
     pub missing: Option<bool>,
+    /// Further keys read by `:missing` on an alias parameter (which unites several keys).
+    pub also_keys: Vec<String>,
     pub alternatives: Vec<Alternative>,
 }
 
@@ -98,6 +100,11 @@ impl Clause {
     /// Every index key the clause reads, without duplicates.
     pub fn keys(&self) -> Vec<&str> {
         let mut keys = vec![self.key.as_str()];
+        for key in &self.also_keys {
+            if !keys.contains(&key.as_str()) {
+                keys.push(key);
+            }
+        }
         for alternative in &self.alternatives {
             if let Some(key) = &alternative.key {
                 if !keys.contains(&key.as_str()) {
@@ -312,7 +319,10 @@ pub fn parse_clause(
                     part.written = name.to_owned();
                     merged = Some(part);
                 }
-                Some(clause) => clause.alternatives.extend(part.alternatives),
+                Some(clause) => {
+                    clause.also_keys.push(part_key);
+                    clause.alternatives.extend(part.alternatives);
+                }
             }
         }
         return Ok(merged);
@@ -323,6 +333,7 @@ pub fn parse_clause(
         key: code.to_owned(),
         negated: false,
         missing: None,
+        also_keys: Vec::new(),
         alternatives: Vec::new(),
     };
     if modifier == Some("missing") {
@@ -631,6 +642,7 @@ pub fn compartment_clause(patient_id: &str) -> Clause {
         key: super::compartment::COMPARTMENT_KEY.to_owned(),
         negated: false,
         missing: None,
+        also_keys: Vec::new(),
         alternatives: vec![exact(format!("Patient/{patient_id}").into_bytes())],
     }
 }

@@ -1,5 +1,6 @@
-//! Differential test of the search engine: proptest generates small sets of Patients and
-//! queries over token, string, date, reference and boolean parameters (with modifiers, OR
+//! Differential tests of the search engine: proptest generates small sets of Patients (and of
+//! Observations) and queries over token, string, date, reference, boolean, quantity and uri
+//! parameters (with modifiers, prefixes, units, OR
 //! lists and AND combinations); the engine's answer through the real store — planner, scans,
 //! probes, de-duplication and paging — must equal a deliberately simple evaluator that reads
 //! each resource's JSON directly.
@@ -234,6 +235,163 @@ proptest! {
                 .collect();
             prop_assert_eq!(&engine_ids(&store, clauses, None), &expected, "query {:?}", clauses);
             prop_assert_eq!(&engine_ids(&store, clauses, Some(page_size)), &expected, "paged query {:?}", clauses);
+        }
+    }
+}
+
+const VALUES: [&str; 6] = ["5", "5.4", "5.45", "60", "100.5", "-2"];
+const UNITS: [&str; 3] = ["mg", "/min", "kg"];
+const PROFILES: [&str; 3] = ["http://x.org/fhir/sd/a", "http://x.org/fhir/sd/a/b", "http://y.org/p"];
+const UCUM: &str = "http://unitsofmeasure.org";
+
+#[derive(Debug, Clone)]
+struct ObservationSpec {
+    value: Option<(usize, bool, Option<usize>)>,
+    profile: Option<usize>,
+}
+
+fn observation_spec() -> impl Strategy<Value = ObservationSpec> {
+    (
+        proptest::option::of((0..VALUES.len(), any::<bool>(), proptest::option::of(0..UNITS.len()))),
+        proptest::option::of(0..PROFILES.len()),
+    )
+        .prop_map(|(value, profile)| ObservationSpec { value, profile })
+}
+
+fn observation_json(index: usize, spec: &ObservationSpec) -> Value {
+    let mut observation =
+        json!({"resourceType": "Observation", "id": format!("o{index}"), "status": "final", "code": {"text": "x"}});
+    if let Some((value, with_system, unit)) = spec.value {
+        let mut quantity = json!({"value": serde_json::from_str::<Value>(VALUES[value]).unwrap()});
+        if let Some(unit) = unit {
+            quantity["code"] = json!(UNITS[unit]);
+            if with_system {
+                quantity["system"] = json!(UCUM);
+            }
+        }
+        observation["valueQuantity"] = quantity;
+    }
+    if let Some(profile) = spec.profile {
+        observation["meta"] = json!({"profile": [PROFILES[profile]]});
+    }
+    observation
+}
+
+fn observation_clause() -> impl Strategy<Value = (String, String)> {
+    let prefixes = prop_oneof![Just(""), Just("eq"), Just("ne"), Just("gt"), Just("lt"), Just("ge"), Just("le")];
+    prop_oneof![
+        (prefixes, 0..VALUES.len(), 0usize..3, 0..UNITS.len()).prop_map(|(p, v, form, u)| {
+            let unit = match form {
+                0 => String::new(),
+                1 => format!("||{}", UNITS[u]),
+                _ => format!("|{UCUM}|{}", UNITS[u]),
+            };
+            ("value-quantity".to_owned(), format!("{p}{}{unit}", VALUES[v]))
+        }),
+        (0..PROFILES.len()).prop_map(|p| ("_profile".to_owned(), PROFILES[p].to_owned())),
+        (0..PROFILES.len())
+            .prop_map(|p| ("_profile:below".to_owned(), PROFILES[p][..PROFILES[p].len() - 1].to_owned())),
+        (0..PROFILES.len()).prop_map(|p| ("_profile:above".to_owned(), format!("{}/c", PROFILES[p]))),
+    ]
+}
+
+/// Reference semantics for quantities (implicit precision of the query value) and URIs.
+fn reference_observation_match(observation: &Value, name: &str, value: &str) -> bool {
+    let profile = observation["meta"]["profile"][0].as_str();
+    match name {
+        "_profile" => profile == Some(value),
+        "_profile:below" => profile.is_some_and(|p| p.starts_with(value)),
+        "_profile:above" => profile.is_some_and(|p| value == p || value.starts_with(&format!("{p}/"))),
+        "value-quantity" => {
+            let quantity = &observation["valueQuantity"];
+            let Some(target) = quantity["value"].as_f64() else { return false };
+            let mut parts = value.split('|');
+            let number = parts.next().unwrap();
+            let (system, code) = (parts.next(), parts.next());
+            let unit_ok = match (system, code) {
+                (None, None) => true,
+                (Some(""), Some(code)) => quantity["code"].as_str() == Some(code),
+                (Some(system), Some(code)) => {
+                    quantity["system"].as_str() == Some(system) && quantity["code"].as_str() == Some(code)
+                }
+                _ => panic!("unit form"),
+            };
+            let (prefix, digits) =
+                if number.starts_with(|c: char| c.is_ascii_alphabetic()) { number.split_at(2) } else { ("eq", number) };
+            let q: f64 = digits.parse().unwrap();
+            let decimals = digits.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+            let half = 0.5 * 10f64.powi(-decimals);
+            let in_range = target >= q - half && target < q + half;
+            unit_ok
+                && match prefix {
+                    "eq" => in_range,
+                    "ne" => !in_range,
+                    "gt" => target > q,
+                    "lt" => target < q,
+                    "ge" => target >= q,
+                    "le" => target <= q,
+                    other => panic!("prefix {other}"),
+                }
+        }
+        other => panic!("no reference semantics for {other}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn quantities_and_uris_agree_with_the_reference_evaluator(
+        observations in proptest::collection::vec(observation_spec(), 1..20),
+        queries in proptest::collection::vec(proptest::collection::vec(observation_clause(), 1..3), 40),
+        page_size in 1usize..4,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("d.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+        let observation_type = ResourceType::parse("Observation").unwrap();
+        let resources: Vec<Value> = observations.iter().enumerate().map(|(i, spec)| observation_json(i, spec)).collect();
+        let ops = resources
+            .iter()
+            .map(|resource| {
+                let Value::Object(map) = resource.clone() else { unreachable!() };
+                WriteOp {
+                    full_url: None,
+                    action: Action::Update {
+                        resource_type: observation_type,
+                        target: Target::Id(Id::parse(resource["id"].as_str().unwrap()).unwrap()),
+                        resource: map,
+                        precondition: Precondition::default(),
+                    },
+                }
+            })
+            .collect();
+        runtime.block_on(store.write(WriteRequest { ops, ..Default::default() })).unwrap();
+        for clauses in &queries {
+            let expected: BTreeSet<String> = resources
+                .iter()
+                .filter(|r| clauses.iter().all(|(n, v)| reference_observation_match(r, n, v)))
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+            for page in [None, Some(page_size)] {
+                let parsed: Vec<_> = clauses.iter().map(|(n, v)| parse_clause(observation_type, n, v, "http://test/fhir").unwrap().unwrap()).collect();
+                let snapshot = store.snapshot().unwrap();
+                let t = snapshot.t();
+                let (driver, _) = engine::plan(&*snapshot, observation_type, &parsed, t).unwrap();
+                let mut found = BTreeSet::new();
+                let mut position = None;
+                loop {
+                    let result = engine::run(&*snapshot, observation_type, &parsed, driver, t, position.as_ref(), page).unwrap();
+                    for (id, _) in result.matches {
+                        prop_assert!(found.insert(id), "duplicate for {:?}", clauses);
+                    }
+                    match result.next {
+                        Some(next) => position = Some(next),
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(&found, &expected, "query {:?} (page {:?})", clauses, page);
+            }
         }
     }
 }

@@ -670,3 +670,19 @@ async fn previous_links_work_across_types_and_for_type_scans() {
     walk_both_ways(&app, "?_type=Observation,Patient,Encounter&_count=4", 17).await;
     walk_both_ways(&app, "/Patient?birthdate:missing=true&_count=2", 7).await;
 }
+
+#[actix_web::test]
+async fn missing_on_an_alias_parameter_considers_every_united_parameter() {
+    let app = spawn_app().await;
+    put(&app, json!({"resourceType": "Observation", "id": "top", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}})).await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "comp", "status": "final", "code": {"text": "panel"},
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}}]}),
+    )
+    .await;
+    put(&app, json!({"resourceType": "Observation", "id": "none", "status": "final", "code": {"text": "free text"}}))
+        .await;
+    assert_eq!(ids(&app, "Observation?combo-code:missing=false").await, list(&["comp", "top"]));
+    assert_eq!(ids(&app, "Observation?combo-code:missing=true").await, list(&["none"]));
+}
