@@ -686,3 +686,46 @@ async fn missing_on_an_alias_parameter_considers_every_united_parameter() {
     assert_eq!(ids(&app, "Observation?combo-code:missing=false").await, list(&["comp", "top"]));
     assert_eq!(ids(&app, "Observation?combo-code:missing=true").await, list(&["none"]));
 }
+
+#[actix_web::test]
+async fn the_remaining_parameters_and_modifiers_select_exactly() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "by-identifier", "status": "final", "code": {"text": "x"},
+        "subject": {"identifier": {"system": "http://mrn", "value": "42"}},
+        "meta": {"security": [{"system": "http://sec", "code": "R"}], "source": "http://ehr.example/feed"}}),
+    )
+    .await;
+    assert_eq!(ids(&app, "Observation?subject:identifier=http://mrn|42").await, list(&["by-identifier"]));
+    assert_eq!(ids(&app, "Observation?subject:identifier=42").await, list(&["by-identifier"]));
+    assert_eq!(ids(&app, "Observation?_security=http://sec|R").await, list(&["by-identifier"]));
+    assert_eq!(ids(&app, "Observation?_source=http://ehr.example/feed").await, list(&["by-identifier"]));
+
+    // _lastUpdated: everything was written just now; nothing before 2000 or after 3000.
+    assert_eq!(ids(&app, "Patient?_lastUpdated=gt2000-01-01").await.len(), 4);
+    assert_eq!(ids(&app, "Patient?_lastUpdated=lt2000-01-01").await, list(&[]));
+    assert_eq!(ids(&app, "Patient?_lastUpdated=ge3000").await, list(&[]));
+
+    // A number parameter, with implicit precision.
+    for (id, probability) in [("r1", "0.25"), ("r2", "0.5"), ("r3", "0.75")] {
+        put(&app, json!({"resourceType": "RiskAssessment", "id": id, "status": "final", "subject": {"reference": "Patient/p1"},
+            "prediction": [{"probabilityDecimal": serde_json::from_str::<Value>(probability).unwrap()}]})).await;
+    }
+    assert_eq!(ids(&app, "RiskAssessment?probability=0.5").await, list(&["r2"]));
+    assert_eq!(ids(&app, "RiskAssessment?probability=gt0.3").await, list(&["r2", "r3"]));
+    assert_eq!(ids(&app, "RiskAssessment?probability=le0.5").await, list(&["r1", "r2"]));
+    assert_eq!(ids(&app, "RiskAssessment?probability=0.4").await, list(&[]));
+    assert_eq!(ids(&app, "RiskAssessment?probability=0.3").await, list(&["r1"]), "0.3 means [0.25, 0.35)");
+
+    // _total=estimate gives a number without counting every match.
+    let estimate = app.get("/Observation?code=http://loinc.org|8867-4&_total=estimate").await;
+    assert_eq!(estimate.body["total"], 3);
+
+    // $everything start/end restrict the types that have a clinical date.
+    let window = app.get("/Patient/p1/$everything?start=2024-05-02&end=2024-05-31&_type=Observation&_count=100").await;
+    let found: Vec<&str> =
+        window.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(found, vec!["o2"], "o1 (May 1) is before the window");
+}
