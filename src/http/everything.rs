@@ -31,21 +31,11 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let mut applied: Vec<(String, String)> = Vec::new();
     for (name, value) in request::query_pairs(&http) {
         match name.as_str() {
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .map_err(|_| {
-                        FhirError::incorrect(IssueCode::Invalid, format!("_count must be a number, not '{value}'"))
-                    })?
-                    .min(state.limits.max_page_size)
-            }
+            "_count" => count = request::page_count(&value, &state.limits)?,
             "_since" => since = Some(value.clone()),
             "start" => start = Some(value.clone()),
             "end" => end = Some(value.clone()),
-            "_type" => {
-                types =
-                    Some(value.split(',').map(|t| request::resource_type(t.trim())).collect::<Result<Vec<_>, _>>()?);
-            }
+            "_type" => types = Some(request::resource_types(&value)?),
             "_cursor" => {
                 token = Some(value);
                 continue;

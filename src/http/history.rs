@@ -49,15 +49,7 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
     let mut params = Params { count: state.limits.page_size, since: None, cursor: None };
     for (name, value) in request::query_pairs(http) {
         match name.as_str() {
-            "_count" => {
-                let count: usize = value.parse().map_err(|_| {
-                    FhirError::incorrect(
-                        IssueCode::Invalid,
-                        format!("_count must be a non-negative integer, not '{value}'"),
-                    )
-                })?;
-                params.count = count.min(state.limits.max_page_size);
-            }
+            "_count" => params.count = request::page_count(&value, &state.limits)?,
             "_since" => {
                 let micros = parse_instant(&value).ok_or_else(|| {
                     FhirError::incorrect(

@@ -73,7 +73,8 @@ pub fn page_across_types(
     if start_type > plans.len() {
         return Err(invalid());
     }
-    let view: &dyn IndexView = &*snapshot;
+    let index = snapshot.index();
+    let view: &dyn IndexView = &index;
     // Collect `count + 1` matches in the direction of travel: the extra one only tells whether
     // more follow. Each match is `(type index, position, id, version)`.
     let mut found: Vec<(usize, Position, String, u64)> = Vec::new();

@@ -151,6 +151,19 @@ pub fn base_url(request: &HttpRequest, state: &web::Data<AppState>) -> String {
     }
 }
 
+/// `_count`: a page size, reduced to the configured maximum.
+pub fn page_count(value: &str, limits: &Limits) -> Result<usize, FhirError> {
+    let count: usize = value.parse().map_err(|_| {
+        FhirError::incorrect(IssueCode::Invalid, format!("_count must be a non-negative integer, not '{value}'"))
+    })?;
+    Ok(count.min(limits.max_page_size))
+}
+
+/// `_type`: a comma-separated list of resource types.
+pub fn resource_types(value: &str) -> Result<Vec<ResourceType>, FhirError> {
+    value.split(',').map(|t| resource_type(t.trim())).collect()
+}
+
 /// The query parameters, percent-decoded, in order.
 pub fn query_pairs(request: &HttpRequest) -> Vec<(String, String)> {
     decode_pairs(request.query_string())

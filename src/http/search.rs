@@ -99,7 +99,7 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
     let base = request::base_url(&http, &state);
-    let mut search = parse(resource_type, &pairs, strict, &base, state.limits.page_size, state.limits.max_page_size)?;
+    let mut search = parse(resource_type, &pairs, strict, &base, &state.limits)?;
     if let Some(patient) = &patient {
         search.clauses.push(compartment_clause(patient));
         search.path = format!("Patient/{patient}/{resource_type}");
@@ -116,13 +116,12 @@ fn parse(
     pairs: &[(String, String)],
     strict: bool,
     base: &str,
-    page_size: usize,
-    max_page_size: usize,
+    limits: &super::Limits,
 ) -> Result<SearchRequest, FhirError> {
     let mut search = SearchRequest {
         resource_type,
         clauses: Vec::new(),
-        count: page_size,
+        count: limits.page_size,
         total: Total::None,
         summary_count: false,
         elements: None,
@@ -146,12 +145,9 @@ fn parse(
                 applied = false;
             }
             "_count" => {
-                let count: usize = value
-                    .parse()
-                    .map_err(|_| invalid(format!("_count must be a non-negative integer, not '{value}'")))?;
-                search.count = count.min(max_page_size);
+                search.count = request::page_count(value, limits)?;
                 // A client asking for no entries wants the count (fhirpy's count() does this).
-                if count == 0 {
+                if search.count == 0 {
                     search.summary_count = true;
                 }
             }
@@ -277,9 +273,9 @@ fn execute(
     };
     let mut clauses = search.clauses.clone();
     for deferred in &search.deferred {
-        clauses.push(deferred.resolve(&*snapshot, t, base)?);
+        clauses.push(deferred.resolve(&snapshot.index(), t, base)?);
     }
-    let (driver, estimates) = engine::plan(&*snapshot, resource_type, &clauses, t)?;
+    let (driver, estimates) = engine::plan(&snapshot.index(), resource_type, &clauses, t)?;
     let plan = engine::describe(&clauses, driver, &estimates);
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
@@ -293,11 +289,11 @@ fn execute(
 
     let wants_total = search.summary_count || search.total == Total::Accurate;
     if wants_total {
-        bundle.total = Some(engine::count(&*snapshot, resource_type, &clauses, driver, t)? as u64);
+        bundle.total = Some(engine::count(&snapshot.index(), resource_type, &clauses, driver, t)? as u64);
     } else if search.total == Total::Estimate {
         bundle.total = Some(match driver {
             Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n) as u64,
-            Driver::TypeScan => engine::count(&*snapshot, resource_type, &clauses, driver, t)? as u64,
+            Driver::TypeScan => engine::count(&snapshot.index(), resource_type, &clauses, driver, t)? as u64,
         });
     }
     if !search.summary_count && search.count > 0 {
@@ -310,7 +306,7 @@ fn execute(
         let mut previous_link = None;
         let page = if search.sort.is_empty() {
             let page = engine::run_directed(
-                &*snapshot,
+                &snapshot.index(),
                 resource_type,
                 &clauses,
                 driver,
@@ -323,9 +319,9 @@ fn execute(
             // the engine found more before this page.
             let earlier = if backward { page.next.is_some() } else { start.is_some() };
             if earlier {
-                previous_link = page.first.as_ref().map(|first| token(true, first));
+                previous_link = page.positions.first().map(|first| token(true, first));
             }
-            let next = if backward { page.last.clone() } else { page.next.clone() };
+            let next = if backward { page.positions.last().cloned() } else { page.next.clone() };
             engine::Page { next, ..page }
         } else {
             // Sorted results are ordered in memory; cursors hold the offset of their page.
@@ -333,20 +329,14 @@ fn execute(
                 Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
                 _ => 0,
             };
-            let all = engine::sorted(&*snapshot, resource_type, &clauses, driver, t, &search.sort)?;
+            let all = engine::sorted(&snapshot.index(), resource_type, &clauses, driver, t, &search.sort)?;
             let end = (offset + search.count).min(all.len());
             if offset > 0 {
                 previous_link =
                     Some(token(false, &Position::Type { id: offset.saturating_sub(search.count).to_string() }));
             }
             let next = (end < all.len()).then(|| Position::Type { id: end.to_string() });
-            engine::Page {
-                matches: all[offset.min(end)..end].to_vec(),
-                next,
-                first: None,
-                last: None,
-                positions: Vec::new(),
-            }
+            engine::Page { matches: all[offset.min(end)..end].to_vec(), next, positions: Vec::new() }
         };
         if let Some(previous) = previous_link {
             bundle.link.push(Link { relation: "previous", url: format!("{self_url}{separator}_cursor={previous}") });
@@ -476,7 +466,7 @@ fn resolve_includes(
                 let mut candidates: Vec<(ResourceType, String, u64)> = Vec::new();
                 if !include.reverse && *resource_type == include.source {
                     for param in &include.params {
-                        for value in snapshot.probe(*resource_type, id, *version, param)? {
+                        for value in snapshot.index().probe(*resource_type, id, *version, param)? {
                             let Ok(reference) = String::from_utf8(value) else { continue };
                             let Some((type_name, target_id)) = reference.split_once('/') else { continue };
                             let Some(target_type) = ResourceType::parse(type_name) else { continue };
@@ -494,10 +484,18 @@ fn resolve_includes(
                     let mut hi = reference.clone();
                     hi.push(0);
                     for param in &include.params {
-                        snapshot.scan_index(include.source, param, &reference, Some(&hi), None, t, &mut |hit| {
-                            candidates.push((include.source, hit.id, hit.version));
-                            std::ops::ControlFlow::Continue(())
-                        })?;
+                        snapshot.index().scan_index(
+                            include.source,
+                            param,
+                            &reference,
+                            Some(&hi),
+                            None,
+                            t,
+                            &mut |hit| {
+                                candidates.push((include.source, hit.id, hit.version));
+                                std::ops::ControlFlow::Continue(())
+                            },
+                        )?;
                     }
                 }
                 for (candidate_type, candidate_id, candidate_version) in candidates {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::engine;
-use super::query::{Alternative, Clause, Pred, parse_clause};
+use super::query::{Clause, exact, parse_clause, token};
 use super::registry::{ParamKind, registry};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::IndexView;
@@ -93,18 +93,6 @@ fn inner_matches(
     Ok(page.matches)
 }
 
-fn exact_alternatives(values: BTreeSet<String>) -> Vec<Alternative> {
-    values
-        .into_iter()
-        .map(|value| {
-            let bytes = value.into_bytes();
-            let mut hi = bytes.clone();
-            hi.push(0);
-            Alternative { key: None, pred: Pred::Equals(bytes.clone()), lo: bytes, hi: Some(hi) }
-        })
-        .collect()
-}
-
 fn chain(
     view: &dyn IndexView,
     resource_type: ResourceType,
@@ -153,7 +141,7 @@ fn chain(
         negated: false,
         missing: None,
         also_keys: Vec::new(),
-        alternatives: exact_alternatives(references),
+        alternatives: references.into_iter().map(|reference| exact(reference.into_bytes())).collect(),
     })
 }
 
@@ -186,8 +174,6 @@ fn has(
         }
     }
     let id_def = registry().get(resource_type, "_id").ok_or_else(|| FhirError::fault("_id is not registered"))?;
-    // Ids are tokens without a system: stored as `|id`.
-    let ids: BTreeSet<String> = ids.into_iter().map(|id| format!("|{id}")).collect();
     Ok(Clause {
         def: Arc::clone(id_def),
         written: name.to_owned(),
@@ -195,6 +181,7 @@ fn has(
         negated: false,
         missing: None,
         also_keys: Vec::new(),
-        alternatives: exact_alternatives(ids),
+        // `_id` is a token: its alternatives are whatever token lookup the id needs.
+        alternatives: ids.iter().flat_map(|id| token(id)).collect(),
     })
 }

@@ -39,11 +39,8 @@ pub struct Page {
     pub matches: Vec<(String, u64)>,
     /// Set when more matches follow in the direction of travel: resume from here.
     pub next: Option<Position>,
-    /// The positions of the page's first and last match, in forward order (for the cursors of
-    /// `previous` and `next` links).
-    pub first: Option<Position>,
-    pub last: Option<Position>,
-    /// The position of each match, parallel to `matches`.
+    /// The position of each match, parallel to `matches` (so in forward order): what the
+    /// cursors of `previous` and `next` links point at.
     pub positions: Vec<Position>,
 }
 
@@ -124,13 +121,10 @@ pub fn run_directed(
     // A positive clause without alternatives (a chain whose inner search found nothing) can
     // match nothing.
     if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
-        return Ok(Page { matches: Vec::new(), next: None, first: None, last: None, positions: Vec::new() });
+        return Ok(Page { matches: Vec::new(), next: None, positions: Vec::new() });
     }
     let mut matches: Vec<(String, u64)> = Vec::new();
     let mut last_position: Option<Position> = None;
-    // In the order of travel: the first and the latest position pushed.
-    let mut first_pushed: Option<Position> = None;
-    let mut latest_pushed: Option<Position> = None;
     let mut positions: Vec<Position> = Vec::new();
     let mut next = None;
     let mut failure: Option<FhirError> = None;
@@ -164,7 +158,7 @@ pub fn run_directed(
             for key in &keys {
                 probed.push(snapshot.probe(resource_type, id, version, key)?);
             }
-            let values = |key: &str| keys.iter().position(|k| *k == key).map(|i| probed[i].clone()).unwrap_or_default();
+            let values = |key: &str| keys.iter().position(|k| *k == key).map_or(&[][..], |i| probed[i].as_slice());
             if !clause.matches_keys(&values) {
                 return Ok(false);
             }
@@ -193,10 +187,6 @@ pub fn run_directed(
                 }
                 matches.push((id.to_owned(), version));
                 last_position = Some(Position::Type { id: id.to_owned() });
-                if first_pushed.is_none() {
-                    first_pushed = last_position.clone();
-                }
-                latest_pushed = last_position.clone();
                 positions.extend(last_position.clone());
                 ControlFlow::Continue(())
             };
@@ -260,10 +250,6 @@ pub fn run_directed(
                     }
                     matches.push((hit.id, hit.version));
                     last_position = Some(Position::Index { alternative, key: hit.key.to_vec() });
-                    if first_pushed.is_none() {
-                        first_pushed = last_position.clone();
-                    }
-                    latest_pushed = last_position.clone();
                     positions.extend(last_position.clone());
                     ControlFlow::Continue(())
                 };
@@ -284,9 +270,9 @@ pub fn run_directed(
     if backward {
         matches.reverse();
         positions.reverse();
-        return Ok(Page { matches, next, first: latest_pushed, last: first_pushed, positions });
+        return Ok(Page { matches, next, positions });
     }
-    Ok(Page { matches, next, first: first_pushed, last: latest_pushed, positions })
+    Ok(Page { matches, next, positions })
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several

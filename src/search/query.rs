@@ -116,7 +116,7 @@ impl Clause {
     }
 
     /// Whether a resource whose values for each of [`Clause::keys`] are `values(key)` matches.
-    pub fn matches_keys(&self, values: &dyn Fn(&str) -> Vec<Vec<u8>>) -> bool {
+    pub fn matches_keys<'v>(&self, values: &dyn Fn(&str) -> &'v [Vec<u8>]) -> bool {
         match self.missing {
             Some(missing) => self.keys().iter().all(|key| values(key).is_empty()) == missing,
             None => {
@@ -131,7 +131,7 @@ impl Clause {
 
     /// Whether a resource with these values for `key` matches the clause (single-key clauses).
     pub fn matches(&self, values: &[Vec<u8>]) -> bool {
-        self.matches_keys(&|_| values.to_vec())
+        self.matches_keys(&|_| values)
     }
 
     /// Whether the engine can drive a search by scanning this clause's ranges.
@@ -262,7 +262,7 @@ fn prefix_of(text: &str) -> (Prefix, &str) {
 }
 
 /// `[v, v·0x00)`: exactly the value `v`.
-fn exact(value: Vec<u8>) -> Alternative {
+pub(super) fn exact(value: Vec<u8>) -> Alternative {
     let mut hi = value.clone();
     hi.push(0);
     Alternative { key: None, pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
@@ -460,7 +460,7 @@ fn index_key_for_missing(def: &ParamDef) -> String {
 /// `system|code` and `|code` are stored forms: an exact lookup each. A plain `code` matches
 /// codes with any system (stored as `code`) and without one (stored as `|code`). `system|`
 /// (any code of a system) is a prefix scan over the `system|code` values.
-fn token(value: &str) -> Vec<Alternative> {
+pub(super) fn token(value: &str) -> Vec<Alternative> {
     if value.ends_with('|') && value.len() > 1 {
         return vec![starting_with(value.as_bytes().to_vec())];
     }

@@ -24,7 +24,7 @@ pub use ops::{
     Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
 };
 pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
-pub use view::{IndexHit, IndexView, LATEST};
+pub use view::{IndexHit, IndexTables, IndexView, LATEST, SnapshotIndex};
 
 use crate::fhir::FhirError;
 

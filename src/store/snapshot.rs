@@ -2,10 +2,8 @@
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
-use std::ops::ControlFlow;
-
 use super::keys::{prefix_end, resource_version, system_history, type_history};
-use super::view::{IndexHit, IndexTables, IndexView};
+use super::view::{IndexTables, SnapshotIndex};
 use super::{
     Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError,
     TYPE_HISTORY,
@@ -64,87 +62,6 @@ pub struct Snapshot {
     t: u64,
 }
 
-impl IndexView for Snapshot {
-    fn scan_index(
-        &self,
-        resource_type: ResourceType,
-        param: &str,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        after: Option<&[u8]>,
-        t: u64,
-        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
-    ) -> Result<(), FhirError> {
-        self.tables().scan_index(resource_type, param, lo, hi, after, t, visit)
-    }
-
-    fn probe(
-        &self,
-        resource_type: ResourceType,
-        id: &str,
-        version: u64,
-        param: &str,
-    ) -> Result<Vec<Vec<u8>>, FhirError> {
-        self.tables().probe(resource_type, id, version, param)
-    }
-
-    fn scan_type(
-        &self,
-        resource_type: ResourceType,
-        after: Option<&str>,
-        t: u64,
-        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
-    ) -> Result<(), FhirError> {
-        self.tables().scan_type(resource_type, after, t, visit)
-    }
-
-    fn scan_type_rev(
-        &self,
-        resource_type: ResourceType,
-        before: Option<&str>,
-        t: u64,
-        visit: &mut dyn FnMut(&str, u64) -> ControlFlow<()>,
-    ) -> Result<(), FhirError> {
-        self.tables().scan_type_rev(resource_type, before, t, visit)
-    }
-
-    fn scan_index_rev(
-        &self,
-        resource_type: ResourceType,
-        param: &str,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        before: Option<&[u8]>,
-        t: u64,
-        visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
-    ) -> Result<(), FhirError> {
-        self.tables().scan_index_rev(resource_type, param, lo, hi, before, t, visit)
-    }
-
-    fn count_index(
-        &self,
-        resource_type: ResourceType,
-        param: &str,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        t: u64,
-    ) -> Result<usize, FhirError> {
-        self.tables().count_index(resource_type, param, lo, hi, t)
-    }
-
-    fn has_value(
-        &self,
-        resource_type: ResourceType,
-        param: &str,
-        value: &[u8],
-        id: &str,
-        version: u64,
-        t: u64,
-    ) -> Result<bool, FhirError> {
-        self.tables().has_value(resource_type, param, value, id, version, t)
-    }
-}
-
 impl Snapshot {
     pub(super) fn open(db: &Database) -> Result<Self, StoreError> {
         let txn = db.begin_read()?;
@@ -163,15 +80,8 @@ impl Snapshot {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn tables(
-        &self,
-    ) -> IndexTables<
-        '_,
-        ReadOnlyTable<&'static [u8], &'static [u8]>,
-        ReadOnlyTable<&'static [u8], (u64, u64)>,
-        ReadOnlyTable<&'static [u8], &'static [u8]>,
-    > {
+    /// The search indexes as of this snapshot (pass a logical time to read an older state).
+    pub fn index(&self) -> SnapshotIndex<'_> {
         IndexTables { versions: &self.versions, spv: &self.spv, rspv: &self.rspv }
     }
 

@@ -120,17 +120,49 @@ fn index_bounds(resource_type: ResourceType, param: &str, lo: &[u8], hi: Option<
     (start, end)
 }
 
-/// The tables an [`IndexView`] reads, whether read-only or inside a write transaction.
-pub(super) struct IndexTables<'a, V, S, R>
+/// Passes the entries live at `t` to `visit`, decoded, until it breaks.
+fn visit_live<'a>(
+    entries: impl Iterator<
+        Item = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, (u64, u64)>), redb::StorageError>,
+    >,
+    t: u64,
+    visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
+) -> Result<(), FhirError> {
+    for entry in entries {
+        let (key, live) = entry.map_err(StoreError::from)?;
+        let (created, superseded) = live.value();
+        if created > t || superseded <= t {
+            continue;
+        }
+        let key = key.value();
+        let (_, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+        if visit(IndexHit { key, value, id, version }).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The tables an [`IndexView`] reads, whether read-only (a snapshot's) or inside a write
+/// transaction (the writer's).
+pub struct IndexTables<'a, V, S, R>
 where
     V: ReadableTable<&'static [u8], &'static [u8]>,
     S: ReadableTable<&'static [u8], (u64, u64)>,
     R: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    pub versions: &'a V,
-    pub spv: &'a S,
-    pub rspv: &'a R,
+    pub(super) versions: &'a V,
+    pub(super) spv: &'a S,
+    pub(super) rspv: &'a R,
 }
+
+/// The index view of a published [`super::Snapshot`].
+pub type SnapshotIndex<'a> = IndexTables<
+    'a,
+    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    redb::ReadOnlyTable<&'static [u8], (u64, u64)>,
+    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+>;
 
 impl<V, S, R> IndexView for IndexTables<'_, V, S, R>
 where
@@ -157,19 +189,7 @@ where
             _ => Bound::Included(start.as_slice()),
         };
         let range = self.spv.range::<&[u8]>((lower, Bound::Excluded(end.as_slice()))).map_err(StoreError::from)?;
-        for entry in range {
-            let (key, live) = entry.map_err(StoreError::from)?;
-            let (created, superseded) = live.value();
-            if created > t || superseded <= t {
-                continue;
-            }
-            let key = key.value();
-            let (_, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-            if visit(IndexHit { key, value, id, version }).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        visit_live(range, t, visit)
     }
 
     fn scan_type_rev(
@@ -227,19 +247,7 @@ where
             _ => Bound::Excluded(end.as_slice()),
         };
         let range = self.spv.range::<&[u8]>((Bound::Included(start.as_slice()), upper)).map_err(StoreError::from)?;
-        for entry in range.rev() {
-            let (key, live) = entry.map_err(StoreError::from)?;
-            let (created, superseded) = live.value();
-            if created > t || superseded <= t {
-                continue;
-            }
-            let key = key.value();
-            let (_, value, id, version) = spv::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-            if visit(IndexHit { key, value, id, version }).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        visit_live(range.rev(), t, visit)
     }
 
     fn count_index(

@@ -183,11 +183,11 @@ fn engine_ids(store: &Store, clauses: &[(String, String)], page_size: Option<usi
         clauses.iter().map(|(n, v)| parse_clause(patient, n, v, "http://test/fhir").unwrap().unwrap()).collect();
     let snapshot = store.snapshot().unwrap();
     let t = snapshot.t();
-    let (driver, _) = engine::plan(&*snapshot, patient, &parsed, t).unwrap();
+    let (driver, _) = engine::plan(&snapshot.index(), patient, &parsed, t).unwrap();
     let mut found = BTreeSet::new();
     let mut position = None;
     loop {
-        let page = engine::run(&*snapshot, patient, &parsed, driver, t, position.as_ref(), page_size).unwrap();
+        let page = engine::run(&snapshot.index(), patient, &parsed, driver, t, position.as_ref(), page_size).unwrap();
         for (id, _) in page.matches {
             assert!(found.insert(id.clone()), "{id} returned twice for {clauses:?}");
         }
@@ -377,11 +377,11 @@ proptest! {
                 let parsed: Vec<_> = clauses.iter().map(|(n, v)| parse_clause(observation_type, n, v, "http://test/fhir").unwrap().unwrap()).collect();
                 let snapshot = store.snapshot().unwrap();
                 let t = snapshot.t();
-                let (driver, _) = engine::plan(&*snapshot, observation_type, &parsed, t).unwrap();
+                let (driver, _) = engine::plan(&snapshot.index(), observation_type, &parsed, t).unwrap();
                 let mut found = BTreeSet::new();
                 let mut position = None;
                 loop {
-                    let result = engine::run(&*snapshot, observation_type, &parsed, driver, t, position.as_ref(), page).unwrap();
+                    let result = engine::run(&snapshot.index(), observation_type, &parsed, driver, t, position.as_ref(), page).unwrap();
                     for (id, _) in result.matches {
                         prop_assert!(found.insert(id), "duplicate for {:?}", clauses);
                     }
