@@ -177,17 +177,47 @@ fn reference_match(patient: &Value, name: &str, value: &str) -> bool {
     }
 }
 
-fn engine_ids(store: &Store, clauses: &[(String, String)], page_size: Option<usize>) -> BTreeSet<String> {
-    let patient = ResourceType::parse("Patient").unwrap();
+/// A fresh store holding `resources` (each stored under its own id).
+fn store_with(resources: &[Value]) -> (tempfile::TempDir, Store) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("d.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let ops = resources
+        .iter()
+        .map(|resource| {
+            let Value::Object(map) = resource.clone() else { unreachable!() };
+            WriteOp {
+                full_url: None,
+                action: Action::Update {
+                    resource_type: ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap(),
+                    target: Target::Id(Id::parse(resource["id"].as_str().unwrap()).unwrap()),
+                    resource: map,
+                    precondition: Precondition::default(),
+                },
+            }
+        })
+        .collect();
+    runtime.block_on(store.write(WriteRequest { ops, ..Default::default() })).unwrap();
+    (dir, store)
+}
+
+/// The engine's answer, following positions page by page; no id may come twice.
+fn engine_ids(
+    store: &Store,
+    resource_type: ResourceType,
+    clauses: &[(String, String)],
+    page_size: Option<usize>,
+) -> BTreeSet<String> {
     let parsed: Vec<_> =
-        clauses.iter().map(|(n, v)| parse_clause(patient, n, v, "http://test/fhir").unwrap().unwrap()).collect();
+        clauses.iter().map(|(n, v)| parse_clause(resource_type, n, v, "http://test/fhir").unwrap().unwrap()).collect();
     let snapshot = store.snapshot().unwrap();
     let t = snapshot.t();
-    let (driver, _) = engine::plan(&snapshot.index(), patient, &parsed, t).unwrap();
+    let (driver, _) = engine::plan(&snapshot.index(), resource_type, &parsed, t).unwrap();
     let mut found = BTreeSet::new();
     let mut position = None;
     loop {
-        let page = engine::run(&snapshot.index(), patient, &parsed, driver, t, position.as_ref(), page_size).unwrap();
+        let page =
+            engine::run(&snapshot.index(), resource_type, &parsed, driver, t, position.as_ref(), page_size).unwrap();
         for (id, _) in page.matches {
             assert!(found.insert(id.clone()), "{id} returned twice for {clauses:?}");
         }
@@ -207,34 +237,17 @@ proptest! {
         queries in proptest::collection::vec(proptest::collection::vec(clause_strategy(), 1..4), 40),
         page_size in 1usize..5,
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("d.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
         let resources: Vec<Value> = patients.iter().enumerate().map(|(i, spec)| to_json(i, spec)).collect();
-        let ops = resources
-            .iter()
-            .map(|resource| {
-                let Value::Object(map) = resource.clone() else { unreachable!() };
-                WriteOp {
-                    full_url: None,
-                    action: Action::Update {
-                        resource_type: ResourceType::parse("Patient").unwrap(),
-                        target: Target::Id(Id::parse(resource["id"].as_str().unwrap()).unwrap()),
-                        resource: map,
-                        precondition: Precondition::default(),
-                    },
-                }
-            })
-            .collect();
-        runtime.block_on(store.write(WriteRequest { ops, ..Default::default() })).unwrap();
+        let (_dir, store) = store_with(&resources);
+        let patient = ResourceType::parse("Patient").unwrap();
         for clauses in &queries {
             let expected: BTreeSet<String> = resources
                 .iter()
                 .filter(|r| clauses.iter().all(|(n, v)| reference_match(r, n, v)))
                 .map(|r| r["id"].as_str().unwrap().to_owned())
                 .collect();
-            prop_assert_eq!(&engine_ids(&store, clauses, None), &expected, "query {:?}", clauses);
-            prop_assert_eq!(&engine_ids(&store, clauses, Some(page_size)), &expected, "paged query {:?}", clauses);
+            prop_assert_eq!(&engine_ids(&store, patient, clauses, None), &expected, "query {:?}", clauses);
+            prop_assert_eq!(&engine_ids(&store, patient, clauses, Some(page_size)), &expected, "paged query {:?}", clauses);
         }
     }
 }
@@ -346,27 +359,9 @@ proptest! {
         queries in proptest::collection::vec(proptest::collection::vec(observation_clause(), 1..3), 40),
         page_size in 1usize..4,
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("d.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
         let observation_type = ResourceType::parse("Observation").unwrap();
         let resources: Vec<Value> = observations.iter().enumerate().map(|(i, spec)| observation_json(i, spec)).collect();
-        let ops = resources
-            .iter()
-            .map(|resource| {
-                let Value::Object(map) = resource.clone() else { unreachable!() };
-                WriteOp {
-                    full_url: None,
-                    action: Action::Update {
-                        resource_type: observation_type,
-                        target: Target::Id(Id::parse(resource["id"].as_str().unwrap()).unwrap()),
-                        resource: map,
-                        precondition: Precondition::default(),
-                    },
-                }
-            })
-            .collect();
-        runtime.block_on(store.write(WriteRequest { ops, ..Default::default() })).unwrap();
+        let (_dir, store) = store_with(&resources);
         for clauses in &queries {
             let expected: BTreeSet<String> = resources
                 .iter()
@@ -374,22 +369,7 @@ proptest! {
                 .map(|r| r["id"].as_str().unwrap().to_owned())
                 .collect();
             for page in [None, Some(page_size)] {
-                let parsed: Vec<_> = clauses.iter().map(|(n, v)| parse_clause(observation_type, n, v, "http://test/fhir").unwrap().unwrap()).collect();
-                let snapshot = store.snapshot().unwrap();
-                let t = snapshot.t();
-                let (driver, _) = engine::plan(&snapshot.index(), observation_type, &parsed, t).unwrap();
-                let mut found = BTreeSet::new();
-                let mut position = None;
-                loop {
-                    let result = engine::run(&snapshot.index(), observation_type, &parsed, driver, t, position.as_ref(), page).unwrap();
-                    for (id, _) in result.matches {
-                        prop_assert!(found.insert(id), "duplicate for {:?}", clauses);
-                    }
-                    match result.next {
-                        Some(next) => position = Some(next),
-                        None => break,
-                    }
-                }
+                let found = engine_ids(&store, observation_type, clauses, page);
                 prop_assert_eq!(&found, &expected, "query {:?} (page {:?})", clauses, page);
             }
         }

@@ -7,27 +7,7 @@ use crate::helpers::{TestApp, spawn_app};
 
 /// The ids a search returns (all pages), sorted.
 async fn ids(app: &TestApp, query: &str) -> Vec<String> {
-    let mut reply = app.get(&format!("/{query}")).await;
-    let mut found = Vec::new();
-    loop {
-        assert_eq!(reply.status, 200, "{query}: {}", reply.text);
-        assert_eq!(reply.body["type"], "searchset");
-        for entry in reply.body["entry"].as_array().into_iter().flatten() {
-            if entry["search"]["mode"] == "match" {
-                found.push(entry["resource"]["id"].as_str().unwrap().to_owned());
-            }
-        }
-        let next = reply.body["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_owned());
-        match next {
-            Some(url) => reply = app.send(app.client.get(url)).await,
-            None => break,
-        }
-    }
+    let mut found = ordered(app, query).await;
     let count = found.len();
     found.sort();
     found.dedup();
@@ -298,12 +278,13 @@ async fn post_search_takes_form_parameters_and_explain_shows_the_plan() {
     );
 }
 
-/// The ids of a search's matches in the order returned, across pages.
+/// The ids of a search's matches in the order returned, following `next` to the last page.
 async fn ordered(app: &TestApp, query: &str) -> Vec<String> {
     let mut reply = app.get(&format!("/{query}")).await;
     let mut found = Vec::new();
     loop {
         assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+        assert_eq!(reply.body["type"], "searchset");
         for entry in reply.body["entry"].as_array().into_iter().flatten().filter(|e| e["search"]["mode"] == "match") {
             found.push(entry["resource"]["id"].as_str().unwrap().to_owned());
         }
