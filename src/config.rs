@@ -25,6 +25,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout_secs: u64,
+    pub cursor_ttl_secs: u64,
+    pub gc_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -50,6 +52,8 @@ impl Default for Settings {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            cursor_ttl_secs: 3600,
+            gc_interval_secs: 60,
         }
     }
 }
@@ -178,6 +182,20 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
         apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "cursor_ttl_secs",
+        env: "BRAID_CURSOR_TTL_SECS",
+        default: "3600",
+        doc: "How long a paging link (next/previous) stays valid; older ones get 410. Superseded search index entries are kept this long.",
+        apply: |s, v| parse_into(&mut s.cursor_ttl_secs, v),
+    },
+    SettingDoc {
+        key: "gc_interval_secs",
+        env: "BRAID_GC_INTERVAL_SECS",
+        default: "60",
+        doc: "How often index entries of superseded versions that no valid paging link needs are removed; 0 turns this off.",
+        apply: |s, v| parse_into(&mut s.gc_interval_secs, v),
     },
 ];
 

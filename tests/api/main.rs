@@ -9,6 +9,7 @@ mod crud;
 mod differential;
 mod errors;
 mod examples;
+mod gc;
 mod helpers;
 mod history;
 mod metadata;
