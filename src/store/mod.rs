@@ -8,6 +8,7 @@
 //!
 //! The layout is explained with a worked example in `docs/storage.md`.
 
+pub mod check;
 mod gc;
 pub mod keys;
 mod migrate;
@@ -166,6 +167,21 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))?;
         }
         let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
+        Self::start(db, options, indexer)
+    }
+
+    /// Like [`Store::open`], on any storage redb can use (tests use one that simulates power
+    /// loss).
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: StoreOptions,
+        indexer: Arc<dyn Indexer>,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend)?;
+        Self::start(db, options, indexer)
+    }
+
+    fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
         let (secret, horizon) = Self::initialise(&db)?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
@@ -181,6 +197,11 @@ impl Store {
     /// background collector does the same every `gc_interval`).
     pub fn collect_garbage(&self) -> Result<Collected, StoreError> {
         gc::collect(&self.db, self.cursor_key.ttl, std::time::SystemTime::now(), &self.cursor_key.horizon)
+    }
+
+    /// Checks that the search indexes agree with the stored versions (see [`check::verify`]).
+    pub fn verify(&self, indexer: &dyn Indexer) -> Result<check::Report, StoreError> {
+        check::verify(&self.db, indexer)
     }
 
     /// Counts of the rows of the search index tables, for operators and tests.

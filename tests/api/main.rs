@@ -13,6 +13,7 @@ mod gc;
 mod helpers;
 mod history;
 mod metadata;
+mod power_loss;
 mod process;
 mod search;
 mod synthea;
