@@ -118,17 +118,58 @@ pub fn run_directed(
     limit: Option<usize>,
     backward: bool,
 ) -> Result<Page, FhirError> {
+    let options = Walk { start, limit, backward, candidate_limit: None, count_only: false };
+    Ok(walk(snapshot, resource_type, clauses, driver, t, &options)?.page)
+}
+
+/// How far and how [`walk`] goes.
+struct Walk<'a> {
+    start: Option<&'a Position>,
+    /// Stop once this many matches are found (the next one becomes `Page::next`).
+    limit: Option<usize>,
+    backward: bool,
+    /// Stop after examining this many driver candidates (for sampling).
+    candidate_limit: Option<usize>,
+    /// Count matches without keeping them (memory stays constant).
+    count_only: bool,
+}
+
+/// What [`walk`] found.
+struct Walked {
+    page: Page,
+    /// Matches found (equal to `page.matches.len()` unless counting only).
+    matched: usize,
+    /// Distinct driver candidates examined.
+    candidates: usize,
+    /// Whether the walk stopped at `candidate_limit` before the driver was exhausted.
+    sampled: bool,
+}
+
+/// The one loop behind paging, counting and sampling: scans the driver, checks each candidate
+/// against the other clauses, and reports matches in driver order.
+fn walk(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    options: &Walk<'_>,
+) -> Result<Walked, FhirError> {
+    let Walk { start, limit, backward, candidate_limit, count_only } = *options;
     // A positive clause without alternatives (a chain whose inner search found nothing) can
     // match nothing.
     if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
-        return Ok(Page { matches: Vec::new(), next: None, positions: Vec::new() });
+        let page = Page { matches: Vec::new(), next: None, positions: Vec::new() };
+        return Ok(Walked { page, matched: 0, candidates: 0, sampled: false });
     }
     let mut matches: Vec<(String, u64)> = Vec::new();
+    let mut matched = 0usize;
+    let mut candidates = 0usize;
+    let mut sampled = false;
     let mut last_position: Option<Position> = None;
     let mut positions: Vec<Position> = Vec::new();
     let mut next = None;
     let mut failure: Option<FhirError> = None;
-
     // Checks every clause except the driver against the candidate's indexed values.
     let others_match = |id: &str, version: u64, skip: Option<usize>| -> Result<bool, FhirError> {
         for (index, clause) in clauses.iter().enumerate() {
@@ -173,6 +214,11 @@ pub fn run_directed(
                 _ => None,
             };
             let mut visit = |id: &str, version: u64| {
+                if candidate_limit.is_some_and(|cap| candidates == cap) {
+                    sampled = true;
+                    return ControlFlow::Break(());
+                }
+                candidates += 1;
                 match others_match(id, version, None) {
                     Err(error) => {
                         failure = Some(error);
@@ -181,13 +227,16 @@ pub fn run_directed(
                     Ok(false) => return ControlFlow::Continue(()),
                     Ok(true) => {}
                 }
-                if limit.is_some_and(|limit| matches.len() == limit) {
+                if limit.is_some_and(|limit| matched == limit) {
                     next = last_position.take();
                     return ControlFlow::Break(());
                 }
-                matches.push((id.to_owned(), version));
-                last_position = Some(Position::Type { id: id.to_owned() });
-                positions.extend(last_position.clone());
+                matched += 1;
+                if !count_only {
+                    matches.push((id.to_owned(), version));
+                    last_position = Some(Position::Type { id: id.to_owned() });
+                    positions.extend(last_position.clone());
+                }
                 ControlFlow::Continue(())
             };
             if backward {
@@ -222,18 +271,32 @@ pub fn run_directed(
                     if !accepted {
                         return ControlFlow::Continue(());
                     }
-                    let outcome = (|| -> Result<bool, FhirError> {
+                    let outcome = (|| -> Result<Option<bool>, FhirError> {
                         if needs_dedup {
                             let mut values_by_key: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
                             for key in clause.keys() {
                                 values_by_key.push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
                             }
                             if earlier_hit_exists(clause, &ranges, &values_by_key, alternative, &hit.value) {
-                                return Ok(false);
+                                // Seen before: not a new candidate.
+                                return Ok(None);
                             }
                         }
-                        others_match(&hit.id, hit.version, Some(driver_index))
+                        Ok(Some(others_match(&hit.id, hit.version, Some(driver_index))?))
                     })();
+                    let outcome = match outcome {
+                        Ok(None) => return ControlFlow::Continue(()),
+                        Ok(Some(_)) if candidate_limit.is_some_and(|cap| candidates == cap) => {
+                            sampled = true;
+                            stop = true;
+                            return ControlFlow::Break(());
+                        }
+                        Ok(Some(hit)) => {
+                            candidates += 1;
+                            Ok(hit)
+                        }
+                        Err(error) => Err(error),
+                    };
                     match outcome {
                         Err(error) => {
                             failure = Some(error);
@@ -243,14 +306,17 @@ pub fn run_directed(
                         Ok(false) => return ControlFlow::Continue(()),
                         Ok(true) => {}
                     }
-                    if limit.is_some_and(|limit| matches.len() == limit) {
+                    if limit.is_some_and(|limit| matched == limit) {
                         next = last_position.take();
                         stop = true;
                         return ControlFlow::Break(());
                     }
-                    matches.push((hit.id, hit.version));
-                    last_position = Some(Position::Index { alternative, key: hit.key.to_vec() });
-                    positions.extend(last_position.clone());
+                    matched += 1;
+                    if !count_only {
+                        matches.push((hit.id, hit.version));
+                        last_position = Some(Position::Index { alternative, key: hit.key.to_vec() });
+                        positions.extend(last_position.clone());
+                    }
                     ControlFlow::Continue(())
                 };
                 if backward {
@@ -270,9 +336,8 @@ pub fn run_directed(
     if backward {
         matches.reverse();
         positions.reverse();
-        return Ok(Page { matches, next, positions });
     }
-    Ok(Page { matches, next, positions })
+    Ok(Walked { page: Page { matches, next, positions }, matched, candidates, sampled })
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several
@@ -316,7 +381,53 @@ pub fn count(
             return snapshot.count_index(resource_type, key, lo, hi.as_deref(), t);
         }
     }
-    Ok(run(snapshot, resource_type, clauses, driver, t, None, None)?.matches.len())
+    let options = Walk { start: None, limit: None, backward: false, candidate_limit: None, count_only: true };
+    Ok(walk(snapshot, resource_type, clauses, driver, t, &options)?.matched)
+}
+
+/// Driver candidates examined to estimate a query's total.
+pub const ESTIMATE_SAMPLE: usize = 1000;
+
+/// An estimate of the number of matches of the whole query (`_total=estimate`): exact when the
+/// driver has at most [`ESTIMATE_SAMPLE`] candidates; otherwise the share of matches among the
+/// first candidates, times the driver's size (its index entries, counted without decoding).
+pub fn estimate(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+) -> Result<usize, FhirError> {
+    estimate_sampled(snapshot, resource_type, clauses, driver, t, ESTIMATE_SAMPLE)
+}
+
+/// [`estimate`] with a chosen sample size.
+pub fn estimate_sampled(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    sample: usize,
+) -> Result<usize, FhirError> {
+    let options = Walk { start: None, limit: None, backward: false, candidate_limit: Some(sample), count_only: true };
+    let sample = walk(snapshot, resource_type, clauses, driver, t, &options)?;
+    if !sample.sampled || sample.candidates == 0 {
+        return Ok(sample.matched);
+    }
+    let driver_size = match driver {
+        Driver::Clause(index) => {
+            let mut size = 0;
+            for (key, lo, hi) in clauses[index].ranges() {
+                size += snapshot.count_index(resource_type, &key, &lo, hi.as_deref(), t)?;
+            }
+            size
+        }
+        // Every live resource has exactly one `_id` entry.
+        Driver::TypeScan => snapshot.count_index(resource_type, "_id", &[], None, t)?,
+    };
+    let share = sample.matched as f64 / sample.candidates as f64;
+    Ok((driver_size.max(sample.candidates) as f64 * share).round() as usize)
 }
 
 /// One `_sort` key: the index key to read, how to interpret its values, and the direction.

@@ -6,7 +6,10 @@
 //! - [`values`]: how each parameter type encodes index values.
 //! - [`indexer`]: the store's [`crate::store::Indexer`], driven by the registry.
 //! - [`criteria`]: conditional-interaction criteria (`_id`, `identifier`).
+//! - [`engine`]: planning and running a query on a snapshot; [`budget`] bounds the work one
+//!   search may do.
 
+pub mod budget;
 pub mod chain;
 pub mod compartment;
 mod criteria;
