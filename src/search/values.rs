@@ -160,9 +160,10 @@ fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
         Value::Object(map) => {
             let mut out = Vec::new();
             let system = map.get("system").and_then(Value::as_str);
-            if let Some(codings) = map.get("coding").and_then(Value::as_array) {
-                // CodeableConcept
-                for coding in codings {
+            let concept = map.contains_key("coding") || !(map.contains_key("code") || map.contains_key("value"));
+            if concept && (map.contains_key("coding") || map.contains_key("text")) {
+                // CodeableConcept, also one with only text (searchable by `:text`)
+                for coding in map.get("coding").and_then(Value::as_array).into_iter().flatten() {
                     out.extend(token_values(coding));
                 }
                 if let Some(t) = map.get("text").and_then(Value::as_str) {

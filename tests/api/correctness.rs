@@ -1,0 +1,202 @@
+//! Search correctness: paging links that stay in their URL and re-encode their values,
+//! references to this server's own base, exact decimal ranges, token escaping, Unicode string
+//! matching and `$everything` on missing patients. Every check compares the exact ids found.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, spawn_app};
+
+async fn put(app: &TestApp, resource: Value) {
+    let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+    let reply = app.put(&path, &resource).await;
+    assert!(reply.status == 201 || reply.status == 200, "{path}: {}", reply.text);
+}
+
+fn link(body: &Value, relation: &str) -> Option<String> {
+    body["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str().map(str::to_owned)
+}
+
+/// `Type/id` of the page's match entries, in order.
+fn page_ids(body: &Value) -> Vec<String> {
+    body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| {
+            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
+        })
+        .collect()
+}
+
+/// Follows `next` links from `path` to the last page; returns every page's `Type/id`s and
+/// the first page's reply. Fails on a non-200 page or a repeated id.
+async fn all_pages(app: &TestApp, path: &str) -> (Vec<Vec<String>>, Reply) {
+    let first = app.get(path).await;
+    assert_eq!(first.status, 200, "{path}: {}", first.text);
+    let mut pages = vec![page_ids(&first.body)];
+    let mut next = link(&first.body, "next");
+    while let Some(url) = next {
+        assert!(pages.len() < 100, "{path}: paging does not end");
+        let reply = app.send(app.client.get(&url)).await;
+        assert_eq!(reply.status, 200, "{url}: {}", reply.text);
+        pages.push(page_ids(&reply.body));
+        next = link(&reply.body, "next");
+    }
+    let mut all = pages.concat();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "{path}: a resource appeared on two pages: {pages:?}");
+    (pages, first)
+}
+
+/// The union of all pages, sorted.
+async fn union(app: &TestApp, path: &str) -> Vec<String> {
+    let mut all = all_pages(app, path).await.0.concat();
+    all.sort();
+    all
+}
+
+fn sorted(ids: &[&str]) -> Vec<String> {
+    let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// A code text holding every character that breaks a query string when not re-encoded.
+const AWKWARD_TEXT: &str = "Blood+pressure & #1 %ile";
+const AWKWARD_QUERY: &str = "Blood%2Bpressure%20%26%20%231%20%25ile";
+
+async fn seed_awkward_observations(app: &TestApp) {
+    for patient in ["p1", "p2"] {
+        put(app, json!({"resourceType": "Patient", "id": patient})).await;
+    }
+    for n in 0..5 {
+        put(
+            app,
+            json!({"resourceType": "Observation", "id": format!("a{n}"), "status": "final",
+            "code": {"text": AWKWARD_TEXT}, "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-05-01T10:00:00+02:00"}),
+        )
+        .await;
+    }
+    // Same text, another patient; and the patient's own observation with other text.
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "b0", "status": "final", "code": {"text": AWKWARD_TEXT},
+        "subject": {"reference": "Patient/p2"}}),
+    )
+    .await;
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "c0", "status": "final", "code": {"text": "Blood sugar"},
+        "subject": {"reference": "Patient/p1"}}),
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn compartment_search_pages_stay_in_the_compartment() {
+    let app = spawn_app().await;
+    seed_awkward_observations(&app).await;
+    let path = format!("/Patient/p1/Observation?code:text={AWKWARD_QUERY}&_count=2");
+    let (pages, first) = all_pages(&app, &path).await;
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    let mut all = pages.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        sorted(&["Observation/a0", "Observation/a1", "Observation/a2", "Observation/a3", "Observation/a4"])
+    );
+
+    // The self link is the compartment URL with the same (re-encoded) query: fetching it again
+    // gives the same first page, not every patient's observations.
+    let self_url = link(&first.body, "self").unwrap();
+    assert!(self_url.starts_with(&format!("{}/Patient/p1/Observation?", app.base)), "{self_url}");
+    let again = app.send(app.client.get(&self_url)).await;
+    assert_eq!(page_ids(&again.body), pages[0]);
+    // Previous links also stay in the compartment.
+    let second = app.send(app.client.get(link(&first.body, "next").unwrap())).await;
+    let previous = link(&second.body, "previous").unwrap();
+    assert!(previous.starts_with(&format!("{}/Patient/p1/Observation?", app.base)), "{previous}");
+    assert_eq!(page_ids(&app.send(app.client.get(&previous)).await.body), pages[0]);
+
+    // Without criteria the compartment holds all of p1's observations.
+    assert_eq!(
+        union(&app, "/Patient/p1/Observation?_count=2").await,
+        sorted(&[
+            "Observation/a0",
+            "Observation/a1",
+            "Observation/a2",
+            "Observation/a3",
+            "Observation/a4",
+            "Observation/c0"
+        ])
+    );
+}
+
+#[actix_web::test]
+async fn type_and_system_search_links_reencode_their_values() {
+    let app = spawn_app().await;
+    seed_awkward_observations(&app).await;
+    let expected = sorted(&[
+        "Observation/a0",
+        "Observation/a1",
+        "Observation/a2",
+        "Observation/a3",
+        "Observation/a4",
+        "Observation/b0",
+    ]);
+    assert_eq!(union(&app, &format!("/Observation?code:text={AWKWARD_QUERY}&_count=2")).await, expected);
+    let system = format!("?_type=Observation&code:text={AWKWARD_QUERY}&_count=2");
+    assert_eq!(union(&app, &system).await, expected);
+    let (_, first) = all_pages(&app, &system).await;
+    let self_url = link(&first.body, "self").unwrap();
+    assert!(self_url.contains(AWKWARD_QUERY), "{self_url}");
+}
+
+#[actix_web::test]
+async fn everything_links_reencode_their_values() {
+    let app = spawn_app().await;
+    seed_awkward_observations(&app).await;
+    // A zone offset's '+' must survive into the next link, or it decodes as a space.
+    let path = "/Patient/p1/$everything?_since=2000-01-01T00:00:00%2B02:00&start=2024-05-01T00:00:00%2B02:00&_count=2";
+    let expected = sorted(&[
+        "Patient/p1",
+        "Observation/a0",
+        "Observation/a1",
+        "Observation/a2",
+        "Observation/a3",
+        "Observation/a4",
+    ]);
+    assert_eq!(union(&app, path).await, expected);
+    let (_, first) = all_pages(&app, path).await;
+    assert!(link(&first.body, "self").unwrap().contains("_since=2000-01-01T00:00:00%2B02:00"));
+}
+
+#[actix_web::test]
+async fn everything_on_a_missing_or_deleted_patient_is_like_a_read() {
+    let app = spawn_app().await;
+    let missing = app.get("/Patient/nosuch/$everything").await;
+    missing.assert_outcome(404);
+    assert!(missing.body["issue"][0]["diagnostics"].as_str().unwrap().contains("Patient/nosuch"), "{}", missing.text);
+
+    put(&app, json!({"resourceType": "Patient", "id": "gone"})).await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/gone"}}),
+    )
+    .await;
+    assert_eq!(union(&app, "/Patient/gone/$everything").await, sorted(&["Observation/o", "Patient/gone"]));
+    assert!(app.delete("/Patient/gone").await.status < 300);
+    let deleted = app.get("/Patient/gone/$everything").await;
+    deleted.assert_outcome(410);
+    assert_eq!(deleted.body["issue"][0]["code"], "deleted");
+
+    // Compartment search is a search: a missing or deleted owner gives the resources that
+    // still reference it (here the observation), like HAPI, rather than an error.
+    assert_eq!(union(&app, "/Patient/gone/Observation").await, sorted(&["Observation/o"]));
+    assert_eq!(union(&app, "/Patient/nosuch/Observation").await, Vec::<String>::new());
+}
