@@ -200,3 +200,35 @@ async fn everything_on_a_missing_or_deleted_patient_is_like_a_read() {
     assert_eq!(union(&app, "/Patient/gone/Observation").await, sorted(&["Observation/o"]));
     assert_eq!(union(&app, "/Patient/nosuch/Observation").await, Vec::<String>::new());
 }
+
+/// The ids of every page of a search, without the `Type/` prefix, sorted.
+async fn ids(app: &TestApp, path: &str) -> Vec<String> {
+    union(app, path).await.into_iter().map(|id| id.split_once('/').unwrap().1.to_owned()).collect()
+}
+
+#[actix_web::test]
+async fn string_search_folds_accents_of_any_letter_and_composition() {
+    let app = spawn_app().await;
+    for (id, family, given) in [
+        ("garcia", "García", "José"),
+        ("nguyen", "Nguyễn", "Văn"),
+        ("otani", "Ōtani", "Shōhei"),
+        ("orsted", "Ørsted", "Łucja"),
+        ("decomposed", "Garci\u{301}a", "Zoe\u{308}"),
+        ("plain", "Garcia", "Jose"),
+    ] {
+        put(&app, json!({"resourceType": "Patient", "id": id, "name": [{"family": family, "given": [given]}]})).await;
+    }
+    let all_garcias = sorted(&["decomposed", "garcia", "plain"]);
+    // A decomposed query (e + U+0301) finds precomposed, decomposed and plain values.
+    assert_eq!(ids(&app, "/Patient?family=Garci%CC%81a").await, all_garcias);
+    assert_eq!(ids(&app, "/Patient?family=GARC%C3%8DA").await, all_garcias);
+    assert_eq!(ids(&app, "/Patient?family=garcia").await, all_garcias);
+    assert_eq!(ids(&app, "/Patient?family=nguyen").await, sorted(&["nguyen"]));
+    assert_eq!(ids(&app, "/Patient?name=otani").await, sorted(&["otani"]));
+    assert_eq!(ids(&app, "/Patient?given=shohei").await, sorted(&["otani"]));
+    assert_eq!(ids(&app, "/Patient?family=orsted&given=lucja").await, sorted(&["orsted"]));
+    assert_eq!(ids(&app, "/Patient?given:contains=oe").await, sorted(&["decomposed"]));
+    // :exact still compares the text as written.
+    assert_eq!(ids(&app, "/Patient?family:exact=Garc%C3%ADa").await, sorted(&["garcia"]));
+}
