@@ -215,28 +215,51 @@ fn incorrect(message: String) -> FhirError {
     FhirError::incorrect(IssueCode::Invalid, message)
 }
 
-/// Splits `a,b\,c` into `["a", "b,c"]`, honouring FHIR's backslash escapes.
+/// Splits a parameter value at unescaped `,` into its alternatives. Escapes are kept (`a\,b`
+/// stays `a\,b`): each alternative is split further at unescaped `|` or `$` by its type's
+/// parser, and only then are the pieces unescaped with [`unescape`]. FHIR's escapes are `\,`,
+/// `\|`, `\$` and `\\`.
 pub fn split_values(text: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    parts.last_mut().expect("never empty").push(next);
-                }
-            }
-            ',' => parts.push(String::new()),
-            c => parts.last_mut().expect("never empty").push(c),
+    split_unescaped(text, ',').into_iter().map(str::to_owned).collect()
+}
+
+/// Splits `text` at every `separator` not preceded by an escaping backslash; the pieces keep
+/// their escapes.
+fn split_unescaped(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    for (index, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == separator {
+            parts.push(&text[start..index]);
+            start = index + c.len_utf8();
         }
     }
+    parts.push(&text[start..]);
     parts
 }
 
-/// Splits a token or quantity value at unescaped `|` (escapes already removed by
-/// [`split_values`] are not seen here; FHIR servers treat a literal `|` as the separator).
-fn split_bar(text: &str) -> Vec<&str> {
-    text.split('|').collect()
+/// Removes the escaping backslashes: `\x` becomes `x` for any `x` (so `\\` is one backslash).
+/// A trailing lone backslash is kept as written.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().unwrap_or('\\')),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Splits a token or quantity value at unescaped `|` and unescapes the pieces.
+fn split_bar(text: &str) -> Vec<String> {
+    split_unescaped(text, '|').into_iter().map(unescape).collect()
 }
 
 fn prefix_of(text: &str) -> (Prefix, &str) {
@@ -352,21 +375,22 @@ pub fn parse_clause(
             def.kind.as_str()
         ))
     };
+    // `value` keeps its escapes; each type's parser splits it further and unescapes the pieces.
     for value in split_values(raw_value) {
         if value.is_empty() {
             return Err(incorrect(format!("the parameter '{name}' has an empty value")));
         }
         let alternatives = match def.kind {
             ParamKind::String => match modifier {
-                None => vec![starting_with(normalize(&value).into_bytes())],
+                None => vec![starting_with(normalize(&unescape(&value)).into_bytes())],
                 Some("exact") => {
                     clause.key = format!("{code}:exact");
-                    vec![exact(value.into_bytes())]
+                    vec![exact(unescape(&value).into_bytes())]
                 }
                 Some("contains") => {
                     vec![Alternative {
                         key: None,
-                        pred: Pred::Contains(normalize(&value).into_bytes()),
+                        pred: Pred::Contains(normalize(&unescape(&value)).into_bytes()),
                         lo: Vec::new(),
                         hi: None,
                     }]
@@ -381,14 +405,15 @@ pub fn parse_clause(
                 }
                 Some("text") => {
                     clause.key = format!("{code}:text");
-                    vec![starting_with(normalize(&value).into_bytes())]
+                    vec![starting_with(normalize(&unescape(&value)).into_bytes())]
                 }
                 Some("of-type") => {
                     clause.key = format!("{code}:of-type");
-                    if split_bar(&value).len() != 3 {
+                    let parts = split_bar(&value);
+                    if parts.len() != 3 {
                         return Err(incorrect(format!("{name} needs system|code|value, not '{value}'")));
                     }
-                    vec![exact(value.into_bytes())]
+                    vec![exact(parts.join("|").into_bytes())]
                 }
                 _ => return Err(bad_modifier()),
             },
@@ -396,13 +421,13 @@ pub fn parse_clause(
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                vec![date(name, &value)?]
+                vec![date(name, &unescape(&value))?]
             }
             ParamKind::Number => {
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                vec![number(name, &value)?]
+                vec![number(name, &unescape(&value))?]
             }
             ParamKind::Quantity => {
                 if modifier.is_some() {
@@ -411,20 +436,21 @@ pub fn parse_clause(
                 vec![quantity(name, &value)?]
             }
             ParamKind::Reference => match modifier {
-                None => reference(&def, &value, base_url, None),
+                None => reference(&def, &unescape(&value), base_url, None),
                 Some("identifier") => {
                     clause.key = format!("{code}:identifier");
                     token(&value)
                 }
                 Some(type_name) => match ResourceType::parse(type_name) {
-                    Some(target) => reference(&def, &value, base_url, Some(target)),
+                    Some(target) => reference(&def, &unescape(&value), base_url, Some(target)),
                     None => return Err(bad_modifier()),
                 },
             },
             ParamKind::Uri => match modifier {
-                None => vec![exact(value.into_bytes())],
-                Some("below") => vec![starting_with(value.into_bytes())],
+                None => vec![exact(unescape(&value).into_bytes())],
+                Some("below") => vec![starting_with(unescape(&value).into_bytes())],
                 Some("above") => {
+                    let value = unescape(&value);
                     let mut candidates = vec![value.clone()];
                     let mut rest = value.as_str();
                     while let Some((head, _)) = rest.rsplit_once('/') {
@@ -459,15 +485,23 @@ fn index_key_for_missing(def: &ParamDef) -> String {
 
 /// `system|code` and `|code` are stored forms: an exact lookup each. A plain `code` matches
 /// codes with any system (stored as `code`) and without one (stored as `|code`). `system|`
-/// (any code of a system) is a prefix scan over the `system|code` values.
+/// (any code of a system) is a prefix scan over the `system|code` values. `value` keeps its
+/// escapes: only an unescaped `|` separates system and code (`a\|b` is the code `a|b`).
 pub(super) fn token(value: &str) -> Vec<Alternative> {
-    if value.ends_with('|') && value.len() > 1 {
-        return vec![starting_with(value.as_bytes().to_vec())];
+    match split_unescaped(value, '|').as_slice() {
+        [code] => {
+            let code = unescape(code);
+            let without_system = format!("|{code}").into_bytes();
+            vec![exact(code.into_bytes()), exact(without_system)]
+        }
+        [system, ""] if !system.is_empty() => vec![starting_with(format!("{}|", unescape(system)).into_bytes())],
+        // `system|code`, `|code`; more bars belong to the code.
+        [system, code @ ..] => {
+            let code: Vec<String> = code.iter().map(|part| unescape(part)).collect();
+            vec![exact(format!("{}|{}", unescape(system), code.join("|")).into_bytes())]
+        }
+        [] => Vec::new(),
     }
-    if value.contains('|') {
-        return vec![exact(value.as_bytes().to_vec())];
-    }
-    vec![exact(value.as_bytes().to_vec()), exact(format!("|{value}").into_bytes())]
 }
 
 fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -518,11 +552,13 @@ fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
 }
 
 fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
+    // `number|system|code` matches that coded unit; `number||unit` the code or the
+    // human-readable unit (the index holds both under `||`).
     let parts = split_bar(text);
     let (number_text, unit) = match parts.as_slice() {
-        [number] => (*number, String::new()),
-        [number, "", code] => (*number, format!("||{code}")),
-        [number, system, code] => (*number, format!("{system}|{code}")),
+        [number] => (number.as_str(), String::new()),
+        [number, system, code] if system.is_empty() => (number.as_str(), format!("||{code}")),
+        [number, system, code] => (number.as_str(), format!("{system}|{code}")),
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };
     let (prefix, rest) = prefix_of(number_text);
@@ -564,7 +600,7 @@ fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceT
 }
 
 fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>, FhirError> {
-    let parts: Vec<&str> = text.split('$').collect();
+    let parts: Vec<&str> = split_unescaped(text, '$');
     if parts.len() != def.components.len() {
         return Err(incorrect(format!("{name} needs {} values separated by '$', not '{text}'", def.components.len())));
     }
@@ -573,9 +609,9 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     let mut heads: Vec<Vec<u8>> = vec![Vec::new()];
     for (component, part) in def.components.iter().zip(&parts).take(parts.len() - 1) {
         let forms: Vec<Vec<u8>> = match component.kind {
-            ParamKind::Token if !part.contains('|') => vec![part.as_bytes().to_vec(), format!("|{part}").into_bytes()],
-            ParamKind::Token | ParamKind::Uri | ParamKind::Reference => vec![part.as_bytes().to_vec()],
-            ParamKind::String => vec![normalize(part).into_bytes()],
+            ParamKind::Token => token(part).into_iter().map(|alternative| alternative.lo).collect(),
+            ParamKind::Uri | ParamKind::Reference => vec![unescape(part).into_bytes()],
+            ParamKind::String => vec![normalize(&unescape(part)).into_bytes()],
             _ => {
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
@@ -596,11 +632,11 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     let last = parts[parts.len() - 1];
     let tails = match last_kind {
         ParamKind::Token => token(last),
-        ParamKind::Uri | ParamKind::Reference => vec![exact(last.as_bytes().to_vec())],
-        ParamKind::String => vec![starting_with(normalize(last).into_bytes())],
+        ParamKind::Uri | ParamKind::Reference => vec![exact(unescape(last).into_bytes())],
+        ParamKind::String => vec![starting_with(normalize(&unescape(last)).into_bytes())],
         ParamKind::Quantity => vec![quantity(name, last)?],
-        ParamKind::Number => vec![number(name, last)?],
-        ParamKind::Date => vec![date(name, last)?],
+        ParamKind::Number => vec![number(name, &unescape(last))?],
+        ParamKind::Date => vec![date(name, &unescape(last))?],
         _ => return Err(incorrect(format!("{name}: unsupported composite component"))),
     };
     let mut alternatives = Vec::new();
@@ -736,5 +772,29 @@ mod tests {
             assert!(parse_clause(patient, name, value, "").is_err(), "{name}={value}");
         }
         assert!(parse_clause(patient, "colour", "red", "").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod escaping {
+    use super::*;
+
+    #[test]
+    fn only_unescaped_separators_split() {
+        assert_eq!(split_values(r"a,b\,c,d\\,e"), [r"a", r"b\,c", r"d\\", "e"]);
+        assert_eq!(split_bar(r"s|a\|b"), ["s", "a|b"]);
+        assert_eq!(split_unescaped(r"x\$y$5", '$'), [r"x\$y", "5"]);
+        assert_eq!(unescape(r"a\,b\$c\|d\\e\"), r"a,b$c|d\e\");
+    }
+
+    #[test]
+    fn tokens_honour_escaped_bars() {
+        let values = |alternatives: Vec<Alternative>| -> Vec<String> {
+            alternatives.into_iter().map(|a| String::from_utf8(a.lo).unwrap()).collect()
+        };
+        assert_eq!(values(token(r"a\|b")), ["a|b", "|a|b"]);
+        assert_eq!(values(token(r"s|a\|b")), ["s|a|b"]);
+        assert_eq!(values(token(r"|x\\y")), [r"|x\y"]);
+        assert_eq!(values(token("s|")), ["s|"]);
     }
 }

@@ -8,7 +8,7 @@
 //! | token | `p` → `code` and `system\|code`, or only `\|code` without a system; `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
 //! | number | `p` → order-preserving 8-byte float |
-//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` (any system) and `` (no unit) |
+//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` and `\|\|unit` (any system, code or human-readable unit) and `` (no unit) |
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
@@ -227,8 +227,8 @@ fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
             units.push(format!("{system}|{code}"));
         }
     }
-    // The human-readable unit counts only when there is no coded one.
-    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|_| code.is_none()) {
+    // `number||unit` matches the code or the human-readable unit (`lb` for `[lb_av]`).
+    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|unit| Some(*unit) != code) {
         units.push(format!("||{unit}"));
     }
     units.into_iter().map(|unit| ("", quantity_key(&unit, number))).collect()

@@ -232,3 +232,87 @@ async fn string_search_folds_accents_of_any_letter_and_composition() {
     // :exact still compares the text as written.
     assert_eq!(ids(&app, "/Patient?family:exact=Garc%C3%ADa").await, sorted(&["garcia"]));
 }
+
+#[actix_web::test]
+async fn quantity_units_match_the_code_or_the_human_readable_unit() {
+    let app = spawn_app().await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "weight", "status": "final", "code": {"text": "weight"},
+        "valueQuantity": {"value": 100.5, "unit": "lb", "system": "http://unitsofmeasure.org", "code": "[lb_av]"}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "uncoded", "status": "final", "code": {"text": "weight"},
+        "valueQuantity": {"value": 100.5, "unit": "lb"}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "kilos", "status": "final", "code": {"text": "weight"},
+        "valueQuantity": {"value": 100.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}),
+    )
+    .await;
+    assert_eq!(ids(&app, "/Observation?value-quantity=100.5||lb").await, sorted(&["uncoded", "weight"]));
+    assert_eq!(ids(&app, "/Observation?value-quantity=100.5||%5Blb_av%5D").await, sorted(&["weight"]));
+    assert_eq!(
+        ids(&app, "/Observation?value-quantity=100.5|http://unitsofmeasure.org|%5Blb_av%5D").await,
+        sorted(&["weight"])
+    );
+    // The system names a coded unit: the human-readable `lb` is not a UCUM code.
+    assert_eq!(ids(&app, "/Observation?value-quantity=100.5|http://unitsofmeasure.org|lb").await, sorted(&[]));
+    assert_eq!(ids(&app, "/Observation?value-quantity=100.5||kg").await, sorted(&["kilos"]));
+    assert_eq!(ids(&app, "/Observation?value-quantity=100.5").await, sorted(&["kilos", "uncoded", "weight"]));
+}
+
+#[actix_web::test]
+async fn escaped_separators_are_literal_characters() {
+    let app = spawn_app().await;
+    let patient = |id: &str, identifier: Value, family: &str| json!({"resourceType": "Patient", "id": id, "identifier": [identifier], "name": [{"family": family}]});
+    put(&app, patient("bar", json!({"value": "a|b"}), "Smith,Jr")).await;
+    put(&app, patient("comma", json!({"system": "http://s", "value": "x,y"}), "Smith")).await;
+    put(&app, patient("dollar", json!({"value": "p$q"}), "Jr")).await;
+    put(&app, patient("slash", json!({"value": "c\\d"}), "Back\\slash")).await;
+    put(&app, patient("plain", json!({"value": "a"}), "b")).await;
+
+    // `\|` in a value without a system is a literal bar, not the system separator.
+    assert_eq!(ids(&app, "/Patient?identifier=a%5C%7Cb").await, sorted(&["bar"]));
+    assert_eq!(ids(&app, "/Patient?identifier=%7Ca%5C%7Cb").await, sorted(&["bar"]));
+    // `\,` is a comma inside one value; an unescaped comma still separates alternatives.
+    assert_eq!(ids(&app, "/Patient?identifier=http://s%7Cx%5C,y").await, sorted(&["comma"]));
+    assert_eq!(ids(&app, "/Patient?identifier=http://s%7Cx%5C,y,a").await, sorted(&["comma", "plain"]));
+    assert_eq!(ids(&app, "/Patient?identifier=p%5C$q").await, sorted(&["dollar"]));
+    assert_eq!(ids(&app, "/Patient?identifier=c%5C%5Cd").await, sorted(&["slash"]));
+    assert_eq!(ids(&app, "/Patient?family=smith%5C,jr").await, sorted(&["bar"]));
+    assert_eq!(ids(&app, "/Patient?family:exact=Back%5C%5Cslash").await, sorted(&["slash"]));
+
+    // In a composite, `\$` is a literal dollar within a component.
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "dollar-code", "status": "final",
+        "code": {"coding": [{"system": "http://c", "code": "x$y"}]}, "valueQuantity": {"value": 5}}),
+    )
+    .await;
+    assert_eq!(ids(&app, "/Observation?code-value-quantity=http://c%7Cx%5C$y$5").await, sorted(&["dollar-code"]));
+    assert_eq!(ids(&app, "/Observation?code-value-quantity=x%5C$y$5").await, sorted(&["dollar-code"]));
+}
+
+#[actix_web::test]
+async fn code_text_finds_concepts_that_have_only_text() {
+    let app = spawn_app().await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "text-only", "status": "final",
+        "code": {"text": "Walking distance"}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "coded", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "41950-7", "display": "Walking steps"}]}}),
+    )
+    .await;
+    assert_eq!(ids(&app, "/Observation?code:text=walking").await, sorted(&["coded", "text-only"]));
+    assert_eq!(ids(&app, "/Observation?code:text=walking%20dist").await, sorted(&["text-only"]));
+}
