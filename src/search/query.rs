@@ -37,11 +37,10 @@ pub enum Pred {
         lo: i64,
         hi: i64,
     },
-    /// Numbers: the query value and the half-width of its implicit precision.
+    /// Numbers: the query value and its implicit range.
     Number {
         prefix: Prefix,
-        value: f64,
-        half: f64,
+        number: QueryNumber,
     },
     /// Quantities: the unit key, then a number predicate on the rest.
     Quantity {
@@ -162,9 +161,7 @@ impl Pred {
             Pred::Date { prefix, lo, hi } => {
                 decode_range(value).is_some_and(|(t_lo, t_hi)| date_matches(*prefix, *lo, *hi, t_lo, t_hi))
             }
-            Pred::Number { prefix, value: q, half } => {
-                decode_f64(value).is_some_and(|v| number_matches(*prefix, *q, *half, v))
-            }
+            Pred::Number { prefix, number } => decode_f64(value).is_some_and(|v| number_matches(*prefix, number, v)),
             Pred::Quantity { unit, number } => {
                 value.len() == unit.len() + 9
                     && value.starts_with(unit)
@@ -198,16 +195,32 @@ pub fn date_matches(prefix: Prefix, lo: i64, hi: i64, t_lo: i64, t_hi: i64) -> b
     }
 }
 
+/// A number of a query, as the stored values are: each the `f64` nearest to a decimal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryNumber {
+    /// The value as written.
+    pub value: f64,
+    /// The implicit range `[lo, hi)` of the value's precision ("5.4" is `[5.35, 5.45)`),
+    /// computed exactly in decimal and only then rounded to the nearest `f64`.
+    pub lo: f64,
+    pub hi: f64,
+}
+
 /// FHIR number comparison with the implicit precision of the query value.
-pub fn number_matches(prefix: Prefix, q: f64, half: f64, v: f64) -> bool {
+///
+/// Stored numbers are the `f64` nearest to their decimal text, and so are the bounds; rounding
+/// to nearest is monotonic, so a stored decimal at a bound compares as the decimals do (5.35
+/// is in 5.4's range, 5.45 and 0.15 are not in 5.4's and 0.1's).
+pub fn number_matches(prefix: Prefix, number: &QueryNumber, v: f64) -> bool {
+    let QueryNumber { value: q, lo, hi } = *number;
     match prefix {
-        Prefix::Eq => v >= q - half && v < q + half,
-        Prefix::Ne => !(v >= q - half && v < q + half),
+        Prefix::Eq => v >= lo && v < hi,
+        Prefix::Ne => !(v >= lo && v < hi),
         Prefix::Gt | Prefix::Sa => v > q,
         Prefix::Lt | Prefix::Eb => v < q,
         Prefix::Ge => v >= q,
         Prefix::Le => v <= q,
-        Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max(half),
+        Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max((hi - lo) / 2.0),
     }
 }
 
@@ -520,24 +533,89 @@ fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
     Ok(Alternative { key: None, pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
 }
 
-fn parse_number(name: &str, text: &str) -> Result<(f64, f64), FhirError> {
-    let value: f64 = text.parse().map_err(|_| incorrect(format!("{name}: '{text}' is not a number")))?;
-    // Implicit precision: "5.40" means [5.395, 5.405).
-    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
-    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
-    let exponent: i32 = text.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
-    Ok((value, 0.5 * 10f64.powi(exponent - decimals)))
+/// Parses a search number (`[+|-]digits[.digits][(e|E)[+|-]digits]`, as FHIR's decimal
+/// allows) and computes its implicit range in decimal: the value written with `d` digits
+/// after the point (after applying the exponent) covers plus or minus half a unit of its last
+/// digit. NaN, infinities and numbers beyond the range of `f64` are errors.
+fn parse_number(name: &str, text: &str) -> Result<QueryNumber, FhirError> {
+    let not_a_number = || incorrect(format!("{name}: '{text}' is not a number")).at(name.to_owned());
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => {
+            let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(not_a_number());
+            }
+            (mantissa, exponent.parse::<i32>().map_err(|_| out_of_range(name, text))?)
+        }
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return Err(not_a_number());
+    }
+    // value = ±digits · 10^scale, and half a unit of the last digit is 5 · 10^(scale - 1).
+    let digits = format!("{whole}{fraction}");
+    let scale = i64::from(exponent) - fraction.len() as i64;
+    let value: f64 = text.parse().map_err(|_| not_a_number())?;
+    let is_zero = digits.bytes().all(|b| b == b'0');
+    if !value.is_finite() || (value == 0.0 && !is_zero) {
+        return Err(out_of_range(name, text));
+    }
+    // `digits·10 + 5` and `digits·10 - 5`, at scale - 1, as exact decimal text.
+    let above = format!("{digits}5");
+    let below = match decrement(&digits) {
+        Some(smaller) => (false, format!("{smaller}5")),
+        None => (true, "5".to_owned()),
+    };
+    let at_scale = |negative: bool, digits: &str| -> f64 {
+        let sign = if negative { "-" } else { "" };
+        format!("{sign}{digits}e{}", scale - 1).parse().unwrap_or(f64::NAN)
+    };
+    let (lo, hi) = if negative {
+        (at_scale(true, &above), at_scale(!below.0, &below.1))
+    } else {
+        (at_scale(below.0, &below.1), at_scale(false, &above))
+    };
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err(out_of_range(name, text));
+    }
+    Ok(QueryNumber { value, lo, hi })
 }
 
-fn number_range(prefix: Prefix, value: f64, half: f64) -> (Vec<u8>, Option<Vec<u8>>) {
+fn out_of_range(name: &str, text: &str) -> FhirError {
+    incorrect(format!("{name}: '{text}' is outside the range of numbers this server compares")).at(name.to_owned())
+}
+
+/// `digits - 1` as decimal text (leading zeros kept); `None` when `digits` is zero.
+fn decrement(digits: &str) -> Option<String> {
+    let mut bytes = digits.as_bytes().to_vec();
+    for byte in bytes.iter_mut().rev() {
+        if *byte == b'0' {
+            *byte = b'9';
+        } else {
+            *byte -= 1;
+            return Some(String::from_utf8(bytes).expect("ASCII digits"));
+        }
+    }
+    None
+}
+
+fn number_range(prefix: Prefix, number: &QueryNumber) -> (Vec<u8>, Option<Vec<u8>>) {
     let enc = |v: f64| encode_f64(v).to_vec();
+    let value = number.value;
     match prefix {
-        Prefix::Eq => (enc(value - half), Some(enc(value + half))),
+        Prefix::Eq => (enc(number.lo), Some(enc(number.hi))),
         Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
         Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
         Prefix::Le => (Vec::new(), successor(&enc(value))),
         Prefix::Ap => {
-            let slack = (value.abs() * 0.1).max(half);
+            let slack = (value.abs() * 0.1).max((number.hi - number.lo) / 2.0);
             (enc(value - slack), successor(&enc(value + slack)))
         }
         Prefix::Ne => (Vec::new(), None),
@@ -546,9 +624,9 @@ fn number_range(prefix: Prefix, value: f64, half: f64) -> (Vec<u8>, Option<Vec<u
 
 fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
     let (prefix, rest) = prefix_of(text);
-    let (value, half) = parse_number(name, rest)?;
-    let (lo, hi) = number_range(prefix, value, half);
-    Ok(Alternative { key: None, pred: Pred::Number { prefix, value, half }, lo, hi })
+    let number = parse_number(name, rest)?;
+    let (lo, hi) = number_range(prefix, &number);
+    Ok(Alternative { key: None, pred: Pred::Number { prefix, number }, lo, hi })
 }
 
 fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -562,8 +640,8 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };
     let (prefix, rest) = prefix_of(number_text);
-    let (value, half) = parse_number(name, rest)?;
-    let (num_lo, num_hi) = number_range(prefix, value, half);
+    let number = parse_number(name, rest)?;
+    let (num_lo, num_hi) = number_range(prefix, &number);
     let mut head = unit.clone().into_bytes();
     head.push(0);
     let lo = [head.clone(), num_lo].concat();
@@ -573,7 +651,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
     };
     Ok(Alternative {
         key: None,
-        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, value, half }) },
+        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, number }) },
         lo,
         hi,
     })
@@ -746,11 +824,60 @@ mod tests {
 
     #[test]
     fn numbers_use_implicit_precision() {
-        let (value, half) = parse_number("n", "5.40").unwrap();
-        assert!(number_matches(Prefix::Eq, value, half, 5.404));
-        assert!(!number_matches(Prefix::Eq, value, half, 5.406));
-        let (value, half) = parse_number("n", "100").unwrap();
-        assert!(number_matches(Prefix::Eq, value, half, 100.4) && !number_matches(Prefix::Eq, value, half, 100.5));
+        let number = parse_number("n", "5.40").unwrap();
+        assert!(number_matches(Prefix::Eq, &number, 5.404));
+        assert!(!number_matches(Prefix::Eq, &number, 5.406));
+        let number = parse_number("n", "100").unwrap();
+        assert!(number_matches(Prefix::Eq, &number, 100.4) && !number_matches(Prefix::Eq, &number, 100.5));
+    }
+
+    #[test]
+    fn implicit_ranges_are_exact_at_their_bounds() {
+        let eq = |query: &str, stored: &str| {
+            let stored: f64 = stored.parse().unwrap();
+            let alternative = number("n", query).unwrap();
+            let accepted = alternative.pred.accepts(&encode_f64(stored));
+            // The scan range agrees with the predicate.
+            assert_eq!(accepted, in_range(&alternative, &encode_f64(stored)), "{query} vs {stored}");
+            accepted
+        };
+        assert!(eq("5.4", "5.35") && eq("5.4", "5.449999") && !eq("5.4", "5.45") && !eq("5.4", "5.3499999"));
+        assert!(eq("0.1", "0.05") && !eq("0.1", "0.15") && !eq("0.1", "0.0499"));
+        assert!(eq("-5.4", "-5.45") && !eq("-5.4", "-5.35") && eq("-5.4", "-5.36"));
+        assert!(eq("0", "-0.5") && eq("0", "0.49") && !eq("0", "0.5"));
+        // The exponent moves the last digit: 1e2 has one significant figure, 1.0e2 two.
+        assert!(eq("1e2", "50") && eq("1e2", "149") && !eq("1e2", "150") && !eq("1e2", "49.9"));
+        assert!(eq("1.0e2", "95") && !eq("1.0e2", "105") && eq("100", "100.49"));
+        assert!(eq("2.5E-3", "0.00245") && !eq("2.5E-3", "0.00255"));
+        assert!(eq("+7", "7.2") && eq("1000", "999.5") && !eq("1000", "999.49"));
+        let bounds = parse_number("n", "100.5").unwrap();
+        assert_eq!((bounds.lo, bounds.hi), (100.45, 100.55));
+    }
+
+    #[test]
+    fn numbers_that_are_not_finite_decimals_are_errors() {
+        for text in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "1e99999999999",
+            "",
+            ".",
+            "1e",
+            "1.2.3",
+            "0x10",
+            "1_0",
+        ] {
+            assert!(parse_number("n", text).is_err(), "{text}");
+        }
+        assert!(
+            parse_number("n", "0e-400").is_ok() && parse_number("n", ".5").is_ok() && parse_number("n", "5.").is_ok()
+        );
     }
 
     #[test]

@@ -275,6 +275,8 @@ pub fn number_of(value: &Value) -> Option<f64> {
 
 /// An 8-byte encoding of `value` whose byte order is numeric order.
 pub fn encode_f64(value: f64) -> [u8; 8] {
+    // -0 equals 0: one encoding, so that scans bounded at 0 find both.
+    let value = if value == 0.0 { 0.0 } else { value };
     let bits = value.to_bits();
     let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
     ordered.to_be_bytes()

@@ -316,3 +316,51 @@ async fn code_text_finds_concepts_that_have_only_text() {
     assert_eq!(ids(&app, "/Observation?code:text=walking").await, sorted(&["coded", "text-only"]));
     assert_eq!(ids(&app, "/Observation?code:text=walking%20dist").await, sorted(&["text-only"]));
 }
+
+#[actix_web::test]
+async fn number_ranges_are_exact_decimals_at_their_bounds() {
+    let app = spawn_app().await;
+    for (id, value) in [("v535", "5.35"), ("v545", "5.45"), ("v540", "5.4"), ("v015", "0.15"), ("v005", "0.05")] {
+        let body = format!(
+            r#"{{"resourceType": "Observation", "id": "{id}", "status": "final", "code": {{"text": "x"}}, "valueQuantity": {{"value": {value}, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}}"#
+        );
+        let reply = app
+            .send(
+                app.client
+                    .put(app.url(&format!("/Observation/{id}")))
+                    .header("content-type", "application/fhir+json")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        let probability: Value = serde_json::from_str(value).unwrap();
+        put(
+            &app,
+            json!({"resourceType": "RiskAssessment", "id": id, "status": "final",
+            "subject": {"reference": "Patient/p"}, "prediction": [{"probabilityDecimal": probability}]}),
+        )
+        .await;
+    }
+    // 5.4 covers [5.35, 5.45); 0.1 covers [0.05, 0.15).
+    assert_eq!(ids(&app, "/Observation?value-quantity=5.4").await, sorted(&["v535", "v540"]));
+    assert_eq!(
+        ids(&app, "/Observation?value-quantity=5.4|http://unitsofmeasure.org|mg").await,
+        sorted(&["v535", "v540"])
+    );
+    assert_eq!(ids(&app, "/Observation?value-quantity=0.1").await, sorted(&["v005"]));
+    assert_eq!(ids(&app, "/Observation?value-quantity=5.40").await, sorted(&["v540"]));
+    assert_eq!(ids(&app, "/Observation?value-quantity=ne5.4").await, sorted(&["v005", "v015", "v545"]));
+    assert_eq!(ids(&app, "/RiskAssessment?probability=5.4").await, sorted(&["v535", "v540"]));
+    assert_eq!(ids(&app, "/RiskAssessment?probability=0.1").await, sorted(&["v005"]));
+    assert_eq!(ids(&app, "/RiskAssessment?probability=0.15").await, sorted(&["v015"]));
+
+    for bad in ["NaN", "inf", "-infinity", "1e400", "gtNaN", "1e-400", "5.4e"] {
+        for (path, param) in [("/Observation", "value-quantity"), ("/RiskAssessment", "probability")] {
+            let reply = app.get(&format!("{path}?{param}={bad}")).await;
+            reply.assert_outcome(400);
+            let diagnostics = reply.body["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(diagnostics.contains(bad), "{param}={bad}: {diagnostics}");
+            assert_eq!(reply.expressions(), [param], "{param}={bad}");
+        }
+    }
+}
