@@ -364,3 +364,103 @@ async fn number_ranges_are_exact_decimals_at_their_bounds() {
         }
     }
 }
+
+/// Observations of patient `r1` referencing it in every way an EHR feed might.
+async fn seed_absolute_references(app: &TestApp, base: &str) {
+    put(app, json!({"resourceType": "Patient", "id": "r1", "name": [{"family": "Rossi"}]})).await;
+    put(app, json!({"resourceType": "Patient", "id": "r2", "name": [{"family": "Other"}]})).await;
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "absolute", "status": "final", "code": {"text": "hr"},
+        "subject": {"reference": format!("{base}/Patient/r1")}}),
+    )
+    .await;
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "versioned", "status": "final", "code": {"text": "hr"},
+        "subject": {"reference": format!("{base}/Patient/r1/_history/1")}}),
+    )
+    .await;
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "relative", "status": "final", "code": {"text": "hr"},
+        "subject": {"reference": "Patient/r1"}}),
+    )
+    .await;
+    // The same path on another server is not this server's patient.
+    put(
+        app,
+        json!({"resourceType": "Observation", "id": "foreign", "status": "final", "code": {"text": "hr"},
+        "subject": {"reference": "http://elsewhere.example/fhir/Patient/r1"}}),
+    )
+    .await;
+}
+
+/// Every search path that follows references finds the absolute ones on this server's base.
+async fn assert_absolute_references_found(app: &TestApp, base: &str) {
+    let of_r1 = sorted(&["absolute", "relative", "versioned"]);
+    assert_eq!(ids(app, "/Observation?subject=Patient/r1").await, of_r1);
+    assert_eq!(ids(app, "/Observation?patient=r1").await, of_r1);
+    assert_eq!(ids(app, "/Observation?subject:Patient=r1").await, of_r1);
+    assert_eq!(ids(app, &format!("/Observation?subject={base}/Patient/r1")).await, of_r1);
+    assert_eq!(ids(app, "/Observation?subject.name=rossi").await, of_r1);
+    assert_eq!(ids(app, "/Observation?subject:Patient.family=rossi").await, of_r1);
+    assert_eq!(ids(app, "/Observation?subject=http://elsewhere.example/fhir/Patient/r1").await, sorted(&["foreign"]));
+    assert_eq!(ids(app, "/Patient?_has:Observation:subject:code:text=hr").await, sorted(&["r1"]));
+    assert_eq!(ids(app, "/Patient/r1/Observation").await, of_r1);
+    let everything = union(app, "/Patient/r1/$everything").await;
+    assert_eq!(
+        everything,
+        sorted(&["Observation/absolute", "Observation/relative", "Observation/versioned", "Patient/r1"])
+    );
+    let revinclude = app.get("/Patient?_id=r1&_revinclude=Observation:subject").await;
+    let mut included: Vec<String> = revinclude.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    included.sort();
+    assert_eq!(included, of_r1);
+    let include = app.get("/Observation?_id=absolute&_include=Observation:subject").await;
+    let included: Vec<&Value> =
+        include.body["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").collect();
+    assert_eq!(included.len(), 1, "{}", include.text);
+    assert_eq!(included[0]["resource"]["id"], "r1");
+    // The stored resource keeps the reference as the client sent it.
+    let stored = app.get("/Observation/absolute").await;
+    assert_eq!(stored.body["subject"]["reference"], format!("{base}/Patient/r1"));
+}
+
+#[actix_web::test]
+async fn absolute_references_to_the_request_base_are_local() {
+    let app = spawn_app().await;
+    seed_absolute_references(&app, &app.base).await;
+    assert_absolute_references_found(&app, &app.base).await;
+}
+
+#[actix_web::test]
+async fn absolute_references_to_the_configured_base_are_local_also_in_transactions() {
+    let public = "https://fhir.example.org/fhir";
+    let app = crate::helpers::spawn_app_with(|settings| settings.base_url = Some(public.to_owned())).await;
+    seed_absolute_references(&app, public).await;
+    // Written through a transaction too.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Observation", "id": "in-bundle", "status": "final", "code": {"text": "hr"},
+            "subject": {"reference": format!("{public}/Patient/r1")}},
+        "request": {"method": "PUT", "url": "Observation/in-bundle"}}]});
+    let reply = app.post("", &bundle).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(ids(&app, "/Observation?patient=r1").await, sorted(&["absolute", "in-bundle", "relative", "versioned"]));
+    app.delete("/Observation/in-bundle").await;
+    assert_absolute_references_found(&app, public).await;
+    // The address the requests actually arrive at is not the configured base.
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "via-host", "status": "final", "code": {"text": "hr"},
+        "subject": {"reference": format!("{}/Patient/r1", app.base)}}),
+    )
+    .await;
+    assert_eq!(ids(&app, "/Observation?patient=r1").await, sorted(&["absolute", "relative", "versioned"]));
+}
