@@ -206,6 +206,15 @@ pub struct QueryNumber {
     pub hi: f64,
 }
 
+impl QueryNumber {
+    /// Whether `v` lies in the implicit range. A range narrower than the `f64` spacing at the
+    /// value (`0e-400`, or more digits than `f64` holds) rounds to `lo == hi`: then the one
+    /// `f64` that the range's decimals round to is the match.
+    fn contains(&self, v: f64) -> bool {
+        if self.lo < self.hi { v >= self.lo && v < self.hi } else { v == self.value }
+    }
+}
+
 /// FHIR number comparison with the implicit precision of the query value.
 ///
 /// Stored numbers are the `f64` nearest to their decimal text, and so are the bounds; rounding
@@ -214,8 +223,8 @@ pub struct QueryNumber {
 pub fn number_matches(prefix: Prefix, number: &QueryNumber, v: f64) -> bool {
     let QueryNumber { value: q, lo, hi } = *number;
     match prefix {
-        Prefix::Eq => v >= lo && v < hi,
-        Prefix::Ne => !(v >= lo && v < hi),
+        Prefix::Eq => number.contains(v),
+        Prefix::Ne => !number.contains(v),
         Prefix::Gt | Prefix::Sa => v > q,
         Prefix::Lt | Prefix::Eb => v < q,
         Prefix::Ge => v >= q,
@@ -610,7 +619,8 @@ fn number_range(prefix: Prefix, number: &QueryNumber) -> (Vec<u8>, Option<Vec<u8
     let enc = |v: f64| encode_f64(v).to_vec();
     let value = number.value;
     match prefix {
-        Prefix::Eq => (enc(number.lo), Some(enc(number.hi))),
+        Prefix::Eq if number.lo < number.hi => (enc(number.lo), Some(enc(number.hi))),
+        Prefix::Eq => (enc(value), successor(&enc(value))),
         Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
         Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
         Prefix::Le => (Vec::new(), successor(&enc(value))),
@@ -850,6 +860,9 @@ mod tests {
         assert!(eq("1.0e2", "95") && !eq("1.0e2", "105") && eq("100", "100.49"));
         assert!(eq("2.5E-3", "0.00245") && !eq("2.5E-3", "0.00255"));
         assert!(eq("+7", "7.2") && eq("1000", "999.5") && !eq("1000", "999.49"));
+        // Ranges finer than f64 match the value's f64.
+        assert!(eq("0e-400", "0") && eq("0.0", "-0.0") && !eq("0e-400", "1e-300"));
+        assert!(eq("5.40000000000000000000", "5.4") && !eq("5.40000000000000000000", "5.400000000000001"));
         let bounds = parse_number("n", "100.5").unwrap();
         assert_eq!((bounds.lo, bounds.hi), (100.45, 100.55));
     }
