@@ -183,3 +183,25 @@ pub fn query_string(pairs: &[(String, String)]) -> String {
         .collect::<Vec<_>>()
         .join("&")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_round_trip_through_decoding() {
+        let pairs: Vec<(String, String)> = [
+            ("code:text", "Blood+pressure & #1 %ile"),
+            ("_since", "2024-01-01T00:00:00+02:00"),
+            ("identifier", r"http://s|a\|b\,c"),
+            ("name", "Nguyễn = ?"),
+            ("_type", "Observation,Patient"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+        let query = query_string(&pairs);
+        assert!(!query.contains(' ') && !query.contains('+') && !query.contains('#'), "{query}");
+        assert_eq!(super::super::request::decode_pairs(&query), pairs);
+    }
+}
