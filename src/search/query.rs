@@ -891,6 +891,10 @@ mod tests {
         assert!(
             parse_number("n", "0e-400").is_ok() && parse_number("n", ".5").is_ok() && parse_number("n", "5.").is_ok()
         );
+        // Work is linear in the text: a value of 20 000 digits is still one pass (URLs bound it).
+        let long = format!("5.{}", "3".repeat(20_000));
+        let number = parse_number("n", &long).unwrap();
+        assert!(number.lo <= 5.333_333_333_333_333 && 5.333_333_333_333_333 <= number.hi);
     }
 
     #[test]
