@@ -276,7 +276,7 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
 }
 
 async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Return) -> Result<BundleOut, FhirError> {
-    let mut write = WriteRequest::default();
+    let mut write = WriteRequest { local_base: Some(base.to_owned()), ..Default::default() };
     let mut slots = Vec::with_capacity(entries.len());
     let mut reads = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
@@ -323,6 +323,7 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
             WriteRequest {
                 ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
                 conditional_references: conditional_references.clone(),
+                local_base: Some(base.to_owned()),
             },
         )),
         _ => None,

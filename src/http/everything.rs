@@ -6,9 +6,10 @@
 //! position and the snapshot's logical time, so pages never repeat or skip a resource, however
 //! many writes happen between them. Parameters: `_count`, `_since` (lastUpdated), `_type`
 //! (restricts the types), `start`/`end` (on each type's `date` parameter, where it has one).
+//! A patient that does not exist is a 404, a deleted one a 410, as for a read.
 
 use super::{Ctx, paging, request};
-use crate::fhir::{FhirError, IssueCode, ResourceType};
+use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
 use crate::search::query::{Clause, compartment_clause, parse_clause};
 use actix_web::HttpResponse;
@@ -52,6 +53,9 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         applied.push((name, value));
     }
+    if token.is_none() {
+        require_live_patient(&state.store, resource_type, &patient_id)?;
+    }
     let compartment = patient_compartment();
     let types: Vec<ResourceType> = match types {
         Some(requested) => compartment.types().into_iter().filter(|t| requested.contains(t)).collect(),
@@ -73,7 +77,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let self_query = applied.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&");
+    let self_query = paging::query_string(&applied);
     let path = format!("Patient/{patient_id}/$everything");
     let scope = format!("everything|{path}|{self_query}");
     let self_url = if self_query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{self_query}") };
@@ -84,4 +88,19 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     .await
     .map_err(|_| FhirError::fault("$everything"))??;
     Ok(bundle.into_response())
+}
+
+/// `$everything` needs its patient, like a read: 404 when it never existed, 410 when deleted.
+/// Checked on the first page only; later pages show the first page's snapshot, in which the
+/// patient was live.
+fn require_live_patient(store: &crate::store::Store, patient: ResourceType, patient_id: &Id) -> Result<(), FhirError> {
+    match store.snapshot()?.current(patient, patient_id.as_str())? {
+        None => Err(FhirError::not_found(format!("Patient/{patient_id} does not exist"))),
+        Some(version) if version.is_deleted() => Err(FhirError::new(
+            Category::Gone,
+            IssueCode::Deleted,
+            format!("Patient/{patient_id} was deleted (version {})", version.version),
+        )),
+        Some(_) => Ok(()),
+    }
 }

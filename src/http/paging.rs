@@ -2,6 +2,7 @@
 //! are visited in order; within a type the engine pages as usual. A position is the type's
 //! index, the engine's position within it, and the logical time of the first page.
 
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::json;
 
 use super::cursor;
@@ -149,4 +150,59 @@ pub fn page_across_types(
         bundle.link.push(link("next", 0, (index, position)));
     }
     Ok(bundle)
+}
+
+/// What must be escaped in a query component; `:`, `/`, `,` and `$` stay readable.
+const QUERY_COMPONENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// `name=value&...` with names and values percent-encoded again, so that links built from
+/// decoded parameters (values holding `+ & # %` or spaces) repeat the same query.
+pub fn query_string(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            format!("{}={}", utf8_percent_encode(name, QUERY_COMPONENT), utf8_percent_encode(value, QUERY_COMPONENT))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_round_trip_through_decoding() {
+        let pairs: Vec<(String, String)> = [
+            ("code:text", "Blood+pressure & #1 %ile"),
+            ("_since", "2024-01-01T00:00:00+02:00"),
+            ("identifier", r"http://s|a\|b\,c"),
+            ("name", "Nguyễn = ?"),
+            ("_type", "Observation,Patient"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+        let query = query_string(&pairs);
+        assert!(!query.contains(' ') && !query.contains('+') && !query.contains('#'), "{query}");
+        assert_eq!(super::super::request::decode_pairs(&query), pairs);
+    }
 }

@@ -9,7 +9,6 @@
 use actix_web::HttpResponse;
 use actix_web::web;
 use futures_util::StreamExt;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use super::response::{BundleOut, EntryOut, Link, raw};
@@ -218,37 +217,6 @@ fn parse(
     Ok(search)
 }
 
-/// What must be escaped in a query component; `:`, `/`, `,` and `$` stay readable.
-const QUERY_COMPONENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'&')
-    .add(b'+')
-    .add(b'<')
-    .add(b'=')
-    .add(b'>')
-    .add(b'?')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
-
-fn query_string(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            format!("{}={}", utf8_percent_encode(name, QUERY_COMPONENT), utf8_percent_encode(value, QUERY_COMPONENT))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 fn execute(
     store: &crate::store::Store,
     secret: &crate::store::CursorKey,
@@ -257,7 +225,7 @@ fn execute(
 ) -> Result<BundleOut, FhirError> {
     let snapshot = store.snapshot()?;
     let resource_type = search.resource_type;
-    let self_query = query_string(&search.applied);
+    let self_query = paging::query_string(&search.applied);
     let scope = format!("search|{}|{self_query}", search.path);
     // A cursor is a direction (0 forward: after the position; 1 backward: before it) and a
     // position with the first page's logical time.
@@ -281,10 +249,11 @@ fn execute(
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
+    // Links repeat the search's own path: a compartment search pages within the compartment.
     let self_url = if self_query.is_empty() {
-        format!("{base}/{resource_type}")
+        format!("{base}/{}", search.path)
     } else {
-        format!("{base}/{resource_type}?{self_query}")
+        format!("{base}/{}?{self_query}", search.path)
     };
     bundle.link.push(Link { relation: "self", url: self_url.clone() });
 

@@ -45,7 +45,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let self_query = applied.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&");
+    let self_query = paging::query_string(&applied);
     let scope = format!("system|{self_query}");
     let self_url = if self_query.is_empty() { base.clone() } else { format!("{base}?{self_query}") };
     let store = state.store.clone();

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::compartment::{COMPARTMENT_KEY, patient_compartment};
-use super::registry::registry;
+use super::registry::{ParamKind, registry};
 use super::values;
 use crate::fhir::ResourceType;
 use crate::store::{IndexEntry, Indexer};
@@ -14,29 +14,63 @@ pub struct SearchIndexer;
 
 impl Indexer for SearchIndexer {
     fn entries(&self, resource_type: ResourceType, resource: &Value) -> Vec<IndexEntry> {
-        let mut entries: Vec<IndexEntry> = registry()
-            .params(resource_type)
-            .filter(|def| def.alias_of.is_empty())
-            .flat_map(|def| values::entries(def, resource))
-            .collect();
-        // Compartment membership: the patients the compartment parameters point at, and a
-        // Patient is in its own compartment.
-        let links = patient_compartment().params(resource_type);
-        let mut members: Vec<Vec<u8>> = entries
-            .iter()
-            .filter(|entry| links.contains(&entry.param) && entry.value.starts_with(b"Patient/"))
-            .map(|entry| entry.value.clone())
-            .collect();
-        if resource_type.as_str() == "Patient" {
-            if let Some(id) = resource.get("id").and_then(Value::as_str) {
-                members.push(format!("Patient/{id}").into_bytes());
-            }
-        }
-        members.sort();
-        members.dedup();
-        entries.extend(members.into_iter().map(|value| IndexEntry { param: COMPARTMENT_KEY.to_owned(), value }));
-        entries
+        index_entries(resource_type, resource, None)
     }
+
+    fn entries_on_base(&self, resource_type: ResourceType, resource: &Value, local_base: &str) -> Vec<IndexEntry> {
+        index_entries(resource_type, resource, Some(local_base))
+    }
+}
+
+/// The entries of every parameter, then compartment membership. References on `local_base`
+/// are indexed as the relative `Type/id` they stand for, before membership is derived from
+/// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
+/// find them. The stored resource keeps the reference as the client wrote it.
+fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Option<&str>) -> Vec<IndexEntry> {
+    let mut entries: Vec<IndexEntry> = registry()
+        .params(resource_type)
+        .filter(|def| def.alias_of.is_empty())
+        .flat_map(|def| {
+            let mut entries = values::entries(def, resource);
+            if let (ParamKind::Reference, Some(base)) = (def.kind, local_base) {
+                for entry in entries.iter_mut().filter(|entry| entry.param == def.code) {
+                    if let Some(relative) = local_reference(&entry.value, base) {
+                        entry.value = relative;
+                    }
+                }
+            }
+            entries
+        })
+        .collect();
+    // Compartment membership: the patients the compartment parameters point at, and a
+    // Patient is in its own compartment.
+    let links = patient_compartment().params(resource_type);
+    let mut members: Vec<Vec<u8>> = entries
+        .iter()
+        .filter(|entry| links.contains(&entry.param) && entry.value.starts_with(b"Patient/"))
+        .map(|entry| entry.value.clone())
+        .collect();
+    if resource_type.as_str() == "Patient" {
+        if let Some(id) = resource.get("id").and_then(Value::as_str) {
+            members.push(format!("Patient/{id}").into_bytes());
+        }
+    }
+    members.sort();
+    members.dedup();
+    entries.extend(members.into_iter().map(|value| IndexEntry { param: COMPARTMENT_KEY.to_owned(), value }));
+    entries
+}
+
+/// `base/Type/id` as `Type/id`, when `reference` is on `base` and names a resource type and
+/// an id; anything else (another server, a bare `base/metadata`) is left alone.
+fn local_reference(reference: &[u8], base: &str) -> Option<Vec<u8>> {
+    let base = base.trim_end_matches('/');
+    let rest = reference.strip_prefix(base.as_bytes())?.strip_prefix(b"/")?;
+    let rest = std::str::from_utf8(rest).ok()?;
+    let (type_name, id) = rest.split_once('/')?;
+    ResourceType::parse(type_name)?;
+    crate::fhir::Id::parse(id).ok()?;
+    Some(rest.as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -74,6 +108,31 @@ mod tests {
         }
         let birthdate = entries.iter().find(|(p, _)| p == "birthdate").unwrap();
         assert_eq!(values::decode_range(&birthdate.1), values::parse_date_range("1980-02"));
+    }
+
+    #[test]
+    fn references_on_the_local_base_are_indexed_as_relative() {
+        let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "http://host/fhir/Patient/r1"},
+            "performer": [{"reference": "http://host/fhir/Practitioner/d1/_history/3"},
+                {"reference": "http://elsewhere/fhir/Practitioner/d2"}, {"reference": "http://host/fhir/metadata"}]});
+        let observation_type = ResourceType::parse("Observation").unwrap();
+        let entries: Vec<(String, Vec<u8>)> = SearchIndexer
+            .entries_on_base(observation_type, &observation, "http://host/fhir")
+            .into_iter()
+            .map(|e| (e.param, e.value))
+            .collect();
+        assert!(has(&entries, "subject", b"Patient/r1"));
+        assert!(has(&entries, "patient", b"Patient/r1"));
+        assert!(has(&entries, COMPARTMENT_KEY, b"Patient/r1"));
+        assert!(has(&entries, "performer", b"Practitioner/d1"));
+        assert!(has(&entries, "performer", b"http://elsewhere/fhir/Practitioner/d2"));
+        assert!(has(&entries, "performer", b"http://host/fhir/metadata"));
+        // Without a base, or on another one, the URL is indexed as written.
+        let plain = entries_of(observation.clone());
+        assert!(has(&plain, "subject", b"http://host/fhir/Patient/r1") && !has(&plain, COMPARTMENT_KEY, b"Patient/r1"));
+        assert_eq!(local_reference(b"http://host/fhirx/Patient/r1", "http://host/fhir"), None);
+        assert_eq!(local_reference(b"http://host/fhir/Patient/r1", "http://host/fhir/"), Some(b"Patient/r1".to_vec()));
     }
 
     #[test]

@@ -37,11 +37,10 @@ pub enum Pred {
         lo: i64,
         hi: i64,
     },
-    /// Numbers: the query value and the half-width of its implicit precision.
+    /// Numbers: the query value and its implicit range.
     Number {
         prefix: Prefix,
-        value: f64,
-        half: f64,
+        number: QueryNumber,
     },
     /// Quantities: the unit key, then a number predicate on the rest.
     Quantity {
@@ -162,9 +161,7 @@ impl Pred {
             Pred::Date { prefix, lo, hi } => {
                 decode_range(value).is_some_and(|(t_lo, t_hi)| date_matches(*prefix, *lo, *hi, t_lo, t_hi))
             }
-            Pred::Number { prefix, value: q, half } => {
-                decode_f64(value).is_some_and(|v| number_matches(*prefix, *q, *half, v))
-            }
+            Pred::Number { prefix, number } => decode_f64(value).is_some_and(|v| number_matches(*prefix, number, v)),
             Pred::Quantity { unit, number } => {
                 value.len() == unit.len() + 9
                     && value.starts_with(unit)
@@ -198,16 +195,41 @@ pub fn date_matches(prefix: Prefix, lo: i64, hi: i64, t_lo: i64, t_hi: i64) -> b
     }
 }
 
+/// A number of a query, as the stored values are: each the `f64` nearest to a decimal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryNumber {
+    /// The value as written.
+    pub value: f64,
+    /// The implicit range `[lo, hi)` of the value's precision ("5.4" is `[5.35, 5.45)`),
+    /// computed exactly in decimal and only then rounded to the nearest `f64`.
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl QueryNumber {
+    /// Whether `v` lies in the implicit range. A range narrower than the `f64` spacing at the
+    /// value (`0e-400`, or more digits than `f64` holds) rounds to `lo == hi`: then the one
+    /// `f64` that the range's decimals round to is the match.
+    fn contains(&self, v: f64) -> bool {
+        if self.lo < self.hi { v >= self.lo && v < self.hi } else { v == self.value }
+    }
+}
+
 /// FHIR number comparison with the implicit precision of the query value.
-pub fn number_matches(prefix: Prefix, q: f64, half: f64, v: f64) -> bool {
+///
+/// Stored numbers are the `f64` nearest to their decimal text, and so are the bounds; rounding
+/// to nearest is monotonic, so a stored decimal at a bound compares as the decimals do (5.35
+/// is in 5.4's range, 5.45 and 0.15 are not in 5.4's and 0.1's).
+pub fn number_matches(prefix: Prefix, number: &QueryNumber, v: f64) -> bool {
+    let QueryNumber { value: q, lo, hi } = *number;
     match prefix {
-        Prefix::Eq => v >= q - half && v < q + half,
-        Prefix::Ne => !(v >= q - half && v < q + half),
+        Prefix::Eq => number.contains(v),
+        Prefix::Ne => !number.contains(v),
         Prefix::Gt | Prefix::Sa => v > q,
         Prefix::Lt | Prefix::Eb => v < q,
         Prefix::Ge => v >= q,
         Prefix::Le => v <= q,
-        Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max(half),
+        Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max((hi - lo) / 2.0),
     }
 }
 
@@ -215,28 +237,51 @@ fn incorrect(message: String) -> FhirError {
     FhirError::incorrect(IssueCode::Invalid, message)
 }
 
-/// Splits `a,b\,c` into `["a", "b,c"]`, honouring FHIR's backslash escapes.
+/// Splits a parameter value at unescaped `,` into its alternatives. Escapes are kept (`a\,b`
+/// stays `a\,b`): each alternative is split further at unescaped `|` or `$` by its type's
+/// parser, and only then are the pieces unescaped with [`unescape`]. FHIR's escapes are `\,`,
+/// `\|`, `\$` and `\\`.
 pub fn split_values(text: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    parts.last_mut().expect("never empty").push(next);
-                }
-            }
-            ',' => parts.push(String::new()),
-            c => parts.last_mut().expect("never empty").push(c),
+    split_unescaped(text, ',').into_iter().map(str::to_owned).collect()
+}
+
+/// Splits `text` at every `separator` not preceded by an escaping backslash; the pieces keep
+/// their escapes.
+fn split_unescaped(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    for (index, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == separator {
+            parts.push(&text[start..index]);
+            start = index + c.len_utf8();
         }
     }
+    parts.push(&text[start..]);
     parts
 }
 
-/// Splits a token or quantity value at unescaped `|` (escapes already removed by
-/// [`split_values`] are not seen here; FHIR servers treat a literal `|` as the separator).
-fn split_bar(text: &str) -> Vec<&str> {
-    text.split('|').collect()
+/// Removes the escaping backslashes: `\x` becomes `x` for any `x` (so `\\` is one backslash).
+/// A trailing lone backslash is kept as written.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().unwrap_or('\\')),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Splits a token or quantity value at unescaped `|` and unescapes the pieces.
+fn split_bar(text: &str) -> Vec<String> {
+    split_unescaped(text, '|').into_iter().map(unescape).collect()
 }
 
 fn prefix_of(text: &str) -> (Prefix, &str) {
@@ -352,21 +397,22 @@ pub fn parse_clause(
             def.kind.as_str()
         ))
     };
+    // `value` keeps its escapes; each type's parser splits it further and unescapes the pieces.
     for value in split_values(raw_value) {
         if value.is_empty() {
             return Err(incorrect(format!("the parameter '{name}' has an empty value")));
         }
         let alternatives = match def.kind {
             ParamKind::String => match modifier {
-                None => vec![starting_with(normalize(&value).into_bytes())],
+                None => vec![starting_with(normalize(&unescape(&value)).into_bytes())],
                 Some("exact") => {
                     clause.key = format!("{code}:exact");
-                    vec![exact(value.into_bytes())]
+                    vec![exact(unescape(&value).into_bytes())]
                 }
                 Some("contains") => {
                     vec![Alternative {
                         key: None,
-                        pred: Pred::Contains(normalize(&value).into_bytes()),
+                        pred: Pred::Contains(normalize(&unescape(&value)).into_bytes()),
                         lo: Vec::new(),
                         hi: None,
                     }]
@@ -381,14 +427,15 @@ pub fn parse_clause(
                 }
                 Some("text") => {
                     clause.key = format!("{code}:text");
-                    vec![starting_with(normalize(&value).into_bytes())]
+                    vec![starting_with(normalize(&unescape(&value)).into_bytes())]
                 }
                 Some("of-type") => {
                     clause.key = format!("{code}:of-type");
-                    if split_bar(&value).len() != 3 {
+                    let parts = split_bar(&value);
+                    if parts.len() != 3 {
                         return Err(incorrect(format!("{name} needs system|code|value, not '{value}'")));
                     }
-                    vec![exact(value.into_bytes())]
+                    vec![exact(parts.join("|").into_bytes())]
                 }
                 _ => return Err(bad_modifier()),
             },
@@ -396,13 +443,13 @@ pub fn parse_clause(
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                vec![date(name, &value)?]
+                vec![date(name, &unescape(&value))?]
             }
             ParamKind::Number => {
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                vec![number(name, &value)?]
+                vec![number(name, &unescape(&value))?]
             }
             ParamKind::Quantity => {
                 if modifier.is_some() {
@@ -411,20 +458,21 @@ pub fn parse_clause(
                 vec![quantity(name, &value)?]
             }
             ParamKind::Reference => match modifier {
-                None => reference(&def, &value, base_url, None),
+                None => reference(&def, &unescape(&value), base_url, None),
                 Some("identifier") => {
                     clause.key = format!("{code}:identifier");
                     token(&value)
                 }
                 Some(type_name) => match ResourceType::parse(type_name) {
-                    Some(target) => reference(&def, &value, base_url, Some(target)),
+                    Some(target) => reference(&def, &unescape(&value), base_url, Some(target)),
                     None => return Err(bad_modifier()),
                 },
             },
             ParamKind::Uri => match modifier {
-                None => vec![exact(value.into_bytes())],
-                Some("below") => vec![starting_with(value.into_bytes())],
+                None => vec![exact(unescape(&value).into_bytes())],
+                Some("below") => vec![starting_with(unescape(&value).into_bytes())],
                 Some("above") => {
+                    let value = unescape(&value);
                     let mut candidates = vec![value.clone()];
                     let mut rest = value.as_str();
                     while let Some((head, _)) = rest.rsplit_once('/') {
@@ -459,15 +507,23 @@ fn index_key_for_missing(def: &ParamDef) -> String {
 
 /// `system|code` and `|code` are stored forms: an exact lookup each. A plain `code` matches
 /// codes with any system (stored as `code`) and without one (stored as `|code`). `system|`
-/// (any code of a system) is a prefix scan over the `system|code` values.
+/// (any code of a system) is a prefix scan over the `system|code` values. `value` keeps its
+/// escapes: only an unescaped `|` separates system and code (`a\|b` is the code `a|b`).
 pub(super) fn token(value: &str) -> Vec<Alternative> {
-    if value.ends_with('|') && value.len() > 1 {
-        return vec![starting_with(value.as_bytes().to_vec())];
+    match split_unescaped(value, '|').as_slice() {
+        [code] => {
+            let code = unescape(code);
+            let without_system = format!("|{code}").into_bytes();
+            vec![exact(code.into_bytes()), exact(without_system)]
+        }
+        [system, ""] if !system.is_empty() => vec![starting_with(format!("{}|", unescape(system)).into_bytes())],
+        // `system|code`, `|code`; more bars belong to the code.
+        [system, code @ ..] => {
+            let code: Vec<String> = code.iter().map(|part| unescape(part)).collect();
+            vec![exact(format!("{}|{}", unescape(system), code.join("|")).into_bytes())]
+        }
+        [] => Vec::new(),
     }
-    if value.contains('|') {
-        return vec![exact(value.as_bytes().to_vec())];
-    }
-    vec![exact(value.as_bytes().to_vec()), exact(format!("|{value}").into_bytes())]
 }
 
 fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -486,24 +542,90 @@ fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
     Ok(Alternative { key: None, pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
 }
 
-fn parse_number(name: &str, text: &str) -> Result<(f64, f64), FhirError> {
-    let value: f64 = text.parse().map_err(|_| incorrect(format!("{name}: '{text}' is not a number")))?;
-    // Implicit precision: "5.40" means [5.395, 5.405).
-    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
-    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
-    let exponent: i32 = text.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
-    Ok((value, 0.5 * 10f64.powi(exponent - decimals)))
+/// Parses a search number (`[+|-]digits[.digits][(e|E)[+|-]digits]`, as FHIR's decimal
+/// allows) and computes its implicit range in decimal: the value written with `d` digits
+/// after the point (after applying the exponent) covers plus or minus half a unit of its last
+/// digit. NaN, infinities and numbers beyond the range of `f64` are errors.
+fn parse_number(name: &str, text: &str) -> Result<QueryNumber, FhirError> {
+    let not_a_number = || incorrect(format!("{name}: '{text}' is not a number")).at(name.to_owned());
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => {
+            let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(not_a_number());
+            }
+            (mantissa, exponent.parse::<i32>().map_err(|_| out_of_range(name, text))?)
+        }
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return Err(not_a_number());
+    }
+    // value = ±digits · 10^scale, and half a unit of the last digit is 5 · 10^(scale - 1).
+    let digits = format!("{whole}{fraction}");
+    let scale = i64::from(exponent) - fraction.len() as i64;
+    let value: f64 = text.parse().map_err(|_| not_a_number())?;
+    let is_zero = digits.bytes().all(|b| b == b'0');
+    if !value.is_finite() || (value == 0.0 && !is_zero) {
+        return Err(out_of_range(name, text));
+    }
+    // `digits·10 + 5` and `digits·10 - 5`, at scale - 1, as exact decimal text.
+    let above = format!("{digits}5");
+    let below = match decrement(&digits) {
+        Some(smaller) => (false, format!("{smaller}5")),
+        None => (true, "5".to_owned()),
+    };
+    let at_scale = |negative: bool, digits: &str| -> f64 {
+        let sign = if negative { "-" } else { "" };
+        format!("{sign}{digits}e{}", scale - 1).parse().unwrap_or(f64::NAN)
+    };
+    let (lo, hi) = if negative {
+        (at_scale(true, &above), at_scale(!below.0, &below.1))
+    } else {
+        (at_scale(below.0, &below.1), at_scale(false, &above))
+    };
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err(out_of_range(name, text));
+    }
+    Ok(QueryNumber { value, lo, hi })
 }
 
-fn number_range(prefix: Prefix, value: f64, half: f64) -> (Vec<u8>, Option<Vec<u8>>) {
+fn out_of_range(name: &str, text: &str) -> FhirError {
+    incorrect(format!("{name}: '{text}' is outside the range of numbers this server compares")).at(name.to_owned())
+}
+
+/// `digits - 1` as decimal text (leading zeros kept); `None` when `digits` is zero.
+fn decrement(digits: &str) -> Option<String> {
+    let mut bytes = digits.as_bytes().to_vec();
+    for byte in bytes.iter_mut().rev() {
+        if *byte == b'0' {
+            *byte = b'9';
+        } else {
+            *byte -= 1;
+            return Some(String::from_utf8(bytes).expect("ASCII digits"));
+        }
+    }
+    None
+}
+
+fn number_range(prefix: Prefix, number: &QueryNumber) -> (Vec<u8>, Option<Vec<u8>>) {
     let enc = |v: f64| encode_f64(v).to_vec();
+    let value = number.value;
     match prefix {
-        Prefix::Eq => (enc(value - half), Some(enc(value + half))),
+        Prefix::Eq if number.lo < number.hi => (enc(number.lo), Some(enc(number.hi))),
+        Prefix::Eq => (enc(value), successor(&enc(value))),
         Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
         Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
         Prefix::Le => (Vec::new(), successor(&enc(value))),
         Prefix::Ap => {
-            let slack = (value.abs() * 0.1).max(half);
+            let slack = (value.abs() * 0.1).max((number.hi - number.lo) / 2.0);
             (enc(value - slack), successor(&enc(value + slack)))
         }
         Prefix::Ne => (Vec::new(), None),
@@ -512,22 +634,24 @@ fn number_range(prefix: Prefix, value: f64, half: f64) -> (Vec<u8>, Option<Vec<u
 
 fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
     let (prefix, rest) = prefix_of(text);
-    let (value, half) = parse_number(name, rest)?;
-    let (lo, hi) = number_range(prefix, value, half);
-    Ok(Alternative { key: None, pred: Pred::Number { prefix, value, half }, lo, hi })
+    let number = parse_number(name, rest)?;
+    let (lo, hi) = number_range(prefix, &number);
+    Ok(Alternative { key: None, pred: Pred::Number { prefix, number }, lo, hi })
 }
 
 fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
+    // `number|system|code` matches that coded unit; `number||unit` the code or the
+    // human-readable unit (the index holds both under `||`).
     let parts = split_bar(text);
     let (number_text, unit) = match parts.as_slice() {
-        [number] => (*number, String::new()),
-        [number, "", code] => (*number, format!("||{code}")),
-        [number, system, code] => (*number, format!("{system}|{code}")),
+        [number] => (number.as_str(), String::new()),
+        [number, system, code] if system.is_empty() => (number.as_str(), format!("||{code}")),
+        [number, system, code] => (number.as_str(), format!("{system}|{code}")),
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };
     let (prefix, rest) = prefix_of(number_text);
-    let (value, half) = parse_number(name, rest)?;
-    let (num_lo, num_hi) = number_range(prefix, value, half);
+    let number = parse_number(name, rest)?;
+    let (num_lo, num_hi) = number_range(prefix, &number);
     let mut head = unit.clone().into_bytes();
     head.push(0);
     let lo = [head.clone(), num_lo].concat();
@@ -537,7 +661,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
     };
     Ok(Alternative {
         key: None,
-        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, value, half }) },
+        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, number }) },
         lo,
         hi,
     })
@@ -564,7 +688,7 @@ fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceT
 }
 
 fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>, FhirError> {
-    let parts: Vec<&str> = text.split('$').collect();
+    let parts: Vec<&str> = split_unescaped(text, '$');
     if parts.len() != def.components.len() {
         return Err(incorrect(format!("{name} needs {} values separated by '$', not '{text}'", def.components.len())));
     }
@@ -573,9 +697,9 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     let mut heads: Vec<Vec<u8>> = vec![Vec::new()];
     for (component, part) in def.components.iter().zip(&parts).take(parts.len() - 1) {
         let forms: Vec<Vec<u8>> = match component.kind {
-            ParamKind::Token if !part.contains('|') => vec![part.as_bytes().to_vec(), format!("|{part}").into_bytes()],
-            ParamKind::Token | ParamKind::Uri | ParamKind::Reference => vec![part.as_bytes().to_vec()],
-            ParamKind::String => vec![normalize(part).into_bytes()],
+            ParamKind::Token => token(part).into_iter().map(|alternative| alternative.lo).collect(),
+            ParamKind::Uri | ParamKind::Reference => vec![unescape(part).into_bytes()],
+            ParamKind::String => vec![normalize(&unescape(part)).into_bytes()],
             _ => {
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
@@ -596,11 +720,11 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     let last = parts[parts.len() - 1];
     let tails = match last_kind {
         ParamKind::Token => token(last),
-        ParamKind::Uri | ParamKind::Reference => vec![exact(last.as_bytes().to_vec())],
-        ParamKind::String => vec![starting_with(normalize(last).into_bytes())],
+        ParamKind::Uri | ParamKind::Reference => vec![exact(unescape(last).into_bytes())],
+        ParamKind::String => vec![starting_with(normalize(&unescape(last)).into_bytes())],
         ParamKind::Quantity => vec![quantity(name, last)?],
-        ParamKind::Number => vec![number(name, last)?],
-        ParamKind::Date => vec![date(name, last)?],
+        ParamKind::Number => vec![number(name, &unescape(last))?],
+        ParamKind::Date => vec![date(name, &unescape(last))?],
         _ => return Err(incorrect(format!("{name}: unsupported composite component"))),
     };
     let mut alternatives = Vec::new();
@@ -710,11 +834,67 @@ mod tests {
 
     #[test]
     fn numbers_use_implicit_precision() {
-        let (value, half) = parse_number("n", "5.40").unwrap();
-        assert!(number_matches(Prefix::Eq, value, half, 5.404));
-        assert!(!number_matches(Prefix::Eq, value, half, 5.406));
-        let (value, half) = parse_number("n", "100").unwrap();
-        assert!(number_matches(Prefix::Eq, value, half, 100.4) && !number_matches(Prefix::Eq, value, half, 100.5));
+        let number = parse_number("n", "5.40").unwrap();
+        assert!(number_matches(Prefix::Eq, &number, 5.404));
+        assert!(!number_matches(Prefix::Eq, &number, 5.406));
+        let number = parse_number("n", "100").unwrap();
+        assert!(number_matches(Prefix::Eq, &number, 100.4) && !number_matches(Prefix::Eq, &number, 100.5));
+    }
+
+    #[test]
+    fn implicit_ranges_are_exact_at_their_bounds() {
+        let eq = |query: &str, stored: &str| {
+            let stored: f64 = stored.parse().unwrap();
+            let alternative = number("n", query).unwrap();
+            let accepted = alternative.pred.accepts(&encode_f64(stored));
+            // The scan range agrees with the predicate.
+            assert_eq!(accepted, in_range(&alternative, &encode_f64(stored)), "{query} vs {stored}");
+            accepted
+        };
+        assert!(eq("5.4", "5.35") && eq("5.4", "5.449999") && !eq("5.4", "5.45") && !eq("5.4", "5.3499999"));
+        assert!(eq("0.1", "0.05") && !eq("0.1", "0.15") && !eq("0.1", "0.0499"));
+        assert!(eq("-5.4", "-5.45") && !eq("-5.4", "-5.35") && eq("-5.4", "-5.36"));
+        assert!(eq("0", "-0.5") && eq("0", "0.49") && !eq("0", "0.5"));
+        // The exponent moves the last digit: 1e2 has one significant figure, 1.0e2 two.
+        assert!(eq("1e2", "50") && eq("1e2", "149") && !eq("1e2", "150") && !eq("1e2", "49.9"));
+        assert!(eq("1.0e2", "95") && !eq("1.0e2", "105") && eq("100", "100.49"));
+        assert!(eq("2.5E-3", "0.00245") && !eq("2.5E-3", "0.00255"));
+        assert!(eq("+7", "7.2") && eq("1000", "999.5") && !eq("1000", "999.49"));
+        // Ranges finer than f64 match the value's f64.
+        assert!(eq("0e-400", "0") && eq("0.0", "-0.0") && !eq("0e-400", "1e-300"));
+        assert!(eq("5.40000000000000000000", "5.4") && !eq("5.40000000000000000000", "5.400000000000001"));
+        let bounds = parse_number("n", "100.5").unwrap();
+        assert_eq!((bounds.lo, bounds.hi), (100.45, 100.55));
+    }
+
+    #[test]
+    fn numbers_that_are_not_finite_decimals_are_errors() {
+        for text in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "1e99999999999",
+            "",
+            ".",
+            "1e",
+            "1.2.3",
+            "0x10",
+            "1_0",
+        ] {
+            assert!(parse_number("n", text).is_err(), "{text}");
+        }
+        assert!(
+            parse_number("n", "0e-400").is_ok() && parse_number("n", ".5").is_ok() && parse_number("n", "5.").is_ok()
+        );
+        // Work is linear in the text: a value of 20 000 digits is still one pass (URLs bound it).
+        let long = format!("5.{}", "3".repeat(20_000));
+        let number = parse_number("n", &long).unwrap();
+        assert!(number.lo <= 5.333_333_333_333_333 && 5.333_333_333_333_333 <= number.hi);
     }
 
     #[test]
@@ -736,5 +916,29 @@ mod tests {
             assert!(parse_clause(patient, name, value, "").is_err(), "{name}={value}");
         }
         assert!(parse_clause(patient, "colour", "red", "").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod escaping {
+    use super::*;
+
+    #[test]
+    fn only_unescaped_separators_split() {
+        assert_eq!(split_values(r"a,b\,c,d\\,e"), [r"a", r"b\,c", r"d\\", "e"]);
+        assert_eq!(split_bar(r"s|a\|b"), ["s", "a|b"]);
+        assert_eq!(split_unescaped(r"x\$y$5", '$'), [r"x\$y", "5"]);
+        assert_eq!(unescape(r"a\,b\$c\|d\\e\"), r"a,b$c|d\e\");
+    }
+
+    #[test]
+    fn tokens_honour_escaped_bars() {
+        let values = |alternatives: Vec<Alternative>| -> Vec<String> {
+            alternatives.into_iter().map(|a| String::from_utf8(a.lo).unwrap()).collect()
+        };
+        assert_eq!(values(token(r"a\|b")), ["a|b", "|a|b"]);
+        assert_eq!(values(token(r"s|a\|b")), ["s|a|b"]);
+        assert_eq!(values(token(r"|x\\y")), [r"|x\y"]);
+        assert_eq!(values(token("s|")), ["s|"]);
     }
 }

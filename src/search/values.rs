@@ -4,11 +4,11 @@
 //!
 //! | type | entry (param key → value bytes) |
 //! |---|---|
-//! | string | `p` → normalised text (lower case, accents removed); `p:exact` → the text as is |
+//! | string | `p` → normalised text (NFKD, lower case, combining marks removed); `p:exact` → the text as is |
 //! | token | `p` → `code` and `system\|code`, or only `\|code` without a system; `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
 //! | number | `p` → order-preserving 8-byte float |
-//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` (any system) and `` (no unit) |
+//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` and `\|\|unit` (any system, code or human-readable unit) and `` (no unit) |
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
@@ -86,35 +86,52 @@ fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Lower case with accents and other combining marks removed, whitespace collapsed: the form
-/// string search compares ("Müller" and "muller" match).
+/// string search compares ("Müller" and "muller" match, as do "Nguyễn" and "nguyen").
+///
+/// Compatibility decomposition (NFKD) splits every precomposed letter into its base letter and
+/// combining marks, so a decomposed query (`Garci\u{301}a`) and a precomposed value
+/// (`García`) meet in the same form; the marks are then dropped. Lower-casing comes before
+/// the marks are dropped because it can itself produce marks (`İ` lower-cases to `i` and a
+/// combining dot). The few Latin letters that have no decomposition (`ø`, `ł`, `đ`, `ß`, ...)
+/// are folded by [`fold_undecomposable`].
 pub fn normalize(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
     let mut out = String::with_capacity(text.len());
     let mut last_space = true;
-    for c in text.chars() {
-        let c = fold_accent(c);
+    for c in text.nfkd().flat_map(char::to_lowercase).nfkd().filter(|c| !is_combining_mark(*c)) {
         if c.is_whitespace() {
             if !last_space {
                 out.push(' ');
             }
             last_space = true;
         } else {
-            out.extend(c.to_lowercase());
+            match fold_undecomposable(c) {
+                Some(folded) => out.push_str(folded),
+                None => out.push(c),
+            }
             last_space = false;
         }
     }
     out.trim_end().to_owned()
 }
 
-/// Maps Latin letters with diacritics to their base letter.
-fn fold_accent(c: char) -> char {
-    const FROM: &str =
-        "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžČčĆćĐđŁłŃńŚśŹźŻżĘęĄąŘřŤťĎďŇňŮůĚěĞğİıŞş";
-    const TO: &str =
-        "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzCcCcDdLlNnSsZzZzEeAaRrTtDdNnUuEeGgIiSs";
-    match FROM.chars().position(|f| f == c) {
-        Some(index) => TO.chars().nth(index).unwrap_or(c),
-        None => c,
-    }
+/// Lower-case Latin letters that Unicode does not decompose into a base letter and a mark,
+/// spelled the way their languages write them without diacritics.
+fn fold_undecomposable(c: char) -> Option<&'static str> {
+    Some(match c {
+        'ø' => "o",
+        'ł' => "l",
+        'đ' | 'ð' => "d",
+        'ħ' => "h",
+        'ı' => "i",
+        'ŧ' => "t",
+        'ß' => "ss",
+        'æ' => "ae",
+        'œ' => "oe",
+        'þ' => "th",
+        _ => return None,
+    })
 }
 
 fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
@@ -160,9 +177,10 @@ fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
         Value::Object(map) => {
             let mut out = Vec::new();
             let system = map.get("system").and_then(Value::as_str);
-            if let Some(codings) = map.get("coding").and_then(Value::as_array) {
-                // CodeableConcept
-                for coding in codings {
+            let concept = map.contains_key("coding") || !(map.contains_key("code") || map.contains_key("value"));
+            if concept && (map.contains_key("coding") || map.contains_key("text")) {
+                // CodeableConcept, also one with only text (searchable by `:text`)
+                for coding in map.get("coding").and_then(Value::as_array).into_iter().flatten() {
                     out.extend(token_values(coding));
                 }
                 if let Some(t) = map.get("text").and_then(Value::as_str) {
@@ -209,8 +227,8 @@ fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
             units.push(format!("{system}|{code}"));
         }
     }
-    // The human-readable unit counts only when there is no coded one.
-    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|_| code.is_none()) {
+    // `number||unit` matches the code or the human-readable unit (`lb` for `[lb_av]`).
+    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|unit| Some(*unit) != code) {
         units.push(format!("||{unit}"));
     }
     units.into_iter().map(|unit| ("", quantity_key(&unit, number))).collect()
@@ -257,6 +275,8 @@ pub fn number_of(value: &Value) -> Option<f64> {
 
 /// An 8-byte encoding of `value` whose byte order is numeric order.
 pub fn encode_f64(value: f64) -> [u8; 8] {
+    // -0 equals 0: one encoding, so that scans bounded at 0 find both.
+    let value = if value == 0.0 { 0.0 } else { value };
     let bits = value.to_bits();
     let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
     ordered.to_be_bytes()
@@ -399,6 +419,22 @@ mod tests {
     fn strings_normalise_case_and_accents() {
         assert_eq!(normalize("  Müller-Lüdenscheidt  "), "muller-ludenscheidt");
         assert_eq!(normalize("ÉLODIE\tDu  Pont"), "elodie du pont");
+    }
+
+    #[test]
+    fn strings_normalise_any_script_and_composition() {
+        // Decomposed and precomposed forms meet.
+        assert_eq!(normalize("Garci\u{301}a"), "garcia");
+        assert_eq!(normalize("García"), "garcia");
+        // Letters outside Latin-1, with stacked marks.
+        assert_eq!(normalize("Nguyễn"), "nguyen");
+        assert_eq!(normalize("Ōtani"), "otani");
+        assert_eq!(normalize("Đặng Ørsted Łukasz Straße"), "dang orsted lukasz strasse");
+        assert_eq!(normalize("İSTANBUL"), "istanbul");
+        // Compatibility forms: ligatures and full-width letters.
+        assert_eq!(normalize("ﬁnn ＡＢＣ"), "finn abc");
+        // Non-Latin scripts keep their letters (only their marks go).
+        assert_eq!(normalize("Ἀθῆναι"), "αθηναι");
     }
 
     #[test]

@@ -12,6 +12,19 @@ use crate::fhir::{FhirError, Id, Resource, ResourceType};
 pub trait Indexer: Send + Sync + 'static {
     /// `resource` is the JSON object of the version as stored.
     fn entries(&self, resource_type: ResourceType, resource: &serde_json::Value) -> Vec<IndexEntry>;
+
+    /// Like [`Indexer::entries`], for a version written through `local_base` (this server's
+    /// base URL as the write addressed it): absolute references on that base are references
+    /// to this server's resources.
+    fn entries_on_base(
+        &self,
+        resource_type: ResourceType,
+        resource: &serde_json::Value,
+        local_base: &str,
+    ) -> Vec<IndexEntry> {
+        let _ = local_base;
+        self.entries(resource_type, resource)
+    }
 }
 
 /// One `(parameter, value)` pair of a resource, e.g. `("identifier", b"http://x|123")`.
@@ -102,6 +115,9 @@ pub struct WriteRequest {
     /// Conditional references (`Patient?identifier=x|1`) found in the resources, each parsed by
     /// the search module; the writer resolves them to `Type/id` inside the transaction.
     pub conditional_references: HashMap<String, (ResourceType, Criteria)>,
+    /// This server's base URL as the request addressed it (the configured `base_url`, else
+    /// the one the request arrived at). References starting with it are indexed as `Type/id`.
+    pub local_base: Option<String>,
 }
 
 impl WriteRequest {

@@ -162,7 +162,8 @@ fn commit_group(
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
-            let mut execution = Execution { tables: &mut tables, indexer, clock, pending_index: Vec::new() };
+            let mut execution =
+                Execution { tables: &mut tables, indexer, clock, pending_index: Vec::new(), local_base: None };
             replies.push(execution.execute(&job.request)?);
         }
         replies
@@ -238,12 +239,15 @@ struct Execution<'a, 'txn> {
     /// request has been applied: sorted inserts touch each B-tree page once per run of
     /// neighbouring keys instead of once per key.
     pending_index: Vec<(Vec<u8>, (u64, u64))>,
+    /// The base URL of the request being executed (see [`WriteRequest::local_base`]).
+    local_base: Option<String>,
 }
 
 impl Execution<'_, '_> {
     /// Runs one request. The outer error is a storage failure (aborts the group); the inner one
     /// is this request's own failure, with nothing written.
     fn execute(&mut self, request: &WriteRequest) -> Result<Reply, StoreError> {
+        self.local_base.clone_from(&request.local_base);
         let order = processing_order(request);
         let resolved = match self.resolve(request, &order) {
             Ok(resolved) => resolved,
@@ -556,7 +560,11 @@ impl Execution<'_, '_> {
         resource: &Value,
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
-        let entries: BTreeSet<_> = self.indexer.entries(resource_type, resource).into_iter().collect();
+        let entries = match &self.local_base {
+            Some(base) => self.indexer.entries_on_base(resource_type, resource, base),
+            None => self.indexer.entries(resource_type, resource),
+        };
+        let entries: BTreeSet<_> = entries.into_iter().collect();
         for entry in &entries {
             self.pending_index.push((spv::encode(ty, &entry.param, &entry.value, id, version), (t, u64::MAX)));
         }

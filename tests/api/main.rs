@@ -4,6 +4,7 @@
 mod bundles;
 mod conditional;
 mod conformance;
+mod correctness;
 mod crash;
 mod crud;
 mod differential;
