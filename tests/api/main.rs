@@ -11,6 +11,7 @@ mod errors;
 mod examples;
 mod helpers;
 mod history;
+mod limits;
 mod metadata;
 mod process;
 mod search;
