@@ -25,6 +25,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout_secs: u64,
+    pub conditional_delete_max: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -50,6 +51,7 @@ impl Default for Settings {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            conditional_delete_max: 1,
         }
     }
 }
@@ -178,6 +180,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
         apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "conditional_delete_max",
+        env: "BRAID_CONDITIONAL_DELETE_MAX",
+        default: "1",
+        doc: "Most resources one conditional delete may delete (at most 10000); more matches delete nothing and get 412.",
+        apply: |s, v| parse_into(&mut s.conditional_delete_max, v),
     },
 ];
 

@@ -39,6 +39,7 @@ impl Application {
         let options = StoreOptions {
             cache_bytes: settings.cache_mb << 20,
             max_group: settings.writer_max_group,
+            conditional_delete_max: settings.conditional_delete_max,
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();

@@ -82,11 +82,18 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// Requests waiting for the writer beyond this number wait for a free slot.
     pub queue_capacity: usize,
+    /// A conditional delete matching more resources than this deletes nothing and fails with
+    /// 412 (1: only a single match may be deleted).
+    pub conditional_delete_max: usize,
 }
+
+/// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
+/// the single writer, and it must not hold every other write up for long.
+pub const MAX_CONDITIONAL_DELETE: usize = 10_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 128 << 20, max_group: 256, queue_capacity: 4096 }
+        StoreOptions { cache_bytes: 128 << 20, max_group: 256, queue_capacity: 4096, conditional_delete_max: 1 }
     }
 }
 

@@ -74,12 +74,13 @@ pub(super) fn start(
     let clock = load_clock(&db)?;
     let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let max_group = options.max_group.max(1);
+    let conditional_delete_max = options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE);
     let stopped = Arc::new(AtomicBool::new(false));
     let stopped_flag = stopped.clone();
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group);
+            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, conditional_delete_max);
             // The published snapshot holds a read transaction: release it before the database.
             drop(latest);
             drop(db);
@@ -112,6 +113,7 @@ fn run(
     latest: &RwLock<Arc<Snapshot>>,
     mut clock: Clock,
     max_group: usize,
+    conditional_delete_max: usize,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
@@ -122,7 +124,7 @@ fn run(
             }
         }
         let before = clock;
-        match commit_group(db, indexer, &mut clock, &jobs) {
+        match commit_group(db, indexer, &mut clock, conditional_delete_max, &jobs) {
             Ok(replies) => {
                 match Snapshot::open(db) {
                     Ok(snapshot) => {
@@ -151,6 +153,7 @@ fn commit_group(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
+    conditional_delete_max: usize,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, StoreError> {
     let txn = db.begin_write()?;
@@ -162,7 +165,8 @@ fn commit_group(
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
-            let mut execution = Execution { tables: &mut tables, indexer, clock, pending_index: Vec::new() };
+            let mut execution =
+                Execution { tables: &mut tables, indexer, clock, conditional_delete_max, pending_index: Vec::new() };
             replies.push(execution.execute(&job.request)?);
         }
         replies
@@ -232,6 +236,8 @@ struct Execution<'a, 'txn> {
     tables: &'a mut Tables<'txn>,
     indexer: &'a dyn Indexer,
     clock: &'a mut Clock,
+    /// The most resources one conditional delete may delete.
+    conditional_delete_max: usize,
     /// `search_param_value` writes of the current request, inserted in key order when the
     /// request has been applied: sorted inserts touch each B-tree page once per run of
     /// neighbouring keys instead of once per key.
@@ -293,7 +299,7 @@ impl Execution<'_, '_> {
             let outcome = match &op.action {
                 Action::Create { resource_type, resource, if_none_exist } => {
                     let existing = match if_none_exist {
-                        Some(criteria) => single_match(self.find(*resource_type, criteria)?, criteria)?,
+                        Some(criteria) => single_match(self.find(*resource_type, criteria, 2)?, criteria)?,
                         None => None,
                     };
                     match existing {
@@ -312,7 +318,7 @@ impl Execution<'_, '_> {
                         Target::Id(id) => (id.clone(), false),
                         Target::Criteria(criteria) => {
                             let body_id = resource.get("id").and_then(Value::as_str);
-                            match single_match(self.find(*resource_type, criteria)?, criteria)? {
+                            match single_match(self.find(*resource_type, criteria, 2)?, criteria)? {
                                 Some(found) => {
                                     if body_id.is_some_and(|body_id| body_id != found.as_str()) {
                                         return Err(Failure::Request(FhirError::incorrect(
@@ -343,7 +349,21 @@ impl Execution<'_, '_> {
                 Action::Delete { resource_type, target, precondition } => {
                     let ids = match target {
                         Target::Id(id) => vec![id.clone()],
-                        Target::Criteria(criteria) => self.find(*resource_type, criteria)?,
+                        Target::Criteria(criteria) => {
+                            let max = self.conditional_delete_max;
+                            let ids = self.find(*resource_type, criteria, max + 1)?;
+                            if ids.len() > max {
+                                return Err(Failure::Request(FhirError::precondition_failed(
+                                    IssueCode::MultipleMatches,
+                                    format!(
+                                        "the criteria '{}' match more than {max} {resource_type} resource{}; a conditional delete may delete at most {max}",
+                                        criteria.text,
+                                        if max == 1 { "" } else { "s" }
+                                    ),
+                                )));
+                            }
+                            ids
+                        }
                     };
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
@@ -406,7 +426,7 @@ impl Execution<'_, '_> {
                         format!("the conditional reference '{text}' could not be parsed"),
                     )));
                 };
-                let matches = self.find(*resource_type, criteria)?;
+                let matches = self.find(*resource_type, criteria, 2)?;
                 match matches.as_slice() {
                     [id] => {
                         let local = format!("{resource_type}/{id}");
@@ -419,7 +439,7 @@ impl Execution<'_, '_> {
                     ))),
                     _ => Err(Failure::Request(FhirError::precondition_failed(
                         IssueCode::MultipleMatches,
-                        format!("the conditional reference '{text}' matches {} resources", matches.len()),
+                        format!("the conditional reference '{text}' matches more than one resource"),
                     ))),
                 }
             }
@@ -605,10 +625,10 @@ impl Execution<'_, '_> {
     }
 
     /// The ids of the current resources of `resource_type` that match `criteria`, as of this
-    /// transaction (including the requests before this one in the same commit).
-    fn find(&self, resource_type: ResourceType, criteria: &Criteria) -> Result<Vec<Id>, Failure> {
+    /// transaction (including the requests before this one in the same commit); at most `limit`.
+    fn find(&self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
-        (criteria.find)(&view, resource_type).map_err(Failure::Request)
+        (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
     }
 }
 
@@ -643,14 +663,15 @@ impl From<FhirError> for Failure {
     }
 }
 
-/// Conditional create and update need at most one match.
+/// Conditional create and update need at most one match; `matches` holds at most two (enough
+/// to tell "more than one").
 fn single_match(matches: Vec<Id>, criteria: &Criteria) -> Result<Option<Id>, Failure> {
     match matches.len() {
         0 => Ok(None),
         1 => Ok(matches.into_iter().next()),
-        n => Err(Failure::Request(FhirError::precondition_failed(
+        _ => Err(Failure::Request(FhirError::precondition_failed(
             IssueCode::MultipleMatches,
-            format!("the criteria '{}' match {n} resources; they must match at most one", criteria.text),
+            format!("the criteria '{}' match more than one resource; they must match at most one", criteria.text),
         ))),
     }
 }

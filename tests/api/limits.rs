@@ -78,3 +78,94 @@ async fn a_chain_five_thousand_levels_deep_is_refused_and_the_server_keeps_servi
     let has_within_limit = app.get(&format!("/Patient?_has:Patient:link:gender=female")).await;
     assert_eq!(has_within_limit.body["entry"][0]["resource"]["id"].as_str(), Some(target.as_str()));
 }
+
+fn gendered_patient(family: &str, gender: &str) -> Value {
+    let mut body = patient(family);
+    body["gender"] = json!(gender);
+    body
+}
+
+#[tokio::test]
+async fn a_conditional_delete_matching_more_than_one_resource_deletes_nothing_by_default() {
+    let app = spawn_app().await;
+    let first = app.post("/Patient", &gendered_patient("one", "male")).await;
+    let second = app.post("/Patient", &gendered_patient("two", "male")).await;
+    let before = app.history_len().await;
+    let refused = app.delete("/Patient?gender=male").await;
+    refused.assert_outcome(412);
+    assert_eq!(refused.body["issue"][0]["code"], "multiple-matches");
+    let diagnostics = refused.body["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("match more than 1 Patient resource; a conditional delete may delete at most 1"));
+    assert_eq!(app.history_len().await, before, "nothing was deleted");
+    for created in [&first, &second] {
+        assert_eq!(app.get(&format!("/Patient/{}", created.body["id"].as_str().unwrap())).await.status, 200);
+    }
+    // A single match is deleted.
+    let single = app.delete("/Patient?family=one").await;
+    assert_eq!(single.status, 204, "{}", single.text);
+    assert_eq!(app.get(&format!("/Patient/{}", first.body["id"].as_str().unwrap())).await.status, 410);
+}
+
+#[tokio::test]
+async fn a_raised_conditional_delete_limit_deletes_up_to_that_many_and_no_more() {
+    let app = spawn_app_with(|settings| settings.conditional_delete_max = 2).await;
+    let mut ids = Vec::new();
+    for family in ["a", "b", "c"] {
+        ids.push(app.post("/Patient", &gendered_patient(family, "male")).await.body["id"].as_str().unwrap().to_owned());
+    }
+    let before = app.history_len().await;
+    let refused = app.delete("/Patient?gender=male").await;
+    refused.assert_outcome(412);
+    assert!(refused.text.contains("more than 2 Patient resources"), "{}", refused.text);
+    assert_eq!(app.history_len().await, before);
+    app.delete(&format!("/Patient/{}", ids[2])).await;
+    let deleted = app.delete("/Patient?gender=male").await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    for id in &ids[..2] {
+        assert_eq!(app.get(&format!("/Patient/{id}")).await.status, 410);
+    }
+}
+
+#[tokio::test]
+async fn conditional_create_and_update_with_many_matches_fail_without_writing() {
+    let app = spawn_app().await;
+    for family in ["a", "b", "c", "d"] {
+        app.post("/Patient", &gendered_patient(family, "male")).await;
+    }
+    let before = app.history_len().await;
+    let create = app.create_if_none_exist("/Patient", "gender=male", &gendered_patient("e", "male")).await;
+    create.assert_outcome(412);
+    assert!(create.text.contains("'gender=male' match more than one resource"), "{}", create.text);
+    let update = app.put("/Patient?gender=male", &gendered_patient("e", "male")).await;
+    update.assert_outcome(412);
+    assert_eq!(update.body["issue"][0]["code"], "multiple-matches");
+    assert_eq!(app.history_len().await, before);
+}
+
+/// A store on a temporary database with the real indexer, for tests below the HTTP layer.
+fn open_store(indexer: std::sync::Arc<dyn braid::store::Indexer>) -> (tempfile::TempDir, braid::store::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        braid::store::Store::open(&dir.path().join("braid.redb"), braid::store::StoreOptions::default(), indexer)
+            .unwrap();
+    (dir, store)
+}
+
+fn create_action(resource: Value) -> braid::store::WriteRequest {
+    let resource_type = braid::fhir::ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
+    let Value::Object(resource) = resource else { unreachable!() };
+    braid::store::WriteRequest::single(braid::store::Action::Create { resource_type, resource, if_none_exist: None })
+}
+
+#[tokio::test]
+async fn conditional_criteria_collect_no_more_matches_than_asked_for() {
+    let (_dir, store) = open_store(std::sync::Arc::new(braid::search::SearchIndexer));
+    for family in ["a", "b", "c", "d", "e"] {
+        store.write(create_action(gendered_patient(family, "male"))).await.unwrap();
+    }
+    let patient_type = braid::fhir::ResourceType::parse("Patient").unwrap();
+    let criteria = braid::search::parse_criteria(patient_type, "gender=male").unwrap();
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!((criteria.find)(&snapshot.index(), patient_type, 2).unwrap().len(), 2);
+    assert_eq!((criteria.find)(&snapshot.index(), patient_type, 100).unwrap().len(), 5);
+}
