@@ -8,9 +8,16 @@
 //!
 //! Invariant: a request that fails (a precondition, a conditional match, a bad reference) has
 //! written nothing, because every check of a request runs before its first write. Only a
-//! storage error can stop a request midway, and that aborts the whole group.
+//! storage error or a panic can stop a request midway, and that aborts the whole group's
+//! transaction. After a panic the group's requests are retried one by one, so that only the
+//! request that panics fails (500) and the writer goes on serving.
+//!
+//! A commit is acknowledged only once readers can see it (read-your-writes). If the new state
+//! cannot be published to readers, the process stops rather than acknowledge writes that reads
+//! would not show; the commit itself is durable, and a restart publishes it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -123,30 +130,111 @@ fn run(
                 Err(_) => break,
             }
         }
-        let before = clock;
-        match commit_group(db, indexer, &mut clock, conditional_delete_max, &jobs) {
-            Ok(replies) => {
-                match Snapshot::open(db) {
-                    Ok(snapshot) => {
-                        *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot)
+        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, conditional_delete_max, jobs);
+        match commit(&jobs) {
+            Ok(replies) => answer(db, latest, jobs, replies),
+            Err(GroupFailure::Panic(message)) if jobs.len() > 1 => {
+                tracing::error!(panic = %message, requests = jobs.len(),
+                    "a write group panicked; nothing was committed; retrying its requests one by one");
+                for job in jobs {
+                    match commit(std::slice::from_ref(&job)) {
+                        Ok(replies) => answer(db, latest, vec![job], replies),
+                        Err(failure) => fail(job, &failure),
                     }
-                    Err(error) => tracing::error!(error = %error, "cannot open a snapshot after a commit"),
-                }
-                for (job, reply) in jobs.into_iter().zip(replies) {
-                    // The requester may have gone away (client disconnected); the write stands.
-                    let _ = job.reply.send(reply);
                 }
             }
-            Err(error) => {
-                clock = before;
-                tracing::error!(error = %error, requests = jobs.len(), "write group failed; nothing was committed");
+            Err(failure) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(FhirError::fault("storage")));
+                    fail(job, &failure);
                 }
             }
         }
     }
     tracing::debug!("writer stopped: no more senders");
+}
+
+/// Why a group committed nothing.
+enum GroupFailure {
+    /// A storage error, already logged.
+    Storage,
+    /// A panic while executing the group; its transaction was dropped, so aborted.
+    Panic(String),
+}
+
+/// Runs [`commit_group`], containing panics: on any failure nothing is committed and the clock
+/// is restored to where it stood, as if the group had never run.
+fn commit_guarded(
+    db: &Database,
+    indexer: &dyn Indexer,
+    clock: &mut Clock,
+    conditional_delete_max: usize,
+    jobs: &[Job],
+) -> Result<Vec<Reply>, GroupFailure> {
+    let before = *clock;
+    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, conditional_delete_max, jobs)));
+    match result {
+        Ok(Ok(replies)) => Ok(replies),
+        Ok(Err(error)) => {
+            *clock = before;
+            tracing::error!(error = %error, requests = jobs.len(), "write group failed; nothing was committed");
+            Err(GroupFailure::Storage)
+        }
+        Err(payload) => {
+            *clock = before;
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Err(GroupFailure::Panic(message))
+        }
+    }
+}
+
+fn fail(job: Job, failure: &GroupFailure) {
+    let _entered = job.span.enter();
+    let error = match failure {
+        GroupFailure::Storage => FhirError::fault("storage"),
+        GroupFailure::Panic(message) => {
+            tracing::error!(panic = %message, "a write request panicked; nothing of it was committed");
+            FhirError::fault("writer")
+        }
+    };
+    // The requester may have gone away (client disconnected).
+    let _ = job.reply.send(Err(error));
+}
+
+/// Publishes the committed state to readers, then answers the committed requests.
+fn answer(db: &Database, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, replies: Vec<Reply>) {
+    publish(db, latest);
+    for (job, reply) in jobs.into_iter().zip(replies) {
+        // The requester may have gone away (client disconnected); the write stands.
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// How often opening a snapshot after a commit is tried before giving up.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Makes the newest commit what readers see. A commit that readers cannot see must not be
+/// acknowledged (a client would not read its own write), so if every attempt fails the process
+/// exits, unacknowledged, for its supervisor to restart it; the commit is durable and the next
+/// start serves it.
+fn publish(db: &Database, latest: &RwLock<Arc<Snapshot>>) {
+    for attempt in 1..=PUBLISH_ATTEMPTS {
+        match Snapshot::open(db) {
+            Ok(snapshot) => {
+                *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, attempt, "cannot open a snapshot after a commit");
+                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+            }
+        }
+    }
+    tracing::error!("committed writes cannot be made visible to readers; exiting so that the server is restarted");
+    std::process::exit(70);
 }
 
 fn commit_group(

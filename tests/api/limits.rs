@@ -169,3 +169,62 @@ async fn conditional_criteria_collect_no_more_matches_than_asked_for() {
     assert_eq!((criteria.find)(&snapshot.index(), patient_type, 2).unwrap().len(), 2);
     assert_eq!((criteria.find)(&snapshot.index(), patient_type, 100).unwrap().len(), 5);
 }
+
+/// The real indexer, except that it panics on a Patient whose family name is `PANIC`: a
+/// stand-in for any bug the writer might hit while executing a request.
+struct PanickingIndexer;
+
+impl braid::store::Indexer for PanickingIndexer {
+    fn entries(
+        &self,
+        resource_type: braid::fhir::ResourceType,
+        resource: &Value,
+    ) -> Vec<braid::store::IndexEntry> {
+        if resource["name"][0]["family"] == "PANIC" {
+            panic!("indexer test hook");
+        }
+        braid::store::Indexer::entries(&braid::search::SearchIndexer, resource_type, resource)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_write_fails_alone_commits_nothing_and_the_writer_keeps_serving() {
+    let (_dir, store) = open_store(std::sync::Arc::new(PanickingIndexer));
+    let patient_type = braid::fhir::ResourceType::parse("Patient").unwrap();
+    let all = || braid::store::HistoryQuery { since_micros: None, count: 100, below: None };
+
+    // A transaction whose second operation panics after the first has been written.
+    let mut transaction = create_action(patient("Fine"));
+    transaction.ops.extend(create_action(patient("PANIC")).ops);
+    let error = store.write(transaction).await.unwrap_err();
+    assert_eq!(error.status(), 500);
+    assert_eq!(error.to_operation_outcome()["issue"][0]["code"], "exception");
+    assert!(store.snapshot().unwrap().system_history(all()).unwrap().entries.is_empty(), "nothing was committed");
+
+    // Requests submitted together may share the panicking request's group; only it fails.
+    let (first, panicking, second) = tokio::join!(
+        store.write(create_action(patient("First"))),
+        store.write(create_action(patient("PANIC"))),
+        store.write(create_action(patient("Second"))),
+    );
+    assert_eq!(panicking.unwrap_err().status(), 500);
+    let mut ids = Vec::new();
+    for outcome in [first, second] {
+        ids.push(outcome.expect("an innocent request of the group succeeds")[0].id.clone().unwrap());
+    }
+
+    // Later writes succeed and are readable, with versions and history continuing normally.
+    let later = store.write(create_action(patient("Later"))).await.unwrap();
+    ids.push(later[0].id.clone().unwrap());
+    let snapshot = store.snapshot().unwrap();
+    for id in &ids {
+        let stored = snapshot.current(patient_type, id.as_str()).unwrap().expect("the write is readable");
+        let body: Value = serde_json::from_slice(&stored.body).unwrap();
+        assert_ne!(body["name"][0]["family"], "PANIC");
+    }
+    let history = snapshot.system_history(all()).unwrap().entries;
+    assert_eq!(history.len(), 3, "only the three successful creates were committed");
+    let mut times: Vec<u64> = history.iter().map(|v| v.header.t).collect();
+    times.sort();
+    assert_eq!(times, vec![1, 2, 3], "the logical clock was restored after each aborted group");
+}
