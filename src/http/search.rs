@@ -8,7 +8,6 @@
 
 use actix_web::HttpResponse;
 use actix_web::web;
-use futures_util::StreamExt;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Value, json};
 
@@ -75,22 +74,10 @@ pub async fn compartment(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, mut payload, state, .. } = ctx;
+    let Ctx { http, payload, state, .. } = ctx;
     let mut pairs = request::query_pairs(&http);
     if http.method() == actix_web::http::Method::POST {
-        let mut body = Vec::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk
-                .map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
-            if body.len() + chunk.len() > state.limits.max_body_bytes {
-                return Err(FhirError::new(
-                    crate::fhir::Category::TooLarge,
-                    IssueCode::TooLong,
-                    "the search form is too large",
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = request::read_limited(&http, payload, &state.limits).await?;
         pairs.extend(request::decode_pairs(&String::from_utf8_lossy(&body)));
     }
     let strict = http

@@ -263,6 +263,8 @@ fn prefix_of(text: &str) -> (Prefix, &str) {
 
 /// `[v, v·0x00)`: exactly the value `v`.
 pub(super) fn exact(value: Vec<u8>) -> Alternative {
+    // Index values are cut to a bounded length; so is the value they are compared with.
+    let value = values::bounded(value);
     let mut hi = value.clone();
     hi.push(0);
     Alternative { key: None, pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
@@ -270,6 +272,7 @@ pub(super) fn exact(value: Vec<u8>) -> Alternative {
 
 /// Every value starting with `prefix`.
 fn starting_with(prefix: Vec<u8>) -> Alternative {
+    let prefix = values::bounded(prefix);
     let hi = successor(&prefix);
     Alternative { key: None, pred: Pred::StartsWith(prefix.clone()), lo: prefix, hi }
 }
@@ -366,7 +369,7 @@ pub fn parse_clause(
                 Some("contains") => {
                     vec![Alternative {
                         key: None,
-                        pred: Pred::Contains(normalize(&value).into_bytes()),
+                        pred: Pred::Contains(values::bounded(normalize(&value).into_bytes())),
                         lo: Vec::new(),
                         hi: None,
                     }]

@@ -75,7 +75,7 @@ async fn a_chain_five_thousand_levels_deep_is_refused_and_the_server_keeps_servi
     assert_eq!(four.status, 200, "four levels are allowed: {}", four.text);
     let five = app.get(&format!("/Observation?{}=male", deep_chain(4))).await;
     five.assert_outcome(400);
-    let has_within_limit = app.get(&format!("/Patient?_has:Patient:link:gender=female")).await;
+    let has_within_limit = app.get("/Patient?_has:Patient:link:gender=female").await;
     assert_eq!(has_within_limit.body["entry"][0]["resource"]["id"].as_str(), Some(target.as_str()));
 }
 
@@ -175,11 +175,7 @@ async fn conditional_criteria_collect_no_more_matches_than_asked_for() {
 struct PanickingIndexer;
 
 impl braid::store::Indexer for PanickingIndexer {
-    fn entries(
-        &self,
-        resource_type: braid::fhir::ResourceType,
-        resource: &Value,
-    ) -> Vec<braid::store::IndexEntry> {
+    fn entries(&self, resource_type: braid::fhir::ResourceType, resource: &Value) -> Vec<braid::store::IndexEntry> {
         if resource["name"][0]["family"] == "PANIC" {
             panic!("indexer test hook");
         }
@@ -227,4 +223,198 @@ async fn a_panicking_write_fails_alone_commits_nothing_and_the_writer_keeps_serv
     let mut times: Vec<u64> = history.iter().map(|v| v.header.t).collect();
     times.sort();
     assert_eq!(times, vec![1, 2, 3], "the logical clock was restored after each aborted group");
+}
+
+fn form_search(app: &crate::helpers::TestApp, path: &str, form: String) -> reqwest::RequestBuilder {
+    app.client.post(app.url(path)).header("content-type", "application/x-www-form-urlencoded").body(form)
+}
+
+#[tokio::test]
+async fn long_indexed_strings_are_indexed_on_a_bounded_prefix_and_stay_searchable() {
+    let app = spawn_app().await;
+    let family = format!("Smith{}", "x".repeat(600_000));
+    let mut body = patient("unused");
+    body["name"][0]["family"] = json!(family);
+    let started = std::time::Instant::now();
+    let created = app.post("/Patient", &body).await;
+    assert_eq!(created.status, 201, "{}", &created.text[..created.text.len().min(500)]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let read = app.get(&format!("/Patient/{id}")).await;
+    assert_eq!(read.body["name"][0]["family"].as_str().map(str::len), Some(family.len()), "stored whole");
+
+    let found = app.get("/Patient?family=smithxxx").await;
+    assert_eq!(found.body["entry"][0]["resource"]["id"].as_str(), Some(id.as_str()), "prefix search");
+    let exact = app.send(form_search(&app, "/Patient/_search", format!("family:exact={family}"))).await;
+    assert_eq!(exact.body["entry"].as_array().map(Vec::len), Some(1), "{}", &exact.text[..300]);
+    assert_eq!(exact.body["entry"][0]["resource"]["id"].as_str(), Some(id.as_str()), "exact on the whole value");
+    let short = app.get("/Patient?family:exact=Smith").await;
+    assert!(short.body["entry"].as_array().is_none_or(Vec::is_empty), "a shorter exact value does not match");
+    // Documented: beyond the indexed prefix, values are not told apart.
+    let same_prefix = format!("Smith{}y", "x".repeat(599_999));
+    let beyond = app.send(form_search(&app, "/Patient/_search", format!("family:exact={same_prefix}"))).await;
+    assert_eq!(beyond.body["entry"][0]["resource"]["id"].as_str(), Some(id.as_str()));
+}
+
+#[test]
+fn index_values_are_bounded_whatever_the_element_length() {
+    use braid::store::Indexer;
+    let resource = json!({"resourceType": "Patient", "id": "p1",
+        "name": [{"family": "Müller".repeat(100_000), "given": ["g".repeat(300_000)]}],
+        "identifier": [{"system": "http://x", "value": "9".repeat(200_000)}],
+        "telecom": [{"system": "email", "value": "a".repeat(100_000)}]});
+    let patient_type = braid::fhir::ResourceType::parse("Patient").unwrap();
+    let entries = braid::search::SearchIndexer.entries(patient_type, &resource);
+    assert!(entries.iter().any(|e| e.param == "family" && e.value.starts_with(b"mullermuller")));
+    assert!(entries.iter().any(|e| e.param == "identifier" && e.value.starts_with(b"http://x|999")));
+    let longest = entries.iter().map(|e| e.value.len()).max().unwrap();
+    assert!(longest <= braid::search::values::MAX_INDEXED_BYTES, "longest index value: {longest} bytes");
+}
+
+#[tokio::test]
+async fn an_absurdly_long_string_is_refused_naming_the_element_but_base64_data_may_be_large() {
+    let app = spawn_app().await;
+    let mut body = patient("Long");
+    body["name"][0]["given"] = json!(["ok", "y".repeat((1 << 20) + 1)]);
+    let refused = app.post("/Patient", &body).await;
+    refused.assert_outcome(400);
+    assert_eq!(refused.expressions(), vec!["Patient.name[0].given[1]"]);
+    assert!(refused.text.contains("longer than the limit of 1048576 bytes"), "{}", refused.text);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "POST", "url": "Patient"}}]});
+    let in_bundle = app.post("", &bundle).await;
+    in_bundle.assert_outcome(400);
+    assert_eq!(in_bundle.expressions(), vec!["Bundle.entry[0].resource.name[0].given[1]"]);
+    assert_eq!(app.history_len().await, 0, "nothing was written");
+
+    let data = "QUJD".repeat(1 << 19); // 2 MiB of base64
+    let binary =
+        app.post("/Binary", &json!({"resourceType": "Binary", "contentType": "text/plain", "data": data})).await;
+    assert_eq!(binary.status, 201, "{}", &binary.text[..binary.text.len().min(500)]);
+    let read = app.get(&format!("/Binary/{}", binary.body["id"].as_str().unwrap())).await;
+    assert_eq!(read.body["data"].as_str().map(str::len), Some(data.len()));
+}
+
+#[tokio::test]
+async fn a_body_of_millions_of_small_values_is_refused_before_parsing() {
+    let app = spawn_app().await;
+    // 15 MiB of `0,`: under the body limit, but 7.8 million values.
+    let numbers = "0,".repeat(15 << 19);
+    let body = format!(r#"{{"resourceType":"Patient","extension":[{numbers}0]}}"#);
+    let reply =
+        app.send(app.client.post(app.url("/Patient")).header("content-type", "application/fhir+json").body(body)).await;
+    reply.assert_outcome(413);
+    assert!(reply.text.contains("more than the limit of 2000000 JSON values"), "{}", reply.text);
+
+    let small = spawn_app_with(|settings| settings.max_json_values = 50).await;
+    let mut body = patient("Values");
+    body["extension"] = json!((0..40).map(|i| json!({"url": "http://x", "valueInteger": i})).collect::<Vec<_>>());
+    let refused = small.post("/Patient", &body).await;
+    refused.assert_outcome(413);
+    assert_eq!(small.history_len().await, 0);
+    let accepted = small.post("/Patient", &patient("Values")).await;
+    assert_eq!(accepted.status, 201, "{}", accepted.text);
+
+    let too_long = app
+        .send(app.client.post(app.url("/Patient")).header("content-type", "application/fhir+json").body(vec![
+            b' ';
+            (16 << 20)
+                + 1
+        ]))
+        .await;
+    too_long.assert_outcome(413);
+    assert!(too_long.text.contains("exceeds the limit of 16777216 bytes"), "{}", too_long.text);
+}
+
+/// Opens a connection and sends a POST's headers and half of its announced body, then nothing.
+async fn stalled_post(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = "POST /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\nContent-Length: 60\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(br#"{"resourceType":"Patient","#).await.unwrap();
+    stream
+}
+
+/// Everything the server sends on `stream` until it closes the connection, or `None` if it
+/// does not close it within `limit`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
+}
+
+fn port_of(app: &crate::helpers::TestApp) -> u16 {
+    app.base.trim_end_matches("/fhir").rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_its_connection_closed_while_others_are_served() {
+    let app = spawn_app_with(|settings| settings.body_read_timeout_secs = 1).await;
+    let started = std::time::Instant::now();
+    let mut stalled = stalled_post(port_of(&app)).await;
+    // Served at once, meanwhile.
+    let created = app.post("/Patient", &patient("Meanwhile")).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert!(started.elapsed() < std::time::Duration::from_millis(900), "not held up by the stalled request");
+
+    let answer = read_until_closed(&mut stalled, std::time::Duration::from_secs(10))
+        .await
+        .expect("the server closes the stalled connection");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_millis(900) && elapsed < std::time::Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""resourceType":"OperationOutcome""#), "{answer}");
+    assert!(answer.contains("did not arrive within 1 seconds (26 bytes received)"), "{answer}");
+    assert_eq!(app.history_len().await, 1, "the stalled create wrote nothing");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_head_timeout() {
+    let app = spawn_app_with(|settings| settings.request_head_timeout_secs = 1).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port_of(&app))).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut silent, std::time::Duration::from_secs(10)).await;
+    assert!(answer.is_some(), "the silent connection is closed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_stalled_ones_time_out() {
+    let app = spawn_app_with(|settings| {
+        settings.workers = 1;
+        settings.max_connections = 2;
+        settings.body_read_timeout_secs = 1;
+    })
+    .await;
+    let port = port_of(&app);
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_post(port).await);
+    }
+    // Two connections are served; the other two and this request wait in the listen queue
+    // until the first two time out, then the next two.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), client.get(app.url("/metadata")).send())
+        .await
+        .expect("the request is served once stalled connections time out")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(reply.status(), 200);
+    assert!(waited >= std::time::Duration::from_millis(1800), "the cap held the request back only {waited:?}");
+    for mut connection in stalled {
+        let answer = read_until_closed(&mut connection, std::time::Duration::from_secs(10)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
 }
