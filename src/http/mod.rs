@@ -46,6 +46,9 @@ pub struct Limits {
     pub max_string_bytes: usize,
     /// How long the whole body of a request may take to arrive.
     pub body_read_timeout: std::time::Duration,
+    /// Most resources one conditional delete may delete (the store enforces it; the
+    /// CapabilityStatement reports it).
+    pub conditional_delete_max: usize,
 }
 
 impl Limits {
@@ -58,6 +61,7 @@ impl Limits {
             max_json_values: settings.max_json_values,
             max_string_bytes: settings.max_string_bytes,
             body_read_timeout: std::time::Duration::from_secs(settings.body_read_timeout_secs),
+            conditional_delete_max: settings.conditional_delete_max.clamp(1, crate::store::MAX_CONDITIONAL_DELETE),
         }
     }
 }

@@ -583,6 +583,8 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
         };
+        // Stored component values are cut to a bounded length (see `values::bounded`).
+        let forms: Vec<Vec<u8>> = forms.into_iter().map(values::bounded).collect();
         heads = heads
             .iter()
             .flat_map(|head| {

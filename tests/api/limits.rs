@@ -109,6 +109,15 @@ async fn a_conditional_delete_matching_more_than_one_resource_deletes_nothing_by
 #[tokio::test]
 async fn a_raised_conditional_delete_limit_deletes_up_to_that_many_and_no_more() {
     let app = spawn_app_with(|settings| settings.conditional_delete_max = 2).await;
+    let metadata = app.get("/metadata").await;
+    let patient_capabilities = metadata.body["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert_eq!(patient_capabilities["conditionalDelete"], "multiple");
     let mut ids = Vec::new();
     for family in ["a", "b", "c"] {
         ids.push(app.post("/Patient", &gendered_patient(family, "male")).await.body["id"].as_str().unwrap().to_owned());
