@@ -221,20 +221,34 @@ const PUBLISH_ATTEMPTS: u32 = 3;
 /// exits, unacknowledged, for its supervisor to restart it; the commit is durable and the next
 /// start serves it.
 fn publish(db: &Database, latest: &RwLock<Arc<Snapshot>>) {
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        match Snapshot::open(db) {
+    if !publish_with(|| Snapshot::open(db), latest, PUBLISH_ATTEMPTS) {
+        tracing::error!("committed writes cannot be made visible to readers; exiting so that the server is restarted");
+        std::process::exit(70);
+    }
+}
+
+/// Replaces the published snapshot with one from `open`, trying up to `attempts` times with a
+/// short pause between tries; false if every try failed (the old snapshot stays published).
+fn publish_with(
+    open: impl Fn() -> Result<Snapshot, StoreError>,
+    latest: &RwLock<Arc<Snapshot>>,
+    attempts: u32,
+) -> bool {
+    for attempt in 1..=attempts {
+        match open() {
             Ok(snapshot) => {
                 *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
-                return;
+                return true;
             }
             Err(error) => {
                 tracing::error!(error = %error, attempt, "cannot open a snapshot after a commit");
-                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                if attempt < attempts {
+                    std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                }
             }
         }
     }
-    tracing::error!("committed writes cannot be made visible to readers; exiting so that the server is restarted");
-    std::process::exit(70);
+    false
 }
 
 fn commit_group(
@@ -798,5 +812,40 @@ fn is_same_content(stored: &[u8], incoming: &Resource) -> bool {
     match serde_json::from_slice::<Value>(stored) {
         Ok(Value::Object(current)) => same_content(&current, incoming),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn publishing_retries_and_reports_when_every_attempt_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("braid.redb")).unwrap();
+        super::super::Store::initialise(&db).unwrap();
+        let latest = RwLock::new(Arc::new(Snapshot::open(&db).unwrap()));
+
+        let calls = Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 { Err(StoreError::WriterGone) } else { Snapshot::open(&db) }
+        };
+        let before = latest.read().unwrap().clone();
+        assert!(publish_with(flaky, &latest, 3), "the third attempt succeeds");
+        assert_eq!(calls.get(), 3);
+        assert!(!Arc::ptr_eq(&before, &latest.read().unwrap()), "a new snapshot was published");
+
+        let published = latest.read().unwrap().clone();
+        calls.set(0);
+        let broken = || {
+            calls.set(calls.get() + 1);
+            Err(StoreError::WriterGone)
+        };
+        assert!(!publish_with(broken, &latest, 3), "the caller is told, and stops the process");
+        assert_eq!(calls.get(), 3);
+        assert!(Arc::ptr_eq(&published, &latest.read().unwrap()));
     }
 }
