@@ -122,6 +122,7 @@ fn parse(
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
     };
+    check_size(pairs)?;
     let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
     for (name, value) in pairs {
         let mut applied = true;
@@ -203,6 +204,37 @@ fn parse(
         }
     }
     Ok(search)
+}
+
+/// The most parameters one search may have. Every clause is planned (an index count each) and
+/// checked against every candidate, so their number multiplies the work of a search; a POST
+/// form could otherwise carry millions within the body limit.
+pub const MAX_SEARCH_PARAMETERS: usize = 100;
+
+/// The most comma-separated values all parameters of one search may have together (each value
+/// of a parameter is an index lookup or scan of its own).
+pub const MAX_SEARCH_VALUES: usize = 1000;
+
+fn check_size(pairs: &[(String, String)]) -> Result<(), FhirError> {
+    let too_costly = |message: String| FhirError::incorrect(IssueCode::TooCostly, message);
+    if pairs.len() > MAX_SEARCH_PARAMETERS {
+        return Err(too_costly(format!(
+            "the search has {} parameters; at most {MAX_SEARCH_PARAMETERS} are supported",
+            pairs.len()
+        )));
+    }
+    let mut values = 0;
+    for (name, value) in pairs {
+        values += value.split(',').count();
+        if values > MAX_SEARCH_VALUES {
+            let shown: String = name.chars().take(80).collect();
+            return Err(too_costly(format!(
+                "the search has more than {MAX_SEARCH_VALUES} values (counting each comma-separated value)"
+            ))
+            .at(shown));
+        }
+    }
+    Ok(())
 }
 
 /// What must be escaped in a query component; `:`, `/`, `,` and `$` stay readable.

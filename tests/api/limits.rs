@@ -427,3 +427,27 @@ async fn connections_beyond_the_cap_wait_until_stalled_ones_time_out() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn a_search_form_with_a_million_parameters_or_values_is_refused() {
+    let app = spawn_app().await;
+    app.post("/Patient", &gendered_patient("Form", "male")).await;
+    let many_parameters = vec!["gender=male"; 1_000_000].join("&");
+    let refused = app.send(form_search(&app, "/Patient/_search", many_parameters)).await;
+    refused.assert_outcome(400);
+    assert_eq!(refused.body["issue"][0]["code"], "too-costly");
+    assert!(refused.text.contains("1000000 parameters; at most 100"), "{}", refused.text);
+
+    let many_values = format!("_id={}", vec!["x"; 1_000_000].join(","));
+    let refused = app.send(form_search(&app, "/Patient/_search", many_values)).await;
+    refused.assert_outcome(400);
+    assert_eq!(refused.expressions(), vec!["_id"]);
+
+    // Within the bounds, the same kinds of search work.
+    let hundred = vec!["gender=male"; 100].join("&");
+    let found = app.send(form_search(&app, "/Patient/_search", hundred)).await;
+    assert_eq!(found.body["entry"].as_array().map(Vec::len), Some(1), "{}", found.text);
+    let ids = format!("family={}", vec!["form"; 1000].join(","));
+    let found = app.send(form_search(&app, "/Patient/_search", ids)).await;
+    assert_eq!(found.body["entry"].as_array().map(Vec::len), Some(1), "{}", found.text);
+}
