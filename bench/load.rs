@@ -8,16 +8,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct LoadResult {
+    /// Answers with a 2xx status: the only ones that count as throughput.
     pub requests: usize,
+    /// Answers with any other status; they are reported, never counted as throughput.
     pub errors: usize,
     pub elapsed: Duration,
-    /// Latencies in microseconds, sorted.
+    /// Latencies of the successful requests in microseconds, sorted.
     pub latencies: Vec<u32>,
 }
 
 impl LoadResult {
+    /// Successful requests per second.
     pub fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A warning to print next to the figures when some requests failed: a run whose answers
+    /// were errors measured something other than what it names.
+    pub fn error_note(&self) -> String {
+        if self.errors == 0 {
+            String::new()
+        } else {
+            format!(
+                "  !! {} of {} requests failed; figures cover successes only",
+                self.errors,
+                self.errors + self.requests
+            )
+        }
     }
 
     pub fn percentile(&self, p: f64) -> f64 {
@@ -43,19 +60,30 @@ pub async fn run(
         .map(|connection| {
             let request = request.clone();
             tokio::spawn(async move {
-                let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                // A connection the server refuses or drops (e.g. a crash scenario kills it) ends
+                // this connection's loop with one error.
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+                    return (latencies, 1);
+                };
                 stream.set_nodelay(true).ok();
                 let mut buffer = Vec::with_capacity(64 * 1024);
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
                 let mut n = 0;
                 while Instant::now() < deadline {
                     let bytes = request(connection, n);
                     n += 1;
                     let sent = Instant::now();
-                    stream.write_all(&bytes).await.expect("write");
-                    let status = read_response(&mut stream, &mut buffer).await.expect("read");
-                    latencies.push(sent.elapsed().as_micros() as u32);
-                    if !(200..300).contains(&status) {
+                    if stream.write_all(&bytes).await.is_err() {
+                        errors += 1;
+                        break;
+                    }
+                    let Ok(status) = read_response(&mut stream, &mut buffer).await else {
+                        errors += 1;
+                        break;
+                    };
+                    if (200..300).contains(&status) {
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                    } else {
                         errors += 1;
                     }
                 }

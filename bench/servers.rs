@@ -16,10 +16,15 @@ pub struct Server {
     pub port: u16,
     /// From spawning the process to its first successful answer.
     pub ready_after: Duration,
+    /// Set once the process was killed on purpose; nothing is left to stop.
+    killed: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.killed {
+            return;
+        }
         // SIGTERM, so Braid closes its database cleanly for the next scenario.
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -35,6 +40,13 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// SIGKILL, as a crash or power cut would stop it: no clean close of the database.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.killed = true;
+    }
+
     /// Resident memory of the server process, in MiB.
     pub fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -64,7 +76,7 @@ pub fn start_braid(data: &Path) -> Server {
         .spawn()
         .expect("cargo bench builds the braid binary");
     wait_until_ready(port);
-    Server { child, port, ready_after: spawned.elapsed() }
+    Server { child, port, ready_after: spawned.elapsed(), killed: false }
 }
 
 /// Starts the baseline server holding `bodies` (one `id<TAB>json` line each) in memory.
@@ -81,7 +93,7 @@ pub fn start_baseline(bodies: &Path) -> Server {
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the baseline prints its port");
     let port: u16 = line.trim().parse().expect("a port number");
     wait_until_ready(port);
-    Server { child, port, ready_after: spawned.elapsed() }
+    Server { child, port, ready_after: spawned.elapsed(), killed: false }
 }
 
 fn free_port() -> u16 {

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the client libraries of the conformance check into this folder: a Python virtual
-# environment in .venv (from PyPI) and node_modules (from npm). Idempotent.
+# environment in .venv (from PyPI) and node_modules (from npm). Idempotent, and safe to run from
+# several test processes at once (they take turns on a lock).
 set -euo pipefail
 cd "$(dirname "$0")"
+exec 9>.setup.lock
+flock 9
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

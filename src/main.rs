@@ -22,6 +22,15 @@ enum Command {
     Serve(ServeArgs),
     /// Serve with demo data (official R4 examples and Synthea patients) loaded into an empty database.
     Demo(ServeArgs),
+    /// Reclaim disk space in a stopped database: drop superseded index entries, shrink the file.
+    Compact(CompactArgs),
+}
+
+#[derive(clap::Args)]
+struct CompactArgs {
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (args, demo) = match cli.command {
         Command::Serve(args) => (args, false),
         Command::Demo(args) => (args, true),
+        Command::Compact(args) => return compact(settings, args),
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless
@@ -83,6 +93,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     application.run_until_stopped().await?;
+    Ok(())
+}
+
+fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(data) = args.data {
+        settings.data = data;
+    }
+    let path = settings.data;
+    let ttl = std::time::Duration::from_secs(settings.cursor_ttl_secs);
+    let report =
+        braid::store::compact(&path, ttl).map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    println!(
+        "Compacted {}: {:.1} MiB -> {:.1} MiB; removed the index entries of {} superseded versions ({} entries).",
+        path.display(),
+        mib(report.bytes_before),
+        mib(report.bytes_after),
+        report.collected.versions,
+        report.collected.entries
+    );
     Ok(())
 }
 

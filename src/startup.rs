@@ -39,6 +39,8 @@ impl Application {
         let options = StoreOptions {
             cache_bytes: settings.cache_mb << 20,
             max_group: settings.writer_max_group,
+            cursor_ttl: Duration::from_secs(settings.cursor_ttl_secs),
+            gc_interval: Duration::from_secs(settings.gc_interval_secs),
             conditional_delete_max: settings.conditional_delete_max,
             ..StoreOptions::default()
         };

@@ -80,7 +80,7 @@ fn respond(
     let params = params(http, state)?;
     let relative_path = http.path().strip_prefix("/fhir").unwrap_or(http.path()).to_owned();
     let scope = format!("history|{relative_path}|{}", params.since.as_ref().map_or("", |(text, _)| text.as_str()));
-    let secret = state.store.cursor_secret();
+    let secret = state.store.cursor_key();
     let below = params.cursor.as_deref().map(|token| cursor::decode(secret, &scope, token)).transpose()?;
     let snapshot = state.store.snapshot()?;
     let query =

@@ -58,7 +58,7 @@ pub fn page_across_types(
     base: &str,
     self_url: &str,
 ) -> Result<BundleOut, FhirError> {
-    let secret = *store.cursor_secret();
+    let secret = store.cursor_key().clone();
     let snapshot = store.snapshot()?;
     let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
     let (t, backward, start_type, start) = match token {
@@ -66,6 +66,7 @@ pub fn page_across_types(
             let payload = cursor::decode_bytes(&secret, scope, token)?;
             let (&direction, rest) = payload.split_first().ok_or_else(invalid)?;
             let (t, type_index, position) = decode(rest).ok_or_else(invalid)?;
+            cursor::check_readable(&secret, t)?;
             (t, direction == 1, type_index, position)
         }
         None => (snapshot.t(), false, 0, None),

@@ -92,7 +92,7 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
         search.path = format!("Patient/{patient}/{resource_type}");
     }
     let store = state.store.clone();
-    let secret = *store.cursor_secret();
+    let secret = store.cursor_key().clone();
     let bundle =
         web::block(move || execute(&store, &secret, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
     Ok(bundle.into_response())
@@ -270,7 +270,7 @@ fn query_string(pairs: &[(String, String)]) -> String {
 
 fn execute(
     store: &crate::store::Store,
-    secret: &[u8; 32],
+    secret: &crate::store::CursorKey,
     base: &str,
     search: SearchRequest,
 ) -> Result<BundleOut, FhirError> {
@@ -286,6 +286,7 @@ fn execute(
             let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
             let (&direction, rest) = payload.split_first().ok_or_else(invalid)?;
             let (t, _, position) = paging::decode(rest).ok_or_else(invalid)?;
+            cursor::check_readable(secret, t)?;
             (t, direction == 1, position)
         }
         None => (snapshot.t(), false, None),

@@ -8,17 +8,23 @@
 //!
 //! The layout is explained with a worked example in `docs/storage.md`.
 
+pub mod check;
+mod gc;
 pub mod keys;
+mod migrate;
 mod ops;
 mod snapshot;
 mod view;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+pub use gc::Collected;
 pub use keys::resource_version::{Header, Op};
 pub use ops::{
     Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
@@ -36,12 +42,18 @@ pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::n
 pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("resource_search_param_value");
-/// Small named values: `format_version` (u32 BE) and `cursor_secret` (32 random bytes).
+/// Versions whose index entries are superseded, by the logical time they were superseded at:
+/// the garbage collector's work list (see `gc`).
+pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
+/// Small named values: `format_version` (u32 BE), `cursor_secret` (32 random bytes) and
+/// `gc_horizon` (u64 BE, see `gc`).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The on-disk layout version. Bump it (and write a migration) whenever a key or value encoding
-/// changes; a database with another version is refused at open.
-const FORMAT_VERSION: u32 = 1;
+/// changes; a database with an older version is migrated at open, a newer one is refused.
+///
+/// 2: the `superseded` log (version 1 files get it filled from their version history).
+const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,10 +69,16 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
     #[error("corrupt record under key {0:?}")]
     Corrupt(Vec<u8>),
-    #[error("the database has format version {found}, this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "the database has format version {found}, newer than this build reads ({FORMAT_VERSION}); use a newer Braid"
+    )]
     FormatVersion { found: u32 },
     #[error("the writer has stopped")]
     WriterGone,
+    #[error("compaction: {0}")]
+    Compaction(#[from] redb::CompactionError),
+    #[error("the database is open in another process (a running Braid?); stop it first")]
+    InUse,
 }
 
 impl From<StoreError> for FhirError {
@@ -85,6 +103,11 @@ pub struct StoreOptions {
     /// A conditional delete matching more resources than this deletes nothing and fails with
     /// 412 (1: only a single match may be deleted).
     pub conditional_delete_max: usize,
+    /// How long a paging cursor stays valid; superseded index entries are kept this long.
+    pub cursor_ttl: Duration,
+    /// How often superseded index entries are looked for and removed; zero turns the background
+    /// collection off ([`Store::collect_garbage`] still works).
+    pub gc_interval: Duration,
 }
 
 /// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
@@ -93,7 +116,44 @@ pub const MAX_CONDITIONAL_DELETE: usize = 10_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 128 << 20, max_group: 256, queue_capacity: 4096, conditional_delete_max: 1 }
+        StoreOptions {
+            cache_bytes: 128 << 20,
+            max_group: 256,
+            queue_capacity: 4096,
+            cursor_ttl: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(60),
+            conditional_delete_max: 1,
+        }
+    }
+}
+
+/// What paging cursors are signed and checked with: the database's secret, how long a cursor
+/// stays valid, and the oldest logical time whose superseded index entries are all still kept.
+#[derive(Clone)]
+pub struct CursorKey {
+    secret: [u8; 32],
+    ttl: Duration,
+    horizon: Arc<AtomicU64>,
+}
+
+impl CursorKey {
+    /// A key for tests and tools: no garbage collected yet.
+    pub fn new(secret: [u8; 32], ttl: Duration) -> CursorKey {
+        CursorKey { secret, ttl, horizon: Arc::new(AtomicU64::new(0)) }
+    }
+
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether a search as of logical time `t` still finds every index entry it needs: false
+    /// once the garbage collector removed entries superseded after `t`.
+    pub fn can_read_at(&self, t: u64) -> bool {
+        t >= self.horizon.load(Ordering::Acquire)
     }
 }
 
@@ -105,7 +165,7 @@ pub struct Store {
     /// The newest committed state; replaced by the writer after every commit, before it answers
     /// the committed requests (so a client always reads its own acknowledged writes).
     latest: Arc<RwLock<Arc<Snapshot>>>,
-    cursor_secret: Arc<[u8; 32]>,
+    cursor_key: CursorKey,
 }
 
 impl Store {
@@ -115,15 +175,56 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))?;
         }
         let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
-        let cursor_secret = Self::initialise(&db)?;
+        Self::start(db, options, indexer)
+    }
+
+    /// Like [`Store::open`], on any storage redb can use (tests use one that simulates power
+    /// loss).
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: StoreOptions,
+        indexer: Arc<dyn Indexer>,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend)?;
+        Self::start(db, options, indexer)
+    }
+
+    fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
+        let (secret, horizon) = Self::initialise(&db)?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
         let writer = writer::start(db.clone(), indexer, latest.clone(), &options)?;
-        Ok(Store { db, writer, latest, cursor_secret: Arc::new(cursor_secret) })
+        let cursor_key = CursorKey { secret, ttl: options.cursor_ttl, horizon: Arc::new(AtomicU64::new(horizon)) };
+        if !options.gc_interval.is_zero() {
+            gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
+        }
+        Ok(Store { db, writer, latest, cursor_key })
     }
 
-    /// Creates every table and the meta entries on first open; checks the format version after.
-    fn initialise(db: &Database) -> Result<[u8; 32], StoreError> {
+    /// Removes the index entries that no valid paging cursor can need any more, now (the
+    /// background collector does the same every `gc_interval`).
+    pub fn collect_garbage(&self) -> Result<Collected, StoreError> {
+        gc::collect(&self.db, self.cursor_key.ttl, std::time::SystemTime::now(), &self.cursor_key.horizon)
+    }
+
+    /// Checks that the search indexes agree with the stored versions (see [`check::verify`]).
+    pub fn verify(&self, indexer: &dyn Indexer) -> Result<check::Report, StoreError> {
+        check::verify(&self.db, indexer)
+    }
+
+    /// Counts of the rows of the search index tables, for operators and tests.
+    pub fn index_stats(&self) -> Result<IndexStats, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(IndexStats {
+            entries: txn.open_table(SEARCH_PARAM_VALUE)?.len()?,
+            records: txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?.len()?,
+            superseded_versions: txn.open_table(SUPERSEDED)?.len()?,
+        })
+    }
+
+    /// Creates every table and the meta entries on first open, checks the format version and
+    /// migrates an older file. Returns the cursor secret and the garbage collector's horizon.
+    fn initialise(db: &Database) -> Result<([u8; 32], u64), StoreError> {
         let txn = db.begin_write()?;
         let secret = {
             txn.open_table(RESOURCE_VERSION)?;
@@ -131,6 +232,7 @@ impl Store {
             txn.open_table(SYSTEM_HISTORY)?;
             txn.open_table(SEARCH_PARAM_VALUE)?;
             txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
+            txn.open_table(SUPERSEDED)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("format_version")?.map(|v| {
                 let bytes: [u8; 4] = v.value().try_into().unwrap_or([0; 4]);
@@ -138,20 +240,28 @@ impl Store {
             });
             match version {
                 Some(FORMAT_VERSION) => {}
+                Some(1) => {
+                    let logged = migrate::fill_superseded_log(&txn)?;
+                    tracing::info!(versions = logged, "migrated the database to format version 2");
+                    meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
                 Some(found) => return Err(StoreError::FormatVersion { found }),
                 None => {
                     meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
                 }
             }
+            let horizon =
+                meta.get(gc::HORIZON_KEY)?.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes);
             let existing: Option<[u8; 32]> = meta.get("cursor_secret")?.and_then(|v| v.value().try_into().ok());
-            match existing {
+            let secret = match existing {
                 Some(secret) => secret,
                 None => {
                     let secret: [u8; 32] = rand_bytes();
                     meta.insert("cursor_secret", secret.as_slice())?;
                     secret
                 }
-            }
+            };
+            (secret, horizon)
         };
         txn.commit()?;
         Ok(secret)
@@ -176,11 +286,51 @@ impl Store {
         move || writer.load(std::sync::atomic::Ordering::Acquire) && db.strong_count() == 0
     }
 
-    /// A per-database secret for signing paging cursors, so that a cursor cannot be forged and
-    /// remains valid across restarts.
-    pub fn cursor_secret(&self) -> &[u8; 32] {
-        &self.cursor_secret
+    /// What paging cursors are signed and checked with: a per-database secret (so a cursor
+    /// cannot be forged and stays valid across restarts), their lifetime, and the horizon below
+    /// which the garbage collector may have removed index entries.
+    pub fn cursor_key(&self) -> &CursorKey {
+        &self.cursor_key
     }
+}
+
+/// What [`compact`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactReport {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub collected: Collected,
+}
+
+/// Reclaims space in a database that no server has open: removes the index entries no valid
+/// paging cursor can need (as the running server would), then lets redb move pages to the
+/// front of the file and truncate it. A file held by a running Braid is refused.
+pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, StoreError> {
+    let bytes_before = file_size(path)?;
+    let mut db = Database::builder().open(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        other => StoreError::Database(other),
+    })?;
+    let (_, horizon) = Store::initialise(&db)?;
+    let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
+    while db.compact()? {}
+    drop(db);
+    Ok(CompactReport { bytes_before, bytes_after: file_size(path)?, collected })
+}
+
+fn file_size(path: &Path) -> Result<u64, StoreError> {
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))
+}
+
+/// Row counts of the search index tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// `search_param_value` entries, current and superseded.
+    pub entries: u64,
+    /// `resource_search_param_value` records (one per indexed version still kept).
+    pub records: u64,
+    /// Superseded versions whose entries the garbage collector has not removed yet.
+    pub superseded_versions: u64,
 }
 
 fn rand_bytes() -> [u8; 32] {

@@ -27,15 +27,15 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{
-    prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, system_history,
-    type_history,
+    prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
+    system_history, type_history,
 };
 use super::ops::{Action, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
 use super::snapshot::Snapshot;
 use super::view::IndexTables;
 use super::{
-    Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SYSTEM_HISTORY, StoreError,
-    StoreOptions, TYPE_HISTORY,
+    Header, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED, SYSTEM_HISTORY,
+    StoreError, StoreOptions, TYPE_HISTORY,
 };
 use crate::fhir::json::{format_instant, same_content, stamp};
 use crate::fhir::reference::{self, rewrite_resource_references};
@@ -283,6 +283,7 @@ struct Tables<'txn> {
     system_history: Table<'txn, &'static [u8], ()>,
     spv: Table<'txn, &'static [u8], (u64, u64)>,
     rspv: Table<'txn, &'static [u8], &'static [u8]>,
+    superseded: Table<'txn, &'static [u8], ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -293,6 +294,7 @@ impl<'txn> Tables<'txn> {
             system_history: txn.open_table(SYSTEM_HISTORY)?,
             spv: txn.open_table(SEARCH_PARAM_VALUE)?,
             rspv: txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?,
+            superseded: txn.open_table(SUPERSEDED)?,
         })
     }
 }
@@ -689,6 +691,8 @@ impl Execution<'_, '_> {
     /// table, so that readers holding an older snapshot still find them.
     fn supersede(&mut self, resource_type: ResourceType, id: &Id, version: u64, t: u64) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
+        // The garbage collector removes these entries once no paging cursor can need them.
+        self.tables.superseded.insert(superseded::encode(t, ty, id, version).as_slice(), ())?;
         let record_key = rspv::encode(ty, id, version);
         let mut keys = Vec::new();
         if let Some(record) = self.tables.rspv.get(record_key.as_slice())? {

@@ -62,6 +62,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 impl TestApp {
+    /// A client for a server the test started itself at `base`; `dir` lives as long as it.
+    pub fn at(base: String, dir: tempfile::TempDir) -> TestApp {
+        TestApp { base, client: reqwest::Client::new(), _dir: dir }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

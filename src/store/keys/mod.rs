@@ -12,6 +12,7 @@
 pub mod resource_search_param_value;
 pub mod resource_version;
 pub mod search_param_value;
+pub mod superseded;
 pub mod system_history;
 pub mod type_history;
 
