@@ -27,6 +27,13 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     pub cursor_ttl_secs: u64,
     pub gc_interval_secs: u64,
+    pub conditional_delete_max: usize,
+    pub max_json_values: usize,
+    pub max_string_bytes: usize,
+    pub body_read_timeout_secs: u64,
+    pub request_head_timeout_secs: u64,
+    pub keep_alive_secs: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -42,7 +49,7 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             data: PathBuf::from("./data/braid.redb"),
             base_url: None,
-            max_body_bytes: 64 << 20,
+            max_body_bytes: 16 << 20,
             max_json_depth: 100,
             cache_mb: 128,
             writer_max_group: 256,
@@ -54,6 +61,13 @@ impl Default for Settings {
             shutdown_timeout_secs: 30,
             cursor_ttl_secs: 3600,
             gc_interval_secs: 60,
+            conditional_delete_max: 1,
+            max_json_values: 2_000_000,
+            max_string_bytes: 1 << 20,
+            body_read_timeout_secs: 30,
+            request_head_timeout_secs: 5,
+            keep_alive_secs: 5,
+            max_connections: 1000,
         }
     }
 }
@@ -103,7 +117,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "max_body_bytes",
         env: "BRAID_MAX_BODY_BYTES",
-        default: "67108864",
+        default: "16777216",
         doc: "Largest request body accepted; larger ones get 413.",
         apply: |s, v| parse_into(&mut s.max_body_bytes, v),
     },
@@ -196,6 +210,55 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "60",
         doc: "How often index entries of superseded versions that no valid paging link needs are removed; 0 turns this off.",
         apply: |s, v| parse_into(&mut s.gc_interval_secs, v),
+    },
+    SettingDoc {
+        key: "conditional_delete_max",
+        env: "BRAID_CONDITIONAL_DELETE_MAX",
+        default: "1",
+        doc: "Most resources one conditional delete may delete (at most 10000); more matches delete nothing and get 412.",
+        apply: |s, v| parse_into(&mut s.conditional_delete_max, v),
+    },
+    SettingDoc {
+        key: "max_json_values",
+        env: "BRAID_MAX_JSON_VALUES",
+        default: "2000000",
+        doc: "Most JSON values (objects, arrays, their members and items) in a request body; more get 413 before parsing.",
+        apply: |s, v| parse_into(&mut s.max_json_values, v),
+    },
+    SettingDoc {
+        key: "max_string_bytes",
+        env: "BRAID_MAX_STRING_BYTES",
+        default: "1048576",
+        doc: "Longest single JSON string in a body, except base64 data (Attachment.data, Binary.data, ...); longer ones get 400 naming the element.",
+        apply: |s, v| parse_into(&mut s.max_string_bytes, v),
+    },
+    SettingDoc {
+        key: "body_read_timeout_secs",
+        env: "BRAID_BODY_READ_TIMEOUT_SECS",
+        default: "30",
+        doc: "How long the whole body of a request may take to arrive; a slower one gets 408 and its connection is closed.",
+        apply: |s, v| parse_into(&mut s.body_read_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "request_head_timeout_secs",
+        env: "BRAID_REQUEST_HEAD_TIMEOUT_SECS",
+        default: "5",
+        doc: "How long a new connection may take to send its request line and headers; a slower one gets 408 and is closed.",
+        apply: |s, v| parse_into(&mut s.request_head_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "keep_alive_secs",
+        env: "BRAID_KEEP_ALIVE_SECS",
+        default: "5",
+        doc: "How long an idle keep-alive connection stays open between requests.",
+        apply: |s, v| parse_into(&mut s.keep_alive_secs, v),
+    },
+    SettingDoc {
+        key: "max_connections",
+        env: "BRAID_MAX_CONNECTIONS",
+        default: "1000",
+        doc: "Most open connections per worker; further connections wait in the listen queue until one closes.",
+        apply: |s, v| parse_into(&mut s.max_connections, v),
     },
 ];
 

@@ -77,12 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| format!("http://{}/fhir", display_address(&settings.listen, application.port())));
     tracing::info!(port = application.port(), data = %settings.data.display(), "braid is listening");
     if demo {
-        let limits = Limits {
-            max_body_bytes: settings.max_body_bytes,
-            max_json_depth: settings.max_json_depth,
-            page_size: settings.page_size,
-            max_page_size: settings.max_page_size,
-        };
+        let limits = Limits::from_settings(&settings);
         match braid::demo::load_if_empty(application.store(), &limits, &base).await? {
             Some(loaded) => println!(
                 "Loaded {} official R4 examples ({} rejected) and {} Synthea patient bundles ({} resources).",

@@ -41,6 +41,7 @@ impl Application {
             max_group: settings.writer_max_group,
             cursor_ttl: Duration::from_secs(settings.cursor_ttl_secs),
             gc_interval: Duration::from_secs(settings.gc_interval_secs),
+            conditional_delete_max: settings.conditional_delete_max,
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();
@@ -58,18 +59,18 @@ impl Application {
             .port();
         let state = web::Data::new(AppState {
             store: store.clone(),
-            limits: Limits {
-                max_body_bytes: settings.max_body_bytes,
-                max_json_depth: settings.max_json_depth,
-                page_size: settings.page_size,
-                max_page_size: settings.max_page_size,
-            },
+            limits: Limits::from_settings(settings),
             base_url: settings.base_url.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
         })
-        .shutdown_timeout(settings.shutdown_timeout_secs);
+        .shutdown_timeout(settings.shutdown_timeout_secs)
+        // Every connection is bounded in time (head, body via `Limits`, idle keep-alive) and in
+        // number: a client holding connections open cannot starve the others for long.
+        .client_request_timeout(Duration::from_secs(settings.request_head_timeout_secs))
+        .keep_alive(Duration::from_secs(settings.keep_alive_secs))
+        .max_connections(settings.max_connections.max(1));
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }

@@ -46,6 +46,94 @@ pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
     Ok(())
 }
 
+/// Returns an error if `bytes` holds more than `max_values` JSON values, counted as the
+/// objects and arrays opened plus the `,` and `:` that separate their items and members
+/// (outside strings): `[1,2,3]` counts 3, `{"a":1,"b":2}` counts 4.
+///
+/// Parsed, every value costs tens of bytes however short its text (`1,` becomes a heap-allocated
+/// number), so this runs before the parser: the size of the parsed tree is bounded by the count,
+/// not only by the body's length.
+pub fn check_value_count(bytes: &[u8], max_values: usize) -> Result<(), FhirError> {
+    let mut count = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' | b',' | b':' => {
+                count += 1;
+                if count > max_values {
+                    return Err(FhirError::new(
+                        super::Category::TooLarge,
+                        IssueCode::TooCostly,
+                        format!("the body holds more than the limit of {max_values} JSON values"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// JSON keys whose strings may exceed `max_string_bytes`: the base64Binary elements
+/// (`Attachment.data`, `Binary.data`, `Signature.data`, `AuditEvent.entity.query`,
+/// `Device.udiCarrier.carrierAIDC`) and `SampledData.data`, which carry documents, images and
+/// sample series. They are bounded by the body limit only, and no search parameter indexes them.
+pub const LARGE_STRING_KEYS: &[&str] = &["data", "query", "carrierAIDC"];
+
+/// Returns an error naming the first string element longer than `max_bytes`, other than those
+/// under [`LARGE_STRING_KEYS`]. Object keys count as strings too.
+pub fn check_string_lengths(value: &Value, max_bytes: usize) -> Result<(), FhirError> {
+    fn walk(path: &mut String, key: &str, value: &Value, max_bytes: usize) -> Result<(), String> {
+        match value {
+            Value::String(text) if text.len() > max_bytes && !LARGE_STRING_KEYS.contains(&key) => Err(path.clone()),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{index}]"));
+                    walk(path, key, item, max_bytes)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (child_key, child) in map {
+                    let len = path.len();
+                    if child_key.len() > max_bytes {
+                        return Err(path.clone());
+                    }
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(child_key);
+                    walk(path, child_key, child, max_bytes)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    let mut path = value.get("resourceType").and_then(Value::as_str).map(|t| truncate(t, 64)).unwrap_or_default();
+    walk(&mut path, "", value, max_bytes).map_err(|at| {
+        FhirError::incorrect(
+            IssueCode::TooLong,
+            format!("the element {at} is longer than the limit of {max_bytes} bytes for a single string"),
+        )
+        .at(at)
+    })
+}
+
 /// Parses a request body into a JSON value, with the depth limit applied first.
 pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, FhirError> {
     check_depth(bytes, max_depth)?;

@@ -16,7 +16,7 @@ use super::request::Return;
 use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
 use super::{Ctx, Limits, request};
 use crate::fhir::error::operation_outcome;
-use crate::fhir::json::{format_instant, parse_json, resource_type_of};
+use crate::fhir::json::{format_instant, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
 use crate::search::parse_criteria;
@@ -71,7 +71,7 @@ pub async fn process_bundle(
 }
 
 fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
-    let mut value = parse_json(bytes, limits.max_json_depth)?;
+    let mut value = request::json_body(bytes, limits)?;
     if resource_type_of(&value)?.as_str() != "Bundle" {
         return Err(FhirError::incorrect(
             IssueCode::Invalid,

@@ -1,5 +1,6 @@
 //! `DELETE /fhir/{type}/{id}` and `DELETE /fhir/{type}?...` (conditional delete; every match is
-//! deleted). A deletion writes a tombstone version; deleting what is already gone is a no-op.
+//! deleted, up to the store's `conditional_delete_max`, beyond which nothing is and the answer is
+//! 412). A deletion writes a tombstone version; deleting what is already gone is a no-op.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 

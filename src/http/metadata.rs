@@ -19,10 +19,12 @@ const RELEASE_DATE: &str = "2026-11-21";
 
 pub async fn capability_statement(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, .. } = ctx;
-    Ok(response::json(StatusCode::OK, &build(&request::base_url(&http, &state))))
+    let multiple_delete = state.limits.conditional_delete_max > 1;
+    Ok(response::json(StatusCode::OK, &build(&request::base_url(&http, &state), multiple_delete)))
 }
 
-pub fn build(base: &str) -> Value {
+/// `multiple_delete`: whether a conditional delete may delete more than one match.
+pub fn build(base: &str, multiple_delete: bool) -> Value {
     let offered: Vec<Interaction> = routes().iter().map(|route| route.interaction).collect();
     let has = |interaction| offered.contains(&interaction);
     let type_codes: Vec<&str> = [
@@ -60,7 +62,11 @@ pub fn build(base: &str) -> Value {
                 "updateCreate": has(Interaction::Update),
                 "conditionalCreate": has(Interaction::Create),
                 "conditionalUpdate": has(Interaction::ConditionalUpdate),
-                "conditionalDelete": if has(Interaction::ConditionalDelete) { "multiple" } else { "not-supported" },
+                "conditionalDelete": match (has(Interaction::ConditionalDelete), multiple_delete) {
+                    (false, _) => "not-supported",
+                    (true, false) => "single",
+                    (true, true) => "multiple",
+                },
                 "conditionalRead": "not-supported",
             });
             let profiles: Vec<&str> = validator()

@@ -40,6 +40,30 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub page_size: usize,
     pub max_page_size: usize,
+    /// Most JSON values in a body (see [`crate::fhir::json::check_value_count`]).
+    pub max_json_values: usize,
+    /// Longest single JSON string, apart from base64 data.
+    pub max_string_bytes: usize,
+    /// How long the whole body of a request may take to arrive.
+    pub body_read_timeout: std::time::Duration,
+    /// Most resources one conditional delete may delete (the store enforces it; the
+    /// CapabilityStatement reports it).
+    pub conditional_delete_max: usize,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &crate::config::Settings) -> Limits {
+        Limits {
+            max_body_bytes: settings.max_body_bytes,
+            max_json_depth: settings.max_json_depth,
+            page_size: settings.page_size,
+            max_page_size: settings.max_page_size,
+            max_json_values: settings.max_json_values,
+            max_string_bytes: settings.max_string_bytes,
+            body_read_timeout: std::time::Duration::from_secs(settings.body_read_timeout_secs),
+            conditional_delete_max: settings.conditional_delete_max.clamp(1, crate::store::MAX_CONDITIONAL_DELETE),
+        }
+    }
 }
 
 /// What every handler can reach.

@@ -15,9 +15,11 @@ use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::parse_criteria;
 use crate::store::{Criteria, Precondition};
 
-/// Reads the whole request body, refusing more than `limits.max_body_bytes` (413) and media
-/// types other than JSON (415). A missing `Content-Type` is taken to be FHIR JSON.
-pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
+/// Reads the whole request body, refusing more than `limits.max_body_bytes` (413), more JSON
+/// values than `limits.max_json_values` (413), a body that does not arrive within
+/// `limits.body_read_timeout` (408) and media types other than JSON (415). A missing
+/// `Content-Type` is taken to be FHIR JSON.
+pub async fn read_body(request: &HttpRequest, payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
     if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
         let media = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if !matches!(media.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
@@ -28,6 +30,28 @@ pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Lim
             ));
         }
     }
+    let body = read_limited(request, payload, limits).await?;
+    if body.is_empty() {
+        return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
+    }
+    crate::fhir::json::check_value_count(&body, limits.max_json_values)?;
+    Ok(body)
+}
+
+/// The buffer reserved up front for a body; beyond it the buffer grows with what actually
+/// arrives, so a client announcing a large `Content-Length` and sending little costs little.
+const INITIAL_BODY_CAPACITY: usize = 64 << 10;
+
+/// The buffer to reserve for a body whose `Content-Length` is `declared`: the client's word
+/// is trusted only up to [`INITIAL_BODY_CAPACITY`].
+fn initial_capacity(declared: Option<usize>) -> usize {
+    declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY)
+}
+
+/// Reads the raw body, in whatever format: at most `limits.max_body_bytes` (413), all of it
+/// within `limits.body_read_timeout` from the first read (408, and the connection is closed,
+/// since the rest of the body is never read).
+pub async fn read_limited(request: &HttpRequest, mut payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
     let too_large = || {
         FhirError::new(
             Category::TooLarge,
@@ -40,8 +64,21 @@ pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Lim
     if declared.is_some_and(|length| length > limits.max_body_bytes) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
+    let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
+    let mut body = BytesMut::with_capacity(initial_capacity(declared));
+    loop {
+        let next = tokio::time::timeout_at(deadline, payload.next()).await.map_err(|_| {
+            FhirError::new(
+                Category::Timeout,
+                IssueCode::Transient,
+                format!(
+                    "the request body did not arrive within {} seconds ({} bytes received)",
+                    limits.body_read_timeout.as_secs_f64(),
+                    body.len()
+                ),
+            )
+        })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
         if body.len() + chunk.len() > limits.max_body_bytes {
@@ -49,15 +86,19 @@ pub async fn read_body(request: &HttpRequest, mut payload: Payload, limits: &Lim
         }
         body.extend_from_slice(&chunk);
     }
-    if body.is_empty() {
-        return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
-    }
     Ok(body.freeze())
+}
+
+/// Parses a JSON body within the depth limit and checks the length of its strings.
+pub fn json_body(bytes: &[u8], limits: &Limits) -> Result<Value, FhirError> {
+    let value = crate::fhir::json::parse_json(bytes, limits.max_json_depth)?;
+    crate::fhir::json::check_string_lengths(&value, limits.max_string_bytes)?;
+    Ok(value)
 }
 
 /// Parses a body that must hold a resource of type `expected` (the type in the URL).
 pub fn resource_body(bytes: &[u8], expected: ResourceType, limits: &Limits) -> Result<Value, FhirError> {
-    let value = crate::fhir::json::parse_json(bytes, limits.max_json_depth)?;
+    let value = json_body(bytes, limits)?;
     let actual = crate::fhir::json::resource_type_of(&value)?;
     if actual != expected {
         return Err(FhirError::incorrect(
@@ -212,6 +253,13 @@ pub fn conditional_references(value: &mut Value) -> Result<HashMap<String, (Reso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_announced_length_reserves_at_most_a_small_buffer() {
+        assert_eq!(initial_capacity(None), 0);
+        assert_eq!(initial_capacity(Some(1000)), 1000);
+        assert_eq!(initial_capacity(Some(16 << 20)), INITIAL_BODY_CAPACITY);
+    }
 
     #[test]
     fn etags_parse_weak_and_strong() {

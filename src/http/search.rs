@@ -8,7 +8,6 @@
 
 use actix_web::HttpResponse;
 use actix_web::web;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::response::{BundleOut, EntryOut, Link, raw};
@@ -74,22 +73,10 @@ pub async fn compartment(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, mut payload, state, .. } = ctx;
+    let Ctx { http, payload, state, .. } = ctx;
     let mut pairs = request::query_pairs(&http);
     if http.method() == actix_web::http::Method::POST {
-        let mut body = Vec::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk
-                .map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
-            if body.len() + chunk.len() > state.limits.max_body_bytes {
-                return Err(FhirError::new(
-                    crate::fhir::Category::TooLarge,
-                    IssueCode::TooLong,
-                    "the search form is too large",
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = request::read_limited(&http, payload, &state.limits).await?;
         pairs.extend(request::decode_pairs(&String::from_utf8_lossy(&body)));
     }
     let strict = http
@@ -134,6 +121,7 @@ fn parse(
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
     };
+    check_size(pairs)?;
     let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
     for (name, value) in pairs {
         let mut applied = true;
@@ -215,6 +203,37 @@ fn parse(
         }
     }
     Ok(search)
+}
+
+/// The most parameters one search may have. Every clause is planned (an index count each) and
+/// checked against every candidate, so their number multiplies the work of a search; a POST
+/// form could otherwise carry millions within the body limit.
+pub const MAX_SEARCH_PARAMETERS: usize = 100;
+
+/// The most comma-separated values all parameters of one search may have together (each value
+/// of a parameter is an index lookup or scan of its own).
+pub const MAX_SEARCH_VALUES: usize = 1000;
+
+fn check_size(pairs: &[(String, String)]) -> Result<(), FhirError> {
+    let too_costly = |message: String| FhirError::incorrect(IssueCode::TooCostly, message);
+    if pairs.len() > MAX_SEARCH_PARAMETERS {
+        return Err(too_costly(format!(
+            "the search has {} parameters; at most {MAX_SEARCH_PARAMETERS} are supported",
+            pairs.len()
+        )));
+    }
+    let mut values = 0;
+    for (name, value) in pairs {
+        values += value.split(',').count();
+        if values > MAX_SEARCH_VALUES {
+            let shown: String = name.chars().take(80).collect();
+            return Err(too_costly(format!(
+                "the search has more than {MAX_SEARCH_VALUES} values (counting each comma-separated value)"
+            ))
+            .at(shown));
+        }
+    }
+    Ok(())
 }
 
 fn execute(

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Ctx, request, response};
 use crate::fhir::error::operation_outcome;
-use crate::fhir::json::{parse_json, resource_type_of};
+use crate::fhir::json::resource_type_of;
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, Issue, IssueCode};
 
@@ -18,7 +18,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, params, payload } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let body = request::read_body(&http, payload, &state.limits).await?;
-    let mut value = parse_json(&body, state.limits.max_json_depth)?;
+    let mut value = request::json_body(&body, &state.limits)?;
     if resource_type_of(&value)?.as_str() == "Parameters" && resource_type.as_str() != "Parameters" {
         value = value
             .get("parameter")

@@ -19,6 +19,11 @@ use crate::store::IndexView;
 /// too broad to be a useful filter, and the client is told so.
 pub const MAX_CHAIN_MATCHES: usize = 10_000;
 
+/// The most links one parameter may follow: each `.` of a chain and each `_has:` counts as one
+/// (`subject:Patient.organization.name` is two). Resolving a link recurses once and runs one
+/// inner search, so this bounds both the stack and the work a single parameter can demand.
+pub const MAX_CHAIN_DEPTH: usize = 4;
+
 /// A parameter whose value depends on another search.
 #[derive(Debug, Clone)]
 pub enum Deferred {
@@ -29,6 +34,9 @@ pub enum Deferred {
 impl Deferred {
     /// Recognises a chained or reverse-chained parameter; `None` for any other name.
     pub fn parse(resource_type: ResourceType, name: &str, value: &str) -> Result<Option<Deferred>, FhirError> {
+        if name.starts_with("_has:") || name.contains('.') {
+            check_depth(name)?;
+        }
         if name.starts_with("_has:") {
             return Ok(Some(Deferred::Has { resource_type, name: name.to_owned(), value: value.to_owned() }));
         }
@@ -56,6 +64,24 @@ impl Deferred {
             Deferred::Has { resource_type, name, value } => has(view, *resource_type, name, value, t, base),
         }
     }
+}
+
+/// Refuses a chained or reverse-chained parameter that follows more than [`MAX_CHAIN_DEPTH`]
+/// links, before anything recurses on it.
+fn check_depth(name: &str) -> Result<(), FhirError> {
+    let depth = name.matches('.').count() + name.matches("_has:").count();
+    if depth > MAX_CHAIN_DEPTH {
+        let shown: String = name.chars().take(80).collect();
+        let ellipsis = if shown.len() < name.len() { "..." } else { "" };
+        return Err(FhirError::incorrect(
+            IssueCode::TooCostly,
+            format!(
+                "the parameter '{shown}{ellipsis}' chains {depth} levels deep; at most {MAX_CHAIN_DEPTH} are supported"
+            ),
+        )
+        .at(shown));
+    }
+    Ok(())
 }
 
 fn incorrect(message: String) -> FhirError {

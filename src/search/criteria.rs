@@ -42,9 +42,9 @@ pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criter
     let clauses = Arc::new(clauses);
     Ok(Criteria {
         text: query.to_owned(),
-        find: Arc::new(move |view: &dyn IndexView, resource_type: ResourceType| {
+        find: Arc::new(move |view: &dyn IndexView, resource_type: ResourceType, limit: usize| {
             let (driver, _) = engine::plan(view, resource_type, &clauses, LATEST)?;
-            let page = engine::run(view, resource_type, &clauses, driver, LATEST, None, None)?;
+            let page = engine::run(view, resource_type, &clauses, driver, LATEST, None, Some(limit))?;
             page.matches
                 .into_iter()
                 .map(|(id, _)| Id::parse(&id).map_err(|_| FhirError::fault("criteria: a stored id is invalid")))

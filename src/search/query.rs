@@ -308,6 +308,8 @@ fn prefix_of(text: &str) -> (Prefix, &str) {
 
 /// `[v, v·0x00)`: exactly the value `v`.
 pub(super) fn exact(value: Vec<u8>) -> Alternative {
+    // Index values are cut to a bounded length; so is the value they are compared with.
+    let value = values::bounded(value);
     let mut hi = value.clone();
     hi.push(0);
     Alternative { key: None, pred: Pred::Equals(value.clone()), lo: value, hi: Some(hi) }
@@ -315,6 +317,7 @@ pub(super) fn exact(value: Vec<u8>) -> Alternative {
 
 /// Every value starting with `prefix`.
 fn starting_with(prefix: Vec<u8>) -> Alternative {
+    let prefix = values::bounded(prefix);
     let hi = successor(&prefix);
     Alternative { key: None, pred: Pred::StartsWith(prefix.clone()), lo: prefix, hi }
 }
@@ -412,7 +415,7 @@ pub fn parse_clause(
                 Some("contains") => {
                     vec![Alternative {
                         key: None,
-                        pred: Pred::Contains(normalize(&unescape(&value)).into_bytes()),
+                        pred: Pred::Contains(values::bounded(normalize(&unescape(&value)).into_bytes())),
                         lo: Vec::new(),
                         hi: None,
                     }]
@@ -704,6 +707,8 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
         };
+        // Stored component values are cut to a bounded length (see `values::bounded`).
+        let forms: Vec<Vec<u8>> = forms.into_iter().map(values::bounded).collect();
         heads = heads
             .iter()
             .flat_map(|head| {

@@ -12,6 +12,10 @@
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
+//!
+//! Textual values (strings, tokens, URIs, references, quantity units) are indexed on their first
+//! [`MAX_INDEXED_BYTES`] bytes only; query values are cut the same way, so a value longer than
+//! that is matched on its prefix (the resource itself is stored whole).
 
 use serde_json::Value;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
@@ -19,6 +23,23 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use super::fhirpath::Item;
 use super::registry::{ParamDef, ParamKind};
 use crate::store::IndexEntry;
+
+/// The longest textual index value, in bytes. Longer values are cut (at a character boundary),
+/// on write and in queries alike: an over-long value costs no more index space or write time
+/// than one of this length, and still matches prefix searches and, on its first bytes, exact ones.
+pub const MAX_INDEXED_BYTES: usize = 512;
+
+/// `value` cut to at most [`MAX_INDEXED_BYTES`], never inside a UTF-8 character.
+pub fn bounded(mut value: Vec<u8>) -> Vec<u8> {
+    if value.len() > MAX_INDEXED_BYTES {
+        let mut end = MAX_INDEXED_BYTES;
+        while end > 0 && value[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    value
+}
 
 /// The index entries of one parameter for one resource.
 pub fn entries(def: &ParamDef, resource: &Value) -> Vec<IndexEntry> {
@@ -73,14 +94,21 @@ fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
         }
         _ => return Vec::new(),
     };
-    match kind {
+    let textual = match kind {
         ParamKind::String => string_values(value),
         ParamKind::Token => token_values(value),
+        ParamKind::Reference => reference_values(value),
+        ParamKind::Uri => value.as_str().map(|s| vec![("", s.as_bytes().to_vec())]).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if !textual.is_empty() {
+        return textual.into_iter().map(|(suffix, bytes)| (suffix, bounded(bytes))).collect();
+    }
+    match kind {
+        ParamKind::String | ParamKind::Token | ParamKind::Reference | ParamKind::Uri => Vec::new(),
         ParamKind::Date => date_range(value).map(|(lo, hi)| vec![("", encode_range(lo, hi))]).unwrap_or_default(),
         ParamKind::Number => number_of(value).map(|n| vec![("", encode_f64(n).to_vec())]).unwrap_or_default(),
         ParamKind::Quantity => quantity_values(value),
-        ParamKind::Reference => reference_values(value),
-        ParamKind::Uri => value.as_str().map(|s| vec![("", s.as_bytes().to_vec())]).unwrap_or_default(),
         ParamKind::Composite | ParamKind::Special => Vec::new(),
     }
 }
@@ -95,9 +123,17 @@ fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
 /// combining dot). The few Latin letters that have no decomposition (`ø`, `ł`, `đ`, `ß`, ...)
 /// are folded by [`fold_undecomposable`].
 pub fn normalize(text: &str) -> String {
+    normalize_prefix(text, usize::MAX)
+}
+
+/// The normalised form of `text`, or a prefix of it longer than `min_bytes`: the work stops
+/// once enough is known, so a megabyte-long name costs no more to index than a short one.
+/// Invariant: the result is a prefix of `normalize(text)` (it stops only after a non-space
+/// character, so a trailing space that `normalize` would trim is never kept).
+fn normalize_prefix(text: &str, min_bytes: usize) -> String {
     use unicode_normalization::UnicodeNormalization;
     use unicode_normalization::char::is_combining_mark;
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(text.len().min(min_bytes.saturating_add(8)));
     let mut last_space = true;
     for c in text.nfkd().flat_map(char::to_lowercase).nfkd().filter(|c| !is_combining_mark(*c)) {
         if c.is_whitespace() {
@@ -111,6 +147,9 @@ pub fn normalize(text: &str) -> String {
                 None => out.push(c),
             }
             last_space = false;
+            if out.len() > min_bytes {
+                return out;
+            }
         }
     }
     out.trim_end().to_owned()
@@ -155,7 +194,10 @@ fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
     }
     texts
         .into_iter()
-        .flat_map(|text| [("", normalize(text).into_bytes()), (":exact", text.as_bytes().to_vec())])
+        .flat_map(|text| {
+            let exact = &text.as_bytes()[..text.len().min(MAX_INDEXED_BYTES + 4)];
+            [("", normalize_prefix(text, MAX_INDEXED_BYTES).into_bytes()), (":exact", exact.to_vec())]
+        })
         .collect()
 }
 
@@ -235,7 +277,7 @@ fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 pub fn quantity_key(unit: &str, number: f64) -> Vec<u8> {
-    let mut key = unit.as_bytes().to_vec();
+    let mut key = bounded(unit.as_bytes().to_vec());
     key.push(0);
     key.extend_from_slice(&encode_f64(number));
     key
@@ -435,6 +477,22 @@ mod tests {
         assert_eq!(normalize("ﬁnn ＡＢＣ"), "finn abc");
         // Non-Latin scripts keep their letters (only their marks go).
         assert_eq!(normalize("Ἀθῆναι"), "αθηναι");
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary_and_normalised_lazily() {
+        let long = "é".repeat(400); // 800 bytes
+        let cut = bounded(long.clone().into_bytes());
+        assert_eq!(cut.len(), MAX_INDEXED_BYTES);
+        assert!(String::from_utf8(cut).is_ok());
+        let odd = format!("a{long}");
+        let cut = bounded(odd.into_bytes());
+        assert_eq!(cut.len(), MAX_INDEXED_BYTES - 1, "a character is never split");
+        let text = format!("{}   Tail", "Ab ".repeat(300));
+        let prefix = normalize_prefix(&text, MAX_INDEXED_BYTES);
+        assert!(prefix.len() > MAX_INDEXED_BYTES && prefix.len() < MAX_INDEXED_BYTES + 4);
+        assert!(normalize(&text).starts_with(&prefix));
+        assert_eq!(bounded(prefix.into_bytes()), bounded(normalize(&text).into_bytes()));
     }
 
     #[test]

@@ -100,12 +100,19 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// Requests waiting for the writer beyond this number wait for a free slot.
     pub queue_capacity: usize,
+    /// A conditional delete matching more resources than this deletes nothing and fails with
+    /// 412 (1: only a single match may be deleted).
+    pub conditional_delete_max: usize,
     /// How long a paging cursor stays valid; superseded index entries are kept this long.
     pub cursor_ttl: Duration,
     /// How often superseded index entries are looked for and removed; zero turns the background
     /// collection off ([`Store::collect_garbage`] still works).
     pub gc_interval: Duration,
 }
+
+/// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
+/// the single writer, and it must not hold every other write up for long.
+pub const MAX_CONDITIONAL_DELETE: usize = 10_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -115,6 +122,7 @@ impl Default for StoreOptions {
             queue_capacity: 4096,
             cursor_ttl: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(60),
+            conditional_delete_max: 1,
         }
     }
 }

@@ -34,8 +34,10 @@ pub struct IndexEntry {
     pub value: Vec<u8>,
 }
 
-/// Finds the ids of the current resources of a type that match some criteria.
-pub type FindMatches = dyn Fn(&dyn IndexView, ResourceType) -> Result<Vec<Id>, FhirError> + Send + Sync;
+/// Finds the ids of the current resources of a type that match some criteria, stopping at
+/// `limit` of them: the writer asks only for as many as its decision needs (two tell "more
+/// than one"), so criteria matching millions cost no more than criteria matching a few.
+pub type FindMatches = dyn Fn(&dyn IndexView, ResourceType, usize) -> Result<Vec<Id>, FhirError> + Send + Sync;
 
 /// Search criteria evaluated inside the write transaction, so that conditional operations see
 /// the effects of every request committed before them and none after. Built by the search
@@ -44,7 +46,7 @@ pub type FindMatches = dyn Fn(&dyn IndexView, ResourceType) -> Result<Vec<Id>, F
 pub struct Criteria {
     /// The query as the client wrote it, for error messages.
     pub text: String,
-    /// The ids of the current resources of a type that match.
+    /// The ids of the current resources of a type that match, at most the given number.
     pub find: Arc<FindMatches>,
 }
 

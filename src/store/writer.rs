@@ -8,9 +8,16 @@
 //!
 //! Invariant: a request that fails (a precondition, a conditional match, a bad reference) has
 //! written nothing, because every check of a request runs before its first write. Only a
-//! storage error can stop a request midway, and that aborts the whole group.
+//! storage error or a panic can stop a request midway, and that aborts the whole group's
+//! transaction. After a panic the group's requests are retried one by one, so that only the
+//! request that panics fails (500) and the writer goes on serving.
+//!
+//! A commit is acknowledged only once readers can see it (read-your-writes). If the new state
+//! cannot be published to readers, the process stops rather than acknowledge writes that reads
+//! would not show; the commit itself is durable, and a restart publishes it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -74,12 +81,13 @@ pub(super) fn start(
     let clock = load_clock(&db)?;
     let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let max_group = options.max_group.max(1);
+    let conditional_delete_max = options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE);
     let stopped = Arc::new(AtomicBool::new(false));
     let stopped_flag = stopped.clone();
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group);
+            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, conditional_delete_max);
             // The published snapshot holds a read transaction: release it before the database.
             drop(latest);
             drop(db);
@@ -112,6 +120,7 @@ fn run(
     latest: &RwLock<Arc<Snapshot>>,
     mut clock: Clock,
     max_group: usize,
+    conditional_delete_max: usize,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
@@ -121,25 +130,22 @@ fn run(
                 Err(_) => break,
             }
         }
-        let before = clock;
-        match commit_group(db, indexer, &mut clock, &jobs) {
-            Ok(replies) => {
-                match Snapshot::open(db) {
-                    Ok(snapshot) => {
-                        *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot)
+        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, conditional_delete_max, jobs);
+        match commit(&jobs) {
+            Ok(replies) => answer(db, latest, jobs, replies),
+            Err(GroupFailure::Panic(message)) if jobs.len() > 1 => {
+                tracing::error!(panic = %message, requests = jobs.len(),
+                    "a write group panicked; nothing was committed; retrying its requests one by one");
+                for job in jobs {
+                    match commit(std::slice::from_ref(&job)) {
+                        Ok(replies) => answer(db, latest, vec![job], replies),
+                        Err(failure) => fail(job, &failure),
                     }
-                    Err(error) => tracing::error!(error = %error, "cannot open a snapshot after a commit"),
-                }
-                for (job, reply) in jobs.into_iter().zip(replies) {
-                    // The requester may have gone away (client disconnected); the write stands.
-                    let _ = job.reply.send(reply);
                 }
             }
-            Err(error) => {
-                clock = before;
-                tracing::error!(error = %error, requests = jobs.len(), "write group failed; nothing was committed");
+            Err(failure) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(FhirError::fault("storage")));
+                    fail(job, &failure);
                 }
             }
         }
@@ -147,10 +153,109 @@ fn run(
     tracing::debug!("writer stopped: no more senders");
 }
 
+/// Why a group committed nothing.
+enum GroupFailure {
+    /// A storage error, already logged.
+    Storage,
+    /// A panic while executing the group; its transaction was dropped, so aborted.
+    Panic(String),
+}
+
+/// Runs [`commit_group`], containing panics: on any failure nothing is committed and the clock
+/// is restored to where it stood, as if the group had never run.
+fn commit_guarded(
+    db: &Database,
+    indexer: &dyn Indexer,
+    clock: &mut Clock,
+    conditional_delete_max: usize,
+    jobs: &[Job],
+) -> Result<Vec<Reply>, GroupFailure> {
+    let before = *clock;
+    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, conditional_delete_max, jobs)));
+    match result {
+        Ok(Ok(replies)) => Ok(replies),
+        Ok(Err(error)) => {
+            *clock = before;
+            tracing::error!(error = %error, requests = jobs.len(), "write group failed; nothing was committed");
+            Err(GroupFailure::Storage)
+        }
+        Err(payload) => {
+            *clock = before;
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Err(GroupFailure::Panic(message))
+        }
+    }
+}
+
+fn fail(job: Job, failure: &GroupFailure) {
+    let _entered = job.span.enter();
+    let error = match failure {
+        GroupFailure::Storage => FhirError::fault("storage"),
+        GroupFailure::Panic(message) => {
+            tracing::error!(panic = %message, "a write request panicked; nothing of it was committed");
+            FhirError::fault("writer")
+        }
+    };
+    // The requester may have gone away (client disconnected).
+    let _ = job.reply.send(Err(error));
+}
+
+/// Publishes the committed state to readers, then answers the committed requests.
+fn answer(db: &Database, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, replies: Vec<Reply>) {
+    publish(db, latest);
+    for (job, reply) in jobs.into_iter().zip(replies) {
+        // The requester may have gone away (client disconnected); the write stands.
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// How often opening a snapshot after a commit is tried before giving up.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Makes the newest commit what readers see. A commit that readers cannot see must not be
+/// acknowledged (a client would not read its own write), so if every attempt fails the process
+/// exits, unacknowledged, for its supervisor to restart it; the commit is durable and the next
+/// start serves it.
+fn publish(db: &Database, latest: &RwLock<Arc<Snapshot>>) {
+    if !publish_with(|| Snapshot::open(db), latest, PUBLISH_ATTEMPTS) {
+        tracing::error!("committed writes cannot be made visible to readers; exiting so that the server is restarted");
+        std::process::exit(70);
+    }
+}
+
+/// Replaces the published snapshot with one from `open`, trying up to `attempts` times with a
+/// short pause between tries; false if every try failed (the old snapshot stays published).
+fn publish_with(
+    open: impl Fn() -> Result<Snapshot, StoreError>,
+    latest: &RwLock<Arc<Snapshot>>,
+    attempts: u32,
+) -> bool {
+    for attempt in 1..=attempts {
+        match open() {
+            Ok(snapshot) => {
+                *latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, attempt, "cannot open a snapshot after a commit");
+                if attempt < attempts {
+                    std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                }
+            }
+        }
+    }
+    false
+}
+
 fn commit_group(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
+    conditional_delete_max: usize,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, StoreError> {
     let txn = db.begin_write()?;
@@ -162,8 +267,14 @@ fn commit_group(
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
-            let mut execution =
-                Execution { tables: &mut tables, indexer, clock, pending_index: Vec::new(), local_base: None };
+            let mut execution = Execution {
+                tables: &mut tables,
+                indexer,
+                clock,
+                conditional_delete_max,
+                pending_index: Vec::new(),
+                local_base: None,
+            };
             replies.push(execution.execute(&job.request)?);
         }
         replies
@@ -235,6 +346,8 @@ struct Execution<'a, 'txn> {
     tables: &'a mut Tables<'txn>,
     indexer: &'a dyn Indexer,
     clock: &'a mut Clock,
+    /// The most resources one conditional delete may delete.
+    conditional_delete_max: usize,
     /// `search_param_value` writes of the current request, inserted in key order when the
     /// request has been applied: sorted inserts touch each B-tree page once per run of
     /// neighbouring keys instead of once per key.
@@ -299,7 +412,7 @@ impl Execution<'_, '_> {
             let outcome = match &op.action {
                 Action::Create { resource_type, resource, if_none_exist } => {
                     let existing = match if_none_exist {
-                        Some(criteria) => single_match(self.find(*resource_type, criteria)?, criteria)?,
+                        Some(criteria) => single_match(self.find(*resource_type, criteria, 2)?, criteria)?,
                         None => None,
                     };
                     match existing {
@@ -318,7 +431,7 @@ impl Execution<'_, '_> {
                         Target::Id(id) => (id.clone(), false),
                         Target::Criteria(criteria) => {
                             let body_id = resource.get("id").and_then(Value::as_str);
-                            match single_match(self.find(*resource_type, criteria)?, criteria)? {
+                            match single_match(self.find(*resource_type, criteria, 2)?, criteria)? {
                                 Some(found) => {
                                     if body_id.is_some_and(|body_id| body_id != found.as_str()) {
                                         return Err(Failure::Request(FhirError::incorrect(
@@ -349,7 +462,21 @@ impl Execution<'_, '_> {
                 Action::Delete { resource_type, target, precondition } => {
                     let ids = match target {
                         Target::Id(id) => vec![id.clone()],
-                        Target::Criteria(criteria) => self.find(*resource_type, criteria)?,
+                        Target::Criteria(criteria) => {
+                            let max = self.conditional_delete_max;
+                            let ids = self.find(*resource_type, criteria, max + 1)?;
+                            if ids.len() > max {
+                                return Err(Failure::Request(FhirError::precondition_failed(
+                                    IssueCode::MultipleMatches,
+                                    format!(
+                                        "the criteria '{}' match more than {max} {resource_type} resource{}; a conditional delete may delete at most {max}",
+                                        criteria.text,
+                                        if max == 1 { "" } else { "s" }
+                                    ),
+                                )));
+                            }
+                            ids
+                        }
                     };
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
@@ -412,7 +539,7 @@ impl Execution<'_, '_> {
                         format!("the conditional reference '{text}' could not be parsed"),
                     )));
                 };
-                let matches = self.find(*resource_type, criteria)?;
+                let matches = self.find(*resource_type, criteria, 2)?;
                 match matches.as_slice() {
                     [id] => {
                         let local = format!("{resource_type}/{id}");
@@ -425,7 +552,7 @@ impl Execution<'_, '_> {
                     ))),
                     _ => Err(Failure::Request(FhirError::precondition_failed(
                         IssueCode::MultipleMatches,
-                        format!("the conditional reference '{text}' matches {} resources", matches.len()),
+                        format!("the conditional reference '{text}' matches more than one resource"),
                     ))),
                 }
             }
@@ -617,10 +744,10 @@ impl Execution<'_, '_> {
     }
 
     /// The ids of the current resources of `resource_type` that match `criteria`, as of this
-    /// transaction (including the requests before this one in the same commit).
-    fn find(&self, resource_type: ResourceType, criteria: &Criteria) -> Result<Vec<Id>, Failure> {
+    /// transaction (including the requests before this one in the same commit); at most `limit`.
+    fn find(&self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
-        (criteria.find)(&view, resource_type).map_err(Failure::Request)
+        (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
     }
 }
 
@@ -655,14 +782,15 @@ impl From<FhirError> for Failure {
     }
 }
 
-/// Conditional create and update need at most one match.
+/// Conditional create and update need at most one match; `matches` holds at most two (enough
+/// to tell "more than one").
 fn single_match(matches: Vec<Id>, criteria: &Criteria) -> Result<Option<Id>, Failure> {
     match matches.len() {
         0 => Ok(None),
         1 => Ok(matches.into_iter().next()),
-        n => Err(Failure::Request(FhirError::precondition_failed(
+        _ => Err(Failure::Request(FhirError::precondition_failed(
             IssueCode::MultipleMatches,
-            format!("the criteria '{}' match {n} resources; they must match at most one", criteria.text),
+            format!("the criteria '{}' match more than one resource; they must match at most one", criteria.text),
         ))),
     }
 }
@@ -701,5 +829,40 @@ fn is_same_content(stored: &[u8], incoming: &Resource) -> bool {
     match serde_json::from_slice::<Value>(stored) {
         Ok(Value::Object(current)) => same_content(&current, incoming),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn publishing_retries_and_reports_when_every_attempt_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("braid.redb")).unwrap();
+        super::super::Store::initialise(&db).unwrap();
+        let latest = RwLock::new(Arc::new(Snapshot::open(&db).unwrap()));
+
+        let calls = Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 { Err(StoreError::WriterGone) } else { Snapshot::open(&db) }
+        };
+        let before = latest.read().unwrap().clone();
+        assert!(publish_with(flaky, &latest, 3), "the third attempt succeeds");
+        assert_eq!(calls.get(), 3);
+        assert!(!Arc::ptr_eq(&before, &latest.read().unwrap()), "a new snapshot was published");
+
+        let published = latest.read().unwrap().clone();
+        calls.set(0);
+        let broken = || {
+            calls.set(calls.get() + 1);
+            Err(StoreError::WriterGone)
+        };
+        assert!(!publish_with(broken, &latest, 3), "the caller is told, and stops the process");
+        assert_eq!(calls.get(), 3);
+        assert!(Arc::ptr_eq(&published, &latest.read().unwrap()));
     }
 }

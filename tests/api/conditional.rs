@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{patient, spawn_app};
+use crate::helpers::{patient, spawn_app, spawn_app_with};
 
 const MRN: &str = "http://hospital.example/mrn";
 
@@ -54,7 +54,7 @@ async fn conditional_create_with_an_unknown_parameter_is_rejected() {
 
 #[actix_web::test]
 async fn conditional_operations_accept_any_search_parameter() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|settings| settings.conditional_delete_max = 10).await;
     let first = app.create_if_none_exist("/Patient", "family=Smith&birthdate=1980", &patient("Smith")).await;
     assert_eq!(first.status, 201);
     let again = app.create_if_none_exist("/Patient", "family=smi&birthdate=1980-02", &patient("Smith")).await;
@@ -126,7 +126,7 @@ async fn conditional_update_creates_updates_or_refuses() {
 
 #[actix_web::test]
 async fn conditional_delete_removes_every_match() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|settings| settings.conditional_delete_max = 10).await;
     app.post("/Patient", &patient("dup")).await;
     app.post("/Patient", &patient("dup")).await;
     let keep = app.post("/Patient", &patient("keep")).await;

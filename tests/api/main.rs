@@ -13,6 +13,7 @@ mod examples;
 mod gc;
 mod helpers;
 mod history;
+mod limits;
 mod metadata;
 mod power_loss;
 mod process;

@@ -36,7 +36,7 @@ async fn the_capability_statement_describes_what_the_routes_serve() {
     assert!(unsupported.iter().any(|u| u.starts_with("_text")), "{unsupported:?}");
     assert_eq!(patient["conditionalCreate"], true);
     assert_eq!(patient["conditionalUpdate"], true);
-    assert_eq!(patient["conditionalDelete"], "multiple");
+    assert_eq!(patient["conditionalDelete"], "single", "conditional_delete_max is 1 by default");
     assert_eq!(patient["operation"][0]["name"], "validate");
     let observation = resources.iter().find(|r| r["type"] == "Observation").unwrap();
     assert_eq!(observation["supportedProfile"][0], "http://hl7.org/fhir/StructureDefinition/vitalsigns");
