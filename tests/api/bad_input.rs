@@ -1,0 +1,273 @@
+//! Bad input that the JSON schema alone lets through: impossible dates, out-of-range numbers,
+//! control characters, duplicate keys, unusable ids, ambiguous bundles, wrong media types,
+//! forged forwarding headers and conditional updates that would overwrite the wrong resource.
+//! Every rejection is a 4xx OperationOutcome naming the element, and writes nothing.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, patient, spawn_app};
+
+/// Asserts that `reply` is an OperationOutcome with `status` whose first issue names
+/// `expression` and whose diagnostics contain `diagnostics`.
+fn assert_rejected(reply: &Reply, status: u16, expression: &str, diagnostics: &str, name: &str) {
+    assert_eq!(reply.status, status, "{name}: {}", reply.text);
+    assert_eq!(reply.body["resourceType"], "OperationOutcome", "{name}: {}", reply.text);
+    assert!(reply.expressions().iter().any(|e| e == expression), "{name}: expected {expression} in {}", reply.text);
+    let all_diagnostics: Vec<&str> =
+        reply.body["issue"].as_array().unwrap().iter().filter_map(|i| i["diagnostics"].as_str()).collect();
+    assert!(
+        all_diagnostics.iter().any(|d| d.contains(diagnostics)),
+        "{name}: expected '{diagnostics}' in {}",
+        reply.text
+    );
+}
+
+async fn post_text(app: &TestApp, path: &str, body: String) -> Reply {
+    app.send(app.client.post(app.url(path)).header("content-type", "application/fhir+json").body(body)).await
+}
+
+async fn put_text(app: &TestApp, path: &str, body: String) -> Reply {
+    app.send(app.client.put(app.url(path)).header("content-type", "application/fhir+json").body(body)).await
+}
+
+#[actix_web::test]
+async fn impossible_primitive_values_are_rejected_by_create_update_and_transaction() {
+    let app = spawn_app().await;
+    let long_decimal = format!("1.{}", "0".repeat(100_000));
+    // (name, body of a create, expression, part of the diagnostics)
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "February 30th",
+            r#"{"resourceType":"Patient","birthDate":"2021-02-30"}"#.into(),
+            "Patient.birthDate",
+            "'2021-02-30' is not a valid date: 2021-02 has 28 days",
+        ),
+        (
+            "April 31st in a dateTime",
+            r#"{"resourceType":"Patient","deceasedDateTime":"2020-04-31T10:00:00Z"}"#.into(),
+            "Patient.deceasedDateTime",
+            "2020-04 has 30 days",
+        ),
+        (
+            "an instant on a non-leap February 29th",
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"issued":"2023-02-29T00:00:00Z"}"#
+                .into(),
+            "Observation.issued",
+            "is not a valid instant",
+        ),
+        (
+            "an integer beyond 32 bits",
+            r#"{"resourceType":"Patient","multipleBirthInteger":4294967296}"#.into(),
+            "Patient.multipleBirthInteger",
+            "4294967296 is outside the range of integer",
+        ),
+        (
+            "a negative unsignedInt",
+            r#"{"resourceType":"Patient","photo":[{"size":-5}]}"#.into(),
+            "Patient.photo[0].size",
+            "outside the range of unsignedInt",
+        ),
+        (
+            "a zero positiveInt",
+            r#"{"resourceType":"Patient","extension":[{"url":"http://x","valuePositiveInt":0}]}"#.into(),
+            "Patient.extension[0].valuePositiveInt",
+            "outside the range of positiveInt",
+        ),
+        (
+            "a decimal overflowing a double",
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"component":[{"code":{"text":"a"},"valueQuantity":{"value":1}},{"code":{"text":"b"},"valueQuantity":{"value":1e400}}]}"#.into(),
+            "Observation.component[1].valueQuantity.value",
+            "outside the range of a 64-bit floating-point number",
+        ),
+        (
+            "a decimal with 100,000 digits",
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{long_decimal}}}}}"#
+            ),
+            "Observation.valueQuantity.value",
+            "significant digits; at most 32",
+        ),
+        (
+            "a NUL character in a string",
+            r#"{"resourceType":"Patient","name":[{"family":"Doe\u0000"}]}"#.into(),
+            "Patient.name[0].family",
+            "control characters such as U+0000",
+        ),
+    ];
+    for (name, body, expression, diagnostics) in &cases {
+        let resource_type = if body.contains("\"Observation\"") { "Observation" } else { "Patient" };
+        let reply = post_text(&app, &format!("/{resource_type}"), body.clone()).await;
+        assert_rejected(&reply, 400, expression, diagnostics, name);
+
+        // The same resource by update, with an id, and inside a transaction.
+        let with_id = body.replacen(&format!("\"{resource_type}\""), &format!("\"{resource_type}\",\"id\":\"bad\""), 1);
+        let reply = put_text(&app, &format!("/{resource_type}/bad"), with_id.clone()).await;
+        assert_rejected(&reply, 400, expression, diagnostics, name);
+
+        let transaction = format!(
+            r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"resource":{with_id},"request":{{"method":"PUT","url":"{resource_type}/bad"}}}}]}}"#
+        );
+        let reply = post_text(&app, "", transaction).await;
+        let in_entry = expression.replacen(resource_type, "Bundle.entry[0].resource", 1);
+        assert_rejected(&reply, 400, &in_entry, diagnostics, name);
+    }
+    assert_eq!(app.history_len().await, 0, "nothing was written");
+    assert_eq!(app.get("/Patient/bad").await.status, 404);
+
+    // The valid neighbours of those values are accepted and stored as sent.
+    let reply = post_text(
+        &app,
+        "/Patient",
+        r#"{"resourceType":"Patient","birthDate":"2000-02-29","multipleBirthInteger":2147483647,"name":[{"family":"Tab\tand\r\nnewline"}]}"#.into(),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.body["birthDate"], "2000-02-29");
+    assert_eq!(reply.body["multipleBirthInteger"], json!(2147483647));
+    assert_eq!(reply.body["name"][0]["family"], "Tab\tand\r\nnewline");
+    // A leap-day birth date is found by date search.
+    let found = app.get("/Patient?birthdate=2000-02-29").await;
+    assert_eq!(entry_ids(&found.body), vec![reply.body["id"].as_str().unwrap().to_owned()], "{}", found.text);
+}
+
+#[actix_web::test]
+async fn duplicate_json_keys_are_rejected_naming_the_key() {
+    let app = spawn_app().await;
+    let cases = [
+        (
+            "/Patient",
+            r#"{"resourceType":"Patient","resourceType":"Patient","active":true}"#,
+            "Patient.resourceType",
+            "the key 'resourceType' appears more than once",
+        ),
+        (
+            "/Patient",
+            r#"{"resourceType":"Patient","name":[{"family":"A"},{"family":"B","given":["x"],"family":"C"}]}"#,
+            "Patient.name[1].family",
+            "the key 'family' appears more than once",
+        ),
+        (
+            "/Patient",
+            r#"{"resourceType":"Patient","birthDate":"2000-01-01","birth\u0044ate":"1999-01-01"}"#,
+            "Patient.birthDate",
+            "the key 'birthDate' appears more than once",
+        ),
+        (
+            "",
+            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","active":true,"active":false},"request":{"method":"POST","url":"Patient"}}]}"#,
+            "Bundle.entry[0].resource.active",
+            "the key 'active' appears more than once",
+        ),
+    ];
+    for (path, body, expression, diagnostics) in cases {
+        let reply = post_text(&app, path, body.into()).await;
+        assert_rejected(&reply, 400, expression, diagnostics, body);
+    }
+    assert_eq!(app.history_len().await, 0, "nothing was written");
+}
+
+#[actix_web::test]
+async fn dot_ids_are_rejected() {
+    let app = spawn_app().await;
+    for id in [".", ".."] {
+        let mut body = patient("Dot");
+        body["id"] = json!(id);
+        // In a transaction, where the URL is not normalised by the client.
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": body, "request": {"method": "PUT", "url": format!("Patient/{id}")}}]});
+        let reply = app.post("", &transaction).await;
+        assert_rejected(&reply, 400, "Bundle.entry[0]", &format!("'{id}' is not a usable resource id"), id);
+        // As the body id of a conditional update that matches nothing.
+        let reply = app.put("/Patient?identifier=http://hospital.example/mrn|Dot", &body).await;
+        assert_rejected(&reply, 400, "Patient.id", &format!("'{id}' is not a usable resource id"), id);
+    }
+    assert_eq!(app.history_len().await, 0, "nothing was written");
+}
+
+#[actix_web::test]
+async fn a_conditional_update_matching_nothing_does_not_overwrite_the_body_id() {
+    let app = spawn_app().await;
+    let mut bystander = patient("Bystander");
+    bystander["id"] = json!("p1");
+    assert_eq!(app.put("/Patient/p1", &bystander).await.status, 201);
+    let before = app.history_len().await;
+
+    // The criteria match nothing, and the body's id belongs to another patient: 409.
+    let mut intruder = patient("Intruder");
+    intruder["id"] = json!("p1");
+    let reply = app.put("/Patient?identifier=http://hospital.example/mrn|Intruder", &intruder).await;
+    assert_rejected(&reply, 409, "Patient.id", "belongs to an existing Patient that does not match the criteria", "");
+    assert_eq!(app.get("/Patient/p1").await.body["name"][0]["family"], "Bystander");
+    assert_eq!(app.history_len().await, before, "nothing was written");
+
+    // The same in a transaction.
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": intruder,
+        "request": {"method": "PUT", "url": "Patient?identifier=http://hospital.example/mrn|Intruder"}}]});
+    let reply = app.post("", &transaction).await;
+    assert_eq!(reply.status, 409, "{}", reply.text);
+    assert_eq!(app.get("/Patient/p1").await.body["name"][0]["family"], "Bystander");
+
+    // Criteria matching nothing and an unused id: created with that id.
+    intruder["id"] = json!("p2");
+    let reply = app.put("/Patient?identifier=http://hospital.example/mrn|Intruder", &intruder).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.body["id"], "p2");
+    // Criteria matching the body's own resource: updated.
+    intruder["active"] = json!(true);
+    let reply = app.put("/Patient?identifier=http://hospital.example/mrn|Intruder", &intruder).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["meta"]["versionId"], "2");
+}
+
+#[actix_web::test]
+async fn if_match_never_matches_a_deleted_resource() {
+    let app = spawn_app().await;
+    let mut body = patient("Gone");
+    body["id"] = json!("gone");
+    assert_eq!(app.put("/Patient/gone", &body).await.status, 201);
+    assert_eq!(app.delete("/Patient/gone").await.status, 204);
+    let before = app.history_len().await;
+
+    // Version 2 is the deletion: naming it in If-Match must not resurrect the patient.
+    let reply = app
+        .send(
+            app.client
+                .put(app.url("/Patient/gone"))
+                .header("content-type", "application/fhir+json")
+                .header("if-match", "W/\"2\"")
+                .body(body.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 412, "{}", reply.text);
+    assert_eq!(reply.body["issue"][0]["code"], "deleted");
+    assert!(
+        reply.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Patient/gone, but it was deleted (version 2)")
+    );
+    assert_eq!(app.get("/Patient/gone").await.status, 410);
+    assert_eq!(app.history_len().await, before, "nothing was written");
+
+    // The same for a conditional delete with If-Match, and in a transaction.
+    let reply = app.send(app.client.delete(app.url("/Patient/gone")).header("if-match", "W/\"2\"")).await;
+    assert_eq!(reply.status, 412, "{}", reply.text);
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": body,
+        "request": {"method": "PUT", "url": "Patient/gone", "ifMatch": "W/\"2\""}}]});
+    assert_eq!(app.post("", &transaction).await.status, 412);
+    assert_eq!(app.history_len().await, before, "nothing was written");
+
+    // Without If-Match, an update recreates the patient as version 3.
+    let reply = app.put("/Patient/gone", &body).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.body["meta"]["versionId"], "3");
+}
+
+fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect()
+}
