@@ -263,6 +263,82 @@ async fn if_match_never_matches_a_deleted_resource() {
     assert_eq!(reply.body["meta"]["versionId"], "3");
 }
 
+#[actix_web::test]
+async fn bundles_with_indistinguishable_entries_are_rejected() {
+    let app = spawn_app().await;
+    let create = |full_url: &str, family: &str, if_none_exist: Option<&str>| {
+        let mut entry = json!({"fullUrl": full_url, "resource": patient(family),
+            "request": {"method": "POST", "url": "Patient"}});
+        if let Some(criteria) = if_none_exist {
+            entry["request"]["ifNoneExist"] = json!(criteria);
+        }
+        entry
+    };
+    let bundle = |kind: &str, entries: Vec<Value>| json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+    let a = "urn:uuid:00000000-0000-0000-0000-00000000000a";
+    let b = "urn:uuid:00000000-0000-0000-0000-00000000000b";
+    let c = "urn:uuid:00000000-0000-0000-0000-00000000000c";
+
+    let cases = [
+        (
+            "transaction, same fullUrl",
+            bundle("transaction", vec![create(a, "A", None), create(b, "B", None), create(a, "C", None)]),
+            ["Bundle.entry[0].fullUrl", "Bundle.entry[2].fullUrl"],
+            format!("entries 0 and 2 have the same fullUrl '{a}'"),
+        ),
+        (
+            "batch, same fullUrl",
+            bundle("batch", vec![create(a, "A", None), create(a, "B", None)]),
+            ["Bundle.entry[0].fullUrl", "Bundle.entry[1].fullUrl"],
+            format!("entries 0 and 1 have the same fullUrl '{a}'"),
+        ),
+        (
+            "transaction, same ifNoneExist written differently",
+            bundle(
+                "transaction",
+                vec![
+                    create(a, "A", Some("identifier=http://x|1&active=true")),
+                    create(b, "B", None),
+                    create(c, "C", Some("Patient?active=true&identifier=http://x%7C1")),
+                ],
+            ),
+            ["Bundle.entry[0].request.ifNoneExist", "Bundle.entry[2].request.ifNoneExist"],
+            "entries 0 and 2 have the same ifNoneExist".to_owned(),
+        ),
+    ];
+    for (name, body, expressions, diagnostics) in cases {
+        let reply = app.post("", &body).await;
+        assert_eq!(reply.status, 400, "{name}: {}", reply.text);
+        assert_eq!(reply.expressions(), expressions, "{name}");
+        assert!(
+            reply.body["issue"][0]["diagnostics"].as_str().unwrap().starts_with(&diagnostics),
+            "{name}: {}",
+            reply.text
+        );
+    }
+    assert_eq!(app.history_len().await, 0, "nothing was written");
+
+    // A batch may repeat a fullUrl for different versions of a resource (bdl-7); different
+    // criteria in a transaction are fine.
+    let mut first = create(a, "A", None);
+    first["resource"]["meta"] = json!({"versionId": "1"});
+    let mut second = create(a, "B", None);
+    second["resource"]["meta"] = json!({"versionId": "2"});
+    let reply = app.post("", &bundle("batch", vec![first, second])).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = app
+        .post(
+            "",
+            &bundle(
+                "transaction",
+                vec![create(a, "A", Some("identifier=http://x|1")), create(b, "B", Some("identifier=http://x|2"))],
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(app.history_len().await, 4);
+}
+
 fn entry_ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
