@@ -339,6 +339,43 @@ async fn bundles_with_indistinguishable_entries_are_rejected() {
     assert_eq!(app.history_len().await, 4);
 }
 
+#[actix_web::test]
+async fn a_search_body_must_be_a_form() {
+    let app = spawn_app().await;
+    let created = app.post("/Patient", &patient("Formal")).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let search = |content_type: Option<&'static str>, body: &'static str| {
+        let mut request = app.client.post(app.url("/Patient/_search")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        app.send(request)
+    };
+    let json_body = r#"{"resourceType":"Parameters","parameter":[{"name":"family","valueString":"Nobody"}]}"#;
+    let reply = search(Some("application/fhir+json"), json_body).await;
+    reply.assert_outcome(415);
+    assert!(
+        reply
+            .text
+            .contains("a search body must be a form (application/x-www-form-urlencoded), not 'application/fhir+json'"),
+        "{}",
+        reply.text
+    );
+    let reply = search(Some("application/json"), json_body).await;
+    reply.assert_outcome(415);
+    let reply = search(None, "family=Nobody").await;
+    reply.assert_outcome(415);
+    assert!(reply.text.contains("(no Content-Type)"), "{}", reply.text);
+
+    // A form searches; so does an empty body without a Content-Type.
+    let reply = search(Some("application/x-www-form-urlencoded; charset=utf-8"), "family=Formal").await;
+    assert_eq!(entry_ids(&reply.body), vec![id.clone()], "{}", reply.text);
+    let reply = search(Some("application/x-www-form-urlencoded"), "family=Nobody").await;
+    assert_eq!(entry_ids(&reply.body), Vec::<String>::new(), "{}", reply.text);
+    let reply = search(None, "").await;
+    assert_eq!(entry_ids(&reply.body), vec![id], "{}", reply.text);
+}
+
 fn entry_ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
