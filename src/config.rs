@@ -25,6 +25,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout_secs: u64,
+    pub trust_forwarded_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -50,6 +51,7 @@ impl Default for Settings {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            trust_forwarded_headers: false,
         }
     }
 }
@@ -178,6 +180,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
         apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "trust_forwarded_headers",
+        env: "BRAID_TRUST_FORWARDED_HEADERS",
+        default: "false",
+        doc: "Without base_url, build links from the Forwarded / X-Forwarded-Host / X-Forwarded-Proto headers; \
+              set it only behind a proxy that sets them. Otherwise links use the Host header.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.trust_forwarded_headers = true;
+                Ok(())
+            }
+            "false" => {
+                s.trust_forwarded_headers = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
+        },
     },
 ];
 

@@ -63,6 +63,7 @@ impl Application {
                 max_page_size: settings.max_page_size,
             },
             base_url: settings.base_url.clone(),
+            trust_forwarded_headers: settings.trust_forwarded_headers,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)

@@ -49,6 +49,9 @@ pub struct AppState {
     /// The public base URL of the FHIR API (ending in `/fhir`), if configured; otherwise each
     /// request's own scheme and host are used.
     pub base_url: Option<String>,
+    /// Without `base_url`: whether `Forwarded` / `X-Forwarded-*` headers name the public host
+    /// and scheme (only true when the operator says a proxy sets them).
+    pub trust_forwarded_headers: bool,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, patient, spawn_app};
+use crate::helpers::{Reply, TestApp, patient, spawn_app, spawn_app_with};
 
 /// Asserts that `reply` is an OperationOutcome with `status` whose first issue names
 /// `expression` and whose diagnostics contain `diagnostics`.
@@ -374,6 +374,54 @@ async fn a_search_body_must_be_a_form() {
     assert_eq!(entry_ids(&reply.body), Vec::<String>::new(), "{}", reply.text);
     let reply = search(None, "").await;
     assert_eq!(entry_ids(&reply.body), vec![id], "{}", reply.text);
+}
+
+/// Creates a patient with forged forwarding headers and returns the `Location` and the search
+/// bundle's `self` link.
+async fn links_with_forged_headers(app: &TestApp) -> (String, String) {
+    let forged = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "host=evil.example;proto=https")
+    };
+    let created = app
+        .send(
+            forged(app.client.post(app.url("/Patient")))
+                .header("content-type", "application/fhir+json")
+                .body(patient("Link").to_string()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let searched = app.send(forged(app.client.get(app.url("/Patient?family=Link")))).await;
+    assert_eq!(searched.status, 200, "{}", searched.text);
+    (created.header("location").unwrap().to_owned(), searched.body["link"][0]["url"].as_str().unwrap().to_owned())
+}
+
+#[actix_web::test]
+async fn forwarded_headers_are_ignored_unless_trusted() {
+    let app = spawn_app().await;
+    let (location, self_link) = links_with_forged_headers(&app).await;
+    assert!(location.starts_with(&format!("{}/Patient/", app.base)), "{location}");
+    assert_eq!(self_link, format!("{}/Patient?family=Link", app.base));
+
+    // A Host that is not a plain host[:port] is replaced by the listen address.
+    let port = app.base.trim_start_matches("http://127.0.0.1:").trim_end_matches("/fhir").to_owned();
+    let reply = app.send(app.client.get(app.url("/Patient?family=Link")).header("host", "evil.example/x?")).await;
+    assert_eq!(
+        reply.body["link"][0]["url"],
+        format!("http://127.0.0.1:{port}/fhir/Patient?family=Link"),
+        "{}",
+        reply.text
+    );
+    // A well-formed Host is what the client asked for, and is used.
+    let reply = app.send(app.client.get(app.url("/Patient?family=Link")).header("host", "fhir.example:8443")).await;
+    assert_eq!(reply.body["link"][0]["url"], "http://fhir.example:8443/fhir/Patient?family=Link", "{}", reply.text);
+
+    let trusting = spawn_app_with(|settings| settings.trust_forwarded_headers = true).await;
+    let (location, self_link) = links_with_forged_headers(&trusting).await;
+    assert!(location.starts_with("https://evil.example/fhir/Patient/"), "{location}");
+    assert_eq!(self_link, "https://evil.example/fhir/Patient?family=Link");
 }
 
 fn entry_ids(bundle: &Value) -> Vec<String> {
