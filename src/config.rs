@@ -26,6 +26,7 @@ pub struct Settings {
     pub log_level: String,
     pub shutdown_timeout_secs: u64,
     pub trust_forwarded_headers: bool,
+    pub max_url_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -52,6 +53,7 @@ impl Default for Settings {
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
             trust_forwarded_headers: false,
+            max_url_bytes: 16384,
         }
     }
 }
@@ -198,6 +200,14 @@ pub const SETTINGS: &[SettingDoc] = &[
             }
             _ => Err("expected true or false".into()),
         },
+    },
+    SettingDoc {
+        key: "max_url_bytes",
+        env: "BRAID_MAX_URL_BYTES",
+        default: "16384",
+        doc: "Longest request URL (path and query) accepted; longer ones get 414. Use POST _search for longer \
+              searches. URLs over 64 KiB are refused by the HTTP parser with a bare 400 whatever this says.",
+        apply: |s, v| parse_into(&mut s.max_url_bytes, v),
     },
 ];
 

@@ -21,6 +21,8 @@ pub enum Category {
     PreconditionFailed,
     /// The body is larger than the configured limit (413).
     TooLarge,
+    /// The request URL is longer than the configured limit (414).
+    UriTooLong,
     /// The client only accepts formats Braid does not produce (406).
     NotAcceptable,
     /// The body is in a format Braid does not read (415).
@@ -45,6 +47,7 @@ impl Category {
             Category::Conflict => 409,
             Category::PreconditionFailed => 412,
             Category::TooLarge => 413,
+            Category::UriTooLong => 414,
             Category::NotAcceptable => 406,
             Category::UnsupportedMediaType => 415,
             Category::MethodNotAllowed => 405,

@@ -122,7 +122,9 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
 /// One pass over the entries; the maps hold at most one key per entry.
 fn check_unique_entries(kind: Kind, entries: &[Value]) -> Result<(), FhirError> {
     let mut full_urls: HashMap<(&str, Option<&str>), usize> = HashMap::new();
-    let mut if_none_exist: HashMap<(&str, Vec<(String, String)>), usize> = HashMap::new();
+    // (resource type, decoded and sorted criteria) -> the first entry with them.
+    type CriteriaKey<'a> = (&'a str, Vec<(String, String)>);
+    let mut if_none_exist: HashMap<CriteriaKey, usize> = HashMap::new();
     let duplicate = |what: &str, first: usize, second: usize, element: &str| {
         FhirError::incorrect(IssueCode::Duplicate, format!("entries {first} and {second} have the same {what}"))
             .at(format!("Bundle.entry[{first}].{element}"))

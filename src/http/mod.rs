@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub page_size: usize,
     pub max_page_size: usize,
+    /// Longest request target (path and query) accepted, in bytes.
+    pub max_url_bytes: usize,
 }
 
 /// What every handler can reach.
@@ -186,6 +188,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
 /// Finds the route for a request and runs its handler. Unmatched requests get 405 (with
 /// `Allow`) if the path exists for other methods, 404 otherwise, always as an OperationOutcome.
 async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    // Bounds everything below that is driven by the URL: routing, query parsing, search plans.
+    let url_bytes = http.path().len() + http.query_string().len();
+    if url_bytes > state.limits.max_url_bytes {
+        return error::error_response(&FhirError::new(
+            Category::UriTooLong,
+            IssueCode::TooLong,
+            format!(
+                "the URL is longer than the limit of {} bytes; send long searches as POST _search forms",
+                state.limits.max_url_bytes
+            ),
+        ));
+    }
     let path = http.path().strip_prefix("/fhir").unwrap_or(http.path());
     let segments: Vec<Cow<'_, str>> = path
         .split('/')

@@ -432,3 +432,80 @@ fn entry_ids(bundle: &Value) -> Vec<String> {
         .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// Sends `request` on a fresh connection and returns the status code and the body.
+fn raw_exchange(port: u16, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn requests_the_http_parser_rejects_are_not_logged_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut braid = crate::helpers::start_braid_process(&dir.path().join("parser.redb"), "info");
+    let get = |target: String| format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes();
+    // (name, request, status, OperationOutcome diagnostics if Braid itself answers)
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
+        ("a 20 KB URL", get(format!("/fhir/Patient?name={}", "a".repeat(20_000))), 414, Some("the URL is longer than the limit of 16384 bytes")),
+        ("a 100 KB URL", get(format!("/fhir/Patient?name={}", "a".repeat(100_000))), 400, None),
+        ("a 200 KB URL", get(format!("/fhir/Patient?name={}", "a".repeat(200_000))), 431, None),
+        (
+            "a bad Content-Length",
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\nConnection: close\r\n\r\n{}".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(),
+            400,
+            None,
+        ),
+        ("a bad header", b"GET /fhir/Patient HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n".to_vec(), 400, None),
+        (
+            "a broken chunked body",
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/fhir+json\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".to_vec(),
+            400,
+            Some("reading the body failed"),
+        ),
+    ];
+    for (name, request, status, diagnostics) in &cases {
+        let (actual, body) = raw_exchange(braid.port, request);
+        assert_eq!(actual, *status, "{name}: {body}");
+        if let Some(diagnostics) = diagnostics {
+            let outcome: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{name}: {body}"));
+            assert_eq!(outcome["resourceType"], "OperationOutcome", "{name}");
+            assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains(diagnostics), "{name}: {body}");
+        }
+    }
+    // A normal request afterwards: its completion line marks the end of the logs to inspect.
+    let (status, _) = raw_exchange(braid.port, &get("/fhir/metadata".into()));
+    assert_eq!(status, 200);
+    let mut lines = Vec::new();
+    while let Ok(line) = braid.logs.recv_timeout(std::time::Duration::from_secs(10)) {
+        let done = line["fields"]["status"] == 200;
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = braid.child.kill();
+    let _ = braid.child.wait();
+    let errors: Vec<&Value> = lines.iter().filter(|line| line["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "client errors logged at ERROR: {errors:?}");
+    let demoted = lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == "HTTP connection closed: malformed request or network error")
+        .count();
+    assert!(demoted >= 5, "each request the parser refused is logged at INFO: {lines:?}");
+    assert!(lines.iter().all(|line| !line.to_string().contains("aaaaaaaaaa")), "a URL reached the log");
+}
