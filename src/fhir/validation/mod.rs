@@ -10,7 +10,6 @@ mod schema;
 
 use std::sync::LazyLock;
 
-pub use primitives::MAX_DECIMAL_DIGITS;
 use primitives::PrimitiveTypes;
 pub use profile::{Profile, ProfileSet};
 pub use schema::SchemaSet;

@@ -207,10 +207,11 @@ fn child_resource_type(value: &Value) -> Option<&str> {
     }
 }
 
-/// FHIR strings match `[ \r\n\t\S]+`: no control characters except tab, CR and LF. (Every other
-/// string-based primitive, and XHTML, forbids them too.)
+/// "Strings SHALL NOT contain Unicode character points below 32, except for u0009 (horizontal
+/// tab), u0010 (carriage return) and u0013 (line feed)" (R4 datatypes). Every string-based
+/// primitive inherits the rule, and XHTML forbids them too. DEL and the C1 controls are allowed.
 fn control_character(text: &str) -> Option<String> {
-    let bad = text.chars().find(|&c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))?;
+    let bad = text.chars().find(|&c| c < ' ' && !matches!(c, '\t' | '\r' | '\n'))?;
     Some(format!("strings must not contain control characters such as U+{:04X}", bad as u32))
 }
 
@@ -386,7 +387,7 @@ mod tests {
     #[test]
     fn control_characters_are_found_in_any_string() {
         let found = issues(
-            json!({"resourceType": "Patient", "name": [{"family": "Nul\u{0}l", "given": ["ok\tfine\r\n", "b\u{7}"]}],
+            json!({"resourceType": "Patient", "name": [{"family": "Nul\u{0}l", "given": ["ok\tfine\r\n\u{7f}\u{85}", "b\u{7}"]}],
             "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">\u{1b}</div>"}}),
         );
         assert_eq!(
