@@ -63,12 +63,15 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, FhirError> {
     })?;
     if let Some(duplicate) = find_duplicate_key(bytes) {
         let root = value.get("resourceType").and_then(Value::as_str).filter(|name| ResourceType::parse(name).is_some());
-        let object = pointer_to_expression(root.unwrap_or("$"), &duplicate.object_pointer);
+        // Without a known resource type the expression is the path from the body's root.
+        let object = pointer_to_expression(root.unwrap_or(""), &duplicate.object_pointer);
+        // Keys come from the client: keep what is echoed back short.
+        let expression = truncate(&format!("{object}.{}", duplicate.key), 256);
         return Err(FhirError::incorrect(
             IssueCode::Structure,
             format!("the key '{}' appears more than once in the same JSON object", truncate(&duplicate.key, 64)),
         )
-        .at(format!("{object}.{}", duplicate.key)));
+        .at(expression.strip_prefix('.').unwrap_or(&expression)));
     }
     Ok(value)
 }
@@ -393,6 +396,8 @@ mod tests {
         let error = parse_json(br#"{"resourceType":"Patient","name":[{"family":"a","family":"b"}]}"#, 10).unwrap_err();
         assert_eq!(error.issues[0].expression, vec!["Patient.name[0].family"]);
         assert_eq!(error.issues[0].diagnostics, "the key 'family' appears more than once in the same JSON object");
+        let error = parse_json(br#"{"a":{"b":1,"b":2}}"#, 10).unwrap_err();
+        assert_eq!(error.issues[0].expression, vec!["a.b"]);
     }
 
     #[test]
