@@ -418,6 +418,17 @@ async fn forwarded_headers_are_ignored_unless_trusted() {
     let reply = app.send(app.client.get(app.url("/Patient?family=Link")).header("host", "fhir.example:8443")).await;
     assert_eq!(reply.body["link"][0]["url"], "http://fhir.example:8443/fhir/Patient?family=Link", "{}", reply.text);
 
+    // No Host at all (HTTP/1.0): the listen address.
+    let port_number: u16 = port.parse().unwrap();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        raw_exchange(port_number, b"GET /fhir/Patient?family=Link HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let bundle: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bundle["link"][0]["url"], format!("http://127.0.0.1:{port}/fhir/Patient?family=Link"));
+
     let trusting = spawn_app_with(|settings| settings.trust_forwarded_headers = true).await;
     let (location, self_link) = links_with_forged_headers(&trusting).await;
     assert!(location.starts_with("https://evil.example/fhir/Patient/"), "{location}");
