@@ -34,6 +34,8 @@ pub struct Settings {
     pub request_head_timeout_secs: u64,
     pub keep_alive_secs: u64,
     pub max_connections: usize,
+    pub trust_forwarded_headers: bool,
+    pub max_url_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -68,6 +70,8 @@ impl Default for Settings {
             request_head_timeout_secs: 5,
             keep_alive_secs: 5,
             max_connections: 1000,
+            trust_forwarded_headers: false,
+            max_url_bytes: 16384,
         }
     }
 }
@@ -259,6 +263,32 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "1000",
         doc: "Most open connections per worker; further connections wait in the listen queue until one closes.",
         apply: |s, v| parse_into(&mut s.max_connections, v),
+    },
+    SettingDoc {
+        key: "trust_forwarded_headers",
+        env: "BRAID_TRUST_FORWARDED_HEADERS",
+        default: "false",
+        doc: "Without base_url, build links from the Forwarded / X-Forwarded-Host / X-Forwarded-Proto headers; \
+              set it only behind a proxy that sets them. Otherwise links use the Host header.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.trust_forwarded_headers = true;
+                Ok(())
+            }
+            "false" => {
+                s.trust_forwarded_headers = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
+        },
+    },
+    SettingDoc {
+        key: "max_url_bytes",
+        env: "BRAID_MAX_URL_BYTES",
+        default: "16384",
+        doc: "Longest request URL (path and query) accepted; longer ones get 414. Use POST _search for longer \
+              searches. URLs over 64 KiB are refused by the HTTP parser with a bare 400 whatever this says.",
+        apply: |s, v| parse_into(&mut s.max_url_bytes, v),
     },
 ];
 

@@ -61,6 +61,7 @@ impl Application {
             store: store.clone(),
             limits: Limits::from_settings(settings),
             base_url: settings.base_url.clone(),
+            trust_forwarded_headers: settings.trust_forwarded_headers,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)

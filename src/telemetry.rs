@@ -13,6 +13,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 use crate::config::{LogFormat, Settings};
 
@@ -22,11 +23,58 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// (tests start many servers in one process).
 pub fn init(settings: &Settings) {
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let registry = tracing_subscriber::registry().with(filter).with(DemoteConnectionErrors);
     let _ = match settings.log_format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stdout),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),
     };
+}
+
+/// actix-http's HTTP/1 dispatcher logs at ERROR every connection that ends in an error, and
+/// nearly all of those are the client's doing: a malformed request head (answered with a bare
+/// 400 or 431 before Braid sees the request), a bad `Content-Length`, a dropped connection, a
+/// slow request. Any client could fill the error log with them, so they are not written as
+/// they are; [`DemoteConnectionErrors`] logs them again at INFO.
+fn is_connection_error(metadata: &tracing::Metadata<'_>) -> bool {
+    *metadata.level() == tracing::Level::ERROR && metadata.target() == "actix_http::h1::dispatcher"
+}
+
+/// Re-logs the events [`is_connection_error`] holds back: at INFO, except actix-http's own
+/// internal errors, which stay at ERROR. The messages name the kind of error only (never the
+/// URL, headers or body).
+struct DemoteConnectionErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DemoteConnectionErrors {
+    /// Drops the ERROR event for every layer and logs its message again at a fitting level.
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        if !is_connection_error(event.metadata()) {
+            return true;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains("internal error") {
+            tracing::error!(problem = %message.0, "HTTP connection failed inside actix-http");
+        } else {
+            tracing::info!(problem = %message.0, "HTTP connection closed: malformed request or network error");
+        }
+        false
+    }
 }
 
 /// A request id unique across restarts: a random per-process prefix and a counter. Cheaper
@@ -80,7 +128,14 @@ pub async fn request_span(
             Ok(response)
         }
         Err(error) => {
-            tracing::error!(error = %error, "request failed");
+            // Errors that escape the handlers as actix errors (extractors, middleware) are the
+            // client's fault when their status is 4xx: not worth an ERROR line.
+            let status = error.as_response_error().status_code().as_u16();
+            if status >= 500 {
+                tracing::error!(status, error = %error, "request failed");
+            } else {
+                tracing::info!(status, "request rejected");
+            }
             Err(error)
         }
     }

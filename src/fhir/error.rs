@@ -23,6 +23,8 @@ pub enum Category {
     TooLarge,
     /// The client did not send its body in time (408).
     Timeout,
+    /// The request URL is longer than the configured limit (414).
+    UriTooLong,
     /// The client only accepts formats Braid does not produce (406).
     NotAcceptable,
     /// The body is in a format Braid does not read (415).
@@ -48,6 +50,7 @@ impl Category {
             Category::PreconditionFailed => 412,
             Category::TooLarge => 413,
             Category::Timeout => 408,
+            Category::UriTooLong => 414,
             Category::NotAcceptable => 406,
             Category::UnsupportedMediaType => 415,
             Category::MethodNotAllowed => 405,

@@ -4,7 +4,10 @@ use std::fmt;
 
 use super::{FhirError, IssueCode};
 
-/// A FHIR logical id: 1 to 64 characters from `[A-Za-z0-9-.]`.
+/// A FHIR logical id: 1 to 64 characters from `[A-Za-z0-9-.]`, but not `.` or `..`.
+///
+/// R4's regex allows `.` and `..`, but as a URL path segment they mean "this" and "parent"
+/// directory (RFC 3986 removes them), so `Patient/..` could never be read back.
 ///
 /// Only [`Id::parse`] and [`Id::generate`] create one, so an `Id` never contains a byte that
 /// would need escaping in a storage key or a URL.
@@ -16,6 +19,12 @@ impl Id {
 
     pub fn parse(text: &str) -> Result<Self, FhirError> {
         let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if matches!(text, "." | "..") {
+            return Err(FhirError::incorrect(
+                IssueCode::Value,
+                format!("'{text}' is not a usable resource id: it is a relative path segment in URLs"),
+            ));
+        }
         if text.is_empty() || text.len() > Self::MAX_LEN || !text.chars().all(valid_char) {
             return Err(FhirError::incorrect(
                 IssueCode::Value,
@@ -60,7 +69,8 @@ mod tests {
         assert!(Id::parse("example").is_ok());
         assert!(Id::parse("a.b-C9").is_ok());
         assert!(Id::parse(&"x".repeat(64)).is_ok());
-        for bad in ["", "has space", "slash/", "under_score", &"x".repeat(65), "ümlaut"] {
+        assert!(Id::parse("...").is_ok());
+        for bad in ["", ".", "..", "has space", "slash/", "under_score", &"x".repeat(65), "ümlaut"] {
             assert!(Id::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Id::parse(Id::generate().as_str()).is_ok());

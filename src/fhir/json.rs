@@ -134,10 +134,11 @@ pub fn check_string_lengths(value: &Value, max_bytes: usize) -> Result<(), FhirE
     })
 }
 
-/// Parses a request body into a JSON value, with the depth limit applied first.
+/// Parses a request body into a JSON value, with the depth limit applied first. Objects with a
+/// repeated key are refused: the parser would silently keep the last value.
 pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, FhirError> {
     check_depth(bytes, max_depth)?;
-    serde_json::from_slice(bytes).map_err(|error| {
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| {
         FhirError::incorrect(
             IssueCode::Structure,
             format!(
@@ -147,7 +148,100 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, FhirError> {
                 error.column()
             ),
         )
-    })
+    })?;
+    if let Some(duplicate) = find_duplicate_key(bytes) {
+        let root = value.get("resourceType").and_then(Value::as_str).filter(|name| ResourceType::parse(name).is_some());
+        // Without a known resource type the expression is the path from the body's root.
+        let object = pointer_to_expression(root.unwrap_or(""), &duplicate.object_pointer);
+        // Keys come from the client: keep what is echoed back short.
+        let expression = truncate(&format!("{object}.{}", duplicate.key), 256);
+        return Err(FhirError::incorrect(
+            IssueCode::Structure,
+            format!("the key '{}' appears more than once in the same JSON object", truncate(&duplicate.key, 64)),
+        )
+        .at(expression.strip_prefix('.').unwrap_or(&expression)));
+    }
+    Ok(value)
+}
+
+/// A key that occurs twice in one object, and where that object is (a JSON pointer).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DuplicateKey {
+    pub object_pointer: String,
+    pub key: String,
+}
+
+/// Finds the first object in `bytes` (well-formed JSON, already parsed) that holds a key twice.
+///
+/// One scan over the bytes, tracking the open objects and arrays; keys are compared after
+/// unescaping, so `"a"` and `"\u0061"` collide. Memory is bounded by the body: each open object
+/// keeps the set of its keys (as slices of `bytes` unless they contain escapes).
+pub fn find_duplicate_key(bytes: &[u8]) -> Option<DuplicateKey> {
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+
+    enum Frame<'a> {
+        Object { keys: HashSet<Cow<'a, str>>, current: Cow<'a, str>, expect_key: bool },
+        Array { index: usize },
+    }
+    let pointer_of = |stack: &[Frame]| -> String {
+        let mut pointer = String::new();
+        // The innermost frame is the object holding the duplicate; the path leads to it.
+        for frame in &stack[..stack.len() - 1] {
+            pointer.push('/');
+            match frame {
+                Frame::Object { current, .. } => pointer.push_str(&current.replace('~', "~0").replace('/', "~1")),
+                Frame::Array { index } => pointer.push_str(&index.to_string()),
+            }
+        }
+        pointer
+    };
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut position = 0;
+    while position < bytes.len() {
+        match bytes[position] {
+            b'"' => {
+                let start = position + 1;
+                let mut end = start;
+                let mut has_escape = false;
+                while end < bytes.len() && bytes[end] != b'"' {
+                    if bytes[end] == b'\\' {
+                        has_escape = true;
+                        end += 1;
+                    }
+                    end += 1;
+                }
+                position = end;
+                if let Some(Frame::Object { keys, current, expect_key }) = stack.last_mut() {
+                    if *expect_key {
+                        *expect_key = false;
+                        let key: Cow<str> = if has_escape {
+                            Cow::Owned(serde_json::from_slice(&bytes[start - 1..=end.min(bytes.len() - 1)]).ok()?)
+                        } else {
+                            Cow::Borrowed(std::str::from_utf8(&bytes[start..end]).ok()?)
+                        };
+                        if !keys.insert(key.clone()) {
+                            return Some(DuplicateKey { object_pointer: pointer_of(&stack), key: key.into_owned() });
+                        }
+                        *current = key;
+                    }
+                }
+            }
+            b'{' => stack.push(Frame::Object { keys: HashSet::new(), current: Cow::Borrowed(""), expect_key: true }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object { expect_key, .. }) => *expect_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
+            _ => {}
+        }
+        position += 1;
+    }
+    None
 }
 
 fn strip_position(message: &str) -> &str {
@@ -369,6 +463,29 @@ mod tests {
         assert!(check_depth(br#"{"a":[{"b":1}]}"#, 3).is_ok());
         assert!(check_depth(br#"{"a":[{"b":[1]}]}"#, 3).is_err());
         assert!(check_depth(br#"{"a":"[[[[[[\"[[["}"#, 1).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_with_their_object() {
+        let found = |text: &str| find_duplicate_key(text.as_bytes());
+        assert_eq!(found(r#"{"a":1,"b":{"a":2},"c":[{"a":1,"b":"a"}]}"#), None);
+        assert_eq!(
+            found(r#"{"resourceType":"Patient","resourceType":"Patient"}"#),
+            Some(DuplicateKey { object_pointer: String::new(), key: "resourceType".into() })
+        );
+        assert_eq!(
+            found(r#"{"name":[{"given":["a"]},{"family":"x","fam\u0069ly":"y"}]}"#),
+            Some(DuplicateKey { object_pointer: "/name/1".into(), key: "family".into() })
+        );
+        assert_eq!(
+            found(r#"{"a\"b":{"x,":"{\"y\":1}","x,":2}}"#),
+            Some(DuplicateKey { object_pointer: "/a\"b".into(), key: "x,".into() })
+        );
+        let error = parse_json(br#"{"resourceType":"Patient","name":[{"family":"a","family":"b"}]}"#, 10).unwrap_err();
+        assert_eq!(error.issues[0].expression, vec!["Patient.name[0].family"]);
+        assert_eq!(error.issues[0].diagnostics, "the key 'family' appears more than once in the same JSON object");
+        let error = parse_json(br#"{"a":{"b":1,"b":2}}"#, 10).unwrap_err();
+        assert_eq!(error.issues[0].expression, vec!["a.b"]);
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
             return Err(FhirError::incorrect(IssueCode::Structure, "Bundle.entry must be an array").at("Bundle.entry"));
         }
     };
+    check_unique_entries(kind, &entries)?;
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
         let result = parse_entry(entry, base).map_err(|error| locate(error, index));
@@ -108,6 +109,56 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
         parsed.push(result);
     }
     Ok((kind, parsed))
+}
+
+/// Refuses bundles whose entries cannot be told apart:
+///
+/// - two entries with the same `fullUrl` (in a batch: and the same `meta.versionId`, rule bdl-7;
+///   in a transaction any repeat, because references to a `fullUrl` must resolve to one entry);
+/// - in a transaction, two conditional creates of one type with the same `ifNoneExist` (the
+///   same query, compared as decoded, sorted parameters): both would create, or both would
+///   match, the same resource.
+///
+/// One pass over the entries; the maps hold at most one key per entry.
+fn check_unique_entries(kind: Kind, entries: &[Value]) -> Result<(), FhirError> {
+    let mut full_urls: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+    // (resource type, decoded and sorted criteria) -> the first entry with them.
+    type CriteriaKey<'a> = (&'a str, Vec<(String, String)>);
+    let mut if_none_exist: HashMap<CriteriaKey, usize> = HashMap::new();
+    let duplicate = |what: &str, first: usize, second: usize, element: &str| {
+        FhirError::incorrect(IssueCode::Duplicate, format!("entries {first} and {second} have the same {what}"))
+            .at(format!("Bundle.entry[{first}].{element}"))
+            .at(format!("Bundle.entry[{second}].{element}"))
+    };
+    for (index, entry) in entries.iter().enumerate() {
+        if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+            let version = match kind {
+                Kind::Transaction => None,
+                Kind::Batch => entry.pointer("/resource/meta/versionId").and_then(Value::as_str),
+            };
+            if let Some(&first) = full_urls.get(&(full_url, version)) {
+                return Err(duplicate(&format!("fullUrl '{full_url}'"), first, index, "fullUrl"));
+            }
+            full_urls.insert((full_url, version), index);
+        }
+        let request = entry.get("request");
+        let criteria = request.and_then(|r| r.get("ifNoneExist")).and_then(Value::as_str);
+        // A create's url is its type, possibly after the base URL: the last path segment.
+        let type_name = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .and_then(|url| url.split('?').next().unwrap_or_default().rsplit('/').next());
+        if let (Kind::Transaction, Some(criteria), Some(type_name)) = (kind, criteria, type_name) {
+            let mut pairs = request::decode_pairs(super::create::strip_query_prefix(criteria, type_name));
+            pairs.sort();
+            let key = (type_name, pairs);
+            if let Some(&first) = if_none_exist.get(&key) {
+                return Err(duplicate(&format!("ifNoneExist '{criteria}'"), first, index, "request.ifNoneExist"));
+            }
+            if_none_exist.insert(key, index);
+        }
+    }
+    Ok(())
 }
 
 /// Prefixes every expression of `error` with the entry it concerns.

@@ -49,6 +49,8 @@ pub struct Limits {
     /// Most resources one conditional delete may delete (the store enforces it; the
     /// CapabilityStatement reports it).
     pub conditional_delete_max: usize,
+    /// Longest request target (path and query) accepted, in bytes.
+    pub max_url_bytes: usize,
 }
 
 impl Limits {
@@ -62,6 +64,7 @@ impl Limits {
             max_string_bytes: settings.max_string_bytes,
             body_read_timeout: std::time::Duration::from_secs(settings.body_read_timeout_secs),
             conditional_delete_max: settings.conditional_delete_max.clamp(1, crate::store::MAX_CONDITIONAL_DELETE),
+            max_url_bytes: settings.max_url_bytes,
         }
     }
 }
@@ -73,6 +76,9 @@ pub struct AppState {
     /// The public base URL of the FHIR API (ending in `/fhir`), if configured; otherwise each
     /// request's own scheme and host are used.
     pub base_url: Option<String>,
+    /// Without `base_url`: whether `Forwarded` / `X-Forwarded-*` headers name the public host
+    /// and scheme (only true when the operator says a proxy sets them).
+    pub trust_forwarded_headers: bool,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -207,6 +213,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
 /// Finds the route for a request and runs its handler. Unmatched requests get 405 (with
 /// `Allow`) if the path exists for other methods, 404 otherwise, always as an OperationOutcome.
 async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    // Bounds everything below that is driven by the URL: routing, query parsing, search plans.
+    let url_bytes = http.path().len() + http.query_string().len();
+    if url_bytes > state.limits.max_url_bytes {
+        return error::error_response(&FhirError::new(
+            Category::UriTooLong,
+            IssueCode::TooLong,
+            format!(
+                "the URL is longer than the limit of {} bytes; send long searches as POST _search forms",
+                state.limits.max_url_bytes
+            ),
+        ));
+    }
     let path = http.path().strip_prefix("/fhir").unwrap_or(http.path());
     let segments: Vec<Cow<'_, str>> = path
         .split('/')

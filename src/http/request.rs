@@ -182,14 +182,42 @@ pub fn return_preference(request: &HttpRequest) -> Return {
 }
 
 /// The base URL of the FHIR API as clients should see it, e.g. `http://127.0.0.1:8080/fhir`.
+///
+/// The configured `base_url` wins. Otherwise the request's `Host` (the URI's authority in
+/// HTTP/2) and the connection's own scheme are used; `Forwarded` and `X-Forwarded-*` headers
+/// only when the operator trusts them, since any client can send them. A host that is not a
+/// plain `host[:port]` is replaced by the address Braid listens on, so a forged header can
+/// never put a path, query or markup into links.
 pub fn base_url(request: &HttpRequest, state: &web::Data<AppState>) -> String {
-    match &state.base_url {
-        Some(base) => base.clone(),
-        None => {
-            let info = request.connection_info();
-            format!("{}://{}/fhir", info.scheme(), info.host())
-        }
+    if let Some(base) = &state.base_url {
+        return base.clone();
     }
+    let listen_address = || request.app_config().local_addr().to_string();
+    let (scheme, host) = if state.trust_forwarded_headers {
+        let info = request.connection_info();
+        (info.scheme().to_owned(), info.host().to_owned())
+    } else {
+        let scheme = if request.app_config().secure() { "https" } else { "http" };
+        let host = request
+            .headers()
+            .get(actix_web::http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .or_else(|| request.uri().authority().map(|authority| authority.as_str()))
+            .map(str::to_owned)
+            .unwrap_or_else(listen_address);
+        (scheme.to_owned(), host)
+    };
+    let scheme = if matches!(scheme.as_str(), "http" | "https") { scheme } else { "http".to_owned() };
+    let host = if is_authority(&host) { host } else { listen_address() };
+    format!("{scheme}://{host}/fhir")
+}
+
+/// Whether `text` is a bare `host[:port]`: a DNS name, IPv4 or bracketed IPv6 address and an
+/// optional port, nothing else.
+fn is_authority(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 255
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// `_count`: a page size, reduced to the configured maximum.
@@ -259,6 +287,16 @@ mod tests {
         assert_eq!(initial_capacity(None), 0);
         assert_eq!(initial_capacity(Some(1000)), 1000);
         assert_eq!(initial_capacity(Some(16 << 20)), INITIAL_BODY_CAPACITY);
+    }
+
+    #[test]
+    fn only_bare_authorities_are_hosts() {
+        assert!(is_authority("fhir.example.org"));
+        assert!(is_authority("127.0.0.1:8080"));
+        assert!(is_authority("[::1]:8080"));
+        for bad in ["", "evil.example/x", "a b", "host?q=1", "user@host", "<script>", "h#f"] {
+            assert!(!is_authority(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -76,7 +76,27 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     let Ctx { http, payload, state, .. } = ctx;
     let mut pairs = request::query_pairs(&http);
     if http.method() == actix_web::http::Method::POST {
+        // Only a form is a search body: a JSON resource (or anything else) posted to `_search`
+        // is a client mistake, not an empty search that matches everything.
+        let form_media = "application/x-www-form-urlencoded";
+        let not_a_form = |media: &str| {
+            FhirError::new(
+                crate::fhir::Category::UnsupportedMediaType,
+                IssueCode::NotSupported,
+                format!("a search body must be a form ({form_media}), not '{media}'"),
+            )
+        };
+        let content_type = http.headers().get(actix_web::http::header::CONTENT_TYPE);
+        if let Some(content_type) = content_type {
+            let media = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if media != form_media {
+                return Err(not_a_form(&media));
+            }
+        }
         let body = request::read_limited(&http, payload, &state.limits).await?;
+        if content_type.is_none() && !body.is_empty() {
+            return Err(not_a_form("(no Content-Type)"));
+        }
         pairs.extend(request::decode_pairs(&String::from_utf8_lossy(&body)));
     }
     let strict = http

@@ -444,8 +444,25 @@ impl Execution<'_, '_> {
                                     }
                                     (found, false)
                                 }
+                                // No match: create, with the body's id if it has one. That id must
+                                // not belong to a live resource the criteria did not select:
+                                // overwriting it would update the wrong resource (409, as R5 states).
                                 None => match body_id {
-                                    Some(body_id) => (Id::parse(body_id).map_err(Failure::Request)?, false),
+                                    Some(body_id) => {
+                                        let id = Id::parse(body_id)
+                                            .map_err(|e| Failure::Request(e.at(format!("{resource_type}.id"))))?;
+                                        if self.current(*resource_type, &id)?.is_some_and(|c| !c.deleted) {
+                                            return Err(Failure::Request(
+                                                FhirError::conflict(format!(
+                                                    "the conditional update matched no resource, but the body's id \
+                                                     '{id}' belongs to an existing {resource_type} that does not \
+                                                     match the criteria"
+                                                ))
+                                                .at(format!("{resource_type}.id")),
+                                            ));
+                                        }
+                                        (id, false)
+                                    }
                                     None => (Id::generate(), true),
                                 },
                             }
@@ -803,6 +820,18 @@ fn check_precondition(
 ) -> Result<(), Failure> {
     let live = current.filter(|c| !c.deleted);
     if let Some(expected) = precondition.if_match {
+        // A deleted resource has no current representation, so no ETag matches it (RFC 9110
+        // §13.1.1), not even the version number of its deletion.
+        if let Some(deleted) = current.filter(|c| c.deleted) {
+            return Err(Failure::Request(FhirError::new(
+                Category::PreconditionFailed,
+                IssueCode::Deleted,
+                format!(
+                    "If-Match expected version {expected} of {resource_type}/{id}, but it was deleted (version {})",
+                    deleted.version
+                ),
+            )));
+        }
         let actual = current.map(|c| c.version);
         if actual != Some(expected) {
             let actual = actual.map_or("none".to_owned(), |v| v.to_string());

@@ -4,11 +4,13 @@
 //! Structural problems are `Incorrect` (400); profile violations are `Unprocessable` (422).
 //! Either way every issue names the offending element in `expression`.
 
+mod primitives;
 mod profile;
 mod schema;
 
 use std::sync::LazyLock;
 
+use primitives::PrimitiveTypes;
 pub use profile::{Profile, ProfileSet};
 pub use schema::SchemaSet;
 
@@ -20,13 +22,18 @@ const MAX_ISSUES: usize = 50;
 
 /// The schema and profiles shipped in `profiles/`, compiled into the binary so that Braid never
 /// depends on files next to it at run time. Schemas compile per resource type on first use.
-static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| Validator {
-    schemas: SchemaSet::load(include_str!("../../../profiles/fhir.schema.json")),
-    profiles: ProfileSet::load(&[include_str!("../../../profiles/vitalsigns.rules.json")]),
+static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {
+    let schemas = SchemaSet::load(include_str!("../../../profiles/fhir.schema.json"));
+    Validator {
+        primitives: PrimitiveTypes::load(schemas.definitions()),
+        schemas,
+        profiles: ProfileSet::load(&[include_str!("../../../profiles/vitalsigns.rules.json")]),
+    }
 });
 
 pub struct Validator {
     schemas: SchemaSet,
+    primitives: PrimitiveTypes,
     profiles: ProfileSet,
 }
 
@@ -52,6 +59,9 @@ impl Validator {
             );
         }
         self.schemas.check(resource_type, value, resource_type.as_str(), &mut issues);
+        // Values the schema's patterns let through: impossible dates, out-of-range numbers,
+        // control characters.
+        self.primitives.check(resource_type.as_str(), value, resource_type.as_str(), &mut issues, MAX_ISSUES);
         issues.truncate(MAX_ISSUES);
         if !issues.is_empty() {
             return Err(FhirError::with_issues(Category::Incorrect, issues));
