@@ -36,6 +36,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub trust_forwarded_headers: bool,
     pub max_url_bytes: usize,
+    pub search_work_budget: u64,
+    pub search_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -72,6 +74,8 @@ impl Default for Settings {
             max_connections: 1000,
             trust_forwarded_headers: false,
             max_url_bytes: 16384,
+            search_work_budget: 5_000_000,
+            search_timeout_ms: 10_000,
         }
     }
 }
@@ -289,6 +293,21 @@ pub const SETTINGS: &[SettingDoc] = &[
         doc: "Longest request URL (path and query) accepted; longer ones get 414. Use POST _search for longer \
               searches. URLs over 64 KiB are refused by the HTTP parser with a bare 400 whatever this says.",
         apply: |s, v| parse_into(&mut s.max_url_bytes, v),
+    },
+    SettingDoc {
+        key: "search_work_budget",
+        env: "BRAID_SEARCH_WORK_BUDGET",
+        default: "5000000",
+        doc: "Index entries one search request may visit (planning, matching, counting, sorting, includes, chains); \
+              a search needing more gets 400 too-costly.",
+        apply: |s, v| parse_into(&mut s.search_work_budget, v),
+    },
+    SettingDoc {
+        key: "search_timeout_ms",
+        env: "BRAID_SEARCH_TIMEOUT_MS",
+        default: "10000",
+        doc: "How long one search request may work before it gets 400 too-costly.",
+        apply: |s, v| parse_into(&mut s.search_timeout_ms, v),
     },
 ];
 

@@ -51,6 +51,8 @@ pub struct Limits {
     pub conditional_delete_max: usize,
     /// Longest request target (path and query) accepted, in bytes.
     pub max_url_bytes: usize,
+    /// The work one search may do before it is refused as too costly.
+    pub search_budget: crate::search::budget::Budget,
 }
 
 impl Limits {
@@ -65,6 +67,10 @@ impl Limits {
             body_read_timeout: std::time::Duration::from_secs(settings.body_read_timeout_secs),
             conditional_delete_max: settings.conditional_delete_max.clamp(1, crate::store::MAX_CONDITIONAL_DELETE),
             max_url_bytes: settings.max_url_bytes,
+            search_budget: crate::search::budget::Budget {
+                work: settings.search_work_budget,
+                time: std::time::Duration::from_millis(settings.search_timeout_ms),
+            },
         }
     }
 }

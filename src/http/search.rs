@@ -15,9 +15,10 @@ use super::{Ctx, cursor, paging, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::summary::Summary;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
+use crate::search::budget::{Budget, Budgeted};
 use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
-use crate::search::engine::{self, Driver, Position, SortKey};
+use crate::search::engine::{self, Position, SortKey};
 use crate::search::query::compartment_clause;
 use crate::search::query::{Clause, parse_clause};
 use crate::search::registry::{ParamKind, registry};
@@ -112,8 +113,10 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     }
     let store = state.store.clone();
     let secret = store.cursor_key().clone();
-    let bundle =
-        web::block(move || execute(&store, &secret, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
+    let budget = state.limits.search_budget;
+    let bundle = web::block(move || execute(&store, &secret, &base, search, budget))
+        .await
+        .map_err(|_| FhirError::fault("search"))??;
     Ok(bundle.into_response())
 }
 
@@ -261,8 +264,13 @@ fn execute(
     secret: &crate::store::CursorKey,
     base: &str,
     search: SearchRequest,
+    budget: Budget,
 ) -> Result<BundleOut, FhirError> {
     let snapshot = store.snapshot()?;
+    let index = snapshot.index();
+    // Every index read of this search (planning, chains, matching, counting, sorting,
+    // includes) is charged to one budget.
+    let view = Budgeted::new(&index, budget);
     let resource_type = search.resource_type;
     let self_query = paging::query_string(&search.applied);
     let scope = format!("search|{}|{self_query}", search.path);
@@ -281,13 +289,14 @@ fn execute(
     };
     let mut clauses = search.clauses.clone();
     for deferred in &search.deferred {
-        clauses.push(deferred.resolve(&snapshot.index(), t, base)?);
+        clauses.push(deferred.resolve(&view, t, base)?);
     }
-    let (driver, estimates) = engine::plan(&snapshot.index(), resource_type, &clauses, t)?;
+    let (driver, estimates) = engine::plan(&view, resource_type, &clauses, t)?;
     let plan = engine::describe(&clauses, driver, &estimates);
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
+    let mut warnings: Vec<Issue> = Vec::new();
     // Links repeat the search's own path: a compartment search pages within the compartment.
     let self_url = if self_query.is_empty() {
         format!("{base}/{}", search.path)
@@ -298,12 +307,9 @@ fn execute(
 
     let wants_total = search.summary_count || search.total == Total::Accurate;
     if wants_total {
-        bundle.total = Some(engine::count(&snapshot.index(), resource_type, &clauses, driver, t)? as u64);
+        bundle.total = Some(engine::count(&view, resource_type, &clauses, driver, t)? as u64);
     } else if search.total == Total::Estimate {
-        bundle.total = Some(match driver {
-            Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n) as u64,
-            Driver::TypeScan => engine::count(&snapshot.index(), resource_type, &clauses, driver, t)? as u64,
-        });
+        bundle.total = Some(engine::estimate(&view, resource_type, &clauses, driver, t)? as u64);
     }
     if !search.summary_count && search.count > 0 {
         let token = |backward: bool, position: &Position| {
@@ -315,7 +321,7 @@ fn execute(
         let mut previous_link = None;
         let page = if search.sort.is_empty() {
             let page = engine::run_directed(
-                &snapshot.index(),
+                &view,
                 resource_type,
                 &clauses,
                 driver,
@@ -338,7 +344,7 @@ fn execute(
                 Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
                 _ => 0,
             };
-            let all = engine::sorted(&snapshot.index(), resource_type, &clauses, driver, t, &search.sort)?;
+            let all = engine::sorted(&view, resource_type, &clauses, driver, t, &search.sort)?;
             let end = (offset + search.count).min(all.len());
             if offset > 0 {
                 previous_link =
@@ -367,7 +373,20 @@ fn execute(
                 page.matches.iter().map(|(id, _)| (resource_type, id.clone())).collect();
             let matched: Vec<(ResourceType, String, u64)> =
                 page.matches.iter().map(|(id, version)| (resource_type, id.clone(), *version)).collect();
-            for (included_type, id, version) in resolve_includes(&snapshot, &search.includes, &matched, t, &mut seen)? {
+            let included = resolve_includes(&snapshot, &view, &search.includes, &matched, t, &mut seen)?;
+            if included.truncated {
+                warnings.push(Issue {
+                    severity: crate::fhir::error::Severity::Warning,
+                    ..Issue::error(
+                        IssueCode::TooCostly,
+                        format!(
+                            "_include/_revinclude found more than {MAX_INCLUDES} resources for this page; only the \
+                             first {MAX_INCLUDES} are included (ask for a smaller _count)"
+                        ),
+                    )
+                })
+            }
+            for (included_type, id, version) in included.resources {
                 let stored = snapshot
                     .version(included_type, &id, version)?
                     .ok_or_else(|| FhirError::fault("search: an included version is missing"))?;
@@ -393,8 +412,9 @@ fn execute(
             ..Issue::error(IssueCode::NotSupported, format!("{reason}; it was ignored")).at(name.clone())
         })
         .collect();
+    issues.extend(warnings);
     if search.explain {
-        issues.push(Issue::information(format!("plan: {plan}")));
+        issues.push(Issue::information(format!("plan: {plan}; {} units of the work budget used", view.used())));
     }
     if !issues.is_empty() {
         bundle.entry.push(EntryOut {
@@ -459,23 +479,31 @@ fn parse_include(name: &str, value: &str) -> Result<Include, FhirError> {
 /// as of the page's logical time. Returns `(type, id, version)` not already in `seen`.
 fn resolve_includes(
     snapshot: &crate::store::Snapshot,
+    view: &dyn crate::store::IndexView,
     includes: &[Include],
     matches: &[(ResourceType, String, u64)],
     t: u64,
     seen: &mut std::collections::HashSet<(ResourceType, String)>,
-) -> Result<Vec<(ResourceType, String, u64)>, FhirError> {
-    use crate::store::IndexView;
+) -> Result<Included, FhirError> {
     let mut found = Vec::new();
+    // Collection stops as soon as one more than the limit is known: that one only tells that
+    // the includes were cut.
+    let full = |found: &Vec<(ResourceType, String, u64)>, added: &Vec<(ResourceType, String, u64)>| {
+        found.len() + added.len() > MAX_INCLUDES
+    };
     let mut frontier: Vec<(ResourceType, String, u64)> = matches.to_vec();
     let mut first_round = true;
-    while !frontier.is_empty() && found.len() < MAX_INCLUDES {
+    while !frontier.is_empty() && found.len() <= MAX_INCLUDES {
         let mut added = Vec::new();
-        for include in includes.iter().filter(|i| first_round || i.iterate) {
+        'includes: for include in includes.iter().filter(|i| first_round || i.iterate) {
             for (resource_type, id, version) in &frontier {
+                if full(&found, &added) {
+                    break 'includes;
+                }
                 let mut candidates: Vec<(ResourceType, String, u64)> = Vec::new();
                 if !include.reverse && *resource_type == include.source {
                     for param in &include.params {
-                        for value in snapshot.index().probe(*resource_type, id, *version, param)? {
+                        for value in view.probe(*resource_type, id, *version, param)? {
                             let Ok(reference) = String::from_utf8(value) else { continue };
                             let Some((type_name, target_id)) = reference.split_once('/') else { continue };
                             let Some(target_type) = ResourceType::parse(type_name) else { continue };
@@ -492,19 +520,22 @@ fn resolve_includes(
                     let reference = format!("{resource_type}/{id}").into_bytes();
                     let mut hi = reference.clone();
                     hi.push(0);
+                    // Bounded: a resource referenced by millions stops the scan at what the page
+                    // can still take.
+                    let room = (MAX_INCLUDES + 1).saturating_sub(found.len() + added.len());
+                    let mut new = 0;
                     for param in &include.params {
-                        snapshot.index().scan_index(
-                            include.source,
-                            param,
-                            &reference,
-                            Some(&hi),
-                            None,
-                            t,
-                            &mut |hit| {
-                                candidates.push((include.source, hit.id, hit.version));
+                        view.scan_index(include.source, param, &reference, Some(&hi), None, t, &mut |hit| {
+                            if !seen.contains(&(include.source, hit.id.clone())) {
+                                new += 1;
+                            }
+                            candidates.push((include.source, hit.id, hit.version));
+                            if new > room {
+                                std::ops::ControlFlow::Break(())
+                            } else {
                                 std::ops::ControlFlow::Continue(())
-                            },
-                        )?;
+                            }
+                        })?;
                     }
                 }
                 for (candidate_type, candidate_id, candidate_version) in candidates {
@@ -518,8 +549,16 @@ fn resolve_includes(
         found.extend(added.iter().cloned());
         frontier = added;
     }
+    let truncated = found.len() > MAX_INCLUDES;
     found.truncate(MAX_INCLUDES);
-    Ok(found)
+    Ok(Included { resources: found, truncated })
+}
+
+/// What [`resolve_includes`] found: at most [`MAX_INCLUDES`] resources, and whether there were
+/// more.
+struct Included {
+    resources: Vec<(ResourceType, String, u64)>,
+    truncated: bool,
 }
 
 /// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves

@@ -2,6 +2,7 @@
 //! own temporary database and talks HTTP to it.
 
 mod bad_input;
+mod budget;
 mod bundles;
 mod conditional;
 mod conformance;
