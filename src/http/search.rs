@@ -515,7 +515,12 @@ fn resolve_includes(
 
 /// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves
 /// the stored bytes untouched.
-fn shape(resource_type: ResourceType, body: &[u8], elements: Option<&[String]>, summary: Option<Summary>) -> Vec<u8> {
+pub(super) fn shape(
+    resource_type: ResourceType,
+    body: &[u8],
+    elements: Option<&[String]>,
+    summary: Option<Summary>,
+) -> Vec<u8> {
     if elements.is_none() && summary.is_none() {
         return body.to_vec();
     }

@@ -14,5 +14,6 @@ mod history;
 mod metadata;
 mod process;
 mod search;
+mod surface;
 mod synthea;
 mod validation;
