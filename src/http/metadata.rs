@@ -29,6 +29,7 @@ pub fn build(base: &str) -> Value {
         (Interaction::Read, "read"),
         (Interaction::Vread, "vread"),
         (Interaction::Update, "update"),
+        (Interaction::Patch, "patch"),
         (Interaction::Delete, "delete"),
         (Interaction::HistoryInstance, "history-instance"),
         (Interaction::HistoryType, "history-type"),

@@ -11,6 +11,7 @@ mod history;
 mod metadata;
 mod negotiate;
 mod paging;
+mod patch;
 mod read;
 mod request;
 mod response;
@@ -62,6 +63,8 @@ pub enum Interaction {
     ConditionalUpdate,
     Delete,
     ConditionalDelete,
+    Patch,
+    ConditionalPatch,
     HistoryInstance,
     HistoryType,
     HistorySystem,
@@ -138,6 +141,7 @@ pub fn routes() -> &'static [RouteSpec] {
             row(Create, Method::POST, "/{type}", |ctx| Box::pin(create::handle(ctx))),
             row(ConditionalUpdate, Method::PUT, "/{type}", |ctx| Box::pin(update::conditional(ctx))),
             row(ConditionalDelete, Method::DELETE, "/{type}", |ctx| Box::pin(delete::conditional(ctx))),
+            row(ConditionalPatch, Method::PATCH, "/{type}", |ctx| Box::pin(patch::conditional(ctx))),
             row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", |ctx| Box::pin(vread::handle(ctx))),
             row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
             row(Everything, Method::GET, "/{type}/{id}/$everything", |ctx| Box::pin(everything::handle(ctx))),
@@ -147,6 +151,7 @@ pub fn routes() -> &'static [RouteSpec] {
             row(Read, Method::GET, "/{type}/{id}", |ctx| Box::pin(read::handle(ctx))),
             row(Update, Method::PUT, "/{type}/{id}", |ctx| Box::pin(update::by_id(ctx))),
             row(Delete, Method::DELETE, "/{type}/{id}", |ctx| Box::pin(delete::by_id(ctx))),
+            row(Patch, Method::PATCH, "/{type}/{id}", |ctx| Box::pin(patch::by_id(ctx))),
         ]
     });
     &ROUTES

@@ -50,3 +50,249 @@ async fn read_and_vread_honour_summary_and_elements() {
     bad.assert_outcome(400);
     assert_eq!(bad.expressions(), vec!["_summary"]);
 }
+
+fn heart_rate() -> Value {
+    json!({
+        "resourceType": "Observation",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": "Patient/example"},
+        "effectiveDateTime": "2026-11-20T08:30:00Z",
+        "valueQuantity": {"value": 64, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+async fn json_patch(app: &TestApp, path: &str, patch: &Value, headers: &[(&str, &str)]) -> crate::helpers::Reply {
+    let mut request =
+        app.client.patch(app.url(path)).header("content-type", "application/json-patch+json").body(patch.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.send(request).await
+}
+
+async fn fhirpath_patch(app: &TestApp, path: &str, operations: Vec<Value>) -> crate::helpers::Reply {
+    let body = json!({"resourceType": "Parameters", "parameter": operations});
+    app.send(app.client.patch(app.url(path)).header("content-type", "application/fhir+json").body(body.to_string()))
+        .await
+}
+
+fn operation(kind: &str, path: &str, more: Value) -> Value {
+    let mut parts = vec![json!({"name": "type", "valueCode": kind}), json!({"name": "path", "valueString": path})];
+    parts.extend(more.as_array().cloned().unwrap_or_default());
+    json!({"name": "operation", "part": parts})
+}
+
+#[actix_web::test]
+async fn json_patch_applies_every_operation_and_answers_like_an_update() {
+    let app = spawn_app().await;
+    let mut sent = patient("Jones");
+    sent["name"][0]["given"] = json!(["Ann", "Beth"]);
+    let id = create(&app, &sent).await;
+    let patch = json!([
+        {"op": "test", "path": "/name/0/family", "value": "Jones"},
+        {"op": "replace", "path": "/name/0/family", "value": "Smith"},
+        {"op": "add", "path": "/name/0/given/-", "value": "Cleo"},
+        {"op": "remove", "path": "/name/0/given/0"},
+        {"op": "move", "from": "/name/0/given/1", "path": "/name/0/given/0"},
+        {"op": "copy", "from": "/identifier/0", "path": "/identifier/1"},
+        {"op": "replace", "path": "/identifier/1/value", "value": "copy"},
+        {"op": "add", "path": "/gender", "value": "female"}
+    ]);
+    let reply = json_patch(&app, &format!("/Patient/{id}"), &patch, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["name"][0]["family"], "Smith");
+    assert_eq!(reply.body["name"][0]["given"], json!(["Cleo", "Beth"]));
+    assert_eq!(reply.body["identifier"][1]["value"], "copy");
+    assert_eq!(reply.body["gender"], "female");
+    assert_eq!(reply.body["meta"]["versionId"], "2");
+    assert_eq!(reply.header("etag"), Some("W/\"2\""));
+    assert_eq!(reply.header("location"), Some(app.url(&format!("/Patient/{id}/_history/2")).as_str()));
+    let read = app.get(&format!("/Patient/{id}")).await;
+    assert_eq!(read.body, reply.body);
+
+    // Pointer escapes: ~1 is '/', ~0 is '~' (an extension URL as a key is the realistic case).
+    let escaped = json!([{"op": "add", "path": "/name/0/given/0", "value": "x/y~z"},
+        {"op": "test", "path": "/name/0/given/0", "value": "x/y~z"}]);
+    assert_eq!(json_patch(&app, &format!("/Patient/{id}"), &escaped, &[]).await.status, 200);
+    let bad_escape = json!([{"op": "remove", "path": "/name/0/gi~1ven"}]);
+    let reply = json_patch(&app, &format!("/Patient/{id}"), &bad_escape, &[]).await;
+    reply.assert_outcome(400);
+    assert_eq!(reply.expressions(), vec!["Patient.name[0].gi/ven"]);
+
+    let minimal = json!([{"op": "replace", "path": "/gender", "value": "other"}]);
+    let reply = json_patch(&app, &format!("/Patient/{id}"), &minimal, &[("prefer", "return=minimal")]).await;
+    assert_eq!((reply.status, reply.text.as_str()), (200, ""));
+    assert_eq!(reply.header("etag"), Some("W/\"4\""));
+}
+
+#[actix_web::test]
+async fn fhirpath_patch_applies_every_operation_type() {
+    let app = spawn_app().await;
+    let mut sent = patient("Path");
+    sent["identifier"] = json!([{"system": "http://a", "value": "1"}, {"system": "http://b", "value": "2"}]);
+    sent["gender"] = json!("male");
+    let id = create(&app, &sent).await;
+    let reply = fhirpath_patch(
+        &app,
+        &format!("/Patient/{id}"),
+        vec![
+            operation("add", "Patient", json!([{"name": "name", "valueString": "telecom"},
+                {"name": "value", "part": [{"name": "system", "valueCode": "phone"}, {"name": "value", "valueString": "555"}]}])),
+            operation("insert", "Patient.identifier", json!([{"name": "index", "valueInteger": 0},
+                {"name": "value", "valueIdentifier": {"system": "http://z", "value": "0"}}])),
+            operation("replace", "Patient.identifier.where(system = 'http://b').value", json!([{"name": "value", "valueString": "two"}])),
+            operation("move", "Patient.identifier", json!([{"name": "source", "valueInteger": 2}, {"name": "destination", "valueInteger": 0}])),
+            operation("delete", "Patient.gender", json!([])),
+            operation("replace", "Patient.name.first().family", json!([{"name": "value", "valueString": "Renamed"}])),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["telecom"], json!([{"system": "phone", "value": "555"}]));
+    let identifiers: Vec<&str> =
+        reply.body["identifier"].as_array().unwrap().iter().map(|i| i["value"].as_str().unwrap()).collect();
+    assert_eq!(identifiers, vec!["two", "0", "1"]);
+    assert!(reply.body.get("gender").is_none());
+    assert_eq!(reply.body["name"][0]["family"], "Renamed");
+    assert_eq!(reply.header("etag"), Some("W/\"2\""));
+    assert_eq!(app.get(&format!("/Patient/{id}")).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn failing_patches_write_nothing_and_say_why() {
+    let app = spawn_app().await;
+    let id = create(&app, &patient("Stable")).await;
+    let path = format!("/Patient/{id}");
+    let before = app.history_len().await;
+
+    let failed_test =
+        json_patch(&app, &path, &json!([{"op": "test", "path": "/name/0/family", "value": "Other"}]), &[]).await;
+    failed_test.assert_outcome(422);
+    assert_eq!(failed_test.expressions(), vec!["Patient.name[0].family"]);
+    assert!(failed_test.body["issue"][0]["diagnostics"].as_str().unwrap().contains("test failed"));
+
+    let bad_pointer = json_patch(&app, &path, &json!([{"op": "remove", "path": "/name/7"}]), &[]).await;
+    bad_pointer.assert_outcome(400);
+    assert_eq!(bad_pointer.expressions(), vec!["Patient.name[7]"]);
+
+    let bad_path = fhirpath_patch(
+        &app,
+        &path,
+        vec![operation("replace", "Patient.contact.name", json!([{"name": "value", "valueString": "x"}]))],
+    )
+    .await;
+    bad_path.assert_outcome(400);
+    assert_eq!(bad_path.expressions(), vec!["Parameters.parameter[0]", "Patient.contact.name"]);
+    assert!(bad_path.body["issue"][0]["diagnostics"].as_str().unwrap().contains("selects no element"));
+
+    let unparsable = fhirpath_patch(&app, &path, vec![operation("delete", "Patient.name.last()", json!([]))]).await;
+    unparsable.assert_outcome(400);
+    assert_eq!(unparsable.expressions(), vec!["Parameters.parameter[0]"]);
+
+    let invalid =
+        json_patch(&app, &path, &json!([{"op": "replace", "path": "/birthDate", "value": "yesterday"}]), &[]).await;
+    invalid.assert_outcome(400);
+    assert_eq!(invalid.expressions(), vec!["Patient.birthDate"]);
+
+    let new_id = json_patch(&app, &path, &json!([{"op": "replace", "path": "/id", "value": "other"}]), &[]).await;
+    new_id.assert_outcome(400);
+    assert_eq!(new_id.expressions(), vec!["Patient.id"]);
+    let new_type =
+        json_patch(&app, &path, &json!([{"op": "replace", "path": "/resourceType", "value": "Group"}]), &[]).await;
+    new_type.assert_outcome(400);
+    assert_eq!(new_type.expressions(), vec!["Patient.resourceType"]);
+
+    assert_eq!(app.history_len().await, before, "no rejected patch wrote a version");
+    let read = app.get(&path).await;
+    assert_eq!(
+        (read.body["meta"]["versionId"].as_str(), read.body["name"][0]["family"].as_str()),
+        (Some("1"), Some("Stable"))
+    );
+    assert_eq!(app.get("/Patient/other").await.status, 404);
+
+    assert_eq!(json_patch(&app, "/Patient/missing", &json!([]), &[]).await.status, 404);
+}
+
+#[actix_web::test]
+async fn a_patch_that_breaks_a_profile_is_422_and_writes_nothing() {
+    let app = spawn_app().await;
+    let id = create(&app, &heart_rate()).await;
+    let before = app.history_len().await;
+    let reply = fhirpath_patch(
+        &app,
+        &format!("/Observation/{id}"),
+        vec![operation("replace", "Observation.value.code", json!([{"name": "value", "valueCode": "/s"}]))],
+    )
+    .await;
+    reply.assert_outcome(422);
+    assert_eq!(reply.expressions(), vec!["Observation.valueQuantity.code"]);
+    assert_eq!(app.history_len().await, before);
+    assert_eq!(app.get(&format!("/Observation/{id}")).await.body["valueQuantity"]["code"], "/min");
+}
+
+#[actix_web::test]
+async fn patch_honours_if_match_and_conditional_patch_finds_its_target() {
+    let app = spawn_app().await;
+    let id = create(&app, &patient("Matched")).await;
+    let path = format!("/Patient/{id}");
+    let patch = json!([{"op": "replace", "path": "/gender", "value": "female"}, {"op": "add", "path": "/active", "value": true}]);
+    let stale = json_patch(
+        &app,
+        &path,
+        &json!([{"op": "add", "path": "/gender", "value": "male"}]),
+        &[("if-match", "W/\"0\"")],
+    )
+    .await;
+    stale.assert_outcome(412);
+    let current = json_patch(
+        &app,
+        &path,
+        &json!([{"op": "add", "path": "/gender", "value": "male"}]),
+        &[("if-match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!((current.status, current.body["gender"].as_str()), (200, Some("male")), "{}", current.text);
+    let stale_again = json_patch(&app, &path, &patch, &[("if-match", "W/\"1\"")]).await;
+    stale_again.assert_outcome(412);
+    assert_eq!(app.get(&path).await.body["gender"], "male");
+
+    let conditional = json_patch(&app, "/Patient?identifier=http://hospital.example/mrn|Matched", &patch, &[]).await;
+    assert_eq!(conditional.status, 200, "{}", conditional.text);
+    assert_eq!(
+        (conditional.body["id"].as_str(), conditional.body["active"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    let none = json_patch(&app, "/Patient?identifier=http://hospital.example/mrn|Nobody", &patch, &[]).await;
+    none.assert_outcome(404);
+
+    let metadata = app.get("/metadata").await;
+    let codes: Vec<&str> = metadata.body["rest"][0]["resource"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"patch"), "{codes:?}");
+}
+
+#[actix_web::test]
+async fn concurrent_patches_are_all_kept() {
+    let app = spawn_app().await;
+    let id = create(&app, &patient("Busy")).await;
+    let path = format!("/Patient/{id}");
+    let patches = (0..6).map(|n| {
+        let patch = json!([{"op": "add", "path": "/name/0/given/-", "value": format!("g{n}")}]);
+        let app = &app;
+        let path = path.clone();
+        async move { json_patch(app, &path, &patch, &[]).await.status }
+    });
+    let statuses = futures_util::future::join_all(patches).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let read = app.get(&path).await;
+    let given = read.body["name"][0]["given"].as_array().unwrap();
+    assert_eq!(given.len(), 7, "every concurrent patch is kept: {given:?}");
+    assert_eq!(read.body["meta"]["versionId"], "7");
+}

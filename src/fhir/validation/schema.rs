@@ -30,6 +30,12 @@ impl SchemaSet {
         SchemaSet { definitions, compiled: R4_RESOURCE_TYPES.iter().map(|_| OnceLock::new()).collect() }
     }
 
+    /// The schema's `definitions`: each FHIR type's properties, with their cardinality
+    /// (`"type": "array"`) and type (`$ref`).
+    pub fn definitions(&self) -> &Value {
+        &self.definitions
+    }
+
     fn validator(&self, resource_type: ResourceType) -> &jsonschema::Validator {
         let index = R4_RESOURCE_TYPES.binary_search(&resource_type.as_str()).expect("a ResourceType is in the list");
         self.compiled[index].get_or_init(|| {
