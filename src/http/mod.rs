@@ -145,6 +145,7 @@ pub fn routes() -> &'static [RouteSpec] {
             row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", |ctx| Box::pin(vread::handle(ctx))),
             row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
             row(Everything, Method::GET, "/{type}/{id}/$everything", |ctx| Box::pin(everything::handle(ctx))),
+            row(Validate, Method::POST, "/{type}/{id}/$validate", |ctx| Box::pin(validate::instance(ctx))),
             row(SearchCompartment, Method::GET, "/{type}/{id}/{compartment_type}", |ctx| {
                 Box::pin(search::compartment(ctx))
             }),

@@ -296,3 +296,86 @@ async fn concurrent_patches_are_all_kept() {
     assert_eq!(given.len(), 7, "every concurrent patch is kept: {given:?}");
     assert_eq!(read.body["meta"]["versionId"], "7");
 }
+
+fn severities(reply: &crate::helpers::Reply) -> Vec<&str> {
+    reply.body["issue"].as_array().unwrap().iter().map(|i| i["severity"].as_str().unwrap()).collect()
+}
+
+#[actix_web::test]
+async fn instance_validate_checks_update_and_delete_modes() {
+    let app = spawn_app().await;
+    let id = create(&app, &patient("Valid")).await;
+    let mut body = app.get(&format!("/Patient/{id}")).await.body;
+
+    let matching = app.post(&format!("/Patient/{id}/$validate?mode=update"), &body).await;
+    assert_eq!((matching.status, severities(&matching)), (200, vec!["information"]), "{}", matching.text);
+
+    body["id"] = json!("someone-else");
+    let mismatch = app.post(&format!("/Patient/{id}/$validate?mode=update"), &body).await;
+    assert_eq!(mismatch.status, 200, "{}", mismatch.text);
+    assert_eq!(severities(&mismatch), vec!["error"]);
+    assert_eq!(mismatch.expressions(), vec!["Patient.id"]);
+    assert!(mismatch.body["issue"][0]["diagnostics"].as_str().unwrap().contains("differs"));
+    // Without a mode, an instance-level $validate checks the content only.
+    assert_eq!(severities(&app.post(&format!("/Patient/{id}/$validate"), &body).await), vec!["information"]);
+
+    let as_parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "mode", "valueCode": "update"}, {"name": "resource", "resource": body}]});
+    let reply = app.post(&format!("/Patient/{id}/$validate"), &as_parameters).await;
+    assert_eq!(reply.expressions(), vec!["Patient.id"]);
+
+    let delete = app.send(app.client.post(app.url(&format!("/Patient/{id}/$validate?mode=delete")))).await;
+    assert_eq!((delete.status, severities(&delete)), (200, vec!["information"]), "{}", delete.text);
+    assert!(delete.body["issue"][0]["diagnostics"].as_str().unwrap().contains(&format!("Patient/{id} exists")));
+    let delete_parameters =
+        json!({"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "delete"}]});
+    assert_eq!(app.post(&format!("/Patient/{id}/$validate"), &delete_parameters).await.status, 200);
+    let missing = app.send(app.client.post(app.url("/Patient/nobody/$validate?mode=delete"))).await;
+    missing.assert_outcome(404);
+    assert_eq!(app.delete(&format!("/Patient/{id}")).await.status, 204);
+    let gone = app.send(app.client.post(app.url(&format!("/Patient/{id}/$validate?mode=delete")))).await;
+    gone.assert_outcome(410);
+
+    let bad_mode = app.post(&format!("/Patient/{id}/$validate?mode=destroy"), &body).await;
+    bad_mode.assert_outcome(400);
+    assert_eq!(bad_mode.expressions(), vec!["mode"]);
+    assert_eq!(app.history_len().await, 2, "validation wrote nothing");
+}
+
+#[actix_web::test]
+async fn validate_checks_against_a_named_profile() {
+    let app = spawn_app().await;
+    let heartrate = "http://hl7.org/fhir/StructureDefinition/heartrate";
+    // A plain Observation does not claim the vital signs profile, so nothing applies to it...
+    let mut plain = heart_rate();
+    plain.as_object_mut().unwrap().remove("meta");
+    plain.as_object_mut().unwrap().remove("category");
+    plain["valueQuantity"]["code"] = json!("/s");
+    let unnamed = app.post("/Observation/$validate", &plain).await;
+    assert_eq!(severities(&unnamed), vec!["information"], "{}", unnamed.text);
+    // ...until the client asks for that profile, as a URL parameter or in Parameters.
+    let named = app.post(&format!("/Observation/$validate?profile={heartrate}"), &plain).await;
+    assert_eq!(named.status, 200, "{}", named.text);
+    assert!(severities(&named).iter().all(|s| *s == "error"), "{}", named.text);
+    assert!(named.expressions().contains(&"Observation.valueQuantity.code".to_owned()), "{}", named.text);
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": plain}, {"name": "mode", "valueCode": "profile"},
+        {"name": "profile", "valueCanonical": heartrate}]});
+    let reply = app.post("/Observation/$validate", &parameters).await;
+    assert_eq!(reply.expressions(), named.expressions());
+    let ok = app.post(&format!("/Observation/$validate?profile={heartrate}"), &heart_rate()).await;
+    assert_eq!(severities(&ok), vec!["information"], "{}", ok.text);
+    assert!(ok.body["issue"][0]["diagnostics"].as_str().unwrap().contains(heartrate));
+
+    let unknown = app.post("/Observation/$validate?profile=http://example.org/StructureDefinition/mine", &plain).await;
+    unknown.assert_outcome(400);
+    assert_eq!(unknown.expressions(), vec!["profile"]);
+    assert!(unknown.body["issue"][0]["diagnostics"].as_str().unwrap().contains("unknown"));
+    let wrong_type = app.post(&format!("/Patient/$validate?profile={heartrate}"), &patient("P")).await;
+    wrong_type.assert_outcome(400);
+    assert!(wrong_type.body["issue"][0]["diagnostics"].as_str().unwrap().contains("does not constrain Patient"));
+    let no_profile = app.post("/Observation/$validate?mode=profile", &plain).await;
+    no_profile.assert_outcome(400);
+    assert_eq!(no_profile.expressions(), vec!["profile"]);
+    assert_eq!(app.history_len().await, 0);
+}
