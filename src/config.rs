@@ -25,6 +25,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout_secs: u64,
+    pub max_history_scan: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -50,6 +51,7 @@ impl Default for Settings {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            max_history_scan: 10_000,
         }
     }
 }
@@ -178,6 +180,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
         apply: |s, v| parse_into(&mut s.shutdown_timeout_secs, v),
+    },
+    SettingDoc {
+        key: "max_history_scan",
+        env: "BRAID_MAX_HISTORY_SCAN",
+        default: "10000",
+        doc: "Most history entries one page of an _at history examines; a page that reaches it is shorter and links to the next.",
+        apply: |s, v| parse_into(&mut s.max_history_scan, v),
     },
 ];
 

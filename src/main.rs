@@ -72,6 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_json_depth: settings.max_json_depth,
             page_size: settings.page_size,
             max_page_size: settings.max_page_size,
+            max_history_scan: settings.max_history_scan,
         };
         match braid::demo::load_if_empty(application.store(), &limits, &base).await? {
             Some(loaded) => println!(

@@ -61,6 +61,7 @@ impl Application {
                 max_json_depth: settings.max_json_depth,
                 page_size: settings.page_size,
                 max_page_size: settings.max_page_size,
+                max_history_scan: settings.max_history_scan,
             },
             base_url: settings.base_url.clone(),
         });

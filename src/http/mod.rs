@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub page_size: usize,
     pub max_page_size: usize,
+    /// Most entries one page of an `_at` history examines.
+    pub max_history_scan: usize,
 }
 
 /// What every handler can reach.

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, patient, spawn_app};
+use crate::helpers::{TestApp, patient, spawn_app, spawn_app_with};
 
 async fn create(app: &TestApp, resource: &Value) -> String {
     let created = app.post(&format!("/{}", resource["resourceType"].as_str().unwrap()), resource).await;
@@ -378,4 +378,112 @@ async fn validate_checks_against_a_named_profile() {
     no_profile.assert_outcome(400);
     assert_eq!(no_profile.expressions(), vec!["profile"]);
     assert_eq!(app.history_len().await, 0);
+}
+
+/// `(type/id, versionId)` of each entry of a history Bundle.
+fn history_versions(reply: &crate::helpers::Reply) -> Vec<String> {
+    reply.body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            let url = entry["fullUrl"].as_str().unwrap();
+            let path: Vec<&str> = url.rsplitn(3, '/').collect();
+            let etag = entry["response"]["etag"].as_str().unwrap().trim_start_matches("W/").trim_matches('"');
+            format!("{}/{}@{etag}", path[1], path[0])
+        })
+        .collect()
+}
+
+/// A moment `offset_ms` after a version's `meta.lastUpdated`, as an instant.
+fn after(resource: &Value, offset_ms: i64) -> String {
+    let written = braid::fhir::json::parse_instant(resource["meta"]["lastUpdated"].as_str().unwrap()).unwrap();
+    braid::fhir::json::format_instant(written + offset_ms * 1000)
+}
+
+async fn pause() {
+    tokio::time::sleep(std::time::Duration::from_millis(6)).await;
+}
+
+#[actix_web::test]
+async fn history_at_keeps_the_versions_current_during_the_period() {
+    let app = spawn_app().await;
+    let c = create(&app, &patient("Constant")).await;
+    let d = create(&app, &patient("Deleted")).await;
+    assert_eq!(app.delete(&format!("/Patient/{d}")).await.status, 204);
+    let a = create(&app, &patient("Changing")).await;
+    pause().await;
+    let mut body = app.get(&format!("/Patient/{a}")).await.body;
+    body["gender"] = json!("female");
+    let a2 = app.put(&format!("/Patient/{a}"), &body).await;
+    assert_eq!(a2.status, 200);
+    pause().await;
+    body["gender"] = json!("male");
+    assert_eq!(app.put(&format!("/Patient/{a}"), &body).await.status, 200);
+    create(&app, &patient("Later")).await;
+    let at = after(&a2.body, 2);
+
+    let expected = vec![format!("Patient/{a}@2"), format!("Patient/{d}@2"), format!("Patient/{c}@1")];
+    let system = app.get(&format!("/_history?_at={at}")).await;
+    assert_eq!(system.status, 200, "{}", system.text);
+    assert_eq!(history_versions(&system), expected);
+    assert_eq!(history_versions(&app.get(&format!("/Patient/_history?_at={at}")).await), expected);
+    assert_eq!(
+        history_versions(&app.get(&format!("/Patient/{a}/_history?_at={at}")).await),
+        vec![format!("Patient/{a}@2")]
+    );
+    // A period before anything was written holds nothing; `_at` of a year is the whole year.
+    assert_eq!(history_versions(&app.get("/_history?_at=1999").await), Vec::<String>::new());
+    let year = &at[..4];
+    assert_eq!(app.get(&format!("/_history?_at={year}")).await.body["entry"].as_array().unwrap().len(), 7);
+
+    let bad = app.get("/_history?_at=yesterday").await;
+    bad.assert_outcome(400);
+    assert_eq!(bad.expressions(), vec!["_at"]);
+}
+
+#[actix_web::test]
+async fn history_at_pages_examine_a_bounded_number_of_entries() {
+    let app = spawn_app_with(|settings| settings.max_history_scan = 2).await;
+    let id = create(&app, &patient("Often")).await;
+    let mut body = app.get(&format!("/Patient/{id}")).await.body;
+    let first_version_at = after(&body, 2);
+    pause().await;
+    for n in 0..5 {
+        body["name"][0]["given"] = json!([format!("v{n}")]);
+        assert_eq!(app.put(&format!("/Patient/{id}"), &body).await.status, 200);
+    }
+    let other = create(&app, &patient("Other")).await;
+    let newest = app.get(&format!("/Patient/{other}")).await.body;
+    let at = after(&newest, 5);
+
+    // Type level: every version of `id` but the newest was replaced before `at`. Instance level:
+    // every version but the first was written after `first_version_at`. Either way most of the
+    // entries are examined and skipped.
+    for path in [format!("/Patient/_history?_at={at}"), format!("/Patient/{id}/_history?_at={first_version_at}")] {
+        let mut found = Vec::new();
+        let mut pages = 0;
+        let mut next = Some(app.url(&path));
+        while let Some(url) = next {
+            let page = app.send(app.client.get(&url)).await;
+            assert_eq!(page.status, 200, "{}", page.text);
+            pages += 1;
+            assert!(pages < 10, "paging ends");
+            found.extend(history_versions(&page));
+            next = page.body["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .map(|l| l["url"].as_str().unwrap().to_owned());
+        }
+        let expected: Vec<String> = if path.contains(&id) {
+            vec![format!("Patient/{id}@1")]
+        } else {
+            vec![format!("Patient/{other}@1"), format!("Patient/{id}@6")]
+        };
+        assert_eq!(found, expected, "{path}");
+        // Seven (or six) entries, at most two examined per page.
+        assert!(pages >= 3, "{path}: {pages} pages");
+    }
 }
