@@ -3,7 +3,10 @@
 //! A transaction is all-or-nothing: its writes go to the writer as one request and commit in
 //! one redb transaction; `urn:uuid:` references between entries and conditional references are
 //! resolved there. A batch runs each entry on its own; one failing entry does not stop the
-//! others. In both, read entries (GET) are answered after the writes have committed.
+//! others. In both, read entries (GET) are answered after the writes have committed. A GET
+//! entry is a read, a vread, or a search (`Observation?code=x`, `Patient/p1/Observation?...`),
+//! answered with a searchset Bundle in `entry.resource`, paged as the search interaction pages;
+//! its parameters are checked before any write, so a bad search fails a transaction whole.
 
 use std::collections::HashMap;
 
@@ -19,6 +22,7 @@ use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, parse_json, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
+use crate::search::compartment::patient_compartment;
 use crate::search::parse_criteria;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
 
@@ -45,6 +49,7 @@ struct Entry {
 enum Work {
     Write { action: Action, conditional_references: HashMap<String, (ResourceType, Criteria)> },
     Read { resource_type: ResourceType, id: Id, version: Option<u64> },
+    Search(super::search::Prepared),
 }
 
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
@@ -101,7 +106,7 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
     };
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let result = parse_entry(entry, base).map_err(|error| locate(error, index));
+        let result = parse_entry(entry, base, limits).map_err(|error| locate(error, index));
         if kind == Kind::Transaction && result.is_err() {
             return Ok((kind, vec![result]));
         }
@@ -131,7 +136,7 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
     error
 }
 
-fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
+fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, FhirError> {
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let request = entry
         .get("request")
@@ -246,6 +251,27 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
         "GET" | "HEAD" => {
             let resource_type = type_at(0)?;
             match (segments.as_slice(), &query) {
+                ([_], query) => {
+                    let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
+                    Work::Search(super::search::prepare(resource_type, None, &pairs, false, base, limits)?)
+                }
+                (["Patient", patient, _], query) => {
+                    let patient = request::id(patient)?;
+                    let compartment_type = type_at(2)?;
+                    if compartment_type.as_str() != "Patient"
+                        && patient_compartment().params(compartment_type).is_empty()
+                    {
+                        return Err(FhirError::incorrect(
+                            IssueCode::NotFound,
+                            format!("{compartment_type} is not part of the Patient compartment"),
+                        )
+                        .at("request.url"));
+                    }
+                    let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
+                    let search =
+                        super::search::prepare(compartment_type, Some(patient.as_str()), &pairs, false, base, limits)?;
+                    Work::Search(search)
+                }
                 ([_, id], None) => Work::Read { resource_type, id: request::id(id)?, version: None },
                 ([_, id, "_history", version], None) => {
                     Work::Read { resource_type, id: request::id(id)?, version: Some(request::version_id(version)?) }
@@ -254,7 +280,7 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
                     return Err(FhirError::new(
                         Category::Unsupported,
                         IssueCode::NotSupported,
-                        format!("GET entries support read and vread; '{url}' is neither"),
+                        format!("GET entries support read, vread and search; '{url}' is none of them"),
                     )
                     .at("request.url"));
                 }
@@ -290,6 +316,7 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
                 reads.push(index);
                 slots.push(Slot::Read(resource_type, id, version));
             }
+            Work::Search(search) => slots.push(Slot::Search(search)),
         }
     }
     let outcomes = if write.ops.is_empty() { Vec::new() } else { store.write(write).await? };
@@ -305,6 +332,7 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
                 version,
                 base,
             ),
+            Slot::Search(search) => search_entry(store, base, search).await,
         });
     }
     Ok(bundle)
@@ -312,6 +340,7 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
 
 enum Slot {
     Write(usize),
+    Search(super::search::Prepared),
     Read(ResourceType, Id, Option<u64>),
 }
 
@@ -339,6 +368,7 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
                 Ok(outcomes) => write_entry(&outcomes[0], prefer, base),
                 Err(error) => error_entry(error),
             },
+            Ok(Entry { work: Work::Search(search), .. }) => search_entry(store, base, search).await,
             Ok(Entry { work: Work::Read { resource_type, id, version }, .. }) => match &snapshot {
                 Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base),
                 Err(error) => error_entry(error),
@@ -409,6 +439,20 @@ fn read_entry(
         )),
         Ok(None) => error_entry(&FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
         Err(error) => error_entry(&error),
+    }
+}
+
+/// Runs a search entry (after the bundle's writes) and embeds its searchset Bundle.
+async fn search_entry(store: &Store, base: &str, search: super::search::Prepared) -> EntryOut {
+    let (store, base) = (store.clone(), base.to_owned());
+    match tokio::task::spawn_blocking(move || super::search::run(&store, &base, search)).await {
+        Ok(Ok(searchset)) => EntryOut {
+            resource: raw(&serde_json::to_vec(&searchset).unwrap_or_default()),
+            response: Some(EntryResponse { status: status_line(StatusCode::OK), ..Default::default() }),
+            ..Default::default()
+        },
+        Ok(Err(error)) => error_entry(&error),
+        Err(_) => error_entry(&FhirError::fault("bundle search")),
     }
 }
 

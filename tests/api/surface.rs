@@ -487,3 +487,94 @@ async fn history_at_pages_examine_a_bounded_number_of_entries() {
         assert!(pages >= 3, "{path}: {pages} pages");
     }
 }
+
+fn bundle_entry(method: &str, url: &str, resource: Option<Value>, full_url: Option<&str>) -> Value {
+    let mut entry = json!({"request": {"method": method, "url": url}});
+    if let Some(resource) = resource {
+        entry["resource"] = resource;
+    }
+    if let Some(full_url) = full_url {
+        entry["fullUrl"] = json!(full_url);
+    }
+    entry
+}
+
+fn searchset_ids(searchset: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = searchset["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[actix_web::test]
+async fn transaction_searches_run_after_the_writes_and_page_like_a_search() {
+    let app = spawn_app().await;
+    let before = create(&app, &patient("Searchable")).await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        bundle_entry("GET", "Patient?family=Searchable&_count=1", None, None),
+        bundle_entry("POST", "Patient", Some(patient("Searchable")), Some("urn:uuid:7b1d5a52-1f3b-4f0e-9d7e-000000000001")),
+        bundle_entry("POST", "Observation", Some(json!({"resourceType": "Observation", "status": "final", "code": {"text": "n"},
+            "subject": {"reference": "urn:uuid:7b1d5a52-1f3b-4f0e-9d7e-000000000001"}})), None),
+        bundle_entry("GET", "Patient?family=Nobody", None, None),
+    ]});
+    let reply = app.post("", &bundle).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let first = &reply.body["entry"][0];
+    assert_eq!(first["response"]["status"], "200 OK");
+    let searchset = &first["resource"];
+    assert_eq!((searchset["resourceType"].as_str(), searchset["type"].as_str()), (Some("Bundle"), Some("searchset")));
+    // The search sees the patient the transaction created (GETs run last), one per page.
+    let created =
+        reply.body["entry"][1]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+    let next = searchset["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").expect("a next link");
+    let second_page = app.send(app.client.get(next["url"].as_str().unwrap())).await;
+    assert_eq!(second_page.status, 200, "{}", second_page.text);
+    let mut found = searchset_ids(searchset);
+    found.extend(searchset_ids(&second_page.body));
+    found.sort();
+    let mut expected = vec![before, created.clone()];
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(searchset_ids(&reply.body["entry"][3]["resource"]), Vec::<String>::new());
+
+    // A compartment search as an entry.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        bundle_entry("GET", &format!("Patient/{created}/Observation"), None, None),
+        bundle_entry("GET", "Observation?subject:missing=true", None, None),
+    ]});
+    let reply = app.post("", &batch).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let compartment = &reply.body["entry"][0]["resource"];
+    assert_eq!(compartment["entry"].as_array().unwrap().len(), 1, "{}", reply.text);
+    assert_eq!(compartment["entry"][0]["resource"]["subject"]["reference"], format!("Patient/{created}"));
+    assert_eq!(searchset_ids(&reply.body["entry"][1]["resource"]), Vec::<String>::new());
+}
+
+#[actix_web::test]
+async fn a_bad_search_entry_fails_a_transaction_whole_and_only_itself_in_a_batch() {
+    let app = spawn_app().await;
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        bundle_entry("POST", "Patient", Some(patient("Never")), None),
+        bundle_entry("GET", "Patient?birthdate=notadate", None, None),
+    ]});
+    let reply = app.post("", &transaction).await;
+    reply.assert_outcome(400);
+    assert!(reply.expressions().iter().any(|e| e.starts_with("Bundle.entry[1]")), "{}", reply.text);
+    assert_eq!(app.history_len().await, 0);
+
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        bundle_entry("POST", "Patient", Some(patient("Kept")), None),
+        bundle_entry("GET", "Patient?birthdate=notadate", None, None),
+        bundle_entry("GET", "Patient?family=Kept", None, None),
+    ]});
+    let reply = app.post("", &batch).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["entry"][1]["response"]["status"], "400 Bad Request");
+    let kept = &reply.body["entry"][2]["resource"];
+    assert_eq!(kept["entry"][0]["resource"]["name"][0]["family"], "Kept");
+}
