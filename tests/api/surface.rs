@@ -578,3 +578,137 @@ async fn a_bad_search_entry_fails_a_transaction_whole_and_only_itself_in_a_batch
     let kept = &reply.body["entry"][2]["resource"];
     assert_eq!(kept["entry"][0]["resource"]["name"][0]["family"], "Kept");
 }
+
+/// `Type/id` of the entries of a searchset with the given search mode, sorted.
+fn entries_with_mode(bundle: &Value, mode: &str) -> Vec<String> {
+    let mut found: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| {
+            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn sorted(mut items: Vec<String>) -> Vec<String> {
+    items.sort();
+    items
+}
+
+#[actix_web::test]
+async fn everything_includes_what_the_patients_records_reference() {
+    let app = spawn_app().await;
+    let org = create(&app, &json!({"resourceType": "Organization", "name": "Clinic"})).await;
+    let gp = create(&app, &json!({"resourceType": "Practitioner", "name": [{"family": "Gp"}]})).await;
+    let nurse = create(&app, &json!({"resourceType": "Practitioner", "name": [{"family": "Nurse"}]})).await;
+    let stranger = create(&app, &json!({"resourceType": "Practitioner", "name": [{"family": "Stranger"}]})).await;
+    let med = create(&app, &json!({"resourceType": "Medication", "code": {"text": "aspirin"}})).await;
+    let ward = create(&app, &json!({"resourceType": "Location", "name": "Ward"})).await;
+    let device = create(&app, &json!({"resourceType": "Device", "status": "active"})).await;
+    let mut body = patient("Everything");
+    body["generalPractitioner"] = json!([{"reference": format!("Practitioner/{gp}")}]);
+    body["managingOrganization"] = json!({"reference": format!("{}/Organization/{org}", app.base)});
+    let p = create(&app, &body).await;
+    let encounter = create(
+        &app,
+        &json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{p}")},
+        "location": [{"location": {"reference": format!("Location/{ward}")}}],
+        "serviceProvider": {"reference": format!("Organization/{org}")}}),
+    )
+    .await;
+    let order = create(
+        &app,
+        &json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "medicationReference": {"reference": format!("Medication/{med}")},
+        "subject": {"reference": format!("Patient/{p}")}, "requester": {"reference": format!("Practitioner/{gp}")}}),
+    )
+    .await;
+    let observation = create(
+        &app,
+        &json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+        "subject": {"reference": format!("Patient/{p}")}, "performer": [{"reference": format!("Practitioner/{nurse}")}],
+        "device": {"reference": format!("Device/{device}")}}),
+    )
+    .await;
+    assert_eq!(app.delete(&format!("/Device/{device}")).await.status, 204);
+    let q = create(&app, &patient("Other")).await;
+    create(&app, &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{q}")}, "performer": [{"reference": format!("Practitioner/{stranger}")}]})).await;
+
+    let everything = app.get(&format!("/Patient/{p}/$everything")).await;
+    assert_eq!(everything.status, 200, "{}", everything.text);
+    assert_eq!(
+        entries_with_mode(&everything.body, "match"),
+        sorted(vec![
+            format!("Encounter/{encounter}"),
+            format!("MedicationRequest/{order}"),
+            format!("Observation/{observation}"),
+            format!("Patient/{p}")
+        ])
+    );
+    // Each referenced resource once; not the deleted device, not the other patient's records.
+    assert_eq!(
+        entries_with_mode(&everything.body, "include"),
+        sorted(vec![
+            format!("Location/{ward}"),
+            format!("Medication/{med}"),
+            format!("Organization/{org}"),
+            format!("Practitioner/{gp}"),
+            format!("Practitioner/{nurse}")
+        ])
+    );
+
+    let only = app.get(&format!("/Patient/{p}/$everything?_type=Observation,Practitioner")).await;
+    assert_eq!(entries_with_mode(&only.body, "match"), vec![format!("Observation/{observation}")]);
+    assert_eq!(entries_with_mode(&only.body, "include"), vec![format!("Practitioner/{nurse}")]);
+}
+
+#[actix_web::test]
+async fn everything_pages_include_only_their_own_references_as_of_the_first_page() {
+    let app = spawn_app().await;
+    let gp = create(&app, &json!({"resourceType": "Practitioner", "name": [{"family": "Before"}]})).await;
+    let org = create(&app, &json!({"resourceType": "Organization", "name": "Clinic"})).await;
+    let p = create(&app, &patient("Paged")).await;
+    let encounter = create(&app, &json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{p}")}, "serviceProvider": {"reference": format!("Organization/{org}")}})).await;
+    let observation = create(
+        &app,
+        &json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+        "subject": {"reference": format!("Patient/{p}")}, "performer": [{"reference": format!("Practitioner/{gp}")}]}),
+    )
+    .await;
+
+    // Types come in name order: Encounter, Observation, Patient; one match per page.
+    let first = app.get(&format!("/Patient/{p}/$everything?_count=1")).await;
+    assert_eq!(entries_with_mode(&first.body, "match"), vec![format!("Encounter/{encounter}")]);
+    assert_eq!(entries_with_mode(&first.body, "include"), vec![format!("Organization/{org}")]);
+
+    let mut renamed = app.get(&format!("/Practitioner/{gp}")).await.body;
+    renamed["name"][0]["family"] = json!("After");
+    assert_eq!(app.put(&format!("/Practitioner/{gp}"), &renamed).await.status, 200);
+
+    let next = |page: &crate::helpers::Reply| {
+        page.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned())
+    };
+    let second = app.send(app.client.get(next(&first).expect("a second page"))).await;
+    assert_eq!(entries_with_mode(&second.body, "match"), vec![format!("Observation/{observation}")]);
+    let included: Vec<&Value> =
+        second.body["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").collect();
+    assert_eq!(included.len(), 1, "{}", second.text);
+    assert_eq!(included[0]["resource"]["name"][0]["family"], "Before", "as of the first page's snapshot");
+    let third = app.send(app.client.get(next(&second).expect("a third page"))).await;
+    assert_eq!(entries_with_mode(&third.body, "match"), vec![format!("Patient/{p}")]);
+    assert_eq!(entries_with_mode(&third.body, "include"), Vec::<String>::new());
+}
