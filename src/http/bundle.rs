@@ -47,9 +47,23 @@ struct Entry {
 }
 
 enum Work {
-    Write { action: Action, conditional_references: HashMap<String, (ResourceType, Criteria)> },
-    Read { resource_type: ResourceType, id: Id, version: Option<u64> },
+    Write {
+        action: Action,
+        conditional_references: HashMap<String, (ResourceType, Criteria)>,
+    },
+    Read {
+        resource_type: ResourceType,
+        id: Id,
+        version: Option<u64>,
+    },
     Search(super::search::Prepared),
+    /// A patch of one resource, applied to its version current when the entry runs.
+    Patch {
+        resource_type: ResourceType,
+        id: Id,
+        patch: super::patch::Patch,
+        if_match: Option<u64>,
+    },
 }
 
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
@@ -287,8 +301,17 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
             }
         }
         "PATCH" => {
-            return Err(FhirError::new(Category::Unsupported, IssueCode::NotSupported, "PATCH is not supported")
-                .at("request.method"));
+            let resource_type = type_at(0)?;
+            let id = match (segments.as_slice(), &query) {
+                ([_, id], None) => request::id(id)?,
+                _ => return Err(bad_url()),
+            };
+            let resource = entry.get_mut("resource").map(Value::take).ok_or_else(|| {
+                FhirError::incorrect(IssueCode::Required, "a PATCH entry needs the patch as its resource")
+                    .at("resource")
+            })?;
+            let patch = super::patch::from_entry_resource(resource, limits.max_json_depth)?;
+            Work::Patch { resource_type, id, patch, if_match: precondition.if_match }
         }
         other => {
             return Err(FhirError::incorrect(
@@ -305,8 +328,22 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
     let mut write = WriteRequest::default();
     let mut slots = Vec::with_capacity(entries.len());
     let mut reads = Vec::new();
+    // Patches apply to the state before the transaction (a transaction touches each resource
+    // once), and their writes require that state to be still current at commit.
+    let before = store.snapshot()?;
+    let mut patched: Vec<(ResourceType, Id, Option<u64>)> = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
         match entry.work {
+            Work::Patch { resource_type, id, patch, if_match } => {
+                let (action, conditional_references) =
+                    super::patch::patched_update(&before, resource_type, &id, &patch, if_match)
+                        .map_err(|error| locate(error, index))?;
+                let Action::Update { precondition, .. } = &action else { unreachable!("a patch is an update") };
+                patched.push((resource_type, id, precondition.if_match));
+                write.conditional_references.extend(conditional_references);
+                write.ops.push(WriteOp { full_url: entry.full_url, action });
+                slots.push(Slot::Write(write.ops.len() - 1));
+            }
             Work::Write { action, conditional_references } => {
                 write.conditional_references.extend(conditional_references);
                 write.ops.push(WriteOp { full_url: entry.full_url, action });
@@ -319,7 +356,18 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
             Work::Search(search) => slots.push(Slot::Search(search)),
         }
     }
-    let outcomes = if write.ops.is_empty() { Vec::new() } else { store.write(write).await? };
+    drop(before);
+    let outcomes = if write.ops.is_empty() {
+        Vec::new()
+    } else {
+        match store.write(write).await {
+            Ok(outcomes) => outcomes,
+            Err(error) if error.category == Category::PreconditionFailed => {
+                return Err(patched_concurrently(store, &patched)?.unwrap_or(error));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let snapshot = if reads.is_empty() { None } else { Some(store.snapshot()?) };
     let mut bundle = BundleOut::new("transaction-response");
     for slot in slots {
@@ -336,6 +384,24 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
         });
     }
     Ok(bundle)
+}
+
+/// After a transaction failed a precondition: a 409 if a resource it patched was changed by
+/// another write meanwhile (the client may simply retry), `None` if the failure was another.
+fn patched_concurrently(
+    store: &Store,
+    patched: &[(ResourceType, Id, Option<u64>)],
+) -> Result<Option<FhirError>, FhirError> {
+    let snapshot = store.snapshot()?;
+    for (resource_type, id, version) in patched {
+        let now = snapshot.current(*resource_type, id.as_str())?.map(|v| v.version);
+        if now != *version {
+            return Ok(Some(FhirError::conflict(format!(
+                "{resource_type}/{id} changed while the transaction patched it; retry the transaction"
+            ))));
+        }
+    }
+    Ok(None)
 }
 
 enum Slot {
@@ -369,6 +435,12 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
                 Err(error) => error_entry(error),
             },
             Ok(Entry { work: Work::Search(search), .. }) => search_entry(store, base, search).await,
+            Ok(Entry { work: Work::Patch { resource_type, id, patch, if_match }, .. }) => {
+                match super::patch::apply(store, resource_type, &id, &patch, if_match).await {
+                    Ok(outcome) => write_entry(&outcome, prefer, base),
+                    Err(error) => error_entry(&error),
+                }
+            }
             Ok(Entry { work: Work::Read { resource_type, id, version }, .. }) => match &snapshot {
                 Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base),
                 Err(error) => error_entry(error),

@@ -17,14 +17,19 @@ use crate::fhir::json::{parse_json, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::parse_criteria;
-use crate::store::{Action, IndexView, Precondition, Target, WriteOp, WriteRequest};
+use crate::store::{
+    Action, Criteria, IndexView, OpOutcome, Precondition, Snapshot, Store, Target, WriteOp, WriteRequest,
+};
+
+/// Conditional references found in a patched resource, for the writer to resolve.
+pub(super) type ConditionalReferences = std::collections::HashMap<String, (ResourceType, Criteria)>;
 
 /// How often a patch is re-applied when concurrent writes keep replacing the version it was
 /// applied to. Each attempt is one read, one patch and one write.
 const MAX_ATTEMPTS: usize = 10;
 
 /// The two patch formats.
-enum Patch {
+pub(super) enum Patch {
     Json(Value),
     FhirPath(Value),
 }
@@ -86,6 +91,35 @@ fn parse_patch(http: &actix_web::HttpRequest, body: &[u8], state: &AppState) -> 
     }
 }
 
+/// The patch carried by a bundle entry's `resource`: a Parameters resource (FHIRPath Patch) or
+/// a Binary whose `contentType` is `application/json-patch+json` and whose `data` holds the
+/// JSON Patch document, base64-encoded.
+pub(super) fn from_entry_resource(resource: Value, max_json_depth: usize) -> Result<Patch, FhirError> {
+    let not_a_patch = || {
+        FhirError::incorrect(
+            IssueCode::Invalid,
+            "a PATCH entry's resource is a Parameters resource (FHIRPath Patch) or a Binary with \
+             contentType application/json-patch+json",
+        )
+        .at("resource")
+    };
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok(Patch::FhirPath(resource)),
+        Some("Binary") => {
+            let content_type = resource.get("contentType").and_then(Value::as_str).unwrap_or("");
+            if content_type.split(';').next().map(str::trim) != Some("application/json-patch+json") {
+                return Err(not_a_patch());
+            }
+            let data = resource.get("data").and_then(Value::as_str).unwrap_or("");
+            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).map_err(|_| {
+                FhirError::incorrect(IssueCode::Invalid, "the Binary's data is not base64").at("resource.data")
+            })?;
+            Ok(Patch::Json(parse_json(&bytes, max_json_depth).map_err(|e| e.at("resource.data"))?))
+        }
+        _ => Err(not_a_patch()),
+    }
+}
+
 async fn execute(
     http: &actix_web::HttpRequest,
     state: &web::Data<AppState>,
@@ -97,68 +131,90 @@ async fn execute(
     if client.if_none_match_any {
         return Err(FhirError::incorrect(IssueCode::NotSupported, "If-None-Match: * does not apply to a patch"));
     }
+    let outcome = apply(&state.store, resource_type, id, patch, client.if_match).await?;
+    let base = request::base_url(http, state);
+    let mut response = response::write(&outcome, request::return_preference(http), &base);
+    if let Some(version) = outcome.version {
+        let location = response::location(&base, resource_type, id.as_str(), version);
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Patches `resource_type/id` and writes the result; `if_match` is the version the client
+/// requires (its `If-Match`). Used by the PATCH interaction and by batch entries.
+pub(super) async fn apply(
+    store: &Store,
+    resource_type: ResourceType,
+    id: &Id,
+    patch: &Patch,
+    if_match: Option<u64>,
+) -> Result<OpOutcome, FhirError> {
     for _ in 0..MAX_ATTEMPTS {
-        let snapshot = state.store.snapshot()?;
-        let current = match snapshot.current(resource_type, id.as_str())? {
-            None => return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
-            Some(version) if version.is_deleted() => {
-                return Err(FhirError::new(
-                    Category::Gone,
-                    IssueCode::Deleted,
-                    format!("{resource_type}/{id} was deleted (version {})", version.version),
-                ));
-            }
-            Some(version) => version,
+        let write = {
+            let snapshot = store.snapshot()?;
+            let (action, conditional_references) = patched_update(&snapshot, resource_type, id, patch, if_match)?;
+            WriteRequest { ops: vec![WriteOp { full_url: None, action }], conditional_references }
         };
-        drop(snapshot);
-        if let Some(expected) = client.if_match {
-            if expected != current.version {
-                return Err(FhirError::precondition_failed(
-                    IssueCode::Conflict,
-                    format!("{resource_type}/{id} is at version {}, not {expected} (If-Match)", current.version),
-                ));
-            }
-        }
-        let mut value: Value = serde_json::from_slice(&current.body)
-            .map_err(|_| FhirError::fault("patch: a stored resource is not JSON"))?;
-        match patch {
-            Patch::Json(document) => crate::fhir::json_patch::apply(&mut value, document, resource_type.as_str())?,
-            Patch::FhirPath(parameters) => crate::search::fhirpath_patch::apply(&mut value, parameters)?,
-        }
-        keeps_identity(&value, resource_type, id)?;
-        validator().validate_value(resource_type, &value)?;
-        let conditional_references = request::conditional_references(&mut value)?;
-        let Value::Object(resource) = value else { unreachable!("keeps_identity checked for an object") };
-        let precondition = Precondition { if_match: Some(current.version), if_none_match_any: false };
-        let write = WriteRequest {
-            ops: vec![WriteOp {
-                full_url: None,
-                action: Action::Update { resource_type, target: Target::Id(id.clone()), resource, precondition },
-            }],
-            conditional_references,
-        };
-        match state.store.write(write).await {
-            Ok(outcomes) => {
-                let outcome = &outcomes[0];
-                let base = request::base_url(http, state);
-                let mut response = response::write(outcome, request::return_preference(http), &base);
-                if let Some(version) = outcome.version {
-                    let location = response::location(&base, resource_type, id.as_str(), version);
-                    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&location) {
-                        response.headers_mut().insert(LOCATION, value);
-                    }
-                }
-                return Ok(response);
-            }
+        match store.write(write).await {
+            Ok(mut outcomes) => return Ok(outcomes.remove(0)),
             // Someone wrote in between: apply the patch again to their version, unless the
             // client pinned the version it patched.
-            Err(error) if error.category == Category::PreconditionFailed && client.if_match.is_none() => continue,
+            Err(error) if error.category == Category::PreconditionFailed && if_match.is_none() => continue,
             Err(error) => return Err(error),
         }
     }
     Err(FhirError::conflict(format!(
         "{resource_type}/{id} changed {MAX_ATTEMPTS} times while the patch was being applied; retry later"
     )))
+}
+
+/// The update that writes `patch` applied to the version of `resource_type/id` current in
+/// `snapshot`: validated like any update, and conditional on that version still being current
+/// (so a concurrent write is never overwritten). `if_match`, if given, must be that version.
+pub(super) fn patched_update(
+    snapshot: &Snapshot,
+    resource_type: ResourceType,
+    id: &Id,
+    patch: &Patch,
+    if_match: Option<u64>,
+) -> Result<(Action, ConditionalReferences), FhirError> {
+    let current = match snapshot.current(resource_type, id.as_str())? {
+        None => return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
+        Some(version) if version.is_deleted() => {
+            return Err(FhirError::new(
+                Category::Gone,
+                IssueCode::Deleted,
+                format!("{resource_type}/{id} was deleted (version {})", version.version),
+            ));
+        }
+        Some(version) => version,
+    };
+    if let Some(expected) = if_match {
+        if expected != current.version {
+            return Err(FhirError::precondition_failed(
+                IssueCode::Conflict,
+                format!("{resource_type}/{id} is at version {}, not {expected} (If-Match)", current.version),
+            ));
+        }
+    }
+    let mut value: Value =
+        serde_json::from_slice(&current.body).map_err(|_| FhirError::fault("patch: a stored resource is not JSON"))?;
+    match patch {
+        Patch::Json(document) => crate::fhir::json_patch::apply(&mut value, document, resource_type.as_str())?,
+        Patch::FhirPath(parameters) => crate::search::fhirpath_patch::apply(&mut value, parameters)?,
+    }
+    keeps_identity(&value, resource_type, id)?;
+    validator().validate_value(resource_type, &value)?;
+    let conditional_references = request::conditional_references(&mut value)?;
+    let Value::Object(resource) = value else { unreachable!("keeps_identity checked for an object") };
+    let precondition = Precondition { if_match: Some(current.version), if_none_match_any: false };
+    Ok((
+        Action::Update { resource_type, target: Target::Id(id.clone()), resource, precondition },
+        conditional_references,
+    ))
 }
 
 /// A patch may not change what the resource is: its `resourceType` and `id` stay.

@@ -712,3 +712,55 @@ async fn everything_pages_include_only_their_own_references_as_of_the_first_page
     assert_eq!(entries_with_mode(&third.body, "match"), vec![format!("Patient/{p}")]);
     assert_eq!(entries_with_mode(&third.body, "include"), Vec::<String>::new());
 }
+
+fn json_patch_binary(patch: &Value) -> Value {
+    use base64::Engine;
+    json!({"resourceType": "Binary", "contentType": "application/json-patch+json",
+        "data": base64::engine::general_purpose::STANDARD.encode(patch.to_string())})
+}
+
+#[actix_web::test]
+async fn transactions_and_batches_carry_patches_in_both_formats() {
+    let app = spawn_app().await;
+    let a = create(&app, &patient("Alpha")).await;
+    let b = create(&app, &patient("Beta")).await;
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        bundle_entry("PATCH", &format!("Patient/{a}"),
+            Some(json_patch_binary(&json!([{"op": "replace", "path": "/name/0/family", "value": "Alpha2"}]))), None),
+        bundle_entry("PATCH", &format!("Patient/{b}"), Some(json!({"resourceType": "Parameters", "parameter": [
+            operation("add", "Patient", json!([{"name": "name", "valueString": "gender"}, {"name": "value", "valueCode": "other"}]))]})), None),
+        bundle_entry("GET", &format!("Patient/{b}"), None, None),
+    ]});
+    let reply = app.post("", &transaction).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(reply.body["entry"][0]["response"]["etag"], "W/\"2\"");
+    assert_eq!(reply.body["entry"][0]["resource"]["name"][0]["family"], "Alpha2");
+    assert_eq!(reply.body["entry"][2]["resource"]["gender"], "other");
+    assert_eq!(app.get(&format!("/Patient/{a}")).await.body["name"][0]["family"], "Alpha2");
+
+    // One failing patch fails the whole transaction, naming its entry.
+    let before = app.history_len().await;
+    let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        bundle_entry("POST", "Patient", Some(patient("Gamma")), None),
+        bundle_entry("PATCH", &format!("Patient/{a}"),
+            Some(json_patch_binary(&json!([{"op": "test", "path": "/name/0/family", "value": "Alpha"}]))), None),
+    ]});
+    let reply = app.post("", &failing).await;
+    reply.assert_outcome(422);
+    assert!(reply.expressions().iter().any(|e| e.starts_with("Bundle.entry[1]")), "{}", reply.text);
+    assert_eq!(app.history_len().await, before);
+
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        bundle_entry("PATCH", &format!("Patient/{a}"),
+            Some(json_patch_binary(&json!([{"op": "add", "path": "/active", "value": true}]))), None),
+        bundle_entry("PATCH", "Patient/missing",
+            Some(json_patch_binary(&json!([{"op": "add", "path": "/active", "value": true}]))), None),
+        bundle_entry("PATCH", &format!("Patient/{b}"), Some(json!({"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="})), None),
+    ]});
+    let reply = app.post("", &batch).await;
+    let statuses: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, vec!["200 OK", "404 Not Found", "400 Bad Request"], "{}", reply.text);
+    assert_eq!(app.get(&format!("/Patient/{a}")).await.body["active"], true);
+}
