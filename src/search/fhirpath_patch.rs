@@ -347,9 +347,29 @@ fn apply_one(resource: &mut Value, operation: &Operation) -> Result<(), String> 
             }
         }
         Operation::Replace { path, value } => {
-            let steps = select_one(resource, path)?;
+            let mut steps = select_one(resource, path)?;
             if steps.is_empty() {
                 return Err("the whole resource cannot be replaced".to_owned());
+            }
+            // A choice element replaced by a value of another type changes its name:
+            // `Observation.value` selects `valueQuantity`; a valueString makes it `valueString`.
+            if let (Expr::Child(_, name), PatchValue::Typed { suffix, .. }, Some(Step::Key(key))) =
+                (path, value, steps.last().cloned())
+            {
+                let renamed = format!("{name}{suffix}");
+                let owner_type = type_at(resource, &steps[..steps.len() - 1]);
+                let is_choice = key != *name && key.starts_with(name.as_str());
+                if is_choice && renamed != key && owner_type.is_some_and(|t| property(&t, &renamed).is_some()) {
+                    let owner_steps = &steps[..steps.len() - 1];
+                    if let Some(Value::Object(owner)) = at_mut(resource, owner_steps) {
+                        owner.shift_remove(&key);
+                        owner.shift_remove(&format!("_{key}"));
+                        owner.insert(renamed.clone(), Value::Null);
+                    }
+                    if let Some(last) = steps.last_mut() {
+                        *last = Step::Key(renamed);
+                    }
+                }
             }
             let element_type = type_at(resource, &steps);
             let json = to_json(value, element_type.as_deref());
@@ -443,6 +463,23 @@ mod tests {
         assert_eq!(patient["telecom"], json!([{"system": "phone", "value": "555"}]));
         assert_eq!(patient["deceasedBoolean"], false);
         assert_eq!(patient["name"][0]["given"], json!(["X", "Y"]));
+    }
+
+    #[test]
+    fn replacing_a_choice_element_with_another_type_renames_it() {
+        let mut observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "valueQuantity": {"value": 1}, "note": [{"text": "n"}]});
+        let patch = json!({"resourceType": "Parameters", "parameter": [operation(json!([
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.value"},
+            {"name": "value", "valueString": "negative"}]))]});
+        apply(&mut observation, &patch).unwrap();
+        assert!(observation.get("valueQuantity").is_none());
+        assert_eq!(observation["valueString"], "negative");
+        let same_type = json!({"resourceType": "Parameters", "parameter": [operation(json!([
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.value"},
+            {"name": "value", "valueString": "positive"}]))]});
+        apply(&mut observation, &same_type).unwrap();
+        assert_eq!(observation["valueString"], "positive");
     }
 
     #[test]

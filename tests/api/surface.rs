@@ -267,6 +267,10 @@ async fn patch_honours_if_match_and_conditional_patch_finds_its_target() {
     );
     let none = json_patch(&app, "/Patient?identifier=http://hospital.example/mrn|Nobody", &patch, &[]).await;
     none.assert_outcome(404);
+    create(&app, &patient("Matched")).await;
+    let several = json_patch(&app, "/Patient?identifier=http://hospital.example/mrn|Matched", &patch, &[]).await;
+    several.assert_outcome(412);
+    assert_eq!(several.body["issue"][0]["code"], "multiple-matches");
 
     let metadata = app.get("/metadata").await;
     let codes: Vec<&str> = metadata.body["rest"][0]["resource"][0]["interaction"]
