@@ -112,7 +112,8 @@ fn respond(
         count: params.count,
         below,
         at: params.at.as_ref().map(|(_, period)| *period),
-        max_scan: state.limits.max_history_scan,
+        // At least one entry per page, so that paging always advances.
+        max_scan: state.limits.max_history_scan.max(1),
     };
     let page =
         if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
