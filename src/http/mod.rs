@@ -29,6 +29,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 
 pub use bundle::process_bundle;
+pub use everything::MAX_REFERENCED as EVERYTHING_MAX_REFERENCED;
 pub use request::Return;
 
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};

@@ -768,3 +768,37 @@ async fn transactions_and_batches_carry_patches_in_both_formats() {
     assert_eq!(statuses, vec!["200 OK", "404 Not Found", "400 Bad Request"], "{}", reply.text);
     assert_eq!(app.get(&format!("/Patient/{a}")).await.body["active"], true);
 }
+
+#[actix_web::test]
+async fn everything_includes_at_most_the_cap_of_referenced_resources_per_page() {
+    let app = spawn_app().await;
+    let p = create(&app, &patient("Crowded")).await;
+    let cap = braid::http::EVERYTHING_MAX_REFERENCED;
+    let practitioners: Vec<String> = (0..=cap).map(|n| format!("urn:uuid:00000000-0000-4000-8000-{n:012}")).collect();
+    let mut entries: Vec<Value> = practitioners
+        .iter()
+        .map(|url| {
+            bundle_entry(
+                "POST",
+                "Practitioner",
+                Some(json!({"resourceType": "Practitioner", "active": true})),
+                Some(url),
+            )
+        })
+        .collect();
+    let performers: Vec<Value> = practitioners.iter().map(|url| json!({"reference": url})).collect();
+    entries.push(bundle_entry(
+        "POST",
+        "Observation",
+        Some(json!({"resourceType": "Observation", "status": "final", "code": {"text": "crowd"},
+            "subject": {"reference": format!("Patient/{p}")}, "performer": performers})),
+        None,
+    ));
+    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", &reply.text[..reply.text.len().min(500)]);
+
+    let everything = app.get(&format!("/Patient/{p}/$everything?_type=Observation,Practitioner")).await;
+    assert_eq!(everything.status, 200);
+    assert_eq!(entries_with_mode(&everything.body, "match").len(), 1);
+    assert_eq!(entries_with_mode(&everything.body, "include").len(), cap, "{} references, {cap} included", cap + 1);
+}
