@@ -509,6 +509,13 @@ mod tests {
             {"name": "path", "valueString": "Patient.managingOrganization.resolve().name"}]))])
         .unwrap_err();
         assert!(error.issues[0].diagnostics.contains("resolve()"), "{error:?}");
+        // The deepest nesting the length limit allows parses without exhausting the stack.
+        let nested = format!("{}Patient.gender{}", "(".repeat(245), ")".repeat(245));
+        assert!(nested.len() <= MAX_PATH_CHARS);
+        let patient = patched(vec![operation(json!([{"name": "type", "valueCode": "delete"},
+            {"name": "path", "valueString": nested}]))])
+        .unwrap();
+        assert!(patient.get("gender").is_none());
         let long = format!("Patient{}", ".name".repeat(MAX_PATH_CHARS));
         let error = patched(vec![operation(json!([{"name": "type", "valueCode": "delete"},
             {"name": "path", "valueString": long}]))])
