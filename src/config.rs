@@ -38,6 +38,7 @@ pub struct Settings {
     pub max_url_bytes: usize,
     pub search_work_budget: u64,
     pub search_timeout_ms: u64,
+    pub max_history_scan: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -76,6 +77,7 @@ impl Default for Settings {
             max_url_bytes: 16384,
             search_work_budget: 5_000_000,
             search_timeout_ms: 10_000,
+            max_history_scan: 10_000,
         }
     }
 }
@@ -308,6 +310,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "10000",
         doc: "How long one search request may work before it gets 400 too-costly.",
         apply: |s, v| parse_into(&mut s.search_timeout_ms, v),
+    },
+    SettingDoc {
+        key: "max_history_scan",
+        env: "BRAID_MAX_HISTORY_SCAN",
+        default: "10000",
+        doc: "Most history entries one page of an _at history examines; a page that reaches it is shorter and links to the next.",
+        apply: |s, v| parse_into(&mut s.max_history_scan, v),
     },
 ];
 

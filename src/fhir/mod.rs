@@ -4,6 +4,7 @@
 pub mod error;
 pub mod id;
 pub mod json;
+pub mod json_patch;
 pub mod reference;
 pub mod resource_type;
 pub mod summary;

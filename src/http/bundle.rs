@@ -3,7 +3,10 @@
 //! A transaction is all-or-nothing: its writes go to the writer as one request and commit in
 //! one redb transaction; `urn:uuid:` references between entries and conditional references are
 //! resolved there. A batch runs each entry on its own; one failing entry does not stop the
-//! others. In both, read entries (GET) are answered after the writes have committed.
+//! others. In both, read entries (GET) are answered after the writes have committed. A GET
+//! entry is a read, a vread, or a search (`Observation?code=x`, `Patient/p1/Observation?...`),
+//! answered with a searchset Bundle in `entry.resource`, paged as the search interaction pages;
+//! its parameters are checked before any write, so a bad search fails a transaction whole.
 
 use std::collections::HashMap;
 
@@ -19,6 +22,7 @@ use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
+use crate::search::compartment::patient_compartment;
 use crate::search::parse_criteria;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
 
@@ -43,8 +47,23 @@ struct Entry {
 }
 
 enum Work {
-    Write { action: Action, conditional_references: HashMap<String, (ResourceType, Criteria)> },
-    Read { resource_type: ResourceType, id: Id, version: Option<u64> },
+    Write {
+        action: Action,
+        conditional_references: HashMap<String, (ResourceType, Criteria)>,
+    },
+    Read {
+        resource_type: ResourceType,
+        id: Id,
+        version: Option<u64>,
+    },
+    Search(super::search::Prepared),
+    /// A patch of one resource, applied to its version current when the entry runs.
+    Patch {
+        resource_type: ResourceType,
+        id: Id,
+        patch: super::patch::Patch,
+        if_match: Option<u64>,
+    },
 }
 
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
@@ -102,7 +121,7 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
     check_unique_entries(kind, &entries)?;
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let result = parse_entry(entry, base).map_err(|error| locate(error, index));
+        let result = parse_entry(entry, base, limits).map_err(|error| locate(error, index));
         if kind == Kind::Transaction && result.is_err() {
             return Ok((kind, vec![result]));
         }
@@ -182,7 +201,7 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
     error
 }
 
-fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
+fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, FhirError> {
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let request = entry
         .get("request")
@@ -297,6 +316,27 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
         "GET" | "HEAD" => {
             let resource_type = type_at(0)?;
             match (segments.as_slice(), &query) {
+                ([_], query) => {
+                    let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
+                    Work::Search(super::search::prepare(resource_type, None, &pairs, false, base, limits)?)
+                }
+                (["Patient", patient, _], query) => {
+                    let patient = request::id(patient)?;
+                    let compartment_type = type_at(2)?;
+                    if compartment_type.as_str() != "Patient"
+                        && patient_compartment().params(compartment_type).is_empty()
+                    {
+                        return Err(FhirError::incorrect(
+                            IssueCode::NotFound,
+                            format!("{compartment_type} is not part of the Patient compartment"),
+                        )
+                        .at("request.url"));
+                    }
+                    let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
+                    let search =
+                        super::search::prepare(compartment_type, Some(patient.as_str()), &pairs, false, base, limits)?;
+                    Work::Search(search)
+                }
                 ([_, id], None) => Work::Read { resource_type, id: request::id(id)?, version: None },
                 ([_, id, "_history", version], None) => {
                     Work::Read { resource_type, id: request::id(id)?, version: Some(request::version_id(version)?) }
@@ -305,15 +345,24 @@ fn parse_entry(mut entry: Value, base: &str) -> Result<Entry, FhirError> {
                     return Err(FhirError::new(
                         Category::Unsupported,
                         IssueCode::NotSupported,
-                        format!("GET entries support read and vread; '{url}' is neither"),
+                        format!("GET entries support read, vread and search; '{url}' is none of them"),
                     )
                     .at("request.url"));
                 }
             }
         }
         "PATCH" => {
-            return Err(FhirError::new(Category::Unsupported, IssueCode::NotSupported, "PATCH is not supported")
-                .at("request.method"));
+            let resource_type = type_at(0)?;
+            let id = match (segments.as_slice(), &query) {
+                ([_, id], None) => request::id(id)?,
+                _ => return Err(bad_url()),
+            };
+            let resource = entry.get_mut("resource").map(Value::take).ok_or_else(|| {
+                FhirError::incorrect(IssueCode::Required, "a PATCH entry needs the patch as its resource")
+                    .at("resource")
+            })?;
+            let patch = super::patch::from_entry_resource(resource, limits.max_json_depth)?;
+            Work::Patch { resource_type, id, patch, if_match: precondition.if_match }
         }
         other => {
             return Err(FhirError::incorrect(
@@ -330,8 +379,22 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
     let mut write = WriteRequest { local_base: Some(base.to_owned()), ..Default::default() };
     let mut slots = Vec::with_capacity(entries.len());
     let mut reads = Vec::new();
+    // Patches apply to the state before the transaction (a transaction touches each resource
+    // once), and their writes require that state to be still current at commit.
+    let before = store.snapshot()?;
+    let mut patched: Vec<(ResourceType, Id, Option<u64>)> = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
         match entry.work {
+            Work::Patch { resource_type, id, patch, if_match } => {
+                let (action, conditional_references) =
+                    super::patch::patched_update(&before, resource_type, &id, &patch, if_match)
+                        .map_err(|error| locate(error, index))?;
+                let Action::Update { precondition, .. } = &action else { unreachable!("a patch is an update") };
+                patched.push((resource_type, id, precondition.if_match));
+                write.conditional_references.extend(conditional_references);
+                write.ops.push(WriteOp { full_url: entry.full_url, action });
+                slots.push(Slot::Write(write.ops.len() - 1));
+            }
             Work::Write { action, conditional_references } => {
                 write.conditional_references.extend(conditional_references);
                 write.ops.push(WriteOp { full_url: entry.full_url, action });
@@ -341,9 +404,21 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
                 reads.push(index);
                 slots.push(Slot::Read(resource_type, id, version));
             }
+            Work::Search(search) => slots.push(Slot::Search(search)),
         }
     }
-    let outcomes = if write.ops.is_empty() { Vec::new() } else { store.write(write).await? };
+    drop(before);
+    let outcomes = if write.ops.is_empty() {
+        Vec::new()
+    } else {
+        match store.write(write).await {
+            Ok(outcomes) => outcomes,
+            Err(error) if error.category == Category::PreconditionFailed => {
+                return Err(patched_concurrently(store, &patched)?.unwrap_or(error));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let snapshot = if reads.is_empty() { None } else { Some(store.snapshot()?) };
     let mut bundle = BundleOut::new("transaction-response");
     for slot in slots {
@@ -356,13 +431,33 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
                 version,
                 base,
             ),
+            Slot::Search(search) => search_entry(store, base, search).await,
         });
     }
     Ok(bundle)
 }
 
+/// After a transaction failed a precondition: a 409 if a resource it patched was changed by
+/// another write meanwhile (the client may simply retry), `None` if the failure was another.
+fn patched_concurrently(
+    store: &Store,
+    patched: &[(ResourceType, Id, Option<u64>)],
+) -> Result<Option<FhirError>, FhirError> {
+    let snapshot = store.snapshot()?;
+    for (resource_type, id, version) in patched {
+        let now = snapshot.current(*resource_type, id.as_str())?.map(|v| v.version);
+        if now != *version {
+            return Ok(Some(FhirError::conflict(format!(
+                "{resource_type}/{id} changed while the transaction patched it; retry the transaction"
+            ))));
+        }
+    }
+    Ok(None)
+}
+
 enum Slot {
     Write(usize),
+    Search(super::search::Prepared),
     Read(ResourceType, Id, Option<u64>),
 }
 
@@ -391,6 +486,13 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
                 Ok(outcomes) => write_entry(&outcomes[0], prefer, base),
                 Err(error) => error_entry(error),
             },
+            Ok(Entry { work: Work::Search(search), .. }) => search_entry(store, base, search).await,
+            Ok(Entry { work: Work::Patch { resource_type, id, patch, if_match }, .. }) => {
+                match super::patch::apply(store, resource_type, &id, &patch, if_match, base).await {
+                    Ok(outcome) => write_entry(&outcome, prefer, base),
+                    Err(error) => error_entry(&error),
+                }
+            }
             Ok(Entry { work: Work::Read { resource_type, id, version }, .. }) => match &snapshot {
                 Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base),
                 Err(error) => error_entry(error),
@@ -461,6 +563,20 @@ fn read_entry(
         )),
         Ok(None) => error_entry(&FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
         Err(error) => error_entry(&error),
+    }
+}
+
+/// Runs a search entry (after the bundle's writes) and embeds its searchset Bundle.
+async fn search_entry(store: &Store, base: &str, search: super::search::Prepared) -> EntryOut {
+    let (store, base) = (store.clone(), base.to_owned());
+    match tokio::task::spawn_blocking(move || super::search::run(&store, &base, search)).await {
+        Ok(Ok(searchset)) => EntryOut {
+            resource: raw(&serde_json::to_vec(&searchset).unwrap_or_default()),
+            response: Some(EntryResponse { status: status_line(StatusCode::OK), ..Default::default() }),
+            ..Default::default()
+        },
+        Ok(Err(error)) => error_entry(&error),
+        Err(_) => error_entry(&FhirError::fault("bundle search")),
     }
 }
 

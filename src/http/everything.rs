@@ -7,11 +7,26 @@
 //! many writes happen between them. Parameters: `_count`, `_since` (lastUpdated), `_type`
 //! (restricts the types), `start`/`end` (on each type's `date` parameter, where it has one).
 //! A patient that does not exist is a 404, a deleted one a 410, as for a read.
+//!
+//! Each page also carries (as `include` entries) the resources its matches reference that are
+//! not listed as matches themselves: practitioners, organizations, medications, locations and
+//! the like, as the specification's "any resource referenced from there" asks. They are read
+//! as of the page's logical time and de-duplicated within the page; a page includes only what
+//! its own entries reference (and at most [`MAX_REFERENCED`] of them), so the work per page
+//! stays proportional to the page.
 
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use super::response::{BundleOut, EntryOut, raw};
 use super::{Ctx, paging, request};
+use crate::fhir::reference::{self, Target, rewrite_resource_references};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
+use crate::search::compartment::COMPARTMENT_KEY;
 use crate::search::compartment::patient_compartment;
 use crate::search::query::{Clause, compartment_clause, parse_clause};
+use crate::store::{IndexView, Store};
 use actix_web::HttpResponse;
 use actix_web::web;
 
@@ -57,6 +72,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         require_live_patient(&state.store, resource_type, &patient_id)?;
     }
     let compartment = patient_compartment();
+    let requested = types.clone();
     let types: Vec<ResourceType> = match types {
         Some(requested) => compartment.types().into_iter().filter(|t| requested.contains(t)).collect(),
         None => compartment.types(),
@@ -83,7 +99,11 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let self_url = if self_query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{self_query}") };
     let store = state.store.clone();
     let bundle = web::block(move || {
-        paging::page_across_types(&store, &plans, count, token.as_deref(), &scope, &base, &self_url)
+        let (mut bundle, t) =
+            paging::page_across_types_at(&store, &plans, count, token.as_deref(), &scope, &base, &self_url)?;
+        let members = Members { patient_id: patient_id.as_str(), planned: plans.iter().map(|(t, _)| *t).collect() };
+        add_referenced(&store, &mut bundle, t, &members, requested.as_deref(), &base)?;
+        Ok::<_, FhirError>(bundle)
     })
     .await
     .map_err(|_| FhirError::fault("$everything"))??;
@@ -103,4 +123,72 @@ fn require_live_patient(store: &crate::store::Store, patient: ResourceType, pati
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// Most referenced resources one page includes.
+pub const MAX_REFERENCED: usize = 1000;
+
+/// What a page lists as matches anyway: resources of the planned types in the patient's
+/// compartment.
+struct Members<'a> {
+    patient_id: &'a str,
+    planned: Vec<ResourceType>,
+}
+
+/// Adds to `bundle` the resources its matches reference, as of logical time `t`, except those
+/// already on the page, those listed as matches on some page, deleted ones and, when the
+/// client restricted `_type`, those of other types.
+fn add_referenced(
+    store: &Store,
+    bundle: &mut BundleOut,
+    t: u64,
+    members: &Members<'_>,
+    requested: Option<&[ResourceType]>,
+    base: &str,
+) -> Result<(), FhirError> {
+    let snapshot = store.snapshot()?;
+    let index = snapshot.index();
+    let view: &dyn IndexView = &index;
+    let absolute_prefix = format!("{base}/");
+    let mut seen: HashSet<(ResourceType, String)> = HashSet::new();
+    let mut references: Vec<(ResourceType, String)> = Vec::new();
+    for entry in &bundle.entry {
+        let Some(resource) = &entry.resource else { continue };
+        let Ok(mut value) = serde_json::from_str::<Value>(resource.get()) else { continue };
+        let own_type = value.get("resourceType").and_then(Value::as_str).and_then(ResourceType::parse);
+        if let (Some(own_type), Some(id)) = (own_type, value.get("id").and_then(Value::as_str)) {
+            seen.insert((own_type, id.to_owned()));
+        }
+        let _ = rewrite_resource_references(&mut value, &mut |text: &str| {
+            let local = text.strip_prefix(absolute_prefix.as_str()).unwrap_or(text);
+            if let Target::Local { resource_type, id, .. } = reference::parse(local) {
+                references.push((resource_type, id.as_str().to_owned()));
+            }
+            Ok::<_, std::convert::Infallible>(None)
+        });
+    }
+    let member_value = format!("Patient/{}", members.patient_id).into_bytes();
+    let mut included = Vec::new();
+    for (resource_type, id) in references {
+        if included.len() == MAX_REFERENCED {
+            break;
+        }
+        if requested.is_some_and(|types| !types.contains(&resource_type)) || !seen.insert((resource_type, id.clone())) {
+            continue;
+        }
+        let Some(version) = snapshot.version_at(resource_type, &id, t)? else { continue };
+        if members.planned.contains(&resource_type)
+            && view.probe(resource_type, &id, version.version, COMPARTMENT_KEY)?.contains(&member_value)
+        {
+            continue;
+        }
+        included.push(EntryOut {
+            full_url: Some(format!("{base}/{resource_type}/{id}")),
+            resource: raw(&version.body),
+            search: Some(json!({"mode": "include"})),
+            ..Default::default()
+        });
+    }
+    bundle.entry.extend(included);
+    Ok(())
 }

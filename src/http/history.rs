@@ -1,6 +1,11 @@
 //! History at instance (`/{type}/{id}/_history`), type (`/{type}/_history`) and system
 //! (`/_history`) level, newest first, paged with cursors.
 //!
+//! `_since` keeps the versions written at or after an instant; `_at` keeps the versions that
+//! were current at some moment of the period a date denotes (written before its end and not
+//! replaced before its start). Versions replaced long ago are skipped one by one, so an `_at`
+//! page examines at most `max_history_scan` entries and may end early with a `next` link.
+//!
 //! Pages are stable: the first page fixes the newest logical time it shows, and later pages
 //! continue strictly below the cursor's position, so writes made while a client pages through
 //! never shift, duplicate or drop entries.
@@ -42,11 +47,13 @@ pub async fn system(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 struct Params {
     count: usize,
     since: Option<(String, i64)>,
+    /// `_at` as written, and the period it denotes (`[from, to)`, microseconds).
+    at: Option<(String, (i64, i64))>,
     cursor: Option<String>,
 }
 
 fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
-    let mut params = Params { count: state.limits.page_size, since: None, cursor: None };
+    let mut params = Params { count: state.limits.page_size, since: None, at: None, cursor: None };
     for (name, value) in request::query_pairs(http) {
         match name.as_str() {
             "_count" => params.count = request::page_count(&value, &state.limits)?,
@@ -59,12 +66,25 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
                 })?;
                 params.since = Some((value, micros));
             }
+            "_at" => {
+                // A date of any precision is the whole period it denotes (`2024-03` is March).
+                let (from, last) = crate::search::values::parse_date_range(&value).ok_or_else(|| {
+                    FhirError::incorrect(
+                        IssueCode::Invalid,
+                        format!(
+                            "_at must be a date or dateTime such as 2024-01-31 or 2024-01-31T12:00:00Z, not '{value}'"
+                        ),
+                    )
+                    .at("_at")
+                })?;
+                params.at = Some((value, (from, last.saturating_add(1))));
+            }
             "_cursor" => params.cursor = Some(value),
             "_format" | "_pretty" => {}
             other => {
                 return Err(FhirError::incorrect(
                     IssueCode::NotSupported,
-                    format!("the history parameter '{other}' is not supported (supported: _count, _since)"),
+                    format!("the history parameter '{other}' is not supported (supported: _count, _since, _at)"),
                 ));
             }
         }
@@ -79,12 +99,22 @@ fn respond(
 ) -> Result<HttpResponse, FhirError> {
     let params = params(http, state)?;
     let relative_path = http.path().strip_prefix("/fhir").unwrap_or(http.path()).to_owned();
-    let scope = format!("history|{relative_path}|{}", params.since.as_ref().map_or("", |(text, _)| text.as_str()));
+    let scope = format!(
+        "history|{relative_path}|{}|{}",
+        params.since.as_ref().map_or("", |(text, _)| text.as_str()),
+        params.at.as_ref().map_or("", |(text, _)| text.as_str())
+    );
     let secret = state.store.cursor_key();
     let below = params.cursor.as_deref().map(|token| cursor::decode(secret, &scope, token)).transpose()?;
     let snapshot = state.store.snapshot()?;
-    let query =
-        HistoryQuery { since_micros: params.since.as_ref().map(|(_, micros)| *micros), count: params.count, below };
+    let query = HistoryQuery {
+        since_micros: params.since.as_ref().map(|(_, micros)| *micros),
+        count: params.count,
+        below,
+        at: params.at.as_ref().map(|(_, period)| *period),
+        // At least one entry per page, so that paging always advances.
+        max_scan: state.limits.max_history_scan.max(1),
+    };
     let page =
         if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
 

@@ -31,6 +31,7 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
         (Interaction::Read, "read"),
         (Interaction::Vread, "vread"),
         (Interaction::Update, "update"),
+        (Interaction::Patch, "patch"),
         (Interaction::Delete, "delete"),
         (Interaction::HistoryInstance, "history-instance"),
         (Interaction::HistoryType, "history-type"),

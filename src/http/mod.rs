@@ -11,6 +11,7 @@ mod history;
 mod metadata;
 mod negotiate;
 mod paging;
+mod patch;
 mod read;
 mod request;
 mod response;
@@ -28,6 +29,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 
 pub use bundle::process_bundle;
+pub use everything::MAX_REFERENCED as EVERYTHING_MAX_REFERENCED;
 pub use request::Return;
 
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
@@ -53,6 +55,8 @@ pub struct Limits {
     pub max_url_bytes: usize,
     /// The work one search may do before it is refused as too costly.
     pub search_budget: crate::search::budget::Budget,
+    /// Most entries one page of an `_at` history examines.
+    pub max_history_scan: usize,
 }
 
 impl Limits {
@@ -71,6 +75,7 @@ impl Limits {
                 work: settings.search_work_budget,
                 time: std::time::Duration::from_millis(settings.search_timeout_ms),
             },
+            max_history_scan: settings.max_history_scan,
         }
     }
 }
@@ -98,6 +103,8 @@ pub enum Interaction {
     ConditionalUpdate,
     Delete,
     ConditionalDelete,
+    Patch,
+    ConditionalPatch,
     HistoryInstance,
     HistoryType,
     HistorySystem,
@@ -174,15 +181,18 @@ pub fn routes() -> &'static [RouteSpec] {
             row(Create, Method::POST, "/{type}", |ctx| Box::pin(create::handle(ctx))),
             row(ConditionalUpdate, Method::PUT, "/{type}", |ctx| Box::pin(update::conditional(ctx))),
             row(ConditionalDelete, Method::DELETE, "/{type}", |ctx| Box::pin(delete::conditional(ctx))),
+            row(ConditionalPatch, Method::PATCH, "/{type}", |ctx| Box::pin(patch::conditional(ctx))),
             row(Vread, Method::GET, "/{type}/{id}/_history/{vid}", |ctx| Box::pin(vread::handle(ctx))),
             row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
             row(Everything, Method::GET, "/{type}/{id}/$everything", |ctx| Box::pin(everything::handle(ctx))),
+            row(Validate, Method::POST, "/{type}/{id}/$validate", |ctx| Box::pin(validate::instance(ctx))),
             row(SearchCompartment, Method::GET, "/{type}/{id}/{compartment_type}", |ctx| {
                 Box::pin(search::compartment(ctx))
             }),
             row(Read, Method::GET, "/{type}/{id}", |ctx| Box::pin(read::handle(ctx))),
             row(Update, Method::PUT, "/{type}/{id}", |ctx| Box::pin(update::by_id(ctx))),
             row(Delete, Method::DELETE, "/{type}/{id}", |ctx| Box::pin(delete::by_id(ctx))),
+            row(Patch, Method::PATCH, "/{type}/{id}", |ctx| Box::pin(patch::by_id(ctx))),
         ]
     });
     &ROUTES

@@ -59,6 +59,20 @@ pub fn page_across_types(
     base: &str,
     self_url: &str,
 ) -> Result<BundleOut, FhirError> {
+    page_across_types_at(store, plans, count, token, scope, base, self_url).map(|(bundle, _)| bundle)
+}
+
+/// [`page_across_types`], also returning the logical time the page shows, for callers that
+/// add more resources to it as of that same time.
+pub fn page_across_types_at(
+    store: &Store,
+    plans: &[(ResourceType, Vec<Clause>)],
+    count: usize,
+    token: Option<&str>,
+    scope: &str,
+    base: &str,
+    self_url: &str,
+) -> Result<(BundleOut, u64), FhirError> {
     let secret = store.cursor_key().clone();
     let snapshot = store.snapshot()?;
     let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
@@ -149,7 +163,7 @@ pub fn page_across_types(
     if let (true, Some((index, position, _, _))) = (later, found.last()) {
         bundle.link.push(link("next", 0, (index, position)));
     }
-    Ok(bundle)
+    Ok((bundle, t))
 }
 
 /// What must be escaped in a query component; `:`, `/`, `,` and `$` stay readable.

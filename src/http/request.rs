@@ -17,12 +17,16 @@ use crate::store::{Criteria, Precondition};
 
 /// Reads the whole request body, refusing more than `limits.max_body_bytes` (413), more JSON
 /// values than `limits.max_json_values` (413), a body that does not arrive within
-/// `limits.body_read_timeout` (408) and media types other than JSON (415). A missing
+/// `limits.body_read_timeout` (408) and media types other than JSON (415; PATCH also takes
+/// `application/json-patch+json`). A missing
 /// `Content-Type` is taken to be FHIR JSON.
 pub async fn read_body(request: &HttpRequest, payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
     if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
         let media = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !matches!(media.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+        let json_patch = media == "application/json-patch+json" && request.method() == actix_web::http::Method::PATCH;
+        if !json_patch
+            && !matches!(media.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir")
+        {
             return Err(FhirError::new(
                 Category::UnsupportedMediaType,
                 IssueCode::NotSupported,

@@ -106,18 +106,39 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
     let base = request::base_url(&http, &state);
-    let mut search = parse(resource_type, &pairs, strict, &base, &state.limits)?;
-    if let Some(patient) = &patient {
+    let search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
+    let store = state.store.clone();
+    let bundle = web::block(move || run(&store, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
+    Ok(bundle.into_response())
+}
+
+/// A search checked and parsed from its parameters, with the work it may do, ready to run on a
+/// later snapshot (a transaction parses its search entries before its writes and runs them
+/// after).
+pub(super) struct Prepared(Box<SearchRequest>, Budget);
+
+/// Parses a type search, or with `patient` a search in that patient's compartment.
+pub(super) fn prepare(
+    resource_type: ResourceType,
+    patient: Option<&str>,
+    pairs: &[(String, String)],
+    strict: bool,
+    base: &str,
+    limits: &super::Limits,
+) -> Result<Prepared, FhirError> {
+    let mut search = parse(resource_type, pairs, strict, base, limits)?;
+    if let Some(patient) = patient {
         search.clauses.push(compartment_clause(patient));
         search.path = format!("Patient/{patient}/{resource_type}");
     }
-    let store = state.store.clone();
+    Ok(Prepared(Box::new(search), limits.search_budget))
+}
+
+/// Runs a prepared search on the newest snapshot (or, for a later page, on its cursor's) and
+/// returns the searchset Bundle. Blocking: call it off the I/O threads.
+pub(super) fn run(store: &crate::store::Store, base: &str, search: Prepared) -> Result<BundleOut, FhirError> {
     let secret = store.cursor_key().clone();
-    let budget = state.limits.search_budget;
-    let bundle = web::block(move || execute(&store, &secret, &base, search, budget))
-        .await
-        .map_err(|_| FhirError::fault("search"))??;
-    Ok(bundle.into_response())
+    execute(store, &secret, base, *search.0, search.1)
 }
 
 fn parse(
@@ -563,7 +584,12 @@ struct Included {
 
 /// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves
 /// the stored bytes untouched.
-fn shape(resource_type: ResourceType, body: &[u8], elements: Option<&[String]>, summary: Option<Summary>) -> Vec<u8> {
+pub(super) fn shape(
+    resource_type: ResourceType,
+    body: &[u8],
+    elements: Option<&[String]>,
+    summary: Option<Summary>,
+) -> Vec<u8> {
     if elements.is_none() && summary.is_none() {
         return body.to_vec();
     }

@@ -6,7 +6,8 @@ use super::{Ctx, request, response};
 use crate::fhir::{Category, FhirError, IssueCode};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { state, params, .. } = ctx;
+    let Ctx { http, state, params, .. } = ctx;
+    let shaping = super::read::Shaping::from_request(&http)?;
     let (type_name, id, version) = (params[0].clone(), params[1].clone(), params[2].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -19,6 +20,6 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             IssueCode::Deleted,
             format!("version {version} of {resource_type}/{id} is its deletion"),
         )),
-        Some(stored) => Ok(response::resource(stored)),
+        Some(stored) => Ok(response::resource(shaping.apply(resource_type, stored))),
     }
 }

@@ -1,6 +1,6 @@
 //! The subset of FHIRPath that the R4 SearchParameter expressions use: paths (with choice types
 //! such as `value` → `valueQuantity`), `|`, `where(...)`, `as`/`ofType`/`is`, `resolve()`,
-//! `exists()`, `extension(url)`, indexers, `=`/`!=` and `and`, string/boolean/number literals.
+//! `exists()`, `first()`, `extension(url)`, indexers, `=`/`!=` and `and`, string/boolean/number literals.
 //!
 //! Expressions are parsed once, when the registry loads; [`Expr::parse`] rejects anything
 //! outside the subset, and the registry lists such parameters as unsupported.
@@ -457,6 +457,7 @@ impl Parser {
             "where" => Expr::Where(target, Box::new(self.and()?)),
             "resolve" => Expr::Resolve(target),
             "exists" => Expr::Exists(target),
+            "first" => Expr::Index(target, 0),
             "as" | "ofType" => Expr::OfType(target, self.type_name()?),
             "is" => Expr::Is(target, self.type_name()?),
             "extension" => match self.peek().cloned() {
@@ -528,11 +529,12 @@ mod tests {
             "extension": [{"url": "http://x", "valueString": "v"}]});
         assert_eq!(strings("Bundle.entry[0].resource", &bundle), vec![r#"{"resourceType":"Composition"}"#]);
         assert_eq!(strings("Bundle.extension('http://x').value", &bundle), vec!["v:string"]);
+        assert_eq!(strings("Bundle.entry.first().resource", &bundle), vec![r#"{"resourceType":"Composition"}"#]);
     }
 
     #[test]
     fn anything_outside_the_subset_is_rejected() {
-        for text in ["Patient.name.first()", "Patient.name + 1", "Patient.name.where(", "'open"] {
+        for text in ["Patient.name.last()", "Patient.name + 1", "Patient.name.where(", "'open"] {
             assert!(Expr::parse(text).is_err(), "{text}");
         }
     }

@@ -3,6 +3,7 @@
 //! - [`registry`]: the official R4 SearchParameter definitions, parsed once; unsupported ones
 //!   are listed, never silently dropped.
 //! - [`fhirpath`]: the FHIRPath subset those definitions use.
+//! - [`fhirpath_patch`]: FHIRPath Patch, on the same FHIRPath subset.
 //! - [`values`]: how each parameter type encodes index values.
 //! - [`indexer`]: the store's [`crate::store::Indexer`], driven by the registry.
 //! - [`criteria`]: conditional-interaction criteria (`_id`, `identifier`).
@@ -15,6 +16,7 @@ pub mod compartment;
 mod criteria;
 pub mod engine;
 pub mod fhirpath;
+pub mod fhirpath_patch;
 mod indexer;
 pub mod query;
 pub mod registry;

@@ -37,6 +37,12 @@ pub struct HistoryQuery {
     /// Exclusive upper bound of the page: a logical time `t` for type and system history, a
     /// version number for instance history. `None` starts at the newest entry.
     pub below: Option<u64>,
+    /// `_at`: only versions that were current at some moment of `[from, to)` (microseconds):
+    /// written before `to`, and not yet replaced by a newer version at `from`.
+    pub at: Option<(i64, i64)>,
+    /// With `at`, the most entries one page examines: versions replaced before `from` can be
+    /// arbitrarily many, so a page that reaches this ends early with a `next_below`.
+    pub max_scan: usize,
 }
 
 /// Newest first.
@@ -155,6 +161,9 @@ impl Snapshot {
         };
         let range = table.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?;
         let mut entries = Vec::new();
+        let mut examined = 0;
+        // The version examined before this one is this one's successor (newest first).
+        let mut successor_written: Option<i64> = None;
         for entry in range.rev() {
             let (key, value) = entry.map_err(StoreError::from)?;
             let version = decode_version(key.value(), value.value())?;
@@ -165,12 +174,81 @@ impl Snapshot {
                 let next = entries.last().map(|v: &Version| v.version);
                 return Ok(HistoryPage { entries, next_below: next });
             }
+            if let Some((from, to)) = query.at {
+                if examined == query.max_scan {
+                    return Ok(HistoryPage { entries, next_below: Some(version.version + 1) });
+                }
+                examined += 1;
+                let successor = match (successor_written, query.below) {
+                    (Some(written), _) => Some(written),
+                    // The first version of a later page: its successor is on an earlier page.
+                    (None, Some(_)) => self.written(&version.resource_type, &version.id, version.version + 1)?,
+                    (None, None) => None,
+                };
+                successor_written = Some(version.header.last_updated_micros);
+                if !current_during(version.header.last_updated_micros, successor, from, to) {
+                    // Older versions were replaced even earlier: none can qualify.
+                    if successor.is_some_and(|written| written <= from) {
+                        return Ok(HistoryPage { entries, next_below: None });
+                    }
+                    continue;
+                }
+            }
             entries.push(version);
         }
         Ok(HistoryPage { entries, next_below: None })
     }
 
-    pub fn type_history(&self, resource_type: ResourceType, query: HistoryQuery) -> Result<HistoryPage, FhirError> {
+    /// When `version` of a resource was written, if it exists.
+    fn written(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<i64>, StoreError> {
+        let key = resource_version::encode(resource_type, id, version);
+        match self.versions.get(key.as_slice())? {
+            None => Ok(None),
+            Some(value) => {
+                let (header, _) =
+                    resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+                Ok(Some(header.last_updated_micros))
+            }
+        }
+    }
+
+    /// The smallest logical time whose version was written at or after `micros`, if any: the
+    /// exclusive upper bound of a history that must end before `micros`. A binary search over
+    /// `t` (lastUpdated never decreases with `t`), at most 64 probes.
+    fn first_t_written_from(&self, micros: i64) -> Result<Option<u64>, FhirError> {
+        // The first history entry at or after logical time `t`, with when it was written.
+        let probe = |t: u64| -> Result<Option<(u64, i64)>, FhirError> {
+            let start = system_history::at(t);
+            let Some(entry) = self.system_history.range(start.as_slice()..).map_err(StoreError::from)?.next() else {
+                return Ok(None);
+            };
+            let (key, _) = entry.map_err(StoreError::from)?;
+            let (t, resource_type, id, version) =
+                system_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            let written =
+                self.written(&resource_type, &id, version)?.ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            Ok(Some((t, written)))
+        };
+        let (mut lo, mut hi) = (0u64, self.t);
+        match probe(hi)? {
+            Some((_, written)) if written >= micros => {}
+            _ => return Ok(None),
+        }
+        // Invariant: the entry found by probe(hi) was written at or after `micros`, and every
+        // entry before logical time `lo` was written before it.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match probe(mid)? {
+                Some((_, written)) if written >= micros => hi = mid,
+                Some((t, _)) => lo = t + 1,
+                None => break,
+            }
+        }
+        Ok(probe(hi)?.map(|(t, _)| t))
+    }
+
+    pub fn type_history(&self, resource_type: ResourceType, mut query: HistoryQuery) -> Result<HistoryPage, FhirError> {
+        self.bound_by_at(&mut query)?;
         let table = &self.type_history;
         let start = type_history::prefix(resource_type.as_str());
         let end = match query.below {
@@ -187,7 +265,8 @@ impl Snapshot {
         self.history_page(keys, query)
     }
 
-    pub fn system_history(&self, query: HistoryQuery) -> Result<HistoryPage, FhirError> {
+    pub fn system_history(&self, mut query: HistoryQuery) -> Result<HistoryPage, FhirError> {
+        self.bound_by_at(&mut query)?;
         let table = &self.system_history;
         let end = system_history::at(query.below.unwrap_or(u64::MAX));
         let range = table.range(..end.as_slice()).map_err(StoreError::from)?;
@@ -200,6 +279,15 @@ impl Snapshot {
         self.history_page(keys, query)
     }
 
+    /// On the first page of an `_at` history, skips (by binary search, not by scanning) every
+    /// entry written at or after the period's end.
+    fn bound_by_at(&self, query: &mut HistoryQuery) -> Result<(), FhirError> {
+        if let (Some((_, to)), None) = (query.at, query.below) {
+            query.below = self.first_t_written_from(to)?;
+        }
+        Ok(())
+    }
+
     /// Collects one page from history keys `(t, type, id, version)` given newest first.
     fn history_page(
         &self,
@@ -209,10 +297,27 @@ impl Snapshot {
         let versions = &self.versions;
         let mut entries = Vec::new();
         let mut last_t = None;
+        let mut examined = 0;
         for key in keys {
             let (t, resource_type, id, version) = key?;
             if entries.len() == query.count {
                 return Ok(HistoryPage { entries, next_below: last_t });
+            }
+            if let Some((from, to)) = query.at {
+                if examined == query.max_scan {
+                    return Ok(HistoryPage { entries, next_below: Some(t + 1) });
+                }
+                examined += 1;
+                let written = self
+                    .written(&resource_type, &id, version)?
+                    .ok_or_else(|| StoreError::Corrupt(id.clone().into_bytes()))?;
+                if query.since_micros.is_some_and(|since| written < since) {
+                    return Ok(HistoryPage { entries, next_below: None });
+                }
+                let successor = self.written(&resource_type, &id, version + 1)?;
+                if !current_during(written, successor, from, to) {
+                    continue;
+                }
             }
             let record_key = resource_version::encode(&resource_type, &id, version);
             let value = versions
@@ -237,4 +342,10 @@ fn decode_version(key: &[u8], value: &[u8]) -> Result<Version, StoreError> {
         resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
     let (header, body) = resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
     Ok(Version { resource_type, id, version, header, body: body.to_vec() })
+}
+
+/// Whether a version written at `written`, and replaced at `successor` (`None`: still current),
+/// was current at some moment of `[from, to)`.
+fn current_during(written: i64, successor: Option<i64>, from: i64, to: i64) -> bool {
+    written < to && successor.is_none_or(|replaced| replaced > from)
 }

@@ -197,7 +197,7 @@ impl braid::store::Indexer for PanickingIndexer {
 async fn a_panicking_write_fails_alone_commits_nothing_and_the_writer_keeps_serving() {
     let (_dir, store) = open_store(std::sync::Arc::new(PanickingIndexer));
     let patient_type = braid::fhir::ResourceType::parse("Patient").unwrap();
-    let all = || braid::store::HistoryQuery { since_micros: None, count: 100, below: None };
+    let all = || braid::store::HistoryQuery { since_micros: None, count: 100, below: None, at: None, max_scan: 10_000 };
 
     // A transaction whose second operation panics after the first has been written.
     let mut transaction = create_action(patient("Fine"));

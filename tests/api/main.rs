@@ -20,5 +20,6 @@ mod metadata;
 mod power_loss;
 mod process;
 mod search;
+mod surface;
 mod synthea;
 mod validation;

@@ -22,7 +22,7 @@ async fn the_capability_statement_describes_what_the_routes_serve() {
         patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
-        vec!["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
+        vec!["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
     );
     let params: Vec<&str> =
         patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();

@@ -76,6 +76,11 @@ impl Validator {
         Ok(warnings)
     }
 
+    /// The R4 JSON schema's type definitions (element cardinality and types).
+    pub fn schema_definitions(&self) -> &serde_json::Value {
+        self.schemas.definitions()
+    }
+
     pub fn profiles(&self) -> &ProfileSet {
         &self.profiles
     }

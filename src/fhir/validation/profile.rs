@@ -85,6 +85,15 @@ impl ProfileSet {
         self.profiles.iter()
     }
 
+    /// The profile with canonical URL `url` (a version suffix `|x` is ignored), or the one
+    /// that a resource claiming `url` in `meta.profile` must follow.
+    pub fn find(&self, url: &str) -> Option<&Profile> {
+        let url = url.split('|').next().unwrap_or(url);
+        self.profiles.iter().find(|profile| {
+            profile.url == url || profile.applies_when.iter().any(|c| c.meta_profile.iter().any(|u| u == url))
+        })
+    }
+
     /// Checks `resource` against every applicable profile. A broken rule of a profile the
     /// resource claims in `meta.profile` is an error; a broken rule of a profile that applies
     /// only because of the resource's content (e.g. its category) is a warning: Braid is strict

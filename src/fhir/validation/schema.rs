@@ -30,7 +30,8 @@ impl SchemaSet {
         SchemaSet { definitions, compiled: R4_RESOURCE_TYPES.iter().map(|_| OnceLock::new()).collect() }
     }
 
-    /// The schema's `definitions` (with `ResourceList` reduced to "an object").
+    /// The schema's `definitions`: each FHIR type's properties, with their cardinality
+    /// (`"type": "array"`) and type (`$ref`).
     pub fn definitions(&self) -> &Value {
         &self.definitions
     }
