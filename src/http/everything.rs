@@ -98,9 +98,18 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let scope = format!("everything|{path}|{self_query}");
     let self_url = if self_query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{self_query}") };
     let store = state.store.clone();
+    let budget = state.limits.search_budget;
     let bundle = web::block(move || {
-        let (mut bundle, t) =
-            paging::page_across_types_at(&store, &plans, count, token.as_deref(), &scope, &base, &self_url)?;
+        let search = paging::CrossTypeSearch {
+            plans: &plans,
+            count,
+            token: token.as_deref(),
+            scope: &scope,
+            base: &base,
+            self_url: &self_url,
+            budget,
+        };
+        let (mut bundle, t) = paging::page_across_types(&store, &search)?;
         let members = Members { patient_id: patient_id.as_str(), planned: plans.iter().map(|(t, _)| *t).collect() };
         add_referenced(&store, &mut bundle, t, &members, requested.as_deref(), &base)?;
         Ok::<_, FhirError>(bundle)

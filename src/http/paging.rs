@@ -8,6 +8,7 @@ use serde_json::json;
 use super::cursor;
 use super::response::{BundleOut, EntryOut, Link, raw};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
+use crate::search::budget::{Budget, Budgeted};
 use crate::search::engine::{self, Position};
 use crate::search::query::Clause;
 use crate::store::{IndexView, Store};
@@ -46,33 +47,25 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, usize, Option<Position>)> {
     Some((u64::from_be_bytes(*t), u32::from_be_bytes(*type_index) as usize, position))
 }
 
-/// One searchset page over `plans` (a type and its clauses each), continuing from `token`
-/// forward or, for a `previous` link, backward. `self_url` is the page's own link; `next` and
-/// `previous` repeat it with a cursor. A cursor is a direction byte (0 forward: after the
-/// position; 1 backward: before it) and [`encode`]'s bytes.
-pub fn page_across_types(
-    store: &Store,
-    plans: &[(ResourceType, Vec<Clause>)],
-    count: usize,
-    token: Option<&str>,
-    scope: &str,
-    base: &str,
-    self_url: &str,
-) -> Result<BundleOut, FhirError> {
-    page_across_types_at(store, plans, count, token, scope, base, self_url).map(|(bundle, _)| bundle)
+/// What [`page_across_types`] pages over: `plans` (a type and its clauses each), `count` per
+/// page, continuing from `token`; `self_url` is the page's own link (`next` and `previous`
+/// repeat it with a cursor of `scope`); `budget` bounds the index work of the page.
+pub struct CrossTypeSearch<'a> {
+    pub plans: &'a [(ResourceType, Vec<Clause>)],
+    pub count: usize,
+    pub token: Option<&'a str>,
+    pub scope: &'a str,
+    pub base: &'a str,
+    pub self_url: &'a str,
+    pub budget: Budget,
 }
 
-/// [`page_across_types`], also returning the logical time the page shows, for callers that
-/// add more resources to it as of that same time.
-pub fn page_across_types_at(
-    store: &Store,
-    plans: &[(ResourceType, Vec<Clause>)],
-    count: usize,
-    token: Option<&str>,
-    scope: &str,
-    base: &str,
-    self_url: &str,
-) -> Result<(BundleOut, u64), FhirError> {
+/// One searchset page, continuing forward or, for a `previous` link, backward. A cursor is a
+/// direction byte (0 forward: after the position; 1 backward: before it) and [`encode`]'s
+/// bytes. Also returns the logical time the page shows, for callers that add more resources
+/// to it as of that same time.
+pub fn page_across_types(store: &Store, search: &CrossTypeSearch<'_>) -> Result<(BundleOut, u64), FhirError> {
+    let CrossTypeSearch { plans, count, token, scope, base, self_url, budget } = *search;
     let secret = store.cursor_key().clone();
     let snapshot = store.snapshot()?;
     let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
@@ -90,7 +83,8 @@ pub fn page_across_types_at(
         return Err(invalid());
     }
     let index = snapshot.index();
-    let view: &dyn IndexView = &index;
+    let budgeted = Budgeted::new(&index, budget);
+    let view: &dyn IndexView = &budgeted;
     // Collect `count + 1` matches in the direction of travel: the extra one only tells whether
     // more follow. Each match is `(type index, position, id, version)`.
     let mut found: Vec<(usize, Position, String, u64)> = Vec::new();

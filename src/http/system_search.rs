@@ -49,8 +49,18 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let scope = format!("system|{self_query}");
     let self_url = if self_query.is_empty() { base.clone() } else { format!("{base}?{self_query}") };
     let store = state.store.clone();
+    let budget = state.limits.search_budget;
     let bundle = web::block(move || {
-        paging::page_across_types(&store, &plans, count, token.as_deref(), &scope, &base, &self_url)
+        let search = paging::CrossTypeSearch {
+            plans: &plans,
+            count,
+            token: token.as_deref(),
+            scope: &scope,
+            base: &base,
+            self_url: &self_url,
+            budget,
+        };
+        paging::page_across_types(&store, &search).map(|(bundle, _)| bundle)
     })
     .await
     .map_err(|_| FhirError::fault("search"))??;

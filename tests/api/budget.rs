@@ -78,3 +78,28 @@ async fn revincludes_beyond_the_limit_are_cut_with_a_warning() {
     assert_eq!(entries.iter().filter(|e| e["search"]["mode"] == "include").count(), 1);
     assert!(entries.iter().all(|e| e["search"]["mode"] != "outcome"));
 }
+
+#[actix_web::test]
+async fn everything_and_system_search_run_on_the_same_budget() {
+    let app = spawn_app_with(|s| s.search_work_budget = 900).await;
+    let mut entries = vec![
+        json!({"resource": {"resourceType": "Patient", "id": "busy"}, "request": {"method": "PUT", "url": "Patient/busy"}}),
+    ];
+    for n in 0..600 {
+        entries.push(json!({"resource": {"resourceType": "Observation", "id": format!("e{n}"), "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/busy"}},
+            "request": {"method": "PUT", "url": format!("Observation/e{n}")}}));
+    }
+    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // A small page is within the budget...
+    let page = app.get("/Patient/busy/$everything?_count=10").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    // ...a page of everything is not.
+    let all = app.get("/Patient/busy/$everything?_count=1000").await;
+    all.assert_outcome(400);
+    assert_eq!(all.body["issue"][0]["code"], "too-costly");
+    let system = app.get("/?_type=Observation&status=final&_count=1000").await;
+    system.assert_outcome(400);
+    assert_eq!(system.body["issue"][0]["code"], "too-costly");
+}
