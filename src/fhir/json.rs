@@ -10,12 +10,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{FhirError, Id, IssueCode, Resource, ResourceType};
 
-/// Returns an error if `bytes` nests arrays and objects deeper than `max_depth`.
-///
-/// This runs before the parser so that a hostile body cannot make it recurse deeply; it scans
-/// the bytes once, ignoring brackets inside strings.
-pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
-    let mut depth = 0usize;
+/// Calls `visit` with every byte of `bytes` that lies outside JSON strings (the structure:
+/// brackets, separators, literals), in order, until it returns an error. One pass, no
+/// allocation: the pre-parse checks below are built on it.
+fn for_each_structural_byte<E>(bytes: &[u8], mut visit: impl FnMut(u8) -> Result<(), E>) -> Result<(), E> {
     let mut in_string = false;
     let mut escaped = false;
     for &byte in bytes {
@@ -26,10 +24,23 @@ pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
                 b'"' => in_string = false,
                 _ => {}
             }
-            continue;
+        } else if byte == b'"' {
+            in_string = true;
+        } else {
+            visit(byte)?;
         }
+    }
+    Ok(())
+}
+
+/// Returns an error if `bytes` nests arrays and objects deeper than `max_depth`.
+///
+/// This runs before the parser so that a hostile body cannot make it recurse deeply; it scans
+/// the bytes once, ignoring brackets inside strings.
+pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
+    let mut depth = 0usize;
+    for_each_structural_byte(bytes, |byte| {
         match byte {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
@@ -42,8 +53,8 @@ pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Returns an error if `bytes` holds more than `max_values` JSON values, counted as the
@@ -55,34 +66,19 @@ pub fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), FhirError> {
 /// not only by the body's length.
 pub fn check_value_count(bytes: &[u8], max_values: usize) -> Result<(), FhirError> {
     let mut count = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+    for_each_structural_byte(bytes, |byte| {
+        if matches!(byte, b'{' | b'[' | b',' | b':') {
+            count += 1;
+            if count > max_values {
+                return Err(FhirError::new(
+                    super::Category::TooLarge,
+                    IssueCode::TooCostly,
+                    format!("the body holds more than the limit of {max_values} JSON values"),
+                ));
             }
-            continue;
         }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' | b',' | b':' => {
-                count += 1;
-                if count > max_values {
-                    return Err(FhirError::new(
-                        super::Category::TooLarge,
-                        IssueCode::TooCostly,
-                        format!("the body holds more than the limit of {max_values} JSON values"),
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// JSON keys whose strings may exceed `max_string_bytes`: the base64Binary elements

@@ -2,18 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{patient, spawn_app};
-
-fn entry(method: &str, url: &str, resource: Option<Value>, full_url: Option<&str>) -> Value {
-    let mut entry = json!({"request": {"method": method, "url": url}});
-    if let Some(resource) = resource {
-        entry["resource"] = resource;
-    }
-    if let Some(full_url) = full_url {
-        entry["fullUrl"] = json!(full_url);
-    }
-    entry
-}
+use crate::helpers::{bundle_entry, patient, spawn_app};
 
 fn observation_of(subject: &str) -> Value {
     json!({"resourceType": "Observation", "status": "final", "code": {"text": "note"}, "subject": {"reference": subject}})
@@ -23,8 +12,8 @@ fn observation_of(subject: &str) -> Value {
 async fn a_transaction_resolves_urn_uuid_references_to_the_created_ids() {
     let app = spawn_app().await;
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Observation", Some(observation_of("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a")), None),
-        entry("POST", "Patient", Some(patient("Txn")), Some("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a")),
+        bundle_entry("POST", "Observation", Some(observation_of("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a")), None),
+        bundle_entry("POST", "Patient", Some(patient("Txn")), Some("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a")),
     ]});
     for path in ["", "/"] {
         let reply = app.post(path, &bundle).await;
@@ -44,8 +33,8 @@ async fn a_transaction_resolves_urn_uuid_references_to_the_created_ids() {
 async fn a_transaction_with_one_bad_entry_writes_nothing() {
     let app = spawn_app().await;
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Patient", Some(patient("Good")), None),
-        entry("POST", "Patient", Some(json!({"resourceType": "Patient", "birthDate": "never"})), None),
+        bundle_entry("POST", "Patient", Some(patient("Good")), None),
+        bundle_entry("POST", "Patient", Some(json!({"resourceType": "Patient", "birthDate": "never"})), None),
     ]});
     let reply = app.post("", &bundle).await;
     reply.assert_outcome(400);
@@ -57,7 +46,7 @@ async fn a_transaction_with_one_bad_entry_writes_nothing() {
     existing["id"] = json!("e");
     app.put("/Patient/e", &existing).await;
     let conflicting = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Patient", Some(patient("Lost")), None),
+        bundle_entry("POST", "Patient", Some(patient("Lost")), None),
         {"request": {"method": "PUT", "url": "Patient/e", "ifMatch": "W/\"9\""}, "resource": existing},
     ]});
     app.post("", &conflicting).await.assert_outcome(412);
@@ -74,7 +63,7 @@ async fn transaction_entries_can_use_conditional_references_and_if_none_exist() 
 
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=http://mrn|77"}, "resource": known},
-        entry("POST", "Observation", Some(observation_of("Patient?identifier=http://mrn|77")), None),
+        bundle_entry("POST", "Observation", Some(observation_of("Patient?identifier=http://mrn|77")), None),
     ]});
     let reply = app.post("", &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -83,11 +72,11 @@ async fn transaction_entries_can_use_conditional_references_and_if_none_exist() 
     assert_eq!(reply.body["entry"][1]["resource"]["subject"]["reference"], format!("Patient/{known_id}"));
 
     let unresolvable = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Observation", Some(observation_of("Patient?identifier=http://mrn|none")), None),
+        bundle_entry("POST", "Observation", Some(observation_of("Patient?identifier=http://mrn|none")), None),
     ]});
     app.post("", &unresolvable).await.assert_outcome(412);
     let dangling = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Observation", Some(observation_of("urn:uuid:00000000-0000-0000-0000-000000000000")), None),
+        bundle_entry("POST", "Observation", Some(observation_of("urn:uuid:00000000-0000-0000-0000-000000000000")), None),
     ]});
     app.post("", &dangling).await.assert_outcome(400);
 }
@@ -101,10 +90,10 @@ async fn transaction_processing_order_is_delete_post_put_get() {
     let mut updated = patient("Updated");
     updated["id"] = json!("upd");
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("GET", "Patient/upd", None, None),
-        entry("PUT", "Patient/upd", Some(updated), None),
-        entry("POST", "Patient", Some(patient("Posted")), None),
-        entry("DELETE", "Patient/old", None, None),
+        bundle_entry("GET", "Patient/upd", None, None),
+        bundle_entry("PUT", "Patient/upd", Some(updated), None),
+        bundle_entry("POST", "Patient", Some(patient("Posted")), None),
+        bundle_entry("DELETE", "Patient/old", None, None),
     ]});
     let reply = app.post("", &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -127,8 +116,8 @@ async fn a_transaction_may_not_touch_one_resource_twice() {
     let mut body = patient("Twice");
     body["id"] = json!("twice");
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("PUT", "Patient/twice", Some(body.clone()), None),
-        entry("DELETE", "Patient/twice", None, None),
+        bundle_entry("PUT", "Patient/twice", Some(body.clone()), None),
+        bundle_entry("DELETE", "Patient/twice", None, None),
     ]});
     let reply = app.post("", &bundle).await;
     reply.assert_outcome(400);
@@ -140,11 +129,11 @@ async fn a_transaction_may_not_touch_one_resource_twice() {
 async fn a_batch_runs_entries_independently() {
     let app = spawn_app().await;
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
-        entry("POST", "Patient", Some(patient("One")), None),
-        entry("POST", "Patient", Some(json!({"resourceType": "Patient", "gender": 3})), None),
-        entry("GET", "Patient/missing", None, None),
-        entry("PATCH", "Patient/x", None, None),
-        entry("POST", "Patient", Some(patient("Two")), None),
+        bundle_entry("POST", "Patient", Some(patient("One")), None),
+        bundle_entry("POST", "Patient", Some(json!({"resourceType": "Patient", "gender": 3})), None),
+        bundle_entry("GET", "Patient/missing", None, None),
+        bundle_entry("PATCH", "Patient/x", None, None),
+        bundle_entry("POST", "Patient", Some(patient("Two")), None),
     ]});
     let reply = app.post("", &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);

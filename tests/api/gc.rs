@@ -8,11 +8,7 @@ use braid::config::Settings;
 use braid::startup::Application;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with, start_braid_process};
-
-fn next_link(body: &Value) -> Option<String> {
-    body["link"].as_array()?.iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned)
-}
+use crate::helpers::{TestApp, next_link, spawn_app_with, start_braid_process};
 
 fn ids(body: &Value) -> Vec<String> {
     let mut ids: Vec<String> = body["entry"]

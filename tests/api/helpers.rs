@@ -171,3 +171,39 @@ pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProc
     };
     BraidProcess { child, port, logs }
 }
+
+/// A heart-rate Observation conforming to the R4 vital-signs profile.
+pub fn heart_rate() -> Value {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": "Patient/example"},
+        "effectiveDateTime": "2026-11-20T08:30:00Z",
+        "valueQuantity": {"value": 64, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+/// A transaction or batch entry.
+pub fn bundle_entry(method: &str, url: &str, resource: Option<Value>, full_url: Option<&str>) -> Value {
+    let mut entry = serde_json::json!({"request": {"method": method, "url": url}});
+    if let Some(resource) = resource {
+        entry["resource"] = resource;
+    }
+    if let Some(full_url) = full_url {
+        entry["fullUrl"] = serde_json::json!(full_url);
+    }
+    entry
+}
+
+/// The `next` link of a searchset or history Bundle.
+pub fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned)
+}

@@ -2,14 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, patient, spawn_app};
+use crate::helpers::{TestApp, next_link, patient, spawn_app};
 
 fn entries(body: &Value) -> Vec<Value> {
     body["entry"].as_array().cloned().unwrap_or_default()
-}
-
-fn next_link(body: &Value) -> Option<String> {
-    body["link"].as_array()?.iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned)
 }
 
 /// Follows `next` links to the end and returns every entry.

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, next_link, spawn_app};
 
 /// The ids a search returns (all pages), sorted.
 async fn ids(app: &TestApp, query: &str) -> Vec<String> {
@@ -157,12 +157,7 @@ async fn paging_follows_next_links_and_is_stable_under_writes() {
     put(&app, json!({"resourceType": "Patient", "id": "pg99", "gender": "unknown"})).await;
     put(&app, json!({"resourceType": "Patient", "id": "pg10", "gender": "male"})).await;
     app.delete("/Patient/pg11").await;
-    let mut next = first.body["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .map(|l| l["url"].as_str().unwrap().to_owned());
+    let mut next = next_link(&first.body);
     while let Some(url) = next {
         assert!(url.starts_with(&app.base) && url.contains("gender=unknown") && url.contains("_count=5"), "{url}");
         let page = app.send(app.client.get(&url)).await;
@@ -170,12 +165,7 @@ async fn paging_follows_next_links_and_is_stable_under_writes() {
         seen.extend(
             page.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()),
         );
-        next = page.body["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_owned());
+        next = next_link(&page.body);
     }
     seen.sort();
     let expected: Vec<String> = (0..12).map(|n| format!("pg{n:02}")).collect();

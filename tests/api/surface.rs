@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, patient, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, bundle_entry, heart_rate, next_link, patient, spawn_app, spawn_app_with};
 
 async fn create(app: &TestApp, resource: &Value) -> String {
     let created = app.post(&format!("/{}", resource["resourceType"].as_str().unwrap()), resource).await;
@@ -49,19 +49,6 @@ async fn read_and_vread_honour_summary_and_elements() {
     let bad = app.get(&format!("/Patient/{id}?_summary=count")).await;
     bad.assert_outcome(400);
     assert_eq!(bad.expressions(), vec!["_summary"]);
-}
-
-fn heart_rate() -> Value {
-    json!({
-        "resourceType": "Observation",
-        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": "Patient/example"},
-        "effectiveDateTime": "2026-11-20T08:30:00Z",
-        "valueQuantity": {"value": 64, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
-    })
 }
 
 async fn json_patch(app: &TestApp, path: &str, patch: &Value, headers: &[(&str, &str)]) -> crate::helpers::Reply {
@@ -474,12 +461,7 @@ async fn history_at_pages_examine_a_bounded_number_of_entries() {
             pages += 1;
             assert!(pages < 10, "paging ends");
             found.extend(history_versions(&page));
-            next = page.body["link"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["relation"] == "next")
-                .map(|l| l["url"].as_str().unwrap().to_owned());
+            next = next_link(&page.body);
         }
         let expected: Vec<String> = if path.contains(&id) {
             vec![format!("Patient/{id}@1")]
@@ -490,17 +472,6 @@ async fn history_at_pages_examine_a_bounded_number_of_entries() {
         // Seven (or six) entries, at most two examined per page.
         assert!(pages >= 3, "{path}: {pages} pages");
     }
-}
-
-fn bundle_entry(method: &str, url: &str, resource: Option<Value>, full_url: Option<&str>) -> Value {
-    let mut entry = json!({"request": {"method": method, "url": url}});
-    if let Some(resource) = resource {
-        entry["resource"] = resource;
-    }
-    if let Some(full_url) = full_url {
-        entry["fullUrl"] = json!(full_url);
-    }
-    entry
 }
 
 fn searchset_ids(searchset: &Value) -> Vec<String> {
@@ -698,14 +669,7 @@ async fn everything_pages_include_only_their_own_references_as_of_the_first_page
     renamed["name"][0]["family"] = json!("After");
     assert_eq!(app.put(&format!("/Practitioner/{gp}"), &renamed).await.status, 200);
 
-    let next = |page: &crate::helpers::Reply| {
-        page.body["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_owned())
-    };
+    let next = |page: &crate::helpers::Reply| next_link(&page.body);
     let second = app.send(app.client.get(next(&first).expect("a second page"))).await;
     assert_eq!(entries_with_mode(&second.body, "match"), vec![format!("Observation/{observation}")]);
     let included: Vec<&Value> =

@@ -2,20 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
-
-fn heart_rate() -> Value {
-    json!({
-        "resourceType": "Observation",
-        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": "Patient/example"},
-        "effectiveDateTime": "2026-11-20T08:30:00Z",
-        "valueQuantity": {"value": 64, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
-    })
-}
+use crate::helpers::{heart_rate, spawn_app};
 
 #[actix_web::test]
 async fn a_conformant_vital_sign_is_stored() {
