@@ -8,6 +8,11 @@
 //!   version's `t`;
 //! - every other entry in `search_param_value` is superseded (no stray live entries), and every
 //!   superseded version whose entries are still present is in the `superseded` log.
+//!
+//! Limitation: a reference written as an absolute URL on the base the write arrived at is
+//! indexed as the relative `Type/id` it stands for, and that base is not stored with the
+//! version; the check derives entries from the body alone, so such a version is reported as
+//! differing from its index record.
 
 use std::collections::BTreeSet;
 
