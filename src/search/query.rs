@@ -217,6 +217,12 @@ impl QueryNumber {
 
 /// FHIR number comparison with the implicit precision of the query value.
 ///
+/// `gt`, `lt`, `ge` and `le` compare with the value exactly (the spec's number table: "gt100:
+/// values that are greater than exactly 100"). `sa` and `eb` have no row there, so the prefix
+/// table applies: "the range of the search value does not overlap with the range of the
+/// target value, and the range above [below] the search value contains" it. So `sa100` is
+/// `>= 100.5` and `eb100` is `< 99.5`: 100.4 is not "after" 100.
+///
 /// Stored numbers are the `f64` nearest to their decimal text, and so are the bounds; rounding
 /// to nearest is monotonic, so a stored decimal at a bound compares as the decimals do (5.35
 /// is in 5.4's range, 5.45 and 0.15 are not in 5.4's and 0.1's).
@@ -225,8 +231,12 @@ pub fn number_matches(prefix: Prefix, number: &QueryNumber, v: f64) -> bool {
     match prefix {
         Prefix::Eq => number.contains(v),
         Prefix::Ne => !number.contains(v),
-        Prefix::Gt | Prefix::Sa => v > q,
-        Prefix::Lt | Prefix::Eb => v < q,
+        Prefix::Gt => v > q,
+        Prefix::Lt => v < q,
+        Prefix::Sa if lo < hi => v >= hi,
+        Prefix::Sa => v > q,
+        Prefix::Eb if lo < hi => v < lo,
+        Prefix::Eb => v < q,
         Prefix::Ge => v >= q,
         Prefix::Le => v <= q,
         Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max((hi - lo) / 2.0),
@@ -624,6 +634,8 @@ fn number_range(prefix: Prefix, number: &QueryNumber) -> (Vec<u8>, Option<Vec<u8
     match prefix {
         Prefix::Eq if number.lo < number.hi => (enc(number.lo), Some(enc(number.hi))),
         Prefix::Eq => (enc(value), successor(&enc(value))),
+        Prefix::Sa if number.lo < number.hi => (enc(number.hi), None),
+        Prefix::Eb if number.lo < number.hi => (Vec::new(), Some(enc(number.lo))),
         Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
         Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
         Prefix::Le => (Vec::new(), successor(&enc(value))),
@@ -868,6 +880,18 @@ mod tests {
         // Ranges finer than f64 match the value's f64.
         assert!(eq("0e-400", "0") && eq("0.0", "-0.0") && !eq("0e-400", "1e-300"));
         assert!(eq("5.40000000000000000000", "5.4") && !eq("5.40000000000000000000", "5.400000000000001"));
+        // `sa` and `eb` lie beyond the implicit range, not just beyond the value.
+        let prefixed = |query: &str, stored: &str| {
+            let stored: f64 = stored.parse().unwrap();
+            let alternative = number("n", query).unwrap();
+            let accepted = alternative.pred.accepts(&encode_f64(stored));
+            assert_eq!(accepted, in_range(&alternative, &encode_f64(stored)), "{query} vs {stored}");
+            accepted
+        };
+        assert!(prefixed("sa100", "100.5") && !prefixed("sa100", "100.4") && !prefixed("sa100", "99"));
+        assert!(prefixed("eb100", "99.49") && !prefixed("eb100", "99.5") && !prefixed("eb-2", "-2.5"));
+        assert!(prefixed("eb-2", "-2.51") && prefixed("sa1.50", "1.505") && !prefixed("sa1.50", "1.504"));
+        assert!(prefixed("gt100", "100.4") && prefixed("lt100", "99.6"));
         let bounds = parse_number("n", "100.5").unwrap();
         assert_eq!((bounds.lo, bounds.hi), (100.45, 100.55));
     }
