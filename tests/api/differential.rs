@@ -319,11 +319,16 @@ fn clause_matches(resource: &Value, name: &str, value: &str, base: &str) -> bool
         Some((code, modifier)) => (code, Some(modifier)),
         None => (name, None),
     };
+    let names: Vec<&Value> = resource["name"].as_array().into_iter().flatten().collect();
     // The elements each parameter selects (its FHIRPath expression in the spec).
     let elements: Vec<&Value> = match (resource["resourceType"].as_str().unwrap(), code) {
-        ("Patient", "family") => {
-            resource["name"].as_array().into_iter().flatten().filter_map(|n| n.get("family")).collect()
-        }
+        ("Patient", "family") => names.iter().filter_map(|n| n.get("family")).collect(),
+        ("Patient", "given") => names.iter().flat_map(|n| n["given"].as_array().into_iter().flatten()).collect(),
+        // `name`: every string part of a HumanName (of those this test writes: family, given).
+        ("Patient", "name") => names
+            .iter()
+            .flat_map(|n| n.get("family").into_iter().chain(n["given"].as_array().into_iter().flatten()))
+            .collect(),
         ("Patient", "gender") => resource.get("gender").into_iter().collect(),
         ("Patient", "active") => resource.get("active").into_iter().collect(),
         ("Patient", "birthdate") => resource.get("birthDate").into_iter().collect(),
@@ -332,6 +337,8 @@ fn clause_matches(resource: &Value, name: &str, value: &str, base: &str) -> bool
         ("Patient", "general-practitioner") => {
             resource["generalPractitioner"].as_array().into_iter().flatten().collect()
         }
+        // The composite's components are evaluated on the Observation itself.
+        ("Observation", "code-value-quantity") => vec![resource],
         ("Observation", "code") => resource["code"]["coding"].as_array().into_iter().flatten().collect(),
         ("Observation", "subject") => resource.get("subject").into_iter().collect(),
         ("Observation", "value-quantity") => resource.get("valueQuantity").into_iter().collect(),
@@ -353,7 +360,7 @@ fn clause_matches(resource: &Value, name: &str, value: &str, base: &str) -> bool
 
 fn one_matches(element: &Value, code: &str, modifier: Option<&str>, value: &str, base: &str) -> bool {
     match code {
-        "family" => {
+        "family" | "given" | "name" => {
             let text = element.as_str().unwrap();
             match modifier {
                 None => fold(text).starts_with(&fold(value)),
@@ -379,6 +386,12 @@ fn one_matches(element: &Value, code: &str, modifier: Option<&str>, value: &str,
             reference_matches(value, stored, &targets, base)
         }
         "value-quantity" => quantity_matches(value, element),
+        "code-value-quantity" => {
+            let (code, quantity) = value.split_once('$').expect("code$quantity");
+            let mut codings = element["code"]["coding"].as_array().into_iter().flatten();
+            codings.any(|coding| token_matches(code, coding["system"].as_str(), coding["code"].as_str()))
+                && element.get("valueQuantity").is_some_and(|q| quantity_matches(quantity, q))
+        }
         other => panic!("no reference semantics for {other}"),
     }
 }
@@ -555,6 +568,7 @@ fn reference_query(kinds: Vec<&'static str>) -> impl Strategy<Value = String> {
 #[derive(Debug, Clone)]
 struct PatientSpec {
     family: Option<usize>,
+    given: Vec<usize>,
     gender: Option<usize>,
     birth: Option<DateSpec>,
     death: Option<DateSpec>,
@@ -565,7 +579,7 @@ struct PatientSpec {
 
 fn patient_spec() -> impl Strategy<Value = PatientSpec> {
     (
-        proptest::option::weighted(0.8, 0..FAMILIES.len()),
+        (proptest::option::weighted(0.8, 0..FAMILIES.len()), proptest::collection::vec(0..FAMILIES.len(), 0..3)),
         proptest::option::weighted(0.8, 0..GENDERS.len()),
         proptest::option::weighted(0.8, stored_date()),
         proptest::option::weighted(0.7, stored_date_time()),
@@ -573,8 +587,9 @@ fn patient_spec() -> impl Strategy<Value = PatientSpec> {
         proptest::option::weighted(0.8, any::<bool>()),
         proptest::option::weighted(0.8, ref_form(vec!["Practitioner", "Organization"])),
     )
-        .prop_map(|(family, gender, birth, death, identifiers, active, practitioner)| PatientSpec {
+        .prop_map(|((family, given), gender, birth, death, identifiers, active, practitioner)| PatientSpec {
             family,
+            given,
             gender,
             birth,
             death,
@@ -586,8 +601,15 @@ fn patient_spec() -> impl Strategy<Value = PatientSpec> {
 
 fn patient_json(id: &str, spec: &PatientSpec, base: &str) -> Value {
     let mut patient = json!({"resourceType": "Patient", "id": id});
+    let mut name = serde_json::Map::new();
     if let Some(family) = spec.family {
-        patient["name"] = json!([{"family": FAMILIES[family], "given": ["Ana"]}]);
+        name.insert("family".into(), json!(FAMILIES[family]));
+    }
+    if !spec.given.is_empty() {
+        name.insert("given".into(), spec.given.iter().map(|g| json!(FAMILIES[*g])).collect());
+    }
+    if !name.is_empty() {
+        patient["name"] = json!([name]);
     }
     if let Some(gender) = spec.gender {
         patient["gender"] = json!(GENDERS[gender]);
@@ -694,11 +716,12 @@ fn observation_json(id: &str, spec: &ObservationSpec, base: &str) -> Value {
     observation
 }
 
-/// One query value per family form, case and cut: a prefix (or, for `:contains`, a middle
-/// part) of a family name in its precomposed or decomposed form, upper or lower case.
+/// One query value per parameter, name form, case and cut: a prefix (or, for `:contains`, a
+/// middle part) of a name in its precomposed or decomposed form, upper or lower case.
 fn family_query() -> impl Strategy<Value = (String, String)> {
-    (0..FAMILIES.len(), 0..4, 0usize..3, 1usize..8, 0..3)
-        .prop_map(|(family, form, skip, take, modifier)| {
+    let parameter = proptest::sample::select(vec!["family", "family", "given", "name"]);
+    (parameter, 0..FAMILIES.len(), 0..4, 0usize..3, 1usize..8, 0..3)
+        .prop_map(|(parameter, family, form, skip, take, modifier)| {
             let text: String = match form {
                 0 => FAMILIES[family].to_owned(),
                 1 => FAMILIES[family].nfc().collect(),
@@ -706,9 +729,9 @@ fn family_query() -> impl Strategy<Value = (String, String)> {
                 _ => FAMILIES[family].to_uppercase(),
             };
             match modifier {
-                0 => ("family".to_owned(), text.chars().take(take).collect()),
-                1 => ("family:exact".to_owned(), text),
-                _ => ("family:contains".to_owned(), text.chars().skip(skip).take(take).collect()),
+                0 => (parameter.to_owned(), text.chars().take(take).collect()),
+                1 => (format!("{parameter}:exact"), text),
+                _ => (format!("{parameter}:contains"), text.chars().skip(skip).take(take).collect()),
             }
         })
         .prop_filter("a non-empty value", |(_, value)| !value.is_empty())
@@ -739,6 +762,8 @@ fn patient_clause() -> impl Strategy<Value = (String, String)> {
         proptest::collection::vec(token_query(), 1..3).prop_map(|t| ("identifier".to_owned(), t.join(","))),
         token_query().prop_map(|t| ("identifier:not".to_owned(), t)),
         any::<bool>().prop_map(|b| ("active".to_owned(), b.to_string())),
+        any::<bool>().prop_map(|b| ("active:not".to_owned(), b.to_string())),
+        any::<bool>().prop_map(|b| ("family:missing".to_owned(), b.to_string())),
         reference_query(vec!["Practitioner", "Organization"]).prop_map(|r| ("general-practitioner".to_owned(), r)),
         (0u8..3).prop_map(|n| ("general-practitioner:Organization".to_owned(), ref_id("Organization", n))),
     ]
@@ -768,6 +793,8 @@ fn observation_clause() -> impl Strategy<Value = (String, String)> {
         proptest::collection::vec(quantity_query(), 2..3).prop_map(|q| ("value-quantity".to_owned(), q.join(","))),
         query_date().prop_map(|d| ("date".to_owned(), d)),
         query_date().prop_map(|d| ("date".to_owned(), d)),
+        (token_query(), quantity_query()).prop_map(|(t, q)| ("code-value-quantity".to_owned(), format!("{t}${q}"))),
+        (token_query(), quantity_query()).prop_map(|(t, q)| ("code-value-quantity".to_owned(), format!("{t}${q}"))),
         any::<bool>().prop_map(|b| ("date:missing".to_owned(), b.to_string())),
     ]
 }
@@ -1168,4 +1195,37 @@ async fn sa_and_eb_on_quantities_lie_beyond_the_implicit_range() {
     assert_eq!(ids("value-quantity=lt-2").await, ["low", "lower"]);
     assert_eq!(ids("value-quantity=sa100").await, ["higher"]);
     assert_eq!(ids("value-quantity=gt100").await, ["high", "higher"]);
+}
+
+/// Found by the differential test: in a composite, a token component `system|` (any code of
+/// the system) matched nothing, because it was looked up as the exact value `system|`.
+#[tokio::test]
+async fn a_composite_token_component_may_name_only_the_system() {
+    let app = spawn_app().await;
+    for (id, system, value) in [("heart", "http://loinc.org", "5.4"), ("other", "http://snomed.info/sct", "5.4")] {
+        let observation = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": system, "code": "x"}]},
+            "valueQuantity": {"value": serde_json::from_str::<Value>(value).unwrap(), "system": UCUM, "code": "mg"}});
+        assert_eq!(app.put(&format!("/Observation/{id}"), &observation).await.status, 201);
+    }
+    let ids = |query: &'static str| {
+        let app = &app;
+        async move {
+            let request = app.client.get(app.url("/Observation")).query(&[("code-value-quantity", query)]);
+            let reply = app.send(request).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            let mut ids: Vec<String> = reply.body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|entry| entry["resource"]["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(ids("http://loinc.org|$5.4").await, ["heart"]);
+    assert_eq!(ids("http://loinc.org|$gt6").await, Vec::<String>::new());
+    assert_eq!(ids("x$5.4||mg").await, ["heart", "other"]);
+    assert_eq!(ids("http://snomed.info/sct|x$5.4").await, ["other"]);
 }
