@@ -264,14 +264,48 @@ fn fold(text: &str) -> String {
     lower.replace('ł', "l")
 }
 
-/// A token search value (`code`, `system|code`, `|code`, `system|`) against one coding or
-/// identifier.
+/// Splits a search value at each `separator` that no backslash escapes; the pieces keep
+/// their escapes (the spec's escapes: `\,`, `\|`, `\$`, `\\`).
+fn split_unescaped(text: &str, separator: char) -> Vec<String> {
+    let mut pieces = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let piece = pieces.last_mut().unwrap();
+            piece.push(c);
+            piece.extend(chars.next());
+        } else if c == separator {
+            pieces.push(String::new());
+        } else {
+            pieces.last_mut().unwrap().push(c);
+        }
+    }
+    pieces
+}
+
+/// Removes the escaping backslashes.
+fn unescape(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next().unwrap_or(c) } else { c });
+    }
+    out
+}
+
+/// A token search value (`code`, `system|code`, `|code`, `system|`, with escapes) against
+/// one coding or identifier.
 fn token_matches(query: &str, system: Option<&str>, code: Option<&str>) -> bool {
-    match query.split_once('|') {
-        None => code == Some(query),
-        Some(("", query_code)) => system.is_none() && code == Some(query_code),
-        Some((query_system, "")) => system == Some(query_system),
-        Some((query_system, query_code)) => system == Some(query_system) && code == Some(query_code),
+    let pieces = split_unescaped(query, '|');
+    let (query_system, query_code) = match pieces.as_slice() {
+        [code_only] => return code == Some(unescape(code_only).as_str()),
+        [query_system, query_code] => (unescape(query_system), unescape(query_code)),
+        _ => panic!("this test writes at most one unescaped bar in a token: {query}"),
+    };
+    match (query_system.as_str(), query_code.as_str()) {
+        ("", query_code) => system.is_none() && code == Some(query_code),
+        (query_system, "") => system == Some(query_system),
+        (query_system, query_code) => system == Some(query_system) && code == Some(query_code),
     }
 }
 
@@ -354,8 +388,8 @@ fn clause_matches(resource: &Value, name: &str, value: &str, base: &str) -> bool
         Some("not") => return !elements.iter().any(|element| one_matches(element, code, None, value, base)),
         _ => {}
     }
-    value
-        .split(',')
+    split_unescaped(value, ',')
+        .iter()
         .any(|alternative| elements.iter().any(|element| one_matches(element, code, modifier, alternative, base)))
 }
 
@@ -512,7 +546,14 @@ const FAMILIES: [&str; 10] = [
 ];
 const GENDERS: [&str; 4] = ["male", "female", "other", "unknown"];
 const SYSTEMS: [&str; 3] = ["http://hospital.example/mrn", "urn:oid:1.2.3", "http://loinc.org"];
-const CODES: [&str; 4] = ["v1", "V1", "8867-4", "x"];
+/// Codes, some holding the characters search values escape.
+const CODES: [&str; 6] = ["v1", "V1", "8867-4", "x", "a|b", "c,d\\e"];
+
+/// A code as a search value writes it: `\`, `|`, `,` and `$` escaped.
+fn escape(code: &str) -> String {
+    code.replace('\\', "\\\\").replace('|', "\\|").replace(',', "\\,").replace('$', "\\$")
+}
+
 /// Decimals with various digit counts, trailing zeros and signs.
 const DECIMALS: [&str; 16] = [
     "5.35", "5.4", "5.45", "0.15", "0.1", "100", "100.4", "100.5", "99.5", "1.50", "1.5", "-2", "-2.5", "-1.5", "0",
@@ -742,9 +783,9 @@ fn token_query() -> impl Strategy<Value = String> {
     (proptest::option::of(0..SYSTEMS.len()), 0..CODES.len(), 0..4).prop_map(|(system, code, form)| {
         match (system, form) {
             (Some(system), 0) => format!("{}|", SYSTEMS[system]),
-            (Some(system), _) => format!("{}|{}", SYSTEMS[system], CODES[code]),
-            (None, 0) => format!("|{}", CODES[code]),
-            (None, _) => CODES[code].to_owned(),
+            (Some(system), _) => format!("{}|{}", SYSTEMS[system], escape(CODES[code])),
+            (None, 0) => format!("|{}", escape(CODES[code])),
+            (None, _) => escape(CODES[code]),
         }
     })
 }
@@ -1211,6 +1252,8 @@ fn the_evaluator_follows_the_specs_examples() {
     // Tokens and references.
     assert!(token_matches("s|", Some("s"), Some("c")) && !token_matches("|c", Some("s"), Some("c")));
     assert!(token_matches("c", None, Some("c")) && token_matches("|c", None, Some("c")));
+    assert!(token_matches(r"s|a\|b", Some("s"), Some("a|b")) && token_matches(r"c\,d\\e", None, Some(r"c,d\e")));
+    assert_eq!(split_unescaped(r"a\,b,c", ','), [r"a\,b", "c"]);
     let base = "http://h/fhir";
     assert!(reference_matches("p1", "http://h/fhir/Patient/p1", &["Patient"], base));
     assert!(reference_matches("http://h/fhir/Patient/p1", "Patient/p1", &["Patient"], base));
