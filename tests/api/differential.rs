@@ -497,6 +497,7 @@ fn date_spec(precisions: Vec<Precision>, zones: Vec<&'static str>) -> impl Strat
         prop_oneof![Just(0i64), Just(1), Just(12), Just(23)],
         prop_oneof![Just(0i64), Just(30), Just(59)],
         prop_oneof![Just(0i64), Just(59)],
+        // Up to six digits: Braid compares instants to the microsecond (see the README).
         proptest::sample::select(vec!["5", "25", "250", "999", "000001"]),
         proptest::sample::select(zones),
         proptest::sample::select(precisions),
@@ -889,6 +890,8 @@ enum Op {
         clauses: Vec<(String, String)>,
         count: u8,
         deferred: bool,
+        /// Asks for `_total=accurate`.
+        total: bool,
     },
     /// The next page of the oldest deferred search still open.
     Continue,
@@ -903,12 +906,9 @@ fn op() -> impl Strategy<Value = Op> {
             3 => proptest::collection::vec(clause.clone(), 1..2),
             1 => proptest::collection::vec(clause, 2..4),
         ];
-        (clauses, 1u8..4, any::<bool>()).prop_map(move |(clauses, count, deferred)| Op::Search {
-            resource_type,
-            clauses,
-            count,
-            deferred,
-        })
+        (clauses, 1u8..4, any::<bool>(), proptest::bool::weighted(0.3)).prop_map(
+            move |(clauses, count, deferred, total)| Op::Search { resource_type, clauses, count, deferred, total },
+        )
     };
     prop_oneof![
         3 => (0..PATIENT_SLOTS, patient_spec()).prop_map(|(slot, spec)| Op::PutPatient(slot, spec)),
@@ -972,6 +972,10 @@ fn expected_matches(
 /// returns the `next` link.
 fn check_page(page: &Value, open: &mut OpenSearch) -> Result<Option<String>, TestCaseError> {
     prop_assert_eq!(page["resourceType"].as_str(), Some("Bundle"), "{}: {}", open.description, page);
+    // A total, where given, counts the matches as of the first page's snapshot.
+    if let Some(total) = page["total"].as_u64() {
+        prop_assert_eq!(total as usize, open.expected.len(), "{}: total", open.description);
+    }
     for entry in page["entry"].as_array().into_iter().flatten() {
         let resource = &entry["resource"];
         let key =
@@ -1118,7 +1122,7 @@ async fn run_history(
                 state.remove(&key);
                 open.iter_mut().for_each(|search| search.writes_since += 1);
             }
-            Op::Search { resource_type, clauses, count, deferred } => {
+            Op::Search { resource_type, clauses, count, deferred, total } => {
                 let clauses: Vec<(String, String)> =
                     clauses.iter().map(|(name, value)| (name.clone(), resolve(value, base, &instants))).collect();
                 let mut search = OpenSearch {
@@ -1133,9 +1137,15 @@ async fn run_history(
                 };
                 let mut query = search.clauses.clone();
                 query.push(("_count".to_owned(), count.to_string()));
+                if *total {
+                    query.push(("_total".to_owned(), "accurate".to_owned()));
+                }
                 let request = app.client.get(app.url(&format!("/{resource_type}"))).query(&query);
                 let reply = app.send(request).await;
                 prop_assert_eq!(reply.status, 200, "{}: {}", search.description, reply.text);
+                if *total {
+                    prop_assert!(reply.body["total"].is_u64(), "{}: no total in {}", search.description, reply.text);
+                }
                 search.next = check_page(&reply.body, &mut search)?;
                 if *deferred && search.next.is_some() {
                     open.push(search);
