@@ -808,6 +808,8 @@ fn patient_clause() -> impl Strategy<Value = (String, String)> {
         any::<bool>().prop_map(|b| ("active:not".to_owned(), b.to_string())),
         any::<bool>().prop_map(|b| ("family:missing".to_owned(), b.to_string())),
         last_updated_query(),
+        token_query().prop_map(|t| ("_has:Observation:subject:code".to_owned(), t)),
+        quantity_query().prop_map(|q| ("_has:Observation:subject:value-quantity".to_owned(), q)),
         reference_query(vec!["Practitioner", "Organization"]).prop_map(|r| ("general-practitioner".to_owned(), r)),
         (0u8..3).prop_map(|n| ("general-practitioner:Organization".to_owned(), ref_id("Organization", n))),
     ]
@@ -841,6 +843,9 @@ fn observation_clause() -> impl Strategy<Value = (String, String)> {
         (token_query(), quantity_query()).prop_map(|(t, q)| ("code-value-quantity".to_owned(), format!("{t}${q}"))),
         any::<bool>().prop_map(|b| ("date:missing".to_owned(), b.to_string())),
         last_updated_query(),
+        family_query().prop_map(|(name, value)| (format!("subject:Patient.{name}"), value)),
+        proptest::sample::select(GENDERS.to_vec()).prop_map(|g| ("subject:Patient.gender".to_owned(), g.to_owned())),
+        query_date().prop_map(|d| ("subject:Patient.death-date".to_owned(), d)),
     ]
 }
 
@@ -963,9 +968,46 @@ fn expected_matches(
     state
         .iter()
         .filter(|(key, _)| key.starts_with(&format!("{resource_type}/")))
-        .filter(|(_, (_, resource))| clauses.iter().all(|(name, value)| clause_matches(resource, name, value, base)))
+        .filter(|(_, (_, resource))| {
+            clauses.iter().all(|(name, value)| linked_clause_matches(state, resource, name, value, base))
+        })
         .map(|(key, version)| (key.clone(), version.clone()))
         .collect()
+}
+
+/// The `Type/id` a stored reference points to on this server: relative, or absolute on the
+/// server's own base. References to other servers point nowhere here.
+fn local_target(reference: &str, base: &str) -> Option<String> {
+    let local = match reference.strip_prefix(base) {
+        Some(rest) => rest.strip_prefix('/')?,
+        None => reference,
+    };
+    (!local.contains(':') && local.split('/').count() == 2).then(|| local.to_owned())
+}
+
+/// A clause that may follow references through the model's state: a chain
+/// (`subject:Patient.family=x`: the subject, a live Patient, has that family) or a reverse
+/// chain (`_has:Observation:subject:code=x`: some live Observation whose subject is this
+/// resource has that code); any other clause is matched on the resource itself.
+fn linked_clause_matches(state: &State, resource: &Value, name: &str, value: &str, base: &str) -> bool {
+    if let Some(parameter) = name.strip_prefix("subject:Patient.") {
+        let Some(reference) = resource["subject"]["reference"].as_str() else { return false };
+        return local_target(reference, base)
+            .filter(|target| target.starts_with("Patient/"))
+            .and_then(|target| state.get(&target))
+            .is_some_and(|(_, patient)| clause_matches(patient, parameter, value, base));
+    }
+    if let Some(parameter) = name.strip_prefix("_has:Observation:subject:") {
+        let me = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        return state.iter().filter(|(key, _)| key.starts_with("Observation/")).any(|(_, (_, observation))| {
+            let points_here = observation["subject"]["reference"]
+                .as_str()
+                .and_then(|reference| local_target(reference, base))
+                .is_some_and(|target| target == me);
+            points_here && clause_matches(observation, parameter, value, base)
+        });
+    }
+    clause_matches(resource, name, value, base)
 }
 
 /// Checks one page of a searchset against the expected matches, recording what it showed;
