@@ -9,6 +9,17 @@
 //! first page is taken, later writes happen, and the remaining pages (followed through the
 //! server's `next` links) must still show the state as of the first page: the same matches,
 //! each in the version (id, `meta.versionId` and content) current at that logical time.
+//! `_total=accurate` must count that state too. Chains (`subject:Patient.family`) and reverse
+//! chains (`_has:Observation:subject:code`) are resolved in the same model state, and
+//! `_lastUpdated` is searched with the instants the server returned for earlier writes.
+//!
+//! Parameters covered: strings (`family`, `given`, `name`; plain, `:exact`, `:contains`,
+//! `:missing`), tokens (`gender`, `identifier`, `code`, `active`; with and without systems,
+//! escaped `|` and `,`, `:not`, `:missing`), dates (`birthdate`, `death-date`, `date` over
+//! dateTimes and Periods, `_lastUpdated`; every prefix but `ap`), references
+//! (`general-practitioner`, `subject`, `:Type`), quantities (`value-quantity` with units) and
+//! the composite `code-value-quantity`. The generators keep to small value sets, so that
+//! values collide, nest and meet at range bounds.
 //!
 //! Choices where the specification leaves room (Braid makes the same ones; see the README):
 //! - a date or dateTime without a zone (and a date without time) is taken as UTC;
@@ -19,7 +30,10 @@
 //! - string search folds case and accents (Unicode NFKD, combining marks removed), `:exact`
 //!   compares the text as written, code point by code point;
 //! - references written as absolute URLs on the server's own base stand for the relative
-//!   reference; URLs on other servers are external and match only themselves.
+//!   reference; URLs on other servers are external and match only themselves;
+//! - `1e2` and other exponent forms are left out: the spec's number table gives `1e2` the range
+//!   `[95, 105)` while calling it one significant figure (`[50, 150)`, Braid's reading);
+//! - fractions of a second have at most six digits, the resolution Braid compares at.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
