@@ -8,7 +8,8 @@
 //! current version. A search is checked at the newest state, or, for a *deferred* search, its
 //! first page is taken, later writes happen, and the remaining pages (followed through the
 //! server's `next` links) must still show the state as of the first page: the same matches,
-//! each in the version (id, `meta.versionId` and content) current at that logical time.
+//! each in the version (id, `meta.versionId` and content) current at that logical time; the
+//! `previous` links, walked back from the last page, must show the same pages again.
 //! `_total=accurate` must count that state too. Chains (`subject:Patient.family`) and reverse
 //! chains (`_has:Observation:subject:code`) are resolved in the same model state, and
 //! `_lastUpdated` is searched with the instants the server returned for earlier writes.
@@ -947,8 +948,8 @@ fn op() -> impl Strategy<Value = Op> {
 /// The model: every live resource's newest version, by `Type/id`: (versionId, content).
 type State = BTreeMap<String, (String, Value)>;
 
-/// A deferred search: what it must find (the state when its first page was read), what its
-/// pages have shown so far, and the link to the next page.
+/// A search being read page by page: what it must find (the state when its first page was
+/// read), what its pages have shown so far, and the link to the next page.
 struct OpenSearch {
     resource_type: &'static str,
     clauses: Vec<(String, String)>,
@@ -956,6 +957,10 @@ struct OpenSearch {
     writes_since: usize,
     /// Pages read so far.
     pages: usize,
+    /// The keys each page showed, in order.
+    page_keys: Vec<Vec<String>>,
+    /// The `previous` link of the page read last.
+    previous: Option<String>,
     description: String,
     expected: BTreeMap<String, (String, Value)>,
     seen: BTreeSet<String>,
@@ -1024,14 +1029,16 @@ fn linked_clause_matches(state: &State, resource: &Value, name: &str, value: &st
     clause_matches(resource, name, value, base)
 }
 
-/// Checks one page of a searchset against the expected matches, recording what it showed;
-/// returns the `next` link.
-fn check_page(page: &Value, open: &mut OpenSearch) -> Result<Option<String>, TestCaseError> {
+/// Checks one page of a searchset against the expected matches: every entry a match in the
+/// version expected; the total, where given, the number of matches. Returns the entries' keys
+/// in order.
+fn check_entries(page: &Value, open: &OpenSearch) -> Result<Vec<String>, TestCaseError> {
     prop_assert_eq!(page["resourceType"].as_str(), Some("Bundle"), "{}: {}", open.description, page);
     // A total, where given, counts the matches as of the first page's snapshot.
     if let Some(total) = page["total"].as_u64() {
         prop_assert_eq!(total as usize, open.expected.len(), "{}: total", open.description);
     }
+    let mut keys = Vec::new();
     for entry in page["entry"].as_array().into_iter().flatten() {
         let resource = &entry["resource"];
         let key =
@@ -1044,14 +1051,8 @@ fn check_page(page: &Value, open: &mut OpenSearch) -> Result<Option<String>, Tes
                 open.expected.keys().collect::<Vec<_>>()
             )));
         };
-        prop_assert!(open.seen.insert(key.clone()), "{}: {} returned twice", open.description, key);
-        prop_assert_eq!(
-            resource["meta"]["versionId"].as_str(),
-            Some(version.as_str()),
-            "{}: {}",
-            open.description,
-            key
-        );
+        let found_version = resource["meta"]["versionId"].as_str();
+        prop_assert_eq!(found_version, Some(version.as_str()), "{}: {}", open.description, key);
         // The model keeps `meta.lastUpdated` (for `_lastUpdated`); the content is the rest.
         let without_meta = |resource: &Value| {
             let mut copy = resource.clone();
@@ -1059,16 +1060,45 @@ fn check_page(page: &Value, open: &mut OpenSearch) -> Result<Option<String>, Tes
             copy
         };
         prop_assert_eq!(without_meta(resource), without_meta(content), "{}: content of {}", open.description, key);
-        prop_assert_eq!(
-            &resource["meta"]["lastUpdated"],
-            &content["meta"]["lastUpdated"],
-            "{}: {}",
-            open.description,
-            key
-        );
+        let (found, expected) = (&resource["meta"]["lastUpdated"], &content["meta"]["lastUpdated"]);
+        prop_assert_eq!(found, expected, "{}: {}", open.description, key);
+        keys.push(key);
     }
-    let next = page["link"].as_array().into_iter().flatten().find(|link| link["relation"] == "next");
-    Ok(next.and_then(|link| link["url"].as_str()).map(str::to_owned))
+    Ok(keys)
+}
+
+/// A page's link of the given relation.
+fn link(page: &Value, relation: &str) -> Option<String> {
+    let link = page["link"].as_array().into_iter().flatten().find(|link| link["relation"] == relation)?;
+    link["url"].as_str().map(str::to_owned)
+}
+
+/// Checks the next page of a search, records what it showed, and returns its `next` link.
+fn check_page(page: &Value, open: &mut OpenSearch) -> Result<Option<String>, TestCaseError> {
+    let keys = check_entries(page, open)?;
+    for key in &keys {
+        prop_assert!(open.seen.insert(key.clone()), "{}: {} returned twice", open.description, key);
+    }
+    open.page_keys.push(keys);
+    open.previous = link(page, "previous");
+    Ok(link(page, "next"))
+}
+
+/// Walks a finished search back from its last page through the `previous` links: each must
+/// show the page read before it going forward, and the first page has none.
+async fn walk_back(app: &TestApp, open: &OpenSearch) -> Result<(), TestCaseError> {
+    let mut previous = open.previous.clone();
+    for expected_keys in open.page_keys.iter().rev().skip(1) {
+        let Some(url) = previous else {
+            return Err(TestCaseError::fail(format!("{}: a later page has no previous link", open.description)));
+        };
+        let page = get_json(app, &url).await?;
+        let keys = check_entries(&page, open)?;
+        prop_assert_eq!(&keys, expected_keys, "{}: a previous page", open.description);
+        previous = link(&page, "previous");
+    }
+    prop_assert!(previous.is_none(), "{}: the first page links to a previous one", open.description);
+    Ok(())
 }
 
 fn check_complete(open: &OpenSearch) -> Result<(), TestCaseError> {
@@ -1129,6 +1159,7 @@ async fn finish(
         next_page(app, &mut search).await?;
     }
     check_complete(&search)?;
+    walk_back(app, &search).await?;
     coverage.searches += 1;
     coverage.non_empty += usize::from(!search.expected.is_empty());
     coverage.paged += usize::from(search.pages > 1);
@@ -1188,6 +1219,8 @@ async fn run_history(
                     clauses,
                     writes_since: 0,
                     pages: 1,
+                    page_keys: Vec::new(),
+                    previous: None,
                     seen: BTreeSet::new(),
                     next: None,
                 };
