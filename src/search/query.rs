@@ -47,11 +47,46 @@ pub enum Pred {
         unit: Vec<u8>,
         number: Box<Pred>,
     },
-    /// Composites: exact leading components, then a predicate on the last one.
+    /// Composites: the leading components, each followed by the `0x00 0x00` separator, then a
+    /// predicate on the last one.
     Composite {
-        head: Vec<u8>,
+        head: Vec<Component>,
         tail: Box<Pred>,
     },
+}
+
+/// A leading component of a composite query, as the index stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Component {
+    /// Exactly this value.
+    Exact(Vec<u8>),
+    /// Any value starting with these bytes: a token `system|` (any code of the system).
+    Prefix(Vec<u8>),
+}
+
+/// The separator between the components of a composite index value. Component values never
+/// contain it: they are text, and strings with control characters are refused on input.
+const COMPONENT_SEPARATOR: [u8; 2] = [0, 0];
+
+/// Whether a composite index value has the leading components `head` and a last component
+/// that `tail` accepts.
+fn composite_accepts(head: &[Component], tail: &Pred, mut value: &[u8]) -> bool {
+    for component in head {
+        let rest = match component {
+            Component::Exact(bytes) => {
+                value.strip_prefix(bytes.as_slice()).and_then(|rest| rest.strip_prefix(&COMPONENT_SEPARATOR))
+            }
+            Component::Prefix(bytes) => value.strip_prefix(bytes.as_slice()).and_then(|rest| {
+                let end = rest.windows(2).position(|pair| pair == COMPONENT_SEPARATOR)?;
+                Some(&rest[end + 2..])
+            }),
+        };
+        match rest {
+            Some(rest) => value = rest,
+            None => return false,
+        }
+    }
+    tail.accepts(value)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,7 +203,7 @@ impl Pred {
                     && value[unit.len()] == 0
                     && number.accepts(&value[unit.len() + 1..])
             }
-            Pred::Composite { head, tail } => value.starts_with(head) && tail.accepts(&value[head.len()..]),
+            Pred::Composite { head, tail } => composite_accepts(head, tail, value),
         }
     }
 }
@@ -217,6 +252,12 @@ impl QueryNumber {
 
 /// FHIR number comparison with the implicit precision of the query value.
 ///
+/// `gt`, `lt`, `ge` and `le` compare with the value exactly (the spec's number table: "gt100:
+/// values that are greater than exactly 100"). `sa` and `eb` have no row there, so the prefix
+/// table applies: "the range of the search value does not overlap with the range of the
+/// target value, and the range above [below] the search value contains" it. So `sa100` is
+/// `>= 100.5` and `eb100` is `< 99.5`: 100.4 is not "after" 100.
+///
 /// Stored numbers are the `f64` nearest to their decimal text, and so are the bounds; rounding
 /// to nearest is monotonic, so a stored decimal at a bound compares as the decimals do (5.35
 /// is in 5.4's range, 5.45 and 0.15 are not in 5.4's and 0.1's).
@@ -225,8 +266,12 @@ pub fn number_matches(prefix: Prefix, number: &QueryNumber, v: f64) -> bool {
     match prefix {
         Prefix::Eq => number.contains(v),
         Prefix::Ne => !number.contains(v),
-        Prefix::Gt | Prefix::Sa => v > q,
-        Prefix::Lt | Prefix::Eb => v < q,
+        Prefix::Gt => v > q,
+        Prefix::Lt => v < q,
+        Prefix::Sa if lo < hi => v >= hi,
+        Prefix::Sa => v > q,
+        Prefix::Eb if lo < hi => v < lo,
+        Prefix::Eb => v < q,
         Prefix::Ge => v >= q,
         Prefix::Le => v <= q,
         Prefix::Ap => (v - q).abs() <= (q.abs() * 0.1).max((hi - lo) / 2.0),
@@ -624,6 +669,8 @@ fn number_range(prefix: Prefix, number: &QueryNumber) -> (Vec<u8>, Option<Vec<u8
     match prefix {
         Prefix::Eq if number.lo < number.hi => (enc(number.lo), Some(enc(number.hi))),
         Prefix::Eq => (enc(value), successor(&enc(value))),
+        Prefix::Sa if number.lo < number.hi => (enc(number.hi), None),
+        Prefix::Eb if number.lo < number.hi => (Vec::new(), Some(enc(number.lo))),
         Prefix::Gt | Prefix::Sa | Prefix::Ge => (enc(value), None),
         Prefix::Lt | Prefix::Eb => (Vec::new(), Some(enc(value))),
         Prefix::Le => (Vec::new(), successor(&enc(value))),
@@ -696,26 +743,37 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
         return Err(incorrect(format!("{name} needs {} values separated by '$', not '{text}'", def.components.len())));
     }
     // Every stored form of the leading components: a plain token code may be stored as `code`
-    // (with a system) or `|code` (without one).
-    let mut heads: Vec<Vec<u8>> = vec![Vec::new()];
+    // (with a system) or `|code` (without one); `system|` is any code of the system.
+    let mut heads: Vec<Vec<Component>> = vec![Vec::new()];
     for (component, part) in def.components.iter().zip(&parts).take(parts.len() - 1) {
-        let forms: Vec<Vec<u8>> = match component.kind {
-            ParamKind::Token => token(part).into_iter().map(|alternative| alternative.lo).collect(),
-            ParamKind::Uri | ParamKind::Reference => vec![unescape(part).into_bytes()],
-            ParamKind::String => vec![normalize(&unescape(part)).into_bytes()],
+        let forms: Vec<Component> = match component.kind {
+            ParamKind::Token => token(part)
+                .into_iter()
+                .map(|alternative| match alternative.pred {
+                    Pred::StartsWith(prefix) => Component::Prefix(prefix),
+                    _ => Component::Exact(alternative.lo),
+                })
+                .collect(),
+            ParamKind::Uri | ParamKind::Reference => vec![Component::Exact(unescape(part).into_bytes())],
+            ParamKind::String => vec![Component::Exact(normalize(&unescape(part)).into_bytes())],
             _ => {
                 return Err(incorrect(format!("{name}: only the last component may be a {}", component.kind.as_str())));
             }
         };
         // Stored component values are cut to a bounded length (see `values::bounded`).
-        let forms: Vec<Vec<u8>> = forms.into_iter().map(values::bounded).collect();
+        let forms: Vec<Component> = forms
+            .into_iter()
+            .map(|form| match form {
+                Component::Exact(bytes) => Component::Exact(values::bounded(bytes)),
+                Component::Prefix(bytes) => Component::Prefix(values::bounded(bytes)),
+            })
+            .collect();
         heads = heads
             .iter()
             .flat_map(|head| {
                 forms.iter().map(move |form| {
                     let mut joined = head.clone();
-                    joined.extend_from_slice(form);
-                    joined.extend_from_slice(&[0, 0]);
+                    joined.push(form.clone());
                     joined
                 })
             })
@@ -734,11 +792,32 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     };
     let mut alternatives = Vec::new();
     for head in &heads {
+        // The scan range: the exact leading components fix the start of every accepted value;
+        // a prefix component ends what is fixed (the value goes on with any code).
+        let mut fixed = Vec::new();
+        let mut open = false;
+        for component in head {
+            match component {
+                Component::Exact(bytes) => {
+                    fixed.extend_from_slice(bytes);
+                    fixed.extend_from_slice(&COMPONENT_SEPARATOR);
+                }
+                Component::Prefix(bytes) => {
+                    fixed.extend_from_slice(bytes);
+                    open = true;
+                    break;
+                }
+            }
+        }
         for tail in &tails {
-            let lo = [head.clone(), tail.lo.clone()].concat();
-            let hi = match &tail.hi {
-                Some(h) => Some([head.clone(), h.clone()].concat()),
-                None => successor(head),
+            let (lo, hi) = if open {
+                (fixed.clone(), successor(&fixed))
+            } else {
+                let hi = match &tail.hi {
+                    Some(h) => Some([fixed.clone(), h.clone()].concat()),
+                    None => successor(&fixed),
+                };
+                ([fixed.clone(), tail.lo.clone()].concat(), hi)
             };
             alternatives.push(Alternative {
                 key: None,
@@ -825,6 +904,28 @@ mod tests {
     }
 
     #[test]
+    fn composite_token_components_accept_any_code_of_a_system() {
+        let stored = |coding: &str, value: f64| [coding.as_bytes(), &[0, 0], &quantity_value("", value)].concat();
+        let by_system = clause("Observation", "code-value-quantity", "http://loinc.org|$5.4");
+        let alternative = &by_system.alternatives[0];
+        for (coding, value, expected) in [
+            ("http://loinc.org|8867-4", 5.4, true),
+            ("http://loinc.org|", 5.4, true),
+            ("http://loinc.org|8867-4", 6.0, false),
+            ("http://loinc.org.uk|x", 5.4, false),
+            ("8867-4", 5.4, false),
+        ] {
+            let value = stored(coding, value);
+            assert_eq!(alternative.pred.accepts(&value), expected, "{coding}");
+            assert!(!expected || in_range(alternative, &value), "{coding} outside the scan range");
+        }
+        // Exact codes keep their exact scan.
+        let exact = clause("Observation", "code-value-quantity", "http://loinc.org|x$5.4");
+        assert!(exact.alternatives[0].pred.accepts(&stored("http://loinc.org|x", 5.4)));
+        assert!(!exact.alternatives[0].pred.accepts(&stored("http://loinc.org|xy", 5.4)));
+    }
+
+    #[test]
     fn date_prefixes_follow_the_spec() {
         let (lo, hi) = parse_date_range("2020").unwrap();
         let (t_lo, t_hi) = parse_date_range("2020-06-15").unwrap();
@@ -868,6 +969,18 @@ mod tests {
         // Ranges finer than f64 match the value's f64.
         assert!(eq("0e-400", "0") && eq("0.0", "-0.0") && !eq("0e-400", "1e-300"));
         assert!(eq("5.40000000000000000000", "5.4") && !eq("5.40000000000000000000", "5.400000000000001"));
+        // `sa` and `eb` lie beyond the implicit range, not just beyond the value.
+        let prefixed = |query: &str, stored: &str| {
+            let stored: f64 = stored.parse().unwrap();
+            let alternative = number("n", query).unwrap();
+            let accepted = alternative.pred.accepts(&encode_f64(stored));
+            assert_eq!(accepted, in_range(&alternative, &encode_f64(stored)), "{query} vs {stored}");
+            accepted
+        };
+        assert!(prefixed("sa100", "100.5") && !prefixed("sa100", "100.4") && !prefixed("sa100", "99"));
+        assert!(prefixed("eb100", "99.49") && !prefixed("eb100", "99.5") && !prefixed("eb-2", "-2.5"));
+        assert!(prefixed("eb-2", "-2.51") && prefixed("sa1.50", "1.505") && !prefixed("sa1.50", "1.504"));
+        assert!(prefixed("gt100", "100.4") && prefixed("lt100", "99.6"));
         let bounds = parse_number("n", "100.5").unwrap();
         assert_eq!((bounds.lo, bounds.hi), (100.45, 100.55));
     }
