@@ -75,8 +75,8 @@ pub fn plan(
     let mut cap = ESTIMATE_CAP;
     for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
         let mut count = 0usize;
-        for (key, lo, hi) in clause.ranges() {
-            snapshot.scan_index(resource_type, &key, &lo, hi.as_deref(), None, t, &mut |_| {
+        for range in clause.ranges() {
+            snapshot.scan_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), None, t, &mut |_| {
                 count += 1;
                 if count >= cap { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
@@ -262,20 +262,24 @@ fn walk(
                 (first_alternative..ranges.len()).collect()
             };
             'ranges: for alternative in order {
-                let (key, lo, hi) = &ranges[alternative];
+                let range = &ranges[alternative];
+                let (key, lo, hi) = (&range.key, &range.lo, &range.hi);
                 let bound = if alternative == first_alternative { resume_key } else { None };
                 let mut stop = false;
                 let mut visit = |hit: crate::store::IndexHit<'_>| {
-                    let accepted =
-                        clause.missing == Some(false) || clause.alternatives[alternative].pred.accepts(&hit.value);
-                    if !accepted {
+                    if !range.accepts(clause, &hit.value) {
                         return ControlFlow::Continue(());
                     }
                     let outcome = (|| -> Result<Option<bool>, FhirError> {
                         if needs_dedup {
+                            // The values of every key an earlier range (or this one) reads.
                             let mut values_by_key: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
-                            for key in clause.keys() {
-                                values_by_key.push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
+                            for earlier in &ranges[..=alternative] {
+                                let key = earlier.key.as_str();
+                                if !values_by_key.iter().any(|(k, _)| *k == key) {
+                                    values_by_key
+                                        .push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
+                                }
                             }
                             if earlier_hit_exists(clause, &ranges, &values_by_key, alternative, &hit.value) {
                                 // Seen before: not a new candidate.
@@ -350,14 +354,11 @@ fn earlier_hit_exists(
     alternative: usize,
     current: &[u8],
 ) -> bool {
-    ranges.iter().enumerate().take(alternative + 1).any(|(index, (key, lo, hi))| {
-        let values = values_by_key.iter().find(|(k, _)| *k == key.as_str()).map_or(&[][..], |(_, v)| v.as_slice());
+    ranges.iter().enumerate().take(alternative + 1).any(|(index, range)| {
+        let values =
+            values_by_key.iter().find(|(k, _)| *k == range.key.as_str()).map_or(&[][..], |(_, v)| v.as_slice());
         values.iter().any(|value| {
-            let in_range =
-                value.as_slice() >= lo.as_slice() && hi.as_ref().is_none_or(|hi| value.as_slice() < hi.as_slice());
-            let accepted =
-                clause.missing == Some(false) || clause.alternatives.get(index).is_some_and(|a| a.pred.accepts(value));
-            in_range && accepted && (index < alternative || value.as_slice() < current)
+            range.contains(value) && range.accepts(clause, value) && (index < alternative || value.as_slice() < current)
         })
     })
 }
@@ -377,8 +378,8 @@ pub fn count(
             && clause.alternatives.len() == 1
             && matches!(clause.alternatives[0].pred, Pred::Equals(_));
         if single_exact && !clause.negated {
-            let (key, lo, hi) = &clause.ranges()[0];
-            return snapshot.count_index(resource_type, key, lo, hi.as_deref(), t);
+            let range = &clause.ranges()[0];
+            return snapshot.count_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), t);
         }
     }
     let options = Walk { start: None, limit: None, backward: false, candidate_limit: None, count_only: true };
@@ -418,8 +419,8 @@ pub fn estimate_sampled(
     let driver_size = match driver {
         Driver::Clause(index) => {
             let mut size = 0;
-            for (key, lo, hi) in clauses[index].ranges() {
-                size += snapshot.count_index(resource_type, &key, &lo, hi.as_deref(), t)?;
+            for range in clauses[index].ranges() {
+                size += snapshot.count_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), t)?;
             }
             size
         }
