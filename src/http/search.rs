@@ -50,6 +50,8 @@ struct SearchRequest {
     ignored: Vec<(String, String)>,
     /// The path below the base that links repeat (`Observation`, `Patient/p1/Observation`).
     path: String,
+    /// Sorts whose driver has fewer index entries than this are done in memory.
+    sort_in_memory_below: usize,
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
@@ -164,6 +166,7 @@ fn parse(
         applied: Vec::new(),
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
+        sort_in_memory_below: limits.sort_in_memory_below,
     };
     check_size(pairs)?;
     let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
@@ -313,7 +316,23 @@ fn execute(
         clauses.push(deferred.resolve(&view, t, base)?);
     }
     let (driver, estimates) = engine::plan(&view, resource_type, &clauses, t)?;
-    let plan = engine::describe(&clauses, driver, &estimates);
+    // A sort is read from its index unless the query's most selective parameter finds so few
+    // candidates that sorting them in memory is cheaper than walking the index past the
+    // non-matching entries. The choice depends only on `t`, so every page makes the same one.
+    // Counting stops at ESTIMATE_CAP; a scan of the whole type counts as that many.
+    let driver_estimate = match driver {
+        engine::Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n),
+        engine::Driver::TypeScan => engine::ESTIMATE_CAP,
+    }
+    .min(engine::ESTIMATE_CAP);
+    let sort_from_index =
+        engine::index_sortable(resource_type, &search.sort) && driver_estimate >= search.sort_in_memory_below;
+    let mut plan = engine::describe(&clauses, driver, &estimates);
+    if sort_from_index {
+        plan = format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key);
+    } else if !search.sort.is_empty() {
+        plan.push_str("; sort the matches in memory");
+    }
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
@@ -353,6 +372,25 @@ fn execute(
             )?;
             // Going forward, an earlier page exists once this is not the first; going back, while
             // the engine found more before this page.
+            let earlier = if backward { page.next.is_some() } else { start.is_some() };
+            if earlier {
+                previous_link = page.positions.first().map(|first| token(true, first));
+            }
+            let next = if backward { page.positions.last().cloned() } else { page.next.clone() };
+            engine::Page { next, ..page }
+        } else if sort_from_index {
+            // Read in order from the sort key's index: cursors hold index positions, like
+            // unsorted searches.
+            let page = engine::sorted_page(
+                &view,
+                resource_type,
+                &clauses,
+                t,
+                &search.sort[0],
+                start.as_ref(),
+                search.count,
+                backward,
+            )?;
             let earlier = if backward { page.next.is_some() } else { start.is_some() };
             if earlier {
                 previous_link = page.positions.first().map(|first| token(true, first));

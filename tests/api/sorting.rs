@@ -167,3 +167,127 @@ async fn a_recent_date_search_does_not_step_over_older_entries() {
     // The scan is bounded, not the search refused: a search that does need the old entries is.
     app.get("/Observation?date=lt2011&_total=accurate").await.assert_outcome(400);
 }
+
+/// The plan `_explain=true` reports for a search (without the work it took).
+async fn plan(app: &TestApp, query: &str) -> String {
+    let reply = app.get(&format!("{query}&_explain=true")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let outcome = reply.body["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").unwrap();
+    let diagnostics = outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap();
+    let plan = diagnostics.strip_prefix("plan: ").unwrap();
+    plan[..plan.rfind("; ").unwrap()].to_owned()
+}
+
+#[actix_web::test]
+async fn a_date_sort_puts_ties_by_id_and_missing_values_last_whichever_way_it_runs() {
+    let resources = vec![
+        observation("a", "x", json!("2024-01-01T10:00:00Z")),
+        observation("b", "x", json!("2024-01-01T10:00:00Z")),
+        observation("c", "x", json!("2023-05-05")),
+        observation("d", "x", Value::Null),
+        observation("e", "x", json!({"start": "2022-01-01", "end": "2030-01-01"})),
+        observation("f", "x", Value::Null),
+        observation("g", "x", json!({"start": "2023-05-05"})),
+        observation("other-code", "y", json!("2024-02-02")),
+    ];
+    let index = spawn_app_with(|s| s.sort_in_memory_below = 0).await;
+    let memory = spawn_app().await;
+    for app in [&index, &memory] {
+        seed(app, resources.clone()).await;
+    }
+    assert!(plan(&index, "/Observation?code=x&_sort=date").await.starts_with("read date in sort order from its index"));
+    assert!(
+        plan(&memory, "/Observation?code=x&_sort=date").await.ends_with("sort the matches in memory"),
+        "few matches"
+    );
+    for app in [&index, &memory] {
+        // Ranges order by start, then end: the day 2023-05-05 before the open period from it.
+        let (ascending, back) = all_pages(app, "/Observation?code=x&_sort=date&_count=2").await;
+        assert_eq!(ascending, ["e", "c", "g", "a", "b", "d", "f"]);
+        assert_eq!(back, ascending);
+        let (descending, back) = all_pages(app, "/Observation?code=x&_sort=-date&_count=3").await;
+        assert_eq!(descending, ["b", "a", "g", "c", "e", "f", "d"]);
+        assert_eq!(back, descending);
+    }
+}
+
+/// Encounters with 0 to 3 location periods each (several values per resource, open ends, wide
+/// and narrow, many exact ties), every other one finished.
+fn encounters() -> Vec<Value> {
+    (0..60)
+        .map(|n: usize| {
+            let locations: Vec<Value> = (0..n % 4)
+                .map(|k| {
+                    let day = 1 + (n * 7 + k * 13) % 9;
+                    let period = match (n + k) % 5 {
+                        0 => json!({"start": format!("2020-01-{day:02}")}),
+                        1 => json!({"start": format!("2020-01-{day:02}T08:00:00Z"), "end": format!("2020-01-{day:02}T09:00:00Z")}),
+                        2 => json!({"end": format!("2020-02-{day:02}")}),
+                        3 => json!({"start": format!("2020-01-{day:02}"), "end": "2021"}),
+                        _ => json!({"start": format!("2020-01-{day:02}T08:00:00Z"), "end": format!("2020-01-{day:02}T09:00:00Z")}),
+                    };
+                    json!({"location": {"reference": "Location/l1"}, "period": period})
+                })
+                .collect();
+            let mut encounter = json!({"resourceType": "Encounter", "id": format!("e{n:02}"),
+                "status": if n % 2 == 0 { "finished" } else { "planned" },
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}});
+            if !locations.is_empty() {
+                encounter["location"] = Value::Array(locations);
+            }
+            encounter
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn sorting_from_the_index_and_in_memory_give_the_same_pages() {
+    let index = spawn_app_with(|s| s.sort_in_memory_below = 0).await;
+    let memory = spawn_app_with(|s| s.sort_in_memory_below = 1_000_000).await;
+    for app in [&index, &memory] {
+        seed(app, encounters()).await;
+    }
+    // 45 of the 60 have location periods, 15 of them three each.
+    let valued = index.get("/Encounter?location-period:missing=false&_summary=count").await;
+    assert_eq!(valued.body["total"], 45, "{}", valued.text);
+    for query in [
+        "/Encounter?_sort=location-period",
+        "/Encounter?_sort=-location-period",
+        "/Encounter?status=finished&_sort=location-period",
+        "/Encounter?status=finished&_sort=-location-period",
+        "/Encounter?location-period=ge2020-01-05&_sort=-location-period",
+    ] {
+        assert!(plan(&index, &format!("{query}&_count=5")).await.starts_with("read location-period in sort order"));
+        assert!(plan(&memory, &format!("{query}&_count=5")).await.ends_with("sort the matches in memory"));
+        let (whole, _) = all_pages(&memory, &format!("{query}&_count=1000")).await;
+        assert!(whole.len() >= 20, "{query}: {whole:?}");
+        for count in [1, 4, 7] {
+            let paged = format!("{query}&_count={count}");
+            let (from_index, back_in_index) = all_pages(&index, &paged).await;
+            let (in_memory, back_in_memory) = all_pages(&memory, &paged).await;
+            assert_eq!(from_index, whole, "{paged}: index order");
+            assert_eq!(in_memory, whole, "{paged}: memory order");
+            assert_eq!(back_in_index, whole, "{paged}: index order paging back");
+            assert_eq!(back_in_memory, whole, "{paged}: memory order paging back");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn index_sorted_pages_stay_as_of_the_first_page() {
+    let app = spawn_app_with(|s| s.sort_in_memory_below = 0).await;
+    let resources: Vec<Value> =
+        (0..10).map(|n| observation(&format!("o{n}"), "x", json!(format!("2024-01-{:02}T00:00:00Z", n + 1)))).collect();
+    seed(&app, resources).await;
+    let first = app.get("/Observation?code=x&_sort=-date&_count=4").await;
+    assert_eq!(ids(&first.body), ["o9", "o8", "o7", "o6"]);
+    // Written after the first page: a later date, and a changed date for o5.
+    seed(&app, vec![observation("late", "x", json!("2025-01-01")), observation("o5", "x", json!("2019-01-01"))]).await;
+    let second = app.get(&link(&first.body, "next").unwrap()).await;
+    assert_eq!(ids(&second.body), ["o5", "o4", "o3", "o2"], "{}", second.text);
+    let back = app.get(&link(&second.body, "previous").unwrap()).await;
+    assert_eq!(ids(&back.body), ["o9", "o8", "o7", "o6"]);
+    // A new search sees the new state.
+    let fresh = app.get("/Observation?code=x&_sort=-date&_count=3").await;
+    assert_eq!(ids(&fresh.body), ["late", "o9", "o8"]);
+}
