@@ -367,6 +367,17 @@ fn date_values(lo: i64, hi: i64) -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
+/// The end-ordered entry that goes with a stored `start·end` value of a date parameter of
+/// `resource_type`, when the range is wide (for files indexed before that entry existed).
+pub fn derived_entry(resource_type: crate::fhir::ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
+    let def = super::registry::registry().get(resource_type, param)?;
+    if def.kind != ParamKind::Date || def.code != param {
+        return None;
+    }
+    let (lo, hi) = decode_range(value)?;
+    is_wide(lo, hi).then(|| IndexEntry { param: format!("{param}{DATE_END_SUFFIX}"), value: encode_range(hi, lo) })
+}
+
 pub fn encode_range(lo: i64, hi: i64) -> Vec<u8> {
     let mut out = encode_i64(lo).to_vec();
     out.extend_from_slice(&encode_i64(hi));

@@ -291,3 +291,62 @@ async fn index_sorted_pages_stay_as_of_the_first_page() {
     let fresh = app.get("/Observation?code=x&_sort=-date&_count=3").await;
     assert_eq!(ids(&fresh.body), ["late", "o9", "o8"]);
 }
+
+/// The indexer of earlier versions, which wrote no end-ordered date entries.
+struct WithoutEndEntries;
+
+impl braid::store::Indexer for WithoutEndEntries {
+    fn entries(&self, resource_type: braid::fhir::ResourceType, resource: &Value) -> Vec<braid::store::IndexEntry> {
+        use braid::store::Indexer;
+        let entries = braid::search::SearchIndexer.entries(resource_type, resource);
+        entries.into_iter().filter(|entry| !entry.param.ends_with(":end")).collect()
+    }
+}
+
+#[actix_web::test]
+async fn a_file_indexed_without_end_ordered_dates_gets_them_when_opened() {
+    use braid::store::{Action, Precondition, Store, StoreOptions, Target, WriteOp, WriteRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("format2.redb");
+    {
+        let store = Store::open(&path, StoreOptions::default(), std::sync::Arc::new(WithoutEndEntries)).unwrap();
+        let ops = [
+            observation("long-period", "a", json!({"start": "2000-01-01", "end": "2030-01-01"})),
+            observation("old", "a", json!("2001-01-01T00:00:00Z")),
+        ]
+        .into_iter()
+        .map(|resource| {
+            let id = resource["id"].as_str().unwrap().to_owned();
+            let Value::Object(resource) = resource else { unreachable!() };
+            WriteOp {
+                full_url: None,
+                action: Action::Update {
+                    resource_type: braid::fhir::ResourceType::parse("Observation").unwrap(),
+                    target: Target::Id(braid::fhir::Id::parse(&id).unwrap()),
+                    resource,
+                    precondition: Precondition::default(),
+                },
+            }
+        })
+        .collect();
+        store.write(WriteRequest { ops, ..Default::default() }).await.unwrap();
+        let finished = store.writer_finished();
+        drop(store);
+        while !finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    {
+        // As the earlier versions marked their files.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).unwrap().insert("format_version", 2u32.to_be_bytes().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let app = spawn_app_with(|s| s.data = path.clone()).await;
+    let reply = app.get("/Observation?date=ge2024-01-01").await;
+    assert_eq!(ids(&reply.body), ["long-period"], "{}", reply.text);
+    let reply = app.get("/Observation?date=gt2024-01-01&_sort=-date").await;
+    assert_eq!(ids(&reply.body), ["long-period"], "{}", reply.text);
+}
