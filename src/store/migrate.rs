@@ -33,6 +33,9 @@ pub(super) fn fill_superseded_log(txn: &WriteTransaction) -> Result<u64, StoreEr
     Ok(logged)
 }
 
+/// The `(param, value)` pairs of one version's record.
+type Pairs = Vec<(String, Vec<u8>)>;
+
 /// Format 2 → 3: adds the entries the indexer derives from stored pairs (the end-ordered entry
 /// of a date wider than a day) to every indexed version that lacks them, with the lifetime
 /// `(created_t, superseded_t)` of the entry each derives from. Returns the entries added.
@@ -40,7 +43,7 @@ pub(super) fn add_derived_entries(txn: &WriteTransaction, indexer: &dyn Indexer)
     let mut records = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
     let mut entries = txn.open_table(SEARCH_PARAM_VALUE)?;
     // Records to rewrite with their new pairs; only versions with wide dates have any.
-    let mut rewrites: Vec<(Vec<u8>, Vec<(String, Vec<u8>)>)> = Vec::new();
+    let mut rewrites: Vec<(Vec<u8>, Pairs)> = Vec::new();
     let mut added = 0;
     for record in records.iter()? {
         let (key, value) = record?;
