@@ -297,7 +297,6 @@ struct WithoutEndEntries;
 
 impl braid::store::Indexer for WithoutEndEntries {
     fn entries(&self, resource_type: braid::fhir::ResourceType, resource: &Value) -> Vec<braid::store::IndexEntry> {
-        use braid::store::Indexer;
         let entries = braid::search::SearchIndexer.entries(resource_type, resource);
         entries.into_iter().filter(|entry| !entry.param.ends_with(":end")).collect()
     }
