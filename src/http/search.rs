@@ -252,6 +252,11 @@ fn parse(
     Ok(search)
 }
 
+/// A sort is read from its index only if at least one in this many of the driver's sampled
+/// candidates matches the query: the walk then passes over a bounded number of entries per
+/// match (per page: about `_count` times this, times the sort index's entries per driver entry).
+const MIN_SORT_MATCH_SHARE: usize = 100;
+
 /// The most parameters one search may have. Every clause is planned (an index count each) and
 /// checked against every candidate, so their number multiplies the work of a search; a POST
 /// form could otherwise carry millions within the body limit.
@@ -325,8 +330,15 @@ fn execute(
         engine::Driver::TypeScan => engine::ESTIMATE_CAP,
     }
     .min(engine::ESTIMATE_CAP);
-    let sort_from_index =
+    let mut sort_from_index =
         engine::index_sortable(resource_type, &search.sort) && driver_estimate >= search.sort_in_memory_below;
+    if sort_from_index && clauses.len() > 1 {
+        // Several broad clauses may still rarely hold together, and the index walk would pass
+        // over many entries per match: it needs a fair share of the driver's candidates to match.
+        let (matched, examined) =
+            engine::sample_share(&view, resource_type, &clauses, driver, t, engine::ESTIMATE_SAMPLE)?;
+        sort_from_index = matched * MIN_SORT_MATCH_SHARE >= examined;
+    }
     let mut plan = engine::describe(&clauses, driver, &estimates);
     if sort_from_index {
         plan = format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key);

@@ -416,6 +416,21 @@ pub fn estimate(
     estimate_sampled(snapshot, resource_type, clauses, driver, t, ESTIMATE_SAMPLE)
 }
 
+/// Of the first `sample` candidates of the driver, how many match the whole query, and how
+/// many were examined: the share of the driver's entries that are matches.
+pub fn sample_share(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    sample: usize,
+) -> Result<(usize, usize), FhirError> {
+    let options = Walk { start: None, limit: None, backward: false, candidate_limit: Some(sample), count_only: true };
+    let walked = walk(snapshot, resource_type, clauses, driver, t, &options)?;
+    Ok((walked.matched, walked.candidates))
+}
+
 /// [`estimate`] with a chosen sample size.
 pub fn estimate_sampled(
     snapshot: &dyn IndexView,

@@ -349,3 +349,22 @@ async fn a_file_indexed_without_end_ordered_dates_gets_them_when_opened() {
     let reply = app.get("/Observation?date=gt2024-01-01&_sort=-date").await;
     assert_eq!(ids(&reply.body), ["long-period"], "{}", reply.text);
 }
+
+#[actix_web::test]
+async fn a_sort_over_clauses_that_rarely_hold_together_is_done_in_memory() {
+    let app = spawn_app_with(|s| s.sort_in_memory_below = 0).await;
+    // 1,200 with code a, 1,200 with date in 2020; only two have both.
+    let mut resources: Vec<Value> =
+        (0..1200).map(|n| observation(&format!("a{n}"), "a", json!("2010-01-01T00:00:00Z"))).collect();
+    resources.extend((0..1200).map(|n| observation(&format!("b{n}"), "b", json!("2020-01-01T00:00:00Z"))));
+    resources.push(observation("both1", "a", json!("2020-03-01T00:00:00Z")));
+    resources.push(observation("both2", "a", json!("2020-04-01T00:00:00Z")));
+    seed(&app, resources).await;
+    let query = "/Observation?code=a&date=ge2020-01-01&date=lt2021&_sort=-date&_count=10";
+    assert!(plan(&app, query).await.ends_with("sort the matches in memory"));
+    assert_eq!(ids(&app.get(query).await.body), ["both2", "both1"]);
+    // Broad and mostly together: read from the index.
+    let query = "/Observation?code=a&date=lt2030&_sort=-date&_count=3";
+    assert!(plan(&app, query).await.starts_with("read date in sort order"));
+    assert_eq!(ids(&app.get(query).await.body), ["both2", "both1", "a999"]);
+}
