@@ -397,6 +397,7 @@ fn execute(
                 &view,
                 resource_type,
                 &clauses,
+                driver,
                 t,
                 &search.sort[0],
                 start.as_ref(),

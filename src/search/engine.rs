@@ -581,6 +581,7 @@ pub fn sorted_page(
     snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
+    driver: Driver,
     t: u64,
     key: &SortKey,
     start: Option<&Position>,
@@ -614,27 +615,7 @@ pub fn sorted_page(
         let part = if valued {
             valued_part(snapshot, resource_type, clauses, t, key, resume, remaining, backward)?
         } else {
-            // Ids ascend in the sequence unless the key descends.
-            let reverse = key.descending != backward;
-            let options = Walk {
-                start: resume,
-                limit: Some(remaining.max(1)),
-                backward: reverse,
-                candidate_limit: None,
-                count_only: false,
-            };
-            let walked = walk(snapshot, resource_type, &without_value, Driver::TypeScan, t, &options)?.page;
-            let (mut matches, mut positions) = (walked.matches, walked.positions);
-            if reverse {
-                matches.reverse();
-                positions.reverse();
-            }
-            if remaining == 0 {
-                // Only asked whether anything follows.
-                Travelled { more: !matches.is_empty(), ..Travelled::default() }
-            } else {
-                Travelled { matches, positions, more: walked.next.is_some() }
-            }
+            without_value_part(snapshot, resource_type, &without_value, driver, t, key, resume, remaining, backward)?
         };
         travelled.matches.extend(part.matches);
         travelled.positions.extend(part.positions);
@@ -650,6 +631,57 @@ pub fn sorted_page(
         positions.reverse();
     }
     Ok(Page { matches, next, positions })
+}
+
+/// The resources that match `without_value` (the query and `key:missing=true`), by id
+/// (descending when the key is), from the id after (or, `backward`, before) `start`; at most
+/// `limit` of them (`more` when another follows; `limit` 0 only looks for one).
+///
+/// With a scannable driver, its matches are collected and ordered by id (work in proportion
+/// to the driver, not to every resource of the type); otherwise the type is walked by id.
+#[allow(clippy::too_many_arguments)]
+fn without_value_part(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    without_value: &[Clause],
+    driver: Driver,
+    t: u64,
+    key: &SortKey,
+    start: Option<&Position>,
+    limit: usize,
+    backward: bool,
+) -> Result<Travelled, FhirError> {
+    // Ids ascend in the sequence unless the key descends.
+    let reverse = key.descending != backward;
+    let after = match start {
+        Some(Position::Type { id }) => Some(id.as_str()),
+        _ => None,
+    };
+    let (matches, more) = match driver {
+        Driver::Clause(_) => {
+            let mut all = run(snapshot, resource_type, without_value, driver, t, None, None)?.matches;
+            all.sort();
+            if reverse {
+                all.reverse();
+            }
+            let beyond = |id: &str| after.is_none_or(|after| if reverse { id < after } else { id > after });
+            let mut following = all.into_iter().filter(|(id, _)| beyond(id));
+            let matches: Vec<(String, u64)> = following.by_ref().take(limit).collect();
+            (matches, following.next().is_some())
+        }
+        Driver::TypeScan => {
+            let options =
+                Walk { start, limit: Some(limit.max(1)), backward: reverse, candidate_limit: None, count_only: false };
+            let walked = walk(snapshot, resource_type, without_value, Driver::TypeScan, t, &options)?.page;
+            let mut matches = walked.matches;
+            if reverse {
+                matches.reverse();
+            }
+            if limit == 0 { (Vec::new(), !matches.is_empty()) } else { (matches, walked.next.is_some()) }
+        }
+    };
+    let positions = matches.iter().map(|(id, _)| Position::Type { id: id.clone() }).collect();
+    Ok(Travelled { matches, positions, more })
 }
 
 /// The resources with a value for `key`, from the entry after (or, `backward`, before) `start`,
