@@ -705,15 +705,19 @@ fn valued_part(
     let mut failure = None;
     let mut visit = |hit: crate::store::IndexHit<'_>| {
         let outcome = (|| -> Result<bool, FhirError> {
+            // The clauses first: most entries fail them, usually by a point lookup, and only
+            // matches need their record read.
+            if !clauses_match(snapshot, resource_type, clauses, &hit.id, hit.version, None, t)? {
+                return Ok(false);
+            }
             // A resource is reported at its sort value only: the largest of its values when
             // descending, the smallest ascending. Values of one version are distinct.
             let values = snapshot.probe(resource_type, &hit.id, hit.version, &key.key)?;
-            let at_sort_value = if key.descending {
+            Ok(if key.descending {
                 values.iter().all(|v| v.as_slice() <= hit.value.as_slice())
             } else {
                 values.iter().all(|v| v.as_slice() >= hit.value.as_slice())
-            };
-            Ok(at_sort_value && clauses_match(snapshot, resource_type, clauses, &hit.id, hit.version, None, t)?)
+            })
         })();
         match outcome {
             Err(error) => {
