@@ -39,6 +39,7 @@ pub struct Settings {
     pub search_work_budget: u64,
     pub search_timeout_ms: u64,
     pub max_history_scan: usize,
+    pub sort_in_memory_below: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -78,6 +79,7 @@ impl Default for Settings {
             search_work_budget: 5_000_000,
             search_timeout_ms: 10_000,
             max_history_scan: 10_000,
+            sort_in_memory_below: 1000,
         }
     }
 }
@@ -317,6 +319,15 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "10000",
         doc: "Most history entries one page of an _at history examines; a page that reaches it is shorter and links to the next.",
         apply: |s, v| parse_into(&mut s.max_history_scan, v),
+    },
+    SettingDoc {
+        key: "sort_in_memory_below",
+        env: "BRAID_SORT_IN_MEMORY_BELOW",
+        default: "1000",
+        doc: "A _sort search whose most selective parameter has fewer index entries than this is sorted in memory; \
+              otherwise one sort key with an index of its own (a date) is read in order from that index, page by page. \
+              0 always reads the index; above 1000 (the planner's counting limit) always sorts in memory.",
+        apply: |s, v| parse_into(&mut s.sort_in_memory_below, v),
     },
 ];
 

@@ -57,6 +57,8 @@ pub struct Limits {
     pub search_budget: crate::search::budget::Budget,
     /// Most entries one page of an `_at` history examines.
     pub max_history_scan: usize,
+    /// Sorted searches whose driver has fewer index entries than this are sorted in memory.
+    pub sort_in_memory_below: usize,
 }
 
 impl Limits {
@@ -76,6 +78,7 @@ impl Limits {
                 time: std::time::Duration::from_millis(settings.search_timeout_ms),
             },
             max_history_scan: settings.max_history_scan,
+            sort_in_memory_below: settings.sort_in_memory_below,
         }
     }
 }

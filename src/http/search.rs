@@ -50,6 +50,8 @@ struct SearchRequest {
     ignored: Vec<(String, String)>,
     /// The path below the base that links repeat (`Observation`, `Patient/p1/Observation`).
     path: String,
+    /// Sorts whose driver has fewer index entries than this are done in memory.
+    sort_in_memory_below: usize,
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
@@ -164,6 +166,7 @@ fn parse(
         applied: Vec::new(),
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
+        sort_in_memory_below: limits.sort_in_memory_below,
     };
     check_size(pairs)?;
     let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
@@ -249,6 +252,11 @@ fn parse(
     Ok(search)
 }
 
+/// A sort is read from its index only if at least one in this many of the driver's sampled
+/// candidates matches the query: the walk then passes over a bounded number of entries per
+/// match (per page: about `_count` times this, times the sort index's entries per driver entry).
+const MIN_SORT_MATCH_SHARE: usize = 100;
+
 /// The most parameters one search may have. Every clause is planned (an index count each) and
 /// checked against every candidate, so their number multiplies the work of a search; a POST
 /// form could otherwise carry millions within the body limit.
@@ -313,7 +321,30 @@ fn execute(
         clauses.push(deferred.resolve(&view, t, base)?);
     }
     let (driver, estimates) = engine::plan(&view, resource_type, &clauses, t)?;
-    let plan = engine::describe(&clauses, driver, &estimates);
+    // A sort is read from its index unless the query's most selective parameter finds so few
+    // candidates that sorting them in memory is cheaper than walking the index past the
+    // non-matching entries. The choice depends only on `t`, so every page makes the same one.
+    // Counting stops at ESTIMATE_CAP; a scan of the whole type counts as that many.
+    let driver_estimate = match driver {
+        engine::Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n),
+        engine::Driver::TypeScan => engine::ESTIMATE_CAP,
+    }
+    .min(engine::ESTIMATE_CAP);
+    let mut sort_from_index =
+        engine::index_sortable(resource_type, &search.sort) && driver_estimate >= search.sort_in_memory_below;
+    if sort_from_index && clauses.len() > 1 {
+        // Several broad clauses may still rarely hold together, and the index walk would pass
+        // over many entries per match: it needs a fair share of the driver's candidates to match.
+        let (matched, examined) =
+            engine::sample_share(&view, resource_type, &clauses, driver, t, engine::ESTIMATE_SAMPLE)?;
+        sort_from_index = matched * MIN_SORT_MATCH_SHARE >= examined;
+    }
+    let mut plan = engine::describe(&clauses, driver, &estimates);
+    if sort_from_index {
+        plan = format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key);
+    } else if !search.sort.is_empty() {
+        plan.push_str("; sort the matches in memory");
+    }
     tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
@@ -353,6 +384,26 @@ fn execute(
             )?;
             // Going forward, an earlier page exists once this is not the first; going back, while
             // the engine found more before this page.
+            let earlier = if backward { page.next.is_some() } else { start.is_some() };
+            if earlier {
+                previous_link = page.positions.first().map(|first| token(true, first));
+            }
+            let next = if backward { page.positions.last().cloned() } else { page.next.clone() };
+            engine::Page { next, ..page }
+        } else if sort_from_index {
+            // Read in order from the sort key's index: cursors hold index positions, like
+            // unsorted searches.
+            let page = engine::sorted_page(
+                &view,
+                resource_type,
+                &clauses,
+                driver,
+                t,
+                &search.sort[0],
+                start.as_ref(),
+                search.count,
+                backward,
+            )?;
             let earlier = if backward { page.next.is_some() } else { start.is_some() };
             if earlier {
                 previous_link = page.positions.first().map(|first| token(true, first));

@@ -75,8 +75,8 @@ pub fn plan(
     let mut cap = ESTIMATE_CAP;
     for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
         let mut count = 0usize;
-        for (key, lo, hi) in clause.ranges() {
-            snapshot.scan_index(resource_type, &key, &lo, hi.as_deref(), None, t, &mut |_| {
+        for range in clause.ranges() {
+            snapshot.scan_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), None, t, &mut |_| {
                 count += 1;
                 if count >= cap { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
@@ -172,39 +172,7 @@ fn walk(
     let mut failure: Option<FhirError> = None;
     // Checks every clause except the driver against the candidate's indexed values.
     let others_match = |id: &str, version: u64, skip: Option<usize>| -> Result<bool, FhirError> {
-        for (index, clause) in clauses.iter().enumerate() {
-            if Some(index) == skip {
-                continue;
-            }
-            // Exact values are checked by point lookups in the scanned index, whose pages for a
-            // popular value stay cached; other predicates read the resource's index record.
-            let all_exact =
-                clause.missing.is_none() && clause.alternatives.iter().all(|a| matches!(a.pred, Pred::Equals(_)));
-            if all_exact && !clause.alternatives.is_empty() {
-                let mut hit = false;
-                for (position, alternative) in clause.alternatives.iter().enumerate() {
-                    let Pred::Equals(value) = &alternative.pred else { unreachable!("checked above") };
-                    if snapshot.has_value(resource_type, clause.key_of(position), value, id, version, t)? {
-                        hit = true;
-                        break;
-                    }
-                }
-                if hit == clause.negated {
-                    return Ok(false);
-                }
-                continue;
-            }
-            let keys = clause.keys();
-            let mut probed = Vec::with_capacity(keys.len());
-            for key in &keys {
-                probed.push(snapshot.probe(resource_type, id, version, key)?);
-            }
-            let values = |key: &str| keys.iter().position(|k| *k == key).map_or(&[][..], |i| probed[i].as_slice());
-            if !clause.matches_keys(&values) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        clauses_match(snapshot, resource_type, clauses, id, version, skip, t)
     };
 
     match driver {
@@ -262,20 +230,24 @@ fn walk(
                 (first_alternative..ranges.len()).collect()
             };
             'ranges: for alternative in order {
-                let (key, lo, hi) = &ranges[alternative];
+                let range = &ranges[alternative];
+                let (key, lo, hi) = (&range.key, &range.lo, &range.hi);
                 let bound = if alternative == first_alternative { resume_key } else { None };
                 let mut stop = false;
                 let mut visit = |hit: crate::store::IndexHit<'_>| {
-                    let accepted =
-                        clause.missing == Some(false) || clause.alternatives[alternative].pred.accepts(&hit.value);
-                    if !accepted {
+                    if !range.accepts(clause, &hit.value) {
                         return ControlFlow::Continue(());
                     }
                     let outcome = (|| -> Result<Option<bool>, FhirError> {
                         if needs_dedup {
+                            // The values of every key an earlier range (or this one) reads.
                             let mut values_by_key: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
-                            for key in clause.keys() {
-                                values_by_key.push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
+                            for earlier in &ranges[..=alternative] {
+                                let key = earlier.key.as_str();
+                                if !values_by_key.iter().any(|(k, _)| *k == key) {
+                                    values_by_key
+                                        .push((key, snapshot.probe(resource_type, &hit.id, hit.version, key)?));
+                                }
                             }
                             if earlier_hit_exists(clause, &ranges, &values_by_key, alternative, &hit.value) {
                                 // Seen before: not a new candidate.
@@ -340,6 +312,52 @@ fn walk(
     Ok(Walked { page: Page { matches, next, positions }, matched, candidates, sampled })
 }
 
+/// Whether version `version` of resource `id` satisfies every clause except `skip`, by its
+/// indexed values as of `t`.
+fn clauses_match(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    id: &str,
+    version: u64,
+    skip: Option<usize>,
+    t: u64,
+) -> Result<bool, FhirError> {
+    for (index, clause) in clauses.iter().enumerate() {
+        if Some(index) == skip {
+            continue;
+        }
+        // Exact values are checked by point lookups in the scanned index, whose pages for a
+        // popular value stay cached; other predicates read the resource's index record.
+        let all_exact =
+            clause.missing.is_none() && clause.alternatives.iter().all(|a| matches!(a.pred, Pred::Equals(_)));
+        if all_exact && !clause.alternatives.is_empty() {
+            let mut hit = false;
+            for (position, alternative) in clause.alternatives.iter().enumerate() {
+                let Pred::Equals(value) = &alternative.pred else { unreachable!("checked above") };
+                if snapshot.has_value(resource_type, clause.key_of(position), value, id, version, t)? {
+                    hit = true;
+                    break;
+                }
+            }
+            if hit == clause.negated {
+                return Ok(false);
+            }
+            continue;
+        }
+        let keys = clause.keys();
+        let mut probed = Vec::with_capacity(keys.len());
+        for key in &keys {
+            probed.push(snapshot.probe(resource_type, id, version, key)?);
+        }
+        let values = |key: &str| keys.iter().position(|k| *k == key).map_or(&[][..], |i| probed[i].as_slice());
+        if !clause.matches_keys(&values) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A resource whose values for the driver's key fall into several scanned ranges (or several
 /// times into one) is reported at its first position only: the one with the lowest
 /// alternative, then the lowest value.
@@ -350,14 +368,11 @@ fn earlier_hit_exists(
     alternative: usize,
     current: &[u8],
 ) -> bool {
-    ranges.iter().enumerate().take(alternative + 1).any(|(index, (key, lo, hi))| {
-        let values = values_by_key.iter().find(|(k, _)| *k == key.as_str()).map_or(&[][..], |(_, v)| v.as_slice());
+    ranges.iter().enumerate().take(alternative + 1).any(|(index, range)| {
+        let values =
+            values_by_key.iter().find(|(k, _)| *k == range.key.as_str()).map_or(&[][..], |(_, v)| v.as_slice());
         values.iter().any(|value| {
-            let in_range =
-                value.as_slice() >= lo.as_slice() && hi.as_ref().is_none_or(|hi| value.as_slice() < hi.as_slice());
-            let accepted =
-                clause.missing == Some(false) || clause.alternatives.get(index).is_some_and(|a| a.pred.accepts(value));
-            in_range && accepted && (index < alternative || value.as_slice() < current)
+            range.contains(value) && range.accepts(clause, value) && (index < alternative || value.as_slice() < current)
         })
     })
 }
@@ -377,8 +392,8 @@ pub fn count(
             && clause.alternatives.len() == 1
             && matches!(clause.alternatives[0].pred, Pred::Equals(_));
         if single_exact && !clause.negated {
-            let (key, lo, hi) = &clause.ranges()[0];
-            return snapshot.count_index(resource_type, key, lo, hi.as_deref(), t);
+            let range = &clause.ranges()[0];
+            return snapshot.count_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), t);
         }
     }
     let options = Walk { start: None, limit: None, backward: false, candidate_limit: None, count_only: true };
@@ -401,6 +416,21 @@ pub fn estimate(
     estimate_sampled(snapshot, resource_type, clauses, driver, t, ESTIMATE_SAMPLE)
 }
 
+/// Of the first `sample` candidates of the driver, how many match the whole query, and how
+/// many were examined: the share of the driver's entries that are matches.
+pub fn sample_share(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    sample: usize,
+) -> Result<(usize, usize), FhirError> {
+    let options = Walk { start: None, limit: None, backward: false, candidate_limit: Some(sample), count_only: true };
+    let walked = walk(snapshot, resource_type, clauses, driver, t, &options)?;
+    Ok((walked.matched, walked.candidates))
+}
+
 /// [`estimate`] with a chosen sample size.
 pub fn estimate_sampled(
     snapshot: &dyn IndexView,
@@ -418,8 +448,8 @@ pub fn estimate_sampled(
     let driver_size = match driver {
         Driver::Clause(index) => {
             let mut size = 0;
-            for (key, lo, hi) in clauses[index].ranges() {
-                size += snapshot.count_index(resource_type, &key, &lo, hi.as_deref(), t)?;
+            for range in clauses[index].ranges() {
+                size += snapshot.count_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), t)?;
             }
             size
         }
@@ -446,15 +476,18 @@ enum SortValue {
 
 /// The value a resource sorts by: its smallest value ascending, its largest descending
 /// (FHIR's rule for repeating elements); `None` when it has none (sorted last).
+///
+/// A date is a range, and ranges are ordered by their start, then by their end (a period
+/// sorts where it begins, as HAPI sorts dates by their low bound): so the largest of a
+/// resource's dates is the one that begins last. That is exactly the order of the index
+/// values (`start·end`, order-preserving), which lets [`sorted_page`] read it from the index.
 fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
     use crate::search::registry::ParamKind;
     use crate::search::values::{decode_f64, decode_range};
     let candidates: Vec<SortValue> = values
         .iter()
         .filter_map(|v| match key.kind {
-            ParamKind::Date => {
-                decode_range(v).map(|(lo, hi)| SortValue::Number(if key.descending { hi } else { lo } as f64))
-            }
+            ParamKind::Date => decode_range(v).map(|_| SortValue::Bytes(v.clone())),
             ParamKind::Number => decode_f64(v).map(SortValue::Number),
             ParamKind::Quantity => {
                 v.len().checked_sub(8).and_then(|start| decode_f64(&v[start..])).map(SortValue::Number)
@@ -470,7 +503,9 @@ fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
     if key.descending { candidates.into_iter().max_by(pick) } else { candidates.into_iter().min_by(pick) }
 }
 
-/// All matches ordered by `keys` (then by id, so the order is total and pages are stable).
+/// All matches ordered by `keys`, then by id (ascending, or descending when the last key
+/// is), so the order is total, pages are stable, and a single key orders ties exactly as its
+/// index read in that direction does.
 pub fn sorted(
     view: &dyn IndexView,
     resource_type: ResourceType,
@@ -503,7 +538,211 @@ pub fn sorted(
                 return ordering;
             }
         }
-        a.1.cmp(&b.1)
+        let by_id = a.1.cmp(&b.1);
+        if keys.last().is_some_and(|key| key.descending) { by_id.reverse() } else { by_id }
     });
     Ok(rows.into_iter().map(|(_, id, version)| (id, version)).collect())
+}
+
+/// Whether `keys` can be read in order from an index: a single key of a date parameter that
+/// has entries of its own (not an alias of others). Its index values order exactly as
+/// [`sort_value`] orders dates.
+pub fn index_sortable(resource_type: ResourceType, keys: &[SortKey]) -> bool {
+    use crate::search::registry::{ParamKind, registry};
+    match keys {
+        [key] => {
+            key.kind == ParamKind::Date
+                && registry().get(resource_type, &key.key).is_some_and(|def| def.alias_of.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// Matches found while travelling one way, in travel order.
+#[derive(Default)]
+struct Travelled {
+    matches: Vec<(String, u64)>,
+    positions: Vec<Position>,
+    /// Another match follows in the direction of travel.
+    more: bool,
+}
+
+/// One page of a search sorted by `key` (see [`index_sortable`]), read from the key's index in
+/// order instead of sorting every match: the same order as [`sorted`].
+///
+/// The sorted sequence is the resources with a value, in index order (reversed when
+/// descending), each at its sort value (its smallest value ascending, its largest descending,
+/// so it is reported once), then those without a value, by id (descending when the key is).
+/// Positions are index keys in the first part and ids in the second (`Position::Type`).
+/// `start`, `limit` and `backward` work as in [`run_directed`]; the page's matches are in
+/// sorted order.
+#[allow(clippy::too_many_arguments)]
+pub fn sorted_page(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    key: &SortKey,
+    start: Option<&Position>,
+    limit: usize,
+    backward: bool,
+) -> Result<Page, FhirError> {
+    let nothing = Page { matches: Vec::new(), next: None, positions: Vec::new() };
+    if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
+        return Ok(nothing);
+    }
+    // Resources without a value: the query plus `key:missing=true`, visited by id.
+    let mut without_value = clauses.to_vec();
+    let missing = super::query::parse_clause(resource_type, &format!("{}:missing", key.key), "true", "")?
+        .ok_or_else(|| FhirError::fault("sort: the sort parameter is unknown"))?;
+    without_value.push(missing);
+    // Travelling forward the valued part comes first; backward, the part without values.
+    let starts_valued = match start {
+        Some(Position::Index { .. }) => true,
+        Some(Position::Type { .. }) => false,
+        None => !backward,
+    };
+    let mut travelled = Travelled::default();
+    let phases: [bool; 2] = if starts_valued { [true, false] } else { [false, true] };
+    for (step, valued) in phases.into_iter().enumerate() {
+        // The second part is entered only in the direction that leads to it.
+        if step == 1 && valued != backward {
+            break;
+        }
+        let resume = if step == 0 { start } else { None };
+        let remaining = limit - travelled.matches.len();
+        let part = if valued {
+            valued_part(snapshot, resource_type, clauses, t, key, resume, remaining, backward)?
+        } else {
+            without_value_part(snapshot, resource_type, &without_value, driver, t, key, resume, remaining, backward)?
+        };
+        travelled.matches.extend(part.matches);
+        travelled.positions.extend(part.positions);
+        travelled.more = part.more;
+        if part.more {
+            break;
+        }
+    }
+    let next = if travelled.more { travelled.positions.last().cloned() } else { None };
+    let Travelled { mut matches, mut positions, .. } = travelled;
+    if backward {
+        matches.reverse();
+        positions.reverse();
+    }
+    Ok(Page { matches, next, positions })
+}
+
+/// The resources that match `without_value` (the query and `key:missing=true`), by id
+/// (descending when the key is), from the id after (or, `backward`, before) `start`; at most
+/// `limit` of them (`more` when another follows; `limit` 0 only looks for one).
+///
+/// With a scannable driver, its matches are collected and ordered by id (work in proportion
+/// to the driver, not to every resource of the type); otherwise the type is walked by id.
+#[allow(clippy::too_many_arguments)]
+fn without_value_part(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    without_value: &[Clause],
+    driver: Driver,
+    t: u64,
+    key: &SortKey,
+    start: Option<&Position>,
+    limit: usize,
+    backward: bool,
+) -> Result<Travelled, FhirError> {
+    // Ids ascend in the sequence unless the key descends.
+    let reverse = key.descending != backward;
+    let after = match start {
+        Some(Position::Type { id }) => Some(id.as_str()),
+        _ => None,
+    };
+    let (matches, more) = match driver {
+        Driver::Clause(_) => {
+            let mut all = run(snapshot, resource_type, without_value, driver, t, None, None)?.matches;
+            all.sort();
+            if reverse {
+                all.reverse();
+            }
+            let beyond = |id: &str| after.is_none_or(|after| if reverse { id < after } else { id > after });
+            let mut following = all.into_iter().filter(|(id, _)| beyond(id));
+            let matches: Vec<(String, u64)> = following.by_ref().take(limit).collect();
+            (matches, following.next().is_some())
+        }
+        Driver::TypeScan => {
+            let options =
+                Walk { start, limit: Some(limit.max(1)), backward: reverse, candidate_limit: None, count_only: false };
+            let walked = walk(snapshot, resource_type, without_value, Driver::TypeScan, t, &options)?.page;
+            let mut matches = walked.matches;
+            if reverse {
+                matches.reverse();
+            }
+            if limit == 0 { (Vec::new(), !matches.is_empty()) } else { (matches, walked.next.is_some()) }
+        }
+    };
+    let positions = matches.iter().map(|(id, _)| Position::Type { id: id.clone() }).collect();
+    Ok(Travelled { matches, positions, more })
+}
+
+/// The resources with a value for `key`, from the entry after (or, `backward`, before) `start`,
+/// at most `limit` of them (`more` when another follows; `limit` 0 only looks for one).
+#[allow(clippy::too_many_arguments)]
+fn valued_part(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    t: u64,
+    key: &SortKey,
+    start: Option<&Position>,
+    limit: usize,
+    backward: bool,
+) -> Result<Travelled, FhirError> {
+    let resume = match start {
+        Some(Position::Index { key, .. }) => Some(key.as_slice()),
+        _ => None,
+    };
+    let mut travelled = Travelled::default();
+    let mut failure = None;
+    let mut visit = |hit: crate::store::IndexHit<'_>| {
+        let outcome = (|| -> Result<bool, FhirError> {
+            // The clauses first: most entries fail them, usually by a point lookup, and only
+            // matches need their record read.
+            if !clauses_match(snapshot, resource_type, clauses, &hit.id, hit.version, None, t)? {
+                return Ok(false);
+            }
+            // A resource is reported at its sort value only: the largest of its values when
+            // descending, the smallest ascending. Values of one version are distinct.
+            let values = snapshot.probe(resource_type, &hit.id, hit.version, &key.key)?;
+            Ok(if key.descending {
+                values.iter().all(|v| v.as_slice() <= hit.value.as_slice())
+            } else {
+                values.iter().all(|v| v.as_slice() >= hit.value.as_slice())
+            })
+        })();
+        match outcome {
+            Err(error) => {
+                failure = Some(error);
+                ControlFlow::Break(())
+            }
+            Ok(false) => ControlFlow::Continue(()),
+            Ok(true) if travelled.matches.len() == limit => {
+                travelled.more = true;
+                ControlFlow::Break(())
+            }
+            Ok(true) => {
+                travelled.matches.push((hit.id, hit.version));
+                travelled.positions.push(Position::Index { alternative: 0, key: hit.key.to_vec() });
+                ControlFlow::Continue(())
+            }
+        }
+    };
+    if key.descending != backward {
+        snapshot.scan_index_rev(resource_type, &key.key, &[], None, resume, t, &mut visit)?;
+    } else {
+        snapshot.scan_index(resource_type, &key.key, &[], None, resume, t, &mut visit)?;
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(travelled),
+    }
 }

@@ -20,6 +20,10 @@ impl Indexer for SearchIndexer {
     fn entries_on_base(&self, resource_type: ResourceType, resource: &Value, local_base: &str) -> Vec<IndexEntry> {
         index_entries(resource_type, resource, Some(local_base))
     }
+
+    fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
+        values::derived_entry(resource_type, param, value)
+    }
 }
 
 /// The entries of every parameter, then compartment membership. References on `local_base`

@@ -100,9 +100,42 @@ pub struct Alternative {
     pub hi: Option<Vec<u8>>,
 }
 
-/// `(index key, lo, hi)`: the raw values `lo <= v < hi` of one index key (`hi` `None`: no
-/// upper bound).
-pub type ScanRange = (String, Vec<u8>, Option<Vec<u8>>);
+/// The raw values `lo <= v < hi` of one index key (`hi` `None`: no upper bound) that the
+/// engine scans for one alternative of a clause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanRange {
+    pub key: String,
+    pub lo: Vec<u8>,
+    pub hi: Option<Vec<u8>>,
+    /// The alternative whose predicate the values must satisfy (`None` for `:missing=false`,
+    /// which accepts any value).
+    pub alternative: Option<usize>,
+    /// The key is a date's end-ordered key (`date:end`), whose values are `end·start`: they
+    /// are swapped back before the predicate sees them.
+    pub end_ordered: bool,
+}
+
+impl ScanRange {
+    /// Whether `value`, an entry of this range's key, satisfies its alternative.
+    pub fn accepts(&self, clause: &Clause, value: &[u8]) -> bool {
+        let Some(index) = self.alternative else { return true };
+        let Some(alternative) = clause.alternatives.get(index) else { return false };
+        if self.end_ordered {
+            if value.len() != 16 {
+                return false;
+            }
+            let start_end = [&value[8..], &value[..8]].concat();
+            alternative.pred.accepts(&start_end)
+        } else {
+            alternative.pred.accepts(value)
+        }
+    }
+
+    /// Whether `value` lies in `[lo, hi)`.
+    pub fn contains(&self, value: &[u8]) -> bool {
+        value >= self.lo.as_slice() && self.hi.as_ref().is_none_or(|hi| value < hi.as_slice())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Clause {
@@ -173,17 +206,38 @@ impl Clause {
         !self.negated && (self.missing == Some(false) || (self.missing.is_none() && !self.alternatives.is_empty()))
     }
 
-    /// The ranges to scan, each with the key it reads: one per alternative, or each key whole
-    /// for `:missing=false`.
+    /// The ranges to scan, each with the key it reads: one per alternative (two for dates
+    /// compared by their end, see [`date_end_ranges`]), or each key whole for `:missing=false`.
+    /// The order is fixed by the query alone: paging positions refer to ranges by index.
     pub fn ranges(&self) -> Vec<ScanRange> {
         if self.missing == Some(false) {
-            return self.keys().into_iter().map(|key| (key.to_owned(), Vec::new(), None)).collect();
+            return self
+                .keys()
+                .into_iter()
+                .map(|key| ScanRange {
+                    key: key.to_owned(),
+                    lo: Vec::new(),
+                    hi: None,
+                    alternative: None,
+                    end_ordered: false,
+                })
+                .collect();
         }
-        self.alternatives
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (self.key_of(i).to_owned(), a.lo.clone(), a.hi.clone()))
-            .collect()
+        let mut ranges = Vec::with_capacity(self.alternatives.len());
+        for (index, alternative) in self.alternatives.iter().enumerate() {
+            let key = self.key_of(index).to_owned();
+            match date_end_ranges(&key, index, alternative) {
+                Some(pair) => ranges.extend(pair),
+                None => ranges.push(ScanRange {
+                    key,
+                    lo: alternative.lo.clone(),
+                    hi: alternative.hi.clone(),
+                    alternative: Some(index),
+                    end_ordered: false,
+                }),
+            }
+        }
+        ranges
     }
 }
 
@@ -585,9 +639,46 @@ fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
         Prefix::Lt => (Vec::new(), Some(enc(lo))),
         Prefix::Le => (Vec::new(), hi.checked_add(1).map(enc)),
         Prefix::Sa => (hi.checked_add(1).map(enc).unwrap_or_else(|| vec![0xFF; 9]), None),
+        // Ending before the query's start means starting before it too.
+        Prefix::Eb => (Vec::new(), Some(enc(lo))),
         _ => (Vec::new(), None),
     };
     Ok(Alternative { key: None, pred: Pred::Date { prefix, lo, hi }, lo: scan_lo, hi: scan_hi })
+}
+
+/// `gt` and `ge` on a date parameter: a match must end after the query's range, so the
+/// narrow values (see [`values::NARROW_DATE_WIDTH`]) that can match start at most that width
+/// before its end, and the scan of the start-ordered key begins there (or at the query's start,
+/// for values `ge` accepts because they lie within it); the wide values that start earlier are
+/// found on the end-ordered key, from the query's end on. A wide value in both ranges is
+/// reported once (the engine drops repeated resources). `None` for every other predicate
+/// (composites have no end-ordered key and keep their unbounded range).
+fn date_end_ranges(key: &str, index: usize, alternative: &Alternative) -> Option<[ScanRange; 2]> {
+    let Pred::Date { prefix, lo, hi } = alternative.pred else { return None };
+    let narrow_start = hi.saturating_sub(values::NARROW_DATE_WIDTH).saturating_add(1);
+    let start_from = match prefix {
+        Prefix::Gt => narrow_start,
+        Prefix::Ge => narrow_start.min(lo),
+        _ => return None,
+    };
+    // Past the largest end nothing is later: an empty range.
+    let end_from = hi.checked_add(1).map_or_else(|| vec![0xFF; 17], |after| encode_i64(after).to_vec());
+    Some([
+        ScanRange {
+            key: key.to_owned(),
+            lo: encode_i64(start_from).to_vec(),
+            hi: None,
+            alternative: Some(index),
+            end_ordered: false,
+        },
+        ScanRange {
+            key: format!("{key}{}", values::DATE_END_SUFFIX),
+            lo: end_from,
+            hi: None,
+            alternative: Some(index),
+            end_ordered: true,
+        },
+    ])
 }
 
 /// Parses a search number (`[+|-]digits[.digits][(e|E)[+|-]digits]`, as FHIR's decimal

@@ -216,6 +216,7 @@ impl Registry {
                     ParamKind::String => keys.push(format!("{code}:exact")),
                     ParamKind::Token => keys.extend([format!("{code}:text"), format!("{code}:of-type")]),
                     ParamKind::Reference => keys.push(format!("{code}:identifier")),
+                    ParamKind::Date => keys.push(format!("{code}{}", crate::search::values::DATE_END_SUFFIX)),
                     _ => {}
                 }
             }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | string | `p` → normalised text (NFKD, lower case, combining marks removed); `p:exact` → the text as is |
 //! | token | `p` → `code` and `system\|code`, or only `\|code` without a system; `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
-//! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian) |
+//! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian); ranges wider than [`NARROW_DATE_WIDTH`] also `p:end` → range end · range start |
 //! | number | `p` → order-preserving 8-byte float |
 //! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` and `\|\|unit` (any system, code or human-readable unit) and `` (no unit) |
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
@@ -106,7 +106,7 @@ fn values_of(kind: ParamKind, item: &Item<'_>) -> Vec<(&'static str, Vec<u8>)> {
     }
     match kind {
         ParamKind::String | ParamKind::Token | ParamKind::Reference | ParamKind::Uri => Vec::new(),
-        ParamKind::Date => date_range(value).map(|(lo, hi)| vec![("", encode_range(lo, hi))]).unwrap_or_default(),
+        ParamKind::Date => date_range(value).map(|(lo, hi)| date_values(lo, hi)).unwrap_or_default(),
         ParamKind::Number => number_of(value).map(|n| vec![("", encode_f64(n).to_vec())]).unwrap_or_default(),
         ParamKind::Quantity => quantity_values(value),
         ParamKind::Composite | ParamKind::Special => Vec::new(),
@@ -336,6 +336,46 @@ pub fn encode_i64(value: i64) -> [u8; 8] {
 
 pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// The widest date range (end minus start, in microseconds) indexed only by its start: one
+/// day, so instants, dateTimes and dates are; months, years, and most periods are wider.
+///
+/// Why: `gt`, `ge` (and `_sort` by end) need the values whose *end* is after some moment, but
+/// `p` is ordered by start. A narrow value ends at most this long after it starts, so its
+/// start is at most this long before the moment: the scan of `p` can begin there. Wide values
+/// can start arbitrarily early, so they are also indexed under `p:end` ordered by their end,
+/// which the engine scans for them. Part of the index format: changing it needs a reindex.
+pub const NARROW_DATE_WIDTH: i64 = 86_400_000_000;
+
+/// The suffix of the end-ordered key of a date parameter (`date:end`).
+pub const DATE_END_SUFFIX: &str = ":end";
+
+/// Whether a date range `[lo, hi]` is wider than [`NARROW_DATE_WIDTH`] (and so also has an
+/// end-ordered entry).
+pub fn is_wide(lo: i64, hi: i64) -> bool {
+    i128::from(hi) - i128::from(lo) > i128::from(NARROW_DATE_WIDTH)
+}
+
+/// The index values of one date range: `start·end` under the parameter's key, and for wide
+/// ranges `end·start` under its `:end` key (see [`NARROW_DATE_WIDTH`]).
+fn date_values(lo: i64, hi: i64) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = vec![("", encode_range(lo, hi))];
+    if is_wide(lo, hi) {
+        out.push((DATE_END_SUFFIX, encode_range(hi, lo)));
+    }
+    out
+}
+
+/// The end-ordered entry that goes with a stored `start·end` value of a date parameter of
+/// `resource_type`, when the range is wide (for files indexed before that entry existed).
+pub fn derived_entry(resource_type: crate::fhir::ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
+    let def = super::registry::registry().get(resource_type, param)?;
+    if def.kind != ParamKind::Date || def.code != param {
+        return None;
+    }
+    let (lo, hi) = decode_range(value)?;
+    is_wide(lo, hi).then(|| IndexEntry { param: format!("{param}{DATE_END_SUFFIX}"), value: encode_range(hi, lo) })
 }
 
 pub fn encode_range(lo: i64, hi: i64) -> Vec<u8> {

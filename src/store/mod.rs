@@ -53,7 +53,7 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// changes; a database with an older version is migrated at open, a newer one is refused.
 ///
 /// 2: the `superseded` log (version 1 files get it filled from their version history).
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,7 +190,7 @@ impl Store {
     }
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
-        let (secret, horizon) = Self::initialise(&db)?;
+        let (secret, horizon) = Self::initialise_with(&db, Some(indexer.as_ref()))?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
         let writer = writer::start(db.clone(), indexer, latest.clone(), &options)?;
@@ -225,6 +225,12 @@ impl Store {
     /// Creates every table and the meta entries on first open, checks the format version and
     /// migrates an older file. Returns the cursor secret and the garbage collector's horizon.
     fn initialise(db: &Database) -> Result<([u8; 32], u64), StoreError> {
+        Self::initialise_with(db, None)
+    }
+
+    /// [`Store::initialise`]; with the indexer, a format 2 file also gets the entries it derives
+    /// from stored ones (without, the file keeps format 2 until an open that has one).
+    fn initialise_with(db: &Database, indexer: Option<&dyn Indexer>) -> Result<([u8; 32], u64), StoreError> {
         let txn = db.begin_write()?;
         let secret = {
             txn.open_table(RESOURCE_VERSION)?;
@@ -238,17 +244,24 @@ impl Store {
                 let bytes: [u8; 4] = v.value().try_into().unwrap_or([0; 4]);
                 u32::from_be_bytes(bytes)
             });
-            match version {
-                Some(FORMAT_VERSION) => {}
-                Some(1) => {
-                    let logged = migrate::fill_superseded_log(&txn)?;
-                    tracing::info!(versions = logged, "migrated the database to format version 2");
-                    meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
-                }
-                Some(found) => return Err(StoreError::FormatVersion { found }),
+            let mut version = match version {
+                Some(found) if found > FORMAT_VERSION => return Err(StoreError::FormatVersion { found }),
+                Some(found) => found,
                 None => {
                     meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
+                    FORMAT_VERSION
                 }
+            };
+            if version == 1 {
+                let logged = migrate::fill_superseded_log(&txn)?;
+                tracing::info!(versions = logged, "migrated the database to format version 2");
+                version = 2;
+                meta.insert("format_version", version.to_be_bytes().as_slice())?;
+            }
+            if let (2, Some(indexer)) = (version, indexer) {
+                let added = migrate::add_derived_entries(&txn, indexer)?;
+                tracing::info!(entries = added, "migrated the database to format version 3");
+                meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
             }
             let horizon =
                 meta.get(gc::HORIZON_KEY)?.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes);
@@ -311,6 +324,7 @@ pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, Store
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
         other => StoreError::Database(other),
     })?;
+    // Without the indexer a file that needs derived entries keeps its format for the next open.
     let (_, horizon) = Store::initialise(&db)?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     while db.compact()? {}

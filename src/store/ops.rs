@@ -25,6 +25,14 @@ pub trait Indexer: Send + Sync + 'static {
         let _ = local_base;
         self.entries(resource_type, resource)
     }
+
+    /// An entry this indexer writes alongside a stored `(param, value)` pair, derived from
+    /// that pair alone (a wide date's end-ordered entry); used to bring files written by
+    /// earlier versions up to date.
+    fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
+        let _ = (resource_type, param, value);
+        None
+    }
 }
 
 /// One `(parameter, value)` pair of a resource, e.g. `("identifier", b"http://x|123")`.

@@ -20,6 +20,7 @@ mod metadata;
 mod power_loss;
 mod process;
 mod search;
+mod sorting;
 mod surface;
 mod synthea;
 mod validation;
