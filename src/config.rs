@@ -39,6 +39,7 @@ pub struct Settings {
     pub search_work_budget: u64,
     pub search_timeout_ms: u64,
     pub max_history_scan: usize,
+    pub quick_repair: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -78,6 +79,7 @@ impl Default for Settings {
             search_work_budget: 5_000_000,
             search_timeout_ms: 10_000,
             max_history_scan: 10_000,
+            quick_repair: true,
         }
     }
 }
@@ -317,6 +319,25 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "10000",
         doc: "Most history entries one page of an _at history examines; a page that reaches it is shorter and links to the next.",
         apply: |s, v| parse_into(&mut s.max_history_scan, v),
+    },
+    SettingDoc {
+        key: "quick_repair",
+        env: "BRAID_QUICK_REPAIR",
+        default: "true",
+        doc: "Each commit also saves the database's free-page state (one more sync per commit), so that the first \
+              start after a crash or power loss need not scan the whole file to rebuild it. false: somewhat faster \
+              commits, but that start takes time proportional to the file size.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.quick_repair = true;
+                Ok(())
+            }
+            "false" => {
+                s.quick_repair = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
+        },
     },
 ];
 

@@ -30,7 +30,7 @@ use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
 };
-use super::ops::{Action, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::ops::{Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
 use super::snapshot::Snapshot;
 use super::view::IndexTables;
 use super::{
@@ -65,6 +65,15 @@ impl WriterHandle {
     }
 }
 
+/// How the writer executes and commits, from [`StoreOptions`].
+#[derive(Clone, Copy)]
+struct Policy {
+    /// The most resources one conditional delete may delete.
+    conditional_delete_max: usize,
+    /// See [`StoreOptions::quick_repair`].
+    quick_repair: bool,
+}
+
 /// The writer's logical clock: `t` counts versions; `last_micros` is the newest lastUpdated.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -81,13 +90,16 @@ pub(super) fn start(
     let clock = load_clock(&db)?;
     let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let max_group = options.max_group.max(1);
-    let conditional_delete_max = options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE);
+    let policy = Policy {
+        conditional_delete_max: options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE),
+        quick_repair: options.quick_repair,
+    };
     let stopped = Arc::new(AtomicBool::new(false));
     let stopped_flag = stopped.clone();
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, conditional_delete_max);
+            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, policy);
             // The published snapshot holds a read transaction: release it before the database.
             drop(latest);
             drop(db);
@@ -120,7 +132,7 @@ fn run(
     latest: &RwLock<Arc<Snapshot>>,
     mut clock: Clock,
     max_group: usize,
-    conditional_delete_max: usize,
+    policy: Policy,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
@@ -130,7 +142,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, conditional_delete_max, jobs);
+        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, policy, jobs);
         match commit(&jobs) {
             Ok(replies) => answer(db, latest, jobs, replies),
             Err(GroupFailure::Panic(message)) if jobs.len() > 1 => {
@@ -167,11 +179,11 @@ fn commit_guarded(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
-    conditional_delete_max: usize,
+    policy: Policy,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, GroupFailure> {
     let before = *clock;
-    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, conditional_delete_max, jobs)));
+    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, policy, jobs)));
     match result {
         Ok(Ok(replies)) => Ok(replies),
         Ok(Err(error)) => {
@@ -255,10 +267,11 @@ fn commit_group(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
-    conditional_delete_max: usize,
+    policy: Policy,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, StoreError> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(policy.quick_repair);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     // lastUpdated never goes backwards, even if the system clock does: history relies on it.
     clock.last_micros = now.max(clock.last_micros);
@@ -271,7 +284,7 @@ fn commit_group(
                 tables: &mut tables,
                 indexer,
                 clock,
-                conditional_delete_max,
+                conditional_delete_max: policy.conditional_delete_max,
                 pending_index: Vec::new(),
                 local_base: None,
             };
@@ -315,9 +328,24 @@ struct Current {
 
 /// What one operation of a request resolved to, before anything is written.
 enum Resolved {
-    Write { resource_type: ResourceType, id: Id, resource: Resource, precondition: Precondition, server_assigned: bool },
-    Existing { resource_type: ResourceType, id: Id },
-    Delete { resource_type: ResourceType, ids: Vec<Id>, precondition: Precondition },
+    Write {
+        resource_type: ResourceType,
+        id: Id,
+        resource: Resource,
+        precondition: Precondition,
+        server_assigned: bool,
+        /// The entries computed before the request was queued ([`Indexer::prepare`]).
+        prepared: Option<Arc<[IndexEntry]>>,
+    },
+    Existing {
+        resource_type: ResourceType,
+        id: Id,
+    },
+    Delete {
+        resource_type: ResourceType,
+        ids: Vec<Id>,
+        precondition: Precondition,
+    },
 }
 
 /// What a resolved operation will write, decided after every check has passed.
@@ -330,6 +358,7 @@ enum Planned {
         resource: Resource,
         created: bool,
         previous: Option<u64>,
+        prepared: Option<Arc<[IndexEntry]>>,
     },
     Unchanged {
         resource_type: ResourceType,
@@ -423,6 +452,7 @@ impl Execution<'_, '_> {
                             resource: resource.clone(),
                             precondition: Precondition::default(),
                             server_assigned: true,
+                            prepared: prepared_of(request, index),
                         },
                     }
                 }
@@ -474,6 +504,7 @@ impl Execution<'_, '_> {
                         resource: resource.clone(),
                         precondition: *precondition,
                         server_assigned,
+                        prepared: prepared_of(request, index),
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -591,7 +622,7 @@ impl Execution<'_, '_> {
                     })?;
                     Planned::Unchanged { resource_type, id, current }
                 }
-                Resolved::Write { resource_type, id, resource, precondition, server_assigned } => {
+                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared } => {
                     let current = if server_assigned { None } else { self.current(resource_type, &id)? };
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
                     match current {
@@ -602,7 +633,7 @@ impl Execution<'_, '_> {
                             let created = current.as_ref().is_none_or(|c| c.deleted);
                             let previous = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                             let version = current.map_or(1, |c| c.version + 1);
-                            Planned::Put { resource_type, id, version, resource, created, previous }
+                            Planned::Put { resource_type, id, version, resource, created, previous, prepared }
                         }
                     }
                 }
@@ -635,7 +666,7 @@ impl Execution<'_, '_> {
                 last_updated_micros: Some(current.last_updated_micros),
                 body: Some(Arc::new(current.body)),
             }),
-            Planned::Put { resource_type, id, version, resource, created, previous } => {
+            Planned::Put { resource_type, id, version, resource, created, previous, prepared } => {
                 let stamped =
                     Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
@@ -644,7 +675,7 @@ impl Execution<'_, '_> {
                 if let Some(previous) = previous {
                     self.supersede(resource_type, &id, previous, t)?;
                 }
-                self.index(resource_type, &id, version, t, &stamped)?;
+                self.index(resource_type, &id, version, t, &stamped, prepared.as_deref())?;
                 Ok(OpOutcome {
                     resource_type,
                     id: Some(id),
@@ -702,11 +733,13 @@ impl Execution<'_, '_> {
         version: u64,
         t: u64,
         resource: &Value,
+        prepared: Option<&[IndexEntry]>,
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
-        let entries = match &self.local_base {
-            Some(base) => self.indexer.entries_on_base(resource_type, resource, base),
-            None => self.indexer.entries(resource_type, resource),
+        let entries = match (prepared, &self.local_base) {
+            (Some(prepared), base) => self.indexer.complete(resource_type, resource, base.as_deref(), prepared),
+            (None, Some(base)) => self.indexer.entries_on_base(resource_type, resource, base),
+            (None, None) => self.indexer.entries(resource_type, resource),
         };
         let entries: BTreeSet<_> = entries.into_iter().collect();
         for entry in &entries {
@@ -779,6 +812,11 @@ fn processing_order(request: &WriteRequest) -> Vec<usize> {
     let mut order: Vec<usize> = (0..request.ops.len()).collect();
     order.sort_by_key(|&index| rank(&request.ops[index].action));
     order
+}
+
+/// The entries prepared for operation `index` of `request`, if any.
+fn prepared_of(request: &WriteRequest, index: usize) -> Option<Arc<[IndexEntry]>> {
+    request.prepared_index.get(index).cloned().flatten()
 }
 
 /// A request's own failure, or a storage failure that aborts the whole group.
