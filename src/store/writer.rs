@@ -277,6 +277,7 @@ fn commit_group(
     clock.last_micros = now.max(clock.last_micros);
     let replies = {
         let mut tables = Tables::open(&txn)?;
+        let mut group_index = Vec::new();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
@@ -286,10 +287,12 @@ fn commit_group(
                 clock,
                 conditional_delete_max: policy.conditional_delete_max,
                 pending_index: Vec::new(),
+                group_index: &mut group_index,
                 local_base: None,
             };
             replies.push(execution.execute(&job.request)?);
         }
+        insert_sorted(&mut tables.spv, group_index)?;
         replies
     };
     txn.commit()?;
@@ -377,10 +380,17 @@ struct Execution<'a, 'txn> {
     clock: &'a mut Clock,
     /// The most resources one conditional delete may delete.
     conditional_delete_max: usize,
-    /// `search_param_value` writes of the current request, inserted in key order when the
-    /// request has been applied: sorted inserts touch each B-tree page once per run of
-    /// neighbouring keys instead of once per key.
+    /// `search_param_value` writes of the current request. When the request has been applied
+    /// they join `group_index`.
     pending_index: Vec<(Vec<u8>, (u64, u64))>,
+    /// `search_param_value` writes of the group's requests before this one, inserted in key
+    /// order once something reads that table (criteria, superseding a version), else when the
+    /// group is complete: sorted inserts touch each B-tree page once per run of neighbouring
+    /// keys instead of once per key, and a group of creates makes one long sorted run.
+    /// Invariant: every read of `search_param_value` first calls [`Execution::flush_index`], so
+    /// it sees every earlier request of the group; no read needs the current request's own
+    /// writes (a transaction touches each resource once, and resolves criteria before writing).
+    group_index: &'a mut Vec<(Vec<u8>, (u64, u64))>,
     /// The base URL of the request being executed (see [`WriteRequest::local_base`]).
     local_base: Option<String>,
 }
@@ -409,12 +419,7 @@ impl Execution<'_, '_> {
             let plan = planned[index].take().expect("each operation is applied once");
             outcomes[index] = Some(self.apply(plan)?);
         }
-        // Before the next request resolves its criteria, its view must include these entries.
-        let mut pending = std::mem::take(&mut self.pending_index);
-        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, live) in pending {
-            self.tables.spv.insert(key.as_slice(), live)?;
-        }
+        self.group_index.append(&mut self.pending_index);
         Ok(Ok(outcomes.into_iter().map(|o| o.expect("every operation has an outcome")).collect()))
     }
 
@@ -753,6 +758,7 @@ impl Execution<'_, '_> {
     /// Marks the index entries of `version` as superseded from logical time `t`. They stay in the
     /// table, so that readers holding an older snapshot still find them.
     fn supersede(&mut self, resource_type: ResourceType, id: &Id, version: u64, t: u64) -> Result<(), StoreError> {
+        self.flush_index()?;
         let (ty, id) = (resource_type.as_str(), id.as_str());
         // The garbage collector removes these entries once no paging cursor can need them.
         self.tables.superseded.insert(superseded::encode(t, ty, id, version).as_slice(), ())?;
@@ -772,6 +778,11 @@ impl Execution<'_, '_> {
             self.pending_index.push((key, (created, t)));
         }
         Ok(())
+    }
+
+    /// Inserts the index writes of the group's earlier requests (see `group_index`).
+    fn flush_index(&mut self) -> Result<(), StoreError> {
+        insert_sorted(&mut self.tables.spv, std::mem::take(self.group_index))
     }
 
     fn current(&self, resource_type: ResourceType, id: &Id) -> Result<Option<Current>, StoreError> {
@@ -795,7 +806,8 @@ impl Execution<'_, '_> {
 
     /// The ids of the current resources of `resource_type` that match `criteria`, as of this
     /// transaction (including the requests before this one in the same commit); at most `limit`.
-    fn find(&self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
+    fn find(&mut self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
+        self.flush_index()?;
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
     }
@@ -812,6 +824,18 @@ fn processing_order(request: &WriteRequest) -> Vec<usize> {
     let mut order: Vec<usize> = (0..request.ops.len()).collect();
     order.sort_by_key(|&index| rank(&request.ops[index].action));
     order
+}
+
+/// Inserts `entries` into `search_param_value` in key order.
+fn insert_sorted(
+    spv_table: &mut Table<'_, &'static [u8], (u64, u64)>,
+    mut entries: Vec<(Vec<u8>, (u64, u64))>,
+) -> Result<(), StoreError> {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, live) in entries {
+        spv_table.insert(key.as_slice(), live)?;
+    }
+    Ok(())
 }
 
 /// The entries prepared for operation `index` of `request`, if any.

@@ -153,3 +153,72 @@ async fn with_quick_repair_a_crash_needs_no_full_repair() {
     assert!(!needs_full_repair_after_crash(dir.path(), true).await, "the allocator state was recorded");
     assert!(needs_full_repair_after_crash(dir.path(), false).await, "without it redb walks the file");
 }
+
+fn patient_type() -> ResourceType {
+    ResourceType::parse("Patient").unwrap()
+}
+
+fn object(value: Value) -> braid::fhir::Resource {
+    let Value::Object(map) = value else { unreachable!("an object") };
+    map
+}
+
+/// Requests submitted together are committed in one group, their index writes inserted once,
+/// in key order, at the end. A conditional create later in the group must still see the
+/// resource an earlier request of the group created: exactly one is created, every other
+/// request finds it.
+#[actix_web::test]
+async fn conditional_creates_in_one_group_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let writes = (0..20).map(|n| {
+        let store = store.clone();
+        async move {
+            let criteria = braid::search::parse_criteria(patient_type(), "identifier=urn:mrn|42").unwrap();
+            let resource =
+                object(json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}],
+                "name": [{"family": format!("Writer{n}")}]}));
+            let action = Action::Create { resource_type: patient_type(), resource, if_none_exist: Some(criteria) };
+            store.write(WriteRequest::single(action)).await.unwrap().remove(0)
+        }
+    });
+    let outcomes = futures_util::future::join_all(writes).await;
+    let created: Vec<_> = outcomes.iter().filter(|o| o.kind == braid::store::OutcomeKind::Created).collect();
+    assert_eq!(created.len(), 1, "{outcomes:?}");
+    let id = created[0].id.clone().unwrap();
+    assert!(outcomes.iter().all(|o| o.id.as_ref() == Some(&id)), "every request names the one created");
+    let report = store.verify(&SearchIndexer).unwrap();
+    assert!(report.is_consistent(), "{:?}", report.problems);
+    assert_eq!(report.resources, 1);
+}
+
+/// Updates of one resource submitted together: each supersedes the version an earlier request
+/// of the same group wrote, whose index entries are still waiting to be inserted.
+#[actix_web::test]
+async fn updates_in_one_group_supersede_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let writes = (0..20).map(|n| {
+        let store = store.clone();
+        async move {
+            let resource = object(json!({"resourceType": "Patient", "name": [{"family": format!("Version{n}")}]}));
+            let action = Action::Update {
+                resource_type: patient_type(),
+                target: Target::Id(Id::parse("same").unwrap()),
+                resource,
+                precondition: Precondition::default(),
+            };
+            store.write(WriteRequest::single(action)).await.unwrap().remove(0)
+        }
+    });
+    let mut versions: Vec<u64> =
+        futures_util::future::join_all(writes).await.iter().map(|o| o.version.unwrap()).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=20).collect::<Vec<u64>>());
+    let report = store.verify(&SearchIndexer).unwrap();
+    assert!(report.is_consistent(), "{:?}", report.problems);
+    let current = store.snapshot().unwrap().current(patient_type(), "same").unwrap().unwrap();
+    let body: Value = serde_json::from_slice(&current.body).unwrap();
+    assert!(body["name"][0]["family"].as_str().unwrap().starts_with("Version"));
+    assert_eq!(current.version, 20);
+}
