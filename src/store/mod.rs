@@ -289,7 +289,9 @@ impl Store {
     /// timestamps, rewritten references) are computed first, on a blocking-pool thread: the
     /// single writer is what limits write throughput, and this work runs in parallel there.
     pub async fn write(&self, request: WriteRequest) -> Result<Vec<OpOutcome>, FhirError> {
-        let request = if request.prepared_index.is_empty() {
+        let writes_a_resource =
+            request.ops.iter().any(|op| matches!(op.action, Action::Create { .. } | Action::Update { .. }));
+        let request = if request.prepared_index.is_empty() && writes_a_resource {
             let indexer = self.indexer.clone();
             tokio::task::spawn_blocking(move || prepare_index(indexer.as_ref(), request))
                 .await

@@ -184,7 +184,8 @@ async fn conditional_creates_in_one_group_see_each_other() {
     });
     let outcomes = futures_util::future::join_all(writes).await;
     let created: Vec<_> = outcomes.iter().filter(|o| o.kind == braid::store::OutcomeKind::Created).collect();
-    assert_eq!(created.len(), 1, "{outcomes:?}");
+    let kinds: Vec<_> = outcomes.iter().map(|o| o.kind).collect();
+    assert_eq!(created.len(), 1, "{kinds:?}");
     let id = created[0].id.clone().unwrap();
     assert!(outcomes.iter().all(|o| o.id.as_ref() == Some(&id)), "every request names the one created");
     let report = store.verify(&SearchIndexer).unwrap();
