@@ -87,8 +87,12 @@ fn main() {
     }
 }
 
+/// Opens a store for building a scenario's data in-process; `BRAID_QUICK_REPAIR=false` (as for
+/// the servers it starts) commits without quick repair, to compare both.
 fn open_store(path: &Path) -> Store {
-    Store::open(path, StoreOptions::default(), Arc::new(SearchIndexer)).expect("database opens")
+    let quick_repair = std::env::var("BRAID_QUICK_REPAIR").map_or(true, |value| value.trim() != "false");
+    let options = StoreOptions { quick_repair, ..StoreOptions::default() };
+    Store::open(path, options, Arc::new(SearchIndexer)).expect("database opens")
 }
 
 /// Closes a store and waits until the writer has released the file.

@@ -40,6 +40,7 @@ pub struct Settings {
     pub search_timeout_ms: u64,
     pub max_history_scan: usize,
     pub sort_in_memory_below: usize,
+    pub quick_repair: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -80,6 +81,7 @@ impl Default for Settings {
             search_timeout_ms: 10_000,
             max_history_scan: 10_000,
             sort_in_memory_below: 1000,
+            quick_repair: true,
         }
     }
 }
@@ -328,6 +330,25 @@ pub const SETTINGS: &[SettingDoc] = &[
               otherwise one sort key with an index of its own (a date) is read in order from that index, page by page. \
               0 always reads the index; above 1000 (the planner's counting limit) always sorts in memory.",
         apply: |s, v| parse_into(&mut s.sort_in_memory_below, v),
+    },
+    SettingDoc {
+        key: "quick_repair",
+        env: "BRAID_QUICK_REPAIR",
+        default: "true",
+        doc: "Each commit also saves the database's free-page state (one more sync per commit), so that the first \
+              start after a crash or power loss need not scan the whole file to rebuild it. false: somewhat faster \
+              commits, but that start takes time proportional to the file size.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.quick_repair = true;
+                Ok(())
+            }
+            "false" => {
+                s.quick_repair = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
+        },
     },
 ];
 

@@ -42,6 +42,7 @@ impl Application {
             cursor_ttl: Duration::from_secs(settings.cursor_ttl_secs),
             gc_interval: Duration::from_secs(settings.gc_interval_secs),
             conditional_delete_max: settings.conditional_delete_max,
+            quick_repair: settings.quick_repair,
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();

@@ -470,6 +470,7 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
                 ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
                 conditional_references: conditional_references.clone(),
                 local_base: Some(base.to_owned()),
+                ..Default::default()
             },
         )),
         _ => None,

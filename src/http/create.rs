@@ -31,6 +31,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         ops: vec![WriteOp { full_url: None, action: Action::Create { resource_type, resource, if_none_exist } }],
         conditional_references,
         local_base: Some(request::base_url(&http, &state)),
+        ..Default::default()
     };
     let outcomes = state.store.write(write).await?;
     Ok(response::write(&outcomes[0], request::return_preference(&http), &request::base_url(&http, &state)))

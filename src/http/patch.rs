@@ -162,6 +162,7 @@ pub(super) async fn apply(
                 ops: vec![WriteOp { full_url: None, action }],
                 conditional_references,
                 local_base: Some(local_base.to_owned()),
+                ..Default::default()
             }
         };
         match store.write(write).await {

@@ -61,6 +61,7 @@ async fn execute(
         ops: vec![WriteOp { full_url: None, action: Action::Update { resource_type, target, resource, precondition } }],
         conditional_references,
         local_base: Some(request::base_url(http, state)),
+        ..Default::default()
     };
     let outcomes = state.store.write(write).await?;
     Ok(response::write(&outcomes[0], request::return_preference(http), &request::base_url(http, state)))

@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 use super::compartment::{COMPARTMENT_KEY, patient_compartment};
-use super::registry::{ParamKind, registry};
+use super::fhirpath::Expr;
+use super::registry::{ParamDef, ParamKind, registry};
 use super::values;
 use crate::fhir::ResourceType;
 use crate::store::{IndexEntry, Indexer};
@@ -24,6 +25,69 @@ impl Indexer for SearchIndexer {
     fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
         values::derived_entry(resource_type, param, value)
     }
+
+    /// The entries of the parameters that read nothing the writer changes (see
+    /// [`depends_on_stored_form`]).
+    fn prepare(&self, resource_type: ResourceType, resource: &Value) -> Option<Vec<IndexEntry>> {
+        // FHIRPath evaluation takes the root's type from `resourceType`, which the writer stamps.
+        if resource.get("resourceType").and_then(Value::as_str) != Some(resource_type.as_str()) {
+            return None;
+        }
+        Some(param_entries(resource_type, resource, None, Some(Stage::Prepared)))
+    }
+
+    /// `prepared`, plus the parameters that depend on the stored form, plus compartment
+    /// membership (derived from all of them).
+    fn complete(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+        local_base: Option<&str>,
+        prepared: &[IndexEntry],
+    ) -> Vec<IndexEntry> {
+        let mut entries = prepared.to_vec();
+        entries.extend(param_entries(resource_type, resource, local_base, Some(Stage::Writer)));
+        add_compartment_membership(resource_type, resource, &mut entries);
+        entries
+    }
+}
+
+/// Where a parameter's entries are computed (see [`Indexer::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before the request reaches the writer, from the resource as the client sent it.
+    Prepared,
+    /// In the writer, from the version as stored.
+    Writer,
+}
+
+/// Whether a parameter's entries can differ between the resource as sent and the version the
+/// writer stores. The writer sets the root `id` and `meta` (`versionId`, `lastUpdated`) and
+/// rewrites `reference` strings (`urn:uuid:`, conditional references), and indexes references
+/// on the local base as relative: so every reference parameter (and composite with a reference
+/// component) depends on it, as does every expression that steps into an element named `id`,
+/// `meta` or `reference`, or resolves a reference. Everything else reads only what the client
+/// sent, unchanged. Erring towards `true` costs only writer time, never correctness.
+fn depends_on_stored_form(def: &ParamDef) -> bool {
+    def.kind == ParamKind::Reference
+        || reads_stored_form(&def.expression)
+        || def.components.iter().any(|c| c.kind == ParamKind::Reference || reads_stored_form(&c.expression))
+}
+
+fn reads_stored_form(expression: &Expr) -> bool {
+    match expression {
+        Expr::This | Expr::Str(_) | Expr::Bool(_) => false,
+        Expr::Resolve(_) => true,
+        Expr::Child(inner, name) => matches!(name.as_str(), "id" | "meta" | "reference") || reads_stored_form(inner),
+        Expr::Index(inner, _)
+        | Expr::OfType(inner, _)
+        | Expr::Is(inner, _)
+        | Expr::Exists(inner)
+        | Expr::Extension(inner, _) => reads_stored_form(inner),
+        Expr::Union(a, b) | Expr::And(a, b) | Expr::Equals(a, b, _) | Expr::Where(a, b) => {
+            reads_stored_form(a) || reads_stored_form(b)
+        }
+    }
 }
 
 /// The entries of every parameter, then compartment membership. References on `local_base`
@@ -31,9 +95,26 @@ impl Indexer for SearchIndexer {
 /// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
 /// find them. The stored resource keeps the reference as the client wrote it.
 fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Option<&str>) -> Vec<IndexEntry> {
-    let mut entries: Vec<IndexEntry> = registry()
+    let mut entries = param_entries(resource_type, resource, local_base, None);
+    add_compartment_membership(resource_type, resource, &mut entries);
+    entries
+}
+
+/// The entries of the indexed parameters of `stage` (all of them for `None`).
+fn param_entries(
+    resource_type: ResourceType,
+    resource: &Value,
+    local_base: Option<&str>,
+    stage: Option<Stage>,
+) -> Vec<IndexEntry> {
+    registry()
         .params(resource_type)
         .filter(|def| def.alias_of.is_empty())
+        .filter(|def| match stage {
+            None => true,
+            Some(Stage::Writer) => depends_on_stored_form(def),
+            Some(Stage::Prepared) => !depends_on_stored_form(def),
+        })
         .flat_map(|def| {
             let mut entries = values::entries(def, resource);
             if let (ParamKind::Reference, Some(base)) = (def.kind, local_base) {
@@ -45,7 +126,11 @@ fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Opti
             }
             entries
         })
-        .collect();
+        .collect()
+}
+
+/// Adds the Patient compartment membership derived from `entries`.
+fn add_compartment_membership(resource_type: ResourceType, resource: &Value, entries: &mut Vec<IndexEntry>) {
     // Compartment membership: the patients the compartment parameters point at, and a
     // Patient is in its own compartment.
     let links = patient_compartment().params(resource_type);
@@ -62,7 +147,6 @@ fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Opti
     members.sort();
     members.dedup();
     entries.extend(members.into_iter().map(|value| IndexEntry { param: COMPARTMENT_KEY.to_owned(), value }));
-    entries
 }
 
 /// `base/Type/id` as `Type/id`, when `reference` is on `base` and names a resource type and

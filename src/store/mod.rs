@@ -108,6 +108,11 @@ pub struct StoreOptions {
     /// How often superseded index entries are looked for and removed; zero turns the background
     /// collection off ([`Store::collect_garbage`] still works).
     pub gc_interval: Duration,
+    /// Commit with redb's quick repair: every commit also records the page allocator's state
+    /// (a two-phase commit: one more sync), so that opening the file after a crash only loads
+    /// it instead of walking every table to rebuild it. Applies to every write transaction:
+    /// recovery is quick only if the last commit before the crash recorded the state.
+    pub quick_repair: bool,
 }
 
 /// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
@@ -123,6 +128,7 @@ impl Default for StoreOptions {
             cursor_ttl: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(60),
             conditional_delete_max: 1,
+            quick_repair: true,
         }
     }
 }
@@ -166,6 +172,8 @@ pub struct Store {
     /// the committed requests (so a client always reads its own acknowledged writes).
     latest: Arc<RwLock<Arc<Snapshot>>>,
     cursor_key: CursorKey,
+    /// The writer's indexer, also used to prepare index entries before a request is queued.
+    indexer: Arc<dyn Indexer>,
 }
 
 impl Store {
@@ -193,12 +201,12 @@ impl Store {
         let (secret, horizon) = Self::initialise_with(&db, Some(indexer.as_ref()))?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
-        let writer = writer::start(db.clone(), indexer, latest.clone(), &options)?;
+        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), &options)?;
         let cursor_key = CursorKey { secret, ttl: options.cursor_ttl, horizon: Arc::new(AtomicU64::new(horizon)) };
         if !options.gc_interval.is_zero() {
             gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
         }
-        Ok(Store { db, writer, latest, cursor_key })
+        Ok(Store { db, writer, latest, cursor_key, indexer })
     }
 
     /// Removes the index entries that no valid paging cursor can need any more, now (the
@@ -231,7 +239,9 @@ impl Store {
     /// [`Store::initialise`]; with the indexer, a format 2 file also gets the entries it derives
     /// from stored ones (without, the file keeps format 2 until an open that has one).
     fn initialise_with(db: &Database, indexer: Option<&dyn Indexer>) -> Result<([u8; 32], u64), StoreError> {
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        // Once per start; the commit also records the allocator state after a full repair.
+        txn.set_quick_repair(true);
         let secret = {
             txn.open_table(RESOURCE_VERSION)?;
             txn.open_table(TYPE_HISTORY)?;
@@ -287,7 +297,21 @@ impl Store {
 
     /// Executes `request` atomically: either every operation takes effect or none does. Returns
     /// once the outcome is durable on disk.
+    ///
+    /// The index entries that do not depend on what the writer assigns (ids, versions,
+    /// timestamps, rewritten references) are computed first, on a blocking-pool thread: the
+    /// single writer is what limits write throughput, and this work runs in parallel there.
     pub async fn write(&self, request: WriteRequest) -> Result<Vec<OpOutcome>, FhirError> {
+        let writes_a_resource =
+            request.ops.iter().any(|op| matches!(op.action, Action::Create { .. } | Action::Update { .. }));
+        let request = if request.prepared_index.is_empty() && writes_a_resource {
+            let indexer = self.indexer.clone();
+            tokio::task::spawn_blocking(move || prepare_index(indexer.as_ref(), request))
+                .await
+                .map_err(|_| FhirError::fault("indexer"))?
+        } else {
+            request
+        };
         self.writer.submit(request).await
     }
 
@@ -305,6 +329,27 @@ impl Store {
     pub fn cursor_key(&self) -> &CursorKey {
         &self.cursor_key
     }
+}
+
+/// Fills `request.prepared_index` with [`Indexer::prepare`] for each created or updated resource.
+fn prepare_index(indexer: &dyn Indexer, mut request: WriteRequest) -> WriteRequest {
+    let prepared = request
+        .ops
+        .iter_mut()
+        .map(|op| match &mut op.action {
+            Action::Create { resource_type, resource, .. } | Action::Update { resource_type, resource, .. } => {
+                // The indexer reads a JSON value; lend it the map and take it back.
+                let value = serde_json::Value::Object(std::mem::take(resource));
+                let entries = indexer.prepare(*resource_type, &value);
+                let serde_json::Value::Object(map) = value else { unreachable!("still the object lent") };
+                *resource = map;
+                entries.map(Arc::from)
+            }
+            Action::Delete { .. } => None,
+        })
+        .collect();
+    request.prepared_index = prepared;
+    request
 }
 
 /// What [`compact`] did.

@@ -33,6 +33,34 @@ pub trait Indexer: Send + Sync + 'static {
         let _ = (resource_type, param, value);
         None
     }
+
+    /// The part of a resource's entries that cannot change between the resource as a request
+    /// sent it and the version the writer stores (which gets its id, `meta.versionId`,
+    /// `meta.lastUpdated` and rewritten references there). [`Store::write`](super::Store::write)
+    /// computes it before the request reaches the writer, on another thread, so that the single
+    /// writer does only the rest (see [`Indexer::complete`]). `None`: the writer computes all.
+    fn prepare(&self, resource_type: ResourceType, resource: &serde_json::Value) -> Option<Vec<IndexEntry>> {
+        let _ = (resource_type, resource);
+        None
+    }
+
+    /// The entries of the version as stored, given `prepared`, what [`Indexer::prepare`]
+    /// returned for the resource as sent. Invariant: the result equals what
+    /// [`Indexer::entries_on_base`] (or [`Indexer::entries`] without a base) gives for `resource`,
+    /// as a set; `store::check::verify` and the ingest tests hold implementations to it.
+    fn complete(
+        &self,
+        resource_type: ResourceType,
+        resource: &serde_json::Value,
+        local_base: Option<&str>,
+        prepared: &[IndexEntry],
+    ) -> Vec<IndexEntry> {
+        let _ = prepared;
+        match local_base {
+            Some(base) => self.entries_on_base(resource_type, resource, base),
+            None => self.entries(resource_type, resource),
+        }
+    }
 }
 
 /// One `(parameter, value)` pair of a resource, e.g. `("identifier", b"http://x|123")`.
@@ -128,6 +156,10 @@ pub struct WriteRequest {
     /// This server's base URL as the request addressed it (the configured `base_url`, else
     /// the one the request arrived at). References starting with it are indexed as `Type/id`.
     pub local_base: Option<String>,
+    /// By operation index: the entries [`Indexer::prepare`] computed for that operation's
+    /// resource. Empty until [`Store::write`](super::Store::write) fills it; a `None` (or a
+    /// missing element) makes the writer index that resource whole.
+    pub prepared_index: Vec<Option<Arc<[IndexEntry]>>>,
 }
 
 impl WriteRequest {

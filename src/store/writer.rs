@@ -30,7 +30,7 @@ use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
 };
-use super::ops::{Action, Criteria, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::ops::{Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
 use super::snapshot::Snapshot;
 use super::view::IndexTables;
 use super::{
@@ -65,6 +65,15 @@ impl WriterHandle {
     }
 }
 
+/// How the writer executes and commits, from [`StoreOptions`].
+#[derive(Clone, Copy)]
+struct Policy {
+    /// The most resources one conditional delete may delete.
+    conditional_delete_max: usize,
+    /// See [`StoreOptions::quick_repair`].
+    quick_repair: bool,
+}
+
 /// The writer's logical clock: `t` counts versions; `last_micros` is the newest lastUpdated.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -81,13 +90,16 @@ pub(super) fn start(
     let clock = load_clock(&db)?;
     let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
     let max_group = options.max_group.max(1);
-    let conditional_delete_max = options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE);
+    let policy = Policy {
+        conditional_delete_max: options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE),
+        quick_repair: options.quick_repair,
+    };
     let stopped = Arc::new(AtomicBool::new(false));
     let stopped_flag = stopped.clone();
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, conditional_delete_max);
+            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, policy);
             // The published snapshot holds a read transaction: release it before the database.
             drop(latest);
             drop(db);
@@ -120,7 +132,7 @@ fn run(
     latest: &RwLock<Arc<Snapshot>>,
     mut clock: Clock,
     max_group: usize,
-    conditional_delete_max: usize,
+    policy: Policy,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = vec![first];
@@ -130,7 +142,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, conditional_delete_max, jobs);
+        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, policy, jobs);
         match commit(&jobs) {
             Ok(replies) => answer(db, latest, jobs, replies),
             Err(GroupFailure::Panic(message)) if jobs.len() > 1 => {
@@ -167,11 +179,11 @@ fn commit_guarded(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
-    conditional_delete_max: usize,
+    policy: Policy,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, GroupFailure> {
     let before = *clock;
-    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, conditional_delete_max, jobs)));
+    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, policy, jobs)));
     match result {
         Ok(Ok(replies)) => Ok(replies),
         Ok(Err(error)) => {
@@ -255,15 +267,17 @@ fn commit_group(
     db: &Database,
     indexer: &dyn Indexer,
     clock: &mut Clock,
-    conditional_delete_max: usize,
+    policy: Policy,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, StoreError> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(policy.quick_repair);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     // lastUpdated never goes backwards, even if the system clock does: history relies on it.
     clock.last_micros = now.max(clock.last_micros);
     let replies = {
         let mut tables = Tables::open(&txn)?;
+        let mut group_index = Vec::new();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
@@ -271,12 +285,14 @@ fn commit_group(
                 tables: &mut tables,
                 indexer,
                 clock,
-                conditional_delete_max,
+                conditional_delete_max: policy.conditional_delete_max,
                 pending_index: Vec::new(),
+                group_index: &mut group_index,
                 local_base: None,
             };
             replies.push(execution.execute(&job.request)?);
         }
+        insert_sorted(&mut tables.spv, group_index)?;
         replies
     };
     txn.commit()?;
@@ -315,9 +331,24 @@ struct Current {
 
 /// What one operation of a request resolved to, before anything is written.
 enum Resolved {
-    Write { resource_type: ResourceType, id: Id, resource: Resource, precondition: Precondition, server_assigned: bool },
-    Existing { resource_type: ResourceType, id: Id },
-    Delete { resource_type: ResourceType, ids: Vec<Id>, precondition: Precondition },
+    Write {
+        resource_type: ResourceType,
+        id: Id,
+        resource: Resource,
+        precondition: Precondition,
+        server_assigned: bool,
+        /// The entries computed before the request was queued ([`Indexer::prepare`]).
+        prepared: Option<Arc<[IndexEntry]>>,
+    },
+    Existing {
+        resource_type: ResourceType,
+        id: Id,
+    },
+    Delete {
+        resource_type: ResourceType,
+        ids: Vec<Id>,
+        precondition: Precondition,
+    },
 }
 
 /// What a resolved operation will write, decided after every check has passed.
@@ -330,6 +361,7 @@ enum Planned {
         resource: Resource,
         created: bool,
         previous: Option<u64>,
+        prepared: Option<Arc<[IndexEntry]>>,
     },
     Unchanged {
         resource_type: ResourceType,
@@ -348,10 +380,17 @@ struct Execution<'a, 'txn> {
     clock: &'a mut Clock,
     /// The most resources one conditional delete may delete.
     conditional_delete_max: usize,
-    /// `search_param_value` writes of the current request, inserted in key order when the
-    /// request has been applied: sorted inserts touch each B-tree page once per run of
-    /// neighbouring keys instead of once per key.
+    /// `search_param_value` writes of the current request. When the request has been applied
+    /// they join `group_index`.
     pending_index: Vec<(Vec<u8>, (u64, u64))>,
+    /// `search_param_value` writes of the group's requests before this one, inserted in key
+    /// order once something reads that table (criteria, superseding a version), else when the
+    /// group is complete: sorted inserts touch each B-tree page once per run of neighbouring
+    /// keys instead of once per key, and a group of creates makes one long sorted run.
+    /// Invariant: every read of `search_param_value` first calls [`Execution::flush_index`], so
+    /// it sees every earlier request of the group; no read needs the current request's own
+    /// writes (a transaction touches each resource once, and resolves criteria before writing).
+    group_index: &'a mut Vec<(Vec<u8>, (u64, u64))>,
     /// The base URL of the request being executed (see [`WriteRequest::local_base`]).
     local_base: Option<String>,
 }
@@ -380,12 +419,7 @@ impl Execution<'_, '_> {
             let plan = planned[index].take().expect("each operation is applied once");
             outcomes[index] = Some(self.apply(plan)?);
         }
-        // Before the next request resolves its criteria, its view must include these entries.
-        let mut pending = std::mem::take(&mut self.pending_index);
-        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, live) in pending {
-            self.tables.spv.insert(key.as_slice(), live)?;
-        }
+        self.group_index.append(&mut self.pending_index);
         Ok(Ok(outcomes.into_iter().map(|o| o.expect("every operation has an outcome")).collect()))
     }
 
@@ -423,6 +457,7 @@ impl Execution<'_, '_> {
                             resource: resource.clone(),
                             precondition: Precondition::default(),
                             server_assigned: true,
+                            prepared: prepared_of(request, index),
                         },
                     }
                 }
@@ -474,6 +509,7 @@ impl Execution<'_, '_> {
                         resource: resource.clone(),
                         precondition: *precondition,
                         server_assigned,
+                        prepared: prepared_of(request, index),
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -591,7 +627,7 @@ impl Execution<'_, '_> {
                     })?;
                     Planned::Unchanged { resource_type, id, current }
                 }
-                Resolved::Write { resource_type, id, resource, precondition, server_assigned } => {
+                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared } => {
                     let current = if server_assigned { None } else { self.current(resource_type, &id)? };
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
                     match current {
@@ -602,7 +638,7 @@ impl Execution<'_, '_> {
                             let created = current.as_ref().is_none_or(|c| c.deleted);
                             let previous = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                             let version = current.map_or(1, |c| c.version + 1);
-                            Planned::Put { resource_type, id, version, resource, created, previous }
+                            Planned::Put { resource_type, id, version, resource, created, previous, prepared }
                         }
                     }
                 }
@@ -635,7 +671,7 @@ impl Execution<'_, '_> {
                 last_updated_micros: Some(current.last_updated_micros),
                 body: Some(Arc::new(current.body)),
             }),
-            Planned::Put { resource_type, id, version, resource, created, previous } => {
+            Planned::Put { resource_type, id, version, resource, created, previous, prepared } => {
                 let stamped =
                     Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
@@ -644,7 +680,7 @@ impl Execution<'_, '_> {
                 if let Some(previous) = previous {
                     self.supersede(resource_type, &id, previous, t)?;
                 }
-                self.index(resource_type, &id, version, t, &stamped)?;
+                self.index(resource_type, &id, version, t, &stamped, prepared.as_deref())?;
                 Ok(OpOutcome {
                     resource_type,
                     id: Some(id),
@@ -702,11 +738,13 @@ impl Execution<'_, '_> {
         version: u64,
         t: u64,
         resource: &Value,
+        prepared: Option<&[IndexEntry]>,
     ) -> Result<(), StoreError> {
         let (ty, id) = (resource_type.as_str(), id.as_str());
-        let entries = match &self.local_base {
-            Some(base) => self.indexer.entries_on_base(resource_type, resource, base),
-            None => self.indexer.entries(resource_type, resource),
+        let entries = match (prepared, &self.local_base) {
+            (Some(prepared), base) => self.indexer.complete(resource_type, resource, base.as_deref(), prepared),
+            (None, Some(base)) => self.indexer.entries_on_base(resource_type, resource, base),
+            (None, None) => self.indexer.entries(resource_type, resource),
         };
         let entries: BTreeSet<_> = entries.into_iter().collect();
         for entry in &entries {
@@ -720,6 +758,7 @@ impl Execution<'_, '_> {
     /// Marks the index entries of `version` as superseded from logical time `t`. They stay in the
     /// table, so that readers holding an older snapshot still find them.
     fn supersede(&mut self, resource_type: ResourceType, id: &Id, version: u64, t: u64) -> Result<(), StoreError> {
+        self.flush_index()?;
         let (ty, id) = (resource_type.as_str(), id.as_str());
         // The garbage collector removes these entries once no paging cursor can need them.
         self.tables.superseded.insert(superseded::encode(t, ty, id, version).as_slice(), ())?;
@@ -739,6 +778,11 @@ impl Execution<'_, '_> {
             self.pending_index.push((key, (created, t)));
         }
         Ok(())
+    }
+
+    /// Inserts the index writes of the group's earlier requests (see `group_index`).
+    fn flush_index(&mut self) -> Result<(), StoreError> {
+        insert_sorted(&mut self.tables.spv, std::mem::take(self.group_index))
     }
 
     fn current(&self, resource_type: ResourceType, id: &Id) -> Result<Option<Current>, StoreError> {
@@ -762,7 +806,8 @@ impl Execution<'_, '_> {
 
     /// The ids of the current resources of `resource_type` that match `criteria`, as of this
     /// transaction (including the requests before this one in the same commit); at most `limit`.
-    fn find(&self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
+    fn find(&mut self, resource_type: ResourceType, criteria: &Criteria, limit: usize) -> Result<Vec<Id>, Failure> {
+        self.flush_index()?;
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
     }
@@ -779,6 +824,23 @@ fn processing_order(request: &WriteRequest) -> Vec<usize> {
     let mut order: Vec<usize> = (0..request.ops.len()).collect();
     order.sort_by_key(|&index| rank(&request.ops[index].action));
     order
+}
+
+/// Inserts `entries` into `search_param_value` in key order.
+fn insert_sorted(
+    spv_table: &mut Table<'_, &'static [u8], (u64, u64)>,
+    mut entries: Vec<(Vec<u8>, (u64, u64))>,
+) -> Result<(), StoreError> {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, live) in entries {
+        spv_table.insert(key.as_slice(), live)?;
+    }
+    Ok(())
+}
+
+/// The entries prepared for operation `index` of `request`, if any.
+fn prepared_of(request: &WriteRequest, index: usize) -> Option<Arc<[IndexEntry]>> {
+    request.prepared_index.get(index).cloned().flatten()
 }
 
 /// A request's own failure, or a storage failure that aborts the whole group.

@@ -15,6 +15,7 @@ mod examples;
 mod gc;
 mod helpers;
 mod history;
+mod ingest;
 mod limits;
 mod metadata;
 mod power_loss;
