@@ -101,10 +101,161 @@ pub fn rewrite_resource_references<E>(
     }
 }
 
+/// What [`scan_references`] reads from a resource's JSON.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReferenceScan {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// Every `reference` string, in document order (as [`rewrite_resource_references`] would
+    /// visit them: a stored Bundle's entries are left out).
+    pub references: Vec<String>,
+}
+
+/// The `resourceType`, `id` and `reference` strings of a resource, read in one streaming pass
+/// without building the document: for callers that only follow references (a `$everything`
+/// page reads a thousand stored resources this way). Nesting is bounded by the depth limit the
+/// resource passed when it was written, and by serde_json's own recursion limit.
+pub fn scan_references(json: &str) -> Result<ReferenceScan, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Where a value sits: at the root object, inside the root's `entry`, or elsewhere.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Place {
+        Root,
+        RootEntry,
+        Inner,
+    }
+
+    struct Walk<'a> {
+        scan: &'a mut ReferenceScan,
+        /// References found inside the root's `entry` (dropped if the resource is a Bundle).
+        in_entry: &'a mut Vec<String>,
+        place: Place,
+        /// The value is that of a `reference` key.
+        is_reference: bool,
+        /// The value is the root's `resourceType` or `id`.
+        root_field: Option<&'static str>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_str<E>(self, text: &str) -> Result<(), E> {
+            match (self.root_field, self.is_reference) {
+                (Some("resourceType"), _) => self.scan.resource_type = Some(text.to_owned()),
+                (Some(_), _) => self.scan.id = Some(text.to_owned()),
+                (None, true) if self.place == Place::RootEntry => self.in_entry.push(text.to_owned()),
+                (None, true) => self.scan.references.push(text.to_owned()),
+                (None, false) => {}
+            }
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let place = if self.place == Place::Root { Place::Inner } else { self.place };
+            while seq
+                .next_element_seed(Walk {
+                    scan: &mut *self.scan,
+                    in_entry: &mut *self.in_entry,
+                    place,
+                    is_reference: false,
+                    root_field: None,
+                })?
+                .is_some()
+            {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                let root = self.place == Place::Root;
+                let place = match self.place {
+                    Place::Root if key == "entry" => Place::RootEntry,
+                    Place::Root => Place::Inner,
+                    other => other,
+                };
+                let root_field = match key.as_str() {
+                    "resourceType" if root => Some("resourceType"),
+                    "id" if root => Some("id"),
+                    _ => None,
+                };
+                map.next_value_seed(Walk {
+                    scan: &mut *self.scan,
+                    in_entry: &mut *self.in_entry,
+                    place,
+                    is_reference: key == "reference",
+                    root_field,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut scan = ReferenceScan::default();
+    let mut in_entry = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    Walk { scan: &mut scan, in_entry: &mut in_entry, place: Place::Root, is_reference: false, root_field: None }
+        .deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    if scan.resource_type.as_deref() != Some("Bundle") {
+        // Not a Bundle after all: a root `entry` element is an ordinary element.
+        scan.references.extend(in_entry);
+    }
+    Ok(scan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn scanning_finds_what_rewriting_visits() {
+        let resources = [
+            json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
+                "performer": [{"reference": "Practitioner/d1"}, {"display": "x"}], "valueQuantity": {"value": 1.50},
+                "contained": [{"resourceType": "Device", "id": "c", "owner": {"reference": "Organization/o"}}],
+                "note": [{"text": "{\"reference\": \"Patient/fake\"}"}]}),
+            json!({"resourceType": "Bundle", "id": "b", "entry": [{"resource": {"resourceType": "Patient", "id": "x",
+                "managingOrganization": {"reference": "Organization/in-entry"}}}], "signature": {"who": {"reference": "Practitioner/s"}}}),
+            json!({"entry": [{"reference": "Patient/e"}], "resourceType": "Basic", "id": "not-a-bundle"}),
+        ];
+        for resource in resources {
+            let mut visited = Vec::new();
+            let mut copy = resource.clone();
+            let _ = rewrite_resource_references(&mut copy, &mut |text: &str| {
+                visited.push(text.to_owned());
+                Ok::<_, std::convert::Infallible>(None)
+            });
+            let scan = scan_references(&resource.to_string()).unwrap();
+            assert_eq!(scan.references, visited, "{resource}");
+            assert_eq!(scan.resource_type.as_deref(), resource["resourceType"].as_str());
+            assert_eq!(scan.id.as_deref(), resource["id"].as_str());
+        }
+        assert!(scan_references("{\"a\": [1, 2").is_err());
+    }
 
     #[test]
     fn reference_strings_are_classified() {

@@ -17,11 +17,11 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::response::{BundleOut, EntryOut, raw};
 use super::{Ctx, paging, request};
-use crate::fhir::reference::{self, Target, rewrite_resource_references};
+use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::compartment::COMPARTMENT_KEY;
 use crate::search::compartment::patient_compartment;
@@ -163,18 +163,17 @@ fn add_referenced(
     let mut references: Vec<(ResourceType, String)> = Vec::new();
     for entry in &bundle.entry {
         let Some(resource) = &entry.resource else { continue };
-        let Ok(mut value) = serde_json::from_str::<Value>(resource.get()) else { continue };
-        let own_type = value.get("resourceType").and_then(Value::as_str).and_then(ResourceType::parse);
-        if let (Some(own_type), Some(id)) = (own_type, value.get("id").and_then(Value::as_str)) {
-            seen.insert((own_type, id.to_owned()));
+        // A streaming scan: building each entry's document would cost more than the page.
+        let Ok(scan) = reference::scan_references(resource.get()) else { continue };
+        if let (Some(own_type), Some(id)) = (scan.resource_type.as_deref().and_then(ResourceType::parse), scan.id) {
+            seen.insert((own_type, id));
         }
-        let _ = rewrite_resource_references(&mut value, &mut |text: &str| {
+        for text in &scan.references {
             let local = text.strip_prefix(absolute_prefix.as_str()).unwrap_or(text);
             if let Target::Local { resource_type, id, .. } = reference::parse(local) {
                 references.push((resource_type, id.as_str().to_owned()));
             }
-            Ok::<_, std::convert::Infallible>(None)
-        });
+        }
     }
     let member_value = format!("Patient/{}", members.patient_id).into_bytes();
     let mut included = Vec::new();
