@@ -156,9 +156,7 @@ fn walk(
     options: &Walk<'_>,
 ) -> Result<Walked, FhirError> {
     let Walk { start, limit, backward, candidate_limit, count_only } = *options;
-    // A positive clause without alternatives (a chain whose inner search found nothing) can
-    // match nothing.
-    if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
+    if matches_nothing(clauses) {
         let page = Page { matches: Vec::new(), next: None, positions: Vec::new() };
         return Ok(Walked { page, matched: 0, candidates: 0, sampled: false });
     }
@@ -356,6 +354,12 @@ fn clauses_match(
         }
     }
     Ok(true)
+}
+
+/// Whether a positive clause without alternatives (a chain whose inner search found nothing)
+/// makes the whole query match nothing.
+fn matches_nothing(clauses: &[Clause]) -> bool {
+    clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty())
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several
@@ -589,7 +593,7 @@ pub fn sorted_page(
     backward: bool,
 ) -> Result<Page, FhirError> {
     let nothing = Page { matches: Vec::new(), next: None, positions: Vec::new() };
-    if clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty()) {
+    if matches_nothing(clauses) {
         return Ok(nothing);
     }
     // Resources without a value: the query plus `key:missing=true`, visited by id.

@@ -4,16 +4,12 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, spawn_app};
+use crate::helpers::{Reply, TestApp, link, spawn_app};
 
 async fn put(app: &TestApp, resource: Value) {
     let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
     let reply = app.put(&path, &resource).await;
     assert!(reply.status == 201 || reply.status == 200, "{path}: {}", reply.text);
-}
-
-fn link(body: &Value, relation: &str) -> Option<String> {
-    body["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str().map(str::to_owned)
 }
 
 /// `Type/id` of the page's match entries, in order.

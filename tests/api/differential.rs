@@ -46,7 +46,7 @@ use serde_json::{Value, json};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, link, spawn_app};
 
 // ---------------------------------------------------------------------------------------------
 // The reference evaluator: dates
@@ -1065,12 +1065,6 @@ fn check_entries(page: &Value, open: &OpenSearch) -> Result<Vec<String>, TestCas
         keys.push(key);
     }
     Ok(keys)
-}
-
-/// A page's link of the given relation.
-fn link(page: &Value, relation: &str) -> Option<String> {
-    let link = page["link"].as_array().into_iter().flatten().find(|link| link["relation"] == relation)?;
-    link["url"].as_str().map(str::to_owned)
 }
 
 /// Checks the next page of a search, records what it showed, and returns its `next` link.

@@ -8,16 +8,11 @@ use braid::config::Settings;
 use braid::startup::Application;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, next_link, spawn_app_with, start_braid_process};
+use crate::helpers::{TestApp, match_ids, next_link, spawn_app_with, start_braid_process};
 
+/// The matches' ids, sorted.
 fn ids(body: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = body["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "match")
-        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
-        .collect();
+    let mut ids = match_ids(body);
     ids.sort();
     ids
 }

@@ -198,12 +198,23 @@ pub fn bundle_entry(method: &str, url: &str, resource: Option<Value>, full_url: 
     entry
 }
 
+/// The link of a searchset or history Bundle with `relation` (`self`, `next`, `previous`).
+pub fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str().map(str::to_owned)
+}
+
 /// The `next` link of a searchset or history Bundle.
 pub fn next_link(bundle: &Value) -> Option<String> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .and_then(|l| l["url"].as_str())
-        .map(str::to_owned)
+    link(bundle, "next")
+}
+
+/// The ids of a searchset's `match` entries, in page order.
+pub fn match_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, next_link, spawn_app};
+use crate::helpers::{TestApp, link, match_ids, next_link, spawn_app};
 
 /// The ids a search returns (all pages), sorted.
 async fn ids(app: &TestApp, query: &str) -> Vec<String> {
@@ -520,25 +520,6 @@ async fn system_search_spans_types_and_pages_across_them() {
     app.get("?_type=Patient,Observation&family=smith").await.assert_outcome(400);
 }
 
-fn link(body: &Value, relation: &str) -> Option<String> {
-    body["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == relation)
-        .and_then(|l| l["url"].as_str())
-        .map(str::to_owned)
-}
-
-fn page_ids(body: &Value) -> Vec<String> {
-    body["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "match")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[actix_web::test]
 async fn previous_links_walk_back_through_the_same_pages() {
     let app = spawn_app().await;
@@ -551,7 +532,7 @@ async fn previous_links_walk_back_through_the_same_pages() {
         let mut reply = app.get(query).await;
         assert!(link(&reply.body, "previous").is_none(), "{query}: the first page has no previous");
         loop {
-            pages.push(page_ids(&reply.body));
+            pages.push(match_ids(&reply.body));
             match link(&reply.body, "next") {
                 Some(url) => reply = app.send(app.client.get(url)).await,
                 None => break,
@@ -565,12 +546,12 @@ async fn previous_links_walk_back_through_the_same_pages() {
             let url = link(&reply.body, "previous").unwrap_or_else(|| panic!("{query}: a previous link is missing"));
             reply = app.send(app.client.get(url)).await;
             assert_eq!(reply.status, 200, "{}", reply.text);
-            assert_eq!(&page_ids(&reply.body), expected, "{query}");
+            assert_eq!(&match_ids(&reply.body), expected, "{query}");
         }
         assert!(link(&reply.body, "previous").is_none(), "{query}: back at the first page");
         // And forward again from there.
         let next = app.send(app.client.get(link(&reply.body, "next").unwrap())).await;
-        assert_eq!(page_ids(&next.body), pages[1], "{query}");
+        assert_eq!(match_ids(&next.body), pages[1], "{query}");
         app.delete("/Patient/pv-late").await;
     }
 }
@@ -608,7 +589,7 @@ async fn walk_both_ways(app: &TestApp, query: &str, total: usize) {
     assert_eq!(reply.status, 200, "{query}: {}", reply.text);
     assert!(link(&reply.body, "previous").is_none(), "{query}: the first page has no previous");
     loop {
-        pages.push(page_ids(&reply.body));
+        pages.push(match_ids(&reply.body));
         match link(&reply.body, "next") {
             Some(url) => reply = app.send(app.client.get(url)).await,
             None => break,
@@ -619,7 +600,7 @@ async fn walk_both_ways(app: &TestApp, query: &str, total: usize) {
         let url = link(&reply.body, "previous").unwrap_or_else(|| panic!("{query}: a previous link is missing"));
         reply = app.send(app.client.get(url)).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
-        assert_eq!(&page_ids(&reply.body), expected, "{query}");
+        assert_eq!(&match_ids(&reply.body), expected, "{query}");
     }
     assert!(link(&reply.body, "previous").is_none(), "{query}: back at the first page");
 }

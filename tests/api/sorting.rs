@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, link, match_ids, spawn_app, spawn_app_with};
 
 /// Writes the resources in one transaction (each must have an `id`).
 async fn seed(app: &TestApp, resources: Vec<Value>) {
@@ -31,18 +31,9 @@ fn observation(id: &str, code: &str, effective: Value) -> Value {
     resource
 }
 
-fn ids(bundle: &Value) -> Vec<String> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "match")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn link(bundle: &Value, relation: &str) -> Option<String> {
-    let url = bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str()?.to_owned();
+/// The link with `relation`, as a path below `/fhir` (for `app.get`).
+fn path_link(bundle: &Value, relation: &str) -> Option<String> {
+    let url = link(bundle, relation)?;
     Some(url[url.find("/fhir/").unwrap() + "/fhir".len()..].to_owned())
 }
 
@@ -55,9 +46,9 @@ async fn all_pages(app: &TestApp, query: &str) -> (Vec<String>, Vec<String>) {
     while let Some(current) = path {
         let reply = app.get(&current).await;
         assert_eq!(reply.status, 200, "{current}: {}", reply.text);
-        forward.extend(ids(&reply.body));
-        pages.push(ids(&reply.body));
-        path = link(&reply.body, "next");
+        forward.extend(match_ids(&reply.body));
+        pages.push(match_ids(&reply.body));
+        path = path_link(&reply.body, "next");
         assert!(pages.len() <= 100, "{query}: paging does not end");
     }
     // Back: from the last page, previous links give the pages before it, in order.
@@ -66,15 +57,15 @@ async fn all_pages(app: &TestApp, query: &str) -> (Vec<String>, Vec<String>) {
     let mut last = None;
     while let Some(current) = path {
         let reply = app.get(&current).await;
-        path = link(&reply.body, "next");
+        path = path_link(&reply.body, "next");
         last = Some(reply.body);
     }
-    let mut previous = last.as_ref().and_then(|b| link(b, "previous"));
+    let mut previous = last.as_ref().and_then(|b| path_link(b, "previous"));
     while let Some(current) = previous {
         let reply = app.get(&current).await;
         assert_eq!(reply.status, 200, "{current}: {}", reply.text);
-        backward.insert(0, ids(&reply.body));
-        previous = link(&reply.body, "previous");
+        backward.insert(0, match_ids(&reply.body));
+        previous = path_link(&reply.body, "previous");
         assert!(backward.len() <= 100, "{query}: paging back does not end");
     }
     (forward, backward.concat())
@@ -159,11 +150,11 @@ async fn a_recent_date_search_does_not_step_over_older_entries() {
     seed(&app, resources).await;
     let reply = app.get("/Observation?date=ge2024-01-01").await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(sorted(ids(&reply.body)), ["decade", "recent"]);
+    assert_eq!(sorted(match_ids(&reply.body)), ["decade", "recent"]);
     let reply = app.get("/Observation?date=gt2024-01-01").await;
-    assert_eq!(sorted(ids(&reply.body)), ["decade", "recent"], "{}", reply.text);
+    assert_eq!(sorted(match_ids(&reply.body)), ["decade", "recent"], "{}", reply.text);
     let reply = app.get("/Observation?date=eb2000-01-01").await;
-    assert_eq!(ids(&reply.body), ["very-old"], "{}", reply.text);
+    assert_eq!(match_ids(&reply.body), ["very-old"], "{}", reply.text);
     // The scan is bounded, not the search refused: a search that does need the old entries is.
     app.get("/Observation?date=lt2011&_total=accurate").await.assert_outcome(400);
 }
@@ -280,16 +271,16 @@ async fn index_sorted_pages_stay_as_of_the_first_page() {
         (0..10).map(|n| observation(&format!("o{n}"), "x", json!(format!("2024-01-{:02}T00:00:00Z", n + 1)))).collect();
     seed(&app, resources).await;
     let first = app.get("/Observation?code=x&_sort=-date&_count=4").await;
-    assert_eq!(ids(&first.body), ["o9", "o8", "o7", "o6"]);
+    assert_eq!(match_ids(&first.body), ["o9", "o8", "o7", "o6"]);
     // Written after the first page: a later date, and a changed date for o5.
     seed(&app, vec![observation("late", "x", json!("2025-01-01")), observation("o5", "x", json!("2019-01-01"))]).await;
-    let second = app.get(&link(&first.body, "next").unwrap()).await;
-    assert_eq!(ids(&second.body), ["o5", "o4", "o3", "o2"], "{}", second.text);
-    let back = app.get(&link(&second.body, "previous").unwrap()).await;
-    assert_eq!(ids(&back.body), ["o9", "o8", "o7", "o6"]);
+    let second = app.get(&path_link(&first.body, "next").unwrap()).await;
+    assert_eq!(match_ids(&second.body), ["o5", "o4", "o3", "o2"], "{}", second.text);
+    let back = app.get(&path_link(&second.body, "previous").unwrap()).await;
+    assert_eq!(match_ids(&back.body), ["o9", "o8", "o7", "o6"]);
     // A new search sees the new state.
     let fresh = app.get("/Observation?code=x&_sort=-date&_count=3").await;
-    assert_eq!(ids(&fresh.body), ["late", "o9", "o8"]);
+    assert_eq!(match_ids(&fresh.body), ["late", "o9", "o8"]);
 }
 
 /// The indexer of earlier versions, which wrote no end-ordered date entries.
@@ -345,9 +336,9 @@ async fn a_file_indexed_without_end_ordered_dates_gets_them_when_opened() {
     }
     let app = spawn_app_with(|s| s.data = path.clone()).await;
     let reply = app.get("/Observation?date=ge2024-01-01").await;
-    assert_eq!(ids(&reply.body), ["long-period"], "{}", reply.text);
+    assert_eq!(match_ids(&reply.body), ["long-period"], "{}", reply.text);
     let reply = app.get("/Observation?date=gt2024-01-01&_sort=-date").await;
-    assert_eq!(ids(&reply.body), ["long-period"], "{}", reply.text);
+    assert_eq!(match_ids(&reply.body), ["long-period"], "{}", reply.text);
 }
 
 #[actix_web::test]
@@ -362,9 +353,9 @@ async fn a_sort_over_clauses_that_rarely_hold_together_is_done_in_memory() {
     seed(&app, resources).await;
     let query = "/Observation?code=a&date=ge2020-01-01&date=lt2021&_sort=-date&_count=10";
     assert!(plan(&app, query).await.ends_with("sort the matches in memory"));
-    assert_eq!(ids(&app.get(query).await.body), ["both2", "both1"]);
+    assert_eq!(match_ids(&app.get(query).await.body), ["both2", "both1"]);
     // Broad and mostly together: read from the index.
     let query = "/Observation?code=a&date=lt2030&_sort=-date&_count=3";
     assert!(plan(&app, query).await.starts_with("read date in sort order"));
-    assert_eq!(ids(&app.get(query).await.body), ["both2", "both1", "a999"]);
+    assert_eq!(match_ids(&app.get(query).await.body), ["both2", "both1", "a999"]);
 }
