@@ -13,6 +13,8 @@
 //!   while serving random reads.
 //! - `search`: 10,000 patients and 1,000,000 observations (10 codes × 10 years; ten patients
 //!   have ~1,100 resources each): latency of the query shapes, index size per resource.
+//! - `disk` (also part of `search`, without the queries): bytes per resource, table by table, on
+//!   the search scenario's database and on the demo load (official examples and Synthea).
 
 mod load;
 mod servers;
@@ -57,6 +59,7 @@ enum Scenario {
     Ingest,
     Startup,
     Search,
+    Disk,
 }
 
 fn main() {
@@ -84,6 +87,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Search) {
         runtime.block_on(search_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::Disk) {
+        runtime.block_on(disk_scenario(&args, dir.path()));
     }
 }
 
@@ -364,8 +370,9 @@ async fn search_scenario(args: &Args, dir: &Path) {
     fill(&store, 10_000, 1000, patient).await;
     fill(&store, observations, 2000, search_observation).await;
     let elapsed = started.elapsed().as_secs_f64();
-    close_store(store).await;
     let resources = observations + 10_000;
+    print_table_usage(&store, resources);
+    close_store(store).await;
     let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
     println!(
         "  written with all search parameters indexed: {:.0} resources/s in-process ({elapsed:.0} s); file {:.0} MiB = {:.0} bytes per resource",
@@ -469,4 +476,57 @@ async fn tenth_sorted_pages(port: u16) -> Vec<String> {
         pages.push(path);
     }
     pages
+}
+
+/// Prints each table's share of the file: rows, bytes of keys and values, B-tree overhead and
+/// unused page space, per resource.
+fn print_table_usage(store: &Store, resources: usize) {
+    let usage = store.table_usage().expect("table statistics");
+    let per = |bytes: u64| bytes as f64 / resources as f64;
+    println!("  {:30} {:>10} {:>12} {:>12} {:>12}", "table", "rows", "data B/res", "btree B/res", "unused B/res");
+    for table in usage {
+        println!(
+            "  {:30} {:>10} {:>12.0} {:>12.0} {:>12.0}",
+            table.name,
+            table.rows,
+            per(table.stored_bytes),
+            per(table.metadata_bytes),
+            per(table.fragmented_bytes)
+        );
+    }
+}
+
+async fn disk_scenario(args: &Args, dir: &Path) {
+    println!("\n== disk: bytes per resource ==");
+    let data = dir.join("demo.redb");
+    let store = open_store(&data);
+    let limits = braid::http::Limits::from_settings(&braid::config::Settings::default());
+    let loaded = braid::demo::load_if_empty(&store, &limits, "http://localhost/fhir").await.expect("demo data loads");
+    let loaded = loaded.expect("the database is new");
+    let resources = loaded.examples + loaded.synthea_resources;
+    print_table_usage(&store, resources);
+    close_store(store).await;
+    let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  demo load ({} official examples, {} Synthea resources): file {:.1} MiB = {:.0} bytes per resource (target <= 4096)",
+        loaded.examples,
+        loaded.synthea_resources,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / resources as f64
+    );
+
+    let observations = args.resources;
+    let data = dir.join("disk.redb");
+    let store = open_store(&data);
+    fill(&store, 10_000, 1000, patient).await;
+    fill(&store, observations, 2000, search_observation).await;
+    let resources = observations + 10_000;
+    print_table_usage(&store, resources);
+    close_store(store).await;
+    let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  search database (10,000 patients, {observations} observations): file {:.0} MiB = {:.0} bytes per resource (target <= 2048)",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / resources as f64
+    );
 }

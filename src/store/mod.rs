@@ -230,6 +230,25 @@ impl Store {
         })
     }
 
+    /// What each table holds and occupies, for the benchmark harness and operators.
+    pub fn table_usage(&self) -> Result<Vec<TableUsage>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut usage = Vec::new();
+        for name in TABLE_NAMES {
+            let table = txn.open_untyped_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))?;
+            let stats = table.stats()?;
+            usage.push(TableUsage {
+                name,
+                rows: table.len()?,
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+                pages: stats.leaf_pages() + stats.branch_pages(),
+            });
+        }
+        Ok(usage)
+    }
+
     /// Creates every table and the meta entries on first open, checks the format version and
     /// migrates an older file. Returns the cursor secret and the garbage collector's horizon.
     fn initialise(db: &Database) -> Result<([u8; 32], u64), StoreError> {
@@ -379,6 +398,29 @@ pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, Store
 
 fn file_size(path: &Path) -> Result<u64, StoreError> {
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))
+}
+
+/// Every table's name, for [`Store::table_usage`].
+const TABLE_NAMES: [&str; 7] = [
+    "resource_version",
+    "type_history",
+    "system_history",
+    "search_param_value",
+    "resource_search_param_value",
+    "superseded",
+    "meta",
+];
+
+/// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes
+/// (branch pages) and the unused bytes in its pages.
+#[derive(Debug, Clone)]
+pub struct TableUsage {
+    pub name: &'static str,
+    pub rows: u64,
+    pub stored_bytes: u64,
+    pub metadata_bytes: u64,
+    pub fragmented_bytes: u64,
+    pub pages: u64,
 }
 
 /// Row counts of the search index tables.
