@@ -106,12 +106,13 @@ fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std:
         braid::store::compact(&path, ttl).map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!(
-        "Compacted {}: {:.1} MiB -> {:.1} MiB; removed the index entries of {} superseded versions ({} entries).",
+        "Compacted {}: {:.1} MiB -> {:.1} MiB; removed the index entries of {} superseded versions ({} entries); rewrote {} rows in key order.",
         path.display(),
         mib(report.bytes_before),
         mib(report.bytes_after),
         report.collected.versions,
-        report.collected.entries
+        report.collected.entries,
+        report.rows_repacked
     );
     Ok(())
 }

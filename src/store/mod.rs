@@ -13,6 +13,7 @@ mod gc;
 pub mod keys;
 mod migrate;
 mod ops;
+mod repack;
 mod snapshot;
 mod view;
 mod writer;
@@ -198,6 +199,7 @@ impl Store {
     }
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
+        repack::resume(&db)?;
         let (secret, horizon) = Self::initialise_with(&db, Some(indexer.as_ref()))?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
@@ -377,23 +379,28 @@ pub struct CompactReport {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub collected: Collected,
+    /// Rows rewritten in key order so that every table's pages are full.
+    pub rows_repacked: u64,
 }
 
 /// Reclaims space in a database that no server has open: removes the index entries no valid
-/// paging cursor can need (as the running server would), then lets redb move pages to the
-/// front of the file and truncate it. A file held by a running Braid is refused.
+/// paging cursor can need (as the running server would), rewrites every table in key order so
+/// that its pages are full (see `repack`), then lets redb move pages to the front of the file
+/// and truncate it. A file held by a running Braid is refused.
 pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, StoreError> {
     let bytes_before = file_size(path)?;
     let mut db = Database::builder().open(path).map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
         other => StoreError::Database(other),
     })?;
+    repack::resume(&db)?;
     // Without the indexer a file that needs derived entries keeps its format for the next open.
     let (_, horizon) = Store::initialise(&db)?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
+    let rows_repacked = repack::repack_all(&db)?;
     while db.compact()? {}
     drop(db);
-    Ok(CompactReport { bytes_before, bytes_after: file_size(path)?, collected })
+    Ok(CompactReport { bytes_before, bytes_after: file_size(path)?, collected, rows_repacked })
 }
 
 fn file_size(path: &Path) -> Result<u64, StoreError> {
