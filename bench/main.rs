@@ -529,7 +529,7 @@ async fn disk_scenario(args: &Args, dir: &Path) {
         bytes as f64 / 1048576.0,
         bytes as f64 / resources as f64
     );
-    let compacted = braid::store::compact(&data, Duration::from_secs(3600)).expect("compaction");
+    let compacted = braid::store::compact(&data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
     println!(
         "  after `braid compact`: file {:.0} MiB = {:.0} bytes per resource",
         compacted.bytes_after as f64 / 1048576.0,

@@ -102,8 +102,8 @@ fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std:
     }
     let path = settings.data;
     let ttl = std::time::Duration::from_secs(settings.cursor_ttl_secs);
-    let report =
-        braid::store::compact(&path, ttl).map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
+    let report = braid::store::compact(&path, ttl, &braid::search::SearchIndexer)
+        .map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!(
         "Compacted {}: {:.1} MiB -> {:.1} MiB; removed the index entries of {} superseded versions ({} entries); rewrote {} rows in key order.",

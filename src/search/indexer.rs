@@ -26,6 +26,10 @@ impl Indexer for SearchIndexer {
         values::derived_entry(resource_type, param, value)
     }
 
+    fn index_keys(&self, resource_type: ResourceType) -> Vec<String> {
+        registry().index_keys(resource_type)
+    }
+
     /// The entries of the parameters that read nothing the writer changes (see
     /// [`depends_on_stored_form`]).
     fn prepare(&self, resource_type: ResourceType, resource: &Value) -> Option<Vec<IndexEntry>> {

@@ -208,25 +208,31 @@ impl Registry {
     /// their entries, so every key this registry can produce is checked once, at start.
     fn check_key_hashes(&self) {
         let mut seen: HashMap<u32, (ResourceType, String)> = HashMap::new();
-        for (resource_type, params) in &self.by_type {
-            let mut keys = vec![crate::search::compartment::COMPARTMENT_KEY.to_owned()];
-            for (code, def) in params {
-                keys.push(code.clone());
-                match def.kind {
-                    ParamKind::String => keys.push(format!("{code}:exact")),
-                    ParamKind::Token => keys.extend([format!("{code}:text"), format!("{code}:of-type")]),
-                    ParamKind::Reference => keys.push(format!("{code}:identifier")),
-                    ParamKind::Date => keys.push(format!("{code}{}", crate::search::values::DATE_END_SUFFIX)),
-                    _ => {}
-                }
-            }
-            for key in keys {
+        for resource_type in self.by_type.keys() {
+            for key in self.index_keys(*resource_type) {
                 let hash = crate::store::keys::search_param_value::param_hash(resource_type.as_str(), &key);
                 if let Some((other_type, other_key)) = seen.insert(hash, (*resource_type, key.clone())) {
                     panic!("index key hash collision: {resource_type}.{key} and {other_type}.{other_key}");
                 }
             }
         }
+    }
+
+    /// Every index key the indexer can write for `resource_type`: each parameter's code, the
+    /// keys of its modifiers that have their own entries, and compartment membership.
+    pub fn index_keys(&self, resource_type: ResourceType) -> Vec<String> {
+        let mut keys = vec![crate::search::compartment::COMPARTMENT_KEY.to_owned()];
+        for (code, def) in self.by_type.get(&resource_type).into_iter().flatten() {
+            keys.push(code.clone());
+            match def.kind {
+                ParamKind::String => keys.push(format!("{code}:exact")),
+                ParamKind::Token => keys.extend([format!("{code}:text"), format!("{code}:of-type")]),
+                ParamKind::Reference => keys.push(format!("{code}:identifier")),
+                ParamKind::Date => keys.push(format!("{code}{}", crate::search::values::DATE_END_SUFFIX)),
+                _ => {}
+            }
+        }
+        keys
     }
 
     /// Marks every parameter whose union members are exactly covered by other parameters of

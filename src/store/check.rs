@@ -51,6 +51,16 @@ struct StoredVersion {
     body: Vec<u8>,
 }
 
+/// The name of the parameter whose hash an index record holds (records keep only the hash),
+/// looked up among `known` parameters of type `ty`; the hash itself if none matches.
+fn param_named(known: &BTreeSet<String>, ty: &str, hash: u32) -> String {
+    known
+        .iter()
+        .find(|param| spv::param_hash(ty, param) == hash)
+        .cloned()
+        .unwrap_or_else(|| format!("parameter-hash {hash:08x}"))
+}
+
 /// Problem descriptions kept; further ones are dropped (the check still reads everything).
 pub const MAX_PROBLEMS: usize = 100;
 
@@ -70,6 +80,8 @@ pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError
     let mut check_group = |group: &mut Vec<StoredVersion>, report: &mut Report| -> Result<(), StoreError> {
         let Some(StoredVersion { ty, id, version, op, t, body }) = group.pop() else { return Ok(()) };
         report.resources += 1;
+        // Names for the parameter hashes of older versions' records, in problem descriptions.
+        let mut known_params = BTreeSet::new();
         if op != Op::Delete {
             let resource_type = ResourceType::parse(&ty).ok_or_else(|| StoreError::Corrupt(ty.as_bytes().to_vec()))?;
             let value: serde_json::Value = serde_json::from_slice(&body)
@@ -77,11 +89,14 @@ pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError
             let expected: BTreeSet<(String, Vec<u8>)> =
                 indexer.entries(resource_type, &value).into_iter().map(|e| (e.param, e.value)).collect();
             expected_live += expected.len() as u64;
+            known_params.extend(expected.iter().map(|(param, _)| param.clone()));
+            let expected_record: BTreeSet<(u32, Vec<u8>)> =
+                expected.iter().map(|(p, v)| (spv::param_hash(&ty, p), v.clone())).collect();
             let record = rspv_table.get(rspv::encode(&ty, &id, version).as_slice())?;
-            let recorded: Option<BTreeSet<(String, Vec<u8>)>> = record.as_ref().and_then(|r| {
-                rspv::decode_value(r.value()).map(|e| e.into_iter().map(|(p, v)| (p.to_owned(), v.to_vec())).collect())
+            let recorded: Option<BTreeSet<(u32, Vec<u8>)>> = record.as_ref().and_then(|r| {
+                rspv::decode_value(r.value()).map(|e| e.into_iter().map(|(p, v)| (p, v.to_vec())).collect())
             });
-            if recorded.as_ref() != Some(&expected) {
+            if recorded.as_ref() != Some(&expected_record) {
                 report.problem(format!("{ty}/{id}/_history/{version}: its index record differs from its body"));
             }
             for (param, value) in &expected {
@@ -99,9 +114,10 @@ pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError
         for StoredVersion { ty, id, version, .. } in group.iter().filter(|v| v.op != Op::Delete) {
             let Some(record) = rspv_table.get(rspv::encode(ty, id, *version).as_slice())? else { continue };
             let entries = rspv::decode_value(record.value()).unwrap_or_default();
-            for (param, value) in entries {
-                if let Some(live) = spv_table.get(spv::encode(ty, param, value, id, *version).as_slice())? {
+            for (hash, value) in entries {
+                if let Some(live) = spv_table.get(spv::encode_hashed(hash, value, id, *version).as_slice())? {
                     if live.value().1 == u64::MAX {
+                        let param = param_named(&known_params, ty, hash);
                         report
                             .problem(format!("{ty}/{id}/_history/{version}: superseded but its {param} entry is live"));
                     } else {

@@ -120,7 +120,7 @@ pub(super) fn collect_batch(db: &Database, horizon: u64, published: &AtomicU64) 
             if let Some(record) = record {
                 let entries = rspv::decode_value(&record).ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
                 for (param, value) in entries {
-                    if spv_table.remove(spv::encode(&ty, param, value, &id, version).as_slice())?.is_some() {
+                    if spv_table.remove(spv::encode_hashed(param, value, &id, version).as_slice())?.is_some() {
                         collected.entries += 1;
                     }
                 }
@@ -291,6 +291,9 @@ mod tests {
         assert_eq!(store.index_stats().unwrap().superseded_versions, 2, "versions 1 and 2 of p1");
         let txn = store.db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
-        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 3u32.to_be_bytes().as_slice());
+        assert_eq!(
+            meta.get("format_version").unwrap().unwrap().value(),
+            super::super::FORMAT_VERSION.to_be_bytes().as_slice()
+        );
     }
 }

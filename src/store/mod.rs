@@ -40,9 +40,11 @@ pub(crate) const TYPE_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::new
 pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::new("system_history");
 /// Value: `(created_t, superseded_t)`: the entry is live for readers at logical time `t` when
 /// `created_t <= t < superseded_t`; `superseded_t` is `u64::MAX` while the version is current.
-pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value");
+/// (The index tables' names carry the format version that last changed their encoding; see
+/// `migrate`.)
+pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value.5");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("resource_search_param_value");
+    TableDefinition::new("resource_search_param_value.5");
 /// Versions whose index entries are superseded, by the logical time they were superseded at:
 /// the garbage collector's work list (see `gc`).
 pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
@@ -54,7 +56,10 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// changes; a database with an older version is migrated at open, a newer one is refused.
 ///
 /// 2: the `superseded` log (version 1 files get it filled from their version history).
-const FORMAT_VERSION: u32 = 3;
+/// 3: end-ordered entries of wide dates (`<param>:end`, `migrate::add_derived_entries`).
+/// 5: index keys with short versions, index records with parameter hashes
+///    (`migrate::reencode_index_tables`).
+const FORMAT_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -200,7 +205,7 @@ impl Store {
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
         repack::resume(&db)?;
-        let (secret, horizon) = Self::initialise_with(&db, Some(indexer.as_ref()))?;
+        let (secret, horizon) = Self::initialise(&db, indexer.as_ref())?;
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
         let db = Arc::new(db);
         let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), &options)?;
@@ -252,18 +257,42 @@ impl Store {
     }
 
     /// Creates every table and the meta entries on first open, checks the format version and
-    /// migrates an older file. Returns the cursor secret and the garbage collector's horizon.
-    fn initialise(db: &Database) -> Result<([u8; 32], u64), StoreError> {
-        Self::initialise_with(db, None)
+    /// migrates an older file (see `migrate`). Returns the cursor secret and the garbage
+    /// collector's horizon.
+    fn initialise(db: &Database, indexer: &dyn Indexer) -> Result<([u8; 32], u64), StoreError> {
+        let (secret, horizon, mut version) = Self::initialise_in_one_transaction(db)?;
+        if version < FORMAT_VERSION {
+            // Batched, each batch its own transaction; resumes after an interruption.
+            let rows = migrate::reencode_index_tables(db, migrate::BATCH_ROWS, &mut |progress| {
+                tracing::info!(
+                    table = progress.table,
+                    done = progress.rows_done,
+                    total = progress.rows_total,
+                    "re-encoding the index tables"
+                );
+            })?;
+            tracing::info!(rows, "re-encoded the index tables");
+            let txn = db.begin_write()?;
+            if version == 2 {
+                let added = migrate::add_derived_entries(&txn, indexer)?;
+                tracing::info!(entries = added, "added the end-ordered entries of wide dates");
+            }
+            version = FORMAT_VERSION;
+            txn.open_table(META)?.insert("format_version", version.to_be_bytes().as_slice())?;
+            txn.commit()?;
+            tracing::info!(version, "migrated the database");
+        }
+        Ok((secret, horizon))
     }
 
-    /// [`Store::initialise`]; with the indexer, a format 2 file also gets the entries it derives
-    /// from stored ones (without, the file keeps format 2 until an open that has one).
-    fn initialise_with(db: &Database, indexer: Option<&dyn Indexer>) -> Result<([u8; 32], u64), StoreError> {
+    /// The part of [`Store::initialise`] done in one write transaction: tables, meta entries,
+    /// and the migrations small enough for one transaction. Returns the cursor secret, the
+    /// collector's horizon and the format version reached.
+    fn initialise_in_one_transaction(db: &Database) -> Result<([u8; 32], u64, u32), StoreError> {
         let mut txn = db.begin_write()?;
         // Once per start; the commit also records the allocator state after a full repair.
         txn.set_quick_repair(true);
-        let secret = {
+        let state = {
             txn.open_table(RESOURCE_VERSION)?;
             txn.open_table(TYPE_HISTORY)?;
             txn.open_table(SYSTEM_HISTORY)?;
@@ -289,11 +318,6 @@ impl Store {
                 version = 2;
                 meta.insert("format_version", version.to_be_bytes().as_slice())?;
             }
-            if let (2, Some(indexer)) = (version, indexer) {
-                let added = migrate::add_derived_entries(&txn, indexer)?;
-                tracing::info!(entries = added, "migrated the database to format version 3");
-                meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
-            }
             let horizon =
                 meta.get(gc::HORIZON_KEY)?.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes);
             let existing: Option<[u8; 32]> = meta.get("cursor_secret")?.and_then(|v| v.value().try_into().ok());
@@ -305,10 +329,10 @@ impl Store {
                     secret
                 }
             };
-            (secret, horizon)
+            (secret, horizon, version)
         };
         txn.commit()?;
-        Ok(secret)
+        Ok(state)
     }
 
     /// The newest committed state, as a consistent read view.
@@ -387,15 +411,14 @@ pub struct CompactReport {
 /// paging cursor can need (as the running server would), rewrites every table in key order so
 /// that its pages are full (see `repack`), then lets redb move pages to the front of the file
 /// and truncate it. A file held by a running Braid is refused.
-pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, StoreError> {
+pub fn compact(path: &Path, cursor_ttl: Duration, indexer: &dyn Indexer) -> Result<CompactReport, StoreError> {
     let bytes_before = file_size(path)?;
     let mut db = Database::builder().open(path).map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
         other => StoreError::Database(other),
     })?;
     repack::resume(&db)?;
-    // Without the indexer a file that needs derived entries keeps its format for the next open.
-    let (_, horizon) = Store::initialise(&db)?;
+    let (_, horizon) = Store::initialise(&db, indexer)?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     let rows_repacked = repack::repack_all(&db)?;
     while db.compact()? {}
@@ -412,8 +435,8 @@ const TABLE_NAMES: [&str; 7] = [
     "resource_version",
     "type_history",
     "system_history",
-    "search_param_value",
-    "resource_search_param_value",
+    "search_param_value.5",
+    "resource_search_param_value.5",
     "superseded",
     "meta",
 ];

@@ -34,6 +34,13 @@ pub trait Indexer: Send + Sync + 'static {
         None
     }
 
+    /// Every index key (`IndexEntry::param`) this indexer can produce for `resource_type`: index
+    /// records store keys as hashes, and migrations that need the names find them here.
+    fn index_keys(&self, resource_type: ResourceType) -> Vec<String> {
+        let _ = resource_type;
+        Vec::new()
+    }
+
     /// The part of a resource's entries that cannot change between the resource as a request
     /// sent it and the version the writer stores (which gets its id, `meta.versionId`,
     /// `meta.lastUpdated` and rewritten references there). [`Store::write`](super::Store::write)

@@ -299,7 +299,7 @@ where
         let key = rspv::encode(resource_type.as_str(), id, version);
         let Some(record) = self.rspv.get(key.as_slice()).map_err(StoreError::from)? else { return Ok(Vec::new()) };
         let entries = rspv::decode_value(record.value()).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
-        Ok(entries.into_iter().filter(|(p, _)| *p == param).map(|(_, value)| value.to_vec()).collect())
+        Ok(rspv::values_of(&entries, resource_type.as_str(), param).into_iter().map(<[u8]>::to_vec).collect())
     }
 
     fn scan_type(

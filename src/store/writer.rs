@@ -750,7 +750,7 @@ impl Execution<'_, '_> {
         for entry in &entries {
             self.pending_index.push((spv::encode(ty, &entry.param, &entry.value, id, version), (t, u64::MAX)));
         }
-        let record = rspv::encode_value(entries.iter().map(|e| (e.param.as_str(), e.value.as_slice())));
+        let record = rspv::encode_value(ty, entries.iter().map(|e| (e.param.as_str(), e.value.as_slice())));
         self.tables.rspv.insert(rspv::encode(ty, id, version).as_slice(), record.as_slice())?;
         Ok(())
     }
@@ -766,7 +766,7 @@ impl Execution<'_, '_> {
         let mut keys = Vec::new();
         if let Some(record) = self.tables.rspv.get(record_key.as_slice())? {
             let entries = rspv::decode_value(record.value()).ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
-            keys.extend(entries.into_iter().map(|(param, value)| spv::encode(ty, param, value, id, version)));
+            keys.extend(entries.into_iter().map(|(param, value)| spv::encode_hashed(param, value, id, version)));
         }
         for key in keys {
             let created = self
@@ -933,7 +933,7 @@ mod tests {
     fn publishing_retries_and_reports_when_every_attempt_fails() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("braid.redb")).unwrap();
-        super::super::Store::initialise(&db).unwrap();
+        super::super::Store::initialise(&db, &crate::search::SearchIndexer).unwrap();
         let latest = RwLock::new(Arc::new(Snapshot::open(&db).unwrap()));
 
         let calls = Cell::new(0);

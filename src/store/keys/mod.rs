@@ -40,6 +40,44 @@ pub fn put_u64(key: &mut Vec<u8>, value: u64) {
     key.extend_from_slice(&value.to_be_bytes());
 }
 
+/// Appends a version number as one length byte (the count of significant bytes, 0 to 8)
+/// followed by those bytes big-endian: 2 bytes for versions below 256 instead of 8, and byte
+/// order still equals numeric order (a shorter length is a smaller number).
+pub fn put_version(key: &mut Vec<u8>, version: u64) {
+    let significant = 8 - (version.leading_zeros() / 8) as usize;
+    key.push(significant as u8);
+    key.extend_from_slice(&version.to_be_bytes()[8 - significant..]);
+}
+
+/// Appends `value` as an unsigned LEB128 varint (7 bits per byte, low groups first): lengths
+/// inside record values, where order does not matter and most lengths fit one byte.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7F) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an unsigned LEB128 varint from the front of `bytes`; `None` if it is cut short or
+/// longer than 64 bits.
+pub fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        let group = u64::from(byte & 0x7F);
+        if shift == 63 && group > 1 {
+            return None;
+        }
+        value |= group << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Reads keys component by component. Every method returns `None` on malformed input instead
 /// of panicking, so decoding never trusts the bytes it is given.
 pub struct Reader<'a> {
@@ -79,6 +117,23 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.rest.split_first_chunk::<8>()?;
         self.rest = tail;
         Some(u64::from_be_bytes(*head))
+    }
+
+    /// A version number written by [`put_version`]; `None` unless it is in its shortest form.
+    pub fn version(&mut self) -> Option<u64> {
+        let (&significant, rest) = self.rest.split_first()?;
+        let significant = significant as usize;
+        if significant > 8 || rest.len() < significant {
+            return None;
+        }
+        let (digits, tail) = rest.split_at(significant);
+        if digits.first() == Some(&0) {
+            return None;
+        }
+        let mut bytes = [0u8; 8];
+        bytes[8 - significant..].copy_from_slice(digits);
+        self.rest = tail;
+        Some(u64::from_be_bytes(bytes))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,6 +183,30 @@ mod tests {
             put_str(&mut kb, &b);
             put_u64(&mut kb, m);
             prop_assert_eq!(ka.cmp(&kb), (a, n).cmp(&(b, m)));
+        }
+
+        #[test]
+        fn versions_round_trip_and_order_like_numbers(a in any::<u64>(), b in any::<u64>()) {
+            let (mut ka, mut kb) = (Vec::new(), Vec::new());
+            put_version(&mut ka, a);
+            put_version(&mut kb, b);
+            prop_assert_eq!(Reader::new(&ka).version(), Some(a));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn varints_round_trip(value in any::<u64>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            let mut bytes = out.as_slice();
+            prop_assert_eq!(read_varint(&mut bytes), Some(value));
+            prop_assert!(bytes.is_empty());
+        }
+
+        #[test]
+        fn reading_arbitrary_bytes_as_numbers_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let _ = Reader::new(&bytes).version();
+            let _ = read_varint(&mut bytes.as_slice());
         }
 
         #[test]

@@ -1,7 +1,8 @@
 //! `search_param_value`: which resource versions have a given value for a search parameter.
 //!
-//! Key: `param-hash(4 bytes) value 0x00 id 0x00 version(u64 BE)`, where the hash is FNV-1a
-//! (32 bit) of `type 0x00 param` (see [`param_hash`]). Value: `(created_t, superseded_t)`.
+//! Key: `param-hash(4 bytes) value 0x00 id 0x00 version`, where the hash is FNV-1a (32 bit)
+//! of `type 0x00 param` (see [`param_hash`]) and the version is written short (see
+//! [`super::put_version`]: 2 bytes below version 256). Value: `(created_t, superseded_t)`.
 //! This is the table a query *scans*: the Patients whose `identifier` is `http://x|123` are
 //! found under the prefix `hash(Patient·identifier)·http://x|123·`. Keys of one type and
 //! parameter are contiguous and ordered by value, then id, then version; the 4-byte hash
@@ -14,7 +15,7 @@
 //! replaced it (`u64::MAX` while current): a reader at time `t` keeps the entries with
 //! `created_t <= t < superseded_t`, without looking anything else up.
 
-use super::{Reader, put_str, put_u64};
+use super::{Reader, put_str, put_version};
 
 /// FNV-1a (32 bit) of `resource_type 0x00 param`. Part of the file format: never change it.
 pub fn param_hash(resource_type: &str, param: &str) -> u32 {
@@ -46,9 +47,16 @@ pub fn prefix(resource_type: &str, param: &str, value: &[u8]) -> Vec<u8> {
 }
 
 pub fn encode(resource_type: &str, param: &str, value: &[u8], id: &str, version: u64) -> Vec<u8> {
-    let mut key = prefix(resource_type, param, value);
+    encode_hashed(param_hash(resource_type, param), value, id, version)
+}
+
+/// [`encode`] for a parameter known by its hash (as the index records store it).
+pub fn encode_hashed(param_hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(value.len() + id.len() + 16);
+    key.extend_from_slice(&param_hash.to_be_bytes());
+    put_str(&mut key, value);
     put_str(&mut key, id.as_bytes());
-    put_u64(&mut key, version);
+    put_version(&mut key, version);
     key
 }
 
@@ -56,7 +64,7 @@ pub fn encode(resource_type: &str, param: &str, value: &[u8], id: &str, version:
 pub fn decode(key: &[u8]) -> Option<(u32, Vec<u8>, String, u64)> {
     let (hash, rest) = key.split_first_chunk::<4>()?;
     let mut reader = Reader::new(rest);
-    let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.string()?, reader.u64()?);
+    let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.string()?, reader.version()?);
     reader.is_empty().then_some(decoded)
 }
 
