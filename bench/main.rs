@@ -483,6 +483,7 @@ async fn tenth_sorted_pages(port: u16) -> Vec<String> {
 fn print_table_usage(store: &Store, resources: usize) {
     let usage = store.table_usage().expect("table statistics");
     let per = |bytes: u64| bytes as f64 / resources as f64;
+    let allocated = store.allocated_bytes().expect("database statistics");
     println!("  {:30} {:>10} {:>12} {:>12} {:>12}", "table", "rows", "data B/res", "btree B/res", "unused B/res");
     for table in usage {
         println!(
@@ -494,6 +495,7 @@ fn print_table_usage(store: &Store, resources: usize) {
             per(table.fragmented_bytes)
         );
     }
+    println!("  pages in use: {:.0} MiB = {:.0} bytes per resource", allocated as f64 / 1048576.0, per(allocated));
 }
 
 async fn disk_scenario(args: &Args, dir: &Path) {
@@ -513,6 +515,12 @@ async fn disk_scenario(args: &Args, dir: &Path) {
         loaded.synthea_resources,
         bytes as f64 / 1048576.0,
         bytes as f64 / resources as f64
+    );
+    let compacted = braid::store::compact(&data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
+    println!(
+        "  after `braid compact`: file {:.1} MiB = {:.0} bytes per resource",
+        compacted.bytes_after as f64 / 1048576.0,
+        compacted.bytes_after as f64 / resources as f64
     );
 
     let observations = args.resources;

@@ -256,6 +256,15 @@ impl Store {
         Ok(usage)
     }
 
+    /// Bytes of the pages in use: the file's size minus its free pages (which later writes
+    /// reuse, and `braid compact` gives back). Briefly takes the write lock.
+    pub fn allocated_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
+    }
+
     /// Creates every table and the meta entries on first open, checks the format version and
     /// migrates an older file (see `migrate`). Returns the cursor secret and the garbage
     /// collector's horizon.
