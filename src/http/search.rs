@@ -8,9 +8,9 @@
 
 use actix_web::HttpResponse;
 use actix_web::web;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::response::{BundleOut, EntryOut, Link, raw};
+use super::response::{BundleOut, EntryOut, Link, SearchMode, StoredJson};
 use super::{Ctx, cursor, paging, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::summary::Summary;
@@ -324,14 +324,12 @@ fn execute(
     // A sort is read from its index unless the query's most selective parameter finds so few
     // candidates that sorting them in memory is cheaper than walking the index past the
     // non-matching entries. The choice depends only on `t`, so every page makes the same one.
-    // Counting stops at ESTIMATE_CAP; a scan of the whole type counts as that many.
-    let driver_estimate = match driver {
-        engine::Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n),
-        engine::Driver::TypeScan => engine::ESTIMATE_CAP,
-    }
-    .min(engine::ESTIMATE_CAP);
-    let mut sort_from_index =
-        engine::index_sortable(resource_type, &search.sort) && driver_estimate >= search.sort_in_memory_below;
+    // Counting stops at the threshold; a threshold above ESTIMATE_CAP always sorts in memory,
+    // and a scan of the whole type counts as ESTIMATE_CAP entries.
+    let threshold = search.sort_in_memory_below;
+    let mut sort_from_index = engine::index_sortable(resource_type, &search.sort)
+        && threshold <= engine::ESTIMATE_CAP
+        && engine::driver_has_at_least(&view, resource_type, &clauses, driver, t, threshold)?;
     if sort_from_index && clauses.len() > 1 {
         // Several broad clauses may still rarely hold together, and the index walk would pass
         // over many entries per match: it needs a fair share of the driver's candidates to match.
@@ -339,13 +337,20 @@ fn execute(
             engine::sample_share(&view, resource_type, &clauses, driver, t, engine::ESTIMATE_SAMPLE)?;
         sort_from_index = matched * MIN_SORT_MATCH_SHARE >= examined;
     }
-    let mut plan = engine::describe(&clauses, driver, &estimates);
-    if sort_from_index {
-        plan = format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key);
-    } else if !search.sort.is_empty() {
-        plan.push_str("; sort the matches in memory");
+    // The plan's text is written only when someone reads it.
+    let plan = (search.explain || tracing::enabled!(tracing::Level::DEBUG)).then(|| {
+        let plan = engine::describe(&clauses, driver, &estimates);
+        if sort_from_index {
+            format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key)
+        } else if !search.sort.is_empty() {
+            format!("{plan}; sort the matches in memory")
+        } else {
+            plan
+        }
+    });
+    if let Some(plan) = &plan {
+        tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
     }
-    tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
     let mut warnings: Vec<Issue> = Vec::new();
@@ -432,11 +437,11 @@ fn execute(
             let stored = snapshot
                 .version(resource_type, id, *version)?
                 .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            let resource = raw(&shape(resource_type, &stored.body, search.elements.as_deref(), search.summary));
+            let resource = shape(resource_type, stored.body, search.elements.as_deref(), search.summary);
             bundle.entry.push(EntryOut {
                 full_url: Some(format!("{base}/{resource_type}/{id}")),
-                resource,
-                search: Some(json!({"mode": "match"})),
+                resource: Some(StoredJson::new(resource)),
+                search: Some(SearchMode::Match),
                 ..Default::default()
             });
         }
@@ -464,8 +469,13 @@ fn execute(
                     .ok_or_else(|| FhirError::fault("search: an included version is missing"))?;
                 bundle.entry.push(EntryOut {
                     full_url: Some(format!("{base}/{included_type}/{id}")),
-                    resource: raw(&shape(included_type, &stored.body, search.elements.as_deref(), search.summary)),
-                    search: Some(json!({"mode": "include"})),
+                    resource: Some(StoredJson::new(shape(
+                        included_type,
+                        stored.body,
+                        search.elements.as_deref(),
+                        search.summary,
+                    ))),
+                    search: Some(SearchMode::Include),
                     ..Default::default()
                 });
             }
@@ -485,13 +495,13 @@ fn execute(
         })
         .collect();
     issues.extend(warnings);
-    if search.explain {
+    if let (true, Some(plan)) = (search.explain, &plan) {
         issues.push(Issue::information(format!("plan: {plan}; {} units of the work budget used", view.used())));
     }
     if !issues.is_empty() {
         bundle.entry.push(EntryOut {
-            resource: raw(&serde_json::to_vec(&operation_outcome(&issues)).unwrap_or_default()),
-            search: Some(json!({"mode": "outcome"})),
+            resource: Some(StoredJson::of(&operation_outcome(&issues))),
+            search: Some(SearchMode::Outcome),
             ..Default::default()
         });
     }
@@ -633,22 +643,22 @@ struct Included {
     truncated: bool,
 }
 
-/// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves
-/// the stored bytes untouched.
+/// The resource as the client asked for it: `_elements` wins over `_summary`; neither returns
+/// the stored bytes untouched, unparsed. Only a `_summary` or `_elements` parses the body.
 pub(super) fn shape(
     resource_type: ResourceType,
-    body: &[u8],
+    body: Vec<u8>,
     elements: Option<&[String]>,
     summary: Option<Summary>,
 ) -> Vec<u8> {
     if elements.is_none() && summary.is_none() {
-        return body.to_vec();
+        return body;
     }
-    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(&body) else { return body };
     let shaped = match (elements, summary) {
         (Some(elements), _) => crate::fhir::summary::select(resource, elements),
         (None, Some(mode)) => crate::fhir::summary::summarize(resource_type, resource, mode),
         (None, None) => resource,
     };
-    serde_json::to_vec(&Value::Object(shaped)).unwrap_or_else(|_| body.to_vec())
+    serde_json::to_vec(&Value::Object(shaped)).unwrap_or(body)
 }
