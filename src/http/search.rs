@@ -20,7 +20,7 @@ use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
 use crate::search::engine::{self, Position, SortKey};
 use crate::search::query::compartment_clause;
-use crate::search::query::{Clause, parse_clause};
+use crate::search::query::{Clause, Pred, parse_clause};
 use crate::search::registry::{ParamKind, registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,13 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     let base = request::base_url(&http, &state);
     let search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
     let store = state.store.clone();
-    let bundle = web::block(move || run(&store, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
+    let bundle = if search.0.bounded_by_its_page() {
+        // As cheap as a few reads, which run on the worker too: handing it to the blocking pool
+        // would cost more than the search.
+        run(&store, &base, search)?
+    } else {
+        web::block(move || run(&store, &base, search)).await.map_err(|_| FhirError::fault("search"))??
+    };
     Ok(bundle.into_response())
 }
 
@@ -141,6 +147,33 @@ pub(super) fn prepare(
 pub(super) fn run(store: &crate::store::Store, base: &str, search: Prepared) -> Result<BundleOut, FhirError> {
     let secret = store.cursor_key().clone();
     execute(store, &secret, base, *search.0, search.1)
+}
+
+/// The largest `_count` of a search that [`SearchRequest::bounded_by_its_page`] may run on the
+/// request's worker thread.
+const INLINE_PAGE_MAX: usize = 100;
+
+impl SearchRequest {
+    /// Whether the search's work is that of its page alone: one exact value of one parameter
+    /// (every index entry of its range is a match), nothing counted, sorted, included, chained
+    /// or reshaped, and at most [`INLINE_PAGE_MAX`] entries. Its page reads `_count + 1` index
+    /// entries and `_count` resources, wherever it starts.
+    fn bounded_by_its_page(&self) -> bool {
+        let [clause] = self.clauses.as_slice() else { return false };
+        let one_exact_value = !clause.negated
+            && clause.missing.is_none()
+            && matches!(clause.alternatives.as_slice(), [alternative] if matches!(alternative.pred, Pred::Equals(_)))
+            && clause.ranges().len() == 1;
+        one_exact_value
+            && self.count <= INLINE_PAGE_MAX
+            && self.total == Total::None
+            && !self.summary_count
+            && self.summary.is_none()
+            && self.elements.is_none()
+            && self.sort.is_empty()
+            && self.includes.is_empty()
+            && self.deferred.is_empty()
+    }
 }
 
 fn parse(
@@ -661,4 +694,45 @@ pub(super) fn shape(
         (None, None) => resource,
     };
     serde_json::to_vec(&Value::Object(shaped)).unwrap_or(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> SearchRequest {
+        let settings = crate::config::Settings::default();
+        let limits = super::super::Limits::from_settings(&settings);
+        let pairs = super::super::request::decode_pairs(query);
+        let observation = ResourceType::parse("Observation").unwrap();
+        parse(observation, &pairs, false, "http://h/fhir", &limits).unwrap()
+    }
+
+    #[test]
+    fn only_searches_whose_work_is_their_page_run_on_the_worker() {
+        for bounded in
+            ["code=http://loinc.org|2951-2&_count=20", "identifier=urn:mrn|42", "subject=Patient/p1&_count=100"]
+        {
+            assert!(request(bounded).bounded_by_its_page(), "{bounded}");
+        }
+        for unbounded in [
+            "code=http://loinc.org|2951-2&_count=101",
+            "code=a,b",
+            "code=a&subject=Patient/p1",
+            "code:not=a",
+            "code:missing=true",
+            "date=ge2020",
+            "code=a&_total=accurate",
+            "code=a&_total=estimate",
+            "code=a&_summary=count",
+            "code=a&_summary=true",
+            "code=a&_elements=status",
+            "code=a&_sort=date",
+            "code=a&_include=Observation:subject",
+            "subject:Patient.name=x",
+            "",
+        ] {
+            assert!(!request(unbounded).bounded_by_its_page(), "{unbounded}");
+        }
+    }
 }
