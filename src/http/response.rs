@@ -256,7 +256,9 @@ impl EntryOut {
             member(out, b"fullUrl");
             write_json(out, full_url);
         }
-        if let Some(resource) = &self.resource {
+        // Empty bytes are no JSON value (a deletion's body): the entry then has no resource,
+        // rather than the Bundle being invalid.
+        if let Some(resource) = self.resource.as_ref().filter(|resource| !resource.0.is_empty()) {
             member(out, b"resource");
             out.extend_from_slice(&resource.0);
         }
@@ -337,6 +339,22 @@ mod tests {
         assert_eq!(
             parsed["entry"][1],
             json!({"request": {"method": "DELETE", "url": "Observation/gone"}, "response": {"status": "204 No Content"}})
+        );
+    }
+
+    #[test]
+    fn an_empty_body_leaves_the_entry_without_a_resource() {
+        let mut bundle = BundleOut::new("history");
+        bundle.entry.push(EntryOut {
+            full_url: Some("http://h/fhir/Patient/gone".into()),
+            resource: Some(StoredJson::new(Vec::new())),
+            request: Some(EntryRequest { method: "DELETE", url: "Patient/gone".into() }),
+            ..Default::default()
+        });
+        let parsed: Value = serde_json::from_slice(&bundle.to_bytes()).expect("valid JSON");
+        assert_eq!(
+            parsed["entry"],
+            json!([{"fullUrl": "http://h/fhir/Patient/gone", "request": {"method": "DELETE", "url": "Patient/gone"}}])
         );
     }
 
