@@ -1,6 +1,6 @@
 //! Braid's benchmark harness. Not a test: it prints figures.
 //!
-//!     cargo bench --bench braid-bench -- [all|read|ingest|startup|search] [--seconds N]
+//!     cargo bench --bench braid-bench -- [all|read|ingest|startup|search|disk|pages] [--seconds N]
 //!
 //! Scenarios (each builds its own database in a temporary directory):
 //! - `read`: read-by-id throughput and p50/p99 latency at 32 connections, Braid next to a
@@ -15,6 +15,10 @@
 //!   have ~1,100 resources each): latency of the issue's query shapes, index size per resource.
 //! - `disk` (also part of `search`, without the queries): bytes per resource, table by table, on
 //!   the search scenario's database and on the demo load (official examples and Synthea).
+//! - `pages`: 10,000 patients and 20,000 US Core lab Observations of ~1.4 KB (ten codes, one with
+//!   60 hits, one with 1,060, the others ~2,360): read-by-id throughput and code-search page
+//!   throughput (`_count=20`) at 32 connections on the same server, alternating rounds, and
+//!   their ratio; first-page latency at one connection by number of hits.
 
 mod load;
 mod servers;
@@ -60,6 +64,7 @@ enum Scenario {
     Startup,
     Search,
     Disk,
+    Pages,
 }
 
 fn main() {
@@ -90,6 +95,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::Disk) {
         runtime.block_on(disk_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Pages) {
+        runtime.block_on(pages_scenario(&args, dir.path()));
     }
 }
 
@@ -543,4 +551,132 @@ async fn disk_scenario(args: &Args, dir: &Path) {
         compacted.bytes_after as f64 / 1048576.0,
         compacted.bytes_after as f64 / resources as f64
     );
+}
+
+/// Observations in the pages scenario.
+const PAGE_OBSERVATIONS: usize = 20_000;
+
+/// Laboratory codes of the pages scenario: the first has 60 hits, the second 1,060, the other
+/// eight share the rest (~2,360 each).
+const LAB_CODES: [(&str, &str); 10] = [
+    ("2951-2", "Sodium [Moles/volume] in Serum or Plasma"),
+    ("2823-3", "Potassium [Moles/volume] in Serum or Plasma"),
+    ("2075-0", "Chloride [Moles/volume] in Serum or Plasma"),
+    ("2028-9", "Carbon dioxide, total [Moles/volume] in Serum or Plasma"),
+    ("3094-0", "Urea nitrogen [Mass/volume] in Serum or Plasma"),
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
+    ("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+    ("17861-6", "Calcium [Mass/volume] in Serum or Plasma"),
+    ("718-7", "Hemoglobin [Mass/volume] in Blood"),
+    ("6690-2", "Leukocytes [#/volume] in Blood by Automated count"),
+];
+
+/// The index into [`LAB_CODES`] of observation `n`.
+fn lab_code_of(n: usize) -> usize {
+    match n {
+        0..60 => 0,
+        60..1120 => 1,
+        _ => 2 + n % 8,
+    }
+}
+
+/// A US Core laboratory Observation of about 1.4 KB.
+fn lab_observation(n: usize) -> (ResourceType, String, Value) {
+    let id = format!("lab{n}");
+    let (code, display) = LAB_CODES[lab_code_of(n)];
+    let patient = n % 10_000;
+    let day = format!("{}-{:02}-{:02}", 2016 + n % 9, 1 + n % 12, 1 + n % 28);
+    let body = json!({
+        "resourceType": "Observation", "id": id,
+        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-observation-lab"]},
+        "identifier": [{"use": "official", "system": "urn:oid:2.16.840.1.113883.3.1234.5.6", "value": format!("LAB-{n:08}")}],
+        "basedOn": [{"reference": format!("ServiceRequest/sr{}", n / 4), "display": "Basic metabolic panel"}],
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory", "display": "Laboratory"}], "text": "Laboratory"}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": display},
+        "subject": {"reference": format!("Patient/p{patient}"), "display": format!("Patient {patient}")},
+        "encounter": {"reference": format!("Encounter/e{}", n / 4)},
+        "effectiveDateTime": format!("{day}T07:45:00Z"),
+        "issued": format!("{day}T11:20:31.417Z"),
+        "performer": [{"reference": "Organization/lab-1", "display": "Acme Clinical Laboratory"}],
+        "valueQuantity": {"value": 100 + n % 50, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "N", "display": "Normal"}], "text": "Normal"}],
+        "specimen": {"reference": format!("Specimen/s{}", n / 4), "display": "Serum specimen"},
+        "referenceRange": [{
+            "low": {"value": 98, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+            "high": {"value": 149, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+            "text": "98-149 mmol/L"
+        }]
+    });
+    (ResourceType::parse("Observation").unwrap(), id, body)
+}
+
+async fn pages_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== pages: 10,000 patients and {PAGE_OBSERVATIONS} lab observations; read by id and code-search pages at 32 \
+         connections, {} alternating rounds of {} s ==",
+        args.rounds, args.seconds
+    );
+    let data = dir.join("pages.redb");
+    let store = open_store(&data);
+    fill(&store, 10_000, 1000, patient).await;
+    fill(&store, PAGE_OBSERVATIONS, 2000, lab_observation).await;
+    let sample = store
+        .snapshot()
+        .unwrap()
+        .current(ResourceType::parse("Observation").unwrap(), "lab0")
+        .unwrap()
+        .expect("lab0 is stored");
+    println!("  an observation's stored body: {} bytes", sample.body.len());
+    close_store(store).await;
+    let server = servers::start_braid(&data);
+
+    let read = |connection: usize, n: usize| {
+        load::get(&format!("/fhir/Observation/lab{}", pick(connection, n, PAGE_OBSERVATIONS)))
+    };
+    // Every code but the rare one: each has 1,060 or more hits, so every page is full and has a
+    // next link.
+    let page = |connection: usize, n: usize| {
+        let (code, _) = LAB_CODES[1 + pick(connection, n, LAB_CODES.len() - 1)];
+        load::get(&format!("/fhir/Observation?code=http://loinc.org|{code}&_count=20"))
+    };
+    let (mut reads, mut pages) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for (name, results) in [("read by id", &mut reads), ("page", &mut pages)] {
+            let result = if name == "page" {
+                load::run(server.port, 32, Duration::from_secs(1), page).await; // warm-up
+                load::run(server.port, 32, Duration::from_secs(args.seconds), page).await
+            } else {
+                load::run(server.port, 32, Duration::from_secs(1), read).await;
+                load::run(server.port, 32, Duration::from_secs(args.seconds), read).await
+            };
+            println!(
+                "  round {round} {name:10}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
+                result.throughput(),
+                result.percentile(0.5),
+                result.percentile(0.99),
+                result.errors,
+                result.error_note()
+            );
+            results.push(result.throughput());
+        }
+    }
+    let (read_rps, page_rps) = (median(&mut reads), median(&mut pages));
+    println!("  median read by id: {read_rps:.0} req/s; median code-search page (_count=20): {page_rps:.0} req/s");
+    println!("  page / read: {:.1}% (issue: 4.3% before; target >= 8.5%)", 100.0 * page_rps / read_rps);
+
+    for (index, hits) in [(0, "60"), (1, "1,060"), (2, "~2,360")] {
+        let code = LAB_CODES[index].0;
+        let path = format!("/fhir/Observation?code=http://loinc.org|{code}&_count=20");
+        let request = move |_: usize, _: usize| load::get(&path);
+        load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
+        let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+        println!(
+            "  first page, 1 connection, code with {hits:>6} hits: p50 {:.3} ms  p99 {:.3} ms  ({} requests){}",
+            result.percentile(0.5),
+            result.percentile(0.99),
+            result.requests,
+            result.error_note()
+        );
+    }
 }

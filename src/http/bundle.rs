@@ -16,7 +16,7 @@ use actix_web::web::Bytes;
 use serde_json::Value;
 
 use super::request::Return;
-use super::response::{BundleOut, EntryOut, EntryResponse, describe, etag, raw, status_line, status_of};
+use super::response::{BundleOut, EntryOut, EntryResponse, StoredJson, describe, etag, status_line, status_of};
 use super::{Ctx, Limits, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, resource_type_of};
@@ -523,7 +523,9 @@ fn write_entry(outcome: &OpOutcome, prefer: Return, base: &str) -> EntryOut {
         ..Default::default()
     };
     match prefer {
-        Return::Representation => entry.resource = outcome.body.as_ref().and_then(|body| raw(body)),
+        Return::Representation => {
+            entry.resource = outcome.body.as_ref().map(|body| StoredJson::new(body.as_ref().clone()))
+        }
         Return::OperationOutcome => {
             if let Some(response) = entry.response.as_mut() {
                 response.outcome = Some(operation_outcome(&[Issue::information(describe(outcome))]));
@@ -548,7 +550,7 @@ fn read_entry(
     match found {
         Ok(Some(stored)) if !stored.is_deleted() => EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: raw(&stored.body),
+            resource: Some(StoredJson::new(stored.body)),
             response: Some(EntryResponse {
                 status: status_line(StatusCode::OK),
                 etag: Some(etag(stored.version)),
@@ -572,7 +574,7 @@ async fn search_entry(store: &Store, base: &str, search: super::search::Prepared
     let (store, base) = (store.clone(), base.to_owned());
     match tokio::task::spawn_blocking(move || super::search::run(&store, &base, search)).await {
         Ok(Ok(searchset)) => EntryOut {
-            resource: raw(&serde_json::to_vec(&searchset).unwrap_or_default()),
+            resource: Some(StoredJson::new(searchset.to_bytes())),
             response: Some(EntryResponse { status: status_line(StatusCode::OK), ..Default::default() }),
             ..Default::default()
         },

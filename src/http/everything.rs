@@ -17,9 +17,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
-
-use super::response::{BundleOut, EntryOut, raw};
+use super::response::{BundleOut, EntryOut, SearchMode, StoredJson};
 use super::{Ctx, paging, request};
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
@@ -164,7 +162,8 @@ fn add_referenced(
     for entry in &bundle.entry {
         let Some(resource) = &entry.resource else { continue };
         // A streaming scan: building each entry's document would cost more than the page.
-        let Ok(scan) = reference::scan_references(resource.get()) else { continue };
+        let Ok(text) = std::str::from_utf8(resource.as_bytes()) else { continue };
+        let Ok(scan) = reference::scan_references(text) else { continue };
         if let (Some(own_type), Some(id)) = (scan.resource_type.as_deref().and_then(ResourceType::parse), scan.id) {
             seen.insert((own_type, id));
         }
@@ -192,8 +191,8 @@ fn add_referenced(
         }
         included.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: raw(&version.body),
-            search: Some(json!({"mode": "include"})),
+            resource: Some(StoredJson::new(version.body)),
+            search: Some(SearchMode::Include),
             ..Default::default()
         });
     }

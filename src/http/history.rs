@@ -13,7 +13,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, etag, raw, status_line};
+use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, StoredJson, etag, status_line};
 use super::{AppState, Ctx, cursor, request};
 use crate::fhir::json::{format_instant, parse_instant};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
@@ -144,7 +144,7 @@ fn respond(
         };
         bundle.entry.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{}", version.id)),
-            resource: if version.is_deleted() { None } else { raw(&version.body) },
+            resource: if version.is_deleted() { None } else { Some(StoredJson::new(version.body)) },
             request: Some(EntryRequest { method, url }),
             response: Some(EntryResponse {
                 status: status_line(status),

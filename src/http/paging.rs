@@ -3,10 +3,9 @@
 //! index, the engine's position within it, and the logical time of the first page.
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use serde_json::json;
 
 use super::cursor;
-use super::response::{BundleOut, EntryOut, Link, raw};
+use super::response::{BundleOut, EntryOut, Link, SearchMode, StoredJson};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::search::budget::{Budget, Budgeted};
 use crate::search::engine::{self, Position};
@@ -135,8 +134,8 @@ pub fn page_across_types(store: &Store, search: &CrossTypeSearch<'_>) -> Result<
             .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
         bundle.entry.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: raw(&stored.body),
-            search: Some(json!({"mode": "match"})),
+            resource: Some(StoredJson::new(stored.body)),
+            search: Some(SearchMode::Match),
             ..Default::default()
         });
     }

@@ -72,7 +72,12 @@ impl Shaping {
     /// The version with its body reduced as asked (`_elements` wins over `_summary`).
     pub fn apply(&self, resource_type: ResourceType, mut version: Version) -> Version {
         if self.summary.is_some() || self.elements.is_some() {
-            version.body = super::search::shape(resource_type, &version.body, self.elements.as_deref(), self.summary);
+            version.body = super::search::shape(
+                resource_type,
+                std::mem::take(&mut version.body),
+                self.elements.as_deref(),
+                self.summary,
+            );
         }
         version
     }

@@ -8,9 +8,9 @@
 
 use actix_web::HttpResponse;
 use actix_web::web;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::response::{BundleOut, EntryOut, Link, raw};
+use super::response::{BundleOut, EntryOut, Link, SearchMode, StoredJson};
 use super::{Ctx, cursor, paging, request};
 use crate::fhir::error::operation_outcome;
 use crate::fhir::summary::Summary;
@@ -20,7 +20,7 @@ use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
 use crate::search::engine::{self, Position, SortKey};
 use crate::search::query::compartment_clause;
-use crate::search::query::{Clause, parse_clause};
+use crate::search::query::{Clause, Pred, parse_clause};
 use crate::search::registry::{ParamKind, registry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,13 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     let base = request::base_url(&http, &state);
     let search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
     let store = state.store.clone();
-    let bundle = web::block(move || run(&store, &base, search)).await.map_err(|_| FhirError::fault("search"))??;
+    let bundle = if search.0.bounded_by_its_page() {
+        // As cheap as a few reads, which run on the worker too: handing it to the blocking pool
+        // would cost more than the search.
+        run(&store, &base, search)?
+    } else {
+        web::block(move || run(&store, &base, search)).await.map_err(|_| FhirError::fault("search"))??
+    };
     Ok(bundle.into_response())
 }
 
@@ -141,6 +147,33 @@ pub(super) fn prepare(
 pub(super) fn run(store: &crate::store::Store, base: &str, search: Prepared) -> Result<BundleOut, FhirError> {
     let secret = store.cursor_key().clone();
     execute(store, &secret, base, *search.0, search.1)
+}
+
+/// The largest `_count` of a search that [`SearchRequest::bounded_by_its_page`] may run on the
+/// request's worker thread.
+const INLINE_PAGE_MAX: usize = 100;
+
+impl SearchRequest {
+    /// Whether the search's work is that of its page alone: one exact value of one parameter
+    /// (every index entry of its range is a match), nothing counted, sorted, included, chained
+    /// or reshaped, and at most [`INLINE_PAGE_MAX`] entries. Its page reads `_count + 1` index
+    /// entries and `_count` resources, wherever it starts.
+    fn bounded_by_its_page(&self) -> bool {
+        let [clause] = self.clauses.as_slice() else { return false };
+        let one_exact_value = !clause.negated
+            && clause.missing.is_none()
+            && matches!(clause.alternatives.as_slice(), [alternative] if matches!(alternative.pred, Pred::Equals(_)))
+            && clause.ranges().len() == 1;
+        one_exact_value
+            && self.count <= INLINE_PAGE_MAX
+            && self.total == Total::None
+            && !self.summary_count
+            && self.summary.is_none()
+            && self.elements.is_none()
+            && self.sort.is_empty()
+            && self.includes.is_empty()
+            && self.deferred.is_empty()
+    }
 }
 
 fn parse(
@@ -324,14 +357,12 @@ fn execute(
     // A sort is read from its index unless the query's most selective parameter finds so few
     // candidates that sorting them in memory is cheaper than walking the index past the
     // non-matching entries. The choice depends only on `t`, so every page makes the same one.
-    // Counting stops at ESTIMATE_CAP; a scan of the whole type counts as that many.
-    let driver_estimate = match driver {
-        engine::Driver::Clause(index) => estimates.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n),
-        engine::Driver::TypeScan => engine::ESTIMATE_CAP,
-    }
-    .min(engine::ESTIMATE_CAP);
-    let mut sort_from_index =
-        engine::index_sortable(resource_type, &search.sort) && driver_estimate >= search.sort_in_memory_below;
+    // Counting stops at the threshold; a threshold above ESTIMATE_CAP always sorts in memory,
+    // and a scan of the whole type counts as ESTIMATE_CAP entries.
+    let threshold = search.sort_in_memory_below;
+    let mut sort_from_index = engine::index_sortable(resource_type, &search.sort)
+        && threshold <= engine::ESTIMATE_CAP
+        && engine::driver_has_at_least(&view, resource_type, &clauses, driver, t, threshold)?;
     if sort_from_index && clauses.len() > 1 {
         // Several broad clauses may still rarely hold together, and the index walk would pass
         // over many entries per match: it needs a fair share of the driver's candidates to match.
@@ -339,13 +370,20 @@ fn execute(
             engine::sample_share(&view, resource_type, &clauses, driver, t, engine::ESTIMATE_SAMPLE)?;
         sort_from_index = matched * MIN_SORT_MATCH_SHARE >= examined;
     }
-    let mut plan = engine::describe(&clauses, driver, &estimates);
-    if sort_from_index {
-        plan = format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key);
-    } else if !search.sort.is_empty() {
-        plan.push_str("; sort the matches in memory");
+    // The plan's text is written only when someone reads it.
+    let plan = (search.explain || tracing::enabled!(tracing::Level::DEBUG)).then(|| {
+        let plan = engine::describe(&clauses, driver, &estimates);
+        if sort_from_index {
+            format!("read {} in sort order from its index, checking every clause; {plan}", search.sort[0].key)
+        } else if !search.sort.is_empty() {
+            format!("{plan}; sort the matches in memory")
+        } else {
+            plan
+        }
+    });
+    if let Some(plan) = &plan {
+        tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
     }
-    tracing::debug!(resource_type = %resource_type, plan = %plan, "search plan");
 
     let mut bundle = BundleOut::new("searchset");
     let mut warnings: Vec<Issue> = Vec::new();
@@ -432,11 +470,11 @@ fn execute(
             let stored = snapshot
                 .version(resource_type, id, *version)?
                 .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            let resource = raw(&shape(resource_type, &stored.body, search.elements.as_deref(), search.summary));
+            let resource = shape(resource_type, stored.body, search.elements.as_deref(), search.summary);
             bundle.entry.push(EntryOut {
                 full_url: Some(format!("{base}/{resource_type}/{id}")),
-                resource,
-                search: Some(json!({"mode": "match"})),
+                resource: Some(StoredJson::new(resource)),
+                search: Some(SearchMode::Match),
                 ..Default::default()
             });
         }
@@ -464,8 +502,13 @@ fn execute(
                     .ok_or_else(|| FhirError::fault("search: an included version is missing"))?;
                 bundle.entry.push(EntryOut {
                     full_url: Some(format!("{base}/{included_type}/{id}")),
-                    resource: raw(&shape(included_type, &stored.body, search.elements.as_deref(), search.summary)),
-                    search: Some(json!({"mode": "include"})),
+                    resource: Some(StoredJson::new(shape(
+                        included_type,
+                        stored.body,
+                        search.elements.as_deref(),
+                        search.summary,
+                    ))),
+                    search: Some(SearchMode::Include),
                     ..Default::default()
                 });
             }
@@ -485,13 +528,13 @@ fn execute(
         })
         .collect();
     issues.extend(warnings);
-    if search.explain {
+    if let (true, Some(plan)) = (search.explain, &plan) {
         issues.push(Issue::information(format!("plan: {plan}; {} units of the work budget used", view.used())));
     }
     if !issues.is_empty() {
         bundle.entry.push(EntryOut {
-            resource: raw(&serde_json::to_vec(&operation_outcome(&issues)).unwrap_or_default()),
-            search: Some(json!({"mode": "outcome"})),
+            resource: Some(StoredJson::of(&operation_outcome(&issues))),
+            search: Some(SearchMode::Outcome),
             ..Default::default()
         });
     }
@@ -633,22 +676,63 @@ struct Included {
     truncated: bool,
 }
 
-/// The resource as the client asked for it: `_elements` wins over `_summary`; neither leaves
-/// the stored bytes untouched.
+/// The resource as the client asked for it: `_elements` wins over `_summary`; neither returns
+/// the stored bytes untouched, unparsed. Only a `_summary` or `_elements` parses the body.
 pub(super) fn shape(
     resource_type: ResourceType,
-    body: &[u8],
+    body: Vec<u8>,
     elements: Option<&[String]>,
     summary: Option<Summary>,
 ) -> Vec<u8> {
     if elements.is_none() && summary.is_none() {
-        return body.to_vec();
+        return body;
     }
-    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(&body) else { return body };
     let shaped = match (elements, summary) {
         (Some(elements), _) => crate::fhir::summary::select(resource, elements),
         (None, Some(mode)) => crate::fhir::summary::summarize(resource_type, resource, mode),
         (None, None) => resource,
     };
-    serde_json::to_vec(&Value::Object(shaped)).unwrap_or_else(|_| body.to_vec())
+    serde_json::to_vec(&Value::Object(shaped)).unwrap_or(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> SearchRequest {
+        let settings = crate::config::Settings::default();
+        let limits = super::super::Limits::from_settings(&settings);
+        let pairs = super::super::request::decode_pairs(query);
+        let observation = ResourceType::parse("Observation").unwrap();
+        parse(observation, &pairs, false, "http://h/fhir", &limits).unwrap()
+    }
+
+    #[test]
+    fn only_searches_whose_work_is_their_page_run_on_the_worker() {
+        for bounded in
+            ["code=http://loinc.org|2951-2&_count=20", "identifier=urn:mrn|42", "subject=Patient/p1&_count=100"]
+        {
+            assert!(request(bounded).bounded_by_its_page(), "{bounded}");
+        }
+        for unbounded in [
+            "code=http://loinc.org|2951-2&_count=101",
+            "code=a,b",
+            "code=a&subject=Patient/p1",
+            "code:not=a",
+            "code:missing=true",
+            "date=ge2020",
+            "code=a&_total=accurate",
+            "code=a&_total=estimate",
+            "code=a&_summary=count",
+            "code=a&_summary=true",
+            "code=a&_elements=status",
+            "code=a&_sort=date",
+            "code=a&_include=Observation:subject",
+            "subject:Patient.name=x",
+            "",
+        ] {
+            assert!(!request(unbounded).bounded_by_its_page(), "{unbounded}");
+        }
+    }
 }

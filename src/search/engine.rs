@@ -1,7 +1,8 @@
 //! Running a search on a snapshot: plan, then scan and probe.
 //!
-//! The planner estimates each scannable clause by counting its live index entries up to
-//! [`ESTIMATE_CAP`] and picks the smallest as the *driver*. Execution scans the driver's ranges
+//! The planner estimates each scannable clause by counting its live index entries (up to
+//! [`ESTIMATE_CAP`], in rounds, see [`plan`]) and picks the smallest as the *driver*; a lone
+//! scannable clause drives without being counted. Execution scans the driver's ranges
 //! in key order; every candidate `(id, version)` is checked against the other clauses by
 //! probing `resource_search_param_value`, never by loading resources. When no clause can be
 //! scanned (only `:not` or `:missing=true`), the driver is the list of the type's resources.
@@ -44,8 +45,18 @@ pub struct Page {
     pub positions: Vec<Position>,
 }
 
+/// How many live index entries the planner counted for one scannable clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// The clause's position in the query.
+    pub clause: usize,
+    pub count: usize,
+    /// Counting stopped at `count`: the clause has at least that many entries.
+    pub at_least: bool,
+}
+
 /// A human-readable account of the plan, for `_explain` and the debug log.
-pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[(usize, usize)]) -> String {
+pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[Estimate]) -> String {
     let driver_text = match driver {
         Driver::Clause(i) => format!("scan {} ({} ranges)", clauses[i].written, clauses[i].ranges().len()),
         Driver::TypeScan => "scan all resources of the type".to_owned(),
@@ -56,40 +67,92 @@ pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[(usize, usize)]
         .filter(|(i, _)| Driver::Clause(*i) != driver)
         .map(|(_, c)| c.written.as_str())
         .collect();
-    let estimates: Vec<String> = estimates
-        .iter()
-        .map(|(i, n)| format!("{}≈{}{}", clauses[*i].written, n, if *n >= ESTIMATE_CAP { "+" } else { "" }))
-        .collect();
-    format!("{driver_text}; probe [{}]; estimates [{}]", probes.join(", "), estimates.join(", "))
+    let estimates = if estimates.is_empty() && matches!(driver, Driver::Clause(_)) {
+        "not counted, one parameter can drive".to_owned()
+    } else {
+        estimates
+            .iter()
+            .map(|e| format!("{}≈{}{}", clauses[e.clause].written, e.count, if e.at_least { "+" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{driver_text}; probe [{}]; estimates [{estimates}]", probes.join(", "))
 }
 
-/// Chooses the driver. Returns it with the estimates it was based on.
+/// The planner counts every candidate clause up to each of these in turn, stopping at the
+/// first round in which one clause ends below the round's limit: that clause is the most
+/// selective. A query whose smallest clause has `n` entries costs about `clauses × n` to plan
+/// (at least one round), not `ESTIMATE_CAP` for each clause counted before it.
+const ESTIMATE_ROUNDS: [usize; 2] = [100, ESTIMATE_CAP];
+
+/// Chooses the driver: the scannable clause with the fewest live index entries, or a scan of
+/// the type when none is scannable. A single scannable clause is the driver without being
+/// counted, so a first page costs the same however many resources match (the work is that of
+/// the page). Returns the driver with the estimates it was based on.
 pub fn plan(
     snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
     t: u64,
-) -> Result<(Driver, Vec<(usize, usize)>), FhirError> {
+) -> Result<(Driver, Vec<Estimate>), FhirError> {
+    let candidates: Vec<usize> =
+        clauses.iter().enumerate().filter(|(_, c)| c.scannable()).map(|(index, _)| index).collect();
+    match candidates.as_slice() {
+        [] => return Ok((Driver::TypeScan, Vec::new())),
+        [only] => return Ok((Driver::Clause(*only), Vec::new())),
+        _ => {}
+    }
     let mut estimates = Vec::new();
-    // Counting stops as soon as a clause cannot beat the most selective one found so far.
-    let mut cap = ESTIMATE_CAP;
-    for (index, clause) in clauses.iter().enumerate().filter(|(_, c)| c.scannable()) {
-        let mut count = 0usize;
-        for range in clause.ranges() {
-            snapshot.scan_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), None, t, &mut |_| {
-                count += 1;
-                if count >= cap { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-            })?;
-            if count >= cap {
-                break;
+    for round_limit in ESTIMATE_ROUNDS {
+        estimates.clear();
+        // Within a round, counting stops as soon as a clause cannot beat the most selective
+        // one found so far.
+        let mut cap = round_limit;
+        for &index in &candidates {
+            let mut count = 0usize;
+            for range in clauses[index].ranges() {
+                snapshot.scan_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), None, t, &mut |_| {
+                    count += 1;
+                    if count >= cap { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                })?;
+                if count >= cap {
+                    break;
+                }
             }
+            estimates.push(Estimate { clause: index, count, at_least: count >= cap });
+            cap = cap.min(count.max(1));
         }
-        cap = cap.min(count.max(1));
-        estimates.push((index, count));
+        if estimates.iter().any(|e| !e.at_least) {
+            break;
+        }
     }
     let driver =
-        estimates.iter().min_by_key(|(_, count)| *count).map_or(Driver::TypeScan, |(index, _)| Driver::Clause(*index));
+        estimates.iter().min_by_key(|e| (e.count, e.at_least)).map_or(Driver::TypeScan, |e| Driver::Clause(e.clause));
     Ok((driver, estimates))
+}
+
+/// Whether the driver has at least `wanted` live index entries (a type scan counts as
+/// [`ESTIMATE_CAP`]), counting no further than that.
+pub fn driver_has_at_least(
+    snapshot: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    driver: Driver,
+    t: u64,
+    wanted: usize,
+) -> Result<bool, FhirError> {
+    let Driver::Clause(index) = driver else { return Ok(wanted <= ESTIMATE_CAP) };
+    let mut count = 0usize;
+    for range in clauses[index].ranges() {
+        if count >= wanted {
+            break;
+        }
+        snapshot.scan_index(resource_type, &range.key, &range.lo, range.hi.as_deref(), None, t, &mut |_| {
+            count += 1;
+            if count >= wanted { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+    }
+    Ok(count >= wanted)
 }
 
 /// Runs the search from `start` until `limit` matches are found (`None`: all of them).

@@ -18,6 +18,7 @@ mod history;
 mod ingest;
 mod limits;
 mod metadata;
+mod pages;
 mod power_loss;
 mod process;
 mod search;
