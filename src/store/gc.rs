@@ -291,6 +291,9 @@ mod tests {
         assert_eq!(store.index_stats().unwrap().superseded_versions, 2, "versions 1 and 2 of p1");
         let txn = store.db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
-        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 3u32.to_be_bytes().as_slice());
+        assert_eq!(
+            meta.get("format_version").unwrap().unwrap().value(),
+            super::super::FORMAT_VERSION.to_be_bytes().as_slice()
+        );
     }
 }

@@ -1,12 +1,159 @@
-//! Migrations of older database files to the current format, run inside the transaction that
-//! opens the file (so a migration is all-or-nothing, and an interrupted one reruns at the next
-//! open).
+//! Migrations of older database files to the current format.
+//!
+//! Formats 1 → 2 → 3 run inside the transaction that opens the file (all-or-nothing; an
+//! interrupted one reruns at the next open). Format 3 → 4 rewrites every stored body, which on a
+//! large file is too much for one transaction: it works in batches, each its own transaction,
+//! and records how far it got in `meta`, so an interrupted migration resumes where it stopped.
+//! Every value says how its body is encoded (see `codec`), so a half-migrated file reads
+//! correctly; the server still finishes the migration before it serves (`Store::open`).
+//!
+//! A later format adds its own step after these, keyed by the version it starts from.
 
-use redb::{ReadableTable, WriteTransaction};
+use std::ops::Bound;
 
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde_json::Value;
+
+use super::codec::{Codecs, StoredBody, content_hash};
 use super::keys::{resource_search_param_value, resource_version, search_param_value, superseded};
-use super::{Indexer, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED, StoreError};
+use super::{
+    Indexer, META, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED, StoreError,
+};
 use crate::fhir::ResourceType;
+
+/// Versions rewritten per transaction by [`compress_bodies`]: large enough that commits do not
+/// dominate, small enough that an interruption loses little work and memory stays bounded
+/// (one batch of bodies, a few MiB).
+pub(super) const BATCH_VERSIONS: usize = 2_000;
+
+/// `meta` key: the last `resource_version` key [`compress_bodies`] has migrated.
+const CURSOR_KEY: &str = "migration_cursor";
+
+/// How far a batched migration is, reported after every batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationProgress {
+    /// Versions examined so far, including those of earlier, interrupted runs.
+    pub migrated: u64,
+    /// Versions in the file.
+    pub total: u64,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationReport {
+    pub from_version: u32,
+    pub to_version: u32,
+    /// Versions examined by this run.
+    pub versions: u64,
+    /// Bodies rewritten in the new encoding by this run (deletions have none).
+    pub bodies_rewritten: u64,
+    /// Sizes of the rewritten bodies before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Transactions committed by this run.
+    pub batches: u64,
+    /// Whether this run continued an interrupted one.
+    pub resumed: bool,
+}
+
+/// Format 3 → 4: compresses every format 3 body with the current dictionary and keeps its
+/// content hash, `batch` versions per transaction, then sets the format version to 4. Stops
+/// early (format still 3, progress recorded) after `max_batches` batches, which is how tests
+/// interrupt it. Bodies already in the new encoding are left as they are.
+pub(super) fn compress_bodies(
+    db: &Database,
+    codecs: &Codecs,
+    batch: usize,
+    max_batches: Option<u64>,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<MigrationReport, StoreError> {
+    let mut report = MigrationReport { from_version: 3, to_version: 3, ..MigrationReport::default() };
+    let total = db.begin_read()?.open_table(RESOURCE_VERSION)?.len()?;
+    let mut done = 0u64;
+    loop {
+        if max_batches.is_some_and(|max| report.batches >= max) {
+            return Ok(report);
+        }
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        let finished = {
+            let mut meta = txn.open_table(META)?;
+            let mut versions = txn.open_table(RESOURCE_VERSION)?;
+            let cursor = meta.get(CURSOR_KEY)?.map(|v| v.value().to_vec());
+            if report.batches == 0 && cursor.is_some() {
+                report.resumed = true;
+            }
+            let start = match &cursor {
+                Some(key) => {
+                    // Count what earlier runs did, for the progress figure.
+                    if report.batches == 0 {
+                        done = versions.range::<&[u8]>(..=key.as_slice())?.count() as u64;
+                    }
+                    Bound::Excluded(key.as_slice())
+                }
+                None => Bound::Unbounded,
+            };
+            let mut rewrites: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut last_key = None;
+            for entry in versions.range::<&[u8]>((start, Bound::Unbounded))?.take(batch) {
+                let (key, value) = entry?;
+                let key = key.value().to_vec();
+                let (header, body) =
+                    resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+                if let StoredBody::Legacy(json) =
+                    StoredBody::parse(body).map_err(|_| StoreError::Corrupt(key.clone()))?
+                {
+                    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(json) else {
+                        return Err(corrupt_body(&key, "it is not a JSON object"));
+                    };
+                    let stored = codecs.encode(json, content_hash(&resource));
+                    report.bytes_before += json.len() as u64;
+                    report.bytes_after += stored.len() as u64;
+                    rewrites.push((key.clone(), resource_version::encode_value(header, &stored)));
+                }
+                last_key = Some(key);
+                report.versions += 1;
+                done += 1;
+            }
+            report.bodies_rewritten += rewrites.len() as u64;
+            for (key, value) in rewrites {
+                versions.insert(key.as_slice(), value.as_slice())?;
+            }
+            match last_key {
+                Some(key) => {
+                    meta.insert(CURSOR_KEY, key.as_slice())?;
+                    false
+                }
+                None => {
+                    meta.remove(CURSOR_KEY)?;
+                    meta.insert("format_version", 4u32.to_be_bytes().as_slice())?;
+                    true
+                }
+            }
+        };
+        txn.commit()?;
+        report.batches += 1;
+        if finished {
+            report.to_version = 4;
+            tracing::info!(
+                versions = report.versions,
+                bodies = report.bodies_rewritten,
+                "migrated the database to format version 4"
+            );
+            return Ok(report);
+        }
+        progress(&MigrationProgress { migrated: done, total });
+    }
+}
+
+/// The error for a body that cannot be decoded, naming its version.
+pub(super) fn corrupt_body(key: &[u8], reason: &str) -> StoreError {
+    let resource = match resource_version::decode(key) {
+        Some((ty, id, version)) => format!("{ty}/{id}/_history/{version}"),
+        None => format!("{key:?}"),
+    };
+    StoreError::CorruptBody { resource, reason: reason.to_owned() }
+}
 
 /// Format 1 → 2: fills the `superseded` log from the version history. Every live version that
 /// has a successor was superseded at its successor's logical time. Returns the versions logged.

@@ -9,6 +9,7 @@
 //! The layout is explained with a worked example in `docs/storage.md`.
 
 pub mod check;
+pub mod codec;
 mod gc;
 pub mod keys;
 mod migrate;
@@ -24,8 +25,10 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+pub use codec::Codecs;
 pub use gc::Collected;
 pub use keys::resource_version::{Header, Op};
+pub use migrate::{MigrationProgress, MigrationReport};
 pub use ops::{
     Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
 };
@@ -45,15 +48,22 @@ pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
 /// Versions whose index entries are superseded, by the logical time they were superseded at:
 /// the garbage collector's work list (see `gc`).
 pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
-/// Small named values: `format_version` (u32 BE), `cursor_secret` (32 random bytes) and
-/// `gc_horizon` (u64 BE, see `gc`).
+/// The zstd dictionaries resource bodies are compressed with, by id (see `codec`). Never deleted:
+/// a body names the dictionary it needs.
+pub(crate) const DICTIONARY: TableDefinition<u32, &[u8]> = TableDefinition::new("dictionary");
+/// Small named values: `format_version` (u32 BE), `cursor_secret` (32 random bytes),
+/// `gc_horizon` (u64 BE, see `gc`), `current_dictionary` (u32 BE: the dictionary new bodies are
+/// compressed with) and, while a migration to format 4 runs, `migration_cursor` (the last
+/// `resource_version` key migrated).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The on-disk layout version. Bump it (and write a migration) whenever a key or value encoding
 /// changes; a database with an older version is migrated at open, a newer one is refused.
 ///
 /// 2: the `superseded` log (version 1 files get it filled from their version history).
-const FORMAT_VERSION: u32 = 3;
+/// 3: end-ordered entries of wide dates (derived from stored pairs at the first open).
+/// 4: compressed bodies with a content hash, and the `dictionary` table (`migrate::compress_bodies`).
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +79,11 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
     #[error("corrupt record under key {0:?}")]
     Corrupt(Vec<u8>),
+    /// A stored body that cannot be decoded; `resource` is `type/id/_history/version`.
+    #[error("the stored body of {resource} cannot be read: {reason}")]
+    CorruptBody { resource: String, reason: String },
+    #[error("the dictionaries cannot be loaded: {0}")]
+    Dictionary(String),
     #[error(
         "the database has format version {found}, newer than this build reads ({FORMAT_VERSION}); use a newer Braid"
     )]
@@ -87,6 +102,10 @@ impl From<StoreError> for FhirError {
         tracing::error!(error = %error, "storage failure");
         match error {
             StoreError::WriterGone => FhirError::busy("the server is shutting down"),
+            // Names the damaged version (never its content), so an operator can restore it.
+            StoreError::CorruptBody { resource, .. } => {
+                FhirError::fault(&format!("storage: the stored body of {resource} is damaged"))
+            }
             _ => FhirError::fault("storage"),
         }
     }
@@ -174,6 +193,8 @@ pub struct Store {
     cursor_key: CursorKey,
     /// The writer's indexer, also used to prepare index entries before a request is queued.
     indexer: Arc<dyn Indexer>,
+    /// The database's compression dictionaries, prepared once.
+    codecs: Arc<Codecs>,
 }
 
 impl Store {
@@ -198,15 +219,22 @@ impl Store {
     }
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
-        let (secret, horizon) = Self::initialise_with(&db, Some(indexer.as_ref()))?;
-        let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
+        let Opened { secret, horizon, codecs, .. } =
+            Self::initialise_with(&db, Some(indexer.as_ref()), &mut |progress| {
+                tracing::info!(
+                    migrated = progress.migrated,
+                    total = progress.total,
+                    "migrating the database to format version 4"
+                );
+            })?;
+        let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db, &codecs)?)));
         let db = Arc::new(db);
-        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), &options)?;
+        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), codecs.clone(), &options)?;
         let cursor_key = CursorKey { secret, ttl: options.cursor_ttl, horizon: Arc::new(AtomicU64::new(horizon)) };
         if !options.gc_interval.is_zero() {
             gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
         }
-        Ok(Store { db, writer, latest, cursor_key, indexer })
+        Ok(Store { db, writer, latest, cursor_key, indexer, codecs })
     }
 
     /// Removes the index entries that no valid paging cursor can need any more, now (the
@@ -217,7 +245,7 @@ impl Store {
 
     /// Checks that the search indexes agree with the stored versions (see [`check::verify`]).
     pub fn verify(&self, indexer: &dyn Indexer) -> Result<check::Report, StoreError> {
-        check::verify(&self.db, indexer)
+        check::verify(&self.db, indexer, &self.codecs)
     }
 
     /// Counts of the rows of the search index tables, for operators and tests.
@@ -250,29 +278,38 @@ impl Store {
     }
 
     /// Creates every table and the meta entries on first open, checks the format version and
-    /// migrates an older file. Returns the cursor secret and the garbage collector's horizon.
-    fn initialise(db: &Database) -> Result<([u8; 32], u64), StoreError> {
-        Self::initialise_with(db, None)
+    /// migrates an older file (see [`Store::initialise_with`]).
+    fn initialise(db: &Database) -> Result<Opened, StoreError> {
+        Self::initialise_with(db, None, &mut |_| {})
     }
 
-    /// [`Store::initialise`]; with the indexer, a format 2 file also gets the entries it derives
-    /// from stored ones (without, the file keeps format 2 until an open that has one).
-    fn initialise_with(db: &Database, indexer: Option<&dyn Indexer>) -> Result<([u8; 32], u64), StoreError> {
+    /// Creates every table and the meta entries on first open, checks the format version and
+    /// migrates an older file, step by step. With the indexer, a format 2 file also gets the
+    /// entries it derives from stored ones (without, the file keeps format 2 until an open that
+    /// has one). Format 3 → 4 runs in batches, each its own transaction, and reports each batch
+    /// to `progress`; an interrupted migration continues where it stopped at the next open.
+    fn initialise_with(
+        db: &Database,
+        indexer: Option<&dyn Indexer>,
+        progress: &mut dyn FnMut(&MigrationProgress),
+    ) -> Result<Opened, StoreError> {
         let mut txn = db.begin_write()?;
         // Once per start; the commit also records the allocator state after a full repair.
         txn.set_quick_repair(true);
-        let secret = {
+        let (secret, horizon, found_version) = {
             txn.open_table(RESOURCE_VERSION)?;
             txn.open_table(TYPE_HISTORY)?;
             txn.open_table(SYSTEM_HISTORY)?;
             txn.open_table(SEARCH_PARAM_VALUE)?;
             txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
             txn.open_table(SUPERSEDED)?;
+            let mut dictionaries = txn.open_table(DICTIONARY)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("format_version")?.map(|v| {
                 let bytes: [u8; 4] = v.value().try_into().unwrap_or([0; 4]);
                 u32::from_be_bytes(bytes)
             });
+            let found_version = version;
             let mut version = match version {
                 Some(found) if found > FORMAT_VERSION => return Err(StoreError::FormatVersion { found }),
                 Some(found) => found,
@@ -281,6 +318,12 @@ impl Store {
                     FORMAT_VERSION
                 }
             };
+            // Every file from format 3 on has the built-in dictionary, so a migration to 4 can
+            // compress with it.
+            if dictionaries.is_empty()? {
+                dictionaries.insert(codec::BUILT_IN_DICTIONARY_ID, codec::BUILT_IN_DICTIONARY)?;
+                meta.insert(CURRENT_DICTIONARY_KEY, codec::BUILT_IN_DICTIONARY_ID.to_be_bytes().as_slice())?;
+            }
             if version == 1 {
                 let logged = migrate::fill_superseded_log(&txn)?;
                 tracing::info!(versions = logged, "migrated the database to format version 2");
@@ -290,7 +333,7 @@ impl Store {
             if let (2, Some(indexer)) = (version, indexer) {
                 let added = migrate::add_derived_entries(&txn, indexer)?;
                 tracing::info!(entries = added, "migrated the database to format version 3");
-                meta.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
+                meta.insert("format_version", 3u32.to_be_bytes().as_slice())?;
             }
             let horizon =
                 meta.get(gc::HORIZON_KEY)?.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes);
@@ -303,10 +346,16 @@ impl Store {
                     secret
                 }
             };
-            (secret, horizon)
+            (secret, horizon, found_version)
         };
         txn.commit()?;
-        Ok(secret)
+        let codecs = Arc::new(load_codecs(db)?);
+        // The batched steps, each in transactions of its own; a later format adds its step here.
+        let mut migrated = None;
+        if format_version(db)? == 3 {
+            migrated = Some(migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?);
+        }
+        Ok(Opened { secret, horizon, codecs, found_version, migrated })
     }
 
     /// The newest committed state, as a consistent read view.
@@ -389,11 +438,79 @@ pub fn compact(path: &Path, cursor_ttl: Duration) -> Result<CompactReport, Store
         other => StoreError::Database(other),
     })?;
     // Without the indexer a file that needs derived entries keeps its format for the next open.
-    let (_, horizon) = Store::initialise(&db)?;
+    let Opened { horizon, .. } = Store::initialise(&db)?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     while db.compact()? {}
     drop(db);
     Ok(CompactReport { bytes_before, bytes_after: file_size(path)?, collected })
+}
+
+/// What opening a database found and did.
+struct Opened {
+    secret: [u8; 32],
+    horizon: u64,
+    codecs: Arc<Codecs>,
+    /// The format the file had (`None`: a new database).
+    found_version: Option<u32>,
+    /// The batched migration run by this open, if any.
+    migrated: Option<MigrationReport>,
+}
+
+/// `meta` key of the dictionary new bodies are compressed with (u32 BE).
+const CURRENT_DICTIONARY_KEY: &str = "current_dictionary";
+
+fn format_version(db: &Database) -> Result<u32, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let version = meta.get("format_version")?.and_then(|v| v.value().try_into().ok()).map(u32::from_be_bytes);
+    Ok(version.unwrap_or(FORMAT_VERSION))
+}
+
+/// Prepares every dictionary of the database (a handful at most: one per training run).
+fn load_codecs(db: &Database) -> Result<Codecs, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DICTIONARY)?;
+    let mut dictionaries = Vec::new();
+    for entry in table.iter()? {
+        let (id, bytes) = entry?;
+        dictionaries.push((id.value(), bytes.value().to_vec()));
+    }
+    let meta = txn.open_table(META)?;
+    let current = meta
+        .get(CURRENT_DICTIONARY_KEY)?
+        .and_then(|v| v.value().try_into().ok())
+        .map_or(codec::BUILT_IN_DICTIONARY_ID, u32::from_be_bytes);
+    Codecs::new(&dictionaries, current).map_err(StoreError::Dictionary)
+}
+
+/// Opens a database that no server has open, for a command-line tool. A file held by a running
+/// Braid is refused.
+fn open_stopped(path: &Path) -> Result<Database, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Storage(redb::StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no database at {}", path.display()),
+        ))));
+    }
+    Database::builder().open(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        other => StoreError::Database(other),
+    })
+}
+
+/// Brings a stopped database to the current format (what opening it in the server does), with
+/// `progress` called after each batch. Running it again on a migrated file does nothing.
+pub fn migrate(
+    path: &Path,
+    indexer: &dyn Indexer,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<MigrationReport, StoreError> {
+    let db = open_stopped(path)?;
+    let opened = Store::initialise_with(&db, Some(indexer), progress)?;
+    let mut report = opened.migrated.unwrap_or_default();
+    report.from_version = opened.found_version.unwrap_or(FORMAT_VERSION);
+    report.to_version = format_version(&db)?;
+    Ok(report)
 }
 
 fn file_size(path: &Path) -> Result<u64, StoreError> {
@@ -401,7 +518,7 @@ fn file_size(path: &Path) -> Result<u64, StoreError> {
 }
 
 /// Every table's name, for [`Store::table_usage`].
-const TABLE_NAMES: [&str; 7] = [
+const TABLE_NAMES: [&str; 8] = [
     "resource_version",
     "type_history",
     "system_history",
@@ -409,6 +526,7 @@ const TABLE_NAMES: [&str; 7] = [
     "resource_search_param_value",
     "superseded",
     "meta",
+    "dictionary",
 ];
 
 /// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes
