@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod codec;
+pub mod dictionary;
 mod gc;
 pub mod keys;
 mod migrate;
