@@ -294,6 +294,20 @@ impl Store {
         indexer: Option<&dyn Indexer>,
         progress: &mut dyn FnMut(&MigrationProgress),
     ) -> Result<Opened, StoreError> {
+        let (secret, horizon, found_version) = Self::prepare_file(db, indexer)?;
+        let codecs = Arc::new(load_codecs(db)?);
+        // The batched steps, each in transactions of its own; a later format adds its step here.
+        let mut migrated = None;
+        if format_version(db)? == 3 {
+            migrated = Some(migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?);
+        }
+        Ok(Opened { secret, horizon, codecs, found_version, migrated })
+    }
+
+    /// The part of opening done in one transaction: tables, meta entries, the built-in
+    /// dictionary, the format check and the migrations up to format 3. Returns the cursor
+    /// secret, the collector's horizon and the format the file had (`None`: new).
+    fn prepare_file(db: &Database, indexer: Option<&dyn Indexer>) -> Result<([u8; 32], u64, Option<u32>), StoreError> {
         let mut txn = db.begin_write()?;
         // Once per start; the commit also records the allocator state after a full repair.
         txn.set_quick_repair(true);
@@ -350,13 +364,7 @@ impl Store {
             (secret, horizon, found_version)
         };
         txn.commit()?;
-        let codecs = Arc::new(load_codecs(db)?);
-        // The batched steps, each in transactions of its own; a later format adds its step here.
-        let mut migrated = None;
-        if format_version(db)? == 3 {
-            migrated = Some(migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?);
-        }
-        Ok(Opened { secret, horizon, codecs, found_version, migrated })
+        Ok((secret, horizon, found_version))
     }
 
     /// The newest committed state, as a consistent read view.

@@ -1,5 +1,6 @@
 import json, os, urllib.request, sys
 B = "http://127.0.0.1:18099/fhir"
+HERE = os.path.dirname(os.path.abspath(__file__))
 def req(method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
     r = urllib.request.Request(B + path, data=data, method=method, headers={"Content-Type": "application/fhir+json"})
@@ -7,7 +8,7 @@ def req(method, path, body=None):
         with urllib.request.urlopen(r) as resp: return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b"null")
 ok = bad = 0
-d = "/work/wt-compress/tests/data/examples"
+d = os.path.join(HERE, "..", "examples")
 for name in sorted(os.listdir(d)):
     res = json.load(open(os.path.join(d, name)))
     if res["resourceType"] == "Bundle": continue
@@ -15,7 +16,7 @@ for name in sorted(os.listdir(d)):
     if st < 300: ok += 1
     else: bad += 1
 print("examples", ok, bad)
-b = json.load(open("/work/wt-compress/tests/data/synthea/Bibi254_Schowalter414_475d72ca-91c7-7211-97e3-f000af33fc04.json"))
+b = json.load(open(os.path.join(HERE, "..", "synthea", "Bibi254_Schowalter414_475d72ca-91c7-7211-97e3-f000af33fc04.json")))
 b["type"] = "transaction"
 st, resp = req("POST", "", b)
 print("synthea", st)
