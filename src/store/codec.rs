@@ -243,20 +243,23 @@ pub fn content_hash(resource: &Map<String, Value>) -> ContentHash {
     let mut first = true;
     for key in keys {
         let value = &resource[key.as_str()];
-        let stripped_meta;
-        let value = match (key.as_str(), value) {
-            ("meta", Value::Object(meta)) => {
-                let mut rest = meta.clone();
-                rest.remove("versionId");
-                rest.remove("lastUpdated");
-                if rest.is_empty() {
-                    continue;
-                }
-                stripped_meta = Value::Object(rest);
-                &stripped_meta
+        if let ("meta", Value::Object(meta)) = (key.as_str(), value) {
+            // `meta` without the server's fields, and left out if nothing else is in it.
+            let mut rest: Vec<(&String, &Value)> =
+                meta.iter().filter(|(name, _)| !matches!(name.as_str(), "versionId" | "lastUpdated")).collect();
+            if rest.is_empty() {
+                continue;
             }
-            _ => value,
-        };
+            rest.sort_by(|a, b| a.0.cmp(b.0));
+            if !first {
+                canonical.push(b',');
+            }
+            first = false;
+            write_string(&mut canonical, key);
+            canonical.push(b':');
+            write_object(&mut canonical, rest);
+            continue;
+        }
         if !first {
             canonical.push(b',');
         }
@@ -279,16 +282,7 @@ fn write_canonical(out: &mut Vec<u8>, value: &Value) {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (index, (key, value)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_string(out, key);
-                out.push(b':');
-                write_canonical(out, value);
-            }
-            out.push(b'}');
+            write_object(out, entries);
         }
         Value::Array(items) => {
             out.push(b'[');
@@ -300,12 +294,29 @@ fn write_canonical(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+        // Writing JSON into a Vec cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 
+/// An object whose entries are already sorted by key.
+fn write_object(out: &mut Vec<u8>, entries: Vec<(&String, &Value)>) {
+    out.push(b'{');
+    for (index, (key, value)) in entries.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_string(out, key);
+        out.push(b':');
+        write_canonical(out, value);
+    }
+    out.push(b'}');
+}
+
 fn write_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&serde_json::to_vec(text).unwrap_or_default());
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Trains a dictionary of about `size` bytes on sample bodies (JSON as stored).
