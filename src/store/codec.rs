@@ -403,6 +403,12 @@ mod tests {
                 plain_bytes += json.len();
                 stored_bytes += stored.len();
             }
+            // The writer hashes a resource as received and stores that hash with the stamped
+            // version: stamping must not change it.
+            let id = crate::fhir::Id::parse("stamped").unwrap();
+            let resource_type = crate::fhir::ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
+            let stamped = crate::fhir::json::stamp(resource.clone(), resource_type, &id, 7, "2026-01-01T00:00:00.000Z");
+            assert_eq!(content_hash(&stamped), content_hash(&resource));
             examples += 1;
         }
         assert!(examples >= 150, "{examples} examples");

@@ -408,8 +408,17 @@ impl Store {
     }
 }
 
-/// Fills `request.prepared_index` with [`Indexer::prepare`] for each created or updated resource.
+/// Fills `request.prepared_index` with [`Indexer::prepare`] and `request.prepared_hashes` with
+/// the content hash of each created or updated resource.
 fn prepare_index(indexer: &dyn Indexer, mut request: WriteRequest) -> WriteRequest {
+    request.prepared_hashes = request
+        .ops
+        .iter()
+        .map(|op| match &op.action {
+            Action::Create { resource, .. } | Action::Update { resource, .. } => Some(codec::content_hash(resource)),
+            Action::Delete { .. } => None,
+        })
+        .collect();
     let prepared = request
         .ops
         .iter_mut()

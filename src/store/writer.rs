@@ -26,7 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{Codecs, StoredBody, content_hash};
+use super::codec::{Codecs, ContentHash, StoredBody, content_hash};
 use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
@@ -347,14 +347,19 @@ impl Current {
             .map_err(|reason| super::migrate::corrupt_body(&self.key, &reason))
     }
 
-    /// Whether `incoming` has the content of this version (see `fhir::json::same_content`):
-    /// compares content hashes, without parsing the stored body. Only a format 3 body, which
-    /// has no hash, is decoded and parsed.
-    fn has_content_of(&self, incoming: &Resource, codecs: &Codecs) -> Result<bool, StoreError> {
+    /// Whether `incoming` (whose content hash is `incoming_hash`) has the content of this
+    /// version (see `fhir::json::same_content`): compares content hashes, without parsing the
+    /// stored body. Only a format 3 body, which has no hash, is decoded and parsed.
+    fn has_content_of(
+        &self,
+        incoming_hash: ContentHash,
+        incoming: &Resource,
+        codecs: &Codecs,
+    ) -> Result<bool, StoreError> {
         let stored =
             StoredBody::parse(&self.stored).map_err(|reason| super::migrate::corrupt_body(&self.key, &reason))?;
         match stored.hash() {
-            Some(hash) => Ok(hash == content_hash(incoming)),
+            Some(hash) => Ok(hash == incoming_hash),
             None => Ok(is_same_content(&self.body(codecs)?, incoming)),
         }
     }
@@ -370,6 +375,9 @@ enum Resolved {
         server_assigned: bool,
         /// The entries computed before the request was queued ([`Indexer::prepare`]).
         prepared: Option<Arc<[IndexEntry]>>,
+        /// The resource's content hash, if computed before the request was queued and still
+        /// valid (no reference rewritten since).
+        hash: Option<ContentHash>,
     },
     Existing {
         resource_type: ResourceType,
@@ -390,6 +398,8 @@ enum Planned {
         id: Id,
         version: u64,
         resource: Resource,
+        /// The content hash of `resource` (and of the stamped version).
+        hash: ContentHash,
         created: bool,
         previous: Option<u64>,
         prepared: Option<Arc<[IndexEntry]>>,
@@ -492,6 +502,7 @@ impl Execution<'_, '_> {
                             precondition: Precondition::default(),
                             server_assigned: true,
                             prepared: prepared_of(request, index),
+                            hash: request.prepared_hashes.get(index).copied().flatten(),
                         },
                     }
                 }
@@ -544,6 +555,7 @@ impl Execution<'_, '_> {
                         precondition: *precondition,
                         server_assigned,
                         prepared: prepared_of(request, index),
+                        hash: request.prepared_hashes.get(index).copied().flatten(),
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -588,14 +600,21 @@ impl Execution<'_, '_> {
             resolved.into_iter().map(|r| r.expect("every operation was resolved")).collect();
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         for item in &mut resolved {
-            if let Resolved::Write { resource, .. } = item {
+            if let Resolved::Write { resource, hash, .. } = item {
                 let mut value = Value::Object(std::mem::take(resource));
+                let mut rewritten = false;
                 let result = rewrite_resource_references(&mut value, &mut |text: &str| {
-                    self.rewrite_reference(text, &local_urls, request, &mut conditional_cache)
+                    let rewrite = self.rewrite_reference(text, &local_urls, request, &mut conditional_cache);
+                    rewritten |= matches!(rewrite, Ok(Some(_)));
+                    rewrite
                 });
                 let Value::Object(map) = value else { unreachable!("a resource stays an object") };
                 *resource = map;
                 result?;
+                // The hash computed before queueing is of the resource as received.
+                if rewritten {
+                    *hash = None;
+                }
             }
         }
         Ok(resolved)
@@ -662,12 +681,13 @@ impl Execution<'_, '_> {
                     let body = current.body(self.codecs).map_err(request_failure)?;
                     Planned::Unchanged { resource_type, id, current, body }
                 }
-                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared } => {
+                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared, hash } => {
                     let current = if server_assigned { None } else { self.current(resource_type, &id)? };
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
+                    let hash = hash.unwrap_or_else(|| content_hash(&resource));
                     let unchanged = match &current {
                         Some(current) if !current.deleted => {
-                            current.has_content_of(&resource, self.codecs).map_err(request_failure)?
+                            current.has_content_of(hash, &resource, self.codecs).map_err(request_failure)?
                         }
                         _ => false,
                     };
@@ -680,7 +700,7 @@ impl Execution<'_, '_> {
                             let created = current.as_ref().is_none_or(|c| c.deleted);
                             let previous = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                             let version = current.map_or(1, |c| c.version + 1);
-                            Planned::Put { resource_type, id, version, resource, created, previous, prepared }
+                            Planned::Put { resource_type, id, version, resource, hash, created, previous, prepared }
                         }
                     }
                 }
@@ -713,10 +733,11 @@ impl Execution<'_, '_> {
                 last_updated_micros: Some(current.last_updated_micros),
                 body: Some(Arc::new(body)),
             }),
-            Planned::Put { resource_type, id, version, resource, created, previous, prepared } => {
-                let stamped = stamp(resource, resource_type, &id, version, &format_instant(last_updated));
-                let hash = content_hash(&stamped);
-                let stamped = Value::Object(stamped);
+            Planned::Put { resource_type, id, version, resource, hash, created, previous, prepared } => {
+                // Stamping changes only what the hash leaves out (`id`, `meta.versionId`,
+                // `meta.lastUpdated`), so `hash` is the stamped version's too.
+                let stamped =
+                    Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
                 let t = self.put_version(resource_type, &id, version, op, &self.codecs.encode(&body, hash))?;
