@@ -104,9 +104,11 @@ impl From<StoreError> for FhirError {
         match error {
             StoreError::WriterGone => FhirError::busy("the server is shutting down"),
             // Names the damaged version (never its content), so an operator can restore it.
-            StoreError::CorruptBody { resource, .. } => {
-                FhirError::fault(&format!("storage: the stored body of {resource} is damaged"))
-            }
+            StoreError::CorruptBody { resource, .. } => FhirError::new(
+                crate::fhir::Category::Fault,
+                crate::fhir::IssueCode::Exception,
+                format!("the stored body of {resource} is damaged and cannot be read; see the server log"),
+            ),
             _ => FhirError::fault("storage"),
         }
     }

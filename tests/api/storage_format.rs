@@ -259,3 +259,83 @@ async fn an_update_with_the_same_content_creates_no_version_and_a_changed_one_do
     let again = app.put("/Observation/o1", &stored).await;
     assert_eq!((again.status, again.body["meta"]["versionId"].as_str()), (200, Some("1")), "{}", again.text);
 }
+
+/// The dictionary id of a stored version's body (`None` unless it is compressed).
+fn dictionary_of(path: &Path, key: &[u8]) -> Option<u32> {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(VERSIONS).unwrap();
+    let value = table.get(key).unwrap().unwrap().value().to_vec();
+    // Header (17 bytes), codec 0x02, hash (16 bytes), dictionary id.
+    (value.get(17) == Some(&0x02)).then(|| u32::from_be_bytes(value[34..38].try_into().unwrap()))
+}
+
+#[actix_web::test]
+async fn a_dictionary_trained_on_the_database_compresses_new_writes_and_old_bodies_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = format_3_database(dir.path());
+    let train = || {
+        Command::new(env!("CARGO_BIN_EXE_braid")).args(["dictionary", "train", "--data"]).arg(&path).output().unwrap()
+    };
+    let output = train();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["previous_dictionary_id"], 1);
+    assert_eq!(report["dictionary_id"], 2);
+    assert_eq!(report["adopted"], true, "{report}");
+    let (plain, before, after) = (
+        report["plain_bytes"].as_u64().unwrap(),
+        report["bytes_before"].as_u64().unwrap(),
+        report["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(after < before && before < plain, "{report}");
+    assert!(report["training_bodies"].as_u64().unwrap() >= 100, "{report}");
+    // Training migrated the file first: its bodies use the built-in dictionary.
+    assert_eq!(format_version(&path), 4);
+    assert_eq!(dictionary_of(&path, &version_key("Patient", "example", 3)), Some(1));
+
+    // A write compresses with the new dictionary.
+    {
+        let options = StoreOptions { gc_interval: Duration::ZERO, ..StoreOptions::default() };
+        let store = Store::open(&path, options, Arc::new(SearchIndexer)).unwrap();
+        let patient = braid::fhir::ResourceType::parse("Patient").unwrap();
+        let current = store.snapshot().unwrap().current(patient, "example").unwrap().unwrap();
+        let Value::Object(mut resource) = serde_json::from_slice(&current.body).unwrap() else { unreachable!() };
+        resource.insert("gender".into(), json!("female"));
+        let action = braid::store::Action::Update {
+            resource_type: patient,
+            target: braid::store::Target::Id(braid::fhir::Id::parse("example").unwrap()),
+            resource,
+            precondition: braid::store::Precondition::default(),
+        };
+        let outcome = store.write(braid::store::WriteRequest::single(action)).await.unwrap();
+        assert_eq!(outcome[0].version, Some(4));
+        let finished = store.writer_finished();
+        drop(store);
+        while !finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(dictionary_of(&path, &version_key("Patient", "example", 4)), Some(2));
+    assert_eq!(dictionary_of(&path, &version_key("Patient", "example", 3)), Some(1));
+
+    // Both read, each with its own dictionary.
+    let app = spawn_app_with(|s| s.data = path.clone()).await;
+    let old = app.get("/Patient/example/_history/3").await;
+    assert_eq!((old.status, old.body["name"][0]["family"].as_str()), (200, Some("Chalmers")));
+    assert_eq!(old.body.get("gender"), Some(&json!("other")));
+    let new = app.get("/Patient/example").await;
+    assert_eq!((new.body["meta"]["versionId"].as_str(), new.body["gender"].as_str()), (Some("4"), Some("female")));
+    let page = app.get("/Patient?gender=female&_id=example").await;
+    assert_eq!(page.body["entry"][0]["resource"], new.body);
+
+    // A database with too few bodies to learn from is refused with a reason, and keeps its
+    // dictionary.
+    let empty = dir.path().join("empty.redb");
+    drop(Database::create(&empty).unwrap());
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_braid")).args(["dictionary", "train", "--data"]).arg(&empty).output().unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("holds 0 resource bodies; at least 20 are needed"), "{message}");
+}
