@@ -381,6 +381,12 @@ mod tests {
             assert!(decoded.is_err(), "damage at byte {position} went unnoticed");
         }
         assert!(StoredBody::parse(&[0x09, 1, 2]).unwrap_err().contains("unknown body codec"));
+        // A frame header declaring more than any body could be is refused before allocating.
+        let mut huge = vec![0x28, 0xB5, 0x2F, 0xFD, 0xE0];
+        huge.extend_from_slice(&(MAX_BODY_BYTES + 1).to_le_bytes());
+        huge.extend_from_slice(&[0; 8]);
+        let error = codecs.decode(StoredBody::Zstd { hash: [0; 16], dictionary: 1, frame: &huge }).unwrap_err();
+        assert_eq!(error, format!("the frame declares {} bytes, more than any body", MAX_BODY_BYTES + 1));
         let mut unknown_dictionary = stored.clone();
         unknown_dictionary[1 + CONTENT_HASH_LEN..1 + CONTENT_HASH_LEN + 4].copy_from_slice(&99u32.to_be_bytes());
         let error = codecs.decode(StoredBody::parse(&unknown_dictionary).unwrap()).unwrap_err();
