@@ -37,6 +37,9 @@ enum DictionaryCommand {
     /// Train a dictionary on a stopped database's own bodies; it becomes the one new writes use
     /// if it compresses a held-out sample better. Prints a JSON report.
     Train(TrainArgs),
+    /// Compress the bodies of a stopped database that do not use its current dictionary (after
+    /// `train`) with it. Resumable; progress on stderr, a JSON summary on stdout.
+    Recompress(CompactArgs),
     /// Train the built-in dictionary from FHIR JSON files (transaction and batch Bundles stand
     /// for their entries) and write it to a file.
     Build(BuildArgs),
@@ -96,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Migrate(args) => return migrate(settings, args),
         Command::Dictionary(DictionaryCommand::Train(args)) => return train_dictionary(settings, args),
         Command::Dictionary(DictionaryCommand::Build(args)) => return build_dictionary(args),
+        Command::Dictionary(DictionaryCommand::Recompress(args)) => return recompress(settings, args),
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless
@@ -181,6 +185,19 @@ fn train_dictionary(mut settings: Settings, args: TrainArgs) -> Result<(), Box<d
     let path = settings.data;
     let report = braid::store::dictionary::train(&path, args.size, args.samples)
         .map_err(|error| format!("cannot train a dictionary for {}: {error}", path.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn recompress(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(data) = args.data {
+        settings.data = data;
+    }
+    let path = settings.data;
+    let report = braid::store::dictionary::recompress(&path, &mut |progress| {
+        eprintln!("recompressed {} of {} versions", progress.migrated, progress.total);
+    })
+    .map_err(|error| format!("cannot recompress {}: {error}", path.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! A trained dictionary is added to the `dictionary` table under the next id and becomes the
 //! one new bodies are compressed with, but only if it compresses a held-out sample of the
 //! database's bodies better than the current one. Existing bodies keep the dictionary they
-//! were written with; none is ever deleted.
+//! were written with until `braid dictionary recompress` rewrites them; none is ever deleted.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::codec::{self, Codecs, StoredBody, content_hash};
 use super::keys::resource_version;
+use super::migrate::{self, MigrationProgress, MigrationReport, Rewrite};
 use super::{CURRENT_DICTIONARY_KEY, DICTIONARY, META, RESOURCE_VERSION, Store, StoreError, load_codecs, open_stopped};
 
 /// The most bodies sampled for training (and as many again held out to judge the result): zstd
@@ -121,6 +122,16 @@ pub fn train(path: &Path, size: usize, samples: usize) -> Result<TrainReport, St
         bytes_before,
         bytes_after,
     })
+}
+
+/// Compresses every body of a stopped database that does not use the current dictionary
+/// (after retraining) with it, in batches like a migration (resumable, `progress` after each).
+/// The old dictionaries stay in the file.
+pub fn recompress(path: &Path, progress: &mut dyn FnMut(&MigrationProgress)) -> Result<MigrationReport, StoreError> {
+    let db = open_stopped(path)?;
+    Store::initialise(&db)?;
+    let codecs = load_codecs(&db)?;
+    migrate::rewrite_bodies(&db, &codecs, Rewrite::Recompress, migrate::BATCH_VERSIONS, None, progress)
 }
 
 /// Trains the built-in dictionary from FHIR JSON files (every `*.json` in `directories`; a

@@ -47,19 +47,40 @@ pub struct MigrationReport {
     pub versions: u64,
     /// Bodies rewritten in the new encoding by this run (deletions have none).
     pub bodies_rewritten: u64,
-    /// Sizes of the rewritten bodies before and after.
+    /// Stored sizes of the rewritten bodies before and after.
     pub bytes_before: u64,
     pub bytes_after: u64,
     /// Transactions committed by this run.
     pub batches: u64,
     /// Whether this run continued an interrupted one.
     pub resumed: bool,
+    /// Versions whose body cannot be read (`type/id/_history/version`, at most 100): left as
+    /// they are, and an error at read.
+    pub damaged: Vec<String>,
 }
 
-/// Format 3 → 4: compresses every format 3 body with the current dictionary and keeps its
-/// content hash, `batch` versions per transaction, then sets the format version to 4. Stops
-/// early (format still 3, progress recorded) after `max_batches` batches, which is how tests
-/// interrupt it. Bodies already in the new encoding are left as they are.
+/// Which bodies a batched pass over `resource_version` rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rewrite {
+    /// Format 3 → 4: every format 3 body, compressed with the current dictionary and given its
+    /// content hash; the pass ends by setting the format version to 4.
+    ToFormat4,
+    /// After retraining: every body not compressed with the current dictionary (older
+    /// dictionaries, plain bodies) is compressed again with it; content hashes are kept.
+    Recompress,
+}
+
+impl Rewrite {
+    /// The `meta` key recording the last `resource_version` key this pass has done.
+    fn cursor_key(self) -> &'static str {
+        match self {
+            Rewrite::ToFormat4 => CURSOR_KEY,
+            Rewrite::Recompress => "recompress_cursor",
+        }
+    }
+}
+
+/// Format 3 → 4 (see [`rewrite_bodies`]).
 pub(super) fn compress_bodies(
     db: &Database,
     codecs: &Codecs,
@@ -67,7 +88,23 @@ pub(super) fn compress_bodies(
     max_batches: Option<u64>,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<MigrationReport, StoreError> {
-    let mut report = MigrationReport { from_version: 3, to_version: 3, ..MigrationReport::default() };
+    rewrite_bodies(db, codecs, Rewrite::ToFormat4, batch, max_batches, progress)
+}
+
+/// Rewrites the bodies `job` selects, `batch` versions per write transaction, recording the
+/// last key done in `meta` after each, so that an interrupted pass resumes after it. Stops early
+/// (progress recorded) after `max_batches` batches, which is how tests interrupt it. A body that
+/// cannot be decoded is left as it is and named in the report.
+pub(super) fn rewrite_bodies(
+    db: &Database,
+    codecs: &Codecs,
+    job: Rewrite,
+    batch: usize,
+    max_batches: Option<u64>,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<MigrationReport, StoreError> {
+    let version = super::format_version(db)?;
+    let mut report = MigrationReport { from_version: version, to_version: version, ..MigrationReport::default() };
     let total = db.begin_read()?.open_table(RESOURCE_VERSION)?.len()?;
     let mut done = 0u64;
     loop {
@@ -79,7 +116,7 @@ pub(super) fn compress_bodies(
         let finished = {
             let mut meta = txn.open_table(META)?;
             let mut versions = txn.open_table(RESOURCE_VERSION)?;
-            let cursor = meta.get(CURSOR_KEY)?.map(|v| v.value().to_vec());
+            let cursor = meta.get(job.cursor_key())?.map(|v| v.value().to_vec());
             if report.batches == 0 && cursor.is_some() {
                 report.resumed = true;
             }
@@ -100,20 +137,26 @@ pub(super) fn compress_bodies(
                 let key = key.value().to_vec();
                 let (header, body) =
                     resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
-                if let StoredBody::Legacy(json) =
-                    StoredBody::parse(body).map_err(|_| StoreError::Corrupt(key.clone()))?
-                {
-                    let Ok(Value::Object(resource)) = serde_json::from_slice::<Value>(json) else {
-                        return Err(corrupt_body(&key, "it is not a JSON object"));
-                    };
-                    let stored = codecs.encode(json, content_hash(&resource));
-                    report.bytes_before += json.len() as u64;
-                    report.bytes_after += stored.len() as u64;
-                    rewrites.push((key.clone(), resource_version::encode_value(header, &stored)));
-                }
-                last_key = Some(key);
+                last_key = Some(key.clone());
                 report.versions += 1;
                 done += 1;
+                match rewritten(job, codecs, body) {
+                    Ok(None) => {}
+                    Ok(Some(stored)) => {
+                        report.bytes_before += body.len() as u64;
+                        report.bytes_after += stored.len() as u64;
+                        rewrites.push((key, resource_version::encode_value(header, &stored)));
+                    }
+                    Err(reason) => {
+                        let StoreError::CorruptBody { resource, reason } = corrupt_body(&key, &reason) else {
+                            unreachable!("corrupt_body makes a CorruptBody")
+                        };
+                        tracing::error!(%resource, %reason, "a stored body cannot be read; left as it is");
+                        if report.damaged.len() < MAX_DAMAGED_NAMED {
+                            report.damaged.push(resource);
+                        }
+                    }
+                }
             }
             report.bodies_rewritten += rewrites.len() as u64;
             for (key, value) in rewrites {
@@ -121,12 +164,14 @@ pub(super) fn compress_bodies(
             }
             match last_key {
                 Some(key) => {
-                    meta.insert(CURSOR_KEY, key.as_slice())?;
+                    meta.insert(job.cursor_key(), key.as_slice())?;
                     false
                 }
                 None => {
-                    meta.remove(CURSOR_KEY)?;
-                    meta.insert("format_version", 4u32.to_be_bytes().as_slice())?;
+                    meta.remove(job.cursor_key())?;
+                    if job == Rewrite::ToFormat4 {
+                        meta.insert("format_version", 4u32.to_be_bytes().as_slice())?;
+                    }
                     true
                 }
             }
@@ -134,16 +179,41 @@ pub(super) fn compress_bodies(
         txn.commit()?;
         report.batches += 1;
         if finished {
-            report.to_version = 4;
+            report.to_version = super::format_version(db)?;
             tracing::info!(
                 versions = report.versions,
                 bodies = report.bodies_rewritten,
-                "migrated the database to format version 4"
+                to_version = report.to_version,
+                "rewrote the stored bodies"
             );
             return Ok(report);
         }
         progress(&MigrationProgress { migrated: done, total });
     }
+}
+
+/// Damaged bodies named in a report; more are only counted in the log.
+const MAX_DAMAGED_NAMED: usize = 100;
+
+/// The new stored form of `body` if `job` rewrites it.
+fn rewritten(job: Rewrite, codecs: &Codecs, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let stored = StoredBody::parse(body)?;
+    let hash = match (job, stored) {
+        (_, StoredBody::Empty) => return Ok(None),
+        (_, StoredBody::Legacy(json)) => match serde_json::from_slice::<Value>(json) {
+            Ok(Value::Object(resource)) => content_hash(&resource),
+            _ => return Err("it is not a JSON object".into()),
+        },
+        (Rewrite::ToFormat4, _) => return Ok(None),
+        (Rewrite::Recompress, StoredBody::Zstd { dictionary, .. }) if dictionary == codecs.current_dictionary() => {
+            return Ok(None);
+        }
+        (Rewrite::Recompress, stored) => stored.hash().unwrap_or_default(),
+    };
+    let json = codecs.decode(stored)?;
+    let encoded = codecs.encode(&json, hash);
+    // A plain body that still does not compress stays as it is.
+    Ok((encoded.as_slice() != body).then_some(encoded))
 }
 
 /// The error for a body that cannot be decoded, naming its version.
@@ -252,13 +322,39 @@ mod tests {
         (bodies, legacy)
     }
 
+    /// A copy of the format 3 fixture (tests/data/format3) in `dir`, opened.
+    fn format_3_database(dir: &std::path::Path) -> Database {
+        let path = dir.join("format3.redb");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/format3/braid.redb.zst");
+        std::fs::write(&path, zstd::decode_all(std::fs::read(fixture).unwrap().as_slice()).unwrap()).unwrap();
+        Database::create(&path).unwrap()
+    }
+
+    #[test]
+    fn a_damaged_format_3_body_is_named_and_left_and_the_migration_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format_3_database(dir.path());
+        let key = resource_version::encode("Patient", "example", 1);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(RESOURCE_VERSION).unwrap();
+            let value = table.get(key.as_slice()).unwrap().unwrap().value().to_vec();
+            let mut damaged = value[..resource_version::HEADER_LEN].to_vec();
+            damaged.extend_from_slice(b"{\"resourceType\":\"Pat");
+            table.insert(key.as_slice(), damaged.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let opened = Store::initialise_with(&db, Some(&SearchIndexer), &mut |_| {}).unwrap();
+        let report = opened.migrated.unwrap();
+        assert_eq!(report.damaged, vec!["Patient/example/_history/1".to_owned()]);
+        assert_eq!((report.bodies_rewritten, report.to_version), (223, 4));
+        assert_eq!(format_version(&db).unwrap(), 4);
+    }
+
     #[test]
     fn an_interrupted_migration_reads_correctly_and_resumes_where_it_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("format3.redb");
-        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/format3/braid.redb.zst");
-        std::fs::write(&path, zstd::decode_all(std::fs::read(fixture).unwrap().as_slice()).unwrap()).unwrap();
-        let db = Database::create(&path).unwrap();
+        let db = format_3_database(dir.path());
         Store::prepare_file(&db, Some(&SearchIndexer)).unwrap();
         let codecs = Arc::new(load_codecs(&db).unwrap());
         let (original, legacy) = bodies(&db, &codecs);
