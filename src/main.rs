@@ -24,6 +24,51 @@ enum Command {
     Demo(ServeArgs),
     /// Reclaim disk space in a stopped database: drop superseded index entries, shrink the file.
     Compact(CompactArgs),
+    /// Bring a stopped database to this release's storage format (what `serve` does at start),
+    /// printing progress; a JSON summary goes to stdout. An interrupted run resumes.
+    Migrate(CompactArgs),
+    /// Compression dictionaries for stored resource bodies.
+    #[command(subcommand)]
+    Dictionary(DictionaryCommand),
+}
+
+#[derive(Subcommand)]
+enum DictionaryCommand {
+    /// Train a dictionary on a stopped database's own bodies; it becomes the one new writes use
+    /// if it compresses a held-out sample better. Prints a JSON report.
+    Train(TrainArgs),
+    /// Compress the bodies of a stopped database that do not use its current dictionary (after
+    /// `train`) with it. Resumable; progress on stderr, a JSON summary on stdout.
+    Recompress(CompactArgs),
+    /// Train the built-in dictionary from FHIR JSON files (transaction and batch Bundles stand
+    /// for their entries) and write it to a file.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Dictionary size in bytes.
+    #[arg(long, default_value_t = braid::store::codec::DEFAULT_DICTIONARY_BYTES)]
+    size: usize,
+    /// Bodies to train on (as many again are held out to judge the result); at most 20000.
+    #[arg(long, default_value_t = 5000)]
+    samples: usize,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Where to write the dictionary.
+    #[arg(long)]
+    out: PathBuf,
+    /// Dictionary size in bytes.
+    #[arg(long, default_value_t = braid::store::codec::DEFAULT_DICTIONARY_BYTES)]
+    size: usize,
+    /// Directories of FHIR JSON files.
+    #[arg(required = true)]
+    directories: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +96,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve(args) => (args, false),
         Command::Demo(args) => (args, true),
         Command::Compact(args) => return compact(settings, args),
+        Command::Migrate(args) => return migrate(settings, args),
+        Command::Dictionary(DictionaryCommand::Train(args)) => return train_dictionary(settings, args),
+        Command::Dictionary(DictionaryCommand::Build(args)) => return build_dictionary(args),
+        Command::Dictionary(DictionaryCommand::Recompress(args)) => return recompress(settings, args),
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless
@@ -114,6 +163,50 @@ fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std:
         report.collected.entries,
         report.rows_repacked
     );
+    Ok(())
+}
+
+fn migrate(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(data) = args.data {
+        settings.data = data;
+    }
+    let path = settings.data;
+    let report = braid::store::migrate(&path, &braid::search::SearchIndexer, &mut |progress| {
+        eprintln!("migrated {} of {} {}", progress.migrated, progress.total, progress.unit);
+    })
+    .map_err(|error| format!("cannot migrate {}: {error}", path.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn train_dictionary(mut settings: Settings, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(data) = args.data {
+        settings.data = data;
+    }
+    let path = settings.data;
+    let report = braid::store::dictionary::train(&path, &braid::search::SearchIndexer, args.size, args.samples)
+        .map_err(|error| format!("cannot train a dictionary for {}: {error}", path.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn recompress(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(data) = args.data {
+        settings.data = data;
+    }
+    let path = settings.data;
+    let report = braid::store::dictionary::recompress(&path, &braid::search::SearchIndexer, &mut |progress| {
+        eprintln!("recompressed {} of {} versions", progress.migrated, progress.total);
+    })
+    .map_err(|error| format!("cannot recompress {}: {error}", path.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn build_dictionary(args: BuildArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (dictionary, samples) = braid::store::dictionary::build(&args.directories, args.size)?;
+    std::fs::write(&args.out, &dictionary).map_err(|error| format!("{}: {error}", args.out.display()))?;
+    println!("Wrote a {}-byte dictionary trained on {samples} resources to {}.", dictionary.len(), args.out.display());
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::codec::{Codecs, StoredBody, content_hash};
 use super::keys::{resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded};
 use super::{Indexer, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED, StoreError};
 use crate::fhir::ResourceType;
@@ -48,7 +49,11 @@ struct StoredVersion {
     version: u64,
     op: Op,
     t: u64,
+    /// The decoded body of the newest version (empty for older ones and for a body that cannot
+    /// be decoded, which is reported).
     body: Vec<u8>,
+    /// The content hash kept with the body, if any.
+    hash: Option<super::codec::ContentHash>,
 }
 
 /// The name of the parameter whose hash an index record holds (records keep only the hash),
@@ -65,8 +70,9 @@ fn param_named(known: &BTreeSet<String>, ty: &str, hash: u32) -> String {
 pub const MAX_PROBLEMS: usize = 100;
 
 /// Reads the whole database once (one read transaction); memory stays bounded by one
-/// resource's versions at a time.
-pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError> {
+/// resource's versions at a time. Every stored body must decode (a damaged one is reported by
+/// version), and the newest version's content hash must match its body.
+pub fn verify(db: &Database, indexer: &dyn Indexer, codecs: &Codecs) -> Result<Report, StoreError> {
     let txn = db.begin_read()?;
     let versions = txn.open_table(RESOURCE_VERSION)?;
     let spv_table = txn.open_table(SEARCH_PARAM_VALUE)?;
@@ -78,14 +84,25 @@ pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError
     // Versions are ordered by type, id, version: `group` holds one resource's versions.
     let mut group: Vec<StoredVersion> = Vec::new();
     let mut check_group = |group: &mut Vec<StoredVersion>, report: &mut Report| -> Result<(), StoreError> {
-        let Some(StoredVersion { ty, id, version, op, t, body }) = group.pop() else { return Ok(()) };
+        let Some(StoredVersion { ty, id, version, op, t, body, hash }) = group.pop() else { return Ok(()) };
         report.resources += 1;
         // Names for the parameter hashes of older versions' records, in problem descriptions.
         let mut known_params = BTreeSet::new();
-        if op != Op::Delete {
+        if op != Op::Delete && !body.is_empty() {
             let resource_type = ResourceType::parse(&ty).ok_or_else(|| StoreError::Corrupt(ty.as_bytes().to_vec()))?;
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|_| StoreError::Corrupt(resource_version::encode(&ty, &id, version)))?;
+            let value: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(value @ serde_json::Value::Object(_)) => value,
+                _ => {
+                    report.problem(format!("{ty}/{id}/_history/{version}: its stored body is not a JSON object"));
+                    group.clear();
+                    return Ok(());
+                }
+            };
+            if let (Some(hash), serde_json::Value::Object(resource)) = (hash, &value) {
+                if content_hash(resource) != hash {
+                    report.problem(format!("{ty}/{id}/_history/{version}: its content hash does not match its body"));
+                }
+            }
             let expected: BTreeSet<(String, Vec<u8>)> =
                 indexer.entries(resource_type, &value).into_iter().map(|e| (e.param, e.value)).collect();
             expected_live += expected.len() as u64;
@@ -139,15 +156,24 @@ pub fn verify(db: &Database, indexer: &dyn Indexer) -> Result<Report, StoreError
         let (key, value) = entry?;
         let (ty, id, version) =
             resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-        let (header, body) =
+        let (header, stored) =
             resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
         match group.last_mut() {
             Some(last) if last.ty != ty || last.id != id => check_group(&mut group, &mut report)?,
-            // Only the newest version's body is read.
+            // Only the newest version's body is kept (every body is decoded once, below).
             Some(last) => last.body = Vec::new(),
             None => {}
         }
-        group.push(StoredVersion { ty, id, version, op: header.op, t: header.t, body: body.to_vec() });
+        let parsed = StoredBody::parse(stored);
+        let hash = parsed.as_ref().ok().and_then(StoredBody::hash);
+        let body = match parsed.and_then(|stored| codecs.decode(stored)) {
+            Ok(body) => body,
+            Err(reason) => {
+                report.problem(format!("{ty}/{id}/_history/{version}: its stored body cannot be read: {reason}"));
+                Vec::new()
+            }
+        };
+        group.push(StoredVersion { ty, id, version, op: header.op, t: header.t, body, hash });
     }
     check_group(&mut group, &mut report)?;
 

@@ -9,6 +9,8 @@
 //! The layout is explained with a worked example in `docs/storage.md`.
 
 pub mod check;
+pub mod codec;
+pub mod dictionary;
 mod gc;
 pub mod keys;
 mod migrate;
@@ -25,8 +27,10 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+pub use codec::Codecs;
 pub use gc::Collected;
 pub use keys::resource_version::{Header, Op};
+pub use migrate::{MigrationProgress, MigrationReport};
 pub use ops::{
     Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteOp, WriteRequest,
 };
@@ -48,8 +52,13 @@ pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
 /// Versions whose index entries are superseded, by the logical time they were superseded at:
 /// the garbage collector's work list (see `gc`).
 pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
-/// Small named values: `format_version` (u32 BE), `cursor_secret` (32 random bytes) and
-/// `gc_horizon` (u64 BE, see `gc`).
+/// The zstd dictionaries resource bodies are compressed with, by id (see `codec`). Never deleted:
+/// a body names the dictionary it needs.
+pub(crate) const DICTIONARY: TableDefinition<u32, &[u8]> = TableDefinition::new("dictionary");
+/// Small named values: `format_version` (u32 BE), `cursor_secret` (32 random bytes),
+/// `gc_horizon` (u64 BE, see `gc`), `current_dictionary` (u32 BE: the dictionary new bodies are
+/// compressed with) and, while a migration to format 4 runs, `migration_cursor` (the last
+/// `resource_version` key migrated).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The on-disk layout version. Bump it (and write a migration) whenever a key or value encoding
@@ -57,9 +66,10 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 ///
 /// 2: the `superseded` log (version 1 files get it filled from their version history).
 /// 3: end-ordered entries of wide dates (`<param>:end`, `migrate::add_derived_entries`).
+/// 4: compressed bodies with a content hash, and the `dictionary` table (`migrate::compress_bodies`).
 /// 5: index keys with short versions, index records with parameter hashes
 ///    (`migrate::reencode_index_tables`).
-const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +85,11 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
     #[error("corrupt record under key {0:?}")]
     Corrupt(Vec<u8>),
+    /// A stored body that cannot be decoded; `resource` is `type/id/_history/version`.
+    #[error("the stored body of {resource} cannot be read: {reason}")]
+    CorruptBody { resource: String, reason: String },
+    #[error("the dictionaries cannot be loaded: {0}")]
+    Dictionary(String),
     #[error(
         "the database has format version {found}, newer than this build reads ({FORMAT_VERSION}); use a newer Braid"
     )]
@@ -93,6 +108,12 @@ impl From<StoreError> for FhirError {
         tracing::error!(error = %error, "storage failure");
         match error {
             StoreError::WriterGone => FhirError::busy("the server is shutting down"),
+            // Names the damaged version (never its content), so an operator can restore it.
+            StoreError::CorruptBody { resource, .. } => FhirError::new(
+                crate::fhir::Category::Fault,
+                crate::fhir::IssueCode::Exception,
+                format!("the stored body of {resource} is damaged and cannot be read; see the server log"),
+            ),
             _ => FhirError::fault("storage"),
         }
     }
@@ -180,6 +201,8 @@ pub struct Store {
     cursor_key: CursorKey,
     /// The writer's indexer, also used to prepare index entries before a request is queued.
     indexer: Arc<dyn Indexer>,
+    /// The database's compression dictionaries, prepared once.
+    codecs: Arc<Codecs>,
 }
 
 impl Store {
@@ -205,15 +228,22 @@ impl Store {
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
         repack::resume(&db)?;
-        let (secret, horizon) = Self::initialise(&db, indexer.as_ref())?;
-        let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db)?)));
+        let Opened { secret, horizon, codecs, .. } = Self::initialise_with(&db, indexer.as_ref(), &mut |progress| {
+            tracing::info!(
+                step = progress.unit,
+                migrated = progress.migrated,
+                total = progress.total,
+                "migrating the database to format version {FORMAT_VERSION}"
+            );
+        })?;
+        let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db, &codecs)?)));
         let db = Arc::new(db);
-        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), &options)?;
+        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), codecs.clone(), &options)?;
         let cursor_key = CursorKey { secret, ttl: options.cursor_ttl, horizon: Arc::new(AtomicU64::new(horizon)) };
         if !options.gc_interval.is_zero() {
             gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
         }
-        Ok(Store { db, writer, latest, cursor_key, indexer })
+        Ok(Store { db, writer, latest, cursor_key, indexer, codecs })
     }
 
     /// Removes the index entries that no valid paging cursor can need any more, now (the
@@ -224,7 +254,7 @@ impl Store {
 
     /// Checks that the search indexes agree with the stored versions (see [`check::verify`]).
     pub fn verify(&self, indexer: &dyn Indexer) -> Result<check::Report, StoreError> {
-        check::verify(&self.db, indexer)
+        check::verify(&self.db, indexer, &self.codecs)
     }
 
     /// Counts of the rows of the search index tables, for operators and tests.
@@ -266,53 +296,78 @@ impl Store {
     }
 
     /// Creates every table and the meta entries on first open, checks the format version and
-    /// migrates an older file (see `migrate`). Returns the cursor secret and the garbage
-    /// collector's horizon.
-    fn initialise(db: &Database, indexer: &dyn Indexer) -> Result<([u8; 32], u64), StoreError> {
-        let (secret, horizon, mut version) = Self::initialise_in_one_transaction(db)?;
-        if version < FORMAT_VERSION {
-            // Batched, each batch its own transaction; resumes after an interruption.
-            let rows = migrate::reencode_index_tables(db, migrate::BATCH_ROWS, &mut |progress| {
-                tracing::info!(
-                    table = progress.table,
-                    done = progress.rows_done,
-                    total = progress.rows_total,
-                    "re-encoding the index tables"
-                );
-            })?;
-            tracing::info!(rows, "re-encoded the index tables");
-            let txn = db.begin_write()?;
-            if version == 2 {
-                let added = migrate::add_derived_entries(&txn, indexer)?;
-                tracing::info!(entries = added, "added the end-ordered entries of wide dates");
-            }
-            version = FORMAT_VERSION;
-            txn.open_table(META)?.insert("format_version", version.to_be_bytes().as_slice())?;
-            txn.commit()?;
-            tracing::info!(version, "migrated the database");
-        }
-        Ok((secret, horizon))
+    /// migrates an older file (see [`Store::initialise_with`]).
+    fn initialise(db: &Database, indexer: &dyn Indexer) -> Result<Opened, StoreError> {
+        Self::initialise_with(db, indexer, &mut |_| {})
     }
 
-    /// The part of [`Store::initialise`] done in one write transaction: tables, meta entries,
-    /// and the migrations small enough for one transaction. Returns the cursor secret, the
-    /// collector's horizon and the format version reached.
-    fn initialise_in_one_transaction(db: &Database) -> Result<([u8; 32], u64, u32), StoreError> {
+    /// Creates every table and the meta entries on first open, checks the format version and
+    /// migrates an older file, step by step (see `migrate` and the format table in
+    /// docs/storage.md). The steps that rewrite a whole table run in batches, each its own
+    /// transaction, report each batch to `progress`, and continue where they stopped at the
+    /// next open after an interruption.
+    fn initialise_with(
+        db: &Database,
+        indexer: &dyn Indexer,
+        progress: &mut dyn FnMut(&MigrationProgress),
+    ) -> Result<Opened, StoreError> {
+        let (secret, horizon, found_version) = Self::prepare_file(db)?;
+        let codecs = Arc::new(load_codecs(db)?);
+        let mut migrated: Option<MigrationReport> = None;
+        if format_version(db)? < 5 {
+            // Formats 1 to 4 share the index encodings: re-encode them first, so that the
+            // format 2 step below works on the current tables.
+            let rows = migrate::reencode_index_tables(db, migrate::BATCH_ROWS, &mut |step| {
+                progress(&MigrationProgress { unit: step.table, migrated: step.rows_done, total: step.rows_total })
+            })?;
+            migrated.get_or_insert_with(MigrationReport::default).index_rows = rows;
+            if format_version(db)? == 2 {
+                let txn = db.begin_write()?;
+                let added = migrate::add_derived_entries(&txn, indexer)?;
+                txn.open_table(META)?.insert("format_version", 3u32.to_be_bytes().as_slice())?;
+                txn.commit()?;
+                tracing::info!(entries = added, "migrated the database to format version 3");
+            }
+        }
+        if format_version(db)? == 3 {
+            let bodies = migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?;
+            let index_rows = migrated.map_or(0, |report| report.index_rows);
+            migrated = Some(MigrationReport { index_rows, ..bodies });
+        }
+        if format_version(db)? == 4 {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
+            txn.commit()?;
+            tracing::info!(version = FORMAT_VERSION, "migrated the database");
+        }
+        if let Some(report) = &mut migrated {
+            report.from_version = found_version.unwrap_or(FORMAT_VERSION);
+            report.to_version = format_version(db)?;
+        }
+        Ok(Opened { secret, horizon, codecs, found_version, migrated })
+    }
+
+    /// The part of opening done in one transaction: tables, meta entries, the built-in
+    /// dictionary, the format check and the 1 → 2 step. Returns the cursor secret, the
+    /// collector's horizon and the format the file had (`None`: new).
+    fn prepare_file(db: &Database) -> Result<([u8; 32], u64, Option<u32>), StoreError> {
         let mut txn = db.begin_write()?;
         // Once per start; the commit also records the allocator state after a full repair.
         txn.set_quick_repair(true);
-        let state = {
+        let (secret, horizon, found_version) = {
             txn.open_table(RESOURCE_VERSION)?;
             txn.open_table(TYPE_HISTORY)?;
             txn.open_table(SYSTEM_HISTORY)?;
             txn.open_table(SEARCH_PARAM_VALUE)?;
             txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
             txn.open_table(SUPERSEDED)?;
+            let mut dictionaries = txn.open_table(DICTIONARY)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("format_version")?.map(|v| {
                 let bytes: [u8; 4] = v.value().try_into().unwrap_or([0; 4]);
                 u32::from_be_bytes(bytes)
             });
+            let found_version = version;
             let mut version = match version {
                 Some(found) if found > FORMAT_VERSION => return Err(StoreError::FormatVersion { found }),
                 Some(found) => found,
@@ -321,6 +376,12 @@ impl Store {
                     FORMAT_VERSION
                 }
             };
+            // Every file from format 3 on has the built-in dictionary, so a migration to 4 can
+            // compress with it.
+            if dictionaries.is_empty()? {
+                dictionaries.insert(codec::BUILT_IN_DICTIONARY_ID, codec::BUILT_IN_DICTIONARY)?;
+                meta.insert(CURRENT_DICTIONARY_KEY, codec::BUILT_IN_DICTIONARY_ID.to_be_bytes().as_slice())?;
+            }
             if version == 1 {
                 let logged = migrate::fill_superseded_log(&txn)?;
                 tracing::info!(versions = logged, "migrated the database to format version 2");
@@ -338,10 +399,10 @@ impl Store {
                     secret
                 }
             };
-            (secret, horizon, version)
+            (secret, horizon, found_version)
         };
         txn.commit()?;
-        Ok(state)
+        Ok((secret, horizon, found_version))
     }
 
     /// The newest committed state, as a consistent read view.
@@ -385,8 +446,17 @@ impl Store {
     }
 }
 
-/// Fills `request.prepared_index` with [`Indexer::prepare`] for each created or updated resource.
+/// Fills `request.prepared_index` with [`Indexer::prepare`] and `request.prepared_hashes` with
+/// the content hash of each created or updated resource.
 fn prepare_index(indexer: &dyn Indexer, mut request: WriteRequest) -> WriteRequest {
+    request.prepared_hashes = request
+        .ops
+        .iter()
+        .map(|op| match &op.action {
+            Action::Create { resource, .. } | Action::Update { resource, .. } => Some(codec::content_hash(resource)),
+            Action::Delete { .. } => None,
+        })
+        .collect();
     let prepared = request
         .ops
         .iter_mut()
@@ -427,7 +497,7 @@ pub fn compact(path: &Path, cursor_ttl: Duration, indexer: &dyn Indexer) -> Resu
         other => StoreError::Database(other),
     })?;
     repack::resume(&db)?;
-    let (_, horizon) = Store::initialise(&db, indexer)?;
+    let Opened { horizon, .. } = Store::initialise(&db, indexer)?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     let rows_repacked = repack::repack_all(&db)?;
     while db.compact()? {}
@@ -435,12 +505,81 @@ pub fn compact(path: &Path, cursor_ttl: Duration, indexer: &dyn Indexer) -> Resu
     Ok(CompactReport { bytes_before, bytes_after: file_size(path)?, collected, rows_repacked })
 }
 
+/// What opening a database found and did.
+struct Opened {
+    secret: [u8; 32],
+    horizon: u64,
+    codecs: Arc<Codecs>,
+    /// The format the file had (`None`: a new database).
+    found_version: Option<u32>,
+    /// The batched migration run by this open, if any.
+    migrated: Option<MigrationReport>,
+}
+
+/// `meta` key of the dictionary new bodies are compressed with (u32 BE).
+const CURRENT_DICTIONARY_KEY: &str = "current_dictionary";
+
+fn format_version(db: &Database) -> Result<u32, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let version = meta.get("format_version")?.and_then(|v| v.value().try_into().ok()).map(u32::from_be_bytes);
+    Ok(version.unwrap_or(FORMAT_VERSION))
+}
+
+/// Prepares every dictionary of the database (a handful at most: one per training run).
+fn load_codecs(db: &Database) -> Result<Codecs, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DICTIONARY)?;
+    let mut dictionaries = Vec::new();
+    for entry in table.iter()? {
+        let (id, bytes) = entry?;
+        dictionaries.push((id.value(), bytes.value().to_vec()));
+    }
+    let meta = txn.open_table(META)?;
+    let current = meta
+        .get(CURRENT_DICTIONARY_KEY)?
+        .and_then(|v| v.value().try_into().ok())
+        .map_or(codec::BUILT_IN_DICTIONARY_ID, u32::from_be_bytes);
+    Codecs::new(&dictionaries, current).map_err(StoreError::Dictionary)
+}
+
+/// Opens a database that no server has open, for a command-line tool. A file held by a running
+/// Braid is refused.
+fn open_stopped(path: &Path) -> Result<Database, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Storage(redb::StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no database at {}", path.display()),
+        ))));
+    }
+    Database::builder().open(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        other => StoreError::Database(other),
+    })
+}
+
+/// Brings a stopped database to the current format (what opening it in the server does), with
+/// `progress` called after each batch. Running it again on a migrated file does nothing.
+pub fn migrate(
+    path: &Path,
+    indexer: &dyn Indexer,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<MigrationReport, StoreError> {
+    let db = open_stopped(path)?;
+    repack::resume(&db)?;
+    let opened = Store::initialise_with(&db, indexer, progress)?;
+    let mut report = opened.migrated.unwrap_or_default();
+    report.from_version = opened.found_version.unwrap_or(FORMAT_VERSION);
+    report.to_version = format_version(&db)?;
+    Ok(report)
+}
+
 fn file_size(path: &Path) -> Result<u64, StoreError> {
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))
 }
 
 /// Every table's name, for [`Store::table_usage`].
-const TABLE_NAMES: [&str; 7] = [
+const TABLE_NAMES: [&str; 8] = [
     "resource_version",
     "type_history",
     "system_history",
@@ -448,6 +587,7 @@ const TABLE_NAMES: [&str; 7] = [
     "resource_search_param_value.5",
     "superseded",
     "meta",
+    "dictionary",
 ];
 
 /// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes

@@ -167,6 +167,10 @@ pub struct WriteRequest {
     /// resource. Empty until [`Store::write`](super::Store::write) fills it; a `None` (or a
     /// missing element) makes the writer index that resource whole.
     pub prepared_index: Vec<Option<Arc<[IndexEntry]>>>,
+    /// By operation index: the content hash (`codec::content_hash`) of that operation's
+    /// resource as received, computed with `prepared_index`, off the writer thread. The writer
+    /// uses it unless it rewrites a reference in the resource (then it hashes the result).
+    pub prepared_hashes: Vec<Option<super::codec::ContentHash>>,
 }
 
 impl WriteRequest {

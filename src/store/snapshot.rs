@@ -1,7 +1,10 @@
 //! Consistent reads of committed state.
 
+use std::sync::Arc;
+
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
+use super::codec::{Codecs, StoredBody};
 use super::keys::{prefix_end, resource_version, system_history, type_history};
 use super::view::{IndexTables, SnapshotIndex};
 use super::{
@@ -66,10 +69,12 @@ pub struct Snapshot {
     rspv: ReadOnlyTable<&'static [u8], &'static [u8]>,
     /// The logical time of the newest version this snapshot contains.
     t: u64,
+    /// Decodes stored bodies (the database's dictionaries, prepared once).
+    codecs: Arc<Codecs>,
 }
 
 impl Snapshot {
-    pub(super) fn open(db: &Database) -> Result<Self, StoreError> {
+    pub(super) fn open(db: &Database, codecs: &Arc<Codecs>) -> Result<Self, StoreError> {
         let txn = db.begin_read()?;
         let system_history = txn.open_table(SYSTEM_HISTORY)?;
         let t = match system_history.last()? {
@@ -83,6 +88,7 @@ impl Snapshot {
             spv: txn.open_table(SEARCH_PARAM_VALUE)?,
             rspv: txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?,
             t,
+            codecs: codecs.clone(),
         })
     }
 
@@ -107,7 +113,7 @@ impl Snapshot {
             None => Ok(None),
             Some(entry) => {
                 let (key, value) = entry.map_err(StoreError::from)?;
-                Ok(Some(decode_version(key.value(), value.value())?))
+                Ok(Some(self.decode_version(key.value(), value.value())?))
             }
         }
     }
@@ -119,9 +125,14 @@ impl Snapshot {
         let end = prefix_end(&prefix);
         for entry in self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.rev() {
             let (key, value) = entry.map_err(StoreError::from)?;
-            let version = decode_version(key.value(), value.value())?;
-            if version.header.t <= t {
-                return Ok((!version.is_deleted()).then_some(version));
+            // Only the chosen version's body is decoded.
+            let (header, _) = resource_version::decode_value(value.value())
+                .ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            if header.t <= t {
+                if header.op == Op::Delete {
+                    return Ok(None);
+                }
+                return Ok(Some(self.decode_version(key.value(), value.value())?));
             }
         }
         Ok(None)
@@ -133,7 +144,7 @@ impl Snapshot {
         let key = resource_version::encode(resource_type.as_str(), id, version);
         match table.get(key.as_slice()).map_err(StoreError::from)? {
             None => Ok(None),
-            Some(value) => Ok(Some(decode_version(&key, value.value())?)),
+            Some(value) => Ok(Some(self.decode_version(&key, value.value())?)),
         }
     }
 
@@ -166,7 +177,7 @@ impl Snapshot {
         let mut successor_written: Option<i64> = None;
         for entry in range.rev() {
             let (key, value) = entry.map_err(StoreError::from)?;
-            let version = decode_version(key.value(), value.value())?;
+            let version = self.decode_version(key.value(), value.value())?;
             if query.since_micros.is_some_and(|since| version.header.last_updated_micros < since) {
                 return Ok(HistoryPage { entries, next_below: None });
             }
@@ -324,7 +335,7 @@ impl Snapshot {
                 .get(record_key.as_slice())
                 .map_err(StoreError::from)?
                 .ok_or_else(|| StoreError::Corrupt(record_key.clone()))?;
-            let entry = decode_version(&record_key, value.value())?;
+            let entry = self.decode_version(&record_key, value.value())?;
             // lastUpdated never decreases with t (the writer keeps its clock monotonic), so the
             // first entry older than `_since` ends the history.
             if query.since_micros.is_some_and(|since| entry.header.last_updated_micros < since) {
@@ -337,11 +348,19 @@ impl Snapshot {
     }
 }
 
-fn decode_version(key: &[u8], value: &[u8]) -> Result<Version, StoreError> {
-    let (resource_type, id, version) =
-        resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-    let (header, body) = resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-    Ok(Version { resource_type, id, version, header, body: body.to_vec() })
+impl Snapshot {
+    /// A stored version with its body decoded; a body that cannot be decoded is an error naming
+    /// the version, never returned as data.
+    fn decode_version(&self, key: &[u8], value: &[u8]) -> Result<Version, StoreError> {
+        let (resource_type, id, version) =
+            resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+        let (header, stored) =
+            resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+        let body = StoredBody::parse(stored)
+            .and_then(|stored| self.codecs.decode(stored))
+            .map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+        Ok(Version { resource_type, id, version, header, body })
+    }
 }
 
 /// Whether a version written at `written`, and replaced at `successor` (`None`: still current),

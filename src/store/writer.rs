@@ -26,6 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec::{Codecs, ContentHash, StoredBody, content_hash};
 use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
@@ -85,6 +86,7 @@ pub(super) fn start(
     db: Arc<Database>,
     indexer: Arc<dyn Indexer>,
     latest: Arc<RwLock<Arc<Snapshot>>>,
+    codecs: Arc<Codecs>,
     options: &StoreOptions,
 ) -> Result<WriterHandle, StoreError> {
     let clock = load_clock(&db)?;
@@ -99,7 +101,7 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("braid-writer".into())
         .spawn(move || {
-            run(&db, receiver, indexer.as_ref(), &latest, clock, max_group, policy);
+            run(&db, receiver, indexer.as_ref(), &codecs, &latest, clock, max_group, policy);
             // The published snapshot holds a read transaction: release it before the database.
             drop(latest);
             drop(db);
@@ -125,10 +127,12 @@ fn load_clock(db: &Database) -> Result<Clock, StoreError> {
     Ok(Clock { next_t: t + 1, last_micros: header.last_updated_micros })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     db: &Database,
     mut receiver: mpsc::Receiver<Job>,
     indexer: &dyn Indexer,
+    codecs: &Arc<Codecs>,
     latest: &RwLock<Arc<Snapshot>>,
     mut clock: Clock,
     max_group: usize,
@@ -142,15 +146,15 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, &mut clock, policy, jobs);
+        let mut commit = |jobs: &[Job]| commit_guarded(db, indexer, codecs, &mut clock, policy, jobs);
         match commit(&jobs) {
-            Ok(replies) => answer(db, latest, jobs, replies),
+            Ok(replies) => answer(db, codecs, latest, jobs, replies),
             Err(GroupFailure::Panic(message)) if jobs.len() > 1 => {
                 tracing::error!(panic = %message, requests = jobs.len(),
                     "a write group panicked; nothing was committed; retrying its requests one by one");
                 for job in jobs {
                     match commit(std::slice::from_ref(&job)) {
-                        Ok(replies) => answer(db, latest, vec![job], replies),
+                        Ok(replies) => answer(db, codecs, latest, vec![job], replies),
                         Err(failure) => fail(job, &failure),
                     }
                 }
@@ -178,12 +182,13 @@ enum GroupFailure {
 fn commit_guarded(
     db: &Database,
     indexer: &dyn Indexer,
+    codecs: &Codecs,
     clock: &mut Clock,
     policy: Policy,
     jobs: &[Job],
 ) -> Result<Vec<Reply>, GroupFailure> {
     let before = *clock;
-    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, clock, policy, jobs)));
+    let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, codecs, clock, policy, jobs)));
     match result {
         Ok(Ok(replies)) => Ok(replies),
         Ok(Err(error)) => {
@@ -217,8 +222,8 @@ fn fail(job: Job, failure: &GroupFailure) {
 }
 
 /// Publishes the committed state to readers, then answers the committed requests.
-fn answer(db: &Database, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, replies: Vec<Reply>) {
-    publish(db, latest);
+fn answer(db: &Database, codecs: &Arc<Codecs>, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, replies: Vec<Reply>) {
+    publish(db, codecs, latest);
     for (job, reply) in jobs.into_iter().zip(replies) {
         // The requester may have gone away (client disconnected); the write stands.
         let _ = job.reply.send(reply);
@@ -232,8 +237,8 @@ const PUBLISH_ATTEMPTS: u32 = 3;
 /// acknowledged (a client would not read its own write), so if every attempt fails the process
 /// exits, unacknowledged, for its supervisor to restart it; the commit is durable and the next
 /// start serves it.
-fn publish(db: &Database, latest: &RwLock<Arc<Snapshot>>) {
-    if !publish_with(|| Snapshot::open(db), latest, PUBLISH_ATTEMPTS) {
+fn publish(db: &Database, codecs: &Arc<Codecs>, latest: &RwLock<Arc<Snapshot>>) {
+    if !publish_with(|| Snapshot::open(db, codecs), latest, PUBLISH_ATTEMPTS) {
         tracing::error!("committed writes cannot be made visible to readers; exiting so that the server is restarted");
         std::process::exit(70);
     }
@@ -266,6 +271,7 @@ fn publish_with(
 fn commit_group(
     db: &Database,
     indexer: &dyn Indexer,
+    codecs: &Codecs,
     clock: &mut Clock,
     policy: Policy,
     jobs: &[Job],
@@ -284,6 +290,7 @@ fn commit_group(
             let mut execution = Execution {
                 tables: &mut tables,
                 indexer,
+                codecs,
                 clock,
                 conditional_delete_max: policy.conditional_delete_max,
                 pending_index: Vec::new(),
@@ -326,7 +333,36 @@ struct Current {
     version: u64,
     deleted: bool,
     last_updated_micros: i64,
-    body: Vec<u8>,
+    /// Its `resource_version` key, to name it in errors.
+    key: Vec<u8>,
+    /// The body as stored (compressed): decoded only when the version is returned unchanged or
+    /// a format 3 body lacks a content hash.
+    stored: Vec<u8>,
+}
+
+impl Current {
+    fn body(&self, codecs: &Codecs) -> Result<Vec<u8>, StoreError> {
+        StoredBody::parse(&self.stored)
+            .and_then(|stored| codecs.decode(stored))
+            .map_err(|reason| super::migrate::corrupt_body(&self.key, &reason))
+    }
+
+    /// Whether `incoming` (whose content hash is `incoming_hash`) has the content of this
+    /// version (see `fhir::json::same_content`): compares content hashes, without parsing the
+    /// stored body. Only a format 3 body, which has no hash, is decoded and parsed.
+    fn has_content_of(
+        &self,
+        incoming_hash: ContentHash,
+        incoming: &Resource,
+        codecs: &Codecs,
+    ) -> Result<bool, StoreError> {
+        let stored =
+            StoredBody::parse(&self.stored).map_err(|reason| super::migrate::corrupt_body(&self.key, &reason))?;
+        match stored.hash() {
+            Some(hash) => Ok(hash == incoming_hash),
+            None => Ok(is_same_content(&self.body(codecs)?, incoming)),
+        }
+    }
 }
 
 /// What one operation of a request resolved to, before anything is written.
@@ -339,6 +375,9 @@ enum Resolved {
         server_assigned: bool,
         /// The entries computed before the request was queued ([`Indexer::prepare`]).
         prepared: Option<Arc<[IndexEntry]>>,
+        /// The resource's content hash, if computed before the request was queued and still
+        /// valid (no reference rewritten since).
+        hash: Option<ContentHash>,
     },
     Existing {
         resource_type: ResourceType,
@@ -359,14 +398,18 @@ enum Planned {
         id: Id,
         version: u64,
         resource: Resource,
+        /// The content hash of `resource` (and of the stamped version).
+        hash: ContentHash,
         created: bool,
         previous: Option<u64>,
         prepared: Option<Arc<[IndexEntry]>>,
     },
+    /// `body`: the current version's JSON, returned as the outcome.
     Unchanged {
         resource_type: ResourceType,
         id: Id,
         current: Current,
+        body: Vec<u8>,
     },
     Delete {
         resource_type: ResourceType,
@@ -377,6 +420,7 @@ enum Planned {
 struct Execution<'a, 'txn> {
     tables: &'a mut Tables<'txn>,
     indexer: &'a dyn Indexer,
+    codecs: &'a Codecs,
     clock: &'a mut Clock,
     /// The most resources one conditional delete may delete.
     conditional_delete_max: usize,
@@ -458,6 +502,7 @@ impl Execution<'_, '_> {
                             precondition: Precondition::default(),
                             server_assigned: true,
                             prepared: prepared_of(request, index),
+                            hash: request.prepared_hashes.get(index).copied().flatten(),
                         },
                     }
                 }
@@ -510,6 +555,7 @@ impl Execution<'_, '_> {
                         precondition: *precondition,
                         server_assigned,
                         prepared: prepared_of(request, index),
+                        hash: request.prepared_hashes.get(index).copied().flatten(),
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -554,14 +600,21 @@ impl Execution<'_, '_> {
             resolved.into_iter().map(|r| r.expect("every operation was resolved")).collect();
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         for item in &mut resolved {
-            if let Resolved::Write { resource, .. } = item {
+            if let Resolved::Write { resource, hash, .. } = item {
                 let mut value = Value::Object(std::mem::take(resource));
+                let mut rewritten = false;
                 let result = rewrite_resource_references(&mut value, &mut |text: &str| {
-                    self.rewrite_reference(text, &local_urls, request, &mut conditional_cache)
+                    let rewrite = self.rewrite_reference(text, &local_urls, request, &mut conditional_cache);
+                    rewritten |= matches!(rewrite, Ok(Some(_)));
+                    rewrite
                 });
                 let Value::Object(map) = value else { unreachable!("a resource stays an object") };
                 *resource = map;
                 result?;
+                // The hash computed before queueing is of the resource as received.
+                if rewritten {
+                    *hash = None;
+                }
             }
         }
         Ok(resolved)
@@ -625,20 +678,29 @@ impl Execution<'_, '_> {
                             id.as_str(),
                         )))
                     })?;
-                    Planned::Unchanged { resource_type, id, current }
+                    let body = current.body(self.codecs).map_err(request_failure)?;
+                    Planned::Unchanged { resource_type, id, current, body }
                 }
-                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared } => {
+                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared, hash } => {
                     let current = if server_assigned { None } else { self.current(resource_type, &id)? };
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
+                    let hash = hash.unwrap_or_else(|| content_hash(&resource));
+                    let unchanged = match &current {
+                        Some(current) if !current.deleted => {
+                            current.has_content_of(hash, &resource, self.codecs).map_err(request_failure)?
+                        }
+                        _ => false,
+                    };
                     match current {
-                        Some(current) if !current.deleted && is_same_content(&current.body, &resource) => {
-                            Planned::Unchanged { resource_type, id, current }
+                        Some(current) if unchanged => {
+                            let body = current.body(self.codecs).map_err(request_failure)?;
+                            Planned::Unchanged { resource_type, id, current, body }
                         }
                         current => {
                             let created = current.as_ref().is_none_or(|c| c.deleted);
                             let previous = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                             let version = current.map_or(1, |c| c.version + 1);
-                            Planned::Put { resource_type, id, version, resource, created, previous, prepared }
+                            Planned::Put { resource_type, id, version, resource, hash, created, previous, prepared }
                         }
                     }
                 }
@@ -663,20 +725,22 @@ impl Execution<'_, '_> {
     fn apply(&mut self, plan: Planned) -> Result<OpOutcome, StoreError> {
         let last_updated = self.clock.last_micros;
         match plan {
-            Planned::Unchanged { resource_type, id, current } => Ok(OpOutcome {
+            Planned::Unchanged { resource_type, id, current, body } => Ok(OpOutcome {
                 resource_type,
                 id: Some(id),
                 kind: OutcomeKind::Unchanged,
                 version: Some(current.version),
                 last_updated_micros: Some(current.last_updated_micros),
-                body: Some(Arc::new(current.body)),
+                body: Some(Arc::new(body)),
             }),
-            Planned::Put { resource_type, id, version, resource, created, previous, prepared } => {
+            Planned::Put { resource_type, id, version, resource, hash, created, previous, prepared } => {
+                // Stamping changes only what the hash leaves out (`id`, `meta.versionId`,
+                // `meta.lastUpdated`), so `hash` is the stamped version's too.
                 let stamped =
                     Value::Object(stamp(resource, resource_type, &id, version, &format_instant(last_updated)));
                 let body = serde_json::to_vec(&stamped).expect("a JSON map serialises");
                 let op = if created { Op::Create } else { Op::Update };
-                let t = self.put_version(resource_type, &id, version, op, &body)?;
+                let t = self.put_version(resource_type, &id, version, op, &self.codecs.encode(&body, hash))?;
                 if let Some(previous) = previous {
                     self.supersede(resource_type, &id, previous, t)?;
                 }
@@ -710,21 +774,22 @@ impl Execution<'_, '_> {
         }
     }
 
-    /// Writes one version and returns its logical time `t`.
+    /// Writes one version (`stored`: its body as `codec` encodes it, empty for a deletion) and
+    /// returns its logical time `t`.
     fn put_version(
         &mut self,
         resource_type: ResourceType,
         id: &Id,
         version: u64,
         op: Op,
-        body: &[u8],
+        stored: &[u8],
     ) -> Result<u64, StoreError> {
         let t = self.clock.next_t;
         self.clock.next_t += 1;
         let header = Header { op, t, last_updated_micros: self.clock.last_micros };
         let (ty, id) = (resource_type.as_str(), id.as_str());
         let key = resource_version::encode(ty, id, version);
-        self.tables.versions.insert(key.as_slice(), resource_version::encode_value(header, body).as_slice())?;
+        self.tables.versions.insert(key.as_slice(), resource_version::encode_value(header, stored).as_slice())?;
         self.tables.type_history.insert(type_history::encode(ty, t, id, version).as_slice(), ())?;
         self.tables.system_history.insert(system_history::encode(t, ty, id, version).as_slice(), ())?;
         Ok(t)
@@ -794,13 +859,14 @@ impl Execution<'_, '_> {
         let (key, value) = entry?;
         let (_, _, version) =
             resource_version::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-        let (header, body) =
+        let (header, stored) =
             resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
         Ok(Some(Current {
             version,
             deleted: header.op == Op::Delete,
             last_updated_micros: header.last_updated_micros,
-            body: body.to_vec(),
+            key: key.value().to_vec(),
+            stored: stored.to_vec(),
         }))
     }
 
@@ -847,6 +913,15 @@ fn prepared_of(request: &WriteRequest, index: usize) -> Option<Arc<[IndexEntry]>
 enum Failure {
     Request(FhirError),
     Storage(StoreError),
+}
+
+/// A damaged stored body fails the request that reads it (500, naming the version), not the
+/// whole group: the other requests of the commit do not depend on it.
+fn request_failure(error: StoreError) -> Failure {
+    match error {
+        StoreError::CorruptBody { .. } => Failure::Request(FhirError::from(error)),
+        other => Failure::Storage(other),
+    }
 }
 
 impl From<StoreError> for Failure {
@@ -934,12 +1009,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("braid.redb")).unwrap();
         super::super::Store::initialise(&db, &crate::search::SearchIndexer).unwrap();
-        let latest = RwLock::new(Arc::new(Snapshot::open(&db).unwrap()));
+        let codecs = Arc::new(Codecs::built_in());
+        let latest = RwLock::new(Arc::new(Snapshot::open(&db, &codecs).unwrap()));
 
         let calls = Cell::new(0);
         let flaky = || {
             calls.set(calls.get() + 1);
-            if calls.get() < 3 { Err(StoreError::WriterGone) } else { Snapshot::open(&db) }
+            if calls.get() < 3 { Err(StoreError::WriterGone) } else { Snapshot::open(&db, &codecs) }
         };
         let before = latest.read().unwrap().clone();
         assert!(publish_with(flaky, &latest, 3), "the third attempt succeeds");

@@ -23,6 +23,7 @@ mod power_loss;
 mod process;
 mod search;
 mod sorting;
+mod storage_format;
 mod surface;
 mod synthea;
 mod validation;
