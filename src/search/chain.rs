@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::engine;
-use super::query::{Clause, exact, parse_clause, token};
+use super::query::{Clause, code_without_system, exact, parse_clause};
 use super::registry::{ParamKind, registry};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::IndexView;
@@ -207,7 +207,7 @@ fn has(
         negated: false,
         missing: None,
         also_keys: Vec::new(),
-        // `_id` is a token: its alternatives are whatever token lookup the id needs.
-        alternatives: ids.iter().flat_map(|id| token(id)).collect(),
+        // `_id` is a token whose values have no system.
+        alternatives: ids.iter().map(|id| code_without_system(id)).collect(),
     })
 }

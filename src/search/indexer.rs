@@ -30,6 +30,33 @@ impl Indexer for SearchIndexer {
         registry().index_keys(resource_type)
     }
 
+    /// Everything afresh from the body, except the values of reference parameters and
+    /// compartment membership: a reference on the server's own base was indexed as the relative
+    /// `Type/id` it stands for, and the base is not stored, so those come from `legacy` (their
+    /// encoding has not changed).
+    fn reindex_legacy(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+        legacy: &[(String, Vec<u8>)],
+    ) -> Vec<IndexEntry> {
+        let keeps_legacy = |param: &str| {
+            param == COMPARTMENT_KEY
+                || registry().get(resource_type, param).is_some_and(|def| def.kind == ParamKind::Reference)
+        };
+        let mut entries: Vec<IndexEntry> = index_entries(resource_type, resource, None)
+            .into_iter()
+            .filter(|entry| !keeps_legacy(&entry.param))
+            .collect();
+        entries.extend(
+            legacy
+                .iter()
+                .filter(|(param, _)| keeps_legacy(param))
+                .map(|(param, value)| IndexEntry { param: param.clone(), value: value.clone() }),
+        );
+        entries
+    }
+
     /// The entries of the parameters that read nothing the writer changes (see
     /// [`depends_on_stored_form`]).
     fn prepare(&self, resource_type: ResourceType, resource: &Value) -> Option<Vec<IndexEntry>> {
@@ -185,19 +212,20 @@ mod tests {
             "identifier": [{"system": "http://h", "value": "1"}, {"value": "2"}],
             "name": [{"family": "Müller", "given": ["Anna"]}], "gender": "female", "birthDate": "1980-02",
             "meta": {"lastUpdated": "2024-01-01T00:00:00Z", "tag": [{"system": "http://t", "code": "x"}]}}));
+        // Tokens: one entry each, `code 0x00 system` (the system empty when there is none).
         for (param, value) in [
-            ("identifier", &b"1"[..]),
-            ("identifier", b"http://h|1"),
-            ("identifier", b"|2"),
+            ("identifier", &b"1\0http://h"[..]),
+            ("identifier", b"2\0"),
             ("family", b"muller"),
             ("family:exact", "Müller".as_bytes()),
             ("name", b"anna"),
-            ("gender", b"|female"),
-            ("_id", b"|p1"),
-            ("_tag", b"http://t|x"),
+            ("gender", b"female\0"),
+            ("_id", b"p1\0"),
+            ("_tag", b"x\0http://t"),
         ] {
             assert!(has(&entries, param, value), "{param}={}", String::from_utf8_lossy(value));
         }
+        assert_eq!(entries.iter().filter(|(p, _)| p == "identifier").count(), 2, "one entry per identifier");
         let birthdate = entries.iter().find(|(p, _)| p == "birthdate").unwrap();
         assert_eq!(values::decode_range(&birthdate.1), values::parse_date_range("1980-02"));
     }
@@ -235,13 +263,16 @@ mod tests {
             "valueQuantity": {"value": 72, "unit": "beats/min", "system": "http://unitsofmeasure.org", "code": "/min"}}));
         assert!(has(&entries, "subject", b"Patient/p1"));
         assert!(has(&entries, "patient", b"Patient/p1"));
-        assert!(has(&entries, "code", b"http://loinc.org|8867-4"));
+        assert!(has(&entries, "code", b"8867-4\0http://loinc.org"));
+        assert_eq!(entries.iter().filter(|(p, _)| p == "code").count(), 1);
         assert!(has(&entries, "code:text", b"heart rate"));
         assert!(has(&entries, "value-quantity", &values::quantity_key("http://unitsofmeasure.org|/min", 72.0)));
-        let mut combo = b"http://loinc.org|8867-4".to_vec();
+        let mut combo = b"8867-4\0http://loinc.org".to_vec();
         combo.extend_from_slice(&[0, 0]);
         combo.extend_from_slice(&values::quantity_key("||/min", 72.0));
         assert!(has(&entries, "code-value-quantity", &combo));
+        // One token form times the quantity's unit forms (none, `||/min`, `system|/min`, `||beats/min`).
+        assert_eq!(entries.iter().filter(|(p, _)| p == "code-value-quantity").count(), 4);
         assert!(entries.iter().any(|(p, _)| p == "date"));
         assert!(has(&entries, COMPARTMENT_KEY, b"Patient/p1"));
     }

@@ -30,6 +30,8 @@ pub enum Prefix {
 pub enum Pred {
     Equals(Vec<u8>),
     StartsWith(Vec<u8>),
+    /// Token `system|`: values ending in `0x00 system`.
+    EndsWith(Vec<u8>),
     Contains(Vec<u8>),
     /// Date ranges: the query's own range and prefix.
     Date {
@@ -60,8 +62,10 @@ pub enum Pred {
 pub enum Component {
     /// Exactly this value.
     Exact(Vec<u8>),
-    /// Any value starting with these bytes: a token `system|` (any code of the system).
+    /// Any value starting with these bytes: a plain token `code` (any system or none).
     Prefix(Vec<u8>),
+    /// Any value ending with these bytes: a token `system|` (any code of the system).
+    Suffix(Vec<u8>),
 }
 
 /// The separator between the components of a composite index value. Component values never
@@ -80,6 +84,9 @@ fn composite_accepts(head: &[Component], tail: &Pred, mut value: &[u8]) -> bool 
                 let end = rest.windows(2).position(|pair| pair == COMPONENT_SEPARATOR)?;
                 Some(&rest[end + 2..])
             }),
+            Component::Suffix(bytes) => token_component_end(value)
+                .filter(|&end| value[..end].ends_with(bytes))
+                .map(|end| &value[end + COMPONENT_SEPARATOR.len()..]),
         };
         match rest {
             Some(rest) => value = rest,
@@ -87,6 +94,14 @@ fn composite_accepts(head: &[Component], tail: &Pred, mut value: &[u8]) -> bool 
         }
     }
     tail.accepts(value)
+}
+
+/// Where the token component at the start of a composite value ends: at the first separator
+/// after the code's own 0x00 (`code 0x00 system`, the system possibly empty).
+fn token_component_end(value: &[u8]) -> Option<usize> {
+    let system_start = value.iter().position(|&byte| byte == 0)? + 1;
+    let system_len = value.get(system_start..)?.windows(2).position(|pair| pair == COMPONENT_SEPARATOR)?;
+    Some(system_start + system_len)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +261,7 @@ impl Pred {
         match self {
             Pred::Equals(expected) => value == expected.as_slice(),
             Pred::StartsWith(prefix) => value.starts_with(prefix),
+            Pred::EndsWith(suffix) => value.ends_with(suffix),
             Pred::Contains(part) => part.is_empty() || value.windows(part.len()).any(|w| w == part.as_slice()),
             Pred::Date { prefix, lo, hi } => {
                 decode_range(value).is_some_and(|(t_lo, t_hi)| date_matches(*prefix, *lo, *hi, t_lo, t_hi))
@@ -522,6 +538,8 @@ pub fn parse_clause(
                 _ => return Err(bad_modifier()),
             },
             ParamKind::Token => match modifier {
+                // Resource ids are tokens without a system: one exact value each.
+                None if def.code == "_id" => vec![code_without_system(&unescape(&value))],
                 None => token(&value),
                 Some("not") => {
                     clause.negated = true;
@@ -607,25 +625,30 @@ fn index_key_for_missing(def: &ParamDef) -> String {
     def.code.clone()
 }
 
-/// `system|code` and `|code` are stored forms: an exact lookup each. A plain `code` matches
-/// codes with any system (stored as `code`) and without one (stored as `|code`). `system|`
-/// (any code of a system) is a prefix scan over the `system|code` values. `value` keeps its
-/// escapes: only an unescaped `|` separates system and code (`a\|b` is the code `a|b`).
+/// Tokens are stored as `code 0x00 system` (see `values::token_value`): `system|code` and
+/// `|code` (no system) are exact values, a plain `code` (any system or none) is the prefix
+/// `code 0x00`, and `system|` (any code of the system) is the one form that scans the whole
+/// parameter, keeping the values that end in `0x00 system`. `value` keeps its escapes: only an
+/// unescaped `|` separates system and code (`a\|b` is the code `a|b`).
 pub(super) fn token(value: &str) -> Vec<Alternative> {
     match split_unescaped(value, '|').as_slice() {
-        [code] => {
-            let code = unescape(code);
-            let without_system = format!("|{code}").into_bytes();
-            vec![exact(code.into_bytes()), exact(without_system)]
+        [code] => vec![starting_with(values::token_value(&unescape(code), ""))],
+        [system, ""] if !system.is_empty() => {
+            let suffix = values::token_value("", &unescape(system));
+            vec![Alternative { key: None, pred: Pred::EndsWith(suffix), lo: Vec::new(), hi: None }]
         }
-        [system, ""] if !system.is_empty() => vec![starting_with(format!("{}|", unescape(system)).into_bytes())],
         // `system|code`, `|code`; more bars belong to the code.
         [system, code @ ..] => {
             let code: Vec<String> = code.iter().map(|part| unescape(part)).collect();
-            vec![exact(format!("{}|{}", unescape(system), code.join("|")).into_bytes())]
+            vec![exact(values::token_value(&code.join("|"), &unescape(system)))]
         }
         [] => Vec::new(),
     }
+}
+
+/// The token alternative of exactly `code` without a system (`|code`): resource ids.
+pub(super) fn code_without_system(code: &str) -> Alternative {
+    exact(values::token_value(code, ""))
 }
 
 fn date(name: &str, text: &str) -> Result<Alternative, FhirError> {
@@ -842,6 +865,7 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
                 .into_iter()
                 .map(|alternative| match alternative.pred {
                     Pred::StartsWith(prefix) => Component::Prefix(prefix),
+                    Pred::EndsWith(suffix) => Component::Suffix(suffix),
                     _ => Component::Exact(alternative.lo),
                 })
                 .collect(),
@@ -857,6 +881,7 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
             .map(|form| match form {
                 Component::Exact(bytes) => Component::Exact(values::bounded(bytes)),
                 Component::Prefix(bytes) => Component::Prefix(values::bounded(bytes)),
+                Component::Suffix(bytes) => Component::Suffix(bytes),
             })
             .collect();
         heads = heads
@@ -895,6 +920,10 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
                 }
                 Component::Prefix(bytes) => {
                     fixed.extend_from_slice(bytes);
+                    open = true;
+                    break;
+                }
+                Component::Suffix(_) => {
                     open = true;
                     break;
                 }
@@ -996,24 +1025,38 @@ mod tests {
 
     #[test]
     fn composite_token_components_accept_any_code_of_a_system() {
-        let stored = |coding: &str, value: f64| [coding.as_bytes(), &[0, 0], &quantity_value("", value)].concat();
+        // A stored token component is `code 0x00 system`.
+        let stored = |system: &str, code: &str, value: f64| {
+            [&values::token_value(code, system)[..], &[0, 0], &quantity_value("", value)].concat()
+        };
         let by_system = clause("Observation", "code-value-quantity", "http://loinc.org|$5.4");
         let alternative = &by_system.alternatives[0];
-        for (coding, value, expected) in [
-            ("http://loinc.org|8867-4", 5.4, true),
-            ("http://loinc.org|", 5.4, true),
-            ("http://loinc.org|8867-4", 6.0, false),
-            ("http://loinc.org.uk|x", 5.4, false),
-            ("8867-4", 5.4, false),
+        for (system, code, value, expected) in [
+            ("http://loinc.org", "8867-4", 5.4, true),
+            ("http://loinc.org", "", 5.4, true),
+            ("http://loinc.org", "8867-4", 6.0, false),
+            ("http://loinc.org.uk", "x", 5.4, false),
+            ("x.http://loinc.org", "x", 5.4, false),
+            ("", "8867-4", 5.4, false),
         ] {
-            let value = stored(coding, value);
-            assert_eq!(alternative.pred.accepts(&value), expected, "{coding}");
-            assert!(!expected || in_range(alternative, &value), "{coding} outside the scan range");
+            let value = stored(system, code, value);
+            assert_eq!(alternative.pred.accepts(&value), expected, "{system}|{code}");
+            assert!(!expected || in_range(alternative, &value), "{system}|{code} outside the scan range");
         }
+        // A plain code accepts it with any system or none; `|code` only without one.
+        let any_system = clause("Observation", "code-value-quantity", "x$5.4");
+        let without_system = clause("Observation", "code-value-quantity", "|x$5.4");
+        for (system, expected_any, expected_without) in [("http://loinc.org", true, false), ("", true, true)] {
+            let value = stored(system, "x", 5.4);
+            assert_eq!(any_system.alternatives[0].pred.accepts(&value), expected_any, "{system}");
+            assert!(in_range(&any_system.alternatives[0], &value));
+            assert_eq!(without_system.alternatives[0].pred.accepts(&value), expected_without, "{system}");
+        }
+        assert!(!any_system.alternatives[0].pred.accepts(&stored("http://loinc.org", "xy", 5.4)));
         // Exact codes keep their exact scan.
         let exact = clause("Observation", "code-value-quantity", "http://loinc.org|x$5.4");
-        assert!(exact.alternatives[0].pred.accepts(&stored("http://loinc.org|x", 5.4)));
-        assert!(!exact.alternatives[0].pred.accepts(&stored("http://loinc.org|xy", 5.4)));
+        assert!(exact.alternatives[0].pred.accepts(&stored("http://loinc.org", "x", 5.4)));
+        assert!(!exact.alternatives[0].pred.accepts(&stored("http://loinc.org", "xy", 5.4)));
     }
 
     #[test]
@@ -1145,9 +1188,12 @@ mod escaping {
         let values = |alternatives: Vec<Alternative>| -> Vec<String> {
             alternatives.into_iter().map(|a| String::from_utf8(a.lo).unwrap()).collect()
         };
-        assert_eq!(values(token(r"a\|b")), ["a|b", "|a|b"]);
-        assert_eq!(values(token(r"s|a\|b")), ["s|a|b"]);
-        assert_eq!(values(token(r"|x\\y")), [r"|x\y"]);
-        assert_eq!(values(token("s|")), ["s|"]);
+        let preds =
+            |alternatives: Vec<Alternative>| -> Vec<Pred> { alternatives.into_iter().map(|a| a.pred).collect() };
+        assert_eq!(values(token(r"a\|b")), ["a|b\0"]);
+        assert_eq!(preds(token(r"a\|b")), [Pred::StartsWith(b"a|b\0".to_vec())]);
+        assert_eq!(values(token(r"s|a\|b")), ["a|b\0s"]);
+        assert_eq!(values(token(r"|x\\y")), ["x\\y\0"]);
+        assert_eq!(preds(token("s|")), [Pred::EndsWith(b"\0s".to_vec())]);
     }
 }

@@ -5,11 +5,11 @@
 //! | type | entry (param key → value bytes) |
 //! |---|---|
 //! | string | `p` → normalised text (NFKD, lower case, combining marks removed); `p:exact` → the text as is |
-//! | token | `p` → `code` and `system\|code`, or only `\|code` without a system; `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
+//! | token | `p` → `code · 0x00 · system` (the system empty when there is none; an identifier with a system and no value is `0x00 · system`); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian); ranges wider than [`NARROW_DATE_WIDTH`] also `p:end` → range end · range start |
 //! | number | `p` → order-preserving 8-byte float |
 //! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` and `\|\|unit` (any system, code or human-readable unit) and `` (no unit) |
-//! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → token forms of `Reference.identifier` |
+//! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → the token value of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
 //!
@@ -201,14 +201,22 @@ fn string_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
-/// A code with a system is stored as `code` and `system|code`; a code without one only as
-/// `|code` (a plain `code` query reads both `code` and `|code`). `system|` queries are a
-/// prefix scan over the `system|code` values.
+/// One entry per code: `code 0x00 system`, with an empty system when there is none. Code first,
+/// so that every query form is one range: a plain `code` is the prefix `code 0x00` (any system
+/// or none), `system|code` and `|code` are exact values, and only `system|` (any code of a
+/// system) has to scan the parameter (see `query::token`). Codes and systems are text and never
+/// contain 0x00 (control characters are refused on input), so the separator is unambiguous.
 fn token_forms(system: Option<&str>, code: &str) -> Vec<(&'static str, Vec<u8>)> {
-    match system {
-        Some(system) => vec![("", code.as_bytes().to_vec()), ("", format!("{system}|{code}").into_bytes())],
-        None => vec![("", format!("|{code}").into_bytes())],
-    }
+    vec![("", token_value(code, system.unwrap_or("")))]
+}
+
+/// The index value of a token: `code 0x00 system`.
+pub fn token_value(code: &str, system: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(code.len() + 1 + system.len());
+    value.extend_from_slice(code.as_bytes());
+    value.push(0);
+    value.extend_from_slice(system.as_bytes());
+    value
 }
 
 fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
@@ -250,7 +258,7 @@ fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
                 }
             } else if let Some(system) = system {
                 // An identifier with a system and no value still matches `system|`.
-                out.push(("", format!("{system}|").into_bytes()));
+                out.push(("", token_value("", system)));
             }
             out
         }

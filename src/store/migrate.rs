@@ -27,7 +27,8 @@ use super::keys::{
     Reader, put_str, put_u64, resource_search_param_value, resource_version, search_param_value, superseded,
 };
 use super::{
-    Indexer, META, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED, StoreError,
+    IndexEntry, Indexer, META, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED,
+    StoreError,
 };
 use crate::fhir::ResourceType;
 
@@ -41,12 +42,8 @@ pub(super) const V4_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
 pub(super) mod v4 {
     use super::{Reader, put_str, put_u64};
 
-    /// `(param hash, value, id, version)`
-    pub fn decode_entry_key(key: &[u8]) -> Option<(u32, Vec<u8>, String, u64)> {
-        let (hash, rest) = key.split_first_chunk::<4>()?;
-        let mut reader = Reader::new(rest);
-        let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.string()?, reader.u64()?);
-        reader.is_empty().then_some(decoded)
+    pub fn entry_key(resource_type: &str, param: &str, value: &[u8], id: &str, version: u64) -> Vec<u8> {
+        encode_entry_key(super::search_param_value::param_hash(resource_type, param), value, id, version)
     }
 
     pub fn encode_entry_key(hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
@@ -141,8 +138,8 @@ pub struct MigrationReport {
     /// Versions whose body cannot be read (`type/id/_history/version`, at most 100): left as
     /// they are, and an error at read.
     pub damaged: Vec<String>,
-    /// Index rows (entries and records) re-encoded by this run (format 4 → 5).
-    pub index_rows: u64,
+    /// Indexed versions whose index this run rebuilt in the format 5 encoding (4 → 5).
+    pub versions_reindexed: u64,
 }
 
 /// Which bodies a batched pass over `resource_version` rewrites.
@@ -401,63 +398,84 @@ pub struct Progress {
     pub rows_total: u64,
 }
 
-/// Format 4 → 5 (and every older format: formats 1 to 4 share the index encodings): re-encodes
-/// the index tables (versions short in keys, parameter hashes instead of names in records; see
-/// `keys::search_param_value` and `keys::resource_search_param_value`) into their new tables
-/// and drops the old ones; a no-op once the old ones are gone. Returns the rows converted. The
-/// caller records the new format version.
+/// Format 4 → 5 (and every older format: formats 1 to 4 share the index encodings): rebuilds
+/// the index tables in their `.5` form (keys with short versions, records with parameter
+/// hashes, tokens as one `code 0x00 system` value instead of `code` and `system|code`) and
+/// drops the old ones; a no-op once the old ones are gone. Returns the index records written.
+/// The caller records the new format version.
 ///
-/// Each old table is read in key order and each converted key sorts exactly where its old key
-/// did, so the new table is written by appending (its pages come out full) and its last key
-/// says where an interrupted conversion resumes.
+/// The old records say which versions are indexed (those whose entries the collector has not
+/// removed); each such version is indexed again from its stored body
+/// ([`Indexer::reindex_legacy`], which keeps the old reference values: they may have been
+/// indexed relative to the server's base, which the body alone does not tell), with the
+/// lifetime its old entries had. Records are converted in key order, in batches, each its own
+/// transaction; the last key of the new record table says where an interrupted run resumes.
 pub(super) fn reencode_index_tables(
     db: &Database,
+    codecs: &Codecs,
+    indexer: &dyn Indexer,
     batch_rows: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<u64, StoreError> {
-    let resume = resume_point(db, V4_SEARCH_PARAM_VALUE, SEARCH_PARAM_VALUE, |key| {
-        let (hash, value, id, version) = search_param_value::decode(key)?;
-        Some(v4::encode_entry_key(hash, &value, &id, version))
-    })?;
-    let mut rows = 0;
-    if let Some((total, after)) = resume {
-        rows += in_batches(db, "search_param_value", batch_rows, total, after, progress, |txn, start| {
-            let source = txn.open_table(V4_SEARCH_PARAM_VALUE)?;
-            let mut target = txn.open_table(SEARCH_PARAM_VALUE)?;
-            let (mut count, mut last) = (0, None);
-            for row in source.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
-                let (key, lifetime) = row?;
-                let (hash, value, id, version) =
-                    v4::decode_entry_key(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-                target.insert(
-                    search_param_value::encode_hashed(hash, &value, &id, version).as_slice(),
-                    lifetime.value(),
-                )?;
-                last = Some(key.value().to_vec());
-                count += 1;
-            }
-            Ok((count, last))
-        })?;
-    }
     let resume = resume_point(db, V4_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE, |key| {
         let (ty, id, version) = resource_search_param_value::decode(key)?;
         Some(v4::record_key(&ty, &id, version))
     })?;
+    let mut rows = 0;
     if let Some((total, after)) = resume {
-        rows += in_batches(db, "resource_search_param_value", batch_rows, total, after, progress, |txn, start| {
+        rows += in_batches(db, "indexed versions", batch_rows, total, after, progress, |txn, start| {
             let source = txn.open_table(V4_RESOURCE_SEARCH_PARAM_VALUE)?;
-            let mut target = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
+            let old_entries = txn.open_table(V4_SEARCH_PARAM_VALUE)?;
+            let versions = txn.open_table(RESOURCE_VERSION)?;
+            let mut records = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
+            let mut entries = txn.open_table(SEARCH_PARAM_VALUE)?;
             let (mut count, mut last) = (0, None);
             for row in source.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
                 let (key, record) = row?;
                 let corrupt = || StoreError::Corrupt(key.value().to_vec());
                 let (ty, id, version) = v4::decode_record_key(key.value()).ok_or_else(corrupt)?;
-                let pairs = v4::decode_record(record.value()).ok_or_else(corrupt)?;
-                let converted = resource_search_param_value::encode_value(&ty, pairs);
-                target
-                    .insert(resource_search_param_value::encode(&ty, &id, version).as_slice(), converted.as_slice())?;
+                let old_pairs: Vec<(String, Vec<u8>)> = v4::decode_record(record.value())
+                    .ok_or_else(corrupt)?
+                    .into_iter()
+                    .map(|(param, value)| (param.to_owned(), value.to_vec()))
+                    .collect();
                 last = Some(key.value().to_vec());
                 count += 1;
+                // Every entry of a version has the lifetime of the version.
+                let mut lifetime = None;
+                for (param, value) in &old_pairs {
+                    if let Some(found) = old_entries.get(v4::entry_key(&ty, param, value, &id, version).as_slice())? {
+                        lifetime = Some(found.value());
+                        break;
+                    }
+                }
+                let (Some(lifetime), Some(resource_type)) = (lifetime, ResourceType::parse(&ty)) else { continue };
+                let body = versions.get(resource_version::encode(&ty, &id, version).as_slice())?.and_then(|value| {
+                    let (_, stored) = resource_version::decode_value(value.value())?;
+                    let json = codecs.decode(StoredBody::parse(stored).ok()?).ok()?;
+                    serde_json::from_slice::<Value>(&json).ok()
+                });
+                let new_entries: std::collections::BTreeSet<IndexEntry> = match body {
+                    Some(body) => indexer.reindex_legacy(resource_type, &body, &old_pairs).into_iter().collect(),
+                    None => {
+                        tracing::warn!(resource = %format!("{ty}/{id}/_history/{version}"),
+                            "the stored body cannot be read; its index values are kept as they were");
+                        old_pairs
+                            .iter()
+                            .map(|(param, value)| IndexEntry { param: param.clone(), value: value.clone() })
+                            .collect()
+                    }
+                };
+                for entry in &new_entries {
+                    let entry_key = search_param_value::encode(&ty, &entry.param, &entry.value, &id, version);
+                    entries.insert(entry_key.as_slice(), lifetime)?;
+                }
+                let converted = resource_search_param_value::encode_value(
+                    &ty,
+                    new_entries.iter().map(|e| (e.param.as_str(), e.value.as_slice())),
+                );
+                records
+                    .insert(resource_search_param_value::encode(&ty, &id, version).as_slice(), converted.as_slice())?;
             }
             Ok((count, last))
         })?;
@@ -626,7 +644,7 @@ mod tests {
         assert_eq!(migrated, original, "every body is byte for byte what format 3 stored");
         // Migrated bodies carry the hash of their content (the index tables are brought to the
         // current format first, as opening the file does).
-        reencode_index_tables(&db, BATCH_ROWS, &mut |_| {}).unwrap();
+        reencode_index_tables(&db, &codecs, &SearchIndexer, BATCH_ROWS, &mut |_| {}).unwrap();
         let report = super::super::check::verify(&db, &SearchIndexer, &codecs).unwrap();
         assert!(!report.problems.iter().any(|p| p.contains("hash") || p.contains("body")), "{:?}", report.problems);
     }
@@ -796,7 +814,7 @@ mod index_tests {
             attempts += 1;
             let mut batches = 0;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reencode_index_tables(&db, 97, &mut |_| {
+                reencode_index_tables(&db, &Codecs::built_in(), &SearchIndexer, 7, &mut |_| {
                     batches += 1;
                     assert!(batches < 3, "interrupted");
                 })
@@ -806,7 +824,7 @@ mod index_tests {
             }
             assert!(attempts < 1000, "the conversion makes progress");
         }
-        assert!(attempts > 5, "it was interrupted and resumed {attempts} times");
+        assert!(attempts > 3, "it was interrupted and resumed {attempts} times");
         assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
         assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
     }

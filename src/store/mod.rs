@@ -317,10 +317,10 @@ impl Store {
         if format_version(db)? < 5 {
             // Formats 1 to 4 share the index encodings: re-encode them first, so that the
             // format 2 step below works on the current tables.
-            let rows = migrate::reencode_index_tables(db, migrate::BATCH_ROWS, &mut |step| {
+            let rows = migrate::reencode_index_tables(db, &codecs, indexer, migrate::BATCH_ROWS, &mut |step| {
                 progress(&MigrationProgress { unit: step.table, migrated: step.rows_done, total: step.rows_total })
             })?;
-            migrated.get_or_insert_with(MigrationReport::default).index_rows = rows;
+            migrated.get_or_insert_with(MigrationReport::default).versions_reindexed = rows;
             if format_version(db)? == 2 {
                 let txn = db.begin_write()?;
                 let added = migrate::add_derived_entries(&txn, indexer)?;
@@ -331,8 +331,8 @@ impl Store {
         }
         if format_version(db)? == 3 {
             let bodies = migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?;
-            let index_rows = migrated.map_or(0, |report| report.index_rows);
-            migrated = Some(MigrationReport { index_rows, ..bodies });
+            let versions_reindexed = migrated.map_or(0, |report| report.versions_reindexed);
+            migrated = Some(MigrationReport { versions_reindexed, ..bodies });
         }
         if format_version(db)? == 4 {
             let txn = db.begin_write()?;

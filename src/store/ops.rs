@@ -34,6 +34,20 @@ pub trait Indexer: Send + Sync + 'static {
         None
     }
 
+    /// The entries of a version indexed by an earlier format, indexed again from its stored
+    /// body; `legacy` holds the `(param, value)` pairs the earlier format recorded. The default
+    /// indexes the body afresh; an indexer whose entries can depend on what the body alone does
+    /// not tell (references indexed relative to the server's base) takes those from `legacy`.
+    fn reindex_legacy(
+        &self,
+        resource_type: ResourceType,
+        resource: &serde_json::Value,
+        legacy: &[(String, Vec<u8>)],
+    ) -> Vec<IndexEntry> {
+        let _ = legacy;
+        self.entries(resource_type, resource)
+    }
+
     /// Every index key (`IndexEntry::param`) this indexer can produce for `resource_type`: index
     /// records store keys as hashes, and migrations that need the names find them here.
     fn index_keys(&self, resource_type: ResourceType) -> Vec<String> {

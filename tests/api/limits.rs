@@ -276,7 +276,7 @@ fn index_values_are_bounded_whatever_the_element_length() {
     let patient_type = braid::fhir::ResourceType::parse("Patient").unwrap();
     let entries = braid::search::SearchIndexer.entries(patient_type, &resource);
     assert!(entries.iter().any(|e| e.param == "family" && e.value.starts_with(b"mullermuller")));
-    assert!(entries.iter().any(|e| e.param == "identifier" && e.value.starts_with(b"http://x|999")));
+    assert!(entries.iter().any(|e| e.param == "identifier" && e.value.starts_with(b"999")));
     let longest = entries.iter().map(|e| e.value.len()).max().unwrap();
     assert!(longest <= braid::search::values::MAX_INDEXED_BYTES, "longest index value: {longest} bytes");
 }
