@@ -41,6 +41,7 @@ pub struct Settings {
     pub max_history_scan: usize,
     pub sort_in_memory_below: usize,
     pub quick_repair: bool,
+    pub body_cache_mb: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -82,6 +83,7 @@ impl Default for Settings {
             max_history_scan: 10_000,
             sort_in_memory_below: 1000,
             quick_repair: true,
+            body_cache_mb: 32,
         }
     }
 }
@@ -349,6 +351,14 @@ pub const SETTINGS: &[SettingDoc] = &[
             }
             _ => Err("expected true or false".into()),
         },
+    },
+    SettingDoc {
+        key: "body_cache_mb",
+        env: "BRAID_BODY_CACHE_MB",
+        default: "32",
+        doc: "Memory in MiB for resource bodies already decompressed, so that reads of often-read resources skip \
+              decompression; 0 turns the cache off.",
+        apply: |s, v| parse_into(&mut s.body_cache_mb, v),
     },
 ];
 

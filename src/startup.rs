@@ -43,6 +43,7 @@ impl Application {
             gc_interval: Duration::from_secs(settings.gc_interval_secs),
             conditional_delete_max: settings.conditional_delete_max,
             quick_repair: settings.quick_repair,
+            body_cache_bytes: settings.body_cache_mb << 20,
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();

@@ -27,6 +27,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zstd::zstd_safe::{self, CCtx, CDict, CParameter, DCtx, DDict};
 
+use super::body_cache::BodyCache;
+
 /// The built-in dictionary a new database starts with (id 1), trained on the official R4
 /// examples and the Synthea bundles in `tests/data`; regenerate it with
 /// `braid dictionary build --out profiles/body-dictionary.zdict tests/data/examples tests/data/synthea`.
@@ -116,6 +118,9 @@ pub struct Codecs {
     decoders: BTreeMap<u32, DDict<'static>>,
     /// The dictionary new bodies are compressed with.
     encoder: (u32, CDict<'static>),
+    /// Bodies decompressed recently, by `resource_version` key (off until the store sets its
+    /// capacity).
+    pub body_cache: BodyCache,
 }
 
 thread_local! {
@@ -152,7 +157,7 @@ impl Codecs {
             .ok_or_else(|| format!("the current dictionary {current} is not in the dictionary table"))?
             .1;
         let encoder = CDict::try_create(bytes, COMPRESSION_LEVEL).ok_or("zstd cannot load the dictionary")?;
-        Ok(Codecs { decoders, encoder: (current, encoder) })
+        Ok(Codecs { decoders, encoder: (current, encoder), body_cache: BodyCache::default() })
     }
 
     /// Only the built-in dictionary (tests and tools).

@@ -8,6 +8,7 @@
 //!
 //! The layout is explained with a worked example in `docs/storage.md`.
 
+mod body_cache;
 pub mod check;
 pub mod codec;
 pub mod dictionary;
@@ -140,6 +141,8 @@ pub struct StoreOptions {
     /// it instead of walking every table to rebuild it. Applies to every write transaction:
     /// recovery is quick only if the last commit before the crash recorded the state.
     pub quick_repair: bool,
+    /// Memory for decompressed bodies of recently read versions (see `body_cache`); 0: none.
+    pub body_cache_bytes: usize,
 }
 
 /// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
@@ -156,6 +159,7 @@ impl Default for StoreOptions {
             gc_interval: Duration::from_secs(60),
             conditional_delete_max: 1,
             quick_repair: true,
+            body_cache_bytes: 32 << 20,
         }
     }
 }
@@ -236,6 +240,7 @@ impl Store {
                 "migrating the database to format version {FORMAT_VERSION}"
             );
         })?;
+        codecs.body_cache.set_capacity(options.body_cache_bytes);
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db, &codecs)?)));
         let db = Arc::new(db);
         let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), codecs.clone(), &options)?;

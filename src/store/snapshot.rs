@@ -356,9 +356,18 @@ impl Snapshot {
             resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
         let (header, stored) =
             resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-        let body = StoredBody::parse(stored)
-            .and_then(|stored| self.codecs.decode(stored))
-            .map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+        let body = match self.codecs.body_cache.get(key) {
+            Some(body) => body,
+            None => {
+                let stored = StoredBody::parse(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+                let compressed = matches!(stored, StoredBody::Zstd { .. });
+                let body = self.codecs.decode(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+                if compressed {
+                    self.codecs.body_cache.insert(key, &body);
+                }
+                body
+            }
+        };
         Ok(Version { resource_type, id, version, header, body })
     }
 }
