@@ -13,10 +13,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use super::codec::{self, Codecs, StoredBody, content_hash};
 use super::keys::resource_version;
 use super::migrate::{self, MigrationProgress, MigrationReport, Rewrite};
-use super::{
-    CURRENT_DICTIONARY_KEY, DICTIONARY, Indexer, META, RESOURCE_VERSION, Store, StoreError, load_codecs, open_stopped,
-    repack,
-};
+use super::{CURRENT_DICTIONARY_KEY, DICTIONARY, Indexer, META, Opened, RESOURCE_VERSION, StoreError, open_stopped};
 
 /// The most bodies sampled for training (and as many again held out to judge the result): zstd
 /// learns little beyond a few thousand, and the sample is held in memory.
@@ -52,11 +49,7 @@ pub struct TrainReport {
 /// stopped database, and adopts it if it does better than the current one.
 pub fn train(path: &Path, indexer: &dyn Indexer, size: usize, samples: usize) -> Result<TrainReport, StoreError> {
     let samples = samples.clamp(MIN_SAMPLES, MAX_SAMPLES);
-    let db = open_stopped(path)?;
-    // Brings an older file to the current format first.
-    repack::resume(&db)?;
-    Store::initialise(&db, indexer)?;
-    let codecs = load_codecs(&db)?;
+    let (db, Opened { codecs, .. }) = open_stopped(path, indexer, &mut |_| {})?;
     let (training, held_out) = {
         let txn = db.begin_read()?;
         let versions = txn.open_table(RESOURCE_VERSION)?;
@@ -136,10 +129,7 @@ pub fn recompress(
     indexer: &dyn Indexer,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<MigrationReport, StoreError> {
-    let db = open_stopped(path)?;
-    repack::resume(&db)?;
-    Store::initialise(&db, indexer)?;
-    let codecs = load_codecs(&db)?;
+    let (db, Opened { codecs, .. }) = open_stopped(path, indexer, &mut |_| {})?;
     migrate::rewrite_bodies(&db, &codecs, Rewrite::Recompress, migrate::BATCH_VERSIONS, None, progress)
 }
 

@@ -231,7 +231,6 @@ impl Store {
     }
 
     fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
-        repack::resume(&db)?;
         let Opened { secret, horizon, codecs, .. } = Self::initialise_with(&db, indexer.as_ref(), &mut |progress| {
             tracing::info!(
                 step = progress.unit,
@@ -300,22 +299,18 @@ impl Store {
         Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 
-    /// Creates every table and the meta entries on first open, checks the format version and
-    /// migrates an older file (see [`Store::initialise_with`]).
-    fn initialise(db: &Database, indexer: &dyn Indexer) -> Result<Opened, StoreError> {
-        Self::initialise_with(db, indexer, &mut |_| {})
-    }
-
-    /// Creates every table and the meta entries on first open, checks the format version and
-    /// migrates an older file, step by step (see `migrate` and the format table in
-    /// docs/storage.md). The steps that rewrite a whole table run in batches, each its own
-    /// transaction, report each batch to `progress`, and continue where they stopped at the
-    /// next open after an interruption.
+    /// Finishes an interrupted `braid compact` (see `repack`), creates every table and the meta
+    /// entries on first open, checks the format version and migrates an older file, step by
+    /// step (see `migrate` and the format table in docs/storage.md). The steps that rewrite a
+    /// whole table run in batches, each its own transaction, report each batch to `progress`,
+    /// and continue where they stopped at the next open after an interruption. Every way of
+    /// opening a file goes through here before anything reads it.
     fn initialise_with(
         db: &Database,
         indexer: &dyn Indexer,
         progress: &mut dyn FnMut(&MigrationProgress),
     ) -> Result<Opened, StoreError> {
+        repack::resume(db)?;
         let (secret, horizon, found_version) = Self::prepare_file(db)?;
         let codecs = Arc::new(load_codecs(db)?);
         let mut migrated: Option<MigrationReport> = None;
@@ -497,12 +492,7 @@ pub struct CompactReport {
 /// and truncate it. A file held by a running Braid is refused.
 pub fn compact(path: &Path, cursor_ttl: Duration, indexer: &dyn Indexer) -> Result<CompactReport, StoreError> {
     let bytes_before = file_size(path)?;
-    let mut db = Database::builder().open(path).map_err(|error| match error {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-        other => StoreError::Database(other),
-    })?;
-    repack::resume(&db)?;
-    let Opened { horizon, .. } = Store::initialise(&db, indexer)?;
+    let (mut db, Opened { horizon, .. }) = open_stopped(path, indexer, &mut |_| {})?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     let rows_repacked = repack::repack_all(&db)?;
     while db.compact()? {}
@@ -548,19 +538,25 @@ fn load_codecs(db: &Database) -> Result<Codecs, StoreError> {
     Codecs::new(&dictionaries, current).map_err(StoreError::Dictionary)
 }
 
-/// Opens a database that no server has open, for a command-line tool. A file held by a running
-/// Braid is refused.
-fn open_stopped(path: &Path) -> Result<Database, StoreError> {
+/// Opens a database that no server has open, for a command-line tool, and brings it to the
+/// current format (see [`Store::initialise_with`]). A file held by a running Braid is refused.
+fn open_stopped(
+    path: &Path,
+    indexer: &dyn Indexer,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<(Database, Opened), StoreError> {
     if !path.exists() {
         return Err(StoreError::Storage(redb::StorageError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("no database at {}", path.display()),
         ))));
     }
-    Database::builder().open(path).map_err(|error| match error {
+    let db = Database::builder().open(path).map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
         other => StoreError::Database(other),
-    })
+    })?;
+    let opened = Store::initialise_with(&db, indexer, progress)?;
+    Ok((db, opened))
 }
 
 /// Brings a stopped database to the current format (what opening it in the server does), with
@@ -570,9 +566,7 @@ pub fn migrate(
     indexer: &dyn Indexer,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<MigrationReport, StoreError> {
-    let db = open_stopped(path)?;
-    repack::resume(&db)?;
-    let opened = Store::initialise_with(&db, indexer, progress)?;
+    let (db, opened) = open_stopped(path, indexer, progress)?;
     let mut report = opened.migrated.unwrap_or_default();
     report.from_version = opened.found_version.unwrap_or(FORMAT_VERSION);
     report.to_version = format_version(&db)?;

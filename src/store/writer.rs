@@ -1008,7 +1008,7 @@ mod tests {
     fn publishing_retries_and_reports_when_every_attempt_fails() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("braid.redb")).unwrap();
-        super::super::Store::initialise(&db, &crate::search::SearchIndexer).unwrap();
+        super::super::Store::initialise_with(&db, &crate::search::SearchIndexer, &mut |_| {}).unwrap();
         let codecs = Arc::new(Codecs::built_in());
         let latest = RwLock::new(Arc::new(Snapshot::open(&db, &codecs).unwrap()));
 
