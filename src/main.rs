@@ -151,11 +151,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(data) = args.data {
-        settings.data = data;
-    }
-    let path = settings.data;
+fn compact(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.data.unwrap_or(settings.data);
     let ttl = std::time::Duration::from_secs(settings.cursor_ttl_secs);
     let report = braid::store::compact(&path, ttl, &braid::search::SearchIndexer)
         .map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
@@ -172,11 +169,8 @@ fn compact(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-fn migrate(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(data) = args.data {
-        settings.data = data;
-    }
-    let path = settings.data;
+fn migrate(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.data.unwrap_or(settings.data);
     let report = braid::store::migrate(&path, &braid::search::SearchIndexer, &mut |progress| {
         eprintln!("migrated {} of {} {}", progress.migrated, progress.total, progress.unit);
     })
@@ -185,22 +179,16 @@ fn migrate(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-fn train_dictionary(mut settings: Settings, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(data) = args.data {
-        settings.data = data;
-    }
-    let path = settings.data;
+fn train_dictionary(settings: Settings, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.data.unwrap_or(settings.data);
     let report = braid::store::dictionary::train(&path, &braid::search::SearchIndexer, args.size, args.samples)
         .map_err(|error| format!("cannot train a dictionary for {}: {error}", path.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
-fn recompress(mut settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(data) = args.data {
-        settings.data = data;
-    }
-    let path = settings.data;
+fn recompress(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.data.unwrap_or(settings.data);
     let report = braid::store::dictionary::recompress(&path, &braid::search::SearchIndexer, &mut |progress| {
         eprintln!("recompressed {} of {} versions", progress.migrated, progress.total);
     })

@@ -409,39 +409,35 @@ fn execute(
         };
         let separator = if self_query.is_empty() { "?" } else { "&" };
         let mut previous_link = None;
-        let page = if search.sort.is_empty() {
-            let page = engine::run_directed(
-                &view,
-                resource_type,
-                &clauses,
-                driver,
-                t,
-                start.as_ref(),
-                Some(search.count),
-                backward,
-            )?;
+        let page = if search.sort.is_empty() || sort_from_index {
+            let page = if search.sort.is_empty() {
+                engine::run_directed(
+                    &view,
+                    resource_type,
+                    &clauses,
+                    driver,
+                    t,
+                    start.as_ref(),
+                    Some(search.count),
+                    backward,
+                )?
+            } else {
+                // Read in order from the sort key's index: cursors hold index positions, like
+                // unsorted searches.
+                engine::sorted_page(
+                    &view,
+                    resource_type,
+                    &clauses,
+                    driver,
+                    t,
+                    &search.sort[0],
+                    start.as_ref(),
+                    search.count,
+                    backward,
+                )?
+            };
             // Going forward, an earlier page exists once this is not the first; going back, while
             // the engine found more before this page.
-            let earlier = if backward { page.next.is_some() } else { start.is_some() };
-            if earlier {
-                previous_link = page.positions.first().map(|first| token(true, first));
-            }
-            let next = if backward { page.positions.last().cloned() } else { page.next.clone() };
-            engine::Page { next, ..page }
-        } else if sort_from_index {
-            // Read in order from the sort key's index: cursors hold index positions, like
-            // unsorted searches.
-            let page = engine::sorted_page(
-                &view,
-                resource_type,
-                &clauses,
-                driver,
-                t,
-                &search.sort[0],
-                start.as_ref(),
-                search.count,
-                backward,
-            )?;
             let earlier = if backward { page.next.is_some() } else { start.is_some() };
             if earlier {
                 previous_link = page.positions.first().map(|first| token(true, first));

@@ -248,30 +248,28 @@ pub fn content_hash(resource: &Map<String, Value>) -> ContentHash {
     let mut first = true;
     for key in keys {
         let value = &resource[key.as_str()];
-        if let ("meta", Value::Object(meta)) = (key.as_str(), value) {
-            // `meta` without the server's fields, and left out if nothing else is in it.
-            let mut rest: Vec<(&String, &Value)> =
-                meta.iter().filter(|(name, _)| !matches!(name.as_str(), "versionId" | "lastUpdated")).collect();
-            if rest.is_empty() {
-                continue;
+        // `meta` without the server's fields, and left out if nothing else is in it.
+        let meta_rest = match (key.as_str(), value) {
+            ("meta", Value::Object(meta)) => {
+                let mut rest: Vec<(&String, &Value)> =
+                    meta.iter().filter(|(name, _)| !matches!(name.as_str(), "versionId" | "lastUpdated")).collect();
+                if rest.is_empty() {
+                    continue;
+                }
+                rest.sort_by(|a, b| a.0.cmp(b.0));
+                Some(rest)
             }
-            rest.sort_by(|a, b| a.0.cmp(b.0));
-            if !first {
-                canonical.push(b',');
-            }
-            first = false;
-            write_string(&mut canonical, key);
-            canonical.push(b':');
-            write_object(&mut canonical, rest);
-            continue;
-        }
-        if !first {
+            _ => None,
+        };
+        if !std::mem::take(&mut first) {
             canonical.push(b',');
         }
-        first = false;
         write_string(&mut canonical, key);
         canonical.push(b':');
-        write_canonical(&mut canonical, value);
+        match meta_rest {
+            Some(rest) => write_object(&mut canonical, rest),
+            None => write_canonical(&mut canonical, value),
+        }
     }
     canonical.push(b'}');
     let digest = Sha256::digest(&canonical);
