@@ -180,31 +180,12 @@ pub(super) fn start(db: Weak<Database>, cursor_ttl: Duration, interval: Duration
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
+    use super::super::testing::{close, open, runtime};
     use super::*;
     use crate::fhir::{Id, ResourceType};
-    use crate::search::SearchIndexer;
-    use crate::store::{Action, Precondition, Store, StoreOptions, Target, WriteRequest};
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
-
-    fn open(path: &std::path::Path) -> Store {
-        let options = StoreOptions { gc_interval: Duration::ZERO, ..StoreOptions::default() };
-        Store::open(path, options, Arc::new(SearchIndexer)).unwrap()
-    }
-
-    fn close(store: Store) {
-        let finished = store.writer_finished();
-        drop(store);
-        while !finished() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    use crate::store::{Action, Precondition, Store, Target, WriteRequest};
 
     fn put(runtime: &tokio::runtime::Runtime, store: &Store, id: &str, family: &str) {
         let serde_json::Value::Object(resource) =

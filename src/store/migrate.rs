@@ -652,37 +652,24 @@ mod tests {
 
 #[cfg(test)]
 mod index_tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use serde_json::json;
 
+    use super::super::testing::{close, open, runtime};
     use super::*;
     use crate::fhir::Id;
     use crate::search::SearchIndexer;
-    use crate::store::{Action, META, Precondition, Store, StoreOptions, Target, WriteRequest};
+    use crate::store::{Action, META, Precondition, Target, WriteRequest};
 
     type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
-    fn open(path: &std::path::Path) -> Store {
-        let options = StoreOptions { gc_interval: Duration::ZERO, ..StoreOptions::default() };
-        Store::open(path, options, Arc::new(SearchIndexer)).unwrap()
-    }
-
-    fn close(store: Store) {
-        let finished = store.writer_finished();
-        drop(store);
-        while !finished() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
     /// A database with patients, observations pointing at them, updates (superseded entries)
-    /// and a deletion.
-    fn populated(path: &std::path::Path) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// and a deletion; with `reference_on_base`, the first observation names its patient by an
+    /// absolute URL on the server's base (indexed as the relative reference it stands for).
+    /// Returns the rows of its two index tables.
+    fn populated(path: &std::path::Path, reference_on_base: bool) -> (Rows, Rows) {
+        let runtime = runtime();
         let store = open(path);
-        let put = |resource: serde_json::Value| {
+        let put_on = |resource: serde_json::Value, local_base: Option<&str>| {
             let serde_json::Value::Object(resource) = resource else { unreachable!() };
             let resource_type = ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
             let id = Id::parse(resource["id"].as_str().unwrap()).unwrap();
@@ -692,16 +679,25 @@ mod index_tests {
                 resource,
                 precondition: Precondition::default(),
             };
-            runtime.block_on(store.write(WriteRequest::single(action))).unwrap();
+            let request = WriteRequest { local_base: local_base.map(str::to_owned), ..WriteRequest::single(action) };
+            runtime.block_on(store.write(request)).unwrap();
         };
+        let put = |resource: serde_json::Value| put_on(resource, None);
         for n in 0..40 {
             put(json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("Family{n}")}],
                 "birthDate": format!("19{:02}", 40 + n), "identifier": [{"system": "http://mrn", "value": format!("{n}")}]}));
-            put(json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                "subject": {"reference": format!("Patient/p{n}")},
-                "effectivePeriod": {"start": "2020-01-01", "end": "2021-06-01"},
-                "valueQuantity": {"value": n, "system": "http://unitsofmeasure.org", "code": "/min"}}));
+            let (subject, local_base) = match n {
+                0 if reference_on_base => ("http://host/fhir/Patient/p0".to_owned(), Some("http://host/fhir")),
+                _ => (format!("Patient/p{n}"), None),
+            };
+            put_on(
+                json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "subject": {"reference": subject},
+                    "effectivePeriod": {"start": "2020-01-01", "end": "2021-06-01"},
+                    "valueQuantity": {"value": n, "system": "http://unitsofmeasure.org", "code": "/min"}}),
+                local_base,
+            );
         }
         for n in 0..10 {
             put(json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("Renamed{n}")}]}));
@@ -714,6 +710,8 @@ mod index_tests {
             })))
             .unwrap();
         close(store);
+        let db = Database::create(path).unwrap();
+        (rows(&db, SEARCH_PARAM_VALUE), rows(&db, RESOURCE_SEARCH_PARAM_VALUE))
     }
 
     fn rows<V: redb::Value + 'static>(db: &Database, table: TableDefinition<&[u8], V>) -> Rows
@@ -774,11 +772,7 @@ mod index_tests {
     fn a_format_4_file_gets_exactly_the_index_the_current_format_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
-        populated(&path);
-        let (entries, records) = {
-            let db = Database::create(&path).unwrap();
-            (rows(&db, SEARCH_PARAM_VALUE), rows(&db, RESOURCE_SEARCH_PARAM_VALUE))
-        };
+        let (entries, records) = populated(&path, false);
         assert!(entries.len() > 1000 && records.len() == 90, "{} entries, {} records", entries.len(), records.len());
         downgrade(&path, 4);
 
@@ -797,15 +791,28 @@ mod index_tests {
         assert_eq!(meta.get("format_version").unwrap().unwrap().value(), super::super::FORMAT_VERSION.to_be_bytes());
     }
 
+    /// The body alone does not say that `http://host/fhir/Patient/p0` was indexed as
+    /// `Patient/p0` (the base is not stored): the rebuilt index keeps the old reference values.
+    #[test]
+    fn references_indexed_relative_to_the_servers_base_survive_the_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let (entries, records) = populated(&path, true);
+        let relative = search_param_value::encode("Observation", "subject", b"Patient/p0", "o0", 1);
+        assert!(entries.iter().any(|(key, _)| *key == relative), "the reference was indexed relative");
+        downgrade(&path, 4);
+
+        close(open(&path));
+        let db = Database::create(&path).unwrap();
+        assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
+        assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
+    }
+
     #[test]
     fn an_interrupted_reencoding_resumes_where_it_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
-        populated(&path);
-        let (entries, records) = {
-            let db = Database::create(&path).unwrap();
-            (rows(&db, SEARCH_PARAM_VALUE), rows(&db, RESOURCE_SEARCH_PARAM_VALUE))
-        };
+        let (entries, records) = populated(&path, false);
         downgrade(&path, 3);
         let db = Database::create(&path).unwrap();
         // Stop after the third batch of each attempt, as a crash between transactions would.

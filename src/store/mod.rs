@@ -18,6 +18,8 @@ mod migrate;
 mod ops;
 mod repack;
 mod snapshot;
+#[cfg(test)]
+mod testing;
 mod view;
 mod writer;
 

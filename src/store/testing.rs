@@ -1,0 +1,26 @@
+//! Helpers for the store's unit tests: a store without the background collector (tests
+//! collect when they choose), and closing one so that its file can be reopened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Store, StoreOptions};
+use crate::search::SearchIndexer;
+
+pub fn open(path: &std::path::Path) -> Store {
+    let options = StoreOptions { gc_interval: Duration::ZERO, ..StoreOptions::default() };
+    Store::open(path, options, Arc::new(SearchIndexer)).unwrap()
+}
+
+/// Drops `store` and waits until its writer has released the file.
+pub fn close(store: Store) {
+    let finished = store.writer_finished();
+    drop(store);
+    while !finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
