@@ -53,16 +53,7 @@ async fn the_total_estimate_is_of_the_whole_query() {
 #[actix_web::test]
 async fn revincludes_beyond_the_limit_are_cut_with_a_warning() {
     let app = spawn_app().await;
-    let mut entries = vec![
-        json!({"resource": {"resourceType": "Patient", "id": "popular"}, "request": {"method": "PUT", "url": "Patient/popular"}}),
-    ];
-    for n in 0..1005 {
-        entries.push(json!({"resource": {"resourceType": "Observation", "id": format!("ob{n}"), "status": "final",
-            "code": {"text": "x"}, "subject": {"reference": "Patient/popular"}},
-            "request": {"method": "PUT", "url": format!("Observation/ob{n}")}}));
-    }
-    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    put_patient_with_observations(&app, "popular", "ob", 1005).await;
 
     let page = app.get("/Patient?_id=popular&_revinclude=Observation:subject").await;
     let entries = page.body["entry"].as_array().unwrap();
@@ -83,16 +74,7 @@ async fn revincludes_beyond_the_limit_are_cut_with_a_warning() {
 async fn everything_and_system_search_run_on_the_same_budget() {
     // Less than the 600 index entries a page of everything reads.
     let app = spawn_app_with(|s| s.search_work_budget = 400).await;
-    let mut entries = vec![
-        json!({"resource": {"resourceType": "Patient", "id": "busy"}, "request": {"method": "PUT", "url": "Patient/busy"}}),
-    ];
-    for n in 0..600 {
-        entries.push(json!({"resource": {"resourceType": "Observation", "id": format!("e{n}"), "status": "final",
-            "code": {"text": "x"}, "subject": {"reference": "Patient/busy"}},
-            "request": {"method": "PUT", "url": format!("Observation/e{n}")}}));
-    }
-    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    put_patient_with_observations(&app, "busy", "e", 600).await;
     // A small page is within the budget...
     let page = app.get("/Patient/busy/$everything?_count=10").await;
     assert_eq!(page.status, 200, "{}", page.text);
@@ -103,4 +85,20 @@ async fn everything_and_system_search_run_on_the_same_budget() {
     let system = app.get("/?_type=Observation&status=final&_count=1000").await;
     system.assert_outcome(400);
     assert_eq!(system.body["issue"][0]["code"], "too-costly");
+}
+
+/// Puts Patient `patient` and `count` Observations about it (ids `prefix0`, `prefix1`, ...) in
+/// one transaction.
+async fn put_patient_with_observations(app: &TestApp, patient: &str, prefix: &str, count: usize) {
+    let mut entries = vec![json!({"resource": {"resourceType": "Patient", "id": patient},
+        "request": {"method": "PUT", "url": format!("Patient/{patient}")}})];
+    for n in 0..count {
+        entries.push(
+            json!({"resource": {"resourceType": "Observation", "id": format!("{prefix}{n}"), "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}},
+            "request": {"method": "PUT", "url": format!("Observation/{prefix}{n}")}}),
+        );
+    }
+    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }

@@ -97,7 +97,7 @@ fn prepared_and_writer_indexing_agree_on_every_synthea_resource() {
 #[actix_web::test]
 async fn synthea_transactions_leave_indexes_equal_to_whole_indexing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let store = open_store(&dir);
     let limits = Limits::from_settings(&braid::config::Settings::default());
     let mut written = 0;
     for (path, bundle) in synthea_bundles() {
@@ -173,7 +173,7 @@ fn object(value: Value) -> braid::fhir::Resource {
 #[actix_web::test]
 async fn conditional_creates_in_one_group_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let store = open_store(&dir);
     let writes = (0..20).map(|n| {
         let store = store.clone();
         async move {
@@ -201,7 +201,7 @@ async fn conditional_creates_in_one_group_see_each_other() {
 #[actix_web::test]
 async fn updates_in_one_group_supersede_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let store = open_store(&dir);
     let writes = (0..20).map(|n| {
         let store = store.clone();
         async move {
@@ -225,4 +225,8 @@ async fn updates_in_one_group_supersede_each_other() {
     let body: Value = serde_json::from_slice(&current.body).unwrap();
     assert!(body["name"][0]["family"].as_str().unwrap().starts_with("Version"));
     assert_eq!(current.version, 20);
+}
+
+fn open_store(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("braid.redb"), StoreOptions::default(), Arc::new(SearchIndexer)).unwrap()
 }
