@@ -316,35 +316,41 @@ impl Store {
         let (secret, horizon, found_version) = Self::prepare_file(db)?;
         let codecs = Arc::new(load_codecs(db)?);
         let mut migrated: Option<MigrationReport> = None;
-        if format_version(db)? < 5 {
+        // Each step below starts from the version the one before it reached.
+        let mut version = format_version(db)?;
+        if version < FORMAT_VERSION {
             // Formats 1 to 4 share the index encodings: re-encode them first, so that the
             // format 2 step below works on the current tables.
             let rows = migrate::reencode_index_tables(db, &codecs, indexer, migrate::BATCH_ROWS, &mut |step| {
                 progress(&MigrationProgress { unit: step.table, migrated: step.rows_done, total: step.rows_total })
             })?;
             migrated.get_or_insert_with(MigrationReport::default).versions_reindexed = rows;
-            if format_version(db)? == 2 {
-                let txn = db.begin_write()?;
-                let added = migrate::add_derived_entries(&txn, indexer)?;
-                txn.open_table(META)?.insert("format_version", 3u32.to_be_bytes().as_slice())?;
-                txn.commit()?;
-                tracing::info!(entries = added, "migrated the database to format version 3");
-            }
         }
-        if format_version(db)? == 3 {
+        if version == 2 {
+            let txn = db.begin_write()?;
+            let added = migrate::add_derived_entries(&txn, indexer)?;
+            txn.open_table(META)?.insert("format_version", 3u32.to_be_bytes().as_slice())?;
+            txn.commit()?;
+            tracing::info!(entries = added, "migrated the database to format version 3");
+            version = 3;
+        }
+        if version == 3 {
+            // Ends by recording format 4.
             let bodies = migrate::compress_bodies(db, &codecs, migrate::BATCH_VERSIONS, None, progress)?;
             let versions_reindexed = migrated.map_or(0, |report| report.versions_reindexed);
             migrated = Some(MigrationReport { versions_reindexed, ..bodies });
+            version = 4;
         }
-        if format_version(db)? == 4 {
+        if version == 4 {
             let txn = db.begin_write()?;
             txn.open_table(META)?.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
             txn.commit()?;
             tracing::info!(version = FORMAT_VERSION, "migrated the database");
+            version = FORMAT_VERSION;
         }
         if let Some(report) = &mut migrated {
             report.from_version = found_version.unwrap_or(FORMAT_VERSION);
-            report.to_version = format_version(db)?;
+            report.to_version = version;
         }
         Ok(Opened { secret, horizon, codecs, found_version, migrated })
     }
