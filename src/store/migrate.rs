@@ -390,14 +390,6 @@ pub(super) fn add_derived_entries(txn: &WriteTransaction, indexer: &dyn Indexer)
 /// Rows converted per transaction by the batched steps.
 pub(super) const BATCH_ROWS: usize = 100_000;
 
-/// How far a batched step has got, for progress reports.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub table: &'static str,
-    pub rows_done: u64,
-    pub rows_total: u64,
-}
-
 /// Format 4 → 5 (and every older format: formats 1 to 4 share the index encodings): rebuilds
 /// the index tables in their `.5` form (keys with short versions, records with parameter
 /// hashes, tokens as one `code 0x00 system` value instead of `code` and `system|code`) and
@@ -415,7 +407,7 @@ pub(super) fn reencode_index_tables(
     codecs: &Codecs,
     indexer: &dyn Indexer,
     batch_rows: usize,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<u64, StoreError> {
     let resume = resume_point(db, V4_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE, |key| {
         let (ty, id, version) = resource_search_param_value::decode(key)?;
@@ -522,14 +514,14 @@ fn resume_point<V: redb::Value + 'static, W: redb::Value + 'static>(
 /// until a batch falls short.
 fn in_batches(
     db: &Database,
-    table: &'static str,
+    unit: &'static str,
     batch_rows: usize,
-    rows_total: u64,
+    total: u64,
     mut after: Option<Vec<u8>>,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(&MigrationProgress),
     mut batch: impl FnMut(&WriteTransaction, Bound<&[u8]>) -> Result<(usize, Option<Vec<u8>>), StoreError>,
 ) -> Result<u64, StoreError> {
-    let mut rows_done = 0;
+    let mut migrated = 0;
     loop {
         let txn = db.begin_write()?;
         let start = match &after {
@@ -538,11 +530,11 @@ fn in_batches(
         };
         let (count, last) = batch(&txn, start)?;
         txn.commit()?;
-        rows_done += count as u64;
-        progress(Progress { table, rows_done, rows_total });
+        migrated += count as u64;
+        progress(&MigrationProgress { unit, migrated, total });
         match last {
             Some(last) if count == batch_rows => after = Some(last),
-            _ => return Ok(rows_done),
+            _ => return Ok(migrated),
         }
     }
 }

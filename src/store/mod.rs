@@ -277,7 +277,8 @@ impl Store {
     pub fn table_usage(&self) -> Result<Vec<TableUsage>, StoreError> {
         let txn = self.db.begin_read()?;
         let mut usage = Vec::new();
-        for name in TABLE_NAMES {
+        for handle in TABLES {
+            let name = handle.name();
             let table = txn.open_untyped_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))?;
             let stats = table.stats()?;
             usage.push(TableUsage {
@@ -321,9 +322,7 @@ impl Store {
         if version < FORMAT_VERSION {
             // Formats 1 to 4 share the index encodings: re-encode them first, so that the
             // format 2 step below works on the current tables.
-            let rows = migrate::reencode_index_tables(db, &codecs, indexer, migrate::BATCH_ROWS, &mut |step| {
-                progress(&MigrationProgress { unit: step.table, migrated: step.rows_done, total: step.rows_total })
-            })?;
+            let rows = migrate::reencode_index_tables(db, &codecs, indexer, migrate::BATCH_ROWS, progress)?;
             migrated.get_or_insert_with(MigrationReport::default).versions_reindexed = rows;
         }
         if version == 2 {
@@ -585,16 +584,16 @@ fn file_size(path: &Path) -> Result<u64, StoreError> {
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))
 }
 
-/// Every table's name, for [`Store::table_usage`].
-const TABLE_NAMES: [&str; 8] = [
-    "resource_version",
-    "type_history",
-    "system_history",
-    "search_param_value.5",
-    "resource_search_param_value.5",
-    "superseded",
-    "meta",
-    "dictionary",
+/// Every table, for [`Store::table_usage`].
+const TABLES: [&dyn redb::TableHandle; 8] = [
+    &RESOURCE_VERSION,
+    &TYPE_HISTORY,
+    &SYSTEM_HISTORY,
+    &SEARCH_PARAM_VALUE,
+    &RESOURCE_SEARCH_PARAM_VALUE,
+    &SUPERSEDED,
+    &META,
+    &DICTIONARY,
 ];
 
 /// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes
