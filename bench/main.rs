@@ -7,7 +7,9 @@
 //!   baseline (a minimal actix-web handler returning the same bytes from memory), alternating
 //!   rounds, medians reported.
 //! - `ingest`: transaction bundles of 50 resources (1 Patient + 49 vital-sign Observations),
-//!   validated and durably committed, from 8 concurrent clients.
+//!   validated and durably committed, from 8 concurrent clients. With `--compare-with BINARY`
+//!   (another build of Braid) it alternates `--rounds` rounds between that build and this one
+//!   and reports both medians and their ratio.
 //! - `startup`: a database of 1,000,000 resources: time from process start to the first answer
 //!   after a clean stop and after a crash (SIGKILL while clients write), and resident memory
 //!   while serving random reads.
@@ -51,6 +53,10 @@ struct Args {
     /// Resources in the start-up scenario's database.
     #[arg(long, default_value_t = 1_000_000)]
     resources: usize,
+    /// Another build's `braid` binary: the ingest scenario then alternates rounds between it
+    /// and this build and reports both medians (side-by-side figures of two versions).
+    #[arg(long)]
+    compare_with: Option<PathBuf>,
     /// Internal: run the baseline server on the given bodies file.
     #[arg(long, hide = true)]
     serve_baseline: Option<PathBuf>,
@@ -238,12 +244,12 @@ async fn read_scenario(args: &Args, dir: &Path) {
 }
 
 async fn ingest_scenario(args: &Args, dir: &Path) {
+    let rounds = if args.compare_with.is_some() { args.rounds } else { 1 };
     println!(
-        "\n== ingest: transaction bundles of 50 resources (1 Patient + 49 vital signs), 8 clients, {} s ==",
-        args.seconds * 2
+        "\n== ingest: transaction bundles of 50 resources (1 Patient + 49 vital signs), 8 clients, {} s{} ==",
+        args.seconds * 2,
+        if rounds > 1 { format!(" per round, {rounds} rounds per build, alternating") } else { String::new() }
     );
-    let data = dir.join("ingest.redb");
-    let server = servers::start_braid(&data);
     let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
     let mut entries = vec![
         json!({"fullUrl": patient_url, "resource": patient(0).2, "request": {"method": "POST", "url": "Patient"}}),
@@ -254,20 +260,49 @@ async fn ingest_scenario(args: &Args, dir: &Path) {
         observation["subject"]["reference"] = json!(patient_url);
         entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
     }
-    let bundle =
-        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap();
-    println!("  bundle size: {} bytes", bundle.len());
-    let request = move |_: usize, _: usize| load::post("/fhir", &bundle, "Prefer: return=minimal\r\n");
-    let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
-    println!(
-        "  {:.0} bundles/s = {:.0} resources/s (target >= 5000)  p50 {:.1} ms  p99 {:.1} ms  errors {}{}",
-        result.throughput(),
-        result.throughput() * 50.0,
-        result.percentile(0.5),
-        result.percentile(0.99),
-        result.errors,
-        result.error_note()
+    let bundle = Arc::new(
+        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap(),
     );
+    println!("  bundle size: {} bytes", bundle.len());
+    let builds: Vec<(&str, Option<&Path>)> = match &args.compare_with {
+        Some(other) => vec![("other build", Some(other.as_path())), ("this build", None)],
+        None => vec![("this build", None)],
+    };
+    let mut throughputs: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+    for round in 0..rounds {
+        for (index, (name, binary)) in builds.iter().enumerate() {
+            // Each round writes a fresh database, so every round ingests into the same state.
+            let data = dir.join(format!("ingest-{round}-{index}.redb"));
+            let server = match binary {
+                Some(binary) => servers::start_braid_binary(binary, &data),
+                None => servers::start_braid(&data),
+            };
+            let bundle = bundle.clone();
+            let request = move |_: usize, _: usize| load::post("/fhir", &bundle, "Prefer: return=minimal\r\n");
+            let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+            drop(server);
+            let _ = std::fs::remove_file(&data);
+            println!(
+                "  {name}: {:.0} bundles/s = {:.0} resources/s (target >= 8000)  p50 {:.1} ms  p99 {:.1} ms  errors {}{}",
+                result.throughput(),
+                result.throughput() * 50.0,
+                result.percentile(0.5),
+                result.percentile(0.99),
+                result.errors,
+                result.error_note()
+            );
+            throughputs[index].push(result.throughput() * 50.0);
+        }
+    }
+    if rounds > 1 {
+        let medians: Vec<f64> = throughputs.iter_mut().map(|values| median(values)).collect();
+        println!(
+            "  medians: other build {:.0} resources/s, this build {:.0} resources/s, ratio {:.2}",
+            medians[0],
+            medians[1],
+            medians[1] / medians[0]
+        );
+    }
 }
 
 async fn startup_scenario(args: &Args, dir: &Path) {

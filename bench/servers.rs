@@ -58,15 +58,22 @@ impl Server {
     }
 }
 
+/// This build's `braid` binary.
 fn braid_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_braid"))
 }
 
 /// Starts `braid serve` on `data` and waits until it answers.
 pub fn start_braid(data: &Path) -> Server {
+    start_braid_binary(&braid_binary(), data)
+}
+
+/// Starts `binary serve` on `data` (another build of Braid, to compare with) and waits until it
+/// answers.
+pub fn start_braid_binary(binary: &Path, data: &Path) -> Server {
     let port = free_port();
     let spawned = Instant::now();
-    let child = Command::new(braid_binary())
+    let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
         .env("BRAID_LOG_LEVEL", "warn")

@@ -550,15 +550,13 @@ enum SortValue {
 /// values (`start·end`, order-preserving), which lets [`sorted_page`] read it from the index.
 fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
     use crate::search::registry::ParamKind;
-    use crate::search::values::{decode_f64, decode_range};
+    use crate::search::values::{decode_f64, decode_quantity, decode_range};
     let candidates: Vec<SortValue> = values
         .iter()
         .filter_map(|v| match key.kind {
             ParamKind::Date => decode_range(v).map(|_| SortValue::Bytes(v.clone())),
             ParamKind::Number => decode_f64(v).map(SortValue::Number),
-            ParamKind::Quantity => {
-                v.len().checked_sub(8).and_then(|start| decode_f64(&v[start..])).map(SortValue::Number)
-            }
+            ParamKind::Quantity => decode_quantity(v).and_then(|(number, _)| decode_f64(number)).map(SortValue::Number),
             // Tokens sort by their code: `|code` (no system) and `code`; the `system|code`
             // duplicates are skipped.
             ParamKind::Token if v.first() == Some(&b'|') => Some(SortValue::Bytes(v[1..].to_vec())),

@@ -44,9 +44,9 @@ pub enum Pred {
         prefix: Prefix,
         number: QueryNumber,
     },
-    /// Quantities: the unit key, then a number predicate on the rest.
+    /// Quantities: a number predicate on the leading number, then the units it accepts.
     Quantity {
-        unit: Vec<u8>,
+        units: UnitMatch,
         number: Box<Pred>,
     },
     /// Composites: the leading components, each followed by the `0x00 0x00` separator, then a
@@ -55,6 +55,29 @@ pub enum Pred {
         head: Vec<Component>,
         tail: Box<Pred>,
     },
+}
+
+/// The units a quantity search accepts (the values are cut like stored ones, see
+/// [`values::bounded`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnitMatch {
+    /// `number`: any unit, or none.
+    Any,
+    /// `number|system|code`: that coded unit.
+    Coded { system: Vec<u8>, code: Vec<u8> },
+    /// `number||unit`: the code or the human-readable unit.
+    CodeOrUnit(Vec<u8>),
+}
+
+impl UnitMatch {
+    fn accepts(&self, [system, code, unit]: [&[u8]; 3]) -> bool {
+        match self {
+            UnitMatch::Any => true,
+            UnitMatch::Coded { system: s, code: c } => system == s.as_slice() && code == c.as_slice(),
+            // An empty stored unit means "the same as the code".
+            UnitMatch::CodeOrUnit(wanted) => code == wanted.as_slice() || unit == wanted.as_slice(),
+        }
+    }
 }
 
 /// A leading component of a composite query, as the index stores it.
@@ -267,12 +290,8 @@ impl Pred {
                 decode_range(value).is_some_and(|(t_lo, t_hi)| date_matches(*prefix, *lo, *hi, t_lo, t_hi))
             }
             Pred::Number { prefix, number } => decode_f64(value).is_some_and(|v| number_matches(*prefix, number, v)),
-            Pred::Quantity { unit, number } => {
-                value.len() == unit.len() + 9
-                    && value.starts_with(unit)
-                    && value[unit.len()] == 0
-                    && number.accepts(&value[unit.len() + 1..])
-            }
+            Pred::Quantity { units, number } => values::decode_quantity(value)
+                .is_some_and(|(bytes, stored)| number.accepts(bytes) && units.accepts(stored)),
             Pred::Composite { head, tail } => composite_accepts(head, tail, value),
         }
     }
@@ -805,27 +824,22 @@ fn number(name: &str, text: &str) -> Result<Alternative, FhirError> {
 
 fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
     // `number|system|code` matches that coded unit; `number||unit` the code or the
-    // human-readable unit (the index holds both under `||`).
+    // human-readable unit.
     let parts = split_bar(text);
-    let (number_text, unit) = match parts.as_slice() {
-        [number] => (number.as_str(), String::new()),
-        [number, system, code] if system.is_empty() => (number.as_str(), format!("||{code}")),
-        [number, system, code] => (number.as_str(), format!("{system}|{code}")),
+    let cut = |part: &str| values::bounded(part.as_bytes().to_vec());
+    let (number_text, units) = match parts.as_slice() {
+        [number] => (number.as_str(), UnitMatch::Any),
+        [number, system, code] if system.is_empty() => (number.as_str(), UnitMatch::CodeOrUnit(cut(code))),
+        [number, system, code] => (number.as_str(), UnitMatch::Coded { system: cut(system), code: cut(code) }),
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };
     let (prefix, rest) = prefix_of(number_text);
     let number = parse_number(name, rest)?;
-    let (num_lo, num_hi) = number_range(prefix, &number);
-    let mut head = unit.clone().into_bytes();
-    head.push(0);
-    let lo = [head.clone(), num_lo].concat();
-    let hi = match num_hi {
-        Some(h) => Some([head.clone(), h].concat()),
-        None => successor(&head),
-    };
+    // The number leads every stored value, so its range bounds the scan whatever the units.
+    let (lo, hi) = number_range(prefix, &number);
     Ok(Alternative {
         key: None,
-        pred: Pred::Quantity { unit: unit.into_bytes(), number: Box::new(Pred::Number { prefix, number }) },
+        pred: Pred::Quantity { units, number: Box::new(Pred::Number { prefix, number }) },
         lo,
         hi,
     })
@@ -975,11 +989,6 @@ pub fn compartment_clause(patient_id: &str) -> Clause {
     }
 }
 
-/// Used by the composite index encoder and tests.
-pub fn quantity_value(unit: &str, number: f64) -> Vec<u8> {
-    values::quantity_key(unit, number)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -990,6 +999,45 @@ mod tests {
 
     fn in_range(alternative: &Alternative, value: &[u8]) -> bool {
         value >= alternative.lo.as_slice() && alternative.hi.as_ref().is_none_or(|hi| value < hi.as_slice())
+    }
+
+    /// One stored value per quantity: the number bounds the scan, the units are checked on the
+    /// rest of the value.
+    #[test]
+    fn quantity_searches_check_the_units_after_the_number() {
+        let stored = |number: f64, system: &str, code: &str, unit: &str| {
+            values::quantity_key(number, &values::QuantityUnits { system, code, unit })
+        };
+        let pound = stored(100.5, "http://unitsofmeasure.org", "[lb_av]", "lb");
+        let minute = stored(100.5, "http://unitsofmeasure.org", "/min", "");
+        let bare = stored(100.5, "", "", "");
+        for (query, value, expected) in [
+            ("100.5", &pound, true),
+            ("100.5", &bare, true),
+            ("100.5||lb", &pound, true),
+            ("100.5||[lb_av]", &pound, true),
+            ("100.5|http://unitsofmeasure.org|[lb_av]", &pound, true),
+            ("100.5|http://unitsofmeasure.org|lb", &pound, false),
+            ("100.5|http://other.org|[lb_av]", &pound, false),
+            ("100.5||/min", &minute, true),
+            ("100.5||/min", &pound, false),
+            ("100.5||lb", &bare, false),
+            ("100.6||lb", &pound, false),
+            ("gt100||lb", &pound, true),
+            ("lt100||lb", &pound, false),
+        ] {
+            let clause = clause("Observation", "value-quantity", query);
+            let alternative = &clause.alternatives[0];
+            assert_eq!(alternative.pred.accepts(value), expected, "value-quantity={query}");
+            if expected {
+                assert!(in_range(alternative, value), "value-quantity={query}: outside the scan range");
+            }
+        }
+        // In a composite the quantity follows the code, with the same checks.
+        let composite = clause("Observation", "code-value-quantity", "http://loinc.org|29463-7$100.5||lb");
+        let head = [&values::token_value("29463-7", "http://loinc.org")[..], &[0, 0]].concat();
+        assert!(composite.alternatives.iter().any(|a| a.pred.accepts(&[&head[..], &pound].concat())));
+        assert!(!composite.alternatives.iter().any(|a| a.pred.accepts(&[&head[..], &minute].concat())));
     }
 
     #[test]
@@ -1011,10 +1059,10 @@ mod tests {
                     let (lo, hi) = parse_date_range(target).unwrap();
                     values::encode_range(lo, hi)
                 }
-                ParamKind::Quantity if query.contains('|') => {
-                    quantity_value("http://unitsofmeasure.org|/min", target.parse().unwrap())
-                }
-                ParamKind::Quantity => quantity_value("", target.parse().unwrap()),
+                ParamKind::Quantity => values::quantity_key(
+                    target.parse().unwrap(),
+                    &values::QuantityUnits { system: "http://unitsofmeasure.org", code: "/min", unit: "beats/min" },
+                ),
                 _ => encode_f64(target.parse().unwrap()).to_vec(),
             };
             let alternative = &clause.alternatives[0];
@@ -1027,7 +1075,12 @@ mod tests {
     fn composite_token_components_accept_any_code_of_a_system() {
         // A stored token component is `code 0x00 system`.
         let stored = |system: &str, code: &str, value: f64| {
-            [&values::token_value(code, system)[..], &[0, 0], &quantity_value("", value)].concat()
+            [
+                &values::token_value(code, system)[..],
+                &[0, 0],
+                &values::quantity_key(value, &values::QuantityUnits { system: "", code: "", unit: "" }),
+            ]
+            .concat()
         };
         let by_system = clause("Observation", "code-value-quantity", "http://loinc.org|$5.4");
         let alternative = &by_system.alternatives[0];

@@ -8,7 +8,7 @@
 //! | token | `p` → `code · 0x00 · system` (the system empty when there is none; an identifier with a system and no value is `0x00 · system`); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian); ranges wider than [`NARROW_DATE_WIDTH`] also `p:end` → range end · range start |
 //! | number | `p` → order-preserving 8-byte float |
-//! | quantity | `p` → unit key · 0x00 · order-preserving float, for unit keys `system\|code`, `\|\|code` and `\|\|unit` (any system, code or human-readable unit) and `` (no unit) |
+//! | quantity | `p` → order-preserving float · system · 0x00 · code · 0x00 · unit (one entry per quantity: the number leads, so every search scans a number range and checks the units on the rest; the unit is left empty when it equals the code) |
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → the token value of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
@@ -268,27 +268,47 @@ fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
 
 fn quantity_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
     let Some(number) = value.get("value").and_then(number_of) else { return Vec::new() };
-    let system = value.get("system").and_then(Value::as_str);
-    let code = value.get("code").and_then(Value::as_str).or_else(|| value.get("currency").and_then(Value::as_str));
-    let mut units = vec![String::new()];
-    if let Some(code) = code {
-        units.push(format!("||{code}"));
-        if let Some(system) = system {
-            units.push(format!("{system}|{code}"));
-        }
-    }
-    // `number||unit` matches the code or the human-readable unit (`lb` for `[lb_av]`).
-    if let Some(unit) = value.get("unit").and_then(Value::as_str).filter(|unit| Some(*unit) != code) {
-        units.push(format!("||{unit}"));
-    }
-    units.into_iter().map(|unit| ("", quantity_key(&unit, number))).collect()
+    let text = |name: &str| value.get(name).and_then(Value::as_str);
+    let code = text("code").or_else(|| text("currency")).unwrap_or_default();
+    // `number||unit` matches the code or the human-readable unit (`lb` for `[lb_av]`); a unit
+    // equal to the code would only repeat it.
+    let unit = text("unit").filter(|unit| *unit != code).unwrap_or_default();
+    vec![("", quantity_key(number, &QuantityUnits { system: text("system").unwrap_or_default(), code, unit }))]
 }
 
-pub fn quantity_key(unit: &str, number: f64) -> Vec<u8> {
-    let mut key = bounded(unit.as_bytes().to_vec());
-    key.push(0);
-    key.extend_from_slice(&encode_f64(number));
+/// Bytes of the number that starts every quantity value.
+pub const QUANTITY_NUMBER_BYTES: usize = 8;
+
+/// The units a stored quantity carries; empty strings where it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantityUnits<'a> {
+    pub system: &'a str,
+    pub code: &'a str,
+    pub unit: &'a str,
+}
+
+/// A quantity's index value: the number, then its system, code and human-readable unit, each
+/// cut to [`MAX_INDEXED_BYTES`] and separated by 0x00 (a FHIR string holds no 0x00).
+pub fn quantity_key(number: f64, units: &QuantityUnits) -> Vec<u8> {
+    let mut key = encode_f64(number).to_vec();
+    for (index, part) in [units.system, units.code, units.unit].into_iter().enumerate() {
+        if index > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(&bounded(part.as_bytes().to_vec()));
+    }
     key
+}
+
+/// The number bytes and the units of a quantity value ([`quantity_key`]'s inverse).
+pub fn decode_quantity(value: &[u8]) -> Option<(&[u8], [&[u8]; 3])> {
+    if value.len() < QUANTITY_NUMBER_BYTES {
+        return None;
+    }
+    let (number, rest) = value.split_at(QUANTITY_NUMBER_BYTES);
+    let mut parts = rest.splitn(3, |byte| *byte == 0);
+    let units = [parts.next()?, parts.next()?, parts.next()?];
+    Some((number, units))
 }
 
 fn reference_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {

@@ -7,11 +7,12 @@
 //! Every value says how its body is encoded (see `codec`), so a half-migrated file reads
 //! correctly; the server still finishes the migration before it serves (`Store::open`).
 //!
-//! Format 4 → 5 re-encodes the index tables, also in batches. The index tables' names carry
-//! the format that last changed their encoding (`search_param_value.5`): the step reads the old
-//! table while it writes the new one, and drops the old one when it is done. Formats 1 to 4
-//! share the index encodings, so that step runs first for all of them, and the format 2 → 3
-//! step (which adds index entries) works on the new tables.
+//! Formats 4 → 5 and 5 → 6 rebuild the index tables, also in batches. The index tables' names
+//! carry the format that last changed their encoding (`search_param_value.6`): the step reads
+//! the old tables while it writes the new ones, and drops the old ones when it is done. Formats
+//! 1 to 4 share the index encodings, so that step runs first for all of them (straight to the
+//! current encoding), and the format 2 → 3 step (which adds index entries) works on the new
+//! tables.
 //!
 //! A later format adds its own step after these, keyed by the version it starts from.
 
@@ -41,10 +42,6 @@ pub(super) const V4_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
 /// parameters spelled out in the records. Only the migrations read them.
 pub(super) mod v4 {
     use super::{Reader, put_str, put_u64};
-
-    pub fn entry_key(resource_type: &str, param: &str, value: &[u8], id: &str, version: u64) -> Vec<u8> {
-        encode_entry_key(super::search_param_value::param_hash(resource_type, param), value, id, version)
-    }
 
     pub fn encode_entry_key(hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
         let mut key = hash.to_be_bytes().to_vec();
@@ -98,6 +95,61 @@ pub(super) mod v4 {
         Some(entries)
     }
 }
+
+/// The index tables as format 5 wrote them: the current key and record encodings, but each
+/// quantity indexed as four values (one per unit form, the unit first) where format 6 has one.
+pub(super) const V5_SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> =
+    TableDefinition::new("search_param_value.5");
+pub(super) const V5_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("resource_search_param_value.5");
+
+/// `(type, id, version)` of an index record.
+type RecordKey = (String, String, u64);
+
+/// `(parameter hash, value)` pairs of an index record.
+type RecordPairs = Vec<(u32, Vec<u8>)>;
+
+/// An earlier encoding of the index tables, which [`reencode_index_tables`] rebuilds from the
+/// stored bodies.
+pub(super) struct OldIndex {
+    pub entries: TableDefinition<'static, &'static [u8], (u64, u64)>,
+    pub records: TableDefinition<'static, &'static [u8], &'static [u8]>,
+    /// The record key of `(type, id, version)`, and back.
+    pub record_key: fn(&str, &str, u64) -> Vec<u8>,
+    pub decode_record_key: fn(&[u8]) -> Option<RecordKey>,
+    /// A record's `(parameter hash, value)` pairs; the type is the record's.
+    pub decode_record: fn(&str, &[u8]) -> Option<RecordPairs>,
+    /// The entry key of `(parameter hash, value, id, version)`.
+    pub entry_key: fn(u32, &[u8], &str, u64) -> Vec<u8>,
+}
+
+/// Formats 1 to 4 (they share the index encodings).
+pub(super) const V4_INDEX: OldIndex = OldIndex {
+    entries: V4_SEARCH_PARAM_VALUE,
+    records: V4_RESOURCE_SEARCH_PARAM_VALUE,
+    record_key: v4::record_key,
+    decode_record_key: v4::decode_record_key,
+    decode_record: |resource_type, bytes| {
+        let pairs = v4::decode_record(bytes)?;
+        let hashed =
+            pairs.into_iter().map(|(param, value)| (search_param_value::param_hash(resource_type, param), value));
+        Some(hashed.map(|(hash, value)| (hash, value.to_vec())).collect())
+    },
+    entry_key: v4::encode_entry_key,
+};
+
+/// Format 5.
+pub(super) const V5_INDEX: OldIndex = OldIndex {
+    entries: V5_SEARCH_PARAM_VALUE,
+    records: V5_RESOURCE_SEARCH_PARAM_VALUE,
+    record_key: resource_search_param_value::encode,
+    decode_record_key: resource_search_param_value::decode,
+    decode_record: |_, bytes| {
+        let pairs = resource_search_param_value::decode_value(bytes)?;
+        Some(pairs.into_iter().map(|(hash, value)| (hash, value.to_vec())).collect())
+    },
+    entry_key: search_param_value::encode_hashed,
+};
 
 /// Versions rewritten per transaction by [`compress_bodies`]: large enough that commits do not
 /// dominate, small enough that an interruption loses little work and memory stays bounded
@@ -390,11 +442,11 @@ pub(super) fn add_derived_entries(txn: &WriteTransaction, indexer: &dyn Indexer)
 /// Rows converted per transaction by the batched steps.
 pub(super) const BATCH_ROWS: usize = 100_000;
 
-/// Format 4 → 5 (and every older format: formats 1 to 4 share the index encodings): rebuilds
-/// the index tables in their `.5` form (keys with short versions, records with parameter
-/// hashes, tokens as one `code 0x00 system` value instead of `code` and `system|code`) and
-/// drops the old ones; a no-op once the old ones are gone. Returns the index records written.
-/// The caller records the new format version.
+/// Rebuilds the index tables of an earlier format (`old`) in the current encoding and drops
+/// the old ones; a no-op once the old ones are gone. Returns the index records written. The
+/// caller records the new format version. Format 4 → 5 changed the keys (short versions),
+/// records (parameter hashes) and tokens (one `code 0x00 system` value instead of `code` and
+/// `system|code`); 5 → 6 the quantities (one value, the number first, instead of four).
 ///
 /// The old records say which versions are indexed (those whose entries the collector has not
 /// removed); each such version is indexed again from its stored body
@@ -406,18 +458,21 @@ pub(super) fn reencode_index_tables(
     db: &Database,
     codecs: &Codecs,
     indexer: &dyn Indexer,
+    old: &OldIndex,
     batch_rows: usize,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<u64, StoreError> {
-    let resume = resume_point(db, V4_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE, |key| {
+    let resume = resume_point(db, old.records, RESOURCE_SEARCH_PARAM_VALUE, |key| {
         let (ty, id, version) = resource_search_param_value::decode(key)?;
-        Some(v4::record_key(&ty, &id, version))
+        Some((old.record_key)(&ty, &id, version))
     })?;
     let mut rows = 0;
+    // Parameter names by hash, per type (records store hashes; reindexing needs names).
+    let mut names: HashMap<String, HashMap<u32, String>> = HashMap::new();
     if let Some((total, after)) = resume {
         rows += in_batches(db, "indexed versions", batch_rows, total, after, progress, |txn, start| {
-            let source = txn.open_table(V4_RESOURCE_SEARCH_PARAM_VALUE)?;
-            let old_entries = txn.open_table(V4_SEARCH_PARAM_VALUE)?;
+            let source = txn.open_table(old.records)?;
+            let old_entries = txn.open_table(old.entries)?;
             let versions = txn.open_table(RESOURCE_VERSION)?;
             let mut records = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
             let mut entries = txn.open_table(SEARCH_PARAM_VALUE)?;
@@ -425,37 +480,39 @@ pub(super) fn reencode_index_tables(
             for row in source.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
                 let (key, record) = row?;
                 let corrupt = || StoreError::Corrupt(key.value().to_vec());
-                let (ty, id, version) = v4::decode_record_key(key.value()).ok_or_else(corrupt)?;
-                let old_pairs: Vec<(String, Vec<u8>)> = v4::decode_record(record.value())
-                    .ok_or_else(corrupt)?
-                    .into_iter()
-                    .map(|(param, value)| (param.to_owned(), value.to_vec()))
-                    .collect();
+                let (ty, id, version) = (old.decode_record_key)(key.value()).ok_or_else(corrupt)?;
+                let old_pairs = (old.decode_record)(&ty, record.value()).ok_or_else(corrupt)?;
                 last = Some(key.value().to_vec());
                 count += 1;
                 // Every entry of a version has the lifetime of the version.
                 let mut lifetime = None;
-                for (param, value) in &old_pairs {
-                    if let Some(found) = old_entries.get(v4::entry_key(&ty, param, value, &id, version).as_slice())? {
+                for (hash, value) in &old_pairs {
+                    if let Some(found) = old_entries.get((old.entry_key)(*hash, value, &id, version).as_slice())? {
                         lifetime = Some(found.value());
                         break;
                     }
                 }
                 let (Some(lifetime), Some(resource_type)) = (lifetime, ResourceType::parse(&ty)) else { continue };
+                let names = names.entry(ty.clone()).or_insert_with(|| {
+                    let keys = indexer.index_keys(resource_type);
+                    keys.into_iter().map(|name| (search_param_value::param_hash(&ty, &name), name)).collect()
+                });
+                // A parameter this build no longer knows has no name, and no entry any more.
+                let named: Vec<(String, Vec<u8>)> = old_pairs
+                    .iter()
+                    .filter_map(|(hash, value)| Some((names.get(hash)?.clone(), value.clone())))
+                    .collect();
                 let body = versions.get(resource_version::encode(&ty, &id, version).as_slice())?.and_then(|value| {
                     let (_, stored) = resource_version::decode_value(value.value())?;
                     let json = codecs.decode(StoredBody::parse(stored).ok()?).ok()?;
                     serde_json::from_slice::<Value>(&json).ok()
                 });
                 let new_entries: std::collections::BTreeSet<IndexEntry> = match body {
-                    Some(body) => indexer.reindex_legacy(resource_type, &body, &old_pairs).into_iter().collect(),
+                    Some(body) => indexer.reindex_legacy(resource_type, &body, &named).into_iter().collect(),
                     None => {
                         tracing::warn!(resource = %format!("{ty}/{id}/_history/{version}"),
                             "the stored body cannot be read; its index values are kept as they were");
-                        old_pairs
-                            .iter()
-                            .map(|(param, value)| IndexEntry { param: param.clone(), value: value.clone() })
-                            .collect()
+                        named.into_iter().map(|(param, value)| IndexEntry { param, value }).collect()
                     }
                 };
                 for entry in &new_entries {
@@ -473,8 +530,14 @@ pub(super) fn reencode_index_tables(
         })?;
     }
     let txn = db.begin_write()?;
-    txn.delete_table(V4_SEARCH_PARAM_VALUE)?;
-    txn.delete_table(V4_RESOURCE_SEARCH_PARAM_VALUE)?;
+    // Every earlier form goes: a file left half-way through an earlier migration (format 4 with
+    // a partial `.5` table) holds both.
+    for table in [V4_SEARCH_PARAM_VALUE, V5_SEARCH_PARAM_VALUE] {
+        txn.delete_table(table)?;
+    }
+    for table in [V4_RESOURCE_SEARCH_PARAM_VALUE, V5_RESOURCE_SEARCH_PARAM_VALUE] {
+        txn.delete_table(table)?;
+    }
     txn.commit()?;
     Ok(rows)
 }
@@ -636,7 +699,7 @@ mod tests {
         assert_eq!(migrated, original, "every body is byte for byte what format 3 stored");
         // Migrated bodies carry the hash of their content (the index tables are brought to the
         // current format first, as opening the file does).
-        reencode_index_tables(&db, &codecs, &SearchIndexer, BATCH_ROWS, &mut |_| {}).unwrap();
+        reencode_index_tables(&db, &codecs, &SearchIndexer, &V4_INDEX, BATCH_ROWS, &mut |_| {}).unwrap();
         let report = super::super::check::verify(&db, &SearchIndexer, &codecs).unwrap();
         assert!(!report.problems.iter().any(|p| p.contains("hash") || p.contains("body")), "{:?}", report.problems);
     }
@@ -813,7 +876,7 @@ mod index_tests {
             attempts += 1;
             let mut batches = 0;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reencode_index_tables(&db, &Codecs::built_in(), &SearchIndexer, 7, &mut |_| {
+                reencode_index_tables(&db, &Codecs::built_in(), &SearchIndexer, &V4_INDEX, 7, &mut |_| {
                     batches += 1;
                     assert!(batches < 3, "interrupted");
                 })
@@ -826,5 +889,93 @@ mod index_tests {
         assert!(attempts > 3, "it was interrupted and resumed {attempts} times");
         assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
         assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
+    }
+
+    /// Rewrites the current index tables as format 5 stored them (each quantity as four values,
+    /// one per unit form: `unit key 0x00 number`), and marks the file as format 5.
+    fn downgrade_to_5(path: &std::path::Path) {
+        // The format 5 values of a format 6 quantity value (`number system 0x00 code 0x00 unit`).
+        fn format_5_quantities(value: &[u8]) -> Vec<Vec<u8>> {
+            let (number, [system, code, unit]) = crate::search::values::decode_quantity(value).unwrap();
+            let mut unit_keys = vec![Vec::new(), [b"||", code].concat(), [system, b"|", code].concat()];
+            if !unit.is_empty() {
+                unit_keys.push([b"||", unit].concat());
+            }
+            unit_keys.into_iter().map(|key| [key.as_slice(), &[0], number].concat()).collect()
+        }
+        let old_values = |param: &str, value: &[u8]| -> Vec<Vec<u8>> {
+            match param {
+                "value-quantity" => format_5_quantities(value),
+                "code-value-quantity" => {
+                    let split = value.windows(2).position(|w| w == [0, 0]).unwrap() + 2;
+                    let (head, tail) = value.split_at(split);
+                    format_5_quantities(tail).into_iter().map(|tail| [head, &tail].concat()).collect()
+                }
+                _ => vec![value.to_vec()],
+            }
+        };
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let entries = txn.open_table(SEARCH_PARAM_VALUE).unwrap();
+            let mut old_entries = txn.open_table(V5_SEARCH_PARAM_VALUE).unwrap();
+            let records = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE).unwrap();
+            let mut old_records = txn.open_table(V5_RESOURCE_SEARCH_PARAM_VALUE).unwrap();
+            for row in records.iter().unwrap() {
+                let (key, record) = row.unwrap();
+                let (ty, id, version) = resource_search_param_value::decode(key.value()).unwrap();
+                let keys = SearchIndexer.index_keys(ResourceType::parse(&ty).unwrap());
+                let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+                for (hash, value) in resource_search_param_value::decode_value(record.value()).unwrap() {
+                    let name = keys.iter().find(|k| search_param_value::param_hash(&ty, k) == hash).unwrap();
+                    let lifetime = entries
+                        .get(search_param_value::encode_hashed(hash, value, &id, version).as_slice())
+                        .unwrap()
+                        .map(|found| found.value());
+                    for old in old_values(name, value) {
+                        if let Some(lifetime) = lifetime {
+                            let old_key = search_param_value::encode_hashed(hash, &old, &id, version);
+                            old_entries.insert(old_key.as_slice(), lifetime).unwrap();
+                        }
+                        pairs.push((name.clone(), old));
+                    }
+                }
+                let record = resource_search_param_value::encode_value(
+                    &ty,
+                    pairs.iter().map(|(param, value)| (param.as_str(), value.as_slice())),
+                );
+                old_records.insert(key.value(), record.as_slice()).unwrap();
+            }
+        }
+        txn.delete_table(SEARCH_PARAM_VALUE).unwrap();
+        txn.delete_table(RESOURCE_SEARCH_PARAM_VALUE).unwrap();
+        txn.open_table(META).unwrap().insert("format_version", 5u32.to_be_bytes().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_format_5_file_gets_one_entry_per_quantity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let (entries, records) = populated(&path, true);
+        downgrade_to_5(&path);
+        {
+            let db = Database::create(&path).unwrap();
+            let old = rows(&db, V5_SEARCH_PARAM_VALUE);
+            // 39 live observations and one deleted, each with a quantity and its composite.
+            assert_eq!(old.len(), entries.len() + 40 * 2 * 2, "format 5 had three more values per quantity");
+        }
+
+        // Exactly the index format 6 wrote, including the reference indexed relative to the
+        // server's base, which the body alone does not tell.
+        close(open(&path));
+        let db = Database::create(&path).unwrap();
+        assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
+        assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
+        let txn = db.begin_read().unwrap();
+        let names: Vec<String> = txn.list_tables().unwrap().map(|t| redb::TableHandle::name(&t).to_owned()).collect();
+        assert!(!names.iter().any(|name| name.ends_with(".5")), "the format 5 tables are gone: {names:?}");
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 6u32.to_be_bytes());
     }
 }

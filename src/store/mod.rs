@@ -49,9 +49,9 @@ pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::n
 /// `created_t <= t < superseded_t`; `superseded_t` is `u64::MAX` while the version is current.
 /// (The index tables' names carry the format version that last changed their encoding; see
 /// `migrate`.)
-pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value.5");
+pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value.6");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("resource_search_param_value.5");
+    TableDefinition::new("resource_search_param_value.6");
 /// Versions whose index entries are superseded, by the logical time they were superseded at:
 /// the garbage collector's work list (see `gc`).
 pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
@@ -72,7 +72,7 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// 4: compressed bodies with a content hash, and the `dictionary` table (`migrate::compress_bodies`).
 /// 5: index keys with short versions, index records with parameter hashes
 ///    (`migrate::reencode_index_tables`).
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -320,9 +320,10 @@ impl Store {
         // Each step below starts from the version the one before it reached.
         let mut version = format_version(db)?;
         if version < FORMAT_VERSION {
-            // Formats 1 to 4 share the index encodings: re-encode them first, so that the
-            // format 2 step below works on the current tables.
-            let rows = migrate::reencode_index_tables(db, &codecs, indexer, migrate::BATCH_ROWS, progress)?;
+            // Formats 1 to 4 share the index encodings, rebuilt straight into the current one;
+            // first, so that the format 2 step below works on the current tables.
+            let old = if version <= 4 { &migrate::V4_INDEX } else { &migrate::V5_INDEX };
+            let rows = migrate::reencode_index_tables(db, &codecs, indexer, old, migrate::BATCH_ROWS, progress)?;
             migrated.get_or_insert_with(MigrationReport::default).versions_reindexed = rows;
         }
         if version == 2 {
@@ -340,7 +341,7 @@ impl Store {
             migrated = Some(MigrationReport { versions_reindexed, ..bodies });
             version = 4;
         }
-        if version == 4 {
+        if version == 4 || version == 5 {
             let txn = db.begin_write()?;
             txn.open_table(META)?.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
             txn.commit()?;
