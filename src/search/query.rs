@@ -57,8 +57,8 @@ pub enum Pred {
     },
 }
 
-/// The units a quantity search accepts (the values are cut like stored ones, see
-/// [`values::bounded`]).
+/// The units a quantity search accepts, as the index stores them (the system as
+/// [`values::push_system`] writes it, every value cut like stored ones, see [`values::bounded`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum UnitMatch {
     /// `number`: any unit, or none.
@@ -830,7 +830,11 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
     let (number_text, units) = match parts.as_slice() {
         [number] => (number.as_str(), UnitMatch::Any),
         [number, system, code] if system.is_empty() => (number.as_str(), UnitMatch::CodeOrUnit(cut(code))),
-        [number, system, code] => (number.as_str(), UnitMatch::Coded { system: cut(system), code: cut(code) }),
+        [number, system, code] => {
+            let mut stored_system = Vec::new();
+            values::push_system(&mut stored_system, system);
+            (number.as_str(), UnitMatch::Coded { system: values::bounded(stored_system), code: cut(code) })
+        }
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };
     let (prefix, rest) = prefix_of(number_text);

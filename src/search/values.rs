@@ -5,10 +5,10 @@
 //! | type | entry (param key → value bytes) |
 //! |---|---|
 //! | string | `p` → normalised text (NFKD, lower case, combining marks removed); `p:exact` → the text as is |
-//! | token | `p` → `code · 0x00 · system` (the system empty when there is none; an identifier with a system and no value is `0x00 · system`); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
+//! | token | `p` → `code · 0x00 · system` (the system empty when there is none, one byte for a common one, see [`push_system`]; an identifier with a system and no value is `0x00 · system`); `p:text` → normalised display/text; `p:of-type` → `typeSystem\|typeCode\|value` |
 //! | date | `p` → range start · range end, each 8 bytes (microseconds, sign-flipped big-endian); ranges wider than [`NARROW_DATE_WIDTH`] also `p:end` → range end · range start |
 //! | number | `p` → order-preserving 8-byte float |
-//! | quantity | `p` → order-preserving float · system · 0x00 · code · 0x00 · unit (one entry per quantity: the number leads, so every search scans a number range and checks the units on the rest; the unit is left empty when it equals the code) |
+//! | quantity | `p` → order-preserving float · system (written as for tokens) · 0x00 · code · 0x00 · unit (one entry per quantity: the number leads, so every search scans a number range and checks the units on the rest; the unit is left empty when it equals the code) |
 //! | reference | `p` → `Type/id` (relative) or the absolute/canonical URL as written; `p:identifier` → the token value of `Reference.identifier` |
 //! | uri | `p` → the URI as is |
 //! | composite | `p` → component values joined by 0x00 0x00 |
@@ -210,13 +210,100 @@ fn token_forms(system: Option<&str>, code: &str) -> Vec<(&'static str, Vec<u8>)>
     vec![("", token_value(code, system.unwrap_or("")))]
 }
 
-/// The index value of a token: `code 0x00 system`.
+/// The index value of a token: `code 0x00 system`, the system as [`push_system`] writes it.
 pub fn token_value(code: &str, system: &str) -> Vec<u8> {
     let mut value = Vec::with_capacity(code.len() + 1 + system.len());
     value.extend_from_slice(code.as_bytes());
     value.push(0);
-    value.extend_from_slice(system.as_bytes());
+    push_system(&mut value, system);
     value
+}
+
+/// Code systems that index values name by one byte (0x01 for the first) instead of their URL:
+/// the systems of most codes, quantities and identifiers in clinical data, which would
+/// otherwise be repeated in full in every token entry (in its key and in its version's record).
+/// Part of the file format: entries are only ever appended, never changed or reordered.
+const SYSTEM_NAMES: [&str; 16] = [
+    "http://loinc.org",
+    "http://snomed.info/sct",
+    "http://unitsofmeasure.org",
+    "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "http://hl7.org/fhir/sid/cvx",
+    "http://hl7.org/fhir/sid/us-ssn",
+    "http://hl7.org/fhir/sid/us-npi",
+    "http://hl7.org/fhir/sid/icd-10-cm",
+    "http://hl7.org/fhir/sid/icd-10",
+    "urn:ietf:bcp:47",
+    "urn:iso:std:iso:3166",
+    "http://terminology.hl7.org/CodeSystem/observation-category",
+    "http://terminology.hl7.org/CodeSystem/v2-0203",
+    "http://terminology.hl7.org/CodeSystem/condition-clinical",
+    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+];
+
+/// URL beginnings named by one byte (after those of [`SYSTEM_NAMES`]), followed by the rest of
+/// the URL. Also part of the file format; the longest that fits is used.
+const SYSTEM_PREFIXES: [&str; 6] = [
+    "http://terminology.hl7.org/CodeSystem/",
+    "http://hl7.org/fhir/",
+    "https://bluebutton.cms.gov/resources/",
+    "urn:oid:",
+    "http://",
+    "https://",
+];
+
+/// Marks a system written as it is although it begins with a byte below 0x20 (which no valid
+/// FHIR string does, but a search value might): it cannot then be read as a short name.
+const VERBATIM_SYSTEM: u8 = 0x1F;
+
+/// Writes `system` as index values store it: one byte for a name of [`SYSTEM_NAMES`], else one
+/// byte for the longest prefix of [`SYSTEM_PREFIXES`] and the rest, else the URL itself. The
+/// encoding is a function of the URL alone, so equal systems have equal bytes (exact and
+/// suffix matches hold); it is not ordered like the URLs, which no search needs.
+pub fn push_system(out: &mut Vec<u8>, system: &str) {
+    if system.is_empty() {
+        return;
+    }
+    if let Some(index) = SYSTEM_NAMES.iter().position(|name| *name == system) {
+        out.push(1 + index as u8);
+        return;
+    }
+    let prefix = SYSTEM_PREFIXES
+        .iter()
+        .enumerate()
+        .filter(|(_, prefix)| system.starts_with(**prefix))
+        .max_by_key(|(_, prefix)| prefix.len());
+    match prefix {
+        Some((index, prefix)) => {
+            out.push(1 + (SYSTEM_NAMES.len() + index) as u8);
+            out.extend_from_slice(&system.as_bytes()[prefix.len()..]);
+        }
+        None => {
+            if system.as_bytes()[0] < 0x20 {
+                out.push(VERBATIM_SYSTEM);
+            }
+            out.extend_from_slice(system.as_bytes());
+        }
+    }
+}
+
+/// The system URL of bytes written by [`push_system`].
+pub fn decode_system(bytes: &[u8]) -> Option<String> {
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
+    let Some((&first, rest)) = bytes.split_first() else { return Some(String::new()) };
+    match first {
+        VERBATIM_SYSTEM => text(rest),
+        0x01..0x20 => {
+            let index = usize::from(first - 1);
+            match SYSTEM_NAMES.get(index) {
+                Some(name) if rest.is_empty() => Some((*name).to_owned()),
+                Some(_) => None,
+                None => Some(format!("{}{}", SYSTEM_PREFIXES.get(index - SYSTEM_NAMES.len())?, text(rest)?)),
+            }
+        }
+        _ => text(bytes),
+    }
 }
 
 fn token_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
@@ -287,14 +374,16 @@ pub struct QuantityUnits<'a> {
     pub unit: &'a str,
 }
 
-/// A quantity's index value: the number, then its system, code and human-readable unit, each
-/// cut to [`MAX_INDEXED_BYTES`] and separated by 0x00 (a FHIR string holds no 0x00).
+/// A quantity's index value: the number, then its system (as [`push_system`] writes it), code
+/// and human-readable unit, each cut to [`MAX_INDEXED_BYTES`] and separated by 0x00 (a FHIR
+/// string holds no 0x00).
 pub fn quantity_key(number: f64, units: &QuantityUnits) -> Vec<u8> {
     let mut key = encode_f64(number).to_vec();
-    for (index, part) in [units.system, units.code, units.unit].into_iter().enumerate() {
-        if index > 0 {
-            key.push(0);
-        }
+    let mut system = Vec::new();
+    push_system(&mut system, units.system);
+    key.extend_from_slice(&bounded(system));
+    for part in [units.code, units.unit] {
+        key.push(0);
         key.extend_from_slice(&bounded(part.as_bytes().to_vec()));
     }
     key
@@ -524,6 +613,41 @@ pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_systems_take_one_byte_and_every_system_reads_back() {
+        let written = |system: &str| {
+            let mut out = Vec::new();
+            push_system(&mut out, system);
+            out
+        };
+        assert_eq!(written("http://loinc.org"), [0x01]);
+        assert_eq!(written("http://terminology.hl7.org/CodeSystem/v3-ActCode"), [16]);
+        // A prefix: its byte, then the rest of the URL.
+        assert_eq!(written("http://terminology.hl7.org/CodeSystem/claim-type"), b"\x11claim-type");
+        assert_eq!(written("http://acme.org/codes"), b"\x15acme.org/codes");
+        assert_eq!(written("urn:bench"), b"urn:bench");
+        assert_eq!(written(""), b"");
+        // A search value that begins with a control byte cannot pass for a short name.
+        assert_eq!(written("\x01"), b"\x1f\x01");
+        for system in [
+            "http://loinc.org",
+            "http://loinc.org/x",
+            "http://snomed.info/sct",
+            "http://terminology.hl7.org/CodeSystem/observation-category",
+            "http://terminology.hl7.org/CodeSystem/",
+            "https://bluebutton.cms.gov/resources/codesystem/adjudication",
+            "urn:oid:2.16.840.1.113883.6.238",
+            "urn:bench",
+            "\x01",
+            "",
+        ] {
+            assert_eq!(decode_system(&written(system)).as_deref(), Some(system), "{system}");
+        }
+        let distinct: std::collections::HashSet<Vec<u8>> =
+            ["http://loinc.org", "http://loinc.org/", "http://", "https://", "http://x", "x"].map(written).into();
+        assert_eq!(distinct.len(), 6, "different systems are written differently");
+    }
 
     #[test]
     fn strings_normalise_case_and_accents() {

@@ -817,6 +817,12 @@ mod index_tests {
                     .unwrap();
             }
         }
+        drop_current_index_and_mark(txn, version);
+    }
+
+    /// Drops the current index tables (their rows were copied to an older form) and marks the
+    /// file with format `version`.
+    fn drop_current_index_and_mark(txn: redb::WriteTransaction, version: u32) {
         txn.delete_table(SEARCH_PARAM_VALUE).unwrap();
         txn.delete_table(RESOURCE_SEARCH_PARAM_VALUE).unwrap();
         txn.open_table(META).unwrap().insert("format_version", version.to_be_bytes().as_slice()).unwrap();
@@ -897,6 +903,8 @@ mod index_tests {
         // The format 5 values of a format 6 quantity value (`number system 0x00 code 0x00 unit`).
         fn format_5_quantities(value: &[u8]) -> Vec<Vec<u8>> {
             let (number, [system, code, unit]) = crate::search::values::decode_quantity(value).unwrap();
+            let system = crate::search::values::decode_system(system).unwrap();
+            let system = system.as_bytes();
             let mut unit_keys = vec![Vec::new(), [b"||", code].concat(), [system, b"|", code].concat()];
             if !unit.is_empty() {
                 unit_keys.push([b"||", unit].concat());
@@ -947,10 +955,7 @@ mod index_tests {
                 old_records.insert(key.value(), record.as_slice()).unwrap();
             }
         }
-        txn.delete_table(SEARCH_PARAM_VALUE).unwrap();
-        txn.delete_table(RESOURCE_SEARCH_PARAM_VALUE).unwrap();
-        txn.open_table(META).unwrap().insert("format_version", 5u32.to_be_bytes().as_slice()).unwrap();
-        txn.commit().unwrap();
+        drop_current_index_and_mark(txn, 5);
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::n
 /// `created_t <= t < superseded_t`; `superseded_t` is `u64::MAX` while the version is current.
 /// (The index tables' names carry the format version that last changed their encoding; see
 /// `migrate`.)
-pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("search_param_value.6");
+pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], keys::search_param_value::Lifetime> =
+    TableDefinition::new("search_param_value.6");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("resource_search_param_value.6");
 /// Versions whose index entries are superseded, by the logical time they were superseded at:

@@ -225,7 +225,7 @@ mod tests {
         let rows = fill_like_an_index(&db);
         // The state after the copy, the deletion of the original and a first batch copied back.
         let name = copy_name(SEARCH_PARAM_VALUE.name());
-        let copy = TableDefinition::<&[u8], (u64, u64)>::new(&name);
+        let copy = TableDefinition::<&[u8], crate::store::keys::search_param_value::Lifetime>::new(&name);
         copy_rows(&db, SEARCH_PARAM_VALUE, copy, None).unwrap();
         let txn = db.begin_write().unwrap();
         txn.delete_table(SEARCH_PARAM_VALUE).unwrap();
@@ -251,7 +251,7 @@ mod tests {
         let rows = fill_like_an_index(&db);
         let name = copy_name(SEARCH_PARAM_VALUE.name());
         let txn = db.begin_write().unwrap();
-        txn.open_table(TableDefinition::<&[u8], (u64, u64)>::new(&name))
+        txn.open_table(TableDefinition::<&[u8], crate::store::keys::search_param_value::Lifetime>::new(&name))
             .unwrap()
             .insert(b"partial".as_slice(), (1, 2))
             .unwrap();

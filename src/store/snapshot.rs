@@ -5,6 +5,7 @@ use std::sync::Arc;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::codec::{Codecs, StoredBody};
+use super::keys::search_param_value::Lifetime;
 use super::keys::{prefix_end, resource_version, system_history, type_history};
 use super::view::{IndexTables, SnapshotIndex};
 use super::{
@@ -65,7 +66,7 @@ pub struct Snapshot {
     versions: ReadOnlyTable<&'static [u8], &'static [u8]>,
     type_history: ReadOnlyTable<&'static [u8], ()>,
     system_history: ReadOnlyTable<&'static [u8], ()>,
-    spv: ReadOnlyTable<&'static [u8], (u64, u64)>,
+    spv: ReadOnlyTable<&'static [u8], Lifetime>,
     rspv: ReadOnlyTable<&'static [u8], &'static [u8]>,
     /// The logical time of the newest version this snapshot contains.
     t: u64,

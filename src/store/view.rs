@@ -5,6 +5,7 @@ use std::ops::{Bound, ControlFlow};
 
 use redb::ReadableTable;
 
+use super::keys::search_param_value::Lifetime;
 use super::keys::{
     prefix_end, put_str, resource_search_param_value as rspv, resource_version, search_param_value as spv,
 };
@@ -123,7 +124,7 @@ fn index_bounds(resource_type: ResourceType, param: &str, lo: &[u8], hi: Option<
 /// Passes the entries live at `t` to `visit`, decoded, until it breaks.
 fn visit_live<'a>(
     entries: impl Iterator<
-        Item = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, (u64, u64)>), redb::StorageError>,
+        Item = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, Lifetime>), redb::StorageError>,
     >,
     t: u64,
     visit: &mut dyn FnMut(IndexHit<'_>) -> ControlFlow<()>,
@@ -148,7 +149,7 @@ fn visit_live<'a>(
 pub struct IndexTables<'a, V, S, R>
 where
     V: ReadableTable<&'static [u8], &'static [u8]>,
-    S: ReadableTable<&'static [u8], (u64, u64)>,
+    S: ReadableTable<&'static [u8], Lifetime>,
     R: ReadableTable<&'static [u8], &'static [u8]>,
 {
     pub(super) versions: &'a V,
@@ -160,14 +161,14 @@ where
 pub type SnapshotIndex<'a> = IndexTables<
     'a,
     redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    redb::ReadOnlyTable<&'static [u8], (u64, u64)>,
+    redb::ReadOnlyTable<&'static [u8], Lifetime>,
     redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 >;
 
 impl<V, S, R> IndexView for IndexTables<'_, V, S, R>
 where
     V: ReadableTable<&'static [u8], &'static [u8]>,
-    S: ReadableTable<&'static [u8], (u64, u64)>,
+    S: ReadableTable<&'static [u8], Lifetime>,
     R: ReadableTable<&'static [u8], &'static [u8]>,
 {
     fn scan_index(

@@ -27,6 +27,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{Codecs, ContentHash, StoredBody, content_hash};
+use super::keys::search_param_value::Lifetime;
 use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
@@ -310,7 +311,7 @@ struct Tables<'txn> {
     versions: Table<'txn, &'static [u8], &'static [u8]>,
     type_history: Table<'txn, &'static [u8], ()>,
     system_history: Table<'txn, &'static [u8], ()>,
-    spv: Table<'txn, &'static [u8], (u64, u64)>,
+    spv: Table<'txn, &'static [u8], Lifetime>,
     rspv: Table<'txn, &'static [u8], &'static [u8]>,
     superseded: Table<'txn, &'static [u8], ()>,
 }
@@ -894,7 +895,7 @@ fn processing_order(request: &WriteRequest) -> Vec<usize> {
 
 /// Inserts `entries` into `search_param_value` in key order.
 fn insert_sorted(
-    spv_table: &mut Table<'_, &'static [u8], (u64, u64)>,
+    spv_table: &mut Table<'_, &'static [u8], Lifetime>,
     mut entries: Vec<(Vec<u8>, (u64, u64))>,
 ) -> Result<(), StoreError> {
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
