@@ -26,7 +26,6 @@ use crate::search::compartment::patient_compartment;
 use crate::search::query::{Clause, compartment_clause, parse_clause};
 use crate::store::{IndexView, Store};
 use actix_web::HttpResponse;
-use actix_web::web;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, params, .. } = ctx;
@@ -91,29 +90,16 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let self_query = paging::query_string(&applied);
     let path = format!("Patient/{patient_id}/$everything");
-    let scope = format!("everything|{path}|{self_query}");
-    let self_url = if self_query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{self_query}") };
-    let store = state.store.clone();
-    let budget = state.limits.search_budget;
-    let bundle = web::block(move || {
-        let search = paging::CrossTypeSearch {
-            plans: &plans,
-            count,
-            token: token.as_deref(),
-            scope: &scope,
-            base: &base,
-            self_url: &self_url,
-            budget,
-        };
-        let (mut bundle, t) = paging::page_across_types(&store, &search)?;
-        let members = Members { patient_id: patient_id.as_str(), planned: plans.iter().map(|(t, _)| *t).collect() };
-        add_referenced(&store, &mut bundle, t, &members, requested.as_deref(), &base)?;
-        Ok::<_, FhirError>(bundle)
-    })
-    .await
-    .map_err(|_| FhirError::fault("$everything"))??;
+    let request =
+        paging::CrossTypeRequest { plans, count, token, kind: "everything", path, applied, base: base.clone() };
+    let planned = request.plans.iter().map(|(t, _)| *t).collect();
+    let bundle =
+        paging::run_across_types(state.store.clone(), state.limits.search_budget, request, move |store, bundle, t| {
+            let members = Members { patient_id: patient_id.as_str(), planned };
+            add_referenced(store, bundle, t, &members, requested.as_deref(), &base)
+        })
+        .await?;
     Ok(bundle.into_response())
 }
 

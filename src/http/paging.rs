@@ -46,6 +46,57 @@ pub fn decode(bytes: &[u8]) -> Option<(u64, usize, Option<Position>)> {
     Some((u64::from_be_bytes(*t), u32::from_be_bytes(*type_index) as usize, position))
 }
 
+/// A cross-type search as its handler prepared it: the clauses per type, the page size and
+/// cursor, and what the page's links are built from.
+pub struct CrossTypeRequest {
+    pub plans: Vec<(ResourceType, Vec<Clause>)>,
+    pub count: usize,
+    pub token: Option<String>,
+    /// Names the search in its cursors' scope (`system`, `everything`): a cursor of one search
+    /// is refused by another.
+    pub kind: &'static str,
+    /// The page's path below the base (`Patient/p1/$everything`; empty for the base itself).
+    pub path: String,
+    /// The query parameters that shaped the page, repeated by its links.
+    pub applied: Vec<(String, String)>,
+    pub base: String,
+}
+
+/// Runs `request`'s page on the blocking pool within `budget`; `extend` then adds to the page
+/// what belongs to it as of the logical time the page shows (`$everything`'s referenced
+/// resources).
+pub async fn run_across_types(
+    store: Store,
+    budget: Budget,
+    request: CrossTypeRequest,
+    extend: impl FnOnce(&Store, &mut BundleOut, u64) -> Result<(), FhirError> + Send + 'static,
+) -> Result<BundleOut, FhirError> {
+    let CrossTypeRequest { plans, count, token, kind, path, applied, base } = request;
+    let query = query_string(&applied);
+    let (scope, page_url) = if path.is_empty() {
+        (format!("{kind}|{query}"), base.clone())
+    } else {
+        (format!("{kind}|{path}|{query}"), format!("{base}/{path}"))
+    };
+    let self_url = if query.is_empty() { page_url } else { format!("{page_url}?{query}") };
+    actix_web::web::block(move || {
+        let search = CrossTypeSearch {
+            plans: &plans,
+            count,
+            token: token.as_deref(),
+            scope: &scope,
+            base: &base,
+            self_url: &self_url,
+            budget,
+        };
+        let (mut bundle, t) = page_across_types(&store, &search)?;
+        extend(&store, &mut bundle, t)?;
+        Ok(bundle)
+    })
+    .await
+    .map_err(|_| FhirError::fault(kind))?
+}
+
 /// What [`page_across_types`] pages over: `plans` (a type and its clauses each), `count` per
 /// page, continuing from `token`; `self_url` is the page's own link (`next` and `previous`
 /// repeat it with a cursor of `scope`); `budget` bounds the index work of the page.

@@ -7,7 +7,6 @@ use super::{Ctx, paging, request};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::search::query::{Clause, parse_clause};
 use actix_web::HttpResponse;
-use actix_web::web;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, .. } = ctx;
@@ -45,24 +44,8 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let self_query = paging::query_string(&applied);
-    let scope = format!("system|{self_query}");
-    let self_url = if self_query.is_empty() { base.clone() } else { format!("{base}?{self_query}") };
-    let store = state.store.clone();
-    let budget = state.limits.search_budget;
-    let bundle = web::block(move || {
-        let search = paging::CrossTypeSearch {
-            plans: &plans,
-            count,
-            token: token.as_deref(),
-            scope: &scope,
-            base: &base,
-            self_url: &self_url,
-            budget,
-        };
-        paging::page_across_types(&store, &search).map(|(bundle, _)| bundle)
-    })
-    .await
-    .map_err(|_| FhirError::fault("search"))??;
+    let request = paging::CrossTypeRequest { plans, count, token, kind: "system", path: String::new(), applied, base };
+    let bundle =
+        paging::run_across_types(state.store.clone(), state.limits.search_budget, request, |_, _, _| Ok(())).await?;
     Ok(bundle.into_response())
 }
