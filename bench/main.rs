@@ -15,8 +15,9 @@
 //!   while serving random reads.
 //! - `search`: 10,000 patients and 1,000,000 observations (10 codes × 10 years; ten patients
 //!   have ~1,100 resources each): latency of the query shapes, index size per resource.
-//! - `disk` (also part of `search`, without the queries): bytes per resource, table by table, on
-//!   the search scenario's database and on the demo load (official examples and Synthea).
+//! - `disk`: bytes per resource, table by table, as written, on disk and after `braid compact`,
+//!   on the demo load (official examples and Synthea) and on the search scenario's database
+//!   (`search` prints the same for its database after its queries; `all` includes both).
 //! - `pages`: 10,000 patients and 20,000 US Core lab Observations of ~1.4 KB (ten codes, one with
 //!   60 hits, one with 1,060, the others ~2,360): read-by-id throughput and code-search page
 //!   throughput (`_count=20`) at 32 connections on the same server, alternating rounds, and
@@ -101,6 +102,10 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::Disk) {
         runtime.block_on(disk_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All) {
+        // The search scenario printed the search database's figures.
+        runtime.block_on(demo_disk(dir.path()));
     }
     if matches!(args.scenario, Scenario::All | Scenario::Pages) {
         runtime.block_on(pages_scenario(&args, dir.path()));
@@ -495,6 +500,8 @@ async fn search_scenario(args: &Args, dir: &Path) {
             result.error_note()
         );
     }
+    drop(server);
+    report_file(&format!("search database (10,000 patients, {observations} observations)"), &data, resources, 2048);
 }
 
 /// For each code, the path of the tenth page of `code=Y&_sort=-date&_count=50`, found by
@@ -550,7 +557,23 @@ fn print_table_usage(store: &Store, resources: usize) {
     println!("  pages in use: {:.0} MiB = {:.0} bytes per resource", allocated as f64 / 1048576.0, per(allocated));
 }
 
+/// The disk figures: the demo load's, then the search database's (which the `search`
+/// scenario also prints, after its queries).
 async fn disk_scenario(args: &Args, dir: &Path) {
+    demo_disk(dir).await;
+    let observations = args.resources;
+    let data = dir.join("disk.redb");
+    let store = open_store(&data);
+    fill(&store, 10_000, 1000, patient).await;
+    fill(&store, observations, 2000, search_observation).await;
+    let resources = observations + 10_000;
+    print_table_usage(&store, resources);
+    close_store(store).await;
+    report_file(&format!("search database (10,000 patients, {observations} observations)"), &data, resources, 2048);
+}
+
+/// Bytes per resource of the demo load (official examples and Synthea, US Core shaped).
+async fn demo_disk(dir: &Path) {
     println!("\n== disk: bytes per resource ==");
     let data = dir.join("demo.redb");
     let store = open_store(&data);
@@ -560,42 +583,30 @@ async fn disk_scenario(args: &Args, dir: &Path) {
     let resources = loaded.examples + loaded.synthea_resources;
     print_table_usage(&store, resources);
     close_store(store).await;
-    let (bytes, on_disk) = file_sizes(&data);
-    println!(
-        "  demo load ({} official examples, {} Synthea resources): file {:.1} MiB = {:.0} bytes per resource, on disk {:.0} (target <= 4096)",
-        loaded.examples,
-        loaded.synthea_resources,
-        bytes as f64 / 1048576.0,
-        bytes as f64 / resources as f64,
-        on_disk as f64 / resources as f64
+    report_file(
+        &format!("demo load ({} official examples, {} Synthea resources)", loaded.examples, loaded.synthea_resources),
+        &data,
+        resources,
+        4096,
     );
-    let compacted = braid::store::compact(&data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
+}
+
+/// Prints the size of the database file at `data` (no server may have it open) per resource:
+/// its length, the bytes it occupies on disk, and its length after `braid compact` (run here).
+fn report_file(label: &str, data: &Path, resources: usize, target: u64) {
+    let per = |bytes: u64| bytes as f64 / resources as f64;
+    let (bytes, on_disk) = file_sizes(data);
+    println!(
+        "  {label}: file {:.1} MiB = {:.0} bytes per resource, on disk {:.0} (target <= {target})",
+        bytes as f64 / 1048576.0,
+        per(bytes),
+        per(on_disk)
+    );
+    let compacted = braid::store::compact(data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
     println!(
         "  after `braid compact`: file {:.1} MiB = {:.0} bytes per resource",
         compacted.bytes_after as f64 / 1048576.0,
-        compacted.bytes_after as f64 / resources as f64
-    );
-
-    let observations = args.resources;
-    let data = dir.join("disk.redb");
-    let store = open_store(&data);
-    fill(&store, 10_000, 1000, patient).await;
-    fill(&store, observations, 2000, search_observation).await;
-    let resources = observations + 10_000;
-    print_table_usage(&store, resources);
-    close_store(store).await;
-    let (bytes, on_disk) = file_sizes(&data);
-    println!(
-        "  search database (10,000 patients, {observations} observations): file {:.0} MiB = {:.0} bytes per resource, on disk {:.0} (target <= 2048)",
-        bytes as f64 / 1048576.0,
-        bytes as f64 / resources as f64,
-        on_disk as f64 / resources as f64
-    );
-    let compacted = braid::store::compact(&data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
-    println!(
-        "  after `braid compact`: file {:.0} MiB = {:.0} bytes per resource",
-        compacted.bytes_after as f64 / 1048576.0,
-        compacted.bytes_after as f64 / resources as f64
+        per(compacted.bytes_after)
     );
 }
 
