@@ -54,6 +54,10 @@ struct Args {
     /// Resources in the start-up scenario's database.
     #[arg(long, default_value_t = 1_000_000)]
     resources: usize,
+    /// Ids of the search database's observations as zero-padded numbers of this many digits (in
+    /// write order), instead of `so<n>`: what the length of ids costs on disk.
+    #[arg(long, default_value_t = 0)]
+    id_digits: usize,
     /// Another build's `braid` binary: the ingest scenario then alternates rounds between it
     /// and this build and reports both medians (side-by-side figures of two versions).
     #[arg(long)]
@@ -81,6 +85,7 @@ fn main() {
         servers::serve_baseline(bodies).expect("baseline server");
         return;
     }
+    ID_DIGITS.set(args.id_digits).expect("set once");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     println!(
@@ -395,8 +400,14 @@ const CODES: [&str; 10] =
     ["8867-4", "9279-1", "8310-5", "29463-7", "8302-2", "39156-5", "59408-5", "8480-6", "8462-4", "9843-4"];
 
 /// Observation `n` of the search scenario: code and year cycle, ten patients get the first 10,000.
+/// `--id-digits`, for [`search_observation`].
+static ID_DIGITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 fn search_observation(n: usize) -> (ResourceType, String, Value) {
-    let id = format!("so{n}");
+    let id = match ID_DIGITS.get() {
+        Some(&digits) if digits > 0 => format!("{n:0digits$}"),
+        _ => format!("so{n}"),
+    };
     let patient = if n < 10_000 { n % 10 } else { n % 10_000 };
     let body = json!({
         "resourceType": "Observation", "id": id, "status": "final",

@@ -469,8 +469,8 @@ pub(super) fn reencode_index_tables(
     let mut rows = 0;
     // Parameter names by hash, per type (records store hashes; reindexing needs names).
     let mut names: HashMap<String, HashMap<u32, String>> = HashMap::new();
-    if let Some((total, after)) = resume {
-        rows += in_batches(db, "indexed versions", batch_rows, total, after, progress, |txn, start| {
+    if let Some(resume) = resume {
+        rows += in_batches(db, "indexed versions", batch_rows, resume, progress, |txn, start| {
             let source = txn.open_table(old.records)?;
             let old_entries = txn.open_table(old.entries)?;
             let versions = txn.open_table(RESOURCE_VERSION)?;
@@ -542,12 +542,17 @@ pub(super) fn reencode_index_tables(
     Ok(rows)
 }
 
-/// A table's row count, and the key after which its conversion resumes.
-type ResumePoint = (u64, Option<Vec<u8>>);
+/// Where a table's conversion stands: the table's row count, the key after which the
+/// conversion resumes, and how many rows come up to that key (converted by earlier runs).
+struct ResumePoint {
+    total: u64,
+    after: Option<Vec<u8>>,
+    done: u64,
+}
 
 /// Where converting `from` into `to` starts: `None` if `from` does not exist (nothing to do),
-/// otherwise `from`'s row count and the old key of `to`'s last row (`old_key` maps a new key
-/// back), after which the conversion resumes.
+/// otherwise `from`'s row count, the old key of `to`'s last row (`old_key` maps a new key back),
+/// after which the conversion resumes, and the rows of `from` up to that key.
 fn resume_point<V: redb::Value + 'static, W: redb::Value + 'static>(
     db: &Database,
     from: TableDefinition<&[u8], V>,
@@ -569,21 +574,27 @@ fn resume_point<V: redb::Value + 'static, W: redb::Value + 'static>(
         Some(key) => Some(old_key(&key).ok_or(StoreError::Corrupt(key))?),
         None => None,
     };
-    Ok(Some((total, after)))
+    // Counting reads keys only; it is a small part of converting them.
+    let done = match &after {
+        Some(key) => txn.open_table(from)?.range::<&[u8]>(..=key.as_slice())?.count() as u64,
+        None => 0,
+    };
+    Ok(Some(ResumePoint { total, after, done }))
 }
 
 /// Runs `batch` (which converts up to `batch_rows` rows from the start bound it is given and
 /// returns how many it converted and the last key it read) in one transaction after another
-/// until a batch falls short.
+/// until a batch falls short, from `resume`. Progress counts the rows of earlier runs too; the
+/// result is the rows this run converted.
 fn in_batches(
     db: &Database,
     unit: &'static str,
     batch_rows: usize,
-    total: u64,
-    mut after: Option<Vec<u8>>,
+    resume: ResumePoint,
     progress: &mut dyn FnMut(&MigrationProgress),
     mut batch: impl FnMut(&WriteTransaction, Bound<&[u8]>) -> Result<(usize, Option<Vec<u8>>), StoreError>,
 ) -> Result<u64, StoreError> {
+    let ResumePoint { total, mut after, done } = resume;
     let mut migrated = 0;
     loop {
         let txn = db.begin_write()?;
@@ -594,7 +605,7 @@ fn in_batches(
         let (count, last) = batch(&txn, start)?;
         txn.commit()?;
         migrated += count as u64;
-        progress(&MigrationProgress { unit, migrated, total });
+        progress(&MigrationProgress { unit, migrated: done + migrated, total });
         match last {
             Some(last) if count == batch_rows => after = Some(last),
             _ => return Ok(migrated),
@@ -878,11 +889,14 @@ mod index_tests {
         let db = Database::create(&path).unwrap();
         // Stop after the third batch of each attempt, as a crash between transactions would.
         let mut attempts = 0;
+        let mut reported: Vec<u64> = Vec::new();
         loop {
             attempts += 1;
             let mut batches = 0;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reencode_index_tables(&db, &Codecs::built_in(), &SearchIndexer, &V4_INDEX, 7, &mut |_| {
+                reencode_index_tables(&db, &Codecs::built_in(), &SearchIndexer, &V4_INDEX, 7, &mut |progress| {
+                    reported.push(progress.migrated);
+                    assert_eq!(progress.total, 90);
                     batches += 1;
                     assert!(batches < 3, "interrupted");
                 })
@@ -893,6 +907,10 @@ mod index_tests {
             assert!(attempts < 1000, "the conversion makes progress");
         }
         assert!(attempts > 3, "it was interrupted and resumed {attempts} times");
+        // Progress counts what earlier runs converted: it only grows (a resumed run may redo
+        // the last rows of the batch it stopped in), and ends at every record.
+        assert!(reported.windows(2).all(|pair| pair[1] + 7 > pair[0]), "{reported:?}");
+        assert_eq!(reported.last(), Some(&90));
         assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
         assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
     }
