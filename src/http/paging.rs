@@ -145,10 +145,9 @@ pub fn page_across_types(store: &Store, search: &CrossTypeSearch<'_>) -> Result<
             break;
         }
         let (resource_type, clauses) = &plans[type_index];
-        let (driver, _) = engine::plan(view, *resource_type, clauses, t)?;
+        let (query, _) = engine::Query::plan(view, *resource_type, clauses, t)?;
         let wanted = count + 1 - found.len();
-        let page =
-            engine::run_directed(view, *resource_type, clauses, driver, t, position.as_ref(), Some(wanted), backward)?;
+        let page = engine::run_directed(&query, position.as_ref(), Some(wanted), backward)?;
         // In the order of travel.
         let mut matches: Vec<((String, u64), Position)> =
             page.matches.iter().cloned().zip(page.positions.iter().cloned()).collect();

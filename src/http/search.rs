@@ -353,7 +353,8 @@ fn execute(
     for deferred in &search.deferred {
         clauses.push(deferred.resolve(&view, t, base)?);
     }
-    let (driver, estimates) = engine::plan(&view, resource_type, &clauses, t)?;
+    let (query, estimates) = engine::Query::plan(&view, resource_type, &clauses, t)?;
+    let driver = query.driver;
     // A sort is read from its index unless the query's most selective parameter finds so few
     // candidates that sorting them in memory is cheaper than walking the index past the
     // non-matching entries. The choice depends only on `t`, so every page makes the same one.
@@ -362,12 +363,11 @@ fn execute(
     let threshold = search.sort_in_memory_below;
     let mut sort_from_index = engine::index_sortable(resource_type, &search.sort)
         && threshold <= engine::ESTIMATE_CAP
-        && engine::driver_has_at_least(&view, resource_type, &clauses, driver, t, threshold)?;
+        && engine::driver_has_at_least(&query, threshold)?;
     if sort_from_index && clauses.len() > 1 {
         // Several broad clauses may still rarely hold together, and the index walk would pass
         // over many entries per match: it needs a fair share of the driver's candidates to match.
-        let (matched, examined) =
-            engine::sample_share(&view, resource_type, &clauses, driver, t, engine::ESTIMATE_SAMPLE)?;
+        let (matched, examined) = engine::sample_share(&query, engine::ESTIMATE_SAMPLE)?;
         sort_from_index = matched * MIN_SORT_MATCH_SHARE >= examined;
     }
     // The plan's text is written only when someone reads it.
@@ -397,9 +397,9 @@ fn execute(
 
     let wants_total = search.summary_count || search.total == Total::Accurate;
     if wants_total {
-        bundle.total = Some(engine::count(&view, resource_type, &clauses, driver, t)? as u64);
+        bundle.total = Some(engine::count(&query)? as u64);
     } else if search.total == Total::Estimate {
-        bundle.total = Some(engine::estimate(&view, resource_type, &clauses, driver, t)? as u64);
+        bundle.total = Some(engine::estimate(&query)? as u64);
     }
     if !search.summary_count && search.count > 0 {
         let token = |backward: bool, position: &Position| {
@@ -411,30 +411,11 @@ fn execute(
         let mut previous_link = None;
         let page = if search.sort.is_empty() || sort_from_index {
             let page = if search.sort.is_empty() {
-                engine::run_directed(
-                    &view,
-                    resource_type,
-                    &clauses,
-                    driver,
-                    t,
-                    start.as_ref(),
-                    Some(search.count),
-                    backward,
-                )?
+                engine::run_directed(&query, start.as_ref(), Some(search.count), backward)?
             } else {
                 // Read in order from the sort key's index: cursors hold index positions, like
                 // unsorted searches.
-                engine::sorted_page(
-                    &view,
-                    resource_type,
-                    &clauses,
-                    driver,
-                    t,
-                    &search.sort[0],
-                    start.as_ref(),
-                    search.count,
-                    backward,
-                )?
+                engine::sorted_page(&query, &search.sort[0], start.as_ref(), search.count, backward)?
             };
             // Going forward, an earlier page exists once this is not the first; going back, while
             // the engine found more before this page.
@@ -450,7 +431,7 @@ fn execute(
                 Some(Position::Type { id }) => id.parse::<usize>().unwrap_or(0),
                 _ => 0,
             };
-            let all = engine::sorted(&view, resource_type, &clauses, driver, t, &search.sort)?;
+            let all = engine::sorted(&query, &search.sort)?;
             let end = (offset + search.count).min(all.len());
             if offset > 0 {
                 previous_link =

@@ -248,22 +248,22 @@ mod tests {
             parse_clause(patient, "gender", "female", "").unwrap().unwrap(),
             parse_clause(patient, "birthdate", "1990", "").unwrap().unwrap(),
         ];
-        let (driver, _) = engine::plan(&index, patient, &clauses, snapshot.t()).unwrap();
-        let unbounded = engine::count(&index, patient, &clauses, driver, snapshot.t()).unwrap();
+        let (query, _) = engine::Query::plan(&index, patient, &clauses, snapshot.t()).unwrap();
+        let unbounded = engine::count(&query).unwrap();
         assert_eq!(unbounded, 40, "every fifteenth of 600");
 
         let roomy = Budgeted::new(&index, Budget { work: 100_000, time: Duration::from_secs(10) });
-        assert_eq!(engine::count(&roomy, patient, &clauses, driver, snapshot.t()).unwrap(), 40);
+        assert_eq!(engine::count(&engine::Query { view: &roomy, ..query }).unwrap(), 40);
         assert!(roomy.used() >= 120, "at least the driver's 120 entries were charged: {}", roomy.used());
 
         let tight = Budgeted::new(&index, Budget { work: 50, time: Duration::from_secs(10) });
-        let error = engine::count(&tight, patient, &clauses, driver, snapshot.t()).unwrap_err();
+        let error = engine::count(&engine::Query { view: &tight, ..query }).unwrap_err();
         assert_eq!(error.status(), 400);
         let outcome = error.to_operation_outcome();
         assert_eq!(outcome["issue"][0]["code"], "too-costly");
         assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("more than 50 index entries"));
         // Every later call on an exhausted budget fails too: nothing half-done is reported.
-        assert!(engine::plan(&tight, patient, &clauses, snapshot.t()).is_err());
+        assert!(engine::Query::plan(&tight, patient, &clauses, snapshot.t()).is_err());
     }
 
     #[test]
@@ -278,15 +278,22 @@ mod tests {
             parse_clause(patient, "gender", "male", "").unwrap().unwrap(),
             parse_clause(patient, "birthdate", "1980", "").unwrap().unwrap(),
         ];
-        let estimate = engine::estimate(&index, patient, &clauses, Driver::Clause(0), snapshot.t()).unwrap();
-        assert_eq!(estimate, engine::count(&index, patient, &clauses, Driver::Clause(0), snapshot.t()).unwrap());
+        let query = engine::Query {
+            view: &index,
+            resource_type: patient,
+            clauses: &clauses,
+            driver: Driver::Clause(0),
+            t: snapshot.t(),
+        };
+        let estimate = engine::estimate(&query).unwrap();
+        assert_eq!(estimate, engine::count(&query).unwrap());
         assert_eq!(estimate, 320);
         // Sampled from the first 100 of the driver's 400 candidates: close to 320.
-        let sampled =
-            engine::estimate_sampled(&index, patient, &clauses, Driver::Clause(0), snapshot.t(), 100).unwrap();
+        let sampled = engine::estimate_sampled(&query, 100).unwrap();
         assert!((280..=360).contains(&sampled), "{sampled}");
         // A type scan over 600 resources with a :not clause: also below the sample, exact.
         let negated = vec![parse_clause(patient, "gender:not", "female", "").unwrap().unwrap()];
-        assert_eq!(engine::estimate(&index, patient, &negated, Driver::TypeScan, snapshot.t()).unwrap(), 400);
+        let scan = engine::Query { clauses: &negated, driver: Driver::TypeScan, ..query };
+        assert_eq!(engine::estimate(&scan).unwrap(), 400);
     }
 }

@@ -105,8 +105,8 @@ fn inner_matches(
             .ok_or_else(|| incorrect(format!("'{name}' is not a search parameter of {resource_type}")))?,
     };
     let clauses = [clause];
-    let (driver, _) = engine::plan(view, resource_type, &clauses, t)?;
-    let page = engine::run(view, resource_type, &clauses, driver, t, None, Some(MAX_CHAIN_MATCHES))?;
+    let (query, _) = engine::Query::plan(view, resource_type, &clauses, t)?;
+    let page = engine::run(&query, None, Some(MAX_CHAIN_MATCHES))?;
     if page.next.is_some() {
         return Err(FhirError::new(
             crate::fhir::Category::Incorrect,

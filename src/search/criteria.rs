@@ -43,8 +43,8 @@ pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criter
     Ok(Criteria {
         text: query.to_owned(),
         find: Arc::new(move |view: &dyn IndexView, resource_type: ResourceType, limit: usize| {
-            let (driver, _) = engine::plan(view, resource_type, &clauses, LATEST)?;
-            let page = engine::run(view, resource_type, &clauses, driver, LATEST, None, Some(limit))?;
+            let (query, _) = engine::Query::plan(view, resource_type, &clauses, LATEST)?;
+            let page = engine::run(&query, None, Some(limit))?;
             page.matches
                 .into_iter()
                 .map(|(id, _)| Id::parse(&id).map_err(|_| FhirError::fault("criteria: a stored id is invalid")))

@@ -55,6 +55,30 @@ pub struct Estimate {
     pub at_least: bool,
 }
 
+/// A planned search over one type as of logical time `t`: the view it reads (a snapshot, or
+/// one within a work budget), the clauses every match satisfies, and the driver its walk scans.
+#[derive(Clone, Copy)]
+pub struct Query<'a> {
+    pub view: &'a dyn IndexView,
+    pub resource_type: ResourceType,
+    pub clauses: &'a [Clause],
+    pub driver: Driver,
+    pub t: u64,
+}
+
+impl<'a> Query<'a> {
+    /// Plans the search (see [`plan`]); also returns the estimates the plan was based on.
+    pub fn plan(
+        view: &'a dyn IndexView,
+        resource_type: ResourceType,
+        clauses: &'a [Clause],
+        t: u64,
+    ) -> Result<(Query<'a>, Vec<Estimate>), FhirError> {
+        let (driver, estimates) = plan(view, resource_type, clauses, t)?;
+        Ok((Query { view, resource_type, clauses, driver, t }, estimates))
+    }
+}
+
 /// A human-readable account of the plan, for `_explain` and the debug log.
 pub fn describe(clauses: &[Clause], driver: Driver, estimates: &[Estimate]) -> String {
     let driver_text = match driver {
@@ -89,7 +113,7 @@ const ESTIMATE_ROUNDS: [usize; 2] = [100, ESTIMATE_CAP];
 /// the type when none is scannable. A single scannable clause is the driver without being
 /// counted, so a first page costs the same however many resources match (the work is that of
 /// the page). Returns the driver with the estimates it was based on.
-pub fn plan(
+fn plan(
     snapshot: &dyn IndexView,
     resource_type: ResourceType,
     clauses: &[Clause],
@@ -133,14 +157,8 @@ pub fn plan(
 
 /// Whether the driver has at least `wanted` live index entries (a type scan counts as
 /// [`ESTIMATE_CAP`]), counting no further than that.
-pub fn driver_has_at_least(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    wanted: usize,
-) -> Result<bool, FhirError> {
+pub fn driver_has_at_least(query: &Query<'_>, wanted: usize) -> Result<bool, FhirError> {
+    let Query { view: snapshot, resource_type, clauses, driver, t } = *query;
     let Driver::Clause(index) = driver else { return Ok(wanted <= ESTIMATE_CAP) };
     let mut count = 0usize;
     for range in clauses[index].ranges() {
@@ -156,33 +174,20 @@ pub fn driver_has_at_least(
 }
 
 /// Runs the search from `start` until `limit` matches are found (`None`: all of them).
-pub fn run(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    start: Option<&Position>,
-    limit: Option<usize>,
-) -> Result<Page, FhirError> {
-    run_directed(snapshot, resource_type, clauses, driver, t, start, limit, false)
+pub fn run(query: &Query<'_>, start: Option<&Position>, limit: Option<usize>) -> Result<Page, FhirError> {
+    run_directed(query, start, limit, false)
 }
 
 /// Like [`run`]; with `backward`, the page ends right before `start` (the matches preceding
 /// it, returned in forward order) and `next` is where still earlier matches end.
-#[allow(clippy::too_many_arguments)]
 pub fn run_directed(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
+    query: &Query<'_>,
     start: Option<&Position>,
     limit: Option<usize>,
     backward: bool,
 ) -> Result<Page, FhirError> {
     let options = Walk { start, limit, backward, candidate_limit: None, count_only: false };
-    Ok(walk(snapshot, resource_type, clauses, driver, t, &options)?.page)
+    Ok(walk(query, &options)?.page)
 }
 
 /// How far and how [`walk`] goes.
@@ -210,14 +215,8 @@ struct Walked {
 
 /// The one loop behind paging, counting and sampling: scans the driver, checks each candidate
 /// against the other clauses, and reports matches in driver order.
-fn walk(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    options: &Walk<'_>,
-) -> Result<Walked, FhirError> {
+fn walk(query: &Query<'_>, options: &Walk<'_>) -> Result<Walked, FhirError> {
+    let Query { view: snapshot, resource_type, clauses, driver, t } = *query;
     let Walk { start, limit, backward, candidate_limit, count_only } = *options;
     if matches_nothing(clauses) {
         let page = Page { matches: Vec::new(), next: None, positions: Vec::new() };
@@ -233,7 +232,7 @@ fn walk(
     let mut failure: Option<FhirError> = None;
     // Checks every clause except the driver against the candidate's indexed values.
     let others_match = |id: &str, version: u64, skip: Option<usize>| -> Result<bool, FhirError> {
-        clauses_match(snapshot, resource_type, clauses, id, version, skip, t)
+        clauses_match(query, id, version, skip)
     };
 
     match driver {
@@ -373,17 +372,10 @@ fn walk(
     Ok(Walked { page: Page { matches, next, positions }, matched, candidates, sampled })
 }
 
-/// Whether version `version` of resource `id` satisfies every clause except `skip`, by its
-/// indexed values as of `t`.
-fn clauses_match(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    id: &str,
-    version: u64,
-    skip: Option<usize>,
-    t: u64,
-) -> Result<bool, FhirError> {
+/// Whether version `version` of resource `id` satisfies every clause of `query` except `skip`,
+/// by its indexed values as of the query's time.
+fn clauses_match(query: &Query<'_>, id: &str, version: u64, skip: Option<usize>) -> Result<bool, FhirError> {
+    let Query { view: snapshot, resource_type, clauses, t, .. } = *query;
     for (index, clause) in clauses.iter().enumerate() {
         if Some(index) == skip {
             continue;
@@ -445,13 +437,8 @@ fn earlier_hit_exists(
 }
 
 /// The number of matches.
-pub fn count(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-) -> Result<usize, FhirError> {
+pub fn count(query: &Query<'_>) -> Result<usize, FhirError> {
+    let Query { view: snapshot, resource_type, clauses, driver, t } = *query;
     // One clause of one exact value: each live entry is one match, no resource can be counted
     // twice, and nothing needs decoding.
     if let ([clause], Driver::Clause(0)) = (clauses, driver) {
@@ -464,7 +451,7 @@ pub fn count(
         }
     }
     let options = Walk { start: None, limit: None, backward: false, candidate_limit: None, count_only: true };
-    Ok(walk(snapshot, resource_type, clauses, driver, t, &options)?.matched)
+    Ok(walk(query, &options)?.matched)
 }
 
 /// Driver candidates examined to estimate a query's total.
@@ -473,42 +460,23 @@ pub const ESTIMATE_SAMPLE: usize = 1000;
 /// An estimate of the number of matches of the whole query (`_total=estimate`): exact when the
 /// driver has at most [`ESTIMATE_SAMPLE`] candidates; otherwise the share of matches among the
 /// first candidates, times the driver's size (its index entries, counted without decoding).
-pub fn estimate(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-) -> Result<usize, FhirError> {
-    estimate_sampled(snapshot, resource_type, clauses, driver, t, ESTIMATE_SAMPLE)
+pub fn estimate(query: &Query<'_>) -> Result<usize, FhirError> {
+    estimate_sampled(query, ESTIMATE_SAMPLE)
 }
 
 /// Of the first `sample` candidates of the driver, how many match the whole query, and how
 /// many were examined: the share of the driver's entries that are matches.
-pub fn sample_share(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    sample: usize,
-) -> Result<(usize, usize), FhirError> {
+pub fn sample_share(query: &Query<'_>, sample: usize) -> Result<(usize, usize), FhirError> {
     let options = Walk { start: None, limit: None, backward: false, candidate_limit: Some(sample), count_only: true };
-    let walked = walk(snapshot, resource_type, clauses, driver, t, &options)?;
+    let walked = walk(query, &options)?;
     Ok((walked.matched, walked.candidates))
 }
 
 /// [`estimate`] with a chosen sample size.
-pub fn estimate_sampled(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    sample: usize,
-) -> Result<usize, FhirError> {
+pub fn estimate_sampled(query: &Query<'_>, sample: usize) -> Result<usize, FhirError> {
+    let Query { view: snapshot, resource_type, clauses, driver, t } = *query;
     let options = Walk { start: None, limit: None, backward: false, candidate_limit: Some(sample), count_only: true };
-    let sample = walk(snapshot, resource_type, clauses, driver, t, &options)?;
+    let sample = walk(query, &options)?;
     if !sample.sampled || sample.candidates == 0 {
         return Ok(sample.matched);
     }
@@ -557,10 +525,8 @@ fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
             ParamKind::Date => decode_range(v).map(|_| SortValue::Bytes(v.clone())),
             ParamKind::Number => decode_f64(v).map(SortValue::Number),
             ParamKind::Quantity => decode_quantity(v).and_then(|(number, _)| decode_f64(number)).map(SortValue::Number),
-            // Tokens sort by their code: `|code` (no system) and `code`; the `system|code`
-            // duplicates are skipped.
-            ParamKind::Token if v.first() == Some(&b'|') => Some(SortValue::Bytes(v[1..].to_vec())),
-            ParamKind::Token if v.contains(&b'|') => None,
+            // Tokens (`code 0x00 system`) sort by their code.
+            ParamKind::Token => Some(SortValue::Bytes(v.split(|byte| *byte == 0).next().unwrap_or(v).to_vec())),
             _ => Some(SortValue::Bytes(v.clone())),
         })
         .collect();
@@ -571,15 +537,9 @@ fn sort_value(values: &[Vec<u8>], key: &SortKey) -> Option<SortValue> {
 /// All matches ordered by `keys`, then by id (ascending, or descending when the last key
 /// is), so the order is total, pages are stable, and a single key orders ties exactly as its
 /// index read in that direction does.
-pub fn sorted(
-    view: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
-    keys: &[SortKey],
-) -> Result<Vec<(String, u64)>, FhirError> {
-    let matches = run(view, resource_type, clauses, driver, t, None, None)?.matches;
+pub fn sorted(query: &Query<'_>, keys: &[SortKey]) -> Result<Vec<(String, u64)>, FhirError> {
+    let Query { view, resource_type, .. } = *query;
+    let matches = run(query, None, None)?.matches;
     let mut rows = Vec::with_capacity(matches.len());
     for (id, version) in matches {
         let mut values = Vec::with_capacity(keys.len());
@@ -641,18 +601,14 @@ struct Travelled {
 /// Positions are index keys in the first part and ids in the second (`Position::Type`).
 /// `start`, `limit` and `backward` work as in [`run_directed`]; the page's matches are in
 /// sorted order.
-#[allow(clippy::too_many_arguments)]
 pub fn sorted_page(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    driver: Driver,
-    t: u64,
+    query: &Query<'_>,
     key: &SortKey,
     start: Option<&Position>,
     limit: usize,
     backward: bool,
 ) -> Result<Page, FhirError> {
+    let Query { resource_type, clauses, .. } = *query;
     let nothing = Page { matches: Vec::new(), next: None, positions: Vec::new() };
     if matches_nothing(clauses) {
         return Ok(nothing);
@@ -678,9 +634,10 @@ pub fn sorted_page(
         let resume = if step == 0 { start } else { None };
         let remaining = limit - travelled.matches.len();
         let part = if valued {
-            valued_part(snapshot, resource_type, clauses, t, key, resume, remaining, backward)?
+            valued_part(query, key, resume, remaining, backward)?
         } else {
-            without_value_part(snapshot, resource_type, &without_value, driver, t, key, resume, remaining, backward)?
+            let without_value = Query { clauses: &without_value, ..*query };
+            without_value_part(&without_value, key, resume, remaining, backward)?
         };
         travelled.matches.extend(part.matches);
         travelled.positions.extend(part.positions);
@@ -704,13 +661,8 @@ pub fn sorted_page(
 ///
 /// With a scannable driver, its matches are collected and ordered by id (work in proportion
 /// to the driver, not to every resource of the type); otherwise the type is walked by id.
-#[allow(clippy::too_many_arguments)]
 fn without_value_part(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    without_value: &[Clause],
-    driver: Driver,
-    t: u64,
+    without_value: &Query<'_>,
     key: &SortKey,
     start: Option<&Position>,
     limit: usize,
@@ -722,9 +674,9 @@ fn without_value_part(
         Some(Position::Type { id }) => Some(id.as_str()),
         _ => None,
     };
-    let (matches, more) = match driver {
+    let (matches, more) = match without_value.driver {
         Driver::Clause(_) => {
-            let mut all = run(snapshot, resource_type, without_value, driver, t, None, None)?.matches;
+            let mut all = run(without_value, None, None)?.matches;
             all.sort();
             if reverse {
                 all.reverse();
@@ -737,7 +689,7 @@ fn without_value_part(
         Driver::TypeScan => {
             let options =
                 Walk { start, limit: Some(limit.max(1)), backward: reverse, candidate_limit: None, count_only: false };
-            let walked = walk(snapshot, resource_type, without_value, Driver::TypeScan, t, &options)?.page;
+            let walked = walk(without_value, &options)?.page;
             let mut matches = walked.matches;
             if reverse {
                 matches.reverse();
@@ -751,17 +703,14 @@ fn without_value_part(
 
 /// The resources with a value for `key`, from the entry after (or, `backward`, before) `start`,
 /// at most `limit` of them (`more` when another follows; `limit` 0 only looks for one).
-#[allow(clippy::too_many_arguments)]
 fn valued_part(
-    snapshot: &dyn IndexView,
-    resource_type: ResourceType,
-    clauses: &[Clause],
-    t: u64,
+    query: &Query<'_>,
     key: &SortKey,
     start: Option<&Position>,
     limit: usize,
     backward: bool,
 ) -> Result<Travelled, FhirError> {
+    let Query { view: snapshot, resource_type, t, .. } = *query;
     let resume = match start {
         Some(Position::Index { key, .. }) => Some(key.as_slice()),
         _ => None,
@@ -772,7 +721,7 @@ fn valued_part(
         let outcome = (|| -> Result<bool, FhirError> {
             // The clauses first: most entries fail them, usually by a point lookup, and only
             // matches need their record read.
-            if !clauses_match(snapshot, resource_type, clauses, &hit.id, hit.version, None, t)? {
+            if !clauses_match(query, &hit.id, hit.version, None)? {
                 return Ok(false);
             }
             // A resource is reported at its sort value only: the largest of its values when

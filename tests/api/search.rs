@@ -301,6 +301,22 @@ async fn sort_orders_by_dates_strings_tokens_and_numbers_in_both_directions() {
     app.get("/Patient?_sort=colour").await.assert_outcome(400);
 }
 
+/// Tokens sort by their code, whatever characters it holds and whatever its system.
+#[actix_web::test]
+async fn tokens_sort_by_their_code() {
+    let app = spawn_app().await;
+    for (id, system, code) in [("t1", "http://z.org", "m|1"), ("t2", "http://a.org", "z"), ("t3", "", "a")] {
+        let mut coding = json!({"code": code});
+        if !system.is_empty() {
+            coding["system"] = json!(system);
+        }
+        put(&app, json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"coding": [coding]}}))
+            .await;
+    }
+    assert_eq!(ordered(&app, "Observation?_sort=code").await, ["t3", "t1", "t2"]);
+    assert_eq!(ordered(&app, "Observation?_sort=-code").await, ["t2", "t1", "t3"]);
+}
+
 #[actix_web::test]
 async fn compartment_search_is_confined_to_the_patient() {
     let app = spawn_app().await;
