@@ -222,7 +222,8 @@ pub fn token_value(code: &str, system: &str) -> Vec<u8> {
 /// Code systems that index values name by one byte (0x01 for the first) instead of their URL:
 /// the systems of most codes, quantities and identifiers in clinical data, which would
 /// otherwise be repeated in full in every token entry (in its key and in its version's record).
-/// Part of the file format: entries are only ever appended, never changed or reordered.
+/// Part of the file format: any change to the list, even an addition, changes how some system
+/// is written, so it needs a format step that rebuilds the index.
 const SYSTEM_NAMES: [&str; 16] = [
     "http://loinc.org",
     "http://snomed.info/sct",
