@@ -3,7 +3,8 @@
 //! Module map (dependencies point downwards only):
 //! - [`http`]: actix handlers, one file per interaction; the route table that also generates the
 //!   CapabilityStatement.
-//! - [`auth`]: SMART on FHIR scopes (the authorization server and enforcement build on them).
+//! - [`auth`]: SMART on FHIR scopes and the access decisions they grant (the authorization
+//!   server and enforcement build on them).
 //! - [`search`]: index extraction on write and query parsing.
 //! - [`store`]: the only code that touches redb: tables, key codecs, the single writer, snapshots.
 //! - [`fhir`]: the pure model: types, ids, JSON, references, validation, OperationOutcome.
