@@ -86,6 +86,8 @@ fn main() {
         return;
     }
     ID_DIGITS.set(args.id_digits).expect("set once");
+    // reqwest (a dev-dependency) uses rustls without choosing its cryptography provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     println!(

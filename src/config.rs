@@ -42,6 +42,8 @@ pub struct Settings {
     pub sort_in_memory_below: usize,
     pub quick_repair: bool,
     pub body_cache_mb: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -84,6 +86,8 @@ impl Default for Settings {
             sort_in_memory_below: 1000,
             quick_repair: true,
             body_cache_mb: 32,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -359,6 +363,27 @@ pub const SETTINGS: &[SettingDoc] = &[
         doc: "Memory in MiB for resource bodies already decompressed, so that reads of often-read resources skip \
               decompression; 0 turns the cache off.",
         apply: |s, v| parse_into(&mut s.body_cache_mb, v),
+    },
+    SettingDoc {
+        key: "tls_cert",
+        env: "BRAID_TLS_CERT",
+        default: "(none: plain HTTP)",
+        doc: "PEM file with the server's certificate chain (its own certificate first). With `tls_key`, Braid serves \
+              HTTPS (TLS 1.2 and 1.3, HTTP/1.1 and HTTP/2) instead of plain HTTP.",
+        apply: |s, v| {
+            s.tls_cert = Some(v.into());
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "tls_key",
+        env: "BRAID_TLS_KEY",
+        default: "(none: plain HTTP)",
+        doc: "PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).",
+        apply: |s, v| {
+            s.tls_key = Some(v.into());
+            Ok(())
+        },
     },
 ];
 

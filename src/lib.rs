@@ -9,7 +9,8 @@
 //! - [`store`]: the only code that touches redb: tables, key codecs, the single writer, snapshots.
 //! - [`fhir`]: the pure model: types, ids, JSON, references, validation, OperationOutcome.
 //!
-//! [`startup`] wires them together; [`config`] and [`telemetry`] are the operator's side.
+//! [`startup`] wires them together; [`config`], [`telemetry`] and [`tls`] are the operator's
+//! side.
 
 pub mod auth;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod search;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -92,6 +92,12 @@ struct ServeArgs {
     /// Database file [env: BRAID_DATA] [default: ./data/braid.redb; ./data/demo.redb for demo]
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key) [env: BRAID_TLS_CERT]
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [env: BRAID_TLS_KEY]
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 #[actix_web::main]
@@ -123,13 +129,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(data) = args.data {
         settings.data = data;
     }
+    if let Some(cert) = args.tls_cert {
+        settings.tls_cert = Some(cert);
+    }
+    if let Some(key) = args.tls_key {
+        settings.tls_key = Some(key);
+    }
     braid::telemetry::init(&settings);
 
     let application = Application::build(&settings)?;
-    let base = settings
-        .base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/fhir", display_address(&settings.listen, application.port())));
+    let base = settings.base_url.clone().unwrap_or_else(|| {
+        let scheme = if application.serves_https() { "https" } else { "http" };
+        format!("{scheme}://{}/fhir", display_address(&settings.listen, application.port()))
+    });
     tracing::info!(port = application.port(), data = %settings.data.display(), "braid is listening");
     if demo {
         let limits = Limits::from_settings(&settings);

@@ -21,11 +21,16 @@ pub enum StartupError {
     Store { path: String, source: StoreError },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("HTTPS needs both a certificate (tls_cert, --tls-cert) and its private key (tls_key, --tls-key)")]
+    TlsIncomplete,
 }
 
 /// A bound, not yet running server.
 pub struct Application {
     port: u16,
+    https: bool,
     server: Server,
     store: Store,
     shutdown_timeout: Duration,
@@ -51,6 +56,12 @@ impl Application {
             let list: Vec<String> = unsupported.iter().map(|u| format!("{} ({})", u.code, u.base)).collect();
             tracing::warn!(count = unsupported.len(), parameters = %list.join(", "), "search parameters that cannot be evaluated");
         }
+        // Checked before the database is opened: a bad certificate is the operator's to fix first.
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => return Err(StartupError::TlsIncomplete),
+        };
         let store = Store::open(&settings.data, options, Arc::new(SearchIndexer))
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         let listener = TcpListener::bind(&settings.listen)
@@ -77,15 +88,30 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let server = server
-            .listen(listener)
-            .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
-            .run();
-        Ok(Application { port, server, store, shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_secs) })
+        let https = tls.is_some();
+        let server = match tls {
+            Some(config) => {
+                tracing::info!("serving HTTPS: TLS 1.2 and 1.3, HTTP/1.1 and HTTP/2");
+                server.listen_rustls_0_23(listener, config)
+            }
+            None => {
+                tracing::info!("serving plain HTTP (no tls_cert and tls_key): put a TLS proxy in front or set them");
+                server.listen(listener)
+            }
+        }
+        .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
+        .run();
+        let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
+        Ok(Application { port, https, server, store, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the listener speaks HTTPS (see [`crate::tls`]).
+    pub fn serves_https(&self) -> bool {
+        self.https
     }
 
     pub fn store(&self) -> &Store {

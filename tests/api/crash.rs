@@ -85,7 +85,7 @@ async fn verify(client: &reqwest::Client, base: &str, acknowledged: &Acknowledge
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("crash.redb");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = crate::helpers::client_builder().timeout(Duration::from_secs(10)).build().unwrap();
     let acknowledged: Acknowledged = Arc::default();
     let started = Instant::now();
     for round in 0..KILLS {

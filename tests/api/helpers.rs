@@ -42,6 +42,22 @@ impl Reply {
     }
 }
 
+/// A client builder for tests. The TLS test makes reqwest use rustls, which needs the process'
+/// cryptography provider installed before any client is built (plain HTTP clients too).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Another test may have installed it first; either way one is installed.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A plain client (see [`client_builder`]).
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("a client")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -58,13 +74,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let application = Application::build(&settings).expect("the server starts");
     let base = format!("http://127.0.0.1:{}/fhir", application.port());
     tokio::spawn(application.run_until_stopped());
-    TestApp { base, client: reqwest::Client::new(), _dir: dir }
+    TestApp { base, client: client(), _dir: dir }
 }
 
 impl TestApp {
     /// A client for a server the test started itself at `base`; `dir` lives as long as it.
     pub fn at(base: String, dir: tempfile::TempDir) -> TestApp {
-        TestApp { base, client: reqwest::Client::new(), _dir: dir }
+        TestApp { base, client: client(), _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {

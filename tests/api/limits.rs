@@ -415,7 +415,7 @@ async fn connections_beyond_the_cap_wait_until_stalled_ones_time_out() {
     }
     // Two connections are served; the other two and this request wait in the listen queue
     // until the first two time out, then the next two.
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = crate::helpers::client_builder().pool_max_idle_per_host(0).build().unwrap();
     let reply = tokio::time::timeout(std::time::Duration::from_secs(20), client.get(app.url("/metadata")).send())
         .await
         .expect("the request is served once stalled connections time out")

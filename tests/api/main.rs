@@ -26,4 +26,5 @@ mod sorting;
 mod storage_format;
 mod surface;
 mod synthea;
+mod tls;
 mod validation;

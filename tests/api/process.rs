@@ -24,7 +24,7 @@ async fn logs_are_json_lines_that_carry_the_request_id_and_no_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let braid = start_braid_process(&dir.path().join("logs.redb"), "info");
     let (mut child, port, logs) = (braid.child, braid.port, braid.logs);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client();
     let secret_name = "Unforgettable-Surname-4711";
     let reply = client
         .post(format!("http://127.0.0.1:{port}/fhir/Patient"))
@@ -52,7 +52,7 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_the_data() {
     let data = dir.path().join("graceful.redb");
     let braid = start_braid_process(&data, "info");
     let (mut child, port, logs) = (braid.child, braid.port, braid.logs);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client();
     let reply = client
         .put(format!("http://127.0.0.1:{port}/fhir/Patient/kept"))
         .header("content-type", "application/fhir+json")
