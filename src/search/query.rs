@@ -831,9 +831,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
         [number] => (number.as_str(), UnitMatch::Any),
         [number, system, code] if system.is_empty() => (number.as_str(), UnitMatch::CodeOrUnit(cut(code))),
         [number, system, code] => {
-            let mut stored_system = Vec::new();
-            values::push_system(&mut stored_system, system);
-            (number.as_str(), UnitMatch::Coded { system: values::bounded(stored_system), code: cut(code) })
+            (number.as_str(), UnitMatch::Coded { system: values::quantity_system(system), code: cut(code) })
         }
         _ => return Err(incorrect(format!("{name}: '{text}' is not [prefix]number|system|code"))),
     };

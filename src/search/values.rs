@@ -289,7 +289,16 @@ pub fn push_system(out: &mut Vec<u8>, system: &str) {
     }
 }
 
-/// The system URL of bytes written by [`push_system`].
+/// The system of a quantity value or query: [`push_system`]'s bytes, cut like every textual
+/// index value.
+pub fn quantity_system(system: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_system(&mut out, system);
+    bounded(out)
+}
+
+/// The system URL of bytes written by [`push_system`] (tests read index values back with it).
+#[cfg(test)]
 pub fn decode_system(bytes: &[u8]) -> Option<String> {
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
     let Some((&first, rest)) = bytes.split_first() else { return Some(String::new()) };
@@ -380,9 +389,7 @@ pub struct QuantityUnits<'a> {
 /// string holds no 0x00).
 pub fn quantity_key(number: f64, units: &QuantityUnits) -> Vec<u8> {
     let mut key = encode_f64(number).to_vec();
-    let mut system = Vec::new();
-    push_system(&mut system, units.system);
-    key.extend_from_slice(&bounded(system));
+    key.extend_from_slice(&quantity_system(units.system));
     for part in [units.code, units.unit] {
         key.push(0);
         key.extend_from_slice(&bounded(part.as_bytes().to_vec()));
