@@ -16,7 +16,7 @@
 //! replaced it (`u64::MAX` while current): a reader at time `t` keeps the entries with
 //! `created_t <= t < superseded_t`, without looking anything else up.
 
-use super::{Reader, put_str, put_varint, put_version, read_varint};
+use super::{Reader, put_str, put_version, read_varint};
 
 /// The redb value type of `search_param_value`: an entry's `(created_t, superseded_t)`, with
 /// `superseded_t = u64::MAX` while the entry's version is current.
@@ -34,6 +34,21 @@ pub struct LifetimeBytes {
     len: u8,
 }
 
+impl LifetimeBytes {
+    /// Appends `value` as an unsigned LEB128 varint (as [`super::put_varint`] writes it).
+    fn push_varint(&mut self, mut value: u64) {
+        loop {
+            let low = (value & 0x7F) as u8;
+            value >>= 7;
+            self.bytes[usize::from(self.len)] = if value == 0 { low } else { low | 0x80 };
+            self.len += 1;
+            if value == 0 {
+                return;
+            }
+        }
+    }
+}
+
 impl AsRef<[u8]> for LifetimeBytes {
     fn as_ref(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
@@ -41,15 +56,14 @@ impl AsRef<[u8]> for LifetimeBytes {
 }
 
 impl Lifetime {
+    /// Written for every index entry inserted or closed, so into a fixed buffer, not the heap.
     pub fn encode((created, superseded): (u64, u64)) -> LifetimeBytes {
-        let mut out = Vec::with_capacity(20);
-        put_varint(&mut out, created);
+        let mut written = LifetimeBytes { bytes: [0; 20], len: 0 };
+        written.push_varint(created);
         if superseded != u64::MAX {
-            put_varint(&mut out, superseded.wrapping_sub(created));
+            written.push_varint(superseded.wrapping_sub(created));
         }
-        let mut bytes = [0; 20];
-        bytes[..out.len()].copy_from_slice(&out);
-        LifetimeBytes { bytes, len: out.len() as u8 }
+        written
     }
 
     /// `None` if `bytes` is not a lifetime [`Lifetime::encode`] wrote.
@@ -73,7 +87,7 @@ impl redb::Value for Lifetime {
 
     /// A damaged value reads as a lifetime that no reader's time falls in (`created_t` after
     /// every time), so the entry is skipped rather than the process stopped; `braid check`
-    /// reports the version's missing entries.
+    /// reports the entry as marked wrongly.
     fn from_bytes<'a>(data: &'a [u8]) -> (u64, u64)
     where
         Self: 'a,
@@ -148,6 +162,18 @@ pub fn decode(key: &[u8]) -> Option<(u32, Vec<u8>, String, u64)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn lifetimes_are_the_varints_put_varint_writes() {
+        for lifetime in [(0, u64::MAX), (300, 70_000), (u64::MAX - 1, u64::MAX - 1), (5, 1)] {
+            let mut expected = Vec::new();
+            super::super::put_varint(&mut expected, lifetime.0);
+            if lifetime.1 != u64::MAX {
+                super::super::put_varint(&mut expected, lifetime.1.wrapping_sub(lifetime.0));
+            }
+            assert_eq!(Lifetime::encode(lifetime).as_ref(), expected.as_slice(), "{lifetime:?}");
+        }
+    }
 
     #[test]
     fn a_current_entry_takes_a_few_bytes_and_damaged_values_read_as_never_live() {
