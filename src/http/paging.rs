@@ -62,6 +62,21 @@ pub struct CrossTypeRequest {
     pub base: String,
 }
 
+impl CrossTypeRequest {
+    /// The cursor scope and the page's own link (`next` and `previous` repeat it with a cursor).
+    fn scope_and_self_url(&self) -> (String, String) {
+        let CrossTypeRequest { kind, path, base, .. } = self;
+        let query = query_string(&self.applied);
+        let (scope, page_url) = if path.is_empty() {
+            (format!("{kind}|{query}"), base.clone())
+        } else {
+            (format!("{kind}|{path}|{query}"), format!("{base}/{path}"))
+        };
+        let self_url = if query.is_empty() { page_url } else { format!("{page_url}?{query}") };
+        (scope, self_url)
+    }
+}
+
 /// Runs `request`'s page on the blocking pool within `budget`; `extend` then adds to the page
 /// what belongs to it as of the logical time the page shows (`$everything`'s referenced
 /// resources).
@@ -71,25 +86,9 @@ pub async fn run_across_types(
     request: CrossTypeRequest,
     extend: impl FnOnce(&Store, &mut BundleOut, u64) -> Result<(), FhirError> + Send + 'static,
 ) -> Result<BundleOut, FhirError> {
-    let CrossTypeRequest { plans, count, token, kind, path, applied, base } = request;
-    let query = query_string(&applied);
-    let (scope, page_url) = if path.is_empty() {
-        (format!("{kind}|{query}"), base.clone())
-    } else {
-        (format!("{kind}|{path}|{query}"), format!("{base}/{path}"))
-    };
-    let self_url = if query.is_empty() { page_url } else { format!("{page_url}?{query}") };
+    let kind = request.kind;
     actix_web::web::block(move || {
-        let search = CrossTypeSearch {
-            plans: &plans,
-            count,
-            token: token.as_deref(),
-            scope: &scope,
-            base: &base,
-            self_url: &self_url,
-            budget,
-        };
-        let (mut bundle, t) = page_across_types(&store, &search)?;
+        let (mut bundle, t) = page_across_types(&store, &request, budget)?;
         extend(&store, &mut bundle, t)?;
         Ok(bundle)
     })
@@ -97,25 +96,15 @@ pub async fn run_across_types(
     .map_err(|_| FhirError::fault(kind))?
 }
 
-/// What [`page_across_types`] pages over: `plans` (a type and its clauses each), `count` per
-/// page, continuing from `token`; `self_url` is the page's own link (`next` and `previous`
-/// repeat it with a cursor of `scope`); `budget` bounds the index work of the page.
-pub struct CrossTypeSearch<'a> {
-    pub plans: &'a [(ResourceType, Vec<Clause>)],
-    pub count: usize,
-    pub token: Option<&'a str>,
-    pub scope: &'a str,
-    pub base: &'a str,
-    pub self_url: &'a str,
-    pub budget: Budget,
-}
-
-/// One searchset page, continuing forward or, for a `previous` link, backward. A cursor is a
-/// direction byte (0 forward: after the position; 1 backward: before it) and [`encode`]'s
-/// bytes. Also returns the logical time the page shows, for callers that add more resources
-/// to it as of that same time.
-pub fn page_across_types(store: &Store, search: &CrossTypeSearch<'_>) -> Result<(BundleOut, u64), FhirError> {
-    let CrossTypeSearch { plans, count, token, scope, base, self_url, budget } = *search;
+/// One searchset page of `request`, continuing forward or, for a `previous` link, backward;
+/// `budget` bounds its index work. A cursor is a direction byte (0 forward: after the position;
+/// 1 backward: before it) and [`encode`]'s bytes. Also returns the logical time the page shows,
+/// for callers that add more resources to it as of that same time.
+fn page_across_types(store: &Store, request: &CrossTypeRequest, budget: Budget) -> Result<(BundleOut, u64), FhirError> {
+    let CrossTypeRequest { plans, count, token, base, .. } = request;
+    let (count, token) = (*count, token.as_deref());
+    let (scope, self_url) = request.scope_and_self_url();
+    let (scope, self_url) = (scope.as_str(), self_url.as_str());
     let secret = store.cursor_key().clone();
     let snapshot = store.snapshot()?;
     let invalid = || FhirError::incorrect(IssueCode::Invalid, "the paging cursor is invalid");
