@@ -401,10 +401,10 @@ fn resources_offset(round: usize, connection: usize, n: usize) -> usize {
 const CODES: [&str; 10] =
     ["8867-4", "9279-1", "8310-5", "29463-7", "8302-2", "39156-5", "59408-5", "8480-6", "8462-4", "9843-4"];
 
-/// Observation `n` of the search scenario: code and year cycle, ten patients get the first 10,000.
 /// `--id-digits`, for [`search_observation`].
 static ID_DIGITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
+/// Observation `n` of the search scenario: code and year cycle, ten patients get the first 10,000.
 fn search_observation(n: usize) -> (ResourceType, String, Value) {
     let id = match ID_DIGITS.get() {
         Some(&digits) if digits > 0 => format!("{n:0digits$}"),
@@ -426,15 +426,8 @@ async fn search_scenario(args: &Args, dir: &Path) {
     let observations = args.resources;
     println!("\n== search: 10,000 patients and {observations} observations ==");
     let data = dir.join("search.redb");
-    let store = open_store(&data);
-    let started = Instant::now();
-    fill(&store, 10_000, 1000, patient).await;
-    fill(&store, observations, 2000, search_observation).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let resources = observations + 10_000;
-    print_table_usage(&store, resources);
-    close_store(store).await;
-    let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    let (resources, elapsed) = build_search_database(&data, observations).await;
+    let (bytes, _) = file_sizes(&data);
     println!(
         "  written with all search parameters indexed: {:.0} resources/s in-process ({elapsed:.0} s); file {:.0} MiB = {:.0} bytes per resource",
         resources as f64 / elapsed,
@@ -570,18 +563,28 @@ fn print_table_usage(store: &Store, resources: usize) {
     println!("  pages in use: {:.0} MiB = {:.0} bytes per resource", allocated as f64 / 1048576.0, per(allocated));
 }
 
+/// Writes the search scenario's database at `data` (10,000 patients and `observations`
+/// observations), prints its tables' usage and closes it. Returns the resources written and the
+/// seconds writing them took.
+async fn build_search_database(data: &Path, observations: usize) -> (usize, f64) {
+    let store = open_store(data);
+    let started = Instant::now();
+    fill(&store, 10_000, 1000, patient).await;
+    fill(&store, observations, 2000, search_observation).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let resources = observations + 10_000;
+    print_table_usage(&store, resources);
+    close_store(store).await;
+    (resources, elapsed)
+}
+
 /// The disk figures: the demo load's, then the search database's (which the `search`
 /// scenario also prints, after its queries).
 async fn disk_scenario(args: &Args, dir: &Path) {
     demo_disk(dir).await;
     let observations = args.resources;
     let data = dir.join("disk.redb");
-    let store = open_store(&data);
-    fill(&store, 10_000, 1000, patient).await;
-    fill(&store, observations, 2000, search_observation).await;
-    let resources = observations + 10_000;
-    print_table_usage(&store, resources);
-    close_store(store).await;
+    let (resources, _) = build_search_database(&data, observations).await;
     report_file(&format!("search database (10,000 patients, {observations} observations)"), &data, resources, 2048);
 }
 

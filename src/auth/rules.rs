@@ -77,8 +77,8 @@ impl AccessRules {
         if filters.is_empty() { Decision::Deny } else { Decision::Filtered(filters) }
     }
 
-    /// Whether any interaction at all is allowed on some type (a token without any is useless
-    /// for data and its request can be refused early).
+    /// Whether the rules allow nothing at all (a token without resource scopes of its context
+    /// reads no data, and its request can be refused early).
     pub fn is_empty(&self) -> bool {
         self.every_type.is_empty() && self.by_type.is_empty()
     }
