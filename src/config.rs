@@ -44,6 +44,28 @@ pub struct Settings {
     pub body_cache_mb: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub auth: AuthMode,
+    pub backend_token_secs: u64,
+}
+
+/// Whether Braid requires and checks SMART access tokens.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    On,
+    Off,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AuthMode, String> {
+        match text.trim() {
+            "on" => Ok(AuthMode::On),
+            "off" => Ok(AuthMode::Off),
+            _ => Err("expected on or off".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -88,6 +110,8 @@ impl Default for Settings {
             body_cache_mb: 32,
             tls_cert: None,
             tls_key: None,
+            auth: AuthMode::Off,
+            backend_token_secs: 300,
         }
     }
 }
@@ -384,6 +408,25 @@ pub const SETTINGS: &[SettingDoc] = &[
             s.tls_key = Some(v.into());
             Ok(())
         },
+    },
+    SettingDoc {
+        key: "auth",
+        env: "BRAID_AUTH",
+        default: "off",
+        doc: "on: every FHIR request needs a SMART access token that allows it, and Braid is its own \
+              authorization server (`/auth/token`, discovery at `/fhir/.well-known/smart-configuration`). off: \
+              every request is allowed.",
+        apply: |s, v| {
+            s.auth = v.parse()?;
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "backend_token_secs",
+        env: "BRAID_BACKEND_TOKEN_SECS",
+        default: "300",
+        doc: "Lifetime in seconds of the access tokens backend services get (client_credentials); at most 300.",
+        apply: |s, v| parse_into(&mut s.backend_token_secs, v),
     },
 ];
 

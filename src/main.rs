@@ -36,6 +36,68 @@ enum Command {
     /// Compression dictionaries for stored resource bodies.
     #[command(subcommand)]
     Dictionary(DictionaryCommand),
+    /// The client applications that may ask for access tokens (SMART).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Braid's token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client; prints it as JSON (with its secret, the only time it is shown, if
+    /// --secret is given).
+    Add(ClientAddArgs),
+    /// Print every client as JSON lines.
+    List(CompactArgs),
+    /// Remove a client: it gets no more tokens.
+    Remove(ClientRemoveArgs),
+}
+
+#[derive(clap::Args)]
+struct ClientAddArgs {
+    /// A name for the operator's records.
+    #[arg(long)]
+    name: String,
+    /// The most the client may be granted, e.g. "system/Patient.rs system/Observation.rs".
+    #[arg(long)]
+    scope: String,
+    /// client_credentials (backend services) or authorization_code (apps); repeatable. Default:
+    /// client_credentials when every scope is a system/ scope.
+    #[arg(long = "grant", value_parser = ["client_credentials", "authorization_code"])]
+    grants: Vec<String>,
+    /// Where authorization codes may be sent (authorization_code clients); repeatable.
+    #[arg(long = "redirect-uri")]
+    redirect_uris: Vec<String>,
+    /// The client's public keys (a JWKS JSON file) for private_key_jwt (RS384 or ES384).
+    #[arg(long, conflicts_with_all = ["jwks_url", "secret"])]
+    jwks: Option<PathBuf>,
+    /// Where Braid fetches the client's public keys for private_key_jwt.
+    #[arg(long, conflicts_with_all = ["jwks", "secret"])]
+    jwks_url: Option<String>,
+    /// Generate a client secret (client_secret_basic), printed once.
+    #[arg(long, conflicts_with_all = ["jwks", "jwks_url"])]
+    secret: bool,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ClientRemoveArgs {
+    /// The client's id.
+    client_id: String,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new key the one tokens are signed with; tokens signed with the old one keep
+    /// working until they expire. Prints the new key's id as JSON.
+    Rotate(CompactArgs),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +160,9 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert [env: BRAID_TLS_KEY]
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// on: require SMART access tokens; off: allow every request [env: BRAID_AUTH] [default: off]
+    #[arg(long)]
+    auth: Option<braid::config::AuthMode>,
 }
 
 #[actix_web::main]
@@ -112,6 +177,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Dictionary(DictionaryCommand::Train(args)) => return train_dictionary(settings, args),
         Command::Dictionary(DictionaryCommand::Build(args)) => return build_dictionary(args),
         Command::Dictionary(DictionaryCommand::Recompress(args)) => return recompress(settings, args),
+        Command::Client(command) => return client(settings, command).await,
+        Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless
@@ -135,9 +202,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(key) = args.tls_key {
         settings.tls_key = Some(key);
     }
+    if let Some(auth) = args.auth {
+        settings.auth = auth;
+    }
     braid::telemetry::init(&settings);
 
-    let application = Application::build(&settings)?;
+    let application = Application::build(&settings).await?;
     let base = settings.base_url.clone().unwrap_or_else(|| {
         let scheme = if application.serves_https() { "https" } else { "http" };
         format!("{scheme}://{}/fhir", display_address(&settings.listen, application.port()))
@@ -207,6 +277,97 @@ fn recompress(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::
     .map_err(|error| format!("cannot recompress {}: {error}", path.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Opens the database for an operator command, with a clear message when a server holds it.
+fn open_for_admin(path: &std::path::Path) -> Result<braid::store::Store, Box<dyn std::error::Error>> {
+    let options = braid::store::StoreOptions { gc_interval: std::time::Duration::ZERO, ..Default::default() };
+    braid::store::Store::open(path, options, std::sync::Arc::new(braid::search::SearchIndexer)).map_err(|error| {
+        match error {
+            braid::store::StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                format!("{} is open in a running Braid; stop it first", path.display()).into()
+            }
+            other => format!("cannot open {}: {other}", path.display()).into(),
+        }
+    })
+}
+
+/// Drops `store` and waits until its writer has closed the file.
+async fn close(store: braid::store::Store) {
+    let finished = store.writer_finished();
+    drop(store);
+    while !finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::auth::clients::{self, GrantType, NewClient, NewCredential};
+    let data = match &command {
+        ClientCommand::Add(args) => args.data.clone(),
+        ClientCommand::List(args) => args.data.clone(),
+        ClientCommand::Remove(args) => args.data.clone(),
+    };
+    let store = open_for_admin(&data.unwrap_or(settings.data))?;
+    let result: Result<(), Box<dyn std::error::Error>> = async {
+        match command {
+            ClientCommand::Add(args) => {
+                let credential = if let Some(path) = &args.jwks {
+                    NewCredential::Jwks(
+                        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?,
+                    )
+                } else if let Some(url) = args.jwks_url {
+                    NewCredential::JwksUrl(url)
+                } else if args.secret {
+                    NewCredential::Secret
+                } else {
+                    NewCredential::None
+                };
+                let new = NewClient {
+                    name: args.name,
+                    scope: args.scope,
+                    grant_types: args.grants.iter().filter_map(|g| GrantType::parse(g)).collect(),
+                    redirect_uris: args.redirect_uris,
+                    credential,
+                };
+                let created =
+                    clients::add(&store, new, braid::auth::now_secs()).await.map_err(|error| error_text(&error))?;
+                let mut printed = clients::describe(&created.client);
+                if let Some(secret) = created.secret {
+                    printed["client_secret"] = secret.into();
+                }
+                println!("{printed}");
+            }
+            ClientCommand::List(_) => {
+                for client in clients::list(&store)? {
+                    println!("{}", clients::describe(&client));
+                }
+            }
+            ClientCommand::Remove(args) => {
+                if !clients::remove(&store, &args.client_id).await.map_err(|error| error_text(&error))? {
+                    return Err(format!("there is no client {}", args.client_id).into());
+                }
+                println!("{}", serde_json::json!({"removed": args.client_id}));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    close(store).await;
+    result
+}
+
+async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let store = open_for_admin(&args.data.unwrap_or(settings.data))?;
+    let kid = store.auth_write(|txn| braid::auth::keys::rotate(txn, braid::auth::now_secs())).await;
+    close(store).await;
+    println!("{}", serde_json::json!({"kid": kid.map_err(|error| error_text(&error))?}));
+    Ok(())
+}
+
+/// The diagnostics of an error, for a terminal.
+fn error_text(error: &braid::fhir::FhirError) -> String {
+    error.issues.iter().map(|issue| issue.diagnostics.as_str()).collect::<Vec<_>>().join("; ")
 }
 
 fn build_dictionary(args: BuildArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -9,7 +9,8 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
-use crate::config::Settings;
+use crate::auth::AuthState;
+use crate::config::{AuthMode, Settings};
 use crate::http::{self, AppState, Limits};
 use crate::search::SearchIndexer;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -25,6 +26,8 @@ pub enum StartupError {
     Tls(#[from] crate::tls::TlsError),
     #[error("HTTPS needs both a certificate (tls_cert, --tls-cert) and its private key (tls_key, --tls-key)")]
     TlsIncomplete,
+    #[error("cannot prepare the authorization server (its signing keys): {0}")]
+    Auth(crate::fhir::FhirError),
 }
 
 /// A bound, not yet running server.
@@ -40,7 +43,7 @@ impl Application {
     /// Opens the database and binds the listener (port 0 picks a free port; see [`port`]).
     ///
     /// [`port`]: Application::port
-    pub fn build(settings: &Settings) -> Result<Application, StartupError> {
+    pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
         let options = StoreOptions {
             cache_bytes: settings.cache_mb << 20,
             max_group: settings.writer_max_group,
@@ -70,11 +73,24 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
             .port();
+        let auth = match settings.auth {
+            AuthMode::On => Some(Arc::new(
+                AuthState::start(store.clone(), settings.backend_token_secs).await.map_err(StartupError::Auth)?,
+            )),
+            AuthMode::Off => {
+                tracing::warn!("authorization is off: every request is allowed");
+                None
+            }
+        };
+        if let Some(auth) = &auth {
+            start_sweeper(Arc::downgrade(auth));
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             limits: Limits::from_settings(settings),
             base_url: settings.base_url.clone(),
             trust_forwarded_headers: settings.trust_forwarded_headers,
+            auth,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
@@ -136,4 +152,21 @@ impl Application {
         }
         result
     }
+}
+
+/// How often expired single-use records (assertion `jti`s) and retired keys are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Sweeps the authorization records every [`SWEEP_INTERVAL`] until the server is gone.
+fn start_sweeper(auth: std::sync::Weak<AuthState>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            let Some(auth) = auth.upgrade() else { break };
+            if let Err(error) = auth.sweep().await {
+                tracing::warn!(%error, "sweeping expired authorization records failed");
+            }
+        }
+    });
 }

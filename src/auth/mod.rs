@@ -1,9 +1,438 @@
-//! SMART on FHIR authorisation: what a client asked for and what a grant allows.
+//! SMART on FHIR authorisation: Braid's own authorization server, and what a token allows.
 //!
-//! Built up in steps: [`scope`] parses and compares SMART scopes (v1 and v2, granular
-//! filters); [`rules`] turns the scopes of a token's context into a decision per type and
-//! interaction. The authorization server (keys, clients, tokens, login) and the enforcement in
-//! every interaction build on them.
+//! - [`scope`] parses and compares SMART scopes (v1 and v2, granular filters).
+//! - [`rules`] turns the scopes of a token's context into a decision per type and interaction.
+//! - [`keys`] holds Braid's signing keys (stored in the database, rotatable); [`token`] issues
+//!   and verifies access tokens; [`assertion`] verifies the signed JWTs backend services
+//!   authenticate with; [`clients`] is the operator's register of client applications.
+//! - [`AuthState`] is what the HTTP layer holds: it answers token requests and turns a bearer
+//!   token into an [`Access`].
 
+pub mod assertion;
+pub mod clients;
+pub mod keys;
 pub mod rules;
 pub mod scope;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::fhir::FhirError;
+use crate::store::Store;
+use clients::{Client, Credential, GrantType};
+use keys::KeyRing;
+use scope::{Context, Scope};
+pub use token::Grant;
+
+/// Longest access-token lifetime, in seconds (SMART recommends an hour at most).
+pub const MAX_ACCESS_TOKEN_SECS: u64 = 3600;
+
+/// Longest lifetime of a Backend Services token (SMART: five minutes at most is recommended).
+pub const MAX_BACKEND_TOKEN_SECS: u64 = 300;
+
+/// Most verified tokens remembered, so that a token is verified once rather than per request.
+const TOKEN_CACHE_ENTRIES: usize = 50_000;
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `N` bytes from the operating system's random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source failed");
+    bytes
+}
+
+/// What the caller of one request may do.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Authorization is off (`--auth off`), or an internal caller (the demo loader).
+    Unrestricted,
+    /// What a verified access token grants.
+    Token(Arc<Grant>),
+}
+
+/// An OAuth error at the token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenError {
+    pub status: u16,
+    /// The `error` code.
+    pub error: &'static str,
+    pub description: String,
+    /// The client tried HTTP Basic: a 401 carries a `WWW-Authenticate: Basic` challenge.
+    pub basic_challenge: bool,
+}
+
+impl TokenError {
+    fn new(status: u16, error: &'static str, description: impl Into<String>) -> TokenError {
+        TokenError { status, error, description: description.into(), basic_challenge: false }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> TokenError {
+        Self::new(400, "invalid_request", description)
+    }
+
+    pub fn invalid_client(description: impl Into<String>) -> TokenError {
+        Self::new(400, "invalid_client", description)
+    }
+
+    pub fn invalid_scope(description: impl Into<String>) -> TokenError {
+        Self::new(400, "invalid_scope", description)
+    }
+
+    pub fn unauthorized_client(description: impl Into<String>) -> TokenError {
+        Self::new(400, "unauthorized_client", description)
+    }
+
+    pub fn unsupported_grant_type(description: impl Into<String>) -> TokenError {
+        Self::new(400, "unsupported_grant_type", description)
+    }
+
+    fn server_error() -> TokenError {
+        Self::new(500, "server_error", "the token could not be issued; see the server log")
+    }
+}
+
+impl From<FhirError> for TokenError {
+    fn from(_: FhirError) -> Self {
+        TokenError::server_error()
+    }
+}
+
+impl From<crate::store::StoreError> for TokenError {
+    fn from(error: crate::store::StoreError) -> Self {
+        tracing::error!(%error, "storage failure at the token endpoint");
+        TokenError::server_error()
+    }
+}
+
+/// A token request's form fields (RFC 6749 §4.4, RFC 7523 §2.2).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenForm {
+    pub grant_type: Option<String>,
+    pub scope: Option<String>,
+    pub client_id: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+}
+
+/// A successful token response.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// Where the authorization server is reached, for one request: the FHIR base (the tokens'
+/// audience and issuer) and the token endpoint (the client assertions' audience).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub fhir_base: String,
+    pub token: String,
+}
+
+impl Endpoints {
+    /// The endpoints of a server whose FHIR base is `fhir_base` (ending in `/fhir`): the
+    /// authorization server's routes are at the same origin, under `/auth`.
+    pub fn for_base(fhir_base: &str) -> Endpoints {
+        let origin = fhir_base.strip_suffix("/fhir").unwrap_or(fhir_base);
+        Endpoints { fhir_base: fhir_base.to_owned(), token: format!("{origin}/auth/token") }
+    }
+
+    pub fn origin(&self) -> &str {
+        self.fhir_base.strip_suffix("/fhir").unwrap_or(&self.fhir_base)
+    }
+}
+
+/// Why a bearer token was not accepted (401), or a request not allowed (403).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Malformed, forged, expired or for another server.
+    Invalid(String),
+}
+
+/// The authorization server's state: the key ring, and verified tokens.
+pub struct AuthState {
+    store: Store,
+    keys: RwLock<Arc<KeyRing>>,
+    verified: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
+    backend_token_secs: u64,
+}
+
+impl AuthState {
+    /// Makes sure a signing key exists, then loads the keys.
+    pub async fn start(store: Store, backend_token_secs: u64) -> Result<AuthState, FhirError> {
+        store.auth_write(|txn| keys::ensure_active(txn, now_secs())).await?;
+        let ring = store.auth_read(KeyRing::load)?;
+        Ok(AuthState {
+            store,
+            keys: RwLock::new(Arc::new(ring)),
+            verified: Mutex::new(HashMap::new()),
+            backend_token_secs: backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
+        })
+    }
+
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Retires the active signing key for a new one; tokens it signed keep verifying until they
+    /// expire. Returns the new key's id.
+    pub async fn rotate_keys(&self) -> Result<String, FhirError> {
+        let kid = self.store.auth_write(|txn| keys::rotate(txn, now_secs())).await?;
+        self.reload_keys()?;
+        Ok(kid)
+    }
+
+    fn reload_keys(&self) -> Result<(), FhirError> {
+        let ring = self.store.auth_read(KeyRing::load)?;
+        *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// Answers a token request. `basic` is the client id and secret of an `Authorization:
+    /// Basic` header.
+    pub async fn token(
+        &self,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+    ) -> Result<TokenResponse, TokenError> {
+        match form.grant_type.as_deref() {
+            Some("client_credentials") => self.client_credentials(form, basic, endpoints).await,
+            Some("authorization_code" | "refresh_token") => Err(TokenError::unsupported_grant_type(
+                "this server issues tokens to backend services (client_credentials) only",
+            )),
+            Some(other) => Err(TokenError::unsupported_grant_type(format!("unknown grant_type {other}"))),
+            None => Err(TokenError::invalid_request("grant_type is required")),
+        }
+    }
+
+    /// SMART Backend Services: a confidential client authenticates, and gets a short-lived
+    /// token for `system/` scopes within those it was registered with.
+    async fn client_credentials(
+        &self,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+    ) -> Result<TokenResponse, TokenError> {
+        let now = now_secs();
+        let client = self.authenticate_client(form, basic, endpoints, now).await?;
+        if !client.grant_types.contains(&GrantType::ClientCredentials) {
+            return Err(TokenError::unauthorized_client("this client may not use the client_credentials grant"));
+        }
+        let scope = granted_system_scopes(form.scope.as_deref(), &client.scope)?;
+        let expires_in = self.backend_token_secs;
+        let claims = token::AccessClaims {
+            iss: endpoints.fhir_base.clone(),
+            aud: endpoints.fhir_base.clone(),
+            sub: client.client_id.clone(),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            iat: now,
+            exp: now + expires_in,
+            jti: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, random_bytes::<16>()),
+            patient: None,
+            fhir_user: None,
+        };
+        let access_token = token::issue(&self.keys(), &claims)?;
+        Ok(TokenResponse { access_token, token_type: "Bearer", expires_in, scope })
+    }
+
+    /// Authenticates the client of a token request: by a JWT assertion (whose `jti` is
+    /// recorded so that it is accepted once) or by HTTP Basic with its secret.
+    async fn authenticate_client(
+        &self,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+        now: u64,
+    ) -> Result<Client, TokenError> {
+        if let Some(kind) = &form.client_assertion_type {
+            if kind != assertion::JWT_BEARER {
+                return Err(TokenError::invalid_request(format!(
+                    "client_assertion_type must be {}",
+                    assertion::JWT_BEARER
+                )));
+            }
+            let jwt = form
+                .client_assertion
+                .as_deref()
+                .ok_or_else(|| TokenError::invalid_request("client_assertion is required"))?;
+            let client_id = assertion::claimed_client(jwt)?;
+            if form.client_id.as_deref().is_some_and(|id| id != client_id) {
+                return Err(TokenError::invalid_client("client_id differs from the assertion's iss"));
+            }
+            let client = self.find_client(&client_id)?;
+            let Credential::Jwks { jwks } = &client.credential else {
+                return Err(TokenError::invalid_client("this client does not authenticate with a signed assertion"));
+            };
+            let audiences = [endpoints.token.as_str(), endpoints.fhir_base.as_str()];
+            let verified = assertion::verify(jwt, &client_id, jwks, &audiences, now)?;
+            self.record_jti(&verified).await?;
+            return Ok(client);
+        }
+        if form.client_assertion.is_some() {
+            return Err(TokenError::invalid_request("client_assertion_type is required with client_assertion"));
+        }
+        let Some((client_id, secret)) = basic else {
+            return Err(TokenError::invalid_client(
+                "the client must authenticate: a client_assertion (private_key_jwt) or HTTP Basic",
+            ));
+        };
+        let challenge = |description: &str| TokenError {
+            status: 401,
+            basic_challenge: true,
+            ..TokenError::invalid_client(description)
+        };
+        let client = self.find_client(&client_id).map_err(|_| challenge("unknown client or wrong secret"))?;
+        let Credential::Secret { hash } = &client.credential else {
+            return Err(challenge("this client does not authenticate with a secret"));
+        };
+        let hash = hash.clone();
+        // Argon2 takes tens of milliseconds on purpose: off the async workers.
+        let matches = tokio::task::spawn_blocking(move || clients::secret_matches(&hash, &secret))
+            .await
+            .map_err(|_| TokenError::server_error())?;
+        if matches { Ok(client) } else { Err(challenge("unknown client or wrong secret")) }
+    }
+
+    fn find_client(&self, client_id: &str) -> Result<Client, TokenError> {
+        self.store
+            .auth_read(|read| clients::find(read, client_id))?
+            .ok_or_else(|| TokenError::invalid_client(format!("there is no client {client_id}")))
+    }
+
+    /// Records an assertion's `jti` until the assertion expires; a `jti` seen before is a
+    /// replay. Atomic: of two requests with one `jti`, exactly one succeeds.
+    async fn record_jti(&self, verified: &assertion::Verified) -> Result<(), TokenError> {
+        let mut hasher = Sha256::new();
+        hasher.update(verified.client_id.as_bytes());
+        hasher.update([0]);
+        hasher.update(verified.jti.as_bytes());
+        let mut key = b"jti/".to_vec();
+        key.extend_from_slice(&hasher.finalize());
+        let expires = verified.expires.saturating_add(assertion::LEEWAY_SECS);
+        let fresh = self
+            .store
+            .auth_write(move |txn| {
+                if txn.get(&key)?.is_some() {
+                    return Ok(false);
+                }
+                txn.insert_expiring(&key, &[], expires);
+                Ok(true)
+            })
+            .await?;
+        if fresh { Ok(()) } else { Err(TokenError::invalid_client("this client assertion (its jti) was already used")) }
+    }
+
+    /// The grant of the bearer token in an `Authorization` header value, for a server whose
+    /// FHIR base is `fhir_base`.
+    pub fn bearer(&self, authorization: Option<&str>, fhir_base: &str) -> Result<Arc<Grant>, BearerError> {
+        let now = now_secs();
+        let token = authorization
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or(BearerError::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
+        if let Some(grant) = cached {
+            if grant.expires > now && grant.audience == fhir_base {
+                return Ok(grant);
+            }
+            return Err(BearerError::Invalid("the access token has expired".into()));
+        }
+        let grant = Arc::new(token::verify(&self.keys(), token, fhir_base, now).map_err(BearerError::Invalid)?);
+        let mut verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if verified.len() >= TOKEN_CACHE_ENTRIES {
+            verified.retain(|_, grant| grant.expires > now);
+            if verified.len() >= TOKEN_CACHE_ENTRIES {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, grant.clone());
+        Ok(grant)
+    }
+
+    /// Deletes expired single-use records and retired keys past their grace period.
+    pub async fn sweep(&self) -> Result<usize, FhirError> {
+        let swept = self.store.auth_write(|txn| Ok(txn.sweep(now_secs(), 10_000)?)).await?;
+        if swept > 0 {
+            self.reload_keys()?;
+        }
+        Ok(swept)
+    }
+}
+
+/// The scopes a Backend Services token gets: those asked for (all of the client's if none
+/// were) that lie within what the client was registered with, as written. Only `system/`
+/// scopes may be asked for.
+fn granted_system_scopes(asked: Option<&str>, registered: &str) -> Result<String, TokenError> {
+    let registered = scope::parse_scopes(registered).map_err(|_| TokenError::server_error())?;
+    let asked = asked.map(str::trim).filter(|text| !text.is_empty());
+    let asked_text = asked.unwrap_or("");
+    scope::parse_scopes(asked_text).map_err(|error| TokenError::invalid_scope(error.to_string()))?;
+    let mut granted = Vec::new();
+    if asked.is_none() {
+        for scope in &registered.granted {
+            if matches!(scope, Scope::Resource(resource) if resource.context == Context::System) {
+                granted.push(scope.to_string());
+            }
+        }
+    }
+    for written in asked_text.split(' ').filter(|word| !word.is_empty()) {
+        match scope::parse_scope(written) {
+            Some(Scope::Resource(resource)) if resource.context != Context::System => {
+                return Err(TokenError::invalid_scope(format!(
+                    "{written}: a backend service may ask only for system/ scopes"
+                )));
+            }
+            Some(scope @ Scope::Resource(_))
+                if scope.within(&registered.granted) && !granted.iter().any(|g| g == written) =>
+            {
+                granted.push(written.to_owned());
+            }
+            // Not granted: outside the registration, or not a data scope. A server may grant
+            // fewer scopes than asked for.
+            _ => {}
+        }
+    }
+    if granted.is_empty() {
+        return Err(TokenError::invalid_scope("none of the scopes asked for is granted to this client"));
+    }
+    Ok(granted.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_scopes_are_those_asked_within_the_registration() {
+        let registered = "system/Patient.rs system/Observation.read";
+        assert_eq!(granted_system_scopes(None, registered).unwrap(), "system/Patient.rs system/Observation.rs");
+        assert_eq!(granted_system_scopes(Some("system/Patient.r"), registered).unwrap(), "system/Patient.r");
+        assert_eq!(
+            granted_system_scopes(Some("system/Patient.rs system/Condition.rs system/Observation.read"), registered)
+                .unwrap(),
+            "system/Patient.rs system/Observation.read"
+        );
+        let refused = granted_system_scopes(Some("system/Patient.cruds"), registered).unwrap_err();
+        assert_eq!(refused.error, "invalid_scope");
+        let patient = granted_system_scopes(Some("patient/Patient.rs"), registered).unwrap_err();
+        assert!(patient.description.contains("system/"));
+    }
+}

@@ -37,6 +37,10 @@ pub enum Category {
     Busy,
     /// Something failed inside Braid; the cause is in the log, not in the response (500).
     Fault,
+    /// No valid access token (401).
+    Unauthorized,
+    /// The access token does not allow this (403).
+    Forbidden,
 }
 
 impl Category {
@@ -57,6 +61,8 @@ impl Category {
             Category::Unsupported => 501,
             Category::Busy => 503,
             Category::Fault => 500,
+            Category::Unauthorized => 401,
+            Category::Forbidden => 403,
         }
     }
 }
@@ -81,6 +87,8 @@ pub enum IssueCode {
     Transient,
     Exception,
     Informational,
+    Login,
+    Forbidden,
 }
 
 impl IssueCode {
@@ -103,6 +111,8 @@ impl IssueCode {
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
             IssueCode::Informational => "informational",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
         }
     }
 }

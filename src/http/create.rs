@@ -11,7 +11,7 @@ use crate::search::parse_criteria;
 use crate::store::{Action, WriteOp, WriteRequest};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let if_none_exist = match http.headers().get("if-none-exist") {
         None => None,

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{Ctx, Interaction, request, response, routes};
+use crate::auth::Endpoints;
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, ResourceType};
 use crate::search::registry::registry;
@@ -20,7 +21,28 @@ const RELEASE_DATE: &str = "2026-11-21";
 pub async fn capability_statement(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, .. } = ctx;
     let multiple_delete = state.limits.conditional_delete_max > 1;
-    Ok(response::json(StatusCode::OK, &build(&request::base_url(&http, &state), multiple_delete)))
+    let base = request::base_url(&http, &state);
+    let mut statement = build(&base, multiple_delete);
+    if state.auth.is_some() {
+        statement["rest"][0]["security"] = security(&Endpoints::for_base(&base));
+    }
+    Ok(response::json(StatusCode::OK, &statement))
+}
+
+/// `rest.security` of a server that is its own SMART authorization server: the service code,
+/// and the `oauth-uris` extension (the endpoints; some clients read them only from here).
+fn security(endpoints: &Endpoints) -> Value {
+    json!({
+        "cors": true,
+        "service": [{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}],
+            "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": endpoints.token}],
+        }],
+    })
 }
 
 /// `multiple_delete`: whether a conditional delete may delete more than one match.

@@ -10,6 +10,7 @@ mod everything;
 mod history;
 mod metadata;
 mod negotiate;
+mod oauth;
 mod paging;
 mod patch;
 mod read;
@@ -27,11 +28,15 @@ use std::sync::LazyLock;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
 
 pub use bundle::process_bundle;
 pub use everything::MAX_REFERENCED as EVERYTHING_MAX_REFERENCED;
 pub use request::Return;
 
+use crate::auth::rules::Decision;
+use crate::auth::scope::Interaction as Permission;
+use crate::auth::{Access, AuthState, BearerError};
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::store::Store;
 
@@ -93,6 +98,9 @@ pub struct AppState {
     /// Without `base_url`: whether `Forwarded` / `X-Forwarded-*` headers name the public host
     /// and scheme (only true when the operator says a proxy sets them).
     pub trust_forwarded_headers: bool,
+    /// The authorization server; `None` when authorization is off (every request is
+    /// [`Access::Unrestricted`]).
+    pub auth: Option<Arc<AuthState>>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -130,6 +138,8 @@ pub struct Ctx {
     pub payload: web::Payload,
     pub state: web::Data<AppState>,
     pub params: Vec<String>,
+    /// What the caller may do, from its access token.
+    pub access: Access,
 }
 
 impl Ctx {
@@ -222,6 +232,7 @@ impl RouteSpec {
 /// Registers the `/fhir` scope on an actix app. Every request below `/fhir` goes to
 /// [`dispatch`], which matches it against [`routes`]: the table is the router.
 pub fn configure(config: &mut web::ServiceConfig) {
+    oauth::configure(config);
     config.service(
         web::scope("/fhir")
             .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
@@ -254,7 +265,11 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
     for route in routes() {
         if let Some(params) = route.capture(&segments) {
             if route.method == http.method() {
-                let ctx = Ctx { http: http.clone(), payload, state, params };
+                let access = match authorize(&http, &state, route.interaction, &params) {
+                    Ok(access) => access,
+                    Err(refusal) => return *refusal,
+                };
+                let ctx = Ctx { http: http.clone(), payload, state, params, access };
                 return match (route.handler)(ctx).await {
                     Ok(response) => response,
                     Err(error) => error::error_response(&error),
@@ -287,6 +302,104 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
     let mut response = error::error_response(&error);
     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed.join(", ")) {
         response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    response
+}
+
+/// The access token's check before any data is read: a token is required (except for the
+/// CapabilityStatement), and its scopes must allow the interaction on its type. Which resources
+/// of an allowed type the token reaches is the interactions' own check.
+fn authorize(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    interaction: Interaction,
+    params: &[String],
+) -> Result<Access, Box<HttpResponse>> {
+    let Some(auth) = &state.auth else { return Ok(Access::Unrestricted) };
+    if interaction == Interaction::Capabilities {
+        return Ok(Access::Unrestricted);
+    }
+    let header = http.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let grant = auth.bearer(header, &request::base_url(http, state)).map_err(|error| {
+        let (challenge, message) = match error {
+            BearerError::Missing => (
+                "Bearer realm=\"braid\"".to_owned(),
+                "this server requires an access token (Authorization: Bearer)".to_owned(),
+            ),
+            BearerError::Invalid(reason) => {
+                (format!("Bearer realm=\"braid\", error=\"invalid_token\", error_description=\"{reason}\""), reason)
+            }
+        };
+        Box::new(refusal(Category::Unauthorized, IssueCode::Login, message, challenge))
+    })?;
+    let type_of = |index: usize| params.get(index).and_then(|name| ResourceType::parse(name));
+    // The permissions the interaction needs: on its type, or (`None`) on every type.
+    let needed: Vec<(Option<ResourceType>, Permission)> = match interaction {
+        Interaction::Capabilities => Vec::new(),
+        Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => vec![(type_of(0), Permission::Read)],
+        Interaction::HistoryType => vec![(type_of(0), Permission::Read), (type_of(0), Permission::Search)],
+        Interaction::SearchType => vec![(type_of(0), Permission::Search)],
+        Interaction::SearchCompartment => vec![(type_of(2), Permission::Search)],
+        Interaction::Create => vec![(type_of(0), Permission::Create)],
+        Interaction::Update | Interaction::Patch => vec![(type_of(0), Permission::Update)],
+        Interaction::Delete => vec![(type_of(0), Permission::Delete)],
+        Interaction::ConditionalUpdate | Interaction::ConditionalPatch => {
+            vec![(type_of(0), Permission::Update), (type_of(0), Permission::Search)]
+        }
+        Interaction::ConditionalDelete => vec![(type_of(0), Permission::Delete), (type_of(0), Permission::Search)],
+        Interaction::Validate => vec![(type_of(0), Permission::Read)],
+        Interaction::Everything => vec![(type_of(0), Permission::Read), (None, Permission::Search)],
+        Interaction::SearchSystem | Interaction::HistorySystem => {
+            vec![(None, Permission::Read), (None, Permission::Search)]
+        }
+        Interaction::TransactionOrBatch => {
+            [Permission::Create, Permission::Read, Permission::Update, Permission::Delete, Permission::Search]
+                .into_iter()
+                .map(|permission| (None, permission))
+                .collect()
+        }
+    };
+    for (resource_type, permission) in needed {
+        let allowed = match resource_type {
+            Some(resource_type) => grant.rules.decide(resource_type, permission) == Decision::All,
+            // An unknown type in the path: the handler answers 404 whatever the token.
+            None if interaction_has_type(interaction) => true,
+            // Interactions that reach several types are checked type by type where they run
+            // once restricted tokens can use them; until then they need the permission on
+            // every type.
+            None => {
+                ResourceType::all().all(|resource_type| grant.rules.decide(resource_type, permission) == Decision::All)
+            }
+        };
+        if !allowed {
+            let what = resource_type.map_or("every resource type", ResourceType::as_str);
+            return Err(Box::new(refusal(
+                Category::Forbidden,
+                IssueCode::Forbidden,
+                format!("the access token's scopes do not allow {permission:?} on {what}"),
+                "Bearer realm=\"braid\", error=\"insufficient_scope\"".to_owned(),
+            )));
+        }
+    }
+    Ok(Access::Token(grant))
+}
+
+/// Whether the interaction's path names the type it needs permissions on.
+fn interaction_has_type(interaction: Interaction) -> bool {
+    !matches!(
+        interaction,
+        Interaction::SearchSystem
+            | Interaction::HistorySystem
+            | Interaction::TransactionOrBatch
+            | Interaction::Everything
+    )
+}
+
+/// A 401 or 403 with its `WWW-Authenticate` challenge (RFC 6750 §3) and an OperationOutcome.
+fn refusal(category: Category, code: IssueCode, message: String, challenge: String) -> HttpResponse {
+    let mut response = error::error_response(&FhirError::new(category, code, message));
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(actix_web::http::header::WWW_AUTHENTICATE, value);
     }
     response
 }

@@ -35,7 +35,7 @@ pub(super) enum Patch {
 }
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let id = request::id(&params[1])?;
     let body = request::read_body(&http, payload, &state.limits).await?;
@@ -46,7 +46,7 @@ pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match (404 when none
 /// does, 412 when several do).
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
     let body = request::read_body(&http, payload, &state.limits).await?;

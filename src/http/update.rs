@@ -11,7 +11,7 @@ use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteOp, WriteRequest};
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -38,7 +38,7 @@ pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
     let body = request::read_body(&http, payload, &state.limits).await?;

@@ -60,7 +60,7 @@ pub async fn instance(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 async fn validate(ctx: Ctx, id: Option<Id>) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload } = ctx;
+    let Ctx { http, state, params, payload, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let mut mode = None;
     let mut profile = None;

@@ -8,6 +8,7 @@
 //!
 //! The layout is explained with a worked example in `docs/storage.md`.
 
+pub mod auth;
 mod body_cache;
 pub mod check;
 pub mod codec;
@@ -19,7 +20,7 @@ mod ops;
 mod repack;
 mod snapshot;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod view;
 mod writer;
 
@@ -372,6 +373,7 @@ impl Store {
             txn.open_table(SEARCH_PARAM_VALUE)?;
             txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
             txn.open_table(SUPERSEDED)?;
+            txn.open_table(auth::AUTH)?;
             let mut dictionaries = txn.open_table(DICTIONARY)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("format_version")?.map(|v| {
@@ -439,6 +441,24 @@ impl Store {
             request
         };
         self.writer.submit(request).await
+    }
+
+    /// Runs `work` on the authorization records inside the writer's next transaction (see
+    /// [`auth`]) and returns its result once committed. A `work` that fails has written nothing.
+    pub async fn auth_write<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut auth::AuthTxn<'_>) -> Result<T, FhirError> + Send + Sync + 'static,
+    ) -> Result<T, FhirError> {
+        let work: auth::AuthWork =
+            Arc::new(move |txn| work(txn).map(|value| Box::new(value) as Box<dyn std::any::Any + Send>));
+        let answer = self.writer.submit_auth(work).await?;
+        answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("auth"))
+    }
+
+    /// Reads the authorization records as last committed.
+    pub fn auth_read<T>(&self, read: impl FnOnce(&auth::AuthRead) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        read(&auth::AuthRead::new(txn.open_table(auth::AUTH)?))
     }
 
     /// A function telling whether the writer thread has exited, which happens once every
@@ -588,7 +608,7 @@ fn file_size(path: &Path) -> Result<u64, StoreError> {
 }
 
 /// Every table, for [`Store::table_usage`].
-const TABLES: [&dyn redb::TableHandle; 8] = [
+const TABLES: [&dyn redb::TableHandle; 9] = [
     &RESOURCE_VERSION,
     &TYPE_HISTORY,
     &SYSTEM_HISTORY,
@@ -597,6 +617,7 @@ const TABLES: [&dyn redb::TableHandle; 8] = [
     &SUPERSEDED,
     &META,
     &DICTIONARY,
+    &auth::AUTH,
 ];
 
 /// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes

@@ -16,6 +16,7 @@
 //! cannot be published to readers, the process stops rather than acknowledge writes that reads
 //! would not show; the commit itself is durable, and a restart publishes it.
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::auth::{AUTH, AuthTxn, AuthWork};
 use super::codec::{Codecs, ContentHash, StoredBody, content_hash};
 use super::keys::search_param_value::Lifetime;
 use super::keys::{
@@ -44,11 +46,63 @@ use crate::fhir::reference::{self, rewrite_resource_references};
 use crate::fhir::{Category, FhirError, Id, IssueCode, Resource, ResourceType};
 
 type Reply = Result<Vec<OpOutcome>, FhirError>;
+type AuthReply = Result<Box<dyn Any + Send>, FhirError>;
 
 struct Job {
-    request: WriteRequest,
-    reply: oneshot::Sender<Reply>,
+    work: Work,
     span: tracing::Span,
+}
+
+/// What a job asks of the writer, and where its answer goes.
+enum Work {
+    Resources {
+        request: WriteRequest,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Authorization records (see [`super::auth`]).
+    Auth {
+        work: AuthWork,
+        reply: oneshot::Sender<AuthReply>,
+    },
+}
+
+/// A job's outcome, before it is sent.
+enum Answer {
+    Resources(Reply),
+    Auth(AuthReply),
+}
+
+impl Job {
+    fn send(self, answer: Answer) {
+        // The requester may have gone away (client disconnected); what was committed stands.
+        match (self.work, answer) {
+            (Work::Resources { reply, .. }, Answer::Resources(answer)) => {
+                let _ = reply.send(answer);
+            }
+            (Work::Auth { reply, .. }, Answer::Auth(answer)) => {
+                let _ = reply.send(answer);
+            }
+            // Cannot happen (each answer is computed from its own job), but a mismatch must not
+            // leave the requester waiting.
+            (Work::Resources { reply, .. }, Answer::Auth(_)) => {
+                let _ = reply.send(Err(FhirError::fault("writer")));
+            }
+            (Work::Auth { reply, .. }, Answer::Resources(_)) => {
+                let _ = reply.send(Err(FhirError::fault("writer")));
+            }
+        }
+    }
+
+    fn send_error(self, error: FhirError) {
+        match self.work {
+            Work::Resources { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Work::Auth { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -61,7 +115,14 @@ pub(super) struct WriterHandle {
 impl WriterHandle {
     pub(super) async fn submit(&self, request: WriteRequest) -> Reply {
         let (reply, answer) = oneshot::channel();
-        let job = Job { request, reply, span: tracing::Span::current() };
+        let job = Job { work: Work::Resources { request, reply }, span: tracing::Span::current() };
+        self.queue.send(job).await.map_err(|_| FhirError::from(StoreError::WriterGone))?;
+        answer.await.map_err(|_| FhirError::from(StoreError::WriterGone))?
+    }
+
+    pub(super) async fn submit_auth(&self, work: AuthWork) -> AuthReply {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { work: Work::Auth { work, reply }, span: tracing::Span::current() };
         self.queue.send(job).await.map_err(|_| FhirError::from(StoreError::WriterGone))?;
         answer.await.map_err(|_| FhirError::from(StoreError::WriterGone))?
     }
@@ -187,7 +248,7 @@ fn commit_guarded(
     clock: &mut Clock,
     policy: Policy,
     jobs: &[Job],
-) -> Result<Vec<Reply>, GroupFailure> {
+) -> Result<Vec<Answer>, GroupFailure> {
     let before = *clock;
     let result = catch_unwind(AssertUnwindSafe(|| commit_group(db, indexer, codecs, clock, policy, jobs)));
     match result {
@@ -210,24 +271,22 @@ fn commit_guarded(
 }
 
 fn fail(job: Job, failure: &GroupFailure) {
-    let _entered = job.span.enter();
     let error = match failure {
         GroupFailure::Storage => FhirError::fault("storage"),
         GroupFailure::Panic(message) => {
+            let _entered = job.span.enter();
             tracing::error!(panic = %message, "a write request panicked; nothing of it was committed");
             FhirError::fault("writer")
         }
     };
-    // The requester may have gone away (client disconnected).
-    let _ = job.reply.send(Err(error));
+    job.send_error(error);
 }
 
 /// Publishes the committed state to readers, then answers the committed requests.
-fn answer(db: &Database, codecs: &Arc<Codecs>, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, replies: Vec<Reply>) {
+fn answer(db: &Database, codecs: &Arc<Codecs>, latest: &RwLock<Arc<Snapshot>>, jobs: Vec<Job>, answers: Vec<Answer>) {
     publish(db, codecs, latest);
-    for (job, reply) in jobs.into_iter().zip(replies) {
-        // The requester may have gone away (client disconnected); the write stands.
-        let _ = job.reply.send(reply);
+    for (job, answer) in jobs.into_iter().zip(answers) {
+        job.send(answer);
     }
 }
 
@@ -276,7 +335,7 @@ fn commit_group(
     clock: &mut Clock,
     policy: Policy,
     jobs: &[Job],
-) -> Result<Vec<Reply>, StoreError> {
+) -> Result<Vec<Answer>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(policy.quick_repair);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
@@ -284,21 +343,40 @@ fn commit_group(
     clock.last_micros = now.max(clock.last_micros);
     let replies = {
         let mut tables = Tables::open(&txn)?;
+        // Opened by the group's first auth job only: most groups have none.
+        let mut auth_table = None;
         let mut group_index = Vec::new();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             let _entered = job.span.enter();
-            let mut execution = Execution {
-                tables: &mut tables,
-                indexer,
-                codecs,
-                clock,
-                conditional_delete_max: policy.conditional_delete_max,
-                pending_index: Vec::new(),
-                group_index: &mut group_index,
-                local_base: None,
-            };
-            replies.push(execution.execute(&job.request)?);
+            match &job.work {
+                Work::Resources { request, .. } => {
+                    let mut execution = Execution {
+                        tables: &mut tables,
+                        indexer,
+                        codecs,
+                        clock,
+                        conditional_delete_max: policy.conditional_delete_max,
+                        pending_index: Vec::new(),
+                        group_index: &mut group_index,
+                        local_base: None,
+                    };
+                    replies.push(Answer::Resources(execution.execute(request)?));
+                }
+                Work::Auth { work, .. } => {
+                    let table = match &mut auth_table {
+                        Some(table) => table,
+                        None => auth_table.insert(txn.open_table(AUTH)?),
+                    };
+                    let mut auth = AuthTxn::new(table);
+                    let result = work(&mut auth);
+                    let changes = auth.into_changes();
+                    if result.is_ok() {
+                        changes.apply(table)?;
+                    }
+                    replies.push(Answer::Auth(result));
+                }
+            }
         }
         insert_sorted(&mut tables.spv, group_index)?;
         replies

@@ -58,7 +58,7 @@ async fn superseded_index_entries_go_and_searches_and_history_stay_right() {
         gc_interval_secs: 0,
         ..Settings::default()
     };
-    let application = Application::build(&settings).unwrap();
+    let application = Application::build(&settings).await.unwrap();
     let store = application.store().clone();
     let app = TestApp::at(format!("http://127.0.0.1:{}/fhir", application.port()), dir);
     tokio::spawn(application.run_until_stopped());

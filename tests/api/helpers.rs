@@ -71,7 +71,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         ..Settings::default()
     };
     configure(&mut settings);
-    let application = Application::build(&settings).expect("the server starts");
+    let application = Application::build(&settings).await.expect("the server starts");
     let base = format!("http://127.0.0.1:{}/fhir", application.port());
     tokio::spawn(application.run_until_stopped());
     TestApp { base, client: client(), _dir: dir }

@@ -22,6 +22,7 @@ mod pages;
 mod power_loss;
 mod process;
 mod search;
+mod smart;
 mod sorting;
 mod storage_format;
 mod surface;

@@ -48,7 +48,7 @@ async fn with_a_certificate_braid_serves_https_over_http2_and_http1_on_tls_12_an
     let mut settings = settings(dir.path());
     settings.tls_cert = Some(cert);
     settings.tls_key = Some(key);
-    let application = Application::build(&settings).expect("the server starts");
+    let application = Application::build(&settings).await.expect("the server starts");
     assert!(application.serves_https());
     let base = format!("https://127.0.0.1:{}/fhir", application.port());
     tokio::spawn(application.run_until_stopped());
@@ -91,11 +91,12 @@ async fn with_a_certificate_braid_serves_https_over_http2_and_http1_on_tls_12_an
 fn a_half_or_unreadable_tls_configuration_stops_the_start_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, _) = certificate(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let start = |cert: Option<PathBuf>, key: Option<PathBuf>| {
         let mut settings = settings(dir.path());
         settings.tls_cert = cert;
         settings.tls_key = key;
-        match Application::build(&settings) {
+        match runtime.block_on(Application::build(&settings)) {
             Ok(_) => panic!("the server must not start"),
             Err(error) => error,
         }

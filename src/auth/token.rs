@@ -1,0 +1,120 @@
+//! Access tokens: JWTs Braid signs with its active key (ES256, `typ: at+jwt` as RFC 9068 names
+//! them) and verifies with any key of its ring, and the [`Grant`] a verified token carries.
+
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::keys::KeyRing;
+use super::rules::AccessRules;
+use super::scope::{Context, Scope, parse_scopes};
+use crate::fhir::FhirError;
+
+/// Longest bearer token read, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What an access token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// The FHIR base of the server that issued it.
+    pub iss: String,
+    /// The FHIR base it may be used at.
+    pub aud: String,
+    /// The client (Backend Services) or the user it was issued for.
+    pub sub: String,
+    pub client_id: String,
+    pub scope: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    #[serde(default, rename = "fhirUser", skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+}
+
+/// What a verified token allows its bearer.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub client_id: String,
+    pub subject: String,
+    /// The FHIR base the token is for.
+    pub audience: String,
+    /// Whose data the token's resource scopes reach.
+    pub context: Context,
+    pub rules: AccessRules,
+    /// The patient in context (patient-context tokens).
+    pub patient: Option<String>,
+    pub scope: String,
+    pub expires: u64,
+    pub jti: String,
+}
+
+impl Grant {
+    fn from_claims(claims: AccessClaims) -> Grant {
+        let scopes = parse_scopes(&claims.scope).map(|scopes| scopes.granted).unwrap_or_default();
+        // A token carries the scopes of one context: a patient's when it names a patient, a
+        // user's when it holds user/ scopes, a backend service's otherwise.
+        let has = |context| scopes.iter().any(|s| matches!(s, Scope::Resource(r) if r.context == context));
+        let context = if claims.patient.is_some() {
+            Context::Patient
+        } else if has(Context::User) {
+            Context::User
+        } else {
+            Context::System
+        };
+        Grant {
+            rules: AccessRules::from_scopes(&scopes, context),
+            context,
+            client_id: claims.client_id,
+            subject: claims.sub,
+            audience: claims.aud,
+            patient: claims.patient,
+            scope: claims.scope,
+            expires: claims.exp,
+            jti: claims.jti,
+        }
+    }
+}
+
+/// Signs `claims` with the ring's active key.
+pub fn issue(ring: &KeyRing, claims: &AccessClaims) -> Result<String, FhirError> {
+    let key = ring.active().ok_or_else(|| FhirError::fault("no signing key"))?;
+    let mut header = Header::new(key.algorithm);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some("at+jwt".into());
+    jsonwebtoken::encode(&header, claims, key.encoding()).map_err(|error| {
+        tracing::error!(%error, "cannot sign an access token");
+        FhirError::fault("token signing")
+    })
+}
+
+/// Verifies a bearer token for the server whose FHIR base is `fhir_base`; the error says why it
+/// is refused (for the `WWW-Authenticate` challenge: nothing secret).
+pub fn verify(ring: &KeyRing, token: &str, fhir_base: &str, now: u64) -> Result<Grant, String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err("the access token is too long".into());
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| "the access token is not a JWT".to_owned())?;
+    if header.alg != Algorithm::ES256 {
+        return Err("the access token was not issued by this server".into());
+    }
+    let kid = header.kid.ok_or("the access token was not issued by this server")?;
+    let key =
+        ring.verifying(&kid, now).ok_or("the access token was not issued by this server, or its key was retired")?;
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&[fhir_base]);
+    validation.set_issuer(&[fhir_base]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<AccessClaims>(token, key.decoding(), &validation).map_err(|error| {
+        use jsonwebtoken::errors::ErrorKind;
+        match error.kind() {
+            ErrorKind::ExpiredSignature => "the access token has expired".to_owned(),
+            ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => {
+                "the access token is for another server".to_owned()
+            }
+            _ => "the access token is not valid".to_owned(),
+        }
+    })?;
+    Ok(Grant::from_claims(claims.claims))
+}

@@ -1,0 +1,218 @@
+//! The authorization server's HTTP endpoints: the SMART and OpenID discovery documents, the
+//! JWKS of Braid's signing keys, and the token endpoint. The logic is in [`crate::auth`]; this
+//! file reads requests and writes OAuth-shaped responses (JSON errors as RFC 6749 §5.2 has them,
+//! not OperationOutcomes).
+//!
+//! Every response here may be read by browser apps on other origins (`Access-Control-Allow-
+//! Origin: *`): none depends on cookies, and the token endpoint authenticates clients by what
+//! they send.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use serde_json::json;
+
+use super::{AppState, request};
+use crate::auth::{Endpoints, TokenError, TokenForm};
+
+/// Largest token request body read, in bytes.
+const MAX_TOKEN_FORM_BYTES: usize = 64 * 1024;
+
+/// Registers the discovery documents (ahead of the `/fhir` scope, which would otherwise take
+/// them) and the `/auth` endpoints. Without an authorization server (`--auth off`) they answer
+/// 404, as a server without SMART would.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/fhir/.well-known/smart-configuration", web::get().to(smart_configuration))
+        .route("/fhir/.well-known/openid-configuration", web::get().to(openid_configuration))
+        .route("/auth/jwks", web::get().to(jwks))
+        .route("/auth/token", web::post().to(token))
+        .route("/auth/token", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+}
+
+/// The 404 a server without an authorization server gives.
+fn auth_off() -> HttpResponse {
+    cors(
+        HttpResponse::NotFound()
+            .json(json!({"error": "not_found", "error_description": "authorization is off on this server"})),
+    )
+}
+
+fn endpoints(http: &HttpRequest, state: &web::Data<AppState>) -> Endpoints {
+    Endpoints::for_base(&request::base_url(http, state))
+}
+
+fn cors(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+async fn preflight() -> HttpResponse {
+    let mut response = cors(HttpResponse::NoContent().finish());
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    response
+}
+
+/// The scopes advertised in the discovery document (a client may ask for any other scope the
+/// grammar allows).
+const SCOPES_SUPPORTED: &[&str] =
+    &["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/Patient.rs", "system/Observation.rs"];
+
+/// `GET /fhir/.well-known/smart-configuration` (SMART App Launch 2.2 §"Conformance").
+async fn smart_configuration(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.auth.is_none() {
+        return auth_off();
+    }
+    let endpoints = endpoints(&http, &state);
+    let origin = endpoints.origin();
+    let document = json!({
+        "issuer": endpoints.fhir_base,
+        "jwks_uri": format!("{origin}/auth/jwks"),
+        "token_endpoint": endpoints.token,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": ["client-confidential-asymmetric", "client-confidential-symmetric", "permission-v1", "permission-v2"],
+    });
+    cors(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "max-age=3600")).json(document))
+}
+
+/// `GET /fhir/.well-known/openid-configuration`: what OpenID Connect clients discover from.
+async fn openid_configuration(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.auth.is_none() {
+        return auth_off();
+    }
+    let endpoints = endpoints(&http, &state);
+    let origin = endpoints.origin();
+    let document = json!({
+        "issuer": endpoints.fhir_base,
+        "jwks_uri": format!("{origin}/auth/jwks"),
+        "token_endpoint": endpoints.token,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": SCOPES_SUPPORTED,
+    });
+    cors(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "max-age=3600")).json(document))
+}
+
+/// `GET /auth/jwks`: the public keys Braid's tokens verify with (retired keys included until
+/// the tokens they signed have expired).
+async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let set = auth.keys().jwks(crate::auth::now_secs());
+    cors(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "max-age=300")).json(set))
+}
+
+/// `POST /auth/token` (RFC 6749 §3.2).
+async fn token(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let result = async {
+        let form = read_form(&http, &body)?;
+        let basic = basic_credentials(&http)?;
+        auth.token(&form, basic, &endpoints(&http, &state)).await
+    }
+    .await;
+    let response = match result {
+        Ok(token) => HttpResponse::Ok().json(token),
+        Err(error) => token_error(&error),
+    };
+    let mut response = cors(response);
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The form of a token request: `application/x-www-form-urlencoded`, each field at most once.
+fn read_form(http: &HttpRequest, body: &[u8]) -> Result<TokenForm, TokenError> {
+    let content_type = http.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(TokenError::invalid_request("the token request must be an application/x-www-form-urlencoded form"));
+    }
+    if body.len() > MAX_TOKEN_FORM_BYTES {
+        return Err(TokenError::invalid_request(format!(
+            "the token request is larger than {MAX_TOKEN_FORM_BYTES} bytes"
+        )));
+    }
+    let mut form = TokenForm::default();
+    for (name, value) in form_urlencoded_pairs(body)? {
+        let slot = match name.as_str() {
+            "grant_type" => &mut form.grant_type,
+            "scope" => &mut form.scope,
+            "client_id" => &mut form.client_id,
+            "client_assertion_type" => &mut form.client_assertion_type,
+            "client_assertion" => &mut form.client_assertion,
+            // Other parameters belong to grants or extensions Braid does not use: ignored, as
+            // RFC 6749 §3.2 asks.
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(TokenError::invalid_request(format!("{name} is given more than once")));
+        }
+        *slot = Some(value);
+    }
+    Ok(form)
+}
+
+/// Decodes `a=b&c=d` (`+` as space, percent escapes), refusing invalid UTF-8.
+fn form_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, TokenError> {
+    let text = std::str::from_utf8(body).map_err(|_| TokenError::invalid_request("the form is not UTF-8"))?;
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(&part.replace('+', " "))
+            .decode_utf8()
+            .map(|decoded| decoded.into_owned())
+            .map_err(|_| TokenError::invalid_request("the form is not UTF-8"))
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+/// The client id and secret of an `Authorization: Basic` header (RFC 6749 §2.3.1: each
+/// form-urlencoded before base64).
+fn basic_credentials(http: &HttpRequest) -> Result<Option<(String, String)>, TokenError> {
+    let Some(value) = http.headers().get(header::AUTHORIZATION) else { return Ok(None) };
+    let invalid = || TokenError {
+        status: 401,
+        basic_challenge: true,
+        ..TokenError::invalid_client("malformed Basic credentials")
+    };
+    let value = value.to_str().map_err(|_| invalid())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else { return Err(invalid()) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(invalid());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| invalid())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(invalid)?;
+    let unescape = |text: &str| {
+        percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8().map(|t| t.into_owned())
+    };
+    Ok(Some((unescape(id).map_err(|_| invalid())?, unescape(secret).map_err(|_| invalid())?)))
+}
+
+fn token_error(error: &TokenError) -> HttpResponse {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = HttpResponse::build(status);
+    if error.basic_challenge && status == StatusCode::UNAUTHORIZED {
+        response.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"braid\""));
+    }
+    response.json(json!({"error": error.error, "error_description": error.description}))
+}
