@@ -142,6 +142,21 @@ pub fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
 }
 
+/// A GET to `host` (`127.0.0.1:PORT`: where tokens are checked, the audience is the URL the
+/// client used) with `extra_headers` (each line ending in `\r\n`).
+pub fn get_with(host: &str, path: &str, extra_headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\r\n").into_bytes()
+}
+
+/// A form POST (`application/x-www-form-urlencoded`) to `host`.
+pub fn post_form(host: &str, path: &str, form: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .into_bytes()
+}
+
 pub fn post(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n{extra_headers}\r\n",

@@ -22,6 +22,10 @@
 //!   60 hits, one with 1,060, the others ~2,360): read-by-id throughput and code-search page
 //!   throughput (`_count=20`) at 32 connections on the same server, alternating rounds, and
 //!   their ratio; first-page latency at one connection by number of hits.
+//! - `auth`: SMART Backend Services tokens issued per second at 32 connections (ES384 client
+//!   assertions, each with its own `jti`, signed before the clock starts: signing is the
+//!   client's cost), and read-by-id throughput with a bearer token against the same database
+//!   served with authorization off, alternating rounds, medians and their ratio.
 
 mod load;
 mod servers;
@@ -76,6 +80,7 @@ enum Scenario {
     Search,
     Disk,
     Pages,
+    Auth,
 }
 
 fn main() {
@@ -116,6 +121,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Pages) {
         runtime.block_on(pages_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Auth) {
+        runtime.block_on(auth_scenario(&args, dir.path()));
     }
 }
 
@@ -752,4 +760,140 @@ async fn pages_scenario(args: &Args, dir: &Path) {
             result.error_note()
         );
     }
+}
+
+/// A backend client's ES384 key: signs assertions; its public half is registered.
+struct BackendKey {
+    private: jsonwebtoken::EncodingKey,
+    public: jsonwebtoken::jwk::Jwk,
+}
+
+impl BackendKey {
+    fn generate() -> BackendKey {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &rng,
+        )
+        .expect("key generation");
+        let private = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+        let mut public = jsonwebtoken::jwk::Jwk::from_encoding_key(&private, jsonwebtoken::Algorithm::ES384).unwrap();
+        public.common.key_id = Some("bench".into());
+        BackendKey { private, public }
+    }
+
+    /// `count` token request forms, each with a fresh assertion for `client_id` at `port`.
+    fn forms(&self, client_id: &str, port: u16, count: usize) -> Vec<String> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+        header.kid = Some("bench".into());
+        let aud = format!("http://127.0.0.1:{port}/auth/token");
+        let exp = braid::auth::now_secs() + 280;
+        (0..count)
+            .map(|n| {
+                let claims = json!({"iss": client_id, "sub": client_id, "aud": aud, "exp": exp, "jti": format!("{n}-{}", uuid::Uuid::new_v4())});
+                let assertion = jsonwebtoken::encode(&header, &claims, &self.private).unwrap();
+                format!(
+                    "grant_type=client_credentials&scope=system%2FPatient.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+                )
+            })
+            .collect()
+    }
+}
+
+async fn auth_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== SMART: client_credentials tokens/s and read by id with a bearer token vs auth off: {} patients, 32 connections, {} rounds of {} s ==",
+        args.patients, args.rounds, args.seconds
+    );
+    let data = dir.join("auth.redb");
+    let store = open_store(&data);
+    fill(&store, args.patients, 1000, patient).await;
+    let key = BackendKey::generate();
+    let jwks = serde_json::to_string(&json!({"keys": [key.public]})).unwrap();
+    let new = braid::auth::clients::NewClient {
+        name: "bench".into(),
+        scope: "system/Patient.rs".into(),
+        grant_types: Vec::new(),
+        redirect_uris: Vec::new(),
+        credential: braid::auth::clients::NewCredential::Jwks(jwks),
+    };
+    let client_id = braid::auth::clients::add(&store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    close_store(store).await;
+
+    // Tokens per second: every request carries an assertion never used before.
+    let mut tokens = Vec::new();
+    for round in 0..args.rounds {
+        let server = servers::start_braid_with_auth(&data);
+        let count = 40_000;
+        let host = format!("127.0.0.1:{}", server.port);
+        let forms: Arc<Vec<Vec<u8>>> = Arc::new(
+            key.forms(&client_id, server.port, count)
+                .iter()
+                .map(|form| load::post_form(&host, "/auth/token", form))
+                .collect(),
+        );
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let request = move |_: usize, _: usize| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            forms[n % forms.len()].clone()
+        };
+        let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request).await;
+        println!(
+            "  round {round} tokens: {:>7.0} tokens/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
+            result.throughput(),
+            result.percentile(0.5),
+            result.percentile(0.99),
+            result.errors,
+            result.error_note()
+        );
+        if result.requests + result.errors >= count {
+            println!("  (round {round} used every pre-signed assertion; later requests were replays)");
+        }
+        tokens.push(result.throughput());
+    }
+    println!("  median: {:.0} tokens/s (target >= 1000)", median(&mut tokens));
+
+    // Read by id: the same reads without and with a bearer token.
+    let patients = args.patients;
+    let (mut open, mut bearer) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for with_auth in [false, true] {
+            let server = if with_auth { servers::start_braid_with_auth(&data) } else { servers::start_braid(&data) };
+            let header = if with_auth {
+                let form = key.forms(&client_id, server.port, 1).remove(0);
+                let reply = reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{}/auth/token", server.port))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form)
+                    .send()
+                    .await
+                    .unwrap();
+                let token: Value = reply.json().await.unwrap();
+                format!("Authorization: Bearer {}\r\n", token["access_token"].as_str().expect("a token"))
+            } else {
+                String::new()
+            };
+            let host = format!("127.0.0.1:{}", server.port);
+            let request = move |connection: usize, n: usize| {
+                load::get_with(&host, &format!("/fhir/Patient/p{}", pick(connection, n, patients)), &header)
+            };
+            load::run(server.port, 32, Duration::from_secs(1), request.clone()).await; // warm-up
+            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request).await;
+            let name = if with_auth { "bearer" } else { "auth off" };
+            println!(
+                "  round {round} {name:8}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
+                result.throughput(),
+                result.percentile(0.5),
+                result.percentile(0.99),
+                result.errors,
+                result.error_note()
+            );
+            if with_auth { bearer.push(result.throughput()) } else { open.push(result.throughput()) }
+        }
+    }
+    let (open, bearer) = (median(&mut open), median(&mut bearer));
+    println!(
+        "  median auth off {open:.0} req/s, bearer {bearer:.0} req/s: overhead {:.1}% (target <= 15%)",
+        100.0 * (1.0 - bearer / open)
+    );
 }

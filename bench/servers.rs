@@ -71,11 +71,21 @@ pub fn start_braid(data: &Path) -> Server {
 /// Starts `binary serve` on `data` (another build of Braid, to compare with) and waits until it
 /// answers.
 pub fn start_braid_binary(binary: &Path, data: &Path) -> Server {
+    start_braid_with(binary, data, &[])
+}
+
+/// Starts this build's `braid serve --auth on` on `data` and waits until it answers.
+pub fn start_braid_with_auth(data: &Path) -> Server {
+    start_braid_with(&braid_binary(), data, &[("BRAID_AUTH", "on")])
+}
+
+fn start_braid_with(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let spawned = Instant::now();
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
+        .envs(env.iter().copied())
         .env("BRAID_LOG_LEVEL", "warn")
         .env("BRAID_WORKERS", "2")
         .stdout(Stdio::null())
