@@ -65,45 +65,47 @@ const SCOPES_SUPPORTED: &[&str] =
 
 /// `GET /fhir/.well-known/smart-configuration` (SMART App Launch 2.2 §"Conformance").
 async fn smart_configuration(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if state.auth.is_none() {
-        return auth_off();
-    }
-    let endpoints = endpoints(&http, &state);
-    let origin = endpoints.origin();
-    let document = json!({
-        "issuer": endpoints.fhir_base,
-        "jwks_uri": format!("{origin}/auth/jwks"),
-        "token_endpoint": endpoints.token,
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
-        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "scopes_supported": SCOPES_SUPPORTED,
-        "response_types_supported": ["code"],
-        "code_challenge_methods_supported": ["S256"],
-        "capabilities": ["client-confidential-asymmetric", "client-confidential-symmetric", "permission-v1", "permission-v2"],
-    });
-    cors(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "max-age=3600")).json(document))
+    discovery(&http, &state, |document| {
+        document["code_challenge_methods_supported"] = json!(["S256"]);
+        document["capabilities"] = json!([
+            "client-confidential-asymmetric",
+            "client-confidential-symmetric",
+            "permission-v1",
+            "permission-v2"
+        ]);
+    })
 }
 
 /// `GET /fhir/.well-known/openid-configuration`: what OpenID Connect clients discover from.
 async fn openid_configuration(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    discovery(&http, &state, |document| {
+        document["subject_types_supported"] = json!(["public"]);
+        document["id_token_signing_alg_values_supported"] = json!(["RS256"]);
+    })
+}
+
+/// A discovery document: the fields the SMART and OpenID documents share, then `add`'s own.
+fn discovery(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    add: impl FnOnce(&mut serde_json::Value),
+) -> HttpResponse {
     if state.auth.is_none() {
         return auth_off();
     }
-    let endpoints = endpoints(&http, &state);
+    let endpoints = endpoints(http, state);
     let origin = endpoints.origin();
-    let document = json!({
+    let mut document = json!({
         "issuer": endpoints.fhir_base,
         "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint": endpoints.token,
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "response_types_supported": ["code"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
     });
+    add(&mut document);
     cors(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "max-age=3600")).json(document))
 }
 
