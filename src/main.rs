@@ -279,15 +279,98 @@ fn recompress(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::
     Ok(())
 }
 
-/// Opens the database for an operator command, with a clear message when a server holds it.
-fn open_for_admin(path: &std::path::Path) -> Result<braid::store::Store, Box<dyn std::error::Error>> {
+async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::auth::admin::AdminRequest;
+    use braid::auth::clients::{GrantType, NewClient, NewCredential};
+    let (data, request) = match command {
+        ClientCommand::Add(args) => {
+            let credential = if let Some(path) = &args.jwks {
+                NewCredential::Jwks(
+                    std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?,
+                )
+            } else if let Some(url) = args.jwks_url {
+                NewCredential::JwksUrl(url)
+            } else if args.secret {
+                NewCredential::Secret
+            } else {
+                NewCredential::None
+            };
+            let client = NewClient {
+                name: args.name,
+                scope: args.scope,
+                grant_types: args.grants.iter().filter_map(|g| GrantType::parse(g)).collect(),
+                redirect_uris: args.redirect_uris,
+                credential,
+            };
+            (args.data, AdminRequest::AddClient { client })
+        }
+        ClientCommand::List(args) => (args.data, AdminRequest::ListClients),
+        ClientCommand::Remove(args) => (args.data, AdminRequest::RemoveClient { client_id: args.client_id }),
+    };
+    let lines = matches!(request, AdminRequest::ListClients);
+    let answer = admin_command(&data.unwrap_or(settings.data), request).await?;
+    match answer {
+        serde_json::Value::Array(clients) if lines => clients.iter().for_each(|client| println!("{client}")),
+        answer => println!("{answer}"),
+    }
+    Ok(())
+}
+
+async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let answer =
+        admin_command(&args.data.unwrap_or(settings.data), braid::auth::admin::AdminRequest::RotateKeys).await?;
+    println!("{answer}");
+    Ok(())
+}
+
+/// Runs an operator command: through the running server's socket if there is one, otherwise on
+/// the stopped database. A server that starts meanwhile is waited for (its socket opens right
+/// after its database).
+async fn admin_command(
+    data: &std::path::Path,
+    request: braid::auth::admin::AdminRequest,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use braid::auth::admin::{self, Sent};
+    let socket = admin::socket_path(data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Sent::Answered(answer) = admin::send(&socket, &request)? {
+            return answer.map_err(|error| error.message.into());
+        }
+        match open_for_admin(data) {
+            Ok(store) => {
+                let answer = admin::execute(&store, None, request).await;
+                close(store).await;
+                return answer.map_err(|error| error.message.into());
+            }
+            Err(AdminOpen::InUse) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(AdminOpen::InUse) => {
+                return Err(format!(
+                    "{} is open in a running Braid that does not answer on {}",
+                    data.display(),
+                    socket.display()
+                )
+                .into());
+            }
+            Err(AdminOpen::Failed(message)) => return Err(message.into()),
+        }
+    }
+}
+
+enum AdminOpen {
+    InUse,
+    Failed(String),
+}
+
+/// Opens the database for an operator command.
+fn open_for_admin(path: &std::path::Path) -> Result<braid::store::Store, AdminOpen> {
     let options = braid::store::StoreOptions { gc_interval: std::time::Duration::ZERO, ..Default::default() };
     braid::store::Store::open(path, options, std::sync::Arc::new(braid::search::SearchIndexer)).map_err(|error| {
         match error {
-            braid::store::StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                format!("{} is open in a running Braid; stop it first", path.display()).into()
-            }
-            other => format!("cannot open {}: {other}", path.display()).into(),
+            braid::store::StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => AdminOpen::InUse,
+            other => AdminOpen::Failed(format!("cannot open {}: {other}", path.display())),
         }
     })
 }
@@ -299,75 +382,6 @@ async fn close(store: braid::store::Store) {
     while !finished() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-}
-
-async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
-    use braid::auth::clients::{self, GrantType, NewClient, NewCredential};
-    let data = match &command {
-        ClientCommand::Add(args) => args.data.clone(),
-        ClientCommand::List(args) => args.data.clone(),
-        ClientCommand::Remove(args) => args.data.clone(),
-    };
-    let store = open_for_admin(&data.unwrap_or(settings.data))?;
-    let result: Result<(), Box<dyn std::error::Error>> = async {
-        match command {
-            ClientCommand::Add(args) => {
-                let credential = if let Some(path) = &args.jwks {
-                    NewCredential::Jwks(
-                        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?,
-                    )
-                } else if let Some(url) = args.jwks_url {
-                    NewCredential::JwksUrl(url)
-                } else if args.secret {
-                    NewCredential::Secret
-                } else {
-                    NewCredential::None
-                };
-                let new = NewClient {
-                    name: args.name,
-                    scope: args.scope,
-                    grant_types: args.grants.iter().filter_map(|g| GrantType::parse(g)).collect(),
-                    redirect_uris: args.redirect_uris,
-                    credential,
-                };
-                let created =
-                    clients::add(&store, new, braid::auth::now_secs()).await.map_err(|error| error_text(&error))?;
-                let mut printed = clients::describe(&created.client);
-                if let Some(secret) = created.secret {
-                    printed["client_secret"] = secret.into();
-                }
-                println!("{printed}");
-            }
-            ClientCommand::List(_) => {
-                for client in clients::list(&store)? {
-                    println!("{}", clients::describe(&client));
-                }
-            }
-            ClientCommand::Remove(args) => {
-                if !clients::remove(&store, &args.client_id).await.map_err(|error| error_text(&error))? {
-                    return Err(format!("there is no client {}", args.client_id).into());
-                }
-                println!("{}", serde_json::json!({"removed": args.client_id}));
-            }
-        }
-        Ok(())
-    }
-    .await;
-    close(store).await;
-    result
-}
-
-async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let store = open_for_admin(&args.data.unwrap_or(settings.data))?;
-    let kid = store.auth_write(|txn| braid::auth::keys::rotate(txn, braid::auth::now_secs())).await;
-    close(store).await;
-    println!("{}", serde_json::json!({"kid": kid.map_err(|error| error_text(&error))?}));
-    Ok(())
-}
-
-/// The diagnostics of an error, for a terminal.
-fn error_text(error: &braid::fhir::FhirError) -> String {
-    error.issues.iter().map(|issue| issue.diagnostics.as_str()).collect::<Vec<_>>().join("; ")
 }
 
 fn build_dictionary(args: BuildArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -35,6 +35,8 @@ pub struct Application {
     port: u16,
     https: bool,
     server: Server,
+    /// The operator's socket (see [`crate::auth::admin`]) and its path.
+    admin: Option<(Server, std::path::PathBuf)>,
     store: Store,
     shutdown_timeout: Duration,
 }
@@ -85,6 +87,15 @@ impl Application {
         if let Some(auth) = &auth {
             start_sweeper(Arc::downgrade(auth));
         }
+        let socket = crate::auth::admin::socket_path(&settings.data);
+        let admin = match http::admin::serve(&socket, store.clone(), auth.clone()) {
+            Ok(server) => Some((server, socket)),
+            Err(error) => {
+                // Not fatal: the operator can still manage clients with the server stopped.
+                tracing::warn!(%error, socket = %socket.display(), "cannot open the operator socket; client management needs the server stopped");
+                None
+            }
+        };
         let state = web::Data::new(AppState {
             store: store.clone(),
             limits: Limits::from_settings(settings),
@@ -118,7 +129,7 @@ impl Application {
         .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
         .run();
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
-        Ok(Application { port, https, server, store, shutdown_timeout })
+        Ok(Application { port, https, server, admin, store, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -137,8 +148,19 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, store, shutdown_timeout, .. } = self;
-        let result = server.await;
+        let Application { server, admin, store, shutdown_timeout, .. } = self;
+        let result = match admin {
+            Some((admin, socket)) => {
+                let handle = admin.handle();
+                let admin = tokio::spawn(admin);
+                let result = server.await;
+                handle.stop(true).await;
+                let _ = admin.await;
+                let _ = std::fs::remove_file(socket);
+                result
+            }
+            None => server.await,
+        };
         let writer_done = store.writer_finished();
         drop(store);
         let deadline = Instant::now() + shutdown_timeout;

@@ -75,7 +75,7 @@ pub struct Client {
 }
 
 /// What the operator asks for when adding a client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewClient {
     pub name: String,
     pub scope: String,
@@ -86,7 +86,8 @@ pub struct NewClient {
     pub credential: NewCredential,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum NewCredential {
     None,
     /// Generate a secret (printed once).

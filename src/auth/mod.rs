@@ -8,8 +8,10 @@
 //! - [`AuthState`] is what the HTTP layer holds: it answers token requests and turns a bearer
 //!   token into an [`Access`].
 
+pub mod admin;
 pub mod assertion;
 pub mod clients;
+mod jwks_url;
 pub mod keys;
 pub mod rules;
 pub mod scope;
@@ -161,11 +163,13 @@ pub enum BearerError {
     Invalid(String),
 }
 
-/// The authorization server's state: the key ring, and verified tokens.
+/// The authorization server's state: the key ring, verified tokens, and the keys fetched from
+/// clients' JWKS URLs.
 pub struct AuthState {
     store: Store,
     keys: RwLock<Arc<KeyRing>>,
     verified: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
+    client_keys: jwks_url::ClientKeys,
     backend_token_secs: u64,
 }
 
@@ -178,6 +182,7 @@ impl AuthState {
             store,
             keys: RwLock::new(Arc::new(ring)),
             verified: Mutex::new(HashMap::new()),
+            client_keys: jwks_url::ClientKeys::new()?,
             backend_token_secs: backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
         })
     }
@@ -274,8 +279,19 @@ impl AuthState {
                 return Err(TokenError::invalid_client("client_id differs from the assertion's iss"));
             }
             let client = self.find_client(&client_id)?;
-            let Credential::Jwks { jwks } = &client.credential else {
-                return Err(TokenError::invalid_client("this client does not authenticate with a signed assertion"));
+            let fetched;
+            let jwks = match &client.credential {
+                Credential::Jwks { jwks } => jwks,
+                Credential::JwksUrl { url } => {
+                    let kid = jsonwebtoken::decode_header(jwt).ok().and_then(|header| header.kid);
+                    fetched = self.client_keys.get(url, kid.as_deref()).await?;
+                    fetched.as_ref()
+                }
+                Credential::None | Credential::Secret { .. } => {
+                    return Err(TokenError::invalid_client(
+                        "this client does not authenticate with a signed assertion",
+                    ));
+                }
             };
             let audiences = [endpoints.token.as_str(), endpoints.fhir_base.as_str()];
             let verified = assertion::verify(jwt, &client_id, jwks, &audiences, now)?;

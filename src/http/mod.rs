@@ -1,6 +1,7 @@
 //! The FHIR REST API: one file per interaction, and the route table that both registers the
 //! routes and generates the CapabilityStatement, so the two cannot disagree.
 
+pub mod admin;
 mod bundle;
 mod create;
 mod cursor;

@@ -468,3 +468,162 @@ async fn operators_add_list_and_remove_clients_from_the_command_line() {
     let rotated: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(rotated["kid"].as_str().unwrap().starts_with("es256-"));
 }
+
+#[tokio::test]
+async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_it_gets_tokens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("braid.redb");
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data: data.clone(),
+        workers: 2,
+        auth: AuthMode::On,
+        ..Settings::default()
+    };
+    let application = Application::build(&settings).await.expect("the server starts");
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    let socket = braid::auth::admin::socket_path(&data);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only the owner reaches the operator socket");
+
+    let key = ClientKey::es384("live-1");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap()).unwrap();
+    let braid = move |args: Vec<String>| {
+        let data = data.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_braid")).args(&args).arg("--data").arg(&data).output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let output = braid(args(&[
+        "client",
+        "add",
+        "--name",
+        "live",
+        "--scope",
+        "system/Patient.rs",
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let added: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let client_id = added["client_id"].as_str().unwrap().to_owned();
+
+    let app = TestApp::at(base, dir);
+    let reply = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // A key rotation through the socket: the old token still works, new ones use the new key.
+    let token = reply.body["access_token"].as_str().unwrap().to_owned();
+    let old_kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+    let output = braid(args(&["keys", "rotate"])).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rotated: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_ne!(rotated["kid"], old_kid.as_str());
+    assert_eq!(get_with(&app, "/Patient", &token).await.status, 200);
+    let fresh = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+    let new_kid = jsonwebtoken::decode_header(fresh.body["access_token"].as_str().unwrap()).unwrap().kid.unwrap();
+    assert_eq!(json!(new_kid), rotated["kid"]);
+    let jwks = app.send(app.client.get(app.base.replace("/fhir", "/auth/jwks"))).await;
+    assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 2, "the retired key is still published");
+
+    // Removing the client through the socket: its next token request fails.
+    let output = braid(args(&["client", "remove", &client_id])).await;
+    assert!(output.status.success());
+    let refused = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+    assert_eq!(refused.body["error"], "invalid_client");
+    let output = braid(args(&["client", "remove", &client_id])).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no client"));
+}
+
+/// A client's own JWKS endpoint on loopback: serves whatever `keys` holds, and counts fetches.
+async fn serve_jwks(
+    keys: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let keys = keys.clone();
+            let fetches = fetches.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = keys.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn keys_registered_by_url_are_fetched_cached_and_refetched_for_a_new_kid() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let first = ClientKey::es384("url-1");
+    let second = ClientKey::rs384("url-2");
+    let published = Arc::new(Mutex::new(serde_json::to_string(&JwkSet { keys: vec![first.public.clone()] }).unwrap()));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let url = serve_jwks(published.clone(), fetches.clone()).await;
+    let (app, created) =
+        spawn_smart_app(vec![backend("by-url", "system/Patient.rs", NewCredential::JwksUrl(url.clone()))]).await;
+    let client_id = created[0].client.client_id.clone();
+
+    for _ in 0..3 {
+        let reply =
+            assertion_token(&app, &first.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once, then cached");
+
+    // The client rotates its keys: an assertion with the new kid fetches the set again.
+    *published.lock().unwrap() = serde_json::to_string(&JwkSet { keys: vec![second.public.clone()] }).unwrap();
+    let reply = assertion_token(&app, &second.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Made-up kids do not make Braid fetch again right away.
+    let mut stranger = ClientKey::es384("url-1");
+    stranger.kid = "made-up".into();
+    for _ in 0..3 {
+        let reply =
+            assertion_token(&app, &stranger.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+        assert_eq!(reply.body["error"], "invalid_client");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_cannot_be_read_refuses_the_client_with_the_reason() {
+    let key = ClientKey::es384("k");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let (app, created) = spawn_smart_app(vec![backend("gone", "system/Patient.rs", NewCredential::JwksUrl(url))]).await;
+    let client_id = created[0].client.client_id.clone();
+    let reply = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
+    assert_eq!((reply.status, reply.body["error"].as_str()), (400, Some("invalid_client")));
+    assert!(reply.body["error_description"].as_str().unwrap().contains("JWKS URL"), "{}", reply.text);
+}

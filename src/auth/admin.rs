@@ -1,0 +1,128 @@
+//! Operator commands on the authorization records (`braid client ...`, `braid keys rotate`),
+//! the same whether Braid is running or stopped.
+//!
+//! Only one process can open the database. While Braid runs, it listens on a Unix socket next to
+//! the database file (`<data>.admin.sock`, mode 0600), and the command line sends its request
+//! there; while Braid is stopped, the command line opens the database itself. Both paths end in
+//! [`execute`]. The socket is reachable only by whoever may read the database file anyway, so it
+//! needs no secret of its own, and nothing of it listens on the network.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AuthState;
+use super::clients::{self, NewClient};
+use crate::store::Store;
+
+/// Largest request or reply exchanged over the admin socket.
+pub const MAX_ADMIN_MESSAGE_BYTES: usize = 1 << 20;
+
+/// One operator command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum AdminRequest {
+    AddClient { client: NewClient },
+    ListClients,
+    RemoveClient { client_id: String },
+    RotateKeys,
+}
+
+/// Why a command failed: the operator's mistake (`bad_request`) or the server's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminError {
+    pub bad_request: bool,
+    pub message: String,
+}
+
+impl AdminError {
+    fn fault(message: impl Into<String>) -> AdminError {
+        AdminError { bad_request: false, message: message.into() }
+    }
+}
+
+impl From<crate::fhir::FhirError> for AdminError {
+    fn from(error: crate::fhir::FhirError) -> Self {
+        let message = error.issues.iter().map(|issue| issue.diagnostics.as_str()).collect::<Vec<_>>().join("; ");
+        AdminError { bad_request: error.status() < 500, message }
+    }
+}
+
+impl From<crate::store::StoreError> for AdminError {
+    fn from(error: crate::store::StoreError) -> Self {
+        AdminError::fault(error.to_string())
+    }
+}
+
+/// Runs a command on `store`; `auth` is the running server's authorization state, told of new
+/// keys at once (`None` when stopped, or when authorization is off).
+pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequest) -> Result<Value, AdminError> {
+    match request {
+        AdminRequest::AddClient { client } => {
+            let created = clients::add(store, client, super::now_secs()).await?;
+            let mut described = clients::describe(&created.client);
+            if let Some(secret) = created.secret {
+                described["client_secret"] = secret.into();
+            }
+            Ok(described)
+        }
+        AdminRequest::ListClients => Ok(Value::Array(clients::list(store)?.iter().map(clients::describe).collect())),
+        AdminRequest::RemoveClient { client_id } => {
+            if clients::remove(store, &client_id).await? {
+                Ok(json!({"removed": client_id}))
+            } else {
+                Err(AdminError { bad_request: true, message: format!("there is no client {client_id}") })
+            }
+        }
+        AdminRequest::RotateKeys => {
+            let kid = match auth {
+                Some(auth) => auth.rotate_keys().await?,
+                None => store.auth_write(|txn| super::keys::rotate(txn, super::now_secs())).await?,
+            };
+            Ok(json!({"kid": kid}))
+        }
+    }
+}
+
+/// Where a server using the database `data` listens for operator commands.
+pub fn socket_path(data: &Path) -> PathBuf {
+    let mut path = data.as_os_str().to_owned();
+    path.push(".admin.sock");
+    PathBuf::from(path)
+}
+
+/// How the command line reached the database.
+pub enum Sent {
+    /// A running server answered.
+    Answered(Result<Value, AdminError>),
+    /// No server listens on the socket: the database is not in use (or its server is starting).
+    NoServer,
+}
+
+/// Sends `request` to the server listening at `socket`, as one HTTP/1.1 request.
+pub fn send(socket: &Path, request: &AdminRequest) -> Result<Sent, String> {
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return Ok(Sent::NoServer) };
+    let timeout = Some(Duration::from_secs(60));
+    stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body)).map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    stream.take(MAX_ADMIN_MESSAGE_BYTES as u64 + 4096).read_to_end(&mut reply).map_err(|e| e.to_string())?;
+    let split = reply.windows(4).position(|window| window == b"\r\n\r\n").ok_or("the server's answer was cut short")?;
+    let status_line = String::from_utf8_lossy(&reply[..split]);
+    let ok = status_line.split(' ').nth(1) == Some("200");
+    let body: Value = serde_json::from_slice(&reply[split + 4..]).map_err(|_| "the server's answer is not JSON")?;
+    if ok {
+        Ok(Sent::Answered(Ok(body)))
+    } else {
+        let error = serde_json::from_value(body).map_err(|_| "the server's error is not readable")?;
+        Ok(Sent::Answered(Err(error)))
+    }
+}
