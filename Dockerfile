@@ -6,7 +6,10 @@ RUN cargo build --release --bin braid
 
 # Runtime stage: the binary alone, run as an unprivileged user, the database in a volume.
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /data braid \
+# CA certificates: Braid fetches the keys of clients registered by an https JWKS URL.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data braid \
     && mkdir -p /data && chown braid /data
 COPY --from=build /src/target/release/braid /usr/local/bin/braid
 USER braid
