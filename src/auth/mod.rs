@@ -13,6 +13,7 @@ pub mod assertion;
 pub mod clients;
 mod jwks_url;
 pub mod keys;
+pub mod restrict;
 pub mod rules;
 pub mod scope;
 pub mod token;

@@ -77,6 +77,11 @@ impl AccessRules {
         if filters.is_empty() { Decision::Deny } else { Decision::Filtered(filters) }
     }
 
+    /// Whether some scope is granular (allows only resources matching its filter).
+    pub fn has_filters(&self) -> bool {
+        self.by_type.values().flatten().chain(&self.every_type).any(|rule| !rule.filter.is_empty())
+    }
+
     /// Whether the rules allow nothing at all (a token without resource scopes of its context
     /// reads no data, and its request can be refused early).
     pub fn is_empty(&self) -> bool {

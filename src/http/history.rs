@@ -15,33 +15,50 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, StoredJson, etag, status_line};
 use super::{AppState, Ctx, cursor, request};
+use crate::auth::Access;
 use crate::fhir::json::{format_instant, parse_instant};
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::{HistoryPage, HistoryQuery, Op, Snapshot};
 
 pub async fn instance(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
-    respond(&http, &state, |snapshot, query| {
+    let base = request::base_url(&http, &state);
+    respond(&http, &state, &access, |snapshot, query| {
+        let missing = || FhirError::not_found(format!("{resource_type}/{id} does not exist"));
+        // A resource the token may not read now has no history for it either.
+        if access.is_restricted() {
+            let current = snapshot.current(resource_type, id.as_str())?.ok_or_else(missing)?;
+            let judged = match current.is_deleted() {
+                true => match current.version.checked_sub(1) {
+                    Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
+                    None => None,
+                },
+                false => Some(current),
+            };
+            if !judged.is_some_and(|judged| super::read::admits_version(&access, resource_type, &judged, &base)) {
+                return Err(missing());
+            }
+        }
         let page = snapshot.instance_history(resource_type, id.as_str(), query)?;
         if page.entries.is_empty() && query.below.is_none() && snapshot.current(resource_type, id.as_str())?.is_none() {
-            return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist")));
+            return Err(missing());
         }
         Ok(page)
     })
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
-    respond(&http, &state, |snapshot, query| snapshot.type_history(resource_type, query))
+    respond(&http, &state, &access, |snapshot, query| snapshot.type_history(resource_type, query))
 }
 
 pub async fn system(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, .. } = ctx;
-    respond(&http, &state, |snapshot, query| snapshot.system_history(query))
+    let Ctx { http, state, access, .. } = ctx;
+    respond(&http, &state, &access, |snapshot, query| snapshot.system_history(query))
 }
 
 struct Params {
@@ -92,9 +109,13 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
     Ok(params)
 }
 
+/// Runs `read` for a page and answers it as a history Bundle. For a restricted token, the page
+/// keeps only the versions it may read (a deletion: if it could read what was deleted), so a
+/// page may hold fewer than `_count` entries; its `next` link still follows.
 fn respond(
     http: &HttpRequest,
     state: &web::Data<AppState>,
+    access: &Access,
     read: impl FnOnce(&Snapshot, HistoryQuery) -> Result<HistoryPage, FhirError>,
 ) -> Result<HttpResponse, FhirError> {
     let params = params(http, state)?;
@@ -115,10 +136,29 @@ fn respond(
         // At least one entry per page, so that paging always advances.
         max_scan: state.limits.max_history_scan.max(1),
     };
-    let page =
+    let mut page =
         if params.count == 0 { HistoryPage { entries: Vec::new(), next_below: None } } else { read(&snapshot, query)? };
 
     let base = request::base_url(http, state);
+    if access.is_restricted() {
+        let mut kept = Vec::with_capacity(page.entries.len());
+        for version in page.entries {
+            let Some(resource_type) = ResourceType::parse(&version.resource_type) else { continue };
+            let judged = match version.is_deleted() {
+                true => match version.version.checked_sub(1) {
+                    Some(previous) => snapshot.version(resource_type, &version.id, previous)?,
+                    None => None,
+                },
+                false => None,
+            };
+            let admitted =
+                super::read::admits_version(access, resource_type, judged.as_ref().unwrap_or(&version), &base);
+            if admitted {
+                kept.push(version);
+            }
+        }
+        page.entries = kept;
+    }
     let mut bundle = BundleOut::new("history");
     let self_query = http.query_string();
     bundle.link.push(Link {

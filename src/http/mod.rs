@@ -360,14 +360,42 @@ fn authorize(
                 .collect()
         }
     };
+    let access = Access::Token(grant);
+    // Interactions that limit what they touch to what a restricted token (one patient, or
+    // granular scopes) may see; the others are refused to such tokens.
+    let enforces_restrictions = matches!(
+        interaction,
+        Interaction::Read
+            | Interaction::Vread
+            | Interaction::HistoryInstance
+            | Interaction::HistoryType
+            | Interaction::HistorySystem
+            | Interaction::SearchType
+            | Interaction::SearchCompartment
+    );
+    let restricted = access.is_restricted();
+    if restricted && !enforces_restrictions {
+        return Err(Box::new(refusal(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            format!("{interaction:?} is not available to a token limited to one patient or by granular scopes"),
+            "Bearer realm=\"braid\", error=\"insufficient_scope\"".to_owned(),
+        )));
+    }
+    let Access::Token(grant) = &access else { unreachable!("built above") };
     for (resource_type, permission) in needed {
         let allowed = match resource_type {
-            Some(resource_type) => grant.rules.decide(resource_type, permission) == Decision::All,
+            // A restricted token's filters are applied by the interaction itself.
+            Some(resource_type) => match grant.rules.decide(resource_type, permission) {
+                Decision::All => true,
+                Decision::Filtered(_) => restricted,
+                Decision::Deny => false,
+            },
             // An unknown type in the path: the handler answers 404 whatever the token.
             None if interaction_has_type(interaction) => true,
-            // Interactions that reach several types are checked type by type where they run
-            // once restricted tokens can use them; until then they need the permission on
-            // every type.
+            // The system history of a restricted token keeps, entry by entry, what it may read.
+            None if restricted => true,
+            // Other interactions that reach several types need the permission on every type.
             None => {
                 ResourceType::all().all(|resource_type| grant.rules.decide(resource_type, permission) == Decision::All)
             }
@@ -382,7 +410,7 @@ fn authorize(
             )));
         }
     }
-    Ok(Access::Token(grant))
+    Ok(access)
 }
 
 /// Whether the interaction's path names the type it needs permissions on.

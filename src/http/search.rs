@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::response::{BundleOut, EntryOut, Link, SearchMode, StoredJson};
 use super::{Ctx, cursor, paging, request};
+use crate::auth::Access;
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::error::operation_outcome;
 use crate::fhir::summary::Summary;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
@@ -52,6 +55,11 @@ struct SearchRequest {
     path: String,
     /// Sorts whose driver has fewer index entries than this are done in memory.
     sort_in_memory_below: usize,
+    /// Who searches: what they may see limits the included resources too.
+    access: Access,
+    /// Set for a restricted token: what it may see, written into the paging cursors' scope, so
+    /// that a page link replayed with another token's restriction is refused.
+    restriction_scope: String,
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
@@ -72,11 +80,15 @@ pub async fn compartment(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     if resource_type.as_str() != "Patient" && patient_compartment().params(resource_type).is_empty() {
         return Err(FhirError::not_found(format!("{resource_type} is not part of the Patient compartment")));
     }
+    // Another patient's compartment is, to a patient's token, a patient that does not exist.
+    if ctx.access.patient().is_some_and(|own| own != patient_id.as_str()) {
+        return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
+    }
     search(ctx, resource_type, Some(patient_id.as_str().to_owned())).await
 }
 
 async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, payload, state, .. } = ctx;
+    let Ctx { http, payload, state, access, .. } = ctx;
     let mut pairs = request::query_pairs(&http);
     if http.method() == actix_web::http::Method::POST {
         // Only a form is a search body: a JSON resource (or anything else) posted to `_search`
@@ -108,7 +120,8 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
     let base = request::base_url(&http, &state);
-    let search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
+    let mut search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
+    restrict(&mut search, &access, &base)?;
     let store = state.store.clone();
     let bundle = if search.0.bounded_by_its_page() {
         // As cheap as a few reads, which run on the worker too: handing it to the blocking pool
@@ -140,6 +153,45 @@ pub(super) fn prepare(
         search.path = format!("Patient/{patient}/{resource_type}");
     }
     Ok(Prepared(Box::new(search), limits.search_budget))
+}
+
+/// Limits a prepared search to what `access` may see: its restriction's clauses join the
+/// search's own, and includes are filtered the same way when the search runs.
+pub(super) fn restrict(search: &mut Prepared, access: &Access, base: &str) -> Result<(), FhirError> {
+    if !access.is_restricted() {
+        return Ok(());
+    }
+    let request = &mut search.0;
+    if !request.deferred.is_empty() {
+        return Err(FhirError::new(
+            crate::fhir::Category::Forbidden,
+            IssueCode::Forbidden,
+            "chained and _has parameters are not available to a token limited to one patient or by granular scopes",
+        ));
+    }
+    match access.restriction(request.resource_type, Permission::Search, base)? {
+        Restriction::Deny => {
+            return Err(FhirError::new(
+                crate::fhir::Category::Forbidden,
+                IssueCode::Forbidden,
+                format!("the access token does not allow searching {}", request.resource_type),
+            ));
+        }
+        Restriction::Allow(clauses) => {
+            let written: Vec<&str> = clauses.iter().map(|clause| clause.written.as_str()).collect();
+            request.restriction_scope = format!("|restricted:{}", written.join("&"));
+            if let Access::Token(grant) = access {
+                request.restriction_scope.push_str(&format!(
+                    "|{}|{}",
+                    grant.patient.as_deref().unwrap_or(""),
+                    grant.scope
+                ));
+            }
+            request.clauses.extend(clauses);
+        }
+    }
+    request.access = access.clone();
+    Ok(())
 }
 
 /// Runs a prepared search on the newest snapshot (or, for a later page, on its cursor's) and
@@ -196,6 +248,8 @@ fn parse(
         deferred: Vec::new(),
         cursor: None,
         explain: false,
+        access: Access::Unrestricted,
+        restriction_scope: String::new(),
         applied: Vec::new(),
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
@@ -335,7 +389,7 @@ fn execute(
     let view = Budgeted::new(&index, budget);
     let resource_type = search.resource_type;
     let self_query = paging::query_string(&search.applied);
-    let scope = format!("search|{}|{self_query}", search.path);
+    let scope = format!("search|{}|{self_query}{}", search.path, search.restriction_scope);
     // A cursor is a direction (0 forward: after the position; 1 backward: before it) and a
     // position with the first page's logical time.
     let (t, backward, start) = match &search.cursor {
@@ -460,7 +514,14 @@ fn execute(
                 page.matches.iter().map(|(id, _)| (resource_type, id.clone())).collect();
             let matched: Vec<(ResourceType, String, u64)> =
                 page.matches.iter().map(|(id, version)| (resource_type, id.clone(), *version)).collect();
-            let included = resolve_includes(&snapshot, &view, &search.includes, &matched, t, &mut seen)?;
+            let keep = |resource_type: ResourceType, id: &str, version: u64| {
+                !search.access.is_restricted()
+                    || search
+                        .access
+                        .admits_indexed(&view, resource_type, id, version, t, Permission::Read, base)
+                        .unwrap_or(false)
+            };
+            let included = resolve_includes(&snapshot, &view, &search.includes, &matched, t, &mut seen, &keep)?;
             if included.truncated {
                 warnings.push(Issue {
                     severity: crate::fhir::error::Severity::Warning,
@@ -576,6 +637,7 @@ fn resolve_includes(
     matches: &[(ResourceType, String, u64)],
     t: u64,
     seen: &mut std::collections::HashSet<(ResourceType, String)>,
+    keep: &dyn Fn(ResourceType, &str, u64) -> bool,
 ) -> Result<Included, FhirError> {
     let mut found = Vec::new();
     // Collection stops as soon as one more than the limit is known: that one only tells that
@@ -631,6 +693,11 @@ fn resolve_includes(
                     }
                 }
                 for (candidate_type, candidate_id, candidate_version) in candidates {
+                    // What the searcher may not see is neither shown nor walked through
+                    // (`:iterate`).
+                    if !keep(candidate_type, &candidate_id, candidate_version) {
+                        continue;
+                    }
                     if seen.insert((candidate_type, candidate_id.clone())) {
                         added.push((candidate_type, candidate_id, candidate_version));
                     }

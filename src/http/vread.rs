@@ -6,15 +6,30 @@ use super::{Ctx, request, response};
 use crate::fhir::{Category, FhirError, IssueCode};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let shaping = super::read::Shaping::from_request(&http)?;
     let (type_name, id, version) = (params[0].clone(), params[1].clone(), params[2].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     let version = request::version_id(&version)?;
     let snapshot = state.store.snapshot()?;
+    let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
+    if access.is_restricted() {
+        // A deletion is judged by the version it deleted.
+        let judged = match snapshot.version(resource_type, id.as_str(), version)? {
+            Some(stored) if stored.is_deleted() => match version.checked_sub(1) {
+                Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
+                None => None,
+            },
+            other => other,
+        };
+        let base = request::base_url(&http, &state);
+        if !judged.is_some_and(|judged| super::read::admits_version(&access, resource_type, &judged, &base)) {
+            return Err(missing());
+        }
+    }
     match snapshot.version(resource_type, id.as_str(), version)? {
-        None => Err(FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))),
+        None => Err(missing()),
         Some(stored) if stored.is_deleted() => Err(FhirError::new(
             Category::Gone,
             IssueCode::Deleted,

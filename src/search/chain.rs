@@ -168,6 +168,7 @@ fn chain(
         missing: None,
         also_keys: Vec::new(),
         alternatives: references.into_iter().map(|reference| exact(reference.into_bytes())).collect(),
+        any_of: Vec::new(),
     })
 }
 
@@ -209,5 +210,6 @@ fn has(
         also_keys: Vec::new(),
         // `_id` is a token whose values have no system.
         alternatives: ids.iter().map(|id| code_without_system(id)).collect(),
+        any_of: Vec::new(),
     })
 }

@@ -380,6 +380,19 @@ fn clauses_match(query: &Query<'_>, id: &str, version: u64, skip: Option<usize>)
         if Some(index) == skip {
             continue;
         }
+        if !clause.any_of.is_empty() {
+            let mut hit = false;
+            for conjunction in &clause.any_of {
+                if clauses_match(&Query { clauses: conjunction, ..*query }, id, version, None)? {
+                    hit = true;
+                    break;
+                }
+            }
+            if !hit {
+                return Ok(false);
+            }
+            continue;
+        }
         // Exact values are checked by point lookups in the scanned index, whose pages for a
         // popular value stay cached; other predicates read the resource's index record.
         let all_exact =
@@ -414,7 +427,20 @@ fn clauses_match(query: &Query<'_>, id: &str, version: u64, skip: Option<usize>)
 /// Whether a positive clause without alternatives (a chain whose inner search found nothing)
 /// makes the whole query match nothing.
 fn matches_nothing(clauses: &[Clause]) -> bool {
-    clauses.iter().any(|c| c.missing.is_none() && !c.negated && c.alternatives.is_empty())
+    clauses.iter().any(|c| c.any_of.is_empty() && c.missing.is_none() && !c.negated && c.alternatives.is_empty())
+}
+
+/// Whether version `version` of resource `id` (of `resource_type`) satisfies every clause, by
+/// its index entries as of `t`.
+pub fn matches_clauses(
+    view: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    id: &str,
+    version: u64,
+    t: u64,
+) -> Result<bool, FhirError> {
+    clauses_match(&Query { view, resource_type, clauses, driver: Driver::TypeScan, t }, id, version, None)
 }
 
 /// A resource whose values for the driver's key fall into several scanned ranges (or several

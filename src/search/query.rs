@@ -189,9 +189,30 @@ pub struct Clause {
     /// Further keys read by `:missing` on an alias parameter (which unites several keys).
     pub also_keys: Vec<String>,
     pub alternatives: Vec<Alternative>,
+    /// Not empty: the clause is a disjunction of conjunctions (a resource matches when it
+    /// matches every clause of one of them), and its other fields only name it. Built by
+    /// [`Clause::any_of`] for granular SMART scopes, never parsed from a query.
+    pub any_of: Vec<Vec<Clause>>,
 }
 
 impl Clause {
+    /// The clause "matches every clause of at least one of `conjunctions`" (which must not be
+    /// empty: a disjunction of nothing would match nothing).
+    pub fn any_of(written: String, conjunctions: Vec<Vec<Clause>>) -> Clause {
+        debug_assert!(!conjunctions.is_empty());
+        let first = conjunctions.iter().flatten().next();
+        Clause {
+            def: first.map_or_else(|| compartment_clause("").def, |clause| clause.def.clone()),
+            written,
+            key: String::new(),
+            negated: false,
+            missing: None,
+            also_keys: Vec::new(),
+            alternatives: Vec::new(),
+            any_of: conjunctions,
+        }
+    }
+
     /// Whether one of a resource's values for `key` satisfies an alternative.
     pub fn accepts(&self, value: &[u8]) -> bool {
         self.alternatives.iter().any(|alternative| alternative.pred.accepts(value))
@@ -241,7 +262,9 @@ impl Clause {
 
     /// Whether the engine can drive a search by scanning this clause's ranges.
     pub fn scannable(&self) -> bool {
-        !self.negated && (self.missing == Some(false) || (self.missing.is_none() && !self.alternatives.is_empty()))
+        self.any_of.is_empty()
+            && !self.negated
+            && (self.missing == Some(false) || (self.missing.is_none() && !self.alternatives.is_empty()))
     }
 
     /// The ranges to scan, each with the key it reads: one per alternative (two for dates
@@ -517,6 +540,7 @@ pub fn parse_clause(
         missing: None,
         also_keys: Vec::new(),
         alternatives: Vec::new(),
+        any_of: Vec::new(),
     };
     if modifier == Some("missing") {
         clause.missing = Some(match raw_value {
@@ -966,6 +990,19 @@ fn composite(def: &ParamDef, name: &str, text: &str) -> Result<Vec<Alternative>,
     Ok(alternatives)
 }
 
+/// Whether a resource whose index values are `values` (by index key) satisfies every clause:
+/// the body-based counterpart of the engine's index probes (for versions no longer indexed,
+/// and bodies not yet written).
+pub fn clauses_match_values(clauses: &[Clause], values: &std::collections::HashMap<String, Vec<Vec<u8>>>) -> bool {
+    clauses.iter().all(|clause| {
+        if clause.any_of.is_empty() {
+            clause.matches_keys(&|key| values.get(key).map_or(&[][..], Vec::as_slice))
+        } else {
+            clause.any_of.iter().any(|conjunction| clauses_match_values(conjunction, values))
+        }
+    })
+}
+
 /// The clause "is in the compartment of Patient `patient_id`".
 pub fn compartment_clause(patient_id: &str) -> Clause {
     static DEFINITION: std::sync::LazyLock<Arc<ParamDef>> = std::sync::LazyLock::new(|| {
@@ -988,6 +1025,7 @@ pub fn compartment_clause(patient_id: &str) -> Clause {
         missing: None,
         also_keys: Vec::new(),
         alternatives: vec![exact(format!("Patient/{patient_id}").into_bytes())],
+        any_of: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Black-box tests of the FHIR API: every test starts its own server on a free port with its
 //! own temporary database and talks HTTP to it.
 
+mod auth_matrix;
 mod bad_input;
 mod budget;
 mod bundles;

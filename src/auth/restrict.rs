@@ -1,0 +1,165 @@
+//! Which resources of a type a token reaches: the search clauses every resource it touches must
+//! satisfy, from its patient (a patient-context token reaches that patient's compartment) and
+//! its granular scopes (`patient/Observation.rs?category=...|vital-signs`).
+//!
+//! Interactions apply the clauses in one of three ways: searches add them to their own clauses,
+//! so the engine never returns anything else; reads of current versions probe them in the index
+//! ([`Access::admits_indexed`]); old versions and bodies about to be written are indexed on the
+//! fly and checked the same way ([`Access::admits_body`]).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::Access;
+use super::rules::Decision;
+use super::scope::{Context, Interaction};
+use crate::fhir::{FhirError, ResourceType};
+use crate::search::compartment::patient_compartment;
+use crate::search::engine;
+use crate::search::query::{Clause, clauses_match_values, compartment_clause, parse_clause};
+use crate::store::{IndexView, Indexer};
+
+/// Types that patient-context tokens read whole: shared reference data (who treated the
+/// patient, where, with what) and conformance resources, which belong to no patient.
+/// (SMART's and the (g)(10) tests' patient scopes name several of them.)
+const SHARED_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Medication",
+    "Substance",
+    "HealthcareService",
+    "Endpoint",
+    "ValueSet",
+    "CodeSystem",
+    "ConceptMap",
+    "StructureDefinition",
+    "SearchParameter",
+    "OperationDefinition",
+    "Questionnaire",
+];
+
+/// What a token allows on one type for one interaction.
+#[derive(Debug, Clone)]
+pub enum Restriction {
+    /// Nothing of the type.
+    Deny,
+    /// The resources matching every clause (no clause: all of them).
+    Allow(Vec<Clause>),
+}
+
+impl Access {
+    /// Whether anything this access does can be limited to some resources of a type (a patient
+    /// in context, or granular scopes): interactions that cannot apply such limits refuse it.
+    pub fn is_restricted(&self) -> bool {
+        match self {
+            Access::Unrestricted => false,
+            Access::Token(grant) => grant.context == Context::Patient || grant.rules.has_filters(),
+        }
+    }
+
+    /// The patient a patient-context token is bound to.
+    pub fn patient(&self) -> Option<&str> {
+        match self {
+            Access::Token(grant) if grant.context == Context::Patient => grant.patient.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What `interaction` on `resource_type` may reach; `base` is the server's FHIR base (for
+    /// references in granular filters).
+    pub fn restriction(
+        &self,
+        resource_type: ResourceType,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<Restriction, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Restriction::Allow(Vec::new())) };
+        let mut clauses = Vec::new();
+        if grant.context == Context::Patient {
+            let Some(patient) = grant.patient.as_deref() else { return Ok(Restriction::Deny) };
+            if resource_type.as_str() == "Patient" || !patient_compartment().params(resource_type).is_empty() {
+                clauses.push(compartment_clause(patient));
+            } else if resource_type.as_str() == "Device" {
+                // Outside R4's Patient compartment, but a patient's own devices name it.
+                match parse_clause(resource_type, "patient", &format!("Patient/{patient}"), base)? {
+                    Some(clause) => clauses.push(clause),
+                    None => return Ok(Restriction::Deny),
+                }
+            } else if !SHARED_TYPES.contains(&resource_type.as_str()) {
+                return Ok(Restriction::Deny);
+            }
+        }
+        match grant.rules.decide(resource_type, interaction) {
+            Decision::Deny => Ok(Restriction::Deny),
+            Decision::All => Ok(Restriction::Allow(clauses)),
+            Decision::Filtered(filters) => {
+                // Each filter is a conjunction of search parameters; a filter Braid cannot
+                // evaluate (an unknown parameter) grants nothing.
+                let mut conjunctions: Vec<Vec<Clause>> = Vec::new();
+                'filters: for filter in filters {
+                    let mut conjunction = Vec::new();
+                    for (name, value) in filter {
+                        match parse_clause(resource_type, name, value, base) {
+                            Ok(Some(clause)) => conjunction.push(clause),
+                            _ => continue 'filters,
+                        }
+                    }
+                    conjunctions.push(conjunction);
+                }
+                match conjunctions.len() {
+                    0 => return Ok(Restriction::Deny),
+                    1 => clauses.extend(conjunctions.pop().unwrap_or_default()),
+                    _ => clauses.push(Clause::any_of("(granular scopes)".into(), conjunctions)),
+                }
+                Ok(Restriction::Allow(clauses))
+            }
+        }
+    }
+
+    /// Whether the current version `version` of `id` is within what `interaction` may reach,
+    /// by its index entries as of `t`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admits_indexed(
+        &self,
+        view: &dyn IndexView,
+        resource_type: ResourceType,
+        id: &str,
+        version: u64,
+        t: u64,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<bool, FhirError> {
+        match self.restriction(resource_type, interaction, base)? {
+            Restriction::Deny => Ok(false),
+            Restriction::Allow(clauses) if clauses.is_empty() => Ok(true),
+            Restriction::Allow(clauses) => engine::matches_clauses(view, resource_type, &clauses, id, version, t),
+        }
+    }
+
+    /// Whether the resource `body` is within what `interaction` may reach: the body is indexed
+    /// as the writer would index it (for versions whose index entries are gone, and for bodies
+    /// about to be written).
+    pub fn admits_body(
+        &self,
+        indexer: &dyn Indexer,
+        resource_type: ResourceType,
+        body: &Value,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<bool, FhirError> {
+        match self.restriction(resource_type, interaction, base)? {
+            Restriction::Deny => Ok(false),
+            Restriction::Allow(clauses) if clauses.is_empty() => Ok(true),
+            Restriction::Allow(clauses) => {
+                let mut values: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+                for entry in indexer.entries_on_base(resource_type, body, base) {
+                    values.entry(entry.param).or_default().push(entry.value);
+                }
+                Ok(clauses_match_values(&clauses, &values))
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The authorization matrix: tokens of each shape (patient, user and system context; v1, v2
+//! and granular scopes) reach exactly what their grant allows, by every route. Patient B's
+//! resources carry the marker `LEAK-B`; no response to a token of patient A may contain it.
+//!
+//! Tokens are signed with the server's own key ring through the library, as the authorization
+//! endpoints do when they issue them.
+
+use braid::auth::keys::KeyRing;
+use braid::auth::token::{self, AccessClaims};
+use braid::config::{AuthMode, Settings};
+use braid::startup::Application;
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp};
+
+const VITAL: &str = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs";
+
+struct Server {
+    app: TestApp,
+    ring: KeyRing,
+}
+
+impl Server {
+    fn token(&self, scope: &str, patient: Option<&str>) -> String {
+        let now = braid::auth::now_secs();
+        let claims = AccessClaims {
+            iss: self.app.base.clone(),
+            aud: self.app.base.clone(),
+            sub: patient.map_or("backend".into(), |p| format!("user-{p}")),
+            client_id: "matrix".into(),
+            scope: scope.into(),
+            iat: now,
+            exp: now + 600,
+            jti: uuid::Uuid::new_v4().to_string(),
+            patient: patient.map(str::to_owned),
+            fhir_user: None,
+        };
+        token::issue(&self.ring, &claims).unwrap()
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.app.send(self.app.client.get(self.app.url(path)).bearer_auth(token)).await
+    }
+}
+
+async fn spawn() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        auth: AuthMode::On,
+        ..Settings::default()
+    };
+    let application = Application::build(&settings).await.expect("the server starts");
+    let ring = application.store().auth_read(KeyRing::load).unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    let server = Server { app: TestApp::at(base, dir), ring };
+    seed(&server).await;
+    server
+}
+
+fn observation(id: &str, patient: &str, category: &str, marker: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+        "identifier": [{"system": "urn:test", "value": marker}],
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "performer": [{"reference": "Practitioner/doc"}],
+        "effectiveDateTime": "2024-01-01T10:00:00Z",
+        "valueQuantity": {"value": 70, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+/// Patients A and B with observations (vital signs and laboratory), a condition, a device, and
+/// a practitioner both share. Written with a system token that may do anything.
+async fn seed(server: &Server) {
+    let mut resources = vec![
+        json!({"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Shared"}]}),
+        json!({"resourceType": "Patient", "id": "A", "name": [{"family": "Alpha"}], "identifier": [{"system": "urn:test", "value": "mine-A"}]}),
+        json!({"resourceType": "Patient", "id": "B", "name": [{"family": "Beta"}], "identifier": [{"system": "urn:test", "value": "LEAK-B"}]}),
+    ];
+    for (patient, marker) in [("A", "mine-A"), ("B", "LEAK-B")] {
+        resources.push(observation(&format!("{patient}-vital"), patient, "vital-signs", marker));
+        resources.push(observation(&format!("{patient}-lab"), patient, "laboratory", marker));
+        resources.push(json!({"resourceType": "Condition", "id": format!("{patient}-cond"),
+            "identifier": [{"system": "urn:test", "value": marker}],
+            "subject": {"reference": format!("Patient/{patient}")}}));
+        resources.push(json!({"resourceType": "Device", "id": format!("{patient}-dev"),
+            "identifier": [{"system": "urn:test", "value": marker}],
+            "patient": {"reference": format!("Patient/{patient}")}}));
+    }
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|resource| {
+            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+            json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let admin = server.token("system/*.cruds", None);
+    let reply = server
+        .app
+        .send(
+            server
+                .app
+                .client
+                .post(server.app.base.clone())
+                .bearer_auth(&admin)
+                .header("content-type", "application/fhir+json")
+                .body(bundle.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // B's observation is updated once, so that it has a history.
+    let mut changed = observation("B-vital", "B", "vital-signs", "LEAK-B");
+    changed["valueQuantity"]["value"] = json!(72);
+    let reply = server
+        .app
+        .send(
+            server
+                .app
+                .client
+                .put(server.app.url("/Observation/B-vital"))
+                .bearer_auth(&admin)
+                .header("content-type", "application/fhir+json")
+                .body(changed.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+fn ids(reply: &Reply) -> Vec<String> {
+    let mut ids: Vec<String> = reply.body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let resource = &entry["resource"];
+            Some(format!("{}/{}", resource["resourceType"].as_str()?, resource["id"].as_str()?))
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_patient_token_reaches_its_own_compartment_and_shared_resources_and_nothing_of_another_patient() {
+    let server = spawn().await;
+    for scope in [
+        "patient/*.rs",
+        "patient/*.read",
+        "launch/patient patient/Observation.rs patient/Patient.rs patient/Condition.rs patient/Device.rs patient/Practitioner.rs",
+    ] {
+        let token = server.token(scope, Some("A"));
+        // Everything but the links, which echo the request's own query.
+        let leak_free = |reply: &Reply, route: &str| {
+            let mut shown = reply.body.clone();
+            if let Some(object) = shown.as_object_mut() {
+                object.remove("link");
+            }
+            let shown = if shown.is_null() { reply.text.clone() } else { shown.to_string() };
+            assert!(!shown.contains("LEAK-B"), "{scope}: {route} shows patient B: {}", reply.text);
+        };
+        // Reads: own resources and shared ones; B's are answered as missing.
+        for (path, status) in [
+            ("/Patient/A", 200),
+            ("/Observation/A-vital", 200),
+            ("/Observation/A-lab/_history/1", 200),
+            ("/Practitioner/doc", 200),
+            ("/Patient/B", 404),
+            ("/Observation/B-vital", 404),
+            ("/Observation/B-vital/_history/1", 404),
+            ("/Observation/B-vital/_history", 404),
+            ("/Condition/B-cond", 404),
+            ("/Patient/B/Observation", 404),
+        ] {
+            let reply = server.get(path, &token).await;
+            assert_eq!(reply.status, status, "{scope}: {path}: {}", reply.text);
+            leak_free(&reply, path);
+        }
+        if scope.contains("Device") || scope.contains("*") {
+            let reply = server.get("/Device/B-dev", &token).await;
+            assert_eq!(reply.status, 404, "{scope}");
+            let devices = server.get("/Device", &token).await;
+            assert_eq!(ids(&devices), vec!["Device/A-dev"], "{scope}");
+        }
+
+        // Searches, by any parameter, see only A's compartment.
+        for (path, expected) in [
+            ("/Observation", vec!["Observation/A-lab", "Observation/A-vital"]),
+            ("/Observation?patient=B", vec![]),
+            ("/Observation?subject=Patient/B", vec![]),
+            ("/Observation?identifier=urn:test|LEAK-B", vec![]),
+            ("/Patient", vec!["Patient/A"]),
+            ("/Patient?family=Beta", vec![]),
+            ("/Patient/A/Observation", vec!["Observation/A-lab", "Observation/A-vital"]),
+            (
+                "/Observation?_include=Observation:subject",
+                vec!["Observation/A-lab", "Observation/A-vital", "Patient/A"],
+            ),
+            (
+                "/Observation?_include=Observation:performer&code=8867-4",
+                vec!["Observation/A-lab", "Observation/A-vital", "Practitioner/doc"],
+            ),
+            (
+                "/Practitioner?_revinclude=Observation:performer",
+                vec!["Observation/A-lab", "Observation/A-vital", "Practitioner/doc"],
+            ),
+            ("/Patient?_revinclude=Condition:subject", vec!["Condition/A-cond", "Patient/A"]),
+        ] {
+            let reply = server.get(path, &token).await;
+            assert_eq!(reply.status, 200, "{scope}: {path}: {}", reply.text);
+            let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+            assert_eq!(ids(&reply), expected, "{scope}: {path}");
+            leak_free(&reply, path);
+        }
+
+        // History at every level keeps A's versions only.
+        for path in ["/Observation/_history", "/_history", "/Patient/_history"] {
+            let reply = server.get(path, &token).await;
+            assert_eq!(reply.status, 200, "{scope}: {path}: {}", reply.text);
+            assert!(!ids(&reply).is_empty(), "{scope}: {path}");
+            leak_free(&reply, path);
+        }
+
+        // Routes that cannot yet limit themselves to a patient refuse the token.
+        for path in [
+            "/Patient/B/$everything",
+            "/Observation?subject:Patient.family=Beta",
+            "/Patient?_has:Observation:subject:identifier=LEAK-B",
+            "/?_type=Observation",
+        ] {
+            let reply = server.get(path, &token).await;
+            assert_eq!(reply.status, 403, "{scope}: {path}: {}", reply.text);
+            leak_free(&reply, path);
+        }
+        let transaction = json!({"resourceType": "Bundle", "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": "Observation/B-vital"}}]});
+        let reply = server
+            .app
+            .send(
+                server
+                    .app
+                    .client
+                    .post(server.app.base.clone())
+                    .bearer_auth(&token)
+                    .header("content-type", "application/fhir+json")
+                    .body(transaction.to_string()),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{scope}: batch");
+        leak_free(&reply, "batch");
+    }
+}
+
+#[tokio::test]
+async fn a_granular_scope_shows_only_the_resources_its_filter_selects_includes_too() {
+    let server = spawn().await;
+    let token = server.token(&format!("patient/Observation.rs?category={VITAL} patient/Patient.rs"), Some("A"));
+    let reply = server.get("/Observation", &token).await;
+    assert_eq!(ids(&reply), vec!["Observation/A-vital"]);
+    let reply = server.get("/Observation?category=laboratory", &token).await;
+    assert_eq!(ids(&reply), Vec::<String>::new());
+    assert_eq!(server.get("/Observation/A-lab", &token).await.status, 404);
+    assert_eq!(server.get("/Observation/A-vital", &token).await.status, 200);
+    let reply = server.get("/Patient?_revinclude=Observation:subject", &token).await;
+    assert_eq!(ids(&reply), vec!["Observation/A-vital", "Patient/A"]);
+    assert_eq!(server.get("/Condition", &token).await.status, 403);
+    let history = server.get("/Observation/_history", &token).await;
+    assert_eq!(ids(&history), vec!["Observation/A-vital"]);
+
+    // Two granular scopes on different parameters: either filter admits.
+    let either =
+        server.token(&format!("patient/Observation.rs?category={VITAL} patient/Observation.rs?_id=A-lab"), Some("A"));
+    let reply = server.get("/Observation", &either).await;
+    assert_eq!(ids(&reply), vec!["Observation/A-lab", "Observation/A-vital"]);
+
+    // A system token with a granular scope sees every patient's vital signs and nothing else.
+    let system = server.token(&format!("system/Observation.rs?category={VITAL}"), None);
+    let reply = server.get("/Observation", &system).await;
+    assert_eq!(ids(&reply), vec!["Observation/A-vital", "Observation/B-vital"]);
+    assert_eq!(server.get("/Observation/B-lab", &system).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_page_link_replayed_with_another_patients_token_is_refused() {
+    let server = spawn().await;
+    let system = server.token("system/*.rs", None);
+    let first = server.get("/Observation?_count=1", &system).await;
+    let next = first.body["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|link| link["relation"] == "next")
+        .and_then(|link| link["url"].as_str())
+        .expect("a next link")
+        .to_owned();
+    let path = next.strip_prefix(&server.app.base).unwrap();
+    let patient = server.token("patient/*.rs", Some("A"));
+    let replayed = server.get(path, &patient).await;
+    assert_eq!(replayed.status, 400, "{}", replayed.text);
+    assert!(!replayed.text.contains("LEAK-B"));
+    // The system token itself pages on.
+    assert_eq!(server.get(path, &system).await.status, 200);
+}
+
+#[tokio::test]
+async fn user_and_system_tokens_see_every_patient_within_their_scopes() {
+    let server = spawn().await;
+    for scope in ["user/*.rs", "system/Observation.rs", "user/Observation.read"] {
+        let token = server.token(scope, None);
+        let reply = server.get("/Observation", &token).await;
+        assert_eq!(reply.status, 200, "{scope}: {}", reply.text);
+        assert_eq!(ids(&reply).len(), 4, "{scope}");
+        assert!(reply.text.contains("LEAK-B"));
+        assert_eq!(server.get("/Observation/B-lab", &token).await.status, 200);
+    }
+    let observations_only = server.token("user/Observation.rs", None);
+    assert_eq!(server.get("/Patient/B", &observations_only).await.status, 403);
+}
