@@ -60,6 +60,17 @@ impl Access {
         }
     }
 
+    /// What limits this access, as text for the scope of paging cursors: a page link made
+    /// under one token's limits is refused under another's. Empty when nothing limits it.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Access::Token(grant) if self.is_restricted() => {
+                format!("|restricted:{}|{}", grant.patient.as_deref().unwrap_or(""), grant.scope)
+            }
+            _ => String::new(),
+        }
+    }
+
     /// The patient a patient-context token is bound to.
     pub fn patient(&self) -> Option<&str> {
         match self {

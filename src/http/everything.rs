@@ -19,6 +19,9 @@ use std::collections::HashSet;
 
 use super::response::{BundleOut, EntryOut, SearchMode, StoredJson};
 use super::{Ctx, paging, request};
+use crate::auth::Access;
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::compartment::COMPARTMENT_KEY;
@@ -28,13 +31,32 @@ use crate::store::{IndexView, Store};
 use actix_web::HttpResponse;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     if resource_type.as_str() != "Patient" {
         return Err(FhirError::not_found(format!("$everything is offered on Patient, not {resource_type}")));
     }
     let patient_id = request::id(&params[1])?;
     let base = request::base_url(&http, &state);
+    // The patient must be one the token may read; another is answered as missing.
+    if access.is_restricted() {
+        let snapshot = state.store.snapshot()?;
+        let admitted = match snapshot.current(resource_type, patient_id.as_str())? {
+            Some(version) if !version.is_deleted() => access.admits_indexed(
+                &snapshot.index(),
+                resource_type,
+                patient_id.as_str(),
+                version.version,
+                snapshot.t(),
+                Permission::Read,
+                &base,
+            )?,
+            _ => access.patient().is_none_or(|own| own == patient_id.as_str()),
+        };
+        if !admitted {
+            return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
+        }
+    }
     let mut count = state.limits.page_size;
     let mut since = None;
     let mut start = None;
@@ -77,7 +99,12 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     // The clauses per type, checked before anything runs so that bad values fail fast.
     let mut plans: Vec<(ResourceType, Vec<Clause>)> = Vec::new();
     for resource_type in types {
+        // Each type as far as the token may search it; the others are left out.
+        let Restriction::Allow(limits) = access.restriction(resource_type, Permission::Search, &base)? else {
+            continue;
+        };
         let mut clauses = vec![compartment_clause(patient_id.as_str())];
+        clauses.extend(limits);
         if let Some(since) = &since {
             clauses.extend(parse_clause(resource_type, "_lastUpdated", &format!("ge{since}"), &base)?);
         }
@@ -91,12 +118,21 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         plans.push((resource_type, clauses));
     }
     let path = format!("Patient/{patient_id}/$everything");
-    let request =
-        paging::CrossTypeRequest { plans, count, token, kind: "everything", path, applied, base: base.clone() };
+    let restriction = access.fingerprint();
+    let request = paging::CrossTypeRequest {
+        plans,
+        count,
+        token,
+        kind: "everything",
+        path,
+        applied,
+        base: base.clone(),
+        restriction,
+    };
     let planned = request.plans.iter().map(|(t, _)| *t).collect();
     let bundle =
         paging::run_across_types(state.store.clone(), state.limits.search_budget, request, move |store, bundle, t| {
-            let members = Members { patient_id: patient_id.as_str(), planned };
+            let members = Members { patient_id: patient_id.as_str(), planned, access: &access };
             add_referenced(store, bundle, t, &members, requested.as_deref(), &base)
         })
         .await?;
@@ -126,6 +162,8 @@ pub const MAX_REFERENCED: usize = 1000;
 struct Members<'a> {
     patient_id: &'a str,
     planned: Vec<ResourceType>,
+    /// Referenced resources the searcher may not read are left out.
+    access: &'a Access,
 }
 
 /// Adds to `bundle` the resources its matches reference, as of logical time `t`, except those
@@ -170,6 +208,9 @@ fn add_referenced(
             continue;
         }
         let Some(version) = snapshot.version_at(resource_type, &id, t)? else { continue };
+        if !members.access.admits_indexed(view, resource_type, &id, version.version, t, Permission::Read, base)? {
+            continue;
+        }
         if members.planned.contains(&resource_type)
             && view.probe(resource_type, &id, version.version, COMPARTMENT_KEY)?.contains(&member_value)
         {

@@ -349,10 +349,10 @@ fn authorize(
         }
         Interaction::ConditionalDelete => vec![(type_of(0), Permission::Delete), (type_of(0), Permission::Search)],
         Interaction::Validate => vec![(type_of(0), Permission::Read)],
-        Interaction::Everything => vec![(type_of(0), Permission::Read), (None, Permission::Search)],
-        Interaction::SearchSystem | Interaction::HistorySystem => {
-            vec![(None, Permission::Read), (None, Permission::Search)]
-        }
+        // Each type is searched as far as the token allows (the handler checks type by type).
+        Interaction::Everything => vec![(type_of(0), Permission::Read)],
+        Interaction::SearchSystem => Vec::new(),
+        Interaction::HistorySystem => vec![(None, Permission::Read)],
         Interaction::TransactionOrBatch => {
             [Permission::Create, Permission::Read, Permission::Update, Permission::Delete, Permission::Search]
                 .into_iter()
@@ -372,6 +372,8 @@ fn authorize(
             | Interaction::HistorySystem
             | Interaction::SearchType
             | Interaction::SearchCompartment
+            | Interaction::SearchSystem
+            | Interaction::Everything
     );
     let restricted = access.is_restricted();
     if restricted && !enforces_restrictions {

@@ -60,17 +60,20 @@ pub struct CrossTypeRequest {
     /// The query parameters that shaped the page, repeated by its links.
     pub applied: Vec<(String, String)>,
     pub base: String,
+    /// What limits the searcher ([`crate::auth::Access::fingerprint`]): part of the cursors'
+    /// scope, so that a page link made under other limits is refused.
+    pub restriction: String,
 }
 
 impl CrossTypeRequest {
     /// The cursor scope and the page's own link (`next` and `previous` repeat it with a cursor).
     fn scope_and_self_url(&self) -> (String, String) {
-        let CrossTypeRequest { kind, path, base, .. } = self;
+        let CrossTypeRequest { kind, path, base, restriction, .. } = self;
         let query = query_string(&self.applied);
         let (scope, page_url) = if path.is_empty() {
-            (format!("{kind}|{query}"), base.clone())
+            (format!("{kind}|{query}{restriction}"), base.clone())
         } else {
-            (format!("{kind}|{path}|{query}"), format!("{base}/{path}"))
+            (format!("{kind}|{path}|{query}{restriction}"), format!("{base}/{path}"))
         };
         let self_url = if query.is_empty() { page_url } else { format!("{page_url}?{query}") };
         (scope, self_url)

@@ -158,16 +158,11 @@ pub(super) fn prepare(
 /// Limits a prepared search to what `access` may see: its restriction's clauses join the
 /// search's own, and includes are filtered the same way when the search runs.
 pub(super) fn restrict(search: &mut Prepared, access: &Access, base: &str) -> Result<(), FhirError> {
+    let request = &mut search.0;
+    // Includes, chains and `_has` reach other types: each is checked against the token.
+    request.access = access.clone();
     if !access.is_restricted() {
         return Ok(());
-    }
-    let request = &mut search.0;
-    if !request.deferred.is_empty() {
-        return Err(FhirError::new(
-            crate::fhir::Category::Forbidden,
-            IssueCode::Forbidden,
-            "chained and _has parameters are not available to a token limited to one patient or by granular scopes",
-        ));
     }
     match access.restriction(request.resource_type, Permission::Search, base)? {
         Restriction::Deny => {
@@ -190,7 +185,6 @@ pub(super) fn restrict(search: &mut Prepared, access: &Access, base: &str) -> Re
             request.clauses.extend(clauses);
         }
     }
-    request.access = access.clone();
     Ok(())
 }
 
@@ -404,8 +398,17 @@ fn execute(
         None => (snapshot.t(), false, None),
     };
     let mut clauses = search.clauses.clone();
+    // Chains and `_has` find only what the searcher may see of their inner types.
+    let inner_limit = |inner: ResourceType| match search.access.restriction(inner, Permission::Search, base)? {
+        Restriction::Allow(clauses) => Ok(clauses),
+        Restriction::Deny => Err(FhirError::new(
+            crate::fhir::Category::Forbidden,
+            IssueCode::Forbidden,
+            format!("the access token does not allow searching {inner}, which this chain or _has reads"),
+        )),
+    };
     for deferred in &search.deferred {
-        clauses.push(deferred.resolve(&view, t, base)?);
+        clauses.push(deferred.resolve(&view, t, base, &inner_limit)?);
     }
     let (query, estimates) = engine::Query::plan(&view, resource_type, &clauses, t)?;
     let driver = query.driver;
@@ -515,11 +518,10 @@ fn execute(
             let matched: Vec<(ResourceType, String, u64)> =
                 page.matches.iter().map(|(id, version)| (resource_type, id.clone(), *version)).collect();
             let keep = |resource_type: ResourceType, id: &str, version: u64| {
-                !search.access.is_restricted()
-                    || search
-                        .access
-                        .admits_indexed(&view, resource_type, id, version, t, Permission::Read, base)
-                        .unwrap_or(false)
+                search
+                    .access
+                    .admits_indexed(&view, resource_type, id, version, t, Permission::Read, base)
+                    .unwrap_or(false)
             };
             let included = resolve_includes(&snapshot, &view, &search.includes, &matched, t, &mut seen, &keep)?;
             if included.truncated {

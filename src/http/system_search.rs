@@ -4,12 +4,14 @@
 //! time of the first page, like `$everything`.
 
 use super::{Ctx, paging, request};
-use crate::fhir::{FhirError, IssueCode, ResourceType};
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::query::{Clause, parse_clause};
 use actix_web::HttpResponse;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, .. } = ctx;
+    let Ctx { http, state, access, .. } = ctx;
     let base = request::base_url(&http, &state);
     let mut count = state.limits.page_size;
     let mut types: Option<Vec<ResourceType>> = None;
@@ -29,10 +31,22 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         applied.push((name, value));
     }
+    let named = types.is_some();
     let types: Vec<ResourceType> = types.unwrap_or_else(|| ResourceType::all().collect());
     let mut plans: Vec<(ResourceType, Vec<Clause>)> = Vec::new();
     for resource_type in types {
-        let mut clauses = Vec::new();
+        // Types the token may not search: refused when named, left out otherwise.
+        let mut clauses = match access.restriction(resource_type, Permission::Search, &base)? {
+            Restriction::Allow(clauses) => clauses,
+            Restriction::Deny if named => {
+                return Err(FhirError::new(
+                    Category::Forbidden,
+                    IssueCode::Forbidden,
+                    format!("the access token does not allow searching {resource_type}"),
+                ));
+            }
+            Restriction::Deny => continue,
+        };
         for (name, value) in &criteria {
             let clause = parse_clause(resource_type, name, value, &base)?.ok_or_else(|| {
                 FhirError::incorrect(
@@ -44,7 +58,17 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let request = paging::CrossTypeRequest { plans, count, token, kind: "system", path: String::new(), applied, base };
+    let restriction = access.fingerprint();
+    let request = paging::CrossTypeRequest {
+        plans,
+        count,
+        token,
+        kind: "system",
+        path: String::new(),
+        applied,
+        base,
+        restriction,
+    };
     let bundle =
         paging::run_across_types(state.store.clone(), state.limits.search_budget, request, |_, _, _| Ok(())).await?;
     Ok(bundle.into_response())

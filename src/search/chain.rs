@@ -25,6 +25,14 @@ pub const MAX_CHAIN_MATCHES: usize = 10_000;
 pub const MAX_CHAIN_DEPTH: usize = 4;
 
 /// A parameter whose value depends on another search.
+/// The clauses that bound an inner search of a type (see [`Deferred::resolve`]).
+pub type InnerLimit<'a> = &'a dyn Fn(ResourceType) -> Result<Vec<Clause>, FhirError>;
+
+/// No bound on inner searches.
+pub fn unlimited(_: ResourceType) -> Result<Vec<Clause>, FhirError> {
+    Ok(Vec::new())
+}
+
 #[derive(Debug, Clone)]
 pub enum Deferred {
     Chain { resource_type: ResourceType, name: String, value: String },
@@ -58,10 +66,19 @@ impl Deferred {
     }
 
     /// Runs the inner search and returns the equivalent clause of the outer one.
-    pub fn resolve(&self, view: &dyn IndexView, t: u64, base: &str) -> Result<Clause, FhirError> {
+    /// The clause this parameter stands for, found by searching its inner types as of `t`.
+    /// `limit` gives the clauses that bound what may be found of each inner type (what the
+    /// searcher may see; none for an unrestricted searcher), or refuses the type.
+    pub fn resolve(
+        &self,
+        view: &dyn IndexView,
+        t: u64,
+        base: &str,
+        limit: InnerLimit<'_>,
+    ) -> Result<Clause, FhirError> {
         match self {
-            Deferred::Chain { resource_type, name, value } => chain(view, *resource_type, name, value, t, base),
-            Deferred::Has { resource_type, name, value } => has(view, *resource_type, name, value, t, base),
+            Deferred::Chain { resource_type, name, value } => chain(view, *resource_type, name, value, t, base, limit),
+            Deferred::Has { resource_type, name, value } => has(view, *resource_type, name, value, t, base, limit),
         }
     }
 }
@@ -98,13 +115,15 @@ fn inner_matches(
     value: &str,
     t: u64,
     base: &str,
+    limit: InnerLimit<'_>,
 ) -> Result<Vec<(String, u64)>, FhirError> {
     let clause = match Deferred::parse(resource_type, name, value)? {
-        Some(deferred) => deferred.resolve(view, t, base)?,
+        Some(deferred) => deferred.resolve(view, t, base, limit)?,
         None => parse_clause(resource_type, name, value, base)?
             .ok_or_else(|| incorrect(format!("'{name}' is not a search parameter of {resource_type}")))?,
     };
-    let clauses = [clause];
+    let mut clauses = vec![clause];
+    clauses.extend(limit(resource_type)?);
     let (query, _) = engine::Query::plan(view, resource_type, &clauses, t)?;
     let page = engine::run(&query, None, Some(MAX_CHAIN_MATCHES))?;
     if page.next.is_some() {
@@ -126,6 +145,7 @@ fn chain(
     value: &str,
     t: u64,
     base: &str,
+    limit: InnerLimit<'_>,
 ) -> Result<Clause, FhirError> {
     let (head, rest) = name.split_once('.').ok_or_else(|| incorrect(format!("'{name}' is not a chain")))?;
     let (code, type_modifier) = match head.split_once(':') {
@@ -156,7 +176,7 @@ fn chain(
     }
     let mut references = BTreeSet::new();
     for target in targets {
-        for (id, _) in inner_matches(view, target, rest, value, t, base)? {
+        for (id, _) in inner_matches(view, target, rest, value, t, base, limit)? {
             references.insert(format!("{target}/{id}"));
         }
     }
@@ -179,6 +199,7 @@ fn has(
     value: &str,
     t: u64,
     base: &str,
+    limit: InnerLimit<'_>,
 ) -> Result<Clause, FhirError> {
     // _has:Type:reference:rest, where rest is a parameter of Type (possibly another _has).
     let mut parts = name.splitn(4, ':');
@@ -193,7 +214,7 @@ fn has(
         .ok_or_else(|| incorrect(format!("'{reference}' is not a reference parameter of {source}")))?;
     let mut ids = BTreeSet::new();
     let prefix = format!("{resource_type}/");
-    for (source_id, version) in inner_matches(view, source, rest, value, t, base)? {
+    for (source_id, version) in inner_matches(view, source, rest, value, t, base, limit)? {
         for value in view.probe(source, &source_id, version, &reference_def.code)? {
             if let Some(id) = String::from_utf8(value).ok().and_then(|v| v.strip_prefix(&prefix).map(str::to_owned)) {
                 ids.insert(id);

@@ -208,6 +208,11 @@ async fn a_patient_token_reaches_its_own_compartment_and_shared_resources_and_no
                 vec!["Observation/A-lab", "Observation/A-vital", "Practitioner/doc"],
             ),
             ("/Patient?_revinclude=Condition:subject", vec!["Condition/A-cond", "Patient/A"]),
+            // Chains and _has search their inner types within the token's reach too.
+            ("/Observation?subject:Patient.family=Beta", vec![]),
+            ("/Observation?subject:Patient.family=Alpha", vec!["Observation/A-lab", "Observation/A-vital"]),
+            ("/Patient?_has:Observation:subject:identifier=urn:test|LEAK-B", vec![]),
+            ("/Patient?_has:Observation:subject:category=laboratory", vec!["Patient/A"]),
         ] {
             let reply = server.get(path, &token).await;
             assert_eq!(reply.status, 200, "{scope}: {path}: {}", reply.text);
@@ -224,17 +229,26 @@ async fn a_patient_token_reaches_its_own_compartment_and_shared_resources_and_no
             leak_free(&reply, path);
         }
 
-        // Routes that cannot yet limit themselves to a patient refuse the token.
+        // $everything of A: A's compartment and what it references that the token may read;
+        // of B: missing. A system search sees only A's compartment.
+        let everything = server.get("/Patient/A/$everything", &token).await;
+        assert_eq!(everything.status, 200, "{scope}: {}", everything.text);
+        assert!(ids(&everything).contains(&"Observation/A-vital".to_owned()), "{scope}: {:?}", ids(&everything));
+        leak_free(&everything, "$everything");
+        let other = server.get("/Patient/B/$everything", &token).await;
+        assert_eq!(other.status, 404, "{scope}");
+        leak_free(&other, "$everything of B");
         for path in [
-            "/Patient/B/$everything",
-            "/Observation?subject:Patient.family=Beta",
-            "/Patient?_has:Observation:subject:identifier=LEAK-B",
-            "/?_type=Observation",
+            "/?_type=Observation,Condition",
+            "/?_type=Observation,Patient&identifier=urn:test|LEAK-B",
+            "/?_type=Patient&_count=1",
         ] {
             let reply = server.get(path, &token).await;
-            assert_eq!(reply.status, 403, "{scope}: {path}: {}", reply.text);
+            assert_eq!(reply.status, 200, "{scope}: {path}: {}", reply.text);
             leak_free(&reply, path);
         }
+        let system = server.get("/?_type=Observation,Condition", &token).await;
+        assert_eq!(ids(&system), vec!["Condition/A-cond", "Observation/A-lab", "Observation/A-vital"], "{scope}");
         let transaction = json!({"resourceType": "Bundle", "type": "batch",
             "entry": [{"request": {"method": "GET", "url": "Observation/B-vital"}}]});
         let reply = server
@@ -281,6 +295,12 @@ async fn a_granular_scope_shows_only_the_resources_its_filter_selects_includes_t
     let reply = server.get("/Observation", &system).await;
     assert_eq!(ids(&reply), vec!["Observation/A-vital", "Observation/B-vital"]);
     assert_eq!(server.get("/Observation/B-lab", &system).await.status, 404);
+
+    // The granular filter holds inside _has: A's lab results cannot be probed through Patient.
+    let reply = server.get("/Patient?_has:Observation:subject:category=laboratory", &token).await;
+    assert_eq!(ids(&reply), Vec::<String>::new());
+    let reply = server.get("/Patient?_has:Observation:subject:category=vital-signs", &token).await;
+    assert_eq!(ids(&reply), vec!["Patient/A"]);
 }
 
 #[tokio::test]
@@ -318,4 +338,10 @@ async fn user_and_system_tokens_see_every_patient_within_their_scopes() {
     }
     let observations_only = server.token("user/Observation.rs", None);
     assert_eq!(server.get("/Patient/B", &observations_only).await.status, 403);
+    // Includes and chains reach other types only as far as the scopes do.
+    let reply = server.get("/Observation?_include=Observation:subject", &observations_only).await;
+    assert_eq!(reply.status, 200);
+    assert!(ids(&reply).iter().all(|id| id.starts_with("Observation/")), "{:?}", ids(&reply));
+    let chained = server.get("/Observation?subject:Patient.family=Beta", &observations_only).await;
+    chained.assert_outcome(403);
 }
