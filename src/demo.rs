@@ -46,9 +46,15 @@ pub async fn load_if_empty(
         })
         .collect();
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
-    let response =
-        process_bundle(store, limits, serde_json::to_vec(&batch).unwrap_or_default().into(), base, return_minimal)
-            .await?;
+    let response = process_bundle(
+        store,
+        limits,
+        serde_json::to_vec(&batch).unwrap_or_default().into(),
+        base,
+        return_minimal,
+        &crate::auth::Access::Unrestricted,
+    )
+    .await?;
     for (entry, (name, _)) in response.entry.iter().zip(data::EXAMPLES) {
         match entry.response.as_ref().map(|r| r.status.as_str()) {
             Some(status) if status.starts_with('2') => loaded.examples += 1,
@@ -62,8 +68,15 @@ pub async fn load_if_empty(
         let Ok(mut bundle) = serde_json::from_str::<Value>(text) else { continue };
         bundle["type"] = json!("transaction");
         let count = bundle["entry"].as_array().map_or(0, Vec::len);
-        process_bundle(store, limits, serde_json::to_vec(&bundle).unwrap_or_default().into(), base, return_minimal)
-            .await?;
+        process_bundle(
+            store,
+            limits,
+            serde_json::to_vec(&bundle).unwrap_or_default().into(),
+            base,
+            return_minimal,
+            &crate::auth::Access::Unrestricted,
+        )
+        .await?;
         loaded.synthea_bundles += 1;
         loaded.synthea_resources += count;
     }

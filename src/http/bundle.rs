@@ -15,22 +15,25 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use serde_json::Value;
 
+use super::access;
 use super::request::Return;
 use super::response::{BundleOut, EntryOut, EntryResponse, StoredJson, describe, etag, status_line, status_of};
 use super::{Ctx, Limits, request};
+use crate::auth::Access;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
-use crate::search::parse_criteria;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, payload, .. } = ctx;
+    let Ctx { http, state, payload, access, .. } = ctx;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let base = request::base_url(&http, &state);
-    let bundle = process_bundle(&state.store, &state.limits, body, &base, request::return_preference(&http)).await?;
+    let prefer = request::return_preference(&http);
+    let bundle = process_bundle(&state.store, &state.limits, body, &base, prefer, &access).await?;
     Ok(bundle.into_response())
 }
 
@@ -67,29 +70,38 @@ enum Work {
 }
 
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
-/// handler and by the demo loader.
+/// handler and by the demo loader. Each entry is checked against `access` as its own request
+/// would be: a transaction fails whole on the first entry refused, a batch answers that entry
+/// alone.
 pub async fn process_bundle(
     store: &Store,
     limits: &Limits,
     body: Bytes,
     base: &str,
     prefer: Return,
+    access: &Access,
 ) -> Result<BundleOut, FhirError> {
-    let (parse_limits, parse_base) = (limits.clone(), base.to_owned());
+    let (parse_limits, parse_base, parse_access) = (limits.clone(), base.to_owned(), access.clone());
     // Parsing and validating a large bundle takes milliseconds of CPU: keep it off the I/O threads.
-    let (kind, entries) = tokio::task::spawn_blocking(move || parse_bundle(&body, &parse_limits, &parse_base))
-        .await
-        .map_err(|_| FhirError::fault("bundle"))??;
+    let (kind, entries) =
+        tokio::task::spawn_blocking(move || parse_bundle(&body, &parse_limits, &parse_base, &parse_access))
+            .await
+            .map_err(|_| FhirError::fault("bundle"))??;
     match kind {
         Kind::Transaction => {
             let entries = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
-            transaction(store, entries, base, prefer).await
+            transaction(store, entries, base, prefer, access).await
         }
-        Kind::Batch => Ok(batch(store, entries, base, prefer).await),
+        Kind::Batch => Ok(batch(store, entries, base, prefer, access).await),
     }
 }
 
-fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
+fn parse_bundle(
+    bytes: &[u8],
+    limits: &Limits,
+    base: &str,
+    access: &Access,
+) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
     let mut value = request::json_body(bytes, limits)?;
     if resource_type_of(&value)?.as_str() != "Bundle" {
         return Err(FhirError::incorrect(
@@ -121,7 +133,7 @@ fn parse_bundle(bytes: &[u8], limits: &Limits, base: &str) -> Result<(Kind, Vec<
     check_unique_entries(kind, &entries)?;
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let result = parse_entry(entry, base, limits).map_err(|error| locate(error, index));
+        let result = parse_entry(entry, base, limits, access).map_err(|error| locate(error, index));
         if kind == Kind::Transaction && result.is_err() {
             return Ok((kind, vec![result]));
         }
@@ -201,7 +213,7 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
     error
 }
 
-fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, FhirError> {
+fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -> Result<Entry, FhirError> {
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let request = entry
         .get("request")
@@ -279,20 +291,27 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
                     }
                     Some(Target::Id(id))
                 }
-                ("PUT", 1, Some(query)) => Some(Target::Criteria(parse_criteria(resource_type, query)?)),
+                ("PUT", 1, Some(query)) => {
+                    Some(Target::Criteria(access::criteria(access, resource_type, query, base)?))
+                }
                 _ => return Err(bad_url()),
             };
+            let interaction = if target.is_none() { Permission::Create } else { Permission::Update };
+            access::permitted(access, resource_type, interaction, base)?;
             validator().validate_value(resource_type, &resource)?;
-            let conditional_references = request::conditional_references(&mut resource)?;
+            access::check_body(access, resource_type, &resource, interaction, base)?;
+            let conditional_references = request::conditional_references(&mut resource, access, base)?;
             let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };
             let action = match target {
                 None => Action::Create {
                     resource_type,
                     resource,
                     if_none_exist: match if_none_exist {
-                        Some(text) => Some(parse_criteria(
+                        Some(text) => Some(access::criteria(
+                            access,
                             resource_type,
                             super::create::strip_query_prefix(&text, resource_type.as_str()),
+                            base,
                         )?),
                         None => None,
                     },
@@ -303,9 +322,10 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
         }
         "DELETE" => {
             let resource_type = type_at(0)?;
+            access::permitted(access, resource_type, Permission::Delete, base)?;
             let target = match (segments.len(), &query) {
                 (2, None) => Target::Id(request::id(segments[1])?),
-                (1, Some(query)) => Target::Criteria(parse_criteria(resource_type, query)?),
+                (1, Some(query)) => Target::Criteria(access::criteria(access, resource_type, query, base)?),
                 _ => return Err(bad_url()),
             };
             Work::Write {
@@ -318,7 +338,9 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
             match (segments.as_slice(), &query) {
                 ([_], query) => {
                     let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
-                    Work::Search(super::search::prepare(resource_type, None, &pairs, false, base, limits)?)
+                    let mut search = super::search::prepare(resource_type, None, &pairs, false, base, limits)?;
+                    super::search::restrict(&mut search, access, base)?;
+                    Work::Search(search)
                 }
                 (["Patient", patient, _], query) => {
                     let patient = request::id(patient)?;
@@ -332,13 +354,21 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
                         )
                         .at("request.url"));
                     }
+                    if access.patient().is_some_and(|own| own != patient.as_str()) {
+                        return Err(FhirError::not_found(format!("Patient/{patient} does not exist")).at("request.url"));
+                    }
                     let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));
-                    let search =
+                    let mut search =
                         super::search::prepare(compartment_type, Some(patient.as_str()), &pairs, false, base, limits)?;
+                    super::search::restrict(&mut search, access, base)?;
                     Work::Search(search)
                 }
-                ([_, id], None) => Work::Read { resource_type, id: request::id(id)?, version: None },
+                ([_, id], None) => {
+                    access::permitted(access, resource_type, Permission::Read, base)?;
+                    Work::Read { resource_type, id: request::id(id)?, version: None }
+                }
                 ([_, id, "_history", version], None) => {
+                    access::permitted(access, resource_type, Permission::Read, base)?;
                     Work::Read { resource_type, id: request::id(id)?, version: Some(request::version_id(version)?) }
                 }
                 _ => {
@@ -353,6 +383,7 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
         }
         "PATCH" => {
             let resource_type = type_at(0)?;
+            access::permitted(access, resource_type, Permission::Update, base)?;
             let id = match (segments.as_slice(), &query) {
                 ([_, id], None) => request::id(id)?,
                 _ => return Err(bad_url()),
@@ -375,8 +406,15 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits) -> Result<Entry, F
     Ok(Entry { full_url, work })
 }
 
-async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Return) -> Result<BundleOut, FhirError> {
-    let mut write = WriteRequest { local_base: Some(base.to_owned()), ..Default::default() };
+async fn transaction(
+    store: &Store,
+    entries: Vec<Entry>,
+    base: &str,
+    prefer: Return,
+    access: &Access,
+) -> Result<BundleOut, FhirError> {
+    let mut write =
+        WriteRequest { local_base: Some(base.to_owned()), guard: access::guard(access, base), ..Default::default() };
     let mut slots = Vec::with_capacity(entries.len());
     let mut reads = Vec::new();
     // Patches apply to the state before the transaction (a transaction touches each resource
@@ -387,7 +425,7 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
         match entry.work {
             Work::Patch { resource_type, id, patch, if_match } => {
                 let (action, conditional_references) =
-                    super::patch::patched_update(&before, resource_type, &id, &patch, if_match)
+                    super::patch::patched_update(&before, resource_type, &id, &patch, if_match, access, base)
                         .map_err(|error| locate(error, index))?;
                 let Action::Update { precondition, .. } = &action else { unreachable!("a patch is an update") };
                 patched.push((resource_type, id, precondition.if_match));
@@ -430,6 +468,7 @@ async fn transaction(store: &Store, entries: Vec<Entry>, base: &str, prefer: Ret
                 &id,
                 version,
                 base,
+                access,
             ),
             Slot::Search(search) => search_entry(store, base, search).await,
         });
@@ -461,7 +500,13 @@ enum Slot {
     Read(ResourceType, Id, Option<u64>),
 }
 
-async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str, prefer: Return) -> BundleOut {
+async fn batch(
+    store: &Store,
+    entries: Vec<Result<Entry, FhirError>>,
+    base: &str,
+    prefer: Return,
+    access: &Access,
+) -> BundleOut {
     // Every write is its own request; submitted together, the writer still groups them into few commits.
     let writes = entries.iter().enumerate().filter_map(|(index, entry)| match entry {
         Ok(Entry { full_url, work: Work::Write { action, conditional_references } }) => Some((
@@ -470,6 +515,7 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
                 ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
                 conditional_references: conditional_references.clone(),
                 local_base: Some(base.to_owned()),
+                guard: access::guard(access, base),
                 ..Default::default()
             },
         )),
@@ -489,13 +535,13 @@ async fn batch(store: &Store, entries: Vec<Result<Entry, FhirError>>, base: &str
             },
             Ok(Entry { work: Work::Search(search), .. }) => search_entry(store, base, search).await,
             Ok(Entry { work: Work::Patch { resource_type, id, patch, if_match }, .. }) => {
-                match super::patch::apply(store, resource_type, &id, &patch, if_match, base).await {
+                match super::patch::apply(store, resource_type, &id, &patch, if_match, base, access).await {
                     Ok(outcome) => write_entry(&outcome, prefer, base),
                     Err(error) => error_entry(&error),
                 }
             }
             Ok(Entry { work: Work::Read { resource_type, id, version }, .. }) => match &snapshot {
-                Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base),
+                Ok(snapshot) => read_entry(snapshot, resource_type, &id, version, base, access),
                 Err(error) => error_entry(error),
             },
         });
@@ -542,11 +588,29 @@ fn read_entry(
     id: &Id,
     version: Option<u64>,
     base: &str,
+    access: &Access,
 ) -> EntryOut {
     let found = match version {
         None => snapshot.current(resource_type, id.as_str()),
         Some(version) => snapshot.version(resource_type, id.as_str(), version),
     };
+    // What the token may not read is answered as missing (judged as a read or vread would).
+    let found = found.and_then(|found| match found {
+        Some(stored) if access.is_restricted() => {
+            let judged = if stored.is_deleted() {
+                match stored.version.checked_sub(1) {
+                    Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
+                    None => None,
+                }
+            } else {
+                Some(stored.clone())
+            };
+            Ok(judged
+                .is_some_and(|judged| super::read::admits_version(access, resource_type, &judged, base))
+                .then_some(stored))
+        }
+        other => Ok(other),
+    });
     match found {
         Ok(Some(stored)) if !stored.is_deleted() => EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),

@@ -5,36 +5,40 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 
 use super::{Ctx, request, response};
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
-use crate::search::parse_criteria;
 use crate::store::{Action, WriteOp, WriteRequest};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
+    let base = request::base_url(&http, &state);
     let if_none_exist = match http.headers().get("if-none-exist") {
         None => None,
         Some(header) => {
             let text = header
                 .to_str()
                 .map_err(|_| FhirError::incorrect(IssueCode::Invalid, "If-None-Exist is not valid text"))?;
-            Some(parse_criteria(resource_type, strip_query_prefix(text, resource_type.as_str()))?)
+            let query = strip_query_prefix(text, resource_type.as_str());
+            Some(super::access::criteria(&access, resource_type, query, &base)?)
         }
     };
     let body = request::read_body(&http, payload, &state.limits).await?;
     let mut value = request::resource_body(&body, resource_type, &state.limits)?;
     validator().validate_value(resource_type, &value)?;
-    let conditional_references = request::conditional_references(&mut value)?;
+    super::access::check_body(&access, resource_type, &value, Permission::Create, &base)?;
+    let conditional_references = request::conditional_references(&mut value, &access, &base)?;
     let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
     let write = WriteRequest {
         ops: vec![WriteOp { full_url: None, action: Action::Create { resource_type, resource, if_none_exist } }],
         conditional_references,
-        local_base: Some(request::base_url(&http, &state)),
+        local_base: Some(base.clone()),
+        guard: super::access::guard(&access, &base),
         ..Default::default()
     };
     let outcomes = state.store.write(write).await?;
-    Ok(response::write(&outcomes[0], request::return_preference(&http), &request::base_url(&http, &state)))
+    Ok(response::write(&outcomes[0], request::return_preference(&http), &base))
 }
 
 /// `If-None-Exist` holds a query, sometimes written with a leading `?` or `Type?`.

@@ -5,36 +5,45 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, Ctx, request, response};
+use crate::auth::Access;
 use crate::fhir::FhirError;
-use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteRequest};
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
     execute(
         &http,
         &state,
+        &access,
         Action::Delete { resource_type, target: Target::Id(id), precondition: request::precondition(&http)? },
     )
     .await
 }
 
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, .. } = ctx;
+    let Ctx { http, state, params, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
-    let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
+    let base = request::base_url(&http, &state);
+    let criteria = super::access::criteria(&access, resource_type, &request::criteria_query(&http), &base)?;
     let action = Action::Delete {
         resource_type,
         target: Target::Criteria(criteria),
         precondition: request::precondition(&http)?,
     };
-    execute(&http, &state, action).await
+    execute(&http, &state, &access, action).await
 }
 
-async fn execute(http: &HttpRequest, state: &web::Data<AppState>, action: Action) -> Result<HttpResponse, FhirError> {
-    let outcomes = state.store.write(WriteRequest::single(action)).await?;
-    Ok(response::write(&outcomes[0], request::return_preference(http), &request::base_url(http, state)))
+async fn execute(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    access: &Access,
+    action: Action,
+) -> Result<HttpResponse, FhirError> {
+    let base = request::base_url(http, state);
+    let write = WriteRequest { guard: super::access::guard(access, &base), ..WriteRequest::single(action) };
+    let outcomes = state.store.write(write).await?;
+    Ok(response::write(&outcomes[0], request::return_preference(http), &base))
 }

@@ -13,10 +13,11 @@ use actix_web::{HttpResponse, web};
 use serde_json::Value;
 
 use super::{AppState, Ctx, request, response};
+use crate::auth::Access;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::json::{parse_json, resource_type_of};
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
-use crate::search::parse_criteria;
 use crate::store::{
     Action, Criteria, IndexView, OpOutcome, Precondition, Snapshot, Store, Target, WriteOp, WriteRequest,
 };
@@ -35,20 +36,21 @@ pub(super) enum Patch {
 }
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let id = request::id(&params[1])?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let patch = parse_patch(&http, &body, &state)?;
-    execute(&http, &state, resource_type, &id, &patch).await
+    execute(&http, &state, resource_type, &id, &patch, &access).await
 }
 
 /// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match (404 when none
 /// does, 412 when several do).
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
-    let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
+    let base = request::base_url(&http, &state);
+    let criteria = super::access::criteria(&access, resource_type, &request::criteria_query(&http), &base)?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let patch = parse_patch(&http, &body, &state)?;
     let mut matches = {
@@ -70,7 +72,7 @@ pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             ));
         }
     };
-    execute(&http, &state, resource_type, &id, &patch).await
+    execute(&http, &state, resource_type, &id, &patch, &access).await
 }
 
 fn parse_patch(http: &actix_web::HttpRequest, body: &[u8], state: &AppState) -> Result<Patch, FhirError> {
@@ -126,13 +128,14 @@ async fn execute(
     resource_type: ResourceType,
     id: &Id,
     patch: &Patch,
+    access: &Access,
 ) -> Result<HttpResponse, FhirError> {
     let client = request::precondition(http)?;
     if client.if_none_match_any {
         return Err(FhirError::incorrect(IssueCode::NotSupported, "If-None-Match: * does not apply to a patch"));
     }
     let base = request::base_url(http, state);
-    let outcome = apply(&state.store, resource_type, id, patch, client.if_match, &base).await?;
+    let outcome = apply(&state.store, resource_type, id, patch, client.if_match, &base, access).await?;
     let mut response = response::write(&outcome, request::return_preference(http), &base);
     if let Some(version) = outcome.version {
         let location = response::location(&base, resource_type, id.as_str(), version);
@@ -153,15 +156,18 @@ pub(super) async fn apply(
     patch: &Patch,
     if_match: Option<u64>,
     local_base: &str,
+    access: &Access,
 ) -> Result<OpOutcome, FhirError> {
     for _ in 0..MAX_ATTEMPTS {
         let write = {
             let snapshot = store.snapshot()?;
-            let (action, conditional_references) = patched_update(&snapshot, resource_type, id, patch, if_match)?;
+            let (action, conditional_references) =
+                patched_update(&snapshot, resource_type, id, patch, if_match, access, local_base)?;
             WriteRequest {
                 ops: vec![WriteOp { full_url: None, action }],
                 conditional_references,
                 local_base: Some(local_base.to_owned()),
+                guard: super::access::guard(access, local_base),
                 ..Default::default()
             }
         };
@@ -181,15 +187,35 @@ pub(super) async fn apply(
 /// The update that writes `patch` applied to the version of `resource_type/id` current in
 /// `snapshot`: validated like any update, and conditional on that version still being current
 /// (so a concurrent write is never overwritten). `if_match`, if given, must be that version.
+/// A resource `access` may not update is answered as missing; the patched body must lie within
+/// what it may write (`base`: the server's).
 pub(super) fn patched_update(
     snapshot: &Snapshot,
     resource_type: ResourceType,
     id: &Id,
     patch: &Patch,
     if_match: Option<u64>,
+    access: &Access,
+    base: &str,
 ) -> Result<(Action, ConditionalReferences), FhirError> {
+    let missing = || FhirError::not_found(format!("{resource_type}/{id} does not exist"));
     let current = match snapshot.current(resource_type, id.as_str())? {
-        None => return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
+        None => return Err(missing()),
+        Some(version)
+            if access.is_restricted()
+                && !version.is_deleted()
+                && !access.admits_indexed(
+                    &snapshot.index(),
+                    resource_type,
+                    id.as_str(),
+                    version.version,
+                    snapshot.t(),
+                    Permission::Update,
+                    base,
+                )? =>
+        {
+            return Err(missing());
+        }
         Some(version) if version.is_deleted() => {
             return Err(FhirError::new(
                 Category::Gone,
@@ -215,7 +241,8 @@ pub(super) fn patched_update(
     }
     keeps_identity(&value, resource_type, id)?;
     validator().validate_value(resource_type, &value)?;
-    let conditional_references = request::conditional_references(&mut value)?;
+    super::access::check_body(access, resource_type, &value, Permission::Update, base)?;
+    let conditional_references = request::conditional_references(&mut value, access, base)?;
     let Value::Object(resource) = value else { unreachable!("keeps_identity checked for an object") };
     let precondition = Precondition { if_match: Some(current.version), if_none_match_any: false };
     Ok((

@@ -10,9 +10,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::{AppState, Limits};
+use crate::auth::Access;
 use crate::fhir::reference::{self, Target, rewrite_resource_references};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
-use crate::search::parse_criteria;
 use crate::store::{Criteria, Precondition};
 
 /// Reads the whole request body, refusing more than `limits.max_body_bytes` (413), more JSON
@@ -267,13 +267,19 @@ pub fn criteria_query(request: &HttpRequest) -> String {
 }
 
 /// Finds every conditional reference (`Patient?identifier=x|1`) in `value` and parses its
-/// criteria, so the writer can resolve it inside the transaction.
-pub fn conditional_references(value: &mut Value) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
+/// criteria, so the writer can resolve it inside the transaction. The criteria match only what
+/// `access` may search (`base` is the server's, for the token's limits).
+pub fn conditional_references(
+    value: &mut Value,
+    access: &Access,
+    base: &str,
+) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
     let mut found = HashMap::new();
     rewrite_resource_references(value, &mut |text: &str| {
         if let Target::Conditional { resource_type, query } = reference::parse(text) {
             if !found.contains_key(text) {
-                let criteria = parse_criteria(resource_type, query).map_err(|e| e.at(format!("reference '{text}'")))?;
+                let criteria = super::access::criteria(access, resource_type, query, base)
+                    .map_err(|e| e.at(format!("reference '{text}'")))?;
                 found.insert(text.to_owned(), (resource_type, criteria));
             }
         }

@@ -5,13 +5,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use super::{AppState, Ctx, request, response};
+use crate::auth::Access;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
-use crate::search::parse_criteria;
 use crate::store::{Action, Target, WriteOp, WriteRequest};
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -34,35 +35,40 @@ pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             .at(format!("{resource_type}.id")));
         }
     }
-    execute(&http, &state, resource_type, Target::Id(id), value).await
+    execute(&http, &state, &access, resource_type, Target::Id(id), value).await
 }
 
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
-    let criteria = parse_criteria(resource_type, &request::criteria_query(&http))?;
+    let base = request::base_url(&http, &state);
+    let criteria = super::access::criteria(&access, resource_type, &request::criteria_query(&http), &base)?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let value = request::resource_body(&body, resource_type, &state.limits)?;
-    execute(&http, &state, resource_type, Target::Criteria(criteria), value).await
+    execute(&http, &state, &access, resource_type, Target::Criteria(criteria), value).await
 }
 
 async fn execute(
     http: &HttpRequest,
     state: &web::Data<AppState>,
+    access: &Access,
     resource_type: crate::fhir::ResourceType,
     target: Target,
     mut value: Value,
 ) -> Result<HttpResponse, FhirError> {
     validator().validate_value(resource_type, &value)?;
+    let base = request::base_url(http, state);
+    super::access::check_body(access, resource_type, &value, Permission::Update, &base)?;
     let precondition = request::precondition(http)?;
-    let conditional_references = request::conditional_references(&mut value)?;
+    let conditional_references = request::conditional_references(&mut value, access, &base)?;
     let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
     let write = WriteRequest {
         ops: vec![WriteOp { full_url: None, action: Action::Update { resource_type, target, resource, precondition } }],
         conditional_references,
-        local_base: Some(request::base_url(http, state)),
+        local_base: Some(base.clone()),
+        guard: super::access::guard(access, &base),
         ..Default::default()
     };
     let outcomes = state.store.write(write).await?;
-    Ok(response::write(&outcomes[0], request::return_preference(http), &request::base_url(http, state)))
+    Ok(response::write(&outcomes[0], request::return_preference(http), &base))
 }

@@ -60,8 +60,28 @@ pub async fn instance(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 }
 
 async fn validate(ctx: Ctx, id: Option<Id>) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, .. } = ctx;
+    let Ctx { http, state, params, payload, access, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
+    // An instance the token may not read is, to it, missing.
+    if let Some(id) = &id
+        && access.is_restricted()
+    {
+        let snapshot = state.store.snapshot()?;
+        if let Some(version) = snapshot.current(resource_type, id.as_str())?
+            && !version.is_deleted()
+            && !access.admits_indexed(
+                &snapshot.index(),
+                resource_type,
+                id.as_str(),
+                version.version,
+                snapshot.t(),
+                crate::auth::scope::Interaction::Read,
+                &request::base_url(&http, &state),
+            )?
+        {
+            return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist")));
+        }
+    }
     let mut mode = None;
     let mut profile = None;
     for (name, value) in request::query_pairs(&http) {

@@ -9,12 +9,22 @@
 use std::sync::Arc;
 
 use super::engine;
-use super::query::parse_clause;
+use super::query::{Clause, parse_clause};
 use crate::fhir::{FhirError, Id, IssueCode, ResourceType};
 use crate::store::{Criteria, IndexView, LATEST};
 
 /// Parses `query` (`identifier=http://x|1&birthdate=1970`) into criteria for `resource_type`.
 pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criteria, FhirError> {
+    parse_criteria_within(resource_type, query, Vec::new())
+}
+
+/// Like [`parse_criteria`], matching only resources that also satisfy `limits` (what the
+/// writer's token may see: a conditional write never matches, so never reveals, anything else).
+pub fn parse_criteria_within(
+    resource_type: ResourceType,
+    query: &str,
+    limits: Vec<Clause>,
+) -> Result<Criteria, FhirError> {
     let incorrect = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
     let mut clauses = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -39,6 +49,7 @@ pub fn parse_criteria(resource_type: ResourceType, query: &str) -> Result<Criter
     if clauses.is_empty() {
         return Err(incorrect("conditional criteria must not be empty".to_owned()));
     }
+    clauses.extend(limits);
     let clauses = Arc::new(clauses);
     Ok(Criteria {
         text: query.to_owned(),

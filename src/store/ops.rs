@@ -185,6 +185,38 @@ pub struct WriteRequest {
     /// resource as received, computed with `prepared_index`, off the writer thread. The writer
     /// uses it unless it rewrites a reference in the resource (then it hashes the result).
     pub prepared_hashes: Vec<Option<super::codec::ContentHash>>,
+    /// Set for a writer whose access is limited (a patient's token): every existing resource
+    /// the request updates or deletes must pass it, as it stands inside the transaction.
+    pub guard: Option<WriteGuard>,
+}
+
+/// Whether the current version `version` of a resource may be changed by a request, judged
+/// by its index entries as the writer sees them (so a resource changed by another request just
+/// before cannot slip past the check).
+pub type GuardCheck = dyn Fn(&dyn IndexView, ResourceType, &Id, u64, Change) -> Result<bool, FhirError> + Send + Sync;
+
+/// What a request does to an existing resource its guard is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Update,
+    Delete,
+}
+
+/// A [`GuardCheck`] carried by a request.
+#[derive(Clone)]
+pub struct WriteGuard(pub Arc<GuardCheck>);
+
+impl std::fmt::Debug for WriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGuard")
+    }
+}
+
+impl PartialEq for WriteGuard {
+    /// Guards are closures: two requests compare equal on this field when both have one.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl WriteRequest {

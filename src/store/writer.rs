@@ -34,7 +34,10 @@ use super::keys::{
     prefix_end, resource_search_param_value as rspv, resource_version, search_param_value as spv, superseded,
     system_history, type_history,
 };
-use super::ops::{Action, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteRequest};
+use super::ops::{
+    Action, Change, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteGuard,
+    WriteRequest,
+};
 use super::snapshot::Snapshot;
 use super::view::IndexTables;
 use super::{
@@ -659,6 +662,19 @@ impl Execution<'_, '_> {
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
             };
+            if let Some(guard) = &request.guard {
+                match &outcome {
+                    Resolved::Write { resource_type, id, .. } => {
+                        self.check_guard(guard, *resource_type, id, Change::Update)?;
+                    }
+                    Resolved::Delete { resource_type, ids, .. } => {
+                        for id in ids {
+                            self.check_guard(guard, *resource_type, id, Change::Delete)?;
+                        }
+                    }
+                    Resolved::Existing { .. } => {}
+                }
+            }
             match &outcome {
                 Resolved::Write { resource_type, id, .. } | Resolved::Existing { resource_type, id } => {
                     touch(*resource_type, id)?;
@@ -947,6 +963,28 @@ impl Execution<'_, '_> {
             key: key.value().to_vec(),
             stored: stored.to_vec(),
         }))
+    }
+
+    /// Refuses, as if it did not exist, an existing live resource the request's guard does not
+    /// admit.
+    fn check_guard(
+        &mut self,
+        guard: &WriteGuard,
+        resource_type: ResourceType,
+        id: &Id,
+        change: Change,
+    ) -> Result<(), Failure> {
+        let Some(current) = self.current(resource_type, id)? else { return Ok(()) };
+        if current.deleted {
+            return Ok(());
+        }
+        self.flush_index()?;
+        let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
+        if (guard.0)(&view, resource_type, id, current.version, change).map_err(Failure::Request)? {
+            Ok(())
+        } else {
+            Err(Failure::Request(FhirError::not_found(format!("{resource_type}/{id} does not exist"))))
+        }
     }
 
     /// The ids of the current resources of `resource_type` that match `criteria`, as of this

@@ -1,0 +1,74 @@
+//! What the write interactions need from the caller's access: conditional criteria that match
+//! only what the token may see, a check of the body about to be written, and the guard the
+//! writer applies to the existing resources a request changes (see [`crate::auth::restrict`]).
+
+use serde_json::Value;
+
+use crate::auth::Access;
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::search::{SearchIndexer, parse_criteria_within};
+use crate::store::{Change, Criteria, LATEST, WriteGuard};
+
+fn forbidden(message: String) -> FhirError {
+    FhirError::new(Category::Forbidden, IssueCode::Forbidden, message)
+}
+
+/// Refuses an interaction on a type the token has no scope for (what a request's route checks
+/// before it runs; bundle entries check it entry by entry).
+pub fn permitted(
+    access: &Access,
+    resource_type: ResourceType,
+    interaction: Permission,
+    base: &str,
+) -> Result<(), FhirError> {
+    match access.restriction(resource_type, interaction, base)? {
+        Restriction::Allow(_) => Ok(()),
+        Restriction::Deny => {
+            Err(forbidden(format!("the access token's scopes do not allow {interaction:?} on {resource_type}")))
+        }
+    }
+}
+
+/// The criteria of a conditional interaction on `resource_type`, matching only resources the
+/// token may search.
+pub fn criteria(access: &Access, resource_type: ResourceType, query: &str, base: &str) -> Result<Criteria, FhirError> {
+    match access.restriction(resource_type, Permission::Search, base)? {
+        Restriction::Allow(limits) => parse_criteria_within(resource_type, query, limits),
+        Restriction::Deny => Err(forbidden(format!(
+            "conditional matching searches {resource_type}, which the access token does not allow"
+        ))),
+    }
+}
+
+/// Refuses a body the token may not write as `interaction` (a patient's token writing into
+/// another patient's record, or outside its granular scopes).
+pub fn check_body(
+    access: &Access,
+    resource_type: ResourceType,
+    body: &Value,
+    interaction: Permission,
+    base: &str,
+) -> Result<(), FhirError> {
+    if !access.is_restricted() || access.admits_body(&SearchIndexer, resource_type, body, interaction, base)? {
+        Ok(())
+    } else {
+        Err(forbidden(format!("this {resource_type} lies outside what the access token may write")))
+    }
+}
+
+/// The guard on the existing resources a restricted token's request updates or deletes.
+pub fn guard(access: &Access, base: &str) -> Option<WriteGuard> {
+    if !access.is_restricted() {
+        return None;
+    }
+    let (access, base) = (access.clone(), base.to_owned());
+    Some(WriteGuard(std::sync::Arc::new(move |view, resource_type, id, version, change| {
+        let interaction = match change {
+            Change::Update => Permission::Update,
+            Change::Delete => Permission::Delete,
+        };
+        access.admits_indexed(view, resource_type, id.as_str(), version, LATEST, interaction, &base)
+    })))
+}
