@@ -46,6 +46,32 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub auth: AuthMode,
     pub backend_token_secs: u64,
+    pub access_token_secs: u64,
+    pub totp: TotpPolicy,
+}
+
+/// Whether users must give a second factor (a TOTP code) at login.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TotpPolicy {
+    /// Every user enrols at their first login and gives a code at every login.
+    Required,
+    /// Users who enrolled give a code; the others are not asked to enrol.
+    Optional,
+    Off,
+}
+
+impl std::str::FromStr for TotpPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TotpPolicy, String> {
+        match text.trim() {
+            "required" => Ok(TotpPolicy::Required),
+            "optional" => Ok(TotpPolicy::Optional),
+            "off" => Ok(TotpPolicy::Off),
+            _ => Err("expected required, optional or off".into()),
+        }
+    }
 }
 
 /// Whether Braid requires and checks SMART access tokens.
@@ -112,6 +138,8 @@ impl Default for Settings {
             tls_key: None,
             auth: AuthMode::Off,
             backend_token_secs: 300,
+            access_token_secs: 3600,
+            totp: TotpPolicy::Required,
         }
     }
 }
@@ -427,6 +455,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "300",
         doc: "Lifetime in seconds of the access tokens backend services get (client_credentials); at most 300.",
         apply: |s, v| parse_into(&mut s.backend_token_secs, v),
+    },
+    SettingDoc {
+        key: "access_token_secs",
+        env: "BRAID_ACCESS_TOKEN_SECS",
+        default: "3600",
+        doc: "Lifetime in seconds of the access tokens apps get after a login; at most 3600.",
+        apply: |s, v| parse_into(&mut s.access_token_secs, v),
+    },
+    SettingDoc {
+        key: "totp",
+        env: "BRAID_TOTP",
+        default: "required",
+        doc: "The second factor at login: required (every user enrols a TOTP app at their first login), optional \
+              (only users who enrolled are asked) or off.",
+        apply: |s, v| {
+            s.totp = v.parse()?;
+            Ok(())
+        },
     },
 ];
 

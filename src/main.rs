@@ -42,6 +42,50 @@ enum Command {
     /// Braid's token-signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The people who log in to authorize apps (SMART): patients, practitioners, administrators.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from the first line of standard input.
+    Add(UserAddArgs),
+    /// Print every user as JSON lines.
+    List(CompactArgs),
+    /// Remove a user.
+    Remove(UserNameArgs),
+    /// Forget a user's second factor: they enrol again at their next login.
+    ResetTotp(UserNameArgs),
+}
+
+#[derive(clap::Args)]
+struct UserAddArgs {
+    #[arg(long)]
+    username: String,
+    /// Read the password from the first line of standard input (required: passwords never go
+    /// on the command line, where other users of the machine can see them).
+    #[arg(long, required = true)]
+    password_stdin: bool,
+    /// The id of the Patient record that is this user's (required for patients).
+    #[arg(long)]
+    patient: Option<String>,
+    #[arg(long, default_value = "patient", value_parser = ["patient", "practitioner", "admin"])]
+    role: String,
+    /// The resource that represents the user, e.g. Practitioner/123 (a patient's is their Patient).
+    #[arg(long)]
+    fhir_user: Option<String>,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct UserNameArgs {
+    username: String,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -179,6 +223,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Dictionary(DictionaryCommand::Recompress(args)) => return recompress(settings, args),
         Command::Client(command) => return client(settings, command).await,
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
+        Command::User(command) => return user(settings, command).await,
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless
@@ -311,6 +356,31 @@ async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dy
     let answer = admin_command(&data.unwrap_or(settings.data), request).await?;
     match answer {
         serde_json::Value::Array(clients) if lines => clients.iter().for_each(|client| println!("{client}")),
+        answer => println!("{answer}"),
+    }
+    Ok(())
+}
+
+async fn user(settings: Settings, command: UserCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::auth::admin::AdminRequest;
+    use braid::auth::users::{NewUser, Role};
+    let (data, request) = match command {
+        UserCommand::Add(args) => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            let role = Role::parse(&args.role).ok_or("unknown role")?;
+            let user =
+                NewUser { username: args.username, password, role, patient: args.patient, fhir_user: args.fhir_user };
+            (args.data, AdminRequest::AddUser { user })
+        }
+        UserCommand::List(args) => (args.data, AdminRequest::ListUsers),
+        UserCommand::Remove(args) => (args.data, AdminRequest::RemoveUser { username: args.username }),
+        UserCommand::ResetTotp(args) => (args.data, AdminRequest::ResetTotp { username: args.username }),
+    };
+    let lines = matches!(request, AdminRequest::ListUsers);
+    match admin_command(&data.unwrap_or(settings.data), request).await? {
+        serde_json::Value::Array(users) if lines => users.iter().for_each(|user| println!("{user}")),
         answer => println!("{answer}"),
     }
     Ok(())

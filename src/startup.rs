@@ -77,7 +77,16 @@ impl Application {
             .port();
         let auth = match settings.auth {
             AuthMode::On => Some(Arc::new(
-                AuthState::start(store.clone(), settings.backend_token_secs).await.map_err(StartupError::Auth)?,
+                AuthState::start(
+                    store.clone(),
+                    crate::auth::AuthConfig {
+                        backend_token_secs: settings.backend_token_secs,
+                        access_token_secs: settings.access_token_secs,
+                        totp: settings.totp,
+                    },
+                )
+                .await
+                .map_err(StartupError::Auth)?,
             )),
             AuthMode::Off => {
                 tracing::warn!("authorization is off: every request is allowed");

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::AuthState;
 use super::clients::{self, NewClient};
+use super::users::{self, NewUser};
 use crate::store::Store;
 
 /// Largest request or reply exchanged over the admin socket.
@@ -29,6 +30,10 @@ pub enum AdminRequest {
     ListClients,
     RemoveClient { client_id: String },
     RotateKeys,
+    AddUser { user: NewUser },
+    ListUsers,
+    RemoveUser { username: String },
+    ResetTotp { username: String },
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -83,6 +88,22 @@ pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequ
                 None => store.auth_write(|txn| super::keys::rotate(txn, super::now_secs())).await?,
             };
             Ok(json!({"kid": kid}))
+        }
+        AdminRequest::AddUser { user } => Ok(users::describe(&users::add(store, user, super::now_secs()).await?)),
+        AdminRequest::ListUsers => Ok(Value::Array(users::list(store)?.iter().map(users::describe).collect())),
+        AdminRequest::RemoveUser { username } => {
+            if users::remove(store, &username).await? {
+                Ok(json!({"removed": username}))
+            } else {
+                Err(AdminError { bad_request: true, message: format!("there is no user {username}") })
+            }
+        }
+        AdminRequest::ResetTotp { username } => {
+            if users::reset_totp(store, &username).await? {
+                Ok(json!({"reset_totp": username}))
+            } else {
+                Err(AdminError { bad_request: true, message: format!("there is no user {username}") })
+            }
         }
     }
 }

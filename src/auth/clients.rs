@@ -4,7 +4,6 @@
 //! Stored as JSON under `client/<client_id>` in the `auth` table. A client secret is kept only
 //! as an Argon2id hash (it is shown once, when the client is created).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -140,7 +139,7 @@ pub async fn add(store: &Store, new: NewClient, now: u64) -> Result<Created, Fhi
         NewCredential::None => (Credential::None, None),
         NewCredential::Secret => {
             let secret = URL_SAFE_NO_PAD.encode(super::random_bytes::<32>());
-            (Credential::Secret { hash: hash_secret(&secret)? }, Some(secret))
+            (Credential::Secret { hash: super::password::hash(&secret)? }, Some(secret))
         }
         NewCredential::Jwks(text) => (Credential::Jwks { jwks: parse_client_jwks(text)? }, None),
         NewCredential::JwksUrl(url) => {
@@ -240,21 +239,6 @@ fn client_key(client_id: &str) -> Vec<u8> {
     key
 }
 
-/// The Argon2id hash of a client secret (OWASP's minimum parameters: 19 MiB, 2 passes).
-fn hash_secret(secret: &str) -> Result<String, FhirError> {
-    let salt = SaltString::encode_b64(&super::random_bytes::<16>()).map_err(|_| FhirError::fault("auth"))?;
-    argon2::Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|_| FhirError::fault("auth"))
-}
-
-/// Whether `secret` is the one whose hash is `hash` (constant time in the secret).
-pub fn secret_matches(hash: &str, secret: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|parsed| argon2::Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
-}
-
 /// A client's JWKS: at most [`MAX_JWKS_KEYS`] public keys usable for RS384 or ES384, each with a
 /// `kid`. Private key material is refused, so that a mistaken upload is not kept.
 pub fn parse_client_jwks(text: &str) -> Result<JwkSet, FhirError> {
@@ -337,15 +321,6 @@ mod tests {
         assert!(check_redirect_uri("https://app.example.org/cb#x").is_err());
         assert!(check_redirect_uri("/cb").is_err());
         assert!(check_redirect_uri("javascript://alert").is_err());
-    }
-
-    #[test]
-    fn a_secret_verifies_only_itself() {
-        let hash = hash_secret("correct horse").unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(secret_matches(&hash, "correct horse"));
-        assert!(!secret_matches(&hash, "correct horsf"));
-        assert!(!secret_matches("not a hash", "correct horse"));
     }
 
     #[test]

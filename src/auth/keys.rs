@@ -190,6 +190,7 @@ mod tests {
             jti: "j".into(),
             patient: None,
             fhir_user: None,
+            gid: None,
         }
     }
 

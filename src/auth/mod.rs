@@ -11,12 +11,18 @@
 pub mod admin;
 pub mod assertion;
 pub mod clients;
+pub mod flow;
+mod grants;
 mod jwks_url;
 pub mod keys;
+pub mod password;
 pub mod restrict;
 pub mod rules;
 pub mod scope;
+pub mod session;
 pub mod token;
+pub mod totp;
+pub mod users;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +45,11 @@ pub const MAX_BACKEND_TOKEN_SECS: u64 = 300;
 
 /// Most verified tokens remembered, so that a token is verified once rather than per request.
 const TOKEN_CACHE_ENTRIES: usize = 50_000;
+
+/// A fresh token id (128 random bits).
+pub fn new_jti() -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, random_bytes::<16>())
+}
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
@@ -97,6 +108,10 @@ impl TokenError {
         Self::new(400, "unsupported_grant_type", description)
     }
 
+    pub fn invalid_grant(description: impl Into<String>) -> TokenError {
+        Self::new(400, "invalid_grant", description)
+    }
+
     fn server_error() -> TokenError {
         Self::new(500, "server_error", "the token could not be issued; see the server log")
     }
@@ -115,7 +130,7 @@ impl From<crate::store::StoreError> for TokenError {
     }
 }
 
-/// A token request's form fields (RFC 6749 §4.4, RFC 7523 §2.2).
+/// A token request's form fields (RFC 6749 §4.1.3, §4.4, §6; RFC 7523 §2.2; RFC 7636 §4.5).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct TokenForm {
     pub grant_type: Option<String>,
@@ -123,15 +138,53 @@ pub struct TokenForm {
     pub client_id: Option<String>,
     pub client_assertion_type: Option<String>,
     pub client_assertion: Option<String>,
+    pub code: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_verifier: Option<String>,
+    pub refresh_token: Option<String>,
 }
 
-/// A successful token response.
+/// A successful token response, with the launch context SMART adds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
     pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub need_patient_banner: Option<bool>,
+    #[serde(rename = "fhirUser", skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl TokenResponse {
+    fn bearer(access_token: String, expires_in: u64, scope: String) -> TokenResponse {
+        TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in,
+            scope,
+            refresh_token: None,
+            patient: None,
+            need_patient_banner: None,
+            fhir_user: None,
+            id_token: None,
+        }
+    }
+}
+
+/// How the authorization server is set up (from the settings).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub backend_token_secs: u64,
+    pub access_token_secs: u64,
+    pub totp: crate::config::TotpPolicy,
 }
 
 /// Where the authorization server is reached, for one request: the FHIR base (the tokens'
@@ -172,20 +225,48 @@ pub struct AuthState {
     verified: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
     client_keys: jwks_url::ClientKeys,
     backend_token_secs: u64,
+    access_token_secs: u64,
+    totp_policy: crate::config::TotpPolicy,
+    failures: flow::FailureCounter,
+    flow_key: session::FlowKey,
+    /// Revoked access tokens (by `jti`) and grants (by id), until they would have expired
+    /// anyway: checked on every use of a token, cached or not.
+    revoked: grants::Revoked,
 }
 
 impl AuthState {
     /// Makes sure a signing key exists, then loads the keys.
-    pub async fn start(store: Store, backend_token_secs: u64) -> Result<AuthState, FhirError> {
+    pub async fn start(store: Store, config: AuthConfig) -> Result<AuthState, FhirError> {
         store.auth_write(|txn| keys::ensure_active(txn, now_secs())).await?;
+        let fresh: [u8; 32] = random_bytes();
+        let session_secret = store
+            .auth_write(move |txn| match txn.get(b"secret/session")? {
+                Some(secret) => Ok(secret),
+                None => {
+                    txn.insert(b"secret/session", &fresh);
+                    Ok(fresh.to_vec())
+                }
+            })
+            .await?;
         let ring = store.auth_read(KeyRing::load)?;
+        let revoked = store.auth_read(grants::Revoked::load)?;
         Ok(AuthState {
             store,
             keys: RwLock::new(Arc::new(ring)),
             verified: Mutex::new(HashMap::new()),
             client_keys: jwks_url::ClientKeys::new()?,
-            backend_token_secs: backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
+            backend_token_secs: config.backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
+            access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
+            totp_policy: config.totp,
+            failures: flow::FailureCounter::new(),
+            flow_key: session::FlowKey::new(&session_secret),
+            revoked,
         })
+    }
+
+    /// Signs and opens the cookies of logins in progress.
+    pub fn flow_key(&self) -> &session::FlowKey {
+        &self.flow_key
     }
 
     pub fn keys(&self) -> Arc<KeyRing> {
@@ -216,9 +297,8 @@ impl AuthState {
     ) -> Result<TokenResponse, TokenError> {
         match form.grant_type.as_deref() {
             Some("client_credentials") => self.client_credentials(form, basic, endpoints).await,
-            Some("authorization_code" | "refresh_token") => Err(TokenError::unsupported_grant_type(
-                "this server issues tokens to backend services (client_credentials) only",
-            )),
+            Some("authorization_code") => self.authorization_code(form, basic, endpoints).await,
+            Some("refresh_token") => self.refresh(form, basic, endpoints).await,
             Some(other) => Err(TokenError::unsupported_grant_type(format!("unknown grant_type {other}"))),
             None => Err(TokenError::invalid_request("grant_type is required")),
         }
@@ -233,7 +313,7 @@ impl AuthState {
         endpoints: &Endpoints,
     ) -> Result<TokenResponse, TokenError> {
         let now = now_secs();
-        let client = self.authenticate_client(form, basic, endpoints, now).await?;
+        let client = self.authenticate_client(form, basic, endpoints, now, false).await?;
         if !client.grant_types.contains(&GrantType::ClientCredentials) {
             return Err(TokenError::unauthorized_client("this client may not use the client_credentials grant"));
         }
@@ -247,22 +327,25 @@ impl AuthState {
             scope: scope.clone(),
             iat: now,
             exp: now + expires_in,
-            jti: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, random_bytes::<16>()),
+            jti: new_jti(),
             patient: None,
             fhir_user: None,
+            gid: None,
         };
         let access_token = token::issue(&self.keys(), &claims)?;
-        Ok(TokenResponse { access_token, token_type: "Bearer", expires_in, scope })
+        Ok(TokenResponse::bearer(access_token, expires_in, scope))
     }
 
     /// Authenticates the client of a token request: by a JWT assertion (whose `jti` is
-    /// recorded so that it is accepted once) or by HTTP Basic with its secret.
+    /// recorded so that it is accepted once) or by HTTP Basic with its secret; with
+    /// `allow_public`, a public client by its `client_id` alone (its codes are bound by PKCE).
     async fn authenticate_client(
         &self,
         form: &TokenForm,
         basic: Option<(String, String)>,
         endpoints: &Endpoints,
         now: u64,
+        allow_public: bool,
     ) -> Result<Client, TokenError> {
         if let Some(kind) = &form.client_assertion_type {
             if kind != assertion::JWT_BEARER {
@@ -303,6 +386,13 @@ impl AuthState {
             return Err(TokenError::invalid_request("client_assertion_type is required with client_assertion"));
         }
         let Some((client_id, secret)) = basic else {
+            if allow_public && let Some(client_id) = &form.client_id {
+                let client = self.find_client(client_id)?;
+                return match client.credential {
+                    Credential::None => Ok(client),
+                    _ => Err(TokenError::invalid_client("this is a confidential client: it must authenticate")),
+                };
+            }
             return Err(TokenError::invalid_client(
                 "the client must authenticate: a client_assertion (private_key_jwt) or HTTP Basic",
             ));
@@ -318,7 +408,7 @@ impl AuthState {
         };
         let hash = hash.clone();
         // Argon2 takes tens of milliseconds on purpose: off the async workers.
-        let matches = tokio::task::spawn_blocking(move || clients::secret_matches(&hash, &secret))
+        let matches = tokio::task::spawn_blocking(move || password::matches(&hash, &secret))
             .await
             .map_err(|_| TokenError::server_error())?;
         if matches { Ok(client) } else { Err(challenge("unknown client or wrong secret")) }
@@ -367,12 +457,18 @@ impl AuthState {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
         if let Some(grant) = cached {
-            if grant.expires > now && grant.audience == fhir_base {
-                return Ok(grant);
+            if grant.expires <= now || grant.audience != fhir_base {
+                return Err(BearerError::Invalid("the access token has expired".into()));
             }
-            return Err(BearerError::Invalid("the access token has expired".into()));
+            if self.revoked.contains(&grant) {
+                return Err(BearerError::Invalid("the access token was revoked".into()));
+            }
+            return Ok(grant);
         }
         let grant = Arc::new(token::verify(&self.keys(), token, fhir_base, now).map_err(BearerError::Invalid)?);
+        if self.revoked.contains(&grant) {
+            return Err(BearerError::Invalid("the access token was revoked".into()));
+        }
         let mut verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if verified.len() >= TOKEN_CACHE_ENTRIES {
             verified.retain(|_, grant| grant.expires > now);

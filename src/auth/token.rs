@@ -30,6 +30,10 @@ pub struct AccessClaims {
     pub patient: Option<String>,
     #[serde(default, rename = "fhirUser", skip_serializing_if = "Option::is_none")]
     pub fhir_user: Option<String>,
+    /// The grant (the refresh token's) this token was issued under: revoking it revokes the
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
 }
 
 /// What a verified token allows its bearer.
@@ -47,6 +51,9 @@ pub struct Grant {
     pub scope: String,
     pub expires: u64,
     pub jti: String,
+    pub gid: Option<String>,
+    pub fhir_user: Option<String>,
+    pub iat: u64,
 }
 
 impl Grant {
@@ -72,6 +79,9 @@ impl Grant {
             scope: claims.scope,
             expires: claims.exp,
             jti: claims.jti,
+            gid: claims.gid,
+            fhir_user: claims.fhir_user,
+            iat: claims.iat,
         }
     }
 }

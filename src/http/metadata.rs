@@ -40,7 +40,12 @@ fn security(endpoints: &Endpoints) -> Value {
         }],
         "extension": [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [{"url": "token", "valueUri": endpoints.token}],
+            "extension": [
+                {"url": "token", "valueUri": endpoints.token},
+                {"url": "authorize", "valueUri": format!("{}/auth/authorize", endpoints.origin())},
+                {"url": "revoke", "valueUri": format!("{}/auth/revoke", endpoints.origin())},
+                {"url": "introspect", "valueUri": format!("{}/auth/introspect", endpoints.origin())},
+            ],
         }],
     })
 }

@@ -3,6 +3,7 @@
 
 mod access;
 pub mod admin;
+mod authorize;
 mod bundle;
 mod create;
 mod cursor;

@@ -28,7 +28,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/fhir/.well-known/openid-configuration", web::get().to(openid_configuration))
         .route("/auth/jwks", web::get().to(jwks))
         .route("/auth/token", web::post().to(token))
-        .route("/auth/token", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+        .route("/auth/token", web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route("/auth/revoke", web::post().to(revoke))
+        .route("/auth/revoke", web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route("/auth/introspect", web::post().to(introspect))
+        .route("/auth/introspect", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+    super::authorize::configure(config);
 }
 
 /// The 404 a server without an authorization server gives.
@@ -60,16 +65,42 @@ async fn preflight() -> HttpResponse {
 
 /// The scopes advertised in the discovery document (a client may ask for any other scope the
 /// grammar allows).
-const SCOPES_SUPPORTED: &[&str] =
-    &["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/Patient.rs", "system/Observation.rs"];
+const SCOPES_SUPPORTED: &[&str] = &[
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "offline_access",
+    "online_access",
+    "patient/*.cruds",
+    "patient/*.rs",
+    "patient/*.read",
+    "user/*.cruds",
+    "user/*.rs",
+    "user/*.read",
+    "system/*.cruds",
+    "system/*.rs",
+    "system/*.read",
+];
 
 /// `GET /fhir/.well-known/smart-configuration` (SMART App Launch 2.2 §"Conformance").
 async fn smart_configuration(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     discovery(&http, &state, |document| {
         document["code_challenge_methods_supported"] = json!(["S256"]);
         document["capabilities"] = json!([
-            "client-confidential-asymmetric",
+            "launch-ehr",
+            "launch-standalone",
+            "authorize-post",
+            "client-public",
             "client-confidential-symmetric",
+            "client-confidential-asymmetric",
+            "context-passthrough-banner",
+            "context-ehr-patient",
+            "context-standalone-patient",
+            "permission-offline",
+            "permission-online",
+            "permission-patient",
+            "permission-user",
             "permission-v1",
             "permission-v2"
         ]);
@@ -99,8 +130,11 @@ fn discovery(
         "issuer": endpoints.fhir_base,
         "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint": endpoints.token,
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "authorization_endpoint": format!("{origin}/auth/authorize"),
+        "revocation_endpoint": format!("{origin}/auth/revoke"),
+        "introspection_endpoint": format!("{origin}/auth/introspect"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
@@ -130,11 +164,60 @@ async fn token(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
         Ok(token) => HttpResponse::Ok().json(token),
         Err(error) => token_error(&error),
     };
-    let mut response = cors(response);
+    no_store(cors(response))
+}
+
+/// `POST /auth/revoke` (RFC 7009): 200 with an empty body, whether or not the token was known.
+async fn revoke(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let result = async {
+        let (form, token) = read_form_with_token(&http, &body)?;
+        let basic = basic_credentials(&http)?;
+        auth.revoke(&token, &form, basic, &endpoints(&http, &state)).await
+    }
+    .await;
+    let response = match result {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(error) => token_error(&error),
+    };
+    no_store(cors(response))
+}
+
+/// `POST /auth/introspect` (RFC 7662), for confidential clients, or with a bearer token of the
+/// same client as the token asked about.
+async fn introspect(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let result = async {
+        let (form, token) = read_form_with_token(&http, &body)?;
+        let authorization = http.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let bearer = authorization.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        let basic = if bearer.is_some() { None } else { basic_credentials(&http)? };
+        auth.introspect(&token, &form, basic, bearer.map(|(_, token)| token.trim()), &endpoints(&http, &state)).await
+    }
+    .await;
+    let response = match result {
+        Ok(answer) => HttpResponse::Ok().json(answer),
+        Err(error) => token_error(&error),
+    };
+    no_store(cors(response))
+}
+
+fn no_store(mut response: HttpResponse) -> HttpResponse {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The form of a revocation or introspection request and its `token`.
+fn read_form_with_token(http: &HttpRequest, body: &[u8]) -> Result<(TokenForm, String), TokenError> {
+    let form = read_form(http, body)?;
+    let token = form_urlencoded_pairs(body)?
+        .into_iter()
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value)
+        .ok_or_else(|| TokenError::invalid_request("token is required"))?;
+    Ok((form, token))
 }
 
 /// The form of a token request: `application/x-www-form-urlencoded`, each field at most once.
@@ -157,6 +240,10 @@ fn read_form(http: &HttpRequest, body: &[u8]) -> Result<TokenForm, TokenError> {
             "client_id" => &mut form.client_id,
             "client_assertion_type" => &mut form.client_assertion_type,
             "client_assertion" => &mut form.client_assertion,
+            "code" => &mut form.code,
+            "redirect_uri" => &mut form.redirect_uri,
+            "code_verifier" => &mut form.code_verifier,
+            "refresh_token" => &mut form.refresh_token,
             // Other parameters belong to grants or extensions Braid does not use: ignored, as
             // RFC 6749 §3.2 asks.
             _ => continue,
@@ -170,7 +257,7 @@ fn read_form(http: &HttpRequest, body: &[u8]) -> Result<TokenForm, TokenError> {
 }
 
 /// Decodes `a=b&c=d` (`+` as space, percent escapes), refusing invalid UTF-8.
-fn form_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, TokenError> {
+pub(super) fn form_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, TokenError> {
     let text = std::str::from_utf8(body).map_err(|_| TokenError::invalid_request("the form is not UTF-8"))?;
     let decode = |part: &str| {
         percent_encoding::percent_decode_str(&part.replace('+', " "))

@@ -34,6 +34,7 @@ impl Server {
             jti: uuid::Uuid::new_v4().to_string(),
             patient: patient.map(str::to_owned),
             fhir_user: None,
+            gid: None,
         };
         token::issue(&self.ring, &claims).unwrap()
     }

@@ -24,6 +24,7 @@ mod power_loss;
 mod process;
 mod search;
 mod smart;
+mod smart_launch;
 mod sorting;
 mod storage_format;
 mod surface;

@@ -1,0 +1,415 @@
+//! What a user's consent leaves behind: grants with their refresh tokens, the token responses
+//! of the authorization code and refresh grants, revocation and introspection.
+//!
+//! A grant is stored as `grant/<id>`; its refresh token is `<id>.<generation>.<secret>`, of
+//! which only the SHA-256 of the secret is kept. Each refresh rotates the token (the generation
+//! grows, the secret changes). Presenting an older token means that someone holds a copy: the
+//! whole grant is revoked, and with it every access token issued under it (RFC 9700 §4.14).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::clients::GrantType;
+use super::scope::{Scope, parse_scope, parse_scopes};
+use super::token::{self, AccessClaims, Grant};
+use super::{AuthState, Endpoints, TokenError, TokenForm, TokenResponse, new_jti, now_secs, random_bytes};
+use crate::fhir::FhirError;
+use crate::store::StoreError;
+use crate::store::auth::AuthRead;
+
+/// How long an `offline_access` grant (its refresh token) lasts without being used.
+pub const OFFLINE_GRANT_SECS: u64 = 90 * 24 * 3600;
+
+/// How long an `online_access` grant lasts.
+pub const ONLINE_GRANT_SECS: u64 = 12 * 3600;
+
+const GRANT_PREFIX: &[u8] = b"grant/";
+const REVOKED_PREFIX: &[u8] = b"revoked/";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GrantRecord {
+    client_id: String,
+    username: String,
+    scope: String,
+    patient: Option<String>,
+    fhir_user: Option<String>,
+    generation: u32,
+    /// SHA-256 of the current refresh token's secret, hex.
+    secret_hash: String,
+    expires: u64,
+    revoked: bool,
+}
+
+fn grant_key(gid: &str) -> Vec<u8> {
+    [GRANT_PREFIX, gid.as_bytes()].concat()
+}
+
+fn hash_hex(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The revoked access tokens and grants, in memory (loaded at start, updated after each
+/// revocation is committed).
+pub struct Revoked {
+    jtis: Mutex<HashSet<String>>,
+    grants: Mutex<HashSet<String>>,
+}
+
+impl Revoked {
+    pub fn load(read: &AuthRead) -> Result<Revoked, StoreError> {
+        let jtis = read
+            .scan(REVOKED_PREFIX)?
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key[REVOKED_PREFIX.len()..]).into_owned())
+            .collect();
+        let mut grants = HashSet::new();
+        for (key, value) in read.scan(GRANT_PREFIX)? {
+            let record: GrantRecord = serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt(key.clone()))?;
+            if record.revoked {
+                grants.insert(String::from_utf8_lossy(&key[GRANT_PREFIX.len()..]).into_owned());
+            }
+        }
+        Ok(Revoked { jtis: Mutex::new(jtis), grants: Mutex::new(grants) })
+    }
+
+    /// Whether the token behind `grant` was revoked, or the grant it was issued under.
+    pub fn contains(&self, grant: &Grant) -> bool {
+        let lock = |set: &Mutex<HashSet<String>>| set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        lock(&self.jtis).contains(&grant.jti) || grant.gid.as_ref().is_some_and(|gid| lock(&self.grants).contains(gid))
+    }
+
+    fn add_jti(&self, jti: &str) {
+        self.jtis.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(jti.to_owned());
+    }
+
+    fn add_grant(&self, gid: &str) {
+        self.grants.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(gid.to_owned());
+    }
+}
+
+impl AuthState {
+    /// `grant_type=authorization_code`: a code from the consent, its PKCE verifier, and the
+    /// client (a public one by its id; a confidential one authenticated).
+    pub(super) async fn authorization_code(
+        &self,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+    ) -> Result<TokenResponse, TokenError> {
+        let now = now_secs();
+        let code = form.code.as_deref().ok_or_else(|| TokenError::invalid_request("code is required"))?;
+        let client = self.authenticate_client(form, basic, endpoints, now, true).await?;
+        if !client.grant_types.contains(&GrantType::AuthorizationCode) {
+            return Err(TokenError::unauthorized_client("this client may not use the authorization_code grant"));
+        }
+        let record = self
+            .redeem_code(code, &client.client_id, form.redirect_uri.as_deref(), form.code_verifier.as_deref())
+            .await?;
+        let lasting = grant_lifetime(&record.scope);
+        let (gid, refresh_token) = match lasting {
+            Some(lifetime) => {
+                let gid = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+                let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+                let grant = GrantRecord {
+                    client_id: client.client_id.clone(),
+                    username: record.username.clone(),
+                    scope: record.scope.clone(),
+                    patient: record.patient.clone(),
+                    fhir_user: record.fhir_user.clone(),
+                    generation: 1,
+                    secret_hash: hash_hex(&secret),
+                    expires: now + lifetime,
+                    revoked: false,
+                };
+                let value = serde_json::to_vec(&grant).map_err(|_| TokenError::server_error())?;
+                let key = grant_key(&gid);
+                let expires = grant.expires;
+                self.store
+                    .auth_write(move |txn| {
+                        txn.insert_expiring(&key, &value, expires);
+                        Ok(())
+                    })
+                    .await?;
+                let refresh = format!("{gid}.1.{secret}");
+                (Some(gid), Some(refresh))
+            }
+            None => (None, None),
+        };
+        let mut response = self.user_token(
+            endpoints,
+            &client.client_id,
+            &record.username,
+            &record.scope,
+            record.patient.as_deref(),
+            record.fhir_user.as_deref(),
+            gid,
+        )?;
+        response.refresh_token = refresh_token;
+        response.need_patient_banner = record.patient.as_ref().map(|_| record.need_patient_banner);
+        Ok(response)
+    }
+
+    /// `grant_type=refresh_token`: rotates the refresh token; a narrower `scope` gives a
+    /// narrower access token (the grant keeps its own).
+    pub(super) async fn refresh(
+        &self,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+    ) -> Result<TokenResponse, TokenError> {
+        let now = now_secs();
+        let presented =
+            form.refresh_token.as_deref().ok_or_else(|| TokenError::invalid_request("refresh_token is required"))?;
+        let client = self.authenticate_client(form, basic, endpoints, now, true).await?;
+        let invalid = || TokenError::invalid_grant("the refresh token is unknown, expired, revoked or already used");
+        let mut parts = presented.splitn(3, '.');
+        let (Some(gid), Some(generation), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        let generation: u32 = generation.parse().map_err(|_| invalid())?;
+        let (gid, secret, client_id) = (gid.to_owned(), secret.to_owned(), client.client_id.clone());
+        let fresh = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+        let key = grant_key(&gid);
+        let fresh_hash = hash_hex(&fresh);
+        // Checked and rotated in one piece of work: of two uses of one token, one wins.
+        let outcome = self
+            .store
+            .auth_write(move |txn| {
+                let Some(bytes) = txn.get(&key)? else { return Ok(Refreshed::Invalid) };
+                let mut grant: GrantRecord =
+                    serde_json::from_slice(&bytes).map_err(|_| FhirError::fault("a stored grant is damaged"))?;
+                if grant.revoked || grant.expires <= now || grant.client_id != client_id {
+                    return Ok(Refreshed::Invalid);
+                }
+                if generation != grant.generation || hash_hex(&secret) != grant.secret_hash {
+                    if generation < grant.generation {
+                        // An older token of this grant: a copy is in someone else's hands.
+                        grant.revoked = true;
+                        let value = serde_json::to_vec(&grant).map_err(|_| FhirError::fault("auth"))?;
+                        txn.insert(&key, &value);
+                        return Ok(Refreshed::Reused);
+                    }
+                    return Ok(Refreshed::Invalid);
+                }
+                grant.generation += 1;
+                grant.secret_hash = fresh_hash.clone();
+                let value = serde_json::to_vec(&grant).map_err(|_| FhirError::fault("auth"))?;
+                txn.insert(&key, &value);
+                Ok(Refreshed::Rotated(Box::new(grant)))
+            })
+            .await?;
+        let grant = match outcome {
+            Refreshed::Rotated(grant) => grant,
+            Refreshed::Reused => {
+                self.revoked.add_grant(&gid);
+                tracing::warn!(client = %client.client_id, "a refresh token was used twice; its grant is revoked");
+                return Err(invalid());
+            }
+            Refreshed::Invalid => return Err(invalid()),
+        };
+        let scope = match form.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => grant.scope.clone(),
+            Some(asked) => {
+                let held = parse_scopes(&grant.scope).map(|s| s.granted).unwrap_or_default();
+                let asked_scopes = parse_scopes(asked).map_err(|error| TokenError::invalid_scope(error.to_string()))?;
+                if !asked_scopes.unknown.is_empty() || !asked_scopes.within(&held) {
+                    return Err(TokenError::invalid_scope("a refresh may narrow the grant's scopes, never widen them"));
+                }
+                asked.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+            }
+        };
+        let mut response = self.user_token(
+            endpoints,
+            &grant.client_id,
+            &grant.username,
+            &scope,
+            grant.patient.as_deref(),
+            grant.fhir_user.as_deref(),
+            Some(gid.clone()),
+        )?;
+        response.refresh_token = Some(format!("{gid}.{}.{fresh}", grant.generation));
+        Ok(response)
+    }
+
+    /// The access token (and the launch context of its response) for a user's grant.
+    #[allow(clippy::too_many_arguments)]
+    fn user_token(
+        &self,
+        endpoints: &Endpoints,
+        client_id: &str,
+        username: &str,
+        scope: &str,
+        patient: Option<&str>,
+        fhir_user: Option<&str>,
+        gid: Option<String>,
+    ) -> Result<TokenResponse, TokenError> {
+        let now = now_secs();
+        let has = |wanted: Scope| scope.split(' ').any(|w| parse_scope(w) == Some(wanted.clone()));
+        let fhir_user =
+            fhir_user.filter(|_| has(Scope::FhirUser)).map(|relative| format!("{}/{relative}", endpoints.fhir_base));
+        let claims = AccessClaims {
+            iss: endpoints.fhir_base.clone(),
+            aud: endpoints.fhir_base.clone(),
+            sub: username.to_owned(),
+            client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
+            iat: now,
+            exp: now + self.access_token_secs,
+            jti: new_jti(),
+            patient: patient.map(str::to_owned),
+            fhir_user: fhir_user.clone(),
+            gid,
+        };
+        let access_token = token::issue(&self.keys(), &claims)?;
+        let mut response = TokenResponse::bearer(access_token, self.access_token_secs, scope.to_owned());
+        response.patient = patient.map(str::to_owned);
+        response.fhir_user = fhir_user;
+        Ok(response)
+    }
+
+    /// RFC 7009: revokes an access token (and the grant it was issued under) or a refresh
+    /// token's grant. Unknown tokens are not an error (§2.2). A public client names itself by
+    /// `client_id`; a token of another client is left alone.
+    pub async fn revoke(
+        &self,
+        token_text: &str,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        endpoints: &Endpoints,
+    ) -> Result<(), TokenError> {
+        let client = self.authenticate_client(form, basic, endpoints, now_secs(), true).await?;
+        if let Some(grant) = self.inspect_access_token(token_text, endpoints, true) {
+            if grant.client_id != client.client_id {
+                return Ok(());
+            }
+            let jti = grant.jti.clone();
+            let key = [REVOKED_PREFIX, jti.as_bytes()].concat();
+            let expires = grant.expires;
+            self.store
+                .auth_write(move |txn| {
+                    txn.insert_expiring(&key, &[], expires);
+                    Ok(())
+                })
+                .await?;
+            self.revoked.add_jti(&jti);
+            if let Some(gid) = &grant.gid {
+                self.revoke_grant(gid, &client.client_id).await?;
+            }
+            return Ok(());
+        }
+        if let Some(gid) = token_text.split('.').next().filter(|_| token_text.matches('.').count() == 2) {
+            self.revoke_grant(gid, &client.client_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke_grant(&self, gid: &str, client_id: &str) -> Result<(), TokenError> {
+        let key = grant_key(gid);
+        let client_id = client_id.to_owned();
+        let revoked = self
+            .store
+            .auth_write(move |txn| {
+                let Some(bytes) = txn.get(&key)? else { return Ok(false) };
+                let Ok(mut grant) = serde_json::from_slice::<GrantRecord>(&bytes) else { return Ok(false) };
+                if grant.client_id != client_id {
+                    return Ok(false);
+                }
+                grant.revoked = true;
+                let value = serde_json::to_vec(&grant).map_err(|_| FhirError::fault("auth"))?;
+                txn.insert(&key, &value);
+                Ok(true)
+            })
+            .await?;
+        if revoked {
+            self.revoked.add_grant(gid);
+        }
+        Ok(())
+    }
+
+    /// An access token's grant if Braid issued it for this server (`ignore_expiry`: also once
+    /// expired, as revocation wants).
+    fn inspect_access_token(&self, text: &str, endpoints: &Endpoints, ignore_expiry: bool) -> Option<Grant> {
+        let now = if ignore_expiry { 0 } else { now_secs() };
+        let ring = self.keys();
+        if ignore_expiry {
+            // Verified as of its own issue time: the signature and audience still count.
+            let claims: AccessClaims = jsonwebtoken::dangerous::insecure_decode_claims(text).ok()?;
+            return token::verify(&ring, text, &endpoints.fhir_base, claims.iat).ok();
+        }
+        token::verify(&ring, text, &endpoints.fhir_base, now).ok()
+    }
+
+    /// RFC 7662 with SMART's fields. The caller is a confidential client, or presents an active
+    /// access token of the same client as the one introspected (`caller_token`).
+    pub async fn introspect(
+        &self,
+        token_text: &str,
+        form: &TokenForm,
+        basic: Option<(String, String)>,
+        caller_token: Option<&str>,
+        endpoints: &Endpoints,
+    ) -> Result<Value, TokenError> {
+        let caller = match caller_token {
+            Some(bearer) => self
+                .inspect_access_token(bearer, endpoints, false)
+                .filter(|grant| !self.revoked.contains(grant))
+                .map(|grant| grant.client_id)
+                .ok_or_else(|| TokenError {
+                    status: 401,
+                    ..TokenError::invalid_client("the bearer token is not active")
+                })?,
+            None => {
+                let client = self.authenticate_client(form, basic, endpoints, now_secs(), false).await?;
+                client.client_id
+            }
+        };
+        let inactive = json!({"active": false});
+        let Some(grant) = self.inspect_access_token(token_text, endpoints, false) else { return Ok(inactive) };
+        if self.revoked.contains(&grant) || (caller_token.is_some() && grant.client_id != caller) {
+            return Ok(inactive);
+        }
+        let mut answer = json!({
+            "active": true,
+            "scope": grant.scope,
+            "client_id": grant.client_id,
+            "sub": grant.subject,
+            "exp": grant.expires,
+            "iat": grant.iat,
+            "iss": endpoints.fhir_base,
+            "aud": grant.audience,
+            "token_type": "Bearer",
+            "jti": grant.jti,
+        });
+        if let Some(patient) = &grant.patient {
+            answer["patient"] = patient.clone().into();
+        }
+        if let Some(fhir_user) = &grant.fhir_user {
+            answer["fhirUser"] = fhir_user.clone().into();
+        }
+        Ok(answer)
+    }
+}
+
+enum Refreshed {
+    Rotated(Box<GrantRecord>),
+    Reused,
+    Invalid,
+}
+
+/// How long a grant with these scopes lasts, if it has a refresh token at all.
+fn grant_lifetime(scope: &str) -> Option<u64> {
+    let scopes: Vec<Scope> = scope.split(' ').filter_map(parse_scope).collect();
+    if scopes.contains(&Scope::OfflineAccess) {
+        Some(OFFLINE_GRANT_SECS)
+    } else if scopes.contains(&Scope::OnlineAccess) {
+        Some(ONLINE_GRANT_SECS)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,686 @@
+//! SMART App Launch: the authorization code flow as a browser and an app go through it (login,
+//! second factor, consent, code with PKCE), refresh tokens, revocation and introspection, and
+//! the refusals of the (g)(10) groups: invalid `aud`, client, redirect URI, PKCE, codes, TOTP
+//! codes, and the login limits.
+
+use std::collections::HashMap;
+
+use braid::auth::clients::{self, NewClient, NewCredential};
+use braid::auth::keys::KeyRing;
+use braid::auth::token::{self, AccessClaims};
+use braid::auth::users::{self, NewUser, Role};
+use braid::config::{AuthMode, Settings, TotpPolicy};
+use braid::startup::Application;
+use serde_json::json;
+
+use crate::helpers::{Reply, TestApp};
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+const PASSWORD: &str = "correct horse battery";
+
+struct Launch {
+    app: TestApp,
+    origin: String,
+    client_id: String,
+    /// A client that keeps a secret (confidential, symmetric).
+    confidential: (String, String),
+    /// Does not follow redirects: each step is looked at.
+    browser: reqwest::Client,
+}
+
+async fn spawn(totp: TotpPolicy) -> Launch {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        auth: AuthMode::On,
+        totp,
+        ..Settings::default()
+    };
+    let application = Application::build(&settings).await.expect("the server starts");
+    let store = application.store().clone();
+    let scope = "launch launch/patient openid fhirUser offline_access patient/*.cruds user/*.rs";
+    let public = clients::add(
+        &store,
+        NewClient {
+            name: "phone app".into(),
+            scope: scope.into(),
+            grant_types: Vec::new(),
+            redirect_uris: vec![REDIRECT.into()],
+            credential: NewCredential::None,
+        },
+        braid::auth::now_secs(),
+    )
+    .await
+    .unwrap();
+    let confidential = clients::add(
+        &store,
+        NewClient {
+            name: "portal".into(),
+            scope: scope.into(),
+            grant_types: Vec::new(),
+            redirect_uris: vec![REDIRECT.into()],
+            credential: NewCredential::Secret,
+        },
+        braid::auth::now_secs(),
+    )
+    .await
+    .unwrap();
+    for (username, patient) in [("ann", "A"), ("bob", "B")] {
+        let user = NewUser {
+            username: username.into(),
+            password: PASSWORD.into(),
+            role: Role::Patient,
+            patient: Some(patient.into()),
+            fhir_user: None,
+        };
+        users::add(&store, user, braid::auth::now_secs()).await.unwrap();
+    }
+    let ring = store.auth_read(KeyRing::load).unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    let app = TestApp::at(base.clone(), dir);
+    seed(&app, &ring).await;
+    let browser = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Launch {
+        origin: base.trim_end_matches("/fhir").to_owned(),
+        app,
+        client_id: public.client.client_id,
+        confidential: (confidential.client.client_id, confidential.secret.unwrap()),
+        browser,
+    }
+}
+
+/// Patients A and B, each with an observation, written with a token the tests sign.
+async fn seed(app: &TestApp, ring: &KeyRing) {
+    let now = braid::auth::now_secs();
+    let claims = AccessClaims {
+        iss: app.base.clone(),
+        aud: app.base.clone(),
+        sub: "seed".into(),
+        client_id: "seed".into(),
+        scope: "system/*.cruds".into(),
+        iat: now,
+        exp: now + 300,
+        jti: "seed".into(),
+        patient: None,
+        fhir_user: None,
+        gid: None,
+    };
+    let admin = token::issue(ring, &claims).unwrap();
+    let mut entries = Vec::new();
+    for patient in ["A", "B"] {
+        entries.push(json!({"resource": {"resourceType": "Patient", "id": patient, "name": [{"family": format!("Family{patient}")}]},
+            "request": {"method": "PUT", "url": format!("Patient/{patient}")}}));
+        entries.push(
+            json!({"resource": {"resourceType": "Observation", "id": format!("{patient}-obs"), "status": "final",
+            "code": {"text": "note"}, "subject": {"reference": format!("Patient/{patient}")}},
+            "request": {"method": "PUT", "url": format!("Observation/{patient}-obs")}}),
+        );
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let reply = app
+        .send(
+            app.client
+                .post(app.base.clone())
+                .bearer_auth(admin)
+                .header("content-type", "application/fhir+json")
+                .body(bundle.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// A browser step's answer: status, where it redirects, the flow cookie it sets, its page.
+struct Step {
+    status: u16,
+    location: Option<String>,
+    cookie: Option<String>,
+    html: String,
+}
+
+impl Step {
+    fn hidden(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self.html.find(&marker).unwrap_or_else(|| panic!("no {name} in {}", self.html)) + marker.len();
+        self.html[start..].split('"').next().unwrap().to_owned()
+    }
+
+    fn redirect_query(&self) -> HashMap<String, String> {
+        let location = self.location.as_deref().expect("a redirect");
+        let query = location.split_once('?').map_or("", |(_, q)| q);
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, value)| {
+                let decode = |text: &str| {
+                    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
+                };
+                (decode(name), decode(value))
+            })
+            .collect()
+    }
+}
+
+impl Launch {
+    async fn step(&self, request: reqwest::RequestBuilder, cookie: Option<&str>) -> Step {
+        let request = match cookie {
+            Some(cookie) => request.header("cookie", format!("braid_flow={cookie}")),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("braid_flow="))
+            .map(|v| v.split(';').next().unwrap().to_owned());
+        let html = response.text().await.unwrap();
+        Step { status, location, cookie, html }
+    }
+
+    fn authorize_url(&self, client_id: &str, params: &[(&str, &str)]) -> String {
+        let mut query: Vec<(String, String)> = vec![
+            ("response_type".into(), "code".into()),
+            ("client_id".into(), client_id.into()),
+            ("redirect_uri".into(), REDIRECT.into()),
+            ("scope".into(), "launch/patient openid fhirUser offline_access patient/*.rs".into()),
+            ("state".into(), "st4te".into()),
+            ("aud".into(), self.app.base.clone()),
+            ("code_challenge".into(), braid::auth::flow::s256(VERIFIER)),
+            ("code_challenge_method".into(), "S256".into()),
+        ];
+        for (name, value) in params {
+            query.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                query.push((name.to_string(), value.to_string()));
+            }
+        }
+        let encoded: Vec<String> = query
+            .iter()
+            .map(|(n, v)| {
+                format!("{n}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
+            })
+            .collect();
+        format!("{}/auth/authorize?{}", self.origin, encoded.join("&"))
+    }
+
+    fn form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(n, v)| {
+                format!("{n}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
+            })
+            .collect();
+        self.browser
+            .post(format!("{}{path}", self.origin))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+    }
+
+    /// Up to the consent page: authorize, password, second factor (enrolling the first time).
+    /// Returns the cookie of the flow.
+    async fn sign_in(&self, authorize_url: &str, username: &str) -> String {
+        let start = self.step(self.browser.get(authorize_url), None).await;
+        assert_eq!(start.status, 302, "{}", start.html);
+        assert_eq!(start.location.as_deref(), Some("/auth/login"));
+        let mut cookie = start.cookie.expect("a flow cookie");
+        let login = self.step(self.browser.get(format!("{}/auth/login", self.origin)), Some(&cookie)).await;
+        assert_eq!(login.status, 200);
+        let csrf = login.hidden("csrf");
+        let signed = self
+            .step(
+                self.form("/auth/login", &[("csrf", &csrf), ("username", username), ("password", PASSWORD)]),
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(signed.status, 302, "{}", signed.html);
+        cookie = signed.cookie.expect("the flow moves on");
+        if signed.location.as_deref() == Some("/auth/totp") {
+            let code = self.totp_code(&cookie, username, 0).await;
+            let passed = self.step(self.form("/auth/totp", &[("csrf", &csrf), ("code", &code)]), Some(&cookie)).await;
+            assert_eq!(passed.status, 302, "{}", passed.html);
+            assert_eq!(passed.location.as_deref(), Some("/auth/consent"));
+            cookie = passed.cookie.unwrap();
+        }
+        cookie
+    }
+
+    /// A code from the user's authenticator: the key shown at enrolment, remembered per user.
+    async fn totp_code(&self, cookie: &str, username: &str, steps_ahead: u64) -> String {
+        let page = self.step(self.browser.get(format!("{}/auth/totp", self.origin)), Some(cookie)).await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        let mut secrets = SECRETS.lock().unwrap();
+        if page.html.contains("data-secret") {
+            let marker = "data-secret=\"";
+            let start = page.html.find(marker).unwrap() + marker.len();
+            let key = page.html[start..].split('"').next().unwrap().to_owned();
+            assert!(page.html.contains("<svg"), "the enrolment page shows a QR code");
+            secrets.insert(format!("{}:{username}", self.origin), base32_decode(&key));
+        }
+        let secret = secrets.get(&format!("{}:{username}", self.origin)).expect("enrolled earlier").clone();
+        let step = braid::auth::now_secs() / braid::auth::totp::STEP_SECS + steps_ahead;
+        braid::auth::totp::code_at(&secret, step)
+    }
+
+    /// Consents to `scopes` (all offered when `None`) and returns the redirect's parameters.
+    async fn consent(&self, cookie: &str, scopes: Option<&[&str]>) -> HashMap<String, String> {
+        let page = self.step(self.browser.get(format!("{}/auth/consent", self.origin)), Some(cookie)).await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        let csrf = page.hidden("csrf");
+        let offered: Vec<String> = page
+            .html
+            .split("name=\"scope\" value=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().replace("&#39;", "'"))
+            .collect();
+        let chosen: Vec<&str> = match scopes {
+            Some(scopes) => scopes.to_vec(),
+            None => offered.iter().map(String::as_str).collect(),
+        };
+        let mut fields = vec![("csrf", csrf.as_str()), ("decision", "allow")];
+        fields.extend(chosen.iter().map(|s| ("scope", *s)));
+        let done = self.step(self.form("/auth/consent", &fields), Some(cookie)).await;
+        assert_eq!(done.status, 302, "{}", done.html);
+        assert!(done.location.as_deref().unwrap().starts_with(REDIRECT));
+        done.redirect_query()
+    }
+
+    async fn token(&self, fields: &[(&str, &str)]) -> Reply {
+        self.app.send(self.form("/auth/token", fields)).await
+    }
+
+    async fn exchange(&self, code: &str) -> Reply {
+        self.token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &self.client_id),
+        ])
+        .await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.app.send(self.app.client.get(self.app.url(path)).bearer_auth(token)).await
+    }
+}
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mJ0kDfzDNWoEM0ryoDAW5UmfPmEyW8-the-verifier";
+
+static SECRETS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Vec<u8>>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.bytes() {
+        let value = alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_standalone_patient_launch_yields_a_token_for_the_patients_record_with_a_rotating_refresh_token() {
+    let launch = spawn(TotpPolicy::Required).await;
+    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+    let back = launch.consent(&cookie, None).await;
+    assert_eq!(back["state"], "st4te");
+    let reply = launch.exchange(&back["code"]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let body = &reply.body;
+    assert_eq!(body["patient"], "A");
+    assert_eq!(body["need_patient_banner"], true);
+    assert_eq!(body["fhirUser"], format!("{}/Patient/A", launch.app.base));
+    assert_eq!(body["scope"], "launch/patient openid fhirUser offline_access patient/*.rs");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // The token reaches A's record and nothing of B's.
+    let own = launch.get("/Observation", &access).await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.body["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(own.body["entry"][0]["resource"]["id"], "A-obs");
+    assert_eq!(launch.get("/Patient/B", &access).await.status, 404);
+    assert_eq!(launch.get("/Patient/A", &access).await.status, 200);
+
+    // The code works once.
+    let again = launch.exchange(&back["code"]).await;
+    assert_eq!((again.status, again.body["error"].as_str()), (400, Some("invalid_grant")));
+
+    // Refresh: a new pair; a narrower scope is allowed, a wider one is not.
+    let refreshed = launch
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &launch.client_id)])
+        .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    let second = refreshed.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, refresh);
+    let narrower = launch
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &second),
+            ("client_id", &launch.client_id),
+            ("scope", "patient/Observation.rs"),
+        ])
+        .await;
+    assert_eq!(narrower.status, 200, "{}", narrower.text);
+    assert_eq!(narrower.body["scope"], "patient/Observation.rs");
+    let third = narrower.body["refresh_token"].as_str().unwrap().to_owned();
+    let narrow_access = narrower.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(launch.get("/Patient/A", &narrow_access).await.status, 403);
+    let wider = launch
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &third),
+            ("client_id", &launch.client_id),
+            ("scope", "patient/*.cruds"),
+        ])
+        .await;
+    assert_eq!(wider.body["error"], "invalid_scope");
+
+    // Reusing a refresh token already rotated revokes the whole grant: the current access
+    // token stops working at once, and so does the current refresh token.
+    let reused = launch
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &launch.client_id)])
+        .await;
+    assert_eq!(reused.body["error"], "invalid_grant");
+    assert_eq!(launch.get("/Observation", &narrow_access).await.status, 401);
+    let after = launch
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", &third), ("client_id", &launch.client_id)])
+        .await;
+    assert_eq!(after.body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn unticked_scopes_are_not_granted_and_a_denial_goes_back_with_the_state() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+    let back = launch.consent(&cookie, Some(&["launch/patient", "patient/*.rs"])).await;
+    let reply = launch.exchange(&back["code"]).await;
+    assert_eq!(reply.body["scope"], "launch/patient patient/*.rs");
+    assert!(reply.body.get("refresh_token").is_none(), "no offline_access, no refresh token");
+
+    let limited = launch
+        .authorize_url(&launch.client_id, &[("scope", "launch/patient patient/Patient.rs patient/Observation.rs")]);
+    let cookie = launch.sign_in(&limited, "ann").await;
+    let back = launch.consent(&cookie, Some(&["launch/patient", "patient/Patient.rs"])).await;
+    let token = launch.exchange(&back["code"]).await.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(launch.get("/Patient/A", &token).await.status, 200);
+    assert_eq!(launch.get("/Observation?patient=A", &token).await.status, 403);
+
+    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+    let page = launch.step(launch.browser.get(format!("{}/auth/consent", launch.origin)), Some(&cookie)).await;
+    let csrf = page.hidden("csrf");
+    let denied =
+        launch.step(launch.form("/auth/consent", &[("csrf", &csrf), ("decision", "deny")]), Some(&cookie)).await;
+    let query = denied.redirect_query();
+    assert_eq!((query["error"].as_str(), query["state"].as_str()), ("access_denied", "st4te"));
+    // A form without the flow's csrf value is refused.
+    let forged =
+        launch.step(launch.form("/auth/consent", &[("csrf", "guess"), ("decision", "allow")]), Some(&cookie)).await;
+    assert_eq!(forged.status, 400);
+    assert!(forged.location.is_none());
+}
+
+#[tokio::test]
+async fn bad_authorization_requests_are_refused_without_redirecting_when_the_client_or_audience_is_wrong() {
+    let launch = spawn(TotpPolicy::Off).await;
+    for (params, why) in [
+        (vec![("aud", "https://elsewhere.example/fhir")], "aud"),
+        (vec![("redirect_uri", "https://evil.example/cb")], "redirect"),
+    ] {
+        let step = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &params)), None).await;
+        assert_eq!(step.status, 400, "{why}");
+        assert!(step.location.is_none(), "{why}: no redirect");
+        assert!(step.cookie.is_none(), "{why}: no flow");
+    }
+    let unknown = launch.step(launch.browser.get(launch.authorize_url("no-such-client", &[])), None).await;
+    assert_eq!((unknown.status, unknown.location.is_none()), (400, true));
+    for (params, error) in [
+        (vec![("code_challenge", "")], "invalid_request"),
+        (vec![("code_challenge_method", "plain")], "invalid_request"),
+        (vec![("code_challenge_method", "")], "invalid_request"),
+        (vec![("scope", "system/*.rs")], "invalid_scope"),
+        (vec![("response_type", "token")], "unsupported_response_type"),
+    ] {
+        let step = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &params)), None).await;
+        assert_eq!(step.status, 302, "{params:?}");
+        let query = step.redirect_query();
+        assert_eq!(query["error"], error, "{params:?}");
+        assert_eq!(query["state"], "st4te");
+    }
+}
+
+#[tokio::test]
+async fn codes_need_the_right_verifier_client_and_redirect_uri() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+        codes.push(launch.consent(&cookie, None).await["code"].clone());
+    }
+    let base = |code: &str| {
+        vec![
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), code.to_owned()),
+            ("redirect_uri".to_owned(), REDIRECT.to_owned()),
+            ("code_verifier".to_owned(), VERIFIER.to_owned()),
+            ("client_id".to_owned(), launch.client_id.clone()),
+        ]
+    };
+    let with = |code: &str, name: &str, value: &str| {
+        let mut fields = base(code);
+        fields.retain(|(n, _)| n != name);
+        if !value.is_empty() {
+            fields.push((name.to_owned(), value.to_owned()));
+        }
+        fields
+    };
+    for (fields, why) in [
+        (with(&codes[0], "code_verifier", "the-wrong-verifier-of-enough-length-0123456789"), "wrong verifier"),
+        (with(&codes[1], "code_verifier", ""), "no verifier"),
+        (with(&codes[2], "code_verifier", " "), "blank verifier"),
+        (with(&codes[3], "redirect_uri", "http://127.0.0.1:9/other"), "another redirect_uri"),
+        (with("made-up-code", "code", "made-up-code"), "invalid code"),
+    ] {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let reply = launch.token(&fields).await;
+        assert_eq!((reply.status, reply.body["error"].as_str()), (400, Some("invalid_grant")), "{why}: {}", reply.text);
+    }
+    // A failed exchange used the code up.
+    let retried = launch.exchange(&codes[0]).await;
+    assert_eq!(retried.body["error"], "invalid_grant");
+    // A code of the public client, claimed by another client.
+    let (other, secret) = &launch.confidential;
+    let stolen = launch
+        .app
+        .send(
+            launch
+                .form(
+                    "/auth/token",
+                    &[
+                        ("grant_type", "authorization_code"),
+                        ("code", &codes[4]),
+                        ("redirect_uri", REDIRECT),
+                        ("code_verifier", VERIFIER),
+                    ],
+                )
+                .basic_auth(other, Some(secret)),
+        )
+        .await;
+    assert_eq!(stolen.body["error"], "invalid_grant");
+    // An unknown client id.
+    let unknown = launch.token(&[("grant_type", "authorization_code"), ("code", "x"), ("client_id", "nobody")]).await;
+    assert_eq!(unknown.body["error"], "invalid_client");
+}
+
+#[tokio::test]
+async fn a_confidential_client_authenticates_and_revocation_and_introspection_answer_it() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let (client_id, secret) = launch.confidential.clone();
+    let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
+    let code = launch.consent(&cookie, None).await["code"].clone();
+    // Without its secret, a confidential client gets nothing.
+    let unauthenticated = launch
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(unauthenticated.body["error"], "invalid_client");
+    let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
+    let code = launch.consent(&cookie, None).await["code"].clone();
+    let reply = launch
+        .app
+        .send(
+            launch
+                .form(
+                    "/auth/token",
+                    &[
+                        ("grant_type", "authorization_code"),
+                        ("code", &code),
+                        ("redirect_uri", REDIRECT),
+                        ("code_verifier", VERIFIER),
+                    ],
+                )
+                .basic_auth(&client_id, Some(&secret)),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let access = reply.body["access_token"].as_str().unwrap().to_owned();
+    let refresh = reply.body["refresh_token"].as_str().unwrap().to_owned();
+
+    let introspect = |token: String| {
+        let launch = &launch;
+        let (client_id, secret) = (client_id.clone(), secret.clone());
+        async move {
+            launch
+                .app
+                .send(launch.form("/auth/introspect", &[("token", &token)]).basic_auth(&client_id, Some(&secret)))
+                .await
+        }
+    };
+    let active = introspect(access.clone()).await;
+    assert_eq!(active.status, 200, "{}", active.text);
+    assert_eq!(active.body["active"], true);
+    assert_eq!(active.body["patient"], "A");
+    assert_eq!(active.body["client_id"], client_id.as_str());
+    assert_eq!(active.body["sub"], "ann");
+    assert!(active.body["scope"].as_str().unwrap().contains("patient/*.rs"));
+    assert!(active.body["exp"].as_u64().unwrap() > braid::auth::now_secs());
+    assert_eq!(introspect("garbage".into()).await.body, json!({"active": false}));
+    // Nobody else may ask.
+    let anonymous = launch.app.send(launch.form("/auth/introspect", &[("token", &access)])).await;
+    assert!(anonymous.status == 400 || anonymous.status == 401, "{}", anonymous.text);
+
+    // Revoking the access token: it stops working at once; its refresh token too.
+    let revoked =
+        launch.app.send(launch.form("/auth/revoke", &[("token", &access)]).basic_auth(&client_id, Some(&secret))).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(launch.get("/Patient/A", &access).await.status, 401);
+    assert_eq!(introspect(access.clone()).await.body["active"], false);
+    let refreshed = launch
+        .app
+        .send(
+            launch
+                .form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
+                .basic_auth(&client_id, Some(&secret)),
+        )
+        .await;
+    assert_eq!(refreshed.body["error"], "invalid_grant");
+    // Unknown tokens: 200 all the same.
+    let unknown = launch
+        .app
+        .send(launch.form("/auth/revoke", &[("token", "nothing")]).basic_auth(&client_id, Some(&secret)))
+        .await;
+    assert_eq!(unknown.status, 200);
+}
+
+#[tokio::test]
+async fn second_factor_codes_must_be_right_and_fresh_and_failed_logins_are_limited() {
+    let launch = spawn(TotpPolicy::Required).await;
+    // Enrol once (the key is shown), then sign in again: the key is not shown any more.
+    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+    launch.consent(&cookie, None).await;
+
+    let start = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &[])), None).await;
+    let cookie = start.cookie.unwrap();
+    let login = launch.step(launch.browser.get(format!("{}/auth/login", launch.origin)), Some(&cookie)).await;
+    let csrf = login.hidden("csrf");
+    let signed = launch
+        .step(
+            launch.form("/auth/login", &[("csrf", &csrf), ("username", "ann"), ("password", PASSWORD)]),
+            Some(&cookie),
+        )
+        .await;
+    let cookie = signed.cookie.unwrap();
+    let page = launch.step(launch.browser.get(format!("{}/auth/totp", launch.origin)), Some(&cookie)).await;
+    assert!(!page.html.contains("data-secret"), "the key is shown only until enrolment");
+    // The code just used at enrolment (same time step) is refused, as is a wrong one.
+    let used = launch.totp_code(&cookie, "ann", 0).await;
+    let replay = launch.step(launch.form("/auth/totp", &[("csrf", &csrf), ("code", &used)]), Some(&cookie)).await;
+    assert_eq!(replay.status, 401, "a replayed code");
+    let wrong = launch.step(launch.form("/auth/totp", &[("csrf", &csrf), ("code", "000000")]), Some(&cookie)).await;
+    assert_eq!(wrong.status, 401);
+    // The next step's code is accepted.
+    let next = launch.totp_code(&cookie, "ann", 1).await;
+    let passed = launch.step(launch.form("/auth/totp", &[("csrf", &csrf), ("code", &next)]), Some(&cookie)).await;
+    assert_eq!(passed.location.as_deref(), Some("/auth/consent"), "{}", passed.html);
+    // A flow cookie cannot skip the second factor: the consent page wants both.
+    let skip = launch.step(launch.browser.get(format!("{}/auth/consent", launch.origin)), Some(&cookie)).await;
+    assert_eq!(skip.status, 302);
+
+    // Failed logins: five per account, then 429 for it, while another account from the same
+    // address may still try.
+    let start = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &[])), None).await;
+    let cookie = start.cookie.unwrap();
+    let login = launch.step(launch.browser.get(format!("{}/auth/login", launch.origin)), Some(&cookie)).await;
+    let csrf = login.hidden("csrf");
+    for attempt in 0..5 {
+        let failed = launch
+            .step(
+                launch.form("/auth/login", &[("csrf", &csrf), ("username", "bob"), ("password", "wrong password")]),
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(failed.status, 401, "attempt {attempt}");
+        assert!(failed.html.contains("wrong"));
+    }
+    let limited = launch
+        .step(
+            launch.form("/auth/login", &[("csrf", &csrf), ("username", "bob"), ("password", PASSWORD)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(limited.status, 429, "even the right password, once the account is limited");
+    let other = launch
+        .step(
+            launch.form("/auth/login", &[("csrf", &csrf), ("username", "ann"), ("password", PASSWORD)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(other.status, 302, "{}", other.html);
+    // An unknown account fails like a wrong password.
+    let unknown = launch
+        .step(
+            launch.form("/auth/login", &[("csrf", &csrf), ("username", "nobody"), ("password", PASSWORD)]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(unknown.status, 401);
+    assert!(unknown.html.contains("The username or the password is wrong."));
+}
