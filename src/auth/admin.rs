@@ -83,11 +83,11 @@ pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequ
             }
         }
         AdminRequest::RotateKeys => {
-            let kid = match auth {
+            let kids = match auth {
                 Some(auth) => auth.rotate_keys().await?,
-                None => store.auth_write(|txn| super::keys::rotate(txn, super::now_secs())).await?,
+                None => super::keys::rotate_all(store).await?,
             };
-            Ok(json!({"kid": kid}))
+            Ok(json!({"kid": kids.first(), "id_token_kid": kids.get(1)}))
         }
         AdminRequest::AddUser { user } => Ok(users::describe(&users::add(store, user, super::now_secs()).await?)),
         AdminRequest::ListUsers => Ok(Value::Array(users::list(store)?.iter().map(users::describe).collect())),

@@ -149,6 +149,7 @@ impl AuthState {
             record.patient.as_deref(),
             record.fhir_user.as_deref(),
             gid,
+            record.nonce.as_deref(),
         )?;
         response.refresh_token = refresh_token;
         response.need_patient_banner = record.patient.as_ref().map(|_| record.need_patient_banner);
@@ -232,12 +233,14 @@ impl AuthState {
             grant.patient.as_deref(),
             grant.fhir_user.as_deref(),
             Some(gid.clone()),
+            None,
         )?;
         response.refresh_token = Some(format!("{gid}.{}.{fresh}", grant.generation));
         Ok(response)
     }
 
-    /// The access token (and the launch context of its response) for a user's grant.
+    /// The access token (and the launch context of its response, and an id_token with
+    /// `openid`) for a user's grant.
     #[allow(clippy::too_many_arguments)]
     fn user_token(
         &self,
@@ -248,6 +251,7 @@ impl AuthState {
         patient: Option<&str>,
         fhir_user: Option<&str>,
         gid: Option<String>,
+        nonce: Option<&str>,
     ) -> Result<TokenResponse, TokenError> {
         let now = now_secs();
         let has = |wanted: Scope| scope.split(' ').any(|w| parse_scope(w) == Some(wanted.clone()));
@@ -266,8 +270,21 @@ impl AuthState {
             fhir_user: fhir_user.clone(),
             gid,
         };
-        let access_token = token::issue(&self.keys(), &claims)?;
+        let ring = self.keys();
+        let access_token = token::issue(&ring, &claims)?;
         let mut response = TokenResponse::bearer(access_token, self.access_token_secs, scope.to_owned());
+        if has(Scope::OpenId) {
+            let id_claims = token::IdClaims {
+                iss: endpoints.fhir_base.clone(),
+                sub: username.to_owned(),
+                aud: client_id.to_owned(),
+                exp: now + self.access_token_secs,
+                iat: now,
+                nonce: nonce.map(str::to_owned),
+                fhir_user: fhir_user.clone(),
+            };
+            response.id_token = Some(token::issue_id_token(&ring, &id_claims)?);
+        }
         response.patient = patient.map(str::to_owned);
         response.fhir_user = fhir_user;
         Ok(response)

@@ -237,7 +237,7 @@ pub struct AuthState {
 impl AuthState {
     /// Makes sure a signing key exists, then loads the keys.
     pub async fn start(store: Store, config: AuthConfig) -> Result<AuthState, FhirError> {
-        store.auth_write(|txn| keys::ensure_active(txn, now_secs())).await?;
+        keys::ensure(&store).await?;
         let fresh: [u8; 32] = random_bytes();
         let session_secret = store
             .auth_write(move |txn| match txn.get(b"secret/session")? {
@@ -273,12 +273,12 @@ impl AuthState {
         self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// Retires the active signing key for a new one; tokens it signed keep verifying until they
-    /// expire. Returns the new key's id.
-    pub async fn rotate_keys(&self) -> Result<String, FhirError> {
-        let kid = self.store.auth_write(|txn| keys::rotate(txn, now_secs())).await?;
+    /// Retires the active signing keys for new ones; tokens they signed keep verifying until
+    /// they expire. Returns the new keys' ids (access tokens', then id_tokens').
+    pub async fn rotate_keys(&self) -> Result<Vec<String>, FhirError> {
+        let kids = keys::rotate_all(&self.store).await?;
         self.reload_keys()?;
-        Ok(kid)
+        Ok(kids)
     }
 
     fn reload_keys(&self) -> Result<(), FhirError> {

@@ -88,13 +88,39 @@ impl Grant {
 
 /// Signs `claims` with the ring's active key.
 pub fn issue(ring: &KeyRing, claims: &AccessClaims) -> Result<String, FhirError> {
-    let key = ring.active().ok_or_else(|| FhirError::fault("no signing key"))?;
+    let key = ring.active(Algorithm::ES256).ok_or_else(|| FhirError::fault("no signing key"))?;
     let mut header = Header::new(key.algorithm);
     header.kid = Some(key.kid.clone());
     header.typ = Some("at+jwt".into());
     jsonwebtoken::encode(&header, claims, key.encoding()).map_err(|error| {
         tracing::error!(%error, "cannot sign an access token");
         FhirError::fault("token signing")
+    })
+}
+
+/// The claims of an OpenID Connect id_token (Core §2), with SMART's `fhirUser`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdClaims {
+    pub iss: String,
+    pub sub: String,
+    /// The client.
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(default, rename = "fhirUser", skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+}
+
+/// Signs an id_token with the ring's active RS256 key.
+pub fn issue_id_token(ring: &KeyRing, claims: &IdClaims) -> Result<String, FhirError> {
+    let key = ring.active(Algorithm::RS256).ok_or_else(|| FhirError::fault("no id_token signing key"))?;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, key.encoding()).map_err(|error| {
+        tracing::error!(%error, "cannot sign an id_token");
+        FhirError::fault("id_token signing")
     })
 }
 

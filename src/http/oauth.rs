@@ -102,7 +102,8 @@ async fn smart_configuration(http: HttpRequest, state: web::Data<AppState>) -> H
             "permission-patient",
             "permission-user",
             "permission-v1",
-            "permission-v2"
+            "permission-v2",
+            "sso-openid-connect"
         ]);
     })
 }

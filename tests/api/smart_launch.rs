@@ -333,7 +333,7 @@ fn base32_decode(text: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_standalone_patient_launch_yields_a_token_for_the_patients_record_with_a_rotating_refresh_token() {
     let launch = spawn(TotpPolicy::Required).await;
-    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[]), "ann").await;
+    let cookie = launch.sign_in(&launch.authorize_url(&launch.client_id, &[("nonce", "n0nce")]), "ann").await;
     let back = launch.consent(&cookie, None).await;
     assert_eq!(back["state"], "st4te");
     let reply = launch.exchange(&back["code"]).await;
@@ -346,6 +346,25 @@ async fn a_standalone_patient_launch_yields_a_token_for_the_patients_record_with
     assert_eq!(body["scope"], "launch/patient openid fhirUser offline_access patient/*.rs");
     let access = body["access_token"].as_str().unwrap().to_owned();
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // The id_token: RS256, signed by a key of the JWKS, for this client, with the nonce and the
+    // user's fhirUser, which the access token can read.
+    let id_token = body["id_token"].as_str().expect("an id_token for openid");
+    let header = jsonwebtoken::decode_header(id_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_value(launch.app.send(launch.app.client.get(format!("{}/auth/jwks", launch.origin))).await.body).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).expect("the kid is published")).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[&launch.client_id]);
+    validation.set_issuer(&[&launch.app.base]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &validation).expect("a valid id_token").claims;
+    assert_eq!(claims["nonce"], "n0nce");
+    assert_eq!(claims["sub"], "ann");
+    assert_eq!(claims["fhirUser"], body["fhirUser"]);
+    let fhir_user = body["fhirUser"].as_str().unwrap();
+    let own_record = launch.get(fhir_user.strip_prefix(&launch.app.base).unwrap(), &access).await;
+    assert_eq!(own_record.status, 200);
 
     // The token reaches A's record and nothing of B's.
     let own = launch.get("/Observation", &access).await;
