@@ -45,6 +45,22 @@ enum Command {
     /// The people who log in to authorize apps (SMART): patients, practitioners, administrators.
     #[command(subcommand)]
     User(UserCommand),
+    /// Start an EHR launch: prints a `launch` value the app passes to /auth/authorize, with the
+    /// patient in context (valid for an hour).
+    Launch(LaunchArgs),
+}
+
+#[derive(clap::Args)]
+struct LaunchArgs {
+    /// The app's client id.
+    #[arg(long)]
+    client: String,
+    /// The id of the Patient in context.
+    #[arg(long)]
+    patient: String,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +240,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Client(command) => return client(settings, command).await,
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
         Command::User(command) => return user(settings, command).await,
+        Command::Launch(args) => {
+            let request = braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
+            println!("{}", admin_command(&args.data.unwrap_or(settings.data), request).await?);
+            return Ok(());
+        }
     };
     if demo {
         // The demo is for a person at a terminal: its own database and readable logs, unless

@@ -34,6 +34,8 @@ pub enum AdminRequest {
     ListUsers,
     RemoveUser { username: String },
     ResetTotp { username: String },
+    /// An EHR launch of a client with a patient in context.
+    CreateLaunch { client_id: String, patient: String },
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -97,6 +99,10 @@ pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequ
             } else {
                 Err(AdminError { bad_request: true, message: format!("there is no user {username}") })
             }
+        }
+        AdminRequest::CreateLaunch { client_id, patient } => {
+            let launch = super::flow::create_launch(store, &client_id, &patient).await?;
+            Ok(json!({"launch": launch, "client_id": client_id, "patient": patient, "expires_in": super::flow::LAUNCH_LIFETIME_SECS}))
         }
         AdminRequest::ResetTotp { username } => {
             if users::reset_totp(store, &username).await? {

@@ -240,7 +240,7 @@ impl AuthState {
         })
     }
 
-    /// The patient of an EHR launch this server issued to `client` (see [`Self::create_launch`]).
+    /// The patient of an EHR launch this server issued to `client` (see [`create_launch`]).
     fn redeem_launch(&self, launch: &str, client: &Client) -> Result<String, String> {
         let record = self
             .store
@@ -414,7 +414,6 @@ impl AuthState {
         verifier: Option<&str>,
     ) -> Result<CodeRecord, TokenError> {
         let key = code_key(code);
-        let now = now_secs();
         let record = self
             .store
             .auth_write(move |txn| {
@@ -427,7 +426,6 @@ impl AuthState {
         let record: CodeRecord = record
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(|| invalid("the code is unknown, expired or already used"))?;
-        let _ = now;
         if record.client_id != client_id {
             return Err(invalid("the code was issued to another client"));
         }
@@ -441,23 +439,37 @@ impl AuthState {
         }
     }
 
-    /// Issues a launch for an EHR launch of `client_id` with `patient` in context; valid for
-    /// an hour, once.
-    pub async fn create_launch(&self, client_id: &str, patient: &str) -> Result<String, FhirError> {
-        let launch = URL_SAFE_NO_PAD.encode(random_bytes::<24>());
-        let expires = now_secs() + 3600;
-        let record =
-            serde_json::to_vec(&LaunchRecord { client_id: client_id.to_owned(), patient: patient.to_owned(), expires })
-                .map_err(|_| FhirError::fault("auth"))?;
-        let key = launch_key(&launch);
-        self.store
-            .auth_write(move |txn| {
-                txn.insert_expiring(&key, &record, expires);
-                Ok(())
-            })
-            .await?;
-        Ok(launch)
+}
+
+/// How long a launch waits for its app.
+pub const LAUNCH_LIFETIME_SECS: u64 = 3600;
+
+/// Issues a launch (an EHR launch of `client_id` with `patient` in context), valid for an hour.
+/// The client must exist and use the authorization code flow.
+pub async fn create_launch(store: &crate::store::Store, client_id: &str, patient: &str) -> Result<String, FhirError> {
+    let patient = crate::fhir::Id::parse(patient)
+        .map_err(|_| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("'{patient}' is not a FHIR id")))?;
+    let client = store
+        .auth_read(|read| super::clients::find(read, client_id))?
+        .ok_or_else(|| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("there is no client {client_id}")))?;
+    if !client.grant_types.contains(&GrantType::AuthorizationCode) {
+        return Err(FhirError::incorrect(
+            crate::fhir::IssueCode::Value,
+            format!("client {client_id} does not use the authorization code flow, so it cannot be launched"),
+        ));
     }
+    let launch = URL_SAFE_NO_PAD.encode(random_bytes::<24>());
+    let expires = now_secs() + LAUNCH_LIFETIME_SECS;
+    let record = LaunchRecord { client_id: client_id.to_owned(), patient: patient.as_str().to_owned(), expires };
+    let record = serde_json::to_vec(&record).map_err(|_| FhirError::fault("auth"))?;
+    let key = launch_key(&launch);
+    store
+        .auth_write(move |txn| {
+            txn.insert_expiring(&key, &record, expires);
+            Ok(())
+        })
+        .await?;
+    Ok(launch)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

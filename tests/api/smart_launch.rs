@@ -20,6 +20,7 @@ const PASSWORD: &str = "correct horse battery";
 
 struct Launch {
     app: TestApp,
+    data: std::path::PathBuf,
     origin: String,
     client_id: String,
     /// A client that keeps a secret (confidential, symmetric).
@@ -38,6 +39,7 @@ async fn spawn(totp: TotpPolicy) -> Launch {
         totp,
         ..Settings::default()
     };
+    let data = settings.data.clone();
     let application = Application::build(&settings).await.expect("the server starts");
     let store = application.store().clone();
     let scope = "launch launch/patient openid fhirUser offline_access patient/*.cruds user/*.rs";
@@ -77,6 +79,14 @@ async fn spawn(totp: TotpPolicy) -> Launch {
         };
         users::add(&store, user, braid::auth::now_secs()).await.unwrap();
     }
+    let doctor = NewUser {
+        username: "dr-lee".into(),
+        password: PASSWORD.into(),
+        role: Role::Practitioner,
+        patient: None,
+        fhir_user: Some("Practitioner/77".into()),
+    };
+    users::add(&store, doctor, braid::auth::now_secs()).await.unwrap();
     let ring = store.auth_read(KeyRing::load).unwrap();
     let base = format!("http://127.0.0.1:{}/fhir", application.port());
     tokio::spawn(application.run_until_stopped());
@@ -84,6 +94,7 @@ async fn spawn(totp: TotpPolicy) -> Launch {
     seed(&app, &ring).await;
     let browser = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     Launch {
+        data,
         origin: base.trim_end_matches("/fhir").to_owned(),
         app,
         client_id: public.client.client_id,
@@ -702,4 +713,43 @@ async fn second_factor_codes_must_be_right_and_fresh_and_failed_logins_are_limit
         .await;
     assert_eq!(unknown.status, 401);
     assert!(unknown.html.contains("The username or the password is wrong."));
+}
+
+#[tokio::test]
+async fn an_ehr_launch_puts_its_patient_in_context_for_a_practitioner() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let store_request = |client: &str, patient: &str| braid::auth::admin::AdminRequest::CreateLaunch {
+        client_id: client.to_owned(),
+        patient: patient.to_owned(),
+    };
+    let socket = braid::auth::admin::socket_path(&launch.data);
+    let send = |request| match braid::auth::admin::send(&socket, &request).unwrap() {
+        braid::auth::admin::Sent::Answered(answer) => answer,
+        braid::auth::admin::Sent::NoServer => panic!("the server answers on its socket"),
+    };
+    let issued = send(store_request(&launch.client_id, "B")).unwrap();
+    let launch_value = issued["launch"].as_str().unwrap().to_owned();
+    assert!(send(store_request("nobody", "B")).is_err());
+
+    let scope = "launch openid fhirUser patient/*.rs";
+    let url = launch.authorize_url(&launch.client_id, &[("launch", &launch_value), ("scope", scope)]);
+    let cookie = launch.sign_in(&url, "dr-lee").await;
+    let back = launch.consent(&cookie, None).await;
+    let reply = launch.exchange(&back["code"]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["patient"], "B");
+    assert_eq!(reply.body["need_patient_banner"], false);
+    assert_eq!(reply.body["fhirUser"], format!("{}/Practitioner/77", launch.app.base));
+    let token = reply.body["access_token"].as_str().unwrap();
+    assert_eq!(launch.get("/Observation", token).await.body["entry"][0]["resource"]["id"], "B-obs");
+    assert_eq!(launch.get("/Patient/A", token).await.status, 404);
+
+    // A launch of another client, or a made-up one, goes back to the app as an error.
+    let (other, _) = launch.confidential.clone();
+    let foreign = send(store_request(&other, "A")).unwrap()["launch"].as_str().unwrap().to_owned();
+    for value in [foreign.as_str(), "made-up"] {
+        let step = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &[("launch", value), ("scope", scope)])), None).await;
+        assert_eq!(step.status, 302);
+        assert_eq!(step.redirect_query()["error"], "invalid_request");
+    }
 }
