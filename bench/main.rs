@@ -22,6 +22,9 @@
 //!   60 hits, one with 1,060, the others ~2,360): read-by-id throughput and code-search page
 //!   throughput (`_count=20`) at 32 connections on the same server, alternating rounds, and
 //!   their ratio; first-page latency at one connection by number of hits.
+//! - `auth-search`: the search scenario's database; search latency for a token limited to one
+//!   patient's record (p3, ~1,100 resources) against the same searches with authorization off,
+//!   alternating rounds, medians and their ratio.
 //! - `auth`: SMART Backend Services tokens issued per second at 32 connections (ES384 client
 //!   assertions, each with its own `jti`, signed before the clock starts: signing is the
 //!   client's cost), and read-by-id throughput with a bearer token against the same database
@@ -81,6 +84,7 @@ enum Scenario {
     Disk,
     Pages,
     Auth,
+    AuthSearch,
 }
 
 fn main() {
@@ -124,6 +128,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Auth) {
         runtime.block_on(auth_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::AuthSearch) {
+        runtime.block_on(auth_search_scenario(&args, dir.path()));
     }
 }
 
@@ -896,4 +903,73 @@ async fn auth_scenario(args: &Args, dir: &Path) {
         "  median auth off {open:.0} req/s, bearer {bearer:.0} req/s: overhead {:.1}% (target <= 15%)",
         100.0 * (1.0 - bearer / open)
     );
+}
+
+/// The base URL the auth-search servers announce, so that tokens can be signed before they start.
+const AUTH_SEARCH_BASE: &str = "http://bench.local/fhir";
+
+async fn auth_search_scenario(args: &Args, dir: &Path) {
+    let observations = args.resources;
+    println!(
+        "\n== search with a patient-scoped token vs authorization off: 10,000 patients, {observations} observations, {} rounds of {} s ==",
+        args.rounds, args.seconds
+    );
+    let data = dir.join("auth-search.redb");
+    build_search_database(&data, observations).await;
+    // A token for patient p3, signed with the database's own key.
+    let store = open_store(&data);
+    braid::auth::keys::ensure(&store).await.expect("keys");
+    let ring = store.auth_read(braid::auth::keys::KeyRing::load).expect("key ring");
+    close_store(store).await;
+    let now = braid::auth::now_secs();
+    let claims = braid::auth::token::AccessClaims {
+        iss: AUTH_SEARCH_BASE.into(),
+        aud: AUTH_SEARCH_BASE.into(),
+        sub: "p3-user".into(),
+        client_id: "bench".into(),
+        scope: "launch/patient patient/*.rs".into(),
+        iat: now,
+        exp: now + 3000,
+        jti: "bench".into(),
+        patient: Some("p3".into()),
+        fhir_user: None,
+        gid: None,
+    };
+    let token = braid::auth::token::issue(&ring, &claims).expect("a token");
+    type MakeQuery = Box<dyn Fn(usize, usize) -> String + Send + Sync>;
+    let queries: Vec<(&str, MakeQuery)> = vec![
+        (
+            "Observation?patient=p3&code=Y",
+            Box::new(|c, n| format!("/fhir/Observation?patient=Patient/p3&code=http://loinc.org|{}", CODES[pick(c, n, 10)])),
+        ),
+        (
+            "Observation?patient=p3&date=ge2020-01-01&_count=50",
+            Box::new(|_, _| "/fhir/Observation?patient=Patient/p3&date=ge2020-01-01&_count=50".to_owned()),
+        ),
+        ("Patient/p3/Observation?_count=50", Box::new(|_, _| "/fhir/Patient/p3/Observation?_count=50".to_owned())),
+    ];
+    let header = format!("Authorization: Bearer {token}\r\n");
+    for (name, make) in queries {
+        let make = Arc::new(make);
+        let (mut open, mut scoped) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            for with_auth in [false, true] {
+                let env: &[(&str, &str)] =
+                    if with_auth { &[("BRAID_AUTH", "on"), ("BRAID_BASE_URL", AUTH_SEARCH_BASE)] } else { &[] };
+                let server = servers::start_braid_with_env(&data, env);
+                let header = if with_auth { header.clone() } else { String::new() };
+                let make = make.clone();
+                let request = move |c: usize, n: usize| load::get_with("127.0.0.1", &make(c, n), &header);
+                load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
+                let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+                assert_eq!(result.errors, 0, "{name}: {}", result.error_note());
+                if with_auth { scoped.push(result.percentile(0.5)) } else { open.push(result.percentile(0.5)) }
+            }
+        }
+        let (open, scoped) = (median(&mut open), median(&mut scoped));
+        println!(
+            "  {name:52} p50 auth off {open:.3} ms, patient token {scoped:.3} ms: overhead {:.1}% (target <= 20%)",
+            100.0 * (scoped / open - 1.0)
+        );
+    }
 }

@@ -79,6 +79,11 @@ pub fn start_braid_with_auth(data: &Path) -> Server {
     start_braid_with(&braid_binary(), data, &[("BRAID_AUTH", "on")])
 }
 
+/// Starts this build's `braid serve` on `data` with these extra environment variables.
+pub fn start_braid_with_env(data: &Path, env: &[(&str, &str)]) -> Server {
+    start_braid_with(&braid_binary(), data, env)
+}
+
 fn start_braid_with(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let spawned = Instant::now();

@@ -80,8 +80,10 @@ impl Revoked {
 
     /// Whether the token behind `grant` was revoked, or the grant it was issued under.
     pub fn contains(&self, grant: &Grant) -> bool {
-        let lock = |set: &Mutex<HashSet<String>>| set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        lock(&self.jtis).contains(&grant.jti) || grant.gid.as_ref().is_some_and(|gid| lock(&self.grants).contains(gid))
+        let has = |set: &Mutex<HashSet<String>>, item: &str| {
+            set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(item)
+        };
+        has(&self.jtis, &grant.jti) || grant.gid.as_ref().is_some_and(|gid| has(&self.grants, gid))
     }
 
     fn add_jti(&self, jti: &str) {
