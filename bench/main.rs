@@ -940,7 +940,9 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
     let queries: Vec<(&str, MakeQuery)> = vec![
         (
             "Observation?patient=p3&code=Y",
-            Box::new(|c, n| format!("/fhir/Observation?patient=Patient/p3&code=http://loinc.org|{}", CODES[pick(c, n, 10)])),
+            Box::new(|c, n| {
+                format!("/fhir/Observation?patient=Patient/p3&code=http://loinc.org|{}", CODES[pick(c, n, 10)])
+            }),
         ),
         (
             "Observation?patient=p3&date=ge2020-01-01&_count=50",

@@ -241,7 +241,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
         Command::User(command) => return user(settings, command).await,
         Command::Launch(args) => {
-            let request = braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
+            let request =
+                braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
             println!("{}", admin_command(&args.data.unwrap_or(settings.data), request).await?);
             return Ok(());
         }

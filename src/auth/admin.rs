@@ -26,16 +26,29 @@ pub const MAX_ADMIN_MESSAGE_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum AdminRequest {
-    AddClient { client: NewClient },
+    AddClient {
+        client: NewClient,
+    },
     ListClients,
-    RemoveClient { client_id: String },
+    RemoveClient {
+        client_id: String,
+    },
     RotateKeys,
-    AddUser { user: NewUser },
+    AddUser {
+        user: NewUser,
+    },
     ListUsers,
-    RemoveUser { username: String },
-    ResetTotp { username: String },
+    RemoveUser {
+        username: String,
+    },
+    ResetTotp {
+        username: String,
+    },
     /// An EHR launch of a client with a patient in context.
-    CreateLaunch { client_id: String, patient: String },
+    CreateLaunch {
+        client_id: String,
+        patient: String,
+    },
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -102,7 +115,9 @@ pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequ
         }
         AdminRequest::CreateLaunch { client_id, patient } => {
             let launch = super::flow::create_launch(store, &client_id, &patient).await?;
-            Ok(json!({"launch": launch, "client_id": client_id, "patient": patient, "expires_in": super::flow::LAUNCH_LIFETIME_SECS}))
+            Ok(
+                json!({"launch": launch, "client_id": client_id, "patient": patient, "expires_in": super::flow::LAUNCH_LIFETIME_SECS}),
+            )
         }
         AdminRequest::ResetTotp { username } => {
             if users::reset_totp(store, &username).await? {

@@ -438,7 +438,6 @@ impl AuthState {
             None => Err(invalid("code_verifier is required (PKCE)")),
         }
     }
-
 }
 
 /// How long a launch waits for its app.
@@ -449,9 +448,9 @@ pub const LAUNCH_LIFETIME_SECS: u64 = 3600;
 pub async fn create_launch(store: &crate::store::Store, client_id: &str, patient: &str) -> Result<String, FhirError> {
     let patient = crate::fhir::Id::parse(patient)
         .map_err(|_| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("'{patient}' is not a FHIR id")))?;
-    let client = store
-        .auth_read(|read| super::clients::find(read, client_id))?
-        .ok_or_else(|| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("there is no client {client_id}")))?;
+    let client = store.auth_read(|read| super::clients::find(read, client_id))?.ok_or_else(|| {
+        FhirError::incorrect(crate::fhir::IssueCode::Value, format!("there is no client {client_id}"))
+    })?;
     if !client.grant_types.contains(&GrantType::AuthorizationCode) {
         return Err(FhirError::incorrect(
             crate::fhir::IssueCode::Value,

@@ -146,10 +146,13 @@ pub fn generate(alg: &'static str) -> Result<NewKey, FhirError> {
     let pkcs8 = match alg {
         "ES256" => {
             let rng = aws_lc_rs::rand::SystemRandom::new();
-            aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(failed)?
-                .as_ref()
-                .to_vec()
+            aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &rng,
+            )
+            .map_err(failed)?
+            .as_ref()
+            .to_vec()
         }
         "RS256" => {
             use aws_lc_rs::encoding::AsDer;
@@ -207,9 +210,10 @@ pub fn rotate(txn: &mut AuthTxn<'_>, fresh: &[NewKey], now: u64) -> Result<Vec<S
 
 /// Generates, off the async workers, a key for each of `algorithms`.
 async fn generate_off_thread(algorithms: Vec<&'static str>) -> Result<std::sync::Arc<Vec<NewKey>>, FhirError> {
-    let fresh = tokio::task::spawn_blocking(move || algorithms.into_iter().map(generate).collect::<Result<Vec<_>, _>>())
-        .await
-        .map_err(|_| FhirError::fault("key generation"))??;
+    let fresh =
+        tokio::task::spawn_blocking(move || algorithms.into_iter().map(generate).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(|_| FhirError::fault("key generation"))??;
     Ok(std::sync::Arc::new(fresh))
 }
 
@@ -232,8 +236,13 @@ pub async fn rotate_all(store: &crate::store::Store) -> Result<Vec<String>, Fhir
 
 fn insert(txn: &mut AuthTxn<'_>, new: &NewKey, now: u64) -> Result<String, FhirError> {
     let kid = format!("{}-{}", new.alg.to_ascii_lowercase(), URL_SAFE_NO_PAD.encode(super::random_bytes::<9>()));
-    let stored =
-        StoredKey { kid: kid.clone(), alg: new.alg.into(), pkcs8: URL_SAFE_NO_PAD.encode(&new.pkcs8), created: now, retired: None };
+    let stored = StoredKey {
+        kid: kid.clone(),
+        alg: new.alg.into(),
+        pkcs8: URL_SAFE_NO_PAD.encode(&new.pkcs8),
+        created: now,
+        retired: None,
+    };
     let mut key = KEY_PREFIX.to_vec();
     key.extend_from_slice(kid.as_bytes());
     txn.insert(&key, &serde_json::to_vec(&stored).map_err(|_| FhirError::fault("auth"))?);

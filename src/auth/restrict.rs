@@ -50,6 +50,37 @@ pub enum Restriction {
     Allow(Vec<Clause>),
 }
 
+/// Whether `limit` (a membership clause of a restriction: "in Patient/p's compartment") is
+/// already implied by one of `clauses`: one that selects only resources whose compartment
+/// parameter (or the `patient` parameter, which narrows `subject` where that is the
+/// compartment's link) points at exactly that patient. Such a limit adds nothing but work, and
+/// searches whose only clause selects one patient's resources stay as cheap as without a token.
+pub fn implied(resource_type: ResourceType, limit: &Clause, clauses: &[Clause]) -> bool {
+    use crate::search::compartment::COMPARTMENT_KEY;
+    use crate::search::query::Pred;
+    let [only] = limit.alternatives.as_slice() else { return false };
+    let Pred::Equals(member) = &only.pred else { return false };
+    if limit.key != COMPARTMENT_KEY || limit.negated || limit.missing.is_some() || !limit.any_of.is_empty() {
+        return false;
+    }
+    let links = patient_compartment().params(resource_type);
+    let narrows_a_link = |key: &str| {
+        key == COMPARTMENT_KEY
+            || links.iter().any(|link| link == key)
+            || (key == "patient" && links.iter().any(|link| link == "subject" || link == "patient"))
+    };
+    clauses.iter().any(|clause| {
+        !clause.negated
+            && clause.missing.is_none()
+            && clause.any_of.is_empty()
+            && !clause.alternatives.is_empty()
+            && clause.alternatives.iter().enumerate().all(|(index, alternative)| {
+                narrows_a_link(clause.key_of(index))
+                    && matches!(&alternative.pred, Pred::Equals(value) if value == member)
+            })
+    })
+}
+
 impl Access {
     /// Whether anything this access does can be limited to some resources of a type (a patient
     /// in context, or granular scopes): interactions that cannot apply such limits refuse it.
@@ -172,5 +203,38 @@ impl Access {
                 Ok(clauses_match_values(&clauses, &values))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clause(name: &str, value: &str) -> Clause {
+        parse_clause(ResourceType::parse("Observation").unwrap(), name, value, "http://b/fhir").unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_membership_limit_is_implied_only_by_clauses_selecting_that_patient_alone() {
+        let observation = ResourceType::parse("Observation").unwrap();
+        let limit = compartment_clause("p3");
+        for (name, value, expected) in [
+            ("patient", "Patient/p3", true),
+            ("subject", "Patient/p3", true),
+            ("performer", "Patient/p3", true),
+            ("patient", "Patient/p4", false),
+            ("patient", "Patient/p3,Patient/p4", false),
+            ("code", "http://loinc.org|1-8", false),
+            ("subject:missing", "false", false),
+        ] {
+            assert_eq!(implied(observation, &limit, &[clause(name, value)]), expected, "{name}={value}");
+        }
+        assert!(implied(observation, &limit, &[compartment_clause("p3")]));
+        let mut negated = clause("patient", "Patient/p3");
+        negated.negated = true;
+        assert!(!implied(observation, &limit, &[negated]));
+        assert!(!implied(observation, &limit, &[]));
+        // `encounter` points at an Encounter, not a patient.
+        assert!(!implied(observation, &limit, &[clause("encounter", "Encounter/p3")]));
     }
 }

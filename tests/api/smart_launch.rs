@@ -363,13 +363,18 @@ async fn a_standalone_patient_launch_yields_a_token_for_the_patients_record_with
     let id_token = body["id_token"].as_str().expect("an id_token for openid");
     let header = jsonwebtoken::decode_header(id_token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(launch.app.send(launch.app.client.get(format!("{}/auth/jwks", launch.origin))).await.body).unwrap();
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).expect("the kid is published")).unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(
+        launch.app.send(launch.app.client.get(format!("{}/auth/jwks", launch.origin))).await.body,
+    )
+    .unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).expect("the kid is published"))
+            .unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[&launch.client_id]);
     validation.set_issuer(&[&launch.app.base]);
-    let claims = jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &validation).expect("a valid id_token").claims;
+    let claims =
+        jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &validation).expect("a valid id_token").claims;
     assert_eq!(claims["nonce"], "n0nce");
     assert_eq!(claims["sub"], "ann");
     assert_eq!(claims["fhirUser"], body["fhirUser"]);
@@ -748,7 +753,12 @@ async fn an_ehr_launch_puts_its_patient_in_context_for_a_practitioner() {
     let (other, _) = launch.confidential.clone();
     let foreign = send(store_request(&other, "A")).unwrap()["launch"].as_str().unwrap().to_owned();
     for value in [foreign.as_str(), "made-up"] {
-        let step = launch.step(launch.browser.get(launch.authorize_url(&launch.client_id, &[("launch", value), ("scope", scope)])), None).await;
+        let step = launch
+            .step(
+                launch.browser.get(launch.authorize_url(&launch.client_id, &[("launch", value), ("scope", scope)])),
+                None,
+            )
+            .await;
         assert_eq!(step.status, 302);
         assert_eq!(step.redirect_query()["error"], "invalid_request");
     }
