@@ -48,6 +48,7 @@ pub struct Settings {
     pub backend_token_secs: u64,
     pub access_token_secs: u64,
     pub totp: TotpPolicy,
+    pub audit: bool,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -140,6 +141,7 @@ impl Default for Settings {
             backend_token_secs: 300,
             access_token_secs: 3600,
             totp: TotpPolicy::Required,
+            audit: true,
         }
     }
 }
@@ -472,6 +474,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         apply: |s, v| {
             s.totp = v.parse()?;
             Ok(())
+        },
+    },
+    SettingDoc {
+        key: "audit",
+        env: "BRAID_AUDIT",
+        default: "true",
+        doc: "With auth on, record every request made with an access token as part of an AuditEvent (who, what, \
+              which patients, the outcome), written in the background.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.audit = true;
+                Ok(())
+            }
+            "false" => {
+                s.audit = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
         },
     },
 ];

@@ -105,12 +105,14 @@ impl Application {
                 None
             }
         };
+        let audit = (auth.is_some() && settings.audit).then(|| crate::auth::audit::AuditSink::start(store.clone()));
         let state = web::Data::new(AppState {
             store: store.clone(),
             limits: Limits::from_settings(settings),
             base_url: settings.base_url.clone(),
             trust_forwarded_headers: settings.trust_forwarded_headers,
             auth,
+            audit,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)

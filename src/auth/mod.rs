@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod audit;
 pub mod clients;
 pub mod flow;
 mod grants;

@@ -104,6 +104,9 @@ pub struct AppState {
     /// The authorization server; `None` when authorization is off (every request is
     /// [`Access::Unrestricted`]).
     pub auth: Option<Arc<AuthState>>,
+    /// Where requests made with a token leave their audit records; `None` when the audit trail
+    /// is off (or authorization is).
+    pub audit: Option<crate::auth::audit::AuditSink>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -272,11 +275,22 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
                     Ok(access) => access,
                     Err(refusal) => return *refusal,
                 };
+                // Kept for the audit record, which is written once the outcome is known.
+                let audited = match (&access, &state.audit) {
+                    (Access::Token(grant), Some(sink)) if route.interaction != Interaction::Capabilities => {
+                        Some((grant.clone(), sink.clone(), params.clone()))
+                    }
+                    _ => None,
+                };
                 let ctx = Ctx { http: http.clone(), payload, state, params, access };
-                return match (route.handler)(ctx).await {
+                let response = match (route.handler)(ctx).await {
                     Ok(response) => response,
                     Err(error) => error::error_response(&error),
                 };
+                if let Some((grant, sink, params)) = audited {
+                    sink.record(audit_record(&grant, route.interaction, &params, &http, &response)).await;
+                }
+                return response;
             }
             if !allowed.contains(&route.method.as_str()) {
                 allowed.push(route.method.as_str());
@@ -391,6 +405,82 @@ fn authorize(
         }
     }
     Ok(access)
+}
+
+/// What the audit trail keeps of one request (see [`crate::auth::audit`]).
+fn audit_record(
+    grant: &crate::auth::Grant,
+    interaction: Interaction,
+    params: &[String],
+    http: &HttpRequest,
+    response: &HttpResponse,
+) -> crate::auth::audit::AuditRecord {
+    let code = match interaction {
+        Interaction::Capabilities => "capabilities",
+        Interaction::Read => "read",
+        Interaction::Vread => "vread",
+        Interaction::Create => "create",
+        Interaction::Update | Interaction::ConditionalUpdate => "update",
+        Interaction::Patch | Interaction::ConditionalPatch => "patch",
+        Interaction::Delete | Interaction::ConditionalDelete => "delete",
+        Interaction::HistoryInstance => "history-instance",
+        Interaction::HistoryType => "history-type",
+        Interaction::HistorySystem => "history-system",
+        Interaction::TransactionOrBatch => "transaction",
+        Interaction::Validate | Interaction::Everything => "operation",
+        Interaction::SearchType | Interaction::SearchCompartment => "search-type",
+        Interaction::SearchSystem => "search-system",
+    };
+    let resource_type = params.first().and_then(|name| ResourceType::parse(name));
+    let mut resources = Vec::new();
+    match (resource_type, params.get(1)) {
+        // Instance interactions, compartment searches and $everything name their resource.
+        (Some(resource_type), Some(id)) if !matches!(interaction, Interaction::Validate) || params.len() > 1 => {
+            resources.push(format!("{resource_type}/{id}"));
+        }
+        _ => {}
+    }
+    if interaction == Interaction::Create {
+        // The created resource, from `Location: base/Type/id/_history/n`.
+        if let Some(location) = response.headers().get(actix_web::http::header::LOCATION).and_then(|v| v.to_str().ok())
+        {
+            let parts: Vec<&str> = location.rsplitn(4, '/').collect();
+            if let [_, "_history", id, type_name] = parts.as_slice() {
+                resources.push(format!("{}/{id}", type_name.rsplit('/').next().unwrap_or(type_name)));
+            }
+        }
+    }
+    let query = matches!(
+        interaction,
+        Interaction::SearchType
+            | Interaction::SearchCompartment
+            | Interaction::SearchSystem
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalDelete
+            | Interaction::ConditionalPatch
+            | Interaction::Everything
+    )
+    .then(|| http.query_string().to_owned())
+    .filter(|query| !query.is_empty());
+    let recorded_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as i64);
+    crate::auth::audit::AuditRecord {
+        client_id: grant.client_id.clone(),
+        subject: grant.subject.clone(),
+        fhir_user: grant.fhir_user.clone(),
+        patient: grant.patient.clone(),
+        interaction: code,
+        resource_type: if interaction == Interaction::SearchCompartment {
+            params.get(2).and_then(|name| ResourceType::parse(name))
+        } else {
+            resource_type
+        },
+        resources,
+        query,
+        status: response.status().as_u16(),
+        recorded_micros,
+    }
 }
 
 /// Whether the interaction's path names the type it needs permissions on.

@@ -520,3 +520,71 @@ async fn a_granular_write_scope_creates_only_what_its_filter_selects() {
     lab_body["id"] = json!("A-lab");
     server.send_json(Method::PUT, "/Observation/A-lab", &token, &lab_body, &[]).await.assert_outcome(403);
 }
+
+#[tokio::test]
+async fn every_access_with_a_token_is_audited_and_the_patient_reads_the_trail_of_their_own_record() {
+    let server = spawn().await;
+    let patient_a = server.token("patient/*.rs", Some("A"));
+    assert_eq!(server.get("/Observation/A-vital", &patient_a).await.status, 200);
+    assert_eq!(server.get("/Observation/B-vital", &patient_a).await.status, 404);
+    let system = server.token("system/*.rs", None);
+    assert_eq!(server.get("/Observation/B-lab", &system).await.status, 200);
+
+    // The trail is written in the background: wait for it.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let reply = server.get("/AuditEvent?patient=A&_count=100", &system).await;
+        events = reply.body["entry"].as_array().cloned().unwrap_or_default();
+        let read_of_a = events.iter().any(|e| {
+            e["resource"]["subtype"][0]["code"] == "read"
+                && e["resource"]["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["what"]["reference"] == "Observation/A-vital")
+        });
+        if read_of_a {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let event = events
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|e| e["subtype"][0]["code"] == "read" && e["outcome"] == "0")
+        .unwrap_or_else(|| panic!("an audit event of A's read: {events:?}"));
+    assert_eq!(event["action"], "R");
+    assert_eq!(event["agent"][0]["who"]["identifier"]["value"], "matrix");
+    assert_eq!(event["agent"][1]["who"]["identifier"]["value"], "user-A");
+    assert!(event["entity"].as_array().unwrap().iter().any(|x| x["what"]["reference"] == "Patient/A"));
+
+    // The refused read is recorded too, with its outcome.
+    let b_events = server.get("/AuditEvent?patient=B&_count=100", &system).await;
+    let mut b_reads = Vec::new();
+    for _ in 0..100 {
+        let reply = server.get("/AuditEvent?patient=B&_count=100", &system).await;
+        b_reads = reply.body["entry"].as_array().cloned().unwrap_or_default();
+        if !b_reads.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(b_events.status == 200);
+    assert!(
+        b_reads.iter().any(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"] == "matrix"
+            && e["resource"]["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["what"]["reference"] == "Observation/B-lab")),
+        "the system token's read of B's observation: {b_reads:?}"
+    );
+
+    // A's token reads the trail of A's record, not B's.
+    let own = server.get("/AuditEvent?_count=100", &patient_a).await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    let listed = own.body["entry"].as_array().cloned().unwrap_or_default();
+    assert!(!listed.is_empty());
+    assert!(!own.text.contains("B-lab"), "B's trail stays hidden: {}", own.text);
+    assert!(!own.text.contains("Patient/B"), "whose B-vital is stays hidden: {}", own.text);
+}
