@@ -87,9 +87,11 @@ pub fn start_braid_with_env(data: &Path, env: &[(&str, &str)]) -> Server {
 fn start_braid_with(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let spawned = Instant::now();
+    // Without tokens unless a scenario turns authorization on (loopback only, as it must be).
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
+        .env("BRAID_AUTH", "off")
         .envs(env.iter().copied())
         .env("BRAID_LOG_LEVEL", "warn")
         .env("BRAID_WORKERS", "2")

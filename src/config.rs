@@ -137,7 +137,7 @@ impl Default for Settings {
             body_cache_mb: 32,
             tls_cert: None,
             tls_key: None,
-            auth: AuthMode::Off,
+            auth: AuthMode::On,
             backend_token_secs: 300,
             access_token_secs: 3600,
             totp: TotpPolicy::Required,
@@ -442,10 +442,10 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "auth",
         env: "BRAID_AUTH",
-        default: "off",
+        default: "on",
         doc: "on: every FHIR request needs a SMART access token that allows it, and Braid is its own \
               authorization server (`/auth/token`, discovery at `/fhir/.well-known/smart-configuration`). off: \
-              every request is allowed.",
+              every request is allowed; only when listening on a loopback address, and Braid warns at start.",
         apply: |s, v| {
             s.auth = v.parse()?;
             Ok(())

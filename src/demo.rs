@@ -82,3 +82,81 @@ pub async fn load_if_empty(
     }
     Ok(Some(loaded))
 }
+
+/// The demo's accounts, with their secrets: shown once, when they are created.
+#[derive(Debug, Clone)]
+pub struct DemoAccounts {
+    pub username: String,
+    pub password: String,
+    /// The Patient the demo login is bound to.
+    pub patient: String,
+    /// A public app that may launch with the patient's login.
+    pub app_client_id: String,
+    pub app_redirect_uri: String,
+    /// A backend service with a client secret.
+    pub backend_client_id: String,
+    pub backend_secret: String,
+}
+
+/// The user name of the demo's patient login.
+pub const DEMO_USER: &str = "demo-patient";
+
+/// Creates the demo's accounts unless they exist: a patient login bound to the official example
+/// patient (`Patient/example`), a public app, and a backend service that may read everything.
+/// `None` when they were created by an earlier start.
+pub async fn create_accounts(
+    store: &Store,
+    app_redirect_uri: &str,
+) -> Result<Option<DemoAccounts>, crate::fhir::FhirError> {
+    use crate::auth::clients::{self, GrantType, NewClient, NewCredential};
+    use crate::auth::users::{self, NewUser, Role};
+    if store.auth_read(|read| users::find(read, DEMO_USER))?.is_some() {
+        return Ok(None);
+    }
+    let password = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::auth::random_bytes::<12>())
+    };
+    let now = crate::auth::now_secs();
+    let user = NewUser {
+        username: DEMO_USER.into(),
+        password: password.clone(),
+        role: Role::Patient,
+        patient: Some("example".into()),
+        fhir_user: None,
+    };
+    users::add(store, user, now).await?;
+    let app = clients::add(
+        store,
+        NewClient {
+            name: "demo app".into(),
+            scope: "launch/patient openid fhirUser offline_access patient/*.rs".into(),
+            grant_types: vec![GrantType::AuthorizationCode],
+            redirect_uris: vec![app_redirect_uri.to_owned()],
+            credential: NewCredential::None,
+        },
+        now,
+    )
+    .await?;
+    let backend = clients::add(
+        store,
+        NewClient {
+            name: "demo backend".into(),
+            scope: "system/*.rs".into(),
+            grant_types: vec![GrantType::ClientCredentials],
+            redirect_uris: Vec::new(),
+            credential: NewCredential::Secret,
+        },
+        now,
+    )
+    .await?;
+    Ok(Some(DemoAccounts {
+        username: DEMO_USER.into(),
+        password,
+        patient: "example".into(),
+        app_client_id: app.client.client_id,
+        app_redirect_uri: app_redirect_uri.to_owned(),
+        backend_client_id: backend.client.client_id,
+        backend_secret: backend.secret.unwrap_or_default(),
+    }))
+}

@@ -292,9 +292,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
             None => println!("The database at {} already holds data; nothing was loaded.", settings.data.display()),
         }
-        println!(
-            "\nBraid is serving FHIR R4 at {base}\n\nTry:\n  curl {base}/metadata\n  curl {base}/Patient/example\n  curl {base}/Observation/heart-rate/_history\n  curl '{base}/Patient/_history?_count=5'\n  curl {base}/_history\n\nStop with Ctrl-C.\n"
-        );
+        if settings.auth == braid::config::AuthMode::Off {
+            println!(
+                "\nBraid is serving FHIR R4 at {base} (auth off)\n\nTry:\n  curl {base}/metadata\n  curl {base}/Patient/example\n  curl {base}/Observation/heart-rate/_history\n  curl '{base}/Patient/_history?_count=5'\n  curl {base}/_history\n\nStop with Ctrl-C.\n"
+            );
+        } else {
+            let origin = base.trim_end_matches("/fhir");
+            let redirect = format!("{origin}/demo-app/callback");
+            match braid::demo::create_accounts(application.store(), &redirect).await? {
+                Some(accounts) => println!(
+                    "\nBraid is serving FHIR R4 at {base}; every request needs an access token.\n\n\
+                     A backend service (shown once; `braid client list` lists clients):\n  \
+                     TOKEN=$(curl -s -u {backend}:{secret} -d grant_type=client_credentials -d 'scope=system/*.rs' {origin}/auth/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
+                     curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient/example\n\n\
+                     A patient login for apps: user {user}, password {password}, bound to Patient/{patient} (a TOTP \
+                     authenticator app is enrolled at the first login). A public demo app, client_id {app}, may \
+                     launch with redirect_uri {redirect}: open\n  {origin}/auth/authorize?response_type=code&client_id={app}&redirect_uri={redirect}&scope=launch/patient%20openid%20fhirUser%20patient/*.rs&state=demo&aud={base}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256\n\
+                     then exchange the code from the final address at {origin}/auth/token with \
+                     code_verifier=dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk.\n\nStop with Ctrl-C.\n",
+                    backend = accounts.backend_client_id,
+                    secret = accounts.backend_secret,
+                    user = accounts.username,
+                    password = accounts.password,
+                    patient = accounts.patient,
+                    app = accounts.app_client_id,
+                ),
+                None => println!(
+                    "\nBraid is serving FHIR R4 at {base}; every request needs an access token. The demo accounts \
+                     were created at the first start (`braid client list`, `braid user list`).\n\nStop with Ctrl-C.\n"
+                ),
+            }
+        }
     }
     application.run_until_stopped().await?;
     Ok(())

@@ -28,6 +28,11 @@ pub enum StartupError {
     TlsIncomplete,
     #[error("cannot prepare the authorization server (its signing keys): {0}")]
     Auth(crate::fhir::FhirError),
+    #[error(
+        "auth is off, but Braid would listen on {0}, which is not a loopback address: anyone who can reach it could \
+         read and change every record. Turn auth on, or listen on 127.0.0.1 or [::1]"
+    )]
+    AuthOffNotLoopback(String),
 }
 
 /// A bound, not yet running server.
@@ -61,6 +66,9 @@ impl Application {
             let list: Vec<String> = unsupported.iter().map(|u| format!("{} ({})", u.code, u.base)).collect();
             tracing::warn!(count = unsupported.len(), parameters = %list.join(", "), "search parameters that cannot be evaluated");
         }
+        if settings.auth == AuthMode::Off && !is_loopback(&settings.listen) {
+            return Err(StartupError::AuthOffNotLoopback(settings.listen.clone()));
+        }
         // Checked before the database is opened: a bad certificate is the operator's to fix first.
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
@@ -89,7 +97,7 @@ impl Application {
                 .map_err(StartupError::Auth)?,
             )),
             AuthMode::Off => {
-                tracing::warn!("authorization is off: every request is allowed");
+                tracing::warn!("authorization is off: every request is allowed (listening on loopback only)");
                 None
             }
         };
@@ -202,4 +210,26 @@ fn start_sweeper(auth: std::sync::Weak<AuthState>) {
             }
         }
     });
+}
+
+/// Whether `listen` (`host:port`) names a loopback address (`localhost` resolves to one).
+fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_addresses_are_loopback() {
+        for listen in ["127.0.0.1:8080", "[::1]:80", "localhost:1", "127.1.2.3:0"] {
+            assert!(is_loopback(listen), "{listen}");
+        }
+        for listen in ["0.0.0.0:8080", "[::]:80", "10.0.0.5:1", "example.org:80", "127.0.0.1.evil:1"] {
+            assert!(!is_loopback(listen), "{listen}");
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! AuditEvent in the database, readable by operators (`AuditEvent?patient=...`) and, through
 //! the Patient compartment, by the patient it concerns.
 //!
-//! Off the request's path: the request only hands a small record to a bounded channel (and
-//! waits for room when the channel is full, rather than losing records). A background task
+//! Off the request's path: the request only pushes a small record into a bounded buffer (and
+//! waits for room when it is full, rather than losing records). A background task
 //! groups the records of one client, user, interaction, type and outcome that arrive within
 //! [`WINDOW`] into one AuditEvent listing the distinct resources they touched (up to
 //! [`MAX_ENTITIES`] per event), finds the patients whose compartments the resources belong to,
@@ -11,17 +11,18 @@
 //! thus adds a few events per second, not one per read.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::fhir::ResourceType;
 use crate::search::compartment::COMPARTMENT_KEY;
 use crate::store::{Action, Store, WriteOp, WriteRequest};
 
-/// Records waiting to be written, at most.
-pub const CHANNEL_CAPACITY: usize = 8192;
+/// Records waiting to be gathered, at most (a record is a few hundred bytes).
+pub const BUFFER_CAPACITY: usize = 65_536;
 
 /// How long records are gathered before their events are written.
 pub const WINDOW: Duration = Duration::from_secs(1);
@@ -56,60 +57,89 @@ pub struct AuditRecord {
 /// Where requests hand their records.
 #[derive(Clone)]
 pub struct AuditSink {
-    sender: mpsc::Sender<AuditRecord>,
+    shared: Arc<Shared>,
+}
+
+/// The records handed over since the last gathering.
+struct Shared {
+    buffer: Mutex<Vec<AuditRecord>>,
+    /// Signalled by a request that found the buffer full.
+    full: Notify,
+    /// Signalled when the buffer was emptied.
+    drained: Notify,
 }
 
 impl AuditSink {
     /// Starts the task that writes the events to `store`; it ends, after writing what it holds,
-    /// when the last sink is dropped.
+    /// once the last sink is dropped.
     pub fn start(store: Store) -> AuditSink {
-        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        tokio::spawn(run(store, receiver));
-        AuditSink { sender }
+        let shared = Arc::new(Shared { buffer: Mutex::new(Vec::new()), full: Notify::new(), drained: Notify::new() });
+        tokio::spawn(run(store, shared.clone()));
+        AuditSink { shared }
     }
 
-    /// Hands over a record; waits only when the writer is far behind.
+    /// Hands over a record: a push under a lock, no task woken. Waits only when the buffer is
+    /// full ([`BUFFER_CAPACITY`] records since the last gathering).
     pub async fn record(&self, record: AuditRecord) {
-        if let Err(mpsc::error::TrySendError::Full(record)) = self.sender.try_send(record) {
-            tracing::warn!("the audit trail is behind; requests wait for it");
-            let _ = self.sender.send(record).await;
-        }
-    }
-}
-
-/// What groups records into one event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct GroupKey {
-    client_id: String,
-    subject: String,
-    interaction: &'static str,
-    resource_type: Option<ResourceType>,
-    status: u16,
-}
-
-/// Records written in one request, at most.
-const MAX_BATCH: usize = 4096;
-
-async fn run(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) {
-    while let Some(first) = receiver.recv().await {
-        let mut pending = vec![first];
-        let deadline = tokio::time::Instant::now() + WINDOW;
-        let mut closed = false;
-        while pending.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(record)) => pending.push(record),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
+        let mut record = Some(record);
+        {
+            // The usual case, with nothing to wait for.
+            let mut buffer = self.shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if buffer.len() < BUFFER_CAPACITY {
+                buffer.extend(record.take());
+                return;
             }
         }
-        write(&store, pending).await;
-        if closed {
+        loop {
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so that a drain in between is not missed.
+            drained.as_mut().enable();
+            {
+                let mut buffer = self.shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if buffer.len() < BUFFER_CAPACITY {
+                    buffer.extend(record.take());
+                    return;
+                }
+            }
+            tracing::warn!("the audit trail is behind; requests wait for it");
+            self.shared.full.notify_one();
+            drained.await;
+        }
+    }
+}
+
+/// What groups records into one event: client, subject, interaction, type and outcome.
+type GroupKey<'a> = (&'a str, &'a str, &'static str, Option<ResourceType>, u16);
+
+/// Takes the records handed over every [`WINDOW`] (or at once when the buffer fills) and hands
+/// them to a second task that writes them: gathering goes on while a batch is being written.
+async fn run(store: Store, shared: Arc<Shared>) {
+    let (batches, mut to_write) = tokio::sync::mpsc::channel::<Vec<AuditRecord>>(1);
+    let writer = tokio::spawn(async move {
+        while let Some(batch) = to_write.recv().await {
+            write(&store, batch).await;
+        }
+    });
+    let mut ticks = tokio::time::interval(WINDOW);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shared.full.notified() => {}
+        }
+        // Only this task holds the buffer once every sink is gone: the server has stopped.
+        let last = Arc::strong_count(&shared) == 1;
+        let batch = std::mem::take(&mut *shared.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        shared.drained.notify_waiters();
+        if !batch.is_empty() && batches.send(batch).await.is_err() {
+            break;
+        }
+        if last {
             break;
         }
     }
+    drop(batches);
+    let _ = writer.await;
 }
 
 /// What one event records: a group's distinct resources (or a share of them), its queries,
@@ -128,15 +158,15 @@ async fn write(store: &Store, records: Vec<AuditRecord>) {
     if records.is_empty() {
         return;
     }
-    let mut groups: HashMap<GroupKey, Vec<AuditRecord>> = HashMap::new();
-    for record in records {
-        let key = GroupKey {
-            client_id: record.client_id.clone(),
-            subject: record.subject.clone(),
-            interaction: record.interaction,
-            resource_type: record.resource_type,
-            status: record.status,
-        };
+    let mut groups: HashMap<GroupKey<'_>, Vec<&AuditRecord>> = HashMap::new();
+    for record in &records {
+        let key = (
+            record.client_id.as_str(),
+            record.subject.as_str(),
+            record.interaction,
+            record.resource_type,
+            record.status,
+        );
         groups.entry(key).or_default().push(record);
     }
     let resource_type = ResourceType::parse("AuditEvent").expect("a known type");
@@ -145,11 +175,12 @@ async fn write(store: &Store, records: Vec<AuditRecord>) {
         let mut resources = Vec::new();
         let mut queries = Vec::new();
         let mut token_patients = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut seen_queries: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for record in records {
-            resources.extend(record.resources.iter().filter(|r| seen.insert((*r).clone())).cloned());
+            resources.extend(record.resources.iter().filter(|r| seen.insert(r.as_str())).cloned());
             if let Some(query) = &record.query {
-                if seen.insert(format!("?{query}")) {
+                if seen_queries.insert(query.as_str()) {
                     queries.push(query.clone());
                 }
             }
@@ -164,7 +195,7 @@ async fn write(store: &Store, records: Vec<AuditRecord>) {
         for share in 0..shares {
             let take = |list: &[String]| list.iter().skip(share * MAX_ENTITIES).take(MAX_ENTITIES).cloned().collect();
             let gathered = Gathered {
-                first: &records[0],
+                first: records[0],
                 resources: take(&resources),
                 queries: take(&queries),
                 token_patients: token_patients.clone(),

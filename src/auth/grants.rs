@@ -59,11 +59,14 @@ fn hash_hex(secret: &str) -> String {
 pub struct Revoked {
     jtis: Mutex<HashSet<String>>,
     grants: Mutex<HashSet<String>>,
+    /// Whether either set holds anything: most servers have revoked nothing, and every request
+    /// then skips both locks.
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl Revoked {
     pub fn load(read: &AuthRead) -> Result<Revoked, StoreError> {
-        let jtis = read
+        let jtis: HashSet<String> = read
             .scan(REVOKED_PREFIX)?
             .into_iter()
             .map(|(key, _)| String::from_utf8_lossy(&key[REVOKED_PREFIX.len()..]).into_owned())
@@ -75,11 +78,15 @@ impl Revoked {
                 grants.insert(String::from_utf8_lossy(&key[GRANT_PREFIX.len()..]).into_owned());
             }
         }
-        Ok(Revoked { jtis: Mutex::new(jtis), grants: Mutex::new(grants) })
+        let any = std::sync::atomic::AtomicBool::new(!jtis.is_empty() || !grants.is_empty());
+        Ok(Revoked { jtis: Mutex::new(jtis), grants: Mutex::new(grants), any })
     }
 
     /// Whether the token behind `grant` was revoked, or the grant it was issued under.
     pub fn contains(&self, grant: &Grant) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let has = |set: &Mutex<HashSet<String>>, item: &str| {
             set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(item)
         };
@@ -88,10 +95,12 @@ impl Revoked {
 
     fn add_jti(&self, jti: &str) {
         self.jtis.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(jti.to_owned());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn add_grant(&self, gid: &str) {
         self.grants.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(gid.to_owned());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

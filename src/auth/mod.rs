@@ -26,7 +26,7 @@ pub mod totp;
 pub mod users;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -223,7 +223,7 @@ pub enum BearerError {
 pub struct AuthState {
     store: Store,
     keys: RwLock<Arc<KeyRing>>,
-    verified: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
+    verified: RwLock<HashMap<[u8; 32], Arc<Grant>>>,
     client_keys: jwks_url::ClientKeys,
     backend_token_secs: u64,
     access_token_secs: u64,
@@ -254,7 +254,7 @@ impl AuthState {
         Ok(AuthState {
             store,
             keys: RwLock::new(Arc::new(ring)),
-            verified: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
             client_keys: jwks_url::ClientKeys::new()?,
             backend_token_secs: config.backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
             access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
@@ -455,8 +455,9 @@ impl AuthState {
             })
             .filter(|token| !token.is_empty())
             .ok_or(BearerError::Missing)?;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
+        let cached = self.verified.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
         if let Some(grant) = cached {
             if grant.expires <= now || grant.audience != fhir_base {
                 return Err(BearerError::Invalid("the access token has expired".into()));
@@ -470,7 +471,7 @@ impl AuthState {
         if self.revoked.contains(&grant) {
             return Err(BearerError::Invalid("the access token was revoked".into()));
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut verified = self.verified.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if verified.len() >= TOKEN_CACHE_ENTRIES {
             verified.retain(|_, grant| grant.expires > now);
             if verified.len() >= TOKEN_CACHE_ENTRIES {

@@ -56,6 +56,7 @@ async fn superseded_index_entries_go_and_searches_and_history_stay_right() {
         workers: 2,
         cursor_ttl_secs: 0,
         gc_interval_secs: 0,
+        auth: braid::config::AuthMode::Off,
         ..Settings::default()
     };
     let application = Application::build(&settings).await.unwrap();

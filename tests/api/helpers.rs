@@ -64,10 +64,13 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
+    // The FHIR tests run without tokens (on loopback, as `--auth off` requires); the SMART
+    // tests turn authorization on.
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data: dir.path().join("braid.redb"),
         workers: 2,
+        auth: braid::config::AuthMode::Off,
         ..Settings::default()
     };
     configure(&mut settings);
@@ -166,6 +169,7 @@ pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProc
         .arg(data)
         .env("BRAID_LOG_FORMAT", "json")
         .env("BRAID_LOG_LEVEL", log_level)
+        .env("BRAID_AUTH", "off")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -20,7 +20,13 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf, rustls::pki_types::CertificateD
 }
 
 fn settings(dir: &Path) -> Settings {
-    Settings { listen: "127.0.0.1:0".into(), data: dir.join("braid.redb"), workers: 2, ..Settings::default() }
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.join("braid.redb"),
+        workers: 2,
+        auth: braid::config::AuthMode::Off,
+        ..Settings::default()
+    }
 }
 
 /// A client trusting only `root`, offering `versions` of TLS and the `alpn` protocols.
