@@ -113,6 +113,22 @@ enum ClientCommand {
     List(CompactArgs),
     /// Remove a client: it gets no more tokens.
     Remove(ClientRemoveArgs),
+    /// Issue an initial access token, with which an app may register itself (RFC 7591) with
+    /// more than patient-facing access. Printed as JSON.
+    RegistrationToken(RegistrationTokenArgs),
+}
+
+#[derive(clap::Args)]
+struct RegistrationTokenArgs {
+    /// How many registrations it allows.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+    /// How many hours it stays valid.
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -401,6 +417,9 @@ async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dy
         }
         ClientCommand::List(args) => (args.data, AdminRequest::ListClients),
         ClientCommand::Remove(args) => (args.data, AdminRequest::RemoveClient { client_id: args.client_id }),
+        ClientCommand::RegistrationToken(args) => {
+            (args.data, AdminRequest::RegistrationToken { uses: args.uses, hours: args.hours })
+        }
     };
     let lines = matches!(request, AdminRequest::ListClients);
     let answer = admin_command(&data.unwrap_or(settings.data), request).await?;

@@ -44,6 +44,11 @@ pub enum AdminRequest {
     ResetTotp {
         username: String,
     },
+    /// An initial access token for dynamic registration beyond patient-facing apps.
+    RegistrationToken {
+        uses: u32,
+        hours: u64,
+    },
     /// An EHR launch of a client with a patient in context.
     CreateLaunch {
         client_id: String,
@@ -112,6 +117,10 @@ pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequ
             } else {
                 Err(AdminError { bad_request: true, message: format!("there is no user {username}") })
             }
+        }
+        AdminRequest::RegistrationToken { uses, hours } => {
+            let token = super::registration::issue_initial_token(store, uses, hours).await?;
+            Ok(json!({"initial_access_token": token, "uses": uses.max(1), "expires_in": hours.max(1) * 3600}))
         }
         AdminRequest::CreateLaunch { client_id, patient } => {
             let launch = super::flow::create_launch(store, &client_id, &patient).await?;

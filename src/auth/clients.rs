@@ -275,7 +275,7 @@ pub fn parse_client_jwks(text: &str) -> Result<JwkSet, FhirError> {
 
 /// A redirect URI: absolute `https`, or `http` on a loopback host (native apps, RFC 8252), with
 /// no fragment.
-fn check_redirect_uri(uri: &str) -> Result<(), FhirError> {
+pub fn check_redirect_uri(uri: &str) -> Result<(), FhirError> {
     if uri.contains('#') {
         return Err(bad(format!("the redirect URI {uri} has a fragment")));
     }

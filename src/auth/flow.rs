@@ -111,12 +111,12 @@ impl FailureCounter {
         FailureCounter { counts: Mutex::new(HashMap::new()) }
     }
 
-    fn count(&self, key: &str, now: u64) -> u32 {
+    pub(super) fn count(&self, key: &str, now: u64) -> u32 {
         let counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         counts.get(key).filter(|(_, start)| now < start + FAILURE_WINDOW_SECS).map_or(0, |(count, _)| *count)
     }
 
-    fn fail(&self, key: &str, now: u64) {
+    pub(super) fn fail(&self, key: &str, now: u64) {
         let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if counts.len() >= MAX_TRACKED && !counts.contains_key(key) {
             counts.retain(|_, (_, start)| now < *start + FAILURE_WINDOW_SECS);

@@ -17,6 +17,7 @@ mod grants;
 mod jwks_url;
 pub mod keys;
 pub mod password;
+pub mod registration;
 pub mod restrict;
 pub mod rules;
 pub mod scope;
@@ -229,6 +230,8 @@ pub struct AuthState {
     access_token_secs: u64,
     totp_policy: crate::config::TotpPolicy,
     failures: flow::FailureCounter,
+    /// Anonymous registrations per address.
+    registrations: flow::FailureCounter,
     flow_key: session::FlowKey,
     /// Revoked access tokens (by `jti`) and grants (by id), until they would have expired
     /// anyway: checked on every use of a token, cached or not.
@@ -260,9 +263,28 @@ impl AuthState {
             access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
             totp_policy: config.totp,
             failures: flow::FailureCounter::new(),
+            registrations: flow::FailureCounter::new(),
             flow_key: session::FlowKey::new(&session_secret),
             revoked,
         })
+    }
+
+    /// RFC 7591 registration (see [`registration`]); `address` is the requester's, for the limit
+    /// on anonymous registrations.
+    pub async fn register(
+        &self,
+        metadata: registration::Metadata,
+        initial_token: Option<&str>,
+        address: &str,
+    ) -> Result<serde_json::Value, TokenError> {
+        let now = now_secs();
+        let key = format!("register:{address}");
+        let allowed = self.registrations.count(&key, now) < registration::MAX_ANONYMOUS_PER_ADDRESS;
+        let answer = registration::register(&self.store, metadata, initial_token, allowed).await?;
+        if initial_token.is_none() {
+            self.registrations.fail(&key, now);
+        }
+        Ok(answer)
     }
 
     /// Signs and opens the cookies of logins in progress.

@@ -44,6 +44,7 @@ fn security(endpoints: &Endpoints) -> Value {
                 {"url": "token", "valueUri": endpoints.token},
                 {"url": "authorize", "valueUri": format!("{}/auth/authorize", endpoints.origin())},
                 {"url": "revoke", "valueUri": format!("{}/auth/revoke", endpoints.origin())},
+                {"url": "register", "valueUri": format!("{}/auth/register", endpoints.origin())},
                 {"url": "introspect", "valueUri": format!("{}/auth/introspect", endpoints.origin())},
             ],
         }],

@@ -5,6 +5,7 @@ mod access;
 pub mod admin;
 mod authorize;
 mod bundle;
+mod cors;
 mod create;
 mod cursor;
 mod delete;
@@ -242,6 +243,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config.service(
         web::scope("/fhir")
             .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
+            .wrap(actix_web::middleware::from_fn(cors::cors))
             .default_service(web::to(dispatch)),
     );
 }

@@ -31,6 +31,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/auth/token", web::method(actix_web::http::Method::OPTIONS).to(preflight))
         .route("/auth/revoke", web::post().to(revoke))
         .route("/auth/revoke", web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route("/auth/register", web::post().to(register))
+        .route("/auth/register", web::method(actix_web::http::Method::OPTIONS).to(preflight))
         .route("/auth/introspect", web::post().to(introspect))
         .route("/auth/introspect", web::method(actix_web::http::Method::OPTIONS).to(preflight));
     super::authorize::configure(config);
@@ -133,6 +135,7 @@ fn discovery(
         "token_endpoint": endpoints.token,
         "authorization_endpoint": format!("{origin}/auth/authorize"),
         "revocation_endpoint": format!("{origin}/auth/revoke"),
+        "registration_endpoint": format!("{origin}/auth/register"),
         "introspection_endpoint": format!("{origin}/auth/introspect"),
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
@@ -163,6 +166,41 @@ async fn token(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
     .await;
     let response = match result {
         Ok(token) => HttpResponse::Ok().json(token),
+        Err(error) => token_error(&error),
+    };
+    no_store(cors(response))
+}
+
+/// `POST /auth/register` (RFC 7591): 201 with the client's information.
+async fn register(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let result = async {
+        if body.len() > crate::auth::registration::MAX_REQUEST_BYTES {
+            return Err(TokenError {
+                error: "invalid_client_metadata",
+                ..TokenError::invalid_request("the request is too large")
+            });
+        }
+        let metadata: crate::auth::registration::Metadata =
+            serde_json::from_slice(&body).map_err(|error| TokenError {
+                error: "invalid_client_metadata",
+                ..TokenError::invalid_request(format!("the client metadata is not valid JSON: {error}"))
+            })?;
+        let authorization = http.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let bearer = authorization
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let address = if state.trust_forwarded_headers {
+            http.connection_info().realip_remote_addr().unwrap_or("unknown").to_owned()
+        } else {
+            http.peer_addr().map_or_else(|| "unknown".to_owned(), |address| address.ip().to_string())
+        };
+        auth.register(metadata, bearer, &address).await
+    }
+    .await;
+    let response = match result {
+        Ok(answer) => HttpResponse::Created().json(answer),
         Err(error) => token_error(&error),
     };
     no_store(cors(response))

@@ -180,6 +180,24 @@ async fn discovery_documents_name_absolute_endpoints_and_the_capability_statemen
     assert_eq!(uris["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
     assert_eq!(uris["extension"][0], json!({"url": "token", "valueUri": token_url(&app)}));
 
+    // Browser apps on other origins: preflights need no token, answers name the origin.
+    let preflight = app
+        .send(
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url("/Patient"))
+                .header("origin", "https://app.example.org")
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization"),
+        )
+        .await;
+    assert_eq!(preflight.status, 204, "{}", preflight.text);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example.org"));
+    assert!(preflight.header("access-control-allow-headers").unwrap().contains("authorization"));
+    let refused = app.send(app.client.get(app.url("/Patient")).header("origin", "https://app.example.org")).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("access-control-allow-origin"), Some("https://app.example.org"));
+    assert!(refused.header("access-control-expose-headers").unwrap().contains("www-authenticate"));
+
     let jwks = app.send(app.client.get(app.base.replace("/fhir", "/auth/jwks"))).await;
     let keys = jwks.body["keys"].as_array().unwrap();
     let algorithms: Vec<&str> = keys.iter().map(|key| key["alg"].as_str().unwrap()).collect();

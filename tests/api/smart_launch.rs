@@ -763,3 +763,97 @@ async fn an_ehr_launch_puts_its_patient_in_context_for_a_practitioner() {
         assert_eq!(step.redirect_query()["error"], "invalid_request");
     }
 }
+
+#[tokio::test]
+async fn apps_register_themselves_patient_facing_anonymously_and_anything_more_with_an_initial_token() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let register = |body: serde_json::Value, token: Option<String>| {
+        let launch = &launch;
+        async move {
+            let mut request = launch
+                .app
+                .client
+                .post(format!("{}/auth/register", launch.origin))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            launch.app.send(request).await
+        }
+    };
+    let patient_app = json!({"client_name": "my phone", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code", "refresh_token"], "scope": "launch/patient openid fhirUser offline_access patient/*.rs"});
+    let registered = register(patient_app, None).await;
+    assert_eq!(registered.status, 201, "{}", registered.text);
+    let client_id = registered.body["client_id"].as_str().unwrap().to_owned();
+    assert!(registered.body.get("client_secret").is_none());
+    // The new app goes through a launch like any other.
+    let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
+    let code = launch.consent(&cookie, None).await["code"].clone();
+    let token = launch
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(token.body["patient"], "A", "{}", token.text);
+
+    // More than patient-facing access needs an initial access token.
+    for body in [
+        json!({"redirect_uris": [REDIRECT], "grant_types": ["client_credentials"], "scope": "system/*.rs", "token_endpoint_auth_method": "client_secret_basic"}),
+        json!({"redirect_uris": [REDIRECT], "scope": "user/*.rs", "token_endpoint_auth_method": "none"}),
+        json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "https://app.example.org/jwks"}),
+    ] {
+        let refused = register(body.clone(), None).await;
+        assert_eq!(
+            (refused.status, refused.body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{body}: {}",
+            refused.text
+        );
+    }
+    let bad_redirect =
+        register(json!({"redirect_uris": ["http://app.example.org/cb"], "token_endpoint_auth_method": "none"}), None)
+            .await;
+    assert_eq!((bad_redirect.status, bad_redirect.body["error"].as_str()), (400, Some("invalid_redirect_uri")));
+    let malformed = launch
+        .app
+        .send(
+            launch
+                .app
+                .client
+                .post(format!("{}/auth/register", launch.origin))
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await;
+    assert_eq!((malformed.status, malformed.body["error"].as_str()), (400, Some("invalid_client_metadata")));
+
+    // The operator's token allows one registration of a backend service.
+    let socket = braid::auth::admin::socket_path(&launch.data);
+    let request = braid::auth::admin::AdminRequest::RegistrationToken { uses: 1, hours: 1 };
+    let braid::auth::admin::Sent::Answered(Ok(issued)) = braid::auth::admin::send(&socket, &request).unwrap() else {
+        panic!("the server issues a registration token")
+    };
+    let initial = issued["initial_access_token"].as_str().unwrap().to_owned();
+    let backend = json!({"client_name": "etl", "grant_types": ["client_credentials"], "scope": "system/Patient.rs", "token_endpoint_auth_method": "client_secret_basic"});
+    let registered = register(backend.clone(), Some(initial.clone())).await;
+    assert_eq!(registered.status, 201, "{}", registered.text);
+    let (id, secret) =
+        (registered.body["client_id"].as_str().unwrap(), registered.body["client_secret"].as_str().unwrap());
+    let token = launch
+        .app
+        .send(
+            launch
+                .form("/auth/token", &[("grant_type", "client_credentials"), ("scope", "system/Patient.rs")])
+                .basic_auth(id, Some(secret)),
+        )
+        .await;
+    assert_eq!(token.status, 200, "{}", token.text);
+    let again = register(backend, Some(initial)).await;
+    assert_eq!(again.status, 401, "the token allowed one registration");
+}
