@@ -173,16 +173,13 @@ pub(super) fn restrict(search: &mut Prepared, access: &Access, base: &str) -> Re
             ));
         }
         Restriction::Allow(clauses) => {
-            let written: Vec<&str> = clauses.iter().map(|clause| clause.written.as_str()).collect();
-            request.restriction_scope = format!("|restricted:{}", written.join("&"));
-            if let Access::Token(grant) = access {
-                request.restriction_scope.push_str(&format!(
-                    "|{}|{}",
-                    grant.patient.as_deref().unwrap_or(""),
-                    grant.scope
-                ));
+            request.restriction_scope = access.fingerprint();
+            for clause in clauses {
+                // A limit the search's own clauses already imply only adds work.
+                if !crate::auth::restrict::implied(request.resource_type, &clause, &request.clauses) {
+                    request.clauses.push(clause);
+                }
             }
-            request.clauses.extend(clauses);
         }
     }
     Ok(())

@@ -53,6 +53,7 @@ fn installed() -> bool {
     let ready = || {
         Path::new("conformance/.venv/bin/python").exists()
             && Path::new("conformance/node_modules/fhir-kit-client").exists()
+            && Path::new("conformance/node_modules/openid-client").exists()
     };
     if !ready() {
         let status = Command::new("bash").arg("conformance/setup.sh").status();
@@ -84,4 +85,65 @@ async fn the_npm_client_fhir_kit_client_works_unchanged() {
     let app = spawn_app().await;
     seed(&app).await;
     run("node", "conformance/clients.mjs", &app.base).await;
+}
+
+#[actix_web::test]
+async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
+    if !installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let settings = braid::config::Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        auth: braid::config::AuthMode::On,
+        ..braid::config::Settings::default()
+    };
+    let application = braid::startup::Application::build(&settings).await.expect("the server starts");
+    let store = application.store().clone();
+    let initial = braid::auth::registration::issue_initial_token(&store, 1, 1).await.unwrap();
+    // Seeded with a token of the server's own key, as an EHR's backend would write.
+    let ring = store.auth_read(braid::auth::keys::KeyRing::load).unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    let now = braid::auth::now_secs();
+    let claims = braid::auth::token::AccessClaims {
+        iss: base.clone(),
+        aud: base.clone(),
+        sub: "seed".into(),
+        client_id: "seed".into(),
+        scope: "system/*.cruds".into(),
+        iat: now,
+        exp: now + 300,
+        jti: "seed".into(),
+        patient: None,
+        fhir_user: None,
+        gid: None,
+    };
+    let admin = braid::auth::token::issue(&ring, &claims).unwrap();
+    let app = TestApp::at(base.clone(), dir);
+    let reply = app
+        .send(
+            app.client
+                .put(app.url("/Patient/c01"))
+                .bearer_auth(admin)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Patient", "id": "c01"}).to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let (output, script) = {
+        let (base, initial) = (base.clone(), initial.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("node").arg("conformance/backend_openid.mjs").arg(&base).arg(&initial).output()
+        })
+        .await
+        .unwrap()
+        .expect("node runs");
+        (output, "conformance/backend_openid.mjs")
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
