@@ -9,12 +9,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use serde::{Deserialize, Serialize};
 
+use super::records::Records;
 use super::scope::{Scope, parse_scopes};
 use crate::fhir::{Category, FhirError, IssueCode};
-use crate::store::auth::{AuthRead, AuthTxn};
+use crate::store::auth::AuthRead;
 use crate::store::{Store, StoreError};
 
-const CLIENT_PREFIX: &[u8] = b"client/";
+/// Clients, by id.
+const CLIENTS: Records = Records::new(b"client/");
 
 /// Largest client JWKS accepted, in bytes of JSON.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -159,14 +161,8 @@ pub async fn add(store: &Store, new: NewClient, now: u64) -> Result<Created, Fhi
         scope: new.scope.split_whitespace().collect::<Vec<_>>().join(" "),
         created: now,
     };
-    let record = serde_json::to_vec(&client).map_err(|_| FhirError::fault("auth"))?;
-    let key = client_key(&client.client_id);
-    store
-        .auth_write(move |txn| {
-            txn.insert(&key, &record);
-            Ok(())
-        })
-        .await?;
+    // A fresh random id: never taken.
+    CLIENTS.insert_new(store, &client.client_id, &client).await?;
     Ok(Created { client, secret })
 }
 
@@ -194,49 +190,18 @@ pub fn describe(client: &Client) -> serde_json::Value {
 
 /// Every client, by id.
 pub fn list(store: &Store) -> Result<Vec<Client>, StoreError> {
-    store.auth_read(|read| {
-        read.scan(CLIENT_PREFIX)?
-            .into_iter()
-            .map(|(key, value)| serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt(key)))
-            .collect()
-    })
+    CLIENTS.all(store)
 }
 
 /// Removes a client; false if there was none with that id. Tokens already issued to it stop
 /// working at their next use that looks the client up (every token request does).
 pub async fn remove(store: &Store, client_id: &str) -> Result<bool, FhirError> {
-    let key = client_key(client_id);
-    store
-        .auth_write(move |txn| {
-            let existed = txn.get(&key)?.is_some();
-            txn.remove(&key);
-            Ok(existed)
-        })
-        .await
+    CLIENTS.remove(store, client_id).await
 }
 
 /// The client `client_id`, as last committed.
 pub fn find(read: &AuthRead, client_id: &str) -> Result<Option<Client>, StoreError> {
-    let key = client_key(client_id);
-    match read.get(&key)? {
-        Some(value) => serde_json::from_slice(&value).map(Some).map_err(|_| StoreError::Corrupt(key)),
-        None => Ok(None),
-    }
-}
-
-/// The client `client_id` inside a piece of auth work.
-pub fn find_in(txn: &AuthTxn<'_>, client_id: &str) -> Result<Option<Client>, StoreError> {
-    let key = client_key(client_id);
-    match txn.get(&key)? {
-        Some(value) => serde_json::from_slice(&value).map(Some).map_err(|_| StoreError::Corrupt(key)),
-        None => Ok(None),
-    }
-}
-
-fn client_key(client_id: &str) -> Vec<u8> {
-    let mut key = CLIENT_PREFIX.to_vec();
-    key.extend_from_slice(client_id.as_bytes());
-    key
+    CLIENTS.get(read, client_id)
 }
 
 /// A client's JWKS: at most [`MAX_JWKS_KEYS`] public keys usable for RS384 or ES384, each with a

@@ -17,6 +17,7 @@ mod grants;
 mod jwks_url;
 pub mod keys;
 pub mod password;
+mod records;
 pub mod registration;
 pub mod restrict;
 pub mod rules;

@@ -8,11 +8,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
+use super::records::Records;
 use crate::fhir::{FhirError, Id, IssueCode};
 use crate::store::auth::{AuthRead, AuthTxn};
 use crate::store::{Store, StoreError};
 
-const USER_PREFIX: &[u8] = b"user/";
+/// Users, by normalised username.
+const USERS: Records = Records::new(b"user/");
 
 /// Shortest password accepted (NIST SP 800-63B's minimum).
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -136,18 +138,7 @@ pub async fn add(store: &Store, new: NewUser, now: u64) -> Result<User, FhirErro
         .map_err(|_| FhirError::fault("auth"))??;
     let user =
         User { username, password_hash, role: new.role, patient, fhir_user: new.fhir_user, totp: None, created: now };
-    let record = serde_json::to_vec(&user).map_err(|_| FhirError::fault("auth"))?;
-    let key = user_key(&user.username);
-    let taken = store
-        .auth_write(move |txn| {
-            if txn.get(&key)?.is_some() {
-                return Ok(true);
-            }
-            txn.insert(&key, &record);
-            Ok(false)
-        })
-        .await?;
-    if taken {
+    if !USERS.insert_new(store, &user.username, &user).await? {
         return Err(FhirError::conflict(format!("there is already a user {}", user.username)));
     }
     Ok(user)
@@ -166,24 +157,12 @@ pub fn describe(user: &User) -> serde_json::Value {
 }
 
 pub fn list(store: &Store) -> Result<Vec<User>, StoreError> {
-    store.auth_read(|read| {
-        read.scan(USER_PREFIX)?
-            .into_iter()
-            .map(|(key, value)| serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt(key)))
-            .collect()
-    })
+    USERS.all(store)
 }
 
 /// Removes a user; false if there was none.
 pub async fn remove(store: &Store, username: &str) -> Result<bool, FhirError> {
-    let key = user_key(&normalize_username(username)?);
-    store
-        .auth_write(move |txn| {
-            let existed = txn.get(&key)?.is_some();
-            txn.remove(&key);
-            Ok(existed)
-        })
-        .await
+    USERS.remove(store, &normalize_username(username)?).await
 }
 
 /// Forgets a user's second factor: they enrol again at their next login. False if there is no
@@ -200,32 +179,19 @@ pub async fn reset_totp(store: &Store, username: &str) -> Result<bool, FhirError
         .await
 }
 
+/// The user `username` (normalised), as last committed.
 pub fn find(read: &AuthRead, username: &str) -> Result<Option<User>, StoreError> {
-    let key = user_key(username);
-    match read.get(&key)? {
-        Some(value) => serde_json::from_slice(&value).map(Some).map_err(|_| StoreError::Corrupt(key)),
-        None => Ok(None),
-    }
+    USERS.get(read, username)
 }
 
+/// The user `username` inside a piece of auth work.
 pub fn find_in(txn: &AuthTxn<'_>, username: &str) -> Result<Option<User>, StoreError> {
-    let key = user_key(username);
-    match txn.get(&key)? {
-        Some(value) => serde_json::from_slice(&value).map(Some).map_err(|_| StoreError::Corrupt(key)),
-        None => Ok(None),
-    }
+    USERS.get_in(txn, username)
 }
 
+/// Writes `user` inside a piece of auth work.
 pub fn save_in(txn: &mut AuthTxn<'_>, user: &User) -> Result<(), FhirError> {
-    let record = serde_json::to_vec(user).map_err(|_| FhirError::fault("auth"))?;
-    txn.insert(&user_key(&user.username), &record);
-    Ok(())
-}
-
-fn user_key(username: &str) -> Vec<u8> {
-    let mut key = USER_PREFIX.to_vec();
-    key.extend_from_slice(username.as_bytes());
-    key
+    USERS.put_in(txn, &user.username, user)
 }
 
 #[cfg(test)]

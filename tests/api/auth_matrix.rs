@@ -5,38 +5,20 @@
 //! Tokens are signed with the server's own key ring through the library, as the authorization
 //! endpoints do when they issue them.
 
-use braid::auth::keys::KeyRing;
-use braid::auth::token::{self, AccessClaims};
-use braid::config::{AuthMode, Settings};
-use braid::startup::Application;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{AuthApp, Reply, TestApp};
 
 const VITAL: &str = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs";
 
 struct Server {
     app: TestApp,
-    ring: KeyRing,
+    auth: AuthApp,
 }
 
 impl Server {
     fn token(&self, scope: &str, patient: Option<&str>) -> String {
-        let now = braid::auth::now_secs();
-        let claims = AccessClaims {
-            iss: self.app.base.clone(),
-            aud: self.app.base.clone(),
-            sub: patient.map_or("backend".into(), |p| format!("user-{p}")),
-            client_id: "matrix".into(),
-            scope: scope.into(),
-            iat: now,
-            exp: now + 600,
-            jti: uuid::Uuid::new_v4().to_string(),
-            patient: patient.map(str::to_owned),
-            fhir_user: None,
-            gid: None,
-        };
-        token::issue(&self.ring, &claims).unwrap()
+        self.auth.token("matrix", scope, patient)
     }
 
     async fn get(&self, path: &str, token: &str) -> Reply {
@@ -45,19 +27,9 @@ impl Server {
 }
 
 async fn spawn() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data: dir.path().join("braid.redb"),
-        workers: 2,
-        auth: AuthMode::On,
-        ..Settings::default()
-    };
-    let application = Application::build(&settings).await.expect("the server starts");
-    let ring = application.store().auth_read(KeyRing::load).unwrap();
-    let base = format!("http://127.0.0.1:{}/fhir", application.port());
-    tokio::spawn(application.run_until_stopped());
-    let server = Server { app: TestApp::at(base, dir), ring };
+    let auth = crate::helpers::spawn_auth_app().await;
+    let app = TestApp::at(auth.app.base.clone(), tempfile::tempdir().unwrap());
+    let server = Server { app, auth };
     seed(&server).await;
     server
 }

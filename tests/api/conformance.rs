@@ -92,37 +92,11 @@ async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
     if !installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let settings = braid::config::Settings {
-        listen: "127.0.0.1:0".into(),
-        data: dir.path().join("braid.redb"),
-        workers: 2,
-        auth: braid::config::AuthMode::On,
-        ..braid::config::Settings::default()
-    };
-    let application = braid::startup::Application::build(&settings).await.expect("the server starts");
-    let store = application.store().clone();
-    let initial = braid::auth::registration::issue_initial_token(&store, 1, 1).await.unwrap();
+    let server = crate::helpers::spawn_auth_app().await;
+    let initial = braid::auth::registration::issue_initial_token(&server.store, 1, 1).await.unwrap();
     // Seeded with a token of the server's own key, as an EHR's backend would write.
-    let ring = store.auth_read(braid::auth::keys::KeyRing::load).unwrap();
-    let base = format!("http://127.0.0.1:{}/fhir", application.port());
-    tokio::spawn(application.run_until_stopped());
-    let now = braid::auth::now_secs();
-    let claims = braid::auth::token::AccessClaims {
-        iss: base.clone(),
-        aud: base.clone(),
-        sub: "seed".into(),
-        client_id: "seed".into(),
-        scope: "system/*.cruds".into(),
-        iat: now,
-        exp: now + 300,
-        jti: "seed".into(),
-        patient: None,
-        fhir_user: None,
-        gid: None,
-    };
-    let admin = braid::auth::token::issue(&ring, &claims).unwrap();
-    let app = TestApp::at(base.clone(), dir);
+    let admin = server.token("seed", "system/*.cruds", None);
+    let (app, base) = (&server.app, server.app.base.clone());
     let reply = app
         .send(
             app.client

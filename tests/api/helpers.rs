@@ -238,3 +238,57 @@ pub fn match_ids(bundle: &Value) -> Vec<String> {
         .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// A server with authorization on (and its other settings as `configure` leaves them).
+pub struct AuthApp {
+    pub app: TestApp,
+    /// The server's store: clients and users are registered through it, as the operator's
+    /// socket would.
+    pub store: braid::store::Store,
+    /// The database file (its operator socket is next to it).
+    pub data: std::path::PathBuf,
+}
+
+pub async fn spawn_auth_app_with(configure: impl FnOnce(&mut Settings)) -> AuthApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        auth: braid::config::AuthMode::On,
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    let application = Application::build(&settings).await.expect("the server starts");
+    let store = application.store().clone();
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    tokio::spawn(application.run_until_stopped());
+    AuthApp { app: TestApp::at(base, dir), store, data: settings.data }
+}
+
+pub async fn spawn_auth_app() -> AuthApp {
+    spawn_auth_app_with(|_| {}).await
+}
+
+impl AuthApp {
+    /// An access token for `scope` (with `patient` in context), signed with the server's own
+    /// key as its token endpoint would: for tests about what tokens reach, not how they are got.
+    pub fn token(&self, client_id: &str, scope: &str, patient: Option<&str>) -> String {
+        let ring = self.store.auth_read(braid::auth::keys::KeyRing::load).expect("the key ring");
+        let now = braid::auth::now_secs();
+        let claims = braid::auth::token::AccessClaims {
+            iss: self.app.base.clone(),
+            aud: self.app.base.clone(),
+            sub: patient.map_or_else(|| client_id.to_owned(), |p| format!("user-{p}")),
+            client_id: client_id.into(),
+            scope: scope.into(),
+            iat: now,
+            exp: now + 600,
+            jti: uuid::Uuid::new_v4().to_string(),
+            patient: patient.map(str::to_owned),
+            fhir_user: None,
+            gid: None,
+        };
+        braid::auth::token::issue(&ring, &claims).expect("a token")
+    }
+}

@@ -81,22 +81,12 @@ fn pkcs1_of_pkcs8(der: &[u8]) -> &[u8] {
 
 /// A server with authorization on, and the clients registered before it starts.
 async fn spawn_smart_app(new_clients: Vec<NewClient>) -> (TestApp, Vec<clients::Created>) {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data: dir.path().join("braid.redb"),
-        workers: 2,
-        auth: AuthMode::On,
-        ..Settings::default()
-    };
-    let application = Application::build(&settings).await.expect("the server starts");
+    let server = crate::helpers::spawn_auth_app().await;
     let mut created = Vec::new();
     for new in new_clients {
-        created.push(clients::add(application.store(), new, braid::auth::now_secs()).await.expect("a client"));
+        created.push(clients::add(&server.store, new, braid::auth::now_secs()).await.expect("a client"));
     }
-    let base = format!("http://127.0.0.1:{}/fhir", application.port());
-    tokio::spawn(application.run_until_stopped());
-    (TestApp::at(base, dir), created)
+    (server.app, created)
 }
 
 fn backend(name: &str, scope: &str, credential: NewCredential) -> NewClient {

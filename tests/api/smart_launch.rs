@@ -6,14 +6,11 @@
 use std::collections::HashMap;
 
 use braid::auth::clients::{self, NewClient, NewCredential};
-use braid::auth::keys::KeyRing;
-use braid::auth::token::{self, AccessClaims};
 use braid::auth::users::{self, NewUser, Role};
-use braid::config::{AuthMode, Settings, TotpPolicy};
-use braid::startup::Application;
+use braid::config::TotpPolicy;
 use serde_json::json;
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{AuthApp, Reply, TestApp};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 const PASSWORD: &str = "correct horse battery";
@@ -30,18 +27,8 @@ struct Launch {
 }
 
 async fn spawn(totp: TotpPolicy) -> Launch {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data: dir.path().join("braid.redb"),
-        workers: 2,
-        auth: AuthMode::On,
-        totp,
-        ..Settings::default()
-    };
-    let data = settings.data.clone();
-    let application = Application::build(&settings).await.expect("the server starts");
-    let store = application.store().clone();
+    let server = crate::helpers::spawn_auth_app_with(|settings| settings.totp = totp).await;
+    let store = server.store.clone();
     let scope = "launch launch/patient openid fhirUser offline_access patient/*.cruds user/*.rs";
     let public = clients::add(
         &store,
@@ -87,11 +74,9 @@ async fn spawn(totp: TotpPolicy) -> Launch {
         fhir_user: Some("Practitioner/77".into()),
     };
     users::add(&store, doctor, braid::auth::now_secs()).await.unwrap();
-    let ring = store.auth_read(KeyRing::load).unwrap();
-    let base = format!("http://127.0.0.1:{}/fhir", application.port());
-    tokio::spawn(application.run_until_stopped());
-    let app = TestApp::at(base.clone(), dir);
-    seed(&app, &ring).await;
+    seed(&server).await;
+    let (app, data) = (server.app, server.data);
+    let base = app.base.clone();
     let browser = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     Launch {
         data,
@@ -104,22 +89,8 @@ async fn spawn(totp: TotpPolicy) -> Launch {
 }
 
 /// Patients A and B, each with an observation, written with a token the tests sign.
-async fn seed(app: &TestApp, ring: &KeyRing) {
-    let now = braid::auth::now_secs();
-    let claims = AccessClaims {
-        iss: app.base.clone(),
-        aud: app.base.clone(),
-        sub: "seed".into(),
-        client_id: "seed".into(),
-        scope: "system/*.cruds".into(),
-        iat: now,
-        exp: now + 300,
-        jti: "seed".into(),
-        patient: None,
-        fhir_user: None,
-        gid: None,
-    };
-    let admin = token::issue(ring, &claims).unwrap();
+async fn seed(server: &AuthApp) {
+    let (app, admin) = (&server.app, server.token("seed", "system/*.cruds", None));
     let mut entries = Vec::new();
     for patient in ["A", "B"] {
         entries.push(json!({"resource": {"resourceType": "Patient", "id": patient, "name": [{"family": format!("Family{patient}")}]},
