@@ -52,6 +52,10 @@ fn installed() -> bool {
     }
     let ready = || {
         Path::new("conformance/.venv/bin/python").exists()
+            && Command::new("conformance/.venv/bin/python")
+                .args(["-c", "import jwt, cryptography"])
+                .output()
+                .is_ok_and(|o| o.status.success())
             && Path::new("conformance/node_modules/fhir-kit-client").exists()
             && Path::new("conformance/node_modules/openid-client").exists()
     };
@@ -87,16 +91,13 @@ async fn the_npm_client_fhir_kit_client_works_unchanged() {
     run("node", "conformance/clients.mjs", &app.base).await;
 }
 
-#[actix_web::test]
-async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
-    if !installed() {
-        return;
-    }
+/// A server with auth on, one Patient (`c01`) written with a token of its own key, and an
+/// initial access token with which a client script registers itself.
+async fn backend_services_server() -> (crate::helpers::AuthApp, String) {
     let server = crate::helpers::spawn_auth_app().await;
     let initial = braid::auth::registration::issue_initial_token(&server.store, 1, 1).await.unwrap();
-    // Seeded with a token of the server's own key, as an EHR's backend would write.
     let admin = server.token("seed", "system/*.cruds", None);
-    let (app, base) = (&server.app, server.app.base.clone());
+    let app = &server.app;
     let reply = app
         .send(
             app.client
@@ -107,17 +108,36 @@ async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
-    let (output, script) = {
-        let (base, initial) = (base.clone(), initial.clone());
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("node").arg("conformance/backend_openid.mjs").arg(&base).arg(&initial).output()
-        })
+    (server, initial)
+}
+
+#[actix_web::test]
+async fn the_python_client_fhirclient_does_backend_services_with_an_es384_assertion() {
+    if !installed() {
+        return;
+    }
+    let (server, initial) = backend_services_server().await;
+    run_with(&["conformance/.venv/bin/python", "conformance/backend.py", &server.app.base, &initial]).await;
+}
+
+#[actix_web::test]
+async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
+    if !installed() {
+        return;
+    }
+    let (server, initial) = backend_services_server().await;
+    run_with(&["node", "conformance/backend_openid.mjs", &server.app.base, &initial]).await;
+}
+
+/// Runs `command` (a program and its arguments) and checks that it passed every check.
+async fn run_with(command: &[&str]) {
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    let shown = command.join(" ");
+    let output = tokio::task::spawn_blocking(move || Command::new(&command[0]).args(&command[1..]).output())
         .await
         .unwrap()
-        .expect("node runs");
-        (output, "conformance/backend_openid.mjs")
-    };
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(output.status.success(), "{shown} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{shown} printed no summary:\n{stdout}");
 }
