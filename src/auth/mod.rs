@@ -482,8 +482,11 @@ impl AuthState {
         digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
         let cached = self.verified.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
         if let Some(grant) = cached {
-            if grant.expires <= now || grant.audience != fhir_base {
+            if grant.expires <= now {
                 return Err(BearerError::Invalid("the access token has expired".into()));
+            }
+            if grant.audience != fhir_base {
+                return Err(BearerError::Invalid("the access token is for another server".into()));
             }
             if self.revoked.contains(&grant) {
                 return Err(BearerError::Invalid("the access token was revoked".into()));

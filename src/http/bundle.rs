@@ -597,16 +597,7 @@ fn read_entry(
     // What the token may not read is answered as missing (judged as a read or vread would).
     let found = found.and_then(|found| match found {
         Some(stored) if access.is_restricted() => {
-            let judged = if stored.is_deleted() {
-                match stored.version.checked_sub(1) {
-                    Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
-                    None => None,
-                }
-            } else {
-                Some(stored.clone())
-            };
-            Ok(judged
-                .is_some_and(|judged| super::read::admits_version(access, resource_type, &judged, base))
+            Ok(super::read::admits_stored(snapshot, access, resource_type, id.as_str(), &stored, base)?
                 .then_some(stored))
         }
         other => Ok(other),

@@ -42,12 +42,12 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     if access.is_restricted() {
         let snapshot = state.store.snapshot()?;
         let admitted = match snapshot.current(resource_type, patient_id.as_str())? {
-            Some(version) if !version.is_deleted() => access.admits_indexed(
-                &snapshot.index(),
+            Some(version) if !version.is_deleted() => super::read::admits_current(
+                &snapshot,
+                &access,
                 resource_type,
                 patient_id.as_str(),
                 version.version,
-                snapshot.t(),
                 Permission::Read,
                 &base,
             )?,

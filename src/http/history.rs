@@ -31,14 +31,7 @@ pub async fn instance(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         // A resource the token may not read now has no history for it either.
         if access.is_restricted() {
             let current = snapshot.current(resource_type, id.as_str())?.ok_or_else(missing)?;
-            let judged = match current.is_deleted() {
-                true => match current.version.checked_sub(1) {
-                    Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
-                    None => None,
-                },
-                false => Some(current),
-            };
-            if !judged.is_some_and(|judged| super::read::admits_version(&access, resource_type, &judged, &base)) {
+            if !super::read::admits_stored(snapshot, &access, resource_type, id.as_str(), &current, &base)? {
                 return Err(missing());
             }
         }
@@ -144,15 +137,7 @@ fn respond(
         let mut kept = Vec::with_capacity(page.entries.len());
         for version in page.entries {
             let Some(resource_type) = ResourceType::parse(&version.resource_type) else { continue };
-            let judged = match version.is_deleted() {
-                true => match version.version.checked_sub(1) {
-                    Some(previous) => snapshot.version(resource_type, &version.id, previous)?,
-                    None => None,
-                },
-                false => None,
-            };
-            let admitted =
-                super::read::admits_version(access, resource_type, judged.as_ref().unwrap_or(&version), &base);
+            let admitted = super::read::admits_stored(&snapshot, access, resource_type, &version.id, &version, &base)?;
             if admitted {
                 kept.push(version);
             }

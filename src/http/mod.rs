@@ -435,12 +435,9 @@ fn audit_record(
     };
     let resource_type = params.first().and_then(|name| ResourceType::parse(name));
     let mut resources = Vec::new();
-    match (resource_type, params.get(1)) {
-        // Instance interactions, compartment searches and $everything name their resource.
-        (Some(resource_type), Some(id)) if !matches!(interaction, Interaction::Validate) || params.len() > 1 => {
-            resources.push(format!("{resource_type}/{id}"));
-        }
-        _ => {}
+    // Instance interactions, compartment searches and $everything name their resource.
+    if let (Some(resource_type), Some(id)) = (resource_type, params.get(1)) {
+        resources.push(format!("{resource_type}/{id}"));
     }
     if interaction == Interaction::Create {
         // The created resource, from `Location: base/Type/id/_history/n`.

@@ -204,12 +204,12 @@ pub(super) fn patched_update(
         Some(version)
             if access.is_restricted()
                 && !version.is_deleted()
-                && !access.admits_indexed(
-                    &snapshot.index(),
+                && !super::read::admits_current(
+                    snapshot,
+                    access,
                     resource_type,
                     id.as_str(),
                     version.version,
-                    snapshot.t(),
                     Permission::Update,
                     base,
                 )? =>

@@ -16,7 +16,7 @@ use crate::auth::scope::Interaction as Permission;
 use crate::fhir::summary::Summary;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::SearchIndexer;
-use crate::store::Version;
+use crate::store::{Snapshot, Version};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let resource_type = request::resource_type(ctx.param(0))?;
@@ -30,15 +30,8 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     match snapshot.current(resource_type, id.as_str())? {
         None => Err(missing()),
         Some(version) if version.is_deleted() => {
-            if restricted {
-                // A deletion shows only to those who could read what was deleted.
-                let before = match version.version.checked_sub(1) {
-                    Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
-                    None => None,
-                };
-                if !before.is_some_and(|before| admits_version(&ctx.access, resource_type, &before, &base())) {
-                    return Err(missing());
-                }
+            if restricted && !admits_stored(&snapshot, &ctx.access, resource_type, id.as_str(), &version, &base())? {
+                return Err(missing());
             }
             Err(FhirError::new(
                 Category::Gone,
@@ -48,12 +41,12 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         Some(version) => {
             if restricted
-                && !ctx.access.admits_indexed(
-                    &snapshot.index(),
+                && !admits_current(
+                    &snapshot,
+                    &ctx.access,
                     resource_type,
                     id.as_str(),
                     version.version,
-                    snapshot.t(),
                     Permission::Read,
                     &base(),
                 )?
@@ -65,11 +58,41 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     }
 }
 
-/// Whether the token may read this stored version, judged by its body (old versions are no
-/// longer in the index). A body that cannot be parsed is not shown.
-pub(super) fn admits_version(access: &Access, resource_type: ResourceType, version: &Version, base: &str) -> bool {
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&version.body) else { return false };
-    access.admits_body(&SearchIndexer, resource_type, &body, Permission::Read, base).unwrap_or(false)
+/// Whether the token may read this stored version of `resource_type/id`, judged by its body
+/// (old versions are no longer in the index); a deletion by the version it deleted, so that a
+/// 410 shows only to those who could read what was deleted. A body that cannot be parsed is
+/// not shown.
+pub(super) fn admits_stored(
+    snapshot: &Snapshot,
+    access: &Access,
+    resource_type: ResourceType,
+    id: &str,
+    version: &Version,
+    base: &str,
+) -> Result<bool, FhirError> {
+    let admits = |version: &Version| {
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&version.body) else { return false };
+        access.admits_body(&SearchIndexer, resource_type, &body, Permission::Read, base).unwrap_or(false)
+    };
+    if !version.is_deleted() {
+        return Ok(admits(version));
+    }
+    let Some(previous) = version.version.checked_sub(1) else { return Ok(false) };
+    Ok(snapshot.version(resource_type, id, previous)?.is_some_and(|before| admits(&before)))
+}
+
+/// Whether the token may do `interaction` on the current version `version` of
+/// `resource_type/id` in `snapshot`, judged by its index entries.
+pub(super) fn admits_current(
+    snapshot: &Snapshot,
+    access: &Access,
+    resource_type: ResourceType,
+    id: &str,
+    version: u64,
+    interaction: Permission,
+    base: &str,
+) -> Result<bool, FhirError> {
+    access.admits_indexed(&snapshot.index(), resource_type, id, version, snapshot.t(), interaction, base)
 }
 
 /// What part of a resource a read asks for: `_summary` and `_elements`.

@@ -69,12 +69,12 @@ async fn validate(ctx: Ctx, id: Option<Id>) -> Result<HttpResponse, FhirError> {
         let snapshot = state.store.snapshot()?;
         if let Some(version) = snapshot.current(resource_type, id.as_str())?
             && !version.is_deleted()
-            && !access.admits_indexed(
-                &snapshot.index(),
+            && !super::read::admits_current(
+                &snapshot,
+                &access,
                 resource_type,
                 id.as_str(),
                 version.version,
-                snapshot.t(),
                 crate::auth::scope::Interaction::Read,
                 &request::base_url(&http, &state),
             )?

@@ -14,21 +14,16 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let version = request::version_id(&version)?;
     let snapshot = state.store.snapshot()?;
     let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
-    if access.is_restricted() {
-        // A deletion is judged by the version it deleted.
-        let judged = match snapshot.version(resource_type, id.as_str(), version)? {
-            Some(stored) if stored.is_deleted() => match version.checked_sub(1) {
-                Some(previous) => snapshot.version(resource_type, id.as_str(), previous)?,
-                None => None,
-            },
-            other => other,
-        };
+    let stored = snapshot.version(resource_type, id.as_str(), version)?;
+    if let Some(stored) = &stored
+        && access.is_restricted()
+    {
         let base = request::base_url(&http, &state);
-        if !judged.is_some_and(|judged| super::read::admits_version(&access, resource_type, &judged, &base)) {
+        if !super::read::admits_stored(&snapshot, &access, resource_type, id.as_str(), stored, &base)? {
             return Err(missing());
         }
     }
-    match snapshot.version(resource_type, id.as_str(), version)? {
+    match stored {
         None => Err(missing()),
         Some(stored) if stored.is_deleted() => Err(FhirError::new(
             Category::Gone,
