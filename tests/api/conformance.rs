@@ -58,6 +58,7 @@ fn installed() -> bool {
                 .is_ok_and(|o| o.status.success())
             && Path::new("conformance/node_modules/fhir-kit-client").exists()
             && Path::new("conformance/node_modules/openid-client").exists()
+            && Path::new("conformance/node_modules/fhirclient").exists()
     };
     if !ready() {
         let status = Command::new("bash").arg("conformance/setup.sh").status();
@@ -129,6 +130,48 @@ async fn the_npm_oauth_client_openid_client_does_backend_services_with_es384() {
     run_with(&["node", "conformance/backend_openid.mjs", &server.app.base, &initial]).await;
 }
 
+#[actix_web::test]
+async fn the_npm_client_fhirclient_completes_a_standalone_patient_launch_and_reads_the_patients_observations() {
+    if !installed() {
+        return;
+    }
+    let server = crate::helpers::spawn_auth_app().await;
+    let user = braid::auth::users::NewUser {
+        username: "casey".into(),
+        password: "launch pass phrase".into(),
+        role: braid::auth::users::Role::Patient,
+        patient: Some("c01".into()),
+        fhir_user: None,
+    };
+    braid::auth::users::add(&server.store, user, braid::auth::now_secs()).await.unwrap();
+    let admin = server.token("seed", "system/*.cruds", None);
+    let mut entries = Vec::new();
+    for patient in ["c01", "c02"] {
+        entries.push(json!({"resource": {"resourceType": "Patient", "id": patient, "name": [{"family": "Launch"}]},
+            "request": {"method": "PUT", "url": format!("Patient/{patient}")}}));
+        for n in 0..3 {
+            let id = format!("obs-{patient}-{n}");
+            entries.push(json!({"resource": {"resourceType": "Observation", "id": id, "status": "final",
+                "code": {"text": "note"}, "subject": {"reference": format!("Patient/{patient}")}},
+                "request": {"method": "PUT", "url": format!("Observation/{id}")}}));
+        }
+    }
+    let app = &server.app;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let reply = app
+        .send(
+            app.client
+                .post(app.base.clone())
+                .bearer_auth(admin)
+                .header("content-type", "application/fhir+json")
+                .body(bundle.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    run_with(&["node", "conformance/launch_fhirclient.mjs", &app.base, "casey", "launch pass phrase", "c01", "c02", "3"])
+        .await;
+}
+
 /// Runs `command` (a program and its arguments) and checks that it passed every check.
 async fn run_with(command: &[&str]) {
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
@@ -140,4 +183,5 @@ async fn run_with(command: &[&str]) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{shown} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{shown} printed no summary:\n{stdout}");
+    eprintln!("{stdout}");
 }
