@@ -49,6 +49,7 @@ pub struct Settings {
     pub access_token_secs: u64,
     pub totp: TotpPolicy,
     pub audit: bool,
+    pub audit_window_secs: u64,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -142,6 +143,7 @@ impl Default for Settings {
             access_token_secs: 3600,
             totp: TotpPolicy::Required,
             audit: true,
+            audit_window_secs: 5,
         }
     }
 }
@@ -492,6 +494,21 @@ pub const SETTINGS: &[SettingDoc] = &[
                 Ok(())
             }
             _ => Err("expected true or false".into()),
+        },
+    },
+    SettingDoc {
+        key: "audit_window_secs",
+        env: "BRAID_AUDIT_WINDOW_SECS",
+        default: "5",
+        doc: "How many seconds of one client's (and user's) requests of one kind and outcome are gathered into one \
+              AuditEvent listing the distinct resources they touched and the period; 1 to 60. Longer windows write \
+              less under heavy reading; the events of a window are written when it ends.",
+        apply: |s, v| {
+            parse_into(&mut s.audit_window_secs, v)?;
+            if !(1..=60).contains(&s.audit_window_secs) {
+                return Err("expected a number of seconds from 1 to 60".into());
+            }
+            Ok(())
         },
     },
 ];

@@ -113,7 +113,9 @@ impl Application {
                 None
             }
         };
-        let audit = (auth.is_some() && settings.audit).then(|| crate::auth::audit::AuditSink::start(store.clone()));
+        let audit = (auth.is_some() && settings.audit).then(|| {
+            crate::auth::audit::AuditSink::start(store.clone(), Duration::from_secs(settings.audit_window_secs))
+        });
         let state = web::Data::new(AppState {
             store: store.clone(),
             limits: Limits::from_settings(settings),

@@ -27,7 +27,6 @@ pub mod token;
 pub mod totp;
 pub mod users;
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,8 +45,25 @@ pub const MAX_ACCESS_TOKEN_SECS: u64 = 3600;
 /// Longest lifetime of a Backend Services token (SMART: five minutes at most is recommended).
 pub const MAX_BACKEND_TOKEN_SECS: u64 = 300;
 
-/// Most verified tokens remembered, so that a token is verified once rather than per request.
-const TOKEN_CACHE_ENTRIES: usize = 50_000;
+/// Most verified tokens each thread remembers, so that a token is verified once per thread
+/// rather than per request.
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+
+/// Tells authorization states apart in the per-thread token caches (a process may run several
+/// servers, each with its own keys).
+static NEXT_STATE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One authorization state's verified access tokens, by their text.
+type VerifiedTokens = hashbrown::HashMap<Box<str>, Arc<Grant>>;
+
+thread_local! {
+    /// Verified access tokens by state and by their text: a token is found again only by the
+    /// same text. One cache per thread, because a shared one costs more than it saves: every
+    /// lookup would move the lock's and the grant's reference counts between the cores.
+    /// Revocation and expiry are checked at every use, so a cached grant needs no invalidation.
+    static VERIFIED: std::cell::RefCell<hashbrown::HashMap<u64, VerifiedTokens>> =
+        std::cell::RefCell::new(hashbrown::HashMap::new());
+}
 
 /// A fresh token id (128 random bits).
 pub fn new_jti() -> String {
@@ -220,12 +236,13 @@ pub enum BearerError {
     Invalid(String),
 }
 
-/// The authorization server's state: the key ring, verified tokens, and the keys fetched from
-/// clients' JWKS URLs.
+/// The authorization server's state: the key ring, the keys fetched from clients' JWKS URLs,
+/// revocations and login limits (verified tokens are cached per thread, in `VERIFIED`).
 pub struct AuthState {
     store: Store,
     keys: RwLock<Arc<KeyRing>>,
-    verified: RwLock<HashMap<[u8; 32], Arc<Grant>>>,
+    /// This state's key in the per-thread caches of verified tokens.
+    id: u64,
     client_keys: jwks_url::ClientKeys,
     backend_token_secs: u64,
     access_token_secs: u64,
@@ -258,7 +275,7 @@ impl AuthState {
         Ok(AuthState {
             store,
             keys: RwLock::new(Arc::new(ring)),
-            verified: RwLock::new(HashMap::new()),
+            id: NEXT_STATE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             client_keys: jwks_url::ClientKeys::new()?,
             backend_token_secs: config.backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
             access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
@@ -478,9 +495,7 @@ impl AuthState {
             })
             .filter(|token| !token.is_empty())
             .ok_or(BearerError::Missing)?;
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
-        let cached = self.verified.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&digest).cloned();
+        let cached = VERIFIED.with(|cache| cache.borrow().get(&self.id).and_then(|tokens| tokens.get(token)).cloned());
         if let Some(grant) = cached {
             if grant.expires <= now {
                 return Err(BearerError::Invalid("the access token has expired".into()));
@@ -497,14 +512,17 @@ impl AuthState {
         if self.revoked.contains(&grant) {
             return Err(BearerError::Invalid("the access token was revoked".into()));
         }
-        let mut verified = self.verified.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if verified.len() >= TOKEN_CACHE_ENTRIES {
-            verified.retain(|_, grant| grant.expires > now);
+        VERIFIED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let verified = cache.entry(self.id).or_default();
             if verified.len() >= TOKEN_CACHE_ENTRIES {
-                verified.clear();
+                verified.retain(|_, grant| grant.expires > now);
+                if verified.len() >= TOKEN_CACHE_ENTRIES {
+                    verified.clear();
+                }
             }
-        }
-        verified.insert(digest, grant.clone());
+            verified.insert(token.into(), grant.clone());
+        });
         Ok(grant)
     }
 

@@ -277,10 +277,10 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
                     Ok(access) => access,
                     Err(refusal) => return *refusal,
                 };
-                // Kept for the audit record, which is written once the outcome is known.
+                // The audit record, handed over once the outcome is known.
                 let audited = match (&access, &state.audit) {
                     (Access::Token(grant), Some(sink)) if route.interaction != Interaction::Capabilities => {
-                        Some((grant.clone(), sink.clone(), params.clone()))
+                        Some((audit_record(grant, route.interaction, &params, &http), sink.clone()))
                     }
                     _ => None,
                 };
@@ -289,8 +289,8 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
                     Ok(response) => response,
                     Err(error) => error::error_response(&error),
                 };
-                if let Some((grant, sink, params)) = audited {
-                    sink.record(audit_record(&grant, route.interaction, &params, &http, &response)).await;
+                if let Some((record, sink)) = audited {
+                    sink.record(finish_audit_record(record, &response)).await;
                 }
                 return response;
             }
@@ -338,7 +338,12 @@ fn authorize(
     if interaction == Interaction::Capabilities {
         return Ok(Access::Unrestricted);
     }
-    let header = http.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    // `from_utf8` rather than `HeaderValue::to_str`, which checks a token of several hundred
+    // bytes one byte at a time; the token's own checks refuse anything but a JWT's characters.
+    let header = http
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok());
     let grant = auth.bearer(header, &request::base_url(http, state)).map_err(|error| {
         let (challenge, message) = match error {
             BearerError::Missing => (
@@ -409,13 +414,13 @@ fn authorize(
     Ok(access)
 }
 
-/// What the audit trail keeps of one request (see [`crate::auth::audit`]).
+/// What the audit trail keeps of one request, as far as it is known before the request is
+/// handled (see [`crate::auth::audit`]); [`finish_audit_record`] adds the outcome.
 fn audit_record(
-    grant: &crate::auth::Grant,
+    grant: &Arc<crate::auth::Grant>,
     interaction: Interaction,
     params: &[String],
     http: &HttpRequest,
-    response: &HttpResponse,
 ) -> crate::auth::audit::AuditRecord {
     let code = match interaction {
         Interaction::Capabilities => "capabilities",
@@ -434,21 +439,11 @@ fn audit_record(
         Interaction::SearchSystem => "search-system",
     };
     let resource_type = params.first().and_then(|name| ResourceType::parse(name));
-    let mut resources = Vec::new();
     // Instance interactions, compartment searches and $everything name their resource.
-    if let (Some(resource_type), Some(id)) = (resource_type, params.get(1)) {
-        resources.push(format!("{resource_type}/{id}"));
-    }
-    if interaction == Interaction::Create {
-        // The created resource, from `Location: base/Type/id/_history/n`.
-        if let Some(location) = response.headers().get(actix_web::http::header::LOCATION).and_then(|v| v.to_str().ok())
-        {
-            let parts: Vec<&str> = location.rsplitn(4, '/').collect();
-            if let [_, "_history", id, type_name] = parts.as_slice() {
-                resources.push(format!("{}/{id}", type_name.rsplit('/').next().unwrap_or(type_name)));
-            }
-        }
-    }
+    let resource = match (resource_type, params.get(1)) {
+        (Some(resource_type), Some(id)) => Some(format!("{resource_type}/{id}")),
+        _ => None,
+    };
     let query = matches!(
         interaction,
         Interaction::SearchType
@@ -465,21 +460,37 @@ fn audit_record(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_micros() as i64);
     crate::auth::audit::AuditRecord {
-        client_id: grant.client_id.clone(),
-        subject: grant.subject.clone(),
-        fhir_user: grant.fhir_user.clone(),
-        patient: grant.patient.clone(),
+        grant: grant.clone(),
         interaction: code,
         resource_type: if interaction == Interaction::SearchCompartment {
             params.get(2).and_then(|name| ResourceType::parse(name))
         } else {
             resource_type
         },
-        resources,
+        resource,
         query,
-        status: response.status().as_u16(),
+        status: 0,
         recorded_micros,
     }
+}
+
+/// Completes an audit record with the request's outcome, and for a create the resource it
+/// created (from `Location: base/Type/id/_history/n`).
+fn finish_audit_record(
+    mut record: crate::auth::audit::AuditRecord,
+    response: &HttpResponse,
+) -> crate::auth::audit::AuditRecord {
+    record.status = response.status().as_u16();
+    if record.interaction == "create" && response.status().is_success() {
+        if let Some(location) = response.headers().get(actix_web::http::header::LOCATION).and_then(|v| v.to_str().ok())
+        {
+            let parts: Vec<&str> = location.rsplitn(4, '/').collect();
+            if let [_, "_history", id, type_name] = parts.as_slice() {
+                record.resource = Some(format!("{}/{id}", type_name.rsplit('/').next().unwrap_or(type_name)));
+            }
+        }
+    }
+    record
 }
 
 /// Whether the interaction's path names the type it needs permissions on.

@@ -526,6 +526,9 @@ async fn every_access_with_a_token_is_audited_and_the_patient_reads_the_trail_of
         .find(|e| e["subtype"][0]["code"] == "read" && e["outcome"] == "0")
         .unwrap_or_else(|| panic!("an audit event of A's read: {events:?}"));
     assert_eq!(event["action"], "R");
+    let period = &event["period"];
+    assert!(period["start"].as_str().unwrap() <= period["end"].as_str().unwrap(), "{period}");
+    assert_eq!(period["end"], event["recorded"]);
     assert_eq!(event["agent"][0]["who"]["identifier"]["value"], "matrix");
     assert_eq!(event["agent"][1]["who"]["identifier"]["value"], "user-A");
     assert!(event["entity"].as_array().unwrap().iter().any(|x| x["what"]["reference"] == "Patient/A"));

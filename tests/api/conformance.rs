@@ -168,8 +168,17 @@ async fn the_npm_client_fhirclient_completes_a_standalone_patient_launch_and_rea
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    run_with(&["node", "conformance/launch_fhirclient.mjs", &app.base, "casey", "launch pass phrase", "c01", "c02", "3"])
-        .await;
+    run_with(&[
+        "node",
+        "conformance/launch_fhirclient.mjs",
+        &app.base,
+        "casey",
+        "launch pass phrase",
+        "c01",
+        "c02",
+        "3",
+    ])
+    .await;
 }
 
 /// Runs `command` (a program and its arguments) and checks that it passed every check.

@@ -256,6 +256,8 @@ pub async fn spawn_auth_app_with(configure: impl FnOnce(&mut Settings)) -> AuthA
         data: dir.path().join("braid.redb"),
         workers: 2,
         auth: braid::config::AuthMode::On,
+        // The audit tests wait for the trail: a short window keeps them quick.
+        audit_window_secs: 1,
         ..Settings::default()
     };
     configure(&mut settings);
