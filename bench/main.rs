@@ -934,6 +934,7 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
         patient: Some("p3".into()),
         fhir_user: None,
         gid: None,
+        role: None,
     };
     let token = braid::auth::token::issue(&ring, &claims).expect("a token");
     type MakeQuery = Box<dyn Fn(usize, usize) -> String + Send + Sync>;

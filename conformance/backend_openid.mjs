@@ -5,21 +5,10 @@
 // Usage: node backend_openid.mjs BASE_URL INITIAL_ACCESS_TOKEN
 import * as client from 'openid-client';
 import * as jose from 'jose';
+import { check, summary } from './check.mjs';
 
 const [base, initialToken] = process.argv.slice(2);
 const origin = base.replace(/\/fhir$/, '');
-let passed = 0;
-
-function check(name, actual, expected) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) {
-    console.log(`FAIL ${name}: expected ${e}, got ${a}`);
-    process.exit(1);
-  }
-  passed += 1;
-  console.log(`ok   ${name}`);
-}
 
 async function main() {
   const { publicKey, privateKey } = await jose.generateKeyPair('ES384', { extractable: true });
@@ -57,7 +46,7 @@ async function main() {
   check('a type outside the scopes', other.status, 403);
 
   // The same assertion again is a replay.
-  console.log(`${passed} passed, 0 failed`);
+  summary();
 }
 
 main().catch((error) => {

@@ -1,22 +1,11 @@
 // Drives a running Braid with the npm client fhir-kit-client and checks every result against
 // the ids the caller seeded (see clients.py for the data). Usage: node clients.mjs BASE_URL
 import { Client } from 'fhir-kit-client';
+import { check, summary } from './check.mjs';
 
 const base = process.argv[2];
 const client = new Client({ baseUrl: base });
 const patients = Array.from({ length: 12 }, (_, n) => `c${String(n).padStart(2, '0')}`).sort();
-let passed = 0;
-
-function check(name, actual, expected) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) {
-    console.log(`FAIL ${name}: expected ${e}, got ${a}`);
-    process.exit(1);
-  }
-  passed += 1;
-  console.log(`ok   ${name}`);
-}
 
 async function main() {
   // Search and follow `next` to the last page.
@@ -63,7 +52,7 @@ async function main() {
   const read = await client.read({ resourceType: type, id });
   check('fhir-kit-client: read back', read.name[0].family, 'Kitclient');
 
-  console.log(`${passed} passed, 0 failed`);
+  summary();
 }
 
 main().catch((error) => {

@@ -14,21 +14,10 @@
 import http from 'node:http';
 import crypto from 'node:crypto';
 import smart from 'fhirclient';
+import { check, summary } from './check.mjs';
 
 const [base, username, password, patientId, otherPatientId, observationCount] = process.argv.slice(2);
 const origin = new URL(base).origin;
-let passed = 0;
-
-function check(name, actual, expected) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) {
-    console.log(`FAIL ${name}: expected ${e}, got ${a}`);
-    process.exit(1);
-  }
-  passed += 1;
-  console.log(`ok   ${name}`);
-}
 
 // ---- The app: fhirclient behind a Node HTTP server, its state in one in-memory session. ----
 
@@ -230,7 +219,7 @@ async function main() {
     writeStatus = error.status ?? error.statusCode;
   }
   check('a read-only grant cannot write', writeStatus, 403);
-  console.log(`${passed} passed, 0 failed`);
+  summary();
 }
 
 main()

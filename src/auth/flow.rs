@@ -146,6 +146,9 @@ pub struct CodeRecord {
     pub code_challenge: String,
     pub scope: String,
     pub username: String,
+    /// The user's role when they consented.
+    #[serde(default = "Role::least_privileged")]
+    pub role: Role,
     pub patient: Option<String>,
     pub fhir_user: Option<String>,
     pub nonce: Option<String>,
@@ -383,6 +386,7 @@ impl AuthState {
             code_challenge: flow.code_challenge.clone(),
             scope,
             username: user.username.clone(),
+            role: user.role,
             fhir_user: user.fhir_user(),
             patient,
             nonce: flow.nonce.clone(),

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::clients::GrantType;
 use super::scope::{Scope, parse_scope, parse_scopes};
 use super::token::{self, AccessClaims, Grant};
+use super::users::Role;
 use super::{AuthState, Endpoints, TokenError, TokenForm, TokenResponse, new_jti, now_secs, random_bytes};
 use crate::fhir::FhirError;
 use crate::store::StoreError;
@@ -36,6 +37,8 @@ const REVOKED_PREFIX: &[u8] = b"revoked/";
 struct GrantRecord {
     client_id: String,
     username: String,
+    #[serde(default = "Role::least_privileged")]
+    role: Role,
     scope: String,
     patient: Option<String>,
     fhir_user: Option<String>,
@@ -44,6 +47,17 @@ struct GrantRecord {
     secret_hash: String,
     expires: u64,
     revoked: bool,
+}
+
+/// Who an access token for a user is issued to, and what it grants.
+#[derive(Clone, Copy)]
+struct UserGrant<'a> {
+    client_id: &'a str,
+    username: &'a str,
+    role: Role,
+    scope: &'a str,
+    patient: Option<&'a str>,
+    fhir_user: Option<&'a str>,
 }
 
 fn grant_key(gid: &str) -> Vec<u8> {
@@ -130,6 +144,7 @@ impl AuthState {
                 let grant = GrantRecord {
                     client_id: client.client_id.clone(),
                     username: record.username.clone(),
+                    role: record.role,
                     scope: record.scope.clone(),
                     patient: record.patient.clone(),
                     fhir_user: record.fhir_user.clone(),
@@ -152,16 +167,15 @@ impl AuthState {
             }
             None => (None, None),
         };
-        let mut response = self.user_token(
-            endpoints,
-            &client.client_id,
-            &record.username,
-            &record.scope,
-            record.patient.as_deref(),
-            record.fhir_user.as_deref(),
-            gid,
-            record.nonce.as_deref(),
-        )?;
+        let user = UserGrant {
+            client_id: &client.client_id,
+            username: &record.username,
+            role: record.role,
+            scope: &record.scope,
+            patient: record.patient.as_deref(),
+            fhir_user: record.fhir_user.as_deref(),
+        };
+        let mut response = self.user_token(endpoints, &user, gid, record.nonce.as_deref())?;
         response.refresh_token = refresh_token;
         response.need_patient_banner = record.patient.as_ref().map(|_| record.need_patient_banner);
         Ok(response)
@@ -236,34 +250,29 @@ impl AuthState {
                 asked.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
             }
         };
-        let mut response = self.user_token(
-            endpoints,
-            &grant.client_id,
-            &grant.username,
-            &scope,
-            grant.patient.as_deref(),
-            grant.fhir_user.as_deref(),
-            Some(gid.clone()),
-            None,
-        )?;
+        let user = UserGrant {
+            client_id: &grant.client_id,
+            username: &grant.username,
+            role: grant.role,
+            scope: &scope,
+            patient: grant.patient.as_deref(),
+            fhir_user: grant.fhir_user.as_deref(),
+        };
+        let mut response = self.user_token(endpoints, &user, Some(gid.clone()), None)?;
         response.refresh_token = Some(format!("{gid}.{}.{fresh}", grant.generation));
         Ok(response)
     }
 
     /// The access token (and the launch context of its response, and an id_token with
     /// `openid`) for a user's grant.
-    #[allow(clippy::too_many_arguments)]
     fn user_token(
         &self,
         endpoints: &Endpoints,
-        client_id: &str,
-        username: &str,
-        scope: &str,
-        patient: Option<&str>,
-        fhir_user: Option<&str>,
+        user: &UserGrant<'_>,
         gid: Option<String>,
         nonce: Option<&str>,
     ) -> Result<TokenResponse, TokenError> {
+        let UserGrant { client_id, username, role, scope, patient, fhir_user } = *user;
         let now = now_secs();
         let has = |wanted: Scope| scope.split(' ').any(|w| parse_scope(w) == Some(wanted.clone()));
         let fhir_user =
@@ -280,6 +289,7 @@ impl AuthState {
             patient: patient.map(str::to_owned),
             fhir_user: fhir_user.clone(),
             gid,
+            role: Some(role),
         };
         let ring = self.keys();
         let access_token = token::issue(&ring, &claims)?;

@@ -297,6 +297,7 @@ mod tests {
             patient: None,
             fhir_user: None,
             gid: None,
+            role: None,
         }
     }
 

@@ -372,6 +372,7 @@ impl AuthState {
             patient: None,
             fhir_user: None,
             gid: None,
+            role: None,
         };
         let access_token = token::issue(&self.keys(), &claims)?;
         Ok(TokenResponse::bearer(access_token, expires_in, scope))

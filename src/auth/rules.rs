@@ -27,7 +27,14 @@ pub struct AccessRules {
     by_type: HashMap<ResourceType, Vec<Rule>>,
     /// From `Context/*` scopes: they apply to every type.
     every_type: Vec<Rule>,
+    /// Types this grant may not create, update or delete whatever its scopes say (its user's
+    /// role does not allow it).
+    read_only: Vec<ResourceType>,
 }
+
+/// The record of who did what, which only an administrator's token may change: patients' and
+/// practitioners' tokens read them as their scopes allow, never write them.
+pub const TRAIL_TYPES: [&str; 2] = ["AuditEvent", "Provenance"];
 
 /// What the rules decide for one type and interaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,10 @@ impl AccessRules {
     /// Whether `interaction` on `resource_type` is allowed, and on which of its resources. A
     /// scope without a filter allows every resource, whatever filtered scopes also grant.
     pub fn decide(&self, resource_type: ResourceType, interaction: Interaction) -> Decision<'_> {
+        let writes = matches!(interaction, Interaction::Create | Interaction::Update | Interaction::Delete);
+        if writes && self.read_only.contains(&resource_type) {
+            return Decision::Deny;
+        }
         let specific = self.by_type.get(&resource_type).map_or(&[][..], Vec::as_slice);
         let granting = specific.iter().chain(&self.every_type).filter(|rule| rule.permissions.allows(interaction));
         let mut filters = Vec::new();
@@ -75,6 +86,12 @@ impl AccessRules {
             }
         }
         if filters.is_empty() { Decision::Deny } else { Decision::Filtered(filters) }
+    }
+
+    /// These rules, with `types` read-only.
+    pub fn with_read_only(mut self, types: &[&str]) -> AccessRules {
+        self.read_only.extend(types.iter().filter_map(|name| ResourceType::parse(name)));
+        self
     }
 
     /// Whether some scope is granular (allows only resources matching its filter).

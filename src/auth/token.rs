@@ -5,8 +5,9 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyRing;
-use super::rules::AccessRules;
+use super::rules::{AccessRules, TRAIL_TYPES};
 use super::scope::{Context, Scope, parse_scopes};
+use super::users::Role;
 use crate::fhir::FhirError;
 
 /// Longest bearer token read, in bytes.
@@ -34,6 +35,10 @@ pub struct AccessClaims {
     /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<String>,
+    /// The role of the user a user's or patient's token was issued to (absent for Backend
+    /// Services): it limits what the scopes allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// What a verified token allows its bearer.
@@ -69,8 +74,14 @@ impl Grant {
         } else {
             Context::System
         };
+        let mut rules = AccessRules::from_scopes(&scopes, context);
+        // Only an administrator's token changes the trail; a token for a user whose role it
+        // does not name counts as no administrator's.
+        if context != Context::System && claims.role != Some(Role::Admin) {
+            rules = rules.with_read_only(&TRAIL_TYPES);
+        }
         Grant {
-            rules: AccessRules::from_scopes(&scopes, context),
+            rules,
             context,
             client_id: claims.client_id,
             subject: claims.sub,
@@ -153,4 +164,79 @@ pub fn verify(ring: &KeyRing, token: &str, fhir_base: &str, now: u64) -> Result<
         }
     })?;
     Ok(Grant::from_claims(claims.claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::rules::Decision;
+    use crate::auth::scope::Interaction;
+    use crate::fhir::ResourceType;
+
+    fn grant(scope: &str, patient: Option<&str>, role: Option<Role>) -> Grant {
+        Grant::from_claims(AccessClaims {
+            iss: "https://braid.test/fhir".into(),
+            aud: "https://braid.test/fhir".into(),
+            sub: "someone".into(),
+            client_id: "app".into(),
+            scope: scope.into(),
+            iat: 0,
+            exp: 1,
+            jti: "j".into(),
+            patient: patient.map(str::to_owned),
+            fhir_user: None,
+            gid: None,
+            role,
+        })
+    }
+
+    #[test]
+    fn only_an_administrators_token_changes_the_trail_whatever_its_scopes() {
+        let audit = ResourceType::parse("AuditEvent").unwrap();
+        let provenance = ResourceType::parse("Provenance").unwrap();
+        let observation = ResourceType::parse("Observation").unwrap();
+        for (scope, patient, role) in [
+            ("user/*.cruds", None, Some(Role::Practitioner)),
+            ("user/*.cruds", None, None),
+            ("patient/*.cruds", Some("1"), Some(Role::Patient)),
+            ("user/AuditEvent.cud user/AuditEvent.rs", None, Some(Role::Practitioner)),
+        ] {
+            let rules = grant(scope, patient, role).rules;
+            for write in [Interaction::Create, Interaction::Update, Interaction::Delete] {
+                assert_eq!(rules.decide(audit, write), Decision::Deny, "{scope} {role:?} {write:?}");
+                assert_eq!(rules.decide(provenance, write), Decision::Deny, "{scope} {role:?} {write:?}");
+            }
+            assert_eq!(rules.decide(audit, Interaction::Read), Decision::All, "{scope}: reads as the scopes allow");
+            if scope.contains('*') {
+                assert_eq!(rules.decide(observation, Interaction::Delete), Decision::All, "{scope}");
+            }
+        }
+        let admin = grant("user/*.cruds", None, Some(Role::Admin)).rules;
+        assert_eq!(admin.decide(audit, Interaction::Delete), Decision::All);
+        let backend = grant("system/*.cruds", None, None).rules;
+        assert_eq!(backend.decide(provenance, Interaction::Create), Decision::All, "the operator's scopes alone");
+    }
+
+    #[test]
+    fn the_role_travels_in_the_token_and_old_tokens_without_it_are_read() {
+        let mut claims = AccessClaims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: "s".into(),
+            client_id: "c".into(),
+            scope: "user/*.rs".into(),
+            iat: 0,
+            exp: 1,
+            jti: "j".into(),
+            patient: None,
+            fhir_user: None,
+            gid: None,
+            role: Some(Role::Admin),
+        };
+        let text = serde_json::to_string(&claims).unwrap();
+        assert!(text.contains(r#""role":"admin""#), "{text}");
+        claims.role = None;
+        let without: AccessClaims = serde_json::from_str(&serde_json::to_string(&claims).unwrap()).unwrap();
+        assert_eq!(without.role, None);
+    }
 }

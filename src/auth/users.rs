@@ -33,6 +33,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role assumed for a record made before roles were recorded.
+    pub fn least_privileged() -> Role {
+        Role::Practitioner
+    }
+
     pub fn parse(text: &str) -> Option<Role> {
         match text {
             "patient" => Some(Role::Patient),

@@ -72,18 +72,7 @@ async fn seed(server: &Server) {
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
     let admin = server.token("system/*.cruds", None);
-    let reply = server
-        .app
-        .send(
-            server
-                .app
-                .client
-                .post(server.app.base.clone())
-                .bearer_auth(&admin)
-                .header("content-type", "application/fhir+json")
-                .body(bundle.to_string()),
-        )
-        .await;
+    let reply = server.app.post_with_token("", &admin, &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     // B's observation is updated once, so that it has a history.
     let mut changed = observation("B-vital", "B", "vital-signs", "LEAK-B");
@@ -224,18 +213,7 @@ async fn a_patient_token_reaches_its_own_compartment_and_shared_resources_and_no
         assert_eq!(ids(&system), vec!["Condition/A-cond", "Observation/A-lab", "Observation/A-vital"], "{scope}");
         let transaction = json!({"resourceType": "Bundle", "type": "batch",
             "entry": [{"request": {"method": "GET", "url": "Observation/B-vital"}}]});
-        let reply = server
-            .app
-            .send(
-                server
-                    .app
-                    .client
-                    .post(server.app.base.clone())
-                    .bearer_auth(&token)
-                    .header("content-type", "application/fhir+json")
-                    .body(transaction.to_string()),
-            )
-            .await;
+        let reply = server.app.post_with_token("", &token, &transaction).await;
         assert_eq!(reply.status, 200, "{scope}: batch");
         assert!(reply.body["entry"][0]["response"]["status"].as_str().unwrap().starts_with("404"), "{scope}");
         leak_free(&reply, "batch");
@@ -560,4 +538,39 @@ async fn every_access_with_a_token_is_audited_and_the_patient_reads_the_trail_of
     assert!(!listed.is_empty());
     assert!(!own.text.contains("B-lab"), "B's trail stays hidden: {}", own.text);
     assert!(!own.text.contains("Patient/B"), "whose B-vital is stays hidden: {}", own.text);
+}
+
+#[tokio::test]
+async fn the_trail_is_read_only_to_patients_and_practitioners_whatever_their_scopes() {
+    use reqwest::Method;
+    let server = spawn().await;
+    let system = server.token("system/*.cruds", None);
+    let event = json!({"resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "recorded": "2026-01-01T00:00:00Z", "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}},
+        "entity": [{"what": {"reference": "Patient/A"}}]});
+    let created = server.send_json(Method::POST, "/AuditEvent", &system, &event, &[]).await;
+    assert_eq!(created.status, 201, "a backend service writes as its scopes allow: {}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/AuditEvent/{id}");
+    let before = server.get(&path, &system).await.text;
+
+    let patient = server.token("patient/*.cruds", Some("A"));
+    let practitioner = server.token("user/*.cruds", None);
+    for (who, token) in [("patient", &patient), ("practitioner", &practitioner)] {
+        let read = server.get(&path, token).await;
+        assert_eq!(read.status, 200, "{who} reads the trail of A's record: {}", read.text);
+        server.send_json(Method::POST, "/AuditEvent", token, &event, &[]).await.assert_outcome(403);
+        let mut changed = event.clone();
+        changed["id"] = json!(id);
+        changed["outcome"] = json!("8");
+        server.send_json(Method::PUT, &path, token, &changed, &[]).await.assert_outcome(403);
+        let deleted = server.send_json(Method::DELETE, &path, token, &json!({}), &[]).await;
+        deleted.assert_outcome(403);
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"request": {"method": "DELETE", "url": format!("AuditEvent/{id}")}}]});
+        let transaction = server.send_json(Method::POST, "", token, &bundle, &[]).await;
+        assert_ne!(transaction.status, 200, "{who}: a transaction cannot delete it either: {}", transaction.text);
+    }
+    assert_eq!(server.get(&path, &system).await.text, before, "the event is unchanged");
 }

@@ -110,6 +110,18 @@ impl TestApp {
         .await
     }
 
+    /// `POST` of a FHIR JSON body with an access token (`path` empty: a transaction or batch).
+    pub async fn post_with_token(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
         self.send(
             self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
@@ -290,6 +302,7 @@ impl AuthApp {
             patient: patient.map(str::to_owned),
             fhir_user: None,
             gid: None,
+            role: patient.map(|_| braid::auth::users::Role::Patient),
         };
         braid::auth::token::issue(&ring, &claims).expect("a token")
     }

@@ -102,15 +102,7 @@ async fn seed(server: &AuthApp) {
         );
     }
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let reply = app
-        .send(
-            app.client
-                .post(app.base.clone())
-                .bearer_auth(admin)
-                .header("content-type", "application/fhir+json")
-                .body(bundle.to_string()),
-        )
-        .await;
+    let reply = app.post_with_token("", &admin, &bundle).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
