@@ -50,6 +50,7 @@ pub struct Settings {
     pub totp: TotpPolicy,
     pub audit: bool,
     pub audit_window_secs: u64,
+    pub smart_style_url: Option<String>,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -144,6 +145,7 @@ impl Default for Settings {
             totp: TotpPolicy::Required,
             audit: true,
             audit_window_secs: 5,
+            smart_style_url: None,
         }
     }
 }
@@ -497,6 +499,21 @@ pub const SETTINGS: &[SettingDoc] = &[
         },
     },
     SettingDoc {
+        key: "smart_style_url",
+        env: "BRAID_SMART_STYLE_URL",
+        default: "(none)",
+        doc: "An absolute http(s) URL of a SMART styling document, given to apps in the token response of a \
+              user's launch (`smart_style_url`) so that they can match the portal's look.",
+        apply: |s, v| {
+            let v = v.trim();
+            if !(v.starts_with("https://") || v.starts_with("http://")) || v.chars().any(char::is_whitespace) {
+                return Err("expected an absolute http(s) URL".into());
+            }
+            s.smart_style_url = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    SettingDoc {
         key: "audit_window_secs",
         env: "BRAID_AUDIT_WINDOW_SECS",
         default: "5",
@@ -572,6 +589,19 @@ mod tests {
         let file = dir.path().join("braid.toml");
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         assert!(Settings::load(Some(&file), |_| None).is_err());
+    }
+
+    #[test]
+    fn the_audit_window_and_the_style_url_are_checked() {
+        let load =
+            |name: &'static str, value: &'static str| Settings::load(None, move |n| (n == name).then(|| value.into()));
+        assert!(load("BRAID_AUDIT_WINDOW_SECS", "0").is_err());
+        assert!(load("BRAID_AUDIT_WINDOW_SECS", "61").is_err());
+        assert_eq!(load("BRAID_AUDIT_WINDOW_SECS", "60").unwrap().audit_window_secs, 60);
+        assert!(load("BRAID_SMART_STYLE_URL", "javascript:alert(1)").is_err());
+        assert!(load("BRAID_SMART_STYLE_URL", "https://a.example/x y").is_err());
+        let style = load("BRAID_SMART_STYLE_URL", "https://portal.example/style.json").unwrap().smart_style_url;
+        assert_eq!(style.as_deref(), Some("https://portal.example/style.json"));
     }
 
     #[test]

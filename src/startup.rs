@@ -91,6 +91,7 @@ impl Application {
                         backend_token_secs: settings.backend_token_secs,
                         access_token_secs: settings.access_token_secs,
                         totp: settings.totp,
+                        smart_style_url: settings.smart_style_url.clone(),
                     },
                 )
                 .await

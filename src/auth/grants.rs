@@ -294,6 +294,7 @@ impl AuthState {
         let ring = self.keys();
         let access_token = token::issue(&ring, &claims)?;
         let mut response = TokenResponse::bearer(access_token, self.access_token_secs, scope.to_owned());
+        response.smart_style_url = self.smart_style_url.clone();
         if has(Scope::OpenId) {
             let id_claims = token::IdClaims {
                 iss: endpoints.fhir_base.clone(),

@@ -180,6 +180,8 @@ pub struct TokenResponse {
     pub fhir_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smart_style_url: Option<String>,
 }
 
 impl TokenResponse {
@@ -194,6 +196,7 @@ impl TokenResponse {
             need_patient_banner: None,
             fhir_user: None,
             id_token: None,
+            smart_style_url: None,
         }
     }
 }
@@ -204,6 +207,8 @@ pub struct AuthConfig {
     pub backend_token_secs: u64,
     pub access_token_secs: u64,
     pub totp: crate::config::TotpPolicy,
+    /// Given to apps with a user's token (`smart_style_url`).
+    pub smart_style_url: Option<String>,
 }
 
 /// Where the authorization server is reached, for one request: the FHIR base (the tokens'
@@ -247,6 +252,7 @@ pub struct AuthState {
     backend_token_secs: u64,
     access_token_secs: u64,
     totp_policy: crate::config::TotpPolicy,
+    smart_style_url: Option<String>,
     failures: flow::FailureCounter,
     /// Anonymous registrations per address.
     registrations: flow::FailureCounter,
@@ -280,6 +286,7 @@ impl AuthState {
             backend_token_secs: config.backend_token_secs.clamp(1, MAX_BACKEND_TOKEN_SECS),
             access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
             totp_policy: config.totp,
+            smart_style_url: config.smart_style_url,
             failures: flow::FailureCounter::new(),
             registrations: flow::FailureCounter::new(),
             flow_key: session::FlowKey::new(&session_secret),

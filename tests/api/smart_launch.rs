@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::helpers::{AuthApp, Reply, TestApp};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
+const STYLE: &str = "https://portal.example/smart-style.json";
 const PASSWORD: &str = "correct horse battery";
 
 struct Launch {
@@ -27,7 +28,11 @@ struct Launch {
 }
 
 async fn spawn(totp: TotpPolicy) -> Launch {
-    let server = crate::helpers::spawn_auth_app_with(|settings| settings.totp = totp).await;
+    let server = crate::helpers::spawn_auth_app_with(|settings| {
+        settings.totp = totp;
+        settings.smart_style_url = Some(STYLE.into());
+    })
+    .await;
     let store = server.store.clone();
     let scope = "launch launch/patient openid fhirUser offline_access patient/*.cruds user/*.rs";
     let public = clients::add(
@@ -316,6 +321,7 @@ async fn a_standalone_patient_launch_yields_a_token_for_the_patients_record_with
     let body = &reply.body;
     assert_eq!(body["patient"], "A");
     assert_eq!(body["need_patient_banner"], true);
+    assert_eq!(body["smart_style_url"], STYLE);
     assert_eq!(body["fhirUser"], format!("{}/Patient/A", launch.app.base));
     assert_eq!(body["scope"], "launch/patient openid fhirUser offline_access patient/*.rs");
     let access = body["access_token"].as_str().unwrap().to_owned();
