@@ -374,11 +374,26 @@ impl AuthState {
 
     /// The user consented to `chosen` (a subset of what the flow asked): issues the code, and
     /// returns the redirect URI with it.
-    pub async fn consent(&self, flow: &Flow, chosen: &[String]) -> Result<String, FhirError> {
+    /// `picked` is the patient a practitioner chose for a standalone launch (see
+    /// [`needs_patient_choice`]); it must be a Patient of this server.
+    pub async fn consent(&self, flow: &Flow, chosen: &[String], picked: Option<&str>) -> Result<String, FhirError> {
         let user = self.flow_user(flow)?;
         let offered: Vec<&str> = flow.scope.split(' ').collect();
         let chosen: Vec<&str> = chosen.iter().map(String::as_str).filter(|s| offered.contains(s)).collect();
-        let (scope, patient) = for_user(&chosen, &user, flow.launch_patient.as_deref());
+        let picked = match picked.map(str::trim).filter(|id| !id.is_empty()) {
+            Some(id) if needs_patient_choice(flow, &user) => {
+                let patient_type = crate::fhir::ResourceType::parse("Patient").expect("a known type");
+                let exists = crate::fhir::Id::parse(id).is_ok()
+                    && self.store.snapshot()?.current(patient_type, id)?.is_some_and(|v| !v.is_deleted());
+                if !exists {
+                    return Err(FhirError::not_found(format!("There is no Patient '{id}' on this server")));
+                }
+                Some(id.to_owned())
+            }
+            _ => None,
+        };
+        let launch_patient = flow.launch_patient.as_deref().or(picked.as_deref());
+        let (scope, patient) = for_user(&chosen, &user, launch_patient);
         let code = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
         let record = CodeRecord {
             client_id: flow.client_id.clone(),
@@ -501,6 +516,13 @@ fn grantable(asked: &str, client: &Client) -> String {
         }
     }
     granted.join(" ")
+}
+
+/// Whether the user must choose whose record the app opens: a practitioner or administrator
+/// in a standalone launch (no EHR launch gave a patient) of an app that asked for
+/// `launch/patient`. A patient's context is always their own record.
+pub fn needs_patient_choice(flow: &Flow, user: &User) -> bool {
+    user.role != Role::Patient && flow.launch_patient.is_none() && flow.scope.split(' ').any(|s| s == "launch/patient")
 }
 
 /// What a user may actually be granted of `chosen`, and the patient in context: a patient's

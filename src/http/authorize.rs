@@ -304,9 +304,22 @@ async fn second_factor(http: HttpRequest, body: web::Bytes, state: web::Data<App
 async fn consent_page(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(auth) = state.auth.as_deref() else { return auth_off() };
     let Some(flow) = current_flow(&http, auth) else { return no_flow() };
-    if auth.flow_user(&flow).is_err() {
+    let Ok(user) = auth.flow_user(&flow) else {
         return redirect("/auth/login");
-    }
+    };
+    let picker = if crate::auth::flow::needs_patient_choice(&flow, &user) {
+        let find = web::Query::<Vec<(String, String)>>::from_query(http.query_string())
+            .ok()
+            .and_then(|query| query.0.into_iter().find(|(name, _)| name == "find").map(|(_, value)| value))
+            .map(|text| text.trim().chars().take(MAX_FIND_CHARS).collect::<String>())
+            .filter(|text| !text.is_empty());
+        match patient_choices(&http, &state, find.as_deref()).await {
+            Ok(choices) => Some(patient_picker(find.as_deref(), &choices)),
+            Err(_) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, "The patient search failed; try again."),
+        }
+    } else {
+        None
+    };
     let boxes: String = flow
         .scope
         .split(' ')
@@ -319,13 +332,90 @@ async fn consent_page(http: HttpRequest, state: web::Data<AppState>) -> HttpResp
         .collect();
     let body = format!(
         "<p><strong>{client}</strong> asks for the access below. Untick what you do not want to give.</p>\
-         <form method=\"post\" action=\"/auth/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{boxes}\
+         {search}<form method=\"post\" action=\"/auth/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{choices}{boxes}\
          <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
         client = escape(&flow.client_id),
-        csrf = escape(&flow.csrf)
+        csrf = escape(&flow.csrf),
+        search = picker.as_ref().map_or("", |(search, _)| search.as_str()),
+        choices = picker.as_ref().map_or("", |(_, choices)| choices.as_str()),
     );
     page(StatusCode::OK, "Allow access?", &body)
+}
+
+/// Longest name searched for in the patient picker, in characters.
+const MAX_FIND_CHARS: usize = 100;
+
+/// Most patients the picker lists.
+const MAX_CHOICES: usize = 20;
+
+/// One patient the picker offers: id, and a line naming them.
+struct Choice {
+    id: String,
+    label: String,
+}
+
+/// The Patients whose name matches `find` (the search's `name` parameter), at most
+/// [`MAX_CHOICES`]; none without a name to search for.
+async fn patient_choices(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+    find: Option<&str>,
+) -> Result<Vec<Choice>, crate::fhir::FhirError> {
+    let Some(find) = find else { return Ok(Vec::new()) };
+    let patient = crate::fhir::ResourceType::parse("Patient").expect("a known type");
+    let base = request::base_url(http, state);
+    let pairs = [("name".to_owned(), find.to_owned()), ("_count".to_owned(), MAX_CHOICES.to_string())];
+    let prepared = super::search::prepare(patient, None, &pairs, false, &base, &state.limits)?;
+    let store = state.store.clone();
+    let bundle = web::block(move || super::search::run(&store, &base, prepared))
+        .await
+        .map_err(|_| crate::fhir::FhirError::fault("patient search"))??;
+    let choices = bundle
+        .entry
+        .iter()
+        .filter_map(|entry| serde_json::from_slice::<serde_json::Value>(entry.resource.as_ref()?.as_bytes()).ok())
+        .filter_map(|resource| {
+            let id = resource["id"].as_str()?.to_owned();
+            let name = &resource["name"][0];
+            let given: Vec<&str> = name["given"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+            let family = name["family"].as_str().unwrap_or("");
+            let written =
+                name["text"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{} {family}", given.join(" ")));
+            let born = resource["birthDate"].as_str().map(|date| format!(", born {date}")).unwrap_or_default();
+            Some(Choice { label: format!("{}{born} (Patient/{id})", written.trim()), id })
+        })
+        .take(MAX_CHOICES)
+        .collect();
+    Ok(choices)
+}
+
+/// The picker's search form (outside the consent form) and its choices (inside it): a radio
+/// button per patient found, and a field for a Patient id typed in.
+fn patient_picker(find: Option<&str>, choices: &[Choice]) -> (String, String) {
+    let search = format!(
+        "<form method=\"get\" action=\"/auth/consent\"><p>Which patient's record should the app open?</p>\
+         <label>Find by name <input name=\"find\" value=\"{find}\" maxlength=\"{MAX_FIND_CHARS}\"></label>\
+         <button type=\"submit\">Search</button></form>",
+        find = escape(find.unwrap_or(""))
+    );
+    let mut listed: String = choices
+        .iter()
+        .map(|choice| {
+            format!(
+                "<label><input type=\"radio\" name=\"patient\" value=\"{id}\"> {label}</label>",
+                id = escape(&choice.id),
+                label = escape(&choice.label)
+            )
+        })
+        .collect();
+    if find.is_some() && choices.is_empty() {
+        listed.push_str("<p>No patient has that name.</p>");
+    }
+    let choices = format!(
+        "<fieldset><legend>Patient</legend>{listed}<label>or Patient id <input name=\"patient\"></label></fieldset>"
+    );
+    (search, choices)
 }
 
 async fn consent(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
@@ -341,8 +431,15 @@ async fn consent(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>
     }
     let chosen: Vec<String> =
         pairs.iter().filter(|(name, _)| name == "scope").map(|(_, value)| value.clone()).collect();
-    match auth.consent(&flow, &chosen).await {
+    // A radio button and the typed-in field share the name `patient`: the first one filled in.
+    let picked =
+        pairs.iter().filter(|(name, _)| name == "patient").map(|(_, value)| value.trim()).find(|v| !v.is_empty());
+    match auth.consent(&flow, &chosen, picked).await {
         Ok(location) => redirect_with_flow(&http, auth, &location, None),
+        Err(error) if error.category == crate::fhir::Category::NotFound => {
+            let reason = error.issues.first().map_or("", |issue| issue.diagnostics.as_str());
+            error_page(StatusCode::BAD_REQUEST, &format!("{reason}. Go back and choose again."))
+        }
         Err(_) => redirect("/auth/login"),
     }
 }

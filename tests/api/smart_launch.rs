@@ -826,3 +826,74 @@ async fn apps_register_themselves_patient_facing_anonymously_and_anything_more_w
     let again = register(backend, Some(initial)).await;
     assert_eq!(again.status, 401, "the token allowed one registration");
 }
+
+#[tokio::test]
+async fn a_practitioner_picks_the_patient_of_a_standalone_launch_and_a_patient_cannot() {
+    let launch = spawn(TotpPolicy::Off).await;
+    let scope = "launch/patient openid fhirUser patient/*.rs";
+    let url = launch.authorize_url(&launch.client_id, &[("scope", scope)]);
+    let cookie = launch.sign_in(&url, "dr-lee").await;
+    let page = |query: &'static str| {
+        let launch = &launch;
+        let cookie = cookie.clone();
+        async move {
+            let url = format!("{}/auth/consent{query}", launch.origin);
+            launch.step(launch.browser.get(url), Some(&cookie)).await
+        }
+    };
+    let empty = page("").await;
+    assert_eq!(empty.status, 200, "{}", empty.html);
+    assert!(empty.html.contains("name=\"find\""), "a practitioner is asked whose record: {}", empty.html);
+    let found = page("?find=FamilyB").await;
+    assert!(found.html.contains("type=\"radio\" name=\"patient\" value=\"B\""), "{}", found.html);
+    assert!(!found.html.contains("value=\"A\""), "only the patients the name matches: {}", found.html);
+    let none = page("?find=Nobody%3Cscript%3E").await;
+    assert!(none.html.contains("No patient has that name"), "{}", none.html);
+    assert!(!none.html.contains("Nobody<script>"), "what was searched for is escaped: {}", none.html);
+
+    let csrf = empty.hidden("csrf");
+    let consent_with = |patient: &'static str| {
+        let fields = [
+            ("csrf", csrf.clone()),
+            ("decision", "allow".to_owned()),
+            ("patient", patient.to_owned()),
+            ("scope", "launch/patient".to_owned()),
+            ("scope", "patient/*.rs".to_owned()),
+        ];
+        let launch = &launch;
+        let cookie = cookie.clone();
+        async move {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            launch.step(launch.form("/auth/consent", &fields), Some(&cookie)).await
+        }
+    };
+    let ghost = consent_with("ghost").await;
+    assert_eq!((ghost.status, ghost.location.as_deref()), (400, None), "{}", ghost.html);
+    assert!(ghost.html.contains("There is no Patient"), "{}", ghost.html);
+    let chosen = consent_with("B").await;
+    assert_eq!(chosen.status, 302, "{}", chosen.html);
+    let reply = launch.exchange(&chosen.redirect_query()["code"]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["patient"], "B");
+    assert_eq!(reply.body["need_patient_banner"], true);
+    let token = reply.body["access_token"].as_str().unwrap();
+    assert_eq!(launch.get("/Observation", token).await.body["entry"][0]["resource"]["id"], "B-obs");
+    assert_eq!(launch.get("/Patient/A", token).await.status, 404);
+
+    // A patient has no picker, and a patient field slipped into the form changes nothing.
+    let cookie = launch.sign_in(&url, "ann").await;
+    let own = launch.step(launch.browser.get(format!("{}/auth/consent", launch.origin)), Some(&cookie)).await;
+    assert!(!own.html.contains("name=\"find\""), "{}", own.html);
+    let csrf = own.hidden("csrf");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("decision", "allow"),
+        ("patient", "B"),
+        ("scope", "launch/patient"),
+        ("scope", "patient/*.rs"),
+    ];
+    let done = launch.step(launch.form("/auth/consent", &fields), Some(&cookie)).await;
+    assert_eq!(done.status, 302, "{}", done.html);
+    let reply = launch.exchange(&done.redirect_query()["code"]).await;
+    assert_eq!(reply.body["patient"], "A", "{}", reply.text);
+}
