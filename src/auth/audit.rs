@@ -440,6 +440,53 @@ impl Gathered {
     }
 }
 
+/// Why a sign-in failed, for the trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    Password,
+    SecondFactor,
+    TooManyAttempts,
+}
+
+/// Longest user name a failed login's event records (it is whatever was typed).
+const MAX_RECORDED_USERNAME: usize = 64;
+
+/// Records a failed sign-in as an AuditEvent (DICOM User Authentication / Login, outcome 4):
+/// the name typed, the address it came from, and why. Written at once rather than gathered:
+/// failures are few (the login limits bound them), and each must be kept.
+pub async fn record_failed_login(store: &Store, username: &str, address: &str, failure: LoginFailure) {
+    let description = match failure {
+        LoginFailure::Password => "wrong user name or password",
+        LoginFailure::SecondFactor => "wrong or replayed second-factor code",
+        LoginFailure::TooManyAttempts => "refused: too many failed attempts",
+    };
+    let username: String = username.chars().take(MAX_RECORDED_USERNAME).collect();
+    let recorded = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as i64);
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": crate::fhir::json::format_instant(recorded),
+        "outcome": "4",
+        "outcomeDesc": description,
+        "agent": [{
+            "who": {"identifier": {"system": "urn:braid:user", "value": username}},
+            "requestor": true,
+            "network": {"address": address, "type": "2"}
+        }],
+        "source": {"observer": {"display": "Braid"}},
+    });
+    let Value::Object(resource) = event else { unreachable!("an object literal") };
+    let resource_type = ResourceType::parse("AuditEvent").expect("a known type");
+    let op = WriteOp { full_url: None, action: Action::Create { resource_type, resource, if_none_exist: None } };
+    if let Err(error) = store.write(WriteRequest { ops: vec![op], ..Default::default() }).await {
+        tracing::error!(%error, "a failed login could not be recorded");
+    }
+}
+
 /// Writes one event per gathered group, in one request.
 async fn write(store: &Store, batch: Vec<Gathered>) {
     if batch.is_empty() {

@@ -12,6 +12,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, request};
+use crate::auth::audit::{LoginFailure, record_failed_login};
 use crate::auth::flow::{AuthorizeError, AuthorizeParams, LoginError, with_query};
 use crate::auth::session::{COOKIE, FLOW_LIFETIME_SECS, Flow};
 use crate::auth::{AuthState, Endpoints, now_secs, totp};
@@ -224,7 +225,10 @@ async fn login(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
     let Some(pairs) = form_pairs(&http, &body) else { return no_flow() };
     let Some(flow) = posted_flow(&http, auth, &pairs) else { return no_flow() };
     let (username, password) = (field(&pairs, "username").unwrap_or(""), field(&pairs, "password").unwrap_or(""));
-    match auth.login(&flow, username, password, &client_address(&http, &state)).await {
+    let address = client_address(&http, &state);
+    let outcome = auth.login(&flow, username, password, &address).await;
+    record_if_failed(&state, username, &address, &outcome, LoginFailure::Password).await;
+    match outcome {
         Ok(flow) => {
             let next = if flow.second_factor_done { "/auth/consent" } else { "/auth/totp" };
             redirect_with_flow(&http, auth, next, Some(&flow))
@@ -239,6 +243,25 @@ async fn login(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
             "Too many failed attempts. Wait a quarter of an hour, then try again.",
         ),
         Err(LoginError::Fault) => error_page(StatusCode::INTERNAL_SERVER_ERROR, "Signing in failed; try again later."),
+    }
+}
+
+/// Puts a refused sign-in step in the audit trail (when the trail is on): `wrong` is what a
+/// wrong answer at this step means.
+async fn record_if_failed<T>(
+    state: &AppState,
+    username: &str,
+    address: &str,
+    outcome: &Result<T, LoginError>,
+    wrong: LoginFailure,
+) {
+    let failure = match outcome {
+        Err(LoginError::Wrong) => wrong,
+        Err(LoginError::TooMany) => LoginFailure::TooManyAttempts,
+        _ => return,
+    };
+    if state.audit.is_some() {
+        record_failed_login(&state.store, username, address, failure).await;
     }
 }
 
@@ -286,7 +309,11 @@ async fn second_factor(http: HttpRequest, body: web::Bytes, state: web::Data<App
     let Some(auth) = state.auth.as_deref() else { return auth_off() };
     let Some(pairs) = form_pairs(&http, &body) else { return no_flow() };
     let Some(flow) = posted_flow(&http, auth, &pairs) else { return no_flow() };
-    match auth.second_factor(&flow, field(&pairs, "code").unwrap_or(""), &client_address(&http, &state)).await {
+    let address = client_address(&http, &state);
+    let outcome = auth.second_factor(&flow, field(&pairs, "code").unwrap_or(""), &address).await;
+    let username = flow.user.as_deref().unwrap_or("");
+    record_if_failed(&state, username, &address, &outcome, LoginFailure::SecondFactor).await;
+    match outcome {
         Ok(flow) => redirect_with_flow(&http, auth, "/auth/consent", Some(&flow)),
         Err(LoginError::Wrong) => page(
             StatusCode::UNAUTHORIZED,

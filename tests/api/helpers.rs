@@ -288,22 +288,34 @@ impl AuthApp {
     /// An access token for `scope` (with `patient` in context), signed with the server's own
     /// key as its token endpoint would: for tests about what tokens reach, not how they are got.
     pub fn token(&self, client_id: &str, scope: &str, patient: Option<&str>) -> String {
-        let ring = self.store.auth_read(braid::auth::keys::KeyRing::load).expect("the key ring");
-        let now = braid::auth::now_secs();
-        let claims = braid::auth::token::AccessClaims {
-            iss: self.app.base.clone(),
-            aud: self.app.base.clone(),
-            sub: patient.map_or_else(|| client_id.to_owned(), |p| format!("user-{p}")),
-            client_id: client_id.into(),
-            scope: scope.into(),
-            iat: now,
-            exp: now + 600,
-            jti: uuid::Uuid::new_v4().to_string(),
-            patient: patient.map(str::to_owned),
-            fhir_user: None,
-            gid: None,
-            role: patient.map(|_| braid::auth::users::Role::Patient),
-        };
-        braid::auth::token::issue(&ring, &claims).expect("a token")
+        sign_token(&self.store, &self.app.base, client_id, scope, patient)
     }
+}
+
+/// An access token for `scope` (with `patient` in context) at the server whose FHIR base is
+/// `base`, signed with its key (read from `store`) as its token endpoint would.
+pub fn sign_token(
+    store: &braid::store::Store,
+    base: &str,
+    client_id: &str,
+    scope: &str,
+    patient: Option<&str>,
+) -> String {
+    let ring = store.auth_read(braid::auth::keys::KeyRing::load).expect("the key ring");
+    let now = braid::auth::now_secs();
+    let claims = braid::auth::token::AccessClaims {
+        iss: base.to_owned(),
+        aud: base.to_owned(),
+        sub: patient.map_or_else(|| client_id.to_owned(), |p| format!("user-{p}")),
+        client_id: client_id.into(),
+        scope: scope.into(),
+        iat: now,
+        exp: now + 600,
+        jti: uuid::Uuid::new_v4().to_string(),
+        patient: patient.map(str::to_owned),
+        fhir_user: None,
+        gid: None,
+        role: patient.map(|_| braid::auth::users::Role::Patient),
+    };
+    braid::auth::token::issue(&ring, &claims).expect("a token")
 }

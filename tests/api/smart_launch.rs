@@ -18,6 +18,7 @@ const PASSWORD: &str = "correct horse battery";
 
 struct Launch {
     app: TestApp,
+    store: braid::store::Store,
     data: std::path::PathBuf,
     origin: String,
     client_id: String,
@@ -84,6 +85,7 @@ async fn spawn(totp: TotpPolicy) -> Launch {
     let base = app.base.clone();
     let browser = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     Launch {
+        store,
         data,
         origin: base.trim_end_matches("/fhir").to_owned(),
         app,
@@ -687,6 +689,30 @@ async fn second_factor_codes_must_be_right_and_fresh_and_failed_logins_are_limit
         .await;
     assert_eq!(unknown.status, 401);
     assert!(unknown.html.contains("The username or the password is wrong."));
+
+    // Every refused step is in the trail, for the operator: wrong codes, wrong passwords, the
+    // refusal once limited, and the unknown account, each with the address it came from.
+    let operator = crate::helpers::sign_token(&launch.store, &launch.app.base, "ops", "system/AuditEvent.rs", None);
+    let trail = launch.get("/AuditEvent?subtype=110122&_count=100", &operator).await;
+    assert_eq!(trail.status, 200, "{}", trail.text);
+    let events: Vec<(String, String, String)> = trail.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .map(|e| {
+            assert_eq!(e["outcome"], "4");
+            assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1", "{e}");
+            let who = e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap().to_owned();
+            (who, e["outcomeDesc"].as_str().unwrap().to_owned(), e["type"]["code"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let count = |who: &str, why: &str| events.iter().filter(|(w, d, _)| w == who && d.contains(why)).count();
+    assert_eq!(count("ann", "second-factor"), 2, "{events:?}");
+    assert_eq!(count("bob", "password"), 5, "{events:?}");
+    assert_eq!(count("bob", "too many"), 1, "{events:?}");
+    assert_eq!(count("nobody", "password"), 1, "{events:?}");
+    assert!(events.iter().all(|(_, _, code)| code == "110114"));
 }
 
 #[tokio::test]
