@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fhir;
 pub mod http;
 pub mod search;
+pub mod sources;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

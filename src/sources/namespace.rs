@@ -1,0 +1,359 @@
+//! A source's namespace: where the resources an upstream system writes are stored, so that two
+//! sources' records never collide and a re-push addresses the same resource.
+//!
+//! A source named `clinic` that writes `Patient/42` has it stored as `Patient/clinic-42`. An
+//! original id too long for that (the stored id must stay within FHIR's 64 characters) is
+//! stored as `clinic.` and the hex SHA-256 of the original id, cut to fit. Source names use only
+//! lowercase letters and digits, so the character after the name tells the two forms apart and
+//! the stored id is a function of (source, original id) that no other pair shares (up to
+//! SHA-256 collisions among long ids, at least 188 bits).
+//!
+//! Every reference inside the resource, contained resources included, is rewritten the same
+//! way, and so are absolute URLs on the source's own FHIR base; `urn:` placeholders, contained
+//! (`#id`) and conditional references are left to the transaction that resolves them. The
+//! original id stays with the resource as an identifier whose system names the source, and
+//! `meta.source` names the source (an upstream's own `meta.source` is kept in an extension).
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::fhir::reference::{self, Target};
+use crate::fhir::{FhirError, Id, IssueCode};
+
+/// Longest source name, so that a namespaced id keeps at least 47 characters of its own.
+pub const MAX_SOURCE_NAME: usize = 16;
+
+/// Longest FHIR id.
+const MAX_ID: usize = 64;
+
+/// The extension that keeps an upstream's own `meta.source` when Braid sets its own.
+pub const ORIGINAL_META_SOURCE: &str = "urn:braid:original-meta-source";
+
+/// A source's name, as the operator gave it: 1 to [`MAX_SOURCE_NAME`] lowercase ASCII letters
+/// and digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceName(String);
+
+impl SourceName {
+    pub fn parse(text: &str) -> Result<SourceName, String> {
+        let valid = !text.is_empty()
+            && text.len() <= MAX_SOURCE_NAME
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if valid {
+            Ok(SourceName(text.to_owned()))
+        } else {
+            Err(format!(
+                "a source name is 1 to {MAX_SOURCE_NAME} lowercase letters and digits (got '{}')",
+                text.chars().take(MAX_ID).collect::<String>()
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI naming this source: the system of the identifier that keeps a resource's
+    /// original id, and the `meta.source` of what it writes.
+    pub fn uri(&self) -> String {
+        format!("urn:braid:source:{}", self.0)
+    }
+}
+
+/// One source's namespace.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    name: SourceName,
+    /// The source's own FHIR base (for a pulled source), without a trailing slash: absolute
+    /// references to it are the source's own resources.
+    own_base: Option<String>,
+}
+
+impl Namespace {
+    pub fn new(name: SourceName, own_base: Option<&str>) -> Namespace {
+        Namespace { name, own_base: own_base.map(|base| base.trim_end_matches('/').to_owned()) }
+    }
+
+    pub fn name(&self) -> &SourceName {
+        &self.name
+    }
+
+    /// The id under which the resource the source calls `original` is stored.
+    pub fn id(&self, original: &Id) -> Id {
+        let name = self.name.as_str();
+        let original = original.as_str();
+        let text = if name.len() + 1 + original.len() <= MAX_ID {
+            format!("{name}-{original}")
+        } else {
+            let digest = hex(&Sha256::digest(original.as_bytes()));
+            format!("{name}.{}", &digest[..MAX_ID - name.len() - 1])
+        };
+        Id::parse(&text).expect("a source name, a separator and id characters or hex digits make an id")
+    }
+
+    /// Whether `stored` is an id of this namespace.
+    pub fn owns(&self, stored: &str) -> bool {
+        stored
+            .strip_prefix(self.name.as_str())
+            .is_some_and(|rest| rest.len() > 1 && (rest.starts_with('-') || rest.starts_with('.')))
+    }
+
+    /// The reference `reference` becomes in this namespace, or `None` when it stays as it is.
+    /// A version (`/_history/n`) is kept: it names the upstream's version.
+    pub fn rewrite_reference(&self, reference: &str) -> Option<String> {
+        let own = self
+            .own_base
+            .as_deref()
+            .and_then(|base| reference.strip_prefix(base))
+            .and_then(|rest| rest.strip_prefix('/'));
+        let relative = own.unwrap_or(reference);
+        match reference::parse(relative) {
+            Target::Local { resource_type, id, version } => {
+                let id = self.id(&id);
+                Some(match version {
+                    Some(version) => format!("{resource_type}/{id}/_history/{version}"),
+                    None => format!("{resource_type}/{id}"),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves `resource` into the namespace: its id (when it has one), every reference in it,
+    /// an identifier keeping its original id, and `meta.source`.
+    pub fn apply(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
+        let original = match resource.get("id") {
+            None => None,
+            Some(Value::String(text)) => Some(Id::parse(text).map_err(|error| error.at("id"))?),
+            Some(_) => return Err(FhirError::incorrect(IssueCode::Invalid, "id must be a string").at("id")),
+        };
+        // References first: the rewrite must not see the identifier and meta added below.
+        let mut object = Value::Object(std::mem::take(resource));
+        reference::rewrite_resource_references(&mut object, &mut |text: &str| {
+            Ok::<_, FhirError>(self.rewrite_reference(text))
+        })?;
+        let Value::Object(map) = object else { unreachable!("still the object lent") };
+        *resource = map;
+        if let Some(original) = &original {
+            resource.insert("id".into(), Value::String(self.id(original).as_str().to_owned()));
+            if self.keeps_identifiers(resource) {
+                self.keep_original_id(resource, original)?;
+            }
+        }
+        self.set_meta_source(resource)
+    }
+
+    /// Whether the resource's type has a list of identifiers to keep the original id in (most
+    /// do; Binary has none, and Bundle a single one).
+    fn keeps_identifiers(&self, resource: &Map<String, Value>) -> bool {
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        let definitions = crate::fhir::validation::validator().schema_definitions();
+        definitions[resource_type]["properties"]["identifier"]["type"] == "array"
+    }
+
+    fn keep_original_id(&self, resource: &mut Map<String, Value>, original: &Id) -> Result<(), FhirError> {
+        let system = self.name.uri();
+        let kept = json!({"system": system, "value": original.as_str()});
+        let identifiers = resource.entry("identifier").or_insert_with(|| Value::Array(Vec::new()));
+        match identifiers {
+            // `identifier` is a list on most types, a single value on a few (e.g. Bundle).
+            Value::Array(list) => {
+                if !list.iter().any(|identifier| identifier["system"] == system.as_str()) {
+                    list.push(kept);
+                }
+                Ok(())
+            }
+            Value::Object(_) => Ok(()),
+            _ => Err(FhirError::incorrect(IssueCode::Invalid, "identifier has the wrong type").at("identifier")),
+        }
+    }
+
+    fn set_meta_source(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
+        let uri = self.name.uri();
+        let meta = resource.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(meta) = meta else {
+            return Err(FhirError::incorrect(IssueCode::Invalid, "meta must be an object").at("meta"));
+        };
+        match meta.insert("source".into(), Value::String(uri.clone())) {
+            Some(Value::String(previous)) if previous != uri => {
+                let extensions = meta.entry("extension").or_insert_with(|| Value::Array(Vec::new()));
+                let Value::Array(extensions) = extensions else {
+                    return Err(FhirError::incorrect(IssueCode::Invalid, "meta.extension must be a list").at("meta"));
+                };
+                extensions.retain(|extension| extension["url"] != ORIGINAL_META_SOURCE);
+                extensions.push(json!({"url": ORIGINAL_META_SOURCE, "valueUri": previous}));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clinic() -> Namespace {
+        Namespace::new(SourceName::parse("clinic").unwrap(), Some("https://ehr.example/fhir/"))
+    }
+
+    fn id(text: &str) -> Id {
+        Id::parse(text).unwrap()
+    }
+
+    #[test]
+    fn names_are_short_lowercase_letters_and_digits() {
+        for good in ["a", "clinic2", "abcdefghijklmnop"] {
+            assert!(SourceName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Clinic", "st-mary", "st.mary", "abcdefghijklmnopq", "é"] {
+            assert!(SourceName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_deterministic_distinct_per_source_and_within_64_characters() {
+        let clinic = clinic();
+        let hospital = Namespace::new(SourceName::parse("hospital").unwrap(), None);
+        assert_eq!(clinic.id(&id("42")).as_str(), "clinic-42");
+        assert_eq!(clinic.id(&id("42")), clinic.id(&id("42")));
+        assert_ne!(clinic.id(&id("42")), hospital.id(&id("42")));
+        // Names that are prefixes of each other, and ids that start like a name, stay apart.
+        let cl = Namespace::new(SourceName::parse("cl").unwrap(), None);
+        assert_ne!(cl.id(&id("inic-42")), clinic.id(&id("42")));
+        let long = "x".repeat(64);
+        let stored = clinic.id(&id(&long));
+        assert_eq!(stored.as_str().len(), 64);
+        assert!(stored.as_str().starts_with("clinic."), "{stored}");
+        assert_ne!(stored, clinic.id(&id(&"x".repeat(63))));
+        // The longest direct form and the shortest hashed one.
+        let fits = "y".repeat(64 - "clinic-".len());
+        assert_eq!(clinic.id(&id(&fits)).as_str(), format!("clinic-{fits}"));
+        assert!(clinic.id(&id(&format!("{fits}y"))).as_str().starts_with("clinic."));
+        let longest_name = Namespace::new(SourceName::parse("abcdefghijklmnop").unwrap(), None);
+        assert_eq!(longest_name.id(&id(&long)).as_str().len(), 64);
+    }
+
+    #[test]
+    fn a_namespace_owns_its_ids_only() {
+        let clinic = clinic();
+        assert!(clinic.owns(clinic.id(&id("42")).as_str()));
+        assert!(clinic.owns(clinic.id(&id(&"x".repeat(64))).as_str()));
+        for foreign in ["42", "clinic", "clinic-", "clinics-42", "hospital-42", "clinic42"] {
+            assert!(!clinic.owns(foreign), "{foreign}");
+        }
+    }
+
+    #[test]
+    fn references_are_rewritten_the_same_way_and_others_are_left_alone() {
+        let clinic = clinic();
+        let cases = [
+            ("Patient/42", Some("Patient/clinic-42")),
+            ("Patient/42/_history/3", Some("Patient/clinic-42/_history/3")),
+            ("https://ehr.example/fhir/Patient/42", Some("Patient/clinic-42")),
+            ("https://other.example/fhir/Patient/42", None),
+            ("#med1", None),
+            ("urn:uuid:0d5bcbe7-6a9e-4bd4-b3c8-6b2d4bd25b2a", None),
+            ("Patient?identifier=http://x|1", None),
+            ("NotAType/42", None),
+        ];
+        for (reference, expected) in cases {
+            assert_eq!(clinic.rewrite_reference(reference).as_deref(), expected, "{reference}");
+        }
+    }
+
+    #[test]
+    fn a_resource_moves_into_the_namespace_with_its_original_id_and_source_kept() {
+        let clinic = clinic();
+        let Value::Object(mut resource) = json!({
+            "resourceType": "Observation", "id": "obs-1",
+            "meta": {"source": "https://ehr.example/feed#3"},
+            "identifier": [{"system": "http://lab", "value": "L1"}],
+            "subject": {"reference": "Patient/42"},
+            "performer": [{"reference": "https://ehr.example/fhir/Practitioner/7"}, {"reference": "#p"}],
+            "contained": [{"resourceType": "Practitioner", "id": "p",
+                "extension": [{"url": "http://x", "valueReference": {"reference": "Organization/9"}}]}],
+            "status": "final", "code": {"text": "x"}
+        }) else {
+            unreachable!()
+        };
+        clinic.apply(&mut resource).unwrap();
+        let resource = Value::Object(resource);
+        assert_eq!(resource["id"], "clinic-obs-1");
+        assert_eq!(resource["subject"]["reference"], "Patient/clinic-42");
+        assert_eq!(resource["performer"][0]["reference"], "Practitioner/clinic-7");
+        assert_eq!(resource["performer"][1]["reference"], "#p");
+        assert_eq!(resource["contained"][0]["id"], "p", "contained ids are local to the resource");
+        assert_eq!(resource["contained"][0]["extension"][0]["valueReference"]["reference"], "Organization/clinic-9");
+        assert_eq!(
+            resource["identifier"],
+            json!([{"system": "http://lab", "value": "L1"}, {"system": "urn:braid:source:clinic", "value": "obs-1"}])
+        );
+        assert_eq!(resource["meta"]["source"], "urn:braid:source:clinic");
+        assert_eq!(
+            resource["meta"]["extension"],
+            json!([{"url": ORIGINAL_META_SOURCE, "valueUri": "https://ehr.example/feed#3"}])
+        );
+    }
+
+    #[test]
+    fn applying_twice_changes_nothing_more_than_once() {
+        let clinic = clinic();
+        let Value::Object(mut resource) =
+            json!({"resourceType": "Patient", "id": "42", "managingOrganization": {"reference": "Organization/1"}})
+        else {
+            unreachable!()
+        };
+        clinic.apply(&mut resource).unwrap();
+        let once = resource.clone();
+        // A re-push of the same upstream content gives the same stored content.
+        let Value::Object(mut again) =
+            json!({"resourceType": "Patient", "id": "42", "managingOrganization": {"reference": "Organization/1"}})
+        else {
+            unreachable!()
+        };
+        clinic.apply(&mut again).unwrap();
+        assert_eq!(again, once);
+        assert_eq!(Value::Object(once)["identifier"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_resource_without_an_id_or_an_identifier_element_is_still_namespaced() {
+        let clinic = clinic();
+        let Value::Object(mut created) = json!({"resourceType": "Basic", "code": {"text": "x"},
+            "subject": {"reference": "Patient/42"}})
+        else {
+            unreachable!()
+        };
+        clinic.apply(&mut created).unwrap();
+        let created = Value::Object(created);
+        assert!(created.get("id").is_none(), "a create without an id gets the server's id");
+        assert_eq!(created["subject"]["reference"], "Patient/clinic-42");
+        let Value::Object(mut binary) = json!({"resourceType": "Binary", "id": "b1", "contentType": "text/plain"})
+        else {
+            unreachable!()
+        };
+        clinic.apply(&mut binary).unwrap();
+        let binary = Value::Object(binary);
+        assert_eq!(binary["id"], "clinic-b1");
+        assert!(binary.get("identifier").is_none(), "Binary has no identifier element");
+    }
+
+    #[test]
+    fn malformed_ids_and_meta_are_refused() {
+        let clinic = clinic();
+        for bad in [
+            json!({"resourceType": "Patient", "id": 42}),
+            json!({"resourceType": "Patient", "id": "has space"}),
+            json!({"resourceType": "Patient", "id": "1", "meta": "x"}),
+            json!({"resourceType": "Patient", "id": "1", "identifier": "x"}),
+        ] {
+            let Value::Object(mut resource) = bad.clone() else { unreachable!() };
+            assert!(clinic.apply(&mut resource).is_err(), "{bad}");
+        }
+    }
+}
