@@ -63,6 +63,11 @@ const SHARDS: usize = 16;
 /// Most finished events a shard holds for the background task before requests wait for it.
 const MAX_PENDING_SHARES: usize = 64;
 
+/// Most records a shard gathers between two visits of the background task before requests wait
+/// for it (its groups hold at most one listing per distinct resource, but a stalled task must
+/// not let them grow for ever).
+const MAX_PENDING_RECORDS: usize = 65_536;
+
 /// What the requests have gathered since the background task last took it.
 struct Shared {
     shards: Box<[Mutex<Gathering>]>,
@@ -103,7 +108,7 @@ impl AuditSink {
         let mut record = Some(record);
         let try_add = |record: &mut Option<AuditRecord>| {
             let mut gathering = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if gathering.finished.len() < MAX_PENDING_SHARES {
+            if gathering.finished.len() < MAX_PENDING_SHARES && gathering.records < MAX_PENDING_RECORDS {
                 gathering.add(record.take().expect("added once"));
                 true
             } else {
@@ -129,11 +134,14 @@ impl AuditSink {
     }
 }
 
-/// What groups records into one event: client, subject, interaction, type and outcome.
+/// What groups records into one event: client, subject, the token's patient, interaction, type
+/// and outcome. The patient is part of the key so that an event names only the patient of the
+/// tokens it gathers (a practitioner's tokens for two patients make two events).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     client_id: String,
     subject: String,
+    patient: Option<String>,
     interaction: &'static str,
     resource_type: Option<ResourceType>,
     status: u16,
@@ -145,6 +153,7 @@ struct GroupKey {
 struct GroupRef<'a> {
     client_id: &'a str,
     subject: &'a str,
+    patient: Option<&'a str>,
     interaction: &'static str,
     resource_type: Option<ResourceType>,
     status: u16,
@@ -154,6 +163,7 @@ impl hashbrown::Equivalent<GroupKey> for GroupRef<'_> {
     fn equivalent(&self, key: &GroupKey) -> bool {
         self.client_id == key.client_id
             && self.subject == key.subject
+            && self.patient == key.patient.as_deref()
             && self.interaction == key.interaction
             && self.resource_type == key.resource_type
             && self.status == key.status
@@ -165,6 +175,7 @@ impl GroupRef<'_> {
         GroupKey {
             client_id: self.client_id.to_owned(),
             subject: self.subject.to_owned(),
+            patient: self.patient.map(str::to_owned),
             interaction: self.interaction,
             resource_type: self.resource_type,
             status: self.status,
@@ -174,7 +185,7 @@ impl GroupRef<'_> {
 
 /// Most groups one gathering holds; more (many clients or users within one window) end the
 /// window early.
-const MAX_GROUPS: usize = 10_000;
+const MAX_GROUPS: usize = 1_000;
 
 /// Every [`DRAIN_EVERY`] (or at once when a shard fills), takes what the shards gathered and
 /// merges it into one gathering, which lists each resource once per group and window; every
@@ -223,6 +234,7 @@ async fn run(store: Store, shared: Arc<Shared>, window: Duration) {
             && !gathering.finished.is_empty()
             && batches.send(std::mem::take(&mut gathering.finished)).await.is_err()
         {
+            tracing::error!("the audit trail's writer stopped; no more events are written");
             break;
         }
         if last {
@@ -244,7 +256,15 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 struct Gathering {
     groups: hashbrown::HashMap<GroupKey, Gathered>,
     finished: Vec<Gathered>,
+    /// The resources the groups remember having listed, all groups together.
+    seen_entries: usize,
+    /// The records gathered since the background task last took them (a shard's).
+    records: usize,
 }
+
+/// Most resources one gathering remembers having listed; beyond, it forgets them all (some
+/// may then be listed twice in a window, none is left out).
+const MAX_SEEN_ENTRIES: usize = 200_000;
 
 impl Gathering {
     /// The group of `key`, made on first use.
@@ -262,36 +282,59 @@ impl Gathering {
     /// Gathers one request's record.
     fn add(&mut self, record: AuditRecord) {
         let AuditRecord { grant, interaction, resource_type, resource, query, status, recorded_micros } = record;
-        let key = GroupRef { client_id: &grant.client_id, subject: &grant.subject, interaction, resource_type, status };
+        let key = GroupRef {
+            client_id: &grant.client_id,
+            subject: &grant.subject,
+            patient: grant.patient.as_deref(),
+            interaction,
+            resource_type,
+            status,
+        };
         let gathered = self.group(&key, grant.fhir_user.as_ref(), recorded_micros);
-        gathered.note(1, (recorded_micros, recorded_micros), grant.patient.as_slice());
-        gathered.list(resource);
+        gathered.note(1, (recorded_micros, recorded_micros));
+        let remembered = gathered.list(resource);
         gathered.list_query(query);
+        self.seen_entries += usize::from(remembered);
         self.finish_if_full(&key);
+        self.records += 1;
+        self.forget_if_too_many();
+    }
+
+    /// Bounds what the groups remember (see [`MAX_SEEN_ENTRIES`]).
+    fn forget_if_too_many(&mut self) {
+        if self.seen_entries > MAX_SEEN_ENTRIES {
+            for gathered in self.groups.values_mut() {
+                gathered.seen.clear();
+            }
+            self.seen_entries = 0;
+        }
     }
 
     /// Gathers a share another gathering took.
     fn merge(&mut self, share: Gathered) {
-        let Gathered { key, fhir_user, resources, queries, token_patients, period_micros, requests, .. } = share;
+        let Gathered { key, fhir_user, resources, queries, period_micros, requests, .. } = share;
         let key = GroupRef {
             client_id: &key.client_id,
             subject: &key.subject,
+            patient: key.patient.as_deref(),
             interaction: key.interaction,
             resource_type: key.resource_type,
             status: key.status,
         };
-        self.group(&key, fhir_user.as_ref(), period_micros.0).note(requests, period_micros, &token_patients);
+        self.group(&key, fhir_user.as_ref(), period_micros.0).note(requests, period_micros);
         let listed = resources.into_iter().map(|r| (Some(r), None)).chain(queries.into_iter().map(|q| (None, Some(q))));
         for (resource, query) in listed {
             let gathered = self.group(&key, fhir_user.as_ref(), period_micros.0);
             if !gathered.has_pending() {
                 // The group's last share was just taken: what follows belongs to the same period.
-                gathered.note(0, period_micros, &token_patients);
+                gathered.note(0, period_micros);
             }
-            gathered.list(resource);
+            let remembered = gathered.list(resource);
             gathered.list_query(query);
+            self.seen_entries += usize::from(remembered);
             self.finish_if_full(&key);
         }
+        self.forget_if_too_many();
     }
 
     /// A group that lists as many resources (or queries) as an event holds: its share is ready
@@ -309,6 +352,7 @@ impl Gathering {
     /// and queries it listed first); the groups remember what they listed.
     fn take_pending(&mut self, into: &mut Vec<Gathered>) {
         into.extend(self.groups.values_mut().filter(|g| g.has_pending()).map(Gathered::take_share));
+        self.records = 0;
     }
 
     /// Ends a shard's window, once its pending shares are taken: what its groups listed is
@@ -320,6 +364,7 @@ impl Gathering {
             gathered.seen.clear();
             active
         });
+        self.seen_entries = 0;
     }
 
     /// Ends the window: every group's last share is ready to be written.
@@ -329,6 +374,7 @@ impl Gathering {
                 self.finished.push(gathered.take_share());
             }
         }
+        self.seen_entries = 0;
     }
 }
 
@@ -355,7 +401,6 @@ struct Gathered {
     /// The resources listed in this window (by [`fingerprint`]), to list each once.
     seen: hashbrown::HashSet<u128>,
     queries: Vec<String>,
-    token_patients: Vec<String>,
     /// When the group's first and last requests (since its last share) were made.
     period_micros: (i64, i64),
     /// The requests since the last share.
@@ -370,30 +415,24 @@ impl Gathered {
             resources: Vec::new(),
             seen: hashbrown::HashSet::new(),
             queries: Vec::new(),
-            token_patients: Vec::new(),
             period_micros: (recorded_micros, recorded_micros),
             requests: 0,
         }
     }
 
-    /// Counts `requests` made within `period`, by tokens naming `patients`.
-    fn note(&mut self, requests: usize, period: (i64, i64), patients: &[String]) {
+    /// Counts `requests` made within `period`.
+    fn note(&mut self, requests: usize, period: (i64, i64)) {
         self.requests += requests;
         self.period_micros.0 = self.period_micros.0.min(period.0);
         self.period_micros.1 = self.period_micros.1.max(period.1);
-        for patient in patients {
-            if !self.token_patients.contains(patient) {
-                self.token_patients.push(patient.clone());
-            }
-        }
     }
 
-    /// Lists `resource` unless this window listed it already.
-    fn list(&mut self, resource: Option<String>) {
-        let Some(resource) = resource else { return };
+    /// Lists `resource` unless this window listed it already; whether it remembered one more.
+    fn list(&mut self, resource: Option<String>) -> bool {
+        let Some(resource) = resource else { return false };
         let print = fingerprint(&resource);
         if self.seen.contains(&print) {
-            return;
+            return false;
         }
         if self.seen.len() >= MAX_SEEN {
             // Bounds the memory of a window that touches a great many resources; some may
@@ -402,6 +441,7 @@ impl Gathered {
         }
         self.seen.insert(print);
         self.resources.push(resource);
+        true
     }
 
     fn list_query(&mut self, query: Option<String>) {
@@ -430,7 +470,6 @@ impl Gathered {
             resources: std::mem::take(&mut self.resources),
             seen: hashbrown::HashSet::new(),
             queries: std::mem::take(&mut self.queries),
-            token_patients: self.token_patients.clone(),
             period_micros: self.period_micros,
             requests: self.requests,
         };
@@ -445,7 +484,6 @@ impl Gathered {
 pub enum LoginFailure {
     Password,
     SecondFactor,
-    TooManyAttempts,
 }
 
 /// Longest user name a failed login's event records (it is whatever was typed).
@@ -453,12 +491,12 @@ const MAX_RECORDED_USERNAME: usize = 64;
 
 /// Records a failed sign-in as an AuditEvent (DICOM User Authentication / Login, outcome 4):
 /// the name typed, the address it came from, and why. Written at once rather than gathered:
-/// failures are few (the login limits bound them), and each must be kept.
+/// each must be kept, and they are few: every one cost a password or code check, and the login
+/// limits stop an account's or an address's attempts after a few.
 pub async fn record_failed_login(store: &Store, username: &str, address: &str, failure: LoginFailure) {
     let description = match failure {
         LoginFailure::Password => "wrong user name or password",
         LoginFailure::SecondFactor => "wrong or replayed second-factor code",
-        LoginFailure::TooManyAttempts => "refused: too many failed attempts",
     };
     let username: String = username.chars().take(MAX_RECORDED_USERNAME).collect();
     let recorded = std::time::SystemTime::now()
@@ -533,7 +571,7 @@ fn event(store: &Store, gathered: &Gathered) -> Value {
         use base64::Engine;
         entities.push(json!({"query": base64::engine::general_purpose::STANDARD.encode(query)}));
     }
-    let mut patients = gathered.token_patients.clone();
+    let mut patients: Vec<String> = gathered.key.patient.iter().cloned().collect();
     let mut known: HashSet<String> = patients.iter().cloned().collect();
     // The patients whose records were touched: named by the token, or found in the
     // compartments of the resources listed. Not for refused requests: the patients of resources
@@ -673,6 +711,50 @@ mod tests {
                 ("other".into(), 200, vec!["Patient/1".into()], (50, 50)),
             ]
         );
+    }
+
+    #[test]
+    fn the_tokens_of_two_patients_never_share_an_event_even_across_windows() {
+        let with_patient = |patient: &str, resource: &str, micros: i64| {
+            let mut record = record("app", resource, micros);
+            let mut grant = (*record.grant).clone();
+            grant.patient = Some(patient.into());
+            grant.subject = "dr-lee".into();
+            record.grant = Arc::new(grant);
+            record
+        };
+        let mut shard = Gathering::default();
+        let mut merged = Gathering::default();
+        for window in 0..2 {
+            shard.add(with_patient("A", "Observation/a1", window));
+            shard.add(with_patient("B", "Observation/b1", window));
+            let mut shares = std::mem::take(&mut shard.finished);
+            shard.take_pending(&mut shares);
+            shard.end_window();
+            for share in shares {
+                merged.merge(share);
+            }
+            merged.finish_all();
+        }
+        assert_eq!(merged.finished.len(), 4, "one event per patient and window");
+        for event in &merged.finished {
+            let patient = event.key.patient.as_deref().unwrap();
+            let own = format!("Observation/{}1", patient.to_lowercase());
+            assert_eq!(event.resources, vec![own], "an event of {patient}'s token lists only what it read");
+        }
+    }
+
+    #[test]
+    fn what_a_gathering_remembers_is_bounded() {
+        let mut gathering = Gathering::default();
+        for n in 0..MAX_SEEN_ENTRIES + 10 {
+            gathering.add(record("app", &format!("Patient/{n}"), n as i64));
+        }
+        assert!(gathering.seen_entries <= MAX_SEEN_ENTRIES);
+        assert!(gathering.groups.values().map(|g| g.seen.len()).sum::<usize>() <= MAX_SEEN_ENTRIES);
+        let listed: usize = gathering.finished.iter().map(|g| g.resources.len()).sum::<usize>()
+            + gathering.groups.values().map(|g| g.resources.len()).sum::<usize>();
+        assert_eq!(listed, MAX_SEEN_ENTRIES + 10, "forgetting lists again, never leaves out");
     }
 
     #[test]

@@ -246,8 +246,10 @@ async fn login(http: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
     }
 }
 
-/// Puts a refused sign-in step in the audit trail (when the trail is on): `wrong` is what a
-/// wrong answer at this step means.
+/// Puts a wrong answer at a sign-in step in the audit trail (when the trail is on): `wrong` is
+/// what it means at this step. Attempts refused because of the login limits are not recorded:
+/// they cost no password check, so recording them would let anyone write without limit; the
+/// failures that reached the limit are recorded.
 async fn record_if_failed<T>(
     state: &AppState,
     username: &str,
@@ -255,13 +257,8 @@ async fn record_if_failed<T>(
     outcome: &Result<T, LoginError>,
     wrong: LoginFailure,
 ) {
-    let failure = match outcome {
-        Err(LoginError::Wrong) => wrong,
-        Err(LoginError::TooMany) => LoginFailure::TooManyAttempts,
-        _ => return,
-    };
-    if state.audit.is_some() {
-        record_failed_login(&state.store, username, address, failure).await;
+    if matches!(outcome, Err(LoginError::Wrong)) && state.audit.is_some() {
+        record_failed_login(&state.store, username, address, wrong).await;
     }
 }
 
@@ -342,6 +339,9 @@ async fn consent_page(http: HttpRequest, state: web::Data<AppState>) -> HttpResp
             .filter(|text| !text.is_empty());
         match patient_choices(&http, &state, find.as_deref()).await {
             Ok(choices) => Some(patient_picker(find.as_deref(), &choices)),
+            Err(error) if error.category == crate::fhir::Category::Incorrect => {
+                return error_page(StatusCode::BAD_REQUEST, "That name cannot be searched for; try another.");
+            }
             Err(_) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, "The patient search failed; try again."),
         }
     } else {
