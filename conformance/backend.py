@@ -17,18 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fhirclient import client
 from fhirclient.models.patient import Patient
 
+from check import check, summary
+
 base, initial_token = sys.argv[1], sys.argv[2]
 origin = base.removesuffix("/fhir")
-passed = 0
-
-
-def check(name, actual, expected):
-    global passed
-    if actual != expected:
-        print(f"FAIL {name}: expected {expected!r}, got {actual!r}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok   {name}")
 
 
 key = ec.generate_private_key(ec.SECP384R1())
@@ -64,4 +56,4 @@ smart.authorize()
 check("authorized", smart.ready, True)
 patient = Patient.read("c01", smart.server)
 check("read id", patient.id, "c01")
-print(f"{passed} passed, 0 failed")
+summary()

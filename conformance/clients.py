@@ -13,21 +13,13 @@ from fhirclient.models.observation import Observation
 from fhirclient.models.patient import Patient
 from fhirpy import SyncFHIRClient
 
+from check import check, summary
+
 warnings.simplefilter("ignore", DeprecationWarning)
 
 BASE = sys.argv[1]
 PATIENTS = sorted(f"c{n:02d}" for n in range(12))
 OBSERVATIONS = sorted(f"obs-c01-{n}" for n in range(3))
-passed = 0
-
-
-def check(name, actual, expected):
-    global passed
-    if actual != expected:
-        print(f"FAIL {name}: expected {expected!r}, got {actual!r}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok   {name}")
 
 
 # fhirclient: search, following `next` links to the last page.
@@ -67,4 +59,4 @@ check("fhirpy: transaction created the patient", len(created), 1)
 linked = fhirpy.resources("Observation").search(subject=f"Patient/{created[0].id}").fetch_all()
 check("fhirpy: urn:uuid reference resolved", len(linked), 1)
 
-print(f"{passed} passed, 0 failed")
+summary()

@@ -171,7 +171,7 @@ impl hashbrown::Equivalent<GroupKey> for GroupRef<'_> {
 }
 
 impl GroupRef<'_> {
-    fn to_owned(&self) -> GroupKey {
+    fn to_key(&self) -> GroupKey {
         GroupKey {
             client_id: self.client_id.to_owned(),
             subject: self.subject.to_owned(),
@@ -274,7 +274,7 @@ impl Gathering {
                 // Bounds a shard's groups; each group's share is written as it is.
                 self.finish_all();
             }
-            self.groups.insert(key.to_owned(), Gathered::new(key.to_owned(), fhir_user.cloned(), micros));
+            self.groups.insert(key.to_key(), Gathered::new(key.to_key(), fhir_user.cloned(), micros));
         }
         self.groups.get_mut(key).expect("inserted above")
     }

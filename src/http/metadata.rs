@@ -56,19 +56,19 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
     let offered: Vec<Interaction> = routes().iter().map(|route| route.interaction).collect();
     let has = |interaction| offered.contains(&interaction);
     let type_codes: Vec<&str> = [
-        (Interaction::Read, "read"),
-        (Interaction::Vread, "vread"),
-        (Interaction::Update, "update"),
-        (Interaction::Patch, "patch"),
-        (Interaction::Delete, "delete"),
-        (Interaction::HistoryInstance, "history-instance"),
-        (Interaction::HistoryType, "history-type"),
-        (Interaction::Create, "create"),
-        (Interaction::SearchType, "search-type"),
+        Interaction::Read,
+        Interaction::Vread,
+        Interaction::Update,
+        Interaction::Patch,
+        Interaction::Delete,
+        Interaction::HistoryInstance,
+        Interaction::HistoryType,
+        Interaction::Create,
+        Interaction::SearchType,
     ]
     .into_iter()
-    .filter(|(interaction, _)| has(*interaction))
-    .map(|(_, code)| code)
+    .filter(|interaction| has(*interaction))
+    .map(Interaction::restful_code)
     .collect();
     let system_codes: Vec<&str> = [
         (Interaction::TransactionOrBatch, "transaction"),

@@ -138,6 +138,30 @@ pub enum Interaction {
     Everything,
 }
 
+impl Interaction {
+    /// The interaction's code in FHIR's restful-interaction code system (the CapabilityStatement
+    /// and the audit trail name interactions by it). A transaction or batch is `transaction`;
+    /// `$validate` and `$everything` are `operation`.
+    pub fn restful_code(self) -> &'static str {
+        match self {
+            Interaction::Capabilities => "capabilities",
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Create => "create",
+            Interaction::Update | Interaction::ConditionalUpdate => "update",
+            Interaction::Patch | Interaction::ConditionalPatch => "patch",
+            Interaction::Delete | Interaction::ConditionalDelete => "delete",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::TransactionOrBatch => "transaction",
+            Interaction::Validate | Interaction::Everything => "operation",
+            Interaction::SearchType | Interaction::SearchCompartment => "search-type",
+            Interaction::SearchSystem => "search-system",
+        }
+    }
+}
+
 /// What a handler gets: the request, its body stream, the app state and the values of the
 /// route's placeholders in order (e.g. `[type, id]` for `/{type}/{id}`).
 pub struct Ctx {
@@ -422,22 +446,7 @@ fn audit_record(
     params: &[String],
     http: &HttpRequest,
 ) -> crate::auth::audit::AuditRecord {
-    let code = match interaction {
-        Interaction::Capabilities => "capabilities",
-        Interaction::Read => "read",
-        Interaction::Vread => "vread",
-        Interaction::Create => "create",
-        Interaction::Update | Interaction::ConditionalUpdate => "update",
-        Interaction::Patch | Interaction::ConditionalPatch => "patch",
-        Interaction::Delete | Interaction::ConditionalDelete => "delete",
-        Interaction::HistoryInstance => "history-instance",
-        Interaction::HistoryType => "history-type",
-        Interaction::HistorySystem => "history-system",
-        Interaction::TransactionOrBatch => "transaction",
-        Interaction::Validate | Interaction::Everything => "operation",
-        Interaction::SearchType | Interaction::SearchCompartment => "search-type",
-        Interaction::SearchSystem => "search-system",
-    };
+    let code = interaction.restful_code();
     let resource_type = params.first().and_then(|name| ResourceType::parse(name));
     // Instance interactions, compartment searches and $everything name their resource.
     let resource = match (resource_type, params.get(1)) {

@@ -276,12 +276,17 @@ impl Launch {
     }
 
     async fn exchange(&self, code: &str) -> Reply {
+        self.exchange_as(code, &self.client_id).await
+    }
+
+    /// Exchanges `code` as the public client `client_id` (no credentials, `client_id` in the form).
+    async fn exchange_as(&self, code: &str, client_id: &str) -> Reply {
         self.token(&[
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", REDIRECT),
             ("code_verifier", VERIFIER),
-            ("client_id", &self.client_id),
+            ("client_id", client_id),
         ])
         .await
     }
@@ -538,15 +543,7 @@ async fn a_confidential_client_authenticates_and_revocation_and_introspection_an
     let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
     let code = launch.consent(&cookie, None).await["code"].clone();
     // Without its secret, a confidential client gets nothing.
-    let unauthenticated = launch
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let unauthenticated = launch.exchange_as(&code, &client_id).await;
     assert_eq!(unauthenticated.body["error"], "invalid_client");
     let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
     let code = launch.consent(&cookie, None).await["code"].clone();
@@ -786,15 +783,7 @@ async fn apps_register_themselves_patient_facing_anonymously_and_anything_more_w
     // The new app goes through a launch like any other.
     let cookie = launch.sign_in(&launch.authorize_url(&client_id, &[]), "ann").await;
     let code = launch.consent(&cookie, None).await["code"].clone();
-    let token = launch
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let token = launch.exchange_as(&code, &client_id).await;
     assert_eq!(token.body["patient"], "A", "{}", token.text);
 
     // More than patient-facing access needs an initial access token.
