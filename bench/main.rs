@@ -823,6 +823,7 @@ async fn auth_scenario(args: &Args, dir: &Path) {
         grant_types: Vec::new(),
         redirect_uris: Vec::new(),
         credential: braid::auth::clients::NewCredential::Jwks(jwks),
+        source: None,
     };
     let client_id = braid::auth::clients::add(&store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
     close_store(store).await;
@@ -935,6 +936,7 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
         fhir_user: None,
         gid: None,
         role: None,
+        source: None,
     };
     let token = braid::auth::token::issue(&ring, &claims).expect("a token");
     type MakeQuery = Box<dyn Fn(usize, usize) -> String + Send + Sync>;

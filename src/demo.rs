@@ -53,6 +53,7 @@ pub async fn load_if_empty(
         base,
         return_minimal,
         &crate::auth::Access::Unrestricted,
+        None,
     )
     .await?;
     for (entry, (name, _)) in response.entry.iter().zip(data::EXAMPLES) {
@@ -75,6 +76,7 @@ pub async fn load_if_empty(
             base,
             return_minimal,
             &crate::auth::Access::Unrestricted,
+            None,
         )
         .await?;
         loaded.synthea_bundles += 1;
@@ -134,6 +136,7 @@ pub async fn create_accounts(
             grant_types: vec![GrantType::AuthorizationCode],
             redirect_uris: vec![app_redirect_uri.to_owned()],
             credential: NewCredential::None,
+            source: None,
         },
         now,
     )
@@ -146,6 +149,7 @@ pub async fn create_accounts(
             grant_types: vec![GrantType::ClientCredentials],
             redirect_uris: Vec::new(),
             credential: NewCredential::Secret,
+            source: None,
         },
         now,
     )

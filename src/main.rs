@@ -48,6 +48,66 @@ enum Command {
     /// Start an EHR launch: prints a `launch` value the app passes to /auth/authorize, with the
     /// patient in context (valid for an hour).
     Launch(LaunchArgs),
+    /// The upstream systems (EHRs) whose records Braid holds, each in its own namespace.
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Add a push source: an upstream that writes as a backend client (private_key_jwt with
+    /// the given keys). Prints JSON with the source's name and its client_id.
+    Add(SourceAddArgs),
+    /// Print every source as JSON lines.
+    List(CompactArgs),
+    /// Print a source's state and figures.
+    Show(SourceShowArgs),
+    /// Remove a source and its client (the records it wrote stay).
+    Remove(SourceNameArgs),
+}
+
+#[derive(clap::Args)]
+struct SourceAddArgs {
+    /// 1 to 16 lowercase letters and digits; its records' ids start with it.
+    name: String,
+    /// The source's public keys (a JWKS JSON file) for private_key_jwt (RS384 or ES384).
+    #[arg(long, required_unless_present = "jwks_url", conflicts_with = "jwks_url")]
+    jwks: Option<PathBuf>,
+    /// Where Braid fetches the source's public keys.
+    #[arg(long)]
+    jwks_url: Option<String>,
+    /// The resource types the source may write, comma-separated (default: every type).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// Store resources that break only value rules, with their issues recorded (default:
+    /// strict, they are refused).
+    #[arg(long)]
+    lenient: bool,
+    /// Scopes granted beyond writing and reading its own records, e.g. "system/Patient.rs".
+    #[arg(long)]
+    scope: Option<String>,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SourceShowArgs {
+    name: String,
+    /// Print JSON (the default is a summary for people).
+    #[arg(long)]
+    json: bool,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SourceNameArgs {
+    name: String,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +316,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Client(command) => return client(settings, command).await,
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
         Command::User(command) => return user(settings, command).await,
+        Command::Source(command) => return source(settings, command).await,
         Command::Launch(args) => {
             let request =
                 braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
@@ -412,6 +473,7 @@ async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dy
                 grant_types: args.grants.iter().filter_map(|g| GrantType::parse(g)).collect(),
                 redirect_uris: args.redirect_uris,
                 credential,
+                source: None,
             };
             (args.data, AdminRequest::AddClient { client })
         }
@@ -455,6 +517,44 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), Box<dyn st
     Ok(())
 }
 
+async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::auth::admin::AdminRequest;
+    use braid::auth::clients::NewCredential;
+    let mut human = false;
+    let (data, request) = match command {
+        SourceCommand::Add(args) => {
+            let credential = match (&args.jwks, args.jwks_url) {
+                (Some(path), _) => NewCredential::Jwks(
+                    std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?,
+                ),
+                (None, Some(url)) => NewCredential::JwksUrl(url),
+                (None, None) => return Err("give --jwks FILE or --jwks-url URL".into()),
+            };
+            let source = braid::sources::NewSource {
+                name: args.name,
+                credential,
+                types: args.types.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+                lenient: args.lenient,
+                extra_scope: args.scope,
+            };
+            (args.data, AdminRequest::AddSource { source })
+        }
+        SourceCommand::List(args) => (args.data, AdminRequest::ListSources),
+        SourceCommand::Show(args) => {
+            human = !args.json;
+            (args.data, AdminRequest::ShowSource { name: args.name })
+        }
+        SourceCommand::Remove(args) => (args.data, AdminRequest::RemoveSource { name: args.name }),
+    };
+    let lines = matches!(request, AdminRequest::ListSources);
+    match admin_command(&data.unwrap_or(settings.data), request).await? {
+        serde_json::Value::Array(sources) if lines => sources.iter().for_each(|source| println!("{source}")),
+        answer if human => print!("{}", braid::sources::summary(&answer)),
+        answer => println!("{answer}"),
+    }
+    Ok(())
+}
+
 async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
     let answer =
         admin_command(&args.data.unwrap_or(settings.data), braid::auth::admin::AdminRequest::RotateKeys).await?;
@@ -478,7 +578,10 @@ async fn admin_command(
         }
         match open_for_admin(data) {
             Ok(store) => {
-                let answer = admin::execute(&store, None, request).await;
+                let answer = match braid::sources::Registry::load(&store) {
+                    Ok(sources) => admin::execute(&store, None, &sources, request).await,
+                    Err(error) => Err(error.into()),
+                };
                 close(store).await;
                 return answer.map_err(|error| error.message.into());
             }

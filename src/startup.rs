@@ -43,6 +43,8 @@ pub struct Application {
     /// The operator's socket (see [`crate::auth::admin`]) and its path.
     admin: Option<(Server, std::path::PathBuf)>,
     store: Store,
+    /// Their counters are flushed once more at shutdown.
+    sources: Arc<crate::sources::Registry>,
     shutdown_timeout: Duration,
 }
 
@@ -105,8 +107,13 @@ impl Application {
         if let Some(auth) = &auth {
             start_sweeper(Arc::downgrade(auth));
         }
+        let sources = Arc::new(
+            crate::sources::Registry::load(&store)
+                .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?,
+        );
+        start_source_flusher(Arc::downgrade(&sources));
         let socket = crate::auth::admin::socket_path(&settings.data);
-        let admin = match http::admin::serve(&socket, store.clone(), auth.clone()) {
+        let admin = match http::admin::serve(&socket, store.clone(), auth.clone(), sources.clone()) {
             Ok(server) => Some((server, socket)),
             Err(error) => {
                 // Not fatal: the operator can still manage clients with the server stopped.
@@ -124,6 +131,7 @@ impl Application {
             trust_forwarded_headers: settings.trust_forwarded_headers,
             auth,
             audit,
+            sources: sources.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
@@ -151,7 +159,7 @@ impl Application {
         .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
         .run();
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
-        Ok(Application { port, https, server, admin, store, shutdown_timeout })
+        Ok(Application { port, https, server, admin, store, sources, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -170,7 +178,7 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, admin, store, shutdown_timeout, .. } = self;
+        let Application { server, admin, store, sources, shutdown_timeout, .. } = self;
         let result = match admin {
             Some((admin, socket)) => {
                 let handle = admin.handle();
@@ -183,6 +191,10 @@ impl Application {
             }
             None => server.await,
         };
+        if let Err(error) = sources.flush().await {
+            tracing::warn!(%error, "the sources' last counts could not be stored");
+        }
+        drop(sources);
         let writer_done = store.writer_finished();
         drop(store);
         let deadline = Instant::now() + shutdown_timeout;
@@ -210,6 +222,23 @@ fn start_sweeper(auth: std::sync::Weak<AuthState>) {
             let Some(auth) = auth.upgrade() else { break };
             if let Err(error) = auth.sweep().await {
                 tracing::warn!(%error, "sweeping expired authorization records failed");
+            }
+        }
+    });
+}
+
+/// How often the sources' counters are added to their stored records.
+const SOURCE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Flushes the sources' counters every [`SOURCE_FLUSH_INTERVAL`] until the server is gone.
+fn start_source_flusher(sources: std::sync::Weak<crate::sources::Registry>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SOURCE_FLUSH_INTERVAL);
+        loop {
+            interval.tick().await;
+            let Some(sources) = sources.upgrade() else { break };
+            if let Err(error) = sources.flush().await {
+                tracing::warn!(%error, "storing the sources' counts failed; they are kept for the next try");
             }
         }
     });

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::AuthState;
 use super::clients::{self, NewClient};
 use super::users::{self, NewUser};
+use crate::sources::Registry;
 use crate::store::Store;
 
 /// Largest request or reply exchanged over the admin socket.
@@ -54,6 +55,17 @@ pub enum AdminRequest {
         client_id: String,
         patient: String,
     },
+    /// A push source and its backend client (see [`crate::sources`]).
+    AddSource {
+        source: crate::sources::NewSource,
+    },
+    ListSources,
+    ShowSource {
+        name: String,
+    },
+    RemoveSource {
+        name: String,
+    },
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -83,9 +95,29 @@ impl From<crate::store::StoreError> for AdminError {
 }
 
 /// Runs a command on `store`; `auth` is the running server's authorization state, told of new
-/// keys at once (`None` when stopped, or when authorization is off).
-pub async fn execute(store: &Store, auth: Option<&AuthState>, request: AdminRequest) -> Result<Value, AdminError> {
+/// keys at once (`None` when stopped, or when authorization is off); `sources` are the
+/// server's sources (or those of the stopped database).
+pub async fn execute(
+    store: &Store,
+    auth: Option<&AuthState>,
+    sources: &Registry,
+    request: AdminRequest,
+) -> Result<Value, AdminError> {
+    let no_source = |name: &str| AdminError { bad_request: true, message: format!("there is no source {name}") };
     match request {
+        AdminRequest::AddSource { source } => Ok(sources.add(source).await?),
+        AdminRequest::ListSources => Ok(Value::Array(sources.list()?.iter().map(crate::sources::describe).collect())),
+        AdminRequest::ShowSource { name } => match sources.show(&name)? {
+            Some(record) => Ok(crate::sources::describe(&record)),
+            None => Err(no_source(&name)),
+        },
+        AdminRequest::RemoveSource { name } => {
+            if sources.remove(&name).await? {
+                Ok(json!({"removed": name}))
+            } else {
+                Err(no_source(&name))
+            }
+        }
         AdminRequest::AddClient { client } => {
             let created = clients::add(store, client, super::now_secs()).await?;
             let mut described = clients::describe(&created.client);

@@ -674,6 +674,7 @@ mod tests {
             gid: None,
             fhir_user: None,
             iat: 0,
+            source: None,
         };
         AuditRecord {
             grant: Arc::new(grant),

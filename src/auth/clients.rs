@@ -73,6 +73,9 @@ pub struct Client {
     pub scope: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// The source (upstream system) a push source's client writes as (see [`crate::sources`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What the operator asks for when adding a client.
@@ -85,6 +88,9 @@ pub struct NewClient {
     pub grant_types: Vec<GrantType>,
     pub redirect_uris: Vec<String>,
     pub credential: NewCredential,
+    /// The source this client writes as (set by `braid source add`, never by `client add`).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +118,25 @@ fn bad(message: impl Into<String>) -> FhirError {
 
 /// Checks `new` and stores it as a new client.
 pub async fn add(store: &Store, new: NewClient, now: u64) -> Result<Created, FhirError> {
+    let created = build(new, now)?;
+    // A fresh random id: never taken.
+    CLIENTS.insert_new(store, &created.client.client_id, &created.client).await?;
+    Ok(created)
+}
+
+/// Stores a client [`build`] made, inside a piece of auth work (with the record that owns it).
+pub fn insert_in(txn: &mut crate::store::auth::AuthTxn<'_>, client: &Client) -> Result<(), FhirError> {
+    CLIENTS.put_in(txn, &client.client_id, client)
+}
+
+/// Removes a client inside a piece of auth work.
+pub fn remove_in(txn: &mut crate::store::auth::AuthTxn<'_>, client_id: &str) {
+    CLIENTS.remove_in(txn, client_id);
+}
+
+/// Checks `new` and makes the client record (with a fresh id, and a secret if one is asked
+/// for), without storing it.
+pub fn build(new: NewClient, now: u64) -> Result<Created, FhirError> {
     let scopes = parse_scopes(&new.scope).map_err(|error| bad(error.to_string()))?;
     if let Some(unknown) = scopes.unknown.first() {
         return Err(bad(format!("'{unknown}' is not a SMART scope Braid knows")));
@@ -160,9 +185,8 @@ pub async fn add(store: &Store, new: NewClient, now: u64) -> Result<Created, Fhi
         redirect_uris: new.redirect_uris.clone(),
         scope: new.scope.split_whitespace().collect::<Vec<_>>().join(" "),
         created: now,
+        source: new.source.clone(),
     };
-    // A fresh random id: never taken.
-    CLIENTS.insert_new(store, &client.client_id, &client).await?;
     Ok(Created { client, secret })
 }
 
@@ -184,6 +208,9 @@ pub fn describe(client: &Client) -> serde_json::Value {
     });
     if let Credential::JwksUrl { url } = &client.credential {
         described["jwks_uri"] = url.clone().into();
+    }
+    if let Some(source) = &client.source {
+        described["source"] = source.clone().into();
     }
     described
 }

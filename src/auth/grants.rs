@@ -290,6 +290,7 @@ impl AuthState {
             fhir_user: fhir_user.clone(),
             gid,
             role: Some(role),
+            source: None,
         };
         let ring = self.keys();
         let access_token = token::issue(&ring, &claims)?;

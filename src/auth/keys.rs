@@ -298,6 +298,7 @@ mod tests {
             fhir_user: None,
             gid: None,
             role: None,
+            source: None,
         }
     }
 

@@ -17,7 +17,7 @@ mod grants;
 mod jwks_url;
 pub mod keys;
 pub mod password;
-mod records;
+pub(crate) mod records;
 pub mod registration;
 pub mod restrict;
 pub mod rules;
@@ -380,6 +380,7 @@ impl AuthState {
             fhir_user: None,
             gid: None,
             role: None,
+            source: client.source.clone(),
         };
         let access_token = token::issue(&self.keys(), &claims)?;
         Ok(TokenResponse::bearer(access_token, expires_in, scope))
@@ -545,14 +546,21 @@ impl AuthState {
 }
 
 /// The scopes a Backend Services token gets: those asked for (all of the client's if none
-/// were) that lie within what the client was registered with, as written. Only `system/`
-/// scopes may be asked for.
+/// were) that lie within what the client was registered with, as written; a scope the
+/// registration allows only on some resources (a granular filter) is granted narrowed to them.
+/// Only `system/` scopes may be asked for.
 fn granted_system_scopes(asked: Option<&str>, registered: &str) -> Result<String, TokenError> {
     let registered = scope::parse_scopes(registered).map_err(|_| TokenError::server_error())?;
     let asked = asked.map(str::trim).filter(|text| !text.is_empty());
     let asked_text = asked.unwrap_or("");
     scope::parse_scopes(asked_text).map_err(|error| TokenError::invalid_scope(error.to_string()))?;
     let mut granted = Vec::new();
+    // A scope asked for twice, or reached two ways, is granted once.
+    let grant = |granted: &mut Vec<String>, text: String| {
+        if !granted.contains(&text) {
+            granted.push(text);
+        }
+    };
     if asked.is_none() {
         for scope in &registered.granted {
             if matches!(scope, Scope::Resource(resource) if resource.context == Context::System) {
@@ -567,10 +575,16 @@ fn granted_system_scopes(asked: Option<&str>, registered: &str) -> Result<String
                     "{written}: a backend service may ask only for system/ scopes"
                 )));
             }
-            Some(scope @ Scope::Resource(_))
-                if scope.within(&registered.granted) && !granted.iter().any(|g| g == written) =>
-            {
-                granted.push(written.to_owned());
+            Some(scope @ Scope::Resource(_)) if scope.within(&registered.granted) => {
+                grant(&mut granted, written.to_owned())
+            }
+            Some(Scope::Resource(asked)) => {
+                for narrowed in registered.granted.iter().filter_map(|scope| match scope {
+                    Scope::Resource(registered) => asked.narrowed_to(registered),
+                    _ => None,
+                }) {
+                    grant(&mut granted, narrowed.to_string());
+                }
             }
             // Not granted: outside the registration, or not a data scope. A server may grant
             // fewer scopes than asked for.
@@ -601,5 +615,31 @@ mod tests {
         assert_eq!(refused.error, "invalid_scope");
         let patient = granted_system_scopes(Some("patient/Patient.rs"), registered).unwrap_err();
         assert!(patient.description.contains("system/"));
+    }
+
+    #[test]
+    fn a_backend_scope_registered_with_a_filter_is_granted_narrowed_to_it() {
+        let registered = "system/*.cruds?_source=urn:braid:source:clinic";
+        let own = "system/*.cruds?_source=urn:braid:source:clinic";
+        assert_eq!(granted_system_scopes(Some("system/*.cruds"), registered).unwrap(), own);
+        assert_eq!(
+            granted_system_scopes(Some("system/Patient.cu"), registered).unwrap(),
+            "system/Patient.cu?_source=urn:braid:source:clinic"
+        );
+        // Asked with the filter: within the registration as written.
+        assert_eq!(granted_system_scopes(Some(registered), registered).unwrap(), registered);
+        // Another filter is kept and the registration's added.
+        assert_eq!(
+            granted_system_scopes(Some("system/Observation.rs?status=final"), registered).unwrap(),
+            "system/Observation.rs?status=final&_source=urn:braid:source:clinic"
+        );
+        // A wildcard asked of a registration by type is granted by type.
+        assert_eq!(
+            granted_system_scopes(Some("system/*.rs"), "system/Patient.cruds?_source=x system/Condition.r").unwrap(),
+            "system/Patient.rs?_source=x"
+        );
+        // Interactions beyond the registration's are still refused.
+        let narrow = "system/Patient.rs?_source=urn:braid:source:clinic";
+        assert_eq!(granted_system_scopes(Some("system/Patient.cruds"), narrow).unwrap_err().error, "invalid_scope");
     }
 }

@@ -50,6 +50,11 @@ impl Records {
         Ok(())
     }
 
+    /// Removes the record `name` inside a piece of auth work.
+    pub fn remove_in(&self, txn: &mut AuthTxn<'_>, name: &str) {
+        txn.remove(&self.key(name));
+    }
+
     /// Writes `record` as `name` unless one exists; false if one did.
     pub async fn insert_new<T: Serialize>(&self, store: &Store, name: &str, record: &T) -> Result<bool, FhirError> {
         let key = self.key(name);

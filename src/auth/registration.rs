@@ -148,6 +148,7 @@ pub async fn register(
         grant_types,
         redirect_uris: metadata.redirect_uris.clone(),
         credential,
+        source: None,
     };
     let created = clients::add(store, new, now_secs()).await.map_err(|error| {
         if error.status() < 500 {

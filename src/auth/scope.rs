@@ -160,6 +160,30 @@ impl ResourceScope {
             && granted.permissions.contains(self.permissions)
             && granted.filter.iter().all(|pair| self.filter.contains(pair))
     }
+
+    /// This scope narrowed to the types and resources `granted` allows, when `granted` allows
+    /// this scope's interactions: what a server may grant when asked for more types or
+    /// resources than it allows (a source asking for `system/*.cruds` gets it over its own
+    /// records, on its own types). `None` when `granted` differs in context, in type, or allows
+    /// fewer interactions.
+    pub fn narrowed_to(&self, granted: &ResourceScope) -> Option<ResourceScope> {
+        let resource_type = match (self.resource_type, granted.resource_type) {
+            (asked, None) => asked,
+            (None, granted) => granted,
+            (Some(asked), Some(granted)) if asked == granted => Some(asked),
+            _ => return None,
+        };
+        let fits = self.context == granted.context && granted.permissions.contains(self.permissions);
+        fits.then(|| {
+            let mut narrowed = ResourceScope { resource_type, ..self.clone() };
+            for pair in &granted.filter {
+                if !narrowed.filter.contains(pair) {
+                    narrowed.filter.push(pair.clone());
+                }
+            }
+            narrowed
+        })
+    }
 }
 
 impl fmt::Display for ResourceScope {

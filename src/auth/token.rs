@@ -39,6 +39,9 @@ pub struct AccessClaims {
     /// Services): it limits what the scopes allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The source a push source's token writes as (see [`crate::sources`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What a verified token allows its bearer.
@@ -59,6 +62,8 @@ pub struct Grant {
     pub gid: Option<String>,
     pub fhir_user: Option<String>,
     pub iat: u64,
+    /// The source whose namespace the token writes in, for a push source's client.
+    pub source: Option<String>,
 }
 
 impl Grant {
@@ -93,6 +98,7 @@ impl Grant {
             gid: claims.gid,
             fhir_user: claims.fhir_user,
             iat: claims.iat,
+            source: claims.source,
         }
     }
 }
@@ -187,6 +193,7 @@ mod tests {
             fhir_user: None,
             gid: None,
             role,
+            source: None,
         })
     }
 
@@ -232,6 +239,7 @@ mod tests {
             fhir_user: None,
             gid: None,
             role: Some(Role::Admin),
+            source: None,
         };
         let text = serde_json::to_string(&claims).unwrap();
         assert!(text.contains(r#""role":"admin""#), "{text}");

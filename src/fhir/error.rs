@@ -165,7 +165,7 @@ impl Issue {
         self
     }
 
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let mut issue = json!({
             "severity": self.severity.as_str(),
             "code": self.code.as_str(),

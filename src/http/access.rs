@@ -8,7 +8,10 @@ use crate::auth::Access;
 use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::search::engine;
+use crate::search::query::{Clause, parse_clause};
 use crate::search::{SearchIndexer, parse_criteria_within};
+use crate::sources::namespace::source_uri;
 use crate::store::{Change, Criteria, LATEST, WriteGuard};
 
 fn forbidden(message: String) -> FhirError {
@@ -32,10 +35,14 @@ pub fn permitted(
 }
 
 /// The criteria of a conditional interaction on `resource_type`, matching only resources the
-/// token may search.
+/// token may search, and for a source's token only the source's own records (whatever else
+/// its scopes let it read): conditional matching decides what a write changes.
 pub fn criteria(access: &Access, resource_type: ResourceType, query: &str, base: &str) -> Result<Criteria, FhirError> {
     match access.restriction(resource_type, Permission::Search, base)? {
-        Restriction::Allow(limits) => parse_criteria_within(resource_type, query, limits),
+        Restriction::Allow(mut limits) => {
+            limits.extend(source_clause(access, resource_type, base)?);
+            parse_criteria_within(resource_type, query, limits)
+        }
         Restriction::Deny => Err(forbidden(format!(
             "conditional matching searches {resource_type}, which the access token does not allow"
         ))),
@@ -58,13 +65,38 @@ pub fn check_body(
     }
 }
 
-/// The guard on the existing resources a restricted token's request updates or deletes.
+/// The clause a source's token's writes are limited by: the resource's `meta.source` names
+/// the source. `None` for every other caller.
+fn source_clause(access: &Access, resource_type: ResourceType, base: &str) -> Result<Option<Clause>, FhirError> {
+    let Access::Token(grant) = access else { return Ok(None) };
+    let Some(name) = &grant.source else { return Ok(None) };
+    match parse_clause(resource_type, "_source", &source_uri(name), base)? {
+        Some(clause) => Ok(Some(clause)),
+        None => Err(FhirError::fault("_source is not searchable")),
+    }
+}
+
+/// The guard on the existing resources a request updates or deletes: a restricted token's
+/// limits, and a source's own records only.
 pub fn guard(access: &Access, base: &str) -> Option<WriteGuard> {
-    if !access.is_restricted() {
+    let is_source = matches!(access, Access::Token(grant) if grant.source.is_some());
+    if !access.is_restricted() && !is_source {
         return None;
     }
     let (access, base) = (access.clone(), base.to_owned());
     Some(WriteGuard(std::sync::Arc::new(move |view, resource_type, id, version, change| {
+        if let Some(clause) = source_clause(&access, resource_type, &base)? {
+            if !engine::matches_clauses(
+                view,
+                resource_type,
+                std::slice::from_ref(&clause),
+                id.as_str(),
+                version,
+                LATEST,
+            )? {
+                return Ok(false);
+            }
+        }
         let interaction = match change {
             Change::Update => Permission::Update,
             Change::Delete => Permission::Delete,

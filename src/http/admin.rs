@@ -11,24 +11,31 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::auth::AuthState;
 use crate::auth::admin::{self, AdminRequest, MAX_ADMIN_MESSAGE_BYTES};
+use crate::sources::Registry;
 use crate::store::Store;
 
 struct AdminState {
     store: Store,
     auth: Option<Arc<AuthState>>,
+    sources: Arc<Registry>,
 }
 
 /// Binds the socket at `socket` (replacing a stale one left by a server that did not stop
 /// cleanly: the caller holds the database, so no other server can be using it), readable and
 /// writable by its owner only, and returns the server answering on it.
-pub fn serve(socket: &Path, store: Store, auth: Option<Arc<AuthState>>) -> std::io::Result<Server> {
+pub fn serve(
+    socket: &Path,
+    store: Store,
+    auth: Option<Arc<AuthState>>,
+    sources: Arc<Registry>,
+) -> std::io::Result<Server> {
     match std::fs::remove_file(socket) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
     let listener = std::os::unix::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let state = web::Data::new(AdminState { store, auth });
+    let state = web::Data::new(AdminState { store, auth, sources });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -42,7 +49,7 @@ pub fn serve(socket: &Path, store: Store, auth: Option<Arc<AuthState>>) -> std::
 }
 
 async fn command(state: web::Data<AdminState>, request: web::Json<AdminRequest>) -> HttpResponse {
-    match admin::execute(&state.store, state.auth.as_deref(), request.into_inner()).await {
+    match admin::execute(&state.store, state.auth.as_deref(), &state.sources, request.into_inner()).await {
         Ok(answer) => HttpResponse::Ok().json(answer),
         Err(error) if error.bad_request => HttpResponse::BadRequest().json(error),
         Err(error) => {

@@ -23,17 +23,18 @@ use crate::auth::Access;
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::error::operation_outcome;
 use crate::fhir::json::{format_instant, resource_type_of};
-use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, Issue, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
+use crate::sources::ActiveSource;
 use crate::store::{Action, Criteria, OpOutcome, OutcomeKind, Precondition, Store, Target, WriteOp, WriteRequest};
+use std::sync::Arc;
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, payload, access, .. } = ctx;
+    let Ctx { http, state, payload, access, source, .. } = ctx;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let base = request::base_url(&http, &state);
     let prefer = request::return_preference(&http);
-    let bundle = process_bundle(&state.store, &state.limits, body, &base, prefer, &access).await?;
+    let bundle = process_bundle(&state.store, &state.limits, body, &base, prefer, &access, source.as_ref()).await?;
     Ok(bundle.into_response())
 }
 
@@ -72,7 +73,7 @@ enum Work {
 /// Processes a transaction or batch Bundle and returns the response Bundle. Used by the HTTP
 /// handler and by the demo loader. Each entry is checked against `access` as its own request
 /// would be: a transaction fails whole on the first entry refused, a batch answers that entry
-/// alone.
+/// alone. A `source`'s bundle is written in its namespace (see [`super::source`]).
 pub async fn process_bundle(
     store: &Store,
     limits: &Limits,
@@ -80,19 +81,23 @@ pub async fn process_bundle(
     base: &str,
     prefer: Return,
     access: &Access,
+    source: Option<&Arc<ActiveSource>>,
 ) -> Result<BundleOut, FhirError> {
     let (parse_limits, parse_base, parse_access) = (limits.clone(), base.to_owned(), access.clone());
+    let parse_source = source.cloned();
     // Parsing and validating a large bundle takes milliseconds of CPU: keep it off the I/O threads.
-    let (kind, entries) =
-        tokio::task::spawn_blocking(move || parse_bundle(&body, &parse_limits, &parse_base, &parse_access))
-            .await
-            .map_err(|_| FhirError::fault("bundle"))??;
+    let (kind, entries) = tokio::task::spawn_blocking(move || {
+        parse_bundle(&body, &parse_limits, &parse_base, &parse_access, parse_source.as_deref())
+    })
+    .await
+    .map_err(|_| FhirError::fault("bundle"))??;
+    let source = source.map(Arc::as_ref);
     match kind {
         Kind::Transaction => {
             let entries = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
-            transaction(store, entries, base, prefer, access).await
+            transaction(store, entries, base, prefer, access, source).await
         }
-        Kind::Batch => Ok(batch(store, entries, base, prefer, access).await),
+        Kind::Batch => Ok(batch(store, entries, base, prefer, access, source).await),
     }
 }
 
@@ -101,6 +106,7 @@ fn parse_bundle(
     limits: &Limits,
     base: &str,
     access: &Access,
+    source: Option<&ActiveSource>,
 ) -> Result<(Kind, Vec<Result<Entry, FhirError>>), FhirError> {
     let mut value = request::json_body(bytes, limits)?;
     if resource_type_of(&value)?.as_str() != "Bundle" {
@@ -133,7 +139,7 @@ fn parse_bundle(
     check_unique_entries(kind, &entries)?;
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let result = parse_entry(entry, base, limits, access).map_err(|error| locate(error, index));
+        let result = parse_entry(entry, base, limits, access, source).map_err(|error| locate(error, index));
         if kind == Kind::Transaction && result.is_err() {
             return Ok((kind, vec![result]));
         }
@@ -213,7 +219,13 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
     error
 }
 
-fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -> Result<Entry, FhirError> {
+fn parse_entry(
+    mut entry: Value,
+    base: &str,
+    limits: &Limits,
+    access: &Access,
+    source: Option<&ActiveSource>,
+) -> Result<Entry, FhirError> {
     let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let request = entry
         .get("request")
@@ -289,7 +301,7 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -
                         }
                         Some(_) => {}
                     }
-                    Some(Target::Id(id))
+                    Some(Target::Id(super::source::stored_id(source, id)))
                 }
                 ("PUT", 1, Some(query)) => {
                     Some(Target::Criteria(access::criteria(access, resource_type, query, base)?))
@@ -298,7 +310,7 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -
             };
             let interaction = if target.is_none() { Permission::Create } else { Permission::Update };
             access::permitted(access, resource_type, interaction, base)?;
-            validator().validate_value(resource_type, &resource)?;
+            super::source::admit(source, resource_type, &mut resource)?;
             access::check_body(access, resource_type, &resource, interaction, base)?;
             let conditional_references = request::conditional_references(&mut resource, access, base)?;
             let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };
@@ -324,7 +336,7 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -
             let resource_type = type_at(0)?;
             access::permitted(access, resource_type, Permission::Delete, base)?;
             let target = match (segments.len(), &query) {
-                (2, None) => Target::Id(request::id(segments[1])?),
+                (2, None) => Target::Id(super::source::stored_id(source, request::id(segments[1])?)),
                 (1, Some(query)) => Target::Criteria(access::criteria(access, resource_type, query, base)?),
                 _ => return Err(bad_url()),
             };
@@ -382,6 +394,7 @@ fn parse_entry(mut entry: Value, base: &str, limits: &Limits, access: &Access) -
             }
         }
         "PATCH" => {
+            super::source::refuse_patch(source)?;
             let resource_type = type_at(0)?;
             access::permitted(access, resource_type, Permission::Update, base)?;
             let id = match (segments.as_slice(), &query) {
@@ -412,9 +425,12 @@ async fn transaction(
     base: &str,
     prefer: Return,
     access: &Access,
+    source: Option<&ActiveSource>,
 ) -> Result<BundleOut, FhirError> {
-    let mut write =
-        WriteRequest { local_base: Some(base.to_owned()), guard: access::guard(access, base), ..Default::default() };
+    let mut write = super::source::namespaced(
+        source,
+        WriteRequest { local_base: Some(base.to_owned()), guard: access::guard(access, base), ..Default::default() },
+    );
     let mut slots = Vec::with_capacity(entries.len());
     let mut reads = Vec::new();
     // Patches apply to the state before the transaction (a transaction touches each resource
@@ -450,7 +466,10 @@ async fn transaction(
         Vec::new()
     } else {
         match store.write(write).await {
-            Ok(outcomes) => outcomes,
+            Ok(outcomes) => {
+                super::source::count(source, &outcomes);
+                outcomes
+            }
             Err(error) if error.category == Category::PreconditionFailed => {
                 return Err(patched_concurrently(store, &patched)?.unwrap_or(error));
             }
@@ -506,18 +525,23 @@ async fn batch(
     base: &str,
     prefer: Return,
     access: &Access,
+    source: Option<&ActiveSource>,
 ) -> BundleOut {
     // Every write is its own request; submitted together, the writer still groups them into few commits.
     let writes = entries.iter().enumerate().filter_map(|(index, entry)| match entry {
+        // A source's entries each leave their own Provenance: each commits on its own.
         Ok(Entry { full_url, work: Work::Write { action, conditional_references } }) => Some((
             index,
-            WriteRequest {
-                ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
-                conditional_references: conditional_references.clone(),
-                local_base: Some(base.to_owned()),
-                guard: access::guard(access, base),
-                ..Default::default()
-            },
+            super::source::namespaced(
+                source,
+                WriteRequest {
+                    ops: vec![WriteOp { full_url: full_url.clone(), action: action.clone() }],
+                    conditional_references: conditional_references.clone(),
+                    local_base: Some(base.to_owned()),
+                    guard: access::guard(access, base),
+                    ..Default::default()
+                },
+            ),
         )),
         _ => None,
     });
@@ -526,12 +550,26 @@ async fn batch(
         futures_util::future::join_all(futures).await.into_iter().collect();
     let snapshot = store.snapshot();
     let mut bundle = BundleOut::new("batch-response");
+    let rejected = |index: usize, error: &FhirError| {
+        if let Some(source) = source {
+            source.rejected(Some(format!("Bundle.entry[{index}]")), error);
+        }
+    };
     for (index, entry) in entries.into_iter().enumerate() {
         bundle.entry.push(match entry {
-            Err(error) => error_entry(&error),
+            Err(error) => {
+                rejected(index, &error);
+                error_entry(&error)
+            }
             Ok(Entry { work: Work::Write { .. }, .. }) => match &results[&index] {
-                Ok(outcomes) => write_entry(&outcomes[0], prefer, base),
-                Err(error) => error_entry(error),
+                Ok(outcomes) => {
+                    super::source::count(source, outcomes);
+                    write_entry(&outcomes[0], prefer, base)
+                }
+                Err(error) => {
+                    rejected(index, error);
+                    error_entry(error)
+                }
             },
             Ok(Entry { work: Work::Search(search), .. }) => search_entry(store, base, search).await,
             Ok(Entry { work: Work::Patch { resource_type, id, patch, if_match }, .. }) => {

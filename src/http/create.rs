@@ -6,12 +6,11 @@ use serde_json::Value;
 
 use super::{Ctx, request, response};
 use crate::auth::scope::Interaction as Permission;
-use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
 use crate::store::{Action, WriteOp, WriteRequest};
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, access, .. } = ctx;
+    let Ctx { http, state, params, payload, access, source, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let base = request::base_url(&http, &state);
     let if_none_exist = match http.headers().get("if-none-exist") {
@@ -26,7 +25,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     };
     let body = request::read_body(&http, payload, &state.limits).await?;
     let mut value = request::resource_body(&body, resource_type, &state.limits)?;
-    validator().validate_value(resource_type, &value)?;
+    super::source::admit(source.as_deref(), resource_type, &mut value)?;
     super::access::check_body(&access, resource_type, &value, Permission::Create, &base)?;
     let conditional_references = request::conditional_references(&mut value, &access, &base)?;
     let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
@@ -37,7 +36,8 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         guard: super::access::guard(&access, &base),
         ..Default::default()
     };
-    let outcomes = state.store.write(write).await?;
+    let outcomes = state.store.write(super::source::namespaced(source.as_deref(), write)).await?;
+    super::source::count(source.as_deref(), &outcomes);
     Ok(response::write(&outcomes[0], request::return_preference(&http), &base))
 }
 

@@ -21,6 +21,7 @@ mod read;
 mod request;
 mod response;
 mod search;
+mod source;
 mod system_search;
 mod update;
 mod validate;
@@ -108,6 +109,8 @@ pub struct AppState {
     /// Where requests made with a token leave their audit records; `None` when the audit trail
     /// is off (or authorization is).
     pub audit: Option<crate::auth::audit::AuditSink>,
+    /// The upstream systems whose tokens write in their own namespaces.
+    pub sources: Arc<crate::sources::Registry>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -139,6 +142,21 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    /// Whether the interaction writes (what a source's figures count as a push).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Interaction::Create
+                | Interaction::Update
+                | Interaction::ConditionalUpdate
+                | Interaction::Delete
+                | Interaction::ConditionalDelete
+                | Interaction::Patch
+                | Interaction::ConditionalPatch
+                | Interaction::TransactionOrBatch
+        )
+    }
+
     /// The interaction's code in FHIR's restful-interaction code system (the CapabilityStatement
     /// and the audit trail name interactions by it). A transaction or batch is `transaction`;
     /// `$validate` and `$everything` are `operation`.
@@ -171,6 +189,8 @@ pub struct Ctx {
     pub params: Vec<String>,
     /// What the caller may do, from its access token.
     pub access: Access,
+    /// The source the caller writes as (a push source's token).
+    pub source: Option<Arc<crate::sources::ActiveSource>>,
 }
 
 impl Ctx {
@@ -308,10 +328,25 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
                     }
                     _ => None,
                 };
-                let ctx = Ctx { http: http.clone(), payload, state, params, access };
+                let source = match source::of(&access, &state) {
+                    Ok(source) => source,
+                    Err(error) => return error::error_response(&error),
+                };
+                // A source's figures count its writes, and keep why one was refused.
+                let counted = source.clone().filter(|_| route.interaction.writes());
+                if let Some(source) = &counted {
+                    source.pushed();
+                }
+                let what = counted.as_ref().and_then(|_| addressed(&params));
+                let ctx = Ctx { http: http.clone(), payload, state, params, access, source };
                 let response = match (route.handler)(ctx).await {
                     Ok(response) => response,
-                    Err(error) => error::error_response(&error),
+                    Err(error) => {
+                        if let Some(source) = &counted {
+                            source.rejected(what, &error);
+                        }
+                        error::error_response(&error)
+                    }
                 };
                 if let Some((record, sink)) = audited {
                     sink.record(finish_audit_record(record, &response)).await;
@@ -427,15 +462,32 @@ fn authorize(
         };
         if !allowed {
             let what = resource_type.map_or("every resource type", ResourceType::as_str);
+            let message = format!("the access token's scopes do not allow {permission:?} on {what}");
+            // A source's write refused here is one of its rejections too.
+            let source = grant.source.as_deref().and_then(|name| state.sources.get(name));
+            if let Some(source) = source.filter(|_| interaction.writes()) {
+                source.pushed();
+                source
+                    .rejected(addressed(params), &FhirError::new(Category::Forbidden, IssueCode::Forbidden, &message));
+            }
             return Err(Box::new(refusal(
                 Category::Forbidden,
                 IssueCode::Forbidden,
-                format!("the access token's scopes do not allow {permission:?} on {what}"),
+                message,
                 "Bearer realm=\"braid\", error=\"insufficient_scope\"".to_owned(),
             )));
         }
     }
     Ok(access)
+}
+
+/// What a request's path addresses (`Patient/42`, `Patient`), to name it in a source's
+/// rejections.
+fn addressed(params: &[String]) -> Option<String> {
+    params.first().map(|type_name| match params.get(1) {
+        Some(id) => format!("{type_name}/{id}"),
+        None => type_name.clone(),
+    })
 }
 
 /// What the audit trail keeps of one request, as far as it is known before the request is

@@ -36,7 +36,8 @@ pub(super) enum Patch {
 }
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, access, .. } = ctx;
+    let Ctx { http, state, params, payload, access, source, .. } = ctx;
+    super::source::refuse_patch(source.as_deref())?;
     let resource_type = request::resource_type(&params[0])?;
     let id = request::id(&params[1])?;
     let body = request::read_body(&http, payload, &state.limits).await?;
@@ -47,7 +48,8 @@ pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// `PATCH /fhir/{type}?criteria`: patches the one resource the criteria match (404 when none
 /// does, 412 when several do).
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, access, .. } = ctx;
+    let Ctx { http, state, params, payload, access, source, .. } = ctx;
+    super::source::refuse_patch(source.as_deref())?;
     let resource_type = request::resource_type(&params[0])?;
     let base = request::base_url(&http, &state);
     let criteria = super::access::criteria(&access, resource_type, &request::criteria_query(&http), &base)?;

@@ -7,12 +7,11 @@ use serde_json::Value;
 use super::{AppState, Ctx, request, response};
 use crate::auth::Access;
 use crate::auth::scope::Interaction as Permission;
-use crate::fhir::validation::validator;
 use crate::fhir::{FhirError, IssueCode};
 use crate::store::{Action, Target, WriteOp, WriteRequest};
 
 pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, access, .. } = ctx;
+    let Ctx { http, state, params, payload, access, source, .. } = ctx;
     let (type_name, id) = (params[0].clone(), params[1].clone());
     let resource_type = request::resource_type(&type_name)?;
     let id = request::id(&id)?;
@@ -35,28 +34,30 @@ pub async fn by_id(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             .at(format!("{resource_type}.id")));
         }
     }
-    execute(&http, &state, &access, resource_type, Target::Id(id), value).await
+    let target = Target::Id(super::source::stored_id(source.as_deref(), id));
+    execute(&http, &state, &access, source.as_deref(), resource_type, target, value).await
 }
 
 pub async fn conditional(ctx: Ctx) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, params, payload, access, .. } = ctx;
+    let Ctx { http, state, params, payload, access, source, .. } = ctx;
     let resource_type = request::resource_type(&params[0])?;
     let base = request::base_url(&http, &state);
     let criteria = super::access::criteria(&access, resource_type, &request::criteria_query(&http), &base)?;
     let body = request::read_body(&http, payload, &state.limits).await?;
     let value = request::resource_body(&body, resource_type, &state.limits)?;
-    execute(&http, &state, &access, resource_type, Target::Criteria(criteria), value).await
+    execute(&http, &state, &access, source.as_deref(), resource_type, Target::Criteria(criteria), value).await
 }
 
 async fn execute(
     http: &HttpRequest,
     state: &web::Data<AppState>,
     access: &Access,
+    source: Option<&crate::sources::ActiveSource>,
     resource_type: crate::fhir::ResourceType,
     target: Target,
     mut value: Value,
 ) -> Result<HttpResponse, FhirError> {
-    validator().validate_value(resource_type, &value)?;
+    super::source::admit(source, resource_type, &mut value)?;
     let base = request::base_url(http, state);
     super::access::check_body(access, resource_type, &value, Permission::Update, &base)?;
     let precondition = request::precondition(http)?;
@@ -69,6 +70,7 @@ async fn execute(
         guard: super::access::guard(access, &base),
         ..Default::default()
     };
-    let outcomes = state.store.write(write).await?;
+    let outcomes = state.store.write(super::source::namespaced(source, write)).await?;
+    super::source::count(source, &outcomes);
     Ok(response::write(&outcomes[0], request::return_preference(http), &base))
 }

@@ -1,4 +1,515 @@
-//! Sources: the upstream systems (EHRs) whose records Braid holds, each in its own namespace
-//! (see [`namespace`]).
+//! Sources: the upstream systems (EHRs) whose records Braid holds.
+//!
+//! A push source is an upstream that sends its records to Braid as a SMART backend client:
+//! `braid source add NAME --jwks FILE` registers the source and a client that writes as it.
+//! Everything that client writes lands in the source's [`namespace`] (ids, references, the
+//! original id kept as an identifier, `meta.source`), its writes reach only the source's own
+//! records, and each push that changes something leaves one Provenance. The source's data
+//! quality policy ([`quality`]) decides what happens to resources that break only value rules.
+//!
+//! Source records live in the `auth` table under `source/NAME`, next to the client each push
+//! source owns, so that adding or removing a source and its client is one commit. The
+//! [`Registry`] holds the sources of a running server with their live counters, which reach
+//! the database every few seconds ([`Registry::flush`]) and at shutdown.
 
 pub mod namespace;
+pub mod provenance;
+pub mod quality;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use namespace::{Namespace, SourceName};
+
+use crate::auth::clients::{self, GrantType, NewClient, NewCredential};
+use crate::auth::records::Records;
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::store::{OutcomeKind, Store, StoreError};
+
+/// Sources, by name.
+const SOURCES: Records = Records::new(b"source/");
+
+/// How many recent rejections a source keeps, newest last.
+pub const MAX_RECENT_REJECTIONS: usize = 20;
+
+/// Longest rejection reason kept, in bytes.
+const MAX_REASON_BYTES: usize = 500;
+
+/// One source, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    pub kind: SourceKind,
+    /// The resource types the source may write (empty: every type).
+    pub types: Vec<String>,
+    /// Lenient: resources that break only value rules are stored with their issues recorded;
+    /// strict (the default): they are refused.
+    pub lenient: bool,
+    /// Seconds since the epoch.
+    pub created: u64,
+    #[serde(default)]
+    pub counts: Counts,
+    #[serde(default)]
+    pub recent_rejections: VecDeque<Rejection>,
+}
+
+/// How a source's records reach Braid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The source pushes as the backend client `client_id`.
+    Push { client_id: String },
+}
+
+/// What a source has done since it was added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Write requests (a transaction or batch counts once).
+    pub pushes: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Resources pushed again with the content they already had: nothing was written.
+    pub unchanged: u64,
+    /// Requests and batch entries refused.
+    pub rejected: u64,
+    /// Resources admitted with data-quality issues (lenient sources; identical re-pushes
+    /// included).
+    pub stored_with_issues: u64,
+    /// When the last push arrived, in seconds since the epoch (0: never).
+    pub last_push: u64,
+}
+
+/// One refused write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub status: u16,
+    /// What was refused, when known (`Patient/42`, `Bundle.entry[3]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    pub reason: String,
+}
+
+/// What the operator asks for when adding a push source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewSource {
+    pub name: String,
+    /// The source's public keys: a JWKS document's text, or the URL it is served at.
+    pub credential: NewCredential,
+    /// Resource type names; empty for every type.
+    #[serde(default)]
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub lenient: bool,
+    /// Scopes granted beyond writing its own records (e.g. reading every Patient).
+    #[serde(default)]
+    pub extra_scope: Option<String>,
+}
+
+fn bad(message: impl Into<String>) -> FhirError {
+    FhirError::incorrect(IssueCode::Value, message)
+}
+
+/// The scope a push source's client is registered with: every interaction on its types (all
+/// of them by default), over the records it wrote, and what the operator grants beyond that.
+pub fn source_scope(name: &SourceName, types: &[ResourceType], extra: Option<&str>) -> String {
+    let filter = format!("?_source={}", name.uri());
+    let mut scopes: Vec<String> = if types.is_empty() {
+        vec![format!("system/*.cruds{filter}")]
+    } else {
+        types.iter().map(|resource_type| format!("system/{resource_type}.cruds{filter}")).collect()
+    };
+    scopes.extend(extra.unwrap_or("").split_whitespace().map(str::to_owned));
+    scopes.join(" ")
+}
+
+/// A running server's sources, with their live counters.
+pub struct Registry {
+    store: Store,
+    active: RwLock<HashMap<String, Arc<ActiveSource>>>,
+}
+
+/// A source as requests see it.
+pub struct ActiveSource {
+    pub namespace: Namespace,
+    pub lenient: bool,
+    pub client_id: Option<String>,
+    /// Counts since the last flush, added to the stored ones then.
+    pending: Mutex<Pending>,
+    /// A request in flight changes counters without the lock; `pushes` is the busiest.
+    pushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    counts: Counts,
+    rejections: VecDeque<Rejection>,
+}
+
+impl ActiveSource {
+    fn new(record: &SourceRecord) -> Result<ActiveSource, StoreError> {
+        let name = SourceName::parse(&record.name).map_err(|_| StoreError::Corrupt(record.name.as_bytes().to_vec()))?;
+        let client_id = match &record.kind {
+            SourceKind::Push { client_id } => Some(client_id.clone()),
+        };
+        Ok(ActiveSource {
+            namespace: Namespace::new(name, None),
+            lenient: record.lenient,
+            client_id,
+            pending: Mutex::new(Pending::default()),
+            pushes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &SourceName {
+        self.namespace.name()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one write request.
+    pub fn pushed(&self) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what one write did.
+    pub fn wrote(&self, kind: OutcomeKind) {
+        let mut pending = self.pending();
+        let counts = &mut pending.counts;
+        match kind {
+            OutcomeKind::Created => counts.created += 1,
+            OutcomeKind::Updated => counts.updated += 1,
+            OutcomeKind::Deleted { count } => counts.deleted += count as u64,
+            OutcomeKind::Unchanged => counts.unchanged += 1,
+            OutcomeKind::NothingToDelete => {}
+        }
+    }
+
+    /// Counts a resource stored with data-quality issues.
+    pub fn stored_with_issues(&self) {
+        self.pending().counts.stored_with_issues += 1;
+    }
+
+    /// Counts a refused request or batch entry, and keeps why.
+    pub fn rejected(&self, what: Option<String>, error: &FhirError) {
+        let mut reason: String = error
+            .issues
+            .iter()
+            .map(|issue| match issue.expression.first() {
+                Some(at) => format!("{at}: {}", issue.diagnostics),
+                None => issue.diagnostics.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if reason.len() > MAX_REASON_BYTES {
+            let mut cut = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+            reason.push('…');
+        }
+        let rejection = Rejection { at: crate::auth::now_secs(), status: error.status(), what, reason };
+        let mut pending = self.pending();
+        pending.counts.rejected += 1;
+        if pending.rejections.len() == MAX_RECENT_REJECTIONS {
+            pending.rejections.pop_front();
+        }
+        pending.rejections.push_back(rejection);
+    }
+
+    /// Takes the counts since the last flush.
+    fn take(&self) -> Pending {
+        let mut taken = std::mem::take(&mut *self.pending());
+        taken.counts.pushes = self.pushes.swap(0, Ordering::Relaxed);
+        if taken.counts.pushes > 0 {
+            taken.counts.last_push = crate::auth::now_secs();
+        }
+        taken
+    }
+
+    /// Puts counts back that could not be stored.
+    fn restore(&self, taken: Pending) {
+        self.pushes.fetch_add(taken.counts.pushes, Ordering::Relaxed);
+        let mut pending = self.pending();
+        let rejections = std::mem::take(&mut pending.rejections);
+        let current = pending.counts;
+        pending.counts = add(taken.counts, current);
+        pending.rejections = taken.rejections;
+        for rejection in rejections {
+            push_rejection(&mut pending.rejections, rejection);
+        }
+    }
+
+    /// The counts since the last flush, without taking them (to show a live record).
+    fn peek(&self) -> Pending {
+        let pending = self.pending();
+        let mut counts = pending.counts;
+        counts.pushes = self.pushes.load(Ordering::Relaxed);
+        Pending { counts, rejections: pending.rejections.clone() }
+    }
+}
+
+fn push_rejection(list: &mut VecDeque<Rejection>, rejection: Rejection) {
+    if list.len() == MAX_RECENT_REJECTIONS {
+        list.pop_front();
+    }
+    list.push_back(rejection);
+}
+
+fn add(stored: Counts, delta: Counts) -> Counts {
+    Counts {
+        pushes: stored.pushes + delta.pushes,
+        created: stored.created + delta.created,
+        updated: stored.updated + delta.updated,
+        deleted: stored.deleted + delta.deleted,
+        unchanged: stored.unchanged + delta.unchanged,
+        rejected: stored.rejected + delta.rejected,
+        stored_with_issues: stored.stored_with_issues + delta.stored_with_issues,
+        last_push: stored.last_push.max(delta.last_push),
+    }
+}
+
+/// `record` with `pending` added.
+fn merged(mut record: SourceRecord, pending: Pending) -> SourceRecord {
+    record.counts = add(record.counts, pending.counts);
+    for rejection in pending.rejections {
+        push_rejection(&mut record.recent_rejections, rejection);
+    }
+    record
+}
+
+impl Registry {
+    /// The sources stored in `store`.
+    pub fn load(store: &Store) -> Result<Registry, StoreError> {
+        let mut active = HashMap::new();
+        for record in SOURCES.all::<SourceRecord>(store)? {
+            active.insert(record.name.clone(), Arc::new(ActiveSource::new(&record)?));
+        }
+        Ok(Registry { store: store.clone(), active: RwLock::new(active) })
+    }
+
+    /// The source `name`, if it is registered.
+    pub fn get(&self, name: &str) -> Option<Arc<ActiveSource>> {
+        self.active.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+    }
+
+    /// Registers a push source and its backend client in one commit; prints the source's name
+    /// and client id.
+    pub async fn add(&self, new: NewSource) -> Result<Value, FhirError> {
+        let name = SourceName::parse(&new.name).map_err(bad)?;
+        let mut types = Vec::new();
+        for type_name in &new.types {
+            let resource_type = ResourceType::parse(type_name)
+                .ok_or_else(|| bad(format!("'{type_name}' is not an R4 resource type")))?;
+            if !types.contains(&resource_type) {
+                types.push(resource_type);
+            }
+        }
+        if matches!(new.credential, NewCredential::None | NewCredential::Secret) {
+            return Err(bad("a push source authenticates with private_key_jwt: give --jwks or --jwks-url"));
+        }
+        let scope = source_scope(&name, &types, new.extra_scope.as_deref());
+        let now = crate::auth::now_secs();
+        let created = clients::build(
+            NewClient {
+                name: format!("source {}", name.as_str()),
+                scope,
+                grant_types: vec![GrantType::ClientCredentials],
+                redirect_uris: Vec::new(),
+                credential: new.credential,
+                source: Some(name.as_str().to_owned()),
+            },
+            now,
+        )?;
+        let client = created.client;
+        let record = SourceRecord {
+            name: name.as_str().to_owned(),
+            kind: SourceKind::Push { client_id: client.client_id.clone() },
+            types: types.iter().map(|t| t.as_str().to_owned()).collect(),
+            lenient: new.lenient,
+            created: now,
+            counts: Counts::default(),
+            recent_rejections: VecDeque::new(),
+        };
+        let (stored_record, stored_client) = (record.clone(), client.clone());
+        let added = self
+            .store
+            .auth_write(move |txn| {
+                if SOURCES.get_in::<SourceRecord>(txn, &stored_record.name)?.is_some() {
+                    return Ok(false);
+                }
+                SOURCES.put_in(txn, &stored_record.name, &stored_record)?;
+                clients::insert_in(txn, &stored_client)?;
+                Ok(true)
+            })
+            .await?;
+        if !added {
+            return Err(FhirError::new(
+                Category::Conflict,
+                IssueCode::Duplicate,
+                format!("there is already a source named {}", name.as_str()),
+            ));
+        }
+        self.active
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(record.name.clone(), Arc::new(ActiveSource::new(&record)?));
+        Ok(json!({
+            "source": record.name,
+            "kind": "push",
+            "client_id": client.client_id,
+            "scope": client.scope,
+            "types": record.types,
+            "lenient": record.lenient,
+        }))
+    }
+
+    /// Removes a source and its client (the records it wrote stay); false if there was none.
+    pub async fn remove(&self, name: &str) -> Result<bool, FhirError> {
+        // Counts not yet flushed go with it.
+        let owned = name.to_owned();
+        let removed = self
+            .store
+            .auth_write(move |txn| {
+                let Some(record) = SOURCES.get_in::<SourceRecord>(txn, &owned)? else { return Ok(false) };
+                match &record.kind {
+                    SourceKind::Push { client_id } => clients::remove_in(txn, client_id),
+                }
+                SOURCES.remove_in(txn, &owned);
+                Ok(true)
+            })
+            .await?;
+        self.active.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(name);
+        Ok(removed)
+    }
+
+    /// The source `name` as stored, with the counts not yet flushed added.
+    pub fn show(&self, name: &str) -> Result<Option<SourceRecord>, StoreError> {
+        let Some(record) = self.store.auth_read(|read| SOURCES.get::<SourceRecord>(read, name))? else {
+            return Ok(None);
+        };
+        Ok(Some(match self.get(name) {
+            Some(active) => merged(record, active.peek()),
+            None => record,
+        }))
+    }
+
+    /// Every source, as [`Registry::show`] gives them, in name order.
+    pub fn list(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        let records = SOURCES.all::<SourceRecord>(&self.store)?;
+        Ok(records
+            .into_iter()
+            .map(|record| match self.get(&record.name) {
+                Some(active) => merged(record, active.peek()),
+                None => record,
+            })
+            .collect())
+    }
+
+    /// Adds the counts gathered since the last flush to the stored records, in one commit.
+    pub async fn flush(&self) -> Result<(), FhirError> {
+        let sources: Vec<(String, Arc<ActiveSource>)> = self
+            .active
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(name, active)| (name.clone(), active.clone()))
+            .collect();
+        let mut taken: Vec<(String, Arc<ActiveSource>, Pending)> = Vec::new();
+        for (name, active) in sources {
+            let pending = active.take();
+            if pending.counts != Counts::default() || !pending.rejections.is_empty() {
+                taken.push((name, active, pending));
+            }
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let deltas: Vec<(String, Counts, VecDeque<Rejection>)> =
+            taken.iter().map(|(name, _, pending)| (name.clone(), pending.counts, pending.rejections.clone())).collect();
+        let result = self
+            .store
+            .auth_write(move |txn| {
+                for (name, counts, rejections) in &deltas {
+                    // A source removed meanwhile takes its counts with it.
+                    let Some(record) = SOURCES.get_in::<SourceRecord>(txn, name)? else { continue };
+                    let record = merged(record, Pending { counts: *counts, rejections: rejections.clone() });
+                    SOURCES.put_in(txn, name, &record)?;
+                }
+                Ok(())
+            })
+            .await;
+        if result.is_err() {
+            for (_, active, pending) in taken {
+                active.restore(pending);
+            }
+        }
+        result
+    }
+}
+
+/// A source record as `braid source show --json` prints it.
+pub fn describe(record: &SourceRecord) -> Value {
+    let mut described = json!({
+        "source": record.name,
+        "types": record.types,
+        "policy": if record.lenient { "lenient" } else { "strict" },
+        "created": record.created,
+        "counts": record.counts,
+        "recent_rejections": record.recent_rejections,
+    });
+    match &record.kind {
+        SourceKind::Push { client_id } => {
+            described["kind"] = "push".into();
+            described["client_id"] = client_id.clone().into();
+        }
+    }
+    described
+}
+
+/// A described source ([`describe`]) as a few lines for people.
+pub fn summary(described: &Value) -> String {
+    let text = |key: &str| described[key].as_str().unwrap_or("").to_owned();
+    let count = |key: &str| described["counts"][key].as_u64().unwrap_or(0);
+    let types = match described["types"].as_array() {
+        Some(types) if !types.is_empty() => types.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+        _ => "every type".to_owned(),
+    };
+    let mut lines = vec![
+        format!("source {} ({}, {} policy)", text("source"), text("kind"), text("policy")),
+        format!("  client_id: {}", text("client_id")),
+        format!("  types: {types}"),
+        format!(
+            "  pushes: {}; created {}, updated {}, deleted {}, unchanged {}; rejected {}; stored with issues {}",
+            count("pushes"),
+            count("created"),
+            count("updated"),
+            count("deleted"),
+            count("unchanged"),
+            count("rejected"),
+            count("stored_with_issues"),
+        ),
+    ];
+    if let Some(rejections) = described["recent_rejections"].as_array().filter(|list| !list.is_empty()) {
+        lines.push("  recent rejections (newest last):".to_owned());
+        for rejection in rejections {
+            lines.push(format!(
+                "    {} {} {}: {}",
+                rejection["at"],
+                rejection["status"],
+                rejection["what"].as_str().unwrap_or("-"),
+                rejection["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    lines.join("\n") + "\n"
+}

@@ -29,6 +29,11 @@ const MAX_ID: usize = 64;
 /// The extension that keeps an upstream's own `meta.source` when Braid sets its own.
 pub const ORIGINAL_META_SOURCE: &str = "urn:braid:original-meta-source";
 
+/// The URI naming the source `name` (see [`SourceName::uri`]).
+pub fn source_uri(name: &str) -> String {
+    format!("urn:braid:source:{name}")
+}
+
 /// A source's name, as the operator gave it: 1 to [`MAX_SOURCE_NAME`] lowercase ASCII letters
 /// and digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,7 +61,7 @@ impl SourceName {
     /// The URI naming this source: the system of the identifier that keeps a resource's
     /// original id, and the `meta.source` of what it writes.
     pub fn uri(&self) -> String {
-        format!("urn:braid:source:{}", self.0)
+        source_uri(&self.0)
     }
 }
 
@@ -89,6 +94,12 @@ impl Namespace {
             format!("{name}.{}", &digest[..MAX_ID - name.len() - 1])
         };
         Id::parse(&text).expect("a source name, a separator and id characters or hex digits make an id")
+    }
+
+    /// What the ids Braid assigns to the source's resources start with: a generated id (17
+    /// characters) after it is the id [`Namespace::id`] gives that generated id.
+    pub fn generated_prefix(&self) -> String {
+        format!("{}-", self.name.as_str())
     }
 
     /// Whether `stored` is an id of this namespace.

@@ -188,6 +188,53 @@ pub struct WriteRequest {
     /// Set for a writer whose access is limited (a patient's token): every existing resource
     /// the request updates or deletes must pass it, as it stands inside the transaction.
     pub guard: Option<WriteGuard>,
+    /// Set for a request written in a namespace (a source's, see `crate::sources`): the ids the
+    /// writer assigns start with it, and a create whose resource has an id (already in the
+    /// namespace) creates or updates that id, so that a re-push addresses the same resource.
+    pub id_prefix: Option<String>,
+    /// Set when a request that changes something must leave a record of it (a source's
+    /// Provenance): the writer adds the resource it makes, in the same commit.
+    pub record_changes: Option<RecordChanges>,
+}
+
+/// One resource version a request wrote, for its [`RecordChanges`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    pub resource_type: ResourceType,
+    pub id: Id,
+    /// The version written (the tombstone's, for a deletion).
+    pub version: u64,
+    pub kind: ChangeKind,
+}
+
+/// What a request did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+/// Makes the record of a request's changes: given what changed and the commit's instant
+/// (`meta.lastUpdated` of the versions), the resource to store (its type is in the result's
+/// `resourceType`; it gets a fresh id).
+pub type Recorder = dyn Fn(&[Changed], &str) -> Resource + Send + Sync;
+
+/// A [`Recorder`] carried by a request.
+#[derive(Clone)]
+pub struct RecordChanges(pub Arc<Recorder>);
+
+impl std::fmt::Debug for RecordChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordChanges")
+    }
+}
+
+impl PartialEq for RecordChanges {
+    /// Recorders are closures: two requests compare equal on this field when both have one.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Whether the current version `version` of a resource may be changed by a request, judged

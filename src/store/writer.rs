@@ -35,8 +35,8 @@ use super::keys::{
     system_history, type_history,
 };
 use super::ops::{
-    Action, Change, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition, Target, WriteGuard,
-    WriteRequest,
+    Action, Change, ChangeKind, Changed, Criteria, IndexEntry, Indexer, OpOutcome, OutcomeKind, Precondition,
+    RecordChanges, Target, WriteGuard, WriteRequest,
 };
 use super::snapshot::Snapshot;
 use super::view::IndexTables;
@@ -537,6 +537,10 @@ impl Execution<'_, '_> {
             Err(Failure::Request(error)) => return Ok(Err(error)),
             Err(Failure::Storage(error)) => return Err(error),
         };
+        let changes = match &request.record_changes {
+            Some(_) => changed(&planned),
+            None => Vec::new(),
+        };
         // From here on nothing can fail except storage. Writes happen in processing order;
         // outcomes are reported in request order.
         let mut planned: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
@@ -544,6 +548,9 @@ impl Execution<'_, '_> {
         for &index in &order {
             let plan = planned[index].take().expect("each operation is applied once");
             outcomes[index] = Some(self.apply(plan)?);
+        }
+        if let (Some(record), false) = (&request.record_changes, changes.is_empty()) {
+            self.record(record, &changes, request)?;
         }
         self.group_index.append(&mut self.pending_index);
         Ok(Ok(outcomes.into_iter().map(|o| o.expect("every operation has an outcome")).collect()))
@@ -575,14 +582,21 @@ impl Execution<'_, '_> {
                         Some(criteria) => single_match(self.find(*resource_type, criteria, 2)?, criteria)?,
                         None => None,
                     };
+                    // In a namespace, the resource's own id (already the namespace's) is kept.
+                    let kept_id = match (&request.id_prefix, resource.get("id")) {
+                        (Some(_), Some(Value::String(id))) => {
+                            Some(Id::parse(id).map_err(|e| Failure::Request(e.at(format!("{resource_type}.id"))))?)
+                        }
+                        _ => None,
+                    };
                     match existing {
                         Some(id) => Resolved::Existing { resource_type: *resource_type, id },
                         None => Resolved::Write {
                             resource_type: *resource_type,
-                            id: Id::generate(),
+                            server_assigned: kept_id.is_none(),
+                            id: kept_id.unwrap_or_else(|| new_id(request)),
                             resource: resource.clone(),
                             precondition: Precondition::default(),
-                            server_assigned: true,
                             prepared: prepared_of(request, index),
                             hash: request.prepared_hashes.get(index).copied().flatten(),
                         },
@@ -625,7 +639,7 @@ impl Execution<'_, '_> {
                                         }
                                         (id, false)
                                     }
-                                    None => (Id::generate(), true),
+                                    None => (new_id(request), true),
                                 },
                             }
                         }
@@ -759,6 +773,33 @@ impl Execution<'_, '_> {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Stores the record `record` makes of a request's `changes`, as a new resource.
+    fn record(
+        &mut self,
+        record: &RecordChanges,
+        changes: &[Changed],
+        request: &WriteRequest,
+    ) -> Result<(), StoreError> {
+        let resource = (record.0)(changes, &format_instant(self.clock.last_micros));
+        let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str).and_then(ResourceType::parse)
+        else {
+            tracing::error!("a change record without a known resourceType was not stored");
+            return Ok(());
+        };
+        let hash = content_hash(&resource);
+        let plan = Planned::Put {
+            resource_type,
+            id: new_id(request),
+            version: 1,
+            resource,
+            hash,
+            created: true,
+            previous: None,
+            prepared: None,
+        };
+        self.apply(plan).map(|_| ())
     }
 
     /// Checks preconditions and decides versions, still without writing.
@@ -994,6 +1035,35 @@ impl Execution<'_, '_> {
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
     }
+}
+
+/// A fresh id for a resource the request creates, in the request's namespace if it has one.
+fn new_id(request: &WriteRequest) -> Id {
+    let id = Id::generate();
+    match &request.id_prefix {
+        Some(prefix) => Id::parse(&format!("{prefix}{id}")).unwrap_or(id),
+        None => id,
+    }
+}
+
+/// The resource versions `planned` writes, in request order.
+fn changed(planned: &[Planned]) -> Vec<Changed> {
+    let mut changes = Vec::new();
+    for plan in planned {
+        match plan {
+            Planned::Put { resource_type, id, version, created, .. } => changes.push(Changed {
+                resource_type: *resource_type,
+                id: id.clone(),
+                version: *version,
+                kind: if *created { ChangeKind::Created } else { ChangeKind::Updated },
+            }),
+            Planned::Delete { resource_type, tombstones } => changes.extend(tombstones.iter().map(|(id, version)| {
+                Changed { resource_type: *resource_type, id: id.clone(), version: *version, kind: ChangeKind::Deleted }
+            })),
+            Planned::Unchanged { .. } => {}
+        }
+    }
+    changes
 }
 
 /// The order in which FHIR processes a transaction's writes: deletes, then creates, then

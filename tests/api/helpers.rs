@@ -316,6 +316,7 @@ pub fn sign_token(
         fhir_user: None,
         gid: None,
         role: patient.map(|_| braid::auth::users::Role::Patient),
+        source: None,
     };
     braid::auth::token::issue(&ring, &claims).expect("a token")
 }

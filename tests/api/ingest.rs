@@ -102,9 +102,16 @@ async fn synthea_transactions_leave_indexes_equal_to_whole_indexing() {
     let mut written = 0;
     for (path, bundle) in synthea_bundles() {
         let body = serde_json::to_vec(&bundle).unwrap();
-        let answer =
-            process_bundle(&store, &limits, body.into(), BASE, Return::Minimal, &braid::auth::Access::Unrestricted)
-                .await;
+        let answer = process_bundle(
+            &store,
+            &limits,
+            body.into(),
+            BASE,
+            Return::Minimal,
+            &braid::auth::Access::Unrestricted,
+            None,
+        )
+        .await;
         assert!(answer.is_ok(), "{}", path.display());
         written += bundle["entry"].as_array().unwrap().len() as u64;
     }

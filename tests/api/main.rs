@@ -26,6 +26,7 @@ mod search;
 mod smart;
 mod smart_launch;
 mod sorting;
+mod sources;
 mod storage_format;
 mod surface;
 mod synthea;

@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use crate::helpers::{Reply, TestApp};
 
 /// A client's key pair: the private half signs assertions, the public half is registered.
-struct ClientKey {
+pub(crate) struct ClientKey {
     kid: String,
     algorithm: Algorithm,
     private: EncodingKey,
-    public: Jwk,
+    pub(crate) public: Jwk,
 }
 
 impl ClientKey {
-    fn es384(kid: &str) -> ClientKey {
+    pub(crate) fn es384(kid: &str) -> ClientKey {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
             &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
@@ -50,7 +50,7 @@ impl ClientKey {
         ClientKey { kid: kid.into(), algorithm, private, public }
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.private).unwrap()
@@ -90,7 +90,14 @@ async fn spawn_smart_app(new_clients: Vec<NewClient>) -> (TestApp, Vec<clients::
 }
 
 fn backend(name: &str, scope: &str, credential: NewCredential) -> NewClient {
-    NewClient { name: name.into(), scope: scope.into(), grant_types: Vec::new(), redirect_uris: Vec::new(), credential }
+    NewClient {
+        name: name.into(),
+        scope: scope.into(),
+        grant_types: Vec::new(),
+        redirect_uris: Vec::new(),
+        credential,
+        source: None,
+    }
 }
 
 fn jwks_of(keys: &[&ClientKey]) -> NewCredential {
@@ -103,11 +110,11 @@ fn now() -> u64 {
     braid::auth::now_secs()
 }
 
-fn token_url(app: &TestApp) -> String {
+pub(crate) fn token_url(app: &TestApp) -> String {
     app.base.replace("/fhir", "/auth/token")
 }
 
-fn claims(client_id: &str, aud: &str) -> Value {
+pub(crate) fn claims(client_id: &str, aud: &str) -> Value {
     json!({"iss": client_id, "sub": client_id, "aud": aud, "exp": now() + 240,
            "jti": uuid::Uuid::new_v4().to_string()})
 }
@@ -124,7 +131,7 @@ async fn request_token(app: &TestApp, form: &[(&str, &str)]) -> Reply {
         .await
 }
 
-async fn assertion_token(app: &TestApp, assertion: &str, scope: &str) -> Reply {
+pub(crate) async fn assertion_token(app: &TestApp, assertion: &str, scope: &str) -> Reply {
     request_token(
         app,
         &[

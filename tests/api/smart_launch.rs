@@ -44,6 +44,7 @@ async fn spawn(totp: TotpPolicy) -> Launch {
             grant_types: Vec::new(),
             redirect_uris: vec![REDIRECT.into()],
             credential: NewCredential::None,
+            source: None,
         },
         braid::auth::now_secs(),
     )
@@ -57,6 +58,7 @@ async fn spawn(totp: TotpPolicy) -> Launch {
             grant_types: Vec::new(),
             redirect_uris: vec![REDIRECT.into()],
             credential: NewCredential::Secret,
+            source: None,
         },
         braid::auth::now_secs(),
     )

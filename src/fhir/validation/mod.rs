@@ -114,6 +114,22 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_the_wrong_json_type_where_a_complex_type_belongs_is_a_structural_error() {
+        for (value, at) in [
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": 5}),
+                "Observation.valueQuantity",
+            ),
+            (json!({"resourceType": "Patient", "maritalStatus": "married"}), "Patient.maritalStatus"),
+            (json!({"resourceType": "Patient", "name": [["Peter"]]}), "Patient.name[0]"),
+        ] {
+            let error = check(value.clone()).expect_err(&value.to_string());
+            assert_eq!(error.issues[0].code, IssueCode::Structure, "{value}");
+            assert_eq!(error.issues[0].expression, [at], "{value}");
+        }
+    }
+
+    #[test]
     fn nested_resources_are_validated_with_their_own_type() {
         let error = check(json!({"resourceType": "Patient", "contained": [
             {"resourceType": "Organization", "id": "o", "active": "yes"}]}))

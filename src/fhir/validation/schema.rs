@@ -27,6 +27,15 @@ impl SchemaSet {
         // A nested resource only has to be an object here; `check` validates it against its own
         // type afterwards, which yields errors that name the element.
         definitions["ResourceList"] = json!({"type": "object"});
+        // The schema's complex types list their properties but not that they are objects, so
+        // a number or a string where a Quantity belongs would pass: say it.
+        if let Some(definitions) = definitions.as_object_mut() {
+            for definition in definitions.values_mut() {
+                if definition.get("properties").is_some() && definition.get("type").is_none() {
+                    definition["type"] = json!("object");
+                }
+            }
+        }
         SchemaSet { definitions, compiled: R4_RESOURCE_TYPES.iter().map(|_| OnceLock::new()).collect() }
     }
 
@@ -71,7 +80,22 @@ impl SchemaSet {
                                 .at(format!("{at}.{name}")),
                         );
                     }
-                    _ => issues.push(Issue::error(IssueCode::Value, error.to_string()).at(at)),
+                    // A value of the right JSON type whose text or number breaks the element's
+                    // rule (a pattern, a code list, a range) is a value issue; anything else
+                    // (a wrong JSON type, a choice that fits no alternative) is structural.
+                    ValidationErrorKind::Pattern { .. }
+                    | ValidationErrorKind::Enum { .. }
+                    | ValidationErrorKind::Format { .. }
+                    | ValidationErrorKind::MinLength { .. }
+                    | ValidationErrorKind::MaxLength { .. }
+                    | ValidationErrorKind::Minimum { .. }
+                    | ValidationErrorKind::Maximum { .. }
+                    | ValidationErrorKind::ExclusiveMinimum { .. }
+                    | ValidationErrorKind::ExclusiveMaximum { .. }
+                    | ValidationErrorKind::MultipleOf { .. } => {
+                        issues.push(Issue::error(IssueCode::Value, error.to_string()).at(at))
+                    }
+                    _ => issues.push(Issue::error(IssueCode::Structure, error.to_string()).at(at)),
                 }
             }
         }

@@ -1,0 +1,448 @@
+//! Sources: push sources write in their own namespaces (ids, references, the original id kept,
+//! `meta.source`), touch only their own records, leave one Provenance per push that changed
+//! something, and follow their data-quality policy. Sources are added through the operator's
+//! socket, and their tokens are got at the token endpoint with a signed assertion, as an
+//! integration engine would.
+
+use std::process::Command;
+
+use braid::auth::admin::{self, AdminRequest, Sent};
+use braid::auth::clients::NewCredential;
+use jsonwebtoken::jwk::JwkSet;
+use serde_json::{Value, json};
+
+use crate::helpers::{AuthApp, Reply, spawn_auth_app};
+use crate::smart::{ClientKey, assertion_token, claims, token_url};
+
+/// A push source as the tests use it: its client and a token it got for `system/*.cruds`.
+struct Source {
+    client_id: String,
+    token: String,
+}
+
+async fn operator(server: &AuthApp, request: AdminRequest) -> Result<Value, String> {
+    let socket = admin::socket_path(&server.data);
+    match tokio::task::spawn_blocking(move || admin::send(&socket, &request)).await.unwrap().unwrap() {
+        Sent::Answered(answer) => answer.map_err(|error| error.message),
+        Sent::NoServer => panic!("the server listens on its operator socket"),
+    }
+}
+
+async fn add_source(server: &AuthApp, name: &str, lenient: bool) -> Source {
+    let key = ClientKey::es384(&format!("{name}-key"));
+    let jwks = serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap();
+    let new = braid::sources::NewSource {
+        name: name.into(),
+        credential: NewCredential::Jwks(jwks),
+        types: Vec::new(),
+        lenient,
+        extra_scope: None,
+    };
+    let added = operator(server, AdminRequest::AddSource { source: new }).await.expect("the source is added");
+    assert_eq!(added["source"], name);
+    let client_id = added["client_id"].as_str().unwrap().to_owned();
+    let app = &server.app;
+    let reply = assertion_token(app, &key.sign(&claims(&client_id, &token_url(app))), "system/*.cruds").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.body["scope"],
+        format!("system/*.cruds?_source=urn:braid:source:{name}"),
+        "asked for everything, granted over its own records"
+    );
+    Source { client_id, token: reply.body["access_token"].as_str().unwrap().to_owned() }
+}
+
+async fn send(server: &AuthApp, method: &str, path: &str, token: &str, body: Option<&Value>) -> Reply {
+    let app = &server.app;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = app.client.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/fhir+json").body(body.to_string());
+    }
+    app.send(request).await
+}
+
+/// The number of Provenance resources (read with an operator's token).
+async fn provenance_count(server: &AuthApp, operator_token: &str) -> usize {
+    let reply = send(server, "GET", "/Provenance?_summary=count", operator_token, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body["total"].as_u64().unwrap() as usize
+}
+
+fn patient(mrn: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": "http://hospital.example/mrn", "value": mrn}],
+           "name": [{"family": family}], "managingOrganization": {"reference": "Organization/org1"}})
+}
+
+#[tokio::test]
+async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_kept() {
+    let server = spawn_auth_app().await;
+    let clinic = add_source(&server, "clinic", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+
+    // Update-as-create with the source's own id.
+    let mut sent = patient("123", "Chalmers");
+    sent["id"] = json!("42");
+    let reply = send(&server, "PUT", "/Patient/42", &clinic.token, Some(&sent)).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.body["id"], "clinic-42");
+    assert!(reply.header("location").unwrap().contains("/Patient/clinic-42/_history/1"));
+    let stored = send(&server, "GET", "/Patient/clinic-42", &everything, None).await.body;
+    assert_eq!(stored["meta"]["source"], "urn:braid:source:clinic");
+    assert_eq!(stored["managingOrganization"]["reference"], "Organization/clinic-org1");
+    assert_eq!(
+        stored["identifier"],
+        json!([{"system": "http://hospital.example/mrn", "value": "123"},
+               {"system": "urn:braid:source:clinic", "value": "42"}])
+    );
+    assert_eq!(send(&server, "GET", "/Patient/42", &everything, None).await.status, 404);
+
+    // A create: references, contained resources' references too; a server-assigned id is the
+    // source's; a create carrying the source's id creates that id (so a re-push finds it).
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+        "subject": {"reference": "Patient/42"}, "performer": [{"reference": "#p1"}],
+        "contained": [{"resourceType": "Practitioner", "id": "p1",
+            "extension": [{"url": "http://example.org/employer", "valueReference": {"reference": "Organization/org1"}}]}]});
+    let created = send(&server, "POST", "/Observation", &clinic.token, Some(&observation)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap();
+    assert!(id.starts_with("clinic-"), "{id}");
+    assert_eq!(created.body["subject"]["reference"], "Patient/clinic-42");
+    assert_eq!(created.body["performer"][0]["reference"], "#p1");
+    assert_eq!(created.body["contained"][0]["extension"][0]["valueReference"]["reference"], "Organization/clinic-org1");
+    let mut with_id = observation.clone();
+    with_id["id"] = json!("obs-7");
+    let created = send(&server, "POST", "/Observation", &clinic.token, Some(&with_id)).await;
+    assert_eq!((created.status, created.body["id"].clone()), (201, json!("clinic-obs-7")), "{}", created.text);
+    let again = send(&server, "POST", "/Observation", &clinic.token, Some(&with_id)).await;
+    assert_eq!((again.status, again.body["meta"]["versionId"].clone()), (200, json!("1")), "{}", again.text);
+
+    // The source reads and deletes by its own ids' stored form, or by the id it knows.
+    let read = send(&server, "GET", "/Patient/clinic-42", &clinic.token, None).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let deleted = send(&server, "DELETE", "/Observation/obs-7", &clinic.token, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_eq!(send(&server, "GET", "/Observation/clinic-obs-7", &everything, None).await.status, 410);
+
+    // Writes without a source keep their ids.
+    let mut plain = patient("9", "Plain");
+    plain["id"] = json!("42");
+    let reply = send(&server, "PUT", "/Patient/42", &everything, Some(&plain)).await;
+    assert_eq!((reply.status, reply.body["id"].clone()), (201, json!("42")), "{}", reply.text);
+    assert!(reply.body["meta"].get("source").is_none());
+    assert_eq!(reply.body["managingOrganization"]["reference"], "Organization/org1");
+    // A source may not patch: it writes whole resources.
+    let patch = json!([{"op": "replace", "path": "/active", "value": true}]);
+    let app = &server.app;
+    let patched = app
+        .send(
+            app.client
+                .patch(app.url("/Patient/42"))
+                .bearer_auth(&clinic.token)
+                .header("content-type", "application/json-patch+json")
+                .body(patch.to_string()),
+        )
+        .await;
+    patched.assert_outcome(405);
+    let _ = clinic.client_id;
+}
+
+#[tokio::test]
+async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespace_and_leaves_one_provenance() {
+    let server = spawn_auth_app().await;
+    let clinic = add_source(&server, "clinic", false).await;
+    let hospital = add_source(&server, "hospital", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+
+    // The hospital's patient has the same MRN: the clinic's conditional reference must not find it.
+    let mut theirs = patient("123", "Other");
+    theirs["id"] = json!("p");
+    assert_eq!(send(&server, "PUT", "/Patient/p", &hospital.token, Some(&theirs)).await.status, 201);
+    let mut ours = patient("123", "Chalmers");
+    ours["id"] = json!("42");
+    assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
+    let before = provenance_count(&server, &everything).await;
+    assert_eq!(before, 2, "one Provenance per push");
+
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d5bcbe7-6a9e-4bd4-b3c8-6b2d4bd25b2a",
+         "resource": {"resourceType": "Encounter", "status": "finished",
+                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                      "subject": {"reference": "Patient?identifier=http://hospital.example/mrn|123"}},
+         "request": {"method": "POST", "url": "Encounter"}},
+        {"fullUrl": "urn:uuid:5f2e7c1a-2b4d-4e8f-9a6b-1c3d5e7f9a0b",
+         "resource": {"resourceType": "Observation", "id": "obs-1", "status": "final", "code": {"text": "pulse"},
+                      "subject": {"reference": "Patient?identifier=http://hospital.example/mrn|123"},
+                      "encounter": {"reference": "urn:uuid:0d5bcbe7-6a9e-4bd4-b3c8-6b2d4bd25b2a"}},
+         "request": {"method": "PUT", "url": "Observation/obs-1"}},
+        {"resource": {"resourceType": "Organization", "id": "org1", "name": "Clinic"},
+         "request": {"method": "POST", "url": "Organization", "ifNoneExist": "name=Clinic"}}
+    ]});
+    let reply = send(&server, "POST", "", &clinic.token, Some(&bundle)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let locations: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["location"].as_str().unwrap()).collect();
+    assert!(locations[0].starts_with("Encounter/clinic-"), "{locations:?}");
+    assert_eq!(locations[1], "Observation/clinic-obs-1/_history/1");
+    assert_eq!(locations[2], "Organization/clinic-org1/_history/1");
+    let encounter_id = locations[0].split('/').nth(1).unwrap();
+    let observation = send(&server, "GET", "/Observation/clinic-obs-1", &everything, None).await.body;
+    assert_eq!(
+        observation["subject"]["reference"], "Patient/clinic-42",
+        "the clinic's own patient, not the hospital's"
+    );
+    assert_eq!(observation["encounter"]["reference"], format!("Encounter/{encounter_id}"));
+    let encounter = send(&server, "GET", &format!("/Encounter/{encounter_id}"), &everything, None).await.body;
+    assert_eq!(encounter["subject"]["reference"], "Patient/clinic-42");
+
+    // One Provenance for the transaction, naming each version it wrote.
+    assert_eq!(provenance_count(&server, &everything).await, before + 1);
+    let provenances = send(&server, "GET", "/Provenance?_sort=-_lastUpdated&_count=1", &everything, None).await.body;
+    let provenance = &provenances["entry"][0]["resource"];
+    let mut targets: Vec<&str> =
+        provenance["target"].as_array().unwrap().iter().map(|t| t["reference"].as_str().unwrap()).collect();
+    targets.sort();
+    let mut expected = vec![
+        format!("Encounter/{encounter_id}/_history/1"),
+        "Observation/clinic-obs-1/_history/1".to_owned(),
+        "Organization/clinic-org1/_history/1".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(targets, expected);
+    assert_eq!(provenance["agent"][0]["who"]["identifier"]["value"], "clinic");
+    assert_eq!(provenance["agent"][1]["who"]["identifier"]["value"], clinic.client_id.as_str());
+    assert_eq!(provenance["activity"]["coding"][0]["code"], "CREATE");
+    assert_eq!(provenance["recorded"], observation["meta"]["lastUpdated"]);
+
+    // The same transaction again: the conditional create finds its match, the update is
+    // identical; only the POST without an id creates a new Encounter (as any create would).
+    let mut same = bundle.clone();
+    same["entry"].as_array_mut().unwrap().remove(0);
+    same["entry"][0]["resource"]["encounter"] =
+        json!({"reference": format!("Encounter/{}", &encounter_id["clinic-".len()..])});
+    let first = send(&server, "POST", "", &clinic.token, Some(&same)).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let count = provenance_count(&server, &everything).await;
+    let again = send(&server, "POST", "", &clinic.token, Some(&same)).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    for entry in again.body["entry"].as_array().unwrap() {
+        assert_eq!(entry["response"]["status"], "200 OK", "{entry}");
+    }
+    assert_eq!(
+        again.body["entry"][0]["response"]["etag"], first.body["entry"][0]["response"]["etag"],
+        "an identical re-push writes no version"
+    );
+    assert_eq!(provenance_count(&server, &everything).await, count, "nor a Provenance");
+}
+
+#[tokio::test]
+async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default() {
+    let server = spawn_auth_app().await;
+    let clinic = add_source(&server, "clinic", false).await;
+    let hospital = add_source(&server, "hospital", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+    let mut ours = patient("123", "Chalmers");
+    ours["id"] = json!("42");
+    assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
+
+    // By id: the hospital's ids are its own, so it addresses hospital-... and never clinic-42.
+    let mut changed = ours.clone();
+    changed["id"] = json!("clinic-42");
+    changed["name"] = json!([{"family": "Hijacked"}]);
+    let put = send(&server, "PUT", "/Patient/clinic-42", &hospital.token, Some(&changed)).await;
+    assert_eq!((put.status, put.body["id"].clone()), (201, json!("hospital-clinic-42")), "{}", put.text);
+    assert_eq!(send(&server, "DELETE", "/Patient/clinic-42", &hospital.token, None).await.status, 204);
+    // By criteria: conditional writes match only the hospital's own records.
+    let conditional = send(
+        &server,
+        "PUT",
+        "/Patient?identifier=http://hospital.example/mrn|123",
+        &hospital.token,
+        Some(&patient("123", "Hijacked")),
+    )
+    .await;
+    assert_eq!(conditional.status, 201, "no match among its own: a create; {}", conditional.text);
+    assert!(conditional.body["id"].as_str().unwrap().starts_with("hospital-"));
+    let deleted = send(&server, "DELETE", "/Patient?family=Chalmers", &hospital.token, None).await;
+    assert_eq!(deleted.status, 204);
+    let stored = send(&server, "GET", "/Patient/clinic-42", &everything, None).await;
+    assert_eq!((stored.status, stored.body["name"][0]["family"].clone()), (200, json!("Chalmers")));
+    assert_eq!(stored.body["meta"]["versionId"], "1", "the clinic's record was never touched");
+
+    // Reads: the default scope reaches the source's own records only.
+    assert_eq!(send(&server, "GET", "/Patient/clinic-42", &hospital.token, None).await.status, 404);
+    let search =
+        send(&server, "GET", "/Patient?identifier=http://hospital.example/mrn|123", &hospital.token, None).await;
+    let ids: Vec<&str> = search.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.is_empty() && ids.iter().all(|id| id.starts_with("hospital-")), "{ids:?}");
+
+    // A record in the namespace that the source did not write (an operator's) is not its own.
+    let mut operators = patient("7", "Operator");
+    operators["id"] = json!("clinic-7");
+    assert_eq!(send(&server, "PUT", "/Patient/clinic-7", &everything, Some(&operators)).await.status, 201);
+    let mut pushed = patient("7", "Pushed");
+    pushed["id"] = json!("7");
+    let refused = send(&server, "PUT", "/Patient/7", &clinic.token, Some(&pushed)).await;
+    refused.assert_outcome(404);
+    assert_eq!(
+        send(&server, "GET", "/Patient/clinic-7", &everything, None).await.body["name"][0]["family"],
+        "Operator"
+    );
+}
+
+#[tokio::test]
+async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_issues_and_both_count() {
+    let server = spawn_auth_app().await;
+    let strict = add_source(&server, "strict", false).await;
+    let lenient = add_source(&server, "lenient", true).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+    let flawed = json!({"resourceType": "Patient", "id": "1", "birthDate": "2021-02-30",
+        "identifier": [{"system": "http://bad system/mrn", "value": "1"}]});
+    let broken = json!({"resourceType": "Patient", "id": "2", "birthDate": 1974});
+
+    let refused = send(&server, "PUT", "/Patient/1", &strict.token, Some(&flawed)).await;
+    refused.assert_outcome(400);
+    assert!(refused.expressions().contains(&"Patient.birthDate".to_owned()), "{}", refused.text);
+    assert_eq!(send(&server, "GET", "/Patient/strict-1", &everything, None).await.status, 404);
+
+    let stored = send(&server, "PUT", "/Patient/1", &lenient.token, Some(&flawed)).await;
+    assert_eq!(stored.status, 201, "{}", stored.text);
+    let body = send(&server, "GET", "/Patient/lenient-1", &everything, None).await.body;
+    assert_eq!(body["birthDate"], "2021-02-30", "kept as sent");
+    assert_eq!(body["identifier"][0]["system"], "http://bad system/mrn");
+    assert_eq!(body["contained"][0]["resourceType"], "OperationOutcome");
+    let issues = body["contained"][0]["issue"].as_array().unwrap();
+    assert!(issues.iter().all(|issue| issue["severity"] == "warning"), "{issues:?}");
+    let expressions: Vec<&str> = issues.iter().filter_map(|issue| issue["expression"][0].as_str()).collect();
+    assert!(expressions.contains(&"Patient.birthDate"), "{expressions:?}");
+    assert!(expressions.iter().any(|e| e.starts_with("Patient.identifier[0].system")), "{expressions:?}");
+    assert_eq!(body["extension"][0]["valueReference"]["reference"], "#braid-quality-issues");
+    let tagged = send(&server, "GET", "/Patient?_tag=urn:braid:quality|issues", &everything, None).await.body;
+    assert_eq!(tagged["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(tagged["entry"][0]["resource"]["id"], "lenient-1");
+    // An identical re-push stays one version.
+    let again = send(&server, "PUT", "/Patient/1", &lenient.token, Some(&flawed)).await;
+    assert_eq!((again.status, again.body["meta"]["versionId"].clone()), (200, json!("1")));
+
+    // Structural errors are refused whatever the policy.
+    for source in [&strict, &lenient] {
+        let reply = send(&server, "PUT", "/Patient/2", &source.token, Some(&broken)).await;
+        reply.assert_outcome(400);
+    }
+
+    // A batch: each entry on its own.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "3", "name": [{"family": "Fine"}]},
+         "request": {"method": "PUT", "url": "Patient/3"}},
+        {"resource": flawed, "request": {"method": "PUT", "url": "Patient/1"}},
+        {"resource": broken, "request": {"method": "PUT", "url": "Patient/2"}}
+    ]});
+    let reply = send(&server, "POST", "", &strict.token, Some(&batch)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let statuses: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["201 Created", "400 Bad Request", "400 Bad Request"]);
+    assert_eq!(reply.body["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    let reply = send(&server, "POST", "", &lenient.token, Some(&batch)).await;
+    let statuses: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["201 Created", "200 OK", "400 Bad Request"]);
+
+    // The figures, live through the operator's socket.
+    let shown = operator(&server, AdminRequest::ShowSource { name: "strict".into() }).await.unwrap();
+    assert_eq!(shown["policy"], "strict");
+    assert_eq!(shown["counts"]["pushes"], 3, "{shown}");
+    assert_eq!(shown["counts"]["created"], 1, "{shown}");
+    assert_eq!(shown["counts"]["rejected"], 4, "{shown}");
+    let rejections = shown["recent_rejections"].as_array().unwrap();
+    assert_eq!(rejections.len(), 4);
+    assert_eq!(rejections[0]["what"], "Patient/1");
+    assert!(rejections[0]["reason"].as_str().unwrap().contains("Patient.birthDate"), "{shown}");
+    assert_eq!(rejections[2]["what"], "Bundle.entry[1]");
+    let shown = operator(&server, AdminRequest::ShowSource { name: "lenient".into() }).await.unwrap();
+    assert_eq!(shown["counts"]["stored_with_issues"], 3, "{shown}");
+    assert_eq!(shown["counts"]["unchanged"], 2, "{shown}");
+    assert_eq!(shown["counts"]["rejected"], 2, "{shown}");
+}
+
+#[tokio::test]
+async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_braid_runs() {
+    let server = spawn_auth_app().await;
+    let data = server.data.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClientKey::es384("cli-1");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap()).unwrap();
+    let braid = |args: &[&str]| {
+        let (args, data) = (args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), data.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_braid")).args(&args).arg("--data").arg(&data).output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let output =
+        braid(&["source", "add", "lab", "--jwks", jwks_file.to_str().unwrap(), "--types", "Patient,Observation"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let added: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(added["source"], "lab");
+    let client_id = added["client_id"].as_str().unwrap().to_owned();
+
+    let app = &server.app;
+    let reply = assertion_token(app, &key.sign(&claims(&client_id, &token_url(app))), "system/*.cruds").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let scope = reply.body["scope"].as_str().unwrap();
+    assert_eq!(
+        scope,
+        "system/Patient.cruds?_source=urn:braid:source:lab system/Observation.cruds?_source=urn:braid:source:lab"
+    );
+    let token = reply.body["access_token"].as_str().unwrap().to_owned();
+    let mut sent = patient("1", "Lab");
+    sent["id"] = json!("1");
+    assert_eq!(send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.status, 201);
+    let condition = json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"}});
+    send(&server, "POST", "/Condition", &token, Some(&condition)).await.assert_outcome(403);
+
+    let output = braid(&["source", "show", "lab", "--json"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((shown["source"].clone(), shown["kind"].clone()), (json!("lab"), json!("push")));
+    assert_eq!(shown["client_id"], client_id.as_str());
+    assert_eq!(shown["types"], json!(["Patient", "Observation"]));
+    assert_eq!((shown["counts"]["pushes"].clone(), shown["counts"]["created"].clone()), (json!(2), json!(1)));
+    let output = braid(&["source", "show", "lab"]).await;
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("source lab (push, strict policy)"), "{text}");
+    let output = braid(&["source", "list"]).await;
+    let listed: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(listed.len(), 1);
+
+    for (args, message) in [
+        (vec!["source", "add", "Bad-Name", "--jwks", jwks_file.to_str().unwrap()], "lowercase letters and digits"),
+        (vec!["source", "add", "lab", "--jwks", jwks_file.to_str().unwrap()], "already a source named lab"),
+        (vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--types", "Nope"], "'Nope'"),
+        (vec!["source", "show", "nobody"], "there is no source nobody"),
+    ] {
+        let output = braid(&args).await;
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+
+    let output = braid(&["source", "remove", "lab"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Its token stops writing at once, its client gets no more tokens, and what it wrote stays.
+    send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.assert_outcome(403);
+    let refused = assertion_token(app, &key.sign(&claims(&client_id, &token_url(app))), "system/*.cruds").await;
+    assert_eq!(refused.body["error"], "invalid_client");
+    let everything = server.token("operator", "system/*.rs", None);
+    assert_eq!(send(&server, "GET", "/Patient/lab-1", &everything, None).await.status, 200);
+}
