@@ -158,8 +158,13 @@ pub fn post_form(host: &str, path: &str, form: &str) -> Vec<u8> {
 }
 
 pub fn post(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
+    post_to("127.0.0.1", path, body, extra_headers)
+}
+
+/// A FHIR JSON POST to `host` (see [`get_with`] for why the host matters with tokens).
+pub fn post_to(host: &str, path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n{extra_headers}\r\n",
         body.len()
     )
     .into_bytes();

@@ -25,6 +25,14 @@
 //! - `auth-search`: the search scenario's database; search latency for a token limited to one
 //!   patient's record (p3, ~1,100 resources) against the same searches with authorization off,
 //!   alternating rounds, medians and their ratio.
+//! - `push`: the ingest scenario's transaction bundles pushed by a source (namespaced ids and
+//!   references, the original ids kept, one Provenance per push) and by a backend client with
+//!   the same `system/*.cruds` scopes writing without a source, on one server with
+//!   authorization on, alternating `--rounds` rounds on fresh databases; medians and the
+//!   namespacing overhead.
+//! - `export`: a database of `--resources` resources (the search scenario's patients and
+//!   observations): `$export` of all of it, from kick-off to the complete manifest, with the
+//!   server's peak resident memory, then the download of its files.
 //! - `auth`: SMART Backend Services tokens issued per second at 32 connections (ES384 client
 //!   assertions, each with its own `jti`, signed before the clock starts: signing is the
 //!   client's cost), and read-by-id throughput with a bearer token against the same database
@@ -85,6 +93,8 @@ enum Scenario {
     Pages,
     Auth,
     AuthSearch,
+    Push,
+    Export,
 }
 
 fn main() {
@@ -131,6 +141,12 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::AuthSearch) {
         runtime.block_on(auth_search_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Push) {
+        runtime.block_on(push_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::Export) {
+        runtime.block_on(export_scenario(&args, dir.path()));
     }
 }
 
@@ -277,19 +293,7 @@ async fn ingest_scenario(args: &Args, dir: &Path) {
         args.seconds * 2,
         if rounds > 1 { format!(" per round, {rounds} rounds per build, alternating") } else { String::new() }
     );
-    let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
-    let mut entries = vec![
-        json!({"fullUrl": patient_url, "resource": patient(0).2, "request": {"method": "POST", "url": "Patient"}}),
-    ];
-    for n in 0..49 {
-        let mut observation = observation(n).2;
-        observation.as_object_mut().unwrap().remove("id");
-        observation["subject"]["reference"] = json!(patient_url);
-        entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
-    }
-    let bundle = Arc::new(
-        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap(),
-    );
+    let bundle = Arc::new(ingest_bundle());
     println!("  bundle size: {} bytes", bundle.len());
     let builds: Vec<(&str, Option<&Path>)> = match &args.compare_with {
         Some(other) => vec![("other build", Some(other.as_path())), ("this build", None)],
@@ -789,8 +793,14 @@ impl BackendKey {
         BackendKey { private, public }
     }
 
-    /// `count` token request forms, each with a fresh assertion for `client_id` at `port`.
+    /// `count` token request forms for `system/Patient.rs`, each with a fresh assertion for
+    /// `client_id` at `port`.
     fn forms(&self, client_id: &str, port: u16, count: usize) -> Vec<String> {
+        self.forms_for(client_id, port, count, "system%2FPatient.rs")
+    }
+
+    /// Like [`BackendKey::forms`], for the (form-encoded) `scope`.
+    fn forms_for(&self, client_id: &str, port: u16, count: usize, scope: &str) -> Vec<String> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
         header.kid = Some("bench".into());
         let aud = format!("http://127.0.0.1:{port}/auth/token");
@@ -800,7 +810,7 @@ impl BackendKey {
                 let claims = json!({"iss": client_id, "sub": client_id, "aud": aud, "exp": exp, "jti": format!("{n}-{}", uuid::Uuid::new_v4())});
                 let assertion = jsonwebtoken::encode(&header, &claims, &self.private).unwrap();
                 format!(
-                    "grant_type=client_credentials&scope=system%2FPatient.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+                    "grant_type=client_credentials&scope={scope}&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
                 )
             })
             .collect()
@@ -977,4 +987,152 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
             100.0 * (scoped / open - 1.0)
         );
     }
+}
+
+/// The ingest scenario's bundle: one Patient and 49 vital signs referring to it by `urn:uuid`.
+fn ingest_bundle() -> Vec<u8> {
+    let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
+    let mut entries = vec![
+        json!({"fullUrl": patient_url, "resource": patient(0).2, "request": {"method": "POST", "url": "Patient"}}),
+    ];
+    for n in 0..49 {
+        let mut observation = observation(n).2;
+        observation.as_object_mut().unwrap().remove("id");
+        observation["subject"]["reference"] = json!(patient_url);
+        entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
+    }
+    serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap()
+}
+
+/// An access token for `client_id` from the server at `port`, asking for `system/*.cruds`.
+async fn backend_token(key: &BackendKey, client_id: &str, port: u16) -> String {
+    let form = key.forms_for(client_id, port, 1, "system%2F*.cruds").remove(0);
+    let reply = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let token: Value = reply.json().await.unwrap();
+    token["access_token"].as_str().expect("a token").to_owned()
+}
+
+async fn push_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== push: the ingest bundles (50 resources) as a source vs without one, auth on, 8 clients, {} rounds of {} s ==",
+        args.rounds,
+        args.seconds * 2
+    );
+    let bundle = Arc::new(ingest_bundle());
+    let key = BackendKey::generate();
+    let jwks = serde_json::to_string(&json!({"keys": [key.public]})).unwrap();
+    let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for as_source in [false, true] {
+            // A fresh database per round, with both clients registered before the server starts.
+            let data = dir.join(format!("push-{round}-{as_source}.redb"));
+            let store = open_store(&data);
+            let client_id = if as_source {
+                let sources = braid::sources::Registry::load(&store).unwrap();
+                let source = braid::sources::NewSource {
+                    name: "clinic".into(),
+                    credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
+                    types: Vec::new(),
+                    lenient: false,
+                    extra_scope: None,
+                };
+                let added = sources.add(source).await.unwrap();
+                added["client_id"].as_str().unwrap().to_owned()
+            } else {
+                let new = braid::auth::clients::NewClient {
+                    name: "plain".into(),
+                    scope: "system/*.cruds".into(),
+                    grant_types: Vec::new(),
+                    redirect_uris: Vec::new(),
+                    credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
+                    source: None,
+                };
+                braid::auth::clients::add(&store, new, braid::auth::now_secs()).await.unwrap().client.client_id
+            };
+            close_store(store).await;
+            let server = servers::start_braid_with_auth(&data);
+            let token = backend_token(&key, &client_id, server.port).await;
+            let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
+            let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
+            let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle, &headers);
+            let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+            drop(server);
+            let _ = std::fs::remove_file(&data);
+            let name = if as_source { "as a source" } else { "no source" };
+            println!(
+                "  round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}",
+                result.throughput() * 50.0,
+                result.percentile(0.5),
+                result.percentile(0.99),
+                result.errors,
+                result.error_note()
+            );
+            if as_source { namespaced.push(result.throughput() * 50.0) } else { plain.push(result.throughput() * 50.0) }
+        }
+    }
+    let (plain, namespaced) = (median(&mut plain), median(&mut namespaced));
+    println!(
+        "  median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}% (target <= 10%)",
+        100.0 * (1.0 - namespaced / plain)
+    );
+}
+
+async fn export_scenario(args: &Args, dir: &Path) {
+    println!(
+        "\n== export: $export of {} resources (auth off), kick-off to manifest, then the download ==",
+        args.resources
+    );
+    let data = dir.join("export.redb");
+    let (resources, _) = build_search_database(&data, args.resources.saturating_sub(10_000)).await;
+    let server = servers::start_braid(&data);
+    let base = format!("http://127.0.0.1:{}/fhir", server.port);
+    let client = reqwest::Client::new();
+    let idle = server.rss_mib();
+    let started = Instant::now();
+    let reply = client.get(format!("{base}/$export")).header("prefer", "respond-async").send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    let status_url = reply.headers()["content-location"].to_str().unwrap().to_owned();
+    let manifest: Value = loop {
+        let reply = client.get(&status_url).send().await.unwrap();
+        match reply.status().as_u16() {
+            202 => tokio::time::sleep(Duration::from_millis(100)).await,
+            200 => break reply.json().await.unwrap(),
+            other => panic!("the export failed with {other}: {}", reply.text().await.unwrap_or_default()),
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let peak = server.peak_rss_mib();
+    let outputs = manifest["output"].as_array().unwrap();
+    let exported: u64 = outputs.iter().map(|output| output["count"].as_u64().unwrap()).sum();
+    println!(
+        "  exported {exported} of {resources} resources in {elapsed:.1} s = {:.0} resources/s (target >= 50000), {} files",
+        exported as f64 / elapsed,
+        outputs.len()
+    );
+    println!("  server resident memory: {idle:.0} MiB idle before, peak {peak:.0} MiB (target < 300)");
+    let started = Instant::now();
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    for output in outputs {
+        let mut response = client.get(output["url"].as_str().unwrap()).send().await.unwrap();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            bytes += chunk.len() as u64;
+            lines += chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        }
+    }
+    let download = started.elapsed().as_secs_f64();
+    println!(
+        "  downloaded {lines} lines ({:.0} MiB) in {download:.1} s = {:.0} resources/s; peak resident memory now {:.0} MiB",
+        bytes as f64 / 1_048_576.0,
+        lines as f64 / download,
+        server.peak_rss_mib()
+    );
+    assert_eq!(lines, exported, "every exported resource is one line");
+    drop(server);
+    let _ = std::fs::remove_file(&data);
 }

@@ -51,6 +51,7 @@ pub struct Settings {
     pub audit: bool,
     pub audit_window_secs: u64,
     pub smart_style_url: Option<String>,
+    pub export_retention_secs: u64,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -146,6 +147,7 @@ impl Default for Settings {
             audit: true,
             audit_window_secs: 5,
             smart_style_url: None,
+            export_retention_secs: 3600,
         }
     }
 }
@@ -524,6 +526,20 @@ pub const SETTINGS: &[SettingDoc] = &[
             parse_into(&mut s.audit_window_secs, v)?;
             if !(1..=60).contains(&s.audit_window_secs) {
                 return Err("expected a number of seconds from 1 to 60".into());
+            }
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "export_retention_secs",
+        env: "BRAID_EXPORT_RETENTION_SECS",
+        default: "3600",
+        doc: "How many seconds the files of a finished Bulk Data export ($export) are kept for its client to \
+              download (from when it ends); then they and the job are deleted. 60 to 604800.",
+        apply: |s, v| {
+            parse_into(&mut s.export_retention_secs, v)?;
+            if !(60..=604_800).contains(&s.export_retention_secs) {
+                return Err("expected a number of seconds from 60 to 604800".into());
             }
             Ok(())
         },

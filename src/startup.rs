@@ -28,6 +28,8 @@ pub enum StartupError {
     TlsIncomplete,
     #[error("cannot prepare the authorization server (its signing keys): {0}")]
     Auth(crate::fhir::FhirError),
+    #[error("cannot load the Bulk Data export jobs: {0}")]
+    Exports(crate::fhir::FhirError),
     #[error(
         "auth is off, but Braid would listen on {0}, which is not a loopback address: anyone who can reach it could \
          read and change every record. Turn auth on, or listen on 127.0.0.1 or [::1]"
@@ -121,6 +123,12 @@ impl Application {
                 None
             }
         };
+        let exports = Arc::new(
+            crate::bulk::Exports::open(&store, &settings.data, settings.export_retention_secs)
+                .await
+                .map_err(StartupError::Exports)?,
+        );
+        start_export_sweeper(Arc::downgrade(&exports));
         let audit = (auth.is_some() && settings.audit).then(|| {
             crate::auth::audit::AuditSink::start(store.clone(), Duration::from_secs(settings.audit_window_secs))
         });
@@ -132,6 +140,7 @@ impl Application {
             auth,
             audit,
             sources: sources.clone(),
+            exports,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
@@ -222,6 +231,23 @@ fn start_sweeper(auth: std::sync::Weak<AuthState>) {
             let Some(auth) = auth.upgrade() else { break };
             if let Err(error) = auth.sweep().await {
                 tracing::warn!(%error, "sweeping expired authorization records failed");
+            }
+        }
+    });
+}
+
+/// How often expired exports are deleted.
+const EXPORT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Deletes expired exports every [`EXPORT_SWEEP_INTERVAL`] until the server is gone.
+fn start_export_sweeper(exports: std::sync::Weak<crate::bulk::Exports>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(EXPORT_SWEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            let Some(exports) = exports.upgrade() else { break };
+            if let Err(error) = exports.sweep().await {
+                tracing::warn!(%error, "deleting expired exports failed");
             }
         }
     });

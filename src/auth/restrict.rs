@@ -81,6 +81,17 @@ pub fn implied(resource_type: ResourceType, limit: &Clause, clauses: &[Clause]) 
     })
 }
 
+/// The index keys `clauses` read.
+fn clause_keys<'a>(clauses: &'a [Clause], keys: &mut Vec<&'a str>) {
+    for clause in clauses {
+        keys.push(clause.key.as_str());
+        keys.extend(clause.also_keys.iter().map(String::as_str));
+        for conjunction in &clause.any_of {
+            clause_keys(conjunction, keys);
+        }
+    }
+}
+
 impl Access {
     /// Whether anything this access does can be limited to some resources of a type (a patient
     /// in context, or granular scopes): interactions that cannot apply such limits refuse it.
@@ -196,8 +207,10 @@ impl Access {
             Restriction::Deny => Ok(false),
             Restriction::Allow(clauses) if clauses.is_empty() => Ok(true),
             Restriction::Allow(clauses) => {
+                let mut keys = Vec::new();
+                clause_keys(&clauses, &mut keys);
                 let mut values: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-                for entry in indexer.entries_on_base(resource_type, body, base) {
+                for entry in indexer.entries_for_keys(resource_type, body, base, &keys) {
                     values.entry(entry.param).or_default().push(entry.value);
                 }
                 Ok(clauses_match_values(&clauses, &values))

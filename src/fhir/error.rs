@@ -35,6 +35,8 @@ pub enum Category {
     Unsupported,
     /// The server is overloaded or shutting down; retry later (503).
     Busy,
+    /// The client has too much work queued (exports); retry later (429).
+    TooManyRequests,
     /// Something failed inside Braid; the cause is in the log, not in the response (500).
     Fault,
     /// No valid access token (401).
@@ -60,6 +62,7 @@ impl Category {
             Category::MethodNotAllowed => 405,
             Category::Unsupported => 501,
             Category::Busy => 503,
+            Category::TooManyRequests => 429,
             Category::Fault => 500,
             Category::Unauthorized => 401,
             Category::Forbidden => 403,
@@ -89,6 +92,7 @@ pub enum IssueCode {
     Informational,
     Login,
     Forbidden,
+    Throttled,
 }
 
 impl IssueCode {
@@ -113,6 +117,7 @@ impl IssueCode {
             IssueCode::Informational => "informational",
             IssueCode::Login => "login",
             IssueCode::Forbidden => "forbidden",
+            IssueCode::Throttled => "throttled",
         }
     }
 }

@@ -121,6 +121,12 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             if has(Interaction::Everything) && resource_type.as_str() == "Patient" {
                 operations.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
             }
+            if has(Interaction::Export) && resource_type.as_str() == "Patient" {
+                operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+            }
+            if has(Interaction::Export) && resource_type.as_str() == "Group" {
+                operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
+            }
             if !operations.is_empty() {
                 resource["operation"] = json!(operations);
             }
@@ -146,6 +152,11 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             })).collect::<Vec<_>>(),
             "resource": resources,
             "interaction": system_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+            "operation": if has(Interaction::Export) {
+                json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}])
+            } else {
+                json!([])
+            },
         }],
     })
 }

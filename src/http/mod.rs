@@ -11,6 +11,7 @@ mod cursor;
 mod delete;
 mod error;
 mod everything;
+mod export;
 mod history;
 mod metadata;
 mod negotiate;
@@ -111,6 +112,8 @@ pub struct AppState {
     pub audit: Option<crate::auth::audit::AuditSink>,
     /// The upstream systems whose tokens write in their own namespaces.
     pub sources: Arc<crate::sources::Registry>,
+    /// Bulk Data export jobs.
+    pub exports: Arc<crate::bulk::Exports>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -139,6 +142,12 @@ pub enum Interaction {
     SearchSystem,
     /// `GET /Patient/{id}/$everything`
     Everything,
+    /// Bulk Data `$export` kick-off (system, Patient, Group).
+    Export,
+    /// Polling (GET) or cancelling (DELETE) an export.
+    ExportStatus,
+    /// Downloading an export's file.
+    ExportFile,
 }
 
 impl Interaction {
@@ -173,7 +182,11 @@ impl Interaction {
             Interaction::HistoryType => "history-type",
             Interaction::HistorySystem => "history-system",
             Interaction::TransactionOrBatch => "transaction",
-            Interaction::Validate | Interaction::Everything => "operation",
+            Interaction::Validate
+            | Interaction::Everything
+            | Interaction::Export
+            | Interaction::ExportStatus
+            | Interaction::ExportFile => "operation",
             Interaction::SearchType | Interaction::SearchCompartment => "search-type",
             Interaction::SearchSystem => "search-system",
         }
@@ -235,6 +248,12 @@ pub fn routes() -> &'static [RouteSpec] {
         };
         vec![
             row(Capabilities, Method::GET, "/metadata", |ctx| Box::pin(metadata::capability_statement(ctx))),
+            row(Export, Method::GET, "/$export", |ctx| Box::pin(export::system(ctx))),
+            row(ExportStatus, Method::GET, "/$export-status/{job}", |ctx| Box::pin(export::status(ctx))),
+            row(ExportStatus, Method::DELETE, "/$export-status/{job}", |ctx| Box::pin(export::cancel(ctx))),
+            row(ExportFile, Method::GET, "/$export-file/{job}/{file}", |ctx| Box::pin(export::file(ctx))),
+            row(Export, Method::GET, "/{type}/$export", |ctx| Box::pin(export::patient(ctx))),
+            row(Export, Method::GET, "/{type}/{id}/$export", |ctx| Box::pin(export::group(ctx))),
             row(TransactionOrBatch, Method::POST, "/", |ctx| Box::pin(bundle::handle(ctx))),
             row(SearchSystem, Method::GET, "/", |ctx| Box::pin(system_search::handle(ctx))),
             row(HistorySystem, Method::GET, "/_history", |ctx| Box::pin(history::system(ctx))),
@@ -284,6 +303,9 @@ impl RouteSpec {
 /// [`dispatch`], which matches it against [`routes`]: the table is the router.
 pub fn configure(config: &mut web::ServiceConfig) {
     oauth::configure(config);
+    config
+        .route("/sources", web::get().to(source::list_status))
+        .route("/sources/{name}", web::get().to(source::status));
     config.service(
         web::scope("/fhir")
             .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
@@ -437,6 +459,9 @@ fn authorize(
         Interaction::HistorySystem => vec![(None, Permission::Read)],
         // Every entry is checked as its own request would be.
         Interaction::TransactionOrBatch => Vec::new(),
+        // An export checks each type it writes, and each resource; its status and files are
+        // its own client's only.
+        Interaction::Export | Interaction::ExportStatus | Interaction::ExportFile => Vec::new(),
     };
     let access = Access::Token(grant);
     // Every interaction limits what it touches to what a restricted token (one patient, or

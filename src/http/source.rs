@@ -6,10 +6,13 @@
 
 use std::sync::Arc;
 
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use super::AppState;
 use crate::auth::Access;
+use crate::auth::rules::Decision;
+use crate::auth::scope::Interaction as Permission;
 use crate::fhir::validation::validator;
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::sources::{ActiveSource, provenance, quality};
@@ -96,5 +99,94 @@ pub fn count(source: Option<&ActiveSource>, outcomes: &[OpOutcome]) {
         for outcome in outcomes {
             source.wrote(outcome.kind);
         }
+    }
+}
+
+/// Who asks for sources' figures.
+enum Viewer {
+    /// Authorization is off (Braid then listens on loopback only), or a token that reads every
+    /// resource of every type: every source.
+    Operator,
+    /// A source's own token: that source.
+    Source(String),
+}
+
+/// `GET /sources`: every source's state and figures, as `braid source list` prints them.
+pub async fn list_status(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match viewer(&http, &state) {
+        Ok(Viewer::Operator) => match state.sources.list() {
+            Ok(records) => HttpResponse::Ok().json(records.iter().map(crate::sources::describe).collect::<Vec<_>>()),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the sources");
+                super::error::error_response(&FhirError::fault("sources"))
+            }
+        },
+        Ok(Viewer::Source(_)) => super::error::error_response(&FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            "a source's token shows its own source only: GET /sources/{name}",
+        )),
+        Err(refusal) => *refusal,
+    }
+}
+
+/// `GET /sources/{name}`: one source's state and figures, as `braid source show --json` prints
+/// them: to the operator, and to the source itself.
+pub async fn status(http: HttpRequest, state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
+    let name = name.into_inner();
+    let allowed = match viewer(&http, &state) {
+        Ok(Viewer::Operator) => true,
+        Ok(Viewer::Source(own)) => own == name,
+        Err(refusal) => return *refusal,
+    };
+    // Another source's figures are not the caller's to know, not even that it exists.
+    let missing = || super::error::error_response(&FhirError::not_found(format!("there is no source {name}")));
+    if !allowed {
+        return missing();
+    }
+    match state.sources.show(&name) {
+        Ok(Some(record)) => HttpResponse::Ok().json(crate::sources::describe(&record)),
+        Ok(None) => missing(),
+        Err(error) => {
+            tracing::error!(%error, "cannot read a source");
+            super::error::error_response(&FhirError::fault("sources"))
+        }
+    }
+}
+
+fn viewer(http: &HttpRequest, state: &web::Data<AppState>) -> Result<Viewer, Box<HttpResponse>> {
+    let Some(auth) = &state.auth else { return Ok(Viewer::Operator) };
+    let header = http
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok());
+    let grant = auth.bearer(header, &super::request::base_url(http, state)).map_err(|error| {
+        let message = match error {
+            crate::auth::BearerError::Missing => {
+                "this endpoint requires an access token (Authorization: Bearer)".into()
+            }
+            crate::auth::BearerError::Invalid(reason) => reason,
+        };
+        let mut response =
+            super::error::error_response(&FhirError::new(Category::Unauthorized, IssueCode::Login, message));
+        response.headers_mut().insert(
+            actix_web::http::header::WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("Bearer realm=\"braid\""),
+        );
+        Box::new(response)
+    })?;
+    if let Some(source) = &grant.source {
+        return Ok(Viewer::Source(source.clone()));
+    }
+    let reads_everything = crate::fhir::ResourceType::all()
+        .all(|resource_type| grant.rules.decide(resource_type, Permission::Read) == Decision::All);
+    if grant.patient.is_none() && reads_everything {
+        Ok(Viewer::Operator)
+    } else {
+        Err(Box::new(super::error::error_response(&FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            "sources' figures are shown to a token that reads every resource, and to each source's own token",
+        ))))
     }
 }

@@ -22,6 +22,35 @@ impl Indexer for SearchIndexer {
         index_entries(resource_type, resource, Some(local_base))
     }
 
+    /// Only the parameters whose code starts one of `keys` (derived keys start with their
+    /// parameter's code); compartment membership needs every link, so it indexes all.
+    fn entries_for_keys(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+        local_base: &str,
+        keys: &[&str],
+    ) -> Vec<IndexEntry> {
+        if keys.contains(&COMPARTMENT_KEY) {
+            return index_entries(resource_type, resource, Some(local_base));
+        }
+        registry()
+            .params(resource_type)
+            .filter(|def| def.alias_of.is_empty() && keys.iter().any(|key| key.starts_with(def.code.as_str())))
+            .flat_map(|def| {
+                let mut entries = values::entries(def, resource);
+                if def.kind == ParamKind::Reference {
+                    for entry in entries.iter_mut().filter(|entry| entry.param == def.code) {
+                        if let Some(relative) = local_reference(&entry.value, local_base) {
+                            entry.value = relative;
+                        }
+                    }
+                }
+                entries
+            })
+            .collect()
+    }
+
     fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
         values::derived_entry(resource_type, param, value)
     }

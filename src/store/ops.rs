@@ -26,6 +26,21 @@ pub trait Indexer: Send + Sync + 'static {
         self.entries(resource_type, resource)
     }
 
+    /// The entries of `resource` (as [`Indexer::entries_on_base`] gives them) under the index
+    /// keys `keys`, and perhaps others: what a check of a few search parameters against a
+    /// resource needs, without indexing it whole.
+    fn entries_for_keys(
+        &self,
+        resource_type: ResourceType,
+        resource: &serde_json::Value,
+        local_base: &str,
+        keys: &[&str],
+    ) -> Vec<IndexEntry> {
+        let mut entries = self.entries_on_base(resource_type, resource, local_base);
+        entries.retain(|entry| keys.contains(&entry.param.as_str()));
+        entries
+    }
+
     /// An entry this indexer writes alongside a stored `(param, value)` pair, derived from
     /// that pair alone (a wide date's end-ordered entry); used to bring files written by
     /// earlier versions up to date.

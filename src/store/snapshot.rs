@@ -31,6 +31,9 @@ impl Version {
     }
 }
 
+/// What [`Snapshot::export_type`] calls with each resource: its id, version and body.
+pub type ExportVisit<'a> = dyn FnMut(&str, u64, Vec<u8>) -> Result<std::ops::ControlFlow<()>, FhirError> + 'a;
+
 /// Which page of a history to read.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryQuery {
@@ -350,6 +353,56 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// Visits, in id order, the current version of every live resource of `resource_type` in
+    /// this snapshot last updated after `since_micros` (all of them without it): its id,
+    /// version and decoded body. One pass over the type's versions; bodies are decoded one at a
+    /// time and bypass the body cache (an export would only evict what readers use), so memory
+    /// stays flat whatever the number of resources. `visit` stops the scan with `Break`.
+    pub fn export_type(
+        &self,
+        resource_type: ResourceType,
+        since_micros: Option<i64>,
+        visit: &mut ExportVisit<'_>,
+    ) -> Result<(), FhirError> {
+        let mut type_prefix = Vec::new();
+        super::keys::put_str(&mut type_prefix, resource_type.as_str().as_bytes());
+        let end = prefix_end(&type_prefix);
+        // The newest version seen of the id being read, as its stored key and value.
+        type Guard<'a> = redb::AccessGuard<'a, &'static [u8]>;
+        let mut pending: Option<(Guard<'_>, Guard<'_>)> = None;
+        let mut emit = |key: &[u8], value: &[u8]| -> Result<std::ops::ControlFlow<()>, FhirError> {
+            let (header, stored) =
+                resource_version::decode_value(value).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+            if header.op == Op::Delete || since_micros.is_some_and(|since| header.last_updated_micros <= since) {
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
+            let (_, id, version) = resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
+            let stored = StoredBody::parse(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+            let body = self.codecs.decode(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+            visit(&id, version, body)
+        };
+        for entry in self.versions.range(type_prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            // Keys are `type·id·version`: the id part is what precedes the last 8 bytes.
+            let same_id = pending.as_ref().is_some_and(|(previous, _)| {
+                let (a, b) = (previous.value(), key.value());
+                a.len() == b.len() && a[..a.len() - 8] == b[..b.len() - 8]
+            });
+            if !same_id {
+                if let Some((previous_key, previous_value)) = pending.take() {
+                    if emit(previous_key.value(), previous_value.value())?.is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+            pending = Some((key, value));
+        }
+        if let Some((key, value)) = pending {
+            let _ = emit(key.value(), value.value())?;
+        }
+        Ok(())
+    }
+
     /// A stored version with its body decoded; a body that cannot be decoded is an error naming
     /// the version, never returned as data.
     fn decode_version(&self, key: &[u8], value: &[u8]) -> Result<Version, StoreError> {

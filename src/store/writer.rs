@@ -678,6 +678,8 @@ impl Execution<'_, '_> {
             };
             if let Some(guard) = &request.guard {
                 match &outcome {
+                    // A fresh id names nothing that exists: nothing to guard.
+                    Resolved::Write { server_assigned: true, .. } => {}
                     Resolved::Write { resource_type, id, .. } => {
                         self.check_guard(guard, *resource_type, id, Change::Update)?;
                     }

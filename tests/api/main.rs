@@ -13,6 +13,7 @@ mod crud;
 mod differential;
 mod errors;
 mod examples;
+mod export;
 mod gc;
 mod helpers;
 mod history;

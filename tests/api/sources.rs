@@ -368,6 +368,28 @@ async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_i
     assert_eq!(shown["counts"]["stored_with_issues"], 3, "{shown}");
     assert_eq!(shown["counts"]["unchanged"], 2, "{shown}");
     assert_eq!(shown["counts"]["rejected"], 2, "{shown}");
+
+    // The same figures over HTTP: a source sees its own, an operator's token every source's.
+    let app = &server.app;
+    let status = |path: &str, token: Option<&str>| {
+        let mut request = app.client.get(app.base.replace("/fhir", path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        app.send(request)
+    };
+    let own = status("/sources/strict", Some(&strict.token)).await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(own.body["counts"]["rejected"], 4);
+    status("/sources/strict", Some(&lenient.token)).await.assert_outcome(404);
+    status("/sources/nobody", Some(&everything)).await.assert_outcome(404);
+    status("/sources", Some(&strict.token)).await.assert_outcome(403);
+    status("/sources", None).await.assert_outcome(401);
+    let patients_only = server.token("viewer", "system/Patient.rs", None);
+    status("/sources/strict", Some(&patients_only)).await.assert_outcome(403);
+    let all = status("/sources", Some(&everything)).await;
+    let names: Vec<&str> = all.body.as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert_eq!(names, ["lenient", "strict"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,449 @@
+//! Bulk Data export (FHIR Bulk Data Access 2.0): `$export` at the system, Patient and Group
+//! levels, run asynchronously.
+//!
+//! A kick-off becomes a job: it takes the store's current snapshot and, on a blocking thread,
+//! streams every matching resource of each type into NDJSON files in a directory next to the
+//! database (`<data>.exports/<job>/<Type>-<n>.ndjson`, at most [`MAX_FILE_RESOURCES`] per
+//! file). One resource is in memory at a time, whatever the size of the export. Each resource
+//! is checked against what the requester may read (a patient's token reaches its compartment,
+//! a granular scope its filter), and, for the Patient and Group levels, against the patients
+//! concerned; nothing else is written to the files.
+//!
+//! Job records live in the store's `auth` table under `export/<id>` (written at kick-off and
+//! when the job ends), so a finished export outlives a restart until it expires; a job a
+//! restart interrupted is reported failed (kick off again). Files and records are deleted
+//! after the retention time ([`Exports::sweep`]), or when the client cancels.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Access;
+use crate::auth::records::Records;
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::search::compartment::COMPARTMENT_KEY;
+use crate::search::engine;
+use crate::store::{IndexView, LATEST, Snapshot, Store};
+
+/// Export jobs, by id.
+const JOBS: Records = Records::new(b"export/");
+
+/// Most resources in one NDJSON file.
+pub const MAX_FILE_RESOURCES: u64 = 100_000;
+
+/// Most jobs running at once; more wait for a turn.
+pub const MAX_RUNNING: usize = 2;
+
+/// Most jobs kept (running, waiting or finished and not yet expired); a kick-off beyond is 429.
+pub const MAX_JOBS: usize = 50;
+
+/// Which resources an export reaches.
+#[derive(Debug, Clone)]
+pub enum Level {
+    /// `GET /$export`: every resource.
+    System,
+    /// `GET /Patient/$export`: the resources of every patient's compartment.
+    Patient,
+    /// `GET /Group/{id}/$export`: the compartments of the group's member patients (their
+    /// `Patient/<id>` references).
+    Group { id: String, members: HashSet<String> },
+}
+
+/// A checked kick-off request.
+pub struct Kickoff {
+    pub level: Level,
+    /// The types to export, each readable by the requester.
+    pub types: Vec<ResourceType>,
+    /// `_since`, in microseconds since the epoch.
+    pub since_micros: Option<i64>,
+    /// The kick-off URL, for the manifest.
+    pub request: String,
+    /// The server's FHIR base, for the files' URLs and the requester's limits.
+    pub base: String,
+    pub access: Access,
+}
+
+/// An export job as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// The client that asked (`None` with authorization off): only it may poll, download or
+    /// cancel.
+    pub client_id: Option<String>,
+    pub request: String,
+    /// When the snapshot exported was taken (FHIR instant).
+    pub transaction_time: String,
+    pub status: JobStatus,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// When the files are deleted (seconds since the epoch), once the job has ended.
+    pub expires: Option<u64>,
+    pub output: Vec<Output>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobStatus {
+    Running,
+    Complete,
+    Failed { reason: String },
+}
+
+/// One NDJSON file of a finished export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Output {
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    /// The file's name in the job's directory.
+    pub file: String,
+    pub count: u64,
+}
+
+/// A job in this process.
+struct Job {
+    record: Mutex<JobRecord>,
+    /// Resources written so far.
+    exported: AtomicU64,
+    /// The type being exported, as an index into the job's types, and their number.
+    type_index: AtomicU64,
+    types: u64,
+    cancelled: AtomicBool,
+}
+
+impl Job {
+    fn record(&self) -> JobRecord {
+        self.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+/// What a poll finds.
+pub enum Poll {
+    /// Still running: a progress note.
+    Running(String),
+    Done(JobRecord),
+}
+
+/// The server's export jobs.
+pub struct Exports {
+    store: Store,
+    /// `<data>.exports`: one directory per job.
+    dir: PathBuf,
+    retention_secs: u64,
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where the exports of the database `data` are written.
+pub fn directory(data: &Path) -> PathBuf {
+    let mut path = data.as_os_str().to_owned();
+    path.push(".exports");
+    PathBuf::from(path)
+}
+
+fn fault(error: impl std::fmt::Display) -> FhirError {
+    tracing::error!(%error, "export storage failure");
+    FhirError::fault("export")
+}
+
+impl Exports {
+    /// Loads the jobs stored with `store` (whose file is `data`): finished ones stay until they
+    /// expire; ones a stop interrupted are failed and their partial files removed.
+    pub async fn open(store: &Store, data: &Path, retention_secs: u64) -> Result<Exports, FhirError> {
+        let dir = directory(data);
+        let records: Vec<JobRecord> = JOBS.all(store).map_err(fault)?;
+        let now = crate::auth::now_secs();
+        let mut jobs = HashMap::new();
+        for mut record in records {
+            if record.status == JobStatus::Running {
+                record.status = JobStatus::Failed {
+                    reason: "the server stopped while this export ran; kick off a new export".into(),
+                };
+                record.expires = Some(now + retention_secs);
+                record.output.clear();
+                let _ = std::fs::remove_dir_all(dir.join(&record.id));
+                let stored = record.clone();
+                store.auth_write(move |txn| JOBS.put_in(txn, &stored.id, &stored)).await?;
+            }
+            let job = Job {
+                exported: AtomicU64::new(record.output.iter().map(|o| o.count).sum()),
+                type_index: AtomicU64::new(0),
+                types: 0,
+                cancelled: AtomicBool::new(false),
+                record: Mutex::new(record.clone()),
+            };
+            jobs.insert(record.id.clone(), Arc::new(job));
+        }
+        let exports = Exports {
+            store: store.clone(),
+            dir,
+            retention_secs,
+            jobs: Mutex::new(jobs),
+            turns: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)),
+        };
+        exports.sweep().await?;
+        Ok(exports)
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts an export; returns the job's id.
+    pub async fn start(self: &Arc<Self>, kickoff: Kickoff) -> Result<String, FhirError> {
+        let snapshot = self.store.snapshot()?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let client_id = match &kickoff.access {
+            Access::Token(grant) => Some(grant.client_id.clone()),
+            Access::Unrestricted => None,
+        };
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_micros() as i64);
+        let record = JobRecord {
+            id: id.clone(),
+            client_id,
+            request: kickoff.request.clone(),
+            transaction_time: crate::fhir::json::format_instant(now_micros),
+            status: JobStatus::Running,
+            created: crate::auth::now_secs(),
+            expires: None,
+            output: Vec::new(),
+        };
+        let job = Arc::new(Job {
+            record: Mutex::new(record.clone()),
+            exported: AtomicU64::new(0),
+            type_index: AtomicU64::new(0),
+            types: kickoff.types.len() as u64,
+            cancelled: AtomicBool::new(false),
+        });
+        {
+            let mut jobs = self.jobs();
+            if jobs.len() >= MAX_JOBS {
+                return Err(FhirError::new(
+                    Category::TooManyRequests,
+                    IssueCode::Throttled,
+                    format!("{MAX_JOBS} exports are kept already; cancel or collect some, or retry later"),
+                ));
+            }
+            jobs.insert(id.clone(), job.clone());
+        }
+        let stored = record.clone();
+        if let Err(error) = self.store.auth_write(move |txn| JOBS.put_in(txn, &stored.id, &stored)).await {
+            self.jobs().remove(&id);
+            return Err(error);
+        }
+        let exports = self.clone();
+        tokio::spawn(async move {
+            let Ok(_turn) = exports.turns.clone().acquire_owned().await else { return };
+            let (job_dir, running) = (exports.dir.join(&job.record().id), job.clone());
+            let result = tokio::task::spawn_blocking(move || run(&running, &snapshot, &kickoff, &job_dir))
+                .await
+                .unwrap_or_else(|_| Err("the export stopped unexpectedly".into()));
+            exports.finish(&job, result).await;
+        });
+        Ok(id)
+    }
+
+    async fn finish(&self, job: &Job, result: Result<Vec<Output>, String>) {
+        let id = job.record().id;
+        if job.cancelled.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_dir_all(self.dir.join(&id));
+            return;
+        }
+        let record = {
+            let mut record = job.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match result {
+                Ok(output) => {
+                    record.status = JobStatus::Complete;
+                    record.output = output;
+                }
+                Err(reason) => {
+                    tracing::warn!(job = %id, %reason, "an export failed");
+                    record.status = JobStatus::Failed { reason };
+                    let _ = std::fs::remove_dir_all(self.dir.join(&id));
+                }
+            }
+            record.expires = Some(crate::auth::now_secs() + self.retention_secs);
+            record.clone()
+        };
+        if let Err(error) = self.store.auth_write(move |txn| JOBS.put_in(txn, &record.id, &record)).await {
+            tracing::error!(%error, job = %id, "cannot record the end of an export");
+        }
+    }
+
+    /// The job `id` as its client sees it; `None` if there is none, or it is another client's.
+    fn find(&self, id: &str, client_id: Option<&str>) -> Option<Arc<Job>> {
+        let job = self.jobs().get(id).cloned()?;
+        let owner = job.record().client_id;
+        (owner.as_deref() == client_id).then_some(job)
+    }
+
+    /// Where the job `id` stands, for its client.
+    pub fn poll(&self, id: &str, client_id: Option<&str>) -> Option<Poll> {
+        let job = self.find(id, client_id)?;
+        let record = job.record();
+        Some(match record.status {
+            JobStatus::Running => Poll::Running(format!(
+                "{} resources exported; type {} of {}",
+                job.exported.load(Ordering::Relaxed),
+                (job.type_index.load(Ordering::Relaxed) + 1).min(job.types.max(1)),
+                job.types.max(1)
+            )),
+            _ => Poll::Done(record),
+        })
+    }
+
+    /// Cancels the job `id` (running or finished) for its client and deletes its files and
+    /// record; false if the client has no such job.
+    pub async fn cancel(&self, id: &str, client_id: Option<&str>) -> Result<bool, FhirError> {
+        let Some(job) = self.find(id, client_id) else { return Ok(false) };
+        job.cancelled.store(true, Ordering::Relaxed);
+        self.forget(id).await?;
+        Ok(true)
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), FhirError> {
+        self.jobs().remove(id);
+        let _ = std::fs::remove_dir_all(self.dir.join(id));
+        let owned = id.to_owned();
+        self.store
+            .auth_write(move |txn| {
+                JOBS.remove_in(txn, &owned);
+                Ok(())
+            })
+            .await
+    }
+
+    /// The path of a finished job's file, for its client.
+    pub fn file(&self, id: &str, client_id: Option<&str>, name: &str) -> Option<PathBuf> {
+        let record = self.find(id, client_id)?.record();
+        if record.status != JobStatus::Complete {
+            return None;
+        }
+        // Only a name the manifest lists: never a path a client made up.
+        record.output.iter().any(|output| output.file == name).then(|| self.dir.join(&record.id).join(name))
+    }
+
+    /// Deletes the jobs whose retention has passed, with their files.
+    pub async fn sweep(&self) -> Result<usize, FhirError> {
+        let now = crate::auth::now_secs();
+        let expired: Vec<String> = self
+            .jobs()
+            .values()
+            .map(|job| job.record())
+            .filter(|record| record.expires.is_some_and(|expires| expires <= now))
+            .map(|record| record.id)
+            .collect();
+        for id in &expired {
+            self.forget(id).await?;
+        }
+        Ok(expired.len())
+    }
+}
+
+/// Writes a job's files; returns them, or why the export failed.
+fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<Vec<Output>, String> {
+    std::fs::create_dir_all(dir).map_err(|error| format!("cannot create the export directory: {error}"))?;
+    let view = snapshot.index();
+    let mut outputs = Vec::new();
+    for (index, &resource_type) in kickoff.types.iter().enumerate() {
+        job.type_index.store(index as u64, Ordering::Relaxed);
+        let clauses = match kickoff.access.restriction(resource_type, Permission::Read, &kickoff.base) {
+            Ok(Restriction::Allow(clauses)) => clauses,
+            Ok(Restriction::Deny) => continue,
+            Err(error) => return Err(format!("{resource_type}: {error}")),
+        };
+        let mut file: Option<(std::io::BufWriter<std::fs::File>, Output)> = None;
+        let mut failure: Option<String> = None;
+        let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
+            if job.cancelled.load(Ordering::Relaxed) {
+                return Ok(ControlFlow::Break(()));
+            }
+            if !within_level(&kickoff.level, &view, resource_type, id, version)?
+                || (!clauses.is_empty()
+                    && !engine::matches_clauses(&view, resource_type, &clauses, id, version, LATEST)?)
+            {
+                return Ok(ControlFlow::Continue(()));
+            }
+            if file.as_ref().is_some_and(|(_, output)| output.count >= MAX_FILE_RESOURCES) {
+                let (writer, output) = file.take().expect("checked");
+                if let Err(error) = close(writer) {
+                    failure = Some(error);
+                    return Ok(ControlFlow::Break(()));
+                }
+                outputs.push(output);
+            }
+            if file.is_none() {
+                let name = format!(
+                    "{resource_type}-{}.ndjson",
+                    outputs.iter().filter(|o: &&Output| o.resource_type == resource_type.as_str()).count() + 1
+                );
+                match std::fs::File::create(dir.join(&name)) {
+                    Ok(created) => {
+                        let output = Output { resource_type: resource_type.as_str().to_owned(), file: name, count: 0 };
+                        file = Some((std::io::BufWriter::with_capacity(256 * 1024, created), output));
+                    }
+                    Err(error) => {
+                        failure = Some(format!("cannot create an export file: {error}"));
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+            }
+            let (writer, output) = file.as_mut().expect("opened above");
+            if let Err(error) = writer.write_all(&body).and_then(|()| writer.write_all(b"\n")) {
+                failure = Some(format!("cannot write an export file: {error}"));
+                return Ok(ControlFlow::Break(()));
+            }
+            output.count += 1;
+            job.exported.fetch_add(1, Ordering::Relaxed);
+            Ok(ControlFlow::Continue(()))
+        });
+        if let Some((writer, output)) = file {
+            close(writer)?;
+            outputs.push(output);
+        }
+        scanned.map_err(|error| format!("{resource_type}: {error}"))?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if job.cancelled.load(Ordering::Relaxed) {
+            return Err("cancelled".into());
+        }
+    }
+    Ok(outputs)
+}
+
+fn close(writer: std::io::BufWriter<std::fs::File>) -> Result<(), String> {
+    let file = writer.into_inner().map_err(|error| format!("cannot write an export file: {error}"))?;
+    file.sync_all().map_err(|error| format!("cannot write an export file: {error}"))
+}
+
+/// Whether version `version` of `id` belongs to the export's level: every resource for a
+/// system export; for a Patient export the Patients and what is in a patient's compartment;
+/// for a Group export the members and what is in their compartments.
+fn within_level(
+    level: &Level,
+    view: &dyn IndexView,
+    resource_type: ResourceType,
+    id: &str,
+    version: u64,
+) -> Result<bool, FhirError> {
+    let is_patient = resource_type.as_str() == "Patient";
+    match level {
+        Level::System => Ok(true),
+        Level::Patient if is_patient => Ok(true),
+        Level::Patient => Ok(!view.probe(resource_type, id, version, COMPARTMENT_KEY)?.is_empty()),
+        Level::Group { members, .. } if is_patient => Ok(members.contains(&format!("Patient/{id}"))),
+        Level::Group { members, .. } => Ok(view
+            .probe(resource_type, id, version, COMPARTMENT_KEY)?
+            .iter()
+            .any(|patient| std::str::from_utf8(patient).is_ok_and(|patient| members.contains(patient)))),
+    }
+}

@@ -1,0 +1,304 @@
+//! Bulk Data `$export` (see [`crate::bulk`]): the kick-off at the system (`GET /fhir/$export`),
+//! Patient (`GET /fhir/Patient/$export`) and Group (`GET /fhir/Group/{id}/$export`) levels,
+//! polling (`GET /fhir/$export-status/{job}`), cancelling (`DELETE` of the same URL) and the
+//! files (`GET /fhir/$export-file/{job}/{file}`), each only for the client that kicked it off.
+
+use std::collections::HashSet;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LOCATION, CONTENT_TYPE, HeaderValue};
+use serde_json::{Value, json};
+
+use super::{Ctx, request};
+use crate::auth::Access;
+use crate::auth::restrict::Restriction;
+use crate::auth::scope::Interaction as Permission;
+use crate::bulk::{JobStatus, Kickoff, Level, Poll};
+use crate::fhir::json::parse_instant;
+use crate::fhir::reference::{self, Target};
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::search::compartment::patient_compartment;
+
+/// The NDJSON media type of the files.
+pub const NDJSON: &str = "application/fhir+ndjson";
+
+/// Most members a Group export follows.
+pub const MAX_GROUP_MEMBERS: usize = 100_000;
+
+/// How long a client should wait between polls, in seconds.
+const RETRY_AFTER_SECS: &str = "2";
+
+fn incorrect(message: impl Into<String>) -> FhirError {
+    FhirError::incorrect(IssueCode::Invalid, message)
+}
+
+/// `GET /fhir/$export`.
+pub async fn system(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    kickoff(ctx, Level::System).await
+}
+
+/// `GET /fhir/{type}/$export`: Patient only.
+pub async fn patient(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    if ctx.param(0) != "Patient" {
+        return Err(FhirError::not_found(format!("$export is defined on Patient and Group, not {}", ctx.param(0))));
+    }
+    kickoff(ctx, Level::Patient).await
+}
+
+/// `GET /fhir/{type}/{id}/$export`: Group only.
+pub async fn group(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    if ctx.param(0) != "Group" {
+        return Err(FhirError::not_found(format!("instance $export is defined on Group, not {}", ctx.param(0))));
+    }
+    let id = request::id(ctx.param(1))?;
+    let base = request::base_url(&ctx.http, &ctx.state);
+    let members = group_members(&ctx, id.as_str(), &base)?;
+    kickoff(ctx, Level::Group { id: id.as_str().to_owned(), members }).await
+}
+
+/// The `Patient/<id>` members of the Group `id`, which the caller must be able to read.
+fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, FhirError> {
+    let group_type = ResourceType::parse("Group").expect("an R4 type");
+    let snapshot = ctx.state.store.snapshot()?;
+    let missing = || FhirError::not_found(format!("Group/{id} does not exist"));
+    let stored = snapshot.current(group_type, id)?.filter(|stored| !stored.is_deleted()).ok_or_else(missing)?;
+    if ctx.access.is_restricted() && !super::read::admits_stored(&snapshot, &ctx.access, group_type, id, &stored, base)?
+    {
+        return Err(missing());
+    }
+    let group: Value = serde_json::from_slice(&stored.body).map_err(|_| FhirError::fault("group"))?;
+    let mut members = HashSet::new();
+    for member in group["member"].as_array().into_iter().flatten() {
+        let Some(text) = member["entity"]["reference"].as_str() else { continue };
+        let relative = text.strip_prefix(base).map(|rest| rest.trim_start_matches('/')).unwrap_or(text);
+        if let Target::Local { resource_type, id, .. } = reference::parse(relative) {
+            if resource_type.as_str() == "Patient" {
+                members.insert(format!("Patient/{id}"));
+            }
+        }
+        if members.len() > MAX_GROUP_MEMBERS {
+            return Err(FhirError::new(
+                Category::Incorrect,
+                IssueCode::TooCostly,
+                format!("Group/{id} has more than {MAX_GROUP_MEMBERS} member patients"),
+            ));
+        }
+    }
+    Ok(members)
+}
+
+async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
+    let Ctx { http, state, access, .. } = ctx;
+    let prefer: Vec<String> = http
+        .headers()
+        .get_all("prefer")
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(',').map(|part| part.trim().to_ascii_lowercase()))
+        .collect();
+    if !prefer.iter().any(|part| part == "respond-async") {
+        return Err(incorrect("a Bulk Data export runs asynchronously: send the header Prefer: respond-async"));
+    }
+    let lenient = prefer.iter().any(|part| part == "handling=lenient");
+    let base = request::base_url(&http, &state);
+    let mut since_micros = None;
+    let mut asked_types: Option<Vec<ResourceType>> = None;
+    for (name, value) in request::query_pairs(&http) {
+        match name.as_str() {
+            "_outputFormat" => {
+                if !matches!(value.as_str(), NDJSON | "application/ndjson" | "ndjson") {
+                    return Err(incorrect(format!(
+                        "_outputFormat '{value}' is not offered; Braid writes {NDJSON} (also ndjson, application/ndjson)"
+                    )));
+                }
+            }
+            "_since" => {
+                since_micros = Some(parse_instant(&value).ok_or_else(|| {
+                    incorrect(format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"))
+                })?);
+            }
+            "_type" => {
+                let list = asked_types.get_or_insert_with(Vec::new);
+                for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+                    let resource_type = ResourceType::parse(name)
+                        .ok_or_else(|| incorrect(format!("_type names '{name}', which is not an R4 resource type")))?;
+                    if !list.contains(&resource_type) {
+                        list.push(resource_type);
+                    }
+                }
+            }
+            "_format" | "_pretty" => {}
+            other if lenient => tracing::debug!(parameter = other, "an export parameter ignored (handling=lenient)"),
+            other => {
+                return Err(FhirError::new(
+                    Category::Incorrect,
+                    IssueCode::NotSupported,
+                    format!(
+                        "the export parameter '{other}' is not supported (supported: _outputFormat, _since, _type); \
+                         send Prefer: handling=lenient to have unsupported parameters ignored"
+                    ),
+                ));
+            }
+        }
+    }
+    let types = export_types(&level, asked_types, &access, &base)?;
+    let request_url = format!("{}{}", base.trim_end_matches("/fhir"), http.uri());
+    let kickoff = Kickoff { level, types, since_micros, request: request_url, base: base.clone(), access };
+    let id = state.exports.start(kickoff).await?;
+    let mut response = HttpResponse::build(StatusCode::ACCEPTED).finish();
+    if let Ok(location) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
+        response.headers_mut().insert(CONTENT_LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The types an export writes: those asked for (every type by default; for the Patient and
+/// Group levels, those of the Patient compartment), each one the caller may read. A type asked
+/// for by name that the caller may not read is refused; unasked ones are left out.
+fn export_types(
+    level: &Level,
+    asked: Option<Vec<ResourceType>>,
+    access: &Access,
+    base: &str,
+) -> Result<Vec<ResourceType>, FhirError> {
+    let in_compartment = |resource_type: &ResourceType| {
+        resource_type.as_str() == "Patient" || !patient_compartment().params(*resource_type).is_empty()
+    };
+    let patients_only = !matches!(level, Level::System);
+    let named = asked.is_some();
+    let candidates: Vec<ResourceType> = match asked {
+        Some(types) => types,
+        None => ResourceType::all().filter(|t| !patients_only || in_compartment(t)).collect(),
+    };
+    let mut types = Vec::new();
+    for resource_type in candidates {
+        if patients_only && !in_compartment(&resource_type) {
+            if named {
+                return Err(incorrect(format!(
+                    "{resource_type} is not in the Patient compartment: export it at the system level"
+                )));
+            }
+            continue;
+        }
+        match access.restriction(resource_type, Permission::Read, base)? {
+            Restriction::Allow(_) => types.push(resource_type),
+            Restriction::Deny if named => {
+                return Err(FhirError::new(
+                    Category::Forbidden,
+                    IssueCode::Forbidden,
+                    format!("the access token's scopes do not allow reading {resource_type}"),
+                ));
+            }
+            Restriction::Deny => {}
+        }
+    }
+    if types.is_empty() {
+        return Err(FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            "the access token's scopes allow reading none of the types to export",
+        ));
+    }
+    Ok(types)
+}
+
+/// The client a request is made by: its token's client, or `None` with authorization off.
+fn client_of(access: &Access) -> Option<&str> {
+    match access {
+        Access::Token(grant) => Some(grant.client_id.as_str()),
+        Access::Unrestricted => None,
+    }
+}
+
+fn unknown_job(id: &str) -> FhirError {
+    FhirError::not_found(format!("there is no export {id} of this client (it may have expired or been cancelled)"))
+}
+
+/// `GET /fhir/$export-status/{job}`: 202 with `X-Progress` and `Retry-After` while it runs,
+/// the manifest once complete, a 500 OperationOutcome if it failed.
+pub async fn status(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let id = ctx.param(0).to_owned();
+    let base = request::base_url(&ctx.http, &ctx.state);
+    let requires_token = ctx.state.auth.is_some();
+    match ctx.state.exports.poll(&id, client_of(&ctx.access)).ok_or_else(|| unknown_job(&id))? {
+        Poll::Running(progress) => {
+            let mut response = HttpResponse::build(StatusCode::ACCEPTED).finish();
+            let headers = response.headers_mut();
+            headers.insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            if let Ok(progress) = HeaderValue::from_str(&progress) {
+                headers.insert(actix_web::http::header::HeaderName::from_static("x-progress"), progress);
+            }
+            Ok(response)
+        }
+        Poll::Done(record) => match record.status {
+            JobStatus::Complete => {
+                let output: Vec<Value> = record
+                    .output
+                    .iter()
+                    .map(|output| {
+                        json!({
+                            "type": output.resource_type,
+                            "url": format!("{base}/$export-file/{}/{}", record.id, output.file),
+                            "count": output.count,
+                        })
+                    })
+                    .collect();
+                let manifest = json!({
+                    "transactionTime": record.transaction_time,
+                    "request": record.request,
+                    "requiresAccessToken": requires_token,
+                    "output": output,
+                    "error": [],
+                });
+                let mut response = HttpResponse::Ok().json(manifest);
+                if let Some(expires) = record.expires {
+                    let text = crate::fhir::json::format_http_date(expires as i64 * 1_000_000);
+                    if let Ok(value) = HeaderValue::from_str(&text) {
+                        response.headers_mut().insert(actix_web::http::header::EXPIRES, value);
+                    }
+                }
+                Ok(response)
+            }
+            JobStatus::Failed { reason } => {
+                Err(FhirError::new(Category::Fault, IssueCode::Exception, format!("the export failed: {reason}")))
+            }
+            JobStatus::Running => unreachable!("a running job is polled as Running"),
+        },
+    }
+}
+
+/// `DELETE /fhir/$export-status/{job}`: cancels the export and deletes its files (202).
+pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let id = ctx.param(0).to_owned();
+    if ctx.state.exports.cancel(&id, client_of(&ctx.access)).await? {
+        Ok(HttpResponse::build(StatusCode::ACCEPTED).finish())
+    } else {
+        Err(unknown_job(&id))
+    }
+}
+
+/// `GET /fhir/$export-file/{job}/{file}`: a file of a complete export, streamed from disk.
+pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    let (id, name) = (ctx.param(0).to_owned(), ctx.param(1).to_owned());
+    let path = ctx.state.exports.file(&id, client_of(&ctx.access), &name).ok_or_else(|| unknown_job(&id))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|error| {
+        tracing::error!(%error, "an export file is missing");
+        FhirError::fault("export file")
+    })?;
+    let length = file.metadata().await.map(|metadata| metadata.len()).map_err(|_| FhirError::fault("export file"))?;
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok::<_, std::io::Error>(actix_web::web::Bytes::from(buffer)), file))
+            }
+            Err(error) => Some((Err(error), file)),
+        }
+    });
+    let mut response = HttpResponse::Ok().body(actix_web::body::SizedStream::new(length, Box::pin(chunks)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
+}

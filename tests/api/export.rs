@@ -1,0 +1,248 @@
+//! Bulk Data `$export`: the asynchronous kick-off, polling, the manifest and its NDJSON files,
+//! `_since` and `_type`, the Patient and Group levels, what a limited token may export, files
+//! that only the requesting client reads, and cancelling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, spawn_app, spawn_auth_app};
+
+/// A GET with `Prefer: respond-async` (and a token, if given).
+async fn kick_off(app: &TestApp, path: &str, token: Option<&str>) -> Reply {
+    let mut request = app.client.get(app.url(path)).header("prefer", "respond-async");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    app.send(request).await
+}
+
+async fn get(app: &TestApp, url: &str, token: Option<&str>) -> Reply {
+    let mut request = app.client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    app.send(request).await
+}
+
+/// Polls the status URL until the export completes; returns the manifest.
+async fn manifest(app: &TestApp, status_url: &str, token: Option<&str>) -> Value {
+    for _ in 0..200 {
+        let reply = get(app, status_url, token).await;
+        match reply.status {
+            202 => {
+                assert_eq!(reply.header("retry-after"), Some("2"));
+                assert!(reply.header("x-progress").is_some_and(|p| p.contains("resources exported")));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            200 => return reply.body,
+            other => panic!("status {other}: {}", reply.text),
+        }
+    }
+    panic!("the export did not complete in time");
+}
+
+/// Kicks off `path`, waits for it and returns `(type, id) -> resource` for every line of every
+/// file, asserting that no resource appears twice.
+async fn export(app: &TestApp, path: &str, token: Option<&str>) -> BTreeMap<(String, String), Value> {
+    let reply = kick_off(app, path, token).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let status_url = reply.header("content-location").expect("a status URL").to_owned();
+    let manifest = manifest(app, &status_url, token).await;
+    assert_eq!(manifest["requiresAccessToken"], token.is_some());
+    assert!(manifest["request"].as_str().unwrap().ends_with(path), "{manifest}");
+    assert!(manifest["transactionTime"].as_str().is_some());
+    let mut exported = BTreeMap::new();
+    for output in manifest["output"].as_array().unwrap() {
+        let file = get(app, output["url"].as_str().unwrap(), token).await;
+        assert_eq!(file.status, 200);
+        assert_eq!(file.header("content-type"), Some("application/fhir+ndjson"));
+        let lines: Vec<&str> = file.text.lines().collect();
+        assert_eq!(lines.len() as u64, output["count"].as_u64().unwrap());
+        for line in lines {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(resource["resourceType"], output["type"]);
+            let key =
+                (resource["resourceType"].as_str().unwrap().to_owned(), resource["id"].as_str().unwrap().to_owned());
+            assert!(exported.insert(key.clone(), resource).is_none(), "{key:?} exported twice");
+        }
+    }
+    exported
+}
+
+/// Every live `(type, id)` of `types`, by search.
+async fn searched(app: &TestApp, types: &[&str], token: Option<&str>) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for type_name in types {
+        let reply = get(app, &app.url(&format!("/{type_name}?_count=1000&_elements=id")), token).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        for entry in reply.body["entry"].as_array().into_iter().flatten() {
+            found.insert((type_name.to_string(), entry["resource"]["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    found
+}
+
+fn observation(id: &str, patient: &str, code: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+           "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+async fn put(app: &TestApp, resource: &Value, token: Option<&str>) {
+    let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+    let mut request =
+        app.client.put(app.url(&path)).header("content-type", "application/fhir+json").body(resource.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let reply = app.send(request).await;
+    assert!(reply.status == 200 || reply.status == 201, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel() {
+    let app = spawn_app().await;
+    for n in 0..30 {
+        put(
+            &app,
+            &json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}]}),
+            None,
+        )
+        .await;
+        put(&app, &observation(&format!("o{n}"), &format!("p{n}"), "8867-4"), None).await;
+    }
+    put(&app, &json!({"resourceType": "Organization", "id": "org", "name": "Org"}), None).await;
+    // A deleted resource is not exported; an updated one is, as its current version.
+    assert_eq!(app.delete("/Observation/o3").await.status, 204);
+    put(&app, &json!({"resourceType": "Patient", "id": "p4", "name": [{"family": "Renamed"}]}), None).await;
+
+    let exported = export(&app, "/$export", None).await;
+    let ids: BTreeSet<(String, String)> = exported.keys().cloned().collect();
+    assert_eq!(ids, searched(&app, &["Patient", "Observation", "Organization"], None).await);
+    assert_eq!(ids.len(), 30 + 29 + 1);
+    assert_eq!(exported[&("Patient".into(), "p4".into())]["name"][0]["family"], "Renamed");
+    assert_eq!(exported[&("Patient".into(), "p4".into())]["meta"]["versionId"], "2");
+
+    // _type, and _since: only what changed after the instant.
+    let only = export(&app, "/$export?_type=Organization,Patient", None).await;
+    assert_eq!(only.keys().filter(|(t, _)| t == "Patient").count(), 30);
+    assert!(only.keys().all(|(t, _)| t == "Patient" || t == "Organization"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let since = braid::fhir::json::format_instant(now);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    put(&app, &json!({"resourceType": "Patient", "id": "p5", "name": [{"family": "Later"}]}), None).await;
+    let later = export(&app, &format!("/$export?_since={}", since.replace('+', "%2B")), None).await;
+    assert_eq!(later.keys().cloned().collect::<Vec<_>>(), [("Patient".to_owned(), "p5".to_owned())]);
+    let patient_level = export(&app, "/Patient/$export", None).await;
+    assert!(patient_level.keys().all(|(t, _)| t != "Organization"), "the Patient level leaves shared data out");
+    assert_eq!(patient_level.len(), 30 + 29);
+
+    // Refusals, each with its reason and nothing started.
+    let reply = app.send(app.client.get(app.url("/$export"))).await;
+    reply.assert_outcome(400);
+    assert!(reply.text.contains("respond-async"), "{}", reply.text);
+    for (path, status, words) in [
+        ("/$export?_outputFormat=text/csv", 400, "_outputFormat"),
+        ("/$export?_since=yesterday", 400, "_since"),
+        ("/$export?_type=Nope", 400, "Nope"),
+        ("/$export?_elements=id", 400, "_elements"),
+        ("/Patient/$export?_type=Organization", 400, "Patient compartment"),
+        ("/Observation/$export", 404, "Patient and Group"),
+        ("/Group/none/$export", 404, "Group/none"),
+    ] {
+        let reply = kick_off(&app, path, None).await;
+        reply.assert_outcome(status);
+        assert!(reply.text.contains(words), "{path}: {}", reply.text);
+    }
+    let lenient = app
+        .send(app.client.get(app.url("/$export?_elements=id")).header("prefer", "respond-async, handling=lenient"))
+        .await;
+    assert_eq!(lenient.status, 202, "{}", lenient.text);
+
+    // Cancel: the job and its files are gone.
+    let status_url = lenient.header("content-location").unwrap().to_owned();
+    let done = manifest(&app, &status_url, None).await;
+    let file_url = done["output"][0]["url"].as_str().unwrap().to_owned();
+    let cancelled = app.send(app.client.delete(&status_url)).await;
+    assert_eq!(cancelled.status, 202);
+    get(&app, &status_url, None).await.assert_outcome(404);
+    get(&app, &file_url, None).await.assert_outcome(404);
+    app.send(app.client.delete(&status_url)).await.assert_outcome(404);
+    // The jobs kept are bounded: beyond them a kick-off is refused until some are collected.
+    let mut refused = None;
+    for _ in 0..=braid::bulk::MAX_JOBS {
+        let reply = kick_off(&app, "/$export?_type=Organization", None).await;
+        if reply.status != 202 {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.expect("a kick-off beyond the bound is refused");
+    refused.assert_outcome(429);
+    assert!(refused.text.contains("throttled"), "{}", refused.text);
+    let metadata = app.get("/metadata").await.body;
+    assert_eq!(metadata["rest"][0]["operation"][0]["name"], "export");
+}
+
+#[tokio::test]
+async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_clients_only() {
+    let server = spawn_auth_app().await;
+    let app = &server.app;
+    let everything = server.token("operator", "system/*.cruds", None);
+    for patient in ["p1", "p2"] {
+        put(app, &json!({"resourceType": "Patient", "id": patient}), Some(&everything)).await;
+        for n in 0..3 {
+            let code = if n == 0 { "8867-4" } else { "2708-6" };
+            put(app, &observation(&format!("{patient}-o{n}"), patient, code), Some(&everything)).await;
+        }
+    }
+    put(
+        app,
+        &json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/p2"}}]}),
+        Some(&everything),
+    )
+    .await;
+
+    // A patient's token: its own compartment, nothing of the other patient.
+    let p1 = server.token("app", "patient/*.rs", Some("p1"));
+    let mine = export(app, "/Patient/$export", Some(&p1)).await;
+    let keys: Vec<(String, String)> = mine.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [("Observation", "p1-o0"), ("Observation", "p1-o1"), ("Observation", "p1-o2"), ("Patient", "p1")]
+            .map(|(t, id)| (t.to_owned(), id.to_owned()))
+    );
+    let system_level = export(app, "/$export", Some(&p1)).await;
+    assert!(system_level.keys().all(|(_, id)| id.starts_with("p1")), "{:?}", system_level.keys());
+
+    // A granular scope: only what its filter selects.
+    let heart_rates = server.token("lab", "system/Observation.rs?code=http://loinc.org|8867-4", None);
+    let filtered = export(app, "/$export?_type=Observation", Some(&heart_rates)).await;
+    assert_eq!(filtered.keys().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["p1-o0", "p2-o0"]);
+    kick_off(app, "/$export?_type=Patient", Some(&heart_rates)).await.assert_outcome(403);
+
+    // A Group: its members' compartments.
+    let group = export(app, "/Group/g/$export", Some(&everything)).await;
+    // The Group itself is in its member's compartment (Group.member).
+    assert_eq!(group.len(), 5, "{:?}", group.keys());
+    assert!(group.keys().all(|(_, id)| id.starts_with("p2") || id == "g"), "{:?}", group.keys());
+    kick_off(app, "/Group/g/$export", Some(&p1)).await.assert_outcome(404);
+
+    // The status and the files are the requesting client's only.
+    let reply = kick_off(app, "/$export", Some(&everything)).await;
+    let status_url = reply.header("content-location").unwrap().to_owned();
+    let done = manifest(app, &status_url, Some(&everything)).await;
+    let file_url = done["output"][0]["url"].as_str().unwrap().to_owned();
+    let same_client = server.token("operator", "system/Patient.rs", None);
+    assert_eq!(get(app, &file_url, Some(&same_client)).await.status, 200);
+    let another = server.token("someone-else", "system/*.rs", None);
+    get(app, &file_url, Some(&another)).await.assert_outcome(404);
+    get(app, &status_url, Some(&another)).await.assert_outcome(404);
+    app.send(app.client.delete(&status_url).bearer_auth(&another)).await.assert_outcome(404);
+    get(app, &file_url, None).await.assert_outcome(401);
+    kick_off(app, "/$export", None).await.assert_outcome(401);
+}
