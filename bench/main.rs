@@ -1038,6 +1038,7 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let source = braid::sources::NewSource {
                     name: "clinic".into(),
                     credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
+                    pull: None,
                     types: Vec::new(),
                     lenient: false,
                     extra_scope: None,

@@ -57,25 +57,43 @@ enum Command {
 enum SourceCommand {
     /// Add a push source: an upstream that writes as a backend client (private_key_jwt with
     /// the given keys). Prints JSON with the source's name and its client_id.
-    Add(SourceAddArgs),
+    Add(Box<SourceAddArgs>),
     /// Print every source as JSON lines.
     List(CompactArgs),
     /// Print a source's state and figures.
     Show(SourceShowArgs),
     /// Remove a source and its client (the records it wrote stay).
     Remove(SourceNameArgs),
+    /// Run one pull of a pull source now; prints the run as JSON.
+    Sync(SourceNameArgs),
 }
 
 #[derive(clap::Args)]
 struct SourceAddArgs {
     /// 1 to 16 lowercase letters and digits; its records' ids start with it.
     name: String,
-    /// The source's public keys (a JWKS JSON file) for private_key_jwt (RS384 or ES384).
-    #[arg(long, required_unless_present = "jwks_url", conflicts_with = "jwks_url")]
+    /// A push source's public keys (a JWKS JSON file) for private_key_jwt (RS384 or ES384).
+    #[arg(long, required_unless_present_any = ["jwks_url", "pull"], conflicts_with_all = ["jwks_url", "pull"])]
     jwks: Option<PathBuf>,
-    /// Where Braid fetches the source's public keys.
-    #[arg(long)]
+    /// Where Braid fetches a push source's public keys.
+    #[arg(long, conflicts_with = "pull")]
     jwks_url: Option<String>,
+    /// A pull source: the upstream's FHIR base URL, which Braid reads as a backend service.
+    #[arg(long, requires_all = ["client_id", "key"])]
+    pull: Option<String>,
+    /// Braid's client id at the upstream (pull sources).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The private key (PEM, RSA for RS384 or P-384 EC for ES384) Braid signs its assertions to
+    /// the upstream with; the public key to register there is printed.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The key's id at the upstream (default: its RFC 7638 thumbprint).
+    #[arg(long, requires = "pull")]
+    key_id: Option<String>,
+    /// How often to pull, e.g. 15m, 1h, 1d (default: only when `braid source sync` asks).
+    #[arg(long, requires = "pull")]
+    every: Option<String>,
     /// The resource types the source may write, comma-separated (default: every type).
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
@@ -523,16 +541,29 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
     let mut human = false;
     let (data, request) = match command {
         SourceCommand::Add(args) => {
-            let credential = match (&args.jwks, args.jwks_url) {
-                (Some(path), _) => NewCredential::Jwks(
-                    std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?,
-                ),
-                (None, Some(url)) => NewCredential::JwksUrl(url),
-                (None, None) => return Err("give --jwks FILE or --jwks-url URL".into()),
+            let args = *args;
+            let read =
+                |path: &PathBuf| std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()));
+            let (credential, pull) = match (&args.jwks, args.jwks_url, args.pull) {
+                (Some(path), _, _) => (NewCredential::Jwks(read(path)?), None),
+                (None, Some(url), _) => (NewCredential::JwksUrl(url), None),
+                (None, None, Some(base)) => {
+                    let key = args.key.as_ref().ok_or("--pull needs --key")?;
+                    let pull = braid::sources::NewPull {
+                        base,
+                        client_id: args.client_id.clone().ok_or("--pull needs --client-id")?,
+                        key_pem: read(key)?,
+                        kid: args.key_id,
+                        every: args.every,
+                    };
+                    (NewCredential::None, Some(pull))
+                }
+                (None, None, None) => return Err("give --jwks FILE, --jwks-url URL or --pull BASE_URL".into()),
             };
             let source = braid::sources::NewSource {
                 name: args.name,
                 credential,
+                pull,
                 types: args.types.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
                 lenient: args.lenient,
                 extra_scope: args.scope,
@@ -545,6 +576,7 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
             (args.data, AdminRequest::ShowSource { name: args.name })
         }
         SourceCommand::Remove(args) => (args.data, AdminRequest::RemoveSource { name: args.name }),
+        SourceCommand::Sync(args) => (args.data, AdminRequest::SyncSource { name: args.name }),
     };
     let lines = matches!(request, AdminRequest::ListSources);
     match admin_command(&data.unwrap_or(settings.data), request).await? {

@@ -114,6 +114,7 @@ impl Application {
                 .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?,
         );
         start_source_flusher(Arc::downgrade(&sources));
+        start_pullers(&sources);
         let socket = crate::auth::admin::socket_path(&settings.data);
         let admin = match http::admin::serve(&socket, store.clone(), auth.clone(), sources.clone()) {
             Ok(server) => Some((server, socket)),
@@ -252,6 +253,43 @@ fn start_export_sweeper(exports: std::sync::Weak<crate::bulk::Exports>) {
         }
     });
 }
+
+/// Resumes the pulls a stop interrupted, and runs the scheduled ones (each on its own task,
+/// until the server is gone).
+fn start_pullers(sources: &Arc<crate::sources::Registry>) {
+    for name in sources.interrupted_pulls() {
+        let weak = Arc::downgrade(sources);
+        tokio::spawn(async move {
+            let Some(sources) = weak.upgrade() else { return };
+            tracing::info!(source = name, "resuming an interrupted pull");
+            if let Err(error) = sources.sync(&name).await {
+                tracing::warn!(source = name, %error, "the resumed pull failed");
+            }
+        });
+    }
+    // The schedule is looked at every few seconds, so a source added or removed while Braid
+    // runs is followed at once; a pull that is due starts on its own task.
+    let weak = Arc::downgrade(sources);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);
+        loop {
+            interval.tick().await;
+            let Some(sources) = weak.upgrade() else { break };
+            for name in sources.due_pulls(crate::auth::now_secs()) {
+                let weak = Arc::downgrade(&sources);
+                tokio::spawn(async move {
+                    let Some(sources) = weak.upgrade() else { return };
+                    if let Err(error) = sources.sync(&name).await {
+                        tracing::warn!(source = name, %error, "a scheduled pull failed");
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// How often the pull schedule is looked at.
+const SCHEDULE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How often the sources' counters are added to their stored records.
 const SOURCE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);

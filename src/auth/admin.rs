@@ -66,6 +66,10 @@ pub enum AdminRequest {
     RemoveSource {
         name: String,
     },
+    /// One pull of a pull source, now.
+    SyncSource {
+        name: String,
+    },
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -111,6 +115,10 @@ pub async fn execute(
             Some(record) => Ok(crate::sources::describe(&record)),
             None => Err(no_source(&name)),
         },
+        AdminRequest::SyncSource { name } => {
+            let run = sources.sync(&name).await?;
+            Ok(json!({"source": name, "run": run}))
+        }
         AdminRequest::RemoveSource { name } => {
             if sources.remove(&name).await? {
                 Ok(json!({"removed": name}))
@@ -188,7 +196,11 @@ pub enum Sent {
 /// Sends `request` to the server listening at `socket`, as one HTTP/1.1 request.
 pub fn send(socket: &Path, request: &AdminRequest) -> Result<Sent, String> {
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return Ok(Sent::NoServer) };
-    let timeout = Some(Duration::from_secs(60));
+    // A pull runs as long as the upstream takes; every other command is quick.
+    let timeout = match request {
+        AdminRequest::SyncSource { .. } => None,
+        _ => Some(Duration::from_secs(60)),
+    };
     stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     let head = format!(

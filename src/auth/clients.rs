@@ -274,7 +274,7 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), FhirError> {
     check_https_or_loopback(uri)
 }
 
-fn check_https_or_loopback(uri: &str) -> Result<(), FhirError> {
+pub fn check_https_or_loopback(uri: &str) -> Result<(), FhirError> {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Err(bad(format!("{uri} is not an absolute URL")));
     };

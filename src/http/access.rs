@@ -9,9 +9,8 @@ use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::engine;
-use crate::search::query::{Clause, parse_clause};
+use crate::search::query::Clause;
 use crate::search::{SearchIndexer, parse_criteria_within};
-use crate::sources::namespace::source_uri;
 use crate::store::{Change, Criteria, LATEST, WriteGuard};
 
 fn forbidden(message: String) -> FhirError {
@@ -40,7 +39,7 @@ pub fn permitted(
 pub fn criteria(access: &Access, resource_type: ResourceType, query: &str, base: &str) -> Result<Criteria, FhirError> {
     match access.restriction(resource_type, Permission::Search, base)? {
         Restriction::Allow(mut limits) => {
-            limits.extend(source_clause(access, resource_type, base)?);
+            limits.extend(source_clause(access, resource_type)?);
             parse_criteria_within(resource_type, query, limits)
         }
         Restriction::Deny => Err(forbidden(format!(
@@ -67,13 +66,10 @@ pub fn check_body(
 
 /// The clause a source's token's writes are limited by: the resource's `meta.source` names
 /// the source. `None` for every other caller.
-fn source_clause(access: &Access, resource_type: ResourceType, base: &str) -> Result<Option<Clause>, FhirError> {
+fn source_clause(access: &Access, resource_type: ResourceType) -> Result<Option<Clause>, FhirError> {
     let Access::Token(grant) = access else { return Ok(None) };
     let Some(name) = &grant.source else { return Ok(None) };
-    match parse_clause(resource_type, "_source", &source_uri(name), base)? {
-        Some(clause) => Ok(Some(clause)),
-        None => Err(FhirError::fault("_source is not searchable")),
-    }
+    crate::sources::ownership_clause(name, resource_type).map(Some)
 }
 
 /// The guard on the existing resources a request updates or deletes: a restricted token's
@@ -85,7 +81,7 @@ pub fn guard(access: &Access, base: &str) -> Option<WriteGuard> {
     }
     let (access, base) = (access.clone(), base.to_owned());
     Some(WriteGuard(std::sync::Arc::new(move |view, resource_type, id, version, change| {
-        if let Some(clause) = source_clause(&access, resource_type, &base)? {
+        if let Some(clause) = source_clause(&access, resource_type)? {
             if !engine::matches_clauses(
                 view,
                 resource_type,

@@ -14,6 +14,7 @@
 
 pub mod namespace;
 pub mod provenance;
+pub mod pull;
 pub mod quality;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,8 +28,10 @@ pub use namespace::{Namespace, SourceName};
 
 use crate::auth::clients::{self, GrantType, NewClient, NewCredential};
 use crate::auth::records::Records;
-use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
-use crate::store::{OutcomeKind, Store, StoreError};
+use crate::fhir::validation::validator;
+use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
+use crate::search::query::{Clause, parse_clause};
+use crate::store::{OpOutcome, OutcomeKind, Store, StoreError, WriteRequest};
 
 /// Sources, by name.
 const SOURCES: Records = Records::new(b"source/");
@@ -55,6 +58,9 @@ pub struct SourceRecord {
     pub counts: Counts,
     #[serde(default)]
     pub recent_rejections: VecDeque<Rejection>,
+    /// A pull source's progress: the next `_since`, the run in progress, the last runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<pull::PullState>,
 }
 
 /// How a source's records reach Braid.
@@ -63,6 +69,8 @@ pub struct SourceRecord {
 pub enum SourceKind {
     /// The source pushes as the backend client `client_id`.
     Push { client_id: String },
+    /// Braid pulls from the source's FHIR server.
+    Pull { pull: pull::PullConfig },
 }
 
 /// What a source has done since it was added.
@@ -100,8 +108,12 @@ pub struct Rejection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewSource {
     pub name: String,
-    /// The source's public keys: a JWKS document's text, or the URL it is served at.
+    /// A push source's public keys: a JWKS document's text, or the URL it is served at
+    /// (`NewCredential::None` for a pull source).
     pub credential: NewCredential,
+    /// How Braid pulls from a pull source.
+    #[serde(default)]
+    pub pull: Option<NewPull>,
     /// Resource type names; empty for every type.
     #[serde(default)]
     pub types: Vec<String>,
@@ -110,6 +122,23 @@ pub struct NewSource {
     /// Scopes granted beyond writing its own records (e.g. reading every Patient).
     #[serde(default)]
     pub extra_scope: Option<String>,
+}
+
+/// What the operator gives for a pull source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewPull {
+    /// The upstream's FHIR base.
+    pub base: String,
+    /// Braid's client id at the upstream.
+    pub client_id: String,
+    /// The private key (PEM) Braid signs its client assertions with.
+    pub key_pem: String,
+    /// The key's id at the upstream (default: its RFC 7638 thumbprint).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `--every`: `15m`, `1h`, ...
+    #[serde(default)]
+    pub every: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> FhirError {
@@ -129,6 +158,66 @@ pub fn source_scope(name: &SourceName, types: &[ResourceType], extra: Option<&st
     scopes.join(" ")
 }
 
+/// Validates `value`, a resource of `resource_type` about to be written, and for a source
+/// moves it into the source's namespace. A lenient source's resource that breaks only value
+/// rules is admitted with its issues kept inside it ([`quality`]); anything else invalid is
+/// refused as before.
+pub fn admit(source: Option<&ActiveSource>, resource_type: ResourceType, value: &mut Value) -> Result<(), FhirError> {
+    if let Err(error) = validator().validate_value(resource_type, value) {
+        match source {
+            Some(source) if source.lenient && quality::only_value_issues(&error) => {
+                let Value::Object(resource) = value else { return Err(error) };
+                quality::record_issues(resource, &error.issues).map_err(|_| error)?;
+                source.stored_with_issues();
+            }
+            _ => return Err(error),
+        }
+    }
+    if let Some(source) = source {
+        let Value::Object(resource) = value else {
+            return Err(FhirError::incorrect(IssueCode::Structure, "a resource must be a JSON object"));
+        };
+        source.namespace.apply(resource)?;
+    }
+    Ok(())
+}
+
+/// The stored id of the resource a request's URL names: in the source's namespace for a
+/// source, as written otherwise.
+pub fn stored_id(source: Option<&ActiveSource>, id: Id) -> Id {
+    match source {
+        Some(source) => source.namespace.id(&id),
+        None => id,
+    }
+}
+
+/// `request` as a source's write: ids the writer assigns are namespaced, creates keep their
+/// (namespaced) ids, and a request that changes something leaves a Provenance.
+pub fn namespaced(source: Option<&ActiveSource>, mut request: WriteRequest) -> WriteRequest {
+    if let Some(source) = source {
+        request.id_prefix = Some(source.namespace.generated_prefix());
+        request.record_changes = Some(provenance::recorder(source.name(), source.client_id.as_deref()));
+    }
+    request
+}
+
+/// Counts what a write did, for the source's figures.
+pub fn count(source: Option<&ActiveSource>, outcomes: &[OpOutcome]) {
+    if let Some(source) = source {
+        for outcome in outcomes {
+            source.wrote(outcome.kind);
+        }
+    }
+}
+
+/// The clause that limits a source's writes to its own records: their `meta.source` names it.
+pub fn ownership_clause(name: &str, resource_type: ResourceType) -> Result<Clause, FhirError> {
+    match parse_clause(resource_type, "_source", &namespace::source_uri(name), "")? {
+        Some(clause) => Ok(clause),
+        None => Err(FhirError::fault("_source is not searchable")),
+    }
+}
+
 /// A running server's sources, with their live counters.
 pub struct Registry {
     store: Store,
@@ -144,6 +233,8 @@ pub struct ActiveSource {
     pending: Mutex<Pending>,
     /// A request in flight changes counters without the lock; `pushes` is the busiest.
     pushes: AtomicU64,
+    /// Held by a pull while it runs: one run per source at a time.
+    pub(crate) run_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -155,15 +246,18 @@ struct Pending {
 impl ActiveSource {
     fn new(record: &SourceRecord) -> Result<ActiveSource, StoreError> {
         let name = SourceName::parse(&record.name).map_err(|_| StoreError::Corrupt(record.name.as_bytes().to_vec()))?;
-        let client_id = match &record.kind {
-            SourceKind::Push { client_id } => Some(client_id.clone()),
+        // A pulled source's absolute references to its own server are its own resources.
+        let (client_id, own_base) = match &record.kind {
+            SourceKind::Push { client_id } => (Some(client_id.clone()), None),
+            SourceKind::Pull { pull } => (None, Some(pull.base.as_str())),
         };
         Ok(ActiveSource {
-            namespace: Namespace::new(name, None),
+            namespace: Namespace::new(name, own_base),
             lenient: record.lenient,
             client_id,
             pending: Mutex::new(Pending::default()),
             pushes: AtomicU64::new(0),
+            run_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -297,6 +391,15 @@ impl Registry {
         Ok(Registry { store: store.clone(), active: RwLock::new(active) })
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The source `name` as stored.
+    pub(crate) fn record(&self, name: &str) -> Result<Option<SourceRecord>, StoreError> {
+        self.store.auth_read(|read| SOURCES.get::<SourceRecord>(read, name))
+    }
+
     /// The source `name`, if it is registered.
     pub fn get(&self, name: &str) -> Option<Arc<ActiveSource>> {
         self.active.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
@@ -314,11 +417,14 @@ impl Registry {
                 types.push(resource_type);
             }
         }
+        let now = crate::auth::now_secs();
+        if let Some(pull) = new.pull {
+            return self.add_pull(name, types, new.lenient, pull, now).await;
+        }
         if matches!(new.credential, NewCredential::None | NewCredential::Secret) {
             return Err(bad("a push source authenticates with private_key_jwt: give --jwks or --jwks-url"));
         }
         let scope = source_scope(&name, &types, new.extra_scope.as_deref());
-        let now = crate::auth::now_secs();
         let created = clients::build(
             NewClient {
                 name: format!("source {}", name.as_str()),
@@ -339,6 +445,7 @@ impl Registry {
             created: now,
             counts: Counts::default(),
             recent_rejections: VecDeque::new(),
+            pull: None,
         };
         let (stored_record, stored_client) = (record.clone(), client.clone());
         let added = self
@@ -353,16 +460,9 @@ impl Registry {
             })
             .await?;
         if !added {
-            return Err(FhirError::new(
-                Category::Conflict,
-                IssueCode::Duplicate,
-                format!("there is already a source named {}", name.as_str()),
-            ));
+            return Err(already(&name));
         }
-        self.active
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(record.name.clone(), Arc::new(ActiveSource::new(&record)?));
+        self.activate(&record)?;
         Ok(json!({
             "source": record.name,
             "kind": "push",
@@ -370,6 +470,77 @@ impl Registry {
             "scope": client.scope,
             "types": record.types,
             "lenient": record.lenient,
+        }))
+    }
+
+    fn activate(&self, record: &SourceRecord) -> Result<(), StoreError> {
+        self.active
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(record.name.clone(), Arc::new(ActiveSource::new(record)?));
+        Ok(())
+    }
+
+    /// Registers a pull source: its upstream, and the key Braid signs its assertions with
+    /// (printed back as the public JWK the upstream must register, with its `kid`).
+    async fn add_pull(
+        &self,
+        name: SourceName,
+        types: Vec<ResourceType>,
+        lenient: bool,
+        new: NewPull,
+        now: u64,
+    ) -> Result<Value, FhirError> {
+        let base = new.base.trim_end_matches('/').to_owned();
+        clients::check_https_or_loopback(&base)?;
+        if new.client_id.trim().is_empty() {
+            return Err(bad("--client-id is Braid's client id at the upstream; it cannot be empty"));
+        }
+        let (algorithm, kid, public) = pull::read_key(&new.key_pem, new.kid.as_deref())?;
+        let every_secs = new.every.as_deref().map(pull::parse_every).transpose()?;
+        let config = pull::PullConfig {
+            base: base.clone(),
+            client_id: new.client_id.trim().to_owned(),
+            key_pem: new.key_pem,
+            algorithm: if algorithm == jsonwebtoken::Algorithm::ES384 { "ES384" } else { "RS384" }.to_owned(),
+            kid: kid.clone(),
+            every_secs,
+        };
+        let record = SourceRecord {
+            name: name.as_str().to_owned(),
+            kind: SourceKind::Pull { pull: config },
+            types: types.iter().map(|t| t.as_str().to_owned()).collect(),
+            lenient,
+            created: now,
+            counts: Counts::default(),
+            recent_rejections: VecDeque::new(),
+            pull: Some(pull::PullState::default()),
+        };
+        let stored = record.clone();
+        let added = self
+            .store
+            .auth_write(move |txn| {
+                if SOURCES.get_in::<SourceRecord>(txn, &stored.name)?.is_some() {
+                    return Ok(false);
+                }
+                SOURCES.put_in(txn, &stored.name, &stored)?;
+                Ok(true)
+            })
+            .await?;
+        if !added {
+            return Err(already(&name));
+        }
+        self.activate(&record)?;
+        Ok(json!({
+            "source": record.name,
+            "kind": "pull",
+            "base": base,
+            "client_id": new.client_id.trim(),
+            "kid": kid,
+            "jwks": {"keys": [public]},
+            "types": record.types,
+            "every_secs": every_secs,
+            "lenient": lenient,
         }))
     }
 
@@ -383,6 +554,7 @@ impl Registry {
                 let Some(record) = SOURCES.get_in::<SourceRecord>(txn, &owned)? else { return Ok(false) };
                 match &record.kind {
                     SourceKind::Push { client_id } => clients::remove_in(txn, client_id),
+                    SourceKind::Pull { .. } => {}
                 }
                 SOURCES.remove_in(txn, &owned);
                 Ok(true)
@@ -472,8 +644,37 @@ pub fn describe(record: &SourceRecord) -> Value {
             described["kind"] = "push".into();
             described["client_id"] = client_id.clone().into();
         }
+        SourceKind::Pull { pull } => {
+            // Everything but the private key.
+            described["kind"] = "pull".into();
+            described["base"] = pull.base.clone().into();
+            described["client_id"] = pull.client_id.clone().into();
+            described["kid"] = pull.kid.clone().into();
+            described["algorithm"] = pull.algorithm.clone().into();
+            described["every_secs"] = pull.every_secs.into();
+            let state = record.pull.clone().unwrap_or_default();
+            described["since"] = state.since.into();
+            described["running"] = state.checkpoint.is_some().into();
+            if let Some(checkpoint) = state.checkpoint {
+                described["current_run"] = json!({"started": checkpoint.started, "counts": checkpoint.counts,
+                    "stage": checkpoint.stage, "resumed": checkpoint.resumed});
+                // The export's status URL is the upstream's; the manifest's file list is long.
+                if let Some(stage) = described["current_run"]["stage"].as_object_mut() {
+                    stage.remove("manifest");
+                }
+            }
+            described["runs"] = json!(state.runs);
+        }
     }
     described
+}
+
+fn already(name: &SourceName) -> FhirError {
+    FhirError::new(
+        Category::Conflict,
+        IssueCode::Duplicate,
+        format!("there is already a source named {}", name.as_str()),
+    )
 }
 
 /// A described source ([`describe`]) as a few lines for people.
@@ -499,6 +700,33 @@ pub fn summary(described: &Value) -> String {
             count("stored_with_issues"),
         ),
     ];
+    if described["kind"] == "pull" {
+        lines.insert(
+            1,
+            format!(
+                "  pulls from: {} (every {})",
+                text("base"),
+                match described["every_secs"].as_u64() {
+                    Some(seconds) => format!("{seconds} s"),
+                    None => "run by braid source sync".to_owned(),
+                }
+            ),
+        );
+        if let Some(run) = described["runs"].as_array().and_then(|runs| runs.last()) {
+            lines.push(format!(
+                "  last run: {} ({}), {} ms: received {}, created {}, updated {}, unchanged {}, rejected {}{}",
+                run["outcome"].as_str().unwrap_or(""),
+                run["mode"].as_str().unwrap_or(""),
+                run["duration_ms"],
+                run["counts"]["received"],
+                run["counts"]["created"],
+                run["counts"]["updated"],
+                run["counts"]["unchanged"],
+                run["counts"]["rejected"],
+                run["error"].as_str().map(|error| format!("; {error}")).unwrap_or_default(),
+            ));
+        }
+    }
     if let Some(rejections) = described["recent_rejections"].as_array().filter(|list| !list.is_empty()) {
         lines.push("  recent rejections (newest last):".to_owned());
         for rejection in rejections {

@@ -23,6 +23,7 @@ mod metadata;
 mod pages;
 mod power_loss;
 mod process;
+mod pull;
 mod search;
 mod smart;
 mod smart_launch;

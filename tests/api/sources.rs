@@ -34,6 +34,7 @@ async fn add_source(server: &AuthApp, name: &str, lenient: bool) -> Source {
     let new = braid::sources::NewSource {
         name: name.into(),
         credential: NewCredential::Jwks(jwks),
+        pull: None,
         types: Vec::new(),
         lenient,
         extra_scope: None,

@@ -1,0 +1,1005 @@
+//! Pull sources: Braid reads an upstream FHIR server with its own SMART Backend Services
+//! credentials and writes what it reads in the source's namespace.
+//!
+//! A run prefers the upstream's Bulk Data `$export` (kick-off, polling with `Retry-After`, the
+//! manifest, the NDJSON files; `_since` the previous complete run's `transactionTime`) and
+//! falls back to paged searches per type (`_lastUpdated=gt` the previous run's start) when the
+//! upstream offers no export. Resources are written in chunks, each one transaction with one
+//! Provenance, through the same path as a push ([`super::admit`]: the quality policy, the
+//! namespace); one that fails validation is recorded with its reason and the run goes on.
+//!
+//! A run is checkpointed in the source's record after every chunk: where it is (the export's
+//! status URL, manifest, file and line; or the type and the next page's URL). A run that a
+//! crash or a restart interrupted resumes there when the server starts. Writes are idempotent
+//! (the same upstream resource is the same stored id, and identical content writes no
+//! version), so the chunk in flight at a crash is written again without duplicating anything.
+//! Network errors, 429 and 503 are retried with backoff (honouring `Retry-After`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ActiveSource, Registry, SOURCES, SourceKind, SourceRecord};
+use crate::fhir::reference::{self, Target};
+use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
+use crate::store::{
+    Action, Criteria, OutcomeKind, Precondition, Target as WriteTarget, WriteGuard, WriteOp, WriteRequest,
+};
+
+/// Resources written per transaction.
+pub const CHUNK: usize = 500;
+
+/// Resources asked for per search page.
+pub const PAGE_SIZE: usize = 200;
+
+/// Most attempts of one upstream request (network errors, 429, 502, 503, 504).
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Longest wait between attempts, and longest `Retry-After` honoured.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Longest an export may take at the upstream before the run gives up.
+pub const MAX_EXPORT_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// Largest NDJSON line (one resource), search page or manifest read from an upstream.
+pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+
+/// Runs kept in a source's record, newest last.
+pub const MAX_RUNS: usize = 20;
+
+/// The types pulled when the operator names none.
+pub const DEFAULT_TYPES: &[&str] =
+    &["Patient", "Observation", "Appointment", "Encounter", "Condition", "Practitioner", "Organization"];
+
+/// How Braid reaches a pull source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullConfig {
+    /// The upstream's FHIR base, without a trailing slash.
+    pub base: String,
+    /// Braid's client id at the upstream.
+    pub client_id: String,
+    /// The private key Braid signs its assertions with (PEM), and its algorithm and key id.
+    pub key_pem: String,
+    pub algorithm: String,
+    pub kid: String,
+    /// Seconds between scheduled runs (none: only `braid source sync`).
+    pub every_secs: Option<u64>,
+}
+
+/// A pull source's progress between runs and within one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PullState {
+    /// `_since` of the next run: the last complete run's transaction time (FHIR instant).
+    pub since: Option<String>,
+    /// The run in progress, if one is.
+    pub checkpoint: Option<Checkpoint>,
+    pub runs: VecDeque<RunRecord>,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Seconds since the epoch.
+    pub started: u64,
+    /// The `_since` this run asks for.
+    pub since: Option<String>,
+    pub stage: Stage,
+    pub counts: RunCounts,
+    /// How often the run was resumed after an interruption.
+    pub resumed: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Stage {
+    /// Not yet kicked off.
+    Start,
+    /// An export at the upstream: its status URL, then its manifest's files, the file being
+    /// read and how many of its lines are written.
+    Bulk { status_url: String, manifest: Option<Manifest>, file: usize, line: u64 },
+    /// Paged searches: the type being read, the next page's URL (`None`: its first page), and
+    /// the run's start (the next run's `_since`).
+    Search { type_index: usize, next: Option<String>, started_at: String },
+}
+
+/// The parts of an upstream's export manifest a run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub transaction_time: String,
+    pub requires_token: bool,
+    /// `(type, url)` of each file.
+    pub files: Vec<(String, String)>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub received: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+}
+
+/// One finished run, as `braid source show` lists them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub started: u64,
+    pub finished: u64,
+    pub duration_ms: u64,
+    /// `bulk` or `search`.
+    pub mode: String,
+    pub counts: RunCounts,
+    /// `complete` or `failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub resumed: u32,
+    /// Up to 20 of the resources refused, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejections: Vec<String>,
+}
+
+fn bad(message: impl Into<String>) -> FhirError {
+    FhirError::incorrect(IssueCode::Value, message)
+}
+
+/// Reads a private key (PEM, PKCS#8 or the older RSA and EC forms) for RS384 or ES384, and the
+/// public JWK the upstream must register, with `kid` (the key's RFC 7638 thumbprint if none is
+/// given).
+pub fn read_key(pem: &str, kid: Option<&str>) -> Result<(Algorithm, String, Value), FhirError> {
+    let (algorithm, key) = match EncodingKey::from_ec_pem(pem.as_bytes()) {
+        Ok(key) => (Algorithm::ES384, key),
+        Err(_) => match EncodingKey::from_rsa_pem(pem.as_bytes()) {
+            Ok(key) => (Algorithm::RS384, key),
+            Err(_) => return Err(bad("--key must be a PEM private key: RSA (for RS384) or P-384 EC (for ES384)")),
+        },
+    };
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, algorithm)
+        .map_err(|_| bad("the key cannot sign RS384 or ES384 (an EC key must be on P-384)"))?;
+    let kid = match kid {
+        Some(kid) => kid.to_owned(),
+        None => jwk
+            .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+            .map_err(|_| bad("the key's thumbprint cannot be computed"))?,
+    };
+    jwk.common.key_id = Some(kid.clone());
+    // Signing once proves the key works before it is stored.
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.clone());
+    jsonwebtoken::encode(&header, &json!({"probe": true}), &key).map_err(|_| bad("the key cannot sign"))?;
+    let public = serde_json::to_value(&jwk).map_err(|_| FhirError::fault("jwk"))?;
+    Ok((algorithm, kid, public))
+}
+
+/// Parses `--every`: a number with `s`, `m`, `h` or `d` (`15m`, `1h`), at least a minute.
+pub fn parse_every(text: &str) -> Result<u64, FhirError> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| bad(format!("--every takes a duration such as 15m or 1h, not '{text}'")))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" | "" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        _ => return Err(bad(format!("--every takes a duration such as 15m or 1h, not '{text}'"))),
+    };
+    if seconds < 60 {
+        return Err(bad("--every must be at least a minute"));
+    }
+    Ok(seconds)
+}
+
+/// An upstream as one run talks to it: its token endpoint, the token, the retry policy.
+struct Upstream {
+    http: reqwest::Client,
+    config: PullConfig,
+    types: Vec<String>,
+    token_endpoint: Option<String>,
+    token: Option<(String, std::time::Instant)>,
+    /// The shortest wait between attempts (tests shorten it).
+    first_backoff: Duration,
+}
+
+/// Why an upstream request failed.
+enum Failure {
+    /// The upstream answered with this status (after retries, for the retried ones).
+    Status(u16, String),
+    /// No answer (after retries).
+    Network(String),
+    /// Something Braid does: storage, a malformed document.
+    Braid(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status(status, text) => write!(f, "the upstream answered {status}: {text}"),
+            Failure::Network(reason) => write!(f, "the upstream could not be reached: {reason}"),
+            Failure::Braid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<FhirError> for Failure {
+    fn from(error: FhirError) -> Self {
+        Failure::Braid(error.to_string())
+    }
+}
+
+impl Upstream {
+    fn new(config: PullConfig, types: Vec<String>, first_backoff: Duration) -> Result<Upstream, FhirError> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|_| FhirError::fault("upstream client"))?;
+        Ok(Upstream { http, config, types, token_endpoint: None, token: None, first_backoff })
+    }
+
+    /// An access token, asked for again a minute before the last one expires.
+    async fn token(&mut self) -> Result<String, Failure> {
+        if let Some((token, valid_until)) = &self.token {
+            if std::time::Instant::now() < *valid_until {
+                return Ok(token.clone());
+            }
+        }
+        let endpoint = match &self.token_endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let url = format!("{}/.well-known/smart-configuration", self.config.base);
+                let discovered = self.json(|http| http.get(&url)).await?;
+                let endpoint = discovered["token_endpoint"]
+                    .as_str()
+                    .ok_or_else(|| Failure::Braid("the upstream's smart-configuration names no token_endpoint".into()))?
+                    .to_owned();
+                self.token_endpoint = Some(endpoint.clone());
+                endpoint
+            }
+        };
+        let scope = self.types.iter().map(|t| format!("system/{t}.rs")).collect::<Vec<_>>().join(" ");
+        let algorithm = if self.config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
+        let key = match algorithm {
+            Algorithm::ES384 => EncodingKey::from_ec_pem(self.config.key_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(self.config.key_pem.as_bytes()),
+        }
+        .map_err(|_| Failure::Braid("the source's key cannot be read".into()))?;
+        let mut reply = Value::Null;
+        // Each attempt signs a fresh assertion: its jti may be used once only.
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut header = Header::new(algorithm);
+            header.kid = Some(self.config.kid.clone());
+            header.typ = Some("JWT".into());
+            let now = crate::auth::now_secs();
+            let claims = json!({"iss": self.config.client_id, "sub": self.config.client_id, "aud": endpoint,
+                "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
+            let assertion = jsonwebtoken::encode(&header, &claims, &key)
+                .map_err(|_| Failure::Braid("cannot sign the client assertion".into()))?;
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("scope", scope.as_str()),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", assertion.as_str()),
+            ];
+            match self.http.post(&endpoint).form(&form).send().await {
+                Ok(response) if response.status().is_success() => {
+                    reply = read_json(response).await?;
+                    break;
+                }
+                Ok(response) if retryable(response.status().as_u16()) && attempt + 1 < MAX_ATTEMPTS => {
+                    tokio::time::sleep(self.backoff(attempt, Some(&response))).await;
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+                }
+                Err(error) if attempt + 1 < MAX_ATTEMPTS => {
+                    tracing::debug!(%error, "token request failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt, None)).await;
+                }
+                Err(error) => return Err(Failure::Network(error.to_string())),
+            }
+        }
+        let token = reply["access_token"]
+            .as_str()
+            .ok_or_else(|| Failure::Braid("the upstream's token response has no access_token".into()))?
+            .to_owned();
+        let lifetime = reply["expires_in"].as_u64().unwrap_or(300).max(60);
+        let valid_until = std::time::Instant::now() + Duration::from_secs(lifetime - 30);
+        self.token = Some((token.clone(), valid_until));
+        Ok(token)
+    }
+
+    fn backoff(&self, attempt: u32, response: Option<&reqwest::Response>) -> Duration {
+        let asked = response
+            .and_then(|response| response.headers().get(reqwest::header::RETRY_AFTER))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        asked.unwrap_or_else(|| self.first_backoff * 2u32.saturating_pow(attempt)).min(MAX_BACKOFF)
+    }
+
+    /// Sends the request `make` builds (again for each attempt), retrying network errors,
+    /// 429 and 5xx gateways; returns the final response, whatever its status.
+    async fn send(
+        &self,
+        make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        for attempt in 0..MAX_ATTEMPTS {
+            match make(&self.http).send().await {
+                Ok(response) if retryable(response.status().as_u16()) && attempt + 1 < MAX_ATTEMPTS => {
+                    tracing::debug!(status = response.status().as_u16(), "upstream busy; retrying");
+                    tokio::time::sleep(self.backoff(attempt, Some(&response))).await;
+                }
+                Ok(response) => return Ok(response),
+                Err(error) if attempt + 1 < MAX_ATTEMPTS => {
+                    tracing::debug!(%error, "upstream request failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt, None)).await;
+                }
+                Err(error) => return Err(Failure::Network(error.to_string())),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// A JSON document (2xx only).
+    async fn json(&self, make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let response = self.send(make).await?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+        }
+        read_json(response).await
+    }
+
+    /// A GET of `url` with the token (a FHIR JSON answer), retried as [`Upstream::send`] does.
+    async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Result<reqwest::Response, Failure> {
+        let token = self.token().await?;
+        let response = self
+            .send(|http| {
+                let mut request = http.get(url).bearer_auth(&token).header("accept", "application/fhir+json");
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request
+            })
+            .await?;
+        if response.status().as_u16() == 401 {
+            // An expired or revoked token: one new one, one more try.
+            self.token = None;
+            let token = self.token().await?;
+            return self
+                .send(|http| {
+                    let mut request = http.get(url).bearer_auth(&token).header("accept", "application/fhir+json");
+                    for (name, value) in headers {
+                        request = request.header(*name, *value);
+                    }
+                    request
+                })
+                .await;
+        }
+        Ok(response)
+    }
+}
+
+fn retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// The body of `response` as JSON, at most [`MAX_DOCUMENT_BYTES`].
+async fn read_json(mut response: reqwest::Response) -> Result<Value, Failure> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| Failure::Network(error.to_string()))? {
+        if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(Failure::Braid(format!("an upstream document is larger than {MAX_DOCUMENT_BYTES} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&bytes).map_err(|error| Failure::Braid(format!("the upstream sent malformed JSON: {error}")))
+}
+
+/// What one run needs besides the upstream.
+struct Run<'a> {
+    registry: &'a Registry,
+    source: Arc<ActiveSource>,
+    name: String,
+    checkpoint: Checkpoint,
+    rejections: Vec<String>,
+}
+
+impl Registry {
+    /// Runs one pull of the source `name` now (resuming its interrupted run if it has one) and
+    /// returns the run's record. One run per source at a time: a second waits for the first.
+    pub async fn sync(&self, name: &str) -> Result<RunRecord, FhirError> {
+        self.sync_with(name, Duration::from_millis(200)).await
+    }
+
+    /// [`Registry::sync`] with the shortest wait between retried attempts.
+    pub async fn sync_with(&self, name: &str, first_backoff: Duration) -> Result<RunRecord, FhirError> {
+        let source = self.get(name).ok_or_else(|| bad(format!("there is no source {name}")))?;
+        let guard_source = source.clone();
+        let _running = guard_source.run_lock.lock().await;
+        let record = self.record(name)?.ok_or_else(|| bad(format!("there is no source {name}")))?;
+        let SourceKind::Pull { pull } = &record.kind else {
+            return Err(bad(format!("{name} is a push source: it sends its records, Braid does not pull them")));
+        };
+        let state = record.pull.clone().unwrap_or_default();
+        let types = if record.types.is_empty() {
+            DEFAULT_TYPES.iter().map(|t| (*t).to_owned()).collect()
+        } else {
+            record.types.clone()
+        };
+        let checkpoint = match state.checkpoint {
+            Some(mut checkpoint) => {
+                checkpoint.resumed += 1;
+                checkpoint
+            }
+            None => Checkpoint {
+                started: crate::auth::now_secs(),
+                since: state.since.clone(),
+                stage: Stage::Start,
+                counts: RunCounts::default(),
+                resumed: 0,
+            },
+        };
+        let mut upstream = Upstream::new(pull.clone(), types, first_backoff)?;
+        let mut run = Run { registry: self, source, name: name.to_owned(), checkpoint, rejections: Vec::new() };
+        let began = std::time::Instant::now();
+        run.save().await?;
+        let result = run.execute(&mut upstream).await;
+        let finished = crate::auth::now_secs();
+        let mode = match &run.checkpoint.stage {
+            Stage::Search { .. } => "search",
+            _ => "bulk",
+        };
+        let (outcome, error, next_since) = match result {
+            Ok(next_since) => ("complete", None, Some(next_since)),
+            Err(failure) => {
+                tracing::warn!(source = name, error = %failure, "a pull failed");
+                ("failed", Some(failure.to_string()), None)
+            }
+        };
+        let record = RunRecord {
+            started: run.checkpoint.started,
+            finished,
+            duration_ms: began.elapsed().as_millis() as u64,
+            mode: mode.to_owned(),
+            counts: run.checkpoint.counts,
+            outcome: outcome.to_owned(),
+            error,
+            resumed: run.checkpoint.resumed,
+            rejections: run.rejections.clone(),
+        };
+        let finished_run = record.clone();
+        let owned = name.to_owned();
+        self.store()
+            .auth_write(move |txn| {
+                let Some(mut stored) = SOURCES.get_in::<SourceRecord>(txn, &owned)? else { return Ok(()) };
+                let state = stored.pull.get_or_insert_with(PullState::default);
+                // A failed run starts afresh next time, with the same `_since`.
+                state.checkpoint = None;
+                if let Some(since) = &next_since {
+                    state.since = Some(since.clone());
+                }
+                if state.runs.len() == MAX_RUNS {
+                    state.runs.pop_front();
+                }
+                state.runs.push_back(finished_run.clone());
+                SOURCES.put_in(txn, &owned, &stored)
+            })
+            .await?;
+        Ok(record)
+    }
+
+    /// The pull sources whose run a stop interrupted.
+    pub fn interrupted_pulls(&self) -> Vec<String> {
+        SOURCES
+            .all::<SourceRecord>(self.store())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|record| record.pull.as_ref().is_some_and(|state| state.checkpoint.is_some()))
+            .map(|record| record.name)
+            .collect()
+    }
+
+    /// The scheduled pull sources due at `now`: not running, and whose last run started at
+    /// least their interval ago (or that never ran).
+    pub fn due_pulls(&self, now: u64) -> Vec<String> {
+        SOURCES
+            .all::<SourceRecord>(self.store())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|record| {
+                let SourceKind::Pull { pull } = &record.kind else { return false };
+                let Some(every) = pull.every_secs else { return false };
+                let running = self.get(&record.name).is_none_or(|source| source.run_lock.try_lock().is_err());
+                let state = record.pull.clone().unwrap_or_default();
+                let last = state.runs.back().map(|run| run.started);
+                !running && state.checkpoint.is_none() && last.is_none_or(|last| now >= last + every)
+            })
+            .map(|record| record.name)
+            .collect()
+    }
+}
+
+impl Run<'_> {
+    /// Stores the checkpoint.
+    async fn save(&self) -> Result<(), FhirError> {
+        let (name, checkpoint) = (self.name.clone(), self.checkpoint.clone());
+        self.registry
+            .store()
+            .auth_write(move |txn| {
+                let Some(mut stored) = SOURCES.get_in::<SourceRecord>(txn, &name)? else { return Ok(()) };
+                stored.pull.get_or_insert_with(PullState::default).checkpoint = Some(checkpoint.clone());
+                SOURCES.put_in(txn, &name, &stored)
+            })
+            .await
+    }
+
+    /// Runs from the checkpoint to the end; returns the next run's `_since`.
+    async fn execute(&mut self, upstream: &mut Upstream) -> Result<String, Failure> {
+        loop {
+            match self.checkpoint.stage.clone() {
+                Stage::Start => self.kick_off(upstream).await?,
+                Stage::Bulk { status_url, manifest: None, .. } => {
+                    match self.wait_for_manifest(upstream, &status_url).await? {
+                        Some(manifest) => {
+                            self.checkpoint.stage =
+                                Stage::Bulk { status_url, manifest: Some(manifest), file: 0, line: 0 };
+                            self.save().await?;
+                        }
+                        // The export is gone at the upstream (it expired while Braid was down):
+                        // again from the kick-off; what was written is written again unchanged.
+                        None => {
+                            self.checkpoint.stage = Stage::Start;
+                            self.save().await?;
+                        }
+                    }
+                }
+                Stage::Bulk { status_url, manifest: Some(manifest), file, line } => {
+                    if file >= manifest.files.len() {
+                        // Done: the export is no longer needed at the upstream.
+                        let _ = upstream.send(|http| http.delete(&status_url)).await;
+                        return Ok(manifest.transaction_time);
+                    }
+                    self.read_file(upstream, &status_url, &manifest, file, line).await?;
+                }
+                Stage::Search { type_index, next, started_at } => {
+                    let Some(type_name) = upstream.types.get(type_index).cloned() else { return Ok(started_at) };
+                    self.read_pages(upstream, type_index, &type_name, next, &started_at).await?;
+                }
+            }
+        }
+    }
+
+    /// Asks the upstream for an export; without one, the run pages through searches.
+    async fn kick_off(&mut self, upstream: &mut Upstream) -> Result<(), Failure> {
+        let mut url = format!("{}/$export?_type={}", upstream.config.base, upstream.types.join(","));
+        if let Some(since) = &self.checkpoint.since {
+            url.push_str(&format!("&_since={}", encode(since)));
+        }
+        let response = upstream.get(&url, &[("prefer", "respond-async")]).await?;
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get(reqwest::header::CONTENT_LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        self.checkpoint.stage = match (status, location) {
+            (202, Some(status_url)) => Stage::Bulk { status_url, manifest: None, file: 0, line: 0 },
+            // No export here (404, 405, 501, or a refusal of its parameters): searches.
+            (400..=599, _) | (202, None) => {
+                tracing::info!(source = self.name, status, "the upstream offers no $export; paging through searches");
+                let started_at = crate::fhir::json::format_instant(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_micros() as i64),
+                );
+                Stage::Search { type_index: 0, next: None, started_at }
+            }
+            (other, _) => return Err(Failure::Status(other, "unexpected answer to the $export kick-off".into())),
+        };
+        self.save().await?;
+        Ok(())
+    }
+
+    /// Polls an export until its manifest; `None` if the upstream no longer knows it.
+    async fn wait_for_manifest(
+        &mut self,
+        upstream: &mut Upstream,
+        status_url: &str,
+    ) -> Result<Option<Manifest>, Failure> {
+        let deadline = std::time::Instant::now() + MAX_EXPORT_WAIT;
+        loop {
+            let response = upstream.get(status_url, &[]).await?;
+            match response.status().as_u16() {
+                200 => {
+                    let manifest = read_json(response).await?;
+                    let files = manifest["output"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|output| {
+                            Some((output["type"].as_str()?.to_owned(), output["url"].as_str()?.to_owned()))
+                        })
+                        .collect();
+                    let transaction_time = manifest["transactionTime"]
+                        .as_str()
+                        .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
+                        .to_owned();
+                    let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
+                    return Ok(Some(Manifest { transaction_time, requires_token, files }));
+                }
+                202 => {
+                    let wait = upstream.backoff(0, Some(&response)).max(Duration::from_millis(100));
+                    if std::time::Instant::now() + wait > deadline {
+                        return Err(Failure::Braid("the upstream's export took too long".into()));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                404 | 410 => return Ok(None),
+                status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+            }
+        }
+    }
+
+    /// Reads one export file from line `line`, writing chunk by chunk and moving the
+    /// checkpoint after each.
+    async fn read_file(
+        &mut self,
+        upstream: &mut Upstream,
+        status_url: &str,
+        manifest: &Manifest,
+        file: usize,
+        line: u64,
+    ) -> Result<(), Failure> {
+        let (_, url) = &manifest.files[file];
+        let response = if manifest.requires_token {
+            upstream.get(url, &[("accept", "application/fhir+ndjson")]).await?
+        } else {
+            upstream.send(|http| http.get(url)).await?
+        };
+        match response.status().as_u16() {
+            200 => {}
+            // The files are gone: the export expired; start over.
+            404 | 410 => {
+                self.checkpoint.stage = Stage::Start;
+                self.save().await?;
+                return Ok(());
+            }
+            status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+        }
+        let mut response = response;
+        let (mut pending, mut buffer, mut seen) = (Vec::new(), Vec::new(), 0u64);
+        let mut done = line;
+        loop {
+            let chunk = response.chunk().await.map_err(|error| Failure::Network(error.to_string()))?;
+            let finished = chunk.is_none();
+            if let Some(chunk) = chunk {
+                buffer.extend_from_slice(&chunk);
+            } else if !buffer.is_empty() && !buffer.ends_with(b"\n") {
+                buffer.push(b'\n');
+            }
+            while let Some(end) = buffer.iter().position(|&byte| byte == b'\n') {
+                let text: Vec<u8> = buffer.drain(..=end).collect();
+                let text = &text[..text.len() - 1];
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                seen += 1;
+                if seen <= line {
+                    continue;
+                }
+                pending.push(parse_line(text));
+                if pending.len() == CHUNK {
+                    done += pending.len() as u64;
+                    self.write(std::mem::take(&mut pending)).await?;
+                    self.checkpoint.stage = Stage::Bulk {
+                        status_url: status_url.to_owned(),
+                        manifest: Some(manifest.clone()),
+                        file,
+                        line: done,
+                    };
+                    self.save().await?;
+                }
+            }
+            if buffer.len() > MAX_DOCUMENT_BYTES {
+                return Err(Failure::Braid(format!("an NDJSON line is longer than {MAX_DOCUMENT_BYTES} bytes")));
+            }
+            if finished {
+                break;
+            }
+        }
+        self.write(pending).await?;
+        self.checkpoint.stage = Stage::Bulk {
+            status_url: status_url.to_owned(),
+            manifest: Some(manifest.clone()),
+            file: file + 1,
+            line: 0,
+        };
+        self.save().await?;
+        Ok(())
+    }
+
+    /// Pages through the search of one type from `next` (its first page if `None`).
+    async fn read_pages(
+        &mut self,
+        upstream: &mut Upstream,
+        type_index: usize,
+        type_name: &str,
+        next: Option<String>,
+        started_at: &str,
+    ) -> Result<(), Failure> {
+        let mut first = format!("{}/{type_name}?_count={PAGE_SIZE}", upstream.config.base);
+        if let Some(since) = &self.checkpoint.since {
+            first.push_str(&format!("&_lastUpdated=gt{}", encode(since)));
+        }
+        let mut url = next.unwrap_or_else(|| first.clone());
+        let mut restarted = false;
+        loop {
+            let response = upstream.get(&url, &[]).await?;
+            let status = response.status().as_u16();
+            if !(200..300).contains(&status) {
+                // A page link that expired while Braid was down: the type again from its first page.
+                if !restarted && matches!(status, 400 | 404 | 410) && url != first {
+                    restarted = true;
+                    url = first.clone();
+                    continue;
+                }
+                return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+            }
+            let bundle = read_json(response).await?;
+            let resources: Vec<Result<Value, String>> = bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|entry| entry["search"]["mode"].as_str().is_none_or(|mode| mode == "match"))
+                .filter_map(|entry| entry.get("resource").cloned())
+                .map(Ok)
+                .collect();
+            for chunk in resources.chunks(CHUNK) {
+                self.write(chunk.to_vec()).await?;
+            }
+            let next = bundle["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|link| link["relation"] == "next")
+                .and_then(|link| link["url"].as_str())
+                .map(str::to_owned);
+            self.checkpoint.stage = match &next {
+                Some(next) => Stage::Search { type_index, next: Some(next.clone()), started_at: started_at.to_owned() },
+                None => Stage::Search { type_index: type_index + 1, next: None, started_at: started_at.to_owned() },
+            };
+            self.save().await?;
+            match next {
+                Some(next) => url = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Writes pulled resources in one transaction with one Provenance. Those refused by
+    /// validation are recorded and left out; if the transaction fails as a whole, each
+    /// resource is written on its own so that one bad resource costs only itself.
+    async fn write(&mut self, resources: Vec<Result<Value, String>>) -> Result<(), Failure> {
+        if resources.is_empty() {
+            return Ok(());
+        }
+        self.checkpoint.counts.received += resources.len() as u64;
+        let mut admitted: Vec<(ResourceType, Id, serde_json::Map<String, Value>)> = Vec::new();
+        let mut positions: HashMap<(ResourceType, Id), usize> = HashMap::new();
+        for resource in resources {
+            match resource.and_then(|value| self.admit(value)) {
+                Ok((resource_type, id, resource)) => {
+                    // The same resource twice (updated between two pages): the later one.
+                    match positions.get(&(resource_type, id.clone())) {
+                        Some(&position) => admitted[position] = (resource_type, id, resource),
+                        None => {
+                            positions.insert((resource_type, id.clone()), admitted.len());
+                            admitted.push((resource_type, id, resource));
+                        }
+                    }
+                }
+                Err(reason) => self.reject(reason),
+            }
+        }
+        if admitted.is_empty() {
+            return Ok(());
+        }
+        match self.write_together(&admitted).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Storage(error)) => Err(Failure::Braid(error)),
+            Err(WriteFailure::Data(_)) => {
+                for single in admitted.chunks(1) {
+                    match self.write_together(single).await {
+                        Ok(()) => {}
+                        Err(WriteFailure::Data(reason)) => {
+                            self.reject(format!("{}/{}: {reason}", single[0].0, single[0].1));
+                        }
+                        Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn reject(&mut self, reason: String) {
+        self.checkpoint.counts.rejected += 1;
+        let error = FhirError::incorrect(IssueCode::Invalid, reason.clone());
+        self.source.rejected(None, &error);
+        if self.rejections.len() < 20 {
+            self.rejections.push(reason);
+        }
+    }
+
+    /// Validates a pulled resource under the source's policy and moves it into its namespace.
+    fn admit(&self, mut value: Value) -> Result<(ResourceType, Id, serde_json::Map<String, Value>), String> {
+        let resource_type = crate::fhir::json::resource_type_of(&value).map_err(|error| error.to_string())?;
+        let original = value.get("id").and_then(Value::as_str).ok_or("a pulled resource has no id")?;
+        let original = Id::parse(original).map_err(|error| error.to_string())?;
+        let describe = |error: FhirError| {
+            let issues: Vec<String> = error
+                .issues
+                .iter()
+                .map(|issue| match issue.expression.first() {
+                    Some(at) => format!("{at}: {}", issue.diagnostics),
+                    None => issue.diagnostics.clone(),
+                })
+                .collect();
+            format!("{resource_type}/{original}: {}", issues.join("; "))
+        };
+        super::admit(Some(&self.source), resource_type, &mut value).map_err(describe)?;
+        let Value::Object(resource) = value else { return Err("a resource must be a JSON object".into()) };
+        Ok((resource_type, self.source.namespace.id(&original), resource))
+    }
+
+    async fn write_together(
+        &mut self,
+        resources: &[(ResourceType, Id, serde_json::Map<String, Value>)],
+    ) -> Result<(), WriteFailure> {
+        let mut request =
+            WriteRequest { guard: Some(ownership_guard(self.source.name().as_str())), ..Default::default() };
+        for (resource_type, id, resource) in resources {
+            let conditional = conditional_references(self.source.name().as_str(), resource)
+                .map_err(|error| WriteFailure::Data(error.to_string()))?;
+            request.conditional_references.extend(conditional);
+            request.ops.push(WriteOp {
+                full_url: None,
+                action: Action::Update {
+                    resource_type: *resource_type,
+                    target: WriteTarget::Id(id.clone()),
+                    resource: resource.clone(),
+                    precondition: Precondition::default(),
+                },
+            });
+        }
+        let request = super::namespaced(Some(&self.source), request);
+        match self.registry.store().write(request).await {
+            Ok(outcomes) => {
+                super::count(Some(&self.source), &outcomes);
+                for outcome in &outcomes {
+                    match outcome.kind {
+                        OutcomeKind::Created => self.checkpoint.counts.created += 1,
+                        OutcomeKind::Updated => self.checkpoint.counts.updated += 1,
+                        _ => self.checkpoint.counts.unchanged += 1,
+                    }
+                }
+                Ok(())
+            }
+            Err(error) if matches!(error.category, Category::Fault | Category::Busy) => {
+                Err(WriteFailure::Storage(error.to_string()))
+            }
+            Err(error) => Err(WriteFailure::Data(error.to_string())),
+        }
+    }
+}
+
+enum WriteFailure {
+    /// The data was refused (a conditional reference that matches nothing, say).
+    Data(String),
+    /// The store failed.
+    Storage(String),
+}
+
+fn parse_line(text: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice::<Value>(text).map_err(|error| format!("an NDJSON line is not JSON: {error}"))
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The guard that keeps a source's writes on its own records (see [`super::ownership_clause`]).
+pub fn ownership_guard(name: &str) -> WriteGuard {
+    let name = name.to_owned();
+    WriteGuard(Arc::new(move |view, resource_type, id, version, _change| {
+        let clause = super::ownership_clause(&name, resource_type)?;
+        crate::search::engine::matches_clauses(
+            view,
+            resource_type,
+            &[clause],
+            id.as_str(),
+            version,
+            crate::store::LATEST,
+        )
+    }))
+}
+
+/// The conditional references in a source's resource, each matching only the source's own
+/// records.
+fn conditional_references(
+    name: &str,
+    resource: &serde_json::Map<String, Value>,
+) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
+    let mut found = HashMap::new();
+    let mut value = Value::Object(resource.clone());
+    reference::rewrite_resource_references(&mut value, &mut |text: &str| {
+        if let Target::Conditional { resource_type, query } = reference::parse(text) {
+            if !found.contains_key(text) {
+                let limit = super::ownership_clause(name, resource_type)?;
+                let criteria = crate::search::parse_criteria_within(resource_type, query, vec![limit])
+                    .map_err(|e| e.at(format!("reference '{text}'")))?;
+                found.insert(text.to_owned(), (resource_type, criteria));
+            }
+        }
+        Ok::<_, FhirError>(None)
+    })?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_durations_of_at_least_a_minute() {
+        assert_eq!(parse_every("15m").unwrap(), 900);
+        assert_eq!(parse_every("1h").unwrap(), 3600);
+        assert_eq!(parse_every("2d").unwrap(), 172_800);
+        assert_eq!(parse_every("90s").unwrap(), 90);
+        assert_eq!(parse_every("5").unwrap(), 300, "minutes by default");
+        for bad in ["", "m", "30s", "1w", "-5m", "1.5h"] {
+            assert!(parse_every(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_read_for_es384_or_rs384_with_a_thumbprint_id() {
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let pem = pem_of("PRIVATE KEY", pkcs8.as_ref());
+        let (algorithm, kid, public) = read_key(&pem, None).unwrap();
+        assert_eq!(algorithm, Algorithm::ES384);
+        assert_eq!(public["kid"], kid.as_str());
+        assert_eq!(kid.len(), 43, "a base64url SHA-256 thumbprint");
+        assert!(public.get("d").is_none(), "only the public half");
+        let (_, named, _) = read_key(&pem, Some("mine")).unwrap();
+        assert_eq!(named, "mine");
+        let p256 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        assert!(read_key(&pem_of("PRIVATE KEY", p256.as_ref()), None).is_err());
+        assert!(read_key("not a key", None).is_err());
+    }
+
+    fn pem_of(label: &str, der: &[u8]) -> String {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    }
+}

@@ -1,0 +1,504 @@
+//! Pull sources against two kinds of upstream started by the tests on loopback: another Braid
+//! (SMART Backend Services and its own `$export`), and a minimal search-only FHIR server
+//! written here (paging, `_lastUpdated`, and injected 429s, 503s and dropped connections).
+//! A puller killed mid-run resumes, and the run ends with exactly the upstream's content.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use braid::auth::admin::{self, AdminRequest, Sent};
+use braid::auth::clients::{NewClient, NewCredential};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{TestApp, spawn_auth_app, start_braid_process};
+
+/// A P-384 private key as PKCS#8 PEM: what an operator gives `--key`.
+fn private_key_pem() -> String {
+    use base64::Engine;
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let text = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+}
+
+async fn operator(data: &std::path::Path, request: AdminRequest) -> Result<Value, String> {
+    let socket = admin::socket_path(data);
+    match tokio::task::spawn_blocking(move || admin::send(&socket, &request)).await.unwrap().unwrap() {
+        Sent::Answered(answer) => answer.map_err(|error| error.message),
+        Sent::NoServer => panic!("the server listens on its operator socket"),
+    }
+}
+
+fn pull_source(name: &str, base: &str, client_id: &str, key_pem: &str, types: &[&str]) -> AdminRequest {
+    AdminRequest::AddSource {
+        source: braid::sources::NewSource {
+            name: name.into(),
+            credential: NewCredential::None,
+            pull: Some(braid::sources::NewPull {
+                base: base.into(),
+                client_id: client_id.into(),
+                key_pem: key_pem.into(),
+                kid: None,
+                every: None,
+            }),
+            types: types.iter().map(|t| t.to_string()).collect(),
+            lenient: false,
+            extra_scope: None,
+        },
+    }
+}
+
+/// Every resource of `type_name` at `app` (with `token`), by id.
+async fn all_of(app: &TestApp, type_name: &str, query: &str, token: Option<&str>) -> BTreeMap<String, Value> {
+    let mut found = BTreeMap::new();
+    let mut url = app.url(&format!("/{type_name}?_count=1000&{query}"));
+    loop {
+        let mut request = app.client.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply = app.send(request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        for entry in reply.body["entry"].as_array().into_iter().flatten() {
+            found.insert(entry["resource"]["id"].as_str().unwrap().to_owned(), entry["resource"].clone());
+        }
+        match crate::helpers::next_link(&reply.body) {
+            Some(next) => url = next,
+            None => return found,
+        }
+    }
+}
+
+/// `resource` without what Braid sets or adds when it stores a pulled resource: to compare
+/// with the upstream's.
+fn as_sent(resource: &Value) -> Value {
+    let mut resource = resource.clone();
+    let map = resource.as_object_mut().unwrap();
+    map.remove("meta");
+    map.remove("id");
+    if let Some(identifiers) = map.get_mut("identifier").and_then(Value::as_array_mut) {
+        identifiers.retain(|identifier| !identifier["system"].as_str().unwrap_or("").starts_with("urn:braid:source:"));
+        if identifiers.is_empty() {
+            map.remove("identifier");
+        }
+    }
+    resource
+}
+
+#[tokio::test]
+async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_changed() {
+    let upstream = spawn_auth_app().await;
+    let downstream = spawn_auth_app().await;
+    let writer = upstream.token("seed", "system/*.cruds", None);
+    let up = &upstream.app;
+    let mut seeded = Vec::new();
+    for n in 0..40 {
+        seeded.push(json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}],
+            "identifier": [{"system": "http://clinic.example/mrn", "value": format!("{n}")}]}));
+    }
+    for n in 0..120 {
+        // Some references are absolute URLs on the upstream's own base.
+        let subject =
+            if n % 2 == 0 { format!("Patient/p{}", n % 40) } else { format!("{}/Patient/p{}", up.base, n % 40) };
+        seeded.push(json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}, "subject": {"reference": subject},
+            "performer": [{"reference": "Practitioner/dr"}]}));
+    }
+    seeded.push(json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Who"}]}));
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": seeded.iter().map(|resource| json!({
+        "resource": resource,
+        "request": {"method": "PUT", "url": format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap())}
+    })).collect::<Vec<_>>()});
+    assert_eq!(up.post_with_token("", &writer, &bundle).await.status, 200);
+
+    // Braid's key, registered at the upstream as a backend client; the source pulls with it.
+    let key = private_key_pem();
+    let (_, _, public) = braid::sources::pull::read_key(&key, None).unwrap();
+    let new = NewClient {
+        name: "downstream braid".into(),
+        scope: "system/*.rs".into(),
+        grant_types: Vec::new(),
+        redirect_uris: Vec::new(),
+        credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
+        source: None,
+    };
+    let client_id =
+        braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    let types = ["Patient", "Observation", "Practitioner"];
+    let added = operator(&downstream.data, pull_source("clinic", &up.base, &client_id, &key, &types)).await.unwrap();
+    assert_eq!((added["source"].clone(), added["kind"].clone()), (json!("clinic"), json!("pull")));
+    assert_eq!(added["jwks"]["keys"][0], public, "the public key to register upstream");
+
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
+    assert_eq!(run["counts"]["received"], 161, "{synced}");
+    assert_eq!(run["counts"]["created"], 161, "{synced}");
+
+    // Exactly the upstream's content, in the namespace.
+    let reader = downstream.token("reader", "system/*.rs", None);
+    let down = &downstream.app;
+    for type_name in types {
+        let theirs = all_of(up, type_name, "", Some(&writer)).await;
+        let ours = all_of(down, type_name, "_source=urn:braid:source:clinic", Some(&reader)).await;
+        assert_eq!(ours.len(), theirs.len(), "{type_name}");
+        for (id, resource) in &theirs {
+            let stored = &ours[&format!("clinic-{id}")];
+            assert_eq!(stored["meta"]["versionId"], "1");
+            let mut expected = as_sent(resource);
+            if let Some(subject) = expected.get_mut("subject") {
+                let patient = subject["reference"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+                subject["reference"] = json!(format!("Patient/clinic-{patient}"));
+            }
+            if let Some(performer) = expected.get_mut("performer") {
+                performer[0]["reference"] = json!("Practitioner/clinic-dr");
+            }
+            assert_eq!(as_sent(stored), expected, "{type_name}/{id}");
+        }
+    }
+    let original = &all_of(down, "Patient", "_id=clinic-p7", Some(&reader)).await["clinic-p7"];
+    assert!(
+        original["identifier"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"system": "urn:braid:source:clinic", "value": "p7"}))
+    );
+
+    // What changed since: one update and one create, and nothing else read.
+    let mut changed = seeded[7].clone();
+    changed["name"] = json!([{"family": "Changed"}]);
+    assert_eq!(
+        up.send(
+            up.client
+                .put(up.url("/Patient/p7"))
+                .bearer_auth(&writer)
+                .header("content-type", "application/fhir+json")
+                .body(changed.to_string())
+        )
+        .await
+        .status,
+        200
+    );
+    let added = json!({"resourceType": "Patient", "id": "p40", "name": [{"family": "New"}]});
+    assert_eq!(
+        up.send(
+            up.client
+                .put(up.url("/Patient/p40"))
+                .bearer_auth(&writer)
+                .header("content-type", "application/fhir+json")
+                .body(added.to_string())
+        )
+        .await
+        .status,
+        201
+    );
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    let counts = &synced["run"]["counts"];
+    assert_eq!(
+        (counts["received"].clone(), counts["updated"].clone(), counts["created"].clone()),
+        (json!(2), json!(1), json!(1)),
+        "{synced}"
+    );
+    let ours = all_of(down, "Patient", "_id=clinic-p7,clinic-p40", Some(&reader)).await;
+    assert_eq!(ours["clinic-p7"]["name"][0]["family"], "Changed");
+    assert_eq!(ours["clinic-p7"]["meta"]["versionId"], "2");
+    assert_eq!(ours["clinic-p40"]["name"][0]["family"], "New");
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    assert_eq!(synced["run"]["counts"]["received"], 0, "{synced}");
+
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "clinic".into() }).await.unwrap();
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 3);
+    assert!(shown["since"].as_str().is_some());
+    assert!(shown.get("key_pem").is_none() && !shown.to_string().contains("PRIVATE KEY"), "the key is never shown");
+    // A push source cannot be synced, an unknown one neither.
+    let refused = operator(&downstream.data, AdminRequest::SyncSource { name: "nobody".into() }).await.unwrap_err();
+    assert!(refused.contains("no source nobody"), "{refused}");
+}
+
+/// The minimal search-only FHIR server: Patients and Observations with fixed `lastUpdated`
+/// values, `_count` and `_offset` paging, `_lastUpdated=gt`, a token endpoint that hands out
+/// one token, no `$export`; every few requests fail on purpose.
+struct SearchOnly {
+    base: String,
+    /// Requests answered with a fault (429, 503 or a dropped connection).
+    faults: Arc<AtomicUsize>,
+    resources: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl SearchOnly {
+    async fn start(patients: usize, observations: usize, page_delay: Duration) -> SearchOnly {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+        let mut resources = Vec::new();
+        for n in 0..patients {
+            resources
+                .push(json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}],
+                "meta": {"lastUpdated": format!("2024-01-01T00:00:{:02}.{:03}Z", n / 1000 % 60, n % 1000)}}));
+        }
+        for n in 0..observations {
+            resources.push(json!({"resourceType": "Observation", "id": format!("o{n}"), "status": "final",
+                "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/p{}", n % patients.max(1))},
+                "meta": {"lastUpdated": format!("2024-01-02T00:00:{:02}.{:03}Z", n / 1000 % 60, n % 1000)}}));
+        }
+        let resources = Arc::new(std::sync::Mutex::new(resources));
+        let faults = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (shared, origin, fault_count) =
+            (resources.clone(), base.trim_end_matches("/fhir").to_owned(), faults.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let (resources, origin, requests, faults) =
+                    (shared.clone(), origin.clone(), requests.clone(), fault_count.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &resources, &origin, &requests, &faults, page_delay).await;
+                });
+            }
+        });
+        SearchOnly { base, faults, resources }
+    }
+}
+
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    resources: &std::sync::Mutex<Vec<Value>>,
+    origin: &str,
+    requests: &AtomicUsize,
+    faults: &AtomicUsize,
+    page_delay: Duration,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 || head.len() > 64 * 1024 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    let authorized = head.lines().any(|line| line.eq_ignore_ascii_case("authorization: bearer token-1"));
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (status, reply): (u16, Value) = match path {
+        "/fhir/.well-known/smart-configuration" => (200, json!({"token_endpoint": format!("{origin}/token")})),
+        "/token" if String::from_utf8_lossy(&body).contains("client_assertion=") => {
+            (200, json!({"access_token": "token-1", "token_type": "Bearer", "expires_in": 300}))
+        }
+        _ if !authorized => {
+            (401, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}))
+        }
+        "/fhir/$export" => (
+            404,
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}),
+        ),
+        type_path if type_path.starts_with("/fhir/") => {
+            // Faults, on searches only: one request in five is a 429, then a 503, then a drop.
+            let n = requests.fetch_add(1, Ordering::Relaxed);
+            match n % 5 {
+                1 => {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                    let answer = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    return stream.write_all(answer.as_bytes()).await;
+                }
+                2 if n % 10 == 2 => {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                    let answer = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    return stream.write_all(answer.as_bytes()).await;
+                }
+                3 if n % 15 == 3 => {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                    return Ok(()); // the connection drops without an answer
+                }
+                _ => {}
+            }
+            tokio::time::sleep(page_delay).await;
+            let type_name = type_path.trim_start_matches("/fhir/");
+            let params: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
+                .collect();
+            let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let count: usize = param("_count").and_then(|v| v.parse().ok()).unwrap_or(50);
+            let offset: usize = param("_offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let since = param("_lastUpdated").and_then(|v| v.strip_prefix("gt").map(str::to_owned));
+            let matching: Vec<Value> = resources
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r["resourceType"] == type_name)
+                .filter(|r| since.as_deref().is_none_or(|since| r["meta"]["lastUpdated"].as_str().unwrap() > since))
+                .cloned()
+                .collect();
+            let page: Vec<Value> = matching
+                .iter()
+                .skip(offset)
+                .take(count)
+                .map(|r| json!({"resource": r, "search": {"mode": "match"}}))
+                .collect();
+            let mut links = Vec::new();
+            if offset + count < matching.len() {
+                let mut next = format!("{origin}/fhir/{type_name}?_count={count}&_offset={}", offset + count);
+                if let Some(since) = &since {
+                    next.push_str(&format!("&_lastUpdated=gt{since}"));
+                }
+                links.push(json!({"relation": "next", "url": next}));
+            }
+            (
+                200,
+                json!({"resourceType": "Bundle", "type": "searchset", "total": matching.len(), "link": links, "entry": page}),
+            )
+        }
+        _ => (404, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})),
+    };
+    let text = reply.to_string();
+    let answer = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    stream.write_all(answer.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
+    let upstream = SearchOnly::start(30, 450, Duration::ZERO).await;
+    let downstream = spawn_auth_app().await;
+    let key = private_key_pem();
+    operator(&downstream.data, pull_source("lab", &upstream.base, "braid", &key, &["Patient", "Observation"]))
+        .await
+        .unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("search")), "{synced}");
+    assert_eq!(run["counts"]["created"], 480, "{synced}");
+    assert!(upstream.faults.load(Ordering::Relaxed) >= 3, "faults were injected and retried");
+    let reader = downstream.token("reader", "system/*.rs", None);
+    let ours = all_of(&downstream.app, "Observation", "_source=urn:braid:source:lab", Some(&reader)).await;
+    assert_eq!(ours.len(), 450);
+    assert_eq!(ours["lab-o31"]["subject"]["reference"], "Patient/lab-p1");
+
+    // The next run asks only for what changed since the first began.
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    assert_eq!(synced["run"]["counts"]["received"], 0, "{synced}");
+    upstream
+        .resources
+        .lock()
+        .unwrap()
+        .push(json!({"resourceType": "Patient", "id": "late", "name": [{"family": "Late"}],
+        "meta": {"lastUpdated": "2099-01-01T00:00:00.000Z"}}));
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    assert_eq!(synced["run"]["counts"]["created"], 1, "{synced}");
+}
+
+#[tokio::test]
+async fn a_puller_killed_mid_run_resumes_and_ends_with_exactly_the_upstreams_content() {
+    let upstream = SearchOnly::start(1200, 1200, Duration::from_millis(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("braid.redb");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, private_key_pem()).unwrap();
+    let first = Killed(start_braid_process(&data, "info"));
+    let database = data.clone();
+    let braid = move |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+            .args(&args)
+            .arg("--data")
+            .arg(&database)
+            .output()
+            .unwrap()
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let key = key_file.to_str().unwrap().to_owned();
+    let base = upstream.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        braid(args(&[
+            "source",
+            "add",
+            "lab",
+            "--pull",
+            &base,
+            "--client-id",
+            "braid",
+            "--key",
+            &key,
+            "--types",
+            "Patient,Observation",
+        ]))
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // `braid source sync` while the server runs: it asks the server, which pulls.
+    let mut sync = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["source", "sync", "lab", "--data"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let app = TestApp::at(format!("http://127.0.0.1:{}/fhir", first.0.port), tempfile::tempdir().unwrap());
+    // Kill the server once part of the data is in.
+    let mut written = 0;
+    for _ in 0..600 {
+        written = app.get("/Patient?_summary=count").await.body["total"].as_u64().unwrap_or(0);
+        if written >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!((400..1200).contains(&written), "killed mid-run, with {written} patients written");
+    drop(first); // SIGKILL
+    let _ = sync.kill();
+    let _ = sync.wait();
+
+    // The restarted server resumes the run from its checkpoint.
+    let second = Killed(start_braid_process(&data, "info"));
+    let app = TestApp::at(format!("http://127.0.0.1:{}/fhir", second.0.port), tempfile::tempdir().unwrap());
+    let mut runs = Value::Null;
+    for _ in 0..1500 {
+        let status = app.send(app.client.get(app.base.replace("/fhir", "/sources/lab"))).await;
+        if status.body["runs"].as_array().is_some_and(|runs| !runs.is_empty()) {
+            runs = status.body["runs"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = &runs[0];
+    assert_eq!(run["outcome"], "complete", "{runs}");
+    assert!(run["resumed"].as_u64().unwrap() >= 1, "{runs}");
+    for (type_name, prefix) in [("Patient", "p"), ("Observation", "o")] {
+        let ours = all_of(&app, type_name, "_source=urn:braid:source:lab", None).await;
+        assert_eq!(ours.len(), 1200, "{type_name}");
+        for n in 0..1200 {
+            let stored = &ours[&format!("lab-{prefix}{n}")];
+            assert_eq!(stored["meta"]["versionId"], "1", "{type_name} {n} was written once");
+        }
+    }
+    drop(second);
+}
+
+/// A server process that is killed (SIGKILL) when dropped, so that a failing test leaves none
+/// behind.
+struct Killed(crate::helpers::BraidProcess);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
