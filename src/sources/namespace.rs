@@ -83,6 +83,11 @@ impl Namespace {
         &self.name
     }
 
+    /// The source's own FHIR base (a pulled source's), without a trailing slash.
+    pub fn own_base(&self) -> Option<&str> {
+        self.own_base.as_deref()
+    }
+
     /// The id under which the resource the source calls `original` is stored.
     pub fn id(&self, original: &Id) -> Id {
         let name = self.name.as_str();

@@ -51,6 +51,10 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
 /// Runs kept in a source's record, newest last.
 pub const MAX_RUNS: usize = 20;
 
+/// Most resources of types not pulled that one run fetches because pulled resources reference
+/// them.
+pub const MAX_REFERENCED: usize = 10_000;
+
 /// The types pulled when the operator names none.
 pub const DEFAULT_TYPES: &[&str] =
     &["Patient", "Observation", "Appointment", "Encounter", "Condition", "Practitioner", "Organization"];
@@ -91,6 +95,13 @@ pub struct Checkpoint {
     pub counts: RunCounts,
     /// How often the run was resumed after an interruption.
     pub resumed: u32,
+    /// `bulk` or `search`, once decided.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `(type, id)` at the upstream of the resources of types not pulled that pulled resources
+    /// reference, sorted, at most [`MAX_REFERENCED`]: fetched one by one at the end of the run.
+    #[serde(default)]
+    pub referenced: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +115,9 @@ pub enum Stage {
     /// Paged searches: the type being read, the next page's URL (`None`: its first page), and
     /// the run's start (the next run's `_since`).
     Search { type_index: usize, next: Option<String>, started_at: String },
+    /// The resources pulled resources reference, of types not pulled: how many of
+    /// `Checkpoint::referenced` are done, and the next run's `_since`.
+    Referenced { done: usize, next_since: String },
 }
 
 /// The parts of an upstream's export manifest a run needs.
@@ -264,7 +278,10 @@ impl Upstream {
                 endpoint
             }
         };
-        let scope = self.types.iter().map(|t| format!("system/{t}.rs")).collect::<Vec<_>>().join(" ");
+        // Reading (not searching) every type lets the run fetch what pulled resources
+        // reference; an upstream may grant less, and those fetches are then refused one by one.
+        let mut scope = self.types.iter().map(|t| format!("system/{t}.rs")).collect::<Vec<_>>().join(" ");
+        scope.push_str(" system/*.r");
         let algorithm = if self.config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
         let key = match algorithm {
             Algorithm::ES384 => EncodingKey::from_ec_pem(self.config.key_pem.as_bytes()),
@@ -409,6 +426,8 @@ async fn read_json(mut response: reqwest::Response) -> Result<Value, Failure> {
 struct Run<'a> {
     registry: &'a Registry,
     source: Arc<ActiveSource>,
+    /// The types the run pulls (others are fetched only when referenced).
+    pulled: Vec<String>,
     name: String,
     checkpoint: Checkpoint,
     rejections: Vec<String>,
@@ -447,18 +466,18 @@ impl Registry {
                 stage: Stage::Start,
                 counts: RunCounts::default(),
                 resumed: 0,
+                mode: None,
+                referenced: Vec::new(),
             },
         };
-        let mut upstream = Upstream::new(pull.clone(), types, first_backoff)?;
-        let mut run = Run { registry: self, source, name: name.to_owned(), checkpoint, rejections: Vec::new() };
+        let mut upstream = Upstream::new(pull.clone(), types.clone(), first_backoff)?;
+        let mut run =
+            Run { registry: self, source, pulled: types, name: name.to_owned(), checkpoint, rejections: Vec::new() };
         let began = std::time::Instant::now();
         run.save().await?;
         let result = run.execute(&mut upstream).await;
         let finished = crate::auth::now_secs();
-        let mode = match &run.checkpoint.stage {
-            Stage::Search { .. } => "search",
-            _ => "bulk",
-        };
+        let mode = run.checkpoint.mode.clone().unwrap_or_else(|| "bulk".to_owned());
         let (outcome, error, next_since) = match result {
             Ok(next_since) => ("complete", None, Some(next_since)),
             Err(failure) => {
@@ -470,7 +489,7 @@ impl Registry {
             started: run.checkpoint.started,
             finished,
             duration_ms: began.elapsed().as_millis() as u64,
-            mode: mode.to_owned(),
+            mode,
             counts: run.checkpoint.counts,
             outcome: outcome.to_owned(),
             error,
@@ -567,13 +586,25 @@ impl Run<'_> {
                     if file >= manifest.files.len() {
                         // Done: the export is no longer needed at the upstream.
                         let _ = upstream.send(|http| http.delete(&status_url)).await;
-                        return Ok(manifest.transaction_time);
+                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since: manifest.transaction_time };
+                        self.save().await?;
+                        continue;
                     }
                     self.read_file(upstream, &status_url, &manifest, file, line).await?;
                 }
                 Stage::Search { type_index, next, started_at } => {
-                    let Some(type_name) = upstream.types.get(type_index).cloned() else { return Ok(started_at) };
+                    let Some(type_name) = upstream.types.get(type_index).cloned() else {
+                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since: started_at };
+                        self.save().await?;
+                        continue;
+                    };
                     self.read_pages(upstream, type_index, &type_name, next, &started_at).await?;
+                }
+                Stage::Referenced { done, next_since } => {
+                    if done >= self.checkpoint.referenced.len() {
+                        return Ok(next_since);
+                    }
+                    self.read_referenced(upstream, done, &next_since).await?;
                 }
             }
         }
@@ -593,10 +624,14 @@ impl Run<'_> {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         self.checkpoint.stage = match (status, location) {
-            (202, Some(status_url)) => Stage::Bulk { status_url, manifest: None, file: 0, line: 0 },
+            (202, Some(status_url)) => {
+                self.checkpoint.mode = Some("bulk".into());
+                Stage::Bulk { status_url, manifest: None, file: 0, line: 0 }
+            }
             // No export here (404, 405, 501, or a refusal of its parameters): searches.
             (400..=599, _) | (202, None) => {
                 tracing::info!(source = self.name, status, "the upstream offers no $export; paging through searches");
+                self.checkpoint.mode = Some("search".into());
                 let started_at = crate::fhir::json::format_instant(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -786,6 +821,61 @@ impl Run<'_> {
         }
     }
 
+    /// Fetches the next chunk of the referenced resources (those Braid does not hold yet) and
+    /// writes them.
+    async fn read_referenced(&mut self, upstream: &mut Upstream, done: usize, next_since: &str) -> Result<(), Failure> {
+        let end = (done + CHUNK).min(self.checkpoint.referenced.len());
+        let wanted: Vec<(String, String)> = self.checkpoint.referenced[done..end].to_vec();
+        let snapshot = self.registry.store().snapshot()?;
+        let mut fetched = Vec::new();
+        for (type_name, id) in wanted {
+            let (Some(resource_type), Ok(original)) = (ResourceType::parse(&type_name), Id::parse(&id)) else {
+                continue;
+            };
+            let held = snapshot.current(resource_type, self.source.namespace.id(&original).as_str())?;
+            if held.is_some_and(|version| !version.is_deleted()) {
+                continue;
+            }
+            let url = format!("{}/{type_name}/{id}", upstream.config.base);
+            let response = upstream.get(&url, &[]).await?;
+            match response.status().as_u16() {
+                200 => fetched.push(Ok(read_json(response).await?)),
+                404 | 410 => {
+                    fetched.push(Err(format!("{type_name}/{id}: referenced, but the upstream does not have it")))
+                }
+                401 | 403 => fetched
+                    .push(Err(format!("{type_name}/{id}: referenced, but the upstream does not let Braid read it"))),
+                status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+            }
+        }
+        drop(snapshot);
+        self.write(fetched).await?;
+        self.checkpoint.stage = Stage::Referenced { done: end, next_since: next_since.to_owned() };
+        self.save().await?;
+        Ok(())
+    }
+
+    /// Notes the resources `value` references that are of types the run does not pull (on the
+    /// upstream: relative references, or absolute ones on its base).
+    fn note_references(&mut self, value: &mut Value, pulled: &[String], base: &str) {
+        if self.checkpoint.referenced.len() >= MAX_REFERENCED {
+            return;
+        }
+        let referenced = &mut self.checkpoint.referenced;
+        let _ = reference::rewrite_resource_references(value, &mut |text: &str| {
+            let relative = text.strip_prefix(base).map_or(text, |rest| rest.trim_start_matches('/'));
+            if let Target::Local { resource_type, id, version: _ } = reference::parse(relative) {
+                let key = (resource_type.as_str().to_owned(), id.as_str().to_owned());
+                if !pulled.iter().any(|t| t == resource_type.as_str()) && referenced.len() < MAX_REFERENCED {
+                    if let Err(position) = referenced.binary_search(&key) {
+                        referenced.insert(position, key);
+                    }
+                }
+            }
+            Ok::<_, FhirError>(None)
+        });
+    }
+
     /// Writes pulled resources in one transaction with one Provenance. Those refused by
     /// validation are recorded and left out; if the transaction fails as a whole, each
     /// resource is written on its own so that one bad resource costs only itself.
@@ -794,6 +884,11 @@ impl Run<'_> {
             return Ok(());
         }
         self.checkpoint.counts.received += resources.len() as u64;
+        let (pulled, base) = (self.pulled.clone(), self.source.namespace.own_base().unwrap_or("").to_owned());
+        let mut resources = resources;
+        for resource in resources.iter_mut().flatten() {
+            self.note_references(resource, &pulled, &base);
+        }
         let mut admitted: Vec<(ResourceType, Id, serde_json::Map<String, Value>)> = Vec::new();
         let mut positions: HashMap<(ResourceType, Id), usize> = HashMap::new();
         for resource in resources {
@@ -994,6 +1089,12 @@ mod tests {
         .unwrap();
         assert!(read_key(&pem_of("PRIVATE KEY", p256.as_ref()), None).is_err());
         assert!(read_key("not a key", None).is_err());
+        use aws_lc_rs::encoding::AsDer;
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_pem = pem_of("PRIVATE KEY", rsa.as_der().unwrap().as_ref());
+        let (algorithm, _, public) = read_key(&rsa_pem, None).unwrap();
+        assert_eq!(algorithm, Algorithm::RS384);
+        assert_eq!(public["kty"], "RSA");
     }
 
     fn pem_of(label: &str, der: &[u8]) -> String {

@@ -246,3 +246,28 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     get(app, &file_url, None).await.assert_outcome(401);
     kick_off(app, "/$export", None).await.assert_outcome(401);
 }
+
+#[tokio::test]
+async fn a_finished_export_outlives_a_restart_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("braid.redb");
+    let mut first = crate::helpers::start_braid_process(&data, "info");
+    let app = TestApp::at(format!("http://127.0.0.1:{}/fhir", first.port), tempfile::tempdir().unwrap());
+    put(&app, &json!({"resourceType": "Patient", "id": "kept"}), None).await;
+    let reply = kick_off(&app, "/$export", None).await;
+    let status_path = reply.header("content-location").unwrap().split("/fhir").nth(1).unwrap().to_owned();
+    let done = manifest(&app, &app.url(&status_path), None).await;
+    let file_path = done["output"][0]["url"].as_str().unwrap().split("/fhir").nth(1).unwrap().to_owned();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let mut second = crate::helpers::start_braid_process(&data, "info");
+    let app = TestApp::at(format!("http://127.0.0.1:{}/fhir", second.port), tempfile::tempdir().unwrap());
+    let again = app.get(&status_path).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["transactionTime"], done["transactionTime"]);
+    let file = app.get(&file_path).await;
+    assert!(file.text.contains("\"id\":\"kept\""), "{}", file.text);
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}

@@ -112,6 +112,9 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
             "performer": [{"reference": "Practitioner/dr"}]}));
     }
     seeded.push(json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Who"}]}));
+    // A reference to what the upstream does not have.
+    seeded.push(json!({"resourceType": "Observation", "id": "o-dangling", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/p0"}, "performer": [{"reference": "Organization/nowhere"}]}));
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": seeded.iter().map(|resource| json!({
         "resource": resource,
         "request": {"method": "PUT", "url": format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap())}
@@ -131,21 +134,26 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     };
     let client_id =
         braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
-    let types = ["Patient", "Observation", "Practitioner"];
-    let added = operator(&downstream.data, pull_source("clinic", &up.base, &client_id, &key, &types)).await.unwrap();
+    // Practitioners are not pulled, but the Observations reference one: it is fetched too.
+    let added =
+        operator(&downstream.data, pull_source("clinic", &up.base, &client_id, &key, &["Patient", "Observation"]))
+            .await
+            .unwrap();
     assert_eq!((added["source"].clone(), added["kind"].clone()), (json!("clinic"), json!("pull")));
     assert_eq!(added["jwks"]["keys"][0], public, "the public key to register upstream");
 
     let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
-    assert_eq!(run["counts"]["received"], 161, "{synced}");
-    assert_eq!(run["counts"]["created"], 161, "{synced}");
+    assert_eq!(run["counts"]["received"], 163, "{synced}");
+    assert_eq!(run["counts"]["created"], 162, "{synced}");
+    assert_eq!(run["counts"]["rejected"], 1, "{synced}");
+    assert!(run["rejections"][0].as_str().unwrap().contains("Organization/nowhere"), "{synced}");
 
     // Exactly the upstream's content, in the namespace.
     let reader = downstream.token("reader", "system/*.rs", None);
     let down = &downstream.app;
-    for type_name in types {
+    for type_name in ["Patient", "Observation", "Practitioner"] {
         let theirs = all_of(up, type_name, "", Some(&writer)).await;
         let ours = all_of(down, type_name, "_source=urn:braid:source:clinic", Some(&reader)).await;
         assert_eq!(ours.len(), theirs.len(), "{type_name}");
@@ -158,7 +166,8 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
                 subject["reference"] = json!(format!("Patient/clinic-{patient}"));
             }
             if let Some(performer) = expected.get_mut("performer") {
-                performer[0]["reference"] = json!("Practitioner/clinic-dr");
+                let target = performer[0]["reference"].as_str().unwrap().replace('/', "/clinic-");
+                performer[0]["reference"] = json!(target);
             }
             assert_eq!(as_sent(stored), expected, "{type_name}/{id}");
         }
@@ -220,6 +229,76 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     // A push source cannot be synced, an unknown one neither.
     let refused = operator(&downstream.data, AdminRequest::SyncSource { name: "nobody".into() }).await.unwrap_err();
     assert!(refused.contains("no source nobody"), "{refused}");
+}
+
+/// An RSA private key (for RS384) as PKCS#8 PEM.
+fn rsa_private_key_pem() -> String {
+    use aws_lc_rs::encoding::AsDer;
+    use base64::Engine;
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let text = base64::engine::general_purpose::STANDARD.encode(pair.as_der().unwrap().as_ref());
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+}
+
+#[tokio::test]
+async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_know_fails_the_run_with_the_reason() {
+    let upstream = spawn_auth_app().await;
+    let downstream = spawn_auth_app().await;
+    let writer = upstream.token("seed", "system/*.cruds", None);
+    for n in 0..3 {
+        let patient = json!({"resourceType": "Patient", "id": format!("r{n}")});
+        let reply = upstream
+            .app
+            .send(
+                upstream
+                    .app
+                    .client
+                    .put(upstream.app.url(&format!("/Patient/r{n}")))
+                    .bearer_auth(&writer)
+                    .header("content-type", "application/fhir+json")
+                    .body(patient.to_string()),
+            )
+            .await;
+        assert_eq!(reply.status, 201);
+    }
+    let key = rsa_private_key_pem();
+    let (_, kid, public) = braid::sources::pull::read_key(&key, None).unwrap();
+    assert_eq!(public["kty"], "RSA");
+    let new = NewClient {
+        name: "downstream braid".into(),
+        scope: "system/Patient.rs".into(),
+        grant_types: Vec::new(),
+        redirect_uris: Vec::new(),
+        credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
+        source: None,
+    };
+    let client_id =
+        braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    let added = operator(&downstream.data, pull_source("rsa", &upstream.app.base, &client_id, &key, &["Patient"]))
+        .await
+        .unwrap();
+    assert_eq!(added["kid"], kid.as_str());
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "rsa".into() }).await.unwrap();
+    assert_eq!(
+        (synced["run"]["outcome"].clone(), synced["run"]["counts"]["created"].clone()),
+        (json!("complete"), json!(3)),
+        "{synced}"
+    );
+
+    // Another key under the same client id: the upstream refuses it, and the run says why.
+    operator(
+        &downstream.data,
+        pull_source("stranger", &upstream.app.base, &client_id, &private_key_pem(), &["Patient"]),
+    )
+    .await
+    .unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "stranger".into() }).await.unwrap();
+    assert_eq!(synced["run"]["outcome"], "failed", "{synced}");
+    assert!(synced["run"]["error"].as_str().unwrap().contains("invalid_client"), "{synced}");
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "stranger".into() }).await.unwrap();
+    assert_eq!(shown["runs"][0]["outcome"], "failed");
+    assert!(shown["since"].is_null(), "a failed run moves no _since");
 }
 
 /// The minimal search-only FHIR server: Patients and Observations with fixed `lastUpdated`
@@ -377,6 +456,13 @@ async fn serve(
 #[tokio::test]
 async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
     let upstream = SearchOnly::start(30, 450, Duration::ZERO).await;
+    // One resource breaks a value rule: the strict source refuses it and the run goes on.
+    upstream
+        .resources
+        .lock()
+        .unwrap()
+        .push(json!({"resourceType": "Patient", "id": "p-bad", "birthDate": "2021-02-30",
+        "meta": {"lastUpdated": "2024-01-01T00:00:59.000Z"}}));
     let downstream = spawn_auth_app().await;
     let key = private_key_pem();
     operator(&downstream.data, pull_source("lab", &upstream.base, "braid", &key, &["Patient", "Observation"]))
@@ -386,6 +472,15 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("search")), "{synced}");
     assert_eq!(run["counts"]["created"], 480, "{synced}");
+    assert_eq!(
+        (run["counts"]["received"].clone(), run["counts"]["rejected"].clone()),
+        (json!(481), json!(1)),
+        "{synced}"
+    );
+    let reason = run["rejections"][0].as_str().unwrap();
+    assert!(reason.contains("Patient/p-bad") && reason.contains("Patient.birthDate"), "{reason}");
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "lab".into() }).await.unwrap();
+    assert_eq!(shown["counts"]["rejected"], 1, "the source's figures count it too: {shown}");
     assert!(upstream.faults.load(Ordering::Relaxed) >= 3, "faults were injected and retried");
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Observation", "_source=urn:braid:source:lab", Some(&reader)).await;
@@ -500,5 +595,55 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.child.kill();
         let _ = self.0.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn scheduled_pulls_fall_due_after_their_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = braid::store::Store::open(
+        &dir.path().join("braid.redb"),
+        braid::store::StoreOptions::default(),
+        Arc::new(braid::search::SearchIndexer),
+    )
+    .unwrap();
+    let sources = braid::sources::Registry::load(&store).unwrap();
+    // Nothing listens here: each run fails at once, and is recorded.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", closed.local_addr().unwrap());
+    drop(closed);
+    let new = |name: &str, every: Option<&str>| braid::sources::NewSource {
+        name: name.into(),
+        credential: NewCredential::None,
+        pull: Some(braid::sources::NewPull {
+            base: base.clone(),
+            client_id: "braid".into(),
+            key_pem: private_key_pem(),
+            kid: None,
+            every: every.map(str::to_owned),
+        }),
+        types: Vec::new(),
+        lenient: false,
+        extra_scope: None,
+    };
+    let added = sources.add(new("hourly", Some("1h"))).await.unwrap();
+    assert_eq!(added["every_secs"], 3600);
+    sources.add(new("manual", None)).await.unwrap();
+    for bad in ["30s", "soon"] {
+        let refused = sources.add(new("bad", Some(bad))).await.unwrap_err();
+        assert!(refused.to_string().contains("--every"), "{refused}");
+    }
+    let now = braid::auth::now_secs();
+    assert_eq!(sources.due_pulls(now), ["hourly"], "never ran: due at once; unscheduled: never");
+    let run = sources.sync_with("hourly", Duration::from_millis(1)).await.unwrap();
+    assert_eq!(run.outcome, "failed");
+    assert!(run.error.as_deref().unwrap().contains("could not be reached"), "{run:?}");
+    assert!(sources.due_pulls(now).is_empty(), "it ran just now");
+    assert_eq!(sources.due_pulls(run.started + 3600), ["hourly"]);
+    drop(sources);
+    let finished = store.writer_finished();
+    drop(store);
+    while !finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
