@@ -45,8 +45,10 @@ pub struct Application {
     /// The operator's socket (see [`crate::auth::admin`]) and its path.
     admin: Option<(Server, std::path::PathBuf)>,
     store: Store,
-    /// Their counters are flushed once more at shutdown.
+    /// Their counters are flushed once more at shutdown, and running pulls stopped.
     sources: Arc<crate::sources::Registry>,
+    /// Running exports are stopped at shutdown.
+    exports: Arc<crate::bulk::Exports>,
     shutdown_timeout: Duration,
 }
 
@@ -130,6 +132,7 @@ impl Application {
                 .map_err(StartupError::Exports)?,
         );
         start_export_sweeper(Arc::downgrade(&exports));
+        let stopping_exports = exports.clone();
         let audit = (auth.is_some() && settings.audit).then(|| {
             crate::auth::audit::AuditSink::start(store.clone(), Duration::from_secs(settings.audit_window_secs))
         });
@@ -169,7 +172,7 @@ impl Application {
         .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
         .run();
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
-        Ok(Application { port, https, server, admin, store, sources, shutdown_timeout })
+        Ok(Application { port, https, server, admin, store, sources, exports: stopping_exports, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -188,7 +191,7 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, admin, store, sources, shutdown_timeout, .. } = self;
+        let Application { server, admin, store, sources, exports, shutdown_timeout, .. } = self;
         let result = match admin {
             Some((admin, socket)) => {
                 let handle = admin.handle();
@@ -201,6 +204,10 @@ impl Application {
             }
             None => server.await,
         };
+        // Pulls and exports let go of the store at their next step.
+        sources.stop();
+        exports.stop();
+        drop(exports);
         if let Err(error) = sources.flush().await {
             tracing::warn!(%error, "the sources' last counts could not be stored");
         }

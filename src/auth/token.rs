@@ -82,7 +82,9 @@ impl Grant {
         let mut rules = AccessRules::from_scopes(&scopes, context);
         // Only an administrator's token changes the trail; a token for a user whose role it
         // does not name counts as no administrator's.
-        if context != Context::System && claims.role != Some(Role::Admin) {
+        // A source's token never changes the trail either: the Provenance of its pushes is
+        // about it.
+        if (context != Context::System && claims.role != Some(Role::Admin)) || claims.source.is_some() {
             rules = rules.with_read_only(&TRAIL_TYPES);
         }
         Grant {

@@ -44,6 +44,10 @@ pub const MAX_RUNNING: usize = 2;
 /// Most jobs kept (running, waiting or finished and not yet expired); a kick-off beyond is 429.
 pub const MAX_JOBS: usize = 50;
 
+/// Most jobs kept for one requester (client, user and patient), so that one cannot take every
+/// place.
+pub const MAX_JOBS_PER_REQUESTER: usize = 10;
+
 /// Which resources an export reaches.
 #[derive(Debug, Clone)]
 pub enum Level {
@@ -77,6 +81,12 @@ pub struct JobRecord {
     /// The client that asked (`None` with authorization off): only it may poll, download or
     /// cancel.
     pub client_id: Option<String>,
+    /// The user (or, for a backend service, the client) and the patient of the token that asked:
+    /// another user's or patient's token of the same client may not see the job either.
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub patient: Option<String>,
     pub request: String,
     /// When the snapshot exported was taken (FHIR instant).
     pub transaction_time: String,
@@ -115,6 +125,8 @@ struct Job {
     type_index: AtomicU64,
     types: u64,
     cancelled: AtomicBool,
+    /// The server is stopping.
+    stopping: AtomicBool,
 }
 
 impl Job {
@@ -138,6 +150,11 @@ pub struct Exports {
     retention_secs: u64,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     turns: Arc<tokio::sync::Semaphore>,
+    /// Held while a job's end is recorded, and while a job is forgotten.
+    ending: tokio::sync::Mutex<()>,
+    /// Set when the server stops: running jobs end without a record (the next start reports
+    /// them failed).
+    stopping: Arc<AtomicBool>,
 }
 
 /// Where the exports of the database `data` are written.
@@ -176,6 +193,7 @@ impl Exports {
                 type_index: AtomicU64::new(0),
                 types: 0,
                 cancelled: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
                 record: Mutex::new(record.clone()),
             };
             jobs.insert(record.id.clone(), Arc::new(job));
@@ -186,9 +204,19 @@ impl Exports {
             retention_secs,
             jobs: Mutex::new(jobs),
             turns: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)),
+            ending: tokio::sync::Mutex::new(()),
+            stopping: Arc::new(AtomicBool::new(false)),
         };
         exports.sweep().await?;
         Ok(exports)
+    }
+
+    /// Stops the running jobs soon (at their next resource), for a shutdown.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for job in self.jobs().values() {
+            job.stopping.store(true, Ordering::Relaxed);
+        }
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
@@ -203,14 +231,24 @@ impl Exports {
             Access::Token(grant) => Some(grant.client_id.clone()),
             Access::Unrestricted => None,
         };
-        let now_micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_micros() as i64);
+        // What the export holds is what was committed up to its snapshot, and every later write
+        // is stamped later than the snapshot's newest version (the writer's clock only moves
+        // forward, and a commit takes far more than a microsecond). The transaction time is that
+        // newest version's instant, cut to the millisecond the manifest shows: a `_since` of it
+        // misses nothing later, and at worst repeats the versions of that last millisecond.
+        let newest = snapshot.newest_last_updated()?.unwrap_or(0);
+        let transaction_time = crate::fhir::json::format_instant(newest);
+        let (subject, patient) = match &kickoff.access {
+            Access::Token(grant) => (Some(grant.subject.clone()), grant.patient.clone()),
+            Access::Unrestricted => (None, None),
+        };
         let record = JobRecord {
             id: id.clone(),
             client_id,
+            subject,
+            patient,
             request: kickoff.request.clone(),
-            transaction_time: crate::fhir::json::format_instant(now_micros),
+            transaction_time,
             status: JobStatus::Running,
             created: crate::auth::now_secs(),
             expires: None,
@@ -222,14 +260,26 @@ impl Exports {
             type_index: AtomicU64::new(0),
             types: kickoff.types.len() as u64,
             cancelled: AtomicBool::new(false),
+            stopping: AtomicBool::new(self.stopping.load(Ordering::Relaxed)),
         });
         {
             let mut jobs = self.jobs();
-            if jobs.len() >= MAX_JOBS {
+            let requester = (&record.client_id, &record.subject, &record.patient);
+            let own = jobs
+                .values()
+                .filter(|job| {
+                    let kept = job.record();
+                    (&kept.client_id, &kept.subject, &kept.patient) == requester
+                })
+                .count();
+            if jobs.len() >= MAX_JOBS || own >= MAX_JOBS_PER_REQUESTER {
                 return Err(FhirError::new(
                     Category::TooManyRequests,
                     IssueCode::Throttled,
-                    format!("{MAX_JOBS} exports are kept already; cancel or collect some, or retry later"),
+                    format!(
+                        "too many exports are kept ({MAX_JOBS_PER_REQUESTER} per requester, {MAX_JOBS} in all); cancel \
+                         or let some expire, or retry later"
+                    ),
                 ));
             }
             jobs.insert(id.clone(), job.clone());
@@ -253,7 +303,14 @@ impl Exports {
 
     async fn finish(&self, job: &Job, result: Result<Vec<Output>, String>) {
         let id = job.record().id;
-        if job.cancelled.load(Ordering::Relaxed) {
+        // A cancel (which forgets the job) and the end of the job take turns: a cancelled job's
+        // record is never written back.
+        let _ending = self.ending.lock().await;
+        if job.stopping.load(Ordering::Relaxed) {
+            // Stopped by a shutdown: the next start reports it failed and removes its files.
+            return;
+        }
+        if job.cancelled.load(Ordering::Relaxed) || !self.jobs().contains_key(&id) {
             let _ = std::fs::remove_dir_all(self.dir.join(&id));
             return;
         }
@@ -278,16 +335,24 @@ impl Exports {
         }
     }
 
-    /// The job `id` as its client sees it; `None` if there is none, or it is another client's.
-    fn find(&self, id: &str, client_id: Option<&str>) -> Option<Arc<Job>> {
+    /// The job `id` as the caller sees it: `None` if there is none, or it was started by another
+    /// client, or by another user or patient of the same client.
+    fn find(&self, id: &str, access: &Access) -> Option<Arc<Job>> {
         let job = self.jobs().get(id).cloned()?;
-        let owner = job.record().client_id;
-        (owner.as_deref() == client_id).then_some(job)
+        let record = job.record();
+        let caller = match access {
+            Access::Token(grant) => {
+                (Some(grant.client_id.as_str()), Some(grant.subject.as_str()), grant.patient.as_deref())
+            }
+            Access::Unrestricted => (None, None, None),
+        };
+        let owner = (record.client_id.as_deref(), record.subject.as_deref(), record.patient.as_deref());
+        (owner == caller).then_some(job)
     }
 
-    /// Where the job `id` stands, for its client.
-    pub fn poll(&self, id: &str, client_id: Option<&str>) -> Option<Poll> {
-        let job = self.find(id, client_id)?;
+    /// Where the job `id` stands, for its requester.
+    pub fn poll(&self, id: &str, access: &Access) -> Option<Poll> {
+        let job = self.find(id, access)?;
         let record = job.record();
         Some(match record.status {
             JobStatus::Running => Poll::Running(format!(
@@ -302,14 +367,15 @@ impl Exports {
 
     /// Cancels the job `id` (running or finished) for its client and deletes its files and
     /// record; false if the client has no such job.
-    pub async fn cancel(&self, id: &str, client_id: Option<&str>) -> Result<bool, FhirError> {
-        let Some(job) = self.find(id, client_id) else { return Ok(false) };
+    pub async fn cancel(&self, id: &str, access: &Access) -> Result<bool, FhirError> {
+        let Some(job) = self.find(id, access) else { return Ok(false) };
         job.cancelled.store(true, Ordering::Relaxed);
         self.forget(id).await?;
         Ok(true)
     }
 
     async fn forget(&self, id: &str) -> Result<(), FhirError> {
+        let _ending = self.ending.lock().await;
         self.jobs().remove(id);
         let _ = std::fs::remove_dir_all(self.dir.join(id));
         let owned = id.to_owned();
@@ -322,8 +388,8 @@ impl Exports {
     }
 
     /// The path of a finished job's file, for its client.
-    pub fn file(&self, id: &str, client_id: Option<&str>, name: &str) -> Option<PathBuf> {
-        let record = self.find(id, client_id)?.record();
+    pub fn file(&self, id: &str, access: &Access, name: &str) -> Option<PathBuf> {
+        let record = self.find(id, access)?.record();
         if record.status != JobStatus::Complete {
             return None;
         }
@@ -363,7 +429,7 @@ fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<
         let mut file: Option<(std::io::BufWriter<std::fs::File>, Output)> = None;
         let mut failure: Option<String> = None;
         let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
-            if job.cancelled.load(Ordering::Relaxed) {
+            if job.cancelled.load(Ordering::Relaxed) || job.stopping.load(Ordering::Relaxed) {
                 return Ok(ControlFlow::Break(()));
             }
             if !within_level(&kickoff.level, &view, resource_type, id, version)?
@@ -413,8 +479,8 @@ fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<
         if let Some(failure) = failure {
             return Err(failure);
         }
-        if job.cancelled.load(Ordering::Relaxed) {
-            return Err("cancelled".into());
+        if job.cancelled.load(Ordering::Relaxed) || job.stopping.load(Ordering::Relaxed) {
+            return Err("cancelled or stopped".into());
         }
     }
     Ok(outputs)

@@ -310,7 +310,7 @@ fn parse_entry(
             };
             let interaction = if target.is_none() { Permission::Create } else { Permission::Update };
             access::permitted(access, resource_type, interaction, base)?;
-            super::source::admit(source, resource_type, &mut resource)?;
+            super::source::admit(source, resource_type, &mut resource, Some(base))?;
             access::check_body(access, resource_type, &resource, interaction, base)?;
             let conditional_references = request::conditional_references(&mut resource, access, base)?;
             let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };

@@ -202,14 +202,6 @@ fn export_types(
     Ok(types)
 }
 
-/// The client a request is made by: its token's client, or `None` with authorization off.
-fn client_of(access: &Access) -> Option<&str> {
-    match access {
-        Access::Token(grant) => Some(grant.client_id.as_str()),
-        Access::Unrestricted => None,
-    }
-}
-
 fn unknown_job(id: &str) -> FhirError {
     FhirError::not_found(format!("there is no export {id} of this client (it may have expired or been cancelled)"))
 }
@@ -220,7 +212,7 @@ pub async fn status(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let id = ctx.param(0).to_owned();
     let base = request::base_url(&ctx.http, &ctx.state);
     let requires_token = ctx.state.auth.is_some();
-    match ctx.state.exports.poll(&id, client_of(&ctx.access)).ok_or_else(|| unknown_job(&id))? {
+    match ctx.state.exports.poll(&id, &ctx.access).ok_or_else(|| unknown_job(&id))? {
         Poll::Running(progress) => {
             let mut response = HttpResponse::build(StatusCode::ACCEPTED).finish();
             let headers = response.headers_mut();
@@ -270,7 +262,7 @@ pub async fn status(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// `DELETE /fhir/$export-status/{job}`: cancels the export and deletes its files (202).
 pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let id = ctx.param(0).to_owned();
-    if ctx.state.exports.cancel(&id, client_of(&ctx.access)).await? {
+    if ctx.state.exports.cancel(&id, &ctx.access).await? {
         Ok(HttpResponse::build(StatusCode::ACCEPTED).finish())
     } else {
         Err(unknown_job(&id))
@@ -280,7 +272,7 @@ pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// `GET /fhir/$export-file/{job}/{file}`: a file of a complete export, streamed from disk.
 pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let (id, name) = (ctx.param(0).to_owned(), ctx.param(1).to_owned());
-    let path = ctx.state.exports.file(&id, client_of(&ctx.access), &name).ok_or_else(|| unknown_job(&id))?;
+    let path = ctx.state.exports.file(&id, &ctx.access, &name).ok_or_else(|| unknown_job(&id))?;
     let file = tokio::fs::File::open(&path).await.map_err(|error| {
         tracing::error!(%error, "an export file is missing");
         FhirError::fault("export file")

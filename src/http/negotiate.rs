@@ -31,6 +31,10 @@ pub async fn content_negotiation(
     let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let wanted = match &format_param {
         Some(format) => from_format_param(format),
+        // Bulk Data export files are NDJSON, and clients may ask for just that.
+        None if request.path().contains("/$export-file/") && accepts_ndjson(accept.as_deref().unwrap_or("")) => {
+            Wanted::FhirJson
+        }
         None => from_accept(accept.as_deref().unwrap_or("")),
     };
     match wanted {
@@ -66,6 +70,14 @@ fn from_format_param(format: &str) -> Wanted {
         "application/json" => Wanted::PlainJson,
         other => Wanted::Unsupported(format!("_format={other}")),
     }
+}
+
+/// Whether `accept` names an NDJSON media type.
+fn accepts_ndjson(accept: &str) -> bool {
+    accept
+        .split(',')
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .any(|range| matches!(range, "application/fhir+ndjson" | "application/ndjson" | "ndjson"))
 }
 
 fn from_accept(accept: &str) -> Wanted {

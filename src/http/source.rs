@@ -22,7 +22,9 @@ pub use crate::sources::{admit, count, namespaced, stored_id};
 pub fn of(access: &Access, state: &AppState) -> Result<Option<Arc<ActiveSource>>, FhirError> {
     let Access::Token(grant) = access else { return Ok(None) };
     let Some(name) = &grant.source else { return Ok(None) };
-    match state.sources.get(name) {
+    // A source removed and added again under the same name has a new client: the old one's
+    // tokens write for nobody.
+    match state.sources.get(name).filter(|source| source.client_id.as_deref() == Some(grant.client_id.as_str())) {
         Some(source) => Ok(Some(source)),
         None => Err(FhirError::new(
             Category::Forbidden,

@@ -57,8 +57,8 @@ async fn execute(
     target: Target,
     mut value: Value,
 ) -> Result<HttpResponse, FhirError> {
-    super::source::admit(source, resource_type, &mut value)?;
     let base = request::base_url(http, state);
+    super::source::admit(source, resource_type, &mut value, Some(&base))?;
     super::access::check_body(access, resource_type, &value, Permission::Update, &base)?;
     let precondition = request::precondition(http)?;
     let conditional_references = request::conditional_references(&mut value, access, &base)?;

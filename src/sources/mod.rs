@@ -161,8 +161,14 @@ pub fn source_scope(name: &SourceName, types: &[ResourceType], extra: Option<&st
 /// Validates `value`, a resource of `resource_type` about to be written, and for a source
 /// moves it into the source's namespace. A lenient source's resource that breaks only value
 /// rules is admitted with its issues kept inside it ([`quality`]); anything else invalid is
-/// refused as before.
-pub fn admit(source: Option<&ActiveSource>, resource_type: ResourceType, value: &mut Value) -> Result<(), FhirError> {
+/// refused as before. `local_base` is Braid's FHIR base as the request addressed it (see
+/// [`Namespace::apply_on`]).
+pub fn admit(
+    source: Option<&ActiveSource>,
+    resource_type: ResourceType,
+    value: &mut Value,
+    local_base: Option<&str>,
+) -> Result<(), FhirError> {
     if let Err(error) = validator().validate_value(resource_type, value) {
         match source {
             Some(source) if source.lenient && quality::only_value_issues(&error) => {
@@ -177,7 +183,7 @@ pub fn admit(source: Option<&ActiveSource>, resource_type: ResourceType, value: 
         let Value::Object(resource) = value else {
             return Err(FhirError::incorrect(IssueCode::Structure, "a resource must be a JSON object"));
         };
-        source.namespace.apply(resource)?;
+        source.namespace.apply_on(resource, local_base)?;
     }
     Ok(())
 }
@@ -222,6 +228,8 @@ pub fn ownership_clause(name: &str, resource_type: ResourceType) -> Result<Claus
 pub struct Registry {
     store: Store,
     active: RwLock<HashMap<String, Arc<ActiveSource>>>,
+    /// Set when the server stops: running pulls stop at their next checkpoint, keeping it.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A source as requests see it.
@@ -388,7 +396,12 @@ impl Registry {
         for record in SOURCES.all::<SourceRecord>(store)? {
             active.insert(record.name.clone(), Arc::new(ActiveSource::new(&record)?));
         }
-        Ok(Registry { store: store.clone(), active: RwLock::new(active) })
+        Ok(Registry { store: store.clone(), active: RwLock::new(active), stopping: Default::default() })
+    }
+
+    /// Stops running pulls at their next checkpoint (they resume at the next start).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -740,4 +753,70 @@ pub fn summary(described: &Value) -> String {
         }
     }
     lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> SourceRecord {
+        SourceRecord {
+            name: name.into(),
+            kind: SourceKind::Push { client_id: "c".into() },
+            types: Vec::new(),
+            lenient: false,
+            created: 0,
+            counts: Counts::default(),
+            recent_rejections: VecDeque::new(),
+            pull: None,
+        }
+    }
+
+    #[test]
+    fn a_source_keeps_its_last_rejections_only_with_bounded_reasons() {
+        let active = ActiveSource::new(&record("clinic")).unwrap();
+        for n in 0..25 {
+            let error = FhirError::incorrect(IssueCode::Value, "é".repeat(400)).at(format!("Patient.name[{n}]"));
+            active.rejected(Some(format!("Patient/{n}")), &error);
+        }
+        let pending = active.peek();
+        assert_eq!(pending.counts.rejected, 25);
+        assert_eq!(pending.rejections.len(), MAX_RECENT_REJECTIONS);
+        assert_eq!(pending.rejections[0].what.as_deref(), Some("Patient/5"), "the oldest went first");
+        assert_eq!(pending.rejections[19].what.as_deref(), Some("Patient/24"));
+        let reason = &pending.rejections[0].reason;
+        assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8(), "{}", reason.len());
+        assert!(reason.starts_with("Patient.name[5]: "), "{reason}");
+        // Stored records keep the bound when counts are added to them.
+        let mut stored = record("clinic");
+        stored.counts.rejected = 100;
+        stored.recent_rejections = pending.rejections.clone();
+        let merged = merged(stored, active.take());
+        assert_eq!(merged.counts.rejected, 125);
+        assert_eq!(merged.recent_rejections.len(), MAX_RECENT_REJECTIONS);
+        assert!(active.peek().rejections.is_empty(), "taken counts are gone from memory");
+    }
+
+    #[test]
+    fn counts_that_could_not_be_stored_are_put_back() {
+        let active = ActiveSource::new(&record("clinic")).unwrap();
+        active.pushed();
+        active.wrote(OutcomeKind::Created);
+        let taken = active.take();
+        active.pushed();
+        active.restore(taken);
+        let pending = active.peek();
+        assert_eq!((pending.counts.pushes, pending.counts.created), (2, 1));
+    }
+
+    #[test]
+    fn a_source_scope_covers_its_types_over_its_own_records_and_what_is_granted_beyond() {
+        let name = SourceName::parse("clinic").unwrap();
+        assert_eq!(source_scope(&name, &[], None), "system/*.cruds?_source=urn:braid:source:clinic");
+        let types = [ResourceType::parse("Patient").unwrap(), ResourceType::parse("Observation").unwrap()];
+        assert_eq!(
+            source_scope(&name, &types, Some("system/Practitioner.rs")),
+            "system/Patient.cruds?_source=urn:braid:source:clinic system/Observation.cruds?_source=urn:braid:source:clinic system/Practitioner.rs"
+        );
+    }
 }

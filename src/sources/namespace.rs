@@ -117,12 +117,21 @@ impl Namespace {
     /// The reference `reference` becomes in this namespace, or `None` when it stays as it is.
     /// A version (`/_history/n`) is kept: it names the upstream's version.
     pub fn rewrite_reference(&self, reference: &str) -> Option<String> {
-        let own = self
-            .own_base
-            .as_deref()
-            .and_then(|base| reference.strip_prefix(base))
-            .and_then(|rest| rest.strip_prefix('/'));
-        let relative = own.unwrap_or(reference);
+        self.rewrite_reference_on(reference, None)
+    }
+
+    /// Like [`Namespace::rewrite_reference`], with absolute references on `local_base` (Braid's
+    /// own FHIR base, as the request addressed it) read as the source's own too: a source names
+    /// resources in its own terms, so it cannot point into another source's namespace, nor at
+    /// a record outside every namespace, by writing Braid's URL.
+    pub fn rewrite_reference_on(&self, reference: &str, local_base: Option<&str>) -> Option<String> {
+        let on = |base: &str| {
+            reference
+                .strip_prefix(base.trim_end_matches('/'))
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|_| !base.is_empty())
+        };
+        let relative = self.own_base.as_deref().and_then(on).or_else(|| local_base.and_then(on)).unwrap_or(reference);
         match reference::parse(relative) {
             Target::Local { resource_type, id, version } => {
                 let id = self.id(&id);
@@ -138,6 +147,12 @@ impl Namespace {
     /// Moves `resource` into the namespace: its id (when it has one), every reference in it,
     /// an identifier keeping its original id, and `meta.source`.
     pub fn apply(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
+        self.apply_on(resource, None)
+    }
+
+    /// Like [`Namespace::apply`], for a resource written through `local_base` (see
+    /// [`Namespace::rewrite_reference_on`]).
+    pub fn apply_on(&self, resource: &mut Map<String, Value>, local_base: Option<&str>) -> Result<(), FhirError> {
         let original = match resource.get("id") {
             None => None,
             Some(Value::String(text)) => Some(Id::parse(text).map_err(|error| error.at("id"))?),
@@ -146,7 +161,7 @@ impl Namespace {
         // References first: the rewrite must not see the identifier and meta added below.
         let mut object = Value::Object(std::mem::take(resource));
         reference::rewrite_resource_references(&mut object, &mut |text: &str| {
-            Ok::<_, FhirError>(self.rewrite_reference(text))
+            Ok::<_, FhirError>(self.rewrite_reference_on(text, local_base))
         })?;
         let Value::Object(map) = object else { unreachable!("still the object lent") };
         *resource = map;
@@ -272,6 +287,7 @@ mod tests {
             ("Patient/42/_history/3", Some("Patient/clinic-42/_history/3")),
             ("https://ehr.example/fhir/Patient/42", Some("Patient/clinic-42")),
             ("https://other.example/fhir/Patient/42", None),
+            ("https://ehr.example/fhir", None),
             ("#med1", None),
             ("urn:uuid:0d5bcbe7-6a9e-4bd4-b3c8-6b2d4bd25b2a", None),
             ("Patient?identifier=http://x|1", None),
@@ -280,6 +296,21 @@ mod tests {
         for (reference, expected) in cases {
             assert_eq!(clinic.rewrite_reference(reference).as_deref(), expected, "{reference}");
         }
+    }
+
+    #[test]
+    fn absolute_references_on_braids_own_base_are_read_in_the_sources_terms() {
+        let clinic = Namespace::new(SourceName::parse("clinic").unwrap(), None);
+        let braid = Some("https://braid.example/fhir");
+        for (reference, expected) in [
+            ("https://braid.example/fhir/Patient/hospital-7", Some("Patient/clinic-hospital-7")),
+            ("https://braid.example/fhir/Patient/42/_history/2", Some("Patient/clinic-42/_history/2")),
+            ("https://braid.example/fhirx/Patient/42", None),
+            ("https://elsewhere.example/fhir/Patient/42", None),
+        ] {
+            assert_eq!(clinic.rewrite_reference_on(reference, braid).as_deref(), expected, "{reference}");
+        }
+        assert_eq!(clinic.rewrite_reference("https://braid.example/fhir/Patient/hospital-7"), None);
     }
 
     #[test]

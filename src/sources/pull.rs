@@ -51,6 +51,14 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
 /// Runs kept in a source's record, newest last.
 pub const MAX_RUNS: usize = 20;
 
+/// Most bytes of an upstream's error answer kept (in a run's error).
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+/// How far back a search-mode run's `_lastUpdated` reaches before the previous run's start:
+/// upstream commits in flight and clock differences would otherwise fall into the gap (what
+/// is read twice is written unchanged).
+pub const SEARCH_OVERLAP_MICROS: i64 = 5 * 60 * 1_000_000;
+
 /// Most resources of types not pulled that one run fetches because pulled resources reference
 /// them.
 pub const MAX_REFERENCED: usize = 10_000;
@@ -127,6 +135,9 @@ pub struct Manifest {
     pub requires_token: bool,
     /// `(type, url)` of each file.
     pub files: Vec<(String, String)>,
+    /// How many error files (OperationOutcomes) the manifest lists.
+    #[serde(default)]
+    pub errors: usize,
 }
 
 /// What a run did.
@@ -197,13 +208,17 @@ pub fn parse_every(text: &str) -> Result<u64, FhirError> {
     let (number, unit) = text.split_at(split);
     let number: u64 =
         number.parse().map_err(|_| bad(format!("--every takes a duration such as 15m or 1h, not '{text}'")))?;
-    let seconds = match unit {
-        "s" => number,
-        "m" | "" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" | "" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(bad(format!("--every takes a duration such as 15m or 1h, not '{text}'"))),
     };
+    let seconds = number
+        .checked_mul(unit_secs)
+        .filter(|&seconds| seconds <= 366 * 86_400)
+        .ok_or_else(|| bad("--every is at most a year"))?;
     if seconds < 60 {
         return Err(bad("--every must be at least a minute"));
     }
@@ -229,6 +244,8 @@ enum Failure {
     Network(String),
     /// Something Braid does: storage, a malformed document.
     Braid(String),
+    /// The server is stopping: the run ends here and resumes at the next start.
+    Stopped,
 }
 
 impl std::fmt::Display for Failure {
@@ -237,6 +254,7 @@ impl std::fmt::Display for Failure {
             Failure::Status(status, text) => write!(f, "the upstream answered {status}: {text}"),
             Failure::Network(reason) => write!(f, "the upstream could not be reached: {reason}"),
             Failure::Braid(reason) => f.write_str(reason),
+            Failure::Stopped => f.write_str("the server stopped; the run resumes at the next start"),
         }
     }
 }
@@ -274,6 +292,8 @@ impl Upstream {
                     .as_str()
                     .ok_or_else(|| Failure::Braid("the upstream's smart-configuration names no token_endpoint".into()))?
                     .to_owned();
+                crate::auth::clients::check_https_or_loopback(&endpoint)
+                    .map_err(|_| Failure::Braid(format!("the upstream's token endpoint {endpoint} is not https")))?;
                 self.token_endpoint = Some(endpoint.clone());
                 endpoint
             }
@@ -315,7 +335,7 @@ impl Upstream {
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+                    return Err(Failure::Status(status, error_text(response).await));
                 }
                 Err(error) if attempt + 1 < MAX_ATTEMPTS => {
                     tracing::debug!(%error, "token request failed; retrying");
@@ -328,7 +348,7 @@ impl Upstream {
             .as_str()
             .ok_or_else(|| Failure::Braid("the upstream's token response has no access_token".into()))?
             .to_owned();
-        let lifetime = reply["expires_in"].as_u64().unwrap_or(300).max(60);
+        let lifetime = reply["expires_in"].as_u64().unwrap_or(300).clamp(60, 86_400);
         let valid_until = std::time::Instant::now() + Duration::from_secs(lifetime - 30);
         self.token = Some((token.clone(), valid_until));
         Ok(token)
@@ -371,17 +391,31 @@ impl Upstream {
         let response = self.send(make).await?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
-            return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+            return Err(Failure::Status(status, error_text(response).await));
         }
         read_json(response).await
     }
 
-    /// A GET of `url` with the token (a FHIR JSON answer), retried as [`Upstream::send`] does.
+    /// A GET of `url` with the token, accepting `accept` (FHIR JSON unless said otherwise),
+    /// retried as [`Upstream::send`] does. The token goes only to the upstream's own origin.
     async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Result<reqwest::Response, Failure> {
+        if !same_origin(url, &self.config.base) {
+            return Err(Failure::Braid(format!(
+                "the upstream pointed at {}, which is not on its own origin: Braid sends its token nowhere else",
+                url.chars().take(200).collect::<String>()
+            )));
+        }
+        let accept = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("accept"))
+            .map_or("application/fhir+json", |(_, value)| *value);
+        let headers: Vec<(&str, &str)> =
+            headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("accept")).copied().collect();
+        let headers = headers.as_slice();
         let token = self.token().await?;
         let response = self
             .send(|http| {
-                let mut request = http.get(url).bearer_auth(&token).header("accept", "application/fhir+json");
+                let mut request = http.get(url).bearer_auth(&token).header("accept", accept);
                 for (name, value) in headers {
                     request = request.header(*name, *value);
                 }
@@ -394,7 +428,7 @@ impl Upstream {
             let token = self.token().await?;
             return self
                 .send(|http| {
-                    let mut request = http.get(url).bearer_auth(&token).header("accept", "application/fhir+json");
+                    let mut request = http.get(url).bearer_auth(&token).header("accept", accept);
                     for (name, value) in headers {
                         request = request.header(*name, *value);
                     }
@@ -404,6 +438,31 @@ impl Upstream {
         }
         Ok(response)
     }
+}
+
+/// The start of an error answer's body (at most [`MAX_ERROR_BYTES`]): enough to say why, never
+/// more than a run record should keep.
+async fn error_text(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() >= MAX_ERROR_BYTES {
+            bytes.truncate(MAX_ERROR_BYTES);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Whether `url` is on the same origin (scheme, host and port) as `base`: where Braid sends its
+/// upstream token.
+fn same_origin(url: &str, base: &str) -> bool {
+    let origin = |text: &str| -> Option<String> {
+        let (scheme, rest) = text.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        Some(format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+    };
+    origin(url).is_some_and(|origin_of_url| Some(origin_of_url) == origin(base))
 }
 
 fn retryable(status: u16) -> bool {
@@ -431,6 +490,11 @@ struct Run<'a> {
     name: String,
     checkpoint: Checkpoint,
     rejections: Vec<String>,
+    /// Set when the run must not move `_since` (the upstream reported export errors).
+    keep_since: bool,
+    /// The source record's `created`: a source removed (and perhaps added again) during the
+    /// run is not this run's any more.
+    created: u64,
 }
 
 impl Registry {
@@ -471,15 +535,29 @@ impl Registry {
             },
         };
         let mut upstream = Upstream::new(pull.clone(), types.clone(), first_backoff)?;
-        let mut run =
-            Run { registry: self, source, pulled: types, name: name.to_owned(), checkpoint, rejections: Vec::new() };
+        let mut run = Run {
+            registry: self,
+            source,
+            pulled: types,
+            name: name.to_owned(),
+            checkpoint,
+            rejections: Vec::new(),
+            keep_since: false,
+            created: record.created,
+        };
         let began = std::time::Instant::now();
-        run.save().await?;
+        run.save()
+            .await
+            .map_err(|failure| FhirError::new(Category::Conflict, IssueCode::Conflict, failure.to_string()))?;
         let result = run.execute(&mut upstream).await;
+        if let Err(Failure::Stopped) = result {
+            // The checkpoint stays for the next start; nothing of the run is recorded yet.
+            return Err(FhirError::busy("the server is stopping; the pull resumes when it starts again"));
+        }
         let finished = crate::auth::now_secs();
         let mode = run.checkpoint.mode.clone().unwrap_or_else(|| "bulk".to_owned());
         let (outcome, error, next_since) = match result {
-            Ok(next_since) => ("complete", None, Some(next_since)),
+            Ok(next_since) => ("complete", None, Some(next_since).filter(|_| !run.keep_since)),
             Err(failure) => {
                 tracing::warn!(source = name, error = %failure, "a pull failed");
                 ("failed", Some(failure.to_string()), None)
@@ -497,10 +575,13 @@ impl Registry {
             rejections: run.rejections.clone(),
         };
         let finished_run = record.clone();
-        let owned = name.to_owned();
+        let (owned, created) = (name.to_owned(), run.created);
         self.store()
             .auth_write(move |txn| {
                 let Some(mut stored) = SOURCES.get_in::<SourceRecord>(txn, &owned)? else { return Ok(()) };
+                if stored.created != created {
+                    return Ok(());
+                }
                 let state = stored.pull.get_or_insert_with(PullState::default);
                 // A failed run starts afresh next time, with the same `_since`.
                 state.checkpoint = None;
@@ -541,7 +622,9 @@ impl Registry {
                 let running = self.get(&record.name).is_none_or(|source| source.run_lock.try_lock().is_err());
                 let state = record.pull.clone().unwrap_or_default();
                 let last = state.runs.back().map(|run| run.started);
-                !running && state.checkpoint.is_none() && last.is_none_or(|last| now >= last + every)
+                // A checkpoint with no run holding the source is a run that stopped short (its
+                // caller went away): it is resumed at once.
+                !running && (state.checkpoint.is_some() || last.is_none_or(|last| now >= last.saturating_add(every)))
             })
             .map(|record| record.name)
             .collect()
@@ -549,17 +632,26 @@ impl Registry {
 }
 
 impl Run<'_> {
-    /// Stores the checkpoint.
-    async fn save(&self) -> Result<(), FhirError> {
-        let (name, checkpoint) = (self.name.clone(), self.checkpoint.clone());
-        self.registry
+    /// Stores the checkpoint; fails if the source was removed meanwhile (the run then stops).
+    async fn save(&self) -> Result<(), Failure> {
+        if self.registry.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Failure::Stopped);
+        }
+        let (name, checkpoint, created) = (self.name.clone(), self.checkpoint.clone(), self.created);
+        let stored = self
+            .registry
             .store()
             .auth_write(move |txn| {
-                let Some(mut stored) = SOURCES.get_in::<SourceRecord>(txn, &name)? else { return Ok(()) };
+                let Some(mut stored) = SOURCES.get_in::<SourceRecord>(txn, &name)? else { return Ok(false) };
+                if stored.created != created {
+                    return Ok(false);
+                }
                 stored.pull.get_or_insert_with(PullState::default).checkpoint = Some(checkpoint.clone());
-                SOURCES.put_in(txn, &name, &stored)
+                SOURCES.put_in(txn, &name, &stored)?;
+                Ok(true)
             })
-            .await
+            .await?;
+        if stored { Ok(()) } else { Err(Failure::Braid("the source was removed during the run".into())) }
     }
 
     /// Runs from the checkpoint to the end; returns the next run's `_since`.
@@ -585,7 +677,23 @@ impl Run<'_> {
                 Stage::Bulk { status_url, manifest: Some(manifest), file, line } => {
                     if file >= manifest.files.len() {
                         // Done: the export is no longer needed at the upstream.
-                        let _ = upstream.send(|http| http.delete(&status_url)).await;
+                        if same_origin(&status_url, &upstream.config.base) {
+                            let token = upstream.token().await.ok();
+                            let _ = upstream
+                                .send(|http| {
+                                    let request = http.delete(&status_url);
+                                    match &token {
+                                        Some(token) => request.bearer_auth(token),
+                                        None => request,
+                                    }
+                                })
+                                .await;
+                        }
+                        if manifest.errors > 0 {
+                            // What the upstream failed to export is asked for again next time.
+                            self.reject(format!("the upstream's export reported {} error file(s)", manifest.errors));
+                            self.keep_since = true;
+                        }
                         self.checkpoint.stage = Stage::Referenced { done: 0, next_since: manifest.transaction_time };
                         self.save().await?;
                         continue;
@@ -635,7 +743,8 @@ impl Run<'_> {
                 let started_at = crate::fhir::json::format_instant(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |elapsed| elapsed.as_micros() as i64),
+                        .map_or(0, |elapsed| elapsed.as_micros() as i64)
+                        - SEARCH_OVERLAP_MICROS,
                 );
                 Stage::Search { type_index: 0, next: None, started_at }
             }
@@ -670,7 +779,8 @@ impl Run<'_> {
                         .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
                         .to_owned();
                     let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
-                    return Ok(Some(Manifest { transaction_time, requires_token, files }));
+                    let errors = manifest["error"].as_array().map_or(0, Vec::len);
+                    return Ok(Some(Manifest { transaction_time, requires_token, files, errors }));
                 }
                 202 => {
                     let wait = upstream.backoff(0, Some(&response)).max(Duration::from_millis(100));
@@ -680,7 +790,7 @@ impl Run<'_> {
                     tokio::time::sleep(wait).await;
                 }
                 404 | 410 => return Ok(None),
-                status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+                status => return Err(Failure::Status(status, error_text(response).await)),
             }
         }
     }
@@ -699,6 +809,9 @@ impl Run<'_> {
         let response = if manifest.requires_token {
             upstream.get(url, &[("accept", "application/fhir+ndjson")]).await?
         } else {
+            // Files served without a token may live elsewhere (a storage service), over https.
+            crate::auth::clients::check_https_or_loopback(url)
+                .map_err(|_| Failure::Braid(format!("the export file {url} is not https")))?;
             upstream.send(|http| http.get(url)).await?
         };
         match response.status().as_u16() {
@@ -709,11 +822,13 @@ impl Run<'_> {
                 self.save().await?;
                 return Ok(());
             }
-            status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+            status => return Err(Failure::Status(status, error_text(response).await)),
         }
         let mut response = response;
         let (mut pending, mut buffer, mut seen) = (Vec::new(), Vec::new(), 0u64);
         let mut done = line;
+        // How much of `buffer` is known to hold no newline: each byte is looked at once.
+        let mut scanned = 0;
         loop {
             let chunk = response.chunk().await.map_err(|error| Failure::Network(error.to_string()))?;
             let finished = chunk.is_none();
@@ -722,7 +837,8 @@ impl Run<'_> {
             } else if !buffer.is_empty() && !buffer.ends_with(b"\n") {
                 buffer.push(b'\n');
             }
-            while let Some(end) = buffer.iter().position(|&byte| byte == b'\n') {
+            while let Some(end) = buffer[scanned..].iter().position(|&byte| byte == b'\n').map(|at| scanned + at) {
+                scanned = 0;
                 let text: Vec<u8> = buffer.drain(..=end).collect();
                 let text = &text[..text.len() - 1];
                 if text.iter().all(u8::is_ascii_whitespace) {
@@ -745,6 +861,7 @@ impl Run<'_> {
                     self.save().await?;
                 }
             }
+            scanned = buffer.len();
             if buffer.len() > MAX_DOCUMENT_BYTES {
                 return Err(Failure::Braid(format!("an NDJSON line is longer than {MAX_DOCUMENT_BYTES} bytes")));
             }
@@ -788,7 +905,7 @@ impl Run<'_> {
                     url = first.clone();
                     continue;
                 }
-                return Err(Failure::Status(status, response.text().await.unwrap_or_default()));
+                return Err(Failure::Status(status, error_text(response).await));
             }
             let bundle = read_json(response).await?;
             let resources: Vec<Result<Value, String>> = bundle["entry"]
@@ -845,7 +962,7 @@ impl Run<'_> {
                 }
                 401 | 403 => fetched
                     .push(Err(format!("{type_name}/{id}: referenced, but the upstream does not let Braid read it"))),
-                status => return Err(Failure::Status(status, response.text().await.unwrap_or_default())),
+                status => return Err(Failure::Status(status, error_text(response).await)),
             }
         }
         drop(snapshot);
@@ -886,8 +1003,12 @@ impl Run<'_> {
         self.checkpoint.counts.received += resources.len() as u64;
         let (pulled, base) = (self.pulled.clone(), self.source.namespace.own_base().unwrap_or("").to_owned());
         let mut resources = resources;
-        for resource in resources.iter_mut().flatten() {
-            self.note_references(resource, &pulled, &base);
+        // Resources fetched because they are referenced are the end of the chain: what they
+        // reference in turn is not followed (and the list being worked through stays as it is).
+        if !matches!(self.checkpoint.stage, Stage::Referenced { .. }) {
+            for resource in resources.iter_mut().flatten() {
+                self.note_references(resource, &pulled, &base);
+            }
         }
         let mut admitted: Vec<(ResourceType, Id, serde_json::Map<String, Value>)> = Vec::new();
         let mut positions: HashMap<(ResourceType, Id), usize> = HashMap::new();
@@ -952,7 +1073,7 @@ impl Run<'_> {
                 .collect();
             format!("{resource_type}/{original}: {}", issues.join("; "))
         };
-        super::admit(Some(&self.source), resource_type, &mut value).map_err(describe)?;
+        super::admit(Some(&self.source), resource_type, &mut value, None).map_err(describe)?;
         let Value::Object(resource) = value else { return Err("a resource must be a JSON object".into()) };
         Ok((resource_type, self.source.namespace.id(&original), resource))
     }
@@ -1102,5 +1223,27 @@ mod tests {
         let text = base64::engine::general_purpose::STANDARD.encode(der);
         let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
         format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::same_origin;
+
+    #[test]
+    fn the_token_goes_only_to_the_upstreams_own_origin() {
+        let base = "https://ehr.example/fhir";
+        assert!(same_origin("https://ehr.example/fhir/Patient?page=2", base));
+        assert!(same_origin("HTTPS://EHR.example/other/path", base));
+        for other in [
+            "http://ehr.example/fhir/Patient",
+            "https://ehr.example:8443/fhir",
+            "https://ehr.example.evil/fhir",
+            "https://evil.example/fhir?x=https://ehr.example/fhir",
+            "https://169.254.169.254/latest",
+            "not a url",
+        ] {
+            assert!(!same_origin(other, base), "{other}");
+        }
     }
 }

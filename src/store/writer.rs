@@ -550,7 +550,7 @@ impl Execution<'_, '_> {
             outcomes[index] = Some(self.apply(plan)?);
         }
         if let (Some(record), false) = (&request.record_changes, changes.is_empty()) {
-            self.record(record, &changes, request)?;
+            self.record(record, &changes)?;
         }
         self.group_index.append(&mut self.pending_index);
         Ok(Ok(outcomes.into_iter().map(|o| o.expect("every operation has an outcome")).collect()))
@@ -589,6 +589,20 @@ impl Execution<'_, '_> {
                         }
                         _ => None,
                     };
+                    // A conditional create that matched nothing must not overwrite the live
+                    // resource its id names (which the criteria did not select): 409, as for a
+                    // conditional update.
+                    if let (Some(_), None, Some(id)) = (if_none_exist, &existing, &kept_id) {
+                        if self.current(*resource_type, id)?.is_some_and(|current| !current.deleted) {
+                            return Err(Failure::Request(
+                                FhirError::conflict(format!(
+                                    "the conditional create matched no resource, but {resource_type}/{id} exists and \
+                                     does not match the criteria"
+                                ))
+                                .at(format!("{resource_type}.id")),
+                            ));
+                        }
+                    }
                     match existing {
                         Some(id) => Resolved::Existing { resource_type: *resource_type, id },
                         None => Resolved::Write {
@@ -778,12 +792,7 @@ impl Execution<'_, '_> {
     }
 
     /// Stores the record `record` makes of a request's `changes`, as a new resource.
-    fn record(
-        &mut self,
-        record: &RecordChanges,
-        changes: &[Changed],
-        request: &WriteRequest,
-    ) -> Result<(), StoreError> {
+    fn record(&mut self, record: &RecordChanges, changes: &[Changed]) -> Result<(), StoreError> {
         let resource = (record.0)(changes, &format_instant(self.clock.last_micros));
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str).and_then(ResourceType::parse)
         else {
@@ -791,9 +800,10 @@ impl Execution<'_, '_> {
             return Ok(());
         };
         let hash = content_hash(&resource);
+        // An id of Braid's own, outside the request's namespace: the record is not the writer's.
         let plan = Planned::Put {
             resource_type,
-            id: new_id(request),
+            id: Id::generate(),
             version: 1,
             resource,
             hash,

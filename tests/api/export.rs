@@ -55,7 +55,11 @@ async fn export(app: &TestApp, path: &str, token: Option<&str>) -> BTreeMap<(Str
     assert!(manifest["transactionTime"].as_str().is_some());
     let mut exported = BTreeMap::new();
     for output in manifest["output"].as_array().unwrap() {
-        let file = get(app, output["url"].as_str().unwrap(), token).await;
+        let mut request = app.client.get(output["url"].as_str().unwrap()).header("accept", "application/fhir+ndjson");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let file = app.send(request).await;
         assert_eq!(file.status, 200);
         assert_eq!(file.header("content-type"), Some("application/fhir+ndjson"));
         let lines: Vec<&str> = file.text.lines().collect();
@@ -239,6 +243,12 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     let file_url = done["output"][0]["url"].as_str().unwrap().to_owned();
     let same_client = server.token("operator", "system/Patient.rs", None);
     assert_eq!(get(app, &file_url, Some(&same_client)).await.status, 200);
+    // Another patient's token of the same app does not see a patient's export.
+    let mine = kick_off(app, "/Patient/$export", Some(&p1)).await;
+    let mine_url = mine.header("content-location").unwrap().to_owned();
+    manifest(app, &mine_url, Some(&p1)).await;
+    let p2 = server.token("app", "patient/*.rs", Some("p2"));
+    get(app, &mine_url, Some(&p2)).await.assert_outcome(404);
     let another = server.token("someone-else", "system/*.rs", None);
     get(app, &file_url, Some(&another)).await.assert_outcome(404);
     get(app, &status_url, Some(&another)).await.assert_outcome(404);

@@ -210,17 +210,21 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     );
     let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
     let counts = &synced["run"]["counts"];
-    assert_eq!(
-        (counts["received"].clone(), counts["updated"].clone(), counts["created"].clone()),
-        (json!(2), json!(1), json!(1)),
-        "{synced}"
-    );
+    assert_eq!((counts["updated"].clone(), counts["created"].clone()), (json!(1), json!(1)), "{synced}");
+    // The export repeats at most the versions of the previous one's last millisecond (here the
+    // whole seeding batch, committed at one instant): unchanged. The dangling reference is
+    // tried again, and refused again.
+    let number = |key: &str| counts[key].as_u64().unwrap();
+    assert_eq!(number("unchanged") + number("rejected"), number("received") - 2, "{synced}");
+    assert_eq!(number("rejected"), 1, "{synced}");
     let ours = all_of(down, "Patient", "_id=clinic-p7,clinic-p40", Some(&reader)).await;
     assert_eq!(ours["clinic-p7"]["name"][0]["family"], "Changed");
     assert_eq!(ours["clinic-p7"]["meta"]["versionId"], "2");
     assert_eq!(ours["clinic-p40"]["name"][0]["family"], "New");
     let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
-    assert_eq!(synced["run"]["counts"]["received"], 0, "{synced}");
+    let counts = &synced["run"]["counts"];
+    assert_eq!((counts["created"].clone(), counts["updated"].clone()), (json!(0), json!(0)), "nothing new: {synced}");
+    assert!(counts["received"].as_u64().unwrap() <= 3, "{synced}");
 
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "clinic".into() }).await.unwrap();
     assert_eq!(shown["runs"].as_array().unwrap().len(), 3);

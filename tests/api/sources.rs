@@ -118,6 +118,29 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     let again = send(&server, "POST", "/Observation", &clinic.token, Some(&with_id)).await;
     assert_eq!((again.status, again.body["meta"]["versionId"].clone()), (200, json!("1")), "{}", again.text);
 
+    // An absolute reference to Braid itself is read in the source's terms too: it cannot point
+    // into another source's namespace.
+    let mut pointed = observation.clone();
+    pointed["id"] = json!("obs-8");
+    pointed["subject"] = json!({"reference": format!("{}/Patient/hospital-7", server.app.base)});
+    let created = send(&server, "PUT", "/Observation/obs-8", &clinic.token, Some(&pointed)).await;
+    assert_eq!(created.body["subject"]["reference"], "Patient/clinic-hospital-7", "{}", created.text);
+    // A conditional create that matches nothing may not overwrite the id it carries.
+    let app = &server.app;
+    let mut again = with_id.clone();
+    again["status"] = json!("amended");
+    let conflict = app
+        .send(
+            app.client
+                .post(app.url("/Observation"))
+                .bearer_auth(&clinic.token)
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", "status=cancelled")
+                .body(again.to_string()),
+        )
+        .await;
+    conflict.assert_outcome(409);
+
     // The source reads and deletes by its own ids' stored form, or by the id it knows.
     let read = send(&server, "GET", "/Patient/clinic-42", &clinic.token, None).await;
     assert_eq!(read.status, 200, "{}", read.text);
@@ -135,7 +158,8 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     // A source may not patch: it writes whole resources.
     let patch = json!([{"op": "replace", "path": "/active", "value": true}]);
     let app = &server.app;
-    let patched = app
+    let patched = server
+        .app
         .send(
             app.client
                 .patch(app.url("/Patient/42"))
@@ -214,6 +238,11 @@ async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespac
     assert_eq!(provenance["agent"][1]["who"]["identifier"]["value"], clinic.client_id.as_str());
     assert_eq!(provenance["activity"]["coding"][0]["code"], "CREATE");
     assert_eq!(provenance["recorded"], observation["meta"]["lastUpdated"]);
+    // The trail is about the source, not the source's to change.
+    let provenance_id = provenance["id"].as_str().unwrap();
+    assert!(!provenance_id.starts_with("clinic"), "{provenance_id}");
+    let refused = send(&server, "DELETE", &format!("/Provenance/{provenance_id}"), &clinic.token, None).await;
+    refused.assert_outcome(403);
 
     // The same transaction again: the conditional create finds its match, the update is
     // identical; only the POST without an id creates a new Encounter (as any create would).
@@ -468,4 +497,12 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
     assert_eq!(refused.body["error"], "invalid_client");
     let everything = server.token("operator", "system/*.rs", None);
     assert_eq!(send(&server, "GET", "/Patient/lab-1", &everything, None).await.status, 200);
+    // The name added again is a new source with a new client: the old client's tokens stay dead.
+    let other_key = ClientKey::es384("cli-2");
+    let other_jwks = dir.path().join("other.json");
+    std::fs::write(&other_jwks, serde_json::to_string(&JwkSet { keys: vec![other_key.public.clone()] }).unwrap())
+        .unwrap();
+    let output = braid(&["source", "add", "lab", "--jwks", other_jwks.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.assert_outcome(403);
 }
