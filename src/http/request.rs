@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::{AppState, Limits};
 use crate::auth::Access;
-use crate::fhir::reference::{self, Target, rewrite_resource_references};
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::store::{Criteria, Precondition};
 
@@ -274,18 +273,9 @@ pub fn conditional_references(
     access: &Access,
     base: &str,
 ) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
-    let mut found = HashMap::new();
-    rewrite_resource_references(value, &mut |text: &str| {
-        if let Target::Conditional { resource_type, query } = reference::parse(text) {
-            if !found.contains_key(text) {
-                let criteria = super::access::criteria(access, resource_type, query, base)
-                    .map_err(|e| e.at(format!("reference '{text}'")))?;
-                found.insert(text.to_owned(), (resource_type, criteria));
-            }
-        }
-        Ok::<_, FhirError>(None)
-    })?;
-    Ok(found)
+    crate::search::conditional_references(value, &mut |resource_type, query| {
+        super::access::criteria(access, resource_type, query, base)
+    })
 }
 
 #[cfg(test)]

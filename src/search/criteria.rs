@@ -72,6 +72,27 @@ fn decode(text: &str) -> Result<String, FhirError> {
         .map_err(|_| FhirError::incorrect(IssueCode::Invalid, format!("'{text}' is not valid percent-encoded UTF-8")))
 }
 
+/// The conditional references (`Patient?identifier=x|1`) in `resource`, each with its criteria
+/// as `criteria_of` parses them (within the caller's limits), for the writer to resolve inside
+/// the transaction. Each distinct reference is parsed once.
+pub fn conditional_references(
+    resource: &mut serde_json::Value,
+    criteria_of: &mut dyn FnMut(ResourceType, &str) -> Result<Criteria, FhirError>,
+) -> Result<std::collections::HashMap<String, (ResourceType, Criteria)>, FhirError> {
+    use crate::fhir::reference::{self, Target};
+    let mut found = std::collections::HashMap::new();
+    reference::rewrite_resource_references(resource, &mut |text: &str| {
+        if let Target::Conditional { resource_type, query } = reference::parse(text) {
+            if !found.contains_key(text) {
+                let criteria = criteria_of(resource_type, query).map_err(|e| e.at(format!("reference '{text}'")))?;
+                found.insert(text.to_owned(), (resource_type, criteria));
+            }
+        }
+        Ok::<_, FhirError>(None)
+    })?;
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,5 +22,5 @@ pub mod query;
 pub mod registry;
 pub mod values;
 
-pub use criteria::{parse_criteria, parse_criteria_within};
+pub use criteria::{conditional_references, parse_criteria, parse_criteria_within};
 pub use indexer::SearchIndexer;

@@ -1156,20 +1156,11 @@ fn conditional_references(
     name: &str,
     resource: &serde_json::Map<String, Value>,
 ) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
-    let mut found = HashMap::new();
     let mut value = Value::Object(resource.clone());
-    reference::rewrite_resource_references(&mut value, &mut |text: &str| {
-        if let Target::Conditional { resource_type, query } = reference::parse(text) {
-            if !found.contains_key(text) {
-                let limit = super::ownership_clause(name, resource_type)?;
-                let criteria = crate::search::parse_criteria_within(resource_type, query, vec![limit])
-                    .map_err(|e| e.at(format!("reference '{text}'")))?;
-                found.insert(text.to_owned(), (resource_type, criteria));
-            }
-        }
-        Ok::<_, FhirError>(None)
-    })?;
-    Ok(found)
+    crate::search::conditional_references(&mut value, &mut |resource_type, query| {
+        let limit = super::ownership_clause(name, resource_type)?;
+        crate::search::parse_criteria_within(resource_type, query, vec![limit])
+    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,20 @@ async fn operator(data: &std::path::Path, request: AdminRequest) -> Result<Value
     }
 }
 
+/// Registers Braid's public key at an upstream Braid as a backend client with `scope`; returns
+/// the client id the pull source is given.
+async fn register_at(upstream: &crate::helpers::AuthApp, public: &Value, scope: &str) -> String {
+    let new = NewClient {
+        name: "downstream braid".into(),
+        scope: scope.into(),
+        grant_types: Vec::new(),
+        redirect_uris: Vec::new(),
+        credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
+        source: None,
+    };
+    braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id
+}
+
 fn pull_source(name: &str, base: &str, client_id: &str, key_pem: &str, types: &[&str]) -> AdminRequest {
     AdminRequest::AddSource {
         source: braid::sources::NewSource {
@@ -124,16 +138,7 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     // Braid's key, registered at the upstream as a backend client; the source pulls with it.
     let key = private_key_pem();
     let (_, _, public) = braid::sources::pull::read_key(&key, None).unwrap();
-    let new = NewClient {
-        name: "downstream braid".into(),
-        scope: "system/*.rs".into(),
-        grant_types: Vec::new(),
-        redirect_uris: Vec::new(),
-        credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
-        source: None,
-    };
-    let client_id =
-        braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    let client_id = register_at(&upstream, &public, "system/*.rs").await;
     // Practitioners are not pulled, but the Observations reference one: it is fetched too.
     let added =
         operator(&downstream.data, pull_source("clinic", &up.base, &client_id, &key, &["Patient", "Observation"]))
@@ -269,16 +274,7 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
     let key = rsa_private_key_pem();
     let (_, kid, public) = braid::sources::pull::read_key(&key, None).unwrap();
     assert_eq!(public["kty"], "RSA");
-    let new = NewClient {
-        name: "downstream braid".into(),
-        scope: "system/Patient.rs".into(),
-        grant_types: Vec::new(),
-        redirect_uris: Vec::new(),
-        credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
-        source: None,
-    };
-    let client_id =
-        braid::auth::clients::add(&upstream.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    let client_id = register_at(&upstream, &public, "system/Patient.rs").await;
     let added = operator(&downstream.data, pull_source("rsa", &upstream.app.base, &client_id, &key, &["Patient"]))
         .await
         .unwrap();
