@@ -15,7 +15,6 @@ use crate::auth::Access;
 use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
 use crate::bulk::{JobStatus, Kickoff, Level, Poll};
-use crate::fhir::json::parse_instant;
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
@@ -106,14 +105,15 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     for (name, value) in request::query_pairs(&http) {
         match name.as_str() {
             "_outputFormat" => {
-                if !matches!(value.as_str(), NDJSON | "application/ndjson" | "ndjson") {
+                // An unescaped `+` arrives as a space.
+                if !matches!(value.replace(' ', "+").as_str(), NDJSON | "application/ndjson" | "ndjson") {
                     return Err(incorrect(format!(
                         "_outputFormat '{value}' is not offered; Braid writes {NDJSON} (also ndjson, application/ndjson)"
                     )));
                 }
             }
             "_since" => {
-                since_micros = Some(parse_instant(&value).ok_or_else(|| {
+                since_micros = Some(request::instant_param(&value).ok_or_else(|| {
                     incorrect(format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"))
                 })?);
             }

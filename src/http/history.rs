@@ -16,7 +16,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::response::{BundleOut, EntryOut, EntryRequest, EntryResponse, Link, StoredJson, etag, status_line};
 use super::{AppState, Ctx, cursor, request};
 use crate::auth::Access;
-use crate::fhir::json::{format_instant, parse_instant};
+use crate::fhir::json::format_instant;
 use crate::fhir::{FhirError, IssueCode, ResourceType};
 use crate::store::{HistoryPage, HistoryQuery, Op, Snapshot};
 
@@ -68,7 +68,7 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
         match name.as_str() {
             "_count" => params.count = request::page_count(&value, &state.limits)?,
             "_since" => {
-                let micros = parse_instant(&value).ok_or_else(|| {
+                let micros = request::instant_param(&value).ok_or_else(|| {
                     FhirError::incorrect(
                         IssueCode::Invalid,
                         format!("_since must be an instant such as 2024-01-31T12:00:00Z, not '{value}'"),

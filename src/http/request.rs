@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::{AppState, Limits};
 use crate::auth::Access;
+use crate::fhir::json::parse_instant;
 use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::store::{Criteria, Precondition};
 
@@ -252,6 +253,13 @@ pub fn decode_pairs(text: &str) -> Vec<(String, String)> {
             (decode(name), decode(value))
         })
         .collect()
+}
+
+/// An instant given as a query parameter (`_since`), in microseconds since the epoch. A `+`
+/// of a time zone that the client did not escape arrives as a space (form decoding); a space
+/// has no place in an instant, so it is read as the `+` it was.
+pub fn instant_param(value: &str) -> Option<i64> {
+    parse_instant(&value.replace(' ', "+"))
 }
 
 /// The query string minus the parameters that steer the response rather than select

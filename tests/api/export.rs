@@ -140,6 +140,11 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     put(&app, &json!({"resourceType": "Patient", "id": "p5", "name": [{"family": "Later"}]}), None).await;
     let later = export(&app, &format!("/$export?_since={}", since.replace('+', "%2B")), None).await;
     assert_eq!(later.keys().cloned().collect::<Vec<_>>(), [("Patient".to_owned(), "p5".to_owned())]);
+    // As clients write them, unescaped: a `+` in a time zone or the media type arrives as a space.
+    let offset = since.replace('Z', "+00:00");
+    let unescaped =
+        export(&app, &format!("/$export?_outputFormat=application/fhir+ndjson&_since={offset}"), None).await;
+    assert_eq!(unescaped.keys().cloned().collect::<Vec<_>>(), [("Patient".to_owned(), "p5".to_owned())]);
     let patient_level = export(&app, "/Patient/$export", None).await;
     assert!(patient_level.keys().all(|(t, _)| t != "Organization"), "the Patient level leaves shared data out");
     assert_eq!(patient_level.len(), 30 + 29);

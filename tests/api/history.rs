@@ -109,6 +109,11 @@ async fn since_limits_history_to_recent_versions() {
     assert_eq!(families, vec!["New"]);
     let self_link = reply.body["link"][0]["url"].as_str().unwrap();
     assert!(self_link.contains("_since="), "the self link keeps the parameters: {self_link}");
+    // The same instant with a time zone whose `+` the client did not escape.
+    let offset = cutoff.replace('Z', "+00:00");
+    let unescaped = app.get(&format!("/Patient/_history?_since={offset}")).await;
+    assert_eq!(unescaped.status, 200, "{}", unescaped.text);
+    assert_eq!(entries(&unescaped.body).len(), 1);
 }
 
 #[actix_web::test]
