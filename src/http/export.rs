@@ -1,5 +1,6 @@
-//! Bulk Data `$export` (see [`crate::bulk`]): the kick-off at the system (`GET /fhir/$export`),
-//! Patient (`GET /fhir/Patient/$export`) and Group (`GET /fhir/Group/{id}/$export`) levels,
+//! Bulk Data `$export` (see [`crate::bulk`]): the kick-off at the system (`/fhir/$export`),
+//! Patient (`/fhir/Patient/$export`) and Group (`/fhir/Group/{id}/$export`) levels, by GET
+//! with query parameters or by POST with a Parameters resource,
 //! polling (`GET /fhir/$export-status/{job}`), cancelling (`DELETE` of the same URL) and the
 //! files (`GET /fhir/$export-file/{job}/{file}`), each only for the client that kicked it off.
 
@@ -87,8 +88,39 @@ fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, Fhi
     Ok(members)
 }
 
+/// The kick-off's parameters: the query's, or for a POST those of its Parameters body.
+async fn kickoff_parameters(
+    http: &actix_web::HttpRequest,
+    payload: actix_web::web::Payload,
+    limits: &super::Limits,
+) -> Result<Vec<(String, String)>, FhirError> {
+    if http.method() != actix_web::http::Method::POST {
+        return Ok(request::query_pairs(http));
+    }
+    let body = request::read_body(http, payload, limits).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let value = request::json_body(&body, limits)?;
+    if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(incorrect("a POST kick-off carries a Parameters resource"));
+    }
+    let mut pairs = Vec::new();
+    for parameter in value["parameter"].as_array().into_iter().flatten() {
+        let name = parameter["name"].as_str().ok_or_else(|| incorrect("a parameter without a name"))?;
+        let value = ["valueString", "valueInstant", "valueDateTime", "valueCode", "valueUri", "valueCanonical"]
+            .iter()
+            .find_map(|key| parameter[*key].as_str())
+            .or_else(|| parameter["valueReference"]["reference"].as_str())
+            .ok_or_else(|| incorrect(format!("the parameter '{name}' has no value Braid reads")))?;
+        pairs.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(pairs)
+}
+
 async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
-    let Ctx { http, state, access, .. } = ctx;
+    let Ctx { http, state, access, payload, .. } = ctx;
+    let parameters = kickoff_parameters(&http, payload, &state.limits).await?;
     let prefer: Vec<String> = http
         .headers()
         .get_all("prefer")
@@ -102,8 +134,26 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     let base = request::base_url(&http, &state);
     let mut since_micros = None;
     let mut asked_types: Option<Vec<ResourceType>> = None;
-    for (name, value) in request::query_pairs(&http) {
+    let mut patients: Option<HashSet<String>> = None;
+    for (name, value) in parameters {
         match name.as_str() {
+            // Patients to limit a Patient or Group export to (references, comma-separated in
+            // a query, one per parameter in a Parameters body).
+            "patient" => {
+                let listed = patients.get_or_insert_with(HashSet::new);
+                for text in value.split(',').map(str::trim).filter(|text| !text.is_empty()) {
+                    let relative = text.strip_prefix(base.as_str()).map_or(text, |rest| rest.trim_start_matches('/'));
+                    match reference::parse(relative) {
+                        Target::Local { resource_type, id, .. } if resource_type.as_str() == "Patient" => {
+                            listed.insert(format!("Patient/{id}"));
+                        }
+                        _ => return Err(incorrect(format!("patient takes references to Patients, not '{text}'"))),
+                    }
+                    if listed.len() > MAX_GROUP_MEMBERS {
+                        return Err(incorrect(format!("patient names more than {MAX_GROUP_MEMBERS} patients")));
+                    }
+                }
+            }
             "_outputFormat" => {
                 // An unescaped `+` arrives as a space.
                 if !matches!(value.replace(' ', "+").as_str(), NDJSON | "application/ndjson" | "ndjson") {
@@ -141,6 +191,16 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             }
         }
     }
+    let level = match (level, patients) {
+        (level, None) => level,
+        (Level::System, Some(_)) => {
+            return Err(incorrect("patient limits Patient and Group exports; a system export takes no patient"));
+        }
+        (Level::Patient, Some(patients)) => Level::Group { id: String::new(), members: patients },
+        (Level::Group { id, members }, Some(patients)) => {
+            Level::Group { id, members: members.intersection(&patients).cloned().collect() }
+        }
+    };
     let types = export_types(&level, asked_types, &access, &base)?;
     let request_url = format!("{}{}", base.trim_end_matches("/fhir"), http.uri());
     let kickoff = Kickoff { level, types, since_micros, request: request_url, base: base.clone(), access };

@@ -149,6 +149,52 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     assert!(patient_level.keys().all(|(t, _)| t != "Organization"), "the Patient level leaves shared data out");
     assert_eq!(patient_level.len(), 30 + 29);
 
+    // A POST kick-off with a Parameters resource, and `patient` to limit a Patient export.
+    let post = |path: &str, parameters: Value| {
+        app.send(
+            app.client
+                .post(app.url(path))
+                .header("prefer", "respond-async")
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Parameters", "parameter": parameters}).to_string()),
+        )
+    };
+    let reply = post(
+        "/Patient/$export",
+        json!([{"name": "_outputFormat", "valueString": "application/fhir+ndjson"},
+               {"name": "_type", "valueString": "Patient,Observation"},
+               {"name": "patient", "valueReference": {"reference": "Patient/p1"}},
+               {"name": "patient", "valueReference": {"reference": "Patient/p2"}}]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let done = manifest(&app, reply.header("content-location").unwrap(), None).await;
+    let mut ids = Vec::new();
+    for output in done["output"].as_array().unwrap() {
+        let file = get(&app, output["url"].as_str().unwrap(), None).await;
+        ids.extend(
+            file.text
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap()["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    ids.sort();
+    assert_eq!(ids, ["o1", "o2", "p1", "p2"]);
+    post("/$export", json!([{"name": "patient", "valueReference": {"reference": "Patient/p1"}}]))
+        .await
+        .assert_outcome(400);
+    post("/$export", json!([{"name": "_type", "valueInteger": 3}])).await.assert_outcome(400);
+    let not_parameters = app
+        .send(
+            app.client
+                .post(app.url("/$export"))
+                .header("prefer", "respond-async")
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Patient"}).to_string()),
+        )
+        .await;
+    not_parameters.assert_outcome(400);
+
     // Refusals, each with its reason and nothing started.
     let reply = app.send(app.client.get(app.url("/$export"))).await;
     reply.assert_outcome(400);
