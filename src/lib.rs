@@ -3,8 +3,8 @@
 //! Module map (dependencies point downwards only):
 //! - [`http`]: actix handlers, one file per interaction; the route table that also generates the
 //!   CapabilityStatement.
-//! - [`sources`]: upstream systems' namespaces, data-quality policy and Provenance; [`bulk`]:
-//!   Bulk Data export jobs.
+//! - [`sources`]: upstream systems' namespaces, data-quality policy and Provenance, the puller,
+//!   and Bulk Data export jobs.
 //! - [`auth`]: SMART on FHIR scopes and the access decisions they grant (the authorization
 //!   server and enforcement build on them).
 //! - [`search`]: index extraction on write and query parsing.
@@ -15,7 +15,6 @@
 //! side.
 
 pub mod auth;
-pub mod bulk;
 pub mod config;
 pub mod demo;
 pub mod fhir;

@@ -48,7 +48,7 @@ pub struct Application {
     /// Their counters are flushed once more at shutdown, and running pulls stopped.
     sources: Arc<crate::sources::Registry>,
     /// Running exports are stopped at shutdown.
-    exports: Arc<crate::bulk::Exports>,
+    exports: Arc<crate::sources::export::Exports>,
     shutdown_timeout: Duration,
 }
 
@@ -127,7 +127,7 @@ impl Application {
             }
         };
         let exports = Arc::new(
-            crate::bulk::Exports::open(&store, &settings.data, settings.export_retention_secs)
+            crate::sources::export::Exports::open(&store, &settings.data, settings.export_retention_secs)
                 .await
                 .map_err(StartupError::Exports)?,
         );
@@ -248,7 +248,7 @@ fn start_sweeper(auth: std::sync::Weak<AuthState>) {
 const EXPORT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Deletes expired exports every [`EXPORT_SWEEP_INTERVAL`] until the server is gone.
-fn start_export_sweeper(exports: std::sync::Weak<crate::bulk::Exports>) {
+fn start_export_sweeper(exports: std::sync::Weak<crate::sources::export::Exports>) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(EXPORT_SWEEP_INTERVAL);
         loop {

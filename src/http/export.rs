@@ -1,4 +1,4 @@
-//! Bulk Data `$export` (see [`crate::bulk`]): the kick-off at the system (`/fhir/$export`),
+//! Bulk Data `$export` (see [`crate::sources::export`]): the kick-off at the system (`/fhir/$export`),
 //! Patient (`/fhir/Patient/$export`) and Group (`/fhir/Group/{id}/$export`) levels, by GET
 //! with query parameters or by POST with a Parameters resource,
 //! polling (`GET /fhir/$export-status/{job}`), cancelling (`DELETE` of the same URL) and the
@@ -15,10 +15,10 @@ use super::{Ctx, request};
 use crate::auth::Access;
 use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
-use crate::bulk::{JobStatus, Kickoff, Level, Poll};
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
+use crate::sources::export::{JobStatus, Kickoff, Level, Poll};
 
 /// The NDJSON media type of the files.
 pub const NDJSON: &str = "application/fhir+ndjson";

@@ -113,7 +113,7 @@ pub struct AppState {
     /// The upstream systems whose tokens write in their own namespaces.
     pub sources: Arc<crate::sources::Registry>,
     /// Bulk Data export jobs.
-    pub exports: Arc<crate::bulk::Exports>,
+    pub exports: Arc<crate::sources::export::Exports>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.

@@ -7,11 +7,15 @@
 //! records, and each push that changes something leaves one Provenance. The source's data
 //! quality policy ([`quality`]) decides what happens to resources that break only value rules.
 //!
+//! A pull source is an upstream Braid reads ([`pull`]); Braid's own Bulk Data `$export`, which
+//! other systems pull from it, is [`export`].
+//!
 //! Source records live in the `auth` table under `source/NAME`, next to the client each push
 //! source owns, so that adding or removing a source and its client is one commit. The
 //! [`Registry`] holds the sources of a running server with their live counters, which reach
 //! the database every few seconds ([`Registry::flush`]) and at shutdown.
 
+pub mod export;
 pub mod namespace;
 pub mod provenance;
 pub mod pull;

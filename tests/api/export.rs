@@ -228,7 +228,7 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     app.send(app.client.delete(&status_url)).await.assert_outcome(404);
     // The jobs kept are bounded: beyond them a kick-off is refused until some are collected.
     let mut refused = None;
-    for _ in 0..=braid::bulk::MAX_JOBS {
+    for _ in 0..=braid::sources::export::MAX_JOBS {
         let reply = kick_off(&app, "/$export?_type=Organization", None).await;
         if reply.status != 202 {
             refused = Some(reply);
