@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod fhir;
 pub mod http;
+pub mod mpi;
 pub mod search;
 pub mod sources;
 pub mod startup;
