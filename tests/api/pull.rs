@@ -647,3 +647,65 @@ async fn scheduled_pulls_fall_due_after_their_interval() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped() {
+    let upstream = SearchOnly::start(5, 12, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("braid.redb");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, private_key_pem()).unwrap();
+    let run = |args: Vec<String>| {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+                .args(&args)
+                .arg("--data")
+                .arg(&data)
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let key = key_file.to_str().unwrap().to_owned();
+    let output = run(args(&[
+        "source",
+        "add",
+        "lab",
+        "--pull",
+        &upstream.base,
+        "--client-id",
+        "braid",
+        "--key",
+        &key,
+        "--types",
+        "Patient,Observation",
+        "--every",
+        "1h",
+    ]))
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let added: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (added["source"].clone(), added["kind"].clone(), added["every_secs"].clone()),
+        (json!("lab"), json!("pull"), json!(3600))
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("PRIVATE"), "only the public key is printed");
+
+    let output = run(args(&["source", "sync", "lab"])).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let synced: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(synced["run"]["outcome"], "complete", "{synced}");
+    assert_eq!(synced["run"]["counts"]["created"], 17, "{synced}");
+
+    let output = run(args(&["source", "show", "lab", "--json"])).await.unwrap();
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["runs"][0]["counts"]["created"], 17, "{shown}");
+    assert_eq!(shown["base"], upstream.base.as_str());
+    let output = run(args(&["source", "sync", "nobody"])).await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no source nobody"));
+    let output = run(args(&["source", "add", "push", "--pull", &upstream.base, "--key", &key])).await.unwrap();
+    assert!(!output.status.success(), "--pull needs --client-id");
+}
