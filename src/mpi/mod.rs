@@ -1,7 +1,15 @@
 //! The master patient index: which source Patients are the same person.
 //!
-//! Built so far: how two values of one field are compared ([`compare`]), the graded levels a
-//! Fellegi-Sunter score will weigh. Blocking, scoring, training, links and golden records are
-//! not built yet, and nothing calls this module.
+//! Built so far, as pure functions that nothing calls yet:
+//! - [`record`]: what is read of a Patient (its demographics, normalised);
+//! - [`compare`]: how two values of one field compare, in the graded levels a Fellegi-Sunter
+//!   score weighs;
+//! - [`blocking`]: the keys a record is filed under, from the rules in
+//!   `profiles/mpi.rules.json`, so that it is scored only against records sharing a key.
+//!
+//! Scoring, training (u from random pairs, m by EM per blocking rule), links, golden records
+//! and the change feed that drives them are not built yet.
 
+pub mod blocking;
 pub mod compare;
+pub mod record;
