@@ -5,11 +5,14 @@
 //! - [`compare`]: how two values of one field compare, in the graded levels a Fellegi-Sunter
 //!   score weighs;
 //! - [`blocking`]: the keys a record is filed under, from the rules in
-//!   `profiles/mpi.rules.json`, so that it is scored only against records sharing a key.
+//!   `profiles/mpi.rules.json`, so that it is scored only against records sharing a key;
+//! - [`score`]: the Fellegi-Sunter weight and match probability of a pair, given m and u per
+//!   field and level.
 //!
-//! Scoring, training (u from random pairs, m by EM per blocking rule), links, golden records
-//! and the change feed that drives them are not built yet.
+//! Training (u from random pairs, m by EM per blocking rule), links, golden records and the
+//! change feed that drives them are not built yet.
 
 pub mod blocking;
 pub mod compare;
 pub mod record;
+pub mod score;
