@@ -886,16 +886,8 @@ async fn auth_scenario(args: &Args, dir: &Path) {
         for with_auth in [false, true] {
             let server = if with_auth { servers::start_braid_with_auth(&data) } else { servers::start_braid(&data) };
             let header = if with_auth {
-                let form = key.forms(&client_id, server.port, 1).remove(0);
-                let reply = reqwest::Client::new()
-                    .post(format!("http://127.0.0.1:{}/auth/token", server.port))
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(form)
-                    .send()
-                    .await
-                    .unwrap();
-                let token: Value = reply.json().await.unwrap();
-                format!("Authorization: Bearer {}\r\n", token["access_token"].as_str().expect("a token"))
+                let token = backend_token(&key, &client_id, server.port, "system%2FPatient.rs").await;
+                format!("Authorization: Bearer {token}\r\n")
             } else {
                 String::new()
             };
@@ -1012,9 +1004,10 @@ fn ingest_bundle() -> Vec<u8> {
     serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap()
 }
 
-/// An access token for `client_id` from the server at `port`, asking for `system/*.cruds`.
-async fn backend_token(key: &BackendKey, client_id: &str, port: u16) -> String {
-    let form = key.forms_for(client_id, port, 1, "system%2F*.cruds").remove(0);
+/// An access token for `client_id` from the server at `port`, asking for `scope`
+/// (form-encoded).
+async fn backend_token(key: &BackendKey, client_id: &str, port: u16, scope: &str) -> String {
+    let form = key.forms_for(client_id, port, 1, scope).remove(0);
     let reply = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/auth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -1066,7 +1059,7 @@ async fn push_scenario(args: &Args, dir: &Path) {
             };
             close_store(store).await;
             let server = servers::start_braid_with_auth(&data);
-            let token = backend_token(&key, &client_id, server.port).await;
+            let token = backend_token(&key, &client_id, server.port, "system%2F*.cruds").await;
             let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
             let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
             let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle, &headers);

@@ -122,6 +122,18 @@ impl TestApp {
         .await
     }
 
+    /// `PUT` of a FHIR JSON body with an access token.
+    pub async fn put_with_token(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .put(self.url(path))
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
         self.send(
             self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),

@@ -185,31 +185,9 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     // What changed since: one update and one create, and nothing else read.
     let mut changed = seeded[7].clone();
     changed["name"] = json!([{"family": "Changed"}]);
-    assert_eq!(
-        up.send(
-            up.client
-                .put(up.url("/Patient/p7"))
-                .bearer_auth(&writer)
-                .header("content-type", "application/fhir+json")
-                .body(changed.to_string())
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(up.put_with_token("/Patient/p7", &writer, &changed).await.status, 200);
     let added = json!({"resourceType": "Patient", "id": "p40", "name": [{"family": "New"}]});
-    assert_eq!(
-        up.send(
-            up.client
-                .put(up.url("/Patient/p40"))
-                .bearer_auth(&writer)
-                .header("content-type", "application/fhir+json")
-                .body(added.to_string())
-        )
-        .await
-        .status,
-        201
-    );
+    assert_eq!(up.put_with_token("/Patient/p40", &writer, &added).await.status, 201);
     let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
     let counts = &synced["run"]["counts"];
     assert_eq!((counts["updated"].clone(), counts["created"].clone()), (json!(1), json!(1)), "{synced}");
@@ -251,18 +229,7 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
     let writer = upstream.token("seed", "system/*.cruds", None);
     for n in 0..3 {
         let patient = json!({"resourceType": "Patient", "id": format!("r{n}")});
-        let reply = upstream
-            .app
-            .send(
-                upstream
-                    .app
-                    .client
-                    .put(upstream.app.url(&format!("/Patient/r{n}")))
-                    .bearer_auth(&writer)
-                    .header("content-type", "application/fhir+json")
-                    .body(patient.to_string()),
-            )
-            .await;
+        let reply = upstream.app.put_with_token(&format!("/Patient/r{n}"), &writer, &patient).await;
         assert_eq!(reply.status, 201);
     }
     let key = rsa_private_key_pem();
