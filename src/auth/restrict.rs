@@ -81,11 +81,11 @@ pub fn implied(resource_type: ResourceType, limit: &Clause, clauses: &[Clause]) 
     })
 }
 
-/// The index keys `clauses` read.
+/// The index keys `clauses` read (each clause's own, alternatives' included, and those of the
+/// conjunctions it unites).
 fn clause_keys<'a>(clauses: &'a [Clause], keys: &mut Vec<&'a str>) {
     for clause in clauses {
-        keys.push(clause.key.as_str());
-        keys.extend(clause.also_keys.iter().map(String::as_str));
+        keys.extend(clause.keys());
         for conjunction in &clause.any_of {
             clause_keys(conjunction, keys);
         }
