@@ -492,7 +492,7 @@ fn authorize(
             let what = resource_type.map_or("every resource type", ResourceType::as_str);
             let message = format!("the access token's scopes do not allow {permission:?} on {what}");
             // A source's write refused here is one of its rejections too.
-            let source = grant.source.as_deref().and_then(|name| state.sources.get(name));
+            let source = source::of_grant(grant, state);
             if let Some(source) = source.filter(|_| interaction.writes()) {
                 source.pushed();
                 source

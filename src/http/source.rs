@@ -22,9 +22,7 @@ pub use crate::sources::{admit, count, namespaced, stored_id};
 pub fn of(access: &Access, state: &AppState) -> Result<Option<Arc<ActiveSource>>, FhirError> {
     let Access::Token(grant) = access else { return Ok(None) };
     let Some(name) = &grant.source else { return Ok(None) };
-    // A source removed and added again under the same name has a new client: the old one's
-    // tokens write for nobody.
-    match state.sources.get(name).filter(|source| source.client_id.as_deref() == Some(grant.client_id.as_str())) {
+    match of_grant(grant, state) {
         Some(source) => Ok(Some(source)),
         None => Err(FhirError::new(
             Category::Forbidden,
@@ -32,6 +30,14 @@ pub fn of(access: &Access, state: &AppState) -> Result<Option<Arc<ActiveSource>>
             format!("the source {name} this token was issued for has been removed"),
         )),
     }
+}
+
+/// The source `grant` writes as, if it is still registered with the grant's client (a source
+/// removed and added again under the same name has a new client: the old one's tokens write
+/// for nobody).
+pub fn of_grant(grant: &crate::auth::Grant, state: &AppState) -> Option<Arc<ActiveSource>> {
+    let name = grant.source.as_deref()?;
+    state.sources.get(name).filter(|source| source.client_id.as_deref() == Some(grant.client_id.as_str()))
 }
 
 /// Refuses what a source may not do: a patch addresses a stored resource by Braid's id and
