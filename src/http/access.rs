@@ -8,7 +8,6 @@ use crate::auth::Access;
 use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
-use crate::search::engine;
 use crate::search::query::Clause;
 use crate::search::{SearchIndexer, parse_criteria_within};
 use crate::store::{Change, Criteria, LATEST, WriteGuard};
@@ -64,32 +63,33 @@ pub fn check_body(
     }
 }
 
-/// The clause a source's token's writes are limited by: the resource's `meta.source` names
-/// the source. `None` for every other caller.
+/// The clause a source's token's conditional writes are limited by: the resource's
+/// `meta.source` names the source. `None` for every other caller.
 fn source_clause(access: &Access, resource_type: ResourceType) -> Result<Option<Clause>, FhirError> {
-    let Access::Token(grant) = access else { return Ok(None) };
-    let Some(name) = &grant.source else { return Ok(None) };
-    crate::sources::ownership_clause(name, resource_type).map(Some)
+    match source_name(access) {
+        Some(name) => crate::sources::ownership_clause(name, resource_type).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The source a token writes as.
+fn source_name(access: &Access) -> Option<&str> {
+    match access {
+        Access::Token(grant) => grant.source.as_deref(),
+        Access::Unrestricted => None,
+    }
 }
 
 /// The guard on the existing resources a request updates or deletes: a restricted token's
 /// limits, and a source's own records only.
 pub fn guard(access: &Access, base: &str) -> Option<WriteGuard> {
-    let is_source = matches!(access, Access::Token(grant) if grant.source.is_some());
-    if !access.is_restricted() && !is_source {
+    if !access.is_restricted() && source_name(access).is_none() {
         return None;
     }
     let (access, base) = (access.clone(), base.to_owned());
     Some(WriteGuard(std::sync::Arc::new(move |view, resource_type, id, version, change| {
-        if let Some(clause) = source_clause(&access, resource_type)? {
-            if !engine::matches_clauses(
-                view,
-                resource_type,
-                std::slice::from_ref(&clause),
-                id.as_str(),
-                version,
-                LATEST,
-            )? {
+        if let Some(name) = source_name(&access) {
+            if !crate::sources::owns_version(view, name, resource_type, id.as_str(), version)? {
                 return Ok(false);
             }
         }

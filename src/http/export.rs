@@ -23,6 +23,11 @@ use crate::sources::export::{JobStatus, Kickoff, Level, Poll};
 /// The NDJSON media type of the files.
 pub const NDJSON: &str = "application/fhir+ndjson";
 
+/// Whether `media` names NDJSON, as Bulk Data clients write it (`_outputFormat`, `Accept`).
+pub fn is_ndjson(media: &str) -> bool {
+    matches!(media, NDJSON | "application/ndjson" | "ndjson")
+}
+
 /// Most members a Group export follows.
 pub const MAX_GROUP_MEMBERS: usize = 100_000;
 
@@ -156,7 +161,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             }
             "_outputFormat" => {
                 // An unescaped `+` arrives as a space.
-                if !matches!(value.replace(' ', "+").as_str(), NDJSON | "application/ndjson" | "ndjson") {
+                if !is_ndjson(&value.replace(' ', "+")) {
                     return Err(incorrect(format!(
                         "_outputFormat '{value}' is not offered; Braid writes {NDJSON} (also ndjson, application/ndjson)"
                     )));

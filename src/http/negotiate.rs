@@ -74,10 +74,7 @@ fn from_format_param(format: &str) -> Wanted {
 
 /// Whether `accept` names an NDJSON media type.
 fn accepts_ndjson(accept: &str) -> bool {
-    accept
-        .split(',')
-        .map(|range| range.split(';').next().unwrap_or("").trim())
-        .any(|range| matches!(range, "application/fhir+ndjson" | "application/ndjson" | "ndjson"))
+    accept.split(',').map(|range| range.split(';').next().unwrap_or("").trim()).any(super::export::is_ndjson)
 }
 
 fn from_accept(accept: &str) -> Wanted {

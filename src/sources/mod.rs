@@ -228,6 +228,19 @@ pub fn ownership_clause(name: &str, resource_type: ResourceType) -> Result<Claus
     }
 }
 
+/// Whether the current version `version` of `id` is the source `name`'s own (its `meta.source`
+/// names the source), by its index entries: what a source's writes are guarded by.
+pub fn owns_version(
+    view: &dyn crate::store::IndexView,
+    name: &str,
+    resource_type: ResourceType,
+    id: &str,
+    version: u64,
+) -> Result<bool, FhirError> {
+    let clause = ownership_clause(name, resource_type)?;
+    crate::search::engine::matches_clauses(view, resource_type, &[clause], id, version, crate::store::LATEST)
+}
+
 /// A running server's sources, with their live counters.
 pub struct Registry {
     store: Store,

@@ -1149,15 +1149,7 @@ fn encode(text: &str) -> String {
 pub fn ownership_guard(name: &str) -> WriteGuard {
     let name = name.to_owned();
     WriteGuard(Arc::new(move |view, resource_type, id, version, _change| {
-        let clause = super::ownership_clause(&name, resource_type)?;
-        crate::search::engine::matches_clauses(
-            view,
-            resource_type,
-            &[clause],
-            id.as_str(),
-            version,
-            crate::store::LATEST,
-        )
+        super::owns_version(view, &name, resource_type, id.as_str(), version)
     }))
 }
 
