@@ -228,6 +228,19 @@ pub fn ownership_clause(name: &str, resource_type: ResourceType) -> Result<Claus
     }
 }
 
+/// An error's issues as one line for a rejection: each `expression: diagnostics`, joined by `; `.
+pub fn issues_text(error: &FhirError) -> String {
+    let issues: Vec<String> = error
+        .issues
+        .iter()
+        .map(|issue| match issue.expression.first() {
+            Some(at) => format!("{at}: {}", issue.diagnostics),
+            None => issue.diagnostics.clone(),
+        })
+        .collect();
+    issues.join("; ")
+}
+
 /// Whether the current version `version` of `id` is the source `name`'s own (its `meta.source`
 /// names the source), by its index entries: what a source's writes are guarded by.
 pub fn owns_version(
@@ -319,15 +332,7 @@ impl ActiveSource {
 
     /// Counts a refused request or batch entry, and keeps why.
     pub fn rejected(&self, what: Option<String>, error: &FhirError) {
-        let mut reason: String = error
-            .issues
-            .iter()
-            .map(|issue| match issue.expression.first() {
-                Some(at) => format!("{at}: {}", issue.diagnostics),
-                None => issue.diagnostics.clone(),
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let mut reason = issues_text(error);
         if reason.len() > MAX_REASON_BYTES {
             let mut cut = MAX_REASON_BYTES;
             while !reason.is_char_boundary(cut) {

@@ -1021,17 +1021,17 @@ impl Run<'_> {
                 self.note_references(resource, &pulled, &base);
             }
         }
-        let mut admitted: Vec<(ResourceType, Id, serde_json::Map<String, Value>)> = Vec::new();
+        let mut admitted: Vec<Admitted> = Vec::new();
         let mut positions: HashMap<(ResourceType, Id), usize> = HashMap::new();
         for resource in resources {
             match resource.and_then(|value| self.admit(value)) {
-                Ok((resource_type, id, resource)) => {
+                Ok(one) => {
                     // The same resource twice (updated between two pages): the later one.
-                    match positions.get(&(resource_type, id.clone())) {
-                        Some(&position) => admitted[position] = (resource_type, id, resource),
+                    match positions.get(&(one.resource_type, one.id.clone())) {
+                        Some(&position) => admitted[position] = one,
                         None => {
-                            positions.insert((resource_type, id.clone()), admitted.len());
-                            admitted.push((resource_type, id, resource));
+                            positions.insert((one.resource_type, one.id.clone()), admitted.len());
+                            admitted.push(one);
                         }
                     }
                 }
@@ -1049,7 +1049,7 @@ impl Run<'_> {
                     match self.write_together(single).await {
                         Ok(()) => {}
                         Err(WriteFailure::Data(reason)) => {
-                            self.reject(format!("{}/{}: {reason}", single[0].0, single[0].1));
+                            self.reject(format!("{}/{}: {reason}", single[0].resource_type, single[0].id));
                         }
                         Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
                     }
@@ -1069,42 +1069,35 @@ impl Run<'_> {
     }
 
     /// Validates a pulled resource under the source's policy and moves it into its namespace.
-    fn admit(&self, mut value: Value) -> Result<(ResourceType, Id, serde_json::Map<String, Value>), String> {
+    /// Its conditional references (matching only the source's own records) are found on the
+    /// way, for the writer to resolve.
+    fn admit(&self, mut value: Value) -> Result<Admitted, String> {
         let resource_type = crate::fhir::json::resource_type_of(&value).map_err(|error| error.to_string())?;
         let original = value.get("id").and_then(Value::as_str).ok_or("a pulled resource has no id")?;
         let original = Id::parse(original).map_err(|error| error.to_string())?;
-        let describe = |error: FhirError| {
-            let issues: Vec<String> = error
-                .issues
-                .iter()
-                .map(|issue| match issue.expression.first() {
-                    Some(at) => format!("{at}: {}", issue.diagnostics),
-                    None => issue.diagnostics.clone(),
-                })
-                .collect();
-            format!("{resource_type}/{original}: {}", issues.join("; "))
-        };
+        let describe = |error: FhirError| format!("{resource_type}/{original}: {}", super::issues_text(&error));
         super::admit(Some(&self.source), resource_type, &mut value, None).map_err(describe)?;
+        let name = self.source.name().as_str();
+        let conditional = crate::search::conditional_references(&mut value, &mut |resource_type, query| {
+            let limit = super::ownership_clause(name, resource_type)?;
+            crate::search::parse_criteria_within(resource_type, query, vec![limit])
+        })
+        .map_err(describe)?;
         let Value::Object(resource) = value else { return Err("a resource must be a JSON object".into()) };
-        Ok((resource_type, self.source.namespace.id(&original), resource))
+        Ok(Admitted { resource_type, id: self.source.namespace.id(&original), resource, conditional })
     }
 
-    async fn write_together(
-        &mut self,
-        resources: &[(ResourceType, Id, serde_json::Map<String, Value>)],
-    ) -> Result<(), WriteFailure> {
+    async fn write_together(&mut self, resources: &[Admitted]) -> Result<(), WriteFailure> {
         let mut request =
             WriteRequest { guard: Some(ownership_guard(self.source.name().as_str())), ..Default::default() };
-        for (resource_type, id, resource) in resources {
-            let conditional = conditional_references(self.source.name().as_str(), resource)
-                .map_err(|error| WriteFailure::Data(error.to_string()))?;
-            request.conditional_references.extend(conditional);
+        for admitted in resources {
+            request.conditional_references.extend(admitted.conditional.clone());
             request.ops.push(WriteOp {
                 full_url: None,
                 action: Action::Update {
-                    resource_type: *resource_type,
-                    target: WriteTarget::Id(id.clone()),
-                    resource: resource.clone(),
+                    resource_type: admitted.resource_type,
+                    target: WriteTarget::Id(admitted.id.clone()),
+                    resource: admitted.resource.clone(),
                     precondition: Precondition::default(),
                 },
             });
@@ -1130,6 +1123,16 @@ impl Run<'_> {
     }
 }
 
+/// A pulled resource ready to write: in the source's namespace, with its conditional
+/// references parsed.
+struct Admitted {
+    resource_type: ResourceType,
+    /// The stored id.
+    id: Id,
+    resource: serde_json::Map<String, Value>,
+    conditional: HashMap<String, (ResourceType, Criteria)>,
+}
+
 enum WriteFailure {
     /// The data was refused (a conditional reference that matches nothing, say).
     Data(String),
@@ -1151,19 +1154,6 @@ pub fn ownership_guard(name: &str) -> WriteGuard {
     WriteGuard(Arc::new(move |view, resource_type, id, version, _change| {
         super::owns_version(view, &name, resource_type, id.as_str(), version)
     }))
-}
-
-/// The conditional references in a source's resource, each matching only the source's own
-/// records.
-fn conditional_references(
-    name: &str,
-    resource: &serde_json::Map<String, Value>,
-) -> Result<HashMap<String, (ResourceType, Criteria)>, FhirError> {
-    let mut value = Value::Object(resource.clone());
-    crate::search::conditional_references(&mut value, &mut |resource_type, query| {
-        let limit = super::ownership_clause(name, resource_type)?;
-        crate::search::parse_criteria_within(resource_type, query, vec![limit])
-    })
 }
 
 #[cfg(test)]
