@@ -34,21 +34,9 @@ impl Indexer for SearchIndexer {
         if keys.contains(&COMPARTMENT_KEY) {
             return index_entries(resource_type, resource, Some(local_base));
         }
-        registry()
-            .params(resource_type)
-            .filter(|def| def.alias_of.is_empty() && keys.iter().any(|key| key.starts_with(def.code.as_str())))
-            .flat_map(|def| {
-                let mut entries = values::entries(def, resource);
-                if def.kind == ParamKind::Reference {
-                    for entry in entries.iter_mut().filter(|entry| entry.param == def.code) {
-                        if let Some(relative) = local_reference(&entry.value, local_base) {
-                            entry.value = relative;
-                        }
-                    }
-                }
-                entries
-            })
-            .collect()
+        param_entries(resource_type, resource, Some(local_base), &|def| {
+            keys.iter().any(|key| key.starts_with(def.code.as_str()))
+        })
     }
 
     fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
@@ -93,7 +81,7 @@ impl Indexer for SearchIndexer {
         if resource.get("resourceType").and_then(Value::as_str) != Some(resource_type.as_str()) {
             return None;
         }
-        Some(param_entries(resource_type, resource, None, Some(Stage::Prepared)))
+        Some(param_entries(resource_type, resource, None, &|def| !depends_on_stored_form(def)))
     }
 
     /// `prepared`, plus the parameters that depend on the stored form, plus compartment
@@ -106,19 +94,10 @@ impl Indexer for SearchIndexer {
         prepared: &[IndexEntry],
     ) -> Vec<IndexEntry> {
         let mut entries = prepared.to_vec();
-        entries.extend(param_entries(resource_type, resource, local_base, Some(Stage::Writer)));
+        entries.extend(param_entries(resource_type, resource, local_base, &depends_on_stored_form));
         add_compartment_membership(resource_type, resource, &mut entries);
         entries
     }
-}
-
-/// Where a parameter's entries are computed (see [`Indexer::prepare`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Before the request reaches the writer, from the resource as the client sent it.
-    Prepared,
-    /// In the writer, from the version as stored.
-    Writer,
 }
 
 /// Whether a parameter's entries can differ between the resource as sent and the version the
@@ -155,26 +134,24 @@ fn reads_stored_form(expression: &Expr) -> bool {
 /// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
 /// find them. The stored resource keeps the reference as the client wrote it.
 fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Option<&str>) -> Vec<IndexEntry> {
-    let mut entries = param_entries(resource_type, resource, local_base, None);
+    let mut entries = param_entries(resource_type, resource, local_base, &|_| true);
     add_compartment_membership(resource_type, resource, &mut entries);
     entries
 }
 
-/// The entries of the indexed parameters of `stage` (all of them for `None`).
+/// The entries of the indexed parameters that `keep` selects: those that read nothing the
+/// writer changes are computed before the request reaches it ([`Indexer::prepare`]), the
+/// others in the writer ([`Indexer::complete`]); a body check computes only the parameters it
+/// reads.
 fn param_entries(
     resource_type: ResourceType,
     resource: &Value,
     local_base: Option<&str>,
-    stage: Option<Stage>,
+    keep: &dyn Fn(&ParamDef) -> bool,
 ) -> Vec<IndexEntry> {
     registry()
         .params(resource_type)
-        .filter(|def| def.alias_of.is_empty())
-        .filter(|def| match stage {
-            None => true,
-            Some(Stage::Writer) => depends_on_stored_form(def),
-            Some(Stage::Prepared) => !depends_on_stored_form(def),
-        })
+        .filter(|def| def.alias_of.is_empty() && keep(def))
         .flat_map(|def| {
             let mut entries = values::entries(def, resource);
             if let (ParamKind::Reference, Some(base)) = (def.kind, local_base) {

@@ -158,15 +158,10 @@ impl Snapshot {
     pub fn newest_last_updated(&self) -> Result<Option<i64>, FhirError> {
         let last = self.system_history.last().map_err(StoreError::from)?;
         let Some((key, _)) = last else { return Ok(None) };
-        let (_, resource_type, id, version) =
-            system_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
-        let version_key = resource_version::encode(&resource_type, &id, version);
-        let Some(value) = self.versions.get(version_key.as_slice()).map_err(StoreError::from)? else {
-            return Err(StoreError::Corrupt(version_key).into());
-        };
-        let (header, _) =
-            resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(version_key.clone()))?;
-        Ok(Some(header.last_updated_micros))
+        let corrupt = || StoreError::Corrupt(key.value().to_vec());
+        let (_, resource_type, id, version) = system_history::decode(key.value()).ok_or_else(corrupt)?;
+        // Every entry of the system history names a stored version.
+        Ok(Some(self.written(&resource_type, &id, version)?.ok_or_else(corrupt)?))
     }
 
     /// The logical time of the newest committed version (0 for an empty database).
