@@ -177,8 +177,9 @@ async fn the_npm_client_fhirclient_completes_a_standalone_patient_launch_and_rea
     .await;
 }
 
-/// Runs `command` (a program and its arguments) and checks that it passed every check.
-async fn run_with(command: &[&str]) {
+/// Runs `command` (a program and its arguments) and checks that it passed every check; returns
+/// what it printed.
+async fn run_with(command: &[&str]) -> String {
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
     let shown = command.join(" ");
     let output = tokio::task::spawn_blocking(move || Command::new(&command[0]).args(&command[1..]).output())
@@ -189,6 +190,7 @@ async fn run_with(command: &[&str]) {
     assert!(output.status.success(), "{shown} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{shown} printed no summary:\n{stdout}");
     eprintln!("{stdout}");
+    stdout.into_owned()
 }
 
 /// The fhir-sdk program `conformance/setup.sh` builds.
@@ -229,7 +231,8 @@ async fn the_rust_client_fhir_sdk_reads_searches_creates_and_runs_a_transaction(
     ]});
     let reply = server.app.post_with_token("", &token, &seed).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    run_with(&[FHIR_SDK_PROGRAM, &server.app.base, &token]).await;
+    let printed = run_with(&[FHIR_SDK_PROGRAM, &server.app.base, &token]).await;
+    assert!(printed.contains("\n15 passed, 0 failed"), "every check of the program ran:\n{printed}");
     // Nothing the client did changed the R4 content.
     let app = &server.app;
     let evidence = app.send(app.client.get(app.url("/Evidence/r4-evidence")).bearer_auth(&token)).await;

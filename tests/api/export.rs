@@ -46,6 +46,16 @@ async fn manifest(app: &TestApp, status_url: &str, token: Option<&str>) -> Value
 /// Kicks off `path`, waits for it and returns `(type, id) -> resource` for every line of every
 /// file, asserting that no resource appears twice.
 async fn export(app: &TestApp, path: &str, token: Option<&str>) -> BTreeMap<(String, String), Value> {
+    export_with_manifest(app, path, token).await.0
+}
+
+/// [`export`], and the manifest. Every resource exported was last updated at or before the
+/// manifest's `transactionTime`.
+async fn export_with_manifest(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+) -> (BTreeMap<(String, String), Value>, Value) {
     let reply = kick_off(app, path, token).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let status_url = reply.header("content-location").expect("a status URL").to_owned();
@@ -69,10 +79,12 @@ async fn export(app: &TestApp, path: &str, token: Option<&str>) -> BTreeMap<(Str
             assert_eq!(resource["resourceType"], output["type"]);
             let key =
                 (resource["resourceType"].as_str().unwrap().to_owned(), resource["id"].as_str().unwrap().to_owned());
+            let updated = resource["meta"]["lastUpdated"].as_str().unwrap();
+            assert!(updated <= manifest["transactionTime"].as_str().unwrap(), "{key:?} after the transaction time");
             assert!(exported.insert(key.clone(), resource).is_none(), "{key:?} exported twice");
         }
     }
-    exported
+    (exported, manifest)
 }
 
 /// Every live `(type, id)` of `types`, by search.
@@ -122,7 +134,10 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     assert_eq!(app.delete("/Observation/o3").await.status, 204);
     put(&app, &json!({"resourceType": "Patient", "id": "p4", "name": [{"family": "Renamed"}]}), None).await;
 
-    let exported = export(&app, "/$export", None).await;
+    let (exported, summary) = export_with_manifest(&app, "/$export", None).await;
+    // The transaction time is the instant of the newest version the export holds.
+    let newest = exported.values().filter_map(|resource| resource["meta"]["lastUpdated"].as_str()).max().unwrap();
+    assert_eq!(summary["transactionTime"], newest);
     let ids: BTreeSet<(String, String)> = exported.keys().cloned().collect();
     assert_eq!(ids, searched(&app, &["Patient", "Observation", "Organization"], None).await);
     assert_eq!(ids.len(), 30 + 29 + 1);
@@ -133,6 +148,8 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     let only = export(&app, "/$export?_type=Organization,Patient", None).await;
     assert_eq!(only.keys().filter(|(t, _)| t == "Patient").count(), 30);
     assert!(only.keys().all(|(t, _)| t == "Patient" || t == "Organization"));
+    assert_eq!(only.len(), 31);
+    assert!(only.contains_key(&("Organization".to_owned(), "org".to_owned())));
     tokio::time::sleep(Duration::from_millis(20)).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
     let since = braid::fhir::json::format_instant(now);
