@@ -332,3 +332,14 @@ pub fn sign_token(
     };
     braid::auth::token::issue(&ring, &claims).expect("a token")
 }
+
+/// Sends an operator command to the server running on the database `data`, through its
+/// operator socket, as `braid` does while a server runs.
+pub async fn operator(data: &std::path::Path, request: braid::auth::admin::AdminRequest) -> Result<Value, String> {
+    use braid::auth::admin::{self, Sent};
+    let socket = admin::socket_path(data);
+    match tokio::task::spawn_blocking(move || admin::send(&socket, &request)).await.unwrap().unwrap() {
+        Sent::Answered(answer) => answer.map_err(|error| error.message),
+        Sent::NoServer => panic!("the server listens on its operator socket"),
+    }
+}

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use braid::auth::admin::{self, AdminRequest, Sent};
+use braid::auth::admin::AdminRequest;
 use braid::auth::clients::{NewClient, NewCredential};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, spawn_auth_app, start_braid_process};
+use crate::helpers::{TestApp, operator, spawn_auth_app, start_braid_process};
 
 /// A fresh P-384 private key, in the PEM form an operator gives `--key`.
 fn private_key_pem() -> String {
@@ -23,14 +23,6 @@ fn private_key_pem() -> String {
     )
     .unwrap();
     braid::sources::pull::pkcs8_pem(pkcs8.as_ref())
-}
-
-async fn operator(data: &std::path::Path, request: AdminRequest) -> Result<Value, String> {
-    let socket = admin::socket_path(data);
-    match tokio::task::spawn_blocking(move || admin::send(&socket, &request)).await.unwrap().unwrap() {
-        Sent::Answered(answer) => answer.map_err(|error| error.message),
-        Sent::NoServer => panic!("the server listens on its operator socket"),
-    }
 }
 
 /// Registers Braid's public key at an upstream Braid as a backend client with `scope`; returns

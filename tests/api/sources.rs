@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use braid::auth::admin::{self, AdminRequest, Sent};
+use braid::auth::admin::AdminRequest;
 use braid::auth::clients::NewCredential;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{Value, json};
@@ -21,11 +21,7 @@ struct Source {
 }
 
 async fn operator(server: &AuthApp, request: AdminRequest) -> Result<Value, String> {
-    let socket = admin::socket_path(&server.data);
-    match tokio::task::spawn_blocking(move || admin::send(&socket, &request)).await.unwrap().unwrap() {
-        Sent::Answered(answer) => answer.map_err(|error| error.message),
-        Sent::NoServer => panic!("the server listens on its operator socket"),
-    }
+    crate::helpers::operator(&server.data, request).await
 }
 
 async fn add_source(server: &AuthApp, name: &str, lenient: bool) -> Source {
