@@ -107,24 +107,31 @@ pub fn normalize_name(text: &str) -> String {
 
 /// Compares two names (normalising them).
 pub fn compare_names(a: &str, b: &str, nicknames: &Nicknames) -> NameLevel {
-    let (a, b) = (normalize_name(a), normalize_name(b));
+    compare_normalized_names(&normalize_name(a), &normalize_name(b), nicknames)
+}
+
+/// Compares two names already normalised ([`normalize_name`]), as a [`PersonRecord`] holds
+/// them.
+///
+/// [`PersonRecord`]: super::record::PersonRecord
+pub fn compare_normalized_names(a: &str, b: &str, nicknames: &Nicknames) -> NameLevel {
     if a.is_empty() || b.is_empty() {
         return NameLevel::Missing;
     }
     if a == b {
         return NameLevel::Exact;
     }
-    if nicknames.related(&a, &b) {
+    if nicknames.related(a, b) {
         return NameLevel::Nickname;
     }
     if a.len() == 1 || b.len() == 1 {
         return if a.as_bytes()[0] == b.as_bytes()[0] { NameLevel::Initial } else { NameLevel::Different };
     }
-    let similarity = strsim::jaro_winkler(&a, &b);
+    let similarity = strsim::jaro_winkler(a, b);
     if similarity >= JW_CLOSE {
         return NameLevel::Close;
     }
-    if same_sound(&a, &b) {
+    if same_sound(a, b) {
         return NameLevel::Phonetic;
     }
     if similarity >= JW_SIMILAR { NameLevel::Similar } else { NameLevel::Different }
@@ -165,7 +172,12 @@ pub fn date_digits(text: &str) -> Option<[u8; 8]> {
 
 /// Compares two dates (see [`date_digits`] for the forms read).
 pub fn compare_dates(a: &str, b: &str) -> DateLevel {
-    let (Some(a), Some(b)) = (date_digits(a), date_digits(b)) else { return DateLevel::Missing };
+    compare_date_digits(date_digits(a), date_digits(b))
+}
+
+/// Compares two dates given as their digits ([`date_digits`]), as a `PersonRecord` holds them.
+pub fn compare_date_digits(a: Option<[u8; 8]>, b: Option<[u8; 8]>) -> DateLevel {
+    let (Some(a), Some(b)) = (a, b) else { return DateLevel::Missing };
     if a == b {
         return DateLevel::Exact;
     }

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::compare::{DateLevel, NameLevel, Nicknames, compare_dates, compare_names};
+use super::compare::{DateLevel, NameLevel, Nicknames, compare_date_digits, compare_normalized_names};
 use super::record::PersonRecord;
 
 /// The fields a pair is compared on, in the order of [`Comparison::levels`].
@@ -67,9 +67,6 @@ fn shared_index<T: PartialEq>(a: &[T], b: &[T]) -> Option<u8> {
 
 /// Compares two records field by field.
 pub fn compare_pair(a: &PersonRecord, b: &PersonRecord, nicknames: &Nicknames) -> Comparison {
-    let date_text = |record: &PersonRecord| {
-        record.birth_date.map(|digits| String::from_utf8_lossy(&digits).into_owned()).unwrap_or_default()
-    };
     let address = if a.address.is_empty() || b.address.is_empty() {
         None
     } else if a.address == b.address {
@@ -81,9 +78,9 @@ pub fn compare_pair(a: &PersonRecord, b: &PersonRecord, nicknames: &Nicknames) -
     };
     Comparison {
         levels: [
-            name_index(compare_names(&a.given, &b.given, nicknames)),
-            name_index(compare_names(&a.family, &b.family, nicknames)),
-            date_index(compare_dates(&date_text(a), &date_text(b))),
+            name_index(compare_normalized_names(&a.given, &b.given, nicknames)),
+            name_index(compare_normalized_names(&a.family, &b.family, nicknames)),
+            date_index(compare_date_digits(a.birth_date, b.birth_date)),
             match (&a.sex, &b.sex) {
                 (Some(x), Some(y)) => Some(u8::from(x != y)),
                 _ => None,
