@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 
-use super::compare::phonetic_codes;
 use super::record::PersonRecord;
 
 /// A field a blocking rule reads.
@@ -38,6 +37,8 @@ pub struct BlockingRule {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Rules {
     pub blocking: Vec<BlockingRule>,
+    /// The rules whose pairs train `m` (see `train`).
+    pub training: Vec<BlockingRule>,
     pub comparisons: Vec<String>,
     pub thresholds: Thresholds,
     #[serde(default)]
@@ -59,7 +60,10 @@ impl Rules {
     pub fn shipped() -> Rules {
         let rules: Rules = serde_json::from_str(include_str!("../../profiles/mpi.rules.json"))
             .expect("profiles/mpi.rules.json is valid");
-        assert!(rules.blocking.iter().all(|rule| !rule.fields.is_empty()), "a blocking rule without fields");
+        assert!(
+            rules.blocking.iter().chain(&rules.training).all(|rule| !rule.fields.is_empty()),
+            "a blocking rule without fields"
+        );
         let thresholds = rules.thresholds;
         assert!(
             0.0 < thresholds.possible && thresholds.possible < thresholds.matched && thresholds.matched < 1.0,
@@ -120,11 +124,11 @@ fn field_values(field: BlockField, record: &PersonRecord) -> Vec<String> {
         BlockField::Given => nonempty(&record.given),
         BlockField::GivenInitial => nonempty(&record.given[..record.given.len().min(1)]),
         BlockField::GivenSound => {
-            nonempty(&phonetic_codes(&record.given).0).into_iter().filter(|_| !record.given.is_empty()).collect()
+            nonempty(&record.given_sound.0).into_iter().filter(|_| !record.given.is_empty()).collect()
         }
         BlockField::Family => nonempty(&record.family),
         BlockField::FamilySound => {
-            nonempty(&phonetic_codes(&record.family).0).into_iter().filter(|_| !record.family.is_empty()).collect()
+            nonempty(&record.family_sound.0).into_iter().filter(|_| !record.family.is_empty()).collect()
         }
         BlockField::Postcode => nonempty(&record.postcode),
         BlockField::Identifier => {

@@ -115,6 +115,20 @@ pub fn compare_names(a: &str, b: &str, nicknames: &Nicknames) -> NameLevel {
 ///
 /// [`PersonRecord`]: super::record::PersonRecord
 pub fn compare_normalized_names(a: &str, b: &str, nicknames: &Nicknames) -> NameLevel {
+    compare_coded_names(a, &phonetic_codes(a), b, &phonetic_codes(b), nicknames)
+}
+
+/// Compares two normalised names with their Double Metaphone codes computed beforehand (a
+/// [`PersonRecord`] keeps them: encoding is the costly part of a comparison).
+///
+/// [`PersonRecord`]: super::record::PersonRecord
+pub fn compare_coded_names(
+    a: &str,
+    a_codes: &(String, String),
+    b: &str,
+    b_codes: &(String, String),
+    nicknames: &Nicknames,
+) -> NameLevel {
     if a.is_empty() || b.is_empty() {
         return NameLevel::Missing;
     }
@@ -131,7 +145,7 @@ pub fn compare_normalized_names(a: &str, b: &str, nicknames: &Nicknames) -> Name
     if similarity >= JW_CLOSE {
         return NameLevel::Close;
     }
-    if same_sound(a, b) {
+    if same_sound(a_codes, b_codes) {
         return NameLevel::Phonetic;
     }
     if similarity >= JW_SIMILAR { NameLevel::Similar } else { NameLevel::Different }
@@ -144,10 +158,8 @@ pub fn phonetic_codes(name: &str) -> (String, String) {
     (result.primary(), result.alternate())
 }
 
-/// Whether two normalised names share a Double Metaphone code.
-fn same_sound(a: &str, b: &str) -> bool {
-    let (a_primary, a_alternate) = phonetic_codes(a);
-    let (b_primary, b_alternate) = phonetic_codes(b);
+/// Whether two names' Double Metaphone codes (primary, alternate) share a code.
+fn same_sound((a_primary, a_alternate): &(String, String), (b_primary, b_alternate): &(String, String)) -> bool {
     if a_primary.is_empty() || b_primary.is_empty() {
         return false;
     }

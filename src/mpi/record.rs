@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use super::compare::{date_digits, normalize_email, normalize_name, normalize_phone, normalize_postcode};
+use super::compare::{
+    date_digits, normalize_email, normalize_name, normalize_phone, normalize_postcode, phonetic_codes,
+};
 
 /// Most telecoms and identifiers read from one Patient (a record that lists more is cut: the
 /// bound keeps comparison and blocking work per record fixed).
@@ -19,6 +21,9 @@ pub struct PersonRecord {
     /// The first given name of the official name (else the usual one, else the first).
     pub given: String,
     pub family: String,
+    /// The Double Metaphone codes (primary, alternate) of `given` and of `family`, computed once.
+    pub given_sound: (String, String),
+    pub family_sound: (String, String),
     /// `YYYYMMDD`.
     pub birth_date: Option<[u8; 8]>,
     /// `male`, `female`, `other` (`unknown` counts as missing).
@@ -26,6 +31,8 @@ pub struct PersonRecord {
     /// The first address's lines, lowercase letters, digits and single spaces.
     pub address: String,
     pub postcode: String,
+    /// The first address's city, normalised as the lines are.
+    pub city: String,
     pub phones: Vec<String>,
     pub emails: Vec<String>,
     /// `(system, value)`, without Braid's own systems.
@@ -57,6 +64,8 @@ impl PersonRecord {
             .and_then(|address| address["postalCode"].as_str())
             .map(normalize_postcode)
             .unwrap_or_default();
+        let city =
+            address_value.and_then(|address| address["city"].as_str()).map(normalize_address).unwrap_or_default();
         let telecoms = patient["telecom"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         let of_system = |system: &'static str| {
             telecoms.iter().filter(move |telecom| telecom["system"] == system).filter_map(|t| t["value"].as_str())
@@ -72,7 +81,21 @@ impl PersonRecord {
             .map(|(system, value)| (system.to_owned(), value.trim().to_owned()))
             .take(MAX_LISTED)
             .collect();
-        PersonRecord { given, family, birth_date, sex, address, postcode, phones, emails, identifiers }
+        let (given_sound, family_sound) = (phonetic_codes(&given), phonetic_codes(&family));
+        PersonRecord {
+            given,
+            family,
+            given_sound,
+            family_sound,
+            birth_date,
+            sex,
+            address,
+            postcode,
+            city,
+            phones,
+            emails,
+            identifiers,
+        }
     }
 }
 
@@ -102,7 +125,7 @@ mod tests {
             "name": [{"use": "nickname", "given": ["Bobby"]},
                      {"use": "official", "family": "O'Brien", "given": ["Róbert", "James"]}],
             "birthDate": "1984-03-07", "gender": "male",
-            "address": [{"line": ["12  Main St.", "Flat 3"], "postalCode": "sw1a 1aa"}],
+            "address": [{"line": ["12  Main St.", "Flat 3"], "city": "Little  Snoring", "postalCode": "sw1a 1aa"}],
             "telecom": [{"system": "phone", "value": "+44 20 7946 0958"}, {"system": "email", "value": "Bob@Example.org"},
                         {"system": "fax", "value": "123456789"}]});
         let record = PersonRecord::from_patient(&patient);
@@ -112,6 +135,8 @@ mod tests {
         assert_eq!(record.sex.as_deref(), Some("male"));
         assert_eq!(record.address, "12 main st flat 3");
         assert_eq!(record.postcode, "SW1A1AA");
+        assert_eq!(record.city, "little snoring");
+        assert_eq!(record.family_sound.0, "APRN", "the family name's Double Metaphone code");
         assert_eq!(record.phones, ["079460958"]);
         assert_eq!(record.emails, ["bob@example.org"]);
         assert_eq!(record.identifiers, [("http://ns.example/ssn".to_owned(), "123-45".to_owned())]);

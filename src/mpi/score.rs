@@ -10,26 +10,60 @@
 //! expectation-maximisation per blocking rule, as Splink does); [`Parameters::neutral`] is the
 //! starting point, which weighs every level at 1.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::compare::{DateLevel, NameLevel, Nicknames, compare_date_digits, compare_normalized_names};
+use super::compare::{DateLevel, NameLevel, Nicknames, compare_coded_names, compare_date_digits};
 use super::record::PersonRecord;
 
 /// The fields a pair is compared on, in the order of [`Comparison::levels`].
-pub const FIELDS: [&str; 9] =
-    ["given", "family", "birth_date", "sex", "address", "postcode", "phone", "email", "identifier"];
+pub const FIELDS: [&str; 10] =
+    ["given", "family", "birth_date", "sex", "address", "city", "postcode", "phone", "email", "identifier"];
+
+/// The index of a field in [`FIELDS`].
+pub fn field_index(name: &str) -> usize {
+    FIELDS.iter().position(|field| *field == name).expect("a compared field")
+}
+
+/// The names of each field's levels, best first (a missing value has no level).
+pub const LEVEL_NAMES: [&[&str]; FIELDS.len()] = [
+    &NAME_LEVELS,
+    &NAME_LEVELS,
+    &["exact", "day_month_swapped", "one_typo", "same_year", "different"],
+    &["same", "different"],
+    &["exact", "close", "different"],
+    &["exact", "close", "different"],
+    &["exact", "different"],
+    &["shared", "different"],
+    &["shared", "different"],
+    &["shared", "one_typo", "different"],
+];
+
+const NAME_LEVELS: [&str; 7] = ["exact", "nickname", "close", "phonetic", "similar", "initial", "different"];
 
 /// Levels per field (the largest of any field: names have 7 besides missing).
 pub const MAX_LEVELS: usize = 7;
+
+/// How many levels each field has (besides missing).
+pub const LEVEL_COUNTS: [usize; FIELDS.len()] = {
+    let mut counts = [0; FIELDS.len()];
+    let mut field = 0;
+    while field < FIELDS.len() {
+        counts[field] = LEVEL_NAMES[field].len();
+        field += 1;
+    }
+    counts
+};
+
+/// Jaro-Winkler similarity from which two address lines or cities are close.
+const JW_ADDRESS: f64 = 0.9;
 
 /// The level of each field, as an index (0 agrees most), or `None` when a value is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Comparison {
     pub levels: [Option<u8>; FIELDS.len()],
 }
-
-/// How many levels each field has (besides missing).
-pub const LEVEL_COUNTS: [usize; FIELDS.len()] = [7, 7, 5, 2, 3, 2, 2, 2, 2];
 
 fn name_index(level: NameLevel) -> Option<u8> {
     match level {
@@ -60,51 +94,134 @@ fn exact_index(a: &str, b: &str) -> Option<u8> {
     if a.is_empty() || b.is_empty() { None } else { Some(u8::from(a != b)) }
 }
 
+/// Exact (0), close by Jaro-Winkler (1) or different (2); missing when either is empty.
+fn text_index(a: &str, b: &str) -> Option<u8> {
+    if a.is_empty() || b.is_empty() {
+        None
+    } else if a == b {
+        Some(0)
+    } else if strsim::jaro_winkler(a, b) >= JW_ADDRESS {
+        Some(1)
+    } else {
+        Some(2)
+    }
+}
+
 /// Any shared value (0) or none (1); missing when either list is empty.
 fn shared_index<T: PartialEq>(a: &[T], b: &[T]) -> Option<u8> {
     if a.is_empty() || b.is_empty() { None } else { Some(u8::from(!a.iter().any(|value| b.contains(value)))) }
 }
 
+/// Identifiers are compared system by system: a shared value (0); values of a shared system
+/// one edit apart (1, a typo); values of a shared system that differ (2). Records with no
+/// system in common say nothing (each provider numbers its own patients).
+fn identifier_index(a: &[(String, String)], b: &[(String, String)]) -> Option<u8> {
+    let mut best: Option<u8> = None;
+    for (system, value) in a {
+        for (other_system, other_value) in b {
+            if system != other_system {
+                continue;
+            }
+            let level = if value == other_value {
+                0
+            } else if value.len() >= 4 && strsim::damerau_levenshtein(value, other_value) == 1 {
+                1
+            } else {
+                2
+            };
+            best = Some(best.map_or(level, |best: u8| best.min(level)));
+        }
+    }
+    best
+}
+
 /// Compares two records field by field.
 pub fn compare_pair(a: &PersonRecord, b: &PersonRecord, nicknames: &Nicknames) -> Comparison {
-    let address = if a.address.is_empty() || b.address.is_empty() {
-        None
-    } else if a.address == b.address {
-        Some(0)
-    } else if strsim::jaro_winkler(&a.address, &b.address) >= 0.9 {
-        Some(1)
-    } else {
-        Some(2)
-    };
     Comparison {
         levels: [
-            name_index(compare_normalized_names(&a.given, &b.given, nicknames)),
-            name_index(compare_normalized_names(&a.family, &b.family, nicknames)),
+            name_index(compare_coded_names(&a.given, &a.given_sound, &b.given, &b.given_sound, nicknames)),
+            name_index(compare_coded_names(&a.family, &a.family_sound, &b.family, &b.family_sound, nicknames)),
             date_index(compare_date_digits(a.birth_date, b.birth_date)),
             match (&a.sex, &b.sex) {
                 (Some(x), Some(y)) => Some(u8::from(x != y)),
                 _ => None,
             },
-            address,
+            text_index(&a.address, &b.address),
+            text_index(&a.city, &b.city),
             exact_index(&a.postcode, &b.postcode),
             shared_index(&a.phones, &b.phones),
             shared_index(&a.emails, &b.emails),
-            shared_index(&a.identifiers, &b.identifiers),
+            identifier_index(&a.identifiers, &b.identifiers),
         ],
     }
+}
+
+/// How often each given and family name occurs among the records trained on, so that sharing
+/// a rare name weighs more than sharing a common one (term-frequency adjustment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TermFrequencies {
+    /// Records counted.
+    pub records: u64,
+    /// Name → records with it, for names on at least two records (at most [`MAX_TERMS`] per
+    /// field, the most frequent). A name not listed counts as one record.
+    pub given: HashMap<String, u32>,
+    pub family: HashMap<String, u32>,
+}
+
+/// Most names kept per field in [`TermFrequencies`].
+pub const MAX_TERMS: usize = 20_000;
+
+/// The smallest `u` a term-frequency adjustment uses: it bounds the evidence of sharing a
+/// name seen once.
+pub const TF_MIN_U: f64 = 1e-4;
+
+impl TermFrequencies {
+    /// Counts the names of `records`.
+    pub fn count<'a>(records: impl IntoIterator<Item = &'a PersonRecord>) -> TermFrequencies {
+        let (mut given, mut family) = (HashMap::<String, u32>::new(), HashMap::<String, u32>::new());
+        let mut total = 0u64;
+        for record in records {
+            total += 1;
+            for (counts, name) in [(&mut given, &record.given), (&mut family, &record.family)] {
+                if !name.is_empty() {
+                    *counts.entry(name.clone()).or_default() += 1;
+                }
+            }
+        }
+        TermFrequencies { records: total, given: most_frequent(given), family: most_frequent(family) }
+    }
+
+    /// The share of records that have `name` in the field (`given` or else `family`).
+    fn frequency(&self, given: bool, name: &str) -> f64 {
+        let table = if given { &self.given } else { &self.family };
+        let count = table.get(name).copied().unwrap_or(1);
+        f64::from(count) / self.records.max(1) as f64
+    }
+}
+
+fn most_frequent(counts: HashMap<String, u32>) -> HashMap<String, u32> {
+    let mut listed: Vec<(String, u32)> = counts.into_iter().filter(|(_, count)| *count >= 2).collect();
+    listed.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    listed.truncate(MAX_TERMS);
+    listed.into_iter().collect()
 }
 
 /// The learned probabilities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Parameters {
-    /// The share of matches among candidate pairs.
+    /// The probability that two records drawn at random are the same person.
     pub prior: f64,
     /// By field, then level: `(m, u)`.
     pub levels: Vec<Vec<(f64, f64)>>,
+    #[serde(default)]
+    pub term_frequencies: TermFrequencies,
 }
 
 /// Probabilities are kept away from 0 and 1 so that no level weighs infinitely.
 const FLOOR: f64 = 1e-6;
+
+/// Weights are bounded so that a probability is always a number.
+const MAX_WEIGHT: f64 = 1000.0;
 
 impl Parameters {
     /// Every level weighs nothing (m = u), with `prior`.
@@ -112,10 +229,11 @@ impl Parameters {
         Parameters {
             prior,
             levels: LEVEL_COUNTS.iter().map(|&count| vec![(1.0 / count as f64, 1.0 / count as f64); count]).collect(),
+            term_frequencies: TermFrequencies::default(),
         }
     }
 
-    /// The match weight of a comparison (log2 odds).
+    /// The match weight of a comparison (log2 odds), without term frequencies.
     pub fn weight(&self, comparison: &Comparison) -> f64 {
         let prior = self.prior.clamp(FLOOR, 1.0 - FLOOR);
         let mut weight = (prior / (1.0 - prior)).log2();
@@ -125,14 +243,36 @@ impl Parameters {
                 weight += (m.max(FLOOR) / u.max(FLOOR)).log2();
             }
         }
-        weight
+        weight.clamp(-MAX_WEIGHT, MAX_WEIGHT)
     }
 
-    /// The match probability of a comparison.
-    pub fn probability(&self, comparison: &Comparison) -> f64 {
-        let odds = self.weight(comparison).clamp(-1000.0, 1000.0).exp2();
-        odds / (1.0 + odds)
+    /// The match weight of the pair `a`, `b` compared as `comparison`: [`Parameters::weight`],
+    /// with an exact given or family name weighed by how rare that name is (its `u` is the
+    /// name's frequency instead of the average over all names).
+    pub fn pair_weight(&self, a: &PersonRecord, comparison: &Comparison) -> f64 {
+        let mut weight = self.weight(comparison);
+        if self.term_frequencies.records > 0 {
+            for (field, name, given) in [(0, &a.given, true), (1, &a.family, false)] {
+                if comparison.levels[field] == Some(0) {
+                    let average_u = self.levels[field][0].1.max(FLOOR);
+                    let name_u = self.term_frequencies.frequency(given, name).max(TF_MIN_U);
+                    weight += (average_u / name_u).log2();
+                }
+            }
+        }
+        weight.clamp(-MAX_WEIGHT, MAX_WEIGHT)
     }
+
+    /// The match probability of a comparison (without term frequencies).
+    pub fn probability(&self, comparison: &Comparison) -> f64 {
+        probability_of(self.weight(comparison))
+    }
+}
+
+/// The probability of a match weight (log2 odds).
+pub fn probability_of(weight: f64) -> f64 {
+    let odds = weight.exp2();
+    odds / (1.0 + odds)
 }
 
 #[cfg(test)]
@@ -151,12 +291,14 @@ mod tests {
             "gender": "male", "address": [{"line": ["12 Main St"], "postalCode": "2000"}],
             "identifier": [{"system": "http://ssn", "value": "1"}]}));
         let b = record(json!({"name": [{"family": "Smyth", "given": ["Bob"]}], "birthDate": "1984-07-03",
-            "gender": "male", "address": [{"line": ["12 Main Street"], "postalCode": "2000"}]}));
+            "gender": "male", "address": [{"line": ["12 Main Street"], "postalCode": "2000"}],
+            "identifier": [{"system": "http://mrn", "value": "7"}]}));
         let comparison = compare_pair(&a, &b, nicknames());
         assert_eq!(
             comparison.levels,
-            [Some(1), Some(3), Some(1), Some(0), Some(1), Some(0), None, None, None],
-            "nickname, phonetic, swapped day and month, same sex, close address, same postcode; the rest missing"
+            [Some(1), Some(3), Some(1), Some(0), Some(1), None, Some(0), None, None, None],
+            "nickname, phonetic, swapped day and month, same sex, close address, same postcode; the rest \
+             missing (identifiers of different systems say nothing)"
         );
         for (field, level) in comparison.levels.iter().enumerate() {
             assert!(level.is_none_or(|level| (level as usize) < LEVEL_COUNTS[field]), "{field}");
@@ -170,17 +312,48 @@ mod tests {
         let nothing = Comparison { levels: [None; FIELDS.len()] };
         assert!((parameters.weight(&nothing) - (0.01f64 / 0.99).log2()).abs() < 1e-9, "only the prior");
         // Agreeing on birth date is 100 times likelier among matches.
-        parameters.levels[2][0] = (0.9, 0.009);
+        parameters.levels[field_index("birth_date")][0] = (0.9, 0.009);
         let mut agrees = nothing;
-        agrees.levels[2] = Some(0);
+        agrees.levels[field_index("birth_date")] = Some(0);
         let gained = parameters.weight(&agrees) - parameters.weight(&nothing);
         assert!((gained - 100f64.log2()).abs() < 1e-9, "{gained}");
         assert!(parameters.probability(&agrees) > parameters.probability(&nothing));
         // Probabilities of 0 and 1 do not make infinite weights.
-        parameters.levels[8][0] = (1.0, 0.0);
+        parameters.levels[field_index("identifier")][0] = (1.0, 0.0);
         let mut identified = nothing;
-        identified.levels[8] = Some(0);
+        identified.levels[field_index("identifier")] = Some(0);
         assert!(parameters.weight(&identified).is_finite());
         assert!(parameters.probability(&identified) <= 1.0);
+    }
+
+    #[test]
+    fn identifiers_compare_system_by_system() {
+        let of = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(system, value)| (system.to_string(), value.to_string())).collect()
+        };
+        let ssn = of(&[("http://ssn", "123456"), ("http://mrn-a", "1")]);
+        assert_eq!(identifier_index(&ssn, &of(&[("http://ssn", "123456")])), Some(0));
+        assert_eq!(identifier_index(&ssn, &of(&[("http://ssn", "123465")])), Some(1), "a transposition");
+        assert_eq!(identifier_index(&ssn, &of(&[("http://ssn", "999999")])), Some(2));
+        assert_eq!(identifier_index(&ssn, &of(&[("http://mrn-b", "1")])), None, "no system in common");
+        assert_eq!(identifier_index(&ssn, &[]), None);
+    }
+
+    #[test]
+    fn sharing_a_rare_name_weighs_more_than_sharing_a_common_one() {
+        let smith =
+            |given: &str| record(json!({"name": [{"family": "Smith", "given": [given]}], "birthDate": "1984-03-07"}));
+        let mut people: Vec<PersonRecord> = (0..100).map(|_| smith("John")).collect();
+        people.push(smith("Zebedee"));
+        let mut parameters = Parameters::neutral(0.001);
+        parameters.levels[0][0] = (0.9, 0.02);
+        parameters.term_frequencies = TermFrequencies::count(&people);
+        assert_eq!(parameters.term_frequencies.given.get("john"), Some(&100));
+        assert_eq!(parameters.term_frequencies.given.get("zebedee"), None, "seen once: not listed");
+        let comparison = compare_pair(&people[0], &people[1], nicknames());
+        let common = parameters.pair_weight(&people[0], &comparison);
+        let rare = parameters.pair_weight(&people[100], &compare_pair(&people[100], &people[100], nicknames()));
+        assert!(rare > common + 5.0, "rare {rare} common {common}");
+        assert!(common < parameters.weight(&comparison), "a name on every record is weak evidence");
     }
 }
