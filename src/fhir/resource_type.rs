@@ -161,6 +161,9 @@ pub const R4_RESOURCE_TYPES: [&str; 146] = [
 pub struct ResourceType(&'static str);
 
 impl ResourceType {
+    /// `Patient`, which the master patient index and the patient compartment name often.
+    pub const PATIENT: ResourceType = ResourceType("Patient");
+
     /// Looks `name` up among the R4 resource types (case-sensitive, as FHIR requires).
     pub fn parse(name: &str) -> Option<Self> {
         R4_RESOURCE_TYPES.binary_search(&name).ok().map(|index| ResourceType(R4_RESOURCE_TYPES[index]))
@@ -194,6 +197,7 @@ mod tests {
     #[test]
     fn known_types_parse_and_unknown_ones_do_not() {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
+        assert_eq!(ResourceType::parse("Patient"), Some(ResourceType::PATIENT));
         assert!(ResourceType::parse("patient").is_none());
         assert!(ResourceType::parse("Project").is_none());
         assert_eq!(ResourceType::all().count(), 146);

@@ -43,6 +43,8 @@ pub struct Rules {
     pub thresholds: Thresholds,
     #[serde(default)]
     pub enterprise_identifier_systems: Vec<String>,
+    #[serde(default)]
+    pub survivorship: super::golden::Survivorship,
 }
 
 /// Match probabilities that make links: at least `match` an automatic MATCH, at least

@@ -1,6 +1,6 @@
 //! The master patient index: which source Patients are the same person.
 //!
-//! Built so far, as pure functions:
+//! Built so far:
 //! - [`record`]: what is read of a Patient (its demographics, normalised);
 //! - [`compare`]: how two values of one field compare, in the graded levels a Fellegi-Sunter
 //!   score weighs;
@@ -10,16 +10,26 @@
 //!   field and level, and term frequencies for names;
 //! - [`train`]: learning m, u and the prior from the records, as Splink does;
 //! - [`quality`]: precision, recall and blocking recall against a known truth;
-//! - [`febrl`]: the FEBRL record-linkage datasets read as Patients, to measure with.
+//! - [`febrl`]: the FEBRL record-linkage datasets read as Patients, to measure with;
+//! - [`state`]: the index's state in the store's `mpi` table (records, blocking index, links,
+//!   the change feed's cursor);
+//! - [`golden`]: golden Patients and their survivorship rules;
+//! - [`matcher`]: the batch that reads committed Patient versions from the change feed and
+//!   commits links and golden Patients with the advanced cursor.
 //!
-//! Links, golden records and the change feed that drives them are not built yet.
+//! Not built yet: the background task that runs the matcher in the server, `braid mpi
+//! train|show`, the link operations (`$match`, `$mdm-*`), the `refer` link on source Patients,
+//! the unified record and `braid synth`.
 
 pub mod blocking;
 pub mod compare;
 pub mod febrl;
+pub mod golden;
+pub mod matcher;
 pub mod quality;
 pub mod record;
 pub mod score;
+pub mod state;
 pub mod train;
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub const MAX_LISTED: usize = 10;
 const BRAID_SYSTEM_PREFIX: &str = "urn:braid:";
 
 /// A Patient's demographics, normalised for comparison. Empty strings and `None` are missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PersonRecord {
     /// The first given name of the official name (else the usual one, else the first).
     pub given: String,

@@ -21,6 +21,48 @@ use crate::fhir::FhirError;
 
 pub(crate) const AUTH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth");
 
+/// The master patient index's state (`crate::mpi`): records, blocking keys, links, its cursor
+/// in the change feed. The same key-value shape as `auth`, written the same way.
+pub(crate) const MPI: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mpi");
+
+/// Which key-value table a piece of work runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvTable {
+    Auth,
+    Mpi,
+}
+
+impl KvTable {
+    pub(super) fn definition(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+        match self {
+            KvTable::Auth => AUTH,
+            KvTable::Mpi => MPI,
+        }
+    }
+}
+
+/// Work on the `mpi` table carried by a resource write and run in the same transaction, once
+/// the resources are written (see `WriteRequest::mpi_state`). Like [`AuthWork`] it may run more
+/// than once and must have no effect outside the [`AuthTxn`].
+#[derive(Clone)]
+pub struct StateWork(pub Arc<StateFn>);
+
+/// What a [`StateWork`] runs.
+pub type StateFn = dyn Fn(&mut AuthTxn<'_>) -> Result<(), StoreError> + Send + Sync;
+
+impl std::fmt::Debug for StateWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateWork")
+    }
+}
+
+impl PartialEq for StateWork {
+    /// Closures: two requests compare equal on this field when both have one.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A key and its value.
 pub type Row = (Vec<u8>, Vec<u8>);
 
@@ -155,8 +197,13 @@ impl AuthRead {
 
     /// The rows whose key starts with `prefix`, in key order, at most [`MAX_SCAN`].
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Row>, StoreError> {
+        self.scan_at_most(prefix, MAX_SCAN)
+    }
+
+    /// The rows whose key starts with `prefix`, in key order, at most `max`.
+    pub fn scan_at_most(&self, prefix: &[u8], max: usize) -> Result<Vec<Row>, StoreError> {
         let mut rows = Vec::new();
-        for entry in self.table.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded))?.take(MAX_SCAN) {
+        for entry in self.table.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded))?.take(max) {
             let (key, value) = entry?;
             if !key.value().starts_with(prefix) {
                 break;

@@ -375,6 +375,7 @@ impl Store {
             txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
             txn.open_table(SUPERSEDED)?;
             txn.open_table(auth::AUTH)?;
+            txn.open_table(auth::MPI)?;
             let mut dictionaries = txn.open_table(DICTIONARY)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("format_version")?.map(|v| {
@@ -452,8 +453,26 @@ impl Store {
     ) -> Result<T, FhirError> {
         let work: auth::AuthWork =
             Arc::new(move |txn| work(txn).map(|value| Box::new(value) as Box<dyn std::any::Any + Send>));
-        let answer = self.writer.submit_auth(work).await?;
+        let answer = self.writer.submit_auth(auth::KvTable::Auth, work).await?;
         answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("auth"))
+    }
+
+    /// Runs `work` on the master patient index's state (the `mpi` table, see [`auth::MPI`])
+    /// inside the writer's next transaction, as [`Store::auth_write`] does on `auth`.
+    pub async fn mpi_write<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut auth::AuthTxn<'_>) -> Result<T, FhirError> + Send + Sync + 'static,
+    ) -> Result<T, FhirError> {
+        let work: auth::AuthWork =
+            Arc::new(move |txn| work(txn).map(|value| Box::new(value) as Box<dyn std::any::Any + Send>));
+        let answer = self.writer.submit_auth(auth::KvTable::Mpi, work).await?;
+        answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("mpi"))
+    }
+
+    /// Reads the master patient index's state as last committed.
+    pub fn mpi_read<T>(&self, read: impl FnOnce(&auth::AuthRead) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        read(&auth::AuthRead::new(txn.open_table(auth::MPI)?))
     }
 
     /// Reads the authorization records as last committed.
@@ -609,7 +628,7 @@ fn file_size(path: &Path) -> Result<u64, StoreError> {
 }
 
 /// Every table, for [`Store::table_usage`].
-const TABLES: [&dyn redb::TableHandle; 9] = [
+const TABLES: [&dyn redb::TableHandle; 10] = [
     &RESOURCE_VERSION,
     &TYPE_HISTORY,
     &SYSTEM_HISTORY,
@@ -619,6 +638,7 @@ const TABLES: [&dyn redb::TableHandle; 9] = [
     &META,
     &DICTIONARY,
     &auth::AUTH,
+    &auth::MPI,
 ];
 
 /// One table's size: its rows, the bytes of its keys and values, the B-tree's own bytes

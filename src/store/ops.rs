@@ -210,6 +210,9 @@ pub struct WriteRequest {
     /// Set when a request that changes something must leave a record of it (a source's
     /// Provenance): the writer adds the resource it makes, in the same commit.
     pub record_changes: Option<RecordChanges>,
+    /// Set by the master patient index: its state changes that go with this request's
+    /// resources (golden Patients), applied in the same commit when the request succeeds.
+    pub mpi_state: Option<super::auth::StateWork>,
 }
 
 /// One resource version a request wrote, for its [`RecordChanges`].

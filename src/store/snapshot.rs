@@ -274,6 +274,29 @@ impl Snapshot {
         Ok(probe(hi)?.map(|(t, _)| t))
     }
 
+    /// The versions of `resource_type` committed after logical time `after`, oldest first, at
+    /// most `max`: `(t, id, version)`. Read as a change feed (a consumer keeps the last `t` it
+    /// processed), type history is durable and ordered by commit, and never rewritten.
+    pub fn changes_after(
+        &self,
+        resource_type: ResourceType,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, String, u64)>, FhirError> {
+        let Some(start_t) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let start = type_history::at(resource_type.as_str(), start_t);
+        let end = prefix_end(&type_history::prefix(resource_type.as_str()));
+        let range = self.type_history.range(start.as_slice()..end.as_slice()).map_err(StoreError::from)?;
+        let mut changes = Vec::new();
+        for entry in range.take(max) {
+            let (key, _) = entry.map_err(StoreError::from)?;
+            let (_, t, id, version) =
+                type_history::decode(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            changes.push((t, id, version));
+        }
+        Ok(changes)
+    }
+
     pub fn type_history(&self, resource_type: ResourceType, mut query: HistoryQuery) -> Result<HistoryPage, FhirError> {
         self.bound_by_at(&mut query)?;
         let table = &self.type_history;

@@ -27,7 +27,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::{AUTH, AuthTxn, AuthWork};
+use super::auth::{AuthTxn, AuthWork, KvTable};
 use super::codec::{Codecs, ContentHash, StoredBody, content_hash};
 use super::keys::search_param_value::Lifetime;
 use super::keys::{
@@ -62,8 +62,9 @@ enum Work {
         request: WriteRequest,
         reply: oneshot::Sender<Reply>,
     },
-    /// Authorization records (see [`super::auth`]).
+    /// A key-value table: authorization records or the MPI's state (see [`super::auth`]).
     Auth {
+        table: KvTable,
         work: AuthWork,
         reply: oneshot::Sender<AuthReply>,
     },
@@ -123,9 +124,9 @@ impl WriterHandle {
         answer.await.map_err(|_| FhirError::from(StoreError::WriterGone))?
     }
 
-    pub(super) async fn submit_auth(&self, work: AuthWork) -> AuthReply {
+    pub(super) async fn submit_auth(&self, table: KvTable, work: AuthWork) -> AuthReply {
         let (reply, answer) = oneshot::channel();
-        let job = Job { work: Work::Auth { work, reply }, span: tracing::Span::current() };
+        let job = Job { work: Work::Auth { table, work, reply }, span: tracing::Span::current() };
         self.queue.send(job).await.map_err(|_| FhirError::from(StoreError::WriterGone))?;
         answer.await.map_err(|_| FhirError::from(StoreError::WriterGone))?
     }
@@ -346,8 +347,9 @@ fn commit_group(
     clock.last_micros = now.max(clock.last_micros);
     let replies = {
         let mut tables = Tables::open(&txn)?;
-        // Opened by the group's first auth job only: most groups have none.
+        // Opened by the group's first job that needs them only: most groups need neither.
         let mut auth_table = None;
+        let mut mpi_table = None;
         let mut group_index = Vec::new();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -364,12 +366,26 @@ fn commit_group(
                         group_index: &mut group_index,
                         local_base: None,
                     };
-                    replies.push(Answer::Resources(execution.execute(request)?));
+                    let reply = execution.execute(request)?;
+                    if let (Ok(_), Some(state)) = (&reply, &request.mpi_state) {
+                        let table = match &mut mpi_table {
+                            Some(table) => table,
+                            None => mpi_table.insert(txn.open_table(KvTable::Mpi.definition())?),
+                        };
+                        let mut kv = AuthTxn::new(table);
+                        (state.0)(&mut kv)?;
+                        kv.into_changes().apply(table)?;
+                    }
+                    replies.push(Answer::Resources(reply));
                 }
-                Work::Auth { work, .. } => {
-                    let table = match &mut auth_table {
+                Work::Auth { table: which, work, .. } => {
+                    let slot = match which {
+                        KvTable::Auth => &mut auth_table,
+                        KvTable::Mpi => &mut mpi_table,
+                    };
+                    let table = match slot {
                         Some(table) => table,
-                        None => auth_table.insert(txn.open_table(AUTH)?),
+                        None => slot.insert(txn.open_table(which.definition())?),
                     };
                     let mut auth = AuthTxn::new(table);
                     let result = work(&mut auth);

@@ -1,0 +1,175 @@
+//! Golden Patients: one per person, made by Braid from the source Patients linked to it.
+//!
+//! Survivorship: each demographic element of the golden Patient is taken whole from one
+//! member, the first in the profile's order (`profiles/mpi.rules.json`, `survivorship`):
+//! members from a trusted source first (in the listed order), then the more complete record
+//! (more of the elements filled in), then the more recently updated. Identifiers are the union
+//! of the members' (without Braid's own `urn:braid:` ones). The golden Patient links to every
+//! member with `link.type = seealso`, and carries the tag that marks it as Braid's.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// The id prefix of golden Patients: ids with it are Braid's, never a client's.
+pub const GOLDEN_PREFIX: &str = "golden-";
+
+/// The tag every golden Patient carries.
+pub const GOLDEN_TAG_SYSTEM: &str = "urn:braid:mpi";
+pub const GOLDEN_TAG_CODE: &str = "golden";
+
+/// The elements survivorship chooses, each from one member.
+pub const ELEMENTS: [&str; 9] = [
+    "name",
+    "gender",
+    "birthDate",
+    "address",
+    "telecom",
+    "maritalStatus",
+    "communication",
+    "deceasedBoolean",
+    "deceasedDateTime",
+];
+
+/// Most identifiers a golden Patient lists.
+pub const MAX_IDENTIFIERS: usize = 50;
+
+/// Whether `id` names a golden Patient.
+pub fn is_golden(id: &str) -> bool {
+    id.starts_with(GOLDEN_PREFIX)
+}
+
+/// A new golden Patient id.
+pub fn new_id() -> String {
+    format!("{GOLDEN_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// How members are ranked for survivorship.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Survivorship {
+    /// Source names, most trusted first; members from other sources (or none) come after.
+    #[serde(default)]
+    pub trusted_sources: Vec<String>,
+}
+
+/// A member's source name, from its `meta.source` (`urn:braid:source:NAME`).
+fn source_of(patient: &Value) -> Option<&str> {
+    patient["meta"]["source"].as_str()?.strip_prefix("urn:braid:source:")
+}
+
+/// How many of the survivorship elements a record fills in.
+fn completeness(patient: &Value) -> usize {
+    ELEMENTS.iter().filter(|element| patient.get(**element).is_some_and(|value| !value.is_null())).count()
+}
+
+/// The golden Patient `id` made from `members` (`(id, body)` of each source Patient with a
+/// MATCH link to it).
+pub fn golden_patient(id: &str, members: &[(String, Value)], survivorship: &Survivorship) -> Value {
+    let mut ranked: Vec<&(String, Value)> = members.iter().collect();
+    let trust = |patient: &Value| {
+        source_of(patient)
+            .and_then(|source| survivorship.trusted_sources.iter().position(|trusted| trusted == source))
+            .unwrap_or(usize::MAX)
+    };
+    ranked.sort_by(|(a_id, a), (b_id, b)| {
+        trust(a)
+            .cmp(&trust(b))
+            .then_with(|| completeness(b).cmp(&completeness(a)))
+            .then_with(|| b["meta"]["lastUpdated"].as_str().cmp(&a["meta"]["lastUpdated"].as_str()))
+            .then_with(|| a_id.cmp(b_id))
+    });
+    let mut golden = Map::new();
+    golden.insert("resourceType".into(), json!("Patient"));
+    golden.insert("id".into(), json!(id));
+    golden.insert(
+        "meta".into(),
+        json!({"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE,
+        "display": "Golden record made by Braid's master patient index"}]}),
+    );
+    let mut identifiers: Vec<Value> = Vec::new();
+    for (_, member) in &ranked {
+        for identifier in member["identifier"].as_array().into_iter().flatten() {
+            let braid_own = identifier["system"].as_str().is_some_and(|system| system.starts_with("urn:braid:"));
+            if !braid_own && !identifiers.contains(identifier) && identifiers.len() < MAX_IDENTIFIERS {
+                identifiers.push(identifier.clone());
+            }
+        }
+    }
+    if !identifiers.is_empty() {
+        golden.insert("identifier".into(), Value::Array(identifiers));
+    }
+    golden.insert("active".into(), json!(true));
+    for element in ELEMENTS {
+        if let Some(value) = ranked.iter().find_map(|(_, member)| member.get(element).filter(|value| !value.is_null()))
+        {
+            // deceased[x] is one choice: the first member that says anything about it decides.
+            if element == "deceasedDateTime" && golden.contains_key("deceasedBoolean") {
+                continue;
+            }
+            golden.insert(element.into(), value.clone());
+        }
+    }
+    let mut sorted: Vec<&String> = members.iter().map(|(id, _)| id).collect();
+    sorted.sort();
+    let links: Vec<Value> = sorted
+        .into_iter()
+        .map(|member| json!({"other": {"reference": format!("Patient/{member}")}, "type": "seealso"}))
+        .collect();
+    if !links.is_empty() {
+        golden.insert("link".into(), Value::Array(links));
+    }
+    Value::Object(golden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(source: &str, updated: &str, extra: Value) -> Value {
+        let mut patient = json!({"resourceType": "Patient", "meta": {"source": format!("urn:braid:source:{source}"),
+            "lastUpdated": updated}, "identifier": [{"system": format!("urn:braid:source:{source}"), "value": "1"},
+            {"system": format!("http://{source}/mrn"), "value": "1"}]});
+        for (key, value) in extra.as_object().unwrap() {
+            patient[key] = value.clone();
+        }
+        patient
+    }
+
+    #[test]
+    fn survivorship_prefers_trusted_then_complete_then_recent() {
+        let clinic = member(
+            "clinic",
+            "2024-05-01T00:00:00Z",
+            json!({"name": [{"family": "Smyth"}], "gender": "male",
+            "birthDate": "1980-01-01", "telecom": [{"system": "phone", "value": "1"}]}),
+        );
+        let hospital = member("hospital", "2023-01-01T00:00:00Z", json!({"name": [{"family": "Smith"}]}));
+        let lab = member("lab", "2025-01-01T00:00:00Z", json!({"name": [{"family": "Smithe"}], "gender": "male"}));
+        let members =
+            vec![("clinic-1".to_owned(), clinic), ("hospital-1".to_owned(), hospital), ("lab-1".to_owned(), lab)];
+        let trusted = Survivorship { trusted_sources: vec!["hospital".into()] };
+        let golden = golden_patient("golden-x", &members, &trusted);
+        assert_eq!(golden["name"][0]["family"], "Smith", "the trusted source's name");
+        assert_eq!(golden["birthDate"], "1980-01-01", "what the trusted source lacks comes from the next");
+        assert_eq!(golden["telecom"][0]["value"], "1");
+        let untrusted = golden_patient("golden-x", &members, &Survivorship::default());
+        assert_eq!(untrusted["name"][0]["family"], "Smyth", "the most complete record first");
+        assert_eq!(untrusted["meta"]["tag"][0]["code"], GOLDEN_TAG_CODE);
+        let links: Vec<&str> =
+            untrusted["link"].as_array().unwrap().iter().map(|l| l["other"]["reference"].as_str().unwrap()).collect();
+        assert_eq!(links, ["Patient/clinic-1", "Patient/hospital-1", "Patient/lab-1"]);
+        assert!(untrusted["link"].as_array().unwrap().iter().all(|link| link["type"] == "seealso"));
+        let systems: Vec<&str> =
+            untrusted["identifier"].as_array().unwrap().iter().map(|i| i["system"].as_str().unwrap()).collect();
+        assert_eq!(systems.len(), 3, "each member's own identifier, not Braid's: {systems:?}");
+        assert!(systems.iter().all(|system| !system.starts_with("urn:braid:")));
+    }
+
+    #[test]
+    fn equally_complete_members_yield_to_the_most_recent() {
+        let older = member("a", "2020-01-01T00:00:00Z", json!({"gender": "female"}));
+        let newer = member("b", "2024-01-01T00:00:00Z", json!({"gender": "male"}));
+        let golden =
+            golden_patient("golden-y", &[("a-1".into(), older), ("b-1".into(), newer)], &Survivorship::default());
+        assert_eq!(golden["gender"], "male");
+    }
+}

@@ -1,0 +1,656 @@
+//! The matcher: reads committed Patient versions from the change feed (type history after the
+//! index's cursor) and keeps the links and golden Patients in step with them.
+//!
+//! One batch ([`run_batch`]) reads up to [`BATCH`] changes after the cursor, decides every
+//! link, rebuilds the golden Patients it touched, and commits the golden Patients, the links
+//! and the new cursor in one write: a crash before that commit leaves the cursor where it was
+//! and the batch is done again; after it, nothing is lost. Matching never runs inside a
+//! client's write request.
+//!
+//! For one source Patient: its record and blocking keys are filed; the Patients sharing a key
+//! (at most [`MAX_PER_KEY`] per key, [`MAX_CANDIDATES`] in all) are scored; the best golden
+//! Patient at or above the match threshold gets an AUTO MATCH link (the one it already has
+//! wins a tie), others above it are marked POSSIBLE_DUPLICATE of it, and those between the
+//! thresholds get POSSIBLE_MATCH links for review. No match: a new golden Patient. A MANUAL
+//! MATCH is kept as it is, and golden Patients the Patient has a NO_MATCH or a MANUAL link to
+//! are never proposed. An identifier of an enterprise system (the profile's
+//! `enterprise_identifier_systems`) decides on its own when both records have one: the same
+//! value is a match, different values are not.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::blocking::{Rules, keys};
+use super::compare::{Nicknames, nicknames};
+use super::golden::{self, Survivorship};
+use super::record::PersonRecord;
+use super::score::{Parameters, compare_pair, probability_of};
+use super::state::{self, Entry, Link, LinkSource, MatchResult, Overlay};
+use crate::fhir::json::format_instant;
+use crate::fhir::{FhirError, Id, ResourceType};
+use crate::store::auth::StateWork;
+use crate::store::{Action, Precondition, Snapshot, Store, Target, WriteOp, WriteRequest};
+
+/// Most changes one batch processes.
+pub const BATCH: usize = 500;
+
+/// Most Patients read from one blocking key.
+pub const MAX_PER_KEY: usize = 100;
+
+/// Most candidates one Patient is scored against.
+pub const MAX_CANDIDATES: usize = 400;
+
+/// Most members of one golden Patient read to build it.
+pub const MAX_MEMBERS: usize = 100;
+
+/// What the matcher works with: the rules, the trained parameters, how golden Patients are
+/// built.
+pub struct Matcher {
+    pub rules: Rules,
+    pub parameters: Parameters,
+    pub survivorship: Survivorship,
+    pub nicknames: &'static Nicknames,
+}
+
+impl Matcher {
+    pub fn new(rules: Rules, parameters: Parameters) -> Matcher {
+        let survivorship = rules.survivorship.clone();
+        Matcher { rules, parameters, survivorship, nicknames: nicknames() }
+    }
+
+    /// The match probability of two records, with the enterprise identifier rule applied.
+    pub fn probability(&self, a: &PersonRecord, b: &PersonRecord) -> f64 {
+        if let Some(decided) = self.enterprise_decision(a, b) {
+            return if decided { 1.0 } else { 0.0 };
+        }
+        probability_of(self.parameters.pair_weight(a, &compare_pair(a, b, self.nicknames)))
+    }
+
+    /// `Some(true)` when both records have an identifier of an enterprise system and one value
+    /// is shared, `Some(false)` when they have one of the same system but no value in common.
+    fn enterprise_decision(&self, a: &PersonRecord, b: &PersonRecord) -> Option<bool> {
+        let mut conflict = false;
+        for system in &self.rules.enterprise_identifier_systems {
+            let values = |record: &PersonRecord| -> Vec<String> {
+                record.identifiers.iter().filter(|(s, _)| s == system).map(|(_, v)| v.clone()).collect()
+            };
+            let (left, right) = (values(a), values(b));
+            if left.is_empty() || right.is_empty() {
+                continue;
+            }
+            if left.iter().any(|value| right.contains(value)) {
+                return Some(true);
+            }
+            conflict = true;
+        }
+        conflict.then_some(false)
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Changes read from the feed.
+    pub changes: usize,
+    /// Source Patients (re)matched.
+    pub matched: usize,
+    /// The cursor after the batch.
+    pub cursor: u64,
+    pub goldens_written: usize,
+    pub goldens_deleted: usize,
+}
+
+/// Processes the next batch of the change feed, committing its outcome. Returns what it did
+/// (`changes == 0`: the index is up to date).
+pub async fn run_batch(store: &Store, matcher: &Arc<Matcher>) -> Result<BatchReport, FhirError> {
+    let snapshot = store.snapshot()?;
+    let plan = {
+        let matcher = matcher.clone();
+        let snapshot = snapshot.clone();
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.mpi_read(|committed| {
+                let mut overlay = Overlay::new(committed);
+                Ok(plan_batch(&mut overlay, &snapshot, &matcher).map(|plan| (plan, overlay.into_pending())))
+            })
+        })
+        .await
+        .map_err(|_| FhirError::fault("mpi"))??
+    };
+    let (plan, pending) = plan?;
+    if plan.report.changes == 0 {
+        return Ok(plan.report);
+    }
+    let pending = Arc::new(pending);
+    let request = WriteRequest {
+        ops: plan.ops,
+        mpi_state: Some(StateWork(Arc::new(move |txn| {
+            state::apply(&pending, txn);
+            Ok(())
+        }))),
+        ..WriteRequest::default()
+    };
+    let outcomes = store.write(request).await?;
+    debug_assert_eq!(outcomes.len(), plan.report.goldens_written + plan.report.goldens_deleted);
+    Ok(plan.report)
+}
+
+/// A batch's writes, decided.
+struct Plan {
+    ops: Vec<WriteOp>,
+    report: BatchReport,
+}
+
+fn now() -> String {
+    let micros =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    format_instant(micros)
+}
+
+fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher) -> Result<Plan, FhirError> {
+    let cursor = overlay.cursor()?;
+    let changes = snapshot.changes_after(ResourceType::PATIENT, cursor, BATCH)?;
+    let mut report = BatchReport { changes: changes.len(), cursor, ..BatchReport::default() };
+    let Some(&(last, _, _)) = changes.last() else { return Ok(Plan { ops: Vec::new(), report }) };
+    let now = now();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    // A Patient changed several times in the batch is processed once, at its current version.
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for (_, id, _) in &changes {
+        if golden::is_golden(id) || !seen.insert(id.as_str()) {
+            continue;
+        }
+        let current = snapshot.current(ResourceType::PATIENT, id)?;
+        match current.filter(|version| !version.is_deleted()) {
+            None => forget(overlay, id, &mut touched)?,
+            Some(version) => {
+                let Ok(body) = serde_json::from_slice::<Value>(&version.body) else { continue };
+                if match_patient(overlay, matcher, id, version.version, &body, &now, &mut touched)? {
+                    report.matched += 1;
+                }
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    for golden_id in &touched {
+        let members: Vec<String> = overlay
+            .members(golden_id, MAX_MEMBERS)?
+            .into_iter()
+            .filter(|member| {
+                overlay.get(&state::link_key(member, golden_id)).ok().flatten().is_some_and(|bytes| {
+                    serde_json::from_slice::<Link>(&bytes).is_ok_and(|link| link.result == MatchResult::Match)
+                })
+            })
+            .collect();
+        let id = Id::parse(golden_id).map_err(|_| FhirError::fault("golden id"))?;
+        if members.is_empty() {
+            if snapshot.current(ResourceType::PATIENT, golden_id)?.is_some_and(|version| !version.is_deleted()) {
+                ops.push(WriteOp {
+                    full_url: None,
+                    action: Action::Delete {
+                        resource_type: ResourceType::PATIENT,
+                        target: Target::Id(id),
+                        precondition: Precondition::default(),
+                    },
+                });
+                report.goldens_deleted += 1;
+            }
+            continue;
+        }
+        let mut bodies = Vec::with_capacity(members.len());
+        for member in members {
+            if let Some(version) = snapshot.current(ResourceType::PATIENT, &member)?.filter(|v| !v.is_deleted())
+                && let Ok(body) = serde_json::from_slice::<Value>(&version.body)
+            {
+                bodies.push((member, body));
+            }
+        }
+        let Value::Object(resource) = golden::golden_patient(golden_id, &bodies, &matcher.survivorship) else {
+            continue;
+        };
+        ops.push(WriteOp {
+            full_url: None,
+            action: Action::Update {
+                resource_type: ResourceType::PATIENT,
+                target: Target::Id(id),
+                resource,
+                precondition: Precondition::default(),
+            },
+        });
+        report.goldens_written += 1;
+    }
+    overlay.set_cursor(last);
+    report.cursor = last;
+    Ok(Plan { ops, report })
+}
+
+/// A deleted source Patient leaves the index with its links.
+fn forget(overlay: &mut Overlay<'_>, id: &str, touched: &mut BTreeSet<String>) -> Result<(), FhirError> {
+    if let Some(entry) = overlay.entry(id)? {
+        for key in &entry.keys {
+            overlay.remove(state::block_key(key, id));
+        }
+        overlay.remove(state::record_key(id));
+    }
+    for (golden_id, _) in overlay.links(id, state::MAX_LINKS)? {
+        overlay.remove_link(id, &golden_id);
+        touched.insert(golden_id);
+    }
+    Ok(())
+}
+
+/// Files and matches one source Patient. Returns whether it was (re)matched: a version whose
+/// demographics did not change keeps its links.
+fn match_patient(
+    overlay: &mut Overlay<'_>,
+    matcher: &Matcher,
+    id: &str,
+    version: u64,
+    body: &Value,
+    now: &str,
+    touched: &mut BTreeSet<String>,
+) -> Result<bool, FhirError> {
+    let record = PersonRecord::from_patient(body);
+    let previous = overlay.entry(id)?;
+    let links = overlay.links(id, state::MAX_LINKS)?;
+    let current_match = links.iter().find(|(_, link)| link.result == MatchResult::Match).cloned();
+    if let Some(previous) = &previous
+        && previous.record == record
+        && current_match.is_some()
+    {
+        // Same demographics: the links stand; the golden Patient may show other elements.
+        overlay.put_entry(id, &Entry { version, ..previous.clone() });
+        if let Some((golden_id, _)) = current_match {
+            touched.insert(golden_id);
+        }
+        return Ok(false);
+    }
+    let new_keys = keys(&matcher.rules.blocking, &record);
+    if let Some(previous) = &previous {
+        for key in previous.keys.iter().filter(|key| !new_keys.contains(key)) {
+            overlay.remove(state::block_key(key, id));
+        }
+    }
+    for key in &new_keys {
+        overlay.put(state::block_key(key, id), Vec::new());
+    }
+    overlay.put_entry(id, &Entry { record: record.clone(), keys: new_keys.clone(), version });
+
+    if let Some((golden_id, link)) = &current_match
+        && link.source == LinkSource::Manual
+    {
+        touched.insert(golden_id.clone());
+        return Ok(true);
+    }
+    // Golden Patients an operator ruled on (or that the matcher was told are not this person)
+    // are not proposed again.
+    let excluded: BTreeSet<&str> = links
+        .iter()
+        .filter(|(_, link)| link.source == LinkSource::Manual || link.result == MatchResult::NoMatch)
+        .map(|(golden_id, _)| golden_id.as_str())
+        .collect();
+
+    // The best score per golden Patient of the candidates.
+    let mut candidates: Vec<String> = Vec::new();
+    'keys: for key in &new_keys {
+        for candidate in overlay.block(key, MAX_PER_KEY)? {
+            if candidate != id && !candidates.contains(&candidate) {
+                if candidates.len() == MAX_CANDIDATES {
+                    break 'keys;
+                }
+                candidates.push(candidate);
+            }
+        }
+    }
+    let mut best: HashMap<String, f64> = HashMap::new();
+    for candidate in &candidates {
+        let (Some(entry), Some((golden_id, _))) = (overlay.entry(candidate)?, overlay.golden_of(candidate)?) else {
+            continue;
+        };
+        if excluded.contains(golden_id.as_str()) {
+            continue;
+        }
+        let probability = matcher.probability(&record, &entry.record);
+        let slot = best.entry(golden_id).or_insert(0.0);
+        *slot = slot.max(probability);
+    }
+    let thresholds = matcher.rules.thresholds;
+    let mut ranked: Vec<(String, f64)> = best.into_iter().collect();
+    let current_golden = current_match.as_ref().map(|(golden_id, _)| golden_id.clone());
+    // Highest score first; the golden Patient it already belongs to wins a tie.
+    ranked.sort_by(|(a, pa), (b, pb)| {
+        pb.total_cmp(pa)
+            .then_with(|| (Some(b) == current_golden.as_ref()).cmp(&(Some(a) == current_golden.as_ref())))
+            .then_with(|| a.cmp(b))
+    });
+    let matches: Vec<&(String, f64)> = ranked.iter().filter(|(_, p)| *p >= thresholds.matched).collect();
+    let target: (String, Option<f64>) = match (matches.first(), &current_golden) {
+        (Some((golden_id, p)), _) => (golden_id.clone(), Some(*p)),
+        // No match elsewhere: a Patient alone in its golden Patient stays there.
+        (None, Some(golden_id)) if alone_in(overlay, golden_id, id)? => (golden_id.clone(), None),
+        (None, _) => (golden::new_id(), None),
+    };
+    let (target_id, score) = target;
+
+    // The MATCH link.
+    if let Some(golden_id) = &current_golden
+        && *golden_id != target_id
+    {
+        overlay.remove_link(id, golden_id);
+        touched.insert(golden_id.clone());
+    }
+    let link = match links.iter().find(|(golden_id, _)| *golden_id == target_id) {
+        Some((_, existing)) => {
+            let mut link = existing.clone();
+            if link.result != MatchResult::Match || link.score != score {
+                link.change(MatchResult::Match, LinkSource::Auto, score, now);
+            }
+            link
+        }
+        None => Link::new(MatchResult::Match, LinkSource::Auto, score, now),
+    };
+    overlay.put_link(id, &target_id, &link);
+    touched.insert(target_id.clone());
+
+    // Other golden Patients it matches are possibly the same person as its own.
+    for (golden_id, p) in matches.iter().skip(1) {
+        let key = state::duplicate_key(&target_id, golden_id);
+        if overlay.get(&key)?.is_none() {
+            overlay
+                .put(key, state::encode(&Link::new(MatchResult::PossibleDuplicate, LinkSource::Auto, Some(*p), now)));
+        }
+    }
+    // POSSIBLE_MATCH links for review, replacing the automatic ones that no longer hold.
+    let possible: BTreeMap<&str, f64> = ranked
+        .iter()
+        .filter(|(_, p)| *p >= thresholds.possible && *p < thresholds.matched)
+        .map(|(golden_id, p)| (golden_id.as_str(), *p))
+        .collect();
+    for (golden_id, link) in &links {
+        if link.source == LinkSource::Auto
+            && link.result == MatchResult::PossibleMatch
+            && !possible.contains_key(golden_id.as_str())
+        {
+            overlay.remove_link(id, golden_id);
+        }
+    }
+    for (golden_id, p) in possible {
+        if golden_id == target_id {
+            continue;
+        }
+        let link = match links.iter().find(|(existing, _)| existing == golden_id) {
+            Some((_, existing)) => {
+                let mut link = existing.clone();
+                link.change(MatchResult::PossibleMatch, LinkSource::Auto, Some(p), now);
+                link
+            }
+            None => Link::new(MatchResult::PossibleMatch, LinkSource::Auto, Some(p), now),
+        };
+        overlay.put_link(id, golden_id, &link);
+    }
+    Ok(true)
+}
+
+/// Whether `patient` is the only source Patient with a MATCH link to `golden_id`.
+fn alone_in(overlay: &Overlay<'_>, golden_id: &str, patient: &str) -> Result<bool, FhirError> {
+    for member in overlay.members(golden_id, MAX_MEMBERS)? {
+        if member != patient
+            && let Some((golden, _)) = overlay.golden_of(&member)?
+            && golden == golden_id
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::mpi::train::{TrainingOptions, train};
+    use crate::store::testing;
+
+    /// Parameters trained on FEBRL 4 (as `braid mpi train` would on a real population).
+    fn parameters() -> Parameters {
+        static TRAINED: OnceLock<Parameters> = OnceLock::new();
+        TRAINED
+            .get_or_init(|| {
+                let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/febrl/");
+                let mut records = Vec::new();
+                for file in ["dataset4a.csv", "dataset4b.csv"] {
+                    let text = std::fs::read_to_string(format!("{dir}{file}")).unwrap();
+                    records
+                        .extend(crate::mpi::febrl::patients(&text).iter().map(|(p, _)| PersonRecord::from_patient(p)));
+                }
+                let options = TrainingOptions { u_pairs: 100_000, ..TrainingOptions::default() };
+                train(&records, &Rules::shipped().training, options, nicknames()).0
+            })
+            .clone()
+    }
+
+    fn matcher(enterprise: &[&str]) -> Arc<Matcher> {
+        let mut rules = Rules::shipped();
+        rules.enterprise_identifier_systems = enterprise.iter().map(|s| s.to_string()).collect();
+        Arc::new(Matcher::new(rules, parameters()))
+    }
+
+    fn patient(id: &str, given: &str, family: &str, birth: &str, extra: Value) -> WriteOp {
+        let mut resource = json!({"resourceType": "Patient", "id": id, "name": [{"given": [given], "family": family}],
+            "birthDate": birth, "gender": "female",
+            "address": [{"line": ["12 Harbour St"], "city": "Sydney", "postalCode": "2000"}]});
+        for (key, value) in extra.as_object().unwrap() {
+            resource[key] = value.clone();
+        }
+        let Value::Object(resource) = resource else { unreachable!() };
+        WriteOp {
+            full_url: None,
+            action: Action::Update {
+                resource_type: ResourceType::PATIENT,
+                target: Target::Id(Id::parse(id).unwrap()),
+                resource,
+                precondition: Precondition::default(),
+            },
+        }
+    }
+
+    async fn write(store: &Store, ops: Vec<WriteOp>) {
+        store.write(WriteRequest { ops, ..WriteRequest::default() }).await.unwrap();
+    }
+
+    /// Runs batches until the feed is drained.
+    async fn settle(store: &Store, matcher: &Arc<Matcher>) -> Vec<BatchReport> {
+        let mut reports = Vec::new();
+        for _ in 0..10 {
+            let report = run_batch(store, matcher).await.unwrap();
+            if report.changes == 0 {
+                return reports;
+            }
+            reports.push(report);
+        }
+        panic!("the feed did not drain: {reports:?}");
+    }
+
+    fn golden_of(store: &Store, patient: &str) -> Option<(String, Link)> {
+        store.mpi_read(|read| Overlay::new(read).golden_of(patient)).unwrap()
+    }
+
+    #[test]
+    fn records_of_one_person_share_a_golden_patient_and_strangers_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        testing::runtime().block_on(async {
+            write(
+                &store,
+                vec![
+                    patient("a-1", "Catherine", "Smith", "1984-03-07", json!({})),
+                    patient(
+                        "b-7",
+                        "Kathryn",
+                        "Smith",
+                        "1984-07-03",
+                        json!({"telecom": [{"system": "phone", "value": "0298765432"}]}),
+                    ),
+                    patient("c-3", "Robert", "Jones", "1950-11-30", json!({})),
+                ],
+            )
+            .await;
+            let matcher = matcher(&[]);
+            let reports = settle(&store, &matcher).await;
+            assert_eq!(reports[0].matched, 3);
+            assert_eq!(reports[0].goldens_written, 2);
+            let (golden_a, link) = golden_of(&store, "a-1").expect("a MATCH link");
+            assert_eq!((link.result, link.source), (MatchResult::Match, LinkSource::Auto));
+            let (golden_b, link_b) = golden_of(&store, "b-7").unwrap();
+            assert_eq!(golden_a, golden_b, "a phonetic spelling of the given name, day and month swapped");
+            assert!(link_b.score.is_some_and(|score| score >= 0.99), "{link_b:?}");
+            let (golden_c, _) = golden_of(&store, "c-3").unwrap();
+            assert_ne!(golden_c, golden_a);
+
+            let snapshot = store.snapshot().unwrap();
+            let version = snapshot.current(ResourceType::PATIENT, &golden_a).unwrap().unwrap();
+            let golden: Value = serde_json::from_slice(&version.body).unwrap();
+            let links: Vec<&str> =
+                golden["link"].as_array().unwrap().iter().map(|l| l["other"]["reference"].as_str().unwrap()).collect();
+            assert_eq!(links, ["Patient/a-1", "Patient/b-7"]);
+            assert_eq!(golden["telecom"][0]["value"], "0298765432", "the more complete record's telecom");
+            assert_eq!(golden["meta"]["tag"][0]["code"], "golden");
+
+            // The goldens' own versions went through the feed and were skipped: nothing more.
+            assert!(run_batch(&store, &matcher).await.unwrap().changes == 0);
+            let cursor = store.mpi_read(|read| Overlay::new(read).cursor()).unwrap();
+            assert_eq!(cursor, store.snapshot().unwrap().newest_t().unwrap());
+        });
+    }
+
+    #[test]
+    fn a_deleted_patient_leaves_its_golden_patient_and_an_empty_golden_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        testing::runtime().block_on(async {
+            write(&store, vec![patient("a-1", "Ann", "Lee", "1990-01-02", json!({}))]).await;
+            let matcher = matcher(&[]);
+            settle(&store, &matcher).await;
+            let (golden, _) = golden_of(&store, "a-1").unwrap();
+            let delete = WriteOp {
+                full_url: None,
+                action: Action::Delete {
+                    resource_type: ResourceType::PATIENT,
+                    target: Target::Id(Id::parse("a-1").unwrap()),
+                    precondition: Precondition::default(),
+                },
+            };
+            write(&store, vec![delete]).await;
+            let reports = settle(&store, &matcher).await;
+            assert_eq!(reports[0].goldens_deleted, 1);
+            assert!(golden_of(&store, "a-1").is_none());
+            assert!(store.snapshot().unwrap().current(ResourceType::PATIENT, &golden).unwrap().unwrap().is_deleted());
+            let members = store.mpi_read(|read| Overlay::new(read).members(&golden, 10)).unwrap();
+            assert!(members.is_empty());
+        });
+    }
+
+    #[test]
+    fn an_enterprise_identifier_decides_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        let national = "http://ns.example/national-id";
+        let id = |value: &str| json!({"identifier": [{"system": national, "value": value}]});
+        testing::runtime().block_on(async {
+            write(
+                &store,
+                vec![
+                    // Twins: the same demographics, different national ids.
+                    patient("a-1", "Jane", "Doe", "2001-05-05", id("111")),
+                    patient("b-1", "Jane", "Doe", "2001-05-05", id("222")),
+                    // The same national id, a changed surname and another address.
+                    patient("c-1", "Mary", "Major", "1970-02-02", id("333")),
+                    patient(
+                        "d-1",
+                        "Mary",
+                        "Minor",
+                        "1970-02-02",
+                        json!({"identifier": [{"system": national, "value": "333"}],
+                    "address": [{"line": ["1 Other Rd"], "postalCode": "3000"}]}),
+                    ),
+                ],
+            )
+            .await;
+            let matcher = matcher(&[national]);
+            settle(&store, &matcher).await;
+            let golden = |patient: &str| golden_of(&store, patient).unwrap().0;
+            assert_ne!(golden("a-1"), golden("b-1"), "conflicting national ids block a match");
+            assert_eq!(golden("c-1"), golden("d-1"), "a shared national id is a match");
+            assert_eq!(
+                matcher.probability(
+                    &PersonRecord::from_patient(&json!({"identifier": [{"system": national, "value": "9"}]})),
+                    &PersonRecord::from_patient(&json!({"identifier": [{"system": national, "value": "9"}]}))
+                ),
+                1.0
+            );
+        });
+    }
+
+    #[test]
+    fn pending_changes_survive_a_restart_and_are_matched_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = testing::open(&path);
+        testing::runtime().block_on(write(&store, vec![patient("a-1", "Ann", "Lee", "1990-01-02", json!({}))]));
+        // Stopped before the matcher ran (a crash after the client's commit).
+        testing::close(store);
+        let store = testing::open(&path);
+        testing::runtime().block_on(async {
+            let matcher = matcher(&[]);
+            let reports = settle(&store, &matcher).await;
+            assert_eq!(reports[0].matched, 1);
+            assert!(golden_of(&store, "a-1").is_some());
+        });
+    }
+
+    #[test]
+    fn a_manual_match_is_never_changed_by_the_matcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        testing::runtime().block_on(async {
+            write(
+                &store,
+                vec![
+                    patient("a-1", "Ann", "Lee", "1990-01-02", json!({})),
+                    patient("z-9", "Zed", "Zulu", "1930-12-12", json!({})),
+                ],
+            )
+            .await;
+            let matcher = matcher(&[]);
+            settle(&store, &matcher).await;
+            let (zed_golden, _) = golden_of(&store, "z-9").unwrap();
+            let (ann_golden, _) = golden_of(&store, "a-1").unwrap();
+            // An operator says Ann belongs with Zed's golden Patient.
+            let (from, to) = (ann_golden.clone(), zed_golden.clone());
+            store
+                .mpi_write(move |txn| {
+                    let now = now();
+                    txn.remove(&state::link_key("a-1", &from));
+                    txn.remove(&state::member_key(&from, "a-1"));
+                    txn.insert(
+                        &state::link_key("a-1", &to),
+                        &state::encode(&Link::new(MatchResult::Match, LinkSource::Manual, None, &now)),
+                    );
+                    txn.insert(&state::member_key(&to, "a-1"), &[]);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            // Ann's record changes: the matcher would put her elsewhere, but the link is manual.
+            write(&store, vec![patient("a-1", "Anne", "Lee", "1990-01-02", json!({}))]).await;
+            settle(&store, &matcher).await;
+            let (golden, link) = golden_of(&store, "a-1").unwrap();
+            assert_eq!((golden.as_str(), link.source), (zed_golden.as_str(), LinkSource::Manual));
+        });
+    }
+}

@@ -1,0 +1,271 @@
+//! The master patient index's state, in the store's `mpi` table, and the links it holds.
+//!
+//! Keys (all UTF-8; `\0` separates parts, as no id or key contains it):
+//! - `rec/{patient}`: the source Patient's [`Entry`]: its normalised record, its blocking keys
+//!   and the version it was read from;
+//! - `blk/{key}\0{patient}`: the blocking index (no value), so that the Patients filed under a
+//!   key are one prefix scan;
+//! - `link/{patient}\0{golden}`: a [`Link`] from a source Patient to a golden Patient;
+//! - `member/{golden}\0{patient}`: the same links from the golden side (no value);
+//! - `dup/{golden}\0{golden}`: a POSSIBLE_DUPLICATE [`Link`] between two golden Patients (the
+//!   lower id first);
+//! - `meta/cursor`: the change feed's last processed logical time (u64 BE);
+//! - `meta/parameters`: the trained [`Parameters`](super::score::Parameters) and report.
+//!
+//! The index is read through an [`Overlay`]: the committed state with a batch's pending
+//! changes on top. The worker is the state's only writer, so what it read is still true when
+//! its batch commits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::PersonRecord;
+use crate::store::StoreError;
+use crate::store::auth::{AuthRead, AuthTxn};
+
+/// What a link says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MatchResult {
+    Match,
+    PossibleMatch,
+    NoMatch,
+    PossibleDuplicate,
+}
+
+/// Who made a link: the matcher (changed by it as the data changes) or an operator (never
+/// changed automatically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LinkSource {
+    Auto,
+    Manual,
+}
+
+/// One earlier state of a link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkEvent {
+    pub result: MatchResult,
+    pub source: LinkSource,
+    pub score: Option<f64>,
+    /// When it took this state (RFC 3339).
+    pub at: String,
+}
+
+/// Most earlier states a link keeps.
+pub const MAX_HISTORY: usize = 20;
+
+/// A link between a source Patient and a golden Patient (or, for POSSIBLE_DUPLICATE, two
+/// golden Patients).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub result: MatchResult,
+    pub source: LinkSource,
+    /// The match probability when the matcher scored it.
+    pub score: Option<f64>,
+    pub created: String,
+    pub updated: String,
+    /// Earlier states, oldest first, at most [`MAX_HISTORY`].
+    #[serde(default)]
+    pub history: Vec<LinkEvent>,
+}
+
+impl Link {
+    pub fn new(result: MatchResult, source: LinkSource, score: Option<f64>, now: &str) -> Link {
+        Link { result, source, score, created: now.to_owned(), updated: now.to_owned(), history: Vec::new() }
+    }
+
+    /// This link changed to `result` by `source`; the state it leaves goes to its history.
+    pub fn change(&mut self, result: MatchResult, source: LinkSource, score: Option<f64>, now: &str) {
+        if self.history.len() == MAX_HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(LinkEvent {
+            result: self.result,
+            source: self.source,
+            score: self.score,
+            at: self.updated.clone(),
+        });
+        self.result = result;
+        self.source = source;
+        self.score = score;
+        self.updated = now.to_owned();
+    }
+}
+
+/// A source Patient as the index holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub record: PersonRecord,
+    pub keys: Vec<String>,
+    pub version: u64,
+}
+
+pub fn record_key(patient: &str) -> Vec<u8> {
+    format!("rec/{patient}").into_bytes()
+}
+
+pub fn block_prefix(key: &str) -> Vec<u8> {
+    format!("blk/{key}\0").into_bytes()
+}
+
+pub fn block_key(key: &str, patient: &str) -> Vec<u8> {
+    format!("blk/{key}\0{patient}").into_bytes()
+}
+
+pub fn link_prefix(patient: &str) -> Vec<u8> {
+    format!("link/{patient}\0").into_bytes()
+}
+
+pub fn link_key(patient: &str, golden: &str) -> Vec<u8> {
+    format!("link/{patient}\0{golden}").into_bytes()
+}
+
+pub fn member_prefix(golden: &str) -> Vec<u8> {
+    format!("member/{golden}\0").into_bytes()
+}
+
+pub fn member_key(golden: &str, patient: &str) -> Vec<u8> {
+    format!("member/{golden}\0{patient}").into_bytes()
+}
+
+pub fn duplicate_key(a: &str, b: &str) -> Vec<u8> {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("dup/{low}\0{high}").into_bytes()
+}
+
+pub const CURSOR_KEY: &[u8] = b"meta/cursor";
+pub const PARAMETERS_KEY: &[u8] = b"meta/parameters";
+
+/// The part of a key after its prefix.
+fn suffix(key: &[u8], prefix_len: usize) -> String {
+    String::from_utf8_lossy(&key[prefix_len..]).into_owned()
+}
+
+/// The committed state with pending changes on top.
+pub struct Overlay<'a> {
+    committed: &'a AuthRead,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(committed: &'a AuthRead) -> Overlay<'a> {
+        Overlay { committed, pending: BTreeMap::new() }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.committed.get(key),
+        }
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// The keys under `prefix`, at most `max`, committed and pending merged.
+    pub fn scan_keys(&self, prefix: &[u8], max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        // Read past `max` by the pending removals under the prefix, so that removed keys do
+        // not hide live ones.
+        let removed = self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix)).count();
+        for (key, _) in self.committed.scan_at_most(prefix, max + removed)? {
+            keys.insert(key, true);
+        }
+        for (key, value) in self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix)) {
+            keys.insert(key.clone(), value.is_some());
+        }
+        Ok(keys.into_iter().filter(|(_, live)| *live).map(|(key, _)| key).take(max).collect())
+    }
+
+    pub fn entry(&self, patient: &str) -> Result<Option<Entry>, StoreError> {
+        decode(self.get(&record_key(patient))?)
+    }
+
+    pub fn put_entry(&mut self, patient: &str, entry: &Entry) {
+        self.put(record_key(patient), encode(entry));
+    }
+
+    /// The Patients filed under a blocking key, at most `max`.
+    pub fn block(&self, key: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = block_prefix(key);
+        Ok(self.scan_keys(&prefix, max)?.iter().map(|k| suffix(k, prefix.len())).collect())
+    }
+
+    /// A source Patient's links: `(golden, link)`, at most `max`.
+    pub fn links(&self, patient: &str, max: usize) -> Result<Vec<(String, Link)>, StoreError> {
+        let prefix = link_prefix(patient);
+        let mut links = Vec::new();
+        for key in self.scan_keys(&prefix, max)? {
+            if let Some(link) = decode(self.get(&key)?)? {
+                links.push((suffix(&key, prefix.len()), link));
+            }
+        }
+        Ok(links)
+    }
+
+    pub fn put_link(&mut self, patient: &str, golden: &str, link: &Link) {
+        self.put(link_key(patient, golden), encode(link));
+        self.put(member_key(golden, patient), Vec::new());
+    }
+
+    pub fn remove_link(&mut self, patient: &str, golden: &str) {
+        self.remove(link_key(patient, golden));
+        self.remove(member_key(golden, patient));
+    }
+
+    /// The source Patients linked to a golden Patient (any result), at most `max`.
+    pub fn members(&self, golden: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = member_prefix(golden);
+        Ok(self.scan_keys(&prefix, max)?.iter().map(|k| suffix(k, prefix.len())).collect())
+    }
+
+    /// The golden Patient a source Patient has a MATCH link to.
+    pub fn golden_of(&self, patient: &str) -> Result<Option<(String, Link)>, StoreError> {
+        Ok(self.links(patient, MAX_LINKS)?.into_iter().find(|(_, link)| link.result == MatchResult::Match))
+    }
+
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        Ok(self.get(CURSOR_KEY)?.and_then(|bytes| bytes.try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+    }
+
+    pub fn set_cursor(&mut self, t: u64) {
+        self.put(CURSOR_KEY.to_vec(), t.to_be_bytes().to_vec());
+    }
+
+    /// The pending changes, to be applied in the commit that goes with them.
+    pub fn into_pending(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.pending
+    }
+}
+
+/// Most links one source Patient has (one MATCH, the POSSIBLE_MATCHes and NO_MATCHes an
+/// operator or the matcher made): the bound of every scan of a Patient's links.
+pub const MAX_LINKS: usize = 64;
+
+/// Applies pending changes inside the writer's transaction.
+pub fn apply(pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>, txn: &mut AuthTxn<'_>) {
+    for (key, value) in pending {
+        match value {
+            Some(value) => txn.insert(key, value),
+            None => txn.remove(key),
+        }
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("MPI state serialises")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
+    match bytes {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(bytes)),
+    }
+}
