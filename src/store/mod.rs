@@ -451,10 +451,7 @@ impl Store {
         &self,
         work: impl Fn(&mut auth::AuthTxn<'_>) -> Result<T, FhirError> + Send + Sync + 'static,
     ) -> Result<T, FhirError> {
-        let work: auth::AuthWork =
-            Arc::new(move |txn| work(txn).map(|value| Box::new(value) as Box<dyn std::any::Any + Send>));
-        let answer = self.writer.submit_auth(auth::KvTable::Auth, work).await?;
-        answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("auth"))
+        self.kv_write(auth::KvTable::Auth, work).await
     }
 
     /// Runs `work` on the master patient index's state (the `mpi` table, see [`auth::MPI`])
@@ -463,10 +460,19 @@ impl Store {
         &self,
         work: impl Fn(&mut auth::AuthTxn<'_>) -> Result<T, FhirError> + Send + Sync + 'static,
     ) -> Result<T, FhirError> {
+        self.kv_write(auth::KvTable::Mpi, work).await
+    }
+
+    /// Runs `work` on a key-value table inside the writer's next transaction.
+    async fn kv_write<T: Send + 'static>(
+        &self,
+        table: auth::KvTable,
+        work: impl Fn(&mut auth::AuthTxn<'_>) -> Result<T, FhirError> + Send + Sync + 'static,
+    ) -> Result<T, FhirError> {
         let work: auth::AuthWork =
             Arc::new(move |txn| work(txn).map(|value| Box::new(value) as Box<dyn std::any::Any + Send>));
-        let answer = self.writer.submit_auth(auth::KvTable::Mpi, work).await?;
-        answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("mpi"))
+        let answer = self.writer.submit_auth(table, work).await?;
+        answer.downcast::<T>().map(|value| *value).map_err(|_| FhirError::fault("key-value write"))
     }
 
     /// Reads the master patient index's state as last committed.
