@@ -499,9 +499,7 @@ pub async fn record_failed_login(store: &Store, username: &str, address: &str, f
         LoginFailure::SecondFactor => "wrong or replayed second-factor code",
     };
     let username: String = username.chars().take(MAX_RECORDED_USERNAME).collect();
-    let recorded = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as i64);
+    let recorded = crate::fhir::json::now_micros();
     let event = json!({
         "resourceType": "AuditEvent",
         "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"},
@@ -679,7 +677,7 @@ mod tests {
         AuditRecord {
             grant: Arc::new(grant),
             interaction: "read",
-            resource_type: ResourceType::parse("Patient"),
+            resource_type: Some(ResourceType::PATIENT),
             resource: Some(resource.into()),
             query: None,
             status: 200,

@@ -382,7 +382,7 @@ impl AuthState {
         let chosen: Vec<&str> = chosen.iter().map(String::as_str).filter(|s| offered.contains(s)).collect();
         let picked = match picked.map(str::trim).filter(|id| !id.is_empty()) {
             Some(id) if needs_patient_choice(flow, &user) => {
-                let patient_type = crate::fhir::ResourceType::parse("Patient").expect("a known type");
+                let patient_type = crate::fhir::ResourceType::PATIENT;
                 let exists = crate::fhir::Id::parse(id).is_ok()
                     && self.store.snapshot()?.current(patient_type, id)?.is_some_and(|v| !v.is_deleted());
                 if !exists {

@@ -277,6 +277,11 @@ pub fn id_of(resource: &Resource) -> Option<&str> {
     resource.get("id").and_then(Value::as_str)
 }
 
+/// The system clock in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as i64)
+}
+
 /// Formats a timestamp in microseconds since the Unix epoch as a FHIR `instant`.
 pub fn format_instant(micros: i64) -> String {
     let time =
@@ -496,7 +501,7 @@ mod tests {
         let resource = json!({"resourceType": "Patient", "active": true,
             "meta": {"versionId": "9", "profile": ["http://x"]}, "id": "old"});
         let Value::Object(map) = resource else { unreachable!() };
-        let patient = ResourceType::parse("Patient").unwrap();
+        let patient = ResourceType::PATIENT;
         let stamped = stamp(map, patient, &Id::parse("p1").unwrap(), 2, "2026-01-01T00:00:00.000Z");
         assert_eq!(
             serde_json::to_string(&stamped).unwrap(),

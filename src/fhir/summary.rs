@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn summary_modes_keep_what_the_specification_says() {
-        let patient_type = ResourceType::parse("Patient").unwrap();
+        let patient_type = ResourceType::PATIENT;
         let summary = summarize(patient_type, patient(), Summary::True);
         assert_eq!(
             keys(&summary),

@@ -390,7 +390,7 @@ async fn patient_choices(
     find: Option<&str>,
 ) -> Result<Vec<Choice>, crate::fhir::FhirError> {
     let Some(find) = find else { return Ok(Vec::new()) };
-    let patient = crate::fhir::ResourceType::parse("Patient").expect("a known type");
+    let patient = crate::fhir::ResourceType::PATIENT;
     let base = request::base_url(http, state);
     let pairs = [("name".to_owned(), find.to_owned()), ("_count".to_owned(), MAX_CHOICES.to_string())];
     let prepared = super::search::prepare(patient, None, &pairs, false, &base, &state.limits)?;

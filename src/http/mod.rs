@@ -545,9 +545,7 @@ fn audit_record(
     )
     .then(|| http.query_string().to_owned())
     .filter(|query| !query.is_empty());
-    let recorded_micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as i64);
+    let recorded_micros = crate::fhir::json::now_micros();
     crate::auth::audit::AuditRecord {
         grant: grant.clone(),
         interaction: code,

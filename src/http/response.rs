@@ -185,10 +185,7 @@ pub struct EntryResponse {
 
 impl BundleOut {
     pub fn new(kind: &'static str) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now = crate::fhir::json::now_micros();
         BundleOut {
             id: uuid::Uuid::new_v4().to_string(),
             meta: BundleMeta { last_updated: crate::fhir::json::format_instant(now) },

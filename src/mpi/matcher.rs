@@ -28,7 +28,7 @@ use super::golden::{self, Survivorship};
 use super::record::PersonRecord;
 use super::score::{Parameters, compare_pair, probability_of};
 use super::state::{self, Entry, Link, LinkSource, MatchResult, Overlay};
-use crate::fhir::json::format_instant;
+use crate::fhir::json::{format_instant, now_micros};
 use crate::fhir::{FhirError, Id, ResourceType};
 use crate::store::auth::StateWork;
 use crate::store::{Action, Precondition, Snapshot, Store, Target, WriteOp, WriteRequest};
@@ -144,9 +144,7 @@ struct Plan {
 }
 
 fn now() -> String {
-    let micros =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-    format_instant(micros)
+    format_instant(now_micros())
 }
 
 fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher) -> Result<Plan, FhirError> {

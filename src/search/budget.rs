@@ -224,7 +224,7 @@ mod tests {
                 WriteOp {
                     full_url: None,
                     action: Action::Update {
-                        resource_type: ResourceType::parse("Patient").unwrap(),
+                        resource_type: ResourceType::PATIENT,
                         target: Target::Id(Id::parse(&format!("p{n}")).unwrap()),
                         resource,
                         precondition: Precondition::default(),
@@ -243,7 +243,7 @@ mod tests {
         let store = store(dir.path());
         let snapshot = store.snapshot().unwrap();
         let index = snapshot.index();
-        let patient = ResourceType::parse("Patient").unwrap();
+        let patient = ResourceType::PATIENT;
         let clauses = vec![
             parse_clause(patient, "gender", "female", "").unwrap().unwrap(),
             parse_clause(patient, "birthdate", "1990", "").unwrap().unwrap(),
@@ -272,7 +272,7 @@ mod tests {
         let store = store(dir.path());
         let snapshot = store.snapshot().unwrap();
         let index = snapshot.index();
-        let patient = ResourceType::parse("Patient").unwrap();
+        let patient = ResourceType::PATIENT;
         // gender=male has 400 entries (below the sample size): the estimate is exact.
         let clauses = vec![
             parse_clause(patient, "gender", "male", "").unwrap().unwrap(),

@@ -54,10 +54,8 @@ impl PatientCompartment {
     /// The types that can be in a patient's compartment, in name order, Patient included.
     pub fn types(&self) -> Vec<ResourceType> {
         let mut types: Vec<ResourceType> = self.params.keys().copied().collect();
-        if let Some(patient) = ResourceType::parse("Patient") {
-            if !types.contains(&patient) {
-                types.push(patient);
-            }
+        if !types.contains(&ResourceType::PATIENT) {
+            types.push(ResourceType::PATIENT);
         }
         types.sort();
         types

@@ -98,7 +98,7 @@ mod tests {
     use super::*;
 
     fn patient() -> ResourceType {
-        ResourceType::parse("Patient").unwrap()
+        ResourceType::PATIENT
     }
 
     #[test]

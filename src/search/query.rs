@@ -333,8 +333,7 @@ pub fn date_matches(prefix: Prefix, lo: i64, hi: i64, t_lo: i64, t_hi: i64) -> b
         Prefix::Sa => t_lo > hi,
         Prefix::Eb => t_hi < lo,
         Prefix::Ap => {
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+            let now = crate::fhir::json::now_micros();
             let gap = (now.saturating_sub(lo)).unsigned_abs().max(hi.saturating_sub(now).unsigned_abs());
             let slack = i64::try_from(gap / 10).unwrap_or(i64::MAX);
             t_lo <= hi.saturating_add(slack) && t_hi >= lo.saturating_sub(slack)
@@ -1254,7 +1253,7 @@ mod tests {
 
     #[test]
     fn bad_values_and_modifiers_are_errors() {
-        let patient = ResourceType::parse("Patient").unwrap();
+        let patient = ResourceType::PATIENT;
         for (name, value) in
             [("birthdate", "yesterday"), ("family:below", "x"), ("gender:missing", "maybe"), ("birthdate", "")]
         {

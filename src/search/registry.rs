@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn the_official_parameters_load_and_the_unsupported_ones_are_listed() {
         let registry = registry();
-        let patient = ResourceType::parse("Patient").unwrap();
+        let patient = ResourceType::PATIENT;
         let observation = ResourceType::parse("Observation").unwrap();
         for code in ["name", "family", "birthdate", "identifier", "_id", "_lastUpdated", "gender", "deceased"] {
             assert!(registry.get(patient, code).is_some(), "Patient.{code}");

@@ -835,7 +835,7 @@ mod tests {
     fn a_source_scope_covers_its_types_over_its_own_records_and_what_is_granted_beyond() {
         let name = SourceName::parse("clinic").unwrap();
         assert_eq!(source_scope(&name, &[], None), "system/*.cruds?_source=urn:braid:source:clinic");
-        let types = [ResourceType::parse("Patient").unwrap(), ResourceType::parse("Observation").unwrap()];
+        let types = [ResourceType::PATIENT, ResourceType::parse("Observation").unwrap()];
         assert_eq!(
             source_scope(&name, &types, Some("system/Practitioner.rs")),
             "system/Patient.cruds?_source=urn:braid:source:clinic system/Observation.cruds?_source=urn:braid:source:clinic system/Practitioner.rs"

@@ -751,12 +751,8 @@ impl Run<'_> {
             (400..=599, _) | (202, None) => {
                 tracing::info!(source = self.name, status, "the upstream offers no $export; paging through searches");
                 self.checkpoint.mode = Some("search".into());
-                let started_at = crate::fhir::json::format_instant(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |elapsed| elapsed.as_micros() as i64)
-                        - SEARCH_OVERLAP_MICROS,
-                );
+                let started_at =
+                    crate::fhir::json::format_instant(crate::fhir::json::now_micros() - SEARCH_OVERLAP_MICROS);
                 Stage::Search { type_index: 0, next: None, started_at }
             }
             (other, _) => return Err(Failure::Status(other, "unexpected answer to the $export kick-off".into())),

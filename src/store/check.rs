@@ -217,7 +217,7 @@ mod tests {
                 unreachable!()
             };
             let action = Action::Update {
-                resource_type: ResourceType::parse("Patient").unwrap(),
+                resource_type: ResourceType::PATIENT,
                 target: Target::Id(Id::parse("p1").unwrap()),
                 resource,
                 precondition: Precondition::default(),

@@ -194,7 +194,7 @@ mod tests {
             unreachable!()
         };
         let action = Action::Update {
-            resource_type: ResourceType::parse("Patient").unwrap(),
+            resource_type: ResourceType::PATIENT,
             target: Target::Id(Id::parse(id).unwrap()),
             resource,
             precondition: Precondition::default(),
@@ -204,7 +204,7 @@ mod tests {
 
     /// `(t, lastUpdated)` of the current version of Patient `id`.
     fn stamp(store: &Store, id: &str) -> (u64, i64) {
-        let current = store.snapshot().unwrap().current(ResourceType::parse("Patient").unwrap(), id).unwrap().unwrap();
+        let current = store.snapshot().unwrap().current(ResourceType::PATIENT, id).unwrap().unwrap();
         (current.header.t, current.header.last_updated_micros)
     }
 
