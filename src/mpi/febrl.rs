@@ -73,6 +73,22 @@ pub fn patients(text: &str) -> Vec<(Value, Option<u32>)> {
     text.lines().filter_map(patient).collect()
 }
 
+/// FEBRL 4a and 4b as shipped in `tests/data/febrl/` (5,000 records each, every 4b record a
+/// corrupted copy of one in 4a): the records and the person of each.
+#[cfg(test)]
+pub(crate) fn dataset_4() -> (Vec<super::record::PersonRecord>, Vec<Option<u32>>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/febrl/");
+    let (mut records, mut people) = (Vec::new(), Vec::new());
+    for file in ["dataset4a.csv", "dataset4b.csv"] {
+        let text = std::fs::read_to_string(format!("{dir}{file}")).expect("FEBRL data in tests/data/febrl");
+        for (patient, person) in patients(&text) {
+            records.push(super::record::PersonRecord::from_patient(&patient));
+            people.push(person);
+        }
+    }
+    (records, people)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

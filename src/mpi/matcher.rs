@@ -156,32 +156,25 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
     let mut touched: BTreeSet<String> = BTreeSet::new();
     // A Patient changed several times in the batch is processed once, at its current version.
     let mut seen: BTreeSet<&str> = BTreeSet::new();
+    // The bodies read in the batch, by id: the golden Patients are built from them again.
+    let mut bodies: HashMap<String, Value> = HashMap::new();
     for (_, id, _) in &changes {
         if golden::is_golden(id) || !seen.insert(id.as_str()) {
             continue;
         }
-        let current = snapshot.current(ResourceType::PATIENT, id)?;
-        match current.filter(|version| !version.is_deleted()) {
+        match current_body(snapshot, id)? {
             None => forget(overlay, id, &mut touched)?,
-            Some(version) => {
-                let Ok(body) = serde_json::from_slice::<Value>(&version.body) else { continue };
-                if match_patient(overlay, matcher, id, version.version, &body, &now, &mut touched)? {
+            Some((version, body)) => {
+                if match_patient(overlay, matcher, id, version, &body, &now, &mut touched)? {
                     report.matched += 1;
                 }
+                bodies.insert(id.clone(), body);
             }
         }
     }
     let mut ops = Vec::new();
     for golden_id in &touched {
-        let members: Vec<String> = overlay
-            .members(golden_id, MAX_MEMBERS)?
-            .into_iter()
-            .filter(|member| {
-                overlay.get(&state::link_key(member, golden_id)).ok().flatten().is_some_and(|bytes| {
-                    serde_json::from_slice::<Link>(&bytes).is_ok_and(|link| link.result == MatchResult::Match)
-                })
-            })
-            .collect();
+        let members = overlay.matched_members(golden_id, MAX_MEMBERS)?;
         let id = Id::parse(golden_id).map_err(|_| FhirError::fault("golden id"))?;
         if members.is_empty() {
             if snapshot.current(ResourceType::PATIENT, golden_id)?.is_some_and(|version| !version.is_deleted()) {
@@ -197,15 +190,17 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
             }
             continue;
         }
-        let mut bodies = Vec::with_capacity(members.len());
+        let mut member_bodies = Vec::with_capacity(members.len());
         for member in members {
-            if let Some(version) = snapshot.current(ResourceType::PATIENT, &member)?.filter(|v| !v.is_deleted())
-                && let Ok(body) = serde_json::from_slice::<Value>(&version.body)
-            {
-                bodies.push((member, body));
+            let body = match bodies.get(&member) {
+                Some(body) => Some(body.clone()),
+                None => current_body(snapshot, &member)?.map(|(_, body)| body),
+            };
+            if let Some(body) = body {
+                member_bodies.push((member, body));
             }
         }
-        let Value::Object(resource) = golden::golden_patient(golden_id, &bodies, &matcher.survivorship) else {
+        let Value::Object(resource) = golden::golden_patient(golden_id, &member_bodies, &matcher.survivorship) else {
             continue;
         };
         ops.push(WriteOp {
@@ -222,6 +217,12 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
     overlay.set_cursor(last);
     report.cursor = last;
     Ok(Plan { ops, report })
+}
+
+/// A Patient's current version and body; `None` when it is deleted, absent or unreadable.
+fn current_body(snapshot: &Snapshot, id: &str) -> Result<Option<(u64, Value)>, FhirError> {
+    let current = snapshot.current(ResourceType::PATIENT, id)?.filter(|version| !version.is_deleted());
+    Ok(current.and_then(|version| Some((version.version, serde_json::from_slice(&version.body).ok()?))))
 }
 
 /// A deleted source Patient leaves the index with its links.
@@ -393,15 +394,7 @@ fn match_patient(
 
 /// Whether `patient` is the only source Patient with a MATCH link to `golden_id`.
 fn alone_in(overlay: &Overlay<'_>, golden_id: &str, patient: &str) -> Result<bool, FhirError> {
-    for member in overlay.members(golden_id, MAX_MEMBERS)? {
-        if member != patient
-            && let Some((golden, _)) = overlay.golden_of(&member)?
-            && golden == golden_id
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(overlay.matched_members(golden_id, MAX_MEMBERS)?.iter().all(|member| member == patient))
 }
 
 #[cfg(test)]
@@ -419,13 +412,7 @@ mod tests {
         static TRAINED: OnceLock<Parameters> = OnceLock::new();
         TRAINED
             .get_or_init(|| {
-                let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/febrl/");
-                let mut records = Vec::new();
-                for file in ["dataset4a.csv", "dataset4b.csv"] {
-                    let text = std::fs::read_to_string(format!("{dir}{file}")).unwrap();
-                    records
-                        .extend(crate::mpi::febrl::patients(&text).iter().map(|(p, _)| PersonRecord::from_patient(p)));
-                }
+                let (records, _) = crate::mpi::febrl::dataset_4();
                 let options = TrainingOptions { u_pairs: 100_000, ..TrainingOptions::default() };
                 train(&records, &Rules::shipped().training, options, nicknames()).0
             })
@@ -566,13 +553,14 @@ mod tests {
                     // Twins: the same demographics, different national ids.
                     patient("a-1", "Jane", "Doe", "2001-05-05", id("111")),
                     patient("b-1", "Jane", "Doe", "2001-05-05", id("222")),
-                    // The same national id, a changed surname and another address.
+                    // The same national id on records that share nothing else: on their own
+                    // demographics they would not match.
                     patient("c-1", "Mary", "Major", "1970-02-02", id("333")),
                     patient(
                         "d-1",
-                        "Mary",
-                        "Minor",
-                        "1970-02-02",
+                        "Louise",
+                        "Okafor",
+                        "1982-09-14",
                         json!({"identifier": [{"system": national, "value": "333"}],
                     "address": [{"line": ["1 Other Rd"], "postalCode": "3000"}]}),
                     ),
@@ -629,17 +617,21 @@ mod tests {
             let (zed_golden, _) = golden_of(&store, "z-9").unwrap();
             let (ann_golden, _) = golden_of(&store, "a-1").unwrap();
             // An operator says Ann belongs with Zed's golden Patient.
-            let (from, to) = (ann_golden.clone(), zed_golden.clone());
+            let pending = store
+                .mpi_read(|read| {
+                    let mut overlay = Overlay::new(read);
+                    overlay.remove_link("a-1", &ann_golden);
+                    overlay.put_link(
+                        "a-1",
+                        &zed_golden,
+                        &Link::new(MatchResult::Match, LinkSource::Manual, None, &now()),
+                    );
+                    Ok(overlay.into_pending())
+                })
+                .unwrap();
             store
                 .mpi_write(move |txn| {
-                    let now = now();
-                    txn.remove(&state::link_key("a-1", &from));
-                    txn.remove(&state::member_key(&from, "a-1"));
-                    txn.insert(
-                        &state::link_key("a-1", &to),
-                        &state::encode(&Link::new(MatchResult::Match, LinkSource::Manual, None, &now)),
-                    );
-                    txn.insert(&state::member_key(&to, "a-1"), &[]);
+                    state::apply(&pending, txn);
                     Ok(())
                 })
                 .await

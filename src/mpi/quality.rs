@@ -124,3 +124,34 @@ pub fn evaluate(
         f1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mpi::blocking::Rules;
+    use crate::mpi::compare::nicknames;
+    use crate::mpi::train::{TrainingOptions, train};
+
+    /// FEBRL 4 trained on and matched without its truth, then measured against it.
+    #[test]
+    fn febrl_4_is_matched_with_high_precision_and_recall() {
+        let (records, people) = crate::mpi::febrl::dataset_4();
+        assert_eq!(records.len(), 10_000);
+        let rules = Rules::shipped();
+        let options = TrainingOptions { u_pairs: 200_000, ..TrainingOptions::default() };
+        let (parameters, report) = train(&records, &rules.training, options, nicknames());
+        let evaluation = evaluate(&records, &people, &rules.blocking, &parameters, rules.thresholds, nicknames());
+        eprintln!("expected matches {:.0}", report.expected_matches);
+        eprintln!("{}", serde_json::to_string_pretty(&evaluation).unwrap());
+        assert_eq!(evaluation.true_pairs, 5_000);
+        assert!(report.rules.iter().all(|rule| rule.rejected.is_none()), "{:?}", report.rules);
+        assert!(
+            (4_500.0..5_500.0).contains(&report.expected_matches),
+            "the expected match count is near the truth: {}",
+            report.expected_matches
+        );
+        assert!(evaluation.blocking_recall >= 0.99, "blocking recall {}", evaluation.blocking_recall);
+        assert!(evaluation.precision >= 0.999, "precision {}", evaluation.precision);
+        assert!(evaluation.f1 >= 0.99, "F1 {}", evaluation.f1);
+    }
+}

@@ -210,6 +210,11 @@ impl<'a> Overlay<'a> {
         Ok(links)
     }
 
+    /// The link from a source Patient to a golden Patient, if there is one.
+    pub fn link(&self, patient: &str, golden: &str) -> Result<Option<Link>, StoreError> {
+        decode(self.get(&link_key(patient, golden))?)
+    }
+
     pub fn put_link(&mut self, patient: &str, golden: &str, link: &Link) {
         self.put(link_key(patient, golden), encode(link));
         self.put(member_key(golden, patient), Vec::new());
@@ -224,6 +229,17 @@ impl<'a> Overlay<'a> {
     pub fn members(&self, golden: &str, max: usize) -> Result<Vec<String>, StoreError> {
         let prefix = member_prefix(golden);
         Ok(self.scan_keys(&prefix, max)?.iter().map(|k| suffix(k, prefix.len())).collect())
+    }
+
+    /// The source Patients with a MATCH link to a golden Patient, at most `max` read.
+    pub fn matched_members(&self, golden: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let mut matched = Vec::new();
+        for member in self.members(golden, max)? {
+            if self.link(&member, golden)?.is_some_and(|link| link.result == MatchResult::Match) {
+                matched.push(member);
+            }
+        }
+        Ok(matched)
     }
 
     /// The golden Patient a source Patient has a MATCH link to.

@@ -398,6 +398,8 @@ pub fn train(
             }
         })
         .collect();
+    // A prior of 0.5 has log odds 0: the pair weights below are the evidence alone, and the
+    // prior's own log odds are added in its fixed point.
     let mut parameters = Parameters {
         prior: 0.5,
         levels: m.iter().zip(&u).map(|(m, u)| m.iter().zip(u).map(|(&m, &u)| (m, u)).collect()).collect(),
@@ -405,13 +407,11 @@ pub fn train(
     };
     all_pairs.sort_unstable();
     all_pairs.dedup();
-    // Weights without the prior: the prior's own log odds are added in the fixed point.
-    let prior_weight = (parameters.prior / (1.0 - parameters.prior)).log2();
     let weights: Vec<f64> = all_pairs
         .iter()
         .map(|&(a, b)| {
             let (a, b) = (&records[a as usize], &records[b as usize]);
-            parameters.pair_weight(a, &compare_pair(a, b, nicknames)) - prior_weight
+            parameters.pair_weight(a, &compare_pair(a, b, nicknames))
         })
         .collect();
     let count = records.len() as f64;
