@@ -67,6 +67,23 @@ pub struct SourceRecord {
     pub pull: Option<pull::PullState>,
 }
 
+impl SourceRecord {
+    /// A source just added: nothing counted yet; a pull source has an empty progress record.
+    fn new(name: &SourceName, kind: SourceKind, types: &[ResourceType], lenient: bool, now: u64) -> SourceRecord {
+        let pull = matches!(kind, SourceKind::Pull { .. }).then(pull::PullState::default);
+        SourceRecord {
+            name: name.as_str().to_owned(),
+            kind,
+            types: types.iter().map(|t| t.as_str().to_owned()).collect(),
+            lenient,
+            created: now,
+            counts: Counts::default(),
+            recent_rejections: VecDeque::new(),
+            pull,
+        }
+    }
+}
+
 /// How a source's records reach Braid.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -472,32 +489,9 @@ impl Registry {
             now,
         )?;
         let client = created.client;
-        let record = SourceRecord {
-            name: name.as_str().to_owned(),
-            kind: SourceKind::Push { client_id: client.client_id.clone() },
-            types: types.iter().map(|t| t.as_str().to_owned()).collect(),
-            lenient: new.lenient,
-            created: now,
-            counts: Counts::default(),
-            recent_rejections: VecDeque::new(),
-            pull: None,
-        };
-        let (stored_record, stored_client) = (record.clone(), client.clone());
-        let added = self
-            .store
-            .auth_write(move |txn| {
-                if SOURCES.get_in::<SourceRecord>(txn, &stored_record.name)?.is_some() {
-                    return Ok(false);
-                }
-                SOURCES.put_in(txn, &stored_record.name, &stored_record)?;
-                clients::insert_in(txn, &stored_client)?;
-                Ok(true)
-            })
-            .await?;
-        if !added {
-            return Err(already(&name));
-        }
-        self.activate(&record)?;
+        let kind = SourceKind::Push { client_id: client.client_id.clone() };
+        let record = SourceRecord::new(&name, kind, &types, new.lenient, now);
+        self.register(&name, &record, Some(client.clone())).await?;
         Ok(json!({
             "source": record.name,
             "kind": "push",
@@ -506,6 +500,35 @@ impl Registry {
             "types": record.types,
             "lenient": record.lenient,
         }))
+    }
+
+    /// Stores a new source (with its client, for a push source) in one commit unless the name
+    /// is taken, then activates it.
+    async fn register(
+        &self,
+        name: &SourceName,
+        record: &SourceRecord,
+        client: Option<clients::Client>,
+    ) -> Result<(), FhirError> {
+        let stored = record.clone();
+        let added = self
+            .store
+            .auth_write(move |txn| {
+                if SOURCES.get_in::<SourceRecord>(txn, &stored.name)?.is_some() {
+                    return Ok(false);
+                }
+                SOURCES.put_in(txn, &stored.name, &stored)?;
+                if let Some(client) = &client {
+                    clients::insert_in(txn, client)?;
+                }
+                Ok(true)
+            })
+            .await?;
+        if !added {
+            return Err(already(name));
+        }
+        self.activate(record)?;
+        Ok(())
     }
 
     fn activate(&self, record: &SourceRecord) -> Result<(), StoreError> {
@@ -541,31 +564,8 @@ impl Registry {
             kid: kid.clone(),
             every_secs,
         };
-        let record = SourceRecord {
-            name: name.as_str().to_owned(),
-            kind: SourceKind::Pull { pull: config },
-            types: types.iter().map(|t| t.as_str().to_owned()).collect(),
-            lenient,
-            created: now,
-            counts: Counts::default(),
-            recent_rejections: VecDeque::new(),
-            pull: Some(pull::PullState::default()),
-        };
-        let stored = record.clone();
-        let added = self
-            .store
-            .auth_write(move |txn| {
-                if SOURCES.get_in::<SourceRecord>(txn, &stored.name)?.is_some() {
-                    return Ok(false);
-                }
-                SOURCES.put_in(txn, &stored.name, &stored)?;
-                Ok(true)
-            })
-            .await?;
-        if !added {
-            return Err(already(&name));
-        }
-        self.activate(&record)?;
+        let record = SourceRecord::new(&name, SourceKind::Pull { pull: config }, &types, lenient, now);
+        self.register(&name, &record, None).await?;
         Ok(json!({
             "source": record.name,
             "kind": "pull",
