@@ -185,6 +185,25 @@ pub struct BraidProcess {
     pub logs: std::sync::mpsc::Receiver<Value>,
 }
 
+/// Runs the `braid` command with `args` and `--data data` (off the async runtime's threads) and
+/// returns what it printed.
+/// The arguments are copied before it returns: the future borrows nothing.
+pub fn braid_cli(data: &std::path::Path, args: &[&str]) -> impl Future<Output = std::process::Output> + use<> {
+    let (args, data): (Vec<String>, _) = (args.iter().map(|arg| arg.to_string()).collect(), data.to_owned());
+    async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+                .args(&args)
+                .arg("--data")
+                .arg(&data)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// Starts the `braid` binary on `data` and waits until it logs the port it listens on.
 pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProcess {
     use std::io::{BufRead, BufReader};

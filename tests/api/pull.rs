@@ -13,7 +13,7 @@ use braid::auth::clients::{NewClient, NewCredential};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, operator, spawn_auth_app, start_braid_process};
+use crate::helpers::{TestApp, braid_cli, operator, spawn_auth_app, start_braid_process};
 
 /// A fresh P-384 private key, in the PEM form an operator gives `--key`.
 fn private_key_pem() -> String {
@@ -469,35 +469,24 @@ async fn a_puller_killed_mid_run_resumes_and_ends_with_exactly_the_upstreams_con
     let key_file = dir.path().join("key.pem");
     std::fs::write(&key_file, private_key_pem()).unwrap();
     let first = Killed(start_braid_process(&data, "info"));
-    let database = data.clone();
-    let braid = move |args: Vec<String>| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
-            .args(&args)
-            .arg("--data")
-            .arg(&database)
-            .output()
-            .unwrap()
-    };
-    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let key = key_file.to_str().unwrap().to_owned();
-    let base = upstream.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        braid(args(&[
+    let key = key_file.to_str().unwrap();
+    let output = braid_cli(
+        &data,
+        &[
             "source",
             "add",
             "lab",
             "--pull",
-            &base,
+            &upstream.base,
             "--client-id",
             "braid",
             "--key",
-            &key,
+            key,
             "--types",
             "Patient,Observation",
-        ]))
-    })
-    .await
-    .unwrap();
+        ],
+    )
+    .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // `braid source sync` while the server runs: it asks the server, which pulls.
     let mut sync = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
@@ -625,20 +614,9 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     let data = dir.path().join("braid.redb");
     let key_file = dir.path().join("key.pem");
     std::fs::write(&key_file, private_key_pem()).unwrap();
-    let run = |args: Vec<String>| {
-        let data = data.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
-                .args(&args)
-                .arg("--data")
-                .arg(&data)
-                .output()
-                .unwrap()
-        })
-    };
-    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = |args: &[&str]| braid_cli(&data, args);
     let key = key_file.to_str().unwrap().to_owned();
-    let output = run(args(&[
+    let output = run(&[
         "source",
         "add",
         "lab",
@@ -652,9 +630,8 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
         "Patient,Observation",
         "--every",
         "1h",
-    ]))
-    .await
-    .unwrap();
+    ])
+    .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let added: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
@@ -663,19 +640,19 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("PRIVATE"), "only the public key is printed");
 
-    let output = run(args(&["source", "sync", "lab"])).await.unwrap();
+    let output = run(&["source", "sync", "lab"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let synced: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(synced["run"]["outcome"], "complete", "{synced}");
     assert_eq!(synced["run"]["counts"]["created"], 17, "{synced}");
 
-    let output = run(args(&["source", "show", "lab", "--json"])).await.unwrap();
+    let output = run(&["source", "show", "lab", "--json"]).await;
     let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(shown["runs"][0]["counts"]["created"], 17, "{shown}");
     assert_eq!(shown["base"], upstream.base.as_str());
-    let output = run(args(&["source", "sync", "nobody"])).await.unwrap();
+    let output = run(&["source", "sync", "nobody"]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no source nobody"));
-    let output = run(args(&["source", "add", "push", "--pull", &upstream.base, "--key", &key])).await.unwrap();
+    let output = run(&["source", "add", "push", "--pull", &upstream.base, "--key", &key]).await;
     assert!(!output.status.success(), "--pull needs --client-id");
 }

@@ -13,7 +13,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{Reply, TestApp, braid_cli};
 
 /// A client's key pair: the private half signs assertions, the public half is registered.
 pub(crate) struct ClientKey {
@@ -509,18 +509,8 @@ async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_
     let key = ClientKey::es384("live-1");
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap()).unwrap();
-    let braid = move |args: Vec<String>| {
-        let data = data.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                Command::new(env!("CARGO_BIN_EXE_braid")).args(&args).arg("--data").arg(&data).output().unwrap()
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let output = braid(args(&[
+    let braid = |args: &[&str]| braid_cli(&data, args);
+    let output = braid(&[
         "client",
         "add",
         "--name",
@@ -529,7 +519,7 @@ async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_
         "system/Patient.rs",
         "--jwks",
         jwks_file.to_str().unwrap(),
-    ]))
+    ])
     .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let added: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -542,7 +532,7 @@ async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_
     // A key rotation through the socket: the old token still works, new ones use the new key.
     let token = reply.body["access_token"].as_str().unwrap().to_owned();
     let old_kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
-    let output = braid(args(&["keys", "rotate"])).await;
+    let output = braid(&["keys", "rotate"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let rotated: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_ne!(rotated["kid"], old_kid.as_str());
@@ -554,11 +544,11 @@ async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_
     assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 4, "the retired keys are still published");
 
     // Removing the client through the socket: its next token request fails.
-    let output = braid(args(&["client", "remove", &client_id])).await;
+    let output = braid(&["client", "remove", &client_id]).await;
     assert!(output.status.success());
     let refused = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
     assert_eq!(refused.body["error"], "invalid_client");
-    let output = braid(args(&["client", "remove", &client_id])).await;
+    let output = braid(&["client", "remove", &client_id]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no client"));
 }

@@ -4,14 +4,12 @@
 //! socket, and their tokens are got at the token endpoint with a signed assertion, as an
 //! integration engine would.
 
-use std::process::Command;
-
 use braid::auth::admin::AdminRequest;
 use braid::auth::clients::NewCredential;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{Value, json};
 
-use crate::helpers::{AuthApp, Reply, spawn_auth_app};
+use crate::helpers::{AuthApp, Reply, braid_cli, spawn_auth_app};
 use crate::smart::{ClientKey, assertion_token, claims, token_url};
 
 /// A push source as the tests use it: its client and a token it got for `system/*.cruds`.
@@ -425,16 +423,7 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
     let key = ClientKey::es384("cli-1");
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap()).unwrap();
-    let braid = |args: &[&str]| {
-        let (args, data) = (args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), data.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                Command::new(env!("CARGO_BIN_EXE_braid")).args(&args).arg("--data").arg(&data).output().unwrap()
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let braid = |args: &[&str]| braid_cli(&data, args);
     let output =
         braid(&["source", "add", "lab", "--jwks", jwks_file.to_str().unwrap(), "--types", "Patient,Observation"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
