@@ -17,18 +17,27 @@ pub const GOLDEN_PREFIX: &str = "golden-";
 pub const GOLDEN_TAG_SYSTEM: &str = "urn:braid:mpi";
 pub const GOLDEN_TAG_CODE: &str = "golden";
 
-/// The elements survivorship chooses, each from one member.
-pub const ELEMENTS: [&str; 9] = [
-    "name",
-    "gender",
-    "birthDate",
-    "address",
-    "telecom",
-    "maritalStatus",
-    "communication",
-    "deceasedBoolean",
-    "deceasedDateTime",
+/// The elements survivorship chooses, each whole from one member, by the names it can have
+/// (a choice element such as `deceased[x]` has one per type: the member that has any of them
+/// gives the element).
+pub const ELEMENTS: [&[&str]; 8] = [
+    &["name"],
+    &["gender"],
+    &["birthDate"],
+    &["address"],
+    &["telecom"],
+    &["maritalStatus"],
+    &["communication"],
+    &["deceasedBoolean", "deceasedDateTime"],
 ];
+
+/// The forms of `element` that `patient` has, with their values.
+fn present<'a>(patient: &'a Value, element: &[&'static str]) -> Vec<(&'static str, &'a Value)> {
+    element
+        .iter()
+        .filter_map(|name| patient.get(*name).filter(|value| !value.is_null()).map(|value| (*name, value)))
+        .collect()
+}
 
 /// Most identifiers a golden Patient lists.
 pub const MAX_IDENTIFIERS: usize = 50;
@@ -58,7 +67,7 @@ fn source_of(patient: &Value) -> Option<&str> {
 
 /// How many of the survivorship elements a record fills in.
 fn completeness(patient: &Value) -> usize {
-    ELEMENTS.iter().filter(|element| patient.get(**element).is_some_and(|value| !value.is_null())).count()
+    ELEMENTS.iter().filter(|element| !present(patient, element).is_empty()).count()
 }
 
 /// The golden Patient `id` made from `members` (`(id, body)` of each source Patient with a
@@ -99,13 +108,9 @@ pub fn golden_patient(id: &str, members: &[(String, Value)], survivorship: &Surv
     }
     golden.insert("active".into(), json!(true));
     for element in ELEMENTS {
-        if let Some(value) = ranked.iter().find_map(|(_, member)| member.get(element).filter(|value| !value.is_null()))
-        {
-            // deceased[x] is one choice: the first member that says anything about it decides.
-            if element == "deceasedDateTime" && golden.contains_key("deceasedBoolean") {
-                continue;
-            }
-            golden.insert(element.into(), value.clone());
+        let chosen = ranked.iter().map(|(_, member)| present(member, element)).find(|forms| !forms.is_empty());
+        for (name, value) in chosen.unwrap_or_default() {
+            golden.insert(name.into(), value.clone());
         }
     }
     let mut sorted: Vec<&String> = members.iter().map(|(id, _)| id).collect();
@@ -162,6 +167,16 @@ mod tests {
             untrusted["identifier"].as_array().unwrap().iter().map(|i| i["system"].as_str().unwrap()).collect();
         assert_eq!(systems.len(), 3, "each member's own identifier, not Braid's: {systems:?}");
         assert!(systems.iter().all(|system| !system.starts_with("urn:braid:")));
+    }
+
+    #[test]
+    fn a_choice_element_comes_whole_from_one_member() {
+        let first = member("a", "2024-01-01T00:00:00Z", json!({"gender": "male", "deceasedDateTime": "2024-02-01"}));
+        let second = member("b", "2020-01-01T00:00:00Z", json!({"deceasedBoolean": false}));
+        let golden =
+            golden_patient("golden-z", &[("a-1".into(), first), ("b-1".into(), second)], &Survivorship::default());
+        assert_eq!(golden["deceasedDateTime"], "2024-02-01");
+        assert!(golden.get("deceasedBoolean").is_none(), "one form of deceased[x]: {golden}");
     }
 
     #[test]

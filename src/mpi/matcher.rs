@@ -70,17 +70,16 @@ impl Matcher {
 
     /// `Some(true)` when both records have an identifier of an enterprise system and one value
     /// is shared, `Some(false)` when they have one of the same system but no value in common.
-    fn enterprise_decision(&self, a: &PersonRecord, b: &PersonRecord) -> Option<bool> {
+    fn enterprise_decision<'a>(&self, a: &'a PersonRecord, b: &'a PersonRecord) -> Option<bool> {
         let mut conflict = false;
         for system in &self.rules.enterprise_identifier_systems {
-            let values = |record: &PersonRecord| -> Vec<String> {
-                record.identifiers.iter().filter(|(s, _)| s == system).map(|(_, v)| v.clone()).collect()
+            let values = |record: &'a PersonRecord| {
+                record.identifiers.iter().filter(move |(s, _)| s == system).map(|(_, value)| value)
             };
-            let (left, right) = (values(a), values(b));
-            if left.is_empty() || right.is_empty() {
+            if values(a).next().is_none() || values(b).next().is_none() {
                 continue;
             }
-            if left.iter().any(|value| right.contains(value)) {
+            if values(a).any(|value| values(b).any(|other| other == value)) {
                 return Some(true);
             }
             conflict = true;
@@ -292,14 +291,14 @@ fn match_patient(
         .collect();
 
     // The best score per golden Patient of the candidates.
-    let mut candidates: Vec<String> = Vec::new();
+    let mut candidates: BTreeSet<String> = BTreeSet::new();
     'keys: for key in &new_keys {
         for candidate in overlay.block(key, MAX_PER_KEY)? {
-            if candidate != id && !candidates.contains(&candidate) {
-                if candidates.len() == MAX_CANDIDATES {
-                    break 'keys;
-                }
-                candidates.push(candidate);
+            if candidates.len() == MAX_CANDIDATES {
+                break 'keys;
+            }
+            if candidate != id {
+                candidates.insert(candidate);
             }
         }
     }
@@ -340,17 +339,7 @@ fn match_patient(
         overlay.remove_link(id, golden_id);
         touched.insert(golden_id.clone());
     }
-    let link = match links.iter().find(|(golden_id, _)| *golden_id == target_id) {
-        Some((_, existing)) => {
-            let mut link = existing.clone();
-            if link.result != MatchResult::Match || link.score != score {
-                link.change(MatchResult::Match, LinkSource::Auto, score, now);
-            }
-            link
-        }
-        None => Link::new(MatchResult::Match, LinkSource::Auto, score, now),
-    };
-    overlay.put_link(id, &target_id, &link);
+    overlay.put_link(id, &target_id, &automatic(&links, &target_id, MatchResult::Match, score, now));
     touched.insert(target_id.clone());
 
     // Other golden Patients it matches are possibly the same person as its own.
@@ -368,28 +357,37 @@ fn match_patient(
         .map(|(golden_id, p)| (golden_id.as_str(), *p))
         .collect();
     for (golden_id, link) in &links {
+        // The target's link was a POSSIBLE_MATCH until just now: it is the MATCH written above.
         if link.source == LinkSource::Auto
             && link.result == MatchResult::PossibleMatch
+            && *golden_id != target_id
             && !possible.contains_key(golden_id.as_str())
         {
             overlay.remove_link(id, golden_id);
         }
     }
     for (golden_id, p) in possible {
-        if golden_id == target_id {
-            continue;
+        if golden_id != target_id {
+            overlay.put_link(id, golden_id, &automatic(&links, golden_id, MatchResult::PossibleMatch, Some(p), now));
         }
-        let link = match links.iter().find(|(existing, _)| existing == golden_id) {
-            Some((_, existing)) => {
-                let mut link = existing.clone();
-                link.change(MatchResult::PossibleMatch, LinkSource::Auto, Some(p), now);
-                link
-            }
-            None => Link::new(MatchResult::PossibleMatch, LinkSource::Auto, Some(p), now),
-        };
-        overlay.put_link(id, golden_id, &link);
     }
     Ok(true)
+}
+
+/// The matcher's link to `golden_id` with `result` and `score`: the existing link (among
+/// `links`) changed, its earlier state kept in its history, or a new one. An existing link that
+/// already says this is returned as it is.
+fn automatic(links: &[(String, Link)], golden_id: &str, result: MatchResult, score: Option<f64>, now: &str) -> Link {
+    match links.iter().find(|(existing, _)| existing == golden_id) {
+        Some((_, existing)) => {
+            let mut link = existing.clone();
+            if (link.result, link.source, link.score) != (result, LinkSource::Auto, score) {
+                link.change(result, LinkSource::Auto, score, now);
+            }
+            link
+        }
+        None => Link::new(result, LinkSource::Auto, score, now),
+    }
 }
 
 /// Whether `patient` is the only source Patient with a MATCH link to `golden_id`.
@@ -459,6 +457,24 @@ mod tests {
             reports.push(report);
         }
         panic!("the feed did not drain: {reports:?}");
+    }
+
+    /// Changes the index's state as `edit` does to an overlay of it, in one commit.
+    async fn edit_state(store: &Store, edit: impl FnOnce(&mut Overlay<'_>)) {
+        let pending = store
+            .mpi_read(|read| {
+                let mut overlay = Overlay::new(read);
+                edit(&mut overlay);
+                Ok(overlay.into_pending())
+            })
+            .unwrap();
+        store
+            .mpi_write(move |txn| {
+                state::apply(&pending, txn);
+                Ok(())
+            })
+            .await
+            .unwrap();
     }
 
     fn golden_of(store: &Store, patient: &str) -> Option<(String, Link)> {
@@ -600,6 +616,32 @@ mod tests {
     }
 
     #[test]
+    fn a_possible_match_that_becomes_a_match_keeps_one_link_with_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        testing::runtime().block_on(async {
+            write(&store, vec![patient("b-1", "Ann", "Lee", "1990-01-02", json!({}))]).await;
+            let matcher = matcher(&[]);
+            settle(&store, &matcher).await;
+            let (golden, _) = golden_of(&store, "b-1").unwrap();
+            // An earlier, weaker version of a-1 was a POSSIBLE_MATCH of b-1's golden Patient.
+            edit_state(&store, |overlay| {
+                let link = Link::new(MatchResult::PossibleMatch, LinkSource::Auto, Some(0.9), &now());
+                overlay.put_link("a-1", &golden, &link);
+            })
+            .await;
+            write(&store, vec![patient("a-1", "Ann", "Lee", "1990-01-02", json!({}))]).await;
+            settle(&store, &matcher).await;
+            let (matched, link) = golden_of(&store, "a-1").expect("a MATCH link");
+            assert_eq!(matched, golden);
+            assert_eq!(link.history.len(), 1, "{link:?}");
+            assert_eq!(link.history[0].result, MatchResult::PossibleMatch);
+            let members = store.mpi_read(|read| Overlay::new(read).matched_members(&golden, 10)).unwrap();
+            assert_eq!(members, ["a-1", "b-1"]);
+        });
+    }
+
+    #[test]
     fn a_manual_match_is_never_changed_by_the_matcher() {
         let dir = tempfile::tempdir().unwrap();
         let store = testing::open(&dir.path().join("db"));
@@ -617,25 +659,11 @@ mod tests {
             let (zed_golden, _) = golden_of(&store, "z-9").unwrap();
             let (ann_golden, _) = golden_of(&store, "a-1").unwrap();
             // An operator says Ann belongs with Zed's golden Patient.
-            let pending = store
-                .mpi_read(|read| {
-                    let mut overlay = Overlay::new(read);
-                    overlay.remove_link("a-1", &ann_golden);
-                    overlay.put_link(
-                        "a-1",
-                        &zed_golden,
-                        &Link::new(MatchResult::Match, LinkSource::Manual, None, &now()),
-                    );
-                    Ok(overlay.into_pending())
-                })
-                .unwrap();
-            store
-                .mpi_write(move |txn| {
-                    state::apply(&pending, txn);
-                    Ok(())
-                })
-                .await
-                .unwrap();
+            edit_state(&store, |overlay| {
+                overlay.remove_link("a-1", &ann_golden);
+                overlay.put_link("a-1", &zed_golden, &Link::new(MatchResult::Match, LinkSource::Manual, None, &now()));
+            })
+            .await;
             // Ann's record changes: the matcher would put her elsewhere, but the link is manual.
             write(&store, vec![patient("a-1", "Anne", "Lee", "1990-01-02", json!({}))]).await;
             settle(&store, &matcher).await;
