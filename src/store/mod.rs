@@ -477,14 +477,21 @@ impl Store {
 
     /// Reads the master patient index's state as last committed.
     pub fn mpi_read<T>(&self, read: impl FnOnce(&auth::AuthRead) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let txn = self.db.begin_read()?;
-        read(&auth::AuthRead::new(txn.open_table(auth::MPI)?))
+        self.kv_read(auth::KvTable::Mpi, read)
     }
 
     /// Reads the authorization records as last committed.
     pub fn auth_read<T>(&self, read: impl FnOnce(&auth::AuthRead) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.kv_read(auth::KvTable::Auth, read)
+    }
+
+    fn kv_read<T>(
+        &self,
+        table: auth::KvTable,
+        read: impl FnOnce(&auth::AuthRead) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let txn = self.db.begin_read()?;
-        read(&auth::AuthRead::new(txn.open_table(auth::AUTH)?))
+        read(&auth::AuthRead::new(txn.open_table(table.definition())?))
     }
 
     /// A function telling whether the writer thread has exited, which happens once every

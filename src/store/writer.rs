@@ -21,7 +21,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
@@ -342,14 +341,12 @@ fn commit_group(
 ) -> Result<Vec<Answer>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(policy.quick_repair);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let now = crate::fhir::json::now_micros();
     // lastUpdated never goes backwards, even if the system clock does: history relies on it.
     clock.last_micros = now.max(clock.last_micros);
     let replies = {
         let mut tables = Tables::open(&txn)?;
-        // Opened by the group's first job that needs them only: most groups need neither.
-        let mut auth_table = None;
-        let mut mpi_table = None;
+        let mut kv_tables = KvTables { auth: None, mpi: None };
         let mut group_index = Vec::new();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -368,10 +365,7 @@ fn commit_group(
                     };
                     let reply = execution.execute(request)?;
                     if let (Ok(_), Some(state)) = (&reply, &request.mpi_state) {
-                        let table = match &mut mpi_table {
-                            Some(table) => table,
-                            None => mpi_table.insert(txn.open_table(KvTable::Mpi.definition())?),
-                        };
+                        let table = kv_tables.open(&txn, KvTable::Mpi)?;
                         let mut kv = AuthTxn::new(table);
                         (state.0)(&mut kv)?;
                         kv.into_changes().apply(table)?;
@@ -379,14 +373,7 @@ fn commit_group(
                     replies.push(Answer::Resources(reply));
                 }
                 Work::Auth { table: which, work, .. } => {
-                    let slot = match which {
-                        KvTable::Auth => &mut auth_table,
-                        KvTable::Mpi => &mut mpi_table,
-                    };
-                    let table = match slot {
-                        Some(table) => table,
-                        None => slot.insert(txn.open_table(which.definition())?),
-                    };
+                    let table = kv_tables.open(&txn, *which)?;
                     let mut auth = AuthTxn::new(table);
                     let result = work(&mut auth);
                     let changes = auth.into_changes();
@@ -402,6 +389,30 @@ fn commit_group(
     };
     txn.commit()?;
     Ok(replies)
+}
+
+/// The key-value tables (see [`super::auth`]) a group writes, each opened by the first job that
+/// needs it: most groups need neither.
+struct KvTables<'txn> {
+    auth: Option<Table<'txn, &'static [u8], &'static [u8]>>,
+    mpi: Option<Table<'txn, &'static [u8], &'static [u8]>>,
+}
+
+impl<'txn> KvTables<'txn> {
+    fn open(
+        &mut self,
+        txn: &'txn WriteTransaction,
+        which: KvTable,
+    ) -> Result<&mut Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+        let slot = match which {
+            KvTable::Auth => &mut self.auth,
+            KvTable::Mpi => &mut self.mpi,
+        };
+        if slot.is_none() {
+            *slot = Some(txn.open_table(which.definition())?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
 }
 
 struct Tables<'txn> {
