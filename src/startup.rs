@@ -261,21 +261,12 @@ fn start_export_sweeper(exports: std::sync::Weak<crate::sources::export::Exports
     });
 }
 
-/// Resumes the pulls a stop interrupted, and runs the scheduled ones (each on its own task,
-/// until the server is gone).
+/// Runs the pulls that are due, each on its own task, until the server is gone: first those a
+/// stop interrupted (the first look is at once), then the scheduled ones.
 fn start_pullers(sources: &Arc<crate::sources::Registry>) {
-    for name in sources.interrupted_pulls() {
-        let weak = Arc::downgrade(sources);
-        tokio::spawn(async move {
-            let Some(sources) = weak.upgrade() else { return };
-            tracing::info!(source = name, "resuming an interrupted pull");
-            if let Err(error) = sources.sync(&name).await {
-                tracing::warn!(source = name, %error, "the resumed pull failed");
-            }
-        });
-    }
     // The schedule is looked at every few seconds, so a source added or removed while Braid
-    // runs is followed at once; a pull that is due starts on its own task.
+    // runs is followed at once; a pull that is due starts on its own task. One look decides for
+    // every source, so an interrupted run is resumed once.
     let weak = Arc::downgrade(sources);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);

@@ -124,8 +124,10 @@ pub enum Stage {
     /// the run's start (the next run's `_since`).
     Search { type_index: usize, next: Option<String>, started_at: String },
     /// The resources pulled resources reference, of types not pulled: how many of
-    /// `Checkpoint::referenced` are done, and the next run's `_since`.
-    Referenced { done: usize, next_since: String },
+    /// `Checkpoint::referenced` are done, and the next run's `_since` (`None`: the upstream
+    /// reported export errors, and what it failed to export is asked for again next time, from
+    /// the same `_since`).
+    Referenced { done: usize, next_since: Option<String> },
 }
 
 /// The parts of an upstream's export manifest a run needs.
@@ -501,8 +503,6 @@ struct Run<'a> {
     name: String,
     checkpoint: Checkpoint,
     rejections: Vec<String>,
-    /// Set when the run must not move `_since` (the upstream reported export errors).
-    keep_since: bool,
     /// The source record's `created`: a source removed (and perhaps added again) during the
     /// run is not this run's any more.
     created: u64,
@@ -553,7 +553,6 @@ impl Registry {
             name: name.to_owned(),
             checkpoint,
             rejections: Vec::new(),
-            keep_since: false,
             created: record.created,
         };
         let began = std::time::Instant::now();
@@ -568,7 +567,7 @@ impl Registry {
         let finished = crate::auth::now_secs();
         let mode = run.checkpoint.mode.clone().unwrap_or_else(|| "bulk".to_owned());
         let (outcome, error, next_since) = match result {
-            Ok(next_since) => ("complete", None, Some(next_since).filter(|_| !run.keep_since)),
+            Ok(next_since) => ("complete", None, next_since),
             Err(failure) => {
                 tracing::warn!(source = name, error = %failure, "a pull failed");
                 ("failed", Some(failure.to_string()), None)
@@ -609,33 +608,21 @@ impl Registry {
         Ok(record)
     }
 
-    /// The pull sources whose run a stop interrupted.
-    pub fn interrupted_pulls(&self) -> Vec<String> {
-        SOURCES
-            .all::<SourceRecord>(self.store())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|record| record.pull.as_ref().is_some_and(|state| state.checkpoint.is_some()))
-            .map(|record| record.name)
-            .collect()
-    }
-
-    /// The scheduled pull sources due at `now`: not running, and whose last run started at
-    /// least their interval ago (or that never ran).
+    /// The pull sources due at `now`, none of them running: those with a checkpoint (a run a
+    /// stop or a departed caller interrupted: it is resumed at once), and the scheduled ones
+    /// whose last run started at least their interval ago (or that never ran).
     pub fn due_pulls(&self, now: u64) -> Vec<String> {
         SOURCES
             .all::<SourceRecord>(self.store())
             .unwrap_or_default()
             .into_iter()
             .filter(|record| {
-                let SourceKind::Pull { pull } = &record.kind else { return false };
-                let Some(every) = pull.every_secs else { return false };
+                let (SourceKind::Pull { pull }, Some(state)) = (&record.kind, &record.pull) else { return false };
                 let running = self.get(&record.name).is_none_or(|source| source.run_lock.try_lock().is_err());
-                let state = record.pull.clone().unwrap_or_default();
                 let last = state.runs.back().map(|run| run.started);
-                // A checkpoint with no run holding the source is a run that stopped short (its
-                // caller went away): it is resumed at once.
-                !running && (state.checkpoint.is_some() || last.is_none_or(|last| now >= last.saturating_add(every)))
+                let scheduled =
+                    pull.every_secs.is_some_and(|every| last.is_none_or(|last| now >= last.saturating_add(every)));
+                !running && (state.checkpoint.is_some() || scheduled)
             })
             .map(|record| record.name)
             .collect()
@@ -665,8 +652,9 @@ impl Run<'_> {
         if stored { Ok(()) } else { Err(Failure::Braid("the source was removed during the run".into())) }
     }
 
-    /// Runs from the checkpoint to the end; returns the next run's `_since`.
-    async fn execute(&mut self, upstream: &mut Upstream) -> Result<String, Failure> {
+    /// Runs from the checkpoint to the end; returns the next run's `_since` (`None`: keep this
+    /// run's).
+    async fn execute(&mut self, upstream: &mut Upstream) -> Result<Option<String>, Failure> {
         loop {
             match self.checkpoint.stage.clone() {
                 Stage::Start => self.kick_off(upstream).await?,
@@ -700,12 +688,14 @@ impl Run<'_> {
                                 })
                                 .await;
                         }
-                        if manifest.errors > 0 {
-                            // What the upstream failed to export is asked for again next time.
+                        // What the upstream failed to export is asked for again next time.
+                        let next_since = if manifest.errors > 0 {
                             self.reject(format!("the upstream's export reported {} error file(s)", manifest.errors));
-                            self.keep_since = true;
-                        }
-                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since: manifest.transaction_time };
+                            None
+                        } else {
+                            Some(manifest.transaction_time)
+                        };
+                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since };
                         self.save().await?;
                         continue;
                     }
@@ -713,7 +703,7 @@ impl Run<'_> {
                 }
                 Stage::Search { type_index, next, started_at } => {
                     let Some(type_name) = upstream.types.get(type_index).cloned() else {
-                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since: started_at };
+                        self.checkpoint.stage = Stage::Referenced { done: 0, next_since: Some(started_at) };
                         self.save().await?;
                         continue;
                     };
@@ -947,7 +937,12 @@ impl Run<'_> {
 
     /// Fetches the next chunk of the referenced resources (those Braid does not hold yet) and
     /// writes them.
-    async fn read_referenced(&mut self, upstream: &mut Upstream, done: usize, next_since: &str) -> Result<(), Failure> {
+    async fn read_referenced(
+        &mut self,
+        upstream: &mut Upstream,
+        done: usize,
+        next_since: &Option<String>,
+    ) -> Result<(), Failure> {
         let end = (done + CHUNK).min(self.checkpoint.referenced.len());
         let wanted: Vec<(String, String)> = self.checkpoint.referenced[done..end].to_vec();
         let snapshot = self.registry.store().snapshot()?;
@@ -974,7 +969,7 @@ impl Run<'_> {
         }
         drop(snapshot);
         self.write(fetched).await?;
-        self.checkpoint.stage = Stage::Referenced { done: end, next_since: next_since.to_owned() };
+        self.checkpoint.stage = Stage::Referenced { done: end, next_since: next_since.clone() };
         self.save().await?;
         Ok(())
     }

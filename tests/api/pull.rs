@@ -656,3 +656,98 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     let output = run(&["source", "add", "push", "--pull", &upstream.base, "--key", &key]).await;
     assert!(!output.status.success(), "--pull needs --client-id");
 }
+
+/// A Bulk Data upstream whose every export lists one Patient file and one error file. Logs the
+/// query of every `$export` kick-off.
+async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let kickoffs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, served_origin) = (kickoffs.clone(), origin.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { break };
+            let (log, origin) = (log.clone(), served_origin.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = stream.read_exact(&mut body).await;
+                let mut words = head.split(' ');
+                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let (status, extra, reply) = match (method, path) {
+                    (_, "/fhir/.well-known/smart-configuration") => {
+                        (200, String::new(), json!({"token_endpoint": format!("{origin}/token")}).to_string())
+                    }
+                    (_, "/token") => (
+                        200,
+                        String::new(),
+                        json!({"access_token": "token-1", "token_type": "Bearer", "expires_in": 300}).to_string(),
+                    ),
+                    ("GET", "/fhir/$export") => {
+                        log.lock().unwrap().push(query.to_owned());
+                        (202, format!("Content-Location: {origin}/status/1\r\n"), String::new())
+                    }
+                    ("GET", "/status/1") => (
+                        200,
+                        String::new(),
+                        json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
+                            "requiresAccessToken": true,
+                            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")}],
+                            "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
+                        .to_string(),
+                    ),
+                    ("GET", "/file/patients") => (
+                        200,
+                        String::new(),
+                        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
+                    ),
+                    ("DELETE", "/status/1") => (202, String::new(), String::new()),
+                    _ => (404, String::new(), String::new()),
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (format!("{origin}/fhir"), kickoffs)
+}
+
+#[tokio::test]
+async fn an_export_that_reports_errors_leaves_the_next_since_where_it_was() {
+    let (base, kickoffs) = bulk_upstream_with_errors().await;
+    let downstream = spawn_auth_app().await;
+    operator(&downstream.data, pull_source("lab", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    for _ in 0..2 {
+        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+        let run = &synced["run"];
+        assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
+        let reasons = run["rejections"].to_string();
+        assert!(reasons.contains("1 error file"), "{synced}");
+    }
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "lab".into() }).await.unwrap();
+    assert!(shown["since"].is_null(), "what failed is asked for again: {shown}");
+    let kickoffs = kickoffs.lock().unwrap().clone();
+    assert_eq!(kickoffs.len(), 2);
+    assert!(kickoffs.iter().all(|query| !query.contains("_since")), "{kickoffs:?}");
+    let reader = downstream.token("reader", "system/*.rs", None);
+    let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:lab", Some(&reader)).await;
+    assert_eq!(ours["lab-p1"]["name"][0]["family"], "One");
+}
