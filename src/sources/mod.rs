@@ -275,8 +275,9 @@ pub fn owns_version(
 pub struct Registry {
     store: Store,
     active: RwLock<HashMap<String, Arc<ActiveSource>>>,
-    /// Set when the server stops: running pulls stop at their next checkpoint, keeping it.
-    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// Set when the server stops: running pulls stop before their next request or wait, keeping
+    /// their checkpoint.
+    pub(crate) stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A source as requests see it.
@@ -438,7 +439,7 @@ impl Registry {
         Ok(Registry { store: store.clone(), active: RwLock::new(active), stopping: Default::default() })
     }
 
-    /// Stops running pulls at their next checkpoint (they resume at the next start).
+    /// Stops running pulls before their next request or wait (they resume at the next start).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
     }

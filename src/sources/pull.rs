@@ -247,7 +247,15 @@ struct Upstream {
     token: Option<(String, std::time::Instant)>,
     /// The shortest wait between attempts (tests shorten it).
     first_backoff: Duration,
+    /// The key client assertions are signed with, read once per run.
+    key: EncodingKey,
+    algorithm: Algorithm,
+    /// The server is stopping: no request is sent and no wait goes on once it is set.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The longest a wait sleeps before it looks at the stop flag again.
+const STOP_CHECK: Duration = Duration::from_millis(250);
 
 /// Why an upstream request failed.
 enum Failure {
@@ -279,14 +287,44 @@ impl From<FhirError> for Failure {
 }
 
 impl Upstream {
-    fn new(config: PullConfig, types: Vec<String>, first_backoff: Duration) -> Result<Upstream, FhirError> {
+    fn new(
+        config: PullConfig,
+        types: Vec<String>,
+        first_backoff: Duration,
+        stopping: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Upstream, FhirError> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .build()
             .map_err(|_| FhirError::fault("upstream client"))?;
-        Ok(Upstream { http, config, types, token_endpoint: None, token: None, first_backoff })
+        let algorithm = if config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
+        let key = match algorithm {
+            Algorithm::ES384 => EncodingKey::from_ec_pem(config.key_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(config.key_pem.as_bytes()),
+        }
+        .map_err(|_| bad(format!("the key of the source at {} cannot be read", config.base)))?;
+        Ok(Upstream { http, config, types, token_endpoint: None, token: None, first_backoff, key, algorithm, stopping })
+    }
+
+    /// Fails with [`Failure::Stopped`] once the server is stopping.
+    fn check_stopping(&self) -> Result<(), Failure> {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) { Err(Failure::Stopped) } else { Ok(()) }
+    }
+
+    /// Waits `wait`, or less if the server stops meanwhile (then fails with
+    /// [`Failure::Stopped`]): a wait may be minutes (a `Retry-After`, an export still running).
+    async fn pause(&self, wait: Duration) -> Result<(), Failure> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            self.check_stopping()?;
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::time::sleep(left.min(STOP_CHECK)).await;
+        }
     }
 
     /// An access token, asked for again a minute before the last one expires.
@@ -315,22 +353,17 @@ impl Upstream {
         // reference; an upstream may grant less, and those fetches are then refused one by one.
         let mut scope = self.types.iter().map(|t| format!("system/{t}.rs")).collect::<Vec<_>>().join(" ");
         scope.push_str(" system/*.r");
-        let algorithm = if self.config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
-        let key = match algorithm {
-            Algorithm::ES384 => EncodingKey::from_ec_pem(self.config.key_pem.as_bytes()),
-            _ => EncodingKey::from_rsa_pem(self.config.key_pem.as_bytes()),
-        }
-        .map_err(|_| Failure::Braid("the source's key cannot be read".into()))?;
         let mut reply = Value::Null;
         // Each attempt signs a fresh assertion: its jti may be used once only.
         for attempt in 0..MAX_ATTEMPTS {
-            let mut header = Header::new(algorithm);
+            self.check_stopping()?;
+            let mut header = Header::new(self.algorithm);
             header.kid = Some(self.config.kid.clone());
             header.typ = Some("JWT".into());
             let now = crate::auth::now_secs();
             let claims = json!({"iss": self.config.client_id, "sub": self.config.client_id, "aud": endpoint,
                 "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
-            let assertion = jsonwebtoken::encode(&header, &claims, &key)
+            let assertion = jsonwebtoken::encode(&header, &claims, &self.key)
                 .map_err(|_| Failure::Braid("cannot sign the client assertion".into()))?;
             let form = [
                 ("grant_type", "client_credentials"),
@@ -344,7 +377,7 @@ impl Upstream {
                     break;
                 }
                 Ok(response) if retryable(response.status().as_u16()) && attempt + 1 < MAX_ATTEMPTS => {
-                    tokio::time::sleep(self.backoff(attempt, Some(&response))).await;
+                    self.pause(self.backoff(attempt, Some(&response))).await?;
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -352,7 +385,7 @@ impl Upstream {
                 }
                 Err(error) if attempt + 1 < MAX_ATTEMPTS => {
                     tracing::debug!(%error, "token request failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt, None)).await;
+                    self.pause(self.backoff(attempt, None)).await?;
                 }
                 Err(error) => return Err(Failure::Network(error.to_string())),
             }
@@ -383,15 +416,16 @@ impl Upstream {
         make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failure> {
         for attempt in 0..MAX_ATTEMPTS {
+            self.check_stopping()?;
             match make(&self.http).send().await {
                 Ok(response) if retryable(response.status().as_u16()) && attempt + 1 < MAX_ATTEMPTS => {
                     tracing::debug!(status = response.status().as_u16(), "upstream busy; retrying");
-                    tokio::time::sleep(self.backoff(attempt, Some(&response))).await;
+                    self.pause(self.backoff(attempt, Some(&response))).await?;
                 }
                 Ok(response) => return Ok(response),
                 Err(error) if attempt + 1 < MAX_ATTEMPTS => {
                     tracing::debug!(%error, "upstream request failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt, None)).await;
+                    self.pause(self.backoff(attempt, None)).await?;
                 }
                 Err(error) => return Err(Failure::Network(error.to_string())),
             }
@@ -545,7 +579,7 @@ impl Registry {
                 referenced: Vec::new(),
             },
         };
-        let mut upstream = Upstream::new(pull.clone(), types.clone(), first_backoff)?;
+        let mut upstream = Upstream::new(pull.clone(), types.clone(), first_backoff, self.stopping.clone())?;
         let mut run = Run {
             registry: self,
             source,
@@ -784,7 +818,7 @@ impl Run<'_> {
                     if std::time::Instant::now() + wait > deadline {
                         return Err(Failure::Braid("the upstream's export took too long".into()));
                     }
-                    tokio::time::sleep(wait).await;
+                    upstream.pause(wait).await?;
                 }
                 404 | 410 => return Ok(None),
                 status => return Err(Failure::Status(status, error_text(response).await)),

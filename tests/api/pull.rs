@@ -598,6 +598,7 @@ async fn scheduled_pulls_fall_due_after_their_interval() {
     assert_eq!(run.outcome, "failed");
     assert!(run.error.as_deref().unwrap().contains("could not be reached"), "{run:?}");
     assert!(sources.due_pulls(now).is_empty(), "it ran just now");
+    assert!(sources.due_pulls(run.started + 3599).is_empty(), "not before its hour");
     assert_eq!(sources.due_pulls(run.started + 3600), ["hourly"]);
     drop(sources);
     let finished = store.writer_finished();
@@ -750,4 +751,58 @@ async fn an_export_that_reports_errors_leaves_the_next_since_where_it_was() {
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:lab", Some(&reader)).await;
     assert_eq!(ours["lab-p1"]["name"][0]["family"], "One");
+}
+
+#[tokio::test]
+async fn a_stop_ends_a_pull_that_waits_on_a_busy_upstream_at_once() {
+    // Every request is told to come back in 30 s.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let answer = "HTTP/1.1 503 Busy\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = braid::store::Store::open(
+        &dir.path().join("braid.redb"),
+        braid::store::StoreOptions::default(),
+        Arc::new(braid::search::SearchIndexer),
+    )
+    .unwrap();
+    let sources = Arc::new(braid::sources::Registry::load(&store).unwrap());
+    let AdminRequest::AddSource { source } = pull_source("busy", &base, "braid", &private_key_pem(), &["Patient"])
+    else {
+        unreachable!()
+    };
+    sources.add(source).await.unwrap();
+    let running = {
+        let sources = sources.clone();
+        tokio::spawn(async move { sources.sync("busy").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = std::time::Instant::now();
+    sources.stop();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the pull ends within seconds of the stop, not after the upstream's 30 s")
+        .unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(2), "{:?}", stopped_at.elapsed());
+    let error = outcome.unwrap_err();
+    assert!(error.to_string().contains("stopping"), "{error}");
+    let shown = sources.show("busy").unwrap().unwrap();
+    let state = shown.pull.expect("a pull source's state");
+    assert!(state.runs.is_empty(), "a stopped run is not recorded as finished");
+    assert!(state.checkpoint.is_some(), "its checkpoint stays, for the next start");
+    drop(sources);
+    let finished = store.writer_finished();
+    drop(store);
+    while !finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
