@@ -247,10 +247,12 @@ fn start_sweeper(auth: std::sync::Weak<AuthState>) {
 /// How often expired exports are deleted.
 const EXPORT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Deletes expired exports every [`EXPORT_SWEEP_INTERVAL`] until the server is gone.
+/// Deletes expired exports every [`EXPORT_SWEEP_INTERVAL`] until the server is gone (the first
+/// sweep is one interval in: opening the exports has just swept).
 fn start_export_sweeper(exports: std::sync::Weak<crate::sources::export::Exports>) {
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(EXPORT_SWEEP_INTERVAL);
+        let first = tokio::time::Instant::now() + EXPORT_SWEEP_INTERVAL;
+        let mut interval = tokio::time::interval_at(first, EXPORT_SWEEP_INTERVAL);
         loop {
             interval.tick().await;
             let Some(exports) = exports.upgrade() else { break };

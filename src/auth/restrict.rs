@@ -133,7 +133,7 @@ impl Access {
         let mut clauses = Vec::new();
         if grant.context == Context::Patient {
             let Some(patient) = grant.patient.as_deref() else { return Ok(Restriction::Deny) };
-            if resource_type.as_str() == "Patient" || !patient_compartment().params(resource_type).is_empty() {
+            if patient_compartment().contains(resource_type) {
                 clauses.push(compartment_clause(patient));
             } else if resource_type.as_str() == "Device" {
                 // Outside R4's Patient compartment, but a patient's own devices name it.

@@ -59,7 +59,7 @@ pub async fn group(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let id = request::id(ctx.param(1))?;
     let base = request::base_url(&ctx.http, &ctx.state);
     let members = group_members(&ctx, id.as_str(), &base)?;
-    kickoff(ctx, Level::Group { id: id.as_str().to_owned(), members }).await
+    kickoff(ctx, Level::Group { members }).await
 }
 
 /// The `Patient/<id>` members of the Group `id`, which the caller must be able to read.
@@ -68,7 +68,9 @@ fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, Fhi
     let snapshot = ctx.state.store.snapshot()?;
     let missing = || FhirError::not_found(format!("Group/{id} does not exist"));
     let stored = snapshot.current(group_type, id)?.filter(|stored| !stored.is_deleted()).ok_or_else(missing)?;
-    if ctx.access.is_restricted() && !super::read::admits_stored(&snapshot, &ctx.access, group_type, id, &stored, base)?
+    // The current version is live: its index entries decide, without parsing it here too.
+    if ctx.access.is_restricted()
+        && !super::read::admits_current(&snapshot, &ctx.access, group_type, id, stored.version, Permission::Read, base)?
     {
         return Err(missing());
     }
@@ -78,7 +80,7 @@ fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, Fhi
         let Some(text) = member["entity"]["reference"].as_str() else { continue };
         let relative = text.strip_prefix(base).map(|rest| rest.trim_start_matches('/')).unwrap_or(text);
         if let Target::Local { resource_type, id, .. } = reference::parse(relative) {
-            if resource_type.as_str() == "Patient" {
+            if resource_type == ResourceType::PATIENT {
                 members.insert(format!("Patient/{id}"));
             }
         }
@@ -201,9 +203,9 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
         (Level::System, Some(_)) => {
             return Err(incorrect("patient limits Patient and Group exports; a system export takes no patient"));
         }
-        (Level::Patient, Some(patients)) => Level::Group { id: String::new(), members: patients },
-        (Level::Group { id, members }, Some(patients)) => {
-            Level::Group { id, members: members.intersection(&patients).cloned().collect() }
+        (Level::Patient, Some(patients)) => Level::Group { members: patients },
+        (Level::Group { members }, Some(patients)) => {
+            Level::Group { members: members.intersection(&patients).cloned().collect() }
         }
     };
     let types = export_types(&level, asked_types, &access, &base)?;
@@ -226,18 +228,16 @@ fn export_types(
     access: &Access,
     base: &str,
 ) -> Result<Vec<ResourceType>, FhirError> {
-    let in_compartment = |resource_type: &ResourceType| {
-        resource_type.as_str() == "Patient" || !patient_compartment().params(*resource_type).is_empty()
-    };
     let patients_only = !matches!(level, Level::System);
     let named = asked.is_some();
     let candidates: Vec<ResourceType> = match asked {
         Some(types) => types,
-        None => ResourceType::all().filter(|t| !patients_only || in_compartment(t)).collect(),
+        None if patients_only => patient_compartment().types(),
+        None => ResourceType::all().collect(),
     };
     let mut types = Vec::new();
     for resource_type in candidates {
-        if patients_only && !in_compartment(&resource_type) {
+        if patients_only && !patient_compartment().contains(resource_type) {
             if named {
                 return Err(incorrect(format!(
                     "{resource_type} is not in the Patient compartment: export it at the system level"

@@ -51,6 +51,12 @@ impl PatientCompartment {
         self.params.get(&resource_type).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether a resource of `resource_type` can be in a patient's compartment (a Patient is in
+    /// its own).
+    pub fn contains(&self, resource_type: ResourceType) -> bool {
+        resource_type == ResourceType::PATIENT || self.params.contains_key(&resource_type)
+    }
+
     /// The types that can be in a patient's compartment, in name order, Patient included.
     pub fn types(&self) -> Vec<ResourceType> {
         let mut types: Vec<ResourceType> = self.params.keys().copied().collect();

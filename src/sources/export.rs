@@ -57,7 +57,7 @@ pub enum Level {
     Patient,
     /// `GET /Group/{id}/$export`: the compartments of the group's member patients (their
     /// `Patient/<id>` references).
-    Group { id: String, members: HashSet<String> },
+    Group { members: HashSet<String> },
 }
 
 /// A checked kick-off request.
@@ -125,11 +125,20 @@ struct Job {
     type_index: AtomicU64,
     types: u64,
     cancelled: AtomicBool,
-    /// The server is stopping.
-    stopping: AtomicBool,
 }
 
 impl Job {
+    /// A job of `types` types for `record`, nothing exported yet.
+    fn new(record: JobRecord, types: usize) -> Job {
+        Job {
+            record: Mutex::new(record),
+            exported: AtomicU64::new(0),
+            type_index: AtomicU64::new(0),
+            types: types as u64,
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
     fn record(&self) -> JobRecord {
         self.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
@@ -184,19 +193,11 @@ impl Exports {
                 };
                 record.expires = Some(now + retention_secs);
                 record.output.clear();
-                let _ = std::fs::remove_dir_all(dir.join(&record.id));
-                let stored = record.clone();
-                store.auth_write(move |txn| JOBS.put_in(txn, &stored.id, &stored)).await?;
+                let _ = tokio::fs::remove_dir_all(dir.join(&record.id)).await;
+                save(store, &record).await?;
             }
-            let job = Job {
-                exported: AtomicU64::new(record.output.iter().map(|o| o.count).sum()),
-                type_index: AtomicU64::new(0),
-                types: 0,
-                cancelled: AtomicBool::new(false),
-                stopping: AtomicBool::new(false),
-                record: Mutex::new(record.clone()),
-            };
-            jobs.insert(record.id.clone(), Arc::new(job));
+            // Loaded jobs are finished: their progress figures are never shown.
+            jobs.insert(record.id.clone(), Arc::new(Job::new(record, 0)));
         }
         let exports = Exports {
             store: store.clone(),
@@ -214,9 +215,6 @@ impl Exports {
     /// Stops the running jobs soon (at their next resource), for a shutdown.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        for job in self.jobs().values() {
-            job.stopping.store(true, Ordering::Relaxed);
-        }
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
@@ -227,10 +225,6 @@ impl Exports {
     pub async fn start(self: &Arc<Self>, kickoff: Kickoff) -> Result<String, FhirError> {
         let snapshot = self.store.snapshot()?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let client_id = match &kickoff.access {
-            Access::Token(grant) => Some(grant.client_id.clone()),
-            Access::Unrestricted => None,
-        };
         // What the export holds is what was committed up to its snapshot, and every later write
         // is stamped later than the snapshot's newest version (the writer's clock only moves
         // forward, and a commit takes far more than a microsecond). The transaction time is that
@@ -238,15 +232,12 @@ impl Exports {
         // misses nothing later, and at worst repeats the versions of that last millisecond.
         let newest = snapshot.newest_last_updated()?.unwrap_or(0);
         let transaction_time = crate::fhir::json::format_instant(newest);
-        let (subject, patient) = match &kickoff.access {
-            Access::Token(grant) => (Some(grant.subject.clone()), grant.patient.clone()),
-            Access::Unrestricted => (None, None),
-        };
+        let (client_id, subject, patient) = requester(&kickoff.access);
         let record = JobRecord {
             id: id.clone(),
-            client_id,
-            subject,
-            patient,
+            client_id: client_id.map(str::to_owned),
+            subject: subject.map(str::to_owned),
+            patient: patient.map(str::to_owned),
             request: kickoff.request.clone(),
             transaction_time,
             status: JobStatus::Running,
@@ -254,24 +245,10 @@ impl Exports {
             expires: None,
             output: Vec::new(),
         };
-        let job = Arc::new(Job {
-            record: Mutex::new(record.clone()),
-            exported: AtomicU64::new(0),
-            type_index: AtomicU64::new(0),
-            types: kickoff.types.len() as u64,
-            cancelled: AtomicBool::new(false),
-            stopping: AtomicBool::new(self.stopping.load(Ordering::Relaxed)),
-        });
+        let job = Arc::new(Job::new(record.clone(), kickoff.types.len()));
         {
             let mut jobs = self.jobs();
-            let requester = (&record.client_id, &record.subject, &record.patient);
-            let own = jobs
-                .values()
-                .filter(|job| {
-                    let kept = job.record();
-                    (&kept.client_id, &kept.subject, &kept.patient) == requester
-                })
-                .count();
+            let own = jobs.values().filter(|job| job.owned_by(record.owner())).count();
             if jobs.len() >= MAX_JOBS || own >= MAX_JOBS_PER_REQUESTER {
                 return Err(FhirError::new(
                     Category::TooManyRequests,
@@ -284,16 +261,16 @@ impl Exports {
             }
             jobs.insert(id.clone(), job.clone());
         }
-        let stored = record.clone();
-        if let Err(error) = self.store.auth_write(move |txn| JOBS.put_in(txn, &stored.id, &stored)).await {
+        if let Err(error) = save(&self.store, &record).await {
             self.jobs().remove(&id);
             return Err(error);
         }
         let exports = self.clone();
         tokio::spawn(async move {
             let Ok(_turn) = exports.turns.clone().acquire_owned().await else { return };
-            let (job_dir, running) = (exports.dir.join(&job.record().id), job.clone());
-            let result = tokio::task::spawn_blocking(move || run(&running, &snapshot, &kickoff, &job_dir))
+            let (job_dir, running, stopping) =
+                (exports.dir.join(&job.record().id), job.clone(), exports.stopping.clone());
+            let result = tokio::task::spawn_blocking(move || run(&running, &stopping, &snapshot, &kickoff, &job_dir))
                 .await
                 .unwrap_or_else(|_| Err("the export stopped unexpectedly".into()));
             exports.finish(&job, result).await;
@@ -306,12 +283,12 @@ impl Exports {
         // A cancel (which forgets the job) and the end of the job take turns: a cancelled job's
         // record is never written back.
         let _ending = self.ending.lock().await;
-        if job.stopping.load(Ordering::Relaxed) {
+        if self.stopping.load(Ordering::Relaxed) {
             // Stopped by a shutdown: the next start reports it failed and removes its files.
             return;
         }
         if job.cancelled.load(Ordering::Relaxed) || !self.jobs().contains_key(&id) {
-            let _ = std::fs::remove_dir_all(self.dir.join(&id));
+            let _ = tokio::fs::remove_dir_all(self.dir.join(&id)).await;
             return;
         }
         let record = {
@@ -324,13 +301,15 @@ impl Exports {
                 Err(reason) => {
                     tracing::warn!(job = %id, %reason, "an export failed");
                     record.status = JobStatus::Failed { reason };
-                    let _ = std::fs::remove_dir_all(self.dir.join(&id));
                 }
             }
             record.expires = Some(crate::auth::now_secs() + self.retention_secs);
             record.clone()
         };
-        if let Err(error) = self.store.auth_write(move |txn| JOBS.put_in(txn, &record.id, &record)).await {
+        if matches!(record.status, JobStatus::Failed { .. }) {
+            let _ = tokio::fs::remove_dir_all(self.dir.join(&id)).await;
+        }
+        if let Err(error) = save(&self.store, &record).await {
             tracing::error!(%error, job = %id, "cannot record the end of an export");
         }
     }
@@ -339,15 +318,7 @@ impl Exports {
     /// client, or by another user or patient of the same client.
     fn find(&self, id: &str, access: &Access) -> Option<Arc<Job>> {
         let job = self.jobs().get(id).cloned()?;
-        let record = job.record();
-        let caller = match access {
-            Access::Token(grant) => {
-                (Some(grant.client_id.as_str()), Some(grant.subject.as_str()), grant.patient.as_deref())
-            }
-            Access::Unrestricted => (None, None, None),
-        };
-        let owner = (record.client_id.as_deref(), record.subject.as_deref(), record.patient.as_deref());
-        (owner == caller).then_some(job)
+        job.owned_by(requester(access)).then_some(job)
     }
 
     /// Where the job `id` stands, for its requester.
@@ -377,14 +348,8 @@ impl Exports {
     async fn forget(&self, id: &str) -> Result<(), FhirError> {
         let _ending = self.ending.lock().await;
         self.jobs().remove(id);
-        let _ = std::fs::remove_dir_all(self.dir.join(id));
-        let owned = id.to_owned();
-        self.store
-            .auth_write(move |txn| {
-                JOBS.remove_in(txn, &owned);
-                Ok(())
-            })
-            .await
+        let _ = tokio::fs::remove_dir_all(self.dir.join(id)).await;
+        JOBS.remove(&self.store, id).await.map(drop)
     }
 
     /// The path of a finished job's file, for its client.
@@ -414,8 +379,44 @@ impl Exports {
     }
 }
 
+/// Who asks, as a job records its owner: `(client, subject, patient)`, all `None` with
+/// authorization off.
+fn requester(access: &Access) -> (Option<&str>, Option<&str>, Option<&str>) {
+    match access {
+        Access::Token(grant) => {
+            (Some(grant.client_id.as_str()), Some(grant.subject.as_str()), grant.patient.as_deref())
+        }
+        Access::Unrestricted => (None, None, None),
+    }
+}
+
+impl JobRecord {
+    /// Who started the job, as [`requester`] says it.
+    fn owner(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        (self.client_id.as_deref(), self.subject.as_deref(), self.patient.as_deref())
+    }
+}
+
+impl Job {
+    fn owned_by(&self, who: (Option<&str>, Option<&str>, Option<&str>)) -> bool {
+        self.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).owner() == who
+    }
+}
+
+/// Stores a job's record.
+async fn save(store: &Store, record: &JobRecord) -> Result<(), FhirError> {
+    let record = record.clone();
+    store.auth_write(move |txn| JOBS.put_in(txn, &record.id, &record)).await
+}
+
 /// Writes a job's files; returns them, or why the export failed.
-fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<Vec<Output>, String> {
+fn run(
+    job: &Job,
+    stopping: &AtomicBool,
+    snapshot: &Snapshot,
+    kickoff: &Kickoff,
+    dir: &Path,
+) -> Result<Vec<Output>, String> {
     std::fs::create_dir_all(dir).map_err(|error| format!("cannot create the export directory: {error}"))?;
     let view = snapshot.index();
     let mut outputs = Vec::new();
@@ -429,7 +430,7 @@ fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<
         let mut file: Option<(std::io::BufWriter<std::fs::File>, Output)> = None;
         let mut failure: Option<String> = None;
         let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
-            if job.cancelled.load(Ordering::Relaxed) || job.stopping.load(Ordering::Relaxed) {
+            if job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed) {
                 return Ok(ControlFlow::Break(()));
             }
             if !within_level(&kickoff.level, &view, resource_type, id, version)?
@@ -462,6 +463,7 @@ fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<
                     }
                 }
             }
+            let body = body()?;
             let (writer, output) = file.as_mut().expect("opened above");
             if let Err(error) = writer.write_all(&body).and_then(|()| writer.write_all(b"\n")) {
                 failure = Some(format!("cannot write an export file: {error}"));
@@ -479,7 +481,7 @@ fn run(job: &Job, snapshot: &Snapshot, kickoff: &Kickoff, dir: &Path) -> Result<
         if let Some(failure) = failure {
             return Err(failure);
         }
-        if job.cancelled.load(Ordering::Relaxed) || job.stopping.load(Ordering::Relaxed) {
+        if job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed) {
             return Err("cancelled or stopped".into());
         }
     }
@@ -501,13 +503,13 @@ fn within_level(
     id: &str,
     version: u64,
 ) -> Result<bool, FhirError> {
-    let is_patient = resource_type.as_str() == "Patient";
+    let is_patient = resource_type == ResourceType::PATIENT;
     match level {
         Level::System => Ok(true),
         Level::Patient if is_patient => Ok(true),
         Level::Patient => Ok(!view.probe(resource_type, id, version, COMPARTMENT_KEY)?.is_empty()),
-        Level::Group { members, .. } if is_patient => Ok(members.contains(&format!("Patient/{id}"))),
-        Level::Group { members, .. } => Ok(view
+        Level::Group { members } if is_patient => Ok(members.contains(&format!("Patient/{id}"))),
+        Level::Group { members } => Ok(view
             .probe(resource_type, id, version, COMPARTMENT_KEY)?
             .iter()
             .any(|patient| std::str::from_utf8(patient).is_ok_and(|patient| members.contains(patient)))),

@@ -31,8 +31,11 @@ impl Version {
     }
 }
 
-/// What [`Snapshot::export_type`] calls with each resource: its id, version and body.
-pub type ExportVisit<'a> = dyn FnMut(&str, u64, Vec<u8>) -> Result<std::ops::ControlFlow<()>, FhirError> + 'a;
+/// What [`Snapshot::export_type`] calls with each resource: its id, version, and a function
+/// that decodes its body (called only for the resources the visitor keeps: decoding is the
+/// costly part, and a filtered export keeps few).
+pub type ExportVisit<'a> = dyn FnMut(&str, u64, &mut dyn FnMut() -> Result<Vec<u8>, FhirError>) -> Result<std::ops::ControlFlow<()>, FhirError>
+    + 'a;
 
 /// Which page of a history to read.
 #[derive(Debug, Clone, Copy)]
@@ -390,8 +393,8 @@ impl Snapshot {
 impl Snapshot {
     /// Visits, in id order, the current version of every live resource of `resource_type` in
     /// this snapshot last updated after `since_micros` (all of them without it): its id,
-    /// version and decoded body. One pass over the type's versions; bodies are decoded one at a
-    /// time and bypass the body cache (an export would only evict what readers use), so memory
+    /// version and body, decoded when asked for. One pass over the type's versions; bodies are
+    /// decoded one at a time and bypass the body cache (an export would only evict what readers use), so memory
     /// stays flat whatever the number of resources. `visit` stops the scan with `Break`.
     pub fn export_type(
         &self,
@@ -412,9 +415,11 @@ impl Snapshot {
                 return Ok(std::ops::ControlFlow::Continue(()));
             }
             let (_, id, version) = resource_version::decode(key).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?;
-            let stored = StoredBody::parse(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
-            let body = self.codecs.decode(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
-            visit(&id, version, body)
+            let mut body = || -> Result<Vec<u8>, FhirError> {
+                let stored = StoredBody::parse(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?;
+                Ok(self.codecs.decode(stored).map_err(|reason| super::migrate::corrupt_body(key, &reason))?)
+            };
+            visit(&id, version, &mut body)
         };
         for entry in self.versions.range(type_prefix.as_slice()..end.as_slice()).map_err(StoreError::from)? {
             let (key, value) = entry.map_err(StoreError::from)?;
