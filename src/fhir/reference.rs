@@ -19,6 +19,23 @@ pub enum Target<'a> {
     Other(&'a str),
 }
 
+/// The part of `reference` after `base` when it is an absolute URL on that base
+/// (`{base}/Patient/1` gives `Patient/1`); `None` otherwise, or when `base` is empty. The base
+/// must end where a path segment does: `{base}x/Patient/1` is not on it.
+pub fn on_base<'a>(reference: &'a str, base: &str) -> Option<&'a str> {
+    let base = base.trim_end_matches('/');
+    if base.is_empty() {
+        return None;
+    }
+    let rest = reference.strip_prefix(base)?;
+    rest.starts_with('/').then(|| rest.trim_start_matches('/'))
+}
+
+/// `reference` relative to `base` when it is on it (see [`on_base`]), else as it is.
+pub fn relative_to<'a>(reference: &'a str, base: &str) -> &'a str {
+    on_base(reference, base).unwrap_or(reference)
+}
+
 /// Classifies a reference string. Never fails: what it does not understand is `Other`.
 pub fn parse(reference: &str) -> Target<'_> {
     if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
@@ -230,6 +247,18 @@ pub fn scan_references(json: &str) -> Result<ReferenceScan, serde_json::Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_reference_on_a_base_is_read_relative_to_it() {
+        let base = "https://braid.example/fhir";
+        assert_eq!(on_base("https://braid.example/fhir/Patient/1", base), Some("Patient/1"));
+        assert_eq!(on_base("https://braid.example/fhir/Patient/1", "https://braid.example/fhir/"), Some("Patient/1"));
+        assert_eq!(on_base("https://braid.example/fhirx/Patient/1", base), None, "not at a segment's end");
+        assert_eq!(on_base("Patient/1", base), None);
+        assert_eq!(on_base("Patient/1", ""), None, "an empty base holds nothing");
+        assert_eq!(relative_to("https://other.example/fhir/Patient/1", base), "https://other.example/fhir/Patient/1");
+        assert_eq!(relative_to("https://braid.example/fhir/Patient/1", base), "Patient/1");
+    }
 
     #[test]
     fn scanning_finds_what_rewriting_visits() {

@@ -241,7 +241,7 @@ fn parse_entry(
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the entry's request has no url").at("request.url"))?;
-    let url = url.strip_prefix(base).unwrap_or(url).trim_start_matches('/').to_owned();
+    let url = crate::fhir::reference::relative_to(url, base).trim_start_matches('/').to_owned();
     let (path, query) = match url.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
         None => (url.clone(), None),

@@ -78,8 +78,7 @@ fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, Fhi
     let mut members = HashSet::new();
     for member in group["member"].as_array().into_iter().flatten() {
         let Some(text) = member["entity"]["reference"].as_str() else { continue };
-        let relative = text.strip_prefix(base).map(|rest| rest.trim_start_matches('/')).unwrap_or(text);
-        if let Target::Local { resource_type, id, .. } = reference::parse(relative) {
+        if let Target::Local { resource_type, id, .. } = reference::parse(reference::relative_to(text, base)) {
             if resource_type == ResourceType::PATIENT {
                 members.insert(format!("Patient/{id}"));
             }
@@ -149,9 +148,8 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             "patient" => {
                 let listed = patients.get_or_insert_with(HashSet::new);
                 for text in value.split(',').map(str::trim).filter(|text| !text.is_empty()) {
-                    let relative = text.strip_prefix(base.as_str()).map_or(text, |rest| rest.trim_start_matches('/'));
-                    match reference::parse(relative) {
-                        Target::Local { resource_type, id, .. } if resource_type.as_str() == "Patient" => {
+                    match reference::parse(reference::relative_to(text, &base)) {
+                        Target::Local { resource_type, id, .. } if resource_type == ResourceType::PATIENT => {
                             listed.insert(format!("Patient/{id}"));
                         }
                         _ => return Err(incorrect(format!("patient takes references to Patients, not '{text}'"))),

@@ -871,7 +871,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
 }
 
 fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceType>) -> Vec<Alternative> {
-    let local = value.strip_prefix(base_url).map(|rest| rest.trim_start_matches('/')).unwrap_or(value);
+    let local = crate::fhir::reference::relative_to(value, base_url);
     if local.contains('/') || local.contains(':') {
         let plain = local.split("/_history/").next().unwrap_or(local);
         if let Some(only) = only {

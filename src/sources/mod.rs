@@ -183,7 +183,7 @@ pub fn source_scope(name: &SourceName, types: &[ResourceType], extra: Option<&st
 /// moves it into the source's namespace. A lenient source's resource that breaks only value
 /// rules is admitted with its issues kept inside it ([`quality`]); anything else invalid is
 /// refused as before. `local_base` is Braid's FHIR base as the request addressed it (see
-/// [`Namespace::apply_on`]).
+/// [`Namespace::apply`]).
 pub fn admit(
     source: Option<&ActiveSource>,
     resource_type: ResourceType,
@@ -204,7 +204,7 @@ pub fn admit(
         let Value::Object(resource) = value else {
             return Err(FhirError::incorrect(IssueCode::Structure, "a resource must be a JSON object"));
         };
-        source.namespace.apply_on(resource, local_base)?;
+        source.namespace.apply(resource, local_base)?;
     }
     Ok(())
 }

@@ -115,22 +115,13 @@ impl Namespace {
     }
 
     /// The reference `reference` becomes in this namespace, or `None` when it stays as it is.
-    /// A version (`/_history/n`) is kept: it names the upstream's version.
-    pub fn rewrite_reference(&self, reference: &str) -> Option<String> {
-        self.rewrite_reference_on(reference, None)
-    }
-
-    /// Like [`Namespace::rewrite_reference`], with absolute references on `local_base` (Braid's
-    /// own FHIR base, as the request addressed it) read as the source's own too: a source names
-    /// resources in its own terms, so it cannot point into another source's namespace, nor at
-    /// a record outside every namespace, by writing Braid's URL.
-    pub fn rewrite_reference_on(&self, reference: &str, local_base: Option<&str>) -> Option<String> {
-        let on = |base: &str| {
-            reference
-                .strip_prefix(base.trim_end_matches('/'))
-                .and_then(|rest| rest.strip_prefix('/'))
-                .filter(|_| !base.is_empty())
-        };
+    /// A version (`/_history/n`) is kept: it names the upstream's version. Absolute references
+    /// on the source's own base, and on `local_base` (Braid's own FHIR base, as the request
+    /// addressed it), are read as the source's own: a source names resources in its own terms,
+    /// so it cannot point into another source's namespace, nor at a record outside every
+    /// namespace, by writing Braid's URL.
+    pub fn rewrite_reference(&self, reference: &str, local_base: Option<&str>) -> Option<String> {
+        let on = |base: &str| reference::on_base(reference, base);
         let relative = self.own_base.as_deref().and_then(on).or_else(|| local_base.and_then(on)).unwrap_or(reference);
         match reference::parse(relative) {
             Target::Local { resource_type, id, version } => {
@@ -144,15 +135,10 @@ impl Namespace {
         }
     }
 
-    /// Moves `resource` into the namespace: its id (when it has one), every reference in it,
-    /// an identifier keeping its original id, and `meta.source`.
-    pub fn apply(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
-        self.apply_on(resource, None)
-    }
-
-    /// Like [`Namespace::apply`], for a resource written through `local_base` (see
-    /// [`Namespace::rewrite_reference_on`]).
-    pub fn apply_on(&self, resource: &mut Map<String, Value>, local_base: Option<&str>) -> Result<(), FhirError> {
+    /// Moves `resource` into the namespace: its id (when it has one), every reference in it
+    /// (see [`Namespace::rewrite_reference`] for `local_base`), an identifier keeping its
+    /// original id, and `meta.source`.
+    pub fn apply(&self, resource: &mut Map<String, Value>, local_base: Option<&str>) -> Result<(), FhirError> {
         let original = match resource.get("id") {
             None => None,
             Some(Value::String(text)) => Some(Id::parse(text).map_err(|error| error.at("id"))?),
@@ -161,7 +147,7 @@ impl Namespace {
         // References first: the rewrite must not see the identifier and meta added below.
         let mut object = Value::Object(std::mem::take(resource));
         reference::rewrite_resource_references(&mut object, &mut |text: &str| {
-            Ok::<_, FhirError>(self.rewrite_reference_on(text, local_base))
+            Ok::<_, FhirError>(self.rewrite_reference(text, local_base))
         })?;
         let Value::Object(map) = object else { unreachable!("still the object lent") };
         *resource = map;
@@ -294,7 +280,7 @@ mod tests {
             ("NotAType/42", None),
         ];
         for (reference, expected) in cases {
-            assert_eq!(clinic.rewrite_reference(reference).as_deref(), expected, "{reference}");
+            assert_eq!(clinic.rewrite_reference(reference, None).as_deref(), expected, "{reference}");
         }
     }
 
@@ -308,9 +294,9 @@ mod tests {
             ("https://braid.example/fhirx/Patient/42", None),
             ("https://elsewhere.example/fhir/Patient/42", None),
         ] {
-            assert_eq!(clinic.rewrite_reference_on(reference, braid).as_deref(), expected, "{reference}");
+            assert_eq!(clinic.rewrite_reference(reference, braid).as_deref(), expected, "{reference}");
         }
-        assert_eq!(clinic.rewrite_reference("https://braid.example/fhir/Patient/hospital-7"), None);
+        assert_eq!(clinic.rewrite_reference("https://braid.example/fhir/Patient/hospital-7", None), None);
     }
 
     #[test]
@@ -328,7 +314,7 @@ mod tests {
         }) else {
             unreachable!()
         };
-        clinic.apply(&mut resource).unwrap();
+        clinic.apply(&mut resource, None).unwrap();
         let resource = Value::Object(resource);
         assert_eq!(resource["id"], "clinic-obs-1");
         assert_eq!(resource["subject"]["reference"], "Patient/clinic-42");
@@ -355,7 +341,7 @@ mod tests {
         else {
             unreachable!()
         };
-        clinic.apply(&mut resource).unwrap();
+        clinic.apply(&mut resource, None).unwrap();
         let once = resource.clone();
         // A re-push of the same upstream content gives the same stored content.
         let Value::Object(mut again) =
@@ -363,7 +349,7 @@ mod tests {
         else {
             unreachable!()
         };
-        clinic.apply(&mut again).unwrap();
+        clinic.apply(&mut again, None).unwrap();
         assert_eq!(again, once);
         assert_eq!(Value::Object(once)["identifier"].as_array().unwrap().len(), 1);
     }
@@ -376,7 +362,7 @@ mod tests {
         else {
             unreachable!()
         };
-        clinic.apply(&mut created).unwrap();
+        clinic.apply(&mut created, None).unwrap();
         let created = Value::Object(created);
         assert!(created.get("id").is_none(), "a create without an id gets the server's id");
         assert_eq!(created["subject"]["reference"], "Patient/clinic-42");
@@ -384,7 +370,7 @@ mod tests {
         else {
             unreachable!()
         };
-        clinic.apply(&mut binary).unwrap();
+        clinic.apply(&mut binary, None).unwrap();
         let binary = Value::Object(binary);
         assert_eq!(binary["id"], "clinic-b1");
         assert!(binary.get("identifier").is_none(), "Binary has no identifier element");
@@ -400,7 +386,7 @@ mod tests {
             json!({"resourceType": "Patient", "id": "1", "identifier": "x"}),
         ] {
             let Value::Object(mut resource) = bad.clone() else { unreachable!() };
-            assert!(clinic.apply(&mut resource).is_err(), "{bad}");
+            assert!(clinic.apply(&mut resource, None).is_err(), "{bad}");
         }
     }
 }

@@ -1016,8 +1016,9 @@ impl Run<'_> {
         }
         let referenced = &mut self.checkpoint.referenced;
         let _ = reference::rewrite_resource_references(value, &mut |text: &str| {
-            let relative = text.strip_prefix(base).map_or(text, |rest| rest.trim_start_matches('/'));
-            if let Target::Local { resource_type, id, version: _ } = reference::parse(relative) {
+            if let Target::Local { resource_type, id, version: _ } =
+                reference::parse(reference::relative_to(text, base))
+            {
                 let key = (resource_type.as_str().to_owned(), id.as_str().to_owned());
                 if !pulled.iter().any(|t| t == resource_type.as_str()) && referenced.len() < MAX_REFERENCED {
                     if let Err(position) = referenced.binary_search(&key) {
