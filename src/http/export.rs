@@ -18,7 +18,8 @@ use crate::auth::scope::Interaction as Permission;
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::compartment::patient_compartment;
-use crate::sources::export::{JobStatus, Kickoff, Level, Poll};
+use crate::search::query::Clause;
+use crate::sources::export::{Kickoff, Level, Poll};
 
 /// The NDJSON media type of the files.
 pub const NDJSON: &str = "application/fhir+ndjson";
@@ -225,7 +226,7 @@ fn export_types(
     asked: Option<Vec<ResourceType>>,
     access: &Access,
     base: &str,
-) -> Result<Vec<ResourceType>, FhirError> {
+) -> Result<Vec<(ResourceType, Vec<Clause>)>, FhirError> {
     let patients_only = !matches!(level, Level::System);
     let named = asked.is_some();
     let candidates: Vec<ResourceType> = match asked {
@@ -244,7 +245,7 @@ fn export_types(
             continue;
         }
         match access.restriction(resource_type, Permission::Read, base)? {
-            Restriction::Allow(_) => types.push(resource_type),
+            Restriction::Allow(clauses) => types.push((resource_type, clauses)),
             Restriction::Deny if named => {
                 return Err(FhirError::new(
                     Category::Forbidden,
@@ -285,40 +286,37 @@ pub async fn status(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             }
             Ok(response)
         }
-        Poll::Done(record) => match record.status {
-            JobStatus::Complete => {
-                let output: Vec<Value> = record
-                    .output
-                    .iter()
-                    .map(|output| {
-                        json!({
-                            "type": output.resource_type,
-                            "url": format!("{base}/$export-file/{}/{}", record.id, output.file),
-                            "count": output.count,
-                        })
+        Poll::Complete(record) => {
+            let output: Vec<Value> = record
+                .output
+                .iter()
+                .map(|output| {
+                    json!({
+                        "type": output.resource_type,
+                        "url": format!("{base}/$export-file/{}/{}", record.id, output.file),
+                        "count": output.count,
                     })
-                    .collect();
-                let manifest = json!({
-                    "transactionTime": record.transaction_time,
-                    "request": record.request,
-                    "requiresAccessToken": requires_token,
-                    "output": output,
-                    "error": [],
-                });
-                let mut response = HttpResponse::Ok().json(manifest);
-                if let Some(expires) = record.expires {
-                    let text = crate::fhir::json::format_http_date(expires as i64 * 1_000_000);
-                    if let Ok(value) = HeaderValue::from_str(&text) {
-                        response.headers_mut().insert(actix_web::http::header::EXPIRES, value);
-                    }
+                })
+                .collect();
+            let manifest = json!({
+                "transactionTime": record.transaction_time,
+                "request": record.request,
+                "requiresAccessToken": requires_token,
+                "output": output,
+                "error": [],
+            });
+            let mut response = HttpResponse::Ok().json(manifest);
+            if let Some(expires) = record.expires {
+                let text = crate::fhir::json::format_http_date(expires as i64 * 1_000_000);
+                if let Ok(value) = HeaderValue::from_str(&text) {
+                    response.headers_mut().insert(actix_web::http::header::EXPIRES, value);
                 }
-                Ok(response)
             }
-            JobStatus::Failed { reason } => {
-                Err(FhirError::new(Category::Fault, IssueCode::Exception, format!("the export failed: {reason}")))
-            }
-            JobStatus::Running => unreachable!("a running job is polled as Running"),
-        },
+            Ok(response)
+        }
+        Poll::Failed(reason) => {
+            Err(FhirError::new(Category::Fault, IssueCode::Exception, format!("the export failed: {reason}")))
+        }
     }
 }
 

@@ -25,11 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Access;
 use crate::auth::records::Records;
-use crate::auth::restrict::Restriction;
-use crate::auth::scope::Interaction as Permission;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::compartment::COMPARTMENT_KEY;
 use crate::search::engine;
+use crate::search::query::Clause;
 use crate::store::{IndexView, LATEST, Snapshot, Store};
 
 /// Export jobs, by id.
@@ -63,8 +62,9 @@ pub enum Level {
 /// A checked kick-off request.
 pub struct Kickoff {
     pub level: Level,
-    /// The types to export, each readable by the requester.
-    pub types: Vec<ResourceType>,
+    /// The types to export, each readable by the requester, with the clauses that limit what
+    /// the requester reads of it (none: all of it).
+    pub types: Vec<(ResourceType, Vec<Clause>)>,
     /// `_since`, in microseconds since the epoch.
     pub since_micros: Option<i64>,
     /// The kick-off URL, for the manifest.
@@ -148,7 +148,9 @@ impl Job {
 pub enum Poll {
     /// Still running: a progress note.
     Running(String),
-    Done(JobRecord),
+    Complete(JobRecord),
+    /// Why it failed.
+    Failed(String),
 }
 
 /// The server's export jobs.
@@ -332,7 +334,8 @@ impl Exports {
                 (job.type_index.load(Ordering::Relaxed) + 1).min(job.types.max(1)),
                 job.types.max(1)
             )),
-            _ => Poll::Done(record),
+            JobStatus::Complete => Poll::Complete(record),
+            JobStatus::Failed { reason } => Poll::Failed(reason),
         })
     }
 
@@ -420,13 +423,9 @@ fn run(
     std::fs::create_dir_all(dir).map_err(|error| format!("cannot create the export directory: {error}"))?;
     let view = snapshot.index();
     let mut outputs = Vec::new();
-    for (index, &resource_type) in kickoff.types.iter().enumerate() {
+    for (index, (resource_type, clauses)) in kickoff.types.iter().enumerate() {
+        let resource_type = *resource_type;
         job.type_index.store(index as u64, Ordering::Relaxed);
-        let clauses = match kickoff.access.restriction(resource_type, Permission::Read, &kickoff.base) {
-            Ok(Restriction::Allow(clauses)) => clauses,
-            Ok(Restriction::Deny) => continue,
-            Err(error) => return Err(format!("{resource_type}: {error}")),
-        };
         let mut file: Option<(std::io::BufWriter<std::fs::File>, Output)> = None;
         let mut failure: Option<String> = None;
         let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
@@ -435,7 +434,7 @@ fn run(
             }
             if !within_level(&kickoff.level, &view, resource_type, id, version)?
                 || (!clauses.is_empty()
-                    && !engine::matches_clauses(&view, resource_type, &clauses, id, version, LATEST)?)
+                    && !engine::matches_clauses(&view, resource_type, clauses, id, version, LATEST)?)
             {
                 return Ok(ControlFlow::Continue(()));
             }
