@@ -148,13 +148,19 @@ mod tests {
             "birthDate": "1980-01-01", "telecom": [{"system": "phone", "value": "1"}]}),
         );
         let hospital = member("hospital", "2023-01-01T00:00:00Z", json!({"name": [{"family": "Smith"}]}));
-        let lab = member("lab", "2025-01-01T00:00:00Z", json!({"name": [{"family": "Smithe"}], "gender": "male"}));
+        // The newest record, listed first, but less complete than the clinic's.
+        let lab = member(
+            "lab",
+            "2025-01-01T00:00:00Z",
+            json!({"name": [{"family": "Smithe"}], "gender": "female", "birthDate": "1999-09-09"}),
+        );
         let members =
-            vec![("clinic-1".to_owned(), clinic), ("hospital-1".to_owned(), hospital), ("lab-1".to_owned(), lab)];
+            vec![("lab-1".to_owned(), lab), ("clinic-1".to_owned(), clinic), ("hospital-1".to_owned(), hospital)];
         let trusted = Survivorship { trusted_sources: vec!["hospital".into()] };
         let golden = golden_patient("golden-x", &members, &trusted);
         assert_eq!(golden["name"][0]["family"], "Smith", "the trusted source's name");
         assert_eq!(golden["birthDate"], "1980-01-01", "what the trusted source lacks comes from the next");
+        assert_eq!(golden["gender"], "male", "the next is the more complete, not the newer or the first listed");
         assert_eq!(golden["telecom"][0]["value"], "1");
         let untrusted = golden_patient("golden-x", &members, &Survivorship::default());
         assert_eq!(untrusted["name"][0]["family"], "Smyth", "the most complete record first");

@@ -520,6 +520,8 @@ mod tests {
                 golden["link"].as_array().unwrap().iter().map(|l| l["other"]["reference"].as_str().unwrap()).collect();
             assert_eq!(links, ["Patient/a-1", "Patient/b-7"]);
             assert_eq!(golden["telecom"][0]["value"], "0298765432", "the more complete record's telecom");
+            assert_eq!(golden["name"][0]["given"][0], "Kathryn", "and its name and birth date, not the other's");
+            assert_eq!(golden["birthDate"], "1984-07-03");
             assert_eq!(golden["meta"]["tag"][0]["code"], "golden");
 
             // The goldens' own versions went through the feed and were skipped: nothing more.
@@ -588,6 +590,12 @@ mod tests {
             let golden = |patient: &str| golden_of(&store, patient).unwrap().0;
             assert_ne!(golden("a-1"), golden("b-1"), "conflicting national ids block a match");
             assert_eq!(golden("c-1"), golden("d-1"), "a shared national id is a match");
+            // Only one side has a national id: the demographics decide, as without the rule.
+            let with_id = PersonRecord::from_patient(&json!({"name": [{"given": ["Jane"], "family": "Doe"}],
+                "birthDate": "2001-05-05", "identifier": [{"system": national, "value": "111"}]}));
+            let without = PersonRecord::from_patient(&json!({"name": [{"given": ["Jane"], "family": "Doe"}],
+                "birthDate": "2001-05-05"}));
+            assert!(matcher.probability(&with_id, &without) >= matcher.rules.thresholds.matched);
             assert_eq!(
                 matcher.probability(
                     &PersonRecord::from_patient(&json!({"identifier": [{"system": national, "value": "9"}]})),

@@ -529,8 +529,13 @@ mod tests {
 
     #[test]
     fn a_large_population_is_sampled() {
-        let many = vec![PersonRecord::default(); MAX_RECORDS + 10];
-        assert_eq!(sample(many, 1).len(), MAX_RECORDS);
+        let mut many = vec![PersonRecord::default(); MAX_RECORDS + 10];
+        for record in &mut many[MAX_RECORDS..] {
+            record.given = "tail".into();
+        }
+        let sampled = sample(many, 1);
+        assert_eq!(sampled.len(), MAX_RECORDS);
+        assert!(sampled.iter().any(|record| record.given == "tail"), "drawn at random, not the first ones");
         assert_eq!(sample(vec![PersonRecord::default(); 3], 1).len(), 3);
     }
 

@@ -813,10 +813,16 @@ mod tests {
         // Stored records keep the bound when counts are added to them.
         let mut stored = record("clinic");
         stored.counts.rejected = 100;
-        stored.recent_rejections = pending.rejections.clone();
+        stored.recent_rejections = (0..MAX_RECENT_REJECTIONS)
+            .map(|n| Rejection { at: 0, status: 400, what: Some(format!("old/{n}")), reason: "old".into() })
+            .collect();
         let merged = merged(stored, active.take());
         assert_eq!(merged.counts.rejected, 125);
         assert_eq!(merged.recent_rejections.len(), MAX_RECENT_REJECTIONS);
+        let kept: Vec<&str> = merged.recent_rejections.iter().filter_map(|r| r.what.as_deref()).collect();
+        assert_eq!(kept.first(), Some(&"Patient/5"), "the new ones, oldest first: {kept:?}");
+        assert_eq!(kept.last(), Some(&"Patient/24"));
+        assert!(!kept.iter().any(|what| what.starts_with("old/")), "the stored ones were older: {kept:?}");
         assert!(active.peek().rejections.is_empty(), "taken counts are gone from memory");
     }
 

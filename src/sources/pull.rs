@@ -1210,6 +1210,17 @@ mod tests {
         assert_eq!(algorithm, Algorithm::ES384);
         assert_eq!(public["kid"], kid.as_str());
         assert_eq!(kid.len(), 43, "a base64url SHA-256 thumbprint");
+        // RFC 7638: the SHA-256 of the required members, in lexicographic order, no spaces.
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            public["crv"].as_str().unwrap(),
+            public["x"].as_str().unwrap(),
+            public["y"].as_str().unwrap()
+        );
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical));
+        assert_eq!(kid, thumbprint);
         assert!(public.get("d").is_none(), "only the public half");
         let (_, named, _) = read_key(&pem, Some("mine")).unwrap();
         assert_eq!(named, "mine");
@@ -1223,9 +1234,11 @@ mod tests {
         use aws_lc_rs::encoding::AsDer;
         let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let rsa_pem = pkcs8_pem(rsa.as_der().unwrap().as_ref());
-        let (algorithm, _, public) = read_key(&rsa_pem, None).unwrap();
+        let (algorithm, rsa_kid, public) = read_key(&rsa_pem, None).unwrap();
         assert_eq!(algorithm, Algorithm::RS384);
         assert_eq!(public["kty"], "RSA");
+        assert!(["d", "p", "q", "dp", "dq", "qi"].iter().all(|private| public.get(*private).is_none()), "{public}");
+        assert_ne!(rsa_kid, kid, "another key, another thumbprint");
     }
 }
 

@@ -290,6 +290,7 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     );
     let system_level = export(app, "/$export", Some(&p1)).await;
     assert!(system_level.keys().all(|(_, id)| id.starts_with("p1")), "{:?}", system_level.keys());
+    assert!(keys.iter().all(|key| system_level.contains_key(key)), "all of p1's record: {:?}", system_level.keys());
 
     // A granular scope: only what its filter selects.
     let heart_rates = server.token("lab", "system/Observation.rs?code=http://loinc.org|8867-4", None);
@@ -314,9 +315,16 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     // Another patient's token of the same app does not see a patient's export.
     let mine = kick_off(app, "/Patient/$export", Some(&p1)).await;
     let mine_url = mine.header("content-location").unwrap().to_owned();
-    manifest(app, &mine_url, Some(&p1)).await;
+    let mine_manifest = manifest(app, &mine_url, Some(&p1)).await;
     let p2 = server.token("app", "patient/*.rs", Some("p2"));
     get(app, &mine_url, Some(&p2)).await.assert_outcome(404);
+    let mine_files: Vec<&str> =
+        mine_manifest["output"].as_array().unwrap().iter().map(|output| output["url"].as_str().unwrap()).collect();
+    assert!(!mine_files.is_empty());
+    for file in mine_files {
+        assert_eq!(get(app, file, Some(&p1)).await.status, 200);
+        get(app, file, Some(&p2)).await.assert_outcome(404);
+    }
     let another = server.token("someone-else", "system/*.rs", None);
     get(app, &file_url, Some(&another)).await.assert_outcome(404);
     get(app, &status_url, Some(&another)).await.assert_outcome(404);

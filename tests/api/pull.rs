@@ -203,11 +203,33 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
 
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "clinic".into() }).await.unwrap();
     assert_eq!(shown["runs"].as_array().unwrap().len(), 3);
-    assert!(shown["since"].as_str().is_some());
+    // The next `_since` is the last export's transaction time: the instant of the upstream's
+    // newest version, so no earlier than the last change the runs read.
+    let changed_at = all_of(up, "Patient", "_id=p40", Some(&writer)).await["p40"]["meta"]["lastUpdated"].clone();
+    let since = shown["since"].as_str().expect("a next _since");
+    assert_eq!(since.len(), changed_at.as_str().unwrap().len(), "the same instant format: {since}");
+    assert!(since >= changed_at.as_str().unwrap(), "{since} is not before {changed_at}");
+    // ...and taken at the upstream, before the last run began (not Braid's clock at its end).
+    let last_started = shown["runs"][2]["started"].as_i64().unwrap();
+    let started_by = braid::fhir::json::format_instant(last_started * 1_000_000 + 999_999);
+    assert!(since <= started_by.as_str(), "{since} is after the last run began ({started_by})");
     assert!(shown.get("key_pem").is_none() && !shown.to_string().contains("-----BEGIN"), "the key is never shown");
     // A push source cannot be synced, an unknown one neither.
     let refused = operator(&downstream.data, AdminRequest::SyncSource { name: "nobody".into() }).await.unwrap_err();
     assert!(refused.contains("no source nobody"), "{refused}");
+    let pushing = AdminRequest::AddSource {
+        source: braid::sources::NewSource {
+            name: "pusher".into(),
+            credential: NewCredential::Jwks(json!({"keys": [public]}).to_string()),
+            pull: None,
+            types: Vec::new(),
+            lenient: false,
+            extra_scope: None,
+        },
+    };
+    operator(&downstream.data, pushing).await.unwrap();
+    let refused = operator(&downstream.data, AdminRequest::SyncSource { name: "pusher".into() }).await.unwrap_err();
+    assert!(refused.contains("is a push source"), "{refused}");
 }
 
 /// A fresh RSA private key (for RS384), in the PEM form `--key` reads.
@@ -656,6 +678,8 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     assert!(String::from_utf8_lossy(&output.stderr).contains("no source nobody"));
     let output = run(&["source", "add", "push", "--pull", &upstream.base, "--key", &key]).await;
     assert!(!output.status.success(), "--pull needs --client-id");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--client-id"), "the refusal names what is missing: {stderr}");
 }
 
 /// A Bulk Data upstream whose every export lists one Patient file and one error file. Logs the

@@ -134,6 +134,8 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
         )
         .await;
     conflict.assert_outcome(409);
+    let kept = send(&server, "GET", "/Observation/clinic-obs-7", &everything, None).await.body;
+    assert_eq!((kept["meta"]["versionId"].clone(), kept["status"].clone()), (json!("1"), json!("final")), "{kept}");
 
     // The source reads and deletes by its own ids' stored form, or by the id it knows.
     let read = send(&server, "GET", "/Patient/clinic-42", &clinic.token, None).await;
@@ -356,6 +358,9 @@ async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_i
     for source in [&strict, &lenient] {
         let reply = send(&server, "PUT", "/Patient/2", &source.token, Some(&broken)).await;
         reply.assert_outcome(400);
+    }
+    for stored in ["/Patient/strict-2", "/Patient/lenient-2"] {
+        assert_eq!(send(&server, "GET", stored, &everything, None).await.status, 404, "nothing stored: {stored}");
     }
 
     // A batch: each entry on its own.
