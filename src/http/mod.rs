@@ -418,28 +418,10 @@ fn authorize(
     interaction: Interaction,
     params: &[String],
 ) -> Result<Access, Box<HttpResponse>> {
-    let Some(auth) = &state.auth else { return Ok(Access::Unrestricted) };
-    if interaction == Interaction::Capabilities {
+    if state.auth.is_none() || interaction == Interaction::Capabilities {
         return Ok(Access::Unrestricted);
     }
-    // `from_utf8` rather than `HeaderValue::to_str`, which checks a token of several hundred
-    // bytes one byte at a time; the token's own checks refuse anything but a JWT's characters.
-    let header = http
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok());
-    let grant = auth.bearer(header, &request::base_url(http, state)).map_err(|error| {
-        let (challenge, message) = match error {
-            BearerError::Missing => (
-                "Bearer realm=\"braid\"".to_owned(),
-                "this server requires an access token (Authorization: Bearer)".to_owned(),
-            ),
-            BearerError::Invalid(reason) => {
-                (format!("Bearer realm=\"braid\", error=\"invalid_token\", error_description=\"{reason}\""), reason)
-            }
-        };
-        Box::new(refusal(Category::Unauthorized, IssueCode::Login, message, challenge))
-    })?;
+    let Some(grant) = bearer_grant(http, state)? else { return Ok(Access::Unrestricted) };
     let type_of = |index: usize| params.get(index).and_then(|name| ResourceType::parse(name));
     // The permissions the interaction needs: on its type, or (`None`) on every type.
     let needed: Vec<(Option<ResourceType>, Permission)> = match interaction {
@@ -484,9 +466,7 @@ fn authorize(
             // The system history of a restricted token keeps, entry by entry, what it may read.
             None if restricted => true,
             // Other interactions that reach several types need the permission on every type.
-            None => {
-                ResourceType::all().all(|resource_type| grant.rules.decide(resource_type, permission) == Decision::All)
-            }
+            None => on_every_type(grant, permission),
         };
         if !allowed {
             let what = resource_type.map_or("every resource type", ResourceType::as_str);
@@ -592,6 +572,39 @@ fn interaction_has_type(interaction: Interaction) -> bool {
 }
 
 /// A 401 or 403 with its `WWW-Authenticate` challenge (RFC 6750 §3) and an OperationOutcome.
+/// The grant of the request's bearer token; `None` with authorization off. A missing or invalid
+/// token is refused with a 401 and its challenge.
+pub(crate) fn bearer_grant(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<Option<Arc<crate::auth::Grant>>, Box<HttpResponse>> {
+    let Some(auth) = &state.auth else { return Ok(None) };
+    // `from_utf8` rather than `HeaderValue::to_str`, which checks a token of several hundred
+    // bytes one byte at a time; the token's own checks refuse anything but a JWT's characters.
+    let header = http
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok());
+    let grant = auth.bearer(header, &request::base_url(http, state)).map_err(|error| {
+        let (challenge, message) = match error {
+            BearerError::Missing => (
+                "Bearer realm=\"braid\"".to_owned(),
+                "this server requires an access token (Authorization: Bearer)".to_owned(),
+            ),
+            BearerError::Invalid(reason) => {
+                (format!("Bearer realm=\"braid\", error=\"invalid_token\", error_description=\"{reason}\""), reason)
+            }
+        };
+        Box::new(refusal(Category::Unauthorized, IssueCode::Login, message, challenge))
+    })?;
+    Ok(Some(grant))
+}
+
+/// Whether `grant` has `permission` on every resource of every type.
+pub(crate) fn on_every_type(grant: &crate::auth::Grant, permission: Permission) -> bool {
+    ResourceType::all().all(|resource_type| grant.rules.decide(resource_type, permission) == Decision::All)
+}
+
 fn refusal(category: Category, code: IssueCode, message: String, challenge: String) -> HttpResponse {
     let mut response = error::error_response(&FhirError::new(category, code, message));
     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&challenge) {

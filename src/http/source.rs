@@ -11,7 +11,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use crate::auth::Access;
-use crate::auth::rules::Decision;
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::{Category, FhirError, IssueCode};
 use crate::sources::ActiveSource;
@@ -110,32 +109,12 @@ pub async fn status(http: HttpRequest, state: web::Data<AppState>, name: web::Pa
 }
 
 fn viewer(http: &HttpRequest, state: &web::Data<AppState>) -> Result<Viewer, Box<HttpResponse>> {
-    let Some(auth) = &state.auth else { return Ok(Viewer::Operator) };
-    let header = http
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok());
-    let grant = auth.bearer(header, &super::request::base_url(http, state)).map_err(|error| {
-        let message = match error {
-            crate::auth::BearerError::Missing => {
-                "this endpoint requires an access token (Authorization: Bearer)".into()
-            }
-            crate::auth::BearerError::Invalid(reason) => reason,
-        };
-        let mut response =
-            super::error::error_response(&FhirError::new(Category::Unauthorized, IssueCode::Login, message));
-        response.headers_mut().insert(
-            actix_web::http::header::WWW_AUTHENTICATE,
-            actix_web::http::header::HeaderValue::from_static("Bearer realm=\"braid\""),
-        );
-        Box::new(response)
-    })?;
-    if let Some(source) = &grant.source {
-        return Ok(Viewer::Source(source.clone()));
+    let Some(grant) = super::bearer_grant(http, state)? else { return Ok(Viewer::Operator) };
+    // A removed source's token (its name perhaps given to a new source) views nothing.
+    if let Some(source) = of_grant(&grant, state) {
+        return Ok(Viewer::Source(source.name().as_str().to_owned()));
     }
-    let reads_everything = crate::fhir::ResourceType::all()
-        .all(|resource_type| grant.rules.decide(resource_type, Permission::Read) == Decision::All);
-    if grant.patient.is_none() && reads_everything {
+    if grant.source.is_none() && grant.patient.is_none() && super::on_every_type(&grant, Permission::Read) {
         Ok(Viewer::Operator)
     } else {
         Err(Box::new(super::error::error_response(&FhirError::new(

@@ -418,6 +418,11 @@ async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_i
     let all = status("/sources", Some(&everything)).await;
     let names: Vec<&str> = all.body.as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
     assert_eq!(names, ["lenient", "strict"]);
+
+    // A removed source's token views nothing, not even a new source added under its name.
+    operator(&server, AdminRequest::RemoveSource { name: "strict".into() }).await.unwrap();
+    add_source(&server, "strict", false).await;
+    status("/sources/strict", Some(&strict.token)).await.assert_outcome(403);
 }
 
 #[tokio::test]
