@@ -227,19 +227,32 @@ impl Application {
     }
 }
 
+/// Runs `work` on `target` every `period` (the first time after `first`), each run awaited
+/// before the next, until `target` is gone (the server stopped).
+fn every<T, F, Fut>(period: Duration, first: Duration, target: std::sync::Weak<T>, work: F)
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+        loop {
+            interval.tick().await;
+            let Some(target) = target.upgrade() else { break };
+            work(target).await;
+        }
+    });
+}
+
 /// How often expired single-use records (assertion `jti`s) and retired keys are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Sweeps the authorization records every [`SWEEP_INTERVAL`] until the server is gone.
 fn start_sweeper(auth: std::sync::Weak<AuthState>) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            interval.tick().await;
-            let Some(auth) = auth.upgrade() else { break };
-            if let Err(error) = auth.sweep().await {
-                tracing::warn!(%error, "sweeping expired authorization records failed");
-            }
+    every(SWEEP_INTERVAL, Duration::ZERO, auth, |auth| async move {
+        if let Err(error) = auth.sweep().await {
+            tracing::warn!(%error, "sweeping expired authorization records failed");
         }
     });
 }
@@ -250,15 +263,9 @@ const EXPORT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Deletes expired exports every [`EXPORT_SWEEP_INTERVAL`] until the server is gone (the first
 /// sweep is one interval in: opening the exports has just swept).
 fn start_export_sweeper(exports: std::sync::Weak<crate::sources::export::Exports>) {
-    tokio::spawn(async move {
-        let first = tokio::time::Instant::now() + EXPORT_SWEEP_INTERVAL;
-        let mut interval = tokio::time::interval_at(first, EXPORT_SWEEP_INTERVAL);
-        loop {
-            interval.tick().await;
-            let Some(exports) = exports.upgrade() else { break };
-            if let Err(error) = exports.sweep().await {
-                tracing::warn!(%error, "deleting expired exports failed");
-            }
+    every(EXPORT_SWEEP_INTERVAL, EXPORT_SWEEP_INTERVAL, exports, |exports| async move {
+        if let Err(error) = exports.sweep().await {
+            tracing::warn!(%error, "deleting expired exports failed");
         }
     });
 }
@@ -269,21 +276,15 @@ fn start_pullers(sources: &Arc<crate::sources::Registry>) {
     // The schedule is looked at every few seconds, so a source added or removed while Braid
     // runs is followed at once; a pull that is due starts on its own task. One look decides for
     // every source, so an interrupted run is resumed once.
-    let weak = Arc::downgrade(sources);
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);
-        loop {
-            interval.tick().await;
-            let Some(sources) = weak.upgrade() else { break };
-            for name in sources.due_pulls(crate::auth::now_secs()) {
-                let weak = Arc::downgrade(&sources);
-                tokio::spawn(async move {
-                    let Some(sources) = weak.upgrade() else { return };
-                    if let Err(error) = sources.sync(&name).await {
-                        tracing::warn!(source = name, %error, "a scheduled pull failed");
-                    }
-                });
-            }
+    every(SCHEDULE_INTERVAL, Duration::ZERO, Arc::downgrade(sources), |sources| async move {
+        for name in sources.due_pulls(crate::auth::now_secs()) {
+            let weak = Arc::downgrade(&sources);
+            tokio::spawn(async move {
+                let Some(sources) = weak.upgrade() else { return };
+                if let Err(error) = sources.sync(&name).await {
+                    tracing::warn!(source = name, %error, "a scheduled pull failed");
+                }
+            });
         }
     });
 }
@@ -296,14 +297,9 @@ const SOURCE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Flushes the sources' counters every [`SOURCE_FLUSH_INTERVAL`] until the server is gone.
 fn start_source_flusher(sources: std::sync::Weak<crate::sources::Registry>) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SOURCE_FLUSH_INTERVAL);
-        loop {
-            interval.tick().await;
-            let Some(sources) = sources.upgrade() else { break };
-            if let Err(error) = sources.flush().await {
-                tracing::warn!(%error, "storing the sources' counts failed; they are kept for the next try");
-            }
+    every(SOURCE_FLUSH_INTERVAL, Duration::ZERO, sources, |sources| async move {
+        if let Err(error) = sources.flush().await {
+            tracing::warn!(%error, "storing the sources' counts failed; they are kept for the next try");
         }
     });
 }
