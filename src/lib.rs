@@ -20,6 +20,7 @@ pub mod demo;
 pub mod fhir;
 pub mod http;
 pub mod mpi;
+pub mod outbound;
 pub mod search;
 pub mod sources;
 pub mod startup;

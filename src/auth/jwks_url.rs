@@ -49,17 +49,13 @@ pub struct ClientKeys {
 
 impl ClientKeys {
     pub fn new() -> Result<ClientKeys, FhirError> {
-        // reqwest's rustls needs the process-wide provider; another part of Braid (or a test)
-        // may have installed it already, which is as good.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|error| {
-                tracing::error!(%error, "cannot build the HTTP client for client JWKS URLs");
-                FhirError::fault("jwks client")
-            })?;
+        let http = crate::outbound::client(
+            reqwest::Client::builder().timeout(FETCH_TIMEOUT).redirect(reqwest::redirect::Policy::none()),
+        )
+        .map_err(|error| {
+            tracing::error!(%error, "cannot build the HTTP client for client JWKS URLs");
+            FhirError::fault("jwks client")
+        })?;
         Ok(ClientKeys { http, cache: Mutex::new(HashMap::new()) })
     }
 
@@ -130,13 +126,10 @@ impl ClientKeys {
         if !response.status().is_success() {
             return Err(format!("it answered {}", response.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| error.without_url().to_string())? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::outbound::read_capped(&mut response, MAX_JWKS_BYTES).await.map_err(|error| match error {
+            crate::outbound::ReadError::TooLarge => format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"),
+            crate::outbound::ReadError::Failed(reason) => reason,
+        })?;
         let text = String::from_utf8(body).map_err(|_| "the JWKS is not UTF-8".to_owned())?;
         parse_client_jwks(&text).map_err(|error| {
             error.issues.first().map_or_else(|| "the JWKS is not valid".to_owned(), |issue| issue.diagnostics.clone())

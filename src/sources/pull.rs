@@ -293,12 +293,10 @@ impl Upstream {
         first_backoff: Duration,
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Upstream, FhirError> {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|_| FhirError::fault("upstream client"))?;
+        let http = crate::outbound::client(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(300)),
+        )
+        .map_err(|_| FhirError::fault("upstream client"))?;
         let algorithm = if config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
         let key = match algorithm {
             Algorithm::ES384 => EncodingKey::from_ec_pem(config.key_pem.as_bytes()),
@@ -501,15 +499,11 @@ async fn error_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Whether `url` is on the same origin (scheme, host and port) as `base`: where Braid sends its
-/// upstream token.
+/// Whether `url` is on the same origin (scheme, host and port, a default port spelled out or
+/// not) as `base`: where Braid sends its upstream token.
 fn same_origin(url: &str, base: &str) -> bool {
-    let origin = |text: &str| -> Option<String> {
-        let (scheme, rest) = text.split_once("://")?;
-        let authority = rest.split(['/', '?', '#']).next()?;
-        Some(format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
-    };
-    origin(url).is_some_and(|origin_of_url| Some(origin_of_url) == origin(base))
+    let origin = |text: &str| reqwest::Url::parse(text).ok().map(|url| url.origin());
+    origin(url).is_some_and(|origin_of_url| origin_of_url.is_tuple() && Some(origin_of_url) == origin(base))
 }
 
 fn retryable(status: u16) -> bool {
@@ -518,13 +512,12 @@ fn retryable(status: u16) -> bool {
 
 /// The body of `response` as JSON, at most [`MAX_DOCUMENT_BYTES`].
 async fn read_json(mut response: reqwest::Response) -> Result<Value, Failure> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|error| Failure::Network(error.to_string()))? {
-        if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(Failure::Braid(format!("an upstream document is larger than {MAX_DOCUMENT_BYTES} bytes")));
+    let bytes = crate::outbound::read_capped(&mut response, MAX_DOCUMENT_BYTES).await.map_err(|error| match error {
+        crate::outbound::ReadError::TooLarge => {
+            Failure::Braid(format!("an upstream document is larger than {MAX_DOCUMENT_BYTES} bytes"))
         }
-        bytes.extend_from_slice(&chunk);
-    }
+        crate::outbound::ReadError::Failed(reason) => Failure::Network(reason),
+    })?;
     serde_json::from_slice(&bytes).map_err(|error| Failure::Braid(format!("the upstream sent malformed JSON: {error}")))
 }
 
