@@ -726,7 +726,7 @@ impl Run<'_> {
                         self.save().await?;
                         continue;
                     }
-                    self.read_file(upstream, &status_url, &manifest, file, line).await?;
+                    self.read_file(upstream, &manifest, file, line).await?;
                 }
                 Stage::Search { type_index, next, started_at } => {
                     let Some(type_name) = upstream.types.get(type_index).cloned() else {
@@ -824,7 +824,6 @@ impl Run<'_> {
     async fn read_file(
         &mut self,
         upstream: &mut Upstream,
-        status_url: &str,
         manifest: &Manifest,
         file: usize,
         line: u64,
@@ -876,13 +875,7 @@ impl Run<'_> {
                 if pending.len() == CHUNK {
                     done += pending.len() as u64;
                     self.write(std::mem::take(&mut pending)).await?;
-                    self.checkpoint.stage = Stage::Bulk {
-                        status_url: status_url.to_owned(),
-                        manifest: Some(manifest.clone()),
-                        file,
-                        line: done,
-                    };
-                    self.save().await?;
+                    self.save_bulk_position(file, done).await?;
                 }
             }
             scanned = buffer.len();
@@ -894,14 +887,16 @@ impl Run<'_> {
             }
         }
         self.write(pending).await?;
-        self.checkpoint.stage = Stage::Bulk {
-            status_url: status_url.to_owned(),
-            manifest: Some(manifest.clone()),
-            file: file + 1,
-            line: 0,
-        };
-        self.save().await?;
-        Ok(())
+        self.save_bulk_position(file + 1, 0).await
+    }
+
+    /// Moves the checkpoint of a run reading an export's files to `line` of `file`, and
+    /// stores it.
+    async fn save_bulk_position(&mut self, file: usize, line: u64) -> Result<(), Failure> {
+        if let Stage::Bulk { file: at_file, line: at_line, .. } = &mut self.checkpoint.stage {
+            (*at_file, *at_line) = (file, line);
+        }
+        self.save().await
     }
 
     /// Pages through the search of one type from `next` (its first page if `None`).
@@ -940,8 +935,10 @@ impl Run<'_> {
                 .filter_map(|entry| entry.get("resource").cloned())
                 .map(Ok)
                 .collect();
-            for chunk in resources.chunks(CHUNK) {
-                self.write(chunk.to_vec()).await?;
+            let mut resources = resources;
+            while !resources.is_empty() {
+                let rest = resources.split_off(resources.len().min(CHUNK));
+                self.write(std::mem::replace(&mut resources, rest)).await?;
             }
             let next = bundle["link"]
                 .as_array()
