@@ -602,25 +602,20 @@ impl Registry {
 
     /// The source `name` as stored, with the counts not yet flushed added.
     pub fn show(&self, name: &str) -> Result<Option<SourceRecord>, StoreError> {
-        let Some(record) = self.store.auth_read(|read| SOURCES.get::<SourceRecord>(read, name))? else {
-            return Ok(None);
-        };
-        Ok(Some(match self.get(name) {
-            Some(active) => merged(record, active.peek()),
-            None => record,
-        }))
+        Ok(self.record(name)?.map(|record| self.live(record)))
     }
 
     /// Every source, as [`Registry::show`] gives them, in name order.
     pub fn list(&self) -> Result<Vec<SourceRecord>, StoreError> {
-        let records = SOURCES.all::<SourceRecord>(&self.store)?;
-        Ok(records
-            .into_iter()
-            .map(|record| match self.get(&record.name) {
-                Some(active) => merged(record, active.peek()),
-                None => record,
-            })
-            .collect())
+        Ok(SOURCES.all::<SourceRecord>(&self.store)?.into_iter().map(|record| self.live(record)).collect())
+    }
+
+    /// A stored record with the counts not yet flushed added.
+    fn live(&self, record: SourceRecord) -> SourceRecord {
+        match self.get(&record.name) {
+            Some(active) => merged(record, active.peek()),
+            None => record,
+        }
     }
 
     /// Adds the counts gathered since the last flush to the stored records, in one commit.

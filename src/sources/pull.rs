@@ -717,7 +717,11 @@ impl Run<'_> {
                         }
                         // What the upstream failed to export is asked for again next time.
                         let next_since = if manifest.errors > 0 {
-                            self.reject(format!("the upstream's export reported {} error file(s)", manifest.errors));
+                            let reason = format!("the upstream's export reported {} error file(s)", manifest.errors);
+                            self.reject(Refused {
+                                what: None,
+                                error: FhirError::incorrect(IssueCode::Processing, reason),
+                            });
                             None
                         } else {
                             Some(manifest.transaction_time)
@@ -927,7 +931,7 @@ impl Run<'_> {
                 return Err(Failure::Status(status, error_text(response).await));
             }
             let bundle = read_json(response).await?;
-            let resources: Vec<Result<Value, String>> = bundle["entry"]
+            let resources: Vec<Result<Value, Refused>> = bundle["entry"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -983,11 +987,18 @@ impl Run<'_> {
             let response = upstream.get(&url, &[]).await?;
             match response.status().as_u16() {
                 200 => fetched.push(Ok(read_json(response).await?)),
-                404 | 410 => {
-                    fetched.push(Err(format!("{type_name}/{id}: referenced, but the upstream does not have it")))
-                }
-                401 | 403 => fetched
-                    .push(Err(format!("{type_name}/{id}: referenced, but the upstream does not let Braid read it"))),
+                404 | 410 => fetched.push(Err(Refused {
+                    what: Some(format!("{type_name}/{id}")),
+                    error: FhirError::not_found("referenced, but the upstream does not have it"),
+                })),
+                401 | 403 => fetched.push(Err(Refused {
+                    what: Some(format!("{type_name}/{id}")),
+                    error: FhirError::new(
+                        Category::Forbidden,
+                        IssueCode::Forbidden,
+                        "referenced, but the upstream does not let Braid read it",
+                    ),
+                })),
                 status => return Err(Failure::Status(status, error_text(response).await)),
             }
         }
@@ -1023,7 +1034,7 @@ impl Run<'_> {
     /// Writes pulled resources in one transaction with one Provenance. Those refused by
     /// validation are recorded and left out; if the transaction fails as a whole, each
     /// resource is written on its own so that one bad resource costs only itself.
-    async fn write(&mut self, resources: Vec<Result<Value, String>>) -> Result<(), Failure> {
+    async fn write(&mut self, resources: Vec<Result<Value, Refused>>) -> Result<(), Failure> {
         if resources.is_empty() {
             return Ok(());
         }
@@ -1051,7 +1062,7 @@ impl Run<'_> {
                         }
                     }
                 }
-                Err(reason) => self.reject(reason),
+                Err(refused) => self.reject(refused),
             }
         }
         if admitted.is_empty() {
@@ -1064,8 +1075,9 @@ impl Run<'_> {
                 for single in admitted.chunks(1) {
                     match self.write_together(single).await {
                         Ok(()) => {}
-                        Err(WriteFailure::Data(reason)) => {
-                            self.reject(format!("{}/{}: {reason}", single[0].resource_type, single[0].id));
+                        Err(WriteFailure::Data(error)) => {
+                            let what = Some(format!("{}/{}", single[0].resource_type, single[0].id));
+                            self.reject(Refused { what, error });
                         }
                         Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
                     }
@@ -1075,23 +1087,32 @@ impl Run<'_> {
         }
     }
 
-    fn reject(&mut self, reason: String) {
+    /// Counts a resource not stored, in the run's figures and the source's (which keep what
+    /// it was and the error as it is).
+    fn reject(&mut self, refused: Refused) {
         self.checkpoint.counts.rejected += 1;
-        let error = FhirError::incorrect(IssueCode::Invalid, reason.clone());
-        self.source.rejected(None, &error);
         if self.rejections.len() < 20 {
-            self.rejections.push(reason);
+            let issues = super::issues_text(&refused.error);
+            self.rejections.push(match &refused.what {
+                Some(what) => format!("{what}: {issues}"),
+                None => issues,
+            });
         }
+        self.source.rejected(refused.what, &refused.error);
     }
 
     /// Validates a pulled resource under the source's policy and moves it into its namespace.
     /// Its conditional references (matching only the source's own records) are found on the
     /// way, for the writer to resolve.
-    fn admit(&self, mut value: Value) -> Result<Admitted, String> {
-        let resource_type = crate::fhir::json::resource_type_of(&value).map_err(|error| error.to_string())?;
-        let original = value.get("id").and_then(Value::as_str).ok_or("a pulled resource has no id")?;
-        let original = Id::parse(original).map_err(|error| error.to_string())?;
-        let describe = |error: FhirError| format!("{resource_type}/{original}: {}", super::issues_text(&error));
+    fn admit(&self, mut value: Value) -> Result<Admitted, Refused> {
+        let unnamed = |error: FhirError| Refused { what: None, error };
+        let resource_type = crate::fhir::json::resource_type_of(&value).map_err(unnamed)?;
+        let original = value
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unnamed(FhirError::incorrect(IssueCode::Required, "a pulled resource has no id")))?;
+        let original = Id::parse(original).map_err(unnamed)?;
+        let describe = |error: FhirError| Refused { what: Some(format!("{resource_type}/{original}")), error };
         super::admit(Some(&self.source), resource_type, &mut value, None).map_err(describe)?;
         let name = self.source.name().as_str();
         let conditional = crate::search::conditional_references(&mut value, &mut |resource_type, query| {
@@ -1099,7 +1120,9 @@ impl Run<'_> {
             crate::search::parse_criteria_within(resource_type, query, vec![limit])
         })
         .map_err(describe)?;
-        let Value::Object(resource) = value else { return Err("a resource must be a JSON object".into()) };
+        let Value::Object(resource) = value else {
+            return Err(describe(FhirError::incorrect(IssueCode::Structure, "a resource must be a JSON object")));
+        };
         Ok(Admitted { resource_type, id: self.source.namespace.id(&original), resource, conditional })
     }
 
@@ -1134,7 +1157,7 @@ impl Run<'_> {
             Err(error) if matches!(error.category, Category::Fault | Category::Busy) => {
                 Err(WriteFailure::Storage(error.to_string()))
             }
-            Err(error) => Err(WriteFailure::Data(error.to_string())),
+            Err(error) => Err(WriteFailure::Data(error)),
         }
     }
 }
@@ -1151,13 +1174,22 @@ struct Admitted {
 
 enum WriteFailure {
     /// The data was refused (a conditional reference that matches nothing, say).
-    Data(String),
+    Data(FhirError),
     /// The store failed.
     Storage(String),
 }
 
-fn parse_line(text: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice::<Value>(text).map_err(|error| format!("an NDJSON line is not JSON: {error}"))
+/// A pulled resource Braid does not store: what it was, when known, and why.
+struct Refused {
+    what: Option<String>,
+    error: FhirError,
+}
+
+fn parse_line(text: &[u8]) -> Result<Value, Refused> {
+    serde_json::from_slice::<Value>(text).map_err(|error| Refused {
+        what: None,
+        error: FhirError::incorrect(IssueCode::Structure, format!("an NDJSON line is not JSON: {error}")),
+    })
 }
 
 fn encode(text: &str) -> String {

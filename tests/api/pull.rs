@@ -464,6 +464,9 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
     assert!(reason.contains("Patient/p-bad") && reason.contains("Patient.birthDate"), "{reason}");
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "lab".into() }).await.unwrap();
     assert_eq!(shown["counts"]["rejected"], 1, "the source's figures count it too: {shown}");
+    let kept = &shown["recent_rejections"][0];
+    assert_eq!((kept["what"].clone(), kept["status"].clone()), (json!("Patient/p-bad"), json!(400)), "{shown}");
+    assert!(kept["reason"].as_str().unwrap().starts_with("Patient.birthDate"), "the error as it is: {shown}");
     assert!(upstream.faults.load(Ordering::Relaxed) >= 3, "faults were injected and retried");
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Observation", "_source=urn:braid:source:lab", Some(&reader)).await;
