@@ -128,16 +128,10 @@ async fn kickoff_parameters(
 async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, access, payload, .. } = ctx;
     let parameters = kickoff_parameters(&http, payload, &state.limits).await?;
-    let prefer: Vec<String> = http
-        .headers()
-        .get_all("prefer")
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(',').map(|part| part.trim().to_ascii_lowercase()))
-        .collect();
-    if !prefer.iter().any(|part| part == "respond-async") {
+    if !request::prefers(&http, "respond-async") {
         return Err(incorrect("a Bulk Data export runs asynchronously: send the header Prefer: respond-async"));
     }
-    let lenient = prefer.iter().any(|part| part == "handling=lenient");
+    let lenient = request::prefers(&http, "handling=lenient");
     let base = request::base_url(&http, &state);
     let mut since_micros = None;
     let mut asked_types: Option<Vec<ResourceType>> = None;

@@ -173,9 +173,8 @@ pub enum Return {
 }
 
 pub fn return_preference(request: &HttpRequest) -> Return {
-    let prefer = request.headers().get_all("prefer").filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-    for part in prefer.split([',', ';']) {
-        match part.trim() {
+    for part in preferences(request) {
+        match part.as_str() {
             "return=minimal" => return Return::Minimal,
             "return=OperationOutcome" => return Return::OperationOutcome,
             "return=representation" => return Return::Representation,
@@ -183,6 +182,23 @@ pub fn return_preference(request: &HttpRequest) -> Return {
         }
     }
     Return::Representation
+}
+
+/// The parts of the request's `Prefer` headers, in order (`respond-async`, `return=minimal`,
+/// `handling=strict`: split at commas and at the semicolons of preference parameters, trimmed).
+pub fn preferences(request: &HttpRequest) -> Vec<String> {
+    request
+        .headers()
+        .get_all("prefer")
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']).map(|part| part.trim().to_owned()))
+        .collect()
+}
+
+/// Whether the request's `Prefer` headers ask for `preference` (compared without regard to
+/// case).
+pub fn prefers(request: &HttpRequest, preference: &str) -> bool {
+    preferences(request).iter().any(|part| part.eq_ignore_ascii_case(preference))
 }
 
 /// The base URL of the FHIR API as clients should see it, e.g. `http://127.0.0.1:8080/fhir`.

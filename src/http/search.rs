@@ -114,11 +114,7 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
         }
         pairs.extend(request::decode_pairs(&String::from_utf8_lossy(&body)));
     }
-    let strict = http
-        .headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+    let strict = request::prefers(&http, "handling=strict");
     let base = request::base_url(&http, &state);
     let mut search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
     restrict(&mut search, &access, &base)?;
