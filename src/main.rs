@@ -51,6 +51,31 @@ enum Command {
     /// The upstream systems (EHRs) whose records Braid holds, each in its own namespace.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// The master patient index, which links the Patients of every source into one golden
+    /// Patient per person.
+    #[command(subcommand)]
+    Mpi(MpiCommand),
+}
+
+#[derive(Subcommand)]
+enum MpiCommand {
+    /// Learn the matcher's parameters from the Patients in the database, store them, and
+    /// re-score every automatic link with them (manual links stay). Prints the training report
+    /// as JSON.
+    Train(MpiTrainArgs),
+    /// Print the parameters in use, the training report, how far matching is behind, and the
+    /// index's figures, as JSON.
+    Show(CompactArgs),
+}
+
+#[derive(clap::Args)]
+struct MpiTrainArgs {
+    /// Random pairs that estimate u (default 1000000).
+    #[arg(long)]
+    u_pairs: Option<usize>,
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -335,6 +360,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
         Command::User(command) => return user(settings, command).await,
         Command::Source(command) => return source(settings, command).await,
+        Command::Mpi(command) => {
+            use braid::auth::admin::AdminRequest;
+            let (data, request) = match command {
+                MpiCommand::Train(args) => (args.data, AdminRequest::TrainMpi { u_pairs: args.u_pairs }),
+                MpiCommand::Show(args) => (args.data, AdminRequest::ShowMpi),
+            };
+            let answer = admin_command(&data.unwrap_or(settings.data), request).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(());
+        }
         Command::Launch(args) => {
             let request =
                 braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
@@ -610,8 +645,10 @@ async fn admin_command(
         }
         match open_for_admin(data) {
             Ok(store) => {
-                let answer = match braid::sources::Registry::load(&store) {
-                    Ok(sources) => admin::execute(&store, None, &sources, request).await,
+                let loaded = braid::sources::Registry::load(&store)
+                    .and_then(|sources| Ok((sources, braid::mpi::service::Mpi::open(&store)?)));
+                let answer = match loaded {
+                    Ok((sources, mpi)) => admin::execute(&store, None, &sources, &mpi, request).await,
                     Err(error) => Err(error.into()),
                 };
                 close(store).await;

@@ -49,6 +49,8 @@ pub struct Application {
     sources: Arc<crate::sources::Registry>,
     /// Running exports are stopped at shutdown.
     exports: Arc<crate::sources::export::Exports>,
+    /// Its worker is stopped at shutdown.
+    mpi: Arc<crate::mpi::service::Mpi>,
     shutdown_timeout: Duration,
 }
 
@@ -117,8 +119,11 @@ impl Application {
         );
         start_source_flusher(Arc::downgrade(&sources));
         start_pullers(&sources);
+        let mpi = crate::mpi::service::Mpi::open(&store)
+            .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
+        crate::mpi::service::start_worker(Arc::downgrade(&mpi));
         let socket = crate::auth::admin::socket_path(&settings.data);
-        let admin = match http::admin::serve(&socket, store.clone(), auth.clone(), sources.clone()) {
+        let admin = match http::admin::serve(&socket, store.clone(), auth.clone(), sources.clone(), mpi.clone()) {
             Ok(server) => Some((server, socket)),
             Err(error) => {
                 // Not fatal: the operator can still manage clients with the server stopped.
@@ -145,6 +150,7 @@ impl Application {
             audit,
             sources: sources.clone(),
             exports,
+            mpi: mpi.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
@@ -172,7 +178,7 @@ impl Application {
         .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
         .run();
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
-        Ok(Application { port, https, server, admin, store, sources, exports: stopping_exports, shutdown_timeout })
+        Ok(Application { port, https, server, admin, store, sources, exports: stopping_exports, mpi, shutdown_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -191,7 +197,7 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, admin, store, sources, exports, shutdown_timeout, .. } = self;
+        let Application { server, admin, store, sources, exports, mpi, shutdown_timeout, .. } = self;
         let result = match admin {
             Some((admin, socket)) => {
                 let handle = admin.handle();
@@ -207,7 +213,9 @@ impl Application {
         // Pulls and exports let go of the store at their next step.
         sources.stop();
         exports.stop();
+        mpi.stop();
         drop(exports);
+        drop(mpi);
         if let Err(error) = sources.flush().await {
             tracing::warn!(%error, "the sources' last counts could not be stored");
         }

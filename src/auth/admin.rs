@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::AuthState;
 use super::clients::{self, NewClient};
 use super::users::{self, NewUser};
+use crate::mpi::service::Mpi;
 use crate::sources::Registry;
 use crate::store::Store;
 
@@ -70,6 +71,13 @@ pub enum AdminRequest {
     SyncSource {
         name: String,
     },
+    /// Train the master patient index's parameters on its Patients, then re-score its links.
+    TrainMpi {
+        /// Random pairs that estimate `u` (default: the training's own).
+        u_pairs: Option<usize>,
+    },
+    /// The master patient index's parameters, feed position and figures.
+    ShowMpi,
 }
 
 /// Why a command failed: the operator's mistake (`bad_request`) or the server's.
@@ -105,6 +113,7 @@ pub async fn execute(
     store: &Store,
     auth: Option<&AuthState>,
     sources: &Registry,
+    mpi: &Mpi,
     request: AdminRequest,
 ) -> Result<Value, AdminError> {
     let no_source = |name: &str| AdminError { bad_request: true, message: format!("there is no source {name}") };
@@ -126,6 +135,14 @@ pub async fn execute(
                 Err(no_source(&name))
             }
         }
+        AdminRequest::TrainMpi { u_pairs } => {
+            let mut options = crate::mpi::train::TrainingOptions::default();
+            if let Some(pairs) = u_pairs {
+                options.u_pairs = pairs.clamp(1_000, crate::mpi::train::MAX_U_PAIRS);
+            }
+            Ok(mpi.train(options).await?)
+        }
+        AdminRequest::ShowMpi => Ok(mpi.describe()?),
         AdminRequest::AddClient { client } => {
             let created = clients::add(store, client, super::now_secs()).await?;
             let mut described = clients::describe(&created.client);
@@ -198,7 +215,7 @@ pub fn send(socket: &Path, request: &AdminRequest) -> Result<Sent, String> {
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return Ok(Sent::NoServer) };
     // A pull runs as long as the upstream takes; every other command is quick.
     let timeout = match request {
-        AdminRequest::SyncSource { .. } => None,
+        AdminRequest::SyncSource { .. } | AdminRequest::TrainMpi { .. } => None,
         _ => Some(Duration::from_secs(60)),
     };
     stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)).map_err(|e| e.to_string())?;

@@ -673,6 +673,7 @@ mod tests {
             fhir_user: None,
             iat: 0,
             source: None,
+            role: None,
         };
         AuditRecord {
             grant: Arc::new(grant),

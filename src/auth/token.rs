@@ -64,9 +64,28 @@ pub struct Grant {
     pub iat: u64,
     /// The source whose namespace the token writes in, for a push source's client.
     pub source: Option<String>,
+    /// The role of the user it was issued to (`None` for a backend service).
+    pub role: Option<Role>,
 }
 
 impl Grant {
+    /// Whether the token is an operator's: an administrator's `user/` token, or a backend
+    /// service's `system/` token that is not a source's, either way able to change every
+    /// Patient. Operators manage what the server derives, such as the master patient index's
+    /// links.
+    pub fn is_operator(&self) -> bool {
+        use super::rules::Decision;
+        use super::scope::Interaction;
+        let operator = match self.context {
+            Context::User => self.role == Some(Role::Admin),
+            Context::System => self.source.is_none(),
+            Context::Patient => false,
+        };
+        operator
+            && self.patient.is_none()
+            && self.rules.decide(crate::fhir::ResourceType::PATIENT, Interaction::Update) == Decision::All
+    }
+
     fn from_claims(claims: AccessClaims) -> Grant {
         let scopes = parse_scopes(&claims.scope).map(|scopes| scopes.granted).unwrap_or_default();
         // A token carries the scopes of one context: a patient's when it names a patient, a
@@ -101,6 +120,7 @@ impl Grant {
             fhir_user: claims.fhir_user,
             iat: claims.iat,
             source: claims.source,
+            role: claims.role,
         }
     }
 }

@@ -11,6 +11,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::auth::AuthState;
 use crate::auth::admin::{self, AdminRequest, MAX_ADMIN_MESSAGE_BYTES};
+use crate::mpi::service::Mpi;
 use crate::sources::Registry;
 use crate::store::Store;
 
@@ -18,6 +19,7 @@ struct AdminState {
     store: Store,
     auth: Option<Arc<AuthState>>,
     sources: Arc<Registry>,
+    mpi: Arc<Mpi>,
 }
 
 /// Binds the socket at `socket` (replacing a stale one left by a server that did not stop
@@ -28,6 +30,7 @@ pub fn serve(
     store: Store,
     auth: Option<Arc<AuthState>>,
     sources: Arc<Registry>,
+    mpi: Arc<Mpi>,
 ) -> std::io::Result<Server> {
     match std::fs::remove_file(socket) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
@@ -35,7 +38,7 @@ pub fn serve(
     }
     let listener = std::os::unix::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let state = web::Data::new(AdminState { store, auth, sources });
+    let state = web::Data::new(AdminState { store, auth, sources, mpi });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -49,7 +52,7 @@ pub fn serve(
 }
 
 async fn command(state: web::Data<AdminState>, request: web::Json<AdminRequest>) -> HttpResponse {
-    match admin::execute(&state.store, state.auth.as_deref(), &state.sources, request.into_inner()).await {
+    match admin::execute(&state.store, state.auth.as_deref(), &state.sources, &state.mpi, request.into_inner()).await {
         Ok(answer) => HttpResponse::Ok().json(answer),
         Err(error) if error.bad_request => HttpResponse::BadRequest().json(error),
         Err(error) => {

@@ -218,7 +218,7 @@ fn add_referenced(
         }
         included.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: Some(StoredJson::new(version.body)),
+            resource: Some(StoredJson::new(crate::mpi::golden::presented(store, resource_type, &id, version.body))),
             search: Some(SearchMode::Include),
             ..Default::default()
         });

@@ -13,6 +13,7 @@ mod error;
 mod everything;
 mod export;
 mod history;
+pub mod mdm;
 mod metadata;
 mod negotiate;
 mod oauth;
@@ -114,6 +115,8 @@ pub struct AppState {
     pub sources: Arc<crate::sources::Registry>,
     /// Bulk Data export jobs.
     pub exports: Arc<crate::sources::export::Exports>,
+    /// The master patient index.
+    pub mpi: Arc<crate::mpi::service::Mpi>,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
@@ -148,6 +151,12 @@ pub enum Interaction {
     ExportStatus,
     /// Downloading an export's file.
     ExportFile,
+    /// `Patient/$match`
+    Match,
+    /// `$mdm-query-links`
+    QueryLinks,
+    /// The `$mdm-*` operations that change links.
+    ChangeLinks,
 }
 
 impl Interaction {
@@ -186,7 +195,10 @@ impl Interaction {
             | Interaction::Everything
             | Interaction::Export
             | Interaction::ExportStatus
-            | Interaction::ExportFile => "operation",
+            | Interaction::ExportFile
+            | Interaction::Match
+            | Interaction::QueryLinks
+            | Interaction::ChangeLinks => "operation",
             Interaction::SearchType | Interaction::SearchCompartment => "search-type",
             Interaction::SearchSystem => "search-system",
         }
@@ -257,11 +269,19 @@ pub fn routes() -> &'static [RouteSpec] {
             row(Export, Method::POST, "/{type}/$export", |ctx| Box::pin(export::patient(ctx))),
             row(Export, Method::GET, "/{type}/{id}/$export", |ctx| Box::pin(export::group(ctx))),
             row(Export, Method::POST, "/{type}/{id}/$export", |ctx| Box::pin(export::group(ctx))),
+            row(QueryLinks, Method::GET, "/$mdm-query-links", |ctx| Box::pin(mdm::query_links(ctx))),
+            row(QueryLinks, Method::POST, "/$mdm-query-links", |ctx| Box::pin(mdm::query_links(ctx))),
+            row(ChangeLinks, Method::POST, "/$mdm-update-link", |ctx| Box::pin(mdm::update_link(ctx))),
+            row(ChangeLinks, Method::POST, "/$mdm-create-link", |ctx| Box::pin(mdm::create_link(ctx))),
+            row(ChangeLinks, Method::POST, "/$mdm-merge-golden-resources", |ctx| Box::pin(mdm::merge(ctx))),
+            row(ChangeLinks, Method::POST, "/$mdm-not-duplicate", |ctx| Box::pin(mdm::not_duplicate(ctx))),
+            row(ChangeLinks, Method::POST, "/$mdm-unmerge", |ctx| Box::pin(mdm::unmerge(ctx))),
             row(TransactionOrBatch, Method::POST, "/", |ctx| Box::pin(bundle::handle(ctx))),
             row(SearchSystem, Method::GET, "/", |ctx| Box::pin(system_search::handle(ctx))),
             row(HistorySystem, Method::GET, "/_history", |ctx| Box::pin(history::system(ctx))),
             row(HistoryType, Method::GET, "/{type}/_history", |ctx| Box::pin(history::type_level(ctx))),
             row(Validate, Method::POST, "/{type}/$validate", |ctx| Box::pin(validate::handle(ctx))),
+            row(Match, Method::POST, "/{type}/$match", |ctx| Box::pin(mdm::match_patient(ctx))),
             row(SearchType, Method::POST, "/{type}/_search", |ctx| Box::pin(search::type_level(ctx))),
             row(SearchType, Method::GET, "/{type}", |ctx| Box::pin(search::type_level(ctx))),
             row(Create, Method::POST, "/{type}", |ctx| Box::pin(create::handle(ctx))),
@@ -308,7 +328,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
     oauth::configure(config);
     config
         .route("/sources", web::get().to(source::list_status))
-        .route("/sources/{name}", web::get().to(source::status));
+        .route("/sources/{name}", web::get().to(source::status))
+        .route("/mpi", web::get().to(mdm::status));
     config.service(
         web::scope("/fhir")
             .wrap(actix_web::middleware::from_fn(negotiate::content_negotiation))
@@ -447,6 +468,10 @@ fn authorize(
         // An export checks each type it writes, and each resource; its status and files are
         // its own client's only.
         Interaction::Export | Interaction::ExportStatus | Interaction::ExportFile => Vec::new(),
+        Interaction::Match => vec![(type_of(0), Permission::Search)],
+        Interaction::QueryLinks => vec![(Some(ResourceType::PATIENT), Permission::Search)],
+        // An operator's token, which the operations check.
+        Interaction::ChangeLinks => vec![(Some(ResourceType::PATIENT), Permission::Update)],
     };
     let access = Access::Token(grant);
     // Every interaction limits what it touches to what a restricted token (one patient, or

@@ -176,7 +176,7 @@ fn page_across_types(store: &Store, request: &CrossTypeRequest, budget: Budget) 
             .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
         bundle.entry.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: Some(StoredJson::new(stored.body)),
+            resource: Some(StoredJson::new(crate::mpi::golden::presented(store, resource_type, id, stored.body))),
             search: Some(SearchMode::Match),
             ..Default::default()
         });

@@ -27,6 +27,17 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let missing = || FhirError::not_found(format!("{resource_type}/{id} does not exist"));
     let restricted = ctx.access.is_restricted();
     let base = || request::base_url(&ctx.http, &ctx.state);
+    if let Some(golden) = golden_version(&ctx.state, &ctx.access, resource_type, id.as_str())? {
+        return match golden {
+            None => Err(missing()),
+            Some(version) if version.is_deleted() => Err(FhirError::new(
+                Category::Gone,
+                IssueCode::Deleted,
+                format!("{resource_type}/{id} was deleted: no source Patient is linked to it any more"),
+            )),
+            Some(version) => Ok(response::resource(shaping.apply(resource_type, version))),
+        };
+    }
     match snapshot.current(resource_type, id.as_str())? {
         None => Err(missing()),
         Some(version) if version.is_deleted() => {
@@ -53,9 +64,34 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             {
                 return Err(missing());
             }
+            let mut version = version;
+            version.body = crate::mpi::golden::presented(&ctx.state.store, resource_type, id.as_str(), version.body);
             Ok(response::resource(shaping.apply(resource_type, version)))
         }
     }
+}
+
+/// For a golden Patient's id (`Patient/golden-…`, kept by the master patient index, not the
+/// store): `Some` with its current version, `None` inside when it does not exist or the token
+/// may not see it (a restricted token sees the golden Patient of its own patient only). `None`
+/// for every other resource.
+pub(super) fn golden_version(
+    state: &super::AppState,
+    access: &Access,
+    resource_type: ResourceType,
+    id: &str,
+) -> Result<Option<Option<Version>>, FhirError> {
+    if resource_type != ResourceType::PATIENT || !crate::mpi::golden::is_golden(id) {
+        return Ok(None);
+    }
+    let visible = match access {
+        Access::Token(grant) if access.is_restricted() => match &grant.patient {
+            Some(patient) => state.mpi.is_person(id, patient)?,
+            None => false,
+        },
+        _ => true,
+    };
+    Ok(Some(if visible { state.mpi.golden(id)? } else { None }))
 }
 
 /// Whether the token may read this stored version of `resource_type/id`, judged by its body

@@ -497,7 +497,8 @@ fn execute(
             let stored = snapshot
                 .version(resource_type, id, *version)?
                 .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            let resource = shape(resource_type, stored.body, search.elements.as_deref(), search.summary);
+            let body = crate::mpi::golden::presented(store, resource_type, id, stored.body);
+            let resource = shape(resource_type, body, search.elements.as_deref(), search.summary);
             bundle.entry.push(EntryOut {
                 full_url: Some(format!("{base}/{resource_type}/{id}")),
                 resource: Some(StoredJson::new(resource)),
@@ -537,7 +538,7 @@ fn execute(
                     full_url: Some(format!("{base}/{included_type}/{id}")),
                     resource: Some(StoredJson::new(shape(
                         included_type,
-                        stored.body,
+                        crate::mpi::golden::presented(store, included_type, &id, stored.body),
                         search.elements.as_deref(),
                         search.summary,
                     ))),

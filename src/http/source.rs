@@ -57,7 +57,7 @@ pub fn refuse_patch(source: Option<&ActiveSource>) -> Result<(), FhirError> {
 }
 
 /// Who asks for sources' figures.
-enum Viewer {
+pub(super) enum Viewer {
     /// Authorization is off (Braid then listens on loopback only), or a token that reads every
     /// resource of every type: every source.
     Operator,
@@ -108,7 +108,7 @@ pub async fn status(http: HttpRequest, state: web::Data<AppState>, name: web::Pa
     }
 }
 
-fn viewer(http: &HttpRequest, state: &web::Data<AppState>) -> Result<Viewer, Box<HttpResponse>> {
+pub(super) fn viewer(http: &HttpRequest, state: &web::Data<AppState>) -> Result<Viewer, Box<HttpResponse>> {
     let Some(grant) = super::bearer_grant(http, state)? else { return Ok(Viewer::Operator) };
     // A removed source's token (its name perhaps given to a new source) views nothing.
     if let Some(source) = of_grant(&grant, state) {

@@ -14,6 +14,15 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let version = request::version_id(&version)?;
     let snapshot = state.store.snapshot()?;
     let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
+    // A golden Patient keeps its current version only.
+    if let Some(golden) = super::read::golden_version(&state, &access, resource_type, id.as_str())? {
+        return match golden {
+            Some(current) if current.version == version && !current.is_deleted() => {
+                Ok(response::resource(shaping.apply(resource_type, current)))
+            }
+            _ => Err(missing()),
+        };
+    }
     let stored = snapshot.version(resource_type, id.as_str(), version)?;
     if let Some(stored) = &stored
         && access.is_restricted()
@@ -30,6 +39,9 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             IssueCode::Deleted,
             format!("version {version} of {resource_type}/{id} is its deletion"),
         )),
-        Some(stored) => Ok(response::resource(shaping.apply(resource_type, stored))),
+        Some(mut stored) => {
+            stored.body = crate::mpi::golden::presented(&state.store, resource_type, id.as_str(), stored.body);
+            Ok(response::resource(shaping.apply(resource_type, stored)))
+        }
     }
 }

@@ -10,8 +10,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-/// The id prefix of golden Patients: ids with it are Braid's, never a client's.
-pub const GOLDEN_PREFIX: &str = "golden-";
+/// The id prefix of golden Patients: ids with it are Braid's, never a client's (the store
+/// refuses other writers).
+pub const GOLDEN_PREFIX: &str = crate::store::MANAGED_PATIENT_PREFIX;
 
 /// The tag every golden Patient carries.
 pub const GOLDEN_TAG_SYSTEM: &str = "urn:braid:mpi";
@@ -123,6 +124,66 @@ pub fn golden_patient(id: &str, members: &[(String, Value)], survivorship: &Surv
         golden.insert("link".into(), Value::Array(links));
     }
     Value::Object(golden)
+}
+
+/// Whether two versions of a golden Patient say the same (their version and time aside).
+pub fn same_content(a: &Value, b: &Value) -> bool {
+    let without_version = |value: &Value| {
+        let mut value = value.clone();
+        if let Some(meta) = value.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+        }
+        value
+    };
+    without_version(a) == without_version(b)
+}
+
+/// A golden Patient merged into `to`: kept (patients and apps may hold its id), inactive,
+/// with a `replaced-by` link to the one that now stands for the person.
+pub fn replaced_patient(id: &str, to: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id,
+        "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE,
+            "display": "Golden record made by Braid's master patient index"}]},
+        "active": false,
+        "link": [{"other": {"reference": format!("Patient/{to}")}, "type": "replaced-by"}]})
+}
+
+/// A stored resource as the API shows it: a source Patient with a MATCH gets a `refer` link
+/// to its golden Patient (shown, not stored: the link follows the index, and the source's
+/// record keeps its versions). Every other resource, and a Patient without a golden Patient,
+/// is returned as it is. `id` is the resource's id; `body` its stored JSON.
+pub fn presented(
+    store: &crate::store::Store,
+    resource_type: crate::fhir::ResourceType,
+    id: &str,
+    body: Vec<u8>,
+) -> Vec<u8> {
+    if resource_type != crate::fhir::ResourceType::PATIENT || is_golden(id) || body.is_empty() {
+        return body;
+    }
+    let golden = store.mpi_read(|read| super::state::Overlay::new(read).golden_of(id));
+    let golden_id = match golden {
+        Ok(Some((golden_id, _))) => golden_id,
+        Ok(None) => return body,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read a Patient's golden Patient; shown without its refer link");
+            return body;
+        }
+    };
+    let Ok(Value::Object(mut patient)) = serde_json::from_slice::<Value>(&body) else { return body };
+    let refer = json!({"other": {"reference": format!("Patient/{golden_id}")}, "type": "refer"});
+    let links = patient.entry("link").or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(links) = links else { return body };
+    // A refer link to a golden Patient in the stored body (one shown earlier and written back
+    // by a client) is replaced, so that only the current one shows.
+    links.retain(|link| {
+        let to_golden =
+            link["other"]["reference"].as_str().is_some_and(|r| is_golden(r.trim_start_matches("Patient/")));
+        !(link["type"] == "refer" && to_golden)
+    });
+    links.push(refer);
+    serde_json::to_vec(&patient).unwrap_or(body)
 }
 
 #[cfg(test)]

@@ -29,9 +29,8 @@ use super::record::PersonRecord;
 use super::score::{Parameters, compare_pair, probability_of};
 use super::state::{self, Entry, Link, LinkSource, MatchResult, Overlay};
 use crate::fhir::json::{format_instant, now_micros};
-use crate::fhir::{FhirError, Id, ResourceType};
-use crate::store::auth::StateWork;
-use crate::store::{Action, Precondition, Snapshot, Store, Target, WriteOp, WriteRequest};
+use crate::fhir::{FhirError, ResourceType};
+use crate::store::{Snapshot, Store};
 
 /// Most changes one batch processes.
 pub const BATCH: usize = 500;
@@ -102,55 +101,51 @@ pub struct BatchReport {
 }
 
 /// Processes the next batch of the change feed, committing its outcome. Returns what it did
-/// (`changes == 0`: the index is up to date).
+/// (`changes == 0`: the index is up to date). The caller makes sure no other change to the
+/// index's state runs meanwhile (see [`super::service::Mpi`]).
 pub async fn run_batch(store: &Store, matcher: &Arc<Matcher>) -> Result<BatchReport, FhirError> {
     let snapshot = store.snapshot()?;
-    let plan = {
+    let planned = {
         let matcher = matcher.clone();
         let snapshot = snapshot.clone();
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
             store.mpi_read(|committed| {
                 let mut overlay = Overlay::new(committed);
-                Ok(plan_batch(&mut overlay, &snapshot, &matcher).map(|plan| (plan, overlay.into_pending())))
+                Ok(plan_batch(&mut overlay, &snapshot, &matcher).map(|report| (report, overlay.into_pending())))
             })
         })
         .await
         .map_err(|_| FhirError::fault("mpi"))??
     };
-    let (plan, pending) = plan?;
-    if plan.report.changes == 0 {
-        return Ok(plan.report);
+    let (report, pending) = planned?;
+    if report.changes > 0 {
+        commit(store, pending).await?;
     }
-    let pending = Arc::new(pending);
-    let request = WriteRequest {
-        ops: plan.ops,
-        mpi_state: Some(StateWork(Arc::new(move |txn| {
-            state::apply(&pending, txn);
-            Ok(())
-        }))),
-        ..WriteRequest::default()
-    };
-    let outcomes = store.write(request).await?;
-    debug_assert_eq!(outcomes.len(), plan.report.goldens_written + plan.report.goldens_deleted);
-    Ok(plan.report)
+    Ok(report)
 }
 
-/// A batch's writes, decided.
-struct Plan {
-    ops: Vec<WriteOp>,
-    report: BatchReport,
+/// Commits the index's pending state changes (links, golden Patients, the cursor) in one
+/// write.
+pub async fn commit(store: &Store, pending: state::Pending) -> Result<(), FhirError> {
+    let pending = Arc::new(pending);
+    store
+        .mpi_write(move |txn| {
+            state::apply(&pending, txn);
+            Ok(())
+        })
+        .await
 }
 
 fn now() -> String {
     format_instant(now_micros())
 }
 
-fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher) -> Result<Plan, FhirError> {
+fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher) -> Result<BatchReport, FhirError> {
     let cursor = overlay.cursor()?;
     let changes = snapshot.changes_after(ResourceType::PATIENT, cursor, BATCH)?;
     let mut report = BatchReport { changes: changes.len(), cursor, ..BatchReport::default() };
-    let Some(&(last, _, _)) = changes.last() else { return Ok(Plan { ops: Vec::new(), report }) };
+    let Some(&(last, _, _)) = changes.last() else { return Ok(report) };
     let now = now();
     let mut touched: BTreeSet<String> = BTreeSet::new();
     // A Patient changed several times in the batch is processed once, at its current version.
@@ -171,51 +166,68 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
             }
         }
     }
-    let mut ops = Vec::new();
-    for golden_id in &touched {
-        let members = overlay.matched_members(golden_id, MAX_MEMBERS)?;
-        let id = Id::parse(golden_id).map_err(|_| FhirError::fault("golden id"))?;
-        if members.is_empty() {
-            if snapshot.current(ResourceType::PATIENT, golden_id)?.is_some_and(|version| !version.is_deleted()) {
-                ops.push(WriteOp {
-                    full_url: None,
-                    action: Action::Delete {
-                        resource_type: ResourceType::PATIENT,
-                        target: Target::Id(id),
-                        precondition: Precondition::default(),
-                    },
-                });
-                report.goldens_deleted += 1;
-            }
-            continue;
-        }
-        let mut member_bodies = Vec::with_capacity(members.len());
-        for member in members {
-            let body = match bodies.get(&member) {
-                Some(body) => Some(body.clone()),
-                None => current_body(snapshot, &member)?.map(|(_, body)| body),
-            };
-            if let Some(body) = body {
-                member_bodies.push((member, body));
-            }
-        }
-        let Value::Object(resource) = golden::golden_patient(golden_id, &member_bodies, &matcher.survivorship) else {
-            continue;
-        };
-        ops.push(WriteOp {
-            full_url: None,
-            action: Action::Update {
-                resource_type: ResourceType::PATIENT,
-                target: Target::Id(id),
-                resource,
-                precondition: Precondition::default(),
-            },
-        });
-        report.goldens_written += 1;
-    }
+    let (written, deleted) = golden_writes(overlay, snapshot, &matcher.survivorship, &touched, &bodies)?;
+    report.goldens_written = written;
+    report.goldens_deleted = deleted;
     overlay.set_cursor(last);
     report.cursor = last;
-    Ok(Plan { ops, report })
+    Ok(report)
+}
+
+/// Brings the golden Patients in `touched` in line with their MATCH links: each is made again
+/// from its members (bodies from `bodies` when read already, else from the snapshot), and gets
+/// a new version when its content changed; one with no member left is deleted; one merged into
+/// another redirects to it. Returns how many were written and deleted.
+pub fn golden_writes(
+    overlay: &mut Overlay<'_>,
+    snapshot: &Snapshot,
+    survivorship: &Survivorship,
+    touched: &BTreeSet<String>,
+    bodies: &HashMap<String, Value>,
+) -> Result<(usize, usize), FhirError> {
+    let (mut written, mut deleted) = (0, 0);
+    let now = now_micros();
+    for golden_id in touched {
+        let previous = overlay.golden(golden_id)?;
+        let body = match overlay.redirect(golden_id)? {
+            Some(to) => Some(golden::replaced_patient(golden_id, &to)),
+            None => {
+                let members = overlay.matched_members(golden_id, MAX_MEMBERS)?;
+                let mut member_bodies = Vec::with_capacity(members.len());
+                for member in members {
+                    let body = match bodies.get(&member) {
+                        Some(body) => Some(body.clone()),
+                        None => current_body(snapshot, &member)?.map(|(_, body)| body),
+                    };
+                    if let Some(body) = body {
+                        member_bodies.push((member, body));
+                    }
+                }
+                (!member_bodies.is_empty()).then(|| golden::golden_patient(golden_id, &member_bodies, survivorship))
+            }
+        };
+        let unchanged = match (&previous, &body) {
+            (Some(previous), Some(body)) => previous.body.as_ref().is_some_and(|old| golden::same_content(old, body)),
+            (Some(previous), None) => previous.body.is_none(),
+            (None, body) => body.is_none(),
+        };
+        if unchanged {
+            continue;
+        }
+        let version = previous.map_or(1, |previous| previous.version + 1);
+        let body = body.map(|mut body| {
+            body["meta"]["versionId"] = Value::String(version.to_string());
+            body["meta"]["lastUpdated"] = Value::String(format_instant(now));
+            body
+        });
+        if body.is_some() {
+            written += 1;
+        } else {
+            deleted += 1;
+        }
+        overlay.put_golden(golden_id, &state::StoredGolden { version, last_updated_micros: now, body });
+    }
+    Ok((written, deleted))
 }
 
 /// A Patient's current version and body; `None` when it is deleted, absent or unreadable.
@@ -251,20 +263,47 @@ fn match_patient(
     touched: &mut BTreeSet<String>,
 ) -> Result<bool, FhirError> {
     let record = PersonRecord::from_patient(body);
+    if let Some(previous) = overlay.entry(id)?
+        && previous.record == record
+        && let Some((golden_id, _)) = overlay.golden_of(id)?
+    {
+        // Same demographics: the links stand; the golden Patient may show other elements.
+        overlay.put_entry(id, &Entry { version, ..previous });
+        touched.insert(golden_id);
+        return Ok(false);
+    }
+    file_and_link(overlay, matcher, id, version, record, now, touched)
+}
+
+/// Matches a filed source Patient again, as it stands in the index (after retraining, or after
+/// an operator changed one of its links). Returns whether it was (re)matched: one with a
+/// MANUAL MATCH is not. A Patient the index does not hold is left alone.
+pub fn rematch(
+    overlay: &mut Overlay<'_>,
+    matcher: &Matcher,
+    id: &str,
+    now: &str,
+    touched: &mut BTreeSet<String>,
+) -> Result<bool, FhirError> {
+    match overlay.entry(id)? {
+        Some(entry) => file_and_link(overlay, matcher, id, entry.version, entry.record, now, touched),
+        None => Ok(false),
+    }
+}
+
+/// Files `record` as source Patient `id` (its blocking keys) and decides its links.
+fn file_and_link(
+    overlay: &mut Overlay<'_>,
+    matcher: &Matcher,
+    id: &str,
+    version: u64,
+    record: PersonRecord,
+    now: &str,
+    touched: &mut BTreeSet<String>,
+) -> Result<bool, FhirError> {
     let previous = overlay.entry(id)?;
     let links = overlay.links(id, state::MAX_LINKS)?;
     let current_match = links.iter().find(|(_, link)| link.result == MatchResult::Match).cloned();
-    if let Some(previous) = &previous
-        && previous.record == record
-        && current_match.is_some()
-    {
-        // Same demographics: the links stand; the golden Patient may show other elements.
-        overlay.put_entry(id, &Entry { version, ..previous.clone() });
-        if let Some((golden_id, _)) = current_match {
-            touched.insert(golden_id);
-        }
-        return Ok(false);
-    }
     let new_keys = keys(&matcher.rules.blocking, &record);
     if let Some(previous) = &previous {
         for key in previous.keys.iter().filter(|key| !new_keys.contains(key)) {
@@ -280,7 +319,7 @@ fn match_patient(
         && link.source == LinkSource::Manual
     {
         touched.insert(golden_id.clone());
-        return Ok(true);
+        return Ok(false);
     }
     // Golden Patients an operator ruled on (or that the matcher was told are not this person)
     // are not proposed again.
@@ -402,8 +441,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::fhir::Id;
     use crate::mpi::train::{TrainingOptions, train};
-    use crate::store::testing;
+    use crate::store::{Action, Precondition, Target, WriteOp, WriteRequest, testing};
 
     /// Parameters trained on FEBRL 4 (as `braid mpi train` would on a real population).
     fn parameters() -> Parameters {
@@ -513,9 +553,9 @@ mod tests {
             let (golden_c, _) = golden_of(&store, "c-3").unwrap();
             assert_ne!(golden_c, golden_a);
 
-            let snapshot = store.snapshot().unwrap();
-            let version = snapshot.current(ResourceType::PATIENT, &golden_a).unwrap().unwrap();
-            let golden: Value = serde_json::from_slice(&version.body).unwrap();
+            let stored = store.mpi_read(|read| Overlay::new(read).golden(&golden_a)).unwrap().unwrap();
+            assert_eq!(stored.version, 1);
+            let golden = stored.body.unwrap();
             let links: Vec<&str> =
                 golden["link"].as_array().unwrap().iter().map(|l| l["other"]["reference"].as_str().unwrap()).collect();
             assert_eq!(links, ["Patient/a-1", "Patient/b-7"]);
@@ -523,11 +563,19 @@ mod tests {
             assert_eq!(golden["name"][0]["given"][0], "Kathryn", "and its name and birth date, not the other's");
             assert_eq!(golden["birthDate"], "1984-07-03");
             assert_eq!(golden["meta"]["tag"][0]["code"], "golden");
+            assert_eq!(golden["meta"]["versionId"], "1");
+            // Golden Patients are the index's, not resources in the store.
+            assert!(store.snapshot().unwrap().current(ResourceType::PATIENT, &golden_a).unwrap().is_none());
 
-            // The goldens' own versions went through the feed and were skipped: nothing more.
             assert!(run_batch(&store, &matcher).await.unwrap().changes == 0);
             let cursor = store.mpi_read(|read| Overlay::new(read).cursor()).unwrap();
             assert_eq!(cursor, store.snapshot().unwrap().newest_t().unwrap());
+
+            // A new version of a member with the same content leaves the golden Patient's version.
+            write(&store, vec![patient("a-1", "Catherine", "Smith", "1984-03-07", json!({"active": true}))]).await;
+            settle(&store, &matcher).await;
+            let stored = store.mpi_read(|read| Overlay::new(read).golden(&golden_a)).unwrap().unwrap();
+            assert_eq!(stored.version, 1, "its elements come from b-7, which did not change");
         });
     }
 
@@ -552,7 +600,8 @@ mod tests {
             let reports = settle(&store, &matcher).await;
             assert_eq!(reports[0].goldens_deleted, 1);
             assert!(golden_of(&store, "a-1").is_none());
-            assert!(store.snapshot().unwrap().current(ResourceType::PATIENT, &golden).unwrap().unwrap().is_deleted());
+            let stored = store.mpi_read(|read| Overlay::new(read).golden(&golden)).unwrap().unwrap();
+            assert_eq!((stored.version, stored.body), (2, None), "deleted");
             let members = store.mpi_read(|read| Overlay::new(read).members(&golden, 10)).unwrap();
             assert!(members.is_empty());
         });

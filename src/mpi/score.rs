@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
 use super::compare::{DateLevel, NameLevel, Nicknames, compare_coded_names, compare_date_digits};
 use super::record::PersonRecord;
@@ -266,6 +267,62 @@ impl Parameters {
     /// The match probability of a comparison (without term frequencies).
     pub fn probability(&self, comparison: &Comparison) -> f64 {
         probability_of(self.weight(comparison))
+    }
+}
+
+impl Parameters {
+    /// The parameters as people read them, and as `profiles/mpi.parameters.json` holds the
+    /// defaults: the prior, then `m`, `u` and the weight `log2(m/u)` of each field's levels by
+    /// name, and how many names the term frequencies list.
+    pub fn describe(&self) -> Value {
+        let mut fields = Map::new();
+        for (field, levels) in self.levels.iter().enumerate() {
+            let mut described = Map::new();
+            for (level, &(m, u)) in levels.iter().enumerate() {
+                let weight = (m.max(FLOOR) / u.max(FLOOR)).log2();
+                described.insert(LEVEL_NAMES[field][level].to_owned(), json!({"m": m, "u": u, "weight": weight}));
+            }
+            fields.insert(FIELDS[field].to_owned(), Value::Object(described));
+        }
+        json!({
+            "prior": self.prior,
+            "fields": fields,
+            "term_frequencies": {"records": self.term_frequencies.records,
+                "given_names": self.term_frequencies.given.len(), "family_names": self.term_frequencies.family.len()},
+        })
+    }
+
+    /// Reads parameters in the form [`Parameters::describe`] writes (term frequencies are not
+    /// read: they are the trained population's). Every field and level must be there, with
+    /// `m` and `u` probabilities.
+    pub fn from_description(description: &Value) -> Result<Parameters, String> {
+        let prior = description["prior"].as_f64().filter(|p| *p > 0.0 && *p < 1.0).ok_or("prior: not in (0, 1)")?;
+        let mut levels = Vec::with_capacity(FIELDS.len());
+        for (field, name) in FIELDS.iter().enumerate() {
+            let mut field_levels = Vec::with_capacity(LEVEL_COUNTS[field]);
+            for level in LEVEL_NAMES[field] {
+                let described = &description["fields"][name][level];
+                let probability = |which: &str| {
+                    described[which]
+                        .as_f64()
+                        .filter(|p| (0.0..=1.0).contains(p))
+                        .ok_or_else(|| format!("{name}.{level}.{which}: not a probability"))
+                };
+                field_levels.push((probability("m")?, probability("u")?));
+            }
+            levels.push(field_levels);
+        }
+        Ok(Parameters { prior, levels, term_frequencies: TermFrequencies::default() })
+    }
+
+    /// The parameters the index starts with before it is trained (`profiles/mpi.parameters.json`).
+    pub fn shipped() -> Parameters {
+        static SHIPPED: std::sync::LazyLock<Parameters> = std::sync::LazyLock::new(|| {
+            let text = include_str!("../../profiles/mpi.parameters.json");
+            let value: Value = serde_json::from_str(text).expect("profiles/mpi.parameters.json is JSON");
+            Parameters::from_description(&value).expect("profiles/mpi.parameters.json holds every level")
+        });
+        SHIPPED.clone()
     }
 }
 

@@ -9,12 +9,17 @@
 //! - `member/{golden}\0{patient}`: the same links from the golden side (no value);
 //! - `dup/{golden}\0{golden}`: a POSSIBLE_DUPLICATE [`Link`] between two golden Patients (the
 //!   lower id first);
+//! - `golden/{golden}`: a golden Patient as the API shows it ([`StoredGolden`]): golden Patients
+//!   are Braid's derived view of its sources, kept here rather than among the resources the
+//!   sources and clients wrote, so that searches, conditional writes, histories and exports
+//!   of those are what was written;
+//! - `redirect/{golden}`: the golden Patient it was merged into (UTF-8), kept for unmerging;
 //! - `meta/cursor`: the change feed's last processed logical time (u64 BE);
 //! - `meta/parameters`: the trained [`Parameters`](super::score::Parameters) and report.
 //!
 //! The index is read through an [`Overlay`]: the committed state with a batch's pending
-//! changes on top. The worker is the state's only writer, so what it read is still true when
-//! its batch commits.
+//! changes on top. Every change to the state is made under [`super::service::Mpi`]'s lock, so
+//! what a batch or an operation read is still true when it commits.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +56,10 @@ pub struct LinkEvent {
     pub score: Option<f64>,
     /// When it took this state (RFC 3339).
     pub at: String,
+    /// The golden Patient the link pointed to in this state, when it pointed to another one
+    /// (the link moved in a merge or an unmerge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden: Option<String>,
 }
 
 /// Most earlier states a link keeps.
@@ -86,6 +95,7 @@ impl Link {
             source: self.source,
             score: self.score,
             at: self.updated.clone(),
+            golden: None,
         });
         self.result = result;
         self.source = source;
@@ -135,6 +145,29 @@ pub fn duplicate_key(a: &str, b: &str) -> Vec<u8> {
     format!("dup/{low}\0{high}").into_bytes()
 }
 
+pub fn golden_key(golden: &str) -> Vec<u8> {
+    format!("golden/{golden}").into_bytes()
+}
+
+/// A golden Patient's current version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredGolden {
+    /// Counts from 1, one more each time its content changes.
+    pub version: u64,
+    /// When this version was made (microseconds since the epoch).
+    pub last_updated_micros: i64,
+    /// The Patient, with `meta.versionId` and `meta.lastUpdated`; `None` once it has no
+    /// member left (it was deleted).
+    pub body: Option<serde_json::Value>,
+}
+
+pub fn redirect_key(golden: &str) -> Vec<u8> {
+    format!("redirect/{golden}").into_bytes()
+}
+
+pub const RECORD_PREFIX: &[u8] = b"rec/";
+pub const LINK_PREFIX: &[u8] = b"link/";
+pub const DUPLICATE_PREFIX: &[u8] = b"dup/";
 pub const CURSOR_KEY: &[u8] = b"meta/cursor";
 pub const PARAMETERS_KEY: &[u8] = b"meta/parameters";
 
@@ -255,10 +288,47 @@ impl<'a> Overlay<'a> {
         self.put(CURSOR_KEY.to_vec(), t.to_be_bytes().to_vec());
     }
 
+    /// A golden Patient as last made.
+    pub fn golden(&self, golden: &str) -> Result<Option<StoredGolden>, StoreError> {
+        decode(self.get(&golden_key(golden))?)
+    }
+
+    pub fn put_golden(&mut self, golden: &str, stored: &StoredGolden) {
+        self.put(golden_key(golden), encode(stored));
+    }
+
+    /// The golden Patient `golden` was merged into, if it was.
+    pub fn redirect(&self, golden: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(&redirect_key(golden))?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    pub fn set_redirect(&mut self, from: &str, to: &str) {
+        self.put(redirect_key(from), to.as_bytes().to_vec());
+    }
+
+    pub fn remove_redirect(&mut self, from: &str) {
+        self.remove(redirect_key(from));
+    }
+
+    /// Whether `changes` were made on top of the committed state.
+    pub fn changed(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The pending changes, to be applied in the commit that goes with them.
-    pub fn into_pending(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    pub fn into_pending(self) -> Pending {
         self.pending
     }
+}
+
+/// Changes to the index's state, by key (`None`: removed).
+pub type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Splits a `link/{patient}\0{golden}` or `dup/{a}\0{b}` key into its two ids.
+pub fn pair_of(key: &[u8], prefix: &[u8]) -> Option<(String, String)> {
+    let rest = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+    let (first, second) = rest.split_once('\0')?;
+    Some((first.to_owned(), second.to_owned()))
 }
 
 /// Most links one source Patient has (one MATCH, the POSSIBLE_MATCHes and NO_MATCHes an
@@ -266,7 +336,7 @@ impl<'a> Overlay<'a> {
 pub const MAX_LINKS: usize = 64;
 
 /// Applies pending changes inside the writer's transaction.
-pub fn apply(pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>, txn: &mut AuthTxn<'_>) {
+pub fn apply(pending: &Pending, txn: &mut AuthTxn<'_>) {
     for (key, value) in pending {
         match value {
             Some(value) => txn.insert(key, value),

@@ -49,6 +49,9 @@ pub const MAX_ITERATIONS: usize = 100;
 /// Fewest expected matches among a rule's pairs for its estimate of `m` to count.
 pub const MIN_RULE_MATCHES: f64 = 10.0;
 
+/// Most random pairs a training run draws to estimate `u`.
+pub const MAX_U_PAIRS: usize = 10_000_000;
+
 /// Options of a training run.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainingOptions {

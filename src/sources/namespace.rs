@@ -44,6 +44,10 @@ impl SourceName {
         let valid = !text.is_empty()
             && text.len() <= MAX_SOURCE_NAME
             && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        // Its records' ids start with `{name}-`: that of golden Patients is Braid's own.
+        if crate::store::MANAGED_PATIENT_PREFIX.strip_suffix('-') == Some(text) {
+            return Err(format!("'{text}' is reserved: golden Patients' ids start with it"));
+        }
         if valid {
             Ok(SourceName(text.to_owned()))
         } else {

@@ -41,28 +41,6 @@ impl KvTable {
     }
 }
 
-/// Work on the `mpi` table carried by a resource write and run in the same transaction, once
-/// the resources are written (see `WriteRequest::mpi_state`). Like [`AuthWork`] it may run more
-/// than once and must have no effect outside the [`AuthTxn`].
-#[derive(Clone)]
-pub struct StateWork(pub Arc<StateFn>);
-
-/// What a [`StateWork`] runs.
-pub type StateFn = dyn Fn(&mut AuthTxn<'_>) -> Result<(), StoreError> + Send + Sync;
-
-impl std::fmt::Debug for StateWork {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateWork")
-    }
-}
-
-impl PartialEq for StateWork {
-    /// Closures: two requests compare equal on this field when both have one.
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
 /// A key and its value.
 pub type Row = (Vec<u8>, Vec<u8>);
 
@@ -202,8 +180,18 @@ impl AuthRead {
 
     /// The rows whose key starts with `prefix`, in key order, at most `max`.
     pub fn scan_at_most(&self, prefix: &[u8], max: usize) -> Result<Vec<Row>, StoreError> {
+        self.scan_after(prefix, None, max)
+    }
+
+    /// The rows whose key starts with `prefix` and comes after `after` (from the first when
+    /// `None`), in key order, at most `max`: one page of a scan resumed where the last ended.
+    pub fn scan_after(&self, prefix: &[u8], after: Option<&[u8]>, max: usize) -> Result<Vec<Row>, StoreError> {
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix),
+        };
         let mut rows = Vec::new();
-        for entry in self.table.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded))?.take(max) {
+        for entry in self.table.range::<&[u8]>((start, Bound::Unbounded))?.take(max) {
             let (key, value) = entry?;
             if !key.value().starts_with(prefix) {
                 break;
@@ -211,6 +199,18 @@ impl AuthRead {
             rows.push((key.value().to_vec(), value.value().to_vec()));
         }
         Ok(rows)
+    }
+
+    /// How many keys start with `prefix`, counting at most `max`.
+    pub fn count(&self, prefix: &[u8], max: usize) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for entry in self.table.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded))?.take(max) {
+            if !entry?.0.value().starts_with(prefix) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
     }
 }
 

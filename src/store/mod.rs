@@ -36,8 +36,8 @@ pub use gc::Collected;
 pub use keys::resource_version::{Header, Op};
 pub use migrate::{MigrationProgress, MigrationReport};
 pub use ops::{
-    Action, Change, ChangeKind, Changed, Criteria, GuardCheck, IndexEntry, Indexer, OpOutcome, OutcomeKind,
-    Precondition, RecordChanges, Recorder, Target, WriteGuard, WriteOp, WriteRequest,
+    Action, Change, ChangeKind, Changed, Criteria, GuardCheck, IndexEntry, Indexer, MANAGED_PATIENT_PREFIX, OpOutcome,
+    OutcomeKind, Precondition, RecordChanges, Recorder, Target, WriteGuard, WriteOp, WriteRequest, is_managed,
 };
 pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
 pub use view::{IndexHit, IndexTables, IndexView, LATEST, SnapshotIndex};

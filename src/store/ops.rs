@@ -210,9 +210,16 @@ pub struct WriteRequest {
     /// Set when a request that changes something must leave a record of it (a source's
     /// Provenance): the writer adds the resource it makes, in the same commit.
     pub record_changes: Option<RecordChanges>,
-    /// Set by the master patient index: its state changes that go with this request's
-    /// resources (golden Patients), applied in the same commit when the request succeeds.
-    pub mpi_state: Option<super::auth::StateWork>,
+}
+
+/// The start of the ids of the Patients Braid's master patient index maintains (golden
+/// Patients, `crate::mpi::golden`, kept in the index's own state and shown under these ids):
+/// no resource is written with such an id, and no source's namespace starts with it.
+pub const MANAGED_PATIENT_PREFIX: &str = "golden-";
+
+/// Whether `resource_type/id` is one only the master patient index writes.
+pub fn is_managed(resource_type: ResourceType, id: &str) -> bool {
+    resource_type == ResourceType::PATIENT && id.starts_with(MANAGED_PATIENT_PREFIX)
 }
 
 /// One resource version a request wrote, for its [`RecordChanges`].

@@ -364,12 +364,6 @@ fn commit_group(
                         local_base: None,
                     };
                     let reply = execution.execute(request)?;
-                    if let (Ok(_), Some(state)) = (&reply, &request.mpi_state) {
-                        let table = kv_tables.open(&txn, KvTable::Mpi)?;
-                        let mut kv = AuthTxn::new(table);
-                        (state.0)(&mut kv)?;
-                        kv.into_changes().apply(table)?;
-                    }
                     replies.push(Answer::Resources(reply));
                 }
                 Work::Auth { table: which, work, .. } => {
@@ -717,6 +711,7 @@ impl Execution<'_, '_> {
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
             };
+            refuse_managed(&outcome)?;
             if let Some(guard) = &request.guard {
                 match &outcome {
                     // A fresh id names nothing that exists: nothing to guard.
@@ -1073,6 +1068,28 @@ impl Execution<'_, '_> {
         self.flush_index()?;
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         (criteria.find)(&view, resource_type, limit).map_err(Failure::Request)
+    }
+}
+
+/// Refuses an operation on a resource only the master patient index writes (a golden Patient):
+/// its content is derived from its source Patients and their links, which are what a client
+/// changes instead.
+fn refuse_managed(outcome: &Resolved) -> Result<(), Failure> {
+    let (resource_type, ids): (ResourceType, &[Id]) = match outcome {
+        Resolved::Write { resource_type, id, .. } => (*resource_type, std::slice::from_ref(id)),
+        Resolved::Delete { resource_type, ids, .. } => (*resource_type, ids),
+        Resolved::Existing { .. } => return Ok(()),
+    };
+    match ids.iter().find(|id| super::ops::is_managed(resource_type, id.as_str())) {
+        Some(id) => Err(Failure::Request(FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            format!(
+                "{resource_type}/{id} is a golden Patient, maintained by Braid's master patient index: change its \
+                 source Patients, or their links with the $mdm operations"
+            ),
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -177,6 +177,25 @@ pub fn without_meta(value: &Value) -> Value {
     copy
 }
 
+/// The resource without the `refer` link to its golden Patient that the master patient index
+/// shows on a source Patient (once it has matched it, moments after the write): for comparing
+/// what was written with what is read.
+pub fn without_golden_link(value: &Value) -> Value {
+    let mut copy = value.clone();
+    if let Some(map) = copy.as_object_mut()
+        && let Some(links) = map.get_mut("link").and_then(Value::as_array_mut)
+    {
+        links.retain(|link| {
+            !(link["type"] == "refer"
+                && link["other"]["reference"].as_str().is_some_and(|r| r.starts_with("Patient/golden-")))
+        });
+        if links.is_empty() {
+            map.remove("link");
+        }
+    }
+    copy
+}
+
 /// A `braid serve` child process on a free port, with its JSON log lines.
 pub struct BraidProcess {
     pub child: std::process::Child,

@@ -1,0 +1,432 @@
+//! The master patient index as the server runs it: the matcher's parameters (trained or the
+//! shipped defaults), the worker that follows the change feed, training with the re-scoring
+//! that follows it, the index's figures, and the lock every change to the index's state is
+//! made under.
+//!
+//! Matching never runs inside a client's write: the worker notices new commits (it looks at
+//! the store's newest logical time every [`POLL`]) and runs batches until the feed is drained.
+//! Its progress is the cursor committed with each batch, so a crash loses nothing: the next
+//! start resumes after the last committed batch. How far it is behind is [`Mpi::lag`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::blocking::Rules;
+use super::matcher::{self, BATCH, Matcher};
+use super::score::Parameters;
+use super::state::{self, Entry, Link, MatchResult, Overlay};
+use super::train::{self, TrainingOptions, TrainingReport};
+use crate::fhir::json::{format_instant, now_micros};
+use crate::fhir::{FhirError, ResourceType};
+use crate::store::{Snapshot, Store, StoreError};
+
+/// How often the worker looks for new commits.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// How long the worker waits after a failed batch before trying again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Most pending changes counted for the lag (more are reported as this many).
+pub const MAX_LAG_COUNT: usize = 1_000_000;
+
+/// Most keys counted for each of the index's figures.
+const MAX_COUNT: usize = 100_000_000;
+
+/// The trained parameters as stored (`meta/parameters`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Trained {
+    parameters: Parameters,
+    report: TrainingReport,
+    trained_at: String,
+}
+
+/// What the worker has done since the server started.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Progress {
+    batches: u64,
+    changes: u64,
+    matched: u64,
+    last_batch_at: Option<String>,
+    last_error: Option<String>,
+}
+
+/// The running master patient index.
+pub struct Mpi {
+    store: Store,
+    matcher: RwLock<Arc<Matcher>>,
+    /// When the parameters in use were trained (`None`: the shipped defaults).
+    trained_at: RwLock<Option<String>>,
+    /// Held by every change to the index's state (a batch, a re-scoring page, an operator's
+    /// link change), from reading the state to committing: the [`Overlay`] a change is planned
+    /// on must still be the committed state when it commits.
+    changing: tokio::sync::Mutex<()>,
+    progress: Mutex<Progress>,
+    stopping: AtomicBool,
+}
+
+/// How far the index is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lag {
+    /// The feed's last processed logical time.
+    pub cursor: u64,
+    /// The store's newest logical time.
+    pub newest: u64,
+    /// Patient changes not matched yet (counted up to [`MAX_LAG_COUNT`]).
+    pub pending: usize,
+    /// How long ago the oldest of them was committed; 0 when none is pending.
+    pub seconds: f64,
+}
+
+impl Mpi {
+    /// The index of `store`, with its trained parameters if it has them, else the shipped
+    /// defaults, and the shipped rules.
+    pub fn open(store: &Store) -> Result<Arc<Mpi>, StoreError> {
+        let trained: Option<Trained> = store.mpi_read(|read| state::decode(read.get(state::PARAMETERS_KEY)?))?;
+        let (parameters, trained_at) = match trained {
+            Some(trained) => (trained.parameters, Some(trained.trained_at)),
+            None => (Parameters::shipped(), None),
+        };
+        Ok(Arc::new(Mpi {
+            store: store.clone(),
+            matcher: RwLock::new(Arc::new(Matcher::new(Rules::shipped(), parameters))),
+            trained_at: RwLock::new(trained_at),
+            changing: tokio::sync::Mutex::new(()),
+            progress: Mutex::new(Progress::default()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The matcher in use (its parameters change when the index is trained).
+    pub fn matcher(&self) -> Arc<Matcher> {
+        self.matcher.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Stops the worker and any re-scoring at their next batch.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Runs batches until the feed is drained (or the index is stopped). Returns the changes
+    /// read.
+    pub async fn catch_up(&self) -> Result<usize, FhirError> {
+        let mut total = 0;
+        while !self.stopped() {
+            let report = {
+                let _changing = self.changing.lock().await;
+                matcher::run_batch(&self.store, &self.matcher()).await
+            };
+            let report = match report {
+                Ok(report) => report,
+                Err(error) => {
+                    self.progress().last_error = Some(error.to_string());
+                    return Err(error);
+                }
+            };
+            if report.changes == 0 {
+                break;
+            }
+            total += report.changes;
+            let mut progress = self.progress();
+            progress.batches += 1;
+            progress.changes += report.changes as u64;
+            progress.matched += report.matched as u64;
+            progress.last_batch_at = Some(format_instant(now_micros()));
+            progress.last_error = None;
+        }
+        Ok(total)
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How far the index is behind the store's Patient changes.
+    pub fn lag(&self) -> Result<Lag, FhirError> {
+        let snapshot = self.store.snapshot()?;
+        let cursor = self.store.mpi_read(|read| Overlay::new(read).cursor())?;
+        let newest = snapshot.newest_t()?;
+        let pending = snapshot.changes_after(ResourceType::PATIENT, cursor, MAX_LAG_COUNT)?;
+        let seconds = match pending.first() {
+            Some((_, id, version)) => match snapshot.version(ResourceType::PATIENT, id, *version)? {
+                Some(version) => ((now_micros() - version.header.last_updated_micros).max(0) as f64) / 1e6,
+                None => 0.0,
+            },
+            None => 0.0,
+        };
+        Ok(Lag { cursor, newest, pending: pending.len(), seconds })
+    }
+
+    /// Learns the parameters from the Patients the index holds (see [`train::train`]), stores
+    /// them, uses them from now on, and re-scores every automatic link with them. Returns the
+    /// training report and how many Patients were re-matched.
+    pub async fn train(&self, options: TrainingOptions) -> Result<Value, FhirError> {
+        // Every committed Patient is in the index first (when the server is stopped, nothing
+        // else has filed them).
+        self.catch_up().await?;
+        let store = self.store.clone();
+        let (parameters, report) = tokio::task::spawn_blocking(move || -> Result<_, FhirError> {
+            let mut records = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store.mpi_read(|read| read.scan_after(state::RECORD_PREFIX, after.as_deref(), 10_000))?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (_, value) in page {
+                    if let Some(entry) = state::decode::<Entry>(Some(value))? {
+                        records.push(entry.record);
+                    }
+                }
+            }
+            let records = train::sample(records, options.seed);
+            let rules = Rules::shipped();
+            Ok(train::train(&records, &rules.training, options, super::compare::nicknames()))
+        })
+        .await
+        .map_err(|_| FhirError::fault("training"))??;
+        if report.records < 2 {
+            return Err(FhirError::incorrect(
+                crate::fhir::IssueCode::Processing,
+                "training needs Patients in the index: push or pull some first",
+            ));
+        }
+        let trained = Trained { parameters: parameters.clone(), report: report.clone(), trained_at: now() };
+        let stored = state::encode(&trained);
+        self.store
+            .mpi_write(move |txn| {
+                txn.insert(state::PARAMETERS_KEY, &stored);
+                Ok(())
+            })
+            .await?;
+        *self.matcher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Arc::new(Matcher::new(Rules::shipped(), parameters));
+        *self.trained_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(trained.trained_at.clone());
+        let rescored = self.rescore().await?;
+        Ok(json!({"trained_at": trained.trained_at, "training": report, "rescored": rescored}))
+    }
+
+    /// Matches every source Patient of the index again with the current parameters, a page at
+    /// a time (each page one commit); MANUAL links stay as they are. Returns the Patients
+    /// re-matched.
+    pub async fn rescore(&self) -> Result<usize, FhirError> {
+        let mut after: Option<Vec<u8>> = None;
+        let mut rescored = 0;
+        while !self.stopped() {
+            let _changing = self.changing.lock().await;
+            let snapshot = self.store.snapshot()?;
+            let matcher = self.matcher();
+            let store = self.store.clone();
+            let start = after.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                store.mpi_read(|read| {
+                    let ids: Vec<String> = read
+                        .scan_after(state::RECORD_PREFIX, start.as_deref(), BATCH)?
+                        .into_iter()
+                        .map(|(key, _)| String::from_utf8_lossy(&key[state::RECORD_PREFIX.len()..]).into_owned())
+                        .collect();
+                    let mut overlay = Overlay::new(read);
+                    Ok(rescore_page(&mut overlay, &snapshot, &matcher, &ids)
+                        .map(|count| (ids.last().map(|id| state::record_key(id)), count, overlay.into_pending())))
+                })
+            })
+            .await
+            .map_err(|_| FhirError::fault("mpi"))??;
+            let (last, count, pending) = page?;
+            let Some(last) = last else { break };
+            after = Some(last);
+            rescored += count;
+            if !pending.is_empty() {
+                matcher::commit(&self.store, pending).await?;
+            }
+        }
+        Ok(rescored)
+    }
+
+    /// Makes an operator's change to the index's state: `edit` changes an overlay of it and
+    /// names the golden Patients whose members changed; they are rebuilt, and everything is
+    /// committed in one write. Nothing else changes the state meanwhile.
+    pub async fn change<T: Send + 'static>(
+        &self,
+        edit: impl FnOnce(&mut Overlay<'_>, &Snapshot, &Matcher, &mut BTreeSet<String>) -> Result<T, FhirError>
+        + Send
+        + 'static,
+    ) -> Result<T, FhirError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.store.snapshot()?;
+        let matcher = self.matcher();
+        let store = self.store.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            store.mpi_read(|read| {
+                let mut overlay = Overlay::new(read);
+                let mut touched = BTreeSet::new();
+                let planned = edit(&mut overlay, &snapshot, &matcher, &mut touched).and_then(|value| {
+                    matcher::golden_writes(&mut overlay, &snapshot, &matcher.survivorship, &touched, &HashMap::new())?;
+                    Ok(value)
+                });
+                Ok(planned.map(|value| (value, overlay.into_pending())))
+            })
+        })
+        .await
+        .map_err(|_| FhirError::fault("mpi"))??;
+        let (value, pending) = planned?;
+        if !pending.is_empty() {
+            matcher::commit(&self.store, pending).await?;
+        }
+        Ok(value)
+    }
+
+    /// A golden Patient as a stored version (what reads serve): `None` when there never was
+    /// one; a deleted one has an empty body. `t` is 0: golden Patients are not in the store's
+    /// logical time.
+    pub fn golden(&self, id: &str) -> Result<Option<crate::store::Version>, FhirError> {
+        let Some(stored) = self.read(|overlay| Ok(overlay.golden(id)?))? else { return Ok(None) };
+        let op = if stored.body.is_some() { crate::store::Op::Update } else { crate::store::Op::Delete };
+        Ok(Some(crate::store::Version {
+            resource_type: "Patient".to_owned(),
+            id: id.to_owned(),
+            version: stored.version,
+            header: crate::store::Header { op, t: 0, last_updated_micros: stored.last_updated_micros },
+            body: stored.body.map(|body| serde_json::to_vec(&body).unwrap_or_default()).unwrap_or_default(),
+        }))
+    }
+
+    /// Whether `patient` is the golden Patient `golden_id` or a source Patient with a MATCH to
+    /// it.
+    pub fn is_person(&self, golden_id: &str, patient: &str) -> Result<bool, FhirError> {
+        if patient == golden_id {
+            return Ok(true);
+        }
+        self.read(|overlay| Ok(overlay.golden_of(patient)?.is_some_and(|(golden, _)| golden == golden_id)))
+    }
+
+    /// Reads the committed state.
+    pub fn read<T>(&self, read: impl FnOnce(&Overlay<'_>) -> Result<T, FhirError>) -> Result<T, FhirError> {
+        self.store.mpi_read(|committed| Ok(read(&Overlay::new(committed))))?
+    }
+
+    /// How far matching is behind and what the worker has done: cheap enough to poll (`GET
+    /// /mpi`).
+    pub fn status(&self) -> Result<Value, FhirError> {
+        let trained_at = self.trained_at.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        Ok(json!({"trained_at": trained_at, "feed": self.lag()?, "worker": self.progress().clone()}))
+    }
+
+    /// The index's parameters, training report, feed position and figures, as `braid mpi
+    /// show` prints them.
+    pub fn describe(&self) -> Result<Value, FhirError> {
+        let trained: Option<Trained> = self.store.mpi_read(|read| state::decode(read.get(state::PARAMETERS_KEY)?))?;
+        let matcher = self.matcher();
+        let lag = self.lag()?;
+        let progress = self.progress().clone();
+        let (records, links, golden_patients, duplicates) = self.store.mpi_read(|read| {
+            let records = read.count(state::RECORD_PREFIX, MAX_COUNT)?;
+            let mut links: HashMap<&'static str, usize> = HashMap::new();
+            let mut goldens = BTreeSet::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = read.scan_after(state::LINK_PREFIX, after.as_deref(), 10_000)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (key, value) in page {
+                    let Some(link) = state::decode::<Link>(Some(value))? else { continue };
+                    *links.entry(result_name(link.result)).or_default() += 1;
+                    if link.result == MatchResult::Match
+                        && let Some((_, golden)) = state::pair_of(&key, state::LINK_PREFIX)
+                    {
+                        goldens.insert(golden);
+                    }
+                }
+            }
+            let duplicates = read.count(state::DUPLICATE_PREFIX, MAX_COUNT)?;
+            Ok((records, links, goldens.len(), duplicates))
+        })?;
+        let rules = &matcher.rules;
+        Ok(json!({
+            "trained": trained.is_some(),
+            "trained_at": trained.as_ref().map(|t| t.trained_at.clone()),
+            "parameters": matcher.parameters.describe(),
+            "training": trained.map(|t| t.report),
+            "thresholds": {"match": rules.thresholds.matched, "possible": rules.thresholds.possible},
+            "enterprise_identifier_systems": rules.enterprise_identifier_systems,
+            "feed": lag,
+            "worker": progress,
+            "counts": {"source_patients": records, "golden_patients": golden_patients, "links": links,
+                "possible_duplicates": duplicates},
+        }))
+    }
+}
+
+/// A link result as FHIR and HAPI name it.
+pub fn result_name(result: MatchResult) -> &'static str {
+    match result {
+        MatchResult::Match => "MATCH",
+        MatchResult::PossibleMatch => "POSSIBLE_MATCH",
+        MatchResult::NoMatch => "NO_MATCH",
+        MatchResult::PossibleDuplicate => "POSSIBLE_DUPLICATE",
+    }
+}
+
+fn now() -> String {
+    format_instant(now_micros())
+}
+
+/// Re-matches the source Patients `ids` and rebuilds the golden Patients that changed;
+/// returns how many were re-matched.
+fn rescore_page(
+    overlay: &mut Overlay<'_>,
+    snapshot: &Snapshot,
+    matcher: &Matcher,
+    ids: &[String],
+) -> Result<usize, FhirError> {
+    let now = now();
+    let mut touched = BTreeSet::new();
+    let mut count = 0;
+    for id in ids {
+        if matcher::rematch(overlay, matcher, id, &now, &mut touched)? {
+            count += 1;
+        }
+    }
+    matcher::golden_writes(overlay, snapshot, &matcher.survivorship, &touched, &HashMap::new())?;
+    Ok(count)
+}
+
+/// Runs the index's worker until `mpi` is dropped or stopped: whenever the store has committed
+/// since the last look, the feed is drained.
+pub fn start_worker(mpi: Weak<Mpi>) {
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Some(mpi) = mpi.upgrade() else { break };
+            if mpi.stopped() {
+                break;
+            }
+            let Ok(newest) = mpi.store.snapshot().and_then(|snapshot| snapshot.newest_t()) else { continue };
+            if seen == Some(newest) {
+                continue;
+            }
+            match mpi.catch_up().await {
+                // Its own golden Patients' versions come after `newest`: the next look reads
+                // them past (one empty batch).
+                Ok(_) => seen = Some(newest),
+                Err(error) => {
+                    tracing::warn!(%error, "the master patient index could not match the latest Patients; retrying");
+                    drop(mpi);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    });
+}
