@@ -34,6 +34,10 @@ const RETRY: Duration = Duration::from_secs(5);
 /// Most pending changes counted for the lag (more are reported as this many).
 pub const MAX_LAG_COUNT: usize = 1_000_000;
 
+/// Fewest Patients training learns from: on fewer, the few pairs that agree would make the
+/// parameters say more than the data does.
+pub const MIN_TRAINING_RECORDS: usize = 500;
+
 /// Most keys counted for each of the index's figures.
 const MAX_COUNT: usize = 100_000_000;
 
@@ -196,10 +200,14 @@ impl Mpi {
         })
         .await
         .map_err(|_| FhirError::fault("training"))??;
-        if report.records < 2 {
+        if report.records < MIN_TRAINING_RECORDS {
             return Err(FhirError::incorrect(
                 crate::fhir::IssueCode::Processing,
-                "training needs Patients in the index: push or pull some first",
+                format!(
+                    "training needs at least {MIN_TRAINING_RECORDS} Patients in the index (it has {}): until then \
+                     the shipped parameters are used",
+                    report.records
+                ),
             ));
         }
         let trained = Trained { parameters: parameters.clone(), report: report.clone(), trained_at: now() };

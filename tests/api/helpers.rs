@@ -340,6 +340,14 @@ impl AuthApp {
     pub fn token(&self, client_id: &str, scope: &str, patient: Option<&str>) -> String {
         sign_token(&self.store, &self.app.base, client_id, scope, patient)
     }
+
+    /// A `user/` token for a user with `role` (no patient in context), signed as [`token`]
+    /// does.
+    ///
+    /// [`token`]: AuthApp::token
+    pub fn user_token(&self, client_id: &str, scope: &str, role: braid::auth::users::Role) -> String {
+        sign_claims(&self.store, &self.app.base, client_id, scope, None, Some(role))
+    }
 }
 
 /// An access token for `scope` (with `patient` in context) at the server whose FHIR base is
@@ -350,6 +358,17 @@ pub fn sign_token(
     client_id: &str,
     scope: &str,
     patient: Option<&str>,
+) -> String {
+    sign_claims(store, base, client_id, scope, patient, patient.map(|_| braid::auth::users::Role::Patient))
+}
+
+fn sign_claims(
+    store: &braid::store::Store,
+    base: &str,
+    client_id: &str,
+    scope: &str,
+    patient: Option<&str>,
+    role: Option<braid::auth::users::Role>,
 ) -> String {
     let ring = store.auth_read(braid::auth::keys::KeyRing::load).expect("the key ring");
     let now = braid::auth::now_secs();
@@ -365,7 +384,7 @@ pub fn sign_token(
         patient: patient.map(str::to_owned),
         fhir_user: None,
         gid: None,
-        role: patient.map(|_| braid::auth::users::Role::Patient),
+        role,
         source: None,
     };
     braid::auth::token::issue(&ring, &claims).expect("a token")

@@ -20,6 +20,7 @@ mod history;
 mod ingest;
 mod limits;
 mod metadata;
+mod mpi;
 mod pages;
 mod power_loss;
 mod process;
