@@ -674,6 +674,7 @@ mod tests {
             iat: 0,
             source: None,
             role: None,
+            person: Vec::new(),
         };
         AuditRecord {
             grant: Arc::new(grant),

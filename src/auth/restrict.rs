@@ -17,7 +17,7 @@ use super::scope::{Context, Interaction};
 use crate::fhir::{FhirError, ResourceType};
 use crate::search::compartment::patient_compartment;
 use crate::search::engine;
-use crate::search::query::{Clause, clauses_match_values, compartment_clause, parse_clause};
+use crate::search::query::{Clause, clauses_match_values, compartment_clause_of, parse_clause};
 use crate::store::{IndexView, Indexer};
 
 /// Types that patient-context tokens read whole: shared reference data (who treated the
@@ -106,9 +106,14 @@ impl Access {
     /// under one token's limits is refused under another's. Empty when nothing limits it.
     pub fn fingerprint(&self) -> String {
         match self {
-            Access::Token(grant) if self.is_restricted() => {
-                format!("|restricted:{}|{}", grant.patient.as_deref().unwrap_or(""), grant.scope)
-            }
+            // A person's linked Patients are part of it: a page made before a merge or an
+            // unmerge is refused after it, rather than mixing the two.
+            Access::Token(grant) if self.is_restricted() => format!(
+                "|restricted:{}|{}|{}",
+                grant.patient.as_deref().unwrap_or(""),
+                grant.person.join(","),
+                grant.scope
+            ),
             _ => String::new(),
         }
     }
@@ -118,6 +123,17 @@ impl Access {
         match self {
             Access::Token(grant) if grant.context == Context::Patient => grant.patient.as_deref(),
             _ => None,
+        }
+    }
+
+    /// Whether `patient` lies outside what a patient-context token is bound to (its patient,
+    /// or the Patients of its person): always false for other access.
+    pub fn is_other_patient(&self, patient: &str) -> bool {
+        match self {
+            Access::Token(grant) if grant.context == Context::Patient => {
+                grant.patient.as_deref() != Some(patient) && !grant.person.iter().any(|own| own == patient)
+            }
+            _ => false,
         }
     }
 
@@ -132,12 +148,16 @@ impl Access {
         let Access::Token(grant) = self else { return Ok(Restriction::Allow(Vec::new())) };
         let mut clauses = Vec::new();
         if grant.context == Context::Patient {
-            let Some(patient) = grant.patient.as_deref() else { return Ok(Restriction::Deny) };
+            let patients = grant.compartment_patients();
+            if patients.is_empty() {
+                return Ok(Restriction::Deny);
+            }
             if patient_compartment().contains(resource_type) {
-                clauses.push(compartment_clause(patient));
+                clauses.push(compartment_clause_of(&patients));
             } else if resource_type.as_str() == "Device" {
                 // Outside R4's Patient compartment, but a patient's own devices name it.
-                match parse_clause(resource_type, "patient", &format!("Patient/{patient}"), base)? {
+                let references: Vec<String> = patients.iter().map(|patient| format!("Patient/{patient}")).collect();
+                match parse_clause(resource_type, "patient", &references.join(","), base)? {
                     Some(clause) => clauses.push(clause),
                     None => return Ok(Restriction::Deny),
                 }
@@ -222,6 +242,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::query::compartment_clause;
 
     fn clause(name: &str, value: &str) -> Clause {
         parse_clause(ResourceType::parse("Observation").unwrap(), name, value, "http://b/fhir").unwrap().unwrap()

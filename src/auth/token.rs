@@ -66,6 +66,11 @@ pub struct Grant {
     pub source: Option<String>,
     /// The role of the user it was issued to (`None` for a backend service).
     pub role: Option<Role>,
+    /// When the patient in context is a golden Patient (a person the master patient index
+    /// braided from several sources): it and the source Patients linked to it, as the index
+    /// holds them when the request arrives (filled in per request, never signed into the
+    /// token). Empty otherwise.
+    pub person: Vec<String>,
 }
 
 impl Grant {
@@ -73,6 +78,16 @@ impl Grant {
     /// service's `system/` token that is not a source's, either way able to change every
     /// Patient. Operators manage what the server derives, such as the master patient index's
     /// links.
+    /// The Patients whose compartments a patient-context token reaches: its patient, or the
+    /// whole [`Grant::person`] when that is a golden Patient.
+    pub fn compartment_patients(&self) -> Vec<String> {
+        match &self.patient {
+            Some(_) if !self.person.is_empty() => self.person.clone(),
+            Some(patient) => vec![patient.clone()],
+            None => Vec::new(),
+        }
+    }
+
     pub fn is_operator(&self) -> bool {
         use super::rules::Decision;
         use super::scope::Interaction;
@@ -121,6 +136,7 @@ impl Grant {
             iat: claims.iat,
             source: claims.source,
             role: claims.role,
+            person: Vec::new(),
         }
     }
 }

@@ -366,7 +366,7 @@ fn parse_entry(
                         )
                         .at("request.url"));
                     }
-                    if access.patient().is_some_and(|own| own != patient.as_str()) {
+                    if access.is_other_patient(patient.as_str()) {
                         return Err(FhirError::not_found(format!("Patient/{patient} does not exist")).at("request.url"));
                     }
                     let pairs = request::decode_pairs(query.as_deref().unwrap_or(""));

@@ -51,7 +51,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
                 Permission::Read,
                 &base,
             )?,
-            _ => access.patient().is_none_or(|own| own == patient_id.as_str()),
+            _ => !access.is_other_patient(patient_id.as_str()),
         };
         if !admitted {
             return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
@@ -87,9 +87,25 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         applied.push((name, value));
     }
-    if token.is_none() {
+    let golden = crate::mpi::golden::is_golden(patient_id.as_str());
+    if token.is_none() && !golden {
         require_live_patient(&state.store, resource_type, &patient_id)?;
     }
+    // A golden Patient is the index's: it must be there (and, merged, stands for another).
+    let golden_patient = match golden {
+        true => match state.mpi.golden(patient_id.as_str())? {
+            Some(version) if !version.is_deleted() => Some(version),
+            Some(_) => {
+                return Err(FhirError::new(
+                    Category::Gone,
+                    IssueCode::Deleted,
+                    format!("Patient/{patient_id} was deleted: no source Patient is linked to it any more"),
+                ));
+            }
+            None => return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist"))),
+        },
+        false => None,
+    };
     let compartment = patient_compartment();
     let requested = types.clone();
     let types: Vec<ResourceType> = match types {
@@ -117,8 +133,12 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
+    let request_base = base.clone();
     let path = format!("Patient/{patient_id}/$everything");
-    let restriction = access.fingerprint();
+    let mut restriction = access.fingerprint();
+    // A golden Patient's: every linked source Patient's compartment, shown as one record.
+    let unified = paging::unify(&state.store, &mut plans, &mut restriction)?;
+    let first_page = token.is_none();
     let request = paging::CrossTypeRequest {
         plans,
         count,
@@ -128,14 +148,30 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         applied,
         base: base.clone(),
         restriction,
+        unified,
     };
     let planned = request.plans.iter().map(|(t, _)| *t).collect();
-    let bundle =
+    let wants_patients = requested.as_ref().is_none_or(|types| types.contains(&ResourceType::PATIENT));
+    let mut bundle =
         paging::run_across_types(state.store.clone(), state.limits.search_budget, request, move |store, bundle, t| {
             let members = Members { patient_id: patient_id.as_str(), planned, access: &access };
             add_referenced(store, bundle, t, &members, requested.as_deref(), &base)
         })
         .await?;
+    // The golden Patient itself heads the first page (its source Patients are in their
+    // compartments).
+    if let Some(golden) = golden_patient.filter(|_| first_page && wants_patients) {
+        let full_url = format!("{}/Patient/{}", request_base, golden.id);
+        bundle.entry.insert(
+            0,
+            super::response::EntryOut {
+                full_url: Some(full_url),
+                resource: Some(StoredJson::new(golden.body)),
+                search: Some(SearchMode::Match),
+                ..Default::default()
+            },
+        );
+    }
     Ok(bundle.into_response())
 }
 

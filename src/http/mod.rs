@@ -622,6 +622,16 @@ pub(crate) fn bearer_grant(
         };
         Box::new(refusal(Category::Unauthorized, IssueCode::Login, message, challenge))
     })?;
+    // A patient bound to a golden Patient reaches the records of every Patient linked to it
+    // now: the index is asked on every request, so a merge or an unmerge applies at once.
+    if let Some(patient) = grant.patient.as_deref()
+        && crate::mpi::golden::is_golden(patient)
+    {
+        let person = state.mpi.person(patient).map_err(|error| Box::new(error::error_response(&error)))?;
+        let mut bound = (*grant).clone();
+        bound.person = person;
+        return Ok(Some(Arc::new(bound)));
+    }
     Ok(Some(grant))
 }
 

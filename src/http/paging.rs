@@ -60,9 +60,31 @@ pub struct CrossTypeRequest {
     /// The query parameters that shaped the page, repeated by its links.
     pub applied: Vec<(String, String)>,
     pub base: String,
-    /// What limits the searcher ([`crate::auth::Access::fingerprint`]): part of the cursors'
-    /// scope, so that a page link made under other limits is refused.
+    /// What limits the searcher ([`crate::auth::Access::fingerprint`]), and the persons of a
+    /// unified view: part of the cursors' scope, so that a page link made under other limits
+    /// (or before a merge) is refused.
     pub restriction: String,
+    /// A unified view of a person's records ([`crate::mpi::unified`]).
+    pub unified: bool,
+}
+
+/// Makes the plans a unified view where they name a golden Patient (see
+/// [`crate::mpi::unified::expand`]); the persons join `restriction`. Returns whether any did.
+pub fn unify(
+    store: &Store,
+    plans: &mut [(ResourceType, Vec<Clause>)],
+    restriction: &mut String,
+) -> Result<bool, FhirError> {
+    let mut unified = false;
+    for (_, clauses) in plans.iter_mut() {
+        let persons = crate::mpi::unified::expand(store, clauses)?;
+        // Every type names the same persons: the scope needs them once.
+        if !persons.is_empty() && !unified {
+            restriction.push_str(&persons);
+        }
+        unified |= !persons.is_empty();
+    }
+    Ok(unified)
 }
 
 impl CrossTypeRequest {
@@ -169,14 +191,28 @@ fn page_across_types(store: &Store, request: &CrossTypeRequest, budget: Budget) 
     }
     let mut bundle = BundleOut::new("searchset");
     bundle.link.push(Link { relation: "self", url: self_url.to_owned() });
+    let mut unifier = request.unified.then(|| crate::mpi::unified::Unifier::new(store, &snapshot, view, t, base));
     for (index, _, id, version) in &found {
-        let resource_type = plans[*index].0;
+        let (resource_type, clauses) = &plans[*index];
+        let resource_type = *resource_type;
         let stored = snapshot
             .version(resource_type, id, *version)?
             .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
+        let body = match &mut unifier {
+            Some(unifier) => {
+                let in_view =
+                    |id: &str, version: u64| engine::matches_clauses(view, resource_type, clauses, id, version, t);
+                match unifier.present(resource_type, id, stored.body, &in_view)? {
+                    Some(body) => body,
+                    // Another report of the same fact stands for it.
+                    None => continue,
+                }
+            }
+            None => stored.body,
+        };
         bundle.entry.push(EntryOut {
             full_url: Some(format!("{base}/{resource_type}/{id}")),
-            resource: Some(StoredJson::new(crate::mpi::golden::presented(store, resource_type, id, stored.body))),
+            resource: Some(StoredJson::new(crate::mpi::golden::presented(store, resource_type, id, body))),
             search: Some(SearchMode::Match),
             ..Default::default()
         });

@@ -86,7 +86,8 @@ pub(super) fn golden_version(
     }
     let visible = match access {
         Access::Token(grant) if access.is_restricted() => match &grant.patient {
-            Some(patient) => state.mpi.is_person(id, patient)?,
+            // Bound to this golden Patient, or to one of its source Patients.
+            Some(patient) => !access.is_other_patient(id) || state.mpi.is_person(id, patient)?,
             None => false,
         },
         _ => true,

@@ -18,6 +18,7 @@ use crate::auth::scope::Interaction as Permission;
 use crate::fhir::error::operation_outcome;
 use crate::fhir::summary::Summary;
 use crate::fhir::{FhirError, Issue, IssueCode, ResourceType};
+use crate::mpi::unified::Unifier;
 use crate::search::budget::{Budget, Budgeted};
 use crate::search::chain::Deferred;
 use crate::search::compartment::patient_compartment;
@@ -58,8 +59,12 @@ struct SearchRequest {
     /// Who searches: what they may see limits the included resources too.
     access: Access,
     /// Set for a restricted token: what it may see, written into the paging cursors' scope, so
-    /// that a page link replayed with another token's restriction is refused.
+    /// that a page link replayed with another token's restriction is refused. A unified view
+    /// adds its persons' Patients.
     restriction_scope: String,
+    /// A unified view of a person's records: the same fact from two sources is shown once, and
+    /// overlapping appointments are flagged ([`crate::mpi::unified`]).
+    unified: bool,
 }
 
 pub async fn type_level(ctx: Ctx) -> Result<HttpResponse, FhirError> {
@@ -81,7 +86,7 @@ pub async fn compartment(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         return Err(FhirError::not_found(format!("{resource_type} is not part of the Patient compartment")));
     }
     // Another patient's compartment is, to a patient's token, a patient that does not exist.
-    if ctx.access.patient().is_some_and(|own| own != patient_id.as_str()) {
+    if ctx.access.is_other_patient(patient_id.as_str()) {
         return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
     }
     search(ctx, resource_type, Some(patient_id.as_str().to_owned())).await
@@ -118,6 +123,7 @@ async fn search(ctx: Ctx, resource_type: ResourceType, patient: Option<String>) 
     let base = request::base_url(&http, &state);
     let mut search = prepare(resource_type, patient.as_deref(), &pairs, strict, &base, &state.limits)?;
     restrict(&mut search, &access, &base)?;
+    unify(&mut search, &state.store)?;
     let store = state.store.clone();
     let bundle = if search.0.bounded_by_its_page() {
         // As cheap as a few reads, which run on the worker too: handing it to the blocking pool
@@ -149,6 +155,18 @@ pub(super) fn prepare(
         search.path = format!("Patient/{patient}/{resource_type}");
     }
     Ok(Prepared(Box::new(search), limits.search_budget))
+}
+
+/// Makes a search that names a golden Patient (in its values, its compartment or its token's
+/// restriction) a unified view of that person's records (see [`crate::mpi::unified`]).
+pub(super) fn unify(search: &mut Prepared, store: &crate::store::Store) -> Result<(), FhirError> {
+    let request = &mut search.0;
+    let persons = crate::mpi::unified::expand(store, &mut request.clauses)?;
+    if !persons.is_empty() {
+        request.unified = true;
+        request.restriction_scope.push_str(&persons);
+    }
+    Ok(())
 }
 
 /// Limits a prepared search to what `access` may see: its restriction's clauses join the
@@ -183,7 +201,11 @@ pub(super) fn restrict(search: &mut Prepared, access: &Access, base: &str) -> Re
 
 /// Runs a prepared search on the newest snapshot (or, for a later page, on its cursor's) and
 /// returns the searchset Bundle. Blocking: call it off the I/O threads.
-pub(super) fn run(store: &crate::store::Store, base: &str, search: Prepared) -> Result<BundleOut, FhirError> {
+pub(super) fn run(store: &crate::store::Store, base: &str, mut search: Prepared) -> Result<BundleOut, FhirError> {
+    // A transaction's search entries are unified when they run, after the bundle's writes.
+    if !search.0.unified {
+        unify(&mut search, store)?;
+    }
     let secret = store.cursor_key().clone();
     execute(store, &secret, base, *search.0, search.1)
 }
@@ -212,6 +234,7 @@ impl SearchRequest {
             && self.sort.is_empty()
             && self.includes.is_empty()
             && self.deferred.is_empty()
+            && !self.unified
     }
 }
 
@@ -237,6 +260,7 @@ fn parse(
         explain: false,
         access: Access::Unrestricted,
         restriction_scope: String::new(),
+        unified: false,
         applied: Vec::new(),
         ignored: Vec::new(),
         path: resource_type.as_str().to_owned(),
@@ -493,11 +517,21 @@ fn execute(
         if let Some(previous) = previous_link {
             bundle.link.push(Link { relation: "previous", url: format!("{self_url}{separator}_cursor={previous}") });
         }
+        let mut unifier = search.unified.then(|| Unifier::new(store, &snapshot, &view, t, base));
+        let in_view = |id: &str, version: u64| engine::matches_clauses(&view, resource_type, &clauses, id, version, t);
         for (id, version) in &page.matches {
             let stored = snapshot
                 .version(resource_type, id, *version)?
                 .ok_or_else(|| FhirError::fault("search: an indexed version is missing"))?;
-            let body = crate::mpi::golden::presented(store, resource_type, id, stored.body);
+            let body = match &mut unifier {
+                Some(unifier) => match unifier.present(resource_type, id, stored.body, &in_view)? {
+                    Some(body) => body,
+                    // Another report of the same fact stands for it.
+                    None => continue,
+                },
+                None => stored.body,
+            };
+            let body = crate::mpi::golden::presented(store, resource_type, id, body);
             let resource = shape(resource_type, body, search.elements.as_deref(), search.summary);
             bundle.entry.push(EntryOut {
                 full_url: Some(format!("{base}/{resource_type}/{id}")),

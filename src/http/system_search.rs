@@ -58,7 +58,8 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }
         plans.push((resource_type, clauses));
     }
-    let restriction = access.fingerprint();
+    let mut restriction = access.fingerprint();
+    let unified = paging::unify(&state.store, &mut plans, &mut restriction)?;
     let request = paging::CrossTypeRequest {
         plans,
         count,
@@ -68,6 +69,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         applied,
         base,
         restriction,
+        unified,
     };
     let bundle =
         paging::run_across_types(state.store.clone(), state.limits.search_budget, request, |_, _, _| Ok(())).await?;

@@ -33,3 +33,4 @@ pub mod score;
 pub mod service;
 pub mod state;
 pub mod train;
+pub mod unified;

@@ -463,7 +463,7 @@ fn prefix_of(text: &str) -> (Prefix, &str) {
 }
 
 /// `[v, v·0x00)`: exactly the value `v`.
-pub(super) fn exact(value: Vec<u8>) -> Alternative {
+pub fn exact(value: Vec<u8>) -> Alternative {
     // Index values are cut to a bounded length; so is the value they are compared with.
     let value = values::bounded(value);
     let mut hi = value.clone();
@@ -1004,6 +1004,11 @@ pub fn clauses_match_values(clauses: &[Clause], values: &std::collections::HashM
 
 /// The clause "is in the compartment of Patient `patient_id`".
 pub fn compartment_clause(patient_id: &str) -> Clause {
+    compartment_clause_of(std::slice::from_ref(&patient_id))
+}
+
+/// The clause "is in the compartment of one of `patients`" (the source Patients of one person).
+pub fn compartment_clause_of<S: AsRef<str>>(patients: &[S]) -> Clause {
     static DEFINITION: std::sync::LazyLock<Arc<ParamDef>> = std::sync::LazyLock::new(|| {
         Arc::new(ParamDef {
             code: super::compartment::COMPARTMENT_KEY.to_owned(),
@@ -1016,14 +1021,15 @@ pub fn compartment_clause(patient_id: &str) -> Clause {
             alias_of: Vec::new(),
         })
     });
+    let references: Vec<String> = patients.iter().map(|patient| format!("Patient/{}", patient.as_ref())).collect();
     Clause {
         def: DEFINITION.clone(),
-        written: format!("compartment Patient/{patient_id}"),
+        written: format!("compartment {}", references.join(",")),
         key: super::compartment::COMPARTMENT_KEY.to_owned(),
         negated: false,
         missing: None,
         also_keys: Vec::new(),
-        alternatives: vec![exact(format!("Patient/{patient_id}").into_bytes())],
+        alternatives: references.into_iter().map(|reference| exact(reference.into_bytes())).collect(),
         any_of: Vec::new(),
     }
 }

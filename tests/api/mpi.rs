@@ -649,3 +649,221 @@ async fn braid_mpi_train_learns_from_the_database_and_keeps_manual_links() {
     assert_eq!(matched as usize, entries.len(), "{after}");
     assert!(goldens < 1_100, "{after}");
 }
+
+fn observation(id: &str, patient: &str, code: &str, time: &str, value: f64) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": time,
+        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+fn appointment(id: &str, patient: &str, start: &str, end: &str) -> Value {
+    json!({"resourceType": "Appointment", "id": id, "status": "booked", "start": start, "end": end,
+        "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"},
+            {"actor": {"display": "Dr Mary Who"}, "status": "accepted"}]})
+}
+
+fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["search"]["mode"] == "match")
+        .map(|entry| {
+            format!(
+                "{}/{}",
+                entry["resource"]["resourceType"].as_str().unwrap(),
+                entry["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn extension_references(resource: &Value, url: &str) -> Vec<(String, String)> {
+    resource["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|extension| extension["url"] == url)
+        .map(|extension| {
+            (
+                extension["valueReference"]["reference"].as_str().unwrap().to_owned(),
+                extension["valueReference"]["display"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn resource_in<'a>(bundle: &'a Value, reference: &str) -> &'a Value {
+    let (kind, id) = reference.split_once('/').unwrap();
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| &entry["resource"])
+        .find(|resource| resource["resourceType"] == kind && resource["id"] == id)
+        .unwrap_or_else(|| panic!("{reference} in {bundle}"))
+}
+
+#[tokio::test]
+async fn a_golden_patient_is_one_record_across_sources_with_each_fact_once_and_conflicts_flagged() {
+    let server = spawn_auth_app().await;
+    let clinic = crate::sources::add_source(&server, "clinic", false).await;
+    let hosp = crate::sources::add_source(&server, "hosp", false).await;
+    let operator = server.token("ops", "system/*.cruds", None);
+    let push = |token: String, resource: Value| {
+        let app = &server.app;
+        async move {
+            let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+            let reply = app.put_with_token(&path, &token, &resource).await;
+            assert!(reply.status == 201 || reply.status == 200, "{path}: {}", reply.text);
+        }
+    };
+    let heart_rate = "8867-4";
+    for resource in [
+        person("p1", "Catherine", "Smith", "1984-03-07", json!({})),
+        person("p2", "Robert", "Jones", "1950-11-30", json!({"gender": "male"})),
+        observation("o1", "p1", heart_rate, "2026-05-01T09:00:00Z", 72.0),
+        observation("o2", "p1", "29463-7", "2026-05-02T09:00:00Z", 80.0),
+        observation("o3", "p2", heart_rate, "2026-05-01T09:00:00Z", 72.0),
+        appointment("ap1", "p1", "2026-06-01T10:00:00Z", "2026-06-01T10:30:00Z"),
+    ] {
+        push(clinic.token.clone(), resource).await;
+    }
+    for resource in [
+        person(
+            "x9",
+            "Kathryn",
+            "Smith",
+            "1984-07-03",
+            json!({"telecom": [{"system": "phone", "value": "0298765432"}]}),
+        ),
+        // The same heart rate at the same time, written with another offset.
+        observation("h1", "x9", heart_rate, "2026-05-01T11:00:00+02:00", 72.0),
+        observation("h2", "x9", heart_rate, "2026-05-03T09:00:00Z", 90.0),
+        appointment("ha", "x9", "2026-06-01T10:00:00Z", "2026-06-01T10:30:00Z"),
+        appointment("hb", "x9", "2026-06-01T10:15:00Z", "2026-06-01T11:00:00Z"),
+    ] {
+        push(hosp.token.clone(), resource).await;
+    }
+    settled(&server.app, Some(&operator)).await;
+    let get = |token: &str, path: &str| {
+        let app = &server.app;
+        let request = app.client.get(app.url(path)).bearer_auth(token);
+        let path = path.to_owned();
+        async move {
+            let reply = app.send(request).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+            reply.body
+        }
+    };
+    let read = get(&operator, "/Patient/clinic-p1").await;
+    let golden = read["link"][0]["other"]["reference"].as_str().unwrap().trim_start_matches("Patient/").to_owned();
+    assert!(golden.starts_with("golden-"), "{read}");
+    let hosp_patient = get(&operator, "/Patient/hosp-x9").await;
+    assert_eq!(hosp_patient["link"][0]["other"]["reference"], format!("Patient/{golden}"));
+
+    // The person's Observations, from both sources, the shared heart rate once, naming both.
+    let expected = ["Observation/clinic-o1", "Observation/clinic-o2", "Observation/hosp-h2"];
+    for path in [
+        format!("/Observation?patient={golden}"),
+        format!("/Observation?subject=Patient/{golden}"),
+        format!("/Patient/{golden}/Observation"),
+    ] {
+        let bundle = get(&operator, &path).await;
+        let mut ids = entry_ids(&bundle);
+        ids.sort();
+        assert_eq!(ids, expected, "{path}");
+        let reported = extension_references(resource_in(&bundle, "Observation/clinic-o1"), "urn:braid:reported-by");
+        assert_eq!(
+            reported,
+            [
+                ("Observation/clinic-o1".to_owned(), "clinic".to_owned()),
+                ("Observation/hosp-h1".to_owned(), "hosp".to_owned())
+            ],
+            "{path}"
+        );
+        assert!(extension_references(resource_in(&bundle, "Observation/hosp-h2"), "urn:braid:reported-by").is_empty());
+    }
+    // Narrowed by code; and a duplicate whose stand-in is filtered out is shown itself.
+    let bundle = get(&operator, &format!("/Observation?patient={golden}&code=http://loinc.org|{heart_rate}")).await;
+    assert_eq!(entry_ids(&bundle).len(), 2, "{bundle}");
+    let bundle = get(&operator, &format!("/Observation?patient={golden}&_id=hosp-h1")).await;
+    assert_eq!(entry_ids(&bundle), ["Observation/hosp-h1"]);
+    // Another person's identical reading is theirs alone; a source Patient's own search is as
+    // its source wrote it.
+    let bundle = get(&operator, "/Observation?patient=clinic-p1").await;
+    assert_eq!(entry_ids(&bundle), ["Observation/clinic-o1", "Observation/clinic-o2"]);
+    // _include follows to the source Patients.
+    let bundle = get(&operator, &format!("/Observation?patient={golden}&_include=Observation:subject")).await;
+    let included: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(included.contains(&"clinic-p1") && included.contains(&"hosp-x9"), "{included:?}");
+
+    // Appointments: the same visit once; another provider's overlapping one flagged.
+    let bundle = get(&operator, &format!("/Appointment?patient={golden}")).await;
+    let mut ids = entry_ids(&bundle);
+    ids.sort();
+    assert_eq!(ids, ["Appointment/clinic-ap1", "Appointment/hosp-hb"]);
+    let visit = resource_in(&bundle, "Appointment/clinic-ap1");
+    assert_eq!(extension_references(visit, "urn:braid:reported-by").len(), 2, "{visit}");
+    assert_eq!(
+        extension_references(visit, "urn:braid:conflicts-with"),
+        [("Appointment/hosp-hb".to_owned(), "hosp".to_owned())]
+    );
+    let overlapping = resource_in(&bundle, "Appointment/hosp-hb");
+    assert_eq!(
+        extension_references(overlapping, "urn:braid:conflicts-with"),
+        [("Appointment/clinic-ap1".to_owned(), "clinic".to_owned())],
+        "the same source's own copy of the visit is no conflict"
+    );
+    assert!(overlapping["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "conflict"));
+
+    // $everything: the golden Patient first, then both sources' records as one.
+    let everything = get(&operator, &format!("/Patient/{golden}/$everything?_count=50")).await;
+    assert_eq!(everything["entry"][0]["resource"]["id"], golden.as_str());
+    let ids = entry_ids(&everything);
+    for id in
+        ["Patient/clinic-p1", "Patient/hosp-x9", "Observation/clinic-o1", "Observation/hosp-h2", "Appointment/hosp-hb"]
+    {
+        assert!(ids.contains(&id.to_owned()), "{id} in {ids:?}");
+    }
+    for id in ["Observation/hosp-h1", "Appointment/hosp-ha", "Observation/clinic-o3", "Patient/clinic-p2"] {
+        assert!(!ids.contains(&id.to_owned()), "{id} not in {ids:?}");
+    }
+
+    // The patient, signed in as the golden Patient, sees the whole person and nothing else.
+    let patient = server.token("portal", "patient/*.rs", Some(&golden));
+    let bundle = get(&patient, "/Observation").await;
+    let mut ids = entry_ids(&bundle);
+    ids.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(get(&patient, &format!("/Patient/{golden}")).await["id"], golden.as_str());
+    assert_eq!(get(&patient, "/Patient/hosp-x9").await["id"], "hosp-x9");
+    let app = &server.app;
+    let other = app.send(app.client.get(app.url("/Patient/clinic-p2")).bearer_auth(&patient)).await;
+    assert_eq!(other.status, 404, "{}", other.text);
+    let other = app.send(app.client.get(app.url("/Observation/clinic-o3")).bearer_auth(&patient)).await;
+    assert_eq!(other.status, 404, "{}", other.text);
+    assert!(entry_ids(&get(&patient, "/Observation?patient=clinic-p2").await).is_empty());
+
+    // A page link made before an unmerge is refused after it: no page mixes two states.
+    let first = get(&operator, &format!("/Observation?patient={golden}&_count=1")).await;
+    let next = crate::helpers::next_link(&first).expect("a next page");
+    let unmerge = parameters(&[("goldenResourceId", json!(golden.clone())), ("resourceId", json!("hosp-x9"))]);
+    let reply = server.app.post_with_token("/$mdm-unmerge", &operator, &unmerge).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let stale = app.send(app.client.get(&next).bearer_auth(&operator)).await;
+    assert_eq!(stale.status, 400, "{}", stale.text);
+    // And the views change at once: the hospital's records are another person's now.
+    let bundle = get(&operator, &format!("/Observation?patient={golden}")).await;
+    assert_eq!(entry_ids(&bundle), ["Observation/clinic-o1", "Observation/clinic-o2"]);
+    assert!(extension_references(resource_in(&bundle, "Observation/clinic-o1"), "urn:braid:reported-by").is_empty());
+    let bundle = get(&patient, "/Observation").await;
+    assert_eq!(entry_ids(&bundle).len(), 2, "the patient's token follows the unmerge: {bundle}");
+}

@@ -13,16 +13,16 @@ use crate::helpers::{AuthApp, Reply, braid_cli, spawn_auth_app};
 use crate::smart::{ClientKey, assertion_token, claims, token_url};
 
 /// A push source as the tests use it: its client and a token it got for `system/*.cruds`.
-struct Source {
-    client_id: String,
-    token: String,
+pub(crate) struct Source {
+    pub(crate) client_id: String,
+    pub(crate) token: String,
 }
 
 async fn operator(server: &AuthApp, request: AdminRequest) -> Result<Value, String> {
     crate::helpers::operator(&server.data, request).await
 }
 
-async fn add_source(server: &AuthApp, name: &str, lenient: bool) -> Source {
+pub(crate) async fn add_source(server: &AuthApp, name: &str, lenient: bool) -> Source {
     let key = ClientKey::es384(&format!("{name}-key"));
     let jwks = serde_json::to_string(&JwkSet { keys: vec![key.public.clone()] }).unwrap();
     let new = braid::sources::NewSource {
