@@ -52,6 +52,7 @@ pub struct Settings {
     pub audit_window_secs: u64,
     pub smart_style_url: Option<String>,
     pub export_retention_secs: u64,
+    pub mpi_auto_train: bool,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -146,6 +147,7 @@ impl Default for Settings {
             totp: TotpPolicy::Required,
             audit: true,
             audit_window_secs: 5,
+            mpi_auto_train: true,
             smart_style_url: None,
             export_retention_secs: 3600,
         }
@@ -542,6 +544,25 @@ pub const SETTINGS: &[SettingDoc] = &[
                 return Err("expected a number of seconds from 60 to 604800".into());
             }
             Ok(())
+        },
+    },
+    SettingDoc {
+        key: "mpi_auto_train",
+        env: "BRAID_MPI_AUTO_TRAIN",
+        default: "true",
+        doc: "Train the master patient index's parameters on its own Patients once it holds 1,000 and again each time \
+              that number doubles (as `braid mpi train` does, re-scoring the automatic links; manual links stay). \
+              With false, the shipped parameters are used until an operator trains.",
+        apply: |s, v| match v.trim() {
+            "true" => {
+                s.mpi_auto_train = true;
+                Ok(())
+            }
+            "false" => {
+                s.mpi_auto_train = false;
+                Ok(())
+            }
+            _ => Err("expected true or false".into()),
         },
     },
 ];

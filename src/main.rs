@@ -646,7 +646,7 @@ async fn admin_command(
         match open_for_admin(data) {
             Ok(store) => {
                 let loaded = braid::sources::Registry::load(&store)
-                    .and_then(|sources| Ok((sources, braid::mpi::service::Mpi::open(&store)?)));
+                    .and_then(|sources| Ok((sources, braid::mpi::service::Mpi::open(&store, false)?)));
                 let answer = match loaded {
                     Ok((sources, mpi)) => admin::execute(&store, None, &sources, &mpi, request).await,
                     Err(error) => Err(error.into()),

@@ -119,7 +119,7 @@ impl Application {
         );
         start_source_flusher(Arc::downgrade(&sources));
         start_pullers(&sources);
-        let mpi = crate::mpi::service::Mpi::open(&store)
+        let mpi = crate::mpi::service::Mpi::open(&store, settings.mpi_auto_train)
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         crate::mpi::service::start_worker(Arc::downgrade(&mpi));
         let socket = crate::auth::admin::socket_path(&settings.data);

@@ -45,6 +45,40 @@ pub struct Rules {
     pub enterprise_identifier_systems: Vec<String>,
     #[serde(default)]
     pub survivorship: super::golden::Survivorship,
+    /// Patterns of comparison levels that never make an automatic MATCH, whatever their score:
+    /// such pairs are at most a POSSIBLE_MATCH, for review.
+    #[serde(default)]
+    pub review_only: Vec<ReviewRule>,
+}
+
+/// A pattern of comparison levels (see [`Rules::review_only`]): it holds for a pair when each
+/// field in `levels` compares at one of the levels listed for it, and no field in `unless` does
+/// (level names as in `score::LEVEL_NAMES`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReviewRule {
+    pub name: String,
+    pub levels: LevelSets,
+    /// Evidence that overrides the pattern (a shared identifier, phone or email).
+    #[serde(default)]
+    pub unless: LevelSets,
+}
+
+/// Field name → level names.
+pub type LevelSets = std::collections::BTreeMap<String, Vec<String>>;
+
+/// Whether `comparison` has `field` at one of `levels`.
+fn at_level(comparison: &super::score::Comparison, field: &str, levels: &[String]) -> bool {
+    use super::score::{FIELDS, LEVEL_NAMES};
+    let Some(index) = FIELDS.iter().position(|name| *name == field) else { return false };
+    comparison.levels[index].is_some_and(|level| levels.iter().any(|name| LEVEL_NAMES[index][level as usize] == name))
+}
+
+impl ReviewRule {
+    /// Whether `comparison` fits the pattern.
+    pub fn holds(&self, comparison: &super::score::Comparison) -> bool {
+        self.levels.iter().all(|(field, levels)| at_level(comparison, field, levels))
+            && !self.unless.iter().any(|(field, levels)| at_level(comparison, field, levels))
+    }
 }
 
 /// Match probabilities that make links: at least `match` an automatic MATCH, at least
@@ -66,6 +100,19 @@ impl Rules {
             rules.blocking.iter().chain(&rules.training).all(|rule| !rule.fields.is_empty()),
             "a blocking rule without fields"
         );
+        for rule in &rules.review_only {
+            for (field, levels) in rule.levels.iter().chain(&rule.unless) {
+                let index = super::score::FIELDS.iter().position(|name| name == field);
+                let index = index.unwrap_or_else(|| panic!("review rule {}: no field {field}", rule.name));
+                for level in levels {
+                    assert!(
+                        super::score::LEVEL_NAMES[index].contains(&level.as_str()),
+                        "review rule {}: {field} has no level {level}",
+                        rule.name
+                    );
+                }
+            }
+        }
         let thresholds = rules.thresholds;
         assert!(
             0.0 < thresholds.possible && thresholds.possible < thresholds.matched && thresholds.matched < 1.0,

@@ -64,7 +64,14 @@ impl Matcher {
         if let Some(decided) = self.enterprise_decision(a, b) {
             return if decided { 1.0 } else { 0.0 };
         }
-        probability_of(self.parameters.pair_weight(a, &compare_pair(a, b, self.nicknames)))
+        let comparison = compare_pair(a, b, self.nicknames);
+        let probability = probability_of(self.parameters.pair_weight(a, &comparison));
+        let thresholds = self.rules.thresholds;
+        if probability >= thresholds.matched && self.rules.review_only.iter().any(|rule| rule.holds(&comparison)) {
+            // For review: between the thresholds.
+            return (thresholds.possible + thresholds.matched) / 2.0;
+        }
+        probability
     }
 
     /// `Some(true)` when both records have an identifier of an enterprise system and one value
@@ -98,6 +105,9 @@ pub struct BatchReport {
     pub cursor: u64,
     pub goldens_written: usize,
     pub goldens_deleted: usize,
+    /// Source Patients the index holds now and did not before, and those it let go.
+    pub filed: usize,
+    pub forgotten: usize,
 }
 
 /// Processes the next batch of the change feed, committing its outcome. Returns what it did
@@ -156,9 +166,14 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
         if golden::is_golden(id) || !seen.insert(id.as_str()) {
             continue;
         }
+        let known = overlay.entry(id)?.is_some();
         match current_body(snapshot, id)? {
-            None => forget(overlay, id, &mut touched)?,
+            None => {
+                forget(overlay, id, &mut touched)?;
+                report.forgotten += usize::from(known);
+            }
             Some((version, body)) => {
+                report.filed += usize::from(!known);
                 if match_patient(overlay, matcher, id, version, &body, &now, &mut touched)? {
                     report.matched += 1;
                 }

@@ -136,9 +136,13 @@ fn identifier_index(a: &[(String, String)], b: &[(String, String)]) -> Option<u8
     best
 }
 
-/// Compares two records field by field.
+/// Compares two records field by field. The city and postcode are part of the address: when
+/// the address lines agree (exactly or closely) they are not compared on their own, as their
+/// agreement would count the same evidence two more times. When the lines differ they are, and
+/// training estimates their levels among such pairs only: after a typo in the street they
+/// mostly agree, after a move mostly not, and the data says which is more common.
 pub fn compare_pair(a: &PersonRecord, b: &PersonRecord, nicknames: &Nicknames) -> Comparison {
-    Comparison {
+    let mut comparison = Comparison {
         levels: [
             name_index(compare_coded_names(&a.given, &a.given_sound, &b.given, &b.given_sound, nicknames)),
             name_index(compare_coded_names(&a.family, &a.family_sound, &b.family, &b.family_sound, nicknames)),
@@ -154,7 +158,23 @@ pub fn compare_pair(a: &PersonRecord, b: &PersonRecord, nicknames: &Nicknames) -
             shared_index(&a.emails, &b.emails),
             identifier_index(&a.identifiers, &b.identifiers),
         ],
+    };
+    if matches!(comparison.levels[ADDRESS], Some(0 | 1)) {
+        comparison.levels[CITY] = None;
+        comparison.levels[POSTCODE] = None;
     }
+    comparison
+}
+
+const ADDRESS: usize = 4;
+const CITY: usize = 5;
+const POSTCODE: usize = 6;
+
+/// Whether `field` is compared only when another disagrees (the city and postcode, when the
+/// address lines do): its disagreement may then be the usual thing among matches (after a
+/// move), which says nothing against the estimate.
+pub fn is_conditional(field: usize) -> bool {
+    field == CITY || field == POSTCODE
 }
 
 /// How often each given and family name occurs among the records trained on, so that sharing
@@ -353,10 +373,14 @@ mod tests {
         let comparison = compare_pair(&a, &b, nicknames());
         assert_eq!(
             comparison.levels,
-            [Some(1), Some(3), Some(1), Some(0), Some(1), None, Some(0), None, None, None],
-            "nickname, phonetic, swapped day and month, same sex, close address, same postcode; the rest \
-             missing (identifiers of different systems say nothing)"
+            [Some(1), Some(3), Some(1), Some(0), Some(1), None, None, None, None, None],
+            "nickname, phonetic, swapped day and month, same sex, close address (which stands for the \
+             postcode); the rest missing (identifiers of different systems say nothing)"
         );
+        // Address lines that differ leave the city and postcode to be compared.
+        let moved = record(json!({"address": [{"line": ["7 Other Rd"], "city": "Perth", "postalCode": "2000"}]}));
+        let levels = compare_pair(&a, &moved, nicknames()).levels;
+        assert_eq!((levels[4], levels[5], levels[6]), (Some(2), None, Some(0)));
         for (field, level) in comparison.levels.iter().enumerate() {
             assert!(level.is_none_or(|level| (level as usize) < LEVEL_COUNTS[field]), "{field}");
         }

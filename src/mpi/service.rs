@@ -9,7 +9,7 @@
 //! start resumes after the last committed batch. How far it is behind is [`Mpi::lag`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -47,7 +47,15 @@ struct Trained {
     parameters: Parameters,
     report: TrainingReport,
     trained_at: String,
+    /// How many source Patients the index held (training samples at most
+    /// [`train::MAX_RECORDS`] of them).
+    #[serde(default)]
+    index_records: usize,
 }
+
+/// The index size at which the worker trains first, on its own (`mpi_auto_train`); then each
+/// time the size doubles.
+pub const FIRST_AUTO_TRAINING: usize = 1_000;
 
 /// What the worker has done since the server started.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,6 +79,14 @@ pub struct Mpi {
     changing: tokio::sync::Mutex<()>,
     progress: Mutex<Progress>,
     stopping: AtomicBool,
+    /// Whether the worker trains on its own as the index grows.
+    auto_train: bool,
+    /// Source Patients in the index (counted at open, then kept by the batches).
+    records: AtomicUsize,
+    /// The index size the parameters in use were trained at (0: the shipped ones).
+    trained_records: AtomicUsize,
+    /// Held while training runs: one training at a time.
+    training: tokio::sync::Mutex<()>,
 }
 
 /// How far the index is behind the store.
@@ -89,12 +105,14 @@ pub struct Lag {
 impl Mpi {
     /// The index of `store`, with its trained parameters if it has them, else the shipped
     /// defaults, and the shipped rules.
-    pub fn open(store: &Store) -> Result<Arc<Mpi>, StoreError> {
+    /// `auto_train`: whether the worker trains on its own as the index grows.
+    pub fn open(store: &Store, auto_train: bool) -> Result<Arc<Mpi>, StoreError> {
         let trained: Option<Trained> = store.mpi_read(|read| state::decode(read.get(state::PARAMETERS_KEY)?))?;
-        let (parameters, trained_at) = match trained {
-            Some(trained) => (trained.parameters, Some(trained.trained_at)),
-            None => (Parameters::shipped(), None),
+        let (parameters, trained_at, trained_records) = match trained {
+            Some(trained) => (trained.parameters, Some(trained.trained_at), trained.index_records.max(1)),
+            None => (Parameters::shipped(), None, 0),
         };
+        let records = store.mpi_read(|read| read.count(state::RECORD_PREFIX, MAX_COUNT))?;
         Ok(Arc::new(Mpi {
             store: store.clone(),
             matcher: RwLock::new(Arc::new(Matcher::new(Rules::shipped(), parameters))),
@@ -102,7 +120,22 @@ impl Mpi {
             changing: tokio::sync::Mutex::new(()),
             progress: Mutex::new(Progress::default()),
             stopping: AtomicBool::new(false),
+            auto_train,
+            records: AtomicUsize::new(records),
+            trained_records: AtomicUsize::new(trained_records),
+            training: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// The index size at which the worker trains next on its own; `None` when it does not.
+    pub fn next_auto_training(&self) -> Option<usize> {
+        let trained = self.trained_records.load(Ordering::Acquire);
+        self.auto_train.then(|| (2 * trained).max(FIRST_AUTO_TRAINING))
+    }
+
+    /// Whether a training (with its re-scoring) is running.
+    pub fn is_training(&self) -> bool {
+        self.training.try_lock().is_err()
     }
 
     pub fn store(&self) -> &Store {
@@ -143,6 +176,8 @@ impl Mpi {
                 break;
             }
             total += report.changes;
+            self.records.fetch_add(report.filed, Ordering::AcqRel);
+            self.records.fetch_sub(report.forgotten.min(self.records.load(Ordering::Acquire)), Ordering::AcqRel);
             let mut progress = self.progress();
             progress.batches += 1;
             progress.changes += report.changes as u64;
@@ -177,9 +212,11 @@ impl Mpi {
     /// them, uses them from now on, and re-scores every automatic link with them. Returns the
     /// training report and how many Patients were re-matched.
     pub async fn train(&self, options: TrainingOptions) -> Result<Value, FhirError> {
+        let _training = self.training.lock().await;
         // Every committed Patient is in the index first (when the server is stopped, nothing
         // else has filed them).
         self.catch_up().await?;
+        let index_records = self.store.mpi_read(|read| read.count(state::RECORD_PREFIX, MAX_COUNT))?;
         let store = self.store.clone();
         let (parameters, report) = tokio::task::spawn_blocking(move || -> Result<_, FhirError> {
             let mut records = Vec::new();
@@ -210,7 +247,8 @@ impl Mpi {
                 ),
             ));
         }
-        let trained = Trained { parameters: parameters.clone(), report: report.clone(), trained_at: now() };
+        let trained =
+            Trained { parameters: parameters.clone(), report: report.clone(), trained_at: now(), index_records };
         let stored = state::encode(&trained);
         self.store
             .mpi_write(move |txn| {
@@ -221,6 +259,7 @@ impl Mpi {
         *self.matcher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
             Arc::new(Matcher::new(Rules::shipped(), parameters));
         *self.trained_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(trained.trained_at.clone());
+        self.trained_records.store(index_records.max(1), Ordering::Release);
         let rescored = self.rescore().await?;
         Ok(json!({"trained_at": trained.trained_at, "training": report, "rescored": rescored}))
     }
@@ -340,7 +379,9 @@ impl Mpi {
     /// /mpi`).
     pub fn status(&self) -> Result<Value, FhirError> {
         let trained_at = self.trained_at.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        Ok(json!({"trained_at": trained_at, "feed": self.lag()?, "worker": self.progress().clone()}))
+        Ok(json!({"trained_at": trained_at, "feed": self.lag()?, "worker": self.progress().clone(),
+            "source_patients": self.records.load(Ordering::Acquire), "training": self.is_training(),
+            "next_training_at": self.next_auto_training()}))
     }
 
     /// The index's parameters, training report, feed position and figures, as `braid mpi
@@ -382,9 +423,33 @@ impl Mpi {
             "enterprise_identifier_systems": rules.enterprise_identifier_systems,
             "feed": lag,
             "worker": progress,
+            "training_now": self.is_training(),
+            "next_training_at": self.next_auto_training(),
             "counts": {"source_patients": records, "golden_patients": golden_patients, "links": links,
                 "possible_duplicates": duplicates},
         }))
+    }
+}
+
+impl Mpi {
+    /// Starts a training on its own task when the index has grown to the next size at which
+    /// it trains (see [`Mpi::next_auto_training`]) and none is running.
+    fn start_auto_training(self: &Arc<Mpi>) {
+        let Some(next) = self.next_auto_training() else { return };
+        if self.records.load(Ordering::Acquire) < next || self.is_training() {
+            return;
+        }
+        let mpi = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(patients = mpi.records.load(Ordering::Acquire), "training the master patient index");
+            match mpi.train(TrainingOptions::default()).await {
+                Ok(report) => tracing::info!(
+                    rescored = report["rescored"].as_u64().unwrap_or(0),
+                    "trained the master patient index and re-scored its links"
+                ),
+                Err(error) => tracing::warn!(%error, "training the master patient index failed"),
+            }
+        });
     }
 }
 
@@ -438,9 +503,10 @@ pub fn start_worker(mpi: Weak<Mpi>) {
                 continue;
             }
             match mpi.catch_up().await {
-                // Its own golden Patients' versions come after `newest`: the next look reads
-                // them past (one empty batch).
-                Ok(_) => seen = Some(newest),
+                Ok(_) => {
+                    seen = Some(newest);
+                    mpi.start_auto_training();
+                }
                 Err(error) => {
                     tracing::warn!(%error, "the master patient index could not match the latest Patients; retrying");
                     drop(mpi);

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocking::{BlockField, BlockingRule, keys};
 use super::compare::Nicknames;
+use super::random::Random;
 use super::record::PersonRecord;
 use super::score::{Comparison, FIELDS, LEVEL_COUNTS, Parameters, TermFrequencies, compare_pair, field_index};
 
@@ -98,28 +99,12 @@ pub struct TrainingReport {
     pub unestimated: Vec<String>,
 }
 
-/// A small deterministic generator (xorshift64*), so that training is reproducible.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-}
-
 /// At most [`MAX_RECORDS`] of `records`, drawn at random (all of them when there are fewer).
 pub fn sample(records: Vec<PersonRecord>, seed: u64) -> Vec<PersonRecord> {
     if records.len() <= MAX_RECORDS {
         return records;
     }
-    let mut random = Random(seed.max(1));
+    let mut random = Random::new(seed);
     let mut records = records;
     // A partial Fisher-Yates shuffle: the first MAX_RECORDS are a uniform sample.
     for index in 0..MAX_RECORDS {
@@ -159,7 +144,7 @@ fn normalise(counts: Counts) -> Vec<Vec<f64>> {
 pub fn estimate_u(records: &[PersonRecord], pairs: usize, seed: u64, nicknames: &Nicknames) -> Vec<Vec<f64>> {
     let mut tally = counts(1.0);
     if records.len() >= 2 {
-        let mut random = Random(seed.max(1));
+        let mut random = Random::new(seed);
         for _ in 0..pairs {
             let a = random.below(records.len());
             let mut b = random.below(records.len() - 1);
@@ -296,7 +281,8 @@ pub fn estimate_m(
 
 /// Whether a rule's estimate makes sense: enough expected matches, and on every estimated
 /// field with data, disagreement (the last level) no likelier among matches than among
-/// non-matches.
+/// non-matches (fields compared only when another disagrees excepted, see
+/// [`super::score::is_conditional`]).
 fn rejection(
     m: &[Vec<f64>],
     u: &[Vec<f64>],
@@ -309,7 +295,7 @@ fn rejection(
     }
     for field in (0..FIELDS.len()).filter(|field| !left_out.contains(field)) {
         // A field hardly ever present in the rule's pairs was not really estimated.
-        if observed[field] < MIN_RULE_MATCHES {
+        if observed[field] < MIN_RULE_MATCHES || super::score::is_conditional(field) {
             continue;
         }
         let last = LEVEL_COUNTS[field] - 1;
@@ -506,14 +492,8 @@ mod tests {
             "200 people registered twice: {}",
             report.expected_matches
         );
-        let evaluation = crate::mpi::quality::evaluate(
-            &records,
-            &people,
-            &rules.blocking,
-            &parameters,
-            rules.thresholds,
-            nicknames(),
-        );
+        let matcher = crate::mpi::matcher::Matcher::new(rules.clone(), parameters);
+        let evaluation = crate::mpi::quality::evaluate(&records, &people, &matcher);
         assert_eq!(evaluation.true_pairs, 200);
         assert_eq!(evaluation.correct, evaluation.matched, "precision: {evaluation:?}");
         assert!(evaluation.recall >= 0.95, "{evaluation:?}");

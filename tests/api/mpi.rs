@@ -577,28 +577,40 @@ async fn only_operators_change_links_and_a_patient_sees_only_their_own_golden_pa
     assert_eq!(reply.status, 401, "{}", reply.text);
 }
 
-#[tokio::test]
-async fn braid_mpi_train_learns_from_the_database_and_keeps_manual_links() {
-    let AuthApp { app, store, data } = spawn_auth_app().await;
-    let server = AuthApp { app, store, data };
-    let system = server.token("ops", "system/*.cruds", None);
-    // Two FEBRL files of 1,000 people each, the second a corrupted copy of the first.
+/// PUT entries for the FEBRL 4a and 4b records of the people numbered below `people` (every
+/// 4b record is a corrupted copy of one in 4a).
+fn febrl_entries(people: u32) -> Vec<Value> {
     let mut entries = Vec::new();
     for file in ["dataset4a.csv", "dataset4b.csv"] {
         let text = std::fs::read_to_string(format!("{}/tests/data/febrl/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         for (patient, person) in braid::mpi::febrl::patients(&text) {
-            if person.is_some_and(|person| person < 1_000) {
+            if person.is_some_and(|person| person < people) {
                 let id = patient["id"].as_str().unwrap().to_owned();
                 entries.push(crate::helpers::bundle_entry("PUT", &format!("Patient/{id}"), Some(patient), None));
             }
         }
     }
-    assert!(entries.len() > 1_500, "{}", entries.len());
+    entries
+}
+
+async fn push_batches(app: &TestApp, token: &str, entries: &[Value]) {
     for chunk in entries.chunks(200) {
         let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": chunk});
-        let reply = server.app.post_with_token("", &system, &bundle).await;
+        let reply = app.post_with_token("", token, &bundle).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
+}
+
+#[tokio::test]
+async fn braid_mpi_train_learns_from_the_database_and_keeps_manual_links() {
+    let AuthApp { app, store, data } =
+        crate::helpers::spawn_auth_app_with(|settings| settings.mpi_auto_train = false).await;
+    let server = AuthApp { app, store, data };
+    let system = server.token("ops", "system/*.cruds", None);
+    // Two FEBRL files of 1,000 people each, the second a corrupted copy of the first.
+    let entries = febrl_entries(1_000);
+    assert!(entries.len() > 1_500, "{}", entries.len());
+    push_batches(&server.app, &system, &entries).await;
     settled(&server.app, Some(&system)).await;
     let before = braid_cli(&server.data, &["mpi", "show"]).await;
     assert!(before.status.success(), "{}", String::from_utf8_lossy(&before.stderr));
@@ -866,4 +878,29 @@ async fn a_golden_patient_is_one_record_across_sources_with_each_fact_once_and_c
     assert!(extension_references(resource_in(&bundle, "Observation/clinic-o1"), "urn:braid:reported-by").is_empty());
     let bundle = get(&patient, "/Observation").await;
     assert_eq!(entry_ids(&bundle).len(), 2, "the patient's token follows the unmerge: {bundle}");
+}
+
+#[tokio::test]
+async fn the_index_trains_on_its_own_once_it_holds_enough_patients() {
+    let server = spawn_auth_app().await;
+    let system = server.token("ops", "system/*.cruds", None);
+    let entries = febrl_entries(520);
+    assert!(entries.len() >= 1_000, "{}", entries.len());
+    push_batches(&server.app, &system, &entries).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = settled(&server.app, Some(&system)).await;
+        if !status["trained_at"].is_null() && status["training"] == false {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no training: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["source_patients"].as_u64().unwrap() as usize, entries.len());
+    assert_eq!(status["next_training_at"].as_u64().unwrap() as usize, 2 * entries.len(), "{status}");
+    let shown: Value = serde_json::from_slice(&braid_cli(&server.data, &["mpi", "show"]).await.stdout).unwrap();
+    assert_eq!(shown["trained"], true);
+    assert_eq!(shown["training"]["records"].as_u64().unwrap() as usize, entries.len());
+    // The links were re-scored with what was learned: most people are one golden Patient.
+    assert!(shown["counts"]["golden_patients"].as_u64().unwrap() < 600, "{shown}");
 }
