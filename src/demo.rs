@@ -1,5 +1,7 @@
 //! `braid demo`: loads the official R4 examples and the Synthea patients shipped with Braid
-//! into an empty database, through the same bundle processing that `POST /fhir` uses.
+//! into an empty database, through the same bundle processing that `POST /fhir` uses; then
+//! simulated EHRs push `braid synth` people as sources, for the master patient index to braid
+//! ([`load_braid`]).
 
 use serde_json::{Value, json};
 
@@ -103,12 +105,14 @@ pub struct DemoAccounts {
 /// The user name of the demo's patient login.
 pub const DEMO_USER: &str = "demo-patient";
 
-/// Creates the demo's accounts unless they exist: a patient login bound to the official example
-/// patient (`Patient/example`), a public app, and a backend service that may read everything.
-/// `None` when they were created by an earlier start.
+/// Creates the demo's accounts unless they exist: a patient login bound to `patient` (a golden
+/// Patient of the braided EHRs: the login sees the person's records from every one of them), a
+/// public app, and a backend service that may read everything. `None` when they were created by
+/// an earlier start.
 pub async fn create_accounts(
     store: &Store,
     app_redirect_uri: &str,
+    patient: &str,
 ) -> Result<Option<DemoAccounts>, crate::fhir::FhirError> {
     use crate::auth::clients::{self, GrantType, NewClient, NewCredential};
     use crate::auth::users::{self, NewUser, Role};
@@ -124,7 +128,7 @@ pub async fn create_accounts(
         username: DEMO_USER.into(),
         password: password.clone(),
         role: Role::Patient,
-        patient: Some("example".into()),
+        patient: Some(patient.to_owned()),
         fhir_user: None,
     };
     users::add(store, user, now).await?;
@@ -157,10 +161,123 @@ pub async fn create_accounts(
     Ok(Some(DemoAccounts {
         username: DEMO_USER.into(),
         password,
-        patient: "example".into(),
+        patient: patient.to_owned(),
         app_client_id: app.client.client_id,
         app_redirect_uri: app_redirect_uri.to_owned(),
         backend_client_id: backend.client.client_id,
         backend_secret: backend.secret.unwrap_or_default(),
     }))
+}
+
+/// What [`load_braid`] did.
+#[derive(Debug, Clone)]
+pub struct Braided {
+    /// The simulated EHRs (sources), and the resources each pushed.
+    pub sources: Vec<(String, usize)>,
+    /// Source Patients pushed, and golden Patients they make.
+    pub patients: usize,
+    pub golden_patients: usize,
+    /// A person registered at the most EHRs: their golden Patient and source Patients.
+    pub golden: String,
+    pub members: Vec<String>,
+    /// Where each EHR's private key was written (to push more as that EHR).
+    pub keys: std::path::PathBuf,
+}
+
+/// People the demo's simulated EHRs register.
+pub const DEMO_PEOPLE: usize = 300;
+
+/// Simulated EHRs push `braid synth` data (people at several of them, with typos, nicknames,
+/// moves, twins and households, their vital signs and appointments, some reported twice, some
+/// overlapping) as push sources, each in its own namespace; then the master patient index
+/// links them. Each EHR's key is written to `keys` (readable by its owner only), so that more
+/// can be pushed as it.
+pub async fn load_braid(
+    store: &Store,
+    sources: &crate::sources::Registry,
+    mpi: &crate::mpi::service::Mpi,
+    limits: &Limits,
+    base: &str,
+    keys: &std::path::Path,
+) -> Result<Braided, crate::fhir::FhirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fault = |what: &str| crate::fhir::FhirError::fault(what);
+    let options = crate::mpi::synth::SynthOptions { people: DEMO_PEOPLE, sources: 4, seed: 7, clinical: true };
+    let synthetic = crate::mpi::synth::generate(options);
+    std::fs::create_dir_all(keys).map_err(|_| fault("demo keys"))?;
+    let mut pushed = Vec::new();
+    for data in &synthetic.sources {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &rng,
+        )
+        .map_err(|_| fault("demo key"))?;
+        let pem = crate::sources::pull::pkcs8_pem(pkcs8.as_ref());
+        let path = keys.join(format!("{}.pem", data.name));
+        std::fs::write(&path, &pem).map_err(|_| fault("demo key file"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|_| fault("demo key file"))?;
+        let (_, _, public) = crate::sources::pull::read_key(&pem, None)?;
+        let jwks = json!({"keys": [public]}).to_string();
+        let new = crate::sources::NewSource {
+            name: data.name.to_owned(),
+            credential: crate::auth::clients::NewCredential::Jwks(jwks),
+            pull: None,
+            types: Vec::new(),
+            lenient: false,
+            extra_scope: None,
+        };
+        sources.add(new).await?;
+        let source = sources.get(data.name).ok_or_else(|| fault("demo source"))?;
+        for chunk in data.resources.chunks(200) {
+            let entries: Vec<Value> = chunk
+                .iter()
+                .map(|resource| {
+                    let url = format!(
+                        "{}/{}",
+                        resource["resourceType"].as_str().unwrap_or(""),
+                        resource["id"].as_str().unwrap_or("")
+                    );
+                    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+                })
+                .collect();
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+            process_bundle(
+                store,
+                limits,
+                serde_json::to_vec(&bundle).unwrap_or_default().into(),
+                base,
+                crate::http::Return::Minimal,
+                &crate::auth::Access::Unrestricted,
+                Some(&source),
+            )
+            .await?;
+        }
+        pushed.push((data.name.to_owned(), data.resources.len()));
+    }
+    mpi.catch_up().await?;
+    // The person registered at the most EHRs.
+    let mut registrations: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
+    for registration in &synthetic.truth {
+        let source = sources.get(registration.source).ok_or_else(|| fault("demo source"))?;
+        let original = crate::fhir::Id::parse(&registration.patient).map_err(|_| fault("demo id"))?;
+        registrations.entry(registration.person).or_default().push(source.namespace.id(&original).as_str().to_owned());
+    }
+    let (_, members) = registrations
+        .into_iter()
+        .max_by_key(|(person, members)| (members.len(), std::cmp::Reverse(*person)))
+        .unwrap_or_default();
+    let golden = mpi
+        .read(|overlay| Ok(overlay.golden_of(members.first().map_or("", String::as_str))?))?
+        .map(|(golden, _)| golden)
+        .unwrap_or_default();
+    let status = mpi.describe()?;
+    Ok(Braided {
+        sources: pushed,
+        patients: synthetic.truth.len(),
+        golden_patients: status["counts"]["golden_patients"].as_u64().unwrap_or(0) as usize,
+        golden,
+        members,
+        keys: keys.to_owned(),
+    })
 }

@@ -55,6 +55,30 @@ enum Command {
     /// Patient per person.
     #[command(subcommand)]
     Mpi(MpiCommand),
+    /// Write realistic multi-source test data with its ground truth: the same people registered
+    /// at several providers (typos, nicknames, swapped dates, moves, changed surnames, twins and
+    /// households), with Observations and Appointments, some reported twice, some overlapping.
+    /// One NDJSON file per source and truth.csv go to --out; a JSON summary to stdout.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// How many people.
+    #[arg(long, default_value_t = 1_000)]
+    people: usize,
+    /// How many sources (providers), 2 to 8.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=8))]
+    sources: u8,
+    /// The same seed makes the same data.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Patients only (no Observations or Appointments).
+    #[arg(long)]
+    patients_only: bool,
+    /// The directory the files are written to (created if missing).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -360,6 +384,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Keys(KeysCommand::Rotate(args)) => return rotate_keys(settings, args).await,
         Command::User(command) => return user(settings, command).await,
         Command::Source(command) => return source(settings, command).await,
+        Command::Synth(args) => {
+            println!("{}", serde_json::to_string_pretty(&synth(args)?)?);
+            return Ok(());
+        }
         Command::Mpi(command) => {
             use braid::auth::admin::AdminRequest;
             let (data, request) = match command {
@@ -412,7 +440,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(port = application.port(), data = %settings.data.display(), "braid is listening");
     if demo {
         let limits = Limits::from_settings(&settings);
-        match braid::demo::load_if_empty(application.store(), &limits, &base).await? {
+        let loaded = braid::demo::load_if_empty(application.store(), &limits, &base).await?;
+        let loaded_now = loaded.is_some();
+        match loaded {
             Some(loaded) => println!(
                 "Loaded {} official R4 examples ({} rejected) and {} Synthea patient bundles ({} resources).",
                 loaded.examples,
@@ -422,6 +452,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
             None => println!("The database at {} already holds data; nothing was loaded.", settings.data.display()),
         }
+        let mut demo_patient = "example".to_owned();
+        if loaded_now {
+            let keys = PathBuf::from(format!("{}.demo-keys", settings.data.display()));
+            let braided = braid::demo::load_braid(
+                application.store(),
+                application.sources(),
+                application.mpi(),
+                &limits,
+                &base,
+                &keys,
+            )
+            .await?;
+            let origin = base.trim_end_matches("/fhir");
+            let sources: Vec<String> =
+                braided.sources.iter().map(|(name, count)| format!("{name} ({count})")).collect();
+            println!(
+                "\nFour simulated EHRs pushed their records as sources: {}. The master patient index linked {} \
+                 Patients into {} golden Patients (GET {origin}/mpi shows it; each EHR's key to push more is in {}).\n\n\
+                 One person, registered at {} EHRs ({}), as one record:\n  \
+                 {base}/Patient/{golden}\n  {base}/Patient/{golden}/$everything\n  \
+                 {base}/Observation?patient={golden}   (a reading two EHRs reported is shown once, naming both)\n  \
+                 {base}/Appointment?patient={golden}   (overlapping appointments at different EHRs are flagged)\n  \
+                 {base}/$mdm-query-links?goldenResourceId={golden}",
+                sources.join(", "),
+                braided.patients,
+                braided.golden_patients,
+                braided.keys.display(),
+                braided.members.len(),
+                braided.members.join(", "),
+                golden = braided.golden,
+            );
+            if !braided.golden.is_empty() {
+                demo_patient = braided.golden.clone();
+            }
+        }
         if settings.auth == braid::config::AuthMode::Off {
             println!(
                 "\nBraid is serving FHIR R4 at {base} (auth off)\n\nTry:\n  curl {base}/metadata\n  curl {base}/Patient/example\n  curl {base}/Observation/heart-rate/_history\n  curl '{base}/Patient/_history?_count=5'\n  curl {base}/_history\n\nStop with Ctrl-C.\n"
@@ -429,7 +494,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             let origin = base.trim_end_matches("/fhir");
             let redirect = format!("{origin}/demo-app/callback");
-            match braid::demo::create_accounts(application.store(), &redirect).await? {
+            match braid::demo::create_accounts(application.store(), &redirect, &demo_patient).await? {
                 Some(accounts) => println!(
                     "\nBraid is serving FHIR R4 at {base}; every request needs an access token.\n\n\
                      A backend service (shown once; `braid client list` lists clients):\n  \
@@ -456,6 +521,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     application.run_until_stopped().await?;
     Ok(())
+}
+
+/// `braid synth`: writes each source's resources as NDJSON and the truth as CSV.
+fn synth(args: SynthArgs) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use std::io::Write;
+    if args.people == 0 || args.people > braid::mpi::synth::MAX_PEOPLE {
+        return Err(format!("--people must be 1 to {}", braid::mpi::synth::MAX_PEOPLE).into());
+    }
+    let options = braid::mpi::synth::SynthOptions {
+        people: args.people,
+        sources: usize::from(args.sources),
+        seed: args.seed,
+        clinical: !args.patients_only,
+    };
+    let synthetic = braid::mpi::synth::generate(options);
+    std::fs::create_dir_all(&args.out).map_err(|error| format!("{}: {error}", args.out.display()))?;
+    let mut files = Vec::new();
+    for source in &synthetic.sources {
+        let path = args.out.join(format!("{}.ndjson", source.name));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for resource in &source.resources {
+            serde_json::to_writer(&mut file, resource)?;
+            file.write_all(b"\n")?;
+        }
+        file.flush()?;
+        files.push(serde_json::json!({"source": source.name, "file": path, "resources": source.resources.len()}));
+    }
+    let truth_path = args.out.join("truth.csv");
+    let mut truth = std::io::BufWriter::new(std::fs::File::create(&truth_path)?);
+    writeln!(truth, "source,patient,person")?;
+    for registration in &synthetic.truth {
+        writeln!(truth, "{},{},{}", registration.source, registration.patient, registration.person)?;
+    }
+    truth.flush()?;
+    Ok(serde_json::json!({"sources": files, "truth": truth_path, "figures": synthetic.figures}))
 }
 
 fn compact(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -194,6 +194,16 @@ impl Application {
         &self.store
     }
 
+    /// The upstream systems (sources) the server knows.
+    pub fn sources(&self) -> &Arc<crate::sources::Registry> {
+        &self.sources
+    }
+
+    /// The master patient index the server runs.
+    pub fn mpi(&self) -> &Arc<crate::mpi::service::Mpi> {
+        &self.mpi
+    }
+
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -904,3 +904,50 @@ async fn the_index_trains_on_its_own_once_it_holds_enough_patients() {
     // The links were re-scored with what was learned: most people are one golden Patient.
     assert!(shown["counts"]["golden_patients"].as_u64().unwrap() < 600, "{shown}");
 }
+
+#[tokio::test]
+async fn the_demo_braids_simulated_ehrs_into_golden_patients() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = braid::config::Settings {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().join("braid.redb"),
+        workers: 2,
+        auth: braid::config::AuthMode::Off,
+        ..braid::config::Settings::default()
+    };
+    let application = braid::startup::Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}/fhir", application.port());
+    let keys = dir.path().join("keys");
+    let braided = braid::demo::load_braid(
+        application.store(),
+        application.sources(),
+        application.mpi(),
+        &braid::http::Limits::from_settings(&settings),
+        &base,
+        &keys,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(application.run_until_stopped());
+    let app = TestApp::at(base, tempfile::tempdir().unwrap());
+    assert_eq!(braided.sources.len(), 4);
+    assert!(braided.golden_patients < braided.patients, "{braided:?}");
+    assert!(braided.golden_patients >= braid::demo::DEMO_PEOPLE * 9 / 10, "{braided:?}");
+    assert!(braided.members.len() >= 3, "{braided:?}");
+    for member in &braided.members {
+        assert_eq!(golden_of(&app, member).await, braided.golden, "{member}");
+    }
+    let everything = app.get(&format!("/Patient/{}/$everything?_count=200", braided.golden)).await;
+    assert_eq!(everything.status, 200, "{}", everything.text);
+    let ids = entry_ids(&everything.body);
+    for member in &braided.members {
+        assert!(ids.contains(&format!("Patient/{member}")), "{member} in {ids:?}");
+    }
+    assert!(ids.iter().any(|id| id.starts_with("Observation/")), "{ids:?}");
+    // Each EHR's key, for pushing more as it, readable by its owner only.
+    for (name, _) in &braided.sources {
+        let metadata = std::fs::metadata(keys.join(format!("{name}.pem"))).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+    }
+}
