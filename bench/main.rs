@@ -41,8 +41,13 @@
 //!   assertions, each with its own `jti`, signed before the clock starts: signing is the
 //!   client's cost), and read-by-id throughput with a bearer token against the same database
 //!   served with authorization off, alternating rounds, medians and their ratio.
+//! - `mpi` (or one of `mpi-quality`, `mpi-match`, `mpi-lag`, `mpi-rematch`): the master
+//!   patient index's matching quality on FEBRL and `braid synth` data, `Patient/$match` latency
+//!   at `--mpi-patients` source Patients, matching lag under a sustained push, and re-matching
+//!   after training (see `bench/mpi.rs`).
 
 mod load;
+mod mpi;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +86,9 @@ struct Args {
     /// and this build and reports both medians (side-by-side figures of two versions).
     #[arg(long)]
     compare_with: Option<PathBuf>,
+    /// Source Patients in the mpi-match scenario's index.
+    #[arg(long, default_value_t = 1_000_000)]
+    mpi_patients: usize,
     /// Internal: run the baseline server on the given bodies file.
     #[arg(long, hide = true)]
     serve_baseline: Option<PathBuf>,
@@ -100,6 +108,12 @@ enum Scenario {
     Push,
     Export,
     Pull,
+    /// The master patient index's four scenarios.
+    Mpi,
+    MpiQuality,
+    MpiMatch,
+    MpiLag,
+    MpiRematch,
 }
 
 fn main() {
@@ -152,6 +166,18 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::Export) {
         runtime.block_on(export_scenario(&args, dir.path()));
+    }
+    if matches!(args.scenario, Scenario::Mpi | Scenario::MpiQuality) {
+        runtime.block_on(mpi::quality_scenario(dir.path()));
+    }
+    if matches!(args.scenario, Scenario::Mpi | Scenario::MpiMatch) {
+        runtime.block_on(mpi::match_scenario(dir.path(), args.mpi_patients, args.seconds));
+    }
+    if matches!(args.scenario, Scenario::Mpi | Scenario::MpiLag) {
+        runtime.block_on(mpi::lag_scenario(dir.path(), args.seconds));
+    }
+    if matches!(args.scenario, Scenario::Mpi | Scenario::MpiRematch) {
+        runtime.block_on(mpi::rematch_scenario(dir.path()));
     }
     if matches!(args.scenario, Scenario::Pull) {
         runtime.block_on(pull_scenario(&args, dir.path()));
@@ -782,13 +808,13 @@ async fn pages_scenario(args: &Args, dir: &Path) {
 }
 
 /// A backend client's ES384 key: signs assertions; its public half is registered.
-struct BackendKey {
+pub(crate) struct BackendKey {
     private: jsonwebtoken::EncodingKey,
-    public: jsonwebtoken::jwk::Jwk,
+    pub(crate) public: jsonwebtoken::jwk::Jwk,
 }
 
 impl BackendKey {
-    fn generate() -> BackendKey {
+    pub(crate) fn generate() -> BackendKey {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
             &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,

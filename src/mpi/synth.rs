@@ -315,6 +315,8 @@ impl Maker {
         } else if random.chance(0.02) {
             birth_known = false;
         }
+        // A slip in the year can leave a 29 February in a common year: still a date.
+        day = day.min(days_in(year, month));
         let (mut line, mut place) = (person.line.clone(), person.place);
         if random.chance(0.10) {
             (line, place) = {
@@ -584,6 +586,14 @@ mod tests {
                 crate::fhir::validation::validator()
                     .validate_value(resource_type, resource)
                     .unwrap_or_else(|error| panic!("{resource}: {error:?}"));
+            }
+        }
+        // Every birth date is a calendar date, whatever slipped.
+        for source in &first.sources {
+            for patient in source.resources.iter().filter(|r| r["resourceType"] == "Patient") {
+                if let Some(birth) = patient["birthDate"].as_str() {
+                    assert!(crate::fhir::json::parse_instant(birth).is_some(), "{birth}");
+                }
             }
         }
         // Another seed, other people.
