@@ -124,6 +124,9 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             if has(Interaction::Export) && resource_type.as_str() == "Patient" {
                 operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
             }
+            if has(Interaction::Match) && resource_type.as_str() == "Patient" {
+                operations.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
+            }
             if has(Interaction::Export) && resource_type.as_str() == "Group" {
                 operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
             }
@@ -152,11 +155,30 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             })).collect::<Vec<_>>(),
             "resource": resources,
             "interaction": system_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
-            "operation": if has(Interaction::Export) {
-                json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}])
-            } else {
-                json!([])
-            },
+            "operation": system_operations(&has),
         }],
     })
+}
+
+/// The system-level operations: Bulk Data `$export`, and the master patient index's link
+/// operations (named as HAPI FHIR's MDM module names them; Braid defines them, no published
+/// OperationDefinition does).
+fn system_operations(has: &dyn Fn(Interaction) -> bool) -> Value {
+    let mut operations = Vec::new();
+    if has(Interaction::Export) {
+        operations.push(
+            json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}),
+        );
+    }
+    if has(Interaction::QueryLinks) {
+        operations.push(json!({"name": "mdm-query-links", "definition": "urn:braid:operation:mdm-query-links"}));
+    }
+    if has(Interaction::ChangeLinks) {
+        for name in
+            ["mdm-update-link", "mdm-create-link", "mdm-merge-golden-resources", "mdm-not-duplicate", "mdm-unmerge"]
+        {
+            operations.push(json!({"name": name, "definition": format!("urn:braid:operation:{name}")}));
+        }
+    }
+    Value::Array(operations)
 }

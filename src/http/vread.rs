@@ -39,9 +39,8 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             IssueCode::Deleted,
             format!("version {version} of {resource_type}/{id} is its deletion"),
         )),
-        Some(mut stored) => {
-            stored.body = crate::mpi::golden::presented(&state.store, resource_type, id.as_str(), stored.body);
-            Ok(response::resource(shaping.apply(resource_type, stored)))
-        }
+        // A version is shown as it was written (a source Patient's `refer` link to its golden
+        // Patient is shown on its current version only: links change, versions do not).
+        Some(stored) => Ok(response::resource(shaping.apply(resource_type, stored))),
     }
 }

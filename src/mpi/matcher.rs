@@ -287,7 +287,12 @@ fn match_patient(
         touched.insert(golden_id);
         return Ok(false);
     }
-    file_and_link(overlay, matcher, id, version, record, now, touched)
+    let matched = file_and_link(overlay, matcher, id, version, record, now, touched)?;
+    // Its body changed: its golden Patient is made again, whether or not it moved.
+    if let Some((golden_id, _)) = overlay.golden_of(id)? {
+        touched.insert(golden_id);
+    }
+    Ok(matched)
 }
 
 /// Matches a filed source Patient again, as it stands in the index (after retraining, or after
@@ -306,7 +311,9 @@ pub fn rematch(
     }
 }
 
-/// Files `record` as source Patient `id` (its blocking keys) and decides its links.
+/// Files `record` as source Patient `id` (its blocking keys) and decides its links. Only what
+/// changes is written, and only the golden Patients whose members changed are added to
+/// `touched` (a re-scoring that confirms every link writes nothing).
 fn file_and_link(
     overlay: &mut Overlay<'_>,
     matcher: &Matcher,
@@ -325,15 +332,17 @@ fn file_and_link(
             overlay.remove(state::block_key(key, id));
         }
     }
-    for key in &new_keys {
+    for key in new_keys.iter().filter(|key| previous.as_ref().is_none_or(|previous| !previous.keys.contains(key))) {
         overlay.put(state::block_key(key, id), Vec::new());
     }
-    overlay.put_entry(id, &Entry { record: record.clone(), keys: new_keys.clone(), version });
+    let entry = Entry { record: record.clone(), keys: new_keys.clone(), version };
+    if previous.as_ref() != Some(&entry) {
+        overlay.put_entry(id, &entry);
+    }
 
-    if let Some((golden_id, link)) = &current_match
+    if let Some((_, link)) = &current_match
         && link.source == LinkSource::Manual
     {
-        touched.insert(golden_id.clone());
         return Ok(false);
     }
     // Golden Patients an operator ruled on (or that the matcher was told are not this person)
@@ -393,8 +402,14 @@ fn file_and_link(
         overlay.remove_link(id, golden_id);
         touched.insert(golden_id.clone());
     }
-    overlay.put_link(id, &target_id, &automatic(&links, &target_id, MatchResult::Match, score, now));
-    touched.insert(target_id.clone());
+    let matched = automatic(&links, &target_id, MatchResult::Match, score, now);
+    let before = links.iter().find(|(golden_id, _)| *golden_id == target_id).map(|(_, link)| link);
+    if before != Some(&matched) {
+        overlay.put_link(id, &target_id, &matched);
+    }
+    if current_golden.as_ref() != Some(&target_id) {
+        touched.insert(target_id.clone());
+    }
 
     // Other golden Patients it matches are possibly the same person as its own.
     for (golden_id, p) in matches.iter().skip(1) {
@@ -422,7 +437,10 @@ fn file_and_link(
     }
     for (golden_id, p) in possible {
         if golden_id != target_id {
-            overlay.put_link(id, golden_id, &automatic(&links, golden_id, MatchResult::PossibleMatch, Some(p), now));
+            let link = automatic(&links, golden_id, MatchResult::PossibleMatch, Some(p), now);
+            if links.iter().find(|(existing, _)| existing == golden_id).map(|(_, link)| link) != Some(&link) {
+                overlay.put_link(id, golden_id, &link);
+            }
         }
     }
     Ok(true)

@@ -21,7 +21,8 @@
 //! changes on top. Every change to the state is made under [`super::service::Mpi`]'s lock, so
 //! what a batch or an operation read is still true when it commits.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -177,14 +178,30 @@ fn suffix(key: &[u8], prefix_len: usize) -> String {
 }
 
 /// The committed state with pending changes on top.
+///
+/// Records and golden-Patient lookups are kept decoded as they are read: matching a batch reads
+/// the same candidates for many Patients. Invariant: every change goes through [`Overlay::put`]
+/// or [`Overlay::remove`], which drop what they make stale.
 pub struct Overlay<'a> {
     committed: &'a AuthRead,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// By source Patient: its record as last read.
+    entries: RefCell<HashMap<String, Option<Entry>>>,
+    /// By source Patient: its MATCH link as last read.
+    goldens: RefCell<HashMap<String, Option<(String, Link)>>>,
 }
+
+/// Most decoded records and golden-Patient lookups an overlay keeps.
+const MAX_CACHED: usize = 100_000;
 
 impl<'a> Overlay<'a> {
     pub fn new(committed: &'a AuthRead) -> Overlay<'a> {
-        Overlay { committed, pending: BTreeMap::new() }
+        Overlay {
+            committed,
+            pending: BTreeMap::new(),
+            entries: RefCell::new(HashMap::new()),
+            goldens: RefCell::new(HashMap::new()),
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -195,11 +212,22 @@ impl<'a> Overlay<'a> {
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.forget_decoded(&key);
         self.pending.insert(key, Some(value));
     }
 
     pub fn remove(&mut self, key: Vec<u8>) {
+        self.forget_decoded(&key);
         self.pending.insert(key, None);
+    }
+
+    /// Drops what is kept decoded of the record or links `key` changes.
+    fn forget_decoded(&mut self, key: &[u8]) {
+        if let Some(patient) = key.strip_prefix(RECORD_PREFIX) {
+            self.entries.get_mut().remove(String::from_utf8_lossy(patient).as_ref());
+        } else if let Some((patient, _)) = pair_of(key, LINK_PREFIX) {
+            self.goldens.get_mut().remove(&patient);
+        }
     }
 
     /// The keys under `prefix`, at most `max`, committed and pending merged.
@@ -218,7 +246,15 @@ impl<'a> Overlay<'a> {
     }
 
     pub fn entry(&self, patient: &str) -> Result<Option<Entry>, StoreError> {
-        decode(self.get(&record_key(patient))?)
+        if let Some(entry) = self.entries.borrow().get(patient) {
+            return Ok(entry.clone());
+        }
+        let entry: Option<Entry> = decode(self.get(&record_key(patient))?)?;
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() < MAX_CACHED {
+            entries.insert(patient.to_owned(), entry.clone());
+        }
+        Ok(entry)
     }
 
     pub fn put_entry(&mut self, patient: &str, entry: &Entry) {
@@ -277,7 +313,15 @@ impl<'a> Overlay<'a> {
 
     /// The golden Patient a source Patient has a MATCH link to.
     pub fn golden_of(&self, patient: &str) -> Result<Option<(String, Link)>, StoreError> {
-        Ok(self.links(patient, MAX_LINKS)?.into_iter().find(|(_, link)| link.result == MatchResult::Match))
+        if let Some(golden) = self.goldens.borrow().get(patient) {
+            return Ok(golden.clone());
+        }
+        let golden = self.links(patient, MAX_LINKS)?.into_iter().find(|(_, link)| link.result == MatchResult::Match);
+        let mut goldens = self.goldens.borrow_mut();
+        if goldens.len() < MAX_CACHED {
+            goldens.insert(patient.to_owned(), golden.clone());
+        }
+        Ok(golden)
     }
 
     pub fn cursor(&self) -> Result<u64, StoreError> {

@@ -431,7 +431,15 @@ impl Store {
     /// The index entries that do not depend on what the writer assigns (ids, versions,
     /// timestamps, rewritten references) are computed first, on a blocking-pool thread: the
     /// single writer is what limits write throughput, and this work runs in parallel there.
-    pub async fn write(&self, request: WriteRequest) -> Result<Vec<OpOutcome>, FhirError> {
+    pub async fn write(&self, mut request: WriteRequest) -> Result<Vec<OpOutcome>, FhirError> {
+        for op in &mut request.ops {
+            if let Action::Create { resource_type, resource, .. } | Action::Update { resource_type, resource, .. } =
+                &mut op.action
+                && *resource_type == crate::fhir::ResourceType::PATIENT
+            {
+                ops::strip_managed_links(resource);
+            }
+        }
         let writes_a_resource =
             request.ops.iter().any(|op| matches!(op.action, Action::Create { .. } | Action::Update { .. }));
         let request = if request.prepared_index.is_empty() && writes_a_resource {

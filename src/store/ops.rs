@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::view::IndexView;
 
 use crate::fhir::{FhirError, Id, Resource, ResourceType};
@@ -216,6 +218,24 @@ pub struct WriteRequest {
 /// Patients, `crate::mpi::golden`, kept in the index's own state and shown under these ids):
 /// no resource is written with such an id, and no source's namespace starts with it.
 pub const MANAGED_PATIENT_PREFIX: &str = "golden-";
+
+/// Removes from a Patient about to be written the `refer` links to golden Patients: the API
+/// shows one on a source Patient it reads (see `crate::mpi::golden::presented`), and a client
+/// that writes back what it read sends it along. It is the index's to show, not the source's
+/// record: kept, it would make a new version of an unchanged record, and go stale.
+pub fn strip_managed_links(patient: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Array(links)) = patient.get_mut("link") else { return };
+    links.retain(|link| {
+        let to_golden = link["other"]["reference"]
+            .as_str()
+            .and_then(|reference| reference.strip_prefix("Patient/"))
+            .is_some_and(|id| id.starts_with(MANAGED_PATIENT_PREFIX));
+        !(link["type"] == "refer" && to_golden)
+    });
+    if links.is_empty() {
+        patient.remove("link");
+    }
+}
 
 /// Whether `resource_type/id` is one only the master patient index writes.
 pub fn is_managed(resource_type: ResourceType, id: &str) -> bool {

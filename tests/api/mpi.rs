@@ -148,6 +148,13 @@ async fn source_patients_are_matched_after_their_write_and_show_their_golden_pat
     let golden = golden_of(&app, "a-1").await;
     assert!(golden.starts_with("golden-"), "{golden}");
     assert_eq!(golden_of(&app, "b-7").await, golden, "phonetic given name, day and month swapped");
+    // The refer link is shown, not stored: a client writing back what it read makes no new
+    // version, and an old version reads as it was written.
+    let read = app.get("/Patient/a-1").await;
+    let written_back = app.put("/Patient/a-1", &read.body).await;
+    assert_eq!(written_back.status, 200, "{}", written_back.text);
+    assert_eq!(written_back.body["meta"]["versionId"], "1", "{}", written_back.text);
+    assert!(app.get("/Patient/a-1/_history/1").await.body.get("link").is_none());
     let other = golden_of(&app, "c-3").await;
     assert_ne!(other, golden);
 
