@@ -267,10 +267,8 @@ pub async fn load_braid(
         .into_iter()
         .max_by_key(|(person, members)| (members.len(), std::cmp::Reverse(*person)))
         .unwrap_or_default();
-    let golden = mpi
-        .read(|overlay| Ok(overlay.golden_of(members.first().map_or("", String::as_str))?))?
-        .map(|(golden, _)| golden)
-        .unwrap_or_default();
+    let golden =
+        mpi.read(|overlay| Ok(overlay.golden_id_of(members.first().map_or("", String::as_str))?))?.unwrap_or_default();
     let status = mpi.describe()?;
     Ok(Braided {
         sources: pushed,

@@ -306,7 +306,7 @@ pub async fn match_patient(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             }
             let mut best: BTreeMap<String, f64> = BTreeMap::new();
             for candidate in candidates {
-                let (Some(entry), Some((golden_id, _))) = (overlay.entry(&candidate)?, overlay.golden_of(&candidate)?)
+                let (Some(golden_id), Some(entry)) = (overlay.golden_id_of(&candidate)?, overlay.entry(&candidate)?)
                 else {
                     continue;
                 };

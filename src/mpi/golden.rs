@@ -162,9 +162,9 @@ pub fn presented(
     if resource_type != crate::fhir::ResourceType::PATIENT || is_golden(id) || body.is_empty() {
         return body;
     }
-    let golden = store.mpi_read(|read| super::state::Overlay::new(read).golden_of(id));
+    let golden = store.mpi_read(|read| super::state::Overlay::new(read).golden_id_of(id));
     let golden_id = match golden {
-        Ok(Some((golden_id, _))) => golden_id,
+        Ok(Some(golden_id)) => golden_id,
         Ok(None) => return body,
         Err(error) => {
             tracing::warn!(%error, "cannot read a Patient's golden Patient; shown without its refer link");

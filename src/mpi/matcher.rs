@@ -280,7 +280,7 @@ fn match_patient(
     let record = PersonRecord::from_patient(body);
     if let Some(previous) = overlay.entry(id)?
         && previous.record == record
-        && let Some((golden_id, _)) = overlay.golden_of(id)?
+        && let Some(golden_id) = overlay.golden_id_of(id)?
     {
         // Same demographics: the links stand; the golden Patient may show other elements.
         overlay.put_entry(id, &Entry { version, ..previous });
@@ -289,7 +289,7 @@ fn match_patient(
     }
     let matched = file_and_link(overlay, matcher, id, version, record, now, touched)?;
     // Its body changed: its golden Patient is made again, whether or not it moved.
-    if let Some((golden_id, _)) = overlay.golden_of(id)? {
+    if let Some(golden_id) = overlay.golden_id_of(id)? {
         touched.insert(golden_id);
     }
     Ok(matched)
@@ -367,7 +367,7 @@ fn file_and_link(
     }
     let mut best: HashMap<String, f64> = HashMap::new();
     for candidate in &candidates {
-        let (Some(entry), Some((golden_id, _))) = (overlay.entry(candidate)?, overlay.golden_of(candidate)?) else {
+        let (Some(golden_id), Some(entry)) = (overlay.golden_id_of(candidate)?, overlay.entry(candidate)?) else {
             continue;
         };
         if excluded.contains(golden_id.as_str()) {

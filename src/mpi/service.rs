@@ -226,9 +226,7 @@ impl Mpi {
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (_, value) in page {
-                    if let Some(entry) = state::decode::<Entry>(Some(value))? {
-                        records.push(entry.record);
-                    }
+                    records.push(Entry::decode(&value)?.record);
                 }
             }
             let records = train::sample(records, options.seed);
@@ -367,7 +365,7 @@ impl Mpi {
         if patient == golden_id {
             return Ok(true);
         }
-        self.read(|overlay| Ok(overlay.golden_of(patient)?.is_some_and(|(golden, _)| golden == golden_id)))
+        self.read(|overlay| Ok(overlay.golden_id_of(patient)?.is_some_and(|golden| golden == golden_id)))
     }
 
     /// Reads the committed state.

@@ -7,6 +7,9 @@
 //!   key are one prefix scan;
 //! - `link/{patient}\0{golden}`: a [`Link`] from a source Patient to a golden Patient;
 //! - `member/{golden}\0{patient}`: the same links from the golden side (no value);
+//! - `gold/{patient}\0{golden}`: the patient's MATCH link alone (no value; at most one per
+//!   patient), so that finding a candidate's golden Patient reads one small key and decodes
+//!   nothing;
 //! - `dup/{golden}\0{golden}`: a POSSIBLE_DUPLICATE [`Link`] between two golden Patients (the
 //!   lower id first);
 //! - `golden/{golden}`: a golden Patient as the API shows it ([`StoredGolden`]): golden Patients
@@ -113,6 +116,118 @@ pub struct Entry {
     pub version: u64,
 }
 
+impl Entry {
+    /// The entry in a compact binary form: matching decodes a record for every candidate it
+    /// scores, and JSON cost several times more. Strings are a u32 length and UTF-8 bytes,
+    /// lists a u32 count and their items; see [`Entry::decode`].
+    pub fn encode(&self) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, value: &str) {
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        fn texts<'a>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = &'a String>) {
+            out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+            for value in values {
+                text(out, value);
+            }
+        }
+        let record = &self.record;
+        let mut out = Vec::with_capacity(256);
+        out.push(ENTRY_FORMAT);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        for value in [&record.given, &record.family, &record.given_sound.0, &record.given_sound.1] {
+            text(&mut out, value);
+        }
+        for value in [&record.family_sound.0, &record.family_sound.1, &record.address, &record.postcode, &record.city] {
+            text(&mut out, value);
+        }
+        match record.birth_date {
+            Some(digits) => {
+                out.push(1);
+                out.extend_from_slice(&digits);
+            }
+            None => out.push(0),
+        }
+        text(&mut out, record.sex.as_deref().unwrap_or(""));
+        texts(&mut out, record.phones.iter());
+        texts(&mut out, record.emails.iter());
+        out.extend_from_slice(&(record.identifiers.len() as u32).to_le_bytes());
+        for (system, value) in &record.identifiers {
+            text(&mut out, system);
+            text(&mut out, value);
+        }
+        texts(&mut out, self.keys.iter());
+        out
+    }
+
+    /// Reads what [`Entry::encode`] wrote; anything else is corrupt.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, StoreError> {
+        struct Reader<'b>(&'b [u8]);
+        impl Reader<'_> {
+            fn take(&mut self, count: usize) -> Option<&[u8]> {
+                let (head, rest) = self.0.split_at_checked(count)?;
+                self.0 = rest;
+                Some(head)
+            }
+            fn count(&mut self) -> Option<usize> {
+                Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+            }
+            fn text(&mut self) -> Option<String> {
+                let length = self.count()?;
+                String::from_utf8(self.take(length)?.to_vec()).ok()
+            }
+            fn texts(&mut self) -> Option<Vec<String>> {
+                // Each item takes at least its 4-byte length: a count beyond that is corrupt.
+                let count = self.count().filter(|count| *count <= self.0.len() / 4)?;
+                (0..count).map(|_| self.text()).collect()
+            }
+        }
+        let read = || -> Option<Entry> {
+            let mut reader = Reader(bytes);
+            if reader.take(1)? != [ENTRY_FORMAT] {
+                return None;
+            }
+            let version = u64::from_le_bytes(reader.take(8)?.try_into().ok()?);
+            let given = reader.text()?;
+            let family = reader.text()?;
+            let given_sound = (reader.text()?, reader.text()?);
+            let family_sound = (reader.text()?, reader.text()?);
+            let (address, postcode, city) = (reader.text()?, reader.text()?, reader.text()?);
+            let birth_date = match reader.take(1)? {
+                [1] => Some(reader.take(8)?.try_into().ok()?),
+                _ => None,
+            };
+            let sex = Some(reader.text()?).filter(|sex| !sex.is_empty());
+            let phones = reader.texts()?;
+            let emails = reader.texts()?;
+            let identifier_count = reader.count().filter(|count| *count <= reader.0.len() / 8)?;
+            let identifiers =
+                (0..identifier_count).map(|_| Some((reader.text()?, reader.text()?))).collect::<Option<_>>()?;
+            let keys = reader.texts()?;
+            reader.0.is_empty().then_some(())?;
+            let record = PersonRecord {
+                given,
+                family,
+                given_sound,
+                family_sound,
+                birth_date,
+                sex,
+                address,
+                postcode,
+                city,
+                phones,
+                emails,
+                identifiers,
+            };
+            Some(Entry { record, keys, version })
+        };
+        read().ok_or_else(|| StoreError::Corrupt(bytes.to_vec()))
+    }
+}
+
+/// The first byte of an encoded [`Entry`]: its format.
+const ENTRY_FORMAT: u8 = 1;
+
 pub fn record_key(patient: &str) -> Vec<u8> {
     format!("rec/{patient}").into_bytes()
 }
@@ -139,6 +254,14 @@ pub fn member_prefix(golden: &str) -> Vec<u8> {
 
 pub fn member_key(golden: &str, patient: &str) -> Vec<u8> {
     format!("member/{golden}\0{patient}").into_bytes()
+}
+
+pub fn matched_prefix(patient: &str) -> Vec<u8> {
+    format!("gold/{patient}\0").into_bytes()
+}
+
+pub fn matched_key(patient: &str, golden: &str) -> Vec<u8> {
+    format!("gold/{patient}\0{golden}").into_bytes()
 }
 
 pub fn duplicate_key(a: &str, b: &str) -> Vec<u8> {
@@ -187,8 +310,8 @@ pub struct Overlay<'a> {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// By source Patient: its record as last read.
     entries: RefCell<HashMap<String, Option<Entry>>>,
-    /// By source Patient: its MATCH link as last read.
-    goldens: RefCell<HashMap<String, Option<(String, Link)>>>,
+    /// By source Patient: the golden Patient of its MATCH link, as last read.
+    goldens: RefCell<HashMap<String, Option<String>>>,
 }
 
 /// Most decoded records and golden-Patient lookups an overlay keeps.
@@ -225,7 +348,7 @@ impl<'a> Overlay<'a> {
     fn forget_decoded(&mut self, key: &[u8]) {
         if let Some(patient) = key.strip_prefix(RECORD_PREFIX) {
             self.entries.get_mut().remove(String::from_utf8_lossy(patient).as_ref());
-        } else if let Some((patient, _)) = pair_of(key, LINK_PREFIX) {
+        } else if let Some((patient, _)) = pair_of(key, b"gold/") {
             self.goldens.get_mut().remove(&patient);
         }
     }
@@ -249,7 +372,7 @@ impl<'a> Overlay<'a> {
         if let Some(entry) = self.entries.borrow().get(patient) {
             return Ok(entry.clone());
         }
-        let entry: Option<Entry> = decode(self.get(&record_key(patient))?)?;
+        let entry = self.get(&record_key(patient))?.map(|bytes| Entry::decode(&bytes)).transpose()?;
         let mut entries = self.entries.borrow_mut();
         if entries.len() < MAX_CACHED {
             entries.insert(patient.to_owned(), entry.clone());
@@ -258,7 +381,7 @@ impl<'a> Overlay<'a> {
     }
 
     pub fn put_entry(&mut self, patient: &str, entry: &Entry) {
-        self.put(record_key(patient), encode(entry));
+        self.put(record_key(patient), entry.encode());
     }
 
     /// The Patients filed under a blocking key, at most `max`.
@@ -287,11 +410,17 @@ impl<'a> Overlay<'a> {
     pub fn put_link(&mut self, patient: &str, golden: &str, link: &Link) {
         self.put(link_key(patient, golden), encode(link));
         self.put(member_key(golden, patient), Vec::new());
+        if link.result == MatchResult::Match {
+            self.put(matched_key(patient, golden), Vec::new());
+        } else {
+            self.remove(matched_key(patient, golden));
+        }
     }
 
     pub fn remove_link(&mut self, patient: &str, golden: &str) {
         self.remove(link_key(patient, golden));
         self.remove(member_key(golden, patient));
+        self.remove(matched_key(patient, golden));
     }
 
     /// The source Patients linked to a golden Patient (any result), at most `max`.
@@ -312,16 +441,24 @@ impl<'a> Overlay<'a> {
     }
 
     /// The golden Patient a source Patient has a MATCH link to.
-    pub fn golden_of(&self, patient: &str) -> Result<Option<(String, Link)>, StoreError> {
+    /// The golden Patient a source Patient has a MATCH link to.
+    pub fn golden_id_of(&self, patient: &str) -> Result<Option<String>, StoreError> {
         if let Some(golden) = self.goldens.borrow().get(patient) {
             return Ok(golden.clone());
         }
-        let golden = self.links(patient, MAX_LINKS)?.into_iter().find(|(_, link)| link.result == MatchResult::Match);
+        let prefix = matched_prefix(patient);
+        let golden = self.scan_keys(&prefix, 1)?.first().map(|key| suffix(key, prefix.len()));
         let mut goldens = self.goldens.borrow_mut();
         if goldens.len() < MAX_CACHED {
             goldens.insert(patient.to_owned(), golden.clone());
         }
         Ok(golden)
+    }
+
+    /// The golden Patient a source Patient has a MATCH link to, with the link.
+    pub fn golden_of(&self, patient: &str) -> Result<Option<(String, Link)>, StoreError> {
+        let Some(golden) = self.golden_id_of(patient)? else { return Ok(None) };
+        Ok(self.link(patient, &golden)?.map(|link| (golden, link)))
     }
 
     pub fn cursor(&self) -> Result<u64, StoreError> {
@@ -397,5 +534,37 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: Option<Vec<u8>>) -> Result<Op
     match bytes {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn entries_read_back_as_written_and_damage_is_corrupt() {
+        let record = PersonRecord::from_patient(&json!({"name": [{"given": ["Zoë"], "family": "O'Brien"}],
+            "birthDate": "1984-03-07", "gender": "female",
+            "address": [{"line": ["12 Harbour St"], "city": "Sydney", "postalCode": "2000"}],
+            "telecom": [{"system": "phone", "value": "0298765432"}, {"system": "email", "value": "z@x.example"}],
+            "identifier": [{"system": "http://ns.example/id", "value": "42"}]}));
+        let entry = Entry { record, keys: vec!["a|b".into(), "c".into()], version: 7 };
+        let bytes = entry.encode();
+        assert_eq!(Entry::decode(&bytes).unwrap(), entry);
+        let empty = Entry { record: PersonRecord::default(), keys: Vec::new(), version: 0 };
+        assert_eq!(Entry::decode(&empty.encode()).unwrap(), empty);
+        for cut in [0, 1, 9, bytes.len() - 1] {
+            assert!(Entry::decode(&bytes[..cut]).is_err(), "{cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Entry::decode(&longer).is_err());
+        // A count that claims more items than bytes left is refused before anything is read.
+        let mut huge = empty.encode();
+        let at = huge.len() - 4;
+        huge[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Entry::decode(&huge).is_err());
     }
 }

@@ -119,6 +119,7 @@ struct Person {
     birth: (i32, u32, u32),
     line: String,
     place: usize,
+    postcode: String,
     phone: String,
     email: String,
     national_id: String,
@@ -186,6 +187,25 @@ fn digits(random: &mut Random, count: usize) -> String {
     (0..count).map(|_| char::from(b'0' + random.below(10) as u8)).collect()
 }
 
+/// Where someone lives.
+struct Address {
+    line: String,
+    place: usize,
+    postcode: String,
+}
+
+/// Postcodes one place spans (its listed one and the next ones), as a town's suburbs do.
+const POSTCODES_PER_PLACE: usize = 12;
+
+fn address(random: &mut Random, lists: &Lists) -> Address {
+    let street = random.below(lists.streets.len());
+    let line = format!("{} {}", 1 + random.below(250), title(&lists.streets[street]));
+    let place = random.popular(lists.places.len());
+    let base: usize = lists.places[place].postcode.parse().unwrap_or(0);
+    let postcode = format!("{:04}", base + random.below(POSTCODES_PER_PLACE));
+    Address { line, place, postcode }
+}
+
 struct Maker {
     random: Random,
     lists: Lists,
@@ -194,10 +214,8 @@ struct Maker {
 }
 
 impl Maker {
-    fn address(&mut self) -> (String, usize) {
-        let street = self.random.below(self.lists.streets.len());
-        let line = format!("{} {}", 1 + self.random.below(250), title(&self.lists.streets[street]));
-        (line, self.random.popular(self.lists.places.len()))
+    fn address(&mut self) -> Address {
+        address(&mut self.random, &self.lists)
     }
 
     fn given(&mut self, female: bool) -> String {
@@ -205,7 +223,7 @@ impl Maker {
         names[self.random.popular(names.len())].clone()
     }
 
-    fn person(&mut self, female: bool, family: &str, birth: (i32, u32, u32), address: &(String, usize)) -> Person {
+    fn person(&mut self, female: bool, family: &str, birth: (i32, u32, u32), address: &Address) -> Person {
         let given = self.given(female);
         let suffix = self.random.below(100);
         Person {
@@ -214,8 +232,9 @@ impl Maker {
             given,
             family: family.to_owned(),
             birth,
-            line: address.0.clone(),
-            place: address.1,
+            line: address.line.clone(),
+            place: address.place,
+            postcode: address.postcode.clone(),
             phone: format!("04{}", digits(&mut self.random, 8)),
             national_id: digits(&mut self.random, 9),
         }
@@ -317,13 +336,10 @@ impl Maker {
         }
         // A slip in the year can leave a 29 February in a common year: still a date.
         day = day.min(days_in(year, month));
-        let (mut line, mut place) = (person.line.clone(), person.place);
+        let (mut line, mut place, mut postcode) = (person.line.clone(), person.place, person.postcode.clone());
         if random.chance(0.10) {
-            (line, place) = {
-                let street = random.below(self.lists.streets.len());
-                let line = format!("{} {}", 1 + random.below(250), title(&self.lists.streets[street]));
-                (line, random.popular(self.lists.places.len()))
-            };
+            let moved = address(random, &self.lists);
+            (line, place, postcode) = (moved.line, moved.place, moved.postcode);
             self.figures.moves += 1;
         } else if random.chance(0.05) {
             line = typo(random, &line);
@@ -350,7 +366,7 @@ impl Maker {
         }
         if random.chance(0.9) {
             let place = &self.lists.places[place];
-            let mut address = json!({"line": [line], "city": title(&place.city), "postalCode": place.postcode});
+            let mut address = json!({"line": [line], "city": title(&place.city), "postalCode": postcode});
             if random.chance(0.05) {
                 address.as_object_mut().expect("an object").remove("postalCode");
             }

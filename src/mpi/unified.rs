@@ -267,8 +267,8 @@ impl<'a> Unifier<'a> {
         }
         let person = self.store.mpi_read(|read| {
             let overlay = Overlay::new(read);
-            match overlay.golden_of(patient)? {
-                Some((golden_id, _)) => person_of(&overlay, &golden_id),
+            match overlay.golden_id_of(patient)? {
+                Some(golden_id) => person_of(&overlay, &golden_id),
                 None if golden::is_golden(patient) => person_of(&overlay, patient),
                 None => Ok(Vec::new()),
             }
