@@ -12,6 +12,12 @@ mod data {
     include!(concat!(env!("OUT_DIR"), "/demo_data.rs"));
 }
 
+/// A bundle entry that writes `resource` under its own id (a PUT to `{type}/{id}`).
+fn put_entry(resource: &Value) -> Value {
+    let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
+    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+}
+
 /// What the loader did.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -38,14 +44,7 @@ pub async fn load_if_empty(
     let entries: Vec<Value> = data::EXAMPLES
         .iter()
         .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
-        .map(|resource| {
-            let url = format!(
-                "{}/{}",
-                resource["resourceType"].as_str().unwrap_or(""),
-                resource["id"].as_str().unwrap_or("")
-            );
-            json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-        })
+        .map(|resource| put_entry(&resource))
         .collect();
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
     let response = process_bundle(
@@ -230,17 +229,7 @@ pub async fn load_braid(
         sources.add(new).await?;
         let source = sources.get(data.name).ok_or_else(|| fault("demo source"))?;
         for chunk in data.resources.chunks(200) {
-            let entries: Vec<Value> = chunk
-                .iter()
-                .map(|resource| {
-                    let url = format!(
-                        "{}/{}",
-                        resource["resourceType"].as_str().unwrap_or(""),
-                        resource["id"].as_str().unwrap_or("")
-                    );
-                    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-                })
-                .collect();
+            let entries: Vec<Value> = chunk.iter().map(put_entry).collect();
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             process_bundle(
                 store,

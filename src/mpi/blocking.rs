@@ -45,6 +45,8 @@ pub struct Rules {
     pub enterprise_identifier_systems: Vec<String>,
     #[serde(default)]
     pub survivorship: super::golden::Survivorship,
+    /// The Jaro-Winkler bands of the graded levels.
+    pub levels: super::compare::Bands,
     /// Patterns of comparison levels that never make an automatic MATCH, whatever their score:
     /// such pairs are at most a POSSIBLE_MATCH, for review.
     #[serde(default)]
@@ -113,6 +115,14 @@ impl Rules {
                 }
             }
         }
+        let levels = rules.levels;
+        assert!(
+            [levels.name_close, levels.name_similar, levels.address_close]
+                .iter()
+                .all(|band| (0.0..=1.0).contains(band))
+                && levels.name_similar <= levels.name_close,
+            "levels: Jaro-Winkler bands are in [0, 1], name_similar at most name_close"
+        );
         let thresholds = rules.thresholds;
         assert!(
             0.0 < thresholds.possible && thresholds.possible < thresholds.matched && thresholds.matched < 1.0,

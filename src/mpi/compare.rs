@@ -24,11 +24,11 @@ pub enum NameLevel {
     Exact,
     /// One is a nickname (or the formal name) of the other: `bob` and `robert`.
     Nickname,
-    /// Jaro-Winkler similarity at least [`JW_CLOSE`]: one typo in a longer name.
+    /// Jaro-Winkler similarity at least [`Bands::name_close`]: one typo in a longer name.
     Close,
     /// The same Double Metaphone code (primary or alternate): `smyth` and `smith`.
     Phonetic,
-    /// Jaro-Winkler similarity at least [`JW_SIMILAR`].
+    /// Jaro-Winkler similarity at least [`Bands::name_similar`].
     Similar,
     /// One is a single letter, the other's initial.
     Initial,
@@ -50,11 +50,23 @@ pub enum DateLevel {
     Missing,
 }
 
-/// The Jaro-Winkler similarity of [`NameLevel::Close`].
-pub const JW_CLOSE: f64 = 0.92;
+/// The Jaro-Winkler similarities that make the graded levels, from the profile
+/// (`profiles/mpi.rules.json`, `levels`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct Bands {
+    /// At least this: [`NameLevel::Close`] (one typo in a longer name).
+    pub name_close: f64,
+    /// At least this: [`NameLevel::Similar`].
+    pub name_similar: f64,
+    /// At least this: address lines (or cities) that are close.
+    pub address_close: f64,
+}
 
-/// The Jaro-Winkler similarity of [`NameLevel::Similar`].
-pub const JW_SIMILAR: f64 = 0.80;
+/// The shipped bands.
+pub fn bands() -> &'static Bands {
+    static BANDS: LazyLock<Bands> = LazyLock::new(|| super::blocking::Rules::shipped().levels);
+    &BANDS
+}
 
 /// Longest name compared, in characters: longer input is cut (names are short; the bound keeps
 /// the quadratic string measures cheap whatever a record holds).
@@ -142,13 +154,13 @@ pub fn compare_coded_names(
         return if a.as_bytes()[0] == b.as_bytes()[0] { NameLevel::Initial } else { NameLevel::Different };
     }
     let similarity = strsim::jaro_winkler(a, b);
-    if similarity >= JW_CLOSE {
+    if similarity >= bands().name_close {
         return NameLevel::Close;
     }
     if same_sound(a_codes, b_codes) {
         return NameLevel::Phonetic;
     }
-    if similarity >= JW_SIMILAR { NameLevel::Similar } else { NameLevel::Different }
+    if similarity >= bands().name_similar { NameLevel::Similar } else { NameLevel::Different }
 }
 
 /// The Double Metaphone codes (primary, alternate) of a normalised name.

@@ -57,9 +57,6 @@ pub const LEVEL_COUNTS: [usize; FIELDS.len()] = {
     counts
 };
 
-/// Jaro-Winkler similarity from which two address lines or cities are close.
-const JW_ADDRESS: f64 = 0.9;
-
 /// The level of each field, as an index (0 agrees most), or `None` when a value is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Comparison {
@@ -101,7 +98,7 @@ fn text_index(a: &str, b: &str) -> Option<u8> {
         None
     } else if a == b {
         Some(0)
-    } else if strsim::jaro_winkler(a, b) >= JW_ADDRESS {
+    } else if strsim::jaro_winkler(a, b) >= super::compare::bands().address_close {
         Some(1)
     } else {
         Some(2)
