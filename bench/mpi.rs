@@ -52,14 +52,7 @@ async fn push_as_sources(store: &Store, sources: &[Pushed]) -> Duration {
         registry.add(new).await.unwrap();
         let active = registry.get(&source.name).unwrap();
         for chunk in source.resources.chunks(500) {
-            let entries: Vec<Value> = chunk
-                .iter()
-                .map(|resource| {
-                    let url =
-                        format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-                    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-                })
-                .collect();
+            let entries: Vec<Value> = chunk.iter().map(braid::demo::put_entry).collect();
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             braid::http::process_bundle(
                 store,
@@ -368,10 +361,7 @@ pub async fn lag_scenario(dir: &Path, seconds: u64) {
         tick.tick().await;
         let batch = &patients[sent..(sent + per_second / 10).min(patients.len())];
         sent += batch.len();
-        let entries: Vec<Value> = batch
-            .iter()
-            .map(|p| json!({"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", p["id"].as_str().unwrap())}}))
-            .collect();
+        let entries: Vec<Value> = batch.iter().map(braid::demo::put_entry).collect();
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
         let client = client.clone();
         let url = format!("{base}/fhir");

@@ -13,7 +13,7 @@ mod data {
 }
 
 /// A bundle entry that writes `resource` under its own id (a PUT to `{type}/{id}`).
-fn put_entry(resource: &Value) -> Value {
+pub fn put_entry(resource: &Value) -> Value {
     let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
     json!({"resource": resource, "request": {"method": "PUT", "url": url}})
 }

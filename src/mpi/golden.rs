@@ -172,17 +172,14 @@ pub fn presented(
         }
     };
     let Ok(Value::Object(mut patient)) = serde_json::from_slice::<Value>(&body) else { return body };
+    // A refer link to a golden Patient in the stored body (one a client wrote back before the
+    // store dropped such links on write) is replaced, so that only the current one shows.
+    crate::store::strip_managed_links(&mut patient);
     let refer = json!({"other": {"reference": format!("Patient/{golden_id}")}, "type": "refer"});
-    let links = patient.entry("link").or_insert_with(|| Value::Array(Vec::new()));
-    let Value::Array(links) = links else { return body };
-    // A refer link to a golden Patient in the stored body (one shown earlier and written back
-    // by a client) is replaced, so that only the current one shows.
-    links.retain(|link| {
-        let to_golden =
-            link["other"]["reference"].as_str().is_some_and(|r| is_golden(r.trim_start_matches("Patient/")));
-        !(link["type"] == "refer" && to_golden)
-    });
-    links.push(refer);
+    match patient.entry("link").or_insert_with(|| Value::Array(Vec::new())) {
+        Value::Array(links) => links.push(refer),
+        _ => return body,
+    }
     serde_json::to_vec(&patient).unwrap_or(body)
 }
 

@@ -22,9 +22,6 @@ use crate::fhir::{FhirError, IssueCode};
 /// commit.
 pub const MAX_MOVED: usize = 1_000;
 
-/// Most redirects followed from a merged golden Patient to the one that stands for it.
-pub const MAX_REDIRECTS: usize = 16;
-
 fn invalid(message: impl Into<String>) -> FhirError {
     FhirError::incorrect(IssueCode::Invalid, message)
 }
@@ -50,18 +47,6 @@ pub fn require_source(overlay: &Overlay<'_>, id: &str) -> Result<(), FhirError> 
         )));
     }
     Ok(())
-}
-
-/// The golden Patient that stands for `id` now: itself, or the one it was merged into.
-pub fn resolve(overlay: &Overlay<'_>, id: &str) -> Result<String, FhirError> {
-    let mut current = id.to_owned();
-    for _ in 0..MAX_REDIRECTS {
-        match overlay.redirect(&current)? {
-            Some(to) => current = to,
-            None => return Ok(current),
-        }
-    }
-    Err(FhirError::fault("a chain of merged golden Patients too long to follow"))
 }
 
 /// Sets the manual link from `patient` to `golden` to `result` (the link's earlier state goes

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::blocking::Rules;
-use super::matcher::{self, BATCH, MAX_MEMBERS, Matcher};
+use super::matcher::{self, BATCH, Matcher};
 use super::score::Parameters;
 use super::state::{self, Entry, Link, MatchResult, Overlay};
 use super::train::{self, TrainingOptions, TrainingReport};
@@ -351,12 +351,8 @@ impl Mpi {
     /// with a MATCH, as the index holds them now (at most [`MAX_MEMBERS`]). Just the id when it is
     /// not a golden Patient the index has.
     pub fn person(&self, golden_id: &str) -> Result<Vec<String>, FhirError> {
-        self.read(|overlay| {
-            let golden_id = super::links::resolve(overlay, golden_id)?;
-            let mut person = vec![golden_id.clone()];
-            person.extend(overlay.matched_members(&golden_id, MAX_MEMBERS)?);
-            Ok(person)
-        })
+        let person = self.read(|overlay| Ok(super::unified::person_of(overlay, golden_id)?))?;
+        Ok(if person.is_empty() { vec![golden_id.to_owned()] } else { person })
     }
 
     /// Whether `patient` is the golden Patient `golden_id` or a source Patient with a MATCH to

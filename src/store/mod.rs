@@ -38,6 +38,7 @@ pub use migrate::{MigrationProgress, MigrationReport};
 pub use ops::{
     Action, Change, ChangeKind, Changed, Criteria, GuardCheck, IndexEntry, Indexer, MANAGED_PATIENT_PREFIX, OpOutcome,
     OutcomeKind, Precondition, RecordChanges, Recorder, Target, WriteGuard, WriteOp, WriteRequest, is_managed,
+    strip_managed_links,
 };
 pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
 pub use view::{IndexHit, IndexTables, IndexView, LATEST, SnapshotIndex};
@@ -437,7 +438,7 @@ impl Store {
                 &mut op.action
                 && *resource_type == crate::fhir::ResourceType::PATIENT
             {
-                ops::strip_managed_links(resource);
+                strip_managed_links(resource);
             }
         }
         let writes_a_resource =
