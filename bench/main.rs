@@ -60,6 +60,11 @@ use braid::store::{Action, Precondition, Store, StoreOptions, Target, WriteOp, W
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 
+/// The allocator the server runs with (see `src/main.rs`), so that what the harness does
+/// in-process (building data, matching) costs what it costs in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Braid benchmark harness")]
 struct Args {
@@ -89,6 +94,18 @@ struct Args {
     /// Source Patients in the mpi-match scenario's index.
     #[arg(long, default_value_t = 1_000_000)]
     mpi_patients: usize,
+    /// The mpi-match scenario's database, kept after the run: built there when absent, used as
+    /// it stands when present (matching then goes on from where it was).
+    #[arg(long)]
+    mpi_data: Option<PathBuf>,
+    /// Stop the mpi-match scenario once its Patients are pushed, before matching them (with
+    /// `--mpi-data`: a database to copy and match several times, e.g. under a profiler).
+    #[arg(long)]
+    mpi_push_only: bool,
+    /// The mpi-lag scenario pushes into a copy of this database (an index already matched,
+    /// e.g. one `--mpi-data` kept), to measure the lag at its size; else into an empty one.
+    #[arg(long)]
+    mpi_lag_base: Option<PathBuf>,
     /// Internal: run the baseline server on the given bodies file.
     #[arg(long, hide = true)]
     serve_baseline: Option<PathBuf>,
@@ -171,10 +188,18 @@ fn main() {
         runtime.block_on(mpi::quality_scenario(dir.path()));
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiMatch) {
-        runtime.block_on(mpi::match_scenario(dir.path(), args.mpi_patients, args.seconds));
+        runtime.block_on(mpi::match_scenario(
+            dir.path(),
+            mpi::MatchOptions {
+                patients: args.mpi_patients,
+                seconds: args.seconds,
+                data: args.mpi_data.clone(),
+                push_only: args.mpi_push_only,
+            },
+        ));
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiLag) {
-        runtime.block_on(mpi::lag_scenario(dir.path(), args.seconds));
+        runtime.block_on(mpi::lag_scenario(dir.path(), args.seconds, args.mpi_lag_base.as_deref()));
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiRematch) {
         runtime.block_on(mpi::rematch_scenario(dir.path()));

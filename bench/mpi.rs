@@ -220,9 +220,10 @@ pub async fn quality_scenario(dir: &Path) {
     measure_quality(dir, "synth", sources, truth).await;
 }
 
-/// A database of about `patients` synth Patients (people at four sources), matched in-process.
-/// Returns the synthetic data it was made from.
-async fn build_index(data: &Path, patients: usize) -> Synthetic {
+/// A database of about `patients` synth Patients (people at four sources) at `data`, pushed
+/// unless it is there already, then matched in-process unless `push_only`. Returns the
+/// synthetic data it was made from.
+async fn build_index(data: &Path, patients: usize, push_only: bool) -> Synthetic {
     // About 2.9 registrations per person.
     let people = (patients as f64 / 2.9) as usize;
     let started = Instant::now();
@@ -232,23 +233,57 @@ async fn build_index(data: &Path, patients: usize) -> Synthetic {
         synthetic.truth.len(),
         started.elapsed().as_secs_f64()
     );
+    let existing = data.exists();
     let store = open_store(data);
-    let (sources, _) = synth_sources(&synthetic);
-    let pushed = push_as_sources(&store, &sources).await;
-    println!("  pushed as 4 sources in {:.1} s", pushed.as_secs_f64());
-    let mpi = Mpi::open(&store, false).unwrap();
-    let started = Instant::now();
-    mpi.catch_up().await.unwrap();
-    println!(
-        "  matched in {:.1} s ({:.0} Patients/s)",
-        started.elapsed().as_secs_f64(),
-        synthetic.truth.len() as f64 / started.elapsed().as_secs_f64()
-    );
-    // Scored with the shipped parameters: training changes the weights, not the work of a
-    // $match (mpi-rematch measures training and re-scoring).
-    drop(mpi);
+    if existing {
+        println!("  using the database at {}", data.display());
+    } else {
+        let (sources, _) = synth_sources(&synthetic);
+        let pushed = push_as_sources(&store, &sources).await;
+        println!("  pushed as 4 sources in {:.1} s", pushed.as_secs_f64());
+    }
+    if !push_only {
+        let mpi = Mpi::open(&store, false).unwrap();
+        let started = Instant::now();
+        let matched = match_reporting_progress(&mpi).await;
+        println!(
+            "  matched {matched} changes in {:.1} s ({:.0}/s)",
+            started.elapsed().as_secs_f64(),
+            matched as f64 / started.elapsed().as_secs_f64()
+        );
+        let scored = &mpi.status().unwrap()["worker"]["candidates_scored"];
+        println!(
+            "  candidates scored per Patient: p50 {} p90 {} p99 {} max {} (bound {})",
+            scored["p50"], scored["p90"], scored["p99"], scored["max"], scored["bound"]
+        );
+        // Scored with the shipped parameters: training changes the weights, not the work of a
+        // $match (mpi-rematch measures training and re-scoring).
+        drop(mpi);
+    }
     close_store(store).await;
     synthetic
+}
+
+/// Catches the index up, printing the rate every 100,000 changes (matching slows as the index
+/// grows). Returns the changes matched.
+async fn match_reporting_progress(mpi: &Mpi) -> usize {
+    let (mut total, mut reported) = (0, 0);
+    let mut started = Instant::now();
+    loop {
+        let done = mpi.catch_up_at_most(10_000).await.unwrap();
+        total += done;
+        if total - reported >= 100_000 || (done == 0 && total > reported) {
+            println!(
+                "    {total} matched; the last {} at {:.0}/s",
+                total - reported,
+                (total - reported) as f64 / started.elapsed().as_secs_f64()
+            );
+            (reported, started) = (total, Instant::now());
+        }
+        if done == 0 {
+            return total;
+        }
+    }
 }
 
 /// `$match` bodies: people of `synthetic` as a new provider would register them (a record of
@@ -277,10 +312,24 @@ fn match_bodies(synthetic: &Synthetic, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-pub async fn match_scenario(dir: &Path, patients: usize, seconds: u64) {
+/// What the mpi-match scenario builds and measures.
+pub struct MatchOptions {
+    pub patients: usize,
+    pub seconds: u64,
+    /// Where its database is kept (else a temporary file).
+    pub data: Option<std::path::PathBuf>,
+    /// Stop once the Patients are pushed.
+    pub push_only: bool,
+}
+
+pub async fn match_scenario(dir: &Path, options: MatchOptions) {
+    let MatchOptions { patients, seconds, .. } = options;
     println!("\n== mpi-match: Patient/$match with {patients} source Patients ==");
-    let data = dir.join("mpi-match.redb");
-    let synthetic = build_index(&data, patients).await;
+    let data = options.data.clone().unwrap_or_else(|| dir.join("mpi-match.redb"));
+    let synthetic = build_index(&data, patients, options.push_only).await;
+    if options.push_only {
+        return;
+    }
     let server = servers::start_braid_with_env(&data, &[("BRAID_MPI_AUTO_TRAIN", "false")]);
     let bodies = Arc::new(match_bodies(&synthetic, 10_000));
     drop(synthetic);
@@ -305,13 +354,21 @@ pub async fn match_scenario(dir: &Path, patients: usize, seconds: u64) {
         );
     }
     drop(server);
-    let _ = std::fs::remove_file(&data);
+    if options.data.is_none() {
+        let _ = std::fs::remove_file(&data);
+    }
 }
 
-pub async fn lag_scenario(dir: &Path, seconds: u64) {
+/// `base`: a database whose index is matched already (e.g. one `mpi-match --mpi-data` kept),
+/// copied and pushed into, so that the lag is measured at its size; else an empty one.
+pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>) {
     let pushing = Duration::from_secs(seconds * 6);
     println!("\n== mpi-lag: a sustained push of 1,000 Patients/s for {} s; matching lag ==", pushing.as_secs());
     let data = dir.join("mpi-lag.redb");
+    if let Some(base) = base {
+        std::fs::copy(base, &data).expect("the base database copies");
+        println!("  into a copy of {}", base.display());
+    }
     let server = servers::start_braid_with_env(&data, &[("BRAID_MPI_AUTO_TRAIN", "false")]);
     let base = format!("http://127.0.0.1:{}", server.port);
     let per_second = 1_000usize;
@@ -323,7 +380,7 @@ pub async fn lag_scenario(dir: &Path, seconds: u64) {
         .flat_map(|s| {
             s.resources.iter().map(move |r| {
                 let mut r = r.clone();
-                r["id"] = json!(format!("{}-{}", s.name, r["id"].as_str().unwrap()));
+                r["id"] = json!(format!("lag-{}-{}", s.name, r["id"].as_str().unwrap()));
                 r
             })
         })

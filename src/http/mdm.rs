@@ -24,7 +24,7 @@ use crate::auth::Access;
 use crate::fhir::{Category, FhirError, IssueCode};
 use crate::mpi::blocking::keys;
 use crate::mpi::links::{self, Unmerged};
-use crate::mpi::matcher::{MAX_CANDIDATES, MAX_PER_KEY};
+use crate::mpi::matcher::candidates;
 use crate::mpi::record::PersonRecord;
 use crate::mpi::service::result_name;
 use crate::mpi::state::{self, Link, LinkSource, MatchResult};
@@ -294,33 +294,13 @@ pub async fn match_patient(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let bundle = tokio::task::spawn_blocking(move || -> Result<Value, FhirError> {
         let matcher = mpi.matcher();
         let record = PersonRecord::from_patient(&resource);
-        let scored = mpi.read(|overlay| {
-            let mut candidates: BTreeSet<String> = BTreeSet::new();
-            'keys: for key in keys(&matcher.rules.blocking, &record) {
-                for candidate in overlay.block(&key, MAX_PER_KEY)? {
-                    if candidates.len() == MAX_CANDIDATES {
-                        break 'keys;
-                    }
-                    candidates.insert(candidate);
-                }
-            }
-            let mut best: BTreeMap<String, f64> = BTreeMap::new();
-            for candidate in candidates {
-                let (Some(golden_id), Some(entry)) = (overlay.golden_id_of(&candidate)?, overlay.entry(&candidate)?)
-                else {
-                    continue;
-                };
-                let probability = matcher.probability(&record, &entry.record);
-                let slot = best.entry(golden_id).or_insert(0.0);
-                *slot = slot.max(probability);
-            }
-            Ok(best)
-        })?;
         let thresholds = matcher.rules.thresholds;
-        let mut ranked: Vec<(String, f64)> = scored
-            .into_iter()
-            .filter(|(_, p)| *p >= if only_certain { thresholds.matched } else { MIN_LISTED_PROBABILITY })
-            .collect();
+        let floor = if only_certain { thresholds.matched } else { MIN_LISTED_PROBABILITY };
+        let scored = mpi.read(|overlay| {
+            let candidates = candidates(overlay, &keys(&matcher.rules.blocking, &record), None)?;
+            Ok(matcher.best_per_golden(overlay, &record, &candidates, &BTreeSet::new(), floor)?)
+        })?;
+        let mut ranked: Vec<(String, f64)> = scored.into_iter().collect();
         ranked.sort_by(|(a, pa), (b, pb)| pb.total_cmp(pa).then_with(|| a.cmp(b)));
         ranked.truncate(count);
         let mut entries = Vec::with_capacity(ranked.len());

@@ -153,7 +153,7 @@ pub fn compare_coded_names(
     if a.len() == 1 || b.len() == 1 {
         return if a.as_bytes()[0] == b.as_bytes()[0] { NameLevel::Initial } else { NameLevel::Different };
     }
-    let similarity = strsim::jaro_winkler(a, b);
+    let similarity = jaro_winkler(a, b);
     if similarity >= bands().name_close {
         return NameLevel::Close;
     }
@@ -210,11 +210,89 @@ pub fn compare_date_digits(a: Option<[u8; 8]>, b: Option<[u8; 8]>) -> DateLevel 
     if year_a == year_b && month_a == day_b && day_a == month_b {
         return DateLevel::DayMonthSwapped;
     }
-    let (a_text, b_text) = (std::str::from_utf8(&a).unwrap_or(""), std::str::from_utf8(&b).unwrap_or(""));
-    if strsim::damerau_levenshtein(a_text, b_text) == 1 {
+    if one_edit_apart(&a, &b) {
         return DateLevel::OneTypo;
     }
     if year_a == year_b { DateLevel::SameYear } else { DateLevel::Different }
+}
+
+/// The Jaro-Winkler similarity of two texts, as `strsim::jaro_winkler` computes it (a prefix
+/// of up to four characters raises a similarity above 0.7). Scoring compares names and
+/// addresses for every candidate pair, so ASCII text up to [`MAX_FAST_CHARS`] long (every
+/// normalised name) is compared as bytes without allocating; other text goes to strsim.
+pub fn jaro_winkler(a: &str, b: &str) -> f64 {
+    if !a.is_ascii() || !b.is_ascii() || a.len() > MAX_FAST_CHARS || b.len() > MAX_FAST_CHARS {
+        return strsim::jaro_winkler(a, b);
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let jaro = jaro_bytes(a, b);
+    if jaro <= 0.7 {
+        return jaro;
+    }
+    let prefix = a.iter().zip(b).take(4).take_while(|(x, y)| x == y).count();
+    jaro + 0.1 * prefix as f64 * (1.0 - jaro)
+}
+
+/// Longest text [`jaro_winkler`] compares as bytes (its match flags are on the stack).
+pub const MAX_FAST_CHARS: usize = 64;
+
+/// The Jaro similarity of two byte strings of at most [`MAX_FAST_CHARS`] bytes.
+fn jaro_bytes(a: &[u8], b: &[u8]) -> f64 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    // Characters match when equal and no further apart than half the longer length, less one.
+    let window = (a.len().max(b.len()) / 2).saturating_sub(1);
+    let (mut a_matched, mut b_matched) = ([false; MAX_FAST_CHARS], [false; MAX_FAST_CHARS]);
+    let mut matches = 0usize;
+    for (i, x) in a.iter().enumerate() {
+        let (low, high) = (i.saturating_sub(window), (i + window + 1).min(b.len()));
+        for j in low..high {
+            if !b_matched[j] && b[j] == *x {
+                a_matched[i] = true;
+                b_matched[j] = true;
+                matches += 1;
+                break;
+            }
+        }
+    }
+    if matches == 0 {
+        return 0.0;
+    }
+    // Half the matched characters that are out of order.
+    let b_in_order = b.iter().zip(&b_matched[..b.len()]).filter(|(_, matched)| **matched).map(|(y, _)| y);
+    let a_in_order = a.iter().zip(&a_matched[..a.len()]).filter(|(_, matched)| **matched).map(|(x, _)| x);
+    let transpositions = a_in_order.zip(b_in_order).filter(|(x, y)| x != y).count() / 2;
+    let matches = matches as f64;
+    (matches / a.len() as f64 + matches / b.len() as f64 + (matches - transpositions as f64) / matches) / 3.0
+}
+
+/// Whether two texts are exactly one edit apart (a Damerau-Levenshtein distance of 1): one
+/// character replaced, inserted or deleted, or two adjacent characters swapped. Linear in the
+/// length; non-ASCII text is compared by characters through strsim.
+pub fn one_edit_apart(a: &[u8], b: &[u8]) -> bool {
+    if !a.is_ascii() || !b.is_ascii() {
+        let (Ok(a), Ok(b)) = (std::str::from_utf8(a), std::str::from_utf8(b)) else { return false };
+        return strsim::damerau_levenshtein(a, b) == 1;
+    }
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let first = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    match long.len() - short.len() {
+        0 => {
+            if first == short.len() {
+                return false;
+            }
+            let last = short.len() - 1 - short.iter().rev().zip(long.iter().rev()).take_while(|(x, y)| x == y).count();
+            // One replaced character, or two adjacent ones swapped.
+            last == first || (last == first + 1 && short[first] == long[last] && short[last] == long[first])
+        }
+        // One character inserted in the longer.
+        1 => short[first..] == long[first + 1..],
+        _ => false,
+    }
 }
 
 /// A postcode as compared: letters and digits only, uppercase (`sw1a 1aa` is `SW1A1AA`).
@@ -310,5 +388,63 @@ mod tests {
         assert_eq!(normalize_phone("12345"), None);
         assert_eq!(normalize_email("  Jane.Doe@Example.ORG ").as_deref(), Some("jane.doe@example.org"));
         assert_eq!(normalize_email("not an address"), None);
+    }
+
+    /// Pairs of short strings over a small alphabet (so that they share characters, in and
+    /// out of order), and their one-edit variants.
+    fn pairs() -> Vec<(String, String)> {
+        let mut random = crate::mpi::random::Random::new(7);
+        let word = |random: &mut crate::mpi::random::Random| -> String {
+            let length = random.below(12);
+            (0..length).map(|_| (b'a' + random.below(5) as u8) as char).collect()
+        };
+        let mut pairs = Vec::new();
+        for _ in 0..20_000 {
+            let a = word(&mut random);
+            let b = word(&mut random);
+            let mut edited = a.clone().into_bytes();
+            match random.below(3) {
+                0 if !edited.is_empty() => {
+                    let at = random.below(edited.len());
+                    edited[at] = b'a' + random.below(5) as u8;
+                }
+                1 if edited.len() >= 2 => {
+                    let at = random.below(edited.len() - 1);
+                    edited.swap(at, at + 1);
+                }
+                _ => edited.insert(random.below(edited.len() + 1), b'c'),
+            }
+            pairs.push((a.clone(), b));
+            pairs.push((a, String::from_utf8(edited).unwrap()));
+        }
+        for (a, b) in [("martha", "marhta"), ("dwayne", "duane"), ("dixon", "dicksonx"), ("jonathan", "jonathon")] {
+            pairs.push((a.into(), b.into()));
+        }
+        pairs
+    }
+
+    #[test]
+    fn jaro_winkler_on_bytes_is_strsims() {
+        for (a, b) in pairs() {
+            let (fast, reference) = (jaro_winkler(&a, &b), strsim::jaro_winkler(&a, &b));
+            assert!((fast - reference).abs() < 1e-12, "{a:?} {b:?}: {fast} != {reference}");
+        }
+        assert!((jaro_winkler("martha", "marhta") - 0.9611).abs() < 1e-4);
+        // Non-ASCII and long text take strsim's way.
+        assert_eq!(jaro_winkler("zoë", "zoe"), strsim::jaro_winkler("zoë", "zoe"));
+        let long = "a".repeat(MAX_FAST_CHARS + 1);
+        assert_eq!(jaro_winkler(&long, "a"), strsim::jaro_winkler(&long, "a"));
+    }
+
+    #[test]
+    fn one_edit_apart_is_a_damerau_distance_of_one() {
+        for (a, b) in pairs() {
+            let expected = strsim::damerau_levenshtein(&a, &b) == 1;
+            assert_eq!(one_edit_apart(a.as_bytes(), b.as_bytes()), expected, "{a:?} {b:?}");
+        }
+        assert!(one_edit_apart("zoë".as_bytes(), "zoe".as_bytes()), "characters, not bytes");
+        assert!(!one_edit_apart(b"19840307", b"19840307"));
+        assert!(one_edit_apart(b"19840307", b"19480307"));
+        assert!(!one_edit_apart(b"19840307", b"19480370"));
     }
 }

@@ -8,7 +8,7 @@
 //! client's write request.
 //!
 //! For one source Patient: its record and blocking keys are filed; the Patients sharing a key
-//! (at most [`MAX_PER_KEY`] per key, [`MAX_CANDIDATES`] in all) are scored; the best golden
+//! are ranked and the likeliest [`MAX_CANDIDATES`] scored (see [`candidates`]); the best golden
 //! Patient at or above the match threshold gets an AUTO MATCH link (the one it already has
 //! wins a tie), others above it are marked POSSIBLE_DUPLICATE of it, and those between the
 //! thresholds get POSSIBLE_MATCH links for review. No match: a new golden Patient. A MANUAL
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::blocking::{Rules, keys};
+use super::blocking::{MAX_KEYS, Rules, keys};
 use super::compare::{Nicknames, nicknames};
 use super::golden::{self, Survivorship};
 use super::record::PersonRecord;
@@ -30,16 +30,17 @@ use super::score::{Parameters, compare_pair, probability_of};
 use super::state::{self, Entry, Link, LinkSource, MatchResult, Overlay};
 use crate::fhir::json::{format_instant, now_micros};
 use crate::fhir::{FhirError, ResourceType};
-use crate::store::{Snapshot, Store};
+use crate::store::{Snapshot, Store, StoreError};
 
 /// Most changes one batch processes.
 pub const BATCH: usize = 500;
 
-/// Most Patients read from one blocking key.
-pub const MAX_PER_KEY: usize = 100;
+/// Most Patients read from one blocking key: a key that more share (a common name born in a
+/// common year) says little about any one of them.
+pub const MAX_PER_KEY: usize = 300;
 
 /// Most candidates one Patient is scored against.
-pub const MAX_CANDIDATES: usize = 400;
+pub const MAX_CANDIDATES: usize = 200;
 
 /// Most members of one golden Patient read to build it.
 pub const MAX_MEMBERS: usize = 100;
@@ -74,6 +75,33 @@ impl Matcher {
         probability
     }
 
+    /// The best match probability of `record` per golden Patient among `candidates`, for the
+    /// golden Patients scoring at least `floor` and not in `excluded`. A candidate's golden
+    /// Patient is looked up only when it scores at least `floor`: most score far below.
+    pub fn best_per_golden(
+        &self,
+        overlay: &Overlay<'_>,
+        record: &PersonRecord,
+        candidates: &[Candidate],
+        excluded: &BTreeSet<&str>,
+        floor: f64,
+    ) -> Result<HashMap<String, f64>, StoreError> {
+        let mut best: HashMap<String, f64> = HashMap::new();
+        for candidate in candidates {
+            let probability = self.probability(record, &candidate.record);
+            if probability < floor {
+                continue;
+            }
+            let Some(golden_id) = overlay.golden_id_of(&candidate.id)? else { continue };
+            if excluded.contains(golden_id.as_str()) {
+                continue;
+            }
+            let slot = best.entry(golden_id).or_insert(0.0);
+            *slot = slot.max(probability);
+        }
+        Ok(best)
+    }
+
     /// `Some(true)` when both records have an identifier of an enterprise system and one value
     /// is shared, `Some(false)` when they have one of the same system but no value in common.
     fn enterprise_decision<'a>(&self, a: &'a PersonRecord, b: &'a PersonRecord) -> Option<bool> {
@@ -94,6 +122,80 @@ impl Matcher {
     }
 }
 
+/// A source Patient a record is scored against.
+pub struct Candidate {
+    pub id: String,
+    pub record: PersonRecord,
+}
+
+/// The source Patients filed under any of `keys` (a record's blocking keys), except `own`, the
+/// likeliest matches first, at most [`MAX_CANDIDATES`].
+///
+/// Each key is read up to [`MAX_PER_KEY`] Patients, with the records filed with them (one
+/// range of the blocking index per key, no lookup per candidate). Those sharing the most keys
+/// with the record come first, and among them those whose keys are the rarest (the smallest
+/// blocks: sharing a birth date says more than sharing a birth year and a common surname), so
+/// that a record with a common name is scored against its likeliest matches, not against
+/// whichever Patients its largest block happens to list first. Ties go by id, so the choice is
+/// deterministic.
+pub fn candidates(overlay: &Overlay<'_>, keys: &[String], own: Option<&str>) -> Result<Vec<Candidate>, StoreError> {
+    /// A Patient found under one or more of the keys.
+    struct Found {
+        /// The keys it shares with the record: bit `i` for `keys[i]`.
+        shared: u32,
+        /// Its block value (see `state::decode_block_value`).
+        value: Vec<u8>,
+    }
+    // Bit i of `Found::shared` stands for keys[i].
+    let keys = &keys[..keys.len().min(MAX_KEYS)];
+    let mut found: HashMap<String, Found> = HashMap::new();
+    let mut block_sizes = Vec::with_capacity(keys.len());
+    for (index, key) in keys.iter().enumerate() {
+        let bit = 1u32 << index;
+        let size = overlay.visit_block(key, MAX_PER_KEY, |candidate, value| {
+            if Some(candidate) == own {
+                return;
+            }
+            match found.get_mut(candidate) {
+                Some(slot) => slot.shared |= bit,
+                None => {
+                    found.insert(candidate.to_owned(), Found { shared: bit, value: value.to_vec() });
+                }
+            }
+        })?;
+        block_sizes.push((size.max(1) as f64).ln());
+    }
+    // (keys shared, sum of the logarithms of their block sizes) per candidate.
+    let rank = |shared: u32| -> (u32, f64) {
+        let rarity = (0..keys.len()).filter(|index| shared & (1 << index) != 0).map(|index| block_sizes[index]).sum();
+        (shared.count_ones(), rarity)
+    };
+    let mut ranked: Vec<((u32, f64), String, Found)> =
+        found.into_iter().map(|(id, found)| (rank(found.shared), id, found)).collect();
+    let order = |((a_keys, a_rarity), a, _): &((u32, f64), String, Found),
+                 ((b_keys, b_rarity), b, _): &((u32, f64), String, Found)| {
+        b_keys.cmp(a_keys).then_with(|| a_rarity.total_cmp(b_rarity)).then_with(|| a.cmp(b))
+    };
+    if ranked.len() > MAX_CANDIDATES {
+        ranked.select_nth_unstable_by(MAX_CANDIDATES - 1, order);
+        ranked.truncate(MAX_CANDIDATES);
+    }
+    ranked.sort_unstable_by(order);
+    let mut candidates = Vec::with_capacity(ranked.len());
+    for (_, id, found) in ranked {
+        let record = match state::decode_block_value(&found.value)? {
+            Some(record) => record,
+            // Filed before blocks held records: read it from its entry.
+            None => match overlay.entry(&id)? {
+                Some(entry) => entry.record,
+                None => continue,
+            },
+        };
+        candidates.push(Candidate { id, record });
+    }
+    Ok(candidates)
+}
+
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
@@ -108,6 +210,8 @@ pub struct BatchReport {
     /// Source Patients the index holds now and did not before, and those it let go.
     pub filed: usize,
     pub forgotten: usize,
+    /// For each Patient (re)matched, the candidates it was scored against.
+    pub scored: Vec<usize>,
 }
 
 /// Processes the next batch of the change feed, committing its outcome. Returns what it did
@@ -174,8 +278,9 @@ fn plan_batch(overlay: &mut Overlay<'_>, snapshot: &Snapshot, matcher: &Matcher)
             }
             Some((version, body)) => {
                 report.filed += usize::from(!known);
-                if match_patient(overlay, matcher, id, version, &body, &now, &mut touched)? {
+                if let Some(scored) = match_patient(overlay, matcher, id, version, &body, &now, &mut touched)? {
                     report.matched += 1;
+                    report.scored.push(scored);
                 }
                 bodies.insert(id.clone(), body);
             }
@@ -266,8 +371,9 @@ fn forget(overlay: &mut Overlay<'_>, id: &str, touched: &mut BTreeSet<String>) -
     Ok(())
 }
 
-/// Files and matches one source Patient. Returns whether it was (re)matched: a version whose
-/// demographics did not change keeps its links.
+/// Files and matches one source Patient. Returns the candidates it was scored against when it
+/// was (re)matched; `None` when not: a version whose demographics did not change keeps its
+/// links.
 fn match_patient(
     overlay: &mut Overlay<'_>,
     matcher: &Matcher,
@@ -276,7 +382,7 @@ fn match_patient(
     body: &Value,
     now: &str,
     touched: &mut BTreeSet<String>,
-) -> Result<bool, FhirError> {
+) -> Result<Option<usize>, FhirError> {
     let record = PersonRecord::from_patient(body);
     if let Some(previous) = overlay.entry(id)?
         && previous.record == record
@@ -285,7 +391,7 @@ fn match_patient(
         // Same demographics: the links stand; the golden Patient may show other elements.
         overlay.put_entry(id, &Entry { version, ..previous });
         touched.insert(golden_id);
-        return Ok(false);
+        return Ok(None);
     }
     let matched = file_and_link(overlay, matcher, id, version, record, now, touched)?;
     // Its body changed: its golden Patient is made again, whether or not it moved.
@@ -306,14 +412,15 @@ pub fn rematch(
     touched: &mut BTreeSet<String>,
 ) -> Result<bool, FhirError> {
     match overlay.entry(id)? {
-        Some(entry) => file_and_link(overlay, matcher, id, entry.version, entry.record, now, touched),
+        Some(entry) => Ok(file_and_link(overlay, matcher, id, entry.version, entry.record, now, touched)?.is_some()),
         None => Ok(false),
     }
 }
 
 /// Files `record` as source Patient `id` (its blocking keys) and decides its links. Only what
 /// changes is written, and only the golden Patients whose members changed are added to
-/// `touched` (a re-scoring that confirms every link writes nothing).
+/// `touched` (a re-scoring that confirms every link writes nothing). Returns the candidates it
+/// was scored against, `None` when it has a MANUAL MATCH (which stands as it is).
 fn file_and_link(
     overlay: &mut Overlay<'_>,
     matcher: &Matcher,
@@ -322,7 +429,7 @@ fn file_and_link(
     record: PersonRecord,
     now: &str,
     touched: &mut BTreeSet<String>,
-) -> Result<bool, FhirError> {
+) -> Result<Option<usize>, FhirError> {
     let previous = overlay.entry(id)?;
     let links = overlay.links(id, state::MAX_LINKS)?;
     let current_match = links.iter().find(|(_, link)| link.result == MatchResult::Match).cloned();
@@ -332,8 +439,12 @@ fn file_and_link(
             overlay.remove(state::block_key(key, id));
         }
     }
-    for key in new_keys.iter().filter(|key| previous.as_ref().is_none_or(|previous| !previous.keys.contains(key))) {
-        overlay.put(state::block_key(key, id), Vec::new());
+    // Each block holds the record: all of them are written again when it changed.
+    let same_record = previous.as_ref().is_some_and(|previous| previous.record == record);
+    for key in &new_keys {
+        if !same_record || !previous.as_ref().is_some_and(|previous| previous.keys.contains(key)) {
+            overlay.put(state::block_key(key, id), state::encode_block_value(&record));
+        }
     }
     let entry = Entry { record: record.clone(), keys: new_keys.clone(), version };
     if previous.as_ref() != Some(&entry) {
@@ -343,7 +454,7 @@ fn file_and_link(
     if let Some((_, link)) = &current_match
         && link.source == LinkSource::Manual
     {
-        return Ok(false);
+        return Ok(None);
     }
     // Golden Patients an operator ruled on (or that the matcher was told are not this person)
     // are not proposed again.
@@ -353,31 +464,10 @@ fn file_and_link(
         .map(|(golden_id, _)| golden_id.as_str())
         .collect();
 
-    // The best score per golden Patient of the candidates.
-    let mut candidates: BTreeSet<String> = BTreeSet::new();
-    'keys: for key in &new_keys {
-        for candidate in overlay.block(key, MAX_PER_KEY)? {
-            if candidates.len() == MAX_CANDIDATES {
-                break 'keys;
-            }
-            if candidate != id {
-                candidates.insert(candidate);
-            }
-        }
-    }
-    let mut best: HashMap<String, f64> = HashMap::new();
-    for candidate in &candidates {
-        let (Some(golden_id), Some(entry)) = (overlay.golden_id_of(candidate)?, overlay.entry(candidate)?) else {
-            continue;
-        };
-        if excluded.contains(golden_id.as_str()) {
-            continue;
-        }
-        let probability = matcher.probability(&record, &entry.record);
-        let slot = best.entry(golden_id).or_insert(0.0);
-        *slot = slot.max(probability);
-    }
+    let candidates = candidates(overlay, &new_keys, Some(id))?;
     let thresholds = matcher.rules.thresholds;
+    // Below `possible` a score makes no link.
+    let best = matcher.best_per_golden(overlay, &record, &candidates, &excluded, thresholds.possible)?;
     let mut ranked: Vec<(String, f64)> = best.into_iter().collect();
     let current_golden = current_match.as_ref().map(|(golden_id, _)| golden_id.clone());
     // Highest score first; the golden Patient it already belongs to wins a tie.
@@ -443,7 +533,7 @@ fn file_and_link(
             }
         }
     }
-    Ok(true)
+    Ok(Some(candidates.len()))
 }
 
 /// The matcher's link to `golden_id` with `result` and `score`: the existing link (among
@@ -552,6 +642,88 @@ mod tests {
 
     fn golden_of(store: &Store, patient: &str) -> Option<(String, Link)> {
         store.mpi_read(|read| Overlay::new(read).golden_of(patient)).unwrap()
+    }
+
+    /// Files `records` (id, record) in the index as the matcher does, without matching them.
+    async fn file(store: &Store, records: Vec<(String, PersonRecord)>) {
+        let rules = Rules::shipped();
+        edit_state(store, |overlay| {
+            for (id, record) in records {
+                let keys = keys(&rules.blocking, &record);
+                for key in &keys {
+                    overlay.put(state::block_key(key, &id), state::encode_block_value(&record));
+                }
+                overlay.put_entry(&id, &Entry { record, keys, version: 1 });
+            }
+        })
+        .await;
+    }
+
+    fn person(given: &str, family: &str, birth: &str, postcode: &str) -> PersonRecord {
+        PersonRecord::from_patient(&json!({"name": [{"given": [given], "family": family}], "birthDate": birth,
+            "address": [{"postalCode": postcode}]}))
+    }
+
+    #[test]
+    fn candidates_sharing_more_and_rarer_keys_come_first_and_their_number_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        let rules = Rules::shipped();
+        testing::runtime().block_on(async {
+            // 150 namesakes born the same year (sharing the birth-year and name-sound keys),
+            // 150 others of the surname born that year (the birth-year key alone: its block
+            // overflows MAX_PER_KEY), one sharing only the rare birth date and initial, under
+            // another surname, and a stranger.
+            let born = |n: usize| format!("1980-01-{:02}", n % 28 + 1);
+            let mut records: Vec<(String, PersonRecord)> =
+                (0..150).map(|n| (format!("a-john-{n:03}"), person("John", "Smith", &born(n), ""))).collect();
+            records.extend((0..150).map(|n| (format!("b-jim-{n:03}"), person("Jim", "Smith", &born(n), ""))));
+            records.push(("married".into(), person("Joan", "Baker", "1980-03-07", "")));
+            records.push(("stranger".into(), person("Alice", "Brown", "1950-05-05", "")));
+            records.push(("twin-date".into(), person("John", "Smith", "1980-03-07", "")));
+            file(&store, records).await;
+            let record = person("John", "Smith", "1980-03-07", "");
+            let keys = keys(&rules.blocking, &record);
+            let found = store.mpi_read(|read| candidates(&Overlay::new(read), &keys, Some("twin-date"))).unwrap();
+            assert_eq!(found.len(), MAX_CANDIDATES, "bounded, whatever the blocks hold");
+            let ids: Vec<&str> = found.iter().map(|candidate| candidate.id.as_str()).collect();
+            assert!(!ids.contains(&"twin-date"), "the record itself is no candidate");
+            assert!(!ids.contains(&"stranger"));
+            // Two shared keys first; then one rare key before one common key.
+            assert!(ids[..150].iter().all(|id| id.starts_with("a-john-")), "{ids:?}");
+            assert_eq!(ids[150], "married");
+            assert!(ids[151..].iter().all(|id| id.starts_with("b-jim-")), "{ids:?}");
+            assert_eq!(found[150].record, person("Joan", "Baker", "1980-03-07", ""), "records come from the blocks");
+            // The same call makes the same choice.
+            let again = store.mpi_read(|read| candidates(&Overlay::new(read), &keys, Some("twin-date"))).unwrap();
+            assert_eq!(again.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ids);
+
+            // Sharing the same number of keys, the rarer ones win: the twin shares the name
+            // sounds and the birth date, the namesakes the name sounds and the (larger) year.
+            let all = store.mpi_read(|read| candidates(&Overlay::new(read), &keys, None)).unwrap();
+            assert_eq!(all[0].id, "twin-date");
+        });
+    }
+
+    #[test]
+    fn a_block_filed_before_records_were_kept_in_it_reads_the_record_from_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        let rules = Rules::shipped();
+        testing::runtime().block_on(async {
+            let old = person("Mary", "Jones", "1970-02-02", "2000");
+            let keys = keys(&rules.blocking, &old);
+            edit_state(&store, |overlay| {
+                for key in &keys {
+                    overlay.put(state::block_key(key, "old-1"), Vec::new());
+                }
+                overlay.put_entry("old-1", &Entry { record: old.clone(), keys: keys.clone(), version: 1 });
+            })
+            .await;
+            let found = store.mpi_read(|read| candidates(&Overlay::new(read), &keys, None)).unwrap();
+            assert_eq!(found.len(), 1);
+            assert_eq!((found[0].id.as_str(), &found[0].record), ("old-1", &old));
+        });
     }
 
     #[test]

@@ -11,15 +11,18 @@
 //! - [`train`]: learning m, u and the prior from the records, as Splink does;
 //! - [`quality`]: precision, recall and blocking recall against a known truth;
 //! - [`febrl`]: the FEBRL record-linkage datasets read as Patients, to measure with;
+//! - [`synth`]: `braid synth`, realistic multi-source people with their ground truth;
+//! - [`random`]: the deterministic random generator training and `synth` draw from;
 //! - [`state`]: the index's state in the store's `mpi` table (records, blocking index, links,
-//!   the change feed's cursor);
+//!   golden Patients, the change feed's cursor);
 //! - [`golden`]: golden Patients and their survivorship rules;
 //! - [`matcher`]: the batch that reads committed Patient versions from the change feed and
-//!   commits links and golden Patients with the advanced cursor.
+//!   commits links and golden Patients with the advanced cursor;
+//! - [`links`]: the operators' link changes (`$mdm-update-link`, merges, unmerges);
+//! - [`service`]: the index running in the server: its worker, training, status;
+//! - [`unified`]: one person's records from every source, as the unified views show them.
 //!
-//! Not built yet: the background task that runs the matcher in the server, `braid mpi
-//! train|show`, the link operations (`$match`, `$mdm-*`), the `refer` link on source Patients,
-//! the unified record and `braid synth`.
+//! The HTTP operations (`$match`, `$mdm-*`, `GET /mpi`) are in `crate::http::mdm`.
 
 pub mod blocking;
 pub mod compare;

@@ -98,7 +98,7 @@ fn text_index(a: &str, b: &str) -> Option<u8> {
         None
     } else if a == b {
         Some(0)
-    } else if strsim::jaro_winkler(a, b) >= super::compare::bands().address_close {
+    } else if super::compare::jaro_winkler(a, b) >= super::compare::bands().address_close {
         Some(1)
     } else {
         Some(2)
@@ -122,7 +122,7 @@ fn identifier_index(a: &[(String, String)], b: &[(String, String)]) -> Option<u8
             }
             let level = if value == other_value {
                 0
-            } else if value.len() >= 4 && strsim::damerau_levenshtein(value, other_value) == 1 {
+            } else if value.len() >= 4 && super::compare::one_edit_apart(value.as_bytes(), other_value.as_bytes()) {
                 1
             } else {
                 2

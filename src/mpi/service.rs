@@ -63,8 +63,52 @@ struct Progress {
     batches: u64,
     changes: u64,
     matched: u64,
+    /// How many candidates each Patient matched was scored against.
+    candidates_scored: CandidateCounts,
     last_batch_at: Option<String>,
     last_error: Option<String>,
+}
+
+/// A histogram of candidates scored per record (0 to [`matcher::MAX_CANDIDATES`]), shown as
+/// percentiles.
+#[derive(Debug, Clone, Default)]
+struct CandidateCounts {
+    /// `counts[n]`: records scored against `n` candidates.
+    counts: Vec<u64>,
+}
+
+impl CandidateCounts {
+    fn add(&mut self, scored: &[usize]) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; matcher::MAX_CANDIDATES + 1];
+        }
+        for &count in scored {
+            self.counts[count.min(matcher::MAX_CANDIDATES)] += 1;
+        }
+    }
+
+    /// The smallest count at or above `share` of the records.
+    fn percentile(&self, share: f64) -> usize {
+        let total: u64 = self.counts.iter().sum();
+        let wanted = ((total as f64) * share).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (count, records) in self.counts.iter().enumerate() {
+            seen += records;
+            if seen >= wanted {
+                return count;
+            }
+        }
+        0
+    }
+}
+
+impl Serialize for CandidateCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let max = self.counts.iter().rposition(|records| *records > 0).unwrap_or(0);
+        json!({"records": self.counts.iter().sum::<u64>(), "p50": self.percentile(0.5), "p90": self.percentile(0.9),
+            "p99": self.percentile(0.99), "max": max, "bound": matcher::MAX_CANDIDATES})
+        .serialize(serializer)
+    }
 }
 
 /// The running master patient index.
@@ -159,8 +203,13 @@ impl Mpi {
     /// Runs batches until the feed is drained (or the index is stopped). Returns the changes
     /// read.
     pub async fn catch_up(&self) -> Result<usize, FhirError> {
+        self.catch_up_at_most(usize::MAX).await
+    }
+
+    /// Like [`Mpi::catch_up`], stopping after the batch that brings it to `most` changes.
+    pub async fn catch_up_at_most(&self, most: usize) -> Result<usize, FhirError> {
         let mut total = 0;
-        while !self.stopped() {
+        while !self.stopped() && total < most {
             let report = {
                 let _changing = self.changing.lock().await;
                 matcher::run_batch(&self.store, &self.matcher()).await
@@ -182,6 +231,7 @@ impl Mpi {
             progress.batches += 1;
             progress.changes += report.changes as u64;
             progress.matched += report.matched as u64;
+            progress.candidates_scored.add(&report.scored);
             progress.last_batch_at = Some(format_instant(now_micros()));
             progress.last_error = None;
         }
@@ -509,4 +559,23 @@ pub fn start_worker(mpi: Weak<Mpi>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_scored_are_shown_as_percentiles_of_a_bounded_histogram() {
+        let mut counts = CandidateCounts::default();
+        assert_eq!(serde_json::to_value(&counts).unwrap()["records"], 0);
+        counts.add(&(1..=100).collect::<Vec<_>>());
+        counts.add(&[matcher::MAX_CANDIDATES + 50]);
+        let shown = serde_json::to_value(&counts).unwrap();
+        assert_eq!(shown["records"], 101);
+        assert_eq!(shown["p50"], 51);
+        assert_eq!(shown["p90"], 91);
+        assert_eq!(shown["max"], matcher::MAX_CANDIDATES, "counted at the bound");
+        assert_eq!(counts.counts.len(), matcher::MAX_CANDIDATES + 1, "the histogram's size is fixed");
+    }
 }

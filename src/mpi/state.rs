@@ -117,116 +117,161 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry in a compact binary form: matching decodes a record for every candidate it
-    /// scores, and JSON cost several times more. Strings are a u32 length and UTF-8 bytes,
-    /// lists a u32 count and their items; see [`Entry::decode`].
+    /// The entry in a compact binary form (see [`write_record`]): its format byte, version,
+    /// record and blocking keys.
     pub fn encode(&self) -> Vec<u8> {
-        fn text(out: &mut Vec<u8>, value: &str) {
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(value.as_bytes());
-        }
-        fn texts<'a>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = &'a String>) {
-            out.extend_from_slice(&(values.len() as u32).to_le_bytes());
-            for value in values {
-                text(out, value);
-            }
-        }
-        let record = &self.record;
         let mut out = Vec::with_capacity(256);
         out.push(ENTRY_FORMAT);
         out.extend_from_slice(&self.version.to_le_bytes());
-        for value in [&record.given, &record.family, &record.given_sound.0, &record.given_sound.1] {
-            text(&mut out, value);
-        }
-        for value in [&record.family_sound.0, &record.family_sound.1, &record.address, &record.postcode, &record.city] {
-            text(&mut out, value);
-        }
-        match record.birth_date {
-            Some(digits) => {
-                out.push(1);
-                out.extend_from_slice(&digits);
-            }
-            None => out.push(0),
-        }
-        text(&mut out, record.sex.as_deref().unwrap_or(""));
-        texts(&mut out, record.phones.iter());
-        texts(&mut out, record.emails.iter());
-        out.extend_from_slice(&(record.identifiers.len() as u32).to_le_bytes());
-        for (system, value) in &record.identifiers {
-            text(&mut out, system);
-            text(&mut out, value);
-        }
-        texts(&mut out, self.keys.iter());
+        write_record(&mut out, &self.record);
+        write_texts(&mut out, self.keys.iter());
         out
     }
 
     /// Reads what [`Entry::encode`] wrote; anything else is corrupt.
     pub fn decode(bytes: &[u8]) -> Result<Entry, StoreError> {
-        struct Reader<'b>(&'b [u8]);
-        impl Reader<'_> {
-            fn take(&mut self, count: usize) -> Option<&[u8]> {
-                let (head, rest) = self.0.split_at_checked(count)?;
-                self.0 = rest;
-                Some(head)
-            }
-            fn count(&mut self) -> Option<usize> {
-                Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
-            }
-            fn text(&mut self) -> Option<String> {
-                let length = self.count()?;
-                String::from_utf8(self.take(length)?.to_vec()).ok()
-            }
-            fn texts(&mut self) -> Option<Vec<String>> {
-                // Each item takes at least its 4-byte length: a count beyond that is corrupt.
-                let count = self.count().filter(|count| *count <= self.0.len() / 4)?;
-                (0..count).map(|_| self.text()).collect()
-            }
-        }
         let read = || -> Option<Entry> {
             let mut reader = Reader(bytes);
             if reader.take(1)? != [ENTRY_FORMAT] {
                 return None;
             }
             let version = u64::from_le_bytes(reader.take(8)?.try_into().ok()?);
-            let given = reader.text()?;
-            let family = reader.text()?;
-            let given_sound = (reader.text()?, reader.text()?);
-            let family_sound = (reader.text()?, reader.text()?);
-            let (address, postcode, city) = (reader.text()?, reader.text()?, reader.text()?);
-            let birth_date = match reader.take(1)? {
-                [1] => Some(reader.take(8)?.try_into().ok()?),
-                _ => None,
-            };
-            let sex = Some(reader.text()?).filter(|sex| !sex.is_empty());
-            let phones = reader.texts()?;
-            let emails = reader.texts()?;
-            let identifier_count = reader.count().filter(|count| *count <= reader.0.len() / 8)?;
-            let identifiers =
-                (0..identifier_count).map(|_| Some((reader.text()?, reader.text()?))).collect::<Option<_>>()?;
+            let record = reader.record()?;
             let keys = reader.texts()?;
-            reader.0.is_empty().then_some(())?;
-            let record = PersonRecord {
-                given,
-                family,
-                given_sound,
-                family_sound,
-                birth_date,
-                sex,
-                address,
-                postcode,
-                city,
-                phones,
-                emails,
-                identifiers,
-            };
-            Some(Entry { record, keys, version })
+            reader.0.is_empty().then_some(Entry { record, keys, version })
         };
         read().ok_or_else(|| StoreError::Corrupt(bytes.to_vec()))
     }
 }
 
+/// The value of a blocking-index key: the filed Patient's record, so that scoring the Patients
+/// of a block reads the block alone, not one record per candidate elsewhere in the table.
+pub fn encode_block_value(record: &PersonRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.push(BLOCK_FORMAT);
+    write_record(&mut out, record);
+    out
+}
+
+/// Reads what [`encode_block_value`] wrote. `Ok(None)` for the empty value an index built
+/// before records were kept in its blocks has (the record is then read from `rec/`).
+pub fn decode_block_value(bytes: &[u8]) -> Result<Option<PersonRecord>, StoreError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let read = || -> Option<PersonRecord> {
+        let mut reader = Reader(bytes);
+        if reader.take(1)? != [BLOCK_FORMAT] {
+            return None;
+        }
+        let record = reader.record()?;
+        reader.0.is_empty().then_some(record)
+    };
+    read().map(Some).ok_or_else(|| StoreError::Corrupt(bytes.to_vec()))
+}
+
 /// The first byte of an encoded [`Entry`]: its format.
 const ENTRY_FORMAT: u8 = 1;
+
+/// The first byte of a blocking-index value: its format.
+const BLOCK_FORMAT: u8 = 1;
+
+fn write_text(out: &mut Vec<u8>, value: &str) {
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn write_texts<'a>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = &'a String>) {
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    for value in values {
+        write_text(out, value);
+    }
+}
+
+/// A record in a compact binary form: matching decodes a record for every candidate it scores,
+/// and JSON cost several times more. Strings are a u32 length and UTF-8 bytes, lists a u32
+/// count and their items; see [`Reader::record`].
+fn write_record(out: &mut Vec<u8>, record: &PersonRecord) {
+    for value in [&record.given, &record.family, &record.given_sound.0, &record.given_sound.1] {
+        write_text(out, value);
+    }
+    for value in [&record.family_sound.0, &record.family_sound.1, &record.address, &record.postcode, &record.city] {
+        write_text(out, value);
+    }
+    match record.birth_date {
+        Some(digits) => {
+            out.push(1);
+            out.extend_from_slice(&digits);
+        }
+        None => out.push(0),
+    }
+    write_text(out, record.sex.as_deref().unwrap_or(""));
+    write_texts(out, record.phones.iter());
+    write_texts(out, record.emails.iter());
+    out.extend_from_slice(&(record.identifiers.len() as u32).to_le_bytes());
+    for (system, value) in &record.identifiers {
+        write_text(out, system);
+        write_text(out, value);
+    }
+}
+
+/// Reads the binary forms; every method returns `None` on bytes it cannot read.
+struct Reader<'b>(&'b [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, count: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(count)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn count(&mut self) -> Option<usize> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let length = self.count()?;
+        String::from_utf8(self.take(length)?.to_vec()).ok()
+    }
+
+    fn texts(&mut self) -> Option<Vec<String>> {
+        // Each item takes at least its 4-byte length: a count beyond that is corrupt.
+        let count = self.count().filter(|count| *count <= self.0.len() / 4)?;
+        (0..count).map(|_| self.text()).collect()
+    }
+
+    /// What [`write_record`] wrote.
+    fn record(&mut self) -> Option<PersonRecord> {
+        let given = self.text()?;
+        let family = self.text()?;
+        let given_sound = (self.text()?, self.text()?);
+        let family_sound = (self.text()?, self.text()?);
+        let (address, postcode, city) = (self.text()?, self.text()?, self.text()?);
+        let birth_date = match self.take(1)? {
+            [1] => Some(self.take(8)?.try_into().ok()?),
+            _ => None,
+        };
+        let sex = Some(self.text()?).filter(|sex| !sex.is_empty());
+        let phones = self.texts()?;
+        let emails = self.texts()?;
+        let identifier_count = self.count().filter(|count| *count <= self.0.len() / 8)?;
+        let identifiers = (0..identifier_count).map(|_| Some((self.text()?, self.text()?))).collect::<Option<_>>()?;
+        Some(PersonRecord {
+            given,
+            family,
+            given_sound,
+            family_sound,
+            birth_date,
+            sex,
+            address,
+            postcode,
+            city,
+            phones,
+            emails,
+            identifiers,
+        })
+    }
+}
 
 pub fn record_key(patient: &str) -> Vec<u8> {
     format!("rec/{patient}").into_bytes()
@@ -355,17 +400,24 @@ impl<'a> Overlay<'a> {
 
     /// The keys under `prefix`, at most `max`, committed and pending merged.
     pub fn scan_keys(&self, prefix: &[u8], max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut keys: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
-        // Read past `max` by the pending removals under the prefix, so that removed keys do
-        // not hide live ones.
-        let removed = self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix)).count();
-        for (key, _) in self.committed.scan_at_most(prefix, max + removed)? {
-            keys.insert(key, true);
+        Ok(self.scan(prefix, max)?.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// The rows under `prefix`, at most `max`, committed and pending merged.
+    pub fn scan(&self, prefix: &[u8], max: usize) -> Result<Vec<crate::store::auth::Row>, StoreError> {
+        let pending = || self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix));
+        // Read past `max` by the pending changes under the prefix, so that removed keys do not
+        // hide live ones.
+        let committed = self.committed.scan_at_most(prefix, max + pending().count())?;
+        if pending().next().is_none() {
+            return Ok(committed);
         }
-        for (key, value) in self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix)) {
-            keys.insert(key.clone(), value.is_some());
+        let mut rows: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            committed.into_iter().map(|(key, value)| (key, Some(value))).collect();
+        for (key, value) in pending() {
+            rows.insert(key.clone(), value.clone());
         }
-        Ok(keys.into_iter().filter(|(_, live)| *live).map(|(key, _)| key).take(max).collect())
+        Ok(rows.into_iter().filter_map(|(key, value)| Some((key, value?))).take(max).collect())
     }
 
     pub fn entry(&self, patient: &str) -> Result<Option<Entry>, StoreError> {
@@ -384,10 +436,36 @@ impl<'a> Overlay<'a> {
         self.put(record_key(patient), entry.encode());
     }
 
-    /// The Patients filed under a blocking key, at most `max`.
-    pub fn block(&self, key: &str, max: usize) -> Result<Vec<String>, StoreError> {
+    /// Calls `visit` with each Patient filed under a blocking key (at most `max`, in no
+    /// particular order): its id and the value filed with it (see [`decode_block_value`]).
+    /// Returns how many it visited. The committed rows are read in place, not copied.
+    pub fn visit_block(&self, key: &str, max: usize, mut visit: impl FnMut(&str, &[u8])) -> Result<usize, StoreError> {
         let prefix = block_prefix(key);
-        Ok(self.scan_keys(&prefix, max)?.iter().map(|k| suffix(k, prefix.len())).collect())
+        // What the batch changed under the key (at least the Patient being matched, filed
+        // just before): it hides the committed rows it replaces.
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.pending.range(prefix.clone()..).take_while(|(key, _)| key.starts_with(&prefix)).collect();
+        let mut visited = 0;
+        let mut each = |key: &[u8], value: &[u8]| {
+            if visited < max
+                && let Ok(patient) = std::str::from_utf8(&key[prefix.len()..])
+            {
+                visit(patient, value);
+                visited += 1;
+            }
+        };
+        self.committed.visit(&prefix, max + pending.len(), |key, value| {
+            if pending.binary_search_by(|(pending_key, _)| pending_key.as_slice().cmp(key)).is_err() {
+                each(key, value);
+            }
+            Ok(())
+        })?;
+        for (key, value) in pending {
+            if let Some(value) = value {
+                each(key, value);
+            }
+        }
+        Ok(visited)
     }
 
     /// A source Patient's links: `(golden, link)`, at most `max`.
@@ -566,5 +644,61 @@ mod tests {
         let at = huge.len() - 4;
         huge[at..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Entry::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn block_values_hold_the_record_and_an_empty_one_is_from_before() {
+        let record = PersonRecord::from_patient(&json!({"name": [{"given": ["Ana"], "family": "Lopez"}],
+            "birthDate": "1990-12-01", "identifier": [{"system": "http://ns.example/id", "value": "7"}]}));
+        let bytes = encode_block_value(&record);
+        assert_eq!(decode_block_value(&bytes).unwrap(), Some(record));
+        assert_eq!(decode_block_value(&[]).unwrap(), None, "an index built before: read rec/");
+        assert!(decode_block_value(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_block_value(&[9, 0, 0]).is_err(), "an unknown format");
+    }
+
+    #[test]
+    fn visiting_a_block_sees_the_pending_changes_over_the_committed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db"));
+        let committed: Vec<(Vec<u8>, Vec<u8>)> =
+            ["a", "b", "c"].iter().map(|id| (block_key("k", id), format!("old {id}").into_bytes())).collect();
+        crate::store::testing::runtime().block_on(async {
+            let rows = committed.clone();
+            store
+                .mpi_write(move |txn| {
+                    for (key, value) in &rows {
+                        txn.insert(key, value);
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        });
+        let seen = store
+            .mpi_read(|read| {
+                let mut overlay = Overlay::new(read);
+                overlay.remove(block_key("k", "a"));
+                overlay.put(block_key("k", "b"), b"new b".to_vec());
+                overlay.put(block_key("k", "d"), b"new d".to_vec());
+                overlay.put(block_key("other", "e"), b"elsewhere".to_vec());
+                let mut seen = Vec::new();
+                let count = overlay.visit_block("k", 10, |id, value| {
+                    seen.push((id.to_owned(), String::from_utf8(value.to_vec()).unwrap()));
+                })?;
+                assert_eq!(count, seen.len());
+                let mut bounded = 0;
+                overlay.visit_block("k", 2, |_, _| bounded += 1)?;
+                assert_eq!(bounded, 2, "at most max");
+                Ok(seen)
+            })
+            .unwrap();
+        let mut seen = seen;
+        seen.sort();
+        assert_eq!(
+            seen,
+            [("b".into(), "new b".into()), ("c".into(), "old c".into()), ("d".into(), "new d".into())]
+                as [(String, String); 3]
+        );
     }
 }

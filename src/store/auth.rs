@@ -201,6 +201,24 @@ impl AuthRead {
         Ok(rows)
     }
 
+    /// Calls `visit` with each row whose key starts with `prefix`, in key order, at most `max`
+    /// rows: a scan that copies nothing the caller does not keep.
+    pub fn visit(
+        &self,
+        prefix: &[u8],
+        max: usize,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for entry in self.table.range::<&[u8]>((Bound::Included(prefix), Bound::Unbounded))?.take(max) {
+            let (key, value) = entry?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            visit(key.value(), value.value())?;
+        }
+        Ok(())
+    }
+
     /// How many keys start with `prefix`, counting at most `max`.
     pub fn count(&self, prefix: &[u8], max: usize) -> Result<usize, StoreError> {
         let mut count = 0;

@@ -148,6 +148,10 @@ async fn source_patients_are_matched_after_their_write_and_show_their_golden_pat
     let status = settled(&app, None).await;
     assert!(status["feed"]["cursor"].as_u64().unwrap() >= 3, "{status}");
     assert!(status["worker"]["matched"].as_u64().unwrap() >= 3, "{status}");
+    // How many candidates each was scored against: the first none, the last two at most.
+    let scored = &status["worker"]["candidates_scored"];
+    assert!(scored["records"].as_u64().unwrap() >= 3, "{status}");
+    assert!(scored["max"].as_u64().unwrap() <= 2 && scored["bound"] == 200, "{status}");
 
     let golden = golden_of(&app, "a-1").await;
     assert!(golden.starts_with("golden-"), "{golden}");
