@@ -256,6 +256,11 @@ async fn build_index(data: &Path, patients: usize, push_only: bool) -> Synthetic
             "  candidates scored per Patient: p50 {} p90 {} p99 {} max {} (bound {})",
             scored["p50"], scored["p90"], scored["p99"], scored["max"], scored["bound"]
         );
+        // Whether bounding the candidates costs recall when blocks are this large.
+        let (_, truth) = synth_sources(&synthetic);
+        let stored: HashMap<String, u32> =
+            truth.into_iter().map(|((source, id), person)| (format!("{source}-{id}"), person)).collect();
+        print_quality("quality, shipped parameters:", link_quality(&mpi, &stored));
         // Scored with the shipped parameters: training changes the weights, not the work of a
         // $match (mpi-rematch measures training and re-scoring).
         drop(mpi);
