@@ -126,9 +126,7 @@ async fn measure_quality(dir: &Path, name: &str, sources: Vec<Pushed>, truth: Tr
         matched.as_secs_f64(),
         patients as f64 / matched.as_secs_f64()
     );
-    // Stored ids: `{source}-{id}`.
-    let stored: HashMap<String, u32> =
-        truth.into_iter().map(|((source, id), person)| (format!("{source}-{id}"), person)).collect();
+    let stored = stored_truth(truth);
     print_quality("shipped parameters:", link_quality(&mpi, &stored));
     let started = Instant::now();
     let report = mpi.train(TrainingOptions::default()).await.unwrap();
@@ -194,14 +192,22 @@ fn febrl_sources() -> Measured {
     (sources, truth, records, people)
 }
 
+/// The truth by the ids the Patients are stored under (`{source}-{id}`).
+fn stored_truth(truth: Truth) -> HashMap<String, u32> {
+    truth.into_iter().map(|((source, id), person)| (format!("{source}-{id}"), person)).collect()
+}
+
+fn synth_truth(synthetic: &Synthetic) -> Truth {
+    synthetic.truth.iter().map(|r| ((r.source.to_owned(), r.patient.clone()), r.person)).collect()
+}
+
 fn synth_sources(synthetic: &Synthetic) -> (Vec<Pushed>, Truth) {
     let sources = synthetic
         .sources
         .iter()
         .map(|source| Pushed { name: source.name.to_owned(), resources: source.resources.clone() })
         .collect();
-    let truth = synthetic.truth.iter().map(|r| ((r.source.to_owned(), r.patient.clone()), r.person)).collect();
-    (sources, truth)
+    (sources, synth_truth(synthetic))
 }
 
 pub async fn quality_scenario(dir: &Path) {
@@ -257,9 +263,7 @@ async fn build_index(data: &Path, patients: usize, push_only: bool) -> Synthetic
             scored["p50"], scored["p90"], scored["p99"], scored["max"], scored["bound"]
         );
         // Whether bounding the candidates costs recall when blocks are this large.
-        let (_, truth) = synth_sources(&synthetic);
-        let stored: HashMap<String, u32> =
-            truth.into_iter().map(|((source, id), person)| (format!("{source}-{id}"), person)).collect();
+        let stored = stored_truth(synth_truth(&synthetic));
         print_quality("quality, shipped parameters:", link_quality(&mpi, &stored));
         // Scored with the shipped parameters: training changes the weights, not the work of a
         // $match (mpi-rematch measures training and re-scoring).

@@ -146,10 +146,9 @@ pub fn candidates(overlay: &Overlay<'_>, keys: &[String], own: Option<&str>) -> 
         /// Its block value (see `state::decode_block_value`).
         value: Vec<u8>,
     }
-    // Bit i of `Found::shared` stands for keys[i].
     let keys = &keys[..keys.len().min(MAX_KEYS)];
     let mut found: HashMap<String, Found> = HashMap::new();
-    let mut block_sizes = Vec::with_capacity(keys.len());
+    let mut log_block_sizes = Vec::with_capacity(keys.len());
     for (index, key) in keys.iter().enumerate() {
         let bit = 1u32 << index;
         let size = overlay.visit_block(key, MAX_PER_KEY, |candidate, value| {
@@ -163,18 +162,25 @@ pub fn candidates(overlay: &Overlay<'_>, keys: &[String], own: Option<&str>) -> 
                 }
             }
         })?;
-        block_sizes.push((size.max(1) as f64).ln());
+        log_block_sizes.push((size.max(1) as f64).ln());
     }
-    // (keys shared, sum of the logarithms of their block sizes) per candidate.
-    let rank = |shared: u32| -> (u32, f64) {
-        let rarity = (0..keys.len()).filter(|index| shared & (1 << index) != 0).map(|index| block_sizes[index]).sum();
-        (shared.count_ones(), rarity)
-    };
-    let mut ranked: Vec<((u32, f64), String, Found)> =
-        found.into_iter().map(|(id, found)| (rank(found.shared), id, found)).collect();
-    let order = |((a_keys, a_rarity), a, _): &((u32, f64), String, Found),
-                 ((b_keys, b_rarity), b, _): &((u32, f64), String, Found)| {
-        b_keys.cmp(a_keys).then_with(|| a_rarity.total_cmp(b_rarity)).then_with(|| a.cmp(b))
+    /// A candidate with what ranks it: the keys it shares, and the sum of the logarithms of
+    /// their block sizes (smaller: rarer keys).
+    struct Ranked {
+        shared_keys: u32,
+        rarity: f64,
+        id: String,
+        value: Vec<u8>,
+    }
+    let mut ranked: Vec<Ranked> = found
+        .into_iter()
+        .map(|(id, Found { shared, value })| {
+            let rarity = (0..keys.len()).filter(|index| shared & (1 << index) != 0).map(|i| log_block_sizes[i]).sum();
+            Ranked { shared_keys: shared.count_ones(), rarity, id, value }
+        })
+        .collect();
+    let order = |a: &Ranked, b: &Ranked| {
+        b.shared_keys.cmp(&a.shared_keys).then_with(|| a.rarity.total_cmp(&b.rarity)).then_with(|| a.id.cmp(&b.id))
     };
     if ranked.len() > MAX_CANDIDATES {
         ranked.select_nth_unstable_by(MAX_CANDIDATES - 1, order);
@@ -182,8 +188,8 @@ pub fn candidates(overlay: &Overlay<'_>, keys: &[String], own: Option<&str>) -> 
     }
     ranked.sort_unstable_by(order);
     let mut candidates = Vec::with_capacity(ranked.len());
-    for (_, id, found) in ranked {
-        let record = match state::decode_block_value(&found.value)? {
+    for Ranked { id, value, .. } in ranked {
+        let record = match state::decode_block_value(&value)? {
             Some(record) => record,
             // Filed before blocks held records: read it from its entry.
             None => match overlay.entry(&id)? {
@@ -434,22 +440,7 @@ fn file_and_link(
     let links = overlay.links(id, state::MAX_LINKS)?;
     let current_match = links.iter().find(|(_, link)| link.result == MatchResult::Match).cloned();
     let new_keys = keys(&matcher.rules.blocking, &record);
-    if let Some(previous) = &previous {
-        for key in previous.keys.iter().filter(|key| !new_keys.contains(key)) {
-            overlay.remove(state::block_key(key, id));
-        }
-    }
-    // Each block holds the record: all of them are written again when it changed.
-    let same_record = previous.as_ref().is_some_and(|previous| previous.record == record);
-    for key in &new_keys {
-        if !same_record || !previous.as_ref().is_some_and(|previous| previous.keys.contains(key)) {
-            overlay.put(state::block_key(key, id), state::encode_block_value(&record));
-        }
-    }
-    let entry = Entry { record: record.clone(), keys: new_keys.clone(), version };
-    if previous.as_ref() != Some(&entry) {
-        overlay.put_entry(id, &entry);
-    }
+    file(overlay, id, Entry { record: record.clone(), keys: new_keys.clone(), version }, previous.as_ref());
 
     if let Some((_, link)) = &current_match
         && link.source == LinkSource::Manual
@@ -534,6 +525,27 @@ fn file_and_link(
         }
     }
     Ok(Some(candidates.len()))
+}
+
+/// Files `entry` as source Patient `id`'s: its record under each of its blocking keys (the
+/// blocking index holds the record) and the entry itself, replacing `previous` (what the index
+/// held for it). Only what changed is written.
+fn file(overlay: &mut Overlay<'_>, id: &str, entry: Entry, previous: Option<&Entry>) {
+    if let Some(previous) = previous {
+        for key in previous.keys.iter().filter(|key| !entry.keys.contains(key)) {
+            overlay.remove(state::block_key(key, id));
+        }
+    }
+    // Each block holds the record: all of them are written again when it changed.
+    let same_record = previous.is_some_and(|previous| previous.record == entry.record);
+    for key in &entry.keys {
+        if !same_record || !previous.is_some_and(|previous| previous.keys.contains(key)) {
+            overlay.put(state::block_key(key, id), state::encode_block_value(&entry.record));
+        }
+    }
+    if previous != Some(&entry) {
+        overlay.put_entry(id, &entry);
+    }
 }
 
 /// The matcher's link to `golden_id` with `result` and `score`: the existing link (among
@@ -645,15 +657,12 @@ mod tests {
     }
 
     /// Files `records` (id, record) in the index as the matcher does, without matching them.
-    async fn file(store: &Store, records: Vec<(String, PersonRecord)>) {
+    async fn file_all(store: &Store, records: Vec<(String, PersonRecord)>) {
         let rules = Rules::shipped();
         edit_state(store, |overlay| {
             for (id, record) in records {
                 let keys = keys(&rules.blocking, &record);
-                for key in &keys {
-                    overlay.put(state::block_key(key, &id), state::encode_block_value(&record));
-                }
-                overlay.put_entry(&id, &Entry { record, keys, version: 1 });
+                file(overlay, &id, Entry { record, keys, version: 1 }, None);
             }
         })
         .await;
@@ -681,7 +690,7 @@ mod tests {
             records.push(("married".into(), person("Joan", "Baker", "1980-03-07", "")));
             records.push(("stranger".into(), person("Alice", "Brown", "1950-05-05", "")));
             records.push(("twin-date".into(), person("John", "Smith", "1980-03-07", "")));
-            file(&store, records).await;
+            file_all(&store, records).await;
             let record = person("John", "Smith", "1980-03-07", "");
             let keys = keys(&rules.blocking, &record);
             let found = store.mpi_read(|read| candidates(&Overlay::new(read), &keys, Some("twin-date"))).unwrap();

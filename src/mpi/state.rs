@@ -472,8 +472,8 @@ impl<'a> Overlay<'a> {
     pub fn links(&self, patient: &str, max: usize) -> Result<Vec<(String, Link)>, StoreError> {
         let prefix = link_prefix(patient);
         let mut links = Vec::new();
-        for key in self.scan_keys(&prefix, max)? {
-            if let Some(link) = decode(self.get(&key)?)? {
+        for (key, value) in self.scan(&prefix, max)? {
+            if let Some(link) = decode(Some(value))? {
                 links.push((suffix(&key, prefix.len()), link));
             }
         }
