@@ -3,8 +3,9 @@
 //! Keys (all UTF-8; `\0` separates parts, as no id or key contains it):
 //! - `rec/{patient}`: the source Patient's [`Entry`]: its normalised record, its blocking keys
 //!   and the version it was read from;
-//! - `blk/{key}\0{patient}`: the blocking index (no value), so that the Patients filed under a
-//!   key are one prefix scan;
+//! - `blk/{key}\0{patient}`: the blocking index, its value the Patient's record
+//!   ([`encode_block_value`]), so that the Patients filed under a key, and what they are scored
+//!   on, are one prefix scan;
 //! - `link/{patient}\0{golden}`: a [`Link`] from a source Patient to a golden Patient;
 //! - `member/{golden}\0{patient}`: the same links from the golden side (no value);
 //! - `gold/{patient}\0{golden}`: the patient's MATCH link alone (no value; at most one per
