@@ -87,8 +87,9 @@ struct Args {
     /// write order), instead of `so<n>`: what the length of ids costs on disk.
     #[arg(long, default_value_t = 0)]
     id_digits: usize,
-    /// Another build's `braid` binary: the ingest scenario then alternates rounds between it
-    /// and this build and reports both medians (side-by-side figures of two versions).
+    /// Another build's `braid` binary: the ingest and mpi-lag scenarios then alternate rounds
+    /// between it and this build and report both medians (side-by-side figures of two
+    /// versions).
     #[arg(long)]
     compare_with: Option<PathBuf>,
     /// Source Patients in the mpi-match scenario's index.
@@ -199,7 +200,13 @@ fn main() {
         ));
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiLag) {
-        runtime.block_on(mpi::lag_scenario(dir.path(), args.seconds, args.mpi_lag_base.as_deref()));
+        runtime.block_on(mpi::lag_scenario(
+            dir.path(),
+            args.seconds,
+            args.mpi_lag_base.as_deref(),
+            args.compare_with.as_deref(),
+            args.rounds,
+        ));
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiRematch) {
         runtime.block_on(mpi::rematch_scenario(dir.path()));

@@ -370,15 +370,54 @@ pub async fn match_scenario(dir: &Path, options: MatchOptions) {
 
 /// `base`: a database whose index is matched already (e.g. one `mpi-match --mpi-data` kept),
 /// copied and pushed into, so that the lag is measured at its size; else an empty one.
-pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>) {
+/// The mpi-lag scenario: pushes into `base` (a copy of it) or an empty database; with
+/// `compare_with`, alternates `rounds` rounds between that build and this one and reports both.
+pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>, compare_with: Option<&Path>, rounds: usize) {
     let pushing = Duration::from_secs(seconds * 6);
-    println!("\n== mpi-lag: a sustained push of 1,000 Patients/s for {} s; matching lag ==", pushing.as_secs());
+    let rounds = if compare_with.is_some() { rounds } else { 1 };
+    println!(
+        "\n== mpi-lag: a sustained push of 1,000 Patients/s for {} s; matching lag{} ==",
+        pushing.as_secs(),
+        if rounds > 1 { format!(" ({rounds} rounds per build, alternating)") } else { String::new() }
+    );
+    if let Some(base) = base {
+        println!("  into a copy of {}", base.display());
+    }
+    let builds: Vec<(&str, Option<&Path>)> = match compare_with {
+        Some(other) => vec![("other build", Some(other)), ("this build", None)],
+        None => vec![("this build", None)],
+    };
+    let mut medians: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+    for _ in 0..rounds {
+        for (index, (name, binary)) in builds.iter().enumerate() {
+            if builds.len() > 1 {
+                println!("  {name}:");
+            }
+            medians[index].push(lag_round(dir, pushing, base, *binary).await);
+        }
+    }
+    if builds.len() > 1 {
+        for ((name, _), mut lags) in builds.iter().zip(medians) {
+            println!("  {name}: median of the rounds' median lag {:.2} s", median(&mut lags));
+        }
+    }
+}
+
+/// One push of `pushing` at 1,000 Patients/s into a server of `binary` (this build when
+/// `None`); prints the figures and returns the median lag.
+async fn lag_round(dir: &Path, pushing: Duration, base: Option<&Path>, binary: Option<&Path>) -> f64 {
     let data = dir.join("mpi-lag.redb");
     if let Some(base) = base {
         std::fs::copy(base, &data).expect("the base database copies");
-        println!("  into a copy of {}", base.display());
+        // Written out before the push: else the copy's writeback competes with the server's
+        // commits, and rounds measure the disk's backlog rather than the matcher.
+        std::fs::File::open(&data).and_then(|file| file.sync_all()).expect("the copy is synced");
     }
-    let server = servers::start_braid_with_env(&data, &[("BRAID_MPI_AUTO_TRAIN", "false")]);
+    let env = [("BRAID_MPI_AUTO_TRAIN", "false")];
+    let server = match binary {
+        Some(binary) => servers::start_braid_binary_with_env(binary, &data, &env),
+        None => servers::start_braid_with_env(&data, &env),
+    };
     let base = format!("http://127.0.0.1:{}", server.port);
     let per_second = 1_000usize;
     let people = per_second * pushing.as_secs() as usize / 3 + 1_000;
@@ -409,11 +448,11 @@ pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>) {
                 let pending = status["feed"]["pending"].as_u64().unwrap_or(0);
                 let lag = status["feed"]["seconds"].as_f64().unwrap_or(0.0);
                 samples.push((lag, pending));
-                if started.elapsed() > Duration::from_secs(seconds * 6) && pending == 0 {
+                if started.elapsed() > pushing && pending == 0 {
                     caught_up = Some(started.elapsed());
                     break;
                 }
-                if started.elapsed() > Duration::from_secs(seconds * 6 + 600) {
+                if started.elapsed() > pushing + Duration::from_secs(600) {
                     break;
                 }
             }
@@ -449,12 +488,13 @@ pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>) {
     let mut sorted = lags.clone();
     sorted.sort_by(f64::total_cmp);
     let p99 = sorted.get(((sorted.len().max(1) - 1) as f64 * 0.99) as usize).copied().unwrap_or(0.0);
+    let median_lag = median(&mut lags);
     println!(
         "  pushed {sent} Patients in {:.1} s ({:.0}/s); lag sampled {} times: median {:.2} s, p99 {:.2} s, max {:.2} s; most pending {max_pending} changes",
         pushed_for.as_secs_f64(),
         sent as f64 / pushed_for.as_secs_f64(),
         lags.len(),
-        median(&mut lags),
+        median_lag,
         p99,
         sorted.last().copied().unwrap_or(0.0),
     );
@@ -464,6 +504,7 @@ pub async fn lag_scenario(dir: &Path, seconds: u64, base: Option<&Path>) {
     }
     drop(server);
     let _ = std::fs::remove_file(&data);
+    median_lag
 }
 
 pub async fn rematch_scenario(dir: &Path) {

@@ -93,6 +93,11 @@ pub fn start_braid_with_env(data: &Path, env: &[(&str, &str)]) -> Server {
     start_braid_with(&braid_binary(), data, env)
 }
 
+/// Starts `binary serve` (another build) on `data` with these extra environment variables.
+pub fn start_braid_binary_with_env(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server {
+    start_braid_with(binary, data, env)
+}
+
 fn start_braid_with(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let spawned = Instant::now();

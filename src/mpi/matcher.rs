@@ -5,7 +5,8 @@
 //! link, rebuilds the golden Patients it touched, and commits the golden Patients, the links
 //! and the new cursor in one write: a crash before that commit leaves the cursor where it was
 //! and the batch is done again; after it, nothing is lost. Matching never runs inside a
-//! client's write request.
+//! client's write request. A batch can be planned ([`plan`]) over the one before while that
+//! one's commit is under way; it is committed only after it.
 //!
 //! For one source Patient: its record and blocking keys are filed; the Patients sharing a key
 //! are ranked and the likeliest [`MAX_CANDIDATES`] scored (see [`candidates`]); the best golden
@@ -224,31 +225,40 @@ pub struct BatchReport {
 /// (`changes == 0`: the index is up to date). The caller makes sure no other change to the
 /// index's state runs meanwhile (see [`super::service::Mpi`]).
 pub async fn run_batch(store: &Store, matcher: &Arc<Matcher>) -> Result<BatchReport, FhirError> {
-    let snapshot = store.snapshot()?;
-    let planned = {
-        let matcher = matcher.clone();
-        let snapshot = snapshot.clone();
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.mpi_read(|committed| {
-                let mut overlay = Overlay::new(committed);
-                Ok(plan_batch(&mut overlay, &snapshot, &matcher).map(|report| (report, overlay.into_pending())))
-            })
-        })
-        .await
-        .map_err(|_| FhirError::fault("mpi"))??
-    };
-    let (report, pending) = planned?;
+    let (report, pending) = plan(store, matcher, None).await?;
     if report.changes > 0 {
-        commit(store, pending).await?;
+        commit(store, Arc::new(pending)).await?;
     }
     Ok(report)
 }
 
+/// Decides the next batch of the change feed without committing it: what it did and the state
+/// changes to commit. `committing`: the changes of the batch before, when its commit is still
+/// under way (this batch is planned as if it were done, and must be committed after it).
+pub async fn plan(
+    store: &Store,
+    matcher: &Arc<Matcher>,
+    committing: Option<Arc<state::Pending>>,
+) -> Result<(BatchReport, state::Pending), FhirError> {
+    let snapshot = store.snapshot()?;
+    let matcher = matcher.clone();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.mpi_read(|committed| {
+            let mut overlay = match committing {
+                Some(committing) => Overlay::over(committed, committing),
+                None => Overlay::new(committed),
+            };
+            Ok(plan_batch(&mut overlay, &snapshot, &matcher).map(|report| (report, overlay.into_pending())))
+        })
+    })
+    .await
+    .map_err(|_| FhirError::fault("mpi"))??
+}
+
 /// Commits the index's pending state changes (links, golden Patients, the cursor) in one
 /// write.
-pub async fn commit(store: &Store, pending: state::Pending) -> Result<(), FhirError> {
-    let pending = Arc::new(pending);
+pub async fn commit(store: &Store, pending: Arc<state::Pending>) -> Result<(), FhirError> {
     store
         .mpi_write(move |txn| {
             state::apply(&pending, txn);

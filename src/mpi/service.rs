@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::blocking::Rules;
-use super::matcher::{self, BATCH, Matcher};
+use super::matcher::{self, BATCH, BatchReport, Matcher};
 use super::score::Parameters;
 use super::state::{self, Entry, Link, MatchResult, Overlay};
 use super::train::{self, TrainingOptions, TrainingReport};
@@ -27,6 +27,17 @@ use crate::store::{Snapshot, Store, StoreError};
 
 /// How often the worker looks for new commits.
 pub const POLL: Duration = Duration::from_millis(50);
+
+/// Most batches the worker runs under one hold of the state's lock (see
+/// [`Mpi::catch_up_at_most`]).
+const PIPELINED: usize = 8;
+
+/// A batch whose commit is under way.
+struct InFlight {
+    report: BatchReport,
+    pending: Arc<state::Pending>,
+    commit: tokio::task::JoinHandle<Result<(), FhirError>>,
+}
 
 /// How long the worker waits after a failed batch before trying again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -207,35 +218,82 @@ impl Mpi {
     }
 
     /// Like [`Mpi::catch_up`], stopping after the batch that brings it to `most` changes.
+    ///
+    /// Batches are pipelined: each is planned while the writer commits the one before (planning
+    /// reads and scores, committing writes, and on 2 cores the two overlap), and is committed
+    /// only once that commit succeeded. At most [`PIPELINED`] batches run under one hold of the
+    /// state's lock, so that an operator's change waits for a few batches, not for a backlog.
     pub async fn catch_up_at_most(&self, most: usize) -> Result<usize, FhirError> {
         let mut total = 0;
         while !self.stopped() && total < most {
-            let report = {
+            let run = {
                 let _changing = self.changing.lock().await;
-                matcher::run_batch(&self.store, &self.matcher()).await
+                self.pipeline(most - total).await
             };
-            let report = match report {
-                Ok(report) => report,
+            let (committed, drained) = match run {
+                Ok(run) => run,
                 Err(error) => {
                     self.progress().last_error = Some(error.to_string());
                     return Err(error);
                 }
             };
-            if report.changes == 0 {
+            total += committed;
+            if drained {
                 break;
             }
-            total += report.changes;
-            self.records.fetch_add(report.filed, Ordering::AcqRel);
-            self.records.fetch_sub(report.forgotten.min(self.records.load(Ordering::Acquire)), Ordering::AcqRel);
-            let mut progress = self.progress();
-            progress.batches += 1;
-            progress.changes += report.changes as u64;
-            progress.matched += report.matched as u64;
-            progress.candidates_scored.add(&report.scored);
-            progress.last_batch_at = Some(format_instant(now_micros()));
-            progress.last_error = None;
         }
         Ok(total)
+    }
+
+    /// Runs up to [`PIPELINED`] batches (fewer once `most` changes are read), each planned while
+    /// the one before commits. Returns the changes committed and whether the feed was found
+    /// drained, or the first failure: a batch planned over one whose commit failed is dropped.
+    /// The caller holds the state's lock.
+    async fn pipeline(&self, most: usize) -> Result<(usize, bool), FhirError> {
+        let matcher = self.matcher();
+        let mut committed = 0;
+        let mut in_flight: Option<InFlight> = None;
+        for _ in 0..PIPELINED {
+            let read = committed + in_flight.as_ref().map_or(0, |flight| flight.report.changes);
+            if self.stopped() || read >= most {
+                break;
+            }
+            let committing = in_flight.as_ref().map(|flight| flight.pending.clone());
+            let planned = matcher::plan(&self.store, &matcher, committing).await;
+            if let Some(flight) = in_flight.take() {
+                committed += self.finish(flight).await?;
+            }
+            let (report, pending) = planned?;
+            if report.changes == 0 {
+                return Ok((committed, true));
+            }
+            let pending = Arc::new(pending);
+            let commit = {
+                let (store, pending) = (self.store.clone(), pending.clone());
+                tokio::spawn(async move { matcher::commit(&store, pending).await })
+            };
+            in_flight = Some(InFlight { report, pending, commit });
+        }
+        if let Some(flight) = in_flight.take() {
+            committed += self.finish(flight).await?;
+        }
+        Ok((committed, false))
+    }
+
+    /// Waits for a batch's commit and counts what it did. Returns its changes.
+    async fn finish(&self, flight: InFlight) -> Result<usize, FhirError> {
+        flight.commit.await.map_err(|_| FhirError::fault("mpi commit"))??;
+        let report = flight.report;
+        self.records.fetch_add(report.filed, Ordering::AcqRel);
+        self.records.fetch_sub(report.forgotten.min(self.records.load(Ordering::Acquire)), Ordering::AcqRel);
+        let mut progress = self.progress();
+        progress.batches += 1;
+        progress.changes += report.changes as u64;
+        progress.matched += report.matched as u64;
+        progress.candidates_scored.add(&report.scored);
+        progress.last_batch_at = Some(format_instant(now_micros()));
+        progress.last_error = None;
+        Ok(report.changes)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
@@ -343,7 +401,7 @@ impl Mpi {
             after = Some(last);
             rescored += count;
             if !pending.is_empty() {
-                matcher::commit(&self.store, pending).await?;
+                matcher::commit(&self.store, Arc::new(pending)).await?;
             }
         }
         Ok(rescored)
@@ -377,7 +435,7 @@ impl Mpi {
         .map_err(|_| FhirError::fault("mpi"))??;
         let (value, pending) = planned?;
         if !pending.is_empty() {
-            matcher::commit(&self.store, pending).await?;
+            matcher::commit(&self.store, Arc::new(pending)).await?;
         }
         Ok(value)
     }
@@ -563,7 +621,96 @@ pub fn start_worker(mpi: Weak<Mpi>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::mpi::synth::{SynthOptions, generate};
+    use crate::store::testing;
+    use crate::store::{Action, Precondition, Target, WriteOp, WriteRequest};
+
+    /// The people the index made: the source Patients of each golden Patient, and the Patients
+    /// with a POSSIBLE_MATCH.
+    fn people_of(mpi: &Mpi) -> (BTreeSet<BTreeSet<String>>, BTreeSet<String>) {
+        mpi.read(|overlay| {
+            let mut by_golden: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut possible = BTreeSet::new();
+            for (key, value) in overlay.scan(state::LINK_PREFIX, usize::MAX)? {
+                let (patient, golden) = state::pair_of(&key, state::LINK_PREFIX).unwrap();
+                let link: Link = serde_json::from_slice(&value).unwrap();
+                match link.result {
+                    MatchResult::Match => drop(by_golden.entry(golden).or_default().insert(patient)),
+                    MatchResult::PossibleMatch => drop(possible.insert(patient)),
+                    _ => {}
+                }
+            }
+            Ok((by_golden.into_values().collect(), possible))
+        })
+        .unwrap()
+    }
+
+    /// The worker plans each batch while the one before commits; what it decides is what
+    /// matching one batch after another decides.
+    #[test]
+    fn pipelined_batches_link_as_batches_run_one_after_another() {
+        let synthetic = generate(SynthOptions { people: 700, sources: 3, seed: 5, clinical: false });
+        let patients: Vec<Value> = synthetic
+            .sources
+            .iter()
+            .flat_map(|source| {
+                source.resources.iter().map(move |resource| {
+                    let mut resource = resource.clone();
+                    resource["id"] = json!(format!("{}-{}", source.name, resource["id"].as_str().unwrap()));
+                    resource
+                })
+            })
+            .collect();
+        assert!(patients.len() > 3 * BATCH, "several batches: {}", patients.len());
+        let dir = tempfile::tempdir().unwrap();
+        testing::runtime().block_on(async {
+            let mut outcomes = Vec::new();
+            for pipelined in [true, false] {
+                let store = testing::open(&dir.path().join(format!("{pipelined}.redb")));
+                for chunk in patients.chunks(100) {
+                    let ops = chunk
+                        .iter()
+                        .map(|patient| {
+                            let Value::Object(resource) = patient.clone() else { unreachable!() };
+                            WriteOp {
+                                full_url: None,
+                                action: Action::Update {
+                                    resource_type: ResourceType::PATIENT,
+                                    target: Target::Id(
+                                        crate::fhir::Id::parse(patient["id"].as_str().unwrap()).unwrap(),
+                                    ),
+                                    resource,
+                                    precondition: Precondition::default(),
+                                },
+                            }
+                        })
+                        .collect();
+                    store.write(WriteRequest { ops, ..WriteRequest::default() }).await.unwrap();
+                }
+                let mpi = Mpi::open(&store, false).unwrap();
+                if pipelined {
+                    assert_eq!(mpi.catch_up().await.unwrap(), patients.len());
+                    assert!(mpi.progress().batches >= 4, "{} batches", mpi.progress().batches);
+                } else {
+                    loop {
+                        let report = matcher::run_batch(&store, &mpi.matcher()).await.unwrap();
+                        if report.changes == 0 {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(mpi.lag().unwrap().pending, 0);
+                outcomes.push(people_of(&mpi));
+            }
+            let (people, possible) = &outcomes[0];
+            assert!(people.iter().any(|members| members.len() > 1), "some people are braided");
+            assert!(people.len() < patients.len());
+            assert_eq!(outcomes[0], outcomes[1], "{} and {} possible", possible.len(), outcomes[1].1.len());
+        });
+    }
 
     #[test]
     fn candidates_scored_are_shown_as_percentiles_of_a_bounded_histogram() {

@@ -27,6 +27,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -348,12 +349,19 @@ fn suffix(key: &[u8], prefix_len: usize) -> String {
 
 /// The committed state with pending changes on top.
 ///
+/// Between the two there may be a batch whose commit is under way ([`Overlay::over`]): the
+/// matcher plans one batch while the writer commits the one before. Its changes are read as if
+/// committed; laying them over a committed state that already holds them changes nothing, so
+/// the overlay reads the same whether or not that commit has finished.
+///
 /// Records and golden-Patient lookups are kept decoded as they are read: matching a batch reads
 /// the same candidates for many Patients. Invariant: every change goes through [`Overlay::put`]
 /// or [`Overlay::remove`], which drop what they make stale.
 pub struct Overlay<'a> {
     committed: &'a AuthRead,
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The changes of the batch being committed, if one is.
+    committing: Option<Arc<Pending>>,
+    pending: Pending,
     /// By source Patient: its record as last read.
     entries: RefCell<HashMap<String, Option<Entry>>>,
     /// By source Patient: the golden Patient of its MATCH link, as last read.
@@ -367,17 +375,37 @@ impl<'a> Overlay<'a> {
     pub fn new(committed: &'a AuthRead) -> Overlay<'a> {
         Overlay {
             committed,
+            committing: None,
             pending: BTreeMap::new(),
             entries: RefCell::new(HashMap::new()),
             goldens: RefCell::new(HashMap::new()),
         }
     }
 
+    /// The committed state with `committing` (changes whose commit is under way, see above)
+    /// and then this overlay's own changes on top.
+    pub fn over(committed: &'a AuthRead, committing: Arc<Pending>) -> Overlay<'a> {
+        Overlay { committing: Some(committing), ..Overlay::new(committed) }
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.pending.get(key) {
+        if let Some(value) = self.pending.get(key) {
+            return Ok(value.clone());
+        }
+        match self.committing.as_ref().and_then(|committing| committing.get(key)) {
             Some(value) => Ok(value.clone()),
             None => self.committed.get(key),
         }
+    }
+
+    /// The changes under `prefix` not yet in the committed state, in key order: this overlay's
+    /// own over those being committed (`None`: removed).
+    fn changes_under(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
+        let own = changes_under(&self.pending, prefix);
+        let Some(committing) = self.committing.as_deref() else { return own };
+        let mut merged: BTreeMap<&[u8], Option<&[u8]>> = changes_under(committing, prefix).into_iter().collect();
+        merged.extend(own);
+        merged.into_iter().collect()
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -406,17 +434,17 @@ impl<'a> Overlay<'a> {
 
     /// The rows under `prefix`, at most `max`, committed and pending merged.
     pub fn scan(&self, prefix: &[u8], max: usize) -> Result<Vec<crate::store::auth::Row>, StoreError> {
-        let pending = || self.pending.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix));
+        let pending = self.changes_under(prefix);
         // Read past `max` by the pending changes under the prefix, so that removed keys do not
         // hide live ones.
-        let committed = self.committed.scan_at_most(prefix, max + pending().count())?;
-        if pending().next().is_none() {
+        let committed = self.committed.scan_at_most(prefix, max + pending.len())?;
+        if pending.is_empty() {
             return Ok(committed);
         }
         let mut rows: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             committed.into_iter().map(|(key, value)| (key, Some(value))).collect();
-        for (key, value) in pending() {
-            rows.insert(key.clone(), value.clone());
+        for (key, value) in pending {
+            rows.insert(key.to_vec(), value.map(<[u8]>::to_vec));
         }
         Ok(rows.into_iter().filter_map(|(key, value)| Some((key, value?))).take(max).collect())
     }
@@ -444,8 +472,7 @@ impl<'a> Overlay<'a> {
         let prefix = block_prefix(key);
         // What the batch changed under the key (at least the Patient being matched, filed
         // just before): it hides the committed rows it replaces.
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
-            self.pending.range(prefix.clone()..).take_while(|(key, _)| key.starts_with(&prefix)).collect();
+        let pending = self.changes_under(&prefix);
         let mut visited = 0;
         let mut each = |key: &[u8], value: &[u8]| {
             if visited < max
@@ -456,7 +483,7 @@ impl<'a> Overlay<'a> {
             }
         };
         self.committed.visit(&prefix, max + pending.len(), |key, value| {
-            if pending.binary_search_by(|(pending_key, _)| pending_key.as_slice().cmp(key)).is_err() {
+            if pending.binary_search_by(|(pending_key, _)| (*pending_key).cmp(key)).is_err() {
                 each(key, value);
             }
             Ok(())
@@ -584,6 +611,12 @@ impl<'a> Overlay<'a> {
 /// Changes to the index's state, by key (`None`: removed).
 pub type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// The changes in `changes` under `prefix`, in key order.
+fn changes_under<'c>(changes: &'c Pending, prefix: &[u8]) -> Vec<(&'c [u8], Option<&'c [u8]>)> {
+    let under = changes.range(prefix.to_vec()..).take_while(|(key, _)| key.starts_with(prefix));
+    under.map(|(key, value)| (key.as_slice(), value.as_deref())).collect()
+}
+
 /// Splits a `link/{patient}\0{golden}` or `dup/{a}\0{b}` key into its two ids.
 pub fn pair_of(key: &[u8], prefix: &[u8]) -> Option<(String, String)> {
     let rest = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
@@ -701,5 +734,61 @@ mod tests {
             [("b".into(), "new b".into()), ("c".into(), "old c".into()), ("d".into(), "new d".into())]
                 as [(String, String); 3]
         );
+    }
+
+    /// A batch planned while the one before commits reads the same whether that commit has
+    /// finished or not: the changes being committed lie between the committed rows and its own.
+    #[test]
+    fn changes_being_committed_read_as_committed_under_the_overlays_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db"));
+        let write = |rows: Vec<(Vec<u8>, Option<Vec<u8>>)>| {
+            crate::store::testing::runtime().block_on(async {
+                store
+                    .mpi_write(move |txn| {
+                        for (key, value) in &rows {
+                            match value {
+                                Some(value) => txn.insert(key, value),
+                                None => txn.remove(key),
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        write(["a", "b", "c"].iter().map(|id| (block_key("k", id), Some(format!("old {id}").into_bytes()))).collect());
+        // The batch before: removes a, changes b, files d, moves the cursor.
+        let mut before = Pending::new();
+        before.insert(block_key("k", "a"), None);
+        before.insert(block_key("k", "b"), Some(b"before b".to_vec()));
+        before.insert(block_key("k", "d"), Some(b"before d".to_vec()));
+        before.insert(CURSOR_KEY.to_vec(), Some(9u64.to_be_bytes().to_vec()));
+        let before = Arc::new(before);
+        let read_all = || {
+            store
+                .mpi_read(|read| {
+                    let mut overlay = Overlay::over(read, before.clone());
+                    assert_eq!(overlay.cursor()?, 9);
+                    // This batch's own changes win over the batch before.
+                    overlay.put(block_key("k", "d"), b"own d".to_vec());
+                    overlay.remove(block_key("k", "c"));
+                    let mut seen = Vec::new();
+                    overlay.visit_block("k", 10, |id, value| {
+                        seen.push((id.to_owned(), String::from_utf8(value.to_vec()).unwrap()));
+                    })?;
+                    seen.sort();
+                    let scanned: Vec<(Vec<u8>, Vec<u8>)> = overlay.scan(&block_prefix("k"), 10)?;
+                    assert_eq!(scanned.len(), seen.len());
+                    assert_eq!(overlay.get(&block_key("k", "a"))?, None);
+                    Ok(seen)
+                })
+                .unwrap()
+        };
+        let expected: Vec<(String, String)> = vec![("b".into(), "before b".into()), ("d".into(), "own d".into())];
+        assert_eq!(read_all(), expected, "the batch before not committed yet");
+        write(before.iter().map(|(key, value)| (key.clone(), value.clone())).collect());
+        assert_eq!(read_all(), expected, "the batch before committed");
     }
 }
