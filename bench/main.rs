@@ -293,9 +293,14 @@ fn pick(connection: usize, n: usize, count: usize) -> usize {
     (x % count as u64) as usize
 }
 
+/// The median (the mean of the two middle values of an even count; 0 for none).
 fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        length if length % 2 == 0 => (values[length / 2 - 1] + values[length / 2]) / 2.0,
+        length => values[length / 2],
+    }
 }
 
 async fn read_scenario(args: &Args, dir: &Path) {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod fhir;
 pub mod http;
+pub mod ingest;
 pub mod mpi;
 pub mod outbound;
 pub mod search;

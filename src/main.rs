@@ -60,6 +60,28 @@ enum Command {
     /// households), with Observations and Appointments, some reported twice, some overlapping.
     /// One NDJSON file per source and truth.csv go to --out; a JSON summary to stdout.
     Synth(SynthArgs),
+    /// Turn a wearable export or an Open mHealth file into vital-signs Observations of a
+    /// patient, written into the database (or printed with --dry-run). A summary of what was
+    /// created, left unchanged and refused (with the reason) follows, as JSON on stdout.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// The input's format.
+    #[arg(value_parser = ["apple", "fitbit", "mhealth", "rppg"])]
+    format: String,
+    /// The file to read.
+    file: PathBuf,
+    /// The id of the Patient the measurements belong to.
+    #[arg(long)]
+    patient: String,
+    /// Print the Observations as NDJSON on stdout (and nothing else there); write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The database file (default: the configured one).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -388,6 +410,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string_pretty(&synth(args)?)?);
             return Ok(());
         }
+        Command::Ingest(args) => return ingest(settings, args).await,
         Command::Mpi(command) => {
             use braid::auth::admin::AdminRequest;
             let (data, request) = match command {
@@ -727,6 +750,107 @@ async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dy
         admin_command(&args.data.unwrap_or(settings.data), braid::auth::admin::AdminRequest::RotateKeys).await?;
     println!("{answer}");
     Ok(())
+}
+
+/// `braid ingest`: reads the file on a blocking thread and writes (or prints) its resources
+/// batch by batch, with progress on stderr.
+async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::ingest::{self, Format, Summary};
+    let format = Format::parse(&args.format).ok_or("unknown format")?;
+    let store = if args.dry_run {
+        None
+    } else {
+        let data = args.data.unwrap_or(settings.data);
+        let store = match open_for_admin(&data) {
+            Ok(store) => store,
+            Err(AdminOpen::InUse) => {
+                return Err(
+                    format!("{} is open in a running Braid: stop it to import into the file", data.display()).into()
+                );
+            }
+            Err(AdminOpen::Failed(message)) => return Err(message.into()),
+        };
+        let patient = store.snapshot()?.current(braid::fhir::ResourceType::PATIENT, &args.patient)?;
+        if patient.is_none_or(|version| version.is_deleted()) {
+            close(store).await;
+            return Err(format!("Patient/{} does not exist in {}", args.patient, data.display()).into());
+        }
+        Some(store)
+    };
+    let ingest::run::Import { mut batches, progress, reading } =
+        match ingest::run::start(&args.file, format, &args.patient) {
+            Ok(import) => import,
+            Err(error) => {
+                if let Some(store) = store {
+                    close(store).await;
+                }
+                return Err(error.into());
+            }
+        };
+    let bar = progress_bar(progress.total);
+    let mut written = Summary::default();
+    let mut failure = None;
+    let stdout = std::io::stdout();
+    while let Some(batch) = batches.recv().await {
+        bar.set_position(progress.read.load(std::sync::atomic::Ordering::Relaxed));
+        match &store {
+            None => {
+                use std::io::Write;
+                let mut out = stdout.lock();
+                for resource in batch.iter().filter(|resource| resource["resourceType"] == "Observation") {
+                    writeln!(out, "{resource}")?;
+                }
+            }
+            Some(store) => {
+                if let Err(error) = ingest::write(store, batch, &mut written).await {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+    }
+    drop(batches);
+    bar.finish_and_clear();
+    let read = reading.await?;
+    if let Some(store) = store {
+        close(store).await;
+    }
+    if let Some(error) = failure {
+        return Err(format!("writing failed: {error}").into());
+    }
+    let mut summary = read?;
+    summary.created = written.created;
+    summary.updated = written.updated;
+    summary.unchanged = written.unchanged;
+    summary.duplicates = written.duplicates;
+    eprintln!(
+        "{} records: {} Observations made ({} samples merged per minute), {} created, {} updated, {} unchanged, {} refused",
+        summary.records,
+        summary.observations,
+        summary.aggregated_samples,
+        summary.created,
+        summary.updated,
+        summary.unchanged + summary.duplicates,
+        summary.rejected
+    );
+    for problem in &summary.problems {
+        eprintln!("  refused {}: {}", problem.at, problem.reason);
+    }
+    if !args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal) over `total` bytes.
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} at {bytes_per_sec}, {eta} left")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Runs an operator command: through the running server's socket if there is one, otherwise on

@@ -163,6 +163,9 @@ pub struct ResourceType(&'static str);
 impl ResourceType {
     /// `Patient`, which the master patient index and the patient compartment name often.
     pub const PATIENT: ResourceType = ResourceType("Patient");
+    /// `Observation` and `Device`, which vitals ingest writes.
+    pub const OBSERVATION: ResourceType = ResourceType("Observation");
+    pub const DEVICE: ResourceType = ResourceType("Device");
 
     /// Looks `name` up among the R4 resource types (case-sensitive, as FHIR requires).
     pub fn parse(name: &str) -> Option<Self> {
@@ -198,6 +201,8 @@ mod tests {
     fn known_types_parse_and_unknown_ones_do_not() {
         assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
         assert_eq!(ResourceType::parse("Patient"), Some(ResourceType::PATIENT));
+        assert_eq!(ResourceType::parse("Observation"), Some(ResourceType::OBSERVATION));
+        assert_eq!(ResourceType::parse("Device"), Some(ResourceType::DEVICE));
         assert!(ResourceType::parse("patient").is_none());
         assert!(ResourceType::parse("Project").is_none());
         assert_eq!(ResourceType::all().count(), 146);

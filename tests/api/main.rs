@@ -35,3 +35,4 @@ mod surface;
 mod synthea;
 mod tls;
 mod validation;
+mod vitals;

@@ -1,0 +1,176 @@
+//! One import, from a file to its destination: the reader and the [`Converter`] run on a
+//! blocking thread and hand batches of resources over a bounded channel (so a large file is
+//! never held whole, and reading waits when writing falls behind); the destination takes
+//! them one batch at a time.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{BATCH, Converter, Format, FormatError, Record, Summary, mhealth};
+
+/// Batches waiting between the reader and the destination at most.
+const QUEUED_BATCHES: usize = 4;
+
+/// Reads `input` as `format`, giving each record to `emit`.
+pub fn read(format: Format, input: impl BufRead, emit: &mut dyn FnMut(Record)) -> Result<(), FormatError> {
+    match format {
+        Format::Mhealth => mhealth::read(input, emit),
+        Format::Apple | Format::Fitbit | Format::Rppg => {
+            Err(FormatError::new(format!("reading {} is not available in this build", format.title())))
+        }
+    }
+}
+
+/// Counts the bytes read through it (for progress).
+pub struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.inner.read(buffer)?;
+        self.read.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(count)
+    }
+}
+
+/// Progress of an import: bytes of the input read so far, out of its size.
+#[derive(Clone)]
+pub struct Progress {
+    pub read: Arc<AtomicU64>,
+    pub total: u64,
+}
+
+/// An import under way: the batches of resources as they are made, how far the input is
+/// read, and the reading's end (the summary of what was made and refused, or why the file
+/// could not be read).
+pub struct Import {
+    pub batches: mpsc::Receiver<Vec<Value>>,
+    pub progress: Progress,
+    pub reading: tokio::task::JoinHandle<Result<Summary, FormatError>>,
+}
+
+/// Starts reading `path` as `format` for `patient` on a blocking thread.
+pub fn start(path: &Path, format: Format, patient: &str) -> Result<Import, FormatError> {
+    let mut file =
+        std::fs::File::open(path).map_err(|error| FormatError::new(format!("{}: {error}", path.display())))?;
+    let total = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    refuse_other_format(&mut file, format)?;
+    let progress = Progress { read: Arc::new(AtomicU64::new(0)), total };
+    let input = BufReader::with_capacity(1 << 16, Counting { inner: file, read: progress.read.clone() });
+    let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
+    let patient = patient.to_owned();
+    let reading = tokio::task::spawn_blocking(move || convert(format, input, &patient, &sender));
+    Ok(Import { batches: receiver, progress, reading })
+}
+
+/// Fails with the name of the format the file looks like when that is not `format`; leaves the
+/// file at its start.
+fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), FormatError> {
+    use std::io::{Seek, SeekFrom};
+    let mut head = Vec::with_capacity(4096);
+    file.by_ref().take(4096).read_to_end(&mut head).map_err(FormatError::io)?;
+    file.seek(SeekFrom::Start(0)).map_err(FormatError::io)?;
+    match super::sniff(&head) {
+        Some((looks_like, description)) if looks_like != format => Err(FormatError::new(format!(
+            "this is not {}: it looks like {description} (format '{}')",
+            format.title(),
+            looks_like.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads and converts `input`, sending full batches to `sender`. Stops early (keeping the
+/// summary so far) if the receiver is gone.
+pub fn convert(
+    format: Format,
+    input: impl BufRead,
+    patient: &str,
+    sender: &mpsc::Sender<Vec<Value>>,
+) -> Result<Summary, FormatError> {
+    let mut converter = Converter::new(patient, format);
+    let mut open = true;
+    let read = read(format, input, &mut |record| {
+        converter.add(record);
+        if open && converter.ready_len() >= BATCH {
+            open = sender.blocking_send(converter.take_ready()).is_ok();
+        }
+    });
+    converter.finish();
+    let rest = converter.take_ready();
+    if open && !rest.is_empty() {
+        let _ = sender.blocking_send(rest);
+    }
+    read.map(|()| converter.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing;
+
+    fn points(count: usize) -> String {
+        (0..count)
+            .map(|index| {
+                format!(
+                    r#"{{"body_weight": {{"value": {}, "unit": "kg"}}, "effective_time_frame": {{"date_time": "2024-01-{:02}T08:00:00Z"}}}}"#,
+                    60 + index % 20,
+                    index % 28 + 1
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// An import writes each Observation once; importing it again changes nothing.
+    #[test]
+    fn importing_the_same_file_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        let file = dir.path().join("weights.ndjson");
+        // 1,200 points cycling through 28 days and 20 values: lcm(28, 20) = 140 distinct readings.
+        std::fs::write(&file, points(1_200)).unwrap();
+        testing::runtime().block_on(async {
+            let mut summaries = Vec::new();
+            for _ in 0..2 {
+                let Import { mut batches, progress, reading } = start(&file, Format::Mhealth, "p1").unwrap();
+                let mut written = Summary::default();
+                while let Some(batch) = batches.recv().await {
+                    super::super::write(&store, batch, &mut written).await.unwrap();
+                }
+                let mut summary = reading.await.unwrap().unwrap();
+                assert_eq!(progress.read.load(Ordering::Relaxed), progress.total);
+                summary.created = written.created;
+                summary.updated = written.updated;
+                summary.unchanged = written.unchanged;
+                summary.duplicates = written.duplicates;
+                summaries.push(summary);
+            }
+            assert_eq!(summaries[0].records, 1_200);
+            assert_eq!(summaries[0].observations, 1_200);
+            assert_eq!(summaries[0].created, 140);
+            assert_eq!(summaries[0].created + summaries[0].unchanged + summaries[0].duplicates, 1_200);
+            assert_eq!(
+                (summaries[1].created, summaries[1].updated, summaries[1].unchanged + summaries[1].duplicates),
+                (0, 0, 1_200)
+            );
+            // The first point, as stored: version 1 after both imports.
+            let first: Value = serde_json::from_str(points(1).as_str()).unwrap();
+            let reading = mhealth::data_point(&first).unwrap();
+            let id = super::super::observation::observation_id("p1", Format::Mhealth, &reading);
+            let snapshot = store.snapshot().unwrap();
+            let stored = snapshot.current(crate::fhir::ResourceType::OBSERVATION, &id).unwrap().unwrap();
+            assert_eq!(stored.version, 1, "a second import made no new version");
+            let body: Value = serde_json::from_slice(&stored.body).unwrap();
+            assert_eq!(body["valueQuantity"]["value"], 60);
+            assert_eq!(body["subject"]["reference"], "Patient/p1");
+        });
+    }
+}
