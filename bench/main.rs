@@ -49,6 +49,7 @@
 mod load;
 mod mpi;
 mod servers;
+mod vitals;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +108,9 @@ struct Args {
     /// e.g. one `--mpi-data` kept), to measure the lag at its size; else into an empty one.
     #[arg(long)]
     mpi_lag_base: Option<PathBuf>,
+    /// Synthetic clips per condition in the rppg-accuracy scenario.
+    #[arg(long, default_value_t = 50)]
+    rppg_clips: u64,
     /// Internal: run the baseline server on the given bodies file.
     #[arg(long, hide = true)]
     serve_baseline: Option<PathBuf>,
@@ -132,6 +136,10 @@ enum Scenario {
     MpiMatch,
     MpiLag,
     MpiRematch,
+    /// rPPG speed on a 640x480 video and its trace.
+    Rppg,
+    /// rPPG accuracy per condition on synthetic clips (`--rppg-clips`).
+    RppgAccuracy,
 }
 
 fn main() {
@@ -210,6 +218,12 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::Mpi | Scenario::MpiRematch) {
         runtime.block_on(mpi::rematch_scenario(dir.path()));
+    }
+    if matches!(args.scenario, Scenario::Rppg) {
+        vitals::speed_scenario(dir.path(), args.rounds);
+    }
+    if matches!(args.scenario, Scenario::RppgAccuracy) {
+        vitals::accuracy_scenario(args.rppg_clips);
     }
     if matches!(args.scenario, Scenario::Pull) {
         runtime.block_on(pull_scenario(&args, dir.path()));

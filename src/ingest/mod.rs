@@ -11,6 +11,7 @@
 
 pub mod mhealth;
 pub mod observation;
+pub mod rppg;
 pub mod run;
 pub mod vitals;
 

@@ -11,16 +11,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use time::OffsetDateTime;
+
+use super::rppg::{self, Method};
 use super::{BATCH, Converter, Format, FormatError, Record, Summary, mhealth};
 
 /// Batches waiting between the reader and the destination at most.
 const QUEUED_BATCHES: usize = 4;
 
+/// What a reader may need besides the input.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// When an input that does not say when it was recorded (a Y4M video) was made: the file's
+    /// modification time, or now.
+    pub recorded: OffsetDateTime,
+    /// How rPPG extracts the pulse.
+    pub method: Method,
+}
+
 /// Reads `input` as `format`, giving each record to `emit`.
-pub fn read(format: Format, input: impl BufRead, emit: &mut dyn FnMut(Record)) -> Result<(), FormatError> {
+pub fn read(
+    format: Format,
+    mut input: impl BufRead,
+    options: ReadOptions,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
     match format {
         Format::Mhealth => mhealth::read(input, emit),
-        Format::Apple | Format::Fitbit | Format::Rppg => {
+        Format::Rppg => {
+            let head = input.fill_buf().map_err(FormatError::io)?;
+            let trace =
+                if head.starts_with(b"YUV4MPEG2") { rppg::read_video(input)? } else { rppg::read_trace(input)? };
+            for record in rppg::records(&trace, options.recorded, options.method) {
+                emit(record);
+            }
+            Ok(())
+        }
+        Format::Apple | Format::Fitbit => {
             Err(FormatError::new(format!("reading {} is not available in this build", format.title())))
         }
     }
@@ -62,11 +89,16 @@ pub fn start(path: &Path, format: Format, patient: &str) -> Result<Import, Forma
         std::fs::File::open(path).map_err(|error| FormatError::new(format!("{}: {error}", path.display())))?;
     let total = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
     refuse_other_format(&mut file, format)?;
+    let recorded = file
+        .metadata()
+        .and_then(|metadata| metadata.modified())
+        .map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
+    let options = ReadOptions { recorded, method: Method::Pos };
     let progress = Progress { read: Arc::new(AtomicU64::new(0)), total };
     let input = BufReader::with_capacity(1 << 16, Counting { inner: file, read: progress.read.clone() });
     let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
     let patient = patient.to_owned();
-    let reading = tokio::task::spawn_blocking(move || convert(format, input, &patient, &sender));
+    let reading = tokio::task::spawn_blocking(move || convert(format, input, options, &patient, &sender));
     Ok(Import { batches: receiver, progress, reading })
 }
 
@@ -92,12 +124,13 @@ fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), F
 pub fn convert(
     format: Format,
     input: impl BufRead,
+    options: ReadOptions,
     patient: &str,
     sender: &mpsc::Sender<Vec<Value>>,
 ) -> Result<Summary, FormatError> {
     let mut converter = Converter::new(patient, format);
     let mut open = true;
-    let read = read(format, input, &mut |record| {
+    let read = read(format, input, options, &mut |record| {
         converter.add(record);
         if open && converter.ready_len() >= BATCH {
             open = sender.blocking_send(converter.take_ready()).is_ok();

@@ -393,8 +393,8 @@ mod tests {
     /// Pairs of short strings over a small alphabet (so that they share characters, in and
     /// out of order), and their one-edit variants.
     fn pairs() -> Vec<(String, String)> {
-        let mut random = crate::mpi::random::Random::new(7);
-        let word = |random: &mut crate::mpi::random::Random| -> String {
+        let mut random = crate::random::Random::new(7);
+        let word = |random: &mut crate::random::Random| -> String {
             let length = random.below(12);
             (0..length).map(|_| (b'a' + random.below(5) as u8) as char).collect()
         };

@@ -12,7 +12,6 @@
 //! - [`quality`]: precision, recall and blocking recall against a known truth;
 //! - [`febrl`]: the FEBRL record-linkage datasets read as Patients, to measure with;
 //! - [`synth`]: `braid synth`, realistic multi-source people with their ground truth;
-//! - [`random`]: the deterministic random generator training and `synth` draw from;
 //! - [`state`]: the index's state in the store's `mpi` table (records, blocking index, links,
 //!   golden Patients, the change feed's cursor);
 //! - [`golden`]: golden Patients and their survivorship rules;
@@ -31,7 +30,6 @@ pub mod golden;
 pub mod links;
 pub mod matcher;
 pub mod quality;
-pub mod random;
 pub mod record;
 pub mod score;
 pub mod service;

@@ -16,7 +16,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::random::Random;
+use crate::random::Random;
 
 /// The system of the national identifier some registrations carry (an enterprise identifier).
 pub const NATIONAL_ID_SYSTEM: &str = "http://ns.example/national-id";

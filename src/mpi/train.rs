@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::blocking::{BlockField, BlockingRule, keys};
 use super::compare::Nicknames;
-use super::random::Random;
 use super::record::PersonRecord;
 use super::score::{Comparison, FIELDS, LEVEL_COUNTS, Parameters, TermFrequencies, compare_pair, field_index};
+use crate::random::Random;
 
 /// Most records trained on: a larger population is sampled (sampling keeps the share of
 /// matching pairs, so the prior holds for the whole).

@@ -25,6 +25,7 @@ mod pages;
 mod power_loss;
 mod process;
 mod pull;
+mod rppg;
 mod search;
 mod smart;
 mod smart_launch;

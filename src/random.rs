@@ -1,5 +1,5 @@
-//! A small deterministic random generator (xorshift64*): training samples and `braid synth`
-//! data are the same for the same seed, on every machine.
+//! A small deterministic random generator (xorshift64*): training samples, `braid synth` data
+//! and synthetic rPPG clips are the same for the same seed, on every machine.
 
 pub struct Random(u64);
 
@@ -29,6 +29,17 @@ impl Random {
     /// A number in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A number in `[low, high)`.
+    pub fn between(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.unit()
+    }
+
+    /// A number from the standard normal distribution (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let radius = (-2.0 * (1.0 - self.unit()).ln()).sqrt();
+        radius * (2.0 * std::f64::consts::PI * self.unit()).cos()
     }
 
     /// An index into a list of `len` items, the first ones more common: weights fall as
