@@ -60,9 +60,10 @@ enum Command {
     /// households), with Observations and Appointments, some reported twice, some overlapping.
     /// One NDJSON file per source and truth.csv go to --out; a JSON summary to stdout.
     Synth(SynthArgs),
-    /// Turn a wearable export or an Open mHealth file into vital-signs Observations of a
-    /// patient, written into the database (or printed with --dry-run). A summary of what was
-    /// created, left unchanged and refused (with the reason) follows, as JSON on stdout.
+    /// Turn a wearable export (Apple Health, Open mHealth) or a camera scan (rPPG video or
+    /// trace) into vital-signs Observations of a patient, written into the database (or printed
+    /// with --dry-run). A summary of what was created, left unchanged, skipped and refused
+    /// (with the reason) follows, as JSON on stdout.
     Ingest(IngestArgs),
 }
 

@@ -9,6 +9,7 @@
 //! same import twice changes nothing. Bad records are counted and reported with their reason;
 //! they never stop the rest.
 
+pub mod apple;
 pub mod mhealth;
 pub mod observation;
 pub mod rppg;
@@ -119,6 +120,10 @@ pub struct Summary {
     /// as a pair and as two records) and written once.
     pub duplicates: usize,
     pub devices: usize,
+    /// Records of kinds that are not vital signs (steps, workouts…), left out, and how many of
+    /// each kind (the first [`MAX_LISTED_PROBLEMS`] kinds).
+    pub skipped: usize,
+    pub skipped_kinds: std::collections::BTreeMap<String, usize>,
     /// Records refused, in all; the first [`MAX_LISTED_PROBLEMS`] with their reason.
     pub rejected: usize,
     pub problems: Vec<Refused>,
@@ -132,6 +137,16 @@ pub struct Refused {
 }
 
 impl Summary {
+    fn skip(&mut self, what: String) {
+        self.skipped += 1;
+        let kinds = self.skipped_kinds.len();
+        match self.skipped_kinds.get_mut(&what) {
+            Some(count) => *count += 1,
+            None if kinds < MAX_LISTED_PROBLEMS => drop(self.skipped_kinds.insert(what, 1)),
+            None => {}
+        }
+    }
+
     fn refuse(&mut self, at: String, reason: String) {
         self.rejected += 1;
         if self.problems.len() < MAX_LISTED_PROBLEMS {
@@ -274,6 +289,7 @@ impl Converter {
     pub fn add(&mut self, record: Record) {
         self.summary.records += 1;
         match record.outcome {
+            Err(problem) if problem.skipped => self.summary.skip(problem.reason),
             Err(problem) => self.summary.refuse(record.at, problem.reason),
             Ok(reading) => {
                 let mut closed = Vec::new();

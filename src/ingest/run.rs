@@ -3,7 +3,7 @@
 //! never held whole, and reading waits when writing falls behind); the destination takes
 //! them one batch at a time.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use time::OffsetDateTime;
 
 use super::rppg::{self, Method};
-use super::{BATCH, Converter, Format, FormatError, Record, Summary, mhealth};
+use super::{BATCH, Converter, Format, FormatError, Record, Summary, apple, mhealth};
 
 /// Batches waiting between the reader and the destination at most.
 const QUEUED_BATCHES: usize = 4;
@@ -32,7 +32,7 @@ pub struct ReadOptions {
 /// Reads `input` as `format`, giving each record to `emit`.
 pub fn read(
     format: Format,
-    mut input: impl BufRead,
+    mut input: impl BufRead + Seek,
     options: ReadOptions,
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), FormatError> {
@@ -47,9 +47,14 @@ pub fn read(
             }
             Ok(())
         }
-        Format::Apple | Format::Fitbit => {
-            Err(FormatError::new(format!("reading {} is not available in this build", format.title())))
+        Format::Apple => {
+            if input.fill_buf().map_err(FormatError::io)?.starts_with(b"PK\x03\x04") {
+                apple::read_zip(input, emit)
+            } else {
+                apple::read(input, emit)
+            }
         }
+        Format::Fitbit => Err(FormatError::new(format!("reading {} is not available in this build", format.title()))),
     }
 }
 
@@ -64,6 +69,14 @@ impl<R: Read> Read for Counting<R> {
         let count = self.inner.read(buffer)?;
         self.read.fetch_add(count as u64, Ordering::Relaxed);
         Ok(count)
+    }
+}
+
+/// A zip archive is read by seeking to its directory first: progress counts what is read, not
+/// where.
+impl<R: Seek> Seek for Counting<R> {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(position)
     }
 }
 
@@ -105,7 +118,6 @@ pub fn start(path: &Path, format: Format, patient: &str) -> Result<Import, Forma
 /// Fails with the name of the format the file looks like when that is not `format`; leaves the
 /// file at its start.
 fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), FormatError> {
-    use std::io::{Seek, SeekFrom};
     let mut head = Vec::with_capacity(4096);
     file.by_ref().take(4096).read_to_end(&mut head).map_err(FormatError::io)?;
     file.seek(SeekFrom::Start(0)).map_err(FormatError::io)?;
@@ -123,7 +135,7 @@ fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), F
 /// summary so far) if the receiver is gone.
 pub fn convert(
     format: Format,
-    input: impl BufRead,
+    input: impl BufRead + Seek,
     options: ReadOptions,
     patient: &str,
     sender: &mpsc::Sender<Vec<Value>>,

@@ -261,11 +261,19 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub reason: String,
+    /// Not a fault of the record: it holds something Braid does not ingest (steps, workouts),
+    /// and `reason` names what.
+    pub skipped: bool,
 }
 
 impl Problem {
     pub fn new(reason: impl Into<String>) -> Problem {
-        Problem { reason: reason.into() }
+        Problem { reason: reason.into(), skipped: false }
+    }
+
+    /// A record of a kind Braid does not ingest, named by `what`.
+    pub fn skip(what: impl Into<String>) -> Problem {
+        Problem { reason: what.into(), skipped: true }
     }
 }
 

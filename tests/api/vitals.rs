@@ -161,3 +161,87 @@ async fn an_unknown_patient_or_a_file_in_another_format_is_refused_before_anythi
     assert!(snapshot.changes_after(ResourceType::OBSERVATION, 0, 10).unwrap().is_empty());
     assert!(snapshot.changes_after(ResourceType::DEVICE, 0, 10).unwrap().is_empty());
 }
+
+/// An Apple Health `export.zip`: heart-rate samples (three in one minute), a blood pressure as
+/// a correlation and again as two records, a fractional SpO2, a weight in pounds and steps.
+fn apple_export_zip() -> Vec<u8> {
+    use std::io::Write;
+    let watch = "&lt;&lt;HKDevice: 0x283f5a3a0&gt;, name:Apple Watch, manufacturer:Apple Inc., model:Watch, hardware:Watch6,2, software:10.1&gt;";
+    let record = |kind: &str, unit: &str, value: &str, at: &str| {
+        format!(
+            " <Record type=\"{kind}\" sourceName=\"Apple Watch\" device=\"{watch}\" unit=\"{unit}\" creationDate=\"{at}\" startDate=\"{at}\" endDate=\"{at}\" value=\"{value}\"/>\n"
+        )
+    };
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE HealthData [\n<!ELEMENT HealthData ANY>\n]>\n<HealthData locale=\"en_US\">\n",
+    );
+    for (second, value) in [(5, "70"), (25, "76"), (45, "73")] {
+        xml += &record(
+            "HKQuantityTypeIdentifierHeartRate",
+            "count/min",
+            value,
+            &format!("2024-01-01 08:01:{second:02} +0100"),
+        );
+    }
+    let bp_at = "2024-01-01 07:30:00 +0100";
+    xml += &format!(
+        " <Correlation type=\"HKCorrelationTypeIdentifierBloodPressure\" sourceName=\"Apple Watch\" creationDate=\"{bp_at}\" startDate=\"{bp_at}\" endDate=\"{bp_at}\">\n"
+    );
+    xml += &record("HKQuantityTypeIdentifierBloodPressureSystolic", "mmHg", "118", bp_at);
+    xml += &record("HKQuantityTypeIdentifierBloodPressureDiastolic", "mmHg", "76", bp_at);
+    xml += " </Correlation>\n";
+    xml += &record("HKQuantityTypeIdentifierBloodPressureSystolic", "mmHg", "118", bp_at);
+    xml += &record("HKQuantityTypeIdentifierBloodPressureDiastolic", "mmHg", "76", bp_at);
+    xml += &record("HKQuantityTypeIdentifierOxygenSaturation", "%", "0.96", "2024-01-01 09:00:00 +0100");
+    xml += &record("HKQuantityTypeIdentifierBodyMass", "lb", "150", "2024-01-01 07:00:00 +0100");
+    xml += &record("HKQuantityTypeIdentifierStepCount", "count", "512", "2024-01-01 09:00:00 +0100");
+    xml += "</HealthData>\n";
+    let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    archive.start_file("apple_health_export/export.xml", options).unwrap();
+    archive.write_all(xml.as_bytes()).unwrap();
+    archive.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn an_apple_health_export_zip_imports_once_with_its_aggregates_and_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("braid.redb");
+    database_with_patient(&data).await;
+    let file = dir.path().join("export.zip");
+    std::fs::write(&file, apple_export_zip()).unwrap();
+    let file = file.to_str().unwrap();
+    let output = braid_cli(&data, &["ingest", "apple", file, "--patient", "p1", "--dry-run"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let observations: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let by_code = |code: &str| -> Vec<&Value> {
+        observations.iter().filter(|o| o["code"]["coding"][0]["code"] == code).collect()
+    };
+    let heart = by_code("8867-4");
+    assert_eq!(heart.len(), 1, "three samples in one minute: one Observation");
+    assert_eq!(heart[0]["effectivePeriod"]["start"], "2024-01-01T08:01:00+01:00");
+    assert_eq!(heart[0]["valueQuantity"]["value"], 73);
+    assert_eq!(heart[0]["component"][1]["valueQuantity"]["value"], 76);
+    assert_eq!(by_code("85354-9").len(), 2, "the pair made twice, with one id");
+    assert_eq!(by_code("85354-9")[0]["id"], by_code("85354-9")[1]["id"]);
+    assert_eq!(by_code("2708-6")[0]["valueQuantity"]["value"], 96);
+    assert_eq!(by_code("29463-7")[0]["valueQuantity"]["value"], 68.04);
+    for observation in &observations {
+        validator().validate_value(ResourceType::OBSERVATION, observation).unwrap();
+    }
+
+    let mut summaries = Vec::new();
+    for _ in 0..2 {
+        let output = braid_cli(&data, &["ingest", "apple", file, "--patient", "p1"]).await;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        summaries.push(serde_json::from_slice::<Value>(&output.stdout).unwrap());
+    }
+    assert_eq!(summaries[0]["created"], 4, "{}", summaries[0]);
+    assert_eq!(summaries[0]["duplicates"], 1);
+    assert_eq!(summaries[0]["skipped"], 1);
+    assert_eq!(summaries[0]["skipped_kinds"]["HKQuantityTypeIdentifierStepCount"], 1);
+    assert_eq!(summaries[0]["aggregated_samples"], 3);
+    assert_eq!((summaries[1]["created"].as_u64(), summaries[1]["updated"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(summaries[1]["unchanged"], 4);
+}
