@@ -108,6 +108,9 @@ struct Args {
     /// e.g. one `--mpi-data` kept), to measure the lag at its size; else into an empty one.
     #[arg(long)]
     mpi_lag_base: Option<PathBuf>,
+    /// Size of the apple scenario's generated export.xml, MB.
+    #[arg(long, default_value_t = 1000)]
+    apple_megabytes: u64,
     /// Synthetic clips per condition in the rppg-accuracy scenario.
     #[arg(long, default_value_t = 50)]
     rppg_clips: u64,
@@ -140,6 +143,8 @@ enum Scenario {
     Rppg,
     /// rPPG accuracy per condition on synthetic clips (`--rppg-clips`).
     RppgAccuracy,
+    /// `braid ingest apple` on a generated export.xml (`--apple-megabytes`).
+    Apple,
 }
 
 fn main() {
@@ -221,6 +226,9 @@ fn main() {
     }
     if matches!(args.scenario, Scenario::Rppg) {
         vitals::speed_scenario(dir.path(), args.rounds);
+    }
+    if matches!(args.scenario, Scenario::Apple) {
+        runtime.block_on(vitals::apple_scenario(dir.path(), args.apple_megabytes));
     }
     if matches!(args.scenario, Scenario::RppgAccuracy) {
         vitals::accuracy_scenario(args.rppg_clips);

@@ -68,7 +68,7 @@ impl Server {
 }
 
 /// This build's `braid` binary.
-fn braid_binary() -> PathBuf {
+pub fn braid_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_braid"))
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use braid::ingest::rppg::synth::{Clip, ClipOptions};
 use braid::ingest::rppg::{Method, estimate, read_trace, read_video};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -117,4 +117,182 @@ pub fn accuracy_scenario(clips: u64) {
             .collect();
         println!("  {name:<15} {}  [{:.0} s]", shown.join(", "), started.elapsed().as_secs_f64());
     }
+}
+
+/// Writes a synthetic Apple Health `export.xml` of about `megabytes`: a watch's heart rate every
+/// 5 s through the day, steps, energy and distance (skipped kinds), and daily resting heart rate,
+/// SpO2, respiratory rate, weight and a blood-pressure correlation, in the export's own syntax.
+/// Returns the file's size in bytes.
+fn write_apple_export(path: &Path, megabytes: u64) -> u64 {
+    use std::io::Write;
+    let watch = "&lt;&lt;HKDevice: 0x283f5a3a0&gt;, name:Apple Watch, manufacturer:Apple Inc., model:Watch, hardware:Watch6,2, software:10.1&gt;";
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("the export file"));
+    let mut written: u64 = 0;
+    fn put(out: &mut BufWriter<std::fs::File>, written: &mut u64, text: &str) {
+        out.write_all(text.as_bytes()).expect("written");
+        *written += text.len() as u64;
+    }
+    put(
+        &mut out,
+        &mut written,
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE HealthData [\n<!ELEMENT HealthData (ExportDate,Me,(Record|Correlation|Workout|ActivitySummary)*)>\n<!ATTLIST HealthData locale CDATA #REQUIRED>\n]>\n<HealthData locale=\"en_US\">\n <ExportDate value=\"2024-06-01 10:00:00 +0100\"/>\n <Me HKCharacteristicTypeIdentifierDateOfBirth=\"1980-04-02\" HKCharacteristicTypeIdentifierBiologicalSex=\"HKBiologicalSexFemale\"/>\n",
+    );
+    let limit = megabytes * 1_000_000;
+    let mut state = 12345u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let stamp = |seconds: u64| {
+        let (day, rest) = (seconds / 86_400, seconds % 86_400);
+        let date = time::Date::from_julian_day(2_460_000 + day as i32).expect("a date");
+        format!("{date} {:02}:{:02}:{:02} +0100", rest / 3600, rest % 3600 / 60, rest % 60)
+    };
+    let mut seconds = 0u64;
+    let mut day = u64::MAX;
+    while written < limit {
+        seconds += 5;
+        let at = stamp(seconds);
+        let heart = 55 + next() % 60;
+        put(
+            &mut out,
+            &mut written,
+            &format!(
+                " <Record type=\"HKQuantityTypeIdentifierHeartRate\" sourceName=\"Jane’s Apple Watch\" sourceVersion=\"10.1\" device=\"{watch}\" unit=\"count/min\" creationDate=\"{at}\" startDate=\"{at}\" endDate=\"{at}\" value=\"{heart}\">\n  <MetadataEntry key=\"HKMetadataKeyHeartRateMotionContext\" value=\"0\"/>\n </Record>\n"
+            ),
+        );
+        if seconds % 10 == 0 {
+            for (kind, unit, value) in [
+                ("HKQuantityTypeIdentifierStepCount", "count", (next() % 40).to_string()),
+                (
+                    "HKQuantityTypeIdentifierActiveEnergyBurned",
+                    "kcal",
+                    format!("{:.3}", (next() % 1000) as f64 / 100.0),
+                ),
+            ] {
+                put(
+                    &mut out,
+                    &mut written,
+                    &format!(
+                        " <Record type=\"{kind}\" sourceName=\"Jane’s iPhone\" sourceVersion=\"17.2\" device=\"&lt;&lt;HKDevice: 0x281b2c0f0&gt;, name:iPhone, manufacturer:Apple Inc., model:iPhone, hardware:iPhone15,2, software:17.2&gt;\" unit=\"{unit}\" creationDate=\"{at}\" startDate=\"{at}\" endDate=\"{}\" value=\"{value}\"/>\n",
+                        stamp(seconds + 10)
+                    ),
+                );
+            }
+        }
+        if seconds / 86_400 != day {
+            day = seconds / 86_400;
+            let morning = stamp(day * 86_400 + 7 * 3600);
+            for (kind, unit, value) in [
+                ("HKQuantityTypeIdentifierRestingHeartRate", "count/min", (50 + next() % 20).to_string()),
+                ("HKQuantityTypeIdentifierOxygenSaturation", "%", format!("0.{}", 93 + next() % 7)),
+                ("HKQuantityTypeIdentifierRespiratoryRate", "count/min", format!("{}.5", 12 + next() % 6)),
+                ("HKQuantityTypeIdentifierBodyMass", "lb", format!("{}.2", 140 + next() % 20)),
+            ] {
+                put(
+                    &mut out,
+                    &mut written,
+                    &format!(
+                        " <Record type=\"{kind}\" sourceName=\"Jane’s Apple Watch\" device=\"{watch}\" unit=\"{unit}\" creationDate=\"{morning}\" startDate=\"{morning}\" endDate=\"{morning}\" value=\"{value}\"/>\n"
+                    ),
+                );
+            }
+            let (systolic, diastolic) = (110 + next() % 30, 65 + next() % 20);
+            put(
+                &mut out,
+                &mut written,
+                &format!(
+                    " <Correlation type=\"HKCorrelationTypeIdentifierBloodPressure\" sourceName=\"Withings\" creationDate=\"{morning}\" startDate=\"{morning}\" endDate=\"{morning}\">\n  <Record type=\"HKQuantityTypeIdentifierBloodPressureSystolic\" sourceName=\"Withings\" unit=\"mmHg\" creationDate=\"{morning}\" startDate=\"{morning}\" endDate=\"{morning}\" value=\"{systolic}\"/>\n  <Record type=\"HKQuantityTypeIdentifierBloodPressureDiastolic\" sourceName=\"Withings\" unit=\"mmHg\" creationDate=\"{morning}\" startDate=\"{morning}\" endDate=\"{morning}\" value=\"{diastolic}\"/>\n </Correlation>\n"
+                ),
+            );
+        }
+    }
+    put(&mut out, &mut written, "</HealthData>\n");
+    out.flush().expect("flushed");
+    written
+}
+
+/// Runs `braid ingest apple` on a generated export of `megabytes`, as a child process: its
+/// rate, peak memory (the child's VmHWM, polled) and Observations stored per second; and the
+/// same read with `--dry-run` (reading and converting only).
+pub async fn apple_scenario(dir: &Path, megabytes: u64) {
+    println!("\n== apple: braid ingest apple on a generated {megabytes} MB export.xml ==");
+    let export = dir.join("export.xml");
+    let started = Instant::now();
+    let size = write_apple_export(&export, megabytes);
+    println!("  generated {:.0} MB in {:.1} s", size as f64 / 1e6, started.elapsed().as_secs_f64());
+    let data = dir.join("apple.redb");
+    {
+        let store = crate::open_store(&data);
+        let Value::Object(patient) = json!({"resourceType": "Patient", "id": "p1"}) else { unreachable!() };
+        let op = braid::store::WriteOp {
+            full_url: None,
+            action: braid::store::Action::Update {
+                resource_type: braid::fhir::ResourceType::PATIENT,
+                target: braid::store::Target::Id(braid::fhir::Id::parse("p1").expect("an id")),
+                resource: patient,
+                precondition: braid::store::Precondition::default(),
+            },
+        };
+        store.write(braid::store::WriteRequest { ops: vec![op], ..Default::default() }).await.expect("the patient");
+        crate::close_store(store).await;
+    }
+    for dry_run in [true, false] {
+        let mut command = std::process::Command::new(crate::servers::braid_binary());
+        command.args(["ingest", "apple"]).arg(&export).args(["--patient", "p1", "--data"]).arg(&data);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let started = Instant::now();
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("braid ingest starts");
+        let status_file = format!("/proc/{}/status", child.id());
+        let mut stdout = child.stdout.take().expect("piped");
+        // Drained on a thread (a dry run prints every Observation), counting lines.
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut stdout, &mut text).expect("stdout");
+            text
+        });
+        let mut peak_kb = 0u64;
+        loop {
+            if let Ok(status) = std::fs::read_to_string(&status_file)
+                && let Some(line) = status.lines().find(|line| line.starts_with("VmHWM:"))
+            {
+                peak_kb = peak_kb.max(line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).unwrap_or(0));
+            }
+            if child.try_wait().expect("the child").is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let output = reader.join().expect("the reader");
+        let rate = size as f64 / 1e6 / elapsed;
+        if dry_run {
+            let observations = output.iter().filter(|&&byte| byte == b'\n').count();
+            println!(
+                "  --dry-run: {elapsed:.1} s = {rate:.0} MB/s, {observations} Observations made, peak memory {:.0} MB",
+                peak_kb as f64 / 1024.0
+            );
+        } else {
+            let summary: Value = serde_json::from_slice(&output).unwrap_or(Value::Null);
+            let created = summary["created"].as_u64().unwrap_or(0);
+            println!(
+                "  import:    {elapsed:.1} s = {rate:.0} MB/s (target >= 20 MB/s), peak memory {:.0} MB (target <= 200 MB), {created} Observations stored = {:.0}/s; {} records, {} skipped, {} rejected",
+                peak_kb as f64 / 1024.0,
+                created as f64 / elapsed,
+                summary["records"],
+                summary["skipped"],
+                summary["rejected"]
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&export);
+    let _ = std::fs::remove_file(&data);
 }

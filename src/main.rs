@@ -762,7 +762,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
         None
     } else {
         let data = args.data.unwrap_or(settings.data);
-        let store = match open_for_admin(&data) {
+        let store = match open_for_import(&data) {
             Ok(store) => store,
             Err(AdminOpen::InUse) => {
                 return Err(
@@ -903,6 +903,22 @@ enum AdminOpen {
 /// Opens the database for an operator command.
 fn open_for_admin(path: &std::path::Path) -> Result<braid::store::Store, AdminOpen> {
     let options = braid::store::StoreOptions { gc_interval: std::time::Duration::ZERO, ..Default::default() };
+    open_stopped(path, options)
+}
+
+/// Opens the database for `braid ingest`: it writes and hardly reads, so small caches keep its
+/// memory low whatever the file's size.
+fn open_for_import(path: &std::path::Path) -> Result<braid::store::Store, AdminOpen> {
+    let options = braid::store::StoreOptions {
+        gc_interval: std::time::Duration::ZERO,
+        cache_bytes: 32 << 20,
+        body_cache_bytes: 0,
+        ..Default::default()
+    };
+    open_stopped(path, options)
+}
+
+fn open_stopped(path: &std::path::Path, options: braid::store::StoreOptions) -> Result<braid::store::Store, AdminOpen> {
     braid::store::Store::open(path, options, std::sync::Arc::new(braid::search::SearchIndexer)).map_err(|error| {
         match error {
             braid::store::StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => AdminOpen::InUse,
