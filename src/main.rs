@@ -80,6 +80,14 @@ struct IngestArgs {
     /// Print the Observations as NDJSON on stdout (and nothing else there); write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Write to this running FHIR server (its base URL, e.g. http://127.0.0.1:8080/fhir), one
+    /// transaction per batch, instead of into a database file.
+    #[arg(long, conflicts_with = "dry_run")]
+    server: Option<String>,
+    /// The bearer token for --server (a SMART token that may write the patient's Observations
+    /// and Devices).
+    #[arg(long, requires = "server")]
+    token: Option<String>,
     /// The database file (default: the configured one).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -758,7 +766,15 @@ async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dy
 async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std::error::Error>> {
     use braid::ingest::{self, Format, Summary};
     let format = Format::parse(&args.format).ok_or("unknown format")?;
-    let store = if args.dry_run {
+    let remote = match &args.server {
+        Some(base) => {
+            let remote = ingest::remote::Remote::new(base, args.token.clone())?;
+            remote.check_patient(&args.patient).await?;
+            Some(remote)
+        }
+        None => None,
+    };
+    let store = if args.dry_run || remote.is_some() {
         None
     } else {
         let data = args.data.unwrap_or(settings.data);
@@ -794,6 +810,13 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
     let stdout = std::io::stdout();
     while let Some(batch) = batches.recv().await {
         bar.set_position(progress.read.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(remote) = &remote {
+            if let Err(error) = remote.write(batch, &mut written).await {
+                failure = Some(error);
+                break;
+            }
+            continue;
+        }
         match &store {
             None => {
                 use std::io::Write;
@@ -804,7 +827,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
             }
             Some(store) => {
                 if let Err(error) = ingest::write(store, batch, &mut written).await {
-                    failure = Some(error);
+                    failure = Some(error.to_string());
                     break;
                 }
             }

@@ -12,6 +12,7 @@
 pub mod apple;
 pub mod mhealth;
 pub mod observation;
+pub mod remote;
 pub mod rppg;
 pub mod run;
 pub mod vitals;

@@ -245,3 +245,53 @@ async fn an_apple_health_export_zip_imports_once_with_its_aggregates_and_pairs()
     assert_eq!((summaries[1]["created"].as_u64(), summaries[1]["updated"].as_u64()), (Some(0), Some(0)));
     assert_eq!(summaries[1]["unchanged"], 4);
 }
+
+#[tokio::test]
+async fn an_import_into_a_running_server_goes_through_its_api_and_a_second_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut braid = crate::helpers::start_braid_process(&dir.path().join("served.redb"), "info");
+    let base = format!("http://127.0.0.1:{}/fhir", braid.port);
+    let client = braid::outbound::client(reqwest::Client::builder()).unwrap();
+    let patient = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Okafor"}]});
+    let reply = client
+        .put(format!("{base}/Patient/p1"))
+        .header("content-type", "application/fhir+json")
+        .body(patient.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.status().is_success());
+    let file = dir.path().join("points.json");
+    std::fs::write(&file, mhealth_points()).unwrap();
+    let file = file.to_str().unwrap();
+    // `--data` (added by the helper) is not used when a server is named.
+    let unused = dir.path().join("unused.redb");
+    let mut summaries = Vec::new();
+    for _ in 0..2 {
+        let output = braid_cli(&unused, &["ingest", "mhealth", file, "--patient", "p1", "--server", &base]).await;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        summaries.push(serde_json::from_slice::<Value>(&output.stdout).unwrap());
+    }
+    assert!(!unused.exists());
+    assert_eq!((summaries[0]["created"].as_u64(), summaries[0]["rejected"].as_u64()), (Some(3), Some(2)));
+    assert_eq!((summaries[1]["created"].as_u64(), summaries[1]["unchanged"].as_u64()), (Some(0), Some(3)));
+    let found: Value = client
+        .get(format!("{base}/Observation?subject=Patient/p1&category=vital-signs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(3), "{found}");
+
+    let output = braid_cli(&unused, &["ingest", "mhealth", file, "--patient", "nobody", "--server", &base]).await;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Patient/nobody at"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    braid.child.kill().unwrap();
+    let _ = braid.child.wait();
+}
