@@ -781,9 +781,11 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
         let store = match open_for_import(&data) {
             Ok(store) => store,
             Err(AdminOpen::InUse) => {
-                return Err(
-                    format!("{} is open in a running Braid: stop it to import into the file", data.display()).into()
-                );
+                return Err(format!(
+                    "{} is open in a running Braid: import through its API with --server URL --token T, or stop it",
+                    data.display()
+                )
+                .into());
             }
             Err(AdminOpen::Failed(message)) => return Err(message.into()),
         };

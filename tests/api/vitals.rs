@@ -292,6 +292,11 @@ async fn an_import_into_a_running_server_goes_through_its_api_and_a_second_one_c
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // The database file itself is the server's while it runs: the command says how to import.
+    let output = braid_cli(&dir.path().join("served.redb"), &["ingest", "mhealth", file, "--patient", "p1"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is open in a running Braid: import through its API with --server"), "{stderr}");
     braid.child.kill().unwrap();
     let _ = braid.child.wait();
 }
