@@ -247,7 +247,12 @@ pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProc
         }
     });
     let port = loop {
-        let log = logs.recv_timeout(std::time::Duration::from_secs(60)).expect("braid logs its port");
+        let Ok(log) = logs.recv_timeout(std::time::Duration::from_secs(60)) else {
+            // Not left running when the test fails here.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("braid did not log its port within 60 s");
+        };
         if let Some(port) = log["fields"]["port"].as_u64() {
             break port as u16;
         }

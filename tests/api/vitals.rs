@@ -249,8 +249,9 @@ async fn an_apple_health_export_zip_imports_once_with_its_aggregates_and_pairs()
 #[tokio::test]
 async fn an_import_into_a_running_server_goes_through_its_api_and_a_second_one_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut braid = crate::helpers::start_braid_process(&dir.path().join("served.redb"), "info");
+    let braid = crate::helpers::start_braid_process(&dir.path().join("served.redb"), "info");
     let base = format!("http://127.0.0.1:{}/fhir", braid.port);
+    let _server = Running(braid.child);
     let client = braid::outbound::client(reqwest::Client::builder()).unwrap();
     let patient = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Okafor"}]});
     let reply = client
@@ -297,6 +298,14 @@ async fn an_import_into_a_running_server_goes_through_its_api_and_a_second_one_c
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is open in a running Braid: import through its API with --server"), "{stderr}");
-    braid.child.kill().unwrap();
-    let _ = braid.child.wait();
+}
+
+/// A server process stopped when the test ends, whether it passes or fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
