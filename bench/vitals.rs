@@ -9,15 +9,6 @@ use braid::ingest::rppg::synth::{Clip, ClipOptions};
 use braid::ingest::rppg::{Method, estimate, read_trace, read_video};
 use serde_json::{Value, json};
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 0 => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        n => values[n / 2],
-    }
-}
-
 /// Times rPPG on one clip: the video read from a file (face found and followed, then POS), and
 /// the same clip's trace as a device would send it. All on the calling thread (one core).
 pub fn speed_scenario(dir: &Path, rounds: usize) {
@@ -51,7 +42,7 @@ pub fn speed_scenario(dir: &Path, rounds: usize) {
         reading.map_or("none".to_owned(), |rate| format!("{:.1} /min at {:.1} dB", rate.per_minute, rate.snr_db));
     println!(
         "  video: median {:.2} s over {} rounds (target <= 2 s); read {reading}, true {:.1} /min",
-        median(video_seconds),
+        crate::median(&mut video_seconds),
         rounds.max(1),
         truth.heart_rate
     );
@@ -68,7 +59,7 @@ pub fn speed_scenario(dir: &Path, rounds: usize) {
     println!(
         "  trace ({} KB of JSON): median {:.1} ms over {} runs (target <= 20 ms)",
         text.len() / 1024,
-        median(trace_millis),
+        crate::median(&mut trace_millis),
         rounds.max(1) * 10
     );
     let _ = std::fs::remove_file(&path);

@@ -845,10 +845,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
         return Err(format!("writing failed: {error}").into());
     }
     let mut summary = read?;
-    summary.created = written.created;
-    summary.updated = written.updated;
-    summary.unchanged = written.unchanged;
-    summary.duplicates = written.duplicates;
+    summary.add_writes(&written);
     eprintln!(
         "{} records: {} Observations made ({} samples merged per minute), {} created, {} updated, {} unchanged, {} refused",
         summary.records,

@@ -138,6 +138,14 @@ pub struct Refused {
 }
 
 impl Summary {
+    /// Takes the counts of what was written (kept apart while reading runs on another thread).
+    pub fn add_writes(&mut self, written: &Summary) {
+        self.created += written.created;
+        self.updated += written.updated;
+        self.unchanged += written.unchanged;
+        self.duplicates += written.duplicates;
+    }
+
     fn skip(&mut self, what: String) {
         self.skipped += 1;
         let kinds = self.skipped_kinds.len();
@@ -348,25 +356,33 @@ const MAX_DEVICES: usize = 10_000;
 /// Resources per write: one transaction each.
 pub const BATCH: usize = 500;
 
-/// Writes `resources` (Devices and Observations made by a [`Converter`]) to the store in one
-/// transaction of updates by id, counting in `summary` what was created, changed or already
-/// there. Two resources with the same id in the batch (the same reading made twice) are
-/// written once.
-pub async fn write(store: &Store, resources: Vec<Value>, summary: &mut Summary) -> Result<(), FhirError> {
+/// The resources of a batch, each (type and id) once: the same reading made twice (a blood
+/// pressure exported both as a pair and as two records) is counted in `summary.duplicates`
+/// and written once. Ids come from content, so two resources with one id are the same.
+pub fn distinct(resources: Vec<Value>, summary: &mut Summary) -> Vec<(ResourceType, String, Value)> {
     let mut seen = HashSet::new();
-    let mut ops = Vec::with_capacity(resources.len());
+    let mut out = Vec::with_capacity(resources.len());
     for resource in resources {
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         let resource_type = match resource["resourceType"].as_str() {
             Some("Device") => ResourceType::DEVICE,
             _ => ResourceType::OBSERVATION,
         };
-        if !seen.insert((resource_type, id.clone())) {
-            if resource_type == ResourceType::OBSERVATION {
-                summary.duplicates += 1;
-            }
-            continue;
+        if seen.insert((resource_type, id.clone())) {
+            out.push((resource_type, id, resource));
+        } else if resource_type == ResourceType::OBSERVATION {
+            summary.duplicates += 1;
         }
+    }
+    out
+}
+
+/// Writes `resources` (Devices and Observations made by a [`Converter`]) to the store in one
+/// transaction of updates by id, counting in `summary` what was created, changed or already
+/// there.
+pub async fn write(store: &Store, resources: Vec<Value>, summary: &mut Summary) -> Result<(), FhirError> {
+    let mut ops = Vec::with_capacity(resources.len());
+    for (resource_type, id, resource) in distinct(resources, summary) {
         let Value::Object(body) = resource else { continue };
         let id = Id::parse(&id).map_err(|_| FhirError::fault("vitals id"))?;
         ops.push(WriteOp {

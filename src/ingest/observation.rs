@@ -136,22 +136,16 @@ pub fn format_time(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
+/// The first `chars` hex digits of the SHA-256 of `parts` (each followed by a NUL, so that
+/// ("ab", "c") and ("a", "bc") differ).
 fn hex_digest(parts: &[&str], chars: usize) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    let digest = hasher.finalize();
-    let mut hex = String::with_capacity(chars);
-    for byte in digest.iter() {
-        hex.push_str(&format!("{byte:02x}"));
-        if hex.len() >= chars {
-            break;
-        }
-    }
-    hex.truncate(chars);
-    hex
+    let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    hex[..chars.min(hex.len())].to_owned()
 }
 
 /// The id of a patient's Device resource.

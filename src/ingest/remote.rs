@@ -2,8 +2,6 @@
 //! is one transaction Bundle of updates by id, sent with the caller's bearer token; the
 //! response's entries say what each did.
 
-use std::collections::HashSet;
-
 use serde_json::{Value, json};
 
 use super::Summary;
@@ -55,24 +53,14 @@ impl Remote {
         Err(format!("Patient/{patient} at {}: {status} {}", self.base, diagnostics(&body)))
     }
 
-    /// Sends `resources` as one transaction and counts in `summary` what it did to the
-    /// Observations. Two resources with the same id are sent once.
+    /// Sends `resources` as one transaction (each once, see [`super::distinct`]) and counts in
+    /// `summary` what it did to the Observations.
     pub async fn write(&self, resources: Vec<Value>, summary: &mut Summary) -> Result<(), String> {
-        let mut seen = HashSet::new();
         let mut kinds = Vec::with_capacity(resources.len());
         let mut entries = Vec::with_capacity(resources.len());
-        for resource in resources {
-            let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
-            let id = resource["id"].as_str().unwrap_or_default().to_owned();
-            if !seen.insert((resource_type.clone(), id.clone())) {
-                if resource_type == "Observation" {
-                    summary.duplicates += 1;
-                }
-                continue;
-            }
-            entries.push(
-                json!({"resource": resource, "request": {"method": "PUT", "url": format!("{resource_type}/{id}")}}),
-            );
+        for (resource_type, id, resource) in super::distinct(resources, summary) {
+            let url = format!("{resource_type}/{id}");
+            entries.push(json!({"resource": resource, "request": {"method": "PUT", "url": url}}));
             kinds.push(resource_type);
         }
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
@@ -99,7 +87,7 @@ impl Remote {
             return Err(format!("the server answered {} entries for {} sent", answers.len(), kinds.len()));
         }
         for (kind, entry) in kinds.iter().zip(&answers) {
-            if kind != "Observation" {
+            if *kind != crate::fhir::ResourceType::OBSERVATION {
                 continue;
             }
             let status = entry["response"]["status"].as_str().unwrap_or_default();

@@ -192,10 +192,7 @@ mod tests {
                 }
                 let mut summary = reading.await.unwrap().unwrap();
                 assert_eq!(progress.read.load(Ordering::Relaxed), progress.total);
-                summary.created = written.created;
-                summary.updated = written.updated;
-                summary.unchanged = written.unchanged;
-                summary.duplicates = written.duplicates;
+                summary.add_writes(&written);
                 summaries.push(summary);
             }
             assert_eq!(summaries[0].records, 1_200);

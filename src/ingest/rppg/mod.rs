@@ -32,9 +32,6 @@ use super::observation::{Device, Measured, Reading, SignalQuality, When};
 use super::vitals::{Kind, Problem};
 use super::{FormatError, Record};
 
-/// How far around the pulse's spectral peak its power is weighed to give the rate, Hz (5 /min
-/// each way): the peak of a rate that wanders during the clip is broad.
-const PEAK_HALF_WIDTH: f64 = 0.08;
 /// The least spectral SNR of the pulse for a reading to be given, dB.
 pub const MIN_PULSE_SNR_DB: f64 = -1.0;
 /// The shortest clip that can give a reading, seconds: a few breaths and enough beats to
@@ -92,11 +89,7 @@ pub fn estimate(trace: &Trace, method: Method) -> Result<Estimate, Problem> {
         )));
     }
     let pulse_signal = signal::pulse_signal(&trace.rgb, trace.rate, method);
-    let spectrum = signal::Spectrum::of(&pulse_signal, trace.rate);
-    let pulse = spectrum.peak(signal::PULSE_BAND).map(|frequency| Rate {
-        per_minute: spectrum.centroid(frequency, PEAK_HALF_WIDTH) * 60.0,
-        snr_db: spectrum.snr(frequency, signal::PULSE_BAND, 0.1),
-    });
+    let pulse = signal::pulse_rate(&pulse_signal, trace.rate);
     let breathing = match pulse {
         Some(rate) if rate.snr_db >= MIN_PULSE_SNR_DB => {
             signal::breathing_rate(&signal::breathing_signals(&trace.rgb, trace.rate, &pulse_signal), trace.rate)
