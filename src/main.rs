@@ -72,7 +72,7 @@ struct IngestArgs {
     /// The input's format.
     #[arg(value_parser = ["apple", "fitbit", "mhealth", "rppg"])]
     format: String,
-    /// The file to read.
+    /// The file to read (for fitbit, also an unpacked export's folder).
     file: PathBuf,
     /// The id of the Patient the measurements belong to.
     #[arg(long)]
@@ -88,6 +88,10 @@ struct IngestArgs {
     /// and Devices).
     #[arg(long, requires = "server")]
     token: Option<String>,
+    /// The time zone (IANA name, e.g. Europe/Berlin) of times written without an offset
+    /// (Fitbit's); default: the export's Profile.csv, else UTC.
+    #[arg(long)]
+    timezone: Option<String>,
     /// The database file (default: the configured one).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -797,7 +801,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
         Some(store)
     };
     let ingest::run::Import { mut batches, progress, reading } =
-        match ingest::run::start(&args.file, format, &args.patient) {
+        match ingest::run::start(&args.file, format, &args.patient, args.timezone.clone()) {
             Ok(import) => import,
             Err(error) => {
                 if let Some(store) = store {
@@ -858,6 +862,9 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
     );
     for problem in &summary.problems {
         eprintln!("  refused {}: {}", problem.at, problem.reason);
+    }
+    if let Some(zone) = &summary.time_zone {
+        eprintln!("times without an offset were read as local times in {zone}");
     }
     if !args.dry_run {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -8,11 +8,11 @@
 
 use std::io::BufRead;
 
-use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::items::{self, End};
 use super::observation::{Device, Measured, Reading, When};
 use super::vitals::{Kind, Problem, check_pressure};
 use super::{FormatError, Record};
@@ -30,97 +30,19 @@ const SCHEMAS: [(&str, &str, Kind); 7] = [
 
 /// Reads every data point of `input`, giving each to `emit` as a reading or as the reason it
 /// was refused. Fails only when the input is not Open mHealth JSON at all.
-pub fn read(mut input: impl BufRead, emit: &mut dyn FnMut(Record)) -> Result<(), FormatError> {
-    let first = loop {
-        let buffer = input.fill_buf().map_err(FormatError::io)?;
-        match buffer.iter().position(|byte| !byte.is_ascii_whitespace()) {
-            Some(at) => {
-                let byte = buffer[at];
-                input.consume(at);
-                break Some(byte);
-            }
-            None if buffer.is_empty() => break None,
-            None => {
-                let length = buffer.len();
-                input.consume(length);
-            }
-        }
-    };
-    match first {
-        None => Err(FormatError::new("the file is empty")),
-        Some(b'[') => {
-            let mut deserializer = serde_json::Deserializer::from_reader(input);
-            let mut index = 0;
-            let read = (&mut deserializer)
-                .deserialize_seq(EachElement { index: &mut index, emit })
-                .and_then(|()| deserializer.end());
-            match read {
-                Ok(()) => Ok(()),
-                Err(error) if index == 0 => Err(FormatError::new(format!("not a JSON array of data points: {error}"))),
-                Err(error) => {
-                    // What came before the break is kept; the rest cannot be split into points.
-                    emit(Record::new(
-                        format!("data point {}", index + 1),
-                        Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
-                    ));
-                    Ok(())
-                }
-            }
-        }
-        Some(b'{') => {
-            // One data point, or one per line: each object is read and handled before the next.
-            let mut index = 0;
-            for item in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
-                index += 1;
-                match item {
-                    Ok(point) => emit(Record::new(format!("data point {index}"), data_point(&point))),
-                    Err(error) if index == 1 => {
-                        return Err(FormatError::new(format!("not Open mHealth JSON: {error}")));
-                    }
-                    Err(error) => {
-                        // The rest cannot be split into data points once the JSON is broken.
-                        emit(Record::new(
-                            format!("data point {index}"),
-                            Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
-                        ));
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        }
-        Some(_) => Err(FormatError::new("not Open mHealth JSON (expected a data point object or an array of them)")),
+pub fn read(input: impl BufRead, emit: &mut dyn FnMut(Record)) -> Result<(), FormatError> {
+    let end = items::read(input, &mut |index, point| {
+        emit(Record::new(format!("data point {index}"), data_point(&point)));
+    })
+    .map_err(|error| FormatError::new(format!("not Open mHealth JSON: {error}")))?;
+    if let End::Broken { items, error } = end {
+        // What came before the break is kept; the rest cannot be split into data points.
+        emit(Record::new(
+            format!("data point {}", items + 1),
+            Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
+        ));
     }
-}
-
-/// Hands each element of a JSON array to the reader as it is parsed.
-struct EachElement<'e> {
-    index: &'e mut usize,
-    emit: &'e mut dyn FnMut(Record),
-}
-
-impl<'de> Visitor<'de> for EachElement<'_> {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("an array of data points")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(point) = seq.next_element::<Value>()? {
-            *self.index += 1;
-            (self.emit)(Record::new(format!("data point {}", self.index), data_point(&point)));
-        }
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for EachElement<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
+    Ok(())
 }
 
 /// One data point as a reading.

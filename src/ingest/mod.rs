@@ -10,6 +10,8 @@
 //! they never stop the rest.
 
 pub mod apple;
+pub mod fitbit;
+pub mod items;
 pub mod mhealth;
 pub mod observation;
 pub mod remote;
@@ -75,7 +77,17 @@ pub fn sniff(head: &[u8]) -> Option<(Format, &'static str)> {
     let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
     let start = text.trim_start_matches('\u{feff}').trim_start();
     if head.starts_with(b"PK\x03\x04") {
-        return Some((Format::Apple, "a zip archive (an Apple Health export.zip or a Google Takeout archive)"));
+        // The first member's name (a local file header: its length at byte 26, the name at 30)
+        // tells an Apple Health export from a Fitbit one; either reader checks the rest.
+        let length = head.get(26..28).map_or(0, |bytes| u16::from_le_bytes([bytes[0], bytes[1]]) as usize);
+        let name = String::from_utf8_lossy(head.get(30..30 + length).unwrap_or_default()).to_ascii_lowercase();
+        if name.contains("apple_health_export") || name.ends_with("export.xml") {
+            return Some((Format::Apple, "an Apple Health export.zip"));
+        }
+        if name.contains("fitbit") || name.contains("takeout") {
+            return Some((Format::Fitbit, "a Fitbit or Google Takeout export archive"));
+        }
+        return None;
     }
     if start.starts_with("YUV4MPEG2 ") {
         return Some((Format::Rppg, "a Y4M video"));
@@ -128,6 +140,9 @@ pub struct Summary {
     /// Records refused, in all; the first [`MAX_LISTED_PROBLEMS`] with their reason.
     pub rejected: usize,
     pub problems: Vec<Refused>,
+    /// Where times without an offset were placed (Fitbit's local times), and why there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// A refused record and why.
@@ -409,6 +424,53 @@ pub async fn write(store: &Store, resources: Vec<Value>, summary: &mut Summary) 
     Ok(())
 }
 
+/// Writes the `resources` of a batch that do not exist yet, each as a create (`If-None-Match:
+/// *`), and counts the others as unchanged: ids come from content, so a live resource with the
+/// same id is the same reading. Nothing existing is overwritten, which is what a token that may
+/// only create (`Observation.c`) allows. A create raced by another import of the same reading
+/// (412) makes the batch be sorted again once.
+pub async fn create_new(store: &Store, resources: Vec<Value>, summary: &mut Summary) -> Result<(), FhirError> {
+    let resources = distinct(resources, summary);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let snapshot = store.snapshot()?;
+        let mut ops = Vec::new();
+        let mut existing = 0;
+        for (resource_type, id, resource) in &resources {
+            let live = snapshot.current(*resource_type, id)?.is_some_and(|version| !version.is_deleted());
+            if live {
+                existing += usize::from(*resource_type == ResourceType::OBSERVATION);
+                continue;
+            }
+            let Value::Object(body) = resource else { continue };
+            ops.push(WriteOp {
+                full_url: None,
+                action: Action::Update {
+                    resource_type: *resource_type,
+                    target: Target::Id(Id::parse(id).map_err(|_| FhirError::fault("vitals id"))?),
+                    resource: body.clone(),
+                    precondition: Precondition { if_match: None, if_none_match_any: true },
+                },
+            });
+        }
+        if ops.is_empty() {
+            summary.unchanged += existing;
+            return Ok(());
+        }
+        match store.write(WriteRequest { ops, ..WriteRequest::default() }).await {
+            Ok(outcomes) => {
+                summary.unchanged += existing;
+                let observations = outcomes.iter().filter(|outcome| outcome.resource_type == ResourceType::OBSERVATION);
+                summary.created += observations.count();
+                return Ok(());
+            }
+            Err(error) if error.category == crate::fhir::Category::PreconditionFailed && attempts < 3 => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
@@ -475,8 +537,24 @@ mod tests {
 
     #[test]
     fn the_start_of_a_file_tells_which_format_it_is() {
-        let cases: [(&[u8], Option<Format>); 8] = [
-            (b"PK\x03\x04\x14\x00", Some(Format::Apple)),
+        // A zip's local file header, naming its first member.
+        let zip = |name: &str| {
+            let mut head = b"PK\x03\x04".to_vec();
+            head.resize(26, 0);
+            head.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            head.extend_from_slice(&[0, 0]);
+            head.extend_from_slice(name.as_bytes());
+            head
+        };
+        for (name, expected) in [
+            ("apple_health_export/export.xml", Some(Format::Apple)),
+            ("Takeout/Fitbit/Global Export Data/heart_rate-2024-01-01.json", Some(Format::Fitbit)),
+            ("photos/cat.jpg", None),
+        ] {
+            assert_eq!(sniff(&zip(name)).map(|(format, _)| format), expected, "{name}");
+        }
+        assert_eq!(sniff(b"PK\x03\x04\x14\x00"), None, "a zip cut before its first name");
+        let cases: [(&[u8], Option<Format>); 7] = [
             (
                 b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE HealthData [\n<HealthData locale=\"en_GB\">",
                 Some(Format::Apple),

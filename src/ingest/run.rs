@@ -14,30 +14,40 @@ use tokio::sync::mpsc;
 use time::OffsetDateTime;
 
 use super::rppg::{self, Method};
-use super::{BATCH, Converter, Format, FormatError, Record, Summary, apple, mhealth};
+use super::{BATCH, Converter, Format, FormatError, Record, Summary, apple, fitbit, mhealth};
 
 /// Batches waiting between the reader and the destination at most.
 const QUEUED_BATCHES: usize = 4;
 
 /// What a reader may need besides the input.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadOptions {
     /// When an input that does not say when it was recorded (a Y4M video) was made: the file's
     /// modification time, or now.
     pub recorded: OffsetDateTime,
     /// How rPPG extracts the pulse.
     pub method: Method,
+    /// The time zone (IANA name) of inputs whose times have no offset (Fitbit's), when the
+    /// input does not name it.
+    pub zone: Option<String>,
+}
+
+/// What a reader says of the input as a whole besides its records.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Where local times without an offset were placed, and why there.
+    pub time_zone: Option<String>,
 }
 
 /// Reads `input` as `format`, giving each record to `emit`.
 pub fn read(
     format: Format,
     mut input: impl BufRead + Seek,
-    options: ReadOptions,
+    options: &ReadOptions,
     emit: &mut dyn FnMut(Record),
-) -> Result<(), FormatError> {
+) -> Result<Notes, FormatError> {
     match format {
-        Format::Mhealth => mhealth::read(input, emit),
+        Format::Mhealth => mhealth::read(input, emit).map(|()| Notes::default()),
         Format::Rppg => {
             let head = input.fill_buf().map_err(FormatError::io)?;
             let trace =
@@ -45,16 +55,25 @@ pub fn read(
             for record in rppg::records(&trace, options.recorded, options.method) {
                 emit(record);
             }
-            Ok(())
+            Ok(Notes::default())
         }
         Format::Apple => {
             if input.fill_buf().map_err(FormatError::io)?.starts_with(b"PK\x03\x04") {
-                apple::read_zip(input, emit)
+                apple::read_zip(input, emit)?;
             } else {
-                apple::read(input, emit)
+                apple::read(input, emit)?;
             }
+            Ok(Notes::default())
         }
-        Format::Fitbit => Err(FormatError::new(format!("reading {} is not available in this build", format.title()))),
+        Format::Fitbit => {
+            let mut settings = fitbit::Settings::new(options.zone.as_deref())?;
+            if input.fill_buf().map_err(FormatError::io)?.starts_with(b"PK\x03\x04") {
+                fitbit::read_zip(input, &mut settings, emit)?;
+            } else {
+                fitbit::read(input, None, &settings, emit)?;
+            }
+            Ok(Notes { time_zone: Some(settings.zone_note) })
+        }
     }
 }
 
@@ -62,6 +81,12 @@ pub fn read(
 pub struct Counting<R> {
     inner: R,
     read: Arc<AtomicU64>,
+}
+
+impl<R> Counting<R> {
+    pub fn new(inner: R, read: Arc<AtomicU64>) -> Counting<R> {
+        Counting { inner, read }
+    }
 }
 
 impl<R: Read> Read for Counting<R> {
@@ -96,23 +121,46 @@ pub struct Import {
     pub reading: tokio::task::JoinHandle<Result<Summary, FormatError>>,
 }
 
-/// Starts reading `path` as `format` for `patient` on a blocking thread.
-pub fn start(path: &Path, format: Format, patient: &str) -> Result<Import, FormatError> {
-    let mut file =
-        std::fs::File::open(path).map_err(|error| FormatError::new(format!("{}: {error}", path.display())))?;
-    let total = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-    refuse_other_format(&mut file, format)?;
-    let recorded = file
-        .metadata()
-        .and_then(|metadata| metadata.modified())
-        .map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
-    let options = ReadOptions { recorded, method: Method::Pos };
-    let progress = Progress { read: Arc::new(AtomicU64::new(0)), total };
-    let input = BufReader::with_capacity(1 << 16, Counting { inner: file, read: progress.read.clone() });
+/// Starts reading `path` (a file, or for Fitbit an unpacked export's folder) as `format` for
+/// `patient` on a blocking thread; `zone` is the time zone of local times (see
+/// [`ReadOptions::zone`]).
+pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -> Result<Import, FormatError> {
+    let cannot_open = |error: std::io::Error| FormatError::new(format!("{}: {error}", path.display()));
+    let metadata = std::fs::metadata(path).map_err(cannot_open)?;
+    let recorded = metadata.modified().map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
+    let options = ReadOptions { recorded, method: Method::Pos, zone };
+    let read = Arc::new(AtomicU64::new(0));
     let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
     let patient = patient.to_owned();
-    let reading = tokio::task::spawn_blocking(move || convert(format, input, options, &patient, &sender));
-    Ok(Import { batches: receiver, progress, reading })
+    let (total, reading) = if metadata.is_dir() {
+        if format != Format::Fitbit {
+            return Err(FormatError::new(format!(
+                "{} is a folder: give the file of {} (only a Fitbit export is read as a folder)",
+                path.display(),
+                format.title()
+            )));
+        }
+        let folder = fitbit::Folder::open(path)?;
+        let total = folder.data_bytes;
+        let counter = read.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            convert(format, &patient, &sender, |emit| {
+                let mut settings = fitbit::Settings::new(options.zone.as_deref())?;
+                folder.read(&mut settings, &counter, emit)?;
+                Ok(Notes { time_zone: Some(settings.zone_note) })
+            })
+        });
+        (total, reading)
+    } else {
+        let mut file = std::fs::File::open(path).map_err(cannot_open)?;
+        refuse_other_format(&mut file, format)?;
+        let input = BufReader::with_capacity(1 << 16, Counting::new(file, read.clone()));
+        let reading = tokio::task::spawn_blocking(move || {
+            convert(format, &patient, &sender, |emit| self::read(format, input, &options, emit))
+        });
+        (metadata.len(), reading)
+    };
+    Ok(Import { batches: receiver, progress: Progress { read, total }, reading })
 }
 
 /// Fails with the name of the format the file looks like when that is not `format`; leaves the
@@ -131,18 +179,17 @@ fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), F
     }
 }
 
-/// Reads and converts `input`, sending full batches to `sender`. Stops early (keeping the
-/// summary so far) if the receiver is gone.
+/// Converts what `read` gives (see [`read`]), sending full batches to `sender`. Stops sending
+/// early (keeping the summary so far) if the receiver is gone.
 pub fn convert(
     format: Format,
-    input: impl BufRead + Seek,
-    options: ReadOptions,
     patient: &str,
     sender: &mpsc::Sender<Vec<Value>>,
+    read: impl FnOnce(&mut dyn FnMut(Record)) -> Result<Notes, FormatError>,
 ) -> Result<Summary, FormatError> {
     let mut converter = Converter::new(patient, format);
     let mut open = true;
-    let read = read(format, input, options, &mut |record| {
+    let notes = read(&mut |record| {
         converter.add(record);
         if open && converter.ready_len() >= BATCH {
             open = sender.blocking_send(converter.take_ready()).is_ok();
@@ -153,7 +200,9 @@ pub fn convert(
     if open && !rest.is_empty() {
         let _ = sender.blocking_send(rest);
     }
-    read.map(|()| converter.summary)
+    let notes = notes?;
+    converter.summary.time_zone = notes.time_zone;
+    Ok(converter.summary)
 }
 
 #[cfg(test)]
@@ -185,7 +234,7 @@ mod tests {
         testing::runtime().block_on(async {
             let mut summaries = Vec::new();
             for _ in 0..2 {
-                let Import { mut batches, progress, reading } = start(&file, Format::Mhealth, "p1").unwrap();
+                let Import { mut batches, progress, reading } = start(&file, Format::Mhealth, "p1", None).unwrap();
                 let mut written = Summary::default();
                 while let Some(batch) = batches.recv().await {
                     super::super::write(&store, batch, &mut written).await.unwrap();

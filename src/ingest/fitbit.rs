@@ -1,0 +1,679 @@
+//! Fitbit exports: the account archive and Google Takeout's `Fitbit` folder, as a zip, as the
+//! unpacked folder, or one file of it.
+//!
+//! What Braid reads, by content (file names only sort the files of an archive or folder):
+//! - heart rate, `heart_rate-*.json`: `{"dateTime": "01/15/24 08:00:05", "value": {"bpm": 72,
+//!   "confidence": 2}}`, a sample every few seconds (merged per minute by the converter);
+//!   samples of confidence 0 or less (the sensor could not tell) are refused;
+//! - resting heart rate, `resting_heart_rate-*.json`: `{"dateTime": …, "value": {"date":
+//!   "01/15/24", "value": 61.2, "error": 6.8}}`, one per day (a day without one has 0);
+//! - weight, `weight-*.json`: `{"logId": …, "weight": 165.3, "bmi": 24.1, "date": "01/15/24",
+//!   "time": "07:12:30", "source": "Aria"}`, and its BMI;
+//! - SpO2: `Minute SpO2 - *.csv` (`timestamp,value`) and `Daily SpO2 - *.csv`
+//!   (`timestamp,average_value,lower_bound,upper_bound`);
+//! - respiratory rate: `Daily Respiratory Rate Summary - *.csv` (`timestamp,
+//!   daily_respiratory_rate`) and `Respiratory Rate Summary - *.csv` (`timestamp,
+//!   full_sleep_breathing_rate,…`).
+//!
+//! Times are the wearer's local times without an offset. They are placed in the time zone of
+//! the export's `Profile.csv` (`timezone`), or the one given to the import, else UTC; the
+//! summary says which. A weight is written in the account's unit, which the file does not
+//! name: the unit is the one that makes the recorded BMI agree with a human height (the
+//! profile's height when it has one), else the profile's `weight_unit`; a weight whose unit
+//! cannot be told is refused rather than guessed.
+
+use std::io::{BufRead, BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use serde_json::Value;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::items::{self, End};
+use super::observation::{Device, Measured, Reading, When};
+use super::run::Counting;
+use super::vitals::{Kind, Problem};
+use super::{FormatError, Record};
+
+/// Most files of a folder looked at (its whole tree, this deep at most).
+const MAX_FILES: usize = 200_000;
+const MAX_DEPTH: usize = 8;
+/// Longest CSV line.
+const MAX_LINE: usize = 64 * 1024;
+
+const POUND_KG: f64 = 0.453_592_37;
+
+/// Where local times are placed, and what the account's profile says of units.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    zone: jiff::tz::TimeZone,
+    /// How the zone was chosen, for the summary ("Europe/Berlin, from Profile.csv").
+    pub zone_note: String,
+    /// Set by the import: a `Profile.csv` does not replace it.
+    zone_given: bool,
+    /// The profile's weight unit: kilograms per unit.
+    weight_unit: Option<f64>,
+    /// The profile's height, in metres.
+    height: Option<f64>,
+}
+
+impl Settings {
+    /// Settings with `zone` (an IANA name such as `Europe/Berlin`), or UTC until a profile
+    /// names one.
+    pub fn new(zone: Option<&str>) -> Result<Settings, FormatError> {
+        let (tz, note, given) = match zone {
+            Some(name) => (time_zone(name)?, format!("{name}, as given"), true),
+            None => (
+                jiff::tz::TimeZone::UTC,
+                "UTC: no time zone was given and the input has no Profile.csv naming one".to_owned(),
+                false,
+            ),
+        };
+        Ok(Settings { zone: tz, zone_note: note, zone_given: given, weight_unit: None, height: None })
+    }
+
+    /// Takes what a `Profile.csv` says: its time zone (unless one was given), weight unit and
+    /// height.
+    pub fn read_profile(&mut self, input: impl BufRead) -> Result<(), FormatError> {
+        let mut lines = CsvLines::new(input);
+        let header = lines.next_record()?.ok_or_else(|| FormatError::new("Profile.csv is empty"))?;
+        let row = lines.next_record()?.ok_or_else(|| FormatError::new("Profile.csv has no row"))?;
+        let field = |name: &str| {
+            header
+                .iter()
+                .position(|column| column.trim().eq_ignore_ascii_case(name))
+                .and_then(|index| row.get(index))
+                .map(|value| value.trim())
+                .filter(|value| !value.is_empty() && *value != "null")
+        };
+        if !self.zone_given
+            && let Some(name) = field("timezone")
+        {
+            self.zone = time_zone(name).map_err(|error| FormatError::new(format!("Profile.csv: {error}")))?;
+            self.zone_note = format!("{name}, from Profile.csv");
+        }
+        self.weight_unit = field("weight_unit").and_then(|unit| match unit.to_ascii_uppercase().as_str() {
+            "METRIC" | "KG" | "KILOGRAM" => Some(1.0),
+            "POUND" | "US" | "EN_US" | "LB" => Some(POUND_KG),
+            _ => None,
+        });
+        let height_unit = field("height_unit").map(str::to_ascii_uppercase);
+        self.height = field("height").and_then(|height| height.parse::<f64>().ok()).and_then(|height| {
+            let metres = match height_unit.as_deref() {
+                Some("METRIC") | Some("CM") | None => height / 100.0,
+                Some("US") | Some("INCH") | Some("IN") => height * 0.0254,
+                _ => return None,
+            };
+            (0.5..2.6).contains(&metres).then_some(metres)
+        });
+        Ok(())
+    }
+
+    /// A local time as an instant, with the offset it had there. A time that a clock change
+    /// skips or repeats is taken as clocks read it before the change (jiff's "compatible").
+    fn local(&self, time: jiff::civil::DateTime) -> Result<OffsetDateTime, Problem> {
+        let zoned = self.zone.to_zoned(time).map_err(|error| Problem::new(format!("{time}: {error}")))?;
+        let offset = UtcOffset::from_whole_seconds(zoned.offset().seconds())
+            .map_err(|_| Problem::new(format!("{time}: offset out of range")))?;
+        let timestamp = zoned.timestamp();
+        OffsetDateTime::from_unix_timestamp(timestamp.as_second())
+            .map(|at| at.to_offset(offset))
+            .map_err(|_| Problem::new(format!("{time} is out of range")))
+    }
+
+    /// The local calendar day of `date`, as a period.
+    fn day(&self, date: jiff::civil::Date) -> Result<When, Problem> {
+        let start = self.local(date.to_datetime(jiff::civil::Time::midnight()))?;
+        let next = date.tomorrow().map_err(|_| Problem::new(format!("{date} is out of range")))?;
+        let end = self.local(next.to_datetime(jiff::civil::Time::midnight()))?;
+        Ok(When::Between(start, end))
+    }
+
+    /// The weight `value` in kilograms: in the unit that agrees with the recorded `bmi` (and
+    /// the profile's height), else the profile's unit.
+    fn weight(&self, value: f64, bmi: Option<f64>) -> Result<f64, Problem> {
+        let units = [1.0, POUND_KG];
+        if let Some(bmi) = bmi.filter(|bmi| *bmi > 5.0 && *bmi < 200.0) {
+            // The height each unit implies: kg / bmi = m².
+            let heights = units.map(|kg| (value * kg / bmi).sqrt());
+            let chosen = match self.height {
+                Some(height) => {
+                    let off = heights.map(|implied| (implied - height).abs() / height);
+                    let best = if off[0] <= off[1] { 0 } else { 1 };
+                    (off[best] < 0.1).then_some(best)
+                }
+                None => {
+                    let human = heights.map(|implied| (1.2..=2.3).contains(&implied));
+                    match human {
+                        [true, false] => Some(0),
+                        [false, true] => Some(1),
+                        [true, true] => self.weight_unit.and_then(|kg| units.iter().position(|unit| *unit == kg)),
+                        [false, false] => None,
+                    }
+                }
+            };
+            if let Some(index) = chosen {
+                return Ok(value * units[index]);
+            }
+        }
+        match self.weight_unit {
+            Some(kg) => Ok(value * kg),
+            None => Err(Problem::new(
+                "the weight's unit cannot be told: Fitbit writes it in the account's unit, which this record's \
+                 BMI does not settle; import the whole export (with Profile.csv) or give the record's bmi",
+            )),
+        }
+    }
+}
+
+/// A time zone by its IANA name, from the tz database built into Braid.
+fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, FormatError> {
+    jiff::tz::TimeZone::get(name).map_err(|_| {
+        FormatError::new(format!("'{name}' is not a time zone Braid knows (an IANA name such as Europe/Berlin)"))
+    })
+}
+
+/// Reads one file of an export (`name` sorts it when known; its content decides).
+pub fn read(
+    mut input: impl BufRead,
+    name: Option<&str>,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
+    let head = input.fill_buf().map_err(FormatError::io)?;
+    let first = head.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
+    let label = name.unwrap_or("the file");
+    match first {
+        None => Err(FormatError::new(format!("{label} is empty"))),
+        Some(b'[') | Some(b'{') => read_json(input, label, settings, emit),
+        Some(_) => read_csv(input, name, label, settings, emit),
+    }
+}
+
+/// What a file of an archive or folder is, by its name.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    Profile,
+    Data,
+    /// An export file of a kind that is not a vital sign (steps, sleep, calories…).
+    Other(String),
+    /// Not an export data file (a README, a picture): not counted.
+    Ignored,
+}
+
+fn role(path: &str) -> Role {
+    let base = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    let lower = base.to_ascii_lowercase();
+    if lower == "profile.csv" {
+        return Role::Profile;
+    }
+    let json = lower.ends_with(".json");
+    let csv = lower.ends_with(".csv");
+    if !json && !csv {
+        return Role::Ignored;
+    }
+    let vital = (json
+        && (lower.starts_with("heart_rate-")
+            || lower.starts_with("resting_heart_rate-")
+            || lower.starts_with("weight-")))
+        || (csv && (lower.contains("spo2") || lower.contains("respiratory rate")));
+    if vital {
+        return Role::Data;
+    }
+    // The family: the name before its date ("steps-2024-01-01.json", "Sleep Score - …").
+    let family =
+        base.split(|c: char| c.is_ascii_digit()).next().unwrap_or(base).trim_end_matches([' ', '-', '_']).trim();
+    Role::Other(format!("{} ({})", if family.is_empty() { base } else { family }, if json { "JSON" } else { "CSV" }))
+}
+
+/// Reads a zip archive of an export (the account archive, or Takeout's).
+pub fn read_zip(
+    input: impl Read + Seek,
+    settings: &mut Settings,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
+    let mut archive = zip::ZipArchive::new(input)
+        .map_err(|error| FormatError::new(format!("not a readable zip archive: {error}")))?;
+    let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
+    if names.iter().any(|name| name == "export.xml" || name.ends_with("/export.xml")) {
+        return Err(FormatError::new(
+            "this zip archive holds an Apple Health export.xml, not a Fitbit export (format 'apple')",
+        ));
+    }
+    let roles: Vec<Role> = names.iter().map(|name| role(name)).collect();
+    if !roles.iter().any(|role| matches!(role, Role::Data | Role::Profile)) {
+        return Err(FormatError::new(
+            "the zip archive holds no Fitbit heart-rate, weight, SpO2 or respiratory-rate files: is it a Fitbit export?",
+        ));
+    }
+    if let Some(index) = roles.iter().position(|role| *role == Role::Profile) {
+        let entry = archive.by_index(index).map_err(|error| FormatError::new(format!("{}: {error}", names[index])))?;
+        settings.read_profile(BufReader::new(entry))?;
+    }
+    for (index, role) in roles.iter().enumerate() {
+        match role {
+            Role::Data => {
+                let entry =
+                    archive.by_index(index).map_err(|error| FormatError::new(format!("{}: {error}", names[index])))?;
+                read_member(BufReader::with_capacity(1 << 16, entry), &names[index], settings, emit);
+            }
+            Role::Other(family) => emit(Record::new(names[index].clone(), Err(Problem::skip(family.clone())))),
+            Role::Profile | Role::Ignored => {}
+        }
+    }
+    Ok(())
+}
+
+/// An unpacked export: the files under a folder (at most [`MAX_FILES`], [`MAX_DEPTH`] deep)
+/// and what each is.
+pub struct Folder {
+    root: PathBuf,
+    files: Vec<(PathBuf, Role)>,
+    /// The size of the files read (for progress).
+    pub data_bytes: u64,
+}
+
+impl Folder {
+    /// Lists the export under `root`; fails when it holds nothing Braid reads.
+    pub fn open(root: &Path) -> Result<Folder, FormatError> {
+        let mut files = Vec::new();
+        let mut folders = vec![(root.to_path_buf(), 0)];
+        while let Some((folder, depth)) = folders.pop() {
+            let entries = std::fs::read_dir(&folder)
+                .map_err(|error| FormatError::new(format!("{}: {error}", folder.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(FormatError::io)?;
+                let kind = entry.file_type().map_err(FormatError::io)?;
+                if kind.is_dir() && depth < MAX_DEPTH {
+                    folders.push((entry.path(), depth + 1));
+                } else if kind.is_file() {
+                    if files.len() == MAX_FILES {
+                        return Err(FormatError::new(format!(
+                            "{} holds more than {MAX_FILES} files: point at the export's Fitbit folder",
+                            root.display()
+                        )));
+                    }
+                    let path = entry.path();
+                    let role = role(&path.strip_prefix(root).unwrap_or(&path).display().to_string());
+                    files.push((path, role));
+                }
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        if !files.iter().any(|(_, role)| matches!(role, Role::Data | Role::Profile)) {
+            return Err(FormatError::new(format!(
+                "{} holds no Fitbit heart-rate, weight, SpO2 or respiratory-rate files",
+                root.display()
+            )));
+        }
+        let data_bytes = files
+            .iter()
+            .filter(|(_, role)| *role == Role::Data)
+            .filter_map(|(path, _)| std::fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .sum();
+        Ok(Folder { root: root.to_path_buf(), files, data_bytes })
+    }
+
+    /// Reads the export, the profile first; `read` counts the bytes read.
+    pub fn read(
+        &self,
+        settings: &mut Settings,
+        read: &Arc<AtomicU64>,
+        emit: &mut dyn FnMut(Record),
+    ) -> Result<(), FormatError> {
+        let relative = |path: &Path| path.strip_prefix(&self.root).unwrap_or(path).display().to_string();
+        if let Some((path, _)) = self.files.iter().find(|(_, role)| *role == Role::Profile) {
+            let file = std::fs::File::open(path).map_err(FormatError::io)?;
+            settings.read_profile(BufReader::new(file))?;
+        }
+        for (path, role) in &self.files {
+            match role {
+                Role::Data => match std::fs::File::open(path) {
+                    Ok(file) => {
+                        let counted = Counting::new(file, read.clone());
+                        read_member(BufReader::with_capacity(1 << 16, counted), &relative(path), settings, emit);
+                    }
+                    Err(error) => {
+                        emit(Record::new(relative(path), Err(Problem::new(format!("cannot be read: {error}")))))
+                    }
+                },
+                Role::Other(family) => emit(Record::new(relative(path), Err(Problem::skip(family.clone())))),
+                Role::Profile | Role::Ignored => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One file of an archive or folder: a file that cannot be read at all is one refused record,
+/// and the others are still read.
+fn read_member(input: impl BufRead, name: &str, settings: &Settings, emit: &mut dyn FnMut(Record)) {
+    if let Err(error) = read(input, Some(name), settings, emit) {
+        emit(Record::new(name.to_owned(), Err(Problem::new(error.message))));
+    }
+}
+
+fn read_json(
+    input: impl BufRead,
+    label: &str,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
+    let end = items::read(input, &mut |index, item| {
+        let at = format!("{label}, record {index}");
+        for outcome in json_record(&item, settings) {
+            emit(Record::new(at.clone(), outcome));
+        }
+    })
+    .map_err(|error| FormatError::new(format!("{label} is not Fitbit JSON: {error}")))?;
+    if let End::Broken { items, error } = end {
+        emit(Record::new(
+            format!("{label}, record {}", items + 1),
+            Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
+        ));
+    }
+    Ok(())
+}
+
+/// The readings of one JSON record (a weight brings its BMI), or why there are none.
+fn json_record(item: &Value, settings: &Settings) -> Vec<Result<Reading, Problem>> {
+    let one = |outcome| vec![outcome];
+    let Some(record) = item.as_object() else { return one(Err(Problem::new("a record must be a JSON object"))) };
+    let value = record.get("value");
+    if let Some(sample) = value.filter(|value| value.get("bpm").is_some()) {
+        return one(heart_rate(record.get("dateTime"), sample, settings));
+    }
+    if let Some(day) = value.filter(|value| value.get("value").is_some() || value.get("error").is_some()) {
+        return one(resting_heart_rate(record.get("dateTime"), day, settings));
+    }
+    if record.contains_key("weight") {
+        return weight(record, settings);
+    }
+    if record.contains_key("dateTime") && value.is_some_and(|value| !value.is_object()) {
+        return one(Err(Problem::skip("Fitbit time series that is not a vital sign")));
+    }
+    one(Err(Problem::new("not a Fitbit heart-rate, resting heart-rate or weight record")))
+}
+
+fn tracker() -> Option<Device> {
+    Some(Device { name: "Fitbit tracker".into(), manufacturer: Some("Fitbit".into()), ..Device::default() })
+}
+
+fn heart_rate(at: Option<&Value>, sample: &Value, settings: &Settings) -> Result<Reading, Problem> {
+    let when = settings.local(us_date_time(at, "dateTime")?)?;
+    let bpm = number(&sample["bpm"], "value.bpm")?;
+    if let Some(confidence) = sample.get("confidence").and_then(Value::as_i64)
+        && confidence <= 0
+    {
+        return Err(Problem::new(format!(
+            "heart-rate sample of confidence {confidence}: the sensor could not tell (Fitbit rates 1 to 3)"
+        )));
+    }
+    let value = Kind::HeartRate.canonical(bpm, "/min")?;
+    Ok(Reading {
+        kind: Kind::HeartRate,
+        measured: Measured::Value(value),
+        when: When::At(when),
+        device: tracker(),
+        quality: None,
+    })
+}
+
+fn resting_heart_rate(at: Option<&Value>, day: &Value, settings: &Settings) -> Result<Reading, Problem> {
+    let date = match day.get("date").and_then(Value::as_str) {
+        Some(text) => us_date(text)?,
+        None => us_date_time(at, "dateTime")?.date(),
+    };
+    let rate = day.get("value").and_then(Value::as_f64).unwrap_or(0.0);
+    if rate == 0.0 {
+        // Fitbit writes a day it could not measure as 0 (or null).
+        return Err(Problem::skip("day without a resting heart rate"));
+    }
+    let value = Kind::RestingHeartRate.canonical(rate, "/min")?;
+    Ok(Reading {
+        kind: Kind::RestingHeartRate,
+        measured: Measured::Value(value),
+        when: settings.day(date)?,
+        device: tracker(),
+        quality: None,
+    })
+}
+
+fn weight(record: &serde_json::Map<String, Value>, settings: &Settings) -> Vec<Result<Reading, Problem>> {
+    let when = (|| {
+        let date = record.get("date").and_then(Value::as_str).ok_or_else(|| Problem::new("'date' is missing"))?;
+        let time = record.get("time").and_then(Value::as_str).unwrap_or("00:00:00");
+        settings.local(us_date(date)?.to_datetime(clock(time)?))
+    })();
+    let when = match when {
+        Ok(when) => When::At(when),
+        Err(problem) => return vec![Err(problem)],
+    };
+    let device = match record.get("source").and_then(Value::as_str) {
+        // Entered by hand or by another app: no device measured it.
+        None | Some("Web") | Some("API") | Some("Manual") | Some("") => None,
+        Some(scale) => {
+            Some(Device { name: scale.to_owned(), manufacturer: Some("Fitbit".into()), ..Device::default() })
+        }
+    };
+    let bmi = record.get("bmi").and_then(Value::as_f64).filter(|bmi| *bmi > 0.0);
+    let reading =
+        |kind, value| Reading { kind, measured: Measured::Value(value), when, device: device.clone(), quality: None };
+    let mut readings = vec![
+        number(&record["weight"], "weight")
+            .and_then(|value| settings.weight(value, bmi))
+            .and_then(|kg| Kind::BodyWeight.canonical(kg, "kg"))
+            .map(|kg| reading(Kind::BodyWeight, kg)),
+    ];
+    if let Some(bmi) = bmi {
+        readings.push(Kind::BodyMassIndex.canonical(bmi, "kg/m2").map(|bmi| reading(Kind::BodyMassIndex, bmi)));
+    }
+    readings
+}
+
+/// The columns a Fitbit CSV of vital signs has, and what they hold.
+#[derive(Debug, Clone, Copy)]
+enum Columns {
+    /// `timestamp,value`: SpO2 per minute.
+    MinuteSpo2 { time: usize, value: usize },
+    /// `timestamp,average_value,…`: SpO2 of a night, on the day it ends.
+    DailySpo2 { time: usize, value: usize },
+    /// `timestamp,daily_respiratory_rate` or `timestamp,full_sleep_breathing_rate,…`.
+    DailyRespiratoryRate { time: usize, value: usize },
+}
+
+impl Columns {
+    fn of(header: &[String], name: Option<&str>) -> Option<Columns> {
+        let find = |column: &str| header.iter().position(|name| name.trim().eq_ignore_ascii_case(column));
+        let time = find("timestamp")?;
+        if let Some(value) = find("average_value") {
+            return Some(Columns::DailySpo2 { time, value });
+        }
+        if let Some(value) = find("daily_respiratory_rate").or_else(|| find("full_sleep_breathing_rate")) {
+            return Some(Columns::DailyRespiratoryRate { time, value });
+        }
+        // `timestamp,value` is Fitbit's minute SpO2; inside an export, only under that name.
+        let named_spo2 = name.is_none_or(|name| name.to_ascii_lowercase().contains("spo2"));
+        match find("value") {
+            Some(value) if header.len() == 2 && named_spo2 => Some(Columns::MinuteSpo2 { time, value }),
+            _ => None,
+        }
+    }
+}
+
+fn read_csv(
+    input: impl BufRead,
+    name: Option<&str>,
+    label: &str,
+    settings: &Settings,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
+    let mut lines = CsvLines::new(input);
+    let header = lines.next_record()?.ok_or_else(|| FormatError::new(format!("{label} is empty")))?;
+    let Some(columns) = Columns::of(&header, name) else {
+        let shown = header.iter().take(6).cloned().collect::<Vec<_>>().join(",");
+        if name.is_some() {
+            emit(Record::new(label.to_owned(), Err(Problem::skip(format!("Fitbit CSV with columns {shown}")))));
+            return Ok(());
+        }
+        return Err(FormatError::new(format!(
+            "{label} is not a Fitbit SpO2 or respiratory-rate CSV (its columns: {shown})"
+        )));
+    };
+    loop {
+        let line = lines.line + 1;
+        let row = match lines.next_record() {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                emit(Record::new(
+                    format!("{label}, line {line}"),
+                    Err(Problem::new(format!("{error}; the rest of the file is not read"))),
+                ));
+                return Ok(());
+            }
+        };
+        if row.iter().all(|cell| cell.trim().is_empty()) {
+            continue;
+        }
+        emit(Record::new(format!("{label}, line {line}"), csv_row(&row, columns, settings)));
+    }
+}
+
+fn csv_row(row: &[String], columns: Columns, settings: &Settings) -> Result<Reading, Problem> {
+    let cell = |index: usize| row.get(index).map(|cell| cell.trim()).unwrap_or_default();
+    let value = |index: usize| {
+        cell(index).parse::<f64>().map_err(|_| Problem::new(format!("'{}' is not a number", cell(index))))
+    };
+    let (kind, when, value) = match columns {
+        Columns::MinuteSpo2 { time, value: at } => {
+            (Kind::OxygenSaturation, When::At(instant(cell(time), settings)?), value(at)?)
+        }
+        Columns::DailySpo2 { time, value: at } => (Kind::OxygenSaturation, day_of(cell(time), settings)?, value(at)?),
+        Columns::DailyRespiratoryRate { time, value: at } => {
+            (Kind::RespiratoryRate, day_of(cell(time), settings)?, value(at)?)
+        }
+    };
+    let unit = if kind == Kind::OxygenSaturation { "%" } else { "/min" };
+    let value = kind.canonical(value, unit)?;
+    Ok(Reading { kind, measured: Measured::Value(value), when, device: tracker(), quality: None })
+}
+
+/// A CSV timestamp: with an offset (or `Z`) as it says, else local.
+fn instant(text: &str, settings: &Settings) -> Result<OffsetDateTime, Problem> {
+    if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(at);
+    }
+    let civil: jiff::civil::DateTime =
+        text.replace(' ', "T").parse().map_err(|_| Problem::new(format!("'{text}' is not a date and time")))?;
+    settings.local(civil)
+}
+
+/// The local day a daily value is for (its timestamp's date).
+fn day_of(text: &str, settings: &Settings) -> Result<When, Problem> {
+    let date = text.get(..10).unwrap_or(text);
+    let date: jiff::civil::Date = date.parse().map_err(|_| Problem::new(format!("'{text}' is not a date")))?;
+    settings.day(date)
+}
+
+fn number(value: &Value, name: &str) -> Result<f64, Problem> {
+    value.as_f64().ok_or_else(|| Problem::new(format!("'{name}' must be a number, not {value}")))
+}
+
+/// Fitbit's `MM/DD/YY HH:MM:SS`.
+fn us_date_time(value: Option<&Value>, name: &str) -> Result<jiff::civil::DateTime, Problem> {
+    let text = value.and_then(Value::as_str).ok_or_else(|| Problem::new(format!("'{name}' is missing")))?;
+    let (date, time) =
+        text.split_once(' ').ok_or_else(|| Problem::new(format!("'{name}' is not MM/DD/YY HH:MM:SS: '{text}'")))?;
+    Ok(us_date(date)?.to_datetime(clock(time)?))
+}
+
+/// Fitbit's `MM/DD/YY` (years 2000 to 2099), or `MM/DD/YYYY`.
+fn us_date(text: &str) -> Result<jiff::civil::Date, Problem> {
+    let bad = || Problem::new(format!("'{text}' is not a date MM/DD/YY"));
+    let mut parts = text.trim().split('/');
+    let (Some(month), Some(day), Some(year), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let (month, day): (i8, i8) = (month.parse().map_err(|_| bad())?, day.parse().map_err(|_| bad())?);
+    let year: i16 = match year.len() {
+        2 => 2000 + year.parse::<i16>().map_err(|_| bad())?,
+        4 => year.parse().map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    jiff::civil::Date::new(year, month, day).map_err(|_| bad())
+}
+
+/// `HH:MM:SS` (or `HH:MM`).
+fn clock(text: &str) -> Result<jiff::civil::Time, Problem> {
+    let bad = || Problem::new(format!("'{text}' is not a time HH:MM:SS"));
+    let mut parts = text.trim().split(':').map(|part| part.parse::<i8>().map_err(|_| bad()));
+    let hour = parts.next().ok_or_else(bad)??;
+    let minute = parts.next().ok_or_else(bad)??;
+    let second = parts.next().transpose()?.unwrap_or(0);
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    jiff::civil::Time::new(hour, minute, second, 0).map_err(|_| bad())
+}
+
+/// CSV records (RFC 4180: quoted fields may hold commas, quotes and line breaks), each at most
+/// [`MAX_LINE`] bytes.
+struct CsvLines<R> {
+    input: R,
+    /// Lines read so far (a quoted line break counts).
+    line: usize,
+    buffer: Vec<u8>,
+}
+
+impl<R: BufRead> CsvLines<R> {
+    fn new(input: R) -> CsvLines<R> {
+        CsvLines { input, line: 0, buffer: Vec::new() }
+    }
+
+    fn next_record(&mut self) -> Result<Option<Vec<String>>, FormatError> {
+        self.buffer.clear();
+        loop {
+            let limit = (MAX_LINE + 1 - self.buffer.len()) as u64;
+            let read = (&mut self.input).take(limit).read_until(b'\n', &mut self.buffer).map_err(FormatError::io)?;
+            if read == 0 {
+                break;
+            }
+            self.line += 1;
+            if self.buffer.len() > MAX_LINE {
+                return Err(FormatError::new(format!("line {} is longer than {MAX_LINE} bytes", self.line)));
+            }
+            // A record ends at a line break outside quotes: an even number of quotes so far.
+            if self.buffer.iter().filter(|byte| **byte == b'"').count() % 2 == 0 {
+                break;
+            }
+        }
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&self.buffer);
+        let text = text.trim_start_matches('\u{feff}').trim_end_matches(['\r', '\n']);
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut field)),
+                (c, _) => field.push(c),
+            }
+        }
+        fields.push(field);
+        Ok(Some(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests;
