@@ -143,7 +143,8 @@ enum Scenario {
     Rppg,
     /// rPPG accuracy per condition on synthetic clips (`--rppg-clips`).
     RppgAccuracy,
-    /// `braid ingest apple` on a generated export.xml (`--apple-megabytes`).
+    /// `braid ingest apple` on a generated export.xml (`--apple-megabytes`), and the same file
+    /// posted to a running server's `Patient/p1/$ingest-vitals`.
     Apple,
 }
 

@@ -1,5 +1,7 @@
 //! Vitals ingest's scenarios: rPPG on a 30-second 640×480 video and on its trace (one core),
-//! and rPPG accuracy per condition on synthetic clips.
+//! rPPG accuracy per condition on synthetic clips, and an Apple Health export imported by
+//! `braid ingest` (dry run and into a database) and posted raw to a running server's
+//! `Patient/p1/$ingest-vitals`.
 
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
@@ -284,6 +286,74 @@ pub async fn apple_scenario(dir: &Path, megabytes: u64) {
             );
         }
     }
+    let _ = std::fs::remove_file(&data);
+    http_import(dir, &export, size).await;
     let _ = std::fs::remove_file(&export);
+}
+
+/// The same export posted raw to `Patient/p1/$ingest-vitals` of a running server (authorization
+/// off, on loopback): from the first byte sent to the answer, with the server's peak memory.
+async fn http_import(dir: &Path, export: &Path, size: u64) {
+    let data = dir.join("apple-http.redb");
+    let limit = (size + (1 << 20)).to_string();
+    let server = crate::servers::start_braid_with_env(&data, &[("BRAID_MAX_INGEST_BYTES", limit.as_str())]);
+    let base = format!("http://127.0.0.1:{}/fhir", server.port);
+    let client = reqwest::Client::new();
+    let reply = client
+        .put(format!("{base}/Patient/p1"))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "id": "p1"}).to_string())
+        .send()
+        .await
+        .expect("the patient");
+    assert!(reply.status().is_success(), "the patient is created");
+    let body = std::fs::read(export).expect("the export");
+    let status_file = format!("/proc/{}/status", server.child.id());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watching = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(status) = std::fs::read_to_string(&status_file)
+                    && let Some(kb) = status
+                        .lines()
+                        .find(|line| line.starts_with("VmHWM:"))
+                        .and_then(|line| line.split_whitespace().nth(1))
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let reply = client
+        .post(format!("{base}/Patient/p1/$ingest-vitals?format=apple"))
+        .header("content-type", "application/xml")
+        .body(body)
+        .send()
+        .await
+        .expect("the upload");
+    let status = reply.status();
+    let answer: Value = reply.json().await.unwrap_or(Value::Null);
+    let elapsed = started.elapsed().as_secs_f64();
+    watching.abort();
+    assert!(status.is_success(), "$ingest-vitals answered {status}: {answer}");
+    let count = |name: &str| {
+        answer["parameter"]
+            .as_array()
+            .and_then(|parameters| parameters.iter().find(|parameter| parameter["name"] == name))
+            .and_then(|parameter| parameter["valueInteger"].as_u64())
+            .unwrap_or(0)
+    };
+    let created = count("created");
+    println!(
+        "  $ingest-vitals over HTTP: {elapsed:.1} s = {:.0} MB/s, {created} Observations stored = {:.0}/s, server peak memory {:.0} MB",
+        size as f64 / 1e6 / elapsed,
+        created as f64 / elapsed,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    );
+    drop(server);
     let _ = std::fs::remove_file(&data);
 }

@@ -53,6 +53,7 @@ pub struct Settings {
     pub smart_style_url: Option<String>,
     pub export_retention_secs: u64,
     pub mpi_auto_train: bool,
+    pub max_ingest_bytes: u64,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -148,6 +149,7 @@ impl Default for Settings {
             audit: true,
             audit_window_secs: 5,
             mpi_auto_train: true,
+            max_ingest_bytes: 1 << 30,
             smart_style_url: None,
             export_retention_secs: 3600,
         }
@@ -564,6 +566,14 @@ pub const SETTINGS: &[SettingDoc] = &[
             }
             _ => Err("expected true or false".into()),
         },
+    },
+    SettingDoc {
+        key: "max_ingest_bytes",
+        env: "BRAID_MAX_INGEST_BYTES",
+        default: "1073741824",
+        doc: "Largest file uploaded raw to `Patient/[id]/$ingest-vitals` (a wearable export or a camera trace); larger \
+              ones get 413. An upload must arrive at no less than max_body_bytes per body_read_timeout_secs.",
+        apply: |s, v| parse_into(&mut s.max_ingest_bytes, v),
     },
 ];
 

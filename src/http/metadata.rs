@@ -124,6 +124,9 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             if has(Interaction::Export) && resource_type.as_str() == "Patient" {
                 operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
             }
+            if has(Interaction::IngestVitals) && resource_type.as_str() == "Patient" {
+                operations.push(json!({"name": "ingest-vitals", "definition": "urn:braid:operation:ingest-vitals"}));
+            }
             if has(Interaction::Match) && resource_type.as_str() == "Patient" {
                 operations.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
             }

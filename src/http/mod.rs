@@ -13,6 +13,7 @@ mod error;
 mod everything;
 mod export;
 mod history;
+mod ingest;
 pub mod mdm;
 mod metadata;
 mod negotiate;
@@ -71,6 +72,8 @@ pub struct Limits {
     pub max_history_scan: usize,
     /// Sorted searches whose driver has fewer index entries than this are sorted in memory.
     pub sort_in_memory_below: usize,
+    /// Largest file uploaded raw to `$ingest-vitals`.
+    pub max_ingest_bytes: u64,
 }
 
 impl Limits {
@@ -91,6 +94,7 @@ impl Limits {
             },
             max_history_scan: settings.max_history_scan,
             sort_in_memory_below: settings.sort_in_memory_below,
+            max_ingest_bytes: settings.max_ingest_bytes,
         }
     }
 }
@@ -157,6 +161,8 @@ pub enum Interaction {
     QueryLinks,
     /// The `$mdm-*` operations that change links.
     ChangeLinks,
+    /// `Patient/{id}/$ingest-vitals`
+    IngestVitals,
 }
 
 impl Interaction {
@@ -198,7 +204,8 @@ impl Interaction {
             | Interaction::ExportFile
             | Interaction::Match
             | Interaction::QueryLinks
-            | Interaction::ChangeLinks => "operation",
+            | Interaction::ChangeLinks
+            | Interaction::IngestVitals => "operation",
             Interaction::SearchType | Interaction::SearchCompartment => "search-type",
             Interaction::SearchSystem => "search-system",
         }
@@ -292,6 +299,7 @@ pub fn routes() -> &'static [RouteSpec] {
             row(HistoryInstance, Method::GET, "/{type}/{id}/_history", |ctx| Box::pin(history::instance(ctx))),
             row(Everything, Method::GET, "/{type}/{id}/$everything", |ctx| Box::pin(everything::handle(ctx))),
             row(Validate, Method::POST, "/{type}/{id}/$validate", |ctx| Box::pin(validate::instance(ctx))),
+            row(IngestVitals, Method::POST, "/{type}/{id}/$ingest-vitals", |ctx| Box::pin(ingest::handle(ctx))),
             row(SearchCompartment, Method::GET, "/{type}/{id}/{compartment_type}", |ctx| {
                 Box::pin(search::compartment(ctx))
             }),
@@ -472,6 +480,8 @@ fn authorize(
         Interaction::QueryLinks => vec![(Some(ResourceType::PATIENT), Permission::Search)],
         // An operator's token, which the operations check.
         Interaction::ChangeLinks => vec![(Some(ResourceType::PATIENT), Permission::Update)],
+        // The Observations it makes (and the Devices they name), for the patient in the path.
+        Interaction::IngestVitals => vec![(Some(ResourceType::OBSERVATION), Permission::Create)],
     };
     let access = Access::Token(grant);
     // Every interaction limits what it touches to what a restricted token (one patient, or

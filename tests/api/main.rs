@@ -18,6 +18,7 @@ mod gc;
 mod helpers;
 mod history;
 mod ingest;
+mod ingest_vitals;
 mod limits;
 mod metadata;
 mod mpi;

@@ -1,0 +1,373 @@
+//! `POST /fhir/Patient/{id}/$ingest-vitals`: an app sends a wearable export or a camera trace
+//! and the patient's record gains the vital-signs Observations it holds (see
+//! [`crate::ingest`]).
+//!
+//! Two forms of body:
+//! - a `Parameters` resource: `format` (valueCode `apple`, `fitbit`, `mhealth` or `rppg`),
+//!   `file` (valueAttachment with base64 `data`, or valueString for a text format) and
+//!   optionally `timezone` (valueString, an IANA name, for times without an offset);
+//! - the raw file, of any media type, with `?format=` (and optionally `&timezone=`) in the URL.
+//!   Raw files may be up to `max_ingest_bytes`, and arrive at no less than `max_body_bytes` per
+//!   `body_read_timeout_secs`. They are spooled to a temporary file, so that an archive is read
+//!   from disk as the command line reads it.
+//!
+//! The token must allow creating the patient's Observations (`patient/Observation.c` for that
+//! patient, `user/` or `system/Observation.c`); the Device resources the Observations name are
+//! written with them. Nothing is overwritten: readings already in the record (their ids come
+//! from their content) are counted as unchanged. A source's token is refused: a source pushes
+//! its own records. The answer is a `Parameters` resource with the import's counts, each
+//! refused record with its reason (the first 100) and the first 100 Observations made.
+
+use std::path::PathBuf;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use base64::Engine;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::{Ctx, access, request, response};
+use crate::auth::scope::Interaction as Permission;
+use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::ingest::{self, Format, Summary};
+
+/// Most Observations returned whole in the answer.
+pub const MAX_RETURNED: usize = 100;
+
+pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
+    if ctx.param(0) != "Patient" {
+        return Err(FhirError::not_found(format!("$ingest-vitals is an operation on Patient, not {}", ctx.param(0))));
+    }
+    let patient = request::id(ctx.param(1))?;
+    if ctx.source.is_some() {
+        return Err(FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            "a source's token pushes the source's own records; $ingest-vitals is for a patient's own measurements",
+        ));
+    }
+    let base = request::base_url(&ctx.http, &ctx.state);
+    let store = ctx.state.store.clone();
+    let stored = store.snapshot()?.current(ResourceType::PATIENT, patient.as_str())?;
+    if stored.is_none_or(|version| version.is_deleted()) {
+        let golden = crate::mpi::golden::is_golden(patient.as_str());
+        return Err(FhirError::not_found(if golden {
+            format!("Patient/{patient} is a golden record: send the measurements to one of the person's own Patients")
+        } else {
+            format!("Patient/{patient} does not exist")
+        }));
+    }
+    // What every Observation of the import is like, as far as the token's limits can tell:
+    // refused here, before the upload is read, when the token may not write it.
+    let exemplar = json!({
+        "resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+    });
+    access::check_body(&ctx.access, ResourceType::OBSERVATION, &exemplar, Permission::Create, &base)?;
+    let options = options(&request::query_pairs(&ctx.http))?;
+    let mut spool = Spool::new().await?;
+    let Ctx { http, payload, state, access, .. } = ctx;
+    let (format, zone) = match options {
+        Some((format, zone)) => {
+            spool.receive(&state.limits, &http, payload).await?;
+            (format, zone)
+        }
+        None => {
+            let body = request::read_body(&http, payload, &state.limits).await?;
+            let parameters = request::json_body(&body, &state.limits)?;
+            let (format, zone, file) = from_parameters(&parameters)?;
+            spool.write_all(&file).await?;
+            (format, zone)
+        }
+    };
+    let import = ingest::run::start(&spool.path, format, patient.as_str(), zone)
+        .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
+    let ingest::run::Import { mut batches, reading, .. } = import;
+    let mut written = Summary::default();
+    let mut returned = Vec::new();
+    let restricted = access.is_restricted();
+    while let Some(batch) = batches.recv().await {
+        for resource in batch.iter().filter(|resource| resource["resourceType"] == "Observation") {
+            // Granular scopes may allow some codes only: each Observation is checked.
+            if restricted {
+                access::check_body(&access, ResourceType::OBSERVATION, resource, Permission::Create, &base)?;
+            }
+            if returned.len() < MAX_RETURNED {
+                returned.push(resource.clone());
+            }
+        }
+        ingest::create_new(&store, batch, &mut written).await?;
+    }
+    let mut summary = reading
+        .await
+        .map_err(|_| FhirError::fault("ingest"))?
+        .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
+    summary.add_writes(&written);
+    Ok(response::json(StatusCode::OK, &answer(&summary, returned)))
+}
+
+/// `format` and `timezone` from the URL: `Some` for a raw upload, `None` for a Parameters body.
+fn options(query: &[(String, String)]) -> Result<Option<(Format, Option<String>)>, FhirError> {
+    let mut format = None;
+    let mut zone = None;
+    for (name, value) in query {
+        match name.as_str() {
+            "format" => format = Some(parse_format(value)?),
+            "timezone" => zone = Some(value.clone()),
+            "_format" => {}
+            other => {
+                return Err(FhirError::incorrect(
+                    IssueCode::NotSupported,
+                    format!("unknown parameter '{other}' (this operation takes format and timezone)"),
+                ));
+            }
+        }
+    }
+    match (format, zone) {
+        (Some(format), zone) => Ok(Some((format, zone))),
+        (None, Some(_)) => Err(FhirError::incorrect(
+            IssueCode::Required,
+            "timezone in the URL goes with a raw file and its format (?format=...)",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_format(name: &str) -> Result<Format, FhirError> {
+    Format::parse(name).ok_or_else(|| {
+        FhirError::incorrect(
+            IssueCode::Value,
+            format!("'{name}' is not a format Braid ingests (apple, fitbit, mhealth or rppg)"),
+        )
+    })
+}
+
+/// The format, time zone and file of a Parameters body.
+fn from_parameters(parameters: &Value) -> Result<(Format, Option<String>, Vec<u8>), FhirError> {
+    let invalid = |message: String| FhirError::incorrect(IssueCode::Invalid, message);
+    if parameters["resourceType"] != "Parameters" {
+        return Err(invalid(
+            "the body must be a Parameters resource (format, file), or the raw file with ?format= in the URL".into(),
+        ));
+    }
+    let mut format = None;
+    let mut zone = None;
+    let mut file = None;
+    for parameter in parameters["parameter"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let name = parameter["name"].as_str().unwrap_or_default();
+        match name {
+            "format" => {
+                let code = parameter["valueCode"].as_str().or_else(|| parameter["valueString"].as_str());
+                let code = code.ok_or_else(|| invalid("'format' must be a valueCode".into()))?;
+                format = Some(parse_format(code)?);
+            }
+            "timezone" => {
+                let text = parameter["valueString"].as_str().or_else(|| parameter["valueCode"].as_str());
+                zone = Some(text.ok_or_else(|| invalid("'timezone' must be a valueString".into()))?.to_owned());
+            }
+            "file" => {
+                let bytes = if let Some(text) = parameter["valueString"].as_str() {
+                    text.as_bytes().to_vec()
+                } else if let Some(data) = parameter["valueAttachment"]["data"].as_str() {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data.trim())
+                        .map_err(|error| invalid(format!("'file.valueAttachment.data' is not base64: {error}")))?
+                } else {
+                    return Err(invalid("'file' must be a valueAttachment with data, or a valueString".into()));
+                };
+                file = Some(bytes);
+            }
+            other => return Err(invalid(format!("unknown parameter '{other}' (expected format, file, timezone)"))),
+        }
+    }
+    let format =
+        format.ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the 'format' parameter is missing"))?;
+    let file = file.ok_or_else(|| FhirError::incorrect(IssueCode::Required, "the 'file' parameter is missing"))?;
+    Ok((format, zone, file))
+}
+
+/// The answer: counts, refusals and the first Observations made.
+fn answer(summary: &Summary, observations: Vec<Value>) -> Value {
+    let count = |name: &str, value: usize| json!({"name": name, "valueInteger": value});
+    let mut parameter = vec![
+        count("records", summary.records),
+        count("observations", summary.observations),
+        count("aggregatedSamples", summary.aggregated_samples),
+        count("created", summary.created),
+        count("unchanged", summary.unchanged + summary.duplicates),
+        count("devices", summary.devices),
+        count("skipped", summary.skipped),
+        count("rejected", summary.rejected),
+    ];
+    if let Some(zone) = &summary.time_zone {
+        parameter.push(json!({"name": "timeZone", "valueString": zone}));
+    }
+    for (kind, number) in &summary.skipped_kinds {
+        parameter.push(json!({"name": "skippedKind", "part": [
+            {"name": "kind", "valueString": kind}, {"name": "count", "valueInteger": number}]}));
+    }
+    for problem in &summary.problems {
+        parameter.push(json!({"name": "problem", "part": [
+            {"name": "at", "valueString": problem.at}, {"name": "reason", "valueString": problem.reason}]}));
+    }
+    for observation in observations {
+        parameter.push(json!({"name": "observation", "resource": observation}));
+    }
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+/// The upload, on disk while it is read; removed when dropped.
+struct Spool {
+    path: PathBuf,
+    file: tokio::fs::File,
+}
+
+impl Spool {
+    async fn new() -> Result<Spool, FhirError> {
+        let path = std::env::temp_dir().join(format!("braid-ingest-{}", uuid::Uuid::new_v4()));
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let file = options.open(&path).await.map_err(|error| {
+            tracing::error!(%error, "cannot create the ingest spool file");
+            FhirError::fault("ingest-spool")
+        })?;
+        Ok(Spool { path, file })
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), FhirError> {
+        self.file.write_all(bytes).await.map_err(spool_error)?;
+        self.file.flush().await.map_err(spool_error)
+    }
+
+    /// Streams a raw body into the spool: at most `max_ingest_bytes` (413), and at least
+    /// `max_body_bytes` per `body_read_timeout` (408).
+    async fn receive(
+        &mut self,
+        limits: &super::Limits,
+        http: &actix_web::HttpRequest,
+        mut payload: actix_web::web::Payload,
+    ) -> Result<(), FhirError> {
+        let limit = limits.max_ingest_bytes;
+        let too_large = || {
+            FhirError::new(
+                Category::TooLarge,
+                IssueCode::TooLong,
+                format!("the uploaded file exceeds the limit of {limit} bytes (max_ingest_bytes)"),
+            )
+        };
+        let declared = http
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large());
+        }
+        let started = tokio::time::Instant::now();
+        let mut received: u64 = 0;
+        loop {
+            // The deadline moves with what has arrived: one timeout per max_body_bytes.
+            let allowance = 1 + received / limits.max_body_bytes.max(1) as u64;
+            let deadline = started + limits.body_read_timeout * allowance.min(u32::MAX as u64) as u32;
+            let next = tokio::time::timeout_at(deadline, payload.next()).await.map_err(|_| {
+                FhirError::new(
+                    Category::Timeout,
+                    IssueCode::Transient,
+                    format!("the upload is too slow ({received} bytes in {:.0} s)", started.elapsed().as_secs_f64()),
+                )
+            })?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|error| {
+                FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {error}"))
+            })?;
+            received += chunk.len() as u64;
+            if received > limit {
+                return Err(too_large());
+            }
+            self.file.write_all(&chunk).await.map_err(spool_error)?;
+        }
+        if received == 0 {
+            return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
+        }
+        self.file.flush().await.map_err(spool_error)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn spool_error(error: std::io::Error) -> FhirError {
+    tracing::error!(%error, "cannot write the ingest spool file");
+    FhirError::fault("ingest-spool")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_name_the_format_file_and_zone_and_anything_else_is_refused() {
+        let file = base64::engine::general_purpose::STANDARD.encode(b"timestamp,value\n");
+        let good = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "format", "valueCode": "fitbit"},
+            {"name": "file", "valueAttachment": {"contentType": "text/csv", "data": file}},
+            {"name": "timezone", "valueString": "Europe/Berlin"}]});
+        let (format, zone, bytes) = from_parameters(&good).unwrap();
+        assert_eq!(
+            (format, zone.as_deref(), bytes.as_slice()),
+            (Format::Fitbit, Some("Europe/Berlin"), &b"timestamp,value\n"[..])
+        );
+        let cases = [
+            (json!({"resourceType": "Patient"}), "must be a Parameters resource"),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "format", "valueCode": "garmin"}]}),
+                "'garmin' is not a format",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "file", "valueString": "x"}]}),
+                "'format' parameter is missing",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "format", "valueCode": "rppg"}]}),
+                "'file' parameter is missing",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "format", "valueCode": "rppg"},
+                {"name": "file", "valueAttachment": {"data": "***"}}]}),
+                "not base64",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": "p2"}]}),
+                "unknown parameter 'patient'",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "format", "valueInteger": 3}]}),
+                "must be a valueCode",
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = from_parameters(&body).unwrap_err();
+            assert!(error.issues[0].diagnostics.contains(expected), "{body}: {:?}", error.issues[0].diagnostics);
+        }
+    }
+
+    #[test]
+    fn the_url_takes_format_and_timezone_only() {
+        let pairs =
+            |list: &[(&str, &str)]| list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(options(&pairs(&[])).unwrap(), None);
+        assert_eq!(options(&pairs(&[("format", "apple")])).unwrap(), Some((Format::Apple, None)));
+        let error = options(&pairs(&[("format", "apple"), ("patient", "p2")])).unwrap_err();
+        assert!(error.issues[0].diagnostics.contains("unknown parameter 'patient'"));
+        assert!(options(&pairs(&[("timezone", "UTC")])).is_err());
+        assert!(options(&pairs(&[("format", "csv")])).is_err());
+    }
+}
