@@ -309,3 +309,111 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// An unpacked Fitbit export: heart-rate samples (three in one minute), a resting heart rate,
+/// a weight in pounds with its BMI, a minute of SpO2, steps, and the profile naming the
+/// wearer's time zone.
+fn fitbit_export(root: &Path) {
+    let data = root.join("Fitbit/Global Export Data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(root.join("Fitbit/Your Profile")).unwrap();
+    std::fs::create_dir_all(root.join("Fitbit/Oxygen Saturation (SpO2)")).unwrap();
+    let samples = json!([
+        {"dateTime": "01/15/24 08:00:05", "value": {"bpm": 70, "confidence": 2}},
+        {"dateTime": "01/15/24 08:00:15", "value": {"bpm": 76, "confidence": 3}},
+        {"dateTime": "01/15/24 08:00:25", "value": {"bpm": 73, "confidence": 3}},
+        {"dateTime": "01/15/24 09:30:00", "value": {"bpm": 64, "confidence": 3}},
+    ]);
+    std::fs::write(data.join("heart_rate-2024-01-15.json"), samples.to_string()).unwrap();
+    let resting =
+        json!([{"dateTime": "01/15/24 00:00:00", "value": {"date": "01/15/24", "value": 58.9, "error": 5.1}}]);
+    std::fs::write(data.join("resting_heart_rate-2024-01-15.json"), resting.to_string()).unwrap();
+    let weight =
+        json!([{"logId": 7, "weight": 165.3, "bmi": 24.41, "date": "01/15/24", "time": "07:12:30", "source": "Aria"}]);
+    std::fs::write(data.join("weight-2024-01-15.json"), weight.to_string()).unwrap();
+    std::fs::write(data.join("steps-2024-01-15.json"), r#"[{"dateTime": "01/15/24 08:00:00", "value": "12"}]"#)
+        .unwrap();
+    std::fs::write(
+        root.join("Fitbit/Oxygen Saturation (SpO2)/Minute SpO2 - 2024-01-15.csv"),
+        "timestamp,value\n2024-01-15T02:03:00,95.3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("Fitbit/Your Profile/Profile.csv"),
+        "id,full_name,timezone,weight_unit,height,height_unit\nX1,Ada Okafor,Europe/Berlin,POUND,172,METRIC\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_fitbit_export_folder_is_read_in_the_wearers_time_zone_and_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("takeout");
+    fitbit_export(&export);
+    let export = export.to_str().unwrap();
+    let data = dir.path().join("braid.redb");
+    let output = braid_cli(&data, &["ingest", "fitbit", export, "--patient", "p1", "--dry-run"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("local times in Europe/Berlin, from Profile.csv"), "{stderr}");
+    let observations: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    // A minute of three samples, a lone sample, the resting rate, the weight, its BMI, SpO2.
+    assert_eq!(observations.len(), 6, "{observations:#?}");
+    for observation in &observations {
+        validator().validate_value(ResourceType::OBSERVATION, observation).unwrap();
+        assert_eq!(observation["meta"]["source"], "urn:braid:ingest:fitbit");
+    }
+    let by_code = |code: &str| {
+        observations.iter().filter(|o| o["code"]["coding"][0]["code"] == code).cloned().collect::<Vec<Value>>()
+    };
+    let minute = by_code("8867-4").into_iter().find(|o| o.get("effectivePeriod").is_some()).unwrap();
+    assert_eq!(minute["effectivePeriod"]["start"], "2024-01-15T08:00:00+01:00");
+    assert_eq!(minute["valueQuantity"]["value"], 73);
+    let weight = &by_code("29463-7")[0];
+    assert_eq!(
+        (weight["valueQuantity"]["value"].as_f64(), weight["valueQuantity"]["code"].as_str()),
+        (Some(74.98), Some("kg"))
+    );
+    assert_eq!(weight["effectiveDateTime"], "2024-01-15T07:12:30+01:00");
+
+    // Into a database, with the zone given on the command line: twice, the second changing nothing.
+    database_with_patient(&data).await;
+    let mut summaries = Vec::new();
+    for _ in 0..2 {
+        let args = ["ingest", "fitbit", export, "--patient", "p1", "--timezone", "America/New_York"];
+        let output = braid_cli(&data, &args).await;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        summaries.push(serde_json::from_slice::<Value>(&output.stdout).unwrap());
+    }
+    assert_eq!(summaries[0]["time_zone"], "America/New_York, as given");
+    assert_eq!((summaries[0]["created"].as_u64(), summaries[0]["skipped"].as_u64()), (Some(6), Some(1)));
+    assert_eq!(summaries[0]["skipped_kinds"]["steps (JSON)"], 1);
+    assert_eq!((summaries[1]["created"].as_u64(), summaries[1]["unchanged"].as_u64()), (Some(0), Some(6)));
+    // The same export as a Takeout zip, given as an Apple export: refused, naming Fitbit.
+    let zip = dir.path().join("takeout.zip");
+    {
+        use std::io::Write;
+        let mut archive = zip::ZipWriter::new(std::fs::File::create(&zip).unwrap());
+        let options = zip::write::SimpleFileOptions::default();
+        archive.start_file("Takeout/Fitbit/Global Export Data/heart_rate-2024-01-15.json", options).unwrap();
+        archive.write_all(b"[]").unwrap();
+        archive.finish().unwrap();
+    }
+    let output = braid_cli(&data, &["ingest", "apple", zip.to_str().unwrap(), "--patient", "p1"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("it looks like a Fitbit or Google Takeout export archive (format 'fitbit')"), "{stderr}");
+
+    let store = Store::open(&data, StoreOptions::default(), Arc::new(SearchIndexer)).unwrap();
+    let snapshot = store.snapshot().unwrap();
+    let stored = snapshot.changes_after(ResourceType::OBSERVATION, 0, 100).unwrap();
+    assert_eq!(stored.len(), 6);
+    let bodies: Vec<Value> = stored
+        .iter()
+        .map(|(_, id, _)| {
+            serde_json::from_slice(&snapshot.current(ResourceType::OBSERVATION, id).unwrap().unwrap().body).unwrap()
+        })
+        .collect();
+    assert!(bodies.iter().any(|o| o["effectiveDateTime"] == "2024-01-15T09:30:00-05:00"), "{bodies:#?}");
+}
