@@ -815,7 +815,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
     let mut failure = None;
     let stdout = std::io::stdout();
     while let Some(batch) = batches.recv().await {
-        bar.set_position(progress.read.load(std::sync::atomic::Ordering::Relaxed));
+        bar.set_position(progress.meter.read.load(std::sync::atomic::Ordering::Relaxed));
         if let Some(remote) = &remote {
             if let Err(error) = remote.write(batch, &mut written).await {
                 failure = Some(error);

@@ -12,11 +12,14 @@
 //!   from disk as the command line reads it.
 //!
 //! The token must allow creating the patient's Observations (`patient/Observation.c` for that
-//! patient, `user/` or `system/Observation.c`); the Device resources the Observations name are
-//! written with them. Nothing is overwritten: readings already in the record (their ids come
-//! from their content) are counted as unchanged. A source's token is refused: a source pushes
-//! its own records. The answer is a `Parameters` resource with the import's counts, each
-//! refused record with its reason (the first 100) and the first 100 Observations made.
+//! patient, `user/` or `system/Observation.c`); with granular scopes, each Observation they do
+//! not allow is refused like a bad record. The Device resources the Observations name are
+//! written when the token may create Devices too; otherwise the Observations name their device
+//! by display only. Nothing is overwritten: readings already in the record (their ids come from
+//! their content) are counted as unchanged. A source's token is refused: a source pushes its
+//! own records. At most [`MAX_RUNNING`] imports run at once. The answer is a `Parameters`
+//! resource with the import's counts, each refused record with its reason (the first 100) and
+//! the first 100 Observations of the file that the token may create (new, or already there).
 
 use std::path::PathBuf;
 
@@ -29,11 +32,17 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Ctx, access, request, response};
 use crate::auth::scope::Interaction as Permission;
-use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::fhir::{Category, FhirError, Issue, IssueCode, ResourceType};
+use crate::ingest::vitals::{Kind, LOINC};
 use crate::ingest::{self, Format, Summary};
 
 /// Most Observations returned whole in the answer.
 pub const MAX_RETURNED: usize = 100;
+
+/// Imports running at once; more wait for none and get 503 (each holds a blocking thread and
+/// a spooled upload).
+const MAX_RUNNING: usize = 2;
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     if ctx.param(0) != "Patient" {
@@ -48,6 +57,32 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         ));
     }
     let base = request::base_url(&ctx.http, &ctx.state);
+    // The token must be able to create some vital sign of this patient (granular scopes may
+    // allow some codes only: each Observation is checked again as it is made). Checked before
+    // the Patient is looked up, so that a token learns nothing of other patients' records.
+    let allowed_somewhere = Kind::ALL.iter().any(|kind| {
+        access::check_body(
+            &ctx.access,
+            ResourceType::OBSERVATION,
+            &exemplar(&patient, *kind),
+            Permission::Create,
+            &base,
+        )
+        .is_ok()
+    });
+    if !allowed_somewhere {
+        return Err(FhirError::new(
+            Category::Forbidden,
+            IssueCode::Forbidden,
+            format!("the access token may not create vital-sign Observations of Patient/{patient}"),
+        ));
+    }
+    // The Devices the Observations name are written when the token may create them; otherwise
+    // an Observation names its device by display only.
+    let device = json!({"resourceType": "Device", "patient": {"reference": format!("Patient/{patient}")}});
+    let devices_allowed = access::check_body(&ctx.access, ResourceType::DEVICE, &device, Permission::Create, &base)
+        .is_ok()
+        && access::permitted(&ctx.access, ResourceType::DEVICE, Permission::Create, &base).is_ok();
     let store = ctx.state.store.clone();
     let stored = store.snapshot()?.current(ResourceType::PATIENT, patient.as_str())?;
     if stored.is_none_or(|version| version.is_deleted()) {
@@ -58,16 +93,10 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             format!("Patient/{patient} does not exist")
         }));
     }
-    // What every Observation of the import is like, as far as the token's limits can tell:
-    // refused here, before the upload is read, when the token may not write it.
-    let exemplar = json!({
-        "resourceType": "Observation", "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-    });
-    access::check_body(&ctx.access, ResourceType::OBSERVATION, &exemplar, Permission::Create, &base)?;
     let options = options(&request::query_pairs(&ctx.http))?;
+    let _running = RUNNING
+        .try_acquire()
+        .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))?;
     let mut spool = Spool::new().await?;
     let Ctx { http, payload, state, access, .. } = ctx;
     let (format, zone) = match options {
@@ -90,23 +119,70 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let mut returned = Vec::new();
     let restricted = access.is_restricted();
     while let Some(batch) = batches.recv().await {
-        for resource in batch.iter().filter(|resource| resource["resourceType"] == "Observation") {
-            // Granular scopes may allow some codes only: each Observation is checked.
-            if restricted {
-                access::check_body(&access, ResourceType::OBSERVATION, resource, Permission::Create, &base)?;
+        let mut kept = Vec::with_capacity(batch.len());
+        for mut resource in batch {
+            if resource["resourceType"] == "Device" {
+                if devices_allowed {
+                    kept.push(resource);
+                }
+                continue;
+            }
+            if restricted
+                && access::check_body(&access, ResourceType::OBSERVATION, &resource, Permission::Create, &base).is_err()
+            {
+                let what = resource["code"]["text"].as_str().unwrap_or("Observation").to_owned();
+                let at =
+                    resource["effectiveDateTime"].as_str().or_else(|| resource["effectivePeriod"]["start"].as_str());
+                written.refuse(
+                    format!("{what} at {}", at.unwrap_or("?")),
+                    "the access token's scopes do not allow creating this Observation".into(),
+                );
+                continue;
+            }
+            if !devices_allowed && let Some(reference) = resource.get_mut("device").and_then(Value::as_object_mut) {
+                reference.remove("reference");
             }
             if returned.len() < MAX_RETURNED {
                 returned.push(resource.clone());
             }
+            kept.push(resource);
         }
-        ingest::create_new(&store, batch, &mut written).await?;
+        if let Err(mut error) = ingest::create_new(&store, kept, &mut written).await {
+            stored_before(&mut error, written.created);
+            return Err(error);
+        }
     }
-    let mut summary = reading
-        .await
-        .map_err(|_| FhirError::fault("ingest"))?
-        .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
+    let read = reading.await.map_err(|_| FhirError::fault("ingest"))?;
+    let mut summary = match read {
+        Ok(summary) => summary,
+        Err(failure) => {
+            let mut error = FhirError::incorrect(IssueCode::Invalid, failure.message);
+            stored_before(&mut error, written.created);
+            return Err(error);
+        }
+    };
     summary.add_writes(&written);
     Ok(response::json(StatusCode::OK, &answer(&summary, returned)))
+}
+
+/// What an Observation of `kind` for `patient` is like, as far as a token's limits can tell.
+fn exemplar(patient: &crate::fhir::Id, kind: Kind) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": kind.definition().codes.iter().map(|code| json!({"system": LOINC, "code": code.code})).collect::<Vec<_>>()},
+        "subject": {"reference": format!("Patient/{patient}")},
+    })
+}
+
+/// Says, on an error that ends an import part way, what was stored before it: sending the
+/// same file again stores the rest, since nothing is stored twice.
+fn stored_before(error: &mut FhirError, created: usize) {
+    if created > 0 {
+        error.issues.push(Issue::information(format!(
+            "{created} Observations were stored before this; sending the same file again stores the rest (nothing is stored twice)"
+        )));
+    }
 }
 
 /// `format` and `timezone` from the URL: `Some` for a raw upload, `None` for a Parameters body.

@@ -46,9 +46,8 @@ pub fn read_zip(input: impl Read + Seek, emit: &mut dyn FnMut(Record)) -> Result
             archive.name_for_index(index).is_some_and(|name| name == "export.xml" || name.ends_with("/export.xml"))
         })
         .ok_or_else(|| FormatError::new("the zip archive has no export.xml: is it an Apple Health export?"))?;
-    let entry = archive
-        .by_index(index)
-        .map_err(|error| FormatError::new(format!("export.xml cannot be read from the archive: {error}")))?;
+    let entry = super::archive::member(&mut archive, index)
+        .map_err(|error| FormatError::new(format!("export.xml in the archive {error}")))?;
     read(std::io::BufReader::with_capacity(1 << 16, entry), emit)
 }
 

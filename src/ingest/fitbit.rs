@@ -25,14 +25,14 @@
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 
+use super::archive;
 use super::items::{self, End};
 use super::observation::{Device, Measured, Reading, When};
-use super::run::Counting;
+use super::run::{Counting, Meter};
 use super::vitals::{Kind, Problem};
 use super::{FormatError, Record};
 
@@ -56,6 +56,9 @@ pub struct Settings {
     weight_unit: Option<f64>,
     /// The profile's height, in metres.
     height: Option<f64>,
+    /// The instant of the last local time read (Unix seconds): a time that clocks show twice
+    /// when they go back is read in the later pass once the earlier pass is over.
+    last_instant: std::cell::Cell<Option<i64>>,
 }
 
 impl Settings {
@@ -70,7 +73,14 @@ impl Settings {
                 false,
             ),
         };
-        Ok(Settings { zone: tz, zone_note: note, zone_given: given, weight_unit: None, height: None })
+        Ok(Settings {
+            zone: tz,
+            zone_note: note,
+            zone_given: given,
+            weight_unit: None,
+            height: None,
+            last_instant: std::cell::Cell::new(None),
+        })
     }
 
     /// Takes what a `Profile.csv` says: its time zone (unless one was given), weight unit and
@@ -111,9 +121,23 @@ impl Settings {
     }
 
     /// A local time as an instant, with the offset it had there. A time that a clock change
-    /// skips or repeats is taken as clocks read it before the change (jiff's "compatible").
+    /// skips is taken as clocks read it before the change (jiff's "compatible"). A time that
+    /// clocks show twice (when they go back) is read in the first pass, unless the last time
+    /// read was already past it by half the change or more: exports run in time order, so the
+    /// second pass over that hour comes after the first.
     fn local(&self, time: jiff::civil::DateTime) -> Result<OffsetDateTime, Problem> {
-        let zoned = self.zone.to_zoned(time).map_err(|error| Problem::new(format!("{time}: {error}")))?;
+        let out_of_range = |error: jiff::Error| Problem::new(format!("{time}: {error}"));
+        let ambiguous = self.zone.to_ambiguous_zoned(time);
+        let zoned = match (ambiguous.is_ambiguous(), self.last_instant.get()) {
+            (true, Some(last)) => {
+                let earlier = ambiguous.clone().earlier().map_err(out_of_range)?;
+                let later = ambiguous.later().map_err(out_of_range)?;
+                let (first, second) = (earlier.timestamp().as_second(), later.timestamp().as_second());
+                if last - first >= (second - first) / 2 { later } else { earlier }
+            }
+            _ => ambiguous.compatible().map_err(out_of_range)?,
+        };
+        self.last_instant.set(Some(zoned.timestamp().as_second()));
         let offset = UtcOffset::from_whole_seconds(zoned.offset().seconds())
             .map_err(|_| Problem::new(format!("{time}: offset out of range")))?;
         let timestamp = zoned.timestamp();
@@ -182,7 +206,9 @@ pub fn read(
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), FormatError> {
     let head = input.fill_buf().map_err(FormatError::io)?;
-    let first = head.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
+    // A byte-order mark says nothing about the content.
+    let first =
+        head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head).iter().find(|byte| !byte.is_ascii_whitespace()).copied();
     let label = name.unwrap_or("the file");
     match first {
         None => Err(FormatError::new(format!("{label} is empty"))),
@@ -248,16 +274,18 @@ pub fn read_zip(
         ));
     }
     if let Some(index) = roles.iter().position(|role| *role == Role::Profile) {
-        let entry = archive.by_index(index).map_err(|error| FormatError::new(format!("{}: {error}", names[index])))?;
+        let entry = archive::member(&mut archive, index)
+            .map_err(|error| FormatError::new(format!("{} {error}", names[index])))?;
         settings.read_profile(BufReader::new(entry))?;
     }
     for (index, role) in roles.iter().enumerate() {
         match role {
-            Role::Data => {
-                let entry =
-                    archive.by_index(index).map_err(|error| FormatError::new(format!("{}: {error}", names[index])))?;
-                read_member(BufReader::with_capacity(1 << 16, entry), &names[index], settings, emit);
-            }
+            // A member that cannot be opened (encrypted, an unknown compression) is one refused
+            // record; the others are read.
+            Role::Data => match archive::member(&mut archive, index) {
+                Ok(entry) => read_member(BufReader::with_capacity(1 << 16, entry), &names[index], settings, emit),
+                Err(error) => emit(Record::new(names[index].clone(), Err(Problem::new(error.message)))),
+            },
             Role::Other(family) => emit(Record::new(names[index].clone(), Err(Problem::skip(family.clone())))),
             Role::Profile | Role::Ignored => {}
         }
@@ -320,7 +348,7 @@ impl Folder {
     pub fn read(
         &self,
         settings: &mut Settings,
-        read: &Arc<AtomicU64>,
+        meter: &Arc<Meter>,
         emit: &mut dyn FnMut(Record),
     ) -> Result<(), FormatError> {
         let relative = |path: &Path| path.strip_prefix(&self.root).unwrap_or(path).display().to_string();
@@ -332,7 +360,7 @@ impl Folder {
             match role {
                 Role::Data => match std::fs::File::open(path) {
                     Ok(file) => {
-                        let counted = Counting::new(file, read.clone());
+                        let counted = Counting::new(file, meter.clone());
                         read_member(BufReader::with_capacity(1 << 16, counted), &relative(path), settings, emit);
                     }
                     Err(error) => {
@@ -404,8 +432,9 @@ fn tracker() -> Option<Device> {
 fn heart_rate(at: Option<&Value>, sample: &Value, settings: &Settings) -> Result<Reading, Problem> {
     let when = settings.local(us_date_time(at, "dateTime")?)?;
     let bpm = number(&sample["bpm"], "value.bpm")?;
-    if let Some(confidence) = sample.get("confidence").and_then(Value::as_i64)
-        && confidence <= 0
+    if let Some(confidence) =
+        sample.get("confidence").and_then(|value| value.as_f64().or_else(|| value.as_str()?.trim().parse().ok()))
+        && confidence <= 0.0
     {
         return Err(Problem::new(format!(
             "heart-rate sample of confidence {confidence}: the sensor could not tell (Fitbit rates 1 to 3)"
@@ -635,8 +664,12 @@ impl<R: BufRead> CsvLines<R> {
 
     fn next_record(&mut self) -> Result<Option<Vec<String>>, FormatError> {
         self.buffer.clear();
+        // Whether the record so far has an odd number of quotes (a line break is inside one):
+        // counted over each line once as it is read.
+        let mut open_quote = false;
         loop {
-            let limit = (MAX_LINE + 1 - self.buffer.len()) as u64;
+            let start = self.buffer.len();
+            let limit = (MAX_LINE + 1 - start) as u64;
             let read = (&mut self.input).take(limit).read_until(b'\n', &mut self.buffer).map_err(FormatError::io)?;
             if read == 0 {
                 break;
@@ -645,8 +678,8 @@ impl<R: BufRead> CsvLines<R> {
             if self.buffer.len() > MAX_LINE {
                 return Err(FormatError::new(format!("line {} is longer than {MAX_LINE} bytes", self.line)));
             }
-            // A record ends at a line break outside quotes: an even number of quotes so far.
-            if self.buffer.iter().filter(|byte| **byte == b'"').count() % 2 == 0 {
+            open_quote ^= self.buffer[start..].iter().filter(|byte| **byte == b'"').count() % 2 == 1;
+            if !open_quote {
                 break;
             }
         }

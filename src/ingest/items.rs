@@ -26,6 +26,10 @@ pub enum End {
 /// Reads the items of `input`, giving each to `each` with its index from 1. Fails (with the
 /// reason) when the input is empty or its first item is not JSON at all.
 pub fn read(mut input: impl BufRead, each: &mut dyn FnMut(usize, Value)) -> Result<End, String> {
+    // A byte-order mark says nothing about the content.
+    if input.fill_buf().map_err(|error| format!("cannot read the input: {error}"))?.starts_with(b"\xEF\xBB\xBF") {
+        input.consume(3);
+    }
     let first = loop {
         let buffer = input.fill_buf().map_err(|error| format!("cannot read the input: {error}"))?;
         match buffer.iter().position(|byte| !byte.is_ascii_whitespace()) {
@@ -144,6 +148,7 @@ mod tests {
         assert_eq!(all(b" [1, {\"a\": 2}, 3] ").1.len(), 3);
         assert_eq!(all(b"{\"a\": 1}\n\n{\"a\": 2}\n").1.len(), 2);
         assert_eq!(all(b"{\"a\": 1}").1.len(), 1);
+        assert_eq!(all("\u{feff}[1, 2]".as_bytes()).1.len(), 2, "a byte-order mark is skipped");
         assert_eq!(all(b"").0, Err("the file is empty".to_owned()));
         assert!(all(b"<xml/>").0.is_err());
         let (end, values) = all(b"[1, 2, {\"trunc");

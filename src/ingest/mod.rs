@@ -10,6 +10,7 @@
 //! they never stop the rest.
 
 pub mod apple;
+pub mod archive;
 pub mod fitbit;
 pub mod items;
 pub mod mhealth;
@@ -153,12 +154,16 @@ pub struct Refused {
 }
 
 impl Summary {
-    /// Takes the counts of what was written (kept apart while reading runs on another thread).
+    /// Takes the counts of what was written (kept apart while reading runs on another thread),
+    /// and what the writing refused.
     pub fn add_writes(&mut self, written: &Summary) {
         self.created += written.created;
         self.updated += written.updated;
         self.unchanged += written.unchanged;
         self.duplicates += written.duplicates;
+        self.rejected += written.rejected;
+        let room = MAX_LISTED_PROBLEMS.saturating_sub(self.problems.len());
+        self.problems.extend(written.problems.iter().take(room).cloned());
     }
 
     fn skip(&mut self, what: String) {
@@ -171,7 +176,7 @@ impl Summary {
         }
     }
 
-    fn refuse(&mut self, at: String, reason: String) {
+    pub(crate) fn refuse(&mut self, at: String, reason: String) {
         self.rejected += 1;
         if self.problems.len() < MAX_LISTED_PROBLEMS {
             self.problems.push(Refused { at, reason });

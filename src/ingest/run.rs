@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -77,22 +77,35 @@ pub fn read(
     }
 }
 
-/// Counts the bytes read through it (for progress).
+/// How far an import has read its input, and whether it should stop (its destination is
+/// gone: an HTTP client that went away, a failed write).
+#[derive(Debug, Default)]
+pub struct Meter {
+    pub read: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+/// Counts the bytes read through it (for progress), and fails every read once the import is
+/// stopped, so that a reader ends at its next read instead of going through the whole input.
 pub struct Counting<R> {
     inner: R,
-    read: Arc<AtomicU64>,
+    meter: Arc<Meter>,
 }
 
 impl<R> Counting<R> {
-    pub fn new(inner: R, read: Arc<AtomicU64>) -> Counting<R> {
-        Counting { inner, read }
+    pub fn new(inner: R, meter: Arc<Meter>) -> Counting<R> {
+        Counting { inner, meter }
     }
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.meter.stopped.load(Ordering::Relaxed) {
+            // Not `Interrupted`, which readers retry.
+            return Err(std::io::Error::other("the import was stopped"));
+        }
         let count = self.inner.read(buffer)?;
-        self.read.fetch_add(count as u64, Ordering::Relaxed);
+        self.meter.read.fetch_add(count as u64, Ordering::Relaxed);
         Ok(count)
     }
 }
@@ -105,10 +118,10 @@ impl<R: Seek> Seek for Counting<R> {
     }
 }
 
-/// Progress of an import: bytes of the input read so far, out of its size.
+/// Progress of an import: bytes of the input read so far (`meter.read`), out of its size.
 #[derive(Clone)]
 pub struct Progress {
-    pub read: Arc<AtomicU64>,
+    pub meter: Arc<Meter>,
     pub total: u64,
 }
 
@@ -128,8 +141,14 @@ pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -
     let cannot_open = |error: std::io::Error| FormatError::new(format!("{}: {error}", path.display()));
     let metadata = std::fs::metadata(path).map_err(cannot_open)?;
     let recorded = metadata.modified().map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
+    if zone.is_some() && format != Format::Fitbit {
+        return Err(FormatError::new(format!(
+            "a time zone applies to Fitbit exports only: the times of {} carry their offset",
+            format.title()
+        )));
+    }
     let options = ReadOptions { recorded, method: Method::Pos, zone };
-    let read = Arc::new(AtomicU64::new(0));
+    let meter = Arc::new(Meter::default());
     let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
     let patient = patient.to_owned();
     let (total, reading) = if metadata.is_dir() {
@@ -142,9 +161,9 @@ pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -
         }
         let folder = fitbit::Folder::open(path)?;
         let total = folder.data_bytes;
-        let counter = read.clone();
+        let counter = meter.clone();
         let reading = tokio::task::spawn_blocking(move || {
-            convert(format, &patient, &sender, |emit| {
+            convert(format, &patient, &sender, &counter.clone(), |emit| {
                 let mut settings = fitbit::Settings::new(options.zone.as_deref())?;
                 folder.read(&mut settings, &counter, emit)?;
                 Ok(Notes { time_zone: Some(settings.zone_note) })
@@ -154,13 +173,14 @@ pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -
     } else {
         let mut file = std::fs::File::open(path).map_err(cannot_open)?;
         refuse_other_format(&mut file, format)?;
-        let input = BufReader::with_capacity(1 << 16, Counting::new(file, read.clone()));
+        let input = BufReader::with_capacity(1 << 16, Counting::new(file, meter.clone()));
+        let counter = meter.clone();
         let reading = tokio::task::spawn_blocking(move || {
-            convert(format, &patient, &sender, |emit| self::read(format, input, &options, emit))
+            convert(format, &patient, &sender, &counter, |emit| self::read(format, input, &options, emit))
         });
         (metadata.len(), reading)
     };
-    Ok(Import { batches: receiver, progress: Progress { read, total }, reading })
+    Ok(Import { batches: receiver, progress: Progress { meter, total }, reading })
 }
 
 /// Fails with the name of the format the file looks like when that is not `format`; leaves the
@@ -179,12 +199,13 @@ fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), F
     }
 }
 
-/// Converts what `read` gives (see [`read`]), sending full batches to `sender`. Stops sending
-/// early (keeping the summary so far) if the receiver is gone.
+/// Converts what `read` gives (see [`read`]), sending full batches to `sender`. If the
+/// receiver is gone, stops the reading through `meter` (its reads fail from then on).
 pub fn convert(
     format: Format,
     patient: &str,
     sender: &mpsc::Sender<Vec<Value>>,
+    meter: &Meter,
     read: impl FnOnce(&mut dyn FnMut(Record)) -> Result<Notes, FormatError>,
 ) -> Result<Summary, FormatError> {
     let mut converter = Converter::new(patient, format);
@@ -193,6 +214,9 @@ pub fn convert(
         converter.add(record);
         if open && converter.ready_len() >= BATCH {
             open = sender.blocking_send(converter.take_ready()).is_ok();
+            if !open {
+                meter.stopped.store(true, Ordering::Relaxed);
+            }
         }
     });
     converter.finish();
@@ -223,6 +247,33 @@ mod tests {
             .join("\n")
     }
 
+    /// The bound on work for nobody: once the destination is gone (the receiver dropped), the
+    /// reading stops at its next read instead of going through the whole file.
+    #[test]
+    fn an_import_whose_destination_is_gone_stops_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weights.ndjson");
+        std::fs::write(&file, points(50_000)).unwrap();
+        testing::runtime().block_on(async {
+            let Import { mut batches, progress, reading } = start(&file, Format::Mhealth, "p1", None).unwrap();
+            assert!(batches.recv().await.is_some());
+            drop(batches);
+            let summary = reading.await.unwrap().unwrap();
+            assert!(progress.meter.stopped.load(Ordering::Relaxed));
+            assert!(summary.records < 10_000, "{} of 50,000 records read", summary.records);
+            assert!(progress.meter.read.load(Ordering::Relaxed) < progress.total / 2);
+        });
+    }
+
+    #[test]
+    fn a_time_zone_is_refused_for_formats_whose_times_have_their_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weights.ndjson");
+        std::fs::write(&file, points(1)).unwrap();
+        let error = start(&file, Format::Mhealth, "p1", Some("UTC".into())).err().expect("refused");
+        assert!(error.message.contains("applies to Fitbit exports only"), "{error}");
+    }
+
     /// An import writes each Observation once; importing it again changes nothing.
     #[test]
     fn importing_the_same_file_twice_changes_nothing() {
@@ -240,7 +291,7 @@ mod tests {
                     super::super::write(&store, batch, &mut written).await.unwrap();
                 }
                 let mut summary = reading.await.unwrap().unwrap();
-                assert_eq!(progress.read.load(Ordering::Relaxed), progress.total);
+                assert_eq!(progress.meter.read.load(Ordering::Relaxed), progress.total);
                 summary.add_writes(&written);
                 summaries.push(summary);
             }

@@ -118,7 +118,13 @@ async fn a_patients_token_ingests_their_readings_once_and_never_into_another_rec
     assert_eq!(stored.body["valueQuantity"], made[0]["valueQuantity"]);
     assert_eq!(stored.body["meta"]["versionId"], "1");
 
-    // The same upload again: nothing new, nothing overwritten.
+    // A clinician annotates one of them; the same upload again: nothing new, nothing
+    // overwritten (the token may only create).
+    let path = format!("/Observation/{}", made[0]["id"].as_str().unwrap());
+    let mut annotated = stored.body.clone();
+    annotated["note"] = json!([{"text": "taken after a run"}]);
+    let reply = server.app.put_with_token(&path, &operator, &annotated).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
     let again = server
         .app
         .post_with_token("/Patient/p1/$ingest-vitals", &token, &parameters("mhealth", &mhealth_points()))
@@ -126,6 +132,9 @@ async fn a_patients_token_ingests_their_readings_once_and_never_into_another_rec
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!((value(&again.body, "created"), value(&again.body, "unchanged")), (json!(0), json!(3)));
     assert_eq!(observation_count(&server, &operator, "p1").await, 3);
+    let kept = server.app.send(server.app.client.get(server.app.url(&path)).bearer_auth(&operator)).await;
+    let kept = (kept.body["meta"]["versionId"].as_str(), kept.body["note"][0]["text"].as_str());
+    assert_eq!(kept, (Some("2"), Some("taken after a run")));
 
     // Another patient's record: refused before anything is read, nothing written.
     let other = server
@@ -148,6 +157,18 @@ async fn a_patients_token_ingests_their_readings_once_and_never_into_another_rec
         .post_with_token("/Patient/p1/$ingest-vitals", &labs, &parameters("mhealth", &mhealth_points()))
         .await
         .assert_outcome(403);
+    // Weights only: the other readings are refused one by one as the scopes do not allow them.
+    let weights = server.token("scale", "patient/Observation.c?code=http://loinc.org|29463-7", Some("p2"));
+    let points = mhealth_points().replace("2024-03-01T07:55", "2024-03-02T07:55");
+    let reply =
+        server.app.post_with_token("/Patient/p2/$ingest-vitals", &weights, &parameters("mhealth", &points)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!((value(&reply.body, "created"), value(&reply.body, "rejected")), (json!(1), json!(4)));
+    assert!(reply.text.contains("the access token's scopes do not allow creating this Observation"), "{}", reply.text);
+    let made = returned_observations(&reply.body);
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0]["code"]["coding"][0]["code"], "29463-7");
+    assert_eq!(observation_count(&server, &operator, "p2").await, 1);
     // No token.
     let anonymous = server
         .app
@@ -198,6 +219,13 @@ async fn raw_files_are_read_with_the_format_in_the_url_and_bad_requests_change_n
             b"timestamp,value\n".to_vec(),
             400,
             "'Mars/Olympus' is not a time zone",
+        ),
+        (
+            "?format=mhealth&timezone=UTC".into(),
+            "application/json",
+            b"[]".to_vec(),
+            400,
+            "applies to Fitbit exports only",
         ),
         ("?format=mhealth".into(), "application/json", vec![b' '; 5000], 413, "exceeds the limit of 4096 bytes"),
         ("?format=mhealth".into(), "application/json", Vec::new(), 400, "no body"),

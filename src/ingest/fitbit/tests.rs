@@ -104,6 +104,55 @@ fn the_zone_given_wins_and_without_one_times_are_utc_and_said_to_be() {
     assert!(error.message.contains("Profile.csv: 'Nowhere/Land'"), "{error}");
 }
 
+/// When clocks go back, an hour is shown twice: the samples of its second pass (after the
+/// first pass ended) are read with the later offset, and samples a few seconds out of order in
+/// the first pass stay in it.
+#[test]
+fn the_hour_shown_twice_when_clocks_go_back_is_read_in_order() {
+    let settings = settings(Some("America/New_York"));
+    let samples = json!([
+        {"dateTime": "11/03/24 00:59:50", "value": {"bpm": 60, "confidence": 3}},
+        {"dateTime": "11/03/24 01:30:20", "value": {"bpm": 61, "confidence": 3}},
+        {"dateTime": "11/03/24 01:30:10", "value": {"bpm": 62, "confidence": 3}},
+        {"dateTime": "11/03/24 01:59:50", "value": {"bpm": 63, "confidence": 3}},
+        {"dateTime": "11/03/24 01:00:10", "value": {"bpm": 64, "confidence": 3}},
+        {"dateTime": "11/03/24 01:30:00", "value": {"bpm": 65, "confidence": 3}},
+        {"dateTime": "11/03/24 02:10:00", "value": {"bpm": 66, "confidence": 3}},
+    ]);
+    let read = records(&samples.to_string(), None, &settings).unwrap();
+    let when: Vec<When> = read.iter().map(|record| record.outcome.as_ref().unwrap().when).collect();
+    assert_eq!(
+        when,
+        [
+            When::At(datetime!(2024-11-03 00:59:50 -04:00)),
+            When::At(datetime!(2024-11-03 01:30:20 -04:00)),
+            When::At(datetime!(2024-11-03 01:30:10 -04:00)),
+            When::At(datetime!(2024-11-03 01:59:50 -04:00)),
+            When::At(datetime!(2024-11-03 01:00:10 -05:00)),
+            When::At(datetime!(2024-11-03 01:30:00 -05:00)),
+            When::At(datetime!(2024-11-03 02:10:00 -05:00)),
+        ]
+    );
+}
+
+/// A byte-order mark before a file's JSON or CSV changes nothing; a confidence written as a
+/// decimal or a string is still read.
+#[test]
+fn a_byte_order_mark_and_a_confidence_in_another_type_are_read() {
+    let settings = settings(Some("UTC"));
+    let text = "\u{feff}[{\"dateTime\": \"01/15/24 08:00:05\", \"value\": {\"bpm\": 70, \"confidence\": 0.0}},
+        {\"dateTime\": \"01/15/24 08:00:15\", \"value\": {\"bpm\": 70, \"confidence\": \"0\"}},
+        {\"dateTime\": \"01/15/24 08:00:25\", \"value\": {\"bpm\": 70, \"confidence\": \"2\"}}]";
+    let read = records(text, Some("heart_rate-2024-01-15.json"), &settings).unwrap();
+    let reasons: Vec<String> = read.iter().map(reason).collect();
+    assert!(reasons[0].contains("confidence 0"), "{reasons:?}");
+    assert!(reasons[1].contains("confidence 0"), "{reasons:?}");
+    assert_eq!(reasons[2], "ok HeartRate");
+    let csv = "\u{feff}timestamp,value\r\n2024-01-15T02:03:00,95.3\r\n";
+    let read = records(csv, Some("Minute SpO2 - 2024-01-15.csv"), &settings).unwrap();
+    assert_eq!(read[0].outcome.as_ref().unwrap().measured, Measured::Value(95.3));
+}
+
 #[test]
 fn resting_heart_rate_is_one_reading_per_local_day_and_days_without_one_are_skipped() {
     let settings = settings(Some("Europe/Berlin"));
@@ -267,6 +316,19 @@ fn a_takeout_zip_is_read_with_its_profile_and_other_files_are_skipped() {
     let apple = takeout_zip(&[("apple_health_export/export.xml", b"<HealthData/>")]);
     let error = read_zip(std::io::Cursor::new(apple), &mut self::settings(None), &mut |_| {}).unwrap_err();
     assert!(error.message.contains("Apple Health export.xml, not a Fitbit export (format 'apple')"), "{error}");
+    // A member that cannot be opened (here bzip2, which this build does not read) is one refused
+    // record, and the other members are read.
+    let mut damaged = takeout_zip(&[
+        ("Takeout/Fitbit/Global Export Data/heart_rate-2024-01-15.json", HEART.as_bytes()),
+        ("Takeout/Fitbit/Global Export Data/weight-2024-01-15.json", WEIGHT.as_bytes()),
+    ]);
+    set_compression_method(&mut damaged, 0, 12);
+    let mut read = Vec::new();
+    read_zip(std::io::Cursor::new(damaged), &mut self::settings(Some("UTC")), &mut |record| read.push(record)).unwrap();
+    assert_eq!(read[0].at, "Takeout/Fitbit/Global Export Data/heart_rate-2024-01-15.json");
+    assert!(reason(&read[0]).contains("cannot be read"), "{}", reason(&read[0]));
+    assert_eq!(read.len(), 3, "the weight and its BMI are still read");
+    assert!(read[1].outcome.is_ok() && read[2].outcome.is_ok());
     let empty = takeout_zip(&[("notes.txt", b"hello")]);
     let error = read_zip(std::io::Cursor::new(empty), &mut self::settings(None), &mut |_| {}).unwrap_err();
     assert!(error.message.contains("is it a Fitbit export?"), "{error}");
@@ -285,11 +347,11 @@ fn an_unpacked_export_folder_reads_like_its_zip() {
     std::fs::write(dir.path().join("Fitbit/Your Profile/Profile.csv"), PROFILE).unwrap();
     let folder = Folder::open(dir.path()).unwrap();
     assert_eq!(folder.data_bytes, (HEART.len() + WEIGHT.len()) as u64);
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(Meter::default());
     let mut settings = settings(None);
     let mut read = Vec::new();
     folder.read(&mut settings, &counter, &mut |record| read.push(record)).unwrap();
-    assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), folder.data_bytes);
+    assert_eq!(counter.read.load(std::sync::atomic::Ordering::Relaxed), folder.data_bytes);
     let (made, summary) = observations(read);
     assert_eq!((made.len(), summary.skipped), (3, 1));
     let heart = made.iter().find(|o| o["code"]["coding"][0]["code"] == "8867-4").unwrap();
@@ -303,10 +365,20 @@ const HEART: &str = r#"[{"dateTime": "01/15/24 08:00:05", "value": {"bpm": 70, "
 const WEIGHT: &str =
     r#"[{"logId": 1, "weight": 165.3, "bmi": 24.41, "date": "01/15/24", "time": "07:12:30", "source": "Aria"}]"#;
 
+/// Sets the compression method of the `member`-th member (in its local header and its
+/// central directory entry) of a zip written by [`takeout_zip`].
+fn set_compression_method(zip: &mut [u8], member: usize, method: u16) {
+    for (signature, offset) in [(b"PK\x03\x04", 8), (b"PK\x01\x02", 10)] {
+        let at = zip.windows(4).enumerate().filter(|(_, window)| window == signature).nth(member).unwrap().0;
+        zip[at + offset..at + offset + 2].copy_from_slice(&method.to_le_bytes());
+    }
+}
+
 fn takeout_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, content) in files {
-        writer.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        writer.start_file(*name, options).unwrap();
         writer.write_all(content).unwrap();
     }
     writer.finish().unwrap().into_inner()
