@@ -44,6 +44,13 @@ pub const MAX_RETURNED: usize = 100;
 const MAX_RUNNING: usize = 2;
 static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
+/// A place among the imports running, or 503 when all [`MAX_RUNNING`] are taken.
+fn admit() -> Result<tokio::sync::SemaphorePermit<'static>, FhirError> {
+    RUNNING
+        .try_acquire()
+        .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))
+}
+
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     if ctx.param(0) != "Patient" {
         return Err(FhirError::not_found(format!("$ingest-vitals is an operation on Patient, not {}", ctx.param(0))));
@@ -94,9 +101,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }));
     }
     let options = options(&request::query_pairs(&ctx.http))?;
-    let _running = RUNNING
-        .try_acquire()
-        .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))?;
+    let _running = admit()?;
     let mut spool = Spool::new().await?;
     let Ctx { http, payload, state, access, .. } = ctx;
     let (format, zone) = match options {
@@ -433,6 +438,18 @@ mod tests {
             let error = from_parameters(&body).unwrap_err();
             assert!(error.issues[0].diagnostics.contains(expected), "{body}: {:?}", error.issues[0].diagnostics);
         }
+    }
+
+    /// The bound on imports at once: a third waits for nothing and is refused until one ends.
+    #[test]
+    fn at_most_two_imports_run_at_once() {
+        let first = admit().unwrap();
+        let _second = admit().unwrap();
+        let refused = admit().unwrap_err();
+        assert_eq!(refused.category, Category::Busy);
+        assert!(refused.issues[0].diagnostics.contains("2 imports are running"));
+        drop(first);
+        assert!(admit().is_ok());
     }
 
     #[test]
