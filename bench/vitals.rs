@@ -73,12 +73,13 @@ pub fn accuracy_scenario(clips: u64) {
     println!("\n== rppg-accuracy: {clips} synthetic 30 s clips per condition, 160x120 video, mean absolute error ==");
     let methods = [Method::Pos, Method::Chrom, Method::Green];
     type Setup = fn(&mut ClipOptions);
-    let conditions: [(&str, Setup); 5] = [
+    let conditions: [(&str, Setup); 6] = [
         ("clean", |_| {}),
         ("motion", |options| options.motion = true),
         ("illumination", |options| options.illumination = true),
         ("coloured light", |options| options.coloured_light = true),
         ("no pulse", |options| options.pulse = false),
+        ("warm background", |options| options.warm_background = true),
     ];
     for (name, setup) in conditions {
         let started = Instant::now();

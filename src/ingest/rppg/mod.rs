@@ -392,6 +392,28 @@ mod tests {
         assert!((heart.per_minute - truth.heart_rate).abs() < 2.0, "{heart:?} vs {truth:?}");
     }
 
+    /// A wall whose colour lies in the broad skin range all around the face makes one region
+    /// with it, too large to be a face: the grey-world retry (the wall is most of the frame, so
+    /// it is what the frame's mean colour takes off) finds the face, and its pulse is read.
+    #[test]
+    fn a_face_against_a_skin_coloured_wall_is_found_and_its_pulse_read() {
+        let mut errors = Vec::new();
+        for seed in 0..6 {
+            let mut options = ClipOptions::clean(seed * 7 + 3, 96, 72);
+            options.warm_background = true;
+            let mut clip = Clip::new(options);
+            let truth = clip.truth();
+            let mut video = Vec::new();
+            clip.write_y4m(&mut video).unwrap();
+            let trace = read_video(video.as_slice()).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
+            let heart = estimate(&trace, Method::Pos).ok().and_then(|estimate| estimate.heart_rate());
+            errors.push(heart.map(|heart| (heart.per_minute - truth.heart_rate).abs()));
+        }
+        let read: Vec<f64> = errors.iter().flatten().copied().collect();
+        assert!(read.len() >= 5, "{errors:?}");
+        assert!(read.iter().sum::<f64>() / read.len() as f64 <= 1.5, "{errors:?}");
+    }
+
     #[test]
     fn a_video_without_a_face_is_refused() {
         let mut video = Vec::new();

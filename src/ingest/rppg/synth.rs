@@ -12,7 +12,9 @@
 //! - illumination: the light drifts and steps (a cloud, a lamp switched on);
 //! - coloured light: a tinted illuminant (what white balance leaves of a warm lamp, daylight or
 //!   a fluorescent tube);
-//! - no pulse: everything but the pulse.
+//! - no pulse: everything but the pulse;
+//! - warm background: a cream, light-oak or sand wall all around the face, inside the broad
+//!   chroma range that finds skin, so that the face and the wall make one skin-coloured region.
 //!
 //! The scene (background, face with hair, eyes and mouth, skin texture) is laid out once per
 //! clip; each frame only moves the face and scales the colours.
@@ -34,6 +36,7 @@ pub struct ClipOptions {
     pub motion: bool,
     pub illumination: bool,
     pub coloured_light: bool,
+    pub warm_background: bool,
 }
 
 impl ClipOptions {
@@ -49,6 +52,7 @@ impl ClipOptions {
             motion: false,
             illumination: false,
             coloured_light: false,
+            warm_background: false,
         }
     }
 }
@@ -121,6 +125,16 @@ impl Clip {
             [random.between(40.0, 80.0), random.between(90.0, 140.0), random.between(60.0, 100.0)],
             [random.between(30.0, 70.0), random.between(60.0, 100.0), random.between(110.0, 170.0)],
         ][random.below(3)];
+        // Cream, light oak or sand: inside the broad skin range of chroma that finds faces, yet
+        // not the colour of skin (a wall of the skin's own chroma is not told from it by colour).
+        // Drawn only for this condition, so that the other clips of a seed stay as they were.
+        let background_colour = if options.warm_background {
+            let warm = [[215.0, 190.0, 150.0], [200.0, 160.0, 105.0], [185.0, 160.0, 125.0]][random.below(3)];
+            let scale = random.between(0.9, 1.1);
+            warm.map(|c: f64| c * scale)
+        } else {
+            background_colour
+        };
         let background: Vec<[f32; 3]> = (0..width * height)
             .map(|_| {
                 let grain = random.between(-8.0, 8.0);
