@@ -5,7 +5,9 @@
 //! chroma relative to its luma, which a change of light's strength leaves alone.
 //! - The face is found once: the largest face-shaped region (upright, filling most of its box,
 //!   neither tiny nor most of the frame) of cells whose chroma lies in a broad skin range (Chai & Ngan's Cb/Cr box, widened so that tinted light does not push skin
-//!   out of it). Its own chroma (mean and spread) becomes the skin model for this video.
+//!   out of it). Its own chroma (mean and spread) becomes the skin model for this video. A
+//!   region too large to be a face (a cream or wooden wall that the face touches) is split in
+//!   two by chroma and the face looked for in each part.
 //! - Each frame then looks for cells matching that model inside the face's box of the frame
 //!   before, widened so that the head may move; the box follows the skin found, and the model
 //!   follows slow changes of the light's colour.
@@ -225,7 +227,9 @@ fn grey_world(grid: &Grid<'_>) -> (f64, f64) {
 }
 
 /// The largest face-shaped region of broadly skin-coloured cells, with its skin model; `tint`
-/// (a relative chroma) is taken off each cell's before the skin range is applied.
+/// (a relative chroma) is taken off each cell's before the skin range is applied. A region too
+/// large to be a face (a skin-coloured wall that the face touches) is split in two by its
+/// cells' chroma, and the face looked for in each part.
 fn find_face(grid: &Grid<'_>, tint: (f64, f64)) -> Option<(Area, Model)> {
     let (width, height) = (grid.width, grid.height);
     let mut skin = vec![false; width * height];
@@ -238,53 +242,16 @@ fn find_face(grid: &Grid<'_>, tint: (f64, f64)) -> Option<(Area, Model)> {
                 && (CR_RANGE.0..=CR_RANGE.1).contains(&cr);
         }
     }
-    // Connected regions (4-neighbours), by an explicit stack: bounded by the grid's size.
-    let mut label = vec![false; width * height];
-    let mut best: Option<(Area, Vec<usize>)> = None;
-    let cells_in_frame = (width * height) as f64;
-    let mut stack = Vec::new();
-    for start in 0..width * height {
-        if !skin[start] || label[start] {
-            continue;
-        }
-        let mut cells = Vec::new();
-        label[start] = true;
-        stack.push(start);
-        while let Some(cell) = stack.pop() {
-            cells.push(cell);
-            let (x, y) = (cell % width, cell / width);
-            let neighbours = [
-                (x > 0).then(|| cell - 1),
-                (x + 1 < width).then(|| cell + 1),
-                (y > 0).then(|| cell - width),
-                (y + 1 < height).then(|| cell + width),
-            ];
-            for next in neighbours.into_iter().flatten() {
-                if skin[next] && !label[next] {
-                    label[next] = true;
-                    stack.push(next);
+    let (mut best, too_large) = face_region(grid, &skin);
+    if best.is_none() {
+        for region in too_large {
+            for part in split_by_chroma(grid, &region) {
+                if let (Some(found), _) = face_region(grid, &part)
+                    && best.as_ref().is_none_or(|(_, cells): &Region| found.1.len() > cells.len())
+                {
+                    best = Some(found);
                 }
             }
-        }
-        let size = cells.len() as f64;
-        if size < MIN_FACE_SHARE * cells_in_frame
-            || size > MAX_FACE_SHARE * cells_in_frame
-            || best.as_ref().is_some_and(|(_, best)| best.len() >= cells.len())
-        {
-            continue;
-        }
-        let xs = cells.iter().map(|cell| cell % width);
-        let ys = cells.iter().map(|cell| cell / width);
-        let area = Area {
-            x0: xs.clone().min().unwrap_or(0) as f64,
-            x1: xs.max().unwrap_or(0) as f64,
-            y0: ys.clone().min().unwrap_or(0) as f64,
-            y1: ys.max().unwrap_or(0) as f64,
-        };
-        let (box_width, box_height) = (area.x1 - area.x0 + 1.0, area.y1 - area.y0 + 1.0);
-        // Face-shaped: upright or square, and filling most of its box.
-        if (0.7..=2.5).contains(&(box_height / box_width)) && size >= MIN_FACE_FILL * box_width * box_height {
-            best = Some((area, cells));
         }
     }
     let (area, cells) = best?;
@@ -306,6 +273,123 @@ fn find_face(grid: &Grid<'_>, tint: (f64, f64)) -> Option<(Area, Model)> {
         (median, 1.4826 * deviations[deviations.len() / 2])
     };
     Some((area, Model { u: spread(&|c| c.0), v: spread(&|c| c.1) }))
+}
+
+/// The connected regions (4-neighbours) of `mask`: the largest face-shaped one (upright or
+/// square, filling most of its box, neither tiny nor most of the frame) with its box, and
+/// those too large to be a face.
+fn face_region(grid: &Grid<'_>, mask: &[bool]) -> (Option<Region>, Vec<Vec<usize>>) {
+    let (width, height) = (grid.width, grid.height);
+    let mut label = vec![false; width * height];
+    let mut best: Option<Region> = None;
+    let mut too_large = Vec::new();
+    let cells_in_frame = (width * height) as f64;
+    // An explicit stack: bounded by the grid's size.
+    let mut stack = Vec::new();
+    for start in 0..width * height {
+        if !mask[start] || label[start] {
+            continue;
+        }
+        let mut cells = Vec::new();
+        label[start] = true;
+        stack.push(start);
+        while let Some(cell) = stack.pop() {
+            cells.push(cell);
+            let (x, y) = (cell % width, cell / width);
+            let neighbours = [
+                (x > 0).then(|| cell - 1),
+                (x + 1 < width).then(|| cell + 1),
+                (y > 0).then(|| cell - width),
+                (y + 1 < height).then(|| cell + width),
+            ];
+            for next in neighbours.into_iter().flatten() {
+                if mask[next] && !label[next] {
+                    label[next] = true;
+                    stack.push(next);
+                }
+            }
+        }
+        let size = cells.len() as f64;
+        if size > MAX_FACE_SHARE * cells_in_frame {
+            too_large.push(cells);
+            continue;
+        }
+        if size < MIN_FACE_SHARE * cells_in_frame || best.as_ref().is_some_and(|(_, best)| best.len() >= cells.len()) {
+            continue;
+        }
+        let xs = cells.iter().map(|cell| cell % width);
+        let ys = cells.iter().map(|cell| cell / width);
+        let area = Area {
+            x0: xs.clone().min().unwrap_or(0) as f64,
+            x1: xs.max().unwrap_or(0) as f64,
+            y0: ys.clone().min().unwrap_or(0) as f64,
+            y1: ys.max().unwrap_or(0) as f64,
+        };
+        let (box_width, box_height) = (area.x1 - area.x0 + 1.0, area.y1 - area.y0 + 1.0);
+        if (0.7..=2.5).contains(&(box_height / box_width)) && size >= MIN_FACE_FILL * box_width * box_height {
+            best = Some((area, cells));
+        }
+    }
+    (best, too_large)
+}
+
+/// A region of the chroma grid: its box and its cells (indices into the grid).
+type Region = (Area, Vec<usize>);
+
+/// Rounds of the two-means split at most.
+const SPLIT_ROUNDS: usize = 12;
+
+/// The cells of `region` in two masks, by two-means clustering of their relative chroma along
+/// the direction it varies most (started at its 10th and 90th percentiles).
+fn split_by_chroma(grid: &Grid<'_>, region: &[usize]) -> [Vec<bool>; 2] {
+    let width = grid.width;
+    let chroma: Vec<(f64, f64)> = region
+        .iter()
+        .map(|&cell| {
+            let (luma, cb, cr) = grid.cell(cell % width, cell / width);
+            relative_chroma(luma, cb, cr)
+        })
+        .collect();
+    let n = chroma.len().max(1) as f64;
+    let (mean_u, mean_v) = chroma.iter().fold((0.0, 0.0), |(u, v), c| (u + c.0 / n, v + c.1 / n));
+    let (mut suu, mut suv, mut svv) = (0.0, 0.0, 0.0);
+    for (u, v) in &chroma {
+        let (du, dv) = (u - mean_u, v - mean_v);
+        suu += du * du;
+        suv += du * dv;
+        svv += dv * dv;
+    }
+    // The principal direction of the 2×2 covariance.
+    let angle = 0.5 * (2.0 * suv).atan2(suu - svv);
+    let (cos, sin) = (angle.cos(), angle.sin());
+    let projected: Vec<f64> = chroma.iter().map(|(u, v)| (u - mean_u) * cos + (v - mean_v) * sin).collect();
+    let mut sorted = projected.clone();
+    sorted.sort_by(f64::total_cmp);
+    let at = |share: f64| sorted.get((share * (sorted.len().max(1) - 1) as f64) as usize).copied().unwrap_or(0.0);
+    let mut centres = [at(0.1), at(0.9)];
+    let mut upper = vec![false; projected.len()];
+    for _ in 0..SPLIT_ROUNDS {
+        let boundary = 0.5 * (centres[0] + centres[1]);
+        upper.iter_mut().zip(&projected).for_each(|(upper, value)| *upper = *value > boundary);
+        let mean_of = |side: bool| {
+            let (sum, count) = projected
+                .iter()
+                .zip(&upper)
+                .filter(|(_, upper)| **upper == side)
+                .fold((0.0, 0usize), |(sum, count), (value, _)| (sum + value, count + 1));
+            (count > 0).then(|| sum / count as f64)
+        };
+        let next = [mean_of(false).unwrap_or(centres[0]), mean_of(true).unwrap_or(centres[1])];
+        if next == centres {
+            break;
+        }
+        centres = next;
+    }
+    let mut parts = [vec![false; grid.width * grid.height], vec![false; grid.width * grid.height]];
+    for (&cell, &upper) in region.iter().zip(&upper) {
+        parts[usize::from(upper)][cell] = true;
+    }
+    parts
 }
 
 /// Finds the skin of the frame near where the face was: its mean Y, Cb, Cr (of the cells whose
