@@ -255,13 +255,7 @@ fn find_face(grid: &Grid<'_>, tint: (f64, f64)) -> Option<(Area, Model)> {
         }
     }
     let (area, cells) = best?;
-    let chroma: Vec<(f64, f64)> = cells
-        .iter()
-        .map(|&cell| {
-            let (luma, cb, cr) = grid.cell(cell % width, cell / width);
-            relative_chroma(luma, cb, cr)
-        })
-        .collect();
+    let chroma = chroma_of(grid, &cells);
     // Median and median absolute deviation: the region may take in some hair or lips, which
     // must not widen the model.
     let spread = |values: &dyn Fn(&(f64, f64)) -> f64| {
@@ -336,20 +330,24 @@ fn face_region(grid: &Grid<'_>, mask: &[bool]) -> (Option<Region>, Vec<Vec<usize
 /// A region of the chroma grid: its box and its cells (indices into the grid).
 type Region = (Area, Vec<usize>);
 
+/// The relative chroma of each of `cells` (indices into the grid).
+fn chroma_of(grid: &Grid<'_>, cells: &[usize]) -> Vec<(f64, f64)> {
+    cells
+        .iter()
+        .map(|&cell| {
+            let (luma, cb, cr) = grid.cell(cell % grid.width, cell / grid.width);
+            relative_chroma(luma, cb, cr)
+        })
+        .collect()
+}
+
 /// Rounds of the two-means split at most.
 const SPLIT_ROUNDS: usize = 12;
 
 /// The cells of `region` in two masks, by two-means clustering of their relative chroma along
 /// the direction it varies most (started at its 10th and 90th percentiles).
 fn split_by_chroma(grid: &Grid<'_>, region: &[usize]) -> [Vec<bool>; 2] {
-    let width = grid.width;
-    let chroma: Vec<(f64, f64)> = region
-        .iter()
-        .map(|&cell| {
-            let (luma, cb, cr) = grid.cell(cell % width, cell / width);
-            relative_chroma(luma, cb, cr)
-        })
-        .collect();
+    let chroma = chroma_of(grid, region);
     let n = chroma.len().max(1) as f64;
     let (mean_u, mean_v) = chroma.iter().fold((0.0, 0.0), |(u, v), c| (u + c.0 / n, v + c.1 / n));
     let (mut suu, mut suv, mut svv) = (0.0, 0.0, 0.0);
