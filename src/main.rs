@@ -793,8 +793,7 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
             }
             Err(AdminOpen::Failed(message)) => return Err(message.into()),
         };
-        let patient = store.snapshot()?.current(braid::fhir::ResourceType::PATIENT, &args.patient)?;
-        if patient.is_none_or(|version| version.is_deleted()) {
+        if !store.snapshot()?.is_live(braid::fhir::ResourceType::PATIENT, &args.patient)? {
             close(store).await;
             return Err(format!("Patient/{} does not exist in {}", args.patient, data.display()).into());
         }

@@ -91,8 +91,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         .is_ok()
         && access::permitted(&ctx.access, ResourceType::DEVICE, Permission::Create, &base).is_ok();
     let store = ctx.state.store.clone();
-    let stored = store.snapshot()?.current(ResourceType::PATIENT, patient.as_str())?;
-    if stored.is_none_or(|version| version.is_deleted()) {
+    if !store.snapshot()?.is_live(ResourceType::PATIENT, patient.as_str())? {
         let golden = crate::mpi::golden::is_golden(patient.as_str());
         return Err(FhirError::not_found(if golden {
             format!("Patient/{patient} is a golden record: send the measurements to one of the person's own Patients")

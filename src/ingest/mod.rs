@@ -443,8 +443,7 @@ pub async fn create_new(store: &Store, resources: Vec<Value>, summary: &mut Summ
         let mut ops = Vec::new();
         let mut existing = 0;
         for (resource_type, id, resource) in &resources {
-            let live = snapshot.current(*resource_type, id)?.is_some_and(|version| !version.is_deleted());
-            if live {
+            if snapshot.is_live(*resource_type, id)? {
                 existing += usize::from(*resource_type == ResourceType::OBSERVATION);
                 continue;
             }

@@ -979,8 +979,7 @@ impl Run<'_> {
             let (Some(resource_type), Ok(original)) = (ResourceType::parse(&type_name), Id::parse(&id)) else {
                 continue;
             };
-            let held = snapshot.current(resource_type, self.source.namespace.id(&original).as_str())?;
-            if held.is_some_and(|version| !version.is_deleted()) {
+            if snapshot.is_live(resource_type, self.source.namespace.id(&original).as_str())? {
                 continue;
             }
             let url = format!("{}/{type_name}/{id}", upstream.config.base);

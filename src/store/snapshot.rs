@@ -125,6 +125,19 @@ impl Snapshot {
         }
     }
 
+    /// Whether a resource exists now (its newest version is not a deletion), read from the
+    /// version's header alone: its body is neither decompressed nor cached.
+    pub fn is_live(&self, resource_type: ResourceType, id: &str) -> Result<bool, FhirError> {
+        let prefix = resource_version::prefix(resource_type.as_str(), id);
+        let end = prefix_end(&prefix);
+        let newest = self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.next_back();
+        let Some(entry) = newest else { return Ok(false) };
+        let (key, value) = entry.map_err(StoreError::from)?;
+        let (header, _) =
+            resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+        Ok(header.op != Op::Delete)
+    }
+
     /// The version of a resource that was current at logical time `t`, unless it was deleted
     /// then (or did not exist yet).
     pub fn version_at(&self, resource_type: ResourceType, id: &str, t: u64) -> Result<Option<Version>, FhirError> {
@@ -470,4 +483,46 @@ impl Snapshot {
 /// was current at some moment of `[from, to)`.
 fn current_during(written: i64, successor: Option<i64>, from: i64, to: i64) -> bool {
     written < to && successor.is_none_or(|replaced| replaced > from)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::{Action, Precondition, Target, WriteOp, WriteRequest, testing};
+    use crate::fhir::{Id, ResourceType};
+
+    fn op(action: Action) -> WriteRequest {
+        WriteRequest { ops: vec![WriteOp { full_url: None, action }], ..WriteRequest::default() }
+    }
+
+    /// Liveness from the header alone agrees with the full version: absent, written, deleted.
+    #[test]
+    fn is_live_tells_a_current_resource_from_an_absent_or_deleted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::open(&dir.path().join("db"));
+        let id = Id::parse("p1").unwrap();
+        let live =
+            |store: &super::super::Store| store.snapshot().unwrap().is_live(ResourceType::PATIENT, "p1").unwrap();
+        assert!(!live(&store));
+        let Value::Object(patient) = json!({"resourceType": "Patient", "id": "p1"}) else { unreachable!() };
+        testing::runtime().block_on(async {
+            let update = Action::Update {
+                resource_type: ResourceType::PATIENT,
+                target: Target::Id(id.clone()),
+                resource: patient,
+                precondition: Precondition::default(),
+            };
+            store.write(op(update)).await.unwrap();
+            assert!(live(&store));
+            let delete = Action::Delete {
+                resource_type: ResourceType::PATIENT,
+                target: Target::Id(id),
+                precondition: Precondition::default(),
+            };
+            store.write(op(delete)).await.unwrap();
+        });
+        assert!(!live(&store));
+        assert!(store.snapshot().unwrap().current(ResourceType::PATIENT, "p1").unwrap().unwrap().is_deleted());
+    }
 }
