@@ -42,8 +42,6 @@ const MAX_DEPTH: usize = 8;
 /// Longest CSV line.
 const MAX_LINE: usize = 64 * 1024;
 
-const POUND_KG: f64 = 0.453_592_37;
-
 /// Where local times are placed, and what the account's profile says of units.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -52,8 +50,8 @@ pub struct Settings {
     pub zone_note: String,
     /// Set by the import: a `Profile.csv` does not replace it.
     zone_given: bool,
-    /// The profile's weight unit: kilograms per unit.
-    weight_unit: Option<f64>,
+    /// The profile's weight unit ("kg" or "lb").
+    weight_unit: Option<&'static str>,
     /// The profile's height, in metres.
     height: Option<f64>,
     /// The instant of the last local time read (Unix seconds): a time that clocks show twice
@@ -104,19 +102,22 @@ impl Settings {
             self.zone_note = format!("{name}, from Profile.csv");
         }
         self.weight_unit = field("weight_unit").and_then(|unit| match unit.to_ascii_uppercase().as_str() {
-            "METRIC" | "KG" | "KILOGRAM" => Some(1.0),
-            "POUND" | "US" | "EN_US" | "LB" => Some(POUND_KG),
+            "METRIC" | "KG" | "KILOGRAM" => Some("kg"),
+            "POUND" | "US" | "EN_US" | "LB" => Some("lb"),
             _ => None,
         });
-        let height_unit = field("height_unit").map(str::to_ascii_uppercase);
-        self.height = field("height").and_then(|height| height.parse::<f64>().ok()).and_then(|height| {
-            let metres = match height_unit.as_deref() {
-                Some("METRIC") | Some("CM") | None => height / 100.0,
-                Some("US") | Some("INCH") | Some("IN") => height * 0.0254,
-                _ => return None,
-            };
-            (0.5..2.6).contains(&metres).then_some(metres)
-        });
+        let height_unit = match field("height_unit").map(str::to_ascii_uppercase).as_deref() {
+            Some("METRIC") | Some("CM") | None => Some("cm"),
+            Some("US") | Some("INCH") | Some("IN") => Some("in"),
+            _ => None,
+        };
+        // In the units vitals knows (centimetres), within a person's heights.
+        self.height = field("height")
+            .and_then(|height| height.parse::<f64>().ok())
+            .zip(height_unit)
+            .and_then(|(height, unit)| Kind::BodyHeight.canonical(height, unit).ok())
+            .map(|centimetres| centimetres / 100.0)
+            .filter(|metres| (0.5..2.6).contains(metres));
         Ok(())
     }
 
@@ -154,13 +155,14 @@ impl Settings {
         Ok(When::Between(start, end))
     }
 
-    /// The weight `value` in kilograms: in the unit that agrees with the recorded `bmi` (and
-    /// the profile's height), else the profile's unit.
-    fn weight(&self, value: f64, bmi: Option<f64>) -> Result<f64, Problem> {
-        let units = [1.0, POUND_KG];
+    /// The unit of the weight `value`: the one that agrees with the recorded `bmi` (and the
+    /// profile's height), else the profile's unit.
+    fn weight_unit(&self, value: f64, bmi: Option<f64>) -> Result<&'static str, Problem> {
+        let units = ["kg", "lb"];
         if let Some(bmi) = bmi.filter(|bmi| *bmi > 5.0 && *bmi < 200.0) {
-            // The height each unit implies: kg / bmi = m².
-            let heights = units.map(|kg| (value * kg / bmi).sqrt());
+            // The height each unit implies: kg / bmi = m² (the conversion is vitals' own).
+            let kilograms = |unit: &str| Kind::BodyWeight.canonical(value, unit).unwrap_or(f64::NAN);
+            let heights = units.map(|unit| (kilograms(unit) / bmi).sqrt());
             let chosen = match self.height {
                 Some(height) => {
                     let off = heights.map(|implied| (implied - height).abs() / height);
@@ -172,17 +174,19 @@ impl Settings {
                     match human {
                         [true, false] => Some(0),
                         [false, true] => Some(1),
-                        [true, true] => self.weight_unit.and_then(|kg| units.iter().position(|unit| *unit == kg)),
+                        [true, true] => {
+                            self.weight_unit.and_then(|profile| units.iter().position(|unit| *unit == profile))
+                        }
                         [false, false] => None,
                     }
                 }
             };
             if let Some(index) = chosen {
-                return Ok(value * units[index]);
+                return Ok(units[index]);
             }
         }
         match self.weight_unit {
-            Some(kg) => Ok(value * kg),
+            Some(unit) => Ok(unit),
             None => Err(Problem::new(
                 "the weight's unit cannot be told: Fitbit writes it in the account's unit, which this record's \
                  BMI does not settle; import the whole export (with Profile.csv) or give the record's bmi",
@@ -492,8 +496,7 @@ fn weight(record: &serde_json::Map<String, Value>, settings: &Settings) -> Vec<R
         |kind, value| Reading { kind, measured: Measured::Value(value), when, device: device.clone(), quality: None };
     let mut readings = vec![
         number(&record["weight"], "weight")
-            .and_then(|value| settings.weight(value, bmi))
-            .and_then(|kg| Kind::BodyWeight.canonical(kg, "kg"))
+            .and_then(|value| Kind::BodyWeight.canonical(value, settings.weight_unit(value, bmi)?))
             .map(|kg| reading(Kind::BodyWeight, kg)),
     ];
     if let Some(bmi) = bmi {
@@ -502,15 +505,16 @@ fn weight(record: &serde_json::Map<String, Value>, settings: &Settings) -> Vec<R
     readings
 }
 
-/// The columns a Fitbit CSV of vital signs has, and what they hold.
+/// The columns of a Fitbit CSV of vital signs and what they hold: `timestamp,value` is SpO2 per
+/// minute; `timestamp,average_value,…` the SpO2 of a night, and `timestamp,daily_respiratory_rate`
+/// or `timestamp,full_sleep_breathing_rate,…` the breathing of a night, both on the day it ends.
 #[derive(Debug, Clone, Copy)]
-enum Columns {
-    /// `timestamp,value`: SpO2 per minute.
-    MinuteSpo2 { time: usize, value: usize },
-    /// `timestamp,average_value,…`: SpO2 of a night, on the day it ends.
-    DailySpo2 { time: usize, value: usize },
-    /// `timestamp,daily_respiratory_rate` or `timestamp,full_sleep_breathing_rate,…`.
-    DailyRespiratoryRate { time: usize, value: usize },
+struct Columns {
+    kind: Kind,
+    time: usize,
+    value: usize,
+    /// A value for the whole local day its timestamp names, not for an instant.
+    daily: bool,
 }
 
 impl Columns {
@@ -518,15 +522,17 @@ impl Columns {
         let find = |column: &str| header.iter().position(|name| name.trim().eq_ignore_ascii_case(column));
         let time = find("timestamp")?;
         if let Some(value) = find("average_value") {
-            return Some(Columns::DailySpo2 { time, value });
+            return Some(Columns { kind: Kind::OxygenSaturation, time, value, daily: true });
         }
         if let Some(value) = find("daily_respiratory_rate").or_else(|| find("full_sleep_breathing_rate")) {
-            return Some(Columns::DailyRespiratoryRate { time, value });
+            return Some(Columns { kind: Kind::RespiratoryRate, time, value, daily: true });
         }
         // `timestamp,value` is Fitbit's minute SpO2; inside an export, only under that name.
         let named_spo2 = name.is_none_or(|name| name.to_ascii_lowercase().contains("spo2"));
         match find("value") {
-            Some(value) if header.len() == 2 && named_spo2 => Some(Columns::MinuteSpo2 { time, value }),
+            Some(value) if header.len() == 2 && named_spo2 => {
+                Some(Columns { kind: Kind::OxygenSaturation, time, value, daily: false })
+            }
             _ => None,
         }
     }
@@ -573,20 +579,13 @@ fn read_csv(
 
 fn csv_row(row: &[String], columns: Columns, settings: &Settings) -> Result<Reading, Problem> {
     let cell = |index: usize| row.get(index).map(|cell| cell.trim()).unwrap_or_default();
-    let value = |index: usize| {
-        cell(index).parse::<f64>().map_err(|_| Problem::new(format!("'{}' is not a number", cell(index))))
-    };
-    let (kind, when, value) = match columns {
-        Columns::MinuteSpo2 { time, value: at } => {
-            (Kind::OxygenSaturation, When::At(instant(cell(time), settings)?), value(at)?)
-        }
-        Columns::DailySpo2 { time, value: at } => (Kind::OxygenSaturation, day_of(cell(time), settings)?, value(at)?),
-        Columns::DailyRespiratoryRate { time, value: at } => {
-            (Kind::RespiratoryRate, day_of(cell(time), settings)?, value(at)?)
-        }
-    };
-    let unit = if kind == Kind::OxygenSaturation { "%" } else { "/min" };
-    let value = kind.canonical(value, unit)?;
+    let at = cell(columns.time);
+    let when = if columns.daily { day_of(at, settings)? } else { When::At(instant(at, settings)?) };
+    let text = cell(columns.value);
+    let value = text.parse::<f64>().map_err(|_| Problem::new(format!("'{text}' is not a number")))?;
+    // Fitbit writes each in the measure's own unit (% and /min).
+    let kind = columns.kind;
+    let value = kind.canonical(value, kind.definition().unit.ucum)?;
     Ok(Reading { kind, measured: Measured::Value(value), when, device: tracker(), quality: None })
 }
 
