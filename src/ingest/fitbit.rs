@@ -30,7 +30,7 @@ use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 
 use super::archive;
-use super::items::{self, End};
+use super::items;
 use super::observation::{Device, Measured, Reading, When};
 use super::run::{Counting, Meter};
 use super::vitals::{Kind, Problem};
@@ -400,11 +400,8 @@ fn read_json(
         }
     })
     .map_err(|error| FormatError::new(format!("{label} is not Fitbit JSON: {error}")))?;
-    if let End::Broken { items, error } = end {
-        emit(Record::new(
-            format!("{label}, record {}", items + 1),
-            Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
-        ));
+    if let Some(record) = end.broken_record(|index| format!("{label}, record {index}")) {
+        emit(record);
     }
     Ok(())
 }

@@ -10,6 +10,8 @@ use std::rc::Rc;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::{Problem, Record};
+
 /// Longest JSON value (an array element, or a top-level value) read as one item.
 pub const MAX_ITEM: u64 = 1 << 20;
 
@@ -21,6 +23,20 @@ pub enum End {
     /// The JSON broke after `items` items were read (a truncated file, a bad byte, an item
     /// longer than [`MAX_ITEM`]): the rest cannot be split into items.
     Broken { items: usize, error: String },
+}
+
+impl End {
+    /// The refused record that stands for a break, at the item where the JSON broke (`at` of
+    /// its index from 1); `None` when every item was read.
+    pub fn broken_record(self, at: impl FnOnce(usize) -> String) -> Option<Record> {
+        match self {
+            End::Complete => None,
+            End::Broken { items, error } => Some(Record::new(
+                at(items + 1),
+                Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
+            )),
+        }
+    }
 }
 
 /// Reads the items of `input`, giving each to `each` with its index from 1. Fails (with the

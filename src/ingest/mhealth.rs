@@ -12,7 +12,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::items::{self, End};
+use super::items;
 use super::observation::{Device, Measured, Reading, When};
 use super::vitals::{Kind, Problem, check_pressure};
 use super::{FormatError, Record};
@@ -35,12 +35,9 @@ pub fn read(input: impl BufRead, emit: &mut dyn FnMut(Record)) -> Result<(), For
         emit(Record::new(format!("data point {index}"), data_point(&point)));
     })
     .map_err(|error| FormatError::new(format!("not Open mHealth JSON: {error}")))?;
-    if let End::Broken { items, error } = end {
-        // What came before the break is kept; the rest cannot be split into data points.
-        emit(Record::new(
-            format!("data point {}", items + 1),
-            Err(Problem::new(format!("malformed JSON ({error}); the rest of the file is not read"))),
-        ));
+    // What came before a break is kept; the rest cannot be split into data points.
+    if let Some(record) = end.broken_record(|index| format!("data point {index}")) {
+        emit(record);
     }
     Ok(())
 }
