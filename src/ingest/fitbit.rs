@@ -83,7 +83,8 @@ impl Settings {
 
     /// Takes what a `Profile.csv` says: its time zone (unless one was given), weight unit and
     /// height.
-    pub fn read_profile(&mut self, input: impl BufRead) -> Result<(), FormatError> {
+    pub fn read_profile(&mut self, mut input: impl BufRead) -> Result<(), FormatError> {
+        items::skip_byte_order_mark(&mut input).map_err(FormatError::io)?;
         let mut lines = CsvLines::new(input);
         let header = lines.next_record()?.ok_or_else(|| FormatError::new("Profile.csv is empty"))?;
         let row = lines.next_record()?.ok_or_else(|| FormatError::new("Profile.csv has no row"))?;
@@ -209,10 +210,9 @@ pub fn read(
     settings: &Settings,
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), FormatError> {
+    items::skip_byte_order_mark(&mut input).map_err(FormatError::io)?;
     let head = input.fill_buf().map_err(FormatError::io)?;
-    // A byte-order mark says nothing about the content.
-    let first =
-        head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head).iter().find(|byte| !byte.is_ascii_whitespace()).copied();
+    let first = head.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
     let label = name.unwrap_or("the file");
     match first {
         None => Err(FormatError::new(format!("{label} is empty"))),
@@ -683,7 +683,7 @@ impl<R: BufRead> CsvLines<R> {
             return Ok(None);
         }
         let text = String::from_utf8_lossy(&self.buffer);
-        let text = text.trim_start_matches('\u{feff}').trim_end_matches(['\r', '\n']);
+        let text = text.trim_end_matches(['\r', '\n']);
         let mut fields = Vec::new();
         let mut field = String::new();
         let mut quoted = false;

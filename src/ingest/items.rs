@@ -39,13 +39,18 @@ impl End {
     }
 }
 
+/// Skips a byte-order mark at the start of `input`: it says nothing about the content.
+pub fn skip_byte_order_mark(input: &mut impl BufRead) -> std::io::Result<()> {
+    if input.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        input.consume(3);
+    }
+    Ok(())
+}
+
 /// Reads the items of `input`, giving each to `each` with its index from 1. Fails (with the
 /// reason) when the input is empty or its first item is not JSON at all.
 pub fn read(mut input: impl BufRead, each: &mut dyn FnMut(usize, Value)) -> Result<End, String> {
-    // A byte-order mark says nothing about the content.
-    if input.fill_buf().map_err(|error| format!("cannot read the input: {error}"))?.starts_with(b"\xEF\xBB\xBF") {
-        input.consume(3);
-    }
+    skip_byte_order_mark(&mut input).map_err(|error| format!("cannot read the input: {error}"))?;
     let first = loop {
         let buffer = input.fill_buf().map_err(|error| format!("cannot read the input: {error}"))?;
         match buffer.iter().position(|byte| !byte.is_ascii_whitespace()) {
