@@ -202,6 +202,24 @@ async fn raw_files_are_read_with_the_format_in_the_url_and_bad_requests_change_n
     let zone = reply.body["parameter"].as_array().unwrap().iter().find(|p| p["name"] == "timeZone").unwrap();
     assert_eq!(zone["valueString"], "Europe/Berlin, as given");
     assert_eq!(observation_count(&server, &operator, "p2").await, 2);
+    // The token may not create Devices: the tracker is named by display only, and not written.
+    assert_eq!(made[0]["device"], json!({"display": "Fitbit tracker"}));
+    assert_eq!(value(&reply.body, "devices"), json!(1), "made, though not written");
+    let devices =
+        server.app.send(server.app.client.get(server.app.url("/Device?_summary=count")).bearer_auth(&operator)).await;
+    assert_eq!(devices.body["total"], 0, "{}", devices.text);
+    // With Device.c too, the Device is written and referenced.
+    let both = server.token("app", "system/Observation.c system/Device.c", None);
+    let csv = b"timestamp,value\n2024-01-16T02:03:00,95.3\n".to_vec();
+    let reply = post_raw(&server, "/Patient/p2/$ingest-vitals?format=fitbit", &both, "text/csv", csv).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let made = returned_observations(&reply.body);
+    let reference = made[0]["device"]["reference"].as_str().expect("a Device reference").to_owned();
+    let device =
+        server.app.send(server.app.client.get(server.app.url(&format!("/{reference}"))).bearer_auth(&operator)).await;
+    assert_eq!(device.status, 200, "{}", device.text);
+    assert_eq!(device.body["patient"]["reference"], "Patient/p2");
+    assert_eq!(observation_count(&server, &operator, "p2").await, 3);
 
     let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
         (
@@ -253,7 +271,7 @@ async fn raw_files_are_read_with_the_format_in_the_url_and_bad_requests_change_n
         .post_with_token("/Observation/o1/$ingest-vitals", &token, &parameters("mhealth", &mhealth_points()))
         .await
         .assert_outcome(404);
-    assert_eq!(observation_count(&server, &operator, "p2").await, 2, "no refused request wrote anything");
+    assert_eq!(observation_count(&server, &operator, "p2").await, 3, "no refused request wrote anything");
 }
 
 /// The camera scan as a browser sends it: the per-frame mean skin colour, never the video. A
