@@ -222,7 +222,7 @@ pub fn read(
 }
 
 /// What a file of an archive or folder is, by its name.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     Profile,
     Data,
@@ -257,13 +257,68 @@ fn role(path: &str) -> Role {
     Role::Other(format!("{} ({})", if family.is_empty() { base } else { family }, if json { "JSON" } else { "CSV" }))
 }
 
+/// The files of an export, however it is stored (a zip archive, a folder).
+trait Export {
+    /// Each file's name (its path inside the export) and what it is, in reading order.
+    fn files(&self) -> Vec<(String, Role)>;
+    /// File `index` of [`Export::files`], to read.
+    fn open(&mut self, index: usize) -> Result<Box<dyn BufRead + '_>, FormatError>;
+}
+
+/// Reads an export: its profile first (wherever it is), then each vital-sign file (one that
+/// cannot be opened is one refused record), each other export file counted as skipped.
+fn read_export(
+    export: &mut dyn Export,
+    settings: &mut Settings,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), FormatError> {
+    let files = export.files();
+    if let Some(index) = files.iter().position(|(_, role)| *role == Role::Profile) {
+        let profile = export.open(index).map_err(|error| FormatError::new(format!("{} {error}", files[index].0)))?;
+        settings.read_profile(profile)?;
+    }
+    for (index, (name, role)) in files.iter().enumerate() {
+        match role {
+            Role::Data => match export.open(index) {
+                Ok(input) => read_member(input, name, settings, emit),
+                Err(error) => emit(Record::new(name.clone(), Err(Problem::new(error.message)))),
+            },
+            Role::Other(family) => emit(Record::new(name.clone(), Err(Problem::skip(family.clone())))),
+            Role::Profile | Role::Ignored => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether files hold something Braid reads.
+fn holds_vital_signs(roles: impl IntoIterator<Item = impl std::borrow::Borrow<Role>>) -> bool {
+    roles.into_iter().any(|role| matches!(role.borrow(), Role::Data | Role::Profile))
+}
+
+/// A zip archive's members as an export.
+struct Zip<R> {
+    archive: zip::ZipArchive<R>,
+    files: Vec<(String, Role)>,
+}
+
+impl<R: Read + Seek> Export for Zip<R> {
+    fn files(&self) -> Vec<(String, Role)> {
+        self.files.clone()
+    }
+
+    fn open(&mut self, index: usize) -> Result<Box<dyn BufRead + '_>, FormatError> {
+        let member = archive::member(&mut self.archive, index)?;
+        Ok(Box::new(BufReader::with_capacity(1 << 16, member)))
+    }
+}
+
 /// Reads a zip archive of an export (the account archive, or Takeout's).
 pub fn read_zip(
     input: impl Read + Seek,
     settings: &mut Settings,
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), FormatError> {
-    let mut archive = zip::ZipArchive::new(input)
+    let archive = zip::ZipArchive::new(input)
         .map_err(|error| FormatError::new(format!("not a readable zip archive: {error}")))?;
     let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
     if names.iter().any(|name| name == "export.xml" || name.ends_with("/export.xml")) {
@@ -271,30 +326,14 @@ pub fn read_zip(
             "this zip archive holds an Apple Health export.xml, not a Fitbit export (format 'apple')",
         ));
     }
-    let roles: Vec<Role> = names.iter().map(|name| role(name)).collect();
-    if !roles.iter().any(|role| matches!(role, Role::Data | Role::Profile)) {
+    // Indices into the archive are the members' own: `file_names` lists them in that order.
+    let files: Vec<(String, Role)> = names.into_iter().map(|name| (name.clone(), role(&name))).collect();
+    if !holds_vital_signs(files.iter().map(|(_, role)| role)) {
         return Err(FormatError::new(
             "the zip archive holds no Fitbit heart-rate, weight, SpO2 or respiratory-rate files: is it a Fitbit export?",
         ));
     }
-    if let Some(index) = roles.iter().position(|role| *role == Role::Profile) {
-        let entry = archive::member(&mut archive, index)
-            .map_err(|error| FormatError::new(format!("{} {error}", names[index])))?;
-        settings.read_profile(BufReader::new(entry))?;
-    }
-    for (index, role) in roles.iter().enumerate() {
-        match role {
-            // A member that cannot be opened (encrypted, an unknown compression) is one refused
-            // record; the others are read.
-            Role::Data => match archive::member(&mut archive, index) {
-                Ok(entry) => read_member(BufReader::with_capacity(1 << 16, entry), &names[index], settings, emit),
-                Err(error) => emit(Record::new(names[index].clone(), Err(Problem::new(error.message)))),
-            },
-            Role::Other(family) => emit(Record::new(names[index].clone(), Err(Problem::skip(family.clone())))),
-            Role::Profile | Role::Ignored => {}
-        }
-    }
-    Ok(())
+    read_export(&mut Zip { archive, files }, settings, emit)
 }
 
 /// An unpacked export: the files under a folder (at most [`MAX_FILES`], [`MAX_DEPTH`] deep)
@@ -333,7 +372,7 @@ impl Folder {
             }
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        if !files.iter().any(|(_, role)| matches!(role, Role::Data | Role::Profile)) {
+        if !holds_vital_signs(files.iter().map(|(_, role)| role)) {
             return Err(FormatError::new(format!(
                 "{} holds no Fitbit heart-rate, weight, SpO2 or respiratory-rate files",
                 root.display()
@@ -348,34 +387,38 @@ impl Folder {
         Ok(Folder { root: root.to_path_buf(), files, data_bytes })
     }
 
-    /// Reads the export, the profile first; `read` counts the bytes read.
+    /// Reads the export, the profile first; `meter` counts the bytes read.
     pub fn read(
         &self,
         settings: &mut Settings,
         meter: &Arc<Meter>,
         emit: &mut dyn FnMut(Record),
     ) -> Result<(), FormatError> {
-        let relative = |path: &Path| path.strip_prefix(&self.root).unwrap_or(path).display().to_string();
-        if let Some((path, _)) = self.files.iter().find(|(_, role)| *role == Role::Profile) {
-            let file = std::fs::File::open(path).map_err(FormatError::io)?;
-            settings.read_profile(BufReader::new(file))?;
-        }
-        for (path, role) in &self.files {
-            match role {
-                Role::Data => match std::fs::File::open(path) {
-                    Ok(file) => {
-                        let counted = Counting::new(file, meter.clone());
-                        read_member(BufReader::with_capacity(1 << 16, counted), &relative(path), settings, emit);
-                    }
-                    Err(error) => {
-                        emit(Record::new(relative(path), Err(Problem::new(format!("cannot be read: {error}")))))
-                    }
-                },
-                Role::Other(family) => emit(Record::new(relative(path), Err(Problem::skip(family.clone())))),
-                Role::Profile | Role::Ignored => {}
-            }
-        }
-        Ok(())
+        read_export(&mut Files { folder: self, meter }, settings, emit)
+    }
+}
+
+/// A folder's files as an export, read through the import's meter.
+struct Files<'f> {
+    folder: &'f Folder,
+    meter: &'f Arc<Meter>,
+}
+
+impl Export for Files<'_> {
+    fn files(&self) -> Vec<(String, Role)> {
+        let root = &self.folder.root;
+        let relative = |path: &Path| path.strip_prefix(root).unwrap_or(path).display().to_string();
+        self.folder.files.iter().map(|(path, role)| (relative(path), role.clone())).collect()
+    }
+
+    fn open(&mut self, index: usize) -> Result<Box<dyn BufRead + '_>, FormatError> {
+        let (path, role) = &self.folder.files[index];
+        let file = std::fs::File::open(path).map_err(|error| FormatError::new(format!("cannot be read: {error}")))?;
+        // Progress counts the vital-sign files ([`Folder::data_bytes`]), not the profile.
+        Ok(match role {
+            Role::Data => Box::new(BufReader::with_capacity(1 << 16, Counting::new(file, self.meter.clone()))),
+            _ => Box::new(BufReader::new(file)),
+        })
     }
 }
 
