@@ -115,7 +115,7 @@ impl Default for Settings {
             base_url: None,
             max_body_bytes: 16 << 20,
             max_json_depth: 100,
-            cache_mb: 128,
+            cache_mb: 64,
             writer_max_group: 256,
             page_size: 50,
             max_page_size: 1000,
@@ -215,7 +215,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "cache_mb",
         env: "BRAID_CACHE_MB",
-        default: "128",
+        default: "64",
         doc: "Database page cache in MiB; the main part of Braid's memory use.",
         apply: |s, v| parse_into(&mut s.cache_mb, v),
     },

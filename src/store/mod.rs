@@ -160,7 +160,7 @@ pub const MAX_CONDITIONAL_DELETE: usize = 10_000;
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 128 << 20,
+            cache_bytes: 64 << 20,
             max_group: 256,
             queue_capacity: 4096,
             cursor_ttl: Duration::from_secs(3600),
