@@ -284,11 +284,48 @@ async fn fill(store: &Store, count: usize, batch: usize, make: impl Fn(usize) ->
     }
 }
 
+/// Family and given names for the bench's Patients: with the varied birth dates and postal
+/// codes below, each Patient is a different person to the master patient index, whose blocks
+/// stay a few Patients each, as in real data (10,000 copies of one person would keep its
+/// matcher busy for the whole measurement, and merge them all into one golden Patient).
+const FAMILY_NAMES: [&str; 20] = [
+    "Chalmers",
+    "Nguyen",
+    "Garcia",
+    "Smith",
+    "Okafor",
+    "Kowalski",
+    "Haddad",
+    "Tanaka",
+    "Johansson",
+    "Moreau",
+    "Rossi",
+    "Silva",
+    "Murphy",
+    "Kim",
+    "Novak",
+    "Dubois",
+    "Schmidt",
+    "Ivanova",
+    "Mensah",
+    "Larsen",
+];
+const GIVEN_NAMES: [&str; 20] = [
+    "Peter", "Amina", "Luis", "Mei", "Olga", "Tom", "Fatima", "Kenji", "Sara", "Noah", "Ines", "Ravi", "Chloe",
+    "Emeka", "Anna", "Jonas", "Lucia", "Omar", "Hana", "Felix",
+];
+
 fn patient(n: usize) -> (ResourceType, String, Value) {
     let mut body: Value = serde_json::from_str(include_str!("../tests/data/examples/Patient-example.json")).unwrap();
     let id = format!("p{n}");
     body["id"] = json!(id);
     body["identifier"][0]["value"] = json!(format!("MRN-{n}"));
+    let (family, given) = (FAMILY_NAMES[n % 20], GIVEN_NAMES[(n / 20) % 20]);
+    body["name"] = json!([{"use": "official", "family": family, "given": [given]}]);
+    let days = i64::try_from(n.wrapping_mul(7919) % 25_000).expect("small");
+    let born = jiff::civil::date(1930, 1, 1).checked_add(jiff::Span::new().days(days)).expect("a valid date");
+    body["birthDate"] = json!(born.to_string());
+    body["address"][0]["postalCode"] = json!(format!("{}", 1000 + n % 9000));
     (ResourceType::parse("Patient").unwrap(), id, body)
 }
 
