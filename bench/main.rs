@@ -424,8 +424,8 @@ async fn ingest_scenario(args: &Args, dir: &Path) {
         args.seconds * 2,
         if rounds > 1 { format!(" per round, {rounds} rounds per build, alternating") } else { String::new() }
     );
-    let bundle = Arc::new(ingest_bundle());
-    println!("  bundle size: {} bytes", bundle.len());
+    let bundle = Arc::new(IngestBundle::new());
+    println!("  bundle size: {} bytes", bundle.body(0).len());
     let builds: Vec<(&str, Option<&Path>)> = match &args.compare_with {
         Some(other) => vec![("other build", Some(other.as_path())), ("this build", None)],
         None => vec![("this build", None)],
@@ -440,7 +440,9 @@ async fn ingest_scenario(args: &Args, dir: &Path) {
                 None => servers::start_braid(&data),
             };
             let bundle = bundle.clone();
-            let request = move |_: usize, _: usize| load::post("/fhir", &bundle, "Prefer: return=minimal\r\n");
+            let request = move |connection: usize, n: usize| {
+                load::post("/fhir", &bundle.body(n * 64 + connection), "Prefer: return=minimal\r\n")
+            };
             let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
             drop(server);
             let _ = std::fs::remove_file(&data);
@@ -1113,18 +1115,39 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
 }
 
 /// The ingest scenario's bundle: one Patient and 49 vital signs referring to it by `urn:uuid`.
-fn ingest_bundle() -> Vec<u8> {
-    let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
-    let mut entries = vec![
-        json!({"fullUrl": patient_url, "resource": patient(0).2, "request": {"method": "POST", "url": "Patient"}}),
-    ];
-    for n in 0..49 {
-        let mut observation = observation(n).2;
-        observation.as_object_mut().unwrap().remove("id");
-        observation["subject"]["reference"] = json!(patient_url);
-        entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
+/// The ingest bundle: a transaction of one Patient and 49 vital signs about it. Each request
+/// sends a different person ([`IngestBundle::body`]), as a real feed does: 10,000 copies of one
+/// Patient would have the master patient index merge them all into one golden Patient while
+/// the writes are measured.
+struct IngestBundle {
+    /// The bundle's bytes before and after the Patient resource.
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+impl IngestBundle {
+    fn new() -> IngestBundle {
+        let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
+        let mut entries = vec![
+            json!({"fullUrl": patient_url, "resource": "@PATIENT@", "request": {"method": "POST", "url": "Patient"}}),
+        ];
+        for n in 0..49 {
+            let mut observation = observation(n).2;
+            observation.as_object_mut().unwrap().remove("id");
+            observation["subject"]["reference"] = json!(patient_url);
+            entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
+        }
+        let bundle =
+            serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap();
+        let at = bundle.windows(11).position(|window| window == b"\"@PATIENT@\"").expect("the placeholder");
+        IngestBundle { before: bundle[..at].to_vec(), after: bundle[at + 11..].to_vec() }
     }
-    serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap()
+
+    /// The bundle with Patient `n` (a different person for each `n`).
+    fn body(&self, n: usize) -> Vec<u8> {
+        let patient = serde_json::to_vec(&patient(n).2).unwrap();
+        [self.before.as_slice(), &patient, &self.after].concat()
+    }
 }
 
 /// An access token for `client_id` from the server at `port`, asking for `scope`
@@ -1148,7 +1171,7 @@ async fn push_scenario(args: &Args, dir: &Path) {
         args.rounds,
         args.seconds * 2
     );
-    let bundle = Arc::new(ingest_bundle());
+    let bundle = Arc::new(IngestBundle::new());
     let key = BackendKey::generate();
     let jwks = serde_json::to_string(&json!({"keys": [key.public]})).unwrap();
     let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
@@ -1185,7 +1208,9 @@ async fn push_scenario(args: &Args, dir: &Path) {
             let token = backend_token(&key, &client_id, server.port, "system%2F*.cruds").await;
             let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
             let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
-            let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle, &headers);
+            let request = move |connection: usize, n: usize| {
+                load::post_to(&host, "/fhir", &bundle.body(n * 64 + connection), &headers)
+            };
             let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
             drop(server);
             let _ = std::fs::remove_file(&data);
