@@ -479,6 +479,28 @@ mod tests {
 
     use super::*;
 
+    /// Asserts what a heart rate minute made of several samples says: its period, its mean,
+    /// the lowest and highest sample (components 0 and 1) and how many samples it stands for.
+    pub(super) fn assert_minute<Mean, Low, High>(
+        minute: &Value,
+        (start, end): (&str, &str),
+        mean: Mean,
+        (low, high): (Low, High),
+        samples: i32,
+    ) where
+        Value: PartialEq<Mean> + PartialEq<Low> + PartialEq<High>,
+        Mean: std::fmt::Debug,
+        Low: std::fmt::Debug,
+        High: std::fmt::Debug,
+    {
+        assert_eq!(minute["effectivePeriod"]["start"], start);
+        assert_eq!(minute["effectivePeriod"]["end"], end);
+        assert_eq!(minute["valueQuantity"]["value"], mean);
+        assert_eq!(minute["component"][0]["valueQuantity"]["value"], low);
+        assert_eq!(minute["component"][1]["valueQuantity"]["value"], high);
+        assert_eq!(minute["component"][2]["valueInteger"], samples);
+    }
+
     fn sample(at: OffsetDateTime, value: f64) -> Record {
         let device = Some(Device { name: "Band".into(), ..Device::default() });
         let reading = Reading {
@@ -505,13 +527,7 @@ mod tests {
         assert_eq!(resources[0]["resourceType"], "Device");
         let observations: Vec<&Value> = resources.iter().filter(|r| r["resourceType"] == "Observation").collect();
         assert_eq!(observations.len(), 2);
-        let minute = observations[0];
-        assert_eq!(minute["effectivePeriod"]["start"], "2024-01-01T08:00:00-05:00");
-        assert_eq!(minute["effectivePeriod"]["end"], "2024-01-01T08:01:00-05:00");
-        assert_eq!(minute["valueQuantity"]["value"], 70.5);
-        assert_eq!(minute["component"][0]["valueQuantity"]["value"], 66);
-        assert_eq!(minute["component"][1]["valueQuantity"]["value"], 74);
-        assert_eq!(minute["component"][2]["valueInteger"], 4);
+        assert_minute(observations[0], ("2024-01-01T08:00:00-05:00", "2024-01-01T08:01:00-05:00"), 70.5, (66, 74), 4);
         // A minute with one sample keeps its instant.
         assert_eq!(observations[1]["effectiveDateTime"], "2024-01-01T08:01:05-05:00");
         assert_eq!(converter.summary.aggregated_samples, 4);

@@ -70,12 +70,13 @@ fn heart_rate_samples_are_placed_in_the_profiles_zone_and_merged_per_minute() {
     let (made, summary) = observations(read);
     assert_eq!((summary.rejected, summary.aggregated_samples, made.len()), (3, 3, 2));
     let minute = &made[0];
-    assert_eq!(minute["effectivePeriod"]["start"], "2024-01-15T08:00:00+01:00");
-    assert_eq!(minute["effectivePeriod"]["end"], "2024-01-15T08:01:00+01:00");
-    assert_eq!(minute["valueQuantity"]["value"], 72);
-    assert_eq!(minute["component"][0]["valueQuantity"]["value"], 70);
-    assert_eq!(minute["component"][1]["valueQuantity"]["value"], 74);
-    assert_eq!(minute["component"][2]["valueInteger"], 3);
+    crate::ingest::tests::assert_minute(
+        minute,
+        ("2024-01-15T08:00:00+01:00", "2024-01-15T08:01:00+01:00"),
+        72,
+        (70, 74),
+        3,
+    );
     assert_eq!(minute["meta"]["source"], "urn:braid:ingest:fitbit");
     assert_eq!(made[1]["effectiveDateTime"], "2024-07-15T21:10:00+02:00");
     assert_eq!(made[1]["device"]["display"], "Fitbit tracker");
