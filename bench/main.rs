@@ -440,9 +440,8 @@ async fn ingest_scenario(args: &Args, dir: &Path) {
                 None => servers::start_braid(&data),
             };
             let bundle = bundle.clone();
-            let request = move |connection: usize, n: usize| {
-                load::post("/fhir", &bundle.body(n * 64 + connection), "Prefer: return=minimal\r\n")
-            };
+            let request =
+                move |_: usize, _: usize| load::post("/fhir", &bundle.next_body(), "Prefer: return=minimal\r\n");
             let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
             drop(server);
             let _ = std::fs::remove_file(&data);
@@ -1116,13 +1115,15 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
 
 /// The ingest scenario's bundle: one Patient and 49 vital signs referring to it by `urn:uuid`.
 /// The ingest bundle: a transaction of one Patient and 49 vital signs about it. Each request
-/// sends a different person ([`IngestBundle::body`]), as a real feed does: 10,000 copies of one
+/// sends a different person ([`IngestBundle::next_body`]), as a real feed does: 10,000 copies of one
 /// Patient would have the master patient index merge them all into one golden Patient while
 /// the writes are measured.
 struct IngestBundle {
     /// The bundle's bytes before and after the Patient resource.
     before: Vec<u8>,
     after: Vec<u8>,
+    /// The number of the next request's Patient.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl IngestBundle {
@@ -1140,13 +1141,18 @@ impl IngestBundle {
         let bundle =
             serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap();
         let at = bundle.windows(11).position(|window| window == b"\"@PATIENT@\"").expect("the placeholder");
-        IngestBundle { before: bundle[..at].to_vec(), after: bundle[at + 11..].to_vec() }
+        IngestBundle { before: bundle[..at].to_vec(), after: bundle[at + 11..].to_vec(), next: Default::default() }
     }
 
     /// The bundle with Patient `n` (a different person for each `n`).
     fn body(&self, n: usize) -> Vec<u8> {
         let patient = serde_json::to_vec(&patient(n).2).unwrap();
         [self.before.as_slice(), &patient, &self.after].concat()
+    }
+
+    /// The bundle with the next Patient: every request of a run about someone new.
+    fn next_body(&self) -> Vec<u8> {
+        self.body(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -1208,9 +1214,7 @@ async fn push_scenario(args: &Args, dir: &Path) {
             let token = backend_token(&key, &client_id, server.port, "system%2F*.cruds").await;
             let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
             let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
-            let request = move |connection: usize, n: usize| {
-                load::post_to(&host, "/fhir", &bundle.body(n * 64 + connection), &headers)
-            };
+            let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
             let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
             drop(server);
             let _ = std::fs::remove_file(&data);
