@@ -315,8 +315,13 @@ const GIVEN_NAMES: [&str; 20] = [
     "Emeka", "Anna", "Jonas", "Lucia", "Omar", "Hana", "Felix",
 ];
 
+/// The official Patient example, parsed once: the template of every bench Patient.
+static PATIENT_EXAMPLE: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    serde_json::from_str(include_str!("../tests/data/examples/Patient-example.json")).expect("the example parses")
+});
+
 fn patient(n: usize) -> (ResourceType, String, Value) {
-    let mut body: Value = serde_json::from_str(include_str!("../tests/data/examples/Patient-example.json")).unwrap();
+    let mut body = PATIENT_EXAMPLE.clone();
     let id = format!("p{n}");
     body["id"] = json!(id);
     body["identifier"][0]["value"] = json!(format!("MRN-{n}"));
@@ -1113,7 +1118,6 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
     }
 }
 
-/// The ingest scenario's bundle: one Patient and 49 vital signs referring to it by `urn:uuid`.
 /// The ingest bundle: a transaction of one Patient and 49 vital signs about it. Each request
 /// sends a different person ([`IngestBundle::next_body`]), as a real feed does: 10,000 copies of one
 /// Patient would have the master patient index merge them all into one golden Patient while

@@ -209,10 +209,13 @@ fn write_apple_export(path: &Path, megabytes: u64) -> u64 {
 }
 
 /// Runs `braid ingest apple` on a generated export of `megabytes`, as a child process: its
-/// rate, peak memory (the child's VmHWM, polled) and Observations stored per second; and the
-/// same read with `--dry-run` (reading and converting only).
+/// rate, peak memory (the child's VmHWM, polled until it exits) and Observations stored per second; and the
+/// same read with `--dry-run` (reading and converting only); then the same export sent to a
+/// server's `$ingest-vitals`.
 pub async fn apple_scenario(dir: &Path, megabytes: u64) {
-    println!("\n== apple: braid ingest apple on a generated {megabytes} MB export.xml ==");
+    println!(
+        "\n== apple: braid ingest apple, then $ingest-vitals over HTTP, on a generated {megabytes} MB export.xml =="
+    );
     let export = dir.join("export.xml");
     let started = Instant::now();
     let size = write_apple_export(&export, megabytes);
@@ -271,14 +274,14 @@ pub async fn apple_scenario(dir: &Path, megabytes: u64) {
         if dry_run {
             let observations = output.iter().filter(|&&byte| byte == b'\n').count();
             println!(
-                "  --dry-run: {elapsed:.1} s = {rate:.0} MB/s, {observations} Observations made, peak memory {:.0} MB",
+                "  --dry-run: {elapsed:.1} s = {rate:.0} MB/s, {observations} Observations made, peak memory {:.0} MiB",
                 peak_kb as f64 / 1024.0
             );
         } else {
             let summary: Value = serde_json::from_slice(&output).unwrap_or(Value::Null);
             let created = summary["created"].as_u64().unwrap_or(0);
             println!(
-                "  import:    {elapsed:.1} s = {rate:.0} MB/s (target >= 20 MB/s), peak memory {:.0} MB (target <= 200 MB), {created} Observations stored = {:.0}/s; {} records, {} skipped, {} rejected",
+                "  import:    {elapsed:.1} s = {rate:.0} MB/s (target >= 20 MB/s), peak memory {:.0} MiB (target <= 200 MB), {created} Observations stored = {:.0}/s; {} records, {} skipped, {} rejected",
                 peak_kb as f64 / 1024.0,
                 created as f64 / elapsed,
                 summary["records"],
@@ -309,25 +312,6 @@ async fn http_import(dir: &Path, export: &Path, size: u64) {
         .expect("the patient");
     assert!(reply.status().is_success(), "the patient is created");
     let body = std::fs::read(export).expect("the export");
-    let status_file = format!("/proc/{}/status", server.child.id());
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let watching = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(status) = std::fs::read_to_string(&status_file)
-                    && let Some(kb) = status
-                        .lines()
-                        .find(|line| line.starts_with("VmHWM:"))
-                        .and_then(|line| line.split_whitespace().nth(1))
-                        .and_then(|kb| kb.parse::<u64>().ok())
-                {
-                    peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-    };
     let started = Instant::now();
     let reply = client
         .post(format!("{base}/Patient/p1/$ingest-vitals?format=apple"))
@@ -339,7 +323,6 @@ async fn http_import(dir: &Path, export: &Path, size: u64) {
     let status = reply.status();
     let answer: Value = reply.json().await.unwrap_or(Value::Null);
     let elapsed = started.elapsed().as_secs_f64();
-    watching.abort();
     assert!(status.is_success(), "$ingest-vitals answered {status}: {answer}");
     let count = |name: &str| {
         answer["parameter"]
@@ -350,10 +333,10 @@ async fn http_import(dir: &Path, export: &Path, size: u64) {
     };
     let created = count("created");
     println!(
-        "  $ingest-vitals over HTTP: {elapsed:.1} s = {:.0} MB/s, {created} Observations stored = {:.0}/s, server peak memory {:.0} MB",
+        "  $ingest-vitals over HTTP: {elapsed:.1} s = {:.0} MB/s, {created} Observations stored = {:.0}/s, server peak memory {:.0} MiB",
         size as f64 / 1e6 / elapsed,
         created as f64 / elapsed,
-        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+        server.peak_rss_mib()
     );
     drop(server);
     let _ = std::fs::remove_file(&data);
