@@ -151,6 +151,7 @@ impl Application {
             sources: sources.clone(),
             exports,
             mpi: mpi.clone(),
+            imports: http::ingest::Imports::default(),
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)

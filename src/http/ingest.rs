@@ -42,13 +42,24 @@ pub const MAX_RETURNED: usize = 100;
 /// Imports running at once; more wait for none and get 503 (each holds a blocking thread and
 /// a spooled upload).
 const MAX_RUNNING: usize = 2;
-static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
-/// A place among the imports running, or 503 when all [`MAX_RUNNING`] are taken.
-fn admit() -> Result<tokio::sync::SemaphorePermit<'static>, FhirError> {
-    RUNNING
-        .try_acquire()
-        .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))
+/// The places for imports on one server: at most [`MAX_RUNNING`] run at once.
+pub struct Imports(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for Imports {
+    fn default() -> Imports {
+        Imports(std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)))
+    }
+}
+
+impl Imports {
+    /// A place among the imports running, or 503 when all [`MAX_RUNNING`] are taken.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, FhirError> {
+        self.0
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))
+    }
 }
 
 pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
@@ -100,7 +111,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }));
     }
     let options = options(&request::query_pairs(&ctx.http))?;
-    let _running = admit()?;
+    let _running = ctx.state.imports.admit()?;
     let mut spool = Spool::new().await?;
     let Ctx { http, payload, state, access, .. } = ctx;
     let (format, zone) = match options {
@@ -442,13 +453,14 @@ mod tests {
     /// The bound on imports at once: a third waits for nothing and is refused until one ends.
     #[test]
     fn at_most_two_imports_run_at_once() {
-        let first = admit().unwrap();
-        let _second = admit().unwrap();
-        let refused = admit().unwrap_err();
+        let imports = Imports::default();
+        let first = imports.admit().unwrap();
+        let _second = imports.admit().unwrap();
+        let refused = imports.admit().unwrap_err();
         assert_eq!(refused.category, Category::Busy);
         assert!(refused.issues[0].diagnostics.contains("2 imports are running"));
         drop(first);
-        assert!(admit().is_ok());
+        assert!(imports.admit().is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod error;
 mod everything;
 mod export;
 mod history;
-mod ingest;
+pub mod ingest;
 pub mod mdm;
 mod metadata;
 mod negotiate;
@@ -121,6 +121,8 @@ pub struct AppState {
     pub exports: Arc<crate::sources::export::Exports>,
     /// The master patient index.
     pub mpi: Arc<crate::mpi::service::Mpi>,
+    /// The vitals imports (`$ingest-vitals`) running.
+    pub imports: ingest::Imports,
 }
 
 /// The FHIR interactions Braid offers, named as in the CapabilityStatement.
