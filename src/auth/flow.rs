@@ -383,8 +383,7 @@ impl AuthState {
         let picked = match picked.map(str::trim).filter(|id| !id.is_empty()) {
             Some(id) if needs_patient_choice(flow, &user) => {
                 let patient_type = crate::fhir::ResourceType::PATIENT;
-                let exists = crate::fhir::Id::parse(id).is_ok()
-                    && self.store.snapshot()?.current(patient_type, id)?.is_some_and(|v| !v.is_deleted());
+                let exists = crate::fhir::Id::parse(id).is_ok() && self.store.snapshot()?.is_live(patient_type, id)?;
                 if !exists {
                     return Err(FhirError::not_found(format!("There is no Patient '{id}' on this server")));
                 }

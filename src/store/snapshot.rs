@@ -112,11 +112,7 @@ impl Snapshot {
 
     /// The newest version of a resource (possibly a deletion), if it ever existed.
     pub fn current(&self, resource_type: ResourceType, id: &str) -> Result<Option<Version>, FhirError> {
-        let table = &self.versions;
-        let prefix = resource_version::prefix(resource_type.as_str(), id);
-        let end = prefix_end(&prefix);
-        let newest = table.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.next_back();
-        match newest {
+        match self.versions_of(resource_type, id)?.next_back() {
             None => Ok(None),
             Some(entry) => {
                 let (key, value) = entry.map_err(StoreError::from)?;
@@ -125,13 +121,21 @@ impl Snapshot {
         }
     }
 
+    /// Every stored version of one resource, oldest first (the newest is `next_back`).
+    fn versions_of(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> Result<redb::Range<'_, &'static [u8], &'static [u8]>, FhirError> {
+        let prefix = resource_version::prefix(resource_type.as_str(), id);
+        let end = prefix_end(&prefix);
+        Ok(self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?)
+    }
+
     /// Whether a resource exists now (its newest version is not a deletion), read from the
     /// version's header alone: its body is neither decompressed nor cached.
     pub fn is_live(&self, resource_type: ResourceType, id: &str) -> Result<bool, FhirError> {
-        let prefix = resource_version::prefix(resource_type.as_str(), id);
-        let end = prefix_end(&prefix);
-        let newest = self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.next_back();
-        let Some(entry) = newest else { return Ok(false) };
+        let Some(entry) = self.versions_of(resource_type, id)?.next_back() else { return Ok(false) };
         let (key, value) = entry.map_err(StoreError::from)?;
         let (header, _) =
             resource_version::decode_value(value.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
@@ -141,9 +145,7 @@ impl Snapshot {
     /// The version of a resource that was current at logical time `t`, unless it was deleted
     /// then (or did not exist yet).
     pub fn version_at(&self, resource_type: ResourceType, id: &str, t: u64) -> Result<Option<Version>, FhirError> {
-        let prefix = resource_version::prefix(resource_type.as_str(), id);
-        let end = prefix_end(&prefix);
-        for entry in self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?.rev() {
+        for entry in self.versions_of(resource_type, id)?.rev() {
             let (key, value) = entry.map_err(StoreError::from)?;
             // Only the chosen version's body is decoded.
             let (header, _) = resource_version::decode_value(value.value())
