@@ -36,6 +36,11 @@ const MAX_UNPAIRED: usize = 10_000;
 const APPLE_DATE: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]");
 
+/// Whether an archive member is an Apple Health `export.xml` (in whatever folder).
+pub fn is_export_xml(name: &str) -> bool {
+    name == "export.xml" || name.ends_with("/export.xml")
+}
+
 /// Reads an `export.zip`: its `export.xml` (whatever folder it is in), streamed out of the
 /// archive.
 pub fn read_zip(input: impl Read + Seek, emit: &mut dyn FnMut(Record)) -> Result<(), FormatError> {
@@ -43,7 +48,7 @@ pub fn read_zip(input: impl Read + Seek, emit: &mut dyn FnMut(Record)) -> Result
         .map_err(|error| FormatError::new(format!("not a readable zip archive: {error}")))?;
     let index = (0..archive.len())
         .find(|&index| {
-            archive.name_for_index(index).is_some_and(|name| name == "export.xml" || name.ends_with("/export.xml"))
+            archive.name_for_index(index).is_some_and(is_export_xml)
         })
         .ok_or_else(|| FormatError::new("the zip archive has no export.xml: is it an Apple Health export?"))?;
     let entry = super::archive::member(&mut archive, index)

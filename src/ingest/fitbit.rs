@@ -321,7 +321,7 @@ pub fn read_zip(
     let archive = zip::ZipArchive::new(input)
         .map_err(|error| FormatError::new(format!("not a readable zip archive: {error}")))?;
     let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
-    if names.iter().any(|name| name == "export.xml" || name.ends_with("/export.xml")) {
+    if names.iter().any(|name| super::apple::is_export_xml(name)) {
         return Err(FormatError::new(
             "this zip archive holds an Apple Health export.xml, not a Fitbit export (format 'apple')",
         ));

@@ -82,7 +82,7 @@ pub fn sniff(head: &[u8]) -> Option<(Format, &'static str)> {
         // tells an Apple Health export from a Fitbit one; either reader checks the rest.
         let length = head.get(26..28).map_or(0, |bytes| u16::from_le_bytes([bytes[0], bytes[1]]) as usize);
         let name = String::from_utf8_lossy(head.get(30..30 + length).unwrap_or_default()).to_ascii_lowercase();
-        if name.contains("apple_health_export") || name.ends_with("export.xml") {
+        if name.contains("apple_health_export") || apple::is_export_xml(&name) {
             return Some((Format::Apple, "an Apple Health export.zip"));
         }
         if name.contains("fitbit") || name.contains("takeout") {
