@@ -47,9 +47,7 @@ pub fn read_zip(input: impl Read + Seek, emit: &mut dyn FnMut(Record)) -> Result
     let mut archive = zip::ZipArchive::new(input)
         .map_err(|error| FormatError::new(format!("not a readable zip archive: {error}")))?;
     let index = (0..archive.len())
-        .find(|&index| {
-            archive.name_for_index(index).is_some_and(is_export_xml)
-        })
+        .find(|&index| archive.name_for_index(index).is_some_and(is_export_xml))
         .ok_or_else(|| FormatError::new("the zip archive has no export.xml: is it an Apple Health export?"))?;
     let entry = super::archive::member(&mut archive, index)
         .map_err(|error| FormatError::new(format!("export.xml in the archive {error}")))?;

@@ -210,6 +210,10 @@ pub fn read(
     settings: &Settings,
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), FormatError> {
+    // Each file is in time order of its own; files are read in name order, which is not time
+    // order (a month of weights sorts before a day of heart rate): the pass over an hour that
+    // clocks show twice is judged from this file's earlier times only.
+    settings.last_instant.set(None);
     items::skip_byte_order_mark(&mut input).map_err(FormatError::io)?;
     let head = input.fill_buf().map_err(FormatError::io)?;
     let first = head.iter().find(|byte| !byte.is_ascii_whitespace()).copied();

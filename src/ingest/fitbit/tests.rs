@@ -136,6 +136,25 @@ fn the_hour_shown_twice_when_clocks_go_back_is_read_in_order() {
     );
 }
 
+/// Files are read in name order, not time order: a file read before, whose last time is weeks
+/// later, does not put the first pass of the repeated hour into the second.
+#[test]
+fn the_repeated_hour_is_judged_within_each_file() {
+    let settings = settings(Some("America/New_York"));
+    let later = json!([{"dateTime": "11/30/24 08:00:00", "value": {"bpm": 60, "confidence": 3}}]);
+    records(&later.to_string(), Some("heart_rate-2024-11-30.json"), &settings).unwrap();
+    let samples = json!([
+        {"dateTime": "11/03/24 01:50:00", "value": {"bpm": 61, "confidence": 3}},
+        {"dateTime": "11/03/24 01:10:00", "value": {"bpm": 62, "confidence": 3}},
+    ]);
+    let read = records(&samples.to_string(), Some("heart_rate-2024-11-03.json"), &settings).unwrap();
+    let when: Vec<When> = read.iter().map(|record| record.outcome.as_ref().unwrap().when).collect();
+    assert_eq!(
+        when,
+        [When::At(datetime!(2024-11-03 01:50:00 -04:00)), When::At(datetime!(2024-11-03 01:10:00 -05:00))]
+    );
+}
+
 /// A byte-order mark before a file's JSON or CSV changes nothing; a confidence written as a
 /// decimal or a string is still read.
 #[test]
