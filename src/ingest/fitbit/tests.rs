@@ -229,6 +229,9 @@ fn a_weights_unit_comes_from_its_bmi_or_the_profile_and_is_never_guessed() {
     let mut profiled = settings(Some("UTC"));
     profiled.read_profile(PROFILE.as_bytes()).unwrap();
     let read = records(&weights.to_string(), None, &profiled).unwrap();
+    // The profile says kilograms, but its height (1.72 m) is the one pounds imply for 165.3
+    // with BMI 24.41: the height decides, so the weight is still 74.98 kg.
+    assert_eq!(read[0].outcome.as_ref().unwrap().measured, Measured::Value(74.98));
     assert_eq!(read[4].outcome.as_ref().unwrap().measured, Measured::Value(75.0));
     let (made, summary) = observations(read);
     assert_eq!((made.len(), summary.rejected), (5, 1));
