@@ -98,9 +98,10 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     // The Devices the Observations name are written when the token may create them; otherwise
     // an Observation names its device by display only.
     let device = json!({"resourceType": "Device", "patient": {"reference": format!("Patient/{patient}")}});
-    let devices_allowed = access::check_body(&ctx.access, ResourceType::DEVICE, &device, Permission::Create, &base)
-        .is_ok()
-        && access::permitted(&ctx.access, ResourceType::DEVICE, Permission::Create, &base).is_ok();
+    let devices_allowed = ctx
+        .access
+        .admits_body(&crate::search::SearchIndexer, ResourceType::DEVICE, &device, Permission::Create, &base)
+        .unwrap_or(false);
     let store = ctx.state.store.clone();
     if !store.snapshot()?.is_live(ResourceType::PATIENT, patient.as_str())? {
         let golden = crate::mpi::golden::is_golden(patient.as_str());
@@ -132,7 +133,6 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let ingest::run::Import { mut batches, reading, .. } = import;
     let mut written = Summary::default();
     let mut returned = Vec::new();
-    let restricted = access.is_restricted();
     while let Some(batch) = batches.recv().await {
         let mut kept = Vec::with_capacity(batch.len());
         for mut resource in batch {
@@ -142,9 +142,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
                 }
                 continue;
             }
-            if restricted
-                && access::check_body(&access, ResourceType::OBSERVATION, &resource, Permission::Create, &base).is_err()
-            {
+            if access::check_body(&access, ResourceType::OBSERVATION, &resource, Permission::Create, &base).is_err() {
                 let what = resource["code"]["text"].as_str().unwrap_or("Observation").to_owned();
                 let at =
                     resource["effectiveDateTime"].as_str().or_else(|| resource["effectivePeriod"]["start"].as_str());
