@@ -216,7 +216,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "cache_mb",
         env: "BRAID_CACHE_MB",
         default: "64",
-        doc: "Database page cache in MiB; the main part of Braid's memory use.",
+        doc: "Database page cache in MiB; the main part of Braid's memory use (each MiB of cache costs about 1.3 MiB of memory once full, with the allocator's overhead). A larger cache helps when the often-read part of the database is larger than it.",
         apply: |s, v| parse_into(&mut s.cache_mb, v),
     },
     SettingDoc {
