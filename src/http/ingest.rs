@@ -26,7 +26,6 @@ use std::path::PathBuf;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use base64::Engine;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -339,47 +338,29 @@ impl Spool {
         &mut self,
         limits: &super::Limits,
         http: &actix_web::HttpRequest,
-        mut payload: actix_web::web::Payload,
+        payload: actix_web::web::Payload,
     ) -> Result<(), FhirError> {
-        let limit = limits.max_ingest_bytes;
-        let too_large = || {
-            FhirError::new(
-                Category::TooLarge,
-                IssueCode::TooLong,
-                format!("the uploaded file exceeds the limit of {limit} bytes (max_ingest_bytes)"),
-            )
-        };
-        let declared = http
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit) {
-            return Err(too_large());
-        }
         let started = tokio::time::Instant::now();
-        let mut received: u64 = 0;
-        loop {
+        let bounds = request::BodyBounds {
+            max_bytes: limits.max_ingest_bytes,
+            too_large: format!(
+                "the uploaded file exceeds the limit of {} bytes (max_ingest_bytes)",
+                limits.max_ingest_bytes
+            ),
             // The deadline moves with what has arrived: one timeout per max_body_bytes.
-            let allowance = 1 + received / limits.max_body_bytes.max(1) as u64;
-            let deadline = started + limits.body_read_timeout * allowance.min(u32::MAX as u64) as u32;
-            let next = tokio::time::timeout_at(deadline, payload.next()).await.map_err(|_| {
-                FhirError::new(
-                    Category::Timeout,
-                    IssueCode::Transient,
-                    format!("the upload is too slow ({received} bytes in {:.0} s)", started.elapsed().as_secs_f64()),
-                )
-            })?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|error| {
-                FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {error}"))
-            })?;
-            received += chunk.len() as u64;
-            if received > limit {
-                return Err(too_large());
-            }
-            self.file.write_all(&chunk).await.map_err(spool_error)?;
-        }
+            deadline: &|received| {
+                let allowance = 1 + received / limits.max_body_bytes.max(1) as u64;
+                started + limits.body_read_timeout * allowance.min(u32::MAX as u64) as u32
+            },
+            too_slow: &|received| {
+                format!("the upload is too slow ({received} bytes in {:.0} s)", started.elapsed().as_secs_f64())
+            },
+        };
+        let file = &mut self.file;
+        let received = request::stream_body(http, payload, &bounds, async |chunk| {
+            file.write_all(&chunk).await.map_err(spool_error)
+        })
+        .await?;
         if received == 0 {
             return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
         }

@@ -55,42 +55,69 @@ fn initial_capacity(declared: Option<usize>) -> usize {
 /// Reads the raw body, in whatever format: at most `limits.max_body_bytes` (413), all of it
 /// within `limits.body_read_timeout` from the first read (408, and the connection is closed,
 /// since the rest of the body is never read).
-pub async fn read_limited(request: &HttpRequest, mut payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
-    let too_large = || {
-        FhirError::new(
-            Category::TooLarge,
-            IssueCode::TooLong,
-            format!("the request body exceeds the limit of {} bytes", limits.max_body_bytes),
-        )
+pub async fn read_limited(request: &HttpRequest, payload: Payload, limits: &Limits) -> Result<Bytes, FhirError> {
+    let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
+    let seconds = limits.body_read_timeout.as_secs_f64();
+    let bounds = BodyBounds {
+        max_bytes: limits.max_body_bytes as u64,
+        too_large: format!("the request body exceeds the limit of {} bytes", limits.max_body_bytes),
+        deadline: &|_| deadline,
+        too_slow: &|received| {
+            format!("the request body did not arrive within {seconds} seconds ({received} bytes received)")
+        },
     };
     let declared =
         request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+    let mut body = BytesMut::with_capacity(initial_capacity(declared));
+    stream_body(request, payload, &bounds, async |chunk: Bytes| {
+        body.extend_from_slice(&chunk);
+        Ok(())
+    })
+    .await?;
+    Ok(body.freeze())
+}
+
+/// What a streamed body must keep to: its size and when it must have arrived.
+pub struct BodyBounds<'a> {
+    /// Most bytes; a larger body (by its `Content-Length`, or as it arrives) is a 413 saying
+    /// `too_large`.
+    pub max_bytes: u64,
+    pub too_large: String,
+    /// When the rest of the body must have arrived, given the bytes received so far.
+    pub deadline: &'a dyn Fn(u64) -> tokio::time::Instant,
+    /// The 408's message, given the bytes received so far.
+    pub too_slow: &'a dyn Fn(u64) -> String,
+}
+
+/// Streams the request body into `sink`, chunk by chunk, within `bounds`; returns the number
+/// of bytes read. Nothing past a bound is read (the connection is then closed).
+pub async fn stream_body(
+    request: &HttpRequest,
+    mut payload: Payload,
+    bounds: &BodyBounds<'_>,
+    mut sink: impl AsyncFnMut(Bytes) -> Result<(), FhirError>,
+) -> Result<u64, FhirError> {
+    let too_large = || FhirError::new(Category::TooLarge, IssueCode::TooLong, bounds.too_large.clone());
+    let declared =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > bounds.max_bytes) {
         return Err(too_large());
     }
-    let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
-    let mut body = BytesMut::with_capacity(initial_capacity(declared));
+    let mut received: u64 = 0;
     loop {
-        let next = tokio::time::timeout_at(deadline, payload.next()).await.map_err(|_| {
-            FhirError::new(
-                Category::Timeout,
-                IssueCode::Transient,
-                format!(
-                    "the request body did not arrive within {} seconds ({} bytes received)",
-                    limits.body_read_timeout.as_secs_f64(),
-                    body.len()
-                ),
-            )
-        })?;
+        let next = tokio::time::timeout_at((bounds.deadline)(received), payload.next())
+            .await
+            .map_err(|_| FhirError::new(Category::Timeout, IssueCode::Transient, (bounds.too_slow)(received)))?;
         let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| FhirError::incorrect(IssueCode::Structure, format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > limits.max_body_bytes {
+        received += chunk.len() as u64;
+        if received > bounds.max_bytes {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        sink(chunk).await?;
     }
-    Ok(body.freeze())
+    Ok(received)
 }
 
 /// Parses a JSON body within the depth limit and checks the length of its strings.
