@@ -323,3 +323,56 @@ async fn a_sources_token_is_refused() {
     assert!(reply.text.contains("a source's token"), "{}", reply.text);
     assert_eq!(observation_count(&server, &operator, "p1").await, 0);
 }
+
+/// Sends `head` (a request line and headers, without the blank line) and `body` on a new
+/// connection, then reads until the server closes it (or 10 s pass): the raw answer.
+async fn raw_exchange(server: &AuthApp, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port: u16 = server.app.base.trim_end_matches("/fhir").rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // The server may answer and close before all of the body is sent.
+    let _ = stream.write_all(format!("{head}\r\n\r\n").as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+            received.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The bounds of a streamed upload hold without a `Content-Length` to check up front: a
+/// chunked body past `max_ingest_bytes` is a 413 once that much has arrived, and an upload
+/// that stops arriving is a 408; neither stores anything.
+#[tokio::test]
+async fn a_streamed_upload_past_its_limit_or_too_slow_is_refused_and_stores_nothing() {
+    let (server, operator) = server_with_patients(|settings| {
+        settings.max_ingest_bytes = 4096;
+        settings.body_read_timeout_secs = 2;
+    })
+    .await;
+    let token = server.token("app", "system/Observation.c", None);
+    // The token is for this server: the Host names it.
+    let host = server.app.base.trim_start_matches("http://").trim_end_matches("/fhir").to_owned();
+    let head = |framing: &str| {
+        format!(
+            "POST /fhir/Patient/p2/$ingest-vitals?format=mhealth HTTP/1.1\r\nHost: {host}\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n{framing}"
+        )
+    };
+    let chunk = format!("3e8\r\n{}\r\n", " ".repeat(1000));
+    let chunked = format!("{}0\r\n\r\n", chunk.repeat(5));
+    let answer = raw_exchange(&server, &head("Transfer-Encoding: chunked"), chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("the uploaded file exceeds the limit of 4096 bytes (max_ingest_bytes)"), "{answer}");
+
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(&server, &head("Content-Length: 1000"), &[b' '; 100]).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("the upload is too slow (100 bytes in 2 s)"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900), "the upload had its time");
+    assert_eq!(observation_count(&server, &operator, "p2").await, 0);
+}
