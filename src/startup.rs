@@ -30,6 +30,8 @@ pub enum StartupError {
     Auth(crate::fhir::FhirError),
     #[error("cannot load the Bulk Data export jobs: {0}")]
     Exports(crate::fhir::FhirError),
+    #[error("cannot prepare the upload spool directory next to {path}: {source}")]
+    Spool { path: String, source: std::io::Error },
     #[error(
         "auth is off, but Braid would listen on {0}, which is not a loopback address: anyone who can reach it could \
          read and change every record. Turn auth on, or listen on 127.0.0.1 or [::1]"
@@ -137,6 +139,8 @@ impl Application {
                 .map_err(StartupError::Exports)?,
         );
         start_export_sweeper(Arc::downgrade(&exports));
+        let imports = http::ingest::Imports::open(&settings.data)
+            .map_err(|source| StartupError::Spool { path: settings.data.display().to_string(), source })?;
         let stopping_exports = exports.clone();
         let audit = (auth.is_some() && settings.audit).then(|| {
             crate::auth::audit::AuditSink::start(store.clone(), Duration::from_secs(settings.audit_window_secs))
@@ -151,7 +155,7 @@ impl Application {
             sources: sources.clone(),
             exports,
             mpi: mpi.clone(),
-            imports: http::ingest::Imports::default(),
+            imports,
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)

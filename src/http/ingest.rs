@@ -42,19 +42,35 @@ pub const MAX_RETURNED: usize = 100;
 /// a spooled upload).
 const MAX_RUNNING: usize = 2;
 
-/// The places for imports on one server: at most [`MAX_RUNNING`] run at once.
-pub struct Imports(std::sync::Arc<tokio::sync::Semaphore>);
-
-impl Default for Imports {
-    fn default() -> Imports {
-        Imports(std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)))
-    }
+/// The imports of one server: at most [`MAX_RUNNING`] run at once, each spooling its upload in
+/// the server's own spool directory.
+pub struct Imports {
+    places: std::sync::Arc<tokio::sync::Semaphore>,
+    spool_dir: PathBuf,
 }
 
 impl Imports {
+    /// The imports of the server whose database file is `data`: uploads are spooled in
+    /// `<data>.ingest` (next to the database, on its disk: not in a memory-backed temporary
+    /// directory), which is emptied here since no import outlives its server.
+    pub fn open(data: &std::path::Path) -> std::io::Result<Imports> {
+        let mut spool_dir = data.as_os_str().to_owned();
+        spool_dir.push(".ingest");
+        let spool_dir = PathBuf::from(spool_dir);
+        if spool_dir.exists() {
+            std::fs::remove_dir_all(&spool_dir)?;
+        }
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&spool_dir)?;
+        Ok(Imports { places: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)), spool_dir })
+    }
+
     /// A place among the imports running, or 503 when all [`MAX_RUNNING`] are taken.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, FhirError> {
-        self.0
+        self.places
             .clone()
             .try_acquire_owned()
             .map_err(|_| FhirError::busy(format!("{MAX_RUNNING} imports are running; send this one again in a minute")))
@@ -112,7 +128,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     }
     let options = options(&request::query_pairs(&ctx.http))?;
     let _running = ctx.state.imports.admit()?;
-    let mut spool = Spool::new().await?;
+    let mut spool = Spool::new(&ctx.state.imports.spool_dir).await?;
     let Ctx { http, payload, state, access, .. } = ctx;
     let (format, zone) = match options {
         Some((format, zone)) => {
@@ -127,8 +143,15 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             (format, zone)
         }
     };
-    let import = ingest::run::start(&spool.path, format, patient.as_str(), zone)
-        .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
+    let import = ingest::run::start(&spool.path, format, patient.as_str(), zone).map_err(|error| {
+        if error.unopened {
+            // The spool was just written: its path is the server's business, not the client's.
+            tracing::error!(error = %error.message, "cannot open the ingest spool file");
+            FhirError::fault("ingest-spool")
+        } else {
+            FhirError::incorrect(IssueCode::Invalid, error.message)
+        }
+    })?;
     let ingest::run::Import { mut batches, reading, .. } = import;
     let mut written = Summary::default();
     let mut returned = Vec::new();
@@ -314,8 +337,8 @@ struct Spool {
 }
 
 impl Spool {
-    async fn new() -> Result<Spool, FhirError> {
-        let path = std::env::temp_dir().join(format!("braid-ingest-{}", uuid::Uuid::new_v4()));
+    async fn new(dir: &std::path::Path) -> Result<Spool, FhirError> {
+        let path = dir.join(format!("upload-{}", uuid::Uuid::new_v4()));
         let mut options = tokio::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -429,10 +452,16 @@ mod tests {
         }
     }
 
-    /// The bound on imports at once: a third waits for nothing and is refused until one ends.
+    /// The bound on imports at once: a third waits for nothing and is refused until one ends;
+    /// the spool directory starts empty.
     #[test]
     fn at_most_two_imports_run_at_once() {
-        let imports = Imports::default();
+        let dir = tempfile::tempdir().unwrap();
+        // An upload left by a server that stopped mid-import is removed when the next one opens.
+        std::fs::create_dir(dir.path().join("db.ingest")).unwrap();
+        std::fs::write(dir.path().join("db.ingest/upload-left"), "half an export").unwrap();
+        let imports = Imports::open(&dir.path().join("db")).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("db.ingest")).unwrap().count(), 0);
         let first = imports.admit().unwrap();
         let _second = imports.admit().unwrap();
         let refused = imports.admit().unwrap_err();

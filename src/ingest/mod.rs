@@ -52,11 +52,19 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError {
     pub message: String,
+    /// The input could not be opened at all: nothing was wrong with its content (an upload's
+    /// spool file that cannot be opened is the server's fault, not the client's).
+    pub unopened: bool,
 }
 
 impl FormatError {
     pub fn new(message: impl Into<String>) -> FormatError {
-        FormatError { message: message.into() }
+        FormatError { message: message.into(), unopened: false }
+    }
+
+    /// `path` could not be opened (or its metadata read).
+    pub fn unopened(path: &std::path::Path, error: std::io::Error) -> FormatError {
+        FormatError { message: format!("{}: {error}", path.display()), unopened: true }
     }
 
     pub fn io(error: std::io::Error) -> FormatError {

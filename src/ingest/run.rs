@@ -138,7 +138,7 @@ pub struct Import {
 /// `patient` on a blocking thread; `zone` is the time zone of local times (see
 /// [`ReadOptions::zone`]).
 pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -> Result<Import, FormatError> {
-    let cannot_open = |error: std::io::Error| FormatError::new(format!("{}: {error}", path.display()));
+    let cannot_open = |error: std::io::Error| FormatError::unopened(path, error);
     let metadata = std::fs::metadata(path).map_err(cannot_open)?;
     let recorded = metadata.modified().map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
     if zone.is_some() && format != Format::Fitbit {
