@@ -127,6 +127,11 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
         }));
     }
     let options = options(&request::query_pairs(&ctx.http))?;
+    if let Some((format, zone)) = &options {
+        // Before the upload is received: a bad time zone need not wait for a gigabyte.
+        ingest::run::check_zone(*format, zone.as_deref())
+            .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
+    }
     let _running = ctx.state.imports.admit()?;
     let mut spool = Spool::new(&ctx.state.imports.spool_dir).await?;
     let Ctx { http, payload, state, access, .. } = ctx;

@@ -197,7 +197,7 @@ impl Settings {
 }
 
 /// A time zone by its IANA name, from the tz database built into Braid.
-fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, FormatError> {
+pub(super) fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, FormatError> {
     jiff::tz::TimeZone::get(name).map_err(|_| {
         FormatError::new(format!("'{name}' is not a time zone Braid knows (an IANA name such as Europe/Berlin)"))
     })

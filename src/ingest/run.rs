@@ -134,6 +134,19 @@ pub struct Import {
     pub reading: tokio::task::JoinHandle<Result<Summary, FormatError>>,
 }
 
+/// Refuses a time zone given with a format whose times carry their offset, or that is not a
+/// time zone: both can be told before any input is read.
+pub fn check_zone(format: Format, zone: Option<&str>) -> Result<(), FormatError> {
+    match zone {
+        Some(_) if format != Format::Fitbit => Err(FormatError::new(format!(
+            "a time zone applies to Fitbit exports only: the times of {} carry their offset",
+            format.title()
+        ))),
+        Some(name) => fitbit::time_zone(name).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Starts reading `path` (a file, or for Fitbit an unpacked export's folder) as `format` for
 /// `patient` on a blocking thread; `zone` is the time zone of local times (see
 /// [`ReadOptions::zone`]).
@@ -141,12 +154,7 @@ pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -
     let cannot_open = |error: std::io::Error| FormatError::unopened(path, error);
     let metadata = std::fs::metadata(path).map_err(cannot_open)?;
     let recorded = metadata.modified().map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
-    if zone.is_some() && format != Format::Fitbit {
-        return Err(FormatError::new(format!(
-            "a time zone applies to Fitbit exports only: the times of {} carry their offset",
-            format.title()
-        )));
-    }
+    check_zone(format, zone.as_deref())?;
     let options = ReadOptions { recorded, method: Method::Pos, zone };
     let meter = Arc::new(Meter::default());
     let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);

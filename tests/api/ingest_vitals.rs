@@ -346,7 +346,8 @@ async fn raw_exchange(server: &AuthApp, head: &str, body: &[u8]) -> String {
 
 /// The bounds of a streamed upload hold without a `Content-Length` to check up front: a
 /// chunked body past `max_ingest_bytes` is a 413 once that much has arrived, and an upload
-/// that stops arriving is a 408; neither stores anything.
+/// that stops arriving is a 408; a bad time zone is a 400 without waiting for the upload; none
+/// stores anything.
 #[tokio::test]
 async fn a_streamed_upload_past_its_limit_or_too_slow_is_refused_and_stores_nothing() {
     let (server, operator) = server_with_patients(|settings| {
@@ -357,12 +358,13 @@ async fn a_streamed_upload_past_its_limit_or_too_slow_is_refused_and_stores_noth
     let token = server.token("app", "system/Observation.c", None);
     // The token is for this server: the Host names it.
     let host = server.app.base.trim_start_matches("http://").trim_end_matches("/fhir").to_owned();
-    let head = |framing: &str| {
+    let head_for = |query: &str, framing: &str| {
         format!(
-            "POST /fhir/Patient/p2/$ingest-vitals?format=mhealth HTTP/1.1\r\nHost: {host}\r\n\
+            "POST /fhir/Patient/p2/$ingest-vitals{query} HTTP/1.1\r\nHost: {host}\r\n\
              Authorization: Bearer {token}\r\nContent-Type: application/json\r\n{framing}"
         )
     };
+    let head = |framing: &str| head_for("?format=mhealth", framing);
     let chunk = format!("3e8\r\n{}\r\n", " ".repeat(1000));
     let chunked = format!("{}0\r\n\r\n", chunk.repeat(5));
     let answer = raw_exchange(&server, &head("Transfer-Encoding: chunked"), chunked.as_bytes()).await;
@@ -374,5 +376,14 @@ async fn a_streamed_upload_past_its_limit_or_too_slow_is_refused_and_stores_noth
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("the upload is too slow (100 bytes in 2 s)"), "{answer}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(1900), "the upload had its time");
+
+    // A time zone that is not one is refused before the upload is waited for.
+    let started = std::time::Instant::now();
+    let answer =
+        raw_exchange(&server, &head_for("?format=fitbit&timezone=Mars/Olympus", "Content-Length: 1000"), &[b' '; 100])
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("'Mars/Olympus' is not a time zone"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "answered before the body's deadline");
     assert_eq!(observation_count(&server, &operator, "p2").await, 0);
 }
