@@ -411,7 +411,7 @@ pub fn distinct(resources: Vec<Value>, summary: &mut Summary) -> Vec<(ResourceTy
 pub async fn write(store: &Store, resources: Vec<Value>, summary: &mut Summary) -> Result<(), FhirError> {
     let mut ops = Vec::with_capacity(resources.len());
     for (resource_type, id, resource) in distinct(resources, summary) {
-        ops.extend(put(resource_type, &id, resource, Precondition::default())?);
+        ops.push(put(resource_type, &id, resource, Precondition::default())?);
     }
     let outcomes = store.write(WriteRequest { ops, ..WriteRequest::default() }).await?;
     for outcome in outcomes {
@@ -427,20 +427,20 @@ pub async fn write(store: &Store, resources: Vec<Value>, summary: &mut Summary) 
     Ok(())
 }
 
-/// The write of a resource made here by its id (`None` for anything but a JSON object, which
-/// this module never makes).
+/// The write of a resource made here by its id. This module makes only JSON objects with ids
+/// of its own: anything else is a bug, reported as a fault.
 fn put(
     resource_type: ResourceType,
     id: &str,
     resource: Value,
     precondition: Precondition,
-) -> Result<Option<WriteOp>, FhirError> {
-    let Value::Object(body) = resource else { return Ok(None) };
+) -> Result<WriteOp, FhirError> {
+    let Value::Object(body) = resource else { return Err(FhirError::fault("vitals resource")) };
     let id = Id::parse(id).map_err(|_| FhirError::fault("vitals id"))?;
-    Ok(Some(WriteOp {
+    Ok(WriteOp {
         full_url: None,
         action: Action::Update { resource_type, target: Target::Id(id), resource: body, precondition },
-    }))
+    })
 }
 
 /// Writes the `resources` of a batch that do not exist yet, each as a create (`If-None-Match:
@@ -462,7 +462,7 @@ pub async fn create_new(store: &Store, resources: Vec<Value>, summary: &mut Summ
                 continue;
             }
             let create_only = Precondition { if_match: None, if_none_match_any: true };
-            ops.extend(put(*resource_type, id, resource.clone(), create_only)?);
+            ops.push(put(*resource_type, id, resource.clone(), create_only)?);
         }
         if ops.is_empty() {
             summary.unchanged += existing;
