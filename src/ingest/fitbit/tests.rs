@@ -379,6 +379,16 @@ fn an_unpacked_export_folder_reads_like_its_zip() {
     assert_eq!((made.len(), summary.skipped), (3, 1));
     let heart = made.iter().find(|o| o["code"]["coding"][0]["code"] == "8867-4").unwrap();
     assert_eq!(heart["effectiveDateTime"], "2024-01-15T08:00:05+01:00");
+    // The same files zipped give the same Observations.
+    let zip = takeout_zip(&[
+        ("Fitbit/Global Export Data/heart_rate-2024-01-15.json", HEART.as_bytes()),
+        ("Fitbit/Global Export Data/weight-2024-01-15.json", WEIGHT.as_bytes()),
+        ("Fitbit/Global Export Data/sleep-2024-01-15.json", b"[]"),
+        ("Fitbit/Your Profile/Profile.csv", PROFILE.as_bytes()),
+    ]);
+    let (mut zipped, mut settings) = (Vec::new(), self::settings(None));
+    read_zip(std::io::Cursor::new(zip), &mut settings, &mut |record| zipped.push(record)).unwrap();
+    assert_eq!(observations(zipped).0, made);
     let empty = tempfile::tempdir().unwrap();
     let error = Folder::open(empty.path()).err().expect("an empty folder is refused");
     assert!(error.message.contains("holds no Fitbit"), "{error}");
