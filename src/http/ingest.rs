@@ -141,9 +141,11 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             (format, zone)
         }
         None => {
-            let body = request::read_body(&http, payload, &state.limits).await?;
-            let parameters = request::json_body(&body, &state.limits)?;
-            let (format, zone, file) = from_parameters(&parameters)?;
+            // The body and its parsed form are dropped once the file is decoded from them.
+            let (format, zone, file) = {
+                let body = request::read_body(&http, payload, &state.limits).await?;
+                from_parameters(&request::json_body(&body, &state.limits)?)?
+            };
             spool.write_all(&file).await?;
             (format, zone)
         }
