@@ -29,7 +29,8 @@
 //!   references, the original ids kept, one Provenance per push) and by a backend client with
 //!   the same `system/*.cruds` scopes writing without a source, on one server with
 //!   authorization on, alternating `--rounds` rounds on fresh databases; medians and the
-//!   namespacing overhead.
+//!   namespacing overhead, and the index entries and bytes stored per resource pushed. In two
+//!   shapes: creates without ids (the ingest scenario's), and PUTs with the sender's own ids.
 //! - `pull`: a pull source reading an upstream Braid (auth on) of 10,000 patients and
 //!   `--resources` − 10,000 observations through its `$export`, into a fresh downstream database
 //!   (durable commits, every search parameter indexed), `--rounds` rounds; end-to-end resources
@@ -1126,32 +1127,65 @@ struct IngestBundle {
     /// The bundle's bytes before and after the Patient resource.
     before: Vec<u8>,
     after: Vec<u8>,
+    /// Whether the entries carry the sender's ids (`@N@` in the bytes stands for the request's
+    /// number).
+    keyed: bool,
     /// The number of the next request's Patient.
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl IngestBundle {
+    /// Creates without ids, the Observations pointing at the Patient's `urn:uuid`.
     fn new() -> IngestBundle {
+        IngestBundle::shaped(false)
+    }
+
+    /// The same resources with the sender's own ids, written by `PUT Type/id` (as an
+    /// integration engine sends its records): `Patient/p{n}` and `Observation/p{n}-{k}`.
+    fn keyed() -> IngestBundle {
+        IngestBundle::shaped(true)
+    }
+
+    fn shaped(keyed: bool) -> IngestBundle {
         let patient_url = "urn:uuid:2b6a1b3e-9e5d-4a65-8a55-0a6f1f0e0001";
-        let mut entries = vec![
-            json!({"fullUrl": patient_url, "resource": "@PATIENT@", "request": {"method": "POST", "url": "Patient"}}),
-        ];
+        let (patient_request, subject) = if keyed {
+            (json!({"method": "PUT", "url": "Patient/p@N@"}), "Patient/p@N@")
+        } else {
+            (json!({"method": "POST", "url": "Patient"}), patient_url)
+        };
+        let mut entries = vec![json!({"fullUrl": patient_url, "resource": "@PATIENT@", "request": patient_request})];
         for n in 0..49 {
             let mut observation = observation(n).2;
-            observation.as_object_mut().unwrap().remove("id");
-            observation["subject"]["reference"] = json!(patient_url);
-            entries.push(json!({"resource": observation, "request": {"method": "POST", "url": "Observation"}}));
+            let request = if keyed {
+                let id = format!("p@N@-{n}");
+                observation["id"] = json!(id);
+                json!({"method": "PUT", "url": format!("Observation/{id}")})
+            } else {
+                observation.as_object_mut().unwrap().remove("id");
+                json!({"method": "POST", "url": "Observation"})
+            };
+            observation["subject"]["reference"] = json!(subject);
+            entries.push(json!({"resource": observation, "request": request}));
         }
         let bundle =
             serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).unwrap();
         let at = bundle.windows(11).position(|window| window == b"\"@PATIENT@\"").expect("the placeholder");
-        IngestBundle { before: bundle[..at].to_vec(), after: bundle[at + 11..].to_vec(), next: Default::default() }
+        IngestBundle {
+            before: bundle[..at].to_vec(),
+            after: bundle[at + 11..].to_vec(),
+            keyed,
+            next: Default::default(),
+        }
     }
 
     /// The bundle with Patient `n` (a different person for each `n`).
     fn body(&self, n: usize) -> Vec<u8> {
-        let patient = serde_json::to_vec(&patient(n).2).unwrap();
-        [self.before.as_slice(), &patient, &self.after].concat()
+        let mut patient = patient(n).2;
+        if !self.keyed {
+            patient.as_object_mut().unwrap().remove("id");
+        }
+        let body = [self.before.as_slice(), &serde_json::to_vec(&patient).unwrap(), &self.after].concat();
+        if self.keyed { String::from_utf8(body).unwrap().replace("@N@", &n.to_string()).into_bytes() } else { body }
     }
 
     /// The bundle with the next Patient: every request of a run about someone new.
@@ -1181,64 +1215,79 @@ async fn push_scenario(args: &Args, dir: &Path) {
         args.rounds,
         args.seconds * 2
     );
-    let bundle = Arc::new(IngestBundle::new());
     let key = BackendKey::generate();
     let jwks = serde_json::to_string(&json!({"keys": [key.public]})).unwrap();
-    let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        for as_source in [false, true] {
-            // A fresh database per round, with both clients registered before the server starts.
-            let data = dir.join(format!("push-{round}-{as_source}.redb"));
-            let store = open_store(&data);
-            let client_id = if as_source {
-                let sources = braid::sources::Registry::load(&store).unwrap();
-                let source = braid::sources::NewSource {
-                    name: "clinic".into(),
-                    credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
-                    pull: None,
-                    types: Vec::new(),
-                    lenient: false,
-                    extra_scope: None,
+    let shapes = [("creates without ids", IngestBundle::new()), ("PUTs with the sender's ids", IngestBundle::keyed())];
+    for (shape, bundle) in shapes {
+        println!("  {shape}:");
+        let bundle = Arc::new(bundle);
+        let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            for as_source in [false, true] {
+                // A fresh database per round, with both clients registered before the server starts.
+                let data = dir.join(format!("push-{round}-{as_source}.redb"));
+                let store = open_store(&data);
+                let client_id = if as_source {
+                    let sources = braid::sources::Registry::load(&store).unwrap();
+                    let source = braid::sources::NewSource {
+                        name: "clinic".into(),
+                        credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
+                        pull: None,
+                        types: Vec::new(),
+                        lenient: false,
+                        extra_scope: None,
+                    };
+                    let added = sources.add(source).await.unwrap();
+                    added["client_id"].as_str().unwrap().to_owned()
+                } else {
+                    let new = braid::auth::clients::NewClient {
+                        name: "plain".into(),
+                        scope: "system/*.cruds".into(),
+                        grant_types: Vec::new(),
+                        redirect_uris: Vec::new(),
+                        credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
+                        source: None,
+                    };
+                    braid::auth::clients::add(&store, new, braid::auth::now_secs()).await.unwrap().client.client_id
                 };
-                let added = sources.add(source).await.unwrap();
-                added["client_id"].as_str().unwrap().to_owned()
-            } else {
-                let new = braid::auth::clients::NewClient {
-                    name: "plain".into(),
-                    scope: "system/*.cruds".into(),
-                    grant_types: Vec::new(),
-                    redirect_uris: Vec::new(),
-                    credential: braid::auth::clients::NewCredential::Jwks(jwks.clone()),
-                    source: None,
-                };
-                braid::auth::clients::add(&store, new, braid::auth::now_secs()).await.unwrap().client.client_id
-            };
-            close_store(store).await;
-            let server = servers::start_braid_with_auth(&data);
-            let token = backend_token(&key, &client_id, server.port, "system%2F*.cruds").await;
-            let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
-            let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
-            let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
-            let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
-            drop(server);
-            let _ = std::fs::remove_file(&data);
-            let name = if as_source { "as a source" } else { "no source" };
-            println!(
-                "  round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}",
-                result.throughput() * 50.0,
-                result.percentile(0.5),
-                result.percentile(0.99),
-                result.errors,
-                result.error_note()
-            );
-            if as_source { namespaced.push(result.throughput() * 50.0) } else { plain.push(result.throughput() * 50.0) }
+                close_store(store).await;
+                let server = servers::start_braid_with_auth(&data);
+                let token = backend_token(&key, &client_id, server.port, "system%2F*.cruds").await;
+                let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
+                let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
+                let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
+                let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+                drop(server);
+                // What the writer had to store per resource pushed: the work a source adds.
+                let store = open_store(&data);
+                let pushed = (result.requests * 50).max(1) as f64;
+                let entries = store.index_stats().unwrap().entries as f64 / pushed;
+                let stored: u64 = store.table_usage().unwrap().iter().map(|table| table.stored_bytes).sum();
+                close_store(store).await;
+                let _ = std::fs::remove_file(&data);
+                let name = if as_source { "as a source" } else { "no source" };
+                println!(
+                    "    round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}  ({entries:.1} index entries, {:.0} bytes stored per resource pushed)",
+                    result.throughput() * 50.0,
+                    result.percentile(0.5),
+                    result.percentile(0.99),
+                    result.errors,
+                    result.error_note(),
+                    stored as f64 / pushed,
+                );
+                if as_source {
+                    namespaced.push(result.throughput() * 50.0)
+                } else {
+                    plain.push(result.throughput() * 50.0)
+                }
+            }
         }
+        let (plain, namespaced) = (median(&mut plain), median(&mut namespaced));
+        println!(
+            "  {shape}: median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}% (target <= 10%)",
+            100.0 * (1.0 - namespaced / plain)
+        );
     }
-    let (plain, namespaced) = (median(&mut plain), median(&mut namespaced));
-    println!(
-        "  median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}% (target <= 10%)",
-        100.0 * (1.0 - namespaced / plain)
-    );
 }
 
 async fn export_scenario(args: &Args, dir: &Path) {

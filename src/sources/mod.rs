@@ -218,11 +218,11 @@ pub fn stored_id(source: Option<&ActiveSource>, id: Id) -> Id {
     }
 }
 
-/// `request` as a source's write: ids the writer assigns are namespaced, creates keep their
-/// (namespaced) ids, and a request that changes something leaves a Provenance.
+/// `request` as a source's write: creates keep their (namespaced) ids, and a request that
+/// changes something leaves a Provenance.
 pub fn namespaced(source: Option<&ActiveSource>, mut request: WriteRequest) -> WriteRequest {
     if let Some(source) = source {
-        request.id_prefix = Some(source.namespace.generated_prefix());
+        request.keeps_create_ids = true;
         request.record_changes = Some(provenance::recorder(source.name(), source.client_id.as_deref()));
     }
     request

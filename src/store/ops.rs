@@ -205,10 +205,12 @@ pub struct WriteRequest {
     /// Set for a writer whose access is limited (a patient's token): every existing resource
     /// the request updates or deletes must pass it, as it stands inside the transaction.
     pub guard: Option<WriteGuard>,
-    /// Set for a request written in a namespace (a source's, see `crate::sources`): the ids the
-    /// writer assigns start with it, and a create whose resource has an id (already in the
-    /// namespace) creates or updates that id, so that a re-push addresses the same resource.
-    pub id_prefix: Option<String>,
+    /// Set for a request written in a namespace (a source's, see `crate::sources`): a create
+    /// whose resource has an id (already the namespace's) creates or updates that id, so that a
+    /// re-push addresses the same resource. A create without an id gets a generated id, as
+    /// for any writer: generated ids hold neither of a namespace's separators, so they never
+    /// equal a namespaced id.
+    pub keeps_create_ids: bool,
     /// Set when a request that changes something must leave a record of it (a source's
     /// Provenance): the writer adds the resource it makes, in the same commit.
     pub record_changes: Option<RecordChanges>,

@@ -604,8 +604,8 @@ impl Execution<'_, '_> {
                         None => None,
                     };
                     // In a namespace, the resource's own id (already the namespace's) is kept.
-                    let kept_id = match (&request.id_prefix, resource.get("id")) {
-                        (Some(_), Some(Value::String(id))) => {
+                    let kept_id = match (request.keeps_create_ids, resource.get("id")) {
+                        (true, Some(Value::String(id))) => {
                             Some(Id::parse(id).map_err(|e| Failure::Request(e.at(format!("{resource_type}.id"))))?)
                         }
                         _ => None,
@@ -629,7 +629,7 @@ impl Execution<'_, '_> {
                         None => Resolved::Write {
                             resource_type: *resource_type,
                             server_assigned: kept_id.is_none(),
-                            id: kept_id.unwrap_or_else(|| new_id(request)),
+                            id: kept_id.unwrap_or_else(Id::generate),
                             resource: resource.clone(),
                             precondition: Precondition::default(),
                             prepared: prepared_of(request, index),
@@ -674,7 +674,7 @@ impl Execution<'_, '_> {
                                         }
                                         (id, false)
                                     }
-                                    None => (new_id(request), true),
+                                    None => (Id::generate(), true),
                                 },
                             }
                         }
@@ -1090,15 +1090,6 @@ fn refuse_managed(outcome: &Resolved) -> Result<(), Failure> {
             ),
         ))),
         None => Ok(()),
-    }
-}
-
-/// A fresh id for a resource the request creates, in the request's namespace if it has one.
-fn new_id(request: &WriteRequest) -> Id {
-    let id = Id::generate();
-    match &request.id_prefix {
-        Some(prefix) => Id::parse(&format!("{prefix}{id}")).unwrap_or(id),
-        None => id,
     }
 }
 

@@ -92,8 +92,9 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     );
     assert_eq!(send(&server, "GET", "/Patient/42", &everything, None).await.status, 404);
 
-    // A create: references, contained resources' references too; a server-assigned id is the
-    // source's; a create carrying the source's id creates that id (so a re-push finds it).
+    // A create: references, contained resources' references too; a server-assigned id is
+    // Braid's own (no namespace's), the record the source's by its meta.source; a create
+    // carrying the source's id creates that id (so a re-push finds it).
     let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
         "subject": {"reference": "Patient/42"}, "performer": [{"reference": "#p1"}],
         "contained": [{"resourceType": "Practitioner", "id": "p1",
@@ -101,7 +102,8 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     let created = send(&server, "POST", "/Observation", &clinic.token, Some(&observation)).await;
     assert_eq!(created.status, 201, "{}", created.text);
     let id = created.body["id"].as_str().unwrap();
-    assert!(id.starts_with("clinic-"), "{id}");
+    assert!(id.len() == 17 && !id.contains(['-', '.']), "a generated id, in no namespace: {id}");
+    assert_eq!(created.body["meta"]["source"], "urn:braid:source:clinic");
     assert_eq!(created.body["subject"]["reference"], "Patient/clinic-42");
     assert_eq!(created.body["performer"][0]["reference"], "#p1");
     assert_eq!(created.body["contained"][0]["extension"][0]["valueReference"]["reference"], "Organization/clinic-org1");
@@ -203,7 +205,7 @@ async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespac
     assert_eq!(reply.status, 200, "{}", reply.text);
     let locations: Vec<&str> =
         reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["location"].as_str().unwrap()).collect();
-    assert!(locations[0].starts_with("Encounter/clinic-"), "{locations:?}");
+    assert!(locations[0].starts_with("Encounter/") && locations[0].ends_with("/_history/1"), "{locations:?}");
     assert_eq!(locations[1], "Observation/clinic-obs-1/_history/1");
     assert_eq!(locations[2], "Organization/clinic-org1/_history/1");
     let encounter_id = locations[0].split('/').nth(1).unwrap();
@@ -241,11 +243,12 @@ async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespac
     refused.assert_outcome(403);
 
     // The same transaction again: the conditional create finds its match, the update is
-    // identical; only the POST without an id creates a new Encounter (as any create would).
+    // identical; only the POST without an id would create a new Encounter (as any create
+    // would), so it is left out, and the Observation finds the Encounter by criteria: the
+    // source has no id of its own for it.
     let mut same = bundle.clone();
     same["entry"].as_array_mut().unwrap().remove(0);
-    same["entry"][0]["resource"]["encounter"] =
-        json!({"reference": format!("Encounter/{}", &encounter_id["clinic-".len()..])});
+    same["entry"][0]["resource"]["encounter"] = json!({"reference": "Encounter?status=finished"});
     let count = provenance_count(&server, &everything).await;
     let first = send(&server, "POST", "", &clinic.token, Some(&same)).await;
     assert_eq!(first.status, 200, "{}", first.text);
@@ -287,7 +290,7 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
     )
     .await;
     assert_eq!(conditional.status, 201, "no match among its own: a create; {}", conditional.text);
-    assert!(conditional.body["id"].as_str().unwrap().starts_with("hospital-"));
+    assert_eq!(conditional.body["meta"]["source"], "urn:braid:source:hospital", "{}", conditional.text);
     let deleted = send(&server, "DELETE", "/Patient?family=Chalmers", &hospital.token, None).await;
     assert_eq!(deleted.status, 204);
     let stored = send(&server, "GET", "/Patient/clinic-42", &everything, None).await;
@@ -298,13 +301,13 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
     assert_eq!(send(&server, "GET", "/Patient/clinic-42", &hospital.token, None).await.status, 404);
     let search =
         send(&server, "GET", "/Patient?identifier=http://hospital.example/mrn|123", &hospital.token, None).await;
-    let ids: Vec<&str> = search.body["entry"]
+    let found: Vec<(&str, &str)> = search.body["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|entry| entry["resource"]["id"].as_str().unwrap())
+        .map(|entry| (entry["resource"]["id"].as_str().unwrap(), entry["resource"]["meta"]["source"].as_str().unwrap()))
         .collect();
-    assert!(!ids.is_empty() && ids.iter().all(|id| id.starts_with("hospital-")), "{ids:?}");
+    assert!(!found.is_empty() && found.iter().all(|(_, source)| *source == "urn:braid:source:hospital"), "{found:?}");
 
     // A record in the namespace that the source did not write (an operator's) is not its own.
     let mut operators = patient("7", "Operator");
