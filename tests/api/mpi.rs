@@ -169,15 +169,20 @@ async fn source_patients_are_matched_after_their_write_and_show_their_golden_pat
     let read = app.get(&format!("/Patient/{golden}")).await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(read.body["meta"]["tag"][0]["system"], "urn:braid:mpi");
-    assert_eq!(read.body["meta"]["versionId"], "1");
-    assert_eq!(read.header("etag"), Some("W/\"1\""));
+    // Version 1 when the worker matched both members in one batch, 2 when it saw b-7 after a-1
+    // had its golden Patient (the writes are separate requests, so that is up to timing): one
+    // version per batch that changed it, never more.
+    let version = read.body["meta"]["versionId"].as_str().unwrap().to_owned();
+    assert!(version == "1" || version == "2", "{}", read.text);
+    assert_eq!(read.header("etag"), Some(format!("W/\"{version}\"").as_str()));
     let members: Vec<&str> =
         read.body["link"].as_array().unwrap().iter().map(|l| l["other"]["reference"].as_str().unwrap()).collect();
     assert_eq!(members, ["Patient/a-1", "Patient/b-7"]);
     assert!(read.body["link"].as_array().unwrap().iter().all(|l| l["type"] == "seealso"));
     assert_eq!(read.body["telecom"][0]["value"], "0298765432", "the more complete member's telecom");
-    assert_eq!(app.get(&format!("/Patient/{golden}/_history/1")).await.status, 200);
-    assert_eq!(app.get(&format!("/Patient/{golden}/_history/2")).await.status, 404);
+    let next = version.parse::<u64>().unwrap() + 1;
+    assert_eq!(app.get(&format!("/Patient/{golden}/_history/{version}")).await.status, 200);
+    assert_eq!(app.get(&format!("/Patient/{golden}/_history/{next}")).await.status, 404);
 
     // Golden Patients are not among the resources written: searches find the sources only,
     // each with its refer link.
@@ -196,7 +201,7 @@ async fn source_patients_are_matched_after_their_write_and_show_their_golden_pat
         crate::helpers::bundle_entry("PUT", "Patient/golden-forged", Some(person("golden-forged", "A", "B", "2001-01-01", json!({}))), None)]});
     assert_eq!(app.post("", &transaction).await.status, 403);
     assert_eq!(app.history_len().await, history);
-    assert_eq!(app.get(&format!("/Patient/{golden}")).await.body["meta"]["versionId"], "1");
+    assert_eq!(app.get(&format!("/Patient/{golden}")).await.body["meta"]["versionId"], version.as_str());
 
     // A member that no longer exists leaves its golden Patient; the last one takes it along.
     assert_eq!(app.delete("/Patient/c-3").await.status, 204);
