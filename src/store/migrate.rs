@@ -8,11 +8,13 @@
 //! correctly; the server still finishes the migration before it serves (`Store::open`).
 //!
 //! Formats 4 → 5 and 5 → 6 rebuild the index tables, also in batches. The index tables' names
-//! carry the format that last changed their encoding (`search_param_value.6`): the step reads
+//! carry the format that last changed their encoding (`search_param_value.7`): the step reads
 //! the old tables while it writes the new ones, and drops the old ones when it is done. Formats
-//! 1 to 4 share the index encodings, so that step runs first for all of them (straight to the
-//! current encoding), and the format 2 → 3 step (which adds index entries) works on the new
-//! tables.
+//! 1 to 5 share the index encodings but for values, so that step runs first for all of them
+//! (straight to the current encoding), and the format 2 → 3 step (which adds index entries)
+//! works on the new tables. Format 6 → 7 changes only how ids are written in the index keys
+//! (see `keys::id_code`): it converts each key as it is ([`rekey_index_tables`]), in batches,
+//! without reading the bodies.
 //!
 //! A later format adds its own step after these, keyed by the version it starts from.
 
@@ -24,8 +26,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde_json::Value;
 
 use super::codec::{Codecs, StoredBody, content_hash};
+use super::keys::search_param_value::Lifetime;
 use super::keys::{
-    Reader, put_str, put_u64, resource_search_param_value, resource_version, search_param_value, superseded,
+    Reader, put_str, put_u64, put_version, resource_search_param_value, resource_version, search_param_value,
+    superseded,
 };
 use super::{
     IndexEntry, Indexer, META, Op, RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_VERSION, SEARCH_PARAM_VALUE, SUPERSEDED,
@@ -138,18 +142,61 @@ pub(super) const V4_INDEX: OldIndex = OldIndex {
     entry_key: v4::encode_entry_key,
 };
 
-/// Format 5.
+/// Format 5 (its keys are format 6's, see [`v6`]).
 pub(super) const V5_INDEX: OldIndex = OldIndex {
     entries: V5_SEARCH_PARAM_VALUE,
     records: V5_RESOURCE_SEARCH_PARAM_VALUE,
-    record_key: resource_search_param_value::encode,
-    decode_record_key: resource_search_param_value::decode,
+    record_key: v6::record_key,
+    decode_record_key: v6::decode_record_key,
     decode_record: |_, bytes| {
         let pairs = resource_search_param_value::decode_value(bytes)?;
         Some(pairs.into_iter().map(|(hash, value)| (hash, value.to_vec())).collect())
     },
-    entry_key: search_param_value::encode_hashed,
+    entry_key: v6::entry_key,
 };
+
+/// The index tables as format 6 wrote them: the current values and records, ids spelled out
+/// in the keys.
+pub(super) const V6_SEARCH_PARAM_VALUE: TableDefinition<&[u8], Lifetime> = TableDefinition::new("search_param_value.6");
+pub(super) const V6_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("resource_search_param_value.6");
+
+/// The index keys of formats 5 and 6: ids written as strings (escaped, terminated). Only the
+/// migrations read them.
+pub(super) mod v6 {
+    use super::{Reader, put_str, put_version};
+
+    pub fn entry_key(hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
+        let mut key = hash.to_be_bytes().to_vec();
+        put_str(&mut key, value);
+        put_str(&mut key, id.as_bytes());
+        put_version(&mut key, version);
+        key
+    }
+
+    /// `(parameter hash, value, id, version)`
+    pub fn decode_entry_key(key: &[u8]) -> Option<(u32, Vec<u8>, String, u64)> {
+        let (hash, rest) = key.split_first_chunk::<4>()?;
+        let mut reader = Reader::new(rest);
+        let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.string()?, reader.version()?);
+        reader.is_empty().then_some(decoded)
+    }
+
+    pub fn record_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+        let mut key = Vec::new();
+        put_str(&mut key, resource_type.as_bytes());
+        put_str(&mut key, id.as_bytes());
+        put_version(&mut key, version);
+        key
+    }
+
+    /// `(type, id, version)`
+    pub fn decode_record_key(key: &[u8]) -> Option<(String, String, u64)> {
+        let mut reader = Reader::new(key);
+        let decoded = (reader.string()?, reader.string()?, reader.version()?);
+        reader.is_empty().then_some(decoded)
+    }
+}
 
 /// Versions rewritten per transaction by [`compress_bodies`]: large enough that commits do not
 /// dominate, small enough that an interruption loses little work and memory stays bounded
@@ -190,8 +237,10 @@ pub struct MigrationReport {
     /// Versions whose body cannot be read (`type/id/_history/version`, at most 100): left as
     /// they are, and an error at read.
     pub damaged: Vec<String>,
-    /// Indexed versions whose index this run rebuilt in the format 5 encoding (4 → 5).
+    /// Indexed versions whose index this run rebuilt in the current encoding (formats up to 5).
     pub versions_reindexed: u64,
+    /// Index rows this run wrote under their format 7 keys (6 → 7).
+    pub index_rows_rekeyed: u64,
 }
 
 /// Which bodies a batched pass over `resource_version` rewrites.
@@ -535,9 +584,67 @@ pub(super) fn reencode_index_tables(
     for table in [V4_SEARCH_PARAM_VALUE, V5_SEARCH_PARAM_VALUE] {
         txn.delete_table(table)?;
     }
-    for table in [V4_RESOURCE_SEARCH_PARAM_VALUE, V5_RESOURCE_SEARCH_PARAM_VALUE] {
+    txn.delete_table(V6_SEARCH_PARAM_VALUE)?;
+    for table in [V4_RESOURCE_SEARCH_PARAM_VALUE, V5_RESOURCE_SEARCH_PARAM_VALUE, V6_RESOURCE_SEARCH_PARAM_VALUE] {
         txn.delete_table(table)?;
     }
+    txn.commit()?;
+    Ok(rows)
+}
+
+/// Format 6 → 7: writes every row of the format 6 index tables under its format 7 key (the id
+/// in `keys::id_code`), values unchanged, and drops the old tables; a no-op once they are gone.
+/// Returns the rows converted. The code keeps the ids' order, so the new tables fill in the
+/// old ones' order, and the last key of a new table (read back to the old key) is where an
+/// interrupted run resumes. The caller records the new format version.
+pub(super) fn rekey_index_tables(
+    db: &Database,
+    batch_rows: usize,
+    progress: &mut dyn FnMut(&MigrationProgress),
+) -> Result<u64, StoreError> {
+    let corrupt = |key: &[u8]| StoreError::Corrupt(key.to_vec());
+    let mut rows = 0;
+    let resume = resume_point(db, V6_SEARCH_PARAM_VALUE, SEARCH_PARAM_VALUE, |key| {
+        let (hash, value, id, version) = search_param_value::decode(key)?;
+        Some(v6::entry_key(hash, &value, &id, version))
+    })?;
+    if let Some(resume) = resume {
+        rows += in_batches(db, "search_param_value", batch_rows, resume, progress, |txn, start| {
+            let old = txn.open_table(V6_SEARCH_PARAM_VALUE)?;
+            let mut new = txn.open_table(SEARCH_PARAM_VALUE)?;
+            let (mut count, mut last) = (0, None);
+            for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
+                let (key, lifetime) = row?;
+                let (hash, value, id, version) = v6::decode_entry_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
+                new.insert(search_param_value::encode_hashed(hash, &value, &id, version).as_slice(), lifetime.value())?;
+                last = Some(key.value().to_vec());
+                count += 1;
+            }
+            Ok((count, last))
+        })?;
+    }
+    let resume = resume_point(db, V6_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE, |key| {
+        let (ty, id, version) = resource_search_param_value::decode(key)?;
+        Some(v6::record_key(&ty, &id, version))
+    })?;
+    if let Some(resume) = resume {
+        rows += in_batches(db, "resource_search_param_value", batch_rows, resume, progress, |txn, start| {
+            let old = txn.open_table(V6_RESOURCE_SEARCH_PARAM_VALUE)?;
+            let mut new = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
+            let (mut count, mut last) = (0, None);
+            for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
+                let (key, record) = row?;
+                let (ty, id, version) = v6::decode_record_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
+                new.insert(resource_search_param_value::encode(&ty, &id, version).as_slice(), record.value())?;
+                last = Some(key.value().to_vec());
+                count += 1;
+            }
+            Ok((count, last))
+        })?;
+    }
+    let txn = db.begin_write()?;
+    txn.delete_table(V6_SEARCH_PARAM_VALUE)?;
+    txn.delete_table(V6_RESOURCE_SEARCH_PARAM_VALUE)?;
     txn.commit()?;
     Ok(rows)
 }
@@ -960,8 +1067,7 @@ mod index_tests {
                         .map(|found| found.value());
                     for old in old_values(name, value) {
                         if let Some(lifetime) = lifetime {
-                            let old_key = search_param_value::encode_hashed(hash, &old, &id, version);
-                            old_entries.insert(old_key.as_slice(), lifetime).unwrap();
+                            old_entries.insert(v6::entry_key(hash, &old, &id, version).as_slice(), lifetime).unwrap();
                         }
                         pairs.push((name.clone(), old));
                     }
@@ -970,7 +1076,7 @@ mod index_tests {
                     &ty,
                     pairs.iter().map(|(param, value)| (param.as_str(), value.as_slice())),
                 );
-                old_records.insert(key.value(), record.as_slice()).unwrap();
+                old_records.insert(v6::record_key(&ty, &id, version).as_slice(), record.as_slice()).unwrap();
             }
         }
         drop_current_index_and_mark(txn, 5);
@@ -999,6 +1105,94 @@ mod index_tests {
         let names: Vec<String> = txn.list_tables().unwrap().map(|t| redb::TableHandle::name(&t).to_owned()).collect();
         assert!(!names.iter().any(|name| name.ends_with(".5")), "the format 5 tables are gone: {names:?}");
         let meta = txn.open_table(META).unwrap();
-        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 6u32.to_be_bytes());
+        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), super::super::FORMAT_VERSION.to_be_bytes());
+    }
+
+    /// Rewrites the current index tables with format 6's keys (ids spelled out), values as they
+    /// are, and marks the file as format 6.
+    fn downgrade_to_6(path: &std::path::Path) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let entries = txn.open_table(SEARCH_PARAM_VALUE).unwrap();
+            let mut old_entries = txn.open_table(V6_SEARCH_PARAM_VALUE).unwrap();
+            for row in entries.iter().unwrap() {
+                let (key, lifetime) = row.unwrap();
+                let (hash, value, id, version) = search_param_value::decode(key.value()).unwrap();
+                old_entries.insert(v6::entry_key(hash, &value, &id, version).as_slice(), lifetime.value()).unwrap();
+            }
+            let records = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE).unwrap();
+            let mut old_records = txn.open_table(V6_RESOURCE_SEARCH_PARAM_VALUE).unwrap();
+            for row in records.iter().unwrap() {
+                let (key, record) = row.unwrap();
+                let (ty, id, version) = resource_search_param_value::decode(key.value()).unwrap();
+                old_records.insert(v6::record_key(&ty, &id, version).as_slice(), record.value()).unwrap();
+            }
+        }
+        drop_current_index_and_mark(txn, 6);
+    }
+
+    #[test]
+    fn a_format_6_file_gets_its_index_keys_rewritten_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let (entries, records) = populated(&path, false);
+        downgrade_to_6(&path);
+        let (old_entries, old_records) = {
+            let db = Database::create(&path).unwrap();
+            (rows(&db, V6_SEARCH_PARAM_VALUE), rows(&db, V6_RESOURCE_SEARCH_PARAM_VALUE))
+        };
+        // The new keys are shorter, and in the old keys' order (rows are listed in key order).
+        let old_bytes: usize = old_entries.iter().map(|(key, _)| key.len()).sum();
+        let new_bytes: usize = entries.iter().map(|(key, _)| key.len()).sum();
+        assert!(new_bytes < old_bytes, "{new_bytes} bytes of keys, {old_bytes} before");
+        let decoded_old: Vec<_> = old_entries.iter().map(|(key, _)| v6::decode_entry_key(key).unwrap()).collect();
+        let decoded_new: Vec<_> = entries.iter().map(|(key, _)| search_param_value::decode(key).unwrap()).collect();
+        assert_eq!(decoded_old, decoded_new);
+        assert_eq!(old_records.len(), records.len());
+
+        let store = open(&path);
+        let report = store.verify(&SearchIndexer).unwrap();
+        assert!(report.is_consistent(), "{:?}", report.problems);
+        close(store);
+        let db = Database::create(&path).unwrap();
+        assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
+        assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
+        let txn = db.begin_read().unwrap();
+        let names: Vec<String> = txn.list_tables().unwrap().map(|t| redb::TableHandle::name(&t).to_owned()).collect();
+        assert!(!names.iter().any(|name| name.ends_with(".6")), "the format 6 tables are gone: {names:?}");
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 7u32.to_be_bytes());
+    }
+
+    #[test]
+    fn an_interrupted_rekeying_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let (entries, records) = populated(&path, false);
+        downgrade_to_6(&path);
+        let db = Database::create(&path).unwrap();
+        let total_rows = (entries.len() + records.len()) as u64;
+        let mut attempts = 0;
+        let mut converted = 0;
+        loop {
+            attempts += 1;
+            let mut batches = 0;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rekey_index_tables(&db, 50, &mut |_| {
+                    batches += 1;
+                    assert!(batches < 3, "interrupted");
+                })
+            }));
+            if let Ok(rows) = run {
+                converted += rows.unwrap();
+                break;
+            }
+            assert!(attempts < 1000, "the conversion makes progress");
+        }
+        assert!(attempts > 3, "it was interrupted and resumed {attempts} times");
+        assert!(converted < total_rows, "the last run converted only what was left: {converted} of {total_rows}");
+        assert_eq!(rows(&db, SEARCH_PARAM_VALUE), entries);
+        assert_eq!(rows(&db, RESOURCE_SEARCH_PARAM_VALUE), records);
     }
 }

@@ -53,9 +53,9 @@ pub(crate) const SYSTEM_HISTORY: TableDefinition<&[u8], ()> = TableDefinition::n
 /// (The index tables' names carry the format version that last changed their encoding; see
 /// `migrate`.)
 pub(crate) const SEARCH_PARAM_VALUE: TableDefinition<&[u8], keys::search_param_value::Lifetime> =
-    TableDefinition::new("search_param_value.6");
+    TableDefinition::new("search_param_value.7");
 pub(crate) const RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("resource_search_param_value.6");
+    TableDefinition::new("resource_search_param_value.7");
 /// Versions whose index entries are superseded, by the logical time they were superseded at:
 /// the garbage collector's work list (see `gc`).
 pub(crate) const SUPERSEDED: TableDefinition<&[u8], ()> = TableDefinition::new("superseded");
@@ -78,7 +78,9 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 ///    (`migrate::reencode_index_tables`).
 /// 6: one index value per quantity, short code systems, varint index lifetimes (the index
 ///    rebuilt by the same step).
-pub const FORMAT_VERSION: u32 = 6;
+/// 7: ids in the index keys in an order-preserving code (`keys::id_code`;
+///    `migrate::rekey_index_tables`).
+pub const FORMAT_VERSION: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -325,7 +327,7 @@ impl Store {
         let mut migrated: Option<MigrationReport> = None;
         // Each step below starts from the version the one before it reached.
         let mut version = format_version(db)?;
-        if version < FORMAT_VERSION {
+        if version <= 5 {
             // Formats 1 to 4 share the index encodings, rebuilt straight into the current one;
             // first, so that the format 2 step below works on the current tables.
             let old = if version <= 4 { &migrate::V4_INDEX } else { &migrate::V5_INDEX };
@@ -347,7 +349,11 @@ impl Store {
             migrated = Some(MigrationReport { versions_reindexed, ..bodies });
             version = 4;
         }
-        if version == 4 || version == 5 {
+        if version == 6 {
+            let rows = migrate::rekey_index_tables(db, migrate::BATCH_ROWS, progress)?;
+            migrated.get_or_insert_with(MigrationReport::default).index_rows_rekeyed = rows;
+        }
+        if (4..FORMAT_VERSION).contains(&version) {
             let txn = db.begin_write()?;
             txn.open_table(META)?.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
             txn.commit()?;

@@ -7,8 +7,10 @@
 //! - unsigned integers are 8 bytes big-endian.
 //!
 //! Resource types and ids never contain the escaped bytes (see `ResourceType` and `Id`), so for
-//! them the encoding is the plain bytes plus the terminator.
+//! them the encoding is the plain bytes plus the terminator. The two index tables write ids
+//! shorter, in an order-preserving code ([`id_code`]).
 
+pub mod id_code;
 pub mod resource_search_param_value;
 pub mod resource_version;
 pub mod search_param_value;
@@ -111,6 +113,11 @@ impl<'a> Reader<'a> {
 
     pub fn string(&mut self) -> Option<String> {
         String::from_utf8(self.str()?).ok()
+    }
+
+    /// An id written by [`id_code::put_id`].
+    pub fn id(&mut self) -> Option<String> {
+        id_code::read_id(&mut self.rest)
     }
 
     pub fn u64(&mut self) -> Option<u64> {

@@ -1,6 +1,7 @@
 //! `resource_search_param_value`: all index values of one resource version, in one record.
 //!
-//! Key: `type 0x00 id 0x00 version` (the version short, see [`super::put_version`]). Value:
+//! Key: `type 0x00 id version` (the id in the code of [`super::id_code`], format 7; the
+//! version short, see [`super::put_version`]). Value:
 //! the version's `(param, value)` pairs, sorted, each as `param hash (4 bytes BE, see
 //! [`param_hash`]) · value length (LEB128 varint) · value`: the hash rather than the
 //! parameter's name, since the record is only ever asked for one parameter's values (compare
@@ -12,12 +13,12 @@
 //! forty index values costs one insert here, not forty.
 
 use super::search_param_value::param_hash;
-use super::{Reader, put_str, put_varint, put_version, read_varint};
+use super::{Reader, id_code, put_str, put_varint, put_version, read_varint};
 
 pub fn encode(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(resource_type.len() + id.len() + 4);
     put_str(&mut key, resource_type.as_bytes());
-    put_str(&mut key, id.as_bytes());
+    id_code::put_id(&mut key, id);
     put_version(&mut key, version);
     key
 }
@@ -25,7 +26,7 @@ pub fn encode(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
 /// `(type, id, version)`
 pub fn decode(key: &[u8]) -> Option<(String, String, u64)> {
     let mut reader = Reader::new(key);
-    let decoded = (reader.string()?, reader.string()?, reader.version()?);
+    let decoded = (reader.string()?, reader.id()?, reader.version()?);
     reader.is_empty().then_some(decoded)
 }
 

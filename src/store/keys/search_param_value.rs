@@ -1,7 +1,8 @@
 //! `search_param_value`: which resource versions have a given value for a search parameter.
 //!
-//! Key: `param-hash(4 bytes) value 0x00 id 0x00 version`, where the hash is FNV-1a (32 bit)
-//! of `type 0x00 param` (see [`param_hash`]) and the version is written short (see
+//! Key: `param-hash(4 bytes) value 0x00 id version`, where the hash is FNV-1a (32 bit) of
+//! `type 0x00 param` (see [`param_hash`]), the id is in the order-preserving code of
+//! [`super::id_code`] (format 7) and the version is written short (see
 //! [`super::put_version`]: 2 bytes below version 256). Value: `(created_t, superseded_t)`,
 //! written short by [`Lifetime`].
 //! This is the table a query *scans*: the Patients whose `identifier` is `http://x|123` are
@@ -16,7 +17,7 @@
 //! replaced it (`u64::MAX` while current): a reader at time `t` keeps the entries with
 //! `created_t <= t < superseded_t`, without looking anything else up.
 
-use super::{Reader, put_str, put_version, read_varint};
+use super::{Reader, id_code, put_str, put_version, read_varint};
 
 /// The redb value type of `search_param_value`: an entry's `(created_t, superseded_t)`, with
 /// `superseded_t = u64::MAX` while the entry's version is current.
@@ -145,7 +146,7 @@ pub fn encode_hashed(param_hash: u32, value: &[u8], id: &str, version: u64) -> V
     let mut key = Vec::with_capacity(value.len() + id.len() + 16);
     key.extend_from_slice(&param_hash.to_be_bytes());
     put_str(&mut key, value);
-    put_str(&mut key, id.as_bytes());
+    id_code::put_id(&mut key, id);
     put_version(&mut key, version);
     key
 }
@@ -154,7 +155,7 @@ pub fn encode_hashed(param_hash: u32, value: &[u8], id: &str, version: u64) -> V
 pub fn decode(key: &[u8]) -> Option<(u32, Vec<u8>, String, u64)> {
     let (hash, rest) = key.split_first_chunk::<4>()?;
     let mut reader = Reader::new(rest);
-    let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.string()?, reader.version()?);
+    let decoded = (u32::from_be_bytes(*hash), reader.str()?, reader.id()?, reader.version()?);
     reader.is_empty().then_some(decoded)
 }
 
