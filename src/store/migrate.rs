@@ -615,7 +615,8 @@ pub(super) fn rekey_index_tables(
             let (mut count, mut last) = (0, None);
             for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
                 let (key, lifetime) = row?;
-                let (hash, value, id, version) = v6::decode_entry_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
+                let (hash, value, id, version) =
+                    v6::decode_entry_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
                 new.insert(search_param_value::encode_hashed(hash, &value, &id, version).as_slice(), lifetime.value())?;
                 last = Some(key.value().to_vec());
                 count += 1;

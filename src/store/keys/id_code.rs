@@ -125,40 +125,42 @@ pub fn put_id(key: &mut Vec<u8>, id: &str) {
 /// bytes are not such a code (no end mark, bits set in the padding, or not UTF-8).
 pub fn read_id(bytes: &mut &[u8]) -> Option<String> {
     let table = table();
-    let total_bits = bytes.len() * 8;
-    let mut at = 0; // bits read
+    // Unread bits, left-aligned in `window` (zeros below the `held` valid ones); `next` is the
+    // first byte not yet loaded. Scans decode this for every index entry they visit.
+    let (mut window, mut held, mut next) = (0u64, 0u32, 0usize);
     let mut out = Vec::with_capacity(bytes.len() * 8 / 5);
-    // The bits from `at` on, `len` of them, right-aligned; zeros past the end.
-    let peek = |at: usize, len: u32| -> u32 {
-        let mut value = 0u32;
-        for bit in at..at + len as usize {
-            let byte = bytes.get(bit / 8).copied().unwrap_or(0);
-            value = (value << 1) | u32::from((byte >> (7 - bit % 8)) & 1);
-        }
-        value
-    };
     loop {
-        let (symbol, len) = table.by_prefix[peek(at, MAX_BITS) as usize];
-        at += usize::from(len);
-        if at > total_bits {
+        while held <= 56 && next < bytes.len() {
+            window |= u64::from(bytes[next]) << (56 - held);
+            held += 8;
+            next += 1;
+        }
+        let (symbol, len) = table.by_prefix[(window >> (64 - MAX_BITS)) as usize];
+        let len = u32::from(len);
+        if len > held {
             return None;
         }
+        window <<= len;
+        held -= len;
         match symbol {
             END => break,
             ESCAPE => {
-                if at + 8 > total_bits {
+                if held < 8 {
                     return None;
                 }
-                out.push(peek(at, 8) as u8);
-                at += 8;
+                out.push((window >> 56) as u8);
+                window <<= 8;
+                held -= 8;
             }
             character => out.push(character),
         }
     }
-    let end = at.div_ceil(8);
-    if peek(at, (end * 8 - at) as u32) != 0 {
+    // The padding: the bits left in the last byte read from, all zero.
+    let padding = held % 8;
+    if padding > 0 && window >> (64 - padding) != 0 {
         return None;
     }
+    let end = next - (held / 8) as usize;
     *bytes = &bytes[end..];
     String::from_utf8(out).ok()
 }
