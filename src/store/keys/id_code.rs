@@ -46,11 +46,10 @@ fn symbols() -> impl Iterator<Item = (u8, u8)> {
     end.chain(punctuation).chain(digits).chain(upper).chain(lower).chain(escape)
 }
 
-/// The code: by byte (the end mark at 0, the escape at 0xFF), by 7-bit prefix the symbol and
-/// length that starts with it, and by 12-bit prefix up to two symbols at once (see [`Pair`]).
+/// The code: by byte (the end mark at 0, the escape at 0xFF), and by 12-bit prefix the one or
+/// two symbols it starts with (see [`Pair`]).
 struct Table {
     by_byte: [Option<Codeword>; 256],
-    by_prefix: [(u8, u8); 128],
     pairs: Vec<Pair>,
 }
 
@@ -73,7 +72,8 @@ fn table() -> &'static Table {
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut by_byte = [None; 256];
-        let mut by_prefix = [(0, 0); 128];
+        // By 7-bit prefix: the symbol and length of the codeword it starts with.
+        let mut by_prefix = [(0u8, 0u8); 128];
         // Positions in units of 2^-7: a codeword of `len` bits takes 2^(7 - len) of them and
         // starts at a multiple of that.
         let mut position: u32 = 0;
@@ -102,7 +102,7 @@ fn table() -> &'static Table {
                 pair
             })
             .collect();
-        Table { by_byte, by_prefix, pairs }
+        Table { by_byte, pairs }
     })
 }
 
