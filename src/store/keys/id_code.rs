@@ -46,10 +46,12 @@ fn symbols() -> impl Iterator<Item = (u8, u8)> {
     end.chain(punctuation).chain(digits).chain(upper).chain(lower).chain(escape)
 }
 
-/// The code: by byte (the end mark at 0, the escape at 0xFF), and by 12-bit prefix the one or
-/// two symbols it starts with (see [`Pair`]).
+/// The code: the codeword of each id character (`None`: the byte is escaped), of the end mark
+/// and of the escape, and by 12-bit prefix the one or two symbols it starts with (see [`Pair`]).
 struct Table {
     by_byte: [Option<Codeword>; 256],
+    end: Codeword,
+    escape: Codeword,
     pairs: Vec<Pair>,
 }
 
@@ -72,6 +74,7 @@ fn table() -> &'static Table {
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut by_byte = [None; 256];
+        let (mut end, mut escape) = (None, None);
         // By 7-bit prefix: the symbol and length of the codeword it starts with.
         let mut by_prefix = [(0u8, 0u8); 128];
         // Positions in units of 2^-7: a codeword of `len` bits takes 2^(7 - len) of them and
@@ -81,7 +84,12 @@ fn table() -> &'static Table {
             let unit = 1u32 << (MAX_BITS - u32::from(len));
             position = position.next_multiple_of(unit);
             let bits = (position / unit) as u8;
-            by_byte[usize::from(symbol)] = Some(Codeword { bits, len });
+            let code = Some(Codeword { bits, len });
+            match symbol {
+                END => end = code,
+                ESCAPE => escape = code,
+                character => by_byte[usize::from(character)] = code,
+            }
             for prefix in position..position + unit {
                 by_prefix[prefix as usize] = (symbol, len);
             }
@@ -102,7 +110,9 @@ fn table() -> &'static Table {
                 pair
             })
             .collect();
-        Table { by_byte, pairs }
+        let end = end.expect("the end mark is a symbol");
+        let escape = escape.expect("the escape is a symbol");
+        Table { by_byte, end, escape, pairs }
     })
 }
 
@@ -123,16 +133,14 @@ pub fn put_id(key: &mut Vec<u8>, id: &str) {
     };
     for &byte in id.as_bytes() {
         match table.by_byte[usize::from(byte)] {
-            Some(code) if byte != END && byte != ESCAPE => put(code.bits.into(), code.len.into(), key),
-            _ => {
-                let escape = table.by_byte[usize::from(ESCAPE)].expect("the escape has a codeword");
-                put(escape.bits.into(), escape.len.into(), key);
+            Some(code) => put(code.bits.into(), code.len.into(), key),
+            None => {
+                put(table.escape.bits.into(), table.escape.len.into(), key);
                 put(byte.into(), 8, key);
             }
         }
     }
-    let end = table.by_byte[usize::from(END)].expect("the end mark has a codeword");
-    put(end.bits.into(), end.len.into(), key);
+    put(table.end.bits.into(), table.end.len.into(), key);
     // What is left, padded with zero bits to the next byte boundary.
     let bytes = count.div_ceil(8);
     let padded = pending << (bytes * 8 - count);
@@ -146,7 +154,8 @@ pub fn read_id(bytes: &mut &[u8]) -> Option<String> {
     // Unread bits, left-aligned in `window` (zeros below the `held` valid ones); `next` is the
     // first byte not yet loaded. Scans decode this for every index entry they visit.
     let (mut window, mut held, mut next) = (0u64, 0u32, 0usize);
-    let mut out = Vec::with_capacity(bytes.len() * 8 / 5);
+    // `bytes` runs on past the id (the rest of the key); FHIR ids are at most 64 characters.
+    let mut out = Vec::with_capacity((bytes.len() * 8 / 5).min(64));
     loop {
         if held <= 32
             && let Some(chunk) = bytes.get(next..next + 4)
@@ -219,7 +228,12 @@ mod tests {
         // Codewords increase with their characters (read as bit strings left-aligned to 7).
         let table = table();
         let aligned = |c: Codeword| u32::from(c.bits) << (MAX_BITS - u32::from(c.len));
-        let ordered: Vec<u32> = symbols().map(|(s, _)| aligned(table.by_byte[usize::from(s)].unwrap())).collect();
+        let code_of = |symbol: u8| match symbol {
+            END => table.end,
+            ESCAPE => table.escape,
+            character => table.by_byte[usize::from(character)].unwrap(),
+        };
+        let ordered: Vec<u32> = symbols().map(|(s, _)| aligned(code_of(s))).collect();
         assert!(ordered.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(code("0123456789abcdefg").len(), 13);
         assert_eq!(code("7b0bd2b9-8f4a-4a8c-9c2b-1f1e3f0e6c55").len(), 26);
