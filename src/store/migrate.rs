@@ -45,29 +45,20 @@ pub(super) const V4_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
 /// The key and record encodings of the index tables up to format 4: versions as 8 bytes, and
 /// parameters spelled out in the records. Only the migrations read them.
 pub(super) mod v4 {
-    use super::{Reader, put_str, put_u64};
+    use super::put_u64;
+    use super::spelled_ids;
 
     pub fn encode_entry_key(hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
-        let mut key = hash.to_be_bytes().to_vec();
-        put_str(&mut key, value);
-        put_str(&mut key, id.as_bytes());
-        put_u64(&mut key, version);
-        key
+        spelled_ids::entry_key(hash, value, id, version, put_u64)
     }
 
     pub fn record_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
-        let mut key = Vec::new();
-        put_str(&mut key, resource_type.as_bytes());
-        put_str(&mut key, id.as_bytes());
-        put_u64(&mut key, version);
-        key
+        spelled_ids::record_key(resource_type, id, version, put_u64)
     }
 
     /// `(type, id, version)`
     pub fn decode_record_key(key: &[u8]) -> Option<(String, String, u64)> {
-        let mut reader = Reader::new(key);
-        let decoded = (reader.string()?, reader.string()?, reader.u64()?);
-        reader.is_empty().then_some(decoded)
+        spelled_ids::decode_record_key(key, |reader| reader.u64())
     }
 
     /// Record values: `param length (u16 BE) · param · value length (u32 BE) · value` per pair.
@@ -161,17 +152,14 @@ pub(super) const V6_SEARCH_PARAM_VALUE: TableDefinition<&[u8], Lifetime> = Table
 pub(super) const V6_RESOURCE_SEARCH_PARAM_VALUE: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("resource_search_param_value.6");
 
-/// The index keys of formats 5 and 6: ids written as strings (escaped, terminated). Only the
-/// migrations read them.
+/// The index keys of formats 5 and 6: ids spelled out, versions short. Only the migrations
+/// read them.
 pub(super) mod v6 {
-    use super::{Reader, put_str, put_version};
+    use super::spelled_ids;
+    use super::{Reader, put_version};
 
     pub fn entry_key(hash: u32, value: &[u8], id: &str, version: u64) -> Vec<u8> {
-        let mut key = hash.to_be_bytes().to_vec();
-        put_str(&mut key, value);
-        put_str(&mut key, id.as_bytes());
-        put_version(&mut key, version);
-        key
+        spelled_ids::entry_key(hash, value, id, version, put_version)
     }
 
     /// `(parameter hash, value, id, version)`
@@ -183,6 +171,30 @@ pub(super) mod v6 {
     }
 
     pub fn record_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+        spelled_ids::record_key(resource_type, id, version, put_version)
+    }
+
+    /// `(type, id, version)`
+    pub fn decode_record_key(key: &[u8]) -> Option<(String, String, u64)> {
+        spelled_ids::decode_record_key(key, |reader| reader.version())
+    }
+}
+
+/// The index keys of formats up to 6, which spell the id out as a string: formats up to 4 and
+/// formats 5 and 6 differ only in how they write the version (8 bytes, or short). Frozen: the
+/// current key codecs (`keys::*`) may change, these may not.
+mod spelled_ids {
+    use super::{Reader, put_str};
+
+    pub fn entry_key(hash: u32, value: &[u8], id: &str, version: u64, put_version: fn(&mut Vec<u8>, u64)) -> Vec<u8> {
+        let mut key = hash.to_be_bytes().to_vec();
+        put_str(&mut key, value);
+        put_str(&mut key, id.as_bytes());
+        put_version(&mut key, version);
+        key
+    }
+
+    pub fn record_key(resource_type: &str, id: &str, version: u64, put_version: fn(&mut Vec<u8>, u64)) -> Vec<u8> {
         let mut key = Vec::new();
         put_str(&mut key, resource_type.as_bytes());
         put_str(&mut key, id.as_bytes());
@@ -191,9 +203,12 @@ pub(super) mod v6 {
     }
 
     /// `(type, id, version)`
-    pub fn decode_record_key(key: &[u8]) -> Option<(String, String, u64)> {
+    pub fn decode_record_key(
+        key: &[u8],
+        read_version: fn(&mut Reader<'_>) -> Option<u64>,
+    ) -> Option<(String, String, u64)> {
         let mut reader = Reader::new(key);
-        let decoded = (reader.string()?, reader.string()?, reader.version()?);
+        let decoded = (reader.string()?, reader.string()?, read_version(&mut reader)?);
         reader.is_empty().then_some(decoded)
     }
 }
@@ -602,52 +617,73 @@ pub(super) fn rekey_index_tables(
     batch_rows: usize,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<u64, StoreError> {
-    let corrupt = |key: &[u8]| StoreError::Corrupt(key.to_vec());
-    let mut rows = 0;
-    let resume = resume_point(db, V6_SEARCH_PARAM_VALUE, SEARCH_PARAM_VALUE, |key| {
-        let (hash, value, id, version) = search_param_value::decode(key)?;
-        Some(v6::entry_key(hash, &value, &id, version))
-    })?;
-    if let Some(resume) = resume {
-        rows += in_batches(db, "search_param_value", batch_rows, resume, progress, |txn, start| {
-            let old = txn.open_table(V6_SEARCH_PARAM_VALUE)?;
-            let mut new = txn.open_table(SEARCH_PARAM_VALUE)?;
-            let (mut count, mut last) = (0, None);
-            for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
-                let (key, lifetime) = row?;
-                let (hash, value, id, version) =
-                    v6::decode_entry_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
-                new.insert(search_param_value::encode_hashed(hash, &value, &id, version).as_slice(), lifetime.value())?;
-                last = Some(key.value().to_vec());
-                count += 1;
-            }
-            Ok((count, last))
-        })?;
-    }
-    let resume = resume_point(db, V6_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE, |key| {
-        let (ty, id, version) = resource_search_param_value::decode(key)?;
-        Some(v6::record_key(&ty, &id, version))
-    })?;
-    if let Some(resume) = resume {
-        rows += in_batches(db, "resource_search_param_value", batch_rows, resume, progress, |txn, start| {
-            let old = txn.open_table(V6_RESOURCE_SEARCH_PARAM_VALUE)?;
-            let mut new = txn.open_table(RESOURCE_SEARCH_PARAM_VALUE)?;
-            let (mut count, mut last) = (0, None);
-            for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
-                let (key, record) = row?;
-                let (ty, id, version) = v6::decode_record_key(key.value()).ok_or_else(|| corrupt(key.value()))?;
-                new.insert(resource_search_param_value::encode(&ty, &id, version).as_slice(), record.value())?;
-                last = Some(key.value().to_vec());
-                count += 1;
-            }
-            Ok((count, last))
-        })?;
-    }
+    let entries = rekey_table(
+        db,
+        (V6_SEARCH_PARAM_VALUE, SEARCH_PARAM_VALUE),
+        "search_param_value",
+        batch_rows,
+        progress,
+        |old| {
+            let (hash, value, id, version) = v6::decode_entry_key(old)?;
+            Some(search_param_value::encode_hashed(hash, &value, &id, version))
+        },
+        |new| {
+            let (hash, value, id, version) = search_param_value::decode(new)?;
+            Some(v6::entry_key(hash, &value, &id, version))
+        },
+    )?;
+    let records = rekey_table(
+        db,
+        (V6_RESOURCE_SEARCH_PARAM_VALUE, RESOURCE_SEARCH_PARAM_VALUE),
+        "resource_search_param_value",
+        batch_rows,
+        progress,
+        |old| {
+            let (ty, id, version) = v6::decode_record_key(old)?;
+            Some(resource_search_param_value::encode(&ty, &id, version))
+        },
+        |new| {
+            let (ty, id, version) = resource_search_param_value::decode(new)?;
+            Some(v6::record_key(&ty, &id, version))
+        },
+    )?;
     let txn = db.begin_write()?;
     txn.delete_table(V6_SEARCH_PARAM_VALUE)?;
     txn.delete_table(V6_RESOURCE_SEARCH_PARAM_VALUE)?;
     txn.commit()?;
-    Ok(rows)
+    Ok(entries + records)
+}
+
+/// A table keyed by bytes, with values of type `V`.
+type ByteKeyed<V> = TableDefinition<'static, &'static [u8], V>;
+
+/// Copies every row of `tables.0` into `tables.1` under the key `new_key` gives its old key, the
+/// value as it is, in batches from where an earlier run stopped (`old_key` reads a new key back;
+/// both keep the order). Returns the rows this run copied.
+fn rekey_table<V: redb::Value + 'static>(
+    db: &Database,
+    tables: (ByteKeyed<V>, ByteKeyed<V>),
+    unit: &'static str,
+    batch_rows: usize,
+    progress: &mut dyn FnMut(&MigrationProgress),
+    new_key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    old_key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<u64, StoreError> {
+    let (from, to) = tables;
+    let Some(resume) = resume_point(db, from, to, old_key)? else { return Ok(0) };
+    in_batches(db, unit, batch_rows, resume, progress, |txn, start| {
+        let old = txn.open_table(from)?;
+        let mut new = txn.open_table(to)?;
+        let (mut count, mut last) = (0, None);
+        for row in old.range::<&[u8]>((start, Bound::Unbounded))?.take(batch_rows) {
+            let (key, value) = row?;
+            let rekeyed = new_key(key.value()).ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
+            new.insert(rekeyed.as_slice(), value.value())?;
+            last = Some(key.value().to_vec());
+            count += 1;
+        }
+        Ok((count, last))
+    })
 }
 
 /// Where a table's conversion stands: the table's row count, the key after which the
