@@ -22,6 +22,7 @@ pub mod http;
 pub mod ingest;
 pub mod mpi;
 pub mod outbound;
+pub mod portal;
 pub mod random;
 pub mod search;
 pub mod sources;

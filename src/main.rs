@@ -536,8 +536,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                      A backend service (shown once; `braid client list` lists clients):\n  \
                      TOKEN=$(curl -s -u {backend}:{secret} -d grant_type=client_credentials -d 'scope=system/*.rs' {origin}/auth/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
                      curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient/example\n\n\
-                     A patient login for apps: user {user}, password {password}, bound to Patient/{patient} (a TOTP \
-                     authenticator app is enrolled at the first login). A public demo app, client_id {app}, may \
+                     The patient portal: open {origin}/portal/ and sign in as user {user}, password {password} \
+                     (a TOTP authenticator app is enrolled at the first login). The login is bound to \
+                     Patient/{patient}, a person the simulated EHRs all registered, so the portal shows one \
+                     record from every provider.\n\n\
+                     The same login works for other apps. A public demo app, client_id {app}, may \
                      launch with redirect_uri {redirect}: open\n  {origin}/auth/authorize?response_type=code&client_id={app}&redirect_uri={redirect}&scope=launch/patient%20openid%20fhirUser%20patient/*.rs&state=demo&aud={base}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256\n\
                      then exchange the code from the final address at {origin}/auth/token with \
                      code_verifier=dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk.\n\nStop with Ctrl-C.\n",
@@ -550,7 +553,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ),
                 None => println!(
                     "\nBraid is serving FHIR R4 at {base}; every request needs an access token. The demo accounts \
-                     were created at the first start (`braid client list`, `braid user list`).\n\nStop with Ctrl-C.\n"
+                     were created at the first start (`braid client list`, `braid user list`). The patient portal \
+                     is at {origin}/portal/ (user {DEMO_USER}; its password was printed at the first start).\n\n\
+                     Stop with Ctrl-C.\n",
+                    DEMO_USER = braid::demo::DEMO_USER,
                 ),
             }
         }

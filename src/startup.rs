@@ -158,7 +158,11 @@ impl Application {
             imports,
         });
         let mut server = HttpServer::new(move || {
-            App::new().wrap(from_fn(telemetry::request_span)).app_data(state.clone()).configure(http::configure)
+            App::new()
+                .wrap(from_fn(telemetry::request_span))
+                .app_data(state.clone())
+                .configure(http::configure)
+                .configure(crate::portal::configure)
         })
         .shutdown_timeout(settings.shutdown_timeout_secs)
         // Every connection is bounded in time (head, body via `Limits`, idle keep-alive) and in

@@ -226,9 +226,40 @@ pub async fn remove(store: &Store, client_id: &str) -> Result<bool, FhirError> {
     CLIENTS.remove(store, client_id).await
 }
 
-/// The client `client_id`, as last committed.
-pub fn find(read: &AuthRead, client_id: &str) -> Result<Option<Client>, StoreError> {
+/// The client `client_id`, as last committed, or the built-in patient portal (see [`portal`]);
+/// `origin` is the server's own origin as the request reached it.
+pub fn find(read: &AuthRead, client_id: &str, origin: &str) -> Result<Option<Client>, StoreError> {
+    if client_id == PORTAL_CLIENT_ID {
+        return Ok(Some(portal(origin)));
+    }
     CLIENTS.get(read, client_id)
+}
+
+/// The id of the patient portal Braid serves itself.
+pub const PORTAL_CLIENT_ID: &str = "braid-portal";
+
+/// Where the portal is served, below the server's origin; also its one redirect URI.
+pub const PORTAL_PATH: &str = "/portal/";
+
+/// The most the portal may be granted: the patient's whole record to read, and what the portal
+/// writes for them (a questionnaire's answers, measurements from home and their devices).
+pub const PORTAL_SCOPE: &str = "launch/patient openid fhirUser patient/*.rs patient/QuestionnaireResponse.c \
+                                patient/Observation.cu patient/Device.cu";
+
+/// The patient portal (`/portal/`): a public client (PKCE, no secret) that every server has
+/// without registration. Its redirect URI is the portal on the origin the request came to, so
+/// the portal works under whatever name the server is reached by, and nowhere else.
+pub fn portal(origin: &str) -> Client {
+    Client {
+        client_id: PORTAL_CLIENT_ID.into(),
+        name: "Braid patient portal".into(),
+        credential: Credential::None,
+        grant_types: vec![GrantType::AuthorizationCode],
+        redirect_uris: vec![format!("{}{PORTAL_PATH}", origin.trim_end_matches('/'))],
+        scope: PORTAL_SCOPE.split_whitespace().collect::<Vec<_>>().join(" "),
+        created: 0,
+        source: None,
+    }
 }
 
 /// A client's JWKS: at most [`MAX_JWKS_KEYS`] public keys usable for RS384 or ES384, each with a

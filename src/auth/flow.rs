@@ -174,7 +174,7 @@ impl AuthState {
             params.client_id.as_deref().ok_or_else(|| page("the request names no client (client_id)".into()))?;
         let client = self
             .store
-            .auth_read(|read| super::clients::find(read, client_id))
+            .auth_read(|read| super::clients::find(read, client_id, endpoints.origin()))
             .map_err(|_| page("the authorization server cannot read its clients; try again later".into()))?
             .ok_or_else(|| page(format!("there is no client '{client_id}'")))?;
         let redirect_uri = match params.redirect_uri.as_deref() {
@@ -466,7 +466,8 @@ pub const LAUNCH_LIFETIME_SECS: u64 = 3600;
 pub async fn create_launch(store: &crate::store::Store, client_id: &str, patient: &str) -> Result<String, FhirError> {
     let patient = crate::fhir::Id::parse(patient)
         .map_err(|_| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("'{patient}' is not a FHIR id")))?;
-    let client = store.auth_read(|read| super::clients::find(read, client_id))?.ok_or_else(|| {
+    // A launch names its client; the redirect URI is checked when the app comes to authorize.
+    let client = store.auth_read(|read| super::clients::find(read, client_id, ""))?.ok_or_else(|| {
         FhirError::incorrect(crate::fhir::IssueCode::Value, format!("there is no client {client_id}"))
     })?;
     if !client.grant_types.contains(&GrantType::AuthorizationCode) {

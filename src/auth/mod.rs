@@ -412,7 +412,7 @@ impl AuthState {
             if form.client_id.as_deref().is_some_and(|id| id != client_id) {
                 return Err(TokenError::invalid_client("client_id differs from the assertion's iss"));
             }
-            let client = self.find_client(&client_id)?;
+            let client = self.find_client(&client_id, endpoints)?;
             let fetched;
             let jwks = match &client.credential {
                 Credential::Jwks { jwks } => jwks,
@@ -437,7 +437,7 @@ impl AuthState {
         }
         let Some((client_id, secret)) = basic else {
             if allow_public && let Some(client_id) = &form.client_id {
-                let client = self.find_client(client_id)?;
+                let client = self.find_client(client_id, endpoints)?;
                 return match client.credential {
                     Credential::None => Ok(client),
                     _ => Err(TokenError::invalid_client("this is a confidential client: it must authenticate")),
@@ -452,7 +452,8 @@ impl AuthState {
             basic_challenge: true,
             ..TokenError::invalid_client(description)
         };
-        let client = self.find_client(&client_id).map_err(|_| challenge("unknown client or wrong secret"))?;
+        let client =
+            self.find_client(&client_id, endpoints).map_err(|_| challenge("unknown client or wrong secret"))?;
         let Credential::Secret { hash } = &client.credential else {
             return Err(challenge("this client does not authenticate with a secret"));
         };
@@ -464,9 +465,9 @@ impl AuthState {
         if matches { Ok(client) } else { Err(challenge("unknown client or wrong secret")) }
     }
 
-    fn find_client(&self, client_id: &str) -> Result<Client, TokenError> {
+    fn find_client(&self, client_id: &str, endpoints: &Endpoints) -> Result<Client, TokenError> {
         self.store
-            .auth_read(|read| clients::find(read, client_id))?
+            .auth_read(|read| clients::find(read, client_id, endpoints.origin()))?
             .ok_or_else(|| TokenError::invalid_client(format!("there is no client {client_id}")))
     }
 

@@ -1,0 +1,516 @@
+// Braid's patient portal: a SMART app that signs in through Braid's authorization server as the
+// public client `braid-portal` (standalone launch, PKCE S256) and reads the person's unified
+// record through the FHIR API with their token, as any third-party app would.
+//
+// What is kept where: the access token lives in sessionStorage (gone when the tab closes) and
+// in memory; the PKCE verifier and state only between leaving for the sign-in and coming back.
+// Nothing else is stored, and the authorization code is removed from the address bar at once.
+// Every text from the record reaches the page through textContent, never as HTML.
+'use strict';
+
+(() => {
+  const ORIGIN = location.origin;
+  const BASE = ORIGIN + '/fhir';
+  const CLIENT_ID = 'braid-portal';
+  const REDIRECT_URI = ORIGIN + '/portal/';
+  const SCOPE = 'launch/patient openid fhirUser patient/*.rs';
+  const SESSION_KEY = 'braid.portal.session';
+  const PENDING_KEY = 'braid.portal.pending';
+  const SOURCE_PREFIX = 'urn:braid:source:';
+  const PAGE_SIZE = 20;
+
+  // ---- Small helpers ------------------------------------------------------------------------
+
+  /** An element with attributes and children (strings become text nodes, never HTML). */
+  function el(tag, attributes, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? '' : value);
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const main = () => document.getElementById('main');
+
+  /** Replaces the page's content, moves focus to it and tells screen readers. */
+  function show(title, ...content) {
+    document.title = title + ' · Braid';
+    const target = main();
+    target.replaceChildren(el('h1', {}, title), ...content);
+    target.focus({ preventScroll: true });
+    document.getElementById('announce').textContent = title;
+  }
+
+  function base64url(bytes) {
+    let text = '';
+    for (const byte of bytes) text += String.fromCharCode(byte);
+    return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  function randomText(bytes) {
+    return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
+  }
+
+  /** SHA-256 of an ASCII text: WebCrypto where the page is a secure context, else in script. */
+  async function sha256(text) {
+    const data = new TextEncoder().encode(text);
+    if (window.crypto && crypto.subtle) return new Uint8Array(await crypto.subtle.digest('SHA-256', data));
+    return sha256Script(data);
+  }
+
+  // FIPS 180-4 SHA-256, for pages served over plain HTTP on a name other than localhost, where
+  // browsers withhold crypto.subtle.
+  function sha256Script(data) {
+    const k = new Uint32Array([
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2]);
+    const h = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+    const length = data.length;
+    const padded = new Uint8Array(Math.ceil((length + 9) / 64) * 64);
+    padded.set(data);
+    padded[length] = 0x80;
+    const view = new DataView(padded.buffer);
+    view.setUint32(padded.length - 4, length * 8);
+    view.setUint32(padded.length - 8, Math.floor(length / 0x20000000));
+    const w = new Uint32Array(64);
+    const rotr = (x, n) => (x >>> n) | (x << (32 - n));
+    for (let offset = 0; offset < padded.length; offset += 64) {
+      for (let i = 0; i < 16; i++) w[i] = view.getUint32(offset + i * 4);
+      for (let i = 16; i < 64; i++) {
+        const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
+        const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
+        w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+      }
+      let [a, b, c, d, e, f, g, hh] = h;
+      for (let i = 0; i < 64; i++) {
+        const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i]) | 0;
+        const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+        hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+      }
+      h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+    }
+    const out = new Uint8Array(32);
+    const outView = new DataView(out.buffer);
+    h.forEach((word, i) => outView.setUint32(i * 4, word));
+    return out;
+  }
+
+  // ---- The session --------------------------------------------------------------------------
+
+  let session = null;
+  let expiryTimer = null;
+
+  function loadSession() {
+    try {
+      const stored = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
+      if (stored && stored.token && stored.patient && stored.expires > Date.now()) return stored;
+    } catch (_) { /* a damaged entry is no session */ }
+    sessionStorage.removeItem(SESSION_KEY);
+    return null;
+  }
+
+  function startSession(value) {
+    session = value;
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(value));
+    clearTimeout(expiryTimer);
+    expiryTimer = setTimeout(() => endSession('Your session has ended. Sign in again to go on.'),
+      Math.max(0, value.expires - Date.now()));
+    document.getElementById('nav').hidden = false;
+    document.getElementById('sign-out').hidden = false;
+  }
+
+  function endSession(message) {
+    session = null;
+    clearTimeout(expiryTimer);
+    sessionStorage.removeItem(SESSION_KEY);
+    document.getElementById('nav').hidden = true;
+    document.getElementById('sign-out').hidden = true;
+    signInPage(message);
+  }
+
+  async function signIn() {
+    const verifier = randomText(32);
+    const state = randomText(16);
+    sessionStorage.setItem(PENDING_KEY, JSON.stringify({ verifier, state }));
+    const challenge = base64url(await sha256(verifier));
+    const query = new URLSearchParams({
+      response_type: 'code', client_id: CLIENT_ID, redirect_uri: REDIRECT_URI, scope: SCOPE,
+      state, aud: BASE, code_challenge: challenge, code_challenge_method: 'S256',
+    });
+    location.assign(ORIGIN + '/auth/authorize?' + query.toString());
+  }
+
+  /** Back from the sign-in: trades the code for a token. */
+  async function finishSignIn(params) {
+    // The code must not stay in the address bar, the history or a bookmark.
+    history.replaceState(null, '', REDIRECT_URI + '#/home');
+    const pending = JSON.parse(sessionStorage.getItem(PENDING_KEY) || 'null');
+    sessionStorage.removeItem(PENDING_KEY);
+    if (params.get('error')) {
+      return signInPage('Signing in did not finish: ' + (params.get('error_description') || params.get('error')));
+    }
+    if (!pending || pending.state !== params.get('state')) {
+      return signInPage('That sign-in was not started here, or it was started too long ago. Please sign in again.');
+    }
+    const form = new URLSearchParams({
+      grant_type: 'authorization_code', code: params.get('code'), redirect_uri: REDIRECT_URI,
+      client_id: CLIENT_ID, code_verifier: pending.verifier,
+    });
+    const reply = await fetch(ORIGIN + '/auth/token', { method: 'POST', body: form });
+    const body = await reply.json().catch(() => ({}));
+    if (!reply.ok || !body.access_token) {
+      return signInPage('Signing in failed: ' + (body.error_description || body.error || reply.status));
+    }
+    if (!body.patient) {
+      return signInPage('This account is not a patient\'s: the portal shows a patient\'s own record.');
+    }
+    startSession({
+      token: body.access_token,
+      patient: body.patient,
+      scope: body.scope || '',
+      expires: Date.now() + 1000 * (body.expires_in || 3600),
+    });
+    route();
+  }
+
+  async function signOut() {
+    const token = session && session.token;
+    endSession('You have signed out.');
+    if (token) {
+      const form = new URLSearchParams({ token, client_id: CLIENT_ID });
+      await fetch(ORIGIN + '/auth/revoke', { method: 'POST', body: form }).catch(() => {});
+    }
+  }
+
+  function signInPage(message) {
+    document.getElementById('nav').hidden = true;
+    show('Your health record',
+      message ? el('p', { class: 'notice', role: 'status' }, message) : null,
+      el('div', { class: 'card centre' },
+        el('p', {}, 'See your records from every provider in one place: visits, conditions, results, '
+          + 'appointments and measurements, each marked with where it came from.'),
+        el('button', { type: 'button', id: 'sign-in', onclick: () => signIn().catch(fail) }, 'Sign in')));
+  }
+
+  // ---- Reading the record -------------------------------------------------------------------
+
+  class SessionEnded extends Error {}
+
+  /** GETs a FHIR path (below the base) or a full URL on this server, with the session's token. */
+  async function fhir(pathOrUrl) {
+    if (!session) throw new SessionEnded();
+    const url = pathOrUrl.startsWith(BASE) ? pathOrUrl : BASE + '/' + pathOrUrl.replace(/^\//, '');
+    if (!url.startsWith(BASE + '/')) throw new Error('a link outside this server was refused');
+    const reply = await fetch(url, { headers: { Authorization: 'Bearer ' + session.token, Accept: 'application/fhir+json' } });
+    if (reply.status === 401) {
+      endSession('Your session has ended. Sign in again to go on.');
+      throw new SessionEnded();
+    }
+    const body = await reply.json().catch(() => null);
+    if (!reply.ok) {
+      const issue = body && body.issue && body.issue[0];
+      throw new Error((issue && (issue.diagnostics || (issue.details && issue.details.text))) || ('the server answered ' + reply.status));
+    }
+    return body;
+  }
+
+  const entries = (bundle) => (bundle.entry || []).filter((e) => !e.search || e.search.mode !== 'include').map((e) => e.resource);
+  const nextLink = (bundle) => ((bundle.link || []).find((l) => l.relation === 'next') || {}).url || null;
+
+  /** The provider a resource came from: the source named by its meta.source. */
+  function sourceOf(resource) {
+    const uri = resource && resource.meta && resource.meta.source;
+    if (uri && uri.startsWith(SOURCE_PREFIX)) return uri.slice(SOURCE_PREFIX.length);
+    return 'Braid';
+  }
+
+  function sourceBadge(resource) {
+    return el('span', { class: 'source', title: 'From ' + sourceOf(resource) }, sourceOf(resource));
+  }
+
+  function concept(codeable) {
+    if (!codeable) return '';
+    if (codeable.text) return codeable.text;
+    const coding = (codeable.coding || []).find((c) => c.display) || (codeable.coding || [])[0];
+    return coding ? (coding.display || coding.code || '') : '';
+  }
+
+  function quantity(q) {
+    if (!q || q.value === undefined) return '';
+    return q.value + (q.unit || q.code ? ' ' + (q.unit || q.code) : '');
+  }
+
+  function observationValue(o) {
+    if (o.valueQuantity) return quantity(o.valueQuantity);
+    if (o.valueCodeableConcept) return concept(o.valueCodeableConcept);
+    if (typeof o.valueString === 'string') return o.valueString;
+    if (o.component && o.component.length) {
+      const values = o.component.map((c) => quantity(c.valueQuantity)).filter(Boolean);
+      if (values.length === 2 && o.component.every((c) => c.valueQuantity && c.valueQuantity.unit === o.component[0].valueQuantity.unit)) {
+        return o.component[0].valueQuantity.value + '/' + quantity(o.component[1].valueQuantity);
+      }
+      return values.join(', ');
+    }
+    return '';
+  }
+
+  function humanName(patient) {
+    const name = (patient.name || []).find((n) => n.use === 'official') || (patient.name || [])[0];
+    if (!name) return 'Unnamed patient';
+    if (name.text) return name.text;
+    return [...(name.given || []), name.family].filter(Boolean).join(' ') || 'Unnamed patient';
+  }
+
+  /** A FHIR date or dateTime as the reader's locale writes it (dates without a time stay dates). */
+  function formatDate(text) {
+    if (!text) return 'date unknown';
+    if (/^\d{4}$/.test(text)) return text;
+    if (/^\d{4}-\d{2}$/.test(text)) return new Date(text + '-01T00:00:00Z').toLocaleDateString(undefined, { year: 'numeric', month: 'long', timeZone: 'UTC' });
+    if (/^\d{4}-\d{2}-\d{2}$/.test(text)) return new Date(text + 'T00:00:00Z').toLocaleDateString(undefined, { dateStyle: 'medium', timeZone: 'UTC' });
+    const date = new Date(text);
+    return isNaN(date) ? text : date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  }
+
+  /** A date's instant for ordering (its start, read as UTC when it has no zone); -Infinity when absent. */
+  function instant(text) {
+    if (!text) return -Infinity;
+    const full = /^\d{4}$/.test(text) ? text + '-01-01' : /^\d{4}-\d{2}$/.test(text) ? text + '-01' : text;
+    const value = Date.parse(full);
+    return isNaN(value) ? -Infinity : value;
+  }
+
+  // The kinds of record the timeline shows: how each is searched newest first (a search
+  // parameter whose value is the date shown, so that merging the kinds keeps one order) and
+  // how an item reads.
+  const KINDS = {
+    Encounter: {
+      label: 'Visits', one: 'Visit', sort: 'date',
+      date: (r) => r.period && r.period.start,
+      text: (r) => concept((r.type || [])[0]) || concept(r.serviceType) || (r.class && (r.class.display || r.class.code)) || 'Visit',
+    },
+    Condition: {
+      label: 'Conditions', one: 'Condition', sort: 'onset-date',
+      date: (r) => r.onsetDateTime || (r.onsetPeriod && r.onsetPeriod.start),
+      text: (r) => concept(r.code) || 'Condition',
+    },
+    Observation: {
+      label: 'Results and measurements', one: 'Result', sort: 'date',
+      date: (r) => r.effectiveDateTime || (r.effectivePeriod && r.effectivePeriod.start) || r.effectiveInstant,
+      text: (r) => [concept(r.code) || 'Observation', observationValue(r)].filter(Boolean).join(': '),
+    },
+    Appointment: {
+      label: 'Appointments', one: 'Appointment', sort: 'date',
+      date: (r) => r.start,
+      text: (r) => [r.description || concept((r.serviceType || [])[0]) || concept(r.appointmentType) || 'Appointment',
+        r.status === 'cancelled' ? '(cancelled)' : ''].filter(Boolean).join(' '),
+    },
+    MedicationRequest: {
+      label: 'Medications', one: 'Medication', sort: 'authoredon',
+      date: (r) => r.authoredOn,
+      text: (r) => concept(r.medicationCodeableConcept) || (r.medicationReference && r.medicationReference.display) || 'Medication',
+    },
+    DocumentReference: {
+      label: 'Documents', one: 'Document', sort: 'date',
+      date: (r) => r.date,
+      text: (r) => r.description || concept(r.type) || 'Document',
+    },
+  };
+
+  function itemRow(resource) {
+    const kind = KINDS[resource.resourceType];
+    return el('li', { 'data-type': resource.resourceType, 'data-source': sourceOf(resource), 'data-date': kind.date(resource) || '' },
+      el('span', { class: 'what' }, el('span', { class: 'kind' }, kind.one), ' ', kind.text(resource)),
+      el('span', { class: 'when' }, formatDate(kind.date(resource))),
+      sourceBadge(resource));
+  }
+
+  /** The providers whose records make up the person's: their own Patient's and each linked one's. */
+  async function providersOf(patient) {
+    const names = new Set([sourceOf(patient)]);
+    const linked = (patient.link || []).map((l) => l.other && l.other.reference).filter((r) => r && r.startsWith('Patient/'));
+    const read = await Promise.all(linked.map((reference) => fhir(reference).catch(() => null)));
+    for (const other of read) if (other) names.add(sourceOf(other));
+    if (names.size > 1) names.delete('Braid');
+    return [...names].sort();
+  }
+
+  let patientCache = null;
+
+  async function thePatient() {
+    if (!patientCache || patientCache.id !== session.patient) {
+      const patient = await fhir('Patient/' + encodeURIComponent(session.patient));
+      patientCache = { id: session.patient, patient, providers: await providersOf(patient) };
+    }
+    return patientCache;
+  }
+
+  function banner({ patient, providers }) {
+    return el('section', { class: 'card banner', 'aria-label': 'Patient' },
+      el('span', { class: 'name' }, humanName(patient)),
+      el('span', { class: 'facts' }, [patient.birthDate ? 'Born ' + formatDate(patient.birthDate) : null, patient.gender || null].filter(Boolean).join(' · ')),
+      el('span', { class: 'facts' }, 'Records from ' + providers.length + (providers.length === 1 ? ' provider' : ' providers') + ':'),
+      el('ul', { class: 'providers', 'aria-label': 'Providers' }, providers.map((name) => el('li', { class: 'source' }, name))));
+  }
+
+  // ---- Pages --------------------------------------------------------------------------------
+
+  async function homePage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const today = new Date().toISOString().slice(0, 10);
+    const sections = [
+      ['Upcoming appointments', `Appointment?patient=${id}&date=ge${today}&_sort=date&_count=5`],
+      ['Latest results', `Observation?patient=${id}&_sort=-date&_count=5`],
+      ['Conditions', `Condition?patient=${id}&_sort=-onset-date&_count=5`],
+      ['Recent visits', `Encounter?patient=${id}&_sort=-date&_count=5`],
+      ['Medications', `MedicationRequest?patient=${id}&_sort=-authoredon&_count=5`],
+    ];
+    const bundles = await Promise.all(sections.map(([, path]) => fhir(path).catch((error) => error)));
+    const cards = sections.map(([title], i) => {
+      const bundle = bundles[i];
+      let body;
+      if (bundle instanceof SessionEnded) throw bundle;
+      if (bundle instanceof Error) body = el('p', { class: 'error' }, 'Could not load: ' + bundle.message);
+      else if (!entries(bundle).length) body = el('p', { class: 'status' }, 'Nothing recorded.');
+      else body = el('ul', { class: 'items' }, entries(bundle).map(itemRow));
+      return el('section', { class: 'card', 'aria-labelledby': 'card-' + i }, el('h2', { id: 'card-' + i }, title), body);
+    });
+    show('Your record at a glance', banner(person),
+      el('div', { class: 'grid' }, cards),
+      el('p', {}, el('a', { href: '#/timeline' }, 'See everything, newest first, on the timeline')));
+  }
+
+  /**
+   * The timeline: each kind of record is searched newest first, a page at a time, and the
+   * heads of those searches are merged, so that a page of the timeline costs a page of each
+   * kind at most, whatever the size of the record.
+   */
+  function timelineStreams(types, provider) {
+    const id = encodeURIComponent(session.patient);
+    return types.map((type) => ({
+      type,
+      url: `${type}?patient=${id}&_sort=-${KINDS[type].sort}&_count=${PAGE_SIZE}`
+        + (provider ? '&_source=' + encodeURIComponent(SOURCE_PREFIX + provider) : ''),
+      buffer: [],
+      done: false,
+    }));
+  }
+
+  async function nextItems(streams, count) {
+    const out = [];
+    while (out.length < count) {
+      await Promise.all(streams.filter((s) => !s.buffer.length && !s.done).map(async (s) => {
+        const bundle = await fhir(s.url);
+        s.buffer = entries(bundle).filter((r) => r && r.resourceType === s.type);
+        s.url = nextLink(bundle);
+        s.done = !s.url;
+      }));
+      const live = streams.filter((s) => s.buffer.length);
+      if (!live.length) break;
+      let newest = live[0];
+      for (const s of live) {
+        if (instant(KINDS[s.type].date(s.buffer[0])) > instant(KINDS[newest.type].date(newest.buffer[0]))) newest = s;
+      }
+      out.push(newest.buffer.shift());
+    }
+    const more = streams.some((s) => s.buffer.length || !s.done);
+    return { items: out, more };
+  }
+
+  async function timelinePage() {
+    const person = await thePatient();
+    const params = new URLSearchParams(location.hash.split('?')[1] || '');
+    const chosen = (params.get('types') || Object.keys(KINDS).join(',')).split(',').filter((t) => KINDS[t]);
+    const provider = person.providers.includes(params.get('provider')) ? params.get('provider') : '';
+    const types = chosen.length ? chosen : Object.keys(KINDS);
+
+    const typeBoxes = Object.entries(KINDS).map(([type, kind]) =>
+      el('label', {}, el('input', { type: 'checkbox', name: 'type', value: type, checked: types.includes(type) }), ' ', kind.label));
+    const providerSelect = el('select', { id: 'provider', name: 'provider' },
+      el('option', { value: '' }, 'All providers'),
+      person.providers.map((name) => el('option', { value: name, selected: name === provider }, name)));
+    const form = el('form', { class: 'filters card', 'aria-label': 'Filter the timeline' },
+      el('fieldset', {}, el('legend', {}, 'Show'), typeBoxes),
+      el('div', {}, el('label', { for: 'provider' }, 'Provider '), providerSelect),
+      el('button', { type: 'submit' }, 'Apply'));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const picked = [...form.querySelectorAll('input[name=type]:checked')].map((box) => box.value);
+      const query = new URLSearchParams();
+      if (picked.length && picked.length < Object.keys(KINDS).length) query.set('types', picked.join(','));
+      if (providerSelect.value) query.set('provider', providerSelect.value);
+      location.hash = '#/timeline' + (query.toString() ? '?' + query.toString() : '');
+    });
+
+    const list = el('ul', { class: 'items', id: 'timeline', 'aria-label': 'Timeline' });
+    const status = el('p', { class: 'status', role: 'status' }, 'Loading…');
+    const more = el('button', { type: 'button', class: 'quiet more', hidden: true }, 'Show older');
+    const streams = timelineStreams(types, provider);
+    async function load() {
+      more.disabled = true;
+      status.textContent = 'Loading…';
+      try {
+        const page = await nextItems(streams, PAGE_SIZE);
+        list.append(...page.items.map(itemRow));
+        more.hidden = !page.more;
+        const shown = list.children.length;
+        status.textContent = shown ? `Showing ${shown} item${shown === 1 ? '' : 's'}${page.more ? '' : ': the whole record'}.` : 'Nothing recorded.';
+      } catch (error) {
+        if (error instanceof SessionEnded) return;
+        status.textContent = '';
+        status.className = 'error';
+        status.textContent = 'Could not load the timeline: ' + error.message;
+      } finally {
+        more.disabled = false;
+      }
+    }
+    more.addEventListener('click', load);
+    show('Timeline', banner(person), form, el('section', { class: 'card' }, list, status, more));
+    await load();
+  }
+
+  // ---- Routing ------------------------------------------------------------------------------
+
+  const PAGES = { home: homePage, timeline: timelinePage };
+
+  function fail(error) {
+    if (error instanceof SessionEnded) return;
+    show('Something went wrong', el('p', { class: 'error', role: 'alert' }, error.message || String(error)));
+  }
+
+  async function route() {
+    if (!session) return signInPage();
+    const name = (location.hash.replace(/^#\//, '').split('?')[0]) || 'home';
+    const page = PAGES[name] || homePage;
+    for (const link of document.querySelectorAll('#nav a')) {
+      if (link.dataset.page === (PAGES[name] ? name : 'home')) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+    }
+    main().replaceChildren(el('p', { class: 'status' }, 'Loading…'));
+    await page().catch(fail);
+  }
+
+  function start() {
+    document.getElementById('sign-out').addEventListener('click', () => signOut().catch(fail));
+    window.addEventListener('hashchange', () => route());
+    const params = new URLSearchParams(location.search);
+    if (params.has('code') || params.has('error')) return finishSignIn(params).catch(fail);
+    const stored = loadSession();
+    if (stored) startSession(stored);
+    return route();
+  }
+
+  start();
+})();
