@@ -3,6 +3,7 @@
 
 mod auth_matrix;
 mod bad_input;
+mod browser;
 mod budget;
 mod bundles;
 mod conditional;
@@ -23,6 +24,7 @@ mod limits;
 mod metadata;
 mod mpi;
 mod pages;
+mod portal;
 mod power_loss;
 mod process;
 mod pull;

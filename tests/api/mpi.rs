@@ -26,7 +26,7 @@ fn origin(app: &TestApp) -> String {
 
 /// Waits until the index has matched every committed Patient (GET /mpi), with `token` if
 /// authorization is on.
-async fn settled(app: &TestApp, token: Option<&str>) -> Value {
+pub(crate) async fn settled(app: &TestApp, token: Option<&str>) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut request = app.client.get(format!("{}/mpi", origin(app)));

@@ -303,7 +303,7 @@ const VERIFIER: &str = "dBjftJeZ4CVP-mJ0kDfzDNWoEM0ryoDAW5UmfPmEyW8-the-verifier
 static SECRETS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Vec<u8>>>> =
     std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
 
-fn base32_decode(text: &str) -> Vec<u8> {
+pub(crate) fn base32_decode(text: &str) -> Vec<u8> {
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
     for c in text.bytes() {

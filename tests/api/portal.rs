@@ -1,0 +1,306 @@
+//! The patient portal in a real browser (headless Chromium): a person registered at three
+//! providers signs in (password, authenticator code, consent), sees their one record with each
+//! item marked with its provider, pages through the merged timeline, filters it, and signs out.
+//! Screenshots of each page go to `target/portal-screenshots/`.
+
+use std::collections::BTreeSet;
+
+use braid::auth::users::{self, NewUser, Role};
+use serde_json::{Value, json};
+
+use crate::browser::{self, Browser};
+use crate::helpers::{AuthApp, spawn_auth_app_with};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// The same person as each provider registers them.
+fn person(id: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": "Okafor", "given": ["Adaeze"]}],
+           "gender": "female", "birthDate": "1979-04-12",
+           "address": [{"line": ["12 Harbour Road"], "city": "Leith", "postalCode": "EH6 6LX"}]})
+}
+
+fn heart_rate(id: &str, patient: &str, time: &str, value: u32) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+           "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": time,
+           "valueQuantity": {"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+fn encounter(id: &str, patient: &str, start: &str, what: &str) -> Value {
+    json!({"resourceType": "Encounter", "id": id, "status": "finished",
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+           "type": [{"text": what}], "subject": {"reference": format!("Patient/{patient}")},
+           "period": {"start": start, "end": start}})
+}
+
+fn condition(id: &str, patient: &str, onset: &str, what: &str) -> Value {
+    json!({"resourceType": "Condition", "id": id,
+           "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+           "code": {"text": what}, "subject": {"reference": format!("Patient/{patient}")}, "onsetDateTime": onset})
+}
+
+fn appointment(id: &str, patient: &str, start: &str, what: &str) -> Value {
+    json!({"resourceType": "Appointment", "id": id, "status": "booked", "description": what,
+           "start": start, "end": start,
+           "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]})
+}
+
+/// Three providers' records of one person: 29 items in all, none the same fact twice.
+fn records() -> Vec<(&'static str, Vec<Value>)> {
+    let mut clinic = vec![
+        person("p1"),
+        encounter("e1", "p1", "2026-03-02T09:00:00Z", "General practice check-up"),
+        condition("c1", "p1", "2025-11-20", "Essential hypertension"),
+        appointment("a1", "p1", "2027-02-01T10:00:00Z", "Blood pressure review"),
+    ];
+    clinic.extend(
+        (0..10).map(|i| heart_rate(&format!("hr{i}"), "p1", &format!("2026-04-{:02}T08:00:00Z", i + 1), 60 + i)),
+    );
+    let mut hospital = vec![
+        person("mrn-77"),
+        encounter("adm", "mrn-77", "2026-01-15T14:30:00Z", "Emergency admission"),
+        appointment("fu", "mrn-77", "2027-01-20T15:00:00Z", "Cardiology follow-up"),
+    ];
+    hospital.extend(
+        (0..8).map(|i| heart_rate(&format!("v{i}"), "mrn-77", &format!("2026-01-{:02}T12:00:00Z", i + 15), 80 + i)),
+    );
+    let mut lab = vec![person("L-5")];
+    lab.extend((0..6).map(|i| heart_rate(&format!("r{i}"), "L-5", &format!("2025-{:02}-10T07:30:00Z", i + 5), 70 + i)));
+    vec![("clinic", clinic), ("hospital", hospital), ("lab", lab)]
+}
+
+/// Pushes each provider's records as that source and waits for the index to link the person;
+/// returns the golden Patient's id.
+async fn braid_three_providers(server: &AuthApp) -> String {
+    let operator = server.token("ops", "system/*.cruds", None);
+    for (name, resources) in records() {
+        let source = crate::sources::add_source(server, name, false).await;
+        for resource in resources {
+            let path = format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+            let reply = server.app.put_with_token(&path, &source.token, &resource).await;
+            assert!(reply.status == 201 || reply.status == 200, "{name} {path}: {}", reply.text);
+        }
+    }
+    crate::mpi::settled(&server.app, Some(&operator)).await;
+    let app = &server.app;
+    let read = app.send(app.client.get(app.url("/Patient/clinic-p1")).bearer_auth(&operator)).await;
+    let golden = read.body["link"][0]["other"]["reference"].as_str().unwrap().trim_start_matches("Patient/").to_owned();
+    for member in ["hospital-mrn-77", "lab-L-5"] {
+        let read = app.send(app.client.get(app.url(&format!("/Patient/{member}"))).bearer_auth(&operator)).await;
+        assert_eq!(
+            read.body["link"][0]["other"]["reference"],
+            format!("Patient/{golden}"),
+            "{member} is the same person"
+        );
+    }
+    golden
+}
+
+/// Signs in as `username` through the authorization server's pages: password, the
+/// authenticator code (enrolling with the key the page shows), consent.
+async fn sign_in(browser: &Browser, origin: &str, username: &str) {
+    browser.goto(&format!("{origin}/portal/")).await;
+    browser.screenshot("sign-in").await;
+    browser.assert_accessible("the portal's sign-in page").await;
+    browser.click("#sign-in").await;
+    browser.wait_for("input[name=username]").await;
+    browser.assert_accessible("the login page").await;
+    browser.type_into("input[name=username]", username).await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser.click("form button[type=submit]").await;
+    let key = browser.attribute("#secret", "data-secret").await;
+    browser.assert_accessible("the authenticator enrolment page").await;
+    let secret = crate::smart_launch::base32_decode(&key);
+    let step = braid::auth::now_secs() / braid::auth::totp::STEP_SECS;
+    browser.type_into("input[name=code]", &braid::auth::totp::code_at(&secret, step)).await;
+    browser.click("form button[type=submit]").await;
+    browser.wait_for("button[value=allow]").await;
+    browser.screenshot("consent").await;
+    browser.assert_accessible("the consent page").await;
+    browser.click("button[value=allow]").await;
+}
+
+/// The timeline's rows now: (type, provider, date).
+async fn timeline_rows(browser: &Browser) -> Vec<(String, String, String)> {
+    let rows = browser
+        .run(
+            "return [...document.querySelectorAll('#timeline li')].map(li => [li.dataset.type, li.dataset.source, li.dataset.date]);",
+            json!([]),
+        )
+        .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap().into(), row[1].as_str().unwrap().into(), row[2].as_str().unwrap().into()))
+        .collect()
+}
+
+/// Waits until the timeline's status line stops saying it is loading.
+async fn timeline_loaded(browser: &Browser) -> String {
+    for _ in 0..400 {
+        let status = browser.text("main section.card p.status").await;
+        if !status.starts_with("Loading") {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the timeline did not load");
+}
+
+/// A date or dateTime of the test's records as an instant (a date is its midnight UTC).
+fn instant(date: &str) -> jiff::Timestamp {
+    let full = if date.len() == 10 { format!("{date}T00:00:00Z") } else { date.to_owned() };
+    full.parse().unwrap_or_else(|_| panic!("{date} is a date"))
+}
+
+#[tokio::test]
+async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
+    if browser::skipped() {
+        return;
+    }
+    let server = spawn_auth_app_with(|settings| settings.totp = braid::config::TotpPolicy::Required).await;
+    let golden = braid_three_providers(&server).await;
+    let user = NewUser {
+        username: "adaeze".into(),
+        password: PASSWORD.into(),
+        role: Role::Patient,
+        patient: Some(golden.clone()),
+        fhir_user: None,
+    };
+    users::add(&server.store, user, braid::auth::now_secs()).await.unwrap();
+    let origin = server.app.base.trim_end_matches("/fhir").to_owned();
+    let browser = Browser::start(false).await;
+
+    // Signed in, the portal shows the person and the three providers their record comes from.
+    sign_in(&browser, &origin, "adaeze").await;
+    let name = browser.text(".banner .name").await;
+    assert_eq!(name, "Adaeze Okafor");
+    let url = browser.url().await;
+    assert!(!url.contains("code=") && !url.contains("state="), "the code left the address bar: {url}");
+    let providers = browser
+        .run("return [...document.querySelectorAll('.providers li')].map(li => li.textContent);", json!([]))
+        .await;
+    assert_eq!(providers, json!(["clinic", "hospital", "lab"]));
+    // Home: the upcoming appointments of two providers, soonest first, each marked with its provider.
+    browser.wait_for(".grid section").await;
+    let upcoming = browser
+        .run("return [...document.querySelectorAll('.grid section')[0].querySelectorAll('li')].map(li => li.dataset.source);", json!([]))
+        .await;
+    assert_eq!(upcoming, json!(["hospital", "clinic"]));
+    browser.screenshot("home").await;
+    browser.assert_accessible("home").await;
+
+    // The token is kept for the session only, never in localStorage.
+    let stored =
+        browser.run("return [localStorage.length, sessionStorage.getItem('braid.portal.session')];", json!([])).await;
+    assert_eq!(stored[0], 0, "nothing in localStorage");
+    let session: Value = serde_json::from_str(stored[1].as_str().expect("a session is kept")).unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    assert_eq!(session["patient"], golden.as_str(), "the token is for the person's golden Patient");
+
+    // The timeline: the first page holds the 20 newest items of all three providers.
+    browser.click("#nav a[data-page=timeline]").await;
+    browser.wait_for("#timeline li").await;
+    timeline_loaded(&browser).await;
+    let first = timeline_rows(&browser).await;
+    assert_eq!(first.len(), 20, "{first:?}");
+    browser.screenshot("timeline").await;
+    browser.assert_accessible("the timeline").await;
+    browser.click("main button.more").await;
+    let status = timeline_loaded(&browser).await;
+    let rows = timeline_rows(&browser).await;
+    assert_eq!(rows.len(), 29, "every item once: {rows:?}");
+    assert!(status.contains("the whole record"), "{status}");
+    assert_eq!(rows[..20], first[..], "the first page stays as it was");
+    let dates: Vec<_> = rows.iter().map(|(_, _, date)| instant(date)).collect();
+    assert!(dates.windows(2).all(|pair| pair[0] >= pair[1]), "newest first: {rows:?}");
+    let sources: BTreeSet<&str> = rows.iter().map(|(_, source, _)| source.as_str()).collect();
+    assert_eq!(sources, BTreeSet::from(["clinic", "hospital", "lab"]));
+    let count = |kind: &str| rows.iter().filter(|(t, _, _)| t == kind).count();
+    assert_eq!((count("Observation"), count("Encounter"), count("Condition"), count("Appointment")), (24, 2, 1, 2));
+
+    // Filtered to one provider and to results only.
+    browser.run("document.getElementById('provider').value = 'hospital';", json!([])).await;
+    for kind in ["Encounter", "Condition", "Appointment", "MedicationRequest", "DocumentReference"] {
+        browser.click(&format!("input[name=type][value={kind}]")).await;
+    }
+    browser.click("form.filters button[type=submit]").await;
+    browser.wait_for("#timeline li").await;
+    timeline_loaded(&browser).await;
+    let filtered = timeline_rows(&browser).await;
+    assert_eq!(filtered.len(), 8, "{filtered:?}");
+    assert!(filtered.iter().all(|(t, s, _)| t == "Observation" && s == "hospital"), "{filtered:?}");
+    assert!(browser.url().await.ends_with("#/timeline?types=Observation&provider=hospital"));
+    browser.screenshot("timeline-filtered").await;
+    browser.assert_accessible("the filtered timeline").await;
+
+    // Signing out forgets the session and revokes the token.
+    browser.click("#sign-out").await;
+    browser.wait_for("#sign-in").await;
+    let stored = browser.run("return sessionStorage.getItem('braid.portal.session');", json!([])).await;
+    assert!(stored.is_null());
+    let app = &server.app;
+    let mut refused = 0;
+    for _ in 0..100 {
+        let reply = app.send(app.client.get(app.url(&format!("/Patient/{golden}"))).bearer_auth(&token)).await;
+        if reply.status == 401 {
+            refused += 1;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, 1, "the revoked token is refused");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_portal_files_are_served_with_a_strict_policy_and_revalidated() {
+    let server = spawn_auth_app_with(|_| {}).await;
+    let origin = server.app.base.trim_end_matches("/fhir").to_owned();
+    let client = crate::helpers::client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let bare = client.get(format!("{origin}/portal")).send().await.unwrap();
+    assert_eq!(bare.status(), 308);
+    assert_eq!(bare.headers()["location"], "/portal/");
+    let page = client.get(format!("{origin}/portal/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let etag = page.headers()["etag"].to_str().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    assert!(html.contains("portal.js") && html.contains("lang=\"en\""));
+    let again = client.get(format!("{origin}/portal/")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    let script = client.get(format!("{origin}/portal/portal.js")).send().await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let missing = client.get(format!("{origin}/portal/../Cargo.toml")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing = client.get(format!("{origin}/portal/secrets.json")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The portal's client is built in: its redirect URI is the portal on this origin, no other.
+    let authorize = |redirect: &str| {
+        let query = [
+            ("response_type", "code"),
+            ("client_id", "braid-portal"),
+            ("redirect_uri", redirect),
+            ("scope", "launch/patient openid patient/*.rs"),
+            ("state", "s"),
+            ("aud", server.app.base.as_str()),
+            ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+            ("code_challenge_method", "S256"),
+        ];
+        client.get(format!("{origin}/auth/authorize")).query(&query).send()
+    };
+    let accepted = authorize(&format!("{origin}/portal/")).await.unwrap();
+    assert_eq!(accepted.status(), 302, "{:?}", accepted.headers());
+    assert_eq!(accepted.headers()["location"], "/auth/login");
+    let refused = authorize("https://evil.example/portal/").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("is not a redirect URI registered for this client"));
+}
