@@ -51,6 +51,10 @@ pub struct Settings {
     pub audit: bool,
     pub audit_window_secs: u64,
     pub smart_style_url: Option<String>,
+    pub reminder_lead_times: String,
+    pub reminder_interval_secs: u64,
+    pub smtp_url: Option<String>,
+    pub smtp_from: String,
     pub export_retention_secs: u64,
     pub mpi_auto_train: bool,
     pub max_ingest_bytes: u64,
@@ -151,6 +155,10 @@ impl Default for Settings {
             mpi_auto_train: true,
             max_ingest_bytes: 1 << 30,
             smart_style_url: None,
+            reminder_lead_times: "3d,1d".into(),
+            reminder_interval_secs: 60,
+            smtp_url: None,
+            smtp_from: "Braid <braid@localhost>".into(),
             export_retention_secs: 3600,
         }
     }
@@ -545,6 +553,57 @@ pub const SETTINGS: &[SettingDoc] = &[
             if !(60..=604_800).contains(&s.export_retention_secs) {
                 return Err("expected a number of seconds from 60 to 604800".into());
             }
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "reminder_lead_times",
+        env: "BRAID_REMINDER_LEAD_TIMES",
+        default: "3d,1d",
+        doc: "How long before each upcoming Appointment its Patients are reminded (a Communication in their record, \
+              and an email when they have an address and smtp_url is set): days, hours or minutes, e.g. 3d,1d,2h. \
+              Empty turns reminders off.",
+        apply: |s, v| {
+            crate::reminders::parse_lead_times(v)?;
+            s.reminder_lead_times = v.to_owned();
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "reminder_interval_secs",
+        env: "BRAID_REMINDER_INTERVAL_SECS",
+        default: "60",
+        doc: "How often, in seconds, reminders are looked at: made, sent when due, updated when their appointment \
+              moves, withdrawn when it is cancelled. 1 to 3600.",
+        apply: |s, v| {
+            parse_into(&mut s.reminder_interval_secs, v)?;
+            if !(1..=3600).contains(&s.reminder_interval_secs) {
+                return Err("expected a number of seconds from 1 to 3600".into());
+            }
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "smtp_url",
+        env: "BRAID_SMTP_URL",
+        default: "(none: no email)",
+        doc: "The SMTP server reminders are emailed through: smtp://host:587?tls=required (STARTTLS), smtps://host:465 \
+              (TLS) or smtp://127.0.0.1:25 (a local relay), with user:password@ for a login. A secret when it holds \
+              a password: never logged.",
+        apply: |s, v| {
+            crate::reminders::mail::Mailer::new(v, &s.smtp_from)?;
+            s.smtp_url = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    SettingDoc {
+        key: "smtp_from",
+        env: "BRAID_SMTP_FROM",
+        default: "Braid <braid@localhost>",
+        doc: "The sender of reminder emails: an address, or a name and an address in angle brackets.",
+        apply: |s, v| {
+            v.parse::<lettre::message::Mailbox>().map_err(|_| format!("'{v}' is not an email address"))?;
+            s.smtp_from = v.to_owned();
             Ok(())
         },
     },

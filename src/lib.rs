@@ -24,6 +24,7 @@ pub mod mpi;
 pub mod outbound;
 pub mod portal;
 pub mod random;
+pub mod reminders;
 pub mod search;
 pub mod sources;
 pub mod startup;

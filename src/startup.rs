@@ -37,6 +37,8 @@ pub enum StartupError {
          read and change every record. Turn auth on, or listen on 127.0.0.1 or [::1]"
     )]
     AuthOffNotLoopback(String),
+    #[error("appointment reminders: {0}")]
+    Reminders(String),
 }
 
 /// A bound, not yet running server.
@@ -53,6 +55,8 @@ pub struct Application {
     exports: Arc<crate::sources::export::Exports>,
     /// Its worker is stopped at shutdown.
     mpi: Arc<crate::mpi::service::Mpi>,
+    /// The appointment reminders' passes (none when reminders are off); stopped at shutdown.
+    reminders: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -124,6 +128,7 @@ impl Application {
         let mpi = crate::mpi::service::Mpi::open(&store, settings.mpi_auto_train)
             .map_err(|source| StartupError::Store { path: settings.data.display().to_string(), source })?;
         crate::mpi::service::start_worker(Arc::downgrade(&mpi));
+        let reminders = start_reminders(settings, &store, &mpi)?;
         let socket = crate::auth::admin::socket_path(&settings.data);
         let admin = match http::admin::serve(&socket, store.clone(), auth.clone(), sources.clone(), mpi.clone()) {
             Ok(server) => Some((server, socket)),
@@ -187,7 +192,18 @@ impl Application {
         .map_err(|source| StartupError::Listen { address: settings.listen.clone(), source })?
         .run();
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_secs);
-        Ok(Application { port, https, server, admin, store, sources, exports: stopping_exports, mpi, shutdown_timeout })
+        Ok(Application {
+            port,
+            https,
+            server,
+            admin,
+            store,
+            sources,
+            exports: stopping_exports,
+            mpi,
+            reminders,
+            shutdown_timeout,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -216,7 +232,7 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, admin, store, sources, exports, mpi, shutdown_timeout, .. } = self;
+        let Application { server, admin, store, sources, exports, mpi, reminders, shutdown_timeout, .. } = self;
         let result = match admin {
             Some((admin, socket)) => {
                 let handle = admin.handle();
@@ -229,6 +245,11 @@ impl Application {
             }
             None => server.await,
         };
+        if let Some(reminders) = reminders {
+            // A pass stopped midway loses nothing: each reminder's state is in its own write.
+            reminders.abort();
+            let _ = reminders.await;
+        }
         // Pulls and exports let go of the store at their next step.
         sources.stop();
         exports.stop();
@@ -336,6 +357,35 @@ fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Starts the appointment reminders' passes, unless no lead time is set. The settings may come
+/// from a file, which is not checked as it is read: a wrong lead time or SMTP URL stops the start.
+fn start_reminders(
+    settings: &Settings,
+    store: &Store,
+    mpi: &Arc<crate::mpi::service::Mpi>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartupError> {
+    let lead_times =
+        crate::reminders::parse_lead_times(&settings.reminder_lead_times).map_err(StartupError::Reminders)?;
+    if lead_times.is_empty() {
+        return Ok(None);
+    }
+    let mailer = match &settings.smtp_url {
+        Some(url) => Some(Arc::new(
+            crate::reminders::mail::Mailer::new(url, &settings.smtp_from).map_err(StartupError::Reminders)?,
+        )),
+        None => None,
+    };
+    let portal_url = settings.base_url.as_deref().map(|base| {
+        format!("{}{}", base.trim_end_matches('/').trim_end_matches("/fhir"), crate::auth::clients::PORTAL_PATH)
+    });
+    let reminders = crate::reminders::Reminders::new(
+        store.clone(),
+        crate::reminders::Settings { lead_times, mailer, portal_url },
+        Some(mpi.clone()),
+    );
+    Ok(Some(Arc::new(reminders).start(Duration::from_secs(settings.reminder_interval_secs.max(1)))))
 }
 
 #[cfg(test)]

@@ -166,6 +166,9 @@ impl ResourceType {
     /// `Observation` and `Device`, which vitals ingest writes.
     pub const OBSERVATION: ResourceType = ResourceType("Observation");
     pub const DEVICE: ResourceType = ResourceType("Device");
+    /// `Appointment` and `Communication`, which appointment reminders read and write.
+    pub const APPOINTMENT: ResourceType = ResourceType("Appointment");
+    pub const COMMUNICATION: ResourceType = ResourceType("Communication");
 
     /// Looks `name` up among the R4 resource types (case-sensitive, as FHIR requires).
     pub fn parse(name: &str) -> Option<Self> {
