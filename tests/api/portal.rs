@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::browser::{self, Browser};
 use crate::helpers::{AuthApp, spawn_auth_app_with};
+use crate::smtp_sink::SmtpSink;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -18,6 +19,13 @@ fn person(id: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "name": [{"family": "Okafor", "given": ["Adaeze"]}],
            "gender": "female", "birthDate": "1979-04-12",
            "address": [{"line": ["12 Harbour Road"], "city": "Leith", "postalCode": "EH6 6LX"}]})
+}
+
+/// `hours` from now, to the second.
+fn from_now(hours: i64, minutes: i64) -> String {
+    let at =
+        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(hours) + jiff::SignedDuration::from_mins(minutes);
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn heart_rate(id: &str, patient: &str, time: &str, value: u32) -> Value {
@@ -42,15 +50,20 @@ fn condition(id: &str, patient: &str, onset: &str, what: &str) -> Value {
 }
 
 fn appointment(id: &str, patient: &str, start: &str, what: &str) -> Value {
+    let end = (start.parse::<jiff::Timestamp>().unwrap() + jiff::SignedDuration::from_mins(30)).to_string();
     json!({"resourceType": "Appointment", "id": id, "status": "booked", "description": what,
-           "start": start, "end": start,
+           "start": start, "end": end,
            "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]})
 }
 
-/// Three providers' records of one person: 29 items in all, none the same fact twice.
+/// Three providers' records of one person: 31 items in all, none the same fact twice. Two
+/// appointments of two providers overlap, in two days; the clinic knows the person's email.
 fn records() -> Vec<(&'static str, Vec<Value>)> {
+    let mut registered = person("p1");
+    registered["telecom"] = json!([{"system": "email", "value": "adaeze@example.org"}]);
     let mut clinic = vec![
-        person("p1"),
+        registered,
+        appointment("a2", "p1", &from_now(48, 0), "Blood test"),
         encounter("e1", "p1", "2026-03-02T09:00:00Z", "General practice check-up"),
         condition("c1", "p1", "2025-11-20", "Essential hypertension"),
         appointment("a1", "p1", "2027-02-01T10:00:00Z", "Blood pressure review"),
@@ -62,6 +75,7 @@ fn records() -> Vec<(&'static str, Vec<Value>)> {
         person("mrn-77"),
         encounter("adm", "mrn-77", "2026-01-15T14:30:00Z", "Emergency admission"),
         appointment("fu", "mrn-77", "2027-01-20T15:00:00Z", "Cardiology follow-up"),
+        appointment("echo", "mrn-77", &from_now(48, 15), "Echocardiogram"),
     ];
     hospital.extend(
         (0..8).map(|i| heart_rate(&format!("v{i}"), "mrn-77", &format!("2026-01-{:02}T12:00:00Z", i + 15), 80 + i)),
@@ -160,8 +174,20 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     if browser::skipped() {
         return;
     }
-    let server = spawn_auth_app_with(|settings| settings.totp = braid::config::TotpPolicy::Required).await;
+    let sink = SmtpSink::start().await;
+    let smtp = sink.url();
+    let server = spawn_auth_app_with(move |settings| {
+        settings.totp = braid::config::TotpPolicy::Required;
+        settings.reminder_interval_secs = 1;
+        settings.reminder_lead_times = "3d,1d".into();
+        settings.smtp_url = Some(smtp);
+    })
+    .await;
     let golden = braid_three_providers(&server).await;
+    // Both appointments in two days are reminded of three days ahead: now, by email (the
+    // hospital's registration has no address; the person's golden Patient has the clinic's).
+    let mails = sink.wait_for(2, std::time::Duration::from_secs(20)).await;
+    assert!(mails.iter().all(|mail| mail.to == ["adaeze@example.org"]), "{mails:?}");
     let user = NewUser {
         username: "adaeze".into(),
         password: PASSWORD.into(),
@@ -188,7 +214,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let upcoming = browser
         .run("return [...document.querySelectorAll('.grid section')[0].querySelectorAll('li')].map(li => li.dataset.source);", json!([]))
         .await;
-    assert_eq!(upcoming, json!(["hospital", "clinic"]));
+    assert_eq!(upcoming, json!(["clinic", "hospital", "hospital", "clinic"]));
     browser.screenshot("home").await;
     browser.assert_accessible("home").await;
 
@@ -211,7 +237,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     browser.click("main button.more").await;
     let status = timeline_loaded(&browser).await;
     let rows = timeline_rows(&browser).await;
-    assert_eq!(rows.len(), 29, "every item once: {rows:?}");
+    assert_eq!(rows.len(), 31, "every item once: {rows:?}");
     assert!(status.contains("the whole record"), "{status}");
     assert_eq!(rows[..20], first[..], "the first page stays as it was");
     let dates: Vec<_> = rows.iter().map(|(_, _, date)| instant(date)).collect();
@@ -219,7 +245,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let sources: BTreeSet<&str> = rows.iter().map(|(_, source, _)| source.as_str()).collect();
     assert_eq!(sources, BTreeSet::from(["clinic", "hospital", "lab"]));
     let count = |kind: &str| rows.iter().filter(|(t, _, _)| t == kind).count();
-    assert_eq!((count("Observation"), count("Encounter"), count("Condition"), count("Appointment")), (24, 2, 1, 2));
+    assert_eq!((count("Observation"), count("Encounter"), count("Condition"), count("Appointment")), (24, 2, 1, 4));
 
     // Filtered to one provider and to results only.
     browser.run("document.getElementById('provider').value = 'hospital';", json!([])).await;
@@ -235,6 +261,36 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     assert!(browser.url().await.ends_with("#/timeline?types=Observation&provider=hospital"));
     browser.screenshot("timeline-filtered").await;
     browser.assert_accessible("the filtered timeline").await;
+
+    // Appointments: the two in two days overlap, each is flagged, and each shows its reminders:
+    // the three-day one sent by email, the one-day one scheduled.
+    browser.click("#nav a[data-page=appointments]").await;
+    browser.wait_for("#upcoming li.appointment").await;
+    let upcoming = browser
+        .run(
+            "return [...document.querySelectorAll('#upcoming li.appointment')].map(li => ({source: li.dataset.source, \
+             conflict: (li.querySelector('.conflict') || {}).textContent || null, \
+             reminders: [...li.querySelectorAll('li.reminder')].map(r => [r.dataset.lead, r.dataset.status, r.textContent])}));",
+            json!([]),
+        )
+        .await;
+    let upcoming = upcoming.as_array().unwrap();
+    assert_eq!(upcoming.len(), 4, "{upcoming:?}");
+    assert_eq!(upcoming[0]["source"], "clinic");
+    assert_eq!(upcoming[0]["conflict"], "Overlaps an appointment from hospital. Check with both providers.");
+    assert_eq!(upcoming[1]["conflict"], "Overlaps an appointment from clinic. Check with both providers.");
+    assert!(upcoming[2]["conflict"].is_null() && upcoming[2]["reminders"] == json!([]), "{:?}", upcoming[2]);
+    for soon in &upcoming[..2] {
+        let reminders = soon["reminders"].as_array().unwrap();
+        assert_eq!(reminders.len(), 2, "{soon:?}");
+        assert_eq!((&reminders[0][0], &reminders[0][1]), (&json!("3d"), &json!("completed")));
+        assert!(reminders[0][2].as_str().unwrap().ends_with("by email"), "{reminders:?}");
+        assert_eq!((&reminders[1][0], &reminders[1][1]), (&json!("1d"), &json!("preparation")));
+        assert_eq!(reminders[1][2], "Reminder 1 day before: scheduled");
+    }
+    browser.screenshot("appointments").await;
+    browser.assert_accessible("appointments").await;
+    assert_eq!(sink.messages().len(), 2, "each reminder is emailed once");
 
     // Signing out forgets the session and revokes the token.
     browser.click("#sign-out").await;

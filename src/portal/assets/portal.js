@@ -17,6 +17,10 @@
   const SESSION_KEY = 'braid.portal.session';
   const PENDING_KEY = 'braid.portal.pending';
   const SOURCE_PREFIX = 'urn:braid:source:';
+  const REPORTED_BY = 'urn:braid:reported-by';
+  const CONFLICTS_WITH = 'urn:braid:conflicts-with';
+  const REMINDER_CATEGORY = 'http://terminology.hl7.org/CodeSystem/communication-category|reminder';
+  const REMINDER_SYSTEM = 'urn:braid:reminder';
   const PAGE_SIZE = 20;
 
   // ---- Small helpers ------------------------------------------------------------------------
@@ -236,8 +240,20 @@
     return 'Braid';
   }
 
+  /** The providers that reported a resource: every one named when two or more reported the
+   *  same fact (the unified record shows it once), else its own. */
+  function reportersOf(resource) {
+    const named = extensions(resource, REPORTED_BY).map((e) => e.valueReference && e.valueReference.display).filter(Boolean);
+    return named.length ? [...new Set(named)].sort() : [sourceOf(resource)];
+  }
+
+  function extensions(resource, url) {
+    return (resource.extension || []).filter((e) => e.url === url);
+  }
+
   function sourceBadge(resource) {
-    return el('span', { class: 'source', title: 'From ' + sourceOf(resource) }, sourceOf(resource));
+    const names = reportersOf(resource);
+    return el('span', { class: 'badges' }, names.map((name) => el('span', { class: 'source', title: 'From ' + name }, name)));
   }
 
   function concept(codeable) {
@@ -330,7 +346,7 @@
 
   function itemRow(resource) {
     const kind = KINDS[resource.resourceType];
-    return el('li', { 'data-type': resource.resourceType, 'data-source': sourceOf(resource), 'data-date': kind.date(resource) || '' },
+    return el('li', { 'data-type': resource.resourceType, 'data-source': reportersOf(resource).join(' '), 'data-date': kind.date(resource) || '' },
       el('span', { class: 'what' }, el('span', { class: 'kind' }, kind.one), ' ', kind.text(resource)),
       el('span', { class: 'when' }, formatDate(kind.date(resource))),
       sourceBadge(resource));
@@ -481,9 +497,85 @@
     await load();
   }
 
+  /** Every page of a search, up to `max` resources. */
+  async function all(path, max) {
+    const out = [];
+    let url = path;
+    while (url && out.length < max) {
+      const bundle = await fhir(url);
+      out.push(...entries(bundle));
+      url = nextLink(bundle);
+    }
+    return out.slice(0, max);
+  }
+
+  /** What a reminder says of itself, for the appointment it is about. */
+  function reminderLine(reminder) {
+    const identifier = (reminder.identifier || []).find((i) => i.system === REMINDER_SYSTEM);
+    const lead = identifier ? identifier.value.split('|')[2] : '';
+    const before = lead ? lead.replace(/d$/, ' days').replace(/h$/, ' hours').replace(/m$/, ' minutes').replace(/^1 (day|hour|minute)s/, '1 $1') + ' before' : '';
+    const emailed = (reminder.medium || []).some((m) => (m.coding || []).some((c) => c.code === 'EMAILWRIT'));
+    let text;
+    switch (reminder.status) {
+      case 'completed': text = `Reminder ${before} sent ${formatDate(reminder.sent)}${emailed ? ' by email' : ''}`; break;
+      case 'preparation': text = `Reminder ${before}: scheduled`; break;
+      case 'in-progress': text = `Reminder ${before}: being sent`; break;
+      case 'not-done': text = `Reminder ${before} withdrawn` + (reminder.statusReason && reminder.statusReason.text ? ': ' + reminder.statusReason.text : ''); break;
+      default: text = `Reminder ${before}: ${reminder.status}`;
+    }
+    return el('li', { class: 'reminder', 'data-status': reminder.status, 'data-lead': lead }, text,
+      (reminder.note || []).map((n) => el('span', { class: 'note' }, ' ' + n.text)));
+  }
+
+  function appointmentCard(appointment, reminders) {
+    const conflicts = extensions(appointment, CONFLICTS_WITH).map((e) => (e.valueReference && e.valueReference.display) || 'another provider');
+    const mine = reminders.filter((r) => (r.about || []).some((a) => a.reference === 'Appointment/' + appointment.id));
+    mine.sort((a, b) => ((b.identifier || [])[0] || {}).value > ((a.identifier || [])[0] || {}).value ? 1 : -1);
+    const status = appointment.status === 'booked' ? null : appointment.status;
+    return el('li', { class: 'appointment', 'data-id': appointment.id, 'data-source': sourceOf(appointment), 'data-date': appointment.start || '' },
+      el('span', { class: 'what' }, KINDS.Appointment.text(appointment)),
+      el('span', { class: 'when' }, formatDate(appointment.start)),
+      sourceBadge(appointment),
+      status ? el('span', { class: 'kind' }, status) : null,
+      conflicts.length ? el('p', { class: 'conflict', role: 'note' },
+        'Overlaps an appointment from ' + [...new Set(conflicts)].join(' and ') + '. Check with both providers.') : null,
+      mine.length ? el('ul', { class: 'reminders', 'aria-label': 'Reminders' }, mine.map(reminderLine)) : null);
+  }
+
+  async function appointmentsPage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+    const [upcoming, past, reminders] = await Promise.all([
+      all(`Appointment?patient=${id}&date=ge${now}&_sort=date&_count=50`, 200),
+      fhir(`Appointment?patient=${id}&date=lt${now}&_sort=-date&_count=20`),
+      all(`Communication?patient=${id}&category=${encodeURIComponent(REMINDER_CATEGORY)}&_count=100`, 500),
+    ]);
+    const pastList = el('ul', { class: 'items', id: 'past' }, entries(past).map((a) => appointmentCard(a, reminders)));
+    let older = nextLink(past);
+    const more = el('button', { type: 'button', class: 'quiet more', hidden: !older }, 'Show older');
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      try {
+        const page = await fhir(older);
+        pastList.append(...entries(page).map((a) => appointmentCard(a, reminders)));
+        older = nextLink(page);
+        more.hidden = !older;
+      } catch (error) { fail(error); } finally { more.disabled = false; }
+    });
+    show('Appointments', banner(person),
+      el('section', { class: 'card', 'aria-labelledby': 'upcoming-title' },
+        el('h2', { id: 'upcoming-title' }, 'Upcoming'),
+        upcoming.length ? el('ul', { class: 'items', id: 'upcoming' }, upcoming.map((a) => appointmentCard(a, reminders)))
+          : el('p', { class: 'status' }, 'No upcoming appointments.')),
+      el('section', { class: 'card', 'aria-labelledby': 'past-title' },
+        el('h2', { id: 'past-title' }, 'Past'),
+        entries(past).length ? pastList : el('p', { class: 'status' }, 'No past appointments.'), more));
+  }
+
   // ---- Routing ------------------------------------------------------------------------------
 
-  const PAGES = { home: homePage, timeline: timelinePage };
+  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage };
 
   function fail(error) {
     if (error instanceof SessionEnded) return;
