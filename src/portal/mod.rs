@@ -31,6 +31,9 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         ("index.html", "text/html; charset=utf-8", include_str!("assets/index.html")),
         ("portal.js", "text/javascript; charset=utf-8", include_str!("assets/portal.js")),
         ("portal.css", "text/css; charset=utf-8", include_str!("assets/portal.css")),
+        // What common lab tests measure and what high and low results usually mean, in plain
+        // words (curated data, in profiles/ with the rest of Braid's data).
+        ("labs.json", "application/json", include_str!("../../profiles/lab-explanations.json")),
     ]
     .into_iter()
     .map(|(name, content_type, body)| {
@@ -98,6 +101,54 @@ fn serve(http: &HttpRequest, name: &str) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `code` is `digits-check` with LOINC's mod-10 check digit: the digits in odd
+    /// places from the right, read as a number and doubled, written after those in even places;
+    /// the check digit brings the sum of all those digits to a multiple of ten.
+    fn is_loinc(code: &str) -> bool {
+        let Some((number, check)) = code.split_once('-') else { return false };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) || check.len() != 1 {
+            return false;
+        }
+        let from_right: Vec<u32> = number.bytes().rev().map(|b| u32::from(b - b'0')).collect();
+        let odd: String = from_right.iter().step_by(2).rev().map(|d| d.to_string()).collect();
+        let even: String = from_right.iter().skip(1).step_by(2).rev().map(|d| d.to_string()).collect();
+        let doubled = (odd.parse::<u64>().unwrap_or(0) * 2).to_string();
+        let sum: u32 = even.chars().chain(doubled.chars()).filter_map(|c| c.to_digit(10)).sum();
+        check.parse::<u32>().ok() == Some((10 - sum % 10) % 10)
+    }
+
+    #[test]
+    fn loinc_check_digits_are_checked() {
+        for good in [
+            "2345-7", "4548-4", "8867-4", "85354-9", "8480-6", "8462-4", "29463-7", "59408-5", "2708-6", "9279-1",
+            "8310-5",
+        ] {
+            assert!(is_loinc(good), "{good}");
+        }
+        for bad in ["2345-8", "4548-0", "8867", "x-1", "12-34"] {
+            assert!(!is_loinc(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_lab_explanations_cover_the_common_tests_in_full() {
+        let labs: serde_json::Value =
+            serde_json::from_str(ASSETS.iter().find(|asset| asset.name == "labs.json").unwrap().body).unwrap();
+        let tests = labs["tests"].as_object().unwrap();
+        assert!(tests.len() >= 40, "at least the 40 most common lab tests: {}", tests.len());
+        for common in ["2345-7", "4548-4", "2951-2", "2823-3", "2160-0", "718-7", "6690-2", "777-3", "2093-3", "3016-3"]
+        {
+            assert!(tests.contains_key(common), "{common}");
+        }
+        for (code, test) in tests {
+            assert!(is_loinc(code), "{code} is not a LOINC code (its check digit is wrong)");
+            for field in ["name", "measures", "high", "low"] {
+                assert!(test[field].as_str().is_some_and(|text| text.len() > 3), "{code}: {field}");
+            }
+            assert!(test["learnMore"].as_str().unwrap().starts_with("https://medlineplus.gov/"), "{code}");
+        }
+    }
 
     #[test]
     fn every_file_the_page_names_is_served() {

@@ -36,6 +36,34 @@ fn heart_rate(id: &str, patient: &str, time: &str, value: u32) -> Value {
            "valueQuantity": {"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}})
 }
 
+/// A laboratory result, with a reference range and the lab's own interpretation when given.
+#[allow(clippy::too_many_arguments)]
+fn lab_result(
+    id: &str,
+    patient: &str,
+    code: &str,
+    name: &str,
+    time: &str,
+    value: f64,
+    unit: &str,
+    range: Option<(f64, f64)>,
+    flag: Option<&str>,
+) -> Value {
+    let mut result = json!({"resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": name}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "effectiveDateTime": time,
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}});
+    if let Some((low, high)) = range {
+        result["referenceRange"] = json!([{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+                                           "high": {"value": high, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}]);
+    }
+    if let Some(flag) = flag {
+        result["interpretation"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": flag}]}]);
+    }
+    result
+}
+
 fn encounter(id: &str, patient: &str, start: &str, what: &str) -> Value {
     json!({"resourceType": "Encounter", "id": id, "status": "finished",
            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
@@ -56,7 +84,7 @@ fn appointment(id: &str, patient: &str, start: &str, what: &str) -> Value {
            "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]})
 }
 
-/// Three providers' records of one person: 31 items in all, none the same fact twice. Two
+/// Three providers' records of one person: 34 items in all, none the same fact twice. Two
 /// appointments of two providers overlap, in two days; the clinic knows the person's email.
 fn records() -> Vec<(&'static str, Vec<Value>)> {
     let mut registered = person("p1");
@@ -80,7 +108,42 @@ fn records() -> Vec<(&'static str, Vec<Value>)> {
     hospital.extend(
         (0..8).map(|i| heart_rate(&format!("v{i}"), "mrn-77", &format!("2026-01-{:02}T12:00:00Z", i + 15), 80 + i)),
     );
-    let mut lab = vec![person("L-5")];
+    let mut lab = vec![
+        person("L-5"),
+        lab_result(
+            "g1",
+            "L-5",
+            "2345-7",
+            "Glucose [Mass/volume] in Serum or Plasma",
+            "2025-09-05T08:00:00Z",
+            95.0,
+            "mg/dL",
+            Some((70.0, 99.0)),
+            None,
+        ),
+        lab_result(
+            "g2",
+            "L-5",
+            "2345-7",
+            "Glucose [Mass/volume] in Serum or Plasma",
+            "2026-03-05T08:00:00Z",
+            130.0,
+            "mg/dL",
+            Some((70.0, 99.0)),
+            None,
+        ),
+        lab_result(
+            "hb",
+            "L-5",
+            "718-7",
+            "Hemoglobin [Mass/volume] in Blood",
+            "2026-03-05T08:00:00Z",
+            13.1,
+            "g/dL",
+            None,
+            Some("N"),
+        ),
+    ];
     lab.extend((0..6).map(|i| heart_rate(&format!("r{i}"), "L-5", &format!("2025-{:02}-10T07:30:00Z", i + 5), 70 + i)));
     vec![("clinic", clinic), ("hospital", hospital), ("lab", lab)]
 }
@@ -116,8 +179,7 @@ async fn braid_three_providers(server: &AuthApp) -> String {
 /// authenticator code (enrolling with the key the page shows), consent.
 async fn sign_in(browser: &Browser, origin: &str, username: &str) {
     browser.goto(&format!("{origin}/portal/")).await;
-    browser.screenshot("sign-in").await;
-    browser.assert_accessible("the portal's sign-in page").await;
+    check_page(&browser, "sign-in", "the portal's sign-in page").await;
     browser.click("#sign-in").await;
     browser.wait_for("input[name=username]").await;
     browser.assert_accessible("the login page").await;
@@ -131,9 +193,22 @@ async fn sign_in(browser: &Browser, origin: &str, username: &str) {
     browser.type_into("input[name=code]", &braid::auth::totp::code_at(&secret, step)).await;
     browser.click("form button[type=submit]").await;
     browser.wait_for("button[value=allow]").await;
-    browser.screenshot("consent").await;
-    browser.assert_accessible("the consent page").await;
+    check_page(&browser, "consent", "the consent page").await;
     browser.click("button[value=allow]").await;
+}
+
+/// Writes a screenshot of the page, runs axe-core on it, and checks that no JavaScript value
+/// leaked into its text in place of data.
+async fn check_page(browser: &Browser, screenshot: &str, page: &str) {
+    browser.screenshot(screenshot).await;
+    browser.assert_accessible(page).await;
+    let text = browser.run("return (document.getElementById('main') || document.body).innerText;", json!([])).await;
+    let text = text.as_str().unwrap();
+    let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).collect();
+    for placeholder in ["undefined", "null", "NaN"] {
+        assert!(!words.contains(&placeholder), "'{placeholder}' on {page}: {text}");
+    }
+    assert!(!text.contains("[object Object]"), "an object written as text on {page}: {text}");
 }
 
 /// The timeline's rows now: (type, provider, date).
@@ -215,8 +290,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
         .run("return [...document.querySelectorAll('.grid section')[0].querySelectorAll('li')].map(li => li.dataset.source);", json!([]))
         .await;
     assert_eq!(upcoming, json!(["clinic", "hospital", "hospital", "clinic"]));
-    browser.screenshot("home").await;
-    browser.assert_accessible("home").await;
+    check_page(&browser, "home", "home").await;
 
     // The token is kept for the session only, never in localStorage.
     let stored =
@@ -232,12 +306,11 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     timeline_loaded(&browser).await;
     let first = timeline_rows(&browser).await;
     assert_eq!(first.len(), 20, "{first:?}");
-    browser.screenshot("timeline").await;
-    browser.assert_accessible("the timeline").await;
+    check_page(&browser, "timeline", "the timeline").await;
     browser.click("main button.more").await;
     let status = timeline_loaded(&browser).await;
     let rows = timeline_rows(&browser).await;
-    assert_eq!(rows.len(), 31, "every item once: {rows:?}");
+    assert_eq!(rows.len(), 34, "every item once: {rows:?}");
     assert!(status.contains("the whole record"), "{status}");
     assert_eq!(rows[..20], first[..], "the first page stays as it was");
     let dates: Vec<_> = rows.iter().map(|(_, _, date)| instant(date)).collect();
@@ -245,7 +318,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let sources: BTreeSet<&str> = rows.iter().map(|(_, source, _)| source.as_str()).collect();
     assert_eq!(sources, BTreeSet::from(["clinic", "hospital", "lab"]));
     let count = |kind: &str| rows.iter().filter(|(t, _, _)| t == kind).count();
-    assert_eq!((count("Observation"), count("Encounter"), count("Condition"), count("Appointment")), (24, 2, 1, 4));
+    assert_eq!((count("Observation"), count("Encounter"), count("Condition"), count("Appointment")), (27, 2, 1, 4));
 
     // Filtered to one provider and to results only.
     browser.run("document.getElementById('provider').value = 'hospital';", json!([])).await;
@@ -259,8 +332,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     assert_eq!(filtered.len(), 8, "{filtered:?}");
     assert!(filtered.iter().all(|(t, s, _)| t == "Observation" && s == "hospital"), "{filtered:?}");
     assert!(browser.url().await.ends_with("#/timeline?types=Observation&provider=hospital"));
-    browser.screenshot("timeline-filtered").await;
-    browser.assert_accessible("the filtered timeline").await;
+    check_page(&browser, "timeline-filtered", "the filtered timeline").await;
 
     // Appointments: the two in two days overlap, each is flagged, and each shows its reminders:
     // the three-day one sent by email, the one-day one scheduled.
@@ -288,9 +360,60 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
         assert_eq!((&reminders[1][0], &reminders[1][1]), (&json!("1d"), &json!("preparation")));
         assert_eq!(reminders[1][2], "Reminder 1 day before: scheduled");
     }
-    browser.screenshot("appointments").await;
-    browser.assert_accessible("appointments").await;
+    check_page(&browser, "appointments", "appointments").await;
     assert_eq!(sink.messages().len(), 2, "each reminder is emailed once");
+
+    // Vital signs: the heart-rate chart has a point per measurement in the range, each marked
+    // with its provider; a wider range shows more.
+    browser.click("#nav a[data-page=vitals]").await;
+    browser.wait_for("[data-vital=heart-rate] svg.chart").await;
+    let points = |origin: Option<&str>| {
+        let selector = match origin {
+            Some(origin) => format!("[data-vital=heart-rate] g.point[data-origin={origin}]"),
+            None => "[data-vital=heart-rate] g.point".to_owned(),
+        };
+        browser.run("return document.querySelectorAll(arguments[0]).length;", json!([selector]))
+    };
+    assert_eq!(points(None).await, 18, "the last 12 months: the clinic's 10 and the hospital's 8");
+    assert_eq!((points(Some("clinic")).await, points(Some("hospital")).await), (json!(10), json!(8)));
+    check_page(&browser, "vitals", "vital signs").await;
+    browser.click("nav.ranges a[href='#/vitals?range=all']").await;
+    browser.wait_for("nav.ranges a[aria-current=true][href='#/vitals?range=all']").await;
+    browser.wait_for("[data-vital=heart-rate] g.point[data-origin=lab]").await;
+    assert_eq!(points(None).await, 24);
+    let legend = browser.run("return [...document.querySelectorAll('[data-vital=heart-rate] .legend li')].map(li => li.textContent.trim());", json!([])).await;
+    assert_eq!(legend, json!(["clinic", "hospital", "lab"]));
+
+    // Lab results: the latest glucose with its range, flagged high from the range (the lab sent
+    // no interpretation), its earlier result, and what the test means.
+    browser.click("#nav a[data-page=labs]").await;
+    browser.wait_for("section.lab[data-code='2345-7']").await;
+    let glucose = browser
+        .run(
+            "const card = document.querySelector(\"section.lab[data-code='2345-7']\"); \
+             return {value: card.querySelector('.value').textContent, flag: card.querySelector('.flag').textContent, \
+             computed: card.querySelector('.flag').dataset.computed, range: card.querySelector('.range').textContent, \
+             earlier: [...card.querySelectorAll('ul.earlier li')].map(li => li.dataset.date), \
+             explained: card.querySelector('details.explain').textContent, link: card.querySelector('details.explain a').href};",
+            json!([]),
+        )
+        .await;
+    assert_eq!(glucose["value"], "130 mg/dL");
+    assert_eq!(glucose["flag"], "High (from the reference range)");
+    assert_eq!(glucose["computed"], "true");
+    assert_eq!(glucose["range"], "Reference range: 70–99 mg/dL");
+    assert_eq!(glucose["earlier"], json!(["2025-09-05T08:00:00Z"]));
+    let curated: Value = serde_json::from_str(include_str!("../../profiles/lab-explanations.json")).unwrap();
+    let explained = glucose["explained"].as_str().unwrap();
+    assert!(explained.contains(curated["tests"]["2345-7"]["measures"].as_str().unwrap()), "{explained}");
+    assert!(
+        explained.contains(curated["tests"]["2345-7"]["high"].as_str().unwrap()),
+        "a high result's meaning: {explained}"
+    );
+    assert_eq!(glucose["link"], curated["tests"]["2345-7"]["learnMore"]);
+    let hemoglobin = browser.text("section.lab[data-code='718-7'] .flag").await;
+    assert_eq!(hemoglobin, "Normal", "the lab's own interpretation");
+    check_page(&browser, "labs", "lab results").await;
 
     // Signing out forgets the session and revokes the token.
     browser.click("#sign-out").await;

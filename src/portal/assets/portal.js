@@ -46,7 +46,7 @@
   function show(title, ...content) {
     document.title = title + ' · Braid';
     const target = main();
-    target.replaceChildren(el('h1', {}, title), ...content);
+    target.replaceChildren(el('h1', {}, title), ...content.flat().filter(Boolean));
     target.focus({ preventScroll: true });
     document.getElementById('announce').textContent = title;
   }
@@ -573,9 +573,277 @@
         entries(past).length ? pastList : el('p', { class: 'status' }, 'No past appointments.'), more));
   }
 
+  // ---- Lab results ----------------------------------------------------------------------------
+
+  const LOINC = 'http://loinc.org';
+  let labExplanations = null;
+
+  /** The curated explanations of common lab tests (served with the portal), by LOINC code. */
+  async function explanations() {
+    if (!labExplanations) {
+      const reply = await fetch('labs.json');
+      labExplanations = reply.ok ? (await reply.json()).tests || {} : {};
+    }
+    return labExplanations;
+  }
+
+  function loincOf(resource) {
+    const coding = ((resource.code || {}).coding || []).find((c) => c.system === LOINC && c.code);
+    return coding ? coding.code : null;
+  }
+
+  function numericValue(o) {
+    return o.valueQuantity && typeof o.valueQuantity.value === 'number' ? o.valueQuantity.value : null;
+  }
+
+  function rangeOf(o) {
+    const range = (o.referenceRange || [])[0];
+    if (!range) return null;
+    const low = range.low && typeof range.low.value === 'number' ? range.low.value : null;
+    const high = range.high && typeof range.high.value === 'number' ? range.high.value : null;
+    const unit = (range.low && (range.low.unit || range.low.code)) || (range.high && (range.high.unit || range.high.code)) || '';
+    let text = range.text || '';
+    if (!text && low !== null && high !== null) text = `${low}–${high} ${unit}`;
+    else if (!text && low !== null) text = `at least ${low} ${unit}`;
+    else if (!text && high !== null) text = `up to ${high} ${unit}`;
+    return { low, high, text: text.trim() };
+  }
+
+  const INTERPRETATIONS = {
+    H: 'High', HH: 'Critically high', HU: 'Very high', L: 'Low', LL: 'Critically low', LU: 'Very low',
+    N: 'Normal', A: 'Abnormal', AA: 'Critically abnormal', '>': 'Above the measurable range', '<': 'Below the measurable range',
+  };
+
+  /** The lab's own interpretation, or one computed from the reference range when it sent none. */
+  function interpretationOf(o) {
+    const coded = (o.interpretation || []).flatMap((i) => i.coding || []).find((c) => c.code);
+    if (coded) {
+      const direction = /^(H|>)/.test(coded.code) ? 'high' : /^(L|<)/.test(coded.code) ? 'low' : coded.code === 'N' ? 'normal' : 'abnormal';
+      return { label: INTERPRETATIONS[coded.code] || coded.display || coded.code, direction, computed: false };
+    }
+    const value = numericValue(o);
+    const range = rangeOf(o);
+    if (value === null || !range || (range.low === null && range.high === null)) return null;
+    if (range.low !== null && value < range.low) return { label: 'Low', direction: 'low', computed: true };
+    if (range.high !== null && value > range.high) return { label: 'High', direction: 'high', computed: true };
+    return { label: 'Normal', direction: 'normal', computed: true };
+  }
+
+  function valueText(o) {
+    return observationValue(o) || (o.dataAbsentReason ? concept(o.dataAbsentReason) : 'no value');
+  }
+
+  function labCard(results, info, index) {
+    const latest = results[0];
+    const interpretation = interpretationOf(latest);
+    const range = rangeOf(latest);
+    const name = concept(latest.code) || (info && info.name) || 'Lab test';
+    const earlier = results.slice(1);
+    const titleId = 'lab-' + index;
+    const explanation = info ? el('details', { class: 'explain' },
+      el('summary', {}, 'What this test means'),
+      el('p', {}, info.measures),
+      interpretation && interpretation.direction === 'low' ? null : el('p', {}, el('strong', {}, 'High: '), info.high),
+      interpretation && interpretation.direction === 'high' ? null : el('p', {}, el('strong', {}, 'Low: '), info.low),
+      el('p', {}, el('a', { href: info.learnMore, rel: 'noopener noreferrer', target: '_blank' }, 'Learn more about this test at MedlinePlus'),
+        ' (opens a new tab)')) : null;
+    return el('section', { class: 'card lab', 'aria-labelledby': titleId, 'data-code': loincOf(latest) || '' },
+      el('h2', { id: titleId }, name),
+      el('p', { class: 'lab-value' },
+        el('span', { class: 'value' }, valueText(latest)), ' ',
+        interpretation ? el('span', { class: 'flag flag-' + interpretation.direction, 'data-computed': String(interpretation.computed) },
+          interpretation.label + (interpretation.computed ? ' (from the reference range)' : '')) : null),
+      el('p', { class: 'facts' }, formatDate(KINDS.Observation.date(latest)), ' ', sourceBadge(latest)),
+      range && range.text ? el('p', { class: 'range' }, 'Reference range: ' + range.text) : null,
+      earlier.length ? el('div', { class: 'trend' },
+        el('h3', {}, 'Earlier results'),
+        sparkline(results.slice().reverse(), name),
+        el('ul', { class: 'earlier' }, earlier.map((o) =>
+          el('li', { 'data-date': KINDS.Observation.date(o) || '' }, valueText(o), ' · ', formatDate(KINDS.Observation.date(o)), ' ', sourceBadge(o))))) : null,
+      explanation);
+  }
+
+  /** A small line of a test's numeric results, oldest first (the list beside it has the values). */
+  function sparkline(results, name) {
+    const points = results.map((o) => [instant(KINDS.Observation.date(o)), numericValue(o)]).filter(([t, v]) => isFinite(t) && v !== null);
+    if (points.length < 2) return null;
+    const [w, h, pad] = [160, 40, 4];
+    const ts = points.map((p) => p[0]);
+    const vs = points.map((p) => p[1]);
+    const [t0, t1, v0, v1] = [Math.min(...ts), Math.max(...ts), Math.min(...vs), Math.max(...vs)];
+    const x = (t) => pad + (t1 === t0 ? (w - 2 * pad) / 2 : (t - t0) / (t1 - t0) * (w - 2 * pad));
+    const y = (v) => h - pad - (v1 === v0 ? (h - 2 * pad) / 2 : (v - v0) / (v1 - v0) * (h - 2 * pad));
+    const svg = svgEl('svg', { viewBox: `0 0 ${w} ${h}`, class: 'sparkline', role: 'img', 'aria-label': `Trend of ${name}: ${vs.join(', ')}` });
+    svg.append(svgEl('polyline', { points: points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' '), fill: 'none', stroke: 'currentColor', 'stroke-width': 2 }));
+    return svg;
+  }
+
+  function svgEl(tag, attributes, ...children) {
+    const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, value);
+    for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    return node;
+  }
+
+  async function labsPage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const [results, info] = await Promise.all([
+      all(`Observation?patient=${id}&category=laboratory&_sort=-date&_count=100`, 300),
+      explanations(),
+    ]);
+    // Results of one test together, newest first (the search's order).
+    const groups = new Map();
+    for (const o of results) {
+      const key = loincOf(o) || concept(o.code) || o.id;
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(o);
+    }
+    const cards = [...groups.entries()].map(([key, group], i) => labCard(group, info[key], i));
+    show('Lab results', banner(person),
+      cards.length ? el('div', { class: 'labs' }, cards) : el('p', { class: 'status' }, 'No lab results yet.'),
+      el('p', { class: 'facts' }, 'Explanations are general information, not advice about your own results: your clinician can tell you what they mean for you.'));
+  }
+
+  // ---- Vital signs ------------------------------------------------------------------------------
+
+  // Each chart: its LOINC codes, its unit (values in other units are converted), and the range
+  // usually called normal for adults at rest (shaded; none for weight).
+  const VITALS = [
+    { key: 'heart-rate', title: 'Heart rate', codes: ['8867-4'], unit: 'beats/min', series: [['Heart rate', null, [60, 100]]] },
+    { key: 'blood-pressure', title: 'Blood pressure', codes: ['85354-9'], unit: 'mmHg',
+      series: [['Systolic', '8480-6', [90, 120]], ['Diastolic', '8462-4', [60, 80]]] },
+    { key: 'weight', title: 'Weight', codes: ['29463-7'], unit: 'kg', series: [['Weight', null, null]] },
+    { key: 'oxygen', title: 'Oxygen saturation', codes: ['59408-5', '2708-6'], unit: '%', series: [['SpO2', null, [95, 100]]] },
+    { key: 'breathing', title: 'Breathing rate', codes: ['9279-1'], unit: 'breaths/min', series: [['Breathing rate', null, [12, 20]]] },
+    { key: 'temperature', title: 'Body temperature', codes: ['8310-5'], unit: '°C', series: [['Temperature', null, [36.1, 37.2]]] },
+  ];
+  const RANGES = { '7d': ['Last 7 days', 7], '30d': ['Last 30 days', 30], '1y': ['Last 12 months', 365], all: ['Everything', null] };
+  const MAX_POINTS = 500;
+  const SHAPES = ['circle', 'square', 'triangle', 'diamond', 'cross', 'star'];
+  const COLOURS = ['#0b5cad', '#b3261e', '#1f6b34', '#7a3db8', '#8a5a00', '#006d77'];
+
+  /** A quantity in the chart's unit, or null when it cannot be converted. */
+  function inUnit(q, unit) {
+    if (!q || typeof q.value !== 'number') return null;
+    const code = q.code || q.unit || '';
+    if (unit === 'kg' && (code === '[lb_av]' || code === 'lb' || code === 'lbs')) return q.value * 0.45359237;
+    if (unit === 'kg' && code === 'g') return q.value / 1000;
+    if (unit === '°C' && (code === '[degF]' || code === '°F' || code === 'degF')) return (q.value - 32) * 5 / 9;
+    return q.value;
+  }
+
+  /** Where a measurement came from: its provider, or the patient's own device. */
+  function originOf(o) {
+    const source = sourceOf(o);
+    if (source !== 'Braid') return source;
+    return o.device ? 'Home device' : 'Braid';
+  }
+
+  function chartPoints(vital, observations) {
+    const points = [];
+    for (const o of observations) {
+      const at = instant(KINDS.Observation.date(o));
+      if (!isFinite(at)) continue;
+      vital.series.forEach(([name, component], index) => {
+        const quantity = component
+          ? ((o.component || []).find((c) => ((c.code || {}).coding || []).some((k) => k.code === component)) || {}).valueQuantity
+          : o.valueQuantity;
+        const value = inUnit(quantity, vital.unit);
+        if (value !== null) points.push({ at, value, series: index, name, origin: originOf(o), date: KINDS.Observation.date(o) });
+      });
+    }
+    return points.sort((a, b) => a.at - b.at);
+  }
+
+  function shape(kind, x, y, fill) {
+    const r = 4.5;
+    switch (kind) {
+      case 'square': return svgEl('rect', { x: x - r, y: y - r, width: 2 * r, height: 2 * r, fill });
+      case 'triangle': return svgEl('polygon', { points: `${x},${y - r - 1} ${x - r - 1},${y + r} ${x + r + 1},${y + r}`, fill });
+      case 'diamond': return svgEl('polygon', { points: `${x},${y - r - 1} ${x + r + 1},${y} ${x},${y + r + 1} ${x - r - 1},${y}`, fill });
+      case 'cross': return svgEl('path', { d: `M${x - r},${y - r}L${x + r},${y + r}M${x + r},${y - r}L${x - r},${y + r}`, stroke: fill, 'stroke-width': 2.5 });
+      case 'star': return svgEl('polygon', { points: `${x},${y - r - 1} ${x + 2},${y - 1} ${x + r + 1},${y - 1} ${x + 3},${y + 2} ${x + 4},${y + r + 1} ${x},${y + 3} ${x - 4},${y + r + 1} ${x - 3},${y + 2} ${x - r - 1},${y - 1} ${x - 2},${y - 1}`, fill });
+      default: return svgEl('circle', { cx: x, cy: y, r, fill });
+    }
+  }
+
+  function vitalChart(vital, points, from, truncated) {
+    const titleId = 'vital-' + vital.key;
+    const origins = [...new Set(points.map((p) => p.origin))].sort();
+    const style = (origin) => ({ shape: SHAPES[origins.indexOf(origin) % SHAPES.length], colour: COLOURS[origins.indexOf(origin) % COLOURS.length] });
+    const section = el('section', { class: 'card vital', 'aria-labelledby': titleId, 'data-vital': vital.key },
+      el('h2', { id: titleId }, vital.title + ' (' + vital.unit + ')'));
+    if (!points.length) {
+      section.append(el('p', { class: 'status' }, 'No measurements in this time range.'));
+      return section;
+    }
+    const [w, h, left, right, top, bottom] = [640, 220, 48, 12, 12, 28];
+    const t0 = from !== null ? from : points[0].at;
+    const t1 = Math.max(Date.now(), points[points.length - 1].at);
+    const bands = vital.series.map((s) => s[2]).filter(Boolean);
+    const values = points.map((p) => p.value).concat(...bands);
+    let [v0, v1] = [Math.min(...values), Math.max(...values)];
+    const padding = (v1 - v0) * 0.1 || 1;
+    [v0, v1] = [v0 - padding, v1 + padding];
+    const x = (t) => left + (t1 === t0 ? 0.5 : (t - t0) / (t1 - t0)) * (w - left - right);
+    const y = (v) => top + (1 - (v - v0) / (v1 - v0)) * (h - top - bottom);
+    const svg = svgEl('svg', { viewBox: `0 0 ${w} ${h}`, class: 'chart', role: 'img', 'aria-labelledby': titleId + '-desc' },
+      svgEl('desc', { id: titleId + '-desc' }, `${vital.title}: ${points.length} measurements from ${formatDate(new Date(t0).toISOString())} to ${formatDate(new Date(t1).toISOString())}; the table below lists them.`));
+    for (const [low, high] of bands) {
+      svg.append(svgEl('rect', { class: 'normal', x: left, y: y(high), width: w - left - right, height: y(low) - y(high) },
+        svgEl('title', {}, `Usual range ${low}–${high} ${vital.unit}`)));
+    }
+    for (const v of [v0 + padding, v1 - padding]) {
+      svg.append(svgEl('text', { x: left - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, (Math.round(v * 10) / 10).toString()));
+    }
+    svg.append(svgEl('text', { x: left, y: h - 8, class: 'axis' }, new Date(t0).toLocaleDateString()));
+    svg.append(svgEl('text', { x: w - right, y: h - 8, 'text-anchor': 'end', class: 'axis' }, new Date(t1).toLocaleDateString()));
+    vital.series.forEach((_, index) => {
+      const line = points.filter((p) => p.series === index);
+      if (line.length > 1) {
+        svg.append(svgEl('polyline', { class: 'line', points: line.map((p) => `${x(p.at).toFixed(1)},${y(p.value).toFixed(1)}`).join(' ') }));
+      }
+    });
+    for (const p of points) {
+      const { shape: kind, colour } = style(p.origin);
+      const mark = svgEl('g', { class: 'point', 'data-origin': p.origin, 'data-series': p.name },
+        shape(kind, x(p.at), y(p.value), colour),
+        svgEl('title', {}, `${p.name} ${Math.round(p.value * 10) / 10} ${vital.unit}, ${formatDate(p.date)}, from ${p.origin}`));
+      svg.append(mark);
+    }
+    const legend = el('ul', { class: 'legend', 'aria-label': 'Sources' }, origins.map((origin) => {
+      const { shape: kind, colour } = style(origin);
+      return el('li', {}, svgEl('svg', { viewBox: '0 0 12 12', width: 12, height: 12, 'aria-hidden': 'true' }, shape(kind, 6, 6, colour)), ' ', origin);
+    }));
+    const table = el('details', { class: 'values' }, el('summary', {}, 'Show the measurements as a table'),
+      el('table', {}, el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'When'), el('th', { scope: 'col' }, 'Measurement'), el('th', { scope: 'col' }, 'Value'), el('th', { scope: 'col' }, 'From'))),
+        el('tbody', {}, points.slice().reverse().map((p) => el('tr', {}, el('td', {}, formatDate(p.date)), el('td', {}, p.name),
+          el('td', {}, `${Math.round(p.value * 10) / 10} ${vital.unit}`), el('td', {}, p.origin))))));
+    section.append(svg, legend);
+    if (truncated) section.append(el('p', { class: 'facts' }, `Showing the latest ${MAX_POINTS} measurements of this range.`));
+    section.append(table);
+    return section;
+  }
+
+  async function vitalsPage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const params = new URLSearchParams(location.hash.split('?')[1] || '');
+    const range = RANGES[params.get('range')] ? params.get('range') : '1y';
+    const days = RANGES[range][1];
+    const from = days === null ? null : Date.now() - days * 86400000;
+    const since = from === null ? '' : '&date=ge' + new Date(from).toISOString().replace(/\.\d{3}Z$/, 'Z');
+    const bundles = await Promise.all(VITALS.map((vital) => fhir(`Observation?patient=${id}&code=${vital.codes.map((c) => encodeURIComponent(LOINC + '|' + c)).join(',')}${since}&_sort=-date&_count=${MAX_POINTS}`)));
+    const picker = el('nav', { class: 'ranges', 'aria-label': 'Time range' },
+      Object.entries(RANGES).map(([key, [label]]) => el('a', { href: '#/vitals?range=' + key, 'aria-current': key === range ? 'true' : null }, label)));
+    show('Vital signs', banner(person), picker,
+      el('div', { class: 'vitals' }, VITALS.map((vital, i) => vitalChart(vital, chartPoints(vital, entries(bundles[i])), from, !!nextLink(bundles[i])))));
+  }
+
   // ---- Routing ------------------------------------------------------------------------------
 
-  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage };
+  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage };
 
   function fail(error) {
     if (error instanceof SessionEnded) return;
