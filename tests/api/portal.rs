@@ -179,7 +179,7 @@ async fn braid_three_providers(server: &AuthApp) -> String {
 /// authenticator code (enrolling with the key the page shows), consent.
 async fn sign_in(browser: &Browser, origin: &str, username: &str) {
     browser.goto(&format!("{origin}/portal/")).await;
-    check_page(&browser, "sign-in", "the portal's sign-in page").await;
+    check_page(browser, "sign-in", "the portal's sign-in page").await;
     browser.click("#sign-in").await;
     browser.wait_for("input[name=username]").await;
     browser.assert_accessible("the login page").await;
@@ -193,7 +193,7 @@ async fn sign_in(browser: &Browser, origin: &str, username: &str) {
     browser.type_into("input[name=code]", &braid::auth::totp::code_at(&secret, step)).await;
     browser.click("form button[type=submit]").await;
     browser.wait_for("button[value=allow]").await;
-    check_page(&browser, "consent", "the consent page").await;
+    check_page(browser, "consent", "the consent page").await;
     browser.click("button[value=allow]").await;
 }
 
