@@ -1,8 +1,11 @@
 //! What a user's consent leaves behind: grants with their refresh tokens, the token responses
 //! of the authorization code and refresh grants, revocation and introspection.
 //!
-//! A grant is stored as `grant/<id>`; its refresh token is `<id>.<generation>.<secret>`, of
-//! which only the SHA-256 of the secret is kept. Each refresh rotates the token (the generation
+//! Every consent a user gives an app is a grant, stored as `grant/<id>` and listed under the
+//! user as `user-grant/<username>/<id>` (so that they can see and revoke the apps they
+//! authorised). With `offline_access` or `online_access` it lasts and has a refresh token
+//! `<id>.<generation>.<secret>`, of which only the SHA-256 of the secret is kept; without, it
+//! lasts as long as its access token. Each refresh rotates the token (the generation
 //! grows, the secret changes). Presenting an older token means that someone holds a copy: the
 //! whole grant is revoked, and with it every access token issued under it (RFC 9700 §4.14).
 
@@ -31,6 +34,10 @@ pub const OFFLINE_GRANT_SECS: u64 = 90 * 24 * 3600;
 pub const ONLINE_GRANT_SECS: u64 = 12 * 3600;
 
 const GRANT_PREFIX: &[u8] = b"grant/";
+const USER_GRANT_PREFIX: &[u8] = b"user-grant/";
+
+/// Most grants of one user listed.
+pub const MAX_LISTED_GRANTS: usize = 200;
 const REVOKED_PREFIX: &[u8] = b"revoked/";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +54,25 @@ struct GrantRecord {
     secret_hash: String,
     expires: u64,
     revoked: bool,
+    /// When the user consented (seconds since the epoch; 0 for grants older than the field).
+    #[serde(default)]
+    created: u64,
+}
+
+/// A grant as its user sees it: which app, what it may do, since and until when.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantSummary {
+    pub id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub created: u64,
+    pub expires: u64,
+    /// Whether the app can go on without the user (it holds a refresh token).
+    pub lasting: bool,
+}
+
+fn user_grant_key(username: &str, gid: &str) -> Vec<u8> {
+    [USER_GRANT_PREFIX, username.as_bytes(), b"/", gid.as_bytes()].concat()
 }
 
 /// Who an access token for a user is issued to, and what it grants.
@@ -137,36 +163,35 @@ impl AuthState {
             .redeem_code(code, &client.client_id, form.redirect_uri.as_deref(), form.code_verifier.as_deref())
             .await?;
         let lasting = grant_lifetime(&record.scope);
-        let (gid, refresh_token) = match lasting {
-            Some(lifetime) => {
-                let gid = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
-                let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
-                let grant = GrantRecord {
-                    client_id: client.client_id.clone(),
-                    username: record.username.clone(),
-                    role: record.role,
-                    scope: record.scope.clone(),
-                    patient: record.patient.clone(),
-                    fhir_user: record.fhir_user.clone(),
-                    generation: 1,
-                    secret_hash: hash_hex(&secret),
-                    expires: now + lifetime,
-                    revoked: false,
-                };
-                let value = serde_json::to_vec(&grant).map_err(|_| TokenError::server_error())?;
-                let key = grant_key(&gid);
-                let expires = grant.expires;
-                self.store
-                    .auth_write(move |txn| {
-                        txn.insert_expiring(&key, &value, expires);
-                        Ok(())
-                    })
-                    .await?;
-                let refresh = format!("{gid}.1.{secret}");
-                (Some(gid), Some(refresh))
-            }
-            None => (None, None),
+        // A grant without a refresh token (generation 0, no secret) ends with its access token:
+        // no refresh token can match it.
+        let gid = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+        let secret = lasting.map(|_| URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let grant = GrantRecord {
+            client_id: client.client_id.clone(),
+            username: record.username.clone(),
+            role: record.role,
+            scope: record.scope.clone(),
+            patient: record.patient.clone(),
+            fhir_user: record.fhir_user.clone(),
+            generation: u32::from(secret.is_some()),
+            secret_hash: secret.as_deref().map(hash_hex).unwrap_or_default(),
+            expires: now + lasting.unwrap_or(self.access_token_secs),
+            revoked: false,
+            created: now,
         };
+        let value = serde_json::to_vec(&grant).map_err(|_| TokenError::server_error())?;
+        let (key, listed) = (grant_key(&gid), user_grant_key(&record.username, &gid));
+        let expires = grant.expires;
+        self.store
+            .auth_write(move |txn| {
+                txn.insert_expiring(&key, &value, expires);
+                txn.insert_expiring(&listed, &[], expires);
+                Ok(())
+            })
+            .await?;
+        let refresh_token = secret.map(|secret| format!("{gid}.1.{secret}"));
+        let gid = Some(gid);
         let user = UserGrant {
             client_id: &client.client_id,
             username: &record.username,
@@ -370,6 +395,60 @@ impl AuthState {
             self.revoked.add_grant(gid);
         }
         Ok(())
+    }
+
+    /// The grants `username` has given that are in force, newest first (at most
+    /// [`MAX_LISTED_GRANTS`]).
+    pub fn user_grants(&self, username: &str) -> Result<Vec<GrantSummary>, FhirError> {
+        let now = now_secs();
+        let prefix = [USER_GRANT_PREFIX, username.as_bytes(), b"/"].concat();
+        let mut grants = self.store.auth_read(|read| {
+            let mut grants = Vec::new();
+            for (key, _) in read.scan_at_most(&prefix, MAX_LISTED_GRANTS * 4)? {
+                let gid = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                let Some(bytes) = read.get(&grant_key(&gid))? else { continue };
+                let Ok(grant) = serde_json::from_slice::<GrantRecord>(&bytes) else { continue };
+                if grant.revoked || grant.expires <= now || grant.username != username {
+                    continue;
+                }
+                grants.push(GrantSummary {
+                    id: gid,
+                    client_id: grant.client_id,
+                    scope: grant.scope,
+                    created: grant.created,
+                    expires: grant.expires,
+                    lasting: grant.generation > 0,
+                });
+            }
+            Ok::<_, StoreError>(grants)
+        })?;
+        grants.sort_by_key(|grant| std::cmp::Reverse(grant.created));
+        grants.truncate(MAX_LISTED_GRANTS);
+        Ok(grants)
+    }
+
+    /// Revokes the grant `gid` of `username` (and every access token issued under it). `false`
+    /// when the user has no such grant.
+    pub async fn revoke_user_grant(&self, username: &str, gid: &str) -> Result<bool, FhirError> {
+        let (key, owner) = (grant_key(gid), username.to_owned());
+        let revoked = self
+            .store
+            .auth_write(move |txn| {
+                let Some(bytes) = txn.get(&key)? else { return Ok(false) };
+                let Ok(mut grant) = serde_json::from_slice::<GrantRecord>(&bytes) else { return Ok(false) };
+                if grant.username != owner || grant.revoked {
+                    return Ok(false);
+                }
+                grant.revoked = true;
+                let value = serde_json::to_vec(&grant).map_err(|_| FhirError::fault("auth"))?;
+                txn.insert(&key, &value);
+                Ok(true)
+            })
+            .await?;
+        if revoked {
+            self.revoked.add_grant(gid);
+        }
+        Ok(revoked)
     }
 
     /// An access token's grant if Braid issued it for this server (`ignore_expiry`: also once

@@ -103,7 +103,7 @@ pub struct TokenError {
 }
 
 impl TokenError {
-    fn new(status: u16, error: &'static str, description: impl Into<String>) -> TokenError {
+    pub fn new(status: u16, error: &'static str, description: impl Into<String>) -> TokenError {
         TokenError { status, error, description: description.into(), basic_challenge: false }
     }
 

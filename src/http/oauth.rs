@@ -34,7 +34,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/auth/register", web::post().to(register))
         .route("/auth/register", web::method(actix_web::http::Method::OPTIONS).to(preflight))
         .route("/auth/introspect", web::post().to(introspect))
-        .route("/auth/introspect", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+        .route("/auth/introspect", web::method(actix_web::http::Method::OPTIONS).to(preflight))
+        .route("/auth/grants", web::get().to(own_grants))
+        .route("/auth/grants/{id}", web::delete().to(revoke_own_grant));
     super::authorize::configure(config);
 }
 
@@ -343,4 +345,97 @@ fn token_error(error: &TokenError) -> HttpResponse {
         response.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"braid\""));
     }
     response.json(json!({"error": error.error, "error_description": error.description}))
+}
+
+/// The user behind a request to the account endpoints: a valid token of the patient portal
+/// issued to a user. Other apps, even with the user's token, may not list or revoke the user's
+/// other authorisations.
+fn portal_user(
+    http: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<std::sync::Arc<crate::auth::Grant>, HttpResponse> {
+    let Some(auth) = state.auth.as_deref() else { return Err(auth_off()) };
+    let authorization = http.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let refuse = |status: StatusCode, error: &str, description: &str| {
+        no_store(HttpResponse::build(status).json(json!({"error": error, "error_description": description})))
+    };
+    let grant = auth.bearer(authorization, &request::base_url(http, state)).map_err(|error| match error {
+        crate::auth::BearerError::Missing => {
+            refuse(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required (Authorization: Bearer)")
+        }
+        crate::auth::BearerError::Invalid(reason) => refuse(StatusCode::UNAUTHORIZED, "invalid_token", &reason),
+    })?;
+    if grant.role.is_none() || grant.client_id != crate::auth::clients::PORTAL_CLIENT_ID {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "a user's authorisations are listed and revoked through the patient portal only",
+        ));
+    }
+    Ok(grant)
+}
+
+/// `GET /auth/grants`: the apps the user authorised that may still act, with their scopes.
+async fn own_grants(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let grant = match portal_user(&http, &state) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal,
+    };
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    let origin = endpoints(&http, &state).origin().to_owned();
+    let listed = auth.user_grants(&grant.subject).and_then(|grants| {
+        let names = state.store.auth_read(|read| {
+            grants
+                .iter()
+                .map(|listed| {
+                    Ok(crate::auth::clients::find(read, &listed.client_id, &origin)?
+                        .map_or_else(|| listed.client_id.clone(), |client| client.name))
+                })
+                .collect::<Result<Vec<String>, crate::store::StoreError>>()
+        })?;
+        Ok(grants
+            .into_iter()
+            .zip(names)
+            .map(|(listed, name)| {
+                let current = grant.gid.as_deref() == Some(listed.id.as_str());
+                json!({"id": listed.id, "client_id": listed.client_id, "client_name": name, "scope": listed.scope,
+                       "created": listed.created, "expires": listed.expires, "lasting": listed.lasting, "current": current})
+            })
+            .collect::<Vec<_>>())
+    });
+    match listed {
+        Ok(grants) => no_store(HttpResponse::Ok().json(json!({"grants": grants}))),
+        Err(error) => {
+            tracing::warn!(%error, "a user's grants could not be read");
+            no_store(token_error(&TokenError::new(
+                500,
+                "server_error",
+                "your authorisations could not be read; see the server log",
+            )))
+        }
+    }
+}
+
+/// `DELETE /auth/grants/{id}`: revokes one of the user's grants, and every token issued under it.
+async fn revoke_own_grant(http: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let grant = match portal_user(&http, &state) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal,
+    };
+    let Some(auth) = state.auth.as_deref() else { return auth_off() };
+    match auth.revoke_user_grant(&grant.subject, &id).await {
+        Ok(true) => no_store(HttpResponse::NoContent().finish()),
+        Ok(false) => no_store(
+            HttpResponse::NotFound()
+                .json(json!({"error": "not_found", "error_description": "you have no such authorisation in force"})),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "a user's grant could not be revoked");
+            no_store(token_error(&TokenError::new(
+                500,
+                "server_error",
+                "the authorisation could not be revoked; see the server log",
+            )))
+        }
+    }
 }

@@ -176,8 +176,9 @@ async fn braid_three_providers(server: &AuthApp) -> String {
 }
 
 /// Signs in as `username` through the authorization server's pages: password, the
-/// authenticator code (enrolling with the key the page shows), consent.
-async fn sign_in(browser: &Browser, origin: &str, username: &str) {
+/// authenticator code (enrolling with the key the page shows), consent. Returns the key and the
+/// time step of the code used (a code is accepted once).
+async fn sign_in(browser: &Browser, origin: &str, username: &str) -> (Vec<u8>, u64) {
     browser.goto(&format!("{origin}/portal/")).await;
     check_page(browser, "sign-in", "the portal's sign-in page").await;
     browser.click("#sign-in").await;
@@ -195,6 +196,61 @@ async fn sign_in(browser: &Browser, origin: &str, username: &str) {
     browser.wait_for("button[value=allow]").await;
     check_page(browser, "consent", "the consent page").await;
     browser.click("button[value=allow]").await;
+    (secret, step)
+}
+
+/// Another app (a public client the operator registered) gets the user's consent through the
+/// same pages in the same browser, and trades the code for a token as the app would.
+async fn authorise_another_app(server: &AuthApp, browser: &Browser, origin: &str, secret: &[u8], step: u64) -> String {
+    let redirect = format!("{origin}/pocket/callback");
+    let new = braid::auth::clients::NewClient {
+        name: "Pocket Health".into(),
+        scope: "launch/patient openid patient/*.rs".into(),
+        grant_types: Vec::new(),
+        redirect_uris: vec![redirect.clone()],
+        credential: braid::auth::clients::NewCredential::None,
+        source: None,
+    };
+    let client_id =
+        braid::auth::clients::add(&server.store, new, braid::auth::now_secs()).await.unwrap().client.client_id;
+    let query = [
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("scope", "launch/patient openid patient/*.rs"),
+        ("state", "pocket"),
+        ("aud", server.app.base.as_str()),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
+    ];
+    let url = reqwest::Url::parse_with_params(&format!("{origin}/auth/authorize"), &query).unwrap();
+    browser.goto(url.as_str()).await;
+    browser.type_into("input[name=username]", "adaeze").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser.click("form button[type=submit]").await;
+    browser.type_into("input[name=code]", &braid::auth::totp::code_at(secret, step + 1)).await;
+    browser.click("form button[type=submit]").await;
+    browser.click("button[value=allow]").await;
+    let mut landed = browser.url().await;
+    for _ in 0..100 {
+        if landed.starts_with(&redirect) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        landed = browser.url().await;
+    }
+    let landed = reqwest::Url::parse(&landed).unwrap();
+    let code = landed.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("a code");
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("client_id", client_id.as_str()),
+        ("code_verifier", "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+    ];
+    let reply = server.app.client.post(format!("{origin}/auth/token")).form(&form).send().await.unwrap();
+    let body: Value = reply.json().await.unwrap();
+    body["access_token"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned()
 }
 
 /// Writes a screenshot of the page, runs axe-core on it, and checks that no JavaScript value
@@ -275,7 +331,7 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let browser = Browser::start(false).await;
 
     // Signed in, the portal shows the person and the three providers their record comes from.
-    sign_in(&browser, &origin, "adaeze").await;
+    let (secret, step) = sign_in(&browser, &origin, "adaeze").await;
     let name = browser.text(".banner .name").await;
     assert_eq!(name, "Adaeze Okafor");
     let url = browser.url().await;
@@ -415,6 +471,60 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     assert_eq!(hemoglobin, "Normal", "the lab's own interpretation");
     check_page(&browser, "labs", "lab results").await;
 
+    // Privacy: another app the person let in is listed with the portal, and revoked from here;
+    // the accesses to the record are listed with the app and the person behind them.
+    let pocket = authorise_another_app(&server, &browser, &origin, &secret, step).await;
+    let app = &server.app;
+    let read_with = |token: String| {
+        let request = app.client.get(app.url(&format!("/Patient/{golden}"))).bearer_auth(token);
+        async move { app.send(request).await.status }
+    };
+    assert_eq!(read_with(pocket.clone()).await, 200);
+    let operator = server.token("ops", "system/*.cruds", None);
+    for _ in 0..100 {
+        let audits = app
+            .send(
+                app.client.get(app.url(&format!("/AuditEvent?patient={golden}&_summary=count"))).bearer_auth(&operator),
+            )
+            .await;
+        if audits.body["total"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser.goto(&format!("{origin}/portal/#/privacy")).await;
+    browser.wait_for("#apps li.app").await;
+    let apps = browser
+        .run(
+            "return [...document.querySelectorAll('#apps li.app')].map(li => li.querySelector('strong').textContent);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(apps, json!(["Pocket Health", "Braid patient portal (this session)"]), "newest first");
+    let audited = browser.run("return [...document.querySelectorAll('#audit li.audit')].map(li => [li.dataset.app, li.dataset.user, li.textContent]);", json!([])).await;
+    let audited = audited.as_array().unwrap();
+    assert!(
+        audited.iter().any(|row| row[0] == "braid-portal"
+            && row[1] == "adaeze"
+            && row[2].as_str().unwrap().starts_with("Braid patient portal (signed in as adaeze)")),
+        "{audited:?}"
+    );
+    check_page(&browser, "privacy", "privacy").await;
+    browser.click("#apps li.app button[data-revoke]").await;
+    for _ in 0..100 {
+        if browser.run("return document.querySelectorAll('#apps li.app').length;", json!([])).await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(read_with(pocket).await, 401, "the revoked app's token is refused");
+    assert_eq!(read_with(token.clone()).await, 200, "the portal's own session goes on");
+    // The whole record, downloaded as one FHIR JSON file.
+    browser.click("#download").await;
+    browser.wait_for("#download-status[data-resources]").await;
+    let downloaded: usize = browser.attribute("#download-status", "data-resources").await.parse().unwrap();
+    assert!(downloaded >= 34 + 3, "the record's items and the person's Patients: {downloaded}");
+
     // Signing out forgets the session and revokes the token.
     browser.click("#sign-out").await;
     browser.wait_for("#sign-in").await;
@@ -482,4 +592,41 @@ async fn the_portal_files_are_served_with_a_strict_policy_and_revalidated() {
     let refused = authorize("https://evil.example/portal/").await.unwrap();
     assert_eq!(refused.status(), 400);
     assert!(refused.text().await.unwrap().contains("is not a redirect URI registered for this client"));
+}
+
+#[tokio::test]
+async fn a_users_authorisations_are_listed_and_revoked_only_through_the_portal_and_only_their_own() {
+    let server = spawn_auth_app_with(|_| {}).await;
+    let origin = server.app.base.trim_end_matches("/fhir").to_owned();
+    let client = &server.app.client;
+    let call = |method: reqwest::Method, path: &str, token: Option<String>| {
+        let mut request = client.request(method, format!("{origin}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let reply = request.send().await.unwrap();
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // A patient's token of the portal lists their grants (none were given through a consent).
+    let portal = server.token("braid-portal", "patient/*.rs", Some("p1"));
+    let (status, body) = call(reqwest::Method::GET, "/auth/grants", Some(portal.clone())).await;
+    assert_eq!((status, body), (200, json!({"grants": []})));
+    // Another app's token of the same patient may not, nor may a backend service or nobody.
+    let other_app = server.token("pocket", "patient/*.rs", Some("p1"));
+    let (status, body) = call(reqwest::Method::GET, "/auth/grants", Some(other_app.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "insufficient_scope");
+    let backend = server.token("braid-portal", "system/*.rs", None);
+    assert_eq!(call(reqwest::Method::GET, "/auth/grants", Some(backend)).await.0, 403);
+    let (status, body) = call(reqwest::Method::GET, "/auth/grants", None).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+    let (status, _) = call(reqwest::Method::GET, "/auth/grants", Some("forged.token.here".into())).await;
+    assert_eq!(status, 401);
+    // Revoking a grant that is not the user's (or does not exist) changes nothing.
+    let (status, body) = call(reqwest::Method::DELETE, "/auth/grants/nope", Some(portal)).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(call(reqwest::Method::DELETE, "/auth/grants/nope", Some(other_app)).await.0, 403);
 }

@@ -13,7 +13,7 @@
   const BASE = ORIGIN + '/fhir';
   const CLIENT_ID = 'braid-portal';
   const REDIRECT_URI = ORIGIN + '/portal/';
-  const SCOPE = 'launch/patient openid fhirUser patient/*.rs';
+  const SCOPE = 'launch/patient openid fhirUser patient/*.rs patient/QuestionnaireResponse.c patient/Observation.cu patient/Device.cu';
   const SESSION_KEY = 'braid.portal.session';
   const PENDING_KEY = 'braid.portal.pending';
   const SOURCE_PREFIX = 'urn:braid:source:';
@@ -841,9 +841,137 @@
       el('div', { class: 'vitals' }, VITALS.map((vital, i) => vitalChart(vital, chartPoints(vital, entries(bundles[i])), from, !!nextLink(bundles[i])))));
   }
 
+  // ---- Privacy: who looked, which apps may, and the whole record --------------------------------
+
+  /** A call to the authorization server's account endpoints, with the portal's token. */
+  async function account(method, path) {
+    const reply = await fetch(ORIGIN + path, { method, headers: { Authorization: 'Bearer ' + session.token } });
+    if (reply.status === 401) {
+      endSession('Your session has ended. Sign in again to go on.');
+      throw new SessionEnded();
+    }
+    const body = reply.status === 204 ? {} : await reply.json().catch(() => ({}));
+    if (!reply.ok) throw new Error(body.error_description || ('the server answered ' + reply.status));
+    return body;
+  }
+
+  /** What a grant's scopes let an app do, in words (the scopes themselves are listed too). */
+  function scopeWords(scope) {
+    const words = [];
+    const scopes = scope.split(' ');
+    if (scopes.some((s) => /^patient\/\*\.(read|rs|cruds|r)/.test(s))) words.push('read your whole record');
+    else if (scopes.some((s) => s.startsWith('patient/'))) words.push('read parts of your record');
+    if (scopes.some((s) => /^patient\/[A-Za-z*]+\.(c|cu|cruds|write|\w*[cud]\w*)$/.test(s) && !/\.(rs|r|s|read)$/.test(s))) words.push('add to your record');
+    if (scopes.includes('offline_access')) words.push('keep access until you revoke it');
+    if (scopes.includes('openid') || scopes.includes('fhirUser')) words.push('know who you are');
+    return words.length ? words.join(', ') : 'no access to your record';
+  }
+
+  const INTERACTIONS = {
+    read: 'read', vread: 'read a version of', 'search-type': 'searched', 'search-system': 'searched',
+    'history-instance': 'read the history of', 'history-type': 'read the history of', create: 'added', update: 'changed',
+    patch: 'changed', delete: 'deleted', operation: 'ran an operation on',
+  };
+
+  /** One AuditEvent in words: when, which app and person, what they did, and to what. */
+  function auditRow(event, appNames) {
+    const app = (event.agent || []).map((a) => a.who && a.who.identifier).find((i) => i && i.system === 'urn:braid:client');
+    const user = (event.agent || []).map((a) => a.who && a.who.identifier).find((i) => i && i.system === 'urn:braid:user');
+    const appName = app ? (appNames.get(app.value) || 'the app ' + app.value) : 'Braid';
+    const interaction = ((event.subtype || [])[0] || {}).code || '';
+    const kinds = new Map();
+    for (const entity of event.entity || []) {
+      const type = entity.what && entity.what.reference ? entity.what.reference.split('/')[0] : null;
+      if (type) kinds.set(type, (kinds.get(type) || 0) + 1);
+    }
+    const what = [...kinds.entries()].map(([type, count]) => `${count} ${type}${count === 1 ? '' : 's'}`).join(', ');
+    const failed = event.outcome && event.outcome !== '0';
+    return el('li', { class: 'audit', 'data-app': app ? app.value : '', 'data-user': user ? user.value : '' },
+      el('span', { class: 'what' },
+        el('strong', {}, appName), user ? ` (signed in as ${user.value})` : '', ' ',
+        INTERACTIONS[interaction] || interaction || 'accessed', what ? ' ' + what : ' your record',
+        failed ? ' — refused' : ''),
+      el('span', { class: 'when' }, formatDate(event.recorded || (event.period && event.period.end))));
+  }
+
+  async function downloadRecord(status) {
+    status.textContent = 'Gathering your record…';
+    const resources = [];
+    let url = `Patient/${encodeURIComponent(session.patient)}/$everything?_count=500`;
+    for (let pages = 0; url && pages < 200; pages++) {
+      const bundle = await fhir(url);
+      resources.push(...(bundle.entry || []).map((e) => e.resource).filter(Boolean));
+      url = nextLink(bundle);
+      status.textContent = `Gathering your record… ${resources.length} items so far`;
+    }
+    const record = { resourceType: 'Bundle', type: 'collection', timestamp: new Date().toISOString(), entry: resources.map((resource) => ({ resource })) };
+    const blob = new Blob([JSON.stringify(record, null, 2)], { type: 'application/fhir+json' });
+    const link = el('a', { href: URL.createObjectURL(blob), download: `my-health-record-${new Date().toISOString().slice(0, 10)}.json` }, 'download');
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    status.dataset.resources = String(resources.length);
+    status.textContent = `Your record is downloaded: ${resources.length} items (${Math.ceil(blob.size / 1024)} KB of FHIR JSON).`;
+  }
+
+  async function privacyPage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const [{ grants }, audits] = await Promise.all([
+      account('GET', '/auth/grants'),
+      fhir(`AuditEvent?patient=${id}&_sort=-date&_count=20`),
+    ]);
+    const appNames = new Map(grants.map((g) => [g.client_id, g.client_name]));
+    const appsList = el('ul', { class: 'items', id: 'apps' }, grants.map((grant) => {
+      const button = grant.current
+        ? el('button', { type: 'button', class: 'quiet', onclick: () => signOut().catch(fail) }, 'Sign out')
+        : el('button', { type: 'button', class: 'quiet', 'data-revoke': grant.id }, 'Revoke access');
+      if (!grant.current) {
+        button.addEventListener('click', async () => {
+          button.disabled = true;
+          try {
+            await account('DELETE', '/auth/grants/' + encodeURIComponent(grant.id));
+            button.closest('li').remove();
+            document.getElementById('announce').textContent = grant.client_name + ' can no longer reach your record.';
+          } catch (error) { button.disabled = false; fail(error); }
+        });
+      }
+      return el('li', { class: 'app', 'data-client': grant.client_id },
+        el('span', { class: 'what' }, el('strong', {}, grant.current ? grant.client_name + ' (this session)' : grant.client_name),
+          el('br'), 'May ' + scopeWords(grant.scope) + '.',
+          el('br'), el('span', { class: 'facts' }, 'Scopes: ' + grant.scope)),
+        el('span', { class: 'when' }, 'since ' + formatDate(new Date(grant.created * 1000).toISOString()),
+          grant.lasting ? '' : ', until ' + formatDate(new Date(grant.expires * 1000).toISOString())),
+        button);
+    }));
+    const auditList = el('ul', { class: 'items', id: 'audit' }, entries(audits).map((e) => auditRow(e, appNames)));
+    let older = nextLink(audits);
+    const more = el('button', { type: 'button', class: 'quiet more', hidden: !older }, 'Show older');
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      try {
+        const page = await fhir(older);
+        auditList.append(...entries(page).map((e) => auditRow(e, appNames)));
+        older = nextLink(page);
+        more.hidden = !older;
+      } catch (error) { fail(error); } finally { more.disabled = false; }
+    });
+    const downloadStatus = el('p', { class: 'status', role: 'status', id: 'download-status' });
+    show('Privacy', banner(person),
+      el('section', { class: 'card', 'aria-labelledby': 'apps-title' }, el('h2', { id: 'apps-title' }, 'Apps you have let in'),
+        grants.length ? appsList : el('p', { class: 'status' }, 'No app has access.')),
+      el('section', { class: 'card', 'aria-labelledby': 'audit-title' }, el('h2', { id: 'audit-title' }, 'Who has looked at your record'),
+        entries(audits).length ? auditList : el('p', { class: 'status' }, 'Nobody yet.'), more),
+      el('section', { class: 'card', 'aria-labelledby': 'download-title' }, el('h2', { id: 'download-title' }, 'Your whole record'),
+        el('p', {}, 'Download everything Braid holds about you, from every provider, as one FHIR JSON file.'),
+        el('button', { type: 'button', id: 'download', onclick: () => downloadRecord(downloadStatus).catch(fail) }, 'Download my record'),
+        downloadStatus));
+  }
+
   // ---- Routing ------------------------------------------------------------------------------
 
-  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage };
+  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage, privacy: privacyPage };
 
   function fail(error) {
     if (error instanceof SessionEnded) return;
