@@ -353,11 +353,11 @@ fn token_error(error: &TokenError) -> HttpResponse {
 fn portal_user(
     http: &HttpRequest,
     state: &web::Data<AppState>,
-) -> Result<std::sync::Arc<crate::auth::Grant>, HttpResponse> {
-    let Some(auth) = state.auth.as_deref() else { return Err(auth_off()) };
+) -> Result<std::sync::Arc<crate::auth::Grant>, Box<HttpResponse>> {
+    let Some(auth) = state.auth.as_deref() else { return Err(Box::new(auth_off())) };
     let authorization = http.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
     let refuse = |status: StatusCode, error: &str, description: &str| {
-        no_store(HttpResponse::build(status).json(json!({"error": error, "error_description": description})))
+        Box::new(no_store(HttpResponse::build(status).json(json!({"error": error, "error_description": description}))))
     };
     let grant = auth.bearer(authorization, &request::base_url(http, state)).map_err(|error| match error {
         crate::auth::BearerError::Missing => {
@@ -379,7 +379,7 @@ fn portal_user(
 async fn own_grants(http: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let grant = match portal_user(&http, &state) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(auth) = state.auth.as_deref() else { return auth_off() };
     let origin = endpoints(&http, &state).origin().to_owned();
@@ -420,7 +420,7 @@ async fn own_grants(http: HttpRequest, state: web::Data<AppState>) -> HttpRespon
 async fn revoke_own_grant(http: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let grant = match portal_user(&http, &state) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(auth) = state.auth.as_deref() else { return auth_off() };
     match auth.revoke_user_grant(&grant.subject, &id).await {
