@@ -34,6 +34,8 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         // What common lab tests measure and what high and low results usually mean, in plain
         // words (curated data, in profiles/ with the rest of Braid's data).
         ("labs.json", "application/json", include_str!("../../profiles/lab-explanations.json")),
+        // The questionnaire offered after a visit.
+        ("feedback.json", "application/fhir+json", include_str!("../../profiles/feedback.questionnaire.json")),
     ]
     .into_iter()
     .map(|(name, content_type, body)| {
@@ -148,6 +150,18 @@ mod tests {
             }
             assert!(test["learnMore"].as_str().unwrap().starts_with("https://medlineplus.gov/"), "{code}");
         }
+    }
+
+    #[test]
+    fn the_feedback_questionnaire_is_valid_r4() {
+        let body = ASSETS.iter().find(|asset| asset.name == "feedback.json").unwrap().body;
+        let questionnaire: serde_json::Value = serde_json::from_str(body).unwrap();
+        crate::fhir::validation::validator()
+            .validate_value(crate::fhir::ResourceType::parse("Questionnaire").unwrap(), &questionnaire)
+            .unwrap();
+        let kinds: Vec<&str> =
+            questionnaire["item"].as_array().unwrap().iter().map(|i| i["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["choice", "choice", "choice", "integer", "text"], "the kinds the portal's form draws");
     }
 
     #[test]

@@ -471,16 +471,76 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     assert_eq!(hemoglobin, "Normal", "the lab's own interpretation");
     check_page(&browser, "labs", "lab results").await;
 
+    // Feedback on a past visit: the questionnaire's form, answers stored as a
+    // QuestionnaireResponse about that visit and its provider; a visit is answered once.
+    browser.click("#nav a[data-page=feedback]").await;
+    browser.wait_for("#visits li.visit").await;
+    let visits = browser
+        .run("return [...document.querySelectorAll('#visits li.visit')].map(li => li.dataset.visit);", json!([]))
+        .await;
+    assert_eq!(visits, json!(["Encounter/clinic-e1", "Encounter/hospital-adm"]));
+    let visit = "#visits li.visit[data-visit='Encounter/clinic-e1']";
+    browser.click(&format!("{visit} button.give")).await;
+    browser.click(&format!("{visit} fieldset[data-link=overall] input[value='1']")).await;
+    browser.click(&format!("{visit} fieldset[data-link=listened] input[value='0']")).await;
+    browser.type_into(&format!("{visit} div[data-link=recommend] input"), "9").await;
+    browser.type_into(&format!("{visit} div[data-link=comments] textarea"), "Kind staff, short wait.").await;
+    check_page(&browser, "feedback", "feedback").await;
+    browser.click(&format!("{visit} form button[type=submit]")).await;
+    browser.wait_for(&format!("{visit} .sent")).await;
+    let operator = server.token("ops", "system/*.cruds", None);
+    let app = &server.app;
+    let stored = app
+        .send(
+            app.client
+                .get(app.url("/QuestionnaireResponse?identifier=urn:braid:feedback|Encounter/clinic-e1"))
+                .bearer_auth(&operator),
+        )
+        .await;
+    assert_eq!(stored.body["entry"].as_array().map(Vec::len), Some(1), "{}", stored.text);
+    let response = &stored.body["entry"][0]["resource"];
+    assert_eq!(response["questionnaire"], "urn:braid:questionnaire:visit-feedback");
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["subject"]["reference"], format!("Patient/{golden}"));
+    assert_eq!(response["encounter"]["reference"], "Encounter/clinic-e1");
+    assert_eq!(response["extension"][0]["valueReference"]["display"], "clinic", "the provider it is for");
+    let answers: Vec<(String, Value)> = response["item"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["linkId"].as_str().unwrap().to_owned(), item["answer"][0].clone()))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            (
+                "overall".to_owned(),
+                json!({"valueCoding": {"system": "urn:braid:feedback:rating", "code": "4", "display": "Good"}})
+            ),
+            (
+                "listened".to_owned(),
+                json!({"valueCoding": {"system": "urn:braid:feedback:agreement", "code": "yes", "display": "Yes"}})
+            ),
+            ("recommend".to_owned(), json!({"valueInteger": 9})),
+            ("comments".to_owned(), json!({"valueString": "Kind staff, short wait."})),
+        ]
+    );
+    browser.goto(&format!("{origin}/portal/#/home")).await;
+    browser.click("#nav a[data-page=feedback]").await;
+    browser.wait_for(&format!("{visit} .sent")).await;
+    let offered = browser
+        .run("return document.querySelectorAll(arguments[0]).length;", json!([format!("{visit} button.give")]))
+        .await;
+    assert_eq!(offered, 0, "a visit is answered once");
+
     // Privacy: another app the person let in is listed with the portal, and revoked from here;
     // the accesses to the record are listed with the app and the person behind them.
     let pocket = authorise_another_app(&server, &browser, &origin, &secret, step).await;
-    let app = &server.app;
     let read_with = |token: String| {
         let request = app.client.get(app.url(&format!("/Patient/{golden}"))).bearer_auth(token);
         async move { app.send(request).await.status }
     };
     assert_eq!(read_with(pocket.clone()).await, 200);
-    let operator = server.token("ops", "system/*.cruds", None);
     for _ in 0..100 {
         let audits = app
             .send(

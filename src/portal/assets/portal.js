@@ -969,9 +969,160 @@
         downloadStatus));
   }
 
+  // ---- Feedback after a visit ---------------------------------------------------------------
+
+  const FEEDBACK_SYSTEM = 'urn:braid:feedback';
+  const FEEDBACK_FOR = 'urn:braid:feedback-for';
+  let questionnaire = null;
+
+  async function feedbackQuestionnaire() {
+    if (!questionnaire) {
+      const reply = await fetch('feedback.json');
+      if (!reply.ok) throw new Error('the feedback questionnaire could not be loaded');
+      questionnaire = await reply.json();
+    }
+    return questionnaire;
+  }
+
+  /** The form for one questionnaire item; its answer is read back by `answerOf`. */
+  function questionField(item, index) {
+    const id = 'q-' + index;
+    const label = item.text + (item.required ? ' (required)' : '');
+    switch (item.type) {
+      case 'choice':
+        return el('fieldset', { class: 'question', 'data-link': item.linkId },
+          el('legend', {}, label),
+          (item.answerOption || []).map((option, i) => el('label', { class: 'option' },
+            el('input', { type: 'radio', name: id, value: String(i), required: item.required || null }), ' ', option.valueCoding.display)));
+      case 'integer': {
+        const bounds = Object.fromEntries((item.extension || []).map((e) => [e.url.split('/').pop(), e.valueInteger]));
+        return el('div', { class: 'question', 'data-link': item.linkId },
+          el('label', { for: id }, label), el('br'),
+          el('input', { type: 'number', id, name: id, min: bounds.minValue, max: bounds.maxValue, step: 1, inputmode: 'numeric', required: item.required || null }));
+      }
+      default:
+        return el('div', { class: 'question', 'data-link': item.linkId },
+          el('label', { for: id }, label), el('br'),
+          el('textarea', { id, name: id, rows: 4, maxlength: item.maxLength || 2000, required: item.required || null }));
+    }
+  }
+
+  function answerOf(item, index, form) {
+    const id = 'q-' + index;
+    if (item.type === 'choice') {
+      const picked = form.querySelector(`input[name="${id}"]:checked`);
+      return picked ? [{ valueCoding: item.answerOption[Number(picked.value)].valueCoding }] : [];
+    }
+    const field = form.elements[id];
+    const text = field.value.trim();
+    if (!text) return [];
+    if (item.type === 'integer') return [{ valueInteger: Number(text) }];
+    return [{ valueString: text.slice(0, item.maxLength || 2000) }];
+  }
+
+  /** The visit a feedback is about, as the identifier names it. */
+  const visitKey = (visit) => visit.resourceType + '/' + visit.id;
+
+  function feedbackForm(visit, q, done) {
+    const form = el('form', { class: 'feedback', 'aria-label': 'Feedback on this visit' },
+      q.item.map(questionField),
+      el('button', { type: 'submit' }, 'Send feedback'),
+      el('button', { type: 'button', class: 'quiet', onclick: () => done(false) }, 'Cancel'));
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      if (!form.reportValidity()) return;
+      const provider = sourceOf(visit);
+      const response = {
+        resourceType: 'QuestionnaireResponse',
+        identifier: { system: FEEDBACK_SYSTEM, value: visitKey(visit) },
+        extension: [{ url: FEEDBACK_FOR, valueReference: { reference: visitKey(visit), display: provider } }],
+        questionnaire: q.url,
+        status: 'completed',
+        subject: { reference: 'Patient/' + session.patient },
+        authored: new Date().toISOString(),
+        author: { reference: 'Patient/' + session.patient },
+        item: q.item.map((item, i) => ({ linkId: item.linkId, text: item.text, answer: answerOf(item, i, form) }))
+          .filter((item) => item.answer.length),
+      };
+      if (visit.resourceType === 'Encounter') response.encounter = { reference: visitKey(visit) };
+      const button = form.querySelector('button[type=submit]');
+      button.disabled = true;
+      try {
+        const reply = await fetch(BASE + '/QuestionnaireResponse', {
+          method: 'POST',
+          headers: {
+            Authorization: 'Bearer ' + session.token, 'Content-Type': 'application/fhir+json', Accept: 'application/fhir+json',
+            'If-None-Exist': 'identifier=' + encodeURIComponent(FEEDBACK_SYSTEM + '|' + visitKey(visit)),
+          },
+          body: JSON.stringify(response),
+        });
+        if (reply.status === 401) { endSession('Your session has ended. Sign in again to go on.'); return; }
+        if (!reply.ok) {
+          const body = await reply.json().catch(() => null);
+          const issue = body && body.issue && body.issue[0];
+          throw new Error((issue && issue.diagnostics) || 'the server answered ' + reply.status);
+        }
+        done(true);
+      } catch (error) {
+        button.disabled = false;
+        form.append(el('p', { class: 'error', role: 'alert' }, 'Your feedback could not be sent: ' + error.message));
+      }
+    });
+    return form;
+  }
+
+  async function feedbackPage() {
+    const person = await thePatient();
+    const id = encodeURIComponent(session.patient);
+    const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+    const [q, encounters, appointments, given] = await Promise.all([
+      feedbackQuestionnaire(),
+      fhir(`Encounter?patient=${id}&status=finished&_sort=-date&_count=20`),
+      fhir(`Appointment?patient=${id}&date=lt${now}&status=booked,arrived,fulfilled,checked-in&_sort=-date&_count=20`),
+      all(`QuestionnaireResponse?patient=${id}&_count=100`, 500),
+    ]);
+    const answered = new Set(given.flatMap((r) => r.identifier && r.identifier.system === FEEDBACK_SYSTEM ? [r.identifier.value] : []));
+    const visits = entries(encounters).concat(entries(appointments))
+      .map((visit) => ({ visit, at: instant(KINDS[visit.resourceType].date(visit)) }))
+      .sort((a, b) => b.at - a.at).map((v) => v.visit);
+    const rows = visits.map((visit) => {
+      const row = el('li', { class: 'visit', 'data-visit': visitKey(visit), 'data-source': sourceOf(visit) },
+        el('span', { class: 'what' }, el('span', { class: 'kind' }, KINDS[visit.resourceType].one), ' ', KINDS[visit.resourceType].text(visit)),
+        el('span', { class: 'when' }, formatDate(KINDS[visit.resourceType].date(visit))), sourceBadge(visit));
+      const mark = () => row.append(el('span', { class: 'sent' }, 'Feedback sent, thank you'));
+      if (answered.has(visitKey(visit))) {
+        mark();
+      } else {
+        const open = el('button', { type: 'button', class: 'quiet give' }, 'Give feedback');
+        open.addEventListener('click', () => {
+          open.hidden = true;
+          const form = feedbackForm(visit, q, (sent) => {
+            form.remove();
+            if (sent) {
+              mark();
+              document.getElementById('announce').textContent = 'Your feedback was sent to ' + sourceOf(visit) + '.';
+            } else {
+              open.hidden = false;
+              open.focus();
+            }
+          });
+          row.append(form);
+          const first = form.querySelector('input, textarea');
+          if (first) first.focus();
+        });
+        row.append(open);
+      }
+      return row;
+    });
+    show(q.title || 'Feedback', banner(person),
+      el('p', {}, 'Tell a provider how a visit went. Your answers go into your record and to them; they are not shared with anyone else.'),
+      el('section', { class: 'card', 'aria-label': 'Recent visits' },
+        rows.length ? el('ul', { class: 'items', id: 'visits' }, rows) : el('p', { class: 'status' }, 'No past visits yet.')));
+  }
+
   // ---- Routing ------------------------------------------------------------------------------
 
-  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage, privacy: privacyPage };
+  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage, feedback: feedbackPage, privacy: privacyPage };
 
   function fail(error) {
     if (error instanceof SessionEnded) return;
