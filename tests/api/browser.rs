@@ -42,9 +42,20 @@ pub(crate) fn screenshot_dir() -> PathBuf {
 }
 
 impl Browser {
+    /// A browser (see [`Browser::start_with`]) with a camera that plays `video` (a Y4M file)
+    /// and is allowed without asking.
+    pub(crate) async fn with_camera(video: &std::path::Path) -> Browser {
+        let flags = [
+            "--use-fake-device-for-media-stream".to_owned(),
+            "--use-fake-ui-for-media-stream".to_owned(),
+            format!("--use-file-for-fake-video-capture={}", video.display()),
+        ];
+        Browser::start_with(false, &flags).await
+    }
+
     /// Starts chromedriver and a headless Chromium with a fresh profile (a phone-sized window
-    /// when `phone`).
-    pub(crate) async fn start(phone: bool) -> Browser {
+    /// when `phone`) and the `extra` flags.
+    pub(crate) async fn start_with(phone: bool, extra: &[String]) -> Browser {
         for tool in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(tool).exists(),
@@ -72,7 +83,7 @@ impl Browser {
         }
         let profile = tempfile::tempdir().unwrap();
         let size = if phone { "--window-size=390,844" } else { "--window-size=1280,900" };
-        let args = [
+        let mut args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -83,8 +94,10 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             size,
-            &format!("--user-data-dir={}", profile.path().display()),
         ];
+        let profile_flag = format!("--user-data-dir={}", profile.path().display());
+        args.push(&profile_flag);
+        args.extend(extra.iter().map(String::as_str));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
@@ -166,6 +179,11 @@ impl Browser {
         let element = self.wait_for(css).await;
         let value = self.command(reqwest::Method::GET, &format!("/element/{element}/attribute/{name}"), None).await;
         value.as_str().unwrap_or("").to_owned()
+    }
+
+    /// Resizes the window (e.g. to a phone's 390 × 844).
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
+        self.command(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
     }
 
     /// Writes a PNG of the page to [`screenshot_dir`]`/<name>.png`.

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use braid::auth::users::{self, NewUser, Role};
+use braid::ingest::rppg::synth::{Clip, ClipOptions};
 use serde_json::{Value, json};
 
 use crate::browser::{self, Browser};
@@ -181,6 +182,21 @@ async fn braid_three_providers(server: &AuthApp) -> String {
 async fn sign_in(browser: &Browser, origin: &str, username: &str) -> (Vec<u8>, u64) {
     browser.goto(&format!("{origin}/portal/")).await;
     check_page(browser, "sign-in", "the portal's sign-in page").await;
+    // What a first visit loads, and when it first shows something (reported; the weight is
+    // bounded: no framework, no images, no fonts).
+    let load = browser
+        .run(
+            "const entries = performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')); \
+             const paint = performance.getEntriesByType('paint').find(p => p.name === 'first-contentful-paint'); \
+             return {bytes: entries.reduce((sum, e) => sum + (e.encodedBodySize || 0), 0), \
+                     files: entries.filter(e => !e.name.includes('/fhir/')).map(e => [e.name.split('/').pop(), e.encodedBodySize]), \
+                     firstPaint: paint ? paint.startTime : null};",
+            json!([]),
+        )
+        .await;
+    eprintln!("portal first load: {load}");
+    let weight: u64 = load["files"].as_array().unwrap().iter().map(|file| file[1].as_u64().unwrap_or(0)).sum();
+    assert!(weight < 150 * 1024, "the portal's own files weigh {weight} bytes: {load}");
     browser.click("#sign-in").await;
     browser.wait_for("input[name=username]").await;
     browser.assert_accessible("the login page").await;
@@ -328,7 +344,13 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     };
     users::add(&server.store, user, braid::auth::now_secs()).await.unwrap();
     let origin = server.app.base.trim_end_matches("/fhir").to_owned();
-    let browser = Browser::start(false).await;
+    // The camera: a synthetic face video with a known pulse, 30 seconds at 30 frames a second.
+    let media = tempfile::tempdir().unwrap();
+    let video = media.path().join("face.y4m");
+    let mut clip = Clip::new(ClipOptions::clean(11, 160, 120));
+    let pulse = clip.truth().heart_rate;
+    clip.write_y4m(&mut std::io::BufWriter::new(std::fs::File::create(&video).unwrap())).unwrap();
+    let browser = Browser::with_camera(&video).await;
 
     // Signed in, the portal shows the person and the three providers their record comes from.
     let (secret, step) = sign_in(&browser, &origin, "adaeze").await;
@@ -347,6 +369,12 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
         .await;
     assert_eq!(upcoming, json!(["clinic", "hospital", "hospital", "clinic"]));
     check_page(&browser, "home", "home").await;
+    // On a phone's screen: one column, every page still passes the accessibility check.
+    browser.resize(390, 844).await;
+    check_page(&browser, "home-phone", "home on a phone").await;
+    let overflow = browser.run("return document.documentElement.scrollWidth > window.innerWidth;", json!([])).await;
+    assert_eq!(overflow, false, "nothing wider than a phone's screen");
+    browser.resize(1280, 900).await;
 
     // The token is kept for the session only, never in localStorage.
     let stored =
@@ -470,6 +498,63 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let hemoglobin = browser.text("section.lab[data-code='718-7'] .flag").await;
     assert_eq!(hemoglobin, "Normal", "the lab's own interpretation");
     check_page(&browser, "labs", "lab results").await;
+
+    // Measure at home: a 30-second camera scan (the fake camera plays the synthetic face) gives
+    // the pulse within 3 beats a minute; a wearable's export adds its readings once.
+    browser.click("#nav a[data-page=measure]").await;
+    check_page(&browser, "measure", "measure at home").await;
+    browser.click("#scan-start").await;
+    browser.wait_for(".stage:not([hidden]) video").await;
+    browser.screenshot("camera-scan").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let measured = loop {
+        let found = browser
+            .run("const hr = document.getElementById('scan-heart-rate'); const none = document.getElementById('scan-none'); \
+                  const error = document.querySelector('#scan-status.error'); \
+                  return hr ? hr.dataset.value : none ? 'none: ' + none.textContent : error ? 'error: ' + error.textContent : null;", json!([]))
+            .await;
+        if let Some(found) = found.as_str() {
+            break found.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the scan did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let measured: f64 = measured.parse().unwrap_or_else(|_| panic!("no heart rate from the scan: {measured}"));
+    eprintln!("camera scan: {measured:.1} beats a minute read, {pulse:.1} in the video");
+    assert!(
+        (measured - pulse).abs() <= 3.0,
+        "the scan read {measured:.1} beats a minute, the video's pulse is {pulse:.1}"
+    );
+    let quality = browser.text("#scan-quality").await;
+    assert!(quality.ends_with("(good)") || quality.ends_with("(fair)"), "{quality}");
+    check_page(&browser, "camera-scan-result", "the scan's result").await;
+    let export = media.path().join("watch.json");
+    let readings: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"heart_rate": {"value": 61 + i, "unit": "beats/min"},
+                         "effective_time_frame": {"date_time": from_now(-(i + 1) * 24, 0)}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&export, readings.join("\n")).unwrap();
+    browser.run("document.getElementById('upload-format').value = 'mhealth';", json!([])).await;
+    browser.type_into("#upload-file", &export.display().to_string()).await;
+    browser.click("form.upload button[type=submit]").await;
+    browser.wait_for("#upload-status[data-created]").await;
+    assert_eq!(
+        browser.attribute("#upload-status", "data-created").await,
+        "3",
+        "{}",
+        browser.text("#upload-status").await
+    );
+    browser.click("form.upload button[type=submit]").await;
+    for _ in 0..100 {
+        if browser.text("#upload-status").await.contains("already there") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.text("#upload-status").await, "0 new measurements added to your record, 3 already there.");
 
     // Feedback on a past visit: the questionnaire's form, answers stored as a
     // QuestionnaireResponse about that visit and its provider; a visit is answered once.

@@ -1120,9 +1120,212 @@
         rows.length ? el('ul', { class: 'items', id: 'visits' }, rows) : el('p', { class: 'status' }, 'No past visits yet.')));
   }
 
+  // ---- Measurements from home: a wearable's export, and a camera scan --------------------------
+
+  const SCAN_SECONDS = 30;
+  const SIGNAL_QUALITY = 'urn:braid:signal-quality';
+
+  /** The Patient home measurements are written to: the person's own registration with the
+   *  provider the master patient index ranks first (a golden Patient is Braid's, read-only),
+   *  else the patient in context. */
+  async function homePatient() {
+    const { patient } = await thePatient();
+    const member = (patient.link || []).find((l) => l.type === 'seealso' && l.other && (l.other.reference || '').startsWith('Patient/'));
+    return member ? member.other.reference.slice('Patient/'.length) : session.patient;
+  }
+
+  /** Sends a file (or a trace) to $ingest-vitals and returns Braid's Parameters answer. */
+  async function ingest(body, format, contentType) {
+    const patient = await homePatient();
+    const reply = await fetch(`${BASE}/Patient/${encodeURIComponent(patient)}/$ingest-vitals?format=${encodeURIComponent(format)}`, {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + session.token, 'Content-Type': contentType, Accept: 'application/fhir+json' },
+      body,
+    });
+    if (reply.status === 401) { endSession('Your session has ended. Sign in again to go on.'); throw new SessionEnded(); }
+    const answer = await reply.json().catch(() => null);
+    if (!reply.ok) {
+      const issue = answer && answer.issue && answer.issue[0];
+      throw new Error((issue && issue.diagnostics) || 'the server answered ' + reply.status);
+    }
+    return answer;
+  }
+
+  const parameter = (answer, name) => (answer.parameter || []).filter((p) => p.name === name);
+  const countOf = (answer, name) => (parameter(answer, name)[0] || {}).valueInteger || 0;
+
+  function uploadCard() {
+    const status = el('p', { class: 'status', role: 'status', id: 'upload-status' });
+    const file = el('input', { type: 'file', id: 'upload-file', accept: '.zip,.xml,.json,.csv' });
+    const format = el('select', { id: 'upload-format' },
+      el('option', { value: 'apple' }, 'Apple Health export (export.zip or export.xml)'),
+      el('option', { value: 'fitbit' }, 'Fitbit or Google Takeout export (zip)'),
+      el('option', { value: 'mhealth' }, 'Open mHealth data points (JSON)'));
+    const form = el('form', { class: 'upload' },
+      el('p', {}, el('label', { for: 'upload-format' }, 'What is it? '), format),
+      el('p', {}, el('label', { for: 'upload-file' }, 'The file '), file),
+      el('button', { type: 'submit' }, 'Upload'), status);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      if (!file.files.length) { status.textContent = 'Choose a file first.'; return; }
+      const button = form.querySelector('button');
+      button.disabled = true;
+      status.className = 'status';
+      status.textContent = 'Uploading and reading your measurements…';
+      try {
+        const answer = await ingest(file.files[0], format.value, file.files[0].type || 'application/octet-stream');
+        const created = countOf(answer, 'created');
+        const unchanged = countOf(answer, 'unchanged');
+        const refused = parameter(answer, 'problem').length;
+        status.dataset.created = String(created);
+        status.textContent = `${created} new measurement${created === 1 ? '' : 's'} added to your record`
+          + (unchanged ? `, ${unchanged} already there` : '') + (refused ? `, ${refused} could not be read` : '') + '.';
+        patientCache = null;
+      } catch (error) {
+        if (error instanceof SessionEnded) return;
+        status.className = 'error';
+        status.textContent = 'The file could not be added: ' + error.message;
+      } finally {
+        button.disabled = false;
+      }
+    });
+    return el('section', { class: 'card', 'aria-labelledby': 'upload-title' },
+      el('h2', { id: 'upload-title' }, 'Upload a wearable\'s export'),
+      el('p', {}, 'Heart rate, blood pressure, weight, oxygen, breathing and temperature are added to your record; other data (steps, sleep) is left out. Measurements already in your record are not added twice.'),
+      form);
+  }
+
+  /**
+   * The camera scan: for 30 seconds, the mean colour of the skin inside the face guide, frame by
+   * frame, computed here; only that trace (four numbers a frame) is sent, never the video.
+   */
+  function scanCard() {
+    const video = el('video', { autoplay: true, playsinline: true, muted: true, 'aria-hidden': 'true' });
+    const guide = el('div', { class: 'face-guide', 'aria-hidden': 'true' });
+    const stage = el('div', { class: 'stage', hidden: true }, video, guide);
+    const progress = el('progress', { max: SCAN_SECONDS, value: 0, 'aria-label': 'Scan progress' });
+    const status = el('p', { class: 'status', role: 'status', id: 'scan-status' });
+    const result = el('div', { id: 'scan-result', 'aria-live': 'polite' });
+    const start = el('button', { type: 'button', id: 'scan-start' }, 'Start a 30-second scan');
+    start.addEventListener('click', () => scan().catch((error) => {
+      if (error instanceof SessionEnded) return;
+      stage.hidden = true;
+      start.disabled = false;
+      status.className = 'error';
+      status.textContent = error.name === 'NotAllowedError'
+        ? 'The camera was not allowed. Allow it in your browser to scan.'
+        : 'The scan did not work: ' + (error.message || error);
+    }));
+
+    async function scan() {
+      start.disabled = true;
+      result.replaceChildren();
+      status.className = 'status';
+      if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error('this browser cannot use a camera here');
+      const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: 'user' }, audio: false });
+      video.srcObject = stream;
+      stage.hidden = false;
+      await video.play();
+      status.textContent = 'Keep your face inside the oval and stay still, in steady light…';
+      const canvas = document.createElement('canvas');
+      const context = canvas.getContext('2d', { willReadFrequently: true });
+      const frames = [];
+      const began = performance.now();
+      const startedAt = new Date().toISOString();
+      await new Promise((resolve) => {
+        const sample = (now) => {
+          const elapsed = (now - began) / 1000;
+          if (elapsed >= SCAN_SECONDS) { resolve(); return; }
+          const colour = faceColour(video, canvas, context);
+          if (colour) frames.push({ t: Math.round(elapsed * 1000) / 1000, r: colour[0], g: colour[1], b: colour[2] });
+          progress.value = elapsed;
+          next(sample);
+        };
+        const next = (callback) => (video.requestVideoFrameCallback
+          ? video.requestVideoFrameCallback((now) => callback(now))
+          : requestAnimationFrame(callback));
+        next(sample);
+      });
+      stream.getTracks().forEach((track) => track.stop());
+      video.srcObject = null;
+      stage.hidden = true;
+      progress.value = SCAN_SECONDS;
+      status.textContent = 'Reading your pulse and breathing…';
+      const trace = JSON.stringify({ start: startedAt, device: 'Braid portal camera scan (' + navigator.userAgent.slice(0, 80) + ')', frames });
+      const answer = await ingest(trace, 'rppg', 'application/json');
+      showScan(answer, frames.length);
+      start.disabled = false;
+    }
+
+    function showScan(answer, frameCount) {
+      const observations = parameter(answer, 'observation').map((p) => p.resource);
+      const reading = (code) => observations.find((o) => loincOf(o) === code);
+      const heart = reading('8867-4');
+      const breathing = reading('9279-1');
+      const quality = heart && extensions(heart, SIGNAL_QUALITY)[0];
+      status.textContent = `${frameCount} frames analysed.`;
+      if (!heart) {
+        const problem = parameter(answer, 'problem').map((p) => ((p.part || []).find((q) => q.name === 'reason') || {}).valueString)[0];
+        result.replaceChildren(el('p', { class: 'notice', id: 'scan-none' },
+          'No reliable reading, try better light: face a window or a lamp, keep still and try again.'
+          + (problem ? ' (' + problem + ')' : '')));
+        return;
+      }
+      result.replaceChildren(el('dl', { class: 'readings' },
+        el('dt', {}, 'Heart rate'), el('dd', { id: 'scan-heart-rate', 'data-value': String(heart.valueQuantity.value) }, Math.round(heart.valueQuantity.value) + ' beats a minute'),
+        el('dt', {}, 'Breathing rate'), el('dd', { id: 'scan-breathing' },
+          breathing ? Math.round(breathing.valueQuantity.value) + ' breaths a minute' : 'not clear enough to read'),
+        el('dt', {}, 'Signal quality'), el('dd', { id: 'scan-quality' },
+          quality && quality.valueQuantity ? `${quality.valueQuantity.value.toFixed(1)} dB (${quality.valueQuantity.value >= 3 ? 'good' : 'fair'})` : 'not given')),
+        el('p', { class: 'facts' }, 'Saved in your record with your other measurements. A camera reading is a guide, not a medical measurement.'));
+    }
+
+    return el('section', { class: 'card', 'aria-labelledby': 'scan-title' },
+      el('h2', { id: 'scan-title' }, 'Camera scan'),
+      el('p', {}, 'Your camera can read your pulse and breathing from tiny changes in your skin\'s colour. The video stays on this device: only the average colour of your face, frame by frame, is sent.'),
+      stage, progress, start, status, result);
+  }
+
+  /**
+   * The mean colour of the skin inside the face guide (the central oval the page draws), from a
+   * small copy of the frame (shrinking averages neighbouring pixels); pixels that are not
+   * skin-coloured (hair, eyes, background) are left out. `null` before the camera gives frames.
+   */
+  function faceColour(video, canvas, context) {
+    const [w, h] = [video.videoWidth, video.videoHeight];
+    if (!w || !h) return null;
+    const scale = Math.min(1, 160 / w);
+    canvas.width = Math.round(w * scale);
+    canvas.height = Math.round(h * scale);
+    context.drawImage(video, 0, 0, canvas.width, canvas.height);
+    const { data, width, height } = context.getImageData(0, 0, canvas.width, canvas.height);
+    // The guide: centred, its height half the frame's, its width 0.7 of its height.
+    const [cx, cy, ry] = [width / 2, height * 0.52, height * 0.25];
+    const rx = ry * 0.7;
+    let [r, g, b, n] = [0, 0, 0, 0];
+    for (let y = Math.floor(cy - ry); y < cy + ry; y++) {
+      for (let x = Math.floor(cx - rx); x < cx + rx; x++) {
+        if (x < 0 || y < 0 || x >= width || y >= height) continue;
+        if (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 > 1) continue;
+        const i = (y * width + x) * 4;
+        const [pr, pg, pb] = [data[i], data[i + 1], data[i + 2]];
+        if (pr > 60 && pg > 30 && pb > 15 && pr > pg && pg > pb * 0.9 && pr - pb > 15) {
+          r += pr; g += pg; b += pb; n += 1;
+        }
+      }
+    }
+    return n ? [r / n, g / n, b / n].map((v) => Math.round(v * 1000) / 1000) : null;
+  }
+
+  async function measurePage() {
+    const person = await thePatient();
+    show('Measure at home', banner(person), scanCard(), uploadCard(),
+      el('p', {}, el('a', { href: '#/vitals' }, 'See your measurements on the vital-sign charts')));
+  }
+
   // ---- Routing ------------------------------------------------------------------------------
 
-  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage, feedback: feedbackPage, privacy: privacyPage };
+  const PAGES = { home: homePage, timeline: timelinePage, appointments: appointmentsPage, labs: labsPage, vitals: vitalsPage, measure: measurePage, feedback: feedbackPage, privacy: privacyPage };
 
   function fail(error) {
     if (error instanceof SessionEnded) return;
