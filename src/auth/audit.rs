@@ -610,9 +610,17 @@ fn event(store: &Store, gathered: &Gathered) -> Value {
             None => entities.push(json!({"what": {"reference": reference}, "role": role})),
         }
     }
+    // The client's name as registered, so that a person reading their trail sees which app or
+    // provider it was (a source's client is named after its source).
+    let client_name =
+        store.auth_read(|read| super::clients::find(read, client_id, "")).ok().flatten().map(|client| client.name);
+    let mut application = json!({"identifier": {"system": "urn:braid:client", "value": client_id}});
+    if let Some(name) = client_name {
+        application["display"] = json!(name);
+    }
     let mut agents = vec![json!({
         "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
-        "who": {"identifier": {"system": "urn:braid:client", "value": client_id}},
+        "who": application,
         "requestor": subject == client_id
     })];
     if subject != client_id {

@@ -377,16 +377,23 @@ async fn dispatch(http: HttpRequest, payload: web::Payload, state: web::Data<App
                     Ok(access) => access,
                     Err(refusal) => return *refusal,
                 };
-                // The audit record, handed over once the outcome is known.
-                let audited = match (&access, &state.audit) {
-                    (Access::Token(grant), Some(sink)) if route.interaction != Interaction::Capabilities => {
-                        Some((audit_record(grant, route.interaction, &params, &http), sink.clone()))
-                    }
-                    _ => None,
-                };
                 let source = match source::of(&access, &state) {
                     Ok(source) => source,
                     Err(error) => return error::error_response(&error),
+                };
+                // The audit record, handed over once the outcome is known.
+                let audited = match (&access, &state.audit) {
+                    (Access::Token(grant), Some(sink)) if route.interaction != Interaction::Capabilities => {
+                        let mut record = audit_record(grant, route.interaction, &params, &http);
+                        // A source writes by its own ids: the trail names what was written.
+                        if let (Some(source), Some(resource)) = (&source, &record.resource) {
+                            if route.interaction.writes() {
+                                record.resource = namespaced(source, resource);
+                            }
+                        }
+                        Some((record, sink.clone()))
+                    }
+                    _ => None,
                 };
                 // A source's figures count its writes, and keep why one was refused.
                 let counted = source.clone().filter(|_| route.interaction.writes());
@@ -537,6 +544,13 @@ fn addressed(params: &[String]) -> Option<String> {
 
 /// What the audit trail keeps of one request, as far as it is known before the request is
 /// handled (see [`crate::auth::audit`]); [`finish_audit_record`] adds the outcome.
+/// `Type/id` as a source's write addresses it: the id in the source's namespace.
+fn namespaced(source: &crate::sources::ActiveSource, resource: &str) -> Option<String> {
+    let (resource_type, id) = resource.split_once('/')?;
+    let id = crate::fhir::Id::parse(id).ok()?;
+    Some(format!("{resource_type}/{}", source.namespace.id(&id).as_str()))
+}
+
 fn audit_record(
     grant: &Arc<crate::auth::Grant>,
     interaction: Interaction,

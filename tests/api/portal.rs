@@ -654,6 +654,31 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
             && row[2].as_str().unwrap().starts_with("Braid patient portal (signed in as adaeze)")),
         "{audited:?}"
     );
+    // Further back, the providers' pushes, named by their clients' names.
+    let pushed = "source clinic (a service, not a person) changed";
+    let mut found = false;
+    for _ in 0..30 {
+        let rows = browser
+            .run("return [...document.querySelectorAll('#audit li.audit')].map(li => li.textContent);", json!([]))
+            .await;
+        if rows.as_array().unwrap().iter().any(|row| row.as_str().unwrap().starts_with(pushed)) {
+            found = true;
+            break;
+        }
+        if browser
+            .run(
+                "const more = document.querySelector('#audit + button.more'); return !!more && !more.hidden;",
+                json!([]),
+            )
+            .await
+            == false
+        {
+            break;
+        }
+        browser.click("#audit + button.more:not([disabled])").await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(found, "a row '{pushed} …' in the trail");
     check_page(&browser, "privacy", "privacy").await;
     browser.click("#apps li.app button[data-revoke]").await;
     for _ in 0..100 {

@@ -875,9 +875,11 @@
 
   /** One AuditEvent in words: when, which app and person, what they did, and to what. */
   function auditRow(event, appNames) {
-    const app = (event.agent || []).map((a) => a.who && a.who.identifier).find((i) => i && i.system === 'urn:braid:client');
-    const user = (event.agent || []).map((a) => a.who && a.who.identifier).find((i) => i && i.system === 'urn:braid:user');
-    const appName = app ? (appNames.get(app.value) || 'the app ' + app.value) : 'Braid';
+    const who = (system) => (event.agent || []).map((a) => a.who).find((w) => w && w.identifier && w.identifier.system === system);
+    const client = who('urn:braid:client');
+    const app = client && client.identifier;
+    const user = (who('urn:braid:user') || {}).identifier;
+    const appName = app ? (appNames.get(app.value) || client.display || 'the app ' + app.value) + (user ? '' : ' (a service, not a person)') : 'Braid';
     const interaction = ((event.subtype || [])[0] || {}).code || '';
     const kinds = new Map();
     for (const entity of event.entity || []) {
