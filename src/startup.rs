@@ -106,6 +106,7 @@ impl Application {
                         access_token_secs: settings.access_token_secs,
                         totp: settings.totp,
                         smart_style_url: settings.smart_style_url.clone(),
+                        base_url: settings.base_url.clone(),
                     },
                 )
                 .await

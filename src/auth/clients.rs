@@ -226,11 +226,12 @@ pub async fn remove(store: &Store, client_id: &str) -> Result<bool, FhirError> {
     CLIENTS.remove(store, client_id).await
 }
 
-/// The client `client_id`, as last committed, or the built-in patient portal (see [`portal`]);
-/// `origin` is the server's own origin as the request reached it.
-pub fn find(read: &AuthRead, client_id: &str, origin: &str) -> Result<Option<Client>, StoreError> {
+/// The client `client_id`, as last committed, or the built-in patient portal (see [`portal`])
+/// when the request reached a `portal_origin` it may be sent back to
+/// (`AuthState::portal_origin`).
+pub fn find(read: &AuthRead, client_id: &str, portal_origin: Option<&str>) -> Result<Option<Client>, StoreError> {
     if client_id == PORTAL_CLIENT_ID {
-        return Ok(Some(portal(origin)));
+        return Ok(portal_origin.map(portal));
     }
     CLIENTS.get(read, client_id)
 }

@@ -174,9 +174,19 @@ impl AuthState {
             params.client_id.as_deref().ok_or_else(|| page("the request names no client (client_id)".into()))?;
         let client = self
             .store
-            .auth_read(|read| super::clients::find(read, client_id, endpoints.origin()))
+            .auth_read(|read| super::clients::find(read, client_id, self.portal_origin(endpoints)))
             .map_err(|_| page("the authorization server cannot read its clients; try again later".into()))?
-            .ok_or_else(|| page(format!("there is no client '{client_id}'")))?;
+            .ok_or_else(|| {
+                if client_id == super::clients::PORTAL_CLIENT_ID {
+                    page(format!(
+                        "the patient portal signs in only at this server's configured base URL (base_url), over HTTPS, \
+                         or on a loopback address; not at {}",
+                        endpoints.origin()
+                    ))
+                } else {
+                    page(format!("there is no client '{client_id}'"))
+                }
+            })?;
         let redirect_uri = match params.redirect_uri.as_deref() {
             Some(uri) if client.redirect_uris.iter().any(|registered| registered == uri) => uri.to_owned(),
             Some(uri) => return Err(page(format!("{uri} is not a redirect URI registered for this client"))),
@@ -467,7 +477,7 @@ pub async fn create_launch(store: &crate::store::Store, client_id: &str, patient
     let patient = crate::fhir::Id::parse(patient)
         .map_err(|_| FhirError::incorrect(crate::fhir::IssueCode::Value, format!("'{patient}' is not a FHIR id")))?;
     // A launch names its client; the redirect URI is checked when the app comes to authorize.
-    let client = store.auth_read(|read| super::clients::find(read, client_id, ""))?.ok_or_else(|| {
+    let client = store.auth_read(|read| super::clients::find(read, client_id, None))?.ok_or_else(|| {
         FhirError::incorrect(crate::fhir::IssueCode::Value, format!("there is no client {client_id}"))
     })?;
     if !client.grant_types.contains(&GrantType::AuthorizationCode) {

@@ -209,6 +209,9 @@ pub struct AuthConfig {
     pub totp: crate::config::TotpPolicy,
     /// Given to apps with a user's token (`smart_style_url`).
     pub smart_style_url: Option<String>,
+    /// The configured public FHIR base (`base_url`), if any: the patient portal's redirect URI
+    /// is trusted there whatever its scheme.
+    pub base_url: Option<String>,
 }
 
 /// Where the authorization server is reached, for one request: the FHIR base (the tokens'
@@ -253,6 +256,8 @@ pub struct AuthState {
     access_token_secs: u64,
     totp_policy: crate::config::TotpPolicy,
     smart_style_url: Option<String>,
+    /// The configured base URL's origin (see [`AuthConfig::base_url`]).
+    configured_origin: Option<String>,
     failures: flow::FailureCounter,
     /// Anonymous registrations per address.
     registrations: flow::FailureCounter,
@@ -287,6 +292,7 @@ impl AuthState {
             access_token_secs: config.access_token_secs.clamp(1, MAX_ACCESS_TOKEN_SECS),
             totp_policy: config.totp,
             smart_style_url: config.smart_style_url,
+            configured_origin: config.base_url.as_deref().map(|base| Endpoints::for_base(base).origin().to_owned()),
             failures: flow::FailureCounter::new(),
             registrations: flow::FailureCounter::new(),
             flow_key: session::FlowKey::new(&session_secret),
@@ -465,9 +471,19 @@ impl AuthState {
         if matches { Ok(client) } else { Err(challenge("unknown client or wrong secret")) }
     }
 
+    /// The origin the patient portal may send codes back to, for a request that reached
+    /// `endpoints`: the configured base URL's, or the request's own when it is HTTPS (the
+    /// certificate names the server) or a loopback address. Not a plain-HTTP name taken from a
+    /// Host header: one naming another machine could receive the codes.
+    pub fn portal_origin<'a>(&self, endpoints: &'a Endpoints) -> Option<&'a str> {
+        let origin = endpoints.origin();
+        let configured = self.configured_origin.as_deref() == Some(origin);
+        (configured || clients::check_https_or_loopback(origin).is_ok()).then_some(origin)
+    }
+
     fn find_client(&self, client_id: &str, endpoints: &Endpoints) -> Result<Client, TokenError> {
         self.store
-            .auth_read(|read| clients::find(read, client_id, endpoints.origin()))?
+            .auth_read(|read| clients::find(read, client_id, self.portal_origin(endpoints)))?
             .ok_or_else(|| TokenError::invalid_client(format!("there is no client {client_id}")))
     }
 

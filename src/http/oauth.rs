@@ -388,7 +388,7 @@ async fn own_grants(http: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             grants
                 .iter()
                 .map(|listed| {
-                    Ok(crate::auth::clients::find(read, &listed.client_id, &origin)?
+                    Ok(crate::auth::clients::find(read, &listed.client_id, Some(&origin))?
                         .map_or_else(|| listed.client_id.clone(), |client| client.name))
                 })
                 .collect::<Result<Vec<String>, crate::store::StoreError>>()

@@ -762,6 +762,27 @@ async fn the_portal_files_are_served_with_a_strict_policy_and_revalidated() {
     let refused = authorize("https://evil.example/portal/").await.unwrap();
     assert_eq!(refused.status(), 400);
     assert!(refused.text().await.unwrap().contains("is not a redirect URI registered for this client"));
+    // Reached under another name over plain HTTP (a Host header anyone can write), the portal
+    // has no redirect URI at all: codes go back only to a loopback, HTTPS or configured origin.
+    let query = [
+        ("response_type", "code"),
+        ("client_id", "braid-portal"),
+        ("redirect_uri", "http://portal.evil.example/portal/"),
+        ("scope", "launch/patient openid patient/*.rs"),
+        ("state", "s"),
+        ("aud", "http://portal.evil.example/fhir"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
+    ];
+    let elsewhere = client
+        .get(format!("{origin}/auth/authorize"))
+        .query(&query)
+        .header("host", "portal.evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 400);
+    assert!(elsewhere.text().await.unwrap().contains("the patient portal signs in only at this server"));
 }
 
 #[tokio::test]
