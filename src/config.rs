@@ -588,8 +588,8 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "BRAID_SMTP_URL",
         default: "(none: no email)",
         doc: "The SMTP server reminders are emailed through: smtp://host:587?tls=required (STARTTLS), smtps://host:465 \
-              (TLS) or smtp://127.0.0.1:25 (a local relay), with user:password@ for a login. A secret when it holds \
-              a password: never logged.",
+              (TLS) or smtp://127.0.0.1:25 (a relay on this machine: plain smtp:// and tls=opportunistic are refused \
+              for any other host), with user:password@ for a login. A secret when it holds a password: never logged.",
         apply: |s, v| {
             crate::reminders::mail::Mailer::new(v, &s.smtp_from)?;
             s.smtp_url = Some(v.to_owned());

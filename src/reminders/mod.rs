@@ -52,8 +52,9 @@ pub const MAX_PER_PASS: usize = 10_000;
 /// has one; then it is sent without email.
 const WAIT_FOR_MATCHING_SECS: i64 = 600;
 
-/// Appointment statuses that still take place.
-const ACTIVE: &[&str] = &["proposed", "pending", "booked", "arrived", "checked-in", "waitlist"];
+/// Appointment statuses that are settled to take place (not proposals, waitlists or
+/// appointments still waiting for a participant's answer).
+const ACTIVE: &[&str] = &["booked", "arrived", "checked-in"];
 
 /// How reminders are made.
 #[derive(Clone)]
@@ -92,8 +93,9 @@ pub fn parse_lead_times(text: &str) -> Result<Vec<LeadTime>, String> {
         if !(1..=366 * 86_400).contains(&(count * unit_seconds)) {
             return Err(format!("'{part}': a lead time is from one minute to a year"));
         }
-        if !leads.iter().any(|lead| lead.seconds == count * unit_seconds) {
-            leads.push(LeadTime { text: part.to_owned(), seconds: count * unit_seconds });
+        let seconds = count * unit_seconds;
+        if !leads.iter().any(|lead| lead.seconds == seconds) {
+            leads.push(LeadTime { text: lead_text(seconds), seconds });
         }
     }
     if leads.len() > 10 {
@@ -101,6 +103,21 @@ pub fn parse_lead_times(text: &str) -> Result<Vec<LeadTime>, String> {
     }
     leads.sort_by_key(|lead| std::cmp::Reverse(lead.seconds));
     Ok(leads)
+}
+
+/// A lead time in its one written form, in the largest unit that divides it (`24h` is `1d`),
+/// so that a reminder's key does not change when the setting is written another way.
+fn lead_text(seconds: i64) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{}m", s / 60),
+    }
+}
+
+/// `2027-01-20T15:00:00Z`: how reminders write instants (`sent`, and a pass's search bounds).
+fn utc_seconds(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// What one pass did.
@@ -117,19 +134,28 @@ pub struct PassReport {
     pub withdrawn: usize,
     /// Sent reminders given a note that their appointment was cancelled or moved.
     pub noted: usize,
-    /// Emails that could not be sent this pass (tried again at the next).
+    /// Emails that could not be sent this pass (tried again at the next; after the first
+    /// failure of a pass, the others wait for the next pass).
     pub email_failures: usize,
+    /// Reminders whose write failed (another writer got there first, or the store refused):
+    /// looked at again at the next pass.
+    pub write_failures: usize,
     /// Due reminders of Patients without an address of their own, waiting for the master
     /// patient index to link them (at most [`WAIT_FOR_MATCHING_SECS`]).
     pub waiting: usize,
 }
 
-/// What every reminder of one pass is settled against.
+/// What a reminder of one pass is settled against.
 struct Pass<'a> {
     snapshot: &'a Snapshot,
     now: jiff::Timestamp,
     /// Whether the master patient index has Patient changes still to match.
     matching_behind: bool,
+    /// Whether a shorter lead time of the same appointment is due too (then this one is not sent).
+    superseded: bool,
+    /// Whether an email of this pass failed already (the others then wait for the next pass
+    /// rather than each waiting for the server's timeout).
+    mail_down: bool,
 }
 
 /// The appointment reminder service.
@@ -166,6 +192,8 @@ struct Appointment {
     id: String,
     active: bool,
     start: Option<jiff::Timestamp>,
+    /// The offset the appointment's start was written with, to write its time as the provider did.
+    offset: jiff::tz::Offset,
     description: String,
     provider: Option<String>,
     patients: Vec<String>,
@@ -174,7 +202,15 @@ struct Appointment {
 impl Appointment {
     fn read(id: &str, body: &Value) -> Appointment {
         let status = body["status"].as_str().unwrap_or("");
-        let start = body["start"].as_str().and_then(|start| start.parse::<jiff::Timestamp>().ok());
+        let written = body["start"].as_str().unwrap_or("");
+        let start = written.parse::<jiff::Timestamp>().ok();
+        let offset = jiff::fmt::temporal::Pieces::parse(written)
+            .ok()
+            .and_then(|pieces| match pieces.offset()? {
+                jiff::fmt::temporal::PiecesOffset::Numeric(numeric) => Some(numeric.offset()),
+                _ => None,
+            })
+            .unwrap_or(jiff::tz::Offset::UTC);
         let concept = |value: &Value| {
             value["text"]
                 .as_str()
@@ -200,13 +236,20 @@ impl Appointment {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        Appointment { id: id.to_owned(), active: ACTIVE.contains(&status), start, description, provider, patients }
+        Appointment {
+            id: id.to_owned(),
+            active: ACTIVE.contains(&status),
+            start,
+            offset,
+            description,
+            provider,
+            patients,
+        }
     }
 
     /// The reminder's words: what, when, where.
     fn text(&self, lead: &str) -> String {
-        let when =
-            self.start.map_or_else(|| "at a time not yet set".to_owned(), |start| format!("on {}", format_time(start)));
+        let when = self.when();
         let with = self.provider.as_deref().map(|provider| format!(" with {provider}")).unwrap_or_default();
         format!("Reminder ({lead} before): {} {when}{with}.", capitalised(&self.description))
     }
@@ -217,9 +260,29 @@ fn capitalised(text: &str) -> String {
     chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
-/// `Tuesday 20 January 2027, 15:00 UTC`.
-fn format_time(at: jiff::Timestamp) -> String {
-    at.strftime("%A %-d %B %Y, %H:%M UTC").to_string()
+impl Appointment {
+    /// `on Tuesday 20 January 2027, 15:00 UTC` (or `…, 16:00 UTC+01:00`: in the offset the
+    /// provider wrote).
+    fn when(&self) -> String {
+        match self.start {
+            Some(start) => format!("on {}", format_time(start, self.offset)),
+            None => "at a time not yet set".to_owned(),
+        }
+    }
+}
+
+/// `Tuesday 20 January 2027, 15:00 UTC`, at `offset` from UTC.
+fn format_time(at: jiff::Timestamp, offset: jiff::tz::Offset) -> String {
+    let local = at.to_zoned(jiff::tz::TimeZone::fixed(offset));
+    let seconds = offset.seconds();
+    let zone = match seconds {
+        0 => "UTC".to_owned(),
+        _ => {
+            let sign = if seconds < 0 { '-' } else { '+' };
+            format!("UTC{sign}{:02}:{:02}", seconds.abs() / 3600, seconds.abs() % 3600 / 60)
+        }
+    };
+    format!("{} {zone}", local.strftime("%A %-d %B %Y, %H:%M"))
 }
 
 impl Reminders {
@@ -247,7 +310,6 @@ impl Reminders {
         let Some(longest) = self.settings.lead_times.first() else { return Ok(report) };
         let snapshot = self.store.snapshot()?;
         let horizon = now + jiff::SignedDuration::from_secs(longest.seconds);
-        let seconds = |at: jiff::Timestamp| at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
 
         // What may need work: each upcoming appointment's reminders, and every reminder that may
         // still change.
@@ -255,7 +317,7 @@ impl Reminders {
         let upcoming = find(
             &snapshot,
             ResourceType::APPOINTMENT,
-            &format!("date=gt{}&date=le{}", seconds(now), seconds(horizon)),
+            &format!("date=gt{}&date=le{}", utc_seconds(now), utc_seconds(horizon)),
         )?;
         for id in &upcoming {
             let Some(body) = current_body(&snapshot, ResourceType::APPOINTMENT, id)? else { continue };
@@ -272,11 +334,14 @@ impl Reminders {
             ResourceType::COMMUNICATION,
             &format!(
                 "{reminders}&status=completed&sent=gt{}",
-                seconds(now - jiff::SignedDuration::from_secs(longest.seconds))
+                utc_seconds(now - jiff::SignedDuration::from_secs(longest.seconds))
             ),
         )?;
-        let unsent =
-            find(&snapshot, ResourceType::COMMUNICATION, &format!("{reminders}&status=preparation,in-progress"))?;
+        let unsent = find(
+            &snapshot,
+            ResourceType::COMMUNICATION,
+            &format!("{reminders}&status=preparation,in-progress&identifier={IDENTIFIER_SYSTEM}|"),
+        )?;
         let mut existing: BTreeMap<String, (u64, Value)> = BTreeMap::new();
         for id in recent.iter().chain(&unsent) {
             let Some(version) = snapshot.current(ResourceType::COMMUNICATION, id)? else { continue };
@@ -293,13 +358,17 @@ impl Reminders {
             _ => false,
         };
         let mut appointments: BTreeMap<String, Option<Appointment>> = BTreeMap::new();
+        let mut mail_down = false;
         for key in keys {
             let id = key.id();
             let found = match existing.remove(&id) {
                 Some(found) => Some(found),
-                None => snapshot
-                    .current(ResourceType::COMMUNICATION, &id)?
-                    .and_then(|version| Some((version.version, serde_json::from_slice(&version.body).ok()?))),
+                None => match snapshot.current(ResourceType::COMMUNICATION, &id)? {
+                    // Deleted (by an operator, or the patient's app): settled, never made again.
+                    Some(version) if version.is_deleted() => continue,
+                    Some(version) => serde_json::from_slice(&version.body).ok().map(|body| (version.version, body)),
+                    None => None,
+                },
             };
             if !appointments.contains_key(&key.appointment) {
                 let body = current_body(&snapshot, ResourceType::APPOINTMENT, &key.appointment)?;
@@ -310,14 +379,27 @@ impl Reminders {
             let Some(lead) = self.settings.lead_times.iter().find(|lead| lead.text == key.lead) else {
                 // A lead time no longer configured: its unsent reminders are withdrawn.
                 if let Some((version, body)) = found.filter(|(_, body)| unsent_status(body)) {
-                    self.write(&id, withdrawn(body, "Reminders this long before are no longer sent."), Some(version))
-                        .await?;
-                    report.withdrawn += 1;
+                    let reason = "Reminders this long before are no longer sent.";
+                    match self.write(&id, withdrawn(body, reason), Some(version)).await {
+                        Ok(_) => report.withdrawn += 1,
+                        Err(_) => report.write_failures += 1,
+                    }
                 }
                 continue;
             };
-            let context = Pass { snapshot: &snapshot, now, matching_behind };
-            self.settle(&context, &key, lead, appointment, found, &mut report).await?;
+            // A shorter lead time due too (a late booking, a move earlier, reminders just
+            // switched on): only the last reminder before the appointment goes out.
+            let superseded = appointment.and_then(|a| a.start).is_some_and(|start| {
+                self.settings.lead_times.iter().any(|other| {
+                    other.seconds < lead.seconds && start - jiff::SignedDuration::from_secs(other.seconds) <= now
+                })
+            });
+            let mut context = Pass { snapshot: &snapshot, now, matching_behind, superseded, mail_down };
+            if let Err(error) = self.settle(&mut context, &key, lead, appointment, found, &mut report).await {
+                tracing::warn!(reminder = %id, %error, "a reminder could not be settled; trying again at the next pass");
+                report.write_failures += 1;
+            }
+            mail_down = context.mail_down;
         }
         Ok(report)
     }
@@ -325,7 +407,7 @@ impl Reminders {
     /// Brings one reminder to the state its appointment and the pass's time call for.
     async fn settle(
         &self,
-        pass: &Pass<'_>,
+        pass: &mut Pass<'_>,
         key: &Key,
         lead: &LeadTime,
         appointment: Option<&Appointment>,
@@ -345,10 +427,9 @@ impl Reminders {
                 let (_, body) = found.unwrap_or_default();
                 let note = match live {
                     None => Some("The appointment was cancelled after this reminder was sent.".to_owned()),
-                    Some(a) if a.start.map(|s| s.to_string()) != start_of(&body) => Some(format!(
-                        "The appointment moved after this reminder was sent: it is now {}.",
-                        a.start.map_or_else(|| "at a time not yet set".into(), |s| format!("on {}", format_time(s)))
-                    )),
+                    Some(a) if a.start != start_of(&body) => {
+                        Some(format!("The appointment moved after this reminder was sent: it is now {}.", a.when()))
+                    }
                     Some(_) => None,
                 };
                 if let Some(note) = note.filter(|note| !has_note(&body, note)) {
@@ -396,7 +477,7 @@ impl Reminders {
                         Some(_) => {
                             let (_, body) = found.unwrap_or_default();
                             if body["payload"][0]["contentString"].as_str() != Some(text.as_str())
-                                || start_of(&body) != Some(start.to_string())
+                                || start_of(&body) != Some(start)
                             {
                                 let mut updated = fresh;
                                 updated["status"] = body["status"].clone();
@@ -404,6 +485,14 @@ impl Reminders {
                                 report.updated += 1;
                             }
                         }
+                    }
+                    return Ok(());
+                }
+                if pass.superseded {
+                    if let Some((version, body)) = found.filter(|(_, body)| unsent_status(body)) {
+                        self.write(&id, withdrawn(body, "A later reminder was due at the same time."), Some(version))
+                            .await?;
+                        report.withdrawn += 1;
                     }
                     return Ok(());
                 }
@@ -421,6 +510,10 @@ impl Reminders {
                 }
                 let mut version = version;
                 if let (Some(mailer), Some(address)) = (&self.settings.mailer, address) {
+                    if pass.mail_down {
+                        report.email_failures += 1;
+                        return Ok(());
+                    }
                     if status != Some("in-progress") {
                         let mut sending = fresh.clone();
                         sending["status"] = json!("in-progress");
@@ -428,18 +521,19 @@ impl Reminders {
                     }
                     let message = mail::Reminder {
                         to: address,
-                        when: format_time(start),
+                        when: format_time(start, appointment.offset),
                         provider: appointment.provider.clone(),
                         portal_url: self.settings.portal_url.clone(),
                     };
                     if let Err(error) = mailer.send(&message).await {
                         tracing::warn!(reminder = %id, %error, "a reminder could not be emailed; trying again at the next pass");
                         report.email_failures += 1;
+                        pass.mail_down = true;
                         return Ok(());
                     }
                     let mut sent = fresh;
                     sent["status"] = json!("completed");
-                    sent["sent"] = json!(now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                    sent["sent"] = json!(utc_seconds(now));
                     sent["medium"] =
                         json!([{"coding": [{"system": MEDIUM_SYSTEM, "code": "EMAILWRIT", "display": "email"}]}]);
                     self.write(&id, sent, version).await?;
@@ -447,7 +541,7 @@ impl Reminders {
                 } else {
                     let mut sent = fresh;
                     sent["status"] = json!("completed");
-                    sent["sent"] = json!(now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                    sent["sent"] = json!(utc_seconds(now));
                     self.write(&id, sent, version).await?;
                 }
                 report.sent += 1;
@@ -523,14 +617,13 @@ fn key_of(body: &Value) -> Option<Key> {
         .and_then(|identifier| Key::from_identifier(identifier["value"].as_str()?))
 }
 
-fn start_of(body: &Value) -> Option<String> {
+fn start_of(body: &Value) -> Option<jiff::Timestamp> {
     body["extension"]
         .as_array()?
         .iter()
         .find(|extension| extension["url"] == START_EXTENSION)
         .and_then(|extension| extension["valueDateTime"].as_str())
         .and_then(|start| start.parse::<jiff::Timestamp>().ok())
-        .map(|start| start.to_string())
 }
 
 fn unsent_status(body: &Value) -> bool {
@@ -563,10 +656,7 @@ fn reminder(key: &Key, id: &str, appointment: &Appointment, text: &str) -> Value
     body.insert("resourceType".into(), json!("Communication"));
     body.insert("id".into(), json!(id));
     if let Some(start) = appointment.start {
-        body.insert(
-            "extension".into(),
-            json!([{"url": START_EXTENSION, "valueDateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]),
-        );
+        body.insert("extension".into(), json!([{"url": START_EXTENSION, "valueDateTime": start.to_string()}]));
     }
     body.insert(
         "identifier".into(),
@@ -709,10 +799,62 @@ mod tests {
         });
     }
 
+    fn reminder_body(store: &Store, lead: &str) -> Option<Value> {
+        let key = Key { appointment: "visit".into(), patient: "ann".into(), lead: lead.into() };
+        current_body(&store.snapshot().unwrap(), ResourceType::COMMUNICATION, &key.id()).unwrap()
+    }
+
+    #[test]
+    fn a_late_booking_gets_only_its_last_reminder_and_times_keep_their_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = testing::runtime();
+        runtime.block_on(async {
+            let store = testing::open(&dir.path().join("r.redb"));
+            let service = Reminders::new(store.clone(), settings(), None);
+            // Twelve hours ahead, written in UTC+01:00 with a fraction of a second: both lead
+            // times are past, only the one-day reminder goes.
+            let mut visit = appointment("booked", at(12));
+            visit["start"] = json!("2027-03-01T22:00:00.250+01:00");
+            put(&store, visit).await;
+            let report = service.pass(at(0)).await.unwrap();
+            assert_eq!((report.sent, report.scheduled, report.withdrawn), (1, 0, 0), "{report:?}");
+            assert!(reminder_body(&store, "3d").is_none(), "the three-day reminder is never made");
+            let sent = reminder_body(&store, "1d").unwrap();
+            assert_eq!(
+                sent["payload"][0]["contentString"],
+                "Reminder (1d before): Blood pressure review on Monday 1 March 2027, 22:00 UTC+01:00."
+            );
+            // The start's fraction is kept, so later passes see no move.
+            for hour in [1, 2, 3] {
+                assert_eq!(service.pass(at(hour)).await.unwrap(), PassReport::default());
+            }
+            // A reminder deleted by someone is settled: never made or sent again.
+            let key = Key { appointment: "visit".into(), patient: "ann".into(), lead: "1d".into() };
+            let delete = WriteOp {
+                full_url: None,
+                action: Action::Delete {
+                    resource_type: ResourceType::COMMUNICATION,
+                    target: Target::Id(Id::parse(&key.id()).unwrap()),
+                    precondition: Precondition::default(),
+                },
+            };
+            store.write(WriteRequest { ops: vec![delete], ..WriteRequest::default() }).await.unwrap();
+            assert_eq!(service.pass(at(4)).await.unwrap(), PassReport::default());
+            // A proposed appointment is not reminded of.
+            let mut proposed = appointment("proposed", at(30));
+            proposed["id"] = json!("maybe");
+            put(&store, proposed).await;
+            assert_eq!(service.pass(at(5)).await.unwrap(), PassReport::default());
+            drop(service);
+            testing::close(store);
+        });
+    }
+
     #[test]
     fn lead_times_are_parsed_and_bounded() {
-        let leads = parse_lead_times(" 1d, 3d ,12h,3d").unwrap();
-        assert_eq!(leads.iter().map(|lead| lead.text.as_str()).collect::<Vec<_>>(), ["3d", "1d", "12h"]);
+        let leads = parse_lead_times(" 1d, 3d ,12h,3d,72h,90m").unwrap();
+        assert_eq!(leads.iter().map(|lead| lead.text.as_str()).collect::<Vec<_>>(), ["3d", "1d", "12h", "90m"]);
+        assert_eq!(parse_lead_times("24h").unwrap()[0].text, "1d", "one written form per length");
         assert_eq!(leads[2].seconds, 12 * 3600);
         assert!(parse_lead_times("").unwrap().is_empty());
         for bad in ["3", "3w", "-1d", "0m", "400d", "d", "1.5d"] {
