@@ -51,6 +51,14 @@
     document.getElementById('announce').textContent = title;
   }
 
+  /** Which navigation is current: a page that finishes loading after the person has moved
+   *  on shows nothing. */
+  let navigation = 0;
+
+  function showFor(ticket, title, ...content) {
+    if (ticket === navigation) show(title, ...content);
+  }
+
   function base64url(bytes) {
     let text = '';
     for (const byte of bytes) text += String.fromCharCode(byte);
@@ -299,7 +307,8 @@
     return isNaN(date) ? text : date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
   }
 
-  /** A date's instant for ordering (its start, read as UTC when it has no zone); -Infinity when absent. */
+  /** A date's instant for ordering: its start (a date alone is midnight UTC; a date-time without
+   *  a zone, which FHIR instants never are, is read in the browser's zone); -Infinity when absent. */
   function instant(text) {
     if (!text) return -Infinity;
     const full = /^\d{4}$/.test(text) ? text + '-01-01' : /^\d{4}-\d{2}$/.test(text) ? text + '-01' : text;
@@ -382,12 +391,12 @@
 
   // ---- Pages --------------------------------------------------------------------------------
 
-  async function homePage() {
+  async function homePage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
-    const today = new Date().toISOString().slice(0, 10);
+    const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
     const sections = [
-      ['Upcoming appointments', `Appointment?patient=${id}&date=ge${today}&_sort=date&_count=5`],
+      ['Upcoming appointments', `Appointment?patient=${id}&date=ge${now}&_sort=date&_count=5`],
       ['Latest results', `Observation?patient=${id}&_sort=-date&_count=5`],
       ['Conditions', `Condition?patient=${id}&_sort=-onset-date&_count=5`],
       ['Recent visits', `Encounter?patient=${id}&_sort=-date&_count=5`],
@@ -403,7 +412,7 @@
       else body = el('ul', { class: 'items' }, entries(bundle).map(itemRow));
       return el('section', { class: 'card', 'aria-labelledby': 'card-' + i }, el('h2', { id: 'card-' + i }, title), body);
     });
-    show('Your record at a glance', banner(person),
+    showFor(ticket, 'Your record at a glance', banner(person),
       el('div', { class: 'grid' }, cards),
       el('p', {}, el('a', { href: '#/timeline' }, 'See everything, newest first, on the timeline')));
   }
@@ -427,12 +436,18 @@
   async function nextItems(streams, count) {
     const out = [];
     while (out.length < count) {
-      await Promise.all(streams.filter((s) => !s.buffer.length && !s.done).map(async (s) => {
-        const bundle = await fhir(s.url);
-        s.buffer = entries(bundle).filter((r) => r && r.resourceType === s.type);
-        s.url = nextLink(bundle);
-        s.done = !s.url;
-      }));
+      try {
+        await Promise.all(streams.filter((s) => !s.buffer.length && !s.done).map(async (s) => {
+          const bundle = await fhir(s.url);
+          s.buffer = entries(bundle).filter((r) => r && r.resourceType === s.type);
+          s.url = nextLink(bundle);
+          s.done = !s.url;
+        }));
+      } catch (error) {
+        // What was merged so far is shown; "Show older" tries the failed page again.
+        if (out.length) return { items: out, more: true, error };
+        throw error;
+      }
       const live = streams.filter((s) => s.buffer.length);
       if (!live.length) break;
       let newest = live[0];
@@ -445,7 +460,7 @@
     return { items: out, more };
   }
 
-  async function timelinePage() {
+  async function timelinePage(ticket) {
     const person = await thePatient();
     const params = new URLSearchParams(location.hash.split('?')[1] || '');
     const chosen = (params.get('types') || Object.keys(KINDS).join(',')).split(',').filter((t) => KINDS[t]);
@@ -480,6 +495,7 @@
       try {
         const page = await nextItems(streams, PAGE_SIZE);
         list.append(...page.items.map(itemRow));
+        if (page.error) throw page.error;
         more.hidden = !page.more;
         const shown = list.children.length;
         status.textContent = shown ? `Showing ${shown} item${shown === 1 ? '' : 's'}${page.more ? '' : ': the whole record'}.` : 'Nothing recorded.';
@@ -493,7 +509,7 @@
       }
     }
     more.addEventListener('click', load);
-    show('Timeline', banner(person), form, el('section', { class: 'card' }, list, status, more));
+    showFor(ticket, 'Timeline', banner(person), form, el('section', { class: 'card' }, list, status, more));
     await load();
   }
 
@@ -530,7 +546,13 @@
   function appointmentCard(appointment, reminders) {
     const conflicts = extensions(appointment, CONFLICTS_WITH).map((e) => (e.valueReference && e.valueReference.display) || 'another provider');
     const mine = reminders.filter((r) => (r.about || []).some((a) => a.reference === 'Appointment/' + appointment.id));
-    mine.sort((a, b) => ((b.identifier || [])[0] || {}).value > ((a.identifier || [])[0] || {}).value ? 1 : -1);
+    // Longest lead first (3 days, then 1 day, then 2 hours).
+    const leadSeconds = (r) => {
+      const identifier = (r.identifier || []).find((i) => i.system === REMINDER_SYSTEM);
+      const lead = identifier ? identifier.value.split('|')[2] || '' : '';
+      return (parseInt(lead, 10) || 0) * ({ d: 86400, h: 3600, m: 60 }[lead.slice(-1)] || 0);
+    };
+    mine.sort((a, b) => leadSeconds(b) - leadSeconds(a));
     const status = appointment.status === 'booked' ? null : appointment.status;
     return el('li', { class: 'appointment', 'data-id': appointment.id, 'data-source': sourceOf(appointment), 'data-date': appointment.start || '' },
       el('span', { class: 'what' }, KINDS.Appointment.text(appointment)),
@@ -542,7 +564,7 @@
       mine.length ? el('ul', { class: 'reminders', 'aria-label': 'Reminders' }, mine.map(reminderLine)) : null);
   }
 
-  async function appointmentsPage() {
+  async function appointmentsPage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
     const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -563,7 +585,7 @@
         more.hidden = !older;
       } catch (error) { fail(error); } finally { more.disabled = false; }
     });
-    show('Appointments', banner(person),
+    showFor(ticket, 'Appointments', banner(person),
       el('section', { class: 'card', 'aria-labelledby': 'upcoming-title' },
         el('h2', { id: 'upcoming-title' }, 'Upcoming'),
         upcoming.length ? el('ul', { class: 'items', id: 'upcoming' }, upcoming.map((a) => appointmentCard(a, reminders)))
@@ -618,7 +640,12 @@
   function interpretationOf(o) {
     const coded = (o.interpretation || []).flatMap((i) => i.coding || []).find((c) => c.code);
     if (coded) {
-      const direction = /^(H|>)/.test(coded.code) ? 'high' : /^(L|<)/.test(coded.code) ? 'low' : coded.code === 'N' ? 'normal' : 'abnormal';
+      // v3 ObservationInterpretation: H*, L* and the range limits have a direction; N, NEG
+      // (negative), ND (not detected) and S (susceptible) are normal; the others (POS, A, R,
+      // IND...) are shown as flagged without a direction.
+      const code = coded.code;
+      const direction = /^(H|>)/.test(code) ? 'high' : /^(L|<)/.test(code) ? 'low'
+        : ['N', 'NEG', 'ND', 'S', 'NR'].includes(code) ? 'normal' : 'abnormal';
       return { label: INTERPRETATIONS[coded.code] || coded.display || coded.code, direction, computed: false };
     }
     const value = numericValue(o);
@@ -685,7 +712,7 @@
     return node;
   }
 
-  async function labsPage() {
+  async function labsPage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
     const [results, info] = await Promise.all([
@@ -700,7 +727,7 @@
       groups.get(key).push(o);
     }
     const cards = [...groups.entries()].map(([key, group], i) => labCard(group, info[key], i));
-    show('Lab results', banner(person),
+    showFor(ticket, 'Lab results', banner(person),
       cards.length ? el('div', { class: 'labs' }, cards) : el('p', { class: 'status' }, 'No lab results yet.'),
       el('p', { class: 'facts' }, 'Explanations are general information, not advice about your own results: your clinician can tell you what they mean for you.'));
   }
@@ -723,14 +750,26 @@
   const SHAPES = ['circle', 'square', 'triangle', 'diamond', 'cross', 'star'];
   const COLOURS = ['#0b5cad', '#b3261e', '#1f6b34', '#7a3db8', '#8a5a00', '#006d77'];
 
-  /** A quantity in the chart's unit, or null when it cannot be converted. */
+  /** The units (UCUM codes and common spellings) each chart unit accepts as they are, and those
+   *  it converts. */
+  const UNITS = {
+    'beats/min': { same: ['/min', 'beats/min', '{beats}/min', 'bpm'] },
+    mmHg: { same: ['mm[Hg]', 'mmHg'] },
+    kg: { same: ['kg'], convert: { '[lb_av]': (v) => v * 0.45359237, lb: (v) => v * 0.45359237, lbs: (v) => v * 0.45359237, g: (v) => v / 1000 } },
+    '%': { same: ['%'] },
+    'breaths/min': { same: ['/min', 'breaths/min', '{breaths}/min'] },
+    '°C': { same: ['Cel', '°C', 'C'], convert: { '[degF]': (v) => (v - 32) * 5 / 9, '°F': (v) => (v - 32) * 5 / 9, degF: (v) => (v - 32) * 5 / 9 } },
+  };
+
+  /** A quantity in the chart's unit, or null when its unit is another one that cannot be
+   *  converted (such a value is left off the chart rather than drawn on the wrong scale). */
   function inUnit(q, unit) {
     if (!q || typeof q.value !== 'number') return null;
+    const rule = UNITS[unit] || { same: [unit] };
     const code = q.code || q.unit || '';
-    if (unit === 'kg' && (code === '[lb_av]' || code === 'lb' || code === 'lbs')) return q.value * 0.45359237;
-    if (unit === 'kg' && code === 'g') return q.value / 1000;
-    if (unit === '°C' && (code === '[degF]' || code === '°F' || code === 'degF')) return (q.value - 32) * 5 / 9;
-    return q.value;
+    if (!code || rule.same.includes(code) || rule.same.includes(q.unit)) return q.value;
+    const convert = (rule.convert || {})[code] || (rule.convert || {})[q.unit];
+    return convert ? convert(q.value) : null;
   }
 
   /** Where a measurement came from: its provider, or the patient's own device. */
@@ -826,7 +865,7 @@
     return section;
   }
 
-  async function vitalsPage() {
+  async function vitalsPage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
     const params = new URLSearchParams(location.hash.split('?')[1] || '');
@@ -837,7 +876,7 @@
     const bundles = await Promise.all(VITALS.map((vital) => fhir(`Observation?patient=${id}&code=${vital.codes.map((c) => encodeURIComponent(LOINC + '|' + c)).join(',')}${since}&_sort=-date&_count=${MAX_POINTS}`)));
     const picker = el('nav', { class: 'ranges', 'aria-label': 'Time range' },
       Object.entries(RANGES).map(([key, [label]]) => el('a', { href: '#/vitals?range=' + key, 'aria-current': key === range ? 'true' : null }, label)));
-    show('Vital signs', banner(person), picker,
+    showFor(ticket, 'Vital signs', banner(person), picker,
       el('div', { class: 'vitals' }, VITALS.map((vital, i) => vitalChart(vital, chartPoints(vital, entries(bundles[i])), from, !!nextLink(bundles[i])))));
   }
 
@@ -857,11 +896,18 @@
 
   /** What a grant's scopes let an app do, in words (the scopes themselves are listed too). */
   function scopeWords(scope) {
+    // SMART v1 (read, write, *) and v2 (letters of cruds) permissions, patient/ and user/.
+    const resources = scope.split(' ').map((s) => /^(patient|user)\/([A-Za-z*]+)\.([a-z*]+)(\?.*)?$/.exec(s)).filter(Boolean)
+      .map(([, , type, permission, query]) => {
+        const v1 = { read: [true, false], write: [false, true], '*': [true, true] }[permission];
+        const [read, write] = v1 || [/[rs]/.test(permission), /[cud]/.test(permission)];
+        return { whole: type === '*' && !query, read, write };
+      });
     const words = [];
+    if (resources.some((r) => r.read && r.whole)) words.push('read your whole record');
+    else if (resources.some((r) => r.read)) words.push('read parts of your record');
+    if (resources.some((r) => r.write)) words.push('add to or change your record');
     const scopes = scope.split(' ');
-    if (scopes.some((s) => /^patient\/\*\.(read|rs|cruds|r)/.test(s))) words.push('read your whole record');
-    else if (scopes.some((s) => s.startsWith('patient/'))) words.push('read parts of your record');
-    if (scopes.some((s) => /^patient\/[A-Za-z*]+\.(c|cu|cruds|write|\w*[cud]\w*)$/.test(s) && !/\.(rs|r|s|read)$/.test(s))) words.push('add to your record');
     if (scopes.includes('offline_access')) words.push('keep access until you revoke it');
     if (scopes.includes('openid') || scopes.includes('fhirUser')) words.push('know who you are');
     return words.length ? words.join(', ') : 'no access to your record';
@@ -917,7 +963,7 @@
     status.textContent = `Your record is downloaded: ${resources.length} items (${Math.ceil(blob.size / 1024)} KB of FHIR JSON).`;
   }
 
-  async function privacyPage() {
+  async function privacyPage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
     const [{ grants }, audits] = await Promise.all([
@@ -960,7 +1006,7 @@
       } catch (error) { fail(error); } finally { more.disabled = false; }
     });
     const downloadStatus = el('p', { class: 'status', role: 'status', id: 'download-status' });
-    show('Privacy', banner(person),
+    showFor(ticket, 'Privacy', banner(person),
       el('section', { class: 'card', 'aria-labelledby': 'apps-title' }, el('h2', { id: 'apps-title' }, 'Apps you have let in'),
         grants.length ? appsList : el('p', { class: 'status' }, 'No app has access.')),
       el('section', { class: 'card', 'aria-labelledby': 'audit-title' }, el('h2', { id: 'audit-title' }, 'Who has looked at your record'),
@@ -1073,7 +1119,7 @@
     return form;
   }
 
-  async function feedbackPage() {
+  async function feedbackPage(ticket) {
     const person = await thePatient();
     const id = encodeURIComponent(session.patient);
     const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -1116,7 +1162,7 @@
       }
       return row;
     });
-    show(q.title || 'Feedback', banner(person),
+    showFor(ticket, q.title || 'Feedback', banner(person),
       el('p', {}, 'Tell a provider how a visit went. Your answers go into your record and to them; they are not shared with anyone else.'),
       el('section', { class: 'card', 'aria-label': 'Recent visits' },
         rows.length ? el('ul', { class: 'items', id: 'visits' }, rows) : el('p', { class: 'status' }, 'No past visits yet.')));
@@ -1197,6 +1243,15 @@
       form);
   }
 
+  /** The camera stream of a scan under way: stopped when the scan ends, fails, or the person
+   *  leaves the page. */
+  let activeStream = null;
+
+  function stopCamera() {
+    if (activeStream) activeStream.getTracks().forEach((track) => track.stop());
+    activeStream = null;
+  }
+
   /**
    * The camera scan: for 30 seconds, the mean colour of the skin inside the face guide, frame by
    * frame, computed here; only that trace (four numbers a frame) is sent, never the video.
@@ -1210,6 +1265,7 @@
     const result = el('div', { id: 'scan-result', 'aria-live': 'polite' });
     const start = el('button', { type: 'button', id: 'scan-start' }, 'Start a 30-second scan');
     start.addEventListener('click', () => scan().catch((error) => {
+      stopCamera();
       if (error instanceof SessionEnded) return;
       stage.hidden = true;
       start.disabled = false;
@@ -1225,6 +1281,7 @@
       status.className = 'status';
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error('this browser cannot use a camera here');
       const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: 'user' }, audio: false });
+      activeStream = stream;
       video.srcObject = stream;
       stage.hidden = false;
       await video.play();
@@ -1234,9 +1291,10 @@
       const frames = [];
       const began = performance.now();
       const startedAt = new Date().toISOString();
-      await new Promise((resolve) => {
+      await new Promise((resolve, reject) => {
         const sample = (now) => {
           const elapsed = (now - began) / 1000;
+          if (activeStream !== stream) { reject(new Error('the scan was stopped')); return; }
           if (elapsed >= SCAN_SECONDS) { resolve(); return; }
           const colour = faceColour(video, canvas, context);
           if (colour) frames.push({ t: Math.round(elapsed * 1000) / 1000, r: colour[0], g: colour[1], b: colour[2] });
@@ -1248,7 +1306,7 @@
           : requestAnimationFrame(callback));
         next(sample);
       });
-      stream.getTracks().forEach((track) => track.stop());
+      stopCamera();
       video.srcObject = null;
       stage.hidden = true;
       progress.value = SCAN_SECONDS;
@@ -1319,9 +1377,9 @@
     return n ? [r / n, g / n, b / n].map((v) => Math.round(v * 1000) / 1000) : null;
   }
 
-  async function measurePage() {
+  async function measurePage(ticket) {
     const person = await thePatient();
-    show('Measure at home', banner(person), scanCard(), uploadCard(),
+    showFor(ticket, 'Measure at home', banner(person), scanCard(), uploadCard(),
       el('p', {}, el('a', { href: '#/vitals' }, 'See your measurements on the vital-sign charts')));
   }
 
@@ -1336,14 +1394,16 @@
 
   async function route() {
     if (!session) return signInPage();
-    const name = (location.hash.replace(/^#\//, '').split('?')[0]) || 'home';
-    const page = PAGES[name] || homePage;
+    const asked = (location.hash.replace(/^#\//, '').split('?')[0]) || 'home';
+    const name = Object.hasOwn(PAGES, asked) ? asked : 'home';
+    const ticket = ++navigation;
+    stopCamera();
     for (const link of document.querySelectorAll('#nav a')) {
-      if (link.dataset.page === (PAGES[name] ? name : 'home')) link.setAttribute('aria-current', 'page');
+      if (link.dataset.page === name) link.setAttribute('aria-current', 'page');
       else link.removeAttribute('aria-current');
     }
     main().replaceChildren(el('p', { class: 'status' }, 'Loading…'));
-    await page().catch(fail);
+    await PAGES[name](ticket).catch((error) => { if (ticket === navigation) fail(error); });
   }
 
   function start() {
