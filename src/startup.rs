@@ -379,7 +379,7 @@ fn start_reminders(
         None => None,
     };
     let portal_url = settings.base_url.as_deref().map(|base| {
-        format!("{}{}", base.trim_end_matches('/').trim_end_matches("/fhir"), crate::auth::clients::PORTAL_PATH)
+        format!("{}{}", crate::auth::Endpoints::for_base(base).origin(), crate::auth::clients::PORTAL_PATH)
     });
     let reminders = crate::reminders::Reminders::new(
         store.clone(),

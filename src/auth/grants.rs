@@ -71,6 +71,47 @@ pub struct GrantSummary {
     pub lasting: bool,
 }
 
+/// Marks a database whose grants are all listed under their users (grants made before the list
+/// existed are added to it once, at the first start that knows it).
+const USER_GRANTS_INDEXED: &[u8] = b"meta/user-grants-indexed";
+
+/// Lists every grant in force under its user, once per database (see [`USER_GRANTS_INDEXED`]).
+pub(super) async fn index_user_grants(store: &crate::store::Store) -> Result<(), FhirError> {
+    if store.auth_read(|read| read.get(USER_GRANTS_INDEXED))?.is_some() {
+        return Ok(());
+    }
+    let now = now_secs();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.auth_read(|read| read.scan_after(GRANT_PREFIX, after.as_deref(), 10_000))?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let listed: Vec<(Vec<u8>, u64)> = page
+            .iter()
+            .filter_map(|(key, value)| {
+                let grant: GrantRecord = serde_json::from_slice(value).ok()?;
+                let gid = String::from_utf8_lossy(&key[GRANT_PREFIX.len()..]).into_owned();
+                (!grant.revoked && grant.expires > now).then(|| (user_grant_key(&grant.username, &gid), grant.expires))
+            })
+            .collect();
+        store
+            .auth_write(move |txn| {
+                for (key, expires) in &listed {
+                    txn.insert_expiring(key, &[], *expires);
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    store
+        .auth_write(|txn| {
+            txn.insert(USER_GRANTS_INDEXED, &[]);
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
 fn user_grant_key(username: &str, gid: &str) -> Vec<u8> {
     [USER_GRANT_PREFIX, username.as_bytes(), b"/", gid.as_bytes()].concat()
 }
@@ -530,5 +571,67 @@ fn grant_lifetime(scope: &str) -> Option<u64> {
         Some(ONLINE_GRANT_SECS)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing;
+
+    #[test]
+    fn grants_made_before_the_users_list_existed_are_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = testing::runtime();
+        runtime.block_on(async {
+            let store = testing::open(&dir.path().join("g.redb"));
+            let now = now_secs();
+            let grant = |username: &str, revoked: bool, expires: u64| GrantRecord {
+                client_id: "app".into(),
+                username: username.into(),
+                role: Role::Patient,
+                scope: "patient/*.rs offline_access".into(),
+                patient: Some("p1".into()),
+                fhir_user: None,
+                generation: 1,
+                secret_hash: String::new(),
+                expires,
+                revoked,
+                created: 0,
+            };
+            let old = [
+                ("g1", grant("ann", false, now + 3600)),
+                ("g2", grant("ann", true, now + 3600)),
+                ("g3", grant("bob", false, now + 60)),
+            ];
+            for (gid, record) in &old {
+                let (key, value) = (grant_key(gid), serde_json::to_vec(record).unwrap());
+                store
+                    .auth_write(move |txn| {
+                        txn.insert(&key, &value);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+            index_user_grants(&store).await.unwrap();
+            let listed = |user: &'static str| {
+                let prefix = [USER_GRANT_PREFIX, user.as_bytes(), b"/"].concat();
+                store.auth_read(|read| read.scan(&prefix)).unwrap().len()
+            };
+            assert_eq!((listed("ann"), listed("bob")), (1, 1), "grants in force, not revoked ones");
+            // Once: a grant written without its listing later is not picked up by another start.
+            let (key, value) = (grant_key("g4"), serde_json::to_vec(&grant("ann", false, now + 3600)).unwrap());
+            store
+                .auth_write(move |txn| {
+                    txn.insert(&key, &value);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            index_user_grants(&store).await.unwrap();
+            assert_eq!(listed("ann"), 1);
+            testing::close(store);
+        });
     }
 }

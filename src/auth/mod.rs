@@ -281,6 +281,7 @@ impl AuthState {
                 }
             })
             .await?;
+        grants::index_user_grants(&store).await?;
         let ring = store.auth_read(KeyRing::load)?;
         let revoked = store.auth_read(grants::Revoked::load)?;
         Ok(AuthState {

@@ -354,17 +354,11 @@ fn portal_user(
     http: &HttpRequest,
     state: &web::Data<AppState>,
 ) -> Result<std::sync::Arc<crate::auth::Grant>, Box<HttpResponse>> {
-    let Some(auth) = state.auth.as_deref() else { return Err(Box::new(auth_off())) };
-    let authorization = http.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    // A missing, forged or expired token gets the FHIR API's 401 with its challenge.
+    let Some(grant) = super::bearer_grant(http, state)? else { return Err(Box::new(auth_off())) };
     let refuse = |status: StatusCode, error: &str, description: &str| {
         Box::new(no_store(HttpResponse::build(status).json(json!({"error": error, "error_description": description}))))
     };
-    let grant = auth.bearer(authorization, &request::base_url(http, state)).map_err(|error| match error {
-        crate::auth::BearerError::Missing => {
-            refuse(StatusCode::UNAUTHORIZED, "invalid_token", "an access token is required (Authorization: Bearer)")
-        }
-        crate::auth::BearerError::Invalid(reason) => refuse(StatusCode::UNAUTHORIZED, "invalid_token", &reason),
-    })?;
     if grant.role.is_none() || grant.client_id != crate::auth::clients::PORTAL_CLIENT_ID {
         return Err(refuse(
             StatusCode::FORBIDDEN,
