@@ -13,6 +13,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /data && chown braid /data
 COPY --from=build /src/target/release/braid /usr/local/bin/braid
 USER braid
+# Set BRAID_BASE_URL to the public URL (https://fhir.example.org/fhir): links, the patient
+# portal's sign-in (trusted only there, over HTTPS or on loopback) and reminder emails use it.
 ENV BRAID_LISTEN=0.0.0.0:8080 \
     BRAID_DATA=/data/braid.redb
 VOLUME ["/data"]
