@@ -220,22 +220,33 @@
 
   class SessionEnded extends Error {}
 
-  /** GETs a FHIR path (below the base) or a full URL on this server, with the session's token. */
-  async function fhir(pathOrUrl) {
+  /**
+   * Sends a request to this server with the session's token and returns the JSON answer. A 401
+   * ends the session (SessionEnded); another error becomes an Error with the server's words
+   * (an OperationOutcome's first issue, or an OAuth error's description).
+   */
+  async function call(url, options = {}) {
     if (!session) throw new SessionEnded();
-    const url = pathOrUrl.startsWith(BASE) ? pathOrUrl : BASE + '/' + pathOrUrl.replace(/^\//, '');
-    if (!url.startsWith(BASE + '/')) throw new Error('a link outside this server was refused');
-    const reply = await fetch(url, { headers: { Authorization: 'Bearer ' + session.token, Accept: 'application/fhir+json' } });
+    const headers = { Authorization: 'Bearer ' + session.token, Accept: 'application/fhir+json', ...(options.headers || {}) };
+    const reply = await fetch(url, { ...options, headers });
     if (reply.status === 401) {
       endSession('Your session has ended. Sign in again to go on.');
       throw new SessionEnded();
     }
-    const body = await reply.json().catch(() => null);
+    const body = reply.status === 204 ? {} : await reply.json().catch(() => null);
     if (!reply.ok) {
       const issue = body && body.issue && body.issue[0];
-      throw new Error((issue && (issue.diagnostics || (issue.details && issue.details.text))) || ('the server answered ' + reply.status));
+      const said = issue ? issue.diagnostics || (issue.details && issue.details.text) : body && body.error_description;
+      throw new Error(said || 'the server answered ' + reply.status);
     }
     return body;
+  }
+
+  /** GETs a FHIR path (below the base) or a full URL on this server. */
+  async function fhir(pathOrUrl) {
+    const url = pathOrUrl.startsWith(BASE) ? pathOrUrl : BASE + '/' + pathOrUrl.replace(/^\//, '');
+    if (!url.startsWith(BASE + '/')) throw new Error('a link outside this server was refused');
+    return call(url);
   }
 
   const entries = (bundle) => (bundle.entry || []).filter((e) => !e.search || e.search.mode !== 'include').map((e) => e.resource);
@@ -884,14 +895,7 @@
 
   /** A call to the authorization server's account endpoints, with the portal's token. */
   async function account(method, path) {
-    const reply = await fetch(ORIGIN + path, { method, headers: { Authorization: 'Bearer ' + session.token } });
-    if (reply.status === 401) {
-      endSession('Your session has ended. Sign in again to go on.');
-      throw new SessionEnded();
-    }
-    const body = reply.status === 204 ? {} : await reply.json().catch(() => ({}));
-    if (!reply.ok) throw new Error(body.error_description || ('the server answered ' + reply.status));
-    return body;
+    return call(ORIGIN + path, { method });
   }
 
   /** What a grant's scopes let an app do, in words (the scopes themselves are listed too). */
@@ -1096,22 +1100,17 @@
       const button = form.querySelector('button[type=submit]');
       button.disabled = true;
       try {
-        const reply = await fetch(BASE + '/QuestionnaireResponse', {
+        await call(BASE + '/QuestionnaireResponse', {
           method: 'POST',
           headers: {
-            Authorization: 'Bearer ' + session.token, 'Content-Type': 'application/fhir+json', Accept: 'application/fhir+json',
+            'Content-Type': 'application/fhir+json',
             'If-None-Exist': 'identifier=' + encodeURIComponent(FEEDBACK_SYSTEM + '|' + visitKey(visit)),
           },
           body: JSON.stringify(response),
         });
-        if (reply.status === 401) { endSession('Your session has ended. Sign in again to go on.'); return; }
-        if (!reply.ok) {
-          const body = await reply.json().catch(() => null);
-          const issue = body && body.issue && body.issue[0];
-          throw new Error((issue && issue.diagnostics) || 'the server answered ' + reply.status);
-        }
         done(true);
       } catch (error) {
+        if (error instanceof SessionEnded) return;
         button.disabled = false;
         form.append(el('p', { class: 'error', role: 'alert' }, 'Your feedback could not be sent: ' + error.message));
       }
@@ -1185,18 +1184,8 @@
   /** Sends a file (or a trace) to $ingest-vitals and returns Braid's Parameters answer. */
   async function ingest(body, format, contentType) {
     const patient = await homePatient();
-    const reply = await fetch(`${BASE}/Patient/${encodeURIComponent(patient)}/$ingest-vitals?format=${encodeURIComponent(format)}`, {
-      method: 'POST',
-      headers: { Authorization: 'Bearer ' + session.token, 'Content-Type': contentType, Accept: 'application/fhir+json' },
-      body,
-    });
-    if (reply.status === 401) { endSession('Your session has ended. Sign in again to go on.'); throw new SessionEnded(); }
-    const answer = await reply.json().catch(() => null);
-    if (!reply.ok) {
-      const issue = answer && answer.issue && answer.issue[0];
-      throw new Error((issue && issue.diagnostics) || 'the server answered ' + reply.status);
-    }
-    return answer;
+    const url = `${BASE}/Patient/${encodeURIComponent(patient)}/$ingest-vitals?format=${encodeURIComponent(format)}`;
+    return call(url, { method: 'POST', headers: { 'Content-Type': contentType }, body });
   }
 
   const parameter = (answer, name) => (answer.parameter || []).filter((p) => p.name === name);
