@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// WebDriver's codes for the Tab and Enter keys.
+pub(crate) const TAB: &str = "\u{E004}";
+pub(crate) const ENTER: &str = "\u{E007}";
 /// The key under which WebDriver names an element.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -179,6 +182,26 @@ impl Browser {
         let element = self.wait_for(css).await;
         let value = self.command(reqwest::Method::GET, &format!("/element/{element}/attribute/{name}"), None).await;
         value.as_str().unwrap_or("").to_owned()
+    }
+
+    /// Presses and releases a key on whatever has the focus (`"\u{E004}"` is Tab, `"\u{E007}"`
+    /// Enter), as a person at a keyboard would.
+    pub(crate) async fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.command(reqwest::Method::POST, "/actions", Some(actions)).await;
+    }
+
+    /// Presses Tab until the element matching `css` has the focus (at most `max` times).
+    pub(crate) async fn tab_to(&self, css: &str, max: usize) {
+        for _ in 0..max {
+            self.press(TAB).await;
+            if self.run("return document.activeElement.matches(arguments[0]);", json!([css])).await == true {
+                return;
+            }
+        }
+        let at = self.run("return document.activeElement.outerHTML.slice(0, 200);", json!([])).await;
+        panic!("{css} is not reached with {max} Tabs; the focus is on {at}");
     }
 
     /// Resizes the window (e.g. to a phone's 390 × 844).

@@ -197,7 +197,10 @@ async fn sign_in(browser: &Browser, origin: &str, username: &str) -> (Vec<u8>, u
     eprintln!("portal first load: {load}");
     let weight: u64 = load["files"].as_array().unwrap().iter().map(|file| file[1].as_u64().unwrap_or(0)).sum();
     assert!(weight < 150 * 1024, "the portal's own files weigh {weight} bytes: {load}");
-    browser.click("#sign-in").await;
+    // By keyboard: the skip link first, then the sign-in button, pressed with Enter.
+    browser.tab_to("a.skip", 3).await;
+    browser.tab_to("#sign-in", 10).await;
+    browser.press(browser::ENTER).await;
     browser.wait_for("input[name=username]").await;
     browser.assert_accessible("the login page").await;
     browser.type_into("input[name=username]", username).await;
@@ -384,8 +387,12 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
     let token = session["token"].as_str().unwrap().to_owned();
     assert_eq!(session["patient"], golden.as_str(), "the token is for the person's golden Patient");
 
-    // The timeline: the first page holds the 20 newest items of all three providers.
-    browser.click("#nav a[data-page=timeline]").await;
+    // The timeline, reached by keyboard: the first page holds the 20 newest items of all three
+    // providers.
+    // (From the top of the page, where a Tab from the address bar lands: the skip link.)
+    browser.run("document.querySelector('a.skip').focus();", json!([])).await;
+    browser.tab_to("#nav a[data-page=timeline]", 10).await;
+    browser.press(browser::ENTER).await;
     browser.wait_for("#timeline li").await;
     timeline_loaded(&browser).await;
     let first = timeline_rows(&browser).await;
