@@ -426,7 +426,14 @@ impl Reminders {
             (Some("completed"), _) => {
                 let (_, body) = found.unwrap_or_default();
                 let note = match live {
-                    None => Some("The appointment was cancelled after this reminder was sent.".to_owned()),
+                    None => Some(
+                        match appointment {
+                            None => "The appointment was deleted after this reminder was sent.",
+                            Some(_) if !takes_part => "The patient no longer takes part in the appointment.",
+                            Some(_) => "The appointment was cancelled after this reminder was sent.",
+                        }
+                        .to_owned(),
+                    ),
                     Some(a) if a.start != start_of(&body) => {
                         Some(format!("The appointment moved after this reminder was sent: it is now {}.", a.when()))
                     }

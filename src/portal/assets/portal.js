@@ -783,11 +783,13 @@
     return convert ? convert(q.value) : null;
   }
 
-  /** Where a measurement came from: its provider, or the patient's own device. */
+  /** Where a measurement came from: its provider, a camera scan, the patient's own device, or
+   *  (written by neither) Braid itself. */
   function originOf(o) {
     const source = sourceOf(o);
     if (source !== 'Braid') return source;
-    return o.device ? 'Home device' : 'Braid';
+    if (o.method && /photoplethysmography/i.test(o.method.text || '')) return 'Camera scan';
+    return o.device ? 'Home device' : 'Recorded in Braid';
   }
 
   function chartPoints(vital, observations) {
