@@ -556,6 +556,13 @@ async fn a_patient_signs_in_and_sees_one_timeline_from_three_providers() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(browser.text("#upload-status").await, "0 new measurements added to your record, 3 already there.");
+    // On the heart-rate chart, the scan's reading and the export's are named as such.
+    browser.goto(&format!("{origin}/portal/#/vitals?range=30d")).await;
+    browser.wait_for("[data-vital=heart-rate] g.point[data-origin='Open mHealth']").await;
+    let origins = browser
+        .run("return [...new Set([...document.querySelectorAll('[data-vital=heart-rate] g.point')].map(p => p.dataset.origin))].sort();", json!([]))
+        .await;
+    assert_eq!(origins, json!(["Camera scan", "Open mHealth"]), "the last 30 days: measurements from home only");
 
     // Feedback on a past visit: the questionnaire's form, answers stored as a
     // QuestionnaireResponse about that visit and its provider; a visit is answered once.

@@ -252,10 +252,16 @@
   const entries = (bundle) => (bundle.entry || []).filter((e) => !e.search || e.search.mode !== 'include').map((e) => e.resource);
   const nextLink = (bundle) => ((bundle.link || []).find((l) => l.relation === 'next') || {}).url || null;
 
-  /** The provider a resource came from: the source named by its meta.source. */
+  /** What Braid's vitals ingest names in meta.source, by the format it read. */
+  const INGESTED_PREFIX = 'urn:braid:ingest:';
+  const INGESTED = { 'apple-health': 'Apple Health', fitbit: 'Fitbit', 'open-mhealth': 'Open mHealth', rppg: 'Camera scan' };
+
+  /** Where a resource came from: the provider (source) its meta.source names, the person's own
+   *  device or export for measurements from home, else Braid itself. */
   function sourceOf(resource) {
     const uri = resource && resource.meta && resource.meta.source;
     if (uri && uri.startsWith(SOURCE_PREFIX)) return uri.slice(SOURCE_PREFIX.length);
+    if (uri && uri.startsWith(INGESTED_PREFIX)) return INGESTED[uri.slice(INGESTED_PREFIX.length)] || 'Home measurement';
     return 'Braid';
   }
 
@@ -783,12 +789,11 @@
     return convert ? convert(q.value) : null;
   }
 
-  /** Where a measurement came from: its provider, a camera scan, the patient's own device, or
-   *  (written by neither) Braid itself. */
+  /** Where a measurement came from: its provider, or the home device or export it was read
+   *  from (see sourceOf); a device of unknown origin otherwise. */
   function originOf(o) {
     const source = sourceOf(o);
     if (source !== 'Braid') return source;
-    if (o.method && /photoplethysmography/i.test(o.method.text || '')) return 'Camera scan';
     return o.device ? 'Home device' : 'Recorded in Braid';
   }
 
