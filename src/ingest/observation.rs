@@ -144,7 +144,7 @@ fn hex_digest(parts: &[&str], chars: usize) -> String {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = crate::fhir::hex(&hasher.finalize());
     hex[..chars.min(hex.len())].to_owned()
 }
 

@@ -40,7 +40,7 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     .into_iter()
     .map(|(name, content_type, body)| {
         let digest = Sha256::digest(body.as_bytes());
-        let etag = format!("\"{}\"", digest.iter().take(12).map(|byte| format!("{byte:02x}")).collect::<String>());
+        let etag = format!("\"{}\"", crate::fhir::hex(&digest[..12]));
         Asset { name, content_type, body, etag }
     })
     .collect()

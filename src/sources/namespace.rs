@@ -107,7 +107,7 @@ impl Namespace {
         let text = if name.len() + 1 + original.len() <= MAX_ID {
             format!("{name}-{original}")
         } else {
-            let digest = hex(&Sha256::digest(original.as_bytes()));
+            let digest = crate::fhir::hex(&Sha256::digest(original.as_bytes()));
             format!("{name}.{}", &digest[..MAX_ID - name.len() - 1])
         };
         Id::parse(&text).expect("a source name, a separator and id characters or hex digits make an id")
@@ -203,10 +203,6 @@ impl Namespace {
             _ => Ok(()),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]
