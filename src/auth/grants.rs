@@ -132,7 +132,7 @@ fn grant_key(gid: &str) -> Vec<u8> {
 }
 
 fn hash_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::fhir::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// The revoked access tokens and grants, in memory (loaded at start, updated after each
@@ -416,14 +416,25 @@ impl AuthState {
     }
 
     async fn revoke_grant(&self, gid: &str, client_id: &str) -> Result<(), TokenError> {
-        let key = grant_key(gid);
         let client_id = client_id.to_owned();
+        self.revoke_grant_if(gid, move |grant| grant.client_id == client_id).await?;
+        Ok(())
+    }
+
+    /// Revokes the grant `gid` (and every access token issued under it) if `may` allows it as
+    /// stored, in one piece of work. Whether it was revoked.
+    async fn revoke_grant_if(
+        &self,
+        gid: &str,
+        may: impl Fn(&GrantRecord) -> bool + Send + Sync + 'static,
+    ) -> Result<bool, FhirError> {
+        let key = grant_key(gid);
         let revoked = self
             .store
             .auth_write(move |txn| {
                 let Some(bytes) = txn.get(&key)? else { return Ok(false) };
                 let Ok(mut grant) = serde_json::from_slice::<GrantRecord>(&bytes) else { return Ok(false) };
-                if grant.client_id != client_id {
+                if !may(&grant) {
                     return Ok(false);
                 }
                 grant.revoked = true;
@@ -435,7 +446,7 @@ impl AuthState {
         if revoked {
             self.revoked.add_grant(gid);
         }
-        Ok(())
+        Ok(revoked)
     }
 
     /// The grants `username` has given that are in force, newest first (at most
@@ -471,25 +482,8 @@ impl AuthState {
     /// Revokes the grant `gid` of `username` (and every access token issued under it). `false`
     /// when the user has no such grant.
     pub async fn revoke_user_grant(&self, username: &str, gid: &str) -> Result<bool, FhirError> {
-        let (key, owner) = (grant_key(gid), username.to_owned());
-        let revoked = self
-            .store
-            .auth_write(move |txn| {
-                let Some(bytes) = txn.get(&key)? else { return Ok(false) };
-                let Ok(mut grant) = serde_json::from_slice::<GrantRecord>(&bytes) else { return Ok(false) };
-                if grant.username != owner || grant.revoked {
-                    return Ok(false);
-                }
-                grant.revoked = true;
-                let value = serde_json::to_vec(&grant).map_err(|_| FhirError::fault("auth"))?;
-                txn.insert(&key, &value);
-                Ok(true)
-            })
-            .await?;
-        if revoked {
-            self.revoked.add_grant(gid);
-        }
-        Ok(revoked)
+        let owner = username.to_owned();
+        self.revoke_grant_if(gid, move |grant| grant.username == owner && !grant.revoked).await
     }
 
     /// An access token's grant if Braid issued it for this server (`ignore_expiry`: also once
