@@ -176,8 +176,7 @@ struct Key {
 impl Key {
     fn id(&self) -> String {
         let digest = Sha256::digest(format!("{}|{}|{}", self.appointment, self.patient, self.lead).as_bytes());
-        let hex: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
-        format!("reminder-{hex}")
+        format!("reminder-{}", crate::fhir::hex(&digest[..16]))
     }
 
     fn from_identifier(value: &str) -> Option<Key> {
@@ -319,6 +318,8 @@ impl Reminders {
             ResourceType::APPOINTMENT,
             &format!("date=gt{}&date=le{}", utc_seconds(now), utc_seconds(horizon)),
         )?;
+        // Each appointment is read once a pass: here, or below for a reminder's own.
+        let mut appointments: BTreeMap<String, Option<Appointment>> = BTreeMap::new();
         for id in &upcoming {
             let Some(body) = current_body(&snapshot, ResourceType::APPOINTMENT, id)? else { continue };
             let appointment = Appointment::read(id, &body);
@@ -327,6 +328,7 @@ impl Reminders {
                     keys.insert(Key { appointment: id.clone(), patient: patient.clone(), lead: lead.text.clone() });
                 }
             }
+            appointments.insert(id.clone(), Some(appointment));
         }
         let reminders = format!("category={CATEGORY_SYSTEM}|reminder");
         let recent = find(
@@ -357,7 +359,6 @@ impl Reminders {
             (Some(_), Some(mpi)) => mpi.lag()?.pending > 0,
             _ => false,
         };
-        let mut appointments: BTreeMap<String, Option<Appointment>> = BTreeMap::new();
         let mut mail_down = false;
         for key in keys {
             let id = key.id();
