@@ -612,11 +612,7 @@ fn event(store: &Store, gathered: &Gathered) -> Value {
     }
     // The client's name as registered, so that a person reading their trail sees which app or
     // provider it was (a source's client is named after its source).
-    let client_name = store
-        .auth_read(|read| super::clients::find(read, client_id, Some("")))
-        .ok()
-        .flatten()
-        .map(|client| client.name);
+    let client_name = store.auth_read(|read| super::clients::name_of(read, client_id)).ok().flatten();
     let mut application = json!({"identifier": {"system": "urn:braid:client", "value": client_id}});
     if let Some(name) = client_name {
         application["display"] = json!(name);

@@ -236,6 +236,18 @@ pub fn find(read: &AuthRead, client_id: &str, portal_origin: Option<&str>) -> Re
     CLIENTS.get(read, client_id)
 }
 
+/// The name client `client_id` was registered with (the built-in portal's included), for
+/// people reading which app did what.
+pub fn name_of(read: &AuthRead, client_id: &str) -> Result<Option<String>, StoreError> {
+    if client_id == PORTAL_CLIENT_ID {
+        return Ok(Some(PORTAL_NAME.to_owned()));
+    }
+    Ok(CLIENTS.get(read, client_id)?.map(|client: Client| client.name))
+}
+
+/// The patient portal's name, as apps are listed and audited.
+const PORTAL_NAME: &str = "Braid patient portal";
+
 /// The id of the patient portal Braid serves itself.
 pub const PORTAL_CLIENT_ID: &str = "braid-portal";
 
@@ -253,7 +265,7 @@ pub const PORTAL_SCOPE: &str = "launch/patient openid fhirUser patient/*.rs pati
 pub fn portal(origin: &str) -> Client {
     Client {
         client_id: PORTAL_CLIENT_ID.into(),
-        name: "Braid patient portal".into(),
+        name: PORTAL_NAME.into(),
         credential: Credential::None,
         grant_types: vec![GrantType::AuthorizationCode],
         redirect_uris: vec![format!("{}{PORTAL_PATH}", origin.trim_end_matches('/'))],

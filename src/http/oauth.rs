@@ -376,14 +376,13 @@ async fn own_grants(http: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         Err(refusal) => return *refusal,
     };
     let Some(auth) = state.auth.as_deref() else { return auth_off() };
-    let origin = endpoints(&http, &state).origin().to_owned();
     let listed = auth.user_grants(&grant.subject).and_then(|grants| {
         let names = state.store.auth_read(|read| {
             grants
                 .iter()
                 .map(|listed| {
-                    Ok(crate::auth::clients::find(read, &listed.client_id, Some(&origin))?
-                        .map_or_else(|| listed.client_id.clone(), |client| client.name))
+                    Ok(crate::auth::clients::name_of(read, &listed.client_id)?
+                        .unwrap_or_else(|| listed.client_id.clone()))
                 })
                 .collect::<Result<Vec<String>, crate::store::StoreError>>()
         })?;
