@@ -542,6 +542,23 @@
     return out.slice(0, max);
   }
 
+  /** A "Show older" button that appends the search's next pages to `list`, a row per resource;
+   *  hidden once there is no next page. `first` is the page already shown. */
+  function olderButton(first, list, row) {
+    let older = nextLink(first);
+    const more = el('button', { type: 'button', class: 'quiet more', hidden: !older }, 'Show older');
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      try {
+        const page = await fhir(older);
+        list.append(...entries(page).map(row));
+        older = nextLink(page);
+        more.hidden = !older;
+      } catch (error) { fail(error); } finally { more.disabled = false; }
+    });
+    return more;
+  }
+
   /** What a reminder says of itself, for the appointment it is about. */
   function reminderLine(reminder) {
     const identifier = (reminder.identifier || []).find((i) => i.system === REMINDER_SYSTEM);
@@ -591,17 +608,7 @@
       all(`Communication?patient=${id}&category=${encodeURIComponent(REMINDER_CATEGORY)}&_count=100`, 500),
     ]);
     const pastList = el('ul', { class: 'items', id: 'past' }, entries(past).map((a) => appointmentCard(a, reminders)));
-    let older = nextLink(past);
-    const more = el('button', { type: 'button', class: 'quiet more', hidden: !older }, 'Show older');
-    more.addEventListener('click', async () => {
-      more.disabled = true;
-      try {
-        const page = await fhir(older);
-        pastList.append(...entries(page).map((a) => appointmentCard(a, reminders)));
-        older = nextLink(page);
-        more.hidden = !older;
-      } catch (error) { fail(error); } finally { more.disabled = false; }
-    });
+    const more = olderButton(past, pastList, (a) => appointmentCard(a, reminders));
     showFor(ticket, 'Appointments', banner(person),
       el('section', { class: 'card', 'aria-labelledby': 'upcoming-title' },
         el('h2', { id: 'upcoming-title' }, 'Upcoming'),
@@ -1005,17 +1012,7 @@
         button);
     }));
     const auditList = el('ul', { class: 'items', id: 'audit' }, entries(audits).map((e) => auditRow(e, appNames)));
-    let older = nextLink(audits);
-    const more = el('button', { type: 'button', class: 'quiet more', hidden: !older }, 'Show older');
-    more.addEventListener('click', async () => {
-      more.disabled = true;
-      try {
-        const page = await fhir(older);
-        auditList.append(...entries(page).map((e) => auditRow(e, appNames)));
-        older = nextLink(page);
-        more.hidden = !older;
-      } catch (error) { fail(error); } finally { more.disabled = false; }
-    });
+    const more = olderButton(audits, auditList, (e) => auditRow(e, appNames));
     const downloadStatus = el('p', { class: 'status', role: 'status', id: 'download-status' });
     showFor(ticket, 'Privacy', banner(person),
       el('section', { class: 'card', 'aria-labelledby': 'apps-title' }, el('h2', { id: 'apps-title' }, 'Apps you have let in'),
