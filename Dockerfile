@@ -15,8 +15,11 @@ COPY --from=build /src/target/release/braid /usr/local/bin/braid
 USER braid
 # Set BRAID_BASE_URL to the public URL (https://fhir.example.org/fhir): links, the patient
 # portal's sign-in (trusted only there, over HTTPS or on loopback) and reminder emails use it.
+# The database is encrypted at rest with the key mounted as a secret (see the README's Docker
+# section: `braid keygen`, then mount the file read-only at this path; keep it off /data).
 ENV BRAID_LISTEN=0.0.0.0:8080 \
-    BRAID_DATA=/data/braid.redb
+    BRAID_DATA=/data/braid.redb \
+    BRAID_ENCRYPTION_KEY_FILE=/run/secrets/braid.key
 VOLUME ["/data"]
 EXPOSE 8080
 ENTRYPOINT ["braid"]

@@ -775,7 +775,7 @@ fn report_file(label: &str, data: &Path, resources: usize, target: u64) {
         per(bytes),
         per(on_disk)
     );
-    let compacted = braid::store::compact(data, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
+    let compacted = braid::store::compact(data, None, Duration::from_secs(3600), &SearchIndexer).expect("compaction");
     println!(
         "  after `braid compact`: file {:.1} MiB = {:.0} bytes per resource",
         compacted.bytes_after as f64 / 1048576.0,

@@ -43,6 +43,9 @@ pub struct Settings {
     pub quick_repair: bool,
     pub body_cache_mb: usize,
     pub tls_cert: Option<PathBuf>,
+    /// Key file that unwraps the database's data key: the database and the files written
+    /// besides it are encrypted. `None`: a plain database.
+    pub encryption_key_file: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub auth: AuthMode,
     pub backend_token_secs: u64,
@@ -145,6 +148,7 @@ impl Default for Settings {
             quick_repair: true,
             body_cache_mb: 32,
             tls_cert: None,
+            encryption_key_file: None,
             tls_key: None,
             auth: AuthMode::On,
             backend_token_secs: 300,
@@ -437,6 +441,19 @@ pub const SETTINGS: &[SettingDoc] = &[
         apply: |s, v| parse_into(&mut s.body_cache_mb, v),
     },
     SettingDoc {
+        key: "encryption_key_file",
+        env: "BRAID_ENCRYPTION_KEY_FILE",
+        default: "(none: a plain database)",
+        doc: "Key file made by `braid keygen`: the database, its exports and spooled uploads are encrypted \
+              (XChaCha20-Poly1305) with a data key this key unwraps. Needed by every command that opens an \
+              encrypted database; also the `--encryption-key-file` flag.",
+        apply: |s, v| {
+            // Empty: no key (how the Docker image's default is turned off).
+            s.encryption_key_file = (!v.trim().is_empty()).then(|| v.into());
+            Ok(())
+        },
+    },
+    SettingDoc {
         key: "tls_cert",
         env: "BRAID_TLS_CERT",
         default: "(none: plain HTTP)",
@@ -708,6 +725,16 @@ mod tests {
         assert!(load("BRAID_SMART_STYLE_URL", "https://a.example/x y").is_err());
         let style = load("BRAID_SMART_STYLE_URL", "https://portal.example/style.json").unwrap().smart_style_url;
         assert_eq!(style.as_deref(), Some("https://portal.example/style.json"));
+    }
+
+    #[test]
+    fn an_empty_encryption_key_file_means_none() {
+        let load = |value: &'static str| {
+            Settings::load(None, move |n| (n == "BRAID_ENCRYPTION_KEY_FILE").then(|| value.into()))
+        };
+        assert_eq!(load("/run/secrets/braid.key").unwrap().encryption_key_file, Some("/run/secrets/braid.key".into()));
+        assert_eq!(load("").unwrap().encryption_key_file, None);
+        assert_eq!(load("  ").unwrap().encryption_key_file, None);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`auth`]: SMART on FHIR scopes and the access decisions they grant (the authorization
 //!   server and enforcement build on them).
 //! - [`search`]: index extraction on write and query parsing.
-//! - [`store`]: the only code that touches redb: tables, key codecs, the single writer, snapshots.
+//! - [`store`]: the only code that touches redb: tables, key codecs, the single writer, snapshots,
+//!   and the encrypting storage backend.
+//! - [`crypt`]: encryption at rest: key files, the data key, sealed files (exports, uploads).
 //! - [`fhir`]: the pure model: types, ids, JSON, references, validation, OperationOutcome.
 //!
 //! [`startup`] wires them together; [`config`], [`telemetry`] and [`tls`] are the operator's
@@ -16,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod crypt;
 pub mod demo;
 pub mod fhir;
 pub mod http;

@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use braid::config::Settings;
+use braid::crypt::KeyFile;
 use braid::http::Limits;
 use braid::startup::Application;
 use clap::{Parser, Subcommand};
@@ -18,6 +21,10 @@ struct Cli {
     /// TOML settings file (see the README for every setting).
     #[arg(long, env = "BRAID_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Key file of an encrypted database, made by `braid keygen` (every command that opens the
+    /// database takes it) [env: BRAID_ENCRYPTION_KEY_FILE]
+    #[arg(long, global = true)]
+    encryption_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,6 +40,18 @@ enum Command {
     /// Bring a stopped database to this release's storage format (what `serve` does at start),
     /// printing progress; a JSON summary goes to stdout. An interrupted run resumes.
     Migrate(CompactArgs),
+    /// Write a new random encryption key to FILE (readable by its owner only; never overwrites).
+    Keygen(KeygenArgs),
+    /// Encrypt a stopped plain database with the data key of a new key block under
+    /// --encryption-key-file, printing progress; a JSON summary goes to stdout. An interrupted
+    /// run resumes.
+    Encrypt(CompactArgs),
+    /// Decrypt a stopped encrypted database (--encryption-key-file opens it) into a plain one;
+    /// like `encrypt`, resumable.
+    Decrypt(CompactArgs),
+    /// Change the key file of a stopped encrypted database from --encryption-key-file to
+    /// --new-key-file, without rewriting the data; the old key no longer opens it.
+    Rekey(RekeyArgs),
     /// Compression dictionaries for stored resource bodies.
     #[command(subcommand)]
     Dictionary(DictionaryCommand),
@@ -378,6 +397,22 @@ struct BuildArgs {
 }
 
 #[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write the key.
+    file: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RekeyArgs {
+    /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The key file that opens the database from now on.
+    #[arg(long)]
+    new_key_file: PathBuf,
+}
+
+#[derive(clap::Args)]
 struct CompactArgs {
     /// Database file [env: BRAID_DATA] [default: ./data/braid.redb]
     #[arg(long)]
@@ -403,14 +438,37 @@ struct ServeArgs {
     auth: Option<braid::config::AuthMode>,
 }
 
+/// Runs the command; an error is printed as a sentence (not as a debug dump) with a failing
+/// exit status.
 #[actix_web::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
+    if let Some(key_file) = cli.encryption_key_file {
+        settings.encryption_key_file = Some(key_file);
+    }
     let (args, demo) = match cli.command {
         Command::Serve(args) => (args, false),
         Command::Demo(args) => (args, true),
         Command::Compact(args) => return compact(settings, args),
+        Command::Keygen(args) => {
+            KeyFile::generate(&args.file)?;
+            println!("{}", serde_json::json!({"key_file": args.file}));
+            return Ok(());
+        }
+        Command::Encrypt(args) => return convert(settings, args, braid::store::encryption::Direction::Encrypt),
+        Command::Decrypt(args) => return convert(settings, args, braid::store::encryption::Direction::Decrypt),
+        Command::Rekey(args) => return rekey(settings, args),
         Command::Migrate(args) => return migrate(settings, args),
         Command::Dictionary(DictionaryCommand::Train(args)) => return train_dictionary(settings, args),
         Command::Dictionary(DictionaryCommand::Build(args)) => return build_dictionary(args),
@@ -430,14 +488,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 MpiCommand::Train(args) => (args.data, AdminRequest::TrainMpi { u_pairs: args.u_pairs }),
                 MpiCommand::Show(args) => (args.data, AdminRequest::ShowMpi),
             };
-            let answer = admin_command(&data.unwrap_or(settings.data), request).await?;
+            let answer = admin_command(data, &settings, request).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(());
         }
         Command::Launch(args) => {
             let request =
                 braid::auth::admin::AdminRequest::CreateLaunch { client_id: args.client, patient: args.patient };
-            println!("{}", admin_command(&args.data.unwrap_or(settings.data), request).await?);
+            println!("{}", admin_command(args.data, &settings, request).await?);
             return Ok(());
         }
     };
@@ -601,9 +659,10 @@ fn synth(args: SynthArgs) -> Result<serde_json::Value, Box<dyn std::error::Error
 }
 
 fn compact(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key = database_key(&settings)?;
     let path = args.data.unwrap_or(settings.data);
     let ttl = std::time::Duration::from_secs(settings.cursor_ttl_secs);
-    let report = braid::store::compact(&path, ttl, &braid::search::SearchIndexer)
+    let report = braid::store::compact(&path, key.as_deref(), ttl, &braid::search::SearchIndexer)
         .map_err(|error| format!("cannot compact {}: {error}", path.display()))?;
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!(
@@ -618,9 +677,57 @@ fn compact(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-fn migrate(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// The key file the settings name, loaded (`None`: a plain database).
+fn database_key(settings: &Settings) -> Result<Option<Arc<KeyFile>>, Box<dyn std::error::Error>> {
+    Ok(match &settings.encryption_key_file {
+        Some(path) => Some(Arc::new(KeyFile::load(path)?)),
+        None => None,
+    })
+}
+
+fn required_key(settings: &Settings, command: &str) -> Result<Arc<KeyFile>, Box<dyn std::error::Error>> {
+    database_key(settings)?.ok_or_else(|| {
+        format!("braid {command} needs the key file: --encryption-key-file FILE (or BRAID_ENCRYPTION_KEY_FILE)").into()
+    })
+}
+
+/// `braid encrypt` and `braid decrypt`.
+fn convert(
+    settings: Settings,
+    args: CompactArgs,
+    direction: braid::store::encryption::Direction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use braid::store::encryption::Direction;
+    let command = if direction == Direction::Encrypt { "encrypt" } else { "decrypt" };
+    let key = required_key(&settings, command)?;
     let path = args.data.unwrap_or(settings.data);
-    let report = braid::store::migrate(&path, &braid::search::SearchIndexer, &mut |progress| {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let report = braid::store::encryption::convert(&path, &key, direction, &mut |progress| {
+        bar.get_or_insert_with(|| progress_bar(progress.total)).set_position(progress.done);
+    })
+    .map_err(|error| format!("cannot {command} {}: {error}", path.display()))?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `braid rekey`.
+fn rekey(settings: Settings, args: RekeyArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let old = required_key(&settings, "rekey")?;
+    let new = KeyFile::load(&args.new_key_file)?;
+    let path = args.data.unwrap_or(settings.data);
+    braid::store::encryption::rekey(&path, &old, &new)
+        .map_err(|error| format!("cannot rekey {}: {error}", path.display()))?;
+    println!("{}", serde_json::json!({"data": path, "rekeyed": true}));
+    Ok(())
+}
+
+fn migrate(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key = database_key(&settings)?;
+    let path = args.data.unwrap_or(settings.data);
+    let report = braid::store::migrate(&path, key.as_deref(), &braid::search::SearchIndexer, &mut |progress| {
         eprintln!("migrated {} of {} {}", progress.migrated, progress.total, progress.unit);
     })
     .map_err(|error| format!("cannot migrate {}: {error}", path.display()))?;
@@ -629,19 +736,23 @@ fn migrate(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::err
 }
 
 fn train_dictionary(settings: Settings, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key = database_key(&settings)?;
     let path = args.data.unwrap_or(settings.data);
-    let report = braid::store::dictionary::train(&path, &braid::search::SearchIndexer, args.size, args.samples)
-        .map_err(|error| format!("cannot train a dictionary for {}: {error}", path.display()))?;
+    let report =
+        braid::store::dictionary::train(&path, key.as_deref(), &braid::search::SearchIndexer, args.size, args.samples)
+            .map_err(|error| format!("cannot train a dictionary for {}: {error}", path.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
 fn recompress(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key = database_key(&settings)?;
     let path = args.data.unwrap_or(settings.data);
-    let report = braid::store::dictionary::recompress(&path, &braid::search::SearchIndexer, &mut |progress| {
-        eprintln!("recompressed {} of {} versions", progress.migrated, progress.total);
-    })
-    .map_err(|error| format!("cannot recompress {}: {error}", path.display()))?;
+    let report =
+        braid::store::dictionary::recompress(&path, key.as_deref(), &braid::search::SearchIndexer, &mut |progress| {
+            eprintln!("recompressed {} of {} versions", progress.migrated, progress.total);
+        })
+        .map_err(|error| format!("cannot recompress {}: {error}", path.display()))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -679,7 +790,7 @@ async fn client(settings: Settings, command: ClientCommand) -> Result<(), Box<dy
         }
     };
     let lines = matches!(request, AdminRequest::ListClients);
-    let answer = admin_command(&data.unwrap_or(settings.data), request).await?;
+    let answer = admin_command(data, &settings, request).await?;
     match answer {
         serde_json::Value::Array(clients) if lines => clients.iter().for_each(|client| println!("{client}")),
         answer => println!("{answer}"),
@@ -705,7 +816,7 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), Box<dyn st
         UserCommand::ResetTotp(args) => (args.data, AdminRequest::ResetTotp { username: args.username }),
     };
     let lines = matches!(request, AdminRequest::ListUsers);
-    match admin_command(&data.unwrap_or(settings.data), request).await? {
+    match admin_command(data, &settings, request).await? {
         serde_json::Value::Array(users) if lines => users.iter().for_each(|user| println!("{user}")),
         answer => println!("{answer}"),
     }
@@ -756,7 +867,7 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
         SourceCommand::Sync(args) => (args.data, AdminRequest::SyncSource { name: args.name }),
     };
     let lines = matches!(request, AdminRequest::ListSources);
-    match admin_command(&data.unwrap_or(settings.data), request).await? {
+    match admin_command(data, &settings, request).await? {
         serde_json::Value::Array(sources) if lines => sources.iter().for_each(|source| println!("{source}")),
         answer if human => print!("{}", braid::sources::summary(&answer)),
         answer => println!("{answer}"),
@@ -765,8 +876,7 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
 }
 
 async fn rotate_keys(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let answer =
-        admin_command(&args.data.unwrap_or(settings.data), braid::auth::admin::AdminRequest::RotateKeys).await?;
+    let answer = admin_command(args.data, &settings, braid::auth::admin::AdminRequest::RotateKeys).await?;
     println!("{answer}");
     Ok(())
 }
@@ -787,8 +897,9 @@ async fn ingest(settings: Settings, args: IngestArgs) -> Result<(), Box<dyn std:
     let store = if args.dry_run || remote.is_some() {
         None
     } else {
+        let key = database_key(&settings)?;
         let data = args.data.unwrap_or(settings.data);
-        let store = match open_for_import(&data) {
+        let store = match open_for_import(&data, key) {
             Ok(store) => store,
             Err(AdminOpen::InUse) => {
                 return Err(format!(
@@ -892,17 +1003,20 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 /// the stopped database. A server that starts meanwhile is waited for (its socket opens right
 /// after its database).
 async fn admin_command(
-    data: &std::path::Path,
+    data: Option<PathBuf>,
+    settings: &Settings,
     request: braid::auth::admin::AdminRequest,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     use braid::auth::admin::{self, Sent};
+    let data = &data.unwrap_or_else(|| settings.data.clone());
+    let key = database_key(settings)?;
     let socket = admin::socket_path(data);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         if let Sent::Answered(answer) = admin::send(&socket, &request)? {
             return answer.map_err(|error| error.message.into());
         }
-        match open_for_admin(data) {
+        match open_for_admin(data, key.clone()) {
             Ok(store) => {
                 let loaded = braid::sources::Registry::load(&store)
                     .and_then(|sources| Ok((sources, braid::mpi::service::Mpi::open(&store, false)?)));
@@ -935,16 +1049,21 @@ enum AdminOpen {
 }
 
 /// Opens the database for an operator command.
-fn open_for_admin(path: &std::path::Path) -> Result<braid::store::Store, AdminOpen> {
-    let options = braid::store::StoreOptions { gc_interval: std::time::Duration::ZERO, ..Default::default() };
+fn open_for_admin(path: &std::path::Path, key: Option<Arc<KeyFile>>) -> Result<braid::store::Store, AdminOpen> {
+    let options = braid::store::StoreOptions {
+        gc_interval: std::time::Duration::ZERO,
+        encryption_key: key,
+        ..Default::default()
+    };
     open_stopped(path, options)
 }
 
 /// Opens the database for `braid ingest`: it writes and hardly reads, so small caches keep its
 /// memory low whatever the file's size.
-fn open_for_import(path: &std::path::Path) -> Result<braid::store::Store, AdminOpen> {
+fn open_for_import(path: &std::path::Path, key: Option<Arc<KeyFile>>) -> Result<braid::store::Store, AdminOpen> {
     let options = braid::store::StoreOptions {
         gc_interval: std::time::Duration::ZERO,
+        encryption_key: key,
         cache_bytes: 32 << 20,
         body_cache_bytes: 0,
         ..Default::default()

@@ -39,6 +39,8 @@ pub enum StartupError {
     AuthOffNotLoopback(String),
     #[error("appointment reminders: {0}")]
     Reminders(String),
+    #[error("the encryption key: {0}")]
+    EncryptionKey(#[from] crate::crypt::CryptError),
 }
 
 /// A bound, not yet running server.
@@ -73,6 +75,10 @@ impl Application {
             conditional_delete_max: settings.conditional_delete_max,
             quick_repair: settings.quick_repair,
             body_cache_bytes: settings.body_cache_mb << 20,
+            encryption_key: match &settings.encryption_key_file {
+                Some(path) => Some(Arc::new(crate::crypt::KeyFile::load(path)?)),
+                None => None,
+            },
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();
@@ -145,7 +151,7 @@ impl Application {
                 .map_err(StartupError::Exports)?,
         );
         start_export_sweeper(Arc::downgrade(&exports));
-        let imports = http::ingest::Imports::open(&settings.data)
+        let imports = http::ingest::Imports::open(&settings.data, store.data_key().cloned())
             .map_err(|source| StartupError::Spool { path: settings.data.display().to_string(), source })?;
         let stopping_exports = exports.clone();
         let audit = (auth.is_some() && settings.audit).then(|| {

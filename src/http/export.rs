@@ -328,6 +328,9 @@ pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let (id, name) = (ctx.param(0).to_owned(), ctx.param(1).to_owned());
     let path = ctx.state.exports.file(&id, &ctx.access, &name).ok_or_else(|| unknown_job(&id))?;
+    if let Some(key) = ctx.state.store.data_key() {
+        return sealed_file(&path, key.clone()).await;
+    }
     let file = tokio::fs::File::open(&path).await.map_err(|error| {
         tracing::error!(%error, "an export file is missing");
         FhirError::fault("export file")
@@ -343,6 +346,48 @@ pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
                 Some((Ok::<_, std::io::Error>(actix_web::web::Bytes::from(buffer)), file))
             }
             Err(error) => Some((Err(error), file)),
+        }
+    });
+    let mut response = HttpResponse::Ok().body(actix_web::body::SizedStream::new(length, Box::pin(chunks)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
+}
+
+/// An export file of an encrypted database, decrypted as it is sent. Every chunk is
+/// authenticated before it is sent; a damaged one ends the response early (the client sees a
+/// short body against the Content-Length) and is logged.
+async fn sealed_file(path: &std::path::Path, key: crate::crypt::DataKey) -> Result<HttpResponse, FhirError> {
+    use crate::crypt::sealed::{CHUNK, SealedReader};
+    let path = path.to_owned();
+    let reader =
+        tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|f| SealedReader::new(f, &key)))
+            .await
+            .map_err(|_| FhirError::fault("export file"))?
+            .map_err(|error| {
+                tracing::error!(%error, "an export file cannot be opened");
+                FhirError::fault("export file")
+            })?;
+    let length = reader.plain_len();
+    let chunks = futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buffer = vec![0u8; CHUNK];
+            let read = reader.read(&mut buffer).map(|n| {
+                buffer.truncate(n);
+                buffer
+            });
+            (reader, read)
+        })
+        .await
+        .ok()?;
+        match read {
+            Ok(buffer) if buffer.is_empty() => None,
+            Ok(buffer) => Some((Ok::<_, std::io::Error>(actix_web::web::Bytes::from(buffer)), Some(reader))),
+            Err(error) => {
+                tracing::error!(%error, "an export file is damaged");
+                Some((Err(error), None))
+            }
         }
     });
     let mut response = HttpResponse::Ok().body(actix_web::body::SizedStream::new(length, Box::pin(chunks)));

@@ -47,13 +47,15 @@ const MAX_RUNNING: usize = 2;
 pub struct Imports {
     places: std::sync::Arc<tokio::sync::Semaphore>,
     spool_dir: PathBuf,
+    /// The database's data key when it is encrypted: uploads are then spooled sealed.
+    seal: Option<crate::crypt::DataKey>,
 }
 
 impl Imports {
     /// The imports of the server whose database file is `data`: uploads are spooled in
     /// `<data>.ingest` (next to the database, on its disk: not in a memory-backed temporary
     /// directory), which is emptied here since no import outlives its server.
-    pub fn open(data: &std::path::Path) -> std::io::Result<Imports> {
+    pub fn open(data: &std::path::Path, seal: Option<crate::crypt::DataKey>) -> std::io::Result<Imports> {
         let mut spool_dir = data.as_os_str().to_owned();
         spool_dir.push(".ingest");
         let spool_dir = PathBuf::from(spool_dir);
@@ -65,7 +67,7 @@ impl Imports {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&spool_dir)?;
-        Ok(Imports { places: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)), spool_dir })
+        Ok(Imports { places: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)), spool_dir, seal })
     }
 
     /// A place among the imports running, or 503 when all [`MAX_RUNNING`] are taken.
@@ -133,7 +135,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             .map_err(|error| FhirError::incorrect(IssueCode::Invalid, error.message))?;
     }
     let _running = ctx.state.imports.admit()?;
-    let mut spool = Spool::new(&ctx.state.imports.spool_dir).await?;
+    let mut spool = Spool::new(&ctx.state.imports.spool_dir, ctx.state.imports.seal.as_ref()).await?;
     let Ctx { http, payload, state, access, .. } = ctx;
     let (format, zone) = match options {
         Some((format, zone)) => {
@@ -150,7 +152,11 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             (format, zone)
         }
     };
-    let import = ingest::run::start(&spool.path, format, patient.as_str(), zone).map_err(|error| {
+    let started = match spool.finish().await? {
+        Some(key) => ingest::run::start_sealed(&spool.path, &key, format, patient.as_str(), zone),
+        None => ingest::run::start(&spool.path, format, patient.as_str(), zone),
+    };
+    let import = started.map_err(|error| {
         if error.unopened {
             // The spool was just written: its path is the server's business, not the client's.
             tracing::error!(error = %error.message, "cannot open the ingest spool file");
@@ -340,11 +346,21 @@ fn answer(summary: &Summary, observations: Vec<Value>) -> Value {
 /// The upload, on disk while it is read; removed when dropped.
 struct Spool {
     path: PathBuf,
-    file: tokio::fs::File,
+    file: SpoolFile,
+}
+
+enum SpoolFile {
+    Plain(tokio::fs::File),
+    /// Sealed with the database's data key (an encrypted database's uploads are not left in
+    /// plain text on its disk). Written synchronously: a request body arrives in pieces of tens
+    /// of kilobytes, and sealing and writing one into the page cache takes microseconds.
+    Sealed(crate::crypt::sealed::SealedWriter<std::io::BufWriter<std::fs::File>>, crate::crypt::DataKey),
+    /// Sealed and finished.
+    Finished,
 }
 
 impl Spool {
-    async fn new(dir: &std::path::Path) -> Result<Spool, FhirError> {
+    async fn new(dir: &std::path::Path, seal: Option<&crate::crypt::DataKey>) -> Result<Spool, FhirError> {
         let path = dir.join(format!("upload-{}", uuid::Uuid::new_v4()));
         let mut options = tokio::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -354,12 +370,41 @@ impl Spool {
             tracing::error!(%error, "cannot create the ingest spool file");
             FhirError::fault("ingest-spool")
         })?;
+        let file = match seal {
+            None => SpoolFile::Plain(file),
+            Some(key) => {
+                let writer = std::io::BufWriter::with_capacity(1 << 16, file.into_std().await);
+                SpoolFile::Sealed(
+                    crate::crypt::sealed::SealedWriter::new(writer, key).map_err(spool_error)?,
+                    key.clone(),
+                )
+            }
+        };
         Ok(Spool { path, file })
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), FhirError> {
-        self.file.write_all(bytes).await.map_err(spool_error)?;
-        self.file.flush().await.map_err(spool_error)
+        match &mut self.file {
+            SpoolFile::Plain(file) => file.write_all(bytes).await.map_err(spool_error),
+            SpoolFile::Sealed(writer, _) => std::io::Write::write_all(writer, bytes).map_err(spool_error),
+            SpoolFile::Finished => Err(FhirError::fault("ingest-spool")),
+        }
+    }
+
+    /// Ends the writing, so that the file can be read: a sealed spool gets its last chunk and
+    /// gives the key to read it with.
+    async fn finish(&mut self) -> Result<Option<crate::crypt::DataKey>, FhirError> {
+        match std::mem::replace(&mut self.file, SpoolFile::Finished) {
+            SpoolFile::Sealed(writer, key) => {
+                writer.finish().map_err(spool_error)?;
+                Ok(Some(key))
+            }
+            SpoolFile::Plain(mut file) => {
+                file.flush().await.map_err(spool_error)?;
+                Ok(None)
+            }
+            SpoolFile::Finished => Ok(None),
+        }
     }
 
     /// Streams a raw body into the spool: at most `max_ingest_bytes` (413), and at least
@@ -386,15 +431,11 @@ impl Spool {
                 format!("the upload is too slow ({received} bytes in {:.0} s)", started.elapsed().as_secs_f64())
             },
         };
-        let file = &mut self.file;
-        let received = request::stream_body(http, payload, &bounds, async |chunk| {
-            file.write_all(&chunk).await.map_err(spool_error)
-        })
-        .await?;
+        let received = request::stream_body(http, payload, &bounds, async |chunk| self.write_all(&chunk).await).await?;
         if received == 0 {
             return Err(FhirError::incorrect(IssueCode::Required, "the request has no body"));
         }
-        self.file.flush().await.map_err(spool_error)
+        Ok(())
     }
 }
 
@@ -467,7 +508,7 @@ mod tests {
         // An upload left by a server that stopped mid-import is removed when the next one opens.
         std::fs::create_dir(dir.path().join("db.ingest")).unwrap();
         std::fs::write(dir.path().join("db.ingest/upload-left"), "half an export").unwrap();
-        let imports = Imports::open(&dir.path().join("db")).unwrap();
+        let imports = Imports::open(&dir.path().join("db"), None).unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("db.ingest")).unwrap().count(), 0);
         let first = imports.admit().unwrap();
         let _second = imports.admit().unwrap();

@@ -156,44 +156,74 @@ pub fn start(path: &Path, format: Format, patient: &str, zone: Option<String>) -
     let recorded = metadata.modified().map_or_else(|_| OffsetDateTime::now_utc(), OffsetDateTime::from);
     check_zone(format, zone.as_deref())?;
     let options = ReadOptions { recorded, method: Method::Pos, zone };
+    if !metadata.is_dir() {
+        let file = std::fs::File::open(path).map_err(cannot_open)?;
+        return start_reading(file, metadata.len(), format, patient, options);
+    }
+    if format != Format::Fitbit {
+        return Err(FormatError::new(format!(
+            "{} is a folder: give the file of {} (only a Fitbit export is read as a folder)",
+            path.display(),
+            format.title()
+        )));
+    }
+    let folder = fitbit::Folder::open(path)?;
+    let total = folder.data_bytes;
     let meter = Arc::new(Meter::default());
     let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
     let patient = patient.to_owned();
-    let (total, reading) = if metadata.is_dir() {
-        if format != Format::Fitbit {
-            return Err(FormatError::new(format!(
-                "{} is a folder: give the file of {} (only a Fitbit export is read as a folder)",
-                path.display(),
-                format.title()
-            )));
-        }
-        let folder = fitbit::Folder::open(path)?;
-        let total = folder.data_bytes;
-        let counter = meter.clone();
-        let reading = tokio::task::spawn_blocking(move || {
-            convert(format, &patient, &sender, &counter.clone(), |emit| {
-                let mut settings = fitbit::Settings::new(options.zone.as_deref())?;
-                folder.read(&mut settings, &counter, emit)?;
-                Ok(Notes { time_zone: Some(settings.zone_note) })
-            })
-        });
-        (total, reading)
-    } else {
-        let mut file = std::fs::File::open(path).map_err(cannot_open)?;
-        refuse_other_format(&mut file, format)?;
-        let input = BufReader::with_capacity(1 << 16, Counting::new(file, meter.clone()));
-        let counter = meter.clone();
-        let reading = tokio::task::spawn_blocking(move || {
-            convert(format, &patient, &sender, &counter, |emit| self::read(format, input, &options, emit))
-        });
-        (metadata.len(), reading)
-    };
+    let counter = meter.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        convert(format, &patient, &sender, &counter.clone(), |emit| {
+            let mut settings = fitbit::Settings::new(options.zone.as_deref())?;
+            folder.read(&mut settings, &counter, emit)?;
+            Ok(Notes { time_zone: Some(settings.zone_note) })
+        })
+    });
+    Ok(Import { batches: receiver, progress: Progress { meter, total }, reading })
+}
+
+/// Starts reading an upload the server spooled sealed with its data key (see
+/// [`crate::crypt::sealed`]), as `format` for `patient`.
+pub fn start_sealed(
+    path: &Path,
+    key: &crate::crypt::DataKey,
+    format: Format,
+    patient: &str,
+    zone: Option<String>,
+) -> Result<Import, FormatError> {
+    let cannot_open = |error: std::io::Error| FormatError::unopened(path, error);
+    check_zone(format, zone.as_deref())?;
+    let file = std::fs::File::open(path).map_err(cannot_open)?;
+    let reader = crate::crypt::sealed::SealedReader::new(file, key).map_err(cannot_open)?;
+    let total = reader.plain_len();
+    let options = ReadOptions { recorded: OffsetDateTime::now_utc(), method: Method::Pos, zone };
+    start_reading(reader, total, format, patient, options)
+}
+
+/// Starts reading `input` (of `total` bytes) on a blocking thread.
+fn start_reading<R: Read + Seek + Send + 'static>(
+    mut input: R,
+    total: u64,
+    format: Format,
+    patient: &str,
+    options: ReadOptions,
+) -> Result<Import, FormatError> {
+    refuse_other_format(&mut input, format)?;
+    let meter = Arc::new(Meter::default());
+    let (sender, receiver) = mpsc::channel(QUEUED_BATCHES);
+    let patient = patient.to_owned();
+    let input = BufReader::with_capacity(1 << 16, Counting::new(input, meter.clone()));
+    let counter = meter.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        convert(format, &patient, &sender, &counter, |emit| self::read(format, input, &options, emit))
+    });
     Ok(Import { batches: receiver, progress: Progress { meter, total }, reading })
 }
 
 /// Fails with the name of the format the file looks like when that is not `format`; leaves the
 /// file at its start.
-fn refuse_other_format(file: &mut std::fs::File, format: Format) -> Result<(), FormatError> {
+fn refuse_other_format(file: &mut (impl Read + Seek), format: Format) -> Result<(), FormatError> {
     let mut head = Vec::with_capacity(4096);
     file.by_ref().take(4096).read_to_end(&mut head).map_err(FormatError::io)?;
     file.seek(SeekFrom::Start(0)).map_err(FormatError::io)?;

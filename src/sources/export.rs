@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Access;
 use crate::auth::records::Records;
+use crate::crypt::DataKey;
+use crate::crypt::sealed::SealedWriter;
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
 use crate::search::compartment::COMPARTMENT_KEY;
 use crate::search::engine;
@@ -272,9 +274,12 @@ impl Exports {
             let Ok(_turn) = exports.turns.clone().acquire_owned().await else { return };
             let (job_dir, running, stopping) =
                 (exports.dir.join(&job.record().id), job.clone(), exports.stopping.clone());
-            let result = tokio::task::spawn_blocking(move || run(&running, &stopping, &snapshot, &kickoff, &job_dir))
-                .await
-                .unwrap_or_else(|_| Err("the export stopped unexpectedly".into()));
+            let seal = exports.store.data_key().cloned();
+            let result = tokio::task::spawn_blocking(move || {
+                run(&running, &stopping, &snapshot, &kickoff, &job_dir, seal.as_ref())
+            })
+            .await
+            .unwrap_or_else(|_| Err("the export stopped unexpectedly".into()));
             exports.finish(&job, result).await;
         });
         Ok(id)
@@ -419,6 +424,7 @@ fn run(
     snapshot: &Snapshot,
     kickoff: &Kickoff,
     dir: &Path,
+    seal: Option<&DataKey>,
 ) -> Result<Vec<Output>, String> {
     std::fs::create_dir_all(dir).map_err(|error| format!("cannot create the export directory: {error}"))?;
     let view = snapshot.index();
@@ -426,7 +432,7 @@ fn run(
     for (index, (resource_type, clauses)) in kickoff.types.iter().enumerate() {
         let resource_type = *resource_type;
         job.type_index.store(index as u64, Ordering::Relaxed);
-        let mut file: Option<(std::io::BufWriter<std::fs::File>, Output)> = None;
+        let mut file: Option<(ExportFile, Output)> = None;
         let mut failure: Option<String> = None;
         let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
             if job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed) {
@@ -451,10 +457,10 @@ fn run(
                     "{resource_type}-{}.ndjson",
                     outputs.iter().filter(|o: &&Output| o.resource_type == resource_type.as_str()).count() + 1
                 );
-                match std::fs::File::create(dir.join(&name)) {
+                match ExportFile::create(&dir.join(&name), seal) {
                     Ok(created) => {
                         let output = Output { resource_type: resource_type.as_str().to_owned(), file: name, count: 0 };
-                        file = Some((std::io::BufWriter::with_capacity(256 * 1024, created), output));
+                        file = Some((created, output));
                     }
                     Err(error) => {
                         failure = Some(format!("cannot create an export file: {error}"));
@@ -487,9 +493,47 @@ fn run(
     Ok(outputs)
 }
 
-fn close(writer: std::io::BufWriter<std::fs::File>) -> Result<(), String> {
-    let file = writer.into_inner().map_err(|error| format!("cannot write an export file: {error}"))?;
-    file.sync_all().map_err(|error| format!("cannot write an export file: {error}"))
+/// An export file being written: plain NDJSON, or sealed with the data key of an encrypted
+/// database (served decrypted to the client that asked; see `http::export::file`).
+enum ExportFile {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Sealed(SealedWriter<std::io::BufWriter<std::fs::File>>),
+}
+
+impl ExportFile {
+    fn create(path: &Path, seal: Option<&DataKey>) -> std::io::Result<ExportFile> {
+        let buffered = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(path)?);
+        Ok(match seal {
+            None => ExportFile::Plain(buffered),
+            Some(key) => ExportFile::Sealed(SealedWriter::new(buffered, key)?),
+        })
+    }
+}
+
+impl Write for ExportFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ExportFile::Plain(writer) => writer.write(data),
+            ExportFile::Sealed(writer) => writer.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ExportFile::Plain(writer) => writer.flush(),
+            ExportFile::Sealed(writer) => writer.flush(),
+        }
+    }
+}
+
+fn close(writer: ExportFile) -> Result<(), String> {
+    let failed = |error: std::io::Error| format!("cannot write an export file: {error}");
+    let buffered = match writer {
+        ExportFile::Plain(buffered) => buffered,
+        ExportFile::Sealed(sealed) => sealed.finish().map_err(failed)?,
+    };
+    let file = buffered.into_inner().map_err(|error| failed(error.into_error()))?;
+    file.sync_all().map_err(failed)
 }
 
 /// Whether version `version` of `id` belongs to the export's level: every resource for a

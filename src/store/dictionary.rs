@@ -13,6 +13,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use super::codec::{self, Codecs, StoredBody, content_hash};
 use super::keys::resource_version;
 use super::migrate::{self, MigrationProgress, MigrationReport, Rewrite};
+use crate::crypt::KeyFile;
+
 use super::{CURRENT_DICTIONARY_KEY, DICTIONARY, Indexer, META, Opened, RESOURCE_VERSION, StoreError, open_stopped};
 
 /// The most bodies sampled for training (and as many again held out to judge the result): zstd
@@ -47,9 +49,15 @@ pub struct TrainReport {
 
 /// Trains a dictionary of about `size` bytes on up to `samples` bodies spread evenly over a
 /// stopped database, and adopts it if it does better than the current one.
-pub fn train(path: &Path, indexer: &dyn Indexer, size: usize, samples: usize) -> Result<TrainReport, StoreError> {
+pub fn train(
+    path: &Path,
+    key: Option<&KeyFile>,
+    indexer: &dyn Indexer,
+    size: usize,
+    samples: usize,
+) -> Result<TrainReport, StoreError> {
     let samples = samples.clamp(MIN_SAMPLES, MAX_SAMPLES);
-    let (db, Opened { codecs, .. }) = open_stopped(path, indexer, &mut |_| {})?;
+    let (db, Opened { codecs, .. }) = open_stopped(path, key, indexer, &mut |_| {})?;
     let (training, held_out) = {
         let txn = db.begin_read()?;
         let versions = txn.open_table(RESOURCE_VERSION)?;
@@ -126,10 +134,11 @@ pub fn train(path: &Path, indexer: &dyn Indexer, size: usize, samples: usize) ->
 /// The old dictionaries stay in the file.
 pub fn recompress(
     path: &Path,
+    key: Option<&KeyFile>,
     indexer: &dyn Indexer,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<MigrationReport, StoreError> {
-    let (db, Opened { codecs, .. }) = open_stopped(path, indexer, &mut |_| {})?;
+    let (db, Opened { codecs, .. }) = open_stopped(path, key, indexer, &mut |_| {})?;
     migrate::rewrite_bodies(&db, &codecs, Rewrite::Recompress, migrate::BATCH_VERSIONS, None, progress)
 }
 

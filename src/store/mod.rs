@@ -13,6 +13,8 @@ mod body_cache;
 pub mod check;
 pub mod codec;
 pub mod dictionary;
+pub mod encrypted;
+pub mod encryption;
 mod gc;
 pub mod keys;
 mod migrate;
@@ -43,6 +45,7 @@ pub use ops::{
 pub use snapshot::{HistoryPage, HistoryQuery, Snapshot, Version};
 pub use view::{IndexHit, IndexTables, IndexView, LATEST, SnapshotIndex};
 
+use crate::crypt::{DataKey, KeyFile};
 use crate::fhir::FhirError;
 
 pub(crate) const RESOURCE_VERSION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resource_version");
@@ -111,6 +114,10 @@ pub enum StoreError {
     Compaction(#[from] redb::CompactionError),
     #[error("the database is open in another process (a running Braid?); stop it first")]
     InUse,
+    #[error("the database is encrypted; give its key file (--encryption-key-file or BRAID_ENCRYPTION_KEY_FILE)")]
+    KeyRequired,
+    #[error("{0}")]
+    Encryption(#[from] encrypted::OpenError),
 }
 
 impl From<StoreError> for FhirError {
@@ -153,6 +160,9 @@ pub struct StoreOptions {
     pub quick_repair: bool,
     /// Memory for decompressed bodies of recently read versions (see `body_cache`); 0: none.
     pub body_cache_bytes: usize,
+    /// Encrypt the database (and the files the server writes besides it) with the data key this
+    /// key file unwraps; `None`: a plain database. See `encrypted`.
+    pub encryption_key: Option<Arc<KeyFile>>,
 }
 
 /// The highest `conditional_delete_max` honoured: one conditional delete is one transaction in
@@ -170,6 +180,7 @@ impl Default for StoreOptions {
             conditional_delete_max: 1,
             quick_repair: true,
             body_cache_bytes: 32 << 20,
+            encryption_key: None,
         }
     }
 }
@@ -217,6 +228,8 @@ pub struct Store {
     indexer: Arc<dyn Indexer>,
     /// The database's compression dictionaries, prepared once.
     codecs: Arc<Codecs>,
+    /// The key of an encrypted database, for the files sealed besides it (`None`: plain).
+    data_key: Option<DataKey>,
 }
 
 impl Store {
@@ -225,8 +238,10 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Storage(redb::StorageError::Io(e)))?;
         }
-        let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
-        Self::start(db, options, indexer)
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_bytes);
+        let (db, data_key) = encryption::open_file(path, options.encryption_key.as_deref(), &builder, true)?;
+        Self::start(db, data_key, options, indexer)
     }
 
     /// Like [`Store::open`], on any storage redb can use (tests use one that simulates power
@@ -237,10 +252,15 @@ impl Store {
         indexer: Arc<dyn Indexer>,
     ) -> Result<Store, StoreError> {
         let db = Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend)?;
-        Self::start(db, options, indexer)
+        Self::start(db, None, options, indexer)
     }
 
-    fn start(db: Database, options: StoreOptions, indexer: Arc<dyn Indexer>) -> Result<Store, StoreError> {
+    fn start(
+        db: Database,
+        data_key: Option<DataKey>,
+        options: StoreOptions,
+        indexer: Arc<dyn Indexer>,
+    ) -> Result<Store, StoreError> {
         let Opened { secret, horizon, codecs, .. } = Self::initialise_with(&db, indexer.as_ref(), &mut |progress| {
             tracing::info!(
                 step = progress.unit,
@@ -257,7 +277,13 @@ impl Store {
         if !options.gc_interval.is_zero() {
             gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
         }
-        Ok(Store { db, writer, latest, cursor_key, indexer, codecs })
+        Ok(Store { db, writer, latest, cursor_key, indexer, codecs, data_key })
+    }
+
+    /// The data key of an encrypted database (`None`: a plain one): what the server seals the
+    /// files it writes besides the database with (exports, spooled uploads).
+    pub fn data_key(&self) -> Option<&DataKey> {
+        self.data_key.as_ref()
     }
 
     /// Removes the index entries that no valid paging cursor can need any more, now (the
@@ -569,9 +595,14 @@ pub struct CompactReport {
 /// paging cursor can need (as the running server would), rewrites every table in key order so
 /// that its pages are full (see `repack`), then lets redb move pages to the front of the file
 /// and truncate it. A file held by a running Braid is refused.
-pub fn compact(path: &Path, cursor_ttl: Duration, indexer: &dyn Indexer) -> Result<CompactReport, StoreError> {
+pub fn compact(
+    path: &Path,
+    key: Option<&KeyFile>,
+    cursor_ttl: Duration,
+    indexer: &dyn Indexer,
+) -> Result<CompactReport, StoreError> {
     let bytes_before = file_size(path)?;
-    let (mut db, Opened { horizon, .. }) = open_stopped(path, indexer, &mut |_| {})?;
+    let (mut db, Opened { horizon, .. }) = open_stopped(path, key, indexer, &mut |_| {})?;
     let collected = gc::collect(&db, cursor_ttl, std::time::SystemTime::now(), &AtomicU64::new(horizon))?;
     let rows_repacked = repack::repack_all(&db)?;
     while db.compact()? {}
@@ -621,6 +652,7 @@ fn load_codecs(db: &Database) -> Result<Codecs, StoreError> {
 /// current format (see [`Store::initialise_with`]). A file held by a running Braid is refused.
 fn open_stopped(
     path: &Path,
+    key: Option<&KeyFile>,
     indexer: &dyn Indexer,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<(Database, Opened), StoreError> {
@@ -630,9 +662,9 @@ fn open_stopped(
             format!("no database at {}", path.display()),
         ))));
     }
-    let db = Database::builder().open(path).map_err(|error| match error {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-        other => StoreError::Database(other),
+    let (db, _) = encryption::open_file(path, key, &Database::builder(), false).map_err(|error| match error {
+        StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => StoreError::InUse,
+        other => other,
     })?;
     let opened = Store::initialise_with(&db, indexer, progress)?;
     Ok((db, opened))
@@ -642,10 +674,11 @@ fn open_stopped(
 /// `progress` called after each batch. Running it again on a migrated file does nothing.
 pub fn migrate(
     path: &Path,
+    key: Option<&KeyFile>,
     indexer: &dyn Indexer,
     progress: &mut dyn FnMut(&MigrationProgress),
 ) -> Result<MigrationReport, StoreError> {
-    let (_, opened) = open_stopped(path, indexer, progress)?;
+    let (_, opened) = open_stopped(path, key, indexer, progress)?;
     // A migration reports its versions; a file already current reports its own.
     let current = opened.found_version.unwrap_or(FORMAT_VERSION);
     Ok(opened.migrated.unwrap_or(MigrationReport { from_version: current, to_version: current, ..Default::default() }))

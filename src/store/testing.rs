@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Store, StoreOptions};
+use super::{Action, Precondition, Store, StoreOptions, Target, WriteRequest};
+use crate::fhir::{Id, ResourceType};
 use crate::search::SearchIndexer;
 
 pub fn open(path: &std::path::Path) -> Store {
@@ -23,4 +24,15 @@ pub fn close(store: Store) {
 
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// An update (create or replace) of `resource_type/id` with `body` (a JSON object).
+pub fn put(resource_type: ResourceType, id: &str, body: serde_json::Value) -> WriteRequest {
+    let serde_json::Value::Object(resource) = body else { panic!("a resource is a JSON object") };
+    WriteRequest::single(Action::Update {
+        resource_type,
+        target: Target::Id(Id::parse(id).unwrap()),
+        resource,
+        precondition: Precondition::default(),
+    })
 }

@@ -51,7 +51,7 @@ async fn export(app: &TestApp, path: &str, token: Option<&str>) -> BTreeMap<(Str
 
 /// [`export`], and the manifest. Every resource exported was last updated at or before the
 /// manifest's `transactionTime`.
-async fn export_with_manifest(
+pub async fn export_with_manifest(
     app: &TestApp,
     path: &str,
     token: Option<&str>,

@@ -226,10 +226,16 @@ pub fn braid_cli(data: &std::path::Path, args: &[&str]) -> impl Future<Output = 
 
 /// Starts the `braid` binary on `data` and waits until it logs the port it listens on.
 pub fn start_braid_process(data: &std::path::Path, log_level: &str) -> BraidProcess {
+    start_braid_process_with(data, log_level, &[])
+}
+
+/// Like [`start_braid_process`], with more arguments to `braid serve`.
+pub fn start_braid_process_with(data: &std::path::Path, log_level: &str, extra: &[&str]) -> BraidProcess {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(extra)
         .env("BRAID_LOG_FORMAT", "json")
         .env("BRAID_LOG_LEVEL", log_level)
         .env("BRAID_AUTH", "off")

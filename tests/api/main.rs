@@ -12,6 +12,7 @@ mod correctness;
 mod crash;
 mod crud;
 mod differential;
+mod encryption;
 mod errors;
 mod examples;
 mod export;

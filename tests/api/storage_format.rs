@@ -163,7 +163,7 @@ fn version_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
 async fn a_damaged_compressed_body_is_an_error_naming_the_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = format_3_database(dir.path());
-    braid::store::migrate(&path, &SearchIndexer, &mut |_| {}).unwrap();
+    braid::store::migrate(&path, None, &SearchIndexer, &mut |_| {}).unwrap();
     // Truncate the current Patient/example; flip bytes inside the frame of Observation/body-height.
     damage(&path, &version_key("Patient", "example", 3), |value| value.truncate(value.len() - 40));
     damage(&path, &version_key("Observation", "body-height", 1), |value| {
