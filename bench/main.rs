@@ -147,6 +147,9 @@ enum Scenario {
     /// `braid ingest apple` on a generated export.xml (`--apple-megabytes`), and the same file
     /// posted to a running server's `Patient/p1/$ingest-vitals`.
     Apple,
+    /// Encryption at rest: the same data and load on a plain and an encrypted database, side by
+    /// side (file size, build rate, read by id, search latencies, ingest; `--resources`).
+    Encryption,
 }
 
 fn main() {
@@ -238,13 +241,21 @@ fn main() {
     if matches!(args.scenario, Scenario::Pull) {
         runtime.block_on(pull_scenario(&args, dir.path()));
     }
+    if matches!(args.scenario, Scenario::Encryption) {
+        runtime.block_on(encryption_scenario(&args, dir.path()));
+    }
 }
 
 /// Opens a store for building a scenario's data in-process; `BRAID_QUICK_REPAIR=false` (as for
 /// the servers it starts) commits without quick repair, to compare both.
 fn open_store(path: &Path) -> Store {
+    open_store_with(path, None)
+}
+
+/// [`open_store`], encrypted with the data key `key` unwraps when there is one.
+fn open_store_with(path: &Path, key: Option<Arc<braid::crypt::KeyFile>>) -> Store {
     let quick_repair = std::env::var("BRAID_QUICK_REPAIR").map_or(true, |value| value.trim() != "false");
-    let options = StoreOptions { quick_repair, ..StoreOptions::default() };
+    let options = StoreOptions { quick_repair, encryption_key: key, ..StoreOptions::default() };
     Store::open(path, options, Arc::new(SearchIndexer)).expect("database opens")
 }
 
@@ -724,7 +735,15 @@ fn print_table_usage(store: &Store, resources: usize) {
 /// observations), prints its tables' usage and closes it. Returns the resources written and the
 /// seconds writing them took.
 async fn build_search_database(data: &Path, observations: usize) -> (usize, f64) {
-    let store = open_store(data);
+    build_search_database_with(data, observations, None).await
+}
+
+async fn build_search_database_with(
+    data: &Path,
+    observations: usize,
+    key: Option<Arc<braid::crypt::KeyFile>>,
+) -> (usize, f64) {
+    let store = open_store_with(data, key);
     let started = Instant::now();
     fill(&store, 10_000, 1000, patient).await;
     fill(&store, observations, 2000, search_observation).await;
@@ -1428,4 +1447,182 @@ async fn pull_scenario(args: &Args, dir: &Path) {
         let _ = std::fs::remove_file(&data);
     }
     println!("  median: {:.0} resources/s (target >= 5000)", median(&mut rates));
+}
+
+/// Encryption at rest, side by side: the search database built plain and encrypted (build rate,
+/// file size), then servers on both answering the same load in alternating rounds: read by id
+/// (with the default page cache, and with a 16 MiB one so that most reads decrypt a page),
+/// the search scenario's queries, and transaction ingest into fresh databases.
+async fn encryption_scenario(args: &Args, dir: &Path) {
+    let observations = args.resources;
+    println!(
+        "\n== encryption at rest: plain vs encrypted; 10,000 patients and {observations} observations; {} rounds of {} s, alternating ==",
+        args.rounds, args.seconds
+    );
+    let key_path = dir.join("bench.key");
+    braid::crypt::KeyFile::generate(&key_path).expect("a key file");
+    let key = Arc::new(braid::crypt::KeyFile::load(&key_path).expect("the key file loads"));
+    let key_text = key_path.to_str().expect("a UTF-8 path").to_owned();
+    let modes = ["plain", "encrypted"];
+    let env_of = |mode: &str| -> Vec<(&str, &str)> {
+        if mode == "encrypted" { vec![("BRAID_ENCRYPTION_KEY_FILE", key_text.as_str())] } else { Vec::new() }
+    };
+    let data_of = |mode: &str| dir.join(format!("crypt-{mode}.redb"));
+
+    let mut sizes = Vec::new();
+    for mode in modes {
+        let key = (mode == "encrypted").then(|| key.clone());
+        let (resources, elapsed) = build_search_database_with(&data_of(mode), observations, key).await;
+        let (length, blocks) = file_sizes(&data_of(mode));
+        println!(
+            "  {mode:9} built at {:.0} resources/s in-process; file {:.1} MiB ({:.0} bytes/resource), on disk {:.1} MiB ({:.0} bytes/resource)",
+            resources as f64 / elapsed,
+            length as f64 / 1048576.0,
+            length as f64 / resources as f64,
+            blocks as f64 / 1048576.0,
+            blocks as f64 / resources as f64
+        );
+        sizes.push((length, blocks, resources as f64 / elapsed));
+    }
+    println!(
+        "  encrypted / plain: file length {:.3}, on disk {:.3} (target <= 1.05); build rate {:.3}",
+        sizes[1].0 as f64 / sizes[0].0 as f64,
+        sizes[1].1 as f64 / sizes[0].1 as f64,
+        sizes[1].2 / sizes[0].2
+    );
+
+    // Read by id and the search queries, on servers started afresh each round.
+    let patients = 10_000;
+    let read = move |c: usize, n: usize| load::get(&format!("/fhir/Patient/p{}", pick(c, n, patients)));
+    type MakeQuery = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+    let queries: Vec<(&str, MakeQuery)> = vec![
+        (
+            "Observation?patient=X&code=Y",
+            Arc::new(move |c, n| {
+                format!(
+                    "/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}",
+                    10 + pick(c, n, patients - 10),
+                    CODES[pick(c, n + 7, 10)]
+                )
+            }),
+        ),
+        (
+            "Observation?code=Y&date=ge2020-01-01&_count=50",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])
+            }),
+        ),
+        (
+            "Observation?code=Y&_summary=count",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])
+            }),
+        ),
+        (
+            "Observation?date=ge2024-01-01&_count=50",
+            Arc::new(|_, _| "/fhir/Observation?date=ge2024-01-01&_count=50".into()),
+        ),
+        (
+            "Observation?code=Y&_sort=-date&_count=50",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&_sort=-date&_count=50", CODES[pick(c, n, 10)])
+            }),
+        ),
+        (
+            "Patient/X/$everything?_count=1000",
+            Arc::new(|c, n| format!("/fhir/Patient/p{}/$everything?_count=1000", pick(c, n, 10))),
+        ),
+    ];
+    let mut reads: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let mut cold_reads: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let mut latencies: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); queries.len()]; 2];
+    for round in 0..args.rounds {
+        for (index, mode) in modes.iter().enumerate() {
+            let server = servers::start_braid_with_env(&data_of(mode), &env_of(mode));
+            load::run(server.port, 32, Duration::from_secs(1), read).await; // warm-up
+            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), read).await;
+            println!(
+                "  round {round} {mode:9} read by id: {:>8.0} req/s  p50 {:.2} ms  errors {}{}",
+                result.throughput(),
+                result.percentile(0.5),
+                result.errors,
+                result.error_note()
+            );
+            reads[index].push(result.throughput());
+            for (query, (name, make)) in queries.iter().enumerate() {
+                let request = {
+                    let make = make.clone();
+                    move |c: usize, n: usize| load::get(&make(c, n))
+                };
+                load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
+                let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+                println!(
+                    "  round {round} {mode:9} {name:48} p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
+                    result.percentile(0.5),
+                    result.percentile(0.99),
+                    result.errors,
+                    result.error_note()
+                );
+                latencies[index][query].push(result.percentile(0.5));
+            }
+            drop(server);
+            // A page cache far smaller than the file: most reads fetch (and decrypt) pages.
+            let mut env = env_of(mode);
+            env.push(("BRAID_CACHE_MB", "16"));
+            env.push(("BRAID_BODY_CACHE_MB", "0"));
+            let server = servers::start_braid_with_env(&data_of(mode), &env);
+            load::run(server.port, 32, Duration::from_secs(1), read).await; // warm-up
+            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), read).await;
+            println!(
+                "  round {round} {mode:9} read by id, 16 MiB cache: {:>8.0} req/s  p50 {:.2} ms  errors {}{}",
+                result.throughput(),
+                result.percentile(0.5),
+                result.errors,
+                result.error_note()
+            );
+            cold_reads[index].push(result.throughput());
+        }
+    }
+
+    // Ingest: transaction bundles into a fresh database each round.
+    let bundle = Arc::new(IngestBundle::new());
+    let mut ingests: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    for round in 0..args.rounds {
+        for (index, mode) in modes.iter().enumerate() {
+            let data = dir.join(format!("crypt-ingest-{round}-{mode}.redb"));
+            let server = servers::start_braid_with_env(&data, &env_of(mode));
+            let bundle = bundle.clone();
+            let request =
+                move |_: usize, _: usize| load::post("/fhir", &bundle.next_body(), "Prefer: return=minimal\r\n");
+            let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+            drop(server);
+            println!(
+                "  round {round} {mode:9} ingest: {:.0} resources/s  p50 {:.1} ms  errors {}{}",
+                result.throughput() * 50.0,
+                result.percentile(0.5),
+                result.errors,
+                result.error_note()
+            );
+            ingests[index].push(result.throughput() * 50.0);
+            let _ = std::fs::remove_file(&data);
+        }
+    }
+
+    println!("  medians (plain, encrypted, encrypted/plain; target: overhead <= 20%):");
+    let report = |name: &str, unit: &str, values: &mut [Vec<f64>], higher_is_better: bool| {
+        let (plain, encrypted) = (median(&mut values[0]), median(&mut values[1]));
+        let overhead = if higher_is_better { plain / encrypted - 1.0 } else { encrypted / plain - 1.0 };
+        println!(
+            "    {name:52} {plain:>10.2} {encrypted:>10.2} {unit:6} ratio {:.3}  overhead {:+.1}%",
+            encrypted / plain,
+            100.0 * overhead
+        );
+    };
+    report("read by id", "req/s", &mut reads, true);
+    report("read by id, 16 MiB page cache", "req/s", &mut cold_reads, true);
+    for (query, (name, _)) in queries.iter().enumerate() {
+        let mut values = vec![latencies[0][query].clone(), latencies[1][query].clone()];
+        report(&format!("{name} p50"), "ms", &mut values, false);
+    }
+    report("ingest (transactions of 50)", "res/s", &mut ingests, true);
 }
