@@ -26,11 +26,24 @@ fn associated(file_id: &[u8; 16], index: u64, last: bool) -> [u8; 36] {
     data
 }
 
+/// Whether the file at `path` is a sealed file (by its first bytes).
+pub fn is_sealed(path: &std::path::Path) -> io::Result<bool> {
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path)?;
+    match file.read_exact(&mut head) {
+        Ok(()) => Ok(&head == MAGIC),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// The plain length of a sealed file of `stored` bytes, or `None` if no sealed file has that
 /// length (it was cut short).
 pub fn plain_len(stored: u64) -> Option<u64> {
     let body = stored.checked_sub(HEAD_BYTES)?;
-    if body < CHUNK_OVERHEAD as u64 {
+    // Every chunk but the last is whole; the last has at least its nonce and tag.
+    let last = body % STORED_CHUNK;
+    if body < CHUNK_OVERHEAD as u64 || (last != 0 && last < CHUNK_OVERHEAD as u64) {
         return None;
     }
     let chunks = body.div_ceil(STORED_CHUNK);
@@ -115,7 +128,7 @@ impl<R: Read + Seek> SealedReader<R> {
             return Err(damaged("it is not a sealed file".into()));
         }
         let chunks = (stored - HEAD_BYTES).div_ceil(STORED_CHUNK);
-        Ok(SealedReader {
+        let mut reader = SealedReader {
             inner,
             key: key.clone(),
             file_id: head[16..].try_into().expect("sized"),
@@ -124,7 +137,11 @@ impl<R: Read + Seek> SealedReader<R> {
             position: 0,
             current: None,
             plain: Vec::with_capacity(CHUNK),
-        })
+        };
+        // The last chunk says the file is whole: checked before anything is read, so that a
+        // file cut short never reads as a shorter one.
+        reader.load(chunks - 1)?;
+        Ok(reader)
     }
 
     /// The length of the plain content.
@@ -154,8 +171,27 @@ impl<R: Read + Seek> SealedReader<R> {
     }
 }
 
+/// Why a sealed file cannot be read, inside the `io::Error` its reader returns: a readers'
+/// caller can tell a damaged file of the server's own from bad content (see
+/// [`is_damaged`]).
+#[derive(Debug)]
+pub struct Damaged(String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the sealed file cannot be read: {}", self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Whether `error` is a sealed file's failure to authenticate (or its being cut short).
+pub fn is_damaged(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<Damaged>())
+}
+
 fn damaged(reason: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("the sealed file cannot be read: {reason}"))
+    io::Error::new(io::ErrorKind::InvalidData, Damaged(reason))
 }
 
 impl<R: Read + Seek> Read for SealedReader<R> {
@@ -251,7 +287,18 @@ mod tests {
         swapped.copy_within(second..second + STORED_CHUNK as usize, first);
         swapped[second..second + STORED_CHUNK as usize].copy_from_slice(&chunk0);
         assert!(read_all(&swapped, &key).is_err());
-        assert!(read_all(&stored, &DataKey::random()).unwrap_err().to_string().contains("chunk 0"));
+        assert!(read_all(&stored, &DataKey::random()).unwrap_err().to_string().contains("fails authentication"));
+        // Cut inside the last chunk's nonce and tag: no sealed file has that length.
+        for cut in 1..40 {
+            // The last chunk is 40 + 5 bytes: cut it to 40 - cut.
+            let short = &stored[..stored.len() - 5 - cut];
+            assert!(is_damaged(&read_all(short, &key).unwrap_err()), "cut {cut}");
+        }
+        // An empty file's one chunk is authenticated too.
+        let empty = sealed(&key, b"", 1);
+        let mut forged = empty.clone();
+        forged[40] ^= 1;
+        assert!(read_all(&forged, &key).unwrap_err().to_string().contains("chunk 0"));
         // A chunk of another file with the same key is refused (the file id differs).
         let other = sealed(&key, &content, 70_000);
         let mut mixed = stored.clone();

@@ -328,8 +328,23 @@ pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let (id, name) = (ctx.param(0).to_owned(), ctx.param(1).to_owned());
     let path = ctx.state.exports.file(&id, &ctx.access, &name).ok_or_else(|| unknown_job(&id))?;
-    if let Some(key) = ctx.state.store.data_key() {
-        return sealed_file(&path, key.clone()).await;
+    // By the file itself, not the database's current state: exports outlive a restart, and
+    // the database may have been encrypted or decrypted since the file was written.
+    let sealed = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::crypt::sealed::is_sealed(&path)).await
+    };
+    match (sealed, ctx.state.store.data_key()) {
+        (Ok(Ok(true)), Some(key)) => return sealed_file(&path, key.clone()).await,
+        (Ok(Ok(true)), None) => {
+            tracing::error!("an export file was sealed by an encrypted database that has since been decrypted");
+            return Err(FhirError::fault("export file"));
+        }
+        (Ok(Ok(false)), _) => {}
+        _ => {
+            tracing::error!("an export file is missing");
+            return Err(FhirError::fault("export file"));
+        }
     }
     let file = tokio::fs::File::open(&path).await.map_err(|error| {
         tracing::error!(%error, "an export file is missing");

@@ -203,6 +203,10 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let read = reading.await.map_err(|_| FhirError::fault("ingest"))?;
     let mut summary = match read {
         Ok(summary) => summary,
+        Err(failure) if failure.unopened => {
+            tracing::error!(error = %failure.message, "the ingest spool cannot be read back");
+            return Err(FhirError::fault("ingest-spool"));
+        }
         Err(failure) => {
             let mut error = FhirError::incorrect(IssueCode::Invalid, failure.message);
             stored_before(&mut error, written.created);

@@ -52,8 +52,9 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError {
     pub message: String,
-    /// The input could not be opened at all: nothing was wrong with its content (an upload's
-    /// spool file that cannot be opened is the server's fault, not the client's).
+    /// The server's fault, not the input's: the input could not be opened at all, or the
+    /// server's own sealed spool of it fails authentication (an upload's spool file that cannot
+    /// be opened or read back is not the client's to fix).
     pub unopened: bool,
 }
 
@@ -68,7 +69,10 @@ impl FormatError {
     }
 
     pub fn io(error: std::io::Error) -> FormatError {
-        FormatError::new(format!("cannot read the input: {error}"))
+        FormatError {
+            message: format!("cannot read the input: {error}"),
+            unopened: crate::crypt::sealed::is_damaged(&error),
+        }
     }
 }
 

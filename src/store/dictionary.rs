@@ -111,7 +111,7 @@ pub fn train(
     }
     let adopted = bytes_after < bytes_before;
     if adopted {
-        let txn = db.begin_write()?;
+        let txn = super::begin_write(&db)?;
         txn.open_table(DICTIONARY)?.insert(next_id, dictionary.as_slice())?;
         txn.open_table(META)?.insert(CURRENT_DICTIONARY_KEY, next_id.to_be_bytes().as_slice())?;
         txn.commit()?;

@@ -15,6 +15,10 @@
 //!   never read back.
 //!
 //! A record never written (all zeros) is refused when read: redb reads only what it wrote.
+//!
+//! Limits: a block can be rolled back to an older record of itself (or the whole file to an
+//! older copy) without detection; block 0's two copies assume one header write between syncs,
+//! which holds in redb's default single-writer mode, the only one Braid uses.
 
 use std::io;
 use std::ops::Bound;
@@ -89,7 +93,8 @@ fn block_associated(block: u64, generation: u64) -> [u8; 26] {
     data
 }
 
-/// Where block `block`'s record is (block 0: its first copy).
+/// Where block `block`'s record is (for block 0, its second copy; the first is at
+/// `KEY_BLOCK`).
 fn record_offset(block: u64) -> u64 {
     KEY_BLOCK + (block + 1) * RECORD as u64
 }
@@ -147,7 +152,6 @@ impl<B: StorageBackend> EncryptedBackend<B> {
             block[16..20].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
             block[20..24].copy_from_slice(&(BLOCK as u32).to_le_bytes());
             write_slot(&mut block, 0, 1, key, &data_key);
-            inner.set_len(KEY_BLOCK)?;
             inner.write(0, &block)?;
             inner.sync_data()?;
             data_key
@@ -184,6 +188,12 @@ impl<B: StorageBackend> EncryptedBackend<B> {
         inner.write(SLOTS[slot] as u64, &[0u8; SLOT_BYTES])?;
         inner.sync_data()?;
         Ok(())
+    }
+
+    /// Like redb's `read`, but a block never written reads as zeros, as the file's unused space
+    /// does to redb: for copying the whole file (`braid decrypt`), unused space included.
+    pub fn read_including_unwritten(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read(offset, out, true)
     }
 
     /// The data key, for the files the server seals besides the database.
@@ -313,13 +323,18 @@ impl<B: StorageBackend> Pages<B> {
         record[NONCE_BYTES + 8..NONCE_BYTES + 8 + TAG_BYTES].copy_from_slice(&tag);
     }
 
-    /// Decrypts blocks `first..first + out.len() / BLOCK` (none of them block 0) into `out`.
-    fn read_blocks(&self, first: u64, out: &mut [u8]) -> io::Result<()> {
+    /// Decrypts blocks `first..first + out.len() / BLOCK` (none of them block 0) into `out`; a
+    /// block never written is an error unless `unwritten_as_zeros`.
+    fn read_blocks(&self, first: u64, out: &mut [u8], unwritten_as_zeros: bool) -> io::Result<()> {
         let count = out.len() / BLOCK;
         let mut records = vec![0u8; count * RECORD];
         self.inner.read(record_offset(first), &mut records)?;
         for (i, (record, plain)) in records.chunks(RECORD).zip(out.chunks_mut(BLOCK)).enumerate() {
             let block = first + i as u64;
+            if unwritten_as_zeros && record.iter().all(|b| *b == 0) {
+                plain.fill(0);
+                continue;
+            }
             if self.open_record(block, record, plain).is_none() {
                 let at = record_offset(block);
                 let why = if record.iter().all(|b| *b == 0) { "was never written" } else { "fails authentication" };
@@ -342,7 +357,41 @@ impl<B: StorageBackend> Pages<B> {
             plain.fill(0);
             return Ok(());
         }
-        self.read_blocks(block, &mut plain[..])
+        self.read_blocks(block, &mut plain[..], false)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8], unwritten_as_zeros: bool) -> io::Result<()> {
+        let beyond = || io::Error::new(io::ErrorKind::UnexpectedEof, "read beyond the end of the database");
+        let end = offset.checked_add(out.len() as u64).ok_or_else(beyond)?;
+        // Blocks past the end fail in the inner read; block 0 is read from memory, so its
+        // presence is checked here.
+        if offset < BLOCK as u64 && self.inner.len()? < record_offset(1) {
+            return Err(beyond());
+        }
+        let mut at = offset;
+        while at < end {
+            let block = at / BLOCK as u64;
+            let within = (at % BLOCK as u64) as usize;
+            let out_at = (at - offset) as usize;
+            if block == 0 {
+                let header = self.header.lock().expect("header lock");
+                let taken = (BLOCK - within).min((end - at) as usize);
+                out[out_at..out_at + taken].copy_from_slice(&header.plain[within..within + taken]);
+                at += taken as u64;
+            } else if within == 0 && end - at >= BLOCK as u64 {
+                // Whole blocks: decrypted straight into `out`, with one read of their records.
+                let whole = ((end - at) / BLOCK as u64) as usize * BLOCK;
+                self.read_blocks(block, &mut out[out_at..out_at + whole], unwritten_as_zeros)?;
+                at += whole as u64;
+            } else {
+                let mut plain = [0u8; BLOCK];
+                self.read_blocks(block, &mut plain, unwritten_as_zeros)?;
+                let taken = (BLOCK - within).min((end - at) as usize);
+                out[out_at..out_at + taken].copy_from_slice(&plain[within..within + taken]);
+                at += taken as u64;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,38 +401,7 @@ impl<B: StorageBackend> StorageBackend for EncryptedBackend<B> {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let pages = &self.0;
-        let beyond = || io::Error::new(io::ErrorKind::UnexpectedEof, "read beyond the end of the database");
-        let end = offset.checked_add(out.len() as u64).ok_or_else(beyond)?;
-        // Blocks past the end fail in the inner read; block 0 is read from memory, so its
-        // presence is checked here.
-        if offset < BLOCK as u64 && pages.inner.len()? < record_offset(1) {
-            return Err(beyond());
-        }
-        let mut at = offset;
-        while at < end {
-            let block = at / BLOCK as u64;
-            let within = (at % BLOCK as u64) as usize;
-            let out_at = (at - offset) as usize;
-            if block == 0 {
-                let header = pages.header.lock().expect("header lock");
-                let taken = (BLOCK - within).min((end - at) as usize);
-                out[out_at..out_at + taken].copy_from_slice(&header.plain[within..within + taken]);
-                at += taken as u64;
-            } else if within == 0 && end - at >= BLOCK as u64 {
-                // Whole blocks: decrypted straight into `out`, with one read of their records.
-                let whole = ((end - at) / BLOCK as u64) as usize * BLOCK;
-                pages.read_blocks(block, &mut out[out_at..out_at + whole])?;
-                at += whole as u64;
-            } else {
-                let mut plain = [0u8; BLOCK];
-                pages.read_blocks(block, &mut plain)?;
-                let taken = (BLOCK - within).min((end - at) as usize);
-                out[out_at..out_at + taken].copy_from_slice(&plain[within..within + taken]);
-                at += taken as u64;
-            }
-        }
-        Ok(())
+        self.0.read(offset, out, false)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

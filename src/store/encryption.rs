@@ -164,9 +164,9 @@ fn convert_with(
         }
     };
     let source_file = std::fs::File::open(path).map_err(io_error)?;
-    let source: Box<dyn StorageBackend> = match source_key {
-        None => Box::new(FileBackend::new(source_file)?),
-        Some(key) => Box::new(EncryptedBackend::open(FileBackend::new(source_file)?, key)?),
+    let source = match source_key {
+        None => Source::Plain(FileBackend::new(source_file)?),
+        Some(key) => Source::Encrypted(EncryptedBackend::open(FileBackend::new(source_file)?, key)?),
     };
     let total = source.len().map_err(io_error)?;
     if total % BLOCK as u64 != 0 {
@@ -197,18 +197,17 @@ fn convert_with(
         let _ = std::fs::remove_file(&checkpoint_path);
         let _ = std::fs::remove_file(&destination_path);
     }
-    let resumed_at = checkpoint.done;
-    let destination_file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&destination_path)
-        .map_err(io_error)?;
-    let destination: Box<dyn StorageBackend> = match direction {
-        Direction::Encrypt => Box::new(EncryptedBackend::open(FileBackend::new(destination_file)?, key)?),
-        Direction::Decrypt => Box::new(FileBackend::new(destination_file)?),
+    let destination = match open_destination(&destination_path, direction, key) {
+        // Begun with another key file: begun again with this one.
+        Err(StoreError::Encryption(OpenError::WrongKey)) if checkpoint.done > 0 => {
+            let _ = std::fs::remove_file(&checkpoint_path);
+            std::fs::remove_file(&destination_path).map_err(io_error)?;
+            checkpoint.done = 0;
+            open_destination(&destination_path, direction, key)?
+        }
+        opened => opened?,
     };
+    let resumed_at = checkpoint.done;
     destination.set_len(total).map_err(io_error)?;
 
     let step = STEP.min(checkpoint_every);
@@ -221,7 +220,13 @@ fn convert_with(
     while checkpoint.done < total {
         let len = step.min(total - checkpoint.done) as usize;
         source.read(checkpoint.done, &mut buffer[..len]).map_err(io_error)?;
-        destination.write(checkpoint.done, &buffer[..len]).map_err(io_error)?;
+        let data = &buffer[..len];
+        match direction {
+            // Every block sealed, zeros too: redb may read a page it wrote as zeros.
+            Direction::Encrypt => destination.write(checkpoint.done, data),
+            Direction::Decrypt => write_nonzero_blocks(destination.as_ref(), checkpoint.done, data),
+        }
+        .map_err(io_error)?;
         checkpoint.done += len as u64;
         since_checkpoint += len as u64;
         if since_checkpoint >= checkpoint_every && checkpoint.done < total {
@@ -249,6 +254,58 @@ fn convert_with(
         file_bytes_before,
         file_bytes_after,
     })
+}
+
+/// The database being converted, read block by block, its unused space included.
+enum Source {
+    Plain(FileBackend),
+    Encrypted(EncryptedBackend<FileBackend>),
+}
+
+impl Source {
+    fn len(&self) -> io::Result<u64> {
+        match self {
+            Source::Plain(backend) => backend.len(),
+            Source::Encrypted(backend) => backend.len(),
+        }
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        match self {
+            Source::Plain(backend) => backend.read(offset, out),
+            Source::Encrypted(backend) => backend.read_including_unwritten(offset, out),
+        }
+    }
+}
+
+fn open_destination(path: &Path, direction: Direction, key: &KeyFile) -> Result<Box<dyn StorageBackend>, StoreError> {
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_error)?;
+    Ok(match direction {
+        Direction::Encrypt => Box::new(EncryptedBackend::open(FileBackend::new(file)?, key)?),
+        Direction::Decrypt => Box::new(FileBackend::new(file)?),
+    })
+}
+
+/// Writes the blocks of `data` (at `offset`, whole blocks) that are not all zeros into a plain
+/// file, whose unwritten space reads as zeros: the encrypted file's unused space stays a hole.
+fn write_nonzero_blocks(destination: &dyn StorageBackend, offset: u64, data: &[u8]) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    for (index, block) in data.chunks(BLOCK).enumerate() {
+        let blank = block.iter().all(|b| *b == 0);
+        match (blank, run_start) {
+            (false, None) => run_start = Some(index),
+            (true, Some(start)) => {
+                destination.write(offset + (start * BLOCK) as u64, &data[start * BLOCK..index * BLOCK])?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run_start {
+        destination.write(offset + (start * BLOCK) as u64, &data[start * BLOCK..])?;
+    }
+    Ok(())
 }
 
 fn open_read_only(path: &Path, key: Option<&KeyFile>) -> Result<redb::ReadOnlyDatabase, StoreError> {
@@ -402,5 +459,28 @@ mod tests {
         let error = rekey(&path, &new, &old).unwrap_err();
         assert!(matches!(error, StoreError::InUse), "{error}");
         close(store);
+        // The server made this file: redb grew it past what it wrote, and the blocks it never
+        // wrote decrypt as the zeros they stand for.
+        convert(&path, &new, Direction::Decrypt, &mut |_| {}).unwrap();
+        assert_eq!(contents(&path, None), before);
+    }
+
+    #[test]
+    fn an_encryption_begun_with_another_key_begins_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("braid.redb");
+        load(&path, None);
+        let before = contents(&path, None);
+        let (first, second) = (Arc::new(KeyFile::from_bytes([7; 32])), Arc::new(KeyFile::from_bytes([8; 32])));
+        let mut steps = 0;
+        let _ = convert_with(&path, &first, Direction::Encrypt, 64 << 10, &mut |_| {
+            steps += 1;
+            steps < 20
+        });
+        let report = convert_with(&path, &second, Direction::Encrypt, 64 << 10, &mut |_| true).unwrap();
+        assert_eq!(report.resumed_at, 0, "{report:?}");
+        assert_eq!(contents(&path, Some(&second)), before);
+        let refused = Store::open(&path, options(Some(&first)), Arc::new(SearchIndexer)).err().unwrap().to_string();
+        assert!(refused.contains("does not open"), "{refused}");
     }
 }

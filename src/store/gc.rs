@@ -88,7 +88,7 @@ pub(super) fn horizon_at(db: &Database, cutoff_micros: i64) -> Result<Option<u64
 /// Removes the index entries of versions superseded at or before `horizon`, at most
 /// [`BATCH`] versions; raises the persisted horizon first (see the module comment).
 pub(super) fn collect_batch(db: &Database, horizon: u64, published: &AtomicU64) -> Result<Collected, StoreError> {
-    let mut txn = db.begin_write()?;
+    let mut txn = super::begin_write(db)?;
     // Collection commits are rare: they always keep recovery quick, whatever the writer does.
     txn.set_quick_repair(true);
     let mut collected = Collected { horizon, ..Collected::default() };

@@ -310,7 +310,7 @@ pub(super) fn rewrite_bodies(
         if max_batches.is_some_and(|max| report.batches >= max) {
             return Ok(report);
         }
-        let mut txn = db.begin_write()?;
+        let mut txn = super::begin_write(db)?;
         txn.set_quick_repair(true);
         let finished = {
             let mut meta = txn.open_table(META)?;
@@ -593,7 +593,7 @@ pub(super) fn reencode_index_tables(
             Ok((count, last))
         })?;
     }
-    let txn = db.begin_write()?;
+    let txn = super::begin_write(db)?;
     // Every earlier form goes: a file left half-way through an earlier migration (format 4 with
     // a partial `.5` table) holds both.
     for table in [V4_SEARCH_PARAM_VALUE, V5_SEARCH_PARAM_VALUE] {
@@ -647,7 +647,7 @@ pub(super) fn rekey_index_tables(
             Some(v6::record_key(&ty, &id, version))
         },
     )?;
-    let txn = db.begin_write()?;
+    let txn = super::begin_write(db)?;
     txn.delete_table(V6_SEARCH_PARAM_VALUE)?;
     txn.delete_table(V6_RESOURCE_SEARCH_PARAM_VALUE)?;
     txn.commit()?;
@@ -741,7 +741,7 @@ fn in_batches(
     let ResumePoint { total, mut after, done } = resume;
     let mut migrated = 0;
     loop {
-        let txn = db.begin_write()?;
+        let txn = super::begin_write(db)?;
         let start = match &after {
             Some(key) => Bound::Excluded(key.as_slice()),
             None => Bound::Unbounded,

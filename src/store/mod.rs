@@ -102,6 +102,10 @@ pub enum StoreError {
     /// A stored body that cannot be decoded; `resource` is `type/id/_history/version`.
     #[error("the stored body of {resource} cannot be read: {reason}")]
     CorruptBody { resource: String, reason: String },
+    /// A read of one resource's versions failed in storage (an encrypted page that fails
+    /// authentication, an I/O error); `resource` is `type/id`.
+    #[error("{resource} cannot be read: {source}")]
+    Unreadable { resource: String, source: redb::StorageError },
     #[error("the dictionaries cannot be loaded: {0}")]
     Dictionary(String),
     #[error(
@@ -131,6 +135,11 @@ impl From<StoreError> for FhirError {
                 crate::fhir::Category::Fault,
                 crate::fhir::IssueCode::Exception,
                 format!("the stored body of {resource} is damaged and cannot be read; see the server log"),
+            ),
+            StoreError::Unreadable { resource, .. } => FhirError::new(
+                crate::fhir::Category::Fault,
+                crate::fhir::IssueCode::Exception,
+                format!("the stored data of {resource} cannot be read (the database is damaged); see the server log"),
             ),
             _ => FhirError::fault("storage"),
         }
@@ -330,7 +339,7 @@ impl Store {
     /// Bytes of the pages in use: the file's size minus its free pages (which later writes
     /// reuse, and `braid compact` gives back). Briefly takes the write lock.
     pub fn allocated_bytes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         let stats = txn.stats()?;
         txn.abort()?;
         Ok(stats.allocated_pages() * stats.page_size() as u64)
@@ -361,7 +370,7 @@ impl Store {
             migrated.get_or_insert_with(MigrationReport::default).versions_reindexed = rows;
         }
         if version == 2 {
-            let txn = db.begin_write()?;
+            let txn = begin_write(db)?;
             let added = migrate::add_derived_entries(&txn, indexer)?;
             txn.open_table(META)?.insert("format_version", 3u32.to_be_bytes().as_slice())?;
             txn.commit()?;
@@ -380,7 +389,7 @@ impl Store {
             migrated.get_or_insert_with(MigrationReport::default).index_rows_rekeyed = rows;
         }
         if (4..FORMAT_VERSION).contains(&version) {
-            let txn = db.begin_write()?;
+            let txn = begin_write(db)?;
             txn.open_table(META)?.insert("format_version", FORMAT_VERSION.to_be_bytes().as_slice())?;
             txn.commit()?;
             tracing::info!(version = FORMAT_VERSION, "migrated the database");
@@ -397,7 +406,7 @@ impl Store {
     /// dictionary, the format check and the 1 → 2 step. Returns the cursor secret, the
     /// collector's horizon and the format the file had (`None`: new).
     fn prepare_file(db: &Database) -> Result<([u8; 32], u64, Option<u32>), StoreError> {
-        let mut txn = db.begin_write()?;
+        let mut txn = begin_write(db)?;
         // Once per start; the commit also records the allocator state after a full repair.
         txn.set_quick_repair(true);
         let (secret, horizon, found_version) = {
@@ -579,6 +588,19 @@ fn prepare_index(indexer: &dyn Indexer, mut request: WriteRequest) -> WriteReque
         .collect();
     request.prepared_index = prepared;
     request
+}
+
+/// A write transaction of maintenance work (migrations, compaction, dictionaries, start-up
+/// bookkeeping), committed in two phases: the data is synced before the header that points at
+/// it. redb's one-phase commit instead writes both and, after a power cut, finds a torn page by
+/// its checksum and falls back to the previous commit; an encrypted page that is torn fails
+/// authentication when read, which redb does not fall back from. Two phases cost one more sync
+/// per commit, which these few large commits do not notice. (The writer commits in two phases
+/// with `quick_repair`, the default, and always on an encrypted database.)
+pub(crate) fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_two_phase_commit(true);
+    Ok(txn)
 }
 
 /// What [`compact`] did.

@@ -67,7 +67,7 @@ pub(super) fn resume(db: &Database) -> Result<(), StoreError> {
 }
 
 fn drop_unfinished_copies(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
+    let txn = super::begin_write(db)?;
     let names: Vec<String> =
         txn.list_tables()?.map(|handle| handle.name().to_owned()).filter(|name| name.ends_with(".repack")).collect();
     for name in &names {
@@ -86,12 +86,12 @@ fn repack<V: redb::Value + 'static>(db: &Database, table: TableDefinition<&[u8],
     let name = copy_name(table.name());
     let copy = TableDefinition::<&[u8], V>::new(&name);
     {
-        let txn = db.begin_write()?;
+        let txn = super::begin_write(db)?;
         txn.delete_table(copy)?;
         txn.commit()?;
     }
     let rows = copy_rows(db, table, copy, None)?;
-    let txn = db.begin_write()?;
+    let txn = super::begin_write(db)?;
     txn.delete_table(table)?;
     txn.open_table(META)?.insert(REPACK_KEY, table.name().as_bytes())?;
     txn.commit()?;
@@ -104,13 +104,13 @@ fn copy_back<V: redb::Value + 'static>(db: &Database, table: TableDefinition<&[u
     let name = copy_name(table.name());
     let copy = TableDefinition::<&[u8], V>::new(&name);
     let after = {
-        let txn = db.begin_write()?;
+        let txn = super::begin_write(db)?;
         let last = txn.open_table(table)?.last()?.map(|(key, _)| key.value().to_vec());
         txn.commit()?;
         last
     };
     copy_rows(db, copy, table, after)?;
-    let txn = db.begin_write()?;
+    let txn = super::begin_write(db)?;
     txn.delete_table(copy)?;
     txn.open_table(META)?.remove(REPACK_KEY)?;
     txn.commit()?;
@@ -126,7 +126,7 @@ fn copy_rows<V: redb::Value + 'static>(
 ) -> Result<u64, StoreError> {
     let mut rows = 0;
     loop {
-        let txn = db.begin_write()?;
+        let txn = super::begin_write(db)?;
         let copied = {
             let source = txn.open_table(from)?;
             let mut target = txn.open_table(to)?;

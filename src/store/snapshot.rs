@@ -115,7 +115,7 @@ impl Snapshot {
         match self.versions_of(resource_type, id)?.next_back() {
             None => Ok(None),
             Some(entry) => {
-                let (key, value) = entry.map_err(StoreError::from)?;
+                let (key, value) = entry.map_err(unreadable(resource_type, id))?;
                 Ok(Some(self.decode_version(key.value(), value.value())?))
             }
         }
@@ -129,7 +129,7 @@ impl Snapshot {
     ) -> Result<redb::Range<'_, &'static [u8], &'static [u8]>, FhirError> {
         let prefix = resource_version::prefix(resource_type.as_str(), id);
         let end = prefix_end(&prefix);
-        Ok(self.versions.range(prefix.as_slice()..end.as_slice()).map_err(StoreError::from)?)
+        Ok(self.versions.range(prefix.as_slice()..end.as_slice()).map_err(unreadable(resource_type, id))?)
     }
 
     /// Whether a resource exists now (its newest version is not a deletion), read from the
@@ -146,7 +146,7 @@ impl Snapshot {
     /// then (or did not exist yet).
     pub fn version_at(&self, resource_type: ResourceType, id: &str, t: u64) -> Result<Option<Version>, FhirError> {
         for entry in self.versions_of(resource_type, id)?.rev() {
-            let (key, value) = entry.map_err(StoreError::from)?;
+            let (key, value) = entry.map_err(unreadable(resource_type, id))?;
             // Only the chosen version's body is decoded.
             let (header, _) = resource_version::decode_value(value.value())
                 .ok_or_else(|| StoreError::Corrupt(key.value().to_vec()))?;
@@ -164,7 +164,7 @@ impl Snapshot {
     pub fn version(&self, resource_type: ResourceType, id: &str, version: u64) -> Result<Option<Version>, FhirError> {
         let table = &self.versions;
         let key = resource_version::encode(resource_type.as_str(), id, version);
-        match table.get(key.as_slice()).map_err(StoreError::from)? {
+        match table.get(key.as_slice()).map_err(unreadable(resource_type, id))? {
             None => Ok(None),
             Some(value) => Ok(Some(self.decode_version(&key, value.value())?)),
         }
@@ -485,6 +485,12 @@ impl Snapshot {
 /// was current at some moment of `[from, to)`.
 fn current_during(written: i64, successor: Option<i64>, from: i64, to: i64) -> bool {
     written < to && successor.is_none_or(|replaced| replaced > from)
+}
+
+/// A storage failure while reading `resource_type/id`, naming it (the operator restores that
+/// resource; the client is told which one failed, never anything of its content).
+fn unreadable(resource_type: ResourceType, id: &str) -> impl Fn(redb::StorageError) -> StoreError + '_ {
+    move |source| StoreError::Unreadable { resource: format!("{}/{id}", resource_type.as_str()), source }
 }
 
 #[cfg(test)]

@@ -138,6 +138,9 @@ struct Policy {
     conditional_delete_max: usize,
     /// See [`StoreOptions::quick_repair`].
     quick_repair: bool,
+    /// Commit in two phases whatever `quick_repair` says (an encrypted database: see
+    /// [`super::begin_write`]).
+    two_phase: bool,
 }
 
 /// The writer's logical clock: `t` counts versions; `last_micros` is the newest lastUpdated.
@@ -160,6 +163,7 @@ pub(super) fn start(
     let policy = Policy {
         conditional_delete_max: options.conditional_delete_max.clamp(1, super::MAX_CONDITIONAL_DELETE),
         quick_repair: options.quick_repair,
+        two_phase: options.encryption_key.is_some(),
     };
     let stopped = Arc::new(AtomicBool::new(false));
     let stopped_flag = stopped.clone();
@@ -341,6 +345,9 @@ fn commit_group(
 ) -> Result<Vec<Answer>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(policy.quick_repair);
+    if policy.two_phase {
+        txn.set_two_phase_commit(true);
+    }
     let now = crate::fhir::json::now_micros();
     // lastUpdated never goes backwards, even if the system clock does: history relies on it.
     clock.last_micros = now.max(clock.last_micros);

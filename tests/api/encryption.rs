@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use braid::crypt::KeyFile;
 use braid::search::SearchIndexer;
+use braid::store::encrypted::EncryptedBackend;
 use braid::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
@@ -221,6 +222,9 @@ async fn an_encrypted_database_and_its_exports_reveal_nothing_and_reopen_only_wi
     stop(braid);
 }
 
+/// Bodies written besides [`load`]'s in the damaged-file test.
+const BULK: usize = 300;
+
 /// Each resource's stored body as read, or the error reading it.
 type Reads = Vec<Result<Option<Vec<u8>>, String>>;
 
@@ -236,6 +240,16 @@ async fn a_damaged_encrypted_file_is_refused_and_never_read_as_other_data() {
     let data = dir.path().join("braid.redb");
     let (braid, app) = start(&data, Some(&key_path));
     load(&app).await;
+    // Enough bodies that they fill pages a start does not read.
+    let entries: Vec<Value> = (0..BULK)
+        .map(|n| {
+            let note = format!("Note {n}: {}", "lorem ipsum dolor sit amet ".repeat(60 + n % 7));
+            let resource = json!({"resourceType": "Basic", "id": format!("b{n}"), "code": {"text": note}});
+            json!({"resource": resource, "request": {"method": "PUT", "url": format!("Basic/b{n}")}})
+        })
+        .collect();
+    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "batch", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
     stop(braid);
     let options = || StoreOptions {
         encryption_key: Some(key.clone()),
@@ -248,6 +262,7 @@ async fn a_damaged_encrypted_file_is_refused_and_never_read_as_other_data() {
         let snapshot = store.snapshot().map_err(|e| e.to_string())?;
         let reads = (0..20)
             .flat_map(|n| [("Patient", format!("p{n}")), ("Observation", format!("o{n}"))])
+            .chain((0..BULK).map(|n| ("Basic", format!("b{n}"))))
             .map(|(type_name, id)| {
                 let resource_type = braid::fhir::ResourceType::parse(type_name).unwrap();
                 snapshot.current(resource_type, &id).map(|v| v.map(|v| v.body.to_vec())).map_err(|e| e.to_string())
@@ -263,6 +278,11 @@ async fn a_damaged_encrypted_file_is_refused_and_never_read_as_other_data() {
     };
     let original = read_all(&data).unwrap();
     assert!(original.iter().all(|read| matches!(read, Ok(Some(_)))));
+    // Closed by redb itself here, so that the copies below are of a cleanly closed file (one
+    // that needs recovery is walked page by page when it opens).
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&data).unwrap();
+    let backend = EncryptedBackend::open(redb::backends::FileBackend::new(file).unwrap(), &key).unwrap();
+    drop(redb::Database::builder().create_with_backend(backend).unwrap());
     let stored = std::fs::read(&data).unwrap();
 
     // Cut inside a block: refused at open.
@@ -288,7 +308,8 @@ async fn a_damaged_encrypted_file_is_refused_and_never_read_as_other_data() {
                     match read {
                         Ok(found) => assert_eq!(found, expected.as_ref().unwrap(), "{what}: other content"),
                         Err(error) => {
-                            assert!(error.contains("fails authentication"), "{what}: {error}");
+                            // The client is told which resource cannot be read, the log why.
+                            assert!(error.contains("cannot be read") && error.contains('/'), "{what}: {error}");
                             refused_reads += 1;
                         }
                     }
@@ -310,9 +331,9 @@ async fn a_damaged_encrypted_file_is_refused_and_never_read_as_other_data() {
         altered[first + index * record + 40 + (index * 97) % (record - 40)] ^= 0x08;
         check(&altered, &format!("block {index}"));
     }
-    // A small database's pages are all read when it opens; either way each damaged block was
-    // refused, none read as data.
-    assert!(refused_at_open + refused_reads > 20, "at open: {refused_at_open}, reads: {refused_reads}");
+    // A debug build of redb walks every page when it opens a file (to check its allocator), so
+    // here most refusals come at open; in a release build they come when the page is read.
+    assert!(refused_at_open + refused_reads > 100, "at open: {refused_at_open}, reads: {refused_reads}");
 
     // The server reports a damaged header clearly and serves nothing.
     let mut altered = stored.clone();
