@@ -254,7 +254,8 @@ impl Store {
     }
 
     /// Like [`Store::open`], on any storage redb can use (tests use one that simulates power
-    /// loss).
+    /// loss). `backend` is used as given; `options.encryption_key` only tells the writer that
+    /// it encrypts (see [`begin_write`]).
     pub fn open_with_backend(
         backend: impl redb::StorageBackend,
         options: StoreOptions,
