@@ -445,7 +445,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "BRAID_ENCRYPTION_KEY_FILE",
         default: "(none: a plain database)",
         doc: "Key file made by `braid keygen`: the database, its exports and spooled uploads are encrypted \
-              (XChaCha20-Poly1305) with a data key this key unwraps. Needed by every command that opens an \
+              (AES-256-GCM) with a data key this key unwraps. Needed by every command that opens an \
               encrypted database; also the `--encryption-key-file` flag.",
         apply: |s, v| {
             // Empty: no key (how the Docker image's default is turned off).
