@@ -4,7 +4,7 @@
 //!
 //! Data is sealed with AES-256-GCM (aws-lc, with the processor's AES instructions) under keys
 //! derived from the data key, with a 192-bit nonce stored beside each sealed unit: a random
-//! 128-bit prefix drawn when the data key is loaded, then a 64-bit counter. The prefix selects
+//! 128-bit prefix drawn each time the data key is loaded, then a 64-bit counter. The prefix selects
 //! the GCM key (HKDF-SHA256 of the data key with the prefix), the counter is the GCM nonce. So
 //! a (key, nonce) pair is never used twice: within a process by counting, across processes
 //! unless two random prefixes collide (about 2^-64 after 2^32 starts), with no state on disk.
@@ -66,8 +66,9 @@ impl KeyFile {
     /// overwritten: losing a key loses every database it opens.
     pub fn generate(path: &Path) -> Result<(), CryptError> {
         let fail = |reason: String| CryptError::KeyFile { path: path.display().to_string(), reason };
-        let key = DataKey::random();
-        let hex = Zeroizing::new(crate::fhir::hex(&key.bytes[..]));
+        let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+        random_bytes(&mut key[..]);
+        let hex = Zeroizing::new(crate::fhir::hex(&key[..]));
         let text = Zeroizing::new(format!("{KEY_FILE_PREFIX} {}\n", hex.as_str()));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -151,7 +152,8 @@ pub const WRAPPED_BYTES: usize = NONCE_BYTES + KEY_BYTES + TAG_BYTES;
 /// database; kept in the database wrapped by the key file's key.
 #[derive(Clone)]
 pub struct DataKey {
-    bytes: Zeroizing<[u8; KEY_BYTES]>,
+    /// Behind an `Arc`: moving a `DataKey` leaves no copy of the key behind.
+    bytes: Arc<Zeroizing<[u8; KEY_BYTES]>>,
     /// This process's nonce prefix, its GCM key and counter (shared by the key's clones).
     own: Arc<Session>,
     /// GCM keys of other prefixes met when opening (units sealed by earlier processes).
@@ -167,7 +169,9 @@ const PREFIX_BYTES: usize = NONCE_BYTES - 8;
 /// are derived again when needed, about a microsecond).
 const MAX_OTHER_KEYS: usize = 64;
 
-/// A prefix, the GCM key it selects, and the counter of the nonces sealed with it.
+/// A prefix, the GCM key it selects, and the counter of the nonces sealed with it. Each load of
+/// a data key (each `DataKey::from`) draws its own prefix; clones share it. The counter cannot
+/// wrap: 2^64 seals would take centuries at any disk's speed.
 struct Session {
     prefix: [u8; PREFIX_BYTES],
     key: Arc<LessSafeKey>,
@@ -216,7 +220,7 @@ impl DataKey {
         random_bytes(&mut prefix);
         let key = Arc::new(gcm_key(&bytes, &prefix));
         let own = Arc::new(Session { prefix, key, counter: AtomicU64::new(0) });
-        DataKey { bytes, own, others: Arc::default() }
+        DataKey { bytes: Arc::new(bytes), own, others: Arc::default() }
     }
 
     /// Encrypts `buffer` in place; returns the nonce and tag to keep beside it.
@@ -237,26 +241,40 @@ impl DataKey {
     /// or the associated data is not what was sealed.
     #[must_use]
     pub fn open(&self, associated: &[u8], nonce: &[u8; NONCE_BYTES], tag: &[u8; TAG_BYTES], buffer: &mut [u8]) -> bool {
-        let key = self.key_of(nonce[..PREFIX_BYTES].try_into().expect("sized"));
-        key.open_in_place_separate_tag(gcm_nonce(nonce), Aad::from(associated), tag, buffer).is_ok()
+        let prefix: &[u8; PREFIX_BYTES] = nonce[..PREFIX_BYTES].try_into().expect("sized");
+        let (key, known) = self.key_of(prefix);
+        let opened = key.open_in_place_separate_tag(gcm_nonce(nonce), Aad::from(associated), tag, buffer).is_ok();
+        if opened && !known {
+            self.remember(prefix, key);
+        }
+        opened
     }
 
-    /// The GCM key of a nonce prefix: this process's, one met before, or derived now.
-    fn key_of(&self, prefix: &[u8; PREFIX_BYTES]) -> Arc<LessSafeKey> {
+    /// The GCM key of a nonce prefix, and whether it was known (this process's or one met
+    /// before) rather than derived now.
+    fn key_of(&self, prefix: &[u8; PREFIX_BYTES]) -> (Arc<LessSafeKey>, bool) {
         if *prefix == self.own.prefix {
-            return self.own.key.clone();
+            return (self.own.key.clone(), true);
         }
         let others = self.others.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((_, key)) = others.iter().find(|(known, _)| known == prefix) {
-            return key.clone();
+            return (key.clone(), true);
         }
         drop(others);
-        let key = Arc::new(gcm_key(&self.bytes, prefix));
+        (Arc::new(gcm_key(&self.bytes, prefix)), false)
+    }
+
+    /// Keeps the key of a prefix that opened a unit (a forged prefix never gets in), in place
+    /// of the oldest when [`MAX_OTHER_KEYS`] are kept.
+    fn remember(&self, prefix: &[u8; PREFIX_BYTES], key: Arc<LessSafeKey>) {
         let mut others = self.others.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if others.len() < MAX_OTHER_KEYS {
-            others.push((*prefix, key.clone()));
+        if others.iter().any(|(known, _)| known == prefix) {
+            return;
         }
-        key
+        if others.len() >= MAX_OTHER_KEYS {
+            others.remove(0);
+        }
+        others.push((*prefix, key));
     }
 }
 
@@ -365,7 +383,7 @@ mod tests {
         assert!(!key.open(b"page 7", &nonce, &tag, &mut flipped));
         // Another load of the same data key (another process: another nonce prefix) opens it,
         // and its own nonces do not repeat this one's.
-        let again = DataKey::from(key.bytes.clone());
+        let again = DataKey::from((*key.bytes).clone());
         let mut copy = sealed;
         assert!(again.open(b"page 7", &nonce, &tag, &mut copy));
         assert_eq!(&copy, b"Jane Doe, 1970-01-01");
@@ -374,5 +392,10 @@ mod tests {
         let (next, _) = key.seal(b"page 7", &mut [0u8; 4]);
         assert_eq!(next[..16], nonce[..16]);
         assert_ne!(next[16..], nonce[16..], "the counter moves on");
+        // A forged prefix opens nothing and is not kept; a real one is kept once.
+        let mut forged = nonce;
+        forged[0] ^= 1;
+        assert!(!again.open(b"page 7", &forged, &tag, &mut sealed.clone()));
+        assert_eq!(again.others.read().unwrap().len(), 1, "only the prefix that opened a unit");
     }
 }

@@ -75,13 +75,13 @@ pub fn is_encrypted(path: &std::path::Path) -> io::Result<bool> {
     }
 }
 
-fn slot_associated(slot: usize, generation: u64) -> [u8; 32] {
-    let mut data = [0u8; 32];
+fn slot_associated(slot: usize, generation: u64) -> [u8; 33] {
+    let mut data = [0u8; 33];
     data[..16].copy_from_slice(MAGIC);
     data[16..20].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
     data[20..24].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    data[24..31].copy_from_slice(&generation.to_le_bytes()[..7]);
-    data[31] = slot as u8;
+    data[24..32].copy_from_slice(&generation.to_le_bytes());
+    data[32] = slot as u8;
     data
 }
 
