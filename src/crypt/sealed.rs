@@ -4,7 +4,9 @@
 //! Layout: a 32-byte head (the magic, then a random file id), then chunks of [`CHUNK`] plain
 //! bytes, each stored as nonce, tag and ciphertext. The last chunk is shorter (possibly empty)
 //! and marked last in its associated data, so that a file cut at a chunk boundary, chunks
-//! reordered or copied from another file, or one flipped bit, all fail to read.
+//! reordered or copied from another file, or one flipped bit, all fail to read. The associated
+//! data also holds the file's context, named by its writer and its reader (an export's job and
+//! file name): a whole file put in another's place fails too.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -17,13 +19,27 @@ pub const CHUNK: usize = 64 * 1024;
 const CHUNK_OVERHEAD: usize = NONCE_BYTES + TAG_BYTES;
 const STORED_CHUNK: u64 = (CHUNK + CHUNK_OVERHEAD) as u64;
 
-fn associated(file_id: &[u8; 16], index: u64, last: bool) -> [u8; 36] {
-    let mut data = [0u8; 36];
-    data[..11].copy_from_slice(b"braid file\0");
-    data[11..27].copy_from_slice(file_id);
-    data[27..35].copy_from_slice(&index.to_le_bytes());
-    data[35] = last as u8;
+/// A chunk's associated data: its index, whether it is the last, and the file's binding (its
+/// random id, then its context).
+fn associated(binding: &[u8], index: u64, last: bool) -> Vec<u8> {
+    let mut data = Vec::with_capacity(20 + binding.len());
+    data.extend_from_slice(b"braid file\0");
+    data.extend_from_slice(&index.to_le_bytes());
+    data.push(last as u8);
+    data.extend_from_slice(binding);
     data
+}
+
+fn binding(file_id: &[u8], context: &str) -> Vec<u8> {
+    [file_id, context.as_bytes()].concat()
+}
+
+/// The context of the sealed file at `path`: its directory's name and its own (an export's job
+/// and file name; the spool directory and an upload's name), which its writer and reader both
+/// name.
+pub fn context_of(path: &std::path::Path) -> String {
+    let name = |part: Option<&std::ffi::OsStr>| part.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{}/{}", name(path.parent().and_then(std::path::Path::file_name)), name(path.file_name()))
 }
 
 /// Whether the file at `path` is a sealed file (by its first bytes).
@@ -55,22 +71,24 @@ pub fn plain_len(stored: u64) -> Option<u64> {
 pub struct SealedWriter<W: Write> {
     inner: W,
     key: DataKey,
-    file_id: [u8; 16],
+    binding: Vec<u8>,
     index: u64,
     buffer: Vec<u8>,
 }
 
 impl<W: Write> SealedWriter<W> {
-    pub fn new(mut inner: W, key: &DataKey) -> io::Result<SealedWriter<W>> {
+    /// A writer of a file whose reader will name the same `context`.
+    pub fn new(mut inner: W, key: &DataKey, context: &str) -> io::Result<SealedWriter<W>> {
         let mut file_id = [0u8; 16];
         super::random_bytes(&mut file_id);
         inner.write_all(MAGIC)?;
         inner.write_all(&file_id)?;
-        Ok(SealedWriter { inner, key: key.clone(), file_id, index: 0, buffer: Vec::with_capacity(CHUNK) })
+        let binding = binding(&file_id, context);
+        Ok(SealedWriter { inner, key: key.clone(), binding, index: 0, buffer: Vec::with_capacity(CHUNK) })
     }
 
     fn seal_buffer(&mut self, last: bool) -> io::Result<()> {
-        let (nonce, tag) = self.key.seal(&associated(&self.file_id, self.index, last), &mut self.buffer);
+        let (nonce, tag) = self.key.seal(&associated(&self.binding, self.index, last), &mut self.buffer);
         self.inner.write_all(&nonce)?;
         self.inner.write_all(&tag)?;
         self.inner.write_all(&self.buffer)?;
@@ -108,7 +126,7 @@ impl<W: Write> Write for SealedWriter<W> {
 pub struct SealedReader<R: Read + Seek> {
     inner: R,
     key: DataKey,
-    file_id: [u8; 16],
+    binding: Vec<u8>,
     plain_len: u64,
     chunks: u64,
     position: u64,
@@ -118,7 +136,8 @@ pub struct SealedReader<R: Read + Seek> {
 }
 
 impl<R: Read + Seek> SealedReader<R> {
-    pub fn new(mut inner: R, key: &DataKey) -> io::Result<SealedReader<R>> {
+    /// A reader of a file written with the same `context`.
+    pub fn new(mut inner: R, key: &DataKey, context: &str) -> io::Result<SealedReader<R>> {
         let stored = inner.seek(SeekFrom::End(0))?;
         let plain_len = plain_len(stored).ok_or_else(|| damaged("it is cut short".into()))?;
         inner.seek(SeekFrom::Start(0))?;
@@ -131,7 +150,7 @@ impl<R: Read + Seek> SealedReader<R> {
         let mut reader = SealedReader {
             inner,
             key: key.clone(),
-            file_id: head[16..].try_into().expect("sized"),
+            binding: binding(&head[16..], context),
             plain_len,
             chunks,
             position: 0,
@@ -163,7 +182,7 @@ impl<R: Read + Seek> SealedReader<R> {
         self.inner.read_exact(&mut tag)?;
         self.plain.resize(len, 0);
         self.inner.read_exact(&mut self.plain)?;
-        if !self.key.open(&associated(&self.file_id, index, last), &nonce, &tag, &mut self.plain) {
+        if !self.key.open(&associated(&self.binding, index, last), &nonce, &tag, &mut self.plain) {
             return Err(damaged(format!("chunk {index} fails authentication (altered, or sealed with another key)")));
         }
         self.current = Some(index);
@@ -228,7 +247,7 @@ mod tests {
     use std::io::Cursor;
 
     fn sealed(key: &DataKey, content: &[u8], write_size: usize) -> Vec<u8> {
-        let mut writer = SealedWriter::new(Vec::new(), key).unwrap();
+        let mut writer = SealedWriter::new(Vec::new(), key, "job/Patient-1.ndjson").unwrap();
         for piece in content.chunks(write_size.max(1)) {
             writer.write_all(piece).unwrap();
         }
@@ -242,7 +261,7 @@ mod tests {
             let content: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let stored = sealed(&key, &content, 1000);
             assert_eq!(plain_len(stored.len() as u64), Some(len as u64), "length {len}");
-            let mut reader = SealedReader::new(Cursor::new(&stored), &key).unwrap();
+            let mut reader = SealedReader::new(Cursor::new(&stored), &key, "job/Patient-1.ndjson").unwrap();
             let mut back = Vec::new();
             reader.read_to_end(&mut back).unwrap();
             assert_eq!(back, content, "length {len}");
@@ -270,7 +289,7 @@ mod tests {
         let stored = sealed(&key, &content, 70_000);
         let read_all = |bytes: &[u8], key: &DataKey| -> io::Result<Vec<u8>> {
             let mut out = Vec::new();
-            SealedReader::new(Cursor::new(bytes), key)?.read_to_end(&mut out)?;
+            SealedReader::new(Cursor::new(bytes), key, "job/Patient-1.ndjson")?.read_to_end(&mut out)?;
             Ok(out)
         };
         // Cut at a chunk boundary: the new last chunk was not sealed as the last.
@@ -305,5 +324,8 @@ mod tests {
         mixed[first..second].copy_from_slice(&other[first..second]);
         assert!(read_all(&mixed, &key).unwrap_err().to_string().contains("chunk 0"));
         assert_eq!(read_all(&stored, &key).unwrap(), content);
+        // The whole file read in another file's place (another job's, another name) fails.
+        let elsewhere = SealedReader::new(Cursor::new(&stored), &key, "other-job/Patient-1.ndjson");
+        assert!(elsewhere.err().unwrap().to_string().contains("fails authentication"));
     }
 }

@@ -373,15 +373,17 @@ pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// short body against the Content-Length) and is logged.
 async fn sealed_file(path: &std::path::Path, key: crate::crypt::DataKey) -> Result<HttpResponse, FhirError> {
     use crate::crypt::sealed::{CHUNK, SealedReader};
+    let context = crate::crypt::sealed::context_of(path);
     let path = path.to_owned();
-    let reader =
-        tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(|f| SealedReader::new(f, &key)))
-            .await
-            .map_err(|_| FhirError::fault("export file"))?
-            .map_err(|error| {
-                tracing::error!(%error, "an export file cannot be opened");
-                FhirError::fault("export file")
-            })?;
+    let reader = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&path).and_then(|f| SealedReader::new(f, &key, &context))
+    })
+    .await
+    .map_err(|_| FhirError::fault("export file"))?
+    .map_err(|error| {
+        tracing::error!(%error, "an export file cannot be opened");
+        FhirError::fault("export file")
+    })?;
     let length = reader.plain_len();
     let chunks = futures_util::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;

@@ -379,7 +379,8 @@ impl Spool {
             Some(key) => {
                 let writer = std::io::BufWriter::with_capacity(1 << 16, file.into_std().await);
                 SpoolFile::Sealed(
-                    crate::crypt::sealed::SealedWriter::new(writer, key).map_err(spool_error)?,
+                    crate::crypt::sealed::SealedWriter::new(writer, key, &crate::crypt::sealed::context_of(&path))
+                        .map_err(spool_error)?,
                     key.clone(),
                 )
             }

@@ -195,7 +195,8 @@ pub fn start_sealed(
     let cannot_open = |error: std::io::Error| FormatError::unopened(path, error);
     check_zone(format, zone.as_deref())?;
     let file = std::fs::File::open(path).map_err(cannot_open)?;
-    let reader = crate::crypt::sealed::SealedReader::new(file, key).map_err(cannot_open)?;
+    let context = crate::crypt::sealed::context_of(path);
+    let reader = crate::crypt::sealed::SealedReader::new(file, key, &context).map_err(cannot_open)?;
     let total = reader.plain_len();
     let options = ReadOptions { recorded: OffsetDateTime::now_utc(), method: Method::Pos, zone };
     start_reading(reader, total, format, patient, options)

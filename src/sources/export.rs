@@ -505,7 +505,7 @@ impl ExportFile {
         let buffered = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(path)?);
         Ok(match seal {
             None => ExportFile::Plain(buffered),
-            Some(key) => ExportFile::Sealed(SealedWriter::new(buffered, key)?),
+            Some(key) => ExportFile::Sealed(SealedWriter::new(buffered, key, &crate::crypt::sealed::context_of(path))?),
         })
     }
 }
