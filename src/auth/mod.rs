@@ -75,12 +75,7 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `N` bytes from the operating system's random source.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source failed");
-    bytes
-}
+pub use crate::crypt::random_bytes;
 
 /// What the caller of one request may do.
 #[derive(Debug, Clone)]

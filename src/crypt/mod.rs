@@ -67,7 +67,7 @@ impl KeyFile {
     pub fn generate(path: &Path) -> Result<(), CryptError> {
         let fail = |reason: String| CryptError::KeyFile { path: path.display().to_string(), reason };
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
-        random_bytes(&mut key[..]);
+        fill_random(&mut key[..]);
         let hex = Zeroizing::new(crate::fhir::hex(&key[..]));
         let text = Zeroizing::new(format!("{KEY_FILE_PREFIX} {}\n", hex.as_str()));
         let mut options = std::fs::OpenOptions::new();
@@ -110,6 +110,11 @@ impl KeyFile {
         Ok(KeyFile { key })
     }
 
+    /// The key in the file the settings name (`encryption_key_file`), if they name one.
+    pub fn load_setting(path: Option<&Path>) -> Result<Option<Arc<KeyFile>>, CryptError> {
+        path.map(|path| KeyFile::load(path).map(Arc::new)).transpose()
+    }
+
     /// A key from bytes, for tests.
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> KeyFile {
         KeyFile { key: Zeroizing::new(bytes) }
@@ -127,7 +132,7 @@ impl KeyFile {
         let (sealed, tag) = rest.split_at_mut(KEY_BYTES);
         sealed.copy_from_slice(&data_key.bytes[..]);
         let mut nonce_bytes = [0u8; NONCE_BYTES];
-        random_bytes(&mut nonce_bytes);
+        fill_random(&mut nonce_bytes);
         let made = seal(&self.cipher(), nonce_bytes, associated, sealed);
         nonce.copy_from_slice(&made.0);
         tag.copy_from_slice(&made.1);
@@ -211,13 +216,13 @@ impl std::fmt::Debug for DataKey {
 impl DataKey {
     pub fn random() -> DataKey {
         let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
-        random_bytes(&mut bytes[..]);
+        fill_random(&mut bytes[..]);
         DataKey::from(bytes)
     }
 
     fn from(bytes: Zeroizing<[u8; KEY_BYTES]>) -> DataKey {
         let mut prefix = [0u8; PREFIX_BYTES];
-        random_bytes(&mut prefix);
+        fill_random(&mut prefix);
         let key = Arc::new(gcm_key(&bytes, &prefix));
         let own = Arc::new(Session { prefix, key, counter: AtomicU64::new(0) });
         DataKey { bytes: Arc::new(bytes), own, others: Arc::default() }
@@ -301,9 +306,25 @@ fn open(
     cipher.decrypt_in_place_detached(XNonce::from_slice(nonce), associated, buffer, Tag::from_slice(tag)).is_ok()
 }
 
-/// Fills `out` from the operating system's random source (through aws-lc's generator).
-pub fn random_bytes(out: &mut [u8]) {
+/// Fills `out` from the operating system's random source (through aws-lc's generator): the
+/// one source of every key, secret, token and nonce prefix Braid makes.
+pub fn fill_random(out: &mut [u8]) {
     aws_lc_rs::rand::fill(out).expect("the system random source failed");
+}
+
+/// `N` bytes from [`fill_random`].
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    fill_random(&mut bytes);
+    bytes
+}
+
+/// Whether the file at `path` begins with `magic` (a shorter file does not).
+pub fn file_starts_with(path: &Path, magic: &[u8]) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(magic.len());
+    std::fs::File::open(path)?.take(magic.len() as u64).read_to_end(&mut head)?;
+    Ok(head == magic)
 }
 
 fn decode_hex(hex: &str, out: &mut [u8]) -> bool {

@@ -44,13 +44,7 @@ pub fn context_of(path: &std::path::Path) -> String {
 
 /// Whether the file at `path` is a sealed file (by its first bytes).
 pub fn is_sealed(path: &std::path::Path) -> io::Result<bool> {
-    let mut head = [0u8; 16];
-    let mut file = std::fs::File::open(path)?;
-    match file.read_exact(&mut head) {
-        Ok(()) => Ok(&head == MAGIC),
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(error) => Err(error),
-    }
+    super::file_starts_with(path, MAGIC)
 }
 
 /// The plain length of a sealed file of `stored` bytes, or `None` if no sealed file has that
@@ -80,7 +74,7 @@ impl<W: Write> SealedWriter<W> {
     /// A writer of a file whose reader will name the same `context`.
     pub fn new(mut inner: W, key: &DataKey, context: &str) -> io::Result<SealedWriter<W>> {
         let mut file_id = [0u8; 16];
-        super::random_bytes(&mut file_id);
+        super::fill_random(&mut file_id);
         inner.write_all(MAGIC)?;
         inner.write_all(&file_id)?;
         let binding = binding(&file_id, context);

@@ -57,21 +57,9 @@ pub enum OpenError {
 /// Whether the file at `path` is an encrypted Braid database (false for a missing or empty
 /// file).
 pub fn is_encrypted(path: &std::path::Path) -> io::Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    match std::fs::File::open(path) {
-        Ok(mut file) => {
-            let mut read = 0;
-            while read < head.len() {
-                match file.read(&mut head[read..])? {
-                    0 => break,
-                    n => read += n,
-                }
-            }
-            Ok(read == head.len() && &head == MAGIC)
-        }
+    match crate::crypt::file_starts_with(path, MAGIC) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(error),
+        found => found,
     }
 }
 
@@ -203,22 +191,14 @@ impl<B: StorageBackend> EncryptedBackend<B> {
 }
 
 fn read_key_block<B: StorageBackend>(inner: &B) -> Result<Vec<u8>, OpenError> {
-    let mut block = vec![0u8; KEY_BLOCK as usize];
-    if inner.len()? < KEY_BLOCK {
-        return Err(
-            if inner.len()? >= 16 && {
-                inner.read(0, &mut block[..16])?;
-                &block[..16] == MAGIC
-            } {
-                OpenError::Damaged("the file is cut short inside its key block".into())
-            } else {
-                OpenError::NotEncrypted
-            },
-        );
-    }
+    let stored = inner.len()?;
+    let mut block = vec![0u8; KEY_BLOCK.min(stored) as usize];
     inner.read(0, &mut block)?;
-    if &block[..16] != MAGIC {
+    if !block.starts_with(MAGIC) {
         return Err(OpenError::NotEncrypted);
+    }
+    if stored < KEY_BLOCK {
+        return Err(OpenError::Damaged("the file is cut short inside its key block".into()));
     }
     let version = u32::from_le_bytes(block[16..20].try_into().expect("sized"));
     let block_size = u32::from_le_bytes(block[20..24].try_into().expect("sized"));
@@ -329,6 +309,11 @@ impl<B: StorageBackend> Pages<B> {
         let count = out.len() / BLOCK;
         let mut records = vec![0u8; count * RECORD];
         self.inner.read(record_offset(first), &mut records)?;
+        self.open_records(first, &records, out, unwritten_as_zeros)
+    }
+
+    /// Decrypts `records` (of blocks from `first` on) into `out`, as [`Pages::read_blocks`].
+    fn open_records(&self, first: u64, records: &[u8], out: &mut [u8], unwritten_as_zeros: bool) -> io::Result<()> {
         for (i, (record, plain)) in records.chunks(RECORD).zip(out.chunks_mut(BLOCK)).enumerate() {
             let block = first + i as u64;
             if unwritten_as_zeros && record.iter().all(|b| *b == 0) {
@@ -353,11 +338,7 @@ impl<B: StorageBackend> Pages<B> {
         if record_offset(block) + RECORD as u64 <= self.inner.len()? {
             self.inner.read(record_offset(block), &mut record)?;
         }
-        if record.iter().all(|b| *b == 0) {
-            plain.fill(0);
-            return Ok(());
-        }
-        self.read_blocks(block, &mut plain[..], false)
+        self.open_records(block, &record, &mut plain[..], true)
     }
 
     fn read(&self, offset: u64, out: &mut [u8], unwritten_as_zeros: bool) -> io::Result<()> {

@@ -452,7 +452,7 @@ impl Store {
             let secret = match existing {
                 Some(secret) => secret,
                 None => {
-                    let secret: [u8; 32] = rand_bytes();
+                    let secret: [u8; 32] = crate::crypt::random_bytes();
                     meta.insert("cursor_secret", secret.as_slice())?;
                     secret
                 }
@@ -604,6 +604,16 @@ pub(crate) fn begin_write(db: &Database) -> Result<redb::WriteTransaction, Store
     Ok(txn)
 }
 
+/// The file or directory `<data>.<suffix>` beside the database `data`, where its server keeps
+/// what is not in the database (`admin.sock`, `exports`, `ingest`, `demo-keys`, a conversion's
+/// copy).
+pub fn beside(data: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = data.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
 /// What [`compact`] did.
 #[derive(Debug, Clone, Copy)]
 pub struct CompactReport {
@@ -746,11 +756,4 @@ pub struct IndexStats {
     pub records: u64,
     /// Superseded versions whose entries the garbage collector has not removed yet.
     pub superseded_versions: u64,
-}
-
-fn rand_bytes() -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes
 }
