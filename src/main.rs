@@ -548,7 +548,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut demo_patient = "example".to_owned();
         if loaded_now {
-            let keys = PathBuf::from(format!("{}.demo-keys", settings.data.display()));
+            let keys = braid::store::beside(&settings.data, "demo-keys");
             let braided = braid::demo::load_braid(
                 application.store(),
                 application.sources(),
@@ -679,10 +679,7 @@ fn compact(settings: Settings, args: CompactArgs) -> Result<(), Box<dyn std::err
 
 /// The key file the settings name, loaded (`None`: a plain database).
 fn database_key(settings: &Settings) -> Result<Option<Arc<KeyFile>>, Box<dyn std::error::Error>> {
-    Ok(match &settings.encryption_key_file {
-        Some(path) => Some(Arc::new(KeyFile::load(path)?)),
-        None => None,
-    })
+    Ok(KeyFile::load_setting(settings.encryption_key_file.as_deref())?)
 }
 
 fn required_key(settings: &Settings, command: &str) -> Result<Arc<KeyFile>, Box<dyn std::error::Error>> {

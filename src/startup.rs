@@ -75,10 +75,7 @@ impl Application {
             conditional_delete_max: settings.conditional_delete_max,
             quick_repair: settings.quick_repair,
             body_cache_bytes: settings.body_cache_mb << 20,
-            encryption_key: match &settings.encryption_key_file {
-                Some(path) => Some(Arc::new(crate::crypt::KeyFile::load(path)?)),
-                None => None,
-            },
+            encryption_key: crate::crypt::KeyFile::load_setting(settings.encryption_key_file.as_deref())?,
             ..StoreOptions::default()
         };
         let unsupported = crate::search::registry::registry().unsupported();

@@ -197,9 +197,7 @@ pub async fn execute(
 
 /// Where a server using the database `data` listens for operator commands.
 pub fn socket_path(data: &Path) -> PathBuf {
-    let mut path = data.as_os_str().to_owned();
-    path.push(".admin.sock");
-    PathBuf::from(path)
+    crate::store::beside(data, "admin.sock")
 }
 
 /// How the command line reached the database.

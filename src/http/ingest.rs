@@ -56,9 +56,7 @@ impl Imports {
     /// `<data>.ingest` (next to the database, on its disk: not in a memory-backed temporary
     /// directory), which is emptied here since no import outlives its server.
     pub fn open(data: &std::path::Path, seal: Option<crate::crypt::DataKey>) -> std::io::Result<Imports> {
-        let mut spool_dir = data.as_os_str().to_owned();
-        spool_dir.push(".ingest");
-        let spool_dir = PathBuf::from(spool_dir);
+        let spool_dir = crate::store::beside(data, "ingest");
         if spool_dir.exists() {
             std::fs::remove_dir_all(&spool_dir)?;
         }

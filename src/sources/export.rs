@@ -172,9 +172,7 @@ pub struct Exports {
 
 /// Where the exports of the database `data` are written.
 pub fn directory(data: &Path) -> PathBuf {
-    let mut path = data.as_os_str().to_owned();
-    path.push(".exports");
-    PathBuf::from(path)
+    crate::store::beside(data, "exports")
 }
 
 fn fault(error: impl std::fmt::Display) -> FhirError {

@@ -3,7 +3,7 @@
 //! progress) and `braid rekey`.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use redb::backends::FileBackend;
 use redb::{Database, StorageBackend};
@@ -177,8 +177,8 @@ fn convert_with(
     let fingerprint = crate::fhir::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &first_block).as_ref());
 
     let name = if direction == Direction::Encrypt { "encrypting" } else { "decrypting" };
-    let destination_path = sibling(path, name);
-    let checkpoint_path = sibling(path, &format!("{name}.progress"));
+    let destination_path = super::beside(path, name);
+    let checkpoint_path = super::beside(path, &format!("{name}.progress"));
     let mut checkpoint =
         Checkpoint { direction: name.into(), source_bytes: total, source_fingerprint: fingerprint, done: 0 };
     let resumable = std::fs::read(&checkpoint_path)
@@ -319,19 +319,14 @@ fn open_read_only(path: &Path, key: Option<&KeyFile>) -> Result<redb::ReadOnlyDa
     opened.map_err(|error| in_use(error.into()))
 }
 
-/// `<path>.<suffix>`, beside the database.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".");
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-    let temporary = sibling(path, "new");
+    let temporary = super::beside(path, "new");
     let bytes = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
-    std::fs::write(&temporary, bytes).map_err(io_error)?;
-    std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io_error)?;
+    let written = std::fs::File::create(&temporary).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()
+    });
+    written.map_err(io_error)?;
     std::fs::rename(&temporary, path).map_err(io_error)?;
     sync_directory(path)
 }
@@ -409,7 +404,10 @@ mod tests {
         assert!(report.resumed_at > 0 && report.resumed_at < report.bytes, "{report:?}");
         assert!(encrypted::is_encrypted(&path).unwrap());
         assert!(!holds(&path, b"conversionfamily7") && !holds(&path, b"Conversionfamily"));
-        assert!(!sibling(&path, "encrypting").exists() && !sibling(&path, "encrypting.progress").exists());
+        assert!(
+            !crate::store::beside(&path, "encrypting").exists()
+                && !crate::store::beside(&path, "encrypting.progress").exists()
+        );
         assert_eq!(contents(&path, Some(&key)), before);
 
         // A checkpoint of another source is not resumed: the conversion starts again.
