@@ -603,62 +603,12 @@ async fn search_scenario(args: &Args, dir: &Path) {
         bytes as f64 / resources as f64
     );
     let server = servers::start_braid(&data);
-    let patients = 10_000;
-    type MakeQuery = Box<dyn Fn(usize, usize) -> String + Send + Sync>;
-    let queries: Vec<(&str, MakeQuery, &str)> = vec![
-        (
-            "Observation?patient=X&code=Y",
-            Box::new(move |c, n| {
-                format!(
-                    "/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}",
-                    10 + pick(c, n, patients - 10),
-                    CODES[pick(c, n + 7, 10)]
-                )
-            }),
-            "p50 <= 2 ms, p99 <= 10 ms",
-        ),
-        (
-            "Observation?code=Y&date=ge2020-01-01&_count=50",
-            Box::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])
-            }),
-            "p50 <= 20 ms",
-        ),
-        (
-            "Observation?code=Y&_summary=count (100,000 hits)",
-            Box::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])
-            }),
-            "<= 50 ms",
-        ),
-        (
-            "Observation?date=ge2024-01-01&_count=50",
-            Box::new(|_, _| "/fhir/Observation?date=ge2024-01-01&_count=50".to_owned()),
-            "p50 <= 5 ms",
-        ),
-        (
-            "Observation?code=Y&_sort=-date&_count=50 (page 1 of 100,000 hits)",
-            Box::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&_sort=-date&_count=50", CODES[pick(c, n, 10)])
-            }),
-            "p50 <= 20 ms",
-        ),
-        (
-            "Observation?code=Y&_sort=-date&_count=50 (page 10)",
-            {
-                let tenth_pages = tenth_sorted_pages(server.port).await;
-                Box::new(move |c, n| tenth_pages[pick(c, n, 10)].clone())
-            },
-            "p50 <= 20 ms",
-        ),
-        (
-            "Patient/X/$everything?_count=1000 (~1,100 resources)",
-            Box::new(|c, n| format!("/fhir/Patient/p{}/$everything?_count=1000", pick(c, n, 10))),
-            "p50 <= 10 ms",
-        ),
-    ];
+    let mut queries = search_queries();
+    let tenth_pages = tenth_sorted_pages(server.port).await;
+    let tenth: MakeQuery = Arc::new(move |c, n| tenth_pages[pick(c, n, 10)].clone());
+    // Before $everything, as it was printed.
+    queries.insert(queries.len() - 1, ("Observation?code=Y&_sort=-date&_count=50 (page 10)", tenth, "p50 <= 20 ms"));
     for (name, make, target) in queries {
-        let make = std::sync::Arc::new(make);
         let request = {
             let make = make.clone();
             move |c: usize, n: usize| load::get(&make(c, n))
@@ -676,6 +626,59 @@ async fn search_scenario(args: &Args, dir: &Path) {
     }
     drop(server);
     report_file(&format!("search database (10,000 patients, {observations} observations)"), &data, resources, 2048);
+}
+
+/// Makes a search's path from the connection and the request's number.
+type MakeQuery = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+
+/// The queries of the search database (`build_search_database`) with their targets: the search
+/// scenario's (which adds the tenth sorted page), repeated by the encryption scenario.
+fn search_queries() -> Vec<(&'static str, MakeQuery, &'static str)> {
+    let patients = 10_000;
+    vec![
+        (
+            "Observation?patient=X&code=Y",
+            Arc::new(move |c, n| {
+                format!(
+                    "/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}",
+                    10 + pick(c, n, patients - 10),
+                    CODES[pick(c, n + 7, 10)]
+                )
+            }),
+            "p50 <= 2 ms, p99 <= 10 ms",
+        ),
+        (
+            "Observation?code=Y&date=ge2020-01-01&_count=50",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])
+            }),
+            "p50 <= 20 ms",
+        ),
+        (
+            "Observation?code=Y&_summary=count (100,000 hits)",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])
+            }),
+            "<= 50 ms",
+        ),
+        (
+            "Observation?date=ge2024-01-01&_count=50",
+            Arc::new(|_, _| "/fhir/Observation?date=ge2024-01-01&_count=50".to_owned()),
+            "p50 <= 5 ms",
+        ),
+        (
+            "Observation?code=Y&_sort=-date&_count=50 (page 1 of 100,000 hits)",
+            Arc::new(|c, n| {
+                format!("/fhir/Observation?code=http://loinc.org|{}&_sort=-date&_count=50", CODES[pick(c, n, 10)])
+            }),
+            "p50 <= 20 ms",
+        ),
+        (
+            "Patient/X/$everything?_count=1000 (~1,100 resources)",
+            Arc::new(|c, n| format!("/fhir/Patient/p{}/$everything?_count=1000", pick(c, n, 10))),
+            "p50 <= 10 ms",
+        ),
+    ]
 }
 
 /// For each code, the path of the tenth page of `code=Y&_sort=-date&_count=50`, found by
@@ -1494,45 +1497,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
     // Read by id and the search queries, on servers started afresh each round.
     let patients = 10_000;
     let read = move |c: usize, n: usize| load::get(&format!("/fhir/Patient/p{}", pick(c, n, patients)));
-    type MakeQuery = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
-    let queries: Vec<(&str, MakeQuery)> = vec![
-        (
-            "Observation?patient=X&code=Y",
-            Arc::new(move |c, n| {
-                format!(
-                    "/fhir/Observation?patient=Patient/p{}&code=http://loinc.org|{}",
-                    10 + pick(c, n, patients - 10),
-                    CODES[pick(c, n + 7, 10)]
-                )
-            }),
-        ),
-        (
-            "Observation?code=Y&date=ge2020-01-01&_count=50",
-            Arc::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&date=ge2020-01-01&_count=50", CODES[pick(c, n, 10)])
-            }),
-        ),
-        (
-            "Observation?code=Y&_summary=count",
-            Arc::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&_summary=count", CODES[pick(c, n, 10)])
-            }),
-        ),
-        (
-            "Observation?date=ge2024-01-01&_count=50",
-            Arc::new(|_, _| "/fhir/Observation?date=ge2024-01-01&_count=50".into()),
-        ),
-        (
-            "Observation?code=Y&_sort=-date&_count=50",
-            Arc::new(|c, n| {
-                format!("/fhir/Observation?code=http://loinc.org|{}&_sort=-date&_count=50", CODES[pick(c, n, 10)])
-            }),
-        ),
-        (
-            "Patient/X/$everything?_count=1000",
-            Arc::new(|c, n| format!("/fhir/Patient/p{}/$everything?_count=1000", pick(c, n, 10))),
-        ),
-    ];
+    let queries = search_queries();
     let mut reads: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut cold_reads: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut latencies: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); queries.len()]; 2];
@@ -1549,7 +1514,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
                 result.error_note()
             );
             reads[index].push(result.throughput());
-            for (query, (name, make)) in queries.iter().enumerate() {
+            for (query, (name, make, _)) in queries.iter().enumerate() {
                 let request = {
                     let make = make.clone();
                     move |c: usize, n: usize| load::get(&make(c, n))
@@ -1620,7 +1585,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
     };
     report("read by id", "req/s", &mut reads, true);
     report("read by id, 16 MiB page cache", "req/s", &mut cold_reads, true);
-    for (query, (name, _)) in queries.iter().enumerate() {
+    for (query, (name, _, _)) in queries.iter().enumerate() {
         let mut values = vec![latencies[0][query].clone(), latencies[1][query].clone()];
         report(&format!("{name} p50"), "ms", &mut values, false);
     }
