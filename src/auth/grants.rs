@@ -598,15 +598,16 @@ mod tests {
                 ("g2", grant("ann", true, now + 3600)),
                 ("g3", grant("bob", false, now + 60)),
             ];
-            for (gid, record) in &old {
+            // A grant record written as before user lists existed: without its listing.
+            let write_unlisted = |gid: &str, record: &GrantRecord| {
                 let (key, value) = (grant_key(gid), serde_json::to_vec(record).unwrap());
-                store
-                    .auth_write(move |txn| {
-                        txn.insert(&key, &value);
-                        Ok(())
-                    })
-                    .await
-                    .unwrap();
+                store.auth_write(move |txn| {
+                    txn.insert(&key, &value);
+                    Ok(())
+                })
+            };
+            for (gid, record) in &old {
+                write_unlisted(gid, record).await.unwrap();
             }
             index_user_grants(&store).await.unwrap();
             let listed = |user: &'static str| {
@@ -615,14 +616,7 @@ mod tests {
             };
             assert_eq!((listed("ann"), listed("bob")), (1, 1), "grants in force, not revoked ones");
             // Once: a grant written without its listing later is not picked up by another start.
-            let (key, value) = (grant_key("g4"), serde_json::to_vec(&grant("ann", false, now + 3600)).unwrap());
-            store
-                .auth_write(move |txn| {
-                    txn.insert(&key, &value);
-                    Ok(())
-                })
-                .await
-                .unwrap();
+            write_unlisted("g4", &grant("ann", false, now + 3600)).await.unwrap();
             index_user_grants(&store).await.unwrap();
             assert_eq!(listed("ann"), 1);
             testing::close(store);

@@ -12,7 +12,7 @@ use braid::store::encrypted::EncryptedBackend;
 use braid::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
-use crate::helpers::{BraidProcess, TestApp, braid_cli, start_braid_process_with};
+use crate::helpers::{BraidProcess, TestApp, braid_cli, seed, start_braid_process_with};
 
 /// What the test stores, each of which must not appear in an encrypted file: names, an
 /// identifier, a code's text, a value, an address (as stored, and as the index normalizes it).
@@ -81,15 +81,7 @@ fn stop(mut braid: BraidProcess) {
 
 /// Loads 20 Patients with an Observation each, by transaction.
 async fn load(app: &TestApp) {
-    let entries: Vec<Value> = (0..20)
-        .flat_map(|n| [patient(n), observation(n)])
-        .map(|resource| {
-            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-            json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    seed(app, (0..20).flat_map(|n| [patient(n), observation(n)]).collect()).await;
 }
 
 /// The answers the test compares across restarts: searches by name, identifier, value, and

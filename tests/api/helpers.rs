@@ -412,3 +412,17 @@ pub async fn operator(data: &std::path::Path, request: braid::auth::admin::Admin
         Sent::NoServer => panic!("the server listens on its operator socket"),
     }
 }
+
+/// Writes the resources in one transaction (each must have an `id`).
+pub async fn seed(app: &TestApp, resources: Vec<Value>) {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|resource| {
+            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+            serde_json::json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    let reply =
+        app.post("", &serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}

@@ -3,20 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, link, match_ids, spawn_app, spawn_app_with};
-
-/// Writes the resources in one transaction (each must have an `id`).
-async fn seed(app: &TestApp, resources: Vec<Value>) {
-    let entries: Vec<Value> = resources
-        .into_iter()
-        .map(|resource| {
-            let url = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-            json!({"resource": resource, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    let reply = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-}
+use crate::helpers::{TestApp, link, match_ids, seed, spawn_app, spawn_app_with};
 
 /// An Observation with the given `effective[x]` (`effectiveDateTime` for a string, else
 /// `effectivePeriod`) and code.
