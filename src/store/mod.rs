@@ -26,7 +26,7 @@ pub(crate) mod testing;
 mod view;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -228,10 +228,12 @@ impl CursorKey {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    writer: writer::WriterHandle,
     /// The newest committed state; replaced by the writer after every commit, before it answers
-    /// the committed requests (so a client always reads its own acknowledged writes).
+    /// the committed requests (so a client always reads its own acknowledged writes). Declared
+    /// before `writer` so that it is dropped first: its read transaction has ended when the
+    /// last store's queue closes and the writer compacts a small file (see `writer`).
     latest: Arc<RwLock<Arc<Snapshot>>>,
+    writer: writer::WriterHandle,
     cursor_key: CursorKey,
     /// The writer's indexer, also used to prepare index entries before a request is queued.
     indexer: Arc<dyn Indexer>,
@@ -250,7 +252,7 @@ impl Store {
         let mut builder = Database::builder();
         builder.set_cache_size(options.cache_bytes);
         let (db, data_key) = encryption::open_file(path, options.encryption_key.as_deref(), &builder, true)?;
-        Self::start(db, data_key, options, indexer)
+        Self::start(db, Some(path.to_path_buf()), data_key, options, indexer)
     }
 
     /// Like [`Store::open`], on any storage redb can use (tests use one that simulates power
@@ -262,11 +264,12 @@ impl Store {
         indexer: Arc<dyn Indexer>,
     ) -> Result<Store, StoreError> {
         let db = Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend)?;
-        Self::start(db, None, options, indexer)
+        Self::start(db, None, None, options, indexer)
     }
 
     fn start(
         db: Database,
+        path: Option<PathBuf>,
         data_key: Option<DataKey>,
         options: StoreOptions,
         indexer: Arc<dyn Indexer>,
@@ -282,7 +285,7 @@ impl Store {
         codecs.body_cache.set_capacity(options.body_cache_bytes);
         let latest = Arc::new(RwLock::new(Arc::new(Snapshot::open(&db, &codecs)?)));
         let db = Arc::new(db);
-        let writer = writer::start(db.clone(), indexer.clone(), latest.clone(), codecs.clone(), &options)?;
+        let writer = writer::start(db.clone(), path, indexer.clone(), latest.clone(), codecs.clone(), &options)?;
         let cursor_key = CursorKey { secret, ttl: options.cursor_ttl, horizon: Arc::new(AtomicU64::new(horizon)) };
         if !options.gc_interval.is_zero() {
             gc::start(Arc::downgrade(&db), options.cursor_ttl, options.gc_interval, cursor_key.horizon.clone());
@@ -340,10 +343,7 @@ impl Store {
     /// Bytes of the pages in use: the file's size minus its free pages (which later writes
     /// reuse, and `braid compact` gives back). Briefly takes the write lock.
     pub fn allocated_bytes(&self) -> Result<u64, StoreError> {
-        let txn = begin_write(&self.db)?;
-        let stats = txn.stats()?;
-        txn.abort()?;
-        Ok(stats.allocated_pages() * stats.page_size() as u64)
+        writer::allocated_bytes(&self.db)
     }
 
     /// Finishes an interrupted `braid compact` (see `repack`), creates every table and the meta
