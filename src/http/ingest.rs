@@ -503,6 +503,42 @@ mod tests {
         }
     }
 
+    /// An encrypted database's upload is on disk only sealed, bound to its spool file, and
+    /// reads back whole with the data key; a plain database's is the bytes as sent. Either is
+    /// removed when the request ends.
+    #[tokio::test]
+    async fn an_upload_is_spooled_sealed_when_the_database_is_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than one sealed chunk (64 KiB), with a marker the sealed file must not show.
+        let upload: Vec<u8> = (0..100_000u32).flat_map(|n| format!("reading-{n},").into_bytes()).collect();
+        let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+
+        let key = crate::crypt::DataKey::random();
+        let mut spool = Spool::new(dir.path(), Some(&key)).await.unwrap();
+        spool.write_all(&upload[..70_000]).await.unwrap();
+        spool.write_all(&upload[70_000..]).await.unwrap();
+        let reading_key = spool.finish().await.unwrap().expect("a sealed spool gives its key");
+        let stored = std::fs::read(&spool.path).unwrap();
+        assert!(crate::crypt::sealed::is_sealed(&spool.path).unwrap());
+        assert!(!contains(&stored, b"reading-12345,"), "no plain text on disk");
+        let context = crate::crypt::sealed::context_of(&spool.path);
+        let mut reader =
+            crate::crypt::sealed::SealedReader::new(std::fs::File::open(&spool.path).unwrap(), &reading_key, &context)
+                .unwrap();
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut read).unwrap();
+        assert_eq!(read, upload);
+        let path = spool.path.clone();
+        drop(spool);
+        assert!(!path.exists(), "the spool is removed with the request");
+
+        let mut plain = Spool::new(dir.path(), None).await.unwrap();
+        plain.write_all(&upload).await.unwrap();
+        assert!(plain.finish().await.unwrap().is_none());
+        assert_eq!(std::fs::read(&plain.path).unwrap(), upload);
+        assert!(!crate::crypt::sealed::is_sealed(&plain.path).unwrap());
+    }
+
     /// The bound on imports at once: a third waits for nothing and is refused until one ends;
     /// the spool directory starts empty.
     #[test]
