@@ -46,6 +46,17 @@ impl LoadResult {
     }
 }
 
+/// [`run`] after a one-second warm-up whose answers are not counted (connections, caches).
+pub async fn warmed_run(
+    port: u16,
+    connections: usize,
+    duration: Duration,
+    request: impl Fn(usize, usize) -> Vec<u8> + Send + Sync + Clone + 'static,
+) -> LoadResult {
+    run(port, connections, Duration::from_secs(1), request.clone()).await;
+    run(port, connections, duration, request).await
+}
+
 /// Runs `connections` connections against `port` for `duration`; `request(n)` builds the n-th
 /// raw HTTP request of a connection.
 pub async fn run(

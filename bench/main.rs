@@ -409,8 +409,7 @@ async fn read_scenario(args: &Args, dir: &Path) {
         for (name, results) in [("baseline", &mut baseline), ("braid", &mut braid)] {
             let server =
                 if name == "baseline" { servers::start_baseline(&bodies_file) } else { servers::start_braid(&data) };
-            load::run(server.port, 32, Duration::from_secs(1), request).await; // warm-up
-            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request).await;
+            let result = load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), request).await;
             println!(
                 "  round {round} {name:8}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
                 result.throughput(),
@@ -610,12 +609,7 @@ async fn search_scenario(args: &Args, dir: &Path) {
     // Before $everything, as it was printed.
     queries.insert(queries.len() - 1, ("Observation?code=Y&_sort=-date&_count=50 (page 10)", tenth, "p50 <= 20 ms"));
     for (name, make, target) in queries {
-        let request = {
-            let make = make.clone();
-            move |c: usize, n: usize| load::get(&make(c, n))
-        };
-        load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
-        let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+        let result = query_latency(server.port, &make, args.seconds).await;
         println!(
             "  {name:55} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, errors {})  target {target}{}",
             result.percentile(0.5),
@@ -631,6 +625,12 @@ async fn search_scenario(args: &Args, dir: &Path) {
 
 /// Makes a search's path from the connection and the request's number.
 type MakeQuery = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+
+/// One search query's latency: one connection for `seconds`, after a warm-up.
+async fn query_latency(port: u16, make: &MakeQuery, seconds: u64) -> load::LoadResult {
+    let make = make.clone();
+    load::warmed_run(port, 1, Duration::from_secs(seconds), move |c, n| load::get(&make(c, n))).await
+}
 
 /// The queries of the search database (`build_search_database`) with their targets: the search
 /// scenario's (which adds the tenth sorted page), repeated by the encryption scenario.
@@ -897,11 +897,9 @@ async fn pages_scenario(args: &Args, dir: &Path) {
     for round in 0..args.rounds {
         for (name, results) in [("read by id", &mut reads), ("page", &mut pages)] {
             let result = if name == "page" {
-                load::run(server.port, 32, Duration::from_secs(1), page).await; // warm-up
-                load::run(server.port, 32, Duration::from_secs(args.seconds), page).await
+                load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), page).await
             } else {
-                load::run(server.port, 32, Duration::from_secs(1), read).await;
-                load::run(server.port, 32, Duration::from_secs(args.seconds), read).await
+                load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), read).await
             };
             println!(
                 "  round {round} {name:10}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
@@ -922,8 +920,7 @@ async fn pages_scenario(args: &Args, dir: &Path) {
         let code = LAB_CODES[index].0;
         let path = format!("/fhir/Observation?code=http://loinc.org|{code}&_count=20");
         let request = move |_: usize, _: usize| load::get(&path);
-        load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
-        let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+        let result = load::warmed_run(server.port, 1, Duration::from_secs(args.seconds), request).await;
         println!(
             "  first page, 1 connection, code with {hits:>6} hits: p50 {:.3} ms  p99 {:.3} ms  ({} requests){}",
             result.percentile(0.5),
@@ -1048,8 +1045,7 @@ async fn auth_scenario(args: &Args, dir: &Path) {
             let request = move |connection: usize, n: usize| {
                 load::get_with(&host, &format!("/fhir/Patient/p{}", pick(connection, n, patients)), &header)
             };
-            load::run(server.port, 32, Duration::from_secs(1), request.clone()).await; // warm-up
-            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), request).await;
+            let result = load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), request).await;
             let name = if with_auth { "bearer" } else { "auth off" };
             println!(
                 "  round {round} {name:8}: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}{}",
@@ -1128,8 +1124,7 @@ async fn auth_search_scenario(args: &Args, dir: &Path) {
                 let header = if with_auth { header.clone() } else { String::new() };
                 let make = make.clone();
                 let request = move |c: usize, n: usize| load::get_with("127.0.0.1", &make(c, n), &header);
-                load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
-                let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+                let result = load::warmed_run(server.port, 1, Duration::from_secs(args.seconds), request).await;
                 assert_eq!(result.errors, 0, "{name}: {}", result.error_note());
                 if with_auth { scoped.push(result.percentile(0.5)) } else { open.push(result.percentile(0.5)) }
             }
@@ -1509,8 +1504,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
     for round in 0..args.rounds {
         for (index, mode) in modes.iter().enumerate() {
             let server = servers::start_braid_with_env(&data_of(mode), &env_of(mode));
-            load::run(server.port, 32, Duration::from_secs(1), read).await; // warm-up
-            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), read).await;
+            let result = load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), read).await;
             println!(
                 "  round {round} {mode:9} read by id: {:>8.0} req/s  p50 {:.2} ms  errors {}{}",
                 result.throughput(),
@@ -1520,12 +1514,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
             );
             reads[index].push(result.throughput());
             for (query, (name, make, _)) in queries.iter().enumerate() {
-                let request = {
-                    let make = make.clone();
-                    move |c: usize, n: usize| load::get(&make(c, n))
-                };
-                load::run(server.port, 1, Duration::from_secs(1), request.clone()).await; // warm-up
-                let result = load::run(server.port, 1, Duration::from_secs(args.seconds), request).await;
+                let result = query_latency(server.port, make, args.seconds).await;
                 println!(
                     "  round {round} {mode:9} {name:48} p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
                     result.percentile(0.5),
@@ -1541,8 +1530,7 @@ async fn encryption_scenario(args: &Args, dir: &Path) {
             env.push(("BRAID_CACHE_MB", "16"));
             env.push(("BRAID_BODY_CACHE_MB", "0"));
             let server = servers::start_braid_with_env(&data_of(mode), &env);
-            load::run(server.port, 32, Duration::from_secs(1), read).await; // warm-up
-            let result = load::run(server.port, 32, Duration::from_secs(args.seconds), read).await;
+            let result = load::warmed_run(server.port, 32, Duration::from_secs(args.seconds), read).await;
             println!(
                 "  round {round} {mode:9} read by id, 16 MiB cache: {:>8.0} req/s  p50 {:.2} ms  errors {}{}",
                 result.throughput(),
