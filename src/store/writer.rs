@@ -184,8 +184,8 @@ pub(super) fn start(
 }
 
 /// A database file at most this long gives back its slack at a clean stop (see
-/// [`compact_small_at_stop`]). redb compacted a 2 GiB file in about 25 s on a 2-core machine, so
-/// a stop spends under a second on a file of this size.
+/// [`compact_small_at_stop`]). redb compacted a 2 GiB file in about 25 s on a 2-core machine;
+/// at that rate a file of this size takes under a second (an estimate, not measured).
 const COMPACT_AT_STOP_MAX_BYTES: u64 = 64 << 20;
 
 /// Compaction passes at most at a stop.
@@ -197,11 +197,10 @@ const COMPACT_AT_STOP_MAX_PASSES: usize = 8;
 /// the very end, so a small database's file often stays about twice what its pages need. A
 /// large file is left to `braid compact` (offline), since compacting it would hold up the stop.
 /// Skipped too when anything else still holds the database or a read transaction on it (a late
-/// reader): it then closes as it is. A failed compaction is logged and changes nothing (each pass is a transaction).
+/// reader): it then closes as it is. A failed compaction is logged and changes nothing (each
+/// pass is a transaction).
 fn compact_small_at_stop(db: Arc<Database>, path: Option<&Path>) {
-    let Some(length) = path.and_then(|path| std::fs::metadata(path).ok()).map(|metadata| metadata.len()) else {
-        return;
-    };
+    let Some(length) = path.and_then(|path| super::file_size(path).ok()) else { return };
     if length > COMPACT_AT_STOP_MAX_BYTES {
         return;
     }
@@ -234,7 +233,7 @@ fn compact_small_at_stop(db: Arc<Database>, path: Option<&Path>) {
         }
     }
     drop(db);
-    let after = path.and_then(|path| std::fs::metadata(path).ok()).map_or(0, |metadata| metadata.len());
+    let after = path.and_then(|path| super::file_size(path).ok()).unwrap_or(0);
     tracing::info!(
         bytes_before = length,
         bytes_after = after,
