@@ -248,9 +248,10 @@ fn worth_compacting_at_stop(length: u64, used: u64) -> bool {
     length <= COMPACT_AT_STOP_MAX_BYTES && length.saturating_sub(used) >= (length / 4).max(1 << 20)
 }
 
-/// The bytes of the pages the database uses.
+/// The bytes of the pages the database uses (from a write transaction's statistics; it is
+/// aborted, so how it would commit does not matter).
 pub(super) fn allocated_bytes(db: &Database) -> Result<u64, StoreError> {
-    let txn = super::begin_write(db)?;
+    let txn = db.begin_write()?;
     let stats = txn.stats()?;
     txn.abort()?;
     Ok(stats.allocated_pages() * stats.page_size() as u64)
