@@ -101,12 +101,14 @@ impl Indexer for SearchIndexer {
 }
 
 /// Whether a parameter's entries can differ between the resource as sent and the version the
-/// writer stores. The writer sets the root `id` and `meta` (`versionId`, `lastUpdated`) and
-/// rewrites `reference` strings (`urn:uuid:`, conditional references), and indexes references
-/// on the local base as relative: so every reference parameter (and composite with a reference
+/// writer stores. The writer sets the root `id` and `meta.versionId` and `meta.lastUpdated`
+/// (the rest of `meta`, such as `source`, `profile` and `tag`, is kept as sent) and rewrites
+/// `reference` strings (`urn:uuid:`, conditional references), and indexes references on the
+/// local base as relative: so every reference parameter (and composite with a reference
 /// component) depends on it, as does every expression that steps into an element named `id`,
-/// `meta` or `reference`, or resolves a reference. Everything else reads only what the client
-/// sent, unchanged. Erring towards `true` costs only writer time, never correctness.
+/// `reference`, `meta` itself or `meta.versionId`/`meta.lastUpdated`, or resolves a reference.
+/// Everything else reads only what the client sent, unchanged. Erring towards `true` costs only
+/// writer time, never correctness.
 fn depends_on_stored_form(def: &ParamDef) -> bool {
     def.kind == ParamKind::Reference
         || reads_stored_form(&def.expression)
@@ -117,6 +119,11 @@ fn reads_stored_form(expression: &Expr) -> bool {
     match expression {
         Expr::This | Expr::Str(_) | Expr::Bool(_) => false,
         Expr::Resolve(_) => true,
+        // `X.meta.source` and the like: only the two stamped fields of `meta` change.
+        Expr::Child(inner, name) if matches!(&**inner, Expr::Child(_, parent) if parent == "meta") => {
+            let Expr::Child(owner, _) = &**inner else { unreachable!("matched above") };
+            matches!(name.as_str(), "versionId" | "lastUpdated") || reads_stored_form(owner)
+        }
         Expr::Child(inner, name) => matches!(name.as_str(), "id" | "meta" | "reference") || reads_stored_form(inner),
         Expr::Index(inner, _)
         | Expr::OfType(inner, _)
@@ -235,6 +242,42 @@ mod tests {
         assert_eq!(entries.iter().filter(|(p, _)| p == "identifier").count(), 2, "one entry per identifier");
         let birthdate = entries.iter().find(|(p, _)| p == "birthdate").unwrap();
         assert_eq!(values::decode_range(&birthdate.1), values::parse_date_range("1980-02"));
+    }
+
+    /// The split the writer relies on: what `prepare` computes from the resource as sent, plus
+    /// what `complete` adds on the stored form, is exactly the stored form's full indexing.
+    #[test]
+    fn prepared_and_completed_entries_are_the_stored_forms_entries() {
+        use std::collections::BTreeSet;
+        let sent = json!({"resourceType": "Observation", "id": "clinic-o1", "status": "final",
+            "meta": {"source": "urn:braid:source:clinic", "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"],
+                     "tag": [{"system": "http://t", "code": "x"}], "security": [{"code": "N"}]},
+            "identifier": [{"system": "urn:braid:source:clinic", "value": "o1"}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "urn:uuid:0b1f"}, "valueQuantity": {"value": 72, "unit": "/min"}});
+        let observation = ResourceType::parse("Observation").unwrap();
+        let prepared = SearchIndexer.prepare(observation, &sent).unwrap();
+        let params = |entries: &[IndexEntry]| entries.iter().map(|e| e.param.clone()).collect::<BTreeSet<_>>();
+        // `meta.source`, `profile`, `tag` and `security` are the client's: read before queueing.
+        for param in ["_source", "_profile", "_tag", "_security", "identifier", "code"] {
+            assert!(params(&prepared).contains(param), "{param} is prepared");
+        }
+        // The stamped fields, and references the writer may rewrite, wait for the stored form.
+        for param in ["_lastUpdated", "_id", "subject", "patient"] {
+            assert!(!params(&prepared).contains(param), "{param} is not prepared");
+        }
+        let mut stored = sent.clone();
+        stored["subject"]["reference"] = json!("Patient/clinic-p1");
+        stored["meta"]["versionId"] = json!("1");
+        stored["meta"]["lastUpdated"] = json!("2026-11-27T10:00:00.000Z");
+        let sorted = |entries: Vec<IndexEntry>| {
+            let mut pairs: Vec<(String, Vec<u8>)> = entries.into_iter().map(|e| (e.param, e.value)).collect();
+            pairs.sort();
+            pairs
+        };
+        let completed = sorted(SearchIndexer.complete(observation, &stored, None, &prepared));
+        assert_eq!(completed, sorted(SearchIndexer.entries(observation, &stored)));
+        assert!(completed.iter().any(|(param, value)| param == "_source" && value == b"urn:braid:source:clinic"));
     }
 
     #[test]
