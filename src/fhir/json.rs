@@ -325,9 +325,16 @@ pub fn parse_instant(text: &str) -> Option<i64> {
 /// `meta.lastUpdated`. Other `meta` elements the client sent (profile, tag, security, source)
 /// are kept. The result starts with `resourceType`, `id`, `meta`, then the client's elements in
 /// their original order.
-pub fn stamp(resource: Resource, resource_type: ResourceType, id: &Id, version: u64, last_updated: &str) -> Resource {
-    let mut meta = match resource.get("meta") {
-        Some(Value::Object(meta)) => meta.clone(),
+pub fn stamp(
+    mut resource: Resource,
+    resource_type: ResourceType,
+    id: &Id,
+    version: u64,
+    last_updated: &str,
+) -> Resource {
+    // Taken, not cloned: the `meta` key left behind (now null) is skipped below.
+    let mut meta = match resource.get_mut("meta").map(Value::take) {
+        Some(Value::Object(meta)) => meta,
         _ => Map::new(),
     };
     let mut stamped_meta = Map::new();

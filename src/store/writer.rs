@@ -565,6 +565,9 @@ enum Resolved {
         /// The resource's content hash, if computed before the request was queued and still
         /// valid (no reference rewritten since).
         hash: Option<ContentHash>,
+        /// The resource's current version, when the request's guard already read it (nothing
+        /// is written between resolving and planning, so it is still current).
+        current: Option<Option<Current>>,
     },
     Existing {
         resource_type: ResourceType,
@@ -718,6 +721,7 @@ impl Execution<'_, '_> {
                             precondition: Precondition::default(),
                             prepared: prepared_of(request, index),
                             hash: request.prepared_hashes.get(index).copied().flatten(),
+                            current: None,
                         },
                     }
                 }
@@ -771,6 +775,7 @@ impl Execution<'_, '_> {
                         server_assigned,
                         prepared: prepared_of(request, index),
                         hash: request.prepared_hashes.get(index).copied().flatten(),
+                        current: None,
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -795,16 +800,17 @@ impl Execution<'_, '_> {
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
             };
+            let mut outcome = outcome;
             refuse_managed(&outcome)?;
             if let Some(guard) = &request.guard {
-                match &outcome {
+                match &mut outcome {
                     // A fresh id names nothing that exists: nothing to guard.
                     Resolved::Write { server_assigned: true, .. } => {}
-                    Resolved::Write { resource_type, id, .. } => {
-                        self.check_guard(guard, *resource_type, id, Change::Update)?;
+                    Resolved::Write { resource_type, id, current, .. } => {
+                        *current = Some(self.check_guard(guard, *resource_type, id, Change::Update)?);
                     }
                     Resolved::Delete { resource_type, ids, .. } => {
-                        for id in ids {
+                        for id in ids.iter() {
                             self.check_guard(guard, *resource_type, id, Change::Delete)?;
                         }
                     }
@@ -935,8 +941,21 @@ impl Execution<'_, '_> {
                     let body = current.body(self.codecs).map_err(request_failure)?;
                     Planned::Unchanged { resource_type, id, current, body }
                 }
-                Resolved::Write { resource_type, id, resource, precondition, server_assigned, prepared, hash } => {
-                    let current = if server_assigned { None } else { self.current(resource_type, &id)? };
+                Resolved::Write {
+                    resource_type,
+                    id,
+                    resource,
+                    precondition,
+                    server_assigned,
+                    prepared,
+                    hash,
+                    current: looked_up,
+                } => {
+                    let current = match (server_assigned, looked_up) {
+                        (true, _) => None,
+                        (false, Some(current)) => current,
+                        (false, None) => self.current(resource_type, &id)?,
+                    };
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
                     let hash = hash.unwrap_or_else(|| content_hash(&resource));
                     let unchanged = match &current {
@@ -1125,22 +1144,22 @@ impl Execution<'_, '_> {
     }
 
     /// Refuses, as if it did not exist, an existing live resource the request's guard does not
-    /// admit.
+    /// admit. Returns the resource's current version, which it had to read.
     fn check_guard(
         &mut self,
         guard: &WriteGuard,
         resource_type: ResourceType,
         id: &Id,
         change: Change,
-    ) -> Result<(), Failure> {
-        let Some(current) = self.current(resource_type, id)? else { return Ok(()) };
-        if current.deleted {
-            return Ok(());
-        }
+    ) -> Result<Option<Current>, Failure> {
+        let current = match self.current(resource_type, id)? {
+            Some(current) if !current.deleted => current,
+            other => return Ok(other),
+        };
         self.flush_index()?;
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         if (guard.0)(&view, resource_type, id, current.version, change).map_err(Failure::Request)? {
-            Ok(())
+            Ok(Some(current))
         } else {
             Err(Failure::Request(FhirError::not_found(format!("{resource_type}/{id} does not exist"))))
         }
