@@ -682,6 +682,7 @@ mod tests {
             source: None,
             role: None,
             person: Vec::new(),
+            restrictions: Default::default(),
         };
         AuditRecord {
             grant: Arc::new(grant),

@@ -7,7 +7,8 @@
 //! ([`Access::admits_indexed`]); old versions and bodies about to be written are indexed on the
 //! fly and checked the same way ([`Access::admits_body`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -40,6 +41,51 @@ const SHARED_TYPES: &[&str] = &[
     "OperationDefinition",
     "Questionnaire",
 ];
+
+/// The restrictions a grant has been asked for: a bundle asks the same question for each of its
+/// entries, and a granular scope's filter would be parsed again every time. Never signed into
+/// the token; a copy of a grant starts empty (its patients may differ). Bounded, since `base`
+/// comes from the request.
+#[derive(Default)]
+pub struct RestrictionMemo(Mutex<VecDeque<(RestrictionKey, Arc<Restriction>)>>);
+
+/// A restriction's question: which type, which interaction, through which FHIR base.
+type RestrictionKey = (ResourceType, Interaction, String);
+
+/// How many restrictions a grant keeps (types × interactions a request mix touches).
+const MEMO_ENTRIES: usize = 32;
+
+impl Clone for RestrictionMemo {
+    fn clone(&self) -> RestrictionMemo {
+        RestrictionMemo::default()
+    }
+}
+
+impl std::fmt::Debug for RestrictionMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestrictionMemo")
+    }
+}
+
+impl RestrictionMemo {
+    fn get(&self, key: &RestrictionKey) -> Option<Arc<Restriction>> {
+        let memo = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        memo.iter().find(|(known, _)| known == key).map(|(_, restriction)| restriction.clone())
+    }
+
+    fn keep(&self, key: RestrictionKey, restriction: Arc<Restriction>) {
+        let mut memo = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if memo.len() >= MEMO_ENTRIES {
+            memo.pop_front();
+        }
+        memo.push_back((key, restriction));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
 
 /// What a token allows on one type for one interaction.
 #[derive(Debug, Clone)]
@@ -146,6 +192,25 @@ impl Access {
         base: &str,
     ) -> Result<Restriction, FhirError> {
         let Access::Token(grant) = self else { return Ok(Restriction::Allow(Vec::new())) };
+        if !self.is_restricted() {
+            return self.compute_restriction(resource_type, interaction, base);
+        }
+        let key = (resource_type, interaction, base.to_owned());
+        if let Some(known) = grant.restrictions.get(&key) {
+            return Ok((*known).clone());
+        }
+        let restriction = self.compute_restriction(resource_type, interaction, base)?;
+        grant.restrictions.keep(key, Arc::new(restriction.clone()));
+        Ok(restriction)
+    }
+
+    fn compute_restriction(
+        &self,
+        resource_type: ResourceType,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<Restriction, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Restriction::Allow(Vec::new())) };
         let mut clauses = Vec::new();
         if grant.context == Context::Patient {
             let patients = grant.compartment_patients();
@@ -246,6 +311,59 @@ mod tests {
 
     fn clause(name: &str, value: &str) -> Clause {
         parse_clause(ResourceType::parse("Observation").unwrap(), name, value, "http://b/fhir").unwrap().unwrap()
+    }
+
+    fn system_grant(scope: &str) -> crate::auth::Grant {
+        let scopes = crate::auth::scope::parse_scopes(scope).unwrap().granted;
+        crate::auth::Grant {
+            client_id: "c".into(),
+            subject: "c".into(),
+            audience: "http://b/fhir".into(),
+            context: Context::System,
+            rules: crate::auth::rules::AccessRules::from_scopes(&scopes, Context::System),
+            patient: None,
+            scope: scope.into(),
+            expires: 0,
+            jti: "j".into(),
+            gid: None,
+            fhir_user: None,
+            iat: 0,
+            source: None,
+            role: None,
+            person: Vec::new(),
+            restrictions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_grant_computes_a_restriction_once_and_keeps_a_bounded_number() {
+        let access = Access::Token(Arc::new(system_grant("system/*.cruds?_source=urn:braid:source:clinic")));
+        let Access::Token(grant) = &access else { unreachable!("built as a token") };
+        let observation = ResourceType::parse("Observation").unwrap();
+        let written = |restriction: Restriction| match restriction {
+            Restriction::Allow(clauses) => clauses.iter().map(|clause| clause.written.clone()).collect::<Vec<_>>(),
+            Restriction::Deny => panic!("the scope allows Observations"),
+        };
+        let first = written(access.restriction(observation, Interaction::Create, "http://b/fhir").unwrap());
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(grant.restrictions.len(), 1);
+        let again = written(access.restriction(observation, Interaction::Create, "http://b/fhir").unwrap());
+        assert_eq!(again, first);
+        assert_eq!(grant.restrictions.len(), 1, "asked again, computed once");
+        // The base comes from the request: however many a client sends, the memo stays bounded.
+        for n in 0..100 {
+            access.restriction(observation, Interaction::Create, &format!("http://b{n}/fhir")).unwrap();
+        }
+        assert_eq!(grant.restrictions.len(), MEMO_ENTRIES);
+        // A copy (a person's grant, with other patients) computes its own.
+        assert_eq!((**grant).clone().restrictions.len(), 0);
+        // A grant without limits keeps nothing.
+        let plain = Access::Token(Arc::new(system_grant("system/*.cruds")));
+        assert!(
+            matches!(plain.restriction(observation, Interaction::Create, "http://b/fhir").unwrap(), Restriction::Allow(c) if c.is_empty())
+        );
+        let Access::Token(plain_grant) = &plain else { unreachable!("built as a token") };
+        assert_eq!(plain_grant.restrictions.len(), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyRing;
+use super::restrict::RestrictionMemo;
 use super::rules::{AccessRules, TRAIL_TYPES};
 use super::scope::{Context, Scope, parse_scopes};
 use super::users::Role;
@@ -71,6 +72,8 @@ pub struct Grant {
     /// holds them when the request arrives (filled in per request, never signed into the
     /// token). Empty otherwise.
     pub person: Vec<String>,
+    /// What it allows, as computed for the requests it has served (see [`RestrictionMemo`]).
+    pub restrictions: RestrictionMemo,
 }
 
 impl Grant {
@@ -137,6 +140,7 @@ impl Grant {
             source: claims.source,
             role: claims.role,
             person: Vec::new(),
+            restrictions: Default::default(),
         }
     }
 }
