@@ -562,9 +562,11 @@ enum Resolved {
         /// The resource's content hash, if computed before the request was queued and still
         /// valid (no reference rewritten since).
         hash: Option<ContentHash>,
-        /// The resource's current version, when the request's guard already read it (nothing
-        /// is written between resolving and planning, so it is still current).
-        current: Option<Option<Current>>,
+        /// The resource's current version, read once when the operation is resolved (`None`
+        /// for a server-assigned id, and for an id nothing was ever written under). The guard
+        /// and the plan both use it: nothing is written between resolving and planning, and a
+        /// transaction touches each resource once, so it is still current.
+        current: Option<Current>,
     },
     Existing {
         resource_type: ResourceType,
@@ -681,7 +683,7 @@ impl Execution<'_, '_> {
 
         for &index in order {
             let op = &request.ops[index];
-            let outcome = match &op.action {
+            let mut outcome = match &op.action {
                 Action::Create { resource_type, resource, if_none_exist } => {
                     let existing = match if_none_exist {
                         Some(criteria) => single_match(self.find(*resource_type, criteria, 2)?, criteria)?,
@@ -797,18 +799,20 @@ impl Execution<'_, '_> {
                     Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
                 }
             };
-            let mut outcome = outcome;
             refuse_managed(&outcome)?;
+            // A fresh id names nothing that exists.
+            if let Resolved::Write { resource_type, id, server_assigned: false, current, .. } = &mut outcome {
+                *current = self.current(*resource_type, id)?;
+            }
             if let Some(guard) = &request.guard {
-                match &mut outcome {
-                    // A fresh id names nothing that exists: nothing to guard.
-                    Resolved::Write { server_assigned: true, .. } => {}
+                match &outcome {
                     Resolved::Write { resource_type, id, current, .. } => {
-                        *current = Some(self.check_guard(guard, *resource_type, id, Change::Update)?);
+                        self.check_guard(guard, *resource_type, id, current.as_ref(), Change::Update)?;
                     }
                     Resolved::Delete { resource_type, ids, .. } => {
-                        for id in ids.iter() {
-                            self.check_guard(guard, *resource_type, id, Change::Delete)?;
+                        for id in ids {
+                            let current = self.current(*resource_type, id)?;
+                            self.check_guard(guard, *resource_type, id, current.as_ref(), Change::Delete)?;
                         }
                     }
                     Resolved::Existing { .. } => {}
@@ -938,21 +942,7 @@ impl Execution<'_, '_> {
                     let body = current.body(self.codecs).map_err(request_failure)?;
                     Planned::Unchanged { resource_type, id, current, body }
                 }
-                Resolved::Write {
-                    resource_type,
-                    id,
-                    resource,
-                    precondition,
-                    server_assigned,
-                    prepared,
-                    hash,
-                    current: looked_up,
-                } => {
-                    let current = match (server_assigned, looked_up) {
-                        (true, _) => None,
-                        (false, Some(current)) => current,
-                        (false, None) => self.current(resource_type, &id)?,
-                    };
+                Resolved::Write { resource_type, id, resource, precondition, prepared, hash, current, .. } => {
                     check_precondition(resource_type, &id, precondition, current.as_ref())?;
                     let hash = hash.unwrap_or_else(|| content_hash(&resource));
                     let unchanged = match &current {
@@ -1140,23 +1130,21 @@ impl Execution<'_, '_> {
         }))
     }
 
-    /// Refuses, as if it did not exist, an existing live resource the request's guard does not
-    /// admit. Returns the resource's current version, which it had to read.
+    /// Refuses, as if it did not exist, an existing live resource (`current` is its current
+    /// version) the request's guard does not admit.
     fn check_guard(
         &mut self,
         guard: &WriteGuard,
         resource_type: ResourceType,
         id: &Id,
+        current: Option<&Current>,
         change: Change,
-    ) -> Result<Option<Current>, Failure> {
-        let current = match self.current(resource_type, id)? {
-            Some(current) if !current.deleted => current,
-            other => return Ok(other),
-        };
+    ) -> Result<(), Failure> {
+        let Some(current) = current.filter(|current| !current.deleted) else { return Ok(()) };
         self.flush_index()?;
         let view = IndexTables { versions: &self.tables.versions, spv: &self.tables.spv, rspv: &self.tables.rspv };
         if (guard.0)(&view, resource_type, id, current.version, change).map_err(Failure::Request)? {
-            Ok(Some(current))
+            Ok(())
         } else {
             Err(Failure::Request(FhirError::not_found(format!("{resource_type}/{id} does not exist"))))
         }
