@@ -119,12 +119,13 @@ fn reads_stored_form(expression: &Expr) -> bool {
     match expression {
         Expr::This | Expr::Str(_) | Expr::Bool(_) => false,
         Expr::Resolve(_) => true,
-        // `X.meta.source` and the like: only the two stamped fields of `meta` change.
-        Expr::Child(inner, name) if matches!(&**inner, Expr::Child(_, parent) if parent == "meta") => {
-            let Expr::Child(owner, _) = &**inner else { unreachable!("matched above") };
-            matches!(name.as_str(), "versionId" | "lastUpdated") || reads_stored_form(owner)
-        }
-        Expr::Child(inner, name) => matches!(name.as_str(), "id" | "meta" | "reference") || reads_stored_form(inner),
+        Expr::Child(inner, name) => match &**inner {
+            // `X.meta.source` and the like: only the two stamped fields of `meta` change.
+            Expr::Child(owner, parent) if parent == "meta" => {
+                matches!(name.as_str(), "versionId" | "lastUpdated") || reads_stored_form(owner)
+            }
+            _ => matches!(name.as_str(), "id" | "meta" | "reference") || reads_stored_form(inner),
+        },
         Expr::Index(inner, _)
         | Expr::OfType(inner, _)
         | Expr::Is(inner, _)
