@@ -666,24 +666,9 @@ mod tests {
     use super::*;
 
     fn record(client: &str, resource: &str, micros: i64) -> AuditRecord {
-        let grant = Grant {
-            client_id: client.into(),
-            subject: client.into(),
-            audience: "https://braid.test/fhir".into(),
-            context: crate::auth::scope::Context::System,
-            rules: crate::auth::rules::AccessRules::default(),
-            patient: None,
-            scope: "system/*.rs".into(),
-            expires: 0,
-            jti: "j".into(),
-            gid: None,
-            fhir_user: None,
-            iat: 0,
-            source: None,
-            role: None,
-            person: Vec::new(),
-            restrictions: Default::default(),
-        };
+        let mut grant = Grant::for_test("system/*.rs", None, None);
+        grant.client_id = client.into();
+        grant.subject = client.into();
         AuditRecord {
             grant: Arc::new(grant),
             interaction: "read",

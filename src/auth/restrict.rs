@@ -68,9 +68,13 @@ impl std::fmt::Debug for RestrictionMemo {
 }
 
 impl RestrictionMemo {
-    fn get(&self, key: &RestrictionKey) -> Option<Arc<Restriction>> {
+    fn get(&self, resource_type: ResourceType, interaction: Interaction, base: &str) -> Option<Arc<Restriction>> {
         let memo = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        memo.iter().find(|(known, _)| known == key).map(|(_, restriction)| restriction.clone())
+        memo.iter()
+            .find(|((known_type, known_interaction, known_base), _)| {
+                (*known_type, *known_interaction, known_base.as_str()) == (resource_type, interaction, base)
+            })
+            .map(|(_, restriction)| restriction.clone())
     }
 
     fn keep(&self, key: RestrictionKey, restriction: Arc<Restriction>) {
@@ -195,12 +199,11 @@ impl Access {
         if !self.is_restricted() {
             return self.compute_restriction(resource_type, interaction, base);
         }
-        let key = (resource_type, interaction, base.to_owned());
-        if let Some(known) = grant.restrictions.get(&key) {
+        if let Some(known) = grant.restrictions.get(resource_type, interaction, base) {
             return Ok((*known).clone());
         }
         let restriction = self.compute_restriction(resource_type, interaction, base)?;
-        grant.restrictions.keep(key, Arc::new(restriction.clone()));
+        grant.restrictions.keep((resource_type, interaction, base.to_owned()), Arc::new(restriction.clone()));
         Ok(restriction)
     }
 
@@ -313,31 +316,13 @@ mod tests {
         parse_clause(ResourceType::parse("Observation").unwrap(), name, value, "http://b/fhir").unwrap().unwrap()
     }
 
-    fn system_grant(scope: &str) -> crate::auth::Grant {
-        let scopes = crate::auth::scope::parse_scopes(scope).unwrap().granted;
-        crate::auth::Grant {
-            client_id: "c".into(),
-            subject: "c".into(),
-            audience: "http://b/fhir".into(),
-            context: Context::System,
-            rules: crate::auth::rules::AccessRules::from_scopes(&scopes, Context::System),
-            patient: None,
-            scope: scope.into(),
-            expires: 0,
-            jti: "j".into(),
-            gid: None,
-            fhir_user: None,
-            iat: 0,
-            source: None,
-            role: None,
-            person: Vec::new(),
-            restrictions: Default::default(),
-        }
-    }
-
     #[test]
     fn a_grant_computes_a_restriction_once_and_keeps_a_bounded_number() {
-        let access = Access::Token(Arc::new(system_grant("system/*.cruds?_source=urn:braid:source:clinic")));
+        let access = Access::Token(Arc::new(crate::auth::Grant::for_test(
+            "system/*.cruds?_source=urn:braid:source:clinic",
+            None,
+            None,
+        )));
         let Access::Token(grant) = &access else { unreachable!("built as a token") };
         let observation = ResourceType::parse("Observation").unwrap();
         let written = |restriction: Restriction| match restriction {
@@ -358,7 +343,7 @@ mod tests {
         // A copy (a person's grant, with other patients) computes its own.
         assert_eq!((**grant).clone().restrictions.len(), 0);
         // A grant without limits keeps nothing.
-        let plain = Access::Token(Arc::new(system_grant("system/*.cruds")));
+        let plain = Access::Token(Arc::new(crate::auth::Grant::for_test("system/*.cruds", None, None)));
         assert!(
             matches!(plain.restriction(observation, Interaction::Create, "http://b/fhir").unwrap(), Restriction::Allow(c) if c.is_empty())
         );

@@ -214,14 +214,11 @@ pub fn verify(ring: &KeyRing, token: &str, fhir_base: &str, now: u64) -> Result<
     Ok(Grant::from_claims(claims.claims))
 }
 
+/// The grant a verified token with these claims gives: tests build their grants here, through
+/// the same path as a real token.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::rules::Decision;
-    use crate::auth::scope::Interaction;
-    use crate::fhir::ResourceType;
-
-    fn grant(scope: &str, patient: Option<&str>, role: Option<Role>) -> Grant {
+impl Grant {
+    pub(crate) fn for_test(scope: &str, patient: Option<&str>, role: Option<Role>) -> Grant {
         Grant::from_claims(AccessClaims {
             iss: "https://braid.test/fhir".into(),
             aud: "https://braid.test/fhir".into(),
@@ -238,6 +235,14 @@ mod tests {
             source: None,
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::rules::Decision;
+    use crate::auth::scope::Interaction;
+    use crate::fhir::ResourceType;
 
     #[test]
     fn only_an_administrators_token_changes_the_trail_whatever_its_scopes() {
@@ -250,7 +255,7 @@ mod tests {
             ("patient/*.cruds", Some("1"), Some(Role::Patient)),
             ("user/AuditEvent.cud user/AuditEvent.rs", None, Some(Role::Practitioner)),
         ] {
-            let rules = grant(scope, patient, role).rules;
+            let rules = Grant::for_test(scope, patient, role).rules;
             for write in [Interaction::Create, Interaction::Update, Interaction::Delete] {
                 assert_eq!(rules.decide(audit, write), Decision::Deny, "{scope} {role:?} {write:?}");
                 assert_eq!(rules.decide(provenance, write), Decision::Deny, "{scope} {role:?} {write:?}");
@@ -260,9 +265,9 @@ mod tests {
                 assert_eq!(rules.decide(observation, Interaction::Delete), Decision::All, "{scope}");
             }
         }
-        let admin = grant("user/*.cruds", None, Some(Role::Admin)).rules;
+        let admin = Grant::for_test("user/*.cruds", None, Some(Role::Admin)).rules;
         assert_eq!(admin.decide(audit, Interaction::Delete), Decision::All);
-        let backend = grant("system/*.cruds", None, None).rules;
+        let backend = Grant::for_test("system/*.cruds", None, None).rules;
         assert_eq!(backend.decide(provenance, Interaction::Create), Decision::All, "the operator's scopes alone");
     }
 
