@@ -12,7 +12,7 @@ use braid::store::{Store, StoreOptions};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with, without_golden_link};
 
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resource_version");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -41,10 +41,12 @@ fn format_version(path: &Path) -> u32 {
 
 /// What an answer says, whatever server address and moment it was given at: a resource's exact
 /// JSON text; a Bundle's type, total and, per entry, the `Type/id` of its fullUrl, its search
-/// mode and its resource's exact JSON text.
+/// mode and its resource's exact JSON text. The refer link to a golden Patient is left out: the
+/// master patient index adds it to a current Patient once it has matched it, which it does for
+/// the migrated Patients while these queries run.
 fn essence(answer: &Value) -> Value {
     if answer["resourceType"] != "Bundle" {
-        return json!(answer.to_string());
+        return json!(without_golden_link(answer).to_string());
     }
     let entries: Vec<Value> = answer["entry"]
         .as_array()
@@ -53,7 +55,7 @@ fn essence(answer: &Value) -> Value {
         .map(|entry| {
             let full_url = entry["fullUrl"].as_str().unwrap_or_default();
             let relative = full_url.split_once("/fhir/").map_or(full_url, |(_, relative)| relative);
-            json!([relative, entry["search"]["mode"], entry["resource"].to_string()])
+            json!([relative, entry["search"]["mode"], without_golden_link(&entry["resource"]).to_string()])
         })
         .collect();
     json!({"type": answer["type"], "total": answer["total"], "entries": entries})
@@ -373,7 +375,7 @@ async fn a_dictionary_trained_on_the_database_compresses_new_writes_and_old_bodi
     let new = app.get("/Patient/example").await;
     assert_eq!((new.body["meta"]["versionId"].as_str(), new.body["gender"].as_str()), (Some("4"), Some("female")));
     let page = app.get("/Patient?gender=female&_id=example").await;
-    assert_eq!(page.body["entry"][0]["resource"], new.body);
+    assert_eq!(without_golden_link(&page.body["entry"][0]["resource"]), without_golden_link(&new.body));
 
     // A database with too few bodies to learn from is refused with a reason, and keeps its
     // dictionary.
