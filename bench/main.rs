@@ -1285,6 +1285,11 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let pushed = (result.requests * 50).max(1) as f64;
                 let entries = store.index_stats().unwrap().entries as f64 / pushed;
                 let stored: u64 = store.table_usage().unwrap().iter().map(|table| table.stored_bytes).sum();
+                if round == 0 {
+                    // Where the bytes a source adds go, once per mode and shape.
+                    println!("    round 0 {}, per table:", if as_source { "as a source" } else { "no source" });
+                    print_table_usage(&store, pushed as usize);
+                }
                 close_store(store).await;
                 let _ = std::fs::remove_file(&data);
                 let name = if as_source { "as a source" } else { "no source" };
