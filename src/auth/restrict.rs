@@ -195,15 +195,26 @@ impl Access {
         interaction: Interaction,
         base: &str,
     ) -> Result<Restriction, FhirError> {
-        let Access::Token(grant) = self else { return Ok(Restriction::Allow(Vec::new())) };
+        Ok(Arc::unwrap_or_clone(self.shared_restriction(resource_type, interaction, base)?))
+    }
+
+    /// [`Self::restriction`] without a copy of its clauses: a restricted grant's kept one is
+    /// shared, so the checks run for every entry of a bundle clone nothing.
+    fn shared_restriction(
+        &self,
+        resource_type: ResourceType,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<Arc<Restriction>, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Arc::new(Restriction::Allow(Vec::new()))) };
         if !self.is_restricted() {
-            return self.compute_restriction(resource_type, interaction, base);
+            return self.compute_restriction(resource_type, interaction, base).map(Arc::new);
         }
         if let Some(known) = grant.restrictions.get(resource_type, interaction, base) {
-            return Ok((*known).clone());
+            return Ok(known);
         }
-        let restriction = self.compute_restriction(resource_type, interaction, base)?;
-        grant.restrictions.keep((resource_type, interaction, base.to_owned()), Arc::new(restriction.clone()));
+        let restriction = Arc::new(self.compute_restriction(resource_type, interaction, base)?);
+        grant.restrictions.keep((resource_type, interaction, base.to_owned()), restriction.clone());
         Ok(restriction)
     }
 
@@ -273,10 +284,10 @@ impl Access {
         interaction: Interaction,
         base: &str,
     ) -> Result<bool, FhirError> {
-        match self.restriction(resource_type, interaction, base)? {
+        match &*self.shared_restriction(resource_type, interaction, base)? {
             Restriction::Deny => Ok(false),
             Restriction::Allow(clauses) if clauses.is_empty() => Ok(true),
-            Restriction::Allow(clauses) => engine::matches_clauses(view, resource_type, &clauses, id, version, t),
+            Restriction::Allow(clauses) => engine::matches_clauses(view, resource_type, clauses, id, version, t),
         }
     }
 
@@ -291,17 +302,17 @@ impl Access {
         interaction: Interaction,
         base: &str,
     ) -> Result<bool, FhirError> {
-        match self.restriction(resource_type, interaction, base)? {
+        match &*self.shared_restriction(resource_type, interaction, base)? {
             Restriction::Deny => Ok(false),
             Restriction::Allow(clauses) if clauses.is_empty() => Ok(true),
             Restriction::Allow(clauses) => {
                 let mut keys = Vec::new();
-                clause_keys(&clauses, &mut keys);
+                clause_keys(clauses, &mut keys);
                 let mut values: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
                 for entry in indexer.entries_for_keys(resource_type, body, base, &keys) {
                     values.entry(entry.param).or_default().push(entry.value);
                 }
-                Ok(clauses_match_values(&clauses, &values))
+                Ok(clauses_match_values(clauses, &values))
             }
         }
     }
@@ -335,6 +346,24 @@ mod tests {
         let again = written(access.restriction(observation, Interaction::Create, "http://b/fhir").unwrap());
         assert_eq!(again, first);
         assert_eq!(grant.restrictions.len(), 1, "asked again, computed once");
+        // The body checks share the kept restriction rather than copying its clauses, and
+        // decide by it.
+        let shared = access.shared_restriction(observation, Interaction::Create, "http://b/fhir").unwrap();
+        let kept = grant.restrictions.get(observation, Interaction::Create, "http://b/fhir").unwrap();
+        assert!(Arc::ptr_eq(&shared, &kept));
+        let body = |source: &str| serde_json::json!({"resourceType": "Observation", "meta": {"source": source}});
+        let admits = |source: &str| {
+            access.admits_body(
+                &crate::search::SearchIndexer,
+                observation,
+                &body(source),
+                Interaction::Create,
+                "http://b/fhir",
+            )
+        };
+        assert!(admits("urn:braid:source:clinic").unwrap());
+        assert!(!admits("urn:braid:source:other").unwrap());
+        assert_eq!(grant.restrictions.len(), 1);
         // The base comes from the request: however many a client sends, the memo stays bounded.
         for n in 0..100 {
             access.restriction(observation, Interaction::Create, &format!("http://b{n}/fhir")).unwrap();
