@@ -29,9 +29,10 @@
 //!   references, the original ids kept, one Provenance per push) and by a backend client with
 //!   the same `system/*.cruds` scopes writing without a source, on one server with
 //!   authorization on, `--rounds` rounds on fresh databases (which mode runs first swaps every
-//!   round); medians and the
-//!   namespacing overhead, and the index entries and bytes stored per resource pushed. In two
-//!   shapes: creates without ids (the ingest scenario's), and PUTs with the sender's own ids.
+//!   round); medians and the namespacing overhead; per resource pushed, the index entries and
+//!   bytes stored (and, in round 0, each table's share) and the server's CPU time (the whole
+//!   process, and its writer thread), with their medians by mode. In two shapes: creates
+//!   without ids (the ingest scenario's), and PUTs with the sender's own ids.
 //! - `pull`: a pull source reading an upstream Braid (auth on) of 10,000 patients and
 //!   `--resources` − 10,000 observations through its `$export`, into a fresh downstream database
 //!   (durable commits, every search parameter indexed), `--rounds` rounds; end-to-end resources
@@ -1240,6 +1241,10 @@ async fn push_scenario(args: &Args, dir: &Path) {
         println!("  {shape}:");
         let bundle = Arc::new(bundle);
         let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
+        // Server CPU per resource pushed (the whole process, and its writer thread), by mode:
+        // steadier than throughput on a shared machine, and it says where a source's cost lies.
+        let (mut plain_cpu, mut namespaced_cpu) = (Vec::new(), Vec::new());
+        let (mut plain_writer, mut namespaced_writer) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
             // The two runs of a round swap places every other round, so that a drift of the
             // machine during a round (the page cache, the previous run's writeback) does not
@@ -1278,7 +1283,11 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
                 let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
                 let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
+                let (cpu_before, writer_before) = (server.cpu_seconds(), server.thread_cpu_seconds("braid-writer"));
                 let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
+                let cpu = server.cpu_seconds() - cpu_before;
+                let writer =
+                    server.thread_cpu_seconds("braid-writer").zip(writer_before).map(|(after, before)| after - before);
                 drop(server);
                 // What the writer had to store per resource pushed: the work a source adds.
                 let store = open_store(&data);
@@ -1293,8 +1302,11 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 close_store(store).await;
                 let _ = std::fs::remove_file(&data);
                 let name = if as_source { "as a source" } else { "no source" };
+                // Microseconds of server CPU per resource pushed.
+                let cpu_per = cpu * 1e6 / pushed;
+                let writer_per = writer.map_or(f64::NAN, |writer| writer * 1e6 / pushed);
                 println!(
-                    "    round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}  ({entries:.1} index entries, {:.0} bytes stored per resource pushed)",
+                    "    round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}  ({entries:.1} index entries, {:.0} bytes stored, server CPU {cpu_per:.0} µs, writer {writer_per:.0} µs per resource pushed)",
                     result.throughput() * 50.0,
                     result.percentile(0.5),
                     result.percentile(0.99),
@@ -1302,11 +1314,14 @@ async fn push_scenario(args: &Args, dir: &Path) {
                     result.error_note(),
                     stored as f64 / pushed,
                 );
-                if as_source {
-                    namespaced.push(result.throughput() * 50.0)
+                let (rates, cpus, writers) = if as_source {
+                    (&mut namespaced, &mut namespaced_cpu, &mut namespaced_writer)
                 } else {
-                    plain.push(result.throughput() * 50.0)
-                }
+                    (&mut plain, &mut plain_cpu, &mut plain_writer)
+                };
+                rates.push(result.throughput() * 50.0);
+                cpus.push(cpu_per);
+                writers.push(writer_per);
             }
         }
         // Each round's two runs follow each other, so their ratio is spared the drift of a
@@ -1318,6 +1333,13 @@ async fn push_scenario(args: &Args, dir: &Path) {
         println!(
             "  {shape}: median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}%, median of the rounds' overheads {overhead_of_rounds:.1}% (target <= 10%)",
             100.0 * (1.0 - namespaced / plain)
+        );
+        let (plain_cpu, namespaced_cpu) = (median(&mut plain_cpu), median(&mut namespaced_cpu));
+        let (plain_writer, namespaced_writer) = (median(&mut plain_writer), median(&mut namespaced_writer));
+        println!(
+            "  {shape}: median server CPU per resource no source {plain_cpu:.0} µs, as a source {namespaced_cpu:.0} µs (+{:.1}%); writer thread {plain_writer:.0} µs vs {namespaced_writer:.0} µs (+{:.1}%)",
+            100.0 * (namespaced_cpu / plain_cpu - 1.0),
+            100.0 * (namespaced_writer / plain_writer - 1.0)
         );
     }
 }

@@ -57,6 +57,33 @@ impl Server {
         self.memory_mib("VmHWM:")
     }
 
+    /// CPU time the server process has used, user and system, in all its threads (those that
+    /// have ended too), in seconds. `/proc` counts it in ticks of USER_HZ, which Linux fixes at
+    /// 100 per second whatever the kernel's own tick.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The command name (field 2) may hold spaces: fields are counted after its `)`.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |n: usize| fields.get(n).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the `)`.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// CPU time of the server's thread named `name` (`braid-writer`), in seconds, from the
+    /// scheduler's nanosecond count; `None` when no thread has that name.
+    pub fn thread_cpu_seconds(&self, name: &str) -> Option<f64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        tasks.flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let nanos: f64 = schedstat.split_whitespace().next()?.parse().ok()?;
+            Some(nanos / 1e9)
+        })
+    }
+
     fn memory_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
