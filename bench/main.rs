@@ -1285,7 +1285,7 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
                 let (cpu_before, writer_before) = (server.cpu_seconds(), server.thread_cpu_seconds("braid-writer"));
                 let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
-                let cpu = server.cpu_seconds() - cpu_before;
+                let cpu = server.cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
                 let writer =
                     server.thread_cpu_seconds("braid-writer").zip(writer_before).map(|(after, before)| after - before);
                 drop(server);
@@ -1303,7 +1303,9 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let _ = std::fs::remove_file(&data);
                 let name = if as_source { "as a source" } else { "no source" };
                 // Microseconds of server CPU per resource pushed.
-                let cpu_per = cpu * 1e6 / pushed;
+                // A reading that failed (no such process or thread) is NaN: printed as such, and
+                // left out of the medians.
+                let cpu_per = cpu.map_or(f64::NAN, |cpu| cpu * 1e6 / pushed);
                 let writer_per = writer.map_or(f64::NAN, |writer| writer * 1e6 / pushed);
                 println!(
                     "    round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}  ({entries:.1} index entries, {:.0} bytes stored, server CPU {cpu_per:.0} µs, writer {writer_per:.0} µs per resource pushed)",
@@ -1334,19 +1336,28 @@ async fn push_scenario(args: &Args, dir: &Path) {
             "  {shape}: median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}%, median of the rounds' overheads {overhead_of_rounds:.1}% (target <= 10%)",
             100.0 * (1.0 - namespaced / plain)
         );
-        // CPU time drifts with the machine as throughput does: the rounds' own ratios again.
-        let extra = |plain: &[f64], namespaced: &[f64]| {
-            let mut ratios: Vec<f64> =
-                plain.iter().zip(namespaced).map(|(plain, namespaced)| 100.0 * (namespaced / plain - 1.0)).collect();
+        // CPU time drifts with the machine as throughput does: the rounds' own ratios again
+        // (here the source's extra CPU, so positive when a source costs more).
+        let extra = |plain_runs: &[f64], source_runs: &[f64]| {
+            let mut ratios: Vec<f64> = plain_runs
+                .iter()
+                .zip(source_runs)
+                .map(|(plain, source)| 100.0 * (source / plain - 1.0))
+                .filter(|ratio| ratio.is_finite())
+                .collect();
             median(&mut ratios)
         };
         let (cpu_extra, writer_extra) = (extra(&plain_cpu, &namespaced_cpu), extra(&plain_writer, &namespaced_writer));
+        let finite_median = |values: &mut Vec<f64>| {
+            values.retain(|value| value.is_finite());
+            median(values)
+        };
         println!(
-            "  {shape}: median server CPU per resource no source {:.0} µs, as a source {:.0} µs; per round a source costs +{cpu_extra:.1}% (median), +{writer_extra:.1}% in the writer thread ({:.0} µs vs {:.0} µs)",
-            median(&mut plain_cpu),
-            median(&mut namespaced_cpu),
-            median(&mut plain_writer),
-            median(&mut namespaced_writer)
+            "  {shape}: server CPU per resource, medians: no source {:.0} µs, as a source {:.0} µs; a source's extra CPU, median of the rounds' own: {cpu_extra:+.1}%; in the writer thread (no source {:.0} µs, as a source {:.0} µs): {writer_extra:+.1}%",
+            finite_median(&mut plain_cpu),
+            finite_median(&mut namespaced_cpu),
+            finite_median(&mut plain_writer),
+            finite_median(&mut namespaced_writer)
         );
     }
 }

@@ -58,15 +58,16 @@ impl Server {
     }
 
     /// CPU time the server process has used, user and system, in all its threads (those that
-    /// have ended too), in seconds. `/proc` counts it in ticks of USER_HZ, which Linux fixes at
-    /// 100 per second whatever the kernel's own tick.
-    pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+    /// have ended too), in seconds; `None` when it cannot be read. `/proc` counts it in ticks
+    /// of USER_HZ, which Linux fixes at 100 per second on x86 and arm whatever the kernel's own
+    /// tick.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
         // The command name (field 2) may hold spaces: fields are counted after its `)`.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks = |n: usize| fields.get(n).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the `)`.
-        (ticks(11) + ticks(12)) / 100.0
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |n: usize| fields.get(n).and_then(|field| field.parse::<f64>().ok());
+        // utime and stime are fields 14 and 15 of the line, the 12th and 13th after the `)`.
+        Some((ticks(11)? + ticks(12)?) / 100.0)
     }
 
     /// CPU time of the server's thread named `name` (`braid-writer`), in seconds, from the
