@@ -556,7 +556,6 @@ enum Resolved {
         id: Id,
         resource: Resource,
         precondition: Precondition,
-        server_assigned: bool,
         /// The entries computed before the request was queued ([`Indexer::prepare`]).
         prepared: Option<Arc<[IndexEntry]>>,
         /// The resource's content hash, if computed before the request was queued and still
@@ -683,7 +682,7 @@ impl Execution<'_, '_> {
 
         for &index in order {
             let op = &request.ops[index];
-            let mut outcome = match &op.action {
+            let outcome = match &op.action {
                 Action::Create { resource_type, resource, if_none_exist } => {
                     let existing = match if_none_exist {
                         Some(criteria) => single_match(self.find(*resource_type, criteria, 2)?, criteria)?,
@@ -696,11 +695,17 @@ impl Execution<'_, '_> {
                         }
                         _ => None,
                     };
+                    // The version the kept id names, read once: for the check below, the guard
+                    // and the plan. A generated id names nothing that exists.
+                    let current = match (&existing, &kept_id) {
+                        (None, Some(id)) => self.current(*resource_type, id)?,
+                        _ => None,
+                    };
                     // A conditional create that matched nothing must not overwrite the live
                     // resource its id names (which the criteria did not select): 409, as for a
                     // conditional update.
                     if let (Some(_), None, Some(id)) = (if_none_exist, &existing, &kept_id) {
-                        if self.current(*resource_type, id)?.is_some_and(|current| !current.deleted) {
+                        if current.as_ref().is_some_and(|current| !current.deleted) {
                             return Err(Failure::Request(
                                 FhirError::conflict(format!(
                                     "the conditional create matched no resource, but {resource_type}/{id} exists and \
@@ -714,19 +719,20 @@ impl Execution<'_, '_> {
                         Some(id) => Resolved::Existing { resource_type: *resource_type, id },
                         None => Resolved::Write {
                             resource_type: *resource_type,
-                            server_assigned: kept_id.is_none(),
                             id: kept_id.unwrap_or_else(Id::generate),
                             resource: resource.clone(),
                             precondition: Precondition::default(),
                             prepared: prepared_of(request, index),
                             hash: request.prepared_hashes.get(index).copied().flatten(),
-                            current: None,
+                            current,
                         },
                     }
                 }
                 Action::Update { resource_type, target, resource, precondition } => {
-                    let (id, server_assigned) = match target {
-                        Target::Id(id) => (id.clone(), false),
+                    // The id written to, and the version it names (read once, for the guard and
+                    // the plan too; an id Braid generates names nothing).
+                    let (id, current) = match target {
+                        Target::Id(id) => (id.clone(), self.current(*resource_type, id)?),
                         Target::Criteria(criteria) => {
                             let body_id = resource.get("id").and_then(Value::as_str);
                             match single_match(self.find(*resource_type, criteria, 2)?, criteria)? {
@@ -740,7 +746,8 @@ impl Execution<'_, '_> {
                                             ),
                                         )));
                                     }
-                                    (found, false)
+                                    let current = self.current(*resource_type, &found)?;
+                                    (found, current)
                                 }
                                 // No match: create, with the body's id if it has one. That id must
                                 // not belong to a live resource the criteria did not select:
@@ -749,7 +756,8 @@ impl Execution<'_, '_> {
                                     Some(body_id) => {
                                         let id = Id::parse(body_id)
                                             .map_err(|e| Failure::Request(e.at(format!("{resource_type}.id"))))?;
-                                        if self.current(*resource_type, &id)?.is_some_and(|c| !c.deleted) {
+                                        let current = self.current(*resource_type, &id)?;
+                                        if current.as_ref().is_some_and(|c| !c.deleted) {
                                             return Err(Failure::Request(
                                                 FhirError::conflict(format!(
                                                     "the conditional update matched no resource, but the body's id \
@@ -759,9 +767,9 @@ impl Execution<'_, '_> {
                                                 .at(format!("{resource_type}.id")),
                                             ));
                                         }
-                                        (id, false)
+                                        (id, current)
                                     }
-                                    None => (Id::generate(), true),
+                                    None => (Id::generate(), None),
                                 },
                             }
                         }
@@ -771,10 +779,9 @@ impl Execution<'_, '_> {
                         id,
                         resource: resource.clone(),
                         precondition: *precondition,
-                        server_assigned,
                         prepared: prepared_of(request, index),
                         hash: request.prepared_hashes.get(index).copied().flatten(),
-                        current: None,
+                        current,
                     }
                 }
                 Action::Delete { resource_type, target, precondition } => {
@@ -800,10 +807,6 @@ impl Execution<'_, '_> {
                 }
             };
             refuse_managed(&outcome)?;
-            // A fresh id names nothing that exists.
-            if let Resolved::Write { resource_type, id, server_assigned: false, current, .. } = &mut outcome {
-                *current = self.current(*resource_type, id)?;
-            }
             if let Some(guard) = &request.guard {
                 match &outcome {
                     Resolved::Write { resource_type, id, current, .. } => {
