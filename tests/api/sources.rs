@@ -264,6 +264,27 @@ async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespac
 }
 
 #[tokio::test]
+async fn a_sources_conditional_create_that_matches_nothing_does_not_overwrite_its_live_record_of_that_id() {
+    let server = spawn_auth_app().await;
+    let clinic = add_source(&server, "clinic", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+    let create = |name: &str, criteria: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Organization", "id": "org1", "name": name},
+             "request": {"method": "POST", "url": "Organization", "ifNoneExist": criteria}}]})
+    };
+    let first = send(&server, "POST", "", &clinic.token, Some(&create("Clinic", "name=Clinic"))).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["entry"][0]["response"]["location"], "Organization/clinic-org1/_history/1");
+    // Matches nothing, but names the same record of the source's: refused, nothing written.
+    let again = send(&server, "POST", "", &clinic.token, Some(&create("Renamed", "name=Renamed"))).await;
+    again.assert_outcome(409);
+    assert!(again.text.contains("the conditional create matched no resource"), "{}", again.text);
+    let stored = send(&server, "GET", "/Organization/clinic-org1", &everything, None).await;
+    assert_eq!((stored.body["name"].as_str(), stored.body["meta"]["versionId"].as_str()), (Some("Clinic"), Some("1")));
+}
+
+#[tokio::test]
 async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default() {
     let server = spawn_auth_app().await;
     let clinic = add_source(&server, "clinic", false).await;
