@@ -1228,6 +1228,31 @@ async fn backend_token(key: &BackendKey, client_id: &str, port: u16, scope: &str
     token["access_token"].as_str().expect("a token").to_owned()
 }
 
+/// One mode's runs in the push scenario, by round: resources per second, and microseconds of
+/// server CPU per resource pushed (the whole process, and its writer thread; NaN when a
+/// reading failed).
+#[derive(Default)]
+struct PushRuns {
+    rates: Vec<f64>,
+    cpu: Vec<f64>,
+    writer: Vec<f64>,
+}
+
+/// The median over rounds of `compare(plain, source)` for the two runs of each round, left out
+/// where it is not a number. A round's two runs follow each other, so their ratio is spared
+/// the drift of a shared machine between rounds: the steadier figure.
+fn median_of_rounds(plain: &[f64], source: &[f64], compare: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut per_round: Vec<f64> =
+        plain.iter().zip(source).map(|(&plain, &source)| compare(plain, source)).filter(|v| v.is_finite()).collect();
+    median(&mut per_round)
+}
+
+/// The median of the values that are numbers.
+fn finite_median(values: &[f64]) -> f64 {
+    let mut finite: Vec<f64> = values.iter().copied().filter(|value| value.is_finite()).collect();
+    median(&mut finite)
+}
+
 async fn push_scenario(args: &Args, dir: &Path) {
     println!(
         "\n== push: the ingest bundles (50 resources) as a source vs without one, auth on, 8 clients, {} rounds of {} s ==",
@@ -1240,17 +1265,16 @@ async fn push_scenario(args: &Args, dir: &Path) {
     for (shape, bundle) in shapes {
         println!("  {shape}:");
         let bundle = Arc::new(bundle);
-        let (mut plain, mut namespaced) = (Vec::new(), Vec::new());
-        // Server CPU per resource pushed (the whole process, and its writer thread), by mode:
-        // steadier than throughput on a shared machine, and it says where a source's cost lies.
-        let (mut plain_cpu, mut namespaced_cpu) = (Vec::new(), Vec::new());
-        let (mut plain_writer, mut namespaced_writer) = (Vec::new(), Vec::new());
+        // By mode: no source, as a source. Server CPU is steadier than throughput on a shared
+        // machine, and says where a source's cost lies.
+        let mut runs = [PushRuns::default(), PushRuns::default()];
         for round in 0..args.rounds {
             // The two runs of a round swap places every other round, so that a drift of the
             // machine during a round (the page cache, the previous run's writeback) does not
             // always fall on the same mode.
             let order = if round % 2 == 0 { [false, true] } else { [true, false] };
             for as_source in order {
+                let name = if as_source { "as a source" } else { "no source" };
                 // A fresh database per round, with both clients registered before the server starts.
                 let data = dir.join(format!("push-{round}-{as_source}.redb"));
                 let store = open_store(&data);
@@ -1283,11 +1307,10 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let headers = format!("Prefer: return=minimal\r\nAuthorization: Bearer {token}\r\n");
                 let (bundle, host) = (bundle.clone(), format!("127.0.0.1:{}", server.port));
                 let request = move |_: usize, _: usize| load::post_to(&host, "/fhir", &bundle.next_body(), &headers);
-                let (cpu_before, writer_before) = (server.cpu_seconds(), server.thread_cpu_seconds("braid-writer"));
+                let cpu_seconds = || (server.cpu_seconds(), server.thread_cpu_seconds("braid-writer"));
+                let before = cpu_seconds();
                 let result = load::run(server.port, 8, Duration::from_secs(args.seconds * 2), request).await;
-                let cpu = server.cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
-                let writer =
-                    server.thread_cpu_seconds("braid-writer").zip(writer_before).map(|(after, before)| after - before);
+                let after = cpu_seconds();
                 drop(server);
                 // What the writer had to store per resource pushed: the work a source adds.
                 let store = open_store(&data);
@@ -1296,17 +1319,17 @@ async fn push_scenario(args: &Args, dir: &Path) {
                 let stored: u64 = store.table_usage().unwrap().iter().map(|table| table.stored_bytes).sum();
                 if round == 0 {
                     // Where the bytes a source adds go, once per mode and shape.
-                    println!("    round 0 {}, per table:", if as_source { "as a source" } else { "no source" });
+                    println!("    round 0 {name}, per table:");
                     print_table_usage(&store, pushed as usize);
                 }
                 close_store(store).await;
                 let _ = std::fs::remove_file(&data);
-                let name = if as_source { "as a source" } else { "no source" };
-                // Microseconds of server CPU per resource pushed.
-                // A reading that failed (no such process or thread) is NaN: printed as such, and
-                // left out of the medians.
-                let cpu_per = cpu.map_or(f64::NAN, |cpu| cpu * 1e6 / pushed);
-                let writer_per = writer.map_or(f64::NAN, |writer| writer * 1e6 / pushed);
+                // Microseconds of server CPU per resource pushed. A reading that failed (no such
+                // process or thread) is NaN: printed as such, and left out of the medians.
+                let per_resource = |before: Option<f64>, after: Option<f64>| {
+                    before.zip(after).map_or(f64::NAN, |(before, after)| (after - before) * 1e6 / pushed)
+                };
+                let (cpu_per, writer_per) = (per_resource(before.0, after.0), per_resource(before.1, after.1));
                 println!(
                     "    round {round} {name:11}: {:>6.0} resources/s  p50 {:.1} ms  p99 {:.1} ms  errors {}{}  ({entries:.1} index entries, {:.0} bytes stored, server CPU {cpu_per:.0} µs, writer {writer_per:.0} µs per resource pushed)",
                     result.throughput() * 50.0,
@@ -1316,48 +1339,30 @@ async fn push_scenario(args: &Args, dir: &Path) {
                     result.error_note(),
                     stored as f64 / pushed,
                 );
-                let (rates, cpus, writers) = if as_source {
-                    (&mut namespaced, &mut namespaced_cpu, &mut namespaced_writer)
-                } else {
-                    (&mut plain, &mut plain_cpu, &mut plain_writer)
-                };
-                rates.push(result.throughput() * 50.0);
-                cpus.push(cpu_per);
-                writers.push(writer_per);
+                let mode = &mut runs[usize::from(as_source)];
+                mode.rates.push(result.throughput() * 50.0);
+                mode.cpu.push(cpu_per);
+                mode.writer.push(writer_per);
             }
         }
-        // Each round's two runs follow each other, so their ratio is spared the drift of a
-        // shared machine between rounds: its median is the steadier figure.
-        let mut overheads: Vec<f64> =
-            plain.iter().zip(&namespaced).map(|(plain, namespaced)| 100.0 * (1.0 - namespaced / plain)).collect();
-        let overhead_of_rounds = median(&mut overheads);
-        let (plain, namespaced) = (median(&mut plain), median(&mut namespaced));
+        let [plain, source] = &runs;
+        // Throughput lost as a source; extra CPU as a source (both positive when a source costs).
+        let overhead = |plain: f64, source: f64| 100.0 * (1.0 - source / plain);
+        let extra = |plain: f64, source: f64| 100.0 * (source / plain - 1.0);
+        let (plain_rate, source_rate) = (finite_median(&plain.rates), finite_median(&source.rates));
         println!(
-            "  {shape}: median no source {plain:.0} resources/s, as a source {namespaced:.0} resources/s: namespacing overhead {:.1}%, median of the rounds' overheads {overhead_of_rounds:.1}% (target <= 10%)",
-            100.0 * (1.0 - namespaced / plain)
+            "  {shape}: median no source {plain_rate:.0} resources/s, as a source {source_rate:.0} resources/s: namespacing overhead {:.1}%, median of the rounds' overheads {:.1}% (target <= 10%)",
+            overhead(plain_rate, source_rate),
+            median_of_rounds(&plain.rates, &source.rates, overhead)
         );
-        // CPU time drifts with the machine as throughput does: the rounds' own ratios again
-        // (here the source's extra CPU, so positive when a source costs more).
-        let extra = |plain_runs: &[f64], source_runs: &[f64]| {
-            let mut ratios: Vec<f64> = plain_runs
-                .iter()
-                .zip(source_runs)
-                .map(|(plain, source)| 100.0 * (source / plain - 1.0))
-                .filter(|ratio| ratio.is_finite())
-                .collect();
-            median(&mut ratios)
-        };
-        let (cpu_extra, writer_extra) = (extra(&plain_cpu, &namespaced_cpu), extra(&plain_writer, &namespaced_writer));
-        let finite_median = |values: &mut Vec<f64>| {
-            values.retain(|value| value.is_finite());
-            median(values)
-        };
         println!(
-            "  {shape}: server CPU per resource, medians: no source {:.0} µs, as a source {:.0} µs; a source's extra CPU, median of the rounds' own: {cpu_extra:+.1}%; in the writer thread (no source {:.0} µs, as a source {:.0} µs): {writer_extra:+.1}%",
-            finite_median(&mut plain_cpu),
-            finite_median(&mut namespaced_cpu),
-            finite_median(&mut plain_writer),
-            finite_median(&mut namespaced_writer)
+            "  {shape}: server CPU per resource, medians: no source {:.0} µs, as a source {:.0} µs; a source's extra CPU, median of the rounds' own: {:+.1}%; in the writer thread (no source {:.0} µs, as a source {:.0} µs): {:+.1}%",
+            finite_median(&plain.cpu),
+            finite_median(&source.cpu),
+            median_of_rounds(&plain.cpu, &source.cpu, extra),
+            finite_median(&plain.writer),
+            finite_median(&source.writer),
+            median_of_rounds(&plain.writer, &source.writer, extra)
         );
     }
 }
