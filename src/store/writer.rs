@@ -573,7 +573,9 @@ enum Resolved {
     },
     Delete {
         resource_type: ResourceType,
-        ids: Vec<Id>,
+        /// Each resource deleted, with its current version read once when resolved (for the
+        /// guard and the plan, as a write's `current`).
+        targets: Vec<(Id, Option<Current>)>,
         precondition: Precondition,
     },
 }
@@ -803,7 +805,12 @@ impl Execution<'_, '_> {
                             ids
                         }
                     };
-                    Resolved::Delete { resource_type: *resource_type, ids, precondition: *precondition }
+                    let mut targets = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let current = self.current(*resource_type, &id)?;
+                        targets.push((id, current));
+                    }
+                    Resolved::Delete { resource_type: *resource_type, targets, precondition: *precondition }
                 }
             };
             refuse_managed(&outcome)?;
@@ -812,9 +819,8 @@ impl Execution<'_, '_> {
                     Resolved::Write { resource_type, id, current, .. } => {
                         self.check_guard(guard, *resource_type, id, current.as_ref(), Change::Update)?;
                     }
-                    Resolved::Delete { resource_type, ids, .. } => {
-                        for id in ids {
-                            let current = self.current(*resource_type, id)?;
+                    Resolved::Delete { resource_type, targets, .. } => {
+                        for (id, current) in targets {
                             self.check_guard(guard, *resource_type, id, current.as_ref(), Change::Delete)?;
                         }
                     }
@@ -828,8 +834,8 @@ impl Execution<'_, '_> {
                         local_urls.insert(full_url.as_str(), format!("{resource_type}/{id}"));
                     }
                 }
-                Resolved::Delete { resource_type, ids, .. } => {
-                    for id in ids {
+                Resolved::Delete { resource_type, targets, .. } => {
+                    for (id, _) in targets {
                         touch(*resource_type, id)?;
                     }
                 }
@@ -967,10 +973,9 @@ impl Execution<'_, '_> {
                         }
                     }
                 }
-                Resolved::Delete { resource_type, ids, precondition } => {
+                Resolved::Delete { resource_type, targets, precondition } => {
                     let mut tombstones = Vec::new();
-                    for id in ids {
-                        let current = self.current(resource_type, &id)?;
+                    for (id, current) in targets {
                         if precondition.if_match.is_some() {
                             check_precondition(resource_type, &id, precondition, current.as_ref())?;
                         }
@@ -1166,13 +1171,16 @@ impl Execution<'_, '_> {
 /// its content is derived from its source Patients and their links, which are what a client
 /// changes instead.
 fn refuse_managed(outcome: &Resolved) -> Result<(), Failure> {
-    let (resource_type, ids): (ResourceType, &[Id]) = match outcome {
-        Resolved::Write { resource_type, id, .. } => (*resource_type, std::slice::from_ref(id)),
-        Resolved::Delete { resource_type, ids, .. } => (*resource_type, ids),
-        Resolved::Existing { .. } => return Ok(()),
+    let is_managed = |resource_type: ResourceType, id: &Id| super::ops::is_managed(resource_type, id.as_str());
+    let managed = match outcome {
+        Resolved::Write { resource_type, id, .. } => is_managed(*resource_type, id).then_some((*resource_type, id)),
+        Resolved::Delete { resource_type, targets, .. } => {
+            targets.iter().map(|(id, _)| id).find(|id| is_managed(*resource_type, id)).map(|id| (*resource_type, id))
+        }
+        Resolved::Existing { .. } => None,
     };
-    match ids.iter().find(|id| super::ops::is_managed(resource_type, id.as_str())) {
-        Some(id) => Err(Failure::Request(FhirError::new(
+    match managed {
+        Some((resource_type, id)) => Err(Failure::Request(FhirError::new(
             Category::Forbidden,
             IssueCode::Forbidden,
             format!(
