@@ -15,7 +15,8 @@
 //! version), so the chunk in flight at a crash is written again without duplicating anything.
 //! Network errors, 429 and 503 are retried with backoff (honouring `Retry-After`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,19 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Longest an export may take at the upstream before the run gives up.
 pub const MAX_EXPORT_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// Longest wait between two polls of an export's status: its `Retry-After` is honoured up to
+/// this, and without one the wait doubles from the first backoff up to it (the Bulk Data
+/// specification asks clients to back off; an upstream may answer frequent polls with 429).
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(120);
+
+/// Most times one run starts its export over because the upstream lost it (its status or a
+/// file answered 404 or 410); beyond, the run fails instead of kicking off forever.
+pub const MAX_EXPORT_RESTARTS: u32 = 2;
+
+/// Most search pages read for one type in one run (at [`PAGE_SIZE`] each, 20 million
+/// resources): a bound on an upstream whose next links never end.
+pub const MAX_PAGES: usize = 100_000;
 
 /// Largest NDJSON line (one resource), search page or manifest read from an upstream.
 pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
@@ -110,6 +124,9 @@ pub struct Checkpoint {
     /// reference, sorted, at most [`MAX_REFERENCED`]: fetched one by one at the end of the run.
     #[serde(default)]
     pub referenced: Vec<(String, String)>,
+    /// How often the run started its export over (at most [`MAX_EXPORT_RESTARTS`]).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,13 +415,16 @@ impl Upstream {
         Ok(token)
     }
 
+    /// The wait before attempt `attempt + 1`: the response's `Retry-After` if it has one, else
+    /// the first backoff doubled per attempt; at most [`MAX_BACKOFF`].
     fn backoff(&self, attempt: u32, response: Option<&reqwest::Response>) -> Duration {
-        let asked = response
-            .and_then(|response| response.headers().get(reqwest::header::RETRY_AFTER))
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        asked.unwrap_or_else(|| self.first_backoff * 2u32.saturating_pow(attempt)).min(MAX_BACKOFF)
+        self.wait(attempt, response, MAX_BACKOFF)
+    }
+
+    /// [`Upstream::backoff`], at most `longest`.
+    fn wait(&self, attempt: u32, response: Option<&reqwest::Response>, longest: Duration) -> Duration {
+        let asked = response.and_then(|response| retry_after(response.headers(), std::time::SystemTime::now()));
+        asked.unwrap_or_else(|| self.first_backoff.saturating_mul(2u32.saturating_pow(attempt))).min(longest)
     }
 
     /// Sends the request `make` builds (again for each attempt), retrying network errors,
@@ -499,6 +519,45 @@ async fn error_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The wait a `Retry-After` header asks for, in seconds or as an HTTP date (RFC 9110 10.2.3);
+/// `None` without one, or when it cannot be read. A date already past asks for no wait.
+fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A URL the upstream gave in answer to a request of `from` (a next page, an export's status
+/// or file), as Braid follows it:
+/// - a relative one is resolved against `from`, as a browser would;
+/// - when `own` is set (the URL is to get Braid's token), an absolute one on another origin
+///   whose path lies under the configured `base`'s path is read as the upstream naming itself
+///   by another address (a server behind a proxy that builds its links from its own host
+///   name, or `localhost` for `127.0.0.1`), and is sent to `base`'s origin with its path and
+///   query unchanged. The token still goes to `base`'s origin only.
+///
+/// Anything else is returned as given (and then refused wherever a token would go to it).
+fn follow_link(base: &str, from: &str, link: &str, own: bool) -> String {
+    let link = link.trim();
+    let Ok(resolved) = reqwest::Url::parse(from).and_then(|from| from.join(link)) else { return link.to_owned() };
+    let Ok(base) = reqwest::Url::parse(base) else { return resolved.into() };
+    if !own || resolved.origin() == base.origin() || !matches!(resolved.scheme(), "http" | "https") {
+        return resolved.into();
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let under_base = resolved.path() == base_path || resolved.path().starts_with(&format!("{base_path}/"));
+    if !under_base {
+        return resolved.into();
+    }
+    let mut moved = base.clone();
+    moved.set_path(resolved.path());
+    moved.set_query(resolved.query());
+    moved.into()
+}
+
 /// Whether `url` is on the same origin (scheme, host and port, a default port spelled out or
 /// not) as `base`: where Braid sends its upstream token.
 fn same_origin(url: &str, base: &str) -> bool {
@@ -570,6 +629,7 @@ impl Registry {
                 resumed: 0,
                 mode: None,
                 referenced: Vec::new(),
+                restarts: 0,
             },
         };
         let mut upstream = Upstream::new(pull.clone(), types.clone(), first_backoff, self.stopping.clone())?;
@@ -694,10 +754,7 @@ impl Run<'_> {
                         }
                         // The export is gone at the upstream (it expired while Braid was down):
                         // again from the kick-off; what was written is written again unchanged.
-                        None => {
-                            self.checkpoint.stage = Stage::Start;
-                            self.save().await?;
-                        }
+                        None => self.start_over("its status").await?,
                     }
                 }
                 Stage::Bulk { status_url, manifest: Some(manifest), file, line } => {
@@ -750,6 +807,20 @@ impl Run<'_> {
         }
     }
 
+    /// Starts the export over from its kick-off, because the upstream no longer has `what`
+    /// (404 or 410); fails once the run has done so [`MAX_EXPORT_RESTARTS`] times.
+    async fn start_over(&mut self, what: &str) -> Result<(), Failure> {
+        if self.checkpoint.restarts >= MAX_EXPORT_RESTARTS {
+            return Err(Failure::Braid(format!(
+                "the upstream lost its export ({what} answered 404 or 410) {} times in one run",
+                self.checkpoint.restarts + 1
+            )));
+        }
+        self.checkpoint.restarts += 1;
+        self.checkpoint.stage = Stage::Start;
+        self.save().await
+    }
+
     /// Asks the upstream for an export; without one, the run pages through searches.
     async fn kick_off(&mut self, upstream: &mut Upstream) -> Result<(), Failure> {
         let mut url = format!("{}/$export?_type={}", upstream.config.base, upstream.types.join(","));
@@ -762,7 +833,7 @@ impl Run<'_> {
             .headers()
             .get(reqwest::header::CONTENT_LOCATION)
             .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+            .map(|location| follow_link(&upstream.config.base, &url, location, true));
         self.checkpoint.stage = match (status, location) {
             (202, Some(status_url)) => {
                 self.checkpoint.mode = Some("bulk".into());
@@ -789,29 +860,32 @@ impl Run<'_> {
         status_url: &str,
     ) -> Result<Option<Manifest>, Failure> {
         let deadline = std::time::Instant::now() + MAX_EXPORT_WAIT;
-        loop {
+        // Bounded by the deadline: every poll waits at least 100 ms.
+        for poll in 0u32.. {
             let response = upstream.get(status_url, &[]).await?;
             match response.status().as_u16() {
                 200 => {
                     let manifest = read_json(response).await?;
+                    let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
+                    let base = &upstream.config.base;
                     let files = manifest["output"]
                         .as_array()
                         .into_iter()
                         .flatten()
                         .filter_map(|output| {
-                            Some((output["type"].as_str()?.to_owned(), output["url"].as_str()?.to_owned()))
+                            let url = follow_link(base, status_url, output["url"].as_str()?, requires_token);
+                            Some((output["type"].as_str()?.to_owned(), url))
                         })
                         .collect();
                     let transaction_time = manifest["transactionTime"]
                         .as_str()
                         .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
                         .to_owned();
-                    let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
                     let errors = manifest["error"].as_array().map_or(0, Vec::len);
                     return Ok(Some(Manifest { transaction_time, requires_token, files, errors }));
                 }
                 202 => {
-                    let wait = upstream.backoff(0, Some(&response)).max(Duration::from_millis(100));
+                    let wait = upstream.wait(poll, Some(&response), MAX_POLL_WAIT).max(Duration::from_millis(100));
                     if std::time::Instant::now() + wait > deadline {
                         return Err(Failure::Braid("the upstream's export took too long".into()));
                     }
@@ -821,6 +895,7 @@ impl Run<'_> {
                 status => return Err(Failure::Status(status, error_text(response).await)),
             }
         }
+        Err(Failure::Braid("the upstream's export took too long".into()))
     }
 
     /// Reads one export file from line `line`, writing chunk by chunk and moving the
@@ -844,11 +919,7 @@ impl Run<'_> {
         match response.status().as_u16() {
             200 => {}
             // The files are gone: the export expired; start over.
-            404 | 410 => {
-                self.checkpoint.stage = Stage::Start;
-                self.save().await?;
-                return Ok(());
-            }
+            404 | 410 => return self.start_over("a file").await,
             status => return Err(Failure::Status(status, error_text(response).await)),
         }
         let mut response = response;
@@ -918,7 +989,23 @@ impl Run<'_> {
         }
         let mut url = next.unwrap_or_else(|| first.clone());
         let mut restarted = false;
+        // The pages read (hashes of their URLs: at most MAX_PAGES of 8 bytes), to stop an
+        // upstream whose next links go round in a circle.
+        let mut read: HashSet<u64> = HashSet::new();
+        let page_hash = |url: &str| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            url.hash(&mut hasher);
+            hasher.finish()
+        };
         loop {
+            if !read.insert(page_hash(&url)) {
+                return Err(Failure::Braid(format!(
+                    "the upstream's next links for {type_name} lead back to a page already read"
+                )));
+            }
+            if read.len() > MAX_PAGES {
+                return Err(Failure::Braid(format!("the search for {type_name} has more than {MAX_PAGES} pages")));
+            }
             let response = upstream.get(&url, &[]).await?;
             let status = response.status().as_u16();
             if !(200..300).contains(&status) {
@@ -926,6 +1013,7 @@ impl Run<'_> {
                 if !restarted && matches!(status, 400 | 404 | 410) && url != first {
                     restarted = true;
                     url = first.clone();
+                    read.clear();
                     continue;
                 }
                 return Err(Failure::Status(status, error_text(response).await));
@@ -950,7 +1038,7 @@ impl Run<'_> {
                 .flatten()
                 .find(|link| link["relation"] == "next")
                 .and_then(|link| link["url"].as_str())
-                .map(str::to_owned);
+                .map(|next| follow_link(&upstream.config.base, &url, next, true));
             self.checkpoint.stage = match &next {
                 Some(next) => Stage::Search { type_index, next: Some(next.clone()), started_at: started_at.to_owned() },
                 None => Stage::Search { type_index: type_index + 1, next: None, started_at: started_at.to_owned() },
@@ -1282,5 +1370,63 @@ mod origin_tests {
         ] {
             assert!(!same_origin(other, base), "{other}");
         }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{follow_link, retry_after, same_origin};
+
+    #[test]
+    fn links_the_upstream_gives_are_resolved_and_kept_on_its_origin() {
+        let base = "http://127.0.0.1:8080/fhir";
+        let page = "http://127.0.0.1:8080/fhir/Observation?_count=200";
+        let followed = |link: &str, own: bool| follow_link(base, page, link, own);
+        // Relative links, as a browser resolves them.
+        assert_eq!(
+            followed("/fhir/Observation?_offset=200", true),
+            "http://127.0.0.1:8080/fhir/Observation?_offset=200"
+        );
+        assert_eq!(followed("Observation?_offset=200", true), "http://127.0.0.1:8080/fhir/Observation?_offset=200");
+        assert_eq!(followed("?page=3", true), "http://127.0.0.1:8080/fhir/Observation?page=3");
+        // The upstream naming itself by another address, under its own base path: its origin.
+        assert_eq!(
+            followed("https://localhost/fhir/Observation?_offset=200", true),
+            "http://127.0.0.1:8080/fhir/Observation?_offset=200"
+        );
+        assert_eq!(followed("http://proxy.internal:9/fhir", true), "http://127.0.0.1:8080/fhir");
+        // Outside its base path, a file served without a token, or not http: left as given,
+        // and so refused wherever the token would go.
+        for (link, own) in [
+            ("https://other.example/elsewhere/Observation", true),
+            ("https://other.example/fhirish/Observation", true),
+            ("https://bucket.s3.example/fhir/export/1.ndjson", false),
+            ("ftp://127.0.0.2/fhir/x", true),
+        ] {
+            let resolved = followed(link, own);
+            assert_eq!(resolved, link, "{link}");
+            assert!(!same_origin(&resolved, base) || !own, "{link}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(header("120"), Some(Duration::from_secs(120)));
+        assert_eq!(header(" 7 "), Some(Duration::from_secs(7)));
+        let in_90_s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(header(&in_90_s), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(header(&past), Some(Duration::ZERO), "a date already past: no wait");
+        assert_eq!(header("soon"), None);
+        assert_eq!(header("-5"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
     }
 }

@@ -280,6 +280,20 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
     assert!(shown["since"].is_null(), "a failed run moves no _since");
 }
 
+/// How the search-only server writes its next links.
+#[derive(Clone, Copy, PartialEq)]
+enum Links {
+    /// Absolute, on the address the client used.
+    Absolute,
+    /// Relative to the server's root (`/fhir/Observation?...`), as some servers write them.
+    Relative,
+    /// Absolute, but naming the server `localhost` where the client used `127.0.0.1`, as a
+    /// server behind a proxy or with a configured address may.
+    OtherHost,
+    /// Every next link points at the first page again: a paging loop.
+    Circular,
+}
+
 /// The minimal search-only FHIR server: Patients and Observations with fixed `lastUpdated`
 /// values, `_count` and `_offset` paging, `_lastUpdated=gt`, a token endpoint that hands out
 /// one token, no `$export`; every few requests fail on purpose.
@@ -294,6 +308,10 @@ struct SearchOnly {
 
 impl SearchOnly {
     async fn start(patients: usize, observations: usize, page_delay: Duration) -> SearchOnly {
+        SearchOnly::with_links(patients, observations, page_delay, Links::Absolute).await
+    }
+
+    async fn with_links(patients: usize, observations: usize, page_delay: Duration, links: Links) -> SearchOnly {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/fhir", listener.local_addr().unwrap());
         let mut resources = Vec::new();
@@ -319,7 +337,7 @@ impl SearchOnly {
                 let (resources, origin, requests, faults, log) =
                     (shared.clone(), origin.clone(), requests.clone(), fault_count.clone(), log.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, &resources, &origin, &requests, &faults, &log, page_delay).await;
+                    let _ = serve(stream, &resources, &origin, &requests, &faults, &log, page_delay, links).await;
                 });
             }
         });
@@ -327,6 +345,7 @@ impl SearchOnly {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     mut stream: tokio::net::TcpStream,
     resources: &std::sync::Mutex<Vec<Value>>,
@@ -335,6 +354,7 @@ async fn serve(
     faults: &AtomicUsize,
     served: &std::sync::Mutex<Vec<String>>,
     page_delay: Duration,
+    links_style: Links,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -416,10 +436,16 @@ async fn serve(
                 .collect();
             let mut links = Vec::new();
             if offset + count < matching.len() {
-                let mut next = format!("{origin}/fhir/{type_name}?_count={count}&_offset={}", offset + count);
+                let mut next = format!("/fhir/{type_name}?_count={count}&_offset={}", offset + count);
                 if let Some(since) = &since {
                     next.push_str(&format!("&_lastUpdated=gt{since}"));
                 }
+                let next = match links_style {
+                    Links::Absolute => format!("{origin}{next}"),
+                    Links::Relative => next,
+                    Links::OtherHost => format!("{}{next}", origin.replace("127.0.0.1", "localhost")),
+                    Links::Circular => format!("{origin}/fhir/{type_name}?_count={count}"),
+                };
                 links.push(json!({"relation": "next", "url": next}));
             }
             (
@@ -485,6 +511,48 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
         "meta": {"lastUpdated": "2099-01-01T00:00:00.000Z"}}));
     let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
     assert_eq!(synced["run"]["counts"]["created"], 1, "{synced}");
+}
+
+#[tokio::test]
+async fn a_pull_follows_relative_next_links_and_ones_naming_the_upstream_by_another_host() {
+    let downstream = spawn_auth_app().await;
+    let key = private_key_pem();
+    for (name, links) in [("rel", Links::Relative), ("alias", Links::OtherHost)] {
+        let upstream = SearchOnly::with_links(3, 450, Duration::ZERO, links).await;
+        operator(&downstream.data, pull_source(name, &upstream.base, "braid", &key, &["Patient", "Observation"]))
+            .await
+            .unwrap();
+        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap();
+        let run = &synced["run"];
+        assert_eq!(
+            (run["outcome"].clone(), run["counts"]["created"].clone()),
+            (json!("complete"), json!(453)),
+            "{synced}"
+        );
+        let pages = upstream.served.lock().unwrap().clone();
+        assert!(pages.iter().any(|page| page.contains("_offset=400")), "the third page was read: {pages:?}");
+        let reader = downstream.token("reader", "system/*.rs", None);
+        let ours =
+            all_of(&downstream.app, "Observation", &format!("_source=urn:braid:source:{name}"), Some(&reader)).await;
+        assert_eq!(ours.len(), 450, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_pull_whose_next_links_go_round_in_a_circle_fails_instead_of_paging_forever() {
+    let upstream = SearchOnly::with_links(1, 450, Duration::ZERO, Links::Circular).await;
+    let downstream = spawn_auth_app().await;
+    operator(&downstream.data, pull_source("loop", &upstream.base, "braid", &private_key_pem(), &["Observation"]))
+        .await
+        .unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "loop".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!(run["outcome"], "failed", "{synced}");
+    assert!(run["error"].as_str().unwrap().contains("lead back to a page already read"), "{synced}");
+    let pages = upstream.served.lock().unwrap().len();
+    assert!(pages <= 3, "the loop is caught at the first repeated page: {pages} pages served");
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "loop".into() }).await.unwrap();
+    assert!(shown["since"].is_null(), "a failed run moves no _since: {shown}");
 }
 
 #[tokio::test]
@@ -686,8 +754,10 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     assert!(stderr.contains("--client-id"), "the refusal names what is missing: {stderr}");
 }
 
-/// A Bulk Data upstream whose every export lists one Patient file and one error file. Logs the
-/// query of every `$export` kick-off.
+/// A Bulk Data upstream whose every export lists two Patient files and one error file. Logs
+/// the query of every `$export` kick-off. Its status URL and second file are given relative to
+/// its root, and that file is served gzip-encoded (`Content-Encoding: gzip`), as storage
+/// services serve them.
 async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
@@ -729,14 +799,15 @@ async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String
                     ),
                     ("GET", "/fhir/$export") => {
                         log.lock().unwrap().push(query.to_owned());
-                        (202, format!("Content-Location: {origin}/status/1\r\n"), String::new())
+                        (202, "Content-Location: /status/1\r\n".to_owned(), String::new())
                     }
                     ("GET", "/status/1") => (
                         200,
                         String::new(),
                         json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
                             "requiresAccessToken": true,
-                            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")}],
+                            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
+                                       {"type": "Patient", "url": "/file/patients-gz"}],
                             "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
                         .to_string(),
                     ),
@@ -745,6 +816,21 @@ async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String
                         String::new(),
                         json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
                     ),
+                    ("GET", "/file/patients-gz") => {
+                        let lines = [
+                            json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}).to_string(),
+                            json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Three"}]}).to_string(),
+                        ];
+                        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                        std::io::Write::write_all(&mut gzip, lines.join("\n").as_bytes()).unwrap();
+                        let body = gzip.finish().unwrap();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(&[head.as_bytes(), &body].concat()).await;
+                        return;
+                    }
                     ("DELETE", "/status/1") => (202, String::new(), String::new()),
                     _ => (404, String::new(), String::new()),
                 };
@@ -760,7 +846,7 @@ async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String
 }
 
 #[tokio::test]
-async fn an_export_that_reports_errors_leaves_the_next_since_where_it_was() {
+async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_errors_keep_the_next_since() {
     let (base, kickoffs) = bulk_upstream_with_errors().await;
     let downstream = spawn_auth_app().await;
     operator(&downstream.data, pull_source("lab", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
@@ -779,6 +865,10 @@ async fn an_export_that_reports_errors_leaves_the_next_since_where_it_was() {
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:lab", Some(&reader)).await;
     assert_eq!(ours["lab-p1"]["name"][0]["family"], "One");
+    // The gzip-encoded file, found by its relative URL, decoded line by line.
+    assert_eq!(ours["lab-p2"]["name"][0]["family"], "Two");
+    assert_eq!(ours["lab-p3"]["name"][0]["family"], "Three");
+    assert_eq!(ours.len(), 3, "{ours:?}");
 }
 
 #[tokio::test]
@@ -833,4 +923,55 @@ async fn a_stop_ends_a_pull_that_waits_on_a_busy_upstream_at_once() {
     while !finished() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_keeps_losing_its_export_fails_the_run_after_a_bounded_number_of_kick_offs() {
+    // Every kick-off is accepted; its status URL is always gone (404).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let kickoffs = Arc::new(AtomicUsize::new(0));
+    let (counted, served_origin) = (kickoffs.clone(), origin.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (counted, origin) = (counted.clone(), served_origin.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                let read = stream.read(&mut buffer).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+                let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (status, extra, body) = if target.starts_with("/fhir/.well-known/smart-configuration") {
+                    (200, String::new(), json!({"token_endpoint": format!("{origin}/token")}).to_string())
+                } else if target.starts_with("/token") {
+                    (
+                        200,
+                        String::new(),
+                        json!({"access_token": "t", "token_type": "Bearer", "expires_in": 300}).to_string(),
+                    )
+                } else if target.starts_with("/fhir/$export") {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    (202, format!("Content-Location: {origin}/status/gone\r\n"), String::new())
+                } else {
+                    (404, String::new(), String::new())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let downstream = spawn_auth_app().await;
+    let base = format!("{origin}/fhir");
+    operator(&downstream.data, pull_source("lost", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lost".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!(run["outcome"], "failed", "{synced}");
+    assert!(run["error"].as_str().unwrap().contains("lost its export"), "{synced}");
+    assert_eq!(
+        kickoffs.load(Ordering::Relaxed),
+        1 + braid::sources::pull::MAX_EXPORT_RESTARTS as usize,
+        "the first kick-off and the bounded restarts"
+    );
 }
