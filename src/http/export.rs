@@ -35,6 +35,9 @@ pub const MAX_GROUP_MEMBERS: usize = 100_000;
 /// How long a client should wait between polls, in seconds.
 const RETRY_AFTER_SECS: &str = "2";
 
+/// When a kick-off refused because too many exports are in progress may try again (seconds).
+const BUSY_RETRY_AFTER_SECS: &str = "30";
+
 fn incorrect(message: impl Into<String>) -> FhirError {
     FhirError::incorrect(IssueCode::Invalid, message)
 }
@@ -204,7 +207,18 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     let types = export_types(&level, asked_types, &access, &base)?;
     let request_url = format!("{}{}", base.trim_end_matches("/fhir"), http.uri());
     let kickoff = Kickoff { level, types, since_micros, request: request_url, base: base.clone(), access };
-    let id = state.exports.start(kickoff).await?;
+    let id = match state.exports.start(kickoff).await {
+        Ok(id) => id,
+        // Too many exports in progress: when to try again, as the Bulk Data IG asks.
+        Err(error) if error.status() == 429 => {
+            let mut response = super::error::error_response(&error);
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::RETRY_AFTER, HeaderValue::from_static(BUSY_RETRY_AFTER_SECS));
+            return Ok(response);
+        }
+        Err(error) => return Err(error),
+    };
     let mut response = HttpResponse::build(StatusCode::ACCEPTED).finish();
     if let Ok(location) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
         response.headers_mut().insert(CONTENT_LOCATION, location);

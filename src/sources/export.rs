@@ -42,12 +42,56 @@ pub const MAX_FILE_RESOURCES: u64 = 100_000;
 /// Most jobs running at once; more wait for a turn.
 pub const MAX_RUNNING: usize = 2;
 
-/// Most jobs kept (running, waiting or finished and not yet expired); a kick-off beyond is 429.
+/// Most jobs kept (running, waiting or finished and not yet expired). A kick-off beyond makes
+/// room by deleting the oldest finished job (its files and record, as a cancel would), and is
+/// refused (429) only when every job kept is still in progress.
 pub const MAX_JOBS: usize = 50;
 
 /// Most jobs kept for one requester (client, user and patient), so that one cannot take every
-/// place.
+/// place: beyond, its own oldest finished job is deleted to make room, and a kick-off is
+/// refused (429) only while this many of its jobs are in progress. Clients seldom cancel a
+/// finished export (the Bulk Data client libraries download and leave), so a bound on finished
+/// jobs alone would refuse them after a few runs, for as long as the retention time.
 pub const MAX_JOBS_PER_REQUESTER: usize = 10;
+
+/// Whether a new job can be kept, and what must go first.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Free,
+    /// Delete this finished job (the oldest that makes room), then look again.
+    Evict(String),
+    /// Every job that could make room is still in progress.
+    Full,
+}
+
+/// A kept job, as [`room`] weighs it.
+struct Kept<'a> {
+    id: &'a str,
+    /// Started by the requester asking for room.
+    own: bool,
+    running: bool,
+    /// [`Job::order`]: lower is older.
+    order: u64,
+}
+
+/// Where a requester's new job finds room among `kept` (see [`MAX_JOBS`] and
+/// [`MAX_JOBS_PER_REQUESTER`]).
+fn room<'a>(kept: impl Iterator<Item = Kept<'a>> + Clone) -> Room {
+    let oldest_finished = |own_only: bool| {
+        kept.clone()
+            .filter(|job| !job.running && (job.own || !own_only))
+            .min_by_key(|job| job.order)
+            .map(|job| job.id.to_owned())
+    };
+    let own = kept.clone().filter(|job| job.own).count();
+    if own >= MAX_JOBS_PER_REQUESTER {
+        return oldest_finished(true).map_or(Room::Full, Room::Evict);
+    }
+    if kept.clone().count() >= MAX_JOBS {
+        return oldest_finished(false).map_or(Room::Full, Room::Evict);
+    }
+    Room::Free
+}
 
 /// Which resources an export reaches.
 #[derive(Debug, Clone)]
@@ -127,17 +171,22 @@ struct Job {
     type_index: AtomicU64,
     types: u64,
     cancelled: AtomicBool,
+    /// Kick-off order among this process's jobs (those loaded at start first, by creation):
+    /// which finished job is the oldest, when one must make room. `created` has whole seconds
+    /// only, too coarse for a client kicking off several exports a second.
+    order: u64,
 }
 
 impl Job {
     /// A job of `types` types for `record`, nothing exported yet.
-    fn new(record: JobRecord, types: usize) -> Job {
+    fn new(record: JobRecord, types: usize, order: u64) -> Job {
         Job {
             record: Mutex::new(record),
             exported: AtomicU64::new(0),
             type_index: AtomicU64::new(0),
             types: types as u64,
             cancelled: AtomicBool::new(false),
+            order,
         }
     }
 
@@ -163,6 +212,8 @@ pub struct Exports {
     retention_secs: u64,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     turns: Arc<tokio::sync::Semaphore>,
+    /// The next job's [`Job::order`].
+    next_order: AtomicU64,
     /// Held while a job's end is recorded, and while a job is forgotten.
     ending: tokio::sync::Mutex<()>,
     /// Set when the server stops: running jobs end without a record (the next start reports
@@ -185,10 +236,12 @@ impl Exports {
     /// expire; ones a stop interrupted are failed and their partial files removed.
     pub async fn open(store: &Store, data: &Path, retention_secs: u64) -> Result<Exports, FhirError> {
         let dir = directory(data);
-        let records: Vec<JobRecord> = JOBS.all(store).map_err(fault)?;
+        let mut records: Vec<JobRecord> = JOBS.all(store).map_err(fault)?;
+        records.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         let now = crate::auth::now_secs();
         let mut jobs = HashMap::new();
-        for mut record in records {
+        let loaded = records.len() as u64;
+        for (order, mut record) in (0..).zip(records) {
             if record.status == JobStatus::Running {
                 record.status = JobStatus::Failed {
                     reason: "the server stopped while this export ran; kick off a new export".into(),
@@ -199,7 +252,7 @@ impl Exports {
                 save(store, &record).await?;
             }
             // Loaded jobs are finished: their progress figures are never shown.
-            jobs.insert(record.id.clone(), Arc::new(Job::new(record, 0)));
+            jobs.insert(record.id.clone(), Arc::new(Job::new(record, 0, order)));
         }
         let exports = Exports {
             store: store.clone(),
@@ -207,6 +260,7 @@ impl Exports {
             retention_secs,
             jobs: Mutex::new(jobs),
             turns: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING)),
+            next_order: AtomicU64::new(loaded),
             ending: tokio::sync::Mutex::new(()),
             stopping: Arc::new(AtomicBool::new(false)),
         };
@@ -247,21 +301,39 @@ impl Exports {
             expires: None,
             output: Vec::new(),
         };
-        let job = Arc::new(Job::new(record.clone(), kickoff.types.len()));
-        {
-            let mut jobs = self.jobs();
-            let own = jobs.values().filter(|job| job.owned_by(record.owner())).count();
-            if jobs.len() >= MAX_JOBS || own >= MAX_JOBS_PER_REQUESTER {
-                return Err(FhirError::new(
-                    Category::TooManyRequests,
-                    IssueCode::Throttled,
-                    format!(
-                        "too many exports are kept ({MAX_JOBS_PER_REQUESTER} per requester, {MAX_JOBS} in all); cancel \
-                         or let some expire, or retry later"
-                    ),
-                ));
+        let order = self.next_order.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job::new(record.clone(), kickoff.types.len(), order));
+        // Each turn either keeps the job or deletes one finished job: at most MAX_JOBS turns
+        // can delete (another kick-off may take the room made meanwhile, hence a loop).
+        for _ in 0..=MAX_JOBS {
+            let evict = {
+                let mut jobs = self.jobs();
+                let records: Vec<(JobRecord, u64)> = jobs.values().map(|job| (job.record(), job.order)).collect();
+                let kept = records.iter().map(|(kept, order)| Kept {
+                    id: &kept.id,
+                    own: kept.owner() == record.owner(),
+                    running: kept.status == JobStatus::Running,
+                    order: *order,
+                });
+                match room(kept) {
+                    Room::Free => {
+                        jobs.insert(id.clone(), job.clone());
+                        None
+                    }
+                    Room::Evict(oldest) => Some(oldest),
+                    Room::Full => return Err(too_many_in_progress()),
+                }
+            };
+            match evict {
+                None => break,
+                Some(oldest) => {
+                    tracing::info!(job = %oldest, "a finished export was deleted to make room for a new one");
+                    self.forget(&oldest).await?;
+                }
             }
-            jobs.insert(id.clone(), job.clone());
+        }
+        if !self.jobs().contains_key(&id) {
+            return Err(too_many_in_progress());
         }
         if let Err(error) = save(&self.store, &record).await {
             self.jobs().remove(&id);
@@ -383,6 +455,19 @@ impl Exports {
         }
         Ok(expired.len())
     }
+}
+
+/// The refusal of a kick-off while the requester's (or everyone's) exports kept are all in
+/// progress (429; the kick-off handler adds a `Retry-After`).
+fn too_many_in_progress() -> FhirError {
+    FhirError::new(
+        Category::TooManyRequests,
+        IssueCode::Throttled,
+        format!(
+            "too many exports are in progress ({MAX_JOBS_PER_REQUESTER} per requester, {MAX_JOBS} in all); wait for \
+             one to finish or cancel one, then kick off again"
+        ),
+    )
 }
 
 /// Who asks, as a job records its owner: `(client, subject, patient)`, all `None` with
@@ -554,5 +639,40 @@ fn within_level(
             .probe(resource_type, id, version, COMPARTMENT_KEY)?
             .iter()
             .any(|patient| std::str::from_utf8(patient).is_ok_and(|patient| members.contains(patient)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` jobs, numbered from `first`, created in that order.
+    fn jobs(first: usize, count: usize, own: bool, running: bool) -> Vec<(String, bool, bool, u64)> {
+        (first..first + count).map(|n| (format!("job{n:03}"), own, running, n as u64)).collect()
+    }
+
+    fn room_among(jobs: &[(String, bool, bool, u64)]) -> Room {
+        room(jobs.iter().map(|(id, own, running, order)| Kept { id, own: *own, running: *running, order: *order }))
+    }
+
+    #[test]
+    fn a_new_export_takes_the_place_of_the_oldest_finished_one_and_is_refused_only_while_all_are_in_progress() {
+        assert_eq!(room_among(&[]), Room::Free);
+        // A requester at its bound: its own oldest finished job goes, not another's older one.
+        let mut kept = jobs(0, 3, false, false);
+        kept.extend(jobs(3, MAX_JOBS_PER_REQUESTER - 1, true, false));
+        kept.extend(jobs(100, 1, true, true));
+        assert_eq!(room_among(&kept), Room::Evict("job003".into()));
+        // All of its jobs in progress: refused, whatever others hold.
+        let kept = jobs(0, MAX_JOBS_PER_REQUESTER, true, true);
+        assert_eq!(room_among(&kept), Room::Full);
+        // Below its own bound, but every place taken: the oldest finished job of anyone goes.
+        let mut kept = jobs(0, MAX_JOBS - 2, false, true);
+        kept.extend(jobs(200, 2, false, false));
+        assert_eq!(room_among(&kept), Room::Evict("job200".into()));
+        // Every place taken by jobs in progress: refused.
+        assert_eq!(room_among(&jobs(0, MAX_JOBS, false, true)), Room::Full);
+        // Room left: nothing goes.
+        assert_eq!(room_among(&jobs(0, MAX_JOBS_PER_REQUESTER - 1, true, false)), Room::Free);
     }
 }

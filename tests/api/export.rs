@@ -243,20 +243,28 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     get(&app, &status_url, None).await.assert_outcome(404);
     get(&app, &file_url, None).await.assert_outcome(404);
     app.send(app.client.delete(&status_url)).await.assert_outcome(404);
-    // The jobs kept are bounded: beyond them a kick-off is refused until some are collected.
-    let mut refused = None;
-    for _ in 0..=braid::sources::export::MAX_JOBS {
+    // The jobs kept are bounded, but finished ones make room: a client that downloads and never
+    // cancels can go on exporting, and its oldest finished exports are deleted.
+    let per_requester = braid::sources::export::MAX_JOBS_PER_REQUESTER;
+    let mut status_urls = Vec::new();
+    for _ in 0..per_requester + 2 {
         let reply = kick_off(&app, "/$export?_type=Organization", None).await;
-        if reply.status != 202 {
-            refused = Some(reply);
-            break;
-        }
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let status_url = reply.header("content-location").unwrap().to_owned();
+        manifest(&app, &status_url, None).await;
+        status_urls.push(status_url);
     }
-    let refused = refused.expect("a kick-off beyond the bound is refused");
-    refused.assert_outcome(429);
-    assert!(refused.text.contains("throttled"), "{}", refused.text);
+    for gone in &status_urls[..2] {
+        get(&app, gone, None).await.assert_outcome(404);
+    }
+    for kept in &status_urls[2..] {
+        assert_eq!(get(&app, kept, None).await.status, 200, "{kept}");
+    }
     let metadata = app.get("/metadata").await.body;
-    assert_eq!(metadata["rest"][0]["operation"][0]["name"], "export");
+    let names: Vec<&str> =
+        metadata["rest"][0]["operation"].as_array().unwrap().iter().filter_map(|op| op["name"].as_str()).collect();
+    assert_eq!(names[..3], ["export", "patient-export", "group-export"], "{names:?}");
+    assert_eq!(metadata["instantiates"][0], "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data");
 }
 
 #[tokio::test]
