@@ -18,6 +18,9 @@ pub const UNSUPPORTED_SEARCH_PARAMETER: &str =
 /// The date of this release of the CapabilityStatement (required by FHIR).
 const RELEASE_DATE: &str = "2026-11-21";
 
+/// The canonical base of the FHIR Bulk Data Access IG's definitions.
+const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
+
 pub async fn capability_statement(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let Ctx { http, state, .. } = ctx;
     let multiple_delete = state.limits.conditional_delete_max > 1;
@@ -140,7 +143,7 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
         })
         .collect();
 
-    json!({
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": RELEASE_DATE,
@@ -160,7 +163,12 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
             "interaction": system_codes.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
             "operation": system_operations(&has),
         }],
-    })
+    });
+    if has(Interaction::Export) {
+        // Declares conformance to the Bulk Data IG, as it asks servers to.
+        statement["instantiates"] = json!([format!("{BULK_DATA}/CapabilityStatement/bulk-data")]);
+    }
+    statement
 }
 
 /// The system-level operations: Bulk Data `$export`, and the master patient index's link
@@ -169,9 +177,14 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
 fn system_operations(has: &dyn Fn(Interaction) -> bool) -> Value {
     let mut operations = Vec::new();
     if has(Interaction::Export) {
-        operations.push(
-            json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}),
-        );
+        // The Patient and Group exports are listed here too (as well as on their types): Bulk
+        // Data clients and test kits look for them at this level.
+        for (name, definition) in
+            [("export", "export"), ("patient-export", "patient-export"), ("group-export", "group-export")]
+        {
+            operations
+                .push(json!({"name": name, "definition": format!("{BULK_DATA}/OperationDefinition/{definition}")}));
+        }
     }
     if has(Interaction::QueryLinks) {
         operations.push(json!({"name": "mdm-query-links", "definition": "urn:braid:operation:mdm-query-links"}));
