@@ -284,7 +284,7 @@ pub async fn status(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let id = ctx.param(0).to_owned();
     let base = request::base_url(&ctx.http, &ctx.state);
     let requires_token = ctx.state.auth.is_some();
-    match ctx.state.exports.poll(&id, &ctx.access).ok_or_else(|| unknown_job(&id))? {
+    match ctx.state.exports.poll(&id, &ctx.access)?.ok_or_else(|| unknown_job(&id))? {
         Poll::Running(progress) => {
             let mut response = HttpResponse::build(StatusCode::ACCEPTED).finish();
             let headers = response.headers_mut();
@@ -341,7 +341,7 @@ pub async fn cancel(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 /// `GET /fhir/$export-file/{job}/{file}`: a file of a complete export, streamed from disk.
 pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let (id, name) = (ctx.param(0).to_owned(), ctx.param(1).to_owned());
-    let path = ctx.state.exports.file(&id, &ctx.access, &name).ok_or_else(|| unknown_job(&id))?;
+    let path = ctx.state.exports.file(&id, &ctx.access, &name)?.ok_or_else(|| unknown_job(&id))?;
     // By the file itself, not the database's current state: exports outlive a restart, and
     // the database may have been encrypted or decrypted since the file was written.
     let sealed = {

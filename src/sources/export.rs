@@ -142,6 +142,12 @@ pub struct JobRecord {
     /// When the files are deleted (seconds since the epoch), once the job has ended.
     pub expires: Option<u64>,
     pub output: Vec<Output>,
+    /// The resource scopes of the token that kicked it off (`None` with authorization off, and
+    /// for jobs recorded before they were kept): the status, the files and a cancel need a
+    /// token holding every one of them, as the Bulk Data IG asks (the files hold what those
+    /// scopes reach, so a narrower token of the same client may not fetch them).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +205,7 @@ impl Job {
 pub enum Poll {
     /// Still running: a progress note.
     Running(String),
-    Complete(JobRecord),
+    Complete(Box<JobRecord>),
     /// Why it failed.
     Failed(String),
 }
@@ -300,6 +306,7 @@ impl Exports {
             created: crate::auth::now_secs(),
             expires: None,
             output: Vec::new(),
+            scopes: resource_scopes(&kickoff.access),
         };
         let order = self.next_order.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job::new(record.clone(), kickoff.types.len(), order));
@@ -392,32 +399,46 @@ impl Exports {
     }
 
     /// The job `id` as the caller sees it: `None` if there is none, or it was started by another
-    /// client, or by another user or patient of the same client.
-    fn find(&self, id: &str, access: &Access) -> Option<Arc<Job>> {
-        let job = self.jobs().get(id).cloned()?;
-        job.owned_by(requester(access)).then_some(job)
+    /// client, or by another user or patient of the same client; refused (403) when the
+    /// caller's token lacks a resource scope of the token that kicked it off.
+    fn find(&self, id: &str, access: &Access) -> Result<Option<Arc<Job>>, FhirError> {
+        let Some(job) = self.jobs().get(id).cloned().filter(|job| job.owned_by(requester(access))) else {
+            return Ok(None);
+        };
+        let needed = job.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).scopes.clone();
+        match (needed, resource_scopes(access)) {
+            (Some(needed), Some(held)) if !needed.iter().all(|scope| held.contains(scope)) => Err(FhirError::new(
+                Category::Forbidden,
+                IssueCode::Forbidden,
+                format!(
+                    "this export was kicked off with the scopes {}; the access token lacks some of them",
+                    needed.join(" ")
+                ),
+            )),
+            _ => Ok(Some(job)),
+        }
     }
 
     /// Where the job `id` stands, for its requester.
-    pub fn poll(&self, id: &str, access: &Access) -> Option<Poll> {
-        let job = self.find(id, access)?;
+    pub fn poll(&self, id: &str, access: &Access) -> Result<Option<Poll>, FhirError> {
+        let Some(job) = self.find(id, access)? else { return Ok(None) };
         let record = job.record();
-        Some(match record.status {
+        Ok(Some(match record.status {
             JobStatus::Running => Poll::Running(format!(
                 "{} resources exported; type {} of {}",
                 job.exported.load(Ordering::Relaxed),
                 (job.type_index.load(Ordering::Relaxed) + 1).min(job.types.max(1)),
                 job.types.max(1)
             )),
-            JobStatus::Complete => Poll::Complete(record),
+            JobStatus::Complete => Poll::Complete(Box::new(record)),
             JobStatus::Failed { reason } => Poll::Failed(reason),
-        })
+        }))
     }
 
     /// Cancels the job `id` (running or finished) for its client and deletes its files and
     /// record; false if the client has no such job.
     pub async fn cancel(&self, id: &str, access: &Access) -> Result<bool, FhirError> {
-        let Some(job) = self.find(id, access) else { return Ok(false) };
+        let Some(job) = self.find(id, access)? else { return Ok(false) };
         job.cancelled.store(true, Ordering::Relaxed);
         self.forget(id).await?;
         Ok(true)
@@ -431,13 +452,14 @@ impl Exports {
     }
 
     /// The path of a finished job's file, for its client.
-    pub fn file(&self, id: &str, access: &Access, name: &str) -> Option<PathBuf> {
-        let record = self.find(id, access)?.record();
+    pub fn file(&self, id: &str, access: &Access, name: &str) -> Result<Option<PathBuf>, FhirError> {
+        let Some(job) = self.find(id, access)? else { return Ok(None) };
+        let record = job.record();
         if record.status != JobStatus::Complete {
-            return None;
+            return Ok(None);
         }
         // Only a name the manifest lists: never a path a client made up.
-        record.output.iter().any(|output| output.file == name).then(|| self.dir.join(&record.id).join(name))
+        Ok(record.output.iter().any(|output| output.file == name).then(|| self.dir.join(&record.id).join(name)))
     }
 
     /// Deletes the jobs whose retention has passed, with their files.
@@ -468,6 +490,21 @@ fn too_many_in_progress() -> FhirError {
              one to finish or cancel one, then kick off again"
         ),
     )
+}
+
+/// The resource scopes (`patient/`, `user/` and `system/` ones) of the caller's token, sorted;
+/// `None` with authorization off.
+fn resource_scopes(access: &Access) -> Option<Vec<String>> {
+    let Access::Token(grant) = access else { return None };
+    let mut scopes: Vec<String> = grant
+        .scope
+        .split_ascii_whitespace()
+        .filter(|scope| ["patient/", "user/", "system/"].iter().any(|prefix| scope.starts_with(prefix)))
+        .map(str::to_owned)
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    Some(scopes)
 }
 
 /// Who asks, as a job records its owner: `(client, subject, patient)`, all `None` with

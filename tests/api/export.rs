@@ -318,8 +318,18 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     let status_url = reply.header("content-location").unwrap().to_owned();
     let done = manifest(app, &status_url, Some(&everything)).await;
     let file_url = done["output"][0]["url"].as_str().unwrap().to_owned();
-    let same_client = server.token("operator", "system/Patient.rs", None);
-    assert_eq!(get(app, &file_url, Some(&same_client)).await.status, 200);
+    // A token of the same client whose scopes cover the export's: another token (a renewal).
+    let renewed = server.token("operator", "system/*.cruds", None);
+    assert_eq!(get(app, &file_url, Some(&renewed)).await.status, 200);
+    // One with narrower scopes may not fetch the files, the status, or cancel: they hold
+    // what the kick-off's scopes reach.
+    let narrower = server.token("operator", "system/Patient.rs", None);
+    let refused = get(app, &file_url, Some(&narrower)).await;
+    refused.assert_outcome(403);
+    assert!(refused.text.contains("system/*.cruds"), "{}", refused.text);
+    get(app, &status_url, Some(&narrower)).await.assert_outcome(403);
+    app.send(app.client.delete(&status_url).bearer_auth(&narrower)).await.assert_outcome(403);
+    assert_eq!(get(app, &status_url, Some(&everything)).await.status, 200, "a refused cancel changes nothing");
     // Another patient's token of the same app does not see a patient's export.
     let mine = kick_off(app, "/Patient/$export", Some(&p1)).await;
     let mine_url = mine.header("content-location").unwrap().to_owned();
