@@ -204,9 +204,9 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             Level::Group { members: members.intersection(&patients).cloned().collect() }
         }
     };
-    let types = export_types(&level, asked_types, &access, &base)?;
+    let (types, referenced) = export_types(&level, asked_types, &access, &base)?;
     let request_url = format!("{}{}", base.trim_end_matches("/fhir"), http.uri());
-    let kickoff = Kickoff { level, types, since_micros, request: request_url, base: base.clone(), access };
+    let kickoff = Kickoff { level, types, referenced, since_micros, request: request_url, base: base.clone(), access };
     let id = match state.exports.start(kickoff).await {
         Ok(id) => id,
         // Too many exports in progress: when to try again, as the Bulk Data IG asks.
@@ -226,33 +226,31 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     Ok(response)
 }
 
-/// The types an export writes: those asked for (every type by default; for the Patient and
-/// Group levels, those of the Patient compartment), each one the caller may read. A type asked
-/// for by name that the caller may not read is refused; unasked ones are left out.
+/// Types to export, each with the clauses that limit what the caller reads of it.
+type ExportTypes = Vec<(ResourceType, Vec<Clause>)>;
+
+/// The types an export writes, each one the caller may read: those asked for (every type by
+/// default). For the Patient and Group levels, the types of the Patient compartment come
+/// first, and the others are exported only where those reference them (the second list; see
+/// `Kickoff::referenced`). A type asked for by name that the caller may not read is refused;
+/// unasked ones are left out.
 fn export_types(
     level: &Level,
     asked: Option<Vec<ResourceType>>,
     access: &Access,
     base: &str,
-) -> Result<Vec<(ResourceType, Vec<Clause>)>, FhirError> {
+) -> Result<(ExportTypes, ExportTypes), FhirError> {
     let patients_only = !matches!(level, Level::System);
     let named = asked.is_some();
     let candidates: Vec<ResourceType> = match asked {
         Some(types) => types,
-        None if patients_only => patient_compartment().types(),
         None => ResourceType::all().collect(),
     };
-    let mut types = Vec::new();
+    let (mut types, mut referenced) = (Vec::new(), Vec::new());
     for resource_type in candidates {
-        if patients_only && !patient_compartment().contains(resource_type) {
-            if named {
-                return Err(incorrect(format!(
-                    "{resource_type} is not in the Patient compartment: export it at the system level"
-                )));
-            }
-            continue;
-        }
+        let outside = patients_only && !patient_compartment().contains(resource_type);
         match access.restriction(resource_type, Permission::Read, base)? {
+            Restriction::Allow(clauses) if outside => referenced.push((resource_type, clauses)),
             Restriction::Allow(clauses) => types.push((resource_type, clauses)),
             Restriction::Deny if named => {
                 return Err(FhirError::new(
@@ -264,14 +262,23 @@ fn export_types(
             Restriction::Deny => {}
         }
     }
-    if types.is_empty() {
+    if types.is_empty() && referenced.is_empty() {
         return Err(FhirError::new(
             Category::Forbidden,
             IssueCode::Forbidden,
             "the access token's scopes allow reading none of the types to export",
         ));
     }
-    Ok(types)
+    if types.is_empty() {
+        // Only types outside the compartment: nothing would reference them.
+        return Err(incorrect(format!(
+            "{} not in the Patient compartment: a Patient or Group export writes them only where the patients' \
+             resources reference them, so name a type of the compartment too, or export them at the system level",
+            referenced.iter().map(|(resource_type, _)| resource_type.as_str()).collect::<Vec<_>>().join(", ")
+                + if referenced.len() == 1 { " is" } else { " are" }
+        )));
+    }
+    Ok((types, referenced))
 }
 
 fn unknown_job(id: &str) -> FhirError {

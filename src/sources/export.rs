@@ -14,7 +14,7 @@
 //! restart interrupted is reported failed (kick off again). Files and records are deleted
 //! after the retention time ([`Exports::sweep`]), or when the client cancels.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,11 @@ const JOBS: Records = Records::new(b"export/");
 
 /// Most resources in one NDJSON file.
 pub const MAX_FILE_RESOURCES: u64 = 100_000;
+
+/// Most distinct resources outside the Patient compartment that one Patient or Group export
+/// follows references to (see [`Kickoff::referenced`]): the set is held in memory while the
+/// export runs, so an export that references more fails and says so.
+pub const MAX_REFERENCED_RESOURCES: usize = 100_000;
 
 /// Most jobs running at once; more wait for a turn.
 pub const MAX_RUNNING: usize = 2;
@@ -111,6 +116,13 @@ pub struct Kickoff {
     /// The types to export, each readable by the requester, with the clauses that limit what
     /// the requester reads of it (none: all of it).
     pub types: Vec<(ResourceType, Vec<Clause>)>,
+    /// For a Patient or Group export, types outside the Patient compartment (as `types`):
+    /// their resources that the exported ones reference are exported too, after them. The
+    /// Bulk Data IG asks for such resources "helpful in interpreting the patient data" (the
+    /// Practitioners, Organizations, Locations and Medications a record points at); a
+    /// reference that leaves the export's patients cannot reach another patient's data, since
+    /// no type outside the compartment holds any. Empty for a system export.
+    pub referenced: Vec<(ResourceType, Vec<Clause>)>,
     /// `_since`, in microseconds since the epoch.
     pub since_micros: Option<i64>,
     /// The kick-off URL, for the manifest.
@@ -309,7 +321,7 @@ impl Exports {
             scopes: resource_scopes(&kickoff.access),
         };
         let order = self.next_order.fetch_add(1, Ordering::Relaxed);
-        let job = Arc::new(Job::new(record.clone(), kickoff.types.len(), order));
+        let job = Arc::new(Job::new(record.clone(), kickoff.types.len() + kickoff.referenced.len(), order));
         // Each turn either keeps the job or deletes one finished job: at most MAX_JOBS turns
         // can delete (another kick-off may take the room made meanwhile, hence a loop).
         for _ in 0..=MAX_JOBS {
@@ -549,13 +561,17 @@ fn run(
     std::fs::create_dir_all(dir).map_err(|error| format!("cannot create the export directory: {error}"))?;
     let view = snapshot.index();
     let mut outputs = Vec::new();
+    let ended = || job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed);
+    // The ids of the resources of each `kickoff.referenced` type that exported ones reference.
+    let mut wanted: Vec<BTreeSet<String>> = vec![BTreeSet::new(); kickoff.referenced.len()];
+    let mut wanted_count = 0;
     for (index, (resource_type, clauses)) in kickoff.types.iter().enumerate() {
         let resource_type = *resource_type;
         job.type_index.store(index as u64, Ordering::Relaxed);
-        let mut file: Option<(ExportFile, Output)> = None;
+        let mut files = TypeFiles { resource_type, dir, seal, file: None };
         let mut failure: Option<String> = None;
         let scanned = snapshot.export_type(resource_type, kickoff.since_micros, &mut |id, version, body| {
-            if job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed) {
+            if ended() {
                 return Ok(ControlFlow::Break(()));
             }
             if !within_level(&kickoff.level, &view, resource_type, id, version)?
@@ -564,53 +580,133 @@ fn run(
             {
                 return Ok(ControlFlow::Continue(()));
             }
-            if file.as_ref().is_some_and(|(_, output)| output.count >= MAX_FILE_RESOURCES) {
-                let (writer, output) = file.take().expect("checked");
-                if let Err(error) = close(writer) {
-                    failure = Some(error);
-                    return Ok(ControlFlow::Break(()));
-                }
-                outputs.push(output);
-            }
-            if file.is_none() {
-                let name = format!(
-                    "{resource_type}-{}.ndjson",
-                    outputs.iter().filter(|o: &&Output| o.resource_type == resource_type.as_str()).count() + 1
-                );
-                match ExportFile::create(&dir.join(&name), seal) {
-                    Ok(created) => {
-                        let output = Output { resource_type: resource_type.as_str().to_owned(), file: name, count: 0 };
-                        file = Some((created, output));
-                    }
-                    Err(error) => {
-                        failure = Some(format!("cannot create an export file: {error}"));
-                        return Ok(ControlFlow::Break(()));
-                    }
-                }
-            }
             let body = body()?;
-            let (writer, output) = file.as_mut().expect("opened above");
-            if let Err(error) = writer.write_all(&body).and_then(|()| writer.write_all(b"\n")) {
-                failure = Some(format!("cannot write an export file: {error}"));
+            let written = files.write(&body, &mut outputs).and_then(|()| {
+                follow_references(&body, kickoff, &mut wanted, &mut wanted_count, MAX_REFERENCED_RESOURCES)
+            });
+            if let Err(error) = written {
+                failure = Some(error);
                 return Ok(ControlFlow::Break(()));
             }
-            output.count += 1;
             job.exported.fetch_add(1, Ordering::Relaxed);
             Ok(ControlFlow::Continue(()))
         });
-        if let Some((writer, output)) = file {
-            close(writer)?;
-            outputs.push(output);
-        }
+        files.finish(&mut outputs)?;
         scanned.map_err(|error| format!("{resource_type}: {error}"))?;
         if let Some(failure) = failure {
             return Err(failure);
         }
-        if job.cancelled.load(Ordering::Relaxed) || stopping.load(Ordering::Relaxed) {
+        if ended() {
             return Err("cancelled or stopped".into());
         }
     }
+    for (index, ((resource_type, clauses), ids)) in kickoff.referenced.iter().zip(&wanted).enumerate() {
+        let resource_type = *resource_type;
+        job.type_index.store((kickoff.types.len() + index) as u64, Ordering::Relaxed);
+        let mut files = TypeFiles { resource_type, dir, seal, file: None };
+        for id in ids {
+            if ended() {
+                return Err("cancelled or stopped".into());
+            }
+            let found = snapshot.current(resource_type, id).map_err(|error| format!("{resource_type}: {error}"))?;
+            let Some(version) = found.filter(|version| !version.is_deleted()) else { continue };
+            // As `export_type` selects: changed after `_since`, and within the requester's limits.
+            if kickoff.since_micros.is_some_and(|since| version.header.last_updated_micros <= since) {
+                continue;
+            }
+            let admitted = clauses.is_empty()
+                || engine::matches_clauses(&view, resource_type, clauses, id, version.version, LATEST)
+                    .map_err(|error| format!("{resource_type}: {error}"))?;
+            if admitted {
+                files.write(&version.body, &mut outputs)?;
+                job.exported.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        files.finish(&mut outputs)?;
+    }
     Ok(outputs)
+}
+
+/// Notes the resources of the `kickoff.referenced` types that the exported resource `body`
+/// references (relative references, and absolute ones on the server's base), in `wanted`;
+/// fails beyond `limit` ([`MAX_REFERENCED_RESOURCES`]) in all.
+fn follow_references(
+    body: &[u8],
+    kickoff: &Kickoff,
+    wanted: &mut [BTreeSet<String>],
+    count: &mut usize,
+    limit: usize,
+) -> Result<(), String> {
+    if kickoff.referenced.is_empty() {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(body).map_err(|_| "a stored resource is not UTF-8".to_owned())?;
+    let scan = crate::fhir::reference::scan_references(text)
+        .map_err(|error| format!("a stored resource cannot be read: {error}"))?;
+    for reference in &scan.references {
+        let relative = crate::fhir::reference::relative_to(reference, &kickoff.base);
+        let crate::fhir::reference::Target::Local { resource_type, id, .. } = crate::fhir::reference::parse(relative)
+        else {
+            continue;
+        };
+        let Some(index) = kickoff.referenced.iter().position(|(referenced, _)| *referenced == resource_type) else {
+            continue;
+        };
+        if wanted[index].insert(id.as_str().to_owned()) {
+            *count += 1;
+            if *count > limit {
+                return Err(format!(
+                    "the exported resources reference more than {limit} resources outside the Patient compartment; \
+                     name fewer types in _type, or export them at the system level"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The NDJSON files of one type being written: a new one every [`MAX_FILE_RESOURCES`]
+/// resources, each listed in the outputs once closed.
+struct TypeFiles<'a> {
+    resource_type: ResourceType,
+    dir: &'a Path,
+    seal: Option<&'a DataKey>,
+    file: Option<(ExportFile, Output)>,
+}
+
+impl TypeFiles<'_> {
+    /// Writes one resource's JSON as a line, opening the type's next file when needed.
+    fn write(&mut self, body: &[u8], outputs: &mut Vec<Output>) -> Result<(), String> {
+        if self.file.as_ref().is_some_and(|(_, output)| output.count >= MAX_FILE_RESOURCES) {
+            let (writer, output) = self.file.take().expect("checked");
+            close(writer)?;
+            outputs.push(output);
+        }
+        if self.file.is_none() {
+            let resource_type = self.resource_type.as_str();
+            let number = outputs.iter().filter(|output| output.resource_type == resource_type).count() + 1;
+            let name = format!("{resource_type}-{number}.ndjson");
+            let created = ExportFile::create(&self.dir.join(&name), self.seal)
+                .map_err(|error| format!("cannot create an export file: {error}"))?;
+            self.file = Some((created, Output { resource_type: resource_type.to_owned(), file: name, count: 0 }));
+        }
+        let (writer, output) = self.file.as_mut().expect("opened above");
+        writer
+            .write_all(body)
+            .and_then(|()| writer.write_all(b"\n"))
+            .map_err(|error| format!("cannot write an export file: {error}"))?;
+        output.count += 1;
+        Ok(())
+    }
+
+    /// Closes the last file, if any was opened.
+    fn finish(self, outputs: &mut Vec<Output>) -> Result<(), String> {
+        if let Some((writer, output)) = self.file {
+            close(writer)?;
+            outputs.push(output);
+        }
+        Ok(())
+    }
 }
 
 /// An export file being written: plain NDJSON, or sealed with the data key of an encrypted
@@ -690,6 +786,34 @@ mod tests {
 
     fn room_among(jobs: &[(String, bool, bool, u64)]) -> Room {
         room(jobs.iter().map(|(id, own, running, order)| Kept { id, own: *own, running: *running, order: *order }))
+    }
+
+    #[test]
+    fn references_out_of_the_compartment_are_collected_once_each_up_to_a_bound() {
+        let practitioner = ResourceType::parse("Practitioner").unwrap();
+        let kickoff = Kickoff {
+            level: Level::Patient,
+            types: Vec::new(),
+            referenced: vec![(practitioner, Vec::new())],
+            since_micros: None,
+            request: String::new(),
+            base: "http://b/fhir".into(),
+            access: Access::Unrestricted,
+        };
+        let mut wanted = vec![BTreeSet::new()];
+        let mut count = 0;
+        let body = serde_json::json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"},
+            "performer": [{"reference": "Practitioner/a"}, {"reference": "http://b/fhir/Practitioner/b"},
+                          {"reference": "Practitioner/a"}, {"reference": "http://elsewhere/fhir/Practitioner/c"}]});
+        let body = serde_json::to_vec(&body).unwrap();
+        follow_references(&body, &kickoff, &mut wanted, &mut count, 2).unwrap();
+        assert_eq!(wanted[0].iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(count, 2, "a repeated reference counts once; Patient and another server's are not followed");
+        let third = serde_json::to_vec(&serde_json::json!({"resourceType": "Observation",
+            "performer": [{"reference": "Practitioner/d"}]}))
+        .unwrap();
+        let refused = follow_references(&third, &kickoff, &mut wanted, &mut count, 2).unwrap_err();
+        assert!(refused.contains("more than 2 resources"), "{refused}");
     }
 
     #[test]

@@ -375,3 +375,56 @@ async fn a_finished_export_outlives_a_restart_until_it_expires() {
     second.child.kill().unwrap();
     second.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_that_its_resources_reference() {
+    let server = spawn_auth_app().await;
+    let app = &server.app;
+    let everything = server.token("operator", "system/*.cruds", None);
+    for resource in [
+        json!({"resourceType": "Organization", "id": "clinic", "name": "Clinic"}),
+        json!({"resourceType": "Organization", "id": "elsewhere", "name": "Not referenced"}),
+        json!({"resourceType": "Practitioner", "id": "dr-a", "name": [{"family": "A"}]}),
+        json!({"resourceType": "Practitioner", "id": "dr-b", "name": [{"family": "B"}]}),
+        json!({"resourceType": "Practitioner", "id": "dr-unused", "name": [{"family": "Unused"}]}),
+        json!({"resourceType": "Patient", "id": "p1", "managingOrganization": {"reference": "Organization/clinic"}}),
+        json!({"resourceType": "Patient", "id": "p2", "generalPractitioner": [{"reference": "Practitioner/dr-b"}]}),
+        json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+               "member": [{"entity": {"reference": "Patient/p1"}}]}),
+    ] {
+        put(app, &resource, Some(&everything)).await;
+    }
+    let mut seen_by_p1 = observation("p1-o1", "p1", "8867-4");
+    // An absolute reference on Braid's own base counts as well.
+    seen_by_p1["performer"] = json!([{"reference": app.url("/Practitioner/dr-a")}]);
+    put(app, &seen_by_p1, Some(&everything)).await;
+    put(app, &observation("p2-o1", "p2", "8867-4"), Some(&everything)).await;
+    let ids = |exported: &BTreeMap<(String, String), Value>| {
+        exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect::<Vec<_>>()
+    };
+
+    // A Group export: its member's record, and the Organization and Practitioner it points at;
+    // neither what only the other patient references nor what nothing references.
+    let group = export(app, "/Group/g/$export", Some(&everything)).await;
+    assert_eq!(
+        ids(&group),
+        ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
+        "{:?}",
+        group.keys()
+    );
+    // Patient level: every patient's references.
+    let patients = export(app, "/Patient/$export?_type=Patient,Practitioner", Some(&everything)).await;
+    assert_eq!(ids(&patients), ["Patient/p1", "Patient/p2", "Practitioner/dr-b"], "only the types named");
+    // A patient's token: its own record and what that references, within its scopes.
+    let p1 = server.token("app", "patient/*.rs", Some("p1"));
+    let mine = export(app, "/Patient/$export", Some(&p1)).await;
+    assert_eq!(
+        ids(&mine),
+        ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
+        "the Group is in its member's compartment"
+    );
+    // A type outside the compartment alone has nothing to be referenced by.
+    let refused = kick_off(app, "/Patient/$export?_type=Organization,Practitioner", Some(&everything)).await;
+    refused.assert_outcome(400);
+    assert!(refused.text.contains("Organization, Practitioner are not in the Patient compartment"), "{}", refused.text);
+}
