@@ -205,7 +205,10 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
         }
     };
     let (types, referenced) = export_types(&level, asked_types, &access, &base)?;
-    let request_url = format!("{}{}", base.trim_end_matches("/fhir"), http.uri());
+    // The kick-off as the client addressed it: the FHIR base (which a configured base_url may
+    // put under another path than Braid's own `/fhir`) and what followed it.
+    let after_base = http.uri().path_and_query().map_or("", |path| path.as_str());
+    let request_url = format!("{base}{}", after_base.strip_prefix("/fhir").unwrap_or(after_base));
     let kickoff = Kickoff { level, types, referenced, since_micros, request: request_url, base: base.clone(), access };
     let id = match state.exports.start(kickoff).await {
         Ok(id) => id,

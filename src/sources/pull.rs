@@ -260,7 +260,8 @@ struct Upstream {
     http: reqwest::Client,
     config: PullConfig,
     types: Vec<String>,
-    token_endpoint: Option<String>,
+    /// The token endpoint, and which SMART scope syntax the upstream takes, once discovered.
+    token_endpoint: Option<(String, ScopeSyntax)>,
     token: Option<(String, std::time::Instant)>,
     /// The shortest wait between attempts (tests shorten it).
     first_backoff: Duration,
@@ -269,6 +270,53 @@ struct Upstream {
     algorithm: Algorithm,
     /// The server is stopping: no request is sent and no wait goes on once it is set.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Which SMART scopes an upstream takes: v2 (`system/Patient.rs`) or v1 (`system/Patient.read`),
+/// as its smart-configuration says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScopeSyntax {
+    V1,
+    V2,
+}
+
+impl ScopeSyntax {
+    /// v1 when the smart-configuration lists `permission-v1` among its `capabilities` and not
+    /// `permission-v2`, or lists only v1 scopes (`.read`, `.write`, `.*`) in `scopes_supported`;
+    /// else v2 (SMART 2.0's default). Servers on SMART 1.0 (many EHRs) refuse v2 scopes.
+    fn of(configuration: &Value) -> ScopeSyntax {
+        let listed = |key: &str| -> Vec<&str> {
+            configuration[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+        };
+        let capabilities = listed("capabilities");
+        if capabilities.contains(&"permission-v2") {
+            return ScopeSyntax::V2;
+        }
+        if capabilities.contains(&"permission-v1") {
+            return ScopeSyntax::V1;
+        }
+        let resource_scopes: Vec<&str> =
+            listed("scopes_supported").into_iter().filter(|scope| scope.starts_with("system/")).collect();
+        let v1 = |scope: &&str| [".read", ".write", ".*"].iter().any(|suffix| scope.ends_with(suffix));
+        if !resource_scopes.is_empty() && resource_scopes.iter().all(v1) {
+            return ScopeSyntax::V1;
+        }
+        ScopeSyntax::V2
+    }
+
+    /// The scope a run asks for: searching and reading each pulled type, and reading every type
+    /// (so that the run can fetch what pulled resources reference; an upstream may grant less,
+    /// and those fetches are then refused one by one).
+    fn scope(self, types: &[String]) -> String {
+        let (each, all) = match self {
+            ScopeSyntax::V2 => ("rs", "system/*.r"),
+            ScopeSyntax::V1 => ("read", "system/*.read"),
+        };
+        let mut scope = types.iter().map(|t| format!("system/{t}.{each}")).collect::<Vec<_>>().join(" ");
+        scope.push(' ');
+        scope.push_str(all);
+        scope
+    }
 }
 
 /// The longest a wait sleeps before it looks at the stop flag again.
@@ -349,8 +397,8 @@ impl Upstream {
                 return Ok(token.clone());
             }
         }
-        let endpoint = match &self.token_endpoint {
-            Some(endpoint) => endpoint.clone(),
+        let (endpoint, syntax) = match &self.token_endpoint {
+            Some(discovered) => discovered.clone(),
             None => {
                 let url = format!("{}/.well-known/smart-configuration", self.config.base);
                 let discovered = self.json(|http| http.get(&url)).await?;
@@ -360,14 +408,12 @@ impl Upstream {
                     .to_owned();
                 crate::auth::clients::check_https_or_loopback(&endpoint)
                     .map_err(|_| Failure::Braid(format!("the upstream's token endpoint {endpoint} is not https")))?;
-                self.token_endpoint = Some(endpoint.clone());
-                endpoint
+                let syntax = ScopeSyntax::of(&discovered);
+                self.token_endpoint = Some((endpoint.clone(), syntax));
+                (endpoint, syntax)
             }
         };
-        // Reading (not searching) every type lets the run fetch what pulled resources
-        // reference; an upstream may grant less, and those fetches are then refused one by one.
-        let mut scope = self.types.iter().map(|t| format!("system/{t}.rs")).collect::<Vec<_>>().join(" ");
-        scope.push_str(" system/*.r");
+        let scope = syntax.scope(&self.types);
         let mut reply = Value::Null;
         // Each attempt signs a fresh assertion: its jti may be used once only.
         for attempt in 0..MAX_ATTEMPTS {
@@ -1408,6 +1454,25 @@ mod link_tests {
             let resolved = followed(link, own);
             assert_eq!(resolved, link, "{link}");
             assert!(!same_origin(&resolved, base) || !own, "{link}");
+        }
+    }
+
+    #[test]
+    fn the_scopes_asked_for_follow_the_smart_version_the_upstream_declares() {
+        use super::ScopeSyntax;
+        use serde_json::json;
+        let types = ["Patient".to_owned(), "Observation".to_owned()];
+        let v2 = "system/Patient.rs system/Observation.rs system/*.r";
+        let v1 = "system/Patient.read system/Observation.read system/*.read";
+        for (configuration, scope) in [
+            (json!({"token_endpoint": "https://x/token"}), v2),
+            (json!({"capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"]}), v2),
+            (json!({"capabilities": ["client-confidential-asymmetric", "permission-v1"]}), v1),
+            (json!({"scopes_supported": ["openid", "system/Patient.read", "system/*.read"]}), v1),
+            (json!({"scopes_supported": ["system/Patient.rs", "system/Patient.read"]}), v2),
+            (json!({"capabilities": "not a list", "scopes_supported": 3}), v2),
+        ] {
+            assert_eq!(ScopeSyntax::of(&configuration).scope(&types), scope, "{configuration}");
         }
     }
 
