@@ -139,6 +139,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     let mut since_micros = None;
     let mut asked_types: Option<Vec<ResourceType>> = None;
     let mut patients: Option<HashSet<String>> = None;
+    let mut type_filters = TypeFilters::default();
     for (name, value) in parameters {
         match name.as_str() {
             // Patients to limit a Patient or Group export to (references, comma-separated in
@@ -180,6 +181,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
                     }
                 }
             }
+            "_typeFilter" => type_filters.add(&value, &base)?,
             "_format" | "_pretty" => {}
             other if lenient => tracing::debug!(parameter = other, "an export parameter ignored (handling=lenient)"),
             other => {
@@ -187,7 +189,8 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
                     Category::Incorrect,
                     IssueCode::NotSupported,
                     format!(
-                        "the export parameter '{other}' is not supported (supported: _outputFormat, _since, _type); \
+                        "the export parameter '{other}' is not supported (supported: _outputFormat, _since, _type, \
+                         _typeFilter); \
                          send Prefer: handling=lenient to have unsupported parameters ignored"
                     ),
                 ));
@@ -204,7 +207,10 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             Level::Group { members: members.intersection(&patients).cloned().collect() }
         }
     };
-    let (types, referenced) = export_types(&level, asked_types, &access, &base)?;
+    let (mut types, mut referenced) = export_types(&level, asked_types, &access, &base)?;
+    for (resource_type, clauses) in types.iter_mut().chain(referenced.iter_mut()) {
+        type_filters.apply(*resource_type, clauses);
+    }
     // The kick-off as the client addressed it: the FHIR base (which a configured base_url may
     // put under another path than Braid's own `/fhir`) and what followed it.
     let after_base = http.uri().path_and_query().map_or("", |path| path.as_str());
@@ -227,6 +233,81 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
         response.headers_mut().insert(CONTENT_LOCATION, location);
     }
     Ok(response)
+}
+
+/// Most `_typeFilter` queries one kick-off may carry.
+const MAX_TYPE_FILTERS: usize = 100;
+
+/// The kick-off's `_typeFilter` queries, by type: each a conjunction of clauses; a type's
+/// queries are alternatives (a resource is exported if it matches any), as Bulk Data 2.0 says.
+#[derive(Default)]
+struct TypeFilters {
+    by_type: Vec<(ResourceType, Vec<Vec<Clause>>)>,
+    count: usize,
+}
+
+impl TypeFilters {
+    /// Adds one `_typeFilter` value: a search query such as `Observation?category=laboratory`,
+    /// or several joined by commas (as Bulk Data 1.0 wrote them), each starting with its type.
+    fn add(&mut self, value: &str, base: &str) -> Result<(), FhirError> {
+        for query in split_type_filters(value) {
+            self.count += 1;
+            if self.count > MAX_TYPE_FILTERS {
+                return Err(incorrect(format!("more than {MAX_TYPE_FILTERS} _typeFilter queries")));
+            }
+            let (type_name, search) = query.split_once('?').ok_or_else(|| {
+                incorrect(format!("_typeFilter '{query}' is not a search such as Observation?category=laboratory"))
+            })?;
+            let resource_type = ResourceType::parse(type_name).ok_or_else(|| {
+                incorrect(format!("_typeFilter names '{type_name}', which is not an R4 resource type"))
+            })?;
+            let mut conjunction = Vec::new();
+            for (name, value) in request::decode_pairs(search) {
+                let clause = crate::search::query::parse_clause(resource_type, &name, &value, base)?.ok_or_else(|| {
+                    incorrect(format!(
+                        "_typeFilter: '{name}' is not a search parameter of {resource_type} that an export can filter by"
+                    ))
+                })?;
+                conjunction.push(clause);
+            }
+            if conjunction.is_empty() {
+                return Err(incorrect(format!("_typeFilter '{query}' has no search parameter")));
+            }
+            match self.by_type.iter_mut().find(|(filtered, _)| *filtered == resource_type) {
+                Some((_, queries)) => queries.push(conjunction),
+                None => self.by_type.push((resource_type, vec![conjunction])),
+            }
+        }
+        Ok(())
+    }
+
+    /// Limits `clauses` (what is exported of `resource_type`) to the type's filters, if any.
+    fn apply(&self, resource_type: ResourceType, clauses: &mut Vec<Clause>) {
+        let Some((_, queries)) = self.by_type.iter().find(|(filtered, _)| *filtered == resource_type) else {
+            return;
+        };
+        match queries.as_slice() {
+            [one] => clauses.extend(one.iter().cloned()),
+            _ => clauses.push(Clause::any_of("_typeFilter".into(), queries.clone())),
+        }
+    }
+}
+
+/// The queries of a `_typeFilter` value: split at each comma that starts another query (one
+/// followed by a resource type and `?`), so that commas inside a query (`code=a,b`) stay.
+fn split_type_filters(value: &str) -> Vec<&str> {
+    let mut queries = Vec::new();
+    let mut start = 0;
+    for (at, _) in value.match_indices(',') {
+        let rest = &value[at + 1..];
+        let starts_query = rest.split_once('?').is_some_and(|(name, _)| ResourceType::parse(name.trim()).is_some());
+        if starts_query {
+            queries.push(value[start..at].trim());
+            start = at + 1;
+        }
+    }
+    queries.push(value[start..].trim());
+    queries.into_iter().filter(|query| !query.is_empty()).collect()
 }
 
 /// Types to export, each with the clauses that limit what the caller reads of it.

@@ -428,3 +428,58 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
     refused.assert_outcome(400);
     assert!(refused.text.contains("Organization, Practitioner are not in the Patient compartment"), "{}", refused.text);
 }
+
+#[tokio::test]
+async fn a_type_filter_exports_only_what_its_searches_select() {
+    let app = spawn_app().await;
+    for patient in ["p1", "p2"] {
+        put(&app, &json!({"resourceType": "Patient", "id": patient, "gender": "female"}), None).await;
+        for (n, code) in ["8867-4", "2708-6", "8310-5"].iter().enumerate() {
+            put(&app, &observation(&format!("{patient}-o{n}"), patient, code), None).await;
+        }
+    }
+    put(&app, &json!({"resourceType": "Patient", "id": "p3", "gender": "male"}), None).await;
+    let ids = |exported: &BTreeMap<(String, String), Value>| {
+        exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect::<Vec<_>>()
+    };
+    let encode =
+        |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+
+    // One filter: only the heart rates, and every Patient (no filter on that type).
+    let heart_rates = encode("Observation?code=http://loinc.org|8867-4");
+    let exported = export(&app, &format!("/$export?_type=Observation,Patient&_typeFilter={heart_rates}"), None).await;
+    assert_eq!(
+        ids(&exported),
+        ["Observation/p1-o0", "Observation/p2-o0", "Patient/p1", "Patient/p2", "Patient/p3"],
+        "{:?}",
+        exported.keys()
+    );
+    // Two filters on one type select either; filters on two types apply each to its own; a
+    // comma inside a query is a value list, one between queries separates them (Bulk Data 1.0).
+    let either = format!(
+        "_typeFilter={}&_typeFilter={}",
+        encode("Observation?code=8867-4"),
+        encode("Observation?code=8310-5,Patient?gender=male")
+    );
+    let exported = export(&app, &format!("/$export?_type=Observation,Patient&{either}"), None).await;
+    assert_eq!(
+        ids(&exported),
+        ["Observation/p1-o0", "Observation/p1-o2", "Observation/p2-o0", "Observation/p2-o2", "Patient/p3"],
+        "{:?}",
+        exported.keys()
+    );
+    let list = encode("Observation?code=2708-6,8310-5");
+    let exported = export(&app, &format!("/Patient/$export?_type=Observation&_typeFilter={list}"), None).await;
+    assert_eq!(ids(&exported).len(), 4, "{:?}", exported.keys());
+    // Refused, with the reason: not a search, an unknown type, an unknown parameter.
+    for (filter, words) in [
+        ("Observation", "not a search"),
+        ("Nope?x=1", "Nope"),
+        ("Observation?_sort=date", "_sort"),
+        ("Observation?frobnicate=1", "frobnicate"),
+    ] {
+        let reply = kick_off(&app, &format!("/$export?_typeFilter={}", encode(filter)), None).await;
+        reply.assert_outcome(400);
+        assert!(reply.text.contains(words), "{filter}: {}", reply.text);
+    }
+}
