@@ -319,6 +319,10 @@ impl ScopeSyntax {
     }
 }
 
+/// Longest an upstream connection may go without sending a byte before Braid gives up on it
+/// (and retries).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The longest a wait sleeps before it looks at the stop flag again.
 const STOP_CHECK: Duration = Duration::from_millis(250);
 
@@ -359,7 +363,9 @@ impl Upstream {
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Upstream, FhirError> {
         let http = crate::outbound::client(
-            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(300)),
+            // An idle timeout, not one on the whole request: an export file may take longer than
+            // any fixed time to download, but a connection that sends nothing is dead.
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).read_timeout(READ_TIMEOUT),
         )
         .map_err(|_| FhirError::fault("upstream client"))?;
         let algorithm = if config.algorithm == "ES384" { Algorithm::ES384 } else { Algorithm::RS384 };
@@ -788,6 +794,9 @@ impl Run<'_> {
     /// Runs from the checkpoint to the end; returns the next run's `_since` (`None`: keep this
     /// run's).
     async fn execute(&mut self, upstream: &mut Upstream) -> Result<Option<String>, Failure> {
+        // Export files whose download broke off in this run, one after another: each is read
+        // again from the checkpoint's line, at most MAX_ATTEMPTS times in a row.
+        let mut broken_downloads = 0;
         loop {
             match self.checkpoint.stage.clone() {
                 Stage::Start => self.kick_off(upstream).await?,
@@ -833,7 +842,17 @@ impl Run<'_> {
                         self.save().await?;
                         continue;
                     }
-                    self.read_file(upstream, &manifest, file, line).await?;
+                    match self.read_file(upstream, &manifest, file, line).await {
+                        // The connection dropped mid-file (the upstream restarted, a proxy timed
+                        // out): again from the last line written, not the whole run again.
+                        Err(Failure::Network(reason)) if broken_downloads + 1 < MAX_ATTEMPTS => {
+                            tracing::debug!(source = self.name, %reason, "an export file broke off; reading on");
+                            upstream.pause(upstream.backoff(broken_downloads, None)).await?;
+                            broken_downloads += 1;
+                        }
+                        Err(failure) => return Err(failure),
+                        Ok(()) => broken_downloads = 0,
+                    }
                 }
                 Stage::Search { type_index, next, started_at } => {
                     let Some(type_name) = upstream.types.get(type_index).cloned() else {

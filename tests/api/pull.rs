@@ -975,3 +975,76 @@ async fn an_upstream_that_keeps_losing_its_export_fails_the_run_after_a_bounded_
         "the first kick-off and the bounded restarts"
     );
 }
+
+#[tokio::test]
+async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_written() {
+    // An export of one file of 1,200 Patients; its first download stops after 700 lines.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let (counted, served_origin) = (downloads.clone(), origin.clone());
+    let lines: Vec<String> = (0..1200)
+        .map(|n| {
+            json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}]}).to_string()
+        })
+        .collect();
+    let file = Arc::new(lines.join("\n"));
+    let cut = lines[..700].iter().map(|line| line.len() + 1).sum::<usize>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (counted, origin, file) = (counted.clone(), served_origin.clone(), file.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                let read = stream.read(&mut buffer).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+                let mut words = head.split(' ');
+                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
+                let reply = |status: u16, extra: &str, body: &str| {
+                    format!(
+                        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let answer = match (method, target.split('?').next().unwrap_or("")) {
+                    (_, "/fhir/.well-known/smart-configuration") => {
+                        reply(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string())
+                    }
+                    (_, "/token") => reply(200, "", &json!({"access_token": "t", "expires_in": 300}).to_string()),
+                    ("GET", "/fhir/$export") => reply(202, &format!("Content-Location: {origin}/status\r\n"), ""),
+                    ("GET", "/status") => reply(
+                        200,
+                        "",
+                        &json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                            "output": [{"type": "Patient", "url": format!("{origin}/file")}], "error": []})
+                        .to_string(),
+                    ),
+                    ("GET", "/file") => {
+                        let whole = reply(200, "", &file);
+                        if counted.fetch_add(1, Ordering::Relaxed) == 0 {
+                            // The promised length, but the connection closes after 700 lines.
+                            let head_length = whole.len() - file.len();
+                            let _ = stream.write_all(&whole.as_bytes()[..head_length + cut]).await;
+                            return;
+                        }
+                        whole
+                    }
+                    ("DELETE", "/status") => reply(202, "", ""),
+                    _ => reply(404, "", ""),
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let downstream = spawn_auth_app().await;
+    let base = format!("{origin}/fhir");
+    operator(&downstream.data, pull_source("flaky", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "flaky".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
+    assert_eq!(run["counts"]["created"], 1200, "{synced}");
+    assert_eq!(downloads.load(Ordering::Relaxed), 2, "the file was read again once, not the whole export");
+    let reader = downstream.token("reader", "system/*.rs", None);
+    let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:flaky", Some(&reader)).await;
+    assert_eq!(ours.len(), 1200);
+    assert!(ours.values().all(|patient| patient["meta"]["versionId"] == "1"), "each written once, as one version");
+}
