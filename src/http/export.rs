@@ -202,9 +202,21 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
         (Level::System, Some(_)) => {
             return Err(incorrect("patient limits Patient and Group exports; a system export takes no patient"));
         }
-        (Level::Patient, Some(patients)) => Level::Group { members: patients },
+        (Level::Patient, Some(patients)) => {
+            refuse_unknown_patients(&state, &access, &base, &patients)?;
+            Level::Group { members: patients }
+        }
         (Level::Group { members }, Some(patients)) => {
-            Level::Group { members: members.intersection(&patients).cloned().collect() }
+            // The Bulk Data IG asks for an error naming the patients that are not members.
+            let mut outside: Vec<&String> = patients.difference(&members).collect();
+            if !outside.is_empty() {
+                outside.sort();
+                return Err(incorrect(format!(
+                    "patient names {} that the Group does not have as members",
+                    outside.iter().take(10).map(|patient| patient.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            Level::Group { members: patients }
         }
     };
     let (mut types, mut referenced) = export_types(&level, asked_types, &access, &base)?;
@@ -233,6 +245,53 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
         response.headers_mut().insert(CONTENT_LOCATION, location);
     }
     Ok(response)
+}
+
+/// Refuses a Patient export's `patient` list if it names a Patient that does not exist, or that
+/// the caller may not read (the same answer, so that it tells nothing of others' records), as
+/// the Bulk Data IG asks (an error naming them, rather than an export silently without them).
+fn refuse_unknown_patients(
+    state: &super::AppState,
+    access: &Access,
+    base: &str,
+    patients: &HashSet<String>,
+) -> Result<(), FhirError> {
+    let snapshot = state.store.snapshot()?;
+    let mut unknown = Vec::new();
+    for reference in patients {
+        let id = reference.strip_prefix("Patient/").unwrap_or(reference);
+        let readable = match snapshot.current(ResourceType::PATIENT, id)? {
+            Some(stored) if !stored.is_deleted() => {
+                !access.is_restricted()
+                    || super::read::admits_current(
+                        &snapshot,
+                        access,
+                        ResourceType::PATIENT,
+                        id,
+                        stored.version,
+                        Permission::Read,
+                        base,
+                    )?
+            }
+            _ => false,
+        };
+        if !readable {
+            unknown.push(reference.as_str());
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(FhirError::new(
+        Category::Incorrect,
+        IssueCode::NotFound,
+        format!(
+            "patient names {} that {} not exist",
+            unknown.iter().take(10).copied().collect::<Vec<_>>().join(", "),
+            if unknown.len() == 1 { "does" } else { "do" }
+        ),
+    ))
 }
 
 /// Most `_typeFilter` queries one kick-off may carry.

@@ -423,6 +423,19 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
         ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
         "the Group is in its member's compartment"
     );
+    // Patients named that are not the Group's, do not exist, or are not the caller's: an error
+    // naming them, not an export without them.
+    for (path, token, words) in [
+        ("/Group/g/$export?patient=Patient/p1,Patient/p2", &everything, "Patient/p2 that the Group does not have"),
+        ("/Patient/$export?patient=Patient/p1,Patient/nobody", &everything, "Patient/nobody that does not exist"),
+        ("/Patient/$export?patient=Patient/p2", &p1, "Patient/p2 that does not exist"),
+    ] {
+        let reply = kick_off(app, path, Some(token)).await;
+        reply.assert_outcome(400);
+        assert!(reply.text.contains(words), "{path}: {}", reply.text);
+    }
+    let limited = export(app, "/Group/g/$export?patient=Patient/p1&_type=Patient", Some(&everything)).await;
+    assert_eq!(ids(&limited), ["Patient/p1"]);
     // A type outside the compartment alone has nothing to be referenced by.
     let refused = kick_off(app, "/Patient/$export?_type=Organization,Practitioner", Some(&everything)).await;
     refused.assert_outcome(400);
