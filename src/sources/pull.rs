@@ -157,7 +157,16 @@ pub struct Manifest {
     /// How many error files (OperationOutcomes) the manifest lists.
     #[serde(default)]
     pub errors: usize,
+    /// Their URLs (at most [`MAX_ERROR_FILES`]; a checkpoint written before they were kept has
+    /// none, and then every error file counts as an error).
+    #[serde(default)]
+    pub error_files: Vec<String>,
 }
+
+/// Most error files of a manifest that a run reads, and most bytes read of each: what they say
+/// is kept as rejections (themselves bounded), not the files.
+pub const MAX_ERROR_FILES: usize = 10;
+pub const MAX_ERROR_FILE_BYTES: usize = 1 << 20;
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -827,13 +836,9 @@ impl Run<'_> {
                                 })
                                 .await;
                         }
-                        // What the upstream failed to export is asked for again next time.
-                        let next_since = if manifest.errors > 0 {
-                            let reason = format!("the upstream's export reported {} error file(s)", manifest.errors);
-                            self.reject(Refused {
-                                what: None,
-                                error: FhirError::incorrect(IssueCode::Processing, reason),
-                            });
+                        // What the upstream failed to export is asked for again next time; its
+                        // warnings and notes alone do not hold the run's `_since` back.
+                        let next_since = if self.export_failed_in_part(upstream, &manifest).await? {
                             None
                         } else {
                             Some(manifest.transaction_time)
@@ -947,7 +952,15 @@ impl Run<'_> {
                         .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
                         .to_owned();
                     let errors = manifest["error"].as_array().map_or(0, Vec::len);
-                    return Ok(Some(Manifest { transaction_time, requires_token, files, errors }));
+                    let error_files = manifest["error"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|error| error["url"].as_str())
+                        .take(MAX_ERROR_FILES)
+                        .map(|url| follow_link(base, status_url, url, requires_token))
+                        .collect();
+                    return Ok(Some(Manifest { transaction_time, requires_token, files, errors, error_files }));
                 }
                 202 => {
                     let wait = upstream.wait(poll, Some(&response), MAX_POLL_WAIT).max(Duration::from_millis(100));
@@ -961,6 +974,77 @@ impl Run<'_> {
             }
         }
         Err(Failure::Braid("the upstream's export took too long".into()))
+    }
+
+    /// Whether the upstream's export left something out, as its error files say: one that
+    /// reports an error or fatal issue, or that cannot be read (or is beyond those read), does;
+    /// warnings and information do not. Each error issue is recorded as a rejection.
+    async fn export_failed_in_part(&mut self, upstream: &mut Upstream, manifest: &Manifest) -> Result<bool, Failure> {
+        let mut failed = manifest.errors > manifest.error_files.len();
+        for url in &manifest.error_files {
+            let issues = match self.fetch_export_file(upstream, manifest, url).await? {
+                Some(mut response) if response.status().is_success() => {
+                    crate::outbound::read_capped(&mut response, MAX_ERROR_FILE_BYTES).await.ok().map(|body| {
+                        body.split(|&byte| byte == b'\n')
+                            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+                            .flat_map(|outcome| outcome["issue"].as_array().cloned().unwrap_or_default())
+                            .collect::<Vec<Value>>()
+                    })
+                }
+                _ => None,
+            };
+            let Some(issues) = issues else {
+                failed = true;
+                self.reject(Refused {
+                    what: None,
+                    error: FhirError::incorrect(
+                        IssueCode::Processing,
+                        "the upstream's export lists an error file that could not be read",
+                    ),
+                });
+                continue;
+            };
+            for issue in issues {
+                if matches!(issue["severity"].as_str(), Some("error" | "fatal")) {
+                    failed = true;
+                    let said = issue["diagnostics"]
+                        .as_str()
+                        .or_else(|| issue["details"]["text"].as_str())
+                        .unwrap_or("no diagnostics");
+                    let reason = format!(
+                        "the upstream's export reported an error: {}",
+                        said.chars().take(500).collect::<String>()
+                    );
+                    self.reject(Refused { what: None, error: FhirError::incorrect(IssueCode::Processing, reason) });
+                }
+            }
+        }
+        if failed && manifest.error_files.len() < manifest.errors {
+            let reason = format!("the upstream's export reported {} error file(s)", manifest.errors);
+            self.reject(Refused { what: None, error: FhirError::incorrect(IssueCode::Processing, reason) });
+        }
+        Ok(failed)
+    }
+
+    /// A GET of one of an export's files: with the token when the manifest requires it (on the
+    /// upstream's origin only), else without, over https. `None` if the URL may not be fetched.
+    async fn fetch_export_file(
+        &self,
+        upstream: &mut Upstream,
+        manifest: &Manifest,
+        url: &str,
+    ) -> Result<Option<reqwest::Response>, Failure> {
+        if manifest.requires_token {
+            return match upstream.get(url, &[("accept", "application/fhir+ndjson")]).await {
+                Ok(response) => Ok(Some(response)),
+                Err(Failure::Braid(_)) => Ok(None),
+                Err(other) => Err(other),
+            };
+        }
+        if crate::auth::clients::check_https_or_loopback(url).is_err() {
+            return Ok(None);
+        }
+        upstream.send(|http| http.get(url)).await.map(Some)
     }
 
     /// Reads one export file from line `line`, writing chunk by chunk and moving the

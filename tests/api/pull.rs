@@ -758,7 +758,11 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
 /// the query of every `$export` kick-off. Its status URL and second file are given relative to
 /// its root, and that file is served gzip-encoded (`Content-Encoding: gzip`), as storage
 /// services serve them.
-async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+/// `error_severity`: the severity of the one issue its error file reports (`None`: the error
+/// file is not there, 404).
+async fn bulk_upstream_with_errors(
+    error_severity: Option<&'static str>,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let kickoffs = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -832,6 +836,13 @@ async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String
                         return;
                     }
                     ("DELETE", "/status/1") => (202, String::new(), String::new()),
+                    ("GET", "/file/errors") if error_severity.is_some() => (
+                        200,
+                        String::new(),
+                        json!({"resourceType": "OperationOutcome", "issue": [{"severity": error_severity,
+                            "code": "processing", "diagnostics": "Patient p9 could not be exported"}]})
+                        .to_string(),
+                    ),
                     _ => (404, String::new(), String::new()),
                 };
                 let answer = format!(
@@ -847,7 +858,7 @@ async fn bulk_upstream_with_errors() -> (String, Arc<std::sync::Mutex<Vec<String
 
 #[tokio::test]
 async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_errors_keep_the_next_since() {
-    let (base, kickoffs) = bulk_upstream_with_errors().await;
+    let (base, kickoffs) = bulk_upstream_with_errors(Some("error")).await;
     let downstream = spawn_auth_app().await;
     operator(&downstream.data, pull_source("lab", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
     for _ in 0..2 {
@@ -855,7 +866,7 @@ async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_er
         let run = &synced["run"];
         assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
         let reasons = run["rejections"].to_string();
-        assert!(reasons.contains("1 error file"), "{synced}");
+        assert!(reasons.contains("reported an error: Patient p9 could not be exported"), "{synced}");
     }
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "lab".into() }).await.unwrap();
     assert!(shown["since"].is_null(), "what failed is asked for again: {shown}");
@@ -1047,4 +1058,23 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
     let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:flaky", Some(&reader)).await;
     assert_eq!(ours.len(), 1200);
     assert!(ours.values().all(|patient| patient["meta"]["versionId"] == "1"), "each written once, as one version");
+}
+
+#[tokio::test]
+async fn an_export_error_file_with_only_information_moves_the_next_since_and_an_unreadable_one_does_not() {
+    let downstream = spawn_auth_app().await;
+    for (name, severity, moves) in [("noted", Some("information"), true), ("missing", None, false)] {
+        let (base, _) = bulk_upstream_with_errors(severity).await;
+        operator(&downstream.data, pull_source(name, &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap();
+        assert_eq!(synced["run"]["outcome"], "complete", "{synced}");
+        let shown = operator(&downstream.data, AdminRequest::ShowSource { name: name.into() }).await.unwrap();
+        if moves {
+            assert_eq!(shown["since"], "2024-05-05T00:00:00Z", "{shown}");
+            assert_eq!(synced["run"]["counts"]["rejected"], 0, "{synced}");
+        } else {
+            assert!(shown["since"].is_null(), "{shown}");
+            assert!(synced["run"]["rejections"].to_string().contains("could not be read"), "{synced}");
+        }
+    }
 }
