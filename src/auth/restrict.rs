@@ -23,8 +23,9 @@ use crate::store::{IndexView, Indexer};
 
 /// Types that patient-context tokens read whole: shared reference data (who treated the
 /// patient, where, with what) and conformance resources, which belong to no patient.
-/// (SMART's and the (g)(10) tests' patient scopes name several of them.)
-const SHARED_TYPES: &[&str] = &[
+/// (SMART's and the (g)(10) tests' patient scopes name several of them.) Also the types a
+/// Patient or Group export follows references into (`sources::export::Kickoff::referenced`).
+pub const SHARED_TYPES: &[&str] = &[
     "Practitioner",
     "PractitionerRole",
     "Organization",

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, request};
 use crate::auth::Access;
-use crate::auth::restrict::Restriction;
+use crate::auth::restrict::{Restriction, SHARED_TYPES};
 use crate::auth::scope::Interaction as Permission;
 use crate::fhir::reference::{self, Target};
 use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
@@ -219,6 +219,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             Level::Group { members: patients }
         }
     };
+    let asked_types_named = asked_types.is_some();
     let (mut types, mut referenced) = export_types(&level, asked_types, &access, &base)?;
     for (resource_type, clauses) in types.iter_mut().chain(referenced.iter_mut()) {
         type_filters.apply(*resource_type, clauses);
@@ -227,7 +228,16 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     // put under another path than Braid's own `/fhir`) and what followed it.
     let after_base = http.uri().path_and_query().map_or("", |path| path.as_str());
     let request_url = format!("{base}{}", after_base.strip_prefix("/fhir").unwrap_or(after_base));
-    let kickoff = Kickoff { level, types, referenced, since_micros, request: request_url, base: base.clone(), access };
+    let kickoff = Kickoff {
+        level,
+        types,
+        referenced,
+        referenced_asked: asked_types_named,
+        since_micros,
+        request: request_url,
+        base: base.clone(),
+        access,
+    };
     let id = match state.exports.start(kickoff).await {
         Ok(id) => id,
         // Too many exports in progress: when to try again, as the Bulk Data IG asks.
@@ -374,9 +384,10 @@ type ExportTypes = Vec<(ResourceType, Vec<Clause>)>;
 
 /// The types an export writes, each one the caller may read: those asked for (every type by
 /// default). For the Patient and Group levels, the types of the Patient compartment come
-/// first, and the others are exported only where those reference them (the second list; see
-/// `Kickoff::referenced`). A type asked for by name that the caller may not read is refused;
-/// unasked ones are left out.
+/// first, and shared reference data (`SHARED_TYPES`: Practitioners, Organizations,
+/// Locations, Medications, ...) is exported only where those reference it (the second list;
+/// see `Kickoff::referenced`); other types are a system export's. A type asked for by name
+/// that the caller may not read is refused; unasked ones are left out.
 fn export_types(
     level: &Level,
     asked: Option<Vec<ResourceType>>,
@@ -392,6 +403,17 @@ fn export_types(
     let (mut types, mut referenced) = (Vec::new(), Vec::new());
     for resource_type in candidates {
         let outside = patients_only && !patient_compartment().contains(resource_type);
+        if outside && !SHARED_TYPES.contains(&resource_type.as_str()) {
+            // Outside the compartment, and not reference data: other patients' records may be
+            // of this type (a Device, a Task, a Bundle), so only a system export writes it.
+            if named {
+                return Err(incorrect(format!(
+                    "{resource_type} is not in the Patient compartment, nor reference data a patient's record points \
+                     at: export it at the system level"
+                )));
+            }
+            continue;
+        }
         match access.restriction(resource_type, Permission::Read, base)? {
             Restriction::Allow(clauses) if outside => referenced.push((resource_type, clauses)),
             Restriction::Allow(clauses) => types.push((resource_type, clauses)),
@@ -505,13 +527,19 @@ pub async fn file(ctx: Ctx) -> Result<HttpResponse, FhirError> {
             return Err(FhirError::fault("export file"));
         }
         (Ok(Ok(false)), _) => {}
+        // Deleted since it was looked up (cancelled, expired, or making room for a newer
+        // export of the same requester): gone, as the job is.
+        (Ok(Err(error)), _) if error.kind() == std::io::ErrorKind::NotFound => return Err(unknown_job(&id)),
         _ => {
             tracing::error!("an export file is missing");
             return Err(FhirError::fault("export file"));
         }
     }
     let file = tokio::fs::File::open(&path).await.map_err(|error| {
-        tracing::error!(%error, "an export file is missing");
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return unknown_job(&id);
+        }
+        tracing::error!(%error, "an export file cannot be read");
         FhirError::fault("export file")
     })?;
     let length = file.metadata().await.map(|metadata| metadata.len()).map_err(|_| FhirError::fault("export file"))?;

@@ -48,8 +48,9 @@ pub const MAX_REFERENCED_RESOURCES: usize = 100_000;
 pub const MAX_RUNNING: usize = 2;
 
 /// Most jobs kept (running, waiting or finished and not yet expired). A kick-off beyond makes
-/// room by deleting the oldest finished job (its files and record, as a cancel would), and is
-/// refused (429) only when every job kept is still in progress.
+/// room by deleting the requester's own oldest finished job (its files and record, as a cancel
+/// would); without one it is refused (429). Another requester's jobs are never deleted to make
+/// room: its files stay until it fetched them, cancelled, or they expired.
 pub const MAX_JOBS: usize = 50;
 
 /// Most jobs kept for one requester (client, user and patient), so that one cannot take every
@@ -63,9 +64,9 @@ pub const MAX_JOBS_PER_REQUESTER: usize = 10;
 #[derive(Debug, PartialEq, Eq)]
 enum Room {
     Free,
-    /// Delete this finished job (the oldest that makes room), then look again.
+    /// Delete this finished job (the requester's oldest), then look again.
     Evict(String),
-    /// Every job that could make room is still in progress.
+    /// No finished job of the requester's can make room.
     Full,
 }
 
@@ -82,20 +83,13 @@ struct Kept<'a> {
 /// Where a requester's new job finds room among `kept` (see [`MAX_JOBS`] and
 /// [`MAX_JOBS_PER_REQUESTER`]).
 fn room<'a>(kept: impl Iterator<Item = Kept<'a>> + Clone) -> Room {
-    let oldest_finished = |own_only: bool| {
-        kept.clone()
-            .filter(|job| !job.running && (job.own || !own_only))
-            .min_by_key(|job| job.order)
-            .map(|job| job.id.to_owned())
-    };
     let own = kept.clone().filter(|job| job.own).count();
-    if own >= MAX_JOBS_PER_REQUESTER {
-        return oldest_finished(true).map_or(Room::Full, Room::Evict);
+    if own < MAX_JOBS_PER_REQUESTER && kept.clone().count() < MAX_JOBS {
+        return Room::Free;
     }
-    if kept.clone().count() >= MAX_JOBS {
-        return oldest_finished(false).map_or(Room::Full, Room::Evict);
-    }
-    Room::Free
+    kept.filter(|job| job.own && !job.running)
+        .min_by_key(|job| job.order)
+        .map_or(Room::Full, |oldest| Room::Evict(oldest.id.to_owned()))
 }
 
 /// Which resources an export reaches.
@@ -116,13 +110,16 @@ pub struct Kickoff {
     /// The types to export, each readable by the requester, with the clauses that limit what
     /// the requester reads of it (none: all of it).
     pub types: Vec<(ResourceType, Vec<Clause>)>,
-    /// For a Patient or Group export, types outside the Patient compartment (as `types`):
-    /// their resources that the exported ones reference are exported too, after them. The
-    /// Bulk Data IG asks for such resources "helpful in interpreting the patient data" (the
-    /// Practitioners, Organizations, Locations and Medications a record points at); a
-    /// reference that leaves the export's patients cannot reach another patient's data, since
-    /// no type outside the compartment holds any. Empty for a system export.
+    /// For a Patient or Group export, shared reference data outside the Patient compartment
+    /// (`auth::restrict::SHARED_TYPES`, as `types`): its resources that the exported ones
+    /// reference are exported too, after them. The Bulk Data IG asks for such resources
+    /// "helpful in interpreting the patient data" (the Practitioners, Organizations, Locations
+    /// and Medications a record points at). Types that may hold other patients' records (a
+    /// Device, a Task, a Bundle) are never followed. Empty for a system export.
     pub referenced: Vec<(ResourceType, Vec<Clause>)>,
+    /// Whether `_type` named the types: beyond [`MAX_REFERENCED_RESOURCES`] the export then
+    /// fails; by default it stops following references (the compartment is still exported).
+    pub referenced_asked: bool,
     /// `_since`, in microseconds since the epoch.
     pub since_micros: Option<i64>,
     /// The kick-off URL, for the manifest.
@@ -565,6 +562,7 @@ fn run(
     // The ids of the resources of each `kickoff.referenced` type that exported ones reference.
     let mut wanted: Vec<BTreeSet<String>> = vec![BTreeSet::new(); kickoff.referenced.len()];
     let mut wanted_count = 0;
+    let mut following = !kickoff.referenced.is_empty();
     for (index, (resource_type, clauses)) in kickoff.types.iter().enumerate() {
         let resource_type = *resource_type;
         job.type_index.store(index as u64, Ordering::Relaxed);
@@ -581,9 +579,18 @@ fn run(
                 return Ok(ControlFlow::Continue(()));
             }
             let body = body()?;
-            let written = files.write(&body, &mut outputs).and_then(|()| {
-                follow_references(&body, kickoff, &mut wanted, &mut wanted_count, MAX_REFERENCED_RESOURCES)
-            });
+            let mut written = files.write(&body, &mut outputs);
+            if written.is_ok() && following {
+                written = follow_references(&body, kickoff, &mut wanted, &mut wanted_count, MAX_REFERENCED_RESOURCES)
+                    .or_else(|error| {
+                        if kickoff.referenced_asked {
+                            return Err(error);
+                        }
+                        tracing::warn!(%error, "an export stops following references");
+                        following = false;
+                        Ok(())
+                    });
+            }
             if let Err(error) = written {
                 failure = Some(error);
                 return Ok(ControlFlow::Break(()));
@@ -795,6 +802,7 @@ mod tests {
             level: Level::Patient,
             types: Vec::new(),
             referenced: vec![(practitioner, Vec::new())],
+            referenced_asked: true,
             since_micros: None,
             request: String::new(),
             base: "http://b/fhir".into(),
@@ -827,11 +835,13 @@ mod tests {
         // All of its jobs in progress: refused, whatever others hold.
         let kept = jobs(0, MAX_JOBS_PER_REQUESTER, true, true);
         assert_eq!(room_among(&kept), Room::Full);
-        // Below its own bound, but every place taken: the oldest finished job of anyone goes.
-        let mut kept = jobs(0, MAX_JOBS - 2, false, true);
-        kept.extend(jobs(200, 2, false, false));
-        assert_eq!(room_among(&kept), Room::Evict("job200".into()));
-        // Every place taken by jobs in progress: refused.
+        // Below its own bound, but every place taken: its own oldest finished job goes...
+        let mut kept = jobs(0, MAX_JOBS - 3, false, false);
+        kept.extend(jobs(200, 1, true, true));
+        kept.extend(jobs(300, 2, true, false));
+        assert_eq!(room_among(&kept), Room::Evict("job300".into()));
+        // ...never another requester's, even finished: refused.
+        assert_eq!(room_among(&jobs(0, MAX_JOBS, false, false)), Room::Full);
         assert_eq!(room_among(&jobs(0, MAX_JOBS, false, true)), Room::Full);
         // Room left: nothing goes.
         assert_eq!(room_among(&jobs(0, MAX_JOBS_PER_REQUESTER - 1, true, false)), Room::Free);

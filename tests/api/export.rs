@@ -387,6 +387,8 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
         json!({"resourceType": "Practitioner", "id": "dr-a", "name": [{"family": "A"}]}),
         json!({"resourceType": "Practitioner", "id": "dr-b", "name": [{"family": "B"}]}),
         json!({"resourceType": "Practitioner", "id": "dr-unused", "name": [{"family": "Unused"}]}),
+        // A Device outside the compartment may hold anyone's data: never followed.
+        json!({"resourceType": "Device", "id": "dev1", "status": "active"}),
         json!({"resourceType": "Patient", "id": "p1", "managingOrganization": {"reference": "Organization/clinic"}}),
         json!({"resourceType": "Patient", "id": "p2", "generalPractitioner": [{"reference": "Practitioner/dr-b"}]}),
         json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
@@ -397,6 +399,7 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
     let mut seen_by_p1 = observation("p1-o1", "p1", "8867-4");
     // An absolute reference on Braid's own base counts as well.
     seen_by_p1["performer"] = json!([{"reference": app.url("/Practitioner/dr-a")}]);
+    seen_by_p1["device"] = json!({"reference": "Device/dev1"});
     put(app, &seen_by_p1, Some(&everything)).await;
     put(app, &observation("p2-o1", "p2", "8867-4"), Some(&everything)).await;
     let ids = |exported: &BTreeMap<(String, String), Value>| {
@@ -436,6 +439,9 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
     }
     let limited = export(app, "/Group/g/$export?patient=Patient/p1&_type=Patient", Some(&everything)).await;
     assert_eq!(ids(&limited), ["Patient/p1"]);
+    let device = kick_off(app, "/Patient/$export?_type=Observation,Device", Some(&everything)).await;
+    device.assert_outcome(400);
+    assert!(device.text.contains("Device is not in the Patient compartment, nor reference data"), "{}", device.text);
     // A type outside the compartment alone has nothing to be referenced by.
     let refused = kick_off(app, "/Patient/$export?_type=Organization,Practitioner", Some(&everything)).await;
     refused.assert_outcome(400);
