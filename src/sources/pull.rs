@@ -332,6 +332,11 @@ impl ScopeSyntax {
 /// (and retries).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longest one upstream request may take in all (a token, a status, a page, a manifest), so
+/// that an upstream trickling bytes cannot hold a run, and the source, forever; export files
+/// have only [`READ_TIMEOUT`].
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The longest a wait sleeps before it looks at the stop flag again.
 const STOP_CHECK: Duration = Duration::from_millis(250);
 
@@ -416,7 +421,7 @@ impl Upstream {
             Some(discovered) => discovered.clone(),
             None => {
                 let url = format!("{}/.well-known/smart-configuration", self.config.base);
-                let discovered = self.json(|http| http.get(&url)).await?;
+                let discovered = self.json(|http| http.get(&url).timeout(REQUEST_TIMEOUT)).await?;
                 let endpoint = discovered["token_endpoint"]
                     .as_str()
                     .ok_or_else(|| Failure::Braid("the upstream's smart-configuration names no token_endpoint".into()))?
@@ -447,7 +452,7 @@ impl Upstream {
                 ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
                 ("client_assertion", assertion.as_str()),
             ];
-            match self.http.post(&endpoint).form(&form).send().await {
+            match self.http.post(&endpoint).form(&form).timeout(REQUEST_TIMEOUT).send().await {
                 Ok(response) if response.status().is_success() => {
                     reply = read_json(response).await?;
                     break;
@@ -524,7 +529,23 @@ impl Upstream {
 
     /// A GET of `url` with the token, accepting `accept` (FHIR JSON unless said otherwise),
     /// retried as [`Upstream::send`] does. The token goes only to the upstream's own origin.
+    /// The whole answer must arrive within [`REQUEST_TIMEOUT`].
     async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Result<reqwest::Response, Failure> {
+        self.get_within(url, headers, Some(REQUEST_TIMEOUT)).await
+    }
+
+    /// [`Upstream::get`] for an export file, which may take longer than any fixed time: only
+    /// the client's idle [`READ_TIMEOUT`] applies.
+    async fn get_file(&mut self, url: &str) -> Result<reqwest::Response, Failure> {
+        self.get_within(url, &[("accept", "application/fhir+ndjson")], None).await
+    }
+
+    async fn get_within(
+        &mut self,
+        url: &str,
+        headers: &[(&str, &str)],
+        whole: Option<Duration>,
+    ) -> Result<reqwest::Response, Failure> {
         if !same_origin(url, &self.config.base) {
             return Err(Failure::Braid(format!(
                 "the upstream pointed at {}, which is not on its own origin: Braid sends its token nowhere else",
@@ -538,29 +559,23 @@ impl Upstream {
         let headers: Vec<(&str, &str)> =
             headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("accept")).copied().collect();
         let headers = headers.as_slice();
+        let build = |http: &reqwest::Client, token: &str| {
+            let mut request = http.get(url).bearer_auth(token).header("accept", accept);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            match whole {
+                Some(limit) => request.timeout(limit),
+                None => request,
+            }
+        };
         let token = self.token().await?;
-        let response = self
-            .send(|http| {
-                let mut request = http.get(url).bearer_auth(&token).header("accept", accept);
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                request
-            })
-            .await?;
+        let response = self.send(|http| build(http, &token)).await?;
         if response.status().as_u16() == 401 {
             // An expired or revoked token: one new one, one more try.
             self.token = None;
             let token = self.token().await?;
-            return self
-                .send(|http| {
-                    let mut request = http.get(url).bearer_auth(&token).header("accept", accept);
-                    for (name, value) in headers {
-                        request = request.header(*name, *value);
-                    }
-                    request
-                })
-                .await;
+            return self.send(|http| build(http, &token)).await;
         }
         Ok(response)
     }
@@ -609,7 +624,9 @@ fn follow_link(base: &str, from: &str, link: &str, own: bool) -> String {
         return resolved.into();
     }
     let base_path = base.path().trim_end_matches('/');
-    let under_base = resolved.path() == base_path || resolved.path().starts_with(&format!("{base_path}/"));
+    // A base at the root would claim every path: then no other host is read as the upstream.
+    let under_base = !base_path.is_empty()
+        && (resolved.path() == base_path || resolved.path().starts_with(&format!("{base_path}/")));
     if !under_base {
         return resolved.into();
     }
@@ -852,6 +869,15 @@ impl Run<'_> {
                         // out): again from the last line written, not the whole run again.
                         Err(Failure::Network(reason)) if broken_downloads + 1 < MAX_ATTEMPTS => {
                             tracing::debug!(source = self.name, %reason, "an export file broke off; reading on");
+                            // A download that got further than the last one starts the count
+                            // again: only breaks without progress are bounded in a row.
+                            let reached = match &self.checkpoint.stage {
+                                Stage::Bulk { file: at_file, line: at_line, .. } => (*at_file, *at_line),
+                                _ => (file, line),
+                            };
+                            if reached > (file, line) {
+                                broken_downloads = 0;
+                            }
                             upstream.pause(upstream.backoff(broken_downloads, None)).await?;
                             broken_downloads += 1;
                         }
@@ -962,7 +988,9 @@ impl Run<'_> {
                         .collect();
                     return Ok(Some(Manifest { transaction_time, requires_token, files, errors, error_files }));
                 }
-                202 => {
+                // Still running; or busy (a 429 for polling too often, a 503), which the
+                // request's own retries did not outlast: wait longer and poll again.
+                202 | 429 | 503 => {
                     let wait = upstream.wait(poll, Some(&response), MAX_POLL_WAIT).max(Duration::from_millis(100));
                     if std::time::Instant::now() + wait > deadline {
                         return Err(Failure::Braid("the upstream's export took too long".into()));
@@ -1058,7 +1086,7 @@ impl Run<'_> {
     ) -> Result<(), Failure> {
         let (_, url) = &manifest.files[file];
         let response = if manifest.requires_token {
-            upstream.get(url, &[("accept", "application/fhir+ndjson")]).await?
+            upstream.get_file(url).await?
         } else {
             // Files served without a token may live elsewhere (a storage service), over https.
             crate::auth::clients::check_https_or_loopback(url)
@@ -1546,6 +1574,16 @@ mod link_tests {
             "http://127.0.0.1:8080/fhir/Observation?_offset=200"
         );
         assert_eq!(followed("http://proxy.internal:9/fhir", true), "http://127.0.0.1:8080/fhir");
+        // A base at the root claims no other host's paths.
+        assert_eq!(
+            follow_link(
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8080/Patient",
+                "https://files.example/x.ndjson",
+                true
+            ),
+            "https://files.example/x.ndjson"
+        );
         // Outside its base path, a file served without a token, or not http: left as given,
         // and so refused wherever the token would go.
         for (link, own) in [

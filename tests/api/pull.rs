@@ -993,7 +993,8 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let downloads = Arc::new(AtomicUsize::new(0));
-    let (counted, served_origin) = (downloads.clone(), origin.clone());
+    let kickoffs = Arc::new(AtomicUsize::new(0));
+    let (counted, kicked, served_origin) = (downloads.clone(), kickoffs.clone(), origin.clone());
     let lines: Vec<String> = (0..1200)
         .map(|n| {
             json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}]}).to_string()
@@ -1003,7 +1004,8 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
     let cut = lines[..700].iter().map(|line| line.len() + 1).sum::<usize>();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let (counted, origin, file) = (counted.clone(), served_origin.clone(), file.clone());
+            let (counted, kicked, origin, file) =
+                (counted.clone(), kicked.clone(), served_origin.clone(), file.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 16 * 1024];
                 let read = stream.read(&mut buffer).await.unwrap_or(0);
@@ -1021,7 +1023,10 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
                         reply(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string())
                     }
                     (_, "/token") => reply(200, "", &json!({"access_token": "t", "expires_in": 300}).to_string()),
-                    ("GET", "/fhir/$export") => reply(202, &format!("Content-Location: {origin}/status\r\n"), ""),
+                    ("GET", "/fhir/$export") => {
+                        kicked.fetch_add(1, Ordering::Relaxed);
+                        reply(202, &format!("Content-Location: {origin}/status\r\n"), "")
+                    }
                     ("GET", "/status") => reply(
                         200,
                         "",
@@ -1053,7 +1058,14 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
     assert_eq!(run["counts"]["created"], 1200, "{synced}");
-    assert_eq!(downloads.load(Ordering::Relaxed), 2, "the file was read again once, not the whole export");
+    // Read on from the last line written (500, the first chunk): nothing written twice.
+    assert_eq!(
+        (run["counts"]["received"].clone(), run["counts"]["unchanged"].clone()),
+        (json!(1200), json!(0)),
+        "{synced}"
+    );
+    assert_eq!(downloads.load(Ordering::Relaxed), 2, "the file was read again once");
+    assert_eq!(kickoffs.load(Ordering::Relaxed), 1, "not the whole export again");
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:flaky", Some(&reader)).await;
     assert_eq!(ours.len(), 1200);
