@@ -98,24 +98,31 @@ fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, Fhi
     Ok(members)
 }
 
-/// The kick-off's parameters: the query's, or for a POST those of its Parameters body.
+/// The kick-off's parameters: the query's, and for a POST those of its Parameters body too (a
+/// POST without a body has only the query's, as FHIR operations may be invoked either way).
 async fn kickoff_parameters(
     http: &actix_web::HttpRequest,
     payload: actix_web::web::Payload,
     limits: &super::Limits,
 ) -> Result<Vec<(String, String)>, FhirError> {
+    let mut pairs = request::query_pairs(http);
     if http.method() != actix_web::http::Method::POST {
-        return Ok(request::query_pairs(http));
+        return Ok(pairs);
+    }
+    let headers = http.headers();
+    let declared_length = headers.get(actix_web::http::header::CONTENT_LENGTH).and_then(|value| value.to_str().ok());
+    let chunked = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING);
+    if declared_length.map_or(!chunked, |length| length.trim() == "0") {
+        return Ok(pairs);
     }
     let body = request::read_body(http, payload, limits).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
+        return Ok(pairs);
     }
     let value = request::json_body(&body, limits)?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(incorrect("a POST kick-off carries a Parameters resource"));
     }
-    let mut pairs = Vec::new();
     for parameter in value["parameter"].as_array().into_iter().flatten() {
         let name = parameter["name"].as_str().ok_or_else(|| incorrect("a parameter without a name"))?;
         let value = ["valueString", "valueInstant", "valueDateTime", "valueCode", "valueUri", "valueCanonical"]

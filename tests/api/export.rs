@@ -211,6 +211,12 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
         )
         .await;
     not_parameters.assert_outcome(400);
+    // A POST without a body takes the query's parameters.
+    let bodiless = app.send(app.client.post(app.url("/$export?_type=Patient")).header("prefer", "respond-async")).await;
+    assert_eq!(bodiless.status, 202, "{}", bodiless.text);
+    let done = manifest(&app, bodiless.header("content-location").unwrap(), None).await;
+    let types: Vec<&str> = done["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Patient"], "{done}");
 
     // Refusals, each with its reason and nothing started.
     let reply = app.send(app.client.get(app.url("/$export"))).await;
