@@ -595,6 +595,16 @@ async fn error_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// Where the next search-mode run starts (its `_lastUpdated=gt`): this run's start by the
+/// upstream's clock (its `Date` header, when it sends a readable one; else Braid's `now`), less
+/// [`SEARCH_OVERLAP_MICROS`]. The upstream stamps `lastUpdated` by its own clock: a mark taken
+/// from Braid's would miss its updates if its clock ran behind by more than the overlap.
+fn search_mark(upstream_date: Option<&str>, now: std::time::SystemTime) -> String {
+    let at = upstream_date.and_then(|date| httpdate::parse_http_date(date.trim()).ok()).unwrap_or(now);
+    let micros = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_micros() as i64);
+    crate::fhir::json::format_instant(micros - SEARCH_OVERLAP_MICROS)
+}
+
 /// The wait a `Retry-After` header asks for, in seconds or as an HTTP date (RFC 9110 10.2.3);
 /// `None` without one, or when it cannot be read. A date already past asks for no wait.
 fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
@@ -925,6 +935,8 @@ impl Run<'_> {
         }
         let response = upstream.get(&url, &[("prefer", "respond-async")]).await?;
         let status = response.status().as_u16();
+        let upstream_clock = response.headers().get(reqwest::header::DATE).and_then(|value| value.to_str().ok());
+        let mark = search_mark(upstream_clock, std::time::SystemTime::now());
         let location = response
             .headers()
             .get(reqwest::header::CONTENT_LOCATION)
@@ -939,9 +951,7 @@ impl Run<'_> {
             (400..=599, _) | (202, None) => {
                 tracing::info!(source = self.name, status, "the upstream offers no $export; paging through searches");
                 self.checkpoint.mode = Some("search".into());
-                let started_at =
-                    crate::fhir::json::format_instant(crate::fhir::json::now_micros() - SEARCH_OVERLAP_MICROS);
-                Stage::Search { type_index: 0, next: None, started_at }
+                Stage::Search { type_index: 0, next: None, started_at: mark }
             }
             (other, _) => return Err(Failure::Status(other, "unexpected answer to the $export kick-off".into())),
         };
@@ -1614,6 +1624,19 @@ mod link_tests {
             (json!({"capabilities": "not a list", "scopes_supported": 3}), v2),
         ] {
             assert_eq!(ScopeSyntax::of(&configuration).scope(&types), scope, "{configuration}");
+        }
+    }
+
+    #[test]
+    fn a_search_run_is_marked_by_the_upstreams_clock_less_the_overlap() {
+        use super::search_mark;
+        let ours = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000); // 2023-11-14T22:13:20Z
+        // The upstream's clock an hour behind Braid's: its own is what its lastUpdated follow.
+        let theirs = httpdate::fmt_http_date(ours - Duration::from_secs(3600));
+        assert_eq!(search_mark(Some(&theirs), ours), "2023-11-14T21:08:20.000Z");
+        // Without a readable Date, Braid's clock.
+        for missing in [None, Some("yesterday")] {
+            assert_eq!(search_mark(missing, ours), "2023-11-14T22:08:20.000Z");
         }
     }
 
