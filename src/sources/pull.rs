@@ -134,8 +134,9 @@ pub struct Checkpoint {
 pub enum Stage {
     /// Not yet kicked off.
     Start,
-    /// An export at the upstream: its status URL, then its manifest's files, the file being
-    /// read and how many of its lines are written.
+    /// An export at the upstream: its status URL (empty when the kick-off answered with the
+    /// manifest itself), then its manifest's files, the file being read and how many of its
+    /// lines are written.
     Bulk { status_url: String, manifest: Option<Manifest>, file: usize, line: u64 },
     /// Paged searches: the type being read, the next page's URL (`None`: its first page), and
     /// the run's start (the next run's `_since`).
@@ -595,6 +596,35 @@ async fn error_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The parts of the export manifest `manifest` (the answer to a request of `from`) a run needs,
+/// its URLs resolved as [`follow_link`] does.
+fn read_manifest(base: &str, from: &str, manifest: &Value) -> Result<Manifest, Failure> {
+    let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
+    let files = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|output| {
+            let url = follow_link(base, from, output["url"].as_str()?, requires_token);
+            Some((output["type"].as_str()?.to_owned(), url))
+        })
+        .collect();
+    let transaction_time = manifest["transactionTime"]
+        .as_str()
+        .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
+        .to_owned();
+    let errors = manifest["error"].as_array().map_or(0, Vec::len);
+    let error_files = manifest["error"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|error| error["url"].as_str())
+        .take(MAX_ERROR_FILES)
+        .map(|url| follow_link(base, from, url, requires_token))
+        .collect();
+    Ok(Manifest { transaction_time, requires_token, files, errors, error_files })
+}
+
 /// Where the next search-mode run starts (its `_lastUpdated=gt`): this run's start by the
 /// upstream's clock (its `Date` header, when it sends a readable one; else Braid's `now`), less
 /// [`SEARCH_OVERLAP_MICROS`]. The upstream stamps `lastUpdated` by its own clock: a mark taken
@@ -947,6 +977,13 @@ impl Run<'_> {
                 self.checkpoint.mode = Some("bulk".into());
                 Stage::Bulk { status_url, manifest: None, file: 0, line: 0 }
             }
+            // The export answered at once with its manifest, as a server may for a small one.
+            // No status URL: nothing to poll, nor to delete at the end.
+            (200, _) => {
+                let manifest = read_manifest(&upstream.config.base, &url, &read_json(response).await?)?;
+                self.checkpoint.mode = Some("bulk".into());
+                Stage::Bulk { status_url: String::new(), manifest: Some(manifest), file: 0, line: 0 }
+            }
             // No export here (404, 405, 501, or a refusal of its parameters): searches.
             (400..=599, _) | (202, None) => {
                 tracing::info!(source = self.name, status, "the upstream offers no $export; paging through searches");
@@ -970,34 +1007,7 @@ impl Run<'_> {
         for poll in 0u32.. {
             let response = upstream.get(status_url, &[]).await?;
             match response.status().as_u16() {
-                200 => {
-                    let manifest = read_json(response).await?;
-                    let requires_token = manifest["requiresAccessToken"].as_bool().unwrap_or(true);
-                    let base = &upstream.config.base;
-                    let files = manifest["output"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|output| {
-                            let url = follow_link(base, status_url, output["url"].as_str()?, requires_token);
-                            Some((output["type"].as_str()?.to_owned(), url))
-                        })
-                        .collect();
-                    let transaction_time = manifest["transactionTime"]
-                        .as_str()
-                        .ok_or_else(|| Failure::Braid("the upstream's manifest has no transactionTime".into()))?
-                        .to_owned();
-                    let errors = manifest["error"].as_array().map_or(0, Vec::len);
-                    let error_files = manifest["error"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|error| error["url"].as_str())
-                        .take(MAX_ERROR_FILES)
-                        .map(|url| follow_link(base, status_url, url, requires_token))
-                        .collect();
-                    return Ok(Some(Manifest { transaction_time, requires_token, files, errors, error_files }));
-                }
+                200 => return read_manifest(&upstream.config.base, status_url, &read_json(response).await?).map(Some),
                 // Still running; or busy (a 429 for polling too often, a 503), which the
                 // request's own retries did not outlast: wait longer and poll again.
                 202 | 429 | 503 => {

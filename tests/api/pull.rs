@@ -759,9 +759,10 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
 /// its root, and that file is served gzip-encoded (`Content-Encoding: gzip`), as storage
 /// services serve them.
 /// `error_severity`: the severity of the one issue its error file reports (`None`: the error
-/// file is not there, 404).
+/// file is not there, 404). `synchronous`: the kick-off answers 200 with the manifest itself.
 async fn bulk_upstream_with_errors(
     error_severity: Option<&'static str>,
+    synchronous: bool,
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
@@ -792,6 +793,12 @@ async fn bulk_upstream_with_errors(
                 let mut words = head.split(' ');
                 let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
                 let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
+                    "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
+                    "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
+                               {"type": "Patient", "url": "/file/patients-gz"}],
+                    "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
+                .to_string();
                 let (status, extra, reply) = match (method, path) {
                     (_, "/fhir/.well-known/smart-configuration") => {
                         (200, String::new(), json!({"token_endpoint": format!("{origin}/token")}).to_string())
@@ -803,18 +810,13 @@ async fn bulk_upstream_with_errors(
                     ),
                     ("GET", "/fhir/$export") => {
                         log.lock().unwrap().push(query.to_owned());
-                        (202, "Content-Location: /status/1\r\n".to_owned(), String::new())
+                        if synchronous {
+                            (200, String::new(), manifest.clone())
+                        } else {
+                            (202, "Content-Location: /status/1\r\n".to_owned(), String::new())
+                        }
                     }
-                    ("GET", "/status/1") => (
-                        200,
-                        String::new(),
-                        json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
-                            "requiresAccessToken": true,
-                            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
-                                       {"type": "Patient", "url": "/file/patients-gz"}],
-                            "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
-                        .to_string(),
-                    ),
+                    ("GET", "/status/1") => (200, String::new(), manifest.clone()),
                     ("GET", "/file/patients") => (
                         200,
                         String::new(),
@@ -858,7 +860,7 @@ async fn bulk_upstream_with_errors(
 
 #[tokio::test]
 async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_errors_keep_the_next_since() {
-    let (base, kickoffs) = bulk_upstream_with_errors(Some("error")).await;
+    let (base, kickoffs) = bulk_upstream_with_errors(Some("error"), false).await;
     let downstream = spawn_auth_app().await;
     operator(&downstream.data, pull_source("lab", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
     for _ in 0..2 {
@@ -1076,7 +1078,7 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
 async fn an_export_error_file_with_only_information_moves_the_next_since_and_an_unreadable_one_does_not() {
     let downstream = spawn_auth_app().await;
     for (name, severity, moves) in [("noted", Some("information"), true), ("missing", None, false)] {
-        let (base, _) = bulk_upstream_with_errors(severity).await;
+        let (base, _) = bulk_upstream_with_errors(severity, false).await;
         operator(&downstream.data, pull_source(name, &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
         let synced = operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap();
         assert_eq!(synced["run"]["outcome"], "complete", "{synced}");
@@ -1089,4 +1091,18 @@ async fn an_export_error_file_with_only_information_moves_the_next_since_and_an_
             assert!(synced["run"]["rejections"].to_string().contains("could not be read"), "{synced}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_export_answered_at_once_with_its_manifest_is_read_without_polling() {
+    let (base, kickoffs) = bulk_upstream_with_errors(Some("information"), true).await;
+    let downstream = spawn_auth_app().await;
+    operator(&downstream.data, pull_source("quick", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "quick".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
+    assert_eq!(run["counts"]["created"], 3, "{synced}");
+    assert_eq!(kickoffs.lock().unwrap().len(), 1);
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "quick".into() }).await.unwrap();
+    assert_eq!(shown["since"], "2024-05-05T00:00:00Z", "{shown}");
 }
