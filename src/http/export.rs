@@ -226,7 +226,6 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
             Level::Group { members: patients }
         }
     };
-    let asked_types_named = asked_types.is_some();
     let (mut types, mut referenced) = export_types(&level, asked_types, &access, &base)?;
     for (resource_type, clauses) in types.iter_mut().chain(referenced.iter_mut()) {
         type_filters.apply(*resource_type, clauses);
@@ -235,16 +234,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     // put under another path than Braid's own `/fhir`) and what followed it.
     let after_base = http.uri().path_and_query().map_or("", |path| path.as_str());
     let request_url = format!("{base}{}", after_base.strip_prefix("/fhir").unwrap_or(after_base));
-    let kickoff = Kickoff {
-        level,
-        types,
-        referenced,
-        referenced_asked: asked_types_named,
-        since_micros,
-        request: request_url,
-        base: base.clone(),
-        access,
-    };
+    let kickoff = Kickoff { level, types, referenced, since_micros, request: request_url, base: base.clone(), access };
     let id = match state.exports.start(kickoff).await {
         Ok(id) => id,
         // Too many exports in progress: when to try again, as the Bulk Data IG asks.
@@ -390,11 +380,11 @@ fn split_type_filters(value: &str) -> Vec<&str> {
 type ExportTypes = Vec<(ResourceType, Vec<Clause>)>;
 
 /// The types an export writes, each one the caller may read: those asked for (every type by
-/// default). For the Patient and Group levels, the types of the Patient compartment come
-/// first, and shared reference data (`SHARED_TYPES`: Practitioners, Organizations,
-/// Locations, Medications, ...) is exported only where those reference it (the second list;
-/// see `Kickoff::referenced`); other types are a system export's. A type asked for by name
-/// that the caller may not read is refused; unasked ones are left out.
+/// default). For the Patient and Group levels, the types of the Patient compartment (all of
+/// them by default); shared reference data (`SHARED_TYPES`: Practitioners, Organizations,
+/// Locations, Medications, ...) named in `_type` is exported only where those reference it
+/// (the second list; see `Kickoff::referenced`); other types are a system export's. A type
+/// asked for by name that the caller may not read is refused; unasked ones are left out.
 fn export_types(
     level: &Level,
     asked: Option<Vec<ResourceType>>,
@@ -410,6 +400,11 @@ fn export_types(
     let (mut types, mut referenced) = (Vec::new(), Vec::new());
     for resource_type in candidates {
         let outside = patients_only && !patient_compartment().contains(resource_type);
+        // By default a Patient or Group export is the compartment alone (what a compartment
+        // search returns); reference data comes when the client names its types.
+        if outside && !named {
+            continue;
+        }
         if outside && !SHARED_TYPES.contains(&resource_type.as_str()) {
             // Outside the compartment, and not reference data: other patients' records may be
             // of this type (a Device, a Task, a Bundle), so only a system export writes it.

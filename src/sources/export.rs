@@ -110,16 +110,14 @@ pub struct Kickoff {
     /// The types to export, each readable by the requester, with the clauses that limit what
     /// the requester reads of it (none: all of it).
     pub types: Vec<(ResourceType, Vec<Clause>)>,
-    /// For a Patient or Group export, shared reference data outside the Patient compartment
-    /// (`auth::restrict::SHARED_TYPES`, as `types`): its resources that the exported ones
-    /// reference are exported too, after them. The Bulk Data IG asks for such resources
-    /// "helpful in interpreting the patient data" (the Practitioners, Organizations, Locations
-    /// and Medications a record points at). Types that may hold other patients' records (a
-    /// Device, a Task, a Bundle) are never followed. Empty for a system export.
+    /// For a Patient or Group export whose `_type` names shared reference data outside the
+    /// Patient compartment (`auth::restrict::SHARED_TYPES`), those types (as `types`): their
+    /// resources that the exported ones reference are exported too, after them. The Bulk Data
+    /// IG allows such resources, "helpful in interpreting the patient data" (the
+    /// Practitioners, Organizations, Locations and Medications a record points at). Types that
+    /// may hold other patients' records (a Device, a Task, a Bundle) are never followed. Empty
+    /// for a system export, and when `_type` names none.
     pub referenced: Vec<(ResourceType, Vec<Clause>)>,
-    /// Whether `_type` named the types: beyond [`MAX_REFERENCED_RESOURCES`] the export then
-    /// fails; by default it stops following references (the compartment is still exported).
-    pub referenced_asked: bool,
     /// `_since`, in microseconds since the epoch.
     pub since_micros: Option<i64>,
     /// The kick-off URL, for the manifest.
@@ -562,7 +560,6 @@ fn run(
     // The ids of the resources of each `kickoff.referenced` type that exported ones reference.
     let mut wanted: Vec<BTreeSet<String>> = vec![BTreeSet::new(); kickoff.referenced.len()];
     let mut wanted_count = 0;
-    let mut following = !kickoff.referenced.is_empty();
     for (index, (resource_type, clauses)) in kickoff.types.iter().enumerate() {
         let resource_type = *resource_type;
         job.type_index.store(index as u64, Ordering::Relaxed);
@@ -579,18 +576,9 @@ fn run(
                 return Ok(ControlFlow::Continue(()));
             }
             let body = body()?;
-            let mut written = files.write(&body, &mut outputs);
-            if written.is_ok() && following {
-                written = follow_references(&body, kickoff, &mut wanted, &mut wanted_count, MAX_REFERENCED_RESOURCES)
-                    .or_else(|error| {
-                        if kickoff.referenced_asked {
-                            return Err(error);
-                        }
-                        tracing::warn!(%error, "an export stops following references");
-                        following = false;
-                        Ok(())
-                    });
-            }
+            let written = files.write(&body, &mut outputs).and_then(|()| {
+                follow_references(&body, kickoff, &mut wanted, &mut wanted_count, MAX_REFERENCED_RESOURCES)
+            });
             if let Err(error) = written {
                 failure = Some(error);
                 return Ok(ControlFlow::Break(()));
@@ -802,7 +790,6 @@ mod tests {
             level: Level::Patient,
             types: Vec::new(),
             referenced: vec![(practitioner, Vec::new())],
-            referenced_asked: true,
             since_micros: None,
             request: String::new(),
             base: "http://b/fhir".into(),

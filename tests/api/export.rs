@@ -412,9 +412,13 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
         exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect::<Vec<_>>()
     };
 
-    // A Group export: its member's record, and the Organization and Practitioner it points at;
-    // neither what only the other patient references nor what nothing references.
+    // By default, the compartment alone: what a compartment search returns.
     let group = export(app, "/Group/g/$export", Some(&everything)).await;
+    assert_eq!(ids(&group), ["Group/g", "Observation/p1-o1", "Patient/p1"], "{:?}", group.keys());
+    // Reference data named in _type: the Organization and Practitioner the member's record points
+    // at; neither what only the other patient references nor what nothing references.
+    let with_references = "/Group/g/$export?_type=Group,Observation,Patient,Organization,Practitioner,Location";
+    let group = export(app, with_references, Some(&everything)).await;
     assert_eq!(
         ids(&group),
         ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
@@ -426,7 +430,8 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
     assert_eq!(ids(&patients), ["Patient/p1", "Patient/p2", "Practitioner/dr-b"], "only the types named");
     // A patient's token: its own record and what that references, within its scopes.
     let p1 = server.token("app", "patient/*.rs", Some("p1"));
-    let mine = export(app, "/Patient/$export", Some(&p1)).await;
+    let mine =
+        export(app, "/Patient/$export?_type=Group,Observation,Patient,Organization,Practitioner", Some(&p1)).await;
     assert_eq!(
         ids(&mine),
         ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
