@@ -162,6 +162,11 @@ pub struct Manifest {
     /// none, and then every error file counts as an error).
     #[serde(default)]
     pub error_files: Vec<String>,
+    /// The URLs of the files of deletions (Bulk Data 2.0's `deleted`: Bundles of `DELETE`
+    /// requests for what was deleted since `_since`), read after `files`: in the checkpoint,
+    /// file `files.len() + n` is deletions file `n`.
+    #[serde(default)]
+    pub deleted_files: Vec<String>,
 }
 
 /// Most error files of a manifest that a run reads, and most bytes read of each: what they say
@@ -177,6 +182,9 @@ pub struct RunCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub rejected: u64,
+    /// Records deleted because the upstream's export listed their deletion.
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 /// One finished run, as `braid source show` lists them.
@@ -622,7 +630,14 @@ fn read_manifest(base: &str, from: &str, manifest: &Value) -> Result<Manifest, F
         .take(MAX_ERROR_FILES)
         .map(|url| follow_link(base, from, url, requires_token))
         .collect();
-    Ok(Manifest { transaction_time, requires_token, files, errors, error_files })
+    let deleted_files = manifest["deleted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|deleted| deleted["url"].as_str())
+        .map(|url| follow_link(base, from, url, requires_token))
+        .collect();
+    Ok(Manifest { transaction_time, requires_token, files, errors, error_files, deleted_files })
 }
 
 /// Where the next search-mode run starts (its `_lastUpdated=gt`): this run's start by the
@@ -879,7 +894,7 @@ impl Run<'_> {
                     }
                 }
                 Stage::Bulk { status_url, manifest: Some(manifest), file, line } => {
-                    if file >= manifest.files.len() {
+                    if file >= manifest.files.len() + manifest.deleted_files.len() {
                         // Done: the export is no longer needed at the upstream.
                         if same_origin(&status_url, &upstream.config.base) {
                             let token = upstream.token().await.ok();
@@ -1104,7 +1119,12 @@ impl Run<'_> {
         file: usize,
         line: u64,
     ) -> Result<(), Failure> {
-        let (_, url) = &manifest.files[file];
+        // The files of resources, then those of deletions (see `Manifest::deleted_files`).
+        let deletions = file >= manifest.files.len();
+        let url = match manifest.files.get(file) {
+            Some((_, url)) => url,
+            None => &manifest.deleted_files[file - manifest.files.len()],
+        };
         let response = if manifest.requires_token {
             upstream.get_file(url).await?
         } else {
@@ -1146,7 +1166,12 @@ impl Run<'_> {
                 pending.push(parse_line(text));
                 if pending.len() == CHUNK {
                     done += pending.len() as u64;
-                    self.write(std::mem::take(&mut pending)).await?;
+                    let chunk = std::mem::take(&mut pending);
+                    if deletions {
+                        self.delete_listed(chunk).await?
+                    } else {
+                        self.write(chunk).await?
+                    }
                     self.save_bulk_position(file, done).await?;
                 }
             }
@@ -1158,7 +1183,11 @@ impl Run<'_> {
                 break;
             }
         }
-        self.write(pending).await?;
+        if deletions {
+            self.delete_listed(pending).await?
+        } else {
+            self.write(pending).await?
+        }
         self.save_bulk_position(file + 1, 0).await
     }
 
@@ -1408,6 +1437,98 @@ impl Run<'_> {
             return Err(describe(FhirError::incorrect(IssueCode::Structure, "a resource must be a JSON object")));
         };
         Ok(Admitted { resource_type, id: self.source.namespace.id(&original), resource, conditional })
+    }
+
+    /// Deletes the source's records that the Bundles `bundles` (lines of an export's file of
+    /// deletions) list as deleted at the upstream: their `DELETE` entries' `Type/id`, on the
+    /// source's own base or relative, in the source's namespace. What is not the source's own
+    /// (or not there) is left alone; an entry that names nothing readable is a rejection.
+    async fn delete_listed(&mut self, bundles: Vec<Result<Value, Refused>>) -> Result<(), Failure> {
+        let base = self.source.namespace.own_base().unwrap_or("").to_owned();
+        let mut targets: Vec<(ResourceType, Id)> = Vec::new();
+        for bundle in bundles {
+            let bundle = match bundle {
+                Ok(bundle) => bundle,
+                Err(refused) => {
+                    self.reject(refused);
+                    continue;
+                }
+            };
+            for entry in bundle["entry"].as_array().into_iter().flatten() {
+                if !entry["request"]["method"].as_str().is_some_and(|method| method.eq_ignore_ascii_case("DELETE")) {
+                    continue;
+                }
+                self.checkpoint.counts.received += 1;
+                let url = entry["request"]["url"].as_str().unwrap_or("");
+                match reference::parse(reference::relative_to(url, &base)) {
+                    Target::Local { resource_type, id, .. } => {
+                        targets.push((resource_type, self.source.namespace.id(&id)));
+                    }
+                    _ => self.reject(Refused {
+                        what: Some(url.chars().take(200).collect()),
+                        error: FhirError::incorrect(
+                            IssueCode::Invalid,
+                            "a deletion the upstream listed does not name a resource as Type/id",
+                        ),
+                    }),
+                }
+            }
+        }
+        // One transaction per CHUNK deletions, whatever the Bundles held; when one is refused
+        // (another source's record: the guard), the others one by one, as writes are.
+        for chunk in targets.chunks(CHUNK) {
+            match self.delete_together(chunk).await {
+                Ok(()) => {}
+                Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
+                Err(WriteFailure::Data(_)) => {
+                    for single in chunk.chunks(1) {
+                        match self.delete_together(single).await {
+                            Ok(()) => {}
+                            Err(WriteFailure::Data(error)) => {
+                                let what = Some(format!("{}/{}", single[0].0, single[0].1));
+                                self.reject(Refused { what, error });
+                            }
+                            Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `targets` (stored ids) in one transaction, guarded as the source's own, with
+    /// its Provenance.
+    async fn delete_together(&mut self, targets: &[(ResourceType, Id)]) -> Result<(), WriteFailure> {
+        let mut request =
+            WriteRequest { guard: Some(ownership_guard(self.source.name().as_str())), ..Default::default() };
+        for (resource_type, id) in targets {
+            request.ops.push(WriteOp {
+                full_url: None,
+                action: Action::Delete {
+                    resource_type: *resource_type,
+                    target: WriteTarget::Id(id.clone()),
+                    precondition: Precondition::default(),
+                },
+            });
+        }
+        let request = super::namespaced(Some(&self.source), request);
+        match self.registry.store().write(request).await {
+            Ok(outcomes) => {
+                super::count(Some(&self.source), &outcomes);
+                for outcome in &outcomes {
+                    match outcome.kind {
+                        OutcomeKind::Deleted { count } => self.checkpoint.counts.deleted += count as u64,
+                        _ => self.checkpoint.counts.unchanged += 1,
+                    }
+                }
+                Ok(())
+            }
+            Err(error) if matches!(error.category, Category::Fault | Category::Busy) => {
+                Err(WriteFailure::Storage(error.to_string()))
+            }
+            Err(error) => Err(WriteFailure::Data(error)),
+        }
     }
 
     async fn write_together(&mut self, resources: &[Admitted]) -> Result<(), WriteFailure> {

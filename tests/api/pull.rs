@@ -1106,3 +1106,102 @@ async fn an_export_answered_at_once_with_its_manifest_is_read_without_polling() 
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "quick".into() }).await.unwrap();
     assert_eq!(shown["since"], "2024-05-05T00:00:00Z", "{shown}");
 }
+
+#[tokio::test]
+async fn deletions_an_export_lists_delete_the_sources_records_with_a_provenance() {
+    // Every export holds Patients p1..p3; once `deleting` is set, its manifest also lists a
+    // file of deletions (Bulk Data 2.0's `deleted`).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let deleting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, served_origin) = (deleting.clone(), origin.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (flag, origin) = (flag.clone(), served_origin.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                let read = stream.read(&mut buffer).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+                let mut words = head.split(' ');
+                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
+                let reply = |status: u16, extra: &str, body: &str| {
+                    format!(
+                        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let answer = match (method, target.split('?').next().unwrap_or("")) {
+                    (_, "/fhir/.well-known/smart-configuration") => {
+                        reply(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string())
+                    }
+                    (_, "/token") => reply(200, "", &json!({"access_token": "t", "expires_in": 300}).to_string()),
+                    ("GET", "/fhir/$export") => reply(202, "Content-Location: /status\r\n", ""),
+                    ("GET", "/status") => {
+                        let mut manifest = json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                            "output": [{"type": "Patient", "url": "/patients"}], "error": []});
+                        if flag.load(Ordering::Relaxed) {
+                            manifest["deleted"] = json!([{"type": "Bundle", "url": "/deleted"}]);
+                        }
+                        reply(200, "", &manifest.to_string())
+                    }
+                    ("GET", "/patients") => {
+                        let lines: Vec<String> = (1..=3)
+                            .map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string())
+                            .collect();
+                        reply(200, "", &lines.join("\n"))
+                    }
+                    ("GET", "/deleted") => {
+                        let delete = |url: String| json!({"request": {"method": "DELETE", "url": url}});
+                        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                            delete("Patient/p1".into()),
+                            delete(format!("{origin}/fhir/Patient/p2")),
+                            delete("Patient/never-pulled".into()),
+                            delete("not a reference".into()),
+                        ]});
+                        reply(200, "", &bundle.to_string())
+                    }
+                    ("DELETE", "/status") => reply(202, "", ""),
+                    _ => reply(404, "", ""),
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let downstream = spawn_auth_app().await;
+    let base = format!("{origin}/fhir");
+    operator(&downstream.data, pull_source("ehr", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let first = operator(&downstream.data, AdminRequest::SyncSource { name: "ehr".into() }).await.unwrap();
+    assert_eq!(first["run"]["counts"]["created"], 3, "{first}");
+    let reader = downstream.token("reader", "system/*.rs", None);
+    let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:ehr", Some(&reader)).await;
+    assert_eq!(ours.keys().cloned().collect::<Vec<_>>(), ["ehr-p1", "ehr-p2", "ehr-p3"]);
+
+    deleting.store(true, Ordering::Relaxed);
+    let second = operator(&downstream.data, AdminRequest::SyncSource { name: "ehr".into() }).await.unwrap();
+    let run = &second["run"];
+    assert_eq!(run["outcome"], "complete", "{second}");
+    assert_eq!(run["counts"]["deleted"], 2, "{second}");
+    assert!(run["rejections"].to_string().contains("does not name a resource"), "{second}");
+    let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:ehr", Some(&reader)).await;
+    assert_eq!(
+        ours.keys().cloned().collect::<Vec<_>>(),
+        ["ehr-p3"],
+        "p1 and p2 deleted; p3, written again unchanged, stays"
+    );
+    let gone = downstream
+        .app
+        .send(downstream.app.client.get(downstream.app.url("/Patient/ehr-p1")).bearer_auth(&reader))
+        .await;
+    assert_eq!(gone.status, 410, "{}", gone.text);
+    // The deletion is recorded as the source's, like its writes.
+    let provenances = all_of(&downstream.app, "Provenance", "", Some(&reader)).await;
+    let deleted_by_source = provenances.values().any(|provenance| {
+        provenance["activity"]["coding"][0]["code"] == "DELETE"
+            && provenance["target"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["reference"].as_str().unwrap().starts_with("Patient/ehr-p1/"))
+    });
+    assert!(deleted_by_source, "{provenances:?}");
+}
