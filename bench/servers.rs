@@ -137,6 +137,8 @@ fn start_braid_with(binary: &Path, data: &Path, env: &[(&str, &str)]) -> Server 
         .envs(env.iter().copied())
         .env("BRAID_LOG_LEVEL", "warn")
         .env("BRAID_WORKERS", "2")
+        // A bench killed midway leaves no server behind.
+        .env("BRAID_PARENT_PID", std::process::id().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -61,6 +61,8 @@ pub struct Settings {
     pub export_retention_secs: u64,
     pub mpi_auto_train: bool,
     pub max_ingest_bytes: u64,
+    /// The process whose child Braid must stay (see the setting's doc).
+    pub parent_pid: Option<u32>,
 }
 
 /// Whether users must give a second factor (a TOTP code) at login.
@@ -158,6 +160,7 @@ impl Default for Settings {
             audit_window_secs: 5,
             mpi_auto_train: true,
             max_ingest_bytes: 1 << 30,
+            parent_pid: None,
             smart_style_url: None,
             reminder_lead_times: "3d,1d".into(),
             reminder_interval_secs: 60,
@@ -641,6 +644,19 @@ pub const SETTINGS: &[SettingDoc] = &[
                 Ok(())
             }
             _ => Err("expected true or false".into()),
+        },
+    },
+    SettingDoc {
+        key: "parent_pid",
+        env: "BRAID_PARENT_PID",
+        default: "(none)",
+        doc: "For a process that starts Braid as its child (a test harness, a benchmark, a supervisor): its pid. \
+              Braid stops, as on SIGTERM, once that process is no longer its parent (it exited or was killed), so \
+              that no server outlives what started it. Checked every half second.",
+        apply: |s, v| {
+            let pid = v.trim().parse().map_err(|_| format!("'{v}' is not a process id"))?;
+            s.parent_pid = Some(pid);
+            Ok(())
         },
     },
     SettingDoc {

@@ -60,6 +60,8 @@ pub struct Application {
     /// The appointment reminders' passes (none when reminders are off); stopped at shutdown.
     reminders: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
+    /// The process Braid must stay the child of (`parent_pid`), if any.
+    parent_pid: Option<u32>,
 }
 
 impl Application {
@@ -207,6 +209,7 @@ impl Application {
             mpi,
             reminders,
             shutdown_timeout,
+            parent_pid: settings.parent_pid,
         })
     }
 
@@ -236,7 +239,12 @@ impl Application {
     /// Serves until SIGINT or SIGTERM, lets in-flight requests finish, then waits for the writer
     /// to close the database cleanly (so the next start needs no recovery).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { server, admin, store, sources, exports, mpi, reminders, shutdown_timeout, .. } = self;
+        let Application {
+            server, admin, store, sources, exports, mpi, reminders, shutdown_timeout, parent_pid, ..
+        } = self;
+        if let Some(parent) = parent_pid {
+            stop_when_orphaned(parent, server.handle());
+        }
         let result = match admin {
             Some((admin, socket)) => {
                 let handle = admin.handle();
@@ -277,6 +285,22 @@ impl Application {
         }
         result
     }
+}
+
+/// How often Braid looks whether the process that started it is still its parent.
+const PARENT_CHECK: Duration = Duration::from_millis(500);
+
+/// Stops the server (gracefully, as SIGTERM does) once `parent` is no longer this process's
+/// parent: it exited or was killed, and Braid was handed to another (init, or a subreaper).
+/// Also when it is not the parent from the start (it was gone before Braid looked).
+fn stop_when_orphaned(parent: u32, server: actix_web::dev::ServerHandle) {
+    tokio::spawn(async move {
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(PARENT_CHECK).await;
+        }
+        tracing::warn!(parent, "the process that started Braid is gone; stopping");
+        server.stop(true).await;
+    });
 }
 
 /// Runs `work` on `target` every `period` (the first time after `first`), each run awaited

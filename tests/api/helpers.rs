@@ -239,6 +239,8 @@ pub fn start_braid_process_with(data: &std::path::Path, log_level: &str, extra: 
         .env("BRAID_LOG_FORMAT", "json")
         .env("BRAID_LOG_LEVEL", log_level)
         .env("BRAID_AUTH", "off")
+        // A test process killed midway (a timeout) leaves no server behind.
+        .env("BRAID_PARENT_PID", std::process::id().to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

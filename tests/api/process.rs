@@ -74,3 +74,51 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_the_data() {
     assert_eq!(read["active"], true);
     terminate(&mut child);
 }
+
+/// Whether process `pid` has exited (gone, or a zombie not yet reaped by whoever adopted it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn a_server_whose_starting_process_is_gone_stops_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let wait_for_exit = |pid: u32| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "Braid (pid {pid}) still runs without its parent");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A shell starts Braid in the background, naming itself as the parent, and exits a second
+    // later: Braid is adopted by another process, notices, and stops.
+    let script = r#"BRAID_PARENT_PID=$$ BRAID_AUTH=off "$0" serve --listen 127.0.0.1:0 --data "$1" >/dev/null 2>&1 &
+echo $!
+sleep 1"#;
+    let output = Command::new("sh")
+        .args(["-c", script, env!("CARGO_BIN_EXE_braid")])
+        .arg(dir.path().join("orphaned.redb"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let pid: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    assert!(!exited(pid), "Braid was running when the shell exited");
+    wait_for_exit(pid);
+
+    // Started by a process that is not the one named: it stops at once, cleanly.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--auth", "off", "--data"])
+        .arg(dir.path().join("named.redb"))
+        .env("BRAID_PARENT_PID", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_exit(child.id());
+    assert!(child.wait().unwrap().success(), "a graceful stop, as on SIGTERM");
+}
