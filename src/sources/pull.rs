@@ -543,10 +543,18 @@ impl Upstream {
         self.get_within(url, headers, Some(REQUEST_TIMEOUT)).await
     }
 
-    /// [`Upstream::get`] for an export file, which may take longer than any fixed time: only
-    /// the client's idle [`READ_TIMEOUT`] applies.
-    async fn get_file(&mut self, url: &str) -> Result<reqwest::Response, Failure> {
-        self.get_within(url, &[("accept", "application/fhir+ndjson")], None).await
+    /// A GET of one of an export's files (its output, its deletions or its errors), which may
+    /// take longer than any fixed time: only the client's idle [`READ_TIMEOUT`] applies. With
+    /// the token when the manifest requires one (on the upstream's origin only, as
+    /// [`Upstream::get`]); else without it, over https, since such files may live elsewhere (a
+    /// storage service).
+    async fn get_export_file(&mut self, url: &str, requires_token: bool) -> Result<reqwest::Response, Failure> {
+        if requires_token {
+            return self.get_within(url, &[("accept", "application/fhir+ndjson")], None).await;
+        }
+        crate::auth::clients::check_https_or_loopback(url)
+            .map_err(|_| Failure::Braid(format!("the export file {url} is not https")))?;
+        self.send(|http| http.get(url)).await
     }
 
     async fn get_within(
@@ -1045,8 +1053,8 @@ impl Run<'_> {
     async fn export_failed_in_part(&mut self, upstream: &mut Upstream, manifest: &Manifest) -> Result<bool, Failure> {
         let mut failed = manifest.errors > manifest.error_files.len();
         for url in &manifest.error_files {
-            let issues = match self.fetch_export_file(upstream, manifest, url).await? {
-                Some(mut response) if response.status().is_success() => {
+            let issues = match upstream.get_export_file(url, manifest.requires_token).await {
+                Ok(mut response) if response.status().is_success() => {
                     crate::outbound::read_capped(&mut response, MAX_ERROR_FILE_BYTES).await.ok().map(|body| {
                         body.split(|&byte| byte == b'\n')
                             .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
@@ -1054,7 +1062,9 @@ impl Run<'_> {
                             .collect::<Vec<Value>>()
                     })
                 }
-                _ => None,
+                // Not fetched (a URL the token may not go to, or not https), or not there.
+                Ok(_) | Err(Failure::Braid(_)) => None,
+                Err(failure) => return Err(failure),
             };
             let Some(issues) = issues else {
                 failed = true;
@@ -1089,27 +1099,6 @@ impl Run<'_> {
         Ok(failed)
     }
 
-    /// A GET of one of an export's files: with the token when the manifest requires it (on the
-    /// upstream's origin only), else without, over https. `None` if the URL may not be fetched.
-    async fn fetch_export_file(
-        &self,
-        upstream: &mut Upstream,
-        manifest: &Manifest,
-        url: &str,
-    ) -> Result<Option<reqwest::Response>, Failure> {
-        if manifest.requires_token {
-            return match upstream.get(url, &[("accept", "application/fhir+ndjson")]).await {
-                Ok(response) => Ok(Some(response)),
-                Err(Failure::Braid(_)) => Ok(None),
-                Err(other) => Err(other),
-            };
-        }
-        if crate::auth::clients::check_https_or_loopback(url).is_err() {
-            return Ok(None);
-        }
-        upstream.send(|http| http.get(url)).await.map(Some)
-    }
-
     /// Reads one export file from line `line`, writing chunk by chunk and moving the
     /// checkpoint after each.
     async fn read_file(
@@ -1125,14 +1114,7 @@ impl Run<'_> {
             Some((_, url)) => url,
             None => &manifest.deleted_files[file - manifest.files.len()],
         };
-        let response = if manifest.requires_token {
-            upstream.get_file(url).await?
-        } else {
-            // Files served without a token may live elsewhere (a storage service), over https.
-            crate::auth::clients::check_https_or_loopback(url)
-                .map_err(|_| Failure::Braid(format!("the export file {url} is not https")))?;
-            upstream.send(|http| http.get(url)).await?
-        };
+        let response = upstream.get_export_file(url, manifest.requires_token).await?;
         match response.status().as_u16() {
             200 => {}
             // The files are gone: the export expired; start over.
@@ -1381,23 +1363,8 @@ impl Run<'_> {
         if admitted.is_empty() {
             return Ok(());
         }
-        match self.write_together(&admitted).await {
-            Ok(()) => Ok(()),
-            Err(WriteFailure::Storage(error)) => Err(Failure::Braid(error)),
-            Err(WriteFailure::Data(_)) => {
-                for single in admitted.chunks(1) {
-                    match self.write_together(single).await {
-                        Ok(()) => {}
-                        Err(WriteFailure::Data(error)) => {
-                            let what = Some(format!("{}/{}", single[0].resource_type, single[0].id));
-                            self.reject(Refused { what, error });
-                        }
-                        Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
-                    }
-                }
-                Ok(())
-            }
-        }
+        let writes: Vec<RunWrite> = admitted.into_iter().map(Admitted::into_write).collect();
+        self.write_all(&writes).await
     }
 
     /// Counts a resource not stored, in the run's figures and the source's (which keep what
@@ -1445,7 +1412,7 @@ impl Run<'_> {
     /// (or not there) is left alone; an entry that names nothing readable is a rejection.
     async fn delete_listed(&mut self, bundles: Vec<Result<Value, Refused>>) -> Result<(), Failure> {
         let base = self.source.namespace.own_base().unwrap_or("").to_owned();
-        let mut targets: Vec<(ResourceType, Id)> = Vec::new();
+        let mut deletions: Vec<RunWrite> = Vec::new();
         for bundle in bundles {
             let bundle = match bundle {
                 Ok(bundle) => bundle,
@@ -1462,7 +1429,19 @@ impl Run<'_> {
                 let url = entry["request"]["url"].as_str().unwrap_or("");
                 match reference::parse(reference::relative_to(url, &base)) {
                     Target::Local { resource_type, id, .. } => {
-                        targets.push((resource_type, self.source.namespace.id(&id)));
+                        let id = self.source.namespace.id(&id);
+                        deletions.push(RunWrite {
+                            what: format!("{resource_type}/{id}"),
+                            op: WriteOp {
+                                full_url: None,
+                                action: Action::Delete {
+                                    resource_type,
+                                    target: WriteTarget::Id(id),
+                                    precondition: Precondition::default(),
+                                },
+                            },
+                            conditional: HashMap::new(),
+                        });
                     }
                     _ => self.reject(Refused {
                         what: Some(url.chars().take(200).collect()),
@@ -1474,77 +1453,43 @@ impl Run<'_> {
                 }
             }
         }
-        // One transaction per CHUNK deletions, whatever the Bundles held; when one is refused
-        // (another source's record: the guard), the others one by one, as writes are.
-        for chunk in targets.chunks(CHUNK) {
-            match self.delete_together(chunk).await {
-                Ok(()) => {}
-                Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
-                Err(WriteFailure::Data(_)) => {
-                    for single in chunk.chunks(1) {
-                        match self.delete_together(single).await {
-                            Ok(()) => {}
-                            Err(WriteFailure::Data(error)) => {
-                                let what = Some(format!("{}/{}", single[0].0, single[0].1));
-                                self.reject(Refused { what, error });
-                            }
-                            Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
-                        }
-                    }
-                }
-            }
+        // One transaction per CHUNK deletions, whatever the Bundles held.
+        for chunk in deletions.chunks(CHUNK) {
+            self.write_all(chunk).await?;
         }
         Ok(())
     }
 
-    /// Deletes `targets` (stored ids) in one transaction, guarded as the source's own, with
-    /// its Provenance.
-    async fn delete_together(&mut self, targets: &[(ResourceType, Id)]) -> Result<(), WriteFailure> {
-        let mut request =
-            WriteRequest { guard: Some(ownership_guard(self.source.name().as_str())), ..Default::default() };
-        for (resource_type, id) in targets {
-            request.ops.push(WriteOp {
-                full_url: None,
-                action: Action::Delete {
-                    resource_type: *resource_type,
-                    target: WriteTarget::Id(id.clone()),
-                    precondition: Precondition::default(),
-                },
-            });
-        }
-        let request = super::namespaced(Some(&self.source), request);
-        match self.registry.store().write(request).await {
-            Ok(outcomes) => {
-                super::count(Some(&self.source), &outcomes);
-                for outcome in &outcomes {
-                    match outcome.kind {
-                        OutcomeKind::Deleted { count } => self.checkpoint.counts.deleted += count as u64,
-                        _ => self.checkpoint.counts.unchanged += 1,
+    /// Writes `writes` in one transaction. When the store refuses it for one of them (a
+    /// conditional reference that matches nothing; another source's record, which the guard
+    /// keeps), writes them one by one, each refused one recorded as a rejection.
+    async fn write_all(&mut self, writes: &[RunWrite]) -> Result<(), Failure> {
+        match self.write_together(writes).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Storage(error)) => Err(Failure::Braid(error)),
+            Err(WriteFailure::Data(_)) => {
+                for single in writes.chunks(1) {
+                    match self.write_together(single).await {
+                        Ok(()) => {}
+                        Err(WriteFailure::Data(error)) => {
+                            self.reject(Refused { what: Some(single[0].what.clone()), error });
+                        }
+                        Err(WriteFailure::Storage(error)) => return Err(Failure::Braid(error)),
                     }
                 }
                 Ok(())
             }
-            Err(error) if matches!(error.category, Category::Fault | Category::Busy) => {
-                Err(WriteFailure::Storage(error.to_string()))
-            }
-            Err(error) => Err(WriteFailure::Data(error)),
         }
     }
 
-    async fn write_together(&mut self, resources: &[Admitted]) -> Result<(), WriteFailure> {
+    /// Writes `writes` in one transaction, as the source's own (guarded, namespaced, with its
+    /// Provenance), and counts what each did.
+    async fn write_together(&mut self, writes: &[RunWrite]) -> Result<(), WriteFailure> {
         let mut request =
             WriteRequest { guard: Some(ownership_guard(self.source.name().as_str())), ..Default::default() };
-        for admitted in resources {
-            request.conditional_references.extend(admitted.conditional.clone());
-            request.ops.push(WriteOp {
-                full_url: None,
-                action: Action::Update {
-                    resource_type: admitted.resource_type,
-                    target: WriteTarget::Id(admitted.id.clone()),
-                    resource: admitted.resource.clone(),
-                    precondition: Precondition::default(),
-                },
-            });
+        for write in writes {
+            request.conditional_references.extend(write.conditional.clone());
+            request.ops.push(write.op.clone());
         }
         let request = super::namespaced(Some(&self.source), request);
         match self.registry.store().write(request).await {
@@ -1554,6 +1499,7 @@ impl Run<'_> {
                     match outcome.kind {
                         OutcomeKind::Created => self.checkpoint.counts.created += 1,
                         OutcomeKind::Updated => self.checkpoint.counts.updated += 1,
+                        OutcomeKind::Deleted { count } => self.checkpoint.counts.deleted += count as u64,
                         _ => self.checkpoint.counts.unchanged += 1,
                     }
                 }
@@ -1574,6 +1520,32 @@ struct Admitted {
     /// The stored id.
     id: Id,
     resource: serde_json::Map<String, Value>,
+    conditional: HashMap<String, (ResourceType, Criteria)>,
+}
+
+impl Admitted {
+    fn into_write(self) -> RunWrite {
+        RunWrite {
+            what: format!("{}/{}", self.resource_type, self.id),
+            op: WriteOp {
+                full_url: None,
+                action: Action::Update {
+                    resource_type: self.resource_type,
+                    target: WriteTarget::Id(self.id),
+                    resource: self.resource,
+                    precondition: Precondition::default(),
+                },
+            },
+            conditional: self.conditional,
+        }
+    }
+}
+
+/// One write of a run (a pulled resource, or a deletion the upstream listed): the operation,
+/// the conditional references it carries, and what it is called in a rejection.
+struct RunWrite {
+    what: String,
+    op: WriteOp,
     conditional: HashMap<String, (ResourceType, Criteria)>,
 }
 
