@@ -70,14 +70,8 @@ pub async fn group(ctx: Ctx) -> Result<HttpResponse, FhirError> {
 fn group_members(ctx: &Ctx, id: &str, base: &str) -> Result<HashSet<String>, FhirError> {
     let group_type = ResourceType::parse("Group").expect("an R4 type");
     let snapshot = ctx.state.store.snapshot()?;
-    let missing = || FhirError::not_found(format!("Group/{id} does not exist"));
-    let stored = snapshot.current(group_type, id)?.filter(|stored| !stored.is_deleted()).ok_or_else(missing)?;
-    // The current version is live: its index entries decide, without parsing it here too.
-    if ctx.access.is_restricted()
-        && !super::read::admits_current(&snapshot, &ctx.access, group_type, id, stored.version, Permission::Read, base)?
-    {
-        return Err(missing());
-    }
+    let stored = readable_current(&snapshot, &ctx.access, group_type, id, base)?
+        .ok_or_else(|| FhirError::not_found(format!("Group/{id} does not exist")))?;
     let group: Value = serde_json::from_slice(&stored.body).map_err(|_| FhirError::fault("group"))?;
     let mut members = HashSet::new();
     for member in group["member"].as_array().into_iter().flatten() {
@@ -254,6 +248,24 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
     Ok(response)
 }
 
+/// The current version of `resource_type/id` if it is live and the caller may read it; `None`
+/// otherwise (the same answer for both, so that it tells nothing of records out of reach).
+/// The index entries of the current version decide, without parsing it.
+fn readable_current(
+    snapshot: &crate::store::Snapshot,
+    access: &Access,
+    resource_type: ResourceType,
+    id: &str,
+    base: &str,
+) -> Result<Option<crate::store::Version>, FhirError> {
+    let Some(stored) = snapshot.current(resource_type, id)?.filter(|stored| !stored.is_deleted()) else {
+        return Ok(None);
+    };
+    let readable = !access.is_restricted()
+        || super::read::admits_current(snapshot, access, resource_type, id, stored.version, Permission::Read, base)?;
+    Ok(readable.then_some(stored))
+}
+
 /// Refuses a Patient export's `patient` list if it names a Patient that does not exist, or that
 /// the caller may not read (the same answer, so that it tells nothing of others' records), as
 /// the Bulk Data IG asks (an error naming them, rather than an export silently without them).
@@ -267,22 +279,7 @@ fn refuse_unknown_patients(
     let mut unknown = Vec::new();
     for reference in patients {
         let id = reference.strip_prefix("Patient/").unwrap_or(reference);
-        let readable = match snapshot.current(ResourceType::PATIENT, id)? {
-            Some(stored) if !stored.is_deleted() => {
-                !access.is_restricted()
-                    || super::read::admits_current(
-                        &snapshot,
-                        access,
-                        ResourceType::PATIENT,
-                        id,
-                        stored.version,
-                        Permission::Read,
-                        base,
-                    )?
-            }
-            _ => false,
-        };
-        if !readable {
+        if readable_current(&snapshot, access, ResourceType::PATIENT, id, base)?.is_none() {
             unknown.push(reference.as_str());
         }
     }
