@@ -280,6 +280,101 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
     assert!(shown["since"].is_null(), "a failed run moves no _since");
 }
 
+/// One request a test upstream received.
+struct Incoming {
+    method: String,
+    /// The path, without the query.
+    path: String,
+    query: String,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Incoming {
+    /// The request target as sent: the path and the query.
+    fn target(&self) -> String {
+        if self.query.is_empty() { self.path.clone() } else { format!("{}?{}", self.path, self.query) }
+    }
+}
+
+/// A test upstream's answer: `status`, more header lines (each ending in CRLF) and `body`, as
+/// FHIR JSON.
+fn answer(status: u16, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What every test upstream answers to SMART discovery and to a token request with a client
+/// assertion (the token is `token-1`); `None` for any other request.
+fn smart_answer(request: &Incoming, origin: &str) -> Option<Vec<u8>> {
+    match request.path.as_str() {
+        "/fhir/.well-known/smart-configuration" => {
+            Some(answer(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string()))
+        }
+        "/token" if String::from_utf8_lossy(&request.body).contains("client_assertion=") => Some(answer(
+            200,
+            "",
+            &json!({"access_token": "token-1", "token_type": "Bearer", "expires_in": 300}).to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Starts a minimal HTTP/1.1 server on a free loopback port, for the tests' upstreams: each
+/// connection carries one request, answered with the bytes `handle` returns for it (given the
+/// server's origin), then closed; no bytes drop the connection without an answer. Returns the
+/// origin, `http://127.0.0.1:<port>`.
+async fn fake_upstream<F, Fut>(handle: F) -> String
+where
+    F: Fn(Incoming, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let (handle, served) = (Arc::new(handle), origin.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (handle, origin) = (handle.clone(), served.clone());
+            tokio::spawn(async move {
+                let Some(request) = read_request(&mut stream).await else { return };
+                let reply = handle(request, origin).await;
+                let _ = stream.write_all(&reply).await;
+            });
+        }
+    });
+    origin
+}
+
+/// Reads one request: its head (at most 64 KiB) and the body its Content-Length announces.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Incoming> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 || head.len() > 64 * 1024 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    let mut words = head.split(' ');
+    let method = words.next().unwrap_or("").to_owned();
+    let target = words.next().unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
+    Some(Incoming { method, path, query, head, body })
+}
+
 /// How the search-only server writes its next links.
 #[derive(Clone, Copy, PartialEq)]
 enum Links {
@@ -312,8 +407,6 @@ impl SearchOnly {
     }
 
     async fn with_links(patients: usize, observations: usize, page_delay: Duration, links: Links) -> SearchOnly {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/fhir", listener.local_addr().unwrap());
         let mut resources = Vec::new();
         for n in 0..patients {
             resources
@@ -325,142 +418,123 @@ impl SearchOnly {
                 "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/p{}", n % patients.max(1))},
                 "meta": {"lastUpdated": format!("2024-01-02T00:00:{:02}.{:03}Z", n / 1000 % 60, n % 1000)}}));
         }
-        let resources = Arc::new(std::sync::Mutex::new(resources));
-        let faults = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (shared, origin, fault_count, log) =
-            (resources.clone(), base.trim_end_matches("/fhir").to_owned(), faults.clone(), served.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
-                let (resources, origin, requests, faults, log) =
-                    (shared.clone(), origin.clone(), requests.clone(), fault_count.clone(), log.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, &resources, &origin, &requests, &faults, &log, page_delay, links).await;
-                });
-            }
+        let state = Arc::new(SearchState {
+            resources: Arc::new(std::sync::Mutex::new(resources)),
+            requests: AtomicUsize::new(0),
+            faults: Arc::new(AtomicUsize::new(0)),
+            served: Arc::new(std::sync::Mutex::new(Vec::new())),
+            page_delay,
+            links,
         });
-        SearchOnly { base, faults, resources, served }
+        let (resources, faults, served) = (state.resources.clone(), state.faults.clone(), state.served.clone());
+        let origin = fake_upstream(move |request, origin| {
+            let state = state.clone();
+            async move { state.answer(request, &origin).await }
+        })
+        .await;
+        SearchOnly { base: format!("{origin}/fhir"), faults, resources, served }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    mut stream: tokio::net::TcpStream,
-    resources: &std::sync::Mutex<Vec<Value>>,
-    origin: &str,
-    requests: &AtomicUsize,
-    faults: &AtomicUsize,
-    served: &std::sync::Mutex<Vec<String>>,
+/// What the search-only server holds and counts.
+struct SearchState {
+    resources: Arc<std::sync::Mutex<Vec<Value>>>,
+    /// Search requests so far, which decide the faults.
+    requests: AtomicUsize,
+    faults: Arc<AtomicUsize>,
+    served: Arc<std::sync::Mutex<Vec<String>>>,
     page_delay: Duration,
-    links_style: Links,
-) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 || head.len() > 64 * 1024 {
-            return Ok(());
+    links: Links,
+}
+
+impl SearchState {
+    async fn answer(&self, request: Incoming, origin: &str) -> Vec<u8> {
+        if let Some(answer) = smart_answer(&request, origin) {
+            return answer;
         }
-        head.push(byte[0]);
+        let authorized = request.head.lines().any(|line| line.eq_ignore_ascii_case("authorization: bearer token-1"));
+        let (path, query) = (request.path.as_str(), request.query.as_str());
+        let (status, reply): (u16, Value) = match path {
+            _ if !authorized => {
+                (401, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}))
+            }
+            "/fhir/$export" => (
+                404,
+                json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}),
+            ),
+            type_path if type_path.starts_with("/fhir/") => {
+                // Faults, on searches only: one request in five is a 429, then a 503, then a drop.
+                let n = self.requests.fetch_add(1, Ordering::Relaxed);
+                match n % 5 {
+                    1 => {
+                        self.faults.fetch_add(1, Ordering::Relaxed);
+                        return answer(429, "Retry-After: 0\r\n", "");
+                    }
+                    2 if n % 10 == 2 => {
+                        self.faults.fetch_add(1, Ordering::Relaxed);
+                        return answer(503, "", "");
+                    }
+                    3 if n % 15 == 3 => {
+                        self.faults.fetch_add(1, Ordering::Relaxed);
+                        return Vec::new(); // the connection drops without an answer
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(self.page_delay).await;
+                self.served.lock().unwrap().push(request.target());
+                let type_name = type_path.trim_start_matches("/fhir/");
+                let params: Vec<(String, String)> = query
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| {
+                        (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+                    })
+                    .collect();
+                let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let count: usize = param("_count").and_then(|v| v.parse().ok()).unwrap_or(50);
+                let offset: usize = param("_offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let since = param("_lastUpdated").and_then(|v| v.strip_prefix("gt").map(str::to_owned));
+                let matching: Vec<Value> = self
+                    .resources
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["resourceType"] == type_name)
+                    .filter(|r| since.as_deref().is_none_or(|since| r["meta"]["lastUpdated"].as_str().unwrap() > since))
+                    .cloned()
+                    .collect();
+                let page: Vec<Value> = matching
+                    .iter()
+                    .skip(offset)
+                    .take(count)
+                    .map(|r| json!({"resource": r, "search": {"mode": "match"}}))
+                    .collect();
+                let mut links = Vec::new();
+                if offset + count < matching.len() {
+                    let mut next = format!("/fhir/{type_name}?_count={count}&_offset={}", offset + count);
+                    if let Some(since) = &since {
+                        next.push_str(&format!("&_lastUpdated=gt{since}"));
+                    }
+                    let next = match self.links {
+                        Links::Absolute => format!("{origin}{next}"),
+                        Links::Relative => next,
+                        Links::OtherHost => format!("{}{next}", origin.replace("127.0.0.1", "localhost")),
+                        Links::Circular => format!("{origin}/fhir/{type_name}?_count={count}"),
+                    };
+                    links.push(json!({"relation": "next", "url": next}));
+                }
+                (
+                    200,
+                    json!({"resourceType": "Bundle", "type": "searchset", "total": matching.len(), "link": links, "entry": page}),
+                )
+            }
+            _ => (
+                404,
+                json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}),
+            ),
+        };
+        answer(status, "", &reply.to_string())
     }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    let authorized = head.lines().any(|line| line.eq_ignore_ascii_case("authorization: bearer token-1"));
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let (status, reply): (u16, Value) = match path {
-        "/fhir/.well-known/smart-configuration" => (200, json!({"token_endpoint": format!("{origin}/token")})),
-        "/token" if String::from_utf8_lossy(&body).contains("client_assertion=") => {
-            (200, json!({"access_token": "token-1", "token_type": "Bearer", "expires_in": 300}))
-        }
-        _ if !authorized => {
-            (401, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}))
-        }
-        "/fhir/$export" => (
-            404,
-            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}),
-        ),
-        type_path if type_path.starts_with("/fhir/") => {
-            // Faults, on searches only: one request in five is a 429, then a 503, then a drop.
-            let n = requests.fetch_add(1, Ordering::Relaxed);
-            match n % 5 {
-                1 => {
-                    faults.fetch_add(1, Ordering::Relaxed);
-                    let answer = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                    return stream.write_all(answer.as_bytes()).await;
-                }
-                2 if n % 10 == 2 => {
-                    faults.fetch_add(1, Ordering::Relaxed);
-                    let answer = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                    return stream.write_all(answer.as_bytes()).await;
-                }
-                3 if n % 15 == 3 => {
-                    faults.fetch_add(1, Ordering::Relaxed);
-                    return Ok(()); // the connection drops without an answer
-                }
-                _ => {}
-            }
-            tokio::time::sleep(page_delay).await;
-            served.lock().unwrap().push(target.clone());
-            let type_name = type_path.trim_start_matches("/fhir/");
-            let params: Vec<(String, String)> = query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
-                .collect();
-            let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-            let count: usize = param("_count").and_then(|v| v.parse().ok()).unwrap_or(50);
-            let offset: usize = param("_offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let since = param("_lastUpdated").and_then(|v| v.strip_prefix("gt").map(str::to_owned));
-            let matching: Vec<Value> = resources
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|r| r["resourceType"] == type_name)
-                .filter(|r| since.as_deref().is_none_or(|since| r["meta"]["lastUpdated"].as_str().unwrap() > since))
-                .cloned()
-                .collect();
-            let page: Vec<Value> = matching
-                .iter()
-                .skip(offset)
-                .take(count)
-                .map(|r| json!({"resource": r, "search": {"mode": "match"}}))
-                .collect();
-            let mut links = Vec::new();
-            if offset + count < matching.len() {
-                let mut next = format!("/fhir/{type_name}?_count={count}&_offset={}", offset + count);
-                if let Some(since) = &since {
-                    next.push_str(&format!("&_lastUpdated=gt{since}"));
-                }
-                let next = match links_style {
-                    Links::Absolute => format!("{origin}{next}"),
-                    Links::Relative => next,
-                    Links::OtherHost => format!("{}{next}", origin.replace("127.0.0.1", "localhost")),
-                    Links::Circular => format!("{origin}/fhir/{type_name}?_count={count}"),
-                };
-                links.push(json!({"relation": "next", "url": next}));
-            }
-            (
-                200,
-                json!({"resourceType": "Bundle", "type": "searchset", "total": matching.len(), "link": links, "entry": page}),
-            )
-        }
-        _ => (404, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})),
-    };
-    let text = reply.to_string();
-    let answer = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    stream.write_all(answer.as_bytes()).await
 }
 
 #[tokio::test]
@@ -764,97 +838,58 @@ async fn bulk_upstream_with_errors(
     error_severity: Option<&'static str>,
     synchronous: bool,
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
     let kickoffs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (log, served_origin) = (kickoffs.clone(), origin.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { break };
-            let (log, origin) = (log.clone(), served_origin.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+    let log = kickoffs.clone();
+    let origin = fake_upstream(move |request, origin| {
+        let log = log.clone();
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
+                "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
+                "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
+                           {"type": "Patient", "url": "/file/patients-gz"}],
+                "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
+            .to_string();
+            match (request.method.as_str(), request.path.as_str()) {
+                ("GET", "/fhir/$export") => {
+                    log.lock().unwrap().push(request.query.clone());
+                    if synchronous { answer(200, "", &manifest) } else { answer(202, "Content-Location: /status/1\r\n", "") }
                 }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| {
-                        line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                let mut body = vec![0u8; length];
-                let _ = stream.read_exact(&mut body).await;
-                let mut words = head.split(' ');
-                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
-                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
-                    "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
-                    "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
-                               {"type": "Patient", "url": "/file/patients-gz"}],
-                    "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
-                .to_string();
-                let (status, extra, reply) = match (method, path) {
-                    (_, "/fhir/.well-known/smart-configuration") => {
-                        (200, String::new(), json!({"token_endpoint": format!("{origin}/token")}).to_string())
-                    }
-                    (_, "/token") => (
-                        200,
-                        String::new(),
-                        json!({"access_token": "token-1", "token_type": "Bearer", "expires_in": 300}).to_string(),
-                    ),
-                    ("GET", "/fhir/$export") => {
-                        log.lock().unwrap().push(query.to_owned());
-                        if synchronous {
-                            (200, String::new(), manifest.clone())
-                        } else {
-                            (202, "Content-Location: /status/1\r\n".to_owned(), String::new())
-                        }
-                    }
-                    ("GET", "/status/1") => (200, String::new(), manifest.clone()),
-                    ("GET", "/file/patients") => (
-                        200,
-                        String::new(),
-                        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
-                    ),
-                    ("GET", "/file/patients-gz") => {
-                        let lines = [
-                            json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}).to_string(),
-                            json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Three"}]}).to_string(),
-                        ];
-                        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                        std::io::Write::write_all(&mut gzip, lines.join("\n").as_bytes()).unwrap();
-                        let body = gzip.finish().unwrap();
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(&[head.as_bytes(), &body].concat()).await;
-                        return;
-                    }
-                    ("DELETE", "/status/1") => (202, String::new(), String::new()),
-                    ("GET", "/file/errors") if error_severity.is_some() => (
-                        200,
-                        String::new(),
-                        json!({"resourceType": "OperationOutcome", "issue": [{"severity": error_severity,
-                            "code": "processing", "diagnostics": "Patient p9 could not be exported"}]})
-                        .to_string(),
-                    ),
-                    _ => (404, String::new(), String::new()),
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
+                ("GET", "/status/1") => answer(200, "", &manifest),
+                ("GET", "/file/patients") => answer(
+                    200,
+                    "",
+                    &json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
+                ),
+                ("GET", "/file/patients-gz") => {
+                    let lines = [
+                        json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}).to_string(),
+                        json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Three"}]}).to_string(),
+                    ];
+                    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    std::io::Write::write_all(&mut gzip, lines.join("\n").as_bytes()).unwrap();
+                    let body = gzip.finish().unwrap();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    [head.as_bytes(), &body].concat()
+                }
+                ("DELETE", "/status/1") => answer(202, "", ""),
+                ("GET", "/file/errors") if error_severity.is_some() => answer(
+                    200,
+                    "",
+                    &json!({"resourceType": "OperationOutcome", "issue": [{"severity": error_severity,
+                        "code": "processing", "diagnostics": "Patient p9 could not be exported"}]})
+                    .to_string(),
+                ),
+                _ => answer(404, "", ""),
+            }
         }
-    });
+    })
+    .await;
     (format!("{origin}/fhir"), kickoffs)
 }
 
@@ -887,18 +922,8 @@ async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_er
 #[tokio::test]
 async fn a_stop_ends_a_pull_that_waits_on_a_busy_upstream_at_once() {
     // Every request is told to come back in 30 s.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                let _ = stream.read(&mut buffer).await;
-                let answer = "HTTP/1.1 503 Busy\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let origin = fake_upstream(|_, _| async { answer(503, "Retry-After: 30\r\n", "") }).await;
+    let base = format!("{origin}/fhir");
     let dir = tempfile::tempdir().unwrap();
     let store = braid::store::Store::open(
         &dir.path().join("braid.redb"),
@@ -941,40 +966,22 @@ async fn a_stop_ends_a_pull_that_waits_on_a_busy_upstream_at_once() {
 #[tokio::test]
 async fn an_upstream_that_keeps_losing_its_export_fails_the_run_after_a_bounded_number_of_kick_offs() {
     // Every kick-off is accepted; its status URL is always gone (404).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
     let kickoffs = Arc::new(AtomicUsize::new(0));
-    let (counted, served_origin) = (kickoffs.clone(), origin.clone());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (counted, origin) = (counted.clone(), served_origin.clone());
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 16 * 1024];
-                let read = stream.read(&mut buffer).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
-                let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                let (status, extra, body) = if target.starts_with("/fhir/.well-known/smart-configuration") {
-                    (200, String::new(), json!({"token_endpoint": format!("{origin}/token")}).to_string())
-                } else if target.starts_with("/token") {
-                    (
-                        200,
-                        String::new(),
-                        json!({"access_token": "t", "token_type": "Bearer", "expires_in": 300}).to_string(),
-                    )
-                } else if target.starts_with("/fhir/$export") {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    (202, format!("Content-Location: {origin}/status/gone\r\n"), String::new())
-                } else {
-                    (404, String::new(), String::new())
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
+    let counted = kickoffs.clone();
+    let origin = fake_upstream(move |request, origin| {
+        let counted = counted.clone();
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            if request.path == "/fhir/$export" {
+                counted.fetch_add(1, Ordering::Relaxed);
+                return answer(202, &format!("Content-Location: {origin}/status/gone\r\n"), "");
+            }
+            answer(404, "", "")
         }
-    });
+    })
+    .await;
     let downstream = spawn_auth_app().await;
     let base = format!("{origin}/fhir");
     operator(&downstream.data, pull_source("lost", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
@@ -992,11 +999,9 @@ async fn an_upstream_that_keeps_losing_its_export_fails_the_run_after_a_bounded_
 #[tokio::test]
 async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_written() {
     // An export of one file of 1,200 Patients; its first download stops after 700 lines.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
     let downloads = Arc::new(AtomicUsize::new(0));
     let kickoffs = Arc::new(AtomicUsize::new(0));
-    let (counted, kicked, served_origin) = (downloads.clone(), kickoffs.clone(), origin.clone());
+    let (counted, kicked) = (downloads.clone(), kickoffs.clone());
     let lines: Vec<String> = (0..1200)
         .map(|n| {
             json!({"resourceType": "Patient", "id": format!("p{n}"), "name": [{"family": format!("F{n}")}]}).to_string()
@@ -1004,55 +1009,38 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
         .collect();
     let file = Arc::new(lines.join("\n"));
     let cut = lines[..700].iter().map(|line| line.len() + 1).sum::<usize>();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (counted, kicked, origin, file) =
-                (counted.clone(), kicked.clone(), served_origin.clone(), file.clone());
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 16 * 1024];
-                let read = stream.read(&mut buffer).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
-                let mut words = head.split(' ');
-                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
-                let reply = |status: u16, extra: &str, body: &str| {
-                    format!(
-                        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                let answer = match (method, target.split('?').next().unwrap_or("")) {
-                    (_, "/fhir/.well-known/smart-configuration") => {
-                        reply(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string())
+    let origin = fake_upstream(move |request, origin| {
+        let (counted, kicked, file) = (counted.clone(), kicked.clone(), file.clone());
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            match (request.method.as_str(), request.path.as_str()) {
+                ("GET", "/fhir/$export") => {
+                    kicked.fetch_add(1, Ordering::Relaxed);
+                    answer(202, &format!("Content-Location: {origin}/status\r\n"), "")
+                }
+                ("GET", "/status") => answer(
+                    200,
+                    "",
+                    &json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                        "output": [{"type": "Patient", "url": format!("{origin}/file")}], "error": []})
+                    .to_string(),
+                ),
+                ("GET", "/file") => {
+                    let mut whole = answer(200, "", &file);
+                    if counted.fetch_add(1, Ordering::Relaxed) == 0 {
+                        // The promised length, but the connection closes after 700 lines.
+                        whole.truncate(whole.len() - file.len() + cut);
                     }
-                    (_, "/token") => reply(200, "", &json!({"access_token": "t", "expires_in": 300}).to_string()),
-                    ("GET", "/fhir/$export") => {
-                        kicked.fetch_add(1, Ordering::Relaxed);
-                        reply(202, &format!("Content-Location: {origin}/status\r\n"), "")
-                    }
-                    ("GET", "/status") => reply(
-                        200,
-                        "",
-                        &json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
-                            "output": [{"type": "Patient", "url": format!("{origin}/file")}], "error": []})
-                        .to_string(),
-                    ),
-                    ("GET", "/file") => {
-                        let whole = reply(200, "", &file);
-                        if counted.fetch_add(1, Ordering::Relaxed) == 0 {
-                            // The promised length, but the connection closes after 700 lines.
-                            let head_length = whole.len() - file.len();
-                            let _ = stream.write_all(&whole.as_bytes()[..head_length + cut]).await;
-                            return;
-                        }
-                        whole
-                    }
-                    ("DELETE", "/status") => reply(202, "", ""),
-                    _ => reply(404, "", ""),
-                };
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
+                    whole
+                }
+                ("DELETE", "/status") => answer(202, "", ""),
+                _ => answer(404, "", ""),
+            }
         }
-    });
+    })
+    .await;
     let downstream = spawn_auth_app().await;
     let base = format!("{origin}/fhir");
     operator(&downstream.data, pull_source("flaky", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
@@ -1111,62 +1099,46 @@ async fn an_export_answered_at_once_with_its_manifest_is_read_without_polling() 
 async fn deletions_an_export_lists_delete_the_sources_records_with_a_provenance() {
     // Every export holds Patients p1..p3; once `deleting` is set, its manifest also lists a
     // file of deletions (Bulk Data 2.0's `deleted`).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
     let deleting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (flag, served_origin) = (deleting.clone(), origin.clone());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (flag, origin) = (flag.clone(), served_origin.clone());
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 16 * 1024];
-                let read = stream.read(&mut buffer).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buffer[..read]).to_string();
-                let mut words = head.split(' ');
-                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/").to_owned());
-                let reply = |status: u16, extra: &str, body: &str| {
-                    format!(
-                        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                let answer = match (method, target.split('?').next().unwrap_or("")) {
-                    (_, "/fhir/.well-known/smart-configuration") => {
-                        reply(200, "", &json!({"token_endpoint": format!("{origin}/token")}).to_string())
+    let flag = deleting.clone();
+    let origin = fake_upstream(move |request, origin| {
+        let flag = flag.clone();
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            match (request.method.as_str(), request.path.as_str()) {
+                ("GET", "/fhir/$export") => answer(202, "Content-Location: /status\r\n", ""),
+                ("GET", "/status") => {
+                    let mut manifest = json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                        "output": [{"type": "Patient", "url": "/patients"}], "error": []});
+                    if flag.load(Ordering::Relaxed) {
+                        manifest["deleted"] = json!([{"type": "Bundle", "url": "/deleted"}]);
                     }
-                    (_, "/token") => reply(200, "", &json!({"access_token": "t", "expires_in": 300}).to_string()),
-                    ("GET", "/fhir/$export") => reply(202, "Content-Location: /status\r\n", ""),
-                    ("GET", "/status") => {
-                        let mut manifest = json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
-                            "output": [{"type": "Patient", "url": "/patients"}], "error": []});
-                        if flag.load(Ordering::Relaxed) {
-                            manifest["deleted"] = json!([{"type": "Bundle", "url": "/deleted"}]);
-                        }
-                        reply(200, "", &manifest.to_string())
-                    }
-                    ("GET", "/patients") => {
-                        let lines: Vec<String> = (1..=3)
-                            .map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string())
-                            .collect();
-                        reply(200, "", &lines.join("\n"))
-                    }
-                    ("GET", "/deleted") => {
-                        let delete = |url: String| json!({"request": {"method": "DELETE", "url": url}});
-                        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-                            delete("Patient/p1".into()),
-                            delete(format!("{origin}/fhir/Patient/p2")),
-                            delete("Patient/never-pulled".into()),
-                            delete("not a reference".into()),
-                        ]});
-                        reply(200, "", &bundle.to_string())
-                    }
-                    ("DELETE", "/status") => reply(202, "", ""),
-                    _ => reply(404, "", ""),
-                };
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
+                    answer(200, "", &manifest.to_string())
+                }
+                ("GET", "/patients") => {
+                    let lines: Vec<String> = (1..=3)
+                        .map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string())
+                        .collect();
+                    answer(200, "", &lines.join("\n"))
+                }
+                ("GET", "/deleted") => {
+                    let delete = |url: String| json!({"request": {"method": "DELETE", "url": url}});
+                    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                        delete("Patient/p1".into()),
+                        delete(format!("{origin}/fhir/Patient/p2")),
+                        delete("Patient/never-pulled".into()),
+                        delete("not a reference".into()),
+                    ]});
+                    answer(200, "", &bundle.to_string())
+                }
+                ("DELETE", "/status") => answer(202, "", ""),
+                _ => answer(404, "", ""),
+            }
         }
-    });
+    })
+    .await;
     let downstream = spawn_auth_app().await;
     let base = format!("{origin}/fhir");
     operator(&downstream.data, pull_source("ehr", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
