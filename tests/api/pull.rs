@@ -1177,3 +1177,33 @@ async fn deletions_an_export_lists_delete_the_sources_records_with_a_provenance(
     });
     assert!(deleted_by_source, "{provenances:?}");
 }
+
+#[tokio::test]
+async fn a_search_mode_run_is_marked_by_the_upstreams_clock() {
+    // An upstream without $export and without resources, whose clock is an hour behind Braid's.
+    let behind = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let date = httpdate::fmt_http_date(behind);
+    let origin = fake_upstream(move |request, origin| {
+        let dated = format!("Date: {date}\r\n");
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            if request.path == "/fhir/$export" {
+                return answer(404, &dated, "");
+            }
+            answer(200, &dated, &json!({"resourceType": "Bundle", "type": "searchset", "entry": []}).to_string())
+        }
+    })
+    .await;
+    let downstream = spawn_auth_app().await;
+    let base = format!("{origin}/fhir");
+    operator(&downstream.data, pull_source("late", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "late".into() }).await.unwrap();
+    assert_eq!((synced["run"]["outcome"].clone(), synced["run"]["mode"].clone()), (json!("complete"), json!("search")));
+    let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "late".into() }).await.unwrap();
+    let since: jiff::Timestamp = shown["since"].as_str().unwrap().parse().unwrap();
+    let expected = jiff::Timestamp::try_from(behind).unwrap() - jiff::SignedDuration::from_secs(300);
+    let off = since.duration_since(expected).as_secs().abs();
+    assert!(off <= 2, "the next run starts 5 minutes before the upstream's clock said: {since} vs {expected}");
+}
