@@ -199,6 +199,17 @@ impl Access {
         Ok(Arc::unwrap_or_clone(self.shared_restriction(resource_type, interaction, base)?))
     }
 
+    /// Whether `interaction` on `resource_type` is allowed at all (on some of its resources),
+    /// without copying the restriction's clauses: what a route checks for every write.
+    pub fn permits(
+        &self,
+        resource_type: ResourceType,
+        interaction: Interaction,
+        base: &str,
+    ) -> Result<bool, FhirError> {
+        Ok(!matches!(*self.shared_restriction(resource_type, interaction, base)?, Restriction::Deny))
+    }
+
     /// [`Self::restriction`] without a copy of its clauses: a restricted grant's kept one is
     /// shared, so the checks run for every entry of a bundle clone nothing.
     fn shared_restriction(

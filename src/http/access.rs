@@ -24,11 +24,10 @@ pub fn permitted(
     interaction: Permission,
     base: &str,
 ) -> Result<(), FhirError> {
-    match access.restriction(resource_type, interaction, base)? {
-        Restriction::Allow(_) => Ok(()),
-        Restriction::Deny => {
-            Err(forbidden(format!("the access token's scopes do not allow {interaction:?} on {resource_type}")))
-        }
+    if access.permits(resource_type, interaction, base)? {
+        Ok(())
+    } else {
+        Err(forbidden(format!("the access token's scopes do not allow {interaction:?} on {resource_type}")))
     }
 }
 

@@ -34,9 +34,20 @@ impl Indexer for SearchIndexer {
         if keys.contains(&COMPARTMENT_KEY) {
             return index_entries(resource_type, resource, Some(local_base));
         }
-        param_entries(resource_type, resource, Some(local_base), &|def| {
-            keys.iter().any(|key| key.starts_with(def.code.as_str()))
-        })
+        // A source's token checks every body it writes against `_source`: read `meta.source`
+        // directly instead of going through the registry and the expression evaluator.
+        let reads_source = keys.contains(&SOURCE_KEY);
+        let mut entries = if keys.iter().any(|key| *key != SOURCE_KEY) {
+            param_entries(resource_type, resource, Some(local_base), &|def| {
+                (!reads_source || def.code != SOURCE_KEY) && keys.iter().any(|key| key.starts_with(def.code.as_str()))
+            })
+        } else {
+            Vec::new()
+        };
+        if reads_source {
+            entries.extend(source_entry(resource));
+        }
+        entries
     }
 
     fn derived_entry(&self, resource_type: ResourceType, param: &str, value: &[u8]) -> Option<IndexEntry> {
@@ -141,6 +152,16 @@ fn reads_stored_form(expression: &Expr) -> bool {
 /// are indexed as the relative `Type/id` they stand for, before membership is derived from
 /// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
 /// find them. The stored resource keeps the reference as the client wrote it.
+/// The parameter every type has on `meta.source` (`Resource.meta.source`, a uri).
+const SOURCE_KEY: &str = "_source";
+
+/// The `_source` entry of `resource`, as indexing `Resource.meta.source` makes it (a uri is
+/// indexed as its text, cut like every textual value; a value that is not a string, none).
+fn source_entry(resource: &Value) -> Option<IndexEntry> {
+    let source = resource.get("meta")?.get("source")?.as_str()?;
+    Some(IndexEntry { param: SOURCE_KEY.to_owned(), value: values::bounded(source.as_bytes().to_vec()) })
+}
+
 fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Option<&str>) -> Vec<IndexEntry> {
     let mut entries = param_entries(resource_type, resource, local_base, &|_| true);
     add_compartment_membership(resource_type, resource, &mut entries);
@@ -243,6 +264,35 @@ mod tests {
         assert_eq!(entries.iter().filter(|(p, _)| p == "identifier").count(), 2, "one entry per identifier");
         let birthdate = entries.iter().find(|(p, _)| p == "birthdate").unwrap();
         assert_eq!(values::decode_range(&birthdate.1), values::parse_date_range("1980-02"));
+    }
+
+    /// The body checks' shortcut for `_source` gives what indexing `Resource.meta.source`
+    /// gives, on every type.
+    #[test]
+    fn the_source_entry_read_directly_is_the_indexed_one() {
+        let long = format!("urn:braid:source:{}", "é".repeat(values::MAX_INDEXED_BYTES));
+        let metas = [
+            json!({"source": "urn:braid:source:clinic"}),
+            json!({"source": long}),
+            json!({"source": 42}),
+            json!({"profile": ["http://x"]}),
+            json!("not an object"),
+        ];
+        for resource_type in ["Patient", "Observation", "Provenance", "Bundle", "Binary", "Appointment"] {
+            let parsed = ResourceType::parse(resource_type).unwrap();
+            assert!(registry().get(parsed, SOURCE_KEY).is_some(), "{resource_type} has _source");
+            for meta in &metas {
+                let resource = json!({"resourceType": resource_type, "id": "x1", "meta": meta});
+                let indexed: Vec<IndexEntry> =
+                    SearchIndexer.entries(parsed, &resource).into_iter().filter(|e| e.param == SOURCE_KEY).collect();
+                let direct = SearchIndexer.entries_for_keys(parsed, &resource, "http://b/fhir", &[SOURCE_KEY]);
+                assert_eq!(direct, indexed, "{resource_type} with meta {meta}");
+                // Asked together with another key, both are there, `_source` once.
+                let both = SearchIndexer.entries_for_keys(parsed, &resource, "http://b/fhir", &[SOURCE_KEY, "_id"]);
+                assert_eq!(both.iter().filter(|e| e.param == SOURCE_KEY).count(), indexed.len());
+                assert!(both.iter().any(|e| e.param == "_id"), "{both:?}");
+            }
+        }
     }
 
     /// The split the writer relies on: what `prepare` computes from the resource as sent, plus

@@ -81,6 +81,8 @@ impl SourceName {
 #[derive(Debug, Clone)]
 pub struct Namespace {
     name: SourceName,
+    /// `name.uri()`, made once: every resource the source writes carries it twice.
+    uri: String,
     /// The source's own FHIR base (for a pulled source), without a trailing slash: absolute
     /// references to it are the source's own resources.
     own_base: Option<String>,
@@ -88,7 +90,8 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn new(name: SourceName, own_base: Option<&str>) -> Namespace {
-        Namespace { name, own_base: own_base.map(|base| base.trim_end_matches('/').to_owned()) }
+        let uri = name.uri();
+        Namespace { name, uri, own_base: own_base.map(|base| base.trim_end_matches('/').to_owned()) }
     }
 
     pub fn name(&self) -> &SourceName {
@@ -162,19 +165,26 @@ impl Namespace {
     /// Whether the resource's type has a list of identifiers to keep the original id in (most
     /// do; Binary has none, and Bundle a single one).
     fn keeps_identifiers(&self, resource: &Map<String, Value>) -> bool {
+        /// The types whose `identifier` is a list, read from the schema once.
+        static LISTED: std::sync::LazyLock<std::collections::HashSet<&'static str>> = std::sync::LazyLock::new(|| {
+            let definitions = crate::fhir::validation::validator().schema_definitions();
+            crate::fhir::ResourceType::all()
+                .map(crate::fhir::ResourceType::as_str)
+                .filter(|name| definitions[*name]["properties"]["identifier"]["type"] == "array")
+                .collect()
+        });
         let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
-        let definitions = crate::fhir::validation::validator().schema_definitions();
-        definitions[resource_type]["properties"]["identifier"]["type"] == "array"
+        LISTED.contains(resource_type)
     }
 
     fn keep_original_id(&self, resource: &mut Map<String, Value>, original: &Id) -> Result<(), FhirError> {
-        let system = self.name.uri();
+        let system = self.uri.as_str();
         let kept = json!({"system": system, "value": original.as_str()});
         let identifiers = resource.entry("identifier").or_insert_with(|| Value::Array(Vec::new()));
         match identifiers {
             // `identifier` is a list on most types, a single value on a few (e.g. Bundle).
             Value::Array(list) => {
-                if !list.iter().any(|identifier| identifier["system"] == system.as_str()) {
+                if !list.iter().any(|identifier| identifier["system"] == system) {
                     list.push(kept);
                 }
                 Ok(())
@@ -185,13 +195,13 @@ impl Namespace {
     }
 
     fn set_meta_source(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
-        let uri = self.name.uri();
+        let uri = &self.uri;
         let meta = resource.entry("meta").or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(meta) = meta else {
             return Err(FhirError::incorrect(IssueCode::Invalid, "meta must be an object").at("meta"));
         };
         match meta.insert("source".into(), Value::String(uri.clone())) {
-            Some(Value::String(previous)) if previous != uri => {
+            Some(Value::String(previous)) if previous != *uri => {
                 let extensions = meta.entry("extension").or_insert_with(|| Value::Array(Vec::new()));
                 let Value::Array(extensions) = extensions else {
                     return Err(FhirError::incorrect(IssueCode::Invalid, "meta.extension must be a list").at("meta"));

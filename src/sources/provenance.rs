@@ -6,6 +6,7 @@
 //! `store::RecordChanges`), so a push and its Provenance commit together, and a push that
 //! changed nothing (an identical re-push) leaves none.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -37,12 +38,9 @@ pub fn provenance(
     changes: &[Changed],
     recorded: &str,
 ) -> Map<String, Value> {
-    let targets: Vec<Value> = changes
-        .iter()
-        .map(|changed| {
-            json!({"reference": format!("{}/{}/_history/{}", changed.resource_type, changed.id, changed.version)})
-        })
-        .collect();
+    // Built as values directly: a push of many resources makes as many targets, and `json!`
+    // would copy a prebuilt list element by element.
+    let targets: Vec<Value> = changes.iter().map(target).collect();
     let mut agents = vec![json!({
         "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
         "who": {"identifier": {"system": "urn:braid:source", "value": source.as_str()},
@@ -55,13 +53,12 @@ pub fn provenance(
             "onBehalfOf": {"identifier": {"system": "urn:braid:source", "value": source.as_str()}},
         }));
     }
-    let mut resource = json!({
-        "resourceType": "Provenance",
-        "meta": {"source": source.uri()},
-        "target": targets,
-        "recorded": recorded,
-        "agent": agents,
-    });
+    let mut resource = Map::new();
+    resource.insert("resourceType".to_owned(), "Provenance".into());
+    resource.insert("meta".to_owned(), json!({"source": source.uri()}));
+    resource.insert("target".to_owned(), Value::Array(targets));
+    resource.insert("recorded".to_owned(), recorded.into());
+    resource.insert("agent".to_owned(), Value::Array(agents));
     let first = changes.first().map(|changed| changed.kind);
     if let Some(kind) = first.filter(|kind| changes.iter().all(|changed| changed.kind == *kind)) {
         let (code, display) = match kind {
@@ -69,10 +66,23 @@ pub fn provenance(
             ChangeKind::Updated => ("UPDATE", "revise"),
             ChangeKind::Deleted => ("DELETE", "delete"),
         };
-        resource["activity"] = json!({"coding": [{"system": DATA_OPERATION, "code": code, "display": display}]});
+        resource.insert(
+            "activity".to_owned(),
+            json!({"coding": [{"system": DATA_OPERATION, "code": code, "display": display}]}),
+        );
     }
-    let Value::Object(map) = resource else { unreachable!("built as an object") };
-    map
+    resource
+}
+
+/// `{"reference": "Type/id/_history/version"}` for one changed version.
+fn target(changed: &Changed) -> Value {
+    let (resource_type, id) = (changed.resource_type.as_str(), changed.id.as_str());
+    let mut reference = String::with_capacity(resource_type.len() + id.len() + 32);
+    // Writing to a String cannot fail.
+    let _ = write!(reference, "{resource_type}/{id}/_history/{}", changed.version);
+    let mut target = Map::with_capacity(1);
+    target.insert("reference".to_owned(), Value::String(reference));
+    Value::Object(target)
 }
 
 #[cfg(test)]
