@@ -55,10 +55,28 @@ pub fn check_body(
     interaction: Permission,
     base: &str,
 ) -> Result<(), FhirError> {
-    if !access.is_restricted() || access.admits_body(&SearchIndexer, resource_type, body, interaction, base)? {
+    if !access.is_restricted() {
+        return Ok(());
+    }
+    refuse_claimed_source(access, body)?;
+    if access.admits_body(&SearchIndexer, resource_type, body, interaction, base)? {
         Ok(())
     } else {
         Err(forbidden(format!("this {resource_type} lies outside what the access token may write")))
+    }
+}
+
+/// Refuses a body whose `meta.source` names a source other than the one the token writes as:
+/// a source's records are told apart by it (its writes' guard, the unified record, reminders),
+/// so a restricted token (a patient's app, granular scopes) must not pass its writes off as a
+/// source's. A source's own writes carry its name (`admit` sets it); unrestricted writers keep
+/// the `meta.source` they send, as before sources existed (an operator restoring an export).
+fn refuse_claimed_source(access: &Access, body: &Value) -> Result<(), FhirError> {
+    match crate::sources::namespace::source_of(body) {
+        Some(claimed) if source_name(access) != Some(claimed) => Err(forbidden(format!(
+            "meta.source names the source '{claimed}': only that source's own client writes its records"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -10,6 +10,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::sources::namespace::source_of;
+
 /// The id prefix of golden Patients: ids with it are Braid's, never a client's (the store
 /// refuses other writers).
 pub const GOLDEN_PREFIX: &str = crate::store::MANAGED_PATIENT_PREFIX;
@@ -59,11 +61,6 @@ pub struct Survivorship {
     /// Source names, most trusted first; members from other sources (or none) come after.
     #[serde(default)]
     pub trusted_sources: Vec<String>,
-}
-
-/// A member's source name, from its `meta.source` (`urn:braid:source:NAME`).
-fn source_of(patient: &Value) -> Option<&str> {
-    patient["meta"]["source"].as_str()?.strip_prefix("urn:braid:source:")
 }
 
 /// How many of the survivorship elements a record fills in.

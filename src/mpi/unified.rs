@@ -28,6 +28,7 @@ use crate::fhir::json::parse_instant;
 use crate::fhir::{FhirError, ResourceType};
 use crate::search::engine;
 use crate::search::query::{Clause, Pred, exact, parse_clause};
+use crate::sources::namespace::source_of;
 use crate::store::{IndexView, Snapshot, Store, StoreError};
 
 /// The extension naming each report of a fact shown once (a Reference, its display the source).
@@ -114,12 +115,6 @@ pub fn expand(store: &Store, clauses: &mut [Clause]) -> Result<String, FhirError
 fn patient_id(reference: &str, base: &str) -> Option<String> {
     let local = reference.strip_prefix(base).map(|rest| rest.trim_start_matches('/')).unwrap_or(reference);
     local.strip_prefix("Patient/").filter(|id| !id.contains('/')).map(str::to_owned)
-}
-
-/// The source a stored resource came from (its `meta.source` names it), or `None` for records
-/// written without a source.
-fn source_of(resource: &Value) -> Option<&str> {
-    resource["meta"]["source"].as_str()?.strip_prefix("urn:braid:source:")
 }
 
 /// The codings of a CodeableConcept, as `system|code`.

@@ -41,7 +41,6 @@ pub const IDENTIFIER_SYSTEM: &str = "urn:braid:reminder";
 pub const START_EXTENSION: &str = "urn:braid:reminder:appointment-start";
 const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/communication-category";
 const MEDIUM_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode";
-const SOURCE_PREFIX: &str = "urn:braid:source:";
 
 /// Most appointments, and most reminders of each kind, one pass reads; the rest wait for the
 /// next pass (a warning says so).
@@ -222,8 +221,7 @@ impl Appointment {
             .or_else(|| concept(&body["serviceType"][0]))
             .or_else(|| concept(&body["appointmentType"]))
             .unwrap_or_else(|| "your appointment".into());
-        let provider =
-            body["meta"]["source"].as_str().and_then(|source| source.strip_prefix(SOURCE_PREFIX)).map(str::to_owned);
+        let provider = crate::sources::namespace::source_of(body).map(str::to_owned);
         let patients = body["participant"]
             .as_array()
             .into_iter()

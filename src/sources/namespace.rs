@@ -37,9 +37,18 @@ const MAX_ID: usize = 64;
 /// The extension that keeps an upstream's own `meta.source` when Braid sets its own.
 pub const ORIGINAL_META_SOURCE: &str = "urn:braid:original-meta-source";
 
+/// What every source's URI starts with (see [`SourceName::uri`]).
+pub const SOURCE_URI_PREFIX: &str = "urn:braid:source:";
+
 /// The URI naming the source `name` (see [`SourceName::uri`]).
 pub fn source_uri(name: &str) -> String {
-    format!("urn:braid:source:{name}")
+    format!("{SOURCE_URI_PREFIX}{name}")
+}
+
+/// The name of the source a resource came from, by its `meta.source`: `None` for a resource
+/// that no source wrote.
+pub fn source_of(resource: &Value) -> Option<&str> {
+    resource.get("meta")?.get("source")?.as_str()?.strip_prefix(SOURCE_URI_PREFIX)
 }
 
 /// A source's name, as the operator gave it: 1 to [`MAX_SOURCE_NAME`] lowercase ASCII letters

@@ -344,6 +344,60 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
     );
 }
 
+/// A patient's app (a restricted token) cannot pass its writes off as a source's: the source
+/// would own them (its guard lets it change them) and the unified record would show them as the
+/// source's. Refused on create, update and in bundles; another `meta.source` is the app's to set,
+/// and an unrestricted writer keeps what it sends, as before sources existed.
+#[tokio::test]
+async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_the_sources() {
+    let server = spawn_auth_app().await;
+    let clinic = add_source(&server, "clinic", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+    let mut p1 = patient("1", "Chalmers");
+    p1["id"] = json!("p1");
+    assert_eq!(send(&server, "PUT", "/Patient/p1", &everything, Some(&p1)).await.status, 201);
+    let app = server.token("app", "patient/Observation.cruds", Some("p1"));
+    let observation = |source: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"},
+               "subject": {"reference": "Patient/p1"}, "meta": {"source": source}})
+    };
+    let forged = observation("urn:braid:source:clinic");
+
+    let created = send(&server, "POST", "/Observation", &app, Some(&forged)).await;
+    created.assert_outcome(403);
+    assert!(created.text.contains("'clinic'"), "{}", created.text);
+    let mut with_id = forged.clone();
+    with_id["id"] = json!("o1");
+    send(&server, "PUT", "/Observation/o1", &app, Some(&with_id)).await.assert_outcome(403);
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("https://app.example"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": forged, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    send(&server, "POST", "", &app, Some(&transaction)).await.assert_outcome(403);
+    let mut batch = transaction.clone();
+    batch["type"] = json!("batch");
+    let reply = send(&server, "POST", "", &app, Some(&batch)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let statuses: Vec<&str> =
+        reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["201 Created", "403 Forbidden"]);
+    let stored = send(&server, "GET", "/Observation?_source=urn:braid:source:clinic", &everything, None).await;
+    assert_eq!(stored.body["entry"].as_array().map_or(0, Vec::len), 0, "nothing claims the clinic: {}", stored.text);
+
+    // The app's own `meta.source` is kept, and the source cannot touch that record.
+    let own = send(&server, "POST", "/Observation", &app, Some(&observation("https://app.example"))).await;
+    assert_eq!((own.status, own.body["meta"]["source"].clone()), (201, json!("https://app.example")), "{}", own.text);
+    let id = own.body["id"].as_str().unwrap();
+    let refused = send(&server, "DELETE", &format!("/Observation?_id={id}"), &clinic.token, None).await;
+    assert_eq!(refused.status, 204, "{}", refused.text);
+    assert_eq!(send(&server, "GET", &format!("/Observation/{id}"), &everything, None).await.status, 200);
+
+    // An unrestricted writer (restoring an export, say) keeps what it sends.
+    let restored =
+        send(&server, "POST", "/Observation", &everything, Some(&observation("urn:braid:source:clinic"))).await;
+    assert_eq!(restored.status, 201, "{}", restored.text);
+}
+
 #[tokio::test]
 async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_issues_and_both_count() {
     let server = spawn_auth_app().await;
