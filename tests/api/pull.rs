@@ -1207,3 +1207,61 @@ async fn a_search_mode_run_is_marked_by_the_upstreams_clock() {
     let off = since.duration_since(expected).as_secs().abs();
     assert!(off <= 2, "the next run starts 5 minutes before the upstream's clock said: {since} vs {expected}");
 }
+
+/// A busy upstream: its kick-off is answered 429 with `Retry-After: 1`, then 503 without one,
+/// before it accepts; its status, 503 and then 429, before the manifest. The run waits as told
+/// and retries each, and ends with the export read once.
+#[tokio::test]
+async fn a_kick_off_and_status_polls_answered_busy_are_retried_after_the_wait_they_ask_for() {
+    let (kickoffs, polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (kicked, polled) = (kickoffs.clone(), polls.clone());
+    let origin = fake_upstream(move |request, origin| {
+        let (kicked, polled) = (kicked.clone(), polled.clone());
+        async move {
+            if let Some(answer) = smart_answer(&request, &origin) {
+                return answer;
+            }
+            match request.path.as_str() {
+                "/fhir/$export" => match kicked.fetch_add(1, Ordering::SeqCst) {
+                    0 => answer(429, "Retry-After: 1\r\n", ""),
+                    1 => answer(503, "", ""),
+                    _ => answer(202, "Content-Location: /status/1\r\n", ""),
+                },
+                // After the files, the export is deleted at the upstream.
+                "/status/1" if request.method == "DELETE" => answer(202, "", ""),
+                "/status/1" => match polled.fetch_add(1, Ordering::SeqCst) {
+                    0 => answer(503, "Retry-After: 0\r\n", ""),
+                    1 => answer(429, "Retry-After: 0\r\n", ""),
+                    _ => answer(
+                        200,
+                        "",
+                        &json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
+                                "requiresAccessToken": true,
+                                "output": [{"type": "Patient", "url": format!("{origin}/file/patients")}], "error": []})
+                        .to_string(),
+                    ),
+                },
+                "/file/patients" => answer(
+                    200,
+                    "",
+                    &[json!({"resourceType": "Patient", "id": "p1"}), json!({"resourceType": "Patient", "id": "p2"})]
+                        .map(|line| line.to_string())
+                        .join("\n"),
+                ),
+                _ => answer(404, "", ""),
+            }
+        }
+    })
+    .await;
+    let downstream = spawn_auth_app().await;
+    let base = format!("{origin}/fhir");
+    operator(&downstream.data, pull_source("busy", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    let started = std::time::Instant::now();
+    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "busy".into() }).await.unwrap();
+    let run = &synced["run"];
+    assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
+    assert_eq!(run["counts"]["created"], 2, "{synced}");
+    assert_eq!(kickoffs.load(Ordering::SeqCst), 3, "two busy answers, then the export");
+    assert_eq!(polls.load(Ordering::SeqCst), 3, "two busy answers, then the manifest");
+    assert!(started.elapsed() >= Duration::from_secs(1), "the kick-off's Retry-After was waited out");
+}
