@@ -7,10 +7,10 @@ use serde_json::Value;
 use crate::auth::Access;
 use crate::auth::restrict::Restriction;
 use crate::auth::scope::Interaction as Permission;
-use crate::fhir::{Category, FhirError, IssueCode, ResourceType};
+use crate::fhir::{Category, FhirError, Id, IssueCode, ResourceType};
 use crate::search::query::Clause;
 use crate::search::{SearchIndexer, parse_criteria_within};
-use crate::store::{Change, Criteria, LATEST, WriteGuard};
+use crate::store::{Change, Criteria, LATEST, Store, WriteGuard};
 
 fn forbidden(message: String) -> FhirError {
     FhirError::new(Category::Forbidden, IssueCode::Forbidden, message)
@@ -55,29 +55,51 @@ pub fn check_body(
     interaction: Permission,
     base: &str,
 ) -> Result<(), FhirError> {
-    if !access.is_restricted() {
-        return Ok(());
-    }
-    refuse_claimed_source(access, body)?;
-    if access.admits_body(&SearchIndexer, resource_type, body, interaction, base)? {
+    if !access.is_restricted() || access.admits_body(&SearchIndexer, resource_type, body, interaction, base)? {
         Ok(())
     } else {
         Err(forbidden(format!("this {resource_type} lies outside what the access token may write")))
     }
 }
 
-/// Refuses a body whose `meta.source` names a source other than the one the token writes as:
-/// a source's records are told apart by it (its writes' guard, the unified record, reminders),
-/// so a restricted token (a patient's app, granular scopes) must not pass its writes off as a
-/// source's. A source's own writes carry its name (`admit` sets it); unrestricted writers keep
-/// the `meta.source` they send, as before sources existed (an operator restoring an export).
-fn refuse_claimed_source(access: &Access, body: &Value) -> Result<(), FhirError> {
-    match crate::sources::namespace::source_of(body) {
-        Some(claimed) if source_name(access) != Some(claimed) => Err(forbidden(format!(
-            "meta.source names the source '{claimed}': only that source's own client writes its records"
-        ))),
-        _ => Ok(()),
+/// Refuses a body whose `meta.source` names a source (`urn:braid:source:NAME`) that the version
+/// it replaces did not name, written with a restricted token (a patient's app, granular scopes)
+/// that is not that source's. A source's records are told apart by `meta.source` (its writes'
+/// guard, the unified record, reminders), so such a token must not pass what it writes off as a
+/// source's; editing a record that already is a source's keeps its `meta.source` and is allowed.
+/// `replaced` gives the source the replaced version names: asked only when the body claims one
+/// (a create replaces nothing; criteria are matched only in the writer, so a conditional write
+/// counts as replacing nothing). A source's own writes carry its name (`admit` sets it);
+/// unrestricted writers keep the `meta.source` they send, as before sources existed (an
+/// operator restoring an export).
+pub fn check_claim(
+    access: &Access,
+    body: &Value,
+    replaced: impl FnOnce() -> Result<Option<String>, FhirError>,
+) -> Result<(), FhirError> {
+    if !access.is_restricted() {
+        return Ok(());
     }
+    let Some(claimed) = crate::sources::namespace::source_of(body) else { return Ok(()) };
+    if source_name(access) == Some(claimed) || replaced()?.as_deref() == Some(claimed) {
+        return Ok(());
+    }
+    Err(forbidden(format!("this token may not write records attributed to the source '{claimed}' (meta.source)")))
+}
+
+/// The source the live version of `resource_type/id` names (see [`check_claim`]): `None` when
+/// there is none, or it names no source.
+pub fn claim_at(store: &Store, resource_type: ResourceType, id: &Id) -> Result<Option<String>, FhirError> {
+    match store.snapshot()?.current(resource_type, id.as_str())? {
+        Some(version) if !version.is_deleted() => Ok(claim_of_stored(&version.body)),
+        _ => Ok(None),
+    }
+}
+
+/// The source a stored body's `meta.source` names.
+fn claim_of_stored(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    crate::sources::namespace::source_of(&value).map(str::to_owned)
 }
 
 /// The clause a source's token's conditional writes are limited by: the resource's

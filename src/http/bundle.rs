@@ -84,10 +84,10 @@ pub async fn process_bundle(
     source: Option<&Arc<ActiveSource>>,
 ) -> Result<BundleOut, FhirError> {
     let (parse_limits, parse_base, parse_access) = (limits.clone(), base.to_owned(), access.clone());
-    let parse_source = source.cloned();
+    let (parse_source, parse_store) = (source.cloned(), store.clone());
     // Parsing and validating a large bundle takes milliseconds of CPU: keep it off the I/O threads.
     let (kind, entries) = tokio::task::spawn_blocking(move || {
-        parse_bundle(&body, &parse_limits, &parse_base, &parse_access, parse_source.as_deref())
+        parse_bundle(&body, &parse_store, &parse_limits, &parse_base, &parse_access, parse_source.as_deref())
     })
     .await
     .map_err(|_| FhirError::fault("bundle"))??;
@@ -103,6 +103,7 @@ pub async fn process_bundle(
 
 fn parse_bundle(
     bytes: &[u8],
+    store: &Store,
     limits: &Limits,
     base: &str,
     access: &Access,
@@ -139,7 +140,7 @@ fn parse_bundle(
     check_unique_entries(kind, &entries)?;
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        let result = parse_entry(entry, base, limits, access, source).map_err(|error| locate(error, index));
+        let result = parse_entry(entry, store, base, limits, access, source).map_err(|error| locate(error, index));
         if kind == Kind::Transaction && result.is_err() {
             return Ok((kind, vec![result]));
         }
@@ -221,6 +222,7 @@ fn locate(mut error: FhirError, index: usize) -> FhirError {
 
 fn parse_entry(
     mut entry: Value,
+    store: &Store,
     base: &str,
     limits: &Limits,
     access: &Access,
@@ -312,6 +314,10 @@ fn parse_entry(
             access::permitted(access, resource_type, interaction, base)?;
             super::source::admit(source, resource_type, &mut resource, Some(base))?;
             access::check_body(access, resource_type, &resource, interaction, base)?;
+            access::check_claim(access, &resource, || match &target {
+                Some(Target::Id(id)) => access::claim_at(store, resource_type, id),
+                _ => Ok(None),
+            })?;
             let conditional_references = request::conditional_references(&mut resource, access, base)?;
             let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };
             let action = match target {

@@ -237,6 +237,7 @@ pub(super) fn patched_update(
     }
     let mut value: Value =
         serde_json::from_slice(&current.body).map_err(|_| FhirError::fault("patch: a stored resource is not JSON"))?;
+    let claimed_before = crate::sources::namespace::source_of(&value).map(str::to_owned);
     match patch {
         Patch::Json(document) => crate::fhir::json_patch::apply(&mut value, document, resource_type.as_str())?,
         Patch::FhirPath(parameters) => crate::search::fhirpath_patch::apply(&mut value, parameters)?,
@@ -244,6 +245,7 @@ pub(super) fn patched_update(
     keeps_identity(&value, resource_type, id)?;
     validator().validate_value(resource_type, &value)?;
     super::access::check_body(access, resource_type, &value, Permission::Update, base)?;
+    super::access::check_claim(access, &value, || Ok(claimed_before))?;
     let conditional_references = request::conditional_references(&mut value, access, base)?;
     let Value::Object(resource) = value else { unreachable!("keeps_identity checked for an object") };
     let precondition = Precondition { if_match: Some(current.version), if_none_match_any: false };

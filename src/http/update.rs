@@ -60,6 +60,10 @@ async fn execute(
     let base = request::base_url(http, state);
     super::source::admit(source, resource_type, &mut value, Some(&base))?;
     super::access::check_body(access, resource_type, &value, Permission::Update, &base)?;
+    super::access::check_claim(access, &value, || match &target {
+        Target::Id(id) => super::access::claim_at(&state.store, resource_type, id),
+        Target::Criteria(_) => Ok(None),
+    })?;
     let precondition = request::precondition(http)?;
     let conditional_references = request::conditional_references(&mut value, access, &base)?;
     let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };

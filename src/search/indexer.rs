@@ -148,20 +148,22 @@ fn reads_stored_form(expression: &Expr) -> bool {
     }
 }
 
-/// The entries of every parameter, then compartment membership. References on `local_base`
-/// are indexed as the relative `Type/id` they stand for, before membership is derived from
-/// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
-/// find them. The stored resource keeps the reference as the client wrote it.
 /// The parameter every type has on `meta.source` (`Resource.meta.source`, a uri).
 const SOURCE_KEY: &str = "_source";
 
-/// The `_source` entry of `resource`, as indexing `Resource.meta.source` makes it (a uri is
-/// indexed as its text, cut like every textual value; a value that is not a string, none).
+/// The `_source` entry of `resource`, as indexing `Resource.meta.source` makes it for a valid
+/// resource (a uri is indexed as its text, cut like every textual value). The evaluator would
+/// also read shapes validation refuses (a list where one value belongs); every body checked
+/// this way has been validated.
 fn source_entry(resource: &Value) -> Option<IndexEntry> {
     let source = resource.get("meta")?.get("source")?.as_str()?;
     Some(IndexEntry { param: SOURCE_KEY.to_owned(), value: values::bounded(source.as_bytes().to_vec()) })
 }
 
+/// The entries of every parameter, then compartment membership. References on `local_base`
+/// are indexed as the relative `Type/id` they stand for, before membership is derived from
+/// them, so that reference search, chains, `_has`, includes, compartments and `$everything`
+/// find them. The stored resource keeps the reference as the client wrote it.
 fn index_entries(resource_type: ResourceType, resource: &Value, local_base: Option<&str>) -> Vec<IndexEntry> {
     let mut entries = param_entries(resource_type, resource, local_base, &|_| true);
     add_compartment_membership(resource_type, resource, &mut entries);

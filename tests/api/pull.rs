@@ -1213,10 +1213,10 @@ async fn a_search_mode_run_is_marked_by_the_upstreams_clock() {
 /// and retries each, and ends with the export read once.
 #[tokio::test]
 async fn a_kick_off_and_status_polls_answered_busy_are_retried_after_the_wait_they_ask_for() {
-    let (kickoffs, polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (kicked, polled) = (kickoffs.clone(), polls.clone());
+    let counters = [(); 3].map(|_| Arc::new(AtomicUsize::new(0)));
+    let [kickoffs, polls, downloads] = counters.clone();
     let origin = fake_upstream(move |request, origin| {
-        let (kicked, polled) = (kicked.clone(), polled.clone());
+        let [kicked, polled, fetched] = counters.clone();
         async move {
             if let Some(answer) = smart_answer(&request, &origin) {
                 return answer;
@@ -1241,13 +1241,14 @@ async fn a_kick_off_and_status_polls_answered_busy_are_retried_after_the_wait_th
                         .to_string(),
                     ),
                 },
-                "/file/patients" => answer(
-                    200,
-                    "",
-                    &[json!({"resourceType": "Patient", "id": "p1"}), json!({"resourceType": "Patient", "id": "p2"})]
-                        .map(|line| line.to_string())
-                        .join("\n"),
-                ),
+                "/file/patients" => {
+                    fetched.fetch_add(1, Ordering::SeqCst);
+                    let lines = [
+                        json!({"resourceType": "Patient", "id": "p1"}),
+                        json!({"resourceType": "Patient", "id": "p2"}),
+                    ];
+                    answer(200, "", &lines.map(|line| line.to_string()).join("\n"))
+                }
                 _ => answer(404, "", ""),
             }
         }
@@ -1263,5 +1264,6 @@ async fn a_kick_off_and_status_polls_answered_busy_are_retried_after_the_wait_th
     assert_eq!(run["counts"]["created"], 2, "{synced}");
     assert_eq!(kickoffs.load(Ordering::SeqCst), 3, "two busy answers, then the export");
     assert_eq!(polls.load(Ordering::SeqCst), 3, "two busy answers, then the manifest");
+    assert_eq!(downloads.load(Ordering::SeqCst), 1, "the file is read once");
     assert!(started.elapsed() >= Duration::from_secs(1), "the kick-off's Retry-After was waited out");
 }

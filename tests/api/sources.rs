@@ -346,32 +346,37 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
 
 /// A patient's app (a restricted token) cannot pass its writes off as a source's: the source
 /// would own them (its guard lets it change them) and the unified record would show them as the
-/// source's. Refused on create, update and in bundles; another `meta.source` is the app's to set,
-/// and an unrestricted writer keeps what it sends, as before sources existed.
+/// source's. A claim the replaced version did not carry is refused on create, update, patch and
+/// in bundles; editing a record that already is the source's keeps its claim and is allowed;
+/// another `meta.source` is the app's to set; an unrestricted writer keeps what it sends.
 #[tokio::test]
 async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_the_sources() {
     let server = spawn_auth_app().await;
     let clinic = add_source(&server, "clinic", false).await;
     let everything = server.token("operator", "system/*.cruds", None);
-    let mut p1 = patient("1", "Chalmers");
-    p1["id"] = json!("p1");
-    assert_eq!(send(&server, "PUT", "/Patient/p1", &everything, Some(&p1)).await.status, 201);
-    let app = server.token("app", "patient/Observation.cruds", Some("p1"));
+    let mut ours = patient("123", "Chalmers");
+    ours["id"] = json!("42");
+    assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
+    let pulse = json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "pulse"},
+                       "subject": {"reference": "Patient/42"}});
+    assert_eq!(send(&server, "PUT", "/Observation/o1", &clinic.token, Some(&pulse)).await.status, 201);
+    let app = server.token("app", "patient/Observation.cruds", Some("clinic-42"));
     let observation = |source: &str| {
         json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"},
-               "subject": {"reference": "Patient/p1"}, "meta": {"source": source}})
+               "subject": {"reference": "Patient/clinic-42"}, "meta": {"source": source}})
     };
     let forged = observation("urn:braid:source:clinic");
 
+    // New claims: a create, a PUT that creates, a transaction, a batch entry.
     let created = send(&server, "POST", "/Observation", &app, Some(&forged)).await;
     created.assert_outcome(403);
     assert!(created.text.contains("'clinic'"), "{}", created.text);
     let mut with_id = forged.clone();
-    with_id["id"] = json!("o1");
-    send(&server, "PUT", "/Observation/o1", &app, Some(&with_id)).await.assert_outcome(403);
+    with_id["id"] = json!("o2");
+    send(&server, "PUT", "/Observation/o2", &app, Some(&with_id)).await.assert_outcome(403);
     let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation("https://app.example"), "request": {"method": "POST", "url": "Observation"}},
-        {"resource": forged, "request": {"method": "POST", "url": "Observation"}}
+        {"resource": with_id, "request": {"method": "PUT", "url": "Observation/o2"}}
     ]});
     send(&server, "POST", "", &app, Some(&transaction)).await.assert_outcome(403);
     let mut batch = transaction.clone();
@@ -381,16 +386,46 @@ async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_th
     let statuses: Vec<&str> =
         reply.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201 Created", "403 Forbidden"]);
-    let stored = send(&server, "GET", "/Observation?_source=urn:braid:source:clinic", &everything, None).await;
-    assert_eq!(stored.body["entry"].as_array().map_or(0, Vec::len), 0, "nothing claims the clinic: {}", stored.text);
 
-    // The app's own `meta.source` is kept, and the source cannot touch that record.
+    // The app's own record: its `meta.source` is kept, and it may not be turned into the
+    // clinic's, by PUT or by PATCH; the clinic's conditional delete does not reach it.
     let own = send(&server, "POST", "/Observation", &app, Some(&observation("https://app.example"))).await;
     assert_eq!((own.status, own.body["meta"]["source"].clone()), (201, json!("https://app.example")), "{}", own.text);
-    let id = own.body["id"].as_str().unwrap();
-    let refused = send(&server, "DELETE", &format!("/Observation?_id={id}"), &clinic.token, None).await;
-    assert_eq!(refused.status, 204, "{}", refused.text);
-    assert_eq!(send(&server, "GET", &format!("/Observation/{id}"), &everything, None).await.status, 200);
+    let id = own.body["id"].as_str().unwrap().to_owned();
+    let mut claimed = own.body.clone();
+    claimed["meta"] = json!({"source": "urn:braid:source:clinic"});
+    send(&server, "PUT", &format!("/Observation/{id}"), &app, Some(&claimed)).await.assert_outcome(403);
+    let patch = |path: &str, operations: Value| {
+        let request = server
+            .app
+            .client
+            .patch(server.app.url(path))
+            .bearer_auth(&app)
+            .header("content-type", "application/json-patch+json")
+            .body(operations.to_string());
+        server.app.send(request)
+    };
+    let claim = json!([{"op": "replace", "path": "/meta/source", "value": "urn:braid:source:clinic"}]);
+    patch(&format!("/Observation/{id}"), claim).await.assert_outcome(403);
+    let unmatched = send(&server, "DELETE", &format!("/Observation?_id={id}"), &clinic.token, None).await;
+    assert_eq!(unmatched.status, 204, "{}", unmatched.text);
+    let kept = send(&server, "GET", &format!("/Observation/{id}"), &everything, None).await;
+    assert_eq!((kept.status, kept.body["meta"]["source"].clone()), (200, json!("https://app.example")));
+    let claiming = send(&server, "GET", "/Observation?_source=urn:braid:source:clinic", &everything, None).await;
+    let ids: Vec<&str> =
+        claiming.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["clinic-o1"], "only the clinic's own record claims it");
+
+    // The clinic's record, edited by the app: the claim was there already, so a PUT of what it
+    // read and a patch are updates like any other.
+    let mut read = send(&server, "GET", "/Observation/clinic-o1", &app, None).await.body;
+    read["status"] = json!("amended");
+    let updated = send(&server, "PUT", "/Observation/clinic-o1", &app, Some(&read)).await;
+    assert_eq!((updated.status, updated.body["status"].clone()), (200, json!("amended")), "{}", updated.text);
+    let status = json!([{"op": "replace", "path": "/status", "value": "corrected"}]);
+    let patched = patch("/Observation/clinic-o1", status).await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.body["meta"]["source"], "urn:braid:source:clinic");
 
     // An unrestricted writer (restoring an export, say) keeps what it sends.
     let restored =
