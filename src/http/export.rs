@@ -214,7 +214,7 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
                 outside.sort();
                 return Err(incorrect(format!(
                     "patient names {} that the Group does not have as members",
-                    outside.iter().take(10).map(|patient| patient.as_str()).collect::<Vec<_>>().join(", ")
+                    first_ten(outside.iter().map(|patient| patient.as_str()))
                 )));
             }
             Level::Group { members: patients }
@@ -292,10 +292,15 @@ fn refuse_unknown_patients(
         IssueCode::NotFound,
         format!(
             "patient names {} that {} not exist",
-            unknown.iter().take(10).copied().collect::<Vec<_>>().join(", "),
+            first_ten(unknown.iter().copied()),
             if unknown.len() == 1 { "does" } else { "do" }
         ),
     ))
+}
+
+/// The first ten of `names`, joined by commas: what an error lists of the patients it names.
+fn first_ten<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.take(10).collect::<Vec<_>>().join(", ")
 }
 
 /// Most `_typeFilter` queries one kick-off may carry.
@@ -306,7 +311,6 @@ const MAX_TYPE_FILTERS: usize = 100;
 #[derive(Default)]
 struct TypeFilters {
     by_type: Vec<(ResourceType, Vec<Vec<Clause>>)>,
-    count: usize,
 }
 
 impl TypeFilters {
@@ -314,8 +318,7 @@ impl TypeFilters {
     /// or several joined by commas (as Bulk Data 1.0 wrote them), each starting with its type.
     fn add(&mut self, value: &str, base: &str) -> Result<(), FhirError> {
         for query in split_type_filters(value) {
-            self.count += 1;
-            if self.count > MAX_TYPE_FILTERS {
+            if self.by_type.iter().map(|(_, queries)| queries.len()).sum::<usize>() >= MAX_TYPE_FILTERS {
                 return Err(incorrect(format!("more than {MAX_TYPE_FILTERS} _typeFilter queries")));
             }
             let (type_name, search) = query.split_once('?').ok_or_else(|| {
@@ -390,28 +393,23 @@ fn export_types(
 ) -> Result<(ExportTypes, ExportTypes), FhirError> {
     let patients_only = !matches!(level, Level::System);
     let named = asked.is_some();
+    // By default a Patient or Group export is the compartment alone (what a compartment search
+    // returns); reference data comes when the client names its types.
     let candidates: Vec<ResourceType> = match asked {
         Some(types) => types,
+        None if patients_only => patient_compartment().types(),
         None => ResourceType::all().collect(),
     };
     let (mut types, mut referenced) = (Vec::new(), Vec::new());
     for resource_type in candidates {
         let outside = patients_only && !patient_compartment().contains(resource_type);
-        // By default a Patient or Group export is the compartment alone (what a compartment
-        // search returns); reference data comes when the client names its types.
-        if outside && !named {
-            continue;
-        }
         if outside && !SHARED_TYPES.contains(&resource_type.as_str()) {
             // Outside the compartment, and not reference data: other patients' records may be
             // of this type (a Device, a Task, a Bundle), so only a system export writes it.
-            if named {
-                return Err(incorrect(format!(
-                    "{resource_type} is not in the Patient compartment, nor reference data a patient's record points \
-                     at: export it at the system level"
-                )));
-            }
-            continue;
+            return Err(incorrect(format!(
+                "{resource_type} is not in the Patient compartment, nor reference data a patient's record points at: \
+                 export it at the system level"
+            )));
         }
         match access.restriction(resource_type, Permission::Read, base)? {
             Restriction::Allow(clauses) if outside => referenced.push((resource_type, clauses)),

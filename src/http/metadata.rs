@@ -125,7 +125,7 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
                 operations.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
             }
             if has(Interaction::Export) && resource_type.as_str() == "Patient" {
-                operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+                operations.push(json!({"name": "export", "definition": format!("{BULK_DATA}/OperationDefinition/patient-export")}));
             }
             if has(Interaction::IngestVitals) && resource_type.as_str() == "Patient" {
                 operations.push(json!({"name": "ingest-vitals", "definition": "urn:braid:operation:ingest-vitals"}));
@@ -134,7 +134,7 @@ pub fn build(base: &str, multiple_delete: bool) -> Value {
                 operations.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
             }
             if has(Interaction::Export) && resource_type.as_str() == "Group" {
-                operations.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
+                operations.push(json!({"name": "export", "definition": format!("{BULK_DATA}/OperationDefinition/group-export")}));
             }
             if !operations.is_empty() {
                 resource["operation"] = json!(operations);
@@ -179,11 +179,8 @@ fn system_operations(has: &dyn Fn(Interaction) -> bool) -> Value {
     if has(Interaction::Export) {
         // The Patient and Group exports are listed here too (as well as on their types): Bulk
         // Data clients and test kits look for them at this level.
-        for (name, definition) in
-            [("export", "export"), ("patient-export", "patient-export"), ("group-export", "group-export")]
-        {
-            operations
-                .push(json!({"name": name, "definition": format!("{BULK_DATA}/OperationDefinition/{definition}")}));
+        for name in ["export", "patient-export", "group-export"] {
+            operations.push(json!({"name": name, "definition": format!("{BULK_DATA}/OperationDefinition/{name}")}));
         }
     }
     if has(Interaction::QueryLinks) {

@@ -35,16 +35,16 @@ impl Indexer for SearchIndexer {
             return index_entries(resource_type, resource, Some(local_base));
         }
         // A source's token checks every body it writes against `_source`: read `meta.source`
-        // directly instead of going through the registry and the expression evaluator.
-        let reads_source = keys.contains(&SOURCE_KEY);
+        // directly instead of going through the registry and the expression evaluator (a
+        // `_source` clause reads the key `_source` whatever its modifier).
         let mut entries = if keys.iter().any(|key| *key != SOURCE_KEY) {
             param_entries(resource_type, resource, Some(local_base), &|def| {
-                (!reads_source || def.code != SOURCE_KEY) && keys.iter().any(|key| key.starts_with(def.code.as_str()))
+                def.code != SOURCE_KEY && keys.iter().any(|key| key.starts_with(def.code.as_str()))
             })
         } else {
             Vec::new()
         };
-        if reads_source {
+        if keys.contains(&SOURCE_KEY) {
             entries.extend(source_entry(resource));
         }
         entries

@@ -570,8 +570,7 @@ fn run(
                 return Ok(ControlFlow::Break(()));
             }
             if !within_level(&kickoff.level, &view, resource_type, id, version)?
-                || (!clauses.is_empty()
-                    && !engine::matches_clauses(&view, resource_type, clauses, id, version, LATEST)?)
+                || !within_limits(&view, resource_type, clauses, id, version)?
             {
                 return Ok(ControlFlow::Continue(()));
             }
@@ -609,9 +608,8 @@ fn run(
             if kickoff.since_micros.is_some_and(|since| version.header.last_updated_micros <= since) {
                 continue;
             }
-            let admitted = clauses.is_empty()
-                || engine::matches_clauses(&view, resource_type, clauses, id, version.version, LATEST)
-                    .map_err(|error| format!("{resource_type}: {error}"))?;
+            let admitted = within_limits(&view, resource_type, clauses, id, version.version)
+                .map_err(|error| format!("{resource_type}: {error}"))?;
             if admitted {
                 files.write(&version.body, &mut outputs)?;
                 job.exported.fetch_add(1, Ordering::Relaxed);
@@ -745,6 +743,18 @@ fn close(writer: ExportFile) -> Result<(), String> {
     };
     let file = buffered.into_inner().map_err(|error| failed(error.into_error()))?;
     file.sync_all().map_err(failed)
+}
+
+/// Whether version `version` of `id` lies within the requester's limits on its type (`clauses`,
+/// from its scopes and `_typeFilter`; none: every resource).
+fn within_limits(
+    view: &dyn IndexView,
+    resource_type: ResourceType,
+    clauses: &[Clause],
+    id: &str,
+    version: u64,
+) -> Result<bool, FhirError> {
+    Ok(clauses.is_empty() || engine::matches_clauses(view, resource_type, clauses, id, version, LATEST)?)
 }
 
 /// Whether version `version` of `id` belongs to the export's level: every resource for a

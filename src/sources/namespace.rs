@@ -132,16 +132,26 @@ impl Namespace {
     /// so it cannot point into another source's namespace, nor at a record outside every
     /// namespace, by writing Braid's URL.
     pub fn rewrite_reference(&self, reference: &str, local_base: Option<&str>) -> Option<String> {
+        let (resource_type, id, version) = self.local_target(reference, local_base)?;
+        Some(match version {
+            Some(version) => format!("{resource_type}/{id}/_history/{version}"),
+            None => format!("{resource_type}/{id}"),
+        })
+    }
+
+    /// The resource `reference` names in this namespace, read as [`Namespace::rewrite_reference`]
+    /// reads it: its type, its namespaced id and the version it names, if any. `None` for a
+    /// reference that names no resource of the source's (another server's, a `urn:`, a
+    /// conditional or contained one).
+    pub fn local_target(
+        &self,
+        reference: &str,
+        local_base: Option<&str>,
+    ) -> Option<(crate::fhir::ResourceType, Id, Option<u64>)> {
         let on = |base: &str| reference::on_base(reference, base);
         let relative = self.own_base.as_deref().and_then(on).or_else(|| local_base.and_then(on)).unwrap_or(reference);
         match reference::parse(relative) {
-            Target::Local { resource_type, id, version } => {
-                let id = self.id(&id);
-                Some(match version {
-                    Some(version) => format!("{resource_type}/{id}/_history/{version}"),
-                    None => format!("{resource_type}/{id}"),
-                })
-            }
+            Target::Local { resource_type, id, version } => Some((resource_type, self.id(&id), version)),
             _ => None,
         }
     }

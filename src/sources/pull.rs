@@ -1051,7 +1051,9 @@ impl Run<'_> {
     /// reports an error or fatal issue, or that cannot be read (or is beyond those read), does;
     /// warnings and information do not. Each error issue is recorded as a rejection.
     async fn export_failed_in_part(&mut self, upstream: &mut Upstream, manifest: &Manifest) -> Result<bool, Failure> {
-        let mut failed = manifest.errors > manifest.error_files.len();
+        // More error files than Braid reads (see `MAX_ERROR_FILES`): the rest count as failed.
+        let unread = manifest.errors > manifest.error_files.len();
+        let mut failed = unread;
         for url in &manifest.error_files {
             let issues = match upstream.get_export_file(url, manifest.requires_token).await {
                 Ok(mut response) if response.status().is_success() => {
@@ -1092,7 +1094,7 @@ impl Run<'_> {
                 }
             }
         }
-        if failed && manifest.error_files.len() < manifest.errors {
+        if unread {
             let reason = format!("the upstream's export reported {} error file(s)", manifest.errors);
             self.reject(Refused { what: None, error: FhirError::incorrect(IssueCode::Processing, reason) });
         }
@@ -1148,12 +1150,7 @@ impl Run<'_> {
                 pending.push(parse_line(text));
                 if pending.len() == CHUNK {
                     done += pending.len() as u64;
-                    let chunk = std::mem::take(&mut pending);
-                    if deletions {
-                        self.delete_listed(chunk).await?
-                    } else {
-                        self.write(chunk).await?
-                    }
+                    self.apply_lines(deletions, std::mem::take(&mut pending)).await?;
                     self.save_bulk_position(file, done).await?;
                 }
             }
@@ -1165,12 +1162,14 @@ impl Run<'_> {
                 break;
             }
         }
-        if deletions {
-            self.delete_listed(pending).await?
-        } else {
-            self.write(pending).await?
-        }
+        self.apply_lines(deletions, pending).await?;
         self.save_bulk_position(file + 1, 0).await
+    }
+
+    /// Applies a chunk of an export file's lines: resources to write, or (from a `deleted` file)
+    /// deletions.
+    async fn apply_lines(&mut self, deletions: bool, lines: Vec<Result<Value, Refused>>) -> Result<(), Failure> {
+        if deletions { self.delete_listed(lines).await } else { self.write(lines).await }
     }
 
     /// Moves the checkpoint of a run reading an export's files to `line` of `file`, and
@@ -1411,7 +1410,6 @@ impl Run<'_> {
     /// source's own base or relative, in the source's namespace. What is not the source's own
     /// (or not there) is left alone; an entry that names nothing readable is a rejection.
     async fn delete_listed(&mut self, bundles: Vec<Result<Value, Refused>>) -> Result<(), Failure> {
-        let base = self.source.namespace.own_base().unwrap_or("").to_owned();
         let mut deletions: Vec<RunWrite> = Vec::new();
         for bundle in bundles {
             let bundle = match bundle {
@@ -1427,9 +1425,8 @@ impl Run<'_> {
                 }
                 self.checkpoint.counts.received += 1;
                 let url = entry["request"]["url"].as_str().unwrap_or("");
-                match reference::parse(reference::relative_to(url, &base)) {
-                    Target::Local { resource_type, id, .. } => {
-                        let id = self.source.namespace.id(&id);
+                match self.source.namespace.local_target(url, None) {
+                    Some((resource_type, id, _)) => {
                         deletions.push(RunWrite {
                             what: format!("{resource_type}/{id}"),
                             op: WriteOp {
@@ -1443,7 +1440,7 @@ impl Run<'_> {
                             conditional: HashMap::new(),
                         });
                     }
-                    _ => self.reject(Refused {
+                    None => self.reject(Refused {
                         what: Some(url.chars().take(200).collect()),
                         error: FhirError::incorrect(
                             IssueCode::Invalid,

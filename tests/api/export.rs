@@ -117,6 +117,11 @@ async fn put(app: &TestApp, resource: &Value, token: Option<&str>) {
     assert!(reply.status == 200 || reply.status == 201, "{}", reply.text);
 }
 
+/// An export's resources as `Type/id`, in order.
+fn type_ids(exported: &BTreeMap<(String, String), Value>) -> Vec<String> {
+    exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect()
+}
+
 #[tokio::test]
 async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel() {
     let app = spawn_app().await;
@@ -327,6 +332,9 @@ async fn a_limited_token_exports_only_what_it_may_read_and_the_files_are_its_cli
     // A token of the same client whose scopes cover the export's: another token (a renewal).
     let renewed = server.token("operator", "system/*.cruds", None);
     assert_eq!(get(app, &file_url, Some(&renewed)).await.status, 200);
+    // Holding more scopes than the kick-off's is holding every one of them.
+    let wider = server.token("operator", "system/*.cruds system/Patient.rs", None);
+    assert_eq!(get(app, &file_url, Some(&wider)).await.status, 200);
     // One with narrower scopes may not fetch the files, the status, or cancel: they hold
     // what the kick-off's scopes reach.
     let narrower = server.token("operator", "system/Patient.rs", None);
@@ -408,32 +416,27 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
     seen_by_p1["device"] = json!({"reference": "Device/dev1"});
     put(app, &seen_by_p1, Some(&everything)).await;
     put(app, &observation("p2-o1", "p2", "8867-4"), Some(&everything)).await;
-    let ids = |exported: &BTreeMap<(String, String), Value>| {
-        exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect::<Vec<_>>()
-    };
 
     // By default, the compartment alone: what a compartment search returns.
     let group = export(app, "/Group/g/$export", Some(&everything)).await;
-    assert_eq!(ids(&group), ["Group/g", "Observation/p1-o1", "Patient/p1"], "{:?}", group.keys());
+    assert_eq!(type_ids(&group), ["Group/g", "Observation/p1-o1", "Patient/p1"]);
     // Reference data named in _type: the Organization and Practitioner the member's record points
     // at; neither what only the other patient references nor what nothing references.
     let with_references = "/Group/g/$export?_type=Group,Observation,Patient,Organization,Practitioner,Location";
     let group = export(app, with_references, Some(&everything)).await;
     assert_eq!(
-        ids(&group),
-        ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
-        "{:?}",
-        group.keys()
+        type_ids(&group),
+        ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"]
     );
     // Patient level: every patient's references.
     let patients = export(app, "/Patient/$export?_type=Patient,Practitioner", Some(&everything)).await;
-    assert_eq!(ids(&patients), ["Patient/p1", "Patient/p2", "Practitioner/dr-b"], "only the types named");
+    assert_eq!(type_ids(&patients), ["Patient/p1", "Patient/p2", "Practitioner/dr-b"], "only the types named");
     // A patient's token: its own record and what that references, within its scopes.
     let p1 = server.token("app", "patient/*.rs", Some("p1"));
     let mine =
         export(app, "/Patient/$export?_type=Group,Observation,Patient,Organization,Practitioner", Some(&p1)).await;
     assert_eq!(
-        ids(&mine),
+        type_ids(&mine),
         ["Group/g", "Observation/p1-o1", "Organization/clinic", "Patient/p1", "Practitioner/dr-a"],
         "the Group is in its member's compartment"
     );
@@ -449,7 +452,7 @@ async fn a_patient_or_group_export_brings_the_resources_outside_the_compartment_
         assert!(reply.text.contains(words), "{path}: {}", reply.text);
     }
     let limited = export(app, "/Group/g/$export?patient=Patient/p1&_type=Patient", Some(&everything)).await;
-    assert_eq!(ids(&limited), ["Patient/p1"]);
+    assert_eq!(type_ids(&limited), ["Patient/p1"]);
     let device = kick_off(app, "/Patient/$export?_type=Observation,Device", Some(&everything)).await;
     device.assert_outcome(400);
     assert!(device.text.contains("Device is not in the Patient compartment, nor reference data"), "{}", device.text);
@@ -469,9 +472,6 @@ async fn a_type_filter_exports_only_what_its_searches_select() {
         }
     }
     put(&app, &json!({"resourceType": "Patient", "id": "p3", "gender": "male"}), None).await;
-    let ids = |exported: &BTreeMap<(String, String), Value>| {
-        exported.keys().map(|(resource_type, id)| format!("{resource_type}/{id}")).collect::<Vec<_>>()
-    };
     let encode =
         |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
 
@@ -479,10 +479,8 @@ async fn a_type_filter_exports_only_what_its_searches_select() {
     let heart_rates = encode("Observation?code=http://loinc.org|8867-4");
     let exported = export(&app, &format!("/$export?_type=Observation,Patient&_typeFilter={heart_rates}"), None).await;
     assert_eq!(
-        ids(&exported),
-        ["Observation/p1-o0", "Observation/p2-o0", "Patient/p1", "Patient/p2", "Patient/p3"],
-        "{:?}",
-        exported.keys()
+        type_ids(&exported),
+        ["Observation/p1-o0", "Observation/p2-o0", "Patient/p1", "Patient/p2", "Patient/p3"]
     );
     // Two filters on one type select either; filters on two types apply each to its own; a
     // comma inside a query is a value list, one between queries separates them (Bulk Data 1.0).
@@ -493,14 +491,12 @@ async fn a_type_filter_exports_only_what_its_searches_select() {
     );
     let exported = export(&app, &format!("/$export?_type=Observation,Patient&{either}"), None).await;
     assert_eq!(
-        ids(&exported),
-        ["Observation/p1-o0", "Observation/p1-o2", "Observation/p2-o0", "Observation/p2-o2", "Patient/p3"],
-        "{:?}",
-        exported.keys()
+        type_ids(&exported),
+        ["Observation/p1-o0", "Observation/p1-o2", "Observation/p2-o0", "Observation/p2-o2", "Patient/p3"]
     );
     let list = encode("Observation?code=2708-6,8310-5");
     let exported = export(&app, &format!("/Patient/$export?_type=Observation&_typeFilter={list}"), None).await;
-    assert_eq!(ids(&exported).len(), 4, "{:?}", exported.keys());
+    assert_eq!(type_ids(&exported).len(), 4, "{:?}", exported.keys());
     // Refused, with the reason: not a search, an unknown type, an unknown parameter.
     for (filter, words) in [
         ("Observation", "not a search"),

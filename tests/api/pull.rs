@@ -142,7 +142,7 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     assert_eq!((added["source"].clone(), added["kind"].clone()), (json!("clinic"), json!("pull")));
     assert_eq!(added["jwks"]["keys"][0], public, "the public key to register upstream");
 
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    let synced = sync(&downstream, "clinic").await;
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
     assert_eq!(run["counts"]["received"], 163, "{synced}");
@@ -186,7 +186,7 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     assert_eq!(up.put_with_token("/Patient/p7", &writer, &changed).await.status, 200);
     let added = json!({"resourceType": "Patient", "id": "p40", "name": [{"family": "New"}]});
     assert_eq!(up.put_with_token("/Patient/p40", &writer, &added).await.status, 201);
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    let synced = sync(&downstream, "clinic").await;
     let counts = &synced["run"]["counts"];
     assert_eq!((counts["updated"].clone(), counts["created"].clone()), (json!(1), json!(1)), "{synced}");
     // Only what changed since the first export (and so nothing that references the dangling
@@ -197,7 +197,7 @@ async fn a_pull_from_an_upstream_braid_uses_its_export_then_takes_only_what_chan
     assert_eq!(ours["clinic-p7"]["name"][0]["family"], "Changed");
     assert_eq!(ours["clinic-p7"]["meta"]["versionId"], "2");
     assert_eq!(ours["clinic-p40"]["name"][0]["family"], "New");
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "clinic".into() }).await.unwrap();
+    let synced = sync(&downstream, "clinic").await;
     let counts = &synced["run"]["counts"];
     assert_eq!((counts["created"].clone(), counts["updated"].clone()), (json!(0), json!(0)), "nothing new: {synced}");
     assert!(counts["received"].as_u64().unwrap() <= 3, "{synced}");
@@ -258,7 +258,7 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
         .await
         .unwrap();
     assert_eq!(added["kid"], kid.as_str());
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "rsa".into() }).await.unwrap();
+    let synced = sync(&downstream, "rsa").await;
     assert_eq!(
         (synced["run"]["outcome"].clone(), synced["run"]["counts"]["created"].clone()),
         (json!("complete"), json!(3)),
@@ -272,7 +272,7 @@ async fn a_pull_authenticates_with_rs384_too_and_a_key_the_upstream_does_not_kno
     )
     .await
     .unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "stranger".into() }).await.unwrap();
+    let synced = sync(&downstream, "stranger").await;
     assert_eq!(synced["run"]["outcome"], "failed", "{synced}");
     assert!(synced["run"]["error"].as_str().unwrap().contains("invalid_client"), "{synced}");
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "stranger".into() }).await.unwrap();
@@ -321,6 +321,33 @@ fn smart_answer(request: &Incoming, origin: &str) -> Option<Vec<u8>> {
         )),
         _ => None,
     }
+}
+
+/// Runs the pull source `name` of `downstream` once, as `braid source sync` does; its answer.
+async fn sync(downstream: &crate::helpers::AuthApp, name: &str) -> Value {
+    operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap()
+}
+
+/// Adds the pull source `name` reading `types` from `base` as the client `braid`, with a fresh
+/// key (the tests' upstreams accept any assertion).
+async fn add_pull(downstream: &crate::helpers::AuthApp, name: &str, base: &str, types: &[&str]) {
+    operator(&downstream.data, pull_source(name, base, "braid", &private_key_pem(), types)).await.unwrap();
+}
+
+/// A test upstream answering SMART discovery and tokens ([`smart_answer`]), and every other
+/// request with what `route` returns for it (given the origin). Returns its FHIR base,
+/// `{origin}/fhir`.
+async fn smart_upstream<F>(route: F) -> String
+where
+    F: Fn(&Incoming, &str) -> Vec<u8> + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
+    let origin = fake_upstream(move |request, origin| {
+        let route = route.clone();
+        async move { smart_answer(&request, &origin).unwrap_or_else(|| route(&request, &origin)) }
+    })
+    .await;
+    format!("{origin}/fhir")
 }
 
 /// Starts a minimal HTTP/1.1 server on a free loopback port, for the tests' upstreams: each
@@ -552,7 +579,7 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
     operator(&downstream.data, pull_source("lab", &upstream.base, "braid", &key, &["Patient", "Observation"]))
         .await
         .unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    let synced = sync(&downstream, "lab").await;
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("search")), "{synced}");
     assert_eq!(run["counts"]["created"], 480, "{synced}");
@@ -575,7 +602,7 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
     assert_eq!(ours["lab-o31"]["subject"]["reference"], "Patient/lab-p1");
 
     // The next run asks only for what changed since the first began.
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    let synced = sync(&downstream, "lab").await;
     assert_eq!(synced["run"]["counts"]["received"], 0, "{synced}");
     upstream
         .resources
@@ -583,7 +610,7 @@ async fn a_pull_pages_through_a_search_only_server_through_injected_faults() {
         .unwrap()
         .push(json!({"resourceType": "Patient", "id": "late", "name": [{"family": "Late"}],
         "meta": {"lastUpdated": "2099-01-01T00:00:00.000Z"}}));
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+    let synced = sync(&downstream, "lab").await;
     assert_eq!(synced["run"]["counts"]["created"], 1, "{synced}");
 }
 
@@ -596,7 +623,7 @@ async fn a_pull_follows_relative_next_links_and_ones_naming_the_upstream_by_anot
         operator(&downstream.data, pull_source(name, &upstream.base, "braid", &key, &["Patient", "Observation"]))
             .await
             .unwrap();
-        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap();
+        let synced = sync(&downstream, name).await;
         let run = &synced["run"];
         assert_eq!(
             (run["outcome"].clone(), run["counts"]["created"].clone()),
@@ -619,7 +646,7 @@ async fn a_pull_whose_next_links_go_round_in_a_circle_fails_instead_of_paging_fo
     operator(&downstream.data, pull_source("loop", &upstream.base, "braid", &private_key_pem(), &["Observation"]))
         .await
         .unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "loop".into() }).await.unwrap();
+    let synced = sync(&downstream, "loop").await;
     let run = &synced["run"];
     assert_eq!(run["outcome"], "failed", "{synced}");
     assert!(run["error"].as_str().unwrap().contains("lead back to a page already read"), "{synced}");
@@ -840,66 +867,60 @@ async fn bulk_upstream_with_errors(
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let kickoffs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = kickoffs.clone();
-    let origin = fake_upstream(move |request, origin| {
-        let log = log.clone();
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
+    let base = smart_upstream(move |request, origin| {
+        let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
+            "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
+            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
+                       {"type": "Patient", "url": "/file/patients-gz"}],
+            "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
+        .to_string();
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/fhir/$export") => {
+                log.lock().unwrap().push(request.query.clone());
+                if synchronous { answer(200, "", &manifest) } else { answer(202, "Content-Location: /status/1\r\n", "") }
             }
-            let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
-                "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
-                "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
-                           {"type": "Patient", "url": "/file/patients-gz"}],
-                "error": [{"type": "OperationOutcome", "url": format!("{origin}/file/errors")}]})
-            .to_string();
-            match (request.method.as_str(), request.path.as_str()) {
-                ("GET", "/fhir/$export") => {
-                    log.lock().unwrap().push(request.query.clone());
-                    if synchronous { answer(200, "", &manifest) } else { answer(202, "Content-Location: /status/1\r\n", "") }
-                }
-                ("GET", "/status/1") => answer(200, "", &manifest),
-                ("GET", "/file/patients") => answer(
-                    200,
-                    "",
-                    &json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
-                ),
-                ("GET", "/file/patients-gz") => {
-                    let lines = [
-                        json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}).to_string(),
-                        json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Three"}]}).to_string(),
-                    ];
-                    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    std::io::Write::write_all(&mut gzip, lines.join("\n").as_bytes()).unwrap();
-                    let body = gzip.finish().unwrap();
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    [head.as_bytes(), &body].concat()
-                }
-                ("DELETE", "/status/1") => answer(202, "", ""),
-                ("GET", "/file/errors") if error_severity.is_some() => answer(
-                    200,
-                    "",
-                    &json!({"resourceType": "OperationOutcome", "issue": [{"severity": error_severity,
-                        "code": "processing", "diagnostics": "Patient p9 could not be exported"}]})
-                    .to_string(),
-                ),
-                _ => answer(404, "", ""),
+            ("GET", "/status/1") => answer(200, "", &manifest),
+            ("GET", "/file/patients") => answer(
+                200,
+                "",
+                &json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}).to_string(),
+            ),
+            ("GET", "/file/patients-gz") => {
+                let lines = [
+                    json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}).to_string(),
+                    json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Three"}]}).to_string(),
+                ];
+                let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                std::io::Write::write_all(&mut gzip, lines.join("\n").as_bytes()).unwrap();
+                let body = gzip.finish().unwrap();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                [head.as_bytes(), &body].concat()
             }
+            ("DELETE", "/status/1") => answer(202, "", ""),
+            ("GET", "/file/errors") if error_severity.is_some() => answer(
+                200,
+                "",
+                &json!({"resourceType": "OperationOutcome", "issue": [{"severity": error_severity,
+                    "code": "processing", "diagnostics": "Patient p9 could not be exported"}]})
+                .to_string(),
+            ),
+            _ => answer(404, "", ""),
         }
     })
     .await;
-    (format!("{origin}/fhir"), kickoffs)
+    (base, kickoffs)
 }
 
 #[tokio::test]
 async fn an_export_with_relative_urls_and_a_gzip_encoded_file_is_read_and_its_errors_keep_the_next_since() {
     let (base, kickoffs) = bulk_upstream_with_errors(Some("error"), false).await;
     let downstream = spawn_auth_app().await;
-    operator(&downstream.data, pull_source("lab", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    add_pull(&downstream, "lab", &base, &["Patient"]).await;
     for _ in 0..2 {
-        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lab".into() }).await.unwrap();
+        let synced = sync(&downstream, "lab").await;
         let run = &synced["run"];
         assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
         let reasons = run["rejections"].to_string();
@@ -968,24 +989,17 @@ async fn an_upstream_that_keeps_losing_its_export_fails_the_run_after_a_bounded_
     // Every kick-off is accepted; its status URL is always gone (404).
     let kickoffs = Arc::new(AtomicUsize::new(0));
     let counted = kickoffs.clone();
-    let origin = fake_upstream(move |request, origin| {
-        let counted = counted.clone();
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
-            }
-            if request.path == "/fhir/$export" {
-                counted.fetch_add(1, Ordering::Relaxed);
-                return answer(202, &format!("Content-Location: {origin}/status/gone\r\n"), "");
-            }
-            answer(404, "", "")
+    let base = smart_upstream(move |request, origin| {
+        if request.path == "/fhir/$export" {
+            counted.fetch_add(1, Ordering::Relaxed);
+            return answer(202, &format!("Content-Location: {origin}/status/gone\r\n"), "");
         }
+        answer(404, "", "")
     })
     .await;
     let downstream = spawn_auth_app().await;
-    let base = format!("{origin}/fhir");
-    operator(&downstream.data, pull_source("lost", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "lost".into() }).await.unwrap();
+    add_pull(&downstream, "lost", &base, &["Patient"]).await;
+    let synced = sync(&downstream, "lost").await;
     let run = &synced["run"];
     assert_eq!(run["outcome"], "failed", "{synced}");
     assert!(run["error"].as_str().unwrap().contains("lost its export"), "{synced}");
@@ -1009,42 +1023,35 @@ async fn an_export_file_whose_download_breaks_off_is_read_on_from_the_last_line_
         .collect();
     let file = Arc::new(lines.join("\n"));
     let cut = lines[..700].iter().map(|line| line.len() + 1).sum::<usize>();
-    let origin = fake_upstream(move |request, origin| {
-        let (counted, kicked, file) = (counted.clone(), kicked.clone(), file.clone());
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
+    let base = smart_upstream(move |request, origin| {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/fhir/$export") => {
+                kicked.fetch_add(1, Ordering::Relaxed);
+                answer(202, &format!("Content-Location: {origin}/status\r\n"), "")
             }
-            match (request.method.as_str(), request.path.as_str()) {
-                ("GET", "/fhir/$export") => {
-                    kicked.fetch_add(1, Ordering::Relaxed);
-                    answer(202, &format!("Content-Location: {origin}/status\r\n"), "")
+            ("GET", "/status") => answer(
+                200,
+                "",
+                &json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                    "output": [{"type": "Patient", "url": format!("{origin}/file")}], "error": []})
+                .to_string(),
+            ),
+            ("GET", "/file") => {
+                let mut whole = answer(200, "", &file);
+                if counted.fetch_add(1, Ordering::Relaxed) == 0 {
+                    // The promised length, but the connection closes after 700 lines.
+                    whole.truncate(whole.len() - file.len() + cut);
                 }
-                ("GET", "/status") => answer(
-                    200,
-                    "",
-                    &json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
-                        "output": [{"type": "Patient", "url": format!("{origin}/file")}], "error": []})
-                    .to_string(),
-                ),
-                ("GET", "/file") => {
-                    let mut whole = answer(200, "", &file);
-                    if counted.fetch_add(1, Ordering::Relaxed) == 0 {
-                        // The promised length, but the connection closes after 700 lines.
-                        whole.truncate(whole.len() - file.len() + cut);
-                    }
-                    whole
-                }
-                ("DELETE", "/status") => answer(202, "", ""),
-                _ => answer(404, "", ""),
+                whole
             }
+            ("DELETE", "/status") => answer(202, "", ""),
+            _ => answer(404, "", ""),
         }
     })
     .await;
     let downstream = spawn_auth_app().await;
-    let base = format!("{origin}/fhir");
-    operator(&downstream.data, pull_source("flaky", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "flaky".into() }).await.unwrap();
+    add_pull(&downstream, "flaky", &base, &["Patient"]).await;
+    let synced = sync(&downstream, "flaky").await;
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
     assert_eq!(run["counts"]["created"], 1200, "{synced}");
@@ -1068,7 +1075,7 @@ async fn an_export_error_file_with_only_information_moves_the_next_since_and_an_
     for (name, severity, moves) in [("noted", Some("information"), true), ("missing", None, false)] {
         let (base, _) = bulk_upstream_with_errors(severity, false).await;
         operator(&downstream.data, pull_source(name, &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-        let synced = operator(&downstream.data, AdminRequest::SyncSource { name: name.into() }).await.unwrap();
+        let synced = sync(&downstream, name).await;
         assert_eq!(synced["run"]["outcome"], "complete", "{synced}");
         let shown = operator(&downstream.data, AdminRequest::ShowSource { name: name.into() }).await.unwrap();
         if moves {
@@ -1085,8 +1092,8 @@ async fn an_export_error_file_with_only_information_moves_the_next_since_and_an_
 async fn an_export_answered_at_once_with_its_manifest_is_read_without_polling() {
     let (base, kickoffs) = bulk_upstream_with_errors(Some("information"), true).await;
     let downstream = spawn_auth_app().await;
-    operator(&downstream.data, pull_source("quick", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "quick".into() }).await.unwrap();
+    add_pull(&downstream, "quick", &base, &["Patient"]).await;
+    let synced = sync(&downstream, "quick").await;
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
     assert_eq!(run["counts"]["created"], 3, "{synced}");
@@ -1101,55 +1108,45 @@ async fn deletions_an_export_lists_delete_the_sources_records_with_a_provenance(
     // file of deletions (Bulk Data 2.0's `deleted`).
     let deleting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = deleting.clone();
-    let origin = fake_upstream(move |request, origin| {
-        let flag = flag.clone();
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
+    let base = smart_upstream(move |request, origin| match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/fhir/$export") => answer(202, "Content-Location: /status\r\n", ""),
+        ("GET", "/status") => {
+            let mut manifest = json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
+                    "output": [{"type": "Patient", "url": "/patients"}], "error": []});
+            if flag.load(Ordering::Relaxed) {
+                manifest["deleted"] = json!([{"type": "Bundle", "url": "/deleted"}]);
             }
-            match (request.method.as_str(), request.path.as_str()) {
-                ("GET", "/fhir/$export") => answer(202, "Content-Location: /status\r\n", ""),
-                ("GET", "/status") => {
-                    let mut manifest = json!({"transactionTime": "2024-05-05T00:00:00Z", "requiresAccessToken": true,
-                        "output": [{"type": "Patient", "url": "/patients"}], "error": []});
-                    if flag.load(Ordering::Relaxed) {
-                        manifest["deleted"] = json!([{"type": "Bundle", "url": "/deleted"}]);
-                    }
-                    answer(200, "", &manifest.to_string())
-                }
-                ("GET", "/patients") => {
-                    let lines: Vec<String> = (1..=3)
-                        .map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string())
-                        .collect();
-                    answer(200, "", &lines.join("\n"))
-                }
-                ("GET", "/deleted") => {
-                    let delete = |url: String| json!({"request": {"method": "DELETE", "url": url}});
-                    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-                        delete("Patient/p1".into()),
-                        delete(format!("{origin}/fhir/Patient/p2")),
-                        delete("Patient/never-pulled".into()),
-                        delete("not a reference".into()),
-                    ]});
-                    answer(200, "", &bundle.to_string())
-                }
-                ("DELETE", "/status") => answer(202, "", ""),
-                _ => answer(404, "", ""),
-            }
+            answer(200, "", &manifest.to_string())
         }
+        ("GET", "/patients") => {
+            let lines: Vec<String> =
+                (1..=3).map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string()).collect();
+            answer(200, "", &lines.join("\n"))
+        }
+        ("GET", "/deleted") => {
+            let delete = |url: String| json!({"request": {"method": "DELETE", "url": url}});
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                delete("Patient/p1".into()),
+                delete(format!("{origin}/fhir/Patient/p2")),
+                delete("Patient/never-pulled".into()),
+                delete("not a reference".into()),
+            ]});
+            answer(200, "", &bundle.to_string())
+        }
+        ("DELETE", "/status") => answer(202, "", ""),
+        _ => answer(404, "", ""),
     })
     .await;
     let downstream = spawn_auth_app().await;
-    let base = format!("{origin}/fhir");
-    operator(&downstream.data, pull_source("ehr", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-    let first = operator(&downstream.data, AdminRequest::SyncSource { name: "ehr".into() }).await.unwrap();
+    add_pull(&downstream, "ehr", &base, &["Patient"]).await;
+    let first = sync(&downstream, "ehr").await;
     assert_eq!(first["run"]["counts"]["created"], 3, "{first}");
     let reader = downstream.token("reader", "system/*.rs", None);
     let ours = all_of(&downstream.app, "Patient", "_source=urn:braid:source:ehr", Some(&reader)).await;
     assert_eq!(ours.keys().cloned().collect::<Vec<_>>(), ["ehr-p1", "ehr-p2", "ehr-p3"]);
 
     deleting.store(true, Ordering::Relaxed);
-    let second = operator(&downstream.data, AdminRequest::SyncSource { name: "ehr".into() }).await.unwrap();
+    let second = sync(&downstream, "ehr").await;
     let run = &second["run"];
     assert_eq!(run["outcome"], "complete", "{second}");
     assert_eq!(run["counts"]["deleted"], 2, "{second}");
@@ -1183,23 +1180,17 @@ async fn a_search_mode_run_is_marked_by_the_upstreams_clock() {
     // An upstream without $export and without resources, whose clock is an hour behind Braid's.
     let behind = std::time::SystemTime::now() - Duration::from_secs(3600);
     let date = httpdate::fmt_http_date(behind);
-    let origin = fake_upstream(move |request, origin| {
-        let dated = format!("Date: {date}\r\n");
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
-            }
-            if request.path == "/fhir/$export" {
-                return answer(404, &dated, "");
-            }
-            answer(200, &dated, &json!({"resourceType": "Bundle", "type": "searchset", "entry": []}).to_string())
+    let dated = format!("Date: {date}\r\n");
+    let base = smart_upstream(move |request, _| {
+        if request.path == "/fhir/$export" {
+            return answer(404, &dated, "");
         }
+        answer(200, &dated, &json!({"resourceType": "Bundle", "type": "searchset", "entry": []}).to_string())
     })
     .await;
     let downstream = spawn_auth_app().await;
-    let base = format!("{origin}/fhir");
-    operator(&downstream.data, pull_source("late", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "late".into() }).await.unwrap();
+    add_pull(&downstream, "late", &base, &["Patient"]).await;
+    let synced = sync(&downstream, "late").await;
     assert_eq!((synced["run"]["outcome"].clone(), synced["run"]["mode"].clone()), (json!("complete"), json!("search")));
     let shown = operator(&downstream.data, AdminRequest::ShowSource { name: "late".into() }).await.unwrap();
     let since: jiff::Timestamp = shown["since"].as_str().unwrap().parse().unwrap();
@@ -1209,61 +1200,55 @@ async fn a_search_mode_run_is_marked_by_the_upstreams_clock() {
 }
 
 /// A busy upstream: its kick-off is answered 429 with `Retry-After: 1`, then 503 without one,
-/// before it accepts; its status, 503 and then 429, before the manifest. The run waits as told
-/// and retries each, and ends with the export read once.
+/// before it accepts; its status is answered 503 and 429 by turns, more times than one request
+/// is retried, before the manifest: the run waits as told and polls again. It ends with the
+/// export read once.
 #[tokio::test]
 async fn a_kick_off_and_status_polls_answered_busy_are_retried_after_the_wait_they_ask_for() {
     let counters = [(); 3].map(|_| Arc::new(AtomicUsize::new(0)));
     let [kickoffs, polls, downloads] = counters.clone();
-    let origin = fake_upstream(move |request, origin| {
-        let [kicked, polled, fetched] = counters.clone();
-        async move {
-            if let Some(answer) = smart_answer(&request, &origin) {
-                return answer;
+    let busy_polls = braid::sources::pull::MAX_ATTEMPTS as usize;
+    let base = smart_upstream(move |request, origin| {
+        let [kicked, polled, fetched] = &counters;
+        match request.path.as_str() {
+            "/fhir/$export" => match kicked.fetch_add(1, Ordering::SeqCst) {
+                0 => answer(429, "Retry-After: 1\r\n", ""),
+                1 => answer(503, "", ""),
+                _ => answer(202, "Content-Location: /status/1\r\n", ""),
+            },
+            // After the files, the export is deleted at the upstream.
+            "/status/1" if request.method == "DELETE" => answer(202, "", ""),
+            "/status/1" => match polled.fetch_add(1, Ordering::SeqCst) {
+                n if n < busy_polls && n % 2 == 0 => answer(503, "Retry-After: 0\r\n", ""),
+                n if n < busy_polls => answer(429, "Retry-After: 0\r\n", ""),
+                _ => answer(
+                    200,
+                    "",
+                    &json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
+                            "requiresAccessToken": true,
+                            "output": [{"type": "Patient", "url": format!("{origin}/file/patients")}], "error": []})
+                    .to_string(),
+                ),
+            },
+            "/file/patients" => {
+                fetched.fetch_add(1, Ordering::SeqCst);
+                let lines =
+                    [json!({"resourceType": "Patient", "id": "p1"}), json!({"resourceType": "Patient", "id": "p2"})];
+                answer(200, "", &lines.map(|line| line.to_string()).join("\n"))
             }
-            match request.path.as_str() {
-                "/fhir/$export" => match kicked.fetch_add(1, Ordering::SeqCst) {
-                    0 => answer(429, "Retry-After: 1\r\n", ""),
-                    1 => answer(503, "", ""),
-                    _ => answer(202, "Content-Location: /status/1\r\n", ""),
-                },
-                // After the files, the export is deleted at the upstream.
-                "/status/1" if request.method == "DELETE" => answer(202, "", ""),
-                "/status/1" => match polled.fetch_add(1, Ordering::SeqCst) {
-                    0 => answer(503, "Retry-After: 0\r\n", ""),
-                    1 => answer(429, "Retry-After: 0\r\n", ""),
-                    _ => answer(
-                        200,
-                        "",
-                        &json!({"transactionTime": "2024-05-05T00:00:00Z", "request": format!("{origin}/fhir/$export"),
-                                "requiresAccessToken": true,
-                                "output": [{"type": "Patient", "url": format!("{origin}/file/patients")}], "error": []})
-                        .to_string(),
-                    ),
-                },
-                "/file/patients" => {
-                    fetched.fetch_add(1, Ordering::SeqCst);
-                    let lines = [
-                        json!({"resourceType": "Patient", "id": "p1"}),
-                        json!({"resourceType": "Patient", "id": "p2"}),
-                    ];
-                    answer(200, "", &lines.map(|line| line.to_string()).join("\n"))
-                }
-                _ => answer(404, "", ""),
-            }
+            _ => answer(404, "", ""),
         }
     })
     .await;
     let downstream = spawn_auth_app().await;
-    let base = format!("{origin}/fhir");
-    operator(&downstream.data, pull_source("busy", &base, "braid", &private_key_pem(), &["Patient"])).await.unwrap();
+    add_pull(&downstream, "busy", &base, &["Patient"]).await;
     let started = std::time::Instant::now();
-    let synced = operator(&downstream.data, AdminRequest::SyncSource { name: "busy".into() }).await.unwrap();
+    let synced = sync(&downstream, "busy").await;
     let run = &synced["run"];
     assert_eq!((run["outcome"].clone(), run["mode"].clone()), (json!("complete"), json!("bulk")), "{synced}");
     assert_eq!(run["counts"]["created"], 2, "{synced}");
     assert_eq!(kickoffs.load(Ordering::SeqCst), 3, "two busy answers, then the export");
-    assert_eq!(polls.load(Ordering::SeqCst), 3, "two busy answers, then the manifest");
+    assert_eq!(polls.load(Ordering::SeqCst), busy_polls + 1, "the busy answers, then the manifest");
     assert_eq!(downloads.load(Ordering::SeqCst), 1, "the file is read once");
     assert!(started.elapsed() >= Duration::from_secs(1), "the kick-off's Retry-After was waited out");
 }

@@ -69,6 +69,12 @@ fn patient(mrn: &str, family: &str) -> Value {
            "name": [{"family": family}], "managingOrganization": {"reference": "Organization/org1"}})
 }
 
+/// `resource` with `id` as its id: what the sender calls it.
+fn identified(mut resource: Value, id: &str) -> Value {
+    resource["id"] = json!(id);
+    resource
+}
+
 #[tokio::test]
 async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_kept() {
     let server = spawn_auth_app().await;
@@ -76,8 +82,7 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     let everything = server.token("operator", "system/*.cruds", None);
 
     // Update-as-create with the source's own id.
-    let mut sent = patient("123", "Chalmers");
-    sent["id"] = json!("42");
+    let sent = identified(patient("123", "Chalmers"), "42");
     let reply = send(&server, "PUT", "/Patient/42", &clinic.token, Some(&sent)).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.body["id"], "clinic-42");
@@ -147,8 +152,7 @@ async fn a_sources_writes_land_in_its_namespace_with_the_original_id_and_source_
     assert_eq!(send(&server, "GET", "/Observation/clinic-obs-7", &everything, None).await.status, 410);
 
     // Writes without a source keep their ids.
-    let mut plain = patient("9", "Plain");
-    plain["id"] = json!("42");
+    let plain = identified(patient("9", "Plain"), "42");
     let reply = send(&server, "PUT", "/Patient/42", &everything, Some(&plain)).await;
     assert_eq!((reply.status, reply.body["id"].clone()), (201, json!("42")), "{}", reply.text);
     assert!(reply.body["meta"].get("source").is_none());
@@ -178,11 +182,9 @@ async fn a_transaction_resolves_uuids_and_conditional_references_in_the_namespac
     let everything = server.token("operator", "system/*.cruds", None);
 
     // The hospital's patient has the same MRN: the clinic's conditional reference must not find it.
-    let mut theirs = patient("123", "Other");
-    theirs["id"] = json!("p");
+    let theirs = identified(patient("123", "Other"), "p");
     assert_eq!(send(&server, "PUT", "/Patient/p", &hospital.token, Some(&theirs)).await.status, 201);
-    let mut ours = patient("123", "Chalmers");
-    ours["id"] = json!("42");
+    let ours = identified(patient("123", "Chalmers"), "42");
     assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
     let before = provenance_count(&server, &everything).await;
     assert_eq!(before, 2, "one Provenance per push");
@@ -290,8 +292,7 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
     let clinic = add_source(&server, "clinic", false).await;
     let hospital = add_source(&server, "hospital", false).await;
     let everything = server.token("operator", "system/*.cruds", None);
-    let mut ours = patient("123", "Chalmers");
-    ours["id"] = json!("42");
+    let ours = identified(patient("123", "Chalmers"), "42");
     assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
 
     // By id: the hospital's ids are its own, so it addresses hospital-... and never clinic-42.
@@ -331,11 +332,9 @@ async fn a_source_cannot_touch_another_sources_records_nor_read_them_by_default(
     assert!(!found.is_empty() && found.iter().all(|(_, source)| *source == "urn:braid:source:hospital"), "{found:?}");
 
     // A record in the namespace that the source did not write (an operator's) is not its own.
-    let mut operators = patient("7", "Operator");
-    operators["id"] = json!("clinic-7");
+    let operators = identified(patient("7", "Operator"), "clinic-7");
     assert_eq!(send(&server, "PUT", "/Patient/clinic-7", &everything, Some(&operators)).await.status, 201);
-    let mut pushed = patient("7", "Pushed");
-    pushed["id"] = json!("7");
+    let pushed = identified(patient("7", "Pushed"), "7");
     let refused = send(&server, "PUT", "/Patient/7", &clinic.token, Some(&pushed)).await;
     refused.assert_outcome(404);
     assert_eq!(
@@ -354,8 +353,7 @@ async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_th
     let server = spawn_auth_app().await;
     let clinic = add_source(&server, "clinic", false).await;
     let everything = server.token("operator", "system/*.cruds", None);
-    let mut ours = patient("123", "Chalmers");
-    ours["id"] = json!("42");
+    let ours = identified(patient("123", "Chalmers"), "42");
     assert_eq!(send(&server, "PUT", "/Patient/42", &clinic.token, Some(&ours)).await.status, 201);
     let pulse = json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "pulse"},
                        "subject": {"reference": "Patient/42"}});
@@ -563,8 +561,7 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
         "system/Patient.cruds?_source=urn:braid:source:lab system/Observation.cruds?_source=urn:braid:source:lab"
     );
     let token = reply.body["access_token"].as_str().unwrap().to_owned();
-    let mut sent = patient("1", "Lab");
-    sent["id"] = json!("1");
+    let sent = identified(patient("1", "Lab"), "1");
     assert_eq!(send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.status, 201);
     let condition = json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"}});
     send(&server, "POST", "/Condition", &token, Some(&condition)).await.assert_outcome(403);
