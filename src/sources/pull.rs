@@ -903,6 +903,14 @@ impl Run<'_> {
                 }
                 Stage::Bulk { status_url, manifest: Some(manifest), file, line } => {
                     if file >= manifest.files.len() + manifest.deleted_files.len() {
+                        // What the upstream failed to export is asked for again next time; its
+                        // warnings and notes alone do not hold the run's `_since` back. Read
+                        // before the export is deleted, which frees its error files too.
+                        let next_since = if self.export_failed_in_part(upstream, &manifest).await? {
+                            None
+                        } else {
+                            Some(manifest.transaction_time)
+                        };
                         // Done: the export is no longer needed at the upstream.
                         if same_origin(&status_url, &upstream.config.base) {
                             let token = upstream.token().await.ok();
@@ -916,13 +924,6 @@ impl Run<'_> {
                                 })
                                 .await;
                         }
-                        // What the upstream failed to export is asked for again next time; its
-                        // warnings and notes alone do not hold the run's `_since` back.
-                        let next_since = if self.export_failed_in_part(upstream, &manifest).await? {
-                            None
-                        } else {
-                            Some(manifest.transaction_time)
-                        };
                         self.checkpoint.stage = Stage::Referenced { done: 0, next_since };
                         self.save().await?;
                         continue;

@@ -861,13 +861,19 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
 /// services serve them.
 /// `error_severity`: the severity of the one issue its error file reports (`None`: the error
 /// file is not there, 404). `synchronous`: the kick-off answers 200 with the manifest itself.
+/// Deleting the export (`DELETE` on its status URL) frees its files until the next kick-off,
+/// as the Bulk Data IG allows: a client reads every file, errors included, before it deletes.
 async fn bulk_upstream_with_errors(
     error_severity: Option<&'static str>,
     synchronous: bool,
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let kickoffs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = kickoffs.clone();
+    let deleted = std::sync::atomic::AtomicBool::new(false);
     let base = smart_upstream(move |request, origin| {
+        if request.path.starts_with("/file/") && deleted.load(Ordering::SeqCst) {
+            return answer(404, "", "");
+        }
         let manifest = json!({"transactionTime": "2024-05-05T00:00:00Z",
             "request": format!("{origin}/fhir/$export"), "requiresAccessToken": true,
             "output": [{"type": "Patient", "url": format!("{origin}/file/patients")},
@@ -877,6 +883,7 @@ async fn bulk_upstream_with_errors(
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/fhir/$export") => {
                 log.lock().unwrap().push(request.query.clone());
+                deleted.store(false, Ordering::SeqCst);
                 if synchronous { answer(200, "", &manifest) } else { answer(202, "Content-Location: /status/1\r\n", "") }
             }
             ("GET", "/status/1") => answer(200, "", &manifest),
@@ -899,7 +906,10 @@ async fn bulk_upstream_with_errors(
                 );
                 [head.as_bytes(), &body].concat()
             }
-            ("DELETE", "/status/1") => answer(202, "", ""),
+            ("DELETE", "/status/1") => {
+                deleted.store(true, Ordering::SeqCst);
+                answer(202, "", "")
+            }
             ("GET", "/file/errors") if error_severity.is_some() => answer(
                 200,
                 "",
