@@ -121,9 +121,11 @@ impl Indexer for SearchIndexer {
 /// Everything else reads only what the client sent, unchanged. Erring towards `true` costs only
 /// writer time, never correctness.
 fn depends_on_stored_form(def: &ParamDef) -> bool {
-    def.kind == ParamKind::Reference
-        || reads_stored_form(&def.expression)
-        || def.components.iter().any(|c| c.kind == ParamKind::Reference || reads_stored_form(&c.expression))
+    *def.stored_form.get_or_init(|| {
+        def.kind == ParamKind::Reference
+            || reads_stored_form(&def.expression)
+            || def.components.iter().any(|c| c.kind == ParamKind::Reference || reads_stored_form(&c.expression))
+    })
 }
 
 fn reads_stored_form(expression: &Expr) -> bool {

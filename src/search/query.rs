@@ -1019,6 +1019,7 @@ pub fn compartment_clause_of<S: AsRef<str>>(patients: &[S]) -> Clause {
             components: Vec::new(),
             parts: Vec::new(),
             alias_of: Vec::new(),
+            stored_form: std::sync::OnceLock::new(),
         })
     });
     let references: Vec<String> = patients.iter().map(|patient| format!("Patient/{}", patient.as_ref())).collect();

@@ -70,6 +70,10 @@ pub struct ParamDef {
     /// (R4's `combo-code` is `code` ∪ `component-code`): it is not indexed, and a query on it
     /// reads their index entries instead.
     pub alias_of: Vec<String>,
+    /// Whether the writer's stamping can change this parameter's entries: worked out by the
+    /// indexer (`indexer::depends_on_stored_form`) the first time it asks, since it asks for
+    /// every parameter of every resource written.
+    pub stored_form: std::sync::OnceLock<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +199,7 @@ impl Registry {
                         .collect(),
                     parts,
                     alias_of: Vec::new(),
+                    stored_form: std::sync::OnceLock::new(),
                 };
                 registry.by_type.entry(base).or_default().insert(definition.code.clone(), Arc::new(def));
             }
