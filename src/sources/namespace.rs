@@ -37,6 +37,10 @@ const MAX_ID: usize = 64;
 /// The extension that keeps an upstream's own `meta.source` when Braid sets its own.
 pub const ORIGINAL_META_SOURCE: &str = "urn:braid:original-meta-source";
 
+/// The `meta.extension` that keeps a source's own id where the resource has no identifier to
+/// keep it in (see [`Namespace::apply`]).
+pub const ORIGINAL_ID: &str = "urn:braid:original-id";
+
 /// What every source's URI starts with (see [`SourceName::uri`]).
 pub const SOURCE_URI_PREFIX: &str = "urn:braid:source:";
 
@@ -174,63 +178,114 @@ impl Namespace {
         *resource = map;
         if let Some(original) = &original {
             resource.insert("id".into(), Value::String(self.id(original).as_str().to_owned()));
-            if self.keeps_identifiers(resource) {
-                self.keep_original_id(resource, original)?;
-            }
+            self.keep_original_id(resource, original)?;
         }
         self.set_meta_source(resource)
     }
 
-    /// Whether the resource's type has a list of identifiers to keep the original id in (most
-    /// do; Binary has none, and Bundle a single one).
-    fn keeps_identifiers(&self, resource: &Map<String, Value>) -> bool {
-        /// The types whose `identifier` is a list, read from the schema once.
-        static LISTED: std::sync::LazyLock<std::collections::HashSet<&'static str>> = std::sync::LazyLock::new(|| {
-            let definitions = crate::fhir::validation::validator().schema_definitions();
-            crate::fhir::ResourceType::all()
-                .map(crate::fhir::ResourceType::as_str)
-                .filter(|name| definitions[*name]["properties"]["identifier"]["type"] == "array")
-                .collect()
-        });
-        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
-        LISTED.contains(resource_type)
-    }
-
+    /// Keeps the source's own id: as an identifier with the source's system where the type has
+    /// room for one (a list of identifiers, or a single one not yet given), else in a
+    /// `meta.extension` ([`ORIGINAL_ID`]): a Binary has no identifier, and a Bundle's single
+    /// one may already be the sender's. Never lost, even when the stored id is a digest.
     fn keep_original_id(&self, resource: &mut Map<String, Value>, original: &Id) -> Result<(), FhirError> {
         let system = self.uri.as_str();
-        let kept = json!({"system": system, "value": original.as_str()});
-        let identifiers = resource.entry("identifier").or_insert_with(|| Value::Array(Vec::new()));
-        match identifiers {
-            // `identifier` is a list on most types, a single value on a few (e.g. Bundle).
-            Value::Array(list) => {
-                if !list.iter().any(|identifier| identifier["system"] == system) {
-                    list.push(kept);
-                }
-                Ok(())
+        let kept = || json!({"system": system, "value": original.as_str()});
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        match (identifier_shape(resource_type), resource.get_mut("identifier")) {
+            (Some(IdentifierShape::List), None) => {
+                resource.insert("identifier".into(), Value::Array(vec![kept()]));
             }
-            Value::Object(_) => Ok(()),
-            _ => Err(FhirError::incorrect(IssueCode::Invalid, "identifier has the wrong type").at("identifier")),
+            (Some(IdentifierShape::List), Some(Value::Array(list))) => {
+                if !list.iter().any(|identifier| identifier["system"] == system) {
+                    list.push(kept());
+                }
+            }
+            (Some(IdentifierShape::Single), None) => {
+                resource.insert("identifier".into(), kept());
+            }
+            (Some(IdentifierShape::Single), Some(Value::Object(identifier)))
+                if identifier.get("system").and_then(Value::as_str) == Some(system) => {}
+            (Some(IdentifierShape::Single), Some(Value::Object(_))) | (None, _) => {
+                set_extension(meta_extensions(resource)?, json!({"url": ORIGINAL_ID, "valueId": original.as_str()}));
+            }
+            (Some(_), Some(_)) => {
+                return Err(FhirError::incorrect(IssueCode::Invalid, "identifier has the wrong type").at("identifier"));
+            }
         }
+        Ok(())
     }
 
     fn set_meta_source(&self, resource: &mut Map<String, Value>) -> Result<(), FhirError> {
         let uri = &self.uri;
-        let meta = resource.entry("meta").or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(meta) = meta else {
-            return Err(FhirError::incorrect(IssueCode::Invalid, "meta must be an object").at("meta"));
-        };
+        let meta = meta_of(resource)?;
         match meta.insert("source".into(), Value::String(uri.clone())) {
             Some(Value::String(previous)) if previous != *uri => {
-                let extensions = meta.entry("extension").or_insert_with(|| Value::Array(Vec::new()));
-                let Value::Array(extensions) = extensions else {
-                    return Err(FhirError::incorrect(IssueCode::Invalid, "meta.extension must be a list").at("meta"));
-                };
-                extensions.retain(|extension| extension["url"] != ORIGINAL_META_SOURCE);
-                extensions.push(json!({"url": ORIGINAL_META_SOURCE, "valueUri": previous}));
+                set_extension(meta_extensions(resource)?, json!({"url": ORIGINAL_META_SOURCE, "valueUri": previous}));
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// How a resource type holds identifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentifierShape {
+    /// `identifier` is a list (most types).
+    List,
+    /// `identifier` is a single value (e.g. Bundle, QuestionnaireResponse).
+    Single,
+}
+
+/// The shape of `resource_type`'s `identifier` (`None`: it has none, e.g. Binary), read from
+/// the schema once.
+fn identifier_shape(resource_type: &str) -> Option<IdentifierShape> {
+    static SHAPES: std::sync::LazyLock<std::collections::HashMap<&'static str, IdentifierShape>> =
+        std::sync::LazyLock::new(|| {
+            let definitions = crate::fhir::validation::validator().schema_definitions();
+            crate::fhir::ResourceType::all()
+                .map(crate::fhir::ResourceType::as_str)
+                .filter_map(|name| {
+                    let identifier = definitions[name]["properties"].get("identifier")?;
+                    let shape =
+                        if identifier["type"] == "array" { IdentifierShape::List } else { IdentifierShape::Single };
+                    Some((name, shape))
+                })
+                .collect()
+        });
+    SHAPES.get(resource_type).copied()
+}
+
+/// The resource's `meta`, made when it has none.
+fn meta_of(resource: &mut Map<String, Value>) -> Result<&mut Map<String, Value>, FhirError> {
+    match resource.entry("meta").or_insert_with(|| Value::Object(Map::new())) {
+        Value::Object(meta) => Ok(meta),
+        _ => Err(FhirError::incorrect(IssueCode::Invalid, "meta must be an object").at("meta")),
+    }
+}
+
+/// Puts `extension` in `extensions`: in place of those with its URL (the first of them), else
+/// at the end.
+fn set_extension(extensions: &mut Vec<Value>, extension: Value) {
+    let url = extension["url"].clone();
+    match extensions.iter().position(|existing| existing["url"] == url) {
+        Some(first) => {
+            extensions[first] = extension;
+            let mut index = 0;
+            extensions.retain(|existing| {
+                index += 1;
+                index - 1 == first || existing["url"] != url
+            });
+        }
+        None => extensions.push(extension),
+    }
+}
+
+/// The resource's `meta.extension` list, made when it has none.
+fn meta_extensions(resource: &mut Map<String, Value>) -> Result<&mut Vec<Value>, FhirError> {
+    match meta_of(resource)?.entry("extension").or_insert_with(|| Value::Array(Vec::new())) {
+        Value::Array(extensions) => Ok(extensions),
+        _ => Err(FhirError::incorrect(IssueCode::Invalid, "meta.extension must be a list").at("meta")),
     }
 }
 
@@ -407,6 +462,42 @@ mod tests {
         let binary = Value::Object(binary);
         assert_eq!(binary["id"], "clinic-b1");
         assert!(binary.get("identifier").is_none(), "Binary has no identifier element");
+        assert_eq!(binary["meta"]["extension"], json!([{"url": ORIGINAL_ID, "valueId": "b1"}]), "{binary}");
+    }
+
+    #[test]
+    fn the_original_id_is_kept_whatever_room_the_type_has_for_identifiers() {
+        let clinic = clinic();
+        let long = "q".repeat(62);
+        let apply = |resource: Value| {
+            let Value::Object(mut resource) = resource else { unreachable!() };
+            clinic.apply(&mut resource, None).unwrap();
+            Value::Object(resource)
+        };
+        // A single identifier not given: the kept one fills it, even for a digest id.
+        let answers = apply(json!({"resourceType": "QuestionnaireResponse", "id": long, "status": "completed"}));
+        assert!(answers["id"].as_str().unwrap().starts_with("clinic."), "{answers}");
+        assert_eq!(answers["identifier"], json!({"system": "urn:braid:source:clinic", "value": long}));
+        assert!(answers["meta"].get("extension").is_none(), "{answers}");
+        // A single identifier of the sender's own: kept as it is, the id goes to meta.
+        let bundle = apply(json!({"resourceType": "Bundle", "id": "b7", "type": "collection",
+            "identifier": {"system": "http://ehr.example/bundles", "value": "7"}}));
+        assert_eq!(bundle["identifier"], json!({"system": "http://ehr.example/bundles", "value": "7"}));
+        assert_eq!(bundle["meta"]["extension"], json!([{"url": ORIGINAL_ID, "valueId": "b7"}]));
+        // Both kept extensions live side by side; one the sender already had (it pushes what it
+        // pulled from another Braid) is replaced in its place, not repeated.
+        let moved = apply(json!({"resourceType": "Binary", "id": "b8", "contentType": "text/plain",
+            "meta": {"source": "https://ehr.example/feed", "extension": [
+                {"url": ORIGINAL_ID, "valueId": "upstream-b8"}, {"url": "http://x", "valueString": "y"}]}}));
+        assert_eq!(
+            moved["meta"]["extension"],
+            json!([{"url": ORIGINAL_ID, "valueId": "b8"}, {"url": "http://x", "valueString": "y"},
+                   {"url": ORIGINAL_META_SOURCE, "valueUri": "https://ehr.example/feed"}])
+        );
+        for resource in [&answers, &bundle, &moved] {
+            let resource_type = crate::fhir::ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
+            crate::fhir::validation::validator().validate_value(resource_type, resource).unwrap();
+        }
     }
 
     #[test]
