@@ -458,15 +458,24 @@ impl Exports {
         JOBS.remove(&self.store, id).await.map(drop)
     }
 
-    /// The path of a finished job's file, for its client.
+    /// The path of a finished job's file, for its client: `None` when the client has no such
+    /// job; a 404 that says so when the job has not finished or has no file of that name.
     pub fn file(&self, id: &str, access: &Access, name: &str) -> Result<Option<PathBuf>, FhirError> {
         let Some(job) = self.find(id, access)? else { return Ok(None) };
         let record = job.record();
         if record.status != JobStatus::Complete {
-            return Ok(None);
+            return Err(FhirError::not_found(format!(
+                "the export {id} has not finished: its manifest lists its files once it has"
+            )));
         }
         // Only a name the manifest lists: never a path a client made up.
-        Ok(record.output.iter().any(|output| output.file == name).then(|| self.dir.join(&record.id).join(name)))
+        if !record.output.iter().any(|output| output.file == name) {
+            return Err(FhirError::not_found(format!(
+                "the export {id} has no file '{}': its manifest lists those it has",
+                name.chars().take(100).collect::<String>()
+            )));
+        }
+        Ok(Some(self.dir.join(&record.id).join(name)))
     }
 
     /// Deletes the jobs whose retention has passed, with their files.

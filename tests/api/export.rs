@@ -231,6 +231,9 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
         ("/$export?_outputFormat=text/csv", 400, "_outputFormat"),
         ("/$export?_since=yesterday", 400, "_since"),
         ("/$export?_type=Nope", 400, "Nope"),
+        ("/$export?_type=", 400, "_type names no resource type"),
+        ("/$export?_type=,", 400, "_type names no resource type"),
+        ("/$export?_since=2026-11-28T01:00:00", 400, "needs its zone"),
         ("/$export?_elements=id", 400, "_elements"),
         ("/Patient/$export?_type=Organization", 400, "Patient compartment"),
         ("/Observation/$export", 404, "Patient and Group"),
@@ -249,6 +252,11 @@ async fn an_export_writes_every_current_resource_once_with_since_type_and_cancel
     let status_url = lenient.header("content-location").unwrap().to_owned();
     let done = manifest(&app, &status_url, None).await;
     let file_url = done["output"][0]["url"].as_str().unwrap().to_owned();
+    // A name the manifest does not list is refused as such, not as a missing export.
+    let (folder, _) = file_url.rsplit_once('/').unwrap();
+    let unlisted = get(&app, &format!("{folder}/Patient-99.ndjson"), None).await;
+    unlisted.assert_outcome(404);
+    assert!(unlisted.text.contains("has no file 'Patient-99.ndjson'"), "{}", unlisted.text);
     let cancelled = app.send(app.client.delete(&status_url)).await;
     assert_eq!(cancelled.status, 202);
     get(&app, &status_url, None).await.assert_outcome(404);
