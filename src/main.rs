@@ -185,11 +185,11 @@ struct SourceAddArgs {
     #[arg(long, requires_all = ["client_id", "key"])]
     pull: Option<String>,
     /// Braid's client id at the upstream (pull sources).
-    #[arg(long)]
+    #[arg(long, requires = "pull")]
     client_id: Option<String>,
     /// The private key (PEM, RSA for RS384 or P-384 EC for ES384) Braid signs its assertions to
     /// the upstream with; the public key to register there is printed.
-    #[arg(long)]
+    #[arg(long, requires = "pull")]
     key: Option<PathBuf>,
     /// The key's id at the upstream (default: its RFC 7638 thumbprint).
     #[arg(long, requires = "pull")]
@@ -433,7 +433,7 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert [env: BRAID_TLS_KEY]
     #[arg(long)]
     tls_key: Option<PathBuf>,
-    /// on: require SMART access tokens; off: allow every request [env: BRAID_AUTH] [default: off]
+    /// on: require SMART access tokens; off: allow every request [env: BRAID_AUTH] [default: on]
     #[arg(long)]
     auth: Option<braid::config::AuthMode>,
 }
@@ -849,7 +849,9 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
                 name: args.name,
                 credential,
                 pull,
-                types: args.types.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+                // An empty item (`--types ""`, `--types A,,B`) is refused by the registry, not
+                // dropped: a list that came out empty would grant every type.
+                types: args.types.into_iter().map(|t| t.trim().to_owned()).collect(),
                 lenient: args.lenient,
                 extra_scope: args.scope,
             };
@@ -864,10 +866,19 @@ async fn source(settings: Settings, command: SourceCommand) -> Result<(), Box<dy
         SourceCommand::Sync(args) => (args.data, AdminRequest::SyncSource { name: args.name }),
     };
     let lines = matches!(request, AdminRequest::ListSources);
+    let syncing = matches!(request, AdminRequest::SyncSource { .. });
     match admin_command(data, &settings, request).await? {
         serde_json::Value::Array(sources) if lines => sources.iter().for_each(|source| println!("{source}")),
         answer if human => print!("{}", braid::sources::summary(&answer)),
-        answer => println!("{answer}"),
+        answer => {
+            println!("{answer}");
+            // The run is printed whatever its outcome; a failed one also fails the command, so
+            // that a script sees it without reading the JSON.
+            if syncing && answer["run"]["outcome"] == "failed" {
+                let error = answer["run"]["error"].as_str().unwrap_or("no reason recorded");
+                return Err(format!("the pull failed: {error}").into());
+            }
+        }
     }
     Ok(())
 }

@@ -193,9 +193,10 @@ pub fn admit(
     if let Err(error) = validator().validate_value(resource_type, value) {
         match source {
             Some(source) if source.lenient && quality::only_value_issues(&error) => {
+                // Counted by [`count`] once a version is written: a re-push that changes
+                // nothing, or a transaction that fails, stores nothing with issues.
                 let Value::Object(resource) = value else { return Err(error) };
                 quality::record_issues(resource, &error.issues).map_err(|_| error)?;
-                source.stored_with_issues();
             }
             _ => return Err(error),
         }
@@ -228,11 +229,16 @@ pub fn namespaced(source: Option<&ActiveSource>, mut request: WriteRequest) -> W
     request
 }
 
-/// Counts what a write did, for the source's figures.
+/// Counts what a write did, for the source's figures: among them the versions a lenient
+/// source stored with data-quality issues, told by the issues [`admit`] put inside them.
 pub fn count(source: Option<&ActiveSource>, outcomes: &[OpOutcome]) {
     if let Some(source) = source {
         for outcome in outcomes {
             source.wrote(outcome.kind);
+            let written = matches!(outcome.kind, OutcomeKind::Created | OutcomeKind::Updated);
+            if written && source.lenient && outcome.body.as_deref().is_some_and(|body| quality::holds_issues(body)) {
+                source.stored_with_issues();
+            }
         }
     }
 }
@@ -464,6 +470,9 @@ impl Registry {
         let name = SourceName::parse(&new.name).map_err(bad)?;
         let mut types = Vec::new();
         for type_name in &new.types {
+            if type_name.is_empty() {
+                return Err(bad("the list of types has an empty item: name each type (or give none for the default)"));
+            }
             let resource_type = ResourceType::parse(type_name)
                 .ok_or_else(|| bad(format!("'{type_name}' is not an R4 resource type")))?;
             if !types.contains(&resource_type) {
@@ -714,6 +723,8 @@ pub fn summary(described: &Value) -> String {
     let count = |key: &str| described["counts"][key].as_u64().unwrap_or(0);
     let types = match described["types"].as_array() {
         Some(types) if !types.is_empty() => types.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+        // A pull source named none: it pulls the default types (and what they reference).
+        _ if described["kind"] == "pull" => format!("{} (the default)", pull::DEFAULT_TYPES.join(", ")),
         _ => "every type".to_owned(),
     };
     let mut lines = vec![

@@ -39,6 +39,14 @@ pub fn only_value_issues(error: &FhirError) -> bool {
     !error.issues.is_empty() && error.issues.iter().all(|issue| issue.code == IssueCode::Value)
 }
 
+/// Whether `body`, a stored version's JSON (as the writer serialises it, without spaces),
+/// holds the issues [`record_issues`] keeps: its contained OperationOutcome.
+pub fn holds_issues(body: &[u8]) -> bool {
+    const MARK: &[u8] = b"\"id\":\"braid-quality-issues\"";
+    const _: () = assert!(MARK.len() == CONTAINED_ID.len() + 7, "the mark spells CONTAINED_ID");
+    body.windows(MARK.len()).any(|window| window == MARK)
+}
+
 /// Keeps `issues` inside `resource` (see the module's description). Fails when the resource
 /// cannot hold them: a type without `contained` and `extension` (Bundle, Binary, Parameters),
 /// or one that already has a contained resource with [`CONTAINED_ID`].
@@ -147,6 +155,10 @@ mod tests {
         // What Braid adds is itself valid, apart from the issue it records.
         let again = validate(&resource).unwrap_err();
         assert_eq!(again.issues.len(), 1, "{:?}", again.issues);
+        // The stored version says it holds issues; one without them does not.
+        assert!(holds_issues(&serde_json::to_vec(&resource).unwrap()));
+        let clean = json!({"resourceType": "Patient", "birthDate": "2021-02-28", "id": "braid-quality"});
+        assert!(!holds_issues(&serde_json::to_vec(&clean).unwrap()));
         let Value::Object(mut binary) = json!({"resourceType": "Binary", "contentType": "text/plain"}) else {
             unreachable!()
         };

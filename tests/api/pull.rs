@@ -849,6 +849,16 @@ async fn the_command_line_adds_syncs_and_shows_a_pull_source_with_braid_stopped(
     let output = run(&["source", "sync", "nobody"]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no source nobody"));
+    // A run that fails fails the command, so that a script sees it; the run is still printed.
+    let elsewhere = format!("{}/elsewhere", upstream.base);
+    let output = run(&["source", "add", "gone", "--pull", &elsewhere, "--client-id", "braid", "--key", &key]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = run(&["source", "sync", "gone"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let failed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(failed["run"]["outcome"], "failed", "{failed}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the pull failed") && stderr.contains("401"), "{stderr}");
     let output = run(&["source", "add", "push", "--pull", &upstream.base, "--key", &key]).await;
     assert!(!output.status.success(), "--pull needs --client-id");
     let stderr = String::from_utf8_lossy(&output.stderr);

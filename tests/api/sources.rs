@@ -9,7 +9,7 @@ use braid::auth::clients::NewCredential;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{Value, json};
 
-use crate::helpers::{AuthApp, Reply, braid_cli, spawn_auth_app};
+use crate::helpers::{AuthApp, Reply, braid_cli, references, spawn_auth_app, without_golden_link};
 use crate::smart::{ClientKey, assertion_token, claims, token_url};
 
 /// A push source as the tests use it: its client and a token it got for `system/*.cruds`.
@@ -431,6 +431,77 @@ async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_th
     assert_eq!(restored.status, 201, "{}", restored.text);
 }
 
+/// Synthea's patient bundles as an EHR's integration engine would push them: transactions of
+/// POSTs whose resources carry the sender's ids, cross-referenced by `urn:uuid` and with
+/// contained resources. Pushed again unchanged, they change nothing.
+#[tokio::test]
+async fn synthea_bundles_pushed_by_a_source_land_in_its_namespace_and_pushed_again_change_nothing() {
+    let server = spawn_auth_app().await;
+    let ehr = add_source(&server, "ehr", false).await;
+    let everything = server.token("operator", "system/*.cruds", None);
+    let mut files: Vec<_> = std::fs::read_dir("tests/data/synthea").unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let bundles: Vec<Value> = files
+        .iter()
+        .take(4)
+        .map(|path| {
+            let mut bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            bundle["type"] = json!("transaction");
+            bundle
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for bundle in &bundles {
+        let reply = send(&server, "POST", "", &ehr.token, Some(bundle)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let sent = bundle["entry"].as_array().unwrap();
+        // Each fullUrl names the resource of the sender's id, now in the namespace.
+        let stored_as = |full_url: &str| {
+            let entry = sent.iter().find(|entry| entry["fullUrl"] == full_url).expect("a reference inside the bundle");
+            let resource = &entry["resource"];
+            format!("{}/ehr-{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap())
+        };
+        for (entry, answer) in sent.iter().zip(reply.body["entry"].as_array().unwrap()) {
+            let resource = &entry["resource"];
+            let original_id = resource["id"].as_str().unwrap();
+            let location = stored_as(entry["fullUrl"].as_str().unwrap());
+            // Patients share their providers: a later push sends the same Organization again.
+            let status = if seen.insert(location.clone()) { "201 Created" } else { "200 OK" };
+            assert_eq!(answer["response"]["status"], status, "{location}: {answer}");
+            assert_eq!(answer["response"]["location"], format!("{location}/_history/1"));
+            let stored =
+                without_golden_link(&send(&server, "GET", &format!("/{location}"), &everything, None).await.body);
+            assert_eq!(stored["meta"]["source"], "urn:braid:source:ehr", "{location}");
+            let kept = json!({"system": "urn:braid:source:ehr", "value": original_id});
+            assert!(stored["identifier"].as_array().unwrap().contains(&kept), "{location}: {}", stored["identifier"]);
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            references(resource, &mut before);
+            references(&stored, &mut after);
+            assert_eq!(before.len(), after.len(), "{location}");
+            for (original, rewritten) in before.iter().zip(&after) {
+                if original.starts_with("urn:uuid:") {
+                    assert_eq!(rewritten, &stored_as(original), "{original} in {location}");
+                } else {
+                    assert!(original.starts_with('#'), "Synthea's other references are to contained resources");
+                    assert_eq!(original, rewritten, "a contained reference stays as it is");
+                }
+            }
+        }
+    }
+    assert!(seen.len() > 300, "{}", seen.len());
+    assert_eq!(provenance_count(&server, &everything).await, bundles.len(), "one Provenance per push");
+
+    for bundle in &bundles {
+        let reply = send(&server, "POST", "", &ehr.token, Some(bundle)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        for answer in reply.body["entry"].as_array().unwrap() {
+            assert_eq!(answer["response"]["status"], "200 OK", "{answer}");
+            assert_eq!(answer["response"]["etag"], "W/\"1\"", "pushed again unchanged: {answer}");
+        }
+    }
+    assert_eq!(provenance_count(&server, &everything).await, bundles.len(), "a push that changed nothing");
+}
+
 #[tokio::test]
 async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_issues_and_both_count() {
     let server = spawn_auth_app().await;
@@ -504,7 +575,8 @@ async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_i
     assert!(rejections[0]["reason"].as_str().unwrap().contains("Patient.birthDate"), "{shown}");
     assert_eq!(rejections[2]["what"], "Bundle.entry[1]");
     let shown = operator(&server, AdminRequest::ShowSource { name: "lenient".into() }).await.unwrap();
-    assert_eq!(shown["counts"]["stored_with_issues"], 3, "{shown}");
+    // Stored once with its issues: the identical re-pushes (alone and in the batch) stored nothing.
+    assert_eq!(shown["counts"]["stored_with_issues"], 1, "{shown}");
     assert_eq!(shown["counts"]["unchanged"], 2, "{shown}");
     assert_eq!(shown["counts"]["rejected"], 2, "{shown}");
 
@@ -585,6 +657,15 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
         (vec!["source", "add", "Bad-Name", "--jwks", jwks_file.to_str().unwrap()], "lowercase letters and digits"),
         (vec!["source", "add", "lab", "--jwks", jwks_file.to_str().unwrap()], "already a source named lab"),
         (vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--types", "Nope"], "'Nope'"),
+        // An empty item would otherwise leave a list that grants every type.
+        (vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--types", ""], "empty item"),
+        (
+            vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--types", "Patient,,Observation"],
+            "empty item",
+        ),
+        // A pull source's credentials on a push source are a mistake, not something to ignore.
+        (vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--client-id", "a"], "--pull"),
+        (vec!["source", "add", "x", "--jwks", jwks_file.to_str().unwrap(), "--key", "k.pem"], "--pull"),
         (vec!["source", "show", "nobody"], "there is no source nobody"),
     ] {
         let output = braid(&args).await;
