@@ -178,6 +178,22 @@ pub fn without_meta(value: &Value) -> Value {
     copy
 }
 
+/// Every `reference` string in `value`, in document order.
+pub fn references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match (key.as_str(), child) {
+                    ("reference", Value::String(reference)) => found.push(reference.clone()),
+                    _ => references(child, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+        _ => {}
+    }
+}
+
 /// The resource without the `refer` link to its golden Patient that the master patient index
 /// shows on a source Patient (once it has matched it, moments after the write): for comparing
 /// what was written with what is read.

@@ -5,22 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, without_golden_link};
-
-fn references(value: &Value, found: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match (key.as_str(), child) {
-                    ("reference", Value::String(reference)) => found.push(reference.clone()),
-                    _ => references(child, found),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| references(item, found)),
-        _ => {}
-    }
-}
+use crate::helpers::{references, spawn_app, without_golden_link};
 
 #[actix_web::test]
 async fn every_synthea_bundle_loads_as_a_transaction_with_references_rewritten() {
