@@ -605,7 +605,7 @@ async fn strict_sources_refuse_value_errors_lenient_ones_store_them_with_their_i
     // A removed source's token views nothing, not even a new source added under its name.
     operator(&server, AdminRequest::RemoveSource { name: "strict".into() }).await.unwrap();
     add_source(&server, "strict", false).await;
-    status("/sources/strict", Some(&strict.token)).await.assert_outcome(403);
+    status("/sources/strict", Some(&strict.token)).await.assert_outcome(401);
 }
 
 #[tokio::test]
@@ -676,8 +676,13 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
 
     let output = braid(&["source", "remove", "lab"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    // Its token stops writing at once, its client gets no more tokens, and what it wrote stays.
-    send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.assert_outcome(403);
+    // Its token is dead at once (for reads too), its client gets no more tokens, and what it
+    // wrote stays.
+    let dead = send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await;
+    dead.assert_outcome(401);
+    let challenge = dead.header("www-authenticate").unwrap_or_default().to_owned();
+    assert!(challenge.contains("invalid_token") && challenge.contains("removed"), "{challenge}");
+    send(&server, "GET", "/Patient/lab-1", &token, None).await.assert_outcome(401);
     let refused = assertion_token(app, &key.sign(&claims(&client_id, &token_url(app))), "system/*.cruds").await;
     assert_eq!(refused.body["error"], "invalid_client");
     let everything = server.token("operator", "system/*.rs", None);
@@ -689,5 +694,5 @@ async fn operators_add_show_list_and_remove_sources_from_the_command_line_while_
         .unwrap();
     let output = braid(&["source", "add", "lab", "--jwks", other_jwks.to_str().unwrap()]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.assert_outcome(403);
+    send(&server, "PUT", "/Patient/1", &token, Some(&sent)).await.assert_outcome(401);
 }
