@@ -62,44 +62,53 @@ pub fn check_body(
     }
 }
 
-/// Refuses a body whose `meta.source` names a source (`urn:braid:source:NAME`) that the version
-/// it replaces did not name, written with a restricted token (a patient's app, granular scopes)
-/// that is not that source's. A source's records are told apart by `meta.source` (its writes'
-/// guard, the unified record, reminders), so such a token must not pass what it writes off as a
-/// source's; editing a record that already is a source's keeps its `meta.source` and is allowed.
-/// `replaced` gives the source the replaced version names: asked only when the body claims one
-/// (a create replaces nothing; criteria are matched only in the writer, so a conditional write
-/// counts as replacing nothing). A source's own writes carry its name (`admit` sets it);
-/// unrestricted writers keep the `meta.source` they send, as before sources existed (an
-/// operator restoring an export).
+/// Refuses a body that speaks for a source (`urn:braid:source:NAME` as its `meta.source`, or
+/// as the system of an identifier, the one that keeps a source's own id) that the version it
+/// replaces did not speak for, written with a restricted token (a patient's app, granular
+/// scopes, another source) that is not that source's. A source's records are told apart by
+/// `meta.source` (its writes' guard, the unified record, reminders) and found by their kept ids,
+/// so such a token must not pass what it writes off as a source's; editing a record that
+/// already is a source's keeps what it says and is allowed. `replaced` gives the sources the
+/// replaced version speaks for: asked only when the body speaks for another source than the
+/// token's own (a create replaces nothing; criteria are matched only in the writer, so a
+/// conditional write counts as replacing nothing). Unrestricted writers keep what they send, as
+/// before sources existed (an operator restoring an export); so do pulls, which copy what the
+/// upstream has (another Braid's records keep its sources' names).
 pub fn check_claim(
     access: &Access,
     body: &Value,
-    replaced: impl FnOnce() -> Result<Option<String>, FhirError>,
+    replaced: impl FnOnce() -> Result<Vec<String>, FhirError>,
 ) -> Result<(), FhirError> {
     if !access.is_restricted() {
         return Ok(());
     }
-    let Some(claimed) = crate::sources::namespace::source_of(body) else { return Ok(()) };
-    if source_name(access) == Some(claimed) || replaced()?.as_deref() == Some(claimed) {
-        return Ok(());
+    let own = source_name(access);
+    let mut claimed = crate::sources::namespace::claimed_sources(body).into_iter().filter(|name| Some(*name) != own);
+    let Some(first) = claimed.next() else { return Ok(()) };
+    let replaced = replaced()?;
+    match std::iter::once(first).chain(claimed).find(|name| !replaced.iter().any(|kept| kept == name)) {
+        None => Ok(()),
+        Some(name) => Err(forbidden(format!(
+            "this token may not write records that speak for the source '{name}' (its meta.source, or an \
+             identifier of its system {})",
+            crate::sources::namespace::source_uri(name)
+        ))),
     }
-    Err(forbidden(format!("this token may not write records attributed to the source '{claimed}' (meta.source)")))
 }
 
-/// The source the live version of `resource_type/id` names (see [`check_claim`]): `None` when
-/// there is none, or it names no source.
-pub fn claim_at(store: &Store, resource_type: ResourceType, id: &Id) -> Result<Option<String>, FhirError> {
+/// The sources the live version of `resource_type/id` speaks for (see [`check_claim`]): none
+/// when there is no such version.
+pub fn claim_at(store: &Store, resource_type: ResourceType, id: &Id) -> Result<Vec<String>, FhirError> {
     match store.snapshot()?.current(resource_type, id.as_str())? {
-        Some(version) if !version.is_deleted() => Ok(claim_of_stored(&version.body)),
-        _ => Ok(None),
+        Some(version) if !version.is_deleted() => Ok(claims_of_stored(&version.body)),
+        _ => Ok(Vec::new()),
     }
 }
 
-/// The source a stored body's `meta.source` names.
-fn claim_of_stored(body: &[u8]) -> Option<String> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    crate::sources::namespace::source_of(&value).map(str::to_owned)
+/// The sources a stored body speaks for.
+fn claims_of_stored(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
+    crate::sources::namespace::claimed_sources(&value).into_iter().map(str::to_owned).collect()
 }
 
 /// The clause a source's token's conditional writes are limited by: the resource's

@@ -316,7 +316,7 @@ fn parse_entry(
             access::check_body(access, resource_type, &resource, interaction, base)?;
             access::check_claim(access, &resource, || match &target {
                 Some(Target::Id(id)) => access::claim_at(store, resource_type, id),
-                _ => Ok(None),
+                _ => Ok(Vec::new()),
             })?;
             let conditional_references = request::conditional_references(&mut resource, access, base)?;
             let Value::Object(resource) = resource else { unreachable!("checked by resource_type_of") };

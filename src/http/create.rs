@@ -27,7 +27,7 @@ pub async fn handle(ctx: Ctx) -> Result<HttpResponse, FhirError> {
     let mut value = request::resource_body(&body, resource_type, &state.limits)?;
     super::source::admit(source.as_deref(), resource_type, &mut value, Some(&base))?;
     super::access::check_body(&access, resource_type, &value, Permission::Create, &base)?;
-    super::access::check_claim(&access, &value, || Ok(None))?;
+    super::access::check_claim(&access, &value, || Ok(Vec::new()))?;
     let conditional_references = request::conditional_references(&mut value, &access, &base)?;
     let Value::Object(resource) = value else { unreachable!("resource_body returns objects") };
     let write = WriteRequest {

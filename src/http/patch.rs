@@ -237,7 +237,8 @@ pub(super) fn patched_update(
     }
     let mut value: Value =
         serde_json::from_slice(&current.body).map_err(|_| FhirError::fault("patch: a stored resource is not JSON"))?;
-    let claimed_before = crate::sources::namespace::source_of(&value).map(str::to_owned);
+    let claimed_before: Vec<String> =
+        crate::sources::namespace::claimed_sources(&value).into_iter().map(str::to_owned).collect();
     match patch {
         Patch::Json(document) => crate::fhir::json_patch::apply(&mut value, document, resource_type.as_str())?,
         Patch::FhirPath(parameters) => crate::search::fhirpath_patch::apply(&mut value, parameters)?,

@@ -62,7 +62,7 @@ async fn execute(
     super::access::check_body(access, resource_type, &value, Permission::Update, &base)?;
     super::access::check_claim(access, &value, || match &target {
         Target::Id(id) => super::access::claim_at(&state.store, resource_type, id),
-        Target::Criteria(_) => Ok(None),
+        Target::Criteria(_) => Ok(Vec::new()),
     })?;
     let precondition = request::precondition(http)?;
     let conditional_references = request::conditional_references(&mut value, access, &base)?;

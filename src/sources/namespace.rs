@@ -55,6 +55,25 @@ pub fn source_of(resource: &Value) -> Option<&str> {
     resource.get("meta")?.get("source")?.as_str()?.strip_prefix(SOURCE_URI_PREFIX)
 }
 
+/// The sources `resource` speaks for: the one its `meta.source` names, and those whose URI is
+/// the system of one of its identifiers (the identifier that keeps a source's own id). Each
+/// name once, in that order.
+pub fn claimed_sources(resource: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = source_of(resource).into_iter().collect();
+    let identifiers = match resource.get("identifier") {
+        Some(Value::Array(list)) => list.iter().collect(),
+        Some(single @ Value::Object(_)) => vec![single],
+        _ => Vec::new(),
+    };
+    for identifier in identifiers {
+        let name = identifier.get("system").and_then(Value::as_str).and_then(|s| s.strip_prefix(SOURCE_URI_PREFIX));
+        if let Some(name) = name.filter(|name| !names.contains(name)) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// A source's name, as the operator gave it: 1 to [`MAX_SOURCE_NAME`] lowercase ASCII letters
 /// and digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -498,6 +517,18 @@ mod tests {
             let resource_type = crate::fhir::ResourceType::parse(resource["resourceType"].as_str().unwrap()).unwrap();
             crate::fhir::validation::validator().validate_value(resource_type, resource).unwrap();
         }
+    }
+
+    #[test]
+    fn a_resource_speaks_for_the_sources_its_meta_source_and_identifiers_name() {
+        let resource = json!({"resourceType": "Patient", "meta": {"source": "urn:braid:source:clinic"},
+            "identifier": [{"system": "http://mrn", "value": "1"}, {"system": "urn:braid:source:lab", "value": "2"},
+                           {"system": "urn:braid:source:clinic", "value": "3"}, {"value": "4"}]});
+        assert_eq!(claimed_sources(&resource), ["clinic", "lab"]);
+        let single = json!({"resourceType": "Bundle", "identifier": {"system": "urn:braid:source:lab", "value": "b"}});
+        assert_eq!(claimed_sources(&single), ["lab"]);
+        let none = json!({"resourceType": "Patient", "meta": {"source": "https://ehr.example"}, "identifier": "x"});
+        assert!(claimed_sources(&none).is_empty());
     }
 
     #[test]

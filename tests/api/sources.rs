@@ -425,6 +425,26 @@ async fn a_token_that_is_not_the_source_cannot_write_records_that_claim_to_be_th
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!(patched.body["meta"]["source"], "urn:braid:source:clinic");
 
+    // Nor may the app, or another source, plant the identifier that keeps the clinic's own ids:
+    // a search for the clinic's `o1` finds only the clinic's record.
+    let mut planted = observation("https://app.example");
+    planted["identifier"] = json!([{"system": "urn:braid:source:clinic", "value": "o1"}]);
+    let refused = send(&server, "POST", "/Observation", &app, Some(&planted)).await;
+    refused.assert_outcome(403);
+    assert!(refused.text.contains("urn:braid:source:clinic"), "{}", refused.text);
+    let lab = add_source(&server, "lab", false).await;
+    let mut labs = planted.clone();
+    labs.as_object_mut().unwrap().remove("meta");
+    labs["id"] = json!("x");
+    send(&server, "PUT", "/Observation/x", &lab.token, Some(&labs)).await.assert_outcome(403);
+    labs["identifier"][0]["system"] = json!("urn:braid:source:lab");
+    labs["identifier"][0]["value"] = json!("x");
+    assert_eq!(send(&server, "PUT", "/Observation/x", &lab.token, Some(&labs)).await.status, 201, "its own");
+    let found = send(&server, "GET", "/Observation?identifier=urn:braid:source:clinic|o1", &everything, None).await;
+    let ids: Vec<&str> =
+        found.body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["clinic-o1"]);
+
     // An unrestricted writer (restoring an export, say) keeps what it sends.
     let restored =
         send(&server, "POST", "/Observation", &everything, Some(&observation("urn:braid:source:clinic"))).await;
