@@ -33,9 +33,11 @@ pub enum Expr {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item<'a> {
     /// A JSON element with its FHIR type when known (from a choice element's name).
-    Json(&'a Value, Option<String>),
+    /// The type is borrowed (from the resource's own keys, or a static name): evaluation
+    /// allocates no type names, since every index entry of every write goes through it.
+    Json(&'a Value, Option<&'a str>),
     /// The target of a reference, known only by its type (from `resolve()`).
-    Resolved(String),
+    Resolved(&'a str),
     Str(String),
     Bool(bool),
 }
@@ -83,7 +85,7 @@ impl Expr {
     /// Evaluates the expression with `root` as the resource (and initial context).
     pub fn evaluate<'a>(&self, root: &'a Value) -> Vec<Item<'a>> {
         let resource_type = root.get("resourceType").and_then(Value::as_str).unwrap_or("");
-        self.eval(&[Item::Json(root, Some(resource_type.to_owned()))], root, true)
+        self.eval(&[Item::Json(root, Some(resource_type))], root, true)
     }
 
     /// Evaluates the expression relative to `element` (a composite parameter's components are
@@ -134,12 +136,12 @@ impl Expr {
             Expr::OfType(inner, type_name) => inner
                 .eval(context, root, at_root)
                 .into_iter()
-                .filter(|item| type_of(item).as_deref() == Some(type_name))
+                .filter(|item| type_of(item) == Some(type_name.as_str()))
                 .collect(),
             Expr::Is(inner, type_name) => {
                 let items = inner.eval(context, root, at_root);
                 match items.as_slice() {
-                    [item] => vec![Item::Bool(type_of(item).as_deref() == Some(type_name))],
+                    [item] => vec![Item::Bool(type_of(item) == Some(type_name.as_str()))],
                     _ => Vec::new(),
                 }
             }
@@ -183,12 +185,10 @@ fn same_value(a: &Item<'_>, b: &Item<'_>) -> bool {
 }
 
 /// The FHIR type of an item, where it is known.
-fn type_of(item: &Item<'_>) -> Option<String> {
+fn type_of<'a>(item: &Item<'a>) -> Option<&'a str> {
     match item {
-        Item::Json(value, hint) => {
-            hint.clone().or_else(|| value.get("resourceType").and_then(Value::as_str).map(str::to_owned))
-        }
-        Item::Resolved(type_name) => Some(type_name.clone()),
+        Item::Json(value, hint) => hint.or_else(|| value.get("resourceType").and_then(Value::as_str)),
+        Item::Resolved(type_name) => Some(type_name),
         _ => None,
     }
 }
@@ -198,14 +198,14 @@ fn type_of(item: &Item<'_>) -> Option<String> {
 fn resolve<'a>(item: &Item<'a>) -> Option<Item<'a>> {
     let Item::Json(value, _) = item else { return None };
     if let Some(type_name) = value.get("type").and_then(Value::as_str) {
-        return Some(Item::Resolved(type_name.to_owned()));
+        return Some(Item::Resolved(type_name));
     }
     let reference = value.get("reference").and_then(Value::as_str)?;
-    let path = reference.split("/_history/").next().unwrap_or(reference);
+    let path = crate::fhir::reference::without_version(reference);
     let mut segments = path.rsplit('/');
     let _id = segments.next()?;
     let type_name = segments.next()?;
-    crate::fhir::ResourceType::parse(type_name).map(|t| Item::Resolved(t.as_str().to_owned()))
+    crate::fhir::ResourceType::parse(type_name).map(|t| Item::Resolved(t.as_str()))
 }
 
 /// The children named `name` of an item, arrays flattened; for a choice element (`value[x]`)
@@ -213,8 +213,8 @@ fn resolve<'a>(item: &Item<'a>) -> Option<Item<'a>> {
 fn children<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
     let Item::Json(Value::Object(map), _) = item else { return Vec::new() };
     let mut out = Vec::new();
-    let mut push = |value: &'a Value, hint: Option<String>| match value {
-        Value::Array(items) => out.extend(items.iter().map(|v| Item::Json(v, hint.clone()))),
+    let mut push = |value: &'a Value, hint: Option<&'a str>| match value {
+        Value::Array(items) => out.extend(items.iter().map(|v| Item::Json(v, hint))),
         other => out.push(Item::Json(other, hint)),
     };
     if let Some(value) = map.get(name) {
@@ -224,9 +224,13 @@ fn children<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
     for (key, value) in map {
         if let Some(suffix) = key.strip_prefix(name) {
             if suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
-                let lowered = format!("{}{}", suffix[..1].to_ascii_lowercase(), &suffix[1..]);
-                let type_name = if PRIMITIVES.contains(&lowered.as_str()) { lowered } else { suffix.to_owned() };
-                push(value, Some(type_name));
+                // `valueDateTime` is a `dateTime`, `valueQuantity` a `Quantity`.
+                let primitive = PRIMITIVES.iter().find(|primitive| {
+                    primitive.len() == suffix.len()
+                        && primitive[..1].eq_ignore_ascii_case(&suffix[..1])
+                        && primitive[1..] == suffix[1..]
+                });
+                push(value, Some(primitive.copied().unwrap_or(suffix)));
             }
         }
     }

@@ -873,7 +873,7 @@ fn quantity(name: &str, text: &str) -> Result<Alternative, FhirError> {
 fn reference(def: &ParamDef, value: &str, base_url: &str, only: Option<ResourceType>) -> Vec<Alternative> {
     let local = crate::fhir::reference::relative_to(value, base_url);
     if local.contains('/') || local.contains(':') {
-        let plain = local.split("/_history/").next().unwrap_or(local);
+        let plain = crate::fhir::reference::without_version(local);
         if let Some(only) = only {
             if !plain.starts_with(&format!("{only}/")) {
                 return vec![exact(format!("{only}/{plain}").into_bytes())];

@@ -415,7 +415,7 @@ fn reference_values(value: &Value) -> Vec<(&'static str, Vec<u8>)> {
         Value::String(url) => out.push(("", url.as_bytes().to_vec())),
         Value::Object(map) => {
             if let Some(reference) = map.get("reference").and_then(Value::as_str) {
-                let plain = reference.split("/_history/").next().unwrap_or(reference);
+                let plain = crate::fhir::reference::without_version(reference);
                 out.push(("", plain.as_bytes().to_vec()));
             }
             if let Some(identifier) = map.get("identifier") {
