@@ -154,6 +154,9 @@ pub async fn execute(
         AdminRequest::ListClients => Ok(Value::Array(clients::list(store)?.iter().map(clients::describe).collect())),
         AdminRequest::RemoveClient { client_id } => {
             if clients::remove(store, &client_id).await? {
+                if let Some(auth) = auth {
+                    auth.client_removed(&client_id);
+                }
                 Ok(json!({"removed": client_id}))
             } else {
                 Err(AdminError { bad_request: true, message: format!("there is no client {client_id}") })

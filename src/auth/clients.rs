@@ -129,9 +129,20 @@ pub fn insert_in(txn: &mut crate::store::auth::AuthTxn<'_>, client: &Client) -> 
     CLIENTS.put_in(txn, &client.client_id, client)
 }
 
-/// Removes a client inside a piece of auth work.
+/// Where a removed client's id is kept until every token issued to it has expired (see
+/// [`remove_in`] and `grants::Revoked`).
+pub const REMOVED_PREFIX: &[u8] = b"removed-client/";
+
+/// The longest an access token Braid issues lives (`access_token_secs` is at most this, and
+/// `backend_token_secs` less): how long a removed client's id is kept.
+pub const MAX_TOKEN_SECS: u64 = 3600;
+
+/// Removes a client inside a piece of auth work, and lists its id as removed until its tokens
+/// would have expired: a token outlives its client otherwise, being checked by signature only.
 pub fn remove_in(txn: &mut crate::store::auth::AuthTxn<'_>, client_id: &str) {
     CLIENTS.remove_in(txn, client_id);
+    let key = [REMOVED_PREFIX, client_id.as_bytes()].concat();
+    txn.insert_expiring(&key, &[], super::now_secs() + MAX_TOKEN_SECS);
 }
 
 /// Checks `new` and makes the client record (with a fresh id, and a secret if one is asked
@@ -223,7 +234,16 @@ pub fn list(store: &Store) -> Result<Vec<Client>, StoreError> {
 /// Removes a client; false if there was none with that id. Tokens already issued to it stop
 /// working at their next use that looks the client up (every token request does).
 pub async fn remove(store: &Store, client_id: &str) -> Result<bool, FhirError> {
-    CLIENTS.remove(store, client_id).await
+    let client_id = client_id.to_owned();
+    store
+        .auth_write(move |txn| {
+            let existed = CLIENTS.get_in::<Client>(txn, &client_id)?.is_some();
+            if existed {
+                remove_in(txn, &client_id);
+            }
+            Ok(existed)
+        })
+        .await
 }
 
 /// The client `client_id`, as last committed, or the built-in patient portal (see [`portal`])

@@ -140,6 +140,8 @@ fn hash_hex(secret: &str) -> String {
 pub struct Revoked {
     jtis: Mutex<HashSet<String>>,
     grants: Mutex<HashSet<String>>,
+    /// Clients removed while tokens issued to them may still be alive.
+    clients: Mutex<HashSet<String>>,
     /// Whether either set holds anything: most servers have revoked nothing, and every request
     /// then skips both locks.
     any: std::sync::atomic::AtomicBool,
@@ -159,8 +161,14 @@ impl Revoked {
                 grants.insert(String::from_utf8_lossy(&key[GRANT_PREFIX.len()..]).into_owned());
             }
         }
-        let any = std::sync::atomic::AtomicBool::new(!jtis.is_empty() || !grants.is_empty());
-        Ok(Revoked { jtis: Mutex::new(jtis), grants: Mutex::new(grants), any })
+        let prefix = super::clients::REMOVED_PREFIX;
+        let clients: HashSet<String> = read
+            .scan(prefix)?
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
+            .collect();
+        let any = std::sync::atomic::AtomicBool::new(!jtis.is_empty() || !grants.is_empty() || !clients.is_empty());
+        Ok(Revoked { jtis: Mutex::new(jtis), grants: Mutex::new(grants), clients: Mutex::new(clients), any })
     }
 
     /// Whether the token behind `grant` was revoked, or the grant it was issued under.
@@ -171,7 +179,21 @@ impl Revoked {
         let has = |set: &Mutex<HashSet<String>>, item: &str| {
             set.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(item)
         };
-        has(&self.jtis, &grant.jti) || grant.gid.as_ref().is_some_and(|gid| has(&self.grants, gid))
+        has(&self.jtis, &grant.jti)
+            || grant.gid.as_ref().is_some_and(|gid| has(&self.grants, gid))
+            || has(&self.clients, &grant.client_id)
+    }
+
+    /// Whether `client_id` is listed as removed.
+    #[cfg(test)]
+    fn lists_client(&self, client_id: &str) -> bool {
+        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(client_id)
+    }
+
+    /// Lists a removed client (its removal is committed): its tokens stop working at once.
+    pub fn add_client(&self, client_id: &str) {
+        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(client_id.to_owned());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn add_jti(&self, jti: &str) {
@@ -572,6 +594,40 @@ fn grant_lifetime(scope: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::store::testing;
+
+    #[test]
+    fn a_removed_client_is_still_refused_after_a_restart_until_its_tokens_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = testing::runtime();
+        runtime.block_on(async {
+            let store = testing::open(&dir.path().join("c.redb"));
+            let new = |name: &str| crate::auth::clients::NewClient {
+                name: name.into(),
+                scope: "system/Patient.rs".into(),
+                grant_types: Vec::new(),
+                redirect_uris: Vec::new(),
+                credential: crate::auth::clients::NewCredential::Secret,
+                source: None,
+            };
+            let gone = crate::auth::clients::add(&store, new("gone"), now_secs()).await.unwrap().client.client_id;
+            let kept = crate::auth::clients::add(&store, new("kept"), now_secs()).await.unwrap().client.client_id;
+            assert!(crate::auth::clients::remove(&store, &gone).await.unwrap());
+            assert!(
+                !crate::auth::clients::remove(&store, "nobody").await.unwrap(),
+                "nothing to remove, nothing listed"
+            );
+            // What a start loads: the removal outlives the process that made it.
+            let revoked = store.auth_read(Revoked::load).unwrap();
+            assert!(revoked.lists_client(&gone));
+            assert!(!revoked.lists_client(&kept) && !revoked.lists_client("nobody"));
+            assert!(revoked.any.load(std::sync::atomic::Ordering::Acquire));
+            // Listed until the longest token would have expired, then swept with the rest.
+            let expiry = store.auth_read(|read| read.scan(b"exp/")).unwrap();
+            let listed = [crate::auth::clients::REMOVED_PREFIX, gone.as_bytes()].concat();
+            assert!(expiry.iter().any(|(key, _)| key.ends_with(&listed)), "{expiry:?}");
+            testing::close(store);
+        });
+    }
 
     #[test]
     fn grants_made_before_the_users_list_existed_are_listed_once() {

@@ -263,6 +263,12 @@ pub struct AuthState {
 }
 
 impl AuthState {
+    /// Stops the tokens of a client whose removal is committed (`clients::remove`): they are
+    /// refused from now on, not only once they expire.
+    pub fn client_removed(&self, client_id: &str) {
+        self.revoked.add_client(client_id);
+    }
+
     /// Makes sure a signing key exists, then loads the keys.
     pub async fn start(store: Store, config: AuthConfig) -> Result<AuthState, FhirError> {
         keys::ensure(&store).await?;

@@ -543,11 +543,19 @@ async fn while_braid_runs_the_command_line_adds_a_client_through_its_socket_and_
     let jwks = app.send(app.client.get(app.base.replace("/fhir", "/auth/jwks"))).await;
     assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 4, "the retired keys are still published");
 
-    // Removing the client through the socket: its next token request fails.
+    // Removing the client through the socket: its next token request fails, and the tokens it
+    // holds stop working at once (they would otherwise live until they expire).
+    let live = fresh.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get_with(&app, "/Patient", &live).await.status, 200);
     let output = braid(&["client", "remove", &client_id]).await;
     assert!(output.status.success());
     let refused = assertion_token(&app, &key.sign(&claims(&client_id, &token_url(&app))), "system/Patient.rs").await;
     assert_eq!(refused.body["error"], "invalid_client");
+    for token in [&token, &live] {
+        let dead = get_with(&app, "/Patient", token).await;
+        dead.assert_outcome(401);
+        assert!(dead.header("www-authenticate").unwrap_or_default().contains("invalid_token"), "{}", dead.text);
+    }
     let output = braid(&["client", "remove", &client_id]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no client"));
