@@ -129,7 +129,12 @@ pub async fn execute(
             Ok(json!({"source": name, "run": run}))
         }
         AdminRequest::RemoveSource { name } => {
+            // A push source's client goes with it, and so do its tokens (see `RemoveClient`).
+            let client_id = sources.get(&name).and_then(|source| source.client_id.clone());
             if sources.remove(&name).await? {
+                if let (Some(auth), Some(client_id)) = (auth, client_id) {
+                    auth.client_removed(&client_id);
+                }
                 Ok(json!({"removed": name}))
             } else {
                 Err(no_source(&name))

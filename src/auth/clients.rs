@@ -231,8 +231,9 @@ pub fn list(store: &Store) -> Result<Vec<Client>, StoreError> {
     CLIENTS.all(store)
 }
 
-/// Removes a client; false if there was none with that id. Tokens already issued to it stop
-/// working at their next use that looks the client up (every token request does).
+/// Removes a client; false if there was none with that id. It gets no more tokens, and those
+/// already issued to it are refused once the server hears of the removal (at once through the
+/// operator's socket, else at its next start; see [`remove_in`]).
 pub async fn remove(store: &Store, client_id: &str) -> Result<bool, FhirError> {
     let client_id = client_id.to_owned();
     store

@@ -185,8 +185,7 @@ impl Revoked {
     }
 
     /// Whether `client_id` is listed as removed.
-    #[cfg(test)]
-    fn lists_client(&self, client_id: &str) -> bool {
+    pub fn client_removed(&self, client_id: &str) -> bool {
         self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(client_id)
     }
 
@@ -618,8 +617,8 @@ mod tests {
             );
             // What a start loads: the removal outlives the process that made it.
             let revoked = store.auth_read(Revoked::load).unwrap();
-            assert!(revoked.lists_client(&gone));
-            assert!(!revoked.lists_client(&kept) && !revoked.lists_client("nobody"));
+            assert!(revoked.client_removed(&gone));
+            assert!(!revoked.client_removed(&kept) && !revoked.client_removed("nobody"));
             assert!(revoked.any.load(std::sync::atomic::Ordering::Acquire));
             // Listed until the longest token would have expired, then swept with the rest.
             let expiry = store.auth_read(|read| read.scan(b"exp/")).unwrap();

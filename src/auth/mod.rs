@@ -263,10 +263,22 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    /// Stops the tokens of a client whose removal is committed (`clients::remove`): they are
-    /// refused from now on, not only once they expire.
+    /// Stops the tokens of a client whose removal is committed (`clients::remove`, or a push
+    /// source's removal): they are refused from now on, not only once they expire.
     pub fn client_removed(&self, client_id: &str) {
         self.revoked.add_client(client_id);
+    }
+
+    /// Why a token whose signature and claims check out is refused all the same: its client
+    /// was removed, or it (or the grant it was issued under) was revoked.
+    fn refusal(&self, grant: &Grant) -> Option<&'static str> {
+        if !self.revoked.contains(grant) {
+            None
+        } else if self.revoked.client_removed(&grant.client_id) {
+            Some("the client this access token was issued to has been removed")
+        } else {
+            Some("the access token was revoked")
+        }
     }
 
     /// Makes sure a signing key exists, then loads the keys.
@@ -531,14 +543,14 @@ impl AuthState {
             if grant.audience != fhir_base {
                 return Err(BearerError::Invalid("the access token is for another server".into()));
             }
-            if self.revoked.contains(&grant) {
-                return Err(BearerError::Invalid("the access token was revoked".into()));
+            if let Some(reason) = self.refusal(&grant) {
+                return Err(BearerError::Invalid(reason.into()));
             }
             return Ok(grant);
         }
         let grant = Arc::new(token::verify(&self.keys(), token, fhir_base, now).map_err(BearerError::Invalid)?);
-        if self.revoked.contains(&grant) {
-            return Err(BearerError::Invalid("the access token was revoked".into()));
+        if let Some(reason) = self.refusal(&grant) {
+            return Err(BearerError::Invalid(reason.into()));
         }
         VERIFIED.with(|cache| {
             let mut cache = cache.borrow_mut();

@@ -648,15 +648,6 @@ pub(crate) fn bearer_grant(
         };
         Box::new(refusal(Category::Unauthorized, IssueCode::Login, message, challenge))
     })?;
-    // A source's token dies with the source (removed, or added again with a new client): it
-    // is no longer a valid token, whatever it asks for.
-    if let Some(name) = grant.source.as_deref()
-        && source::of_grant(&grant, state).is_none()
-    {
-        let reason = format!("the source {name} this token was issued for has been removed");
-        let challenge = format!("Bearer realm=\"braid\", error=\"invalid_token\", error_description=\"{reason}\"");
-        return Err(Box::new(refusal(Category::Unauthorized, IssueCode::Login, reason, challenge)));
-    }
     // A patient bound to a golden Patient reaches the records of every Patient linked to it
     // now: the index is asked on every request, so a merge or an unmerge applies at once.
     if let Some(patient) = grant.patient.as_deref()

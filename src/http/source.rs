@@ -16,8 +16,9 @@ use crate::fhir::{Category, FhirError, IssueCode};
 use crate::sources::ActiveSource;
 pub use crate::sources::{admit, count, namespaced, stored_id};
 
-/// The source the request's token writes as; `None` for every other caller. A token of a
-/// source that has been removed is refused.
+/// The source the request's token writes as; `None` for every other caller. A removed
+/// source's tokens are refused when they authenticate (its client is listed as removed); one
+/// removed while its request was under way is refused here.
 pub fn of(access: &Access, state: &AppState) -> Result<Option<Arc<ActiveSource>>, FhirError> {
     let Access::Token(grant) = access else { return Ok(None) };
     let Some(name) = &grant.source else { return Ok(None) };
