@@ -168,19 +168,15 @@ async fn kickoff(ctx: Ctx, level: Level) -> Result<HttpResponse, FhirError> {
                 }
             }
             "_since" => {
-                since_micros = Some(request::instant_param(&value).ok_or_else(|| {
-                    incorrect(format!(
-                        "_since must be an instant such as 2024-01-31T12:00:00Z (a time needs its zone), or a \
-                             date such as 2024-01-31 for its first moment in UTC; not '{value}'"
-                    ))
-                })?);
+                since_micros = Some(request::since_param(&value)?);
             }
             "_type" => {
-                if value.split(',').all(|name| name.trim().is_empty()) {
+                let names: Vec<&str> = value.split(',').map(str::trim).filter(|name| !name.is_empty()).collect();
+                if names.is_empty() {
                     return Err(incorrect("_type names no resource type: give one or more, comma-separated"));
                 }
                 let list = asked_types.get_or_insert_with(Vec::new);
-                for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+                for name in names {
                     let resource_type = ResourceType::parse(name)
                         .ok_or_else(|| incorrect(format!("_type names '{name}', which is not an R4 resource type")))?;
                     if !list.contains(&resource_type) {

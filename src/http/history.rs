@@ -68,15 +68,7 @@ fn params(http: &HttpRequest, state: &AppState) -> Result<Params, FhirError> {
         match name.as_str() {
             "_count" => params.count = request::page_count(&value, &state.limits)?,
             "_since" => {
-                let micros = request::instant_param(&value).ok_or_else(|| {
-                    FhirError::incorrect(
-                        IssueCode::Invalid,
-                        format!(
-                            "_since must be an instant such as 2024-01-31T12:00:00Z (a time needs its zone), or a \
-                             date such as 2024-01-31 for its first moment in UTC; not '{value}'"
-                        ),
-                    )
-                })?;
+                let micros = request::since_param(&value)?;
                 params.since = Some((value, micros));
             }
             "_at" => {

@@ -298,11 +298,19 @@ pub fn decode_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// An instant given as a query parameter (`_since`), in microseconds since the epoch. A `+`
-/// of a time zone that the client did not escape arrives as a space (form decoding); a space
-/// has no place in an instant, so it is read as the `+` it was.
-pub fn instant_param(value: &str) -> Option<i64> {
-    parse_instant(&value.replace(' ', "+"))
+/// `_since` (history, `$export`), in microseconds since the epoch: an instant, or a date for
+/// its first moment in UTC. A `+` of a time zone that the client did not escape arrives as a
+/// space (form decoding); a space has no place in an instant, so it is read as the `+` it was.
+pub fn since_param(value: &str) -> Result<i64, FhirError> {
+    parse_instant(&value.replace(' ', "+")).ok_or_else(|| {
+        FhirError::incorrect(
+            IssueCode::Invalid,
+            format!(
+                "_since must be an instant such as 2024-01-31T12:00:00Z (a time needs its zone), or a date such \
+                 as 2024-01-31 for its first moment in UTC; not '{value}'"
+            ),
+        )
+    })
 }
 
 /// The query string minus the parameters that steer the response rather than select

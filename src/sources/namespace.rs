@@ -283,21 +283,24 @@ fn meta_of(resource: &mut Map<String, Value>) -> Result<&mut Map<String, Value>,
     }
 }
 
-/// Puts `extension` in `extensions`: in place of those with its URL (the first of them), else
-/// at the end.
+/// Puts `extension` in `extensions`: in place of the first with its URL (any others with it
+/// are dropped), else at the end.
 fn set_extension(extensions: &mut Vec<Value>, extension: Value) {
     let url = extension["url"].clone();
-    match extensions.iter().position(|existing| existing["url"] == url) {
-        Some(first) => {
-            extensions[first] = extension;
-            let mut index = 0;
-            extensions.retain(|existing| {
-                index += 1;
-                index - 1 == first || existing["url"] != url
-            });
+    let mut unplaced = Some(extension);
+    extensions.retain_mut(|existing| {
+        if existing["url"] != url {
+            return true;
         }
-        None => extensions.push(extension),
-    }
+        match unplaced.take() {
+            Some(extension) => {
+                *existing = extension;
+                true
+            }
+            None => false,
+        }
+    });
+    extensions.extend(unplaced);
 }
 
 /// The resource's `meta.extension` list, made when it has none.
