@@ -475,6 +475,7 @@ async fn synthea_bundles_pushed_by_a_source_land_in_its_namespace_and_pushed_aga
         let reply = send(&server, "POST", "", &ehr.token, Some(bundle)).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         let sent = bundle["entry"].as_array().unwrap();
+        assert_eq!(reply.body["entry"].as_array().unwrap().len(), sent.len(), "an answer for each entry");
         // Each fullUrl names the resource of the sender's id, now in the namespace.
         let stored_as = |full_url: &str| {
             let entry = sent.iter().find(|entry| entry["fullUrl"] == full_url).expect("a reference inside the bundle");
@@ -514,7 +515,9 @@ async fn synthea_bundles_pushed_by_a_source_land_in_its_namespace_and_pushed_aga
     for bundle in &bundles {
         let reply = send(&server, "POST", "", &ehr.token, Some(bundle)).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
-        for answer in reply.body["entry"].as_array().unwrap() {
+        let answers = reply.body["entry"].as_array().unwrap();
+        assert_eq!(answers.len(), bundle["entry"].as_array().unwrap().len(), "an answer for each entry");
+        for answer in answers {
             assert_eq!(answer["response"]["status"], "200 OK", "{answer}");
             assert_eq!(answer["response"]["etag"], "W/\"1\"", "pushed again unchanged: {answer}");
         }
