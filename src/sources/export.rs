@@ -382,27 +382,27 @@ impl Exports {
             let _ = tokio::fs::remove_dir_all(self.dir.join(&id)).await;
             return;
         }
-        let record = {
-            let mut record = job.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match result {
-                Ok(output) => {
-                    record.status = JobStatus::Complete;
-                    record.output = output;
-                }
-                Err(reason) => {
-                    tracing::warn!(job = %id, %reason, "an export failed");
-                    record.status = JobStatus::Failed { reason };
-                }
+        let mut record = job.record();
+        match result {
+            Ok(output) => {
+                record.status = JobStatus::Complete;
+                record.output = output;
             }
-            record.expires = Some(crate::auth::now_secs() + self.retention_secs);
-            record.clone()
-        };
+            Err(reason) => {
+                tracing::warn!(job = %id, %reason, "an export failed");
+                record.status = JobStatus::Failed { reason };
+            }
+        }
+        record.expires = Some(crate::auth::now_secs() + self.retention_secs);
         if matches!(record.status, JobStatus::Failed { .. }) {
             let _ = tokio::fs::remove_dir_all(self.dir.join(&id)).await;
         }
         if let Err(error) = save(&self.store, &record).await {
             tracing::error!(%error, job = %id, "cannot record the end of an export");
         }
+        // Polls see the end only now that it is recorded: a manifest a client got is still
+        // there after a restart (until it expires), never turned into "the server stopped".
+        *job.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = record;
     }
 
     /// The job `id` as the caller sees it: `None` if there is none, or it was started by another
